@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libaneshare: the client library of aneshare.
+ *
+ * Connect to aneshared, create shared-memory surfaces that both sides map
+ * (tensor data is never copied through the socket), compile MIL programs in
+ * the daemon and run them on surfaces.
+ *
+ * Conventions
+ *  - Every function that can fail returns int: 0 (or a non-negative count) on
+ *    success, a negative error code on failure.  Codes above -1000 are
+ *    -errno values from the system; codes at or below -1000 are
+ *    -(ANESHARE_EBASE + the daemon's wire error code), see enum below.
+ *    aneshare_strerror() names both kinds.  The daemon's human message for
+ *    the last failed call on a connection is aneshare_last_error().
+ *  - Out-parameters (ret_*) are written only on success.
+ *  - Ownership is stated at each declaration.  Objects created through a
+ *    connection are owned by the caller and must be released before (or are
+ *    invalidated by) aneshare_disconnect().
+ *  - A connection and its objects are not thread-safe: use one connection
+ *    per thread, or lock around it.
+ */
+#ifndef ANESHARE_H
+#define ANESHARE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define ANESHARE_API __attribute__((visibility("default")))
+#else
+#define ANESHARE_API
+#endif
+
+/* Error codes returned as negative values: -(ANESHARE_EBASE + wire code). */
+#define ANESHARE_EBASE 1000
+enum aneshare_error {
+	ANESHARE_EPROTOCOL = ANESHARE_EBASE + 1,        /* malformed frame or message */
+	ANESHARE_EVERSION = ANESHARE_EBASE + 2,         /* protocol version not supported */
+	ANESHARE_EHANDSHAKE = ANESHARE_EBASE + 3,
+	ANESHARE_EUNKNOWN_METHOD = ANESHARE_EBASE + 4,
+	ANESHARE_EINVALID_PARAMS = ANESHARE_EBASE + 5,
+	ANESHARE_ENO_SUCH_SURFACE = ANESHARE_EBASE + 6,
+	ANESHARE_ENO_SUCH_PROGRAM = ANESHARE_EBASE + 7,
+	ANESHARE_ENO_SUCH_FUNCTION = ANESHARE_EBASE + 8,
+	ANESHARE_ELIMIT = ANESHARE_EBASE + 9,           /* a daemon resource limit */
+	ANESHARE_ECOMPILE = ANESHARE_EBASE + 10,        /* the MIL text is invalid */
+	ANESHARE_EUNSUPPORTED = ANESHARE_EBASE + 11,    /* valid MIL the backend can't run */
+	ANESHARE_ESIZE_MISMATCH = ANESHARE_EBASE + 12,  /* surfaces don't fit the program */
+	ANESHARE_EBAD_FD = ANESHARE_EBASE + 13,
+	ANESHARE_ERUN_FAILED = ANESHARE_EBASE + 14,
+	ANESHARE_ENO_MEMORY = ANESHARE_EBASE + 15,
+	ANESHARE_EINTERNAL = ANESHARE_EBASE + 16,
+};
+
+/* A static string naming any code this library returns ("no_such_surface",
+ * "Connection refused", ...).  Never NULL. */
+ANESHARE_API const char *aneshare_strerror(int err);
+
+typedef struct aneshare_conn aneshare_conn;
+typedef struct aneshare_surface aneshare_surface;
+typedef struct aneshare_program aneshare_program;
+
+/* ---- connection ---------------------------------------------------------- */
+
+/* The socket path used when none is given: $ANESHARE_SOCKET if set, else
+ * $XDG_RUNTIME_DIR/aneshare/aneshare.sock (Linux) or
+ * $TMPDIR/aneshare-$UID/aneshare.sock (macOS, or when XDG_RUNTIME_DIR is
+ * unset).  Writes at most buf_len bytes including the NUL; returns the
+ * length, or -ENAMETOOLONG. */
+ANESHARE_API int aneshare_default_socket_path(char *buf, size_t buf_len);
+
+/* Connect and perform the handshake.  socket_path NULL = the default path;
+ * client_name (may be NULL) is shown in the daemon's logs.
+ * On success *ret_conn is owned by the caller: aneshare_disconnect(). */
+ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_name,
+                                  aneshare_conn **ret_conn);
+
+/* Close the connection.  The daemon frees everything the connection owned.
+ * Surfaces and programs of this connection that the caller has not released
+ * are freed here too (their pointers become invalid).  Accepts NULL. */
+ANESHARE_API void aneshare_disconnect(aneshare_conn *conn);
+
+/* The daemon's (or the library's) message for the last failed call on conn,
+ * or "" if none.  Owned by conn, valid until the next call on conn. */
+ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
+
+/* What the daemon said in the handshake.  Strings owned by conn. */
+typedef struct aneshare_server_info {
+	uint32_t protocol;           /* protocol version spoken */
+	const char *server_version;  /* e.g. "0.1.0" */
+	const char *backend;         /* "cpu" or "ane" */
+	uint64_t max_frame;          /* bytes in one frame's payload */
+	uint64_t max_surface_bytes;  /* bytes in one surface */
+	uint32_t max_surfaces;       /* surfaces per connection */
+	uint32_t max_programs;       /* program handles per connection */
+	uint32_t max_inflight;       /* requests in flight before the daemon stops reading */
+} aneshare_server_info;
+ANESHARE_API const aneshare_server_info *aneshare_server(const aneshare_conn *conn);
+
+/* ---- surfaces -------------------------------------------------------------- */
+
+/* Ask the daemon for a shared-memory surface of size bytes, mapped into this
+ * process read-write.  On success *ret is owned by the caller:
+ * aneshare_surface_release(). */
+ANESHARE_API int aneshare_surface_create(aneshare_conn *conn, size_t size, aneshare_surface **ret);
+
+/* Hand the daemon a memfd this process made; it must be sealed against
+ * shrinking (F_SEAL_SHRINK), or the daemon refuses it (ANESHARE_EBAD_FD).
+ * fd is borrowed: the library duplicates it and the caller keeps its own.
+ * Linux only (-ENOTSUP elsewhere).  On success *ret is owned by the caller. */
+ANESHARE_API int aneshare_surface_import(aneshare_conn *conn, int fd, aneshare_surface **ret);
+
+/* Release a surface: the daemon frees it once no run uses it, and the local
+ * mapping is unmapped.  Accepts NULL (returns 0).  The pointer is invalid
+ * afterwards, whatever the result. */
+ANESHARE_API int aneshare_surface_release(aneshare_surface *s);
+
+/* The mapping: read and write tensors in place.  Owned by the surface. */
+ANESHARE_API void *aneshare_surface_data(const aneshare_surface *s);
+ANESHARE_API size_t aneshare_surface_size(const aneshare_surface *s);
+/* The 32-bit ID the daemon knows it by. */
+ANESHARE_API uint32_t aneshare_surface_id(const aneshare_surface *s);
+
+/* ---- programs ------------------------------------------------------------- */
+
+/* A weight blob referenced from MIL by BLOBFILE(path = string("PATH"), ...).
+ * Borrowed for the duration of the call. */
+typedef struct aneshare_weight {
+	const char *path;   /* e.g. "@model_path/weights/w.bin" */
+	const void *data;
+	size_t len;
+} aneshare_weight;
+
+/* Compile MIL text (NUL-terminated) with optional weights.  If the daemon
+ * already has the same program (same MIL and weights), it is shared and
+ * *ret_cached (may be NULL) is set true.  On a compile error the daemon's
+ * message (with the line) is in aneshare_last_error().
+ * On success *ret is owned by the caller: aneshare_program_release(). */
+ANESHARE_API int aneshare_program_compile(aneshare_conn *conn, const char *mil,
+                                          const aneshare_weight *weights, size_t n_weights,
+                                          aneshare_program **ret, bool *ret_cached);
+
+/* Release a program handle.  Accepts NULL (returns 0).  The pointer is
+ * invalid afterwards, whatever the result. */
+ANESHARE_API int aneshare_program_release(aneshare_program *p);
+
+/* The content hash (SHA-256, 64 hex digits) the daemon caches the program
+ * under.  Owned by the program. */
+ANESHARE_API const char *aneshare_program_key(const aneshare_program *p);
+
+typedef enum aneshare_dtype {
+	ANESHARE_FP16 = 1,
+	ANESHARE_FP32,
+	ANESHARE_INT32,
+	ANESHARE_INT16,
+	ANESHARE_INT8,
+	ANESHARE_UINT8,
+	ANESHARE_BOOL,
+} aneshare_dtype;
+
+#define ANESHARE_MAX_RANK 8
+
+typedef struct aneshare_tensor_info {
+	const char *name;      /* owned by the program */
+	aneshare_dtype dtype;
+	uint32_t rank;
+	uint64_t shape[ANESHARE_MAX_RANK];
+	uint64_t bytes;        /* bytes the tensor occupies in a surface */
+} aneshare_tensor_info;
+
+/* The functions of a program (index 0 is "main" when the program has one)
+ * and the inputs/outputs of each.  Fetched from the daemon at compile time.
+ * Returned pointers are owned by the program. */
+ANESHARE_API uint32_t aneshare_program_function_count(const aneshare_program *p);
+ANESHARE_API const char *aneshare_program_function_name(const aneshare_program *p, uint32_t fn);
+ANESHARE_API uint32_t aneshare_program_input_count(const aneshare_program *p, uint32_t fn);
+ANESHARE_API uint32_t aneshare_program_output_count(const aneshare_program *p, uint32_t fn);
+/* NULL if fn or i is out of range. */
+ANESHARE_API const aneshare_tensor_info *aneshare_program_input(const aneshare_program *p,
+                                                                uint32_t fn, uint32_t i);
+ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_program *p,
+                                                                 uint32_t fn, uint32_t i);
+
+/* ---- running -------------------------------------------------------------- */
+
+/* Run function fn (0 = main) of p: inputs[i] holds input i at offset 0,
+ * outputs[i] receives output i.  All surfaces borrowed.  Blocks until done. */
+ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
+                              aneshare_surface *const *inputs, size_t n_inputs,
+                              aneshare_surface *const *outputs, size_t n_outputs);
+
+/* Pipelining: submit a run without waiting; *ret_ticket identifies it.
+ * Up to aneshare_server()->max_inflight runs may be outstanding.  Every
+ * ticket must be waited for with aneshare_wait, which returns the run's
+ * result; runs may complete in any order. */
+ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
+                                     aneshare_surface *const *inputs, size_t n_inputs,
+                                     aneshare_surface *const *outputs, size_t n_outputs,
+                                     uint32_t *ret_ticket);
+ANESHARE_API int aneshare_wait(aneshare_conn *conn, uint32_t ticket);
+
+/* ---- status ----------------------------------------------------------------- */
+
+typedef struct aneshare_status {
+	const char *server_version;   /* owned by the status */
+	const char *backend;
+	uint64_t uptime_ms;
+	uint32_t clients;
+	uint32_t programs;            /* compiled programs held by the daemon */
+	uint32_t surfaces;
+	uint64_t surface_bytes;
+	uint64_t runs;                /* runs served since start */
+	uint64_t compiles;            /* programs compiled since start */
+	uint64_t cache_hits;          /* compiles answered from the cache */
+	struct aneshare_status_program {
+		const char *key;          /* SHA-256 hex */
+		uint32_t refs;            /* handles held by all connections */
+	} *program_list;              /* programs entries, owned by the status */
+} aneshare_status;
+
+/* On success *ret is owned by the caller: aneshare_status_free(). */
+ANESHARE_API int aneshare_get_status(aneshare_conn *conn, aneshare_status **ret);
+ANESHARE_API void aneshare_status_free(aneshare_status *st);
+
+/* ---- fp16 helpers ------------------------------------------------------------ */
+
+/* Round-to-nearest-even conversions, n elements. */
+ANESHARE_API void aneshare_f32_to_f16(uint16_t *dst, const float *src, size_t n);
+ANESHARE_API void aneshare_f16_to_f32(float *dst, const uint16_t *src, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The backend interface of aneshared.
+ *
+ * A backend compiles MIL text (plus named weight blobs) into a program and runs
+ * that program's functions on caller-provided memory.  The daemon owns
+ * scheduling, surfaces, caching and the wire; a backend only computes.
+ *
+ * Error convention (the whole code base): functions return 0 (or a count) on
+ * success and a negative errno-style code on failure; out-parameters (ret_*)
+ * are written only on success.
+ *
+ *   -EINVAL   the program is invalid (parse, type or shape error)
+ *   -ENOTSUP  the program is valid MIL but uses something this backend
+ *             cannot run (unknown op, unsupported dtype or argument)
+ *   -ENOMEM   out of memory
+ *   -EIO      the device failed (ANE backend)
+ */
+#ifndef ANES_BACKEND_H
+#define ANES_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ANES_MAX_RANK 8          /* highest tensor rank a program may declare */
+#define ANES_MAX_NAME 64         /* longest function/tensor name, including NUL */
+#define ANES_MAX_IO 64           /* most inputs (or outputs) of one function */
+#define ANES_MAX_FUNCTIONS 64    /* most functions in one program */
+
+/* Element types.  The numeric values are part of the wire protocol only through
+ * their names (anes_dtype_name), never as numbers. */
+typedef enum anes_dtype {
+	ANES_DT_FP16 = 1,
+	ANES_DT_FP32,
+	ANES_DT_INT32,
+	ANES_DT_INT16,
+	ANES_DT_INT8,
+	ANES_DT_UINT8,
+	ANES_DT_BOOL,
+} anes_dtype;
+
+/* "fp16", "fp32", "int32", "int16", "int8", "uint8", "bool"; NULL if unknown. */
+const char *anes_dtype_name(anes_dtype dt);
+/* Size in bytes of one element (bool is stored as one byte); 0 if unknown. */
+size_t anes_dtype_size(anes_dtype dt);
+
+/* One input or output of a function.  Tensors are dense, row-major (last
+ * dimension fastest), no padding: bytes == product(shape) * dtype size. */
+typedef struct anes_tensor_desc {
+	char name[ANES_MAX_NAME];
+	anes_dtype dtype;
+	uint32_t rank;
+	uint64_t shape[ANES_MAX_RANK];
+	uint64_t bytes;
+} anes_tensor_desc;
+
+typedef struct anes_function_info {
+	char name[ANES_MAX_NAME];
+	uint32_t n_inputs;
+	uint32_t n_outputs;
+	const anes_tensor_desc *inputs;   /* owned by the program, n_inputs entries */
+	const anes_tensor_desc *outputs;  /* owned by the program, n_outputs entries */
+} anes_function_info;
+
+/* A named weight blob, referenced from MIL as
+ * BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(64)).
+ * Borrowed: the backend copies what it needs during compile. */
+typedef struct anes_weight {
+	const char *path;   /* NUL-terminated, e.g. "@model_path/weights/w.bin" */
+	const void *data;
+	size_t len;
+} anes_weight;
+
+typedef struct anes_backend anes_backend;
+typedef struct anes_bprogram anes_bprogram;
+
+/* Every backend program starts with this header, so the daemon can read the
+ * interface of a program without knowing the backend. */
+struct anes_bprogram {
+	anes_backend *backend;
+	uint32_t n_functions;
+	const anes_function_info *functions;  /* owned by the program */
+};
+
+typedef struct anes_backend_ops {
+	const char *name;  /* "cpu", "ane" */
+
+	/* Compile MIL text (mil_len bytes, need not be NUL-terminated).  On failure
+	 * a one-line human message naming the line and the problem is written to
+	 * errbuf (always NUL-terminated when errbuf_len > 0).
+	 * May be called from any thread, concurrently.
+	 * On success *ret_prog is owned by the caller: free with program_free. */
+	int (*compile)(anes_backend *b, const char *mil, size_t mil_len,
+	               const anes_weight *weights, size_t n_weights,
+	               anes_bprogram **ret_prog, char *errbuf, size_t errbuf_len);
+
+	/* Run function fn_index of prog.  inputs[i] points to functions[fn].inputs[i].bytes
+	 * bytes, outputs[i] to functions[fn].outputs[i].bytes bytes (both borrowed).
+	 * The memory is shared with untrusted clients and may change during the run:
+	 * a backend never derives an address from its contents without checking it.
+	 * Thread-safe: several runs of the same program may be in flight at once. */
+	int (*run)(anes_backend *b, anes_bprogram *prog, uint32_t fn_index,
+	           const void *const *inputs, void *const *outputs,
+	           char *errbuf, size_t errbuf_len);
+
+	/* Free a program.  Accepts NULL.  No run of it may be in flight. */
+	void (*program_free)(anes_backend *b, anes_bprogram *prog);
+
+	/* Free the backend.  Accepts NULL.  All its programs must be freed first. */
+	void (*destroy)(anes_backend *b);
+} anes_backend_ops;
+
+struct anes_backend {
+	const anes_backend_ops *ops;
+};
+
+/* The CPU reference backend (daemon/cpu).  n_threads 0 = one per core.
+ * On success *ret is owned by the caller (ret->ops->destroy). */
+int anes_cpu_backend_new(unsigned n_threads, anes_backend **ret);
+
+#endif

@@ -1,0 +1,330 @@
+/* SPDX-License-Identifier: MIT */
+/* dtypes, types, arena, error reporting and argument helpers. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mil_internal.h"
+
+/* ---- dtypes ---- */
+
+static const struct {
+	int dt;
+	const char *name;
+	size_t size;
+} dtypes[] = {
+	{ANES_DT_FP16, "fp16", 2},
+	{ANES_DT_FP32, "fp32", 4},
+	{ANES_DT_INT32, "int32", 4},
+	{ANES_DT_INT16, "int16", 2},
+	{ANES_DT_INT8, "int8", 1},
+	{ANES_DT_UINT8, "uint8", 1},
+	{ANES_DT_BOOL, "bool", 1},
+	{ANES_MIL_DT_STRING, "string", 1},
+};
+
+const char *anes_dtype_name(anes_dtype dt)
+{
+	if ((int)dt == ANES_MIL_DT_STRING)
+		return NULL;
+	return anes_mil_dtype_name((int)dt);
+}
+
+size_t anes_dtype_size(anes_dtype dt)
+{
+	for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+		if (dtypes[i].dt == (int)dt && dtypes[i].dt != ANES_MIL_DT_STRING)
+			return dtypes[i].size;
+	return 0;
+}
+
+const char *anes_mil_dtype_name(int dtype)
+{
+	for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+		if (dtypes[i].dt == dtype)
+			return dtypes[i].name;
+	return NULL;
+}
+
+int anes_mil_dtype_parse(const char *name, size_t len)
+{
+	for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+		if (strlen(dtypes[i].name) == len && memcmp(dtypes[i].name, name, len) == 0)
+			return dtypes[i].dt;
+	return -1;
+}
+
+bool anes_mil_dtype_is_float(int dtype)
+{
+	return dtype == ANES_DT_FP16 || dtype == ANES_DT_FP32;
+}
+
+bool anes_mil_dtype_is_int(int dtype)
+{
+	return dtype == ANES_DT_INT32 || dtype == ANES_DT_INT16 || dtype == ANES_DT_INT8 ||
+	       dtype == ANES_DT_UINT8;
+}
+
+/* ---- types ---- */
+
+int anes_mil_type_init(anes_mil_type *t, int dtype, uint32_t rank, const uint64_t *shape)
+{
+	size_t es;
+	uint64_t count = 1, bytes;
+
+	if (rank > ANES_MAX_RANK)
+		return -EINVAL;
+	es = dtype == ANES_MIL_DT_STRING ? 1 : anes_dtype_size((anes_dtype)dtype);
+	if (es == 0)
+		return -EINVAL;
+	memset(t, 0, sizeof *t);
+	for (uint32_t i = 0; i < rank; i++) {
+		if (shape[i] < 1 || shape[i] > ANES_MIL_MAX_DIM)
+			return -EINVAL;
+		if (__builtin_mul_overflow(count, shape[i], &count))
+			return -EINVAL;
+		t->shape[i] = shape[i];
+	}
+	if (__builtin_mul_overflow(count, (uint64_t)es, &bytes) || bytes > ANES_MIL_MAX_TENSOR_BYTES)
+		return -EINVAL;
+	t->dtype = dtype;
+	t->rank = rank;
+	t->count = count;
+	t->bytes = bytes;
+	return 0;
+}
+
+bool anes_mil_type_equal(const anes_mil_type *a, const anes_mil_type *b)
+{
+	if (a->dtype != b->dtype || a->rank != b->rank)
+		return false;
+	if (a->dtype == ANES_MIL_DT_STRING)
+		return true;
+	for (uint32_t i = 0; i < a->rank; i++)
+		if (a->shape[i] != b->shape[i])
+			return false;
+	return true;
+}
+
+const char *anes_mil_shape_str(const anes_mil_type *t, char *buf, size_t len)
+{
+	size_t o = 0;
+	int n;
+
+	if (len == 0)
+		return buf;
+	buf[0] = 0;
+	n = snprintf(buf, len, "[");
+	o = n > 0 ? (size_t)n : 0;
+	for (uint32_t i = 0; i < t->rank && o < len; i++) {
+		n = snprintf(buf + o, len - o, "%s%llu", i ? "," : "", (unsigned long long)t->shape[i]);
+		if (n < 0)
+			break;
+		o += (size_t)n;
+	}
+	if (o < len)
+		snprintf(buf + o, len - o, "]");
+	return buf;
+}
+
+const char *anes_mil_type_str(const anes_mil_type *t, char *buf, size_t len)
+{
+	char sh[ANES_MAX_RANK * 12 + 4];
+	const char *dn = anes_mil_dtype_name(t->dtype);
+
+	if (!dn)
+		dn = "?";
+	if (t->rank == 0)
+		snprintf(buf, len, "%s", dn);
+	else
+		snprintf(buf, len, "tensor<%s, %s>", dn, anes_mil_shape_str(t, sh, sizeof sh));
+	return buf;
+}
+
+/* ---- arena ---- */
+
+struct mil_chunk {
+	struct mil_chunk *next;
+	size_t size, used;
+	unsigned char *data;       /* 64-byte aligned */
+};
+
+struct anes_mil_arena {
+	struct mil_chunk *head;
+	size_t total;
+};
+
+#define MIL_CHUNK_SIZE ((size_t)64 << 10)
+
+struct anes_mil_arena *mil_arena_new(void)
+{
+	return calloc(1, sizeof(struct anes_mil_arena));
+}
+
+void mil_arena_free(struct anes_mil_arena *a)
+{
+	if (!a)
+		return;
+	for (struct mil_chunk *c = a->head, *n; c; c = n) {
+		n = c->next;
+		free(c);
+	}
+	free(a);
+}
+
+static struct mil_chunk *chunk_new(size_t size)
+{
+	size_t hdr = (sizeof(struct mil_chunk) + 63) & ~(size_t)63;
+	struct mil_chunk *c;
+
+	if (size > SIZE_MAX - hdr - 64)
+		return NULL;
+	c = malloc(hdr + size + 64);
+	if (!c)
+		return NULL;
+	c->next = NULL;
+	c->size = size;
+	c->used = 0;
+	c->data = (unsigned char *)(((uintptr_t)c + hdr + 63) & ~(uintptr_t)63);
+	return c;
+}
+
+void *mil_arena_alloc(struct anes_mil_arena *a, size_t n)
+{
+	struct mil_chunk *c = a->head;
+	size_t need = (n + 63) & ~(size_t)63;
+	void *p;
+
+	if (need < n || need == 0)
+		need = 64;
+	if (need > MIL_ARENA_CAP || a->total > MIL_ARENA_CAP - need)
+		return NULL;
+	if (!c || c->size - c->used < need) {
+		if (need >= MIL_CHUNK_SIZE / 4) {
+			/* big: own chunk, linked behind the current one */
+			struct mil_chunk *b = chunk_new(need);
+			if (!b)
+				return NULL;
+			if (c) {
+				b->next = c->next;
+				c->next = b;
+			} else {
+				a->head = b;
+			}
+			b->used = need;
+			a->total += need;
+			memset(b->data, 0, n);
+			return b->data;
+		}
+		c = chunk_new(MIL_CHUNK_SIZE);
+		if (!c)
+			return NULL;
+		c->next = a->head;
+		a->head = c;
+	}
+	p = c->data + c->used;
+	c->used += need;
+	a->total += need;
+	memset(p, 0, n);
+	return p;
+}
+
+/* ---- errors ---- */
+
+void mil_vfail(anes_mil_check *c, uint32_t line, const char *fmt, va_list ap)
+{
+	int n;
+
+	if (c->failed)
+		return;  /* keep the first message */
+	c->failed = true;
+	if (!c->errbuf || c->errbuf_len == 0)
+		return;
+	n = snprintf(c->errbuf, c->errbuf_len, "line %u: ", line);
+	if (n >= 0 && (size_t)n < c->errbuf_len)
+		vsnprintf(c->errbuf + n, c->errbuf_len - (size_t)n, fmt, ap);
+	/* one line: no newlines from user-supplied text */
+	for (char *p = c->errbuf; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+}
+
+void mil_failf(anes_mil_check *c, uint32_t line, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	mil_vfail(c, line, fmt, ap);
+	va_end(ap);
+}
+
+int anes_mil_fail(anes_mil_check *c, const anes_mil_op *op, int rc, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	mil_failf(c, op->line, "op '%s' (%s): %s", op->def ? op->def->name : "?",
+	          op->name ? op->name : "", msg);
+	return rc;
+}
+
+/* ---- argument helpers ---- */
+
+const anes_mil_arg *anes_mil_op_arg(const anes_mil_op *op, const char *name)
+{
+	for (uint32_t i = 0; i < op->n_args; i++)
+		if (strcmp(op->args[i].name, name) == 0)
+			return &op->args[i];
+	return NULL;
+}
+
+const anes_mil_value *anes_mil_op_value(const anes_mil_function *fn, const anes_mil_op *op,
+                                        const char *name)
+{
+	const anes_mil_arg *a = anes_mil_op_arg(op, name);
+
+	if (!a || a->is_tuple || a->n != 1 || a->vals[0] >= fn->n_values)
+		return NULL;
+	return &fn->values[a->vals[0]];
+}
+
+int anes_mil_const_ints(const anes_mil_value *v, int64_t *out, uint32_t max, uint32_t *ret_n)
+{
+	uint64_t n;
+
+	if (!v || v->kind != ANES_MIL_V_CONST || v->type.rank > 1 ||
+	    !anes_mil_dtype_is_int(v->type.dtype))
+		return -EINVAL;
+	n = v->type.count;
+	if (n > max)
+		return -EINVAL;
+	for (uint64_t i = 0; i < n; i++) {
+		switch (v->type.dtype) {
+		case ANES_DT_INT32: { int32_t x; memcpy(&x, (const char *)v->data + 4 * i, 4); out[i] = x; break; }
+		case ANES_DT_INT16: { int16_t x; memcpy(&x, (const char *)v->data + 2 * i, 2); out[i] = x; break; }
+		case ANES_DT_INT8: out[i] = ((const int8_t *)v->data)[i]; break;
+		default: out[i] = ((const uint8_t *)v->data)[i]; break;
+		}
+	}
+	*ret_n = (uint32_t)n;
+	return 0;
+}
+
+int anes_mil_const_bool(const anes_mil_value *v, bool *ret)
+{
+	if (!v || v->kind != ANES_MIL_V_CONST || v->type.rank != 0 || v->type.dtype != ANES_DT_BOOL)
+		return -EINVAL;
+	*ret = ((const uint8_t *)v->data)[0] != 0;
+	return 0;
+}
+
+const char *anes_mil_const_string(const anes_mil_value *v)
+{
+	if (!v || v->kind != ANES_MIL_V_CONST || v->type.rank != 0 || v->type.dtype != ANES_MIL_DT_STRING)
+		return NULL;
+	return v->data;
+}

@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to daemon/mil. */
+#ifndef ANES_MIL_INTERNAL_H
+#define ANES_MIL_INTERNAL_H
+
+#include <stdarg.h>
+
+#include "mil.h"
+
+#define MIL_ARENA_CAP (((size_t)ANES_MIL_MAX_PROGRAM_BYTES) + ((size_t)256 << 20))
+
+struct anes_mil_arena;
+struct anes_mil_arena *mil_arena_new(void);
+void mil_arena_free(struct anes_mil_arena *a);
+/* 64-byte aligned, zeroed; NULL on failure or when the cap is reached */
+void *mil_arena_alloc(struct anes_mil_arena *a, size_t n);
+
+struct anes_mil_check {
+	char *errbuf;
+	size_t errbuf_len;
+	bool failed;
+};
+
+void mil_vfail(anes_mil_check *c, uint32_t line, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+void mil_failf(anes_mil_check *c, uint32_t line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,349 @@
+/* SPDX-License-Identifier: MIT */
+/* Connection I/O with fd passing, and the OS helpers around it. */
+#include "anes_proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef MSG_CMSG_CLOEXEC
+#define MSG_CMSG_CLOEXEC 0  /* macOS: CLOEXEC is set right after recvmsg */
+#define ANES_NEED_CLOEXEC_FIXUP 1
+#endif
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0      /* macOS: the socket has SO_NOSIGPIPE */
+#endif
+
+ssize_t (*anes_os_sendmsg)(int fd, const struct msghdr *msg, int flags) = sendmsg;
+ssize_t (*anes_os_recvmsg)(int fd, struct msghdr *msg, int flags) = recvmsg;
+
+struct anes_out {
+	anes_out *next;
+	uint8_t *data;      /* owned */
+	size_t len;
+	size_t off;         /* bytes already sent */
+	int fds[ANES_MAX_FDS_PER_FRAME];  /* owned until sent */
+	unsigned nfds;
+};
+
+#define RBUF_MIN (64u << 10)
+
+static void close_fds(int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+void anes_io_init(anes_io *io, int fd, uint32_t max_frame)
+{
+	*io = (anes_io){ .fd = fd, .max_frame = max_frame };
+}
+
+void anes_io_cleanup(anes_io *io)
+{
+	anes_out *o = io->out_head;
+
+	while (o) {
+		anes_out *next = o->next;
+		close_fds(o->fds, o->nfds);
+		free(o->data);
+		free(o);
+		o = next;
+	}
+	close_fds(io->fdq, io->nfdq);
+	free(io->rbuf);
+	*io = (anes_io){ .fd = -1, .max_frame = io->max_frame };
+}
+
+/* Total bytes the frame at rpos needs, if its header is complete and valid;
+ * otherwise the header size (a bad header is reported by next_frame). */
+static size_t frame_target(const anes_io *io)
+{
+	uint32_t len;
+	unsigned nfds;
+
+	if (io->rlen - io->rpos < ANES_FRAME_HEADER_SIZE ||
+	    anes_frame_header_parse(io->rbuf + io->rpos, io->max_frame, &len, &nfds) < 0)
+		return ANES_FRAME_HEADER_SIZE;
+	return (size_t)ANES_FRAME_HEADER_SIZE + len;
+}
+
+/*
+ * Make room to read into.  The buffer grows only towards what the frame in
+ * progress needs, and at most doubles per read, so a peer that declares a
+ * large frame and sends nothing costs nothing, and memory tracks what has
+ * actually arrived.
+ */
+static int rbuf_reserve(anes_io *io)
+{
+	size_t have = io->rlen - io->rpos;
+
+	if (io->rpos > 0) {
+		memmove(io->rbuf, io->rbuf + io->rpos, have);
+		io->rpos = 0;
+		io->rlen = have;
+	}
+	if (io->rlen < io->rcap)
+		return 0;
+
+	size_t target = frame_target(io);
+	if (target <= io->rcap)
+		return -ENOBUFS;  /* a complete frame is waiting to be taken */
+	size_t cap = io->rcap ? io->rcap * 2 : RBUF_MIN;
+	if (cap < RBUF_MIN)
+		cap = RBUF_MIN;
+	if (cap > target && target > RBUF_MIN)
+		cap = target;
+	uint8_t *b = realloc(io->rbuf, cap);
+	if (!b)
+		return -ENOMEM;
+	io->rbuf = b;
+	io->rcap = cap;
+	return 0;
+}
+
+ssize_t anes_io_read(anes_io *io)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int) * ANES_IO_MAX_QUEUED_FDS)];
+	} ctl;
+	struct iovec iov;
+	struct msghdr msg;
+	ssize_t n;
+	int r = rbuf_reserve(io);
+
+	if (r < 0)
+		return r;
+	iov.iov_base = io->rbuf + io->rlen;
+	iov.iov_len = io->rcap - io->rlen;
+	do {
+		memset(&msg, 0, sizeof msg);
+		msg.msg_iov = &iov;
+		msg.msg_iovlen = 1;
+		msg.msg_control = ctl.buf;
+		msg.msg_controllen = sizeof ctl.buf;
+		n = anes_os_recvmsg(io->fd, &msg, MSG_CMSG_CLOEXEC);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+
+	/* Take every fd that arrived before judging anything, so that none leaks. */
+	int got[ANES_IO_MAX_QUEUED_FDS];
+	unsigned ngot = 0;
+	bool bad = (msg.msg_flags & MSG_CTRUNC) != 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+			bad = true;
+			continue;
+		}
+		size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+			if (ngot < ANES_IO_MAX_QUEUED_FDS)
+				got[ngot++] = fd;
+			else {
+				close(fd);
+				bad = true;
+			}
+		}
+	}
+#ifdef ANES_NEED_CLOEXEC_FIXUP
+	for (unsigned i = 0; i < ngot; i++)
+		fcntl(got[i], F_SETFD, FD_CLOEXEC);
+#endif
+	if (bad || io->nfdq + ngot > ANES_IO_MAX_QUEUED_FDS) {
+		close_fds(got, ngot);
+		return -EPROTO;
+	}
+	memcpy(io->fdq + io->nfdq, got, ngot * sizeof(int));
+	io->nfdq += ngot;
+	io->rlen += (size_t)n;
+	return n;
+}
+
+int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len,
+                       int ret_fds[ANES_MAX_FDS_PER_FRAME], unsigned *ret_nfds)
+{
+	size_t have = io->rlen - io->rpos;
+	uint32_t len;
+	unsigned nfds;
+	int r;
+
+	if (have == 0)
+		return io->nfdq ? -EPROTO : 0;  /* fds that no frame can claim */
+	if (have < ANES_FRAME_HEADER_SIZE)
+		return 0;
+	r = anes_frame_header_parse(io->rbuf + io->rpos, io->max_frame, &len, &nfds);
+	if (r < 0)
+		return r;
+	/* The fds of a frame arrive with its first byte. */
+	if (nfds > io->nfdq)
+		return -EPROTO;
+	if (have - ANES_FRAME_HEADER_SIZE < len)
+		return 0;
+
+	memcpy(ret_fds, io->fdq, nfds * sizeof(int));
+	io->nfdq -= nfds;
+	memmove(io->fdq, io->fdq + nfds, io->nfdq * sizeof(int));
+	*ret_payload = io->rbuf + io->rpos + ANES_FRAME_HEADER_SIZE;
+	*ret_len = len;
+	*ret_nfds = nfds;
+	io->rpos += ANES_FRAME_HEADER_SIZE + (size_t)len;
+	return 1;
+}
+
+int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned nfds)
+{
+	anes_out *o;
+
+	if (nfds > ANES_MAX_FDS_PER_FRAME || len < ANES_FRAME_HEADER_SIZE ||
+	    ((uint8_t *)data)[4] != nfds) {
+		close_fds((int *)fds, nfds <= ANES_MAX_FDS_PER_FRAME ? nfds : 0);
+		free(data);
+		return -EINVAL;
+	}
+	o = calloc(1, sizeof *o);
+	if (!o) {
+		close_fds((int *)fds, nfds);
+		free(data);
+		return -ENOMEM;
+	}
+	o->data = data;
+	o->len = len;
+	o->nfds = nfds;
+	if (nfds)
+		memcpy(o->fds, fds, nfds * sizeof(int));
+	if (io->out_tail)
+		io->out_tail->next = o;
+	else
+		io->out_head = o;
+	io->out_tail = o;
+	io->out_bytes += len;
+	return 0;
+}
+
+int anes_io_flush(anes_io *io)
+{
+	while (io->out_head) {
+		anes_out *o = io->out_head;
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(sizeof(int) * ANES_MAX_FDS_PER_FRAME)];
+		} ctl;
+		struct iovec iov = { .iov_base = o->data + o->off, .iov_len = o->len - o->off };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+		ssize_t n;
+
+		/* fds travel with the first byte of their frame */
+		if (o->off == 0 && o->nfds > 0) {
+			memset(&ctl, 0, sizeof ctl);
+			msg.msg_control = ctl.buf;
+			msg.msg_controllen = CMSG_SPACE(sizeof(int) * o->nfds);
+			struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(sizeof(int) * o->nfds);
+			memcpy(CMSG_DATA(c), o->fds, sizeof(int) * o->nfds);
+		}
+		do
+			n = anes_os_sendmsg(io->fd, &msg, MSG_NOSIGNAL);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+		if (n == 0)
+			return -EPIPE;
+		if (msg.msg_control) {
+			close_fds(o->fds, o->nfds);
+			o->nfds = 0;
+		}
+		o->off += (size_t)n;
+		io->out_bytes -= (size_t)n;
+		if (o->off == o->len) {
+			io->out_head = o->next;
+			if (!io->out_head)
+				io->out_tail = NULL;
+			free(o->data);
+			free(o);
+		}
+	}
+	return 0;
+}
+
+int anes_write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EPIPE;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* ---- memfd ------------------------------------------------------------------ */
+
+#if defined(__linux__)
+int anes_memfd_create(const char *name, uint64_t size, int *ret_fd)
+{
+	int fd, r;
+
+	if (size == 0 || size > (uint64_t)INT64_MAX)
+		return -EINVAL;
+	fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size) < 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+int anes_memfd_check(int fd, uint64_t *ret_size)
+{
+	struct stat st;
+	int seals = fcntl(fd, F_GET_SEALS);
+
+	if (seals < 0)
+		return errno == EINVAL ? -EBADF : -errno;  /* EINVAL: not a memfd */
+	if (!(seals & F_SEAL_SHRINK))
+		return -EPERM;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode) || st.st_size < 0)
+		return -EBADF;
+	*ret_size = (uint64_t)st.st_size;
+	return 0;
+}
+#else
+int anes_memfd_create(const char *name, uint64_t size, int *ret_fd)
+{
+	(void)name; (void)size; (void)ret_fd;
+	return -ENOTSUP;
+}
+
+int anes_memfd_check(int fd, uint64_t *ret_size)
+{
+	(void)fd; (void)ret_size;
+	return -ENOTSUP;
+}
+#endif

@@ -1,0 +1,257 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libanes_proto: the wire protocol of aneshare, shared by the daemon and the
+ * client library.  docs/protocol.md is the contract; this is its C form.
+ *
+ *   - framing: an 8-byte header (payload length, fd count) + one msgpack value
+ *   - msgpack-rpc envelopes: request, response, notification
+ *   - a strict validator that walks a payload before msgpack-c unpacks it
+ *   - typed field accessors for params/result maps
+ *   - connection I/O with fd passing (sendmsg/recvmsg, SCM_RIGHTS)
+ *
+ * Error convention: 0 (or a count) on success, a negative errno code on
+ * failure; ret_* out-parameters are written only on success.
+ */
+#ifndef ANES_PROTO_H
+#define ANES_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <msgpack.h>
+
+#define ANES_PROTOCOL_VERSION 1
+
+/* Frame header: u32 payload length (big-endian), u8 fd count, 3 zero bytes. */
+#define ANES_FRAME_HEADER_SIZE 8
+#define ANES_FRAME_MAX_DEFAULT (64u << 20)  /* default max payload length */
+#define ANES_FRAME_MAX_LOWEST (64u << 10)   /* lowest max a daemon may configure */
+#define ANES_FRAME_MAX_HIGHEST (1u << 30)   /* highest max a daemon may configure */
+#define ANES_MAX_FDS_PER_FRAME 4            /* fds attached to one frame */
+#define ANES_IO_MAX_QUEUED_FDS 16           /* received fds not yet claimed by a frame */
+
+/* Validator bounds for one payload. */
+#define ANES_MP_MAX_DEPTH 16        /* nesting of arrays/maps */
+#define ANES_MP_MAX_OBJECTS 65536   /* msgpack objects in one payload */
+#define ANES_MP_MAX_MAP 1024        /* entries in one map (keys must be unique) */
+#define ANES_METHOD_MAX 64          /* bytes in a method name */
+
+/* msgpack-rpc message types (element 0 of the envelope). */
+typedef enum anes_msg_type {
+	ANES_MSG_REQUEST = 0,
+	ANES_MSG_RESPONSE = 1,
+	ANES_MSG_NOTIFY = 2,
+} anes_msg_type;
+
+/*
+ * Wire error codes: the numbers and names are stable.  X(code, NAME, "name").
+ */
+#define ANES_WIRE_ERRORS(X)                                                        \
+	X(1, PROTOCOL, "protocol")             /* malformed frame or message */      \
+	X(2, VERSION, "version")               /* unsupported protocol version */    \
+	X(3, HANDSHAKE, "handshake")           /* request before hello, or 2nd hello */ \
+	X(4, UNKNOWN_METHOD, "unknown_method") /* no such method */                  \
+	X(5, INVALID_PARAMS, "invalid_params") /* missing, mistyped or out-of-range field */ \
+	X(6, NO_SUCH_SURFACE, "no_such_surface")                                     \
+	X(7, NO_SUCH_PROGRAM, "no_such_program")                                     \
+	X(8, NO_SUCH_FUNCTION, "no_such_function")                                   \
+	X(9, LIMIT, "limit")                   /* a resource limit was reached */    \
+	X(10, COMPILE, "compile")              /* the MIL text is invalid */         \
+	X(11, UNSUPPORTED, "unsupported")      /* valid MIL the backend cannot run */ \
+	X(12, SIZE_MISMATCH, "size_mismatch")  /* surfaces do not fit the program */ \
+	X(13, BAD_FD, "bad_fd")                /* fd missing, not sealed, or too small */ \
+	X(14, RUN_FAILED, "run_failed")        /* the backend failed during a run */ \
+	X(15, NO_MEMORY, "no_memory")                                                \
+	X(16, INTERNAL, "internal")
+
+typedef enum anes_wire_error {
+#define ANES_X_(c, N, s) ANES_WERR_##N = c,
+	ANES_WIRE_ERRORS(ANES_X_)
+#undef ANES_X_
+} anes_wire_error;
+
+#define ANES_WERR_MAX 16
+
+/* "protocol", ... for a known code; NULL otherwise. */
+const char *anes_wire_error_name(int code);
+/* The code for a name; 0 if unknown. */
+int anes_wire_error_from_name(const char *name, size_t len);
+
+/* Typed object IDs (nng style), so one kind cannot be passed as another.
+ * 0 is never a valid ID. */
+typedef struct anes_surface_id { uint32_t v; } anes_surface_id;
+typedef struct anes_program_id { uint32_t v; } anes_program_id;
+
+/* ---- framing ---------------------------------------------------------- */
+
+void anes_frame_header_write(uint8_t hdr[ANES_FRAME_HEADER_SIZE], uint32_t len, unsigned nfds);
+/* -EMSGSIZE if len > max_frame; -EPROTO if nfds > ANES_MAX_FDS_PER_FRAME or a
+ * reserved byte is not zero. */
+int anes_frame_header_parse(const uint8_t hdr[ANES_FRAME_HEADER_SIZE], uint32_t max_frame,
+                            uint32_t *ret_len, unsigned *ret_nfds);
+
+/* ---- validating and decoding ------------------------------------------ */
+
+/* Walk one msgpack value that must occupy exactly buf[0..len).  Checks every
+ * declared length against the bytes that remain, the depth, the object count
+ * (ANES_MP_MAX_OBJECTS), map sizes and unique string keys, and rejects ext
+ * types.  Only after this succeeds is msgpack-c allowed to unpack the buffer,
+ * so its allocation is bounded by ~24 bytes x ANES_MP_MAX_OBJECTS.
+ * Returns 0 or -EBADMSG. */
+int anes_mp_check(const void *buf, size_t len);
+
+/* A decoded message.  All pointers point into the zone passed to
+ * anes_msg_decode or into the payload buffer (str/bin are referenced, not
+ * copied): both must outlive the message. */
+typedef struct anes_msg {
+	anes_msg_type type;
+	uint32_t msgid;                /* request, response */
+	const char *method;            /* request, notify; not NUL-terminated */
+	uint32_t method_len;
+	const msgpack_object *params;  /* request, notify: a map */
+	const msgpack_object *error;   /* response: NULL on success, else a map */
+	const msgpack_object *result;  /* response: a map on success, else NULL */
+} anes_msg;
+
+/* Validate (anes_mp_check) and decode one payload into an envelope.
+ * Returns 0, or -EBADMSG for anything malformed (wrong arity, types, a msgid
+ * over UINT32_MAX, a method name longer than ANES_METHOD_MAX, params that
+ * are not a map, ...), -ENOMEM. */
+int anes_msg_decode(const void *buf, size_t len, msgpack_zone *zone, anes_msg *ret);
+
+bool anes_msg_method_is(const anes_msg *m, const char *name);
+
+/* Typed access to a field of a map with string keys.
+ * Each returns 0 on success, -ENOENT if the key is absent, -EINVAL if it has
+ * the wrong type or is out of range (nothing is written on failure). */
+const msgpack_object *anes_mp_get(const msgpack_object *map, const char *key);
+int anes_mp_u64(const msgpack_object *map, const char *key, uint64_t max, uint64_t *ret);
+int anes_mp_u32(const msgpack_object *map, const char *key, uint32_t *ret);
+int anes_mp_i64(const msgpack_object *map, const char *key, int64_t *ret);
+int anes_mp_bool(const msgpack_object *map, const char *key, bool *ret);
+/* Strings and bins are not NUL-terminated; max_len bounds the length. */
+int anes_mp_str(const msgpack_object *map, const char *key, uint32_t max_len,
+                const char **ret, uint32_t *ret_len);
+int anes_mp_bin(const msgpack_object *map, const char *key, uint32_t max_len,
+                const void **ret, uint32_t *ret_len);
+int anes_mp_array(const msgpack_object *map, const char *key, uint32_t max_n,
+                  const msgpack_object **ret_items, uint32_t *ret_n);
+/* A nested map with at most max_n entries. */
+int anes_mp_map(const msgpack_object *map, const char *key, uint32_t max_n,
+                const msgpack_object **ret);
+/* An element of an array as a u32 (e.g. a list of surface IDs). */
+int anes_mp_item_u32(const msgpack_object *item, uint32_t *ret);
+/* Compare a msgpack str with a C string. */
+bool anes_mp_str_eq(const msgpack_object *o, const char *s);
+
+/* ---- building frames --------------------------------------------------- */
+
+/* A frame under construction: header space is reserved, msgpack is packed
+ * after it with pk, and anes_frame_finish fills the header in.  Allocation
+ * failures while packing are sticky and reported by anes_frame_finish. */
+typedef struct anes_frame {
+	char *data;
+	size_t len;
+	size_t cap;
+	bool oom;
+	msgpack_packer pk;
+} anes_frame;
+
+void anes_frame_init(anes_frame *f);
+/* Free the frame's buffer (if not handed over).  Accepts a finished frame. */
+void anes_frame_release(anes_frame *f);
+/* Fill the header in.  -EMSGSIZE if the payload exceeds max_frame, -ENOMEM
+ * if packing ran out of memory.  On success the buffer (*ret_data, *ret_len,
+ * including the header) is owned by the caller (free()) and the frame is
+ * empty; on failure the frame still owns it. */
+int anes_frame_finish(anes_frame *f, unsigned nfds, uint32_t max_frame,
+                      void **ret_data, size_t *ret_len);
+
+/* Packing helpers (write into f->pk). */
+void anes_pack_str(msgpack_packer *pk, const char *s);
+void anes_pack_strn(msgpack_packer *pk, const char *s, size_t n);
+/* [0, msgid, method, {  -- then pack n_params key/value pairs */
+void anes_pack_request(msgpack_packer *pk, uint32_t msgid, const char *method, uint32_t n_params);
+/* [1, msgid, nil, {     -- then pack n_result key/value pairs */
+void anes_pack_result(msgpack_packer *pk, uint32_t msgid, uint32_t n_result);
+/* [1, msgid, {code, name, message}, nil] -- complete */
+void anes_pack_error(msgpack_packer *pk, uint32_t msgid, int code, const char *message);
+/* [2, method, {         -- then pack n_params key/value pairs */
+void anes_pack_notify(msgpack_packer *pk, const char *method, uint32_t n_params);
+
+/* Decode a response's error map. Pointers refer into the message.
+ * -EBADMSG if the map lacks an integer "code" or string "message". */
+int anes_msg_error(const anes_msg *m, int *ret_code, const char **ret_message, uint32_t *ret_len);
+
+/* ---- connection I/O ------------------------------------------------------ */
+
+/* One end of a connection: a receive buffer, received fds not yet claimed,
+ * and a queue of frames to send.  Works with blocking and non-blocking
+ * sockets.  Not thread-safe. */
+typedef struct anes_out anes_out;
+typedef struct anes_io {
+	int fd;                 /* borrowed: the owner closes it */
+	uint32_t max_frame;     /* max payload accepted and sent */
+	uint8_t *rbuf;          /* owned */
+	size_t rpos;            /* start of unconsumed bytes */
+	size_t rlen;            /* end of received bytes */
+	size_t rcap;
+	int fdq[ANES_IO_MAX_QUEUED_FDS];  /* owned: received, not yet claimed */
+	unsigned nfdq;
+	anes_out *out_head;     /* owned: frames not yet fully sent */
+	anes_out *out_tail;
+	size_t out_bytes;       /* bytes queued and not yet sent */
+} anes_io;
+
+void anes_io_init(anes_io *io, int fd, uint32_t max_frame);
+/* Free buffers, close queued and unsent fds.  Does not close io->fd. */
+void anes_io_cleanup(anes_io *io);
+
+/* One recvmsg (MSG_CMSG_CLOEXEC).  Returns the bytes read (> 0), 0 on
+ * end-of-file, -EAGAIN if nothing is available on a non-blocking socket,
+ * -EPROTO if the peer sent more fds than fit (MSG_CTRUNC; all received fds
+ * are closed) or any ancillary data but SCM_RIGHTS, or another -errno.
+ * The buffer grows with what arrives, never beyond header + max_frame. */
+ssize_t anes_io_read(anes_io *io);
+
+/* Take the next complete frame out of the receive buffer.
+ * Returns 1 with *ret_payload and *ret_len (valid until the next anes_io_read or
+ * anes_io_next_frame) and ret_fds[0..*ret_nfds) (owned by the caller from now
+ * on); 0 if no complete frame is buffered; -EMSGSIZE for a frame over
+ * max_frame (detected from its header, before anything is allocated);
+ * -EPROTO for a bad header, a frame that claims more fds than arrived, or
+ * fds that arrived with no frame to claim them. */
+int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len,
+                       int ret_fds[ANES_MAX_FDS_PER_FRAME], unsigned *ret_nfds);
+
+/* Queue a finished frame (from anes_frame_finish) and the fds that go with it
+ * (nfds must equal the count in its header).  Takes ownership of data and of
+ * the fds in every case, also on failure (then they are freed/closed). */
+int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned nfds);
+
+/* Send queued frames.  0 when the queue is empty, -EAGAIN when the socket
+ * is full (poll for writable and call again), another -errno on failure
+ * (-EPIPE when the peer is gone). */
+int anes_io_flush(anes_io *io);
+
+static inline bool anes_io_want_write(const anes_io *io) { return io->out_head != NULL; }
+
+/* ---- OS helpers ------------------------------------------------------------ */
+
+/* System calls used for fd passing, replaceable by tests to inject faults. */
+extern ssize_t (*anes_os_sendmsg)(int fd, const struct msghdr *msg, int flags);
+extern ssize_t (*anes_os_recvmsg)(int fd, struct msghdr *msg, int flags);
+
+/* Create a memfd of size bytes, sealed against shrinking, growing and further
+ * sealing (MFD_CLOEXEC).  On success *ret_fd is owned by the caller. */
+int anes_memfd_create(const char *name, uint64_t size, int *ret_fd);
+/* Check that fd is a memfd sealed against shrinking; return its size. */
+int anes_memfd_check(int fd, uint64_t *ret_size);
+
+/* Whole-buffer read/write helpers for blocking fds; 0 or -errno (-EPIPE at EOF). */
+int anes_write_all(int fd, const void *buf, size_t len);
+
+#endif
