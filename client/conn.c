@@ -18,6 +18,7 @@
 
 /* ---- errors ---------------------------------------------------------------- */
 
+static void vset_msg(char *buf, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void vset_msg(char *buf, const char *fmt, va_list ap)
 {
 	int n = vsnprintf(buf, ANESC_ERRMSG_MAX, fmt, ap);

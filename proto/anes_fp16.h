@@ -26,6 +26,9 @@
 #if defined(__F16C__) || (defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)))
 #include <immintrin.h>
 #endif
+#if !defined(__F16C__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 
 /* ---- portable versions (always available, used by the tests as reference) ---- */
 
@@ -126,8 +129,8 @@ static inline float anes_f16_to_f32(uint16_t h)
 __attribute__((target("avx,f16c")))
 static inline void anes_f16_to_f32_n_f16c(float *dst, const uint16_t *src, size_t n)
 {
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
+	size_t i = 0, n8 = n & ~(size_t)7;
+	for (; i < n8; i += 8) {
 		__m128i h = _mm_loadu_si128((const __m128i *)(const void *)(src + i));
 		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
 	}
@@ -138,8 +141,8 @@ static inline void anes_f16_to_f32_n_f16c(float *dst, const uint16_t *src, size_
 __attribute__((target("avx,f16c")))
 static inline void anes_f32_to_f16_n_f16c(uint16_t *dst, const float *src, size_t n)
 {
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
+	size_t i = 0, n8 = n & ~(size_t)7;
+	for (; i < n8; i += 8) {
 		__m256 f = _mm256_loadu_ps(src + i);
 		_mm_storeu_si128((__m128i *)(void *)(dst + i),
 		                 _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -150,12 +153,20 @@ static inline void anes_f32_to_f16_n_f16c(uint16_t *dst, const float *src, size_
 
 static inline int anes_fp16_have_f16c(void)
 {
-	/* Cached; a benign race at worst computes it twice. */
+	/* Cached; a benign race at worst computes it twice.  F16C needs AVX and
+	 * the OS saving YMM state (OSXSAVE + XCR0 bits 1 and 2). */
 	static volatile int cached = -1;
 	int c = cached;
 	if (c < 0) {
-		__builtin_cpu_init();
-		c = (__builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c")) ? 1 : 0;
+		unsigned a = 0, b = 0, cx = 0, d = 0;
+		c = 0;
+		if (__get_cpuid(1, &a, &b, &cx, &d) && (cx & (1u << 27)) && (cx & (1u << 28)) &&
+		    (cx & (1u << 29))) {
+			unsigned lo, hi;
+			__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+			(void)hi;
+			c = (lo & 6u) == 6u;
+		}
 		cached = c;
 	}
 	return c;
@@ -165,8 +176,8 @@ static inline int anes_fp16_have_f16c(void)
 static inline void anes_f16_to_f32_n(float *dst, const uint16_t *src, size_t n)
 {
 #if defined(__F16C__)
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
+	size_t i = 0, n8 = n & ~(size_t)7;
+	for (; i < n8; i += 8) {
 		__m128i h = _mm_loadu_si128((const __m128i *)(const void *)(src + i));
 		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
 	}
@@ -187,8 +198,8 @@ static inline void anes_f16_to_f32_n(float *dst, const uint16_t *src, size_t n)
 static inline void anes_f32_to_f16_n(uint16_t *dst, const float *src, size_t n)
 {
 #if defined(__F16C__)
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
+	size_t i = 0, n8 = n & ~(size_t)7;
+	for (; i < n8; i += 8) {
 		__m256 f = _mm256_loadu_ps(src + i);
 		_mm_storeu_si128((__m128i *)(void *)(dst + i),
 		                 _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));

@@ -203,12 +203,22 @@ int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_l
 int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned nfds)
 {
 	anes_out *o;
+	uint32_t plen;
+	unsigned hnfds;
+	int r;
 
-	if (nfds > ANES_MAX_FDS_PER_FRAME || len < ANES_FRAME_HEADER_SIZE ||
-	    ((uint8_t *)data)[4] != nfds) {
-		close_fds((int *)fds, nfds <= ANES_MAX_FDS_PER_FRAME ? nfds : 0);
+	/* The header must describe exactly this buffer and these fds, or the
+	 * stream (or the peer's fd queue) goes out of step. */
+	r = len < ANES_FRAME_HEADER_SIZE ? -EINVAL
+	    : anes_frame_header_parse(data, io->max_frame, &plen, &hnfds);
+	if (r == 0 && (hnfds != nfds || plen != len - ANES_FRAME_HEADER_SIZE))
+		r = -EINVAL;
+	else if (r == -EPROTO)
+		r = -EINVAL;
+	if (r < 0) {
+		close_fds((int *)fds, nfds);  /* all of them: ownership was passed */
 		free(data);
-		return -EINVAL;
+		return r;
 	}
 	o = calloc(1, sizeof *o);
 	if (!o) {

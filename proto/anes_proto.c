@@ -136,6 +136,9 @@ int anes_mp_check(const void *buf, size_t len)
 		}
 
 		if (container) {
+			/* every container counts, also an empty one */
+			if (depth + 1 > ANES_MP_MAX_DEPTH)
+				return -EBADMSG;
 			if (is_map) {
 				if (children > ANES_MP_MAX_MAP)
 					return -EBADMSG;
@@ -143,11 +146,8 @@ int anes_mp_check(const void *buf, size_t len)
 			}
 			if (children > len - pos)
 				return -EBADMSG;
-			if (children > 0) {
-				if (depth + 1 > ANES_MP_MAX_DEPTH)
-					return -EBADMSG;
+			if (children > 0)
 				pending[++depth] = children;
-			}
 		} else {
 			if (skip > len - pos)
 				return -EBADMSG;
@@ -157,30 +157,92 @@ int anes_mp_check(const void *buf, size_t len)
 	return pos == len ? 0 : -EBADMSG;
 }
 
-/* Keys of one map must be unique (string keys compared bytewise); applied
- * recursively.  Bounded by the limits anes_mp_check enforced. */
+/* Order map keys for the uniqueness check: by type, then by value.  Scalar
+ * keys compare by value (integers whatever their encoding, str/bin by bytes,
+ * floats by bit pattern); array and map keys are never equal to another key. */
+static int key_cmp(const void *pa, const void *pb)
+{
+	const msgpack_object *a = *(const msgpack_object *const *)pa;
+	const msgpack_object *b = *(const msgpack_object *const *)pb;
+
+	if (a->type != b->type)
+		return a->type < b->type ? -1 : 1;
+	switch (a->type) {
+	case MSGPACK_OBJECT_NIL:
+		return 0;
+	case MSGPACK_OBJECT_BOOLEAN:
+		return (int)a->via.boolean - (int)b->via.boolean;
+	case MSGPACK_OBJECT_POSITIVE_INTEGER:
+		return a->via.u64 < b->via.u64 ? -1 : a->via.u64 > b->via.u64;
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+		return a->via.i64 < b->via.i64 ? -1 : a->via.i64 > b->via.i64;
+	case MSGPACK_OBJECT_FLOAT32:
+	case MSGPACK_OBJECT_FLOAT64:
+		return memcmp(&a->via.f64, &b->via.f64, sizeof a->via.f64);
+	case MSGPACK_OBJECT_STR:
+	case MSGPACK_OBJECT_BIN: {
+		/* str and bin share a layout */
+		uint32_t na = a->via.str.size, nb = b->via.str.size;
+		if (na != nb)
+			return na < nb ? -1 : 1;
+		return na ? memcmp(a->via.str.ptr, b->via.str.ptr, na) : 0;
+	}
+	default:
+		return a < b ? -1 : a > b;
+	}
+}
+
+/* The keys of one map must be unique.  Sorting keeps this O(n log n)
+ * comparisons: a pairwise check of 1,024 long keys that differ only at the
+ * end would cost seconds per frame. */
+static int map_keys_unique(const msgpack_object *map)
+{
+	const msgpack_object_kv *kv = map->via.map.ptr;
+	uint32_t n = map->via.map.size;
+	const msgpack_object *small[8];
+	const msgpack_object **keys = small;
+	int r = 0;
+
+	if (n < 2)
+		return 0;
+	if (n > sizeof small / sizeof small[0]) {
+		keys = malloc(n * sizeof *keys);
+		if (!keys)
+			return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		keys[i] = &kv[i].key;
+	qsort(keys, n, sizeof *keys, key_cmp);
+	for (uint32_t i = 1; i < n; i++) {
+		if (key_cmp(&keys[i - 1], &keys[i]) == 0) {
+			r = -EBADMSG;
+			break;
+		}
+	}
+	if (keys != small)
+		free(keys);
+	return r;
+}
+
+/* Applied recursively; bounded by the limits anes_mp_check enforced.
+ * Returns 0, -EBADMSG or -ENOMEM. */
 static int check_unique_keys(const msgpack_object *o, unsigned depth)
 {
+	int r;
+
 	if (depth > ANES_MP_MAX_DEPTH)
 		return -EBADMSG;
 	if (o->type == MSGPACK_OBJECT_ARRAY) {
 		for (uint32_t i = 0; i < o->via.array.size; i++)
-			if (check_unique_keys(&o->via.array.ptr[i], depth + 1) < 0)
-				return -EBADMSG;
+			if ((r = check_unique_keys(&o->via.array.ptr[i], depth + 1)) < 0)
+				return r;
 	} else if (o->type == MSGPACK_OBJECT_MAP) {
-		const msgpack_object_kv *kv = o->via.map.ptr;
+		if ((r = map_keys_unique(o)) < 0)
+			return r;
 		for (uint32_t i = 0; i < o->via.map.size; i++) {
-			if (kv[i].key.type == MSGPACK_OBJECT_STR) {
-				for (uint32_t j = 0; j < i; j++) {
-					if (kv[j].key.type == MSGPACK_OBJECT_STR &&
-					    kv[j].key.via.str.size == kv[i].key.via.str.size &&
-					    memcmp(kv[j].key.via.str.ptr, kv[i].key.via.str.ptr,
-					           kv[i].key.via.str.size) == 0)
-						return -EBADMSG;
-				}
-			}
-			if (check_unique_keys(&kv[i].val, depth + 1) < 0)
-				return -EBADMSG;
+			if ((r = check_unique_keys(&o->via.map.ptr[i].key, depth + 1)) < 0 ||
+			    (r = check_unique_keys(&o->via.map.ptr[i].val, depth + 1)) < 0)
+				return r;
 		}
 	}
 	return 0;
@@ -211,8 +273,11 @@ int anes_msg_decode(const void *buf, size_t len, msgpack_zone *zone, anes_msg *r
 	default:
 		return -EBADMSG;
 	}
-	if (off != len || check_unique_keys(&root, 0) < 0)
+	if (off != len)
 		return -EBADMSG;
+	int r = check_unique_keys(&root, 0);
+	if (r < 0)
+		return r;
 	if (root.type != MSGPACK_OBJECT_ARRAY || root.via.array.size < 3)
 		return -EBADMSG;
 

@@ -96,10 +96,12 @@ int anes_frame_header_parse(const uint8_t hdr[ANES_FRAME_HEADER_SIZE], uint32_t 
 /* ---- validating and decoding ------------------------------------------ */
 
 /* Walk one msgpack value that must occupy exactly buf[0..len).  Checks every
- * declared length against the bytes that remain, the depth, the object count
- * (ANES_MP_MAX_OBJECTS), map sizes and unique string keys, and rejects ext
- * types.  Only after this succeeds is msgpack-c allowed to unpack the buffer,
- * so its allocation is bounded by ~24 bytes x ANES_MP_MAX_OBJECTS.
+ * declared length against the bytes that remain, the depth (every array and
+ * map counts, also empty ones), the object count (ANES_MP_MAX_OBJECTS) and map
+ * sizes, and rejects ext types and 0xc1.  Unique keys need the decoded
+ * objects: anes_msg_decode checks them.  Only after this succeeds is
+ * msgpack-c allowed to unpack the buffer, so its allocation is bounded by
+ * ~24 bytes x ANES_MP_MAX_OBJECTS.
  * Returns 0 or -EBADMSG. */
 int anes_mp_check(const void *buf, size_t len);
 
@@ -119,7 +121,7 @@ typedef struct anes_msg {
 /* Validate (anes_mp_check) and decode one payload into an envelope.
  * Returns 0, or -EBADMSG for anything malformed (wrong arity, types, a msgid
  * over UINT32_MAX, a method name longer than ANES_METHOD_MAX, params that
- * are not a map, ...), -ENOMEM. */
+ * are not a map, two equal keys in any map, ...), -ENOMEM. */
 int anes_msg_decode(const void *buf, size_t len, msgpack_zone *zone, anes_msg *ret);
 
 bool anes_msg_method_is(const anes_msg *m, const char *name);
@@ -213,7 +215,9 @@ void anes_io_cleanup(anes_io *io);
 /* One recvmsg (MSG_CMSG_CLOEXEC).  Returns the bytes read (> 0), 0 on
  * end-of-file, -EAGAIN if nothing is available on a non-blocking socket,
  * -EPROTO if the peer sent more fds than fit (MSG_CTRUNC; all received fds
- * are closed) or any ancillary data but SCM_RIGHTS, or another -errno.
+ * are closed) or any ancillary data but SCM_RIGHTS, -ENOBUFS if the buffer
+ * is full and holds a complete frame (take it with anes_io_next_frame
+ * first), or another -errno.
  * The buffer grows with what arrives, never beyond header + max_frame. */
 ssize_t anes_io_read(anes_io *io);
 
@@ -229,7 +233,9 @@ int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_l
 
 /* Queue a finished frame (from anes_frame_finish) and the fds that go with it
  * (nfds must equal the count in its header).  Takes ownership of data and of
- * the fds in every case, also on failure (then they are freed/closed). */
+ * the fds in every case, also on failure (then they are freed/closed).
+ * -EINVAL if the header does not match len or nfds, -EMSGSIZE if the payload
+ * exceeds io->max_frame, -ENOMEM. */
 int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned nfds);
 
 /* Send queued frames.  0 when the queue is empty, -EAGAIN when the socket

@@ -134,6 +134,9 @@ int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, siz
                    anes_mil_program **ret_prog, char *errbuf, size_t errbuf_len);
 void anes_mil_program_free(anes_mil_program *prog);
 
+/* numpy-style broadcast of a and b: shape gets max(rank) dims.  0 or -EINVAL. */
+int anes_mil_broadcast(const anes_mil_type *a, const anes_mil_type *b, uint32_t *ret_rank, uint64_t *shape);
+
 /* ---- op table ---- */
 
 #define ANES_MIL_ARG_REQ   1u   /* required */

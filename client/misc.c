@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libaneshare: status, error names, the default socket path, fp16 helpers.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "anes_fp16.h"
+#include "internal.h"
+
+/* ---- status ------------------------------------------------------------------- */
+
+#define STATUS_MAX_PROGRAMS 65536
+
+static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
+                     void *ud)
+{
+	aneshare_status **ret = ud;
+	const char *ver, *be;
+	uint32_t ver_len, be_len, n;
+	uint64_t uptime, clients, surfaces, bytes, runs, compiles, hits;
+	const msgpack_object *items;
+	if (anes_mp_str(res, "version", ANESC_MAX_STR, &ver, &ver_len) < 0 ||
+	    anes_mp_str(res, "backend", ANESC_MAX_STR, &be, &be_len) < 0 ||
+	    anes_mp_u64(res, "uptime_ms", UINT64_MAX, &uptime) < 0 ||
+	    anes_mp_u64(res, "clients", UINT32_MAX, &clients) < 0 ||
+	    anes_mp_u64(res, "surfaces", UINT32_MAX, &surfaces) < 0 ||
+	    anes_mp_u64(res, "surface_bytes", UINT64_MAX, &bytes) < 0 ||
+	    anes_mp_u64(res, "runs", UINT64_MAX, &runs) < 0 ||
+	    anes_mp_u64(res, "compiles", UINT64_MAX, &compiles) < 0 ||
+	    anes_mp_u64(res, "cache_hits", UINT64_MAX, &hits) < 0 ||
+	    anes_mp_array(res, "programs", STATUS_MAX_PROGRAMS, &items, &n) < 0)
+		goto bad;
+
+	/* One block: the struct, the program array, then the strings. */
+	size_t size = sizeof(aneshare_status) + (size_t)n * sizeof(struct aneshare_status_program) +
+	              ver_len + 1 + be_len + 1 + (size_t)n * 65;
+	aneshare_status *st = calloc(1, size);
+	if (!st)
+		return anesc_fail(c, -ENOMEM, "out of memory");
+	st->program_list = (struct aneshare_status_program *)(st + 1);
+	char *sp = (char *)(st->program_list + n);
+	for (uint32_t i = 0; i < n; i++) {
+		const char *key;
+		uint32_t key_len, refs;
+		if (items[i].type != MSGPACK_OBJECT_MAP ||
+		    anes_mp_str(&items[i], "key", 64, &key, &key_len) < 0 ||
+		    anes_mp_u32(&items[i], "refs", &refs) < 0) {
+			free(st);
+			goto bad;
+		}
+		memcpy(sp, key, key_len);
+		sp[key_len] = '\0';
+		st->program_list[i].key = sp;
+		st->program_list[i].refs = refs;
+		sp += 65;
+	}
+	memcpy(sp, ver, ver_len);
+	sp[ver_len] = '\0';
+	st->server_version = sp;
+	sp += ver_len + 1;
+	memcpy(sp, be, be_len);
+	sp[be_len] = '\0';
+	st->backend = sp;
+	st->uptime_ms = uptime;
+	st->clients = (uint32_t)clients;
+	st->programs = n;
+	st->surfaces = (uint32_t)surfaces;
+	st->surface_bytes = bytes;
+	st->runs = runs;
+	st->compiles = compiles;
+	st->cache_hits = hits;
+	*ret = st;
+	return 0;
+bad:
+	return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed status from the daemon");
+}
+
+ANESHARE_API int aneshare_get_status(aneshare_conn *c, aneshare_status **ret)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	anes_frame f;
+	uint32_t msgid;
+	int r = anesc_begin(c, &f, "status", 0, &msgid);
+	if (r < 0)
+		return r;
+	aneshare_status *st = NULL;
+	r = anesc_call(c, &f, msgid, NULL, 0, status_cb, &st);
+	if (r < 0)
+		return r;
+	*ret = st;
+	return 0;
+}
+
+ANESHARE_API void aneshare_status_free(aneshare_status *st)
+{
+	free(st);
+}
+
+/* ---- errors ------------------------------------------------------------------- */
+
+ANESHARE_API const char *aneshare_strerror(int err)
+{
+	static const char *const names[] = {
+#define ANES_X_(c, N, s) [c] = s,
+		ANES_WIRE_ERRORS(ANES_X_)
+#undef ANES_X_
+	};
+	if (err == 0)
+		return "success";
+	if (err > 0)
+		return "unknown error";
+	if (err <= -ANESHARE_EBASE) {
+		long code = -(long)err - ANESHARE_EBASE;
+		if (code > 0 && code < (long)(sizeof names / sizeof names[0]) && names[code])
+			return names[code];
+		return "unknown daemon error";
+	}
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+	const char *s = strerrordesc_np(-err);   /* static, unlike strerror's */
+#else
+	const char *s = strerror(-err);
+#endif
+	return s ? s : "unknown error";
+}
+
+/* ---- default socket path --------------------------------------------------------- */
+
+ANESHARE_API int aneshare_default_socket_path(char *buf, size_t buf_len)
+{
+	const char *env = getenv("ANESHARE_SOCKET");
+	int n;
+	if (!buf)
+		return -EINVAL;
+	if (env && *env) {
+		n = snprintf(buf, buf_len, "%s", env);
+	} else {
+#ifdef __linux__
+		const char *xdg = getenv("XDG_RUNTIME_DIR");
+#else
+		const char *xdg = NULL;
+#endif
+		if (xdg && *xdg) {
+			n = snprintf(buf, buf_len, "%s/aneshare/aneshare.sock", xdg);
+		} else {
+			const char *tmp = getenv("TMPDIR");
+			if (!tmp || !*tmp)
+				tmp = "/tmp";
+			n = snprintf(buf, buf_len, "%s/aneshare-%u/aneshare.sock", tmp,
+			             (unsigned)getuid());
+		}
+	}
+	if (n < 0)
+		return -EINVAL;
+	if ((size_t)n >= buf_len)
+		return -ENAMETOOLONG;
+	return n;
+}
+
+/* ---- fp16 ------------------------------------------------------------------------- */
+
+ANESHARE_API void aneshare_f32_to_f16(uint16_t *dst, const float *src, size_t n)
+{
+	anes_f32_to_f16_n(dst, src, n);
+}
+
+ANESHARE_API void aneshare_f16_to_f32(float *dst, const uint16_t *src, size_t n)
+{
+	anes_f16_to_f32_n(dst, src, n);
+}

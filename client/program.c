@@ -1,0 +1,440 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libaneshare: programs (compile, info, release) and runs.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void program_link(aneshare_conn *c, aneshare_program *p)
+{
+	p->conn = c;
+	p->prev = NULL;
+	p->next = c->programs;
+	if (c->programs)
+		c->programs->prev = p;
+	c->programs = p;
+}
+
+static void tensors_free(aneshare_tensor_info *t, uint32_t n)
+{
+	if (!t)
+		return;
+	for (uint32_t i = 0; i < n; i++)
+		free((char *)t[i].name);
+	free(t);
+}
+
+static void functions_free(anesc_function *fns, uint32_t n)
+{
+	if (!fns)
+		return;
+	for (uint32_t i = 0; i < n; i++) {
+		free(fns[i].name);
+		tensors_free(fns[i].inputs, fns[i].n_inputs);
+		tensors_free(fns[i].outputs, fns[i].n_outputs);
+	}
+	free(fns);
+}
+
+void anesc_program_free_local(aneshare_program *p)
+{
+	aneshare_conn *c = p->conn;
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		c->programs = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	functions_free(p->functions, p->n_functions);
+	free(p);
+}
+
+/* ---- compile ---------------------------------------------------------------- */
+
+typedef struct compile_result {
+	uint32_t id;
+	bool cached;
+	char key[65];
+} compile_result;
+
+static bool is_key(const char *s, uint32_t len)
+{
+	if (len != 64)
+		return false;
+	for (uint32_t i = 0; i < len; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	return true;
+}
+
+static int compile_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
+                      void *ud)
+{
+	compile_result *cr = ud;
+	uint32_t id;
+	const char *key;
+	uint32_t key_len;
+	bool cached = false;
+	if (anes_mp_u32(res, "id", &id) < 0 || id == 0)
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed compile result from the daemon");
+	cr->id = id;   /* known from here on, so the caller can release it */
+	if (anes_mp_str(res, "key", 64, &key, &key_len) < 0 || !is_key(key, key_len) ||
+	    anes_mp_bool(res, "cached", &cached) == -EINVAL)
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed compile result from the daemon");
+	memcpy(cr->key, key, 64);
+	cr->key[64] = '\0';
+	cr->cached = cached;
+	return 0;
+}
+
+static int dtype_parse(const char *s, uint32_t len, aneshare_dtype *ret_dt, uint64_t *ret_size)
+{
+	static const struct { const char *name; aneshare_dtype dt; uint64_t size; } t[] = {
+		{ "fp16", ANESHARE_FP16, 2 },  { "fp32", ANESHARE_FP32, 4 },
+		{ "int32", ANESHARE_INT32, 4 }, { "int16", ANESHARE_INT16, 2 },
+		{ "int8", ANESHARE_INT8, 1 },  { "uint8", ANESHARE_UINT8, 1 },
+		{ "bool", ANESHARE_BOOL, 1 },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+		if (strlen(t[i].name) == len && memcmp(t[i].name, s, len) == 0) {
+			*ret_dt = t[i].dt;
+			*ret_size = t[i].size;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+static int parse_tensor(const msgpack_object *o, aneshare_tensor_info *t)
+{
+	if (o->type != MSGPACK_OBJECT_MAP)
+		return -EINVAL;
+	const char *dts;
+	uint32_t dts_len;
+	aneshare_dtype dt;
+	uint64_t esize, bytes;
+	const msgpack_object *dims;
+	uint32_t rank;
+	if (anes_mp_str(o, "dtype", 16, &dts, &dts_len) < 0 ||
+	    dtype_parse(dts, dts_len, &dt, &esize) < 0 ||
+	    anes_mp_array(o, "shape", ANESHARE_MAX_RANK, &dims, &rank) < 0 ||
+	    anes_mp_u64(o, "bytes", UINT64_MAX, &bytes) < 0)
+		return -EINVAL;
+	uint64_t prod = esize;
+	for (uint32_t i = 0; i < rank; i++) {
+		if (dims[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+			return -EINVAL;
+		uint64_t d = dims[i].via.u64;
+		if (d == 0 || prod > UINT64_MAX / d)
+			return -EINVAL;
+		prod *= d;
+		t->shape[i] = d;
+	}
+	if (prod != bytes)
+		return -EINVAL;
+	int r = anesc_dup_str(o, "name", ANESC_MAX_NAME, (char **)&t->name);
+	if (r < 0)
+		return r;
+	t->dtype = dt;
+	t->rank = rank;
+	t->bytes = bytes;
+	return 0;
+}
+
+static int parse_tensors(const msgpack_object *fn, const char *key, aneshare_tensor_info **ret,
+                         uint32_t *ret_n)
+{
+	const msgpack_object *items;
+	uint32_t n;
+	int r = anes_mp_array(fn, key, ANESC_MAX_IO, &items, &n);
+	if (r < 0)
+		return r;
+	aneshare_tensor_info *t = calloc(n ? n : 1, sizeof *t);
+	if (!t)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		r = parse_tensor(&items[i], &t[i]);
+		if (r < 0) {
+			tensors_free(t, n);
+			return r;
+		}
+	}
+	*ret = t;
+	*ret_n = n;
+	return 0;
+}
+
+typedef struct info_result {
+	uint32_t n;
+	anesc_function *fns;
+} info_result;
+
+static int info_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
+                   void *ud)
+{
+	info_result *ir = ud;
+	const msgpack_object *items;
+	uint32_t n;
+	int r = anes_mp_array(res, "functions", ANESC_MAX_FUNCTIONS, &items, &n);
+	if (r < 0 || n == 0)
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed program info from the daemon");
+	anesc_function *fns = calloc(n, sizeof *fns);
+	if (!fns)
+		return anesc_fail(c, -ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < n && r >= 0; i++) {
+		if (items[i].type != MSGPACK_OBJECT_MAP) {
+			r = -EINVAL;
+			break;
+		}
+		r = anesc_dup_str(&items[i], "name", ANESC_MAX_NAME, &fns[i].name);
+		if (r == 0)
+			r = parse_tensors(&items[i], "inputs", &fns[i].inputs, &fns[i].n_inputs);
+		if (r == 0)
+			r = parse_tensors(&items[i], "outputs", &fns[i].outputs, &fns[i].n_outputs);
+	}
+	if (r < 0) {
+		functions_free(fns, n);
+		if (r == -ENOMEM)
+			return anesc_fail(c, r, "out of memory");
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed program info from the daemon");
+	}
+	ir->n = n;
+	ir->fns = fns;
+	return 0;
+}
+
+static int send_release(aneshare_conn *c, const char *method, uint32_t id)
+{
+	anes_frame f;
+	uint32_t msgid;
+	int r = anesc_begin(c, &f, method, 1, &msgid);
+	if (r < 0)
+		return r;
+	anes_pack_str(&f.pk, "id");
+	msgpack_pack_uint32(&f.pk, id);
+	return anesc_call(c, &f, msgid, NULL, 0, NULL, NULL);
+}
+
+ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
+                                          const aneshare_weight *weights, size_t n_weights,
+                                          aneshare_program **ret, bool *ret_cached)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	if (!mil)
+		return anesc_fail(c, -EINVAL, "no MIL text");
+	if (n_weights > UINT32_MAX || (n_weights && !weights))
+		return anesc_fail(c, -EINVAL, "bad weights");
+	for (size_t i = 0; i < n_weights; i++)
+		if (!weights[i].path || (weights[i].len && !weights[i].data) ||
+		    weights[i].len > UINT32_MAX)
+			return anesc_fail(c, -EINVAL, "bad weight %zu", i);
+
+	anes_frame f;
+	uint32_t msgid;
+	int r = anesc_begin(c, &f, "program.compile", n_weights ? 2 : 1, &msgid);
+	if (r < 0)
+		return r;
+	anes_pack_str(&f.pk, "mil");
+	anes_pack_str(&f.pk, mil);
+	if (n_weights) {
+		anes_pack_str(&f.pk, "weights");
+		msgpack_pack_map(&f.pk, n_weights);
+		for (size_t i = 0; i < n_weights; i++) {
+			anes_pack_str(&f.pk, weights[i].path);
+			msgpack_pack_bin(&f.pk, weights[i].len);
+			msgpack_pack_bin_body(&f.pk, weights[i].data, weights[i].len);
+		}
+	}
+	compile_result cr = { 0 };
+	r = anesc_call(c, &f, msgid, NULL, 0, compile_cb, &cr);
+	if (r < 0) {
+		if (cr.id) {
+			char saved[ANESC_ERRMSG_MAX];
+			memcpy(saved, c->last_error, sizeof saved);
+			(void)send_release(c, "program.release", cr.id);
+			memcpy(c->last_error, saved, sizeof saved);
+		}
+		return r;
+	}
+
+	r = anesc_begin(c, &f, "program.info", 1, &msgid);
+	info_result ir = { 0 };
+	if (r == 0) {
+		anes_pack_str(&f.pk, "id");
+		msgpack_pack_uint32(&f.pk, cr.id);
+		r = anesc_call(c, &f, msgid, NULL, 0, info_cb, &ir);
+	}
+	aneshare_program *p = NULL;
+	if (r == 0) {
+		p = calloc(1, sizeof *p);
+		if (!p) {
+			functions_free(ir.fns, ir.n);
+			r = anesc_fail(c, -ENOMEM, "out of memory");
+		}
+	}
+	if (r < 0) {
+		char saved[ANESC_ERRMSG_MAX];
+		memcpy(saved, c->last_error, sizeof saved);
+		(void)send_release(c, "program.release", cr.id);
+		memcpy(c->last_error, saved, sizeof saved);
+		return r;
+	}
+	p->id = cr.id;
+	memcpy(p->key, cr.key, sizeof p->key);
+	p->n_functions = ir.n;
+	p->functions = ir.fns;
+	program_link(c, p);
+	*ret = p;
+	if (ret_cached)
+		*ret_cached = cr.cached;
+	return 0;
+}
+
+ANESHARE_API int aneshare_program_release(aneshare_program *p)
+{
+	if (!p)
+		return 0;
+	aneshare_conn *c = p->conn;
+	uint32_t id = p->id;
+	anesc_program_free_local(p);
+	return send_release(c, "program.release", id);
+}
+
+ANESHARE_API const char *aneshare_program_key(const aneshare_program *p)
+{
+	return p ? p->key : "";
+}
+
+ANESHARE_API uint32_t aneshare_program_function_count(const aneshare_program *p)
+{
+	return p ? p->n_functions : 0;
+}
+
+ANESHARE_API const char *aneshare_program_function_name(const aneshare_program *p, uint32_t fn)
+{
+	return p && fn < p->n_functions ? p->functions[fn].name : NULL;
+}
+
+ANESHARE_API uint32_t aneshare_program_input_count(const aneshare_program *p, uint32_t fn)
+{
+	return p && fn < p->n_functions ? p->functions[fn].n_inputs : 0;
+}
+
+ANESHARE_API uint32_t aneshare_program_output_count(const aneshare_program *p, uint32_t fn)
+{
+	return p && fn < p->n_functions ? p->functions[fn].n_outputs : 0;
+}
+
+ANESHARE_API const aneshare_tensor_info *aneshare_program_input(const aneshare_program *p,
+                                                                uint32_t fn, uint32_t i)
+{
+	if (!p || fn >= p->n_functions || i >= p->functions[fn].n_inputs)
+		return NULL;
+	return &p->functions[fn].inputs[i];
+}
+
+ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_program *p,
+                                                                 uint32_t fn, uint32_t i)
+{
+	if (!p || fn >= p->n_functions || i >= p->functions[fn].n_outputs)
+		return NULL;
+	return &p->functions[fn].outputs[i];
+}
+
+/* ---- runs ------------------------------------------------------------------- */
+
+static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface *const *s,
+                         size_t n)
+{
+	msgpack_pack_array(pk, n);
+	for (size_t i = 0; i < n; i++)
+		msgpack_pack_uint32(pk, s[i]->id);
+	return 0;
+}
+
+static int check_surfaces(aneshare_conn *c, aneshare_surface *const *s, size_t n)
+{
+	if (n && !s)
+		return anesc_fail(c, -EINVAL, "no surface array");
+	if (n > ANESC_MAX_IO)
+		return anesc_fail(c, -EINVAL, "too many surfaces");
+	for (size_t i = 0; i < n; i++)
+		if (!s[i] || s[i]->conn != c)
+			return anesc_fail(c, -EINVAL, "surface %zu is NULL or from another connection", i);
+	return 0;
+}
+
+static int run_begin(aneshare_program *p, uint32_t fn, aneshare_surface *const *inputs,
+                     size_t n_inputs, aneshare_surface *const *outputs, size_t n_outputs,
+                     anes_frame *f, uint32_t *ret_msgid)
+{
+	aneshare_conn *c = p->conn;
+	if (fn >= p->n_functions)
+		return anesc_fail(c, -EINVAL, "the program has no function %u", fn);
+	int r = check_surfaces(c, inputs, n_inputs);
+	if (r == 0)
+		r = check_surfaces(c, outputs, n_outputs);
+	if (r < 0)
+		return r;
+	r = anesc_begin(c, f, "run", 4, ret_msgid);
+	if (r < 0)
+		return r;
+	anes_pack_str(&f->pk, "program");
+	msgpack_pack_uint32(&f->pk, p->id);
+	anes_pack_str(&f->pk, "function");
+	anes_pack_str(&f->pk, p->functions[fn].name);
+	anes_pack_str(&f->pk, "inputs");
+	pack_surfaces(c, &f->pk, inputs, n_inputs);
+	anes_pack_str(&f->pk, "outputs");
+	pack_surfaces(c, &f->pk, outputs, n_outputs);
+	return 0;
+}
+
+ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
+                              aneshare_surface *const *inputs, size_t n_inputs,
+                              aneshare_surface *const *outputs, size_t n_outputs)
+{
+	if (!p)
+		return -EINVAL;
+	anes_frame f;
+	uint32_t msgid;
+	int r = run_begin(p, fn, inputs, n_inputs, outputs, n_outputs, &f, &msgid);
+	if (r < 0)
+		return r;
+	return anesc_call(p->conn, &f, msgid, NULL, 0, NULL, NULL);
+}
+
+ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
+                                     aneshare_surface *const *inputs, size_t n_inputs,
+                                     aneshare_surface *const *outputs, size_t n_outputs,
+                                     uint32_t *ret_ticket)
+{
+	if (!p || !ret_ticket)
+		return -EINVAL;
+	aneshare_conn *c = p->conn;
+	/* Never have more than max_inflight requests in flight: the daemon stops
+	 * reading beyond that, and a blocking writer could then deadlock with it. */
+	int r = anesc_pending_throttle(c, c->info.max_inflight);
+	if (r < 0)
+		return r;
+	anes_frame f;
+	uint32_t msgid;
+	r = run_begin(p, fn, inputs, n_inputs, outputs, n_outputs, &f, &msgid);
+	if (r < 0)
+		return r;
+	r = anesc_pending_add(c, msgid);
+	if (r < 0) {
+		anes_frame_release(&f);
+		return r;
+	}
+	r = anesc_send(c, &f, NULL, 0);
+	if (r < 0) {
+		anesc_pending_drop(c, msgid);
+		return r;
+	}
+	*ret_ticket = msgid;
+	return 0;
+}

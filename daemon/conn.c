@@ -1,0 +1,421 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Connections: one uv_poll_t per client socket, with anes_io doing the
+ * framing and fd passing (libuv's streams cannot pass memfds).
+ *
+ * Lifecycle: anes_conn_fail() only stops I/O and queues the connection on
+ * srv->dead; the teardown (releasing its objects, uv_close) happens in the
+ * loop's idle callback, never inside the connection's own callbacks or while
+ * some caller up the stack still walks a list that teardown would change.
+ * The memory goes when the poll handle's close callback has run and the
+ * last job or waiter referring to the connection dropped its reference.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#include "daemon.h"
+
+static void on_poll(uv_poll_t *h, int status, int events);
+static void conn_process(anes_conn *c);
+
+static void on_idle(uv_idle_t *h)
+{
+	anes_conn_run_deferred(h->data);
+}
+
+static void schedule_deferred(anes_server *srv)
+{
+	if (!srv->shut_down)
+		uv_idle_start(&srv->idle, on_idle);
+}
+
+static void close_fds(int *fds, unsigned nfds)
+{
+	for (unsigned i = 0; i < nfds; i++) {
+		if (fds[i] >= 0) {
+			close(fds[i]);
+			fds[i] = -1;
+		}
+	}
+}
+
+anes_conn *anes_conn_ref(anes_conn *c)
+{
+	assert(c->refs > 0);
+	c->refs++;
+	return c;
+}
+
+void anes_conn_unref(anes_conn *c)
+{
+	if (!c)
+		return;
+	assert(c->refs > 0);
+	if (--c->refs > 0)
+		return;
+	assert(c->torn_down);
+	free(c);
+}
+
+/* Reading (and processing buffered frames) pauses while the client has
+ * max_inflight requests on the workers or too much unread output. */
+static bool can_take_requests(const anes_conn *c)
+{
+	const anes_limits *lim = &c->srv->lim;
+	return !c->failed && c->inflight < lim->max_inflight && c->io.out_bytes < lim->max_unsent_bytes;
+}
+
+static void update_poll(anes_conn *c)
+{
+	if (c->failed)
+		return;
+	int ev = 0;
+	if (can_take_requests(c))
+		ev |= UV_READABLE;
+	if (anes_io_want_write(&c->io))
+		ev |= UV_WRITABLE;
+	if (ev == c->events)
+		return;
+	int r = ev ? uv_poll_start(&c->poll, ev, on_poll) : uv_poll_stop(&c->poll);
+	if (r < 0) {
+		anes_conn_fail(c, uv_strerror(r));
+		return;
+	}
+	c->events = ev;
+}
+
+int anes_conn_new(anes_server *srv, int fd)
+{
+	if (srv->n_conns >= srv->lim.max_connections) {
+		close(fd);
+		if (srv->cfg.verbose)
+			anes_log("refused a connection: %u clients already", srv->n_conns);
+		return -EMFILE;
+	}
+	anes_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	int r = uv_poll_init(&srv->loop, &c->poll, fd);
+	if (r < 0) {
+		close(fd);
+		free(c);
+		return r == UV_ENOMEM ? -ENOMEM : -EIO;
+	}
+	c->poll.data = c;
+	c->srv = srv;
+	c->fd = fd;
+	c->refs = 1;
+	c->serial = ++srv->next_conn_serial;
+	anes_io_init(&c->io, fd, srv->lim.max_frame);
+	anes_idt_init(&c->surfaces);
+	anes_idt_init(&c->programs);
+	c->next = srv->conns;
+	if (srv->conns)
+		srv->conns->prev = c;
+	srv->conns = c;
+	srv->n_conns++;
+
+	if (srv->cfg.verbose) {
+#ifdef SO_PEERCRED
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+			anes_log("client #%llu connected (pid %ld)", (unsigned long long)c->serial,
+			         (long)cred.pid);
+		else
+#endif
+			anes_log("client #%llu connected", (unsigned long long)c->serial);
+	}
+	update_poll(c);
+	return 0;
+}
+
+void anes_conn_fail(anes_conn *c, const char *why)
+{
+	if (c->failed)
+		return;
+	c->failed = true;
+	if (c->events)
+		uv_poll_stop(&c->poll);
+	c->events = 0;
+	if (why && c->srv->cfg.verbose)
+		anes_log("client #%llu (%s): %s", (unsigned long long)c->serial,
+		         c->name[0] ? c->name : "unnamed", why);
+	c->dead_next = c->srv->dead;
+	c->srv->dead = c;
+	schedule_deferred(c->srv);
+}
+
+void anes_conn_kick(anes_conn *c)
+{
+	if (c->failed || c->kick_pending)
+		return;
+	c->kick_pending = true;
+	c->kick_next = c->srv->kicked;
+	c->srv->kicked = anes_conn_ref(c);
+	schedule_deferred(c->srv);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+	anes_conn *c = h->data;
+	anes_io_cleanup(&c->io);
+	close(c->fd);
+	c->fd = -1;
+	anes_conn_unref(c);
+}
+
+static void teardown(anes_conn *c)
+{
+	anes_server *srv = c->srv;
+	uint32_t n_surf = c->surfaces.n, n_prog = c->programs.n;
+	uint64_t bytes = c->surface_bytes;
+
+	assert(c->failed && !c->torn_down);
+	c->torn_down = true;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+	srv->n_conns--;
+
+	for (uint32_t i = 0; i < c->surfaces.n; i++)
+		anes_surface_unref(c->surfaces.v[i].ptr);
+	for (uint32_t i = 0; i < c->programs.n; i++)
+		anes_centry_drop_handle(c->programs.v[i].ptr);
+	anes_idt_cleanup(&c->surfaces);
+	anes_idt_cleanup(&c->programs);
+
+	if (srv->cfg.verbose)
+		anes_log("client #%llu (%s) disconnected: released %u surfaces (%llu bytes), "
+		         "%u program handles; %u requests in flight dropped",
+		         (unsigned long long)c->serial, c->name[0] ? c->name : "unnamed", n_surf,
+		         (unsigned long long)bytes, n_prog, c->inflight);
+	uv_close((uv_handle_t *)&c->poll, on_closed);
+}
+
+void anes_conn_run_deferred(anes_server *srv)
+{
+	while (srv->kicked) {
+		anes_conn *c = srv->kicked;
+		srv->kicked = c->kick_next;
+		c->kick_pending = false;
+		if (!c->failed) {
+			conn_process(c);
+			update_poll(c);
+		}
+		anes_conn_unref(c);
+	}
+	while (srv->dead) {
+		anes_conn *c = srv->dead;
+		srv->dead = c->dead_next;
+		teardown(c);
+	}
+	if (!srv->shut_down)
+		uv_idle_stop(&srv->idle);
+}
+
+/* ---- output ---------------------------------------------------------------- */
+
+static void conn_flush(anes_conn *c)
+{
+	int r = anes_io_flush(&c->io);
+	if (r == 0 || r == -EAGAIN || r == -EINTR) {
+		update_poll(c);
+		return;
+	}
+	anes_conn_fail(c, r == -EPIPE || r == -ECONNRESET ? "connection closed by client" : strerror(-r));
+}
+
+void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nfds)
+{
+	if (c->failed) {
+		free(data);
+		close_fds(fds, nfds);
+		return;
+	}
+	int r = anes_io_queue(&c->io, data, len, fds, nfds);
+	for (unsigned i = 0; i < nfds; i++)
+		fds[i] = -1;
+	if (r < 0) {
+		anes_conn_fail(c, "out of memory queueing a response");
+		return;
+	}
+	conn_flush(c);
+}
+
+void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsigned nfds)
+{
+	void *data;
+	size_t len;
+	int r = anes_frame_finish(f, nfds, c->io.max_frame, &data, &len);
+	if (r < 0) {
+		anes_frame_release(f);
+		close_fds(fds, nfds);
+		if (r == -EMSGSIZE)
+			anes_conn_reply_error(c, msgid, ANES_WERR_INTERNAL, "response exceeds max_frame");
+		else
+			anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		return;
+	}
+	anes_conn_queue(c, data, len, fds, nfds);
+}
+
+void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *fmt, ...)
+{
+	char msg[ANES_ERRMSG_MAX];
+	va_list ap;
+	void *data;
+	size_t len;
+
+	if (c->failed)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_error(&f.pk, msgid, code, msg);
+	int r = anes_frame_finish(&f, 0, c->io.max_frame, &data, &len);
+	if (r < 0) {
+		anes_frame_release(&f);
+		anes_conn_fail(c, "out of memory sending an error");
+		return;
+	}
+	anes_conn_queue(c, data, len, NULL, 0);
+}
+
+void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
+{
+	char msg[ANES_ERRMSG_MAX];
+	va_list ap;
+	void *data;
+	size_t len;
+
+	if (c->failed)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_notify(&f.pk, "error", 3);
+	anes_pack_str(&f.pk, "code");
+	msgpack_pack_uint32(&f.pk, ANES_WERR_PROTOCOL);
+	anes_pack_str(&f.pk, "name");
+	anes_pack_str(&f.pk, "protocol");
+	anes_pack_str(&f.pk, "message");
+	anes_pack_str(&f.pk, msg);
+	if (anes_frame_finish(&f, 0, c->io.max_frame, &data, &len) == 0) {
+		/* Best effort: whatever the socket takes now; the rest is dropped. */
+		if (anes_io_queue(&c->io, data, len, NULL, 0) == 0)
+			(void)anes_io_flush(&c->io);
+	} else {
+		anes_frame_release(&f);
+	}
+	char why[ANES_ERRMSG_MAX + 32];
+	snprintf(why, sizeof(why), "protocol error: %s", msg);
+	anes_conn_fail(c, why);
+}
+
+/* ---- input ------------------------------------------------------------------ */
+
+static void handle_frame(anes_conn *c, const uint8_t *payload, uint32_t len, int *fds,
+                         unsigned nfds)
+{
+	msgpack_zone zone;
+	anes_msg m;
+
+	if (!msgpack_zone_init(&zone, 4096)) {
+		anes_conn_fail(c, "out of memory decoding a message");
+		return;
+	}
+	int r = anes_msg_decode(payload, len, &zone, &m);
+	if (r == -ENOMEM) {
+		anes_conn_fail(c, "out of memory decoding a message");
+	} else if (r < 0) {
+		anes_conn_protocol_error(c, "malformed message");
+	} else if (m.type == ANES_MSG_REQUEST) {
+		anes_dispatch_request(c, &m, fds, nfds);
+	}
+	/* Notifications (and responses, the daemon sends no requests) are
+	 * ignored; their fds are closed by the caller. */
+	msgpack_zone_destroy(&zone);
+}
+
+static void conn_process(anes_conn *c)
+{
+	while (can_take_requests(c)) {
+		const uint8_t *payload;
+		uint32_t len;
+		int fds[ANES_MAX_FDS_PER_FRAME];
+		unsigned nfds = 0;
+
+		int r = anes_io_next_frame(&c->io, &payload, &len, fds, &nfds);
+		if (r == 0)
+			break;
+		if (r == -EMSGSIZE) {
+			anes_conn_protocol_error(c, "frame exceeds max_frame (%u bytes)", c->io.max_frame);
+			return;
+		}
+		if (r < 0) {
+			anes_conn_protocol_error(c, "bad frame header or file descriptors");
+			return;
+		}
+		handle_frame(c, payload, len, fds, nfds);
+		close_fds(fds, nfds);
+	}
+}
+
+static void conn_read(anes_conn *c)
+{
+	ssize_t n = anes_io_read(&c->io);
+	if (n == -EAGAIN || n == -EINTR)
+		return;
+	if (n == 0) {
+		anes_conn_fail(c, "connection closed by client");
+		return;
+	}
+	if (n == -EPROTO) {
+		anes_conn_protocol_error(c, "bad ancillary data (too many fds or not SCM_RIGHTS)");
+		return;
+	}
+	if (n < 0) {
+		anes_conn_fail(c, n == -ECONNRESET ? "connection reset by client" : strerror((int)-n));
+		return;
+	}
+	conn_process(c);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+	anes_conn *c = h->data;
+
+	if (c->failed)
+		return;
+	if (status < 0) {
+		anes_conn_fail(c, uv_strerror(status));
+		return;
+	}
+	if (events & UV_WRITABLE) {
+		conn_flush(c);
+		/* Output drained: frames held back by max_unsent_bytes can go. */
+		if (!c->failed && !anes_io_want_write(&c->io))
+			conn_process(c);
+	}
+	if ((events & UV_READABLE) && can_take_requests(c))
+		conn_read(c);
+	update_poll(c);
+}

@@ -1,0 +1,403 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The CPU reference backend: compiles MIL (daemon/mil) into a per-function
+ * plan of kernel steps over one working-memory arena, and runs it.
+ *
+ * Memory: at compile time every non-constant value gets a 64-byte-aligned
+ * offset in the arena (buffers of dead values are reused), plus one scratch
+ * region sized for the hungriest step.  Constants live in the compiled program.
+ * Each concurrent run takes an arena from a mutex-protected free list
+ * (allocating one lazily when the list is empty) and gives it back afterwards,
+ * so steady state does no allocation.  Inputs are copied into the arena before
+ * the first step and outputs copied out after the last, so shared memory that
+ * a client modifies during a run can only change the numbers, never the
+ * control flow.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+typedef struct cpu_func {
+	const anes_mil_function *fn;
+	uint64_t *offset;           /* per value */
+	cpu_step *steps;            /* fn->n_ops */
+	uint64_t scratch_off;
+	uint64_t arena_bytes;
+} cpu_func;
+
+typedef struct cpu_arena {
+	struct cpu_arena *next;
+	uint8_t *mem;
+} cpu_arena;
+
+typedef struct cpu_backend {
+	anes_backend base;
+	unsigned n_threads;
+} cpu_backend;
+
+typedef struct cpu_program {
+	anes_bprogram base;         /* first: the daemon sees this */
+	anes_mil_program *mil;
+	cpu_func *funcs;
+	uint32_t n_funcs;
+	size_t arena_bytes;         /* max over functions */
+	pthread_mutex_t lock;
+	cpu_arena *free_arenas;
+} cpu_program;
+
+static void set_err(char *errbuf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *errbuf, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!errbuf || !len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(errbuf, len, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- buffer planning ---- */
+
+typedef struct live_block {
+	uint64_t off, size;
+	uint32_t vid;
+} live_block;
+
+typedef struct allocator {
+	live_block *b;              /* sorted by off */
+	uint32_t n;
+	uint64_t high;
+} allocator;
+
+static uint64_t alloc_block(allocator *a, uint64_t size, uint32_t vid)
+{
+	uint64_t off = 0;
+	uint32_t pos = 0;
+
+	for (; pos < a->n; pos++) {
+		if (a->b[pos].off - off >= size)
+			break;
+		off = a->b[pos].off + a->b[pos].size;
+	}
+	memmove(&a->b[pos + 1], &a->b[pos], (a->n - pos) * sizeof a->b[0]);
+	a->b[pos] = (live_block){off, size, vid};
+	a->n++;
+	if (off + size > a->high)
+		a->high = off + size;
+	return off;
+}
+
+static void free_block(allocator *a, uint32_t vid)
+{
+	for (uint32_t i = 0; i < a->n; i++) {
+		if (a->b[i].vid == vid) {
+			memmove(&a->b[i], &a->b[i + 1], (a->n - i - 1) * sizeof a->b[0]);
+			a->n--;
+			return;
+		}
+	}
+}
+
+static void func_clear(cpu_func *f)
+{
+	if (f->steps)
+		for (uint32_t i = 0; i < f->fn->n_ops; i++)
+			free(f->steps[i].params);
+	free(f->steps);
+	free(f->offset);
+}
+
+static int plan_function(cpu_func *f, const anes_mil_function *fn, char *errbuf, size_t errbuf_len)
+{
+	uint32_t nv = fn->n_values, nops = fn->n_ops;
+	uint32_t *last = NULL, **dying = NULL;
+	uint32_t *dying_n = NULL, *dying_store = NULL;
+	allocator A = {0};
+	cpu_plan_ctx pc = {errbuf, errbuf_len};
+	uint64_t scratch = 0;
+	int rc = -ENOMEM;
+
+	f->fn = fn;
+	f->offset = calloc(nv ? nv : 1, sizeof *f->offset);
+	f->steps = calloc(nops ? nops : 1, sizeof *f->steps);
+	last = calloc(nv ? nv : 1, sizeof *last);
+	A.b = calloc(nv ? nv : 1, sizeof *A.b);
+	dying_n = calloc((size_t)nops + 1, sizeof *dying_n);
+	dying = calloc((size_t)nops + 1, sizeof *dying);
+	dying_store = calloc(nv ? nv : 1, sizeof *dying_store);
+	if (!f->offset || !f->steps || !last || !A.b || !dying_n || !dying || !dying_store) {
+		set_err(errbuf, errbuf_len, "line %u: out of memory", fn->line);
+		goto out;
+	}
+
+	/* plan kernels */
+	for (uint32_t i = 0; i < nops; i++) {
+		const anes_mil_op *op = &fn->ops[i];
+		const cpu_opimpl *impl = cpu_opimpl_find(op->def->name);
+		cpu_step *st = &f->steps[i];
+		st->op = op;
+		if (!impl) {
+			rc = cpu_fail(&pc, op, -ENOTSUP, "not supported by the CPU backend");
+			goto out;
+		}
+		st->run = impl->run;
+		if (impl->plan) {
+			rc = impl->plan(&pc, fn, op, st);
+			if (rc) {
+				if (rc == -ENOMEM)
+					cpu_fail(&pc, op, rc, "out of memory");
+				goto out;
+			}
+		}
+		if (st->scratch > scratch)
+			scratch = st->scratch;
+	}
+
+	/* liveness: last step using each value; outputs live to the end (nops) */
+	for (uint32_t v = 0; v < nv; v++)
+		last[v] = fn->values[v].kind == ANES_MIL_V_OP ? fn->values[v].op : 0;
+	for (uint32_t i = 0; i < nops; i++) {
+		const anes_mil_op *op = &fn->ops[i];
+		for (uint32_t a = 0; a < op->n_args; a++)
+			for (uint32_t j = 0; j < op->args[a].n; j++)
+				last[op->args[a].vals[j]] = i;
+	}
+	for (uint32_t j = 0; j < fn->n_outputs; j++)
+		last[fn->outputs[j]] = nops;
+	for (uint32_t j = 0; j < fn->n_inputs; j++)
+		last[fn->inputs[j]] = nops;    /* inputs: keep (simple, they are copied in once) */
+	for (uint32_t v = 0; v < nv; v++)
+		if (fn->values[v].kind != ANES_MIL_V_CONST)
+			dying_n[last[v]]++;
+	{
+		uint32_t pos = 0;
+		for (uint32_t i = 0; i <= nops; i++) {
+			dying[i] = dying_store + pos;
+			pos += dying_n[i];
+			dying_n[i] = 0;
+		}
+		for (uint32_t v = 0; v < nv; v++)
+			if (fn->values[v].kind != ANES_MIL_V_CONST)
+				dying[last[v]][dying_n[last[v]]++] = v;
+	}
+
+	for (uint32_t j = 0; j < fn->n_inputs; j++) {
+		uint32_t v = fn->inputs[j];
+		f->offset[v] = alloc_block(&A, cpu_align64(fn->values[v].type.bytes), v);
+	}
+	for (uint32_t i = 0; i < nops; i++) {
+		const anes_mil_op *op = &fn->ops[i];
+		for (uint32_t j = 0; j < op->n_outputs; j++) {
+			uint32_t v = op->outputs[j];
+			f->offset[v] = alloc_block(&A, cpu_align64(fn->values[v].type.bytes), v);
+		}
+		for (uint32_t j = 0; j < dying_n[i]; j++)
+			free_block(&A, dying[i][j]);
+	}
+	f->scratch_off = cpu_align64(A.high);
+	f->arena_bytes = f->scratch_off + cpu_align64(scratch);
+	if (f->arena_bytes > ANES_CPU_MAX_ARENA_BYTES || f->arena_bytes < A.high) {
+		set_err(errbuf, errbuf_len, "line %u: function '%s' needs more than %llu bytes of working memory",
+		        fn->line, fn->name, (unsigned long long)ANES_CPU_MAX_ARENA_BYTES);
+		rc = -ENOTSUP;
+		goto out;
+	}
+	rc = 0;
+out:
+	free(last);
+	free(A.b);
+	free(dying_n);
+	free(dying);
+	free(dying_store);
+	return rc;
+}
+
+/* ---- backend ops ---- */
+
+static void cpu_program_free(anes_backend *b, anes_bprogram *bp)
+{
+	cpu_program *p = (cpu_program *)bp;
+
+	(void)b;
+	if (!p)
+		return;
+	if (p->funcs)
+		for (uint32_t i = 0; i < p->n_funcs; i++)
+			func_clear(&p->funcs[i]);
+	free(p->funcs);
+	for (cpu_arena *a = p->free_arenas, *n; a; a = n) {
+		n = a->next;
+		free(a->mem);
+		free(a);
+	}
+	pthread_mutex_destroy(&p->lock);
+	anes_mil_program_free(p->mil);
+	free(p);
+}
+
+static int cpu_compile(anes_backend *b, const char *mil, size_t mil_len, const anes_weight *weights,
+                       size_t n_weights, anes_bprogram **ret_prog, char *errbuf, size_t errbuf_len)
+{
+	cpu_program *p;
+	int rc;
+
+	if (errbuf && errbuf_len)
+		errbuf[0] = 0;
+	p = calloc(1, sizeof *p);
+	if (!p) {
+		set_err(errbuf, errbuf_len, "line 0: out of memory");
+		return -ENOMEM;
+	}
+	if (pthread_mutex_init(&p->lock, NULL)) {
+		free(p);
+		set_err(errbuf, errbuf_len, "line 0: out of memory");
+		return -ENOMEM;
+	}
+	rc = anes_mil_parse(mil, mil_len, weights, n_weights, &p->mil, errbuf, errbuf_len);
+	if (rc)
+		goto fail;
+	p->funcs = calloc(p->mil->n_functions, sizeof *p->funcs);
+	if (!p->funcs) {
+		set_err(errbuf, errbuf_len, "line 0: out of memory");
+		rc = -ENOMEM;
+		goto fail;
+	}
+	p->n_funcs = p->mil->n_functions;
+	for (uint32_t i = 0; i < p->n_funcs; i++) {
+		rc = plan_function(&p->funcs[i], &p->mil->functions[i], errbuf, errbuf_len);
+		if (rc)
+			goto fail;
+		if (p->funcs[i].arena_bytes > p->arena_bytes)
+			p->arena_bytes = (size_t)p->funcs[i].arena_bytes;
+	}
+	p->base.backend = b;
+	p->base.n_functions = p->mil->n_functions;
+	p->base.functions = p->mil->info;
+	*ret_prog = &p->base;
+	return 0;
+fail:
+	cpu_program_free(b, &p->base);
+	return rc;
+}
+
+static cpu_arena *arena_get(cpu_program *p)
+{
+	cpu_arena *a;
+
+	pthread_mutex_lock(&p->lock);
+	a = p->free_arenas;
+	if (a)
+		p->free_arenas = a->next;
+	pthread_mutex_unlock(&p->lock);
+	if (a)
+		return a;
+	a = calloc(1, sizeof *a);
+	if (!a)
+		return NULL;
+	a->mem = aligned_alloc(64, p->arena_bytes ? p->arena_bytes : 64);
+	if (!a->mem) {
+		free(a);
+		return NULL;
+	}
+	return a;
+}
+
+static void arena_put(cpu_program *p, cpu_arena *a)
+{
+	pthread_mutex_lock(&p->lock);
+	a->next = p->free_arenas;
+	p->free_arenas = a;
+	pthread_mutex_unlock(&p->lock);
+}
+
+static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const void *const *inputs,
+                   void *const *outputs, char *errbuf, size_t errbuf_len)
+{
+	cpu_program *p = (cpu_program *)bp;
+	const cpu_func *f;
+	const anes_mil_function *fn;
+	cpu_arena *a;
+	cpu_exec ex;
+	int rc = 0;
+
+	(void)b;
+	if (!p || fn_index >= p->n_funcs) {
+		set_err(errbuf, errbuf_len, "no function %u", fn_index);
+		return -EINVAL;
+	}
+	f = &p->funcs[fn_index];
+	fn = f->fn;
+	if ((fn->n_inputs && !inputs) || (fn->n_outputs && !outputs)) {
+		set_err(errbuf, errbuf_len, "function '%s': missing input or output buffers", fn->name);
+		return -EINVAL;
+	}
+	for (uint32_t i = 0; i < fn->n_inputs; i++)
+		if (!inputs[i]) {
+			set_err(errbuf, errbuf_len, "function '%s': input %u is NULL", fn->name, i);
+			return -EINVAL;
+		}
+	for (uint32_t i = 0; i < fn->n_outputs; i++)
+		if (!outputs[i]) {
+			set_err(errbuf, errbuf_len, "function '%s': output %u is NULL", fn->name, i);
+			return -EINVAL;
+		}
+	a = arena_get(p);
+	if (!a) {
+		set_err(errbuf, errbuf_len, "out of memory for %zu bytes of working memory", p->arena_bytes);
+		return -ENOMEM;
+	}
+	ex.fn = fn;
+	ex.offset = f->offset;
+	ex.arena = a->mem;
+	ex.scratch = a->mem + f->scratch_off;
+	for (uint32_t i = 0; i < fn->n_inputs; i++) {
+		uint32_t v = fn->inputs[i];
+		memcpy(a->mem + f->offset[v], inputs[i], (size_t)fn->values[v].type.bytes);
+	}
+	for (uint32_t i = 0; i < fn->n_ops; i++) {
+		rc = f->steps[i].run(&f->steps[i], &ex);
+		if (rc) {
+			set_err(errbuf, errbuf_len, "line %u: op '%s' (%s) failed", fn->ops[i].line,
+			        fn->ops[i].def->name, fn->ops[i].name);
+			goto out;
+		}
+	}
+	for (uint32_t i = 0; i < fn->n_outputs; i++) {
+		uint32_t v = fn->outputs[i];
+		memcpy(outputs[i], cpu_ptr(&ex, v), (size_t)fn->values[v].type.bytes);
+	}
+out:
+	arena_put(p, a);
+	return rc;
+}
+
+static void cpu_destroy(anes_backend *b)
+{
+	free(b);
+}
+
+static const anes_backend_ops cpu_ops = {
+	.name = "cpu",
+	.compile = cpu_compile,
+	.run = cpu_run,
+	.program_free = cpu_program_free,
+	.destroy = cpu_destroy,
+};
+
+int anes_cpu_backend_new(unsigned n_threads, anes_backend **ret)
+{
+	cpu_backend *b = calloc(1, sizeof *b);
+
+	if (!b)
+		return -ENOMEM;
+	b->base.ops = &cpu_ops;
+	b->n_threads = n_threads;
+	*ret = &b->base;
+	return 0;
+}

@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internals of aneshared shared by server.c, conn.c, methods.c, surface.c,
+ * program.c and worker.c.  Everything here runs on the loop thread unless a
+ * comment says otherwise; the only cross-thread state lives in worker.c.
+ */
+#ifndef ANES_DAEMON_H
+#define ANES_DAEMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "anes_proto.h"
+#include "backend.h"
+#include "server.h"
+
+#define ANES_CLIENT_NAME_MAX 128   /* bytes of the hello "client" name */
+#define ANES_WEIGHT_PATH_MAX 256   /* bytes of a weight path */
+#define ANES_KEY_SIZE 32           /* SHA-256 */
+#define ANES_ERRMSG_MAX 512
+
+#define ANES_CONTAINER_OF(ptr, type, member) \
+	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+typedef struct anes_conn anes_conn;
+typedef struct anes_surface anes_surface;
+typedef struct anes_centry anes_centry;
+typedef struct anes_cache anes_cache;
+typedef struct anes_pool anes_pool;
+typedef struct anes_job anes_job;
+
+/* ---- logging (log.c) --------------------------------------------------- */
+
+void anes_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- ID tables (idtable.c) ------------------------------------------------ */
+
+/* ID -> pointer.  IDs are handed out in increasing order and never reused,
+ * so appending keeps the array sorted and lookup is a binary search; the
+ * tables are small (bounded by max_surfaces / max_programs). */
+typedef struct anes_idslot {
+	uint32_t id;
+	void *ptr;
+} anes_idslot;
+
+typedef struct anes_idtable {
+	anes_idslot *v;
+	uint32_t n;
+	uint32_t cap;
+	uint32_t next_id;   /* 0 once IDs are exhausted */
+} anes_idtable;
+
+void anes_idt_init(anes_idtable *t);
+void anes_idt_cleanup(anes_idtable *t);
+/* Make room so that the next n inserts cannot fail for lack of memory. */
+int anes_idt_reserve(anes_idtable *t, uint32_t n);
+/* The ID the next insert will use; -ENOSPC if IDs are exhausted. */
+int anes_idt_peek(const anes_idtable *t, uint32_t *ret_id);
+/* -ENOSPC (IDs exhausted) or -ENOMEM. */
+int anes_idt_insert(anes_idtable *t, void *ptr, uint32_t *ret_id);
+void *anes_idt_find(const anes_idtable *t, uint32_t id);
+void *anes_idt_remove(anes_idtable *t, uint32_t id);
+
+/* ---- the server -------------------------------------------------------- */
+
+typedef struct anes_stats {
+	uint64_t runs;
+	uint64_t compiles;
+	uint64_t cache_hits;
+	uint64_t surfaces;        /* alive, all connections */
+	uint64_t surface_bytes;
+} anes_stats;
+
+struct anes_server {
+	uv_loop_t loop;
+	anes_server_config cfg;      /* socket_path points to socket_path below */
+	anes_limits lim;
+	anes_backend *backend;
+	char *socket_path;
+	char *lock_path;
+	int lock_fd;
+	int listen_fd;
+	bool own_socket_file;        /* unlink socket_path + lock_path at shutdown */
+	int reserve_fd;              /* given up to accept-and-close on EMFILE */
+
+	uv_poll_t listen_poll;
+	uv_async_t stop_async;
+	uv_signal_t sig_int;
+	uv_signal_t sig_term;
+	uv_idle_t idle;              /* deferred connection work, see conn.c */
+	bool handles_init;
+	bool shut_down;
+	bool running;
+
+	anes_pool *pool;
+	anes_cache *cache;
+
+	anes_conn *conns;            /* open connections (doubly linked) */
+	uint32_t n_conns;
+	uint64_t next_conn_serial;
+	anes_conn *dead;             /* failed, waiting to be torn down */
+	anes_conn *kicked;           /* waiting to have buffered frames processed */
+
+	uint64_t start_ns;
+	anes_stats stats;
+};
+
+/* ---- connections (conn.c) ------------------------------------------------- */
+
+struct anes_conn {
+	anes_server *srv;
+	anes_conn *prev, *next;      /* srv->conns */
+	anes_conn *dead_next;        /* srv->dead */
+	anes_conn *kick_next;        /* srv->kicked */
+	uint64_t serial;
+	unsigned refs;               /* the server's (until the poll handle closed) + jobs + waiters */
+	int fd;
+	uv_poll_t poll;
+	int events;                  /* UV_READABLE/UV_WRITABLE currently polled */
+	bool failed;                 /* no more I/O; teardown pending or done */
+	bool torn_down;
+	bool kick_pending;
+	bool hello_done;
+	anes_io io;
+	char name[ANES_CLIENT_NAME_MAX + 1];
+
+	uint32_t inflight;           /* runs and compiles not answered yet */
+	uint32_t pending_compiles;   /* reserve a handle slot each */
+	anes_idtable surfaces;       /* -> anes_surface* (the table's reference) */
+	anes_idtable programs;       /* -> anes_centry* (one handle each) */
+	uint32_t surfaces_alive;     /* including released ones still held by runs */
+	uint64_t surface_bytes;
+};
+
+/* Accept an fd from accept4 (owned by the connection from now on, also on
+ * failure). */
+int anes_conn_new(anes_server *srv, int fd);
+anes_conn *anes_conn_ref(anes_conn *c);
+void anes_conn_unref(anes_conn *c);
+/* Stop all I/O on c and schedule its teardown.  Safe anywhere, idempotent. */
+void anes_conn_fail(anes_conn *c, const char *why);
+/* Send a protocol error notification (best effort), then fail c. */
+void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Schedule processing of buffered frames (after in-flight work finished). */
+void anes_conn_kick(anes_conn *c);
+/* Tear down failed connections and process kicked ones (loop idle). */
+void anes_conn_run_deferred(anes_server *srv);
+
+/* Queue a finished frame (takes ownership of data and fds in every case) and
+ * try to send it.  A connection that failed silently drops it. */
+void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nfds);
+/* Finish f and queue it; on failure answer msgid with no_memory/internal. */
+void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsigned nfds);
+void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* ---- methods (methods.c) ---------------------------------------------------- */
+
+/* Handle one request.  fds[i] that the method keeps are set to -1; the
+ * caller closes the rest. */
+void anes_dispatch_request(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
+
+/* ---- surfaces (surface.c) --------------------------------------------------- */
+
+struct anes_surface {
+	unsigned refs;      /* the owner's table + runs in flight */
+	void *map;          /* MAP_SHARED, size bytes */
+	uint64_t size;
+	anes_conn *owner;   /* referenced: accounting outlives the table entry */
+};
+
+/* Map size bytes of fd (not taken; the mapping keeps the memory alive).
+ * Counts against owner's totals.  -ENOMEM. */
+int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret);
+anes_surface *anes_surface_ref(anes_surface *s);
+anes_surface *anes_surface_unref(anes_surface *s);
+
+/* ---- program cache (program.c) ---------------------------------------------- */
+
+typedef enum anes_centry_state {
+	ANES_CE_COMPILING,
+	ANES_CE_READY,
+} anes_centry_state;
+
+typedef struct anes_waiter {
+	struct anes_waiter *next;
+	anes_conn *conn;     /* referenced */
+	uint32_t msgid;
+	bool cached;
+} anes_waiter;
+
+struct anes_centry {
+	anes_centry *hnext;
+	anes_server *srv;
+	uint8_t key[ANES_KEY_SIZE];
+	char hex[2 * ANES_KEY_SIZE + 1];
+	anes_centry_state state;
+	anes_bprogram *prog;        /* READY */
+	uint32_t handles;           /* program handles, all connections */
+	uint32_t pins;              /* runs in flight + the compile job */
+	anes_waiter *waiters;       /* COMPILING: requests to answer */
+	anes_waiter **waiters_tail;
+};
+
+/* A weight as it arrived (pointers into the request). */
+typedef struct anes_wire_weight {
+	const char *path;
+	uint32_t path_len;
+	const void *data;
+	uint32_t len;
+} anes_wire_weight;
+
+int anes_cache_new(anes_server *srv, anes_cache **ret);
+/* All entries must be gone (asserted in debug builds). */
+anes_cache *anes_cache_free(anes_cache *cache);
+size_t anes_cache_count(const anes_cache *cache);
+/* Call fn for each entry (fn must not add or remove entries). */
+void anes_cache_foreach(anes_cache *cache, void (*fn)(anes_centry *e, void *ud), void *ud);
+
+/* Sort weights by path (ascending byte order) and compute the program key. */
+int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights, size_t n,
+                     uint8_t ret_key[ANES_KEY_SIZE]);
+
+/* program.compile after the params were checked: answers msgid itself (now
+ * for a cached program, from the compile's completion otherwise). */
+void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
+                          anes_wire_weight *weights, uint32_t n_weights);
+
+void anes_centry_add_handle(anes_centry *e);
+void anes_centry_drop_handle(anes_centry *e);
+void anes_centry_pin(anes_centry *e);
+void anes_centry_unpin(anes_centry *e);
+
+/* ---- worker pool (worker.c) ---------------------------------------------- */
+
+struct anes_job {
+	anes_job *next;
+	/* On a worker thread: the work, touching nothing but the job and what
+	 * the job holds references to. */
+	void (*work)(anes_job *j);
+	/* On the loop thread, once: deliver the result and free the job.
+	 * cancelled: work never ran (shutdown). */
+	void (*done)(anes_job *j, bool cancelled);
+};
+
+int anes_pool_new(uv_loop_t *loop, unsigned n_threads, anes_pool **ret);
+void anes_pool_submit(anes_pool *p, anes_job *j);
+/* Cancel queued jobs, let running ones finish, join the threads, deliver
+ * every outstanding done(), and close the pool (freed in the close callback). */
+void anes_pool_shutdown(anes_pool *p);
+
+/* ---- run (methods.c) ------------------------------------------------------- */
+
+uint64_t anes_now_ns(void);
+
+#endif

@@ -1,0 +1,718 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The request methods of docs/protocol.md.  Every field comes from an
+ * untrusted client: read through the typed accessors, check every ID and
+ * size before use, and leave the connection's state untouched on failure.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "anes_config.h"
+#include "daemon.h"
+
+typedef void (*method_fn)(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
+
+uint64_t anes_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void reply_param(anes_conn *c, const anes_msg *m, const char *key, int r)
+{
+	if (r == -ENOENT)
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS, "missing \"%s\"", key);
+	else
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+		                      "\"%s\" has the wrong type or is out of range", key);
+}
+
+static void reply_errno(anes_conn *c, const anes_msg *m, int r, const char *what)
+{
+	if (r == -ENOMEM || r == -ENOSPC || r == -EMFILE || r == -ENFILE)
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "%s: %s", what, strerror(-r));
+	else
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_INTERNAL, "%s: %s", what, strerror(-r));
+}
+
+static void pack_bool(msgpack_packer *pk, bool v)
+{
+	if (v)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+}
+
+static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+	anes_pack_str(pk, key);
+	msgpack_pack_uint64(pk, v);
+}
+
+static void pack_kv_str(msgpack_packer *pk, const char *key, const char *v)
+{
+	anes_pack_str(pk, key);
+	anes_pack_str(pk, v);
+}
+
+static const char *dtype_str(anes_dtype dt)
+{
+	/* Own table: the daemon must not depend on one backend's helpers. */
+	switch (dt) {
+	case ANES_DT_FP16: return "fp16";
+	case ANES_DT_FP32: return "fp32";
+	case ANES_DT_INT32: return "int32";
+	case ANES_DT_INT16: return "int16";
+	case ANES_DT_INT8: return "int8";
+	case ANES_DT_UINT8: return "uint8";
+	case ANES_DT_BOOL: return "bool";
+	}
+	return "unknown";
+}
+
+static const char *backend_name(const anes_server *srv)
+{
+	return srv->backend->ops->name ? srv->backend->ops->name : "unknown";
+}
+
+/* ---- hello, status ---------------------------------------------------------- */
+
+static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	const anes_limits *lim = &c->srv->lim;
+	uint64_t version;
+	const char *name = NULL;
+	uint32_t name_len = 0;
+
+	if (c->hello_done) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_HANDSHAKE, "hello was already done");
+		return;
+	}
+	int r = anes_mp_u64(m->params, "protocol", UINT64_MAX, &version);
+	if (r < 0) {
+		reply_param(c, m, "protocol", r);
+		return;
+	}
+	r = anes_mp_str(m->params, "client", ANES_CLIENT_NAME_MAX, &name, &name_len);
+	if (r < 0 && r != -ENOENT) {
+		reply_param(c, m, "client", r);
+		return;
+	}
+	if (version != ANES_PROTOCOL_VERSION) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_VERSION,
+		                      "protocol version %llu is not supported (this daemon speaks %d)",
+		                      (unsigned long long)version, ANES_PROTOCOL_VERSION);
+		return;
+	}
+	/* The name only goes into logs: keep it printable. */
+	for (uint32_t i = 0; i < name_len; i++) {
+		unsigned char ch = (unsigned char)name[i];
+		c->name[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+	}
+	c->name[name_len] = '\0';
+	c->hello_done = true;
+	if (c->srv->cfg.verbose && c->name[0])
+		anes_log("client #%llu is \"%s\"", (unsigned long long)c->serial, c->name);
+
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, m->msgid, 5);
+	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
+	pack_kv_str(&f.pk, "server", "aneshared");
+	pack_kv_str(&f.pk, "version", ANES_VERSION);
+	pack_kv_str(&f.pk, "backend", backend_name(c->srv));
+	anes_pack_str(&f.pk, "limits");
+	msgpack_pack_map(&f.pk, 9);
+	pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
+	pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
+	pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
+	pack_kv_u64(&f.pk, "max_surface_bytes", lim->max_surface_bytes);
+	pack_kv_u64(&f.pk, "max_total_surface_bytes", lim->max_total_surface_bytes);
+	pack_kv_u64(&f.pk, "max_programs", lim->max_programs);
+	pack_kv_u64(&f.pk, "max_inflight", lim->max_inflight);
+	pack_kv_u64(&f.pk, "max_mil_bytes", lim->max_mil_bytes);
+	pack_kv_u64(&f.pk, "max_weights", lim->max_weights);
+	anes_conn_send(c, &f, m->msgid, NULL, 0);
+}
+
+typedef struct status_ctx {
+	msgpack_packer *pk;
+	uint32_t n;      /* entries to list */
+	uint32_t done;
+} status_ctx;
+
+static void count_ready(anes_centry *e, void *ud)
+{
+	status_ctx *ctx = ud;
+	if (e->state == ANES_CE_READY)
+		ctx->n++;
+}
+
+static void pack_program(anes_centry *e, void *ud)
+{
+	status_ctx *ctx = ud;
+	if (e->state != ANES_CE_READY || ctx->done >= ctx->n)
+		return;
+	msgpack_pack_map(ctx->pk, 2);
+	anes_pack_str(ctx->pk, "key");
+	anes_pack_strn(ctx->pk, e->hex, 2 * ANES_KEY_SIZE);
+	pack_kv_u64(ctx->pk, "refs", e->handles);
+	ctx->done++;
+}
+
+static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	anes_server *srv = c->srv;
+	anes_frame f;
+	status_ctx ctx = { .pk = &f.pk };
+
+	anes_frame_init(&f);
+	anes_cache_foreach(srv->cache, count_ready, &ctx);
+	/* An entry packs to at most ~90 bytes; cut the list rather than
+	 * exceed max_frame (possible with thousands of programs and a small
+	 * max_frame). */
+	uint32_t fit = (srv->lim.max_frame - 1024) / 96;
+	if (ctx.n > fit)
+		ctx.n = fit;
+
+	anes_pack_result(&f.pk, m->msgid, 12);
+	pack_kv_str(&f.pk, "server", "aneshared");
+	pack_kv_str(&f.pk, "version", ANES_VERSION);
+	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
+	pack_kv_str(&f.pk, "backend", backend_name(srv));
+	pack_kv_u64(&f.pk, "uptime_ms", (uv_hrtime() - srv->start_ns) / 1000000u);
+	pack_kv_u64(&f.pk, "clients", srv->n_conns);
+	pack_kv_u64(&f.pk, "surfaces", srv->stats.surfaces);
+	pack_kv_u64(&f.pk, "surface_bytes", srv->stats.surface_bytes);
+	pack_kv_u64(&f.pk, "runs", srv->stats.runs);
+	pack_kv_u64(&f.pk, "compiles", srv->stats.compiles);
+	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
+	anes_pack_str(&f.pk, "programs");
+	msgpack_pack_array(&f.pk, ctx.n);
+	anes_cache_foreach(srv->cache, pack_program, &ctx);
+	anes_conn_send(c, &f, m->msgid, NULL, 0);
+}
+
+/* ---- surfaces ---------------------------------------------------------------- */
+
+static bool surface_limits_ok(anes_conn *c, const anes_msg *m, uint64_t size)
+{
+	const anes_limits *lim = &c->srv->lim;
+	uint32_t id;
+
+	if (c->surfaces_alive >= lim->max_surfaces) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
+		                      "too many surfaces on this connection (max %u)", lim->max_surfaces);
+		return false;
+	}
+	if (size > lim->max_total_surface_bytes - c->surface_bytes) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
+		                      "surfaces of this connection would exceed %llu bytes",
+		                      (unsigned long long)lim->max_total_surface_bytes);
+		return false;
+	}
+	if (anes_idt_peek(&c->surfaces, &id) < 0) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT, "surface IDs exhausted");
+		return false;
+	}
+	if (anes_idt_reserve(&c->surfaces, 1) < 0) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		return false;
+	}
+	return true;
+}
+
+/* Answer {id, size} with fd (or none) attached, and only then enter the
+ * surface in the table, so that a failure leaves the table unchanged. */
+static void surface_reply(anes_conn *c, const anes_msg *m, anes_surface *s, int fd)
+{
+	uint32_t id;
+	void *data;
+	size_t len;
+	anes_frame f;
+
+	(void)anes_idt_peek(&c->surfaces, &id);
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, m->msgid, 2);
+	pack_kv_u64(&f.pk, "id", id);
+	pack_kv_u64(&f.pk, "size", s->size);
+	int r = anes_frame_finish(&f, fd >= 0 ? 1 : 0, c->io.max_frame, &data, &len);
+	if (r < 0) {
+		anes_frame_release(&f);
+		anes_surface_unref(s);
+		if (fd >= 0)
+			close(fd);
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		return;
+	}
+	/* Cannot fail: the ID was checked and the slot reserved. */
+	(void)anes_idt_insert(&c->surfaces, s, NULL);
+	anes_conn_queue(c, data, len, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0);
+}
+
+static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	uint64_t size;
+	int fd;
+	anes_surface *s;
+
+	int r = anes_mp_u64(m->params, "size", c->srv->lim.max_surface_bytes, &size);
+	if (r < 0 || size == 0) {
+		reply_param(c, m, "size", r < 0 ? r : -EINVAL);
+		return;
+	}
+	if (!surface_limits_ok(c, m, size))
+		return;
+	r = anes_memfd_create("aneshare-surface", size, &fd);
+	if (r < 0) {
+		reply_errno(c, m, r, "creating the memfd");
+		return;
+	}
+	r = anes_surface_new(c, fd, size, &s);
+	if (r < 0) {
+		close(fd);
+		reply_errno(c, m, r, "mapping the surface");
+		return;
+	}
+	surface_reply(c, m, s, fd);
+}
+
+static void m_surface_import(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	uint64_t size;
+	anes_surface *s;
+
+	if (nfds != 1) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
+		                      "surface.import takes exactly one fd, got %u", nfds);
+		return;
+	}
+	int r = anes_memfd_check(fds[0], &size);
+	if (r < 0) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
+		                      "the fd is not a memfd sealed against shrinking");
+		return;
+	}
+	if (size == 0 || size > c->srv->lim.max_surface_bytes) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
+		                      "the memfd's size %llu is not within 1..%llu",
+		                      (unsigned long long)size,
+		                      (unsigned long long)c->srv->lim.max_surface_bytes);
+		return;
+	}
+	if (!surface_limits_ok(c, m, size))
+		return;
+	/* The mapping keeps the memory; the dispatcher closes the fd. */
+	r = anes_surface_new(c, fds[0], size, &s);
+	if (r == -EPERM || r == -EACCES) {
+		/* Sealed against writing, or opened read-only. */
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
+		                      "the memfd cannot be mapped for reading and writing");
+		return;
+	}
+	if (r < 0) {
+		reply_errno(c, m, r, "mapping the surface");
+		return;
+	}
+	surface_reply(c, m, s, -1);
+}
+
+static void m_surface_release(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	uint32_t id;
+	int r = anes_mp_u32(m->params, "id", &id);
+	if (r < 0) {
+		reply_param(c, m, "id", r);
+		return;
+	}
+	anes_surface *s = anes_idt_remove(&c->surfaces, id);
+	if (!s) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", id);
+		return;
+	}
+	bool deferred = s->refs > 1;
+	anes_surface_unref(s);
+
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, m->msgid, 1);
+	anes_pack_str(&f.pk, "deferred");
+	pack_bool(&f.pk, deferred);
+	anes_conn_send(c, &f, m->msgid, NULL, 0);
+}
+
+/* ---- programs ------------------------------------------------------------------ */
+
+static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	const anes_limits *lim = &c->srv->lim;
+	const char *mil;
+	uint32_t mil_len;
+	const msgpack_object *wmap = NULL;
+
+	int r = anes_mp_str(m->params, "mil", lim->max_mil_bytes, &mil, &mil_len);
+	if (r < 0) {
+		reply_param(c, m, "mil", r);
+		return;
+	}
+	r = anes_mp_map(m->params, "weights", lim->max_weights, &wmap);
+	if (r < 0 && r != -ENOENT) {
+		reply_param(c, m, "weights", r);
+		return;
+	}
+	uint32_t n = wmap ? wmap->via.map.size : 0;
+	anes_wire_weight *ws = NULL;
+	if (n > 0) {
+		ws = calloc(n, sizeof(*ws));
+		if (!ws) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+			return;
+		}
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		const msgpack_object_kv *kv = &wmap->via.map.ptr[i];
+		/* The backend gets the path as a C string: an empty path or an
+		 * embedded NUL could never name a BLOBFILE. */
+		if (kv->key.type != MSGPACK_OBJECT_STR || kv->key.via.str.size == 0 ||
+		    kv->key.via.str.size > ANES_WEIGHT_PATH_MAX ||
+		    memchr(kv->key.via.str.ptr, '\0', kv->key.via.str.size)) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+			                      "weight paths must be strings of 1..%d bytes without NUL",
+			                      ANES_WEIGHT_PATH_MAX);
+			free(ws);
+			return;
+		}
+		if (kv->val.type != MSGPACK_OBJECT_BIN) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+			                      "weight \"%.*s\" is not a bin", (int)kv->key.via.str.size,
+			                      kv->key.via.str.ptr);
+			free(ws);
+			return;
+		}
+		ws[i] = (anes_wire_weight){
+			.path = kv->key.via.str.ptr,
+			.path_len = kv->key.via.str.size,
+			.data = kv->val.via.bin.ptr,
+			.len = kv->val.via.bin.size,
+		};
+	}
+	anes_program_compile(c, m->msgid, mil, mil_len, ws, n);
+	free(ws);
+}
+
+static bool lookup_program(anes_conn *c, const anes_msg *m, const char *key, anes_centry **ret)
+{
+	uint32_t id;
+	int r = anes_mp_u32(m->params, key, &id);
+	if (r < 0) {
+		reply_param(c, m, key, r);
+		return false;
+	}
+	anes_centry *e = anes_idt_find(&c->programs, id);
+	if (!e) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_PROGRAM, "no program %u", id);
+		return false;
+	}
+	*ret = e;
+	return true;
+}
+
+static void pack_tensors(msgpack_packer *pk, const anes_tensor_desc *t, uint32_t n)
+{
+	msgpack_pack_array(pk, n);
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t rank = t[i].rank <= ANES_MAX_RANK ? t[i].rank : ANES_MAX_RANK;
+		msgpack_pack_map(pk, 4);
+		anes_pack_str(pk, "name");
+		anes_pack_strn(pk, t[i].name, strnlen(t[i].name, ANES_MAX_NAME));
+		pack_kv_str(pk, "dtype", dtype_str(t[i].dtype));
+		anes_pack_str(pk, "shape");
+		msgpack_pack_array(pk, rank);
+		for (uint32_t d = 0; d < rank; d++)
+			msgpack_pack_uint64(pk, t[i].shape[d]);
+		pack_kv_u64(pk, "bytes", t[i].bytes);
+	}
+}
+
+static void m_program_info(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	anes_centry *e;
+	if (!lookup_program(c, m, "id", &e))
+		return;
+	const anes_bprogram *p = e->prog;
+
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, m->msgid, 2);
+	anes_pack_str(&f.pk, "key");
+	anes_pack_strn(&f.pk, e->hex, 2 * ANES_KEY_SIZE);
+	anes_pack_str(&f.pk, "functions");
+	msgpack_pack_array(&f.pk, p->n_functions);
+	for (uint32_t i = 0; i < p->n_functions; i++) {
+		const anes_function_info *fn = &p->functions[i];
+		msgpack_pack_map(&f.pk, 3);
+		anes_pack_str(&f.pk, "name");
+		anes_pack_strn(&f.pk, fn->name, strnlen(fn->name, ANES_MAX_NAME));
+		anes_pack_str(&f.pk, "inputs");
+		pack_tensors(&f.pk, fn->inputs, fn->n_inputs);
+		anes_pack_str(&f.pk, "outputs");
+		pack_tensors(&f.pk, fn->outputs, fn->n_outputs);
+	}
+	anes_conn_send(c, &f, m->msgid, NULL, 0);
+}
+
+static void m_program_release(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	anes_centry *e;
+	if (!lookup_program(c, m, "id", &e))
+		return;
+	uint32_t id;
+	(void)anes_mp_u32(m->params, "id", &id);
+	anes_idt_remove(&c->programs, id);
+	anes_centry_drop_handle(e);
+
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, m->msgid, 0);
+	anes_conn_send(c, &f, m->msgid, NULL, 0);
+}
+
+/* ---- run ------------------------------------------------------------------------ */
+
+typedef struct run_job {
+	anes_job job;
+	anes_conn *conn;        /* referenced */
+	anes_backend *backend;
+	anes_centry *entry;     /* pinned */
+	uint32_t msgid;
+	uint32_t fn;
+	uint32_t n_in, n_out;
+	anes_surface **surf;    /* n_in + n_out, referenced */
+	const void **in;
+	void **out;
+	int rc;
+	uint64_t elapsed_us;
+	char err[ANES_ERRMSG_MAX];
+} run_job;
+
+static void run_work(anes_job *j)
+{
+	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
+	anes_backend *b = rj->backend;
+
+	rj->err[0] = '\0';
+	uint64_t t0 = anes_now_ns();
+	rj->rc = b->ops->run(b, rj->entry->prog, rj->fn, rj->in, (void *const *)rj->out, rj->err,
+	                     sizeof(rj->err));
+	rj->elapsed_us = (anes_now_ns() - t0) / 1000u;
+	rj->err[sizeof(rj->err) - 1] = '\0';
+}
+
+static void run_done(anes_job *j, bool cancelled)
+{
+	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
+	anes_conn *c = rj->conn;
+
+	c->inflight--;
+	if (cancelled) {
+		anes_conn_reply_error(c, rj->msgid, ANES_WERR_INTERNAL, "the daemon is shutting down");
+	} else {
+		c->srv->stats.runs++;
+		if (rj->rc == 0) {
+			anes_frame f;
+			anes_frame_init(&f);
+			anes_pack_result(&f.pk, rj->msgid, 1);
+			pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_us);
+			anes_conn_send(c, &f, rj->msgid, NULL, 0);
+		} else {
+			anes_conn_reply_error(c, rj->msgid, ANES_WERR_RUN_FAILED, "%s",
+			                      rj->err[0] ? rj->err : strerror(-rj->rc));
+		}
+	}
+	for (uint32_t i = 0; i < rj->n_in + rj->n_out; i++)
+		anes_surface_unref(rj->surf[i]);
+	anes_centry_unpin(rj->entry);
+	anes_conn_kick(c);
+	anes_conn_unref(c);
+	free(rj);
+}
+
+static bool read_ids(anes_conn *c, const anes_msg *m, const char *key, const msgpack_object **ret,
+                     uint32_t *ret_n)
+{
+	const msgpack_object *items;
+	uint32_t n;
+	int r = anes_mp_array(m->params, key, UINT32_MAX, &items, &n);
+	if (r < 0) {
+		reply_param(c, m, key, r);
+		return false;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t id;
+		if (anes_mp_item_u32(&items[i], &id) < 0) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+			                      "\"%s\"[%u] is not a surface ID", key, i);
+			return false;
+		}
+	}
+	*ret = items;
+	*ret_n = n;
+	return true;
+}
+
+static bool check_surfaces(anes_conn *c, const anes_msg *m, const char *what,
+                           const msgpack_object *items, const anes_tensor_desc *t, uint32_t n,
+                           anes_surface **ret)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t id = 0;
+		(void)anes_mp_item_u32(&items[i], &id);
+		anes_surface *s = anes_idt_find(&c->surfaces, id);
+		if (!s) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", id);
+			return false;
+		}
+		if (s->size < t[i].bytes) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_SIZE_MISMATCH,
+			                      "%s %u (\"%s\") needs %llu bytes, surface %u has %llu", what, i,
+			                      t[i].name, (unsigned long long)t[i].bytes, id,
+			                      (unsigned long long)s->size);
+			return false;
+		}
+		ret[i] = s;
+	}
+	return true;
+}
+
+static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	const msgpack_object *in_ids, *out_ids;
+	uint32_t n_in, n_out, prog_id;
+	const char *fname = NULL;
+	uint32_t fname_len = 0;
+
+	int r = anes_mp_u32(m->params, "program", &prog_id);
+	if (r < 0) {
+		reply_param(c, m, "program", r);
+		return;
+	}
+	r = anes_mp_str(m->params, "function", UINT32_MAX, &fname, &fname_len);
+	if (r < 0 && r != -ENOENT) {
+		reply_param(c, m, "function", r);
+		return;
+	}
+	if (!read_ids(c, m, "inputs", &in_ids, &n_in) || !read_ids(c, m, "outputs", &out_ids, &n_out))
+		return;
+
+	anes_centry *e = anes_idt_find(&c->programs, prog_id);
+	if (!e) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_PROGRAM, "no program %u", prog_id);
+		return;
+	}
+	const anes_bprogram *p = e->prog;
+	uint32_t fn = UINT32_MAX;
+	if (fname) {
+		for (uint32_t i = 0; i < p->n_functions; i++) {
+			if (strnlen(p->functions[i].name, ANES_MAX_NAME) == fname_len &&
+			    memcmp(p->functions[i].name, fname, fname_len) == 0) {
+				fn = i;
+				break;
+			}
+		}
+	} else if (p->n_functions > 0) {
+		fn = 0;
+	}
+	if (fn == UINT32_MAX) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_FUNCTION, "no function \"%.*s\"",
+		                      (int)(fname_len > 64 ? 64 : fname_len), fname ? fname : "");
+		return;
+	}
+	const anes_function_info *fi = &p->functions[fn];
+	if (n_in != fi->n_inputs || n_out != fi->n_outputs) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_SIZE_MISMATCH,
+		                      "function \"%s\" takes %u inputs and %u outputs, got %u and %u",
+		                      fi->name, fi->n_inputs, fi->n_outputs, n_in, n_out);
+		return;
+	}
+
+	uint32_t n = n_in + n_out;
+	run_job *rj = calloc(1, sizeof(*rj) + n * (sizeof(anes_surface *) + sizeof(void *)));
+	if (!rj) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		return;
+	}
+	rj->surf = (anes_surface **)(void *)(rj + 1);
+	rj->in = (const void **)(void *)(rj->surf + n);
+	rj->out = (void **)(void *)(rj->in + n_in);
+	if (!check_surfaces(c, m, "input", in_ids, fi->inputs, n_in, rj->surf) ||
+	    !check_surfaces(c, m, "output", out_ids, fi->outputs, n_out, rj->surf + n_in)) {
+		free(rj);
+		return;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		anes_surface_ref(rj->surf[i]);
+	for (uint32_t i = 0; i < n_in; i++)
+		rj->in[i] = rj->surf[i]->map;
+	for (uint32_t i = 0; i < n_out; i++)
+		rj->out[i] = rj->surf[n_in + i]->map;
+	anes_centry_pin(e);
+	rj->job.work = run_work;
+	rj->job.done = run_done;
+	rj->conn = anes_conn_ref(c);
+	rj->backend = c->srv->backend;
+	rj->entry = e;
+	rj->msgid = m->msgid;
+	rj->fn = fn;
+	rj->n_in = n_in;
+	rj->n_out = n_out;
+	c->inflight++;
+	anes_pool_submit(c->srv->pool, &rj->job);
+}
+
+/* ---- dispatch ---------------------------------------------------------------------- */
+
+static const struct method {
+	const char *name;
+	method_fn fn;
+	bool takes_fd;
+} methods[] = {
+	{ "hello", m_hello, false },
+	{ "status", m_status, false },
+	{ "surface.create", m_surface_create, false },
+	{ "surface.import", m_surface_import, true },
+	{ "surface.release", m_surface_release, false },
+	{ "program.compile", m_program_compile, false },
+	{ "program.info", m_program_info, false },
+	{ "program.release", m_program_release, false },
+	{ "run", m_run, false },
+};
+
+void anes_dispatch_request(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	const struct method *md = NULL;
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+		if (anes_msg_method_is(m, methods[i].name)) {
+			md = &methods[i];
+			break;
+		}
+	}
+	if (!c->hello_done && (!md || md->fn != m_hello)) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_HANDSHAKE, "the first request must be hello");
+		return;
+	}
+	if (!md) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_UNKNOWN_METHOD, "no method \"%.*s\"",
+		                      (int)m->method_len, m->method);
+		return;
+	}
+	if (nfds > 0 && !md->takes_fd) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD, "%s takes no file descriptor",
+		                      md->name);
+		return;
+	}
+	md->fn(c, m, fds, nfds);
+}

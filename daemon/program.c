@@ -1,0 +1,521 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The program cache.  Programs are keyed by the SHA-256 of their MIL and
+ * weights (docs/protocol.md, program.compile) and shared by all connections.
+ * An entry is COMPILING while a worker compiles it (later requests for the
+ * same key wait on it) and READY afterwards; it is freed when no handle and
+ * no run (nor the compile job) refers to it.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef __APPLE__
+#include <CommonCrypto/CommonDigest.h>
+#else
+#include <openssl/evp.h>
+#endif
+
+#include "daemon.h"
+
+struct anes_cache {
+	anes_server *srv;
+	anes_centry **buckets;
+	size_t n_buckets;   /* power of two */
+	size_t n;
+};
+
+/* ---- hashing ------------------------------------------------------------- */
+
+typedef struct sha256 {
+#ifdef __APPLE__
+	CC_SHA256_CTX ctx;
+#else
+	EVP_MD_CTX *ctx;
+#endif
+	bool failed;
+} sha256;
+
+static int sha256_init(sha256 *h)
+{
+	h->failed = false;
+#ifdef __APPLE__
+	CC_SHA256_Init(&h->ctx);
+#else
+	h->ctx = EVP_MD_CTX_new();
+	if (!h->ctx)
+		return -ENOMEM;
+	if (EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(h->ctx);
+		return -EIO;
+	}
+#endif
+	return 0;
+}
+
+static void sha256_update(sha256 *h, const void *p, size_t len)
+{
+#ifdef __APPLE__
+	/* CC_LONG is 32 bits. */
+	const uint8_t *b = p;
+	while (len > 0) {
+		CC_LONG chunk = len > (1u << 30) ? (1u << 30) : (CC_LONG)len;
+		CC_SHA256_Update(&h->ctx, b, chunk);
+		b += chunk;
+		len -= chunk;
+	}
+#else
+	if (len > 0 && EVP_DigestUpdate(h->ctx, p, len) != 1)
+		h->failed = true;
+#endif
+}
+
+static void sha256_u64be(sha256 *h, uint64_t v)
+{
+	uint8_t b[8];
+	for (int i = 0; i < 8; i++)
+		b[i] = (uint8_t)(v >> (56 - 8 * i));
+	sha256_update(h, b, sizeof(b));
+}
+
+static int sha256_final(sha256 *h, uint8_t out[ANES_KEY_SIZE])
+{
+#ifdef __APPLE__
+	CC_SHA256_Final(out, &h->ctx);
+	return 0;
+#else
+	unsigned len = 0;
+	int ok = EVP_DigestFinal_ex(h->ctx, out, &len) == 1 && len == ANES_KEY_SIZE && !h->failed;
+	EVP_MD_CTX_free(h->ctx);
+	return ok ? 0 : -EIO;
+#endif
+}
+
+static int weight_cmp(const void *a, const void *b)
+{
+	const anes_wire_weight *x = a, *y = b;
+	uint32_t n = x->path_len < y->path_len ? x->path_len : y->path_len;
+	int c = memcmp(x->path, y->path, n);
+	if (c != 0)
+		return c;
+	return (x->path_len > y->path_len) - (x->path_len < y->path_len);
+}
+
+int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights, size_t n,
+                     uint8_t ret_key[ANES_KEY_SIZE])
+{
+	static const char tag[] = "aneshare-program-v1";  /* hashed with its NUL */
+	sha256 h;
+	uint8_t key[ANES_KEY_SIZE];
+
+	if (n > 1)
+		qsort(weights, n, sizeof(*weights), weight_cmp);
+	int r = sha256_init(&h);
+	if (r < 0)
+		return r;
+	sha256_update(&h, tag, sizeof(tag));
+	sha256_u64be(&h, mil_len);
+	sha256_update(&h, mil, mil_len);
+	for (size_t i = 0; i < n; i++) {
+		sha256_u64be(&h, weights[i].path_len);
+		sha256_update(&h, weights[i].path, weights[i].path_len);
+		sha256_u64be(&h, weights[i].len);
+		sha256_update(&h, weights[i].data, weights[i].len);
+	}
+	r = sha256_final(&h, key);
+	if (r < 0)
+		return r;
+	memcpy(ret_key, key, sizeof(key));
+	return 0;
+}
+
+/* ---- the table ------------------------------------------------------------ */
+
+static size_t key_hash(const uint8_t key[ANES_KEY_SIZE])
+{
+	size_t h;
+	memcpy(&h, key, sizeof(h));  /* already uniformly distributed */
+	return h;
+}
+
+int anes_cache_new(anes_server *srv, anes_cache **ret)
+{
+	anes_cache *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->n_buckets = 64;
+	c->buckets = calloc(c->n_buckets, sizeof(*c->buckets));
+	if (!c->buckets) {
+		free(c);
+		return -ENOMEM;
+	}
+	c->srv = srv;
+	*ret = c;
+	return 0;
+}
+
+anes_cache *anes_cache_free(anes_cache *c)
+{
+	if (!c)
+		return NULL;
+	assert(c->n == 0);
+	free(c->buckets);
+	free(c);
+	return NULL;
+}
+
+size_t anes_cache_count(const anes_cache *c)
+{
+	return c->n;
+}
+
+void anes_cache_foreach(anes_cache *c, void (*fn)(anes_centry *e, void *ud), void *ud)
+{
+	for (size_t i = 0; i < c->n_buckets; i++)
+		for (anes_centry *e = c->buckets[i]; e; e = e->hnext)
+			fn(e, ud);
+}
+
+static anes_centry *cache_find(anes_cache *c, const uint8_t key[ANES_KEY_SIZE])
+{
+	for (anes_centry *e = c->buckets[key_hash(key) & (c->n_buckets - 1)]; e; e = e->hnext)
+		if (memcmp(e->key, key, ANES_KEY_SIZE) == 0)
+			return e;
+	return NULL;
+}
+
+static void cache_grow(anes_cache *c)
+{
+	/* Growing is an optimisation: on failure the chains just get longer. */
+	size_t nb = c->n_buckets * 2;
+	anes_centry **b = calloc(nb, sizeof(*b));
+	if (!b)
+		return;
+	for (size_t i = 0; i < c->n_buckets; i++) {
+		anes_centry *e = c->buckets[i];
+		while (e) {
+			anes_centry *next = e->hnext;
+			size_t k = key_hash(e->key) & (nb - 1);
+			e->hnext = b[k];
+			b[k] = e;
+			e = next;
+		}
+	}
+	free(c->buckets);
+	c->buckets = b;
+	c->n_buckets = nb;
+}
+
+static void cache_insert(anes_cache *c, anes_centry *e)
+{
+	if (c->n >= 2 * c->n_buckets)
+		cache_grow(c);
+	size_t k = key_hash(e->key) & (c->n_buckets - 1);
+	e->hnext = c->buckets[k];
+	c->buckets[k] = e;
+	c->n++;
+}
+
+static void cache_remove(anes_cache *c, anes_centry *e)
+{
+	anes_centry **pp = &c->buckets[key_hash(e->key) & (c->n_buckets - 1)];
+	while (*pp && *pp != e)
+		pp = &(*pp)->hnext;
+	assert(*pp == e);
+	if (*pp) {
+		*pp = e->hnext;
+		c->n--;
+	}
+}
+
+static void centry_maybe_free(anes_centry *e)
+{
+	if (e->handles > 0 || e->pins > 0)
+		return;
+	assert(!e->waiters);
+	anes_server *srv = e->srv;
+	cache_remove(srv->cache, e);
+	if (e->prog)
+		srv->backend->ops->program_free(srv->backend, e->prog);
+	free(e);
+}
+
+void anes_centry_add_handle(anes_centry *e)
+{
+	e->handles++;
+}
+
+void anes_centry_drop_handle(anes_centry *e)
+{
+	assert(e->handles > 0);
+	e->handles--;
+	centry_maybe_free(e);
+}
+
+void anes_centry_pin(anes_centry *e)
+{
+	e->pins++;
+}
+
+void anes_centry_unpin(anes_centry *e)
+{
+	assert(e->pins > 0);
+	e->pins--;
+	centry_maybe_free(e);
+}
+
+/* ---- compiling ------------------------------------------------------------- */
+
+typedef struct compile_job {
+	anes_job job;
+	anes_server *srv;
+	anes_centry *entry;
+	const char *mil;
+	size_t mil_len;
+	anes_weight *weights;
+	size_t n_weights;
+	void *copy;            /* one allocation holding mil, paths and blobs */
+	int rc;
+	anes_bprogram *prog;
+	char err[ANES_ERRMSG_MAX];
+} compile_job;
+
+static void compile_work(anes_job *j)
+{
+	compile_job *cj = ANES_CONTAINER_OF(j, compile_job, job);
+	anes_backend *b = cj->srv->backend;
+	anes_bprogram *prog = NULL;
+
+	cj->err[0] = '\0';
+	cj->rc = b->ops->compile(b, cj->mil, cj->mil_len, cj->weights, cj->n_weights, &prog,
+	                         cj->err, sizeof(cj->err));
+	if (cj->rc == 0 && !prog)
+		cj->rc = -EIO;
+	if (cj->rc == 0)
+		cj->prog = prog;
+	cj->err[sizeof(cj->err) - 1] = '\0';
+}
+
+static void answer_waiter(anes_centry *e, anes_waiter *w, int rc, const char *err)
+{
+	anes_conn *c = w->conn;
+	anes_server *srv = e->srv;
+
+	if (c->failed)
+		return;
+	if (rc == 0) {
+		uint32_t id;
+		/* The slot was reserved when the request was accepted. */
+		int r = anes_idt_insert(&c->programs, e, &id);
+		if (r < 0) {
+			anes_conn_reply_error(c, w->msgid, r == -ENOSPC ? ANES_WERR_LIMIT : ANES_WERR_NO_MEMORY,
+			                      r == -ENOSPC ? "program IDs exhausted" : "out of memory");
+			return;
+		}
+		anes_centry_add_handle(e);
+		if (w->cached)
+			srv->stats.cache_hits++;
+		anes_frame f;
+		anes_frame_init(&f);
+		anes_pack_result(&f.pk, w->msgid, 3);
+		anes_pack_str(&f.pk, "id");
+		msgpack_pack_uint32(&f.pk, id);
+		anes_pack_str(&f.pk, "key");
+		anes_pack_strn(&f.pk, e->hex, 2 * ANES_KEY_SIZE);
+		anes_pack_str(&f.pk, "cached");
+		if (w->cached)
+			msgpack_pack_true(&f.pk);
+		else
+			msgpack_pack_false(&f.pk);
+		anes_conn_send(c, &f, w->msgid, NULL, 0);
+		return;
+	}
+	switch (rc) {
+	case -EINVAL:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_COMPILE, "%s", err[0] ? err : "invalid program");
+		break;
+	case -ENOTSUP:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_UNSUPPORTED, "%s",
+		                      err[0] ? err : "unsupported program");
+		break;
+	case -ENOMEM:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_NO_MEMORY, "out of memory while compiling");
+		break;
+	case -ECANCELED:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_INTERNAL, "the daemon is shutting down");
+		break;
+	default:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_INTERNAL, "compile failed (%s)%s%s",
+		                      strerror(-rc), err[0] ? ": " : "", err);
+		break;
+	}
+}
+
+static void compile_done(anes_job *j, bool cancelled)
+{
+	compile_job *cj = ANES_CONTAINER_OF(j, compile_job, job);
+	anes_centry *e = cj->entry;
+	anes_server *srv = cj->srv;
+	int rc = cancelled ? -ECANCELED : cj->rc;
+
+	assert(e->state == ANES_CE_COMPILING);
+	if (rc == 0) {
+		e->prog = cj->prog;
+		e->state = ANES_CE_READY;
+		srv->stats.compiles++;
+	}
+
+	anes_waiter *list = e->waiters;
+	e->waiters = NULL;
+	e->waiters_tail = &e->waiters;
+	while (list) {
+		anes_waiter *w = list;
+		list = w->next;
+		w->conn->inflight--;
+		w->conn->pending_compiles--;
+		answer_waiter(e, w, rc, cj->err);
+		anes_conn_kick(w->conn);
+		anes_conn_unref(w->conn);
+		free(w);
+	}
+
+	free(cj->copy);
+	free(cj->weights);
+	free(cj);
+	anes_centry_unpin(e);
+}
+
+static int add_waiter(anes_centry *e, anes_conn *c, uint32_t msgid, bool cached)
+{
+	anes_waiter *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->conn = anes_conn_ref(c);
+	w->msgid = msgid;
+	w->cached = cached;
+	*e->waiters_tail = w;
+	e->waiters_tail = &w->next;
+	c->inflight++;
+	c->pending_compiles++;
+	return 0;
+}
+
+static int make_job(anes_server *srv, anes_centry *e, const char *mil, uint32_t mil_len,
+                    const anes_wire_weight *weights, uint32_t n, compile_job **ret)
+{
+	/* The request's payload is gone once the handler returns: copy it. */
+	size_t total = (size_t)mil_len + 1;
+	for (uint32_t i = 0; i < n; i++)
+		total += (size_t)weights[i].path_len + 1 + weights[i].len;
+
+	compile_job *cj = calloc(1, sizeof(*cj));
+	char *copy = malloc(total);
+	anes_weight *ws = n ? calloc(n, sizeof(*ws)) : NULL;
+	if (!cj || !copy || (n && !ws)) {
+		free(cj);
+		free(copy);
+		free(ws);
+		return -ENOMEM;
+	}
+	char *p = copy;
+	memcpy(p, mil, mil_len);
+	p[mil_len] = '\0';
+	cj->mil = p;
+	cj->mil_len = mil_len;
+	p += (size_t)mil_len + 1;
+	for (uint32_t i = 0; i < n; i++) {
+		memcpy(p, weights[i].path, weights[i].path_len);
+		p[weights[i].path_len] = '\0';
+		ws[i].path = p;
+		p += (size_t)weights[i].path_len + 1;
+		if (weights[i].len)
+			memcpy(p, weights[i].data, weights[i].len);
+		ws[i].data = p;
+		ws[i].len = weights[i].len;
+		p += weights[i].len;
+	}
+	cj->job.work = compile_work;
+	cj->job.done = compile_done;
+	cj->srv = srv;
+	cj->entry = e;
+	cj->weights = ws;
+	cj->n_weights = n;
+	cj->copy = copy;
+	*ret = cj;
+	return 0;
+}
+
+void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
+                          anes_wire_weight *weights, uint32_t n_weights)
+{
+	anes_server *srv = c->srv;
+	uint8_t key[ANES_KEY_SIZE];
+
+	if (c->programs.n + c->pending_compiles >= srv->lim.max_programs) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "too many programs on this connection (max %u)",
+		                      srv->lim.max_programs);
+		return;
+	}
+	uint32_t next_id;
+	if (anes_idt_peek(&c->programs, &next_id) < 0) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "program IDs exhausted");
+		return;
+	}
+	/* Reserve the handle slot now so that the answer cannot fail later. */
+	if (anes_idt_reserve(&c->programs, c->pending_compiles + 1) < 0)
+		goto oom;
+	int r = anes_program_key(mil, mil_len, weights, n_weights, key);
+	if (r == -ENOMEM)
+		goto oom;
+	if (r < 0) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_INTERNAL, "hashing failed");
+		return;
+	}
+
+	anes_centry *e = cache_find(srv->cache, key);
+	if (e && e->state == ANES_CE_READY) {
+		anes_waiter w = { .conn = c, .msgid = msgid, .cached = true };
+		answer_waiter(e, &w, 0, "");
+		return;
+	}
+	if (e) {
+		if (add_waiter(e, c, msgid, true) < 0)
+			goto oom;
+		return;
+	}
+
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		goto oom;
+	e->srv = srv;
+	memcpy(e->key, key, sizeof(key));
+	static const char hexd[] = "0123456789abcdef";
+	for (int i = 0; i < ANES_KEY_SIZE; i++) {
+		e->hex[2 * i] = hexd[key[i] >> 4];
+		e->hex[2 * i + 1] = hexd[key[i] & 15];
+	}
+	e->hex[2 * ANES_KEY_SIZE] = '\0';
+	e->state = ANES_CE_COMPILING;
+	e->waiters_tail = &e->waiters;
+
+	compile_job *cj;
+	if (make_job(srv, e, mil, mil_len, weights, n_weights, &cj) < 0) {
+		free(e);
+		goto oom;
+	}
+	if (add_waiter(e, c, msgid, false) < 0) {
+		free(cj->copy);
+		free(cj->weights);
+		free(cj);
+		free(e);
+		goto oom;
+	}
+	e->pins = 1;  /* the compile job's */
+	cache_insert(srv->cache, e);
+	anes_pool_submit(srv->pool, &cj->job);
+	return;
+
+oom:
+	anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
+}

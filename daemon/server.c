@@ -1,0 +1,560 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The server: socket directory, single-instance lock, listening socket,
+ * accepting, and the orderly shutdown that leaves uv_loop_close() == 0.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "daemon.h"
+
+void anes_server_config_init(anes_server_config *cfg)
+{
+	*cfg = (anes_server_config){
+		.socket_path = NULL,
+		.listen_fd = -1,
+		.workers = 0,
+		.backend = NULL,
+		.limits = {
+			.max_frame = ANES_FRAME_MAX_DEFAULT,
+			.max_surfaces = 1024,
+			.max_surface_bytes = 1ull << 30,
+			.max_total_surface_bytes = 4ull << 30,
+			.max_programs = 256,
+			.max_inflight = 64,
+			.max_mil_bytes = 16u << 20,
+			.max_weights = 256,
+			.max_connections = 256,
+			.max_unsent_bytes = 4u << 20,
+		},
+		.handle_signals = false,
+		.verbose = false,
+	};
+}
+
+static void errmsg(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errmsg(char *buf, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+	if (!buf || len == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+}
+
+int anes_default_socket_path(char **ret)
+{
+	char *p = NULL;
+	const char *env = getenv("ANESHARE_SOCKET");
+
+	if (env && *env) {
+		p = strdup(env);
+	} else {
+#ifndef __APPLE__
+		const char *xdg = getenv("XDG_RUNTIME_DIR");
+		if (xdg && *xdg) {
+			if (asprintf(&p, "%s/aneshare/aneshare.sock", xdg) < 0)
+				p = NULL;
+			goto out;
+		}
+#endif
+		const char *tmp = getenv("TMPDIR");
+		if (!tmp || !*tmp)
+			tmp = "/tmp";
+		size_t n = strlen(tmp);
+		while (n > 1 && tmp[n - 1] == '/')  /* macOS's TMPDIR ends in '/' */
+			n--;
+		if (asprintf(&p, "%.*s/aneshare-%u/aneshare.sock", (int)n, tmp, (unsigned)getuid()) < 0)
+			p = NULL;
+	}
+#ifndef __APPLE__
+out:
+#endif
+	if (!p)
+		return -ENOMEM;
+	*ret = p;
+	return 0;
+}
+
+static int set_cloexec_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFD);
+	if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0)
+		return -errno;
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	return 0;
+}
+
+int anes_listen_fd_from_env(int *ret_fd)
+{
+#ifdef __APPLE__
+	/* Hook for launchd activation: launch_activate_socket("Listeners", ...)
+	 * returns the fds of the plist's Sockets entry; to be wired up with
+	 * launchd/ (not done yet). */
+	(void)ret_fd;
+	return 0;
+#else
+	const char *pid = getenv("LISTEN_PID");
+	const char *fds = getenv("LISTEN_FDS");
+	if (!pid || !fds)
+		return 0;
+	char *end;
+	errno = 0;
+	long lp = strtol(pid, &end, 10);
+	if (errno || *end || lp != (long)getpid())
+		return 0;
+	errno = 0;
+	long n = strtol(fds, &end, 10);
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+	if (errno || *end || n < 1)
+		return 0;
+	const int fd = 3;  /* SD_LISTEN_FDS_START */
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISSOCK(st.st_mode))
+		return -ENOTSOCK;
+	int accepting = 0;
+	socklen_t len = sizeof(accepting);
+	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) < 0)
+		return -errno;
+	if (!accepting)
+		return -EINVAL;
+	/* Extra fds (n > 1) are not ours to use: close them so they do not leak. */
+	for (long i = 1; i < n && i < 64; i++)
+		close(fd + (int)i);
+	int r = set_cloexec_nonblock(fd);
+	if (r < 0)
+		return r;
+	*ret_fd = fd;
+	return 1;
+#endif
+}
+
+/* ---- setting up ------------------------------------------------------------ */
+
+static int prepare_dir(const char *path, char *errbuf, size_t errlen)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = slash == path ? strdup("/") : slash ? strndup(path, (size_t)(slash - path)) : strdup(".");
+	if (!dir)
+		return -ENOMEM;
+	int r = 0;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		r = -errno;
+		errmsg(errbuf, errlen, "cannot create socket directory %s: %s", dir, strerror(-r));
+		goto out;
+	}
+	struct stat st;
+	/* lstat: a symlink planted in a shared /tmp must not redirect us. */
+	if (lstat(dir, &st) < 0) {
+		r = -errno;
+		errmsg(errbuf, errlen, "cannot stat socket directory %s: %s", dir, strerror(-r));
+		goto out;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		r = -ENOTDIR;
+		errmsg(errbuf, errlen, "socket directory %s is not a directory", dir);
+		goto out;
+	}
+	if (st.st_uid != geteuid() || (st.st_mode & 077) != 0) {
+		r = -EPERM;
+		errmsg(errbuf, errlen,
+		       "socket directory %s must be owned by uid %u and not accessible to group or others "
+		       "(it is owned by uid %u, mode %04o)",
+		       dir, (unsigned)geteuid(), (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+		goto out;
+	}
+out:
+	free(dir);
+	return r;
+}
+
+static int take_lock(anes_server *srv, char *errbuf, size_t errlen)
+{
+	int fd = open(srv->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		int r = -errno;
+		errmsg(errbuf, errlen, "cannot open lock file %s: %s", srv->lock_path, strerror(-r));
+		return r;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int r = -errno;
+		if (r == -EWOULDBLOCK) {
+			char buf[32] = "";
+			ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+			long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
+			if (pid > 0)
+				errmsg(errbuf, errlen, "another daemon is already listening on %s (pid %ld)",
+				       srv->socket_path, pid);
+			else
+				errmsg(errbuf, errlen, "another daemon is already listening on %s",
+				       srv->socket_path);
+			r = -EADDRINUSE;
+		} else {
+			errmsg(errbuf, errlen, "cannot lock %s: %s", srv->lock_path, strerror(-r));
+		}
+		close(fd);
+		return r;
+	}
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
+		int r = -errno;
+		errmsg(errbuf, errlen, "cannot write %s: %s", srv->lock_path, strerror(-r));
+		close(fd);
+		return r;
+	}
+	srv->lock_fd = fd;
+	return 0;
+}
+
+static int open_listener(anes_server *srv, char *errbuf, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t len = strlen(srv->socket_path);
+	if (len >= sizeof(sa.sun_path)) {
+		errmsg(errbuf, errlen, "socket path %s is longer than %zu bytes", srv->socket_path,
+		       sizeof(sa.sun_path) - 1);
+		return -ENAMETOOLONG;
+	}
+	memcpy(sa.sun_path, srv->socket_path, len);
+
+	/* With the lock held, a file at the path is a stale socket of a daemon
+	 * that died; anything else is not ours to delete. */
+	struct stat st;
+	if (lstat(srv->socket_path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			errmsg(errbuf, errlen, "%s exists and is not a socket", srv->socket_path);
+			return -EEXIST;
+		}
+		if (unlink(srv->socket_path) < 0 && errno != ENOENT) {
+			int r = -errno;
+			errmsg(errbuf, errlen, "cannot remove stale socket %s: %s", srv->socket_path,
+			       strerror(-r));
+			return r;
+		}
+	}
+
+#ifdef SOCK_CLOEXEC
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+#else
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (fd >= 0 && set_cloexec_nonblock(fd) < 0) {
+		close(fd);
+		fd = -1;
+	}
+#endif
+	if (fd < 0) {
+		int r = -errno;
+		errmsg(errbuf, errlen, "socket: %s", strerror(-r));
+		return r;
+	}
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, SOMAXCONN) < 0) {
+		int r = -errno;
+		errmsg(errbuf, errlen, "cannot listen on %s: %s", srv->socket_path, strerror(-r));
+		close(fd);
+		return r;
+	}
+	srv->listen_fd = fd;
+	srv->own_socket_file = true;
+	return 0;
+}
+
+/* ---- accepting --------------------------------------------------------------- */
+
+static int accept_fd(int lfd)
+{
+#ifdef SOCK_CLOEXEC
+	return accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+#else
+	int fd = accept(lfd, NULL, NULL);
+	if (fd >= 0 && set_cloexec_nonblock(fd) < 0) {
+		close(fd);
+		errno = EIO;
+		return -1;
+	}
+	return fd;
+#endif
+}
+
+static void on_listen(uv_poll_t *h, int status, int events)
+{
+	anes_server *srv = h->data;
+
+	if (status < 0) {
+		anes_log("error: polling the listening socket: %s", uv_strerror(status));
+		return;
+	}
+	/* Bounded, so that a connection storm cannot starve the clients. */
+	for (int i = 0; i < 64; i++) {
+		int fd = accept_fd(srv->listen_fd);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			if ((errno == EMFILE || errno == ENFILE) && srv->reserve_fd >= 0) {
+				/* Out of fds: the pending connection would keep the
+				 * listener readable forever.  Use the reserve fd to
+				 * accept it and close it at once. */
+				close(srv->reserve_fd);
+				srv->reserve_fd = -1;
+				fd = accept_fd(srv->listen_fd);
+				if (fd >= 0)
+					close(fd);
+				srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+				anes_log("error: out of file descriptors, dropped a connection");
+				return;
+			}
+			anes_log("error: accept: %s", strerror(errno));
+			return;
+		}
+		anes_conn_new(srv, fd);
+	}
+}
+
+/* ---- stopping ---------------------------------------------------------------- */
+
+static void server_shutdown(anes_server *srv)
+{
+	if (srv->shut_down || !srv->handles_init)
+		return;
+
+	/* Refuse new clients first: remove the name, stop accepting. */
+	uv_close((uv_handle_t *)&srv->listen_poll, NULL);
+	if (srv->own_socket_file) {
+		unlink(srv->socket_path);
+		unlink(srv->lock_path);
+	}
+
+	for (anes_conn *c = srv->conns; c; c = c->next)
+		anes_conn_fail(c, NULL);
+	anes_conn_run_deferred(srv);
+
+	/* Joins the workers and delivers every outstanding completion, which
+	 * drops the last references to surfaces, programs and connections. */
+	srv->shut_down = true;
+	anes_pool_shutdown(srv->pool);
+	srv->pool = NULL;
+	anes_conn_run_deferred(srv);
+
+	uv_close((uv_handle_t *)&srv->idle, NULL);
+	uv_close((uv_handle_t *)&srv->stop_async, NULL);
+	if (srv->cfg.handle_signals) {
+		uv_close((uv_handle_t *)&srv->sig_int, NULL);
+		uv_close((uv_handle_t *)&srv->sig_term, NULL);
+	}
+}
+
+static void on_stop(uv_async_t *h)
+{
+	server_shutdown(h->data);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	anes_server *srv = h->data;
+	if (srv->cfg.verbose)
+		anes_log("received %s, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+	server_shutdown(srv);
+}
+
+void anes_server_stop(anes_server *srv)
+{
+	uv_async_send(&srv->stop_async);
+}
+
+/* ---- life cycle ------------------------------------------------------------------ */
+
+static void server_destroy(anes_server *srv, bool loop_init)
+{
+	if (loop_init) {
+		server_shutdown(srv);
+		if (srv->pool) {
+			/* Only if setup failed after the pool but before the handles. */
+			anes_pool_shutdown(srv->pool);
+			srv->pool = NULL;
+		}
+		/* Runs the close callbacks of everything shut down above. */
+		uv_run(&srv->loop, UV_RUN_DEFAULT);
+		int r = uv_loop_close(&srv->loop);
+		assert(r == 0);
+		(void)r;
+	}
+	anes_cache_free(srv->cache);
+	if (srv->listen_fd >= 0)
+		close(srv->listen_fd);
+	if (srv->lock_fd >= 0)
+		close(srv->lock_fd);  /* after the unlink: a successor may lock the new file */
+	if (srv->reserve_fd >= 0)
+		close(srv->reserve_fd);
+	free(srv->socket_path);
+	free(srv->lock_path);
+	free(srv);
+}
+
+int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errbuf,
+                    size_t errbuf_len)
+{
+	anes_server *srv;
+	int r;
+	bool loop_init = false;
+
+	errmsg(errbuf, errbuf_len, "%s", "");
+	srv = calloc(1, sizeof(*srv));
+	if (!srv) {
+		if (cfg->listen_fd >= 0)
+			close(cfg->listen_fd);
+		errmsg(errbuf, errbuf_len, "out of memory");
+		return -ENOMEM;
+	}
+	srv->lock_fd = -1;
+	srv->reserve_fd = -1;
+	srv->listen_fd = cfg->listen_fd;
+	srv->cfg = *cfg;
+	srv->lim = cfg->limits;
+	srv->backend = cfg->backend;
+	if (srv->cfg.workers == 0)
+		srv->cfg.workers = 2;
+
+	const anes_limits *l = &srv->lim;
+	if (!srv->backend || !srv->backend->ops) {
+		errmsg(errbuf, errbuf_len, "no backend");
+		r = -EINVAL;
+		goto fail;
+	}
+	if (l->max_frame < ANES_FRAME_MAX_LOWEST || l->max_frame > ANES_FRAME_MAX_HIGHEST ||
+	    l->max_surfaces == 0 || l->max_surface_bytes == 0 || l->max_total_surface_bytes == 0 ||
+	    l->max_programs == 0 || l->max_inflight == 0 || l->max_connections == 0 ||
+	    l->max_unsent_bytes == 0 || srv->cfg.workers > 1024) {
+		errmsg(errbuf, errbuf_len, "invalid limits (max_frame must be %u..%u)",
+		       ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST);
+		r = -EINVAL;
+		goto fail;
+	}
+
+	if (cfg->socket_path) {
+		srv->socket_path = strdup(cfg->socket_path);
+		r = srv->socket_path ? 0 : -ENOMEM;
+	} else {
+		r = anes_default_socket_path(&srv->socket_path);
+	}
+	if (r < 0 || asprintf(&srv->lock_path, "%s.lock", srv->socket_path) < 0) {
+		srv->lock_path = NULL;
+		errmsg(errbuf, errbuf_len, "out of memory");
+		r = -ENOMEM;
+		goto fail;
+	}
+	srv->cfg.socket_path = srv->socket_path;
+
+	if (srv->listen_fd < 0) {
+		r = prepare_dir(srv->socket_path, errbuf, errbuf_len);
+		if (r < 0)
+			goto fail;
+		r = take_lock(srv, errbuf, errbuf_len);
+		if (r < 0)
+			goto fail;
+		r = open_listener(srv, errbuf, errbuf_len);
+		if (r < 0)
+			goto fail;
+	}
+	srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+	r = anes_cache_new(srv, &srv->cache);
+	if (r < 0) {
+		errmsg(errbuf, errbuf_len, "out of memory");
+		goto fail;
+	}
+	r = uv_loop_init(&srv->loop);
+	if (r < 0) {
+		errmsg(errbuf, errbuf_len, "uv_loop_init: %s", uv_strerror(r));
+		r = -EIO;
+		goto fail;
+	}
+	loop_init = true;
+	r = anes_pool_new(&srv->loop, srv->cfg.workers, &srv->pool);
+	if (r < 0) {
+		errmsg(errbuf, errbuf_len, "cannot start worker threads: %s", strerror(-r));
+		goto fail;
+	}
+
+	/* None of these fail on Linux/macOS but for bad arguments; check anyway
+	 * and initialise all of them before any can be closed. */
+	int e1 = uv_poll_init(&srv->loop, &srv->listen_poll, srv->listen_fd);
+	if (e1 < 0) {
+		errmsg(errbuf, errbuf_len, "cannot poll the listening socket: %s", uv_strerror(e1));
+		r = -EIO;
+		goto fail;
+	}
+	uv_async_init(&srv->loop, &srv->stop_async, on_stop);
+	uv_idle_init(&srv->loop, &srv->idle);
+	srv->listen_poll.data = srv;
+	srv->stop_async.data = srv;
+	srv->idle.data = srv;
+	if (srv->cfg.handle_signals) {
+		uv_signal_init(&srv->loop, &srv->sig_int);
+		uv_signal_init(&srv->loop, &srv->sig_term);
+		srv->sig_int.data = srv;
+		srv->sig_term.data = srv;
+		uv_signal_start(&srv->sig_int, on_signal, SIGINT);
+		uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
+	}
+	srv->handles_init = true;
+	r = uv_poll_start(&srv->listen_poll, UV_READABLE, on_listen);
+	if (r < 0) {
+		errmsg(errbuf, errbuf_len, "cannot poll the listening socket: %s", uv_strerror(r));
+		r = -EIO;
+		goto fail;
+	}
+	srv->start_ns = uv_hrtime();
+	*ret = srv;
+	return 0;
+
+fail:
+	if (srv->own_socket_file) {
+		unlink(srv->socket_path);
+		srv->own_socket_file = false;
+	}
+	if (srv->lock_fd >= 0)
+		unlink(srv->lock_path);
+	server_destroy(srv, loop_init);
+	return r;
+}
+
+int anes_server_run(anes_server *srv)
+{
+	srv->running = true;
+	int r = uv_run(&srv->loop, UV_RUN_DEFAULT);
+	srv->running = false;
+	(void)r;
+	return 0;
+}
+
+const char *anes_server_socket_path(const anes_server *srv)
+{
+	return srv->socket_path;
+}
+
+anes_server *anes_server_free(anes_server *srv)
+{
+	if (!srv)
+		return NULL;
+	server_destroy(srv, true);
+	return NULL;
+}

@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * aneshared as a library: the listening socket, the connections, the objects
+ * they own, the program cache and the worker threads.  main.c is a thin shell
+ * over this; tests can drive a server in-process the same way.
+ *
+ * Threading: every function here except anes_server_stop must be called from
+ * the thread that calls anes_server_run (or created the server).
+ * Error convention: 0 on success, a negative errno code on failure; ret_*
+ * out-parameters are written only on success.
+ */
+#ifndef ANES_SERVER_H
+#define ANES_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+
+/* Per-connection limits, announced to clients in hello (docs/protocol.md). */
+typedef struct anes_limits {
+	uint32_t max_frame;                /* payload bytes of one frame */
+	uint32_t max_surfaces;             /* surfaces alive per connection */
+	uint64_t max_surface_bytes;        /* size of one surface */
+	uint64_t max_total_surface_bytes;  /* bytes of surfaces alive per connection */
+	uint32_t max_programs;             /* program handles per connection */
+	uint32_t max_inflight;             /* requests on worker threads per connection */
+	uint32_t max_mil_bytes;            /* MIL text of one compile */
+	uint32_t max_weights;              /* weight blobs of one compile */
+	uint32_t max_connections;          /* whole daemon; not announced */
+	uint64_t max_unsent_bytes;         /* stop reading a client with this much output pending */
+} anes_limits;
+
+typedef struct anes_server_config {
+	/* Socket path; NULL = anes_default_socket_path().  Ignored for binding
+	 * when listen_fd >= 0 (then it is only used in messages). */
+	const char *socket_path;
+	/* A socket already bound and listening (socket activation), or -1 to
+	 * create one.  The server takes ownership of it in anes_server_new (also
+	 * on failure).  With an inherited socket there is no lock file and the
+	 * socket file is not unlinked at shutdown: whoever made it owns it. */
+	int listen_fd;
+	/* Worker threads for compiles and runs; 0 = 2. */
+	unsigned workers;
+	/* Borrowed: must outlive the server and is not destroyed by it. */
+	anes_backend *backend;
+	anes_limits limits;
+	/* Install SIGINT/SIGTERM handlers on the loop that stop the server. */
+	bool handle_signals;
+	/* Log one line per connect/disconnect to stderr; errors are logged always. */
+	bool verbose;
+} anes_server_config;
+
+typedef struct anes_server anes_server;
+
+/* The defaults of docs/protocol.md; listen_fd -1, workers 0, backend NULL. */
+void anes_server_config_init(anes_server_config *cfg);
+
+/* The default socket path (docs/protocol.md, Transport).  On success
+ * *ret is a malloc'd string owned by the caller. */
+int anes_default_socket_path(char **ret);
+
+/* Socket activation: if systemd passed a listening socket (LISTEN_PID is us,
+ * LISTEN_FDS >= 1), return 1 with *ret_fd = 3 made CLOEXEC and non-blocking
+ * and the LISTEN_* variables removed from the environment; 0 if the daemon
+ * was not socket-activated; a negative errno if the passed fd is unusable. */
+int anes_listen_fd_from_env(int *ret_fd);
+
+/* Create the server: the socket directory (mode 0700), the lock file
+ * PATH.lock, the listening socket, the worker threads.  Nothing is accepted
+ * until anes_server_run.  On failure a one-line reason is written to errbuf
+ * (always NUL-terminated when errbuf_len > 0), e.g. -EADDRINUSE when another
+ * daemon holds the lock.  On success *ret is owned by the caller. */
+int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errbuf,
+                    size_t errbuf_len);
+
+/* Serve until anes_server_stop (or a signal with handle_signals).  On return
+ * every connection is closed, the workers are joined and the socket file and
+ * lock file are gone.  Returns 0 or a negative errno. */
+int anes_server_run(anes_server *srv);
+
+/* Make anes_server_run return (or, before it runs, return at once).  Safe
+ * from any thread and from signal handlers, idempotent, but only until
+ * anes_server_run has returned. */
+void anes_server_stop(anes_server *srv);
+
+/* The socket path in use (owned by the server). */
+const char *anes_server_socket_path(const anes_server *srv);
+
+/* Free the server (stopping it first if it still runs).  Accepts NULL;
+ * returns NULL. */
+anes_server *anes_server_free(anes_server *srv);
+
+#endif

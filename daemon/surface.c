@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Surfaces: shared memory mapped MAP_SHARED in the daemon.  The daemon keeps
+ * only the mapping, not the fd: the mapping holds the memfd alive, and
+ * keeping fds would put 256 clients x 1024 surfaces against RLIMIT_NOFILE.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "daemon.h"
+
+int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret)
+{
+	if (size == 0 || size > SIZE_MAX)
+		return -EINVAL;
+	anes_surface *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	void *map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED) {
+		int r = -errno;
+		free(s);
+		return r == -ENOMEM ? -ENOMEM : r;
+	}
+	s->refs = 1;
+	s->map = map;
+	s->size = size;
+	s->owner = anes_conn_ref(owner);
+	owner->surfaces_alive++;
+	owner->surface_bytes += size;
+	owner->srv->stats.surfaces++;
+	owner->srv->stats.surface_bytes += size;
+	*ret = s;
+	return 0;
+}
+
+anes_surface *anes_surface_ref(anes_surface *s)
+{
+	assert(s->refs > 0);
+	s->refs++;
+	return s;
+}
+
+anes_surface *anes_surface_unref(anes_surface *s)
+{
+	if (!s)
+		return NULL;
+	assert(s->refs > 0);
+	if (--s->refs > 0)
+		return NULL;
+	anes_conn *owner = s->owner;
+	munmap(s->map, (size_t)s->size);
+	owner->surfaces_alive--;
+	owner->surface_bytes -= s->size;
+	owner->srv->stats.surfaces--;
+	owner->srv->stats.surface_bytes -= s->size;
+	free(s);
+	anes_conn_unref(owner);
+	return NULL;
+}

@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Helpers for the daemon integration tests: start a real aneshared on a
+ * private socket, talk to it through libaneshare or raw frames, and build
+ * the dynamic-matmul workload with its fp32 reference.
+ *
+ * Functions named h_* report failures with criterion assertions, so they are
+ * for the test process only (not for forked children, which use the
+ * non-asserting variants and report through their exit status).
+ */
+#ifndef DAEMON_HARNESS_H
+#define DAEMON_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "aneshare.h"
+
+typedef struct h_daemon {
+	char dir[128];      /* private mkdtemp directory */
+	char sock[192];     /* dir/aneshare.sock */
+	char log[192];      /* dir/daemon.log: the daemon's stderr */
+	pid_t pid;          /* 0 once stopped */
+} h_daemon;
+
+/* Start $ANESHARED on a fresh socket and wait (bounded) until it accepts. */
+void h_daemon_start(h_daemon *d);
+/* SIGTERM, wait, and assert a clean exit (status 0); removes the directory. */
+void h_daemon_stop(h_daemon *d);
+/* For a fixture's fini: SIGKILL a daemon the test did not stop. */
+void h_daemon_kill(h_daemon *d);
+
+aneshare_conn *h_connect(const h_daemon *d, const char *name);
+aneshare_status *h_status(aneshare_conn *c);
+/* Poll status (bounded, ~10 s) until surfaces and programs are as given;
+ * asserts if they never get there. */
+void h_wait_counts(aneshare_conn *c, uint32_t surfaces, uint32_t programs);
+
+/* The same for the number of connections. */
+void h_wait_clients(aneshare_conn *c, uint32_t clients);
+
+/* Read a file from the source tree (NUL-terminated); asserts on failure. */
+char *h_read_source(const char *relpath);
+
+/* ---- the dynamic matmul --------------------------------------------------- */
+
+typedef struct h_mm {
+	size_t ic, oc, seq;
+	size_t in_bytes, out_bytes;
+} h_mm;
+
+/* Shapes from the program's info; false if it is not the expected layout. */
+bool h_mm_from_program(const aneshare_program *p, h_mm *ret);
+/* Fill an fp16 input ([1, IC, 1, SEQ+OC]) with values in [-1, 1] from seed. */
+void h_mm_fill(const h_mm *mm, uint16_t *x, uint64_t seed);
+/* Max |out - ref| / max|ref| for the output computed from input x (fp32
+ * reference from the same fp16 values). */
+double h_mm_error(const h_mm *mm, const uint16_t *x, const uint16_t *y);
+
+#define H_MM_TOL 1e-2
+
+/* ---- raw connections ----------------------------------------------------- */
+
+/* A plain connected socket (blocking, CLOEXEC); -errno on failure. */
+int h_raw_connect(const char *path);
+/* Send bytes with fds (may be 0) in one sendmsg; 0 or -errno. */
+int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfds);
+/* Send a request; params is a msgpack map body packed by the caller in
+ * params_mp/params_len (a complete map value).  0 or -errno. */
+int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params_mp,
+                  size_t params_len, const int *fds, unsigned nfds);
+/* Wait (up to timeout_ms) for the response to msgid.  Returns 0 for a
+ * success, the wire error code (> 0) for an error response, -EPIPE if the
+ * connection was closed, -ETIMEDOUT. Notifications are skipped. */
+int h_raw_response(int fd, uint32_t msgid, int timeout_ms);
+/* Wait (up to timeout_ms) until the daemon closes the connection; counts
+ * the error notifications received on the way.  0 if closed, -ETIMEDOUT. */
+int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors);
+/* hello on a raw connection; asserts it succeeds. */
+void h_raw_hello(int fd);
+
+/* Open fds of this process (for leak checks). */
+int h_count_fds(void);
+
+#endif

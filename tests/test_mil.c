@@ -1,0 +1,467 @@
+/* SPDX-License-Identifier: MIT */
+/* MIL parser / type checker tests. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anes_fp16.h"
+#include "mil.h"
+
+#define BUILDINFO \
+	"[buildInfo = dict<string, string>({{\"coremlc-component-MIL\", \"3510.2.1\"}, {\"coremlc-version\", \"3505.4.1\"}, " \
+	"{\"coremltools-component-milinternal\", \"\"}, {\"coremltools-version\", \"9.0\"}})]\n"
+
+static char errbuf[512];
+
+static int parse(const char *text, const anes_weight *w, size_t nw, anes_mil_program **ret)
+{
+	errbuf[0] = 0;
+	return anes_mil_parse(text, strlen(text), w, nw, ret, errbuf, sizeof errbuf);
+}
+
+/* a fp16 weight blob with one chunk at offset 64 holding n halfs */
+static uint8_t *make_blob(size_t n, size_t *ret_len)
+{
+	size_t len = 128 + 2 * n;
+	uint8_t *b = calloc(1, len);
+	b[0] = 1;
+	b[4] = 2;
+	uint8_t *c = b + 64;
+	c[0] = 0xEF; c[1] = 0xBE; c[2] = 0xAD; c[3] = 0xDE;
+	c[4] = 1;
+	uint32_t size = (uint32_t)(2 * n), off = 128;
+	memcpy(c + 8, &size, 4);
+	memcpy(c + 16, &off, 4);
+	for (size_t i = 0; i < n; i++) {
+		uint16_t h = anes_f32_to_f16((float)i * 0.25f);
+		memcpy(b + 128 + 2 * i, &h, 2);
+	}
+	*ret_len = len;
+	return b;
+}
+
+static const char *good =
+	"program(1.3)\n"                                                                      /* 1 */
+	BUILDINFO                                                                             /* 2 */
+	"{\n"                                                                                 /* 3 */
+	"    // a helper function first in the file\n"                                        /* 4 */
+	"    func helper<ios18>(tensor<fp32, [3]> a, fp32 s) {\n"                             /* 5 */
+	"        tensor<fp32, [3]> r = mul(x = a, y = s)[name = string(\"r\")];\n"            /* 6 */
+	"    } -> (r);\n"                                                                     /* 7 */
+	"    func main<ios18>(tensor<fp16, [1, 64, 1, 192]> x, tensor<int32, [2, 2]> ix) {\n" /* 8 */
+	"        tensor<int32, [4]> b0 = const()[name = string(\"b0\"), val = tensor<int32, [4]>([0, 0, 0, 0])];\n"
+	"        tensor<int32, [4]> s0 = const()[name = string(\"s0\"), val = tensor<int32, [4]>([1, 64, 1, 64])];\n"
+	"        tensor<fp16, [1, 64, 1, 64]> act = slice_by_size(x = x, begin = b0, size = s0)[name = string(\"act\")];\n"
+	"        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
+	"        tensor<fp16, [64, 64, 1, 1]> W = const()[name = string(\"W\"), val = tensor<fp16, [64, 64, 1, 1]>(BLOBFILE(path = string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];\n"
+	"        tensor<int32, [4]> sh = const()[name = string(\"sh\"), val = tensor<int32, [4]>([1, 1, 64, 64])];\n"
+	"        tensor<fp16, [1, 1, 64, 64]> a = reshape(x = act, shape = sh)[name = string(\"a\")];\n"
+	"        tensor<fp16, [1, 1, 64, 64]> w = reshape(x = W, shape = sh)[name = string(\"w\")];\n"
+	"        tensor<fp16, [1, 1, 64, 64]> y = matmul(transpose_x = tx, transpose_y = false, x = a, y = w)[name = string(\"y\")];\n"
+	"        fp16 h = const()[name = string(\"h\"), val = fp16(0x1p-3)];\n"
+	"        fp32 f = const()[name = string(\"f\"), val = fp32(-1.5e-3)];\n"
+	"        int32 i = const()[name = string(\"i\"), val = int32(-3)];\n"
+	"        string to32 = const()[name = string(\"to32\"), val = string(\"fp32\")];\n"
+	"        tensor<int8, [2, 2]> i8 = const()[name = string(\"i8\"), val = tensor<int8, [2, 2]>([[-128, 127], [0, 1]])];\n"
+	"        tensor<uint8, [2]> u8 = const()[name = string(\"u8\"), val = tensor<uint8, [2]>([0, 255])];\n"
+	"        tensor<int16, [1]> i16 = const()[name = string(\"i16\"), val = tensor<int16, [1]>([-32768])];\n"
+	"        tensor<bool, [3]> bs = const()[name = string(\"bs\"), val = tensor<bool, [3]>([true, false, true])];\n"
+	"        tensor<fp16, [1, 1, 64, 64]> yh = mul(x = y, y = h);\n"
+	"        tensor<fp32, [1, 1, 64, 64]> y32 = cast(x = yh, dtype = to32)[name = string(\"y32\")];\n"
+	"        int32 ax = const()[name = string(\"ax\"), val = int32(-1)];\n"
+	"        tensor<fp16, [1, 64, 1, 192]> cc = concat(values = (act, act, act), axis = ax, interleave = false)[name = string(\"cc\")];\n"
+	"        tensor<int32, [2]> sum = reduce_sum(x = ix, axes = tensor<int32, [1]>([0]), keep_dims = false);\n"
+	"        tensor<fp32, [1, 1, 64, 64]> z = add(x = y32, y = f);\n"
+	"    } -> (z, cc, sum);\n"
+	"}\n";
+
+Test(mil, parses_good_program)
+{
+	size_t blen;
+	uint8_t *blob = make_blob(64 * 64, &blen);
+	anes_weight w = {"@model_path/weights/w.bin", blob, blen};
+	anes_mil_program *p = NULL;
+
+	int rc = parse(good, &w, 1, &p);
+	cr_assert_eq(rc, 0, "rc %d: %s", rc, errbuf);
+	cr_assert_str_eq(p->version, "1.3");
+	cr_assert_eq(p->n_functions, 2);
+	/* main first even though it comes second in the file */
+	cr_assert_str_eq(p->info[0].name, "main");
+	cr_assert_str_eq(p->info[1].name, "helper");
+	cr_assert_str_eq(p->functions[0].opset, "ios18");
+
+	const anes_function_info *m = &p->info[0];
+	cr_assert_eq(m->n_inputs, 2);
+	cr_assert_str_eq(m->inputs[0].name, "x");
+	cr_assert_eq(m->inputs[0].dtype, ANES_DT_FP16);
+	cr_assert_eq(m->inputs[0].rank, 4);
+	cr_assert_eq(m->inputs[0].shape[3], 192);
+	cr_assert_eq(m->inputs[0].bytes, 64 * 192 * 2);
+	cr_assert_eq(m->inputs[1].dtype, ANES_DT_INT32);
+	cr_assert_eq(m->inputs[1].bytes, 16);
+	cr_assert_eq(m->n_outputs, 3);
+	cr_assert_str_eq(m->outputs[0].name, "z");
+	cr_assert_eq(m->outputs[0].dtype, ANES_DT_FP32);
+	cr_assert_eq(m->outputs[0].bytes, 64 * 64 * 4);
+	cr_assert_str_eq(m->outputs[1].name, "cc");
+	cr_assert_eq(m->outputs[1].shape[3], 192);
+	cr_assert_eq(m->outputs[2].rank, 1);
+	cr_assert_eq(m->outputs[2].shape[0], 2);
+
+	const anes_function_info *h = &p->info[1];
+	cr_assert_eq(h->n_inputs, 2);
+	cr_assert_eq(h->inputs[1].rank, 0);
+	cr_assert_eq(h->inputs[1].bytes, 4);
+	cr_assert_eq(h->outputs[0].bytes, 12);
+
+	/* literal values */
+	const anes_mil_function *fn = &p->functions[0];
+	bool found_h = false, found_w = false, found_i8 = false, found_f = false;
+	for (uint32_t i = 0; i < fn->n_values; i++) {
+		const anes_mil_value *v = &fn->values[i];
+		if (strcmp(v->name, "h") == 0) {
+			found_h = true;
+			cr_assert_eq(v->kind, ANES_MIL_V_CONST);
+			cr_assert_float_eq(anes_f16_to_f32(*(const uint16_t *)v->data), 0.125f, 0);
+		} else if (strcmp(v->name, "f") == 0) {
+			found_f = true;
+			cr_assert_float_eq(*(const float *)v->data, -1.5e-3f, 0);
+		} else if (strcmp(v->name, "W") == 0) {
+			found_w = true;
+			const uint16_t *d = v->data;
+			cr_assert_eq(v->type.bytes, 64 * 64 * 2);
+			cr_assert_float_eq(anes_f16_to_f32(d[5]), 1.25f, 0);
+			cr_assert_float_eq(anes_f16_to_f32(d[4095]), 4095 * 0.25f, 1.0f);
+		} else if (strcmp(v->name, "i8") == 0) {
+			found_i8 = true;
+			const int8_t *d = v->data;
+			cr_assert_eq(d[0], -128);
+			cr_assert_eq(d[1], 127);
+			cr_assert_eq(d[3], 1);
+		} else if (strcmp(v->name, "to32") == 0) {
+			cr_assert_str_eq(anes_mil_const_string(v), "fp32");
+		}
+	}
+	cr_assert(found_h && found_w && found_i8 && found_f);
+	/* ops: const() is not an op; op names from the name attribute */
+	cr_assert_eq(fn->n_ops, 9);
+	cr_assert_str_eq(fn->ops[0].name, "act");
+	cr_assert_str_eq(fn->ops[0].def->name, "slice_by_size");
+	cr_assert_str_eq(fn->ops[4].name, "yh");
+	anes_mil_program_free(p);
+	free(blob);
+}
+
+Test(mil, minimal_and_no_opset)
+{
+	anes_mil_program *p = NULL;
+	const char *t = "program(1.0)\n{\n func f(tensor<fp32, []> a) {\n } -> (a);\n}\n";
+	cr_assert_eq(parse(t, NULL, 0, &p), 0, "%s", errbuf);
+	cr_assert_eq(p->info[0].inputs[0].rank, 0);
+	cr_assert_eq(p->info[0].outputs[0].bytes, 4);
+	anes_mil_program_free(p);
+	anes_mil_program_free(NULL);
+}
+
+Test(mil, dtype_names)
+{
+	cr_assert_str_eq(anes_dtype_name(ANES_DT_FP16), "fp16");
+	cr_assert_str_eq(anes_dtype_name(ANES_DT_UINT8), "uint8");
+	cr_assert_str_eq(anes_dtype_name(ANES_DT_BOOL), "bool");
+	cr_assert_null(anes_dtype_name((anes_dtype)0));
+	cr_assert_null(anes_dtype_name((anes_dtype)ANES_MIL_DT_STRING));
+	cr_assert_eq(anes_dtype_size(ANES_DT_FP16), 2);
+	cr_assert_eq(anes_dtype_size(ANES_DT_INT32), 4);
+	cr_assert_eq(anes_dtype_size(ANES_DT_BOOL), 1);
+	cr_assert_eq(anes_dtype_size((anes_dtype)99), 0);
+}
+
+Test(mil, example_file_parses)
+{
+	char path[1024];
+	const char *f = __FILE__;
+	const char *slash = strrchr(f, '/');
+	int n = slash ? (int)(slash - f) : 1;
+	snprintf(path, sizeof path, "%.*s/../examples/dynamic_matmul.mil", n, slash ? f : ".");
+	FILE *fp = fopen(path, "rb");
+	if (!fp) {
+		cr_log_warn("cannot open %s, skipping", path);
+		return;
+	}
+	static char buf[1 << 16];
+	size_t len = fread(buf, 1, sizeof buf, fp);
+	fclose(fp);
+	anes_mil_program *p = NULL;
+	int rc = anes_mil_parse(buf, len, NULL, 0, &p, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, 0, "%s", errbuf);
+	cr_assert_eq(p->info[0].inputs[0].shape[3], 128);
+	cr_assert_eq(p->info[0].outputs[0].shape[1], 64);
+	anes_mil_program_free(p);
+}
+
+/* ---- errors ---- */
+
+/* program with BODY at line 4 (function header on line 3) */
+static int parse_body(const char *body, const anes_weight *w, size_t nw)
+{
+	static char text[8192];
+	anes_mil_program *p = NULL;
+	snprintf(text, sizeof text,
+	         "program(1.3)\n{\n  func main<ios18>(tensor<fp16, [2, 3]> x, tensor<fp16, [3, 4]> m) {\n%s\n  } -> (x);\n}\n",
+	         body);
+	int rc = parse(text, w, nw, &p);
+	if (rc == 0)
+		anes_mil_program_free(p);
+	return rc;
+}
+
+static void expect_err(const char *body, int want_rc, int line, const char *substr)
+{
+	char want[32];
+	int rc = parse_body(body, NULL, 0);
+	cr_assert_eq(rc, want_rc, "body <%s>: rc %d (want %d): %s", body, rc, want_rc, errbuf);
+	snprintf(want, sizeof want, "line %d: ", line);
+	cr_assert(strncmp(errbuf, want, strlen(want)) == 0, "body <%s>: message '%s', want '%s...'", body, errbuf,
+	          want);
+	if (substr)
+		cr_assert(strstr(errbuf, substr), "message '%s' lacks '%s'", errbuf, substr);
+	cr_assert_null(strchr(errbuf, '\n'));
+}
+
+Test(mil, error_unknown_op)
+{
+	expect_err("    tensor<fp16, [2, 3]> y = frobnicate(x = x);", -ENOTSUP, 4, "frobnicate");
+}
+
+Test(mil, error_undefined_ref)
+{
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = x, y = nope);", -EINVAL, 4, "nope");
+}
+
+Test(mil, error_redefinition)
+{
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = x, y = x);\n    tensor<fp16, [2, 3]> y = add(x = x, y = x);",
+	           -EINVAL, 5, "redefinition of 'y'");
+	expect_err("    tensor<fp16, [2, 3]> x = identity(x = x);", -EINVAL, 4, "redefinition");
+}
+
+Test(mil, error_declared_type_mismatch)
+{
+	expect_err("    tensor<fp16, [2, 4]> y = add(x = x, y = x);", -EINVAL, 4, "op 'add' (y)");
+	expect_err("    tensor<fp32, [2, 3]> y = add(x = x, y = x);", -EINVAL, 4, "does not match");
+	expect_err("\n    tensor<fp16, [3, 2]> y = matmul(x = x, y = m);", -EINVAL, 5, "does not match");
+	expect_err("    tensor<int32, [2]> c = const()[name = string(\"c\"), val = tensor<int32, [3]>([1, 2, 3])];",
+	           -EINVAL, 4, "does not match");
+	expect_err("    fp16 c = const()[val = fp32(1.0)];", -EINVAL, 4, "does not match");
+}
+
+Test(mil, error_matmul_inner)
+{
+	expect_err("    tensor<fp16, [2, 4]> y = matmul(x = m, y = x);", -EINVAL, 4,
+	           "op 'matmul' (y): inner dimensions differ: x is [3,4], y is [2,3]");
+	expect_err("    tensor<fp16, [2, 4]> y = matmul(x = x, y = m, transpose_x = true);", -EINVAL, 4,
+	           "inner dimensions differ");
+}
+
+Test(mil, error_slice_bounds)
+{
+	expect_err("    tensor<fp16, [2, 3]> y = slice_by_size(x = x, begin = tensor<int32, [2]>([0, 1]), size = tensor<int32, [2]>([2, 3]));",
+	           -EINVAL, 4, "out of bounds");
+	expect_err("    tensor<fp16, [2, 3]> y = slice_by_size(x = x, begin = tensor<int32, [2]>([-1, 0]), size = tensor<int32, [2]>([2, 3]));",
+	           -EINVAL, 4, "out of bounds");
+	expect_err("    tensor<fp16, [2, 3]> y = slice_by_size(x = x, begin = tensor<int32, [1]>([0]), size = tensor<int32, [2]>([2, 3]));",
+	           -EINVAL, 4, "begin and size");
+	expect_err("    tensor<fp16, [2, 3]> y = slice_by_size(x = x, begin = m, size = tensor<int32, [2]>([2, 3]));",
+	           -ENOTSUP, 4, "constant");
+}
+
+Test(mil, error_arity)
+{
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = x);", -EINVAL, 4, "missing required argument 'y'");
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = x, y = x, z = x);", -EINVAL, 4, "unknown argument 'z'");
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = x, x = x);", -EINVAL, 4, "duplicate argument");
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = (x, x), y = x);", -EINVAL, 4, "tuple");
+	expect_err("    tensor<fp16, [2, 6]> y = concat(values = x, axis = 1);", -EINVAL, 4, "tuple");
+	expect_err("    (tensor<fp16, [2, 3]> y, tensor<fp16, [2, 3]> z) = add(x = x, y = x);", -EINVAL, 4, "outputs");
+}
+
+Test(mil, error_other_checks)
+{
+	expect_err("    tensor<fp16, [6]> y = reshape(x = x, shape = tensor<int32, [1]>([5]));", -EINVAL, 4, "reshape");
+	expect_err("    tensor<fp16, [3, 2]> y = transpose(x = x, perm = tensor<int32, [2]>([0, 0]));", -EINVAL, 4,
+	           "permutation");
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = x, y = m);", -EINVAL, 4, "broadcast");
+	expect_err("    tensor<fp16, [2, 3]> y = cast(x = x, dtype = string(\"fp64\"));", -ENOTSUP, 4, "fp64");
+	expect_err("    tensor<fp16, [2, 5]> y = concat(values = (x, m), axis = 1);", -EINVAL, 4, "values[1]");
+	expect_err("    tensor<fp16, [2, 3]> y = concat(values = (x, x), axis = 2);", -EINVAL, 4, "out of range");
+	expect_err("    tensor<fp16, [3]> y = reduce_sum(x = x, axes = tensor<int32, [2]>([0, -2]));", -EINVAL, 4,
+	           "repeated");
+	expect_err("    int8 c = const()[val = int8(200)];", -EINVAL, 4, "out of range");
+	expect_err("    tensor<fp16, [3]> c = const()[val = tensor<fp16, [3]>([1.0, 2.0])];", -EINVAL, 4, "elements");
+	expect_err("    tensor<fp16, [2]> c = const()[val = tensor<fp16, [2]>([1.0, 2.0, 3.0])];", -EINVAL, 4,
+	           "more than");
+	expect_err("    tensor<fp64, [2]> c = const()[val = tensor<fp64, [2]>([1.0, 2.0])];", -ENOTSUP, 4, "fp64");
+	expect_err("    tensor<fp16, [2, 3]> y = add(x = x, y = x) $;", -EINVAL, 4, "unexpected character");
+}
+
+Test(mil, error_unterminated_string)
+{
+	expect_err("    string s = const()[val = string(\"abc)];", -EINVAL, 4, "unterminated string");
+}
+
+Test(mil, error_missing_arrow)
+{
+	anes_mil_program *p = NULL;
+	const char *t = "program(1.3)\n{\n  func main(tensor<fp16, [2]> x) {\n  }\n}\n";
+	cr_assert_eq(parse(t, NULL, 0, &p), -EINVAL);
+	cr_assert(strncmp(errbuf, "line 5: ", 8) == 0, "%s", errbuf);
+	cr_assert(strstr(errbuf, "->"), "%s", errbuf);
+	const char *t2 = "program(1.3)\n{\n  func main(tensor<fp16, [2]> x) {\n  } -> (nope);\n}\n";
+	cr_assert_eq(parse(t2, NULL, 0, &p), -EINVAL);
+	cr_assert(strncmp(errbuf, "line 4: ", 8) == 0, "%s", errbuf);
+	cr_assert(strstr(errbuf, "nope"), "%s", errbuf);
+}
+
+Test(mil, error_huge_dims_and_rank)
+{
+	expect_err("    tensor<fp16, [2147483647, 2147483647, 2147483647]> c = const()[val = fp16(1)];", -EINVAL, 4,
+	           NULL);
+	expect_err("    tensor<fp16, [99999999999999999999]> c = const()[val = fp16(1)];", -EINVAL, 4, "too large");
+	expect_err("    tensor<fp16, [65536, 65536]> c = const()[val = fp16(1)];", -EINVAL, 4, NULL);
+	expect_err("    tensor<fp16, [0]> c = const()[val = fp16(1)];", -EINVAL, 4, "positive");
+	expect_err("    tensor<fp16, [1, 1, 1, 1, 1, 1, 1, 1, 1]> c = const()[val = fp16(1)];", -EINVAL, 4, "rank");
+	/* a declared shape far larger than the literal: rejected without allocating */
+	expect_err("    tensor<fp16, [8192, 8192]> c = const()[val = tensor<fp16, [8192, 8192]>([1])];", -EINVAL, 4,
+	           NULL);
+}
+
+Test(mil, error_program_too_large)
+{
+	/* each input is 256 MiB (the per-tensor cap); 5 of them exceed 1 GiB */
+	anes_mil_program *p = NULL;
+	const char *t = "program(1.3)\n{\n func main(tensor<fp32, [67108864]> a, tensor<fp32, [67108864]> b,\n"
+	                "  tensor<fp32, [67108864]> c,\n tensor<fp32, [67108864]> d, tensor<fp32, [67108864]> e) {\n"
+	                " } -> (a);\n}\n";
+	cr_assert_eq(parse(t, NULL, 0, &p), -EINVAL);
+	cr_assert(strncmp(errbuf, "line 5: ", 8) == 0, "%s", errbuf);
+}
+
+static void blob_err(uint8_t *blob, size_t len, const char *offset, const char *substr)
+{
+	char body[512];
+	anes_weight w = {"@model_path/weights/w.bin", blob, len};
+	snprintf(body, sizeof body,
+	         "    tensor<fp16, [4, 4]> W = const()[name = string(\"W\"), val = tensor<fp16, [4, 4]>(BLOBFILE(path = "
+	         "string(\"@model_path/weights/w.bin\"), offset = uint64(%s)))];",
+	         offset);
+	int rc = parse_body(body, &w, 1);
+	cr_assert_eq(rc, -EINVAL, "rc %d %s", rc, errbuf);
+	cr_assert(strncmp(errbuf, "line 4: ", 8) == 0, "%s", errbuf);
+	cr_assert(strstr(errbuf, substr), "'%s' lacks '%s'", errbuf, substr);
+}
+
+Test(mil, blob_errors)
+{
+	size_t len;
+	uint8_t *b = make_blob(16, &len);
+	char body[512];
+	anes_weight w = {"@model_path/weights/w.bin", b, len};
+
+	snprintf(body, sizeof body,
+	         "    tensor<fp16, [4, 4]> W = const()[val = tensor<fp16, [4, 4]>(BLOBFILE(path = "
+	         "string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];");
+	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
+
+	blob_err(b, len, "65", "magic");
+	blob_err(b, len, "1000", "outside");
+	blob_err(b, len, "18446744073709551615", "outside");
+	blob_err(b, 100, "64", "outside");                 /* truncated chunk header */
+	blob_err(b, len - 1, "64", "outside");             /* truncated data */
+	blob_err(b, 10, "0", "too short");
+	b[64] = 0xEE;
+	blob_err(b, len, "64", "magic");
+	b[64] = 0xEF;
+	b[72] = 30;                                        /* wrong size */
+	blob_err(b, len, "64", "holds 30 bytes");
+	b[72] = 32;
+	b[80] = 0xF0;                                      /* data offset out of range */
+	blob_err(b, len, "64", "outside");
+	b[80] = 128;
+	b[68] = 2;                                         /* fp32 data type for a fp16 tensor */
+	blob_err(b, len, "64", "data type");
+	b[68] = 1;
+	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
+
+	/* unknown path */
+	anes_weight other = {"@model_path/weights/other.bin", b, len};
+	cr_assert_eq(parse_body(body, &other, 1), -EINVAL);
+	cr_assert(strstr(errbuf, "unknown weight blob '@model_path/weights/w.bin'"), "%s", errbuf);
+	cr_assert(strncmp(errbuf, "line 4: ", 8) == 0, "%s", errbuf);
+	free(b);
+}
+
+/* every prefix and many random mutations of a good program: never crash */
+Test(mil, truncations_and_mutations)
+{
+	size_t blen;
+	uint8_t *blob = make_blob(64 * 64, &blen);
+	anes_weight w = {"@model_path/weights/w.bin", blob, blen};
+	size_t n = strlen(good);
+	char *buf = malloc(n + 1);
+	anes_mil_program *p;
+
+	for (size_t i = 0; i < n; i++) {
+		memcpy(buf, good, i);
+		p = NULL;
+		int rc = anes_mil_parse(buf, i, &w, 1, &p, errbuf, sizeof errbuf);
+		/* a prefix can only be valid if it is the full program minus trailing space */
+		if (rc == 0) {
+			anes_mil_program_free(p);
+			cr_assert(i >= n - 2, "prefix %zu parsed", i);
+		} else {
+			cr_assert(rc == -EINVAL || rc == -ENOTSUP, "rc %d", rc);
+			cr_assert(strncmp(errbuf, "line ", 5) == 0, "%s", errbuf);
+		}
+	}
+	uint64_t s = 12345;
+	static const char junk[] = "()[]{}<>,=;-\"0123456789e.x_abz \n/";
+	for (int it = 0; it < 3000; it++) {
+		memcpy(buf, good, n);
+		int nm = 1 + (int)(it % 4);
+		for (int k = 0; k < nm; k++) {
+			s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+			size_t pos = (size_t)(s % n);
+			buf[pos] = junk[(s >> 32) % (sizeof junk - 1)];
+		}
+		p = NULL;
+		int rc = anes_mil_parse(buf, n, &w, 1, &p, errbuf, sizeof errbuf);
+		if (rc == 0)
+			anes_mil_program_free(p);
+		else
+			cr_assert(rc == -EINVAL || rc == -ENOTSUP, "rc %d: %s", rc, errbuf);
+	}
+	free(buf);
+	free(blob);
+}
+
+Test(mil, deep_nesting_and_garbage)
+{
+	anes_mil_program *p = NULL;
+	char body[256];
+	memset(body, 0, sizeof body);
+	strcpy(body, "    tensor<fp16, [1]> c = const()[val = tensor<fp16, [1]>(");
+	for (int i = 0; i < 40; i++)
+		strcat(body, "[");
+	strcat(body, "1");
+	expect_err(body, -EINVAL, 4, NULL);
+	cr_assert_eq(anes_mil_parse("\0\0\0", 3, NULL, 0, &p, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert_eq(anes_mil_parse("", 0, NULL, 0, &p, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert_eq(anes_mil_parse(NULL, 0, NULL, 0, &p, NULL, 0), -EINVAL);
+	/* errbuf of size 1 */
+	char tiny[1];
+	cr_assert_eq(anes_mil_parse("program", 7, NULL, 0, &p, tiny, 1), -EINVAL);
+	cr_assert_eq(tiny[0], 0);
+}
