@@ -87,7 +87,13 @@ ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_na
 ANESHARE_API void aneshare_disconnect(aneshare_conn *conn);
 
 /* The daemon's (or the library's) message for the last failed call on conn,
- * or "" if none.  Owned by conn, valid until the next call on conn. */
+ * or "" if none.  Every failing call sets it, local failures included;
+ * successful calls leave it alone.  Owned by conn, valid until the next call
+ * on conn.
+ *
+ * When the daemon closes the connection, every later call on it fails:
+ * with the daemon's code (normally ANESHARE_EPROTOCOL) and message if it
+ * said why in an `error` notification, else with -ECONNRESET. */
 ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
 
 /* What the daemon said in the handshake.  Strings owned by conn. */
@@ -106,14 +112,16 @@ ANESHARE_API const aneshare_server_info *aneshare_server(const aneshare_conn *co
 /* ---- surfaces -------------------------------------------------------------- */
 
 /* Ask the daemon for a shared-memory surface of size bytes, mapped into this
- * process read-write.  On success *ret is owned by the caller:
- * aneshare_surface_release(). */
+ * process read-write (zero-filled).  The library keeps the mapping, not the
+ * memfd: a surface costs this process no file descriptor.
+ * On success *ret is owned by the caller: aneshare_surface_release(). */
 ANESHARE_API int aneshare_surface_create(aneshare_conn *conn, size_t size, aneshare_surface **ret);
 
 /* Hand the daemon a memfd this process made; it must be sealed against
  * shrinking (F_SEAL_SHRINK), or the daemon refuses it (ANESHARE_EBAD_FD).
  * fd is borrowed: the library duplicates it and the caller keeps its own.
  * Linux only (-ENOTSUP elsewhere).  On success *ret is owned by the caller. */
+/* The mapping is read-only if the memfd is sealed against writing. */
 ANESHARE_API int aneshare_surface_import(aneshare_conn *conn, int fd, aneshare_surface **ret);
 
 /* Release a surface: the daemon frees it once no run uses it, and the local
@@ -190,15 +198,20 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_
 /* ---- running -------------------------------------------------------------- */
 
 /* Run function fn (0 = main) of p: inputs[i] holds input i at offset 0,
- * outputs[i] receives output i.  All surfaces borrowed.  Blocks until done. */
+ * outputs[i] receives output i.  All surfaces borrowed; they must belong to
+ * p's connection (else -EINVAL).  Blocks until done. */
 ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
                               aneshare_surface *const *inputs, size_t n_inputs,
                               aneshare_surface *const *outputs, size_t n_outputs);
 
 /* Pipelining: submit a run without waiting; *ret_ticket identifies it.
- * Up to aneshare_server()->max_inflight runs may be outstanding.  Every
- * ticket must be waited for with aneshare_wait, which returns the run's
- * result; runs may complete in any order. */
+ * At most aneshare_server()->max_inflight runs are in flight: when that many
+ * are, run_submit first reads responses until one completes (its result is
+ * kept for aneshare_wait).  Every ticket must be waited for with
+ * aneshare_wait, which returns the run's result (and sets last_error when it
+ * failed); runs may complete in any order and may be waited for in any
+ * order.  A ticket is valid for one aneshare_wait: -ENOENT after that.
+ * Other calls on the connection may be made while runs are outstanding. */
 ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
                                      aneshare_surface *const *inputs, size_t n_inputs,
                                      aneshare_surface *const *outputs, size_t n_outputs,

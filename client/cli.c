@@ -37,6 +37,7 @@ static void usage(FILE *f)
 	        "\n"
 	        "commands:\n"
 	        "  status                      show what the daemon holds\n"
+	        "      --wait SECONDS          wait for a daemon that is still starting\n"
 	        "  compile FILE.mil            compile a program and show its functions\n"
 	        "      --weight PATH=FILE      a weight blob: MIL BLOBFILE path = local file\n"
 	        "  run FILE.mil                compile and run a program once\n"
@@ -365,12 +366,38 @@ static void print_bytes(uint64_t b)
 		printf("%.1f %s", v, unit[u]);
 }
 
+/* Connect, retrying while the socket does not exist yet or refuses (a daemon
+ * that is still starting) until wait_ms have passed. */
+static int connect_waiting(const char *socket_path, long wait_ms, aneshare_conn **ret)
+{
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		int r = aneshare_connect(socket_path, "aneshare-cli", ret);
+		if (r >= 0)
+			return 0;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+		if ((r != -ENOENT && r != -ECONNREFUSED) || elapsed >= wait_ms)
+			return connect_or_fail(socket_path, ret);
+		nanosleep(&(struct timespec){ .tv_nsec = 20 * 1000 * 1000 }, NULL);
+	}
+}
+
 static int cmd_status(const char *socket_path, int argc, char **argv)
 {
-	if (argc > 0)
-		return usage_error("status takes no arguments");
+	long wait_ms = 0;
+	if (argc == 2 && !strcmp(argv[0], "--wait")) {
+		char *end;
+		double secs = strtod(argv[1], &end);
+		if (*end || !(secs >= 0 && secs <= 3600))
+			return usage_error("--wait takes a number of seconds (0 to 3600)");
+		wait_ms = (long)(secs * 1000);
+	} else if (argc > 0) {
+		return usage_error("status takes no arguments but --wait SECONDS");
+	}
 	aneshare_conn *c;
-	if (connect_or_fail(socket_path, &c))
+	if (connect_waiting(socket_path, wait_ms, &c))
 		return EXIT_FAILURE;
 	aneshare_status *st;
 	int r = aneshare_get_status(c, &st);

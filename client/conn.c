@@ -440,7 +440,7 @@ static uint32_t clamp_u32(uint64_t v)
 static int conn_hello(aneshare_conn *c, const char *client_name)
 {
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = anesc_begin(c, &f, "hello", client_name ? 2 : 1, &msgid);
 	if (r < 0)
 		return r;

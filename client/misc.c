@@ -84,7 +84,7 @@ ANESHARE_API int aneshare_get_status(aneshare_conn *c, aneshare_status **ret)
 	if (!c || !ret)
 		return -EINVAL;
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = anesc_begin(c, &f, "status", 0, &msgid);
 	if (r < 0)
 		return r;

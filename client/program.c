@@ -208,7 +208,7 @@ static int info_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsign
 static int send_release(aneshare_conn *c, const char *method, uint32_t id)
 {
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = anesc_begin(c, &f, method, 1, &msgid);
 	if (r < 0)
 		return r;
@@ -233,7 +233,7 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
 			return anesc_fail(c, -EINVAL, "bad weight %zu", i);
 
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = anesc_begin(c, &f, "program.compile", n_weights ? 2 : 1, &msgid);
 	if (r < 0)
 		return r;
@@ -400,7 +400,7 @@ ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
 	if (!p)
 		return -EINVAL;
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = run_begin(p, fn, inputs, n_inputs, outputs, n_outputs, &f, &msgid);
 	if (r < 0)
 		return r;
@@ -421,7 +421,7 @@ ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
 	if (r < 0)
 		return r;
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	r = run_begin(p, fn, inputs, n_inputs, outputs, n_outputs, &f, &msgid);
 	if (r < 0)
 		return r;

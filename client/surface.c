@@ -71,7 +71,7 @@ static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, uns
 static void surface_drop_remote(aneshare_conn *c, uint32_t id)
 {
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	char saved[ANESC_ERRMSG_MAX];
 	memcpy(saved, c->last_error, sizeof saved);
 	if (anesc_begin(c, &f, "surface.release", 1, &msgid) == 0) {
@@ -133,7 +133,7 @@ ANESHARE_API int aneshare_surface_create(aneshare_conn *c, size_t size, aneshare
 	if (size == 0)
 		return anesc_fail(c, -EINVAL, "a surface needs at least one byte");
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = anesc_begin(c, &f, "surface.create", 1, &msgid);
 	if (r < 0)
 		return r;
@@ -169,7 +169,7 @@ ANESHARE_API int aneshare_surface_import(aneshare_conn *c, int fd, aneshare_surf
 		return anesc_fail(c, e, "duplicating the fd: %s", strerror(-e));
 	}
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = anesc_begin(c, &f, "surface.import", 0, &msgid);
 	if (r < 0) {
 		close(dup_fd);
@@ -194,7 +194,7 @@ ANESHARE_API int aneshare_surface_release(aneshare_surface *s)
 	uint32_t id = s->id;
 	anesc_surface_free_local(s);
 	anes_frame f;
-	uint32_t msgid;
+	uint32_t msgid = 0;
 	int r = anesc_begin(c, &f, "surface.release", 1, &msgid);
 	if (r < 0)
 		return r;

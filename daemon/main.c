@@ -2,6 +2,7 @@
 /* aneshared: a thin shell over the server library (server.h). */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +98,16 @@ int main(int argc, char **argv)
 	/* Peers that vanish must not kill the daemon; writes see EPIPE. */
 	signal(SIGPIPE, SIG_IGN);
 
+	/* Hold SIGINT/SIGTERM until the loop's handlers are in place: the socket
+	 * accepts connections before that, and a stop request that arrives in
+	 * between must still end in a clean shutdown.  Threads started meanwhile
+	 * inherit the mask, so the signals are delivered to this thread. */
+	sigset_t stop_signals, old_mask;
+	sigemptyset(&stop_signals);
+	sigaddset(&stop_signals, SIGINT);
+	sigaddset(&stop_signals, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
+
 	int r = anes_listen_fd_from_env(&cfg.listen_fd);
 	if (r < 0) {
 		fprintf(stderr, "aneshared: the socket passed by the service manager is unusable: %s\n",
@@ -124,6 +135,7 @@ int main(int argc, char **argv)
 	}
 	fprintf(stderr, "aneshared: %s listening on %s (backend %s, pid %ld)\n", ANES_VERSION,
 	        anes_server_socket_path(srv), backend->ops->name, (long)getpid());
+	pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
 	r = anes_server_run(srv);
 	anes_server_free(srv);
 	backend->ops->destroy(backend);

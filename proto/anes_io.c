@@ -89,6 +89,12 @@ static int rbuf_reserve(anes_io *io)
 		io->rpos = 0;
 		io->rlen = have;
 	}
+	/* A large frame's buffer is not kept once it has been consumed. */
+	if (have == 0 && io->rcap > RBUF_MIN) {
+		free(io->rbuf);
+		io->rbuf = NULL;
+		io->rcap = io->rlen = 0;
+	}
 	if (io->rlen < io->rcap)
 		return 0;
 

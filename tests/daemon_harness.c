@@ -95,12 +95,13 @@ void h_daemon_start(h_daemon *d)
 	}
 	d->pid = pid;
 
-	/* Bounded wait until the socket accepts (or the daemon died). */
+	/* Bounded wait until the daemon answers hello (or died).  A completed
+	 * handshake, not just an accepted connect, shows its loop is running. */
 	int64_t deadline = now_ms() + 10000;
 	for (;;) {
-		int fd = h_raw_connect(d->sock);
-		if (fd >= 0) {
-			close(fd);
+		aneshare_conn *c;
+		if (aneshare_connect(d->sock, "harness", &c) == 0) {
+			aneshare_disconnect(c);
 			return;
 		}
 		int status;
@@ -111,7 +112,7 @@ void h_daemon_start(h_daemon *d)
 		}
 		if (now_ms() > deadline) {
 			h_daemon_kill(d);
-			cr_assert_fail("aneshared did not accept on %s within 10 s", d->sock);
+			cr_assert_fail("aneshared did not answer on %s within 10 s", d->sock);
 		}
 		poll_pause();
 	}

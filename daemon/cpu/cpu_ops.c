@@ -738,10 +738,11 @@ static int plan_matmul(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes
 }
 
 #if !ANES_HAVE_BLAS
-/* C[m,n] = A[m,k] * B[k,n], all row-major and dense; blocked for cache */
+/* C[m,n] = A[m,k] * B[k,n], all row-major and dense; blocked for cache, four
+ * rows of C per pass so each loaded row segment of B is used four times */
 static void gemm_nn(const float *A, const float *B, float *C, uint64_t m, uint64_t n, uint64_t k)
 {
-	enum { MB = 64, KB = 256, NB = 1024 };
+	enum { MB = 64, KB = 256, NB = 512 };
 
 	memset(C, 0, (size_t)(m * n) * sizeof(float));
 	for (uint64_t j0 = 0; j0 < n; j0 += NB) {
@@ -750,11 +751,28 @@ static void gemm_nn(const float *A, const float *B, float *C, uint64_t m, uint64
 			uint64_t k1 = k0 + KB < k ? k0 + KB : k;
 			for (uint64_t i0 = 0; i0 < m; i0 += MB) {
 				uint64_t i1 = i0 + MB < m ? i0 + MB : m;
-				for (uint64_t i = i0; i < i1; i++) {
-					float *c = C + i * n;
+				uint64_t i = i0;
+				for (; i + 4 <= i1; i += 4) {
+					float *restrict c0 = C + i * n, *restrict c1 = c0 + n;
+					float *restrict c2 = c1 + n, *restrict c3 = c2 + n;
+					for (uint64_t kk = k0; kk < k1; kk++) {
+						float a0 = A[i * k + kk], a1 = A[(i + 1) * k + kk];
+						float a2 = A[(i + 2) * k + kk], a3 = A[(i + 3) * k + kk];
+						const float *restrict b = B + kk * n;
+						for (uint64_t j = j0; j < j1; j++) {
+							float bj = b[j];
+							c0[j] += a0 * bj;
+							c1[j] += a1 * bj;
+							c2[j] += a2 * bj;
+							c3[j] += a3 * bj;
+						}
+					}
+				}
+				for (; i < i1; i++) {
+					float *restrict c = C + i * n;
 					for (uint64_t kk = k0; kk < k1; kk++) {
 						float a = A[i * k + kk];
-						const float *b = B + kk * n;
+						const float *restrict b = B + kk * n;
 						for (uint64_t j = j0; j < j1; j++)
 							c[j] += a * b[j];
 					}
