@@ -9,9 +9,10 @@
  * Conventions
  *  - Every function that can fail returns int: 0 (or a non-negative count) on
  *    success, a negative error code on failure.  Codes above -1000 are
- *    -errno values from the system; codes at or below -1000 are
- *    -(ANESHARE_EBASE + the daemon's wire error code), see enum below.
- *    aneshare_strerror() names both kinds.  The daemon's human message for
+ *    -errno values from the system; codes from -1001 to -9999 are
+ *    -(ANESHARE_EBASE + the daemon's wire error code), see enum below;
+ *    codes from -10001 down are the library's own (ANESHARE_EDISCONNECTED).
+ *    aneshare_strerror() names all kinds.  The daemon's human message for
  *    the last failed call on a connection is aneshare_last_error().
  *  - Out-parameters (ret_*) are written only on success.
  *  - Ownership is stated at each declaration.  Objects created through a
@@ -19,6 +20,8 @@
  *    invalidated by) aneshare_disconnect().
  *  - A connection and its objects are not thread-safe: use one connection
  *    per thread, or lock around it.
+ *  - If the daemon dies or restarts, the library reconnects by itself and
+ *    the caller's surfaces and programs carry on: see "reconnecting" below.
  */
 #ifndef ANESHARE_H
 #define ANESHARE_H
@@ -56,11 +59,19 @@ enum aneshare_error {
 	ANESHARE_ERUN_FAILED = ANESHARE_EBASE + 14,
 	ANESHARE_ENO_MEMORY = ANESHARE_EBASE + 15,
 	ANESHARE_EINTERNAL = ANESHARE_EBASE + 16,
+
+	/* The library's own codes, clear of the daemon's (wire codes 1-8999). */
+	ANESHARE_EDISCONNECTED = ANESHARE_EBASE + 9001, /* connection lost: retryable */
 };
 
 /* A static string naming any code this library returns ("no_such_surface",
- * "Connection refused", ...).  Never NULL. */
+ * "disconnected", "Connection refused", ...).  Never NULL. */
 ANESHARE_API const char *aneshare_strerror(int err);
+
+/* True if the call that returned err may succeed when simply made again on
+ * the same connection: only for -ANESHARE_EDISCONNECTED (see
+ * "reconnecting").  Every other code is final for that call. */
+ANESHARE_API bool aneshare_error_is_retryable(int err);
 
 typedef struct aneshare_conn aneshare_conn;
 typedef struct aneshare_surface aneshare_surface;
@@ -91,12 +102,77 @@ ANESHARE_API void aneshare_disconnect(aneshare_conn *conn);
  * successful calls leave it alone.  Owned by conn, valid until the next call
  * on conn.
  *
- * When the daemon closes the connection, every later call on it fails:
- * with the daemon's code (normally ANESHARE_EPROTOCOL) and message if it
- * said why in an `error` notification, else with -ECONNRESET. */
+ * When the daemon closes the connection after saying why in an `error`
+ * notification (a protocol error: a bug on this side), every later call
+ * on it fails with the daemon's code (normally ANESHARE_EPROTOCOL) and
+ * message; the library does not reconnect.  When the connection ends
+ * without one (the daemon died), see "reconnecting". */
 ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
 
-/* What the daemon said in the handshake.  Strings owned by conn. */
+/* ---- reconnecting ----------------------------------------------------------
+ *
+ * When the connection ends without an `error` notification (EOF, reset or
+ * EPIPE: the daemon was killed, crashed or restarted), the library marks it
+ * broken and closes the socket:
+ *  - runs in flight (submitted tickets, a blocking aneshare_run) fail with
+ *    -ANESHARE_EDISCONNECTED: the run may or may not have happened, and its
+ *    output surfaces may hold partial results.  Runs are never sent again
+ *    by the library, because a run is not idempotent: an output that is
+ *    also an input may already have been overwritten, the app may already
+ *    have reused its surfaces, and a run that crashed the daemon would
+ *    crash the next one too.  Make the run again if it makes sense.
+ *  - the next call on the connection reconnects first: it connects to the
+ *    same socket path again, retrying with a short backoff (5 ms doubling
+ *    to 250 ms) until the reconnect timeout (default 5000 ms;
+ *    $ANESHARE_RECONNECT_TIMEOUT_MS read by aneshare_connect, or
+ *    aneshare_set_reconnect_timeout) has passed, says hello, imports every
+ *    live surface again (the same memory: data written before the crash is
+ *    still there, only the surface ID changes) and compiles every live
+ *    program again (the same MIL and weights, so the same key), then makes
+ *    the call.  If the daemon does not come back in time, the call fails
+ *    with -ANESHARE_EDISCONNECTED (last_error says what the last attempt
+ *    got), the connection stays broken and the next call tries again.
+ *  - these calls are sent again after reconnecting (at most once) when the
+ *    connection broke with them in flight, because doing them twice does no
+ *    harm -- whatever the lost request created died with the old
+ *    connection: aneshare_surface_create, aneshare_surface_import,
+ *    aneshare_program_compile (which includes program.info),
+ *    aneshare_get_status.  aneshare_surface_release and
+ *    aneshare_program_release never reconnect: on a broken connection they
+ *    free the object locally and return 0 (the daemon freed its side with
+ *    the old connection).
+ *  - any request that the library could not write to the socket completely
+ *    (the daemon cannot have acted on it) is written to the new connection
+ *    after reconnecting, runs included.
+ *  - aneshare_wait never reconnects; it returns the ticket's result.
+ *  - a surface the new daemon refuses to import (e.g. over a lower limit),
+ *    or a program it does not compile to the same key, is lost: its ID is 0,
+ *    runs naming it fail with -ANESHARE_ENO_SUCH_SURFACE or
+ *    -ANESHARE_ENO_SUCH_PROGRAM, and it still has to be released.
+ *  - aneshare_server() describes the new daemon afterwards.
+ * The cost: the library keeps one fd (the memfd) per live surface and a copy
+ * of the MIL text and weights of every live program.
+ *
+ * With reconnecting off, a broken connection stays broken: runs in flight
+ * and every later call fail with -ECONNRESET (not retryable).
+ */
+
+/* Turn automatic reconnecting on (the default) or off.  Changes apply from
+ * the next call; a connection that is already broken reconnects on the next
+ * call once turned on.  0, or -EINVAL if conn is NULL. */
+ANESHARE_API int aneshare_set_reconnect(aneshare_conn *conn, bool enable);
+
+/* How long one call keeps trying to reconnect, in ms (0: a single attempt;
+ * at most 3,600,000).  0 or -EINVAL. */
+ANESHARE_API int aneshare_set_reconnect_timeout(aneshare_conn *conn, uint32_t timeout_ms);
+
+/* The number of times conn has reconnected (0 if never, or conn is NULL):
+ * when it changes, surface IDs have changed. */
+ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *conn);
+
+/* What the daemon said in the handshake.  Strings owned by conn (after a
+ * reconnect, this describes the new daemon; strings returned before stay
+ * valid until aneshare_disconnect). */
 typedef struct aneshare_server_info {
 	uint32_t protocol;           /* protocol version spoken */
 	const char *server_version;  /* e.g. "0.1.0" */
@@ -112,33 +188,38 @@ ANESHARE_API const aneshare_server_info *aneshare_server(const aneshare_conn *co
 /* ---- surfaces -------------------------------------------------------------- */
 
 /* Ask the daemon for a shared-memory surface of size bytes, mapped into this
- * process read-write (zero-filled).  The library keeps the mapping, not the
- * memfd: a surface costs this process no file descriptor.
+ * process read-write (zero-filled).  The library keeps the mapping and the
+ * memfd (CLOEXEC), to hand it to a restarted daemon: each live surface costs
+ * this process one file descriptor (raise RLIMIT_NOFILE for many surfaces).
  * On success *ret is owned by the caller: aneshare_surface_release(). */
 ANESHARE_API int aneshare_surface_create(aneshare_conn *conn, size_t size, aneshare_surface **ret);
 
 /* Hand the daemon a memfd this process made; it must be sealed against
  * shrinking (F_SEAL_SHRINK), or the daemon refuses it (ANESHARE_EBAD_FD).
- * fd is borrowed: the library duplicates it and the caller keeps its own.
+ * fd is borrowed: the library keeps a duplicate (CLOEXEC) until the surface
+ * is released, and the caller keeps its own.
  * Linux only (-ENOTSUP elsewhere).  On success *ret is owned by the caller. */
 /* The mapping is read-only if the memfd is sealed against writing. */
 ANESHARE_API int aneshare_surface_import(aneshare_conn *conn, int fd, aneshare_surface **ret);
 
 /* Release a surface: the daemon frees it once no run uses it, and the local
- * mapping is unmapped.  Accepts NULL (returns 0).  The pointer is invalid
- * afterwards, whatever the result. */
+ * mapping and fd are closed.  Accepts NULL (returns 0).  The pointer is
+ * invalid afterwards, whatever the result.  Never reconnects: returns 0 if
+ * the connection is broken (see "reconnecting"). */
 ANESHARE_API int aneshare_surface_release(aneshare_surface *s);
 
 /* The mapping: read and write tensors in place.  Owned by the surface. */
 ANESHARE_API void *aneshare_surface_data(const aneshare_surface *s);
 ANESHARE_API size_t aneshare_surface_size(const aneshare_surface *s);
-/* The 32-bit ID the daemon knows it by. */
+/* The 32-bit ID the daemon knows it by now.  It changes when the library
+ * reconnects (aneshare_reconnect_count); 0 if the surface was lost then. */
 ANESHARE_API uint32_t aneshare_surface_id(const aneshare_surface *s);
 
 /* ---- programs ------------------------------------------------------------- */
 
 /* A weight blob referenced from MIL by BLOBFILE(path = string("PATH"), ...).
- * Borrowed for the duration of the call. */
+ * Borrowed for the duration of the call (the library keeps its own copy,
+ * see "reconnecting"). */
 typedef struct aneshare_weight {
 	const char *path;   /* e.g. "@model_path/weights/w.bin" */
 	const void *data;
@@ -155,7 +236,8 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *conn, const char *mil,
                                           aneshare_program **ret, bool *ret_cached);
 
 /* Release a program handle.  Accepts NULL (returns 0).  The pointer is
- * invalid afterwards, whatever the result. */
+ * invalid afterwards, whatever the result.  Never reconnects: returns 0 if
+ * the connection is broken. */
 ANESHARE_API int aneshare_program_release(aneshare_program *p);
 
 /* The content hash (SHA-256, 64 hex digits) the daemon caches the program
@@ -199,7 +281,9 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_
 
 /* Run function fn (0 = main) of p: inputs[i] holds input i at offset 0,
  * outputs[i] receives output i.  All surfaces borrowed; they must belong to
- * p's connection (else -EINVAL).  Blocks until done. */
+ * p's connection (else -EINVAL).  Blocks until done.  If the connection
+ * breaks meanwhile: -ANESHARE_EDISCONNECTED, not retried (see
+ * "reconnecting"). */
 ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
                               aneshare_surface *const *inputs, size_t n_inputs,
                               aneshare_surface *const *outputs, size_t n_outputs);
@@ -211,7 +295,9 @@ ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
  * aneshare_wait, which returns the run's result (and sets last_error when it
  * failed); runs may complete in any order and may be waited for in any
  * order.  A ticket is valid for one aneshare_wait: -ENOENT after that.
- * Other calls on the connection may be made while runs are outstanding. */
+ * Other calls on the connection may be made while runs are outstanding.
+ * Runs in flight when the connection breaks complete with
+ * -ANESHARE_EDISCONNECTED (-ECONNRESET with reconnecting off). */
 ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
                                      aneshare_surface *const *inputs, size_t n_inputs,
                                      aneshare_surface *const *outputs, size_t n_outputs,

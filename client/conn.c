@@ -5,13 +5,20 @@
  * The socket is blocking.  A synchronous call sends its request and reads
  * frames until its response arrives; responses to submitted runs that arrive
  * meanwhile are stashed in the pending table for aneshare_wait.
+ *
+ * When the stream ends without an `error` notification (the daemon died),
+ * the connection is marked broken and the next call reconnects: same socket
+ * path, hello, every live surface imported and every live program compiled
+ * again (surface.c, program.c), then the call itself.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -35,7 +42,27 @@ int anesc_fail(aneshare_conn *c, int rc, const char *fmt, ...)
 	return rc;
 }
 
-/* Mark the connection unusable (once: the first cause wins). */
+/* No more requests can be answered: fail every run still outstanding and
+ * the synchronous call being waited for. */
+static void fail_outstanding(aneshare_conn *c, int rc, const char *msg)
+{
+	for (size_t i = 0; i < c->n_pending; i++) {
+		anesc_pending *p = &c->pending[i];
+		if (!p->done) {
+			p->done = true;
+			p->rc = rc;
+			p->msg = strdup(msg);
+			c->n_outstanding--;
+		}
+	}
+	if (c->sync_active && !c->sync_done) {
+		c->sync_done = true;
+		c->sync_killed = true;
+		c->sync_rc = rc;
+	}
+}
+
+/* Mark the connection unusable for good (once: the first cause wins). */
 static void conn_kill(aneshare_conn *c, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static void conn_kill(aneshare_conn *c, int rc, const char *fmt, ...)
@@ -47,26 +74,58 @@ static void conn_kill(aneshare_conn *c, int rc, const char *fmt, ...)
 	vset_msg(c->dead_msg, fmt, ap);
 	va_end(ap);
 	c->dead = rc;
-	/* No more requests can be answered: fail every run still outstanding. */
-	for (size_t i = 0; i < c->n_pending; i++) {
-		anesc_pending *p = &c->pending[i];
-		if (!p->done) {
-			p->done = true;
-			p->rc = rc;
-			p->msg = strdup(c->dead_msg);
-			c->n_outstanding--;
-		}
-	}
-	if (c->sync_active && !c->sync_done) {
-		c->sync_done = true;
-		c->sync_killed = true;
-		c->sync_rc = rc;
-	}
+	fail_outstanding(c, rc, c->dead_msg);
+}
+
+static void close_socket(aneshare_conn *c)
+{
+	anes_io_cleanup(&c->io);   /* closes received fds not yet claimed */
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	anes_io_init(&c->io, -1, c->io.max_frame);
+}
+
+int anesc_broken_rc(const aneshare_conn *c)
+{
+	return c->reconnect ? -ANESHARE_EDISCONNECTED : -ECONNRESET;
+}
+
+/* The stream ended without the daemon saying why: it died or was restarted.
+ * Requests in flight fail (retryably, if we reconnect); the socket is closed
+ * at once, and the next call reconnects. */
+static void conn_break(aneshare_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void conn_break(aneshare_conn *c, const char *fmt, ...)
+{
+	if (c->dead || c->broken)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vset_msg(c->broken_msg, fmt, ap);
+	va_end(ap);
+	c->broken = true;
+	char msg[ANESC_ERRMSG_MAX + 64];
+	snprintf(msg, sizeof msg, "connection to the daemon lost with the request in flight: %s",
+	         c->broken_msg);
+	fail_outstanding(c, anesc_broken_rc(c), msg);
+	close_socket(c);
 }
 
 static int conn_dead(aneshare_conn *c)
 {
-	return anesc_fail(c, c->dead, "%s", c->dead_msg);
+	if (c->dead)
+		return anesc_fail(c, c->dead, "%s", c->dead_msg);
+	return anesc_fail(c, anesc_broken_rc(c), "%s", c->broken_msg);
+}
+
+/* Fail a synchronous call whose response the broken connection lost. */
+static int conn_lost_inflight(aneshare_conn *c)
+{
+	if (c->dead)
+		return conn_dead(c);
+	return anesc_fail(c, anesc_broken_rc(c),
+	                  "connection to the daemon lost with the request in flight: %s",
+	                  c->broken_msg);
 }
 
 /* Error code for a daemon wire code: unknown codes are passed on as
@@ -210,7 +269,7 @@ static void pump_one(aneshare_conn *c)
 	unsigned nfds = 0;
 
 	for (;;) {
-		if (c->dead)
+		if (c->dead || c->broken)
 			return;
 		int r = anes_io_next_frame(&c->io, &payload, &len, fds, &nfds);
 		if (r < 0) {
@@ -223,8 +282,8 @@ static void pump_one(aneshare_conn *c)
 		ssize_t n = anes_io_read(&c->io);
 		if (n == -EINTR)
 			continue;
-		if (n == 0 || n == -ECONNRESET) {
-			conn_kill(c, -ECONNRESET, "the daemon closed the connection");
+		if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
+			conn_break(c, "the daemon closed the connection");
 			return;
 		}
 		if (n == -EPROTO) {
@@ -264,7 +323,7 @@ static void pump_one(aneshare_conn *c)
 int anesc_begin(aneshare_conn *c, anes_frame *f, const char *method, uint32_t n_params,
                 uint32_t *ret_msgid)
 {
-	if (c->dead)
+	if (c->dead || c->broken)
 		return conn_dead(c);
 	uint32_t id;
 	do {
@@ -299,12 +358,14 @@ int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds)
 	if (r < 0) {
 		/* The stream is broken.  If the daemon closed it on purpose it said
 		 * why in an error notification: read what it sent (the peer is gone,
-		 * so this cannot block for long). */
+		 * so this cannot block for long).  Responses to runs that it sent
+		 * before are taken too. */
 		if (r == -EPIPE || r == -ECONNRESET) {
-			while (!c->dead)
+			while (!c->dead && !c->broken)
 				pump_one(c);
+		} else {
+			conn_kill(c, r, "writing to the daemon: %s", strerror(-r));
 		}
-		conn_kill(c, r == -EPIPE ? -ECONNRESET : r, "writing to the daemon: %s", strerror(-r));
 		return conn_dead(c);
 	}
 	return 0;
@@ -319,28 +380,88 @@ int anesc_wait_for(aneshare_conn *c, uint32_t msgid, anesc_result_fn fn, void *u
 	c->sync_ud = ud;
 	c->sync_rc = 0;
 	c->sync_killed = false;
+	if (c->dead || c->broken) {
+		c->sync_active = false;
+		return conn_dead(c);
+	}
 	while (!c->sync_done)
 		pump_one(c);
 	c->sync_active = false;
 	if (c->sync_killed)
-		return conn_dead(c);
+		return conn_lost_inflight(c);
 	return c->sync_rc;
-}
-
-int anesc_call(aneshare_conn *c, anes_frame *f, uint32_t msgid, const int *fds, unsigned nfds,
-               anesc_result_fn fn, void *ud)
-{
-	int r = anesc_send(c, f, fds, nfds);
-	if (r < 0)
-		return r;
-	return anesc_wait_for(c, msgid, fn, ud);
 }
 
 int anesc_pending_throttle(aneshare_conn *c, size_t limit)
 {
-	while (c->n_outstanding >= limit && !c->dead)
+	while (c->n_outstanding >= limit && !c->dead && !c->broken)
 		pump_one(c);
-	return c->dead ? conn_dead(c) : 0;
+	return c->dead ? conn_dead(c) : 0;   /* broken: nothing is outstanding any more */
+}
+
+/* ---- requests --------------------------------------------------------------------- */
+
+int anesc_request(aneshare_conn *c, const anesc_req *rq)
+{
+	anesc_retry rt = { 0 };
+	bool resent = false;
+	bool may_reconnect = !(rq->flags & ANESC_NO_RECONNECT);
+	for (;;) {
+		int r = may_reconnect ? anesc_ready(c, &rt) : 0;
+		if (r < 0)
+			return r;
+		anes_frame f;
+		uint32_t msgid = 0;
+		r = anesc_begin(c, &f, rq->method, rq->n_params, &msgid);
+		if (r < 0)
+			return r;
+		if (rq->pack && (r = rq->pack(c, &f.pk, rq->pack_ud)) < 0) {
+			anes_frame_release(&f);
+			return r;
+		}
+		int fd = -1;
+		unsigned nfds = 0;
+		if (rq->fd >= 0) {
+			fd = fcntl(rq->fd, F_DUPFD_CLOEXEC, 3);
+			if (fd < 0) {
+				r = -errno;
+				anes_frame_release(&f);
+				return anesc_fail(c, r, "duplicating the fd: %s", strerror(-r));
+			}
+			nfds = 1;
+		}
+		r = anesc_send(c, &f, &fd, nfds);
+		if (r == -ANESHARE_EDISCONNECTED && may_reconnect)
+			continue;   /* the daemon did not get it: send it to the next one */
+		if (r < 0)
+			return r;
+		r = anesc_wait_for(c, msgid, rq->fn, rq->fn_ud);
+		if (r == -ANESHARE_EDISCONNECTED && c->broken && may_reconnect &&
+		    (rq->flags & ANESC_IDEMPOTENT) && !resent) {
+			resent = true;   /* once: a request that kills every daemon must not loop */
+			continue;
+		}
+		return r;
+	}
+}
+
+int anesc_pack_id(aneshare_conn *c, msgpack_packer *pk, void *ud)
+{
+	(void)c;
+	anes_pack_str(pk, "id");
+	msgpack_pack_uint32(pk, *(const uint32_t *)ud);
+	return 0;
+}
+
+void anesc_release_quiet(aneshare_conn *c, const char *method, uint32_t id)
+{
+	if (id == 0 || c->dead || c->broken)
+		return;
+	char saved[ANESC_ERRMSG_MAX];
+	memcpy(saved, c->last_error, sizeof saved);
+	(void)anesc_request(c, &(anesc_req){ .method = method, .n_params = 1, .pack = anesc_pack_id,
+	                                     .pack_ud = &id, .fd = -1, .flags = ANESC_NO_RECONNECT });
+	memcpy(c->last_error, saved, sizeof saved);
 }
 
 /* ---- waiting for a run ------------------------------------------------------- */
@@ -437,30 +558,68 @@ static uint32_t clamp_u32(uint64_t v)
 	return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
-static int conn_hello(aneshare_conn *c, const char *client_name)
+static int pack_hello(aneshare_conn *c, msgpack_packer *pk, void *ud)
 {
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = anesc_begin(c, &f, "hello", client_name ? 2 : 1, &msgid);
-	if (r < 0)
-		return r;
-	anes_pack_str(&f.pk, "protocol");
-	msgpack_pack_uint32(&f.pk, ANES_PROTOCOL_VERSION);
-	if (client_name) {
-		size_t n = strnlen(client_name, 128);
-		anes_pack_str(&f.pk, "client");
-		anes_pack_strn(&f.pk, client_name, n);
+	(void)ud;
+	anes_pack_str(pk, "protocol");
+	msgpack_pack_uint32(pk, ANES_PROTOCOL_VERSION);
+	if (c->client_name) {
+		anes_pack_str(pk, "client");
+		anes_pack_str(pk, c->client_name);
 	}
+	return 0;
+}
+
+/* Keep a string of the previous daemon alive until disconnect (callers may
+ * hold pointers from aneshare_server()). */
+static int retire_string(aneshare_conn *c, char *s)
+{
+	if (!s)
+		return 0;
+	char **v = realloc(c->old_strings, (c->n_old_strings + 1) * sizeof *v);
+	if (!v)
+		return -ENOMEM;
+	c->old_strings = v;
+	v[c->n_old_strings++] = s;
+	return 0;
+}
+
+/* Replace *slot by fresh, unless they are equal: then fresh is freed. */
+static int replace_string(aneshare_conn *c, char **slot, char *fresh)
+{
+	if (*slot && strcmp(*slot, fresh) == 0) {
+		free(fresh);
+		return 0;
+	}
+	int r = retire_string(c, *slot);
+	if (r < 0) {
+		free(fresh);
+		return r;
+	}
+	*slot = fresh;
+	return 0;
+}
+
+static int conn_hello(aneshare_conn *c)
+{
 	hello_result h = { .limits = {
 		ANES_FRAME_MAX_DEFAULT, 1ull << 30, 1024, 256, 64, 16u << 20, 256 } };
-	r = anesc_call(c, &f, msgid, NULL, 0, hello_cb, &h);
+	int r = anesc_request(c, &(anesc_req){ .method = "hello",
+	                                       .n_params = c->client_name ? 2 : 1,
+	                                       .pack = pack_hello, .fd = -1, .fn = hello_cb,
+	                                       .fn_ud = &h, .flags = ANESC_NO_RECONNECT });
 	if (r < 0) {
 		free(h.version);
 		free(h.backend);
 		return r;
 	}
-	c->server_version = h.version;
-	c->backend = h.backend;
+	r = replace_string(c, &c->server_version, h.version);
+	if (r == 0)
+		r = replace_string(c, &c->backend, h.backend);
+	else
+		free(h.backend);
+	if (r < 0)
+		return anesc_fail(c, r, "out of memory");
 	uint64_t mf = h.limits[0];
 	if (mf < ANES_FRAME_MAX_LOWEST)
 		mf = ANES_FRAME_MAX_LOWEST;
@@ -482,6 +641,132 @@ static int conn_hello(aneshare_conn *c, const char *client_name)
 	return 0;
 }
 
+/* A new socket connected to c->socket_path (c->fd, c->io); -errno. */
+static int conn_open(aneshare_conn *c)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t plen = strlen(c->socket_path);
+	if (plen >= sizeof sa.sun_path)
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, c->socket_path, plen + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+#ifdef SO_NOSIGPIPE
+	(void)setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &(int){ 1 }, sizeof(int));
+#endif
+	int r;
+	do {
+		r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+	} while (r < 0 && errno == EINTR);
+	if (r < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	close_socket(c);
+	c->fd = fd;
+	anes_io_init(&c->io, fd, ANES_FRAME_MAX_DEFAULT);
+	return 0;
+}
+
+/* ---- reconnecting -------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void pause_ms(int64_t ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* One attempt: connect, hello, restore every surface and program.  Returns
+ * 0; a negative code with c->broken set when worth another attempt (no
+ * daemon listening yet, or the new connection broke too); or a final
+ * failure of this call (dead, or hello refused). */
+static int reconnect_once(aneshare_conn *c)
+{
+	int r = conn_open(c);
+	if (r < 0)
+		return anesc_fail(c, r, "connecting to %s: %s", c->socket_path, strerror(-r));
+	c->broken = false;
+	r = conn_hello(c);
+	if (r < 0) {
+		if (!c->dead && !c->broken) {   /* refused: stay broken, say why */
+			c->broken = true;
+			snprintf(c->broken_msg, sizeof c->broken_msg, "%s", c->last_error);
+			close_socket(c);
+		}
+		return r;
+	}
+	/* Restoring names no object of the call being made, so a failure to
+	 * restore one object only marks that object lost. */
+	for (aneshare_surface *s = c->surfaces; s; s = s->next)
+		if (!s->lost && (r = anesc_surface_restore(c, s)) < 0)
+			return r;
+	for (aneshare_program *p = c->programs; p; p = p->next)
+		if (!p->lost && (r = anesc_program_restore(c, p)) < 0)
+			return r;
+	return 0;
+}
+
+int anesc_ready(aneshare_conn *c, anesc_retry *rt)
+{
+	if (c->dead)
+		return conn_dead(c);
+	if (!c->broken)
+		return 0;
+	if (!c->reconnect)
+		return conn_dead(c);
+	if (!rt->started) {
+		rt->started = true;
+		rt->deadline_ms = now_ms() + c->reconnect_timeout_ms;
+	}
+	/* Restoring objects sets last_error on the way; the caller's call
+	 * decides what it finally says. */
+	char cause[ANESC_ERRMSG_MAX];
+	unsigned attempts = 0;
+	int64_t backoff = 5;
+	for (;;) {
+		attempts++;
+		int r = reconnect_once(c);
+		if (r == 0) {
+			c->reconnects++;
+			return 0;
+		}
+		if (c->dead)
+			return conn_dead(c);
+		bool transient = c->broken && (r == -ANESHARE_EDISCONNECTED || r > -ANESHARE_EBASE);
+		if (!transient)
+			return r;   /* e.g. the new daemon speaks another protocol version */
+		memcpy(cause, c->last_error, sizeof cause);
+		int64_t left = rt->deadline_ms - now_ms();
+		if (left <= 0)
+			break;
+		pause_ms(backoff < left ? backoff : left);
+		backoff = backoff * 2 > 250 ? 250 : backoff * 2;
+	}
+	return anesc_fail(c, -ANESHARE_EDISCONNECTED,
+	                  "the daemon went away (%s) and reconnecting to %s failed for %u ms "
+	                  "(%u attempts; last: %s)",
+	                  c->broken_msg, c->socket_path, c->reconnect_timeout_ms, attempts, cause);
+}
+
+static uint32_t timeout_from_env(void)
+{
+	const char *e = getenv("ANESHARE_RECONNECT_TIMEOUT_MS");
+	if (!e || !*e || strspn(e, "0123456789") != strlen(e) || strlen(e) > 10)
+		return ANESC_RECONNECT_TIMEOUT_MS;
+	unsigned long long v = strtoull(e, NULL, 10);
+	return v > ANESC_RECONNECT_TIMEOUT_MAX ? ANESC_RECONNECT_TIMEOUT_MS : (uint32_t)v;
+}
+
 ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_name,
                                   aneshare_conn **ret_conn)
 {
@@ -494,35 +779,30 @@ ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_na
 			return r;
 		socket_path = defpath;
 	}
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	size_t plen = strlen(socket_path);
 	if (plen == 0)
 		return -EINVAL;
-	if (plen >= sizeof sa.sun_path)
+	if (plen >= sizeof defpath)
 		return -ENAMETOOLONG;
-	memcpy(sa.sun_path, socket_path, plen + 1);
 
 	aneshare_conn *c = calloc(1, sizeof *c);
 	if (!c)
 		return -ENOMEM;
+	c->fd = -1;
+	anes_io_init(&c->io, -1, ANES_FRAME_MAX_DEFAULT);
 	c->next_msgid = 1;
-	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c->fd < 0) {
-		int e = -errno;
-		free(c);
-		return e;
-	}
-	anes_io_init(&c->io, c->fd, ANES_FRAME_MAX_DEFAULT);
-	int r;
-	do {
-		r = connect(c->fd, (struct sockaddr *)&sa, sizeof sa);
-	} while (r < 0 && errno == EINTR);
-	if (r < 0) {
-		r = -errno;
+	c->reconnect = true;
+	c->reconnect_timeout_ms = timeout_from_env();
+	c->socket_path = strdup(socket_path);
+	if (client_name)
+		c->client_name = strndup(client_name, 128);
+	if (!c->socket_path || (client_name && !c->client_name)) {
 		aneshare_disconnect(c);
-		return r;
+		return -ENOMEM;
 	}
-	r = conn_hello(c, client_name);
+	int r = conn_open(c);
+	if (r == 0)
+		r = conn_hello(c);
 	if (r < 0) {
 		aneshare_disconnect(c);
 		return r;
@@ -542,11 +822,14 @@ ANESHARE_API void aneshare_disconnect(aneshare_conn *c)
 	for (size_t i = 0; i < c->n_pending; i++)
 		free(c->pending[i].msg);
 	free(c->pending);
-	anes_io_cleanup(&c->io);
-	if (c->fd >= 0)
-		close(c->fd);
+	close_socket(c);
 	free(c->server_version);
 	free(c->backend);
+	for (size_t i = 0; i < c->n_old_strings; i++)
+		free(c->old_strings[i]);
+	free(c->old_strings);
+	free(c->socket_path);
+	free(c->client_name);
 	free(c);
 }
 
@@ -558,4 +841,30 @@ ANESHARE_API const char *aneshare_last_error(const aneshare_conn *c)
 ANESHARE_API const aneshare_server_info *aneshare_server(const aneshare_conn *c)
 {
 	return c ? &c->info : NULL;
+}
+
+ANESHARE_API int aneshare_set_reconnect(aneshare_conn *c, bool enable)
+{
+	if (!c)
+		return -EINVAL;
+	c->reconnect = enable;
+	return 0;
+}
+
+ANESHARE_API int aneshare_set_reconnect_timeout(aneshare_conn *c, uint32_t timeout_ms)
+{
+	if (!c || timeout_ms > ANESC_RECONNECT_TIMEOUT_MAX)
+		return -EINVAL;
+	c->reconnect_timeout_ms = timeout_ms;
+	return 0;
+}
+
+ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *c)
+{
+	return c ? c->reconnects : 0;
+}
+
+ANESHARE_API bool aneshare_error_is_retryable(int err)
+{
+	return err == -ANESHARE_EDISCONNECTED;
 }

@@ -17,6 +17,8 @@
 #define ANESC_MAX_FUNCTIONS 1024   /* functions accepted in program.info */
 #define ANESC_MAX_IO 1024          /* inputs or outputs of one function */
 #define ANESC_MAX_STR 4096         /* other strings from the daemon (version, backend, key) */
+#define ANESC_RECONNECT_TIMEOUT_MS 5000u     /* default; $ANESHARE_RECONNECT_TIMEOUT_MS */
+#define ANESC_RECONNECT_TIMEOUT_MAX 3600000u /* highest timeout accepted (1 h) */
 
 /* A submitted run: its ticket (= msgid) and, once the response arrived, its result. */
 typedef struct anesc_pending {
@@ -35,7 +37,9 @@ typedef int (*anesc_result_fn)(aneshare_conn *c, const msgpack_object *result,
 struct aneshare_surface {
 	aneshare_conn *conn;
 	aneshare_surface *prev, *next;
-	uint32_t id;
+	uint32_t id;               /* on the current daemon connection; 0 once lost */
+	int lost;                  /* 0, or why a reconnect could not restore it */
+	int fd;                    /* owned memfd (CLOEXEC): imported again after a reconnect */
 	void *data;                /* owned mapping of size bytes */
 	size_t size;
 };
@@ -47,26 +51,47 @@ typedef struct anesc_function {
 	aneshare_tensor_info *outputs;
 } anesc_function;
 
+/* A copy of a weight blob the program was compiled with. */
+typedef struct anesc_blob {
+	char *path;                /* owned */
+	void *data;                /* owned; NULL when len is 0 */
+	size_t len;
+} anesc_blob;
+
 struct aneshare_program {
 	aneshare_conn *conn;
 	aneshare_program *prev, *next;
-	uint32_t id;
+	uint32_t id;                   /* on the current daemon connection; 0 once lost */
+	int lost;                      /* 0, or why a reconnect could not restore it */
 	char key[65];
 	uint32_t n_functions;
 	anesc_function *functions;     /* owned */
+	char *mil;                     /* owned copies, compiled again after a reconnect */
+	anesc_blob *weights;
+	size_t n_weights;
 };
 
 struct aneshare_conn {
-	int fd;                        /* owned socket */
+	int fd;                        /* owned socket; -1 while broken */
 	anes_io io;
 	uint32_t next_msgid;
-	int dead;                      /* 0, or the code every call now fails with */
+	int dead;                      /* 0, or the code every call now fails with (final) */
 	char dead_msg[ANESC_ERRMSG_MAX];
+	bool broken;                   /* the stream ended (EOF, reset): reconnect before the next request */
+	char broken_msg[ANESC_ERRMSG_MAX];
 	char last_error[ANESC_ERRMSG_MAX];
+
+	char *socket_path;             /* owned: where to reconnect */
+	char *client_name;             /* owned, or NULL */
+	bool reconnect;                /* reconnect automatically (default true) */
+	uint32_t reconnect_timeout_ms;
+	uint64_t reconnects;           /* successful reconnects */
 
 	aneshare_server_info info;
 	char *server_version;          /* owned; info points here */
 	char *backend;
+	char **old_strings;            /* owned: strings of daemons before a reconnect, freed at */
+	size_t n_old_strings;          /* disconnect so that pointers from aneshare_server() stay valid */
 
 	anesc_pending *pending;        /* owned array, n_pending used of cap_pending */
 	size_t n_pending, cap_pending;
@@ -87,22 +112,80 @@ struct aneshare_conn {
 int anesc_fail(aneshare_conn *c, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-/* Start a request frame: checks the connection is usable, picks a msgid and
- * packs [0, msgid, method, { -- then pack n_params key/value pairs. */
+/*
+ * Connection failures.  A connection is either usable, broken (the stream
+ * ended without an `error` notification: the daemon died or restarted) or
+ * dead (final: the daemon said why it hung up, or sent garbage).  While
+ * broken, requests fail with
+ *   -ANESHARE_EDISCONNECTED   if c->reconnect: the next call reconnects;
+ *   -ECONNRESET               otherwise (final, as without reconnecting).
+ * A function below that fails because the connection broke returns one of
+ * these two; the caller can tell the phase from which function failed.
+ */
+
+/* Bounds one call's reconnecting: all attempts it makes share one deadline. */
+typedef struct anesc_retry {
+	bool started;
+	int64_t deadline_ms;
+} anesc_retry;
+
+/* Make c usable for a request: fails if dead; if broken, reconnects (when
+ * enabled: retrying until rt's deadline, restoring surfaces and programs)
+ * or fails with -ECONNRESET. */
+int anesc_ready(aneshare_conn *c, anesc_retry *rt);
+
+/* Start a request frame: checks the connection is usable (never reconnects),
+ * picks a msgid and packs [0, msgid, method, { -- then pack n_params
+ * key/value pairs. */
 int anesc_begin(aneshare_conn *c, anes_frame *f, const char *method, uint32_t n_params,
                 uint32_t *ret_msgid);
 
 /* Finish and send f with fds (taken in every case: closed on failure; the
- * frame is released in every case). */
+ * frame is released in every case).  If the connection breaks, the daemon
+ * did not receive all of the request (so it cannot have acted on it). */
 int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds);
 
 /* Read frames until the response to msgid arrives; returns its result:
- * fn's result on success, or the daemon's error. */
+ * fn's result on success, or the daemon's error.  If the connection breaks
+ * first, the daemon may or may not have acted on the request. */
 int anesc_wait_for(aneshare_conn *c, uint32_t msgid, anesc_result_fn fn, void *ud);
 
-/* anesc_send + anesc_wait_for. */
-int anesc_call(aneshare_conn *c, anes_frame *f, uint32_t msgid, const int *fds, unsigned nfds,
-               anesc_result_fn fn, void *ud);
+/* Packs a request's n_params key/value pairs; may fail (with anesc_fail)
+ * before packing anything, e.g. when an object the request names was lost. */
+typedef int (*anesc_pack_fn)(aneshare_conn *c, msgpack_packer *pk, void *ud);
+
+enum {
+	ANESC_IDEMPOTENT = 1,      /* may be sent again after a break with it in flight */
+	ANESC_NO_RECONNECT = 2,    /* fail at once if the connection is or becomes broken */
+};
+
+typedef struct anesc_req {
+	const char *method;
+	uint32_t n_params;
+	anesc_pack_fn pack;        /* NULL when n_params is 0 */
+	void *pack_ud;
+	int fd;                    /* -1, or an fd to send along (borrowed: a duplicate is sent) */
+	anesc_result_fn fn;        /* may be NULL */
+	void *fn_ud;
+	unsigned flags;
+} anesc_req;
+
+/* One synchronous request: ready, pack, send, wait for the response.
+ * Unless ANESC_NO_RECONNECT: a request the broken connection did not
+ * deliver is sent again after reconnecting, and so is an ANESC_IDEMPOTENT
+ * one that was in flight (once). */
+int anesc_request(aneshare_conn *c, const anesc_req *rq);
+
+/* An anesc_pack_fn for the params { "id": *(uint32_t *)ud }. */
+int anesc_pack_id(aneshare_conn *c, msgpack_packer *pk, void *ud);
+
+/* Best effort, to clean up after a failure: release the daemon's object id
+ * ("surface.release" or "program.release") if the connection is usable,
+ * without reconnecting.  last_error is kept. */
+void anesc_release_quiet(aneshare_conn *c, const char *method, uint32_t id);
+
+/* The code a call fails with when the connection broke: see above. */
+int anesc_broken_rc(const aneshare_conn *c);
 
 /* Register msgid as a submitted run (before sending it). */
 int anesc_pending_add(aneshare_conn *c, uint32_t msgid);
@@ -116,5 +199,11 @@ int anesc_dup_str(const msgpack_object *map, const char *key, uint32_t max_len, 
 
 void anesc_surface_free_local(aneshare_surface *s);
 void anesc_program_free_local(aneshare_program *p);
+
+/* After a reconnect: import s (compile p) again on the new connection.
+ * 0 when done -- restored with a new ID, or marked lost when the daemon
+ * refused it --, or the error when the connection failed meanwhile. */
+int anesc_surface_restore(aneshare_conn *c, aneshare_surface *s);
+int anesc_program_restore(aneshare_conn *c, aneshare_program *p);
 
 #endif

@@ -83,13 +83,9 @@ ANESHARE_API int aneshare_get_status(aneshare_conn *c, aneshare_status **ret)
 {
 	if (!c || !ret)
 		return -EINVAL;
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = anesc_begin(c, &f, "status", 0, &msgid);
-	if (r < 0)
-		return r;
 	aneshare_status *st = NULL;
-	r = anesc_call(c, &f, msgid, NULL, 0, status_cb, &st);
+	int r = anesc_request(c, &(anesc_req){ .method = "status", .fd = -1, .fn = status_cb,
+	                                       .fn_ud = &st, .flags = ANESC_IDEMPOTENT });
 	if (r < 0)
 		return r;
 	*ret = st;
@@ -114,6 +110,8 @@ ANESHARE_API const char *aneshare_strerror(int err)
 		return "success";
 	if (err > 0)
 		return "unknown error";
+	if (err == -ANESHARE_EDISCONNECTED)
+		return "disconnected";
 	if (err <= -ANESHARE_EBASE) {
 		long code = -(long)err - ANESHARE_EBASE;
 		if (code > 0 && code < (long)(sizeof names / sizeof names[0]) && names[code])

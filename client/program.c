@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libaneshare: programs (compile, info, release) and runs.
+ *
+ * A program keeps a copy of its MIL text and weights, so that after a
+ * daemon restart it can be compiled again (same bytes, so the same key).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -39,6 +42,20 @@ static void functions_free(anesc_function *fns, uint32_t n)
 	free(fns);
 }
 
+/* Free a program that is not (or no longer) in its connection's list. */
+static void program_free(aneshare_program *p)
+{
+	functions_free(p->functions, p->n_functions);
+	if (p->weights)
+		for (size_t i = 0; i < p->n_weights; i++) {
+			free(p->weights[i].path);
+			free(p->weights[i].data);
+		}
+	free(p->weights);
+	free(p->mil);
+	free(p);
+}
+
 void anesc_program_free_local(aneshare_program *p)
 {
 	aneshare_conn *c = p->conn;
@@ -48,8 +65,7 @@ void anesc_program_free_local(aneshare_program *p)
 		c->programs = p->next;
 	if (p->next)
 		p->next->prev = p->prev;
-	functions_free(p->functions, p->n_functions);
-	free(p);
+	program_free(p);
 }
 
 /* ---- compile ---------------------------------------------------------------- */
@@ -205,16 +221,59 @@ static int info_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsign
 	return 0;
 }
 
-static int send_release(aneshare_conn *c, const char *method, uint32_t id)
+static int pack_compile(aneshare_conn *c, msgpack_packer *pk, void *ud)
 {
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = anesc_begin(c, &f, method, 1, &msgid);
-	if (r < 0)
-		return r;
-	anes_pack_str(&f.pk, "id");
-	msgpack_pack_uint32(&f.pk, id);
-	return anesc_call(c, &f, msgid, NULL, 0, NULL, NULL);
+	(void)c;
+	const aneshare_program *p = ud;
+	anes_pack_str(pk, "mil");
+	anes_pack_str(pk, p->mil);
+	if (p->n_weights) {
+		anes_pack_str(pk, "weights");
+		msgpack_pack_map(pk, p->n_weights);
+		for (size_t i = 0; i < p->n_weights; i++) {
+			anes_pack_str(pk, p->weights[i].path);
+			msgpack_pack_bin(pk, p->weights[i].len);
+			msgpack_pack_bin_body(pk, p->weights[i].data, p->weights[i].len);
+		}
+	}
+	return 0;
+}
+
+static int compile_req(aneshare_conn *c, aneshare_program *p, compile_result *cr, unsigned flags)
+{
+	return anesc_request(c, &(anesc_req){ .method = "program.compile",
+	                                      .n_params = p->n_weights ? 2 : 1,
+	                                      .pack = pack_compile, .pack_ud = p, .fd = -1,
+	                                      .fn = compile_cb, .fn_ud = cr, .flags = flags });
+}
+
+/* A program object holding copies of the MIL text and weights, not linked. */
+static aneshare_program *program_new(const char *mil, const aneshare_weight *weights,
+                                     size_t n_weights)
+{
+	aneshare_program *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->mil = strdup(mil);
+	p->weights = calloc(n_weights ? n_weights : 1, sizeof *p->weights);
+	if (!p->mil || !p->weights) {
+		program_free(p);
+		return NULL;
+	}
+	p->n_weights = n_weights;   /* zeroed entries are freed fine */
+	for (size_t i = 0; i < n_weights; i++) {
+		anesc_blob *b = &p->weights[i];
+		b->path = strdup(weights[i].path);
+		b->len = weights[i].len;
+		b->data = b->len ? malloc(b->len) : NULL;
+		if (!b->path || (b->len && !b->data)) {
+			program_free(p);
+			return NULL;
+		}
+		if (b->len)
+			memcpy(b->data, weights[i].data, b->len);
+	}
+	return p;
 }
 
 ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
@@ -232,54 +291,30 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
 		    weights[i].len > UINT32_MAX)
 			return anesc_fail(c, -EINVAL, "bad weight %zu", i);
 
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = anesc_begin(c, &f, "program.compile", n_weights ? 2 : 1, &msgid);
-	if (r < 0)
-		return r;
-	anes_pack_str(&f.pk, "mil");
-	anes_pack_str(&f.pk, mil);
-	if (n_weights) {
-		anes_pack_str(&f.pk, "weights");
-		msgpack_pack_map(&f.pk, n_weights);
-		for (size_t i = 0; i < n_weights; i++) {
-			anes_pack_str(&f.pk, weights[i].path);
-			msgpack_pack_bin(&f.pk, weights[i].len);
-			msgpack_pack_bin_body(&f.pk, weights[i].data, weights[i].len);
-		}
-	}
-	compile_result cr = { 0 };
-	r = anesc_call(c, &f, msgid, NULL, 0, compile_cb, &cr);
-	if (r < 0) {
-		if (cr.id) {
-			char saved[ANESC_ERRMSG_MAX];
-			memcpy(saved, c->last_error, sizeof saved);
-			(void)send_release(c, "program.release", cr.id);
-			memcpy(c->last_error, saved, sizeof saved);
-		}
-		return r;
-	}
-
-	r = anesc_begin(c, &f, "program.info", 1, &msgid);
-	info_result ir = { 0 };
-	if (r == 0) {
-		anes_pack_str(&f.pk, "id");
-		msgpack_pack_uint32(&f.pk, cr.id);
-		r = anesc_call(c, &f, msgid, NULL, 0, info_cb, &ir);
-	}
-	aneshare_program *p = NULL;
-	if (r == 0) {
-		p = calloc(1, sizeof *p);
-		if (!p) {
-			functions_free(ir.fns, ir.n);
-			r = anesc_fail(c, -ENOMEM, "out of memory");
-		}
+	aneshare_program *p = program_new(mil, weights, n_weights);
+	if (!p)
+		return anesc_fail(c, -ENOMEM, "out of memory");
+	compile_result cr;
+	info_result ir;
+	int r;
+	for (bool again = true;; again = false) {
+		cr = (compile_result){ 0 };
+		ir = (info_result){ 0 };
+		r = compile_req(c, p, &cr, ANESC_IDEMPOTENT);
+		if (r < 0)
+			break;
+		/* The handle is only valid on this connection: if it breaks now,
+		 * start over with the compile (once more). */
+		r = anesc_request(c, &(anesc_req){ .method = "program.info", .n_params = 1,
+		                                   .pack = anesc_pack_id, .pack_ud = &cr.id, .fd = -1,
+		                                   .fn = info_cb, .fn_ud = &ir,
+		                                   .flags = ANESC_NO_RECONNECT });
+		if (!(r == -ANESHARE_EDISCONNECTED && again))
+			break;
 	}
 	if (r < 0) {
-		char saved[ANESC_ERRMSG_MAX];
-		memcpy(saved, c->last_error, sizeof saved);
-		(void)send_release(c, "program.release", cr.id);
-		memcpy(c->last_error, saved, sizeof saved);
+		anesc_release_quiet(c, "program.release", cr.id);
+		program_free(p);
 		return r;
 	}
 	p->id = cr.id;
@@ -293,14 +328,40 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
 	return 0;
 }
 
+int anesc_program_restore(aneshare_conn *c, aneshare_program *p)
+{
+	compile_result cr = { 0 };
+	int r = compile_req(c, p, &cr, ANESC_NO_RECONNECT);
+	if (c->dead || c->broken)
+		return r < 0 ? r : anesc_broken_rc(c);
+	if (r == 0 && strcmp(cr.key, p->key) != 0)
+		r = anesc_fail(c, -ANESHARE_EPROTOCOL, "the program compiled again has another key");
+	if (r < 0) {   /* refused (a lower limit, another backend...): this program is lost */
+		anesc_release_quiet(c, "program.release", cr.id);
+		p->lost = r;
+		p->id = 0;
+		return 0;
+	}
+	p->id = cr.id;
+	return 0;
+}
+
 ANESHARE_API int aneshare_program_release(aneshare_program *p)
 {
 	if (!p)
 		return 0;
 	aneshare_conn *c = p->conn;
 	uint32_t id = p->id;
+	bool lost = p->lost != 0;
 	anesc_program_free_local(p);
-	return send_release(c, "program.release", id);
+	if (lost)
+		return 0;   /* the daemon has no such program */
+	/* Never reconnects: if the connection broke, the daemon released the
+	 * handle with it, and the program will not be compiled again. */
+	int r = anesc_request(c, &(anesc_req){ .method = "program.release", .n_params = 1,
+	                                       .pack = anesc_pack_id, .pack_ud = &id, .fd = -1,
+	                                       .flags = ANESC_NO_RECONNECT });
+	return r == -ANESHARE_EDISCONNECTED ? 0 : r;
 }
 
 ANESHARE_API const char *aneshare_program_key(const aneshare_program *p)
@@ -346,14 +407,12 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_
 
 /* ---- runs ------------------------------------------------------------------- */
 
-static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface *const *s,
-                         size_t n)
-{
-	msgpack_pack_array(pk, n);
-	for (size_t i = 0; i < n; i++)
-		msgpack_pack_uint32(pk, s[i]->id);
-	return 0;
-}
+typedef struct run_args {
+	aneshare_program *p;
+	uint32_t fn;
+	aneshare_surface *const *inputs, *const *outputs;
+	size_t n_inputs, n_outputs;
+} run_args;
 
 static int check_surfaces(aneshare_conn *c, aneshare_surface *const *s, size_t n)
 {
@@ -367,44 +426,65 @@ static int check_surfaces(aneshare_conn *c, aneshare_surface *const *s, size_t n
 	return 0;
 }
 
-static int run_begin(aneshare_program *p, uint32_t fn, aneshare_surface *const *inputs,
-                     size_t n_inputs, aneshare_surface *const *outputs, size_t n_outputs,
-                     anes_frame *f, uint32_t *ret_msgid)
+static int run_check(const run_args *a)
 {
-	aneshare_conn *c = p->conn;
-	if (fn >= p->n_functions)
-		return anesc_fail(c, -EINVAL, "the program has no function %u", fn);
-	int r = check_surfaces(c, inputs, n_inputs);
+	aneshare_conn *c = a->p->conn;
+	if (a->fn >= a->p->n_functions)
+		return anesc_fail(c, -EINVAL, "the program has no function %u", a->fn);
+	int r = check_surfaces(c, a->inputs, a->n_inputs);
 	if (r == 0)
-		r = check_surfaces(c, outputs, n_outputs);
-	if (r < 0)
-		return r;
-	r = anesc_begin(c, f, "run", 4, ret_msgid);
-	if (r < 0)
-		return r;
-	anes_pack_str(&f->pk, "program");
-	msgpack_pack_uint32(&f->pk, p->id);
-	anes_pack_str(&f->pk, "function");
-	anes_pack_str(&f->pk, p->functions[fn].name);
-	anes_pack_str(&f->pk, "inputs");
-	pack_surfaces(c, &f->pk, inputs, n_inputs);
-	anes_pack_str(&f->pk, "outputs");
-	pack_surfaces(c, &f->pk, outputs, n_outputs);
+		r = check_surfaces(c, a->outputs, a->n_outputs);
+	return r;
+}
+
+static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface *const *s,
+                         size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i]->lost)
+			return anesc_fail(c, -ANESHARE_ENO_SUCH_SURFACE,
+			                  "a surface could not be imported again after the daemon "
+			                  "restarted: %s", aneshare_strerror(s[i]->lost));
+	msgpack_pack_array(pk, n);
+	for (size_t i = 0; i < n; i++)
+		msgpack_pack_uint32(pk, s[i]->id);
 	return 0;
 }
 
+/* Packed at send time: IDs change when the library reconnects. */
+static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
+{
+	const run_args *a = ud;
+	if (a->p->lost)
+		return anesc_fail(c, -ANESHARE_ENO_SUCH_PROGRAM,
+		                  "the program could not be compiled again after the daemon "
+		                  "restarted: %s", aneshare_strerror(a->p->lost));
+	anes_pack_str(pk, "program");
+	msgpack_pack_uint32(pk, a->p->id);
+	anes_pack_str(pk, "function");
+	anes_pack_str(pk, a->p->functions[a->fn].name);
+	anes_pack_str(pk, "inputs");
+	int r = pack_surfaces(c, pk, a->inputs, a->n_inputs);
+	if (r == 0) {
+		anes_pack_str(pk, "outputs");
+		r = pack_surfaces(c, pk, a->outputs, a->n_outputs);
+	}
+	return r;
+}
+
+/* Runs are not idempotent (see aneshare.h): never ANESC_IDEMPOTENT. */
 ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
                               aneshare_surface *const *inputs, size_t n_inputs,
                               aneshare_surface *const *outputs, size_t n_outputs)
 {
 	if (!p)
 		return -EINVAL;
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = run_begin(p, fn, inputs, n_inputs, outputs, n_outputs, &f, &msgid);
+	run_args a = { p, fn, inputs, outputs, n_inputs, n_outputs };
+	int r = run_check(&a);
 	if (r < 0)
 		return r;
-	return anesc_call(p->conn, &f, msgid, NULL, 0, NULL, NULL);
+	return anesc_request(p->conn, &(anesc_req){ .method = "run", .n_params = 4,
+	                                            .pack = pack_run, .pack_ud = &a, .fd = -1 });
 }
 
 ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
@@ -415,26 +495,40 @@ ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
 	if (!p || !ret_ticket)
 		return -EINVAL;
 	aneshare_conn *c = p->conn;
-	/* Never have more than max_inflight requests in flight: the daemon stops
-	 * reading beyond that, and a blocking writer could then deadlock with it. */
-	int r = anesc_pending_throttle(c, c->info.max_inflight);
+	run_args a = { p, fn, inputs, outputs, n_inputs, n_outputs };
+	int r = run_check(&a);
 	if (r < 0)
 		return r;
-	anes_frame f;
-	uint32_t msgid = 0;
-	r = run_begin(p, fn, inputs, n_inputs, outputs, n_outputs, &f, &msgid);
-	if (r < 0)
-		return r;
-	r = anesc_pending_add(c, msgid);
-	if (r < 0) {
-		anes_frame_release(&f);
-		return r;
+	anesc_retry rt = { 0 };
+	for (;;) {
+		/* Never have more than max_inflight requests in flight: the daemon
+		 * stops reading beyond that, and a blocking writer could then
+		 * deadlock with it. */
+		r = anesc_pending_throttle(c, c->info.max_inflight);
+		if (r == 0)
+			r = anesc_ready(c, &rt);
+		if (r < 0)
+			return r;
+		anes_frame f;
+		uint32_t msgid = 0;
+		r = anesc_begin(c, &f, "run", 4, &msgid);
+		if (r < 0)
+			return r;
+		r = pack_run(c, &f.pk, &a);
+		if (r == 0)
+			r = anesc_pending_add(c, msgid);
+		if (r < 0) {
+			anes_frame_release(&f);
+			return r;
+		}
+		r = anesc_send(c, &f, NULL, 0);
+		if (r < 0)
+			anesc_pending_drop(c, msgid);
+		if (r == -ANESHARE_EDISCONNECTED)
+			continue;   /* the daemon did not get it: send it to the next one */
+		if (r < 0)
+			return r;
+		*ret_ticket = msgid;
+		return 0;
 	}
-	r = anesc_send(c, &f, NULL, 0);
-	if (r < 0) {
-		anesc_pending_drop(c, msgid);
-		return r;
-	}
-	*ret_ticket = msgid;
-	return 0;
 }

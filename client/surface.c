@@ -2,9 +2,10 @@
 /*
  * libaneshare: shared-memory surfaces.
  *
- * The library keeps no fd per surface: the mapping alone keeps the memory
- * alive on this side, so a process with many surfaces does not use up its
- * fd limit.  (An imported surface's fd stays the caller's.)
+ * The library keeps each surface's memfd (CLOEXEC) besides its mapping, so
+ * that after a daemon restart it can hand the same memory to the new daemon
+ * (surface.import): the data survives, only the ID changes.  That costs one
+ * fd per live surface.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,6 +38,8 @@ void anesc_surface_free_local(aneshare_surface *s)
 		s->next->prev = s->prev;
 	if (s->data)
 		munmap(s->data, s->size);
+	if (s->fd >= 0)
+		close(s->fd);
 	free(s);
 }
 
@@ -67,21 +70,6 @@ static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, uns
 	return 0;
 }
 
-/* Best effort: tell the daemon to drop a surface this side could not use. */
-static void surface_drop_remote(aneshare_conn *c, uint32_t id)
-{
-	anes_frame f;
-	uint32_t msgid = 0;
-	char saved[ANESC_ERRMSG_MAX];
-	memcpy(saved, c->last_error, sizeof saved);
-	if (anesc_begin(c, &f, "surface.release", 1, &msgid) == 0) {
-		anes_pack_str(&f.pk, "id");
-		msgpack_pack_uint32(&f.pk, id);
-		(void)anesc_call(c, &f, msgid, NULL, 0, NULL, NULL);
-	}
-	memcpy(c->last_error, saved, sizeof saved);
-}
-
 static int map_fd(int fd, size_t size, void **ret)
 {
 	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -94,7 +82,8 @@ static int map_fd(int fd, size_t size, void **ret)
 }
 
 /* Map fd (size bytes, announced by the daemon) and make the surface object.
- * fd is borrowed.  On failure the daemon's surface is released. */
+ * fd is taken in every case (kept by the surface, or closed).  On failure
+ * the daemon's surface is released. */
 static int surface_finish(aneshare_conn *c, const surface_result *sr, int fd, size_t want,
                           aneshare_surface **ret)
 {
@@ -118,12 +107,22 @@ static int surface_finish(aneshare_conn *c, const surface_result *sr, int fd, si
 	}
 	s->id = sr->id;
 	s->size = (size_t)sr->size;
+	s->fd = fd;
 	surface_link(c, s);
 	*ret = s;
 	return 0;
 drop:
-	surface_drop_remote(c, sr->id);
+	close(fd);
+	anesc_release_quiet(c, "surface.release", sr->id);
 	return r;
+}
+
+static int pack_size(aneshare_conn *c, msgpack_packer *pk, void *ud)
+{
+	(void)c;
+	anes_pack_str(pk, "size");
+	msgpack_pack_uint64(pk, *(const size_t *)ud);
+	return 0;
 }
 
 ANESHARE_API int aneshare_surface_create(aneshare_conn *c, size_t size, aneshare_surface **ret)
@@ -132,25 +131,18 @@ ANESHARE_API int aneshare_surface_create(aneshare_conn *c, size_t size, aneshare
 		return -EINVAL;
 	if (size == 0)
 		return anesc_fail(c, -EINVAL, "a surface needs at least one byte");
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = anesc_begin(c, &f, "surface.create", 1, &msgid);
-	if (r < 0)
-		return r;
-	anes_pack_str(&f.pk, "size");
-	msgpack_pack_uint64(&f.pk, size);
 	surface_result sr = { .fd = -2 };
-	r = anesc_call(c, &f, msgid, NULL, 0, surface_cb, &sr);
+	int r = anesc_request(c, &(anesc_req){ .method = "surface.create", .n_params = 1,
+	                                       .pack = pack_size, .pack_ud = &size, .fd = -1,
+	                                       .fn = surface_cb, .fn_ud = &sr,
+	                                       .flags = ANESC_IDEMPOTENT });
 	if (r < 0) {
 		if (sr.fd >= 0)
 			close(sr.fd);
-		if (sr.id)
-			surface_drop_remote(c, sr.id);
+		anesc_release_quiet(c, "surface.release", sr.id);
 		return r;
 	}
-	r = surface_finish(c, &sr, sr.fd, size, ret);
-	close(sr.fd);
-	return r;
+	return surface_finish(c, &sr, sr.fd, size, ret);
 }
 
 ANESHARE_API int aneshare_surface_import(aneshare_conn *c, int fd, aneshare_surface **ret)
@@ -163,27 +155,43 @@ ANESHARE_API int aneshare_surface_import(aneshare_conn *c, int fd, aneshare_surf
 #else
 	if (fd < 0)
 		return anesc_fail(c, -EBADF, "bad fd");
-	int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-	if (dup_fd < 0) {
+	int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);   /* the surface's; a duplicate is sent */
+	if (own < 0) {
 		int e = -errno;
 		return anesc_fail(c, e, "duplicating the fd: %s", strerror(-e));
 	}
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = anesc_begin(c, &f, "surface.import", 0, &msgid);
-	if (r < 0) {
-		close(dup_fd);
-		return r;
-	}
 	surface_result sr = { .fd = -1 };
-	r = anesc_call(c, &f, msgid, &dup_fd, 1, surface_cb, &sr);   /* dup_fd is taken */
+	int r = anesc_request(c, &(anesc_req){ .method = "surface.import", .fd = own,
+	                                       .fn = surface_cb, .fn_ud = &sr,
+	                                       .flags = ANESC_IDEMPOTENT });
 	if (r < 0) {
-		if (sr.id)
-			surface_drop_remote(c, sr.id);
+		close(own);
+		anesc_release_quiet(c, "surface.release", sr.id);
 		return r;
 	}
-	return surface_finish(c, &sr, fd, 0, ret);
+	return surface_finish(c, &sr, own, 0, ret);
 #endif
+}
+
+int anesc_surface_restore(aneshare_conn *c, aneshare_surface *s)
+{
+	surface_result sr = { .fd = -1 };
+	int r = anesc_request(c, &(anesc_req){ .method = "surface.import", .fd = s->fd,
+	                                       .fn = surface_cb, .fn_ud = &sr,
+	                                       .flags = ANESC_NO_RECONNECT });
+	if (c->dead || c->broken)
+		return r < 0 ? r : anesc_broken_rc(c);
+	if (r == 0 && sr.size != s->size) {
+		r = -ANESHARE_EPROTOCOL;
+		anesc_release_quiet(c, "surface.release", sr.id);
+	}
+	if (r < 0) {   /* refused (a lower limit, out of memory...): this surface is lost */
+		s->lost = r;
+		s->id = 0;
+		return 0;
+	}
+	s->id = sr.id;
+	return 0;
 }
 
 ANESHARE_API int aneshare_surface_release(aneshare_surface *s)
@@ -192,15 +200,16 @@ ANESHARE_API int aneshare_surface_release(aneshare_surface *s)
 		return 0;
 	aneshare_conn *c = s->conn;
 	uint32_t id = s->id;
+	bool lost = s->lost != 0;
 	anesc_surface_free_local(s);
-	anes_frame f;
-	uint32_t msgid = 0;
-	int r = anesc_begin(c, &f, "surface.release", 1, &msgid);
-	if (r < 0)
-		return r;
-	anes_pack_str(&f.pk, "id");
-	msgpack_pack_uint32(&f.pk, id);
-	return anesc_call(c, &f, msgid, NULL, 0, NULL, NULL);
+	if (lost)
+		return 0;   /* the daemon has no such surface */
+	/* Never reconnects: if the connection broke, the daemon freed the
+	 * surface with it, and it will not be imported again. */
+	int r = anesc_request(c, &(anesc_req){ .method = "surface.release", .n_params = 1,
+	                                       .pack = anesc_pack_id, .pack_ud = &id, .fd = -1,
+	                                       .flags = ANESC_NO_RECONNECT });
+	return r == -ANESHARE_EDISCONNECTED ? 0 : r;
 }
 
 ANESHARE_API void *aneshare_surface_data(const aneshare_surface *s)

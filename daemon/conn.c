@@ -70,10 +70,71 @@ static bool can_take_requests(const anes_conn *c)
 	return !c->failed && c->inflight < lim->max_inflight && c->io.out_bytes < lim->max_unsent_bytes;
 }
 
+/* Drop a client whose unread output stays over drop_unsent_bytes: it does
+ * not read its responses, and holding them costs memory. */
+static void check_unsent(anes_conn *c)
+{
+	anes_server *srv = c->srv;
+	if (c->io.out_bytes <= srv->lim.drop_unsent_bytes) {
+		c->unsent_over = false;
+		return;
+	}
+	if (c->unsent_over)
+		return;
+	c->unsent_over = true;
+	c->unsent_since_ms = uv_now(&srv->loop);
+	if (srv->lim.drop_unsent_seconds == 0) {
+		anes_conn_drop_slow(c);
+		return;
+	}
+	if (!uv_is_active((uv_handle_t *)&srv->unsent_timer)) {
+		uint64_t tick = srv->lim.drop_unsent_seconds * 1000ull / 4;
+		tick = tick < 50 ? 50 : tick > 1000 ? 1000 : tick;
+		uv_timer_start(&srv->unsent_timer, anes_conn_on_unsent_timer, tick, tick);
+	}
+}
+
+void anes_conn_drop_slow(anes_conn *c)
+{
+	anes_server *srv = c->srv;
+	if (c->failed)
+		return;
+	srv->stats.dropped++;
+	anes_log("dropped client #%llu (%s): %zu bytes of responses unread for %.1f s",
+	         (unsigned long long)c->serial, c->name[0] ? c->name : "unnamed", c->io.out_bytes,
+	         (double)(uv_now(&srv->loop) - c->unsent_since_ms) / 1000.0);
+	anes_conn_fail(c, NULL);
+}
+
+void anes_conn_on_unsent_timer(uv_timer_t *h)
+{
+	anes_server *srv = h->data;
+	uint64_t now = uv_now(&srv->loop), limit_ms = srv->lim.drop_unsent_seconds * 1000ull;
+	bool any = false;
+
+	for (anes_conn *c = srv->conns; c; c = c->next) {
+		if (c->failed || !c->unsent_over)
+			continue;
+		if (c->io.out_bytes <= srv->lim.drop_unsent_bytes)
+			c->unsent_over = false;
+		else if (now - c->unsent_since_ms >= limit_ms)
+			anes_conn_drop_slow(c);   /* only schedules the teardown */
+		else
+			any = true;
+	}
+	if (!any)
+		uv_timer_stop(h);
+}
+
 static void update_poll(anes_conn *c)
 {
 	if (c->failed)
 		return;
+	check_unsent(c);
+	if (c->failed)
+		return;
+	if (c->srv->draining && c->inflight == 0 && !anes_io_want_write(&c->io))
+		schedule_deferred(c->srv);   /* anes_server_drain_check closes it */
 	int ev = 0;
 	if (can_take_requests(c))
 		ev |= UV_READABLE;
@@ -89,8 +150,68 @@ static void update_poll(anes_conn *c)
 	c->events = ev;
 }
 
+static int peer_creds(int fd, uint32_t *ret_uid, long *ret_pid)
+{
+#ifdef SO_PEERCRED
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return -errno;
+	*ret_uid = (uint32_t)cred.uid;
+	*ret_pid = (long)cred.pid;
+#else
+	uid_t uid;
+	gid_t gid;
+	if (getpeereid(fd, &uid, &gid) < 0)
+		return -errno;
+	*ret_uid = (uint32_t)uid;
+	*ret_pid = -1;
+#endif
+	return 0;
+}
+
+static bool uid_allowed(const anes_server *srv, uint32_t uid)
+{
+	if (uid == (uint32_t)geteuid())
+		return true;
+	for (size_t i = 0; i < srv->cfg.n_allow_uids; i++)
+		if (srv->cfg.allow_uids[i] == uid)
+			return true;
+	return false;
+}
+
+/* At most one line a second: other users must not be able to flood the log. */
+static void log_refusal(anes_server *srv, uint32_t uid, long pid)
+{
+	uint64_t now = uv_now(&srv->loop);
+	if (srv->refusal_log_ms && now - srv->refusal_log_ms < 1000) {
+		srv->refusals_unlogged++;
+		return;
+	}
+	char more[64] = "";
+	if (srv->refusals_unlogged)
+		snprintf(more, sizeof(more), " (and %u more since the last report)", srv->refusals_unlogged);
+	anes_log("refused a connection from uid %u (pid %ld): not an allowed user%s", uid, pid, more);
+	srv->refusal_log_ms = now ? now : 1;
+	srv->refusals_unlogged = 0;
+}
+
 int anes_conn_new(anes_server *srv, int fd)
 {
+	uint32_t uid = UINT32_MAX;
+	long pid = -1;
+	int r = peer_creds(fd, &uid, &pid);
+	if (r < 0) {
+		close(fd);
+		anes_log("refused a connection: cannot get the peer's credentials: %s", strerror(-r));
+		return r;
+	}
+	if (!uid_allowed(srv, uid)) {
+		close(fd);
+		srv->stats.refused++;
+		log_refusal(srv, uid, pid);
+		return -EACCES;
+	}
 	if (srv->n_conns >= srv->lim.max_connections) {
 		close(fd);
 		if (srv->cfg.verbose)
@@ -102,7 +223,7 @@ int anes_conn_new(anes_server *srv, int fd)
 		close(fd);
 		return -ENOMEM;
 	}
-	int r = uv_poll_init(&srv->loop, &c->poll, fd);
+	r = uv_poll_init(&srv->loop, &c->poll, fd);
 	if (r < 0) {
 		close(fd);
 		free(c);
@@ -122,17 +243,9 @@ int anes_conn_new(anes_server *srv, int fd)
 	srv->conns = c;
 	srv->n_conns++;
 
-	if (srv->cfg.verbose) {
-#ifdef SO_PEERCRED
-		struct ucred cred;
-		socklen_t len = sizeof(cred);
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
-			anes_log("client #%llu connected (pid %ld)", (unsigned long long)c->serial,
-			         (long)cred.pid);
-		else
-#endif
-			anes_log("client #%llu connected", (unsigned long long)c->serial);
-	}
+	if (srv->cfg.verbose)
+		anes_log("client #%llu connected (uid %u, pid %ld)", (unsigned long long)c->serial, uid,
+		         pid);
 	update_poll(c);
 	return 0;
 }
@@ -206,23 +319,27 @@ static void teardown(anes_conn *c)
 
 void anes_conn_run_deferred(anes_server *srv)
 {
-	while (srv->kicked) {
-		anes_conn *c = srv->kicked;
-		srv->kicked = c->kick_next;
-		c->kick_pending = false;
-		if (!c->failed) {
-			conn_process(c);
-			update_poll(c);
+	do {
+		while (srv->kicked) {
+			anes_conn *c = srv->kicked;
+			srv->kicked = c->kick_next;
+			c->kick_pending = false;
+			if (!c->failed) {
+				conn_process(c);
+				update_poll(c);
+			}
+			anes_conn_unref(c);
 		}
-		anes_conn_unref(c);
-	}
-	while (srv->dead) {
-		anes_conn *c = srv->dead;
-		srv->dead = c->dead_next;
-		teardown(c);
-	}
+		anes_server_drain_check(srv);   /* may fail connections: loop */
+		while (srv->dead) {
+			anes_conn *c = srv->dead;
+			srv->dead = c->dead_next;
+			teardown(c);
+		}
+	} while (srv->kicked);
 	if (!srv->shut_down)
 		uv_idle_stop(&srv->idle);
+	anes_server_drained(srv);
 }
 
 /* ---- output ---------------------------------------------------------------- */
@@ -242,6 +359,14 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 	if (c->failed) {
 		free(data);
 		close_fds(fds, nfds);
+		return;
+	}
+	if (c->io.out_bytes + len > c->srv->lim.drop_unsent_hard_bytes) {
+		free(data);
+		close_fds(fds, nfds);
+		if (!c->unsent_over)
+			c->unsent_since_ms = uv_now(&c->srv->loop);
+		anes_conn_drop_slow(c);
 		return;
 	}
 	int r = anes_io_queue(&c->io, data, len, fds, nfds);
@@ -286,7 +411,22 @@ void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *f
 
 	anes_frame f;
 	anes_frame_init(&f);
-	anes_pack_error(&f.pk, msgid, code, msg);
+	if (code == ANES_WERR_SHUTTING_DOWN) {
+		/* Not in proto/'s table of names (yet): pack it here. */
+		msgpack_pack_array(&f.pk, 4);
+		msgpack_pack_uint8(&f.pk, ANES_MSG_RESPONSE);
+		msgpack_pack_uint32(&f.pk, msgid);
+		msgpack_pack_map(&f.pk, 3);
+		anes_pack_str(&f.pk, "code");
+		msgpack_pack_uint32(&f.pk, (uint32_t)code);
+		anes_pack_str(&f.pk, "name");
+		anes_pack_str(&f.pk, "shutting_down");
+		anes_pack_str(&f.pk, "message");
+		anes_pack_str(&f.pk, msg);
+		msgpack_pack_nil(&f.pk);
+	} else {
+		anes_pack_error(&f.pk, msgid, code, msg);
+	}
 	int r = anes_frame_finish(&f, 0, c->io.max_frame, &data, &len);
 	if (r < 0) {
 		anes_frame_release(&f);

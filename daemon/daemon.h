@@ -23,6 +23,11 @@
 #define ANES_KEY_SIZE 32           /* SHA-256 */
 #define ANES_ERRMSG_MAX 512
 
+/* Wire error 17, shutting_down (docs/protocol.md): the daemon is stopping and
+ * did not (or will not) do the request; retry with the next daemon.  Not in
+ * proto/'s table yet, so the daemon packs its name itself (conn.c). */
+#define ANES_WERR_SHUTTING_DOWN 17
+
 #define ANES_CONTAINER_OF(ptr, type, member) \
 	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
@@ -73,6 +78,8 @@ typedef struct anes_stats {
 	uint64_t cache_hits;
 	uint64_t surfaces;        /* alive, all connections */
 	uint64_t surface_bytes;
+	uint64_t refused;         /* connections refused for their uid */
+	uint64_t dropped;         /* clients dropped for not reading their responses */
 } anes_stats;
 
 struct anes_server {
@@ -92,9 +99,15 @@ struct anes_server {
 	uv_signal_t sig_int;
 	uv_signal_t sig_term;
 	uv_idle_t idle;              /* deferred connection work, see conn.c */
+	uv_timer_t drain_timer;      /* shutdown_timeout_ms after the first stop request */
+	uv_timer_t unsent_timer;     /* runs while a client has unread output over drop_unsent_bytes */
 	bool handles_init;
-	bool shut_down;
+	bool listen_closed;
+	bool draining;               /* stop requested: finishing requests in flight */
+	bool shut_down;              /* everything closed or closing */
 	bool running;
+	uint64_t refusal_log_ms;     /* rate limit of "refused" log lines */
+	uint32_t refusals_unlogged;
 
 	anes_pool *pool;
 	anes_cache *cache;
@@ -134,6 +147,8 @@ struct anes_conn {
 	anes_idtable programs;       /* -> anes_centry* (one handle each) */
 	uint32_t surfaces_alive;     /* including released ones still held by runs */
 	uint64_t surface_bytes;
+	bool unsent_over;            /* io.out_bytes > drop_unsent_bytes since unsent_since_ms */
+	uint64_t unsent_since_ms;    /* uv_now */
 };
 
 /* Accept an fd from accept4 (owned by the connection from now on, also on
@@ -150,6 +165,16 @@ void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
 void anes_conn_kick(anes_conn *c);
 /* Tear down failed connections and process kicked ones (loop idle). */
 void anes_conn_run_deferred(anes_server *srv);
+/* Drop c for not reading its responses (logged, counted in status). */
+void anes_conn_drop_slow(anes_conn *c);
+/* srv->unsent_timer's callback: drop clients over drop_unsent_bytes for
+ * longer than drop_unsent_seconds. */
+void anes_conn_on_unsent_timer(uv_timer_t *h);
+
+/* Shutdown (server.c): while draining, close connections that have nothing
+ * left in flight or to send; then, once none is left, finish. */
+void anes_server_drain_check(anes_server *srv);
+void anes_server_drained(anes_server *srv);
 
 /* Queue a finished frame (takes ownership of data and fds in every case) and
  * try to send it.  A connection that failed silently drops it. */

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* aneshared: a thin shell over the server library (server.h). */
+/* aneshared: a thin shell over the server library (server.h); settings in options.c. */
 #include <errno.h>
-#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,87 +10,24 @@
 
 #include "anes_config.h"
 #include "anes_proto.h"
+#include "ane_backend.h"
 #include "backend.h"
+#include "options.h"
 #include "server.h"
-
-static void usage(FILE *f)
-{
-	fprintf(f,
-	        "Usage: aneshared [OPTIONS]\n"
-	        "Share compiled neural-network programs and memory surfaces between processes.\n\n"
-	        "  --socket PATH      listen on PATH (default: $ANESHARE_SOCKET, else\n"
-	        "                     $XDG_RUNTIME_DIR/aneshare/aneshare.sock)\n"
-	        "  --max-frame BYTES  largest accepted frame payload (default %u)\n"
-	        "  --workers N        worker threads for compiles and runs (default 2)\n"
-	        "  --backend NAME     compute backend: cpu (default)\n"
-	        "  -v, --verbose      log every connect and disconnect\n"
-	        "  -h, --help         show this help\n"
-	        "  -V, --version      show the version\n",
-	        ANES_FRAME_MAX_DEFAULT);
-}
-
-static int parse_uint(const char *s, unsigned long long lo, unsigned long long hi,
-                      unsigned long long *ret)
-{
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-		return -EINVAL;
-	*ret = v;
-	return 0;
-}
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "socket", required_argument, NULL, 's' },
-		{ "max-frame", required_argument, NULL, 'f' },
-		{ "workers", required_argument, NULL, 'w' },
-		{ "backend", required_argument, NULL, 'b' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
-	anes_server_config cfg;
-	unsigned long long v;
-	int c;
-
-	anes_server_config_init(&cfg);
-	cfg.handle_signals = true;
-	while ((c = getopt_long(argc, argv, "vhV", opts, NULL)) != -1) {
-		switch (c) {
-		case 's': cfg.socket_path = optarg; break;
-		case 'f':
-			if (parse_uint(optarg, ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST, &v) < 0) {
-				fprintf(stderr, "aneshared: --max-frame must be %u..%u\n",
-				        ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST);
-				return 2;
-			}
-			cfg.limits.max_frame = (uint32_t)v;
-			break;
-		case 'w':
-			if (parse_uint(optarg, 1, 256, &v) < 0) {
-				fprintf(stderr, "aneshared: --workers must be 1..256\n");
-				return 2;
-			}
-			cfg.workers = (unsigned)v;
-			break;
-		case 'b':
-			if (strcmp(optarg, "cpu") != 0) {
-				fprintf(stderr, "aneshared: unknown backend \"%s\" (available: cpu)\n", optarg);
-				return 2;
-			}
-			break;
-		case 'v': cfg.verbose = true; break;
-		case 'h': usage(stdout); return 0;
-		case 'V': printf("aneshared %s (protocol %d)\n", ANES_VERSION, ANES_PROTOCOL_VERSION); return 0;
-		default: usage(stderr); return 2;
-		}
+	anes_options opts;
+	int r = anes_options_parse(&opts, argc, argv);
+	if (r != 0) {
+		anes_options_free(&opts);
+		return r > 0 ? 0 : 2;
 	}
-	if (optind < argc) {
-		fprintf(stderr, "aneshared: unexpected argument \"%s\"\n", argv[optind]);
+	anes_server_config cfg = opts.cfg;
+	if (strcmp(opts.backend, "cpu") != 0 && strcmp(opts.backend, "ane") != 0 &&
+	    strcmp(opts.backend, "auto") != 0) {
+		fprintf(stderr, "aneshared: unknown backend \"%s\" (available: cpu, ane, auto)\n", opts.backend);
+		anes_options_free(&opts);
 		return 2;
 	}
 
@@ -108,19 +44,38 @@ int main(int argc, char **argv)
 	sigaddset(&stop_signals, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
 
-	int r = anes_listen_fd_from_env(&cfg.listen_fd);
+	r = anes_listen_fd_from_env(&cfg.listen_fd);
 	if (r < 0) {
 		fprintf(stderr, "aneshared: the socket passed by the service manager is unusable: %s\n",
 		        strerror(-r));
+		anes_options_free(&opts);
 		return 1;
 	}
 
-	anes_backend *backend;
-	r = anes_cpu_backend_new(0, &backend);
+	anes_backend *backend = NULL;
+	if (strcmp(opts.backend, "cpu") != 0) {
+		/* ane, or auto: the ANE where the bridge opens, else the CPU (docs/ane.md) */
+		const anes_ane_bridge *bridge;
+		char why[512];
+		r = anes_ane_bridge_open(&bridge, why, sizeof why);
+		if (r == 0)
+			r = anes_ane_backend_new(bridge, &backend, why, sizeof why);
+		if (r < 0 && strcmp(opts.backend, "ane") == 0) {
+			fprintf(stderr, "aneshared: %s\n", why[0] ? why : strerror(-r));
+			if (cfg.listen_fd >= 0)
+				close(cfg.listen_fd);
+			anes_options_free(&opts);
+			return 1;
+		}
+		if (r < 0)
+			fprintf(stderr, "aneshared: backend auto: %s; using the cpu backend\n", why[0] ? why : strerror(-r));
+	}
+	r = backend ? 0 : anes_cpu_backend_new(0, &backend);
 	if (r < 0) {
 		fprintf(stderr, "aneshared: cannot start the cpu backend: %s\n", strerror(-r));
 		if (cfg.listen_fd >= 0)
 			close(cfg.listen_fd);
+		anes_options_free(&opts);
 		return 1;
 	}
 	cfg.backend = backend;
@@ -131,6 +86,7 @@ int main(int argc, char **argv)
 	if (r < 0) {
 		fprintf(stderr, "aneshared: %s\n", err[0] ? err : strerror(-r));
 		backend->ops->destroy(backend);
+		anes_options_free(&opts);
 		return 1;
 	}
 	fprintf(stderr, "aneshared: %s listening on %s (backend %s, pid %ld)\n", ANES_VERSION,
@@ -139,6 +95,7 @@ int main(int argc, char **argv)
 	r = anes_server_run(srv);
 	anes_server_free(srv);
 	backend->ops->destroy(backend);
+	anes_options_free(&opts);
 	fprintf(stderr, "aneshared: stopped\n");
 	return r < 0 ? 1 : 0;
 }

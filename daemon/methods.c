@@ -5,6 +5,7 @@
  * size before use, and leave the connection's state untouched on failure.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -12,6 +13,7 @@
 
 #include "anes_config.h"
 #include "daemon.h"
+#include "mil.h"   /* the MIL front end's caps on tensors, announced in hello */
 
 typedef void (*method_fn)(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
 
@@ -126,16 +128,25 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_str(&f.pk, "backend", backend_name(c->srv));
 	anes_pack_str(&f.pk, "limits");
-	msgpack_pack_map(&f.pk, 9);
+	msgpack_pack_map(&f.pk, 18);
 	pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
 	pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
 	pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
 	pack_kv_u64(&f.pk, "max_surface_bytes", lim->max_surface_bytes);
 	pack_kv_u64(&f.pk, "max_total_surface_bytes", lim->max_total_surface_bytes);
+	pack_kv_u64(&f.pk, "max_daemon_surface_bytes", lim->max_daemon_surface_bytes);
 	pack_kv_u64(&f.pk, "max_programs", lim->max_programs);
 	pack_kv_u64(&f.pk, "max_inflight", lim->max_inflight);
 	pack_kv_u64(&f.pk, "max_mil_bytes", lim->max_mil_bytes);
 	pack_kv_u64(&f.pk, "max_weights", lim->max_weights);
+	pack_kv_u64(&f.pk, "max_weight_bytes", lim->max_weight_bytes);
+	pack_kv_u64(&f.pk, "max_rank", ANES_MAX_RANK);
+	pack_kv_u64(&f.pk, "max_dim", ANES_MIL_MAX_DIM);
+	pack_kv_u64(&f.pk, "max_tensor_bytes", ANES_MIL_MAX_TENSOR_BYTES);
+	pack_kv_u64(&f.pk, "max_unsent_bytes", lim->max_unsent_bytes);
+	pack_kv_u64(&f.pk, "drop_unsent_bytes", lim->drop_unsent_bytes);
+	pack_kv_u64(&f.pk, "drop_unsent_seconds", lim->drop_unsent_seconds);
+	pack_kv_u64(&f.pk, "drop_unsent_hard_bytes", lim->drop_unsent_hard_bytes);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -179,7 +190,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	if (ctx.n > fit)
 		ctx.n = fit;
 
-	anes_pack_result(&f.pk, m->msgid, 12);
+	anes_pack_result(&f.pk, m->msgid, 14);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -191,6 +202,8 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "runs", srv->stats.runs);
 	pack_kv_u64(&f.pk, "compiles", srv->stats.compiles);
 	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
+	pack_kv_u64(&f.pk, "refused", srv->stats.refused);
+	pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
 	anes_pack_str(&f.pk, "programs");
 	msgpack_pack_array(&f.pk, ctx.n);
 	anes_cache_foreach(srv->cache, pack_program, &ctx);
@@ -213,6 +226,14 @@ static bool surface_limits_ok(anes_conn *c, const anes_msg *m, uint64_t size)
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
 		                      "surfaces of this connection would exceed %llu bytes",
 		                      (unsigned long long)lim->max_total_surface_bytes);
+		return false;
+	}
+	const anes_stats *st = &c->srv->stats;
+	if (st->surface_bytes > lim->max_daemon_surface_bytes ||
+	    size > lim->max_daemon_surface_bytes - st->surface_bytes) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
+		                      "surfaces of all clients would exceed the daemon's %llu bytes",
+		                      (unsigned long long)lim->max_daemon_surface_bytes);
 		return false;
 	}
 	if (anes_idt_peek(&c->surfaces, &id) < 0) {
@@ -365,6 +386,16 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 		return;
 	}
 	uint32_t n = wmap ? wmap->via.map.size : 0;
+	uint64_t wbytes = 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (wmap->via.map.ptr[i].val.type == MSGPACK_OBJECT_BIN)
+			wbytes += wmap->via.map.ptr[i].val.via.bin.size;
+	if (wbytes > lim->max_weight_bytes) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+		                      "the weights hold %llu bytes, more than max_weight_bytes (%llu)",
+		                      (unsigned long long)wbytes, (unsigned long long)lim->max_weight_bytes);
+		return;
+	}
 	anes_wire_weight *ws = NULL;
 	if (n > 0) {
 		ws = calloc(n, sizeof(*ws));
@@ -491,6 +522,7 @@ typedef struct run_job {
 	uint32_t msgid;
 	uint32_t fn;
 	uint32_t n_in, n_out;
+	bool fault;             /* --fault-inject run_fail: fail instead of running */
 	anes_surface **surf;    /* n_in + n_out, referenced */
 	const void **in;
 	void **out;
@@ -505,6 +537,11 @@ static void run_work(anes_job *j)
 	anes_backend *b = rj->backend;
 
 	rj->err[0] = '\0';
+	if (rj->fault) {
+		rj->rc = -EIO;
+		snprintf(rj->err, sizeof(rj->err), "injected failure (--fault-inject run_fail)");
+		return;
+	}
 	uint64_t t0 = anes_now_ns();
 	rj->rc = b->ops->run(b, rj->entry->prog, rj->fn, rj->in, (void *const *)rj->out, rj->err,
 	                     sizeof(rj->err));
@@ -519,7 +556,8 @@ static void run_done(anes_job *j, bool cancelled)
 
 	c->inflight--;
 	if (cancelled) {
-		anes_conn_reply_error(c, rj->msgid, ANES_WERR_INTERNAL, "the daemon is shutting down");
+		anes_conn_reply_error(c, rj->msgid, ANES_WERR_SHUTTING_DOWN,
+		                      "the daemon is shutting down; the run was not done");
 	} else {
 		c->srv->stats.runs++;
 		if (rj->rc == 0) {
@@ -669,6 +707,7 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	rj->fn = fn;
 	rj->n_in = n_in;
 	rj->n_out = n_out;
+	rj->fault = c->srv->cfg.fault_run_fail && !strcmp(fi->name, c->srv->cfg.fault_run_fail);
 	c->inflight++;
 	anes_pool_submit(c->srv->pool, &rj->job);
 }
@@ -702,6 +741,11 @@ void anes_dispatch_request(anes_conn *c, const anes_msg *m, int *fds, unsigned n
 	}
 	if (!c->hello_done && (!md || md->fn != m_hello)) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_HANDSHAKE, "the first request must be hello");
+		return;
+	}
+	if (c->srv->draining) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_SHUTTING_DOWN,
+		                      "the daemon is shutting down; the request was not done");
 		return;
 	}
 	if (!md) {

@@ -343,7 +343,8 @@ static void answer_waiter(anes_centry *e, anes_waiter *w, int rc, const char *er
 		anes_conn_reply_error(c, w->msgid, ANES_WERR_NO_MEMORY, "out of memory while compiling");
 		break;
 	case -ECANCELED:
-		anes_conn_reply_error(c, w->msgid, ANES_WERR_INTERNAL, "the daemon is shutting down");
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_SHUTTING_DOWN,
+		                      "the daemon is shutting down; the compile was not done");
 		break;
 	default:
 		anes_conn_reply_error(c, w->msgid, ANES_WERR_INTERNAL, "compile failed (%s)%s%s",

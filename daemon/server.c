@@ -18,6 +18,16 @@
 
 #include "daemon.h"
 
+/* Half the machine's memory: surfaces are shared memory the kernel cannot
+ * swap out cheaply, and the rest of the system needs some too. */
+static uint64_t default_daemon_surface_bytes(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+	if (pages <= 0 || psize <= 0)
+		return 16ull << 30;
+	return (uint64_t)pages * (uint64_t)psize / 2;
+}
+
 void anes_server_config_init(anes_server_config *cfg)
 {
 	*cfg = (anes_server_config){
@@ -34,11 +44,20 @@ void anes_server_config_init(anes_server_config *cfg)
 			.max_inflight = 64,
 			.max_mil_bytes = 16u << 20,
 			.max_weights = 256,
+			.max_weight_bytes = 64u << 20,
 			.max_connections = 256,
+			.max_daemon_surface_bytes = default_daemon_surface_bytes(),
 			.max_unsent_bytes = 4u << 20,
+			.drop_unsent_bytes = 4u << 20,
+			.drop_unsent_seconds = 10,
+			.drop_unsent_hard_bytes = 256u << 20,
 		},
 		.handle_signals = false,
 		.verbose = false,
+		.allow_uids = NULL,
+		.n_allow_uids = 0,
+		.shutdown_timeout_ms = 10000,
+		.fault_run_fail = NULL,
 	};
 }
 
@@ -331,48 +350,103 @@ static void on_listen(uv_poll_t *h, int status, int events)
 
 /* ---- stopping ---------------------------------------------------------------- */
 
-static void server_shutdown(anes_server *srv)
+/* Refuse new clients: remove the name, stop accepting. */
+static void stop_listening(anes_server *srv)
 {
-	if (srv->shut_down || !srv->handles_init)
+	if (srv->listen_closed)
 		return;
-
-	/* Refuse new clients first: remove the name, stop accepting. */
+	srv->listen_closed = true;
 	uv_close((uv_handle_t *)&srv->listen_poll, NULL);
 	if (srv->own_socket_file) {
 		unlink(srv->socket_path);
 		unlink(srv->lock_path);
 	}
+}
 
+/* The end: fail whatever is still in flight with shutting_down, close every
+ * connection and every handle, so that uv_run returns. */
+static void server_shutdown(anes_server *srv)
+{
+	if (srv->shut_down || !srv->handles_init)
+		return;
+	stop_listening(srv);
+	srv->draining = true;
+	srv->shut_down = true;
+
+	/* Joins the workers and delivers every outstanding completion: queued
+	 * jobs are answered with shutting_down on the connections still open
+	 * (as far as their sockets take it now), and the last references to
+	 * surfaces, programs and connections go. */
+	anes_pool_shutdown(srv->pool);
+	srv->pool = NULL;
 	for (anes_conn *c = srv->conns; c; c = c->next)
 		anes_conn_fail(c, NULL);
 	anes_conn_run_deferred(srv);
 
-	/* Joins the workers and delivers every outstanding completion, which
-	 * drops the last references to surfaces, programs and connections. */
-	srv->shut_down = true;
-	anes_pool_shutdown(srv->pool);
-	srv->pool = NULL;
-	anes_conn_run_deferred(srv);
-
 	uv_close((uv_handle_t *)&srv->idle, NULL);
 	uv_close((uv_handle_t *)&srv->stop_async, NULL);
+	uv_close((uv_handle_t *)&srv->drain_timer, NULL);
+	uv_close((uv_handle_t *)&srv->unsent_timer, NULL);
 	if (srv->cfg.handle_signals) {
 		uv_close((uv_handle_t *)&srv->sig_int, NULL);
 		uv_close((uv_handle_t *)&srv->sig_term, NULL);
 	}
 }
 
+static void on_drain_timeout(uv_timer_t *h)
+{
+	anes_server *srv = h->data;
+	anes_log("shutdown: %u clients still had requests in flight after %u ms; failing them",
+	         srv->n_conns, srv->cfg.shutdown_timeout_ms);
+	server_shutdown(srv);
+}
+
+void anes_server_drain_check(anes_server *srv)
+{
+	if (!srv->draining || srv->shut_down)
+		return;
+	/* A connection with nothing in flight and nothing to send is done. */
+	for (anes_conn *c = srv->conns; c; c = c->next)
+		if (!c->failed && c->inflight == 0 && !anes_io_want_write(&c->io))
+			anes_conn_fail(c, "the daemon is shutting down");
+}
+
+void anes_server_drained(anes_server *srv)
+{
+	if (srv->draining && !srv->shut_down && srv->n_conns == 0)
+		server_shutdown(srv);
+}
+
+/* First stop request: stop accepting, let requests in flight finish (new
+ * ones are answered with shutting_down), close each connection when it has
+ * nothing left; a second request or the timeout ends it all. */
+static void server_drain(anes_server *srv)
+{
+	if (srv->shut_down || !srv->handles_init)
+		return;
+	if (srv->draining || srv->cfg.shutdown_timeout_ms == 0) {
+		server_shutdown(srv);
+		return;
+	}
+	srv->draining = true;
+	stop_listening(srv);
+	uv_timer_start(&srv->drain_timer, on_drain_timeout, srv->cfg.shutdown_timeout_ms, 0);
+	anes_server_drain_check(srv);
+	anes_conn_run_deferred(srv);
+	anes_server_drained(srv);
+}
+
 static void on_stop(uv_async_t *h)
 {
-	server_shutdown(h->data);
+	server_drain(h->data);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
 	anes_server *srv = h->data;
-	if (srv->cfg.verbose)
-		anes_log("received %s, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
-	server_shutdown(srv);
+	anes_log("received %s, %s", signum == SIGINT ? "SIGINT" : "SIGTERM",
+	         srv->draining ? "stopping now" : "finishing requests in flight");
+	server_drain(srv);
 }
 
 void anes_server_stop(anes_server *srv)
@@ -441,10 +515,23 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	}
 	if (l->max_frame < ANES_FRAME_MAX_LOWEST || l->max_frame > ANES_FRAME_MAX_HIGHEST ||
 	    l->max_surfaces == 0 || l->max_surface_bytes == 0 || l->max_total_surface_bytes == 0 ||
-	    l->max_programs == 0 || l->max_inflight == 0 || l->max_connections == 0 ||
-	    l->max_unsent_bytes == 0 || srv->cfg.workers > 1024) {
-		errmsg(errbuf, errbuf_len, "invalid limits (max_frame must be %u..%u)",
+	    l->max_daemon_surface_bytes == 0 || l->max_programs == 0 || l->max_inflight == 0 ||
+	    l->max_connections == 0 || l->max_unsent_bytes == 0 || l->drop_unsent_bytes == 0 ||
+	    srv->cfg.workers > 1024) {
+		errmsg(errbuf, errbuf_len, "invalid limits (max_frame must be %u..%u, the others > 0)",
 		       ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST);
+		r = -EINVAL;
+		goto fail;
+	}
+	/* One response (up to max_frame) to a client that reads must never
+	 * trip the hard cap. */
+	if (l->drop_unsent_hard_bytes < (uint64_t)l->max_frame + ANES_FRAME_HEADER_SIZE ||
+	    l->drop_unsent_hard_bytes < l->drop_unsent_bytes ||
+	    l->drop_unsent_hard_bytes < l->max_unsent_bytes) {
+		errmsg(errbuf, errbuf_len,
+		       "drop_unsent_hard_bytes (%llu) must be at least max_frame + 8, "
+		       "drop_unsent_bytes and max_unsent_bytes",
+		       (unsigned long long)l->drop_unsent_hard_bytes);
 		r = -EINVAL;
 		goto fail;
 	}
@@ -504,9 +591,13 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	}
 	uv_async_init(&srv->loop, &srv->stop_async, on_stop);
 	uv_idle_init(&srv->loop, &srv->idle);
+	uv_timer_init(&srv->loop, &srv->drain_timer);
+	uv_timer_init(&srv->loop, &srv->unsent_timer);
 	srv->listen_poll.data = srv;
 	srv->stop_async.data = srv;
 	srv->idle.data = srv;
+	srv->drain_timer.data = srv;
+	srv->unsent_timer.data = srv;
 	if (srv->cfg.handle_signals) {
 		uv_signal_init(&srv->loop, &srv->sig_int);
 		uv_signal_init(&srv->loop, &srv->sig_term);

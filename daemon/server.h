@@ -18,7 +18,8 @@
 
 #include "backend.h"
 
-/* Per-connection limits, announced to clients in hello (docs/protocol.md). */
+/* Limits on what clients control, announced in hello (docs/protocol.md,
+ * Limits).  Per connection unless a comment says otherwise. */
 typedef struct anes_limits {
 	uint32_t max_frame;                /* payload bytes of one frame */
 	uint32_t max_surfaces;             /* surfaces alive per connection */
@@ -28,8 +29,15 @@ typedef struct anes_limits {
 	uint32_t max_inflight;             /* requests on worker threads per connection */
 	uint32_t max_mil_bytes;            /* MIL text of one compile */
 	uint32_t max_weights;              /* weight blobs of one compile */
+	uint64_t max_weight_bytes;         /* weight bytes (all blobs) of one compile */
 	uint32_t max_connections;          /* whole daemon; not announced */
+	uint64_t max_daemon_surface_bytes; /* bytes of surfaces alive, whole daemon */
 	uint64_t max_unsent_bytes;         /* stop reading a client with this much output pending */
+	/* Drop a client whose unsent output stays above drop_unsent_bytes for
+	 * drop_unsent_seconds (0: at once), or would exceed drop_unsent_hard_bytes. */
+	uint64_t drop_unsent_bytes;
+	uint32_t drop_unsent_seconds;
+	uint64_t drop_unsent_hard_bytes;
 } anes_limits;
 
 typedef struct anes_server_config {
@@ -50,6 +58,17 @@ typedef struct anes_server_config {
 	bool handle_signals;
 	/* Log one line per connect/disconnect to stderr; errors are logged always. */
 	bool verbose;
+	/* Peers are accepted if their uid (SO_PEERCRED / getpeereid) is the
+	 * daemon's effective uid or one of these (borrowed, must outlive the
+	 * server); everyone else is disconnected at once. */
+	const uint32_t *allow_uids;
+	size_t n_allow_uids;
+	/* After a stop request: how long requests in flight may take to finish
+	 * before the rest are failed with shutting_down (milliseconds). */
+	uint32_t shutdown_timeout_ms;
+	/* Test hook (--fault-inject run_fail=NAME): runs of functions named
+	 * this fail with run_failed.  NULL: off.  Borrowed. */
+	const char *fault_run_fail;
 } anes_server_config;
 
 typedef struct anes_server anes_server;
@@ -80,9 +99,12 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
  * lock file are gone.  Returns 0 or a negative errno. */
 int anes_server_run(anes_server *srv);
 
-/* Make anes_server_run return (or, before it runs, return at once).  Safe
- * from any thread and from signal handlers, idempotent, but only until
- * anes_server_run has returned. */
+/* Make anes_server_run return (or, before it runs, return at once).  The
+ * first request stops accepting and lets requests in flight finish, for up
+ * to shutdown_timeout_ms (answering new requests with shutting_down); a
+ * second one, or the timeout, fails what is left with shutting_down and
+ * closes everything.  Safe from any thread and from signal handlers, but only
+ * until anes_server_run has returned. */
 void anes_server_stop(anes_server *srv);
 
 /* The socket path in use (owned by the server). */

@@ -356,8 +356,9 @@ int anes_msg_error(const anes_msg *m, int *ret_code, const char **ret_message, u
 bool anes_mp_str_eq(const msgpack_object *o, const char *s)
 {
 	size_t n = strlen(s);
+	/* msgpack-c leaves ptr NULL for an empty str: memcmp needs n > 0 */
 	return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
-	       memcmp(o->via.str.ptr, s, n) == 0;
+	       (n == 0 || memcmp(o->via.str.ptr, s, n) == 0);
 }
 
 const msgpack_object *anes_mp_get(const msgpack_object *map, const char *key)
@@ -496,6 +497,8 @@ static int frame_write(void *data, const char *buf, size_t len)
 
 	if (f->oom)
 		return -1;
+	if (len == 0)
+		return 0;  /* an empty str/bin body: buf may be NULL, which memcpy does not allow */
 	if (len > f->cap - f->len) {
 		size_t cap = f->cap ? f->cap : 256;
 		while (cap - f->len < len) {

@@ -18,6 +18,15 @@ run_suite() {
 run_suite "$BUILD"
 run_suite "$ROOT/build-asan" -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
 
+# A short run of every libFuzzer target (tests/fuzz); scripts/fuzz.sh SECONDS runs longer.
+if command -v clang >/dev/null &&
+   printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return d && n; }\n' |
+   clang -x c -fsanitize=fuzzer -o /dev/null - 2>/dev/null; then
+	FUZZ_BUILD=$ROOT/build-fuzz bash "$ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-25}" || status=1
+else
+	say "skipping the fuzz targets: no clang with libFuzzer (Debian: clang libclang-rt-dev)"
+fi
+
 # One closing line over all criterion suites of both builds.
 awk -F'|' '/Synthesis: Tested:/ {
 	for (i = 1; i <= NF; i++) {

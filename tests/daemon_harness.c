@@ -66,16 +66,34 @@ static void remove_dir(h_daemon *d)
 	d->dir[0] = '\0';
 }
 
+int h_slow(void)
+{
+	const char *s = getenv("ANESHARE_TEST_SLOW");
+	if (s && atoi(s) > 0)
+		return atoi(s);
+	const char *w = getenv("ANESHARED_WRAPPER");
+	return w && *w ? 20 : 1;
+}
+
 void h_daemon_start(h_daemon *d)
+{
+	h_daemon_start_args(d, NULL);
+}
+
+/* Start the daemon: in a fresh directory, or (restart) on d's socket path
+ * again; wait until it answers unless told not to. */
+static void daemon_launch(h_daemon *d, const char *const *args, bool fresh, bool wait)
 {
 	const char *exe = getenv("ANESHARED");
 	cr_assert(exe && *exe, "ANESHARED is not set (tests/meson.build sets it)");
 	const char *tmp = getenv("TMPDIR");
-	memset(d, 0, sizeof *d);
-	snprintf(d->dir, sizeof d->dir, "%s/anes-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	cr_assert(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
-	snprintf(d->sock, sizeof d->sock, "%s/aneshare.sock", d->dir);
-	snprintf(d->log, sizeof d->log, "%s/daemon.log", d->dir);
+	if (fresh) {
+		memset(d, 0, sizeof *d);
+		snprintf(d->dir, sizeof d->dir, "%s/anes-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+		cr_assert(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
+		snprintf(d->sock, sizeof d->sock, "%s/aneshare.sock", d->dir);
+		snprintf(d->log, sizeof d->log, "%s/daemon.log", d->dir);
+	}
 
 	pid_t pid = fork();
 	cr_assert(pid >= 0, "fork: %s", strerror(errno));
@@ -90,14 +108,31 @@ void h_daemon_start(h_daemon *d)
 			dup2(null, 1);
 		}
 		setenv("ANESHARE_SOCKET", d->sock, 1);
-		execl(exe, exe, "--socket", d->sock, (char *)NULL);
+		setenv("XDG_CONFIG_HOME", d->dir, 1);
+		char *argv[64];
+		unsigned n = 0;
+		char *wrapper = getenv("ANESHARED_WRAPPER");
+		if (wrapper && *wrapper) {
+			wrapper = strdup(wrapper);
+			for (char *tok = strtok(wrapper, " \t"); tok && n < 32; tok = strtok(NULL, " \t"))
+				argv[n++] = tok;
+		}
+		argv[n++] = (char *)exe;
+		argv[n++] = "--socket";
+		argv[n++] = d->sock;
+		for (unsigned i = 0; args && args[i] && n < 63; i++)
+			argv[n++] = (char *)args[i];
+		argv[n] = NULL;
+		execvp(argv[0], argv);
 		_exit(127);
 	}
 	d->pid = pid;
+	if (!wait)
+		return;
 
 	/* Bounded wait until the daemon answers hello (or died).  A completed
 	 * handshake, not just an accepted connect, shows its loop is running. */
-	int64_t deadline = now_ms() + 10000;
+	int64_t deadline = now_ms() + 10000 * h_slow();
 	for (;;) {
 		aneshare_conn *c;
 		if (aneshare_connect(d->sock, "harness", &c) == 0) {
@@ -118,10 +153,41 @@ void h_daemon_start(h_daemon *d)
 	}
 }
 
+void h_daemon_start_args(h_daemon *d, const char *const *args)
+{
+	daemon_launch(d, args, true, true);
+}
+
+void h_daemon_crash(h_daemon *d)
+{
+	cr_assert(d->pid > 0, "the daemon is not running");
+	cr_assert_eq(kill(d->pid, SIGKILL), 0);
+	int status = 0;
+	pid_t r;
+	do
+		r = waitpid(d->pid, &status, 0);
+	while (r < 0 && errno == EINTR);
+	cr_assert_eq(r, d->pid);
+	cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "status 0x%x", status);
+	d->pid = 0;
+}
+
+void h_daemon_restart(h_daemon *d, bool wait)
+{
+	cr_assert(d->pid == 0 && d->dir[0], "restart needs a stopped daemon and its directory");
+	daemon_launch(d, NULL, false, wait);
+}
+
 void h_daemon_stop(h_daemon *d)
 {
 	cr_assert(d->pid > 0, "the daemon is not running");
 	cr_assert_eq(kill(d->pid, SIGTERM), 0);
+	h_daemon_wait(d);
+}
+
+void h_daemon_wait(h_daemon *d)
+{
+	cr_assert(d->pid > 0, "the daemon is not running");
 	int status = 0;
 	pid_t r;
 	do
@@ -167,7 +233,7 @@ aneshare_status *h_status(aneshare_conn *c)
 
 void h_wait_counts(aneshare_conn *c, uint32_t surfaces, uint32_t programs)
 {
-	int64_t deadline = now_ms() + 10000;
+	int64_t deadline = now_ms() + 10000 * h_slow();
 	for (;;) {
 		aneshare_status *st = h_status(c);
 		uint32_t s = st->surfaces, p = st->programs;
@@ -183,7 +249,7 @@ void h_wait_counts(aneshare_conn *c, uint32_t surfaces, uint32_t programs)
 
 void h_wait_clients(aneshare_conn *c, uint32_t clients)
 {
-	int64_t deadline = now_ms() + 10000;
+	int64_t deadline = now_ms() + 10000 * h_slow();
 	for (;;) {
 		aneshare_status *st = h_status(c);
 		uint32_t n = st->clients;
@@ -387,9 +453,15 @@ static int raw_next(anes_io *io, int64_t deadline, msgpack_zone *zone, anes_msg 
 
 int h_raw_response(int fd, uint32_t msgid, int timeout_ms)
 {
+	return h_raw_response_cb(fd, msgid, timeout_ms, NULL, NULL);
+}
+
+int h_raw_response_cb(int fd, uint32_t msgid, int timeout_ms,
+                      void (*fn)(const struct msgpack_object *result, void *ud), void *ud)
+{
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = now_ms() + (int64_t)timeout_ms * h_slow();
 	int ret;
 	for (;;) {
 		msgpack_zone zone;
@@ -406,6 +478,8 @@ int h_raw_response(int fd, uint32_t msgid, int timeout_ms)
 			uint32_t l;
 			if (anes_msg_error(&m, &code, &s, &l) < 0)
 				code = 9999;
+		} else if (mine && fn && m.result) {
+			fn(m.result, ud);
 		}
 		msgpack_zone_destroy(&zone);
 		if (mine) {
@@ -421,7 +495,7 @@ int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors)
 {
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = now_ms() + (int64_t)timeout_ms * h_slow();
 	unsigned errors = 0;
 	int ret;
 	for (;;) {
@@ -469,4 +543,47 @@ int h_count_fds(void)
 			n++;
 	closedir(d);
 	return n - 1;   /* the directory's own fd */
+}
+
+int h_daemon_fds(const h_daemon *d)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/fd", (long)d->pid);
+	DIR *dir = opendir(path);
+	if (!dir)
+		return -1;
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(dir)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(dir);
+	return n;
+}
+
+long h_daemon_rss_kb(const h_daemon *d)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%ld/status", (long)d->pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	long kb = -1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+void h_wait_daemon_fds(const h_daemon *d, int n)
+{
+	int64_t deadline = now_ms() + 10000 * h_slow();
+	for (;;) {
+		int got = h_daemon_fds(d);
+		if (got == n)
+			return;
+		cr_assert(now_ms() < deadline, "the daemon has %d fds open (want %d)", got, n);
+		poll_pause();
+	}
 }

@@ -25,12 +25,31 @@ typedef struct h_daemon {
 	pid_t pid;          /* 0 once stopped */
 } h_daemon;
 
-/* Start $ANESHARED on a fresh socket and wait (bounded) until it accepts. */
+/* Start $ANESHARED on a fresh socket and wait (bounded) until it accepts.
+ * The daemon gets XDG_CONFIG_HOME=d->dir, so no user configuration applies.
+ * $ANESHARED_WRAPPER, if set, is a command prefix split at spaces (e.g.
+ * "valgrind --leak-check=full --error-exitcode=1"); waits then scale by
+ * h_slow(). */
 void h_daemon_start(h_daemon *d);
+/* The same with extra daemon arguments (NULL-terminated; may be NULL). */
+void h_daemon_start_args(h_daemon *d, const char *const *args);
+/* Timeouts are multiplied by this: 1, or 20 under $ANESHARED_WRAPPER
+ * ($ANESHARE_TEST_SLOW overrides). */
+int h_slow(void);
 /* SIGTERM, wait, and assert a clean exit (status 0); removes the directory. */
 void h_daemon_stop(h_daemon *d);
+/* Wait for the daemon to exit (after the test sent it a signal) and assert
+ * a clean exit as h_daemon_stop does. */
+void h_daemon_wait(h_daemon *d);
 /* For a fixture's fini: SIGKILL a daemon the test did not stop. */
 void h_daemon_kill(h_daemon *d);
+/* SIGKILL the daemon and reap it, like a crash: its socket file and the
+ * directory stay (h_daemon_kill or h_daemon_stop still clean up). */
+void h_daemon_crash(h_daemon *d);
+/* Start a new daemon (default options) on the same socket path after
+ * h_daemon_crash; it replaces the stale socket.  With wait, return once it
+ * answers; without, right after the fork. */
+void h_daemon_restart(h_daemon *d, bool wait);
 
 aneshare_conn *h_connect(const h_daemon *d, const char *name);
 aneshare_status *h_status(aneshare_conn *c);
@@ -71,11 +90,16 @@ int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfd
  * params_mp/params_len (a complete map value).  0 or -errno. */
 int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params_mp,
                   size_t params_len, const int *fds, unsigned nfds);
-/* Wait (up to timeout_ms) for the response to msgid.  Returns 0 for a
+/* Wait (up to timeout_ms x h_slow()) for the response to msgid.  Returns 0 for a
  * success, the wire error code (> 0) for an error response, -EPIPE if the
  * connection was closed, -ETIMEDOUT. Notifications are skipped. */
 int h_raw_response(int fd, uint32_t msgid, int timeout_ms);
-/* Wait (up to timeout_ms) until the daemon closes the connection; counts
+/* h_raw_response that also hands a success's result map to fn (if not
+ * NULL) before it is freed. */
+struct msgpack_object;
+int h_raw_response_cb(int fd, uint32_t msgid, int timeout_ms,
+                      void (*fn)(const struct msgpack_object *result, void *ud), void *ud);
+/* Wait (up to timeout_ms x h_slow()) until the daemon closes the connection; counts
  * the error notifications received on the way.  0 if closed, -ETIMEDOUT. */
 int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors);
 /* hello on a raw connection; asserts it succeeds. */
@@ -83,5 +107,11 @@ void h_raw_hello(int fd);
 
 /* Open fds of this process (for leak checks). */
 int h_count_fds(void);
+/* Open fds of the daemon (/proc/PID/fd), -1 if unknown. */
+int h_daemon_fds(const h_daemon *d);
+/* The daemon's resident memory (VmRSS of /proc/PID/status) in KiB, -1 if unknown. */
+long h_daemon_rss_kb(const h_daemon *d);
+/* Poll (bounded, ~10 s x h_slow()) until the daemon has n open fds; asserts. */
+void h_wait_daemon_fds(const h_daemon *d, int n);
 
 #endif

@@ -762,18 +762,23 @@ Test(daemon, disconnect_frees_everything)
 	free(mil2);
 
 	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
-	(void)surface(c, 12345);
+	aneshare_surface *extra = surface(c, 12345);
 	int mfd = sealed_memfd(8192, F_SEAL_SHRINK | F_SEAL_GROW);
 	aneshare_surface *imp = NULL;
 	cr_assert_eq(aneshare_surface_import(c, mfd, &imp), 0);
 	close(mfd);
+	/* The library keeps one fd per live surface (its memfd, for reconnecting)
+	 * besides the socket, and nothing else. */
+	cr_assert_eq(h_count_fds(), fds_before + 1 + 4, "%d fds", h_count_fds() - fds_before);
+	cr_assert_eq(aneshare_surface_release(extra), 0);
+	cr_assert_eq(h_count_fds(), fds_before + 1 + 3, "release closes the surface's fd");
 	h_mm_fill(&mm, aneshare_surface_data(in), 5);
 	uint32_t t;
 	for (int i = 0; i < 4; i++)   /* left in flight */
 		cr_assert_eq(aneshare_run_submit(p1, 0, &in, 1, &out, 1, &t), 0);
 
 	aneshare_status *st = h_status(obs);
-	cr_assert_eq(st->surfaces, 4);
+	cr_assert_eq(st->surfaces, 3);
 	cr_assert_eq(st->programs, 2);
 	aneshare_status_free(st);
 

@@ -12,6 +12,17 @@
  * the first step and outputs copied out after the last, so shared memory that
  * a client modifies during a run can only change the numbers, never the
  * control flow.
+ *
+ * Constant folding: an op whose arguments are all compile-time constants
+ * (constexpr_affine_dequantize, and any other op fed only by constants) runs
+ * once at compile time; its outputs become constants of the compiled program
+ * and the step is skipped at run time.
+ *
+ * Configuration (read when the backend is created):
+ *   ANESHARE_CPU_STRICT=1|N   strict mode: model an fp16 matmul accumulator
+ *                             (partial sums rounded to fp16 every 32 or N
+ *                             products); see docs/mil.md.  Off by default.
+ *   ANESHARE_CPU_GEMM=builtin use the built-in GEMM even if a BLAS is present.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -19,12 +30,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cpu_internal.h"
 
 typedef struct cpu_func {
 	const anes_mil_function *fn;
 	uint64_t *offset;           /* per value */
+	void **fixed;               /* per value: folded constant (malloc'd), or NULL */
 	cpu_step *steps;            /* fn->n_ops */
 	uint64_t scratch_off;
 	uint64_t arena_bytes;
@@ -37,7 +50,7 @@ typedef struct cpu_arena {
 
 typedef struct cpu_backend {
 	anes_backend base;
-	unsigned n_threads;
+	cpu_cfg cfg;
 } cpu_backend;
 
 typedef struct cpu_program {
@@ -109,29 +122,106 @@ static void func_clear(cpu_func *f)
 	if (f->steps)
 		for (uint32_t i = 0; i < f->fn->n_ops; i++)
 			free(f->steps[i].params);
+	if (f->fixed)
+		for (uint32_t v = 0; v < f->fn->n_values; v++)
+			free(f->fixed[v]);
+	free(f->fixed);
 	free(f->steps);
 	free(f->offset);
 }
 
-static int plan_function(cpu_func *f, const anes_mil_function *fn, char *errbuf, size_t errbuf_len)
+static bool all_args_const(const cpu_func *f, const anes_mil_op *op)
+{
+	for (uint32_t a = 0; a < op->n_args; a++)
+		for (uint32_t j = 0; j < op->args[a].n; j++) {
+			uint32_t v = op->args[a].vals[j];
+			if (f->fn->values[v].kind != ANES_MIL_V_CONST && !f->fixed[v])
+				return false;
+		}
+	return true;
+}
+
+/* Run step st once now; its outputs become folded constants. */
+static int fold_step(cpu_func *f, cpu_step *st, const cpu_cfg *cfg, char *errbuf, size_t errbuf_len)
+{
+	const anes_mil_op *op = st->op;
+	const anes_mil_function *fn = f->fn;
+	uint64_t total = cpu_align64(st->scratch);
+	uint8_t *mem;
+	cpu_exec ex;
+	int rc;
+
+	for (uint32_t j = 0; j < op->n_outputs; j++)
+		total += cpu_align64(fn->values[op->outputs[j]].type.bytes);
+	mem = aligned_alloc(64, total ? total : 64);
+	if (!mem)
+		return -ENOMEM;
+	uint64_t off = 0;
+	for (uint32_t j = 0; j < op->n_outputs; j++) {
+		f->offset[op->outputs[j]] = off;
+		off += cpu_align64(fn->values[op->outputs[j]].type.bytes);
+	}
+	memset(&ex, 0, sizeof ex);
+	ex.fn = fn;
+	ex.offset = f->offset;
+	ex.fixed = (const void *const *)f->fixed;
+	ex.arena = mem;
+	ex.scratch = mem + off;
+	ex.cfg = cfg;
+	ex.errbuf = errbuf;
+	ex.errbuf_len = errbuf_len;
+	if (errbuf && errbuf_len)
+		errbuf[0] = 0;
+	rc = st->run(st, &ex);
+	if (rc) {
+		if (!errbuf || !errbuf_len || !errbuf[0])
+			set_err(errbuf, errbuf_len, "line %u: op '%s' (%s): failed on constant inputs", op->line,
+			        op->def->name, op->name);
+		free(mem);
+		return rc;
+	}
+	for (uint32_t j = 0; j < op->n_outputs; j++) {
+		uint32_t v = op->outputs[j];
+		size_t nb = (size_t)fn->values[v].type.bytes;
+		void *d = malloc(nb ? nb : 1);
+		if (!d) {
+			free(mem);
+			return -ENOMEM;
+		}
+		memcpy(d, mem + f->offset[v], nb);
+		f->fixed[v] = d;
+		f->offset[v] = 0;
+	}
+	free(mem);
+	free(st->params);
+	st->params = NULL;
+	st->run = NULL;
+	st->scratch = 0;
+	return 0;
+}
+
+static int plan_function(cpu_func *f, const anes_mil_function *fn, const cpu_cfg *cfg, char *errbuf,
+                         size_t errbuf_len)
 {
 	uint32_t nv = fn->n_values, nops = fn->n_ops;
 	uint32_t *last = NULL, **dying = NULL;
 	uint32_t *dying_n = NULL, *dying_store = NULL;
 	allocator A = {0};
-	cpu_plan_ctx pc = {errbuf, errbuf_len};
+	cpu_plan_ctx pc = {errbuf, errbuf_len, NULL, cfg};
 	uint64_t scratch = 0;
 	int rc = -ENOMEM;
 
 	f->fn = fn;
 	f->offset = calloc(nv ? nv : 1, sizeof *f->offset);
 	f->steps = calloc(nops ? nops : 1, sizeof *f->steps);
+	f->fixed = calloc(nv ? nv : 1, sizeof *f->fixed);
+	pc.fixed = (const void *const *)f->fixed;
 	last = calloc(nv ? nv : 1, sizeof *last);
 	A.b = calloc(nv ? nv : 1, sizeof *A.b);
 	dying_n = calloc((size_t)nops + 1, sizeof *dying_n);
 	dying = calloc((size_t)nops + 1, sizeof *dying);
 	dying_store = calloc(nv ? nv : 1, sizeof *dying_store);
-	if (!f->offset || !f->steps || !last || !A.b || !dying_n || !dying || !dying_store) {
+	if (!f->offset || !f->steps || !f->fixed || !last || !A.b || !dying_n || !dying || !dying_store) {
 		set_err(errbuf, errbuf_len, "line %u: out of memory", fn->line);
 		goto out;
 	}
@@ -155,6 +245,19 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, char *errbuf,
 				goto out;
 			}
 		}
+		if (all_args_const(f, op)) {
+			rc = fold_step(f, st, cfg, errbuf, errbuf_len);
+			if (rc) {
+				if (rc == -ENOMEM)
+					cpu_fail(&pc, op, rc, "out of memory");
+				goto out;
+			}
+		}
+		if (st->scratch > ANES_CPU_MAX_ARENA_BYTES) {
+			rc = cpu_fail(&pc, op, -ENOTSUP, "needs more than %llu bytes of working memory",
+			              (unsigned long long)ANES_CPU_MAX_ARENA_BYTES);
+			goto out;
+		}
 		if (st->scratch > scratch)
 			scratch = st->scratch;
 	}
@@ -173,7 +276,7 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, char *errbuf,
 	for (uint32_t j = 0; j < fn->n_inputs; j++)
 		last[fn->inputs[j]] = nops;    /* inputs: keep (simple, they are copied in once) */
 	for (uint32_t v = 0; v < nv; v++)
-		if (fn->values[v].kind != ANES_MIL_V_CONST)
+		if (fn->values[v].kind != ANES_MIL_V_CONST && !f->fixed[v])
 			dying_n[last[v]]++;
 	{
 		uint32_t pos = 0;
@@ -183,7 +286,7 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, char *errbuf,
 			dying_n[i] = 0;
 		}
 		for (uint32_t v = 0; v < nv; v++)
-			if (fn->values[v].kind != ANES_MIL_V_CONST)
+			if (fn->values[v].kind != ANES_MIL_V_CONST && !f->fixed[v])
 				dying[last[v]][dying_n[last[v]]++] = v;
 	}
 
@@ -195,14 +298,15 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, char *errbuf,
 		const anes_mil_op *op = &fn->ops[i];
 		for (uint32_t j = 0; j < op->n_outputs; j++) {
 			uint32_t v = op->outputs[j];
-			f->offset[v] = alloc_block(&A, cpu_align64(fn->values[v].type.bytes), v);
+			if (!f->fixed[v])
+				f->offset[v] = alloc_block(&A, cpu_align64(fn->values[v].type.bytes), v);
 		}
 		for (uint32_t j = 0; j < dying_n[i]; j++)
 			free_block(&A, dying[i][j]);
 	}
 	f->scratch_off = cpu_align64(A.high);
 	f->arena_bytes = f->scratch_off + cpu_align64(scratch);
-	if (f->arena_bytes > ANES_CPU_MAX_ARENA_BYTES || f->arena_bytes < A.high) {
+	if (f->arena_bytes > ANES_CPU_MAX_ARENA_BYTES || f->scratch_off > ANES_CPU_MAX_ARENA_BYTES) {
 		set_err(errbuf, errbuf_len, "line %u: function '%s' needs more than %llu bytes of working memory",
 		        fn->line, fn->name, (unsigned long long)ANES_CPU_MAX_ARENA_BYTES);
 		rc = -ENOTSUP;
@@ -270,7 +374,7 @@ static int cpu_compile(anes_backend *b, const char *mil, size_t mil_len, const a
 	}
 	p->n_funcs = p->mil->n_functions;
 	for (uint32_t i = 0; i < p->n_funcs; i++) {
-		rc = plan_function(&p->funcs[i], &p->mil->functions[i], errbuf, errbuf_len);
+		rc = plan_function(&p->funcs[i], &p->mil->functions[i], &((cpu_backend *)b)->cfg, errbuf, errbuf_len);
 		if (rc)
 			goto fail;
 		if (p->funcs[i].arena_bytes > p->arena_bytes)
@@ -326,7 +430,6 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 	cpu_exec ex;
 	int rc = 0;
 
-	(void)b;
 	if (!p || fn_index >= p->n_funcs) {
 		set_err(errbuf, errbuf_len, "no function %u", fn_index);
 		return -EINVAL;
@@ -352,19 +455,29 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 		set_err(errbuf, errbuf_len, "out of memory for %zu bytes of working memory", p->arena_bytes);
 		return -ENOMEM;
 	}
+	memset(&ex, 0, sizeof ex);
 	ex.fn = fn;
 	ex.offset = f->offset;
+	ex.fixed = (const void *const *)f->fixed;
 	ex.arena = a->mem;
 	ex.scratch = a->mem + f->scratch_off;
+	ex.cfg = &((cpu_backend *)b)->cfg;
+	ex.errbuf = errbuf;
+	ex.errbuf_len = errbuf_len;
+	if (errbuf && errbuf_len)
+		errbuf[0] = 0;
 	for (uint32_t i = 0; i < fn->n_inputs; i++) {
 		uint32_t v = fn->inputs[i];
 		memcpy(a->mem + f->offset[v], inputs[i], (size_t)fn->values[v].type.bytes);
 	}
 	for (uint32_t i = 0; i < fn->n_ops; i++) {
+		if (!f->steps[i].run)
+			continue;
 		rc = f->steps[i].run(&f->steps[i], &ex);
 		if (rc) {
-			set_err(errbuf, errbuf_len, "line %u: op '%s' (%s) failed", fn->ops[i].line,
-			        fn->ops[i].def->name, fn->ops[i].name);
+			if (!errbuf || !errbuf_len || !errbuf[0])
+				set_err(errbuf, errbuf_len, "line %u: op '%s' (%s) failed", fn->ops[i].line,
+				        fn->ops[i].def->name, fn->ops[i].name);
 			goto out;
 		}
 	}
@@ -379,7 +492,12 @@ out:
 
 static void cpu_destroy(anes_backend *b)
 {
-	free(b);
+	cpu_backend *cb = (cpu_backend *)b;
+
+	if (!cb)
+		return;
+	cpu_pool_free(cb->cfg.pool);
+	free(cb);
 }
 
 static const anes_backend_ops cpu_ops = {
@@ -390,14 +508,39 @@ static const anes_backend_ops cpu_ops = {
 	.destroy = cpu_destroy,
 };
 
+/* ANESHARE_CPU_STRICT: unset, "", "0" = off; "1" = default chunk; N >= 2 = chunk N */
+static unsigned strict_from_env(void)
+{
+	const char *s = getenv("ANESHARE_CPU_STRICT");
+	char *end;
+	unsigned long v;
+
+	if (!s || !*s)
+		return 0;
+	v = strtoul(s, &end, 10);
+	if (*end || v == 0)
+		return 0;
+	if (v == 1)
+		return ANES_CPU_STRICT_DEFAULT_CHUNK;
+	return v > ANES_CPU_STRICT_MAX_CHUNK ? ANES_CPU_STRICT_MAX_CHUNK : (unsigned)v;
+}
+
 int anes_cpu_backend_new(unsigned n_threads, anes_backend **ret)
 {
 	cpu_backend *b = calloc(1, sizeof *b);
+	const char *g = getenv("ANESHARE_CPU_GEMM");
 
 	if (!b)
 		return -ENOMEM;
 	b->base.ops = &cpu_ops;
-	b->n_threads = n_threads;
+	if (n_threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		n_threads = n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
+	}
+	b->cfg.n_threads = n_threads;
+	b->cfg.strict_chunk = strict_from_env();
+	b->cfg.builtin_gemm = g && strcmp(g, "builtin") == 0;
+	b->cfg.pool = cpu_pool_new(n_threads);   /* NULL when single-threaded (or no threads): serial kernels */
 	*ret = &b->base;
 	return 0;
 }

@@ -1,9 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * CPU reference kernels.  fp16 tensors are stored as IEEE half bits; kernels
- * compute in fp32 and round to fp16 (nearest even) once, at the op's output.
- * Every index used here comes from the compile-time plan (shapes checked by
- * daemon/mil), never from tensor contents.
+ * CPU reference kernels: conversions, elementwise ops, shape ops, casts and
+ * quantization, and the kernel table.  (matmul, linear, conv, softmax,
+ * reductions, layer_norm and attention are in cpu_nn.c.)
+ *
+ * fp16 tensors are stored as IEEE half bits; float kernels compute in fp32
+ * and round to fp16 (nearest even) once, at the op's output.  Every index
+ * used here comes from the compile-time plan (shapes checked by daemon/mil),
+ * never from tensor contents -- except gather's indices, which are checked
+ * one by one as they are read.
  */
 #include <errno.h>
 #include <math.h>
@@ -12,15 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "anes_config.h"
 #include "anes_fp16.h"
 #include "cpu_internal.h"
-
-#if ANES_HAVE_ACCELERATE
-#include <Accelerate/Accelerate.h>
-#elif ANES_HAVE_BLAS
-#include <cblas.h>
-#endif
 
 int cpu_fail(cpu_plan_ctx *pc, const anes_mil_op *op, int rc, const char *fmt, ...)
 {
@@ -36,48 +34,74 @@ int cpu_fail(cpu_plan_ctx *pc, const anes_mil_op *op, int rc, const char *fmt, .
 	return rc;
 }
 
-static const anes_mil_value *argv_(const anes_mil_function *fn, const anes_mil_op *op, const char *name)
+int cpu_run_fail(const cpu_exec *ex, const anes_mil_op *op, int rc, const char *fmt, ...)
 {
-	return anes_mil_op_value(fn, op, name);
+	char msg[384];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (ex->errbuf && ex->errbuf_len)
+		snprintf(ex->errbuf, ex->errbuf_len, "line %u: op '%s' (%s): %s", op->line, op->def->name,
+		         op->name ? op->name : "", msg);
+	return rc;
 }
 
-static uint32_t argid(const anes_mil_op *op, const char *name)
+int cpu_need_float(cpu_plan_ctx *pc, const anes_mil_op *op, int dt)
 {
-	return anes_mil_op_arg(op, name)->vals[0];
-}
-
-static const anes_mil_type *out_type(const anes_mil_function *fn, const anes_mil_op *op)
-{
-	return &fn->values[op->outputs[0]].type;
-}
-
-static size_t esize(int dt)
-{
-	return anes_dtype_size((anes_dtype)dt);
+	if (dt != ANES_DT_FP16 && dt != ANES_DT_FP32)
+		return cpu_fail(pc, op, -ENOTSUP, "dtype %s is not supported by the CPU backend (fp16 and fp32 are)",
+		                anes_mil_dtype_name(dt));
+	return 0;
 }
 
 /* ---- conversions ---- */
 
-static void to_f32(float *dst, const void *src, int dt, size_t n)
+void cpu_to_f32(float *dst, const void *src, int dt, size_t n)
 {
 	switch (dt) {
 	case ANES_DT_FP16: anes_f16_to_f32_n(dst, src, n); break;
-	case ANES_DT_FP32: memcpy(dst, src, n * 4); break;
-	default: break;
+	case ANES_DT_FP32: if ((const void *)dst != src) memcpy(dst, src, n * 4); break;
+	default:
+		for (size_t i = 0; i < n; i++)
+			dst[i] = (float)cpu_load_f64(src, dt, i);
+		break;
 	}
 }
 
-static void from_f32(void *dst, int dt, const float *src, size_t n)
+void cpu_from_f32(void *dst, int dt, const float *src, size_t n)
 {
 	switch (dt) {
 	case ANES_DT_FP16: anes_f32_to_f16_n(dst, src, n); break;
-	case ANES_DT_FP32: if (dst != src) memcpy(dst, src, n * 4); break;
-	default: break;
+	case ANES_DT_FP32: if (dst != (const void *)src) memcpy(dst, src, n * 4); break;
+	default:
+		for (size_t i = 0; i < n; i++)
+			cpu_store_f64(dst, dt, i, src[i]);
+		break;
 	}
 }
 
-/* fp32 view of a float value: the value itself when fp32, else converted into *slot */
-static const float *load_f32(const cpu_exec *ex, uint32_t vid, uint8_t **slot)
+void cpu_round_f16(float *x, size_t n)
+{
+	uint16_t h[256];
+
+	for (size_t i = 0; i < n; i += 256) {
+		size_t m = n - i < 256 ? n - i : 256;
+		anes_f32_to_f16_n(h, x + i, m);
+		anes_f16_to_f32_n(x + i, h, m);
+	}
+}
+
+float *cpu_f32_dup(const void *data, int dt, uint64_t n)
+{
+	float *f = malloc((size_t)(n ? n : 1) * sizeof(float));
+	if (f)
+		cpu_to_f32(f, data, dt, (size_t)n);
+	return f;
+}
+
+const float *cpu_load_f32(const cpu_exec *ex, uint32_t vid, uint8_t **slot)
 {
 	const anes_mil_value *v = &ex->fn->values[vid];
 	const void *p = cpu_ptr(ex, vid);
@@ -87,27 +111,13 @@ static const float *load_f32(const cpu_exec *ex, uint32_t vid, uint8_t **slot)
 		return p;
 	d = (float *)(void *)*slot;
 	*slot += cpu_align64(v->type.count * 4);
-	to_f32(d, p, v->type.dtype, (size_t)v->type.count);
+	cpu_to_f32(d, p, v->type.dtype, (size_t)v->type.count);
 	return d;
 }
 
-static uint64_t f32_scratch(const anes_mil_type *t)
+double cpu_load_f64(const void *p, int dt, size_t i)
 {
-	return t->dtype == ANES_DT_FP32 ? 0 : cpu_align64(t->count * 4);
-}
-
-static double load_f64(const void *p, int dt, size_t i)
-{
-	switch (dt) {
-	case ANES_DT_FP16: return anes_f16_to_f32(((const uint16_t *)p)[i]);
-	case ANES_DT_FP32: return ((const float *)p)[i];
-	case ANES_DT_INT32: return ((const int32_t *)p)[i];
-	case ANES_DT_INT16: return ((const int16_t *)p)[i];
-	case ANES_DT_INT8: return ((const int8_t *)p)[i];
-	case ANES_DT_UINT8: return ((const uint8_t *)p)[i];
-	case ANES_DT_BOOL: return ((const uint8_t *)p)[i] ? 1.0 : 0.0;
-	default: return 0;
-	}
+	return anes_mil_load_f64(p, dt, i);
 }
 
 static double sat(double v, double lo, double hi)
@@ -118,7 +128,7 @@ static double sat(double v, double lo, double hi)
 	return v < lo ? lo : v > hi ? hi : v;
 }
 
-static void store_f64(void *p, int dt, size_t i, double v)
+void cpu_store_f64(void *p, int dt, size_t i, double v)
 {
 	switch (dt) {
 	case ANES_DT_FP16: ((uint16_t *)p)[i] = anes_f32_to_f16((float)v); break;
@@ -132,180 +142,7 @@ static void store_f64(void *p, int dt, size_t i, double v)
 	}
 }
 
-/* ---- identity / reshape ---- */
-
-static int run_copy(const cpu_step *st, const cpu_exec *ex)
-{
-	const anes_mil_op *op = st->op;
-	uint32_t x = argid(op, "x"), o = op->outputs[0];
-	memcpy(cpu_ptr(ex, o), cpu_ptr(ex, x), (size_t)ex->fn->values[o].type.bytes);
-	return 0;
-}
-
-/* ---- slice_by_size ---- */
-
-typedef struct slice_params {
-	uint32_t rank;
-	size_t es;
-	uint64_t out[ANES_MAX_RANK];
-	uint64_t istride[ANES_MAX_RANK];   /* elements */
-	uint64_t base;                     /* element offset of begin */
-} slice_params;
-
-static int plan_slice(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
-{
-	const anes_mil_type *x = &argv_(fn, op, "x")->type, *o = out_type(fn, op);
-	int64_t begin[ANES_MAX_RANK];
-	uint32_t n;
-	slice_params *p = calloc(1, sizeof *p);
-
-	(void)pc;
-	if (!p)
-		return -ENOMEM;
-	anes_mil_const_ints(argv_(fn, op, "begin"), begin, ANES_MAX_RANK, &n);
-	p->es = esize(x->dtype);
-	if (x->rank == 0) {
-		p->rank = 1;
-		p->out[0] = 1;
-		p->istride[0] = 1;
-	} else {
-		uint64_t s = 1;
-		p->rank = x->rank;
-		for (uint32_t i = x->rank; i-- > 0;) {
-			p->istride[i] = s;
-			p->out[i] = o->shape[i];
-			p->base += (uint64_t)begin[i] * s;
-			s *= x->shape[i];
-		}
-	}
-	st->params = p;
-	return 0;
-}
-
-static int run_slice(const cpu_step *st, const cpu_exec *ex)
-{
-	const slice_params *p = st->params;
-	const uint8_t *src = cpu_ptr(ex, argid(st->op, "x"));
-	uint8_t *dst = cpu_ptr(ex, st->op->outputs[0]);
-	uint64_t idx[ANES_MAX_RANK] = {0}, off = p->base;
-	uint32_t r = p->rank;
-	size_t row = (size_t)(p->out[r - 1] * p->es);
-	uint64_t rows = 1;
-
-	for (uint32_t i = 0; i + 1 < r; i++)
-		rows *= p->out[i];
-	for (uint64_t k = 0; k < rows; k++) {
-		memcpy(dst, src + off * p->es, row);
-		dst += row;
-		for (uint32_t d = r - 1; d-- > 0;) {
-			off += p->istride[d];
-			if (++idx[d] < p->out[d])
-				break;
-			off -= p->istride[d] * p->out[d];
-			idx[d] = 0;
-		}
-	}
-	return 0;
-}
-
-/* ---- transpose ---- */
-
-typedef struct transpose_params {
-	uint32_t rank;
-	size_t es;
-	uint64_t out[ANES_MAX_RANK];
-	uint64_t sstride[ANES_MAX_RANK];   /* input stride (elements) of each output dim */
-} transpose_params;
-
-static int plan_transpose(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
-{
-	const anes_mil_type *x = &argv_(fn, op, "x")->type;
-	int64_t perm[ANES_MAX_RANK];
-	uint64_t istr[ANES_MAX_RANK], s = 1;
-	uint32_t n;
-	transpose_params *p = calloc(1, sizeof *p);
-
-	(void)pc;
-	if (!p)
-		return -ENOMEM;
-	anes_mil_const_ints(argv_(fn, op, "perm"), perm, ANES_MAX_RANK, &n);
-	for (uint32_t i = x->rank; i-- > 0;) {
-		istr[i] = s;
-		s *= x->shape[i];
-	}
-	p->es = esize(x->dtype);
-	if (x->rank == 0) {
-		p->rank = 1;
-		p->out[0] = 1;
-		p->sstride[0] = 1;
-	} else {
-		p->rank = x->rank;
-		for (uint32_t i = 0; i < x->rank; i++) {
-			uint32_t a = (uint32_t)(perm[i] < 0 ? perm[i] + x->rank : perm[i]);
-			p->out[i] = x->shape[a];
-			p->sstride[i] = istr[a];
-		}
-	}
-	st->params = p;
-	return 0;
-}
-
-static int run_transpose(const cpu_step *st, const cpu_exec *ex)
-{
-	const transpose_params *p = st->params;
-	const uint8_t *src = cpu_ptr(ex, argid(st->op, "x"));
-	uint8_t *dst = cpu_ptr(ex, st->op->outputs[0]);
-	uint64_t idx[ANES_MAX_RANK] = {0}, off = 0, rows = 1;
-	uint32_t r = p->rank;
-	uint64_t inner = p->out[r - 1], is = p->sstride[r - 1];
-
-	for (uint32_t i = 0; i + 1 < r; i++)
-		rows *= p->out[i];
-	for (uint64_t k = 0; k < rows; k++) {
-		switch (p->es) {
-		case 2: {
-			const uint16_t *s = (const uint16_t *)(const void *)src + off;
-			uint16_t *d = (uint16_t *)(void *)dst;
-			for (uint64_t j = 0; j < inner; j++)
-				d[j] = s[j * is];
-			break;
-		}
-		case 4: {
-			const uint32_t *s = (const uint32_t *)(const void *)src + off;
-			uint32_t *d = (uint32_t *)(void *)dst;
-			for (uint64_t j = 0; j < inner; j++)
-				d[j] = s[j * is];
-			break;
-		}
-		default: {
-			const uint8_t *s = src + off;
-			for (uint64_t j = 0; j < inner; j++)
-				dst[j] = s[j * is];
-			break;
-		}
-		}
-		dst += inner * p->es;
-		for (uint32_t d = r - 1; d-- > 0;) {
-			off += p->sstride[d];
-			if (++idx[d] < p->out[d])
-				break;
-			off -= p->sstride[d] * p->out[d];
-			idx[d] = 0;
-		}
-	}
-	return 0;
-}
-
-/* ---- broadcasting helpers ---- */
-
-typedef struct bcast {
-	uint32_t rank;                     /* >= 1 */
-	uint64_t shape[ANES_MAX_RANK];     /* output */
-	uint64_t sa[ANES_MAX_RANK], sb[ANES_MAX_RANK];  /* element strides, 0 where broadcast */
-	uint64_t count;
-} bcast;
-
-static void input_strides(const anes_mil_type *t, uint32_t r, const uint64_t *oshape, uint64_t *s)
+void cpu_input_strides(const anes_mil_type *t, uint32_t r, const uint64_t *oshape, uint64_t *s)
 {
 	uint64_t st = 1;
 
@@ -321,148 +158,266 @@ static void input_strides(const anes_mil_type *t, uint32_t r, const uint64_t *os
 	}
 }
 
-static void bcast_init(bcast *b, const anes_mil_type *a, const anes_mil_type *bt, const anes_mil_type *o)
+/* ---- copies: identity, reshape, expand_dims, squeeze ---- */
+
+static int run_copy(const cpu_step *st, const cpu_exec *ex)
 {
-	memset(b, 0, sizeof *b);
-	if (o->rank == 0) {
-		b->rank = 1;
-		b->shape[0] = 1;
-		b->sa[0] = b->sb[0] = 1;
-		b->count = 1;
-		return;
-	}
-	b->rank = o->rank;
-	memcpy(b->shape, o->shape, sizeof b->shape);
-	input_strides(a, o->rank, o->shape, b->sa);
-	input_strides(bt, o->rank, o->shape, b->sb);
-	b->count = o->count;
+	const anes_mil_op *op = st->op;
+	uint32_t x = cpu_argid(op, "x"), o = op->outputs[0];
+	memcpy(cpu_ptr(ex, o), cpu_ptr(ex, x), (size_t)ex->fn->values[o].type.bytes);
+	return 0;
 }
 
-/* ---- add / sub / mul ---- */
+/* ---- generic strided gather-copy (slice_by_size, slice_by_index, transpose) ----
+ * out[i0..ir) = in[base + sum idx_d * stride_d], strides in elements, may be negative */
 
-enum { BIN_ADD, BIN_SUB, BIN_MUL };
+typedef struct strided_params {
+	uint32_t rank;
+	size_t es;
+	uint64_t out[ANES_MAX_RANK];
+	int64_t stride[ANES_MAX_RANK];
+	int64_t base;
+} strided_params;
 
-typedef struct binary_params {
-	bcast b;
-	int kind;
-	int dtype;
-} binary_params;
-
-static int plan_binary(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+static int run_strided(const cpu_step *st, const cpu_exec *ex)
 {
-	const anes_mil_type *x = &argv_(fn, op, "x")->type, *y = &argv_(fn, op, "y")->type, *o = out_type(fn, op);
-	binary_params *p;
+	const strided_params *p = st->params;
+	const uint8_t *src = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	uint8_t *dst = cpu_ptr(ex, st->op->outputs[0]);
+	uint64_t idx[ANES_MAX_RANK] = {0}, rows = 1;
+	int64_t off = p->base;
+	uint32_t r = p->rank;
+	uint64_t inner = p->out[r - 1];
+	int64_t is = p->stride[r - 1];
 
-	if (x->dtype != ANES_DT_FP16 && x->dtype != ANES_DT_FP32 && x->dtype != ANES_DT_INT32)
-		return cpu_fail(pc, op, -ENOTSUP, "dtype %s is not supported by the CPU backend",
-		                anes_mil_dtype_name(x->dtype));
-	p = calloc(1, sizeof *p);
+	for (uint32_t i = 0; i + 1 < r; i++)
+		rows *= p->out[i];
+	for (uint64_t k = 0; k < rows; k++) {
+		if (is == 1) {
+			memcpy(dst, src + off * (int64_t)p->es, (size_t)(inner * p->es));
+		} else {
+			switch (p->es) {
+			case 2: {
+				const uint16_t *s = (const uint16_t *)(const void *)src + off;
+				uint16_t *d = (uint16_t *)(void *)dst;
+				for (uint64_t j = 0; j < inner; j++)
+					d[j] = s[(int64_t)j * is];
+				break;
+			}
+			case 4: {
+				const uint32_t *s = (const uint32_t *)(const void *)src + off;
+				uint32_t *d = (uint32_t *)(void *)dst;
+				for (uint64_t j = 0; j < inner; j++)
+					d[j] = s[(int64_t)j * is];
+				break;
+			}
+			default: {
+				const uint8_t *s = src + off;
+				for (uint64_t j = 0; j < inner; j++)
+					dst[j] = s[(int64_t)j * is];
+				break;
+			}
+			}
+		}
+		dst += inner * p->es;
+		for (uint32_t d = r - 1; d-- > 0;) {
+			off += p->stride[d];
+			if (++idx[d] < p->out[d])
+				break;
+			off -= p->stride[d] * (int64_t)p->out[d];
+			idx[d] = 0;
+		}
+	}
+	return 0;
+}
+
+static strided_params *strided_new(const anes_mil_type *x)
+{
+	strided_params *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->es = cpu_esize(x->dtype);
+	if (x->rank == 0) {
+		p->rank = 1;
+		p->out[0] = 1;
+		p->stride[0] = 1;
+	}
+	return p;
+}
+
+static void in_strides(const anes_mil_type *x, int64_t *istr)
+{
+	int64_t s = 1;
+	for (uint32_t i = x->rank; i-- > 0;) {
+		istr[i] = s;
+		s *= (int64_t)x->shape[i];
+	}
+}
+
+static int plan_slice(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *o = cpu_out_type(fn, op);
+	int64_t begin[ANES_MAX_RANK], istr[ANES_MAX_RANK];
+	uint32_t n;
+	strided_params *p = strided_new(x);
+
+	(void)pc;
 	if (!p)
 		return -ENOMEM;
-	bcast_init(&p->b, x, y, o);
-	p->kind = strcmp(op->def->name, "add") == 0 ? BIN_ADD : strcmp(op->def->name, "sub") == 0 ? BIN_SUB : BIN_MUL;
-	p->dtype = x->dtype;
-	if (x->dtype != ANES_DT_INT32)
-		st->scratch = f32_scratch(x) + f32_scratch(y) + f32_scratch(o);
+	anes_mil_const_ints(cpu_arg(fn, op, "begin"), begin, ANES_MAX_RANK, &n);
+	in_strides(x, istr);
+	if (x->rank) {
+		p->rank = x->rank;
+		for (uint32_t i = 0; i < x->rank; i++) {
+			p->out[i] = o->shape[i];
+			p->stride[i] = istr[i];
+			p->base += begin[i] * istr[i];
+		}
+	}
 	st->params = p;
 	return 0;
 }
 
-#define BIN_LOOP(T, EXPR)                                                                        \
-	do {                                                                                     \
-		const T *xa = xp, *ya = yp;                                                      \
-		T *oa = op_;                                                                     \
-		uint64_t idx[ANES_MAX_RANK] = {0}, xo = 0, yo = 0;                               \
-		for (uint64_t k = 0; k < rows; k++) {                                            \
-			const T *xr = xa + xo, *yr = ya + yo;                                    \
-			if (sxi == 1 && syi == 1) {                                              \
-				for (uint64_t j = 0; j < inner; j++) {                           \
-					T a = xr[j], c = yr[j];                                  \
-					oa[j] = EXPR;                                            \
-				}                                                                \
-			} else {                                                                 \
-				for (uint64_t j = 0; j < inner; j++) {                           \
-					T a = xr[j * sxi], c = yr[j * syi];                      \
-					oa[j] = EXPR;                                            \
-				}                                                                \
-			}                                                                        \
-			oa += inner;                                                             \
-			for (uint32_t d = r - 1; d-- > 0;) {                                     \
-				xo += b->sa[d];                                                  \
-				yo += b->sb[d];                                                  \
-				if (++idx[d] < b->shape[d])                                      \
-					break;                                                   \
-				xo -= b->sa[d] * b->shape[d];                                    \
-				yo -= b->sb[d] * b->shape[d];                                    \
-				idx[d] = 0;                                                      \
-			}                                                                        \
-		}                                                                                \
-	} while (0)
-
-static uint32_t wrap_add(uint32_t a, uint32_t c) { return a + c; }
-static uint32_t wrap_sub(uint32_t a, uint32_t c) { return a - c; }
-static uint32_t wrap_mul(uint32_t a, uint32_t c) { return a * c; }
-
-static int run_binary(const cpu_step *st, const cpu_exec *ex)
+static int plan_slice_by_index(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
 {
-	const binary_params *p = st->params;
-	const bcast *b = &p->b;
-	uint32_t r = b->rank;
-	uint64_t inner = b->shape[r - 1], rows = b->count / inner;
-	uint64_t sxi = b->sa[r - 1], syi = b->sb[r - 1];
-	uint32_t xid = argid(st->op, "x"), yid = argid(st->op, "y"), oid = st->op->outputs[0];
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	int64_t begin[ANES_MAX_RANK], end[ANES_MAX_RANK], stride[ANES_MAX_RANK], istr[ANES_MAX_RANK];
+	bool bm[ANES_MAX_RANK] = {false}, em[ANES_MAX_RANK] = {false}, sm[ANES_MAX_RANK] = {false};
+	uint32_t n, r = 0;
+	strided_params *p = strided_new(x);
 
-	if (p->dtype == ANES_DT_INT32) {
-		const uint32_t *xp = cpu_ptr(ex, xid), *yp = cpu_ptr(ex, yid);
-		uint32_t *op_ = cpu_ptr(ex, oid);
-		switch (p->kind) {
-		case BIN_ADD: BIN_LOOP(uint32_t, wrap_add(a, c)); break;
-		case BIN_SUB: BIN_LOOP(uint32_t, wrap_sub(a, c)); break;
-		default: BIN_LOOP(uint32_t, wrap_mul(a, c)); break;
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	anes_mil_const_ints(cpu_arg(fn, op, "begin"), begin, ANES_MAX_RANK, &n);
+	anes_mil_const_ints(cpu_arg(fn, op, "end"), end, ANES_MAX_RANK, &n);
+	for (uint32_t i = 0; i < x->rank; i++)
+		stride[i] = 1;
+	if (cpu_arg(fn, op, "stride"))
+		anes_mil_const_ints(cpu_arg(fn, op, "stride"), stride, ANES_MAX_RANK, &n);
+	const char *mn[3] = {"begin_mask", "end_mask", "squeeze_mask"};
+	bool *mv[3] = {bm, em, sm};
+	for (int k = 0; k < 3; k++) {
+		const anes_mil_value *v = cpu_arg(fn, op, mn[k]);
+		if (v)
+			for (uint32_t i = 0; i < x->rank; i++)
+				mv[k][i] = ((const uint8_t *)v->data)[i] != 0;
+	}
+	in_strides(x, istr);
+	/* same normalization as the type checker (daemon/mil/mil_ops.c) */
+	for (uint32_t i = 0; i < x->rank; i++) {
+		int64_t d = (int64_t)x->shape[i], s = stride[i], b = begin[i], e = end[i], len;
+		if (sm[i]) {
+			if (b < 0)
+				b += d;
+			p->base += b * istr[i];
+			continue;
 		}
-		return 0;
+		if (bm[i]) {
+			b = s > 0 ? 0 : d - 1;
+		} else {
+			if (b < 0)
+				b += d;
+			b = s > 0 ? (b < 0 ? 0 : b > d ? d : b) : (b < -1 ? -1 : b > d - 1 ? d - 1 : b);
+		}
+		if (em[i]) {
+			e = s > 0 ? d : -1;
+		} else {
+			if (e < 0)
+				e += d;
+			e = s > 0 ? (e < 0 ? 0 : e > d ? d : e) : (e < -1 ? -1 : e > d - 1 ? d - 1 : e);
+		}
+		len = s > 0 ? (e - b + s - 1) / s : (b - e + (-s) - 1) / (-s);
+		p->base += b * istr[i];
+		p->out[r] = (uint64_t)len;
+		p->stride[r] = s * istr[i];
+		r++;
 	}
-	uint8_t *slot = ex->scratch;
-	const float *xp = load_f32(ex, xid, &slot), *yp = load_f32(ex, yid, &slot);
-	void *out = cpu_ptr(ex, oid);
-	float *op_ = p->dtype == ANES_DT_FP32 ? out : (float *)(void *)slot;
-	switch (p->kind) {
-	case BIN_ADD: BIN_LOOP(float, a + c); break;
-	case BIN_SUB: BIN_LOOP(float, a - c); break;
-	default: BIN_LOOP(float, a * c); break;
-	}
-	from_f32(out, p->dtype, op_, (size_t)b->count);
-	return 0;
-}
-
-/* ---- cast ---- */
-
-static int plan_cast(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
-{
-	const anes_mil_type *x = &argv_(fn, op, "x")->type;
-	(void)st;
-	if (anes_dtype_size((anes_dtype)x->dtype) == 0)
-		return cpu_fail(pc, op, -ENOTSUP, "cannot cast from %s", anes_mil_dtype_name(x->dtype));
-	return 0;
-}
-
-static int run_cast(const cpu_step *st, const cpu_exec *ex)
-{
-	uint32_t xid = argid(st->op, "x"), oid = st->op->outputs[0];
-	const anes_mil_type *x = &ex->fn->values[xid].type, *o = &ex->fn->values[oid].type;
-	const void *src = cpu_ptr(ex, xid);
-	void *dst = cpu_ptr(ex, oid);
-	size_t n = (size_t)x->count;
-
-	if (x->dtype == o->dtype) {
-		memcpy(dst, src, (size_t)o->bytes);
-	} else if (x->dtype == ANES_DT_FP16 && o->dtype == ANES_DT_FP32) {
-		anes_f16_to_f32_n(dst, src, n);
-	} else if (x->dtype == ANES_DT_FP32 && o->dtype == ANES_DT_FP16) {
-		anes_f32_to_f16_n(dst, src, n);
+	if (r == 0) {
+		p->rank = 1;
+		p->out[0] = 1;
+		p->stride[0] = 1;
 	} else {
-		for (size_t i = 0; i < n; i++)
-			store_f64(dst, o->dtype, i, load_f64(src, x->dtype, i));
+		p->rank = r;
+	}
+	st->params = p;
+	return 0;
+}
+
+static int plan_transpose(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	int64_t perm[ANES_MAX_RANK], istr[ANES_MAX_RANK];
+	uint32_t n;
+	strided_params *p = strided_new(x);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	anes_mil_const_ints(cpu_arg(fn, op, "perm"), perm, ANES_MAX_RANK, &n);
+	in_strides(x, istr);
+	if (x->rank) {
+		p->rank = x->rank;
+		for (uint32_t i = 0; i < x->rank; i++) {
+			uint32_t a = (uint32_t)(perm[i] < 0 ? perm[i] + x->rank : perm[i]);
+			p->out[i] = x->shape[a];
+			p->stride[i] = istr[a];
+		}
+	}
+	st->params = p;
+	return 0;
+}
+
+/* ---- split: outputs are consecutive blocks along axis ---- */
+
+typedef struct split_params {
+	uint64_t outer, after;
+	uint64_t dim;
+	size_t es;
+	uint32_t n;
+	uint64_t sz[];       /* per output: size along axis */
+} split_params;
+
+static int plan_split(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	int64_t axis_v;
+	uint32_t n, axis;
+	split_params *p;
+
+	(void)pc;
+	anes_mil_const_ints(cpu_arg(fn, op, "axis"), &axis_v, 1, &n);
+	axis = (uint32_t)(axis_v < 0 ? axis_v + x->rank : axis_v);
+	p = calloc(1, sizeof *p + op->n_outputs * sizeof(uint64_t));
+	if (!p)
+		return -ENOMEM;
+	p->outer = 1;
+	for (uint32_t i = 0; i < axis; i++)
+		p->outer *= x->shape[i];
+	p->after = 1;
+	for (uint32_t i = axis + 1; i < x->rank; i++)
+		p->after *= x->shape[i];
+	p->dim = x->shape[axis];
+	p->es = cpu_esize(x->dtype);
+	p->n = op->n_outputs;
+	for (uint32_t k = 0; k < op->n_outputs; k++)
+		p->sz[k] = fn->values[op->outputs[k]].type.shape[axis];
+	st->params = p;
+	return 0;
+}
+
+static int run_split(const cpu_step *st, const cpu_exec *ex)
+{
+	const split_params *p = st->params;
+	const uint8_t *src = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	size_t row = (size_t)(p->dim * p->after * p->es);
+
+	for (uint32_t k = 0, at = 0; k < p->n; k++) {
+		uint8_t *dst = cpu_ptr(ex, st->op->outputs[k]);
+		size_t nb = (size_t)(p->sz[k] * p->after * p->es);
+		for (uint64_t o = 0; o < p->outer; o++)
+			memcpy(dst + o * nb, src + o * row + (size_t)at * p->after * p->es, nb);
+		at += (uint32_t)p->sz[k];
 	}
 	return 0;
 }
@@ -489,9 +444,9 @@ static int plan_concat(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes
 	concat_params *p;
 
 	(void)pc;
-	anes_mil_const_ints(argv_(fn, op, "axis"), &axis_v, 1, &n);
-	if (argv_(fn, op, "interleave"))
-		anes_mil_const_bool(argv_(fn, op, "interleave"), &interleave);
+	anes_mil_const_ints(cpu_arg(fn, op, "axis"), &axis_v, 1, &n);
+	if (cpu_arg(fn, op, "interleave"))
+		anes_mil_const_bool(cpu_arg(fn, op, "interleave"), &interleave);
 	axis = (uint32_t)(axis_v < 0 ? axis_v + t0->rank : axis_v);
 	p = calloc(1, sizeof *p + vals->n * sizeof(uint64_t));
 	if (!p)
@@ -504,7 +459,7 @@ static int plan_concat(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes
 		p->after *= t0->shape[i];
 	p->dim = t0->shape[axis];
 	p->interleave = interleave;
-	p->es = esize(t0->dtype);
+	p->es = cpu_esize(t0->dtype);
 	p->n = vals->n;
 	for (uint32_t k = 0; k < vals->n; k++)
 		p->blk[k] = fn->values[vals->vals[k]].type.shape[axis] * p->after;
@@ -540,314 +495,728 @@ static int run_concat(const cpu_step *st, const cpu_exec *ex)
 	return 0;
 }
 
-/* ---- reduce_sum ---- */
+/* ---- tile ---- */
 
-typedef struct reduce_params {
-	uint32_t rank;                     /* of x, >= 1 */
-	uint64_t shape[ANES_MAX_RANK];     /* x */
-	uint64_t ostride[ANES_MAX_RANK];   /* output stride per x dim, 0 where reduced */
-	uint64_t count, ocount;
-	int dtype;
-} reduce_params;
+typedef struct tile_params {
+	uint32_t rank;
+	size_t es;
+	uint64_t in[ANES_MAX_RANK], out[ANES_MAX_RANK];
+	uint64_t istr[ANES_MAX_RANK];
+} tile_params;
 
-static int plan_reduce(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+static int plan_tile(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
 {
-	const anes_mil_value *xv = argv_(fn, op, "x"), *av = argv_(fn, op, "axes");
-	const anes_mil_type *x = &xv->type, *o = out_type(fn, op);
-	bool red[ANES_MAX_RANK] = {false};
-	reduce_params *p;
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *o = cpu_out_type(fn, op);
+	tile_params *p = calloc(1, sizeof *p);
+	uint64_t s = 1;
 
-	if (x->dtype != ANES_DT_FP16 && x->dtype != ANES_DT_FP32 && x->dtype != ANES_DT_INT32)
-		return cpu_fail(pc, op, -ENOTSUP, "dtype %s is not supported by the CPU backend",
-		                anes_mil_dtype_name(x->dtype));
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	p->es = cpu_esize(x->dtype);
+	p->rank = x->rank ? x->rank : 1;
+	for (uint32_t i = 0; i < p->rank; i++) {
+		p->in[i] = x->rank ? x->shape[i] : 1;
+		p->out[i] = x->rank ? o->shape[i] : 1;
+	}
+	for (uint32_t i = p->rank; i-- > 0;) {
+		p->istr[i] = s;
+		s *= p->in[i];
+	}
+	st->params = p;
+	return 0;
+}
+
+static int run_tile(const cpu_step *st, const cpu_exec *ex)
+{
+	const tile_params *p = st->params;
+	const uint8_t *src = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	uint8_t *dst = cpu_ptr(ex, st->op->outputs[0]);
+	uint32_t r = p->rank;
+	uint64_t idx[ANES_MAX_RANK] = {0}, rows = 1;
+	size_t rowb = (size_t)(p->in[r - 1] * p->es);
+	uint64_t reps = p->out[r - 1] / p->in[r - 1];
+
+	for (uint32_t i = 0; i + 1 < r; i++)
+		rows *= p->out[i];
+	for (uint64_t k = 0; k < rows; k++) {
+		uint64_t off = 0;
+		for (uint32_t d = 0; d + 1 < r; d++)
+			off += (idx[d] % p->in[d]) * p->istr[d];
+		for (uint64_t t = 0; t < reps; t++) {
+			memcpy(dst, src + off * p->es, rowb);
+			dst += rowb;
+		}
+		for (uint32_t d = r - 1; d-- > 0;) {
+			if (++idx[d] < p->out[d])
+				break;
+			idx[d] = 0;
+		}
+	}
+	return 0;
+}
+
+/* ---- gather ---- */
+
+typedef struct gather_params {
+	uint64_t pre, dim, post, nidx;
+	size_t es;
+	int idt;
+} gather_params;
+
+static int plan_gather(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *it = &cpu_arg(fn, op, "indices")->type;
+	int64_t axis_v = 0;
+	uint32_t n, axis;
+	gather_params *p = calloc(1, sizeof *p);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	if (cpu_arg(fn, op, "axis"))
+		anes_mil_const_ints(cpu_arg(fn, op, "axis"), &axis_v, 1, &n);
+	axis = (uint32_t)(axis_v < 0 ? axis_v + x->rank : axis_v);
+	p->pre = 1;
+	for (uint32_t i = 0; i < axis; i++)
+		p->pre *= x->shape[i];
+	p->post = 1;
+	for (uint32_t i = axis + 1; i < x->rank; i++)
+		p->post *= x->shape[i];
+	p->dim = x->shape[axis];
+	p->nidx = it->count;
+	p->es = cpu_esize(x->dtype);
+	p->idt = it->dtype;
+	st->params = p;
+	return 0;
+}
+
+/* Out-of-range indices (outside [-dim, dim)) fail the run; each index is
+ * read once, checked and used, so memory changing under us cannot matter. */
+static int run_gather(const cpu_step *st, const cpu_exec *ex)
+{
+	const gather_params *p = st->params;
+	const uint8_t *src = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	const void *ind = cpu_ptr(ex, cpu_argid(st->op, "indices"));
+	uint8_t *dst = cpu_ptr(ex, st->op->outputs[0]);
+	size_t nb = (size_t)(p->post * p->es);
+
+	for (uint64_t a = 0; a < p->pre; a++) {
+		for (uint64_t i = 0; i < p->nidx; i++) {
+			int64_t ix = (int64_t)cpu_load_f64(ind, p->idt, (size_t)i);
+			if (ix < -(int64_t)p->dim || ix >= (int64_t)p->dim)
+				return cpu_run_fail(ex, st->op, -EINVAL, "indices[%llu] = %lld is out of range [%lld, %lld)",
+				                    (unsigned long long)i, (long long)ix, -(long long)p->dim,
+				                    (long long)p->dim);
+			if (ix < 0)
+				ix += (int64_t)p->dim;
+			memcpy(dst, src + ((a * p->dim + (uint64_t)ix) * nb), nb);
+			dst += nb;
+		}
+	}
+	return 0;
+}
+
+/* ---- pad ---- */
+
+enum { PAD_CONSTANT, PAD_REFLECT, PAD_REPLICATE };
+
+typedef struct pad_params {
+	uint32_t rank;
+	int mode;
+	size_t es;
+	uint8_t cval[8];     /* constant_val in x's dtype */
+	uint64_t in[ANES_MAX_RANK], out[ANES_MAX_RANK], before[ANES_MAX_RANK], istr[ANES_MAX_RANK];
+} pad_params;
+
+static int plan_pad(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	int64_t pad[2 * ANES_MAX_RANK];
+	uint32_t n;
+	double cv = 0;
+	const char *mode = "constant";
+	pad_params *p;
+
+	(void)pc;
 	p = calloc(1, sizeof *p);
 	if (!p)
 		return -ENOMEM;
-	if (av) {
-		int64_t axes[ANES_MAX_RANK];
-		uint32_t n;
-		anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n);
-		for (uint32_t i = 0; i < n; i++)
-			red[axes[i] < 0 ? axes[i] + x->rank : axes[i]] = true;
-	} else {
-		for (uint32_t i = 0; i < x->rank; i++)
-			red[i] = true;
+	anes_mil_const_ints(cpu_arg(fn, op, "pad"), pad, 2 * ANES_MAX_RANK, &n);
+	if (cpu_arg(fn, op, "constant_val"))
+		anes_mil_const_f64(cpu_arg(fn, op, "constant_val"), &cv);
+	if (cpu_arg(fn, op, "mode"))
+		mode = anes_mil_const_string(cpu_arg(fn, op, "mode"));
+	p->mode = strcmp(mode, "reflect") == 0 ? PAD_REFLECT : strcmp(mode, "replicate") == 0 ? PAD_REPLICATE
+	                                                                                     : PAD_CONSTANT;
+	p->es = cpu_esize(x->dtype);
+	cpu_store_f64(p->cval, x->dtype, 0, cv);
+	p->rank = x->rank;
+	uint64_t s = 1;
+	for (uint32_t i = x->rank; i-- > 0;) {
+		p->in[i] = x->shape[i];
+		p->istr[i] = s;
+		s *= x->shape[i];
+	}
+	for (uint32_t i = 0; i < x->rank; i++) {
+		p->out[i] = x->shape[i];
+		p->before[i] = 0;
+	}
+	for (uint32_t j = 0; j < n / 2; j++) {
+		uint32_t a = x->rank - n / 2 + j;
+		p->before[a] = (uint64_t)pad[2 * j];
+		p->out[a] = x->shape[a] + (uint64_t)pad[2 * j] + (uint64_t)pad[2 * j + 1];
+	}
+	st->params = p;
+	return 0;
+}
+
+/* source index along one dim, or -1 for the constant */
+static int64_t pad_src(const pad_params *p, uint32_t d, uint64_t o)
+{
+	int64_t i = (int64_t)o - (int64_t)p->before[d], n = (int64_t)p->in[d];
+	if (i >= 0 && i < n)
+		return i;
+	switch (p->mode) {
+	case PAD_REFLECT:
+		/* pads are < n (checked), one reflection is enough */
+		return i < 0 ? -i : 2 * (n - 1) - i;
+	case PAD_REPLICATE:
+		return i < 0 ? 0 : n - 1;
+	default:
+		return -1;
+	}
+}
+
+static int run_pad(const cpu_step *st, const cpu_exec *ex)
+{
+	const pad_params *p = st->params;
+	const uint8_t *src = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	uint8_t *dst = cpu_ptr(ex, st->op->outputs[0]);
+	uint32_t r = p->rank;
+	uint64_t idx[ANES_MAX_RANK] = {0}, rows = 1, inner = p->out[r - 1];
+	size_t es = p->es;
+
+	for (uint32_t i = 0; i + 1 < r; i++)
+		rows *= p->out[i];
+	for (uint64_t k = 0; k < rows; k++) {
+		int64_t off = 0;
+		bool cst = false;
+		for (uint32_t d = 0; d + 1 < r; d++) {
+			int64_t s = pad_src(p, d, idx[d]);
+			if (s < 0)
+				cst = true;
+			else
+				off += s * (int64_t)p->istr[d];
+		}
+		for (uint64_t j = 0; j < inner; j++) {
+			int64_t s = cst ? -1 : pad_src(p, r - 1, j);
+			memcpy(dst + j * es, s < 0 ? p->cval : src + (size_t)(off + s) * es, es);
+		}
+		dst += inner * es;
+		for (uint32_t d = r - 1; d-- > 0;) {
+			if (++idx[d] < p->out[d])
+				break;
+			idx[d] = 0;
+		}
+	}
+	return 0;
+}
+
+/* ---- unary elementwise ---- */
+
+enum {
+	U_NEG, U_EXP, U_LOG, U_SQRT, U_RSQRT, U_ABS, U_RELU, U_SIGMOID, U_TANH, U_GELU_EXACT, U_GELU_TANH,
+	U_GELU_SIGMOID, U_SILU, U_ERF, U_CLIP, U_SQUARE, U_INVERSE,
+};
+
+typedef struct unary_params {
+	int kind, dtype;
+	float eps, lo, hi;
+	uint64_t count;
+	/* run-time */
+} unary_params;
+
+static const struct {
+	const char *name;
+	int kind;
+	float eps;           /* default epsilon (MIL's) */
+} unary_ops[] = {
+	{"neg", U_NEG, 0}, {"exp", U_EXP, 0}, {"log", U_LOG, 1e-45f}, {"sqrt", U_SQRT, 0},
+	{"rsqrt", U_RSQRT, 1e-12f}, {"abs", U_ABS, 0}, {"relu", U_RELU, 0}, {"sigmoid", U_SIGMOID, 0},
+	{"tanh", U_TANH, 0}, {"gelu", U_GELU_EXACT, 0}, {"silu", U_SILU, 0}, {"erf", U_ERF, 0},
+	{"clip", U_CLIP, 0}, {"square", U_SQUARE, 0}, {"inverse", U_INVERSE, 1e-4f},
+};
+
+static int plan_unary(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	unary_params *p;
+	double d;
+
+	if (cpu_need_float(pc, op, x->dtype))
+		return -ENOTSUP;
+	p = calloc(1, sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	for (size_t i = 0; i < sizeof unary_ops / sizeof unary_ops[0]; i++)
+		if (strcmp(unary_ops[i].name, op->def->name) == 0) {
+			p->kind = unary_ops[i].kind;
+			p->eps = unary_ops[i].eps;
+		}
+	if (cpu_arg(fn, op, "epsilon") && anes_mil_const_f64(cpu_arg(fn, op, "epsilon"), &d) == 0)
+		p->eps = (float)d;
+	if (p->kind == U_GELU_EXACT && cpu_arg(fn, op, "mode")) {
+		const char *m = anes_mil_const_string(cpu_arg(fn, op, "mode"));
+		if (strcmp(m, "TANH_APPROXIMATION") == 0)
+			p->kind = U_GELU_TANH;
+		else if (strcmp(m, "SIGMOID_APPROXIMATION") == 0)
+			p->kind = U_GELU_SIGMOID;
+	}
+	if (p->kind == U_CLIP) {
+		anes_mil_const_f64(cpu_arg(fn, op, "alpha"), &d);
+		p->lo = (float)d;
+		anes_mil_const_f64(cpu_arg(fn, op, "beta"), &d);
+		p->hi = (float)d;
 	}
 	p->dtype = x->dtype;
 	p->count = x->count;
-	p->ocount = o->count;
-	if (x->rank == 0) {
-		p->rank = 1;
-		p->shape[0] = 1;
-		p->ostride[0] = 0;
-	} else {
-		uint64_t s = 1;
-		p->rank = x->rank;
-		memcpy(p->shape, x->shape, sizeof p->shape);
-		for (uint32_t i = x->rank; i-- > 0;) {
-			p->ostride[i] = red[i] ? 0 : s;
-			if (!red[i])
-				s *= x->shape[i];
-		}
-	}
-	st->scratch = (x->dtype == ANES_DT_FP16 ? cpu_align64(x->count * 4) : 0) + cpu_align64(o->count * 8);
 	st->params = p;
 	return 0;
 }
 
-#define REDUCE_LOOP(T, ACC)                                                                      \
-	do {                                                                                     \
-		uint64_t idx[ANES_MAX_RANK] = {0}, oo = 0;                                       \
-		const T *xr = xs;                                                                \
-		for (uint64_t k = 0; k < rows; k++) {                                            \
-			if (osi == 0) {                                                          \
-				ACC s = 0;                                                       \
-				for (uint64_t j = 0; j < inner; j++)                             \
-					s += (ACC)xr[j];                                         \
-				acc[oo] += s;                                                    \
-			} else {                                                                 \
-				for (uint64_t j = 0; j < inner; j++)                             \
-					acc[oo + j] += (ACC)xr[j];                               \
-			}                                                                        \
-			xr += inner;                                                             \
-			for (uint32_t d = r - 1; d-- > 0;) {                                     \
-				oo += p->ostride[d];                                             \
-				if (++idx[d] < p->shape[d])                                      \
-					break;                                                   \
-				oo -= p->ostride[d] * p->shape[d];                               \
-				idx[d] = 0;                                                      \
-			}                                                                        \
-		}                                                                                \
-	} while (0)
-
-static int run_reduce(const cpu_step *st, const cpu_exec *ex)
+static float sigmoidf(float x)
 {
-	const reduce_params *p = st->params;
-	uint32_t xid = argid(st->op, "x"), oid = st->op->outputs[0];
-	uint32_t r = p->rank;
-	uint64_t inner = p->shape[r - 1], rows = p->count / inner, osi = p->ostride[r - 1];
-	void *out = cpu_ptr(ex, oid);
-	uint8_t *slot = ex->scratch;
+	return 1.0f / (1.0f + expf(-x));
+}
 
-	if (p->dtype == ANES_DT_INT32) {
-		const int32_t *xs = cpu_ptr(ex, xid);
-		int64_t *acc = (int64_t *)(void *)slot;
-		memset(acc, 0, (size_t)p->ocount * 8);
-		REDUCE_LOOP(int32_t, int64_t);
-		for (uint64_t i = 0; i < p->ocount; i++)
-			((int32_t *)out)[i] = (int32_t)(uint32_t)(uint64_t)acc[i];
-		return 0;
+static void unary_apply(const unary_params *p, float *v, size_t n)
+{
+	switch (p->kind) {
+	case U_NEG: for (size_t i = 0; i < n; i++) v[i] = -v[i]; break;
+	case U_EXP: for (size_t i = 0; i < n; i++) v[i] = expf(v[i]); break;
+	case U_LOG: for (size_t i = 0; i < n; i++) v[i] = logf(v[i] + p->eps); break;
+	case U_SQRT: for (size_t i = 0; i < n; i++) v[i] = sqrtf(v[i]); break;
+	case U_RSQRT: for (size_t i = 0; i < n; i++) v[i] = 1.0f / sqrtf(v[i] + p->eps); break;
+	case U_ABS: for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]); break;
+	case U_RELU: for (size_t i = 0; i < n; i++) v[i] = v[i] < 0 ? 0.0f : v[i]; break;
+	case U_SIGMOID: for (size_t i = 0; i < n; i++) v[i] = sigmoidf(v[i]); break;
+	case U_TANH: for (size_t i = 0; i < n; i++) v[i] = tanhf(v[i]); break;
+	case U_GELU_EXACT:
+		for (size_t i = 0; i < n; i++)
+			v[i] = 0.5f * v[i] * (1.0f + erff(v[i] * 0.70710678118654752f));
+		break;
+	case U_GELU_TANH:
+		for (size_t i = 0; i < n; i++) {
+			float x = v[i];
+			v[i] = 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+		}
+		break;
+	case U_GELU_SIGMOID: for (size_t i = 0; i < n; i++) v[i] = v[i] * sigmoidf(1.702f * v[i]); break;
+	case U_SILU: for (size_t i = 0; i < n; i++) v[i] = v[i] * sigmoidf(v[i]); break;
+	case U_ERF: for (size_t i = 0; i < n; i++) v[i] = erff(v[i]); break;
+	case U_CLIP:
+		for (size_t i = 0; i < n; i++)
+			v[i] = v[i] < p->lo ? p->lo : v[i] > p->hi ? p->hi : v[i];
+		break;
+	case U_SQUARE: for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i]; break;
+	case U_INVERSE: for (size_t i = 0; i < n; i++) v[i] = 1.0f / (v[i] + p->eps); break;
+	default: break;
 	}
-	const float *xs = load_f32(ex, xid, &slot);
-	float *acc = (float *)(void *)slot;
-	memset(acc, 0, (size_t)p->ocount * 4);
-	REDUCE_LOOP(float, float);
-	from_f32(out, p->dtype, acc, (size_t)p->ocount);
+}
+
+enum { CHUNK = 2048 };
+
+typedef struct unary_job {
+	const unary_params *p;
+	const void *x;
+	void *o;
+} unary_job;
+
+static void unary_task(void *ctx, uint64_t b, uint64_t e)
+{
+	const unary_job *j = ctx;
+	float buf[CHUNK];
+
+	for (uint64_t c = b; c < e; c++) {
+		uint64_t i0 = c * CHUNK, n = j->p->count - i0 < CHUNK ? j->p->count - i0 : CHUNK;
+		if (j->p->dtype == ANES_DT_FP32) {
+			float *o = (float *)j->o + i0;
+			memcpy(o, (const float *)j->x + i0, (size_t)n * 4);
+			unary_apply(j->p, o, (size_t)n);
+		} else {
+			anes_f16_to_f32_n(buf, (const uint16_t *)j->x + i0, (size_t)n);
+			unary_apply(j->p, buf, (size_t)n);
+			anes_f32_to_f16_n((uint16_t *)j->o + i0, buf, (size_t)n);
+		}
+	}
+}
+
+static int run_unary(const cpu_step *st, const cpu_exec *ex)
+{
+	const unary_params *p = st->params;
+	unary_job j = {p, cpu_ptr(ex, cpu_argid(st->op, "x")), cpu_ptr(ex, st->op->outputs[0])};
+	cpu_parallel(ex->cfg->pool, (p->count + CHUNK - 1) / CHUNK, 8, unary_task, &j);
 	return 0;
 }
 
-/* ---- matmul ---- */
+/* ---- binary elementwise with broadcasting ---- */
 
-typedef struct matmul_params {
-	uint64_t m, n, k;
-	bool tx, ty;         /* as stored: x is [k, m] when tx, y is [n, k] when ty */
-	int dtype;
-	uint64_t batches;
-	uint64_t *xoff, *yoff;  /* element offsets of each batch's matrices (in params block) */
-	uint64_t data[];
-} matmul_params;
+enum { B_ADD, B_SUB, B_MUL, B_DIV, B_POW, B_MAX, B_MIN };
 
-static int plan_matmul(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+typedef struct binary_params {
+	int kind, dtype;
+	uint32_t rank;                     /* collapsed, >= 1 */
+	uint64_t shape[ANES_MAX_RANK];     /* output */
+	uint64_t sx[ANES_MAX_RANK], sy[ANES_MAX_RANK];   /* element strides, 0 where broadcast */
+	uint64_t count;
+} binary_params;
+
+static int plan_binary(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
 {
-	const anes_mil_type *x = &argv_(fn, op, "x")->type, *y = &argv_(fn, op, "y")->type, *o = out_type(fn, op);
-	bool tx = false, ty = false;
-	uint64_t m, n, k, batches = 1;
-	uint32_t br;
-	uint64_t bshape[ANES_MAX_RANK];
-	anes_mil_type bx, by;
-	matmul_params *p;
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *y = &cpu_arg(fn, op, "y")->type;
+	const anes_mil_type *o = cpu_out_type(fn, op);
+	const char *nm = op->def->name;
+	binary_params *p;
+	int kind = strcmp(nm, "add") == 0 ? B_ADD : strcmp(nm, "sub") == 0 ? B_SUB : strcmp(nm, "mul") == 0 ? B_MUL
+	         : strcmp(nm, "real_div") == 0 ? B_DIV : strcmp(nm, "pow") == 0 ? B_POW
+	         : strcmp(nm, "maximum") == 0 ? B_MAX : B_MIN;
 
-	(void)pc;
-	if (argv_(fn, op, "transpose_x"))
-		anes_mil_const_bool(argv_(fn, op, "transpose_x"), &tx);
-	if (argv_(fn, op, "transpose_y"))
-		anes_mil_const_bool(argv_(fn, op, "transpose_y"), &ty);
-	if (x->rank == 1) {
-		m = 1;
-		k = x->shape[0];
-		tx = false;
-	} else {
-		m = x->shape[x->rank - (tx ? 1 : 2)];
-		k = x->shape[x->rank - (tx ? 2 : 1)];
-	}
-	if (y->rank == 1) {
-		n = 1;
-		ty = false;
-	} else {
-		n = y->shape[y->rank - (ty ? 2 : 1)];
-	}
-	memset(&bx, 0, sizeof bx);
-	memset(&by, 0, sizeof by);
-	bx.rank = x->rank > 2 ? x->rank - 2 : 0;
-	by.rank = y->rank > 2 ? y->rank - 2 : 0;
-	memcpy(bx.shape, x->shape, bx.rank * sizeof(uint64_t));
-	memcpy(by.shape, y->shape, by.rank * sizeof(uint64_t));
-	anes_mil_broadcast(&bx, &by, &br, bshape);
-	for (uint32_t i = 0; i < br; i++)
-		batches *= bshape[i];
-	/* batches <= output elements <= tensor cap, so this is bounded */
-	p = calloc(1, sizeof *p + 2 * batches * sizeof(uint64_t));
+	if (x->dtype == ANES_DT_INT32 && (kind == B_DIV || kind == B_POW))
+		return cpu_fail(pc, op, -ENOTSUP, "int32 is not supported for this op (fp16 and fp32 are)");
+	if (x->dtype != ANES_DT_INT32 && cpu_need_float(pc, op, x->dtype))
+		return -ENOTSUP;
+	p = calloc(1, sizeof *p);
 	if (!p)
 		return -ENOMEM;
-	p->m = m;
-	p->n = n;
-	p->k = k;
-	p->tx = tx;
-	p->ty = ty;
+	p->kind = kind;
 	p->dtype = x->dtype;
-	p->batches = batches;
-	p->xoff = p->data;
-	p->yoff = p->data + batches;
-	{
-		uint64_t sx[ANES_MAX_RANK] = {0}, sy[ANES_MAX_RANK] = {0}, idx[ANES_MAX_RANK] = {0};
-		uint64_t xo = 0, yo = 0;
-		if (br) {
-			input_strides(&bx, br, bshape, sx);
-			input_strides(&by, br, bshape, sy);
-		}
-		for (uint64_t b = 0; b < batches; b++) {
-			p->xoff[b] = xo * m * k;
-			p->yoff[b] = yo * k * n;
-			for (uint32_t d = br; d-- > 0;) {
-				xo += sx[d];
-				yo += sy[d];
-				if (++idx[d] < bshape[d])
-					break;
-				xo -= sx[d] * bshape[d];
-				yo -= sy[d] * bshape[d];
-				idx[d] = 0;
+	p->count = o->count;
+	if (o->rank == 0) {
+		p->rank = 1;
+		p->shape[0] = 1;
+		p->sx[0] = p->sy[0] = 0;
+	} else {
+		uint64_t sx[ANES_MAX_RANK], sy[ANES_MAX_RANK];
+		cpu_input_strides(x, o->rank, o->shape, sx);
+		cpu_input_strides(y, o->rank, o->shape, sy);
+		/* drop size-1 dims, merge dims that are contiguous for both inputs */
+		uint32_t r = 0;
+		for (uint32_t i = 0; i < o->rank; i++) {
+			if (o->shape[i] == 1)
+				continue;
+			if (r > 0 && p->sx[r - 1] == sx[i] * o->shape[i] && p->sy[r - 1] == sy[i] * o->shape[i]) {
+				p->shape[r - 1] *= o->shape[i];
+				p->sx[r - 1] = sx[i];
+				p->sy[r - 1] = sy[i];
+				continue;
 			}
+			p->shape[r] = o->shape[i];
+			p->sx[r] = sx[i];
+			p->sy[r] = sy[i];
+			r++;
 		}
+		if (r == 0) {
+			p->shape[0] = 1;
+			p->sx[0] = p->sy[0] = 0;
+			r = 1;
+		}
+		p->rank = r;
 	}
-	st->scratch = f32_scratch(x) + f32_scratch(y) + f32_scratch(o);
-#if !ANES_HAVE_BLAS
-	st->scratch += cpu_align64(m * k * 4) + cpu_align64(k * n * 4);
-#endif
 	st->params = p;
 	return 0;
 }
 
-#if !ANES_HAVE_BLAS
-/* C[m,n] = A[m,k] * B[k,n], all row-major and dense; blocked for cache, four
- * rows of C per pass so each loaded row segment of B is used four times */
-static void gemm_nn(const float *A, const float *B, float *C, uint64_t m, uint64_t n, uint64_t k)
+static void binary_apply(int kind, const float *a, const float *b, float *o, size_t n)
 {
-	enum { MB = 64, KB = 256, NB = 512 };
+	switch (kind) {
+	case B_ADD: for (size_t i = 0; i < n; i++) o[i] = a[i] + b[i]; break;
+	case B_SUB: for (size_t i = 0; i < n; i++) o[i] = a[i] - b[i]; break;
+	case B_MUL: for (size_t i = 0; i < n; i++) o[i] = a[i] * b[i]; break;
+	case B_DIV: for (size_t i = 0; i < n; i++) o[i] = a[i] / b[i]; break;
+	case B_POW: for (size_t i = 0; i < n; i++) o[i] = powf(a[i], b[i]); break;
+	case B_MAX: for (size_t i = 0; i < n; i++) o[i] = a[i] > b[i] || isnan(a[i]) ? a[i] : b[i]; break;
+	default: for (size_t i = 0; i < n; i++) o[i] = a[i] < b[i] || isnan(a[i]) ? a[i] : b[i]; break;
+	}
+}
 
-	memset(C, 0, (size_t)(m * n) * sizeof(float));
-	for (uint64_t j0 = 0; j0 < n; j0 += NB) {
-		uint64_t j1 = j0 + NB < n ? j0 + NB : n;
-		for (uint64_t k0 = 0; k0 < k; k0 += KB) {
-			uint64_t k1 = k0 + KB < k ? k0 + KB : k;
-			for (uint64_t i0 = 0; i0 < m; i0 += MB) {
-				uint64_t i1 = i0 + MB < m ? i0 + MB : m;
-				uint64_t i = i0;
-				for (; i + 4 <= i1; i += 4) {
-					float *restrict c0 = C + i * n, *restrict c1 = c0 + n;
-					float *restrict c2 = c1 + n, *restrict c3 = c2 + n;
-					for (uint64_t kk = k0; kk < k1; kk++) {
-						float a0 = A[i * k + kk], a1 = A[(i + 1) * k + kk];
-						float a2 = A[(i + 2) * k + kk], a3 = A[(i + 3) * k + kk];
-						const float *restrict b = B + kk * n;
-						for (uint64_t j = j0; j < j1; j++) {
-							float bj = b[j];
-							c0[j] += a0 * bj;
-							c1[j] += a1 * bj;
-							c2[j] += a2 * bj;
-							c3[j] += a3 * bj;
-						}
-					}
-				}
-				for (; i < i1; i++) {
-					float *restrict c = C + i * n;
-					for (uint64_t kk = k0; kk < k1; kk++) {
-						float a = A[i * k + kk];
-						const float *restrict b = B + kk * n;
-						for (uint64_t j = j0; j < j1; j++)
-							c[j] += a * b[j];
-					}
-				}
+static int32_t binary_i32(int kind, int32_t a, int32_t b)
+{
+	uint32_t ua = (uint32_t)a, ub = (uint32_t)b;
+	switch (kind) {
+	case B_ADD: return (int32_t)(ua + ub);
+	case B_SUB: return (int32_t)(ua - ub);
+	case B_MUL: return (int32_t)(ua * ub);
+	case B_MAX: return a > b ? a : b;
+	default: return a < b ? a : b;
+	}
+}
+
+typedef struct binary_job {
+	const binary_params *p;
+	const void *x, *y;
+	void *o;
+} binary_job;
+
+/* offsets of output element o */
+static void bin_offsets(const binary_params *p, uint64_t o, uint64_t *xo, uint64_t *yo)
+{
+	uint64_t a = 0, b = 0;
+	for (uint32_t d = p->rank; d-- > 0;) {
+		uint64_t i = o % p->shape[d];
+		o /= p->shape[d];
+		a += i * p->sx[d];
+		b += i * p->sy[d];
+	}
+	*xo = a;
+	*yo = b;
+}
+
+static void load_span(float *dst, const void *src, int dt, uint64_t off, uint64_t stride, size_t n)
+{
+	if (stride) {
+		if (dt == ANES_DT_FP16)
+			anes_f16_to_f32_n(dst, (const uint16_t *)src + off, n);
+		else
+			memcpy(dst, (const float *)src + off, n * 4);
+	} else {
+		float v = dt == ANES_DT_FP16 ? anes_f16_to_f32(((const uint16_t *)src)[off]) : ((const float *)src)[off];
+		for (size_t i = 0; i < n; i++)
+			dst[i] = v;
+	}
+}
+
+static void binary_task(void *ctx, uint64_t b, uint64_t e)
+{
+	const binary_job *j = ctx;
+	const binary_params *p = j->p;
+	uint64_t inner = p->shape[p->rank - 1], sxi = p->sx[p->rank - 1], syi = p->sy[p->rank - 1];
+	float xa[CHUNK], ya[CHUNK], oa[CHUNK];
+	uint64_t o = b * CHUNK, end = e * CHUNK < p->count ? e * CHUNK : p->count;
+
+	while (o < end) {
+		uint64_t xo, yo, jj = o % inner;
+		bin_offsets(p, o, &xo, &yo);
+		uint64_t n = inner - jj;
+		if (n > end - o)
+			n = end - o;
+		if (n > CHUNK)
+			n = CHUNK;
+		if (p->dtype == ANES_DT_INT32) {
+			const int32_t *xs = j->x, *ys = j->y;
+			int32_t *os = j->o;
+			for (uint64_t i = 0; i < n; i++)
+				os[o + i] = binary_i32(p->kind, xs[xo + i * sxi], ys[yo + i * syi]);
+		} else {
+			load_span(xa, j->x, p->dtype, xo, sxi, (size_t)n);
+			load_span(ya, j->y, p->dtype, yo, syi, (size_t)n);
+			if (p->dtype == ANES_DT_FP32) {
+				binary_apply(p->kind, xa, ya, (float *)j->o + o, (size_t)n);
+			} else {
+				binary_apply(p->kind, xa, ya, oa, (size_t)n);
+				anes_f32_to_f16_n((uint16_t *)j->o + o, oa, (size_t)n);
 			}
+		}
+		o += n;
+	}
+}
+
+static int run_binary(const cpu_step *st, const cpu_exec *ex)
+{
+	const binary_params *p = st->params;
+	binary_job j = {p, cpu_ptr(ex, cpu_argid(st->op, "x")), cpu_ptr(ex, cpu_argid(st->op, "y")),
+	                cpu_ptr(ex, st->op->outputs[0])};
+	cpu_parallel(ex->cfg->pool, (p->count + CHUNK - 1) / CHUNK, 8, binary_task, &j);
+	return 0;
+}
+
+/* ---- cast ---- */
+
+static int plan_cast(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	(void)st;
+	if (anes_dtype_size((anes_dtype)x->dtype) == 0)
+		return cpu_fail(pc, op, -ENOTSUP, "cannot cast from %s", anes_mil_dtype_name(x->dtype));
+	return 0;
+}
+
+static int run_cast(const cpu_step *st, const cpu_exec *ex)
+{
+	uint32_t xid = cpu_argid(st->op, "x"), oid = st->op->outputs[0];
+	const anes_mil_type *x = &ex->fn->values[xid].type, *o = &ex->fn->values[oid].type;
+	const void *src = cpu_ptr(ex, xid);
+	void *dst = cpu_ptr(ex, oid);
+	size_t n = (size_t)x->count;
+
+	if (x->dtype == o->dtype) {
+		memcpy(dst, src, (size_t)o->bytes);
+	} else if (x->dtype == ANES_DT_FP16 && o->dtype == ANES_DT_FP32) {
+		anes_f16_to_f32_n(dst, src, n);
+	} else if (x->dtype == ANES_DT_FP32 && o->dtype == ANES_DT_FP16) {
+		anes_f32_to_f16_n(dst, src, n);
+	} else {
+		for (size_t i = 0; i < n; i++)
+			cpu_store_f64(dst, o->dtype, i, cpu_load_f64(src, x->dtype, i));
+	}
+	return 0;
+}
+
+/* ---- quantize / dequantize / constexpr_affine_dequantize ---- */
+
+typedef struct quant_params {
+	bool quantize;
+	int idt, odt;
+	uint64_t count, inner, dim;     /* params vary along axis: index = (i / inner) % dim */
+	float qmin, qmax;
+	float *scale, *zp;              /* dim entries each (dim = 1 for scalars), after the struct */
+} quant_params;
+
+static int plan_quant(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	bool cexpr = strcmp(op->def->name, "constexpr_affine_dequantize") == 0;
+	const anes_mil_value *iv = cpu_arg(fn, op, cexpr ? "quantized_data" : "input");
+	const anes_mil_value *sv = cpu_arg(fn, op, "scale"), *zv = cpu_arg(fn, op, "zero_point");
+	const anes_mil_type *o = cpu_out_type(fn, op);
+	quant_params *p;
+	int64_t axis_v = 0;
+	uint32_t n;
+
+	(void)pc;
+	if (cpu_arg(fn, op, "axis"))
+		anes_mil_const_ints(cpu_arg(fn, op, "axis"), &axis_v, 1, &n);
+	uint32_t axis = iv->type.rank ? (uint32_t)(axis_v < 0 ? axis_v + iv->type.rank : axis_v) : 0;
+	uint64_t dim = (sv->type.count > 1 || (zv && zv->type.count > 1)) ? iv->type.shape[axis] : 1;
+	/* one allocation (st->params is freed with free) */
+	size_t sz = sizeof *p + 2 * (size_t)dim * sizeof(float);
+	p = calloc(1, sz);
+	if (!p)
+		return -ENOMEM;
+	p->scale = (float *)(void *)(p + 1);
+	p->zp = p->scale + dim;
+	p->quantize = strcmp(op->def->name, "quantize") == 0;
+	p->idt = iv->type.dtype;
+	p->odt = o->dtype;
+	p->count = iv->type.count;
+	p->dim = dim;
+	p->inner = 1;
+	for (uint32_t i = axis + 1; i < iv->type.rank; i++)
+		p->inner *= iv->type.shape[i];
+	for (uint64_t i = 0; i < dim; i++) {
+		p->scale[i] = (float)anes_mil_load_f64(sv->data, sv->type.dtype, sv->type.count > 1 ? i : 0);
+		p->zp[i] = zv ? (float)anes_mil_load_f64(zv->data, zv->type.dtype, zv->type.count > 1 ? i : 0) : 0.0f;
+	}
+	if (p->quantize) {
+		p->qmin = p->odt == ANES_DT_INT8 ? -128.0f : 0.0f;
+		p->qmax = p->odt == ANES_DT_INT8 ? 127.0f : 255.0f;
+	}
+	st->params = p;
+	return 0;
+}
+
+typedef struct quant_job {
+	const quant_params *p;
+	const void *x;
+	void *o;
+} quant_job;
+
+static void quant_task(void *ctx, uint64_t b, uint64_t e)
+{
+	const quant_job *j = ctx;
+	const quant_params *p = j->p;
+	float buf[CHUNK];
+
+	for (uint64_t c = b; c < e; c++) {
+		uint64_t i0 = c * CHUNK, n = p->count - i0 < CHUNK ? p->count - i0 : CHUNK;
+		if (p->quantize) {
+			cpu_to_f32(buf, p->idt == ANES_DT_FP16 ? (const void *)((const uint16_t *)j->x + i0)
+			                                       : (const void *)((const float *)j->x + i0),
+			           p->idt, (size_t)n);
+			for (uint64_t i = 0; i < n; i++) {
+				uint64_t a = ((i0 + i) / p->inner) % p->dim;
+				float q = rintf(buf[i] / p->scale[a]) + p->zp[a];
+				q = isnan(q) ? 0.0f : q < p->qmin ? p->qmin : q > p->qmax ? p->qmax : q;
+				if (p->odt == ANES_DT_INT8)
+					((int8_t *)j->o)[i0 + i] = (int8_t)q;
+				else
+					((uint8_t *)j->o)[i0 + i] = (uint8_t)q;
+			}
+		} else {
+			for (uint64_t i = 0; i < n; i++) {
+				uint64_t a = ((i0 + i) / p->inner) % p->dim;
+				float q = p->idt == ANES_DT_INT8 ? (float)((const int8_t *)j->x)[i0 + i]
+				                                 : (float)((const uint8_t *)j->x)[i0 + i];
+				buf[i] = (q - p->zp[a]) * p->scale[a];
+			}
+			if (p->odt == ANES_DT_FP16)
+				anes_f32_to_f16_n((uint16_t *)j->o + i0, buf, (size_t)n);
+			else
+				memcpy((float *)j->o + i0, buf, (size_t)n * 4);
 		}
 	}
 }
 
-static void transpose_f32(float *dst, const float *src, uint64_t rows, uint64_t cols)
+static int run_quant(const cpu_step *st, const cpu_exec *ex)
 {
-	for (uint64_t i = 0; i < rows; i++)
-		for (uint64_t j = 0; j < cols; j++)
-			dst[j * rows + i] = src[i * cols + j];
-}
-#endif
-
-static void gemm(const matmul_params *p, const float *A, const float *B, float *C, uint8_t *tmp)
-{
-#if ANES_HAVE_BLAS
-	(void)tmp;
-	cblas_sgemm(CblasRowMajor, p->tx ? CblasTrans : CblasNoTrans, p->ty ? CblasTrans : CblasNoTrans,
-	            (int)p->m, (int)p->n, (int)p->k, 1.0f, A, (int)(p->tx ? p->m : p->k), B,
-	            (int)(p->ty ? p->k : p->n), 0.0f, C, (int)p->n);
-#else
-	float *ta = (float *)(void *)tmp;
-	float *tb = (float *)(void *)(tmp + cpu_align64(p->m * p->k * 4));
-	if (p->tx) {
-		transpose_f32(ta, A, p->k, p->m);
-		A = ta;
-	}
-	if (p->ty) {
-		transpose_f32(tb, B, p->n, p->k);
-		B = tb;
-	}
-	gemm_nn(A, B, C, p->m, p->n, p->k);
-#endif
-}
-
-static int run_matmul(const cpu_step *st, const cpu_exec *ex)
-{
-	const matmul_params *p = st->params;
-	uint32_t xid = argid(st->op, "x"), yid = argid(st->op, "y"), oid = st->op->outputs[0];
-	uint8_t *slot = ex->scratch;
-	const float *fx = load_f32(ex, xid, &slot), *fy = load_f32(ex, yid, &slot);
-	void *out = cpu_ptr(ex, oid);
-	float *fo;
-	uint64_t ocount = ex->fn->values[oid].type.count;
-
-	if (p->dtype == ANES_DT_FP32) {
-		fo = out;
-	} else {
-		fo = (float *)(void *)slot;
-		slot += cpu_align64(ocount * 4);
-	}
-	for (uint64_t b = 0; b < p->batches; b++)
-		gemm(p, fx + p->xoff[b], fy + p->yoff[b], fo + b * p->m * p->n, slot);
-	from_f32(out, p->dtype, fo, (size_t)ocount);
+	const quant_params *p = st->params;
+	bool cexpr = strcmp(st->op->def->name, "constexpr_affine_dequantize") == 0;
+	quant_job j = {p, cpu_ptr(ex, cpu_argid(st->op, cexpr ? "quantized_data" : "input")),
+	               cpu_ptr(ex, st->op->outputs[0])};
+	cpu_parallel(ex->cfg->pool, (p->count + CHUNK - 1) / CHUNK, 8, quant_task, &j);
 	return 0;
 }
 
 /* ---- table ---- */
 
 static const cpu_opimpl impls[] = {
+	{"abs", plan_unary, run_unary},
 	{"add", plan_binary, run_binary},
 	{"cast", plan_cast, run_cast},
+	{"clip", plan_unary, run_unary},
 	{"concat", plan_concat, run_concat},
+	{"constexpr_affine_dequantize", plan_quant, run_quant},
+	{"conv", cpu_plan_conv, cpu_run_conv},
+	{"dequantize", plan_quant, run_quant},
+	{"erf", plan_unary, run_unary},
+	{"exp", plan_unary, run_unary},
+	{"expand_dims", NULL, run_copy},
+	{"gather", plan_gather, run_gather},
+	{"gelu", plan_unary, run_unary},
 	{"identity", NULL, run_copy},
-	{"matmul", plan_matmul, run_matmul},
+	{"inverse", plan_unary, run_unary},
+	{"layer_norm", cpu_plan_layer_norm, cpu_run_layer_norm},
+	{"linear", cpu_plan_linear, cpu_run_linear},
+	{"log", plan_unary, run_unary},
+	{"matmul", cpu_plan_matmul, cpu_run_matmul},
+	{"maximum", plan_binary, run_binary},
+	{"minimum", plan_binary, run_binary},
 	{"mul", plan_binary, run_binary},
-	{"reduce_sum", plan_reduce, run_reduce},
+	{"neg", plan_unary, run_unary},
+	{"pad", plan_pad, run_pad},
+	{"pow", plan_binary, run_binary},
+	{"quantize", plan_quant, run_quant},
+	{"real_div", plan_binary, run_binary},
+	{"reduce_max", cpu_plan_reduce, cpu_run_reduce},
+	{"reduce_mean", cpu_plan_reduce, cpu_run_reduce},
+	{"reduce_min", cpu_plan_reduce, cpu_run_reduce},
+	{"reduce_sum", cpu_plan_reduce, cpu_run_reduce},
+	{"relu", plan_unary, run_unary},
 	{"reshape", NULL, run_copy},
-	{"slice_by_size", plan_slice, run_slice},
+	{"rsqrt", plan_unary, run_unary},
+	{"scaled_dot_product_attention", cpu_plan_sdpa, cpu_run_sdpa},
+	{"sigmoid", plan_unary, run_unary},
+	{"silu", plan_unary, run_unary},
+	{"slice_by_index", plan_slice_by_index, run_strided},
+	{"slice_by_size", plan_slice, run_strided},
+	{"softmax", cpu_plan_softmax, cpu_run_softmax},
+	{"split", plan_split, run_split},
+	{"sqrt", plan_unary, run_unary},
+	{"square", plan_unary, run_unary},
+	{"squeeze", NULL, run_copy},
 	{"sub", plan_binary, run_binary},
-	{"transpose", plan_transpose, run_transpose},
+	{"tanh", plan_unary, run_unary},
+	{"tile", plan_tile, run_tile},
+	{"transpose", plan_transpose, run_strided},
 };
 
 const cpu_opimpl *cpu_opimpl_find(const char *name)

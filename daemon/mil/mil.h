@@ -183,5 +183,10 @@ int anes_mil_const_ints(const anes_mil_value *v, int64_t *out, uint32_t max, uin
 int anes_mil_const_bool(const anes_mil_value *v, bool *ret);
 /* Constant string scalar; NULL if not. */
 const char *anes_mil_const_string(const anes_mil_value *v);
+/* Constant numeric scalar (or one-element tensor) of any dtype -> double.
+ * -EINVAL if not. */
+int anes_mil_const_f64(const anes_mil_value *v, double *ret);
+/* Element i of a constant (or any dense buffer) of dtype dt, as double. */
+double anes_mil_load_f64(const void *data, int dt, uint64_t i);
 
 #endif

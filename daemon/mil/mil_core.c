@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "anes_fp16.h"
 #include "mil_internal.h"
 
 /* ---- dtypes ---- */
@@ -327,4 +328,29 @@ const char *anes_mil_const_string(const anes_mil_value *v)
 	if (!v || v->kind != ANES_MIL_V_CONST || v->type.rank != 0 || v->type.dtype != ANES_MIL_DT_STRING)
 		return NULL;
 	return v->data;
+}
+
+double anes_mil_load_f64(const void *data, int dt, uint64_t i)
+{
+	const uint8_t *p = data;
+
+	switch (dt) {
+	case ANES_DT_FP16: { uint16_t h; memcpy(&h, p + 2 * i, 2); return anes_f16_to_f32_soft(h); }
+	case ANES_DT_FP32: { float f; memcpy(&f, p + 4 * i, 4); return f; }
+	case ANES_DT_INT32: { int32_t x; memcpy(&x, p + 4 * i, 4); return x; }
+	case ANES_DT_INT16: { int16_t x; memcpy(&x, p + 2 * i, 2); return x; }
+	case ANES_DT_INT8: return ((const int8_t *)data)[i];
+	case ANES_DT_UINT8: return p[i];
+	case ANES_DT_BOOL: return p[i] ? 1.0 : 0.0;
+	default: return 0;
+	}
+}
+
+int anes_mil_const_f64(const anes_mil_value *v, double *ret)
+{
+	if (!v || v->kind != ANES_MIL_V_CONST || v->type.count != 1 || v->type.rank > 1 ||
+	    (!anes_mil_dtype_is_float(v->type.dtype) && !anes_mil_dtype_is_int(v->type.dtype)))
+		return -EINVAL;
+	*ret = anes_mil_load_f64(v->data, v->type.dtype, 0);
+	return 0;
 }

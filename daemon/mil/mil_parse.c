@@ -1020,9 +1020,17 @@ static int parse_stmt(parser *P)
 	} else {
 		if (!is_type_word(&P->t))
 			return perr(P, -EINVAL, line, "expected a statement, got %s", tok_desc(&P->t, d, sizeof d));
-		TRY(parse_type(P, &decl[0]));
-		TRY(take_name(P, names[0], "a value name"));
-		n_out = 1;
+		/* one output, or several: "tensor<...> a, tensor<...> b = split(...)" */
+		for (;;) {
+			if (n_out == ANES_MIL_MAX_OUTPUTS)
+				return perr(P, -EINVAL, P->t.line, "more than %u outputs", ANES_MIL_MAX_OUTPUTS);
+			TRY(parse_type(P, &decl[n_out]));
+			TRY(take_name(P, names[n_out], "a value name"));
+			n_out++;
+			if (P->t.k != T_COMMA)
+				break;
+			TRY(next(P));
+		}
 	}
 	TRY(expect(P, T_EQ, "after the declared value"));
 	op_line = P->t.line;

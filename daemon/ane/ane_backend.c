@@ -1,0 +1,779 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The ANE backend (docs/ane.md).
+ *
+ * compile:  parse + check the MIL (daemon/mil, ane_check.c), then
+ *             NSData(MIL), NSDictionary(weights)
+ *             +[_ANEInMemoryModelDescriptor modelWithMILText:weights:optionsPlist:]
+ *             +[_ANEInMemoryModel inMemoryModelWithDescriptor:]
+ *             -hexStringIdentifier; write model.mil and weights/NAME into
+ *                NSTemporaryDirectory()/HEX/
+ *             -compileWithQoS:options:error:, -loadWithQoS:options:error:
+ *             one IOSurface per input and output, each wrapped by
+ *                +[_ANEIOSurfaceObject objectWithIOSurface:]
+ *             +[_ANERequest requestWithInputs:inputIndices:outputs:outputIndices:
+ *                weightsBuffer:perfStats:procedureIndex:]
+ * run:      copy inputs into the input surfaces, -evaluateWithQoS:options:request:error:,
+ *           copy outputs out of the output surfaces (one run at a time per program)
+ * free:     -unloadWithQoS:error:, release everything, remove the temp directory
+ *           when no other program of this backend uses it
+ *
+ * The backend interface passes plain memory, so the program owns its
+ * surfaces and runs copy in and out; handing the daemon's own surfaces to the
+ * ANE (zero copy) is a later step (issue 5, point 2).
+ *
+ * Every call sequence runs inside an autorelease pool; objects kept in the
+ * program are retained, and every failure path releases exactly what it took
+ * (tests/test_ane.c checks this against a fake runtime that counts objects).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ane_backend.h"
+
+typedef struct ane_classes {
+	anes_id desc, model, request, surface_obj;       /* AppleNeuralEngine */
+	anes_id data, string, number, dict, array;       /* Foundation */
+	anes_id device_info;                             /* optional */
+} ane_classes;
+
+typedef struct ane_sels {
+	anes_sel retain, release, utf8, localized_description, responds, has_ane;
+	anes_sel dictionary, set_object, data_with_bytes, string_with_utf8, number_with_ull,
+	         array_with_objects;
+	anes_sel model_with_mil, in_memory_model, hex_id, compile, load, evaluate, unload,
+	         object_with_surface, request_with;
+} ane_sels;
+
+/* A model's temp directory.  Identical programs get the same
+ * hexStringIdentifier and so the same directory: it is shared and removed
+ * when its last program goes. */
+typedef struct ane_dir {
+	struct ane_dir *next;
+	unsigned refs;
+	char path[];
+} ane_dir;
+
+typedef struct ane_backend {
+	anes_backend base;
+	const anes_ane_bridge *br;
+	ane_classes cls;
+	ane_sels sel;
+	pthread_mutex_t dirs_lock;
+	ane_dir *dirs;
+} ane_backend;
+
+typedef struct ane_io {
+	uint32_t arg;                /* index into the function's inputs (or outputs) */
+	uint64_t bytes;              /* tensor bytes copied per run */
+	anes_iosurface surface;      /* +1 */
+} ane_io;
+
+typedef struct ane_program {
+	anes_bprogram base;          /* first: the daemon sees this */
+	anes_mil_program *mil;       /* owns base.functions */
+	anes_id model;               /* retained _ANEInMemoryModel, loaded */
+	anes_id request;             /* retained _ANERequest */
+	anes_id options;             /* retained empty NSDictionary for evaluate */
+	ane_dir *dir;
+	uint32_t n_in, n_out;
+	ane_io *in, *out;            /* in request order (by name, see order_io) */
+	pthread_mutex_t run_lock;    /* one run at a time: the surfaces are the program's */
+} ane_program;
+
+static const anes_backend_ops ane_ops;
+
+static void set_err(char *errbuf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *errbuf, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!errbuf || !len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(errbuf, len, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- small Objective-C helpers (all through the bridge) ---- */
+
+static void obj_release(ane_backend *b, anes_id o)
+{
+	if (o)
+		b->br->send_void(o, b->sel.release);   /* - (void)release */
+}
+
+static anes_id obj_retain(ane_backend *b, anes_id o)
+{
+	return b->br->send(o, b->sel.retain);      /* - (id)retain */
+}
+
+static anes_id new_dict(ane_backend *b)
+{
+	return b->br->send(b->cls.dict, b->sel.dictionary);   /* + (id)dictionary, autoreleased */
+}
+
+static anes_id new_string(ane_backend *b, const char *s)
+{
+	return b->br->send_ptr(b->cls.string, b->sel.string_with_utf8, s);
+}
+
+static anes_id new_number(ane_backend *b, unsigned long long v)
+{
+	return b->br->send_ullong(b->cls.number, b->sel.number_with_ull, v);
+}
+
+/* dict[key] = value; false (nothing set) if key or value is nil */
+static bool dict_set(ane_backend *b, anes_id dict, const char *key, anes_id value)
+{
+	anes_id k = key ? new_string(b, key) : NULL;
+	if (!k || !value)
+		return false;
+	b->br->send_void_id_id(dict, b->sel.set_object, value, k);   /* -setObject:forKey: */
+	return true;
+}
+
+/* Copy the text of an NSError (its localizedDescription) into errbuf,
+ * behind prefix.  Must run before the pool that holds err is popped. */
+static void set_nserror(ane_backend *b, const char *what, anes_id err, char *errbuf, size_t len)
+{
+	const char *text = NULL;
+
+	if (err) {
+		anes_id desc = b->br->send(err, b->sel.localized_description);
+		if (desc)
+			text = b->br->send_cstr(desc, b->sel.utf8);
+	}
+	set_err(errbuf, len, "ANE %s failed: %s", what, text ? text : "(no error description)");
+}
+
+/* ---- temp directories ---- */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (flag == FTW_DP)
+		return rmdir(path) < 0 ? -1 : 0;
+	return unlink(path) < 0 ? -1 : 0;
+}
+
+static void remove_tree(const char *path)
+{
+	/* FTW_PHYS: never follow a symlink out of the directory. */
+	(void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int write_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	const char *p = data;
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			int e = errno;
+			close(fd);
+			return -e;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (close(fd) < 0)
+		return -errno;
+	return 0;
+}
+
+static int make_dir(const char *path)
+{
+	struct stat st;
+
+	if (mkdir(path, 0755) == 0)
+		return 0;
+	if (errno != EEXIST)
+		return -errno;
+	/* left over (another process, a crash): reuse it only if it is a real directory */
+	if (lstat(path, &st) < 0)
+		return -errno;
+	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+/* The identifier becomes a path component: accept [0-9A-Za-z_-] only. */
+static bool safe_component(const char *s)
+{
+	size_t n = 0;
+	for (; s[n]; n++) {
+		char c = s[n];
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      c == '_' || c == '-'))
+			return false;
+	}
+	return n > 0 && n <= 200;
+}
+
+/* Take a reference to TMP/HEX, writing model.mil and weights/NAME into it if
+ * no program of this backend holds it yet. */
+static int dir_acquire(ane_backend *b, const char *tmp, const char *hex, const char *mil,
+                       size_t mil_len, const anes_weight *weights, size_t n_weights,
+                       ane_dir **ret, char *errbuf, size_t errbuf_len)
+{
+	size_t tlen = strlen(tmp);
+	while (tlen > 1 && tmp[tlen - 1] == '/')
+		tlen--;
+	size_t plen = tlen + 1 + strlen(hex);
+	ane_dir *d;
+	int rc = 0;
+
+	if (tlen == 0 || plen > 3000) {
+		set_err(errbuf, errbuf_len, "ANE temp directory \"%.200s\" is unusable", tmp);
+		return -EIO;
+	}
+	pthread_mutex_lock(&b->dirs_lock);
+	for (d = b->dirs; d; d = d->next) {
+		if (strlen(d->path) == plen && strncmp(d->path, tmp, tlen) == 0 &&
+		    strcmp(d->path + tlen + 1, hex) == 0) {
+			d->refs++;
+			pthread_mutex_unlock(&b->dirs_lock);
+			*ret = d;
+			return 0;
+		}
+	}
+	d = malloc(sizeof *d + plen + 1);
+	char *file = malloc(plen + 256);
+	if (!d || !file) {
+		pthread_mutex_unlock(&b->dirs_lock);
+		free(d);
+		free(file);
+		set_err(errbuf, errbuf_len, "out of memory");
+		return -ENOMEM;
+	}
+	snprintf(d->path, plen + 1, "%.*s/%s", (int)tlen, tmp, hex);
+	d->refs = 1;
+
+	const char *step = d->path;
+	rc = make_dir(d->path);
+	if (rc == 0) {
+		snprintf(file, plen + 256, "%s/weights", d->path);
+		step = "weights";
+		rc = make_dir(file);
+	}
+	if (rc == 0) {
+		snprintf(file, plen + 256, "%s/model.mil", d->path);
+		step = "model.mil";
+		rc = write_file(file, mil, mil_len);
+	}
+	for (size_t i = 0; rc == 0 && i < n_weights; i++) {
+		/* ane_check.c made sure the path is "@model_path/weights/NAME" */
+		const char *rel = weights[i].path + strlen("@model_path/");
+		snprintf(file, plen + 256, "%s/%s", d->path, rel);
+		step = rel;
+		rc = write_file(file, weights[i].data, weights[i].len);
+	}
+	if (rc < 0) {
+		set_err(errbuf, errbuf_len, "cannot write the ANE model files into %s (%s): %s", d->path,
+		        step, strerror(-rc));
+		remove_tree(d->path);
+		pthread_mutex_unlock(&b->dirs_lock);
+		free(d);
+		free(file);
+		return -EIO;
+	}
+	d->next = b->dirs;
+	b->dirs = d;
+	pthread_mutex_unlock(&b->dirs_lock);
+	free(file);
+	*ret = d;
+	return 0;
+}
+
+static void dir_release(ane_backend *b, ane_dir *d)
+{
+	if (!d)
+		return;
+	pthread_mutex_lock(&b->dirs_lock);
+	if (--d->refs > 0) {
+		pthread_mutex_unlock(&b->dirs_lock);
+		return;
+	}
+	for (ane_dir **pp = &b->dirs; *pp; pp = &(*pp)->next) {
+		if (*pp == d) {
+			*pp = d->next;
+			break;
+		}
+	}
+	remove_tree(d->path);
+	pthread_mutex_unlock(&b->dirs_lock);
+	free(d);
+}
+
+/* ---- surfaces and the request ---- */
+
+/* Request order: inputs (and outputs) sorted by name.  The public record
+ * (Orion, arXiv 2603.06728; libane) reports that the ANE binds multi-input
+ * surfaces to the program's inputs in alphabetical order of their names. */
+static void order_io(const anes_tensor_desc *descs, uint32_t n, ane_io *io)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t j = i;
+		while (j > 0 && strcmp(descs[io[j - 1].arg].name, descs[i].name) > 0) {
+			io[j] = io[j - 1];
+			j--;
+		}
+		io[j].arg = i;
+		io[j].bytes = descs[i].bytes;
+		io[j].surface = NULL;
+	}
+}
+
+/* One surface size for all inputs (and one for all outputs): the public
+ * record reports 0x1d rejections for mixed sizes and for small surfaces. */
+static uint64_t surface_bytes(const ane_io *io, uint32_t n)
+{
+	uint64_t m = ANES_ANE_MIN_SURFACE_BYTES;
+	for (uint32_t i = 0; i < n; i++)
+		if (io[i].bytes > m)
+			m = io[i].bytes;
+	return (m + ANES_ANE_ROW_ALIGN - 1) / ANES_ANE_ROW_ALIGN * ANES_ANE_ROW_ALIGN;
+}
+
+/* Create the surfaces of io[] (alloc bytes each) and wrap them: objs[i] gets
+ * an autoreleased _ANEIOSurfaceObject, idx[i] an NSNumber i. */
+static int make_surfaces(ane_backend *b, ane_io *io, uint32_t n, uint64_t alloc, anes_id *objs,
+                         anes_id *idx, char *errbuf, size_t len)
+{
+	const anes_ane_bridge *br = b->br;
+
+	for (uint32_t i = 0; i < n; i++) {
+		/* the flat layout the public projects use: width = bytes, height 1, 1 byte per element */
+		anes_id props = new_dict(b);
+		anes_id nbytes = new_number(b, alloc), one = new_number(b, 1), zero = new_number(b, 0);
+		if (!props || !nbytes || !one || !zero) {
+			set_err(errbuf, len, "out of memory");
+			return -ENOMEM;
+		}
+		br->send_void_id_id(props, b->sel.set_object, nbytes, br->key_width);
+		br->send_void_id_id(props, b->sel.set_object, one, br->key_height);
+		br->send_void_id_id(props, b->sel.set_object, one, br->key_bytes_per_element);
+		br->send_void_id_id(props, b->sel.set_object, nbytes, br->key_bytes_per_row);
+		br->send_void_id_id(props, b->sel.set_object, nbytes, br->key_alloc_size);
+		br->send_void_id_id(props, b->sel.set_object, zero, br->key_pixel_format);
+		io[i].surface = br->surface_create(props);
+		if (!io[i].surface) {
+			set_err(errbuf, len, "IOSurfaceCreate (%llu bytes) failed", (unsigned long long)alloc);
+			return -ENOMEM;
+		}
+		if (br->surface_alloc_size(io[i].surface) < io[i].bytes) {
+			set_err(errbuf, len, "IOSurfaceCreate returned %zu bytes, %llu needed",
+			        br->surface_alloc_size(io[i].surface), (unsigned long long)io[i].bytes);
+			return -EIO;
+		}
+		/* + (id)objectWithIOSurface:(IOSurfaceRef) */
+		objs[i] = br->send_ptr(b->cls.surface_obj, b->sel.object_with_surface, io[i].surface);
+		if (!objs[i]) {
+			set_err(errbuf, len, "ANE _ANEIOSurfaceObject objectWithIOSurface: returned nil");
+			return -EIO;
+		}
+		idx[i] = new_number(b, i);
+		if (!idx[i]) {
+			set_err(errbuf, len, "out of memory");
+			return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+static anes_id new_array(ane_backend *b, const anes_id *objs, uint32_t n)
+{
+	/* + (id)arrayWithObjects:(const id *)objects count:(NSUInteger)n */
+	return b->br->send_ptr_ulong(b->cls.array, b->sel.array_with_objects, objs, n);
+}
+
+/* ---- compile ---- */
+
+static void program_release(ane_backend *b, ane_program *p, bool loaded)
+{
+	const anes_ane_bridge *br = b->br;
+
+	if (p->model || p->request || p->options) {
+		void *pool = br->pool_push();
+		if (loaded) {
+			anes_id err = NULL;
+			/* - (BOOL)unloadWithQoS:(unsigned)qos error:(NSError **)e; a failure
+			 * leaves nothing to do: the model is released either way */
+			(void)br->send_bool_u32_err(p->model, b->sel.unload, ANES_ANE_QOS, &err);
+		}
+		obj_release(b, p->request);
+		obj_release(b, p->options);
+		obj_release(b, p->model);
+		br->pool_pop(pool);
+	}
+	for (uint32_t i = 0; p->in && i < p->n_in; i++)
+		if (p->in[i].surface)
+			br->cf_release(p->in[i].surface);
+	for (uint32_t i = 0; p->out && i < p->n_out; i++)
+		if (p->out[i].surface)
+			br->cf_release(p->out[i].surface);
+	dir_release(b, p->dir);
+	anes_mil_program_free(p->mil);
+	free(p->in);
+	free(p->out);
+	pthread_mutex_destroy(&p->run_lock);
+	free(p);
+}
+
+/* The framework part of compile, inside one autorelease pool.  On failure
+ * the caller releases what is recorded in p (model, dir, surfaces). */
+static int compile_objc(ane_backend *b, ane_program *p, const char *mil, size_t mil_len,
+                        const anes_weight *weights, size_t n_weights, bool *loaded,
+                        char *errbuf, size_t len)
+{
+	const anes_ane_bridge *br = b->br;
+	anes_id err;
+
+	/* MIL text as NSData (never NSString: public projects report a crash) */
+	anes_id mil_data = br->send_ptr_ulong(b->cls.data, b->sel.data_with_bytes, mil, mil_len);
+	/* {"@model_path/weights/NAME": {"offset": 0, "data": NSData}}, empty when none */
+	anes_id wdict = new_dict(b);
+	if (!mil_data || !wdict)
+		goto oom;
+	for (size_t i = 0; i < n_weights; i++) {
+		anes_id entry = new_dict(b);
+		anes_id blob = br->send_ptr_ulong(b->cls.data, b->sel.data_with_bytes, weights[i].data,
+		                                  weights[i].len);
+		if (!entry || !blob || !dict_set(b, entry, "offset", new_number(b, 0)) ||
+		    !dict_set(b, entry, "data", blob) || !dict_set(b, wdict, weights[i].path, entry))
+			goto oom;
+	}
+
+	anes_id desc = br->send_id3(b->cls.desc, b->sel.model_with_mil, mil_data, wdict, NULL);
+	if (!desc) {
+		set_err(errbuf, len, "ANE _ANEInMemoryModelDescriptor modelWithMILText:weights:optionsPlist: "
+		        "returned nil");
+		return -EIO;
+	}
+	anes_id model = br->send_id(b->cls.model, b->sel.in_memory_model, desc);
+	if (!model) {
+		set_err(errbuf, len, "ANE _ANEInMemoryModel inMemoryModelWithDescriptor: returned nil");
+		return -EIO;
+	}
+	p->model = obj_retain(b, model);
+
+	/* the framework compiles from NSTemporaryDirectory()/<hexStringIdentifier>/ */
+	anes_id hex = br->send(model, b->sel.hex_id);
+	const char *hex_c = hex ? br->send_cstr(hex, b->sel.utf8) : NULL;
+	if (!hex_c || !safe_component(hex_c)) {
+		set_err(errbuf, len, "ANE hexStringIdentifier returned %s%.64s%s", hex_c ? "\"" : "",
+		        hex_c ? hex_c : "nil", hex_c ? "\", not a plain file name" : "");
+		return -EIO;
+	}
+	anes_id tmp = br->temporary_directory();
+	const char *tmp_c = tmp ? br->send_cstr(tmp, b->sel.utf8) : NULL;
+	if (!tmp_c || tmp_c[0] != '/') {
+		set_err(errbuf, len, "NSTemporaryDirectory() returned no absolute path");
+		return -EIO;
+	}
+	int rc = dir_acquire(b, tmp_c, hex_c, mil, mil_len, weights, n_weights, &p->dir, errbuf, len);
+	if (rc < 0)
+		return rc;
+
+	anes_id options = new_dict(b);   /* @{} (public call sites never pass nil) */
+	if (!options)
+		goto oom;
+	err = NULL;
+	if (!br->send_bool_u32_id_err(model, b->sel.compile, ANES_ANE_QOS, options, &err)) {
+		set_nserror(b, "compile", err, errbuf, len);
+		return -EIO;
+	}
+	err = NULL;
+	if (!br->send_bool_u32_id_err(model, b->sel.load, ANES_ANE_QOS, options, &err)) {
+		set_nserror(b, "load", err, errbuf, len);
+		return -EIO;
+	}
+	*loaded = true;
+
+	/* surfaces and the request, built once per program */
+	uint32_t n = p->n_in > p->n_out ? p->n_in : p->n_out;
+	anes_id *objs = calloc(4 * (size_t)(n ? n : 1), sizeof *objs);
+	if (!objs)
+		goto oom;
+	anes_id *in_objs = objs, *in_idx = objs + n, *out_objs = objs + 2 * n, *out_idx = objs + 3 * n;
+	rc = make_surfaces(b, p->in, p->n_in, surface_bytes(p->in, p->n_in), in_objs, in_idx, errbuf, len);
+	if (rc == 0)
+		rc = make_surfaces(b, p->out, p->n_out, surface_bytes(p->out, p->n_out), out_objs, out_idx,
+		                   errbuf, len);
+	if (rc < 0) {
+		free(objs);
+		return rc;
+	}
+	anes_id a_in = new_array(b, in_objs, p->n_in), a_in_idx = new_array(b, in_idx, p->n_in);
+	anes_id a_out = new_array(b, out_objs, p->n_out), a_out_idx = new_array(b, out_idx, p->n_out);
+	anes_id proc = new_number(b, 0);
+	free(objs);
+	if (!a_in || !a_in_idx || !a_out || !a_out_idx || !proc)
+		goto oom;
+	/* weightsBuffer and perfStats nil, procedureIndex @0 (one function) */
+	anes_id req = br->send_id7(b->cls.request, b->sel.request_with, a_in, a_in_idx, a_out, a_out_idx,
+	                           NULL, NULL, proc);
+	if (!req) {
+		set_err(errbuf, len, "ANE _ANERequest requestWithInputs:inputIndices:outputs:outputIndices:"
+		        "weightsBuffer:perfStats:procedureIndex: returned nil");
+		return -EIO;
+	}
+	p->request = obj_retain(b, req);
+	p->options = obj_retain(b, options);
+	return 0;
+
+oom:
+	set_err(errbuf, len, "out of memory");
+	return -ENOMEM;
+}
+
+static int ane_compile(anes_backend *base, const char *mil, size_t mil_len, const anes_weight *weights,
+                       size_t n_weights, anes_bprogram **ret_prog, char *errbuf, size_t errbuf_len)
+{
+	ane_backend *b = (ane_backend *)base;
+	anes_mil_program *mp = NULL;
+	ane_program *p;
+	bool loaded = false;
+	int rc;
+
+	if (errbuf && errbuf_len)
+		errbuf[0] = '\0';
+	rc = anes_mil_parse(mil, mil_len, weights, n_weights, &mp, errbuf, errbuf_len);
+	if (rc < 0)
+		return rc;
+	rc = anes_ane_check_program(mp, weights, n_weights, errbuf, errbuf_len);
+	if (rc < 0) {
+		anes_mil_program_free(mp);
+		return rc;
+	}
+
+	const anes_function_info *fi = &mp->info[0];
+	p = calloc(1, sizeof *p);
+	if (p) {
+		p->mil = mp;
+		p->n_in = fi->n_inputs;
+		p->n_out = fi->n_outputs;
+		p->in = calloc(p->n_in ? p->n_in : 1, sizeof *p->in);
+		p->out = calloc(p->n_out ? p->n_out : 1, sizeof *p->out);
+	}
+	if (!p || !p->in || !p->out || pthread_mutex_init(&p->run_lock, NULL) != 0) {
+		if (p) {
+			free(p->in);
+			free(p->out);
+			free(p);
+		}
+		anes_mil_program_free(mp);
+		set_err(errbuf, errbuf_len, "out of memory");
+		return -ENOMEM;
+	}
+	order_io(fi->inputs, p->n_in, p->in);
+	order_io(fi->outputs, p->n_out, p->out);
+
+	void *pool = b->br->pool_push();
+	rc = compile_objc(b, p, mil, mil_len, weights, n_weights, &loaded, errbuf, errbuf_len);
+	b->br->pool_pop(pool);
+	if (rc < 0) {
+		program_release(b, p, loaded);
+		return rc;
+	}
+	p->base.backend = base;
+	p->base.n_functions = mp->n_functions;
+	p->base.functions = mp->info;
+	*ret_prog = &p->base;
+	return 0;
+}
+
+/* ---- run ---- */
+
+static int copy_in(ane_backend *b, const ane_io *io, const void *src, char *errbuf, size_t len)
+{
+	const anes_ane_bridge *br = b->br;
+	int kr = br->surface_lock(io->surface, 0, NULL);
+	if (kr != 0) {
+		set_err(errbuf, len, "IOSurfaceLock failed (kern_return_t 0x%x)", (unsigned)kr);
+		return -EIO;
+	}
+	memcpy(br->surface_base(io->surface), src, io->bytes);
+	br->surface_unlock(io->surface, 0, NULL);
+	return 0;
+}
+
+static int copy_out(ane_backend *b, const ane_io *io, void *dst, char *errbuf, size_t len)
+{
+	const anes_ane_bridge *br = b->br;
+	int kr = br->surface_lock(io->surface, ANES_IOSURFACE_LOCK_READ_ONLY, NULL);
+	if (kr != 0) {
+		set_err(errbuf, len, "IOSurfaceLock failed (kern_return_t 0x%x)", (unsigned)kr);
+		return -EIO;
+	}
+	memcpy(dst, br->surface_base(io->surface), io->bytes);
+	br->surface_unlock(io->surface, ANES_IOSURFACE_LOCK_READ_ONLY, NULL);
+	return 0;
+}
+
+static int ane_run(anes_backend *base, anes_bprogram *prog, uint32_t fn_index, const void *const *inputs,
+                   void *const *outputs, char *errbuf, size_t errbuf_len)
+{
+	ane_backend *b = (ane_backend *)base;
+	ane_program *p = (ane_program *)prog;
+	int rc = 0;
+
+	if (fn_index >= p->base.n_functions) {
+		set_err(errbuf, errbuf_len, "no function %u", fn_index);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&p->run_lock);
+	for (uint32_t i = 0; rc == 0 && i < p->n_in; i++)
+		rc = copy_in(b, &p->in[i], inputs[p->in[i].arg], errbuf, errbuf_len);
+	if (rc == 0) {
+		void *pool = b->br->pool_push();
+		anes_id err = NULL;
+		if (!b->br->send_bool_u32_id_id_err(p->model, b->sel.evaluate, ANES_ANE_QOS, p->options,
+		                                    p->request, &err)) {
+			set_nserror(b, "evaluate", err, errbuf, errbuf_len);
+			rc = -EIO;
+		}
+		b->br->pool_pop(pool);
+	}
+	for (uint32_t i = 0; rc == 0 && i < p->n_out; i++)
+		rc = copy_out(b, &p->out[i], outputs[p->out[i].arg], errbuf, errbuf_len);
+	pthread_mutex_unlock(&p->run_lock);
+	return rc;
+}
+
+static void ane_program_free(anes_backend *base, anes_bprogram *prog)
+{
+	if (!prog)
+		return;
+	program_release((ane_backend *)base, (ane_program *)prog, true);
+}
+
+static void ane_destroy(anes_backend *base)
+{
+	ane_backend *b = (ane_backend *)base;
+
+	if (!b)
+		return;
+	/* all programs are freed first, so no directory is left */
+	while (b->dirs) {
+		ane_dir *d = b->dirs;
+		b->dirs = d->next;
+		remove_tree(d->path);
+		free(d);
+	}
+	pthread_mutex_destroy(&b->dirs_lock);
+	free(b);
+}
+
+static const anes_backend_ops ane_ops = {
+	.name = "ane",
+	.compile = ane_compile,
+	.run = ane_run,
+	.program_free = ane_program_free,
+	.destroy = ane_destroy,
+};
+
+/* ---- creation ---- */
+
+int anes_ane_backend_new(const anes_ane_bridge *br, anes_backend **ret, char *errbuf, size_t errbuf_len)
+{
+	static const struct {
+		const char *name;
+		size_t off;
+	} classes[] = {
+		{ "_ANEInMemoryModelDescriptor", offsetof(ane_classes, desc) },
+		{ "_ANEInMemoryModel", offsetof(ane_classes, model) },
+		{ "_ANERequest", offsetof(ane_classes, request) },
+		{ "_ANEIOSurfaceObject", offsetof(ane_classes, surface_obj) },
+		{ "NSData", offsetof(ane_classes, data) },
+		{ "NSString", offsetof(ane_classes, string) },
+		{ "NSNumber", offsetof(ane_classes, number) },
+		{ "NSMutableDictionary", offsetof(ane_classes, dict) },
+		{ "NSArray", offsetof(ane_classes, array) },
+	};
+	static const struct {
+		const char *name;
+		size_t off;
+	} sels[] = {
+		{ "retain", offsetof(ane_sels, retain) },
+		{ "release", offsetof(ane_sels, release) },
+		{ "UTF8String", offsetof(ane_sels, utf8) },
+		{ "localizedDescription", offsetof(ane_sels, localized_description) },
+		{ "respondsToSelector:", offsetof(ane_sels, responds) },
+		{ "hasANE", offsetof(ane_sels, has_ane) },
+		{ "dictionary", offsetof(ane_sels, dictionary) },
+		{ "setObject:forKey:", offsetof(ane_sels, set_object) },
+		{ "dataWithBytes:length:", offsetof(ane_sels, data_with_bytes) },
+		{ "stringWithUTF8String:", offsetof(ane_sels, string_with_utf8) },
+		{ "numberWithUnsignedLongLong:", offsetof(ane_sels, number_with_ull) },
+		{ "arrayWithObjects:count:", offsetof(ane_sels, array_with_objects) },
+		{ "modelWithMILText:weights:optionsPlist:", offsetof(ane_sels, model_with_mil) },
+		{ "inMemoryModelWithDescriptor:", offsetof(ane_sels, in_memory_model) },
+		{ "hexStringIdentifier", offsetof(ane_sels, hex_id) },
+		{ "compileWithQoS:options:error:", offsetof(ane_sels, compile) },
+		{ "loadWithQoS:options:error:", offsetof(ane_sels, load) },
+		{ "evaluateWithQoS:options:request:error:", offsetof(ane_sels, evaluate) },
+		{ "unloadWithQoS:error:", offsetof(ane_sels, unload) },
+		{ "objectWithIOSurface:", offsetof(ane_sels, object_with_surface) },
+		{ "requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:",
+		  offsetof(ane_sels, request_with) },
+	};
+	ane_backend *b;
+
+	if (errbuf && errbuf_len)
+		errbuf[0] = '\0';
+	b = calloc(1, sizeof *b);
+	if (!b || pthread_mutex_init(&b->dirs_lock, NULL) != 0) {
+		free(b);
+		set_err(errbuf, errbuf_len, "out of memory");
+		return -ENOMEM;
+	}
+	b->base.ops = &ane_ops;
+	b->br = br;
+	for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++) {
+		anes_id c = br->get_class(classes[i].name);
+		if (!c) {
+			set_err(errbuf, errbuf_len,
+			        "no ANE on this machine (Objective-C class %s not found: a macOS without "
+			        "the in-memory model API?)",
+			        classes[i].name);
+			ane_destroy(&b->base);
+			return -ENODEV;
+		}
+		memcpy((char *)&b->cls + classes[i].off, &c, sizeof c);
+	}
+	for (size_t i = 0; i < sizeof sels / sizeof sels[0]; i++) {
+		anes_sel s = br->sel_register(sels[i].name);
+		memcpy((char *)&b->sel + sels[i].off, &s, sizeof s);
+	}
+
+	/* +[_ANEDeviceInfo hasANE], when the class answers it: the framework is
+	 * present on Macs without a Neural Engine too */
+	b->cls.device_info = br->get_class("_ANEDeviceInfo");
+	if (b->cls.device_info) {
+		void *pool = br->pool_push();
+		bool none = br->send_bool_sel(b->cls.device_info, b->sel.responds, b->sel.has_ane) &&
+		            !br->send_bool(b->cls.device_info, b->sel.has_ane);
+		br->pool_pop(pool);
+		if (none) {
+			set_err(errbuf, errbuf_len, "no ANE on this machine (_ANEDeviceInfo hasANE returned NO)");
+			ane_destroy(&b->base);
+			return -ENODEV;
+		}
+	}
+	*ret = &b->base;
+	return 0;
+}

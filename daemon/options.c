@@ -1,0 +1,447 @@
+/* SPDX-License-Identifier: MIT */
+/* aneshared's command line and configuration file (options.h). */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <pwd.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anes_config.h"
+#include "anes_proto.h"
+#include "mil.h"
+#include "options.h"
+
+typedef enum opt_type {
+	T_U32,       /* plain integer */
+	T_U64,
+	T_BYTES,     /* uint64_t, with an optional K/M/G (binary) suffix */
+	T_BYTES32,   /* uint32_t, the same */
+	T_STR,       /* char *, strdup'ed */
+	T_BOOL,
+	T_UID,       /* appended to allow_uids: a number or a user name */
+} opt_type;
+
+typedef struct optdef {
+	const char *key;
+	opt_type type;
+	size_t off;                  /* into anes_options */
+	uint64_t lo, hi;             /* integers: inclusive range */
+	const char *arg, *help;      /* NULL help: not listed in --help */
+} optdef;
+
+#define L(field) offsetof(anes_options, cfg.limits.field)
+#define O(field) offsetof(anes_options, field)
+#define GiB (1ull << 30)
+
+static const optdef defs[] = {
+	{ "socket", T_STR, O(socket_path), 0, 0, "PATH",
+	  "listen on PATH (default: $ANESHARE_SOCKET, else $XDG_RUNTIME_DIR/aneshare/aneshare.sock)" },
+	{ "backend", T_STR, O(backend_name), 0, 0, "NAME", "compute backend: cpu, ane or auto (default auto: ane where available)" },
+	{ "workers", T_U32, O(cfg.workers), 1, 256, "N", "worker threads for compiles and runs (default 2)" },
+	{ "verbose", T_BOOL, O(cfg.verbose), 0, 0, NULL, "log every connect and disconnect" },
+	{ "allow-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
+	  "also accept clients of this user (uid or name; repeatable)" },
+	{ "shutdown-timeout", T_U32, O(shutdown_timeout_s), 0, 3600, "SECONDS",
+	  "on SIGTERM, time in-flight requests get to finish (default 10)" },
+	{ "max-frame", T_BYTES32, L(max_frame), ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST, "BYTES",
+	  "largest frame payload" },
+	{ "max-connections", T_U32, L(max_connections), 1, 65536, "N", "clients connected at once" },
+	{ "max-inflight", T_U32, L(max_inflight), 1, 65536, "N",
+	  "requests per client on the workers before it is no longer read" },
+	{ "max-surfaces", T_U32, L(max_surfaces), 1, 1u << 20, "N", "surfaces per client" },
+	{ "max-surface-bytes", T_BYTES, L(max_surface_bytes), 1, 1ull << 40, "BYTES", "size of one surface" },
+	{ "max-total-surface-bytes", T_BYTES, L(max_total_surface_bytes), 1, 1ull << 44, "BYTES",
+	  "bytes of surfaces per client" },
+	{ "max-daemon-surface-bytes", T_BYTES, L(max_daemon_surface_bytes), 1, 1ull << 46, "BYTES",
+	  "bytes of surfaces of all clients together" },
+	{ "max-programs", T_U32, L(max_programs), 1, 1u << 20, "N", "program handles per client" },
+	{ "max-mil-bytes", T_BYTES32, L(max_mil_bytes), 1, ANES_MIL_MAX_TEXT, "BYTES",
+	  "MIL text of one compile" },
+	{ "max-weights", T_U32, L(max_weights), 0, 1024, "N", "weight blobs of one compile" },
+	{ "max-weight-bytes", T_BYTES, L(max_weight_bytes), 0, 16 * GiB, "BYTES",
+	  "weight bytes (all blobs) of one compile" },
+	{ "max-unsent-bytes", T_BYTES, L(max_unsent_bytes), 1, 16 * GiB, "BYTES",
+	  "stop reading a client with this much unread output" },
+	{ "drop-unsent-bytes", T_BYTES, L(drop_unsent_bytes), 1, 16 * GiB, "BYTES",
+	  "drop a client whose unread output stays above this ..." },
+	{ "drop-unsent-seconds", T_U32, L(drop_unsent_seconds), 0, 86400, "SECONDS",
+	  "... for this long" },
+	{ "drop-unsent-hard-bytes", T_BYTES, L(drop_unsent_hard_bytes), 1, 64 * GiB, "BYTES",
+	  "drop a client at once when its unread output would exceed this" },
+	/* Test hook, see docs/reliability.md. */
+	{ "fault-inject", T_STR, O(fault_run_fail), 0, 0, "run_fail=NAME", NULL },
+};
+#define N_DEFS (sizeof(defs) / sizeof(defs[0]))
+
+static void usage(FILE *f, const anes_options *dflt)
+{
+	fprintf(f,
+	        "Usage: aneshared [OPTIONS]\n"
+	        "Share compiled neural-network programs and memory surfaces between processes.\n\n"
+	        "  --config FILE      read settings from FILE (default: $XDG_CONFIG_HOME/aneshare/\n"
+	        "                     aneshared.conf or ~/.config/aneshare/aneshared.conf if it exists);\n"
+	        "                     every option below is also a \"key = value\" line there, with\n"
+	        "                     '_' for '-' (e.g. max_inflight = 32); the command line wins\n");
+	for (size_t i = 0; i < N_DEFS; i++) {
+		const optdef *d = &defs[i];
+		if (!d->help)
+			continue;
+		char left[64];
+		snprintf(left, sizeof left, "--%s%s%s", d->key, d->arg ? " " : "", d->arg ? d->arg : "");
+		fprintf(f, "  %-30s %s", left, d->help);
+		const void *p = (const char *)dflt + d->off;
+		switch (d->type) {
+		case T_U32:
+		case T_BYTES32:
+			if (d->off != O(cfg.workers))
+				fprintf(f, " (default %u)", *(const uint32_t *)p);
+			break;
+		case T_U64:
+		case T_BYTES:
+			fprintf(f, " (default %llu)", (unsigned long long)*(const uint64_t *)p);
+			break;
+		default:
+			break;
+		}
+		fputc('\n', f);
+	}
+	fprintf(f,
+	        "  -v                             same as --verbose\n"
+	        "  -h, --help                     show this help\n"
+	        "  -V, --version                  show the version\n"
+	        "BYTES may end in K, M or G (KiB, MiB, GiB).\n");
+}
+
+/* ---- values ------------------------------------------------------------------ */
+
+static int parse_u64(const char *s, bool bytes, uint64_t *ret)
+{
+	char *end;
+	if (!isdigit((unsigned char)s[0]))
+		return -EINVAL;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return -ERANGE;
+	unsigned shift = 0;
+	if (bytes && *end) {
+		switch (toupper((unsigned char)*end)) {
+		case 'K': shift = 10; break;
+		case 'M': shift = 20; break;
+		case 'G': shift = 30; break;
+		default: return -EINVAL;
+		}
+		end++;
+		if (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0)
+			end += strlen(end);
+	}
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*ret = (uint64_t)v << shift;
+	return 0;
+}
+
+static int parse_uid(const char *s, uint32_t *ret)
+{
+	uint64_t v;
+	if (parse_u64(s, false, &v) == 0) {
+		if (v >= UINT32_MAX)   /* (uid_t)-1 is no one */
+			return -ERANGE;
+		*ret = (uint32_t)v;
+		return 0;
+	}
+	struct passwd *pw = getpwnam(s);
+	if (!pw)
+		return -ENOENT;
+	*ret = (uint32_t)pw->pw_uid;
+	return 0;
+}
+
+/* Set d from text s; where names the source for the message ("--max-frame",
+ * "FILE:LINE"). */
+static int set_value(anes_options *o, const optdef *d, const char *s, const char *where)
+{
+	void *p = (char *)o + d->off;
+	uint64_t v;
+	int r;
+
+	switch (d->type) {
+	case T_U32:
+	case T_U64:
+	case T_BYTES:
+	case T_BYTES32:
+		r = parse_u64(s, d->type == T_BYTES || d->type == T_BYTES32, &v);
+		if (r < 0 || v < d->lo || v > d->hi) {
+			fprintf(stderr, "aneshared: %s: %s: \"%s\" is not %s in %llu..%llu\n", where, d->key, s,
+			        d->type == T_BYTES || d->type == T_BYTES32 ? "a byte count" : "a number",
+			        (unsigned long long)d->lo, (unsigned long long)d->hi);
+			return -EINVAL;
+		}
+		if (d->type == T_U32 || d->type == T_BYTES32)
+			*(uint32_t *)p = (uint32_t)v;
+		else
+			*(uint64_t *)p = v;
+		return 0;
+	case T_STR: {
+		char *dup = strdup(s);
+		if (!dup) {
+			fprintf(stderr, "aneshared: out of memory\n");
+			return -ENOMEM;
+		}
+		free(*(char **)p);
+		*(char **)p = dup;
+		return 0;
+	}
+	case T_BOOL:
+		if (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "1")) {
+			*(bool *)p = true;
+		} else if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "0")) {
+			*(bool *)p = false;
+		} else {
+			fprintf(stderr, "aneshared: %s: %s: \"%s\" is not true or false\n", where, d->key, s);
+			return -EINVAL;
+		}
+		return 0;
+	case T_UID: {
+		uint32_t uid;
+		r = parse_uid(s, &uid);
+		if (r < 0) {
+			fprintf(stderr, "aneshared: %s: %s: \"%s\" is neither a uid nor a user name\n", where,
+			        d->key, s);
+			return -EINVAL;
+		}
+		if (o->n_allow_uids >= 1024) {
+			fprintf(stderr, "aneshared: %s: %s: at most 1024 users\n", where, d->key);
+			return -EINVAL;
+		}
+		uint32_t *u = realloc(o->allow_uids, (o->n_allow_uids + 1) * sizeof(*u));
+		if (!u) {
+			fprintf(stderr, "aneshared: out of memory\n");
+			return -ENOMEM;
+		}
+		u[o->n_allow_uids++] = uid;
+		o->allow_uids = u;
+		return 0;
+	}
+	}
+	return -EINVAL;
+}
+
+/* ---- the file -------------------------------------------------------------------- */
+
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t n = strlen(s);
+	while (n > 0 && isspace((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
+
+static const optdef *find_key(const char *key, bool file)
+{
+	for (size_t i = 0; i < N_DEFS; i++) {
+		const char *k = defs[i].key;
+		size_t j = 0;
+		/* In the file keys use '_' where options use '-'. */
+		for (; k[j] && key[j]; j++)
+			if (key[j] != (file && k[j] == '-' ? '_' : k[j]))
+				break;
+		if (!k[j] && !key[j])
+			return &defs[i];
+	}
+	return NULL;
+}
+
+static int parse_file(anes_options *o, FILE *f, const char *name)
+{
+	char buf[4096];
+	unsigned line = 0;
+
+	while (fgets(buf, sizeof buf, f)) {
+		char where[512];
+		line++;
+		snprintf(where, sizeof where, "%s:%u", name, line);
+		size_t len = strlen(buf);
+		if (len == sizeof buf - 1 && buf[len - 1] != '\n' && !feof(f)) {
+			fprintf(stderr, "aneshared: %s: line too long\n", where);
+			return -EINVAL;
+		}
+		char *s = trim(buf);
+		if (!*s || *s == '#')
+			continue;
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			fprintf(stderr, "aneshared: %s: expected \"key = value\"\n", where);
+			return -EINVAL;
+		}
+		*eq = '\0';
+		char *key = trim(s), *val = trim(eq + 1);
+		const optdef *d = find_key(key, true);
+		if (!d || !strcmp(key, "fault_inject")) {
+			fprintf(stderr, "aneshared: %s: unknown key \"%s\"\n", where, key);
+			return -EINVAL;
+		}
+		if (!*val) {
+			fprintf(stderr, "aneshared: %s: %s has no value\n", where, key);
+			return -EINVAL;
+		}
+		int r = set_value(o, d, val, where);
+		if (r < 0)
+			return r;
+	}
+	if (ferror(f)) {
+		fprintf(stderr, "aneshared: %s: read error\n", name);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* --config FILE from argv, else the default file if it exists.  0 with
+ * *ret_path NULL if there is none. */
+static int config_path(int argc, char **argv, char **ret_path, bool *ret_explicit)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--"))
+			break;
+		if (!strcmp(argv[i], "--config")) {
+			if (i + 1 >= argc) {
+				fprintf(stderr, "aneshared: --config needs a FILE\n");
+				return -EINVAL;
+			}
+			*ret_path = strdup(argv[i + 1]);
+			*ret_explicit = true;
+			return *ret_path ? 0 : -ENOMEM;
+		}
+		if (!strncmp(argv[i], "--config=", 9)) {
+			*ret_path = strdup(argv[i] + 9);
+			*ret_explicit = true;
+			return *ret_path ? 0 : -ENOMEM;
+		}
+	}
+	const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+	char *p = NULL;
+	int r = 0;
+	if (xdg && *xdg)
+		r = asprintf(&p, "%s/aneshare/aneshared.conf", xdg);
+	else if (home && *home)
+		r = asprintf(&p, "%s/.config/aneshare/aneshared.conf", home);
+	if (r < 0)
+		return -ENOMEM;
+	*ret_path = p;
+	*ret_explicit = false;
+	return 0;
+}
+
+/* ---- all of it ------------------------------------------------------------------- */
+
+static void finish(anes_options *o)
+{
+	o->cfg.socket_path = o->socket_path;
+	o->backend = o->backend_name ? o->backend_name : "auto";
+	o->cfg.allow_uids = o->allow_uids;
+	o->cfg.n_allow_uids = o->n_allow_uids;
+	o->cfg.shutdown_timeout_ms = o->shutdown_timeout_s * 1000u;
+	o->cfg.fault_run_fail = NULL;
+	if (o->fault_run_fail)
+		o->cfg.fault_run_fail = o->fault_run_fail + strlen("run_fail=");
+}
+
+int anes_options_parse(anes_options *o, int argc, char **argv)
+{
+	struct option lopts[N_DEFS + 4];
+	size_t n = 0;
+	int r;
+
+	*o = (anes_options){ .shutdown_timeout_s = 10 };
+	anes_server_config_init(&o->cfg);
+	o->cfg.handle_signals = true;
+
+	bool explicit_path = false;
+	r = config_path(argc, argv, &o->config_path, &explicit_path);
+	if (r < 0)
+		return r == -ENOMEM ? (fprintf(stderr, "aneshared: out of memory\n"), -EINVAL) : r;
+	if (o->config_path) {
+		FILE *f = fopen(o->config_path, "re");
+		if (f) {
+			r = parse_file(o, f, o->config_path);
+			fclose(f);
+			if (r < 0)
+				return -EINVAL;
+		} else if (explicit_path || errno != ENOENT) {
+			fprintf(stderr, "aneshared: cannot read %s: %s\n", o->config_path, strerror(errno));
+			return -EINVAL;
+		} else {
+			free(o->config_path);
+			o->config_path = NULL;
+		}
+	}
+
+	for (size_t i = 0; i < N_DEFS; i++)
+		lopts[n++] = (struct option){ defs[i].key, defs[i].type == T_BOOL ? no_argument : required_argument,
+		                              NULL, 1000 + (int)i };
+	lopts[n++] = (struct option){ "config", required_argument, NULL, 'c' };
+	lopts[n++] = (struct option){ "help", no_argument, NULL, 'h' };
+	lopts[n++] = (struct option){ "version", no_argument, NULL, 'V' };
+	lopts[n++] = (struct option){ NULL, 0, NULL, 0 };
+
+	optind = 1;
+	int c;
+	while ((c = getopt_long(argc, argv, "vhV", lopts, NULL)) != -1) {
+		if (c >= 1000) {
+			const optdef *d = &defs[c - 1000];
+			char where[80];
+			snprintf(where, sizeof where, "--%s", d->key);
+			r = set_value(o, d, d->type == T_BOOL ? "true" : optarg, where);
+			if (r < 0)
+				return -EINVAL;
+			continue;
+		}
+		switch (c) {
+		case 'c':
+			break;   /* read above */
+		case 'v':
+			o->cfg.verbose = true;
+			break;
+		case 'h': {
+			anes_options dflt = { .shutdown_timeout_s = 10 };
+			anes_server_config_init(&dflt.cfg);
+			usage(stdout, &dflt);
+			return 1;
+		}
+		case 'V':
+			printf("aneshared %s (protocol %d)\n", ANES_VERSION, ANES_PROTOCOL_VERSION);
+			return 1;
+		default:
+			fprintf(stderr, "Try 'aneshared --help'.\n");
+			return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "aneshared: unexpected argument \"%s\"\n", argv[optind]);
+		return -EINVAL;
+	}
+	if (o->fault_run_fail && (strncmp(o->fault_run_fail, "run_fail=", 9) != 0 ||
+	                          !o->fault_run_fail[9])) {
+		fprintf(stderr, "aneshared: --fault-inject: only run_fail=FUNCTION is known\n");
+		return -EINVAL;
+	}
+	finish(o);
+	return 0;
+}
+
+void anes_options_free(anes_options *o)
+{
+	free(o->socket_path);
+	free(o->backend_name);
+	free(o->fault_run_fail);
+	free(o->allow_uids);
+	free(o->config_path);
+	*o = (anes_options){ 0 };
+}

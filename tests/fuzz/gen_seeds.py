@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""Write the seed inputs of the fuzz targets (tests/fuzz/NAME/seed-*).
+
+Run from anywhere: python3 tests/fuzz/gen_seeds.py.  It only rewrites
+seed-* files; regression inputs (regress-*) are kept.  The frame seeds are
+one valid message of every kind in docs/protocol.md; the MIL seeds are
+examples/*.mil and small programs like those in tests/test_mil.c.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def mp(o):
+    """A tiny msgpack encoder: None, bool, int, float, str, bytes, list, dict."""
+    if o is None:
+        return b'\xc0'
+    if o is True:
+        return b'\xc3'
+    if o is False:
+        return b'\xc2'
+    if isinstance(o, int):
+        if 0 <= o < 128:
+            return bytes([o])
+        if -32 <= o < 0:
+            return struct.pack('b', o)
+        if 0 <= o < 1 << 8:
+            return b'\xcc' + struct.pack('>B', o)
+        if 0 <= o < 1 << 16:
+            return b'\xcd' + struct.pack('>H', o)
+        if 0 <= o < 1 << 32:
+            return b'\xce' + struct.pack('>I', o)
+        if 0 <= o:
+            return b'\xcf' + struct.pack('>Q', o)
+        return b'\xd3' + struct.pack('>q', o)
+    if isinstance(o, float):
+        return b'\xcb' + struct.pack('>d', o)
+    if isinstance(o, str):
+        b = o.encode()
+        if len(b) < 32:
+            return bytes([0xa0 | len(b)]) + b
+        if len(b) < 256:
+            return b'\xd9' + bytes([len(b)]) + b
+        return b'\xda' + struct.pack('>H', len(b)) + b
+    if isinstance(o, bytes):
+        if len(o) < 256:
+            return b'\xc4' + bytes([len(o)]) + o
+        return b'\xc5' + struct.pack('>H', len(o)) + o
+    if isinstance(o, list):
+        h = bytes([0x90 | len(o)]) if len(o) < 16 else b'\xdc' + struct.pack('>H', len(o))
+        return h + b''.join(mp(x) for x in o)
+    if isinstance(o, dict):
+        h = bytes([0x80 | len(o)]) if len(o) < 16 else b'\xde' + struct.pack('>H', len(o))
+        return h + b''.join(mp(k) + mp(v) for k, v in o.items())
+    raise TypeError(o)
+
+
+def frame(payload, nfds=0):
+    return struct.pack('>IB3x', len(payload), nfds) + payload
+
+
+def req(msgid, method, params):
+    return mp([0, msgid, method, params])
+
+
+def res(msgid, result):
+    return mp([1, msgid, None, result])
+
+
+def err(msgid, code, name, message):
+    return mp([1, msgid, {'code': code, 'name': name, 'message': message}, None])
+
+
+SMALL_MIL = ('program(1.3)\n{\n  func main<ios18>(tensor<fp16, [2, 3]> x) {\n'
+             '    tensor<fp16, [2, 3]> y = add(x = x, y = x)[name = string("y")];\n'
+             '  } -> (y);\n}\n')
+
+LIMITS = {'max_frame': 64 << 20, 'max_fds_per_frame': 4, 'max_surfaces': 1024,
+          'max_surface_bytes': 1 << 30, 'max_total_surface_bytes': 4 << 30,
+          'max_programs': 256, 'max_inflight': 64, 'max_mil_bytes': 16 << 20,
+          'max_weights': 256}
+KEY = 'a' * 64
+TENSOR = {'name': 'x', 'dtype': 'fp16', 'shape': [2, 3], 'bytes': 12}
+
+# (name, payload, fd count)
+FRAMES = [
+    ('hello', req(1, 'hello', {'protocol': 1, 'client': 'fuzz'}), 0),
+    ('surface_create', req(2, 'surface.create', {'size': 4096}), 0),
+    ('surface_import', req(3, 'surface.import', {}), 1),
+    ('surface_release', req(4, 'surface.release', {'id': 1}), 0),
+    ('program_compile', req(5, 'program.compile', {'mil': SMALL_MIL}), 0),
+    ('program_compile_weights', req(6, 'program.compile', {
+        'mil': SMALL_MIL, 'weights': {'@model_path/weights/w.bin': bytes(range(64)) * 2}}), 0),
+    ('program_info', req(7, 'program.info', {'id': 1}), 0),
+    ('program_release', req(8, 'program.release', {'id': 1}), 0),
+    ('run', req(9, 'run', {'program': 1, 'function': 'main', 'inputs': [1, 2], 'outputs': [3]}), 0),
+    ('status', req(10, 'status', {}), 0),
+    ('msgid_max', req(0xffffffff, 'status', {}), 0),
+    ('res_hello', res(1, {'protocol': 1, 'server': 'aneshared', 'version': '0.1.0',
+                          'backend': 'cpu', 'limits': LIMITS}), 0),
+    ('res_surface', res(2, {'id': 1, 'size': 4096}), 1),
+    ('res_release', res(4, {'deferred': False}), 0),
+    ('res_compile', res(5, {'id': 1, 'key': KEY, 'cached': True}), 0),
+    ('res_info', res(7, {'key': KEY, 'functions': [
+        {'name': 'main', 'inputs': [TENSOR], 'outputs': [TENSOR]}]}), 0),
+    ('res_empty', res(8, {}), 0),
+    ('res_run', res(9, {'elapsed_us': 1234}), 0),
+    ('res_status', res(10, {'server': 'aneshared', 'version': '0.1.0', 'protocol': 1,
+                            'backend': 'cpu', 'uptime_ms': 99, 'clients': 1, 'surfaces': 2,
+                            'surface_bytes': 8192, 'runs': 3, 'compiles': 1, 'cache_hits': 0,
+                            'programs': [{'key': KEY, 'refs': 1}]}), 0),
+    ('res_error', err(11, 5, 'invalid_params', 'size: missing'), 0),
+    ('notify_error', mp([2, 'error', {'code': 1, 'name': 'protocol', 'message': 'malformed'}]), 0),
+]
+
+
+def io_chunks(data, sizes, fds_first=0, ctl=0):
+    """The fuzz_io input for sending data in pieces of the given sizes."""
+    out = b''
+    pos = 0
+    first = True
+    for s in sizes:
+        piece = data[pos:pos + s]
+        pos += s
+        c = ctl | (fds_first if first else 0)
+        first = False
+        out += bytes([c, len(piece)]) + piece
+    assert pos >= len(data)
+    return out
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, 'seed-' + name), 'wb') as f:
+        f.write(data)
+
+
+def main():
+    for target in ('frame', 'io', 'mil', 'mil_run'):
+        d = os.path.join(HERE, target)
+        if os.path.isdir(d):
+            for f in os.listdir(d):
+                if f.startswith('seed-'):
+                    os.remove(os.path.join(d, f))
+
+    for name, payload, nfds in FRAMES:
+        write('frame', name, frame(payload, nfds))
+
+    hello = frame(FRAMES[0][1])
+    imp = frame(req(3, 'surface.import', {}), 1)
+    status = frame(req(10, 'status', {}))
+    compile_ = frame(FRAMES[5][1])
+    write('io', 'hello', b'\x00' + io_chunks(hello, [len(hello)]))
+    write('io', 'hello_split', b'\x00' + io_chunks(hello, [3, 5, 1, len(hello)]))
+    write('io', 'hello_short_reads', b'\x00' + io_chunks(hello, [len(hello)], ctl=0x60))
+    write('io', 'import_fd', b'\x00' + io_chunks(hello + imp, [len(hello), len(imp)]).replace(
+        bytes([0, len(imp)]), bytes([1, len(imp)]), 1))
+    two = hello + status
+    write('io', 'two_frames_one_send', b'\x00' + io_chunks(two, [len(two)]))
+    write('io', 'compile_tiny_max', b'\x01' + io_chunks(compile_, [200, 200]))
+    write('io', 'fd_without_frame', b'\x00' + bytes([1, 3]) + b'\x00\x00\x00')
+    write('io', 'too_many_fds', b'\x00' + bytes([17, len(imp)]) + imp)
+    write('io', 'echo_bad_queue', b'\x00' + bytes([0xc1, len(imp)]) + imp)
+
+    blob_tail = b''  # the fixed blobs are built into the targets
+    mils = {}
+    with open(os.path.join(ROOT, 'examples', 'dynamic_matmul.mil'), 'rb') as f:
+        mils['example_dynamic_matmul'] = f.read()
+    for fn in sorted(os.listdir(os.path.join(ROOT, 'examples'))):
+        if fn.endswith('.mil') and fn != 'dynamic_matmul.mil':
+            with open(os.path.join(ROOT, 'examples', fn), 'rb') as f:
+                mils['example_' + fn[:-4]] = f.read()
+    BI = ('[buildInfo = dict<string, string>({{"coremlc-component-MIL", "3510.2.1"}, '
+          '{"coremlc-version", "3505.4.1"}, {"coremltools-component-milinternal", ""}, '
+          '{"coremltools-version", "9.0"}})]\n')
+    mils['test_mil_good'] = (
+        'program(1.3)\n' + BI + '{\n'
+        '    func helper<ios18>(tensor<fp32, [3]> a, fp32 s) {\n'
+        '        tensor<fp32, [3]> r = mul(x = a, y = s)[name = string("r")];\n'
+        '    } -> (r);\n'
+        '    func main<ios18>(tensor<fp16, [1, 64, 1, 192]> x, tensor<int32, [2, 2]> ix) {\n'
+        '        tensor<int32, [4]> b0 = const()[name = string("b0"), val = tensor<int32, [4]>([0, 0, 0, 0])];\n'
+        '        tensor<int32, [4]> s0 = const()[name = string("s0"), val = tensor<int32, [4]>([1, 64, 1, 64])];\n'
+        '        tensor<fp16, [1, 64, 1, 64]> act = slice_by_size(x = x, begin = b0, size = s0)[name = string("act")];\n'
+        '        bool tx = const()[name = string("tx"), val = bool(false)];\n'
+        '        tensor<fp16, [64, 64, 1, 1]> W = const()[name = string("W"), val = tensor<fp16, [64, 64, 1, 1]>(BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(64)))];\n'
+        '        tensor<int32, [4]> sh = const()[name = string("sh"), val = tensor<int32, [4]>([1, 1, 64, 64])];\n'
+        '        tensor<fp16, [1, 1, 64, 64]> a = reshape(x = act, shape = sh)[name = string("a")];\n'
+        '        tensor<fp16, [1, 1, 64, 64]> w = reshape(x = W, shape = sh)[name = string("w")];\n'
+        '        tensor<fp16, [1, 1, 64, 64]> y = matmul(transpose_x = tx, transpose_y = false, x = a, y = w)[name = string("y")];\n'
+        '        fp16 h = const()[name = string("h"), val = fp16(0x1p-3)];\n'
+        '        fp32 f = const()[name = string("f"), val = fp32(-1.5e-3)];\n'
+        '        int32 i = const()[name = string("i"), val = int32(-3)];\n'
+        '        string to32 = const()[name = string("to32"), val = string("fp32")];\n'
+        '        tensor<int8, [2, 2]> i8 = const()[name = string("i8"), val = tensor<int8, [2, 2]>([[-128, 127], [0, 1]])];\n'
+        '        tensor<uint8, [2]> u8 = const()[name = string("u8"), val = tensor<uint8, [2]>([0, 255])];\n'
+        '        tensor<int16, [1]> i16 = const()[name = string("i16"), val = tensor<int16, [1]>([-32768])];\n'
+        '        tensor<bool, [3]> bs = const()[name = string("bs"), val = tensor<bool, [3]>([true, false, true])];\n'
+        '        tensor<fp16, [1, 1, 64, 64]> yh = mul(x = y, y = h);\n'
+        '        tensor<fp32, [1, 1, 64, 64]> y32 = cast(x = yh, dtype = to32)[name = string("y32")];\n'
+        '        int32 ax = const()[name = string("ax"), val = int32(-1)];\n'
+        '        tensor<fp16, [1, 64, 1, 192]> cc = concat(values = (act, act, act), axis = ax, interleave = false)[name = string("cc")];\n'
+        '        tensor<int32, [2]> sum = reduce_sum(x = ix, axes = tensor<int32, [1]>([0]), keep_dims = false);\n'
+        '        tensor<fp32, [1, 1, 64, 64]> z = add(x = y32, y = f);\n'
+        '    } -> (z, cc, sum);\n'
+        '}\n').encode()
+    mils['minimal'] = b'program(1.0)\n{\n func f(tensor<fp32, []> a) {\n } -> (a);\n}\n'
+    body = ('program(1.3)\n{\n  func main<ios18>(tensor<fp16, [2, 3]> x, tensor<fp16, [3, 4]> m) {\n'
+            '%s\n  } -> (%s);\n}\n')
+    mils['ops_small'] = (body % (
+        '    tensor<fp16, [2, 4]> y = matmul(x = x, y = m, transpose_x = false, transpose_y = false);\n'
+        '    tensor<fp16, [2, 4]> d = sub(x = y, y = y);\n'
+        '    tensor<fp16, [4, 2]> t = transpose(x = d, perm = tensor<int32, [2]>([1, 0]));\n'
+        '    tensor<fp16, [8]> r = reshape(x = t, shape = tensor<int32, [1]>([8]));\n'
+        '    tensor<fp32, [8]> c = cast(x = r, dtype = string("fp32"));\n'
+        '    tensor<fp32, [1]> s = reduce_sum(x = c, axes = tensor<int32, [1]>([0]), keep_dims = true);\n'
+        '    tensor<fp16, [2, 3]> i = identity(x = x);\n'
+        '    tensor<fp16, [4, 3]> cc = concat(values = (i, x), axis = 0, interleave = true);\n'
+        '    tensor<fp16, [1, 2]> sl = slice_by_size(x = x, begin = tensor<int32, [2]>([1, 1]), size = tensor<int32, [2]>([1, 2]));',
+        's, cc, sl')).encode()
+    mils['weights_fp32_int8'] = (body % (
+        '    tensor<fp32, [4, 4]> a = const()[val = tensor<fp32, [4, 4]>(BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(8320)))];\n'
+        '    tensor<int8, [16]> b = const()[val = tensor<int8, [16]>(BLOBFILE(path = string("@model_path/weights/small.bin"), offset = uint64(64)))];\n'
+        '    tensor<uint8, [4, 4]> u = const()[val = tensor<uint8, [4, 4]>(BLOBFILE(path = string("@model_path/weights/small.bin"), offset = uint64(144)))];\n'
+        '    tensor<fp32, [16]> bf = cast(x = b, dtype = string("fp32"));\n'
+        '    tensor<fp32, [4, 4]> b4 = reshape(x = bf, shape = tensor<int32, [2]>([4, 4]));\n'
+        '    tensor<fp32, [4, 4]> p = mul(x = a, y = b4);\n'
+        '    tensor<fp32, [4, 4]> q = matmul(x = p, y = a, transpose_y = true);',
+        'q, u')).encode()
+    # a blob given in the input: fp16 [2, 2] at offset 64
+    fuzz_blob = bytearray(64) + struct.pack('<IIQQ', 0xDEADBEEF, 1, 8, 128) + bytes(40) + \
+        struct.pack('<4e', 1.0, -2.0, 0.5, 65504.0)
+    mils['weights_from_input'] = (body % (
+        '    tensor<fp16, [2, 2]> a = const()[val = tensor<fp16, [2, 2]>(BLOBFILE(path = string("@model_path/weights/fuzz.bin"), offset = uint64(64)))];\n'
+        '    tensor<fp16, [2, 2]> b = add(x = a, y = fp16(1.5));',
+        'b')).encode() + b'\0' + bytes(fuzz_blob)
+    mils['broadcast_scalar_int'] = (
+        'program(1.3)\n{\n  func main(tensor<int32, [3, 1]> a, tensor<int32, [1, 4]> b, int32 k) {\n'
+        '    tensor<int32, [3, 4]> s = add(x = a, y = b);\n'
+        '    tensor<int32, [3, 4]> m = mul(x = s, y = k);\n'
+        '    tensor<int32, [4]> r = reduce_sum(x = m, axes = tensor<int32, [1]>([-2]));\n'
+        '  } -> (r, m);\n}\n').encode()
+
+    fn = 'program(1.3)\n{\n  func main<ios18>(%s) {\n%s\n  } -> (%s);\n}\n'
+    mils['ops_elementwise'] = (fn % (
+        'tensor<fp16, [2, 4]> x, tensor<fp32, [2, 4]> f',
+        '    tensor<fp16, [2, 4]> a = abs(x = x);\n'
+        '    tensor<fp16, [2, 4]> b = relu(x = a);\n'
+        '    tensor<fp16, [2, 4]> c = clip(x = b, alpha = fp16(0.5), beta = fp16(6.0));\n'
+        '    tensor<fp16, [2, 4]> d = gelu(x = c, mode = string("TANH_APPROXIMATION"));\n'
+        '    tensor<fp16, [2, 4]> e = sigmoid(x = d);\n'
+        '    tensor<fp16, [2, 4]> g = silu(x = e);\n'
+        '    tensor<fp16, [2, 4]> h = tanh(x = g);\n'
+        '    tensor<fp16, [2, 4]> i = softmax(x = h, axis = int32(-1));\n'
+        '    tensor<fp16, [2, 4]> j = maximum(x = i, y = x);\n'
+        '    tensor<fp16, [2, 4]> k = minimum(x = j, y = fp16(2.0));\n'
+        '    tensor<fp32, [2, 4]> l = exp(x = f);\n'
+        '    tensor<fp32, [2, 4]> m = log(x = l, epsilon = fp32(1e-6));\n'
+        '    tensor<fp32, [2, 4]> n = sqrt(x = m);\n'
+        '    tensor<fp32, [2, 4]> o = rsqrt(x = l, epsilon = fp32(1e-6));\n'
+        '    tensor<fp32, [2, 4]> q = pow(x = o, y = fp32(2.0));\n'
+        '    tensor<fp32, [2, 4]> r = real_div(x = q, y = n);\n'
+        '    tensor<fp32, [2, 4]> t = inverse(x = r, epsilon = fp32(1e-4));\n'
+        '    tensor<fp32, [2, 4]> u = erf(x = t);\n'
+        '    tensor<fp32, [2, 4]> v = square(x = u);\n'
+        '    tensor<fp32, [2, 4]> w = neg(x = v);\n'
+        '    tensor<fp32, [2, 1]> rm = reduce_max(x = w, axes = tensor<int32, [1]>([1]), keep_dims = true);\n'
+        '    tensor<fp32, [4]> rn = reduce_min(x = w, axes = tensor<int32, [1]>([0]), keep_dims = false);\n'
+        '    tensor<fp32, [2]> ra = reduce_mean(x = w, axes = tensor<int32, [1]>([-1]), keep_dims = false);\n'
+        '    tensor<fp16, [2, 4]> ln = layer_norm(x = k, axes = tensor<int32, [1]>([-1]), epsilon = fp16(1e-5));',
+        'ln, rm, rn, ra')).encode()
+    mils['ops_shape'] = (fn % (
+        'tensor<fp16, [2, 3, 4]> x, tensor<int32, [2]> idx',
+        '    tensor<fp16, [1, 3, 2]> a = slice_by_index(x = x, begin = tensor<int32, [3]>([1, 0, 0]), end = tensor<int32, [3]>([2, 3, 4]), stride = tensor<int32, [3]>([1, 1, 2]));\n'
+        '    tensor<fp16, [2, 3, 2]> s0, tensor<fp16, [2, 3, 2]> s1 = split(x = x, num_splits = int32(2), axis = int32(-1));\n'
+        '    tensor<fp16, [2, 3, 1]> t0, tensor<fp16, [2, 3, 3]> t1 = split(x = x, split_sizes = tensor<int32, [2]>([1, 3]), axis = int32(2));\n'
+        '    tensor<fp16, [1, 2, 3, 1]> e = expand_dims(x = t0, axes = tensor<int32, [1]>([0]));\n'
+        '    tensor<fp16, [2, 3]> q = squeeze(x = e, axes = tensor<int32, [2]>([0, -1]));\n'
+        '    tensor<fp16, [4, 6]> t = tile(x = q, reps = tensor<int32, [2]>([2, 2]));\n'
+        '    tensor<fp16, [2, 3, 4]> g = gather(x = x, indices = idx, axis = int32(0));\n'
+        '    tensor<fp16, [2, 5, 6]> p = pad(x = x, pad = tensor<int32, [6]>([0, 0, 1, 1, 2, 0]), mode = string("constant"), constant_val = fp16(0.0));\n'
+        '    tensor<fp16, [2, 3, 4]> r = pad(x = s0, pad = tensor<int32, [6]>([0, 0, 0, 0, 1, 1]), mode = string("reflect"));',
+        'a, s1, t1, t, g, p, r')).encode()
+    mils['ops_nn'] = (fn % (
+        'tensor<fp16, [1, 2, 5, 5]> img, tensor<fp16, [3, 4]> x, tensor<fp16, [1, 2, 3, 4]> qv',
+        '    tensor<fp16, [4, 2, 3, 3]> wc = const()[val = tensor<fp16, [4, 2, 3, 3]>([' + ', '.join(str((i % 7) - 3) for i in range(72)) + '])];\n'
+        '    tensor<fp16, [4]> bc = const()[val = tensor<fp16, [4]>([0.5, -0.5, 1.0, 0.0])];\n'
+        '    tensor<fp16, [1, 4, 3, 3]> c = conv(x = img, weight = wc, bias = bc, strides = tensor<int32, [2]>([1, 1]), pad_type = string("valid"), dilations = tensor<int32, [2]>([1, 1]), groups = int32(1));\n'
+        '    tensor<fp16, [1, 4, 3, 3]> c2 = conv(x = img, weight = wc, strides = tensor<int32, [2]>([2, 2]), pad_type = string("custom"), pad = tensor<int32, [4]>([1, 1, 1, 1]));\n'
+        '    tensor<fp16, [5, 4]> wl = const()[val = tensor<fp16, [5, 4]>([' + ', '.join(str((i % 5) * 0.25) for i in range(20)) + '])];\n'
+        '    tensor<fp16, [3, 5]> l = linear(x = x, weight = wl, bias = tensor<fp16, [5]>([1, 2, 3, 4, 5]));\n'
+        '    tensor<fp16, [1, 2, 3, 4]> at = scaled_dot_product_attention(query = qv, key = qv, value = qv);\n'
+        '    tensor<int8, [3, 4]> qi = quantize(input = x, scale = fp16(0.1), zero_point = int8(3), output_dtype = string("int8"));\n'
+        '    tensor<fp16, [3, 4]> dq = dequantize(input = qi, scale = fp16(0.1), zero_point = int8(3));\n'
+        '    tensor<fp16, [2, 2]> ad = constexpr_affine_dequantize(quantized_data = tensor<int8, [2, 2]>([1, -2, 3, 127]), zero_point = int8(1), scale = fp16(0.5), axis = int32(0));',
+        'c, c2, l, at, dq, ad')).encode()
+
+    for name, text in mils.items():
+        write('mil', name, text)
+        # mil_run: the program, then data for its inputs
+        tail = b'' if b'\0' in text else b'\0' + bytes((i * 37 + 11) % 256 for i in range(64))
+        write('mil_run', name, text + tail)
+
+
+if __name__ == '__main__':
+    main()

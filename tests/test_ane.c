@@ -1,0 +1,913 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ANE backend tests, against the fake Objective-C runtime of tests/ane_fake.c:
+ * the exact call sequence (classes, selectors, argument values) of compile,
+ * load, run and unload; a failure injected at every step, each of which must
+ * fail cleanly (nothing left alive, NSError text intact in errbuf); the
+ * constraints enforced before the framework is called; and, on this machine,
+ * the real bridge and aneshared --backend.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ane_backend.h"
+#include "ane_fake.h"
+
+static anes_backend *B;
+static char errbuf[512];
+static char tmpdir[256];
+
+static void make_tmpdir(void)
+{
+	const char *t = getenv("TMPDIR");
+	snprintf(tmpdir, sizeof tmpdir, "%s/anes-ane-XXXXXX", t && *t ? t : "/tmp");
+	cr_assert(mkdtemp(tmpdir), "mkdtemp: %s", strerror(errno));
+}
+
+static void new_backend(void)
+{
+	fake_reset();
+	snprintf(fk.tmpdir, sizeof fk.tmpdir, "%s", tmpdir);
+	errbuf[0] = '\0';
+	int rc = anes_ane_backend_new(fake_bridge(), &B, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, 0, "anes_ane_backend_new: %d %s", rc, errbuf);
+	cr_assert_str_eq(B->ops->name, "ane");
+	cr_assert_eq(fk.misuse[0], '\0', "%s", fk.misuse);
+}
+
+/* nothing alive, nothing misused, no files left */
+static void check_clean(const char *when)
+{
+	cr_assert_eq(fk.misuse[0], '\0', "%s: misuse: %s", when, fk.misuse);
+	cr_assert_eq(fk.live_objects, 0, "%s: %ld objects alive\n%s", when, fk.live_objects, fake_log_text());
+	cr_assert_eq(fk.live_surfaces, 0, "%s: %ld surfaces alive", when, fk.live_surfaces);
+	cr_assert_eq(fk.pool_depth, 0, "%s: %ld pools not popped", when, fk.pool_depth);
+	/* the temp directory holds no model directory any more */
+	cr_assert_eq(rmdir(tmpdir), 0, "%s: %s is not empty (%s)", when, tmpdir, strerror(errno));
+	cr_assert_eq(mkdir(tmpdir, 0700), 0);
+}
+
+static void destroy_backend(void)
+{
+	B->ops->destroy(B);
+	B = NULL;
+}
+
+static void setup(void)
+{
+	make_tmpdir();
+	new_backend();
+}
+
+static void teardown(void)
+{
+	if (B)
+		destroy_backend();
+	check_clean("teardown");
+	rmdir(tmpdir);
+	fake_reset();
+}
+
+TestSuite(ane, .init = setup, .fini = teardown);
+
+/* ---- helpers ---- */
+
+static char *mil(const char *inputs, const char *body, const char *outs)
+{
+	static char text[1 << 14];
+	snprintf(text, sizeof text,
+	         "program(1.3)\n{\n    func main<ios18>(%s) {\n%s\n    } -> (%s);\n}\n", inputs, body, outs);
+	return text;
+}
+
+/* x [1, 64, 1, 64] fp16 -> y = x + x */
+static const char *simple_mil(void)
+{
+	return mil("tensor<fp16, [1, 64, 1, 64]> x",
+	           "        tensor<fp16, [1, 64, 1, 64]> y = add(x = x, y = x)[name = string(\"y\")];", "y");
+}
+
+static const char *data_str(const void *p, size_t n)
+{
+	static char buf[8][64];
+	static int k;
+	k = (k + 1) % 8;
+	return fake_data_str(p, n, buf[k], sizeof buf[k]);
+}
+
+static const char *surface_props(unsigned long long bytes)
+{
+	static char buf[4][256];
+	static int k;
+	k = (k + 1) % 4;
+	snprintf(buf[k], sizeof buf[k],
+	         "{\"IOSurfaceAllocSize\": %llu, \"IOSurfaceBytesPerElement\": 1, \"IOSurfaceBytesPerRow\": %llu, "
+	         "\"IOSurfaceHeight\": 1, \"IOSurfacePixelFormat\": 0, \"IOSurfaceWidth\": %llu}",
+	         bytes, bytes, bytes);
+	return buf[k];
+}
+
+#define REQUEST_SEL "requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:"
+
+static void expect_log(const char *const *lines, size_t n)
+{
+	const char *all = fake_log_text();
+	for (size_t i = 0; i < n && i < fk.n_log; i++)
+		cr_assert_str_eq(fk.log[i], lines[i], "call %zu differs; the whole sequence:\n%s", i, all);
+	cr_assert_eq(fk.n_log, n, "%zu calls, expected %zu; the whole sequence:\n%s", fk.n_log, n, all);
+}
+
+static anes_bprogram *compile_ok(const char *text, const anes_weight *w, size_t nw)
+{
+	anes_bprogram *p = NULL;
+	int rc = B->ops->compile(B, text, strlen(text), w, nw, &p, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, 0, "compile failed (%d): %s\n%s", rc, errbuf, text);
+	cr_assert_not_null(p);
+	cr_assert_eq(fk.misuse[0], '\0', "%s", fk.misuse);
+	return p;
+}
+
+static void compile_fails(const char *text, const anes_weight *w, size_t nw, int want_rc, const char *want_err)
+{
+	anes_bprogram *p = (anes_bprogram *)0x1;
+	int rc = B->ops->compile(B, text, strlen(text), w, nw, &p, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, want_rc, "rc %d, expected %d: %s", rc, want_rc, errbuf);
+	cr_assert_eq(p, (anes_bprogram *)0x1, "the out-parameter was written on failure");
+	cr_assert(strstr(errbuf, want_err), "error \"%s\" does not contain \"%s\"", errbuf, want_err);
+}
+
+/* Rejected before the framework: no ANE call at all. */
+static void refused(const char *text, const anes_weight *w, size_t nw, int want_rc, const char *want_err)
+{
+	fake_log_clear();
+	compile_fails(text, w, nw, want_rc, want_err);
+	cr_assert_eq(fk.n_log, 0, "the framework was called:\n%s", fake_log_text());
+}
+
+/* A weight blob (the layout daemon/mil reads): header, chunk at 64, fp16 data at 128. */
+static uint8_t *make_blob(size_t n_elems, uint16_t seed, size_t *ret_len)
+{
+	size_t len = 128 + n_elems * 2;
+	uint8_t *b = calloc(1, len);
+	b[0] = 1;
+	b[4] = 2;
+	uint8_t hdr[20] = {0xEF, 0xBE, 0xAD, 0xDE, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 128, 0, 0, 0};
+	uint32_t sz = (uint32_t)(n_elems * 2);
+	memcpy(hdr + 8, &sz, 4);
+	memcpy(b + 64, hdr, sizeof hdr);
+	for (size_t i = 0; i < n_elems; i++) {
+		uint16_t v = (uint16_t)(0x3c00 + ((i * 7 + seed) & 0xff));
+		memcpy(b + 128 + 2 * i, &v, 2);
+	}
+	*ret_len = len;
+	return b;
+}
+
+static bool exists(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0;
+}
+
+/* ---- the call sequence ---- */
+
+Test(ane, compile_run_unload_sequence)
+{
+	const char *text = simple_mil();
+	anes_bprogram *p = compile_ok(text, NULL, 0);
+
+	char hex[64];
+	fake_hex_id(text, strlen(text), NULL, NULL, NULL, 0, hex, sizeof hex);
+	char l0[256], create[300], req[300];
+	snprintf(l0, sizeof l0, "_ANEInMemoryModelDescriptor modelWithMILText:weights:optionsPlist: %s {} nil",
+	         data_str(text, strlen(text)));
+	/* 8 KiB tensors get the minimum surface */
+	snprintf(create, sizeof create, "IOSurfaceCreate %s", surface_props(49152));
+	snprintf(req, sizeof req, "_ANERequest " REQUEST_SEL " [surfobj#1] [0] [surfobj#2] [0] nil nil 0");
+	const char *seq[] = {
+		l0,
+		"_ANEInMemoryModel inMemoryModelWithDescriptor: desc#1",
+		"model#1 hexStringIdentifier",
+		"NSTemporaryDirectory",
+		"model#1 compileWithQoS:options:error: 21 {} &error",
+		"model#1 loadWithQoS:options:error: 21 {} &error",
+		create, "_ANEIOSurfaceObject objectWithIOSurface: surface#1",
+		create, "_ANEIOSurfaceObject objectWithIOSurface: surface#2",
+		req,
+	};
+	expect_log(seq, sizeof seq / sizeof seq[0]);
+
+	/* the interface the daemon reads */
+	cr_assert_eq(p->n_functions, 1);
+	cr_assert_str_eq(p->functions[0].name, "main");
+	cr_assert_eq(p->functions[0].n_inputs, 1);
+	cr_assert_eq(p->functions[0].inputs[0].bytes, 64 * 64 * 2);
+
+	/* the model files stay in TMP/HEX while the program lives */
+	char path[512];
+	snprintf(path, sizeof path, "%s/%s/model.mil", tmpdir, hex);
+	cr_assert(exists(path), "%s missing", path);
+
+	/* run: copy in, evaluate, copy out (the fake's model copies input 0 to each output) */
+	fake_log_clear();
+	uint16_t *in = malloc(8192), *out = calloc(1, 8192);
+	for (int i = 0; i < 4096; i++)
+		in[i] = (uint16_t)(i * 31 + 7);
+	const void *ins[] = {in};
+	void *outs[] = {out};
+	cr_assert_eq(B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	const char *run_seq[] = {
+		"IOSurfaceLock surface#1 0",
+		"IOSurfaceUnlock surface#1 0",
+		"model#1 evaluateWithQoS:options:request:error: 21 {} request#1 &error",
+		"IOSurfaceLock surface#2 1",
+		"IOSurfaceUnlock surface#2 1",
+	};
+	expect_log(run_seq, sizeof run_seq / sizeof run_seq[0]);
+	cr_assert_eq(memcmp(in, out, 8192), 0, "the output is not what the model wrote");
+	cr_assert_eq(fk.evaluations, 1);
+
+	/* unload */
+	fake_log_clear();
+	B->ops->program_free(B, p);
+	const char *free_seq[] = {
+		"model#1 unloadWithQoS:error: 21 &error",
+		"CFRelease surface#1",
+		"CFRelease surface#2",
+	};
+	expect_log(free_seq, sizeof free_seq / sizeof free_seq[0]);
+	snprintf(path, sizeof path, "%s/%s", tmpdir, hex);
+	cr_assert(!exists(path), "%s left behind", path);
+	free(in);
+	free(out);
+}
+
+Test(ane, weights_dictionary_and_files)
+{
+	size_t l1, l2;
+	uint8_t *b1 = make_blob(64 * 64, 1, &l1), *b2 = make_blob(64 * 64, 2, &l2);
+	anes_weight w[] = {{"@model_path/weights/w1.bin", b1, l1}, {"@model_path/weights/w2.bin", b2, l2}};
+	const char *text = mil("tensor<fp16, [1, 64, 1, 64]> x",
+		"        tensor<fp16, [1, 64, 1, 64]> W1 = const()[name = string(\"W1\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/w1.bin\"), offset = uint64(64)))];\n"
+		"        tensor<fp16, [1, 64, 1, 64]> W2 = const()[name = string(\"W2\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/w2.bin\"), offset = uint64(64)))];\n"
+		"        tensor<fp16, [1, 64, 1, 64]> a = add(x = x, y = W1)[name = string(\"a\")];\n"
+		"        tensor<fp16, [1, 64, 1, 64]> y = mul(x = a, y = W2)[name = string(\"y\")];", "y");
+	anes_bprogram *p = compile_ok(text, w, 2);
+
+	char want[512];
+	snprintf(want, sizeof want,
+	         "_ANEInMemoryModelDescriptor modelWithMILText:weights:optionsPlist: %s "
+	         "{\"@model_path/weights/w1.bin\": {\"data\": %s, \"offset\": 0}, "
+	         "\"@model_path/weights/w2.bin\": {\"data\": %s, \"offset\": 0}} nil",
+	         data_str(text, strlen(text)), data_str(b1, l1), data_str(b2, l2));
+	cr_assert_str_eq(fk.log[0], want);
+	/* the fake checked at compileWithQoS: that model.mil and weights/w{1,2}.bin held the bytes */
+
+	char hex[64], path[512];
+	const char *paths[] = {w[0].path, w[1].path};
+	const void *data[] = {b1, b2};
+	size_t lens[] = {l1, l2};
+	fake_hex_id(text, strlen(text), paths, data, lens, 2, hex, sizeof hex);
+	snprintf(path, sizeof path, "%s/%s/weights/w2.bin", tmpdir, hex);
+	cr_assert(exists(path), "%s missing", path);
+	B->ops->program_free(B, p);
+	snprintf(path, sizeof path, "%s/%s", tmpdir, hex);
+	cr_assert(!exists(path), "%s left behind", path);
+	free(b1);
+	free(b2);
+}
+
+/* Two inputs and two outputs, declared out of alphabetical order and of
+ * different sizes: the request binds them by name, in alphabetical order, and
+ * all inputs (and all outputs) get one surface size. */
+static void eval_in_k_to_out_k(const fake_view *in, size_t n_in, fake_view *out, size_t n_out)
+{
+	for (size_t k = 0; k < n_out && k < n_in; k++)
+		for (size_t j = 0; j < out[k].size && j < in[k].size; j++)
+			out[k].mem[j] = (uint8_t)(in[k].mem[j] ^ (0x11 * (k + 1)));
+}
+
+Test(ane, multi_io_order_and_sizes)
+{
+	const char *text = mil("tensor<fp16, [1, 32, 1, 64]> zeta, tensor<fp16, [1, 512, 1, 64]> alpha",
+		"        tensor<fp16, [1, 32, 1, 64]> out_z = add(x = zeta, y = zeta)[name = string(\"out_z\")];\n"
+		"        tensor<fp16, [1, 512, 1, 64]> out_a = add(x = alpha, y = alpha)[name = string(\"out_a\")];",
+		"out_z, out_a");
+	anes_bprogram *p = compile_ok(text, NULL, 0);
+	cr_assert_str_eq(p->functions[0].inputs[0].name, "zeta");
+	cr_assert_str_eq(p->functions[0].outputs[0].name, "out_z");
+
+	char c1[300], c2[300], c3[300], c4[300];
+	snprintf(c1, sizeof c1, "IOSurfaceCreate %s", surface_props(65536));
+	snprintf(c2, sizeof c2, "IOSurfaceCreate %s", surface_props(65536));
+	snprintf(c3, sizeof c3, "IOSurfaceCreate %s", surface_props(65536));
+	snprintf(c4, sizeof c4, "IOSurfaceCreate %s", surface_props(65536));
+	cr_assert_str_eq(fk.log[6], c1);
+	cr_assert_str_eq(fk.log[8], c2);
+	cr_assert_str_eq(fk.log[10], c3);
+	cr_assert_str_eq(fk.log[12], c4);
+	cr_assert_str_eq(fk.log[14], "_ANERequest " REQUEST_SEL
+	                 " [surfobj#1, surfobj#2] [0, 1] [surfobj#3, surfobj#4] [0, 1] nil nil 0");
+
+	fk.on_evaluate = eval_in_k_to_out_k;
+	size_t nz = 32 * 64 * 2, na = 512 * 64 * 2;
+	uint8_t *z = malloc(nz), *a = malloc(na), *oz = calloc(1, nz), *oa = calloc(1, na);
+	for (size_t i = 0; i < nz; i++)
+		z[i] = (uint8_t)(i * 13 + 1);
+	for (size_t i = 0; i < na; i++)
+		a[i] = (uint8_t)(i * 29 + 5);
+	const void *ins[] = {z, a};   /* function order: zeta, alpha */
+	void *outs[] = {oz, oa};      /* function order: out_z, out_a */
+	cr_assert_eq(B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	/* request order: alpha (k = 0) -> out_a, zeta (k = 1) -> out_z */
+	for (size_t i = 0; i < na; i++)
+		cr_assert_eq(oa[i], (uint8_t)(a[i] ^ 0x11), "out_a byte %zu", i);
+	for (size_t i = 0; i < nz; i++)
+		cr_assert_eq(oz[i], (uint8_t)(z[i] ^ 0x22), "out_z byte %zu", i);
+	B->ops->program_free(B, p);
+	free(z);
+	free(a);
+	free(oz);
+	free(oa);
+}
+
+Test(ane, identical_programs_share_the_temp_directory)
+{
+	const char *text = simple_mil();
+	char hex[64], path[512];
+	fake_hex_id(text, strlen(text), NULL, NULL, NULL, 0, hex, sizeof hex);
+	snprintf(path, sizeof path, "%s/%s/model.mil", tmpdir, hex);
+
+	anes_bprogram *p1 = compile_ok(text, NULL, 0);
+	anes_bprogram *p2 = compile_ok(text, NULL, 0);
+	B->ops->program_free(B, p1);
+	cr_assert(exists(path), "freeing one program removed the directory the other uses");
+	uint16_t in[4096] = {1, 2, 3}, out[4096];
+	const void *ins[] = {in};
+	void *outs[] = {out};
+	cr_assert_eq(B->ops->run(B, p2, 0, ins, outs, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	B->ops->program_free(B, p2);
+	cr_assert(!exists(path), "%s left behind", path);
+}
+
+Test(ane, program_free_and_destroy_accept_null)
+{
+	B->ops->program_free(B, NULL);
+	B->ops->destroy(NULL);
+	cr_assert_eq(fk.n_log, 0);
+}
+
+Test(ane, run_of_a_missing_function)
+{
+	anes_bprogram *p = compile_ok(simple_mil(), NULL, 0);
+	uint16_t in[4096] = {0}, out[4096];
+	const void *ins[] = {in};
+	void *outs[] = {out};
+	cr_assert_eq(B->ops->run(B, p, 1, ins, outs, errbuf, sizeof errbuf), -EINVAL);
+	B->ops->program_free(B, p);
+}
+
+struct runner {
+	anes_bprogram *p;
+	uint16_t seed;
+	int bad;
+};
+
+static void *run_many(void *arg)
+{
+	struct runner *r = arg;
+	uint16_t *in = malloc(8192), *out = malloc(8192);
+	char err[256];
+	for (int it = 0; it < 200 && !r->bad; it++) {
+		for (int i = 0; i < 4096; i++)
+			in[i] = (uint16_t)(r->seed * 1000 + it * 7 + i);
+		const void *ins[] = {in};
+		void *outs[] = {out};
+		if (B->ops->run(B, r->p, 0, ins, outs, err, sizeof err) != 0 || memcmp(in, out, 8192) != 0)
+			r->bad = 1;
+	}
+	free(in);
+	free(out);
+	return NULL;
+}
+
+Test(ane, concurrent_runs_do_not_mix_data)
+{
+	anes_bprogram *p = compile_ok(simple_mil(), NULL, 0);
+	struct runner r[3] = {{p, 1, 0}, {p, 2, 0}, {p, 3, 0}};
+	pthread_t t[3];
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pthread_create(&t[i], NULL, run_many, &r[i]), 0);
+	for (int i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(r[i].bad, 0, "runner %d saw another run's data", i);
+	cr_assert_eq(fk.evaluations, 600);
+	B->ops->program_free(B, p);
+}
+
+/* ---- NSError text reaches errbuf intact ---- */
+
+static const char *const nserror_text =
+	"Error Domain=com.apple.appleneuralengine.compiler Code=1 \"_ANECompiler : ANECCompile() FAILED\" "
+	"UserInfo={NSLocalizedDescription=ünïcödé, 100% \"quoted\" %s %n}";
+
+static void fail_call(const char *name, bool with_error)
+{
+	fk.fail_name = name;
+	fk.fail_without_error = !with_error;
+	fk.error_text = nserror_text;
+}
+
+Test(ane, compile_error_text_intact)
+{
+	fail_call("compileWithQoS:options:error:", true);
+	char want[512];
+	snprintf(want, sizeof want, "ANE compile failed: %s", nserror_text);
+	compile_fails(simple_mil(), NULL, 0, -EIO, want);
+	cr_assert_str_eq(errbuf, want);
+	cr_assert_str_eq(fk.log[fk.n_log - 1], "model#1 compileWithQoS:options:error: 21 {} &error");
+}
+
+Test(ane, load_error_text_intact)
+{
+	fail_call("loadWithQoS:options:error:", true);
+	char want[512];
+	snprintf(want, sizeof want, "ANE load failed: %s", nserror_text);
+	compile_fails(simple_mil(), NULL, 0, -EIO, want);
+	cr_assert_str_eq(errbuf, want);
+}
+
+Test(ane, evaluate_error_text_intact)
+{
+	anes_bprogram *p = compile_ok(simple_mil(), NULL, 0);
+	fail_call("evaluateWithQoS:options:request:error:", true);
+	uint16_t in[4096] = {0}, out[4096];
+	const void *ins[] = {in};
+	void *outs[] = {out};
+	cr_assert_eq(B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf), -EIO);
+	cr_assert_str_eq(fk.failed_call, "evaluateWithQoS:options:request:error:");
+	char want[512];
+	snprintf(want, sizeof want, "ANE evaluate failed: %s", nserror_text);
+	cr_assert_str_eq(errbuf, want);
+	/* the NSError and its text were autoreleased in the run's pool and are gone */
+	cr_assert_eq(fk.pool_depth, 0);
+	/* the next run works */
+	cr_assert_eq(B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	B->ops->program_free(B, p);
+}
+
+Test(ane, error_without_nserror)
+{
+	fail_call("compileWithQoS:options:error:", false);
+	compile_fails(simple_mil(), NULL, 0, -EIO, "ANE compile failed: (no error description)");
+}
+
+Test(ane, truncated_errbuf_stays_terminated)
+{
+	fail_call("compileWithQoS:options:error:", true);
+	char small[24];
+	memset(small, 'x', sizeof small);
+	anes_bprogram *p = NULL;
+	const char *text = simple_mil();
+	cr_assert_eq(B->ops->compile(B, text, strlen(text), NULL, 0, &p, small, sizeof small), -EIO);
+	cr_assert_eq(small[sizeof small - 1], '\0');
+	cr_assert_str_eq(small, "ANE compile failed: Err");
+}
+
+/* ---- a failure at every step ---- */
+
+/* compile (with two weights, two inputs, two outputs), run twice, free */
+static const char *scenario_mil(void)
+{
+	return mil("tensor<fp16, [1, 64, 1, 64]> x, tensor<fp16, [1, 64, 1, 32]> b",
+		"        tensor<fp16, [1, 64, 1, 64]> W1 = const()[name = string(\"W1\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/w1.bin\"), offset = uint64(64)))];\n"
+		"        tensor<fp16, [1, 64, 1, 32]> W2 = const()[name = string(\"W2\"), val = tensor<fp16, [1, 64, 1, 32]>(BLOBFILE(path = string(\"@model_path/weights/w2.bin\"), offset = uint64(64)))];\n"
+		"        tensor<fp16, [1, 64, 1, 64]> y = add(x = x, y = W1)[name = string(\"y\")];\n"
+		"        tensor<fp16, [1, 64, 1, 32]> c = mul(x = b, y = W2)[name = string(\"c\")];", "y, c");
+}
+
+typedef struct outcome {
+	int stage;          /* 0: all succeeded, 1: compile failed, 2: the first run failed */
+	int rc;
+	char err[512];
+} outcome;
+
+static outcome scenario(void)
+{
+	outcome o = {0, 0, ""};
+	size_t l1, l2;
+	uint8_t *b1 = make_blob(64 * 64, 1, &l1), *b2 = make_blob(64 * 32, 2, &l2);
+	anes_weight w[] = {{"@model_path/weights/w1.bin", b1, l1}, {"@model_path/weights/w2.bin", b2, l2}};
+	const char *text = scenario_mil();
+	anes_bprogram *p = NULL;
+	uint16_t *x = calloc(4096, 2), *b = calloc(2048, 2), *y = calloc(4096, 2), *c = calloc(2048, 2);
+	const void *ins[] = {x, b};
+	void *outs[] = {y, c};
+
+	o.rc = B->ops->compile(B, text, strlen(text), w, 2, &p, o.err, sizeof o.err);
+	if (o.rc < 0) {
+		o.stage = 1;
+		cr_assert_null(p, "compile wrote its out-parameter on failure");
+		goto out;
+	}
+	o.rc = B->ops->run(B, p, 0, ins, outs, o.err, sizeof o.err);
+	if (o.rc < 0) {
+		o.stage = 2;
+		/* a failed run leaves the program usable */
+		long fail_at = fk.fail_at;
+		fk.fail_at = -1;
+		int rc2 = B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf);
+		cr_assert_eq(rc2, 0, "the run after %s failed: %s", fk.failed_call, errbuf);
+		fk.fail_at = fail_at;
+	}
+	B->ops->program_free(B, p);
+out:
+	free(b1);
+	free(b2);
+	free(x);
+	free(b);
+	free(y);
+	free(c);
+	return o;
+}
+
+static void every_step(bool with_error)
+{
+	static const char *const must_cover[] = {
+		"dataWithBytes:length:", "dictionary", "stringWithUTF8String:", "numberWithUnsignedLongLong:",
+		"arrayWithObjects:count:", "modelWithMILText:weights:optionsPlist:",
+		"inMemoryModelWithDescriptor:", "hexStringIdentifier", "NSTemporaryDirectory",
+		"compileWithQoS:options:error:", "loadWithQoS:options:error:", "IOSurfaceCreate",
+		"objectWithIOSurface:", REQUEST_SEL, "IOSurfaceLock", "evaluateWithQoS:options:request:error:",
+		"unloadWithQoS:error:",
+	};
+	bool covered[sizeof must_cover / sizeof must_cover[0]] = {false};
+	long n = 0;
+
+	for (long i = 0;; i++) {
+		destroy_backend();
+		check_clean("before a step");
+		new_backend();
+		fk.fail_at = i;
+		fk.fail_without_error = !with_error;
+		fk.error_text = "injected failure: x \"y\" 100%";
+		outcome o = scenario();
+		if (!fk.failed_call[0]) {
+			cr_assert_eq(o.stage, 0, "stage %d failed with no injected failure: %s", o.stage, o.err);
+			n = i;
+			break;
+		}
+		const char *what = fk.failed_call;
+		for (size_t k = 0; k < sizeof must_cover / sizeof must_cover[0]; k++)
+			if (strcmp(must_cover[k], what) == 0)
+				covered[k] = true;
+
+		if (strcmp(what, "unloadWithQoS:error:") == 0) {
+			cr_assert_eq(o.stage, 0, "an unload failure is not reported (program_free is void)");
+		} else if (strcmp(what, "IOSurfaceLock") == 0 || strcmp(what, "evaluateWithQoS:options:request:error:") == 0) {
+			cr_assert_eq(o.stage, 2, "step %ld (%s): stage %d", i, what, o.stage);
+			cr_assert_eq(o.rc, -EIO, "step %ld (%s): rc %d", i, what, o.rc);
+		} else {
+			cr_assert_eq(o.stage, 1, "step %ld (%s): stage %d", i, what, o.stage);
+			cr_assert(o.rc == -EIO || o.rc == -ENOMEM, "step %ld (%s): rc %d", i, what, o.rc);
+		}
+		if (o.stage)
+			cr_assert(o.err[0], "step %ld (%s): no error message", i, what);
+		if (strcmp(what, "compileWithQoS:options:error:") == 0 || strcmp(what, "loadWithQoS:options:error:") == 0 ||
+		    strcmp(what, "evaluateWithQoS:options:request:error:") == 0) {
+			char want[256];
+			const char *verb = what[0] == 'c' ? "compile" : what[0] == 'l' ? "load" : "evaluate";
+			snprintf(want, sizeof want, "ANE %s failed: %s", verb,
+			         with_error ? "injected failure: x \"y\" 100%" : "(no error description)");
+			cr_assert_str_eq(o.err, want, "step %ld", i);
+		}
+		destroy_backend();
+		check_clean(what);
+		new_backend();
+	}
+	cr_assert_geq(n, 40, "only %ld failable steps", n);
+	for (size_t k = 0; k < sizeof must_cover / sizeof must_cover[0]; k++)
+		cr_assert(covered[k], "no failure was injected into %s", must_cover[k]);
+}
+
+Test(ane, every_step_fails_cleanly_with_nserror, .timeout = 120)
+{
+	every_step(true);
+}
+
+Test(ane, every_step_fails_cleanly_without_nserror, .timeout = 120)
+{
+	every_step(false);
+}
+
+Test(ane, unsafe_hex_identifier)
+{
+	fk.hex_override = "../escape";
+	compile_fails(simple_mil(), NULL, 0, -EIO, "hexStringIdentifier returned \"../escape\"");
+}
+
+Test(ane, temp_directory_unwritable)
+{
+	snprintf(fk.tmpdir, sizeof fk.tmpdir, "%s/missing/deeper", tmpdir);
+	compile_fails(simple_mil(), NULL, 0, -EIO, "cannot write the ANE model files into");
+	cr_assert_null(strstr(fake_log_text(), "compileWithQoS"), "compiled without the model files");
+}
+
+/* ---- constraints, enforced before the framework is called ---- */
+
+Test(ane, refuses_non_fp16_io)
+{
+	refused(mil("tensor<fp32, [1, 64, 1, 64]> x",
+	            "        tensor<fp32, [1, 64, 1, 64]> y = add(x = x, y = x);", "y"),
+	        NULL, 0, -ENOTSUP, "line 3: input 'x' is fp32: ANE inputs and outputs must be fp16");
+	refused(mil("tensor<fp16, [1, 64, 1, 64]> x",
+	            "        tensor<fp32, [1, 64, 1, 64]> y = cast(x = x, dtype = string(\"fp32\"));", "y"),
+	        NULL, 0, -ENOTSUP, "line 4: output 'y' is fp32");
+}
+
+Test(ane, refuses_other_layouts)
+{
+	refused(mil("tensor<fp16, [64, 64]> x", "        tensor<fp16, [64, 64]> y = add(x = x, y = x);", "y"),
+	        NULL, 0, -ENOTSUP,
+	        "line 3: input 'x' has shape [64,64]: ANE inputs and outputs must have shape [1, C, 1, S]");
+	refused(mil("tensor<fp16, [2, 64, 1, 64]> x", "        tensor<fp16, [2, 64, 1, 64]> y = add(x = x, y = x);", "y"),
+	        NULL, 0, -ENOTSUP, "must have shape [1, C, 1, S]");
+	refused(mil("tensor<fp16, [1, 64, 2, 64]> x", "        tensor<fp16, [1, 64, 2, 64]> y = add(x = x, y = x);", "y"),
+	        NULL, 0, -ENOTSUP, "must have shape [1, C, 1, S]");
+}
+
+Test(ane, refuses_unaligned_rows)
+{
+	refused(mil("tensor<fp16, [1, 64, 1, 48]> x", "        tensor<fp16, [1, 64, 1, 48]> y = add(x = x, y = x);", "y"),
+	        NULL, 0, -ENOTSUP,
+	        "line 3: input 'x' has shape [1,64,1,48]: its last dimension S = 48 is 96 bytes of fp16, but the "
+	        "ANE lays each row out at a 64-byte stride, so S must be a multiple of 32");
+	/* an output computed with an aligned input */
+	refused(mil("tensor<fp16, [1, 64, 1, 64]> x",
+	            "        tensor<int32, [2]> b = const()[name = string(\"b\"), val = tensor<int32, [2]>([0, 0])];\n"
+	            "        tensor<int32, [4]> bb = const()[name = string(\"bb\"), val = tensor<int32, [4]>([0, 0, 0, 0])];\n"
+	            "        tensor<int32, [4]> sz = const()[name = string(\"sz\"), val = tensor<int32, [4]>([1, 64, 1, 16])];\n"
+	            "        tensor<fp16, [1, 64, 1, 16]> y = slice_by_size(x = x, begin = bb, size = sz);", "y"),
+	        NULL, 0, -ENOTSUP, "output 'y' has shape [1,64,1,16]");
+	/* S = 32 is the smallest accepted */
+	B->ops->program_free(B, compile_ok(mil("tensor<fp16, [1, 3, 1, 32]> x",
+	                                       "        tensor<fp16, [1, 3, 1, 32]> y = add(x = x, y = x);", "y"),
+	                                   NULL, 0));
+}
+
+Test(ane, refuses_ops_outside_the_accepted_list)
+{
+	refused(mil("tensor<fp16, [1, 64, 1, 64]> x",
+	            "        tensor<fp16, [1, 64, 1, 64]> a = add(x = x, y = x);\n"
+	            "        tensor<fp16, [1, 64, 1, 64]> y = identity(x = a)[name = string(\"ident\")];", "y"),
+	        NULL, 0, -ENOTSUP, "line 5: op 'identity' (ident): not accepted by the ANE backend (accepted ops: add, ");
+	cr_assert(anes_ane_op_accepted("matmul"));
+	cr_assert(anes_ane_op_accepted("reduce_sum"));
+	cr_assert(!anes_ane_op_accepted("identity"));
+	cr_assert(!anes_ane_op_accepted("while_loop"));
+}
+
+Test(ane, concat_needs_interleave_false)
+{
+	const char *in = "tensor<fp16, [1, 32, 1, 64]> a, tensor<fp16, [1, 32, 1, 64]> b";
+	refused(mil(in, "        tensor<fp16, [1, 64, 1, 64]> y = concat(values = (a, b), axis = 1);", "y"),
+	        NULL, 0, -ENOTSUP, "line 4: op 'concat' (y): the ANE compiler accepts concat only with an explicit interleave = false");
+	refused(mil(in, "        tensor<fp16, [1, 64, 1, 64]> y = concat(values = (a, b), axis = 1, interleave = true);", "y"),
+	        NULL, 0, -ENOTSUP, "interleave = false");
+	B->ops->program_free(B, compile_ok(mil(in, "        tensor<fp16, [1, 64, 1, 64]> y = concat(values = (a, b), axis = 1, interleave = false);", "y"),
+	                                   NULL, 0));
+}
+
+Test(ane, refuses_integer_compute)
+{
+	refused(mil("tensor<fp16, [1, 64, 1, 64]> x",
+	            "        tensor<int32, [1, 64, 1, 64]> i = cast(x = x, dtype = string(\"int32\"))[name = string(\"i\")];\n"
+	            "        tensor<fp16, [1, 64, 1, 64]> y = cast(x = i, dtype = string(\"fp16\"));", "y"),
+	        NULL, 0, -ENOTSUP, "line 4: op 'cast' (i): computes int32 values; the ANE computes in fp16");
+}
+
+Test(ane, refuses_several_functions)
+{
+	const char *text =
+		"program(1.3)\n{\n"
+		"  func main<ios18>(tensor<fp16, [1, 8, 1, 32]> a) {\n"
+		"    tensor<fp16, [1, 8, 1, 32]> b = add(x = a, y = a);\n"
+		"  } -> (b);\n"
+		"  func other<ios18>(tensor<fp16, [1, 8, 1, 32]> a) {\n"
+		"    tensor<fp16, [1, 8, 1, 32]> b = mul(x = a, y = a);\n"
+		"  } -> (b);\n"
+		"}\n";
+	refused(text, NULL, 0, -ENOTSUP, "line 6: function 'other': the ANE backend runs single-function programs");
+}
+
+Test(ane, refuses_bad_weight_paths)
+{
+	size_t l;
+	uint8_t *blob = make_blob(64, 1, &l);
+	const char *text = simple_mil();
+	const char *bad[] = {
+		"@model_path/weights/../../etc/passwd", "@model_path/weights/", "@model_path/weights/a/b.bin",
+		"@model_path/other/w.bin", "/abs/w.bin", "@model_path/weights/..", "@model_path/weights/\x01x",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		anes_weight w = {bad[i], blob, l};
+		refused(text, &w, 1, -EINVAL, "weight \"");
+	}
+	anes_weight twice[] = {{"@model_path/weights/w.bin", blob, l}, {"@model_path/weights/w.bin", blob, l}};
+	refused(text, twice, 2, -EINVAL, "is given twice");
+	free(blob);
+}
+
+Test(ane, parse_errors_pass_through)
+{
+	refused("program(1.3) { func main<ios18>(", NULL, 0, -EINVAL, "line 1");
+}
+
+/* ---- backend creation ---- */
+
+Test(ane, missing_class_means_no_ane)
+{
+	destroy_backend();
+	fk.missing_class = "_ANERequest";
+	anes_backend *b = (anes_backend *)0x1;
+	cr_assert_eq(anes_ane_backend_new(fake_bridge(), &b, errbuf, sizeof errbuf), -ENODEV);
+	cr_assert_eq(b, (anes_backend *)0x1);
+	cr_assert(strncmp(errbuf, "no ANE on this machine (Objective-C class _ANERequest not found", 62) == 0,
+	          "%s", errbuf);
+	new_backend();
+}
+
+Test(ane, device_without_ane)
+{
+	destroy_backend();
+	fk.has_ane = false;
+	anes_backend *b = (anes_backend *)0x1;
+	cr_assert_eq(anes_ane_backend_new(fake_bridge(), &b, errbuf, sizeof errbuf), -ENODEV);
+	cr_assert_str_eq(errbuf, "no ANE on this machine (_ANEDeviceInfo hasANE returned NO)");
+	cr_assert_eq(fk.pool_depth, 0);
+	/* without the _ANEDeviceInfo class the backend starts */
+	fk.has_ane = true;
+	fk.no_device_info = true;
+	cr_assert_eq(anes_ane_backend_new(fake_bridge(), &b, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	b->ops->destroy(b);
+	new_backend();
+}
+
+/* ---- the real bridge on this machine ---- */
+
+Test(ane, real_bridge_reports_no_ane)
+{
+#ifdef __APPLE__
+	cr_skip_test("a Mac: the real bridge may open");
+#else
+	const anes_ane_bridge *br = (const anes_ane_bridge *)0x1;
+	char e[512];
+	cr_assert_eq(anes_ane_bridge_open(&br, e, sizeof e), -ENODEV);
+	cr_assert_eq(br, (const anes_ane_bridge *)0x1);
+	cr_assert(strncmp(e, "no ANE on this machine (AppleNeuralEngine.framework: ", 53) == 0, "%s", e);
+	/* opened once: the same answer again */
+	char e2[512];
+	cr_assert_eq(anes_ane_bridge_open(&br, e2, sizeof e2), -ENODEV);
+	cr_assert_str_eq(e, e2);
+#endif
+}
+
+/* ---- aneshared --backend ---- */
+
+static const char *aneshared(void)
+{
+	const char *exe = getenv("ANESHARED");
+#ifdef ANES_ANESHARED_EXE
+	if (!exe || !*exe)
+		exe = ANES_ANESHARED_EXE;
+#endif
+	if (!exe || !*exe)
+		cr_skip_test("the path of aneshared is unknown (set ANESHARED)");
+	return exe;
+}
+
+typedef struct daemon_run {
+	pid_t pid;
+	int err_fd;          /* read end of its stderr */
+	char out[8192];      /* what it wrote to stderr so far */
+	size_t n;
+	char sock[512];
+} daemon_run;
+
+static void start_daemon(daemon_run *d, const char *backend)
+{
+	const char *exe = aneshared();
+	int pfd[2];
+	memset(d, 0, sizeof *d);
+	snprintf(d->sock, sizeof d->sock, "%s/aneshare.sock", tmpdir);
+	cr_assert_eq(pipe(pfd), 0);
+	d->pid = fork();
+	cr_assert(d->pid >= 0);
+	if (d->pid == 0) {
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		close(pfd[1]);
+		int null = open("/dev/null", O_RDWR);
+		dup2(null, 0);
+		dup2(null, 1);
+		unsetenv("LISTEN_FDS");
+		unsetenv("LISTEN_PID");
+		execl(exe, exe, "--socket", d->sock, "--backend", backend, (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	d->err_fd = pfd[0];
+}
+
+/* Read stderr until want appears, the stream ends, or 10 s pass. */
+static bool read_until(daemon_run *d, const char *want)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		if (want && strstr(d->out, want))
+			return true;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		long ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+		if (ms > 10000)
+			return false;
+		struct pollfd p = {d->err_fd, POLLIN, 0};
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		ssize_t n = read(d->err_fd, d->out + d->n, sizeof d->out - 1 - d->n);
+		if (n <= 0)
+			return want ? strstr(d->out, want) != NULL : true;
+		d->n += (size_t)n;
+		d->out[d->n] = '\0';
+	}
+}
+
+static int wait_exit(daemon_run *d)
+{
+	int status = 0;
+	pid_t r;
+	do
+		r = waitpid(d->pid, &status, 0);
+	while (r < 0 && errno == EINTR);
+	cr_assert_eq(r, d->pid);
+	close(d->err_fd);
+	unlink(d->sock);
+	char lock[600];
+	snprintf(lock, sizeof lock, "%s.lock", d->sock);
+	unlink(lock);
+	return status;
+}
+
+Test(ane, daemon_backend_ane_exits_without_an_ane)
+{
+#ifdef __APPLE__
+	cr_skip_test("a Mac may have an ANE");
+#endif
+	daemon_run d;
+	start_daemon(&d, "ane");
+	read_until(&d, NULL);
+	int status = wait_exit(&d);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status 0x%x; stderr:\n%s", status, d.out);
+	cr_assert(strstr(d.out, "aneshared: no ANE on this machine ("), "stderr:\n%s", d.out);
+}
+
+Test(ane, daemon_backend_auto_picks_cpu)
+{
+#ifdef __APPLE__
+	cr_skip_test("a Mac may have an ANE");
+#endif
+	daemon_run d;
+	start_daemon(&d, "auto");
+	bool up = read_until(&d, "listening on");
+	if (!up)
+		kill(d.pid, SIGKILL);
+	cr_assert(up, "aneshared did not start; stderr:\n%s", d.out);
+	read_until(&d, "\n");
+	cr_assert(strstr(d.out, "(backend cpu"), "stderr:\n%s", d.out);
+	cr_assert_eq(kill(d.pid, SIGTERM), 0);
+	read_until(&d, NULL);
+	int status = wait_exit(&d);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status 0x%x; stderr:\n%s", status, d.out);
+}
+
+Test(ane, daemon_backend_unknown_name)
+{
+	daemon_run d;
+	start_daemon(&d, "gpu");
+	read_until(&d, NULL);
+	int status = wait_exit(&d);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "status 0x%x; stderr:\n%s", status, d.out);
+	cr_assert(strstr(d.out, "gpu"), "stderr:\n%s", d.out);
+}

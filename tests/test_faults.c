@@ -1,0 +1,649 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Faults (docs/reliability.md, "Faults"): clients that die at the worst
+ * moments, a run that fails, and SIGTERM with work in flight.  Each test
+ * proves the daemon came back to where it was: status shows no surfaces or
+ * programs and the daemon's fd count (/proc/PID/fd) is back at its baseline.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "anes_proto.h"
+#include "aneshare.h"
+#include "daemon_harness.h"
+
+static h_daemon D;
+
+static void teardown(void)
+{
+	h_daemon_kill(&D);
+}
+
+TestSuite(faults, .fini = teardown, .timeout = 60);
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- programs ------------------------------------------------------------------ */
+
+/* z = x @ y on [1, 1, n, n] fp16: slow enough (for n in the hundreds) that
+ * runs are still queued when a test strikes. */
+static char *square_mm_mil(unsigned n, const char *fn_name)
+{
+	char *s = NULL;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func %s<ios18>(tensor<fp16, [1, 1, %u, %u]> x, tensor<fp16, [1, 1, %u, %u]> y) {\n"
+	                 "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
+	                 "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
+	                 "        tensor<fp16, [1, 1, %u, %u]> z = matmul(transpose_x = tx, transpose_y = ty, "
+	                 "x = x, y = y)[name = string(\"z\")];\n"
+	                 "    } -> (z);\n}\n",
+	                 fn_name, n, n, n, n, n, n);
+	cr_assert(r > 0);
+	return s;
+}
+
+typedef struct slow {
+	aneshare_program *p;
+	aneshare_surface *x, *y, *z;
+} slow;
+
+/* Non-asserting (children use it too): 0 or a negative code. */
+static int slow_setup(aneshare_conn *c, unsigned n, slow *ret)
+{
+	char *mil = square_mm_mil(n, "main");
+	int r = aneshare_program_compile(c, mil, NULL, 0, &ret->p, NULL);
+	free(mil);
+	if (r < 0)
+		return r;
+	size_t bytes = (size_t)n * n * 2;
+	if ((r = aneshare_surface_create(c, bytes, &ret->x)) < 0 ||
+	    (r = aneshare_surface_create(c, bytes, &ret->y)) < 0 ||
+	    (r = aneshare_surface_create(c, bytes, &ret->z)) < 0)
+		return r;
+	/* Small values: the product stays finite in fp16. */
+	uint16_t *x = aneshare_surface_data(ret->x), *y = aneshare_surface_data(ret->y);
+	for (size_t i = 0; i < (size_t)n * n; i++) {
+		float f = (float)((i * 7919) % 17) / 64.0f;
+		aneshare_f32_to_f16(&x[i], &f, 1);
+		aneshare_f32_to_f16(&y[i], &f, 1);
+	}
+	return 0;
+}
+
+static int slow_submit(slow *s, uint32_t *ret_ticket)
+{
+	aneshare_surface *in[2] = { s->x, s->y };
+	return aneshare_run_submit(s->p, 0, in, 2, &s->z, 1, ret_ticket);
+}
+
+/* A size whose run takes some 20-40 ms here (bounded search). */
+static unsigned slow_size(aneshare_conn *c, int64_t *ret_ms)
+{
+	unsigned n = 128;
+	for (;;) {
+		slow s;
+		cr_assert_eq(slow_setup(c, n, &s), 0, "slow program: %s", aneshare_last_error(c));
+		int64_t t0 = now_ms();
+		uint32_t t;
+		for (int i = 0; i < 4; i++) {
+			cr_assert_eq(slow_submit(&s, &t), 0);
+			cr_assert_eq(aneshare_wait(c, t), 0);
+		}
+		int64_t dt = (now_ms() - t0) / 4;
+		aneshare_surface_release(s.x);
+		aneshare_surface_release(s.y);
+		aneshare_surface_release(s.z);
+		aneshare_program_release(s.p);
+		if (dt >= 20 || n >= 1024) {
+			*ret_ms = dt > 0 ? dt : 1;
+			return n;
+		}
+		n *= 2;
+	}
+}
+
+/* ---- the checked matmul ----------------------------------------------------------- */
+
+typedef struct mm_client {
+	aneshare_conn *c;
+	aneshare_program *p;
+	aneshare_surface *in, *out;
+	h_mm mm;
+	uint64_t seed;
+} mm_client;
+
+static void mm_init(mm_client *m, const char *name)
+{
+	m->c = h_connect(&D, name);
+	char *mil = h_read_source("examples/dynamic_matmul.mil");
+	int r = aneshare_program_compile(m->c, mil, NULL, 0, &m->p, NULL);
+	free(mil);
+	cr_assert_eq(r, 0, "%s", aneshare_last_error(m->c));
+	cr_assert(h_mm_from_program(m->p, &m->mm));
+	cr_assert_eq(aneshare_surface_create(m->c, m->mm.in_bytes, &m->in), 0);
+	cr_assert_eq(aneshare_surface_create(m->c, m->mm.out_bytes, &m->out), 0);
+}
+
+static void mm_check(mm_client *m)
+{
+	h_mm_fill(&m->mm, aneshare_surface_data(m->in), ++m->seed);
+	memset(aneshare_surface_data(m->out), 0xff, m->mm.out_bytes);
+	int r = aneshare_run(m->p, 0, &m->in, 1, &m->out, 1);
+	cr_assert_eq(r, 0, "run: %s: %s", aneshare_strerror(r), aneshare_last_error(m->c));
+	double err = h_mm_error(&m->mm, aneshare_surface_data(m->in), aneshare_surface_data(m->out));
+	cr_assert_leq(err, H_MM_TOL, "relative error %g", err);
+}
+
+static void mm_fini(mm_client *m)
+{
+	aneshare_surface_release(m->in);
+	aneshare_surface_release(m->out);
+	aneshare_program_release(m->p);
+	aneshare_disconnect(m->c);
+}
+
+/* ---- the baseline ----------------------------------------------------------------- */
+
+/* An observer connection, once the daemon has settled: its fd count is the
+ * baseline every test returns to. */
+static aneshare_conn *observe(int *ret_fds)
+{
+	aneshare_conn *obs = h_connect(&D, "observer");
+	h_wait_clients(obs, 1);
+	*ret_fds = h_daemon_fds(&D);
+	cr_assert_gt(*ret_fds, 0);
+	return obs;
+}
+
+static void back_to_baseline(aneshare_conn *obs, int fds)
+{
+	h_wait_clients(obs, 1);
+	h_wait_counts(obs, 0, 0);
+	aneshare_status *st = h_status(obs);
+	cr_expect_eq(st->surface_bytes, 0);
+	aneshare_status_free(st);
+	h_wait_daemon_fds(&D, fds);
+}
+
+/* ---- children ---------------------------------------------------------------------- */
+
+/* Fork a child that runs fn(arg, ready_fd) and reports readiness by writing
+ * one byte; returns once it has. */
+static pid_t spawn(int (*fn)(void *arg, int ready_fd), void *arg)
+{
+	int p[2];
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(p[0]);
+		_exit(fn(arg, p[1]));
+	}
+	close(p[1]);
+	char b;
+	ssize_t n;
+	do
+		n = read(p[0], &b, 1);
+	while (n < 0 && errno == EINTR);
+	close(p[0]);
+	if (n != 1) {
+		int st;
+		waitpid(pid, &st, 0);
+		cr_assert_fail("the child failed before it was ready (status 0x%x)", st);
+	}
+	return pid;
+}
+
+static void kill_child(pid_t pid)
+{
+	cr_assert_eq(kill(pid, SIGKILL), 0);
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status 0x%x", st);
+}
+
+static void ready(int fd)
+{
+	char b = 1;
+	(void)!write(fd, &b, 1);
+}
+
+static void hang(void)
+{
+	for (;;)
+		pause();
+}
+
+typedef struct slow_args {
+	const char *sock;
+	unsigned n;       /* matrix size */
+	unsigned runs;    /* to leave in flight */
+	bool compile;     /* also leave a compile in flight */
+} slow_args;
+
+/* Compile, create surfaces, pipeline runs (and a compile) without waiting,
+ * say ready, and wait to be killed. */
+static int child_in_flight(void *arg, int ready_fd)
+{
+	slow_args *a = arg;
+	aneshare_conn *c;
+	if (aneshare_connect(a->sock, "doomed", &c) < 0)
+		return 2;
+	slow s;
+	if (slow_setup(c, a->n, &s) < 0)
+		return 3;
+	uint32_t t;
+	for (unsigned i = 0; i < a->runs; i++)
+		if (slow_submit(&s, &t) < 0)
+			return 4;
+	if (a->compile) {
+		/* A new program whose compile is still running when we die: send
+		 * the request by hand (the library would wait for the answer). */
+		int fd = h_raw_connect(a->sock);
+		if (fd < 0)
+			return 5;
+		/* hello without waiting, then compile. */
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_map(&pk, 1);
+		msgpack_pack_str(&pk, 8);
+		msgpack_pack_str_body(&pk, "protocol", 8);
+		msgpack_pack_uint32(&pk, 1);
+		h_raw_request(fd, 1, "hello", sb.data, sb.size, NULL, 0);
+		msgpack_sbuffer_clear(&sb);
+		char *mil = square_mm_mil(a->n, "other");
+		msgpack_pack_map(&pk, 1);
+		msgpack_pack_str(&pk, 3);
+		msgpack_pack_str_body(&pk, "mil", 3);
+		msgpack_pack_str(&pk, strlen(mil));
+		msgpack_pack_str_body(&pk, mil, strlen(mil));
+		h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0);
+		msgpack_sbuffer_destroy(&sb);
+		free(mil);
+	}
+	ready(ready_fd);
+	hang();
+	return 0;
+}
+
+Test(faults, client_killed_mid_request)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+	int64_t ms;
+	unsigned n = slow_size(obs, &ms);
+	h_wait_counts(obs, 0, 0);
+
+	/* Runs queued on the workers, and a compile, when it dies. */
+	slow_args a = { D.sock, n, 32, true };
+	pid_t pid = spawn(child_in_flight, &a);
+	aneshare_status *st = h_status(obs);
+	cr_expect_geq(st->surfaces, 3);
+	aneshare_status_free(st);
+	kill_child(pid);
+	back_to_baseline(obs, fds);
+
+	/* And everyone else is fine. */
+	mm_client m;
+	mm_init(&m, "after");
+	mm_check(&m);
+	mm_fini(&m);
+	back_to_baseline(obs, fds);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ---- mid-frame ------------------------------------------------------------------------- */
+
+typedef struct half_args {
+	const char *sock;
+	bool with_fd;
+} half_args;
+
+/* Write half of a frame (with a memfd attached to its first byte when
+ * with_fd), say ready, wait to be killed. */
+static int child_half_frame(void *arg, int ready_fd)
+{
+	half_args *a = arg;
+	int fd = h_raw_connect(a->sock);
+	if (fd < 0)
+		return 2;
+	/* hello, answered, so that the half frame is a real request's. */
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 8);
+	msgpack_pack_str_body(&pk, "protocol", 8);
+	msgpack_pack_uint32(&pk, 1);
+	if (h_raw_request(fd, 1, "hello", sb.data, sb.size, NULL, 0) < 0 ||
+	    h_raw_response(fd, 1, 5000) != 0)
+		return 3;
+	msgpack_sbuffer_destroy(&sb);
+
+	uint8_t frame[ANES_FRAME_HEADER_SIZE + 1000];
+	memset(frame, 0x90, sizeof frame);   /* fixarray(0)s: never a valid payload anyway */
+	anes_frame_header_write(frame, 1000, a->with_fd ? 1 : 0);
+	int mfd = -1;
+	if (a->with_fd) {
+		if (anes_memfd_create("half", 4096, &mfd) < 0)
+			return 4;
+	}
+	if (h_raw_send(fd, frame, ANES_FRAME_HEADER_SIZE + 500, &mfd, a->with_fd ? 1 : 0) < 0)
+		return 5;
+	if (mfd >= 0)
+		close(mfd);
+	ready(ready_fd);
+	hang();
+	return 0;
+}
+
+Test(faults, client_killed_mid_frame)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+	for (int with_fd = 0; with_fd <= 1; with_fd++) {
+		half_args a = { D.sock, with_fd };
+		pid_t pid = spawn(child_half_frame, &a);
+		/* A half frame stalls nobody: the daemon answers meanwhile. */
+		h_wait_clients(obs, 2);
+		mm_client m;
+		mm_init(&m, "meanwhile");
+		mm_check(&m);
+		mm_fini(&m);
+		kill_child(pid);
+		back_to_baseline(obs, fds);
+	}
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ---- surfaces in use ------------------------------------------------------------------ */
+
+Test(faults, client_killed_holding_surfaces_in_use)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+	int64_t ms;
+	unsigned n = slow_size(obs, &ms);
+	h_wait_counts(obs, 0, 0);
+
+	/* The child's surfaces are the inputs and outputs of its queued runs;
+	 * meanwhile another client keeps running on its own surfaces. */
+	slow_args a = { D.sock, n, 48, false };
+	pid_t pid = spawn(child_in_flight, &a);
+	mm_client m;
+	mm_init(&m, "bystander");
+	kill_child(pid);
+	/* The runs that still hold the dead client's surfaces finish (or are
+	 * dropped); until then its surfaces stay mapped in the daemon. */
+	aneshare_status *st = h_status(obs);
+	uint64_t runs_before = st->runs;
+	aneshare_status_free(st);
+	for (int i = 0; i < 10; i++)
+		mm_check(&m);
+	mm_fini(&m);
+	back_to_baseline(obs, fds);
+	st = h_status(obs);
+	cr_expect_geq(st->runs, runs_before + 10);
+	aneshare_status_free(st);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ---- disconnect before the response ------------------------------------------------------ */
+
+Test(faults, disconnect_before_response)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+	int64_t ms;
+	unsigned n = slow_size(obs, &ms);
+
+	/* Runs: submitted, then the connection is closed with them in flight. */
+	aneshare_conn *c = h_connect(&D, "leaver");
+	slow s;
+	cr_assert_eq(slow_setup(c, n, &s), 0);
+	uint32_t t;
+	for (int i = 0; i < 16; i++)
+		cr_assert_eq(slow_submit(&s, &t), 0);
+	aneshare_disconnect(c);
+	back_to_baseline(obs, fds);
+
+	/* A compile and a status, each sent raw and closed at once. */
+	static const char *const methods[] = { "program.compile", "status" };
+	for (int i = 0; i < 2; i++) {
+		int fd = h_raw_connect(D.sock);
+		cr_assert_geq(fd, 0);
+		h_raw_hello(fd);
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		char *mil = square_mm_mil(n, "fresh");
+		if (i == 0) {
+			msgpack_pack_map(&pk, 1);
+			msgpack_pack_str(&pk, 3);
+			msgpack_pack_str_body(&pk, "mil", 3);
+			msgpack_pack_str(&pk, strlen(mil));
+			msgpack_pack_str_body(&pk, mil, strlen(mil));
+		} else {
+			msgpack_pack_map(&pk, 0);
+		}
+		cr_assert_eq(h_raw_request(fd, 2, methods[i], sb.data, sb.size, NULL, 0), 0);
+		msgpack_sbuffer_destroy(&sb);
+		free(mil);
+		close(fd);
+		back_to_baseline(obs, fds);
+	}
+	mm_client m;
+	mm_init(&m, "after");
+	mm_check(&m);
+	mm_fini(&m);
+	back_to_baseline(obs, fds);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ---- a run that fails --------------------------------------------------------------------- */
+
+Test(faults, failing_run_errs_only_its_client)
+{
+	/* The CPU backend has no run-time failure of its own (the MIL checker
+	 * rejects what could fail), so the daemon's test hook makes every run
+	 * of a function named fail_me fail. */
+	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
+	h_daemon_start_args(&D, args);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+
+	aneshare_conn *bad = h_connect(&D, "failing");
+	char *mil = square_mm_mil(16, "fail_me");
+	aneshare_program *p;
+	cr_assert_eq(aneshare_program_compile(bad, mil, NULL, 0, &p, NULL), 0);
+	free(mil);
+	aneshare_surface *x, *y, *z;
+	cr_assert_eq(aneshare_surface_create(bad, 512, &x), 0);
+	cr_assert_eq(aneshare_surface_create(bad, 512, &y), 0);
+	cr_assert_eq(aneshare_surface_create(bad, 512, &z), 0);
+	aneshare_surface *in[2] = { x, y };
+
+	mm_client good;
+	mm_init(&good, "good");
+	/* Interleaved: failures for one, right answers for the other. */
+	for (int i = 0; i < 5; i++) {
+		uint32_t t[4];
+		for (int k = 0; k < 4; k++)
+			cr_assert_eq(aneshare_run_submit(p, 0, in, 2, &z, 1, &t[k]), 0);
+		mm_check(&good);
+		for (int k = 0; k < 4; k++) {
+			int r = aneshare_wait(bad, t[k]);
+			cr_assert_eq(r, -ANESHARE_ERUN_FAILED, "%s", aneshare_strerror(r));
+			cr_expect(strstr(aneshare_last_error(bad), "injected"), "%s", aneshare_last_error(bad));
+		}
+	}
+	/* The failing client's connection is still good for anything else. */
+	aneshare_status_free(h_status(bad));
+	aneshare_surface_release(x);
+	aneshare_surface_release(y);
+	aneshare_surface_release(z);
+	aneshare_program_release(p);
+	aneshare_disconnect(bad);
+	mm_fini(&good);
+	back_to_baseline(obs, fds);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ---- SIGTERM -------------------------------------------------------------------------------- */
+
+#define E_SHUTTING_DOWN (-(ANESHARE_EBASE + 17))
+
+/* Submit runs on a fresh connection, SIGTERM (once or twice), and collect
+ * the answers: every run either finished or failed with shutting_down. */
+static void sigterm_case(const char *const *args, unsigned work_ms_wanted, int signals,
+                         unsigned *ret_ok, unsigned *ret_failed)
+{
+	h_daemon_start_args(&D, args);
+	aneshare_conn *c = h_connect(&D, "busy");
+	int64_t ms;
+	unsigned n = slow_size(c, &ms);
+	slow s;
+	cr_assert_eq(slow_setup(c, n, &s), 0);
+	unsigned max = aneshare_server(c)->max_inflight;
+	unsigned runs = (unsigned)(work_ms_wanted / (unsigned)ms) * 2;   /* two workers */
+	if (runs > max)
+		runs = max;
+	if (runs < 8)
+		runs = 8;
+	uint32_t *t = calloc(runs, sizeof *t);
+	for (unsigned i = 0; i < runs; i++)
+		cr_assert_eq(slow_submit(&s, &t[i]), 0);
+
+	cr_assert_eq(kill(D.pid, SIGTERM), 0);
+	/* Once the daemon acts on it, the socket is gone: nobody new gets in. */
+	int64_t deadline = now_ms() + 10000 * h_slow();
+	aneshare_conn *late = NULL;
+	while (aneshare_connect(D.sock, "late", &late) == 0) {
+		aneshare_disconnect(late);
+		late = NULL;
+		cr_assert(now_ms() < deadline, "the daemon still accepts after SIGTERM");
+	}
+	/* (Only now: two signals sent at once can merge into one.) */
+	if (signals > 1)
+		cr_assert_eq(kill(D.pid, SIGTERM), 0);
+
+	unsigned ok = 0, failed = 0;
+	for (unsigned i = 0; i < runs; i++) {
+		int r = aneshare_wait(c, t[i]);
+		if (r == 0) {
+			ok++;
+		} else {
+			cr_assert_eq(r, E_SHUTTING_DOWN, "run %u: %s (%s)", i, aneshare_strerror(r),
+			             aneshare_last_error(c));
+			cr_expect(strstr(aneshare_last_error(c), "shutting down"), "%s", aneshare_last_error(c));
+			failed++;
+		}
+	}
+	free(t);
+	h_daemon_wait(&D);   /* exit status 0 */
+	aneshare_disconnect(c);
+	*ret_ok = ok;
+	*ret_failed = failed;
+}
+
+Test(faults, sigterm_finishes_runs_in_flight)
+{
+	unsigned ok, failed;
+	sigterm_case(NULL, 1500, 1, &ok, &failed);
+	cr_expect_eq(failed, 0, "%u runs failed although they had 10 s to finish", failed);
+	cr_expect_gt(ok, 0);
+}
+
+Test(faults, sigterm_timeout_fails_the_rest)
+{
+	/* More work queued than the 1 s grace period allows. */
+	const char *args[] = { "--shutdown-timeout", "1", "--max-inflight", "512", NULL };
+	unsigned ok, failed;
+	sigterm_case(args, 6000, 1, &ok, &failed);
+	cr_expect_gt(failed, 0, "nothing failed (%u finished)", ok);
+	cr_expect_gt(ok, 0, "nothing finished in the grace period");
+}
+
+Test(faults, second_sigterm_stops_at_once)
+{
+	const char *args[] = { "--max-inflight", "512", NULL };
+	unsigned ok, failed;
+	int64_t t0 = now_ms();
+	sigterm_case(args, 6000, 2, &ok, &failed);
+	cr_expect_gt(failed, 0, "nothing failed (%u finished)", ok);
+	cr_expect_lt(now_ms() - t0, 6000 * h_slow(), "the second SIGTERM did not cut the wait short");
+}
+
+Test(faults, sigterm_idle_and_new_requests)
+{
+	/* An idle client is disconnected at once; a client with runs in flight
+	 * gets shutting_down for what it sends after the signal. */
+	h_daemon_start(&D);
+	aneshare_conn *idle = h_connect(&D, "idle");
+	aneshare_conn *c = h_connect(&D, "busy");
+	int64_t ms;
+	unsigned n = slow_size(c, &ms);
+	slow s;
+	cr_assert_eq(slow_setup(c, n, &s), 0);
+	unsigned runs = (unsigned)(3000 / ms) * 2;
+	unsigned max = aneshare_server(c)->max_inflight;
+	runs = runs > max ? max : runs < 8 ? 8 : runs;
+	uint32_t *t = calloc(runs, sizeof *t);
+	for (unsigned i = 0; i < runs; i++)
+		cr_assert_eq(slow_submit(&s, &t[i]), 0);
+	cr_assert_eq(kill(D.pid, SIGTERM), 0);
+	int64_t deadline = now_ms() + 10000 * h_slow();
+	aneshare_conn *late = NULL;
+	while (aneshare_connect(D.sock, "late", &late) == 0) {
+		aneshare_disconnect(late);
+		cr_assert(now_ms() < deadline);
+	}
+	aneshare_status *st = NULL;
+	int r = aneshare_get_status(c, &st);
+	cr_expect(r == E_SHUTTING_DOWN, "status after SIGTERM: %s", aneshare_strerror(r));
+	if (r == 0)
+		aneshare_status_free(st);
+	r = aneshare_get_status(idle, &st);
+	cr_expect(r < 0, "the idle client was not disconnected");
+	if (r == 0)
+		aneshare_status_free(st);
+	for (unsigned i = 0; i < runs; i++) {
+		r = aneshare_wait(c, t[i]);
+		cr_expect(r == 0 || r == E_SHUTTING_DOWN, "%s", aneshare_strerror(r));
+	}
+	free(t);
+	h_daemon_wait(&D);
+	aneshare_disconnect(c);
+	aneshare_disconnect(idle);
+}
