@@ -87,7 +87,11 @@ typedef struct aneshare_program aneshare_program;
 ANESHARE_API int aneshare_default_socket_path(char *buf, size_t buf_len);
 
 /* Connect and perform the handshake.  socket_path NULL = the default path;
- * client_name (may be NULL) is shown in the daemon's logs.
+ * client_name (may be NULL) is shown in the daemon's logs.  Makes one
+ * attempt (no reconnect loop): e.g. -ENOENT or -ECONNREFUSED if no daemon
+ * listens, -ECONNRESET if it hangs up.  Reconnecting is on for the new
+ * connection, with the timeout from $ANESHARE_RECONNECT_TIMEOUT_MS (ms,
+ * 0 to 3600000; anything else means the default, 5000).
  * On success *ret_conn is owned by the caller: aneshare_disconnect(). */
 ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_name,
                                   aneshare_conn **ret_conn);

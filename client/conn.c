@@ -805,7 +805,8 @@ ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_na
 		r = conn_hello(c);
 	if (r < 0) {
 		aneshare_disconnect(c);
-		return r;
+		/* No connection to retry on: hung up during hello is a reset. */
+		return r == -ANESHARE_EDISCONNECTED ? -ECONNRESET : r;
 	}
 	*ret_conn = c;
 	return 0;

@@ -207,9 +207,9 @@ int anes_conn_new(anes_server *srv, int fd)
 		return r;
 	}
 	if (!uid_allowed(srv, uid)) {
-		close(fd);
 		srv->stats.refused++;
-		log_refusal(srv, uid, pid);
+		log_refusal(srv, uid, pid);   /* first: the peer sees the close after the log line */
+		close(fd);
 		return -EACCES;
 	}
 	if (srv->n_conns >= srv->lim.max_connections) {

@@ -56,7 +56,7 @@ int main(int argc, char **argv)
 	if (strcmp(opts.backend, "cpu") != 0) {
 		/* ane, or auto: the ANE where the bridge opens, else the CPU (docs/ane.md) */
 		const anes_ane_bridge *bridge;
-		char why[512];
+		char why[512] = "";
 		r = anes_ane_bridge_open(&bridge, why, sizeof why);
 		if (r == 0)
 			r = anes_ane_backend_new(bridge, &backend, why, sizeof why);

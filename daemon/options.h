@@ -20,7 +20,7 @@
 typedef struct anes_options {
 	/* Ready for anes_server_new; its pointers point into this struct. */
 	anes_server_config cfg;
-	/* --backend NAME ("cpu" unless given); main.c decides what it means. */
+	/* --backend NAME ("auto" unless given); main.c decides what it means. */
 	const char *backend;
 
 	/* Storage behind the pointers above (owned). */

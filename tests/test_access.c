@@ -170,6 +170,8 @@ Test(access, other_uid_refused)
 	need_root();
 	make_user();
 	h_daemon_start(&D);
+	aneshare_conn *obs = h_connect(&D, "observer");
+	h_wait_clients(obs, 1);   /* the harness's probe has gone */
 	int fds0 = h_daemon_fds(&D);
 
 	int r = hello_as_other_user();
@@ -180,6 +182,7 @@ Test(access, other_uid_refused)
 	cr_expect(log_has(&D, want), "the log does not say \"%s\"", want);
 	root_client_works();
 	h_wait_daemon_fds(&D, fds0);
+	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
 	remove_user();
 }

@@ -474,9 +474,9 @@ Test(faults, disconnect_before_response)
 
 Test(faults, failing_run_errs_only_its_client)
 {
-	/* The CPU backend has no run-time failure of its own (the MIL checker
-	 * rejects what could fail), so the daemon's test hook makes every run
-	 * of a function named fail_me fail. */
+	/* The daemon's test hook (--fault-inject run_fail=NAME) makes every run
+	 * of a function named fail_me fail, whatever the backend; the real case
+	 * the CPU backend has is gather_out_of_range_fails_only_that_run. */
 	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
 	h_daemon_start_args(&D, args);
 	int fds;
@@ -515,6 +515,62 @@ Test(faults, failing_run_errs_only_its_client)
 	aneshare_program_release(p);
 	aneshare_disconnect(bad);
 	mm_fini(&good);
+	back_to_baseline(obs, fds);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* The real case: gather checks its run-time indices. */
+static const char gather_mil[] =
+	"program(1.3)\n{\n"
+	"    func main<ios18>(tensor<fp16, [8, 4]> x, tensor<int32, [2]> idx) {\n"
+	"        tensor<fp16, [2, 4]> y = gather(x = x, indices = idx, axis = int32(0))[name = string(\"y\")];\n"
+	"    } -> (y);\n}\n";
+
+Test(faults, gather_out_of_range_fails_only_that_run)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *c = h_connect(&D, "gatherer");
+	aneshare_program *p;
+	int r = aneshare_program_compile(c, gather_mil, NULL, 0, &p, NULL);
+	cr_assert_eq(r, 0, "gather: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	aneshare_surface *x, *idx, *y;
+	cr_assert_eq(aneshare_surface_create(c, 8 * 4 * 2, &x), 0);
+	cr_assert_eq(aneshare_surface_create(c, 2 * 4, &idx), 0);
+	cr_assert_eq(aneshare_surface_create(c, 2 * 4 * 2, &y), 0);
+	uint16_t *xv = aneshare_surface_data(x);
+	for (int i = 0; i < 32; i++) {
+		float f = (float)i;
+		aneshare_f32_to_f16(&xv[i], &f, 1);
+	}
+	int32_t *iv = aneshare_surface_data(idx);
+	aneshare_surface *in[2] = { x, idx };
+	mm_client good;
+	mm_init(&good, "good");
+	for (int round = 0; round < 3; round++) {
+		/* In range: rows 5 and 2. */
+		iv[0] = 5;
+		iv[1] = 2;
+		cr_assert_eq(aneshare_run(p, 0, in, 2, &y, 1), 0, "%s", aneshare_last_error(c));
+		float out[8];
+		aneshare_f16_to_f32(out, aneshare_surface_data(y), 8);
+		cr_expect_eq(out[0], 20.0f);
+		cr_expect_eq(out[4], 8.0f);
+		/* Out of range: that run fails, with the op's message. */
+		iv[1] = 99;
+		r = aneshare_run(p, 0, in, 2, &y, 1);
+		cr_assert_eq(r, -ANESHARE_ERUN_FAILED, "%s", aneshare_strerror(r));
+		cr_expect(strstr(aneshare_last_error(c), "out of range"), "%s", aneshare_last_error(c));
+		mm_check(&good);
+	}
+	mm_fini(&good);
+	aneshare_surface_release(x);
+	aneshare_surface_release(idx);
+	aneshare_surface_release(y);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
 	back_to_baseline(obs, fds);
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);

@@ -465,3 +465,46 @@ Test(mil, deep_nesting_and_garbage)
 	cr_assert_eq(anes_mil_parse("program", 7, NULL, 0, &p, tiny, 1), -EINVAL);
 	cr_assert_eq(tiny[0], 0);
 }
+
+/* ---- several outputs, new ops' shape inference ---- */
+
+Test(mil, multiple_outputs_both_syntaxes)
+{
+	const char *text =
+		"program(1.3)\n{\n  func main<ios18>(tensor<fp16, [2, 6]> x) {\n"
+		"    tensor<fp16, [2, 2]> a, tensor<fp16, [2, 4]> b = split(x = x, split_sizes = tensor<int32, [2]>([2, 4]), axis = int32(1));\n"
+		"    (tensor<fp16, [1, 6]> c, tensor<fp16, [1, 6]> d) = split(x = x, num_splits = int32(2), axis = int32(0));\n"
+		"  } -> (a, b, c, d);\n}\n";
+	anes_mil_program *p = NULL;
+	cr_assert_eq(parse(text, NULL, 0, &p), 0, "%s", errbuf);
+	const anes_mil_function *f = &p->functions[0];
+	cr_assert_eq(f->n_ops, 2);
+	cr_assert_eq(f->ops[0].n_outputs, 2);
+	cr_assert_eq(f->ops[1].n_outputs, 2);
+	cr_assert_eq(p->info[0].n_outputs, 4);
+	cr_assert_eq(p->info[0].outputs[1].shape[1], 4);
+	cr_assert_str_eq(p->info[0].outputs[3].name, "d");
+	anes_mil_program_free(p);
+	/* a declared shape that does not match the split */
+	expect_err("    tensor<fp16, [3, 1]> a, tensor<fp16, [3, 3]> b = split(x = m, num_splits = int32(2), axis = int32(1));",
+	           -EINVAL, 4, "declared type");
+	expect_err("    tensor<fp16, [3, 2]> a, tensor<fp16, [3, 2]> a = split(x = m, num_splits = int32(2), axis = int32(1));",
+	           -EINVAL, 4, "redefinition");
+}
+
+Test(mil, new_op_inference)
+{
+	/* conv output shapes, slice_by_index, gather, pad, attention */
+	cr_assert_eq(parse_body("    tensor<fp16, [1, 3, 5, 5]> i = const()[name = string(\"i\"), val = tensor<fp16, [1, 3, 5, 5]>(BLOBFILE(path = string(\"nope\"), offset = uint64(0)))];", NULL, 0), -EINVAL);
+	expect_err("    tensor<fp16, [2, 3]> y = conv(x = x, weight = x);", -EINVAL, 4, "x must be [N, C, W]");
+	expect_err("    tensor<fp16, [1, 3]> y = slice_by_index(x = x, begin = tensor<int32, [2]>([0, 0]), end = tensor<int32, [2]>([1, 3]), stride = tensor<int32, [2]>([0, 1]));",
+	           -EINVAL, 4, "stride on axis 0 must be non-zero");
+	cr_assert_eq(parse_body("    tensor<fp16, [3]> y = slice_by_index(x = x, begin = tensor<int32, [2]>([-1, 0]), end = tensor<int32, [2]>([0, 3]), "
+	                        "squeeze_mask = tensor<bool, [2]>([true, false]));\n", NULL, 0), 0, "%s", errbuf);
+	cr_assert_eq(parse_body("    tensor<fp16, [2, 2, 2, 3]> y = gather(x = m, indices = tensor<int32, [2, 2]>([0, 1, 2, -3]), axis = int32(1));", NULL, 0), -EINVAL);
+	cr_assert_eq(parse_body("    tensor<fp16, [3, 2, 2]> y = gather(x = m, indices = tensor<int32, [2, 2]>([0, 1, 2, -3]), axis = int32(1));", NULL, 0), 0, "%s", errbuf);
+	cr_assert_eq(parse_body("    tensor<fp16, [4, 7]> y = pad(x = x, pad = tensor<int32, [4]>([1, 1, 2, 2]), mode = string(\"replicate\"));", NULL, 0), 0, "%s", errbuf);
+	cr_assert_eq(parse_body("    tensor<fp16, [1, 3, 4]> q = expand_dims(x = m, axes = tensor<int32, [1]>([0]));\n"
+	                        "    tensor<fp16, [1, 2, 3]> k = expand_dims(x = x, axes = tensor<int32, [1]>([0]));\n"
+	                        "    tensor<fp16, [1, 2, 3]> y = scaled_dot_product_attention(query = k, key = k, value = k);", NULL, 0), 0, "%s", errbuf);
+}

@@ -34,7 +34,7 @@ static inline bool tb_read_const(const char *text, const char *name, float *out,
 	char key[96];
 	const char *p;
 
-	snprintf(key, sizeof key, "> %s = const()", name);
+	snprintf(key, sizeof key, " %s = const()", name);
 	p = strstr(text, key);
 	if (!p)
 		return false;
@@ -86,7 +86,7 @@ static inline bool tb_read_q(const char *text, const char *name, float *out, siz
 
 static inline bool tb_load(const char *text, tb_weights *w)
 {
-	static float m[TB_S * TB_S];
+	float m[TB_S * TB_S];
 	bool ok = tb_read_const(text, "g1", w->g1, TB_D) && tb_read_const(text, "g2", w->g2, TB_D) &&
 	          tb_read_const(text, "wq", w->wq, TB_D * TB_D) && tb_read_const(text, "wk", w->wk, TB_D * TB_D) &&
 	          tb_read_const(text, "wv", w->wv, TB_D * TB_D) && tb_read_const(text, "wo", w->wo, TB_D * TB_D) &&
@@ -126,8 +126,12 @@ static inline void tb_rmsnorm(const tb_weights *w, const float *g, const float *
 /* x, out: [D][S] (the [1, D, 1, S] tensor) */
 static inline void tb_reference(const tb_weights *w, const float *x, float *out)
 {
-	static float h[TB_D * TB_S], q[TB_D * TB_S], k[TB_D * TB_S], v[TB_D * TB_S], a[TB_D * TB_S];
-	static float x1[TB_D * TB_S], t[TB_D * TB_S], g[TB_F * TB_S], u[TB_F * TB_S];
+	/* thread-safe: the daemon test runs references on several threads */
+	float *buf = malloc((8 * TB_D * TB_S + 2 * TB_F * TB_S) * sizeof(float));
+	float *h = buf, *q = h + TB_D * TB_S, *k = q + TB_D * TB_S, *v = k + TB_D * TB_S, *a = v + TB_D * TB_S;
+	float *x1 = a + TB_D * TB_S, *t = x1 + TB_D * TB_S, *g = t + TB_D * TB_S, *u = g + TB_F * TB_S;
+	if (!buf)
+		abort();
 
 	tb_rmsnorm(w, w->g1, x, h);
 	tb_proj(w->wq, h, q, TB_D, TB_D);
@@ -167,6 +171,7 @@ static inline void tb_reference(const tb_weights *w, const float *x, float *out)
 	tb_proj(w->w2, g, t, TB_D, TB_F);
 	for (int i = 0; i < TB_D * TB_S; i++)
 		out[i] = x1[i] + t[i];
+	free(buf);
 }
 
 #endif

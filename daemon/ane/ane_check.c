@@ -115,10 +115,10 @@ static int check_weight(const anes_weight *w, size_t idx, const anes_weight *all
 {
 	const char *path = w->path ? w->path : "";
 	size_t plen = strlen(WEIGHT_PREFIX);
-	const char *file = path + plen;
+	const char *file = strncmp(path, WEIGHT_PREFIX, plen) == 0 ? path + plen : NULL;
 
-	if (strncmp(path, WEIGHT_PREFIX, plen) != 0 || !*file || strlen(file) > 128 ||
-	    strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0)
+	if (!file || !*file || strlen(file) > 128 || strchr(file, '/') || strcmp(file, ".") == 0 ||
+	    strcmp(file, "..") == 0)
 		return fail(errbuf, len, -EINVAL,
 		            "weight \"%.200s\": the ANE backend needs weight paths of the form "
 		            "\"" WEIGHT_PREFIX "NAME\" with NAME a plain file name of at most 128 bytes",

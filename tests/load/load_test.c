@@ -1,0 +1,536 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The load test of docs/reliability.md ("Load"): N client processes (64)
+ * pipeline runs of the dynamic-weights matmul (examples/dynamic_matmul.mil)
+ * against one aneshared for a bounded time while this process SIGKILLs random
+ * ones and starts replacements.  Every child checks every result against an
+ * fp32 reference and reports its counts through a pipe.  Afterwards status
+ * must show no surfaces, no programs and one client (us), and the daemon's
+ * fd count and resident memory must be back at their baseline.
+ *
+ *   load_test [--clients N] [--seconds S] [--kill-ms MS] [--daemon PATH] [--mil FILE]
+ *
+ * The daemon defaults to $ANESHARED.  Prints the figures; exit status 0 only
+ * if every check passed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aneshare.h"
+
+#ifndef ANES_SOURCE_DIR
+#define ANES_SOURCE_DIR "."
+#endif
+
+#define TOL 1e-2
+#define PAIRS 4   /* runs each child keeps in flight */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void pause_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+/* ---- the daemon --------------------------------------------------------------- */
+
+static char dir[256], sock[300], logpath[300];
+static pid_t daemon_pid;
+
+static int count_fds(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/fd", (long)pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return -1;
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+static long status_kb(pid_t pid, const char *key)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	long kb = -1;
+	size_t kl = strlen(key);
+	while (fgets(line, sizeof line, f))
+		if (!strncmp(line, key, kl) && line[kl] == ':') {
+			kb = strtol(line + kl + 1, NULL, 10);
+			break;
+		}
+	fclose(f);
+	return kb;
+}
+
+static int start_daemon(const char *exe)
+{
+	const char *tmp = getenv("TMPDIR");
+	snprintf(dir, sizeof dir, "%s/anes-load-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir))
+		return -errno;
+	snprintf(sock, sizeof sock, "%s/aneshare.sock", dir);
+	snprintf(logpath, sizeof logpath, "%s/daemon.log", dir);
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd >= 0)
+			dup2(fd, 2);
+		setenv("XDG_CONFIG_HOME", dir, 1);
+		execl(exe, exe, "--socket", sock, (char *)NULL);
+		_exit(127);
+	}
+	daemon_pid = pid;
+	int64_t deadline = now_ms() + 10000;
+	while (now_ms() < deadline) {
+		aneshare_conn *c;
+		if (aneshare_connect(sock, "probe", &c) == 0) {
+			aneshare_disconnect(c);
+			return 0;
+		}
+		if (waitpid(pid, NULL, WNOHANG) == pid) {
+			daemon_pid = 0;
+			return -ECHILD;
+		}
+		pause_ms(5);
+	}
+	return -ETIMEDOUT;
+}
+
+/* SIGTERM and wait: the daemon's exit status, or -1. */
+static int stop_daemon(void)
+{
+	if (daemon_pid <= 0)
+		return -1;
+	kill(daemon_pid, SIGTERM);
+	int st;
+	if (waitpid(daemon_pid, &st, 0) != daemon_pid)
+		return -1;
+	daemon_pid = 0;
+	unlink(logpath);
+	rmdir(dir);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* ---- a child ------------------------------------------------------------------- */
+
+typedef struct report {
+	int32_t pid;
+	uint32_t ok, wrong, errors;
+} report;
+
+/* The parent closes the write end of this pipe to stop the children. */
+static int stop_fd = -1;
+
+static bool told_to_stop(void)
+{
+	struct pollfd p = { .fd = stop_fd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0;
+}
+
+static uint64_t rng(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+typedef struct shape {
+	size_t ic, oc, seq;
+	size_t in_bytes, out_bytes;
+} shape;
+
+static bool shape_of(const aneshare_program *p, shape *ret)
+{
+	const aneshare_tensor_info *ti = aneshare_program_input(p, 0, 0);
+	const aneshare_tensor_info *to = aneshare_program_output(p, 0, 0);
+	if (!ti || !to || ti->rank != 4 || to->rank != 4 || ti->dtype != ANESHARE_FP16 ||
+	    to->dtype != ANESHARE_FP16 || ti->shape[3] != to->shape[3] + to->shape[1])
+		return false;
+	ret->ic = (size_t)ti->shape[1];
+	ret->oc = (size_t)to->shape[1];
+	ret->seq = (size_t)to->shape[3];
+	ret->in_bytes = (size_t)ti->bytes;
+	ret->out_bytes = (size_t)to->bytes;
+	return true;
+}
+
+static void fill(const shape *sh, uint16_t *x, uint64_t seed)
+{
+	size_t n = sh->ic * (sh->seq + sh->oc);
+	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+	for (size_t i = 0; i < n; i++) {
+		float f = (float)((double)(rng(&s) >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+		aneshare_f32_to_f16(&x[i], &f, 1);
+	}
+}
+
+/* Relative max error of y against the fp32 reference computed from x. */
+static double error_of(const shape *sh, const uint16_t *x, const uint16_t *y, float *xf, float *yf)
+{
+	size_t w = sh->seq + sh->oc;
+	aneshare_f16_to_f32(xf, x, sh->ic * w);
+	aneshare_f16_to_f32(yf, y, sh->oc * sh->seq);
+	double max_ref = 0, max_err = 0;
+	for (size_t o = 0; o < sh->oc; o++)
+		for (size_t s = 0; s < sh->seq; s++) {
+			double acc = 0;
+			for (size_t i = 0; i < sh->ic; i++)
+				acc += (double)xf[i * w + s] * (double)xf[i * w + sh->seq + o];
+			double e = fabs((double)yf[o * sh->seq + s] - acc);
+			if (!(e <= max_err))
+				max_err = isnan(e) ? INFINITY : e;
+			max_ref = fmax(max_ref, fabs(acc));
+		}
+	return max_ref > 0 ? max_err / max_ref : max_err;
+}
+
+static void send_report(int fd, report *r)
+{
+	if (!r->ok && !r->wrong && !r->errors)
+		return;
+	/* < PIPE_BUF: atomic, whatever the other children write. */
+	ssize_t n;
+	do
+		n = write(fd, r, sizeof *r);
+	while (n < 0 && errno == EINTR);
+	r->ok = r->wrong = r->errors = 0;
+}
+
+/* Exit status: 0 when told to stop, 2.. set-up failures. */
+static int child_main(const char *mil, int report_fd, uint64_t seed)
+{
+	report rep = { .pid = (int32_t)getpid() };
+	aneshare_conn *c;
+	char name[32];
+	snprintf(name, sizeof name, "load-%ld", (long)getpid());
+	if (aneshare_connect(sock, name, &c) < 0)
+		return 2;
+	aneshare_program *p;
+	if (aneshare_program_compile(c, mil, NULL, 0, &p, NULL) < 0)
+		return 3;
+	shape sh;
+	if (!shape_of(p, &sh))
+		return 4;
+	aneshare_surface *in[PAIRS], *out[PAIRS];
+	for (int i = 0; i < PAIRS; i++)
+		if (aneshare_surface_create(c, sh.in_bytes, &in[i]) < 0 ||
+		    aneshare_surface_create(c, sh.out_bytes, &out[i]) < 0)
+			return 5;
+	float *xf = malloc(sh.ic * (sh.seq + sh.oc) * sizeof *xf);
+	float *yf = malloc(sh.oc * sh.seq * sizeof *yf);
+	if (!xf || !yf)
+		return 6;
+
+	while (!told_to_stop()) {
+		uint32_t t[PAIRS];
+		bool submitted[PAIRS];
+		for (int i = 0; i < PAIRS; i++) {
+			fill(&sh, aneshare_surface_data(in[i]), rng(&seed));
+			memset(aneshare_surface_data(out[i]), 0xff, sh.out_bytes);   /* NaN */
+			submitted[i] = aneshare_run_submit(p, 0, &in[i], 1, &out[i], 1, &t[i]) == 0;
+			if (!submitted[i])
+				rep.errors++;
+		}
+		for (int i = 0; i < PAIRS; i++) {
+			if (!submitted[i])
+				continue;
+			if (aneshare_wait(c, t[i]) != 0) {
+				rep.errors++;
+				continue;
+			}
+			double e = error_of(&sh, aneshare_surface_data(in[i]), aneshare_surface_data(out[i]),
+			                    xf, yf);
+			if (e <= TOL)
+				rep.ok++;
+			else
+				rep.wrong++;
+		}
+		send_report(report_fd, &rep);
+	}
+	for (int i = 0; i < PAIRS; i++) {
+		aneshare_surface_release(in[i]);
+		aneshare_surface_release(out[i]);
+	}
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	free(xf);
+	free(yf);
+	return 0;
+}
+
+static pid_t spawn_child(const char *mil, const int rep[2], const int stop[2], uint64_t seed)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(rep[0]);
+		close(stop[1]);
+		stop_fd = stop[0];
+		_exit(child_main(mil, rep[1], seed));
+	}
+	return pid;
+}
+
+/* ---- the parent ----------------------------------------------------------------- */
+
+static char *read_file(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	rewind(f);
+	char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+	if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
+		buf[n] = '\0';
+	} else {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	return buf;
+}
+
+typedef struct totals {
+	uint64_t ok, wrong, errors;
+} totals;
+
+static void drain_reports(int fd, totals *t, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	while (poll(&p, 1, timeout_ms) > 0) {
+		report r[64];
+		ssize_t n = read(fd, r, sizeof r);
+		if (n <= 0)
+			return;
+		for (size_t i = 0; i < (size_t)n / sizeof r[0]; i++) {
+			t->ok += r[i].ok;
+			t->wrong += r[i].wrong;
+			t->errors += r[i].errors;
+		}
+		timeout_ms = 0;
+	}
+}
+
+typedef struct counts {
+	uint32_t clients, surfaces, programs;
+} counts;
+
+static int get_counts(aneshare_conn *c, counts *ret)
+{
+	aneshare_status *st;
+	int r = aneshare_get_status(c, &st);
+	if (r < 0)
+		return r;
+	*ret = (counts){ st->clients, st->surfaces, st->programs };
+	aneshare_status_free(st);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	unsigned n_clients = 64, seconds = 20, kill_ms = 150;
+	const char *exe = getenv("ANESHARED"), *mil_path = ANES_SOURCE_DIR "/examples/dynamic_matmul.mil";
+	static const struct option opts[] = {
+		{ "clients", required_argument, NULL, 'c' }, { "seconds", required_argument, NULL, 's' },
+		{ "kill-ms", required_argument, NULL, 'k' }, { "daemon", required_argument, NULL, 'd' },
+		{ "mil", required_argument, NULL, 'm' },     { NULL, 0, NULL, 0 },
+	};
+	int o;
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': n_clients = (unsigned)atoi(optarg); break;
+		case 's': seconds = (unsigned)atoi(optarg); break;
+		case 'k': kill_ms = (unsigned)atoi(optarg); break;
+		case 'd': exe = optarg; break;
+		case 'm': mil_path = optarg; break;
+		default:
+			fprintf(stderr, "usage: load_test [--clients N] [--seconds S] [--kill-ms MS] "
+			                "[--daemon PATH] [--mil FILE]\n");
+			return 2;
+		}
+	}
+	if (!exe || n_clients < 1 || n_clients > 200 || seconds < 1 || kill_ms < 1) {
+		fprintf(stderr, "load_test: bad arguments (is $ANESHARED set?)\n");
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	char *mil = read_file(mil_path);
+	if (!mil) {
+		fprintf(stderr, "load_test: cannot read %s\n", mil_path);
+		return 2;
+	}
+	int r = start_daemon(exe);
+	if (r < 0) {
+		fprintf(stderr, "load_test: cannot start %s: %s\n", exe, strerror(-r));
+		return 1;
+	}
+
+	/* Baseline: a daemon that has served one client, which has gone again. */
+	aneshare_conn *obs;
+	if (aneshare_connect(sock, "load-observer", &obs) < 0) {
+		fprintf(stderr, "load_test: cannot connect\n");
+		return 1;
+	}
+	long rss_start = status_kb(daemon_pid, "VmRSS");
+	{
+		aneshare_program *p;
+		aneshare_surface *in, *out;
+		shape sh;
+		if (aneshare_program_compile(obs, mil, NULL, 0, &p, NULL) < 0 || !shape_of(p, &sh) ||
+		    aneshare_surface_create(obs, sh.in_bytes, &in) < 0 ||
+		    aneshare_surface_create(obs, sh.out_bytes, &out) < 0 ||
+		    aneshare_run(p, 0, &in, 1, &out, 1) < 0) {
+			fprintf(stderr, "load_test: warm-up failed: %s\n", aneshare_last_error(obs));
+			return 1;
+		}
+		aneshare_surface_release(in);
+		aneshare_surface_release(out);
+		aneshare_program_release(p);
+	}
+	counts cn;
+	int64_t deadline = now_ms() + 10000;
+	while (get_counts(obs, &cn) == 0 && (cn.clients != 1 || cn.surfaces || cn.programs) &&
+	       now_ms() < deadline)
+		pause_ms(10);
+	int fds_base = count_fds(daemon_pid);
+	long rss_base = status_kb(daemon_pid, "VmRSS");
+
+	int rp[2], sp[2];
+	if (pipe2(rp, O_CLOEXEC) < 0 || pipe2(sp, O_CLOEXEC) < 0)
+		return 1;
+	pid_t *kids = calloc(n_clients, sizeof *kids);
+	uint64_t seed = 0x5eed;
+	unsigned spawned = 0, kills = 0, setup_failures = 0;
+	for (unsigned i = 0; i < n_clients; i++) {
+		kids[i] = spawn_child(mil, rp, sp, ++seed);
+		spawned++;
+	}
+
+	totals tot = { 0 };
+	long rss_peak = rss_base;
+	int fds_peak = fds_base;
+	int64_t t0 = now_ms(), end = t0 + (int64_t)seconds * 1000, next_kill = t0 + kill_ms;
+	uint64_t rs = 0x1234567;
+	while (now_ms() < end) {
+		int64_t wait = next_kill - now_ms();
+		drain_reports(rp[0], &tot, wait > 0 ? (int)wait : 0);
+		long rss = status_kb(daemon_pid, "VmRSS");
+		if (rss > rss_peak)
+			rss_peak = rss;
+		int fds = count_fds(daemon_pid);
+		if (fds > fds_peak)
+			fds_peak = fds;
+		if (now_ms() < next_kill)
+			continue;
+		next_kill += kill_ms / 2 + (int64_t)(rng(&rs) % kill_ms);
+		unsigned v = (unsigned)(rng(&rs) % n_clients);
+		kill(kids[v], SIGKILL);
+		int st;
+		waitpid(kids[v], &st, 0);
+		if (WIFEXITED(st) && WEXITSTATUS(st) != 0)
+			setup_failures++;   /* died on its own before we killed it */
+		kills++;
+		kids[v] = spawn_child(mil, rp, sp, ++seed);
+		spawned++;
+	}
+	double elapsed = (double)(now_ms() - t0) / 1000.0;
+
+	/* Stop the rest gently: they finish their batch, report and exit 0. */
+	close(rp[1]);
+	close(sp[1]);
+	for (unsigned i = 0; i < n_clients; i++) {
+		int st;
+		waitpid(kids[i], &st, 0);
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			setup_failures++;
+	}
+	drain_reports(rp[0], &tot, 1000);
+	close(rp[0]);
+	close(sp[0]);
+
+	/* Back to the baseline? */
+	deadline = now_ms() + 20000;
+	int fds_final = -1;
+	do {
+		if (get_counts(obs, &cn) < 0) {
+			fprintf(stderr, "load_test: status failed: %s\n", aneshare_last_error(obs));
+			break;
+		}
+		fds_final = count_fds(daemon_pid);
+		if (cn.clients == 1 && !cn.surfaces && !cn.programs && fds_final == fds_base)
+			break;
+		pause_ms(20);
+	} while (now_ms() < deadline);
+	long rss_final = status_kb(daemon_pid, "VmRSS");
+	long hwm = status_kb(daemon_pid, "VmHWM");
+	if (hwm > rss_peak)
+		rss_peak = hwm;
+	aneshare_status *st = NULL;
+	uint64_t daemon_runs = 0;
+	if (aneshare_get_status(obs, &st) == 0) {
+		daemon_runs = st->runs;
+		aneshare_status_free(st);
+	}
+	aneshare_disconnect(obs);
+	int exit_status = stop_daemon();
+
+	/* Memory: back within 16 MiB (or 25 %) of the warm baseline. */
+	long rss_slack = rss_base / 4 > 16384 ? rss_base / 4 : 16384;
+	bool rss_ok = rss_final <= rss_base + rss_slack;
+	printf("load: %u clients for %.1f s, a kill every ~%u ms\n", n_clients, elapsed, kill_ms);
+	printf("load: runs completed and checked %llu (%.0f/s; the daemon ran %llu), wrong %llu, "
+	       "failed %llu\n",
+	       (unsigned long long)tot.ok, (double)tot.ok / elapsed, (unsigned long long)daemon_runs,
+	       (unsigned long long)tot.wrong, (unsigned long long)tot.errors);
+	printf("load: clients started %u, killed %u, failed on their own %u\n", spawned, kills,
+	       setup_failures);
+	printf("load: daemon RSS start %.1f MiB, baseline %.1f MiB, peak %.1f MiB, final %.1f MiB\n",
+	       rss_start / 1024.0, rss_base / 1024.0, rss_peak / 1024.0, rss_final / 1024.0);
+	printf("load: daemon fds baseline %d, peak %d, final %d\n", fds_base, fds_peak, fds_final);
+	printf("load: status at the end: %u clients, %u surfaces, %u programs; daemon exit %d\n",
+	       cn.clients, cn.surfaces, cn.programs, exit_status);
+
+	bool pass = tot.ok > 0 && tot.wrong == 0 && tot.errors == 0 && kills > 0 &&
+	            setup_failures == 0 && cn.clients == 1 && cn.surfaces == 0 && cn.programs == 0 &&
+	            fds_final == fds_base && rss_ok && exit_status == 0;
+	printf("load: %s\n", pass ? "PASS" : "FAIL");
+	free(kids);
+	free(mil);
+	return pass ? 0 : 1;
+}

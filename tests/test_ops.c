@@ -1,0 +1,1613 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The MIL op set on the CPU backend: every op against an independent fp64
+ * reference on random data (broadcasting, edge shapes, fp16 and fp32),
+ * quantized weights, strict mode, the built-in GEMM, several functions,
+ * compile-time error messages, and the transformer block example.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anes_fp16.h"
+#include "backend.h"
+#include "transformer_ref.h"
+
+static anes_backend *B;
+static char errbuf[512];
+
+static void setup(void)
+{
+	cr_assert_eq(anes_cpu_backend_new(0, &B), 0);
+}
+
+static void teardown(void)
+{
+	B->ops->destroy(B);
+	B = NULL;
+}
+
+TestSuite(ops, .init = setup, .fini = teardown, .timeout = 120);
+
+/* ---- helpers ---- */
+
+static uint64_t rng = 88172645463325252ull;
+
+static uint64_t rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+static double urand(double lo, double hi)
+{
+	return lo + (hi - lo) * (double)(rnd() >> 11) / 9007199254740992.0;
+}
+
+static double h2d(uint16_t h) { return anes_f16_to_f32_soft(h); }
+
+/* n random fp16 values in [lo, hi); their exact values in *vals (malloc'd) */
+static uint16_t *rf16(size_t n, double lo, double hi, double **vals)
+{
+	uint16_t *h = malloc(n * 2 + 2);
+	double *v = malloc(n * sizeof *v + 8);
+	for (size_t i = 0; i < n; i++) {
+		h[i] = anes_f32_to_f16_soft((float)urand(lo, hi));
+		v[i] = h2d(h[i]);
+	}
+	*vals = v;
+	return h;
+}
+
+static float *rf32(size_t n, double lo, double hi, double **vals)
+{
+	float *f = malloc(n * 4 + 4);
+	double *v = malloc(n * sizeof *v + 8);
+	for (size_t i = 0; i < n; i++) {
+		f[i] = (float)urand(lo, hi);
+		v[i] = f[i];
+	}
+	*vals = v;
+	return f;
+}
+
+/* "[2, 3, 4]" in one of 8 rotating buffers */
+static const char *shs(const int *d, int r)
+{
+	static char bufs[8][96];
+	static int k;
+	char *b = bufs[k++ & 7];
+	int o = snprintf(b, 96, "[");
+	for (int i = 0; i < r; i++)
+		o += snprintf(b + o, 96 - (size_t)o, "%s%d", i ? ", " : "", d[i]);
+	snprintf(b + o, 96 - (size_t)o, "]");
+	return b;
+}
+
+static size_t prod(const int *d, int r)
+{
+	size_t n = 1;
+	for (int i = 0; i < r; i++)
+		n *= (size_t)d[i];
+	return n;
+}
+
+__attribute__((format(printf, 3, 4)))
+static char *prog(const char *inputs, const char *outs, const char *body_fmt, ...)
+{
+	static char text[1 << 17];
+	char body[1 << 16];
+	va_list ap;
+	va_start(ap, body_fmt);
+	vsnprintf(body, sizeof body, body_fmt, ap);
+	va_end(ap);
+	snprintf(text, sizeof text, "program(1.3)\n{\n    func main<ios18>(%s) {\n%s\n    } -> (%s);\n}\n", inputs,
+	         body, outs);
+	return text;
+}
+
+static anes_bprogram *compile_ok(const char *text)
+{
+	anes_bprogram *p = NULL;
+	int rc = B->ops->compile(B, text, strlen(text), NULL, 0, &p, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, 0, "compile failed (%d): %s\n%s", rc, errbuf, text);
+	return p;
+}
+
+static int compile_err(const char *text)
+{
+	anes_bprogram *p = NULL;
+	int rc = B->ops->compile(B, text, strlen(text), NULL, 0, &p, errbuf, sizeof errbuf);
+	cr_assert_neq(rc, 0, "compiled but should not have:\n%s", text);
+	cr_assert_null(p);
+	return rc;
+}
+
+static void run_ok(anes_bprogram *p, uint32_t fn, const void *const *in, void *const *out)
+{
+	int rc = B->ops->run(B, p, fn, in, out, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, 0, "run failed (%d): %s", rc, errbuf);
+}
+
+/* |got - ref| <= tol * max(1, |ref|) */
+static void check(const char *what, const double *got, const double *ref, size_t n, double tol)
+{
+	double worst = 0;
+	size_t wi = 0;
+	for (size_t i = 0; i < n; i++) {
+		double e = fabs(got[i] - ref[i]) / fmax(1.0, fabs(ref[i]));
+		if (isnan(ref[i]) && isnan(got[i]))
+			e = 0;
+		if (isinf(ref[i]) && got[i] == ref[i])
+			e = 0;
+		if (!(e <= worst)) {
+			worst = e;
+			wi = i;
+		}
+	}
+	cr_assert(worst <= tol, "%s: element %zu: got %.6g, want %.6g (rel err %.3g > %.3g)", what, wi, got[wi],
+	          ref[wi], worst, tol);
+}
+
+static void check_f16(const char *what, const uint16_t *got, const double *ref, size_t n, double tol)
+{
+	double *g = malloc(n * sizeof *g + 8);
+	for (size_t i = 0; i < n; i++)
+		g[i] = h2d(got[i]);
+	check(what, g, ref, n, tol);
+	free(g);
+}
+
+static void check_f32(const char *what, const float *got, const double *ref, size_t n, double tol)
+{
+	double *g = malloc(n * sizeof *g + 8);
+	for (size_t i = 0; i < n; i++)
+		g[i] = got[i];
+	check(what, g, ref, n, tol);
+	free(g);
+}
+
+static void unravel(size_t i, const int *d, int r, int *idx)
+{
+	for (int k = r - 1; k >= 0; k--) {
+		idx[k] = (int)(i % (size_t)d[k]);
+		i /= (size_t)d[k];
+	}
+}
+
+/* linear index in an input of shape d (rank r) broadcast to an output of rank ro */
+static size_t bidx(const int *oidx, int ro, const int *d, int r)
+{
+	size_t o = 0;
+	for (int k = 0; k < r; k++) {
+		int ok = oidx[ro - r + k];
+		o = o * (size_t)d[k] + (size_t)(d[k] == 1 ? 0 : ok);
+	}
+	return o;
+}
+
+/* one input, one output, fp16; body uses x and y */
+static void run1_f16(const char *in_decl, const char *out_decl, const char *body, const uint16_t *x, uint16_t *y)
+{
+	char inputs[128];
+	snprintf(inputs, sizeof inputs, "%s x", in_decl);
+	char *t = prog(inputs, "y", "        %s y = %s;", out_decl, body);
+	anes_bprogram *p = compile_ok(t);
+	const void *in[] = {x};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	B->ops->program_free(B, p);
+}
+
+/* ---- unary ---- */
+
+typedef struct ucase {
+	const char *op, *extra;
+	double lo, hi;
+	double (*ref)(double);
+	double tol;
+} ucase;
+
+static double r_neg(double x) { return -x; }
+static double r_log(double x) { return log(x + 1e-45); }
+static double r_rsqrt(double x) { return 1 / sqrt(x + 1e-12); }
+static double r_relu(double x) { return x < 0 ? 0 : x; }
+static double r_sigmoid(double x) { return 1 / (1 + exp(-x)); }
+static double r_gelu(double x) { return 0.5 * x * (1 + erf(x / sqrt(2))); }
+static double r_gelu_t(double x) { return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); }
+static double r_gelu_s(double x) { return x * r_sigmoid(1.702 * x); }
+static double r_silu(double x) { return x * r_sigmoid(x); }
+static double r_clip(double x) { return x < -0.5 ? -0.5 : x > 1.25 ? 1.25 : x; }
+static double r_square(double x) { return x * x; }
+static double r_inverse(double x) { return 1 / (x + 1e-4); }
+static double r_log_eps(double x) { return log(x + 0.5); }
+
+static const ucase ucases[] = {
+	{"neg", "", -4, 4, r_neg, 1e-3},
+	{"exp", "", -6, 6, exp, 2e-3},
+	{"log", "", 0.01, 50, r_log, 2e-3},
+	{"log", ", epsilon = fp16(0.5)", 0.01, 50, r_log_eps, 2e-3},
+	{"sqrt", "", 0, 100, sqrt, 1e-3},
+	{"rsqrt", "", 0.01, 100, r_rsqrt, 2e-3},
+	{"abs", "", -4, 4, fabs, 1e-3},
+	{"relu", "", -4, 4, r_relu, 1e-3},
+	{"sigmoid", "", -8, 8, r_sigmoid, 2e-3},
+	{"tanh", "", -4, 4, tanh, 2e-3},
+	{"gelu", "", -5, 5, r_gelu, 2e-3},
+	{"gelu", ", mode = string(\"EXACT\")", -5, 5, r_gelu, 2e-3},
+	{"gelu", ", mode = string(\"TANH_APPROXIMATION\")", -5, 5, r_gelu_t, 2e-3},
+	{"gelu", ", mode = string(\"SIGMOID_APPROXIMATION\")", -5, 5, r_gelu_s, 2e-3},
+	{"silu", "", -8, 8, r_silu, 2e-3},
+	{"erf", "", -3, 3, erf, 2e-3},
+	{"clip", ", alpha = fp16(-0.5), beta = fp16(1.25)", -3, 3, r_clip, 1e-3},
+	{"square", "", -10, 10, r_square, 1e-3},
+	{"inverse", "", 0.05, 10, r_inverse, 2e-3},
+};
+
+Test(ops, unary_fp16_and_fp32)
+{
+	static const int shapes[][4] = {{3, 37, 0, 0}, {1, 1, 1, 1}, {5000, 0, 0, 0}, {2, 3, 1, 4}};
+	static const int ranks[] = {2, 4, 1, 4};
+	for (size_t c = 0; c < sizeof ucases / sizeof ucases[0]; c++) {
+		const ucase *u = &ucases[c];
+		for (int s = 0; s < 4; s++) {
+			for (int f32 = 0; f32 < 2; f32++) {
+				const char *dt = f32 ? "fp32" : "fp16";
+				const char *sh = shs(shapes[s], ranks[s]);
+				size_t n = prod(shapes[s], ranks[s]);
+				char decl[96], body[160], extra[96];
+				snprintf(decl, sizeof decl, "tensor<%s, %s>", dt, sh);
+				snprintf(extra, sizeof extra, "%s", u->extra);
+				if (f32) /* constants of fp32 programs */
+					for (char *q = strstr(extra, "fp16"); q; q = strstr(q, "fp16"))
+						memcpy(q, "fp32", 4);
+				snprintf(body, sizeof body, "%s(x = x%s)", u->op, extra);
+				double *v, *ref = malloc(n * sizeof *ref);
+				void *x = f32 ? (void *)rf32(n, u->lo, u->hi, &v) : (void *)rf16(n, u->lo, u->hi, &v);
+				void *y = malloc(n * 4);
+				char inputs[128];
+				snprintf(inputs, sizeof inputs, "%s x", decl);
+				anes_bprogram *p = compile_ok(prog(inputs, "y", "        %s y = %s;", decl, body));
+				const void *in[] = {x};
+				void *out[] = {y};
+				run_ok(p, 0, in, out);
+				for (size_t i = 0; i < n; i++)
+					ref[i] = u->ref(v[i]);
+				char what[400];
+				snprintf(what, sizeof what, "%s %s %s", body, dt, sh);
+				if (f32)
+					check_f32(what, y, ref, n, 1e-5 * 10 + u->tol / 100);
+				else
+					check_f16(what, y, ref, n, u->tol);
+				B->ops->program_free(B, p);
+				free(v);
+				free(ref);
+				free(x);
+				free(y);
+			}
+		}
+	}
+}
+
+/* ---- binary with broadcasting ---- */
+
+typedef struct bshape {
+	int xr, yr;
+	int x[5], y[5];
+} bshape;
+
+static const bshape bshapes[] = {
+	{2, 2, {3, 4}, {3, 4}},
+	{3, 1, {2, 3, 5}, {5}},
+	{1, 3, {5}, {2, 3, 5}},
+	{4, 4, {1, 64, 1, 33}, {1, 64, 1, 1}},
+	{4, 4, {2, 1, 3, 1}, {1, 4, 1, 5}},
+	{0, 2, {0}, {7, 9}},
+	{2, 0, {7, 9}, {0}},
+	{3, 3, {1, 1, 1}, {1, 1, 1}},
+	{5, 2, {2, 3, 1, 2, 3}, {2, 1}},
+	{1, 1, {4099}, {4099}},
+};
+
+static double bref(int op, double a, double b)
+{
+	switch (op) {
+	case 0: return a + b;
+	case 1: return a - b;
+	case 2: return a * b;
+	case 3: return a / b;
+	case 4: return pow(a, b);
+	case 5: return a > b ? a : b;
+	default: return a < b ? a : b;
+	}
+}
+
+Test(ops, binary_broadcasting)
+{
+	static const char *names[] = {"add", "sub", "mul", "real_div", "pow", "maximum", "minimum"};
+	for (int op = 0; op < 7; op++)
+		for (size_t c = 0; c < sizeof bshapes / sizeof bshapes[0]; c++)
+			for (int f32 = 0; f32 < 2; f32++) {
+				const bshape *s = &bshapes[c];
+				const char *dt = f32 ? "fp32" : "fp16";
+				int o[5], ro = s->xr > s->yr ? s->xr : s->yr;
+				for (int k = 0; k < ro; k++) {
+					int dx = k < ro - s->xr ? 1 : s->x[k - (ro - s->xr)];
+					int dy = k < ro - s->yr ? 1 : s->y[k - (ro - s->yr)];
+					o[k] = dx > dy ? dx : dy;
+				}
+				size_t nx = prod(s->x, s->xr), ny = prod(s->y, s->yr), no = prod(o, ro);
+				double lo = op == 4 ? 0.1 : -2, hi = 2;
+				double *vx, *vy, *ref = malloc(no * sizeof *ref);
+				void *x = f32 ? (void *)rf32(nx, lo, hi, &vx) : (void *)rf16(nx, lo, hi, &vx);
+				void *y = f32 ? (void *)rf32(ny, op == 3 ? 0.5 : -2, 2, &vy)
+				              : (void *)rf16(ny, op == 3 ? 0.5 : -2, 2, &vy);
+				void *z = malloc(no * 4 + 4);
+				char tx[64], ty[64], tz[64], inputs[160];
+#define TY(buf, r, d) (r ? snprintf(buf, sizeof buf, "tensor<%s, %s>", dt, shs(d, r)) : snprintf(buf, sizeof buf, "%s", dt))
+				TY(tx, s->xr, s->x);
+				TY(ty, s->yr, s->y);
+				TY(tz, ro, o);
+#undef TY
+				snprintf(inputs, sizeof inputs, "%s x, %s y", tx, ty);
+				anes_bprogram *p = compile_ok(prog(inputs, "z", "        %s z = %s(x = x, y = y);", tz, names[op]));
+				const void *in[] = {x, y};
+				void *out[] = {z};
+				run_ok(p, 0, in, out);
+				for (size_t i = 0; i < no; i++) {
+					int idx[5];
+					unravel(i, o, ro, idx);
+					ref[i] = bref(op, vx[bidx(idx, ro, s->x, s->xr)], vy[bidx(idx, ro, s->y, s->yr)]);
+				}
+				char what[96];
+				snprintf(what, sizeof what, "%s %s case %zu", names[op], dt, c);
+				if (f32)
+					check_f32(what, z, ref, no, 1e-6);
+				else
+					check_f16(what, z, ref, no, 1e-3);
+				B->ops->program_free(B, p);
+				free(vx);
+				free(vy);
+				free(ref);
+				free(x);
+				free(y);
+				free(z);
+			}
+}
+
+Test(ops, binary_int32_and_constants)
+{
+	int32_t x[6] = {1, -2, 3, 2147483647, -5, 6}, y[3] = {10, -20, 1}, z[6];
+	static const char *names[] = {"add", "sub", "mul", "maximum", "minimum"};
+	for (int op = 0; op < 5; op++) {
+		anes_bprogram *p = compile_ok(prog("tensor<int32, [2, 3]> x, tensor<int32, [3]> y", "z",
+		                                   "        tensor<int32, [2, 3]> z = %s(x = x, y = y);", names[op]));
+		const void *in[] = {x, y};
+		void *out[] = {z};
+		run_ok(p, 0, in, out);
+		for (int i = 0; i < 6; i++) {
+			int64_t a = x[i], b = y[i % 3], r;
+			switch (op) {
+			case 0: r = (int32_t)(uint32_t)(a + b); break;
+			case 1: r = (int32_t)(uint32_t)(a - b); break;
+			case 2: r = (int32_t)(uint32_t)(uint64_t)(a * b); break;
+			case 3: r = a > b ? a : b; break;
+			default: r = a < b ? a : b; break;
+			}
+			cr_assert_eq(z[i], r, "%s[%d]: %d != %lld", names[op], i, z[i], (long long)r);
+		}
+		B->ops->program_free(B, p);
+	}
+	/* real_div on int32 is refused at compile time */
+	cr_assert_eq(compile_err(prog("tensor<int32, [2]> x", "z", "        tensor<int32, [2]> z = real_div(x = x, y = x);")),
+	             -ENOTSUP);
+	/* scalar constant operand */
+	uint16_t h[4], o[4];
+	double *v;
+	uint16_t *hx = rf16(4, -1, 1, &v);
+	memcpy(h, hx, sizeof h);
+	run1_f16("tensor<fp16, [4]>", "tensor<fp16, [4]>", "mul(x = x, y = fp16(0.5))", h, o);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(h2d(o[i]), v[i] * 0.5);
+	free(hx);
+	free(v);
+}
+
+/* ---- softmax, reductions, layer_norm ---- */
+
+Test(ops, softmax_every_axis)
+{
+	int d[4] = {2, 3, 5, 7};
+	size_t n = prod(d, 4);
+	for (int axis = -4; axis < 4; axis++) {
+		double *v, *ref = malloc(n * sizeof *ref);
+		uint16_t *x = rf16(n, -8, 8, &v), *y = malloc(n * 2);
+		char body[64];
+		snprintf(body, sizeof body, "softmax(x = x, axis = %d)", axis);
+		run1_f16("tensor<fp16, [2, 3, 5, 7]>", "tensor<fp16, [2, 3, 5, 7]>", body, x, y);
+		int a = axis < 0 ? axis + 4 : axis;
+		for (size_t i = 0; i < n; i++) {
+			int idx[4];
+			unravel(i, d, 4, idx);
+			double mx = -INFINITY, sum = 0;
+			for (int k = 0; k < d[a]; k++) {
+				int j[4] = {idx[0], idx[1], idx[2], idx[3]};
+				j[a] = k;
+				double t = v[((j[0] * 3 + j[1]) * 5 + j[2]) * 7 + j[3]];
+				mx = t > mx ? t : mx;
+			}
+			for (int k = 0; k < d[a]; k++) {
+				int j[4] = {idx[0], idx[1], idx[2], idx[3]};
+				j[a] = k;
+				sum += exp(v[((j[0] * 3 + j[1]) * 5 + j[2]) * 7 + j[3]] - mx);
+			}
+			ref[i] = exp(v[i] - mx) / sum;
+		}
+		check_f16(body, y, ref, n, 1e-3);
+		free(v);
+		free(ref);
+		free(x);
+		free(y);
+	}
+	/* default axis (-1), fp32, one long row */
+	double *v;
+	float *x = rf32(3000, -30, 30, &v), *y = malloc(3000 * 4);
+	double mx = -INFINITY, sum = 0, *ref = malloc(3000 * sizeof *ref);
+	anes_bprogram *p = compile_ok(prog("tensor<fp32, [1, 3000]> x", "y", "        tensor<fp32, [1, 3000]> y = softmax(x = x);"));
+	const void *in[] = {x};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 3000; i++)
+		mx = v[i] > mx ? v[i] : mx;
+	for (int i = 0; i < 3000; i++)
+		sum += exp(v[i] - mx);
+	for (int i = 0; i < 3000; i++)
+		ref[i] = exp(v[i] - mx) / sum;
+	check_f32("softmax fp32", y, ref, 3000, 1e-6);
+	B->ops->program_free(B, p);
+	free(v);
+	free(ref);
+	free(x);
+	free(y);
+}
+
+Test(ops, reductions)
+{
+	static const char *names[] = {"reduce_sum", "reduce_mean", "reduce_max", "reduce_min"};
+	static const char *axes[] = {"[1]", "[-1]", "[0, 2]", "[0, 1, 2, 3]", "[3, 1]", NULL};
+	static const int naxes[] = {1, 1, 2, 4, 2, 0};
+	int d[4] = {3, 4, 5, 6};
+	size_t n = prod(d, 4);
+	for (int op = 0; op < 4; op++)
+		for (int a = 0; a < 6; a++)
+			for (int keep = 0; keep < 2; keep++) {
+				bool red[4] = {false, false, false, false};
+				if (!axes[a]) {
+					red[0] = red[1] = red[2] = red[3] = true;
+				} else {
+					for (const char *q = axes[a]; *q; q++) {
+						if (*q == '-')
+							red[4 - (q[1] - '0')] = true, q++;
+						else if (*q >= '0' && *q <= '9')
+							red[*q - '0'] = true;
+					}
+				}
+				int od[4], orank = 0, cnt = 1;
+				for (int k = 0; k < 4; k++) {
+					if (!red[k])
+						od[orank++] = d[k];
+					else {
+						cnt *= d[k];
+						if (keep)
+							od[orank++] = 1;
+					}
+				}
+				size_t no = prod(od, orank);
+				double *v, *ref = malloc(no * sizeof *ref);
+				uint16_t *x = rf16(n, -2, 2, &v), *y = malloc(no * 2 + 2);
+				for (size_t i = 0; i < no; i++)
+					ref[i] = op == 2 ? -INFINITY : op == 3 ? INFINITY : 0;
+				for (size_t i = 0; i < n; i++) {
+					int idx[4];
+					unravel(i, d, 4, idx);
+					size_t o = 0;
+					for (int k = 0; k < 4; k++)
+						if (!red[k])
+							o = o * (size_t)d[k] + (size_t)idx[k];
+					double t = v[i];
+					ref[o] = op <= 1 ? ref[o] + t : op == 2 ? fmax(ref[o], t) : fmin(ref[o], t);
+				}
+				if (op == 1)
+					for (size_t i = 0; i < no; i++)
+						ref[i] /= cnt;
+				char args[128], tout[64], body[256];
+				if (axes[a])
+					snprintf(args, sizeof args, ", axes = tensor<int32, [%d]>(%s), keep_dims = %s", naxes[a], axes[a],
+					         keep ? "true" : "false");
+				else
+					snprintf(args, sizeof args, ", keep_dims = %s", keep ? "true" : "false");
+				if (orank)
+					snprintf(tout, sizeof tout, "tensor<fp16, %s>", shs(od, orank));
+				else
+					snprintf(tout, sizeof tout, "fp16");
+				snprintf(body, sizeof body, "%s(x = x%s)", names[op], args);
+				run1_f16("tensor<fp16, [3, 4, 5, 6]>", tout, body, x, y);
+				check_f16(body, y, ref, no, 2e-3);
+				free(v);
+				free(ref);
+				free(x);
+				free(y);
+			}
+}
+
+static void layer_norm_case(const int *d, int r, const char *axes, const bool *red, bool gamma, bool beta)
+{
+	size_t n = prod(d, r);
+	int gd[8], gr = 0;
+	for (int k = 0; k < r; k++)
+		if (red[k])
+			gd[gr++] = d[k];
+	size_t ng = prod(gd, gr);
+	double *v, *vg, *vb, *ref = malloc(n * sizeof *ref);
+	uint16_t *x = rf16(n, -3, 3, &v), *g = rf16(ng, 0.5, 1.5, &vg), *b = rf16(ng, -1, 1, &vb);
+	uint16_t *y = malloc(n * 2);
+	char inputs[200], body[300], tx[64];
+	snprintf(tx, sizeof tx, "tensor<fp16, %s>", shs(d, r));
+	snprintf(inputs, sizeof inputs, "%s x, tensor<fp16, %s> g, tensor<fp16, %s> b", tx, shs(gd, gr), shs(gd, gr));
+	snprintf(body, sizeof body, "layer_norm(x = x%s%s%s%s, epsilon = fp16(0.001))", axes ? ", axes = " : "",
+	         axes ? axes : "", gamma ? ", gamma = g" : "", beta ? ", beta = b" : "");
+	anes_bprogram *p = compile_ok(prog(inputs, "y", "        %s y = %s;", tx, body));
+	const void *in[] = {x, g, b};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	/* reference: for every kept index, mean/var over the reduced ones */
+	for (size_t i = 0; i < n; i++) {
+		int idx[8];
+		unravel(i, d, r, idx);
+		double s = 0, s2 = 0;
+		int cnt = 0;
+		for (size_t j = 0; j < n; j++) {
+			int jdx[8];
+			unravel(j, d, r, jdx);
+			bool same = true;
+			for (int k = 0; k < r; k++)
+				if (!red[k] && jdx[k] != idx[k])
+					same = false;
+			if (same) {
+				s += v[j];
+				cnt++;
+			}
+		}
+		double mean = s / cnt;
+		for (size_t j = 0; j < n; j++) {
+			int jdx[8];
+			unravel(j, d, r, jdx);
+			bool same = true;
+			for (int k = 0; k < r; k++)
+				if (!red[k] && jdx[k] != idx[k])
+					same = false;
+			if (same)
+				s2 += (v[j] - mean) * (v[j] - mean);
+		}
+		size_t gi = 0;
+		for (int k = 0; k < r; k++)
+			if (red[k])
+				gi = gi * (size_t)d[k] + (size_t)idx[k];
+		double t = (v[i] - mean) / sqrt(s2 / cnt + h2d(anes_f32_to_f16_soft(0.001f)));
+		ref[i] = t * (gamma ? vg[gi] : 1) + (beta ? vb[gi] : 0);
+	}
+	check_f16(body, y, ref, n, 3e-3);
+	B->ops->program_free(B, p);
+	free(v);
+	free(vg);
+	free(vb);
+	free(ref);
+	free(x);
+	free(g);
+	free(b);
+	free(y);
+}
+
+Test(ops, layer_norm)
+{
+	int d1[3] = {2, 5, 16};
+	bool r1[3] = {false, false, true};
+	layer_norm_case(d1, 3, "tensor<int32, [1]>([-1])", r1, true, true);
+	layer_norm_case(d1, 3, "tensor<int32, [1]>([2])", r1, false, false);
+	int d2[4] = {2, 8, 1, 7};    /* the ANE layout, normalize channels */
+	bool r2[4] = {false, true, false, false};
+	layer_norm_case(d2, 4, "tensor<int32, [1]>([1])", r2, true, true);
+	bool r3[4] = {false, true, true, false};
+	layer_norm_case(d2, 4, "tensor<int32, [2]>([1, 2])", r3, true, false);
+	int d4[2] = {3, 4};
+	bool r4[2] = {true, true};
+	layer_norm_case(d4, 2, NULL, r4, true, true);
+	/* separated axes are refused at compile time */
+	cr_assert_eq(compile_err(prog("tensor<fp16, [2, 3, 4]> x", "y",
+	                              "        tensor<fp16, [2, 3, 4]> y = layer_norm(x = x, axes = tensor<int32, [2]>([0, 2]));")),
+	             -ENOTSUP);
+	cr_assert(strstr(errbuf, "line 4: op 'layer_norm' (y): ") == errbuf, "%s", errbuf);
+}
+
+/* ---- matmul, linear ---- */
+
+typedef struct mcase {
+	int xr, yr;
+	int x[4], y[4];
+	bool tx, ty;
+} mcase;
+
+static const mcase mcases[] = {
+	{2, 2, {5, 7}, {7, 3}, false, false},
+	{2, 2, {7, 5}, {7, 3}, true, false},
+	{2, 2, {5, 7}, {3, 7}, false, true},
+	{2, 2, {7, 5}, {3, 7}, true, true},
+	{3, 2, {4, 5, 7}, {7, 3}, false, false},
+	{2, 3, {5, 7}, {4, 7, 3}, false, false},
+	{4, 3, {2, 1, 7, 5}, {3, 3, 7}, true, true},
+	{3, 3, {1, 64, 33}, {1, 33, 65}, false, false},
+	{1, 2, {7}, {7, 3}, false, false},
+	{2, 1, {5, 7}, {7}, false, false},
+	{2, 2, {1, 300}, {300, 1}, false, false},
+};
+
+static void matmul_case(const mcase *c, bool f32, bool y_const)
+{
+	const char *dt = f32 ? "fp32" : "fp16";
+	int xs[4], ys[4];
+	memcpy(xs, c->x, sizeof xs);
+	memcpy(ys, c->y, sizeof ys);
+	int m, k, n;
+	if (c->xr == 1) {
+		m = 1;
+		k = xs[0];
+	} else {
+		m = xs[c->xr - (c->tx ? 1 : 2)];
+		k = xs[c->xr - (c->tx ? 2 : 1)];
+	}
+	n = c->yr == 1 ? 1 : ys[c->yr - (c->ty ? 2 : 1)];
+	int bx = c->xr > 2 ? c->xr - 2 : 0, by = c->yr > 2 ? c->yr - 2 : 0, br = bx > by ? bx : by;
+	int bs[4], os[6], orank = 0;
+	for (int i = 0; i < br; i++) {
+		int a = i < br - bx ? 1 : xs[i - (br - bx)], b = i < br - by ? 1 : ys[i - (br - by)];
+		bs[i] = a > b ? a : b;
+		os[orank++] = bs[i];
+	}
+	if (c->xr >= 2)
+		os[orank++] = m;
+	if (c->yr >= 2)
+		os[orank++] = n;
+	size_t nx = prod(xs, c->xr), ny = prod(ys, c->yr), no = prod(os, orank), nb = prod(bs, br);
+	double *vx, *vy, *ref = malloc(no * sizeof *ref);
+	void *x = f32 ? (void *)rf32(nx, -1, 1, &vx) : (void *)rf16(nx, -1, 1, &vx);
+	void *y = f32 ? (void *)rf32(ny, -1, 1, &vy) : (void *)rf16(ny, -1, 1, &vy);
+	void *z = malloc(no * 4 + 4);
+	char inputs[200], tz[64];
+	static char lit[400000], body[sizeof lit + 1024];
+	snprintf(tz, sizeof tz, "tensor<%s, %s>", dt, shs(os, orank));
+	if (y_const) {
+		int o = 0;
+		for (size_t i = 0; i < ny; i++)
+			o += snprintf(lit + o, sizeof lit - (size_t)o, "%s%.9g", i ? ", " : "", vy[i]);
+		snprintf(inputs, sizeof inputs, "tensor<%s, %s> x", dt, shs(xs, c->xr));
+		snprintf(body, sizeof body,
+		         "        tensor<%s, %s> w = const()[name = string(\"w\"), val = tensor<%s, %s>([%s])];\n"
+		         "        %s z = matmul(x = x, y = w, transpose_x = %s, transpose_y = %s);",
+		         dt, shs(ys, c->yr), dt, shs(ys, c->yr), lit, tz, c->tx ? "true" : "false", c->ty ? "true" : "false");
+	} else {
+		snprintf(inputs, sizeof inputs, "tensor<%s, %s> x, tensor<%s, %s> y", dt, shs(xs, c->xr), dt, shs(ys, c->yr));
+		snprintf(body, sizeof body, "        %s z = matmul(x = x, y = y, transpose_x = %s, transpose_y = %s);", tz,
+		         c->tx ? "true" : "false", c->ty ? "true" : "false");
+	}
+	anes_bprogram *p = compile_ok(prog(inputs, "z", "%s", body));
+	const void *in[] = {x, y};
+	void *out[] = {z};
+	run_ok(p, 0, in, out);
+	for (size_t b = 0; b < nb; b++) {
+		int bi[4];
+		unravel(b, bs, br, bi);
+		size_t xb = bx ? bidx(bi, br, xs, bx) : 0, ybb = by ? bidx(bi, br, ys, by) : 0;
+		for (int i = 0; i < m; i++)
+			for (int j = 0; j < n; j++) {
+				double s = 0;
+				for (int t = 0; t < k; t++) {
+					double a = c->tx ? vx[xb * (size_t)(m * k) + (size_t)(t * m + i)]
+					                 : vx[xb * (size_t)(m * k) + (size_t)(i * k + t)];
+					double bb = c->ty ? vy[ybb * (size_t)(k * n) + (size_t)(j * k + t)]
+					                  : vy[ybb * (size_t)(k * n) + (size_t)(t * n + j)];
+					s += a * bb;
+				}
+				ref[b * (size_t)(m * n) + (size_t)(i * n + j)] = s;
+			}
+	}
+	char what[64];
+	snprintf(what, sizeof what, "matmul %s tx=%d ty=%d const=%d", dt, c->tx, c->ty, y_const);
+	if (f32)
+		check_f32(what, z, ref, no, 1e-5);
+	else
+		check_f16(what, z, ref, no, 1.5e-3);
+	B->ops->program_free(B, p);
+	free(vx);
+	free(vy);
+	free(ref);
+	free(x);
+	free(y);
+	free(z);
+}
+
+Test(ops, matmul_transposes_and_broadcast)
+{
+	for (size_t c = 0; c < sizeof mcases / sizeof mcases[0]; c++)
+		for (int f32 = 0; f32 < 2; f32++)
+			for (int cst = 0; cst < 2; cst++)
+				matmul_case(&mcases[c], f32, cst);
+}
+
+Test(ops, linear)
+{
+	for (int bias = 0; bias < 2; bias++) {
+		enum { DIN = 24, DOUT = 10, M = 6 };
+		double *vx, *vw, *vb, ref[2 * M * DOUT];
+		uint16_t *x = rf16(2 * M * DIN, -1, 1, &vx), *w = rf16(DOUT * DIN, -1, 1, &vw), *b = rf16(DOUT, -1, 1, &vb);
+		uint16_t y[2 * M * DOUT];
+		char inputs[200];
+		snprintf(inputs, sizeof inputs, "tensor<fp16, [2, %d, %d]> x, tensor<fp16, [%d, %d]> w, tensor<fp16, [%d]> b",
+		         M, DIN, DOUT, DIN, DOUT);
+		anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<fp16, [2, %d, %d]> y = linear(x = x, weight = w%s);",
+		                                   M, DOUT, bias ? ", bias = b" : ""));
+		const void *in[] = {x, w, b};
+		void *out[] = {y};
+		run_ok(p, 0, in, out);
+		for (int i = 0; i < 2 * M; i++)
+			for (int o = 0; o < DOUT; o++) {
+				double s = bias ? vb[o] : 0;
+				for (int t = 0; t < DIN; t++)
+					s += vx[i * DIN + t] * vw[o * DIN + t];
+				ref[i * DOUT + o] = s;
+			}
+		check_f16("linear", y, ref, 2 * M * DOUT, 1.5e-3);
+		B->ops->program_free(B, p);
+		free(vx);
+		free(vw);
+		free(vb);
+		free(x);
+		free(w);
+		free(b);
+	}
+}
+
+/* ---- conv ---- */
+
+typedef struct ccase {
+	int n, cin, h, w, cout, kh, kw, sh, sw, dh, dw, groups;
+	const char *pad_type;
+	int pad[4];
+	bool bias, one_d;
+} ccase;
+
+static const ccase ccases[] = {
+	{1, 16, 1, 20, 24, 1, 1, 1, 1, 1, 1, 1, "valid", {0}, true, false},       /* pointwise (linear layer) */
+	{2, 6, 7, 9, 5, 3, 3, 1, 1, 1, 1, 1, "same", {0}, true, false},
+	{1, 4, 9, 8, 6, 3, 2, 2, 2, 1, 1, 1, "valid", {0}, false, false},
+	{1, 4, 9, 8, 6, 3, 3, 1, 2, 2, 1, 1, "custom", {1, 2, 0, 3}, true, false},
+	{1, 6, 5, 5, 4, 3, 3, 1, 1, 1, 1, 2, "same", {0}, true, false},           /* groups */
+	{1, 8, 6, 6, 8, 3, 3, 1, 1, 1, 1, 8, "same", {0}, false, false},          /* depthwise */
+	{1, 3, 6, 7, 2, 2, 4, 2, 1, 1, 1, 1, "same_lower", {0}, true, false},
+	{2, 5, 1, 17, 3, 1, 3, 1, 2, 1, 2, 1, "custom", {0, 0, 2, 1}, true, true}, /* 1-D */
+	{1, 4, 1, 12, 4, 1, 1, 1, 1, 1, 1, 1, "same", {0}, false, true},          /* 1-D pointwise */
+};
+
+static int conv_out(int d, int k, int s, int dl, const char *pt, int pb, int pe)
+{
+	if (strcmp(pt, "same") == 0 || strcmp(pt, "same_lower") == 0)
+		return (d + s - 1) / s;
+	if (strcmp(pt, "valid") == 0)
+		pb = pe = 0;
+	return (d + pb + pe - dl * (k - 1) - 1) / s + 1;
+}
+
+static void conv_case(const ccase *c)
+{
+	int oh = conv_out(c->h, c->kh, c->sh, c->dh, c->pad_type, c->pad[0], c->pad[1]);
+	int ow = conv_out(c->w, c->kw, c->sw, c->dw, c->pad_type, c->pad[2], c->pad[3]);
+	int cin_g = c->cin / c->groups, cout_g = c->cout / c->groups;
+	int pt = c->pad[0], pl = c->pad[2];
+	if (strcmp(c->pad_type, "valid") == 0)
+		pt = pl = 0;
+	if (strncmp(c->pad_type, "same", 4) == 0) {
+		int th = (oh - 1) * c->sh + (c->kh - 1) * c->dh + 1 - c->h, tw = (ow - 1) * c->sw + (c->kw - 1) * c->dw + 1 - c->w;
+		th = th < 0 ? 0 : th;
+		tw = tw < 0 ? 0 : tw;
+		bool lower = strcmp(c->pad_type, "same_lower") == 0;
+		pt = lower ? th - th / 2 : th / 2;
+		pl = lower ? tw - tw / 2 : tw / 2;
+	}
+	size_t nx = (size_t)(c->n * c->cin * c->h * c->w), nw = (size_t)(c->cout * cin_g * c->kh * c->kw);
+	size_t no = (size_t)(c->n * c->cout * oh * ow);
+	double *vx, *vw, *vb, *ref = malloc(no * sizeof *ref);
+	uint16_t *x = rf16(nx, -1, 1, &vx), *w = rf16(nw, -1, 1, &vw), *b = rf16((size_t)c->cout, -1, 1, &vb);
+	uint16_t *y = malloc(no * 2);
+	char inputs[256], args[256], tx[64], tw_[64], ty[64];
+	if (c->one_d) {
+		snprintf(tx, sizeof tx, "[%d, %d, %d]", c->n, c->cin, c->w);
+		snprintf(tw_, sizeof tw_, "[%d, %d, %d]", c->cout, cin_g, c->kw);
+		snprintf(ty, sizeof ty, "[%d, %d, %d]", c->n, c->cout, ow);
+		snprintf(args, sizeof args,
+		         "strides = tensor<int32, [1]>([%d]), dilations = tensor<int32, [1]>([%d]), pad_type = string(\"%s\")%s",
+		         c->sw, c->dw, c->pad_type, "");
+		if (strcmp(c->pad_type, "custom") == 0) {
+			size_t l = strlen(args);
+			snprintf(args + l, sizeof args - l, ", pad = tensor<int32, [2]>([%d, %d])", c->pad[2], c->pad[3]);
+		}
+	} else {
+		snprintf(tx, sizeof tx, "[%d, %d, %d, %d]", c->n, c->cin, c->h, c->w);
+		snprintf(tw_, sizeof tw_, "[%d, %d, %d, %d]", c->cout, cin_g, c->kh, c->kw);
+		snprintf(ty, sizeof ty, "[%d, %d, %d, %d]", c->n, c->cout, oh, ow);
+		snprintf(args, sizeof args,
+		         "strides = tensor<int32, [2]>([%d, %d]), dilations = tensor<int32, [2]>([%d, %d]), pad_type = string(\"%s\"), "
+		         "pad = tensor<int32, [4]>([%d, %d, %d, %d])",
+		         c->sh, c->sw, c->dh, c->dw, c->pad_type, c->pad[0], c->pad[1], c->pad[2], c->pad[3]);
+	}
+	snprintf(inputs, sizeof inputs, "tensor<fp16, %s> x, tensor<fp16, %s> w, tensor<fp16, [%d]> b", tx, tw_, c->cout);
+	anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<fp16, %s> y = conv(x = x, weight = w, %s, groups = %d%s);",
+	                                   ty, args, c->groups, c->bias ? ", bias = b" : ""));
+	const void *in[] = {x, w, b};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	for (int bn = 0; bn < c->n; bn++)
+		for (int co = 0; co < c->cout; co++)
+			for (int i = 0; i < oh; i++)
+				for (int j = 0; j < ow; j++) {
+					int g = co / cout_g;
+					double s = c->bias ? vb[co] : 0;
+					for (int ci = 0; ci < cin_g; ci++)
+						for (int a = 0; a < c->kh; a++)
+							for (int e = 0; e < c->kw; e++) {
+								int iy = i * c->sh + a * c->dh - pt, ix = j * c->sw + e * c->dw - pl;
+								if (iy < 0 || ix < 0 || iy >= c->h || ix >= c->w)
+									continue;
+								s += vx[((size_t)(bn * c->cin + g * cin_g + ci) * (size_t)c->h + (size_t)iy) * (size_t)c->w + (size_t)ix] *
+								     vw[((size_t)(co * cin_g + ci) * (size_t)c->kh + (size_t)a) * (size_t)c->kw + (size_t)e];
+							}
+					ref[((size_t)(bn * c->cout + co) * (size_t)oh + (size_t)i) * (size_t)ow + (size_t)j] = s;
+				}
+	char what[96];
+	snprintf(what, sizeof what, "conv %s %dx%d groups %d", c->pad_type, c->kh, c->kw, c->groups);
+	check_f16(what, y, ref, no, 1.5e-3);
+	B->ops->program_free(B, p);
+	free(vx);
+	free(vw);
+	free(vb);
+	free(ref);
+	free(x);
+	free(w);
+	free(b);
+	free(y);
+}
+
+Test(ops, conv)
+{
+	for (size_t c = 0; c < sizeof ccases / sizeof ccases[0]; c++)
+		conv_case(&ccases[c]);
+}
+
+/* ---- the built-in GEMM (ANESHARE_CPU_GEMM=builtin), threaded ---- */
+
+Test(ops, builtin_gemm)
+{
+	B->ops->destroy(B);
+	setenv("ANESHARE_CPU_GEMM", "builtin", 1);
+	cr_assert_eq(anes_cpu_backend_new(2, &B), 0);
+	static const mcase big[] = {
+		{2, 2, {150, 300}, {300, 77}, false, false},   /* edge tiles, k > one block, several M blocks */
+		{2, 2, {300, 150}, {77, 300}, true, true},
+		{3, 3, {3, 13, 5}, {3, 5, 2100}, false, false}, /* n > one block */
+	};
+	for (size_t c = 0; c < sizeof big / sizeof big[0]; c++)
+		for (int f32 = 0; f32 < 2; f32++)
+			matmul_case(&big[c], f32, false);
+	for (size_t c = 0; c < sizeof ccases / sizeof ccases[0]; c++)
+		conv_case(&ccases[c]);
+	for (size_t c = 0; c < sizeof mcases / sizeof mcases[0]; c++)
+		matmul_case(&mcases[c], false, true);
+}
+
+/* ---- strict mode ---- */
+
+Test(ops, strict_mode_models_fp16_accumulation)
+{
+	enum { M = 8, K = 512, N = 16 };
+	double *vx, *vy;
+	uint16_t *x = rf16(M * K, 0, 1, &vx), *y = rf16(K * N, 0, 1, &vy);
+	uint16_t z0[M * N], z1[M * N];
+	const char *text = prog("tensor<fp16, [8, 512]> x, tensor<fp16, [512, 16]> y", "z",
+	                        "        tensor<fp16, [8, 16]> z = matmul(x = x, y = y);");
+	const void *in[] = {x, y};
+	void *o0[] = {z0}, *o1[] = {z1};
+	anes_bprogram *p = compile_ok(text);
+	run_ok(p, 0, in, o0);
+	B->ops->program_free(B, p);
+	B->ops->destroy(B);
+	setenv("ANESHARE_CPU_STRICT", "1", 1);
+	cr_assert_eq(anes_cpu_backend_new(0, &B), 0);
+	p = compile_ok(text);
+	run_ok(p, 0, in, o1);
+	B->ops->program_free(B, p);
+	/* model: running sum rounded to fp16 after every 32 products */
+	double err0 = 0, err1 = 0;
+	int differ = 0;
+	for (int i = 0; i < M; i++)
+		for (int j = 0; j < N; j++) {
+			double exact = 0;
+			float acc = 0;
+			for (int k0 = 0; k0 < K; k0 += 32) {
+				float part = 0;
+				for (int k = k0; k < k0 + 32; k++) {
+					part += (float)(vx[i * K + k] * vy[k * N + j]);
+					exact += vx[i * K + k] * vy[k * N + j];
+				}
+				acc = anes_f16_to_f32_soft(anes_f32_to_f16_soft(acc + part));
+			}
+			double g0 = h2d(z0[i * N + j]), g1 = h2d(z1[i * N + j]);
+			/* the chunk sums may differ in their last fp32 bits: one fp16 ulp of slack per chunk */
+			cr_assert(fabs(g1 - acc) <= 16 * 0.125, "strict [%d][%d]: %g, model %g", i, j, g1, (double)acc);
+			cr_assert(fabs(g0 - exact) <= fabs(exact) * 1e-3, "default [%d][%d]: %g, exact %g", i, j, g0, exact);
+			err0 += fabs(g0 - exact);
+			err1 += fabs(g1 - exact);
+			differ += z0[i * N + j] != z1[i * N + j];
+		}
+	cr_assert(differ > 0, "strict mode changed nothing");
+	cr_assert(err1 > err0, "strict mode should lose precision (%g vs %g)", err1, err0);
+	unsetenv("ANESHARE_CPU_STRICT");
+	free(vx);
+	free(vy);
+	free(x);
+	free(y);
+}
+
+/* ---- shape ops ---- */
+
+/* a single-input fp16 op whose output is a gather of x: out[i] = x[map(i)] */
+static void shape_case(const char *tin, const int *din, int rin, const char *tout, size_t nout, const char *body,
+                       size_t (*map)(size_t, const void *), const void *ctx)
+{
+	size_t n = prod(din, rin);
+	double *v, *ref = malloc(nout * sizeof *ref);
+	uint16_t *x = rf16(n, -4, 4, &v), *y = malloc(nout * 2 + 2);
+	run1_f16(tin, tout, body, x, y);
+	for (size_t i = 0; i < nout; i++)
+		ref[i] = v[map(i, ctx)];
+	check_f16(body, y, ref, nout, 0);
+	free(v);
+	free(ref);
+	free(x);
+	free(y);
+}
+
+typedef struct sl_ctx {
+	int od[4], orank;
+	int b[4], s[4];          /* per output dim (squeezed dims removed) */
+	int din[4];
+	int base;
+} sl_ctx;
+
+static size_t sl_map(size_t i, const void *vc)
+{
+	const sl_ctx *c = vc;
+	int idx[4];
+	unravel(i, c->od, c->orank, idx);
+	long off = c->base;
+	for (int k = 0; k < c->orank; k++)
+		off += (long)(c->b[k] + idx[k] * c->s[k]);
+	return (size_t)off;
+}
+
+Test(ops, slice_by_index)
+{
+	/* x [4, 6, 5]; strides of x: 30, 5, 1 */
+	int din[3] = {4, 6, 5};
+	const char *tin = "tensor<fp16, [4, 6, 5]>";
+	/* 1: begin [1, 0, 1], end [3, 6, 5], stride [1, 2, 2] -> [2, 3, 2] */
+	sl_ctx c1 = {{2, 3, 2}, 3, {30, 0, 1}, {30, 10, 2}, {0}, 0};
+	shape_case(tin, din, 3, "tensor<fp16, [2, 3, 2]>", 12,
+	           "slice_by_index(x = x, begin = tensor<int32, [3]>([1, 0, 1]), end = tensor<int32, [3]>([3, 6, 5]), "
+	           "stride = tensor<int32, [3]>([1, 2, 2]))", sl_map, &c1);
+	/* 2: negative stride on axis 1 from the end (begin_mask), negative begin/end on axis 2 */
+	sl_ctx c2 = {{4, 6, 2}, 3, {0, 25, 2}, {30, -5, 1}, {0}, 0};
+	shape_case(tin, din, 3, "tensor<fp16, [4, 6, 2]>", 48,
+	           "slice_by_index(x = x, begin = tensor<int32, [3]>([0, 0, -3]), end = tensor<int32, [3]>([0, 0, -1]), "
+	           "stride = tensor<int32, [3]>([1, -1, 1]), begin_mask = tensor<bool, [3]>([true, true, false]), "
+	           "end_mask = tensor<bool, [3]>([true, true, false]))", sl_map, &c2);
+	/* 3: squeeze axis 0 at index 2, stride 3 on axis 2 */
+	sl_ctx c3 = {{6, 2}, 2, {60, 0}, {5, 3}, {0}, 0};
+	shape_case(tin, din, 3, "tensor<fp16, [6, 2]>", 12,
+	           "slice_by_index(x = x, begin = tensor<int32, [3]>([2, 0, 0]), end = tensor<int32, [3]>([3, 6, 5]), "
+	           "stride = tensor<int32, [3]>([1, 1, 3]), squeeze_mask = tensor<bool, [3]>([true, false, false]))",
+	           sl_map, &c3);
+	/* 4: out-of-range end is clamped; stride -2 without masks */
+	sl_ctx c4 = {{2, 6, 5}, 3, {90, 0, 0}, {-60, 5, 1}, {0}, 0};
+	shape_case(tin, din, 3, "tensor<fp16, [2, 6, 5]>", 60,
+	           "slice_by_index(x = x, begin = tensor<int32, [3]>([3, 0, 0]), end = tensor<int32, [3]>([-10, 100, 100]), "
+	           "stride = tensor<int32, [3]>([-2, 1, 1]))", sl_map, &c4);
+	/* an empty slice is an error */
+	compile_err(prog("tensor<fp16, [4]> x", "y",
+	                 "        tensor<fp16, [1]> y = slice_by_index(x = x, begin = tensor<int32, [1]>([3]), end = tensor<int32, [1]>([1]));"));
+	cr_assert(strstr(errbuf, "is empty"), "%s", errbuf);
+}
+
+typedef struct tile_ctx {
+	int od[3], id[3];
+} tile_ctx;
+
+static size_t tile_map(size_t i, const void *vc)
+{
+	const tile_ctx *c = vc;
+	int idx[3];
+	unravel(i, c->od, 3, idx);
+	return (size_t)(((idx[0] % c->id[0]) * c->id[1] + idx[1] % c->id[1]) * c->id[2] + idx[2] % c->id[2]);
+}
+
+typedef struct pad_ctx {
+	int od[3], id[3], before[3];
+	int mode;
+} pad_ctx;
+
+static size_t pad_map(size_t i, const void *vc)
+{
+	const pad_ctx *c = vc;
+	int idx[3];
+	unravel(i, c->od, 3, idx);
+	size_t off = 0;
+	for (int k = 0; k < 3; k++) {
+		int s = idx[k] - c->before[k], n = c->id[k];
+		if (s < 0)
+			s = c->mode == 1 ? -s : 0;
+		if (s >= n)
+			s = c->mode == 1 ? 2 * (n - 1) - s : n - 1;
+		off = off * (size_t)n + (size_t)s;
+	}
+	return off;
+}
+
+static size_t ident_map(size_t i, const void *c)
+{
+	(void)c;
+	return i;
+}
+
+Test(ops, expand_squeeze_tile_pad)
+{
+	int d[3] = {2, 3, 4};
+	const char *tin = "tensor<fp16, [2, 3, 4]>";
+	shape_case(tin, d, 3, "tensor<fp16, [1, 2, 3, 1, 4]>", 24,
+	           "expand_dims(x = x, axes = tensor<int32, [2]>([0, -2]))", ident_map, NULL);
+	int d1[5] = {1, 2, 1, 3, 1};
+	shape_case("tensor<fp16, [1, 2, 1, 3, 1]>", d1, 5, "tensor<fp16, [2, 3]>", 6, "squeeze(x = x)", ident_map, NULL);
+	shape_case("tensor<fp16, [1, 2, 1, 3, 1]>", d1, 5, "tensor<fp16, [2, 1, 3, 1]>", 6,
+	           "squeeze(x = x, axes = tensor<int32, [1]>([0]))", ident_map, NULL);
+	int d2[3] = {1, 1, 1};
+	shape_case("tensor<fp16, [1, 1, 1]>", d2, 3, "fp16", 1, "squeeze(x = x)", ident_map, NULL);
+	tile_ctx tc = {{4, 3, 12}, {2, 3, 4}};
+	shape_case(tin, d, 3, "tensor<fp16, [4, 3, 12]>", 144, "tile(x = x, reps = tensor<int32, [3]>([2, 1, 3]))",
+	           tile_map, &tc);
+	static const char *modes[] = {"constant", "reflect", "replicate"};
+	for (int m = 1; m < 3; m++) {
+		pad_ctx pc = {{2, 6, 7}, {2, 3, 4}, {0, 2, 1}, m};
+		char body[160];
+		snprintf(body, sizeof body, "pad(x = x, pad = tensor<int32, [4]>([2, 1, 1, 2]), mode = string(\"%s\"))",
+		         modes[m]);
+		shape_case(tin, d, 3, "tensor<fp16, [2, 6, 7]>", 84, body, pad_map, &pc);
+	}
+	/* constant mode: outside is constant_val */
+	double *v;
+	uint16_t *x = rf16(24, -4, 4, &v), y[2 * 6 * 7];
+	run1_f16(tin, "tensor<fp16, [2, 6, 7]>",
+	         "pad(x = x, pad = tensor<int32, [4]>([2, 1, 1, 2]), constant_val = fp16(7.5))", x, y);
+	for (int i = 0; i < 84; i++) {
+		int idx[3], od[3] = {2, 6, 7};
+		unravel((size_t)i, od, 3, idx);
+		int a = idx[1] - 2, b = idx[2] - 1;
+		double want = (a < 0 || a >= 3 || b < 0 || b >= 4) ? 7.5 : v[(idx[0] * 3 + a) * 4 + b];
+		cr_assert_eq(h2d(y[i]), want, "pad constant [%d]", i);
+	}
+	free(v);
+	free(x);
+	/* reflect needs pad < dim */
+	compile_err(prog("tensor<fp16, [2, 3]> x", "y",
+	                 "        tensor<fp16, [2, 9]> y = pad(x = x, pad = tensor<int32, [2]>([3, 3]), mode = string(\"reflect\"));"));
+	cr_assert(strstr(errbuf, "reflect"), "%s", errbuf);
+}
+
+Test(ops, split_and_concat)
+{
+	/* both ways of writing several outputs */
+	const char *text = prog("tensor<fp16, [2, 7, 3]> x", "a, b, c, d, e",
+		"        (tensor<fp16, [2, 2, 3]> a, tensor<fp16, [2, 4, 3]> b, tensor<fp16, [2, 1, 3]> c) = split(x = x, "
+		"split_sizes = tensor<int32, [3]>([2, 4, 1]), axis = int32(1));\n"
+		"        tensor<fp16, [1, 7, 3]> d, tensor<fp16, [1, 7, 3]> e = split(x = x, num_splits = int32(2), axis = int32(-3));\n");
+	anes_bprogram *p = compile_ok(text);
+	cr_assert_eq(p->functions[0].n_outputs, 5);
+	double *v;
+	uint16_t *x = rf16(42, -4, 4, &v), a[12], b[24], c[6], d[21], e[21];
+	const void *in[] = {x};
+	void *out[] = {a, b, c, d, e};
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 2; i++)
+		for (int j = 0; j < 7; j++)
+			for (int k = 0; k < 3; k++) {
+				double want = v[(i * 7 + j) * 3 + k], got;
+				if (j < 2)
+					got = h2d(a[(i * 2 + j) * 3 + k]);
+				else if (j < 6)
+					got = h2d(b[(i * 4 + j - 2) * 3 + k]);
+				else
+					got = h2d(c[i * 3 + k]);
+				cr_assert_eq(got, want);
+				cr_assert_eq(h2d(i ? e[j * 3 + k] : d[j * 3 + k]), want);
+			}
+	B->ops->program_free(B, p);
+	/* concat with interleave of three inputs */
+	p = compile_ok(prog("tensor<fp16, [2, 7, 3]> x", "y",
+		"        (tensor<fp16, [2, 7, 1]> a, tensor<fp16, [2, 7, 1]> b, tensor<fp16, [2, 7, 1]> c) = split(x = x, num_splits = int32(3), axis = int32(2));\n"
+		"        tensor<fp16, [2, 21, 1]> y = concat(values = (a, b, c), axis = int32(1), interleave = true);\n"));
+	uint16_t y[42];
+	void *out2[] = {y};
+	run_ok(p, 0, in, out2);
+	for (int i = 0; i < 2; i++)
+		for (int j = 0; j < 7; j++)
+			for (int k = 0; k < 3; k++)
+				cr_assert_eq(h2d(y[i * 21 + j * 3 + k]), v[(i * 7 + j) * 3 + k]);
+	B->ops->program_free(B, p);
+	/* wrong number of outputs */
+	compile_err(prog("tensor<fp16, [4]> x", "a",
+	                 "        (tensor<fp16, [2]> a, tensor<fp16, [2]> b) = split(x = x, num_splits = int32(4), axis = int32(0));"));
+	cr_assert(strstr(errbuf, "num_splits"), "%s", errbuf);
+	free(v);
+	free(x);
+}
+
+Test(ops, gather)
+{
+	double *v;
+	uint16_t *x = rf16(5 * 4 * 3, -4, 4, &v), y[5 * 2 * 2 * 3];
+	/* runtime int32 indices, axis 1, negative index */
+	int32_t idx[4] = {3, -4, 0, -1};
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [5, 4, 3]> x, tensor<int32, [2, 2]> i", "y",
+		"        tensor<fp16, [5, 2, 2, 3]> y = gather(x = x, indices = i, axis = int32(1));"));
+	const void *in[] = {x, idx};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	for (int a = 0; a < 5; a++)
+		for (int t = 0; t < 4; t++)
+			for (int c = 0; c < 3; c++) {
+				int j = idx[t] < 0 ? idx[t] + 4 : idx[t];
+				cr_assert_eq(h2d(y[(a * 4 + t) * 3 + c]), v[(a * 4 + j) * 3 + c]);
+			}
+	/* out of range at run time: the run fails with a clear error */
+	idx[2] = 4;
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert(strstr(errbuf, "op 'gather' (y): indices[2] = 4 is out of range [-4, 4)"), "%s", errbuf);
+	idx[2] = INT32_MIN;
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -EINVAL);
+	B->ops->program_free(B, p);
+	/* constant indices (uint8), axis 0: folded at compile time, checked there */
+	p = compile_ok(prog("tensor<fp16, [5, 4, 3]> x", "y",
+		"        tensor<fp16, [3, 4, 3]> y = gather(x = x, indices = tensor<uint8, [3]>([4, 0, 4]));"));
+	const void *in1[] = {x};
+	run_ok(p, 0, in1, out);
+	for (int t = 0; t < 3; t++)
+		for (int k = 0; k < 12; k++)
+			cr_assert_eq(h2d(y[t * 12 + k]), v[(t == 1 ? 0 : 4) * 12 + k]);
+	B->ops->program_free(B, p);
+	compile_err(prog("tensor<fp16, [5, 4, 3]> x", "y",
+		"        tensor<fp16, [1, 4, 3]> y = gather(x = x, indices = tensor<int32, [1]>([5]));"));
+	cr_assert(strstr(errbuf, "line 4: op 'gather' (y): indices[0] = 5 is out of range"), "%s", errbuf);
+	free(v);
+	free(x);
+}
+
+/* ---- attention ---- */
+
+static void sdpa_case(int nb, const int *bd, int L, int S, int E, int EV, int mask_kind, const char *mshape,
+                      int mrank, const int *md)
+{
+	int qd[6], kd[6], vd[6], od[6], r = nb + 2;
+	for (int i = 0; i < nb; i++)
+		qd[i] = kd[i] = vd[i] = od[i] = bd[i];
+	qd[nb] = L, qd[nb + 1] = E;
+	kd[nb] = S, kd[nb + 1] = E;
+	vd[nb] = S, vd[nb + 1] = EV;
+	od[nb] = L, od[nb + 1] = EV;
+	size_t nq = prod(qd, r), nk = prod(kd, r), nv = prod(vd, r), no = prod(od, r), nm = mrank ? prod(md, mrank) : 1;
+	double *vq, *vk, *vv, *vm, *ref = malloc(no * sizeof *ref);
+	uint16_t *q = rf16(nq, -2, 2, &vq), *k = rf16(nk, -2, 2, &vk), *v = rf16(nv, -1, 1, &vv), *y = malloc(no * 2);
+	uint16_t *mf = rf16(nm, -3, 1, &vm);
+	uint8_t *mb = malloc(nm + 1);
+	for (size_t i = 0; i < nm; i++)
+		mb[i] = (rnd() % 3) != 0;
+	for (size_t i = 0; i < nm; i += (size_t)S)
+		mb[i] = 1;   /* at least one visible key per row */
+	char inputs[256];
+	snprintf(inputs, sizeof inputs, "tensor<fp16, %s> q, tensor<fp16, %s> k, tensor<fp16, %s> v%s%s%s%s", shs(qd, r),
+	         shs(kd, r), shs(vd, r), mask_kind ? ", tensor<" : "", mask_kind == 1 ? "bool, " : mask_kind == 2 ? "fp16, " : "",
+	         mask_kind ? mshape : "", mask_kind ? "> m" : "");
+	anes_bprogram *p = compile_ok(prog(inputs, "y",
+		"        tensor<fp16, %s> y = scaled_dot_product_attention(query = q, key = k, value = v%s);", shs(od, r),
+		mask_kind ? ", attn_mask = m" : ""));
+	const void *in[] = {q, k, v, mask_kind == 1 ? (const void *)mb : (const void *)mf};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	size_t B_ = prod(bd, nb);
+	for (size_t b = 0; b < B_; b++)
+		for (int l = 0; l < L; l++) {
+			double sc[64], mx = -INFINITY, sum = 0;
+			for (int s = 0; s < S; s++) {
+				double dot = 0;
+				for (int e = 0; e < E; e++)
+					dot += vq[(b * (size_t)L + (size_t)l) * (size_t)E + (size_t)e] * vk[(b * (size_t)S + (size_t)s) * (size_t)E + (size_t)e];
+				dot /= sqrt((double)E);
+				if (mask_kind) {
+					int oi[6], bi[6];
+					unravel(b, bd, nb, bi);
+					for (int i = 0; i < nb; i++)
+						oi[i] = bi[i];
+					oi[nb] = l;
+					oi[nb + 1] = s;
+					size_t mi = bidx(oi, r, md, mrank);
+					if (mask_kind == 1)
+						dot = mb[mi] ? dot : -INFINITY;
+					else
+						dot += vm[mi];
+				}
+				sc[s] = dot;
+				mx = dot > mx ? dot : mx;
+			}
+			for (int s = 0; s < S; s++)
+				sum += (sc[s] = exp(sc[s] - mx));
+			for (int e = 0; e < EV; e++) {
+				double acc = 0;
+				for (int s = 0; s < S; s++)
+					acc += sc[s] / sum * vv[(b * (size_t)S + (size_t)s) * (size_t)EV + (size_t)e];
+				ref[(b * (size_t)L + (size_t)l) * (size_t)EV + (size_t)e] = acc;
+			}
+		}
+	check_f16("sdpa", y, ref, no, 2e-3);
+	B->ops->program_free(B, p);
+	free(vq);
+	free(vk);
+	free(vv);
+	free(vm);
+	free(ref);
+	free(q);
+	free(k);
+	free(v);
+	free(y);
+	free(mf);
+	free(mb);
+}
+
+Test(ops, scaled_dot_product_attention)
+{
+	int b1[1] = {3}, b2[2] = {2, 3};
+	sdpa_case(1, b1, 5, 7, 8, 6, 0, NULL, 0, NULL);
+	int m1[2] = {5, 7};
+	sdpa_case(1, b1, 5, 7, 8, 6, 1, "[5, 7]", 2, m1);
+	int m2[4] = {2, 1, 4, 9};
+	sdpa_case(2, b2, 4, 9, 16, 16, 2, "[2, 1, 4, 9]", 4, m2);
+	int m3[1] = {9};
+	sdpa_case(2, b2, 4, 9, 16, 5, 1, "[9]", 1, m3);
+	int b3[1] = {1};
+	sdpa_case(1, b3, 1, 1, 3, 2, 0, NULL, 0, NULL);
+	/* mask that does not broadcast */
+	compile_err(prog("tensor<fp16, [2, 4, 8]> q, tensor<fp16, [2, 5, 8]> k, tensor<fp16, [2, 5, 8]> v, tensor<bool, [3, 4, 5]> m", "y",
+	                 "        tensor<fp16, [2, 4, 8]> y = scaled_dot_product_attention(query = q, key = k, value = v, attn_mask = m);"));
+	cr_assert(strstr(errbuf, "attn_mask"), "%s", errbuf);
+}
+
+/* ---- quantization and casts ---- */
+
+Test(ops, quantized_weights_and_quantize)
+{
+	/* constexpr_affine_dequantize: int8 per-channel (axis 0) with int8 zero points, and uint8
+	 * per-tensor with an fp32 zero point, both feeding a matmul */
+	const char *text = prog("tensor<fp16, [2, 3]> x", "y, z, w",
+		"        tensor<fp16, [3, 4]> w = constexpr_affine_dequantize(quantized_data = tensor<int8, [3, 4]>([[-128, -1, 0, 127], [5, 6, 7, 8], [-9, 10, -11, 12]]), "
+		"zero_point = tensor<int8, [3]>([0, 1, -2]), scale = tensor<fp16, [3]>([0.5, 0.25, 0.125]), axis = int32(0))[name = string(\"w\")];\n"
+		"        tensor<fp32, [4, 3]> u = constexpr_affine_dequantize(quantized_data = tensor<uint8, [4, 3]>([0, 1, 2, 3, 4, 5, 250, 251, 252, 253, 254, 255]), "
+		"zero_point = fp32(127.5), scale = fp32(0.01), axis = int32(-1));\n"
+		"        tensor<fp16, [2, 4]> y = matmul(x = x, y = w);\n"
+		"        tensor<fp16, [4, 3]> z = cast(x = u, dtype = string(\"fp16\"));\n");
+	anes_bprogram *p = compile_ok(text);
+	static const int8_t q[12] = {-128, -1, 0, 127, 5, 6, 7, 8, -9, 10, -11, 12};
+	static const double zp[3] = {0, 1, -2}, sc[3] = {0.5, 0.25, 0.125};
+	double *v, ref[8], wref[12];
+	uint16_t *x = rf16(6, -1, 1, &v), y[8], z[12], w[12];
+	const void *in[] = {x};
+	void *out[] = {y, z, w};
+	run_ok(p, 0, in, out);
+	for (int r = 0; r < 3; r++)
+		for (int c = 0; c < 4; c++)
+			wref[r * 4 + c] = (q[r * 4 + c] - zp[r]) * sc[r];
+	check_f16("dequantized w", w, wref, 12, 0);
+	for (int i = 0; i < 2; i++)
+		for (int j = 0; j < 4; j++) {
+			ref[i * 4 + j] = 0;
+			for (int t = 0; t < 3; t++)
+				ref[i * 4 + j] += v[i * 3 + t] * wref[t * 4 + j];
+		}
+	check_f16("matmul with dequantized w", y, ref, 8, 2e-3);
+	static const uint8_t uq[12] = {0, 1, 2, 3, 4, 5, 250, 251, 252, 253, 254, 255};
+	double zr[12];
+	for (int i = 0; i < 12; i++)
+		zr[i] = (uq[i] - 127.5) * (double)0.01f;
+	check_f16("uint8 dequantized", z, zr, 12, 1e-3);
+	B->ops->program_free(B, p);
+	free(v);
+	free(x);
+
+	/* quantize then dequantize, per-channel along axis 1 */
+	text = prog("tensor<fp32, [2, 3, 5]> x", "q, d",
+		"        tensor<int8, [2, 3, 5]> q = quantize(input = x, zero_point = tensor<int8, [3]>([0, 10, -10]), "
+		"scale = tensor<fp32, [3]>([0.01, 0.02, 0.05]), axis = int32(1), output_dtype = string(\"int8\"));\n"
+		"        tensor<fp32, [2, 3, 5]> d = dequantize(input = q, zero_point = tensor<int8, [3]>([0, 10, -10]), "
+		"scale = tensor<fp32, [3]>([0.01, 0.02, 0.05]), axis = int32(1));\n");
+	p = compile_ok(text);
+	float *xf = rf32(30, -3, 3, &v), dq[30];
+	int8_t qq[30];
+	const void *in2[] = {xf};
+	void *out2[] = {qq, dq};
+	run_ok(p, 0, in2, out2);
+	static const float s3[3] = {0.01f, 0.02f, 0.05f};
+	static const int z3[3] = {0, 10, -10};
+	for (int i = 0; i < 30; i++) {
+		int c = (i / 5) % 3;
+		double t = nearbyint((double)(xf[i] / s3[c])) + z3[c];
+		t = t < -128 ? -128 : t > 127 ? 127 : t;
+		cr_assert_eq(qq[i], (int8_t)t, "quantize[%d]: %d != %g (x %g)", i, qq[i], t, (double)xf[i]);
+		cr_assert(fabs(dq[i] - (t - z3[c]) * s3[c]) < 1e-6, "dequantize[%d]", i);
+	}
+	B->ops->program_free(B, p);
+	/* uint8 output, scalar params, no zero point */
+	p = compile_ok(prog("tensor<fp32, [2, 3, 5]> x", "q",
+		"        tensor<uint8, [2, 3, 5]> q = quantize(input = x, scale = fp32(0.02), output_dtype = string(\"uint8\"));"));
+	uint8_t uq8[30];
+	void *out3[] = {uq8};
+	run_ok(p, 0, in2, out3);
+	for (int i = 0; i < 30; i++) {
+		double t = nearbyint((double)(xf[i] / 0.02f));
+		cr_assert_eq(uq8[i], (uint8_t)(t < 0 ? 0 : t > 255 ? 255 : t));
+	}
+	B->ops->program_free(B, p);
+	free(v);
+	free(xf);
+	/* bad quantization parameters */
+	compile_err(prog("tensor<fp32, [2, 3]> x", "q",
+		"        tensor<int8, [2, 3]> q = quantize(input = x, scale = tensor<fp32, [2]>([1, 2]), axis = int32(1), output_dtype = string(\"int8\"));"));
+	cr_assert(strstr(errbuf, "scale"), "%s", errbuf);
+}
+
+Test(ops, cast_all_pairs)
+{
+	static const char *dts[] = {"fp16", "fp32", "int8", "uint8", "int16", "int32"};
+	static const int ids[] = {ANES_DT_FP16, ANES_DT_FP32, ANES_DT_INT8, ANES_DT_UINT8, ANES_DT_INT16, ANES_DT_INT32};
+	static const double vals[8] = {-300.75, -128, -1.5, 0, 0.5, 2.5, 255.9, 70000};
+	for (int a = 0; a < 6; a++)
+		for (int b = 0; b < 6; b++) {
+			uint8_t in[64], out[64];
+			double src[8];
+			size_t ea = anes_dtype_size((anes_dtype)ids[a]), eb = anes_dtype_size((anes_dtype)ids[b]);
+			for (int i = 0; i < 8; i++) {
+				double t = vals[i];
+				switch (ids[a]) {
+				case ANES_DT_FP16: { uint16_t h = anes_f32_to_f16_soft((float)t); memcpy(in + 2 * i, &h, 2); src[i] = h2d(h); break; }
+				case ANES_DT_FP32: { float f = (float)t; memcpy(in + 4 * i, &f, 4); src[i] = f; break; }
+				case ANES_DT_INT8: { int8_t v = (int8_t)(t < -128 ? -128 : t > 127 ? 127 : trunc(t)); in[i] = (uint8_t)v; src[i] = v; break; }
+				case ANES_DT_UINT8: { uint8_t v = (uint8_t)(t < 0 ? 0 : t > 255 ? 255 : trunc(t)); in[i] = v; src[i] = v; break; }
+				case ANES_DT_INT16: { int16_t v = (int16_t)trunc(t < -32768 ? -32768 : t > 32767 ? 32767 : t); memcpy(in + 2 * i, &v, 2); src[i] = v; break; }
+				default: { int32_t v = (int32_t)trunc(t); memcpy(in + 4 * i, &v, 4); src[i] = v; break; }
+				}
+			}
+			char decl[64];
+			snprintf(decl, sizeof decl, "tensor<%s, [8]> x", dts[a]);
+			anes_bprogram *p = compile_ok(prog(decl, "y", "        tensor<%s, [8]> y = cast(x = x, dtype = string(\"%s\"));",
+			                                   dts[b], dts[b]));
+			const void *ins[] = {in};
+			void *outs[] = {out};
+			run_ok(p, 0, ins, outs);
+			for (int i = 0; i < 8; i++) {
+				double want, got;
+				double t = src[i];
+				switch (ids[b]) {
+				case ANES_DT_FP16: { uint16_t h; memcpy(&h, out + 2 * i, 2); got = h2d(h); want = h2d(anes_f32_to_f16_soft((float)t)); break; }
+				case ANES_DT_FP32: { float f; memcpy(&f, out + 4 * i, 4); got = f; want = (float)t; break; }
+				case ANES_DT_INT8: got = (int8_t)out[i]; want = t < -128 ? -128 : t > 127 ? 127 : trunc(t); break;
+				case ANES_DT_UINT8: got = out[i]; want = t < 0 ? 0 : t > 255 ? 255 : trunc(t); break;
+				case ANES_DT_INT16: { int16_t v; memcpy(&v, out + 2 * i, 2); got = v; want = t < -32768 ? -32768 : t > 32767 ? 32767 : trunc(t); break; }
+				default: { int32_t v; memcpy(&v, out + 4 * i, 4); got = v; want = t < INT32_MIN ? INT32_MIN : t > INT32_MAX ? INT32_MAX : trunc(t); break; }
+				}
+				cr_assert(got == want, "cast %s -> %s [%d]: %g -> %g, want %g", dts[a], dts[b], i, t, got, want);
+			}
+			(void)ea;
+			(void)eb;
+			B->ops->program_free(B, p);
+		}
+}
+
+/* ---- program structure ---- */
+
+Test(ops, several_functions_run_by_index)
+{
+	const char *text =
+		"program(1.3)\n{\n"
+		"  func first<ios18>(tensor<fp16, [4]> a) {\n"
+		"    tensor<fp16, [4]> b = exp(x = a);\n"
+		"  } -> (b);\n"
+		"  func main<ios18>(tensor<fp16, [4]> a) {\n"
+		"    tensor<fp16, [4]> b = neg(x = a);\n"
+		"  } -> (b);\n"
+		"  func third<ios18>(tensor<fp16, [2, 2]> a, tensor<fp16, [2, 2]> c) {\n"
+		"    tensor<fp16, [2, 2]> b = matmul(x = a, y = c);\n"
+		"    tensor<fp16, [2]> s = reduce_sum(x = b, axes = tensor<int32, [1]>([1]));\n"
+		"  } -> (s, b);\n"
+		"}\n";
+	anes_bprogram *p = compile_ok(text);
+	cr_assert_eq(p->n_functions, 3);
+	cr_assert_str_eq(p->functions[0].name, "main");
+	cr_assert_str_eq(p->functions[1].name, "first");
+	cr_assert_str_eq(p->functions[2].name, "third");
+	cr_assert_eq(p->functions[2].n_inputs, 2);
+	cr_assert_eq(p->functions[2].n_outputs, 2);
+	double *v;
+	uint16_t *a = rf16(4, -1, 1, &v), b[4], s[2];
+	const void *in[] = {a, a};
+	void *out[] = {b, s};
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(h2d(b[i]), -v[i]);
+	run_ok(p, 1, in, out);
+	double r[4];
+	for (int i = 0; i < 4; i++)
+		r[i] = exp(v[i]);
+	check_f16("first", b, r, 4, 1e-3);
+	void *out3[] = {s, b};
+	run_ok(p, 2, in, out3);
+	for (int i = 0; i < 2; i++)
+		for (int j = 0; j < 2; j++)
+			r[i * 2 + j] = v[i * 2] * v[j] + v[i * 2 + 1] * v[2 + j];
+	check_f16("third b", b, r, 4, 1e-3);
+	double rs[2] = {h2d(b[0]) + h2d(b[1]), h2d(b[2]) + h2d(b[3])};
+	check_f16("third s", s, rs, 2, 1e-3);
+	cr_assert_eq(B->ops->run(B, p, 3, in, out, errbuf, sizeof errbuf), -EINVAL);
+	B->ops->program_free(B, p);
+	free(a);
+	free(v);
+}
+
+/* ---- compile-time errors: line, op and reason ---- */
+
+typedef struct ecase {
+	const char *inputs, *body;
+	int rc;
+	const char *want;     /* substring of the message */
+} ecase;
+
+static const ecase ecases[] = {
+	{"tensor<fp16, [2]> x", "        tensor<fp16, [2]> y = softplus(x = x);", -ENOTSUP, "line 4: unknown op 'softplus' (y)"},
+	{"tensor<fp16, [2]> x", "        tensor<fp16, [2]> y = relu(x = x, alpha = fp16(1));", -EINVAL,
+	 "line 4: op 'relu' (y): unknown argument 'alpha'"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> y = add(x = x, y = tensor<fp16, [2]>([1, 2]));", -EINVAL,
+	 "line 4: op 'add' (y): shapes do not broadcast: x is [2,3], y is [2]"},
+	{"tensor<int8, [2]> x", "        tensor<int8, [2]> y = exp(x = x);", -EINVAL, "line 4: op 'exp' (y): argument 'x' must be fp16 or fp32"},
+	{"tensor<int32, [2]> x", "        tensor<int32, [2]> y = add(x = x, y = x);\n        tensor<int32, [1]> z = reduce_mean(x = y, axes = tensor<int32, [1]>([0]), keep_dims = true);",
+	 -ENOTSUP, "line 5: op 'reduce_mean' (z): dtype int32 is not supported"},
+	{"tensor<fp16, [1, 4, 8, 8]> x, tensor<fp16, [4, 4, 3, 3]> w", "        tensor<fp16, [1, 4, 8, 8]> y = conv(x = x, weight = w, pad_type = string(\"bogus\"));",
+	 -EINVAL, "line 4: op 'conv' (y): pad_type must be"},
+	{"tensor<fp16, [1, 4, 8, 8]> x, tensor<fp16, [4, 4, 3, 3]> w", "        tensor<fp16, [1, 4, 8, 8]> y = conv(x = x, weight = w);",
+	 -EINVAL, "line 4: op 'conv' (y): declared type tensor<fp16, [1,4,8,8]> of 'y' does not match the inferred tensor<fp16, [1,4,6,6]>"},
+	{"tensor<fp16, [1, 4, 8, 8]> x, tensor<fp16, [4, 3, 3, 3]> w", "        tensor<fp16, [1, 4, 6, 6]> y = conv(x = x, weight = w);",
+	 -EINVAL, "line 4: op 'conv' (y): channels do not match"},
+	{"tensor<fp16, [1, 4, 8, 8, 2]> x, tensor<fp16, [4, 4, 1, 1, 1]> w", "        tensor<fp16, [1, 4, 8, 8, 2]> y = conv(x = x, weight = w);",
+	 -ENOTSUP, "line 4: op 'conv' (y): 3-D convolution is not supported"},
+	{"tensor<fp16, [2, 3]> x, tensor<int32, [1]> a", "        tensor<fp16, [2, 1]> y = reduce_sum(x = x, axes = a, keep_dims = true);",
+	 -ENOTSUP, "line 4: op 'reduce_sum' (y): argument 'axes' must be a constant"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> y = softmax(x = x, axis = int32(2));", -EINVAL,
+	 "line 4: op 'softmax' (y): axis 2 is out of range for rank 2"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> y = gelu(x = x, mode = string(\"FAST\"));", -EINVAL,
+	 "line 4: op 'gelu' (y): mode must be"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<int8, [2, 3]> y = quantize(input = x, scale = fp16(1), output_dtype = string(\"int4\"));",
+	 -EINVAL, "line 4: op 'quantize' (y): output_dtype must be"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> w = constexpr_affine_dequantize(quantized_data = tensor<int16, [2, 3]>([1, 2, 3, 4, 5, 6]), zero_point = int8(0), scale = fp16(1), axis = int32(0));",
+	 -EINVAL, "line 4: op 'constexpr_affine_dequantize' (w): quantized_data must be int8 or uint8"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [3, 2]> y = matmul(x = x, y = x);", -EINVAL,
+	 "line 4: op 'matmul' (y): inner dimensions differ"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> y = linear(x = x, weight = tensor<fp16, [3, 2]>([1, 2, 3, 4, 5, 6]));", -EINVAL,
+	 "line 4: op 'linear' (y): weight must be [D_out, 3]"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> y = tile(x = x, reps = tensor<int32, [1]>([2]));", -EINVAL,
+	 "line 4: op 'tile' (y): reps has 1 elements, x has rank 2"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 1, 3]> y = squeeze(x = x, axes = tensor<int32, [1]>([1]));", -EINVAL,
+	 "line 4: op 'squeeze' (y): cannot squeeze axis 1 of size 3"},
+	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> y = gather(x = x, indices = tensor<int32, [1]>([0]), batch_dims = int32(1));", -ENOTSUP,
+	 "line 4: op 'gather' (y): batch_dims other than 0 are not supported"},
+};
+
+Test(ops, compile_error_messages)
+{
+	for (size_t i = 0; i < sizeof ecases / sizeof ecases[0]; i++) {
+		const ecase *e = &ecases[i];
+		const char *t = prog(e->inputs, "y", "%s", e->body);
+		int rc = compile_err(t);
+		cr_assert_eq(rc, e->rc, "case %zu: rc %d, want %d (%s)", i, rc, e->rc, errbuf);
+		cr_assert(strstr(errbuf, e->want) == errbuf, "case %zu:\n  got  %s\n  want %s...", i, errbuf, e->want);
+	}
+}
+
+/* ---- the transformer block example ---- */
+
+static char *read_example(const char *rel)
+{
+	/* relative to this file, like test_cpu.c (meson runs tests in the build dir) */
+	char path[1024];
+	const char *src = __FILE__, *slash = strrchr(src, '/');
+	snprintf(path, sizeof path, "%.*s/../%s", slash ? (int)(slash - src) : 1, slash ? src : ".", rel);
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f, "cannot open %s", path);
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	char *t = malloc((size_t)n + 1);
+	cr_assert_eq(fread(t, 1, (size_t)n, f), (size_t)n);
+	t[n] = 0;
+	fclose(f);
+	return t;
+}
+
+static void transformer_check(bool builtin)
+{
+	if (builtin) {
+		B->ops->destroy(B);
+		setenv("ANESHARE_CPU_GEMM", "builtin", 1);
+		cr_assert_eq(anes_cpu_backend_new(2, &B), 0);
+	}
+	char *text = read_example("examples/transformer_block.mil");
+	static tb_weights w;
+	cr_assert(tb_load(text, &w), "cannot read the weights from examples/transformer_block.mil");
+	anes_bprogram *p = compile_ok(text);
+	cr_assert_eq(p->functions[0].n_inputs, 1);
+	cr_assert_eq(p->functions[0].inputs[0].bytes, TB_D * TB_S * 2);
+	double *v;
+	uint16_t *x = rf16(TB_D * TB_S, -2, 2, &v), y[TB_D * TB_S];
+	static float xf[TB_D * TB_S], ref[TB_D * TB_S];
+	for (int i = 0; i < TB_D * TB_S; i++)
+		xf[i] = (float)v[i];
+	const void *in[] = {x};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	tb_reference(&w, xf, ref);
+	double mx = 0, err = 0;
+	for (int i = 0; i < TB_D * TB_S; i++) {
+		mx = fmax(mx, fabs(ref[i]));
+		err = fmax(err, fabs(h2d(y[i]) - ref[i]));
+	}
+	cr_assert(mx > 0.5, "degenerate reference");
+	cr_assert(err / mx <= 5e-3, "transformer block: max error %g of max |ref| %g", err, mx);
+	B->ops->program_free(B, p);
+	free(text);
+	free(v);
+	free(x);
+}
+
+Test(ops, transformer_block)
+{
+	transformer_check(false);
+}
+
+Test(ops, transformer_block_builtin_gemm)
+{
+	transformer_check(true);
+}
