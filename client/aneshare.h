@@ -59,6 +59,7 @@ enum aneshare_error {
 	ANESHARE_ERUN_FAILED = ANESHARE_EBASE + 14,
 	ANESHARE_ENO_MEMORY = ANESHARE_EBASE + 15,
 	ANESHARE_EINTERNAL = ANESHARE_EBASE + 16,
+	ANESHARE_ESHUTTING_DOWN = ANESHARE_EBASE + 17,  /* the daemon is stopping; the request was not done */
 
 	/* The library's own codes, clear of the daemon's (wire codes 1-8999). */
 	ANESHARE_EDISCONNECTED = ANESHARE_EBASE + 9001, /* connection lost: retryable */
@@ -69,8 +70,10 @@ enum aneshare_error {
 ANESHARE_API const char *aneshare_strerror(int err);
 
 /* True if the call that returned err may succeed when simply made again on
- * the same connection: only for -ANESHARE_EDISCONNECTED (see
- * "reconnecting").  Every other code is final for that call. */
+ * the same connection: -ANESHARE_EDISCONNECTED (see "reconnecting") and
+ * -ANESHARE_ESHUTTING_DOWN (the daemon was stopping and did not do the
+ * request; the next call reconnects to its successor).  Every other code is
+ * final for that call. */
 ANESHARE_API bool aneshare_error_is_retryable(int err);
 
 typedef struct aneshare_conn aneshare_conn;

@@ -7,6 +7,7 @@
  *   aneshare [--socket PATH] run FILE.mil [--weight PATH=FILE ...] [--function NAME]
  *            [--input FILE | --input-f32 FILE ...] [--output FILE ...]
  *            [--fill random|zeros] [--seed N]
+ *   aneshare [--socket PATH] service install|uninstall|status [...]   (cli_service.c)
  *
  * Exit status: 0 success, 1 failure, 2 usage error.
  */
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "aneshare.h"
+#include "cli_service.h"
 
 #define EXIT_USAGE 2
 #define MAX_ARGS 256                       /* --weight/--input/--output of one command */
@@ -48,6 +50,7 @@ static void usage(FILE *f)
 	        "      --output FILE           write the next output's raw bytes to FILE\n"
 	        "      --fill random|zeros     fill inputs not given as files\n"
 	        "      --seed N                seed for --fill random (default 1)\n"
+	        ANES_CLI_SERVICE_USAGE
 	        "\n"
 	        "options:\n"
 	        "  --socket PATH               the daemon's socket (default: $ANESHARE_SOCKET,\n"
@@ -765,6 +768,8 @@ int main(int argc, char **argv)
 		rc = cmd_compile(socket_path, n, args);
 	else if (!strcmp(cmd, "run"))
 		rc = cmd_run(socket_path, n, args);
+	else if (!strcmp(cmd, "service"))
+		rc = anes_cli_service(prog_name, socket_path, n, args);
 	else
 		rc = usage_error("unknown command '%s'", cmd);
 	free(args);

@@ -867,5 +867,5 @@ ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *c)
 
 ANESHARE_API bool aneshare_error_is_retryable(int err)
 {
-	return err == -ANESHARE_EDISCONNECTED;
+	return err == -ANESHARE_EDISCONNECTED || err == -ANESHARE_ESHUTTING_DOWN;
 }

@@ -411,22 +411,7 @@ void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *f
 
 	anes_frame f;
 	anes_frame_init(&f);
-	if (code == ANES_WERR_SHUTTING_DOWN) {
-		/* Not in proto/'s table of names (yet): pack it here. */
-		msgpack_pack_array(&f.pk, 4);
-		msgpack_pack_uint8(&f.pk, ANES_MSG_RESPONSE);
-		msgpack_pack_uint32(&f.pk, msgid);
-		msgpack_pack_map(&f.pk, 3);
-		anes_pack_str(&f.pk, "code");
-		msgpack_pack_uint32(&f.pk, (uint32_t)code);
-		anes_pack_str(&f.pk, "name");
-		anes_pack_str(&f.pk, "shutting_down");
-		anes_pack_str(&f.pk, "message");
-		anes_pack_str(&f.pk, msg);
-		msgpack_pack_nil(&f.pk);
-	} else {
-		anes_pack_error(&f.pk, msgid, code, msg);
-	}
+	anes_pack_error(&f.pk, msgid, code, msg);
 	int r = anes_frame_finish(&f, 0, c->io.max_frame, &data, &len);
 	if (r < 0) {
 		anes_frame_release(&f);

@@ -23,11 +23,6 @@
 #define ANES_KEY_SIZE 32           /* SHA-256 */
 #define ANES_ERRMSG_MAX 512
 
-/* Wire error 17, shutting_down (docs/protocol.md): the daemon is stopping and
- * did not (or will not) do the request; retry with the next daemon.  Not in
- * proto/'s table yet, so the daemon packs its name itself (conn.c). */
-#define ANES_WERR_SHUTTING_DOWN 17
-
 #define ANES_CONTAINER_OF(ptr, type, member) \
 	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 

@@ -45,7 +45,7 @@ static const optdef defs[] = {
 	{ "allow-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
 	  "also accept clients of this user (uid or name; repeatable)" },
 	{ "shutdown-timeout", T_U32, O(shutdown_timeout_s), 0, 3600, "SECONDS",
-	  "on SIGTERM, time in-flight requests get to finish (default 10)" },
+	  "on SIGTERM, time in-flight requests get to finish" },
 	{ "max-frame", T_BYTES32, L(max_frame), ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST, "BYTES",
 	  "largest frame payload" },
 	{ "max-connections", T_U32, L(max_connections), 1, 65536, "N", "clients connected at once" },
@@ -81,10 +81,11 @@ static void usage(FILE *f, const anes_options *dflt)
 	fprintf(f,
 	        "Usage: aneshared [OPTIONS]\n"
 	        "Share compiled neural-network programs and memory surfaces between processes.\n\n"
-	        "  --config FILE      read settings from FILE (default: $XDG_CONFIG_HOME/aneshare/\n"
-	        "                     aneshared.conf or ~/.config/aneshare/aneshared.conf if it exists);\n"
-	        "                     every option below is also a \"key = value\" line there, with\n"
-	        "                     '_' for '-' (e.g. max_inflight = 32); the command line wins\n");
+	        "  %-30s read settings from FILE (default: $XDG_CONFIG_HOME/aneshare/aneshared.conf\n"
+	        "  %-30s or ~/.config/aneshare/aneshared.conf, if it exists); every option below is\n"
+	        "  %-30s also a \"key = value\" line there, with '_' for '-' (max_inflight = 32);\n"
+	        "  %-30s the command line wins\n",
+	        "--config FILE", "", "", "");
 	for (size_t i = 0; i < N_DEFS; i++) {
 		const optdef *d = &defs[i];
 		if (!d->help)
@@ -162,8 +163,8 @@ static int parse_uid(const char *s, uint32_t *ret)
 	return 0;
 }
 
-/* Set d from text s; where names the source for the message ("--max-frame",
- * "FILE:LINE"). */
+/* Set d from text s; where names the source for messages: "--max-frame" for
+ * a flag, "FILE:LINE: max_frame" for a line of the file. */
 static int set_value(anes_options *o, const optdef *d, const char *s, const char *where)
 {
 	void *p = (char *)o + d->off;
@@ -177,7 +178,7 @@ static int set_value(anes_options *o, const optdef *d, const char *s, const char
 	case T_BYTES32:
 		r = parse_u64(s, d->type == T_BYTES || d->type == T_BYTES32, &v);
 		if (r < 0 || v < d->lo || v > d->hi) {
-			fprintf(stderr, "aneshared: %s: %s: \"%s\" is not %s in %llu..%llu\n", where, d->key, s,
+			fprintf(stderr, "aneshared: %s: \"%s\" is not %s in %llu..%llu\n", where, s,
 			        d->type == T_BYTES || d->type == T_BYTES32 ? "a byte count" : "a number",
 			        (unsigned long long)d->lo, (unsigned long long)d->hi);
 			return -EINVAL;
@@ -203,7 +204,7 @@ static int set_value(anes_options *o, const optdef *d, const char *s, const char
 		} else if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "0")) {
 			*(bool *)p = false;
 		} else {
-			fprintf(stderr, "aneshared: %s: %s: \"%s\" is not true or false\n", where, d->key, s);
+			fprintf(stderr, "aneshared: %s: \"%s\" is not true or false\n", where, s);
 			return -EINVAL;
 		}
 		return 0;
@@ -211,12 +212,11 @@ static int set_value(anes_options *o, const optdef *d, const char *s, const char
 		uint32_t uid;
 		r = parse_uid(s, &uid);
 		if (r < 0) {
-			fprintf(stderr, "aneshared: %s: %s: \"%s\" is neither a uid nor a user name\n", where,
-			        d->key, s);
+			fprintf(stderr, "aneshared: %s: \"%s\" is neither a uid nor a user name\n", where, s);
 			return -EINVAL;
 		}
 		if (o->n_allow_uids >= 1024) {
-			fprintf(stderr, "aneshared: %s: %s: at most 1024 users\n", where, d->key);
+			fprintf(stderr, "aneshared: %s: at most 1024 users\n", where);
 			return -EINVAL;
 		}
 		uint32_t *u = realloc(o->allow_uids, (o->n_allow_uids + 1) * sizeof(*u));
@@ -292,7 +292,9 @@ static int parse_file(anes_options *o, FILE *f, const char *name)
 			fprintf(stderr, "aneshared: %s: %s has no value\n", where, key);
 			return -EINVAL;
 		}
-		int r = set_value(o, d, val, where);
+		char what[sizeof where + 80];
+		snprintf(what, sizeof what, "%s: %.64s", where, key);
+		int r = set_value(o, d, val, what);
 		if (r < 0)
 			return r;
 	}

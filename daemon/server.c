@@ -350,13 +350,23 @@ static void on_listen(uv_poll_t *h, int status, int events)
 
 /* ---- stopping ---------------------------------------------------------------- */
 
+/* Closing the socket resets connections still waiting in its backlog
+ * (rather than leaving their hello unanswered until the daemon exits). */
+static void on_listen_closed(uv_handle_t *h)
+{
+	anes_server *srv = h->data;
+	if (srv->listen_fd >= 0)
+		close(srv->listen_fd);
+	srv->listen_fd = -1;
+}
+
 /* Refuse new clients: remove the name, stop accepting. */
 static void stop_listening(anes_server *srv)
 {
 	if (srv->listen_closed)
 		return;
 	srv->listen_closed = true;
-	uv_close((uv_handle_t *)&srv->listen_poll, NULL);
+	uv_close((uv_handle_t *)&srv->listen_poll, on_listen_closed);
 	if (srv->own_socket_file) {
 		unlink(srv->socket_path);
 		unlink(srv->lock_path);

@@ -65,7 +65,8 @@ typedef enum anes_msg_type {
 	X(13, BAD_FD, "bad_fd")                /* fd missing, not sealed, or too small */ \
 	X(14, RUN_FAILED, "run_failed")        /* the backend failed during a run */ \
 	X(15, NO_MEMORY, "no_memory")                                                \
-	X(16, INTERNAL, "internal")
+	X(16, INTERNAL, "internal")                                                  \
+	X(17, SHUTTING_DOWN, "shutting_down")  /* the daemon is stopping; not done */
 
 typedef enum anes_wire_error {
 #define ANES_X_(c, N, s) ANES_WERR_##N = c,
@@ -73,7 +74,7 @@ typedef enum anes_wire_error {
 #undef ANES_X_
 } anes_wire_error;
 
-#define ANES_WERR_MAX 16
+#define ANES_WERR_MAX 17
 
 /* "protocol", ... for a known code; NULL otherwise. */
 const char *anes_wire_error_name(int code);

@@ -27,6 +27,10 @@ else
 	say "skipping the fuzz targets: no clang with libFuzzer (Debian: clang libclang-rt-dev)"
 fi
 
+# The 64-client load test with random kills (docs/reliability.md, "Load").
+say "load test"
+ANESHARED="$BUILD/daemon/aneshared" "$BUILD/tests/load/load_test" --seconds "${LOAD_SECONDS:-20}" || status=1
+
 # One closing line over all criterion suites of both builds.
 awk -F'|' '/Synthesis: Tested:/ {
 	for (i = 1; i <= NF; i++) {
