@@ -60,6 +60,7 @@ enum aneshare_error {
 	ANESHARE_ENO_MEMORY = ANESHARE_EBASE + 15,
 	ANESHARE_EINTERNAL = ANESHARE_EBASE + 16,
 	ANESHARE_ESHUTTING_DOWN = ANESHARE_EBASE + 17,  /* the daemon is stopping; the request was not done */
+	ANESHARE_EWORKER_RESTARTED = ANESHARE_EBASE + 18, /* the device worker was lost and restarted; not done */
 
 	/* The library's own codes, clear of the daemon's (wire codes 1-8999). */
 	ANESHARE_EDISCONNECTED = ANESHARE_EBASE + 9001, /* connection lost: retryable */
@@ -72,8 +73,10 @@ ANESHARE_API const char *aneshare_strerror(int err);
 /* True if the call that returned err may succeed when simply made again on
  * the same connection: -ANESHARE_EDISCONNECTED (see "reconnecting") and
  * -ANESHARE_ESHUTTING_DOWN (the daemon was stopping and did not do the
- * request; the next call reconnects to its successor).  Every other code is
- * final for that call. */
+ * request; the next call reconnects to its successor) and
+ * -ANESHARE_EWORKER_RESTARTED (the daemon's device worker was lost during the
+ * call and is being restarted; the connection and its objects are intact).
+ * Every other code is final for that call. */
 ANESHARE_API bool aneshare_error_is_retryable(int err);
 
 typedef struct aneshare_conn aneshare_conn;
@@ -310,6 +313,118 @@ ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
                                      aneshare_surface *const *outputs, size_t n_outputs,
                                      uint32_t *ret_ticket);
 ANESHARE_API int aneshare_wait(aneshare_conn *conn, uint32_t ticket);
+
+/* ---- chained runs ------------------------------------------------------------
+ *
+ * One request that runs several steps back to back in one daemon job (no
+ * round trip between them): e.g. one compiled kernel applied as 28 layers,
+ * each with its own weight surface, step i+1 reading step i's output.
+ * Steps run in order and stop at the first failure; the outputs of the
+ * steps before it have been written. */
+
+#define ANESHARE_MAX_STEPS 256   /* steps in one chain (the daemon's limit) */
+
+typedef struct aneshare_step {
+	aneshare_program *program;              /* borrowed; all steps on one connection */
+	uint32_t function;                      /* index, 0 = main */
+	aneshare_surface *const *inputs;        /* borrowed arrays, as for aneshare_run */
+	size_t n_inputs;
+	aneshare_surface *const *outputs;
+	size_t n_outputs;
+} aneshare_step;
+
+/* Run steps[0..n_steps) (1 <= n_steps <= ANESHARE_MAX_STEPS) in one request
+ * and wait.  On failure aneshare_last_failed_step() names the step that
+ * failed (the daemon's message, in aneshare_last_error, says why), or is -1
+ * when the chain as a whole was refused or never ran (e.g. the connection
+ * broke: -ANESHARE_EDISCONNECTED, not retried, as aneshare_run). */
+ANESHARE_API int aneshare_run_chain(aneshare_conn *conn, const aneshare_step *steps,
+                                    size_t n_steps);
+
+/* The index of the step at which the last failed aneshare_run_chain on conn
+ * stopped, or -1 (no step failed, or no chain failed yet). */
+ANESHARE_API int aneshare_last_failed_step(const aneshare_conn *conn);
+
+/* ---- asynchronous calls ------------------------------------------------------
+ *
+ * Requests go out at once without waiting; responses are matched by ID in
+ * whatever order they come, and a completion callback is called for each.
+ * To fit a connection into an application's own event loop (poll, epoll,
+ * libuv, ...):
+ *   - aneshare_fd(conn) is the socket to watch and aneshare_events(conn) the
+ *     events to watch it for: ANESHARE_EV_READ always, ANESHARE_EV_WRITE as
+ *     well while requests wait in the library for room in the socket (the
+ *     values equal libuv's UV_READABLE and UV_WRITABLE).  Ask for both again
+ *     after every call on the connection: the fd changes when the library
+ *     reconnects, and is -1 while the connection is broken or dead.
+ *   - when the fd is readable or writable, call aneshare_dispatch(conn).  It
+ *     never blocks: it sends what it can, reads what has arrived and calls
+ *     the callbacks of completed requests.
+ * Callbacks are only ever called from aneshare_dispatch (or, with
+ * -ECANCELED, from aneshare_disconnect), on the caller's thread.  A callback
+ * may make any call on the connection (including more async calls) except
+ * aneshare_disconnect.  Blocking calls on the same connection are allowed
+ * too: responses to async calls that they read are kept, and delivered by
+ * the next aneshare_dispatch -- call it after a blocking call when async
+ * calls are outstanding (the data has already been read from the fd, so the
+ * fd may not turn readable again for them).
+ *
+ * Disconnects: when the connection breaks (the daemon died), every async
+ * call in flight completes with -ANESHARE_EDISCONNECTED (retryable: the run
+ * may or may not have happened; -ECONNRESET with reconnecting off), just as
+ * submitted tickets do, and aneshare_dispatch returns that code after
+ * delivering them.  The next call on the connection -- async calls included
+ * -- reconnects first (blocking, bounded by the reconnect timeout), see
+ * "reconnecting"; a request the library had not finished writing is sent
+ * to the new daemon.  A connection that is dead (a protocol error) completes
+ * them with its final code. */
+
+#define ANESHARE_EV_READ 1
+#define ANESHARE_EV_WRITE 2
+
+/* The outcome of an async call, valid during the callback only. */
+typedef struct aneshare_result {
+	int rc;               /* 0, or a negative code as the blocking call would return */
+	int failed_step;      /* chains: the step that failed, else -1 */
+	const char *message;  /* the daemon's (or library's) message when rc < 0, else "" */
+} aneshare_result;
+
+/* userdata is the caller's, passed back untouched. */
+typedef void (*aneshare_done_fn)(aneshare_conn *conn, const aneshare_result *res,
+                                 void *userdata);
+
+/* Start a run (as aneshare_run) and return without waiting; cb (not NULL)
+ * is called exactly once from a later aneshare_dispatch (or
+ * aneshare_disconnect).  Surfaces are borrowed until the callback.  Returns
+ * 0 once the request is queued (sent, or waiting for room: see
+ * aneshare_events), or a negative code -- then cb is never called.  At most
+ * 65536 async calls and tickets may be outstanding on a connection
+ * (-EBUSY beyond). */
+ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
+                                    aneshare_surface *const *inputs, size_t n_inputs,
+                                    aneshare_surface *const *outputs, size_t n_outputs,
+                                    aneshare_done_fn cb, void *userdata);
+
+/* aneshare_run_chain without waiting, as aneshare_run_async. */
+ANESHARE_API int aneshare_run_chain_async(aneshare_conn *conn, const aneshare_step *steps,
+                                          size_t n_steps, aneshare_done_fn cb, void *userdata);
+
+/* The connection's socket (owned by conn: never close it), or -1 while the
+ * connection is broken or dead or conn is NULL. */
+ANESHARE_API int aneshare_fd(const aneshare_conn *conn);
+
+/* ANESHARE_EV_READ | (ANESHARE_EV_WRITE if output waits to be sent), or 0
+ * when aneshare_fd is -1. */
+ANESHARE_API int aneshare_events(const aneshare_conn *conn);
+
+/* Send queued requests, read the responses that have arrived and call their
+ * callbacks, without blocking.  Returns the number of callbacks called (0
+ * if none), or, once the connection broke or died, its code (after calling
+ * the callbacks of the calls that failed with it). */
+ANESHARE_API int aneshare_dispatch(aneshare_conn *conn);
+
+/* Async calls whose callback has not been called yet. */
+ANESHARE_API size_t aneshare_async_outstanding(const aneshare_conn *conn);
 
 /* ---- status ----------------------------------------------------------------- */
 

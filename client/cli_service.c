@@ -313,11 +313,13 @@ static char *self_exe(void)
 	buf[n] = '\0';
 	return strdup(buf);
 #elif defined(__APPLE__)
+	/* The path it was started by, symlinks kept: Homebrew's bin/ links
+	 * survive upgrades, the Cellar paths they point to do not. */
 	char buf[PATH_MAX];
 	uint32_t size = sizeof buf;
 	if (_NSGetExecutablePath(buf, &size) != 0)
 		return NULL;
-	return realpath(buf, NULL);
+	return absolute(buf);
 #else
 	return NULL;
 #endif

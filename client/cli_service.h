@@ -11,7 +11,7 @@
 	"                              else the install prefix)\n"                                 \
 	"      --dry-run               show what would be written and run, change nothing\n"       \
 	"      --root DIR              use DIR as the home directory; start nothing (tests)\n"     \
-	"      --systemd, --launchd    the other platform's files (with --root or --dry-run)\n"    \
+	"      --systemd|--launchd     the kind of files (default: this system's)\n"              \
 	"  service uninstall           stop the service and remove its files (same options)\n"    \
 	"  service status              what is installed, and whether the daemon answers\n"
 

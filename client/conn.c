@@ -53,6 +53,8 @@ static void fail_outstanding(aneshare_conn *c, int rc, const char *msg)
 			p->rc = rc;
 			p->msg = strdup(msg);
 			c->n_outstanding--;
+			if (p->cb)
+				c->n_async_done++;
 		}
 	}
 	if (c->sync_active && !c->sync_done) {
@@ -177,7 +179,7 @@ int anesc_pending_add(aneshare_conn *c, uint32_t msgid)
 		c->pending = p;
 		c->cap_pending = cap;
 	}
-	c->pending[c->n_pending++] = (anesc_pending){ .msgid = msgid };
+	c->pending[c->n_pending++] = (anesc_pending){ .msgid = msgid, .failed_step = -1 };
 	c->n_outstanding++;
 	return 0;
 }
@@ -189,6 +191,11 @@ void anesc_pending_drop(aneshare_conn *c, uint32_t msgid)
 		return;
 	if (!p->done)
 		c->n_outstanding--;
+	if (p->cb) {
+		c->n_async--;
+		if (p->done)
+			c->n_async_done--;
+	}
 	free(p->msg);
 	*p = c->pending[--c->n_pending];
 }
@@ -228,9 +235,12 @@ static void handle_response(aneshare_conn *c, const anes_msg *m, int *fds, unsig
 		return;   /* not ours (or a duplicate): ignore */
 	char msg[ANESC_ERRMSG_MAX];
 	int rc = 0;
-	if (m->error)
+	uint32_t step;
+	if (m->error) {
 		rc = decode_error(m, msg, sizeof msg);
-	else if (nfds > 0) {
+		if (anes_mp_u32(m->error, "failed_step", &step) == 0 && step < INT32_MAX)
+			p->failed_step = (int)step;
+	} else if (nfds > 0) {
 		rc = -ANESHARE_EPROTOCOL;
 		snprintf(msg, sizeof msg, "the daemon sent an fd with a run result");
 	}
@@ -238,6 +248,8 @@ static void handle_response(aneshare_conn *c, const anes_msg *m, int *fds, unsig
 	p->rc = rc;
 	p->msg = rc < 0 ? strdup(msg) : NULL;
 	c->n_outstanding--;
+	if (p->cb)
+		c->n_async_done++;
 }
 
 static void handle_notify(aneshare_conn *c, const anes_msg *m)
@@ -260,8 +272,9 @@ static void handle_notify(aneshare_conn *c, const anes_msg *m)
 	conn_kill(c, rc, "%s", msg);
 }
 
-/* Read and handle one frame (blocking). */
-static void pump_one(aneshare_conn *c)
+/* Read and handle one frame: 1 when one was handled (or the connection
+ * broke or died meanwhile); with nowait, 0 when none has arrived. */
+static int pump(aneshare_conn *c, bool nowait)
 {
 	const uint8_t *payload;
 	uint32_t len;
@@ -270,29 +283,33 @@ static void pump_one(aneshare_conn *c)
 
 	for (;;) {
 		if (c->dead || c->broken)
-			return;
+			return 1;
 		int r = anes_io_next_frame(&c->io, &payload, &len, fds, &nfds);
 		if (r < 0) {
 			conn_kill(c, -ANESHARE_EPROTOCOL, "malformed frame from the daemon: %s",
 			          strerror(-r));
-			return;
+			return 1;
 		}
 		if (r > 0)
 			break;
+		c->io.msg_flags = nowait ? MSG_DONTWAIT : 0;
 		ssize_t n = anes_io_read(&c->io);
+		c->io.msg_flags = 0;
 		if (n == -EINTR)
 			continue;
+		if (n == -EAGAIN && nowait)
+			return 0;
 		if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
 			conn_break(c, "the daemon closed the connection");
-			return;
+			return 1;
 		}
 		if (n == -EPROTO) {
 			conn_kill(c, -ANESHARE_EPROTOCOL, "bad file descriptors from the daemon");
-			return;
+			return 1;
 		}
 		if (n < 0) {
 			conn_kill(c, (int)n, "reading from the daemon: %s", strerror((int)-n));
-			return;
+			return 1;
 		}
 	}
 
@@ -300,7 +317,7 @@ static void pump_one(aneshare_conn *c)
 	if (!msgpack_zone_init(&zone, 2048)) {
 		close_fds(fds, nfds);
 		conn_kill(c, -ENOMEM, "out of memory");
-		return;
+		return 1;
 	}
 	anes_msg m;
 	int r = anes_msg_decode(payload, len, &zone, &m);
@@ -316,6 +333,12 @@ static void pump_one(aneshare_conn *c)
 	}
 	close_fds(fds, nfds);
 	msgpack_zone_destroy(&zone);
+	return 1;
+}
+
+static void pump_one(aneshare_conn *c)
+{
+	(void)pump(c, false);
 }
 
 /* ---- sending ------------------------------------------------------------------- */
@@ -333,6 +356,18 @@ int anesc_begin(aneshare_conn *c, anes_frame *f, const char *method, uint32_t n_
 	anes_pack_request(&f->pk, id, method, n_params);
 	*ret_msgid = id;
 	return 0;
+}
+
+/* A flush failed with r: the stream is broken (see anesc_send). */
+static int send_failed(aneshare_conn *c, int r)
+{
+	if (r == -EPIPE || r == -ECONNRESET) {
+		while (!c->dead && !c->broken)
+			pump_one(c);
+	} else {
+		conn_kill(c, r, "writing to the daemon: %s", strerror(-r));
+	}
+	return conn_dead(c);
 }
 
 int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds)
@@ -360,15 +395,55 @@ int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds)
 		 * why in an error notification: read what it sent (the peer is gone,
 		 * so this cannot block for long).  Responses to runs that it sent
 		 * before are taken too. */
-		if (r == -EPIPE || r == -ECONNRESET) {
-			while (!c->dead && !c->broken)
-				pump_one(c);
-		} else {
-			conn_kill(c, r, "writing to the daemon: %s", strerror(-r));
-		}
-		return conn_dead(c);
+		return send_failed(c, r);
 	}
 	return 0;
+}
+
+static int flush_nowait(aneshare_conn *c)
+{
+	int r;
+	c->io.msg_flags = MSG_DONTWAIT;
+	do {
+		r = anes_io_flush(&c->io);
+	} while (r == -EINTR);
+	c->io.msg_flags = 0;
+	if (r == -EAGAIN)
+		return 0;   /* the rest waits for writable: aneshare_events */
+	return r < 0 ? send_failed(c, r) : 0;
+}
+
+int anesc_send_nowait(aneshare_conn *c, anes_frame *f)
+{
+	void *data;
+	size_t len;
+	int r = anes_frame_finish(f, 0, c->io.max_frame, &data, &len);
+	if (r < 0) {
+		anes_frame_release(f);
+		if (r == -EMSGSIZE)
+			return anesc_fail(c, r, "request larger than the daemon's max_frame (%u bytes)",
+			                  c->io.max_frame);
+		return anesc_fail(c, r, "building the request: %s", strerror(-r));
+	}
+	r = anes_io_queue(&c->io, data, len, NULL, 0);
+	if (r < 0)
+		return anesc_fail(c, r, "queueing the request: %s", strerror(-r));
+	return flush_nowait(c);
+}
+
+int anesc_io_nowait(aneshare_conn *c)
+{
+	if (c->dead || c->broken)
+		return c->dead ? c->dead : anesc_broken_rc(c);
+	int r = anes_io_want_write(&c->io) ? flush_nowait(c) : 0;
+	/* Read until nothing more has arrived: a level-triggered poll would
+	 * report the fd again anyway, but a frame already in the buffer
+	 * would not. */
+	while (r == 0 && !c->dead && !c->broken && pump(c, true) > 0)
+		;
+	if (c->dead || c->broken)
+		return c->dead ? c->dead : anesc_broken_rc(c);
+	return r;
 }
 
 int anesc_wait_for(aneshare_conn *c, uint32_t msgid, anesc_result_fn fn, void *ud)
@@ -466,22 +541,29 @@ void anesc_release_quiet(aneshare_conn *c, const char *method, uint32_t id)
 
 /* ---- waiting for a run ------------------------------------------------------- */
 
-ANESHARE_API int aneshare_wait(aneshare_conn *c, uint32_t ticket)
+int anesc_pending_wait(aneshare_conn *c, uint32_t ticket, int *ret_failed_step)
 {
-	if (!c)
-		return -EINVAL;
 	anesc_pending *p = pending_find(c, ticket);
-	if (!p)
+	if (!p || p->cb)   /* async calls are not tickets */
 		return anesc_fail(c, -ENOENT, "no run with ticket %u is outstanding", ticket);
 	while (!p->done) {
 		pump_one(c);
 		p = pending_find(c, ticket);   /* the table does not move while pumping, but be safe */
 	}
 	int rc = p->rc;
+	if (ret_failed_step)
+		*ret_failed_step = p->failed_step;
 	if (rc < 0)
 		anesc_fail(c, rc, "%s", p->msg ? p->msg : "");
 	anesc_pending_drop(c, ticket);
 	return rc;
+}
+
+ANESHARE_API int aneshare_wait(aneshare_conn *c, uint32_t ticket)
+{
+	if (!c)
+		return -EINVAL;
+	return anesc_pending_wait(c, ticket, NULL);
 }
 
 /* ---- helpers -------------------------------------------------------------------- */
@@ -791,6 +873,7 @@ ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_na
 	c->fd = -1;
 	anes_io_init(&c->io, -1, ANES_FRAME_MAX_DEFAULT);
 	c->next_msgid = 1;
+	c->last_failed_step = -1;
 	c->reconnect = true;
 	c->reconnect_timeout_ms = timeout_from_env();
 	c->socket_path = strdup(socket_path);
@@ -816,6 +899,7 @@ ANESHARE_API void aneshare_disconnect(aneshare_conn *c)
 {
 	if (!c)
 		return;
+	anesc_async_cancel_all(c);
 	while (c->surfaces)
 		anesc_surface_free_local(c->surfaces);
 	while (c->programs)
@@ -867,5 +951,6 @@ ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *c)
 
 ANESHARE_API bool aneshare_error_is_retryable(int err)
 {
-	return err == -ANESHARE_EDISCONNECTED || err == -ANESHARE_ESHUTTING_DOWN;
+	return err == -ANESHARE_EDISCONNECTED || err == -ANESHARE_ESHUTTING_DOWN ||
+	       err == -ANESHARE_EWORKER_RESTARTED;
 }

@@ -26,6 +26,9 @@ typedef struct anesc_pending {
 	bool done;
 	int rc;
 	char *msg;                 /* owned; the daemon's message when rc < 0 */
+	int failed_step;           /* -1, or the chain step the daemon says failed */
+	aneshare_done_fn cb;       /* async calls (async.c): called by aneshare_dispatch; NULL for tickets */
+	void *cb_ud;
 } anesc_pending;
 
 /* Called with the result map of the response a synchronous call waits for.
@@ -96,6 +99,9 @@ struct aneshare_conn {
 	anesc_pending *pending;        /* owned array, n_pending used of cap_pending */
 	size_t n_pending, cap_pending;
 	size_t n_outstanding;          /* pending entries not done */
+	size_t n_async;                /* pending entries with a callback, done or not */
+	size_t n_async_done;           /* of those, done and not yet delivered */
+	int last_failed_step;          /* aneshare_last_failed_step */
 
 	/* the synchronous call being waited for */
 	bool sync_active, sync_done, sync_killed;
@@ -192,6 +198,19 @@ int anesc_pending_add(aneshare_conn *c, uint32_t msgid);
 void anesc_pending_drop(aneshare_conn *c, uint32_t msgid);
 /* Read frames until fewer than limit runs are outstanding. */
 int anesc_pending_throttle(aneshare_conn *c, size_t limit);
+/* Wait for a pending entry (a ticket) and drop it: its result, and its
+ * failed step in *ret_failed_step (may be NULL) whatever the result. */
+int anesc_pending_wait(aneshare_conn *c, uint32_t msgid, int *ret_failed_step);
+
+/* Non-blocking I/O for async calls (async.c).  anesc_send_nowait is
+ * anesc_send that queues what the socket does not take now (aneshare_events
+ * then asks for writable).  anesc_io_nowait sends what it can and reads and
+ * handles every frame that has arrived; 0, or the code of a broken or dead
+ * connection. */
+int anesc_send_nowait(aneshare_conn *c, anes_frame *f);
+int anesc_io_nowait(aneshare_conn *c);
+/* At disconnect: call every undelivered callback with -ECANCELED. */
+void anesc_async_cancel_all(aneshare_conn *c);
 
 /* Copy a msgpack str (bounded) into a new NUL-terminated string: 0,
  * -ENOENT, -EINVAL (wrong type, too long or holds a NUL), -ENOMEM. */

@@ -15,6 +15,8 @@
  *             cannot run (unknown op, unsupported dtype or argument)
  *   -ENOMEM   out of memory
  *   -EIO      the device failed (ANE backend)
+ *   -ECONNRESET  the call was not done because the device worker was lost
+ *             (proxy backend, docs/worker.md); it may be made again
  */
 #ifndef ANES_BACKEND_H
 #define ANES_BACKEND_H
@@ -74,6 +76,28 @@ typedef struct anes_weight {
 typedef struct anes_backend anes_backend;
 typedef struct anes_bprogram anes_bprogram;
 
+/* One run argument described by the shared memory it lives in, for backends
+ * that run in another process (run_surfaces below).  key names the surface
+ * for the daemon's lifetime (never reused); fd is its memfd (borrowed, valid
+ * until surface_release(key)); ptr == the daemon's mapping + offset. */
+typedef struct anes_surface_desc {
+	void *ptr;
+	int fd;
+	uint64_t key;
+	uint64_t offset;
+	uint64_t size;      /* of the whole surface */
+} anes_surface_desc;
+
+/* What status reports about a device worker (worker_info below). */
+typedef struct anes_worker_info {
+	int64_t pid;                /* of the current worker; 0 while none runs */
+	uint64_t restarts;          /* workers started after the first */
+	uint64_t compiles;          /* compiles sent to the current worker */
+	uint64_t compile_budget;    /* 0 = unlimited */
+	uint64_t recompiles;        /* programs recompiled after restarts, in total */
+	const char *backend;        /* the backend inside the worker ("cpu", "ane") */
+} anes_worker_info;
+
 /* Every backend program starts with this header, so the daemon can read the
  * interface of a program without knowing the backend. */
 struct anes_bprogram {
@@ -108,6 +132,24 @@ typedef struct anes_backend_ops {
 
 	/* Free the backend.  Accepts NULL.  All its programs must be freed first. */
 	void (*destroy)(anes_backend *b);
+
+	/* ---- optional (NULL in in-process backends) ---- */
+
+	/* run, with each argument described by its surface (inputs then
+	 * outputs, n_inputs + n_outputs entries).  When present the daemon keeps
+	 * every surface's fd (CLOEXEC) while the surface lives, calls this
+	 * instead of run, and calls surface_release once the surface is gone.
+	 * Same rules as run. */
+	int (*run_surfaces)(anes_backend *b, anes_bprogram *prog, uint32_t fn_index,
+	                    const anes_surface_desc *args, uint32_t n_args,
+	                    char *errbuf, size_t errbuf_len);
+
+	/* The surface key is gone: no run uses it, its fd is about to close.
+	 * Called on the daemon's loop thread; must not block for long. */
+	void (*surface_release)(anes_backend *b, uint64_t key);
+
+	/* Fill *ret (strings owned by the backend).  Any thread. */
+	void (*worker_info)(anes_backend *b, anes_worker_info *ret);
 } anes_backend_ops;
 
 struct anes_backend {

@@ -115,6 +115,7 @@ struct anes_server {
 
 	uint64_t start_ns;
 	anes_stats stats;
+	uint64_t next_surface_key;   /* anes_surface.key */
 };
 
 /* ---- connections (conn.c) ------------------------------------------------- */
@@ -192,10 +193,14 @@ struct anes_surface {
 	void *map;          /* MAP_SHARED, size bytes */
 	uint64_t size;
 	anes_conn *owner;   /* referenced: accounting outlives the table entry */
+	uint64_t key;       /* unique in this daemon (backend.h, anes_surface_desc) */
+	int fd;             /* a CLOEXEC dup of the memfd when the backend has
+	                     * run_surfaces (device worker), else -1 */
 };
 
-/* Map size bytes of fd (not taken; the mapping keeps the memory alive).
- * Counts against owner's totals.  -ENOMEM. */
+/* Map size bytes of fd (not taken; the mapping keeps the memory alive, and
+ * a dup is kept when the backend shares surfaces with another process).
+ * Counts against owner's totals.  -ENOMEM, -EMFILE. */
 int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret);
 anes_surface *anes_surface_ref(anes_surface *s);
 anes_surface *anes_surface_unref(anes_surface *s);

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* aneshared: a thin shell over the server library (server.h); settings in options.c. */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,11 +14,82 @@
 #include "anes_proto.h"
 #include "ane_backend.h"
 #include "backend.h"
+#include "devworker.h"
 #include "options.h"
 #include "server.h"
 
+#ifdef __APPLE__
+#include <mach-o/dyld.h>
+#endif
+
+/* The binary to run as the device worker. */
+static const char *self_exe(void)
+{
+#ifdef __APPLE__
+	static char buf[PATH_MAX];
+	uint32_t len = sizeof buf;
+	return _NSGetExecutablePath(buf, &len) == 0 ? buf : "aneshared";
+#else
+	return "/proc/self/exe";
+#endif
+}
+
+/* The backend named name ("cpu" or "ane"), in this process. */
+static int backend_new(const char *name, anes_backend **ret, char *why, size_t whylen)
+{
+	if (strcmp(name, "cpu") == 0)
+		return anes_cpu_backend_new(0, ret);
+	const anes_ane_bridge *bridge;
+	int r = anes_ane_bridge_open(&bridge, why, whylen);
+	if (r == 0)
+		r = anes_ane_backend_new(bridge, ret, why, whylen);
+	return r;
+}
+
+/* aneshared --worker-child FD --backend NAME --threads N [--worker-fault F]:
+ * the device worker (docs/worker.md), started by the daemon only. */
+static int worker_child_main(int argc, char **argv)
+{
+	int fd = -1;
+	unsigned threads = 2;
+	const char *backend = "cpu", *fault = NULL;
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "--worker-child"))
+			fd = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--backend"))
+			backend = argv[i + 1];
+		else if (!strcmp(argv[i], "--threads"))
+			threads = (unsigned)atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--worker-fault"))
+			fault = argv[i + 1];
+	}
+	if (fd < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+		fprintf(stderr, "aneshared worker: no channel to the daemon\n");
+		return 1;
+	}
+	if (fault && !strcmp(fault, "start_fail")) {
+		fprintf(stderr, "aneshared worker: injected start failure (--worker-fault start_fail)\n");
+		return 1;
+	}
+	anes_backend *b = NULL;
+	char why[512] = "";
+	int r = backend_new(backend, &b, why, sizeof why);
+	if (r < 0) {
+		fprintf(stderr, "aneshared worker: cannot start the %s backend: %s\n", backend,
+		        why[0] ? why : strerror(-r));
+		return 1;
+	}
+	int status = anes_devworker_serve(fd, b, threads);
+	b->ops->destroy(b);
+	close(fd);
+	return status;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "--worker-child"))
+		return worker_child_main(argc, argv);
+
 	anes_options opts;
 	int r = anes_options_parse(&opts, argc, argv);
 	if (r != 0) {
@@ -77,6 +150,36 @@ int main(int argc, char **argv)
 			close(cfg.listen_fd);
 		anes_options_free(&opts);
 		return 1;
+	}
+
+	const char *bname = backend->ops->name ? backend->ops->name : "cpu";
+	bool is_ane = strcmp(bname, "ane") == 0;
+	if (opts.worker > 0 || (opts.worker < 0 && is_ane)) {
+		/* The in-process backend was the probe; the worker hosts its own. */
+		anes_wproxy_config wc = {
+			.exe = self_exe(),
+			.backend = is_ane ? "ane" : "cpu",
+			.compile_budget = opts.compile_budget != UINT32_MAX ? opts.compile_budget
+			                  : is_ane                         ? 119
+			                                                   : 0,
+			.threads = cfg.workers ? cfg.workers : 2,
+			.fault = opts.worker_fault,
+		};
+		backend->ops->destroy(backend);
+		backend = NULL;
+		char why[512] = "";
+		r = anes_wproxy_new(&wc, &backend, why, sizeof why);
+		if (r < 0) {
+			fprintf(stderr, "aneshared: %s\n", why[0] ? why : strerror(-r));
+			if (cfg.listen_fd >= 0)
+				close(cfg.listen_fd);
+			anes_options_free(&opts);
+			return 1;
+		}
+		anes_worker_info wi;
+		backend->ops->worker_info(backend, &wi);
+		fprintf(stderr, "aneshared: device worker pid %lld (backend %s, compile budget %llu)\n",
+		        (long long)wi.pid, wi.backend, (unsigned long long)wi.compile_budget);
 	}
 	cfg.backend = backend;
 

@@ -190,7 +190,11 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	if (ctx.n > fit)
 		ctx.n = fit;
 
-	anes_pack_result(&f.pk, m->msgid, 14);
+	const anes_backend *b = srv->backend;
+	anes_worker_info wi = { 0 };
+	if (b->ops->worker_info)
+		b->ops->worker_info(srv->backend, &wi);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 15 : 14);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -204,6 +208,16 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
 	pack_kv_u64(&f.pk, "refused", srv->stats.refused);
 	pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
+	if (b->ops->worker_info) {
+		anes_pack_str(&f.pk, "worker");
+		msgpack_pack_map(&f.pk, 6);
+		pack_kv_u64(&f.pk, "pid", wi.pid > 0 ? (uint64_t)wi.pid : 0);
+		pack_kv_str(&f.pk, "backend", wi.backend ? wi.backend : "unknown");
+		pack_kv_u64(&f.pk, "restarts", wi.restarts);
+		pack_kv_u64(&f.pk, "compiles", wi.compiles);
+		pack_kv_u64(&f.pk, "compile_budget", wi.compile_budget);
+		pack_kv_u64(&f.pk, "recompiles", wi.recompiles);
+	}
 	anes_pack_str(&f.pk, "programs");
 	msgpack_pack_array(&f.pk, ctx.n);
 	anes_cache_foreach(srv->cache, pack_program, &ctx);
@@ -543,8 +557,19 @@ static void run_work(anes_job *j)
 		return;
 	}
 	uint64_t t0 = anes_now_ns();
-	rj->rc = b->ops->run(b, rj->entry->prog, rj->fn, rj->in, (void *const *)rj->out, rj->err,
-	                     sizeof(rj->err));
+	if (b->ops->run_surfaces) {
+		anes_surface_desc d[2 * ANES_MAX_IO];
+		uint32_t n = rj->n_in + rj->n_out;
+		for (uint32_t i = 0; i < n && i < 2 * ANES_MAX_IO; i++) {
+			const anes_surface *s = rj->surf[i];
+			d[i] = (anes_surface_desc){ .ptr = s->map, .fd = s->fd, .key = s->key,
+			                            .offset = 0, .size = s->size };
+		}
+		rj->rc = b->ops->run_surfaces(b, rj->entry->prog, rj->fn, d, n, rj->err, sizeof(rj->err));
+	} else {
+		rj->rc = b->ops->run(b, rj->entry->prog, rj->fn, rj->in, (void *const *)rj->out, rj->err,
+		                     sizeof(rj->err));
+	}
 	rj->elapsed_us = (anes_now_ns() - t0) / 1000u;
 	rj->err[sizeof(rj->err) - 1] = '\0';
 }
@@ -566,6 +591,9 @@ static void run_done(anes_job *j, bool cancelled)
 			anes_pack_result(&f.pk, rj->msgid, 1);
 			pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_us);
 			anes_conn_send(c, &f, rj->msgid, NULL, 0);
+		} else if (rj->rc == -ECONNRESET) {
+			anes_conn_reply_error(c, rj->msgid, ANES_WERR_WORKER_RESTARTED, "%s",
+			                      rj->err[0] ? rj->err : "the device worker was lost; retry");
 		} else {
 			anes_conn_reply_error(c, rj->msgid, ANES_WERR_RUN_FAILED, "%s",
 			                      rj->err[0] ? rj->err : strerror(-rj->rc));

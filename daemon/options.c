@@ -22,6 +22,8 @@ typedef enum opt_type {
 	T_STR,       /* char *, strdup'ed */
 	T_BOOL,
 	T_UID,       /* appended to allow_uids: a number or a user name */
+	T_TRI,       /* int: -1 unset, 0, 1 (a boolean that knows it was not given) */
+	T_TRI_NOT,   /* the same field, negated: --no-X */
 } opt_type;
 
 typedef struct optdef {
@@ -71,7 +73,14 @@ static const optdef defs[] = {
 	  "... for this long" },
 	{ "drop-unsent-hard-bytes", T_BYTES, L(drop_unsent_hard_bytes), 1, 64 * GiB, "BYTES",
 	  "drop a client at once when its unread output would exceed this" },
-	/* Test hook, see docs/reliability.md. */
+	{ "worker", T_TRI, O(worker), 0, 0, NULL,
+	  "run the backend in a device worker process (default: yes for ane, no for cpu)" },
+	{ "no-worker", T_TRI_NOT, O(worker), 0, 0, NULL, "run the backend inside the daemon" },
+	{ "compile-budget", T_U32, O(compile_budget), 0, 100000000, "N",
+	  "compiles per device worker before it is replaced, 0 = unlimited "
+	  "(default 119 for ane, unlimited for cpu)" },
+	/* Test hooks, see docs/reliability.md and docs/worker.md. */
+	{ "worker-fault", T_STR, O(worker_fault), 0, 0, "start_fail", NULL },
 	{ "fault-inject", T_STR, O(fault_run_fail), 0, 0, "run_fail=NAME", NULL },
 };
 #define N_DEFS (sizeof(defs) / sizeof(defs[0]))
@@ -97,7 +106,7 @@ static void usage(FILE *f, const anes_options *dflt)
 		switch (d->type) {
 		case T_U32:
 		case T_BYTES32:
-			if (d->off != O(cfg.workers))
+			if (d->off != O(cfg.workers) && d->off != O(compile_budget))
 				fprintf(f, " (default %u)", *(const uint32_t *)p);
 			break;
 		case T_U64:
@@ -199,15 +208,23 @@ static int set_value(anes_options *o, const optdef *d, const char *s, const char
 		return 0;
 	}
 	case T_BOOL:
+	case T_TRI:
+	case T_TRI_NOT: {
+		int bv;
 		if (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "1")) {
-			*(bool *)p = true;
+			bv = 1;
 		} else if (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "0")) {
-			*(bool *)p = false;
+			bv = 0;
 		} else {
 			fprintf(stderr, "aneshared: %s: \"%s\" is not true or false\n", where, s);
 			return -EINVAL;
 		}
+		if (d->type == T_BOOL)
+			*(bool *)p = bv;
+		else
+			*(int *)p = d->type == T_TRI_NOT ? !bv : bv;
 		return 0;
+	}
 	case T_UID: {
 		uint32_t uid;
 		r = parse_uid(s, &uid);
@@ -284,7 +301,8 @@ static int parse_file(anes_options *o, FILE *f, const char *name)
 		*eq = '\0';
 		char *key = trim(s), *val = trim(eq + 1);
 		const optdef *d = find_key(key, true);
-		if (!d || !strcmp(key, "fault_inject")) {
+		if (!d || !strcmp(key, "fault_inject") || !strcmp(key, "no_worker") ||
+		    !strcmp(key, "worker_fault")) {
 			fprintf(stderr, "aneshared: %s: unknown key \"%s\"\n", where, key);
 			return -EINVAL;
 		}
@@ -361,7 +379,7 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 	size_t n = 0;
 	int r;
 
-	*o = (anes_options){ .shutdown_timeout_s = 10 };
+	*o = (anes_options){ .shutdown_timeout_s = 10, .worker = -1, .compile_budget = UINT32_MAX };
 	anes_server_config_init(&o->cfg);
 	o->cfg.handle_signals = true;
 
@@ -386,7 +404,11 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 	}
 
 	for (size_t i = 0; i < N_DEFS; i++)
-		lopts[n++] = (struct option){ defs[i].key, defs[i].type == T_BOOL ? no_argument : required_argument,
+		lopts[n++] = (struct option){ defs[i].key,
+		                              defs[i].type == T_BOOL || defs[i].type == T_TRI ||
+		                                              defs[i].type == T_TRI_NOT
+		                                      ? no_argument
+		                                      : required_argument,
 		                              NULL, 1000 + (int)i };
 	lopts[n++] = (struct option){ "config", required_argument, NULL, 'c' };
 	lopts[n++] = (struct option){ "help", no_argument, NULL, 'h' };
@@ -400,7 +422,8 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 			const optdef *d = &defs[c - 1000];
 			char where[80];
 			snprintf(where, sizeof where, "--%s", d->key);
-			r = set_value(o, d, d->type == T_BOOL ? "true" : optarg, where);
+			r = set_value(o, d, d->type == T_BOOL || d->type == T_TRI || d->type == T_TRI_NOT ? "true" : optarg,
+			              where);
 			if (r < 0)
 				return -EINVAL;
 			continue;
@@ -434,6 +457,10 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 		fprintf(stderr, "aneshared: --fault-inject: only run_fail=FUNCTION is known\n");
 		return -EINVAL;
 	}
+	if (o->worker_fault && strcmp(o->worker_fault, "start_fail") != 0) {
+		fprintf(stderr, "aneshared: --worker-fault: only start_fail is known\n");
+		return -EINVAL;
+	}
 	finish(o);
 	return 0;
 }
@@ -443,6 +470,7 @@ void anes_options_free(anes_options *o)
 	free(o->socket_path);
 	free(o->backend_name);
 	free(o->fault_run_fail);
+	free(o->worker_fault);
 	free(o->allow_uids);
 	free(o->config_path);
 	*o = (anes_options){ 0 };

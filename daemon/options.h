@@ -31,6 +31,14 @@ typedef struct anes_options {
 	size_t n_allow_uids;
 	char *config_path;          /* the file that was read, or NULL */
 	uint32_t shutdown_timeout_s;
+
+	/* The device worker (docs/worker.md): -1 = the backend's default (yes
+	 * for ane, no for cpu), 0 = --no-worker, 1 = --worker. */
+	int worker;
+	/* --compile-budget: UINT32_MAX = the backend's default (119 for ane,
+	 * unlimited for cpu); 0 = unlimited. */
+	uint32_t compile_budget;
+	char *worker_fault;         /* hidden test hook, passed to the worker */
 } anes_options;
 
 /* Fill o from argv and the configuration file.  Returns 0 when the daemon

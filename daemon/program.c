@@ -346,6 +346,14 @@ static void answer_waiter(anes_centry *e, anes_waiter *w, int rc, const char *er
 		anes_conn_reply_error(c, w->msgid, ANES_WERR_SHUTTING_DOWN,
 		                      "the daemon is shutting down; the compile was not done");
 		break;
+	case -ECONNRESET:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_WORKER_RESTARTED, "%s",
+		                      err[0] ? err : "the device worker was lost; retry");
+		break;
+	case -ENOSPC:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_LIMIT, "%s",
+		                      err[0] ? err : "the device worker's compile budget is full");
+		break;
 	default:
 		anes_conn_reply_error(c, w->msgid, ANES_WERR_INTERNAL, "compile failed (%s)%s%s",
 		                      strerror(-rc), err[0] ? ": " : "", err);

@@ -15,6 +15,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#ifdef __APPLE__
+#include <launch.h>   /* launch_activate_socket (libSystem) */
+#endif
 
 #include "daemon.h"
 
@@ -120,11 +123,45 @@ static int set_cloexec_nonblock(int fd)
 int anes_listen_fd_from_env(int *ret_fd)
 {
 #ifdef __APPLE__
-	/* Hook for launchd activation: launch_activate_socket("Listeners", ...)
-	 * returns the fds of the plist's Sockets entry; to be wired up with
-	 * launchd/ (not done yet). */
-	(void)ret_fd;
-	return 0;
+	/* launchd: the socket of the agent's Sockets/Listeners entry
+	 * (launchd/com.aneshare.aneshared.plist.in).  ESRCH: not started by
+	 * launchd; ENOENT: a launchd job without that socket (say launchd could
+	 * not bind it): either way the daemon makes its own socket. */
+	int *fds = NULL;
+	size_t n = 0;
+	int e = launch_activate_socket("Listeners", &fds, &n);
+	if (e == ESRCH || e == ENOENT)
+		return 0;
+	if (e != 0)
+		return -e;
+	if (n == 0) {
+		free(fds);
+		return 0;
+	}
+	int fd = fds[0];
+	for (size_t i = 1; i < n; i++)   /* one path, one fd; never leak extras */
+		close(fds[i]);
+	free(fds);
+	struct stat st;
+	int accepting = 0;
+	socklen_t len = sizeof(accepting);
+	int r;
+	if (fstat(fd, &st) < 0)
+		r = -errno;
+	else if (!S_ISSOCK(st.st_mode))
+		r = -ENOTSOCK;
+	else if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) < 0)
+		r = -errno;
+	else if (!accepting)
+		r = -EINVAL;
+	else
+		r = set_cloexec_nonblock(fd);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 1;
 #else
 	const char *pid = getenv("LISTEN_PID");
 	const char *fds = getenv("LISTEN_FDS");
@@ -254,13 +291,32 @@ static int open_listener(anes_server *srv, char *errbuf, size_t errlen)
 	}
 	memcpy(sa.sun_path, srv->socket_path, len);
 
-	/* With the lock held, a file at the path is a stale socket of a daemon
-	 * that died; anything else is not ours to delete. */
+	/* With the lock held, a file at the path is the stale socket of a daemon
+	 * that died, unless something still accepts on it: a daemon started by
+	 * systemd or launchd listens on a socket the service manager made and
+	 * holds no lock.  Anything else is not ours to delete. */
 	struct stat st;
 	if (lstat(srv->socket_path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode)) {
 			errmsg(errbuf, errlen, "%s exists and is not a socket", srv->socket_path);
 			return -EEXIST;
+		}
+#ifdef SOCK_CLOEXEC
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+#else
+		int probe = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (probe >= 0)
+			fcntl(probe, F_SETFD, FD_CLOEXEC);
+#endif
+		if (probe >= 0) {
+			int live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+			close(probe);
+			if (live) {
+				errmsg(errbuf, errlen,
+				       "%s is served by another daemon (started by a service manager?)",
+				       srv->socket_path);
+				return -EADDRINUSE;
+			}
 		}
 		if (unlink(srv->socket_path) < 0 && errno != ENOENT) {
 			int r = -errno;

@@ -3,10 +3,15 @@
  * Surfaces: shared memory mapped MAP_SHARED in the daemon.  The daemon keeps
  * only the mapping, not the fd: the mapping holds the memfd alive, and
  * keeping fds would put 256 clients x 1024 surfaces against RLIMIT_NOFILE.
+ * The exception is a backend in a device worker (run_surfaces): it needs the
+ * fd to share the surface with the worker, again after a worker restart, so
+ * the surface keeps a CLOEXEC dup until it is freed (docs/worker.md).
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <sys/mman.h>
 
 #include "daemon.h"
@@ -18,12 +23,25 @@ int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret
 	anes_surface *s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
+	const anes_backend *b = owner->srv->backend;
+	s->fd = -1;
+	if (b->ops->run_surfaces) {
+		s->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+		if (s->fd < 0) {
+			int r = -errno;
+			free(s);
+			return r;
+		}
+	}
 	void *map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (map == MAP_FAILED) {
 		int r = -errno;
+		if (s->fd >= 0)
+			close(s->fd);
 		free(s);
 		return r == -ENOMEM ? -ENOMEM : r;
 	}
+	s->key = ++owner->srv->next_surface_key;
 	s->refs = 1;
 	s->map = map;
 	s->size = size;
@@ -51,6 +69,12 @@ anes_surface *anes_surface_unref(anes_surface *s)
 	if (--s->refs > 0)
 		return NULL;
 	anes_conn *owner = s->owner;
+	anes_backend *b = owner->srv->backend;
+	if (s->fd >= 0) {
+		if (b->ops->surface_release)
+			b->ops->surface_release(b, s->key);
+		close(s->fd);
+	}
 	munmap(s->map, (size_t)s->size);
 	owner->surfaces_alive--;
 	owner->surface_bytes -= s->size;

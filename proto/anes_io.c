@@ -135,7 +135,7 @@ ssize_t anes_io_read(anes_io *io)
 		msg.msg_iovlen = 1;
 		msg.msg_control = ctl.buf;
 		msg.msg_controllen = sizeof ctl.buf;
-		n = anes_os_recvmsg(io->fd, &msg, MSG_CMSG_CLOEXEC);
+		n = anes_os_recvmsg(io->fd, &msg, MSG_CMSG_CLOEXEC | io->msg_flags);
 	} while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
@@ -246,6 +246,10 @@ int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned 
 	return 0;
 }
 
+/* Frames gathered into one sendmsg: replies and pipelined requests queued
+ * in one loop iteration leave in one system call. */
+#define FLUSH_MAX_IOV 64
+
 int anes_io_flush(anes_io *io)
 {
 	while (io->out_head) {
@@ -254,11 +258,21 @@ int anes_io_flush(anes_io *io)
 			struct cmsghdr h;
 			char buf[CMSG_SPACE(sizeof(int) * ANES_MAX_FDS_PER_FRAME)];
 		} ctl;
-		struct iovec iov = { .iov_base = o->data + o->off, .iov_len = o->len - o->off };
-		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+		struct iovec iov[FLUSH_MAX_IOV];
+		struct msghdr msg = { .msg_iov = iov };
 		ssize_t n;
+		size_t k = 0;
 
-		/* fds travel with the first byte of their frame */
+		/* fds travel with the first byte of their frame, so a frame with
+		 * fds only ever starts a batch */
+		for (anes_out *q = o; q && k < FLUSH_MAX_IOV; q = q->next) {
+			if (k > 0 && q->nfds > 0)
+				break;
+			iov[k].iov_base = q->data + q->off;
+			iov[k].iov_len = q->len - q->off;
+			k++;
+		}
+		msg.msg_iovlen = k;
 		if (o->off == 0 && o->nfds > 0) {
 			memset(&ctl, 0, sizeof ctl);
 			msg.msg_control = ctl.buf;
@@ -270,7 +284,7 @@ int anes_io_flush(anes_io *io)
 			memcpy(CMSG_DATA(c), o->fds, sizeof(int) * o->nfds);
 		}
 		do
-			n = anes_os_sendmsg(io->fd, &msg, MSG_NOSIGNAL);
+			n = anes_os_sendmsg(io->fd, &msg, MSG_NOSIGNAL | io->msg_flags);
 		while (n < 0 && errno == EINTR);
 		if (n < 0)
 			return errno == EWOULDBLOCK ? -EAGAIN : -errno;
@@ -280,9 +294,15 @@ int anes_io_flush(anes_io *io)
 			close_fds(o->fds, o->nfds);
 			o->nfds = 0;
 		}
-		o->off += (size_t)n;
-		io->out_bytes -= (size_t)n;
-		if (o->off == o->len) {
+		size_t left = (size_t)n;
+		io->out_bytes -= left;
+		while (left > 0) {
+			o = io->out_head;
+			size_t take = o->len - o->off < left ? o->len - o->off : left;
+			o->off += take;
+			left -= take;
+			if (o->off < o->len)
+				break;
 			io->out_head = o->next;
 			if (!io->out_head)
 				io->out_tail = NULL;

@@ -66,7 +66,8 @@ typedef enum anes_msg_type {
 	X(14, RUN_FAILED, "run_failed")        /* the backend failed during a run */ \
 	X(15, NO_MEMORY, "no_memory")                                                \
 	X(16, INTERNAL, "internal")                                                  \
-	X(17, SHUTTING_DOWN, "shutting_down")  /* the daemon is stopping; not done */
+	X(17, SHUTTING_DOWN, "shutting_down")  /* the daemon is stopping; not done */ \
+	X(18, WORKER_RESTARTED, "worker_restarted") /* device worker lost; not done, retry */
 
 typedef enum anes_wire_error {
 #define ANES_X_(c, N, s) ANES_WERR_##N = c,
@@ -74,7 +75,7 @@ typedef enum anes_wire_error {
 #undef ANES_X_
 } anes_wire_error;
 
-#define ANES_WERR_MAX 17
+#define ANES_WERR_MAX 18
 
 /* "protocol", ... for a known code; NULL otherwise. */
 const char *anes_wire_error_name(int code);
@@ -207,6 +208,8 @@ typedef struct anes_io {
 	anes_out *out_head;     /* owned: frames not yet fully sent */
 	anes_out *out_tail;
 	size_t out_bytes;       /* bytes queued and not yet sent */
+	int msg_flags;          /* OR-ed into every sendmsg/recvmsg (e.g. MSG_DONTWAIT on a
+	                         * blocking socket); 0 after init */
 } anes_io;
 
 void anes_io_init(anes_io *io, int fd, uint32_t max_frame);
@@ -239,7 +242,8 @@ int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_l
  * exceeds io->max_frame, -ENOMEM. */
 int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned nfds);
 
-/* Send queued frames.  0 when the queue is empty, -EAGAIN when the socket
+/* Send queued frames, gathering consecutive frames into one sendmsg (a
+ * frame with fds starts a new one).  0 when the queue is empty, -EAGAIN when the socket
  * is full (poll for writable and call again), another -errno on failure
  * (-EPIPE when the peer is gone). */
 int anes_io_flush(anes_io *io);

@@ -17,6 +17,7 @@ as_root() {
 install_deps_debian() {
 	local pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libcriterion-dev
 	            libssl-dev libopenblas-dev
+	            libxml2-utils  # xmllint: the launchd plist check (launchd/lint.sh)
 	            clang libclang-rt-dev)  # libFuzzer, for the fuzz targets (scripts/fuzz.sh)
 	# msgpack-c: libmsgpack-c-dev (6.x, Debian 13+) or libmsgpack-dev (4.x, Debian 12)
 	local missing=()

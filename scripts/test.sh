@@ -22,7 +22,7 @@ run_suite "$ROOT/build-asan" -Db_sanitize=address,undefined -Db_lundef=false -Db
 if command -v clang >/dev/null &&
    printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return d && n; }\n' |
    clang -x c -fsanitize=fuzzer -o /dev/null - 2>/dev/null; then
-	FUZZ_BUILD=$ROOT/build-fuzz bash "$ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-25}" || status=1
+	bash "$ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-25}" || status=1   # in build-fuzz
 else
 	say "skipping the fuzz targets: no clang with libFuzzer (Debian: clang libclang-rt-dev)"
 fi

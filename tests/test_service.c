@@ -34,7 +34,7 @@
 #include "daemon_harness.h"
 
 TestSuite(activation, .timeout = 90);
-TestSuite(plist, .timeout = 60);
+TestSuite(plist);
 TestSuite(cli, .timeout = 90);
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -397,6 +397,33 @@ Test(activation, passed_socket_served_and_left_alone)
 	rm_rf(dir);
 }
 
+/* A daemon started by hand on the path a service manager listens on must not
+ * take the manager's socket away: no lock is held there, but the socket is
+ * live, so it is refused rather than replaced as stale. */
+Test(activation, manual_start_on_a_managed_socket_is_refused)
+{
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	char *sock = path_join(dir, "managed.sock");
+	int lfd = listen_unix(sock);
+	ino_t ino = inode_of(sock);
+
+	char *out = NULL;
+	const char *argv[] = { exe_env("ANESHARED"), "--socket", sock, NULL };
+	int rc = run_cmd(&out, NULL, argv);
+	cr_assert_eq(rc, 1, "aneshared exited %d:\n%s", rc, out);
+	cr_assert(out && strstr(out, "served by another daemon"), "unclear message:\n%s", out);
+	cr_assert_eq(inode_of(sock), ino, "the managed socket was replaced");
+	int c = h_raw_connect(sock);
+	cr_assert(c >= 0, "the managed socket no longer accepts: %s", strerror(-c));
+	close(c);
+
+	free(out);
+	close(lfd);
+	free(sock);
+	rm_rf(dir);
+}
+
 Test(activation, listen_pid_of_another_process_is_ignored)
 {
 	char dir[256];
@@ -519,9 +546,17 @@ Test(activation, installed_units_run_socket_activated)
 	cr_assert_eq(mkdir(rt, 0700), 0);
 	char *listen = unit_value(sock_text, "ListenStream"), *exec = unit_value(svc_text, "ExecStart");
 	cr_assert(listen && exec, "ListenStream/ExecStart missing");
-	cr_assert_str_eq(unit_value(sock_text, "SocketMode"), "0600");
-	cr_assert_str_eq(unit_value(sock_text, "DirectoryMode"), "0700");
-	cr_assert_str_eq(unit_value(svc_text, "Restart"), "on-failure");
+	const char *want[][3] = {
+		{ "socket", "SocketMode", "0600" },
+		{ "socket", "DirectoryMode", "0700" },
+		{ "service", "Restart", "on-failure" },
+	};
+	for (size_t i = 0; i < 3; i++) {
+		char *v = unit_value(want[i][0][1] == 'o' ? sock_text : svc_text, want[i][1]);
+		cr_assert(v && !strcmp(v, want[i][2]), "%s=%s in the %s unit, not %s", want[i][1], v,
+		          want[i][0], want[i][2]);
+		free(v);
+	}
 	char *sock = expand_t(listen, rt), *cmd = expand_t(exec, rt);
 	char *sdir = strndup(sock, (size_t)(strrchr(sock, '/') - sock));
 	cr_assert_eq(mkdir(sdir, 0700), 0);

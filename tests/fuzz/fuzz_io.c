@@ -11,7 +11,11 @@
  * they complete, and the return codes are the documented ones.
  *
  * Input:
- *   byte 0      max_frame: odd -> 64 + byte (tiny), even -> ANES_FRAME_MAX_LOWEST
+ *   byte 0      bit 0: max_frame 64 + byte (tiny), else ANES_FRAME_MAX_LOWEST;
+ *               bit 1: the smallest SO_SNDBUF on the io end (echoes go out in
+ *               part); bit 2: flush after each echoed frame, else once per
+ *               read (several frames per sendmsg); frames still queued when
+ *               the connection fails are freed by anes_io_cleanup
  *   then chunks: a control byte c, a length byte L, then L bytes (fewer at
  *   the end of the input) sent in one sendmsg with (c & 0x1f) fds attached
  *   (values over 17 wrap to 0..4; 17 overflows the receiver's 16-fd
@@ -51,6 +55,8 @@ static int count_open_fds(void)
 
 /* short reads, when asked for */
 static size_t read_limit;
+/* flush after each echoed frame, or once all complete frames are queued */
+static bool flush_each;
 
 static ssize_t limited_recvmsg(int fd, struct msghdr *msg, int flags)
 {
@@ -109,8 +115,16 @@ static bool process(anes_io *io, int peer, bool *bad_queue)
 		unsigned nfds = 0;
 
 		int r = anes_io_next_frame(io, &payload, &len, fds, &nfds);
-		if (r == 0)
+		if (r == 0) {
+			/* send what was queued, several frames per sendmsg */
+			if (anes_io_want_write(io)) {
+				r = flush_all(io, peer);
+				if (r < 0)
+					return false;
+				CHECK(!anes_io_want_write(io) && io->out_bytes == 0);
+			}
 			return true;
+		}
 		if (r < 0) {
 			CHECK(r == -EMSGSIZE || r == -EPROTO);
 			return false;
@@ -142,12 +156,16 @@ static bool process(anes_io *io, int peer, bool *bad_queue)
 			CHECK(anes_io_queue(io, copy, ANES_FRAME_HEADER_SIZE + (size_t)len, extra, n) == -EINVAL);
 			continue;
 		}
+		size_t before = io->out_bytes;
 		r = anes_io_queue(io, copy, ANES_FRAME_HEADER_SIZE + (size_t)len, fds, nfds);
-		CHECK(r == 0);
-		r = flush_all(io, peer);
-		if (r < 0)
-			return false;
-		CHECK(!anes_io_want_write(io) && io->out_bytes == 0);
+		CHECK(r == 0 && anes_io_want_write(io));
+		CHECK(io->out_bytes == before + ANES_FRAME_HEADER_SIZE + len);
+		if (flush_each) {
+			r = flush_all(io, peer);
+			if (r < 0)
+				return false;
+			CHECK(!anes_io_want_write(io) && io->out_bytes == 0);
+		}
 	}
 }
 
@@ -166,6 +184,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	CHECK(fcntl(sv[0], F_SETFL, O_NONBLOCK) == 0);
 	CHECK(fcntl(sv[1], F_SETFL, O_NONBLOCK) == 0);
+
+	if (data[0] & 2) {
+		/* the smallest send buffer: echoes are sent in part, then -EAGAIN */
+		int one = 1;
+		CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &one, sizeof one) == 0);
+	}
+	flush_each = data[0] & 4;
 
 	anes_io io;
 	uint32_t max_frame = (data[0] & 1) ? 64u + data[0] : ANES_FRAME_MAX_LOWEST;

@@ -164,6 +164,13 @@ def main():
     write('io', 'fd_without_frame', b'\x00' + bytes([1, 3]) + b'\x00\x00\x00')
     write('io', 'too_many_fds', b'\x00' + bytes([17, len(imp)]) + imp)
     write('io', 'echo_bad_queue', b'\x00' + bytes([0xc1, len(imp)]) + imp)
+    # many frames in one read, echoed in one flush through a tiny send buffer
+    many = (hello + status + compile_) * 3
+    write('io', 'batch_small_sndbuf', b'\x02' + io_chunks(many, [250] * (len(many) // 250 + 1)))
+    write('io', 'flush_each', b'\x04' + io_chunks(two + imp, [len(two), len(imp)]).replace(
+        bytes([0, len(imp)]), bytes([1, len(imp)]), 1))
+    write('io', 'fail_with_queued_fd', b'\x00' + io_chunks(imp + b'\xff' * 8, [len(imp) + 8]).replace(
+        bytes([0, len(imp) + 8]), bytes([1, len(imp) + 8]), 1))
 
     blob_tail = b''  # the fixed blobs are built into the targets
     mils = {}

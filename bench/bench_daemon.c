@@ -1,0 +1,862 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon against its floors: every figure is measured next to its
+ * baseline in the same run, several repetitions each (medians reported),
+ * and the acceptance ratios of docs/performance.md are checked at the end.
+ *
+ *   bench_daemon [--quick] [--reps N] [--aneshared PATH]
+ *
+ * It starts its own aneshared ($ANESHARED or --aneshared; CPU backend, on
+ * a private socket) and calls the same CPU backend in-process for the
+ * in-process baselines.  The raw baselines are two processes doing
+ * ping-pong over a socketpair.  scripts/bench.sh builds and runs it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "anes_fp16.h"
+#include "anes_proto.h"
+#include "aneshare.h"
+#include "backend.h"
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, int rc, const char *msg)
+{
+	fprintf(stderr, "bench_daemon: %s failed (%d %s): %s\n", what, rc,
+	        rc < 0 ? aneshare_strerror(rc) : "", msg ? msg : "");
+	exit(1);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* q-quantile of v[0..n) (sorts v). */
+static double quantile(double *v, size_t n, double q)
+{
+	qsort(v, n, sizeof *v, cmp_double);
+	size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+	return v[i < n ? i : n - 1];
+}
+
+static double median(double *v, size_t n)
+{
+	return quantile(v, n, 0.5);
+}
+
+static int g_reps = 5;
+static bool g_quick;
+static char g_sock[256];
+static char g_dir[128];
+static pid_t g_daemon = 0;
+static const char *g_aneshared;
+
+/* ---- the programs ------------------------------------------------------------ */
+
+/* A trivial program: relu on 16 fp16 values. */
+static const char *mil_tiny =
+	"program(1.3)\n{\n"
+	"    func main<ios18>(tensor<fp16, [1, 1, 1, 16]> x) {\n"
+	"        tensor<fp16, [1, 1, 1, 16]> y = relu(x = x)[name = string(\"y\")];\n"
+	"    } -> (y);\n}\n";
+
+/* 16 MiB in, 16 MiB out: identity on [1, 1, 2048, 4096] fp16. */
+static const char *mil_big =
+	"program(1.3)\n{\n"
+	"    func main<ios18>(tensor<fp16, [1, 1, 2048, 4096]> x) {\n"
+	"        tensor<fp16, [1, 1, 2048, 4096]> y = identity(x = x)[name = string(\"y\")];\n"
+	"    } -> (y);\n}\n";
+#define BIG_BYTES (16u << 20)
+
+static char *read_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		die(path, -errno, "cannot open");
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	char *s = malloc((size_t)n + 1);
+	if (!s || fread(s, 1, (size_t)n, f) != (size_t)n)
+		die(path, -EIO, "cannot read");
+	s[n] = '\0';
+	fclose(f);
+	return s;
+}
+
+static char *mil_matmul(void)
+{
+	return read_file(ANES_SOURCE_DIR "/examples/dynamic_matmul.mil");
+}
+
+/* ---- the daemon ---------------------------------------------------------------- */
+
+static void daemon_start(void)
+{
+	snprintf(g_dir, sizeof g_dir, "/tmp/anes-bench-XXXXXX");
+	if (!mkdtemp(g_dir))
+		die("mkdtemp", -errno, g_dir);
+	snprintf(g_sock, sizeof g_sock, "%s/aneshare.sock", g_dir);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", -errno, NULL);
+	if (pid == 0) {
+		setenv("XDG_CONFIG_HOME", g_dir, 1);
+		execl(g_aneshared, g_aneshared, "--socket", g_sock, "--backend", "cpu", (char *)NULL);
+		_exit(127);
+	}
+	g_daemon = pid;
+	for (int i = 0; i < 1000; i++) {
+		aneshare_conn *c;
+		if (aneshare_connect(g_sock, "bench-probe", &c) == 0) {
+			aneshare_disconnect(c);
+			return;
+		}
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	die("starting aneshared", -ETIMEDOUT, g_aneshared);
+}
+
+static void daemon_stop(void)
+{
+	if (g_daemon > 0) {
+		kill(g_daemon, SIGTERM);
+		waitpid(g_daemon, NULL, 0);
+		g_daemon = 0;
+	}
+	unlink(g_sock);
+	char lock[300];
+	snprintf(lock, sizeof lock, "%s.lock", g_sock);
+	unlink(lock);
+	rmdir(g_dir);
+}
+
+/* VmRSS (kB) of pid. */
+static long rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	long v = -1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "VmRSS: %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+static aneshare_conn *connect_or_die(const char *name)
+{
+	aneshare_conn *c;
+	int r = aneshare_connect(g_sock, name, &c);
+	if (r < 0)
+		die("connect", r, g_sock);
+	return c;
+}
+
+static aneshare_program *compile_or_die(aneshare_conn *c, const char *mil)
+{
+	aneshare_program *p;
+	int r = aneshare_program_compile(c, mil, NULL, 0, &p, NULL);
+	if (r < 0)
+		die("compile", r, aneshare_last_error(c));
+	return p;
+}
+
+static aneshare_surface *surface_or_die(aneshare_conn *c, size_t size)
+{
+	aneshare_surface *s;
+	int r = aneshare_surface_create(c, size, &s);
+	if (r < 0)
+		die("surface.create", r, aneshare_last_error(c));
+	return s;
+}
+
+/* ---- in-process backend --------------------------------------------------------- */
+
+static anes_backend *g_backend;
+
+static anes_bprogram *bcompile(const char *mil)
+{
+	char err[512];
+	anes_bprogram *p;
+	int r = g_backend->ops->compile(g_backend, mil, strlen(mil), NULL, 0, &p, err, sizeof err);
+	if (r < 0)
+		die("in-process compile", r, err);
+	return p;
+}
+
+static void brun(anes_bprogram *p, const void *in, void *out)
+{
+	char err[512];
+	const void *ins[1] = { in };
+	void *outs[1] = { out };
+	int r = g_backend->ops->run(g_backend, p, 0, ins, outs, err, sizeof err);
+	if (r < 0)
+		die("in-process run", r, err);
+}
+
+/* ---- raw ping-pong -------------------------------------------------------------- */
+
+#define REQ_BYTES 72   /* about a run request frame */
+#define REP_BYTES 32   /* about a run reply frame */
+
+static void full_read(int fd, void *buf, size_t n)
+{
+	char *p = buf;
+	while (n > 0) {
+		ssize_t k = read(fd, p, n);
+		if (k <= 0) {
+			if (k < 0 && errno == EINTR)
+				continue;
+			_exit(0);   /* the peer is gone: done */
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+}
+
+static void full_write(int fd, const void *buf, size_t n)
+{
+	if (anes_write_all(fd, buf, n) < 0)
+		_exit(0);
+}
+
+/* A child that answers every REQ_BYTES with REP_BYTES until EOF. */
+static pid_t echo_child(int *ret_fd)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		die("socketpair", -errno, NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", -errno, NULL);
+	if (pid == 0) {
+		close(sv[0]);
+		char buf[REQ_BYTES], rep[REP_BYTES] = { 0 };
+		for (;;) {
+			full_read(sv[1], buf, sizeof buf);
+			full_write(sv[1], rep, sizeof rep);
+		}
+	}
+	close(sv[1]);
+	*ret_fd = sv[0];
+	return pid;
+}
+
+static void pingpong_once(int fd)
+{
+	char req[REQ_BYTES] = { 1 }, rep[REP_BYTES];
+	full_write(fd, req, sizeof req);
+	full_read(fd, rep, sizeof rep);
+}
+
+static void reap(pid_t pid, int fd)
+{
+	close(fd);
+	waitpid(pid, NULL, 0);
+}
+
+/* ---- results ------------------------------------------------------------------- */
+
+typedef struct check {
+	const char *what;
+	double value, limit;
+	bool le;   /* pass when value <= limit (else >=) */
+} check;
+
+static check g_checks[16];
+static int g_nchecks;
+
+static void add_check(const char *what, double value, double limit, bool le)
+{
+	g_checks[g_nchecks++] = (check){ what, value, limit, le };
+}
+
+/* ---- 1. round trip ---------------------------------------------------------------- */
+
+static double g_rtt_ratio;
+
+static void bench_rtt(void)
+{
+	int n = g_quick ? 500 : 2000;
+	double *t = malloc(sizeof(double) * (size_t)n);
+	double pp50[32], pp99[32], ip50[32], dp50[32], dp99[32];
+
+	aneshare_conn *c = connect_or_die("bench-rtt");
+	aneshare_program *p = compile_or_die(c, mil_tiny);
+	aneshare_surface *in = surface_or_die(c, 4096), *out = surface_or_die(c, 4096);
+	anes_bprogram *bp = bcompile(mil_tiny);
+	uint16_t bin[16] = { 0 }, bout[16];
+	int efd;
+	pid_t echo = echo_child(&efd);
+
+	for (int rep = 0; rep < g_reps; rep++) {
+		for (int i = 0; i < 50; i++)   /* warm up */
+			pingpong_once(efd);
+		for (int i = 0; i < n; i++) {
+			double t0 = now_s();
+			pingpong_once(efd);
+			t[i] = now_s() - t0;
+		}
+		pp50[rep] = quantile(t, (size_t)n, 0.5);
+		pp99[rep] = quantile(t, (size_t)n, 0.99);
+
+		for (int i = 0; i < n; i++) {
+			double t0 = now_s();
+			brun(bp, bin, bout);
+			t[i] = now_s() - t0;
+		}
+		ip50[rep] = quantile(t, (size_t)n, 0.5);
+
+		for (int i = 0; i < 50; i++)
+			aneshare_run(p, 0, &in, 1, &out, 1);
+		for (int i = 0; i < n; i++) {
+			double t0 = now_s();
+			int r = aneshare_run(p, 0, &in, 1, &out, 1);
+			t[i] = now_s() - t0;
+			if (r < 0)
+				die("run", r, aneshare_last_error(c));
+		}
+		dp50[rep] = quantile(t, (size_t)n, 0.5);
+		dp99[rep] = quantile(t, (size_t)n, 0.99);
+	}
+	double a = median(pp50, (size_t)g_reps) * 1e6, a99 = median(pp99, (size_t)g_reps) * 1e6;
+	double b = median(ip50, (size_t)g_reps) * 1e6;
+	double d = median(dp50, (size_t)g_reps) * 1e6, d99 = median(dp99, (size_t)g_reps) * 1e6;
+	g_rtt_ratio = d / (a + b);
+	printf("\n== run round trip, trivial program (relu on 16 fp16), %d x %d calls\n", g_reps, n);
+	printf("  %-44s p50 %8.1f us   p99 %8.1f us\n", "raw socketpair ping-pong (2 processes)", a, a99);
+	printf("  %-44s p50 %8.1f us\n", "backend run in-process", b);
+	printf("  %-44s p50 %8.1f us   p99 %8.1f us\n", "aneshare_run through the daemon", d, d99);
+	printf("  ratio daemon p50 / (ping-pong + in-process)   %.2f  (limit 1.5)\n", g_rtt_ratio);
+	add_check("run p50 <= 1.5 x (ping-pong RTT + in-process run)", g_rtt_ratio, 1.5, true);
+
+	reap(echo, efd);
+	g_backend->ops->program_free(g_backend, bp);
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	free(t);
+}
+
+/* ---- 2. throughput ---------------------------------------------------------------- */
+
+#define WINDOW 8   /* runs each client keeps in flight */
+
+/* A client process: connect, set up, wait for go, run until the deadline. */
+static void throughput_client(int go_fd, int res_fd, double seconds)
+{
+	aneshare_conn *c = connect_or_die("bench-tp");
+	aneshare_program *p = compile_or_die(c, mil_tiny);
+	aneshare_surface *in = surface_or_die(c, 4096), *out[WINDOW];
+	for (int i = 0; i < WINDOW; i++)
+		out[i] = surface_or_die(c, 4096);
+	char go;
+	if (read(go_fd, &go, 1) != 1)
+		_exit(1);
+	uint32_t ticket[WINDOW];
+	unsigned long done = 0;
+	for (int i = 0; i < WINDOW; i++)
+		if (aneshare_run_submit(p, 0, &in, 1, &out[i], 1, &ticket[i]) < 0)
+			_exit(1);
+	double end = now_s() + seconds;
+	for (int i = 0;; i = (i + 1) % WINDOW) {
+		if (aneshare_wait(c, ticket[i]) < 0)
+			_exit(1);
+		done++;
+		if (now_s() >= end)
+			break;
+		if (aneshare_run_submit(p, 0, &in, 1, &out[i], 1, &ticket[i]) < 0)
+			_exit(1);
+	}
+	for (int j = 0; j < WINDOW - 1; j++)   /* the others still in flight */
+		(void)aneshare_wait(c, ticket[(unsigned)(j + 1) % WINDOW]);
+	if (write(res_fd, &done, sizeof done) != (ssize_t)sizeof done)
+		_exit(1);
+	aneshare_disconnect(c);
+	_exit(0);
+}
+
+static void pingpong_client(int go_fd, int res_fd, double seconds)
+{
+	int efd;
+	pid_t echo = echo_child(&efd);
+	char go;
+	if (read(go_fd, &go, 1) != 1)
+		_exit(1);
+	unsigned long done = 0;
+	double end = now_s() + seconds;
+	while (now_s() < end) {
+		for (int i = 0; i < 16; i++)
+			pingpong_once(efd);
+		done += 16;
+	}
+	if (write(res_fd, &done, sizeof done) != (ssize_t)sizeof done)
+		_exit(1);
+	reap(echo, efd);
+	_exit(0);
+}
+
+/* k clients (daemon or ping-pong): operations per second over all. */
+static double run_clients(int k, bool daemon, double seconds)
+{
+	int go[2], res[2];
+	if (pipe2(go, O_CLOEXEC) < 0 || pipe2(res, O_CLOEXEC) < 0)
+		die("pipe", -errno, NULL);
+	pid_t *pids = calloc((size_t)k, sizeof *pids);
+	for (int i = 0; i < k; i++) {
+		pids[i] = fork();
+		if (pids[i] < 0)
+			die("fork", -errno, NULL);
+		if (pids[i] == 0) {
+			close(go[1]);
+			close(res[0]);
+			if (daemon)
+				throughput_client(go[0], res[1], seconds);
+			pingpong_client(go[0], res[1], seconds);
+		}
+	}
+	close(go[0]);
+	close(res[1]);
+	/* Give the clients time to set up (connect, compile: a cache hit). */
+	struct timespec ts = { 0, (k > 16 ? 300 : 100) * 1000 * 1000 };
+	nanosleep(&ts, NULL);
+	char gobuf[64] = { 0 };
+	for (int left = k; left > 0; left -= 64)
+		full_write(go[1], gobuf, (size_t)(left < 64 ? left : 64));
+	double total = 0;
+	int got = 0;
+	for (int i = 0; i < k; i++) {
+		unsigned long v;
+		ssize_t r = read(res[0], &v, sizeof v);
+		if (r == (ssize_t)sizeof v) {
+			total += (double)v;
+			got++;
+		}
+	}
+	for (int i = 0; i < k; i++)
+		waitpid(pids[i], NULL, 0);
+	close(go[1]);
+	close(res[0]);
+	free(pids);
+	if (got != k)
+		die("throughput", -EIO, "a client failed");
+	return total / seconds;
+}
+
+static void bench_throughput(void)
+{
+	static const int ks[] = { 1, 4, 16, 64 };
+	double seconds = g_quick ? 0.3 : 1.0;
+	int reps = g_reps < 3 ? g_reps : 3;
+	printf("\n== throughput: k client processes, each pipelining %d runs (trivial program),\n"
+	       "   against k raw ping-pong pairs; %d x %.1f s each, medians\n", WINDOW, reps, seconds);
+	printf("  %-8s %16s %20s %8s\n", "clients", "daemon runs/s", "ping-pong trips/s", "ratio");
+	for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+		double d[8], pp[8];
+		for (int r = 0; r < reps; r++) {
+			d[r] = run_clients(ks[i], true, seconds);
+			pp[r] = run_clients(ks[i], false, seconds);
+		}
+		double dm = median(d, (size_t)reps), pm = median(pp, (size_t)reps);
+		printf("  %-8d %16.0f %20.0f %8.2f\n", ks[i], dm, pm, dm / pm);
+	}
+}
+
+/* ---- 3. 16 MiB: zero-copy against inline ---------------------------------------- */
+
+/* The copying protocol: the peer reads a frame carrying the input bytes,
+ * copies them into its tensor, runs, and answers with the output bytes;
+ * the client copies them out of the reply.  Same framing code (anes_io,
+ * msgpack) as the real protocol. */
+static void inline_peer(int fd)
+{
+	anes_bprogram *bp = bcompile(mil_big);
+	void *tin = malloc(BIG_BYTES), *tout = malloc(BIG_BYTES);
+	anes_io io;
+	anes_io_init(&io, fd, 64u << 20);
+	for (;;) {
+		const uint8_t *payload;
+		uint32_t len;
+		int fds[ANES_MAX_FDS_PER_FRAME];
+		unsigned nfds;
+		int r;
+		while ((r = anes_io_next_frame(&io, &payload, &len, fds, &nfds)) == 0) {
+			ssize_t n = anes_io_read(&io);
+			if (n <= 0)
+				_exit(0);
+		}
+		if (r < 0)
+			_exit(1);
+		msgpack_zone zone;
+		msgpack_zone_init(&zone, 4096);
+		anes_msg m;
+		const void *data;
+		uint32_t dlen;
+		if (anes_msg_decode(payload, len, &zone, &m) < 0 ||
+		    anes_mp_bin(m.params, "x", BIG_BYTES, &data, &dlen) < 0 || dlen != BIG_BYTES)
+			_exit(1);
+		memcpy(tin, data, BIG_BYTES);
+		brun(bp, tin, tout);
+		anes_frame f;
+		anes_frame_init(&f);
+		anes_pack_result(&f.pk, m.msgid, 1);
+		anes_pack_str(&f.pk, "y");
+		msgpack_pack_bin(&f.pk, BIG_BYTES);
+		msgpack_pack_bin_body(&f.pk, tout, BIG_BYTES);
+		msgpack_zone_destroy(&zone);
+		void *out;
+		size_t olen;
+		if (anes_frame_finish(&f, 0, 64u << 20, &out, &olen) < 0 ||
+		    anes_io_queue(&io, out, olen, NULL, 0) < 0 || anes_io_flush(&io) < 0)
+			_exit(1);
+	}
+}
+
+static void inline_once(anes_io *io, uint32_t msgid, const void *x, void *y)
+{
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_request(&f.pk, msgid, "run", 1);
+	anes_pack_str(&f.pk, "x");
+	msgpack_pack_bin(&f.pk, BIG_BYTES);
+	msgpack_pack_bin_body(&f.pk, x, BIG_BYTES);
+	void *out;
+	size_t olen;
+	if (anes_frame_finish(&f, 0, 64u << 20, &out, &olen) < 0 ||
+	    anes_io_queue(io, out, olen, NULL, 0) < 0 || anes_io_flush(io) < 0)
+		die("inline send", -EIO, NULL);
+	const uint8_t *payload;
+	uint32_t len;
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds;
+	int r;
+	while ((r = anes_io_next_frame(io, &payload, &len, fds, &nfds)) == 0)
+		if (anes_io_read(io) <= 0)
+			die("inline read", -EIO, NULL);
+	msgpack_zone zone;
+	msgpack_zone_init(&zone, 4096);
+	anes_msg m;
+	const void *data;
+	uint32_t dlen;
+	if (r < 0 || anes_msg_decode(payload, len, &zone, &m) < 0 || m.type != ANES_MSG_RESPONSE ||
+	    !m.result || anes_mp_bin(m.result, "y", BIG_BYTES, &data, &dlen) < 0)
+		die("inline reply", -EIO, NULL);
+	memcpy(y, data, dlen);
+	msgpack_zone_destroy(&zone);
+}
+
+static void bench_big(void)
+{
+	int n = g_quick ? 3 : 10;
+	double zc[64], il[64], ip[64];
+	aneshare_conn *c = connect_or_die("bench-big");
+	aneshare_program *p = compile_or_die(c, mil_big);
+	aneshare_surface *in = surface_or_die(c, BIG_BYTES), *out = surface_or_die(c, BIG_BYTES);
+	memset(aneshare_surface_data(in), 0x3c, BIG_BYTES);
+	memset(aneshare_surface_data(out), 0, BIG_BYTES);
+	anes_bprogram *bp = bcompile(mil_big);
+	void *x = malloc(BIG_BYTES), *y = malloc(BIG_BYTES);
+	memset(x, 0x3c, BIG_BYTES);
+	memset(y, 0, BIG_BYTES);
+
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		die("socketpair", -errno, NULL);
+	pid_t peer = fork();
+	if (peer == 0) {
+		close(sv[0]);
+		inline_peer(sv[1]);
+	}
+	close(sv[1]);
+	anes_io io;
+	anes_io_init(&io, sv[0], 64u << 20);
+
+	/* warm up all three */
+	aneshare_run(p, 0, &in, 1, &out, 1);
+	inline_once(&io, 1, x, y);
+	brun(bp, x, y);
+	for (int i = 0; i < n; i++) {
+		double t0 = now_s();
+		int r = aneshare_run(p, 0, &in, 1, &out, 1);
+		zc[i] = now_s() - t0;
+		if (r < 0)
+			die("run 16 MiB", r, aneshare_last_error(c));
+		t0 = now_s();
+		inline_once(&io, (uint32_t)i + 2, x, y);
+		il[i] = now_s() - t0;
+		t0 = now_s();
+		brun(bp, x, y);
+		ip[i] = now_s() - t0;
+	}
+	double z = median(zc, (size_t)n) * 1e3, l = median(il, (size_t)n) * 1e3,
+	       q = median(ip, (size_t)n) * 1e3;
+	printf("\n== 16 MiB in, 16 MiB out (identity on [1,1,2048,4096] fp16), %d runs each, medians\n", n);
+	printf("  %-52s %9.2f ms\n", "zero-copy: aneshare_run on shared surfaces", z);
+	printf("  %-52s %9.2f ms\n", "inline: bytes over a socket to a peer and back + run", l);
+	printf("  %-52s %9.2f ms\n", "(the run alone, in-process)", q);
+	printf("  ratio inline / zero-copy   %.1f  (limit >= 10)\n", l / z);
+	add_check("16 MiB: inline copy >= 10 x zero-copy run", l / z, 10, false);
+
+	anes_io_cleanup(&io);
+	close(sv[0]);
+	waitpid(peer, NULL, 0);
+	free(x);
+	free(y);
+	g_backend->ops->program_free(g_backend, bp);
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+}
+
+/* ---- 4. compile cache hit against status --------------------------------------------- */
+
+static void bench_compile(void)
+{
+	int n = g_quick ? 100 : 400;
+	double *t = malloc(sizeof(double) * (size_t)n);
+	double cp[32], st[32];
+	aneshare_conn *c = connect_or_die("bench-compile");
+	char *mil = mil_matmul();
+	aneshare_program *keep = compile_or_die(c, mil);
+	for (int rep = 0; rep < g_reps; rep++) {
+		for (int i = 0; i < n; i++) {
+			aneshare_program *p;
+			bool cached = false;
+			double t0 = now_s();
+			int r = aneshare_program_compile(c, mil, NULL, 0, &p, &cached);
+			t[i] = now_s() - t0;
+			if (r < 0 || !cached)
+				die("compile (cache hit)", r, aneshare_last_error(c));
+			aneshare_program_release(p);
+		}
+		cp[rep] = median(t, (size_t)n);
+		for (int i = 0; i < n; i++) {
+			aneshare_status *s;
+			double t0 = now_s();
+			int r = aneshare_get_status(c, &s);
+			t[i] = now_s() - t0;
+			if (r < 0)
+				die("status", r, aneshare_last_error(c));
+			aneshare_status_free(s);
+		}
+		st[rep] = median(t, (size_t)n);
+	}
+	double a = median(cp, (size_t)g_reps) * 1e6, b = median(st, (size_t)g_reps) * 1e6;
+	printf("\n== program.compile of a cached program against status, %d x %d calls, p50\n",
+	       g_reps, n);
+	printf("  %-52s %8.1f us\n", "aneshare_program_compile, cache hit (+ program.info)", a);
+	printf("  %-52s %8.1f us\n", "aneshare_get_status", b);
+	printf("  ratio compile / status   %.2f\n", a / b);
+	aneshare_program_release(keep);
+	aneshare_disconnect(c);
+	free(mil);
+	free(t);
+}
+
+/* ---- 5. a chain of 28 ------------------------------------------------------------- */
+
+#define LAYERS 28
+
+static void bench_chain(void)
+{
+	int n = g_quick ? 20 : 100;
+	double ch[256], sep[256], pip[256], inp[256];
+	aneshare_conn *c = connect_or_die("bench-chain");
+	char *mil = mil_matmul();
+	aneshare_program *p = compile_or_die(c, mil);
+	const aneshare_tensor_info *ti = aneshare_program_input(p, 0, 0);
+	const aneshare_tensor_info *to = aneshare_program_output(p, 0, 0);
+	size_t ib = ti->bytes, ob = to->bytes;
+	aneshare_surface *in[LAYERS], *out[LAYERS];
+	aneshare_step steps[LAYERS];
+	anes_bprogram *bp = bcompile(mil);
+	void *bin[LAYERS], *bout[LAYERS];
+	uint64_t rng = 0x9E3779B97F4A7C15ull;
+	for (int l = 0; l < LAYERS; l++) {
+		in[l] = surface_or_die(c, ib);
+		out[l] = surface_or_die(c, ob);
+		uint16_t *x = aneshare_surface_data(in[l]);
+		bin[l] = malloc(ib);
+		bout[l] = malloc(ob);
+		for (size_t i = 0; i < ib / 2; i++) {
+			rng ^= rng << 13;
+			rng ^= rng >> 7;
+			rng ^= rng << 17;
+			x[i] = anes_f32_to_f16((float)((double)(rng >> 11) / 9007199254740992.0 - 0.5));
+		}
+		memcpy(bin[l], x, ib);
+		steps[l] = (aneshare_step){ p, 0, &in[l], 1, &out[l], 1 };
+	}
+	for (int rep = 0; rep < 3; rep++) {   /* warm up */
+		if (aneshare_run_chain(c, steps, LAYERS) < 0)
+			die("run_chain", -EIO, aneshare_last_error(c));
+		for (int l = 0; l < LAYERS; l++)
+			brun(bp, bin[l], bout[l]);
+	}
+	for (int i = 0; i < n; i++) {
+		double t0 = now_s();
+		int r = aneshare_run_chain(c, steps, LAYERS);
+		ch[i] = now_s() - t0;
+		if (r < 0)
+			die("run_chain", r, aneshare_last_error(c));
+		t0 = now_s();
+		for (int l = 0; l < LAYERS; l++)
+			if ((r = aneshare_run(p, 0, &in[l], 1, &out[l], 1)) < 0)
+				die("run", r, aneshare_last_error(c));
+		sep[i] = now_s() - t0;
+		t0 = now_s();
+		uint32_t tk[LAYERS];
+		for (int l = 0; l < LAYERS; l++)
+			if ((r = aneshare_run_submit(p, 0, &in[l], 1, &out[l], 1, &tk[l])) < 0)
+				die("run_submit", r, aneshare_last_error(c));
+		for (int l = 0; l < LAYERS; l++)
+			if ((r = aneshare_wait(c, tk[l])) < 0)
+				die("wait", r, aneshare_last_error(c));
+		pip[i] = now_s() - t0;
+		t0 = now_s();
+		for (int l = 0; l < LAYERS; l++)
+			brun(bp, bin[l], bout[l]);
+		inp[i] = now_s() - t0;
+	}
+	double a = median(ch, (size_t)n) * 1e6, b = median(sep, (size_t)n) * 1e6,
+	       d = median(pip, (size_t)n) * 1e6, e = median(inp, (size_t)n) * 1e6;
+	printf("\n== 28 layers: dynamic_matmul.mil (64x64x64), 28 weight surfaces, %d reps, medians\n", n);
+	printf("  %-52s %9.1f us\n", "one request with 28 steps (aneshare_run_chain)", a);
+	printf("  %-52s %9.1f us\n", "28 separate requests (aneshare_run, blocking)", b);
+	printf("  %-52s %9.1f us\n", "28 requests pipelined (run_submit, then wait)", d);
+	printf("  %-52s %9.1f us\n", "28 in-process backend calls", e);
+	printf("  ratio chain / in-process      %.2f  (limit 1.2)\n", a / e);
+	printf("  ratio separate / in-process   %.2f\n", b / e);
+	add_check("28-step chain <= 1.2 x 28 in-process calls", a / e, 1.2, true);
+	for (int l = 0; l < LAYERS; l++) {
+		aneshare_surface_release(in[l]);
+		aneshare_surface_release(out[l]);
+		free(bin[l]);
+		free(bout[l]);
+	}
+	g_backend->ops->program_free(g_backend, bp);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	free(mil);
+}
+
+/* ---- 6. memory ---------------------------------------------------------------------- */
+
+static void bench_memory(void)
+{
+	/* A fresh daemon, so that "idle" means idle. */
+	daemon_stop();
+	daemon_start();
+	struct timespec settle = { 0, 100 * 1000 * 1000 };
+	nanosleep(&settle, NULL);
+	long idle = rss_kb(g_daemon);
+	enum { CLIENTS = 64, SURFACES = 256, SURF_BYTES = 1 << 20 };
+	aneshare_conn *cs[CLIENTS];
+	for (int i = 0; i < CLIENTS; i++)
+		cs[i] = connect_or_die("bench-mem");
+	/* one status round trip on each, so every connection has been served */
+	for (int i = 0; i < CLIENTS; i++) {
+		aneshare_status *s;
+		if (aneshare_get_status(cs[i], &s) == 0)
+			aneshare_status_free(s);
+	}
+	long with_clients = rss_kb(g_daemon);
+	aneshare_surface *ss[SURFACES];
+	for (int i = 0; i < SURFACES; i++) {
+		ss[i] = surface_or_die(cs[0], SURF_BYTES);
+		memset(aneshare_surface_data(ss[i]), 1, SURF_BYTES);   /* the client touches it */
+	}
+	long with_surfaces = rss_kb(g_daemon);
+	printf("\n== daemon memory (VmRSS of /proc/PID/status, a fresh daemon)\n");
+	printf("  %-52s %8ld KiB\n", "idle", idle);
+	printf("  %-52s %8.1f KiB\n", "per connected client (64 clients)",
+	       (double)(with_clients - idle) / CLIENTS);
+	printf("  %-52s %8.2f KiB\n", "per 1 MiB surface (256; the client wrote them)",
+	       (double)(with_surfaces - with_clients) / SURFACES);
+	for (int i = 0; i < SURFACES; i++)
+		aneshare_surface_release(ss[i]);
+	for (int i = 0; i < CLIENTS; i++)
+		aneshare_disconnect(cs[i]);
+}
+
+/* ---- main -------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+	g_aneshared = getenv("ANESHARED");
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--quick")) {
+			g_quick = true;
+			g_reps = 3;
+		} else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+			g_reps = atoi(argv[++i]);
+			if (g_reps < 1 || g_reps > 31)
+				g_reps = 5;
+		} else if (!strcmp(argv[i], "--aneshared") && i + 1 < argc) {
+			g_aneshared = argv[++i];
+		} else {
+			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH]\n");
+			return 2;
+		}
+	}
+	if (!g_aneshared)
+		g_aneshared = ANES_ANESHARED_EXE;
+	signal(SIGPIPE, SIG_IGN);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	double t0 = now_s();
+	int r = anes_cpu_backend_new(0, &g_backend);
+	if (r < 0)
+		die("cpu backend", r, NULL);
+	daemon_start();
+	printf("bench_daemon: aneshared %s, %d repetitions%s\n", g_aneshared, g_reps,
+	       g_quick ? " (quick)" : "");
+	bench_rtt();
+	bench_chain();
+	bench_big();
+	bench_compile();
+	bench_throughput();
+	bench_memory();
+	daemon_stop();
+	g_backend->ops->destroy(g_backend);
+	double total = now_s() - t0;
+	printf("\n== total %.1f s\n", total);
+	add_check("whole benchmark < 300 s", total, 300, true);
+	printf("\n");
+	int failed = 0;
+	for (int i = 0; i < g_nchecks; i++) {
+		const check *k = &g_checks[i];
+		bool ok = k->le ? k->value <= k->limit : k->value >= k->limit;
+		failed += !ok;
+		printf("%s  %-52s %8.2f %s %g\n", ok ? "PASS" : "FAIL", k->what, k->value,
+		       k->le ? "<=" : ">=", k->limit);
+	}
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,284 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libaneshare: chained runs and the asynchronous API.
+ *
+ * An async call is an entry of the pending table (conn.c) with a callback:
+ * responses fill it in whenever they are read -- by aneshare_dispatch or by
+ * a blocking call reading for its own response -- and aneshare_dispatch
+ * calls the callbacks of the completed ones.  Requests are written without
+ * blocking: what the socket does not take stays queued in the connection's
+ * anes_io until aneshare_dispatch finds the socket writable.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- checking and packing ------------------------------------------------------ */
+
+static int check_surfaces(aneshare_conn *c, size_t step, aneshare_surface *const *s, size_t n)
+{
+	if (n && !s)
+		return anesc_fail(c, -EINVAL, "step %zu: no surface array", step);
+	if (n > ANESC_MAX_IO)
+		return anesc_fail(c, -EINVAL, "step %zu: too many surfaces", step);
+	for (size_t i = 0; i < n; i++)
+		if (!s[i] || s[i]->conn != c)
+			return anesc_fail(c, -EINVAL,
+			                  "step %zu: surface %zu is NULL or from another connection", step, i);
+	return 0;
+}
+
+static int check_steps(aneshare_conn *c, const aneshare_step *steps, size_t n)
+{
+	if (!steps || n == 0 || n > ANESHARE_MAX_STEPS)
+		return anesc_fail(c, -EINVAL, "a chain has 1 to %d steps", ANESHARE_MAX_STEPS);
+	for (size_t i = 0; i < n; i++) {
+		const aneshare_step *st = &steps[i];
+		if (!st->program || st->program->conn != c)
+			return anesc_fail(c, -EINVAL, "step %zu: program is NULL or from another connection", i);
+		if (st->function >= st->program->n_functions)
+			return anesc_fail(c, -EINVAL, "step %zu: the program has no function %u", i,
+			                  st->function);
+		int r = check_surfaces(c, i, st->inputs, st->n_inputs);
+		if (r == 0)
+			r = check_surfaces(c, i, st->outputs, st->n_outputs);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface *const *s,
+                         size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i]->lost)
+			return anesc_fail(c, -ANESHARE_ENO_SUCH_SURFACE,
+			                  "a surface could not be imported again after the daemon "
+			                  "restarted: %s", aneshare_strerror(s[i]->lost));
+	msgpack_pack_array(pk, n);
+	for (size_t i = 0; i < n; i++)
+		msgpack_pack_uint32(pk, s[i]->id);
+	return 0;
+}
+
+/* The four key/value pairs of one run (or one step).  Packed at send time:
+ * IDs change when the library reconnects. */
+static int pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st)
+{
+	const aneshare_program *p = st->program;
+	if (p->lost)
+		return anesc_fail(c, -ANESHARE_ENO_SUCH_PROGRAM,
+		                  "the program could not be compiled again after the daemon "
+		                  "restarted: %s", aneshare_strerror(p->lost));
+	anes_pack_str(pk, "program");
+	msgpack_pack_uint32(pk, p->id);
+	anes_pack_str(pk, "function");
+	anes_pack_str(pk, p->functions[st->function].name);
+	anes_pack_str(pk, "inputs");
+	int r = pack_surfaces(c, pk, st->inputs, st->n_inputs);
+	if (r == 0) {
+		anes_pack_str(pk, "outputs");
+		r = pack_surfaces(c, pk, st->outputs, st->n_outputs);
+	}
+	return r;
+}
+
+/* A single run is { program, function, inputs, outputs }; a chain is
+ * { steps: [ {...}, ... ] } (docs/protocol.md, "run"). */
+static int pack_run(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *steps, size_t n,
+                    bool chain)
+{
+	if (!chain)
+		return pack_step(c, pk, &steps[0]);
+	anes_pack_str(pk, "steps");
+	msgpack_pack_array(pk, n);
+	for (size_t i = 0; i < n; i++) {
+		msgpack_pack_map(pk, 4);
+		int r = pack_step(c, pk, &steps[i]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* ---- submitting -------------------------------------------------------------------- */
+
+/* Send a run or chain.  With cb, as an async call (never blocks on the
+ * socket); without, as a ticket (*ret_msgid) to wait for.  Runs are not
+ * idempotent: only a request the daemon cannot have received is sent again
+ * after reconnecting (see aneshare.h). */
+static int submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,
+                  aneshare_done_fn cb, void *ud, uint32_t *ret_msgid)
+{
+	anesc_retry rt = { 0 };
+	for (;;) {
+		int r = cb ? 0 : anesc_pending_throttle(c, c->info.max_inflight);
+		if (r == 0)
+			r = anesc_ready(c, &rt);
+		if (r < 0)
+			return r;
+		anes_frame f;
+		uint32_t msgid = 0;
+		r = anesc_begin(c, &f, "run", chain ? 1 : 4, &msgid);
+		if (r < 0)
+			return r;
+		r = pack_run(c, &f.pk, steps, n, chain);
+		if (r == 0)
+			r = anesc_pending_add(c, msgid);
+		if (r < 0) {
+			anes_frame_release(&f);
+			return r;
+		}
+		if (cb) {
+			anesc_pending *p = &c->pending[c->n_pending - 1];
+			p->cb = cb;
+			p->cb_ud = ud;
+			c->n_async++;
+			r = anesc_send_nowait(c, &f);
+		} else {
+			r = anesc_send(c, &f, NULL, 0);
+		}
+		if (r < 0)
+			anesc_pending_drop(c, msgid);
+		if (r == -ANESHARE_EDISCONNECTED)
+			continue;   /* the daemon did not get it: send it to the next one */
+		if (r < 0)
+			return r;
+		if (ret_msgid)
+			*ret_msgid = msgid;
+		return 0;
+	}
+}
+
+ANESHARE_API int aneshare_run_chain(aneshare_conn *c, const aneshare_step *steps, size_t n_steps)
+{
+	if (!c)
+		return -EINVAL;
+	c->last_failed_step = -1;
+	int r = check_steps(c, steps, n_steps);
+	if (r < 0)
+		return r;
+	uint32_t ticket;
+	r = submit(c, steps, n_steps, true, NULL, NULL, &ticket);
+	if (r < 0)
+		return r;
+	int failed = -1;
+	r = anesc_pending_wait(c, ticket, &failed);
+	if (r < 0)
+		c->last_failed_step = failed;
+	return r;
+}
+
+ANESHARE_API int aneshare_last_failed_step(const aneshare_conn *c)
+{
+	return c ? c->last_failed_step : -1;
+}
+
+ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
+                                    aneshare_surface *const *inputs, size_t n_inputs,
+                                    aneshare_surface *const *outputs, size_t n_outputs,
+                                    aneshare_done_fn cb, void *userdata)
+{
+	if (!p || !cb)
+		return -EINVAL;
+	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
+	int r = check_steps(p->conn, &st, 1);
+	if (r < 0)
+		return r;
+	return submit(p->conn, &st, 1, false, cb, userdata, NULL);
+}
+
+ANESHARE_API int aneshare_run_chain_async(aneshare_conn *c, const aneshare_step *steps,
+                                          size_t n_steps, aneshare_done_fn cb, void *userdata)
+{
+	if (!c || !cb)
+		return -EINVAL;
+	int r = check_steps(c, steps, n_steps);
+	if (r < 0)
+		return r;
+	return submit(c, steps, n_steps, true, cb, userdata, NULL);
+}
+
+/* ---- the event loop side ----------------------------------------------------------- */
+
+ANESHARE_API int aneshare_fd(const aneshare_conn *c)
+{
+	if (!c || c->dead || c->broken)
+		return -1;
+	return c->fd;
+}
+
+ANESHARE_API int aneshare_events(const aneshare_conn *c)
+{
+	if (aneshare_fd(c) < 0)
+		return 0;
+	return ANESHARE_EV_READ | (anes_io_want_write(&c->io) ? ANESHARE_EV_WRITE : 0);
+}
+
+ANESHARE_API size_t aneshare_async_outstanding(const aneshare_conn *c)
+{
+	return c ? c->n_async : 0;
+}
+
+/* Call the callbacks of completed async calls; the number called.  A
+ * callback may change the table (new calls, blocking calls that drop
+ * tickets), so each one's result is taken out before it is called, and the
+ * scan goes on from the same slot (which now holds another entry) and
+ * wraps until nothing completed is left. */
+static int deliver(aneshare_conn *c)
+{
+	int n = 0;
+	size_t i = 0;
+	while (c->n_async_done > 0) {
+		if (i >= c->n_pending) {
+			i = 0;
+			continue;
+		}
+		anesc_pending *p = &c->pending[i];
+		if (!p->cb || !p->done) {
+			i++;
+			continue;
+		}
+		aneshare_done_fn cb = p->cb;
+		void *ud = p->cb_ud;
+		char *msg = p->msg;
+		aneshare_result res = { .rc = p->rc, .failed_step = p->failed_step,
+		                        .message = msg ? msg : "" };
+		p->msg = NULL;
+		anesc_pending_drop(c, p->msgid);
+		cb(c, &res, ud);
+		free(msg);
+		if (n < INT32_MAX)
+			n++;
+	}
+	return n;
+}
+
+ANESHARE_API int aneshare_dispatch(aneshare_conn *c)
+{
+	if (!c)
+		return -EINVAL;
+	int r = anesc_io_nowait(c);
+	int n = deliver(c);
+	if (r < 0)
+		return anesc_fail(c, r, "%s", c->dead ? c->dead_msg : c->broken_msg);
+	return n;
+}
+
+void anesc_async_cancel_all(aneshare_conn *c)
+{
+	for (size_t i = 0; i < c->n_pending; i++) {
+		anesc_pending *p = &c->pending[i];
+		if (p->cb && !p->done) {
+			p->done = true;
+			p->rc = -ECANCELED;
+			p->msg = strdup("the connection was closed before the response arrived");
+			c->n_outstanding--;
+			c->n_async_done++;
+		}
+	}
+	(void)deliver(c);
+}

@@ -1,0 +1,632 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The device worker process (docs/worker.md) and the private protocol's
+ * message I/O, shared with the proxy (wproxy.c).
+ *
+ * The worker's main thread reads messages in order: surface and program
+ * bookkeeping happens there, compiles and runs go to a small thread pool
+ * and are answered from it (replies may come in any order; the daemon
+ * matches them by ID).  The daemon never drops a surface or frees a
+ * program while a run that uses it is in flight, so the tables need no
+ * reference counts.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include "daemon.h"
+#include "devworker.h"
+
+/* ---- messages ------------------------------------------------------------ */
+
+int anes_wmsg_send(int fd, uint32_t type, uint64_t id, const struct iovec *iov, int niov,
+                   int pass_fd)
+{
+	struct iovec v[8];
+	anes_wmsg_hdr h = { .type = type, .id = id };
+	size_t total = 0;
+	int n = 0;
+
+	if (niov > 7)
+		return -EINVAL;
+	v[n++] = (struct iovec){ &h, sizeof(h) };
+	for (int i = 0; i < niov; i++) {
+		if (iov[i].iov_len == 0)
+			continue;
+		v[n++] = iov[i];
+		total += iov[i].iov_len;
+	}
+	if (total > ANES_WMSG_MAX)
+		return -EMSGSIZE;
+	h.len = (uint32_t)total;
+
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	struct msghdr mh = { .msg_iov = v, .msg_iovlen = (size_t)n };
+	if (pass_fd >= 0) {
+		memset(&cm, 0, sizeof(cm));
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = sizeof(cm.buf);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+	}
+	struct iovec *cur = v;
+	int left = n;
+	while (left > 0) {
+		mh.msg_iov = cur;
+		mh.msg_iovlen = (size_t)left;
+		ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		mh.msg_control = NULL;   /* the fd went with the first byte */
+		mh.msg_controllen = 0;
+		size_t done = (size_t)w;
+		while (left > 0 && done >= cur->iov_len) {
+			done -= cur->iov_len;
+			cur++;
+			left--;
+		}
+		if (left > 0) {
+			cur->iov_base = (char *)cur->iov_base + done;
+			cur->iov_len -= done;
+		}
+	}
+	return 0;
+}
+
+static int read_full(int fd, void *buf, size_t len, int *ret_fd)
+{
+	char *p = buf;
+	while (len > 0) {
+		union {
+			struct cmsghdr align;
+			char buf[CMSG_SPACE(4 * sizeof(int))];
+		} cm;
+		struct iovec v = { p, len };
+		struct msghdr mh = { .msg_iov = &v, .msg_iovlen = 1 };
+		if (ret_fd) {
+			mh.msg_control = cm.buf;
+			mh.msg_controllen = sizeof(cm.buf);
+		}
+		ssize_t r = recvmsg(fd, &mh, ret_fd ? MSG_CMSG_CLOEXEC : 0);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (ret_fd) {
+			for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+				if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+					continue;
+				size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+				for (size_t i = 0; i < nfd; i++) {
+					int f;
+					memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+					if (*ret_fd < 0)
+						*ret_fd = f;
+					else
+						close(f);
+				}
+			}
+			if (mh.msg_flags & MSG_CTRUNC)
+				return -EBADMSG;
+		}
+		if (r == 0)
+			return -EPIPE;
+		p += r;
+		len -= (size_t)r;
+	}
+	return 0;
+}
+
+int anes_wmsg_recv(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload, int *ret_fd)
+{
+	anes_wmsg_hdr h;
+	int pfd = -1;
+	void *payload = NULL;
+
+	int r = read_full(fd, &h, sizeof(h), &pfd);
+	if (r == -EPIPE && pfd < 0)
+		return -EPIPE;   /* (a partial header is also treated as EOF) */
+	if (r < 0)
+		goto fail;
+	if (h.len > ANES_WMSG_MAX) {
+		r = -EBADMSG;
+		goto fail;
+	}
+	if (h.len > 0) {
+		payload = malloc(h.len);
+		if (!payload) {
+			r = -ENOMEM;
+			goto fail;
+		}
+		r = read_full(fd, payload, h.len, NULL);
+		if (r < 0)
+			goto fail;
+	}
+	*ret_hdr = h;
+	*ret_payload = payload;
+	*ret_fd = pfd;
+	return 0;
+fail:
+	free(payload);
+	if (pfd >= 0)
+		close(pfd);
+	return r;
+}
+
+/* ---- the worker ------------------------------------------------------------ */
+
+typedef struct wsurf {
+	uint64_t key;
+	void *map;
+	uint64_t size;
+} wsurf;
+
+typedef struct wprog {
+	uint64_t id;
+	anes_bprogram *prog;
+} wprog;
+
+typedef struct wjob {
+	struct wjob *next;
+	anes_wmsg_hdr h;
+	void *payload;
+	anes_bprogram *prog;        /* run */
+	uint32_t fn, n;
+	void *ptrs[2 * ANES_MAX_IO];
+} wjob;
+
+typedef struct worker {
+	int fd;
+	anes_backend *b;
+	pthread_mutex_t m;          /* tables, queue */
+	pthread_cond_t cond;
+	pthread_mutex_t send_m;
+	wjob *head, **tail;
+	bool stop;
+	wsurf *surfs;
+	size_t n_surfs, cap_surfs;
+	wprog *progs;
+	size_t n_progs, cap_progs;
+} worker;
+
+static int grow(void **v, size_t *cap, size_t n, size_t elem)
+{
+	if (n < *cap)
+		return 0;
+	size_t nc = *cap ? 2 * *cap : 16;
+	void *p = realloc(*v, nc * elem);
+	if (!p)
+		return -ENOMEM;
+	*v = p;
+	*cap = nc;
+	return 0;
+}
+
+static wsurf *find_surf(worker *w, uint64_t key)
+{
+	for (size_t i = 0; i < w->n_surfs; i++)
+		if (w->surfs[i].key == key)
+			return &w->surfs[i];
+	return NULL;
+}
+
+static wprog *find_prog(worker *w, uint64_t id)
+{
+	for (size_t i = 0; i < w->n_progs; i++)
+		if (w->progs[i].id == id)
+			return &w->progs[i];
+	return NULL;
+}
+
+static void reply(worker *w, uint32_t type, uint64_t id, const struct iovec *iov, int niov)
+{
+	pthread_mutex_lock(&w->send_m);
+	/* A failure means the daemon is gone: the main thread sees EOF. */
+	(void)anes_wmsg_send(w->fd, type, id, iov, niov, -1);
+	pthread_mutex_unlock(&w->send_m);
+}
+
+static void reply_rc(worker *w, uint32_t type, uint64_t id, int32_t rc, const char *err)
+{
+	uint32_t el = (uint32_t)strnlen(err, ANES_ERRMSG_MAX - 1);
+	struct iovec v[3] = { { &rc, 4 }, { &el, 4 }, { (void *)err, el } };
+	reply(w, type, id, v, 3);
+}
+
+typedef struct rd {
+	const uint8_t *p;
+	size_t left;
+	bool bad;
+} rd;
+
+static const void *rd_take(rd *r, size_t n)
+{
+	if (r->bad || n > r->left) {
+		r->bad = true;
+		return NULL;
+	}
+	const void *p = r->p;
+	r->p += n;
+	r->left -= n;
+	return p;
+}
+
+static uint32_t rd_u32(rd *r)
+{
+	uint32_t v = 0;
+	const void *p = rd_take(r, 4);
+	if (p)
+		memcpy(&v, p, 4);
+	return v;
+}
+
+static uint64_t rd_u64(rd *r)
+{
+	uint64_t v = 0;
+	const void *p = rd_take(r, 8);
+	if (p)
+		memcpy(&v, p, 8);
+	return v;
+}
+
+static void do_compile(worker *w, wjob *j)
+{
+	char err[ANES_ERRMSG_MAX] = "";
+	rd r = { j->payload, j->h.len, false };
+	uint32_t mil_len = rd_u32(&r), n = rd_u32(&r);
+	const char *mil = rd_take(&r, mil_len);
+	anes_weight *ws = NULL;
+	anes_bprogram *prog = NULL;
+	int rc;
+
+	if (r.bad || n > 4096) {
+		rc = -EBADMSG;
+		goto answer;
+	}
+	ws = n ? calloc(n, sizeof(*ws)) : NULL;
+	if (n && !ws) {
+		rc = -ENOMEM;
+		goto answer;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t pl = rd_u32(&r);
+		uint64_t len = rd_u64(&r);
+		ws[i].path = rd_take(&r, pl);   /* NUL included by the proxy */
+		ws[i].data = rd_take(&r, (size_t)len);
+		ws[i].len = (size_t)len;
+		if (r.bad || pl == 0 || ws[i].path[pl - 1] != '\0') {
+			rc = -EBADMSG;
+			goto answer;
+		}
+	}
+	rc = w->b->ops->compile(w->b, mil, mil_len, ws, n, &prog, err, sizeof(err));
+	if (rc == 0 && !prog)
+		rc = -EIO;
+	if (rc == 0) {
+		pthread_mutex_lock(&w->m);
+		rc = grow((void **)&w->progs, &w->cap_progs, w->n_progs, sizeof(*w->progs));
+		if (rc == 0)
+			w->progs[w->n_progs++] = (wprog){ j->h.id, prog };
+		pthread_mutex_unlock(&w->m);
+		if (rc < 0)
+			w->b->ops->program_free(w->b, prog);
+	}
+answer:
+	free(ws);
+	if (rc < 0) {
+		err[sizeof(err) - 1] = '\0';
+		reply_rc(w, ANES_WM_COMPILED, j->h.id, rc, err);
+		return;
+	}
+	/* i32 0, u32 0, u32 n_functions, then per function: name, u32 n_in,
+	 * u32 n_out, and the tensor descriptors as they are in memory. */
+	size_t len = 12;
+	for (uint32_t f = 0; f < prog->n_functions; f++)
+		len += ANES_MAX_NAME + 8 +
+		       (size_t)(prog->functions[f].n_inputs + prog->functions[f].n_outputs) *
+		               sizeof(anes_tensor_desc);
+	uint8_t *buf = calloc(1, len), *p = buf;
+	if (!buf) {
+		reply_rc(w, ANES_WM_COMPILED, j->h.id, -ENOMEM, "out of memory in the device worker");
+		return;
+	}
+	memset(p, 0, 8);
+	p += 8;
+	memcpy(p, &prog->n_functions, 4);
+	p += 4;
+	for (uint32_t f = 0; f < prog->n_functions; f++) {
+		const anes_function_info *fi = &prog->functions[f];
+		memcpy(p, fi->name, ANES_MAX_NAME);
+		p += ANES_MAX_NAME;
+		memcpy(p, &fi->n_inputs, 4);
+		memcpy(p + 4, &fi->n_outputs, 4);
+		p += 8;
+		memcpy(p, fi->inputs, fi->n_inputs * sizeof(anes_tensor_desc));
+		p += fi->n_inputs * sizeof(anes_tensor_desc);
+		memcpy(p, fi->outputs, fi->n_outputs * sizeof(anes_tensor_desc));
+		p += fi->n_outputs * sizeof(anes_tensor_desc);
+	}
+	struct iovec v = { buf, len };
+	reply(w, ANES_WM_COMPILED, j->h.id, &v, 1);
+	free(buf);
+}
+
+static void do_run(worker *w, wjob *j)
+{
+	char err[ANES_ERRMSG_MAX] = "";
+	const anes_function_info *fi = &j->prog->functions[j->fn];
+	int rc = w->b->ops->run(w->b, j->prog, j->fn, (const void *const *)j->ptrs,
+	                        (void *const *)(j->ptrs + fi->n_inputs), err, sizeof(err));
+	err[sizeof(err) - 1] = '\0';
+	reply_rc(w, ANES_WM_RAN, j->h.id, rc, rc < 0 ? err : "");
+}
+
+static void *thread_main(void *arg)
+{
+	worker *w = arg;
+	pthread_mutex_lock(&w->m);
+	for (;;) {
+		while (!w->head && !w->stop)
+			pthread_cond_wait(&w->cond, &w->m);
+		if (!w->head)
+			break;
+		wjob *j = w->head;
+		w->head = j->next;
+		if (!w->head)
+			w->tail = &w->head;
+		pthread_mutex_unlock(&w->m);
+		if (j->h.type == ANES_WM_COMPILE)
+			do_compile(w, j);
+		else
+			do_run(w, j);
+		free(j->payload);
+		free(j);
+		pthread_mutex_lock(&w->m);
+	}
+	pthread_mutex_unlock(&w->m);
+	return NULL;
+}
+
+/* On the main thread: resolve a run's program and surfaces (so that the
+ * tables are only changed here and by compile completions). */
+static int prepare_run(worker *w, wjob *j, char *err, size_t errlen)
+{
+	rd r = { j->payload, j->h.len, false };
+	uint64_t pid = rd_u64(&r);
+	j->fn = rd_u32(&r);
+	j->n = rd_u32(&r);
+	if (r.bad)
+		return -EBADMSG;
+	pthread_mutex_lock(&w->m);
+	wprog *wp = find_prog(w, pid);
+	int rc = 0;
+	if (!wp) {
+		snprintf(err, errlen, "device worker: no program %llu", (unsigned long long)pid);
+		rc = -EIO;
+		goto out;
+	}
+	j->prog = wp->prog;
+	if (j->fn >= j->prog->n_functions) {
+		rc = -EBADMSG;
+		goto out;
+	}
+	const anes_function_info *fi = &j->prog->functions[j->fn];
+	if (j->n != fi->n_inputs + fi->n_outputs || j->n > 2 * ANES_MAX_IO) {
+		rc = -EBADMSG;
+		goto out;
+	}
+	for (uint32_t i = 0; i < j->n; i++) {
+		uint64_t key = rd_u64(&r), off = rd_u64(&r);
+		const anes_tensor_desc *t = i < fi->n_inputs ? &fi->inputs[i] : &fi->outputs[i - fi->n_inputs];
+		wsurf *s = r.bad ? NULL : find_surf(w, key);
+		if (!s) {
+			snprintf(err, errlen, "device worker: surface key %llu was not shared",
+			         (unsigned long long)key);
+			rc = -EIO;
+			goto out;
+		}
+		if (off > s->size || t->bytes > s->size - off) {
+			rc = -EBADMSG;
+			goto out;
+		}
+		j->ptrs[i] = (char *)s->map + off;
+	}
+out:
+	pthread_mutex_unlock(&w->m);
+	return rc;
+}
+
+static void surface_add(worker *w, uint64_t key, const void *payload, uint32_t len, int fd)
+{
+	uint64_t size;
+	if (fd < 0 || len != 8)
+		return;
+	memcpy(&size, payload, 8);
+	void *map = size && size <= SIZE_MAX
+	                    ? mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+	                    : MAP_FAILED;
+	if (map == MAP_FAILED) {
+		/* The runs that use it fail with "was not shared". */
+		fprintf(stderr, "aneshared worker: cannot map surface %llu: %s\n",
+		        (unsigned long long)key, strerror(errno));
+		return;
+	}
+	pthread_mutex_lock(&w->m);
+	wsurf *old = find_surf(w, key);
+	if (old) {
+		munmap(old->map, (size_t)old->size);
+		old->map = map;
+		old->size = size;
+	} else if (grow((void **)&w->surfs, &w->cap_surfs, w->n_surfs, sizeof(*w->surfs)) == 0) {
+		w->surfs[w->n_surfs++] = (wsurf){ key, map, size };
+	} else {
+		munmap(map, (size_t)size);
+	}
+	pthread_mutex_unlock(&w->m);
+}
+
+static void surface_drop(worker *w, uint64_t key)
+{
+	pthread_mutex_lock(&w->m);
+	wsurf *s = find_surf(w, key);
+	if (s) {
+		munmap(s->map, (size_t)s->size);
+		*s = w->surfs[--w->n_surfs];
+	}
+	pthread_mutex_unlock(&w->m);
+}
+
+static void program_free(worker *w, uint64_t id)
+{
+	pthread_mutex_lock(&w->m);
+	wprog *p = find_prog(w, id);
+	anes_bprogram *prog = NULL;
+	if (p) {
+		prog = p->prog;
+		*p = w->progs[--w->n_progs];
+	}
+	pthread_mutex_unlock(&w->m);
+	if (prog)
+		w->b->ops->program_free(w->b, prog);
+}
+
+int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads)
+{
+	worker w = { .fd = fd, .b = b };
+	pthread_t th[64];
+	unsigned nt = 0;
+	int status = 0;
+
+	/* The daemon decides when the worker ends (it closes the socket);
+	 * terminal and service-manager stop signals are for the daemon. */
+	signal(SIGINT, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGPIPE, SIG_IGN);
+	pthread_mutex_init(&w.m, NULL);
+	pthread_mutex_init(&w.send_m, NULL);
+	pthread_cond_init(&w.cond, NULL);
+	w.tail = &w.head;
+	if (n_threads == 0)
+		n_threads = 2;
+	if (n_threads > 64)
+		n_threads = 64;
+	for (; nt < n_threads; nt++)
+		if (pthread_create(&th[nt], NULL, thread_main, &w) != 0)
+			break;
+	if (nt == 0) {
+		fprintf(stderr, "aneshared worker: cannot start threads\n");
+		return 1;
+	}
+
+	uint32_t pid = (uint32_t)getpid();
+	const char *name = b->ops->name ? b->ops->name : "unknown";
+	struct iovec hv[2] = { { &pid, 4 }, { (void *)name, strlen(name) } };
+	if (anes_wmsg_send(fd, ANES_WM_HELLO, 0, hv, 2, -1) < 0)
+		status = 1;
+
+	while (status == 0) {
+		anes_wmsg_hdr h;
+		void *payload;
+		int mfd;
+		int r = anes_wmsg_recv(fd, &h, &payload, &mfd);
+		if (r == -EPIPE)
+			break;
+		if (r < 0) {
+			fprintf(stderr, "aneshared worker: reading from the daemon: %s\n", strerror(-r));
+			status = 1;
+			break;
+		}
+		switch (h.type) {
+		case ANES_WM_SURFACE_ADD:
+			surface_add(&w, h.id, payload, h.len, mfd);
+			free(payload);
+			break;
+		case ANES_WM_SURFACE_DROP:
+			surface_drop(&w, h.id);
+			free(payload);
+			break;
+		case ANES_WM_PROGRAM_FREE:
+			program_free(&w, h.id);
+			free(payload);
+			break;
+		case ANES_WM_COMPILE:
+		case ANES_WM_RUN: {
+			wjob *j = calloc(1, sizeof(*j));
+			if (!j) {
+				reply_rc(&w, h.type == ANES_WM_RUN ? ANES_WM_RAN : ANES_WM_COMPILED, h.id,
+				         -ENOMEM, "out of memory in the device worker");
+				free(payload);
+				break;
+			}
+			j->h = h;
+			j->payload = payload;
+			if (h.type == ANES_WM_RUN) {
+				char err[256] = "";
+				int rc = prepare_run(&w, j, err, sizeof(err));
+				if (rc < 0) {
+					reply_rc(&w, ANES_WM_RAN, h.id, rc, err);
+					free(payload);
+					free(j);
+					break;
+				}
+			}
+			pthread_mutex_lock(&w.m);
+			*w.tail = j;
+			w.tail = &j->next;
+			pthread_cond_signal(&w.cond);
+			pthread_mutex_unlock(&w.m);
+			break;
+		}
+		default:
+			fprintf(stderr, "aneshared worker: unknown message %u\n", h.type);
+			free(payload);
+			status = 1;
+			break;
+		}
+		if (mfd >= 0)
+			close(mfd);
+	}
+
+	/* Nobody waits for queued work any more: drop it, finish what runs. */
+	pthread_mutex_lock(&w.m);
+	w.stop = true;
+	wjob *q = w.head;
+	w.head = NULL;
+	w.tail = &w.head;
+	pthread_cond_broadcast(&w.cond);
+	pthread_mutex_unlock(&w.m);
+	while (q) {
+		wjob *n = q->next;
+		free(q->payload);
+		free(q);
+		q = n;
+	}
+	for (unsigned i = 0; i < nt; i++)
+		pthread_join(th[i], NULL);
+	for (size_t i = 0; i < w.n_progs; i++)
+		b->ops->program_free(b, w.progs[i].prog);
+	for (size_t i = 0; i < w.n_surfs; i++)
+		munmap(w.surfs[i].map, (size_t)w.surfs[i].size);
+	free(w.progs);
+	free(w.surfs);
+	pthread_cond_destroy(&w.cond);
+	pthread_mutex_destroy(&w.send_m);
+	pthread_mutex_destroy(&w.m);
+	return status;
+}

@@ -1,0 +1,582 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The device worker (docs/worker.md) with the CPU backend: results through
+ * the worker, a worker killed under pipelined runs from several client
+ * processes, the compile-budget restart, a worker that cannot start, and
+ * cleanup (the daemon's fds back to baseline, no zombie left behind).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+
+#include "anes_proto.h"
+#include "aneshare.h"
+#include "daemon_harness.h"
+
+static h_daemon D;
+
+static void teardown(void)
+{
+	h_daemon_kill(&D);
+}
+
+TestSuite(worker, .fini = teardown, .timeout = 60);
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void pause_ms(int ms)
+{
+	poll(NULL, 0, ms);   /* between bounded status polls only */
+}
+
+/* ---- the worker map of status ------------------------------------------------------ */
+
+typedef struct wstat {
+	bool present;
+	int64_t pid;
+	uint64_t restarts, compiles, budget, recompiles, daemon_compiles;
+	char backend[16];
+} wstat;
+
+static uint64_t map_u64(const msgpack_object *m, const char *key)
+{
+	for (uint32_t i = 0; i < m->via.map.size; i++) {
+		const msgpack_object_kv *kv = &m->via.map.ptr[i];
+		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+		    !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size) &&
+		    kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+			return kv->val.via.u64;
+	}
+	return UINT64_MAX;
+}
+
+static void status_cb(const msgpack_object *res, void *ud)
+{
+	wstat *w = ud;
+	w->daemon_compiles = map_u64(res, "compiles");
+	for (uint32_t i = 0; i < res->via.map.size; i++) {
+		const msgpack_object_kv *kv = &res->via.map.ptr[i];
+		if (kv->key.type != MSGPACK_OBJECT_STR || kv->key.via.str.size != 6 ||
+		    memcmp(kv->key.via.str.ptr, "worker", 6) || kv->val.type != MSGPACK_OBJECT_MAP)
+			continue;
+		const msgpack_object *m = &kv->val;
+		w->present = true;
+		w->pid = (int64_t)map_u64(m, "pid");
+		w->restarts = map_u64(m, "restarts");
+		w->compiles = map_u64(m, "compiles");
+		w->budget = map_u64(m, "compile_budget");
+		w->recompiles = map_u64(m, "recompiles");
+		for (uint32_t j = 0; j < m->via.map.size; j++) {
+			const msgpack_object_kv *b = &m->via.map.ptr[j];
+			if (b->key.type == MSGPACK_OBJECT_STR && b->key.via.str.size == 7 &&
+			    !memcmp(b->key.via.str.ptr, "backend", 7) && b->val.type == MSGPACK_OBJECT_STR)
+				snprintf(w->backend, sizeof w->backend, "%.*s", (int)b->val.via.str.size,
+				         b->val.via.str.ptr);
+		}
+	}
+}
+
+static wstat worker_status(void)
+{
+	wstat w = { 0 };
+	int fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	h_raw_hello(fd);
+	static const uint8_t empty_map = 0x80;
+	cr_assert_eq(h_raw_request(fd, 9, "status", &empty_map, 1, NULL, 0), 0);
+	cr_assert_eq(h_raw_response_cb(fd, 9, 5000, status_cb, &w), 0);
+	close(fd);
+	return w;
+}
+
+/* Poll status (bounded) until a worker with at least restarts restarts and
+ * a pid other than not_pid runs. */
+static wstat wait_worker(uint64_t restarts, int64_t not_pid)
+{
+	int64_t deadline = now_ms() + 10000 * h_slow();
+	for (;;) {
+		wstat w = worker_status();
+		cr_assert(w.present, "status has no worker map");
+		if (w.restarts >= restarts && w.pid > 0 && w.pid != not_pid)
+			return w;
+		cr_assert(now_ms() < deadline, "no new worker (restarts %llu, pid %lld)",
+		          (unsigned long long)w.restarts, (long long)w.pid);
+		pause_ms(10);
+	}
+}
+
+/* Gone from /proc: exited and reaped (a zombie still has its entry). */
+static bool process_gone(int64_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%lld", (long long)pid);
+	return access(path, F_OK) != 0;
+}
+
+static void wait_gone(int64_t pid)
+{
+	int64_t deadline = now_ms() + 10000 * h_slow();
+	while (!process_gone(pid)) {
+		cr_assert(now_ms() < deadline, "process %lld is still there (or a zombie)", (long long)pid);
+		pause_ms(10);
+	}
+}
+
+/* ---- programs -------------------------------------------------------------------------- */
+
+/* z = x @ y on [1, 1, n, n] fp16, function fn_name (distinct names make
+ * distinct programs). */
+static char *square_mm_mil(unsigned n, const char *fn_name)
+{
+	char *s = NULL;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func %s<ios18>(tensor<fp16, [1, 1, %u, %u]> x, tensor<fp16, [1, 1, %u, %u]> y) {\n"
+	                 "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
+	                 "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
+	                 "        tensor<fp16, [1, 1, %u, %u]> z = matmul(transpose_x = tx, transpose_y = ty, "
+	                 "x = x, y = y)[name = string(\"z\")];\n"
+	                 "    } -> (z);\n}\n",
+	                 fn_name, n, n, n, n, n, n);
+	cr_assert(r > 0);
+	return s;
+}
+
+#define SQ 8
+
+typedef struct sq {
+	aneshare_program *p;
+	aneshare_surface *x, *y, *z;
+} sq;
+
+static void sq_compile(aneshare_conn *c, sq *s, int k)
+{
+	char name[16];
+	snprintf(name, sizeof name, "f%d", k);
+	char *mil = square_mm_mil(SQ, name);
+	int r = aneshare_program_compile(c, mil, NULL, 0, &s->p, NULL);
+	free(mil);
+	cr_assert_eq(r, 0, "compile f%d: %s", k, aneshare_last_error(c));
+	cr_assert_eq(aneshare_surface_create(c, SQ * SQ * 2, &s->x), 0);
+	cr_assert_eq(aneshare_surface_create(c, SQ * SQ * 2, &s->y), 0);
+	cr_assert_eq(aneshare_surface_create(c, SQ * SQ * 2, &s->z), 0);
+}
+
+static void sq_release(sq *s)
+{
+	aneshare_program_release(s->p);
+	aneshare_surface_release(s->x);
+	aneshare_surface_release(s->y);
+	aneshare_surface_release(s->z);
+	*s = (sq){ 0 };
+}
+
+/* Run with inputs from seed and check z against an fp32 reference. */
+static void sq_check(aneshare_conn *c, sq *s, int seed)
+{
+	uint16_t *x = aneshare_surface_data(s->x), *y = aneshare_surface_data(s->y);
+	float xf[SQ * SQ], yf[SQ * SQ], zf[SQ * SQ];
+	for (int i = 0; i < SQ * SQ; i++) {
+		xf[i] = (float)((i * 7 + seed) % 13) / 16.0f - 0.375f;
+		yf[i] = (float)((i * 5 + 3 * seed) % 11) / 16.0f - 0.25f;
+	}
+	aneshare_f32_to_f16(x, xf, SQ * SQ);
+	aneshare_f32_to_f16(y, yf, SQ * SQ);
+	aneshare_surface *in[2] = { s->x, s->y };
+	int r = aneshare_run(s->p, 0, in, 2, &s->z, 1);
+	cr_assert_eq(r, 0, "run: %s", aneshare_last_error(c));
+	aneshare_f16_to_f32(zf, aneshare_surface_data(s->z), SQ * SQ);
+	for (int i = 0; i < SQ; i++)
+		for (int j = 0; j < SQ; j++) {
+			float ref = 0;
+			for (int k = 0; k < SQ; k++)
+				ref += xf[i * SQ + k] * yf[k * SQ + j];
+			cr_assert(fabsf(zf[i * SQ + j] - ref) < 1e-2f, "z[%d][%d] = %g, want %g", i, j,
+			          zf[i * SQ + j], ref);
+		}
+}
+
+static void start_worker_daemon(const char *budget)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", "--compile-budget", budget, NULL };
+	h_daemon_start_args(&D, args);
+}
+
+/* ---- results through the worker ------------------------------------------------------ */
+
+Test(worker, cpu_in_worker_results_and_cleanup)
+{
+	start_worker_daemon("0");
+	aneshare_conn *c = h_connect(&D, "worker-basic");
+	wstat w = worker_status();
+	cr_assert(w.present);
+	cr_assert_gt(w.pid, 0);
+	cr_assert_neq(w.pid, (int64_t)D.pid);
+	cr_assert_str_eq(w.backend, "cpu");
+	cr_assert_eq(w.restarts, 0);
+	cr_assert_eq(w.budget, 0);
+	h_wait_clients(c, 1);   /* the status connection is gone */
+	int base = h_daemon_fds(&D);
+
+	/* The matmul of the other suites, with its reference. */
+	aneshare_program *p;
+	char *mil = h_read_source("examples/dynamic_matmul.mil");
+	cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, NULL), 0, "%s", aneshare_last_error(c));
+	free(mil);
+	h_mm mm;
+	cr_assert(h_mm_from_program(p, &mm));
+	aneshare_surface *in, *out;
+	cr_assert_eq(aneshare_surface_create(c, mm.in_bytes, &in), 0);
+	cr_assert_eq(aneshare_surface_create(c, mm.out_bytes, &out), 0);
+	for (uint64_t seed = 1; seed <= 5; seed++) {
+		h_mm_fill(&mm, aneshare_surface_data(in), seed);
+		cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
+		cr_assert_lt(h_mm_error(&mm, aneshare_surface_data(in), aneshare_surface_data(out)), H_MM_TOL);
+	}
+	sq s;
+	sq_compile(c, &s, 0);
+	sq_check(c, &s, 1);
+	sq_check(c, &s, 2);
+	cr_assert_eq(worker_status().compiles, 2);
+
+	/* One fd per live surface while the worker is in use, none after. */
+	cr_assert_eq(h_daemon_fds(&D), base + 5, "%d fds, base %d", h_daemon_fds(&D), base);
+	sq_release(&s);
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+	aneshare_program_release(p);
+	h_wait_counts(c, 0, 0);
+	h_wait_daemon_fds(&D, base);
+	aneshare_disconnect(c);
+
+	int64_t wpid = w.pid;
+	h_daemon_stop(&D);
+	wait_gone(wpid);
+}
+
+/* ---- a worker killed under load ------------------------------------------------------- */
+
+#define PAIRS 4
+
+typedef struct child_result {
+	uint32_t ok, retryable, after_ok;
+	uint64_t reconnects;
+	char err[200];
+} child_result;
+
+/* A client process: pipelined runs (PAIRS tickets at a time) of the
+ * matmul, each checked, until the parent's byte on ctl; then 5 more rounds
+ * that must all succeed.  Reports on res_fd. */
+static int client_main(int ctl, int res_fd, int ready_fd, int id)
+{
+	child_result res = { 0 };
+	int rc = 1;
+	aneshare_conn *c = NULL;
+	aneshare_program *p = NULL;
+	aneshare_surface *in[PAIRS], *out[PAIRS];
+	h_mm mm;
+	char name[32];
+	snprintf(name, sizeof name, "worker-client-%d", id);
+	if (aneshare_connect(D.sock, name, &c) < 0) {
+		snprintf(res.err, sizeof res.err, "connect failed");
+		goto out;
+	}
+	char path[512];
+	snprintf(path, sizeof path, "%s/examples/dynamic_matmul.mil", ANES_SOURCE_DIR);
+	FILE *f = fopen(path, "re");
+	char mil[16384];
+	size_t n = f ? fread(mil, 1, sizeof mil - 1, f) : 0;
+	if (f)
+		fclose(f);
+	mil[n] = '\0';
+	if (aneshare_program_compile(c, mil, NULL, 0, &p, NULL) < 0 || !h_mm_from_program(p, &mm)) {
+		snprintf(res.err, sizeof res.err, "compile: %s", aneshare_last_error(c));
+		goto out;
+	}
+	for (int i = 0; i < PAIRS; i++) {
+		if (aneshare_surface_create(c, mm.in_bytes, &in[i]) < 0 ||
+		    aneshare_surface_create(c, mm.out_bytes, &out[i]) < 0) {
+			snprintf(res.err, sizeof res.err, "surface: %s", aneshare_last_error(c));
+			goto out;
+		}
+		h_mm_fill(&mm, aneshare_surface_data(in[i]), (uint64_t)(id * 100 + i));
+	}
+	bool told = false, readied = false;
+	int after = 0;
+	int64_t deadline = now_ms() + 30000;
+	while (after < 5) {
+		if (now_ms() > deadline) {
+			snprintf(res.err, sizeof res.err, "no word from the parent");
+			goto out;
+		}
+		if (!told) {
+			struct pollfd pf = { .fd = ctl, .events = POLLIN };
+			if (poll(&pf, 1, 0) == 1)
+				told = true;   /* every run from here on must succeed */
+		}
+		uint32_t t[PAIRS];
+		for (int i = 0; i < PAIRS; i++) {
+			memset(aneshare_surface_data(out[i]), 0, mm.out_bytes);
+			if (aneshare_run_submit(p, 0, &in[i], 1, &out[i], 1, &t[i]) < 0) {
+				snprintf(res.err, sizeof res.err, "submit: %s", aneshare_last_error(c));
+				goto out;
+			}
+		}
+		for (int i = 0; i < PAIRS; i++) {
+			int r = aneshare_wait(c, t[i]);
+			if (r == 0) {
+				double e = h_mm_error(&mm, aneshare_surface_data(in[i]), aneshare_surface_data(out[i]));
+				if (!(e < H_MM_TOL)) {
+					snprintf(res.err, sizeof res.err, "wrong result (error %g)", e);
+					goto out;
+				}
+				res.ok++;
+				if (told)
+					res.after_ok++;
+			} else if (r == -ANESHARE_EWORKER_RESTARTED && !told && aneshare_error_is_retryable(r)) {
+				res.retryable++;
+			} else {
+				snprintf(res.err, sizeof res.err, "run%s: %s (%s)", told ? " after the restart" : "",
+				         aneshare_strerror(r), aneshare_last_error(c));
+				goto out;
+			}
+		}
+		if (!readied) {
+			readied = true;
+			if (write(ready_fd, "R", 1) != 1)
+				goto out;
+		}
+		if (told)
+			after++;
+	}
+	res.reconnects = aneshare_reconnect_count(c);
+	rc = 0;
+out:
+	if (write(res_fd, &res, sizeof res) != (ssize_t)sizeof res)
+		rc = 1;
+	aneshare_disconnect(c);
+	return rc;
+}
+
+Test(worker, kill_worker_under_pipelined_runs)
+{
+	enum { CLIENTS = 3 };
+	start_worker_daemon("0");
+	aneshare_conn *obs = h_connect(&D, "worker-observer");
+	wstat w0 = worker_status();
+	cr_assert_gt(w0.pid, 0);
+	h_wait_clients(obs, 1);
+	int base = h_daemon_fds(&D);
+
+	pid_t kids[CLIENTS];
+	int ctl[CLIENTS][2], res[CLIENTS][2], ready[2];
+	cr_assert_eq(pipe2(ready, O_CLOEXEC), 0);
+	for (int k = 0; k < CLIENTS; k++) {
+		cr_assert_eq(pipe2(ctl[k], O_CLOEXEC), 0);
+		cr_assert_eq(pipe2(res[k], O_CLOEXEC), 0);
+		kids[k] = fork();
+		cr_assert_geq(kids[k], 0);
+		if (kids[k] == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			_exit(client_main(ctl[k][0], res[k][1], ready[1], k));
+		}
+		close(ctl[k][0]);
+		close(res[k][1]);
+	}
+	close(ready[1]);
+	for (int k = 0; k < CLIENTS; k++) {
+		char b;
+		cr_assert_eq(read(ready[0], &b, 1), 1, "a client failed before the kill");
+	}
+
+	/* Mid-stream: every client has runs in flight all the time. */
+	cr_assert_eq(kill((pid_t)w0.pid, SIGKILL), 0);
+	wstat w1 = wait_worker(1, w0.pid);
+	cr_assert_eq(w1.restarts, 1);
+	wait_gone(w0.pid);
+	for (int k = 0; k < CLIENTS; k++)
+		cr_assert_eq(write(ctl[k][1], "K", 1), 1);
+
+	uint32_t retryable = 0, ok = 0;
+	for (int k = 0; k < CLIENTS; k++) {
+		child_result r = { 0 };
+		cr_assert_eq(read(res[k][0], &r, sizeof r), (ssize_t)sizeof r);
+		int st;
+		cr_assert_eq(waitpid(kids[k], &st, 0), kids[k]);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: %s", k, r.err);
+		cr_assert_eq(r.reconnects, 0, "client %d reconnected", k);
+		cr_assert_geq(r.after_ok, 5 * PAIRS);
+		retryable += r.retryable;
+		ok += r.ok;
+		close(ctl[k][1]);
+		close(res[k][0]);
+	}
+	close(ready[0]);
+	cr_log_info("kill: %u runs ok, %u worker_restarted", ok, retryable);
+
+	wstat w2 = worker_status();
+	cr_assert_eq(w2.pid, w1.pid);
+	cr_assert_eq(w2.restarts, 1);
+	h_wait_counts(obs, 0, 0);
+	h_wait_clients(obs, 1);
+	h_wait_daemon_fds(&D, base);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+	wait_gone(w1.pid);
+}
+
+/* ---- the compile budget ------------------------------------------------------------------ */
+
+Test(worker, compile_budget_restart)
+{
+	start_worker_daemon("5");
+	aneshare_conn *a = h_connect(&D, "budget-a"), *b = h_connect(&D, "budget-b");
+	sq s[12] = { { 0 } };
+	wstat w = worker_status();
+	cr_assert_eq(w.budget, 5);
+	int64_t pid0 = w.pid;
+
+	for (int k = 0; k < 5; k++)
+		sq_compile(a, &s[k], k);
+	w = worker_status();
+	cr_assert_eq(w.compiles, 5);
+	cr_assert_eq(w.restarts, 0);
+	for (int k = 0; k < 4; k++)
+		sq_release(&s[k]);   /* keep f4 */
+
+	/* The 6th compile: a new worker, f4 compiled again, then f5. */
+	sq_compile(b, &s[5], 5);
+	w = worker_status();
+	cr_assert_eq(w.restarts, 1);
+	cr_assert_neq(w.pid, pid0);
+	cr_assert_eq(w.recompiles, 1);
+	cr_assert_eq(w.compiles, 2);
+	wait_gone(pid0);
+	sq_check(a, &s[4], 1);
+	sq_check(b, &s[5], 2);
+
+	for (int k = 6; k < 9; k++)
+		sq_compile(b, &s[k], k);     /* compiles: 5 */
+	sq_release(&s[5]);
+	sq_release(&s[6]);             /* alive: f4, f7, f8 */
+	sq_compile(a, &s[9], 9);       /* restart 2: 3 recompiled + f9 */
+	sq_compile(a, &s[10], 10);     /* 5 */
+	w = worker_status();
+	cr_assert_eq(w.restarts, 2);
+	cr_assert_eq(w.recompiles, 1 + 3);
+	cr_assert_eq(w.compiles, 5);
+	sq_release(&s[9]);             /* alive: f4, f7, f8, f10 */
+	sq_compile(b, &s[11], 11);     /* restart 3: 4 recompiled + f11 */
+	w = worker_status();
+	cr_assert_eq(w.restarts, 3);
+	cr_assert_eq(w.recompiles, 1 + 3 + 4, "released programs were compiled again");
+	cr_assert_eq(w.compiles, 5);
+	cr_assert_eq(w.daemon_compiles, 12);
+
+	int alive[] = { 4, 7, 8, 10, 11 };
+	for (size_t i = 0; i < sizeof alive / sizeof alive[0]; i++)
+		sq_check(alive[i] == 4 || alive[i] == 10 ? a : b, &s[alive[i]], (int)i + 3);
+	cr_assert_eq(aneshare_reconnect_count(a), 0);
+	cr_assert_eq(aneshare_reconnect_count(b), 0);
+	for (size_t i = 0; i < sizeof alive / sizeof alive[0]; i++)
+		sq_release(&s[alive[i]]);
+	h_wait_counts(a, 0, 0);
+	aneshare_disconnect(a);
+	aneshare_disconnect(b);
+	int64_t last = worker_status().pid;
+	h_daemon_stop(&D);
+	wait_gone(last);
+}
+
+/* ---- configuration, and a worker that cannot start --------------------------------------- */
+
+Test(worker, config_file_keys)
+{
+	char dir[] = "/tmp/anes-wcfg-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	char path[128];
+	snprintf(path, sizeof path, "%s/aneshared.conf", dir);
+	FILE *f = fopen(path, "we");
+	cr_assert_not_null(f);
+	fprintf(f, "backend = cpu\nworker = yes\ncompile_budget = 7\n");
+	fclose(f);
+	const char *args[] = { "--config", path, NULL };
+	h_daemon_start_args(&D, args);
+	wstat w = worker_status();
+	cr_assert(w.present);
+	cr_assert_eq(w.budget, 7);
+	h_daemon_stop(&D);
+
+	/* --no-worker wins over the file: no worker map. */
+	const char *args2[] = { "--config", path, "--no-worker", NULL };
+	h_daemon_start_args(&D, args2);
+	cr_assert_not(worker_status().present);
+	h_daemon_stop(&D);
+	unlink(path);
+	rmdir(dir);
+}
+
+Test(worker, worker_that_cannot_start)
+{
+	const char *exe = getenv("ANESHARED");
+	cr_assert(exe && *exe);
+	char dir[] = "/tmp/anes-wfail-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	char sock[128], log[128];
+	snprintf(sock, sizeof sock, "%s/s.sock", dir);
+	snprintf(log, sizeof log, "%s/log", dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (fd < 0 || dup2(fd, 2) < 0)
+			_exit(99);
+		setenv("XDG_CONFIG_HOME", dir, 1);
+		execl(exe, exe, "--socket", sock, "--backend", "cpu", "--worker", "--worker-fault",
+		      "start_fail", (char *)NULL);
+		_exit(98);
+	}
+	int st = 0;
+	int64_t deadline = now_ms() + 15000 * h_slow();
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		if (now_ms() > deadline) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			cr_assert_fail("the daemon hangs when its worker cannot start");
+		}
+		pause_ms(10);
+	}
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x", st);
+	FILE *f = fopen(log, "re");
+	cr_assert_not_null(f);
+	char text[4096];
+	size_t n = fread(text, 1, sizeof text - 1, f);
+	fclose(f);
+	text[n] = '\0';
+	cr_assert_not_null(strstr(text, "the device worker did not start"), "log: %s", text);
+	cr_assert_not_null(strstr(text, "injected start failure"), "log: %s", text);
+	cr_assert_neq(access(sock, F_OK), 0, "the socket was left behind");
+	unlink(log);
+	unlink(sock);
+	char lock[160];
+	snprintf(lock, sizeof lock, "%s.lock", sock);
+	unlink(lock);
+	rmdir(dir);
+}
