@@ -561,7 +561,8 @@ static void px_program_free(anes_backend *b, anes_bprogram *prog)
 		pthread_mutex_unlock(&p->send_m);
 		return;
 	}
-	bool drop = pp->gen == p->gen && p->state == ST_UP && p->fd >= 0;
+	/* (Also during a restart: send_m keeps the fd valid.) */
+	bool drop = pp->gen == p->gen && p->fd >= 0;
 	int fd = p->fd;
 	pthread_mutex_unlock(&p->m);
 	if (drop && anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, pp->remote, NULL, 0, -1) < 0)
@@ -695,7 +696,7 @@ static void px_surface_release(anes_backend *b, uint64_t key)
 		return;
 	}
 	*slot = s->next;
-	bool drop = s->gen == p->gen && p->state == ST_UP && p->fd >= 0;
+	bool drop = s->gen == p->gen && p->fd >= 0;
 	int fd = p->fd;
 	pthread_mutex_unlock(&p->m);
 	if (drop && anes_wmsg_send(fd, ANES_WM_SURFACE_DROP, key, NULL, 0, -1) < 0)
@@ -709,7 +710,7 @@ static void px_worker_info(anes_backend *b, anes_worker_info *ret)
 	wproxy *p = P(b);
 	pthread_mutex_lock(&p->m);
 	*ret = (anes_worker_info){
-		.pid = p->state == ST_UP || p->state == ST_STARTING ? p->pid : 0,
+		.pid = p->pid,
 		.restarts = p->restarts,
 		.compiles = p->compiles,
 		.compile_budget = p->budget,
@@ -856,6 +857,7 @@ static void worker_gone(wproxy *p, bool *ret_planned, uint64_t lived_ms)
 	close(p->fd);
 	p->fd = -1;
 	pid_t pid = p->pid;
+	p->pid = 0;
 	bool closing = p->closing;
 	pthread_cond_broadcast(&p->state_cond);
 	pthread_mutex_unlock(&p->m);
