@@ -39,10 +39,15 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static pid_t g_daemon = 0;
+static pid_t g_main;
+
 static void die(const char *what, int rc, const char *msg)
 {
 	fprintf(stderr, "bench_daemon: %s failed (%d %s): %s\n", what, rc,
 	        rc < 0 ? aneshare_strerror(rc) : "", msg ? msg : "");
+	if (g_daemon > 0 && getpid() == g_main)
+		kill(g_daemon, SIGTERM);
 	exit(1);
 }
 
@@ -69,7 +74,6 @@ static int g_reps = 5;
 static bool g_quick;
 static char g_sock[256];
 static char g_dir[128];
-static pid_t g_daemon = 0;
 static const char *g_aneshared;
 
 /* ---- the programs ------------------------------------------------------------ */
@@ -123,6 +127,13 @@ static void daemon_start(void)
 		die("fork", -errno, NULL);
 	if (pid == 0) {
 		setenv("XDG_CONFIG_HOME", g_dir, 1);
+		char log[300];
+		snprintf(log, sizeof log, "%s/daemon.log", g_dir);
+		int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (lfd >= 0) {
+			dup2(lfd, 1);
+			dup2(lfd, 2);
+		}
 		execl(g_aneshared, g_aneshared, "--socket", g_sock, "--backend", "cpu", (char *)NULL);
 		_exit(127);
 	}
@@ -149,6 +160,8 @@ static void daemon_stop(void)
 	unlink(g_sock);
 	char lock[300];
 	snprintf(lock, sizeof lock, "%s.lock", g_sock);
+	unlink(lock);
+	snprintf(lock, sizeof lock, "%s/daemon.log", g_dir);
 	unlink(lock);
 	rmdir(g_dir);
 }
@@ -830,6 +843,7 @@ int main(int argc, char **argv)
 	if (!g_aneshared)
 		g_aneshared = ANES_ANESHARED_EXE;
 	signal(SIGPIPE, SIG_IGN);
+	g_main = getpid();
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	double t0 = now_s();
 	int r = anes_cpu_backend_new(0, &g_backend);

@@ -212,6 +212,17 @@ ANESHARE_API int aneshare_surface_create(aneshare_conn *conn, size_t size, anesh
 /* The mapping is read-only if the memfd is sealed against writing. */
 ANESHARE_API int aneshare_surface_import(aneshare_conn *conn, int fd, aneshare_surface **ret);
 
+/* macOS, where surfaces are IOSurfaces named by their IOSurfaceID
+ * (docs/protocol.md): hand the daemon an IOSurface this process made, by
+ * IOSurfaceGetID().  The library looks it up (its own reference, mapped in
+ * place) and asks the daemon to import it.  -ENOTSUP where surfaces are
+ * memfds (Linux).  On success *ret is owned by the caller. */
+ANESHARE_API int aneshare_surface_import_iosurface(aneshare_conn *conn, uint32_t iosurface_id,
+                                                   aneshare_surface **ret);
+/* The surface's IOSurfaceID (stable across reconnects), or 0 for a memfd
+ * surface.  See docs/security.md: any local process may look it up. */
+ANESHARE_API uint32_t aneshare_surface_iosurface_id(const aneshare_surface *s);
+
 /* Release a surface: the daemon frees it once no run uses it, and the local
  * mapping and fd are closed.  Accepts NULL (returns 0).  The pointer is
  * invalid afterwards, whatever the result.  Never reconnects: returns 0 if

@@ -43,6 +43,8 @@ struct aneshare_surface {
 	uint32_t id;               /* on the current daemon connection; 0 once lost */
 	int lost;                  /* 0, or why a reconnect could not restore it */
 	int fd;                    /* owned memfd (CLOEXEC): imported again after a reconnect */
+	struct anes_shm *shm;      /* owned instead of fd when surfaces are named by
+	                            * IOSurface ID (anes_shm.h); data == shm->base */
 	void *data;                /* owned mapping of size bytes */
 	size_t size;
 };

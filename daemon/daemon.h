@@ -196,12 +196,25 @@ struct anes_surface {
 	uint64_t key;       /* unique in this daemon (backend.h, anes_surface_desc) */
 	int fd;             /* a CLOEXEC dup of the memfd when the backend has
 	                     * run_surfaces (device worker), else -1 */
+	struct anes_shm *shm;   /* owned: a surface named by ID (IOSurface,
+	                         * anes_shm.h); map == shm->base.  NULL for memfd */
+	bool shm_created;       /* by this daemon (surface.create): on the list of
+	                         * anes_surface_shm_created, through shm_prev/next */
+	anes_surface *shm_prev, *shm_next;
 };
 
 /* Map size bytes of fd (not taken; the mapping keeps the memory alive, and
  * a dup is kept when the backend shares surfaces with another process).
  * Counts against owner's totals.  -ENOMEM, -EMFILE. */
 int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret);
+/* A surface on shm (anes_shm.h; taken on success only).  -ENOTSUP when the
+ * backend shares surfaces with a device worker (run_surfaces): that needs an
+ * fd, which an IOSurface does not have (docs/security.md, not done yet). */
+int anes_surface_new_shm(anes_conn *owner, struct anes_shm *shm, bool created,
+                         anes_surface **ret);
+/* Whether a live surface this process created (surface.create) has wire ID
+ * id: surface.import refuses those (docs/security.md).  Thread-safe. */
+bool anes_surface_shm_created(uint32_t id);
 anes_surface *anes_surface_ref(anes_surface *s);
 anes_surface *anes_surface_unref(anes_surface *s);
 

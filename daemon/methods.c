@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "anes_config.h"
+#include "anes_shm.h"
 #include "daemon.h"
 #include "mil.h"   /* the MIL front end's caps on tensors, announced in hello */
 
@@ -272,9 +273,11 @@ static void surface_reply(anes_conn *c, const anes_msg *m, anes_surface *s, int 
 
 	(void)anes_idt_peek(&c->surfaces, &id);
 	anes_frame_init(&f);
-	anes_pack_result(&f.pk, m->msgid, 2);
+	anes_pack_result(&f.pk, m->msgid, s->shm ? 3 : 2);
 	pack_kv_u64(&f.pk, "id", id);
 	pack_kv_u64(&f.pk, "size", s->size);
+	if (s->shm)   /* named by ID (macOS): no fd (docs/protocol.md) */
+		pack_kv_u64(&f.pk, "iosurface_id", s->shm->id);
 	int r = anes_frame_finish(&f, fd >= 0 ? 1 : 0, c->io.max_frame, &data, &len);
 	if (r < 0) {
 		anes_frame_release(&f);
@@ -302,6 +305,25 @@ static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned
 	}
 	if (!surface_limits_ok(c, m, size))
 		return;
+	const anes_shm_ops *so = anes_shm_default();
+	if (so->by_id) {
+		anes_shm *shm;
+		r = so->create(size, &shm);
+		if (r < 0) {
+			reply_errno(c, m, r, "creating the IOSurface");
+			return;
+		}
+		r = anes_surface_new_shm(c, shm, true, &s);
+		if (r < 0) {
+			so->release(shm);
+			reply_errno(c, m, r, r == -ENOTSUP ?
+			            "surfaces named by IOSurface ID cannot be shared with the device worker" :
+			            "creating the surface");
+			return;
+		}
+		surface_reply(c, m, s, -1);
+		return;
+	}
 	r = anes_memfd_create("aneshare-surface", size, &fd);
 	if (r < 0) {
 		reply_errno(c, m, r, "creating the memfd");
@@ -316,11 +338,82 @@ static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned
 	surface_reply(c, m, s, fd);
 }
 
+/* surface.import {iosurface_id} (macOS).  Policy (docs/security.md): the
+ * ID of a surface this daemon created is refused, so that no connection
+ * reaches another's surface through the daemon by naming its ID.  Any other
+ * surface the daemon can look up is accepted: it cannot tell who created it. */
+static void import_by_id(anes_conn *c, const anes_msg *m, unsigned nfds)
+{
+	const anes_shm_ops *so = anes_shm_default();
+	uint32_t ios_id;
+	uint64_t size;
+	anes_shm *shm;
+	anes_surface *s;
+
+	int r = anes_mp_u32(m->params, "iosurface_id", &ios_id);
+	if (r < 0 || ios_id == 0) {
+		reply_param(c, m, "iosurface_id", r < 0 ? r : -EINVAL);
+		return;
+	}
+	if (nfds != 0) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
+		                      "surface.import by iosurface_id takes no fd");
+		return;
+	}
+	if (!so->by_id) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+		                      "this daemon's surfaces are %s, not named by IOSurface ID", so->name);
+		return;
+	}
+	if (anes_surface_shm_created(ios_id)) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+		                      "IOSurface %u was created by this daemon: it cannot be imported",
+		                      ios_id);
+		return;
+	}
+	r = so->lookup(ios_id, &shm);
+	if (r == -ENOENT) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE,
+		                      "no IOSurface %u visible to the daemon", ios_id);
+		return;
+	}
+	if (r < 0) {
+		reply_errno(c, m, r, "looking up the IOSurface");
+		return;
+	}
+	size = shm->size;
+	if (size > c->srv->lim.max_surface_bytes) {
+		so->release(shm);
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
+		                      "the IOSurface's size %llu is over %llu",
+		                      (unsigned long long)size,
+		                      (unsigned long long)c->srv->lim.max_surface_bytes);
+		return;
+	}
+	if (!surface_limits_ok(c, m, size)) {
+		so->release(shm);
+		return;
+	}
+	r = anes_surface_new_shm(c, shm, false, &s);
+	if (r < 0) {
+		so->release(shm);
+		reply_errno(c, m, r, r == -ENOTSUP ?
+		            "surfaces named by IOSurface ID cannot be shared with the device worker" :
+		            "importing the surface");
+		return;
+	}
+	surface_reply(c, m, s, -1);
+}
+
 static void m_surface_import(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 {
 	uint64_t size;
 	anes_surface *s;
 
+	if (anes_mp_get(m->params, "iosurface_id")) {
+		import_by_id(c, m, nfds);
+		return;
+	}
 	if (nfds != 1) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
 		                      "surface.import takes exactly one fd, got %u", nfds);
@@ -528,100 +621,169 @@ static void m_program_release(anes_conn *c, const anes_msg *m, int *fds, unsigne
 
 /* ---- run ------------------------------------------------------------------------ */
 
-typedef struct run_job {
-	anes_job job;
-	anes_conn *conn;        /* referenced */
-	anes_backend *backend;
+#define ANES_MAX_STEPS 256   /* steps in one chained run (docs/protocol.md) */
+
+/* One run, or one step of a chain. */
+typedef struct run_step {
 	anes_centry *entry;     /* pinned */
-	uint32_t msgid;
 	uint32_t fn;
 	uint32_t n_in, n_out;
 	bool fault;             /* --fault-inject run_fail: fail instead of running */
 	anes_surface **surf;    /* n_in + n_out, referenced */
 	const void **in;
 	void **out;
+} run_step;
+
+/* A run request: one step, or a chain run back to back in one job.  The
+ * steps, their surface pointers and their data pointers live in the same
+ * allocation as the job. */
+typedef struct run_job {
+	anes_job job;
+	anes_conn *conn;        /* referenced */
+	anes_backend *backend;
+	uint32_t msgid;
+	bool chain;
+	uint32_t n_steps;
+	uint32_t n_done;        /* steps that ran (the failed one included) */
+	run_step *steps;
 	int rc;
 	uint64_t elapsed_us;
 	char err[ANES_ERRMSG_MAX];
 } run_job;
 
-static void run_work(anes_job *j)
+static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_len)
 {
-	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
-	anes_backend *b = rj->backend;
-
-	rj->err[0] = '\0';
-	if (rj->fault) {
-		rj->rc = -EIO;
-		snprintf(rj->err, sizeof(rj->err), "injected failure (--fault-inject run_fail)");
-		return;
+	if (st->fault) {
+		snprintf(err, err_len, "injected failure (--fault-inject run_fail)");
+		return -EIO;
 	}
-	uint64_t t0 = anes_now_ns();
 	if (b->ops->run_surfaces) {
 		anes_surface_desc d[2 * ANES_MAX_IO];
-		uint32_t n = rj->n_in + rj->n_out;
+		uint32_t n = st->n_in + st->n_out;
 		for (uint32_t i = 0; i < n && i < 2 * ANES_MAX_IO; i++) {
-			const anes_surface *s = rj->surf[i];
+			const anes_surface *s = st->surf[i];
 			d[i] = (anes_surface_desc){ .ptr = s->map, .fd = s->fd, .key = s->key,
 			                            .offset = 0, .size = s->size };
 		}
-		rj->rc = b->ops->run_surfaces(b, rj->entry->prog, rj->fn, d, n, rj->err, sizeof(rj->err));
-	} else {
-		rj->rc = b->ops->run(b, rj->entry->prog, rj->fn, rj->in, (void *const *)rj->out, rj->err,
-		                     sizeof(rj->err));
+		return b->ops->run_surfaces(b, st->entry->prog, st->fn, d, n, err, err_len);
+	}
+	return b->ops->run(b, st->entry->prog, st->fn, st->in, (void *const *)st->out, err, err_len);
+}
+
+/* Back to back, stopping at the first failure (rj->n_done - 1 failed). */
+static void run_work(anes_job *j)
+{
+	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
+
+	rj->err[0] = '\0';
+	rj->rc = 0;
+	uint64_t t0 = anes_now_ns();
+	for (uint32_t i = 0; i < rj->n_steps && rj->rc == 0; i++) {
+		rj->rc = run_one(rj->backend, &rj->steps[i], rj->err, sizeof(rj->err));
+		rj->n_done = i + 1;
 	}
 	rj->elapsed_us = (anes_now_ns() - t0) / 1000u;
 	rj->err[sizeof(rj->err) - 1] = '\0';
+}
+
+/* An error response whose map also names the chain step at fault:
+ * [1, msgid, {code, name, message, failed_step}, nil]. */
+static void reply_step_error(anes_conn *c, uint32_t msgid, int code, uint32_t step,
+                             const char *msg)
+{
+	anes_frame f;
+	anes_frame_init(&f);
+	msgpack_pack_array(&f.pk, 4);
+	msgpack_pack_uint32(&f.pk, ANES_MSG_RESPONSE);
+	msgpack_pack_uint32(&f.pk, msgid);
+	msgpack_pack_map(&f.pk, 4);
+	pack_kv_u64(&f.pk, "code", (uint64_t)code);
+	pack_kv_str(&f.pk, "name", anes_wire_error_name(code) ? anes_wire_error_name(code) : "internal");
+	pack_kv_str(&f.pk, "message", msg);
+	pack_kv_u64(&f.pk, "failed_step", step);
+	msgpack_pack_nil(&f.pk);
+	anes_conn_send(c, &f, msgid, NULL, 0);
+}
+
+/* Where a run request's errors go: a chain's name their step. */
+typedef struct run_req {
+	anes_conn *c;
+	uint32_t msgid;
+	bool chain;
+	uint32_t step;
+} run_req;
+
+static void run_error(const run_req *q, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void run_error(const run_req *q, int code, const char *fmt, ...)
+{
+	char msg[ANES_ERRMSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (!q->chain) {
+		anes_conn_reply_error(q->c, q->msgid, code, "%s", msg);
+		return;
+	}
+	char full[ANES_ERRMSG_MAX + 32];
+	snprintf(full, sizeof(full), "step %u: %s", q->step, msg);
+	reply_step_error(q->c, q->msgid, code, q->step, full);
 }
 
 static void run_done(anes_job *j, bool cancelled)
 {
 	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
 	anes_conn *c = rj->conn;
+	run_req q = { c, rj->msgid, rj->chain, rj->n_done ? rj->n_done - 1 : 0 };
 
 	c->inflight--;
 	if (cancelled) {
 		anes_conn_reply_error(c, rj->msgid, ANES_WERR_SHUTTING_DOWN,
 		                      "the daemon is shutting down; the run was not done");
 	} else {
-		c->srv->stats.runs++;
+		c->srv->stats.runs += rj->n_done;
 		if (rj->rc == 0) {
 			anes_frame f;
 			anes_frame_init(&f);
-			anes_pack_result(&f.pk, rj->msgid, 1);
+			anes_pack_result(&f.pk, rj->msgid, rj->chain ? 2 : 1);
 			pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_us);
+			if (rj->chain)
+				pack_kv_u64(&f.pk, "steps", rj->n_steps);
 			anes_conn_send(c, &f, rj->msgid, NULL, 0);
 		} else if (rj->rc == -ECONNRESET) {
-			anes_conn_reply_error(c, rj->msgid, ANES_WERR_WORKER_RESTARTED, "%s",
-			                      rj->err[0] ? rj->err : "the device worker was lost; retry");
+			run_error(&q, ANES_WERR_WORKER_RESTARTED, "%s",
+			          rj->err[0] ? rj->err : "the device worker was lost; retry");
 		} else {
-			anes_conn_reply_error(c, rj->msgid, ANES_WERR_RUN_FAILED, "%s",
-			                      rj->err[0] ? rj->err : strerror(-rj->rc));
+			run_error(&q, ANES_WERR_RUN_FAILED, "%s", rj->err[0] ? rj->err : strerror(-rj->rc));
 		}
 	}
-	for (uint32_t i = 0; i < rj->n_in + rj->n_out; i++)
-		anes_surface_unref(rj->surf[i]);
-	anes_centry_unpin(rj->entry);
+	for (uint32_t s = 0; s < rj->n_steps; s++) {
+		run_step *st = &rj->steps[s];
+		for (uint32_t i = 0; i < st->n_in + st->n_out; i++)
+			anes_surface_unref(st->surf[i]);
+		anes_centry_unpin(st->entry);
+	}
 	anes_conn_kick(c);
 	anes_conn_unref(c);
 	free(rj);
 }
 
-static bool read_ids(anes_conn *c, const anes_msg *m, const char *key, const msgpack_object **ret,
-                     uint32_t *ret_n)
+static bool read_ids(const run_req *q, const msgpack_object *params, const char *key,
+                     const msgpack_object **ret, uint32_t *ret_n)
 {
 	const msgpack_object *items;
 	uint32_t n;
-	int r = anes_mp_array(m->params, key, UINT32_MAX, &items, &n);
+	int r = anes_mp_array(params, key, UINT32_MAX, &items, &n);
 	if (r < 0) {
-		reply_param(c, m, key, r);
+		run_error(q, ANES_WERR_INVALID_PARAMS, r == -ENOENT ? "missing \"%s\"" :
+		          "\"%s\" has the wrong type or is out of range", key);
 		return false;
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t id;
 		if (anes_mp_item_u32(&items[i], &id) < 0) {
-			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
-			                      "\"%s\"[%u] is not a surface ID", key, i);
+			run_error(q, ANES_WERR_INVALID_PARAMS, "\"%s\"[%u] is not a surface ID", key, i);
 			return false;
 		}
 	}
@@ -630,54 +792,60 @@ static bool read_ids(anes_conn *c, const anes_msg *m, const char *key, const msg
 	return true;
 }
 
-static bool check_surfaces(anes_conn *c, const anes_msg *m, const char *what,
-                           const msgpack_object *items, const anes_tensor_desc *t, uint32_t n,
-                           anes_surface **ret)
+static bool check_surfaces(const run_req *q, const char *what, const msgpack_object *items,
+                           const anes_tensor_desc *t, uint32_t n, anes_surface **ret)
 {
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t id = 0;
 		(void)anes_mp_item_u32(&items[i], &id);
-		anes_surface *s = anes_idt_find(&c->surfaces, id);
+		anes_surface *s = anes_idt_find(&q->c->surfaces, id);
 		if (!s) {
-			anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", id);
+			run_error(q, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", id);
 			return false;
 		}
 		if (s->size < t[i].bytes) {
-			anes_conn_reply_error(c, m->msgid, ANES_WERR_SIZE_MISMATCH,
-			                      "%s %u (\"%s\") needs %llu bytes, surface %u has %llu", what, i,
-			                      t[i].name, (unsigned long long)t[i].bytes, id,
-			                      (unsigned long long)s->size);
+			run_error(q, ANES_WERR_SIZE_MISMATCH,
+			          "%s %u (\"%s\") needs %llu bytes, surface %u has %llu", what, i,
+			          t[i].name, (unsigned long long)t[i].bytes, id,
+			          (unsigned long long)s->size);
 			return false;
 		}
-		ret[i] = s;
+		if (ret)
+			ret[i] = s;
 	}
 	return true;
 }
 
-static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+/* Check one run (or step) {program, function?, inputs, outputs} and fill
+ * st in; st->surf too when it is set (else only check).  Replies on
+ * failure. */
+static bool parse_step(const run_req *q, const msgpack_object *params, run_step *st)
 {
+	anes_conn *c = q->c;
 	const msgpack_object *in_ids, *out_ids;
 	uint32_t n_in, n_out, prog_id;
 	const char *fname = NULL;
 	uint32_t fname_len = 0;
 
-	int r = anes_mp_u32(m->params, "program", &prog_id);
+	int r = anes_mp_u32(params, "program", &prog_id);
 	if (r < 0) {
-		reply_param(c, m, "program", r);
-		return;
+		run_error(q, ANES_WERR_INVALID_PARAMS, r == -ENOENT ? "missing \"%s\"" :
+		          "\"%s\" has the wrong type or is out of range", "program");
+		return false;
 	}
-	r = anes_mp_str(m->params, "function", UINT32_MAX, &fname, &fname_len);
+	r = anes_mp_str(params, "function", UINT32_MAX, &fname, &fname_len);
 	if (r < 0 && r != -ENOENT) {
-		reply_param(c, m, "function", r);
-		return;
+		run_error(q, ANES_WERR_INVALID_PARAMS, "\"function\" has the wrong type or is out of range");
+		return false;
 	}
-	if (!read_ids(c, m, "inputs", &in_ids, &n_in) || !read_ids(c, m, "outputs", &out_ids, &n_out))
-		return;
+	if (!read_ids(q, params, "inputs", &in_ids, &n_in) ||
+	    !read_ids(q, params, "outputs", &out_ids, &n_out))
+		return false;
 
 	anes_centry *e = anes_idt_find(&c->programs, prog_id);
 	if (!e) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_PROGRAM, "no program %u", prog_id);
-		return;
+		run_error(q, ANES_WERR_NO_SUCH_PROGRAM, "no program %u", prog_id);
+		return false;
 	}
 	const anes_bprogram *p = e->prog;
 	uint32_t fn = UINT32_MAX;
@@ -693,49 +861,103 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		fn = 0;
 	}
 	if (fn == UINT32_MAX) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_FUNCTION, "no function \"%.*s\"",
-		                      (int)(fname_len > 64 ? 64 : fname_len), fname ? fname : "");
-		return;
+		run_error(q, ANES_WERR_NO_SUCH_FUNCTION, "no function \"%.*s\"",
+		          (int)(fname_len > 64 ? 64 : fname_len), fname ? fname : "");
+		return false;
 	}
 	const anes_function_info *fi = &p->functions[fn];
 	if (n_in != fi->n_inputs || n_out != fi->n_outputs) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_SIZE_MISMATCH,
-		                      "function \"%s\" takes %u inputs and %u outputs, got %u and %u",
-		                      fi->name, fi->n_inputs, fi->n_outputs, n_in, n_out);
+		run_error(q, ANES_WERR_SIZE_MISMATCH,
+		          "function \"%s\" takes %u inputs and %u outputs, got %u and %u",
+		          fi->name, fi->n_inputs, fi->n_outputs, n_in, n_out);
+		return false;
+	}
+	if (!check_surfaces(q, "input", in_ids, fi->inputs, n_in, st->surf) ||
+	    !check_surfaces(q, "output", out_ids, fi->outputs, n_out, st->surf ? st->surf + n_in : NULL))
+		return false;
+	st->entry = e;
+	st->fn = fn;
+	st->n_in = n_in;
+	st->n_out = n_out;
+	st->fault = c->srv->cfg.fault_run_fail && !strcmp(fi->name, c->srv->cfg.fault_run_fail);
+	return true;
+}
+
+/* A single run: the params are the step.  A chain: { steps: [step, ...] }. */
+static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	run_req q = { c, m->msgid, false, 0 };
+	const msgpack_object *items = m->params;
+	uint32_t n_steps = 1;
+
+	int r = anes_mp_array(m->params, "steps", ANES_MAX_STEPS, &items, &n_steps);
+	if (r == 0) {
+		if (n_steps == 0 || anes_mp_get(m->params, "program")) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+			                      n_steps ? "a run has either \"steps\" or \"program\"" :
+			                                "\"steps\" is empty");
+			return;
+		}
+		for (uint32_t i = 0; i < n_steps; i++)
+			if (items[i].type != MSGPACK_OBJECT_MAP) {
+				q.chain = true;
+				q.step = i;
+				run_error(&q, ANES_WERR_INVALID_PARAMS, "a step is not a map");
+				return;
+			}
+		q.chain = true;
+	} else if (r == -EINVAL) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+		                      "\"steps\" is not an array of 1 to %d steps", ANES_MAX_STEPS);
 		return;
+	} else {
+		items = m->params;
+		n_steps = 1;
 	}
 
-	uint32_t n = n_in + n_out;
-	run_job *rj = calloc(1, sizeof(*rj) + n * (sizeof(anes_surface *) + sizeof(void *)));
+	/* Check every step before anything runs, counting the surfaces. */
+	uint64_t n_surf = 0;
+	for (uint32_t i = 0; i < n_steps; i++) {
+		run_step st = { 0 };
+		q.step = i;
+		if (!parse_step(&q, &items[i], &st))
+			return;
+		n_surf += st.n_in + st.n_out;
+	}
+	size_t bytes = sizeof(run_job) + n_steps * sizeof(run_step) +
+	               (size_t)n_surf * (sizeof(anes_surface *) + sizeof(void *));
+	run_job *rj = calloc(1, bytes);
 	if (!rj) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
 		return;
 	}
-	rj->surf = (anes_surface **)(void *)(rj + 1);
-	rj->in = (const void **)(void *)(rj->surf + n);
-	rj->out = (void **)(void *)(rj->in + n_in);
-	if (!check_surfaces(c, m, "input", in_ids, fi->inputs, n_in, rj->surf) ||
-	    !check_surfaces(c, m, "output", out_ids, fi->outputs, n_out, rj->surf + n_in)) {
-		free(rj);
-		return;
+	rj->steps = (run_step *)(void *)(rj + 1);
+	anes_surface **surf = (anes_surface **)(void *)(rj->steps + n_steps);
+	void **ptrs = (void **)(void *)(surf + n_surf);
+	for (uint32_t i = 0; i < n_steps; i++) {
+		run_step *st = &rj->steps[i];
+		st->surf = surf;
+		q.step = i;
+		(void)parse_step(&q, &items[i], st);   /* checked above: cannot fail */
+		for (uint32_t k = 0; k < st->n_in + st->n_out; k++)
+			anes_surface_ref(st->surf[k]);
+		st->in = (const void **)ptrs;
+		st->out = ptrs + st->n_in;
+		for (uint32_t k = 0; k < st->n_in; k++)
+			st->in[k] = st->surf[k]->map;
+		for (uint32_t k = 0; k < st->n_out; k++)
+			st->out[k] = st->surf[st->n_in + k]->map;
+		anes_centry_pin(st->entry);
+		surf += st->n_in + st->n_out;
+		ptrs += st->n_in + st->n_out;
 	}
-	for (uint32_t i = 0; i < n; i++)
-		anes_surface_ref(rj->surf[i]);
-	for (uint32_t i = 0; i < n_in; i++)
-		rj->in[i] = rj->surf[i]->map;
-	for (uint32_t i = 0; i < n_out; i++)
-		rj->out[i] = rj->surf[n_in + i]->map;
-	anes_centry_pin(e);
 	rj->job.work = run_work;
 	rj->job.done = run_done;
 	rj->conn = anes_conn_ref(c);
 	rj->backend = c->srv->backend;
-	rj->entry = e;
 	rj->msgid = m->msgid;
-	rj->fn = fn;
-	rj->n_in = n_in;
-	rj->n_out = n_out;
-	rj->fault = c->srv->cfg.fault_run_fail && !strcmp(fi->name, c->srv->cfg.fault_run_fail);
+	rj->chain = q.chain;
+	rj->n_steps = n_steps;
 	c->inflight++;
 	anes_pool_submit(c->srv->pool, &rj->job);
 }

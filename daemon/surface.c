@@ -10,10 +10,12 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <sys/mman.h>
 
+#include "anes_shm.h"
 #include "daemon.h"
 
 int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret)
@@ -54,6 +56,58 @@ int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret
 	return 0;
 }
 
+static void surface_count(anes_conn *owner, anes_surface *s)
+{
+	s->key = ++owner->srv->next_surface_key;
+	s->refs = 1;
+	s->owner = anes_conn_ref(owner);
+	owner->surfaces_alive++;
+	owner->surface_bytes += s->size;
+	owner->srv->stats.surfaces++;
+	owner->srv->stats.surface_bytes += s->size;
+}
+
+/* Live surfaces created here and named by ID.  Process-wide, like the IDs
+ * (several servers can run in one test process, on their own threads). */
+static anes_surface *shm_created_list;
+static pthread_mutex_t shm_created_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int anes_surface_new_shm(anes_conn *owner, struct anes_shm *shm, bool created,
+                         anes_surface **ret)
+{
+	if (owner->srv->backend->ops->run_surfaces)
+		return -ENOTSUP;
+	anes_surface *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->fd = -1;
+	s->shm = shm;
+	s->map = shm->base;
+	s->size = shm->size;
+	if (created) {
+		s->shm_created = true;
+		pthread_mutex_lock(&shm_created_lock);
+		s->shm_next = shm_created_list;
+		if (shm_created_list)
+			shm_created_list->shm_prev = s;
+		shm_created_list = s;
+		pthread_mutex_unlock(&shm_created_lock);
+	}
+	surface_count(owner, s);
+	*ret = s;
+	return 0;
+}
+
+bool anes_surface_shm_created(uint32_t id)
+{
+	bool found = false;
+	pthread_mutex_lock(&shm_created_lock);
+	for (anes_surface *s = shm_created_list; s && !found; s = s->shm_next)
+		found = s->shm->id == id;
+	pthread_mutex_unlock(&shm_created_lock);
+	return found;
+}
+
 anes_surface *anes_surface_ref(anes_surface *s)
 {
 	assert(s->refs > 0);
@@ -75,7 +129,20 @@ anes_surface *anes_surface_unref(anes_surface *s)
 			b->ops->surface_release(b, s->key);
 		close(s->fd);
 	}
-	munmap(s->map, (size_t)s->size);
+	if (s->shm_created) {
+		pthread_mutex_lock(&shm_created_lock);
+		if (s->shm_prev)
+			s->shm_prev->shm_next = s->shm_next;
+		else
+			shm_created_list = s->shm_next;
+		if (s->shm_next)
+			s->shm_next->shm_prev = s->shm_prev;
+		pthread_mutex_unlock(&shm_created_lock);
+	}
+	if (s->shm)
+		s->shm->ops->release(s->shm);
+	else
+		munmap(s->map, (size_t)s->size);
 	owner->surfaces_alive--;
 	owner->surface_bytes -= s->size;
 	owner->srv->stats.surfaces--;
