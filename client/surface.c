@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "anes_shm.h"
 #include "internal.h"
 
 static void surface_link(aneshare_conn *c, aneshare_surface *s)
@@ -36,7 +37,9 @@ void anesc_surface_free_local(aneshare_surface *s)
 		c->surfaces = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
-	if (s->data)
+	if (s->shm)
+		s->shm->ops->release(s->shm);
+	else if (s->data)
 		munmap(s->data, s->size);
 	if (s->fd >= 0)
 		close(s->fd);
@@ -47,6 +50,7 @@ typedef struct surface_result {
 	uint32_t id;
 	uint64_t size;
 	int fd;
+	uint32_t ios_id;   /* "iosurface_id": named by ID, no fd (macOS) */
 } surface_result;
 
 static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
@@ -60,6 +64,13 @@ static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, uns
 		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed surface result from the daemon");
 	sr->id = id;
 	sr->size = size;
+	if (anes_mp_get(res, "iosurface_id")) {
+		if (anes_mp_u32(res, "iosurface_id", &sr->ios_id) < 0 || sr->ios_id == 0 || nfds != 0)
+			return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed IOSurface result from the daemon");
+		if (sr->fd == -2)
+			sr->fd = -1;
+		return 0;
+	}
 	if (sr->fd == -2) {   /* create: the response must carry exactly one fd */
 		if (nfds != 1)
 			return anesc_fail(c, -ANESHARE_EPROTOCOL,
@@ -117,6 +128,62 @@ drop:
 	return r;
 }
 
+/* A surface named by IOSurface ID: shm (taken in every case) is this
+ * process's reference to the daemon's surface sr.  On failure the daemon's
+ * surface is released. */
+static int surface_finish_shm(aneshare_conn *c, const surface_result *sr, anes_shm *shm,
+                              size_t want, aneshare_surface **ret)
+{
+	int r;
+	if (sr->size == 0 || sr->size > shm->size || (want && sr->size != want)) {
+		r = anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon's surface does not match its size");
+		goto drop;
+	}
+	aneshare_surface *s = calloc(1, sizeof *s);
+	if (!s) {
+		r = anesc_fail(c, -ENOMEM, "out of memory");
+		goto drop;
+	}
+	s->id = sr->id;
+	s->size = (size_t)sr->size;
+	s->fd = -1;
+	s->shm = shm;
+	s->data = shm->base;
+	surface_link(c, s);
+	*ret = s;
+	return 0;
+drop:
+	shm->ops->release(shm);
+	anesc_release_quiet(c, "surface.release", sr->id);
+	return r;
+}
+
+/* The daemon named a new surface by IOSurface ID: look it up here. */
+static int surface_lookup(aneshare_conn *c, const surface_result *sr, size_t want,
+                          aneshare_surface **ret)
+{
+	const anes_shm_ops *so = anes_shm_default();
+	anes_shm *shm;
+	int r = so->by_id ? so->lookup(sr->ios_id, &shm) : -ENOTSUP;
+	if (r < 0) {
+		anesc_release_quiet(c, "surface.release", sr->id);
+		if (r == -ENOTSUP)
+			return anesc_fail(c, -ANESHARE_EPROTOCOL,
+			                  "the daemon names surfaces by IOSurface ID; this library's are %s",
+			                  so->name);
+		return anesc_fail(c, r, "looking up IOSurface %u: %s", sr->ios_id, strerror(-r));
+	}
+	return surface_finish_shm(c, sr, shm, want, ret);
+}
+
+static int pack_ios_id(aneshare_conn *c, msgpack_packer *pk, void *ud)
+{
+	(void)c;
+	anes_pack_str(pk, "iosurface_id");
+	msgpack_pack_uint32(pk, *(const uint32_t *)ud);
+	return 0;
+}
+
 static int pack_size(aneshare_conn *c, msgpack_packer *pk, void *ud)
 {
 	(void)c;
@@ -142,7 +209,36 @@ ANESHARE_API int aneshare_surface_create(aneshare_conn *c, size_t size, aneshare
 		anesc_release_quiet(c, "surface.release", sr.id);
 		return r;
 	}
+	if (sr.ios_id)
+		return surface_lookup(c, &sr, size, ret);
 	return surface_finish(c, &sr, sr.fd, size, ret);
+}
+
+ANESHARE_API int aneshare_surface_import_iosurface(aneshare_conn *c, uint32_t iosurface_id,
+                                                   aneshare_surface **ret)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	const anes_shm_ops *so = anes_shm_default();
+	if (!so->by_id)
+		return anesc_fail(c, -ENOTSUP, "surfaces are %s here, not IOSurfaces", so->name);
+	anes_shm *shm;
+	int r = so->lookup(iosurface_id, &shm);
+	if (r < 0)
+		return anesc_fail(c, r, "looking up IOSurface %u: %s", iosurface_id, strerror(-r));
+	surface_result sr = { .fd = -1 };
+	r = anesc_request(c, &(anesc_req){ .method = "surface.import", .n_params = 1,
+	                                   .pack = pack_ios_id, .pack_ud = &iosurface_id, .fd = -1,
+	                                   .fn = surface_cb, .fn_ud = &sr,
+	                                   .flags = ANESC_IDEMPOTENT });
+	if (r == 0 && sr.ios_id != iosurface_id)
+		r = anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon imported another IOSurface");
+	if (r < 0) {
+		so->release(shm);
+		anesc_release_quiet(c, "surface.release", sr.id);
+		return r;
+	}
+	return surface_finish_shm(c, &sr, shm, 0, ret);
 }
 
 ANESHARE_API int aneshare_surface_import(aneshare_conn *c, int fd, aneshare_surface **ret)
@@ -176,7 +272,10 @@ ANESHARE_API int aneshare_surface_import(aneshare_conn *c, int fd, aneshare_surf
 int anesc_surface_restore(aneshare_conn *c, aneshare_surface *s)
 {
 	surface_result sr = { .fd = -1 };
+	uint32_t ios_id = s->shm ? s->shm->id : 0;   /* named by ID: import it by ID */
 	int r = anesc_request(c, &(anesc_req){ .method = "surface.import", .fd = s->fd,
+	                                       .n_params = ios_id ? 1 : 0,
+	                                       .pack = ios_id ? pack_ios_id : NULL, .pack_ud = &ios_id,
 	                                       .fn = surface_cb, .fn_ud = &sr,
 	                                       .flags = ANESC_NO_RECONNECT });
 	if (c->dead || c->broken)
@@ -225,4 +324,9 @@ ANESHARE_API size_t aneshare_surface_size(const aneshare_surface *s)
 ANESHARE_API uint32_t aneshare_surface_id(const aneshare_surface *s)
 {
 	return s ? s->id : 0;
+}
+
+ANESHARE_API uint32_t aneshare_surface_iosurface_id(const aneshare_surface *s)
+{
+	return s && s->shm ? s->shm->id : 0;
 }

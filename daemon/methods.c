@@ -623,6 +623,9 @@ static void m_program_release(anes_conn *c, const anes_msg *m, int *fds, unsigne
 
 #define ANES_MAX_STEPS 256   /* steps in one chained run (docs/protocol.md) */
 
+/* Every run executes on a worker thread, never on the loop thread: a
+ * backend call can take any time, and the loop serves every client. */
+
 /* One run, or one step of a chain. */
 typedef struct run_step {
 	anes_centry *entry;     /* pinned */
@@ -647,7 +650,7 @@ typedef struct run_job {
 	uint32_t n_done;        /* steps that ran (the failed one included) */
 	run_step *steps;
 	int rc;
-	uint64_t elapsed_us;
+	uint64_t elapsed_ns;
 	char err[ANES_ERRMSG_MAX];
 } run_job;
 
@@ -682,7 +685,7 @@ static void run_work(anes_job *j)
 		rj->rc = run_one(rj->backend, &rj->steps[i], rj->err, sizeof(rj->err));
 		rj->n_done = i + 1;
 	}
-	rj->elapsed_us = (anes_now_ns() - t0) / 1000u;
+	rj->elapsed_ns = anes_now_ns() - t0;
 	rj->err[sizeof(rj->err) - 1] = '\0';
 }
 
@@ -731,6 +734,8 @@ static void run_error(const run_req *q, int code, const char *fmt, ...)
 	reply_step_error(q->c, q->msgid, code, q->step, full);
 }
 
+/* Answer, release what the run held, free it, and look at the connection's
+ * buffered requests again (it may have stopped reading at max_inflight). */
 static void run_done(anes_job *j, bool cancelled)
 {
 	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
@@ -747,7 +752,7 @@ static void run_done(anes_job *j, bool cancelled)
 			anes_frame f;
 			anes_frame_init(&f);
 			anes_pack_result(&f.pk, rj->msgid, rj->chain ? 2 : 1);
-			pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_us);
+			pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_ns / 1000u);
 			if (rj->chain)
 				pack_kv_u64(&f.pk, "steps", rj->n_steps);
 			anes_conn_send(c, &f, rj->msgid, NULL, 0);

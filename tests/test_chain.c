@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Chained runs, the async client API and the size of run frames, against a
+ * real daemon (tests/daemon_harness.c).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "anes_fp16.h"
+#include "anes_proto.h"
+#include "daemon_harness.h"
+
+/* y = x + x, and a second function that --fault-inject makes fail. */
+static const char *mil_double =
+	"program(1.3)\n{\n"
+	"    func main<ios18>(tensor<fp16, [1, 1, 1, 8]> x) {\n"
+	"        tensor<fp16, [1, 1, 1, 8]> y = add(x = x, y = x)[name = string(\"y\")];\n"
+	"    } -> (y);\n"
+	"    func fail_me<ios18>(tensor<fp16, [1, 1, 1, 8]> x) {\n"
+	"        tensor<fp16, [1, 1, 1, 8]> y = add(x = x, y = x)[name = string(\"y\")];\n"
+	"    } -> (y);\n}\n";
+
+#define N 6
+
+typedef struct chain_fixture {
+	h_daemon d;
+	aneshare_conn *c;
+	aneshare_program *p;
+	aneshare_surface *s[N + 1];   /* s[i] -> step i -> s[i + 1] */
+	aneshare_step steps[N];
+} chain_fixture;
+
+static void setup(chain_fixture *f)
+{
+	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
+	h_daemon_start_args(&f->d, args);
+	f->c = h_connect(&f->d, "test-chain");
+	cr_assert_eq(aneshare_program_compile(f->c, mil_double, NULL, 0, &f->p, NULL), 0, "%s",
+	             aneshare_last_error(f->c));
+	for (int i = 0; i <= N; i++)
+		cr_assert_eq(aneshare_surface_create(f->c, 16, &f->s[i]), 0);
+	uint16_t *x = aneshare_surface_data(f->s[0]);
+	for (int k = 0; k < 8; k++)
+		x[k] = anes_f32_to_f16((float)(k + 1) * 0.25f);
+	for (int i = 0; i < N; i++)
+		f->steps[i] = (aneshare_step){ f->p, 0, &f->s[i], 1, &f->s[i + 1], 1 };
+}
+
+static void teardown(chain_fixture *f)
+{
+	aneshare_disconnect(f->c);
+	h_daemon_stop(&f->d);
+}
+
+/* s[i] holds the input times 2^i for i <= upto, zeros after. */
+static void check_outputs(chain_fixture *f, int upto)
+{
+	for (int i = 1; i <= N; i++) {
+		const uint16_t *y = aneshare_surface_data(f->s[i]);
+		for (int k = 0; k < 8; k++) {
+			float want = i <= upto ? (float)(k + 1) * 0.25f * (float)(1 << i) : 0.0f;
+			cr_assert_float_eq(anes_f16_to_f32(y[k]), want, 1e-3, "surface %d elem %d", i, k);
+		}
+	}
+}
+
+Test(chain, each_step_consumes_the_previous_output)
+{
+	chain_fixture f;
+	setup(&f);
+	cr_assert_eq(aneshare_run_chain(f.c, f.steps, N), 0, "%s", aneshare_last_error(f.c));
+	cr_assert_eq(aneshare_last_failed_step(f.c), -1);
+	check_outputs(&f, N);
+	aneshare_status *st = h_status(f.c);
+	cr_assert_eq(st->runs, N, "every step counts as a run");
+	aneshare_status_free(st);
+	teardown(&f);
+}
+
+Test(chain, error_in_the_middle_names_the_step_and_keeps_earlier_outputs)
+{
+	chain_fixture f;
+	setup(&f);
+	f.steps[3].function = 1;   /* fail_me: the daemon fails it on purpose */
+	int r = aneshare_run_chain(f.c, f.steps, N);
+	cr_assert_eq(r, -ANESHARE_ERUN_FAILED, "%d %s", r, aneshare_last_error(f.c));
+	cr_assert_eq(aneshare_last_failed_step(f.c), 3);
+	cr_assert(strstr(aneshare_last_error(f.c), "step 3"), "%s", aneshare_last_error(f.c));
+	check_outputs(&f, 3);   /* steps 0..2 wrote theirs, nothing after */
+
+	/* A step the daemon refuses up front: nothing runs at all. */
+	memset(aneshare_surface_data(f.s[1]), 0, 16);
+	f.steps[3].function = 0;
+	aneshare_surface *small;
+	cr_assert_eq(aneshare_surface_create(f.c, 8, &small), 0);
+	f.steps[4].outputs = &small;
+	r = aneshare_run_chain(f.c, f.steps, N);
+	cr_assert_eq(r, -ANESHARE_ESIZE_MISMATCH, "%d %s", r, aneshare_last_error(f.c));
+	cr_assert_eq(aneshare_last_failed_step(f.c), 4);
+	const uint16_t *y = aneshare_surface_data(f.s[1]);
+	cr_assert_eq(y[0], 0, "a refused chain runs no step");
+
+	/* The connection is fine afterwards. */
+	f.steps[4].outputs = &f.s[5];
+	cr_assert_eq(aneshare_run_chain(f.c, f.steps, N), 0);
+	check_outputs(&f, N);
+	aneshare_surface_release(small);
+	teardown(&f);
+}
+
+Test(chain, limits)
+{
+	chain_fixture f;
+	setup(&f);
+	cr_assert_eq(aneshare_run_chain(f.c, f.steps, 0), -EINVAL);
+	aneshare_step *many = calloc(ANESHARE_MAX_STEPS + 1, sizeof *many);
+	for (int i = 0; i <= ANESHARE_MAX_STEPS; i++)
+		many[i] = (aneshare_step){ f.p, 0, &f.s[0], 1, &f.s[1], 1 };
+	cr_assert_eq(aneshare_run_chain(f.c, many, ANESHARE_MAX_STEPS + 1), -EINVAL);
+	cr_assert_eq(aneshare_run_chain(f.c, many, ANESHARE_MAX_STEPS), 0, "%s",
+	             aneshare_last_error(f.c));
+
+	/* The daemon's own limit, past the library's check: a raw request. */
+	int fd = h_raw_connect(f.d.sock);
+	cr_assert_geq(fd, 0);
+	h_raw_hello(fd);
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 5);
+	msgpack_pack_str_body(&pk, "steps", 5);
+	msgpack_pack_array(&pk, ANESHARE_MAX_STEPS + 1);
+	for (int i = 0; i <= ANESHARE_MAX_STEPS; i++)
+		msgpack_pack_map(&pk, 0);
+	cr_assert_eq(h_raw_request(fd, 2, "run", sb.data, sb.size, NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd, 2, 5000), ANES_WERR_INVALID_PARAMS);
+	msgpack_sbuffer_clear(&sb);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 5);
+	msgpack_pack_str_body(&pk, "steps", 5);
+	msgpack_pack_array(&pk, 0);
+	cr_assert_eq(h_raw_request(fd, 3, "run", sb.data, sb.size, NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd, 3, 5000), ANES_WERR_INVALID_PARAMS);
+	msgpack_sbuffer_destroy(&sb);
+	close(fd);
+	free(many);
+	teardown(&f);
+}
+
+/* ---- async ------------------------------------------------------------------------ */
+
+typedef struct done_log {
+	int n;
+	int rc[64];
+	int failed_step[64];
+} done_log;
+
+static void on_done(aneshare_conn *c, const aneshare_result *res, void *ud)
+{
+	done_log *log = ud;
+	(void)c;
+	log->rc[log->n] = res->rc;
+	log->failed_step[log->n] = res->failed_step;
+	log->n++;
+}
+
+static void loop_until(aneshare_conn *c, done_log *log, int n)
+{
+	while (log->n < n) {
+		struct pollfd pfd = { .fd = aneshare_fd(c), .events = 0 };
+		int ev = aneshare_events(c);
+		cr_assert_geq(pfd.fd, 0);
+		if (ev & ANESHARE_EV_READ)
+			pfd.events |= POLLIN;
+		if (ev & ANESHARE_EV_WRITE)
+			pfd.events |= POLLOUT;
+		cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1, "no progress");
+		cr_assert_geq(aneshare_dispatch(c), 0, "%s", aneshare_last_error(c));
+	}
+}
+
+Test(async, runs_and_chains_complete_through_dispatch)
+{
+	chain_fixture f;
+	setup(&f);
+	done_log log = { 0 };
+	for (int i = 0; i < 20; i++)
+		cr_assert_eq(aneshare_run_async(f.p, 0, &f.s[0], 1, &f.s[1], 1, on_done, &log), 0);
+	cr_assert_eq(aneshare_run_chain_async(f.c, f.steps, N, on_done, &log), 0);
+	cr_assert_eq(aneshare_async_outstanding(f.c), 21);
+	loop_until(f.c, &log, 21);
+	for (int i = 0; i < 21; i++)
+		cr_assert_eq(log.rc[i], 0);
+	cr_assert_eq(aneshare_async_outstanding(f.c), 0);
+	cr_assert_eq(aneshare_events(f.c), ANESHARE_EV_READ);
+	check_outputs(&f, N);
+
+	/* A failing step, mixed with a blocking call made meanwhile. */
+	log.n = 0;
+	f.steps[2].function = 1;
+	cr_assert_eq(aneshare_run_chain_async(f.c, f.steps, N, on_done, &log), 0);
+	aneshare_status *st = h_status(f.c);   /* may read the chain's response */
+	aneshare_status_free(st);
+	cr_assert_geq(aneshare_dispatch(f.c), 0);
+	loop_until(f.c, &log, 1);
+	cr_assert_eq(log.rc[0], -ANESHARE_ERUN_FAILED);
+	cr_assert_eq(log.failed_step[0], 2);
+	teardown(&f);
+}
+
+Test(async, disconnect_completes_calls_with_a_retryable_error)
+{
+	chain_fixture f;
+	setup(&f);
+	done_log log = { 0 };
+	cr_assert_eq(aneshare_run_chain_async(f.c, f.steps, N, on_done, &log), 0);
+	loop_until(f.c, &log, 1);
+	log.n = 0;
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(aneshare_run_async(f.p, 0, &f.s[0], 1, &f.s[1], 1, on_done, &log), 0);
+	h_daemon_crash(&f.d);
+	/* The responses may or may not have been sent before the crash. */
+	while (log.n < 4) {
+		int r = aneshare_dispatch(f.c);
+		if (r < 0) {
+			cr_assert_eq(r, -ANESHARE_EDISCONNECTED);
+			cr_assert_eq(aneshare_fd(f.c), -1);
+			break;
+		}
+		struct pollfd pfd = { .fd = aneshare_fd(f.c), .events = POLLIN };
+		poll(&pfd, 1, 1000);
+	}
+	cr_assert_eq(log.n, 4);
+	for (int i = 0; i < 4; i++)
+		cr_assert(log.rc[i] == 0 || aneshare_error_is_retryable(log.rc[i]), "%d", log.rc[i]);
+	cr_assert_eq(aneshare_async_outstanding(f.c), 0);
+	/* The next call reconnects. */
+	h_daemon_restart(&f.d, true);
+	log.n = 0;
+	cr_assert_eq(aneshare_run_async(f.p, 0, &f.s[0], 1, &f.s[1], 1, on_done, &log), 0, "%s",
+	             aneshare_last_error(f.c));
+	loop_until(f.c, &log, 1);
+	cr_assert_eq(log.rc[0], 0);
+	teardown(&f);
+}
+
+Test(async, disconnect_cancels_outstanding_calls)
+{
+	chain_fixture f;
+	setup(&f);
+	done_log log = { 0 };
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(aneshare_run_async(f.p, 0, &f.s[0], 1, &f.s[1], 1, on_done, &log), 0);
+	aneshare_disconnect(f.c);
+	cr_assert_eq(log.n, 3);
+	for (int i = 0; i < 3; i++)
+		cr_assert(log.rc[i] == 0 || log.rc[i] == -ECANCELED);
+	h_daemon_stop(&f.d);
+}
+
+/* ---- frame sizes ----------------------------------------------------------------- */
+
+static const char *mil_big =
+	"program(1.3)\n{\n"
+	"    func main<ios18>(tensor<fp16, [1, 1, 2048, 4096]> x) {\n"
+	"        tensor<fp16, [1, 1, 2048, 4096]> y = identity(x = x)[name = string(\"y\")];\n"
+	"    } -> (y);\n}\n";
+
+/* Read one frame from a blocking socket: its payload length. */
+static uint32_t read_frame(int fd, anes_io *io, uint32_t *ret_msgid)
+{
+	const uint8_t *payload;
+	uint32_t len;
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds = 0;
+	int r;
+	while ((r = anes_io_next_frame(io, &payload, &len, fds, &nfds)) == 0) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1);
+		cr_assert_gt(anes_io_read(io), 0);
+	}
+	cr_assert_eq(r, 1);
+	for (unsigned i = 0; i < nfds; i++)
+		close(fds[i]);
+	msgpack_zone z;
+	msgpack_zone_init(&z, 1024);
+	anes_msg m;
+	cr_assert_eq(anes_msg_decode(payload, len, &z, &m), 0);
+	cr_assert_eq(m.type, ANES_MSG_RESPONSE);
+	cr_assert_null(m.error, "the request failed");
+	*ret_msgid = m.msgid;
+	msgpack_zone_destroy(&z);
+	return len;
+}
+
+/* Whatever the tensor size, a run request and its reply are small: the
+ * data stays in the surfaces.  Checked on the wire, with the bytes a
+ * client library sends (16 MiB in, 16 MiB out), and for a 256-step chain's
+ * reply. */
+Test(frames, run_request_and_reply_stay_under_256_bytes)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	aneshare_conn *c = h_connect(&d, "test-frames");
+	aneshare_program *p;
+	cr_assert_eq(aneshare_program_compile(c, mil_big, NULL, 0, &p, NULL), 0, "%s",
+	             aneshare_last_error(c));
+	aneshare_surface *in, *out;
+	cr_assert_eq(aneshare_surface_create(c, 16u << 20, &in), 0);
+	cr_assert_eq(aneshare_surface_create(c, 16u << 20, &out), 0);
+
+	/* Build the request exactly as the library does (program.c, async.c). */
+	int fd = h_raw_connect(d.sock);
+	cr_assert_geq(fd, 0);
+	h_raw_hello(fd);
+	/* The raw connection needs its own program and surfaces. */
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "mil", 3);
+	msgpack_pack_str(&pk, strlen(mil_big));
+	msgpack_pack_str_body(&pk, mil_big, strlen(mil_big));
+	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
+	for (uint32_t id = 3; id <= 4; id++) {
+		msgpack_sbuffer_clear(&sb);
+		msgpack_pack_map(&pk, 1);
+		msgpack_pack_str(&pk, 4);
+		msgpack_pack_str_body(&pk, "size", 4);
+		msgpack_pack_uint32(&pk, 16u << 20);
+		cr_assert_eq(h_raw_request(fd, id, "surface.create", sb.data, sb.size, NULL, 0), 0);
+		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
+	}
+	/* program 1, surfaces 1 and 2 on this connection; a large msgid and
+	 * the IDs the library would use */
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_request(&f.pk, UINT32_MAX - 1, "run", 4);
+	anes_pack_str(&f.pk, "program");
+	msgpack_pack_uint32(&f.pk, 1);
+	anes_pack_str(&f.pk, "function");
+	anes_pack_str(&f.pk, "main");
+	anes_pack_str(&f.pk, "inputs");
+	msgpack_pack_array(&f.pk, 1);
+	msgpack_pack_uint32(&f.pk, 1);
+	anes_pack_str(&f.pk, "outputs");
+	msgpack_pack_array(&f.pk, 1);
+	msgpack_pack_uint32(&f.pk, 2);
+	void *data;
+	size_t len;
+	cr_assert_eq(anes_frame_finish(&f, 0, ANES_FRAME_MAX_DEFAULT, &data, &len), 0);
+	cr_assert_lt(len, 256, "run request frame is %zu bytes", len);
+	cr_assert_eq(h_raw_send(fd, data, len, NULL, 0), 0);
+	free(data);
+	anes_io io;
+	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
+	uint32_t msgid = 0;
+	uint32_t rlen = read_frame(fd, &io, &msgid);
+	cr_assert_eq(msgid, UINT32_MAX - 1);
+	cr_assert_lt(rlen + ANES_FRAME_HEADER_SIZE, 256, "run reply frame is %u bytes", rlen);
+
+	/* A chain's reply too (its request grows with the steps, not the data). */
+	anes_frame_init(&f);
+	anes_pack_request(&f.pk, 7, "run", 1);
+	anes_pack_str(&f.pk, "steps");
+	msgpack_pack_array(&f.pk, 2);
+	for (int i = 0; i < 2; i++) {
+		msgpack_pack_map(&f.pk, 3);
+		anes_pack_str(&f.pk, "program");
+		msgpack_pack_uint32(&f.pk, 1);
+		anes_pack_str(&f.pk, "inputs");
+		msgpack_pack_array(&f.pk, 1);
+		msgpack_pack_uint32(&f.pk, 1);
+		anes_pack_str(&f.pk, "outputs");
+		msgpack_pack_array(&f.pk, 1);
+		msgpack_pack_uint32(&f.pk, 2);
+	}
+	cr_assert_eq(anes_frame_finish(&f, 0, ANES_FRAME_MAX_DEFAULT, &data, &len), 0);
+	cr_assert_lt(len, 256, "2-step chain request frame is %zu bytes", len);
+	cr_assert_eq(h_raw_send(fd, data, len, NULL, 0), 0);
+	free(data);
+	rlen = read_frame(fd, &io, &msgid);
+	cr_assert_eq(msgid, 7);
+	cr_assert_lt(rlen + ANES_FRAME_HEADER_SIZE, 256, "chain reply frame is %u bytes", rlen);
+	anes_io_cleanup(&io);
+	close(fd);
+	msgpack_sbuffer_destroy(&sb);
+
+	/* And through the library, for good measure: the run works. */
+	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	h_daemon_stop(&d);
+}

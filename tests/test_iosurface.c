@@ -1,0 +1,377 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Surfaces named by IOSurface ID (issue 5, point 2), on Linux: the real
+ * aneshared and libaneshare run their IOSurface code paths (proto/anes_shm.c)
+ * against tests/fake_iosurface.c, which the debug-build hooks load in place
+ * of IOSurface.framework and CoreFoundation:
+ *   ANESHARE_SURFACES=iosurface ANESHARE_IOSURFACE_LIB=$FAKE_IOSURFACE_LIB
+ *   ANESHARE_FAKE_IOSURFACE_DIR=<private dir>   (where the fake keeps surfaces)
+ * The daemon inherits them from the test process.  Criterion runs each test
+ * in its own process, so the once-per-process backend choice is per test.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "anes_proto.h"
+#include "anes_shm.h"
+#include "aneshare.h"
+#include "daemon_harness.h"
+
+static h_daemon D;
+static char fake_dir[128];
+
+static void env_iosurface(void)
+{
+#ifdef NDEBUG
+	cr_skip_test("release build: the ANESHARE_SURFACES test hooks are compiled out");
+#endif
+	const char *lib = getenv("FAKE_IOSURFACE_LIB");
+	cr_assert(lib && *lib, "FAKE_IOSURFACE_LIB is not set (run through meson test)");
+	snprintf(fake_dir, sizeof fake_dir, "/tmp/anes-fakeios-XXXXXX");
+	cr_assert_not_null(mkdtemp(fake_dir));
+	setenv("ANESHARE_SURFACES", "iosurface", 1);
+	setenv("ANESHARE_IOSURFACE_LIB", lib, 1);
+	setenv("ANESHARE_FAKE_IOSURFACE_DIR", fake_dir, 1);
+}
+
+static void rm_fake_dir(void)
+{
+	if (!fake_dir[0])
+		return;
+	DIR *d = opendir(fake_dir);
+	struct dirent *e;
+	char path[512];
+	while (d && (e = readdir(d)))
+		if (e->d_name[0] != '.') {
+			snprintf(path, sizeof path, "%s/%s", fake_dir, e->d_name);
+			unlink(path);
+		}
+	if (d)
+		closedir(d);
+	rmdir(fake_dir);
+}
+
+static void setup(void)
+{
+	env_iosurface();
+	h_daemon_start(&D);
+}
+
+static void teardown(void)
+{
+	h_daemon_kill(&D);
+	rm_fake_dir();
+}
+
+/* Whether the fake still holds surface id (some process references it). */
+static bool fake_exists(uint32_t id)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%u", fake_dir, id);
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+/* Poll (bounded) until the fake has freed id: the daemon drops its reference
+ * asynchronously after surface.release answers. */
+static void wait_freed(uint32_t id)
+{
+	for (int i = 0; i < 1000 * h_slow() && fake_exists(id); i++)
+		usleep(10000);
+	cr_assert(!fake_exists(id), "IOSurface %u was not freed", id);
+}
+
+static aneshare_surface *surface(aneshare_conn *c, size_t size)
+{
+	aneshare_surface *s = NULL;
+	int r = aneshare_surface_create(c, size, &s);
+	cr_assert_eq(r, 0, "surface.create(%zu): %s: %s", size, aneshare_strerror(r),
+	             aneshare_last_error(c));
+	return s;
+}
+
+static aneshare_program *compile_mm(aneshare_conn *c, h_mm *mm)
+{
+	char *mil = h_read_source("examples/dynamic_matmul.mil");
+	aneshare_program *p = NULL;
+	int r = aneshare_program_compile(c, mil, NULL, 0, &p, NULL);
+	free(mil);
+	cr_assert_eq(r, 0, "compile: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	cr_assert(h_mm_from_program(p, mm));
+	return p;
+}
+
+/* The daemon reads the client's input and writes the output, both in place. */
+static void run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
+                      aneshare_surface *out, uint64_t seed)
+{
+	h_mm_fill(mm, aneshare_surface_data(in), seed);
+	memset(aneshare_surface_data(out), 0xff, mm->out_bytes);   /* NaNs: must be overwritten */
+	int r = aneshare_run(p, 0, &in, 1, &out, 1);
+	cr_assert_eq(r, 0, "run: %s", aneshare_strerror(r));
+	double err = h_mm_error(mm, aneshare_surface_data(in), aneshare_surface_data(out));
+	cr_assert_leq(err, H_MM_TOL, "relative error %g", err);
+}
+
+/* ---- raw requests ---------------------------------------------------------------- */
+
+static void pack_create(int fd, uint32_t msgid, uint64_t size)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	anes_pack_str(&pk, "size");
+	msgpack_pack_uint64(&pk, size);
+	cr_assert_eq(h_raw_request(fd, msgid, "surface.create", sb.data, sb.size, NULL, 0), 0);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+static int import_id(int fd, uint32_t msgid, uint32_t ios_id)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	anes_pack_str(&pk, "iosurface_id");
+	msgpack_pack_uint32(&pk, ios_id);
+	cr_assert_eq(h_raw_request(fd, msgid, "surface.import", sb.data, sb.size, NULL, 0), 0);
+	msgpack_sbuffer_destroy(&sb);
+	return h_raw_response(fd, msgid, 5000);
+}
+
+typedef struct create_res {
+	uint32_t id, ios_id;
+	uint64_t size;
+} create_res;
+
+static void get_create(const msgpack_object *res, void *ud)
+{
+	create_res *cr = ud;
+	cr_assert_eq(anes_mp_u32(res, "id", &cr->id), 0);
+	cr_assert_eq(anes_mp_u64(res, "size", UINT64_MAX, &cr->size), 0);
+	cr_assert_eq(anes_mp_u32(res, "iosurface_id", &cr->ios_id), 0, "no iosurface_id");
+}
+
+TestSuite(iosurface, .timeout = 60);
+
+/* ---- the wire: an ID, no fd ----------------------------------------------------------- */
+
+Test(iosurface, create_returns_id_and_no_fd, .init = setup, .fini = teardown)
+{
+	int fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	h_raw_hello(fd);
+	int fds0 = h_count_fds();
+	pack_create(fd, 2, 5000);
+	create_res cr = { 0 };
+	cr_assert_eq(h_raw_response_cb(fd, 2, 5000, get_create, &cr), 0);
+	cr_assert_neq(cr.id, 0);
+	cr_assert_neq(cr.ios_id, 0);
+	cr_assert_eq(cr.size, 5000);
+	/* an fd attached to the response would have been received as a new fd */
+	cr_assert_eq(h_count_fds(), fds0, "the response carried an fd");
+	cr_assert(fake_exists(cr.ios_id));
+	close(fd);
+	wait_freed(cr.ios_id);   /* the connection's surfaces go with it */
+}
+
+Test(iosurface, client_sees_daemon_writes, .init = setup, .fini = teardown)
+{
+	aneshare_conn *c = h_connect(&D, "ios-run");
+	h_mm mm;
+	aneshare_program *p = compile_mm(c, &mm);
+	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	uint32_t in_id = aneshare_surface_iosurface_id(in), out_id = aneshare_surface_iosurface_id(out);
+	cr_assert_neq(in_id, 0);
+	cr_assert_neq(out_id, 0);
+	cr_assert_neq(in_id, out_id);
+	cr_assert_eq(aneshare_surface_size(in), mm.in_bytes);
+	for (uint64_t seed = 1; seed <= 3; seed++)
+		run_check(p, &mm, in, out, seed);
+	cr_assert_eq(aneshare_surface_release(in), 0);
+	cr_assert_eq(aneshare_surface_release(out), 0);
+	aneshare_program_release(p);
+	h_wait_counts(c, 0, 0);
+	wait_freed(in_id);
+	wait_freed(out_id);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
+/* ---- import by ID ---------------------------------------------------------------- */
+
+Test(iosurface, import_by_id, .init = setup, .fini = teardown)
+{
+	aneshare_conn *c = h_connect(&D, "ios-import");
+	h_mm mm;
+	aneshare_program *p = compile_mm(c, &mm);
+	/* an IOSurface of this process's own, made through the same backend */
+	const anes_shm_ops *so = anes_shm_default();
+	cr_assert_str_eq(so->name, "iosurface");
+	anes_shm *mine;
+	cr_assert_eq(so->create(mm.in_bytes, &mine), 0);
+	aneshare_surface *in = NULL, *out = surface(c, mm.out_bytes);
+	int r = aneshare_surface_import_iosurface(c, mine->id, &in);
+	cr_assert_eq(r, 0, "import: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	cr_assert_eq(aneshare_surface_iosurface_id(in), mine->id);
+	cr_assert_geq(aneshare_surface_size(in), mm.in_bytes);
+	/* one memory: written through our own reference, seen through the surface */
+	memset(mine->base, 0x5a, 64);
+	cr_assert_eq(((unsigned char *)aneshare_surface_data(in))[63], 0x5a);
+	run_check(p, &mm, in, out, 7);
+	/* and the daemon read what our own reference sees */
+	cr_assert_eq(memcmp(mine->base, aneshare_surface_data(in), mm.in_bytes), 0);
+
+	/* a missing ID fails here, before the daemon is asked */
+	aneshare_surface *none = NULL;
+	cr_assert_eq(aneshare_surface_import_iosurface(c, 4000000000u, &none), -ENOENT);
+	cr_assert_null(none);
+
+	uint32_t id = mine->id;
+	cr_assert_eq(aneshare_surface_release(in), 0);
+	cr_assert_eq(aneshare_surface_release(out), 0);
+	aneshare_program_release(p);
+	h_wait_counts(c, 0, 0);
+	cr_assert(fake_exists(id), "freed while this process still holds it");
+	so->release(mine);
+	wait_freed(id);
+	aneshare_disconnect(c);
+}
+
+/* Policy (docs/security.md): the daemon refuses the ID of a surface it
+ * created, from any connection, so naming an ID through surface.import does
+ * not reach another client's surface.  Other IDs it can look up are taken. */
+Test(iosurface, import_of_daemon_surface_refused, .init = setup, .fini = teardown)
+{
+	aneshare_conn *a = h_connect(&D, "ios-owner");
+	aneshare_surface *s = surface(a, 4096);
+	uint32_t ios_id = aneshare_surface_iosurface_id(s);
+
+	int fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	h_raw_hello(fd);
+	cr_assert_eq(import_id(fd, 2, ios_id), ANES_WERR_INVALID_PARAMS);
+	/* nor from the connection that owns it */
+	aneshare_surface *dup = NULL;
+	cr_assert_eq(aneshare_surface_import_iosurface(a, ios_id, &dup), -ANESHARE_EINVALID_PARAMS);
+	cr_assert_null(dup);
+	/* an ID nobody has */
+	cr_assert_eq(import_id(fd, 3, 4000000000u), ANES_WERR_NO_SUCH_SURFACE);
+	cr_assert_eq(import_id(fd, 4, 0), ANES_WERR_INVALID_PARAMS);
+
+	/* once the daemon has dropped it (released, but the client's reference
+	 * keeps the memory), the ID is no longer the daemon's: import works */
+	anes_shm *keep;
+	cr_assert_eq(anes_shm_default()->lookup(ios_id, &keep), 0);
+	cr_assert_eq(aneshare_surface_release(s), 0);
+	h_wait_counts(a, 0, 0);
+	cr_assert_eq(import_id(fd, 5, ios_id), 0);
+	close(fd);
+	anes_shm_default()->release(keep);
+	wait_freed(ios_id);
+	aneshare_disconnect(a);
+}
+
+Test(iosurface, release_frees, .init = setup, .fini = teardown)
+{
+	aneshare_conn *c = h_connect(&D, "ios-release");
+	uint32_t ids[8];
+	aneshare_surface *s[8];
+	for (int i = 0; i < 8; i++) {
+		s[i] = surface(c, 4096 * (size_t)(i + 1));
+		ids[i] = aneshare_surface_iosurface_id(s[i]);
+		memset(aneshare_surface_data(s[i]), i, aneshare_surface_size(s[i]));
+	}
+	for (int i = 0; i < 8; i++) {
+		cr_assert_eq(aneshare_surface_release(s[i]), 0);
+		wait_freed(ids[i]);
+		for (int j = i + 1; j < 8; j++)
+			cr_assert(fake_exists(ids[j]));
+	}
+	h_wait_counts(c, 0, 0);
+	aneshare_disconnect(c);
+}
+
+/* ---- reconnect: the library imports its surfaces again, by ID ----------------------- */
+
+Test(iosurface, reconnect_reimports_by_id, .init = setup, .fini = teardown)
+{
+	aneshare_conn *c = h_connect(&D, "ios-reconnect");
+	h_mm mm;
+	aneshare_program *p = compile_mm(c, &mm);
+	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	uint32_t in_ios = aneshare_surface_iosurface_id(in);
+	run_check(p, &mm, in, out, 11);
+	memset((char *)aneshare_surface_data(out), 0x3c, 32);
+
+	h_daemon_crash(&D);
+	h_daemon_restart(&D, true);
+
+	aneshare_status *st = NULL;
+	int r = aneshare_get_status(c, &st);
+	cr_assert_eq(r, 0, "status after restart: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	aneshare_status_free(st);
+	cr_assert_geq(aneshare_reconnect_count(c), 1);
+	cr_assert_neq(aneshare_surface_id(in), 0, "the surface was lost at the reconnect");
+	cr_assert_eq(aneshare_surface_iosurface_id(in), in_ios, "the IOSurface changed");
+	/* the same memory: what was there before the crash is still there */
+	cr_assert_eq(((unsigned char *)aneshare_surface_data(out))[31], 0x3c);
+	h_wait_counts(c, 2, 1);
+	run_check(p, &mm, in, out, 12);
+
+	cr_assert_eq(aneshare_surface_release(in), 0);
+	cr_assert_eq(aneshare_surface_release(out), 0);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+}
+
+/* ---- without the hooks: Linux as it is --------------------------------------------------- */
+
+Test(iosurface, linux_default_is_memfd)
+{
+	unsetenv("ANESHARE_SURFACES");
+	unsetenv("ANESHARE_IOSURFACE_LIB");
+	const anes_shm_ops *so = anes_shm_default();
+	cr_assert_str_eq(so->name, "memfd");
+	cr_assert(!so->by_id);
+	anes_shm *h = NULL;
+	cr_assert_eq(so->create(8192, &h), 0);
+	cr_assert_eq(h->size, 8192);
+	memset(h->base, 1, 8192);
+	cr_assert_eq(so->lookup(1, &h), -ENOTSUP);
+	so->release(h);
+	/* no IOSurface.framework on Linux: the IOSurface backend says so */
+	const anes_shm_ops *io = anes_shm_iosurface_ops();
+	cr_assert(io->by_id);
+	cr_assert_eq(io->create(4096, &h), -ENOTSUP);
+	cr_assert_eq(io->lookup(1, &h), -ENOTSUP);
+}
+
+Test(iosurface, memfd_daemon_refuses_iosurface_import)
+{
+	unsetenv("ANESHARE_SURFACES");
+	unsetenv("ANESHARE_IOSURFACE_LIB");
+	h_daemon_start(&D);
+	int fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	h_raw_hello(fd);
+	cr_assert_eq(import_id(fd, 2, 1), ANES_WERR_INVALID_PARAMS);
+	close(fd);
+	aneshare_conn *c = h_connect(&D, "memfd");
+	aneshare_surface *s = surface(c, 4096);
+	cr_assert_eq(aneshare_surface_iosurface_id(s), 0);
+	aneshare_surface *t = NULL;
+	cr_assert_eq(aneshare_surface_import_iosurface(c, 1, &t), -ENOTSUP);
+	aneshare_surface_release(s);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
