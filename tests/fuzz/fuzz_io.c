@@ -225,8 +225,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			cm->cmsg_level = SOL_SOCKET;
 			cm->cmsg_type = SCM_RIGHTS;
 			cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+			int fds[17];
 			for (unsigned i = 0; i < nfds; i++)
-				memcpy(CMSG_DATA(cm) + i * sizeof(int), &memfd, sizeof(int));
+				fds[i] = memfd;
+			memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
 		}
 		pos += n;
 		if (n) {
