@@ -42,7 +42,7 @@ static double now_s(void)
 static pid_t g_daemon = 0;
 static pid_t g_main;
 
-static void die(const char *what, int rc, const char *msg)
+static _Noreturn void die(const char *what, int rc, const char *msg)
 {
 	fprintf(stderr, "bench_daemon: %s failed (%d %s): %s\n", what, rc,
 	        rc < 0 ? aneshare_strerror(rc) : "", msg ? msg : "");
