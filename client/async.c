@@ -10,6 +10,7 @@
  * anes_io until aneshare_dispatch finds the socket writable.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,17 +18,28 @@
 
 /* ---- checking and packing ------------------------------------------------------ */
 
-static int check_surfaces(aneshare_conn *c, size_t step, aneshare_surface *const *s, size_t n)
+/* pre prefixes the messages: "" for a single run, "step N: " in a chain. */
+static int check_surfaces(aneshare_conn *c, const char *pre, aneshare_surface *const *s, size_t n)
 {
 	if (n && !s)
-		return anesc_fail(c, -EINVAL, "step %zu: no surface array", step);
+		return anesc_fail(c, -EINVAL, "%sno surface array", pre);
 	if (n > ANESC_MAX_IO)
-		return anesc_fail(c, -EINVAL, "step %zu: too many surfaces", step);
+		return anesc_fail(c, -EINVAL, "%stoo many surfaces", pre);
 	for (size_t i = 0; i < n; i++)
 		if (!s[i] || s[i]->conn != c)
-			return anesc_fail(c, -EINVAL,
-			                  "step %zu: surface %zu is NULL or from another connection", step, i);
+			return anesc_fail(c, -EINVAL, "%ssurface %zu is NULL or from another connection",
+			                  pre, i);
 	return 0;
+}
+
+int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st)
+{
+	if (st->function >= st->program->n_functions)
+		return anesc_fail(c, -EINVAL, "%sthe program has no function %u", pre, st->function);
+	int r = check_surfaces(c, pre, st->inputs, st->n_inputs);
+	if (r == 0)
+		r = check_surfaces(c, pre, st->outputs, st->n_outputs);
+	return r;
 }
 
 static int check_steps(aneshare_conn *c, const aneshare_step *steps, size_t n)
@@ -38,12 +50,9 @@ static int check_steps(aneshare_conn *c, const aneshare_step *steps, size_t n)
 		const aneshare_step *st = &steps[i];
 		if (!st->program || st->program->conn != c)
 			return anesc_fail(c, -EINVAL, "step %zu: program is NULL or from another connection", i);
-		if (st->function >= st->program->n_functions)
-			return anesc_fail(c, -EINVAL, "step %zu: the program has no function %u", i,
-			                  st->function);
-		int r = check_surfaces(c, i, st->inputs, st->n_inputs);
-		if (r == 0)
-			r = check_surfaces(c, i, st->outputs, st->n_outputs);
+		char pre[32];
+		snprintf(pre, sizeof pre, "step %zu: ", i);
+		int r = anesc_check_step(c, pre, st);
 		if (r < 0)
 			return r;
 	}
@@ -66,7 +75,7 @@ static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface 
 
 /* The four key/value pairs of one run (or one step).  Packed at send time:
  * IDs change when the library reconnects. */
-static int pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st)
+int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st)
 {
 	const aneshare_program *p = st->program;
 	if (p->lost)
@@ -92,12 +101,12 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *s
                     bool chain)
 {
 	if (!chain)
-		return pack_step(c, pk, &steps[0]);
+		return anesc_pack_step(c, pk, &steps[0]);
 	anes_pack_str(pk, "steps");
 	msgpack_pack_array(pk, n);
 	for (size_t i = 0; i < n; i++) {
 		msgpack_pack_map(pk, 4);
-		int r = pack_step(c, pk, &steps[i]);
+		int r = anesc_pack_step(c, pk, &steps[i]);
 		if (r < 0)
 			return r;
 	}
@@ -110,8 +119,8 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *s
  * socket); without, as a ticket (*ret_msgid) to wait for.  Runs are not
  * idempotent: only a request the daemon cannot have received is sent again
  * after reconnecting (see aneshare.h). */
-static int submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,
-                  aneshare_done_fn cb, void *ud, uint32_t *ret_msgid)
+int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,
+                 aneshare_done_fn cb, void *ud, uint32_t *ret_msgid)
 {
 	anesc_retry rt = { 0 };
 	for (;;) {
@@ -162,7 +171,7 @@ ANESHARE_API int aneshare_run_chain(aneshare_conn *c, const aneshare_step *steps
 	if (r < 0)
 		return r;
 	uint32_t ticket;
-	r = submit(c, steps, n_steps, true, NULL, NULL, &ticket);
+	r = anesc_submit(c, steps, n_steps, true, NULL, NULL, &ticket);
 	if (r < 0)
 		return r;
 	int failed = -1;
@@ -188,7 +197,7 @@ ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
 	int r = check_steps(p->conn, &st, 1);
 	if (r < 0)
 		return r;
-	return submit(p->conn, &st, 1, false, cb, userdata, NULL);
+	return anesc_submit(p->conn, &st, 1, false, cb, userdata, NULL);
 }
 
 ANESHARE_API int aneshare_run_chain_async(aneshare_conn *c, const aneshare_step *steps,
@@ -199,7 +208,7 @@ ANESHARE_API int aneshare_run_chain_async(aneshare_conn *c, const aneshare_step 
 	int r = check_steps(c, steps, n_steps);
 	if (r < 0)
 		return r;
-	return submit(c, steps, n_steps, true, cb, userdata, NULL);
+	return anesc_submit(c, steps, n_steps, true, cb, userdata, NULL);
 }
 
 /* ---- the event loop side ----------------------------------------------------------- */

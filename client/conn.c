@@ -528,6 +528,14 @@ int anesc_pack_id(aneshare_conn *c, msgpack_packer *pk, void *ud)
 	return 0;
 }
 
+int anesc_release(aneshare_conn *c, const char *method, uint32_t id)
+{
+	int r = anesc_request(c, &(anesc_req){ .method = method, .n_params = 1,
+	                                       .pack = anesc_pack_id, .pack_ud = &id, .fd = -1,
+	                                       .flags = ANESC_NO_RECONNECT });
+	return r == -ANESHARE_EDISCONNECTED ? 0 : r;
+}
+
 void anesc_release_quiet(aneshare_conn *c, const char *method, uint32_t id)
 {
 	if (id == 0 || c->dead || c->broken)

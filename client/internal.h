@@ -187,6 +187,12 @@ int anesc_request(aneshare_conn *c, const anesc_req *rq);
 /* An anesc_pack_fn for the params { "id": *(uint32_t *)ud }. */
 int anesc_pack_id(aneshare_conn *c, msgpack_packer *pk, void *ud);
 
+/* What aneshare_surface_release and aneshare_program_release ask of the
+ * daemon: release its object id ("surface.release" or "program.release").
+ * Never reconnects: if the connection broke, the daemon released the object
+ * with it (then 0), and it will not be restored. */
+int anesc_release(aneshare_conn *c, const char *method, uint32_t id);
+
 /* Best effort, to clean up after a failure: release the daemon's object id
  * ("surface.release" or "program.release") if the connection is usable,
  * without reconnecting.  last_error is kept. */
@@ -213,6 +219,17 @@ int anesc_send_nowait(aneshare_conn *c, anes_frame *f);
 int anesc_io_nowait(aneshare_conn *c);
 /* At disconnect: call every undelivered callback with -ECANCELED. */
 void anesc_async_cancel_all(aneshare_conn *c);
+
+/* Runs (async.c), shared by aneshare_run*.  anesc_check_step checks a step's
+ * function and surfaces (not its program), prefixing the messages with pre
+ * ("" for a single run, "step N: " in a chain).  anesc_pack_step packs its
+ * four key/value pairs.  anesc_submit sends a run (chain: { steps: [...] })
+ * as an async call (cb) or as a ticket to wait for (*ret_msgid), sending it
+ * again only when the daemon cannot have received it. */
+int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st);
+int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st);
+int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,
+                 aneshare_done_fn cb, void *ud, uint32_t *ret_msgid);
 
 /* Copy a msgpack str (bounded) into a new NUL-terminated string: 0,
  * -ENOENT, -EINVAL (wrong type, too long or holds a NUL), -ENOMEM. */

@@ -356,12 +356,7 @@ ANESHARE_API int aneshare_program_release(aneshare_program *p)
 	anesc_program_free_local(p);
 	if (lost)
 		return 0;   /* the daemon has no such program */
-	/* Never reconnects: if the connection broke, the daemon released the
-	 * handle with it, and the program will not be compiled again. */
-	int r = anesc_request(c, &(anesc_req){ .method = "program.release", .n_params = 1,
-	                                       .pack = anesc_pack_id, .pack_ud = &id, .fd = -1,
-	                                       .flags = ANESC_NO_RECONNECT });
-	return r == -ANESHARE_EDISCONNECTED ? 0 : r;
+	return anesc_release(c, "program.release", id);
 }
 
 ANESHARE_API const char *aneshare_program_key(const aneshare_program *p)
@@ -407,69 +402,10 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_
 
 /* ---- runs ------------------------------------------------------------------- */
 
-typedef struct run_args {
-	aneshare_program *p;
-	uint32_t fn;
-	aneshare_surface *const *inputs, *const *outputs;
-	size_t n_inputs, n_outputs;
-} run_args;
-
-static int check_surfaces(aneshare_conn *c, aneshare_surface *const *s, size_t n)
-{
-	if (n && !s)
-		return anesc_fail(c, -EINVAL, "no surface array");
-	if (n > ANESC_MAX_IO)
-		return anesc_fail(c, -EINVAL, "too many surfaces");
-	for (size_t i = 0; i < n; i++)
-		if (!s[i] || s[i]->conn != c)
-			return anesc_fail(c, -EINVAL, "surface %zu is NULL or from another connection", i);
-	return 0;
-}
-
-static int run_check(const run_args *a)
-{
-	aneshare_conn *c = a->p->conn;
-	if (a->fn >= a->p->n_functions)
-		return anesc_fail(c, -EINVAL, "the program has no function %u", a->fn);
-	int r = check_surfaces(c, a->inputs, a->n_inputs);
-	if (r == 0)
-		r = check_surfaces(c, a->outputs, a->n_outputs);
-	return r;
-}
-
-static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface *const *s,
-                         size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (s[i]->lost)
-			return anesc_fail(c, -ANESHARE_ENO_SUCH_SURFACE,
-			                  "a surface could not be imported again after the daemon "
-			                  "restarted: %s", aneshare_strerror(s[i]->lost));
-	msgpack_pack_array(pk, n);
-	for (size_t i = 0; i < n; i++)
-		msgpack_pack_uint32(pk, s[i]->id);
-	return 0;
-}
-
 /* Packed at send time: IDs change when the library reconnects. */
 static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
 {
-	const run_args *a = ud;
-	if (a->p->lost)
-		return anesc_fail(c, -ANESHARE_ENO_SUCH_PROGRAM,
-		                  "the program could not be compiled again after the daemon "
-		                  "restarted: %s", aneshare_strerror(a->p->lost));
-	anes_pack_str(pk, "program");
-	msgpack_pack_uint32(pk, a->p->id);
-	anes_pack_str(pk, "function");
-	anes_pack_str(pk, a->p->functions[a->fn].name);
-	anes_pack_str(pk, "inputs");
-	int r = pack_surfaces(c, pk, a->inputs, a->n_inputs);
-	if (r == 0) {
-		anes_pack_str(pk, "outputs");
-		r = pack_surfaces(c, pk, a->outputs, a->n_outputs);
-	}
-	return r;
+	return anesc_pack_step(c, pk, ud);
 }
 
 /* Runs are not idempotent (see aneshare.h): never ANESC_IDEMPOTENT. */
@@ -479,12 +415,12 @@ ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
 {
 	if (!p)
 		return -EINVAL;
-	run_args a = { p, fn, inputs, outputs, n_inputs, n_outputs };
-	int r = run_check(&a);
+	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
+	int r = anesc_check_step(p->conn, "", &st);
 	if (r < 0)
 		return r;
 	return anesc_request(p->conn, &(anesc_req){ .method = "run", .n_params = 4,
-	                                            .pack = pack_run, .pack_ud = &a, .fd = -1 });
+	                                            .pack = pack_run, .pack_ud = &st, .fd = -1 });
 }
 
 ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
@@ -494,41 +430,9 @@ ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
 {
 	if (!p || !ret_ticket)
 		return -EINVAL;
-	aneshare_conn *c = p->conn;
-	run_args a = { p, fn, inputs, outputs, n_inputs, n_outputs };
-	int r = run_check(&a);
+	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
+	int r = anesc_check_step(p->conn, "", &st);
 	if (r < 0)
 		return r;
-	anesc_retry rt = { 0 };
-	for (;;) {
-		/* Never have more than max_inflight requests in flight: the daemon
-		 * stops reading beyond that, and a blocking writer could then
-		 * deadlock with it. */
-		r = anesc_pending_throttle(c, c->info.max_inflight);
-		if (r == 0)
-			r = anesc_ready(c, &rt);
-		if (r < 0)
-			return r;
-		anes_frame f;
-		uint32_t msgid = 0;
-		r = anesc_begin(c, &f, "run", 4, &msgid);
-		if (r < 0)
-			return r;
-		r = pack_run(c, &f.pk, &a);
-		if (r == 0)
-			r = anesc_pending_add(c, msgid);
-		if (r < 0) {
-			anes_frame_release(&f);
-			return r;
-		}
-		r = anesc_send(c, &f, NULL, 0);
-		if (r < 0)
-			anesc_pending_drop(c, msgid);
-		if (r == -ANESHARE_EDISCONNECTED)
-			continue;   /* the daemon did not get it: send it to the next one */
-		if (r < 0)
-			return r;
-		*ret_ticket = msgid;
-		return 0;
-	}
+	return anesc_submit(p->conn, &st, 1, false, NULL, NULL, ret_ticket);
 }

@@ -303,12 +303,7 @@ ANESHARE_API int aneshare_surface_release(aneshare_surface *s)
 	anesc_surface_free_local(s);
 	if (lost)
 		return 0;   /* the daemon has no such surface */
-	/* Never reconnects: if the connection broke, the daemon freed the
-	 * surface with it, and it will not be imported again. */
-	int r = anesc_request(c, &(anesc_req){ .method = "surface.release", .n_params = 1,
-	                                       .pack = anesc_pack_id, .pack_ud = &id, .fd = -1,
-	                                       .flags = ANESC_NO_RECONNECT });
-	return r == -ANESHARE_EDISCONNECTED ? 0 : r;
+	return anesc_release(c, "surface.release", id);
 }
 
 ANESHARE_API void *aneshare_surface_data(const aneshare_surface *s)

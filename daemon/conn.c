@@ -9,6 +9,17 @@
  * some caller up the stack still walks a list that teardown would change.
  * The memory goes when the poll handle's close callback has run and the
  * last job or waiter referring to the connection dropped its reference.
+ *
+ * Output: the loop queues and sends frames (anes_io), and a worker that has
+ * just finished a run sends its reply itself when nothing is queued before
+ * it (anes_conn_send_direct: one wake-up less on the way back to the
+ * client).  Both do it under send_mu.  A failed connection is marked
+ * wclosed under send_mu at once, so no worker touches its fd afterwards
+ * (on_closed closes it later, while jobs may still hold the connection).
+ * A client that sees a reply sent by a worker must find the daemon in the
+ * state the loop's completion of that job leaves (stats, surfaces held,
+ * in-flight count), so before a request is handled, completions of replies
+ * already sent on that connection are delivered first (sync_direct).
  */
 #include <assert.h>
 #include <errno.h>
@@ -17,6 +28,10 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0      /* macOS: the socket has SO_NOSIGPIPE */
+#endif
 
 #include "daemon.h"
 
@@ -59,6 +74,7 @@ void anes_conn_unref(anes_conn *c)
 	if (--c->refs > 0)
 		return;
 	assert(c->torn_down);
+	pthread_mutex_destroy(&c->send_mu);
 	free(c);
 }
 
@@ -232,6 +248,8 @@ int anes_conn_new(anes_server *srv, int fd)
 	c->poll.data = c;
 	c->srv = srv;
 	c->fd = fd;
+	pthread_mutex_init(&c->send_mu, NULL);
+	atomic_init(&c->direct_unseen, 0);
 	c->refs = 1;
 	c->serial = ++srv->next_conn_serial;
 	anes_io_init(&c->io, fd, srv->lim.max_frame);
@@ -255,6 +273,9 @@ void anes_conn_fail(anes_conn *c, const char *why)
 	if (c->failed)
 		return;
 	c->failed = true;
+	pthread_mutex_lock(&c->send_mu);
+	c->wclosed = true;
+	pthread_mutex_unlock(&c->send_mu);
 	if (c->events)
 		uv_poll_stop(&c->poll);
 	c->events = 0;
@@ -279,9 +300,13 @@ void anes_conn_kick(anes_conn *c)
 static void on_closed(uv_handle_t *h)
 {
 	anes_conn *c = h->data;
+	/* wclosed since anes_conn_fail: no worker uses io or fd any more */
+	pthread_mutex_lock(&c->send_mu);
+	assert(c->wclosed);
 	anes_io_cleanup(&c->io);
 	close(c->fd);
 	c->fd = -1;
+	pthread_mutex_unlock(&c->send_mu);
 	anes_conn_unref(c);
 }
 
@@ -344,9 +369,19 @@ void anes_conn_run_deferred(anes_server *srv)
 
 /* ---- output ---------------------------------------------------------------- */
 
+/* Loop: send what is queued, unless a worker's frame is half sent (its
+ * rest comes first, from the job's done()). */
+static int locked_flush(anes_conn *c)
+{
+	pthread_mutex_lock(&c->send_mu);
+	int r = c->wblocked ? -EAGAIN : anes_io_flush(&c->io);
+	pthread_mutex_unlock(&c->send_mu);
+	return r;
+}
+
 static void conn_flush(anes_conn *c)
 {
-	int r = anes_io_flush(&c->io);
+	int r = locked_flush(c);
 	if (r == 0 || r == -EAGAIN || r == -EINTR) {
 		update_poll(c);
 		return;
@@ -369,7 +404,9 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 		anes_conn_drop_slow(c);
 		return;
 	}
+	pthread_mutex_lock(&c->send_mu);
 	int r = anes_io_queue(&c->io, data, len, fds, nfds);
+	pthread_mutex_unlock(&c->send_mu);
 	for (unsigned i = 0; i < nfds; i++)
 		fds[i] = -1;
 	if (r < 0) {
@@ -445,14 +482,73 @@ void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
 	anes_pack_str(&f.pk, msg);
 	if (anes_frame_finish(&f, 0, c->io.max_frame, &data, &len) == 0) {
 		/* Best effort: whatever the socket takes now; the rest is dropped. */
-		if (anes_io_queue(&c->io, data, len, NULL, 0) == 0)
+		pthread_mutex_lock(&c->send_mu);
+		if (anes_io_queue(&c->io, data, len, NULL, 0) == 0 && !c->wblocked)
 			(void)anes_io_flush(&c->io);
+		pthread_mutex_unlock(&c->send_mu);
 	} else {
 		anes_frame_release(&f);
 	}
 	char why[ANES_ERRMSG_MAX + 32];
 	snprintf(why, sizeof(why), "protocol error: %s", msg);
 	anes_conn_fail(c, why);
+}
+
+size_t anes_conn_send_direct(anes_conn *c, const void *data, size_t len)
+{
+	if (c->wclosed || c->wblocked || c->io.out_head)
+		return 0;
+	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+	/* Counted before the client can see the reply and ask something. */
+	atomic_fetch_add(&c->direct_unseen, 1);
+	do
+		n = anes_os_sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0) {
+		atomic_fetch_sub(&c->direct_unseen, 1);
+		return 0;   /* full, or an error the loop finds when it sends */
+	}
+	if ((size_t)n < len)
+		c->wblocked = true;
+	return (size_t)n;
+}
+
+void anes_conn_direct_seen(anes_conn *c)
+{
+	atomic_fetch_sub(&c->direct_unseen, 1);
+}
+
+void anes_conn_queue_rest(anes_conn *c, void *data, size_t len, size_t sent)
+{
+	int r = 0;
+	pthread_mutex_lock(&c->send_mu);
+	c->wblocked = false;
+	if (c->wclosed)
+		free(data);
+	else
+		r = anes_io_queue_rest(&c->io, data, len, sent);
+	pthread_mutex_unlock(&c->send_mu);
+	if (r < 0) {
+		/* the stream is out of step now */
+		anes_conn_fail(c, "out of memory queueing a response");
+		return;
+	}
+	if (!c->failed)
+		conn_flush(c);
+}
+
+/* Before handling a request: deliver the completions of replies that
+ * workers already sent on c.  A worker holds send_mu from its send until
+ * its job is on the done list, so taking send_mu once makes them visible. */
+static void sync_direct(anes_conn *c)
+{
+	if (atomic_load(&c->direct_unseen) == 0)
+		return;
+	pthread_mutex_lock(&c->send_mu);
+	pthread_mutex_unlock(&c->send_mu);
+	anes_pool_collect(c->srv->pool);
 }
 
 /* ---- input ------------------------------------------------------------------ */
@@ -497,6 +593,11 @@ static void conn_process(anes_conn *c)
 		}
 		if (r < 0) {
 			anes_conn_protocol_error(c, "bad frame header or file descriptors");
+			return;
+		}
+		sync_direct(c);
+		if (c->failed) {
+			close_fds(fds, nfds);
 			return;
 		}
 		handle_frame(c, payload, len, fds, nfds);

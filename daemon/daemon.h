@@ -2,12 +2,15 @@
 /*
  * Internals of aneshared shared by server.c, conn.c, methods.c, surface.c,
  * program.c and worker.c.  Everything here runs on the loop thread unless a
- * comment says otherwise; the only cross-thread state lives in worker.c.
+ * comment says otherwise; the cross-thread state lives in worker.c and in a
+ * connection's send state (anes_conn.send_mu: workers send run replies).
  */
 #ifndef ANES_DAEMON_H
 #define ANES_DAEMON_H
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -145,6 +148,18 @@ struct anes_conn {
 	uint64_t surface_bytes;
 	bool unsent_over;            /* io.out_bytes > drop_unsent_bytes since unsent_since_ms */
 	uint64_t unsent_since_ms;    /* uv_now */
+
+	/* Shared with the workers, which send run replies themselves when
+	 * nothing is queued before them (anes_conn_send_direct).  send_mu
+	 * guards every send on fd and every change of io's output queue (the
+	 * loop reads io.out_head/out_bytes without it: only it changes them),
+	 * wclosed and wblocked. */
+	pthread_mutex_t send_mu;
+	bool wclosed;                /* failed: workers do not touch fd any more */
+	bool wblocked;               /* a worker sent part of a frame; its rest is
+	                              * queued by the job's done() before anything else */
+	atomic_uint direct_unseen;   /* replies sent by workers whose jobs' done()
+	                              * has not run yet */
 };
 
 /* Accept an fd from accept4 (owned by the connection from now on, also on
@@ -179,6 +194,18 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsigned nfds);
 void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+/* On a worker thread, c->send_mu held: send a finished frame without fds
+ * now, without blocking, if the connection is open and nothing waits to be
+ * sent before it.  Returns the bytes sent: len (done), 0 (nothing sent: the
+ * loop queues it as usual), or fewer than len (c->wblocked is set: the
+ * rest must go to anes_conn_queue_rest before anything else is sent).
+ * A reply sent counts in c->direct_unseen until its job's done() calls
+ * anes_conn_direct_seen(). */
+size_t anes_conn_send_direct(anes_conn *c, const void *data, size_t len);
+/* Loop: the rest of a frame of which a worker sent the first sent bytes
+ * (takes data; clears c->wblocked). */
+void anes_conn_queue_rest(anes_conn *c, void *data, size_t len, size_t sent);
+void anes_conn_direct_seen(anes_conn *c);
 
 /* ---- methods (methods.c) ---------------------------------------------------- */
 
@@ -284,10 +311,17 @@ struct anes_job {
 	/* On the loop thread, once: deliver the result and free the job.
 	 * cancelled: work never ran (shutdown). */
 	void (*done)(anes_job *j, bool cancelled);
+	/* Optional, on the worker thread right after work(): answer the client
+	 * directly.  May return a mutex it leaves locked; the pool unlocks it
+	 * once the job is on the done list (so the loop, by taking that mutex
+	 * and then calling anes_pool_collect, is sure to see the job). */
+	pthread_mutex_t *(*reply)(anes_job *j);
 };
 
 int anes_pool_new(uv_loop_t *loop, unsigned n_threads, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
+/* Loop: deliver the finished jobs now (as the uv_async_t would later). */
+void anes_pool_collect(anes_pool *p);
 /* Cancel queued jobs, let running ones finish, join the threads, deliver
  * every outstanding done(), and close the pool (freed in the close callback). */
 void anes_pool_shutdown(anes_pool *p);

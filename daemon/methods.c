@@ -651,6 +651,11 @@ typedef struct run_job {
 	run_step *steps;
 	int rc;
 	uint64_t elapsed_ns;
+	/* The success reply, packed on the worker (run_reply): sent whole
+	 * (replied), partly (reply_sent bytes) or not at all. */
+	bool replied;
+	void *reply;
+	size_t reply_len, reply_sent;
 	char err[ANES_ERRMSG_MAX];
 } run_job;
 
@@ -687,6 +692,47 @@ static void run_work(anes_job *j)
 	}
 	rj->elapsed_ns = anes_now_ns() - t0;
 	rj->err[sizeof(rj->err) - 1] = '\0';
+}
+
+static int pack_run_result(const run_job *rj, uint32_t max_frame, void **data, size_t *len)
+{
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, rj->msgid, rj->chain ? 2 : 1);
+	pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_ns / 1000u);
+	if (rj->chain)
+		pack_kv_u64(&f.pk, "steps", rj->n_steps);
+	int r = anes_frame_finish(&f, 0, max_frame, data, len);
+	if (r < 0)
+		anes_frame_release(&f);
+	return r;
+}
+
+/* On the worker, after run_work: a successful run's reply goes to the client
+ * from here when nothing is queued before it, without waiting for the loop
+ * (docs/performance.md).  Errors are answered by the loop.  Returns the
+ * connection's send_mu locked when something was sent (worker.c). */
+static pthread_mutex_t *run_reply(anes_job *j)
+{
+	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
+	anes_conn *c = rj->conn;
+
+	if (rj->rc != 0 || pack_run_result(rj, c->io.max_frame, &rj->reply, &rj->reply_len) < 0)
+		return NULL;
+	pthread_mutex_lock(&c->send_mu);
+	size_t n = anes_conn_send_direct(c, rj->reply, rj->reply_len);
+	if (n == 0) {
+		pthread_mutex_unlock(&c->send_mu);
+		return NULL;   /* run_done queues rj->reply */
+	}
+	if (n == rj->reply_len) {
+		free(rj->reply);
+		rj->reply = NULL;
+		rj->replied = true;
+	} else {
+		rj->reply_sent = n;
+	}
+	return &c->send_mu;
 }
 
 /* An error response whose map also names the chain step at fault:
@@ -743,12 +789,20 @@ static void run_done(anes_job *j, bool cancelled)
 	run_req q = { c, rj->msgid, rj->chain, rj->n_done ? rj->n_done - 1 : 0 };
 
 	c->inflight--;
+	if (rj->replied || rj->reply_sent)
+		anes_conn_direct_seen(c);
 	if (cancelled) {
 		anes_conn_reply_error(c, rj->msgid, ANES_WERR_SHUTTING_DOWN,
 		                      "the daemon is shutting down; the run was not done");
 	} else {
 		c->srv->stats.runs += rj->n_done;
-		if (rj->rc == 0) {
+		if (rj->replied) {
+			/* sent by the worker */
+		} else if (rj->reply_sent) {
+			anes_conn_queue_rest(c, rj->reply, rj->reply_len, rj->reply_sent);
+		} else if (rj->reply) {
+			anes_conn_queue(c, rj->reply, rj->reply_len, NULL, 0);
+		} else if (rj->rc == 0) {
 			anes_frame f;
 			anes_frame_init(&f);
 			anes_pack_result(&f.pk, rj->msgid, rj->chain ? 2 : 1);
@@ -958,6 +1012,7 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	}
 	rj->job.work = run_work;
 	rj->job.done = run_done;
+	rj->job.reply = run_reply;
 	rj->conn = anes_conn_ref(c);
 	rj->backend = c->srv->backend;
 	rj->msgid = m->msgid;

@@ -41,12 +41,19 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 
 		j->work(j);
+		pthread_mutex_t *held = j->reply ? j->reply(j) : NULL;
 
 		pthread_mutex_lock(&p->mu);
 		j->next = NULL;
 		*p->done_tail = j;
 		p->done_tail = &j->next;
+		/* Before p->mu: once the loop can take j off the list, it may
+		 * free what held lives in. */
+		if (held)
+			pthread_mutex_unlock(held);
+		pthread_mutex_unlock(&p->mu);
 		uv_async_send(&p->async);
+		pthread_mutex_lock(&p->mu);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return NULL;
@@ -66,6 +73,11 @@ static void deliver(anes_pool *p)
 		bool cancelled = j->work == NULL;
 		j->done(j, cancelled);
 	}
+}
+
+void anes_pool_collect(anes_pool *p)
+{
+	deliver(p);
 }
 
 static void on_async(uv_async_t *h)

@@ -123,10 +123,17 @@ static inline float anes_f16_to_f32(uint16_t h)
 
 /* ---- bulk conversions ---- */
 
-#if !defined(__F16C__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* The F16C loops: built for the whole translation unit under -mf16c, else
+ * (x86_64, GCC/clang) for these functions only, picked at run time. */
+#if defined(__F16C__)
+#define ANES_FP16_F16C_TARGET
+#elif defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define ANES_FP16_RUNTIME_F16C 1
+#define ANES_FP16_F16C_TARGET __attribute__((target("avx,f16c")))
+#endif
 
-__attribute__((target("avx,f16c")))
+#if defined(ANES_FP16_F16C_TARGET)
+ANES_FP16_F16C_TARGET
 static inline void anes_f16_to_f32_n_f16c(float *dst, const uint16_t *src, size_t n)
 {
 	size_t i = 0, n8 = n & ~(size_t)7;
@@ -135,10 +142,10 @@ static inline void anes_f16_to_f32_n_f16c(float *dst, const uint16_t *src, size_
 		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
 	}
 	for (; i < n; i++)
-		dst[i] = anes_f16_to_f32_soft(src[i]);
+		dst[i] = anes_f16_to_f32(src[i]);
 }
 
-__attribute__((target("avx,f16c")))
+ANES_FP16_F16C_TARGET
 static inline void anes_f32_to_f16_n_f16c(uint16_t *dst, const float *src, size_t n)
 {
 	size_t i = 0, n8 = n & ~(size_t)7;
@@ -148,9 +155,11 @@ static inline void anes_f32_to_f16_n_f16c(uint16_t *dst, const float *src, size_
 		                 _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 	}
 	for (; i < n; i++)
-		dst[i] = anes_f32_to_f16_soft(src[i]);
+		dst[i] = anes_f32_to_f16(src[i]);
 }
+#endif
 
+#if defined(ANES_FP16_RUNTIME_F16C)
 static inline int anes_fp16_have_f16c(void)
 {
 	/* Cached; a benign race at worst computes it twice.  F16C needs AVX and
@@ -176,13 +185,7 @@ static inline int anes_fp16_have_f16c(void)
 static inline void anes_f16_to_f32_n(float *dst, const uint16_t *src, size_t n)
 {
 #if defined(__F16C__)
-	size_t i = 0, n8 = n & ~(size_t)7;
-	for (; i < n8; i += 8) {
-		__m128i h = _mm_loadu_si128((const __m128i *)(const void *)(src + i));
-		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
-	}
-	for (; i < n; i++)
-		dst[i] = anes_f16_to_f32(src[i]);
+	anes_f16_to_f32_n_f16c(dst, src, n);
 #else
 #if defined(ANES_FP16_RUNTIME_F16C)
 	if (anes_fp16_have_f16c()) {
@@ -198,14 +201,7 @@ static inline void anes_f16_to_f32_n(float *dst, const uint16_t *src, size_t n)
 static inline void anes_f32_to_f16_n(uint16_t *dst, const float *src, size_t n)
 {
 #if defined(__F16C__)
-	size_t i = 0, n8 = n & ~(size_t)7;
-	for (; i < n8; i += 8) {
-		__m256 f = _mm256_loadu_ps(src + i);
-		_mm_storeu_si128((__m128i *)(void *)(dst + i),
-		                 _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-	}
-	for (; i < n; i++)
-		dst[i] = anes_f32_to_f16(src[i]);
+	anes_f32_to_f16_n_f16c(dst, src, n);
 #else
 #if defined(ANES_FP16_RUNTIME_F16C)
 	if (anes_fp16_have_f16c()) {

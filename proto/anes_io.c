@@ -246,6 +246,37 @@ int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned 
 	return 0;
 }
 
+int anes_io_queue_rest(anes_io *io, void *data, size_t len, size_t sent)
+{
+	uint32_t plen;
+	unsigned hnfds;
+	int r = len < ANES_FRAME_HEADER_SIZE ? -EINVAL
+	        : anes_frame_header_parse(data, io->max_frame, &plen, &hnfds);
+
+	if (r == 0 && (hnfds != 0 || plen != len - ANES_FRAME_HEADER_SIZE || sent == 0 || sent >= len))
+		r = -EINVAL;
+	else if (r == -EPROTO)
+		r = -EINVAL;
+	if (r < 0) {
+		free(data);
+		return r;
+	}
+	anes_out *o = calloc(1, sizeof *o);
+	if (!o) {
+		free(data);
+		return -ENOMEM;
+	}
+	o->data = data;
+	o->len = len;
+	o->off = sent;
+	o->next = io->out_head;
+	io->out_head = o;
+	if (!io->out_tail)
+		io->out_tail = o;
+	io->out_bytes += len - sent;
+	return 0;
+}
+
 /* Frames gathered into one sendmsg: replies and pipelined requests queued
  * in one loop iteration leave in one system call. */
 #define FLUSH_MAX_IOV 64

@@ -2,10 +2,8 @@
 #include "daemon_harness.h"
 
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,24 +17,17 @@
 #include <unistd.h>
 
 #include "anes_proto.h"
+#include "scm_fds.h"
 
 #ifndef ANES_SOURCE_DIR
 #define ANES_SOURCE_DIR "."
 #endif
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A short pause between two polls of a condition (not for synchronisation:
  * every caller re-checks its condition and gives up after a deadline). */
 static void poll_pause(void)
 {
-	struct timespec ts = { 0, 5 * 1000 * 1000 };
-	nanosleep(&ts, NULL);
+	tu_pause_ms(5);
 }
 
 /* ---- the daemon --------------------------------------------------------------- */
@@ -75,6 +66,31 @@ int h_slow(void)
 	return w && *w ? 20 : 1;
 }
 
+void h_child_stdio(const char *log)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);   /* never outlive a crashed test */
+	int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		dup2(fd, 2);
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+	}
+}
+
+unsigned h_wrapper_argv(const char **argv)
+{
+	unsigned n = 0;
+	char *wrapper = getenv("ANESHARED_WRAPPER");
+	if (wrapper && *wrapper) {
+		wrapper = strdup(wrapper);
+		for (char *tok = strtok(wrapper, " \t"); tok && n < 32; tok = strtok(NULL, " \t"))
+			argv[n++] = tok;
+	}
+	return n;
+}
+
 void h_daemon_start(h_daemon *d)
 {
 	h_daemon_start_args(d, NULL);
@@ -98,32 +114,18 @@ static void daemon_launch(h_daemon *d, const char *const *args, bool fresh, bool
 	pid_t pid = fork();
 	cr_assert(pid >= 0, "fork: %s", strerror(errno));
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);   /* never outlive a crashed test */
-		int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd >= 0)
-			dup2(fd, 2);
-		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (null >= 0) {
-			dup2(null, 0);
-			dup2(null, 1);
-		}
+		h_child_stdio(d->log);
 		setenv("ANESHARE_SOCKET", d->sock, 1);
 		setenv("XDG_CONFIG_HOME", d->dir, 1);
-		char *argv[64];
-		unsigned n = 0;
-		char *wrapper = getenv("ANESHARED_WRAPPER");
-		if (wrapper && *wrapper) {
-			wrapper = strdup(wrapper);
-			for (char *tok = strtok(wrapper, " \t"); tok && n < 32; tok = strtok(NULL, " \t"))
-				argv[n++] = tok;
-		}
-		argv[n++] = (char *)exe;
+		const char *argv[64];
+		unsigned n = h_wrapper_argv(argv);
+		argv[n++] = exe;
 		argv[n++] = "--socket";
 		argv[n++] = d->sock;
 		for (unsigned i = 0; args && args[i] && n < 63; i++)
-			argv[n++] = (char *)args[i];
+			argv[n++] = args[i];
 		argv[n] = NULL;
-		execvp(argv[0], argv);
+		execvp(argv[0], (char *const *)argv);
 		_exit(127);
 	}
 	d->pid = pid;
@@ -132,7 +134,7 @@ static void daemon_launch(h_daemon *d, const char *const *args, bool fresh, bool
 
 	/* Bounded wait until the daemon answers hello (or died).  A completed
 	 * handshake, not just an accepted connect, shows its loop is running. */
-	int64_t deadline = now_ms() + 10000 * h_slow();
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
 		aneshare_conn *c;
 		if (aneshare_connect(d->sock, "harness", &c) == 0) {
@@ -145,7 +147,7 @@ static void daemon_launch(h_daemon *d, const char *const *args, bool fresh, bool
 			dump_log(d);
 			cr_assert_fail("aneshared exited during start-up (status 0x%x)", status);
 		}
-		if (now_ms() > deadline) {
+		if (tu_now_ms() > deadline) {
 			h_daemon_kill(d);
 			cr_assert_fail("aneshared did not answer on %s within 10 s", d->sock);
 		}
@@ -233,14 +235,14 @@ aneshare_status *h_status(aneshare_conn *c)
 
 void h_wait_counts(aneshare_conn *c, uint32_t surfaces, uint32_t programs)
 {
-	int64_t deadline = now_ms() + 10000 * h_slow();
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
 		aneshare_status *st = h_status(c);
 		uint32_t s = st->surfaces, p = st->programs;
 		aneshare_status_free(st);
 		if (s == surfaces && p == programs)
 			return;
-		cr_assert(now_ms() < deadline,
+		cr_assert(tu_now_ms() < deadline,
 		          "status stuck at %u surfaces, %u programs (want %u, %u)", s, p, surfaces,
 		          programs);
 		poll_pause();
@@ -249,14 +251,14 @@ void h_wait_counts(aneshare_conn *c, uint32_t surfaces, uint32_t programs)
 
 void h_wait_clients(aneshare_conn *c, uint32_t clients)
 {
-	int64_t deadline = now_ms() + 10000 * h_slow();
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
 		aneshare_status *st = h_status(c);
 		uint32_t n = st->clients;
 		aneshare_status_free(st);
 		if (n == clients)
 			return;
-		cr_assert(now_ms() < deadline, "status stuck at %u clients (want %u)", n, clients);
+		cr_assert(tu_now_ms() < deadline, "status stuck at %u clients (want %u)", n, clients);
 		poll_pause();
 	}
 }
@@ -281,59 +283,78 @@ char *h_read_source(const char *relpath)
 
 /* ---- matmul ------------------------------------------------------------------- */
 
-bool h_mm_from_program(const aneshare_program *p, h_mm *ret)
+aneshare_program *h_compile_mm(aneshare_conn *c, h_mm *mm, bool *ret_cached)
 {
-	if (aneshare_program_input_count(p, 0) != 1 || aneshare_program_output_count(p, 0) != 1)
-		return false;
-	const aneshare_tensor_info *ti = aneshare_program_input(p, 0, 0);
-	const aneshare_tensor_info *to = aneshare_program_output(p, 0, 0);
-	if (ti->dtype != ANESHARE_FP16 || to->dtype != ANESHARE_FP16 || ti->rank != 4 ||
-	    to->rank != 4 || ti->shape[0] != 1 || ti->shape[2] != 1 || to->shape[0] != 1 ||
-	    to->shape[2] != 1 || ti->shape[3] != to->shape[3] + to->shape[1])
-		return false;
-	ret->ic = (size_t)ti->shape[1];
-	ret->oc = (size_t)to->shape[1];
-	ret->seq = (size_t)to->shape[3];
-	ret->in_bytes = (size_t)ti->bytes;
-	ret->out_bytes = (size_t)to->bytes;
-	return true;
+	char *mil = h_read_source("examples/dynamic_matmul.mil");
+	aneshare_program *p = NULL;
+	bool cached = true;
+	int r = aneshare_program_compile(c, mil, NULL, 0, &p, &cached);
+	free(mil);
+	cr_assert_eq(r, 0, "compile: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	cr_assert(h_mm_from_program(p, mm), "dynamic_matmul.mil does not have the documented layout");
+	if (ret_cached)
+		*ret_cached = cached;
+	return p;
 }
 
-void h_mm_fill(const h_mm *mm, uint16_t *x, uint64_t seed)
+aneshare_surface *h_surface(aneshare_conn *c, size_t size)
 {
-	size_t n = mm->ic * (mm->seq + mm->oc);
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
-	for (size_t i = 0; i < n; i++) {
-		s ^= s << 13;
-		s ^= s >> 7;
-		s ^= s << 17;
-		float f = (float)((double)(s >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-		aneshare_f32_to_f16(&x[i], &f, 1);
+	aneshare_surface *s = NULL;
+	int r = aneshare_surface_create(c, size, &s);
+	cr_assert_eq(r, 0, "surface.create(%zu): %s: %s", size, aneshare_strerror(r),
+	             aneshare_last_error(c));
+	return s;
+}
+
+void h_mm_pairs(aneshare_conn *c, const h_mm *mm, aneshare_surface **in, aneshare_surface **out,
+                int n, uint64_t seed0)
+{
+	for (int i = 0; i < n; i++) {
+		in[i] = h_surface(c, mm->in_bytes);
+		out[i] = h_surface(c, mm->out_bytes);
+		h_mm_fill(mm, aneshare_surface_data(in[i]), seed0 + (uint64_t)i);
+		memset(aneshare_surface_data(out[i]), 0xff, mm->out_bytes);
 	}
 }
 
 double h_mm_error(const h_mm *mm, const uint16_t *x, const uint16_t *y)
 {
-	size_t w = mm->seq + mm->oc;
-	float *xf = malloc(mm->ic * w * sizeof *xf);
+	float *xf = malloc(mm->ic * (mm->seq + mm->oc) * sizeof *xf);
 	float *yf = malloc(mm->oc * mm->seq * sizeof *yf);
 	cr_assert(xf && yf);
-	aneshare_f16_to_f32(xf, x, mm->ic * w);
-	aneshare_f16_to_f32(yf, y, mm->oc * mm->seq);
-	double max_ref = 0, max_err = 0;
-	for (size_t o = 0; o < mm->oc; o++)
-		for (size_t s = 0; s < mm->seq; s++) {
-			double acc = 0;
-			for (size_t i = 0; i < mm->ic; i++)
-				acc += (double)xf[i * w + s] * (double)xf[i * w + mm->seq + o];
-			double e = fabs((double)yf[o * mm->seq + s] - acc);
-			if (!(e <= max_err))
-				max_err = isnan(e) ? INFINITY : e;
-			max_ref = fmax(max_ref, fabs(acc));
-		}
+	double e = tu_mm_error(mm, x, y, xf, yf);
 	free(xf);
 	free(yf);
-	return max_ref > 0 ? max_err / max_ref : max_err;
+	return e;
+}
+
+/* seed: NULL when the caller filled in. */
+static void mm_run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
+                         aneshare_surface *out, const uint64_t *seed)
+{
+	if (seed)
+		h_mm_fill(mm, aneshare_surface_data(in), *seed);
+	memset(aneshare_surface_data(out), 0xff, mm->out_bytes);   /* NaNs: must be overwritten */
+	int r = aneshare_run(p, 0, &in, 1, &out, 1);
+	cr_assert_eq(r, 0, "run: %s", aneshare_strerror(r));
+	double err = h_mm_error(mm, aneshare_surface_data(in), aneshare_surface_data(out));
+	if (seed)
+		cr_assert_leq(err, H_MM_TOL, "relative error %g (seed %llu)", err,
+		              (unsigned long long)*seed);
+	else
+		cr_assert_leq(err, H_MM_TOL, "relative error %g", err);
+}
+
+void h_mm_run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
+                    aneshare_surface *out)
+{
+	mm_run_check(p, mm, in, out, NULL);
+}
+
+void h_mm_fill_run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
+                         aneshare_surface *out, uint64_t seed)
+{
+	mm_run_check(p, mm, in, out, &seed);
 }
 
 /* ---- raw connections ----------------------------------------------------------- */
@@ -357,24 +378,12 @@ int h_raw_connect(const char *path)
 
 int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfds)
 {
-	union {
-		struct cmsghdr h;
-		char b[CMSG_SPACE(sizeof(int) * 8)];
-	} cm;
+	SCM_FDS_BUF(8) cm;
 	const char *p = buf;
 	while (len) {
 		struct iovec iov = { (void *)p, len };
 		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-		if (nfds) {
-			memset(&cm, 0, sizeof cm);
-			msg.msg_control = cm.b;
-			msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-			struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-			c->cmsg_level = SOL_SOCKET;
-			c->cmsg_type = SCM_RIGHTS;
-			c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-			memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-		}
+		scm_fds_attach(&msg, cm.buf, sizeof cm, fds, nfds);
 		ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -387,26 +396,33 @@ int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfd
 	return 0;
 }
 
-int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params_mp,
-                  size_t params_len, const int *fds, unsigned nfds)
+void h_raw_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, const void *params_mp,
+                 size_t params_len, unsigned nfds)
 {
-	msgpack_sbuffer sb;
 	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	char zero[ANES_FRAME_HEADER_SIZE] = { 0 };
-	msgpack_sbuffer_write(&sb, zero, sizeof zero);
+	size_t start = sb->size;
+	msgpack_sbuffer_write(sb, zero, sizeof zero);
 	msgpack_pack_array(&pk, 4);
 	msgpack_pack_uint32(&pk, 0);
 	msgpack_pack_uint32(&pk, msgid);
 	msgpack_pack_str(&pk, strlen(method));
 	msgpack_pack_str_body(&pk, method, strlen(method));
 	if (params_mp)
-		msgpack_sbuffer_write(&sb, params_mp, params_len);
+		msgpack_sbuffer_write(sb, params_mp, params_len);
 	else
 		msgpack_pack_map(&pk, 0);
-	anes_frame_header_write((uint8_t *)sb.data, (uint32_t)(sb.size - ANES_FRAME_HEADER_SIZE),
-	                        nfds);
+	anes_frame_header_write((uint8_t *)sb->data + start,
+	                        (uint32_t)(sb->size - start - ANES_FRAME_HEADER_SIZE), nfds);
+}
+
+int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params_mp,
+                  size_t params_len, const int *fds, unsigned nfds)
+{
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	h_raw_frame(&sb, msgid, method, params_mp, params_len, nfds);
 	int r = h_raw_send(fd, sb.data, sb.size, fds, nfds);
 	msgpack_sbuffer_destroy(&sb);
 	return r;
@@ -434,7 +450,7 @@ static int raw_next(anes_io *io, int64_t deadline, msgpack_zone *zone, anes_msg 
 			}
 			return 1;
 		}
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - tu_now_ms();
 		if (left <= 0)
 			return -ETIMEDOUT;
 		struct pollfd pfd = { .fd = io->fd, .events = POLLIN };
@@ -461,7 +477,7 @@ int h_raw_response_cb(int fd, uint32_t msgid, int timeout_ms,
 {
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int64_t deadline = now_ms() + (int64_t)timeout_ms * h_slow();
+	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
 	int ret;
 	for (;;) {
 		msgpack_zone zone;
@@ -495,7 +511,7 @@ int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors)
 {
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int64_t deadline = now_ms() + (int64_t)timeout_ms * h_slow();
+	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
 	unsigned errors = 0;
 	int ret;
 	for (;;) {
@@ -516,74 +532,69 @@ int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors)
 	return ret;
 }
 
-void h_raw_hello(int fd)
+int h_raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key, uint64_t v,
+                     const int *fds, unsigned nfds)
 {
 	msgpack_sbuffer s;
 	msgpack_packer pk;
 	msgpack_sbuffer_init(&s);
 	msgpack_packer_init(&pk, &s, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 8);
-	msgpack_pack_str_body(&pk, "protocol", 8);
-	msgpack_pack_uint32(&pk, 1);
-	cr_assert_eq(h_raw_request(fd, 1, "hello", s.data, s.size, NULL, 0), 0);
+	msgpack_pack_map(&pk, key ? 1 : 0);
+	if (key) {
+		msgpack_pack_str(&pk, strlen(key));
+		msgpack_pack_str_body(&pk, key, strlen(key));
+		msgpack_pack_uint64(&pk, v);
+	}
+	int r = h_raw_request(fd, msgid, method, s.data, s.size, fds, nfds);
 	msgpack_sbuffer_destroy(&s);
+	return r;
+}
+
+int h_raw_send_hello(int fd, uint32_t msgid)
+{
+	return h_raw_request_kv(fd, msgid, "hello", "protocol", 1, NULL, 0);
+}
+
+void h_raw_hello(int fd)
+{
+	cr_assert_eq(h_raw_send_hello(fd, 1), 0);
 	cr_assert_eq(h_raw_response(fd, 1, 5000), 0, "raw hello failed");
+}
+
+int h_raw_open(const char *path)
+{
+	int fd = h_raw_connect(path);
+	cr_assert_geq(fd, 0);
+	h_raw_hello(fd);
+	return fd;
 }
 
 int h_count_fds(void)
 {
-	DIR *d = opendir("/proc/self/fd");
-	if (!d)
-		return -1;
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n - 1;   /* the directory's own fd */
+	int n = tu_dir_entries("/proc/self/fd");
+	return n < 0 ? n : n - 1;   /* the directory's own fd */
 }
 
 int h_daemon_fds(const h_daemon *d)
 {
 	char path[64];
 	snprintf(path, sizeof path, "/proc/%ld/fd", (long)d->pid);
-	DIR *dir = opendir(path);
-	if (!dir)
-		return -1;
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(dir)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(dir);
-	return n;
+	return tu_dir_entries(path);
 }
 
 long h_daemon_rss_kb(const h_daemon *d)
 {
-	char path[64], line[256];
-	snprintf(path, sizeof path, "/proc/%ld/status", (long)d->pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -1;
-	long kb = -1;
-	while (fgets(line, sizeof line, f))
-		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
+	return tu_proc_status_kb(d->pid, "VmRSS");
 }
 
 void h_wait_daemon_fds(const h_daemon *d, int n)
 {
-	int64_t deadline = now_ms() + 10000 * h_slow();
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
 		int got = h_daemon_fds(d);
 		if (got == n)
 			return;
-		cr_assert(now_ms() < deadline, "the daemon has %d fds open (want %d)", got, n);
+		cr_assert(tu_now_ms() < deadline, "the daemon has %d fds open (want %d)", got, n);
 		poll_pause();
 	}
 }

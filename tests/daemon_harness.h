@@ -17,6 +17,7 @@
 #include <sys/types.h>
 
 #include "aneshare.h"
+#include "test_util.h"
 
 typedef struct h_daemon {
 	char dir[128];      /* private mkdtemp directory */
@@ -33,6 +34,13 @@ typedef struct h_daemon {
 void h_daemon_start(h_daemon *d);
 /* The same with extra daemon arguments (NULL-terminated; may be NULL). */
 void h_daemon_start_args(h_daemon *d, const char *const *args);
+/* For a forked child about to exec the daemon (no assertions): die with
+ * the test process, stderr to log (created or truncated), stdin and stdout
+ * on /dev/null. */
+void h_child_stdio(const char *log);
+/* For such a child: the words of $ANESHARED_WRAPPER (at most 32) at the
+ * front of argv; their count. */
+unsigned h_wrapper_argv(const char **argv);
 /* Timeouts are multiplied by this: 1, or 20 under $ANESHARED_WRAPPER
  * ($ANESHARE_TEST_SLOW overrides). */
 int h_slow(void);
@@ -63,22 +71,27 @@ void h_wait_clients(aneshare_conn *c, uint32_t clients);
 /* Read a file from the source tree (NUL-terminated); asserts on failure. */
 char *h_read_source(const char *relpath);
 
-/* ---- the dynamic matmul --------------------------------------------------- */
+/* ---- the dynamic matmul (h_mm and its helpers: test_util.h) ---------------- */
 
-typedef struct h_mm {
-	size_t ic, oc, seq;
-	size_t in_bytes, out_bytes;
-} h_mm;
-
-/* Shapes from the program's info; false if it is not the expected layout. */
-bool h_mm_from_program(const aneshare_program *p, h_mm *ret);
-/* Fill an fp16 input ([1, IC, 1, SEQ+OC]) with values in [-1, 1] from seed. */
-void h_mm_fill(const h_mm *mm, uint16_t *x, uint64_t seed);
+/* Compile examples/dynamic_matmul.mil on c and read its shapes into mm;
+ * *ret_cached (if not NULL) tells whether the daemon had it cached. */
+aneshare_program *h_compile_mm(aneshare_conn *c, h_mm *mm, bool *ret_cached);
+/* aneshare_surface_create that asserts. */
+aneshare_surface *h_surface(aneshare_conn *c, size_t size);
+/* n input/output surface pairs for mm: in[i] filled from seed0 + i, out[i]
+ * set to NaNs (which a run must overwrite). */
+void h_mm_pairs(aneshare_conn *c, const h_mm *mm, aneshare_surface **in, aneshare_surface **out,
+                int n, uint64_t seed0);
 /* Max |out - ref| / max|ref| for the output computed from input x (fp32
  * reference from the same fp16 values). */
 double h_mm_error(const h_mm *mm, const uint16_t *x, const uint16_t *y);
-
-#define H_MM_TOL 1e-2
+/* Run in -> out (out first set to NaNs, which must be overwritten) and
+ * assert that out is within H_MM_TOL of the reference for what in holds. */
+void h_mm_run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
+                    aneshare_surface *out);
+/* The same after filling in from seed (named in the failure message). */
+void h_mm_fill_run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
+                         aneshare_surface *out, uint64_t seed);
 
 /* ---- raw connections ----------------------------------------------------- */
 
@@ -86,10 +99,19 @@ double h_mm_error(const h_mm *mm, const uint16_t *x, const uint16_t *y);
 int h_raw_connect(const char *path);
 /* Send bytes with fds (may be 0) in one sendmsg; 0 or -errno. */
 int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfds);
+/* Append a request frame to sb (msgpack_sbuffer, initialised by the caller):
+ * params as for h_raw_request (NULL: {}), nfds the fd count its header
+ * announces. */
+struct msgpack_sbuffer;
+void h_raw_frame(struct msgpack_sbuffer *sb, uint32_t msgid, const char *method,
+                 const void *params_mp, size_t params_len, unsigned nfds);
 /* Send a request; params is a msgpack map body packed by the caller in
  * params_mp/params_len (a complete map value).  0 or -errno. */
 int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params_mp,
                   size_t params_len, const int *fds, unsigned nfds);
+/* h_raw_request with the params { key: v } ({} when key is NULL). */
+int h_raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key, uint64_t v,
+                     const int *fds, unsigned nfds);
 /* Wait (up to timeout_ms x h_slow()) for the response to msgid.  Returns 0 for a
  * success, the wire error code (> 0) for an error response, -EPIPE if the
  * connection was closed, -ETIMEDOUT. Notifications are skipped. */
@@ -102,8 +124,13 @@ int h_raw_response_cb(int fd, uint32_t msgid, int timeout_ms,
 /* Wait (up to timeout_ms x h_slow()) until the daemon closes the connection; counts
  * the error notifications received on the way.  0 if closed, -ETIMEDOUT. */
 int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors);
+/* Send hello (protocol 1) as request msgid on a raw connection without
+ * waiting for the response: h_raw_request's result (for forked children). */
+int h_raw_send_hello(int fd, uint32_t msgid);
 /* hello on a raw connection; asserts it succeeds. */
 void h_raw_hello(int fd);
+/* h_raw_connect and h_raw_hello, asserting both succeed: the fd. */
+int h_raw_open(const char *path);
 
 /* Open fds of this process (for leak checks). */
 int h_count_fds(void);

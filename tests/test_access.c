@@ -42,27 +42,9 @@ static void teardown(void)
 
 TestSuite(access, .fini = teardown, .timeout = 60);
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static bool log_has(const h_daemon *d, const char *needle)
 {
-	char *text = NULL;
-	size_t len = 0;
-	FILE *f = fopen(d->log, "re");
-	if (!f)
-		return false;
-	FILE *m = open_memstream(&text, &len);
-	char buf[4096];
-	size_t n;
-	while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-		fwrite(buf, 1, n, m);
-	fclose(f);
-	fclose(m);
+	char *text = tu_read_file(d->log);
 	bool found = text && strstr(text, needle);
 	free(text);
 	return found;
@@ -130,16 +112,7 @@ static int child_hello_as(const char *sock, uid_t uid, gid_t gid)
 	int fd = h_raw_connect(sock);
 	if (fd < 0)
 		return 4;
-	msgpack_sbuffer s;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&s);
-	msgpack_packer_init(&pk, &s, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 8);
-	msgpack_pack_str_body(&pk, "protocol", 8);
-	msgpack_pack_uint32(&pk, 1);
-	int r = h_raw_request(fd, 1, "hello", s.data, s.size, NULL, 0);
-	msgpack_sbuffer_destroy(&s);
+	int r = h_raw_send_hello(fd, 1);
 	if (r == -EPIPE || r == -ECONNRESET)
 		return 1;
 	if (r < 0)
@@ -433,16 +406,7 @@ Test(access, hello_announces_limits)
 
 	int fd = h_raw_connect(D.sock);
 	cr_assert_geq(fd, 0);
-	msgpack_sbuffer s;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&s);
-	msgpack_packer_init(&pk, &s, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 8);
-	msgpack_pack_str_body(&pk, "protocol", 8);
-	msgpack_pack_uint32(&pk, 1);
-	cr_assert_eq(h_raw_request(fd, 1, "hello", s.data, s.size, NULL, 0), 0);
-	msgpack_sbuffer_destroy(&s);
+	cr_assert_eq(h_raw_send_hello(fd, 1), 0);
 	limits_seen ls = { 0 };
 	cr_assert_eq(h_raw_response_cb(fd, 1, 5000, read_limits, &ls), 0);
 	close(fd);
@@ -543,27 +507,17 @@ static unsigned stuff_status_requests(int fd)
 	cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
 	/* One request frame, sent many times. */
 	msgpack_sbuffer sb;
-	msgpack_packer pk;
 	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	char zero[ANES_FRAME_HEADER_SIZE] = { 0 };
-	msgpack_sbuffer_write(&sb, zero, sizeof zero);
-	msgpack_pack_array(&pk, 4);
-	msgpack_pack_uint32(&pk, 0);
-	msgpack_pack_uint32(&pk, 7);
-	msgpack_pack_str(&pk, 6);
-	msgpack_pack_str_body(&pk, "status", 6);
-	msgpack_pack_map(&pk, 0);
-	anes_frame_header_write((uint8_t *)sb.data, (uint32_t)(sb.size - ANES_FRAME_HEADER_SIZE), 0);
+	h_raw_frame(&sb, 7, "status", NULL, 0, 0);
 
 	char *batch = malloc(sb.size * 256);
 	for (int i = 0; i < 256; i++)
 		memcpy(batch + i * sb.size, sb.data, sb.size);
 	size_t blen = sb.size * 256, off = 0;
 	unsigned long long sent = 0;
-	int64_t deadline = now_ms() + 20000;
+	int64_t deadline = tu_now_ms() + 20000;
 	int idle_polls = 0;
-	while (now_ms() < deadline) {
+	while (tu_now_ms() < deadline) {
 		ssize_t n = send(fd, batch + off, blen - off, MSG_NOSIGNAL);
 		if (n > 0) {
 			sent += (size_t)n;
@@ -589,8 +543,8 @@ static unsigned stuff_status_requests(int fd)
 static bool drained_to_eof(int fd, int timeout_ms)
 {
 	char buf[65536];
-	int64_t deadline = now_ms() + timeout_ms;
-	while (now_ms() < deadline) {
+	int64_t deadline = tu_now_ms() + timeout_ms;
+	while (tu_now_ms() < deadline) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		if (poll(&p, 1, 100) <= 0)
 			continue;
@@ -624,14 +578,14 @@ static void good_init(good_client *g)
 /* One checked run and one status; tracks the slowest. */
 static void good_step(good_client *g)
 {
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_now_ms();
 	h_mm_fill(&g->mm, aneshare_surface_data(g->in), g->runs + 1);
 	int r = aneshare_run(g->p, 0, &g->in, 1, &g->out, 1);
 	cr_assert_eq(r, 0, "the good client's run failed: %s", aneshare_strerror(r));
 	double err = h_mm_error(&g->mm, aneshare_surface_data(g->in), aneshare_surface_data(g->out));
 	cr_assert_leq(err, H_MM_TOL);
 	aneshare_status_free(h_status(g->c));
-	int64_t dt = now_ms() - t0;
+	int64_t dt = tu_now_ms() - t0;
 	if (dt > g->worst_ms)
 		g->worst_ms = dt;
 	g->runs++;
@@ -653,16 +607,14 @@ static void slow_reader_case(const char *const *args, int max_drop_ms)
 	h_wait_clients(g.c, 1);
 	int fds0 = h_daemon_fds(&D);
 
-	int bad = h_raw_connect(D.sock);
-	cr_assert_geq(bad, 0);
-	h_raw_hello(bad);
+	int bad = h_raw_open(D.sock);
 	unsigned reqs = stuff_status_requests(bad);
 	cr_assert_gt(reqs, 1000, "only %u requests went out", reqs);
-	int64_t stuffed = now_ms();
+	int64_t stuffed = tu_now_ms();
 
 	/* The good client keeps working, unaffected, until the bad one is gone. */
 	bool gone = false;
-	while (now_ms() - stuffed < (int64_t)max_drop_ms * h_slow()) {
+	while (tu_now_ms() - stuffed < (int64_t)max_drop_ms * h_slow()) {
 		good_step(&g);
 		aneshare_status *st = h_status(g.c);
 		gone = st->clients == 1;

@@ -125,9 +125,7 @@ Test(chain, limits)
 	             aneshare_last_error(f.c));
 
 	/* The daemon's own limit, past the library's check: a raw request. */
-	int fd = h_raw_connect(f.d.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	int fd = h_raw_open(f.d.sock);
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 	msgpack_sbuffer_init(&sb);
@@ -316,9 +314,7 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	cr_assert_eq(aneshare_surface_create(c, 16u << 20, &out), 0);
 
 	/* Build the request exactly as the library does (program.c, async.c). */
-	int fd = h_raw_connect(d.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	int fd = h_raw_open(d.sock);
 	/* The raw connection needs its own program and surfaces. */
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -332,12 +328,7 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
 	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
 	for (uint32_t id = 3; id <= 4; id++) {
-		msgpack_sbuffer_clear(&sb);
-		msgpack_pack_map(&pk, 1);
-		msgpack_pack_str(&pk, 4);
-		msgpack_pack_str_body(&pk, "size", 4);
-		msgpack_pack_uint32(&pk, 16u << 20);
-		cr_assert_eq(h_raw_request(fd, id, "surface.create", sb.data, sb.size, NULL, 0), 0);
+		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", 16u << 20, NULL, 0), 0);
 		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
 	}
 	/* program 1, surfaces 1 and 2 on this connection; a large msgid and

@@ -943,3 +943,221 @@ Test(cpu, weights_blob_program)
 	free(x);
 	free(w);
 }
+
+/* ---- run arguments in the caller's memory (no copies) ----
+ * Inputs are read in place and op-computed outputs are computed straight into
+ * the output buffers; these check the plan's special cases and that aliasing
+ * or concurrently changing buffers can change numbers but never crash. */
+
+/* a = x + y feeds a later op and is returned twice; x is returned as is;
+ * i = identity(x); r = reshape(y); k is a folded constant */
+static const char *direct_mil(void)
+{
+	return mil("tensor<fp32, [2, 8]> x, tensor<fp32, [2, 8]> y",
+		"        tensor<fp32, [2, 8]> a = add(x = x, y = y);\n"
+		"        tensor<fp32, [2, 8]> b = mul(x = a, y = x);\n"
+		"        tensor<fp32, [2, 8]> c = relu(x = b);\n"
+		"        tensor<fp32, [2, 8]> i = identity(x = x);\n"
+		"        tensor<fp32, [16]> r = reshape(x = y, shape = tensor<int32, [1]>([16]));\n"
+		"        tensor<fp32, [2]> kc = const()[name = string(\"kc\"), val = tensor<fp32, [2]>([1.5, -2])];\n"
+		"        tensor<fp32, [2]> k = add(x = kc, y = kc);\n",
+		"a, c, a, x, i, r, k");
+}
+
+Test(cpu, direct_outputs_separate)
+{
+	anes_bprogram *p = compile_text(direct_mil());
+	cr_assert_eq(p->functions[0].n_outputs, 7);
+	float x[16], y[16], o[7][16];
+	for (int rep = 0; rep < 3; rep++) {   /* arenas are reused: results must not depend on history */
+		for (int i = 0; i < 16; i++) {
+			x[i] = (float)(i - 7 + rep);
+			y[i] = (float)(3 - i) * 0.5f;
+		}
+		memset(o, 0xAB, sizeof o);
+		const void *in[] = {x, y};
+		void *out[] = {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};
+		run_ok(p, 0, in, out);
+		for (int i = 0; i < 16; i++) {
+			float a = x[i] + y[i], b = a * x[i];
+			cr_assert_eq(o[0][i], a, "a[%d]", i);
+			cr_assert_eq(o[1][i], b > 0 ? b : 0, "c[%d]", i);
+			cr_assert_eq(o[2][i], a, "a (second time)[%d]", i);
+			cr_assert_eq(o[3][i], x[i], "x returned[%d]", i);
+			cr_assert_eq(o[4][i], x[i], "identity(x)[%d]", i);
+			cr_assert_eq(o[5][i], y[i], "reshape(y)[%d]", i);
+		}
+		cr_assert(o[6][0] == 3.0f && o[6][1] == -4.0f);
+	}
+	/* the inputs are read, never written */
+	for (int i = 0; i < 16; i++)
+		cr_assert(x[i] == (float)(i - 5) && y[i] == (float)(3 - i) * 0.5f);
+	B->ops->program_free(B, p);
+}
+
+Test(cpu, direct_outputs_alias_inputs)
+{
+	anes_bprogram *p = compile_text(direct_mil());
+	float *buf = malloc(64 * sizeof *buf);
+	for (int i = 0; i < 64; i++)
+		buf[i] = (float)i;
+	/* every output on the first input's buffer */
+	const void *in[] = {buf, buf + 16};
+	void *out_same[] = {buf, buf, buf, buf, buf, buf, buf};
+	run_ok(p, 0, in, out_same);
+	/* outputs partially overlapping the inputs and each other */
+	void *out_ovl[] = {buf + 8, buf + 4, buf + 12, buf + 1, buf + 17, buf + 3, buf + 30};
+	for (int rep = 0; rep < 4; rep++)
+		run_ok(p, 0, in, out_ovl);
+	/* an elementwise op in place gives the right answer */
+	anes_bprogram *q = compile_text(mil("tensor<fp32, [32]> x",
+		"        tensor<fp32, [32]> y = relu(x = x);\n"
+		"        tensor<fp32, [32]> z = identity(x = x);\n", "y, z, x"));
+	for (int i = 0; i < 32; i++)
+		buf[i] = (float)(i % 5) - 2.0f;
+	const void *qin[] = {buf};
+	void *qout[] = {buf, buf, buf};
+	run_ok(q, 0, qin, qout);
+	for (int i = 0; i < 32; i++)
+		cr_assert(!(buf[i] < 0) && !isnan(buf[i]), "buf[%d] = %f", i, (double)buf[i]);
+	B->ops->program_free(B, q);
+	B->ops->program_free(B, p);
+	free(buf);
+}
+
+Test(cpu, direct_misaligned_arguments)
+{
+	/* pointers not aligned to their element size are staged, results exact */
+	anes_bprogram *p = compile_text(direct_mil());
+	uint8_t *mem = malloc(8 * 64 * 4 + 64);
+	float x[16], y[16];
+	for (int i = 0; i < 16; i++) {
+		x[i] = (float)i * 0.25f;
+		y[i] = (float)(i * i);
+	}
+	uint8_t *xi = mem + 1, *yi = mem + 67, *o = mem + 133;   /* odd addresses */
+	memcpy(xi, x, sizeof x);
+	memcpy(yi, y, sizeof y);
+	const void *in[] = {xi, yi};
+	void *out[7];
+	for (int j = 0; j < 7; j++)
+		out[j] = o + j * 66 + (j == 2 ? 1 : 0);   /* output 2 (a repeated value) misaligned differently */
+	out[4] = mem + 8 * 64 * 4;                    /* one aligned output among them */
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 16; i++) {
+		float v[7];
+		for (int j = 0; j < 6; j++)
+			memcpy(&v[j], (uint8_t *)out[j] + i * 4, 4);
+		float a = x[i] + y[i], b = a * x[i];
+		cr_assert(v[0] == a && v[1] == (b > 0 ? b : 0) && v[2] == a && v[3] == x[i] && v[4] == x[i] &&
+		          v[5] == y[i], "element %d", i);
+	}
+	B->ops->program_free(B, p);
+	free(mem);
+}
+
+typedef struct flipper {
+	volatile int32_t *idx;
+	int n;
+	volatile int stop;
+} flipper;
+
+static void *flip_main(void *arg)
+{
+	flipper *f = arg;
+	uint32_t s = 12345;
+	while (!f->stop) {
+		for (int i = 0; i < f->n; i++) {
+			s = s * 1664525u + 1013904223u;
+			static const int32_t bad[] = {7, -8, 1 << 30, INT32_MIN, INT32_MAX, -1, 0, 3};
+			f->idx[i] = (s >> 28) < 8 ? bad[(s >> 20) & 7] : (int32_t)((s >> 8) % 7) - 3;
+		}
+	}
+	return NULL;
+}
+
+/* gather with indices changing during the run: every run either fails
+ * cleanly (-EINVAL, out of range) or gathers only rows of x; never out of
+ * bounds (the ASan build checks) */
+static void gather_flip_case(const char *text, bool idx_is_output)
+{
+	enum { D = 7, W = 33, N = 64, RUNS = 300 };
+	anes_bprogram *p = compile_text(text);
+	uint16_t *x = rand_f16(D * W);
+	int32_t *idx = calloc(N, sizeof *idx);
+	int32_t *idx_out = calloc(N, sizeof *idx_out);
+	uint16_t *y = malloc(N * W * 2);
+	flipper f = {idx_is_output ? idx_out : idx, N, 0};
+	pthread_t th;
+	int ok = 0, refused = 0;
+	cr_assert_eq(pthread_create(&th, NULL, flip_main, &f), 0);
+	for (int r = 0; r < RUNS; r++) {
+		const void *in[] = {x, idx};
+		void *out2[] = {y, idx_out};
+		void *out1[] = {y};
+		int rc = B->ops->run(B, p, 0, in, idx_is_output ? out2 : out1, errbuf, sizeof errbuf);
+		if (rc == -EINVAL) {
+			cr_assert(strstr(errbuf, "out of range"), "%s", errbuf);
+			refused++;
+			continue;
+		}
+		cr_assert_eq(rc, 0, "%s", errbuf);
+		ok++;
+		for (int i = 0; i < N; i++) {
+			bool found = false;
+			for (int d = 0; d < D && !found; d++)
+				found = memcmp(y + i * W, x + d * W, W * 2) == 0;
+			cr_assert(found, "run %d: row %d is no row of x", r, i);
+		}
+	}
+	f.stop = 1;
+	pthread_join(th, NULL);
+	cr_assert_eq(ok + refused, RUNS);
+	B->ops->program_free(B, p);
+	free(x);
+	free(idx);
+	free(idx_out);
+	free(y);
+}
+
+Test(cpu, gather_indices_changing_input)
+{
+	rng_state = 21;
+	gather_flip_case(mil("tensor<fp16, [7, 33]> x, tensor<int32, [64]> i",
+		"        tensor<fp16, [64, 33]> y = gather(x = x, indices = i, axis = int32(0));\n", "y"), false);
+}
+
+Test(cpu, gather_indices_changing_output)
+{
+	/* the indices are a function output computed into the caller's buffer
+	 * (which the flipper writes) and then read back by gather */
+	rng_state = 22;
+	gather_flip_case(mil("tensor<fp16, [7, 33]> x, tensor<int32, [64]> i",
+		"        tensor<int32, [64]> j = add(x = i, y = int32(0));\n"
+		"        tensor<fp16, [64, 33]> y = gather(x = x, indices = j, axis = int32(0));\n", "y, j"), true);
+}
+
+Test(cpu, direct_large_copy)
+{
+	/* identity of an input to an output above the parallel-copy threshold:
+	 * exact when separate, in bounds when the buffers overlap */
+	enum { N = 5 * 1024 * 1024 / 2 + 77 };
+	char text[512];
+	snprintf(text, sizeof text, "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [%d]> x) {\n"
+	         "        tensor<fp16, [%d]> y = identity(x = x);\n    } -> (y, x);\n}\n", N, N);
+	anes_bprogram *p = compile_text(text);
+	uint16_t *buf = malloc((size_t)N * 2 * 3);
+	for (size_t i = 0; i < (size_t)N * 3; i++)
+		buf[i] = (uint16_t)(i * 2654435761u >> 7);
+	const void *in[] = {buf};
+	void *out[] = {buf + N, buf + 2 * N};
+	run_ok(p, 0, in, out);
+	cr_assert(memcmp(buf, buf + N, (size_t)N * 2) == 0);
+	cr_assert(memcmp(buf, buf + 2 * N, (size_t)N * 2) == 0);
+	void *ovl[] = {buf + 3, buf + N / 2};
+	run_ok(p, 0, in, ovl);
+	void *same[] = {buf, buf};
+	run_ok(p, 0, in, same);
+	B->ops->program_free(B, p);
+	free(buf);
+}

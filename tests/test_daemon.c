@@ -45,41 +45,6 @@ static char *mm_text(void)
 	return h_read_source("examples/dynamic_matmul.mil");
 }
 
-static aneshare_program *compile_mm(aneshare_conn *c, h_mm *mm, bool *ret_cached)
-{
-	char *mil = mm_text();
-	aneshare_program *p = NULL;
-	bool cached = true;
-	int r = aneshare_program_compile(c, mil, NULL, 0, &p, &cached);
-	free(mil);
-	cr_assert_eq(r, 0, "compile: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
-	cr_assert(h_mm_from_program(p, mm), "dynamic_matmul.mil does not have the documented layout");
-	if (ret_cached)
-		*ret_cached = cached;
-	return p;
-}
-
-static aneshare_surface *surface(aneshare_conn *c, size_t size)
-{
-	aneshare_surface *s = NULL;
-	int r = aneshare_surface_create(c, size, &s);
-	cr_assert_eq(r, 0, "surface.create(%zu): %s: %s", size, aneshare_strerror(r),
-	             aneshare_last_error(c));
-	return s;
-}
-
-/* Fill in with seed, run, and check out against the fp32 reference. */
-static void run_and_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
-                          aneshare_surface *out, uint64_t seed)
-{
-	h_mm_fill(mm, aneshare_surface_data(in), seed);
-	memset(aneshare_surface_data(out), 0xff, mm->out_bytes);   /* NaNs: must be overwritten */
-	int r = aneshare_run(p, 0, &in, 1, &out, 1);
-	cr_assert_eq(r, 0, "run: %s", aneshare_strerror(r));
-	double err = h_mm_error(mm, aneshare_surface_data(in), aneshare_surface_data(out));
-	cr_assert_leq(err, H_MM_TOL, "relative error %g (seed %llu)", err, (unsigned long long)seed);
-}
-
 static uint32_t count_surfaces(aneshare_conn *c)
 {
 	aneshare_status *st = h_status(c);
@@ -112,10 +77,7 @@ static params *params_u32(const char *key, uint32_t v)
 static int raw_call(int fd, uint32_t msgid, const char *method, const char *key, uint32_t v,
                     const int *fds, unsigned nfds)
 {
-	params *p = params_u32(key, v);
-	int r = h_raw_request(fd, msgid, method, p->sb.data, p->sb.size, fds, nfds);
-	msgpack_sbuffer_destroy(&p->sb);
-	free(p);
+	int r = h_raw_request_kv(fd, msgid, method, key, v, fds, nfds);
 	cr_assert_eq(r, 0, "sending %s: %s", method, strerror(-r));
 	return h_raw_response(fd, msgid, 5000);
 }
@@ -195,7 +157,7 @@ Test(daemon, surface_create_write_read)
 {
 	aneshare_conn *c = h_connect(&D, "test-surface");
 	size_t size = (1u << 20) + 3;
-	aneshare_surface *s = surface(c, size);
+	aneshare_surface *s = h_surface(c, size);
 	cr_assert_eq(aneshare_surface_size(s), size);
 	cr_assert_neq(aneshare_surface_id(s), 0);
 	unsigned char *p = aneshare_surface_data(s);
@@ -207,7 +169,7 @@ Test(daemon, surface_create_write_read)
 	for (size_t i = 0; i < size; i++)
 		cr_assert_eq(p[i], (unsigned char)(i * 7 + 1));
 
-	aneshare_surface *s2 = surface(c, 100);
+	aneshare_surface *s2 = h_surface(c, 100);
 	cr_assert_neq(aneshare_surface_id(s2), aneshare_surface_id(s));
 
 	aneshare_status *st = h_status(c);
@@ -232,7 +194,7 @@ Test(daemon, surface_import_sealed)
 {
 	aneshare_conn *c = h_connect(&D, "test-import");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm, NULL);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
 
 	int fd = sealed_memfd(mm.in_bytes, F_SEAL_SHRINK);
 	uint16_t *mine = mmap(NULL, mm.in_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -247,7 +209,7 @@ Test(daemon, surface_import_sealed)
 	h_mm_fill(&mm, mine, 77);
 	cr_assert_eq(memcmp(aneshare_surface_data(in), mine, mm.in_bytes), 0);
 	/* ... and so is the daemon's: it computes from what we wrote. */
-	aneshare_surface *out = surface(c, mm.out_bytes);
+	aneshare_surface *out = h_surface(c, mm.out_bytes);
 	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0);
 	double err = h_mm_error(&mm, mine, aneshare_surface_data(out));
 	cr_assert_leq(err, H_MM_TOL, "relative error %g", err);
@@ -294,7 +256,7 @@ Test(daemon, surface_import_refused)
 Test(daemon, release)
 {
 	aneshare_conn *c = h_connect(&D, "test-release");
-	aneshare_surface *a = surface(c, 4096), *b = surface(c, 8192);
+	aneshare_surface *a = h_surface(c, 4096), *b = h_surface(c, 8192);
 	cr_assert_eq(count_surfaces(c), 2);
 	cr_assert_eq(aneshare_surface_release(a), 0);
 	aneshare_status *st = h_status(c);
@@ -304,7 +266,7 @@ Test(daemon, release)
 	cr_assert_eq(aneshare_surface_release(NULL), 0);
 
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm, NULL);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
 	st = h_status(c);
 	cr_assert_eq(st->programs, 1);
 	cr_assert_eq(st->program_list[0].refs, 1);
@@ -321,12 +283,10 @@ Test(daemon, release)
 Test(daemon, surface_of_another_connection)
 {
 	aneshare_conn *a = h_connect(&D, "owner");
-	aneshare_surface *s = surface(a, 4096);
+	aneshare_surface *s = h_surface(a, 4096);
 	uint32_t id = aneshare_surface_id(s);
 
-	int fd = h_raw_connect(D.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	int fd = h_raw_open(D.sock);
 	cr_assert_eq(raw_call(fd, 2, "surface.release", "id", id, NULL, 0), 6 /* no_such_surface */);
 	cr_assert_eq(raw_call(fd, 3, "surface.release", "id", id + 1, NULL, 0), 6);
 	cr_assert_eq(raw_call(fd, 4, "status", NULL, 0, NULL, 0), 0, "the connection stays usable");
@@ -397,7 +357,7 @@ Test(daemon, matmul_dynamic_weights)
 	aneshare_conn *c = h_connect(&D, "test-matmul");
 	h_mm mm;
 	bool cached = true;
-	aneshare_program *p = compile_mm(c, &mm, &cached);
+	aneshare_program *p = h_compile_mm(c, &mm, &cached);
 	cr_assert(!cached, "first compile in a fresh daemon");
 	const char *key = aneshare_program_key(p);
 	cr_assert_eq(strlen(key), 64);
@@ -406,12 +366,12 @@ Test(daemon, matmul_dynamic_weights)
 	cr_assert_null(aneshare_program_input(p, 0, 1));
 	cr_assert_null(aneshare_program_input(p, aneshare_program_function_count(p), 0));
 
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
 	for (uint64_t seed = 1; seed <= 4; seed++)   /* compile once, new weights each run */
-		run_and_check(p, &mm, in, out, seed);
+		h_mm_fill_run_check(p, &mm, in, out, seed);
 
 	/* Surfaces that do not fit. */
-	aneshare_surface *small = surface(c, mm.out_bytes - 2);
+	aneshare_surface *small = h_surface(c, mm.out_bytes - 2);
 	int r = aneshare_run(p, 0, &in, 1, &small, 1);
 	cr_assert_eq(r, -ANESHARE_ESIZE_MISMATCH, "%s", aneshare_strerror(r));
 	r = aneshare_run(p, 0, &in, 1, NULL, 0);
@@ -433,15 +393,10 @@ Test(daemon, pipelined_runs)
 {
 	aneshare_conn *c = h_connect(&D, "test-pipeline");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm, NULL);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
 	aneshare_surface *in[N_PIPE], *out[N_PIPE];
 	uint32_t ticket[N_PIPE];
-	for (int i = 0; i < N_PIPE; i++) {
-		in[i] = surface(c, mm.in_bytes);
-		out[i] = surface(c, mm.out_bytes);
-		h_mm_fill(&mm, aneshare_surface_data(in[i]), 1000 + (uint64_t)i);
-		memset(aneshare_surface_data(out[i]), 0xff, mm.out_bytes);
-	}
+	h_mm_pairs(c, &mm, in, out, N_PIPE, 1000);
 	for (int i = 0; i < N_PIPE; i++) {
 		int r = aneshare_run_submit(p, 0, &in[i], 1, &out[i], 1, &ticket[i]);
 		cr_assert_eq(r, 0, "submit %d: %s", i, aneshare_strerror(r));
@@ -458,7 +413,7 @@ Test(daemon, pipelined_runs)
 	cr_assert_eq(aneshare_wait(c, ticket[0]), -ENOENT, "a ticket is waited for once");
 
 	/* A failing run in the middle of a pipeline fails alone. */
-	aneshare_surface *small = surface(c, 2);
+	aneshare_surface *small = h_surface(c, 2);
 	uint32_t t_ok, t_bad, t_ok2;
 	cr_assert_eq(aneshare_run_submit(p, 0, &in[0], 1, &out[0], 1, &t_ok), 0);
 	cr_assert_eq(aneshare_run_submit(p, 0, &in[1], 1, &small, 1, &t_bad), 0);
@@ -617,9 +572,9 @@ Test(daemon, killed_client_is_cleaned_up)
 
 	/* Everything still works for the survivor. */
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm, NULL);
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
-	run_and_check(p, &mm, in, out, 99);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
+	h_mm_fill_run_check(p, &mm, in, out, 99);
 	aneshare_disconnect(c);
 	h_daemon_stop(&D);
 }
@@ -636,15 +591,15 @@ typedef struct good_client {
 
 static void good_check(good_client *g)
 {
-	run_and_check(g->p, &g->mm, g->in, g->out, ++g->seed);
+	h_mm_fill_run_check(g->p, &g->mm, g->in, g->out, ++g->seed);
 }
 
 Test(daemon, garbage_does_not_hurt_others)
 {
 	good_client g = { .c = h_connect(&D, "good") };
-	g.p = compile_mm(g.c, &g.mm, NULL);
-	g.in = surface(g.c, g.mm.in_bytes);
-	g.out = surface(g.c, g.mm.out_bytes);
+	g.p = h_compile_mm(g.c, &g.mm, NULL);
+	g.in = h_surface(g.c, g.mm.in_bytes);
+	g.out = h_surface(g.c, g.mm.out_bytes);
 	good_check(&g);
 
 	/* Random bytes. */
@@ -662,9 +617,7 @@ Test(daemon, garbage_does_not_hurt_others)
 	good_check(&g);
 
 	/* A truncated frame: the header promises 100 bytes, 50 come, then EOF. */
-	fd = h_raw_connect(D.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	fd = h_raw_open(D.sock);
 	uint8_t trunc[ANES_FRAME_HEADER_SIZE + 50];
 	memset(trunc, 0x90, sizeof trunc);
 	anes_frame_header_write(trunc, 100, 0);
@@ -691,19 +644,8 @@ Test(daemon, garbage_does_not_hurt_others)
 	{
 		params *p = params_u32("protocol", 1);
 		msgpack_sbuffer sb;
-		msgpack_packer pk;
 		msgpack_sbuffer_init(&sb);
-		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-		char hdr[ANES_FRAME_HEADER_SIZE] = { 0 };
-		msgpack_sbuffer_write(&sb, hdr, sizeof hdr);
-		msgpack_pack_array(&pk, 4);
-		msgpack_pack_uint32(&pk, 0);
-		msgpack_pack_uint32(&pk, 1);
-		msgpack_pack_str(&pk, 5);
-		msgpack_pack_str_body(&pk, "hello", 5);
-		msgpack_sbuffer_write(&sb, p->sb.data, p->sb.size);
-		anes_frame_header_write((uint8_t *)sb.data,
-		                        (uint32_t)(sb.size - ANES_FRAME_HEADER_SIZE), 3);
+		h_raw_frame(&sb, 1, "hello", p->sb.data, p->sb.size, 3);   /* announces 3 fds */
 		cr_assert_eq(h_raw_send(fd, sb.data, sb.size, NULL, 0), 0);
 		msgpack_sbuffer_destroy(&sb);
 		msgpack_sbuffer_destroy(&p->sb);
@@ -748,7 +690,7 @@ Test(daemon, disconnect_frees_everything)
 
 	aneshare_conn *c = h_connect(&D, "leaver");
 	h_mm mm;
-	aneshare_program *p1 = compile_mm(c, &mm, NULL);
+	aneshare_program *p1 = h_compile_mm(c, &mm, NULL);
 	char *mil = mm_text();
 	size_t n = strlen(mil);
 	char *mil2 = malloc(n + 3);
@@ -761,8 +703,8 @@ Test(daemon, disconnect_frees_everything)
 	free(mil);
 	free(mil2);
 
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
-	aneshare_surface *extra = surface(c, 12345);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
+	aneshare_surface *extra = h_surface(c, 12345);
 	int mfd = sealed_memfd(8192, F_SEAL_SHRINK | F_SEAL_GROW);
 	aneshare_surface *imp = NULL;
 	cr_assert_eq(aneshare_surface_import(c, mfd, &imp), 0);
@@ -1051,7 +993,7 @@ Test(daemon, example_matmul_client)
 	/* While another connection holds the program, the example shares it. */
 	aneshare_conn *c = h_connect(&D, "holder");
 	h_mm mm;
-	(void)compile_mm(c, &mm, NULL);
+	(void)h_compile_mm(c, &mm, NULL);
 	r = run_tool("MATMUL_CLIENT", out, sizeof out, (const char *[]){ "--runs", "1", NULL });
 	cr_assert_eq(r, 0, "%s", out);
 	cr_assert(strstr(out, "cached: yes"), "%s", out);
@@ -1111,7 +1053,7 @@ Test(daemon, compile_with_weights)
 	cr_assert_eq(r, -ANESHARE_ECOMPILE, "%s", aneshare_strerror(r));
 	cr_assert(strstr(aneshare_last_error(c), "line 4"), "%s", aneshare_last_error(c));
 
-	aneshare_surface *x = surface(c, 8), *y = surface(c, 8);
+	aneshare_surface *x = h_surface(c, 8), *y = h_surface(c, 8);
 	const float xv[4] = { 0.5f, 0.25f, -1, 10 };
 	aneshare_f32_to_f16(aneshare_surface_data(x), xv, 4);
 	cr_assert_eq(aneshare_run(pa, 0, &x, 1, &y, 1), 0);

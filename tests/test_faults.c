@@ -709,3 +709,95 @@ Test(faults, sigterm_idle_and_new_requests)
 	aneshare_disconnect(c);
 	aneshare_disconnect(idle);
 }
+
+/* ---- pipelined runs while other clients vanish ----------------------------------------- */
+
+/* Workers send run replies themselves when nothing is queued before them
+ * (docs/performance.md): many short runs in flight from several clients,
+ * while other clients die or hang up with their replies on the way.  Every
+ * surviving client gets every answer, and the daemon ends at its baseline. */
+
+#define STRESS_ROUNDS 400
+#define STRESS_DEPTH 8
+
+static int child_pipeliner(void *arg, int ready_fd)
+{
+	const char *sock = arg;
+	aneshare_conn *c;
+	if (aneshare_connect(sock, "pipeliner", &c) < 0)
+		return 2;
+	slow s;
+	if (slow_setup(c, 16, &s) < 0)
+		return 3;
+	ready(ready_fd);
+	close(ready_fd);
+	for (unsigned round = 0; round < STRESS_ROUNDS; round++) {
+		uint32_t t[STRESS_DEPTH];
+		for (unsigned i = 0; i < STRESS_DEPTH; i++)
+			if (slow_submit(&s, &t[i]) < 0)
+				return 4;
+		/* in a varying order */
+		for (unsigned i = 0; i < STRESS_DEPTH; i++)
+			if (aneshare_wait(c, t[(i * 3 + round) % STRESS_DEPTH]) != 0)
+				return 5;
+	}
+	aneshare_surface_release(s.x);
+	aneshare_surface_release(s.y);
+	aneshare_surface_release(s.z);
+	aneshare_program_release(s.p);
+	aneshare_disconnect(c);
+	return 0;
+}
+
+/* Pipeline runs and leave: by _exit with the replies unread, or killed. */
+static int child_leaver(void *arg, int ready_fd)
+{
+	const char *sock = arg;
+	aneshare_conn *c;
+	if (aneshare_connect(sock, "leaver", &c) < 0)
+		return 2;
+	slow s;
+	if (slow_setup(c, 16, &s) < 0)
+		return 3;
+	uint32_t t;
+	for (unsigned i = 0; i < 24; i++)
+		if (slow_submit(&s, &t) < 0)
+			return 4;
+	ready(ready_fd);
+	_exit(0);
+}
+
+Test(faults, pipelined_runs_while_clients_vanish, .timeout = 120)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+
+	enum { N_PIPE = 4, N_LEAVE = 40 };
+	pid_t pipe_pid[N_PIPE];
+	for (int i = 0; i < N_PIPE; i++)
+		pipe_pid[i] = spawn(child_pipeliner, D.sock);
+	for (int i = 0; i < N_LEAVE; i++) {
+		pid_t pid = spawn(child_leaver, D.sock);
+		int st;
+		if (i % 2) {
+			/* gone already or going: kill it if it is still there */
+			(void)kill(pid, SIGKILL);
+			cr_assert_eq(waitpid(pid, &st, 0), pid);
+		} else {
+			cr_assert_eq(waitpid(pid, &st, 0), pid);
+			cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "leaver status 0x%x", st);
+		}
+	}
+	for (int i = 0; i < N_PIPE; i++) {
+		int st;
+		cr_assert_eq(waitpid(pipe_pid[i], &st, 0), pipe_pid[i]);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "pipeliner %d status 0x%x", i, st);
+	}
+	back_to_baseline(obs, fds);
+	aneshare_status *st = h_status(obs);
+	cr_expect_geq(st->runs, (uint64_t)N_PIPE * STRESS_ROUNDS * STRESS_DEPTH);
+	aneshare_status_free(st);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}

@@ -87,64 +87,17 @@ static void wait_freed(uint32_t id)
 	cr_assert(!fake_exists(id), "IOSurface %u was not freed", id);
 }
 
-static aneshare_surface *surface(aneshare_conn *c, size_t size)
-{
-	aneshare_surface *s = NULL;
-	int r = aneshare_surface_create(c, size, &s);
-	cr_assert_eq(r, 0, "surface.create(%zu): %s: %s", size, aneshare_strerror(r),
-	             aneshare_last_error(c));
-	return s;
-}
-
-static aneshare_program *compile_mm(aneshare_conn *c, h_mm *mm)
-{
-	char *mil = h_read_source("examples/dynamic_matmul.mil");
-	aneshare_program *p = NULL;
-	int r = aneshare_program_compile(c, mil, NULL, 0, &p, NULL);
-	free(mil);
-	cr_assert_eq(r, 0, "compile: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
-	cr_assert(h_mm_from_program(p, mm));
-	return p;
-}
-
-/* The daemon reads the client's input and writes the output, both in place. */
-static void run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
-                      aneshare_surface *out, uint64_t seed)
-{
-	h_mm_fill(mm, aneshare_surface_data(in), seed);
-	memset(aneshare_surface_data(out), 0xff, mm->out_bytes);   /* NaNs: must be overwritten */
-	int r = aneshare_run(p, 0, &in, 1, &out, 1);
-	cr_assert_eq(r, 0, "run: %s", aneshare_strerror(r));
-	double err = h_mm_error(mm, aneshare_surface_data(in), aneshare_surface_data(out));
-	cr_assert_leq(err, H_MM_TOL, "relative error %g", err);
-}
-
 /* ---- raw requests ---------------------------------------------------------------- */
 
 static void pack_create(int fd, uint32_t msgid, uint64_t size)
 {
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	anes_pack_str(&pk, "size");
-	msgpack_pack_uint64(&pk, size);
-	cr_assert_eq(h_raw_request(fd, msgid, "surface.create", sb.data, sb.size, NULL, 0), 0);
-	msgpack_sbuffer_destroy(&sb);
+	cr_assert_eq(h_raw_request_kv(fd, msgid, "surface.create", "size", size, NULL, 0), 0);
 }
 
 static int import_id(int fd, uint32_t msgid, uint32_t ios_id)
 {
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	anes_pack_str(&pk, "iosurface_id");
-	msgpack_pack_uint32(&pk, ios_id);
-	cr_assert_eq(h_raw_request(fd, msgid, "surface.import", sb.data, sb.size, NULL, 0), 0);
-	msgpack_sbuffer_destroy(&sb);
+	cr_assert_eq(h_raw_request_kv(fd, msgid, "surface.import", "iosurface_id", ios_id, NULL, 0),
+	             0);
 	return h_raw_response(fd, msgid, 5000);
 }
 
@@ -167,9 +120,7 @@ TestSuite(iosurface, .timeout = 60);
 
 Test(iosurface, create_returns_id_and_no_fd, .init = setup, .fini = teardown)
 {
-	int fd = h_raw_connect(D.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	int fd = h_raw_open(D.sock);
 	int fds0 = h_count_fds();
 	pack_create(fd, 2, 5000);
 	create_res cr = { 0 };
@@ -188,15 +139,15 @@ Test(iosurface, client_sees_daemon_writes, .init = setup, .fini = teardown)
 {
 	aneshare_conn *c = h_connect(&D, "ios-run");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
 	uint32_t in_id = aneshare_surface_iosurface_id(in), out_id = aneshare_surface_iosurface_id(out);
 	cr_assert_neq(in_id, 0);
 	cr_assert_neq(out_id, 0);
 	cr_assert_neq(in_id, out_id);
 	cr_assert_eq(aneshare_surface_size(in), mm.in_bytes);
 	for (uint64_t seed = 1; seed <= 3; seed++)
-		run_check(p, &mm, in, out, seed);
+		h_mm_fill_run_check(p, &mm, in, out, seed);
 	cr_assert_eq(aneshare_surface_release(in), 0);
 	cr_assert_eq(aneshare_surface_release(out), 0);
 	aneshare_program_release(p);
@@ -213,13 +164,13 @@ Test(iosurface, import_by_id, .init = setup, .fini = teardown)
 {
 	aneshare_conn *c = h_connect(&D, "ios-import");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
 	/* an IOSurface of this process's own, made through the same backend */
 	const anes_shm_ops *so = anes_shm_default();
 	cr_assert_str_eq(so->name, "iosurface");
 	anes_shm *mine;
 	cr_assert_eq(so->create(mm.in_bytes, &mine), 0);
-	aneshare_surface *in = NULL, *out = surface(c, mm.out_bytes);
+	aneshare_surface *in = NULL, *out = h_surface(c, mm.out_bytes);
 	int r = aneshare_surface_import_iosurface(c, mine->id, &in);
 	cr_assert_eq(r, 0, "import: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
 	cr_assert_eq(aneshare_surface_iosurface_id(in), mine->id);
@@ -227,7 +178,7 @@ Test(iosurface, import_by_id, .init = setup, .fini = teardown)
 	/* one memory: written through our own reference, seen through the surface */
 	memset(mine->base, 0x5a, 64);
 	cr_assert_eq(((unsigned char *)aneshare_surface_data(in))[63], 0x5a);
-	run_check(p, &mm, in, out, 7);
+	h_mm_fill_run_check(p, &mm, in, out, 7);
 	/* and the daemon read what our own reference sees */
 	cr_assert_eq(memcmp(mine->base, aneshare_surface_data(in), mm.in_bytes), 0);
 
@@ -253,12 +204,10 @@ Test(iosurface, import_by_id, .init = setup, .fini = teardown)
 Test(iosurface, import_of_daemon_surface_refused, .init = setup, .fini = teardown)
 {
 	aneshare_conn *a = h_connect(&D, "ios-owner");
-	aneshare_surface *s = surface(a, 4096);
+	aneshare_surface *s = h_surface(a, 4096);
 	uint32_t ios_id = aneshare_surface_iosurface_id(s);
 
-	int fd = h_raw_connect(D.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	int fd = h_raw_open(D.sock);
 	cr_assert_eq(import_id(fd, 2, ios_id), ANES_WERR_INVALID_PARAMS);
 	/* nor from the connection that owns it */
 	aneshare_surface *dup = NULL;
@@ -287,7 +236,7 @@ Test(iosurface, release_frees, .init = setup, .fini = teardown)
 	uint32_t ids[8];
 	aneshare_surface *s[8];
 	for (int i = 0; i < 8; i++) {
-		s[i] = surface(c, 4096 * (size_t)(i + 1));
+		s[i] = h_surface(c, 4096 * (size_t)(i + 1));
 		ids[i] = aneshare_surface_iosurface_id(s[i]);
 		memset(aneshare_surface_data(s[i]), i, aneshare_surface_size(s[i]));
 	}
@@ -307,10 +256,10 @@ Test(iosurface, reconnect_reimports_by_id, .init = setup, .fini = teardown)
 {
 	aneshare_conn *c = h_connect(&D, "ios-reconnect");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
 	uint32_t in_ios = aneshare_surface_iosurface_id(in);
-	run_check(p, &mm, in, out, 11);
+	h_mm_fill_run_check(p, &mm, in, out, 11);
 	memset((char *)aneshare_surface_data(out), 0x3c, 32);
 
 	h_daemon_crash(&D);
@@ -326,7 +275,7 @@ Test(iosurface, reconnect_reimports_by_id, .init = setup, .fini = teardown)
 	/* the same memory: what was there before the crash is still there */
 	cr_assert_eq(((unsigned char *)aneshare_surface_data(out))[31], 0x3c);
 	h_wait_counts(c, 2, 1);
-	run_check(p, &mm, in, out, 12);
+	h_mm_fill_run_check(p, &mm, in, out, 12);
 
 	cr_assert_eq(aneshare_surface_release(in), 0);
 	cr_assert_eq(aneshare_surface_release(out), 0);
@@ -361,13 +310,11 @@ Test(iosurface, memfd_daemon_refuses_iosurface_import)
 	unsetenv("ANESHARE_SURFACES");
 	unsetenv("ANESHARE_IOSURFACE_LIB");
 	h_daemon_start(&D);
-	int fd = h_raw_connect(D.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	int fd = h_raw_open(D.sock);
 	cr_assert_eq(import_id(fd, 2, 1), ANES_WERR_INVALID_PARAMS);
 	close(fd);
 	aneshare_conn *c = h_connect(&D, "memfd");
-	aneshare_surface *s = surface(c, 4096);
+	aneshare_surface *s = h_surface(c, 4096);
 	cr_assert_eq(aneshare_surface_iosurface_id(s), 0);
 	aneshare_surface *t = NULL;
 	cr_assert_eq(aneshare_surface_import_iosurface(c, 1, &t), -ENOTSUP);

@@ -2,6 +2,7 @@
 /* Tests for libanes_proto: framing, validation, decoding, accessors, I/O with
  * fd passing, memfds and wire error names.  docs/protocol.md is the contract. */
 #include "anes_proto.h"
+#include "scm_fds.h"
 
 #include <criterion/criterion.h>
 
@@ -1196,24 +1197,12 @@ static int recv_frame(anes_io *io, const uint8_t **p, uint32_t *len, int fds[ANE
 /* sendmsg bytes with fds (any number), bypassing anes_io. */
 static void raw_send(int fd, const void *data, size_t len, const int *fds, unsigned nfds)
 {
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(sizeof(int) * 64)];
-	} ctl;
+	SCM_FDS_BUF(64) ctl;
 	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 
 	cr_assert_leq(nfds, 64);
-	if (nfds) {
-		memset(&ctl, 0, sizeof ctl);
-		msg.msg_control = ctl.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-	}
+	scm_fds_attach(&msg, ctl.buf, sizeof ctl, fds, nfds);
 	cr_assert_eq(sendmsg(fd, &msg, MSG_NOSIGNAL), (ssize_t)len);
 }
 

@@ -46,44 +46,6 @@ TestSuite(reconnect, .timeout = 60);
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static aneshare_program *compile_mm(aneshare_conn *c, h_mm *mm)
-{
-	char *mil = h_read_source("examples/dynamic_matmul.mil");
-	aneshare_program *p = NULL;
-	int r = aneshare_program_compile(c, mil, NULL, 0, &p, NULL);
-	free(mil);
-	cr_assert_eq(r, 0, "compile: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
-	cr_assert(h_mm_from_program(p, mm), "dynamic_matmul.mil does not have the documented layout");
-	return p;
-}
-
-static aneshare_surface *surface(aneshare_conn *c, size_t size)
-{
-	aneshare_surface *s = NULL;
-	int r = aneshare_surface_create(c, size, &s);
-	cr_assert_eq(r, 0, "surface.create(%zu): %s: %s", size, aneshare_strerror(r),
-	             aneshare_last_error(c));
-	return s;
-}
-
-/* Run in -> out and check out against the reference for what in holds. */
-static void run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *in,
-                      aneshare_surface *out)
-{
-	memset(aneshare_surface_data(out), 0xff, mm->out_bytes);   /* NaNs: must be overwritten */
-	int r = aneshare_run(p, 0, &in, 1, &out, 1);
-	cr_assert_eq(r, 0, "run: %s", aneshare_strerror(r));
-	double err = h_mm_error(mm, aneshare_surface_data(in), aneshare_surface_data(out));
-	cr_assert_leq(err, H_MM_TOL, "relative error %g", err);
-}
-
 static void stop_daemon_process(const h_daemon *d)
 {
 	cr_assert_eq(kill(d->pid, SIGSTOP), 0);
@@ -96,12 +58,12 @@ Test(reconnect, restart_restores_surfaces_and_programs, .init = setup, .fini = t
 	int fds0 = h_count_fds();
 	aneshare_conn *c = h_connect(&D, "test-restart");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
 	char key[65];
 	snprintf(key, sizeof key, "%s", aneshare_program_key(p));
 
 	/* Two surfaces from the daemon and one memfd of ours. */
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
 	int mfd = memfd_create("test-import", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	cr_assert_geq(mfd, 0);
 	cr_assert_eq(ftruncate(mfd, (off_t)mm.in_bytes), 0);
@@ -113,7 +75,7 @@ Test(reconnect, restart_restores_surfaces_and_programs, .init = setup, .fini = t
 
 	h_mm_fill(&mm, aneshare_surface_data(in), 11);
 	h_mm_fill(&mm, aneshare_surface_data(imp), 12);
-	run_check(p, &mm, in, out);
+	h_mm_run_check(p, &mm, in, out);
 	uint32_t old_in_id = aneshare_surface_id(in);
 	cr_assert_neq(old_in_id, 0);
 	cr_assert_eq(aneshare_reconnect_count(c), 0);
@@ -128,13 +90,13 @@ Test(reconnect, restart_restores_surfaces_and_programs, .init = setup, .fini = t
 	h_daemon_restart(&D, true);
 
 	/* The app recreates nothing: the next run just works. */
-	run_check(p, &mm, in, out);
+	h_mm_run_check(p, &mm, in, out);
 	cr_assert_eq(aneshare_reconnect_count(c), 1);
 	cr_assert_eq(memcmp(aneshare_surface_data(in), in_copy, mm.in_bytes), 0);
 	cr_assert_eq(memcmp(aneshare_surface_data(imp), imp_copy, mm.in_bytes), 0);
 	cr_assert_neq(aneshare_surface_id(in), 0);
 	cr_assert_str_eq(aneshare_program_key(p), key);
-	run_check(p, &mm, imp, out);   /* the imported one too */
+	h_mm_run_check(p, &mm, imp, out);   /* the imported one too */
 
 	/* The new daemon holds exactly what this connection holds. */
 	aneshare_status *st = h_status(c);
@@ -152,7 +114,7 @@ Test(reconnect, restart_restores_surfaces_and_programs, .init = setup, .fini = t
 	h_mm_fill(&mm, aneshare_surface_data(in), 13);
 	h_daemon_crash(&D);
 	h_daemon_restart(&D, true);
-	run_check(p, &mm, in, out);
+	h_mm_run_check(p, &mm, in, out);
 	cr_assert_eq(aneshare_reconnect_count(c), 2);
 
 	cr_assert_eq(aneshare_surface_release(imp), 0);
@@ -175,15 +137,15 @@ Test(reconnect, daemon_comes_back_while_retrying, .init = setup, .fini = teardow
 {
 	aneshare_conn *c = h_connect(&D, "test-late");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
 	h_mm_fill(&mm, aneshare_surface_data(in), 21);
-	run_check(p, &mm, in, out);
+	h_mm_run_check(p, &mm, in, out);
 
 	h_daemon_crash(&D);
 	h_daemon_restart(&D, false);   /* not answering yet: the stale socket is still there */
 	cr_assert_eq(aneshare_set_reconnect_timeout(c, 10000 * (uint32_t)h_slow()), 0);
-	run_check(p, &mm, in, out);
+	h_mm_run_check(p, &mm, in, out);
 	cr_assert_eq(aneshare_reconnect_count(c), 1);
 	aneshare_disconnect(c);
 	h_daemon_stop(&D);
@@ -197,14 +159,10 @@ Test(reconnect, runs_in_flight_fail_retryably, .init = setup, .fini = teardown)
 {
 	aneshare_conn *c = h_connect(&D, "test-inflight");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
 	aneshare_surface *in[N_FLIGHT], *out[N_FLIGHT];
 	uint32_t t[N_FLIGHT];
-	for (int i = 0; i < N_FLIGHT; i++) {
-		in[i] = surface(c, mm.in_bytes);
-		out[i] = surface(c, mm.out_bytes);
-		h_mm_fill(&mm, aneshare_surface_data(in[i]), 100 + (uint64_t)i);
-	}
+	h_mm_pairs(c, &mm, in, out, N_FLIGHT, 100);
 	cr_assert_lt(N_FLIGHT, aneshare_server(c)->max_inflight);
 
 	/* Stopped, the daemon reads nothing: every run is in flight at the kill. */
@@ -251,16 +209,11 @@ Test(reconnect, pipeline_killed_midway, .init = setup, .fini = teardown)
 {
 	aneshare_conn *c = h_connect(&D, "test-rolling");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
 	aneshare_surface *in[N_ROLL], *out[N_ROLL];
 	uint32_t t[N_ROLL];
 	int rc[N_ROLL];
-	for (int i = 0; i < N_ROLL; i++) {
-		in[i] = surface(c, mm.in_bytes);
-		out[i] = surface(c, mm.out_bytes);
-		h_mm_fill(&mm, aneshare_surface_data(in[i]), 200 + (uint64_t)i);
-		memset(aneshare_surface_data(out[i]), 0xff, mm.out_bytes);
-	}
+	h_mm_pairs(c, &mm, in, out, N_ROLL, 200);
 	int waited = 0, ok = 0, lost = 0;
 	cr_assert_eq(aneshare_set_reconnect_timeout(c, 0), 0);   /* one attempt per call */
 	for (int i = 0; i < N_ROLL; i++) {
@@ -299,7 +252,7 @@ Test(reconnect, pipeline_killed_midway, .init = setup, .fini = teardown)
 
 	h_daemon_restart(&D, true);
 	cr_assert_eq(aneshare_set_reconnect_timeout(c, 5000), 0);
-	run_check(p, &mm, in[0], out[0]);
+	h_mm_run_check(p, &mm, in[0], out[0]);
 	h_wait_counts(c, 2 * N_ROLL, 1);
 	aneshare_disconnect(c);
 	h_daemon_stop(&D);
@@ -312,15 +265,15 @@ Test(reconnect, daemon_never_returns, .init = setup, .fini = teardown)
 	setenv("ANESHARE_RECONNECT_TIMEOUT_MS", "300", 1);
 	aneshare_conn *c = h_connect(&D, "test-gone");
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
 	h_mm_fill(&mm, aneshare_surface_data(in), 31);
 	h_daemon_crash(&D);
 
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_now_ms();
 	aneshare_status *st = NULL;
 	int r = aneshare_get_status(c, &st);
-	int64_t took = now_ms() - t0;
+	int64_t took = tu_now_ms() - t0;
 	cr_assert_eq(r, -ANESHARE_EDISCONNECTED, "%s", aneshare_strerror(r));
 	cr_assert_null(st);
 	cr_assert(aneshare_error_is_retryable(r));
@@ -329,10 +282,10 @@ Test(reconnect, daemon_never_returns, .init = setup, .fini = teardown)
 	cr_assert(strstr(aneshare_last_error(c), "reconnecting") &&
 	          strstr(aneshare_last_error(c), D.sock), "%s", aneshare_last_error(c));
 
-	t0 = now_ms();
+	t0 = tu_now_ms();
 	r = aneshare_run(p, 0, &in, 1, &out, 1);
 	cr_assert_eq(r, -ANESHARE_EDISCONNECTED, "%s", aneshare_strerror(r));
-	cr_assert_geq(now_ms() - t0, 300);
+	cr_assert_geq(tu_now_ms() - t0, 300);
 
 	/* Local calls and releases still work on a broken connection. */
 	aneshare_surface *extra = NULL;
@@ -343,7 +296,7 @@ Test(reconnect, daemon_never_returns, .init = setup, .fini = teardown)
 
 	/* ... and once a daemon is back, the connection recovers. */
 	h_daemon_restart(&D, true);
-	run_check(p, &mm, in, out);
+	h_mm_run_check(p, &mm, in, out);
 	aneshare_disconnect(c);
 	h_daemon_stop(&D);
 }
@@ -354,9 +307,9 @@ Test(reconnect, release_while_broken, .init = setup, .fini = teardown)
 	aneshare_conn *c = h_connect(&D, "test-release-broken");
 	cr_assert_eq(aneshare_set_reconnect_timeout(c, 0), 0);
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
-	aneshare_program *p2 = compile_mm(c, &mm);
-	aneshare_surface *a = surface(c, 4096), *b = surface(c, 8192);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_program *p2 = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *a = h_surface(c, 4096), *b = h_surface(c, 8192);
 	h_daemon_crash(&D);
 
 	/* Releases do not reconnect: the daemon's side died with the connection. */
@@ -391,8 +344,8 @@ Test(reconnect, opt_out_gets_econnreset, .init = setup, .fini = teardown)
 	cr_assert_eq(aneshare_set_reconnect(idle, false), 0);
 	cr_assert_eq(aneshare_set_reconnect(NULL, false), -EINVAL);
 	h_mm mm;
-	aneshare_program *p = compile_mm(c, &mm);
-	aneshare_surface *in = surface(c, mm.in_bytes), *out = surface(c, mm.out_bytes);
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
 	h_mm_fill(&mm, aneshare_surface_data(in), 41);
 
 	/* A run in flight: the daemon's EOF is seen while reading. */
@@ -423,7 +376,7 @@ Test(reconnect, opt_out_gets_econnreset, .init = setup, .fini = teardown)
 
 	/* Turned back on, the next call reconnects and restores. */
 	cr_assert_eq(aneshare_set_reconnect(c, true), 0);
-	run_check(p, &mm, in, out);
+	h_mm_run_check(p, &mm, in, out);
 	cr_assert_eq(aneshare_reconnect_count(c), 1);
 	aneshare_disconnect(idle);
 	aneshare_disconnect(c);

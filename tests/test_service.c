@@ -39,19 +39,6 @@ TestSuite(cli, .timeout = 90);
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void pause_ms(long ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
 static const char *exe_env(const char *name)
 {
 	const char *v = getenv(name);
@@ -90,25 +77,6 @@ static bool file_exists(const char *path)
 {
 	struct stat st;
 	return lstat(path, &st) == 0;
-}
-
-/* NULL if the file cannot be read. */
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return NULL;
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *m = open_memstream(&buf, &len);
-	cr_assert(m);
-	char chunk[4096];
-	size_t n;
-	while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-		fwrite(chunk, 1, n, m);
-	fclose(f);
-	fclose(m);
-	return buf;
 }
 
 static void write_text(const char *path, const char *text, mode_t mode)
@@ -227,15 +195,7 @@ static pid_t spawn_activated(int fd, listen_pid which, const char *dir, const ch
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		int lf = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (lf >= 0)
-			dup2(lf, 2);
-		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (null >= 0) {
-			dup2(null, 0);
-			dup2(null, 1);
-		}
+		h_child_stdio(log);
 		if (fd == 3)
 			fcntl(3, F_SETFD, 0);
 		else if (dup2(fd, 3) != 3)
@@ -248,13 +208,7 @@ static pid_t spawn_activated(int fd, listen_pid which, const char *dir, const ch
 		unsetenv("ANESHARE_SOCKET");
 		setenv("XDG_CONFIG_HOME", dir, 1);   /* no user configuration */
 		const char *args[64];
-		size_t n = 0;
-		char *wrapper = getenv("ANESHARED_WRAPPER");
-		if (wrapper && *wrapper) {
-			wrapper = strdup(wrapper);
-			for (char *t = strtok(wrapper, " \t"); t && n < 32; t = strtok(NULL, " \t"))
-				args[n++] = t;
-		}
+		size_t n = h_wrapper_argv(args);
 		for (size_t i = 0; argv[i] && n < 63; i++)
 			args[n++] = argv[i];
 		args[n] = NULL;
@@ -266,7 +220,7 @@ static pid_t spawn_activated(int fd, listen_pid which, const char *dir, const ch
 
 static void dump(const char *log)
 {
-	char *s = slurp(log);
+	char *s = tu_read_file(log);
 	fprintf(stderr, "--- %s ---\n%s\n---\n", log, s ? s : "(unreadable)");
 	free(s);
 }
@@ -274,9 +228,9 @@ static void dump(const char *log)
 /* Wait (bounded) until log contains want; fails if the daemon exits first. */
 static void wait_log(pid_t pid, const char *log, const char *want)
 {
-	int64_t deadline = now_ms() + 10000 * h_slow();
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
-		char *s = slurp(log);
+		char *s = tu_read_file(log);
 		bool found = s && strstr(s, want);
 		free(s);
 		if (found)
@@ -286,32 +240,32 @@ static void wait_log(pid_t pid, const char *log, const char *want)
 			dump(log);
 			cr_assert_fail("aneshared exited (status 0x%x) before logging \"%s\"", status, want);
 		}
-		if (now_ms() > deadline) {
+		if (tu_now_ms() > deadline) {
 			kill(pid, SIGKILL);
 			waitpid(pid, NULL, 0);
 			dump(log);
 			cr_assert_fail("aneshared did not log \"%s\" within 10 s", want);
 		}
-		pause_ms(10);
+		tu_pause_ms(10);
 	}
 }
 
 /* Wait (bounded) for pid to exit; its wait status.  SIGKILLs it on timeout. */
 static int wait_exit(pid_t pid)
 {
-	int64_t deadline = now_ms() + 20000 * h_slow();
+	int64_t deadline = tu_now_ms() + 20000 * h_slow();
 	for (;;) {
 		int status;
 		pid_t r = waitpid(pid, &status, WNOHANG);
 		if (r == pid)
 			return status;
 		cr_assert(r == 0, "waitpid: %s", strerror(errno));
-		if (now_ms() > deadline) {
+		if (tu_now_ms() > deadline) {
 			kill(pid, SIGKILL);
 			waitpid(pid, NULL, 0);
 			cr_assert_fail("aneshared did not exit within 20 s");
 		}
-		pause_ms(10);
+		tu_pause_ms(10);
 	}
 }
 
@@ -379,7 +333,7 @@ Test(activation, passed_socket_served_and_left_alone)
 		wait_log(pid, log, "listening on");
 		use_daemon(sock);
 		cr_assert(!file_exists(lock), "the daemon took a lock on an inherited socket");
-		char *text = slurp(log);
+		char *text = tu_read_file(log);
 		cr_assert(text && strstr(text, sock), "the log does not name the socket:\n%s", text);
 		free(text);
 		stop_clean(pid, log);
@@ -442,7 +396,7 @@ Test(activation, listen_pid_of_another_process_is_ignored)
 	/* ...and never accepts on fd 3: a connection there stays queued for us. */
 	int c = h_raw_connect(passed);
 	cr_assert(c >= 0);
-	pause_ms(300L * h_slow());
+	tu_pause_ms(300 * h_slow());
 	int got = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	cr_assert(got >= 0, "the connection on the passed socket was taken: %s", strerror(errno));
 	close(got);
@@ -467,7 +421,7 @@ static void refuses_fd(int fd, const char *what)
 	const char *argv[] = { exe_env("ANESHARED"), "--socket", sock, NULL };
 	pid_t pid = spawn_activated(fd, PID_SELF, dir, log, argv);
 	int status = wait_exit(pid);
-	char *text = slurp(log);
+	char *text = tu_read_file(log);
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1,
 	          "%s as fd 3: status 0x%x, log:\n%s", what, status, text);
 	cr_assert(text && strstr(text, "the socket passed by the service manager is unusable"),
@@ -539,7 +493,7 @@ Test(activation, installed_units_run_socket_activated)
 	free(out);
 	char *units = path_join(dir, ".config/systemd/user");
 	char *sock_unit = path_join(units, "aneshare.socket"), *svc_unit = path_join(units, "aneshare.service");
-	char *sock_text = slurp(sock_unit), *svc_text = slurp(svc_unit);
+	char *sock_text = tu_read_file(sock_unit), *svc_text = tu_read_file(svc_unit);
 	cr_assert(sock_text && svc_text);
 
 	char *rt = path_join(dir, "run");
@@ -1063,7 +1017,7 @@ Test(plist, install_writes_a_valid_agent)
 
 	char *file = path_join(dir, "Library/LaunchAgents/com.aneshare.aneshared.plist");
 	char *logdir = path_join(dir, "Library/Logs/aneshare");
-	char *text = slurp(file);
+	char *text = tu_read_file(file);
 	pv *root = parse_or_fail(text, file);
 	check_agent(root, daemon, sock, logdir);
 	pv_free(root);
@@ -1145,7 +1099,7 @@ Test(plist, odd_characters_are_escaped)
 	cr_assert_eq(rc, 0, "%s", out);
 	free(out);
 	char *file = path_join(dir, "Library/LaunchAgents/com.aneshare.aneshared.plist");
-	char *text = slurp(file);
+	char *text = tu_read_file(file);
 	cr_assert(strstr(text, "a &amp; &lt;b&gt; &quot;c&quot; &apos;d&apos;/aneshared"), "%s", text);
 	char *logdir = path_join(dir, "Library/Logs/aneshare");
 	pv *root = parse_or_fail(text, file);
@@ -1191,7 +1145,7 @@ Test(cli, install_status_uninstall_under_root)
 	free(out);
 	char *units = path_join(dir, units_rel);
 	char *sock_unit = path_join(units, "aneshare.socket"), *svc_unit = path_join(units, "aneshare.service");
-	char *sock_text = slurp(sock_unit), *svc_text = slurp(svc_unit);
+	char *sock_text = tu_read_file(sock_unit), *svc_text = tu_read_file(svc_unit);
 	cr_assert(sock_text && svc_text, "the units were not written to %s", units);
 	cr_assert(strstr(svc_text, exec_line), "%s", svc_text);
 	cr_assert(strstr(sock_text, "\nListenStream=%t/aneshare/aneshare.sock\n"), "%s", sock_text);
@@ -1315,7 +1269,7 @@ Test(cli, runs_systemctl_for_the_user)
 	free(out);
 	char *unit = path_join(dir, "cfg/systemd/user/aneshare.service");
 	cr_assert(file_exists(unit), "not installed into $XDG_CONFIG_HOME/systemd/user");
-	char *log = slurp(calls);
+	char *log = tu_read_file(calls);
 	cr_assert_str_eq(log, "--user daemon-reload\n"
 	                      "--user enable --now aneshare.socket\n"
 	                      "--user try-restart aneshare.service\n");
@@ -1333,7 +1287,7 @@ Test(cli, runs_systemctl_for_the_user)
 	rc = cli(&out, env, "service", "uninstall", NULL);
 	cr_assert_eq(rc, 0, "%s", out);
 	free(out);
-	log = slurp(calls);
+	log = tu_read_file(calls);
 	cr_assert_str_eq(log, "--user disable --now aneshare.socket aneshare.service\n"
 	                      "--user daemon-reload\n");
 	free(log);
@@ -1401,7 +1355,7 @@ Test(cli, odd_daemon_path_is_quoted_for_systemd)
 	cr_assert_eq(rc, 0, "%s", out);
 	free(out);
 	char *unit = path_join(dir, ".config/systemd/user/aneshare.service");
-	char *text = slurp(unit);
+	char *text = tu_read_file(unit);
 	char *want;
 	cr_assert(asprintf(&want, "\nExecStart=\"%s/my dir 100%%%%/aneshared\" --socket", dir) >= 0);
 	cr_assert(strstr(text, want), "no \"%s\" in:\n%s", want + 1, text);

@@ -42,14 +42,6 @@ static double urand(void)
 	return (double)(rng >> 11) / 9007199254740992.0 * 4.0 - 2.0;
 }
 
-static aneshare_surface *surface(aneshare_conn *c, size_t size)
-{
-	aneshare_surface *s = NULL;
-	int r = aneshare_surface_create(c, size, &s);
-	cr_assert_eq(r, 0, "surface.create(%zu): %s: %s", size, aneshare_strerror(r), aneshare_last_error(c));
-	return s;
-}
-
 static aneshare_program *compile_block(aneshare_conn *c, tb_weights *w)
 {
 	char *mil = h_read_source("examples/transformer_block.mil");
@@ -101,7 +93,7 @@ Test(transformer, block_matches_fp32_reference)
 	static tb_weights w;
 	aneshare_conn *c = h_connect(&D, "test-transformer");
 	aneshare_program *p = compile_block(c, &w);
-	aneshare_surface *in = surface(c, TB_D * TB_S * 2), *out = surface(c, TB_D * TB_S * 2);
+	aneshare_surface *in = h_surface(c, TB_D * TB_S * 2), *out = h_surface(c, TB_D * TB_S * 2);
 	for (uint64_t seed = 1; seed <= 4; seed++) {
 		double e = run_block(p, &w, in, out, seed);
 		cr_assert_leq(e, TB_TOL, "relative error %g (seed %llu)", e, (unsigned long long)seed);

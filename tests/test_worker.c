@@ -34,18 +34,6 @@ static void teardown(void)
 
 TestSuite(worker, .fini = teardown, .timeout = 60);
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void pause_ms(int ms)
-{
-	poll(NULL, 0, ms);   /* between bounded status polls only */
-}
-
 /* ---- the worker map of status ------------------------------------------------------ */
 
 typedef struct wstat {
@@ -96,9 +84,7 @@ static void status_cb(const msgpack_object *res, void *ud)
 static wstat worker_status(void)
 {
 	wstat w = { 0 };
-	int fd = h_raw_connect(D.sock);
-	cr_assert_geq(fd, 0);
-	h_raw_hello(fd);
+	int fd = h_raw_open(D.sock);
 	static const uint8_t empty_map = 0x80;
 	cr_assert_eq(h_raw_request(fd, 9, "status", &empty_map, 1, NULL, 0), 0);
 	cr_assert_eq(h_raw_response_cb(fd, 9, 5000, status_cb, &w), 0);
@@ -110,15 +96,15 @@ static wstat worker_status(void)
  * a pid other than not_pid runs. */
 static wstat wait_worker(uint64_t restarts, int64_t not_pid)
 {
-	int64_t deadline = now_ms() + 10000 * h_slow();
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
 		wstat w = worker_status();
 		cr_assert(w.present, "status has no worker map");
 		if (w.restarts >= restarts && w.pid > 0 && w.pid != not_pid)
 			return w;
-		cr_assert(now_ms() < deadline, "no new worker (restarts %llu, pid %lld)",
+		cr_assert(tu_now_ms() < deadline, "no new worker (restarts %llu, pid %lld)",
 		          (unsigned long long)w.restarts, (long long)w.pid);
-		pause_ms(10);
+		tu_pause_ms(10);
 	}
 }
 
@@ -132,10 +118,10 @@ static bool process_gone(int64_t pid)
 
 static void wait_gone(int64_t pid)
 {
-	int64_t deadline = now_ms() + 10000 * h_slow();
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	while (!process_gone(pid)) {
-		cr_assert(now_ms() < deadline, "process %lld is still there (or a zombie)", (long long)pid);
-		pause_ms(10);
+		cr_assert(tu_now_ms() < deadline, "process %lld is still there (or a zombie)", (long long)pid);
+		tu_pause_ms(10);
 	}
 }
 
@@ -320,9 +306,9 @@ static int client_main(int ctl, int res_fd, int ready_fd, int id)
 	}
 	bool told = false, readied = false;
 	int after = 0;
-	int64_t deadline = now_ms() + 30000;
+	int64_t deadline = tu_now_ms() + 30000;
 	while (after < 5) {
-		if (now_ms() > deadline) {
+		if (tu_now_ms() > deadline) {
 			snprintf(res.err, sizeof res.err, "no word from the parent");
 			goto out;
 		}
@@ -554,14 +540,14 @@ Test(worker, worker_that_cannot_start)
 		_exit(98);
 	}
 	int st = 0;
-	int64_t deadline = now_ms() + 15000 * h_slow();
+	int64_t deadline = tu_now_ms() + 15000 * h_slow();
 	while (waitpid(pid, &st, WNOHANG) == 0) {
-		if (now_ms() > deadline) {
+		if (tu_now_ms() > deadline) {
 			kill(pid, SIGKILL);
 			waitpid(pid, &st, 0);
 			cr_assert_fail("the daemon hangs when its worker cannot start");
 		}
-		pause_ms(10);
+		tu_pause_ms(10);
 	}
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x", st);
 	FILE *f = fopen(log, "re");

@@ -3,15 +3,23 @@
  * The CPU reference backend: compiles MIL (daemon/mil) into a per-function
  * plan of kernel steps over one working-memory arena, and runs it.
  *
- * Memory: at compile time every non-constant value gets a 64-byte-aligned
+ * Memory: at compile time every intermediate value gets a 64-byte-aligned
  * offset in the arena (buffers of dead values are reused), plus one scratch
  * region sized for the hungriest step.  Constants live in the compiled program.
  * Each concurrent run takes an arena from a mutex-protected free list
  * (allocating one lazily when the list is empty) and gives it back afterwards,
- * so steady state does no allocation.  Inputs are copied into the arena before
- * the first step and outputs copied out after the last, so shared memory that
- * a client modifies during a run can only change the numbers, never the
- * control flow.
+ * so steady state does no allocation.
+ *
+ * No copies of run arguments: ops read function inputs in the caller's memory,
+ * and a function output computed by an op is computed straight into the
+ * caller's output buffer (cpu_func.io; cpu_ptr).  Only an output that is not
+ * computed by an op of its own (a function input, a constant, or a value
+ * already returned by an earlier output) is copied, once, after the last step.
+ * The caller's memory is shared with a client that may change it during the
+ * run, and outputs may alias inputs: kernels treat it as numbers only (see
+ * cpu_internal.h), so a misbehaving client changes results, never control
+ * flow or addresses.  A pointer not aligned to its element size is staged
+ * through a private buffer kept with the arena (allocated once).
  *
  * Constant folding: an op whose arguments are all compile-time constants
  * (constexpr_affine_dequantize, and any other op fed only by constants) runs
@@ -37,6 +45,8 @@
 typedef struct cpu_func {
 	const anes_mil_function *fn;
 	uint64_t *offset;           /* per value */
+	int32_t *io;                /* per value: where in the caller's memory (cpu_exec.io) */
+	uint64_t stage_bytes;       /* staging for misaligned arguments: all inputs + outputs */
 	void **fixed;               /* per value: folded constant (malloc'd), or NULL */
 	cpu_step *steps;            /* fn->n_ops */
 	uint64_t scratch_off;
@@ -46,6 +56,8 @@ typedef struct cpu_func {
 typedef struct cpu_arena {
 	struct cpu_arena *next;
 	uint8_t *mem;
+	uint8_t *stage;             /* lazily allocated staging (misaligned arguments), or NULL */
+	uint64_t stage_bytes;
 } cpu_arena;
 
 typedef struct cpu_backend {
@@ -128,6 +140,7 @@ static void func_clear(cpu_func *f)
 	free(f->fixed);
 	free(f->steps);
 	free(f->offset);
+	free(f->io);
 }
 
 static bool all_args_const(const cpu_func *f, const anes_mil_op *op)
@@ -213,6 +226,7 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, const cpu_cfg
 
 	f->fn = fn;
 	f->offset = calloc(nv ? nv : 1, sizeof *f->offset);
+	f->io = calloc(nv ? nv : 1, sizeof *f->io);
 	f->steps = calloc(nops ? nops : 1, sizeof *f->steps);
 	f->fixed = calloc(nv ? nv : 1, sizeof *f->fixed);
 	pc.fixed = (const void *const *)f->fixed;
@@ -221,7 +235,7 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, const cpu_cfg
 	dying_n = calloc((size_t)nops + 1, sizeof *dying_n);
 	dying = calloc((size_t)nops + 1, sizeof *dying);
 	dying_store = calloc(nv ? nv : 1, sizeof *dying_store);
-	if (!f->offset || !f->steps || !f->fixed || !last || !A.b || !dying_n || !dying || !dying_store) {
+	if (!f->offset || !f->io || !f->steps || !f->fixed || !last || !A.b || !dying_n || !dying || !dying_store) {
 		set_err(errbuf, errbuf_len, "line %u: out of memory", fn->line);
 		goto out;
 	}
@@ -262,6 +276,24 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, const cpu_cfg
 			scratch = st->scratch;
 	}
 
+	/* Caller memory: inputs are read in place; a function output computed by
+	 * a (not folded) op is computed into the caller's output buffer -- the
+	 * first output returning it, when a value is returned twice.  Everything
+	 * else returned (an input, a constant, a repeated value) is copied after
+	 * the last step. */
+	for (uint32_t j = 0; j < fn->n_inputs; j++)
+		f->io[fn->inputs[j]] = (int32_t)j + 1;
+	for (uint32_t j = 0; j < fn->n_outputs; j++) {
+		uint32_t v = fn->outputs[j];
+		if (fn->values[v].kind == ANES_MIL_V_OP && !f->fixed[v] && !f->io[v])
+			f->io[v] = -(int32_t)j - 1;
+	}
+	f->stage_bytes = 0;
+	for (uint32_t j = 0; j < fn->n_inputs; j++)
+		f->stage_bytes += cpu_align64(fn->values[fn->inputs[j]].type.bytes);
+	for (uint32_t j = 0; j < fn->n_outputs; j++)
+		f->stage_bytes += cpu_align64(fn->values[fn->outputs[j]].type.bytes);
+
 	/* liveness: last step using each value; outputs live to the end (nops) */
 	for (uint32_t v = 0; v < nv; v++)
 		last[v] = fn->values[v].kind == ANES_MIL_V_OP ? fn->values[v].op : 0;
@@ -273,10 +305,8 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, const cpu_cfg
 	}
 	for (uint32_t j = 0; j < fn->n_outputs; j++)
 		last[fn->outputs[j]] = nops;
-	for (uint32_t j = 0; j < fn->n_inputs; j++)
-		last[fn->inputs[j]] = nops;    /* inputs: keep (simple, they are copied in once) */
 	for (uint32_t v = 0; v < nv; v++)
-		if (fn->values[v].kind != ANES_MIL_V_CONST && !f->fixed[v])
+		if (fn->values[v].kind != ANES_MIL_V_CONST && !f->fixed[v] && !f->io[v])
 			dying_n[last[v]]++;
 	{
 		uint32_t pos = 0;
@@ -286,19 +316,15 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, const cpu_cfg
 			dying_n[i] = 0;
 		}
 		for (uint32_t v = 0; v < nv; v++)
-			if (fn->values[v].kind != ANES_MIL_V_CONST && !f->fixed[v])
+			if (fn->values[v].kind != ANES_MIL_V_CONST && !f->fixed[v] && !f->io[v])
 				dying[last[v]][dying_n[last[v]]++] = v;
 	}
 
-	for (uint32_t j = 0; j < fn->n_inputs; j++) {
-		uint32_t v = fn->inputs[j];
-		f->offset[v] = alloc_block(&A, cpu_align64(fn->values[v].type.bytes), v);
-	}
 	for (uint32_t i = 0; i < nops; i++) {
 		const anes_mil_op *op = &fn->ops[i];
 		for (uint32_t j = 0; j < op->n_outputs; j++) {
 			uint32_t v = op->outputs[j];
-			if (!f->fixed[v])
+			if (!f->fixed[v] && !f->io[v])
 				f->offset[v] = alloc_block(&A, cpu_align64(fn->values[v].type.bytes), v);
 		}
 		for (uint32_t j = 0; j < dying_n[i]; j++)
@@ -337,6 +363,7 @@ static void cpu_program_free(anes_backend *b, anes_bprogram *bp)
 	free(p->funcs);
 	for (cpu_arena *a = p->free_arenas, *n; a; a = n) {
 		n = a->next;
+		free(a->stage);
 		free(a->mem);
 		free(a);
 	}
@@ -420,12 +447,34 @@ static void arena_put(cpu_program *p, cpu_arena *a)
 	pthread_mutex_unlock(&p->lock);
 }
 
+/* Staging for arguments not aligned to their element size (kernels load
+ * elements as their C types): kept with the arena, so allocated at most once
+ * per arena and function size. */
+static uint8_t *arena_stage(cpu_arena *a, uint64_t bytes)
+{
+	if (a->stage_bytes < bytes) {
+		free(a->stage);
+		a->stage = aligned_alloc(64, (size_t)bytes);
+		a->stage_bytes = a->stage ? bytes : 0;
+	}
+	return a->stage;
+}
+
+static bool misaligned(const void *p, const anes_mil_type *t)
+{
+	size_t es = cpu_esize(t->dtype);
+	return es > 1 && ((uintptr_t)p % es) != 0;
+}
+
 static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const void *const *inputs,
                    void *const *outputs, char *errbuf, size_t errbuf_len)
 {
 	cpu_program *p = (cpu_program *)bp;
 	const cpu_func *f;
 	const anes_mil_function *fn;
+	const void *in[ANES_MAX_IO];
+	void *out[ANES_MAX_IO];
+	bool staged = false;
 	cpu_arena *a;
 	cpu_exec ex;
 	int rc = 0;
@@ -440,25 +489,62 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 		set_err(errbuf, errbuf_len, "function '%s': missing input or output buffers", fn->name);
 		return -EINVAL;
 	}
-	for (uint32_t i = 0; i < fn->n_inputs; i++)
+	if (fn->n_inputs > ANES_MAX_IO || fn->n_outputs > ANES_MAX_IO) {
+		set_err(errbuf, errbuf_len, "function '%s': too many inputs or outputs", fn->name);
+		return -EINVAL;
+	}
+	for (uint32_t i = 0; i < fn->n_inputs; i++) {
 		if (!inputs[i]) {
 			set_err(errbuf, errbuf_len, "function '%s': input %u is NULL", fn->name, i);
 			return -EINVAL;
 		}
-	for (uint32_t i = 0; i < fn->n_outputs; i++)
+		in[i] = inputs[i];
+		staged |= misaligned(inputs[i], &fn->values[fn->inputs[i]].type);
+	}
+	for (uint32_t i = 0; i < fn->n_outputs; i++) {
 		if (!outputs[i]) {
 			set_err(errbuf, errbuf_len, "function '%s': output %u is NULL", fn->name, i);
 			return -EINVAL;
 		}
+		out[i] = outputs[i];
+		staged |= misaligned(outputs[i], &fn->values[fn->outputs[i]].type);
+	}
 	a = arena_get(p);
 	if (!a) {
 		set_err(errbuf, errbuf_len, "out of memory for %zu bytes of working memory", p->arena_bytes);
 		return -ENOMEM;
 	}
+	if (staged) {
+		/* rare: an argument the kernels cannot load in place */
+		uint8_t *stage = arena_stage(a, f->stage_bytes);
+		uint64_t off = 0;
+		if (!stage) {
+			arena_put(p, a);
+			set_err(errbuf, errbuf_len, "out of memory for staging misaligned run arguments");
+			return -ENOMEM;
+		}
+		for (uint32_t i = 0; i < fn->n_inputs; i++) {
+			const anes_mil_type *t = &fn->values[fn->inputs[i]].type;
+			if (misaligned(inputs[i], t)) {
+				memcpy(stage + off, inputs[i], (size_t)t->bytes);
+				in[i] = stage + off;
+			}
+			off += cpu_align64(t->bytes);
+		}
+		for (uint32_t i = 0; i < fn->n_outputs; i++) {
+			const anes_mil_type *t = &fn->values[fn->outputs[i]].type;
+			if (misaligned(outputs[i], t))
+				out[i] = stage + off;
+			off += cpu_align64(t->bytes);
+		}
+	}
 	memset(&ex, 0, sizeof ex);
 	ex.fn = fn;
 	ex.offset = f->offset;
 	ex.fixed = (const void *const *)f->fixed;
+	ex.io = f->io;
+	ex.inputs = in;
+	ex.outputs = out;
 	ex.arena = a->mem;
 	ex.scratch = a->mem + f->scratch_off;
 	ex.cfg = &((cpu_backend *)b)->cfg;
@@ -466,10 +552,6 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 	ex.errbuf_len = errbuf_len;
 	if (errbuf && errbuf_len)
 		errbuf[0] = 0;
-	for (uint32_t i = 0; i < fn->n_inputs; i++) {
-		uint32_t v = fn->inputs[i];
-		memcpy(a->mem + f->offset[v], inputs[i], (size_t)fn->values[v].type.bytes);
-	}
 	for (uint32_t i = 0; i < fn->n_ops; i++) {
 		if (!f->steps[i].run)
 			continue;
@@ -481,10 +563,17 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 			goto out;
 		}
 	}
+	/* outputs not computed in place: one copy each (memmove: the caller's
+	 * buffers may overlap) */
 	for (uint32_t i = 0; i < fn->n_outputs; i++) {
 		uint32_t v = fn->outputs[i];
-		memcpy(outputs[i], cpu_ptr(&ex, v), (size_t)fn->values[v].type.bytes);
+		if (f->io[v] != -(int32_t)i - 1)
+			memmove(out[i], cpu_ptr(&ex, v), (size_t)fn->values[v].type.bytes);
 	}
+	if (staged)
+		for (uint32_t i = 0; i < fn->n_outputs; i++)
+			if (out[i] != outputs[i])
+				memmove(outputs[i], out[i], (size_t)fn->values[fn->outputs[i]].type.bytes);
 out:
 	arena_put(p, a);
 	return rc;

@@ -42,11 +42,24 @@ typedef struct cpu_cfg {
 
 /* ---- execution ---- */
 
-/* What a kernel sees during a run. */
+/* What a kernel sees during a run.
+ *
+ * Where a value lives: a constant in the program (fn->values[v].data), a
+ * folded constant (fixed[v]), the caller's memory (io[v] != 0: io[v] = i + 1
+ * for function input i, read in place; io[v] = -(j + 1) for a value computed
+ * straight into function output j), or else the arena at offset[v].  Caller
+ * memory is shared with an untrusted client and may change at any time, and
+ * an output may alias an input or another output: kernels read and write it
+ * as plain numbers (never an address, index or bound derived from it without
+ * a check at the point of use), and use memmove, never memcpy, between
+ * values. */
 typedef struct cpu_exec {
 	const anes_mil_function *fn;
 	const uint64_t *offset;     /* per value: byte offset in arena (non-const values) */
 	const void *const *fixed;   /* per value: folded constant data, or NULL */
+	const int32_t *io;          /* per value: 0 arena, > 0 input io-1, < 0 output -io-1; NULL = all arena */
+	const void *const *inputs;  /* this run's input pointers (fn->n_inputs) */
+	void *const *outputs;       /* this run's output pointers (fn->n_outputs) */
 	uint8_t *arena;             /* 64-byte aligned */
 	uint8_t *scratch;           /* 64-byte aligned, step->scratch bytes */
 	const cpu_cfg *cfg;
@@ -98,6 +111,10 @@ static inline void *cpu_ptr(const cpu_exec *ex, uint32_t vid)
 		return (void *)(uintptr_t)v->data;
 	if (ex->fixed && ex->fixed[vid])
 		return (void *)(uintptr_t)ex->fixed[vid];
+	if (ex->io && ex->io[vid]) {
+		int32_t k = ex->io[vid];
+		return k > 0 ? (void *)(uintptr_t)ex->inputs[k - 1] : ex->outputs[-(int64_t)k - 1];
+	}
 	return ex->arena + ex->offset[vid];
 }
 

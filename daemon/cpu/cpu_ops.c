@@ -62,7 +62,7 @@ void cpu_to_f32(float *dst, const void *src, int dt, size_t n)
 {
 	switch (dt) {
 	case ANES_DT_FP16: anes_f16_to_f32_n(dst, src, n); break;
-	case ANES_DT_FP32: if ((const void *)dst != src) memcpy(dst, src, n * 4); break;
+	case ANES_DT_FP32: if ((const void *)dst != src) memmove(dst, src, n * 4); break;
 	default:
 		for (size_t i = 0; i < n; i++)
 			dst[i] = (float)cpu_load_f64(src, dt, i);
@@ -74,7 +74,7 @@ void cpu_from_f32(void *dst, int dt, const float *src, size_t n)
 {
 	switch (dt) {
 	case ANES_DT_FP16: anes_f32_to_f16_n(dst, src, n); break;
-	case ANES_DT_FP32: if (dst != (const void *)src) memcpy(dst, src, n * 4); break;
+	case ANES_DT_FP32: if (dst != (const void *)src) memmove(dst, src, n * 4); break;
 	default:
 		for (size_t i = 0; i < n; i++)
 			cpu_store_f64(dst, dt, i, src[i]);
@@ -160,11 +160,37 @@ void cpu_input_strides(const anes_mil_type *t, uint32_t r, const uint64_t *oshap
 
 /* ---- copies: identity, reshape, expand_dims, squeeze ---- */
 
+/* Large copies go in 1 MiB pieces over the pool (a single thread does not
+ * reach the memory bandwidth).  Each piece is a memmove within its own
+ * range: when source and destination overlap (aliased caller buffers) the
+ * result is undefined, but every access stays in bounds. */
+#define COPY_PIECE ((uint64_t)1 << 20)
+
+typedef struct copy_job {
+	uint8_t *dst;
+	const uint8_t *src;
+	uint64_t bytes;
+} copy_job;
+
+static void copy_task(void *ctx, uint64_t b, uint64_t e)
+{
+	const copy_job *j = ctx;
+	uint64_t lo = b * COPY_PIECE, hi = e * COPY_PIECE < j->bytes ? e * COPY_PIECE : j->bytes;
+	memmove(j->dst + lo, j->src + lo, (size_t)(hi - lo));
+}
+
 static int run_copy(const cpu_step *st, const cpu_exec *ex)
 {
 	const anes_mil_op *op = st->op;
 	uint32_t x = cpu_argid(op, "x"), o = op->outputs[0];
-	memcpy(cpu_ptr(ex, o), cpu_ptr(ex, x), (size_t)ex->fn->values[o].type.bytes);
+	copy_job j = {cpu_ptr(ex, o), cpu_ptr(ex, x), ex->fn->values[o].type.bytes};
+	if (j.dst == j.src)
+		return 0;
+	if (j.bytes < 4 * COPY_PIECE) {
+		memmove(j.dst, j.src, (size_t)j.bytes);
+		return 0;
+	}
+	cpu_parallel(ex->cfg->pool, (j.bytes + COPY_PIECE - 1) / COPY_PIECE, 1, copy_task, &j);
 	return 0;
 }
 
@@ -194,7 +220,7 @@ static int run_strided(const cpu_step *st, const cpu_exec *ex)
 		rows *= p->out[i];
 	for (uint64_t k = 0; k < rows; k++) {
 		if (is == 1) {
-			memcpy(dst, src + off * (int64_t)p->es, (size_t)(inner * p->es));
+			memmove(dst, src + off * (int64_t)p->es, (size_t)(inner * p->es));
 		} else {
 			switch (p->es) {
 			case 2: {
@@ -416,7 +442,7 @@ static int run_split(const cpu_step *st, const cpu_exec *ex)
 		uint8_t *dst = cpu_ptr(ex, st->op->outputs[k]);
 		size_t nb = (size_t)(p->sz[k] * p->after * p->es);
 		for (uint64_t o = 0; o < p->outer; o++)
-			memcpy(dst + o * nb, src + o * row + (size_t)at * p->after * p->es, nb);
+			memmove(dst + o * nb, src + o * row + (size_t)at * p->after * p->es, nb);
 		at += (uint32_t)p->sz[k];
 	}
 	return 0;
@@ -478,7 +504,7 @@ static int run_concat(const cpu_step *st, const cpu_exec *ex)
 			for (uint32_t k = 0; k < p->n; k++) {
 				const uint8_t *src = cpu_ptr(ex, vals->vals[k]);
 				size_t nb = (size_t)(p->blk[k] * p->es);
-				memcpy(dst, src + o * nb, nb);
+				memmove(dst, src + o * nb, nb);
 				dst += nb;
 			}
 		} else {
@@ -486,7 +512,7 @@ static int run_concat(const cpu_step *st, const cpu_exec *ex)
 			for (uint64_t i = 0; i < p->dim; i++) {
 				for (uint32_t k = 0; k < p->n; k++) {
 					const uint8_t *src = cpu_ptr(ex, vals->vals[k]);
-					memcpy(dst, src + (o * p->dim + i) * nb, nb);
+					memmove(dst, src + (o * p->dim + i) * nb, nb);
 					dst += nb;
 				}
 			}
@@ -544,7 +570,7 @@ static int run_tile(const cpu_step *st, const cpu_exec *ex)
 		for (uint32_t d = 0; d + 1 < r; d++)
 			off += (idx[d] % p->in[d]) * p->istr[d];
 		for (uint64_t t = 0; t < reps; t++) {
-			memcpy(dst, src + off * p->es, rowb);
+			memmove(dst, src + off * p->es, rowb);
 			dst += rowb;
 		}
 		for (uint32_t d = r - 1; d-- > 0;) {
@@ -591,8 +617,11 @@ static int plan_gather(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes
 	return 0;
 }
 
-/* Out-of-range indices (outside [-dim, dim)) fail the run; each index is
- * read once, checked and used, so memory changing under us cannot matter. */
+/* Out-of-range indices (outside [-dim, dim)) fail the run.  indices may be
+ * the caller's shared memory (a function input, or a function output that a
+ * client can write during the run): each index is read once into a register
+ * (the empty asm keeps the compiler from reloading it after the check),
+ * checked, then used, so memory changing under us cannot matter. */
 static int run_gather(const cpu_step *st, const cpu_exec *ex)
 {
 	const gather_params *p = st->params;
@@ -604,13 +633,14 @@ static int run_gather(const cpu_step *st, const cpu_exec *ex)
 	for (uint64_t a = 0; a < p->pre; a++) {
 		for (uint64_t i = 0; i < p->nidx; i++) {
 			int64_t ix = (int64_t)cpu_load_f64(ind, p->idt, (size_t)i);
+			__asm__ volatile("" : "+r"(ix));
 			if (ix < -(int64_t)p->dim || ix >= (int64_t)p->dim)
 				return cpu_run_fail(ex, st->op, -EINVAL, "indices[%llu] = %lld is out of range [%lld, %lld)",
 				                    (unsigned long long)i, (long long)ix, -(long long)p->dim,
 				                    (long long)p->dim);
 			if (ix < 0)
 				ix += (int64_t)p->dim;
-			memcpy(dst, src + ((a * p->dim + (uint64_t)ix) * nb), nb);
+			memmove(dst, src + ((a * p->dim + (uint64_t)ix) * nb), nb);
 			dst += nb;
 		}
 	}
@@ -711,7 +741,7 @@ static int run_pad(const cpu_step *st, const cpu_exec *ex)
 		}
 		for (uint64_t j = 0; j < inner; j++) {
 			int64_t s = cst ? -1 : pad_src(p, r - 1, j);
-			memcpy(dst + j * es, s < 0 ? p->cval : src + (size_t)(off + s) * es, es);
+			memmove(dst + j * es, s < 0 ? p->cval : src + (size_t)(off + s) * es, es);
 		}
 		dst += inner * es;
 		for (uint32_t d = r - 1; d-- > 0;) {
@@ -842,7 +872,7 @@ static void unary_task(void *ctx, uint64_t b, uint64_t e)
 		uint64_t i0 = c * CHUNK, n = j->p->count - i0 < CHUNK ? j->p->count - i0 : CHUNK;
 		if (j->p->dtype == ANES_DT_FP32) {
 			float *o = (float *)j->o + i0;
-			memcpy(o, (const float *)j->x + i0, (size_t)n * 4);
+			memmove(o, (const float *)j->x + i0, (size_t)n * 4);
 			unary_apply(j->p, o, (size_t)n);
 		} else {
 			anes_f16_to_f32_n(buf, (const uint16_t *)j->x + i0, (size_t)n);
@@ -978,7 +1008,7 @@ static void load_span(float *dst, const void *src, int dt, uint64_t off, uint64_
 		if (dt == ANES_DT_FP16)
 			anes_f16_to_f32_n(dst, (const uint16_t *)src + off, n);
 		else
-			memcpy(dst, (const float *)src + off, n * 4);
+			memmove(dst, (const float *)src + off, n * 4);
 	} else {
 		float v = dt == ANES_DT_FP16 ? anes_f16_to_f32(((const uint16_t *)src)[off]) : ((const float *)src)[off];
 		for (size_t i = 0; i < n; i++)
@@ -1050,7 +1080,7 @@ static int run_cast(const cpu_step *st, const cpu_exec *ex)
 	size_t n = (size_t)x->count;
 
 	if (x->dtype == o->dtype) {
-		memcpy(dst, src, (size_t)o->bytes);
+		memmove(dst, src, (size_t)o->bytes);
 	} else if (x->dtype == ANES_DT_FP16 && o->dtype == ANES_DT_FP32) {
 		anes_f16_to_f32_n(dst, src, n);
 	} else if (x->dtype == ANES_DT_FP32 && o->dtype == ANES_DT_FP16) {
@@ -1151,7 +1181,7 @@ static void quant_task(void *ctx, uint64_t b, uint64_t e)
 			if (p->odt == ANES_DT_FP16)
 				anes_f32_to_f16_n((uint16_t *)j->o + i0, buf, (size_t)n);
 			else
-				memcpy((float *)j->o + i0, buf, (size_t)n * 4);
+				memmove((float *)j->o + i0, buf, (size_t)n * 4);
 		}
 	}
 }

@@ -25,12 +25,32 @@ static int set_type(anes_mil_check *c, const anes_mil_op *op, anes_mil_type *t, 
 	return 0;
 }
 
-static int need_numeric(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v)
+/* The check of an argument's dtype: fails with "argument 'ARG' must be WHAT, is DTYPE" unless ok. */
+static int need_dtype(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v,
+                      bool ok, const char *what)
 {
-	if (!anes_mil_dtype_is_float(v->type.dtype) && !anes_mil_dtype_is_int(v->type.dtype))
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be numeric, is %s", arg,
+	if (!ok)
+		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be %s, is %s", arg, what,
 		                     anes_mil_dtype_name(v->type.dtype));
 	return 0;
+}
+
+static int need_numeric(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v)
+{
+	return need_dtype(c, op, arg, v,
+	                  anes_mil_dtype_is_float(v->type.dtype) || anes_mil_dtype_is_int(v->type.dtype),
+	                  "numeric");
+}
+
+static int need_float(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v)
+{
+	return need_dtype(c, op, arg, v, anes_mil_dtype_is_float(v->type.dtype), "fp16 or fp32");
+}
+
+/* An optional constant argument that is there but is not what it must be (WHAT). */
+static int bad_opt(anes_mil_check *c, const anes_mil_op *op, const char *name, const char *what)
+{
+	return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be %s", name, what);
 }
 
 /* optional constant bool argument */
@@ -43,9 +63,7 @@ static int opt_bool(anes_mil_check *c, const anes_mil_function *fn, const anes_m
 		*ret = def;
 		return 0;
 	}
-	if (anes_mil_const_bool(v, ret))
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a bool scalar", name);
-	return 0;
+	return anes_mil_const_bool(v, ret) ? bad_opt(c, op, name, "a bool scalar") : 0;
 }
 
 static int const_ints(anes_mil_check *c, const anes_mil_op *op, const char *name, const anes_mil_value *v,
@@ -338,14 +356,6 @@ static int infer_reduce(anes_mil_check *c, const anes_mil_function *fn, const an
 
 /* ---- helpers for the ops below ---- */
 
-static int need_float(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v)
-{
-	if (!anes_mil_dtype_is_float(v->type.dtype))
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be fp16 or fp32, is %s", arg,
-		                     anes_mil_dtype_name(v->type.dtype));
-	return 0;
-}
-
 static int same_dtype(anes_mil_check *c, const anes_mil_op *op, const char *a, const anes_mil_value *va,
                       const char *b, const anes_mil_value *vb)
 {
@@ -367,7 +377,7 @@ static int opt_int(anes_mil_check *c, const anes_mil_function *fn, const anes_mi
 		return 0;
 	}
 	if (v->type.rank != 0 || anes_mil_const_ints(v, ret, 1, &n) || n != 1)
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be an integer scalar", name);
+		return bad_opt(c, op, name, "an integer scalar");
 	return 0;
 }
 
@@ -381,9 +391,7 @@ static int opt_f64(anes_mil_check *c, const anes_mil_function *fn, const anes_mi
 		*ret = def;
 		return 0;
 	}
-	if (anes_mil_const_f64(v, ret))
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a numeric scalar", name);
-	return 0;
+	return anes_mil_const_f64(v, ret) ? bad_opt(c, op, name, "a numeric scalar") : 0;
 }
 
 /* constant bool list of exactly n entries (absent: all false) */

@@ -28,14 +28,6 @@
 #include "anes_proto.h"
 #include "fuzz.h"
 
-#define CHECK(cond)                                                                   \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			abort();                                                      \
-		}                                                                     \
-	} while (0)
-
 /* Keys the daemon (daemon/methods.c) and the client library (client/)
  * read, with the accessor each uses. */
 static const char *const u64_keys[] = {

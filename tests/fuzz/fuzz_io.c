@@ -34,14 +34,7 @@
 
 #include "anes_proto.h"
 #include "fuzz.h"
-
-#define CHECK(cond)                                                                   \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			abort();                                                      \
-		}                                                                     \
-	} while (0)
+#include "../scm_fds.h"
 
 #define FD_SCAN 512
 
@@ -211,25 +204,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if ((c & 0xc0) == 0xc0)
 			bad_queue = true;
 
-		union {
-			struct cmsghdr h;
-			char buf[CMSG_SPACE(sizeof(int) * 17)];
-		} ctl;
+		SCM_FDS_BUF(17) ctl;
 		struct iovec iov = { .iov_base = (void *)(data + pos), .iov_len = n };
 		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-		if (nfds) {
-			memset(&ctl, 0, sizeof ctl);
-			msg.msg_control = ctl.buf;
-			msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-			struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_RIGHTS;
-			cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-			int fds[17];
-			for (unsigned i = 0; i < nfds; i++)
-				fds[i] = memfd;
-			memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-		}
+		int fds[17];
+		for (unsigned i = 0; i < nfds; i++)
+			fds[i] = memfd;
+		scm_fds_attach(&msg, ctl.buf, sizeof ctl, fds, nfds);
 		pos += n;
 		if (n) {
 			ssize_t w = sendmsg(sv[1], &msg, MSG_NOSIGNAL);

@@ -19,14 +19,6 @@
 #include "fuzz.h"
 #include "fuzz_mil_common.h"
 
-#define CHECK(cond)                                                                   \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			abort();                                                      \
-		}                                                                     \
-	} while (0)
-
 static volatile uint64_t sink;
 
 static void check_tensor(const anes_tensor_desc *t, const anes_mil_value *v)
@@ -133,25 +125,13 @@ static void check_function(const anes_mil_function *fn, const anes_function_info
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	anes_weight *w = fuzz_weights();
-	size_t text_len, tail_len;
-	const uint8_t *tail;
 	char errbuf[256];
-
-	fuzz_split(data, size, &text_len, &tail, &tail_len);
-	/* exact-size copies, so that ASan sees any read past either end */
-	char *text = malloc(text_len ? text_len : 1);
-	uint8_t *blob = malloc(tail_len ? tail_len : 1);
-	CHECK(text && blob);
-	if (text_len)
-		memcpy(text, data, text_len);
-	if (tail_len)
-		memcpy(blob, tail, tail_len);
-	w[2].data = blob;
-	w[2].len = tail_len;
+	fuzz_input in;
+	fuzz_input_split(data, size, w, &in);
 
 	anes_mil_program *p = NULL;
 	memset(errbuf, 'X', sizeof errbuf);
-	int rc = anes_mil_parse(text, text_len, w, 3, &p, errbuf, sizeof errbuf);
+	int rc = anes_mil_parse(in.text, in.text_len, w, 3, &p, errbuf, sizeof errbuf);
 	if (rc == 0) {
 		CHECK(p != NULL);
 		CHECK(p->n_functions >= 1 && p->n_functions <= ANES_MAX_FUNCTIONS);
@@ -170,7 +150,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(strncmp(errbuf, "line ", 5) == 0);
 		CHECK(strchr(errbuf, '\n') == NULL);
 	}
-	free(text);
-	free(blob);
+	fuzz_input_free(&in);
 	return 0;
 }

@@ -70,14 +70,38 @@ static inline anes_weight *fuzz_weights(void)
 	return w;
 }
 
-/* Split the input: *text_len bytes of MIL, then the tail. */
-static inline void fuzz_split(const uint8_t *data, size_t size, size_t *text_len,
-                              const uint8_t **tail, size_t *tail_len)
+/* One input, split: text_len bytes of MIL, then the tail (blob_len bytes),
+ * each in an exact-size heap copy so that ASan sees any read past either
+ * end; the tail is also w[2] (w from fuzz_weights()). */
+typedef struct fuzz_input {
+	char *text;
+	size_t text_len;
+	uint8_t *blob;
+	size_t blob_len;
+} fuzz_input;
+
+static inline void fuzz_input_split(const uint8_t *data, size_t size, anes_weight *w,
+                                    fuzz_input *in)
 {
 	const uint8_t *nul = memchr(data, 0, size);
-	*text_len = nul ? (size_t)(nul - data) : size;
-	*tail = nul ? nul + 1 : data + size;
-	*tail_len = nul ? size - *text_len - 1 : 0;
+	in->text_len = nul ? (size_t)(nul - data) : size;
+	in->blob_len = nul ? size - in->text_len - 1 : 0;
+	in->text = malloc(in->text_len ? in->text_len : 1);
+	in->blob = malloc(in->blob_len ? in->blob_len : 1);
+	if (!in->text || !in->blob)
+		abort();
+	if (in->text_len)
+		memcpy(in->text, data, in->text_len);
+	if (in->blob_len)
+		memcpy(in->blob, nul + 1, in->blob_len);
+	w[2].data = in->blob;
+	w[2].len = in->blob_len;
+}
+
+static inline void fuzz_input_free(fuzz_input *in)
+{
+	free(in->text);
+	free(in->blob);
 }
 
 #endif

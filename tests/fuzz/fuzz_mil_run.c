@@ -21,14 +21,6 @@
 #include "fuzz.h"
 #include "fuzz_mil_common.h"
 
-#define CHECK(cond)                                                                   \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			abort();                                                      \
-		}                                                                     \
-	} while (0)
-
 #define RUN_MAX_BYTES ((uint64_t)4 << 20)
 
 static void fill(uint8_t *dst, size_t n, const uint8_t *src, size_t src_len, size_t *cursor)
@@ -88,44 +80,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static anes_backend *be;
 	anes_weight *w = fuzz_weights();
-	size_t text_len, tail_len;
-	const uint8_t *tail;
 	char errbuf[256];
 
 	if (!be)
 		CHECK(anes_cpu_backend_new(1, &be) == 0);
-	fuzz_split(data, size, &text_len, &tail, &tail_len);
-	char *text = malloc(text_len ? text_len : 1);
-	uint8_t *blob = malloc(tail_len ? tail_len : 1);
-	CHECK(text && blob);
-	if (text_len)
-		memcpy(text, data, text_len);
-	if (tail_len)
-		memcpy(blob, tail, tail_len);
-	w[2].data = blob;
-	w[2].len = tail_len;
+	fuzz_input in;
+	fuzz_input_split(data, size, w, &in);
 
 	/* the size of all values decides whether to run it */
 	anes_mil_program *mp = NULL;
 	bool run = false;
-	if (anes_mil_parse(text, text_len, w, 3, &mp, errbuf, sizeof errbuf) == 0) {
+	if (anes_mil_parse(in.text, in.text_len, w, 3, &mp, errbuf, sizeof errbuf) == 0) {
 		run = mp->total_bytes <= RUN_MAX_BYTES;
 		anes_mil_program_free(mp);
 	}
 
 	anes_bprogram *prog = NULL;
-	int rc = be->ops->compile(be, text, text_len, w, 3, &prog, errbuf, sizeof errbuf);
+	int rc = be->ops->compile(be, in.text, in.text_len, w, 3, &prog, errbuf, sizeof errbuf);
 	if (rc == 0) {
 		CHECK(prog && prog->n_functions >= 1 && prog->backend == be);
 		if (run)
 			for (uint32_t fi = 0; fi < prog->n_functions; fi++)
-				run_function(be, prog, fi, blob, tail_len);
+				run_function(be, prog, fi, in.blob, in.blob_len);
 		be->ops->program_free(be, prog);
 	} else {
 		CHECK(rc == -EINVAL || rc == -ENOTSUP || rc == -ENOMEM);
 		CHECK(memchr(errbuf, 0, sizeof errbuf));
 	}
-	free(text);
-	free(blob);
+	fuzz_input_free(&in);
 	return 0;
 }

@@ -16,7 +16,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -24,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -32,26 +30,13 @@
 #include <unistd.h>
 
 #include "aneshare.h"
+#include "test_util.h"
 
 #ifndef ANES_SOURCE_DIR
 #define ANES_SOURCE_DIR "."
 #endif
 
-#define TOL 1e-2
 #define PAIRS 4   /* runs each child keeps in flight */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void pause_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
 
 /* ---- the daemon --------------------------------------------------------------- */
 
@@ -62,34 +47,7 @@ static int count_fds(pid_t pid)
 {
 	char path[64];
 	snprintf(path, sizeof path, "/proc/%ld/fd", (long)pid);
-	DIR *d = opendir(path);
-	if (!d)
-		return -1;
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
-static long status_kb(pid_t pid, const char *key)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return -1;
-	long kb = -1;
-	size_t kl = strlen(key);
-	while (fgets(line, sizeof line, f))
-		if (!strncmp(line, key, kl) && line[kl] == ':') {
-			kb = strtol(line + kl + 1, NULL, 10);
-			break;
-		}
-	fclose(f);
-	return kb;
+	return tu_dir_entries(path);
 }
 
 static int start_daemon(const char *exe)
@@ -113,8 +71,8 @@ static int start_daemon(const char *exe)
 		_exit(127);
 	}
 	daemon_pid = pid;
-	int64_t deadline = now_ms() + 10000;
-	while (now_ms() < deadline) {
+	int64_t deadline = tu_now_ms() + 10000;
+	while (tu_now_ms() < deadline) {
 		aneshare_conn *c;
 		if (aneshare_connect(sock, "probe", &c) == 0) {
 			aneshare_disconnect(c);
@@ -124,7 +82,7 @@ static int start_daemon(const char *exe)
 			daemon_pid = 0;
 			return -ECHILD;
 		}
-		pause_ms(5);
+		tu_pause_ms(5);
 	}
 	return -ETIMEDOUT;
 }
@@ -168,56 +126,6 @@ static uint64_t rng(uint64_t *s)
 	return *s;
 }
 
-typedef struct shape {
-	size_t ic, oc, seq;
-	size_t in_bytes, out_bytes;
-} shape;
-
-static bool shape_of(const aneshare_program *p, shape *ret)
-{
-	const aneshare_tensor_info *ti = aneshare_program_input(p, 0, 0);
-	const aneshare_tensor_info *to = aneshare_program_output(p, 0, 0);
-	if (!ti || !to || ti->rank != 4 || to->rank != 4 || ti->dtype != ANESHARE_FP16 ||
-	    to->dtype != ANESHARE_FP16 || ti->shape[3] != to->shape[3] + to->shape[1])
-		return false;
-	ret->ic = (size_t)ti->shape[1];
-	ret->oc = (size_t)to->shape[1];
-	ret->seq = (size_t)to->shape[3];
-	ret->in_bytes = (size_t)ti->bytes;
-	ret->out_bytes = (size_t)to->bytes;
-	return true;
-}
-
-static void fill(const shape *sh, uint16_t *x, uint64_t seed)
-{
-	size_t n = sh->ic * (sh->seq + sh->oc);
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
-	for (size_t i = 0; i < n; i++) {
-		float f = (float)((double)(rng(&s) >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-		aneshare_f32_to_f16(&x[i], &f, 1);
-	}
-}
-
-/* Relative max error of y against the fp32 reference computed from x. */
-static double error_of(const shape *sh, const uint16_t *x, const uint16_t *y, float *xf, float *yf)
-{
-	size_t w = sh->seq + sh->oc;
-	aneshare_f16_to_f32(xf, x, sh->ic * w);
-	aneshare_f16_to_f32(yf, y, sh->oc * sh->seq);
-	double max_ref = 0, max_err = 0;
-	for (size_t o = 0; o < sh->oc; o++)
-		for (size_t s = 0; s < sh->seq; s++) {
-			double acc = 0;
-			for (size_t i = 0; i < sh->ic; i++)
-				acc += (double)xf[i * w + s] * (double)xf[i * w + sh->seq + o];
-			double e = fabs((double)yf[o * sh->seq + s] - acc);
-			if (!(e <= max_err))
-				max_err = isnan(e) ? INFINITY : e;
-			max_ref = fmax(max_ref, fabs(acc));
-		}
-	return max_ref > 0 ? max_err / max_ref : max_err;
-}
-
 static void send_report(int fd, report *r)
 {
 	if (!r->ok && !r->wrong && !r->errors)
@@ -242,8 +150,8 @@ static int child_main(const char *mil, int report_fd, uint64_t seed)
 	aneshare_program *p;
 	if (aneshare_program_compile(c, mil, NULL, 0, &p, NULL) < 0)
 		return 3;
-	shape sh;
-	if (!shape_of(p, &sh))
+	h_mm sh;
+	if (!h_mm_from_program(p, &sh))
 		return 4;
 	aneshare_surface *in[PAIRS], *out[PAIRS];
 	for (int i = 0; i < PAIRS; i++)
@@ -259,7 +167,7 @@ static int child_main(const char *mil, int report_fd, uint64_t seed)
 		uint32_t t[PAIRS];
 		bool submitted[PAIRS];
 		for (int i = 0; i < PAIRS; i++) {
-			fill(&sh, aneshare_surface_data(in[i]), rng(&seed));
+			h_mm_fill(&sh, aneshare_surface_data(in[i]), rng(&seed));
 			memset(aneshare_surface_data(out[i]), 0xff, sh.out_bytes);   /* NaN */
 			submitted[i] = aneshare_run_submit(p, 0, &in[i], 1, &out[i], 1, &t[i]) == 0;
 			if (!submitted[i])
@@ -272,9 +180,9 @@ static int child_main(const char *mil, int report_fd, uint64_t seed)
 				rep.errors++;
 				continue;
 			}
-			double e = error_of(&sh, aneshare_surface_data(in[i]), aneshare_surface_data(out[i]),
+			double e = tu_mm_error(&sh, aneshare_surface_data(in[i]), aneshare_surface_data(out[i]),
 			                    xf, yf);
-			if (e <= TOL)
+			if (e <= H_MM_TOL)
 				rep.ok++;
 			else
 				rep.wrong++;
@@ -306,25 +214,6 @@ static pid_t spawn_child(const char *mil, const int rep[2], const int stop[2], u
 }
 
 /* ---- the parent ----------------------------------------------------------------- */
-
-static char *read_file(const char *path)
-{
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	rewind(f);
-	char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-	if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-		buf[n] = '\0';
-	} else {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	return buf;
-}
 
 typedef struct totals {
 	uint64_t ok, wrong, errors;
@@ -390,7 +279,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	char *mil = read_file(mil_path);
+	char *mil = tu_read_file(mil_path);
 	if (!mil) {
 		fprintf(stderr, "load_test: cannot read %s\n", mil_path);
 		return 2;
@@ -407,12 +296,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "load_test: cannot connect\n");
 		return 1;
 	}
-	long rss_start = status_kb(daemon_pid, "VmRSS");
+	long rss_start = tu_proc_status_kb(daemon_pid, "VmRSS");
 	{
 		aneshare_program *p;
 		aneshare_surface *in, *out;
-		shape sh;
-		if (aneshare_program_compile(obs, mil, NULL, 0, &p, NULL) < 0 || !shape_of(p, &sh) ||
+		h_mm sh;
+		if (aneshare_program_compile(obs, mil, NULL, 0, &p, NULL) < 0 || !h_mm_from_program(p, &sh) ||
 		    aneshare_surface_create(obs, sh.in_bytes, &in) < 0 ||
 		    aneshare_surface_create(obs, sh.out_bytes, &out) < 0 ||
 		    aneshare_run(p, 0, &in, 1, &out, 1) < 0) {
@@ -424,12 +313,12 @@ int main(int argc, char **argv)
 		aneshare_program_release(p);
 	}
 	counts cn;
-	int64_t deadline = now_ms() + 10000;
+	int64_t deadline = tu_now_ms() + 10000;
 	while (get_counts(obs, &cn) == 0 && (cn.clients != 1 || cn.surfaces || cn.programs) &&
-	       now_ms() < deadline)
-		pause_ms(10);
+	       tu_now_ms() < deadline)
+		tu_pause_ms(10);
 	int fds_base = count_fds(daemon_pid);
-	long rss_base = status_kb(daemon_pid, "VmRSS");
+	long rss_base = tu_proc_status_kb(daemon_pid, "VmRSS");
 
 	int rp[2], sp[2];
 	if (pipe2(rp, O_CLOEXEC) < 0 || pipe2(sp, O_CLOEXEC) < 0)
@@ -445,18 +334,18 @@ int main(int argc, char **argv)
 	totals tot = { 0 };
 	long rss_peak = rss_base;
 	int fds_peak = fds_base;
-	int64_t t0 = now_ms(), end = t0 + (int64_t)seconds * 1000, next_kill = t0 + kill_ms;
+	int64_t t0 = tu_now_ms(), end = t0 + (int64_t)seconds * 1000, next_kill = t0 + kill_ms;
 	uint64_t rs = 0x1234567;
-	while (now_ms() < end) {
-		int64_t wait = next_kill - now_ms();
+	while (tu_now_ms() < end) {
+		int64_t wait = next_kill - tu_now_ms();
 		drain_reports(rp[0], &tot, wait > 0 ? (int)wait : 0);
-		long rss = status_kb(daemon_pid, "VmRSS");
+		long rss = tu_proc_status_kb(daemon_pid, "VmRSS");
 		if (rss > rss_peak)
 			rss_peak = rss;
 		int fds = count_fds(daemon_pid);
 		if (fds > fds_peak)
 			fds_peak = fds;
-		if (now_ms() < next_kill)
+		if (tu_now_ms() < next_kill)
 			continue;
 		next_kill += kill_ms / 2 + (int64_t)(rng(&rs) % kill_ms);
 		unsigned v = (unsigned)(rng(&rs) % n_clients);
@@ -469,7 +358,7 @@ int main(int argc, char **argv)
 		kids[v] = spawn_child(mil, rp, sp, ++seed);
 		spawned++;
 	}
-	double elapsed = (double)(now_ms() - t0) / 1000.0;
+	double elapsed = (double)(tu_now_ms() - t0) / 1000.0;
 
 	/* Stop the rest gently: they finish their batch, report and exit 0. */
 	close(rp[1]);
@@ -485,7 +374,7 @@ int main(int argc, char **argv)
 	close(sp[0]);
 
 	/* Back to the baseline? */
-	deadline = now_ms() + 20000;
+	deadline = tu_now_ms() + 20000;
 	int fds_final = -1;
 	do {
 		if (get_counts(obs, &cn) < 0) {
@@ -495,10 +384,10 @@ int main(int argc, char **argv)
 		fds_final = count_fds(daemon_pid);
 		if (cn.clients == 1 && !cn.surfaces && !cn.programs && fds_final == fds_base)
 			break;
-		pause_ms(20);
-	} while (now_ms() < deadline);
-	long rss_final = status_kb(daemon_pid, "VmRSS");
-	long hwm = status_kb(daemon_pid, "VmHWM");
+		tu_pause_ms(20);
+	} while (tu_now_ms() < deadline);
+	long rss_final = tu_proc_status_kb(daemon_pid, "VmRSS");
+	long hwm = tu_proc_status_kb(daemon_pid, "VmHWM");
 	if (hwm > rss_peak)
 		rss_peak = hwm;
 	aneshare_status *st = NULL;
