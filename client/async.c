@@ -27,15 +27,16 @@ static int check_surfaces(aneshare_conn *c, const char *pre, aneshare_surface *c
 		return anesc_fail(c, -EINVAL, "%stoo many surfaces", pre);
 	for (size_t i = 0; i < n; i++)
 		if (!s[i] || s[i]->conn != c)
-			return anesc_fail(c, -EINVAL, "%ssurface %zu is NULL or from another connection",
-			                  pre, i);
+			return anesc_fail(c, -EINVAL,
+			                  "%ssurface %zu is NULL or from another connection", pre, i);
 	return 0;
 }
 
 int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st)
 {
 	if (st->function >= st->program->n_functions)
-		return anesc_fail(c, -EINVAL, "%sthe program has no function %u", pre, st->function);
+		return anesc_fail(c, -EINVAL, "%sthe program has no function %u", pre,
+		                  st->function);
 	int r = check_surfaces(c, pre, st->inputs, st->n_inputs);
 	if (r == 0)
 		r = check_surfaces(c, pre, st->outputs, st->n_outputs);
@@ -124,6 +125,9 @@ int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool ch
 {
 	anesc_retry rt = { 0 };
 	for (;;) {
+		/* A blocking sender never has more than max_inflight requests in
+		 * flight: the daemon stops reading beyond that, and a blocking
+		 * writer could then deadlock with it. */
 		int r = cb ? 0 : anesc_pending_throttle(c, c->info.max_inflight);
 		if (r == 0)
 			r = anesc_ready(c, &rt);

@@ -62,8 +62,7 @@ static void usage(FILE *f)
 	        prog_name);
 }
 
-__attribute__((format(printf, 1, 2)))
-static int usage_error(const char *fmt, ...)
+int usage_error(const char *fmt, ...)
 {
 	va_list ap;
 	fprintf(stderr, "%s: ", prog_name);
@@ -74,8 +73,7 @@ static int usage_error(const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-__attribute__((format(printf, 1, 2)))
-static int fail(const char *fmt, ...)
+int fail(const char *fmt, ...)
 {
 	va_list ap;
 	fprintf(stderr, "%s: ", prog_name);
@@ -769,7 +767,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(cmd, "run"))
 		rc = cmd_run(socket_path, n, args);
 	else if (!strcmp(cmd, "service"))
-		rc = anes_cli_service(prog_name, socket_path, n, args);
+		rc = anes_cli_service(socket_path, n, args);
 	else
 		rc = usage_error("unknown command '%s'", cmd);
 	free(args);

@@ -49,32 +49,6 @@ extern char **environ;
 #define PROBE_TIMEOUT_MS 10000   /* status: a socket-activated daemon may still be starting */
 #define MAX_UNIT_BYTES (1u << 20)
 
-static const char *prog = "aneshare";
-
-__attribute__((format(printf, 1, 2)))
-static int fail(const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	return EXIT_FAILURE;
-}
-
-__attribute__((format(printf, 1, 2)))
-static int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\nTry '%s --help'.\n", prog);
-	return 2;
-}
-
 /* ---- a growable string ------------------------------------------------------ */
 
 typedef struct sbuf {
@@ -1138,9 +1112,8 @@ static int cmd_status(svc *s)
 
 /* ---- entry -------------------------------------------------------------------- */
 
-int anes_cli_service(const char *prog_name, const char *socket_path, int argc, char **argv)
+int anes_cli_service(const char *socket_path, int argc, char **argv)
 {
-	prog = prog_name;
 	if (argc < 1)
 		return usage_error("service needs a command: install, uninstall or status");
 	const char *cmd = argv[0];

@@ -18,6 +18,12 @@
 /* argv: the arguments after "service" (argv[0] is the subcommand); socket_path
  * is the global --socket (NULL if not given).  Returns the exit status:
  * 0 success, 1 failure, 2 usage error. */
-int anes_cli_service(const char *prog, const char *socket_path, int argc, char **argv);
+int anes_cli_service(const char *socket_path, int argc, char **argv);
+
+/* The CLI's messages, shared by cli.c (which defines them) and
+ * cli_service.c: "aneshare: MESSAGE" on stderr.  fail returns the exit
+ * status 1; usage_error adds a pointer to --help and returns 2. */
+int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

@@ -413,7 +413,35 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 		anes_conn_fail(c, "out of memory queueing a response");
 		return;
 	}
+	if (c->srv->out_batch) {
+		if (!c->flush_pending) {
+			c->flush_pending = true;
+			c->flush_next = c->srv->to_flush;
+			c->srv->to_flush = anes_conn_ref(c);
+		}
+		return;
+	}
 	conn_flush(c);
+}
+
+void anes_conn_batch_begin(anes_server *srv)
+{
+	srv->out_batch++;
+}
+
+void anes_conn_batch_end(anes_server *srv)
+{
+	assert(srv->out_batch > 0);
+	if (--srv->out_batch > 0)
+		return;
+	while (srv->to_flush) {
+		anes_conn *c = srv->to_flush;
+		srv->to_flush = c->flush_next;
+		c->flush_pending = false;
+		if (!c->failed)
+			conn_flush(c);
+		anes_conn_unref(c);
+	}
 }
 
 void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsigned nfds)
@@ -544,7 +572,7 @@ void anes_conn_queue_rest(anes_conn *c, void *data, size_t len, size_t sent)
  * its job is on the done list, so taking send_mu once makes them visible. */
 static void sync_direct(anes_conn *c)
 {
-	if (atomic_load(&c->direct_unseen) == 0)
+	if (atomic_load(&c->direct_unseen) == 0 || !c->srv->pool)
 		return;
 	pthread_mutex_lock(&c->send_mu);
 	pthread_mutex_unlock(&c->send_mu);

@@ -115,6 +115,8 @@ struct anes_server {
 	uint64_t next_conn_serial;
 	anes_conn *dead;             /* failed, waiting to be torn down */
 	anes_conn *kicked;           /* waiting to have buffered frames processed */
+	unsigned out_batch;          /* > 0: anes_conn_queue only queues (see anes_conn_batch_begin) */
+	anes_conn *to_flush;         /* queued to while out_batch > 0 */
 
 	uint64_t start_ns;
 	anes_stats stats;
@@ -137,6 +139,8 @@ struct anes_conn {
 	bool torn_down;
 	bool kick_pending;
 	bool hello_done;
+	bool flush_pending;          /* on srv->to_flush (referenced) */
+	anes_conn *flush_next;
 	anes_io io;
 	char name[ANES_CLIENT_NAME_MAX + 1];
 
@@ -206,6 +210,11 @@ size_t anes_conn_send_direct(anes_conn *c, const void *data, size_t len);
  * (takes data; clears c->wblocked). */
 void anes_conn_queue_rest(anes_conn *c, void *data, size_t len, size_t sent);
 void anes_conn_direct_seen(anes_conn *c);
+/* Between begin and end, frames queued by anes_conn_queue leave together at
+ * end (one sendmsg for up to 64 of them) rather than one by one: the pool
+ * delivers its finished jobs inside such a batch. */
+void anes_conn_batch_begin(anes_server *srv);
+void anes_conn_batch_end(anes_server *srv);
 
 /* ---- methods (methods.c) ---------------------------------------------------- */
 

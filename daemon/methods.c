@@ -717,7 +717,7 @@ static pthread_mutex_t *run_reply(anes_job *j)
 	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
 	anes_conn *c = rj->conn;
 
-	if (rj->rc != 0 || pack_run_result(rj, c->io.max_frame, &rj->reply, &rj->reply_len) < 0)
+	if (rj->rc != 0 || pack_run_result(rj, c->srv->lim.max_frame, &rj->reply, &rj->reply_len) < 0)
 		return NULL;
 	pthread_mutex_lock(&c->send_mu);
 	size_t n = anes_conn_send_direct(c, rj->reply, rj->reply_len);

@@ -66,13 +66,19 @@ static void deliver(anes_pool *p)
 	p->done = NULL;
 	p->done_tail = &p->done;
 	pthread_mutex_unlock(&p->mu);
+	if (!list)
+		return;
 
+	/* The replies of one batch leave together, one sendmsg per connection. */
+	anes_server *srv = ANES_CONTAINER_OF(p->async.loop, anes_server, loop);
+	anes_conn_batch_begin(srv);
 	while (list) {
 		anes_job *j = list;
 		list = j->next;
 		bool cancelled = j->work == NULL;
 		j->done(j, cancelled);
 	}
+	anes_conn_batch_end(srv);
 }
 
 void anes_pool_collect(anes_pool *p)
@@ -94,6 +100,7 @@ static void on_closed(uv_handle_t *h)
 	free(p);
 }
 
+/* loop: an anes_server's (deliver batches the replies through it). */
 int anes_pool_new(uv_loop_t *loop, unsigned n_threads, anes_pool **ret)
 {
 	if (n_threads == 0)

@@ -258,7 +258,8 @@ void h_wait_clients(aneshare_conn *c, uint32_t clients)
 		aneshare_status_free(st);
 		if (n == clients)
 			return;
-		cr_assert(tu_now_ms() < deadline, "status stuck at %u clients (want %u)", n, clients);
+		cr_assert(tu_now_ms() < deadline, "status stuck at %u clients (want %u)", n,
+		          clients);
 		poll_pause();
 	}
 }
@@ -291,7 +292,8 @@ aneshare_program *h_compile_mm(aneshare_conn *c, h_mm *mm, bool *ret_cached)
 	int r = aneshare_program_compile(c, mil, NULL, 0, &p, &cached);
 	free(mil);
 	cr_assert_eq(r, 0, "compile: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
-	cr_assert(h_mm_from_program(p, mm), "dynamic_matmul.mil does not have the documented layout");
+	cr_assert(h_mm_from_program(p, mm),
+	          "dynamic_matmul.mil does not have the documented layout");
 	if (ret_cached)
 		*ret_cached = cached;
 	return p;
@@ -567,6 +569,15 @@ int h_raw_open(const char *path)
 	cr_assert_geq(fd, 0);
 	h_raw_hello(fd);
 	return fd;
+}
+
+void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds)
+{
+	void *data;
+	size_t len;
+	if (anes_frame_finish(f, nfds, ANES_FRAME_MAX_DEFAULT, &data, &len) == 0 &&
+	    anes_io_queue(io, data, len, fds, nfds) == 0)
+		(void)anes_io_flush(io);
 }
 
 int h_count_fds(void)

@@ -132,6 +132,12 @@ void h_raw_hello(int fd);
 /* h_raw_connect and h_raw_hello, asserting both succeed: the fd. */
 int h_raw_open(const char *path);
 
+/* For a fake daemon in a test: finish frame f (announcing nfds fds), queue
+ * it with fds on io and flush what the socket takes (best effort). */
+struct anes_io;
+struct anes_frame;
+void h_fake_send(struct anes_io *io, struct anes_frame *f, const int *fds, unsigned nfds);
+
 /* Open fds of this process (for leak checks). */
 int h_count_fds(void);
 /* Open fds of the daemon (/proc/PID/fd), -1 if unknown. */

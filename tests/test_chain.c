@@ -328,7 +328,8 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
 	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
 	for (uint32_t id = 3; id <= 4; id++) {
-		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", 16u << 20, NULL, 0), 0);
+		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", 16u << 20, NULL, 0),
+		             0);
 		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
 	}
 	/* program 1, surfaces 1 and 2 on this connection; a large msgid and

@@ -819,15 +819,6 @@ typedef struct fake {
 	int failures;      /* things the fake saw that it did not expect */
 } fake;
 
-static void fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds)
-{
-	void *data;
-	size_t len;
-	if (anes_frame_finish(f, nfds, ANES_FRAME_MAX_DEFAULT, &data, &len) == 0 &&
-	    anes_io_queue(io, data, len, fds, nfds) == 0)
-		(void)anes_io_flush(io);
-}
-
 /* Read the next request; returns its msgid and copies the method. */
 static bool fake_next(anes_io *io, uint32_t *msgid, char *method, size_t method_len,
                       uint32_t *id_param)
@@ -891,7 +882,7 @@ static void *fake_main(void *arg)
 	anes_pack_str(&f.pk, "9.9");
 	anes_pack_str(&f.pk, "backend");
 	anes_pack_str(&f.pk, "cpu");
-	fake_send(&io, &f, NULL, 0);
+	h_fake_send(&io, &f, NULL, 0);
 
 	/* Three bad surface.create answers: no fd, two fds, an fd too small.
 	 * Each is followed by the library's surface.release of that ID. */
@@ -910,14 +901,14 @@ static void *fake_main(void *arg)
 		msgpack_pack_uint32(&f.pk, 40 + step);
 		anes_pack_str(&f.pk, "size");
 		msgpack_pack_uint32(&f.pk, 4096);
-		fake_send(&io, &f, fds, nfds);
+		h_fake_send(&io, &f, fds, nfds);
 
 		if (!fake_next(&io, &msgid, method, sizeof method, &id) ||
 		    strcmp(method, "surface.release") || id != 40 + step)
 			fk->failures++;
 		anes_frame_init(&f);
 		anes_pack_result(&f.pk, msgid, 0);
-		fake_send(&io, &f, NULL, 0);
+		h_fake_send(&io, &f, NULL, 0);
 	}
 
 	/* An unknown notification (ignored), then the error notification and EOF. */
@@ -925,7 +916,7 @@ static void *fake_main(void *arg)
 		fk->failures++;
 	anes_frame_init(&f);
 	anes_pack_notify(&f.pk, "weather", 0);
-	fake_send(&io, &f, NULL, 0);
+	h_fake_send(&io, &f, NULL, 0);
 	anes_frame_init(&f);
 	anes_pack_notify(&f.pk, "error", 3);
 	anes_pack_str(&f.pk, "code");
@@ -934,7 +925,7 @@ static void *fake_main(void *arg)
 	anes_pack_str(&f.pk, "protocol");
 	anes_pack_str(&f.pk, "message");
 	anes_pack_str(&f.pk, "you are not welcome");
-	fake_send(&io, &f, NULL, 0);
+	h_fake_send(&io, &f, NULL, 0);
 	anes_io_cleanup(&io);
 	close(fd);
 	return NULL;

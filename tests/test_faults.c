@@ -767,7 +767,7 @@ static int child_leaver(void *arg, int ready_fd)
 	_exit(0);
 }
 
-Test(faults, pipelined_runs_while_clients_vanish, .timeout = 120)
+Test(faults, pipelined_runs_while_clients_vanish)
 {
 	h_daemon_start(&D);
 	int fds;

@@ -400,15 +400,6 @@ typedef struct fake {
 	uint32_t next_id;
 } fake;
 
-static void fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds)
-{
-	void *data;
-	size_t len;
-	if (anes_frame_finish(f, nfds, ANES_FRAME_MAX_DEFAULT, &data, &len) == 0 &&
-	    anes_io_queue(io, data, len, fds, nfds) == 0)
-		(void)anes_io_flush(io);
-}
-
 static void fake_tensor(msgpack_packer *pk, const char *name)
 {
 	msgpack_pack_map(pk, 4);
@@ -528,7 +519,7 @@ static bool fake_answer(fake *fk, anes_io *io, const anes_msg *m, int *fds, unsi
 		fk->failures++;
 		anes_pack_error(&f.pk, m->msgid, 4, "unknown method");
 	}
-	fake_send(io, &f, &out_fd, out_fd >= 0 ? 1 : 0);
+	h_fake_send(io, &f, &out_fd, out_fd >= 0 ? 1 : 0);
 	return true;
 }
 

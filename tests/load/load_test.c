@@ -180,8 +180,8 @@ static int child_main(const char *mil, int report_fd, uint64_t seed)
 				rep.errors++;
 				continue;
 			}
-			double e = tu_mm_error(&sh, aneshare_surface_data(in[i]), aneshare_surface_data(out[i]),
-			                    xf, yf);
+			double e = tu_mm_error(&sh, aneshare_surface_data(in[i]),
+			                       aneshare_surface_data(out[i]), xf, yf);
 			if (e <= H_MM_TOL)
 				rep.ok++;
 			else
@@ -301,8 +301,8 @@ int main(int argc, char **argv)
 		aneshare_program *p;
 		aneshare_surface *in, *out;
 		h_mm sh;
-		if (aneshare_program_compile(obs, mil, NULL, 0, &p, NULL) < 0 || !h_mm_from_program(p, &sh) ||
-		    aneshare_surface_create(obs, sh.in_bytes, &in) < 0 ||
+		if (aneshare_program_compile(obs, mil, NULL, 0, &p, NULL) < 0 ||
+		    !h_mm_from_program(p, &sh) || aneshare_surface_create(obs, sh.in_bytes, &in) < 0 ||
 		    aneshare_surface_create(obs, sh.out_bytes, &out) < 0 ||
 		    aneshare_run(p, 0, &in, 1, &out, 1) < 0) {
 			fprintf(stderr, "load_test: warm-up failed: %s\n", aneshare_last_error(obs));
