@@ -28,6 +28,7 @@
 #endif
 #if !defined(__F16C__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
+#include <stdatomic.h>
 #endif
 
 /* ---- portable versions (always available, used by the tests as reference) ---- */
@@ -162,10 +163,10 @@ static inline void anes_f32_to_f16_n_f16c(uint16_t *dst, const float *src, size_
 #if defined(ANES_FP16_RUNTIME_F16C)
 static inline int anes_fp16_have_f16c(void)
 {
-	/* Cached; a benign race at worst computes it twice.  F16C needs AVX and
-	 * the OS saving YMM state (OSXSAVE + XCR0 bits 1 and 2). */
-	static volatile int cached = -1;
-	int c = cached;
+	/* Cached (relaxed atomics: racing threads at worst compute it twice).
+	 * F16C needs AVX and the OS saving YMM state (OSXSAVE + XCR0 bits 1, 2). */
+	static _Atomic int cached = -1;
+	int c = atomic_load_explicit(&cached, memory_order_relaxed);
 	if (c < 0) {
 		unsigned a = 0, b = 0, cx = 0, d = 0;
 		c = 0;
@@ -176,7 +177,7 @@ static inline int anes_fp16_have_f16c(void)
 			(void)hi;
 			c = (lo & 6u) == 6u;
 		}
-		cached = c;
+		atomic_store_explicit(&cached, c, memory_order_relaxed);
 	}
 	return c;
 }
