@@ -79,10 +79,13 @@ typedef struct anes_bprogram anes_bprogram;
 /* One run argument described by the shared memory it lives in, for backends
  * that run in another process (run_surfaces below).  key names the surface
  * for the daemon's lifetime (never reused); fd is its memfd (borrowed, valid
- * until surface_release(key)); ptr == the daemon's mapping + offset. */
+ * until surface_release(key)), or -1 for a surface named by IOSurface ID,
+ * which ios_id then names (0 for memfd); ptr == the daemon's mapping +
+ * offset. */
 typedef struct anes_surface_desc {
 	void *ptr;
 	int fd;
+	uint32_t ios_id;
 	uint64_t key;
 	uint64_t offset;
 	uint64_t size;      /* of the whole surface */
@@ -137,14 +140,16 @@ typedef struct anes_backend_ops {
 
 	/* run, with each argument described by its surface (inputs then
 	 * outputs, n_inputs + n_outputs entries).  When present the daemon keeps
-	 * every surface's fd (CLOEXEC) while the surface lives, calls this
+	 * every memfd surface's fd (CLOEXEC) while the surface lives (an
+	 * IOSurface is passed by ios_id instead), calls this
 	 * instead of run, and calls surface_release once the surface is gone.
 	 * Same rules as run. */
 	int (*run_surfaces)(anes_backend *b, anes_bprogram *prog, uint32_t fn_index,
 	                    const anes_surface_desc *args, uint32_t n_args,
 	                    char *errbuf, size_t errbuf_len);
 
-	/* The surface key is gone: no run uses it, its fd is about to close.
+	/* The surface key is gone: no run uses it, its fd is about to close
+	 * (or its IOSurface to be released).
 	 * Called on the daemon's loop thread; must not block for long. */
 	void (*surface_release)(anes_backend *b, uint64_t key);
 

@@ -231,7 +231,8 @@ struct anes_surface {
 	anes_conn *owner;   /* referenced: accounting outlives the table entry */
 	uint64_t key;       /* unique in this daemon (backend.h, anes_surface_desc) */
 	int fd;             /* a CLOEXEC dup of the memfd when the backend has
-	                     * run_surfaces (device worker), else -1 */
+	                     * run_surfaces (device worker), else -1 (always
+	                     * -1 with shm: the worker looks it up by ID) */
 	struct anes_shm *shm;   /* owned: a surface named by ID (IOSurface,
 	                         * anes_shm.h); map == shm->base.  NULL for memfd */
 	bool shm_created;       /* by this daemon (surface.create): on the list of
@@ -243,9 +244,8 @@ struct anes_surface {
  * a dup is kept when the backend shares surfaces with another process).
  * Counts against owner's totals.  -ENOMEM, -EMFILE. */
 int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret);
-/* A surface on shm (anes_shm.h; taken on success only).  -ENOTSUP when the
- * backend shares surfaces with a device worker (run_surfaces): that needs an
- * fd, which an IOSurface does not have (docs/security.md, not done yet). */
+/* A surface on shm (anes_shm.h; taken on success only).  With a device
+ * worker (run_surfaces) the worker looks it up by its ID (docs/worker.md). */
 int anes_surface_new_shm(anes_conn *owner, struct anes_shm *shm, bool created,
                          anes_surface **ret);
 /* Whether a live surface this process created (surface.create) has wire ID

@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
+#include "anes_shm.h"
 #include "daemon.h"
 #include "devworker.h"
 
@@ -175,7 +176,18 @@ typedef struct wsurf {
 	uint64_t key;
 	void *map;
 	uint64_t size;
+	anes_shm *shm;      /* an IOSurface looked up by ID (SURFACE_ADD_ID), held
+	                     * locked and mapped until SURFACE_DROP; NULL: map is
+	                     * an mmap of the memfd */
 } wsurf;
+
+static void wsurf_unmap(wsurf *s)
+{
+	if (s->shm)
+		s->shm->ops->release(s->shm);
+	else
+		munmap(s->map, (size_t)s->size);
+}
 
 typedef struct wprog {
 	uint64_t id;
@@ -452,6 +464,21 @@ out:
 	return rc;
 }
 
+static void surface_put(worker *w, wsurf ns)
+{
+	pthread_mutex_lock(&w->m);
+	wsurf *old = find_surf(w, ns.key);
+	if (old) {
+		wsurf_unmap(old);
+		*old = ns;
+	} else if (grow((void **)&w->surfs, &w->cap_surfs, w->n_surfs, sizeof(*w->surfs)) == 0) {
+		w->surfs[w->n_surfs++] = ns;
+	} else {
+		wsurf_unmap(&ns);
+	}
+	pthread_mutex_unlock(&w->m);
+}
+
 static void surface_add(worker *w, uint64_t key, const void *payload, uint32_t len, int fd)
 {
 	uint64_t size;
@@ -467,18 +494,33 @@ static void surface_add(worker *w, uint64_t key, const void *payload, uint32_t l
 		        (unsigned long long)key, strerror(errno));
 		return;
 	}
-	pthread_mutex_lock(&w->m);
-	wsurf *old = find_surf(w, key);
-	if (old) {
-		munmap(old->map, (size_t)old->size);
-		old->map = map;
-		old->size = size;
-	} else if (grow((void **)&w->surfs, &w->cap_surfs, w->n_surfs, sizeof(*w->surfs)) == 0) {
-		w->surfs[w->n_surfs++] = (wsurf){ key, map, size };
-	} else {
-		munmap(map, (size_t)size);
+	surface_put(w, (wsurf){ key, map, size, NULL });
+}
+
+/* SURFACE_ADD_ID: look the IOSurface up through the same anes_shm backend
+ * as the daemon (the environment is inherited, so tests get the fake), and
+ * keep the reference, locked and mapped, until SURFACE_DROP. */
+static void surface_add_id(worker *w, uint64_t key, const void *payload, uint32_t len, int fd)
+{
+	uint64_t size;
+	uint32_t ios_id;
+	if (fd >= 0 || len != 12)
+		return;
+	memcpy(&size, payload, 8);
+	memcpy(&ios_id, (const char *)payload + 8, 4);
+	anes_shm *shm = NULL;
+	int r = ios_id && size ? anes_shm_iosurface_ops()->lookup(ios_id, &shm) : -EINVAL;
+	if (r == 0 && shm->size < size) {
+		shm->ops->release(shm);
+		r = -EIO;
 	}
-	pthread_mutex_unlock(&w->m);
+	if (r < 0) {
+		/* The runs that use it fail with "was not shared". */
+		fprintf(stderr, "aneshared worker: cannot look up IOSurface %u (surface %llu): %s\n",
+		        ios_id, (unsigned long long)key, strerror(-r));
+		return;
+	}
+	surface_put(w, (wsurf){ key, shm->base, size, shm });
 }
 
 static void surface_drop(worker *w, uint64_t key)
@@ -486,7 +528,7 @@ static void surface_drop(worker *w, uint64_t key)
 	pthread_mutex_lock(&w->m);
 	wsurf *s = find_surf(w, key);
 	if (s) {
-		munmap(s->map, (size_t)s->size);
+		wsurf_unmap(s);
 		*s = w->surfs[--w->n_surfs];
 	}
 	pthread_mutex_unlock(&w->m);
@@ -557,6 +599,10 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads)
 			surface_add(&w, h.id, payload, h.len, mfd);
 			free(payload);
 			break;
+		case ANES_WM_SURFACE_ADD_ID:
+			surface_add_id(&w, h.id, payload, h.len, mfd);
+			free(payload);
+			break;
 		case ANES_WM_SURFACE_DROP:
 			surface_drop(&w, h.id);
 			free(payload);
@@ -622,7 +668,7 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads)
 	for (size_t i = 0; i < w.n_progs; i++)
 		b->ops->program_free(b, w.progs[i].prog);
 	for (size_t i = 0; i < w.n_surfs; i++)
-		munmap(w.surfs[i].map, (size_t)w.surfs[i].size);
+		wsurf_unmap(&w.surfs[i]);
 	free(w.progs);
 	free(w.surfs);
 	pthread_cond_destroy(&w.cond);

@@ -7,7 +7,8 @@
  * Private protocol: every message is a 16-byte header in host byte order
  * (both ends are the same binary on the same machine) followed by len
  * payload bytes; a surface's memfd rides with the first byte of its
- * SURFACE_ADD message (SCM_RIGHTS).  See docs/worker.md for the payloads.
+ * SURFACE_ADD message (SCM_RIGHTS); a surface named by IOSurface ID is
+ * shared with SURFACE_ADD_ID instead, which carries the ID.  See docs/worker.md for the payloads.
  */
 #ifndef ANES_DEVWORKER_H
 #define ANES_DEVWORKER_H
@@ -34,6 +35,7 @@ enum {
 	ANES_WM_SURFACE_ADD = 18,   /* id = key: u64 size; one fd */
 	ANES_WM_SURFACE_DROP = 19,  /* id = key */
 	ANES_WM_PROGRAM_FREE = 20,  /* id = program ID */
+	ANES_WM_SURFACE_ADD_ID = 21, /* id = key: u64 size, u32 IOSurface ID; no fd */
 };
 
 #define ANES_WMSG_MAX (1u << 30)   /* largest payload either side accepts */

@@ -316,9 +316,7 @@ static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned
 		r = anes_surface_new_shm(c, shm, true, &s);
 		if (r < 0) {
 			so->release(shm);
-			reply_errno(c, m, r, r == -ENOTSUP ?
-			            "surfaces named by IOSurface ID cannot be shared with the device worker" :
-			            "creating the surface");
+			reply_errno(c, m, r, "creating the surface");
 			return;
 		}
 		surface_reply(c, m, s, -1);
@@ -397,9 +395,7 @@ static void import_by_id(anes_conn *c, const anes_msg *m, unsigned nfds)
 	r = anes_surface_new_shm(c, shm, false, &s);
 	if (r < 0) {
 		so->release(shm);
-		reply_errno(c, m, r, r == -ENOTSUP ?
-		            "surfaces named by IOSurface ID cannot be shared with the device worker" :
-		            "importing the surface");
+		reply_errno(c, m, r, "importing the surface");
 		return;
 	}
 	surface_reply(c, m, s, -1);
@@ -670,7 +666,8 @@ static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_le
 		uint32_t n = st->n_in + st->n_out;
 		for (uint32_t i = 0; i < n && i < 2 * ANES_MAX_IO; i++) {
 			const anes_surface *s = st->surf[i];
-			d[i] = (anes_surface_desc){ .ptr = s->map, .fd = s->fd, .key = s->key,
+			d[i] = (anes_surface_desc){ .ptr = s->map, .fd = s->fd,
+			                            .ios_id = s->shm ? s->shm->id : 0, .key = s->key,
 			                            .offset = 0, .size = s->size };
 		}
 		return b->ops->run_surfaces(b, st->entry->prog, st->fn, d, n, err, err_len);

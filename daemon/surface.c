@@ -6,6 +6,8 @@
  * The exception is a backend in a device worker (run_surfaces): it needs the
  * fd to share the surface with the worker, again after a worker restart, so
  * the surface keeps a CLOEXEC dup until it is freed (docs/worker.md).
+ * Surfaces named by ID (IOSurface) have no fd: the worker looks them up by
+ * their ID.
  */
 #include <assert.h>
 #include <errno.h>
@@ -75,8 +77,6 @@ static pthread_mutex_t shm_created_lock = PTHREAD_MUTEX_INITIALIZER;
 int anes_surface_new_shm(anes_conn *owner, struct anes_shm *shm, bool created,
                          anes_surface **ret)
 {
-	if (owner->srv->backend->ops->run_surfaces)
-		return -ENOTSUP;
 	anes_surface *s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
@@ -124,11 +124,10 @@ anes_surface *anes_surface_unref(anes_surface *s)
 		return NULL;
 	anes_conn *owner = s->owner;
 	anes_backend *b = owner->srv->backend;
-	if (s->fd >= 0) {
-		if (b->ops->surface_release)
-			b->ops->surface_release(b, s->key);
+	if ((s->fd >= 0 || s->shm) && b->ops->run_surfaces && b->ops->surface_release)
+		b->ops->surface_release(b, s->key);
+	if (s->fd >= 0)
 		close(s->fd);
-	}
 	if (s->shm_created) {
 		pthread_mutex_lock(&shm_created_lock);
 		if (s->shm_prev)

@@ -70,7 +70,8 @@ typedef struct pending {
 typedef struct psurf {
 	struct psurf *next;
 	uint64_t key;
-	int fd;                 /* borrowed from the daemon's surface */
+	int fd;                 /* borrowed from the daemon's surface; -1 for IOSurface */
+	uint32_t ios_id;        /* the IOSurface ID (SURFACE_ADD_ID), 0 for memfd */
 	uint64_t size;
 	uint64_t gen;           /* shared with this worker generation */
 } psurf;
@@ -573,6 +574,19 @@ static void px_program_free(anes_backend *b, anes_bprogram *prog)
 
 /* ---- running ---------------------------------------------------------------------------- */
 
+/* Share s with the worker on fd (send_m held): its memfd with SURFACE_ADD,
+ * or its IOSurface ID with SURFACE_ADD_ID. */
+static int send_surface(int fd, const psurf *s)
+{
+	if (s->ios_id) {
+		uint32_t id = s->ios_id;
+		struct iovec v[2] = { { (void *)&s->size, 8 }, { &id, 4 } };
+		return anes_wmsg_send(fd, ANES_WM_SURFACE_ADD_ID, s->key, v, 2, -1);
+	}
+	struct iovec v = { (void *)&s->size, 8 };
+	return anes_wmsg_send(fd, ANES_WM_SURFACE_ADD, s->key, &v, 1, s->fd);
+}
+
 static psurf **surf_slot(wproxy *p, uint64_t key)
 {
 	psurf **pp = &p->sb[(key * 0x9E3779B97F4A7C15ull) >> 56];
@@ -612,8 +626,7 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 	}
 
 	/* Share the surfaces this worker has not seen, then the run. */
-	int add_fd[2 * ANES_MAX_IO];
-	uint64_t add_key[2 * ANES_MAX_IO], add_size[2 * ANES_MAX_IO];
+	psurf add[2 * ANES_MAX_IO];   /* copies: a surface cannot go while its run is pending */
 	uint32_t n_add = 0;
 	uint64_t body[2 + 4 * ANES_MAX_IO];
 	for (uint32_t i = 0; i < n_args; i++) {
@@ -625,16 +638,14 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 				pthread_mutex_unlock(&p->send_m);
 				return -ENOMEM;
 			}
-			*s = (psurf){ .key = args[i].key, .fd = args[i].fd, .size = args[i].size };
+			*s = (psurf){ .key = args[i].key, .fd = args[i].fd, .ios_id = args[i].ios_id,
+			              .size = args[i].size };
 			*slot = s;
 		}
 		psurf *s = *slot;
 		if (s->gen != p->gen) {
 			s->gen = p->gen;
-			add_fd[n_add] = s->fd;
-			add_key[n_add] = s->key;
-			add_size[n_add] = s->size;
-			n_add++;
+			add[n_add++] = *s;
 		}
 		body[2 + 2 * i] = args[i].key;
 		body[3 + 2 * i] = args[i].offset;
@@ -646,10 +657,8 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 	pthread_mutex_unlock(&p->m);
 
 	r = 0;
-	for (uint32_t i = 0; i < n_add && r == 0; i++) {
-		struct iovec v = { &add_size[i], 8 };
-		r = anes_wmsg_send(fd, ANES_WM_SURFACE_ADD, add_key[i], &v, 1, add_fd[i]);
-	}
+	for (uint32_t i = 0; i < n_add && r == 0; i++)
+		r = send_surface(fd, &add[i]);
 	if (r == 0) {
 		body[0] = pid;
 		uint32_t fn_n[2] = { fn_index, n_args };
@@ -807,8 +816,7 @@ static int restore(wproxy *p)
 	int r = 0;
 	for (size_t i = 0; i < SBUCKETS && r == 0; i++) {
 		for (psurf *s = p->sb[i]; s && r == 0; s = s->next) {
-			struct iovec v = { &s->size, 8 };
-			r = anes_wmsg_send(p->fd, ANES_WM_SURFACE_ADD, s->key, &v, 1, s->fd);
+			r = send_surface(p->fd, s);
 			s->gen = p->gen;
 		}
 	}

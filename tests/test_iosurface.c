@@ -12,6 +12,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -281,6 +282,146 @@ Test(iosurface, reconnect_reimports_by_id, .init = setup, .fini = teardown)
 	cr_assert_eq(aneshare_surface_release(out), 0);
 	aneshare_program_release(p);
 	aneshare_disconnect(c);
+}
+
+/* ---- with the backend in a device worker (docs/worker.md) --------------------------------- */
+
+/* The worker's pid and restart count, from status (its "worker" map). */
+typedef struct wpid {
+	int64_t pid;
+	uint64_t restarts;
+} wpid;
+
+static uint64_t kv_u64(const msgpack_object *m, const char *key)
+{
+	for (uint32_t i = 0; i < m->via.map.size; i++) {
+		const msgpack_object_kv *kv = &m->via.map.ptr[i];
+		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+		    !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size))
+			return kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER ? kv->val.via.u64 : 0;
+	}
+	return 0;
+}
+
+static void wpid_cb(const msgpack_object *res, void *ud)
+{
+	wpid *w = ud;
+	for (uint32_t i = 0; i < res->via.map.size; i++) {
+		const msgpack_object_kv *kv = &res->via.map.ptr[i];
+		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 6 &&
+		    !memcmp(kv->key.via.str.ptr, "worker", 6) && kv->val.type == MSGPACK_OBJECT_MAP) {
+			w->pid = (int64_t)kv_u64(&kv->val, "pid");
+			w->restarts = kv_u64(&kv->val, "restarts");
+		}
+	}
+}
+
+static wpid worker_pid(void)
+{
+	wpid w = { 0 };
+	int fd = h_raw_open(D.sock);
+	static const uint8_t empty_map = 0x80;
+	cr_assert_eq(h_raw_request(fd, 9, "status", &empty_map, 1, NULL, 0), 0);
+	cr_assert_eq(h_raw_response_cb(fd, 9, 5000, wpid_cb, &w), 0);
+	close(fd);
+	return w;
+}
+
+static void setup_worker(void)
+{
+	env_iosurface();
+	const char *args[] = { "--backend", "cpu", "--worker", NULL };
+	h_daemon_start_args(&D, args);
+}
+
+/* IOSurfaces have no fd: the worker gets each one's ID (SURFACE_ADD_ID),
+ * looks it up through the same (fake) IOSurface backend, and drops its
+ * reference at SURFACE_DROP. */
+Test(iosurface, worker_runs_on_iosurfaces, .init = setup_worker, .fini = teardown)
+{
+	aneshare_conn *c = h_connect(&D, "ios-worker");
+	wpid w0 = worker_pid();
+	cr_assert_gt(w0.pid, 0, "no device worker");
+	h_mm mm;
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
+	uint32_t in_id = aneshare_surface_iosurface_id(in), out_id = aneshare_surface_iosurface_id(out);
+	cr_assert_neq(in_id, 0);
+	cr_assert_neq(out_id, 0);
+	for (uint64_t seed = 1; seed <= 3; seed++)
+		h_mm_fill_run_check(p, &mm, in, out, seed);
+
+	/* an imported IOSurface of this process's own, through the worker too */
+	const anes_shm_ops *so = anes_shm_default();
+	anes_shm *mine;
+	cr_assert_eq(so->create(mm.in_bytes, &mine), 0);
+	aneshare_surface *imp = NULL;
+	int r = aneshare_surface_import_iosurface(c, mine->id, &imp);
+	cr_assert_eq(r, 0, "import: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	h_mm_fill_run_check(p, &mm, imp, out, 4);
+	cr_assert_eq(memcmp(mine->base, aneshare_surface_data(imp), mm.in_bytes), 0);
+	uint32_t mine_id = mine->id;
+	cr_assert_eq(aneshare_surface_release(imp), 0);
+	h_wait_counts(c, 2, 1);
+	so->release(mine);
+	wait_freed(mine_id);   /* the daemon's and the worker's references are gone */
+
+	/* release: the daemon and the worker both drop theirs */
+	cr_assert_eq(aneshare_surface_release(in), 0);
+	wait_freed(in_id);
+	cr_assert(fake_exists(out_id));
+	in = h_surface(c, mm.in_bytes);
+	in_id = aneshare_surface_iosurface_id(in);
+	h_mm_fill_run_check(p, &mm, in, out, 5);
+	cr_assert_eq(worker_pid().pid, w0.pid, "the worker was restarted");
+
+	cr_assert_eq(aneshare_surface_release(in), 0);
+	cr_assert_eq(aneshare_surface_release(out), 0);
+	aneshare_program_release(p);
+	h_wait_counts(c, 0, 0);
+	wait_freed(in_id);
+	wait_freed(out_id);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
+/* A new worker gets the live IOSurfaces again, by ID. */
+Test(iosurface, worker_restart_reshares_by_id, .init = setup_worker, .fini = teardown)
+{
+	aneshare_conn *c = h_connect(&D, "ios-worker-kill");
+	h_mm mm;
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	aneshare_surface *in = h_surface(c, mm.in_bytes), *out = h_surface(c, mm.out_bytes);
+	h_mm_fill_run_check(p, &mm, in, out, 21);
+	wpid w0 = worker_pid();
+	cr_assert_gt(w0.pid, 0);
+
+	cr_assert_eq(kill((pid_t)w0.pid, SIGKILL), 0);
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
+	wpid w1;
+	for (;;) {
+		w1 = worker_pid();
+		if (w1.restarts >= 1 && w1.pid > 0 && w1.pid != w0.pid)
+			break;
+		cr_assert(tu_now_ms() < deadline, "no new worker");
+		tu_pause_ms(10);
+	}
+	for (uint64_t seed = 22; seed <= 24; seed++)
+		h_mm_fill_run_check(p, &mm, in, out, seed);
+	/* a surface first used after the restart */
+	aneshare_surface *out2 = h_surface(c, mm.out_bytes);
+	h_mm_fill_run_check(p, &mm, in, out2, 25);
+	cr_assert_eq(worker_pid().pid, w1.pid);
+
+	/* (the killed worker's references stay in the fake: it does not
+	 * model the kernel dropping a dead task's references) */
+	cr_assert_eq(aneshare_surface_release(in), 0);
+	cr_assert_eq(aneshare_surface_release(out), 0);
+	cr_assert_eq(aneshare_surface_release(out2), 0);
+	aneshare_program_release(p);
+	h_wait_counts(c, 0, 0);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
 }
 
 /* ---- without the hooks: Linux as it is --------------------------------------------------- */
