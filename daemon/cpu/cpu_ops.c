@@ -330,30 +330,16 @@ static int plan_slice_by_index(cpu_plan_ctx *pc, const anes_mil_function *fn, co
 				mv[k][i] = ((const uint8_t *)v->data)[i] != 0;
 	}
 	in_strides(x, istr);
-	/* same normalization as the type checker (daemon/mil/mil_ops.c) */
+	/* the type checker accepted these bounds; normalize them the same way */
 	for (uint32_t i = 0; i < x->rank; i++) {
-		int64_t d = (int64_t)x->shape[i], s = stride[i], b = begin[i], e = end[i], len;
+		int64_t d = (int64_t)x->shape[i], s = stride[i], b = begin[i], len;
 		if (sm[i]) {
 			if (b < 0)
 				b += d;
 			p->base += b * istr[i];
 			continue;
 		}
-		if (bm[i]) {
-			b = s > 0 ? 0 : d - 1;
-		} else {
-			if (b < 0)
-				b += d;
-			b = s > 0 ? (b < 0 ? 0 : b > d ? d : b) : (b < -1 ? -1 : b > d - 1 ? d - 1 : b);
-		}
-		if (em[i]) {
-			e = s > 0 ? d : -1;
-		} else {
-			if (e < 0)
-				e += d;
-			e = s > 0 ? (e < 0 ? 0 : e > d ? d : e) : (e < -1 ? -1 : e > d - 1 ? d - 1 : e);
-		}
-		len = s > 0 ? (e - b + s - 1) / s : (b - e + (-s) - 1) / (-s);
+		anes_mil_slice_axis(d, b, end[i], s, bm[i], em[i], &b, &len);
 		p->base += b * istr[i];
 		p->out[r] = (uint64_t)len;
 		p->stride[r] = s * istr[i];

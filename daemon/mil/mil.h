@@ -134,6 +134,14 @@ int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, siz
                    anes_mil_program **ret_prog, char *errbuf, size_t errbuf_len);
 void anes_mil_program_free(anes_mil_program *prog);
 
+/* slice_by_index on one axis of size d (stride s != 0): clamp begin/end as
+ * MIL does (negative values count from the end; a mask takes the whole
+ * range in the stride's direction) and give the first index and the number
+ * of elements (0 for an empty slice).  The type checker and the CPU backend
+ * both use this, so they cannot disagree. */
+void anes_mil_slice_axis(int64_t d, int64_t b, int64_t e, int64_t s, bool begin_mask,
+                         bool end_mask, int64_t *ret_begin, int64_t *ret_len);
+
 /* numpy-style broadcast of a and b: shape gets max(rank) dims.  0 or -EINVAL. */
 int anes_mil_broadcast(const anes_mil_type *a, const anes_mil_type *b, uint32_t *ret_rank, uint64_t *shape);
 

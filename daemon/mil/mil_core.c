@@ -354,3 +354,24 @@ int anes_mil_const_f64(const anes_mil_value *v, double *ret)
 	*ret = anes_mil_load_f64(v->data, v->type.dtype, 0);
 	return 0;
 }
+
+void anes_mil_slice_axis(int64_t d, int64_t b, int64_t e, int64_t s, bool begin_mask,
+                         bool end_mask, int64_t *ret_begin, int64_t *ret_len)
+{
+	if (begin_mask) {
+		b = s > 0 ? 0 : d - 1;
+	} else {
+		if (b < 0)
+			b += d;
+		b = s > 0 ? (b < 0 ? 0 : b > d ? d : b) : (b < -1 ? -1 : b > d - 1 ? d - 1 : b);
+	}
+	if (end_mask) {
+		e = s > 0 ? d : -1;
+	} else {
+		if (e < 0)
+			e += d;
+		e = s > 0 ? (e < 0 ? 0 : e > d ? d : e) : (e < -1 ? -1 : e > d - 1 ? d - 1 : e);
+	}
+	*ret_begin = b;
+	*ret_len = s > 0 ? (e > b ? (e - b + s - 1) / s : 0) : (b > e ? (b - e + (-s) - 1) / (-s) : 0);
+}

@@ -709,21 +709,7 @@ static int infer_slice_by_index(anes_mil_check *c, const anes_mil_function *fn, 
 				                     (long long)begin[i], (long long)d);
 			continue;
 		}
-		if (bm[i]) {
-			b = s > 0 ? 0 : d - 1;
-		} else {
-			if (b < 0)
-				b += d;
-			b = s > 0 ? (b < 0 ? 0 : b > d ? d : b) : (b < -1 ? -1 : b > d - 1 ? d - 1 : b);
-		}
-		if (em[i]) {
-			e = s > 0 ? d : -1;
-		} else {
-			if (e < 0)
-				e += d;
-			e = s > 0 ? (e < 0 ? 0 : e > d ? d : e) : (e < -1 ? -1 : e > d - 1 ? d - 1 : e);
-		}
-		len = s > 0 ? (e > b ? (e - b + s - 1) / s : 0) : (b > e ? (b - e + (-s) - 1) / (-s) : 0);
+		anes_mil_slice_axis(d, b, e, s, bm[i], em[i], &b, &len);
 		if (len < 1)
 			return anes_mil_fail(c, op, -EINVAL, "slice on axis %u is empty (begin %lld, end %lld, stride %lld, dim %lld)",
 			                     i, (long long)begin[i], (long long)end[i], (long long)s, (long long)d);
