@@ -20,6 +20,18 @@
  * state the loop's completion of that job leaves (stats, surfaces held,
  * in-flight count), so before a request is handled, completions of replies
  * already sent on that connection are delivered first (sync_direct).
+ *
+ * Lanes: while a connection has nothing for the loop to do (no request
+ * buffered, no output queued, no compile pending), the loop stops reading
+ * it and arms it in the workers' poll set instead (lane_arm).  The worker
+ * that sees it readable reads it, runs the `run` requests it finds, sends
+ * their replies, and arms it again; the first request of another kind, a
+ * reply the socket does not take whole, end-of-file or an error hands the
+ * read side back to the loop (lane_back), which carries on from the same
+ * receive buffer.  A request on a lane thus costs one wake-up, the
+ * worker's, and never waits for the loop.  The loop takes a lane back by
+ * setting lane_stop and, if it is armed, shutting the socket's read side
+ * (anes_conn_fail only: the connection is going), which makes it readable.
  */
 #include <assert.h>
 #include <errno.h>
@@ -28,6 +40,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0      /* macOS: the socket has SO_NOSIGPIPE */
@@ -37,6 +50,10 @@
 
 static void on_poll(uv_poll_t *h, int status, int events);
 static void conn_process(anes_conn *c);
+static bool lane_arm(anes_conn *c);
+static void lane_ready(anes_lane *l, anes_wctx *ctx);
+static void lane_back(anes_job *j, bool cancelled);
+static void lane_no_work(anes_job *j);
 
 static void on_idle(uv_idle_t *h)
 {
@@ -75,6 +92,7 @@ void anes_conn_unref(anes_conn *c)
 		return;
 	assert(c->torn_down);
 	pthread_mutex_destroy(&c->send_mu);
+	pthread_mutex_destroy(&c->lane_mu);
 	free(c);
 }
 
@@ -83,7 +101,8 @@ void anes_conn_unref(anes_conn *c)
 static bool can_take_requests(const anes_conn *c)
 {
 	const anes_limits *lim = &c->srv->lim;
-	return !c->failed && c->inflight < lim->max_inflight && c->io.out_bytes < lim->max_unsent_bytes;
+	return !c->failed && !c->lane && c->inflight < lim->max_inflight &&
+	       c->io.out_bytes < lim->max_unsent_bytes;
 }
 
 /* Drop a client whose unread output stays over drop_unsent_bytes: it does
@@ -152,7 +171,7 @@ static void update_poll(anes_conn *c)
 	if (c->srv->draining && c->inflight == 0 && !anes_io_want_write(&c->io))
 		schedule_deferred(c->srv);   /* anes_server_drain_check closes it */
 	int ev = 0;
-	if (can_take_requests(c))
+	if (can_take_requests(c) && !lane_arm(c))
 		ev |= UV_READABLE;
 	if (anes_io_want_write(&c->io))
 		ev |= UV_WRITABLE;
@@ -249,6 +268,11 @@ int anes_conn_new(anes_server *srv, int fd)
 	c->srv = srv;
 	c->fd = fd;
 	pthread_mutex_init(&c->send_mu, NULL);
+	pthread_mutex_init(&c->lane_mu, NULL);
+	c->lane_h.fd = fd;
+	c->lane_h.ready = lane_ready;
+	c->lane_job.work = lane_no_work;   /* non-NULL: never "cancelled" */
+	c->lane_job.done = lane_back;
 	atomic_init(&c->direct_unseen, 0);
 	c->refs = 1;
 	c->serial = ++srv->next_conn_serial;
@@ -276,6 +300,14 @@ void anes_conn_fail(anes_conn *c, const char *why)
 	pthread_mutex_lock(&c->send_mu);
 	c->wclosed = true;
 	pthread_mutex_unlock(&c->send_mu);
+	if (c->lane) {
+		pthread_mutex_lock(&c->lane_mu);
+		c->lane_stop = true;
+		/* Readable from now on: the worker that gets it hands it back. */
+		if (c->lane_state == ANES_LANE_ARMED)
+			(void)shutdown(c->fd, SHUT_RD);
+		pthread_mutex_unlock(&c->lane_mu);
+	}
 	if (c->events)
 		uv_poll_stop(&c->poll);
 	c->events = 0;
@@ -316,8 +348,9 @@ static void teardown(anes_conn *c)
 	uint32_t n_surf = c->surfaces.n, n_prog = c->programs.n;
 	uint64_t bytes = c->surface_bytes;
 
-	assert(c->failed && !c->torn_down);
+	assert(c->failed && !c->torn_down && !c->lane);
 	c->torn_down = true;
+	anes_pool_lane_remove(srv->pool, &c->lane_h);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -359,7 +392,10 @@ void anes_conn_run_deferred(anes_server *srv)
 		while (srv->dead) {
 			anes_conn *c = srv->dead;
 			srv->dead = c->dead_next;
-			teardown(c);
+			if (c->lane)
+				c->teardown_deferred = true;   /* lane_back queues it again */
+			else
+				teardown(c);
 		}
 	} while (srv->kicked);
 	if (!srv->shut_down)
@@ -633,21 +669,24 @@ static void conn_process(anes_conn *c)
 	}
 }
 
+/* A read that ended the connection: 0 (end of file) or a -errno. */
+static void read_failed(anes_conn *c, ssize_t n)
+{
+	if (n == 0)
+		anes_conn_fail(c, "connection closed by client");
+	else if (n == -EPROTO)
+		anes_conn_protocol_error(c, "bad ancillary data (too many fds or not SCM_RIGHTS)");
+	else
+		anes_conn_fail(c, n == -ECONNRESET ? "connection reset by client" : strerror((int)-n));
+}
+
 static void conn_read(anes_conn *c)
 {
 	ssize_t n = anes_io_read(&c->io);
 	if (n == -EAGAIN || n == -EINTR)
 		return;
-	if (n == 0) {
-		anes_conn_fail(c, "connection closed by client");
-		return;
-	}
-	if (n == -EPROTO) {
-		anes_conn_protocol_error(c, "bad ancillary data (too many fds or not SCM_RIGHTS)");
-		return;
-	}
-	if (n < 0) {
-		anes_conn_fail(c, n == -ECONNRESET ? "connection reset by client" : strerror((int)-n));
+	if (n <= 0 && n != -ENOBUFS) {
+		read_failed(c, n);
 		return;
 	}
 	conn_process(c);
@@ -672,4 +711,236 @@ static void on_poll(uv_poll_t *h, int status, int events)
 	if ((events & UV_READABLE) && can_take_requests(c))
 		conn_read(c);
 	update_poll(c);
+}
+
+/* ---- lanes (see the top of this file) --------------------------------------- */
+
+static void lane_no_work(anes_job *j)
+{
+	(void)j;
+}
+
+/* Loop: hand c's read side to the workers if the loop has nothing to do
+ * for it.  True when the lane holds it (now or already). */
+static bool lane_arm(anes_conn *c)
+{
+	anes_server *srv = c->srv;
+	const uint8_t *payload;
+	uint32_t len;
+	unsigned nfds;
+
+	if (c->lane)
+		return true;
+	if (!srv->pool || !srv->cfg.lanes || c->failed || !c->hello_done || srv->draining ||
+	    c->pending_compiles > 0 || anes_io_want_write(&c->io) ||
+	    anes_io_peek_frame(&c->io, &payload, &len, &nfds) != 0)
+		return false;
+	if (c->events & UV_READABLE) {
+		/* Never both: the loop's poll would read what the lane owns. */
+		int ev = c->events & ~UV_READABLE;
+		int r = ev ? uv_poll_start(&c->poll, ev, on_poll) : uv_poll_stop(&c->poll);
+		if (r < 0)
+			return false;
+		c->events = ev;
+	}
+	c->lane = true;
+	anes_conn_ref(c);   /* the lane's, dropped in lane_back */
+	pthread_mutex_lock(&c->lane_mu);
+	c->lane_stop = false;
+	c->lane_state = ANES_LANE_ARMED;
+	int r = anes_pool_lane_arm(srv->pool, &c->lane_h);
+	if (r < 0)
+		c->lane_state = ANES_LANE_OFF;
+	pthread_mutex_unlock(&c->lane_mu);
+	if (r < 0) {
+		c->lane = false;
+		anes_conn_unref(c);
+		return false;
+	}
+	return true;
+}
+
+/* Loop: the workers gave c's read side back (lane_job's done). */
+static void lane_back(anes_job *j, bool cancelled)
+{
+	anes_conn *c = ANES_CONTAINER_OF(j, anes_conn, lane_job);
+	(void)cancelled;
+
+	assert(c->lane && c->lane_state == ANES_LANE_OFF);
+	c->lane = false;
+	void *out = c->lane_out;
+	c->lane_out = NULL;
+	if (c->failed) {
+		free(out);
+		if (c->teardown_deferred) {
+			c->teardown_deferred = false;
+			c->dead_next = c->srv->dead;
+			c->srv->dead = c;
+			schedule_deferred(c->srv);
+		}
+	} else {
+		/* First the reply the worker could not send whole: its rest must
+		 * leave before anything else. */
+		if (out && c->lane_out_sent > 0)
+			anes_conn_queue_rest(c, out, c->lane_out_len, c->lane_out_sent);
+		else if (out)
+			anes_conn_queue(c, out, c->lane_out_len, NULL, 0);
+		if (c->failed) {
+			/* queueing failed */
+		} else if (c->lane_status == ANES_LANE_EOF) {
+			read_failed(c, 0);
+		} else if (c->lane_status < 0) {
+			read_failed(c, c->lane_status);
+		} else {
+			conn_process(c);
+			update_poll(c);
+		}
+	}
+	anes_conn_unref(c);
+}
+
+void anes_conn_lanes_orphan(anes_server *srv)
+{
+	for (anes_conn *c = srv->conns; c; c = c->next) {
+		if (!c->lane)
+			continue;
+		/* Armed, never fired: no worker will read it any more. */
+		assert(c->lane_state == ANES_LANE_ARMED);
+		c->lane = false;
+		c->lane_state = ANES_LANE_OFF;
+		if (c->teardown_deferred) {
+			c->teardown_deferred = false;
+			c->dead_next = srv->dead;
+			srv->dead = c;
+		}
+		anes_conn_unref(c);
+	}
+}
+
+/* Worker: send the sealed reply in ctx->reply.  0 when it went whole (or
+ * the connection is closing), 1 when the rest is in c->lane_out for the
+ * loop, -ENOMEM when it could not be kept (the stream is out of step). */
+static int lane_send(anes_conn *c, anes_wctx *ctx)
+{
+	const char *data = ctx->reply.data;
+	size_t len = ctx->reply.len, sent = 0;
+
+	pthread_mutex_lock(&c->send_mu);
+	if (c->wclosed) {
+		pthread_mutex_unlock(&c->send_mu);
+		return 0;
+	}
+	if (!c->wblocked && !c->io.out_head) {
+		struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+		ssize_t n;
+		do
+			n = anes_os_sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+		while (n < 0 && errno == EINTR);
+		/* Errors: the loop finds them when it sends the queued copy. */
+		sent = n > 0 ? (size_t)n : 0;
+		if (sent > 0 && sent < len)
+			c->wblocked = true;   /* nothing may go before the rest */
+	}
+	pthread_mutex_unlock(&c->send_mu);
+	if (sent == len)
+		return 0;
+	void *copy = malloc(len);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, data, len);
+	c->lane_out = copy;
+	c->lane_out_len = len;
+	c->lane_out_sent = sent;
+	return 1;
+}
+
+/* Worker: take the buffered requests a lane handles.  1: the lane keeps
+ * the read side; 0: hand it back (the next frame is the loop's); a
+ * negative errno: hand it back and fail the connection. */
+static int lane_take_requests(anes_conn *c, anes_wctx *ctx)
+{
+	for (;;) {
+		const uint8_t *payload;
+		uint32_t len;
+		unsigned nfds;
+		anes_msg m;
+
+		int r = anes_io_peek_frame(&c->io, &payload, &len, &nfds);
+		if (r == 0)
+			return 1;
+		if (r < 0 || nfds > 0 || atomic_load(&c->srv->draining))
+			return 0;   /* the loop answers it (or reports the error) */
+		/* One request at a time, the latency case: a client that sends
+		 * several at once gets them spread over the workers by the loop. */
+		if (c->io.rlen - c->io.rpos != ANES_FRAME_HEADER_SIZE + (size_t)len)
+			return 0;
+		msgpack_zone_clear(&ctx->zone);
+		if (anes_msg_decode(payload, len, &ctx->zone, &m) < 0 || m.type != ANES_MSG_REQUEST)
+			return 0;
+		r = anes_lane_request(c, &m, ctx);
+		if (r <= 0)
+			return r;
+		/* Done: drop the frame (no fds), then send the reply. */
+		int fds[ANES_MAX_FDS_PER_FRAME];
+		(void)anes_io_next_frame(&c->io, &payload, &len, fds, &nfds);
+		r = lane_send(c, ctx);
+		if (r != 0)
+			return r < 0 ? r : 0;
+	}
+}
+
+/* Worker: c's socket is readable. */
+static void lane_ready(anes_lane *l, anes_wctx *ctx)
+{
+	anes_conn *c = ANES_CONTAINER_OF(l, anes_conn, lane_h);
+	int status = 0;
+
+	pthread_mutex_lock(&c->lane_mu);
+	assert(c->lane_state == ANES_LANE_ARMED);
+	c->lane_state = ANES_LANE_BUSY;
+	bool stop = c->lane_stop;
+	pthread_mutex_unlock(&c->lane_mu);
+	if (stop || !ctx)
+		goto back;
+
+	ssize_t n = anes_io_read(&c->io);
+	if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR && n != -ENOBUFS)) {
+		status = n == 0 ? ANES_LANE_EOF : (int)n;
+		goto back;
+	}
+	int r = lane_take_requests(c, ctx);
+	if (r <= 0) {
+		status = r;
+		goto back;
+	}
+
+	pthread_mutex_lock(&c->lane_mu);
+	if (!c->lane_stop && !atomic_load(&c->srv->draining)) {
+		/* Armed under lane_mu: the worker that gets it next waits here
+		 * until this one has let go. */
+		c->lane_state = ANES_LANE_ARMED;
+		if (anes_pool_lane_arm(c->srv->pool, &c->lane_h) == 0) {
+			pthread_mutex_unlock(&c->lane_mu);
+			return;
+		}
+	}
+	pthread_mutex_unlock(&c->lane_mu);
+back:
+	pthread_mutex_lock(&c->lane_mu);
+	c->lane_state = ANES_LANE_OFF;
+	c->lane_status = status;
+	pthread_mutex_unlock(&c->lane_mu);
+	anes_pool_complete(c->srv->pool, &c->lane_job);
+}
+
+bool anes_conn_lane_recall(anes_conn *c)
+{
+	if (!c->lane)
+		return false;
+	pthread_mutex_lock(&c->lane_mu);
+	c->lane_stop = true;
+	bool busy = c->lane_state == ANES_LANE_BUSY;
+	pthread_mutex_unlock(&c->lane_mu);
+	return busy;
 }

@@ -71,7 +71,7 @@ void *anes_idt_remove(anes_idtable *t, uint32_t id);
 /* ---- the server -------------------------------------------------------- */
 
 typedef struct anes_stats {
-	uint64_t runs;
+	_Atomic uint64_t runs;    /* added to by lane workers too */
 	uint64_t compiles;
 	uint64_t cache_hits;
 	uint64_t surfaces;        /* alive, all connections */
@@ -101,7 +101,8 @@ struct anes_server {
 	uv_timer_t unsent_timer;     /* runs while a client has unread output over drop_unsent_bytes */
 	bool handles_init;
 	bool listen_closed;
-	bool draining;               /* stop requested: finishing requests in flight */
+	atomic_bool draining;        /* stop requested: finishing requests in flight
+	                              * (read by lane workers) */
 	bool shut_down;              /* everything closed or closing */
 	bool running;
 	uint64_t refusal_log_ms;     /* rate limit of "refused" log lines */
@@ -124,6 +125,41 @@ struct anes_server {
 };
 
 /* ---- connections (conn.c) ------------------------------------------------- */
+
+/* ---- jobs and lanes (worker.c) ------------------------------------------- */
+
+struct anes_job {
+	anes_job *next;
+	/* On a worker thread: the work, touching nothing but the job and what
+	 * the job holds references to. */
+	void (*work)(anes_job *j);
+	/* On the loop thread, once: deliver the result and free the job.
+	 * cancelled: work never ran (shutdown). */
+	void (*done)(anes_job *j, bool cancelled);
+	/* Optional, on the worker thread right after work(): answer the client
+	 * directly.  May return a mutex it leaves locked; the pool unlocks it
+	 * once the job is on the done list (so the loop, by taking that mutex
+	 * and then calling anes_pool_collect, is sure to see the job). */
+	pthread_mutex_t *(*reply)(anes_job *j);
+};
+
+/* Per worker thread scratch, reused from request to request (lanes). */
+typedef struct anes_wctx {
+	msgpack_zone zone;      /* cleared before each message */
+	anes_frame reply;       /* its buffer is kept between replies */
+	void *buf;              /* malloc'd, grows: run steps of a lane run */
+	size_t buf_cap;
+} anes_wctx;
+
+/* A lane: a socket that the workers read themselves (docs/performance.md,
+ * "Lanes").  Armed one-shot: once readable, exactly one worker calls
+ * ready(); it stays disarmed until armed again. */
+typedef struct anes_lane anes_lane;
+struct anes_lane {
+	int fd;                                       /* borrowed */
+	void (*ready)(anes_lane *l, anes_wctx *ctx);  /* on a worker thread */
+	bool registered;                              /* in the pool's poll set */
+};
 
 struct anes_conn {
 	anes_server *srv;
@@ -164,7 +200,35 @@ struct anes_conn {
 	                              * queued by the job's done() before anything else */
 	atomic_uint direct_unseen;   /* replies sent by workers whose jobs' done()
 	                              * has not run yet */
+
+	/* The lane (docs/performance.md, "Lanes").  While `lane` is set a
+	 * worker owns the read side: io's receive buffer and fd queue, and
+	 * the handling of the requests in it.  It runs `run` requests itself
+	 * and hands everything else back (lane_job), so only runs happen
+	 * there, which read the surface and program tables and change
+	 * nothing the loop owns; the loop arms a lane only while no compile
+	 * is pending (compiles add to the program table when they finish).
+	 * A connection with a lane is not torn down until it is back. */
+	bool lane;                   /* loop only: armed or busy, not handed back yet */
+	bool teardown_deferred;      /* loop only: failed while the lane was out */
+	anes_lane lane_h;
+	anes_job lane_job;           /* a worker hands the read side back with it */
+	pthread_mutex_t lane_mu;
+	int lane_state;              /* under lane_mu: ANES_LANE_OFF/ARMED/BUSY */
+	bool lane_stop;              /* under lane_mu: the loop wants it back */
+	/* Set by the worker before the hand-back, read by the loop after it. */
+	int lane_status;             /* 0, ANES_LANE_EOF or a read's -errno */
+	void *lane_out;              /* a reply not (wholly) sent: malloc'd frame */
+	size_t lane_out_len, lane_out_sent;
 };
+
+enum { ANES_LANE_OFF, ANES_LANE_ARMED, ANES_LANE_BUSY };
+#define ANES_LANE_EOF 1
+
+/* methods.c, on a lane worker: if m is a request a lane handles (`run`),
+ * do it and leave the reply message in ctx->reply (sealed), then return 1;
+ * return 0 to leave m to the loop (nothing done). */
+int anes_lane_request(anes_conn *c, const anes_msg *m, anes_wctx *ctx);
 
 /* Accept an fd from accept4 (owned by the connection from now on, also on
  * failure). */
@@ -180,6 +244,12 @@ void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
 void anes_conn_kick(anes_conn *c);
 /* Tear down failed connections and process kicked ones (loop idle). */
 void anes_conn_run_deferred(anes_server *srv);
+/* Loop: ask c's lane back.  True if a worker is in it now: then it comes
+ * back when that worker is done (lane_back); an armed one stays armed. */
+bool anes_conn_lane_recall(anes_conn *c);
+/* Loop, once the workers are joined: every lane still armed is the
+ * loop's again (nobody will read it). */
+void anes_conn_lanes_orphan(anes_server *srv);
 /* Drop c for not reading its responses (logged, counted in status). */
 void anes_conn_drop_slow(anes_conn *c);
 /* srv->unsent_timer's callback: drop clients over drop_unsent_bytes for
@@ -279,6 +349,9 @@ struct anes_centry {
 	uint32_t pins;              /* runs in flight + the compile job */
 	anes_waiter *waiters;       /* COMPILING: requests to answer */
 	anes_waiter **waiters_tail;
+	/* How long its runs take lately (ns, a moving average; 0: it has not
+	 * run yet).  Workers update it; a lane runs only short programs. */
+	_Atomic uint64_t run_ns;
 };
 
 /* A weight as it arrived (pointers into the request). */
@@ -312,27 +385,23 @@ void anes_centry_unpin(anes_centry *e);
 
 /* ---- worker pool (worker.c) ---------------------------------------------- */
 
-struct anes_job {
-	anes_job *next;
-	/* On a worker thread: the work, touching nothing but the job and what
-	 * the job holds references to. */
-	void (*work)(anes_job *j);
-	/* On the loop thread, once: deliver the result and free the job.
-	 * cancelled: work never ran (shutdown). */
-	void (*done)(anes_job *j, bool cancelled);
-	/* Optional, on the worker thread right after work(): answer the client
-	 * directly.  May return a mutex it leaves locked; the pool unlocks it
-	 * once the job is on the done list (so the loop, by taking that mutex
-	 * and then calling anes_pool_collect, is sure to see the job). */
-	pthread_mutex_t *(*reply)(anes_job *j);
-};
-
-int anes_pool_new(uv_loop_t *loop, unsigned n_threads, anes_pool **ret);
+/* loop: an anes_server's (deliver batches the replies through it).
+ * lanes: let workers read lanes (false: anes_pool_lane_arm fails). */
+int anes_pool_new(uv_loop_t *loop, unsigned n_threads, bool lanes, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
+/* Any thread: put j on the done list as finished (its done() runs on the
+ * loop); for a job that did its work elsewhere, e.g. a lane's hand-back. */
+void anes_pool_complete(anes_pool *p, anes_job *j);
+/* Any thread: arm l (registering it the first time).  -ENOTSUP without
+ * lanes, or a negative errno. */
+int anes_pool_lane_arm(anes_pool *p, anes_lane *l);
+/* Loop, once no worker can be in l->ready() and before l->fd is closed. */
+void anes_pool_lane_remove(anes_pool *p, anes_lane *l);
 /* Loop: deliver the finished jobs now (as the uv_async_t would later). */
 void anes_pool_collect(anes_pool *p);
 /* Cancel queued jobs, let running ones finish, join the threads, deliver
- * every outstanding done(), and close the pool (freed in the close callback). */
+ * every outstanding done(), and close the pool (freed in the close callback).
+ * Lanes still armed then are left to their owners (no worker reads them). */
 void anes_pool_shutdown(anes_pool *p);
 
 /* ---- run (methods.c) ------------------------------------------------------- */

@@ -675,6 +675,24 @@ static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_le
 	return b->ops->run(b, st->entry->prog, st->fn, st->in, (void *const *)st->out, err, err_len);
 }
 
+/* Keep a moving average of e's run time (ns): 1/4 of the new one. */
+static void note_run_time(anes_centry *e, uint64_t ns)
+{
+	uint64_t old = atomic_load_explicit(&e->run_ns, memory_order_relaxed);
+	uint64_t avg = old ? old - old / 4 + ns / 4 : ns;
+	atomic_store_explicit(&e->run_ns, avg ? avg : 1, memory_order_relaxed);
+}
+
+/* One step, timed for the program's moving average. */
+static int run_timed(anes_backend *b, const run_step *st, char *err, size_t err_len)
+{
+	uint64_t t0 = anes_now_ns();
+	int r = run_one(b, st, err, err_len);
+	if (r == 0)
+		note_run_time(st->entry, anes_now_ns() - t0);
+	return r;
+}
+
 /* Back to back, stopping at the first failure (rj->n_done - 1 failed). */
 static void run_work(anes_job *j)
 {
@@ -684,21 +702,27 @@ static void run_work(anes_job *j)
 	rj->rc = 0;
 	uint64_t t0 = anes_now_ns();
 	for (uint32_t i = 0; i < rj->n_steps && rj->rc == 0; i++) {
-		rj->rc = run_one(rj->backend, &rj->steps[i], rj->err, sizeof(rj->err));
+		rj->rc = run_timed(rj->backend, &rj->steps[i], rj->err, sizeof(rj->err));
 		rj->n_done = i + 1;
 	}
 	rj->elapsed_ns = anes_now_ns() - t0;
 	rj->err[sizeof(rj->err) - 1] = '\0';
 }
 
+static void pack_run_ok(msgpack_packer *pk, uint32_t msgid, bool chain, uint32_t n_steps,
+                        uint64_t elapsed_ns)
+{
+	anes_pack_result(pk, msgid, chain ? 2 : 1);
+	pack_kv_u64(pk, "elapsed_us", elapsed_ns / 1000u);
+	if (chain)
+		pack_kv_u64(pk, "steps", n_steps);
+}
+
 static int pack_run_result(const run_job *rj, uint32_t max_frame, void **data, size_t *len)
 {
 	anes_frame f;
 	anes_frame_init(&f);
-	anes_pack_result(&f.pk, rj->msgid, rj->chain ? 2 : 1);
-	pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_ns / 1000u);
-	if (rj->chain)
-		pack_kv_u64(&f.pk, "steps", rj->n_steps);
+	pack_run_ok(&f.pk, rj->msgid, rj->chain, rj->n_steps, rj->elapsed_ns);
 	int r = anes_frame_finish(&f, 0, max_frame, data, len);
 	if (r < 0)
 		anes_frame_release(&f);
@@ -734,34 +758,66 @@ static pthread_mutex_t *run_reply(anes_job *j)
 
 /* An error response whose map also names the chain step at fault:
  * [1, msgid, {code, name, message, failed_step}, nil]. */
+static void pack_step_error(msgpack_packer *pk, uint32_t msgid, int code, uint32_t step,
+                            const char *msg)
+{
+	msgpack_pack_array(pk, 4);
+	msgpack_pack_uint32(pk, ANES_MSG_RESPONSE);
+	msgpack_pack_uint32(pk, msgid);
+	msgpack_pack_map(pk, 4);
+	pack_kv_u64(pk, "code", (uint64_t)code);
+	pack_kv_str(pk, "name", anes_wire_error_name(code) ? anes_wire_error_name(code) : "internal");
+	pack_kv_str(pk, "message", msg);
+	pack_kv_u64(pk, "failed_step", step);
+	msgpack_pack_nil(pk);
+}
+
 static void reply_step_error(anes_conn *c, uint32_t msgid, int code, uint32_t step,
                              const char *msg)
 {
 	anes_frame f;
 	anes_frame_init(&f);
-	msgpack_pack_array(&f.pk, 4);
-	msgpack_pack_uint32(&f.pk, ANES_MSG_RESPONSE);
-	msgpack_pack_uint32(&f.pk, msgid);
-	msgpack_pack_map(&f.pk, 4);
-	pack_kv_u64(&f.pk, "code", (uint64_t)code);
-	pack_kv_str(&f.pk, "name", anes_wire_error_name(code) ? anes_wire_error_name(code) : "internal");
-	pack_kv_str(&f.pk, "message", msg);
-	pack_kv_u64(&f.pk, "failed_step", step);
-	msgpack_pack_nil(&f.pk);
+	pack_step_error(&f.pk, msgid, code, step, msg);
 	anes_conn_send(c, &f, msgid, NULL, 0);
 }
 
-/* Where a run request's errors go: a chain's name their step. */
+/* Where a run request's errors go: a chain's name their step.  On a lane
+ * (a worker, conn.c) the first error is kept for the reply instead. */
 typedef struct run_req {
 	anes_conn *c;
 	uint32_t msgid;
 	bool chain;
 	uint32_t step;
+	bool lane;
+	bool failed;            /* lane: err_* hold the error */
+	bool err_step;          /* lane: name the step in the reply */
+	uint32_t err_at;        /* lane: ... that step */
+	int err_code;
+	char err_msg[ANES_ERRMSG_MAX + 32];
 } run_req;
 
-static void run_error(const run_req *q, int code, const char *fmt, ...)
+/* An error about the request as a whole (no step). */
+static void req_error(run_req *q, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void req_error(run_req *q, int code, const char *fmt, ...)
+{
+	char msg[ANES_ERRMSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (!q->lane) {
+		anes_conn_reply_error(q->c, q->msgid, code, "%s", msg);
+	} else if (!q->failed) {
+		q->failed = true;
+		q->err_step = false;
+		q->err_code = code;
+		snprintf(q->err_msg, sizeof(q->err_msg), "%s", msg);
+	}
+}
+
+static void run_error(run_req *q, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-static void run_error(const run_req *q, int code, const char *fmt, ...)
+static void run_error(run_req *q, int code, const char *fmt, ...)
 {
 	char msg[ANES_ERRMSG_MAX];
 	va_list ap;
@@ -769,12 +825,20 @@ static void run_error(const run_req *q, int code, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	if (!q->chain) {
-		anes_conn_reply_error(q->c, q->msgid, code, "%s", msg);
+		req_error(q, code, "%s", msg);
 		return;
 	}
 	char full[ANES_ERRMSG_MAX + 32];
 	snprintf(full, sizeof(full), "step %u: %s", q->step, msg);
-	reply_step_error(q->c, q->msgid, code, q->step, full);
+	if (!q->lane) {
+		reply_step_error(q->c, q->msgid, code, q->step, full);
+	} else if (!q->failed) {
+		q->failed = true;
+		q->err_step = true;
+		q->err_at = q->step;
+		q->err_code = code;
+		snprintf(q->err_msg, sizeof(q->err_msg), "%s", full);
+	}
 }
 
 /* Answer, release what the run held, free it, and look at the connection's
@@ -783,7 +847,8 @@ static void run_done(anes_job *j, bool cancelled)
 {
 	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
 	anes_conn *c = rj->conn;
-	run_req q = { c, rj->msgid, rj->chain, rj->n_done ? rj->n_done - 1 : 0 };
+	run_req q = { .c = c, .msgid = rj->msgid, .chain = rj->chain,
+	              .step = rj->n_done ? rj->n_done - 1 : 0 };
 
 	c->inflight--;
 	if (rj->replied || rj->reply_sent)
@@ -802,10 +867,7 @@ static void run_done(anes_job *j, bool cancelled)
 		} else if (rj->rc == 0) {
 			anes_frame f;
 			anes_frame_init(&f);
-			anes_pack_result(&f.pk, rj->msgid, rj->chain ? 2 : 1);
-			pack_kv_u64(&f.pk, "elapsed_us", rj->elapsed_ns / 1000u);
-			if (rj->chain)
-				pack_kv_u64(&f.pk, "steps", rj->n_steps);
+			pack_run_ok(&f.pk, rj->msgid, rj->chain, rj->n_steps, rj->elapsed_ns);
 			anes_conn_send(c, &f, rj->msgid, NULL, 0);
 		} else if (rj->rc == -ECONNRESET) {
 			run_error(&q, ANES_WERR_WORKER_RESTARTED, "%s",
@@ -825,7 +887,7 @@ static void run_done(anes_job *j, bool cancelled)
 	free(rj);
 }
 
-static bool read_ids(const run_req *q, const msgpack_object *params, const char *key,
+static bool read_ids(run_req *q, const msgpack_object *params, const char *key,
                      const msgpack_object **ret, uint32_t *ret_n)
 {
 	const msgpack_object *items;
@@ -848,7 +910,7 @@ static bool read_ids(const run_req *q, const msgpack_object *params, const char 
 	return true;
 }
 
-static bool check_surfaces(const run_req *q, const char *what, const msgpack_object *items,
+static bool check_surfaces(run_req *q, const char *what, const msgpack_object *items,
                            const anes_tensor_desc *t, uint32_t n, anes_surface **ret)
 {
 	for (uint32_t i = 0; i < n; i++) {
@@ -875,7 +937,7 @@ static bool check_surfaces(const run_req *q, const char *what, const msgpack_obj
 /* Check one run (or step) {program, function?, inputs, outputs} and fill
  * st in; st->surf too when it is set (else only check).  Replies on
  * failure. */
-static bool parse_step(const run_req *q, const msgpack_object *params, run_step *st)
+static bool parse_step(run_req *q, const msgpack_object *params, run_step *st)
 {
 	anes_conn *c = q->c;
 	const msgpack_object *in_ids, *out_ids;
@@ -939,33 +1001,33 @@ static bool parse_step(const run_req *q, const msgpack_object *params, run_step 
 	return true;
 }
 
-/* A single run: the params are the step.  A chain: { steps: [step, ...] }. */
-static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+/* Check a run request.  A single run: the params are the step.  A chain:
+ * { steps: [step, ...] }.  Answers (or on a lane records) what is wrong;
+ * on success the steps and how many surfaces they name in all. */
+static bool check_run(run_req *q, const anes_msg *m, const msgpack_object **ret_items,
+                      uint32_t *ret_n_steps, uint64_t *ret_n_surf)
 {
-	run_req q = { c, m->msgid, false, 0 };
 	const msgpack_object *items = m->params;
 	uint32_t n_steps = 1;
 
 	int r = anes_mp_array(m->params, "steps", ANES_MAX_STEPS, &items, &n_steps);
 	if (r == 0) {
 		if (n_steps == 0 || anes_mp_get(m->params, "program")) {
-			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
-			                      n_steps ? "a run has either \"steps\" or \"program\"" :
-			                                "\"steps\" is empty");
-			return;
+			req_error(q, ANES_WERR_INVALID_PARAMS,
+			          n_steps ? "a run has either \"steps\" or \"program\"" : "\"steps\" is empty");
+			return false;
 		}
+		q->chain = true;
 		for (uint32_t i = 0; i < n_steps; i++)
 			if (items[i].type != MSGPACK_OBJECT_MAP) {
-				q.chain = true;
-				q.step = i;
-				run_error(&q, ANES_WERR_INVALID_PARAMS, "a step is not a map");
-				return;
+				q->step = i;
+				run_error(q, ANES_WERR_INVALID_PARAMS, "a step is not a map");
+				return false;
 			}
-		q.chain = true;
 	} else if (r == -EINVAL) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
-		                      "\"steps\" is not an array of 1 to %d steps", ANES_MAX_STEPS);
-		return;
+		req_error(q, ANES_WERR_INVALID_PARAMS, "\"steps\" is not an array of 1 to %d steps",
+		          ANES_MAX_STEPS);
+		return false;
 	} else {
 		items = m->params;
 		n_steps = 1;
@@ -975,37 +1037,68 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	uint64_t n_surf = 0;
 	for (uint32_t i = 0; i < n_steps; i++) {
 		run_step st = { 0 };
-		q.step = i;
-		if (!parse_step(&q, &items[i], &st))
-			return;
+		q->step = i;
+		if (!parse_step(q, &items[i], &st))
+			return false;
 		n_surf += st.n_in + st.n_out;
 	}
-	size_t bytes = sizeof(run_job) + n_steps * sizeof(run_step) +
-	               (size_t)n_surf * (sizeof(anes_surface *) + sizeof(void *));
-	run_job *rj = calloc(1, bytes);
-	if (!rj) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
-		return;
-	}
-	rj->steps = (run_step *)(void *)(rj + 1);
-	anes_surface **surf = (anes_surface **)(void *)(rj->steps + n_steps);
+	*ret_items = items;
+	*ret_n_steps = n_steps;
+	*ret_n_surf = n_surf;
+	return true;
+}
+
+static size_t run_steps_bytes(uint32_t n_steps, uint64_t n_surf)
+{
+	return n_steps * sizeof(run_step) + (size_t)n_surf * (sizeof(anes_surface *) + sizeof(void *));
+}
+
+/* Fill steps[] (and the surface and data pointers after them, laid out
+ * as run_steps_bytes counts) from a request check_run accepted. */
+static void fill_steps(run_req *q, const msgpack_object *items, uint32_t n_steps,
+                       uint64_t n_surf, run_step *steps)
+{
+	anes_surface **surf = (anes_surface **)(void *)(steps + n_steps);
 	void **ptrs = (void **)(void *)(surf + n_surf);
 	for (uint32_t i = 0; i < n_steps; i++) {
-		run_step *st = &rj->steps[i];
+		run_step *st = &steps[i];
 		st->surf = surf;
-		q.step = i;
-		(void)parse_step(&q, &items[i], st);   /* checked above: cannot fail */
-		for (uint32_t k = 0; k < st->n_in + st->n_out; k++)
-			anes_surface_ref(st->surf[k]);
+		q->step = i;
+		(void)parse_step(q, &items[i], st);   /* checked: cannot fail */
 		st->in = (const void **)ptrs;
 		st->out = ptrs + st->n_in;
 		for (uint32_t k = 0; k < st->n_in; k++)
 			st->in[k] = st->surf[k]->map;
 		for (uint32_t k = 0; k < st->n_out; k++)
 			st->out[k] = st->surf[st->n_in + k]->map;
-		anes_centry_pin(st->entry);
 		surf += st->n_in + st->n_out;
 		ptrs += st->n_in + st->n_out;
+	}
+}
+
+static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	run_req q = { .c = c, .msgid = m->msgid };
+	const msgpack_object *items;
+	uint32_t n_steps;
+	uint64_t n_surf;
+
+	if (!check_run(&q, m, &items, &n_steps, &n_surf))
+		return;
+	run_job *rj = calloc(1, sizeof(run_job) + run_steps_bytes(n_steps, n_surf));
+	if (!rj) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		return;
+	}
+	rj->steps = (run_step *)(void *)(rj + 1);
+	fill_steps(&q, items, n_steps, n_surf, rj->steps);
+	/* The job holds what it uses until its done(): the client may release
+	 * them meanwhile. */
+	for (uint32_t i = 0; i < n_steps; i++) {
+		run_step *st = &rj->steps[i];
+		for (uint32_t k = 0; k < st->n_in + st->n_out; k++)
+			anes_surface_ref(st->surf[k]);
+		anes_centry_pin(st->entry);
 	}
 	rj->job.work = run_work;
 	rj->job.done = run_done;
@@ -1017,6 +1110,80 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	rj->n_steps = n_steps;
 	c->inflight++;
 	anes_pool_submit(c->srv->pool, &rj->job);
+}
+
+/* On a lane worker (conn.c): the run happens here and now.  It takes no
+ * references: while the lane holds the read side, nothing can change the
+ * connection's tables (see anes_conn), and what they refer to stays. */
+int anes_lane_request(anes_conn *c, const anes_msg *m, anes_wctx *ctx)
+{
+	if (!anes_msg_method_is(m, "run") || !c->hello_done)
+		return 0;
+
+	run_req q = { .c = c, .msgid = m->msgid, .lane = true };
+	const msgpack_object *items;
+	uint32_t n_steps = 0, n_done = 0;
+	uint64_t n_surf, elapsed_ns = 0;
+	int rc = 0;
+
+	if (check_run(&q, m, &items, &n_steps, &n_surf)) {
+		size_t need = run_steps_bytes(n_steps, n_surf);
+		if (need > ctx->buf_cap) {
+			void *nb = realloc(ctx->buf, need);
+			if (!nb) {
+				req_error(&q, ANES_WERR_NO_MEMORY, "out of memory");
+				goto reply;
+			}
+			ctx->buf = nb;
+			ctx->buf_cap = need;
+		}
+		run_step *steps = ctx->buf;
+		fill_steps(&q, items, n_steps, n_surf, steps);
+		/* Only what is known to be short: anything else would hold up
+		 * the connection's next requests, and goes to the loop. */
+		uint64_t expect_ns = 0, max_ns = (uint64_t)c->srv->cfg.lane_run_max_us * 1000u;
+		for (uint32_t i = 0; i < n_steps; i++) {
+			uint64_t ns = atomic_load_explicit(&steps[i].entry->run_ns, memory_order_relaxed);
+			if (ns == 0 || (expect_ns += ns) > max_ns)
+				return 0;
+		}
+		char err[ANES_ERRMSG_MAX];
+		err[0] = '\0';
+		uint64_t t0 = anes_now_ns();
+		for (uint32_t i = 0; i < n_steps && rc == 0; i++) {
+			rc = run_timed(c->srv->backend, &steps[i], err, sizeof(err));
+			n_done = i + 1;
+		}
+		elapsed_ns = anes_now_ns() - t0;
+		err[sizeof(err) - 1] = '\0';
+		/* Counted before the client can see the reply and ask status. */
+		atomic_fetch_add(&c->srv->stats.runs, n_done);
+		if (rc != 0) {
+			q.step = n_done - 1;
+			if (rc == -ECONNRESET)
+				run_error(&q, ANES_WERR_WORKER_RESTARTED, "%s",
+				          err[0] ? err : "the device worker was lost; retry");
+			else
+				run_error(&q, ANES_WERR_RUN_FAILED, "%s", err[0] ? err : strerror(-rc));
+		}
+	}
+reply:;
+	anes_frame *f = &ctx->reply;
+	uint32_t max_frame = c->srv->lim.max_frame;
+	anes_frame_reset(f);
+	if (!q.failed)
+		pack_run_ok(&f->pk, m->msgid, q.chain, n_steps, elapsed_ns);
+	else if (q.err_step)
+		pack_step_error(&f->pk, m->msgid, q.err_code, q.err_at, q.err_msg);
+	else
+		anes_pack_error(&f->pk, m->msgid, q.err_code, q.err_msg);
+	if (anes_frame_seal(f, 0, max_frame) < 0) {
+		anes_frame_reset(f);
+		anes_pack_error(&f->pk, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		if (anes_frame_seal(f, 0, max_frame) < 0)
+			return -ENOMEM;
+	}
+	return 1;
 }
 
 /* ---- dispatch ---------------------------------------------------------------------- */

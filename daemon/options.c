@@ -43,6 +43,10 @@ static const optdef defs[] = {
 	  "listen on PATH (default: $ANESHARE_SOCKET, else $XDG_RUNTIME_DIR/aneshare/aneshare.sock)" },
 	{ "backend", T_STR, O(backend_name), 0, 0, "NAME", "compute backend: cpu, ane or auto (default auto: ane where available)" },
 	{ "workers", T_U32, O(cfg.workers), 1, 256, "N", "worker threads for compiles and runs (default 2)" },
+	{ "no-lanes", T_BOOL, O(no_lanes), 0, 0, NULL,
+	  "workers never read client sockets: every request goes through the event loop" },
+	{ "lane-run-max-us", T_U32, O(cfg.lane_run_max_us), 0, 10000000, "MICROSECONDS",
+	  "a worker that reads a request runs it at once if the program's recent runs took at most this long" },
 	{ "verbose", T_BOOL, O(cfg.verbose), 0, 0, NULL, "log every connect and disconnect" },
 	{ "allow-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
 	  "also accept clients of this user (uid or name; repeatable)" },
@@ -461,6 +465,7 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 		fprintf(stderr, "aneshared: --worker-fault: only start_fail is known\n");
 		return -EINVAL;
 	}
+	o->cfg.lanes = !o->no_lanes;
 	finish(o);
 	return 0;
 }

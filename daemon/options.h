@@ -39,6 +39,7 @@ typedef struct anes_options {
 	 * unlimited for cpu); 0 = unlimited. */
 	uint32_t compile_budget;
 	char *worker_fault;         /* hidden test hook, passed to the worker */
+	bool no_lanes;              /* --no-lanes: cfg.lanes = false */
 } anes_options;
 
 /* Fill o from argv and the configuration file.  Returns 0 when the daemon

@@ -37,6 +37,8 @@ void anes_server_config_init(anes_server_config *cfg)
 		.socket_path = NULL,
 		.listen_fd = -1,
 		.workers = 0,
+		.lanes = true,
+		.lane_run_max_us = 1000,
 		.backend = NULL,
 		.limits = {
 			.max_frame = ANES_FRAME_MAX_DEFAULT,
@@ -445,6 +447,7 @@ static void server_shutdown(anes_server *srv)
 	 * surfaces, programs and connections go. */
 	anes_pool_shutdown(srv->pool);
 	srv->pool = NULL;
+	anes_conn_lanes_orphan(srv);
 	for (anes_conn *c = srv->conns; c; c = c->next)
 		anes_conn_fail(c, NULL);
 	anes_conn_run_deferred(srv);
@@ -472,9 +475,12 @@ void anes_server_drain_check(anes_server *srv)
 	if (!srv->draining || srv->shut_down)
 		return;
 	/* A connection with nothing in flight and nothing to send is done. */
-	for (anes_conn *c = srv->conns; c; c = c->next)
-		if (!c->failed && c->inflight == 0 && !anes_io_want_write(&c->io))
+	for (anes_conn *c = srv->conns; c; c = c->next) {
+		if (c->failed || anes_conn_lane_recall(c))
+			continue;   /* a worker is answering on its lane: it comes back */
+		if (c->inflight == 0 && !anes_io_want_write(&c->io))
 			anes_conn_fail(c, "the daemon is shutting down");
+	}
 }
 
 void anes_server_drained(anes_server *srv)
@@ -641,7 +647,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		goto fail;
 	}
 	loop_init = true;
-	r = anes_pool_new(&srv->loop, srv->cfg.workers, &srv->pool);
+	r = anes_pool_new(&srv->loop, srv->cfg.workers, srv->cfg.lanes, &srv->pool);
 	if (r < 0) {
 		errmsg(errbuf, errbuf_len, "cannot start worker threads: %s", strerror(-r));
 		goto fail;

@@ -1,61 +1,265 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The worker pool: compiles and runs never execute on the loop thread.
+ *
  * Jobs go in through a mutex-protected FIFO; finished jobs come back through
  * a done-list and one uv_async_t.  uv_async_send coalesces wakeups, so the
  * callback drains the whole list rather than counting signals.
+ *
+ * Idle workers wait in one poll set (epoll, or kqueue on macOS and the
+ * BSDs) that holds a wake-up fd for the job queue and the lanes: client
+ * sockets armed one-shot, which the worker that sees one readable reads
+ * itself (conn.c).  A request that arrives on a lane wakes one worker and
+ * nothing else, which is the whole point (docs/performance.md, "Lanes").
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
+
+#if defined(__linux__)
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#define ANES_POLL_EPOLL 1
+#elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__)
+#include <sys/event.h>
+#define ANES_POLL_KQUEUE 1
+#endif
 
 #include "daemon.h"
 
 struct anes_pool {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
 	anes_job *head, **tail;       /* queued */
 	anes_job *done, **done_tail;  /* finished, not yet delivered */
 	bool stop;
+	bool wake_pending;            /* the wake-up fd is signalled */
+	bool lanes;
+	int pollfd;                   /* the poll set, -1 if it could not be made */
+	int wakefd;                   /* epoll: an eventfd in the set; kqueue: unused */
 	unsigned n_threads;
 	pthread_t *threads;
 	uv_async_t async;
 };
 
+/* ---- the poll set ----------------------------------------------------------- */
+
+static int poll_init(anes_pool *p)
+{
+	p->pollfd = p->wakefd = -1;
+#if defined(ANES_POLL_EPOLL)
+	p->pollfd = epoll_create1(EPOLL_CLOEXEC);
+	if (p->pollfd < 0)
+		return -errno;
+	p->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (p->wakefd < 0)
+		return -errno;
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	if (epoll_ctl(p->pollfd, EPOLL_CTL_ADD, p->wakefd, &ev) < 0)
+		return -errno;
+	return 0;
+#elif defined(ANES_POLL_KQUEUE)
+	p->pollfd = kqueue();
+	if (p->pollfd < 0)
+		return -errno;
+	if (fcntl(p->pollfd, F_SETFD, FD_CLOEXEC) < 0)
+		return -errno;
+	struct kevent kev;
+	EV_SET(&kev, 0, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
+	if (kevent(p->pollfd, &kev, 1, NULL, 0, NULL) < 0)
+		return -errno;
+	return 0;
+#else
+	return -ENOTSUP;
+#endif
+}
+
+static void poll_cleanup(anes_pool *p)
+{
+	if (p->wakefd >= 0)
+		close(p->wakefd);
+	if (p->pollfd >= 0)
+		close(p->pollfd);
+	p->pollfd = p->wakefd = -1;
+}
+
+/* Make one waiting worker (at least) return from poll_wait. */
+static void poll_wake(anes_pool *p)
+{
+#if defined(ANES_POLL_EPOLL)
+	uint64_t one = 1;
+	ssize_t n;
+	do
+		n = write(p->wakefd, &one, sizeof one);
+	while (n < 0 && errno == EINTR);
+	/* EAGAIN: the counter is at its maximum, which wakes as well. */
+#elif defined(ANES_POLL_KQUEUE)
+	struct kevent kev;
+	EV_SET(&kev, 0, EVFILT_USER, 0, NOTE_TRIGGER, 0, NULL);
+	(void)kevent(p->pollfd, &kev, 1, NULL, 0, NULL);
+#else
+	(void)p;
+#endif
+}
+
+/* mu held: the wake-up was seen; reset it (epoll's is level-triggered). */
+static void poll_wake_clear(anes_pool *p)
+{
+#if defined(ANES_POLL_EPOLL)
+	uint64_t v;
+	ssize_t n;
+	do
+		n = read(p->wakefd, &v, sizeof v);
+	while (n < 0 && errno == EINTR);
+#else
+	(void)p;
+#endif
+}
+
+/* Wait for a wake-up (returns 0) or a readable lane (1, *ret set). */
+static int poll_wait(anes_pool *p, anes_lane **ret)
+{
+#if defined(ANES_POLL_EPOLL)
+	struct epoll_event ev;
+	int n = epoll_wait(p->pollfd, &ev, 1, -1);
+	if (n <= 0 || !ev.data.ptr)
+		return 0;
+	*ret = ev.data.ptr;
+	return 1;
+#elif defined(ANES_POLL_KQUEUE)
+	struct kevent kev;
+	int n = kevent(p->pollfd, NULL, 0, &kev, 1, NULL);
+	if (n <= 0 || kev.filter != EVFILT_READ)
+		return 0;
+	*ret = kev.udata;
+	return 1;
+#else
+	(void)p;
+	(void)ret;
+	return 0;
+#endif
+}
+
+int anes_pool_lane_arm(anes_pool *p, anes_lane *l)
+{
+	if (!p->lanes)
+		return -ENOTSUP;
+#if defined(ANES_POLL_EPOLL)
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, .data.ptr = l };
+	if (epoll_ctl(p->pollfd, l->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, l->fd, &ev) < 0)
+		return -errno;
+	l->registered = true;
+	return 0;
+#elif defined(ANES_POLL_KQUEUE)
+	struct kevent kev;
+	EV_SET(&kev, l->fd, EVFILT_READ, EV_ADD | EV_ENABLE | EV_DISPATCH, 0, 0, l);
+	if (kevent(p->pollfd, &kev, 1, NULL, 0, NULL) < 0)
+		return -errno;
+	l->registered = true;
+	return 0;
+#else
+	(void)l;
+	return -ENOTSUP;
+#endif
+}
+
+void anes_pool_lane_remove(anes_pool *p, anes_lane *l)
+{
+	if (!l->registered)
+		return;
+	l->registered = false;
+	if (!p || p->pollfd < 0)
+		return;   /* the pool is gone, and its set with it */
+#if defined(ANES_POLL_EPOLL)
+	(void)epoll_ctl(p->pollfd, EPOLL_CTL_DEL, l->fd, NULL);
+#elif defined(ANES_POLL_KQUEUE)
+	struct kevent kev;
+	EV_SET(&kev, l->fd, EVFILT_READ, EV_DELETE, 0, 0, NULL);
+	(void)kevent(p->pollfd, &kev, 1, NULL, 0, NULL);
+#endif
+}
+
+/* mu held. */
+static void wake_locked(anes_pool *p)
+{
+	if (p->wake_pending)
+		return;
+	p->wake_pending = true;
+	poll_wake(p);
+}
+
+/* ---- workers ----------------------------------------------------------------- */
+
+static void push_done(anes_pool *p, anes_job *j)
+{
+	j->next = NULL;
+	*p->done_tail = j;
+	p->done_tail = &j->next;
+}
+
+static void run_job(anes_pool *p, anes_job *j)
+{
+	j->work(j);
+	pthread_mutex_t *held = j->reply ? j->reply(j) : NULL;
+
+	pthread_mutex_lock(&p->mu);
+	push_done(p, j);
+	/* Before p->mu: once the loop can take j off the list, it may free
+	 * what held lives in. */
+	if (held)
+		pthread_mutex_unlock(held);
+	pthread_mutex_unlock(&p->mu);
+	uv_async_send(&p->async);
+}
+
 /* A cancelled job is marked by being on the done list with work == NULL. */
 static void *worker_main(void *arg)
 {
 	anes_pool *p = arg;
+	anes_wctx ctx = { 0 };
+	bool zone_ok = msgpack_zone_init(&ctx.zone, 4096);
+	anes_frame_init(&ctx.reply);
 
-	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		while (!p->stop && !p->head)
-			pthread_cond_wait(&p->cv, &p->mu);
-		if (!p->head)
+		pthread_mutex_lock(&p->mu);
+		if (p->head) {
+			anes_job *j = p->head;
+			p->head = j->next;
+			if (!p->head)
+				p->tail = &p->head;
+			else
+				wake_locked(p);   /* more: another worker */
+			pthread_mutex_unlock(&p->mu);
+			run_job(p, j);
+			continue;
+		}
+		if (p->stop) {
+			pthread_mutex_unlock(&p->mu);
+			poll_wake(p);   /* the next worker may not have seen it */
 			break;
-		anes_job *j = p->head;
-		p->head = j->next;
-		if (!p->head)
-			p->tail = &p->head;
+		}
 		pthread_mutex_unlock(&p->mu);
 
-		j->work(j);
-		pthread_mutex_t *held = j->reply ? j->reply(j) : NULL;
-
-		pthread_mutex_lock(&p->mu);
-		j->next = NULL;
-		*p->done_tail = j;
-		p->done_tail = &j->next;
-		/* Before p->mu: once the loop can take j off the list, it may
-		 * free what held lives in. */
-		if (held)
-			pthread_mutex_unlock(held);
-		pthread_mutex_unlock(&p->mu);
-		uv_async_send(&p->async);
-		pthread_mutex_lock(&p->mu);
+		anes_lane *l = NULL;
+		if (poll_wait(p, &l) == 0) {
+			pthread_mutex_lock(&p->mu);
+			if (p->wake_pending && !p->stop) {
+				poll_wake_clear(p);
+				p->wake_pending = false;
+			}
+			pthread_mutex_unlock(&p->mu);
+			continue;
+		}
+		if (zone_ok)
+			msgpack_zone_clear(&ctx.zone);
+		l->ready(l, zone_ok ? &ctx : NULL);
 	}
-	pthread_mutex_unlock(&p->mu);
+	if (zone_ok)
+		msgpack_zone_destroy(&ctx.zone);
+	anes_frame_release(&ctx.reply);
+	free(ctx.buf);
 	return NULL;
 }
 
@@ -94,14 +298,12 @@ static void on_async(uv_async_t *h)
 static void on_closed(uv_handle_t *h)
 {
 	anes_pool *p = h->data;
-	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
 	free(p->threads);
 	free(p);
 }
 
-/* loop: an anes_server's (deliver batches the replies through it). */
-int anes_pool_new(uv_loop_t *loop, unsigned n_threads, anes_pool **ret)
+int anes_pool_new(uv_loop_t *loop, unsigned n_threads, bool lanes, anes_pool **ret)
 {
 	if (n_threads == 0)
 		return -EINVAL;
@@ -115,12 +317,19 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, anes_pool **ret)
 	}
 	p->tail = &p->head;
 	p->done_tail = &p->done;
-	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
-	int r = uv_async_init(loop, &p->async, on_async);
+	int r = poll_init(p);
 	if (r < 0) {
-		pthread_cond_destroy(&p->cv);
+		poll_cleanup(p);
+		free(p->threads);
+		free(p);
+		return r;
+	}
+	p->lanes = lanes;
+	pthread_mutex_init(&p->mu, NULL);
+	r = uv_async_init(loop, &p->async, on_async);
+	if (r < 0) {
 		pthread_mutex_destroy(&p->mu);
+		poll_cleanup(p);
 		free(p->threads);
 		free(p);
 		return r == UV_ENOMEM ? -ENOMEM : -EIO;
@@ -143,19 +352,27 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, anes_pool **ret)
 
 void anes_pool_submit(anes_pool *p, anes_job *j)
 {
-	j->next = NULL;
 	pthread_mutex_lock(&p->mu);
 	if (p->stop) {
 		j->work = NULL;
-		*p->done_tail = j;
-		p->done_tail = &j->next;
+		push_done(p, j);
+		pthread_mutex_unlock(&p->mu);
 		uv_async_send(&p->async);
-	} else {
-		*p->tail = j;
-		p->tail = &j->next;
-		pthread_cond_signal(&p->cv);
+		return;
 	}
+	j->next = NULL;
+	*p->tail = j;
+	p->tail = &j->next;
+	wake_locked(p);
 	pthread_mutex_unlock(&p->mu);
+}
+
+void anes_pool_complete(anes_pool *p, anes_job *j)
+{
+	pthread_mutex_lock(&p->mu);
+	push_done(p, j);
+	pthread_mutex_unlock(&p->mu);
+	uv_async_send(&p->async);
 }
 
 void anes_pool_shutdown(anes_pool *p)
@@ -169,17 +386,16 @@ void anes_pool_shutdown(anes_pool *p)
 		anes_job *j = p->head;
 		p->head = j->next;
 		j->work = NULL;
-		j->next = NULL;
-		*p->done_tail = j;
-		p->done_tail = &j->next;
+		push_done(p, j);
 	}
 	p->tail = &p->head;
-	pthread_cond_broadcast(&p->cv);
+	poll_wake(p);
 	pthread_mutex_unlock(&p->mu);
 
 	for (unsigned i = 0; i < p->n_threads; i++)
 		pthread_join(p->threads[i], NULL);
 	p->n_threads = 0;
+	poll_cleanup(p);
 
 	/* Every done() may free refs that close connections or cache entries;
 	 * deliver them now so nothing refers to the pool afterwards. */

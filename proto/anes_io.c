@@ -175,8 +175,8 @@ ssize_t anes_io_read(anes_io *io)
 	return n;
 }
 
-int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len,
-                       int ret_fds[ANES_MAX_FDS_PER_FRAME], unsigned *ret_nfds)
+int anes_io_peek_frame(const anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len,
+                       unsigned *ret_nfds)
 {
 	size_t have = io->rlen - io->rpos;
 	uint32_t len;
@@ -195,11 +195,26 @@ int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_l
 		return -EPROTO;
 	if (have - ANES_FRAME_HEADER_SIZE < len)
 		return 0;
+	*ret_payload = io->rbuf + io->rpos + ANES_FRAME_HEADER_SIZE;
+	*ret_len = len;
+	*ret_nfds = nfds;
+	return 1;
+}
+
+int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len,
+                       int ret_fds[ANES_MAX_FDS_PER_FRAME], unsigned *ret_nfds)
+{
+	const uint8_t *payload;
+	uint32_t len;
+	unsigned nfds;
+	int r = anes_io_peek_frame(io, &payload, &len, &nfds);
+	if (r <= 0)
+		return r;
 
 	memcpy(ret_fds, io->fdq, nfds * sizeof(int));
 	io->nfdq -= nfds;
 	memmove(io->fdq, io->fdq + nfds, io->nfdq * sizeof(int));
-	*ret_payload = io->rbuf + io->rpos + ANES_FRAME_HEADER_SIZE;
+	*ret_payload = payload;
 	*ret_len = len;
 	*ret_nfds = nfds;
 	io->rpos += ANES_FRAME_HEADER_SIZE + (size_t)len;

@@ -537,8 +537,18 @@ void anes_frame_release(anes_frame *f)
 	f->len = f->cap = 0;
 }
 
-int anes_frame_finish(anes_frame *f, unsigned nfds, uint32_t max_frame,
-                      void **ret_data, size_t *ret_len)
+void anes_frame_reset(anes_frame *f)
+{
+	if (f->oom || !f->data || f->cap < ANES_FRAME_HEADER_SIZE) {
+		anes_frame_release(f);
+		anes_frame_init(f);
+		return;
+	}
+	memset(f->data, 0, ANES_FRAME_HEADER_SIZE);
+	f->len = ANES_FRAME_HEADER_SIZE;
+}
+
+int anes_frame_seal(anes_frame *f, unsigned nfds, uint32_t max_frame)
 {
 	if (f->oom || f->len < ANES_FRAME_HEADER_SIZE)
 		return -ENOMEM;
@@ -547,6 +557,15 @@ int anes_frame_finish(anes_frame *f, unsigned nfds, uint32_t max_frame,
 	if (nfds > ANES_MAX_FDS_PER_FRAME)
 		return -EINVAL;
 	anes_frame_header_write((uint8_t *)f->data, (uint32_t)(f->len - ANES_FRAME_HEADER_SIZE), nfds);
+	return 0;
+}
+
+int anes_frame_finish(anes_frame *f, unsigned nfds, uint32_t max_frame,
+                      void **ret_data, size_t *ret_len)
+{
+	int r = anes_frame_seal(f, nfds, max_frame);
+	if (r < 0)
+		return r;
 	*ret_data = f->data;
 	*ret_len = f->len;
 	f->data = NULL;

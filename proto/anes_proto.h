@@ -167,6 +167,12 @@ typedef struct anes_frame {
 void anes_frame_init(anes_frame *f);
 /* Free the frame's buffer (if not handed over).  Accepts a finished frame. */
 void anes_frame_release(anes_frame *f);
+/* Empty the frame for the next message, keeping its buffer (one that is
+ * reused for message after message allocates nothing in steady state). */
+void anes_frame_reset(anes_frame *f);
+/* Like anes_frame_finish, but the frame keeps its buffer: on success the
+ * message is f->data[0..f->len), valid until the next reset. */
+int anes_frame_seal(anes_frame *f, unsigned nfds, uint32_t max_frame);
 /* Fill the header in.  -EMSGSIZE if the payload exceeds max_frame, -ENOMEM
  * if packing ran out of memory.  On success the buffer (*ret_data, *ret_len,
  * including the header) is owned by the caller (free()) and the frame is
@@ -234,6 +240,12 @@ ssize_t anes_io_read(anes_io *io);
  * fds that arrived with no frame to claim them. */
 int anes_io_next_frame(anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len,
                        int ret_fds[ANES_MAX_FDS_PER_FRAME], unsigned *ret_nfds);
+
+/* Like anes_io_next_frame, but the frame stays buffered and its fds
+ * queued: returns 1 with *ret_payload, *ret_len and the count of fds it
+ * claims (*ret_nfds), 0 or a negative errno as anes_io_next_frame. */
+int anes_io_peek_frame(const anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len,
+                       unsigned *ret_nfds);
 
 /* Queue a finished frame (from anes_frame_finish) and the fds that go with it
  * (nfds must equal the count in its header).  Takes ownership of data and of
