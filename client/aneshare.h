@@ -454,6 +454,9 @@ typedef struct aneshare_status {
 		const char *key;          /* SHA-256 hex */
 		uint32_t refs;            /* handles held by all connections */
 	} *program_list;              /* programs entries, owned by the status */
+	uint64_t lane_runs;           /* of runs, those a worker took straight off the
+	                               * socket (docs/performance.md, "Lanes"); 0 from
+	                               * daemons that do not report it */
 } aneshare_status;
 
 /* On success *ret is owned by the caller: aneshare_status_free(). */

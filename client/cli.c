@@ -415,7 +415,7 @@ static int cmd_status(const char *socket_path, int argc, char **argv)
 	printf("surfaces:  %u (", st->surfaces);
 	print_bytes(st->surface_bytes);
 	printf(")\n");
-	printf("runs:      %" PRIu64 "\n", st->runs);
+	printf("runs:      %" PRIu64 " (on lanes %" PRIu64 ")\n", st->runs, st->lane_runs);
 	printf("compiles:  %" PRIu64 " (cache hits %" PRIu64 ")\n", st->compiles, st->cache_hits);
 	printf("programs:  %u\n", st->programs);
 	for (uint32_t i = 0; i < st->programs; i++)

@@ -73,6 +73,9 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	st->runs = runs;
 	st->compiles = compiles;
 	st->cache_hits = hits;
+	uint64_t lane_runs = 0;
+	(void)anes_mp_u64(res, "lane_runs", UINT64_MAX, &lane_runs);   /* optional */
+	st->lane_runs = lane_runs;
 	*ret = st;
 	return 0;
 bad:

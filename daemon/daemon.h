@@ -72,6 +72,7 @@ void *anes_idt_remove(anes_idtable *t, uint32_t id);
 
 typedef struct anes_stats {
 	_Atomic uint64_t runs;    /* added to by lane workers too */
+	_Atomic uint64_t lane_runs;  /* of those, run on a lane (conn.c) */
 	uint64_t compiles;
 	uint64_t cache_hits;
 	uint64_t surfaces;        /* alive, all connections */

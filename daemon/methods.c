@@ -195,7 +195,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 15 : 14);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 16 : 15);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -205,6 +205,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "surfaces", srv->stats.surfaces);
 	pack_kv_u64(&f.pk, "surface_bytes", srv->stats.surface_bytes);
 	pack_kv_u64(&f.pk, "runs", srv->stats.runs);
+	pack_kv_u64(&f.pk, "lane_runs", srv->stats.lane_runs);
 	pack_kv_u64(&f.pk, "compiles", srv->stats.compiles);
 	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
 	pack_kv_u64(&f.pk, "refused", srv->stats.refused);
@@ -1157,6 +1158,7 @@ int anes_lane_request(anes_conn *c, const anes_msg *m, anes_wctx *ctx)
 		elapsed_ns = anes_now_ns() - t0;
 		err[sizeof(err) - 1] = '\0';
 		/* Counted before the client can see the reply and ask status. */
+		atomic_fetch_add(&c->srv->stats.lane_runs, n_done);
 		atomic_fetch_add(&c->srv->stats.runs, n_done);
 		if (rc != 0) {
 			q.step = n_done - 1;
