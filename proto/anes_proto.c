@@ -192,24 +192,34 @@ static int key_cmp(const void *pa, const void *pb)
 	}
 }
 
-/* The keys of one map must be unique.  Sorting keeps this O(n log n)
- * comparisons: a pairwise check of 1,024 long keys that differ only at the
- * end would cost seconds per frame. */
+/* Compare two keys for equality only. */
+static bool key_eq(const msgpack_object *a, const msgpack_object *b)
+{
+	return key_cmp(&a, &b) == 0;
+}
+
+/* The keys of one map must be unique.  A request's maps have a few keys,
+ * compared pairwise; bigger maps are sorted, which keeps the check
+ * O(n log n) comparisons: pairwise, 1,024 long keys that differ only at
+ * the end would cost seconds per frame. */
+#define MAP_PAIRWISE_MAX 8
+
 static int map_keys_unique(const msgpack_object *map)
 {
 	const msgpack_object_kv *kv = map->via.map.ptr;
 	uint32_t n = map->via.map.size;
-	const msgpack_object *small[8];
-	const msgpack_object **keys = small;
 	int r = 0;
 
-	if (n < 2)
+	if (n <= MAP_PAIRWISE_MAX) {
+		for (uint32_t i = 1; i < n; i++)
+			for (uint32_t j = 0; j < i; j++)
+				if (key_eq(&kv[i].key, &kv[j].key))
+					return -EBADMSG;
 		return 0;
-	if (n > sizeof small / sizeof small[0]) {
-		keys = malloc(n * sizeof *keys);
-		if (!keys)
-			return -ENOMEM;
 	}
+	const msgpack_object **keys = malloc(n * sizeof *keys);
+	if (!keys)
+		return -ENOMEM;
 	for (uint32_t i = 0; i < n; i++)
 		keys[i] = &kv[i].key;
 	qsort(keys, n, sizeof *keys, key_cmp);
@@ -219,8 +229,7 @@ static int map_keys_unique(const msgpack_object *map)
 			break;
 		}
 	}
-	if (keys != small)
-		free(keys);
+	free(keys);
 	return r;
 }
 
