@@ -792,8 +792,10 @@ static void lane_back(anes_job *j, bool cancelled)
 		} else if (c->lane_status < 0) {
 			read_failed(c, c->lane_status);
 		} else {
-			conn_process(c);
-			update_poll(c);
+			/* Not here: this is a done() inside the pool's delivery,
+			 * and jobs finished before it may still be in that batch:
+			 * a request handled now would not see them (sync_direct). */
+			anes_conn_kick(c);
 		}
 	}
 	anes_conn_unref(c);

@@ -708,6 +708,8 @@ static void run_work(anes_job *j)
 	}
 	rj->elapsed_ns = anes_now_ns() - t0;
 	rj->err[sizeof(rj->err) - 1] = '\0';
+	/* Counted before any client can see the reply (run_reply). */
+	atomic_fetch_add(&rj->conn->srv->stats.runs, rj->n_done);
 }
 
 static void pack_run_ok(msgpack_packer *pk, uint32_t msgid, bool chain, uint32_t n_steps,
@@ -858,7 +860,6 @@ static void run_done(anes_job *j, bool cancelled)
 		anes_conn_reply_error(c, rj->msgid, ANES_WERR_SHUTTING_DOWN,
 		                      "the daemon is shutting down; the run was not done");
 	} else {
-		c->srv->stats.runs += rj->n_done;
 		if (rj->replied) {
 			/* sent by the worker */
 		} else if (rj->reply_sent) {

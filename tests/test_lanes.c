@@ -1,0 +1,1547 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Lanes (daemon/conn.c, docs/performance.md "Lanes"): a connection with
+ * nothing for the event loop to do is read by the worker threads, which run
+ * short `run` requests at once and hand everything else back to the loop.
+ *
+ * What a client may see of it is nothing but the time (protocol.md) and
+ * status.lane_runs.  So every test checks the results numerically against a
+ * reference computed here, the counters exactly where the daemon is quiet,
+ * and, after faults, that the daemon is back at its baseline (status and
+ * the daemon's fd count).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "anes_proto.h"
+#include "aneshare.h"
+#include "daemon_harness.h"
+
+static h_daemon D;
+
+static void teardown(void)
+{
+	h_daemon_kill(&D);   /* only if the test did not stop it */
+}
+
+TestSuite(lanes, .fini = teardown, .timeout = 60);
+
+#define E_SHUTTING_DOWN (-(ANESHARE_EBASE + 17))
+#define SQ_N 16   /* the small matmul: a few microseconds a run */
+
+/* ---- programs ----------------------------------------------------------------- */
+
+/* z = x @ y on [1, 1, n, n] fp16. */
+static char *mm_mil(unsigned n, const char *fn_name)
+{
+	char *s = NULL;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func %s<ios18>(tensor<fp16, [1, 1, %u, %u]> x, tensor<fp16, [1, 1, %u, %u]> y) {\n"
+	                 "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
+	                 "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
+	                 "        tensor<fp16, [1, 1, %u, %u]> z = matmul(transpose_x = tx, transpose_y = ty, "
+	                 "x = x, y = y)[name = string(\"z\")];\n"
+	                 "    } -> (z);\n}\n",
+	                 fn_name, n, n, n, n, n, n);
+	if (r < 0)
+		abort();
+	return s;
+}
+
+/* y = x + x on [1, 1, n, n]; fail_me is the same, made to fail by
+ * --fault-inject run_fail=fail_me. */
+static char *dbl_mil(unsigned n)
+{
+	char *s = NULL;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func main<ios18>(tensor<fp16, [1, 1, %u, %u]> x) {\n"
+	                 "        tensor<fp16, [1, 1, %u, %u]> y = add(x = x, y = x)[name = string(\"y\")];\n"
+	                 "    } -> (y);\n"
+	                 "    func fail_me<ios18>(tensor<fp16, [1, 1, %u, %u]> x) {\n"
+	                 "        tensor<fp16, [1, 1, %u, %u]> y = add(x = x, y = x)[name = string(\"y\")];\n"
+	                 "    } -> (y);\n}\n",
+	                 n, n, n, n, n, n, n, n);
+	if (r < 0)
+		abort();
+	return s;
+}
+
+/* Values in [-scale, scale] from seed, as fp16. */
+static void fill_f16(uint16_t *x, size_t n, uint64_t seed, float scale)
+{
+	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 7;
+	for (size_t i = 0; i < n; i++) {
+		s ^= s << 13;
+		s ^= s >> 7;
+		s ^= s << 17;
+		float f = (float)((double)(s >> 11) / (double)(1ull << 53) * 2.0 - 1.0) * scale;
+		aneshare_f32_to_f16(&x[i], &f, 1);
+	}
+}
+
+/* Max |z - x @ y| / max |x @ y| (fp32 reference from the fp16 inputs); NaN
+ * anywhere in z counts as infinitely wrong. */
+static double mm_err(unsigned n, const uint16_t *x, const uint16_t *y, const uint16_t *z)
+{
+	float xf[SQ_N * SQ_N * 16], yf[SQ_N * SQ_N * 16], zf[SQ_N * SQ_N * 16];
+	if ((size_t)n * n > sizeof xf / sizeof xf[0])
+		abort();
+	aneshare_f16_to_f32(xf, x, (size_t)n * n);
+	aneshare_f16_to_f32(yf, y, (size_t)n * n);
+	aneshare_f16_to_f32(zf, z, (size_t)n * n);
+	double max_ref = 0, max_err = 0;
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned j = 0; j < n; j++) {
+			double acc = 0;
+			for (unsigned k = 0; k < n; k++)
+				acc += (double)xf[i * n + k] * (double)yf[k * n + j];
+			double e = fabs((double)zf[i * n + j] - acc);
+			if (!(e <= max_err))
+				max_err = isnan(e) ? INFINITY : e;
+			max_ref = fmax(max_ref, fabs(acc));
+		}
+	return max_ref > 0 ? max_err / max_ref : max_err;
+}
+
+/* ---- the checked small matmul on a library connection ------------------------- */
+
+typedef struct sq {
+	aneshare_conn *c;
+	aneshare_program *p;
+	aneshare_surface *x, *y, *z;
+	unsigned n;
+} sq;
+
+/* Non-asserting (children use it): 0 or a negative code. */
+static int sq_open(aneshare_conn *c, unsigned n, const char *fn_name, sq *s)
+{
+	memset(s, 0, sizeof *s);
+	s->c = c;
+	s->n = n;
+	char *mil = mm_mil(n, fn_name);
+	int r = aneshare_program_compile(c, mil, NULL, 0, &s->p, NULL);
+	free(mil);
+	if (r < 0)
+		return r;
+	size_t bytes = (size_t)n * n * 2;
+	if ((r = aneshare_surface_create(c, bytes, &s->x)) < 0 ||
+	    (r = aneshare_surface_create(c, bytes, &s->y)) < 0 ||
+	    (r = aneshare_surface_create(c, bytes, &s->z)) < 0)
+		return r;
+	return 0;
+}
+
+static void sq_fill(sq *s, uint64_t seed)
+{
+	size_t n = (size_t)s->n * s->n;
+	fill_f16(aneshare_surface_data(s->x), n, seed, 1.0f);
+	fill_f16(aneshare_surface_data(s->y), n, seed + 0x5555, 1.0f);
+	memset(aneshare_surface_data(s->z), 0xff, n * 2);   /* NaNs: the run must overwrite them */
+}
+
+static int sq_run(sq *s)
+{
+	aneshare_surface *in[2] = { s->x, s->y };
+	return aneshare_run(s->p, 0, in, 2, &s->z, 1);
+}
+
+static double sq_err(const sq *s)
+{
+	return mm_err(s->n, aneshare_surface_data(s->x), aneshare_surface_data(s->y),
+	              aneshare_surface_data(s->z));
+}
+
+/* Fill from seed, run, check against the reference (asserting). */
+static void sq_check(sq *s, uint64_t seed)
+{
+	sq_fill(s, seed);
+	int r = sq_run(s);
+	cr_assert_eq(r, 0, "run (seed %llu): %s: %s", (unsigned long long)seed,
+	             aneshare_strerror(r), aneshare_last_error(s->c));
+	double e = sq_err(s);
+	cr_assert_leq(e, H_MM_TOL, "run (seed %llu): relative error %g", (unsigned long long)seed, e);
+}
+
+static void sq_close(sq *s)
+{
+	aneshare_surface_release(s->x);
+	aneshare_surface_release(s->y);
+	aneshare_surface_release(s->z);
+	aneshare_program_release(s->p);
+}
+
+/* ---- status ----------------------------------------------------------------------- */
+
+typedef struct counts {
+	uint64_t runs, lane_runs;
+	uint32_t clients, surfaces, programs;
+} counts;
+
+static counts get_counts(aneshare_conn *c)
+{
+	aneshare_status *st = h_status(c);
+	counts k = { st->runs, st->lane_runs, st->clients, st->surfaces, st->programs };
+	aneshare_status_free(st);
+	return k;
+}
+
+/* Status once it counts at least want_runs (bounded): for the checks whose
+ * point is that no run is lost or counted twice.  That a status right after
+ * a reply counts it at once is status_after_a_handed_back_run's business. */
+static counts settled_counts(aneshare_conn *c, uint64_t want_runs)
+{
+	int64_t deadline = tu_now_ms() + 2000 * h_slow();
+	for (;;) {
+		counts k = get_counts(c);
+		if (k.runs >= want_runs || tu_now_ms() > deadline)
+			return k;
+		tu_pause_ms(2);
+	}
+}
+
+/* An observer connection, once the daemon has settled: its fd count is the
+ * baseline the fault tests return to. */
+static aneshare_conn *observe(int *ret_fds)
+{
+	aneshare_conn *obs = h_connect(&D, "observer");
+	h_wait_clients(obs, 1);
+	*ret_fds = h_daemon_fds(&D);
+	cr_assert_gt(*ret_fds, 0);
+	return obs;
+}
+
+static void back_to_baseline(aneshare_conn *obs, int fds)
+{
+	h_wait_clients(obs, 1);
+	h_wait_counts(obs, 0, 0);
+	aneshare_status *st = h_status(obs);
+	cr_expect_eq(st->surface_bytes, 0);
+	aneshare_status_free(st);
+	h_wait_daemon_fds(&D, fds);
+}
+
+/* ---- raw connections with a persistent receive buffer ----------------------------- */
+
+/* The harness's h_raw_response reads into a buffer of its own and drops
+ * what it read past the response it waited for; these keep one buffer per
+ * connection, for clients that have many responses on the way. */
+typedef struct rconn {
+	int fd;
+	anes_io io;
+} rconn;
+
+static void rc_open(rconn *rc)
+{
+	rc->fd = h_raw_open(D.sock);
+	anes_io_init(&rc->io, rc->fd, ANES_FRAME_MAX_DEFAULT);
+}
+
+static void rc_close(rconn *rc)
+{
+	anes_io_cleanup(&rc->io);
+	if (rc->fd >= 0)
+		close(rc->fd);
+	rc->fd = -1;
+}
+
+typedef void (*rc_fn)(const anes_msg *m, void *ud);
+
+/* Read one message (bounded): 1 after fn(m, ud), 0 when the daemon closed
+ * the connection (or sent garbage), -ETIMEDOUT. */
+static int rc_next(rconn *rc, int timeout_ms, rc_fn fn, void *ud)
+{
+	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
+	for (;;) {
+		const uint8_t *payload;
+		uint32_t len;
+		int fds[ANES_MAX_FDS_PER_FRAME];
+		unsigned nfds = 0;
+		int r = anes_io_next_frame(&rc->io, &payload, &len, fds, &nfds);
+		if (r < 0)
+			return 0;
+		if (r > 0) {
+			for (unsigned i = 0; i < nfds; i++)
+				close(fds[i]);
+			msgpack_zone zone;
+			anes_msg m;
+			msgpack_zone_init(&zone, 1024);
+			if (anes_msg_decode(payload, len, &zone, &m) < 0) {
+				msgpack_zone_destroy(&zone);
+				return 0;
+			}
+			fn(&m, ud);
+			msgpack_zone_destroy(&zone);
+			return 1;
+		}
+		int64_t left = deadline - tu_now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd pfd = { .fd = rc->fd, .events = POLLIN };
+		int pr = poll(&pfd, 1, (int)left);
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr == 0)
+			return -ETIMEDOUT;
+		ssize_t n = anes_io_read(&rc->io);
+		if (n == -EINTR || n == -EAGAIN)
+			continue;
+		if (n <= 0)
+			return 0;
+	}
+}
+
+typedef struct call_res {
+	uint32_t msgid;
+	bool got;
+	int code;            /* 0 or the wire error code */
+	int64_t failed_step; /* -1 if none */
+	const char *key;     /* result field to read, or NULL */
+	uint64_t value;
+	unsigned notifications;
+} call_res;
+
+static void call_cb(const anes_msg *m, void *ud)
+{
+	call_res *cr = ud;
+	if (m->type == ANES_MSG_NOTIFY) {
+		cr->notifications++;
+		return;
+	}
+	if (m->type != ANES_MSG_RESPONSE || m->msgid != cr->msgid)
+		return;
+	cr->got = true;
+	cr->code = 0;
+	cr->failed_step = -1;
+	if (m->error) {
+		const char *s;
+		uint32_t l;
+		if (anes_msg_error(m, &cr->code, &s, &l) < 0)
+			cr->code = 9999;
+		int64_t st;
+		if (anes_mp_i64(m->error, "failed_step", &st) == 0)
+			cr->failed_step = st;
+	} else if (cr->key) {
+		if (anes_mp_u64(m->result, cr->key, UINT64_MAX, &cr->value) < 0)
+			cr->code = 9998;
+	}
+}
+
+/* Wait for msgid's response; 0 or the wire error code (asserts it comes). */
+static int rc_wait(rconn *rc, call_res *res)
+{
+	while (!res->got) {
+		int r = rc_next(rc, 5000, call_cb, res);
+		cr_assert_eq(r, 1, "no response to msgid %u (%s)", res->msgid,
+		             r == 0 ? "connection closed" : "timed out");
+	}
+	return res->code;
+}
+
+/* A request with params packed by the caller (NULL: {}), its response. */
+static int rc_call(rconn *rc, uint32_t msgid, const char *method, const msgpack_sbuffer *params,
+                   const int *fds, unsigned nfds, const char *key, uint64_t *ret)
+{
+	int r = h_raw_request(rc->fd, msgid, method, params ? params->data : NULL,
+	                      params ? params->size : 0, fds, nfds);
+	cr_assert_eq(r, 0, "sending %s: %s", method, strerror(-r));
+	call_res res = { .msgid = msgid, .key = key };
+	int code = rc_wait(rc, &res);
+	if (code == 0 && ret)
+		*ret = res.value;
+	return code;
+}
+
+static void pack_key(msgpack_packer *pk, const char *k)
+{
+	msgpack_pack_str(pk, strlen(k));
+	msgpack_pack_str_body(pk, k, strlen(k));
+}
+
+/* The small matmul on a raw connection: surfaces are memfds of our own
+ * (surface.import), so the data is checked here as well. */
+typedef struct rsq {
+	rconn rc;
+	uint32_t prog, sid[3];
+	uint16_t *map[3];
+	size_t bytes;
+	uint32_t next_msgid;
+	msgpack_sbuffer run_params;   /* {program, inputs: [x, y], outputs: [z]} */
+} rsq;
+
+static void rsq_open(rsq *s, const char *fn_name)
+{
+	memset(s, 0, sizeof *s);
+	rc_open(&s->rc);
+	s->next_msgid = 100;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	char *mil = mm_mil(SQ_N, fn_name);
+	msgpack_pack_map(&pk, 1);
+	pack_key(&pk, "mil");
+	pack_key(&pk, mil);
+	free(mil);
+	uint64_t v = 0;
+	int r = rc_call(&s->rc, s->next_msgid++, "program.compile", &sb, NULL, 0, "id", &v);
+	cr_assert_eq(r, 0, "raw program.compile: error %d", r);
+	s->prog = (uint32_t)v;
+	msgpack_sbuffer_destroy(&sb);
+
+	s->bytes = (size_t)SQ_N * SQ_N * 2;
+	for (int i = 0; i < 3; i++) {
+		int mfd;
+		cr_assert_eq(anes_memfd_create("lane-test", s->bytes, &mfd), 0);
+		s->map[i] = mmap(NULL, s->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+		cr_assert_neq(s->map[i], MAP_FAILED);
+		r = rc_call(&s->rc, s->next_msgid++, "surface.import", NULL, &mfd, 1, "id", &v);
+		close(mfd);
+		cr_assert_eq(r, 0, "raw surface.import: error %d", r);
+		s->sid[i] = (uint32_t)v;
+	}
+
+	msgpack_sbuffer_init(&s->run_params);
+	msgpack_packer_init(&pk, &s->run_params, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 3);
+	pack_key(&pk, "program");
+	msgpack_pack_uint32(&pk, s->prog);
+	pack_key(&pk, "inputs");
+	msgpack_pack_array(&pk, 2);
+	msgpack_pack_uint32(&pk, s->sid[0]);
+	msgpack_pack_uint32(&pk, s->sid[1]);
+	pack_key(&pk, "outputs");
+	msgpack_pack_array(&pk, 1);
+	msgpack_pack_uint32(&pk, s->sid[2]);
+}
+
+static void rsq_fill(rsq *s, uint64_t seed)
+{
+	fill_f16(s->map[0], (size_t)SQ_N * SQ_N, seed, 1.0f);
+	fill_f16(s->map[1], (size_t)SQ_N * SQ_N, seed + 0x5555, 1.0f);
+	memset(s->map[2], 0xff, s->bytes);
+}
+
+static double rsq_err(const rsq *s)
+{
+	return mm_err(SQ_N, s->map[0], s->map[1], s->map[2]);
+}
+
+/* One run, waited for and checked. */
+static void rsq_check(rsq *s, uint64_t seed)
+{
+	rsq_fill(s, seed);
+	uint32_t id = s->next_msgid++;
+	int r = rc_call(&s->rc, id, "run", &s->run_params, NULL, 0, NULL, NULL);
+	cr_assert_eq(r, 0, "raw run %u: error %d", id, r);
+	double e = rsq_err(s);
+	cr_assert_leq(e, H_MM_TOL, "raw run %u: relative error %g", id, e);
+}
+
+/* Append a run request frame to sb. */
+static void rsq_frame(rsq *s, msgpack_sbuffer *sb, uint32_t msgid)
+{
+	h_raw_frame(sb, msgid, "run", s->run_params.data, s->run_params.size, 0);
+}
+
+static void rsq_close(rsq *s)
+{
+	for (int i = 0; i < 3; i++)
+		if (s->map[i])
+			munmap(s->map[i], s->bytes);
+	msgpack_sbuffer_destroy(&s->run_params);
+	rc_close(&s->rc);
+}
+
+/* status on the raw connection itself (so the daemon has delivered the
+ * completions of every reply this connection saw: conn.c, sync_direct). */
+typedef struct rstat {
+	uint32_t msgid;
+	bool got;
+	counts k;
+} rstat;
+
+static void rstat_cb(const anes_msg *m, void *ud)
+{
+	rstat *r = ud;
+	if (m->type != ANES_MSG_RESPONSE || m->msgid != r->msgid || !m->result)
+		return;
+	r->got = true;
+	uint32_t v;
+	(void)anes_mp_u64(m->result, "runs", UINT64_MAX, &r->k.runs);
+	(void)anes_mp_u64(m->result, "lane_runs", UINT64_MAX, &r->k.lane_runs);
+	if (anes_mp_u32(m->result, "clients", &v) == 0)
+		r->k.clients = v;
+	if (anes_mp_u32(m->result, "surfaces", &v) == 0)
+		r->k.surfaces = v;
+}
+
+static counts rsq_counts(rsq *s)
+{
+	rstat r = { .msgid = s->next_msgid++ };
+	cr_assert_eq(h_raw_request(s->rc.fd, r.msgid, "status", NULL, 0, NULL, 0), 0);
+	while (!r.got)
+		cr_assert_eq(rc_next(&s->rc, 5000, rstat_cb, &r), 1, "no status");
+	return r.k;
+}
+
+/* ---- forked children ------------------------------------------------------------------ */
+
+static pid_t spawn(int (*fn)(void *arg, int ready_fd), void *arg)
+{
+	int p[2];
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(p[0]);
+		_exit(fn(arg, p[1]));
+	}
+	close(p[1]);
+	char b;
+	ssize_t n;
+	do
+		n = read(p[0], &b, 1);
+	while (n < 0 && errno == EINTR);
+	close(p[0]);
+	if (n != 1) {
+		int st;
+		waitpid(pid, &st, 0);
+		cr_assert_fail("the child failed before it was ready (status 0x%x)", st);
+	}
+	return pid;
+}
+
+static void ready(int fd)
+{
+	char b = 1;
+	(void)!write(fd, &b, 1);
+	close(fd);
+}
+
+/* ======================================================================================= */
+/* 1. Sequential blocking runs                                                              */
+/* ======================================================================================= */
+
+#define SEQ_RUNS 200
+
+/* Start a daemon with args, do SEQ_RUNS checked runs (inputs from seeds
+ * 1..SEQ_RUNS) on one connection; the outputs (malloc'd, SEQ_RUNS x bytes)
+ * and the counters (status from a second connection); stops the daemon. */
+static uint16_t *seq_case(const char *const *args, counts *ret)
+{
+	h_daemon_start_args(&D, args);
+	aneshare_conn *c = h_connect(&D, "sequential");
+	aneshare_conn *obs = h_connect(&D, "observer");
+	sq s;
+	cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0, "%s", aneshare_last_error(c));
+	counts k0 = get_counts(obs);
+	cr_assert_eq(k0.runs, 0);
+	cr_assert_eq(k0.lane_runs, 0);
+	size_t bytes = (size_t)SQ_N * SQ_N * 2;
+	uint16_t *outs = malloc(SEQ_RUNS * bytes);
+	cr_assert_not_null(outs);
+	for (int i = 0; i < SEQ_RUNS; i++) {
+		sq_check(&s, (uint64_t)i + 1);
+		memcpy(outs + (size_t)i * SQ_N * SQ_N, aneshare_surface_data(s.z), bytes);
+	}
+	/* Asked on c: status on another connection may not count yet a run
+	 * whose reply a worker sent itself (not a lane run: those count before
+	 * the reply goes); settled: see status_after_a_handed_back_run. */
+	*ret = settled_counts(c, SEQ_RUNS);
+	sq_close(&s);
+	aneshare_disconnect(obs);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+	return outs;
+}
+
+Test(lanes, sequential_runs_use_lanes_and_match_no_lanes)
+{
+	counts on, off;
+	uint16_t *a = seq_case(NULL, &on);
+	cr_expect_eq(on.runs, SEQ_RUNS);
+	/* The first run goes through the loop (its time is not known yet). */
+	cr_expect_geq(on.lane_runs, SEQ_RUNS - 2, "only %llu of %d runs on lanes",
+	              (unsigned long long)on.lane_runs, SEQ_RUNS);
+	cr_expect_leq(on.lane_runs, on.runs);
+
+	const char *no_lanes[] = { "--no-lanes", NULL };
+	uint16_t *b = seq_case(no_lanes, &off);
+	cr_expect_eq(off.runs, SEQ_RUNS);
+	cr_expect_eq(off.lane_runs, 0);
+	/* The same backend on the same inputs: the same bits. */
+	size_t bytes = (size_t)SQ_N * SQ_N * 2;
+	for (int i = 0; i < SEQ_RUNS; i++)
+		cr_assert_eq(memcmp(a + (size_t)i * SQ_N * SQ_N, b + (size_t)i * SQ_N * SQ_N, bytes), 0,
+		             "run %d: lanes and --no-lanes disagree", i);
+	free(a);
+	free(b);
+}
+
+Test(lanes, lane_run_max_us_limits_what_runs_on_lanes)
+{
+	counts k;
+	const char *zero[] = { "--lane-run-max-us", "0", NULL };
+	free(seq_case(zero, &k));
+	cr_expect_eq(k.runs, SEQ_RUNS);
+	cr_expect_eq(k.lane_runs, 0, "%llu runs on lanes with --lane-run-max-us 0",
+	              (unsigned long long)k.lane_runs);
+
+	/* A 64 x 64 matmul takes far more than 1 us: never on a lane; with a
+	 * generous limit the same program is. */
+	for (int generous = 0; generous <= 1; generous++) {
+		const char *args[] = { "--lane-run-max-us", generous ? "1000000" : "1", NULL };
+		h_daemon_start_args(&D, args);
+		aneshare_conn *c = h_connect(&D, "big");
+		sq s;
+		cr_assert_eq(sq_open(c, 64, "main", &s), 0, "%s", aneshare_last_error(c));
+		for (int i = 0; i < 20; i++)
+			sq_check(&s, (uint64_t)i + 500);
+		sq_close(&s);
+		k = get_counts(c);
+		cr_expect_eq(k.runs, 20);
+		if (generous)
+			cr_expect_geq(k.lane_runs, 18, "%llu", (unsigned long long)k.lane_runs);
+		else
+			cr_expect_eq(k.lane_runs, 0, "%llu", (unsigned long long)k.lane_runs);
+		aneshare_disconnect(c);
+		h_daemon_stop(&D);
+	}
+}
+
+/* ======================================================================================= */
+/* 2. Chained runs                                                                          */
+/* ======================================================================================= */
+
+#define CHAIN_STEPS 4
+#define CHAIN_ROUNDS 40
+
+typedef struct chain_fx {
+	aneshare_conn *c, *obs;
+	aneshare_program *mm, *dbl;
+	aneshare_surface *s[CHAIN_STEPS + 1], *w;
+	aneshare_surface *mm_in[CHAIN_STEPS][2], *dbl_in[CHAIN_STEPS][1];
+	aneshare_step steps[CHAIN_STEPS];
+} chain_fx;
+
+static void chain_open(chain_fx *f, const char *const *args)
+{
+	h_daemon_start_args(&D, args);
+	f->c = h_connect(&D, "chain");
+	f->obs = h_connect(&D, "observer");
+	char *mil = mm_mil(SQ_N, "main");
+	cr_assert_eq(aneshare_program_compile(f->c, mil, NULL, 0, &f->mm, NULL), 0);
+	free(mil);
+	mil = dbl_mil(SQ_N);
+	cr_assert_eq(aneshare_program_compile(f->c, mil, NULL, 0, &f->dbl, NULL), 0, "%s",
+	             aneshare_last_error(f->c));
+	free(mil);
+	size_t bytes = (size_t)SQ_N * SQ_N * 2;
+	for (int i = 0; i <= CHAIN_STEPS; i++)
+		f->s[i] = h_surface(f->c, bytes);
+	f->w = h_surface(f->c, bytes);
+	/* s0 @ w -> s1, s1 + s1 -> s2, s2 @ w -> s3, s3 + s3 -> s4 */
+	for (int i = 0; i < CHAIN_STEPS; i++) {
+		if (i % 2 == 0) {
+			f->mm_in[i][0] = f->s[i];
+			f->mm_in[i][1] = f->w;
+			f->steps[i] = (aneshare_step){ f->mm, 0, f->mm_in[i], 2, &f->s[i + 1], 1 };
+		} else {
+			f->dbl_in[i][0] = f->s[i];
+			f->steps[i] = (aneshare_step){ f->dbl, 0, f->dbl_in[i], 1, &f->s[i + 1], 1 };
+		}
+	}
+}
+
+static void chain_fill(chain_fx *f, uint64_t seed)
+{
+	size_t n = (size_t)SQ_N * SQ_N;
+	fill_f16(aneshare_surface_data(f->s[0]), n, seed, 1.0f);
+	fill_f16(aneshare_surface_data(f->w), n, seed + 77, 0.25f);
+	for (int i = 1; i <= CHAIN_STEPS; i++)
+		memset(aneshare_surface_data(f->s[i]), 0xff, n * 2);
+}
+
+/* Every step's output against the reference computed from its (fp16)
+ * input; steps >= upto must have left their NaNs. */
+static void chain_verify(chain_fx *f, int upto)
+{
+	size_t n = (size_t)SQ_N * SQ_N;
+	for (int i = 0; i < CHAIN_STEPS; i++) {
+		const uint16_t *in = aneshare_surface_data(f->s[i]);
+		const uint16_t *out = aneshare_surface_data(f->s[i + 1]);
+		if (i >= upto) {
+			for (size_t k = 0; k < n; k++)
+				cr_assert_eq(out[k], 0xffff, "step %d ran (element %zu written)", i, k);
+			continue;
+		}
+		if (i % 2 == 0) {
+			double e = mm_err(SQ_N, in, aneshare_surface_data(f->w), out);
+			cr_assert_leq(e, H_MM_TOL, "step %d: relative error %g", i, e);
+		} else {
+			float a[SQ_N * SQ_N], b[SQ_N * SQ_N];
+			aneshare_f16_to_f32(a, in, n);
+			aneshare_f16_to_f32(b, out, n);
+			for (size_t k = 0; k < n; k++)   /* x + x is exact in fp16 here */
+				cr_assert_eq(b[k], 2.0f * a[k], "step %d element %zu: %g != 2 * %g", i, k,
+				             (double)b[k], (double)a[k]);
+		}
+	}
+}
+
+static void chain_close(chain_fx *f)
+{
+	aneshare_disconnect(f->obs);
+	aneshare_disconnect(f->c);
+	h_daemon_stop(&D);
+}
+
+/* CHAIN_ROUNDS checked chains; the final outputs of every round
+ * (malloc'd) and the counters. */
+static uint16_t *chain_case(const char *const *args, counts *ret)
+{
+	chain_fx f;
+	chain_open(&f, args);
+	size_t n = (size_t)SQ_N * SQ_N;
+	uint16_t *outs = malloc(CHAIN_ROUNDS * n * 2);
+	cr_assert_not_null(outs);
+	for (int r = 0; r < CHAIN_ROUNDS; r++) {
+		chain_fill(&f, (uint64_t)r + 1000);
+		int rc = aneshare_run_chain(f.c, f.steps, CHAIN_STEPS);
+		cr_assert_eq(rc, 0, "chain %d: %s: %s", r, aneshare_strerror(rc),
+		             aneshare_last_error(f.c));
+		chain_verify(&f, CHAIN_STEPS);
+		memcpy(outs + (size_t)r * n, aneshare_surface_data(f.s[CHAIN_STEPS]), n * 2);
+	}
+	*ret = get_counts(f.c);   /* as in seq_case */
+	chain_close(&f);
+	return outs;
+}
+
+Test(lanes, chains_match_no_lanes)
+{
+	counts on, off;
+	uint16_t *a = chain_case(NULL, &on);
+	cr_expect_eq(on.runs, CHAIN_ROUNDS * CHAIN_STEPS, "every step counts as a run");
+	cr_expect_geq(on.lane_runs, (CHAIN_ROUNDS - 2) * CHAIN_STEPS, "%llu",
+	              (unsigned long long)on.lane_runs);
+	const char *no_lanes[] = { "--no-lanes", NULL };
+	uint16_t *b = chain_case(no_lanes, &off);
+	cr_expect_eq(off.runs, CHAIN_ROUNDS * CHAIN_STEPS);
+	cr_expect_eq(off.lane_runs, 0);
+	size_t n = (size_t)SQ_N * SQ_N;
+	for (int r = 0; r < CHAIN_ROUNDS; r++)
+		cr_assert_eq(memcmp(a + (size_t)r * n, b + (size_t)r * n, n * 2), 0,
+		             "chain %d: lanes and --no-lanes disagree", r);
+	free(a);
+	free(b);
+}
+
+/* A step that fails on a lane: the error names it, the steps before it
+ * wrote their outputs, the ones after did not run; the same without lanes. */
+Test(lanes, chain_failing_step_on_a_lane)
+{
+	for (int lanes = 1; lanes >= 0; lanes--) {
+		const char *args[] = { "--fault-inject", "run_fail=fail_me", lanes ? NULL : "--no-lanes",
+		                       NULL };
+		chain_fx f;
+		chain_open(&f, args);
+		for (int r = 0; r < 3; r++) {   /* the programs' run times become known */
+			chain_fill(&f, (uint64_t)r);
+			cr_assert_eq(aneshare_run_chain(f.c, f.steps, CHAIN_STEPS), 0);
+		}
+		/* (status on the chains' own connection: one on another connection
+		 * may not count yet a run whose reply a worker sent itself) */
+		counts k0 = get_counts(f.c);
+		/* step 3 is dbl's fail_me */
+		f.steps[3].function = 1;
+		cr_assert_str_eq(aneshare_program_function_name(f.dbl, 1), "fail_me");
+		for (int r = 0; r < 5; r++) {
+			chain_fill(&f, (uint64_t)r + 40);
+			int rc = aneshare_run_chain(f.c, f.steps, CHAIN_STEPS);
+			cr_assert_eq(rc, -ANESHARE_ERUN_FAILED, "lanes=%d: %s", lanes, aneshare_strerror(rc));
+			cr_assert_eq(aneshare_last_failed_step(f.c), 3);
+			cr_expect(strstr(aneshare_last_error(f.c), "step 3: "), "%s", aneshare_last_error(f.c));
+			chain_verify(&f, 3);
+			/* fail_me wrote nothing either */
+			const uint16_t *o = aneshare_surface_data(f.s[4]);
+			cr_assert_eq(o[0], 0xffff);
+		}
+		/* And a refused chain (no such surface in step 1) runs nothing. */
+		f.steps[3].function = 0;
+		aneshare_surface *keep = f.dbl_in[1][0];
+		aneshare_surface *tiny = h_surface(f.c, 2);
+		f.dbl_in[1][0] = tiny;
+		chain_fill(&f, 99);
+		int rc = aneshare_run_chain(f.c, f.steps, CHAIN_STEPS);
+		cr_assert_eq(rc, -ANESHARE_ESIZE_MISMATCH, "%s", aneshare_strerror(rc));
+		cr_assert_eq(aneshare_last_failed_step(f.c), 1);
+		chain_verify(&f, 0);
+		f.dbl_in[1][0] = keep;
+		aneshare_surface_release(tiny);
+
+		counts k1 = get_counts(f.c);
+		cr_expect_eq(k1.runs - k0.runs, 5 * 4, "lanes=%d: %llu runs (the failed step counts)",
+		             lanes, (unsigned long long)(k1.runs - k0.runs));
+		if (lanes)
+			cr_expect_eq(k1.lane_runs - k0.lane_runs, 5 * 4, "%llu",
+			             (unsigned long long)(k1.lane_runs - k0.lane_runs));
+		else
+			cr_expect_eq(k1.lane_runs, 0);
+		/* the connection is fine afterwards */
+		chain_fill(&f, 123);
+		cr_assert_eq(aneshare_run_chain(f.c, f.steps, CHAIN_STEPS), 0);
+		chain_verify(&f, CHAIN_STEPS);
+		chain_close(&f);
+	}
+}
+
+/* ======================================================================================= */
+/* 3. Other requests between lane runs                                                      */
+/* ======================================================================================= */
+
+Test(lanes, other_requests_between_lane_runs)
+{
+	h_daemon_start(&D);
+	aneshare_conn *c = h_connect(&D, "mixer");
+	aneshare_conn *obs = h_connect(&D, "observer");
+	sq s;
+	cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+	uint64_t seed = 1;
+	for (int i = 0; i < 5; i++)
+		sq_check(&s, seed++);
+	counts k = get_counts(c);
+	cr_assert_eq(k.runs, 5);
+	cr_assert_geq(k.lane_runs, 3, "the lane is not in use");
+	uint64_t runs = 5;
+
+	for (int round = 0; round < 3; round++) {
+		/* status on the same connection */
+		k = get_counts(c);
+		cr_assert_eq(k.runs, runs);
+		cr_assert_eq(k.surfaces, 3);
+		cr_assert_eq(k.programs, 1);
+		sq_check(&s, seed++), runs++;
+
+		/* surface.create, used at once */
+		aneshare_surface *z2 = h_surface(c, (size_t)SQ_N * SQ_N * 2);
+		cr_assert_eq(get_counts(c).surfaces, 4);
+		sq_check(&s, seed++), runs++;
+
+		/* a new program (a compile in flight), its first runs, then the
+		 * same again (cached) */
+		sq s2;
+		char name[32];
+		snprintf(name, sizeof name, "other%d", round);
+		cr_assert_eq(sq_open(c, SQ_N, name, &s2), 0, "%s", aneshare_last_error(c));
+		sq_fill(&s2, seed);
+		cr_assert_eq(sq_run(&s2), 0);
+		cr_assert_leq(sq_err(&s2), H_MM_TOL);
+		runs++;
+		char *mil = mm_mil(SQ_N, name);
+		aneshare_program *again;
+		bool cached = false;
+		cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &again, &cached), 0);
+		free(mil);
+		cr_assert(cached, "the second compile of %s was not cached", name);
+		cr_assert_str_eq(aneshare_program_key(again), aneshare_program_key(s2.p));
+		k = get_counts(c);
+		cr_assert_eq(k.programs, 2);
+		cr_assert_eq(k.surfaces, 4 + 3);
+		cr_assert_eq(k.runs, runs);
+		/* run the cached handle into z2 */
+		aneshare_surface *in2[2] = { s2.x, s2.y };
+		memset(aneshare_surface_data(z2), 0xff, (size_t)SQ_N * SQ_N * 2);
+		cr_assert_eq(aneshare_run(again, 0, in2, 2, &z2, 1), 0);
+		runs++;
+		cr_assert_leq(mm_err(SQ_N, aneshare_surface_data(s2.x), aneshare_surface_data(s2.y),
+		                     aneshare_surface_data(z2)), H_MM_TOL);
+		sq_check(&s, seed++), runs++;
+
+		/* releases */
+		cr_assert_eq(aneshare_program_release(again), 0);
+		sq_close(&s2);
+		cr_assert_eq(aneshare_surface_release(z2), 0);
+		sq_check(&s, seed++), runs++;
+		k = get_counts(c);
+		cr_assert_eq(k.surfaces, 3);
+		cr_assert_eq(k.programs, 1);
+
+		/* surface.import: a frame with an fd on the lane */
+		int mfd;
+		cr_assert_eq(anes_memfd_create("lane-import", (size_t)SQ_N * SQ_N * 2, &mfd), 0);
+		aneshare_surface *imp;
+		int r = aneshare_surface_import(c, mfd, &imp);
+		cr_assert_eq(r, 0, "import: %s: %s", aneshare_strerror(r), aneshare_last_error(c));
+		close(mfd);
+		cr_assert_eq(get_counts(c).surfaces, 4);
+		/* the imported surface as the output */
+		sq_fill(&s, seed++);
+		aneshare_surface *in[2] = { s.x, s.y };
+		memset(aneshare_surface_data(imp), 0xff, (size_t)SQ_N * SQ_N * 2);
+		cr_assert_eq(aneshare_run(s.p, 0, in, 2, &imp, 1), 0, "%s", aneshare_last_error(c));
+		runs++;
+		cr_assert_leq(mm_err(SQ_N, aneshare_surface_data(s.x), aneshare_surface_data(s.y),
+		                     aneshare_surface_data(imp)), H_MM_TOL);
+		cr_assert_eq(aneshare_surface_release(imp), 0);
+
+		/* a run the daemon refuses, answered on the lane */
+		aneshare_surface *tiny = h_surface(c, 2);
+		r = aneshare_run(s.p, 0, in, 2, &tiny, 1);
+		cr_assert_eq(r, -ANESHARE_ESIZE_MISMATCH, "%s", aneshare_strerror(r));
+		aneshare_surface_release(tiny);
+		sq_check(&s, seed++), runs++;
+	}
+	k = get_counts(c);
+	cr_expect_eq(k.runs, runs);
+	cr_expect_eq(k.surfaces, 3);
+	cr_expect_eq(k.programs, 1);
+	/* the programs' first runs and one after each compile may have gone
+	 * through the loop; nearly all the rest ran on the lane */
+	cr_expect_geq(k.lane_runs, runs - 2 * 3 - 2, "%llu of %llu", (unsigned long long)k.lane_runs,
+	              (unsigned long long)runs);
+	sq_close(&s);
+	aneshare_disconnect(c);
+	h_wait_counts(obs, 0, 0);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ======================================================================================= */
+/* 4. Pipelined bursts                                                                      */
+/* ======================================================================================= */
+
+#define BURST 48
+#define BURST_ROUNDS 10
+
+Test(lanes, pipelined_bursts)
+{
+	h_daemon_start(&D);
+	aneshare_conn *c = h_connect(&D, "burster");
+	aneshare_conn *obs = h_connect(&D, "observer");
+	char *mil = mm_mil(SQ_N, "main");
+	aneshare_program *p;
+	cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, NULL), 0);
+	free(mil);
+	size_t bytes = (size_t)SQ_N * SQ_N * 2;
+	aneshare_surface *x[BURST], *y, *z[BURST];
+	y = h_surface(c, bytes);
+	for (int i = 0; i < BURST; i++) {
+		x[i] = h_surface(c, bytes);
+		z[i] = h_surface(c, bytes);
+	}
+	uint64_t runs = 0;
+	for (int round = 0; round < BURST_ROUNDS; round++) {
+		/* sequential runs in between: the lane is armed when the burst comes */
+		for (int i = 0; i < 3; i++) {
+			aneshare_surface *in[2] = { x[0], y };
+			fill_f16(aneshare_surface_data(x[0]), (size_t)SQ_N * SQ_N, 9000 + (uint64_t)i, 1.0f);
+			fill_f16(aneshare_surface_data(y), (size_t)SQ_N * SQ_N, 42, 1.0f);
+			memset(aneshare_surface_data(z[0]), 0xff, bytes);
+			cr_assert_eq(aneshare_run(p, 0, in, 2, &z[0], 1), 0);
+			cr_assert_leq(mm_err(SQ_N, aneshare_surface_data(x[0]), aneshare_surface_data(y),
+			                     aneshare_surface_data(z[0])), H_MM_TOL);
+			runs++;
+		}
+		fill_f16(aneshare_surface_data(y), (size_t)SQ_N * SQ_N, (uint64_t)round, 1.0f);
+		uint32_t t[BURST];
+		for (int i = 0; i < BURST; i++) {
+			fill_f16(aneshare_surface_data(x[i]), (size_t)SQ_N * SQ_N,
+			         (uint64_t)(round * BURST + i), 1.0f);
+			memset(aneshare_surface_data(z[i]), 0xff, bytes);
+			aneshare_surface *in[2] = { x[i], y };
+			int r = aneshare_run_submit(p, 0, in, 2, &z[i], 1, &t[i]);
+			cr_assert_eq(r, 0, "submit %d: %s", i, aneshare_strerror(r));
+		}
+		/* in a varying order */
+		for (int k = 0; k < BURST; k++) {
+			int i = (k * 7 + round) % BURST;
+			int r = aneshare_wait(c, t[i]);
+			cr_assert_eq(r, 0, "round %d run %d: %s: %s", round, i, aneshare_strerror(r),
+			             aneshare_last_error(c));
+		}
+		for (int i = 0; i < BURST; i++) {
+			double e = mm_err(SQ_N, aneshare_surface_data(x[i]), aneshare_surface_data(y),
+			                  aneshare_surface_data(z[i]));
+			cr_assert_leq(e, H_MM_TOL, "round %d run %d: relative error %g", round, i, e);
+		}
+		runs += BURST;
+		/* on the connection that saw the replies */
+		counts k = settled_counts(c, runs);
+		cr_assert_eq(k.runs, runs, "round %d: %llu runs counted, %llu answered", round,
+		             (unsigned long long)k.runs, (unsigned long long)runs);
+	}
+	counts k = get_counts(obs);
+	cr_expect_gt(k.lane_runs, 0);
+	for (int i = 0; i < BURST; i++) {
+		aneshare_surface_release(x[i]);
+		aneshare_surface_release(z[i]);
+	}
+	aneshare_surface_release(y);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	h_wait_counts(obs, 0, 0);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+typedef struct tally {
+	uint8_t *seen;   /* by msgid - base */
+	uint32_t base, n;
+	unsigned answered, errors, stray;
+} tally;
+
+static void tally_cb(const anes_msg *m, void *ud)
+{
+	tally *t = ud;
+	if (m->type != ANES_MSG_RESPONSE || m->msgid < t->base || m->msgid - t->base >= t->n) {
+		t->stray++;
+		return;
+	}
+	t->seen[m->msgid - t->base]++;
+	t->answered++;
+	if (m->error)
+		t->errors++;
+}
+
+/* Several frames in one write on an armed lane: the loop takes them. */
+Test(lanes, several_frames_in_one_write)
+{
+	h_daemon_start(&D);
+	aneshare_conn *obs = h_connect(&D, "observer");
+	rsq s;
+	rsq_open(&s, "main");
+	for (int i = 0; i < 4; i++)
+		rsq_check(&s, (uint64_t)i);
+	cr_assert_geq(get_counts(obs).lane_runs, 2);
+	for (int round = 0; round < 20; round++) {
+		unsigned n = 2 + (unsigned)round % 7;
+		rsq_fill(&s, (uint64_t)round + 50);
+		msgpack_sbuffer sb;
+		msgpack_sbuffer_init(&sb);
+		uint32_t first = s.next_msgid;
+		for (unsigned i = 0; i < n; i++)
+			rsq_frame(&s, &sb, s.next_msgid++);
+		/* and a status in the same write */
+		h_raw_frame(&sb, s.next_msgid++, "status", NULL, 0, 0);
+		cr_assert_eq(h_raw_send(s.rc.fd, sb.data, sb.size, NULL, 0), 0);
+		msgpack_sbuffer_destroy(&sb);
+		/* answered in any order, each once */
+		uint8_t seen[16] = { 0 };
+		tally t = { .seen = seen, .base = first, .n = s.next_msgid - first };
+		while (t.answered < t.n)
+			cr_assert_eq(rc_next(&s.rc, 5000, tally_cb, &t), 1, "round %d: %u of %u answered",
+			             round, t.answered, t.n);
+		for (uint32_t i = 0; i < t.n; i++)
+			cr_assert_eq(seen[i], 1, "msgid %u answered %u times", first + i, seen[i]);
+		cr_assert_eq(t.errors, 0);
+		cr_assert_eq(t.stray, 0);
+		cr_assert_leq(rsq_err(&s), H_MM_TOL);
+		rsq_check(&s, (uint64_t)round + 5000);
+	}
+	counts k = rsq_counts(&s);
+	unsigned expect = 4;
+	for (int round = 0; round < 20; round++)
+		expect += 2 + (unsigned)round % 7 + 1;
+	cr_expect_eq(k.runs, expect);
+	rsq_close(&s);
+	h_wait_counts(obs, 0, 0);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ======================================================================================= */
+/* 5. Replies the socket does not take                                                      */
+/* ======================================================================================= */
+
+#define UNREAD_RUNS 3000
+
+Test(lanes, unread_replies_hand_the_lane_back)
+{
+	h_daemon_start(&D);
+	aneshare_conn *obs = h_connect(&D, "observer");
+	rsq s;
+	rsq_open(&s, "main");
+	for (int i = 0; i < 4; i++)
+		rsq_check(&s, (uint64_t)i);
+	counts k0 = rsq_counts(&s);
+	cr_assert_geq(k0.lane_runs, 2, "the lane is not in use");
+
+	for (int round = 0; round < 2; round++) {
+		rsq_fill(&s, 777 + (uint64_t)round);
+		tally t = { .base = s.next_msgid, .n = UNREAD_RUNS };
+		t.seen = calloc(UNREAD_RUNS, 1);
+		cr_assert_not_null(t.seen);
+		msgpack_sbuffer sb;
+		msgpack_sbuffer_init(&sb);
+		for (unsigned i = 0; i < UNREAD_RUNS; i++) {
+			msgpack_sbuffer_clear(&sb);
+			rsq_frame(&s, &sb, s.next_msgid++);
+			cr_assert_eq(h_raw_send(s.rc.fd, sb.data, sb.size, NULL, 0), 0);
+			/* one request per read on the daemon's side, mostly */
+			struct timespec ts = { 0, 20000 };
+			nanosleep(&ts, NULL);
+		}
+		msgpack_sbuffer_destroy(&sb);
+		while (t.answered < UNREAD_RUNS) {
+			int r = rc_next(&s.rc, 10000, tally_cb, &t);
+			cr_assert_eq(r, 1, "round %d: %u of %d answered, then %s", round, t.answered,
+			             UNREAD_RUNS, r == 0 ? "the connection closed" : "nothing");
+		}
+		for (unsigned i = 0; i < UNREAD_RUNS; i++)
+			cr_assert_eq(t.seen[i], 1, "msgid %u answered %u times", t.base + i, t.seen[i]);
+		cr_assert_eq(t.errors, 0);
+		cr_assert_eq(t.stray, 0);
+		free(t.seen);
+		cr_assert_leq(rsq_err(&s), H_MM_TOL);
+
+		counts k = rsq_counts(&s);
+		cr_assert_eq(k.runs - k0.runs, UNREAD_RUNS);
+		uint64_t on_lane = k.lane_runs - k0.lane_runs;
+		/* Some ran on the lane until the socket was full; the rest went
+		 * through the loop once the lane had handed the socket back. */
+		cr_expect_gt(on_lane, 0, "round %d: no run on the lane", round);
+		cr_expect_lt(on_lane, UNREAD_RUNS, "round %d: the socket never filled up", round);
+		cr_log_info("round %d: %llu of %d runs on the lane", round, (unsigned long long)on_lane,
+		            UNREAD_RUNS);
+		cr_expect_eq(k.clients, 2);
+		aneshare_status *st = h_status(obs);
+		cr_expect_eq(st->runs, k.runs);
+		aneshare_status_free(st);
+
+		/* Everything read: the lane takes the connection again. */
+		k0 = rsq_counts(&s);
+		for (int i = 0; i < 20; i++)
+			rsq_check(&s, (uint64_t)i + 31);
+		k = rsq_counts(&s);
+		cr_assert_eq(k.runs - k0.runs, 20);
+		cr_expect_geq(k.lane_runs - k0.lane_runs, 19, "%llu",
+		              (unsigned long long)(k.lane_runs - k0.lane_runs));
+		k0 = k;
+	}
+	uint64_t dropped = 1;
+	cr_assert_eq(rc_call(&s.rc, s.next_msgid++, "status", NULL, NULL, 0, "dropped", &dropped), 0);
+	cr_expect_eq(dropped, 0, "the daemon dropped %llu clients", (unsigned long long)dropped);
+	rsq_close(&s);
+	h_wait_counts(obs, 0, 0);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ======================================================================================= */
+/* 6. Faults                                                                                */
+/* ======================================================================================= */
+
+enum fault {
+	F_BAD_HEADER,      /* reserved bytes not zero */
+	F_MALFORMED,       /* a payload that is not msgpack */
+	F_OVERSIZED,       /* a header announcing more than max_frame */
+	F_RANDOM,          /* random bytes */
+	F_EOF_MID_FRAME,   /* half a frame, then end of file */
+	F_CLOSE_MID_FRAME, /* half a frame, then close */
+	F_N
+};
+
+static const char *const fault_name[F_N] = { "bad header", "malformed payload", "oversized frame",
+	                                     "random bytes", "EOF mid-frame", "close mid-frame" };
+
+Test(lanes, garbage_on_an_armed_lane)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *gc = h_connect(&D, "good");
+	sq good;
+	cr_assert_eq(sq_open(gc, SQ_N, "main", &good), 0);
+	uint64_t seed = 1;
+
+	for (int round = 0; round < 3; round++)
+		for (int f = 0; f < F_N; f++) {
+			rsq s;
+			rsq_open(&s, "main");
+			counts k0 = get_counts(obs);
+			for (int i = 0; i < 4; i++)
+				rsq_check(&s, (uint64_t)i);
+			counts k1 = get_counts(obs);
+			cr_assert_geq(k1.lane_runs - k0.lane_runs, 3, "%s: the lane is not in use",
+			              fault_name[f]);
+			tu_pause_ms(1);   /* the worker has armed it again by now */
+
+			uint8_t buf[64];
+			size_t len = sizeof buf;
+			memset(buf, 0, sizeof buf);
+			switch (f) {
+			case F_BAD_HEADER:
+				anes_frame_header_write(buf, 8, 0);
+				buf[6] = 1;
+				memset(buf + 8, 0x90, 8);
+				len = 16;
+				break;
+			case F_MALFORMED:
+				anes_frame_header_write(buf, 8, 0);
+				memset(buf + 8, 0xc1, 8);   /* never used in msgpack */
+				len = 16;
+				break;
+			case F_OVERSIZED:
+				anes_frame_header_write(buf, 0xfffffff0u, 0);
+				len = 8;
+				break;
+			case F_RANDOM:
+				fill_f16((uint16_t *)buf, sizeof buf / 2, (uint64_t)round + 3, 1.0f);
+				buf[0] = 0x7f;   /* a length over max_frame either way */
+				break;
+			default: {
+				msgpack_sbuffer sb;
+				msgpack_sbuffer_init(&sb);
+				rsq_frame(&s, &sb, 9999);
+				cr_assert_gt(sb.size, 12);
+				len = sb.size / 2;
+				memcpy(buf, sb.data, len);
+				msgpack_sbuffer_destroy(&sb);
+				break;
+			}
+			}
+			cr_assert_eq(h_raw_send(s.rc.fd, buf, len, NULL, 0), 0);
+			if (f == F_CLOSE_MID_FRAME) {
+				rsq_close(&s);
+			} else {
+				if (f == F_EOF_MID_FRAME)
+					cr_assert_eq(shutdown(s.rc.fd, SHUT_WR), 0);
+				/* The daemon closes it: with a protocol error notification
+				 * for what it could not parse, without one at end of file. */
+				call_res res = { .msgid = UINT32_MAX };
+				int r;
+				int64_t deadline = tu_now_ms() + 10000 * h_slow();
+				while ((r = rc_next(&s.rc, 10000, call_cb, &res)) == 1)
+					cr_assert_lt(tu_now_ms(), deadline);
+				cr_assert_eq(r, 0, "%s: the daemon did not close the connection",
+				             fault_name[f]);
+				if (f == F_EOF_MID_FRAME)
+					cr_expect_eq(res.notifications, 0, "%s", fault_name[f]);
+				else if (f != F_RANDOM)
+					cr_expect_eq(res.notifications, 1, "%s: %u error notifications",
+					             fault_name[f], res.notifications);
+				rsq_close(&s);
+			}
+			h_wait_clients(obs, 2);
+			h_wait_counts(obs, 3, 1);
+			sq_check(&good, seed++);
+		}
+	sq_close(&good);
+	aneshare_disconnect(gc);
+	back_to_baseline(obs, fds);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* Requests the lane hands back that are not errors: the connection stays. */
+Test(lanes, handed_back_requests_keep_the_connection)
+{
+	h_daemon_start(&D);
+	aneshare_conn *obs = h_connect(&D, "observer");
+	rsq s;
+	rsq_open(&s, "main");
+	for (int i = 0; i < 4; i++)
+		rsq_check(&s, (uint64_t)i);
+	uint64_t runs = 4;
+
+	for (int round = 0; round < 5; round++) {
+		/* an unknown method */
+		cr_assert_eq(rc_call(&s.rc, s.next_msgid++, "no.such.method", NULL, NULL, 0, NULL, NULL),
+		             ANES_WERR_UNKNOWN_METHOD);
+		rsq_check(&s, (uint64_t)round + 100), runs++;
+		/* a notification: ignored */
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		char hdr[ANES_FRAME_HEADER_SIZE] = { 0 };
+		msgpack_sbuffer_write(&sb, hdr, sizeof hdr);
+		msgpack_pack_array(&pk, 3);
+		msgpack_pack_uint32(&pk, 2);
+		pack_key(&pk, "hint");
+		msgpack_pack_map(&pk, 0);
+		anes_frame_header_write((uint8_t *)sb.data, (uint32_t)(sb.size - sizeof hdr), 0);
+		cr_assert_eq(h_raw_send(s.rc.fd, sb.data, sb.size, NULL, 0), 0);
+		msgpack_sbuffer_destroy(&sb);
+		rsq_check(&s, (uint64_t)round + 200), runs++;
+		/* a run with an fd where none belongs */
+		int mfd;
+		cr_assert_eq(anes_memfd_create("stray", 64, &mfd), 0);
+		msgpack_sbuffer_init(&sb);
+		rsq_frame(&s, &sb, s.next_msgid);
+		/* announce the fd in the header */
+		anes_frame_header_write((uint8_t *)sb.data, (uint32_t)(sb.size - ANES_FRAME_HEADER_SIZE), 1);
+		cr_assert_eq(h_raw_send(s.rc.fd, sb.data, sb.size, &mfd, 1), 0);
+		close(mfd);
+		msgpack_sbuffer_destroy(&sb);
+		call_res res = { .msgid = s.next_msgid++ };
+		cr_assert_eq(rc_wait(&s.rc, &res), ANES_WERR_BAD_FD);
+		rsq_check(&s, (uint64_t)round + 300), runs++;
+		/* a run naming no such surface, answered on the lane */
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_map(&pk, 3);
+		pack_key(&pk, "program");
+		msgpack_pack_uint32(&pk, s.prog);
+		pack_key(&pk, "inputs");
+		msgpack_pack_array(&pk, 2);
+		msgpack_pack_uint32(&pk, s.sid[0]);
+		msgpack_pack_uint32(&pk, 424242);
+		pack_key(&pk, "outputs");
+		msgpack_pack_array(&pk, 1);
+		msgpack_pack_uint32(&pk, s.sid[2]);
+		cr_assert_eq(rc_call(&s.rc, s.next_msgid++, "run", &sb, NULL, 0, NULL, NULL),
+		             ANES_WERR_NO_SUCH_SURFACE);
+		msgpack_sbuffer_destroy(&sb);
+		rsq_check(&s, (uint64_t)round + 400), runs++;
+	}
+	counts k = rsq_counts(&s);
+	cr_expect_eq(k.runs, runs);
+	cr_expect_eq(k.clients, 2);
+	cr_expect_eq(k.surfaces, 3);
+	rsq_close(&s);
+	h_wait_counts(obs, 0, 0);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+#define KILL_ROUNDS 30
+
+/* Runs in a tight loop, each checked; ready after the first few. */
+static int child_runner(void *arg, int ready_fd)
+{
+	const char *sock = arg;
+	aneshare_conn *c;
+	if (aneshare_connect(sock, "doomed", &c) < 0)
+		return 2;
+	sq s;
+	if (sq_open(c, SQ_N, "main", &s) < 0)
+		return 3;
+	for (uint64_t i = 0;; i++) {
+		sq_fill(&s, i);
+		if (sq_run(&s) != 0)
+			return 4;
+		if (!(sq_err(&s) <= H_MM_TOL))
+			return 5;
+		if (i == 5)
+			ready(ready_fd);
+	}
+}
+
+Test(lanes, clients_killed_during_lane_runs)
+{
+	h_daemon_start(&D);
+	int fds;
+	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *gc = h_connect(&D, "bystander");
+	sq good;
+	cr_assert_eq(sq_open(gc, SQ_N, "main", &good), 0);
+	uint64_t seed = 1;
+	counts k0 = get_counts(obs);
+
+	for (int i = 0; i < KILL_ROUNDS; i++) {
+		pid_t pid = spawn(child_runner, D.sock);
+		tu_pause_ms(i % 5);
+		cr_assert_eq(kill(pid, SIGKILL), 0);
+		int st;
+		cr_assert_eq(waitpid(pid, &st, 0), pid);
+		cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
+		          "round %d: the child ended by itself (status 0x%x)", i, st);
+		sq_check(&good, seed++);
+	}
+	counts k = get_counts(obs);
+	cr_expect_gt(k.lane_runs - k0.lane_runs, (uint64_t)KILL_ROUNDS * 4,
+	             "the children's runs did not use lanes");
+	h_wait_clients(obs, 2);
+	h_wait_counts(obs, 3, 1);
+	for (int i = 0; i < 20; i++)
+		sq_check(&good, seed++);
+	sq_close(&good);
+	aneshare_disconnect(gc);
+	back_to_baseline(obs, fds);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ======================================================================================= */
+/* 7. SIGTERM during lane runs                                                              */
+/* ======================================================================================= */
+
+#define TERM_CLIENTS 4
+
+/* Sequential runs until the daemon closes the connection.  Exit status: 0
+ * if every run was answered ok (and right) or shutting_down, and nothing
+ * succeeded after a shutting_down; otherwise what went wrong. */
+static int child_until_closed(void *arg, int ready_fd)
+{
+	const char *sock = arg;
+	aneshare_conn *c;
+	if (aneshare_connect(sock, "terminated", &c) < 0)
+		return 2;
+	aneshare_set_reconnect(c, false);
+	sq s;
+	if (sq_open(c, SQ_N, "main", &s) < 0)
+		return 3;
+	int64_t deadline = tu_now_ms() + 30000 * h_slow();
+	bool refused = false;
+	for (uint64_t i = 0;; i++) {
+		sq_fill(&s, i);
+		int r = sq_run(&s);
+		if (r == 0) {
+			if (refused)
+				return 9;   /* done after the daemon said it was shutting down */
+			if (!(sq_err(&s) <= H_MM_TOL))
+				return 5;
+		} else if (r == E_SHUTTING_DOWN) {
+			refused = true;
+		} else if (r == -ECONNRESET) {
+			break;   /* closed: the request was not read */
+		} else {
+			return 6;
+		}
+		if (i == 20)
+			ready(ready_fd);
+		if (tu_now_ms() > deadline)
+			return 7;
+	}
+	aneshare_disconnect(c);
+	return 0;
+}
+
+Test(lanes, sigterm_during_lane_runs)
+{
+	h_daemon_start(&D);
+	pid_t pid[TERM_CLIENTS];
+	for (int i = 0; i < TERM_CLIENTS; i++)
+		pid[i] = spawn(child_until_closed, D.sock);
+	aneshare_conn *obs = h_connect(&D, "observer");
+	counts k0 = get_counts(obs);
+	/* lanes busy for a little while */
+	int64_t until = tu_now_ms() + 200;
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
+	counts k;
+	do {
+		tu_pause_ms(20);
+		k = get_counts(obs);
+		cr_assert_lt(tu_now_ms(), deadline, "only %llu lane runs",
+		             (unsigned long long)(k.lane_runs - k0.lane_runs));
+	} while (tu_now_ms() < until || k.lane_runs < k0.lane_runs + 200);
+	cr_assert_eq(k.clients, TERM_CLIENTS + 1);
+	aneshare_disconnect(obs);
+
+	int64_t t0 = tu_now_ms();
+	cr_assert_eq(kill(D.pid, SIGTERM), 0);
+	for (int i = 0; i < TERM_CLIENTS; i++) {
+		int st;
+		cr_assert_eq(waitpid(pid[i], &st, 0), pid[i]);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: status 0x%x", i, st);
+	}
+	h_daemon_wait(&D);   /* exit status 0 */
+	int64_t took = tu_now_ms() - t0;
+	cr_expect_lt(took, 3000 * h_slow(), "the daemon took %lld ms to stop", (long long)took);
+}
+
+/* ======================================================================================= */
+/* 8. status right after a lane run                                                         */
+/* ======================================================================================= */
+
+Test(lanes, status_counts_the_lane_run_just_answered)
+{
+	h_daemon_start(&D);
+	aneshare_conn *c = h_connect(&D, "counter");
+	aneshare_conn *obs = h_connect(&D, "observer");
+	sq s;
+	cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+	for (int i = 0; i < 3; i++)
+		sq_check(&s, (uint64_t)i);
+	counts base = get_counts(c);
+	cr_assert_eq(base.runs, 3);
+	for (int i = 1; i <= 100; i++) {
+		sq_check(&s, (uint64_t)i + 10);
+		/* on the same connection (which hands the lane back) and on another */
+		counts k = get_counts(i % 2 ? c : obs);
+		cr_assert_eq(k.runs, base.runs + (uint64_t)i, "after run %d", i);
+		cr_assert_eq(k.lane_runs, base.lane_runs + (uint64_t)i, "after run %d", i);
+	}
+	/* and a chain of 3 */
+	aneshare_surface *in[2] = { s.x, s.y };
+	aneshare_step st[3];
+	for (int i = 0; i < 3; i++)
+		st[i] = (aneshare_step){ s.p, 0, in, 2, &s.z, 1 };
+	cr_assert_eq(aneshare_run_chain(c, st, 3), 0);
+	counts k = get_counts(c);
+	cr_assert_eq(k.runs, base.runs + 103);
+	cr_assert_eq(k.lane_runs, base.lane_runs + 103);
+	sq_close(&s);
+	aneshare_disconnect(obs);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
+/* A run the lane hands back (--lane-run-max-us 0: every run goes to the
+ * loop and the job queue, and its worker sends the reply itself), then
+ * status on the same connection, which the lane hands back as well: the
+ * status must count the run whose reply the client has seen (conn.c,
+ * sync_direct).  See the report: lane_back calls conn_process from inside
+ * the pool's deliver(), whose nested anes_pool_collect cannot deliver the
+ * run's completion if the outer deliver already took it off the done list. */
+#define HANDBACK_ROUNDS 5000
+
+/* Runs, each followed by status on the same connection; the status replies
+ * that did not count the run just answered. */
+static unsigned handback_case(const char *const *args, unsigned *ret_first)
+{
+	h_daemon_start_args(&D, args);
+	aneshare_conn *c = h_connect(&D, "handback");
+	sq s;
+	cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+	sq_fill(&s, 1);
+	unsigned missed = 0;
+	*ret_first = 0;
+	for (unsigned i = 1; i <= HANDBACK_ROUNDS; i++) {
+		cr_assert_eq(sq_run(&s), 0);
+		counts k = get_counts(c);
+		cr_assert_eq(k.lane_runs, 0);
+		if (k.runs != i) {
+			cr_assert_lt(k.runs, i, "more runs than done");
+			if (!missed++)
+				*ret_first = i;
+		}
+	}
+	cr_assert_leq(sq_err(&s), H_MM_TOL);
+	sq_close(&s);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+	return missed;
+}
+
+Test(lanes, status_after_a_handed_back_run)
+{
+	unsigned first;
+	/* Without lanes the loop reads both requests itself: always right. */
+	const char *no_lanes[] = { "--no-lanes", NULL };
+	unsigned missed = handback_case(no_lanes, &first);
+	cr_expect_eq(missed, 0, "--no-lanes: %u of %d status replies did not count the run just "
+	             "answered (first: run %u)", missed, HANDBACK_ROUNDS, first);
+	const char *args[] = { "--lane-run-max-us", "0", NULL };
+	missed = handback_case(args, &first);
+	cr_expect_eq(missed, 0, "lanes: %u of %d status replies did not count the run just "
+	             "answered (first: run %u)", missed, HANDBACK_ROUNDS, first);
+}
