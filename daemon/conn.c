@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -269,6 +270,7 @@ int anes_conn_new(anes_server *srv, int fd)
 	c->fd = fd;
 	pthread_mutex_init(&c->send_mu, NULL);
 	pthread_mutex_init(&c->lane_mu, NULL);
+	c->drain_cutoff = UINT64_MAX;
 	c->lane_h.fd = fd;
 	c->lane_h.ready = lane_ready;
 	c->lane_job.work = lane_no_work;   /* non-NULL: never "cancelled" */
@@ -664,7 +666,10 @@ static void conn_process(anes_conn *c)
 			close_fds(fds, nfds);
 			return;
 		}
+		c->predrain_frame = c->rd_consumed < c->drain_cutoff;
+		c->rd_consumed += ANES_FRAME_HEADER_SIZE + (size_t)len;
 		handle_frame(c, payload, len, fds, nfds);
+		c->predrain_frame = false;
 		close_fds(fds, nfds);
 	}
 }
@@ -683,6 +688,8 @@ static void read_failed(anes_conn *c, ssize_t n)
 static void conn_read(anes_conn *c)
 {
 	ssize_t n = anes_io_read(&c->io);
+	if (n > 0)
+		c->rd_total += (uint64_t)n;
 	if (n == -EAGAIN || n == -EINTR)
 		return;
 	if (n <= 0 && n != -ENOBUFS) {
@@ -886,6 +893,7 @@ static int lane_take_requests(anes_conn *c, anes_wctx *ctx)
 		/* Done: drop the frame (no fds), then send the reply. */
 		int fds[ANES_MAX_FDS_PER_FRAME];
 		(void)anes_io_next_frame(&c->io, &payload, &len, fds, &nfds);
+		c->rd_consumed += ANES_FRAME_HEADER_SIZE + (size_t)len;
 		r = lane_send(c, ctx);
 		if (r != 0)
 			return r < 0 ? r : 0;
@@ -898,19 +906,26 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	anes_conn *c = ANES_CONTAINER_OF(l, anes_conn, lane_h);
 	int status = 0;
 
+	/* The read under lane_mu: the loop's drain mark (rd_total plus what
+	 * the socket holds) must not fall between the two. */
 	pthread_mutex_lock(&c->lane_mu);
 	assert(c->lane_state == ANES_LANE_ARMED);
 	c->lane_state = ANES_LANE_BUSY;
 	bool stop = c->lane_stop;
+	ssize_t n = -EAGAIN;
+	if (ctx) {
+		n = anes_io_read(&c->io);
+		if (n > 0)
+			c->rd_total += (uint64_t)n;
+	}
 	pthread_mutex_unlock(&c->lane_mu);
-	if (stop || !ctx)
-		goto back;
-
-	ssize_t n = anes_io_read(&c->io);
 	if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR && n != -ENOBUFS)) {
 		status = n == 0 ? ANES_LANE_EOF : (int)n;
 		goto back;
 	}
+	/* Asked back: with what was read (requests from before a drain). */
+	if (stop || !ctx)
+		goto back;
 	int r = lane_take_requests(c, ctx);
 	if (r <= 0) {
 		status = r;
@@ -942,7 +957,26 @@ bool anes_conn_lane_recall(anes_conn *c)
 		return false;
 	pthread_mutex_lock(&c->lane_mu);
 	c->lane_stop = true;
-	bool busy = c->lane_state == ANES_LANE_BUSY;
+	/* A worker is in it, or has handed it back (on the done list). */
+	bool busy = c->lane_state != ANES_LANE_ARMED;
 	pthread_mutex_unlock(&c->lane_mu);
 	return busy;
+}
+
+void anes_conn_drain_mark(anes_conn *c)
+{
+	int pending = 0;
+	pthread_mutex_lock(&c->lane_mu);
+	if (ioctl(c->fd, FIONREAD, &pending) < 0 || pending < 0)
+		pending = 0;
+	c->drain_cutoff = c->rd_total + (uint64_t)pending;
+	pthread_mutex_unlock(&c->lane_mu);
+}
+
+bool anes_conn_predrain_unread(anes_conn *c)
+{
+	pthread_mutex_lock(&c->lane_mu);
+	bool unread = c->rd_total < c->drain_cutoff;
+	pthread_mutex_unlock(&c->lane_mu);
+	return unread;
 }

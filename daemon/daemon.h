@@ -144,7 +144,7 @@ struct anes_job {
 	pthread_mutex_t *(*reply)(anes_job *j);
 };
 
-/* Per worker thread scratch, reused from request to request (lanes). */
+/* Per lane thread scratch, reused from request to request. */
 typedef struct anes_wctx {
 	msgpack_zone zone;      /* cleared before each message */
 	anes_frame reply;       /* its buffer is kept between replies */
@@ -152,8 +152,8 @@ typedef struct anes_wctx {
 	size_t buf_cap;
 } anes_wctx;
 
-/* A lane: a socket that the workers read themselves (docs/performance.md,
- * "Lanes").  Armed one-shot: once readable, exactly one worker calls
+/* A lane: a socket that the lane threads read themselves (docs/performance.md,
+ * "Lanes").  Armed one-shot: once readable, exactly one lane thread calls
  * ready(); it stays disarmed until armed again. */
 typedef struct anes_lane anes_lane;
 struct anes_lane {
@@ -221,6 +221,18 @@ struct anes_conn {
 	int lane_status;             /* 0, ANES_LANE_EOF or a read's -errno */
 	void *lane_out;              /* a reply not (wholly) sent: malloc'd frame */
 	size_t lane_out_len, lane_out_sent;
+
+	/* Draining (docs/protocol.md, "Shutdown"): a request whose first byte
+	 * had reached the daemon's socket when the stop request came is done as
+	 * usual; later ones get shutting_down.  Offsets in the byte stream from
+	 * the client: rd_total counts what was read (by the loop, or by a lane
+	 * worker under lane_mu), rd_consumed the frames taken (by whoever owns
+	 * the read side), drain_cutoff is rd_total plus what the socket held
+	 * when draining began (UINT64_MAX before). */
+	uint64_t rd_total;
+	uint64_t rd_consumed;
+	uint64_t drain_cutoff;
+	bool predrain_frame;         /* loop: the request being handled came before */
 };
 
 enum { ANES_LANE_OFF, ANES_LANE_ARMED, ANES_LANE_BUSY };
@@ -245,6 +257,10 @@ void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
 void anes_conn_kick(anes_conn *c);
 /* Tear down failed connections and process kicked ones (loop idle). */
 void anes_conn_run_deferred(anes_server *srv);
+/* Loop, when draining begins: note where c's stream stands (drain_cutoff). */
+void anes_conn_drain_mark(anes_conn *c);
+/* Loop: true while requests that came before the drain are still unread. */
+bool anes_conn_predrain_unread(anes_conn *c);
 /* Loop: ask c's lane back.  True if a worker is in it now: then it comes
  * back when that worker is done (lane_back); an armed one stays armed. */
 bool anes_conn_lane_recall(anes_conn *c);
@@ -387,8 +403,9 @@ void anes_centry_unpin(anes_centry *e);
 /* ---- worker pool (worker.c) ---------------------------------------------- */
 
 /* loop: an anes_server's (deliver batches the replies through it).
- * lanes: let workers read lanes (false: anes_pool_lane_arm fails). */
-int anes_pool_new(uv_loop_t *loop, unsigned n_threads, bool lanes, anes_pool **ret);
+ * n_threads job workers; n_lane_threads threads that serve lanes and
+ * nothing else (0: anes_pool_lane_arm fails). */
+int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
 /* Any thread: put j on the done list as finished (its done() runs on the
  * loop); for a job that did its work elsewhere, e.g. a lane's hand-back. */

@@ -1220,7 +1220,7 @@ void anes_dispatch_request(anes_conn *c, const anes_msg *m, int *fds, unsigned n
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_HANDSHAKE, "the first request must be hello");
 		return;
 	}
-	if (c->srv->draining) {
+	if (c->srv->draining && !c->predrain_frame) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_SHUTTING_DOWN,
 		                      "the daemon is shutting down; the request was not done");
 		return;

@@ -476,8 +476,9 @@ void anes_server_drain_check(anes_server *srv)
 		return;
 	/* A connection with nothing in flight and nothing to send is done. */
 	for (anes_conn *c = srv->conns; c; c = c->next) {
-		if (c->failed || anes_conn_lane_recall(c))
-			continue;   /* a worker is answering on its lane: it comes back */
+		if (c->failed || anes_conn_lane_recall(c) || anes_conn_predrain_unread(c))
+			continue;   /* more to do: it is coming back from its lane, or
+			             * requests from before the drain are unread */
 		if (c->inflight == 0 && !anes_io_want_write(&c->io))
 			anes_conn_fail(c, "the daemon is shutting down");
 	}
@@ -500,6 +501,10 @@ static void server_drain(anes_server *srv)
 		server_shutdown(srv);
 		return;
 	}
+	/* Before draining is set: a lane worker that sees it set has read
+	 * nothing past the mark. */
+	for (anes_conn *c = srv->conns; c; c = c->next)
+		anes_conn_drain_mark(c);
 	srv->draining = true;
 	stop_listening(srv);
 	uv_timer_start(&srv->drain_timer, on_drain_timeout, srv->cfg.shutdown_timeout_ms, 0);
@@ -647,7 +652,8 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		goto fail;
 	}
 	loop_init = true;
-	r = anes_pool_new(&srv->loop, srv->cfg.workers, srv->cfg.lanes, &srv->pool);
+	r = anes_pool_new(&srv->loop, srv->cfg.workers, srv->cfg.lanes ? srv->cfg.workers : 0,
+	                  &srv->pool);
 	if (r < 0) {
 		errmsg(errbuf, errbuf_len, "cannot start worker threads: %s", strerror(-r));
 		goto fail;

@@ -6,16 +6,19 @@
  * a done-list and one uv_async_t.  uv_async_send coalesces wakeups, so the
  * callback drains the whole list rather than counting signals.
  *
- * Idle workers wait in one poll set (epoll, or kqueue on macOS and the
- * BSDs) that holds a wake-up fd for the job queue and the lanes: client
- * sockets armed one-shot, which the worker that sees one readable reads
- * itself (conn.c).  A request that arrives on a lane wakes one worker and
- * nothing else, which is the whole point (docs/performance.md, "Lanes").
+ * Lane threads are separate: they wait in one poll set (epoll, or kqueue
+ * on macOS and the BSDs) holding the lanes, client sockets armed one-shot,
+ * which the thread that sees one readable reads itself (conn.c).  A
+ * request that arrives on a lane wakes one thread and nothing else, which
+ * is the whole point (docs/performance.md, "Lanes").  They never take jobs,
+ * so a backlog of long compiles or runs cannot hold a lane up; and what
+ * they run is short by construction.  A wake-up fd in the set stops them.
  */
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -32,14 +35,15 @@
 
 struct anes_pool {
 	pthread_mutex_t mu;
+	pthread_cond_t cv;
 	anes_job *head, **tail;       /* queued */
 	anes_job *done, **done_tail;  /* finished, not yet delivered */
 	bool stop;
-	bool wake_pending;            /* the wake-up fd is signalled */
-	bool lanes;
-	int pollfd;                   /* the poll set, -1 if it could not be made */
+	atomic_bool lanes_stop;
+	int pollfd;                   /* the lanes' poll set, -1 without lanes */
 	int wakefd;                   /* epoll: an eventfd in the set; kqueue: unused */
-	unsigned n_threads;
+	unsigned n_threads;           /* job workers, then lane threads, in threads[] */
+	unsigned n_lane_threads;
 	pthread_t *threads;
 	uv_async_t async;
 };
@@ -104,20 +108,6 @@ static void poll_wake(anes_pool *p)
 #endif
 }
 
-/* mu held: the wake-up was seen; reset it (epoll's is level-triggered). */
-static void poll_wake_clear(anes_pool *p)
-{
-#if defined(ANES_POLL_EPOLL)
-	uint64_t v;
-	ssize_t n;
-	do
-		n = read(p->wakefd, &v, sizeof v);
-	while (n < 0 && errno == EINTR);
-#else
-	(void)p;
-#endif
-}
-
 /* Wait for a wake-up (returns 0) or a readable lane (1, *ret set). */
 static int poll_wait(anes_pool *p, anes_lane **ret)
 {
@@ -144,7 +134,7 @@ static int poll_wait(anes_pool *p, anes_lane **ret)
 
 int anes_pool_lane_arm(anes_pool *p, anes_lane *l)
 {
-	if (!p->lanes)
+	if (p->n_lane_threads == 0 || p->pollfd < 0)
 		return -ENOTSUP;
 #if defined(ANES_POLL_EPOLL)
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, .data.ptr = l };
@@ -181,15 +171,6 @@ void anes_pool_lane_remove(anes_pool *p, anes_lane *l)
 #endif
 }
 
-/* mu held. */
-static void wake_locked(anes_pool *p)
-{
-	if (p->wake_pending)
-		return;
-	p->wake_pending = true;
-	poll_wake(p);
-}
-
 /* ---- workers ----------------------------------------------------------------- */
 
 static void push_done(anes_pool *p, anes_job *j)
@@ -218,44 +199,41 @@ static void run_job(anes_pool *p, anes_job *j)
 static void *worker_main(void *arg)
 {
 	anes_pool *p = arg;
+
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (!p->stop && !p->head)
+			pthread_cond_wait(&p->cv, &p->mu);
+		if (!p->head)
+			break;
+		anes_job *j = p->head;
+		p->head = j->next;
+		if (!p->head)
+			p->tail = &p->head;
+		pthread_mutex_unlock(&p->mu);
+		run_job(p, j);
+		pthread_mutex_lock(&p->mu);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+static void *lane_main(void *arg)
+{
+	anes_pool *p = arg;
 	anes_wctx ctx = { 0 };
 	bool zone_ok = msgpack_zone_init(&ctx.zone, 4096);
 	anes_frame_init(&ctx.reply);
 
-	for (;;) {
-		pthread_mutex_lock(&p->mu);
-		if (p->head) {
-			anes_job *j = p->head;
-			p->head = j->next;
-			if (!p->head)
-				p->tail = &p->head;
-			else
-				wake_locked(p);   /* more: another worker */
-			pthread_mutex_unlock(&p->mu);
-			run_job(p, j);
-			continue;
-		}
-		if (p->stop) {
-			pthread_mutex_unlock(&p->mu);
-			poll_wake(p);   /* the next worker may not have seen it */
-			break;
-		}
-		pthread_mutex_unlock(&p->mu);
-
+	while (!atomic_load(&p->lanes_stop)) {
 		anes_lane *l = NULL;
-		if (poll_wait(p, &l) == 0) {
-			pthread_mutex_lock(&p->mu);
-			if (p->wake_pending && !p->stop) {
-				poll_wake_clear(p);
-				p->wake_pending = false;
-			}
-			pthread_mutex_unlock(&p->mu);
-			continue;
-		}
+		if (poll_wait(p, &l) == 0)
+			continue;   /* the stop wake-up (level-triggered: all see it) */
 		if (zone_ok)
 			msgpack_zone_clear(&ctx.zone);
 		l->ready(l, zone_ok ? &ctx : NULL);
 	}
+	poll_wake(p);   /* kqueue's wake-up reaches one thread: pass it on */
 	if (zone_ok)
 		msgpack_zone_destroy(&ctx.zone);
 	anes_frame_release(&ctx.reply);
@@ -298,36 +276,42 @@ static void on_async(uv_async_t *h)
 static void on_closed(uv_handle_t *h)
 {
 	anes_pool *p = h->data;
+	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
 	free(p->threads);
 	free(p);
 }
 
-int anes_pool_new(uv_loop_t *loop, unsigned n_threads, bool lanes, anes_pool **ret)
+int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, anes_pool **ret)
 {
 	if (n_threads == 0)
 		return -EINVAL;
 	anes_pool *p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	p->threads = calloc(n_threads, sizeof(*p->threads));
+	p->threads = calloc(n_threads + n_lane_threads, sizeof(*p->threads));
 	if (!p->threads) {
 		free(p);
 		return -ENOMEM;
 	}
 	p->tail = &p->head;
 	p->done_tail = &p->done;
-	int r = poll_init(p);
-	if (r < 0) {
-		poll_cleanup(p);
-		free(p->threads);
-		free(p);
-		return r;
+	p->pollfd = p->wakefd = -1;
+	atomic_init(&p->lanes_stop, false);
+	if (n_lane_threads > 0) {
+		int r = poll_init(p);
+		if (r < 0) {
+			poll_cleanup(p);
+			free(p->threads);
+			free(p);
+			return r;
+		}
 	}
-	p->lanes = lanes;
 	pthread_mutex_init(&p->mu, NULL);
-	r = uv_async_init(loop, &p->async, on_async);
+	pthread_cond_init(&p->cv, NULL);
+	int r = uv_async_init(loop, &p->async, on_async);
 	if (r < 0) {
+		pthread_cond_destroy(&p->cv);
 		pthread_mutex_destroy(&p->mu);
 		poll_cleanup(p);
 		free(p->threads);
@@ -336,15 +320,18 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, bool lanes, anes_pool **r
 	}
 	p->async.data = p;
 
-	for (unsigned i = 0; i < n_threads; i++) {
-		r = pthread_create(&p->threads[i], NULL, worker_main, p);
+	for (unsigned i = 0; i < n_threads + n_lane_threads; i++) {
+		bool lane = i >= n_threads;
+		r = pthread_create(&p->threads[i], NULL, lane ? lane_main : worker_main, p);
 		if (r != 0) {
 			/* Leaves a working but smaller pool shut down cleanly. */
-			p->n_threads = i;
 			anes_pool_shutdown(p);
 			return -r;
 		}
-		p->n_threads = i + 1;
+		if (lane)
+			p->n_lane_threads++;
+		else
+			p->n_threads++;
 	}
 	*ret = p;
 	return 0;
@@ -363,7 +350,7 @@ void anes_pool_submit(anes_pool *p, anes_job *j)
 	j->next = NULL;
 	*p->tail = j;
 	p->tail = &j->next;
-	wake_locked(p);
+	pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 }
 
@@ -389,12 +376,16 @@ void anes_pool_shutdown(anes_pool *p)
 		push_done(p, j);
 	}
 	p->tail = &p->head;
-	poll_wake(p);
+	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	if (p->n_lane_threads > 0) {
+		atomic_store(&p->lanes_stop, true);
+		poll_wake(p);   /* never read: wakes every lane thread */
+	}
 
-	for (unsigned i = 0; i < p->n_threads; i++)
+	for (unsigned i = 0; i < p->n_threads + p->n_lane_threads; i++)
 		pthread_join(p->threads[i], NULL);
-	p->n_threads = 0;
+	p->n_threads = p->n_lane_threads = 0;
 	poll_cleanup(p);
 
 	/* Every done() may free refs that close connections or cache entries;
