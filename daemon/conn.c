@@ -79,8 +79,9 @@ static void close_fds(int *fds, unsigned nfds)
 
 anes_conn *anes_conn_ref(anes_conn *c)
 {
-	assert(c->refs > 0);
-	c->refs++;
+	unsigned old = atomic_fetch_add(&c->refs, 1);
+	assert(old > 0);
+	(void)old;
 	return c;
 }
 
@@ -88,8 +89,9 @@ void anes_conn_unref(anes_conn *c)
 {
 	if (!c)
 		return;
-	assert(c->refs > 0);
-	if (--c->refs > 0)
+	unsigned old = atomic_fetch_sub(&c->refs, 1);
+	assert(old > 0);
+	if (old > 1)
 		return;
 	assert(c->torn_down);
 	pthread_mutex_destroy(&c->send_mu);
@@ -276,7 +278,7 @@ int anes_conn_new(anes_server *srv, int fd)
 	c->lane_job.work = lane_no_work;   /* non-NULL: never "cancelled" */
 	c->lane_job.done = lane_back;
 	atomic_init(&c->direct_unseen, 0);
-	c->refs = 1;
+	atomic_init(&c->refs, 1);
 	c->serial = ++srv->next_conn_serial;
 	anes_io_init(&c->io, fd, srv->lim.max_frame);
 	anes_idt_init(&c->surfaces);
@@ -864,40 +866,108 @@ static int lane_send(anes_conn *c, anes_wctx *ctx)
 	return 1;
 }
 
-/* Worker: take the buffered requests a lane handles.  1: the lane keeps
- * the read side; 0: hand it back (the next frame is the loop's); a
- * negative errno: hand it back and fail the connection. */
-static int lane_take_requests(anes_conn *c, anes_wctx *ctx)
+/* Lane thread: take the buffered request if a lane handles it.  2: done,
+ * its reply is in ctx->reply, to be sent; 1: no complete request yet; 0:
+ * hand the read side back (the next frame is the loop's); a negative
+ * errno: hand it back and fail the connection. */
+static int lane_take_request(anes_conn *c, anes_wctx *ctx)
 {
-	for (;;) {
-		const uint8_t *payload;
-		uint32_t len;
-		unsigned nfds;
-		anes_msg m;
+	const uint8_t *payload;
+	uint32_t len;
+	unsigned nfds;
+	anes_msg m;
 
-		int r = anes_io_peek_frame(&c->io, &payload, &len, &nfds);
-		if (r == 0)
-			return 1;
-		if (r < 0 || nfds > 0 || atomic_load(&c->srv->draining))
-			return 0;   /* the loop answers it (or reports the error) */
-		/* One request at a time, the latency case: a client that sends
-		 * several at once gets them spread over the workers by the loop. */
-		if (c->io.rlen - c->io.rpos != ANES_FRAME_HEADER_SIZE + (size_t)len)
-			return 0;
-		msgpack_zone_clear(&ctx->zone);
-		if (anes_msg_decode(payload, len, &ctx->zone, &m) < 0 || m.type != ANES_MSG_REQUEST)
-			return 0;
-		r = anes_lane_request(c, &m, ctx);
-		if (r <= 0)
-			return r;
-		/* Done: drop the frame (no fds), then send the reply. */
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		(void)anes_io_next_frame(&c->io, &payload, &len, fds, &nfds);
-		c->rd_consumed += ANES_FRAME_HEADER_SIZE + (size_t)len;
-		r = lane_send(c, ctx);
-		if (r != 0)
-			return r < 0 ? r : 0;
+	int r = anes_io_peek_frame(&c->io, &payload, &len, &nfds);
+	if (r == 0)
+		return 1;
+	if (r < 0 || nfds > 0 || atomic_load(&c->srv->draining))
+		return 0;   /* the loop answers it (or reports the error) */
+	/* One request at a time, the latency case: a client that sends
+	 * several at once gets them spread over the workers by the loop. */
+	if (c->io.rlen - c->io.rpos != ANES_FRAME_HEADER_SIZE + (size_t)len)
+		return 0;
+	msgpack_zone_clear(&ctx->zone);
+	if (anes_msg_decode(payload, len, &ctx->zone, &m) < 0 || m.type != ANES_MSG_REQUEST)
+		return 0;
+	r = anes_lane_request(c, &m, ctx);
+	if (r <= 0)
+		return r;
+	/* Done: drop the frame (no fds); the caller sends the reply. */
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	(void)anes_io_next_frame(&c->io, &payload, &len, fds, &nfds);
+	c->rd_consumed += ANES_FRAME_HEADER_SIZE + (size_t)len;
+	return 2;
+}
+
+/* A reply a lane thread sent after re-arming the lane, of which the socket
+ * did not take all: the loop queues the rest.  Holds a connection ref. */
+#define LANE_REST_MAX 1024
+
+typedef struct lane_rest {
+	anes_job job;
+	anes_conn *c;
+	size_t len, sent;
+	char data[LANE_REST_MAX];
+} lane_rest;
+
+static void lane_rest_done(anes_job *j, bool cancelled)
+{
+	lane_rest *lr = ANES_CONTAINER_OF(j, lane_rest, job);
+	anes_conn *c = lr->c;
+	(void)cancelled;
+	void *data = c->failed ? NULL : malloc(lr->len);
+	if (data) {
+		memcpy(data, lr->data, lr->len);
+		if (lr->sent > 0)
+			anes_conn_queue_rest(c, data, lr->len, lr->sent);
+		else
+			anes_conn_queue(c, data, lr->len, NULL, 0);
+	} else if (!c->failed) {
+		anes_conn_fail(c, "out of memory queueing a response");
 	}
+	anes_conn_unref(c);
+	free(lr);
+}
+
+/* Lane thread, after re-arming c's lane (so another lane thread may own
+ * its read side already): send the reply in ctx->reply, with the ref the
+ * caller took for it; what the socket does not take goes to the loop in
+ * ctx->rest_spare.  Touches only the send side (send_mu). */
+static void lane_send_detached(anes_conn *c, anes_wctx *ctx)
+{
+	const char *data = ctx->reply.data;
+	size_t len = ctx->reply.len, sent = 0;
+
+	pthread_mutex_lock(&c->send_mu);
+	if (c->wclosed) {
+		pthread_mutex_unlock(&c->send_mu);
+		anes_conn_unref(c);
+		return;
+	}
+	if (!c->wblocked && !c->io.out_head) {
+		struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+		ssize_t n;
+		do
+			n = anes_os_sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+		while (n < 0 && errno == EINTR);
+		sent = n > 0 ? (size_t)n : 0;
+		if (sent > 0 && sent < len)
+			c->wblocked = true;   /* nothing may go before the rest */
+	}
+	pthread_mutex_unlock(&c->send_mu);
+	if (sent == len) {
+		anes_conn_unref(c);
+		return;
+	}
+	lane_rest *lr = ctx->rest_spare;
+	ctx->rest_spare = NULL;
+	memcpy(lr->data, data, len);
+	lr->len = len;
+	lr->sent = sent;
+	lr->c = c;   /* the caller's ref */
+	lr->job = (anes_job){ .work = lane_no_work, .done = lane_rest_done };
+	anes_pool_complete(c->srv->pool, &lr->job);
 }
 
 /* Worker: c's socket is readable. */
@@ -926,23 +996,50 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	/* Asked back: with what was read (requests from before a drain). */
 	if (stop || !ctx)
 		goto back;
-	int r = lane_take_requests(c, ctx);
+	int r = lane_take_request(c, ctx);
 	if (r <= 0) {
 		status = r;
 		goto back;
 	}
+	bool reply = r == 2;
+	/* The reply goes after the lane is armed again, so that arming is
+	 * not between the reply and the client's next request.  That needs a
+	 * place for a rest the socket might not take (ctx->rest_spare, kept
+	 * from request to request); without one, send first. */
+	if (reply && !ctx->rest_spare && ctx->reply.len <= LANE_REST_MAX)
+		ctx->rest_spare = malloc(sizeof(lane_rest));
+	if (reply && (!ctx->rest_spare || ctx->reply.len > LANE_REST_MAX)) {
+		r = lane_send(c, ctx);
+		if (r != 0) {
+			status = r < 0 ? r : 0;   /* 1: the rest is in lane_out */
+			goto back;
+		}
+		reply = false;
+	}
 
 	pthread_mutex_lock(&c->lane_mu);
 	if (!c->lane_stop && !atomic_load(&c->srv->draining)) {
-		/* Armed under lane_mu: the worker that gets it next waits here
+		/* Armed under lane_mu: the thread that gets it next waits here
 		 * until this one has let go. */
+		if (reply)
+			anes_conn_ref(c);   /* lane_send_detached's */
 		c->lane_state = ANES_LANE_ARMED;
 		if (anes_pool_lane_arm(c->srv->pool, &c->lane_h) == 0) {
 			pthread_mutex_unlock(&c->lane_mu);
+			if (reply)
+				lane_send_detached(c, ctx);
 			return;
 		}
+		c->lane_state = ANES_LANE_BUSY;
+		if (reply)
+			atomic_fetch_sub(&c->refs, 1);   /* not the last: the lane holds one */
 	}
 	pthread_mutex_unlock(&c->lane_mu);
+	if (reply) {
+		r = lane_send(c, ctx);
+		if (r != 0)
+			status = r < 0 ? r : 0;
+	}
 back:
 	pthread_mutex_lock(&c->lane_mu);
 	c->lane_state = ANES_LANE_OFF;

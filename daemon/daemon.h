@@ -150,6 +150,7 @@ typedef struct anes_wctx {
 	anes_frame reply;       /* its buffer is kept between replies */
 	void *buf;              /* malloc'd, grows: run steps of a lane run */
 	size_t buf_cap;
+	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
 } anes_wctx;
 
 /* A lane: a socket that the lane threads read themselves (docs/performance.md,
@@ -168,7 +169,8 @@ struct anes_conn {
 	anes_conn *dead_next;        /* srv->dead */
 	anes_conn *kick_next;        /* srv->kicked */
 	uint64_t serial;
-	unsigned refs;               /* the server's (until the poll handle closed) + jobs + waiters */
+	atomic_uint refs;            /* the server's (until the poll handle closed) + jobs +
+	                              * waiters + a lane thread's reply on its way */
 	int fd;
 	uv_poll_t poll;
 	int events;                  /* UV_READABLE/UV_WRITABLE currently polled */

@@ -45,6 +45,8 @@ static const optdef defs[] = {
 	{ "workers", T_U32, O(cfg.workers), 1, 256, "N", "worker threads for compiles and runs (default 2)" },
 	{ "no-lanes", T_BOOL, O(no_lanes), 0, 0, NULL,
 	  "workers never read client sockets: every request goes through the event loop" },
+	{ "lane-threads", T_U32, O(cfg.lane_threads), 1, 256, "N",
+	  "threads that read idle client sockets and run short requests (default: as many as --workers)" },
 	{ "lane-run-max-us", T_U32, O(cfg.lane_run_max_us), 0, 10000000, "MICROSECONDS",
 	  "a worker that reads a request runs it at once if the program's recent runs took at most this long" },
 	{ "verbose", T_BOOL, O(cfg.verbose), 0, 0, NULL, "log every connect and disconnect" },
@@ -110,7 +112,7 @@ static void usage(FILE *f, const anes_options *dflt)
 		switch (d->type) {
 		case T_U32:
 		case T_BYTES32:
-			if (d->off != O(cfg.workers) && d->off != O(compile_budget))
+			if (d->off != O(cfg.workers) && d->off != O(cfg.lane_threads) && d->off != O(compile_budget))
 				fprintf(f, " (default %u)", *(const uint32_t *)p);
 			break;
 		case T_U64:

@@ -583,6 +583,8 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	srv->backend = cfg->backend;
 	if (srv->cfg.workers == 0)
 		srv->cfg.workers = 2;
+	if (srv->cfg.lane_threads == 0)
+		srv->cfg.lane_threads = srv->cfg.workers;
 
 	const anes_limits *l = &srv->lim;
 	if (!srv->backend || !srv->backend->ops) {
@@ -594,7 +596,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	    l->max_surfaces == 0 || l->max_surface_bytes == 0 || l->max_total_surface_bytes == 0 ||
 	    l->max_daemon_surface_bytes == 0 || l->max_programs == 0 || l->max_inflight == 0 ||
 	    l->max_connections == 0 || l->max_unsent_bytes == 0 || l->drop_unsent_bytes == 0 ||
-	    srv->cfg.workers > 1024) {
+	    srv->cfg.workers > 1024 || srv->cfg.lane_threads > 1024) {
 		errmsg(errbuf, errbuf_len, "invalid limits (max_frame must be %u..%u, the others > 0)",
 		       ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST);
 		r = -EINVAL;
@@ -652,7 +654,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		goto fail;
 	}
 	loop_init = true;
-	r = anes_pool_new(&srv->loop, srv->cfg.workers, srv->cfg.lanes ? srv->cfg.workers : 0,
+	r = anes_pool_new(&srv->loop, srv->cfg.workers, srv->cfg.lanes ? srv->cfg.lane_threads : 0,
 	                  &srv->pool);
 	if (r < 0) {
 		errmsg(errbuf, errbuf_len, "cannot start worker threads: %s", strerror(-r));

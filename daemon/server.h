@@ -51,7 +51,8 @@ typedef struct anes_server_config {
 	int listen_fd;
 	/* Worker threads for compiles and runs; 0 = 2. */
 	unsigned workers;
-	bool lanes;            /* lane threads (as many as workers) read idle connections (conn.c) */
+	bool lanes;            /* lane threads read idle connections (conn.c) */
+	unsigned lane_threads; /* how many (0: as many as workers) */
 	uint32_t lane_run_max_us; /* ... and run a request there if its programs' runs
 	                           * lately took at most this long (else: the loop) */
 	/* Borrowed: must outlive the server and is not destroyed by it. */
