@@ -278,6 +278,7 @@ int anes_conn_new(anes_server *srv, int fd)
 	c->lane_job.work = lane_no_work;   /* non-NULL: never "cancelled" */
 	c->lane_job.done = lane_back;
 	atomic_init(&c->direct_unseen, 0);
+	atomic_init(&c->lane_rests, 0);
 	atomic_init(&c->refs, 1);
 	c->serial = ++srv->next_conn_serial;
 	anes_io_init(&c->io, fd, srv->lim.max_frame);
@@ -882,6 +883,13 @@ static int lane_take_request(anes_conn *c, anes_wctx *ctx)
 		return 1;
 	if (r < 0 || nfds > 0 || atomic_load(&c->srv->draining))
 		return 0;   /* the loop answers it (or reports the error) */
+	/* Output waiting (the client does not read its replies): the loop
+	 * decides whether to take more requests (max_unsent_bytes). */
+	pthread_mutex_lock(&c->send_mu);
+	bool backlog = c->io.out_head || c->wblocked || atomic_load(&c->lane_rests) > 0;
+	pthread_mutex_unlock(&c->send_mu);
+	if (backlog)
+		return 0;
 	/* One request at a time, the latency case: a client that sends
 	 * several at once gets them spread over the workers by the loop. */
 	if (c->io.rlen - c->io.rpos != ANES_FRAME_HEADER_SIZE + (size_t)len)
@@ -915,6 +923,7 @@ static void lane_rest_done(anes_job *j, bool cancelled)
 	lane_rest *lr = ANES_CONTAINER_OF(j, lane_rest, job);
 	anes_conn *c = lr->c;
 	(void)cancelled;
+	atomic_fetch_sub(&c->lane_rests, 1);
 	void *data = c->failed ? NULL : malloc(lr->len);
 	if (data) {
 		memcpy(data, lr->data, lr->len);
@@ -962,6 +971,7 @@ static void lane_send_detached(anes_conn *c, anes_wctx *ctx)
 	}
 	lane_rest *lr = ctx->rest_spare;
 	ctx->rest_spare = NULL;
+	atomic_fetch_add(&c->lane_rests, 1);
 	memcpy(lr->data, data, len);
 	lr->len = len;
 	lr->sent = sent;

@@ -203,6 +203,8 @@ struct anes_conn {
 	                              * queued by the job's done() before anything else */
 	atomic_uint direct_unseen;   /* replies sent by workers whose jobs' done()
 	                              * has not run yet */
+	atomic_uint lane_rests;      /* lane replies whose rest the loop has not
+	                              * queued yet (conn.c, lane_send_detached) */
 
 	/* The lane (docs/performance.md, "Lanes").  While `lane` is set a
 	 * worker owns the read side: io's receive buffer and fd queue, and
