@@ -829,38 +829,46 @@ void anes_conn_lanes_orphan(anes_server *srv)
 	}
 }
 
-/* Worker: send the sealed reply in ctx->reply.  0 when it went whole (or
- * the connection is closing), 1 when the rest is in c->lane_out for the
- * loop, -ENOMEM when it could not be kept (the stream is out of step). */
-static int lane_send(anes_conn *c, anes_wctx *ctx)
+/* Lane thread: one non-blocking send of the reply in ctx->reply when
+ * nothing waits before it.  Returns the bytes sent: all of them if the
+ * connection is closing (nothing to send then); fewer, and the connection
+ * is marked wblocked if part went, when the rest must go through the loop.
+ * Errors: the loop finds them when it sends the rest. */
+static size_t lane_try_send(anes_conn *c, anes_wctx *ctx)
 {
-	const char *data = ctx->reply.data;
 	size_t len = ctx->reply.len, sent = 0;
 
 	pthread_mutex_lock(&c->send_mu);
 	if (c->wclosed) {
-		pthread_mutex_unlock(&c->send_mu);
-		return 0;
-	}
-	if (!c->wblocked && !c->io.out_head) {
-		struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+		sent = len;
+	} else if (!c->wblocked && !c->io.out_head) {
+		struct iovec iov = { .iov_base = ctx->reply.data, .iov_len = len };
 		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 		ssize_t n;
 		do
 			n = anes_os_sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 		while (n < 0 && errno == EINTR);
-		/* Errors: the loop finds them when it sends the queued copy. */
 		sent = n > 0 ? (size_t)n : 0;
 		if (sent > 0 && sent < len)
 			c->wblocked = true;   /* nothing may go before the rest */
 	}
 	pthread_mutex_unlock(&c->send_mu);
+	return sent;
+}
+
+/* Lane thread, owning the read side: send the reply.  0 when it went
+ * whole (or the connection is closing), 1 when it is in c->lane_out for
+ * the loop (lane_back), -ENOMEM when it could not be kept (the stream is
+ * out of step). */
+static int lane_send(anes_conn *c, anes_wctx *ctx)
+{
+	size_t len = ctx->reply.len, sent = lane_try_send(c, ctx);
 	if (sent == len)
 		return 0;
 	void *copy = malloc(len);
 	if (!copy)
 		return -ENOMEM;
-	memcpy(copy, data, len);
+	memcpy(copy, ctx->reply.data, len);
 	c->lane_out = copy;
 	c->lane_out_len = len;
 	c->lane_out_sent = sent;
@@ -944,27 +952,7 @@ static void lane_rest_done(anes_job *j, bool cancelled)
  * ctx->rest_spare.  Touches only the send side (send_mu). */
 static void lane_send_detached(anes_conn *c, anes_wctx *ctx)
 {
-	const char *data = ctx->reply.data;
-	size_t len = ctx->reply.len, sent = 0;
-
-	pthread_mutex_lock(&c->send_mu);
-	if (c->wclosed) {
-		pthread_mutex_unlock(&c->send_mu);
-		anes_conn_unref(c);
-		return;
-	}
-	if (!c->wblocked && !c->io.out_head) {
-		struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
-		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-		ssize_t n;
-		do
-			n = anes_os_sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-		while (n < 0 && errno == EINTR);
-		sent = n > 0 ? (size_t)n : 0;
-		if (sent > 0 && sent < len)
-			c->wblocked = true;   /* nothing may go before the rest */
-	}
-	pthread_mutex_unlock(&c->send_mu);
+	size_t len = ctx->reply.len, sent = lane_try_send(c, ctx);
 	if (sent == len) {
 		anes_conn_unref(c);
 		return;
@@ -972,7 +960,7 @@ static void lane_send_detached(anes_conn *c, anes_wctx *ctx)
 	lane_rest *lr = ctx->rest_spare;
 	ctx->rest_spare = NULL;
 	atomic_fetch_add(&c->lane_rests, 1);
-	memcpy(lr->data, data, len);
+	memcpy(lr->data, ctx->reply.data, len);
 	lr->len = len;
 	lr->sent = sent;
 	lr->c = c;   /* the caller's ref */

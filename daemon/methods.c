@@ -799,6 +799,18 @@ typedef struct run_req {
 	char err_msg[ANES_ERRMSG_MAX + 32];
 } run_req;
 
+/* On a lane: keep the first error for the reply. */
+static void lane_keep_error(run_req *q, int code, bool name_step, const char *msg)
+{
+	if (q->failed)
+		return;
+	q->failed = true;
+	q->err_step = name_step;
+	q->err_at = q->step;
+	q->err_code = code;
+	snprintf(q->err_msg, sizeof(q->err_msg), "%s", msg);
+}
+
 /* An error about the request as a whole (no step). */
 static void req_error(run_req *q, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void req_error(run_req *q, int code, const char *fmt, ...)
@@ -808,14 +820,10 @@ static void req_error(run_req *q, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (!q->lane) {
+	if (q->lane)
+		lane_keep_error(q, code, false, msg);
+	else
 		anes_conn_reply_error(q->c, q->msgid, code, "%s", msg);
-	} else if (!q->failed) {
-		q->failed = true;
-		q->err_step = false;
-		q->err_code = code;
-		snprintf(q->err_msg, sizeof(q->err_msg), "%s", msg);
-	}
 }
 
 static void run_error(run_req *q, int code, const char *fmt, ...)
@@ -833,15 +841,10 @@ static void run_error(run_req *q, int code, const char *fmt, ...)
 	}
 	char full[ANES_ERRMSG_MAX + 32];
 	snprintf(full, sizeof(full), "step %u: %s", q->step, msg);
-	if (!q->lane) {
+	if (q->lane)
+		lane_keep_error(q, code, true, full);
+	else
 		reply_step_error(q->c, q->msgid, code, q->step, full);
-	} else if (!q->failed) {
-		q->failed = true;
-		q->err_step = true;
-		q->err_at = q->step;
-		q->err_code = code;
-		snprintf(q->err_msg, sizeof(q->err_msg), "%s", full);
-	}
 }
 
 /* Answer, release what the run held, free it, and look at the connection's
