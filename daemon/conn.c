@@ -625,14 +625,10 @@ static void sync_direct(anes_conn *c)
 static void handle_frame(anes_conn *c, const uint8_t *payload, uint32_t len, int *fds,
                          unsigned nfds)
 {
-	msgpack_zone zone;
+	msgpack_zone *zone = &c->srv->zone;   /* the loop decodes one request at a time */
 	anes_msg m;
 
-	if (!msgpack_zone_init(&zone, 4096)) {
-		anes_conn_fail(c, "out of memory decoding a message");
-		return;
-	}
-	int r = anes_msg_decode(payload, len, &zone, &m);
+	int r = anes_msg_decode(payload, len, zone, &m);
 	if (r == -ENOMEM) {
 		anes_conn_fail(c, "out of memory decoding a message");
 	} else if (r < 0) {
@@ -641,8 +637,9 @@ static void handle_frame(anes_conn *c, const uint8_t *payload, uint32_t len, int
 		anes_dispatch_request(c, &m, fds, nfds);
 	}
 	/* Notifications (and responses, the daemon sends no requests) are
-	 * ignored; their fds are closed by the caller. */
-	msgpack_zone_destroy(&zone);
+	 * ignored; their fds are closed by the caller.  What the request
+	 * needs later was copied out of the zone. */
+	msgpack_zone_clear(zone);
 }
 
 static void conn_process(anes_conn *c)

@@ -83,6 +83,10 @@ typedef struct anes_stats {
 
 struct anes_server {
 	uv_loop_t loop;
+	msgpack_zone zone;           /* loop: decodes one request at a time, cleared after each */
+	bool zone_init;
+	void *job_cache;             /* methods.c: single-step run jobs kept for reuse */
+	unsigned n_job_cache;
 	anes_server_config cfg;      /* socket_path points to socket_path below */
 	anes_limits lim;
 	anes_backend *backend;
@@ -429,5 +433,7 @@ void anes_pool_shutdown(anes_pool *p);
 /* ---- run (methods.c) ------------------------------------------------------- */
 
 uint64_t anes_now_ns(void);
+/* Free the run jobs kept for reuse (server teardown). */
+void anes_run_jobs_free(anes_server *srv);
 
 #endif

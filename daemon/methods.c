@@ -721,15 +721,24 @@ static void pack_run_ok(msgpack_packer *pk, uint32_t msgid, bool chain, uint32_t
 		pack_kv_u64(pk, "steps", n_steps);
 }
 
-static int pack_run_result(const run_job *rj, uint32_t max_frame, void **data, size_t *len)
+/* A reply packed on the stack: a run's is a few dozen bytes, so the worker
+ * allocates nothing unless the socket does not take it at once. */
+typedef struct small_frame {
+	char data[ANES_FRAME_HEADER_SIZE + 112];
+	size_t len;
+	bool full;
+} small_frame;
+
+static int small_frame_write(void *data, const char *buf, size_t len)
 {
-	anes_frame f;
-	anes_frame_init(&f);
-	pack_run_ok(&f.pk, rj->msgid, rj->chain, rj->n_steps, rj->elapsed_ns);
-	int r = anes_frame_finish(&f, 0, max_frame, data, len);
-	if (r < 0)
-		anes_frame_release(&f);
-	return r;
+	small_frame *f = data;
+	if (f->full || len > sizeof(f->data) - f->len) {
+		f->full = true;
+		return -1;
+	}
+	memcpy(f->data + f->len, buf, len);
+	f->len += len;
+	return 0;
 }
 
 /* On the worker, after run_work: a successful run's reply goes to the client
@@ -741,20 +750,34 @@ static pthread_mutex_t *run_reply(anes_job *j)
 	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
 	anes_conn *c = rj->conn;
 
-	if (rj->rc != 0 || pack_run_result(rj, c->srv->lim.max_frame, &rj->reply, &rj->reply_len) < 0)
+	if (rj->rc != 0)
 		return NULL;
+	small_frame f = { .len = ANES_FRAME_HEADER_SIZE };
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &f, small_frame_write);
+	pack_run_ok(&pk, rj->msgid, rj->chain, rj->n_steps, rj->elapsed_ns);
+	if (f.full)
+		return NULL;   /* run_done packs it */
+	anes_frame_header_write((uint8_t *)f.data, (uint32_t)(f.len - ANES_FRAME_HEADER_SIZE), 0);
+
 	pthread_mutex_lock(&c->send_mu);
-	size_t n = anes_conn_send_direct(c, rj->reply, rj->reply_len);
+	size_t n = anes_conn_send_direct(c, f.data, f.len);
 	if (n == 0) {
 		pthread_mutex_unlock(&c->send_mu);
-		return NULL;   /* run_done queues rj->reply */
+		return NULL;   /* run_done packs and queues it */
 	}
-	if (n == rj->reply_len) {
-		free(rj->reply);
-		rj->reply = NULL;
+	if (n == f.len) {
 		rj->replied = true;
 	} else {
-		rj->reply_sent = n;
+		/* The rest must follow before anything else (wblocked): keep it. */
+		rj->reply = malloc(f.len);
+		if (rj->reply) {
+			memcpy(rj->reply, f.data, f.len);
+			rj->reply_len = f.len;
+			rj->reply_sent = n;
+		} else {
+			rj->reply_sent = n;   /* run_done fails the connection */
+		}
 	}
 	return &c->send_mu;
 }
@@ -847,6 +870,8 @@ static void run_error(run_req *q, int code, const char *fmt, ...)
 		reply_step_error(q->c, q->msgid, code, q->step, full);
 }
 
+static void run_job_free(anes_server *srv, run_job *rj);
+
 /* Answer, release what the run held, free it, and look at the connection's
  * buffered requests again (it may have stopped reading at max_inflight). */
 static void run_done(anes_job *j, bool cancelled)
@@ -865,6 +890,8 @@ static void run_done(anes_job *j, bool cancelled)
 	} else {
 		if (rj->replied) {
 			/* sent by the worker */
+		} else if (rj->reply_sent && !rj->reply) {
+			anes_conn_fail(c, "out of memory keeping a response");   /* half sent */
 		} else if (rj->reply_sent) {
 			anes_conn_queue_rest(c, rj->reply, rj->reply_len, rj->reply_sent);
 		} else if (rj->reply) {
@@ -887,9 +914,10 @@ static void run_done(anes_job *j, bool cancelled)
 			anes_surface_unref(st->surf[i]);
 		anes_centry_unpin(st->entry);
 	}
+	anes_server *srv = c->srv;
 	anes_conn_kick(c);
 	anes_conn_unref(c);
-	free(rj);
+	run_job_free(srv, rj);
 }
 
 static bool read_ids(run_req *q, const msgpack_object *params, const char *key,
@@ -1081,6 +1109,46 @@ static void fill_steps(run_req *q, const msgpack_object *items, uint32_t n_steps
 	}
 }
 
+/* Single-step run jobs are all allocated at this size and kept for reuse
+ * (loop only), so a steady stream of runs through the loop allocates no
+ * job.  Chains get their own size. */
+#define SMALL_JOB_BYTES (sizeof(run_job) + run_steps_bytes(1, 2 * ANES_MAX_IO))
+#define JOB_CACHE_MAX 64
+
+static run_job *run_job_alloc(anes_server *srv, size_t bytes)
+{
+	if (bytes > SMALL_JOB_BYTES)
+		return calloc(1, bytes);
+	run_job *rj = srv->job_cache;
+	if (!rj)
+		return calloc(1, SMALL_JOB_BYTES);
+	srv->job_cache = rj->job.next;
+	srv->n_job_cache--;
+	memset(rj, 0, bytes);
+	return rj;
+}
+
+static void run_job_free(anes_server *srv, run_job *rj)
+{
+	if (rj->n_steps != 1 || srv->n_job_cache >= JOB_CACHE_MAX) {
+		free(rj);
+		return;
+	}
+	rj->job.next = srv->job_cache;
+	srv->job_cache = rj;
+	srv->n_job_cache++;
+}
+
+void anes_run_jobs_free(anes_server *srv)
+{
+	while (srv->job_cache) {
+		run_job *rj = srv->job_cache;
+		srv->job_cache = rj->job.next;
+		free(rj);
+	}
+	srv->n_job_cache = 0;
+}
+
 static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 {
 	run_req q = { .c = c, .msgid = m->msgid };
@@ -1090,7 +1158,7 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 
 	if (!check_run(&q, m, &items, &n_steps, &n_surf))
 		return;
-	run_job *rj = calloc(1, sizeof(run_job) + run_steps_bytes(n_steps, n_surf));
+	run_job *rj = run_job_alloc(c->srv, sizeof(run_job) + run_steps_bytes(n_steps, n_surf));
 	if (!rj) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
 		return;

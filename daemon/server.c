@@ -549,6 +549,9 @@ static void server_destroy(anes_server *srv, bool loop_init)
 		(void)r;
 	}
 	anes_cache_free(srv->cache);
+	anes_run_jobs_free(srv);
+	if (srv->zone_init)
+		msgpack_zone_destroy(&srv->zone);
 	if (srv->listen_fd >= 0)
 		close(srv->listen_fd);
 	if (srv->lock_fd >= 0)
@@ -643,10 +646,12 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
 	r = anes_cache_new(srv, &srv->cache);
-	if (r < 0) {
+	if (r < 0 || !msgpack_zone_init(&srv->zone, 4096)) {
 		errmsg(errbuf, errbuf_len, "out of memory");
+		r = -ENOMEM;
 		goto fail;
 	}
+	srv->zone_init = true;
 	r = uv_loop_init(&srv->loop);
 	if (r < 0) {
 		errmsg(errbuf, errbuf_len, "uv_loop_init: %s", uv_strerror(r));
