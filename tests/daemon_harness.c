@@ -609,3 +609,29 @@ void h_wait_daemon_fds(const h_daemon *d, int n)
 		poll_pause();
 	}
 }
+
+pid_t h_spawn(int (*fn)(void *arg, int ready_fd), void *arg)
+{
+	int p[2];
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(p[0]);
+		_exit(fn(arg, p[1]));
+	}
+	close(p[1]);
+	char b;
+	ssize_t n;
+	do
+		n = read(p[0], &b, 1);
+	while (n < 0 && errno == EINTR);
+	close(p[0]);
+	if (n != 1) {
+		int st = 0;
+		waitpid(pid, &st, 0);
+		cr_assert_fail("the child failed before it was ready (status 0x%x)", st);
+	}
+	return pid;
+}

@@ -147,4 +147,10 @@ long h_daemon_rss_kb(const h_daemon *d);
 /* Poll (bounded, ~10 s x h_slow()) until the daemon has n open fds; asserts. */
 void h_wait_daemon_fds(const h_daemon *d, int n);
 
+/* Fork a child (killed if the test process dies) that runs fn(arg,
+ * ready_fd) and exits with its result; fn reports readiness by writing one
+ * byte to ready_fd.  Returns once it has (asserts if the child failed
+ * first). */
+pid_t h_spawn(int (*fn)(void *arg, int ready_fd), void *arg);
+
 #endif

@@ -184,33 +184,6 @@ static void back_to_baseline(aneshare_conn *obs, int fds)
 
 /* ---- children ---------------------------------------------------------------------- */
 
-/* Fork a child that runs fn(arg, ready_fd) and reports readiness by writing
- * one byte; returns once it has. */
-static pid_t spawn(int (*fn)(void *arg, int ready_fd), void *arg)
-{
-	int p[2];
-	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		close(p[0]);
-		_exit(fn(arg, p[1]));
-	}
-	close(p[1]);
-	char b;
-	ssize_t n;
-	do
-		n = read(p[0], &b, 1);
-	while (n < 0 && errno == EINTR);
-	close(p[0]);
-	if (n != 1) {
-		int st;
-		waitpid(pid, &st, 0);
-		cr_assert_fail("the child failed before it was ready (status 0x%x)", st);
-	}
-	return pid;
-}
 
 static void kill_child(pid_t pid)
 {
@@ -297,7 +270,7 @@ Test(faults, client_killed_mid_request)
 
 	/* Runs queued on the workers, and a compile, when it dies. */
 	slow_args a = { D.sock, n, 32, true };
-	pid_t pid = spawn(child_in_flight, &a);
+	pid_t pid = h_spawn(child_in_flight, &a);
 	aneshare_status *st = h_status(obs);
 	cr_expect_geq(st->surfaces, 3);
 	aneshare_status_free(st);
@@ -367,7 +340,7 @@ Test(faults, client_killed_mid_frame)
 	aneshare_conn *obs = observe(&fds);
 	for (int with_fd = 0; with_fd <= 1; with_fd++) {
 		half_args a = { D.sock, with_fd };
-		pid_t pid = spawn(child_half_frame, &a);
+		pid_t pid = h_spawn(child_half_frame, &a);
 		/* A half frame stalls nobody: the daemon answers meanwhile. */
 		h_wait_clients(obs, 2);
 		mm_client m;
@@ -395,7 +368,7 @@ Test(faults, client_killed_holding_surfaces_in_use)
 	/* The child's surfaces are the inputs and outputs of its queued runs;
 	 * meanwhile another client keeps running on its own surfaces. */
 	slow_args a = { D.sock, n, 48, false };
-	pid_t pid = spawn(child_in_flight, &a);
+	pid_t pid = h_spawn(child_in_flight, &a);
 	mm_client m;
 	mm_init(&m, "bystander");
 	kill_child(pid);
@@ -776,9 +749,9 @@ Test(faults, pipelined_runs_while_clients_vanish)
 	enum { N_PIPE = 4, N_LEAVE = 40 };
 	pid_t pipe_pid[N_PIPE];
 	for (int i = 0; i < N_PIPE; i++)
-		pipe_pid[i] = spawn(child_pipeliner, D.sock);
+		pipe_pid[i] = h_spawn(child_pipeliner, D.sock);
 	for (int i = 0; i < N_LEAVE; i++) {
-		pid_t pid = spawn(child_leaver, D.sock);
+		pid_t pid = h_spawn(child_leaver, D.sock);
 		int st;
 		if (i % 2) {
 			/* gone already or going: kill it if it is still there */

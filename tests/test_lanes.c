@@ -515,31 +515,6 @@ static counts rsq_counts(rsq *s)
 
 /* ---- forked children ------------------------------------------------------------------ */
 
-static pid_t spawn(int (*fn)(void *arg, int ready_fd), void *arg)
-{
-	int p[2];
-	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	cr_assert(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		close(p[0]);
-		_exit(fn(arg, p[1]));
-	}
-	close(p[1]);
-	char b;
-	ssize_t n;
-	do
-		n = read(p[0], &b, 1);
-	while (n < 0 && errno == EINTR);
-	close(p[0]);
-	if (n != 1) {
-		int st;
-		waitpid(pid, &st, 0);
-		cr_assert_fail("the child failed before it was ready (status 0x%x)", st);
-	}
-	return pid;
-}
 
 static void ready(int fd)
 {
@@ -1371,7 +1346,7 @@ Test(lanes, clients_killed_during_lane_runs)
 	counts k0 = get_counts(obs);
 
 	for (int i = 0; i < KILL_ROUNDS; i++) {
-		pid_t pid = spawn(child_runner, D.sock);
+		pid_t pid = h_spawn(child_runner, D.sock);
 		tu_pause_ms(i % 5);
 		cr_assert_eq(kill(pid, SIGKILL), 0);
 		int st;
@@ -1444,7 +1419,7 @@ Test(lanes, sigterm_during_lane_runs)
 	lanes_start(NULL);
 	pid_t pid[TERM_CLIENTS];
 	for (int i = 0; i < TERM_CLIENTS; i++)
-		pid[i] = spawn(child_until_closed, D.sock);
+		pid[i] = h_spawn(child_until_closed, D.sock);
 	aneshare_conn *obs = h_connect(&D, "observer");
 	counts k0 = get_counts(obs);
 	/* lanes busy for a little while */
