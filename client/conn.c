@@ -313,14 +313,21 @@ static int pump(aneshare_conn *c, bool nowait)
 		}
 	}
 
-	msgpack_zone zone;
-	if (!msgpack_zone_init(&zone, 2048)) {
+	/* The connection's zone, unless a callback of the reply being handled
+	 * is reading the next one. */
+	msgpack_zone own, *zone = &c->zone;
+	bool shared = c->zone_ok && !c->zone_busy;
+	if (shared) {
+		c->zone_busy = true;
+	} else if (msgpack_zone_init(&own, 2048)) {
+		zone = &own;
+	} else {
 		close_fds(fds, nfds);
 		conn_kill(c, -ENOMEM, "out of memory");
 		return 1;
 	}
 	anes_msg m;
-	int r = anes_msg_decode(payload, len, &zone, &m);
+	int r = anes_msg_decode(payload, len, zone, &m);
 	if (r < 0) {
 		conn_kill(c, r == -ENOMEM ? -ENOMEM : -ANESHARE_EPROTOCOL,
 		          "malformed message from the daemon");
@@ -332,7 +339,12 @@ static int pump(aneshare_conn *c, bool nowait)
 		conn_kill(c, -ANESHARE_EPROTOCOL, "the daemon sent a request");
 	}
 	close_fds(fds, nfds);
-	msgpack_zone_destroy(&zone);
+	if (shared) {
+		msgpack_zone_clear(zone);
+		c->zone_busy = false;
+	} else {
+		msgpack_zone_destroy(&own);
+	}
 	return 1;
 }
 
@@ -352,7 +364,9 @@ int anesc_begin(aneshare_conn *c, anes_frame *f, const char *method, uint32_t n_
 	do {
 		id = c->next_msgid++;
 	} while (id == 0 || pending_find(c, id));
-	anes_frame_init(f);
+	anes_frame_init_buf(f, c->fbuf, c->fbuf_cap);
+	c->fbuf = NULL;
+	c->fbuf_cap = 0;
 	anes_pack_request(&f->pk, id, method, n_params);
 	*ret_msgid = id;
 	return 0;
@@ -370,10 +384,64 @@ static int send_failed(aneshare_conn *c, int r)
 	return conn_dead(c);
 }
 
+/* The request in f is sent (or given up): keep its buffer for the next. */
+static void keep_frame_buf(aneshare_conn *c, anes_frame *f)
+{
+	if (!c->fbuf && f->cap <= 65536) {
+		c->fbuf = f->data;
+		c->fbuf_cap = f->cap;
+	} else {
+		free(f->data);
+	}
+	f->data = NULL;
+	f->len = f->cap = 0;
+}
+
+/* Nothing queued before it and no fds: send f's request straight from its
+ * buffer (no copy, no queue entry).  flags: 0 (blocking) or MSG_DONTWAIT.
+ * Returns 0 with *ret_sent, or a negative errno (-EAGAIN: none went). */
+static int send_frame(aneshare_conn *c, anes_frame *f, int flags, size_t *ret_sent)
+{
+	size_t sent = 0;
+	while (sent < f->len) {
+		struct iovec iov = { .iov_base = f->data + sent, .iov_len = f->len - sent };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+		ssize_t n = anes_os_sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | flags);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN && sent > 0)
+			break;
+		if (n < 0)
+			return -errno;
+		sent += (size_t)n;
+	}
+	*ret_sent = sent;
+	return 0;
+}
+
+static int frame_error(aneshare_conn *c, int r)
+{
+	if (r == -EMSGSIZE)
+		return anesc_fail(c, r, "request larger than the daemon's max_frame (%u bytes)",
+		                  c->io.max_frame);
+	return anesc_fail(c, r, "building the request: %s", strerror(-r));
+}
+
 int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds)
 {
 	void *data;
 	size_t len;
+	if (nfds == 0 && !anes_io_want_write(&c->io)) {
+		size_t sent;
+		int r = anes_frame_seal(f, 0, c->io.max_frame);
+		if (r < 0) {
+			anes_frame_release(f);
+			return frame_error(c, r);
+		}
+		r = send_frame(c, f, 0, &sent);
+		keep_frame_buf(c, f);
+		return r < 0 ? send_failed(c, r) : 0;
+	}
 	int r = anes_frame_finish(f, nfds, c->io.max_frame, &data, &len);
 	if (r < 0) {
 		anes_frame_release(f);
@@ -417,6 +485,40 @@ int anesc_send_nowait(aneshare_conn *c, anes_frame *f)
 {
 	void *data;
 	size_t len;
+	if (!anes_io_want_write(&c->io)) {
+		size_t sent = 0;
+		int r = anes_frame_seal(f, 0, c->io.max_frame);
+		if (r < 0) {
+			anes_frame_release(f);
+			return frame_error(c, r);
+		}
+		r = send_frame(c, f, MSG_DONTWAIT, &sent);
+		if (r < 0 && r != -EAGAIN) {
+			keep_frame_buf(c, f);
+			return send_failed(c, r);
+		}
+		if (sent == f->len) {
+			keep_frame_buf(c, f);
+			return 0;
+		}
+		/* The socket is full: the rest waits for writable (aneshare_events). */
+		len = f->len;
+		void *copy = malloc(len);
+		if (copy)
+			memcpy(copy, f->data, len);
+		keep_frame_buf(c, f);
+		r = !copy ? -ENOMEM
+		    : sent ? anes_io_queue_rest(&c->io, copy, len, sent)
+		           : anes_io_queue(&c->io, copy, len, NULL, 0);
+		if (r < 0 && sent > 0) {
+			/* Part of it went: the stream cannot go on without the rest. */
+			conn_kill(c, r, "out of memory queueing a request");
+			return conn_dead(c);
+		}
+		if (r < 0)
+			return anesc_fail(c, r, "queueing the request: %s", strerror(-r));
+		return 0;
+	}
 	int r = anes_frame_finish(f, 0, c->io.max_frame, &data, &len);
 	if (r < 0) {
 		anes_frame_release(f);
@@ -880,6 +982,7 @@ ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_na
 		return -ENOMEM;
 	c->fd = -1;
 	anes_io_init(&c->io, -1, ANES_FRAME_MAX_DEFAULT);
+	c->zone_ok = msgpack_zone_init(&c->zone, 2048);
 	c->next_msgid = 1;
 	c->last_failed_step = -1;
 	c->reconnect = true;
@@ -915,6 +1018,9 @@ ANESHARE_API void aneshare_disconnect(aneshare_conn *c)
 	for (size_t i = 0; i < c->n_pending; i++)
 		free(c->pending[i].msg);
 	free(c->pending);
+	free(c->fbuf);
+	if (c->zone_ok)
+		msgpack_zone_destroy(&c->zone);
 	close_socket(c);
 	free(c->server_version);
 	free(c->backend);

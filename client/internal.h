@@ -98,6 +98,12 @@ struct aneshare_conn {
 	char **old_strings;            /* owned: strings of daemons before a reconnect, freed at */
 	size_t n_old_strings;          /* disconnect so that pointers from aneshare_server() stay valid */
 
+	void *fbuf;                    /* owned: a request buffer kept for the next one */
+	size_t fbuf_cap;
+	msgpack_zone zone;             /* decodes replies; a nested decode (from a callback)
+	                                * gets its own */
+	bool zone_ok, zone_busy;
+
 	anesc_pending *pending;        /* owned array, n_pending used of cap_pending */
 	size_t n_pending, cap_pending;
 	size_t n_outstanding;          /* pending entries not done */

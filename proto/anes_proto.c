@@ -539,6 +539,15 @@ void anes_frame_init(anes_frame *f)
 	frame_write(f, zero, sizeof zero);
 }
 
+void anes_frame_init_buf(anes_frame *f, void *buf, size_t cap)
+{
+	static const char zero[ANES_FRAME_HEADER_SIZE];
+
+	*f = (anes_frame){ .data = buf, .cap = buf ? cap : 0 };
+	msgpack_packer_init(&f->pk, f, frame_write);
+	frame_write(f, zero, sizeof zero);
+}
+
 void anes_frame_release(anes_frame *f)
 {
 	free(f->data);

@@ -165,6 +165,9 @@ typedef struct anes_frame {
 } anes_frame;
 
 void anes_frame_init(anes_frame *f);
+/* Like anes_frame_init, packing into buf (malloc'd, cap bytes; NULL: none),
+ * which the frame owns from now on. */
+void anes_frame_init_buf(anes_frame *f, void *buf, size_t cap);
 /* Free the frame's buffer (if not handed over).  Accepts a finished frame. */
 void anes_frame_release(anes_frame *f);
 /* Empty the frame for the next message, keeping its buffer (one that is
