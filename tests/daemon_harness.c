@@ -635,3 +635,22 @@ pid_t h_spawn(int (*fn)(void *arg, int ready_fd), void *arg)
 	}
 	return pid;
 }
+
+aneshare_conn *h_observe(const h_daemon *d, int *ret_fds)
+{
+	aneshare_conn *obs = h_connect(d, "observer");
+	h_wait_clients(obs, 1);
+	*ret_fds = h_daemon_fds(d);
+	cr_assert_gt(*ret_fds, 0);
+	return obs;
+}
+
+void h_back_to_baseline(const h_daemon *d, aneshare_conn *obs, int fds)
+{
+	h_wait_clients(obs, 1);
+	h_wait_counts(obs, 0, 0);
+	aneshare_status *st = h_status(obs);
+	cr_expect_eq(st->surface_bytes, 0);
+	aneshare_status_free(st);
+	h_wait_daemon_fds(d, fds);
+}

@@ -147,6 +147,14 @@ long h_daemon_rss_kb(const h_daemon *d);
 /* Poll (bounded, ~10 s x h_slow()) until the daemon has n open fds; asserts. */
 void h_wait_daemon_fds(const h_daemon *d, int n);
 
+/* An observer connection to d, once the daemon has settled; *ret_fds is the
+ * daemon's fd count then: the baseline h_back_to_baseline waits for.  The
+ * connection is the caller's (aneshare_disconnect). */
+aneshare_conn *h_observe(const h_daemon *d, int *ret_fds);
+/* Wait (bounded) until only obs is connected, no surface or program is
+ * left, and d has fds open again; asserts. */
+void h_back_to_baseline(const h_daemon *d, aneshare_conn *obs, int fds);
+
 /* Fork a child (killed if the test process dies) that runs fn(arg,
  * ready_fd) and exits with its result; fn reports readiness by writing one
  * byte to ready_fd.  Returns once it has (asserts if the child failed

@@ -165,26 +165,6 @@ static void mm_fini(mm_client *m)
 
 /* ---- the baseline ----------------------------------------------------------------- */
 
-/* An observer connection, once the daemon has settled: its fd count is the
- * baseline every test returns to. */
-static aneshare_conn *observe(int *ret_fds)
-{
-	aneshare_conn *obs = h_connect(&D, "observer");
-	h_wait_clients(obs, 1);
-	*ret_fds = h_daemon_fds(&D);
-	cr_assert_gt(*ret_fds, 0);
-	return obs;
-}
-
-static void back_to_baseline(aneshare_conn *obs, int fds)
-{
-	h_wait_clients(obs, 1);
-	h_wait_counts(obs, 0, 0);
-	aneshare_status *st = h_status(obs);
-	cr_expect_eq(st->surface_bytes, 0);
-	aneshare_status_free(st);
-	h_wait_daemon_fds(&D, fds);
-}
 
 /* ---- children ---------------------------------------------------------------------- */
 
@@ -267,7 +247,7 @@ Test(faults, client_killed_mid_request)
 {
 	h_daemon_start(&D);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 	int64_t ms;
 	unsigned n = slow_size(obs, &ms);
 	h_wait_counts(obs, 0, 0);
@@ -279,14 +259,14 @@ Test(faults, client_killed_mid_request)
 	cr_expect_geq(st->surfaces, 3);
 	aneshare_status_free(st);
 	kill_child(pid);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 
 	/* And everyone else is fine. */
 	mm_client m;
 	mm_init(&m, "after");
 	mm_check(&m);
 	mm_fini(&m);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
 }
@@ -341,7 +321,7 @@ Test(faults, client_killed_mid_frame)
 {
 	h_daemon_start(&D);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 	for (int with_fd = 0; with_fd <= 1; with_fd++) {
 		half_args a = { D.sock, with_fd };
 		pid_t pid = h_spawn(child_half_frame, &a);
@@ -352,7 +332,7 @@ Test(faults, client_killed_mid_frame)
 		mm_check(&m);
 		mm_fini(&m);
 		kill_child(pid);
-		back_to_baseline(obs, fds);
+		h_back_to_baseline(&D, obs, fds);
 	}
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
@@ -364,7 +344,7 @@ Test(faults, client_killed_holding_surfaces_in_use)
 {
 	h_daemon_start(&D);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 	int64_t ms;
 	unsigned n = slow_size(obs, &ms);
 	h_wait_counts(obs, 0, 0);
@@ -384,7 +364,7 @@ Test(faults, client_killed_holding_surfaces_in_use)
 	for (int i = 0; i < 10; i++)
 		mm_check(&m);
 	mm_fini(&m);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	st = h_status(obs);
 	cr_expect_geq(st->runs, runs_before + 10);
 	aneshare_status_free(st);
@@ -398,7 +378,7 @@ Test(faults, disconnect_before_response)
 {
 	h_daemon_start(&D);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 	int64_t ms;
 	unsigned n = slow_size(obs, &ms);
 
@@ -410,7 +390,7 @@ Test(faults, disconnect_before_response)
 	for (int i = 0; i < 16; i++)
 		cr_assert_eq(slow_submit(&s, &t), 0);
 	aneshare_disconnect(c);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 
 	/* A compile and a status, each sent raw and closed at once. */
 	static const char *const methods[] = { "program.compile", "status" };
@@ -436,13 +416,13 @@ Test(faults, disconnect_before_response)
 		msgpack_sbuffer_destroy(&sb);
 		free(mil);
 		close(fd);
-		back_to_baseline(obs, fds);
+		h_back_to_baseline(&D, obs, fds);
 	}
 	mm_client m;
 	mm_init(&m, "after");
 	mm_check(&m);
 	mm_fini(&m);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
 }
@@ -457,7 +437,7 @@ Test(faults, failing_run_errs_only_its_client)
 	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
 	h_daemon_start_args(&D, args);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 
 	aneshare_conn *bad = h_connect(&D, "failing");
 	char *mil = square_mm_mil(16, "fail_me");
@@ -492,7 +472,7 @@ Test(faults, failing_run_errs_only_its_client)
 	aneshare_program_release(p);
 	aneshare_disconnect(bad);
 	mm_fini(&good);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
 }
@@ -508,7 +488,7 @@ Test(faults, gather_out_of_range_fails_only_that_run)
 {
 	h_daemon_start(&D);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 	aneshare_conn *c = h_connect(&D, "gatherer");
 	aneshare_program *p;
 	int r = aneshare_program_compile(c, gather_mil, NULL, 0, &p, NULL);
@@ -548,7 +528,7 @@ Test(faults, gather_out_of_range_fails_only_that_run)
 	aneshare_surface_release(y);
 	aneshare_program_release(p);
 	aneshare_disconnect(c);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
 }
@@ -748,7 +728,7 @@ Test(faults, pipelined_runs_while_clients_vanish)
 {
 	h_daemon_start(&D);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 
 	enum { N_PIPE = 4, N_LEAVE = 40 };
 	pid_t pipe_pid[N_PIPE];
@@ -771,7 +751,7 @@ Test(faults, pipelined_runs_while_clients_vanish)
 		cr_assert_eq(waitpid(pipe_pid[i], &st, 0), pipe_pid[i]);
 		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "pipeliner %d status 0x%x", i, st);
 	}
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	aneshare_status *st = h_status(obs);
 	cr_expect_geq(st->runs, (uint64_t)N_PIPE * STRESS_ROUNDS * STRESS_DEPTH);
 	aneshare_status_free(st);

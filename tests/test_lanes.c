@@ -228,26 +228,6 @@ static counts settled_counts(aneshare_conn *c, uint64_t want_runs)
 	}
 }
 
-/* An observer connection, once the daemon has settled: its fd count is the
- * baseline the fault tests return to. */
-static aneshare_conn *observe(int *ret_fds)
-{
-	aneshare_conn *obs = h_connect(&D, "observer");
-	h_wait_clients(obs, 1);
-	*ret_fds = h_daemon_fds(&D);
-	cr_assert_gt(*ret_fds, 0);
-	return obs;
-}
-
-static void back_to_baseline(aneshare_conn *obs, int fds)
-{
-	h_wait_clients(obs, 1);
-	h_wait_counts(obs, 0, 0);
-	aneshare_status *st = h_status(obs);
-	cr_expect_eq(st->surface_bytes, 0);
-	aneshare_status_free(st);
-	h_wait_daemon_fds(&D, fds);
-}
 
 /* ---- raw connections with a persistent receive buffer ----------------------------- */
 
@@ -1154,7 +1134,7 @@ Test(lanes, garbage_on_an_armed_lane)
 {
 	lanes_start(NULL);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 	aneshare_conn *gc = h_connect(&D, "good");
 	sq good;
 	cr_assert_eq(sq_open(gc, SQ_N, "main", &good), 0);
@@ -1234,7 +1214,7 @@ Test(lanes, garbage_on_an_armed_lane)
 		}
 	sq_close(&good);
 	aneshare_disconnect(gc);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
 }
@@ -1338,7 +1318,7 @@ Test(lanes, clients_killed_during_lane_runs)
 {
 	lanes_start(NULL);
 	int fds;
-	aneshare_conn *obs = observe(&fds);
+	aneshare_conn *obs = h_observe(&D, &fds);
 	aneshare_conn *gc = h_connect(&D, "bystander");
 	sq good;
 	cr_assert_eq(sq_open(gc, SQ_N, "main", &good), 0);
@@ -1364,7 +1344,7 @@ Test(lanes, clients_killed_during_lane_runs)
 		sq_check(&good, seed++);
 	sq_close(&good);
 	aneshare_disconnect(gc);
-	back_to_baseline(obs, fds);
+	h_back_to_baseline(&D, obs, fds);
 	aneshare_disconnect(obs);
 	h_daemon_stop(&D);
 }
