@@ -654,3 +654,20 @@ void h_back_to_baseline(const h_daemon *d, aneshare_conn *obs, int fds)
 	aneshare_status_free(st);
 	h_wait_daemon_fds(d, fds);
 }
+
+char *h_square_mm_mil(unsigned n, const char *fn_name)
+{
+	char *s = NULL;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func %s<ios18>(tensor<fp16, [1, 1, %u, %u]> x, tensor<fp16, [1, 1, %u, %u]> y) {\n"
+	                 "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
+	                 "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
+	                 "        tensor<fp16, [1, 1, %u, %u]> z = matmul(transpose_x = tx, transpose_y = ty, "
+	                 "x = x, y = y)[name = string(\"z\")];\n"
+	                 "    } -> (z);\n}\n",
+	                 fn_name, n, n, n, n, n, n);
+	if (r < 0)
+		abort();
+	return s;
+}

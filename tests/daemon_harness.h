@@ -71,6 +71,11 @@ void h_wait_clients(aneshare_conn *c, uint32_t clients);
 /* Read a file from the source tree (NUL-terminated); asserts on failure. */
 char *h_read_source(const char *relpath);
 
+/* MIL of z = x @ y on [1, 1, n, n] fp16, function fn_name (distinct names
+ * make distinct programs).  malloc'd, the caller's; aborts when out of
+ * memory (usable in forked children). */
+char *h_square_mm_mil(unsigned n, const char *fn_name);
+
 /* ---- the dynamic matmul (h_mm and its helpers: test_util.h) ---------------- */
 
 /* Compile examples/dynamic_matmul.mil on c and read its shapes into mm;

@@ -41,24 +41,6 @@ static int64_t now_ms(void)
 
 /* ---- programs ------------------------------------------------------------------ */
 
-/* z = x @ y on [1, 1, n, n] fp16: slow enough (for n in the hundreds) that
- * runs are still queued when a test strikes. */
-static char *square_mm_mil(unsigned n, const char *fn_name)
-{
-	char *s = NULL;
-	int r = asprintf(&s,
-	                 "program(1.3)\n{\n"
-	                 "    func %s<ios18>(tensor<fp16, [1, 1, %u, %u]> x, tensor<fp16, [1, 1, %u, %u]> y) {\n"
-	                 "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
-	                 "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
-	                 "        tensor<fp16, [1, 1, %u, %u]> z = matmul(transpose_x = tx, transpose_y = ty, "
-	                 "x = x, y = y)[name = string(\"z\")];\n"
-	                 "    } -> (z);\n}\n",
-	                 fn_name, n, n, n, n, n, n);
-	cr_assert(r > 0);
-	return s;
-}
-
 typedef struct slow {
 	aneshare_program *p;
 	aneshare_surface *x, *y, *z;
@@ -67,7 +49,7 @@ typedef struct slow {
 /* Non-asserting (children use it too): 0 or a negative code. */
 static int slow_setup(aneshare_conn *c, unsigned n, slow *ret)
 {
-	char *mil = square_mm_mil(n, "main");
+	char *mil = h_square_mm_mil(n, "main");
 	int r = aneshare_program_compile(c, mil, NULL, 0, &ret->p, NULL);
 	free(mil);
 	if (r < 0)
@@ -228,7 +210,7 @@ static int child_in_flight(void *arg, int ready_fd)
 		msgpack_pack_uint32(&pk, 1);
 		h_raw_request(fd, 1, "hello", sb.data, sb.size, NULL, 0);
 		msgpack_sbuffer_clear(&sb);
-		char *mil = square_mm_mil(a->n, "other");
+		char *mil = h_square_mm_mil(a->n, "other");
 		msgpack_pack_map(&pk, 1);
 		msgpack_pack_str(&pk, 3);
 		msgpack_pack_str_body(&pk, "mil", 3);
@@ -402,7 +384,7 @@ Test(faults, disconnect_before_response)
 		msgpack_packer pk;
 		msgpack_sbuffer_init(&sb);
 		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-		char *mil = square_mm_mil(n, "fresh");
+		char *mil = h_square_mm_mil(n, "fresh");
 		if (i == 0) {
 			msgpack_pack_map(&pk, 1);
 			msgpack_pack_str(&pk, 3);
@@ -440,7 +422,7 @@ Test(faults, failing_run_errs_only_its_client)
 	aneshare_conn *obs = h_observe(&D, &fds);
 
 	aneshare_conn *bad = h_connect(&D, "failing");
-	char *mil = square_mm_mil(16, "fail_me");
+	char *mil = h_square_mm_mil(16, "fail_me");
 	aneshare_program *p;
 	cr_assert_eq(aneshare_program_compile(bad, mil, NULL, 0, &p, NULL), 0);
 	free(mil);

@@ -58,24 +58,6 @@ TestSuite(lanes, .fini = teardown, .timeout = 60);
 
 /* ---- programs ----------------------------------------------------------------- */
 
-/* z = x @ y on [1, 1, n, n] fp16. */
-static char *mm_mil(unsigned n, const char *fn_name)
-{
-	char *s = NULL;
-	int r = asprintf(&s,
-	                 "program(1.3)\n{\n"
-	                 "    func %s<ios18>(tensor<fp16, [1, 1, %u, %u]> x, tensor<fp16, [1, 1, %u, %u]> y) {\n"
-	                 "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
-	                 "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
-	                 "        tensor<fp16, [1, 1, %u, %u]> z = matmul(transpose_x = tx, transpose_y = ty, "
-	                 "x = x, y = y)[name = string(\"z\")];\n"
-	                 "    } -> (z);\n}\n",
-	                 fn_name, n, n, n, n, n, n);
-	if (r < 0)
-		abort();
-	return s;
-}
-
 /* y = x + x on [1, 1, n, n]; fail_me is the same, made to fail by
  * --fault-inject run_fail=fail_me. */
 static char *dbl_mil(unsigned n)
@@ -147,7 +129,7 @@ static int sq_open(aneshare_conn *c, unsigned n, const char *fn_name, sq *s)
 	memset(s, 0, sizeof *s);
 	s->c = c;
 	s->n = n;
-	char *mil = mm_mil(n, fn_name);
+	char *mil = h_square_mm_mil(n, fn_name);
 	int r = aneshare_program_compile(c, mil, NULL, 0, &s->p, NULL);
 	free(mil);
 	if (r < 0)
@@ -386,7 +368,7 @@ static void rsq_open(rsq *s, const char *fn_name)
 	msgpack_packer pk;
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	char *mil = mm_mil(SQ_N, fn_name);
+	char *mil = h_square_mm_mil(SQ_N, fn_name);
 	msgpack_pack_map(&pk, 1);
 	pack_key(&pk, "mil");
 	pack_key(&pk, mil);
@@ -614,7 +596,7 @@ static void chain_open(chain_fx *f, const char *const *args)
 	lanes_start(args);
 	f->c = h_connect(&D, "chain");
 	f->obs = h_connect(&D, "observer");
-	char *mil = mm_mil(SQ_N, "main");
+	char *mil = h_square_mm_mil(SQ_N, "main");
 	cr_assert_eq(aneshare_program_compile(f->c, mil, NULL, 0, &f->mm, NULL), 0);
 	free(mil);
 	mil = dbl_mil(SQ_N);
@@ -823,7 +805,7 @@ Test(lanes, other_requests_between_lane_runs)
 		cr_assert_eq(sq_run(&s2), 0);
 		cr_assert_leq(sq_err(&s2), H_MM_TOL);
 		runs++;
-		char *mil = mm_mil(SQ_N, name);
+		char *mil = h_square_mm_mil(SQ_N, name);
 		aneshare_program *again;
 		bool cached = false;
 		cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &again, &cached), 0);
@@ -904,7 +886,7 @@ Test(lanes, pipelined_bursts)
 	lanes_start(NULL);
 	aneshare_conn *c = h_connect(&D, "burster");
 	aneshare_conn *obs = h_connect(&D, "observer");
-	char *mil = mm_mil(SQ_N, "main");
+	char *mil = h_square_mm_mil(SQ_N, "main");
 	aneshare_program *p;
 	cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, NULL), 0);
 	free(mil);

@@ -127,24 +127,6 @@ static void wait_gone(int64_t pid)
 
 /* ---- programs -------------------------------------------------------------------------- */
 
-/* z = x @ y on [1, 1, n, n] fp16, function fn_name (distinct names make
- * distinct programs). */
-static char *square_mm_mil(unsigned n, const char *fn_name)
-{
-	char *s = NULL;
-	int r = asprintf(&s,
-	                 "program(1.3)\n{\n"
-	                 "    func %s<ios18>(tensor<fp16, [1, 1, %u, %u]> x, tensor<fp16, [1, 1, %u, %u]> y) {\n"
-	                 "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
-	                 "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
-	                 "        tensor<fp16, [1, 1, %u, %u]> z = matmul(transpose_x = tx, transpose_y = ty, "
-	                 "x = x, y = y)[name = string(\"z\")];\n"
-	                 "    } -> (z);\n}\n",
-	                 fn_name, n, n, n, n, n, n);
-	cr_assert(r > 0);
-	return s;
-}
-
 #define SQ 8
 
 typedef struct sq {
@@ -156,7 +138,7 @@ static void sq_compile(aneshare_conn *c, sq *s, int k)
 {
 	char name[16];
 	snprintf(name, sizeof name, "f%d", k);
-	char *mil = square_mm_mil(SQ, name);
+	char *mil = h_square_mm_mil(SQ, name);
 	int r = aneshare_program_compile(c, mil, NULL, 0, &s->p, NULL);
 	free(mil);
 	cr_assert_eq(r, 0, "compile f%d: %s", k, aneshare_last_error(c));
