@@ -23,13 +23,14 @@
  *
  * Lanes: while a connection has nothing for the loop to do (no request
  * buffered, no output queued, no compile pending), the loop stops reading
- * it and arms it in the workers' poll set instead (lane_arm).  The worker
- * that sees it readable reads it, runs the `run` requests it finds, sends
- * their replies, and arms it again; the first request of another kind, a
- * reply the socket does not take whole, end-of-file or an error hands the
+ * it and arms it in the lane threads' poll set instead (lane_arm).  The
+ * lane thread that sees it readable reads it, runs a short `run` request
+ * it finds alone there, arms it again and sends the reply (what the socket
+ * does not take goes to the loop as a lane_rest job); a request of another
+ * kind, output waiting for the loop, end-of-file or an error hands the
  * read side back to the loop (lane_back), which carries on from the same
- * receive buffer.  A request on a lane thus costs one wake-up, the
- * worker's, and never waits for the loop.  The loop takes a lane back by
+ * receive buffer.  A request on a lane thus costs one wake-up, the lane
+ * thread's, and never waits for the loop.  The loop takes a lane back by
  * setting lane_stop and, if it is armed, shutting the socket's read side
  * (anes_conn_fail only: the connection is going), which makes it readable.
  */
@@ -775,35 +776,23 @@ static void lane_back(anes_job *j, bool cancelled)
 
 	assert(c->lane && c->lane_state == ANES_LANE_OFF);
 	c->lane = false;
-	void *out = c->lane_out;
-	c->lane_out = NULL;
 	if (c->failed) {
-		free(out);
 		if (c->teardown_deferred) {
 			c->teardown_deferred = false;
 			c->dead_next = c->srv->dead;
 			c->srv->dead = c;
 			schedule_deferred(c->srv);
 		}
+	} else if (c->lane_status == ANES_LANE_EOF) {
+		read_failed(c, 0);
+	} else if (c->lane_status < 0) {
+		read_failed(c, c->lane_status);
 	} else {
-		/* First the reply the worker could not send whole: its rest must
-		 * leave before anything else. */
-		if (out && c->lane_out_sent > 0)
-			anes_conn_queue_rest(c, out, c->lane_out_len, c->lane_out_sent);
-		else if (out)
-			anes_conn_queue(c, out, c->lane_out_len, NULL, 0);
-		if (c->failed) {
-			/* queueing failed */
-		} else if (c->lane_status == ANES_LANE_EOF) {
-			read_failed(c, 0);
-		} else if (c->lane_status < 0) {
-			read_failed(c, c->lane_status);
-		} else {
-			/* Not here: this is a done() inside the pool's delivery,
-			 * and jobs finished before it may still be in that batch:
-			 * a request handled now would not see them (sync_direct). */
-			anes_conn_kick(c);
-		}
+		/* Not here: this is a done() inside the pool's delivery, and
+		 * jobs finished before it may still be in that batch: a request
+		 * handled now would not see them (sync_direct).  A rest the lane
+		 * thread handed over (lane_rest_done) came before this. */
+		anes_conn_kick(c);
 	}
 	anes_conn_unref(c);
 }
@@ -853,25 +842,6 @@ static size_t lane_try_send(anes_conn *c, anes_wctx *ctx)
 	return sent;
 }
 
-/* Lane thread, owning the read side: send the reply.  0 when it went
- * whole (or the connection is closing), 1 when it is in c->lane_out for
- * the loop (lane_back), -ENOMEM when it could not be kept (the stream is
- * out of step). */
-static int lane_send(anes_conn *c, anes_wctx *ctx)
-{
-	size_t len = ctx->reply.len, sent = lane_try_send(c, ctx);
-	if (sent == len)
-		return 0;
-	void *copy = malloc(len);
-	if (!copy)
-		return -ENOMEM;
-	memcpy(copy, ctx->reply.data, len);
-	c->lane_out = copy;
-	c->lane_out_len = len;
-	c->lane_out_sent = sent;
-	return 1;
-}
-
 /* Lane thread: take the buffered request if a lane handles it.  2: done,
  * its reply is in ctx->reply, to be sent; 1: no complete request yet; 0:
  * hand the read side back (the next frame is the loop's); a negative
@@ -912,15 +882,15 @@ static int lane_take_request(anes_conn *c, anes_wctx *ctx)
 	return 2;
 }
 
-/* A reply a lane thread sent after re-arming the lane, of which the socket
- * did not take all: the loop queues the rest.  Holds a connection ref. */
-#define LANE_REST_MAX 1024
+/* The part of a lane reply the socket did not take, for the loop to queue
+ * (lane_rest_done).  Holds a connection reference. */
+#define LANE_REST_MAX 1024   /* the size of the spare each lane thread keeps */
 
 typedef struct lane_rest {
 	anes_job job;
 	anes_conn *c;
 	size_t len, sent;
-	char data[LANE_REST_MAX];
+	char data[];
 } lane_rest;
 
 static void lane_rest_done(anes_job *j, bool cancelled)
@@ -943,26 +913,47 @@ static void lane_rest_done(anes_job *j, bool cancelled)
 	free(lr);
 }
 
-/* Lane thread, after re-arming c's lane (so another lane thread may own
- * its read side already): send the reply in ctx->reply, with the ref the
- * caller took for it; what the socket does not take goes to the loop in
- * ctx->rest_spare.  Touches only the send side (send_mu). */
-static void lane_send_detached(anes_conn *c, anes_wctx *ctx)
+/* Lane thread: make sure a rest of the reply in ctx->reply could be kept
+ * without allocating (ctx->rest_spare). */
+static bool lane_rest_ready(anes_wctx *ctx)
+{
+	if (ctx->reply.len > LANE_REST_MAX)
+		return false;
+	if (!ctx->rest_spare)
+		ctx->rest_spare = malloc(sizeof(lane_rest) + LANE_REST_MAX);
+	return ctx->rest_spare != NULL;
+}
+
+/* Lane thread: send the reply in ctx->reply; what the socket does not take
+ * goes to the loop as a lane_rest job.  own_ref: c is held by a reference
+ * the caller took for this (c's lane may be armed again already, so this
+ * touches only the send side); else the lane is still this thread's.
+ * 0, or -ENOMEM when the rest could not be kept (never after
+ * lane_rest_ready): the stream is out of step, the loop must fail c. */
+static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
 {
 	size_t len = ctx->reply.len, sent = lane_try_send(c, ctx);
 	if (sent == len) {
-		anes_conn_unref(c);
-		return;
+		if (own_ref)
+			anes_conn_unref(c);
+		return 0;
 	}
-	lane_rest *lr = ctx->rest_spare;
-	ctx->rest_spare = NULL;
-	atomic_fetch_add(&c->lane_rests, 1);
+	lane_rest *lr;
+	if (len <= LANE_REST_MAX && ctx->rest_spare) {
+		lr = ctx->rest_spare;
+		ctx->rest_spare = NULL;
+	} else if (!(lr = malloc(sizeof(*lr) + len))) {
+		assert(!own_ref);
+		return -ENOMEM;
+	}
 	memcpy(lr->data, ctx->reply.data, len);
 	lr->len = len;
 	lr->sent = sent;
-	lr->c = c;   /* the caller's ref */
+	lr->c = own_ref ? c : anes_conn_ref(c);
 	lr->job = (anes_job){ .work = lane_no_work, .done = lane_rest_done };
+	atomic_fetch_add(&c->lane_rests, 1);
 	anes_pool_complete(c->srv->pool, &lr->job);
+	return 0;
 }
 
 /* Worker: c's socket is readable. */
@@ -999,14 +990,11 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	bool reply = r == 2;
 	/* The reply goes after the lane is armed again, so that arming is
 	 * not between the reply and the client's next request.  That needs a
-	 * place for a rest the socket might not take (ctx->rest_spare, kept
-	 * from request to request); without one, send first. */
-	if (reply && !ctx->rest_spare && ctx->reply.len <= LANE_REST_MAX)
-		ctx->rest_spare = malloc(sizeof(lane_rest));
-	if (reply && (!ctx->rest_spare || ctx->reply.len > LANE_REST_MAX)) {
-		r = lane_send(c, ctx);
-		if (r != 0) {
-			status = r < 0 ? r : 0;   /* 1: the rest is in lane_out */
+	 * rest that cannot fail; without one, send first. */
+	if (reply && !lane_rest_ready(ctx)) {
+		r = lane_send(c, ctx, false);
+		if (r < 0) {
+			status = r;
 			goto back;
 		}
 		reply = false;
@@ -1017,12 +1005,12 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 		/* Armed under lane_mu: the thread that gets it next waits here
 		 * until this one has let go. */
 		if (reply)
-			anes_conn_ref(c);   /* lane_send_detached's */
+			anes_conn_ref(c);   /* lane_send's */
 		c->lane_state = ANES_LANE_ARMED;
 		if (anes_pool_lane_arm(c->srv->pool, &c->lane_h) == 0) {
 			pthread_mutex_unlock(&c->lane_mu);
 			if (reply)
-				lane_send_detached(c, ctx);
+				(void)lane_send(c, ctx, true);   /* cannot fail: lane_rest_ready */
 			return;
 		}
 		c->lane_state = ANES_LANE_BUSY;
@@ -1031,9 +1019,9 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	}
 	pthread_mutex_unlock(&c->lane_mu);
 	if (reply) {
-		r = lane_send(c, ctx);
-		if (r != 0)
-			status = r < 0 ? r : 0;
+		r = lane_send(c, ctx, false);
+		if (r < 0)
+			status = r;
 	}
 back:
 	pthread_mutex_lock(&c->lane_mu);

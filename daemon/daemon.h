@@ -208,7 +208,7 @@ struct anes_conn {
 	atomic_uint direct_unseen;   /* replies sent by workers whose jobs' done()
 	                              * has not run yet */
 	atomic_uint lane_rests;      /* lane replies whose rest the loop has not
-	                              * queued yet (conn.c, lane_send_detached) */
+	                              * queued yet (conn.c, lane_send) */
 
 	/* The lane (docs/performance.md, "Lanes").  While `lane` is set a
 	 * worker owns the read side: io's receive buffer and fd queue, and
@@ -226,9 +226,7 @@ struct anes_conn {
 	int lane_state;              /* under lane_mu: ANES_LANE_OFF/ARMED/BUSY */
 	bool lane_stop;              /* under lane_mu: the loop wants it back */
 	/* Set by the worker before the hand-back, read by the loop after it. */
-	int lane_status;             /* 0, ANES_LANE_EOF or a read's -errno */
-	void *lane_out;              /* a reply not (wholly) sent: malloc'd frame */
-	size_t lane_out_len, lane_out_sent;
+	int lane_status;             /* 0, ANES_LANE_EOF, a read's -errno or -ENOMEM */
 
 	/* Draining (docs/protocol.md, "Shutdown"): a request whose first byte
 	 * had reached the daemon's socket when the stop request came is done as
