@@ -180,6 +180,36 @@ ANESHARE_API int aneshare_set_reconnect_timeout(aneshare_conn *conn, uint32_t ti
  * when it changes, surface IDs have changed. */
 ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *conn);
 
+/* ---- waiting: spin, then sleep ---------------------------------------------
+ *
+ * A blocking call (aneshare_run, aneshare_run_chain, aneshare_wait, every
+ * request that waits for its reply) first polls the socket for up to
+ * spin_us microseconds, then sleeps in the kernel until the reply comes.
+ * A thread that sleeps on an otherwise idle CPU can take tens of
+ * microseconds to wake (most of all on VMs, whose idle vCPUs halt); a
+ * reply due within the spin arrives without that cost.  Polling costs this
+ * thread's CPU time, so it stops by itself:
+ *  - when the thread was taken off the CPU while polling (another thread,
+ *    or the daemon itself, needed that CPU), and
+ *  - when nothing came within spin_us;
+ * either way the next wait sleeps straight away, then the next 2, 4, ...
+ * up to 64, before one polls again; a poll that gets its reply halves
+ * that number.  So a connection whose replies take longer than spin_us,
+ * or a machine with no CPU to spare, spins about 1 wait in 65.
+ * Only a wait for the connection's one request in flight spins: while more
+ * are outstanding (pipelining with tickets), waits sleep.  The pollable-fd
+ * API (aneshare_fd, aneshare_dispatch) never spins.
+ *
+ * The default: $ANESHARE_SPIN_US (0 to 100000) when aneshare_connect runs,
+ * else 1000; 0 if the calling thread may run on one CPU only. */
+
+/* Set conn's spin, in microseconds (0: never spin; at most 100000).  A new
+ * value also forgets the penalty of earlier failed spins.  0, or -EINVAL. */
+ANESHARE_API int aneshare_set_spin(aneshare_conn *conn, uint32_t spin_us);
+
+/* conn's spin in microseconds (0 if conn is NULL). */
+ANESHARE_API uint32_t aneshare_spin(const aneshare_conn *conn);
+
 /* What the daemon said in the handshake.  Strings owned by conn (after a
  * reconnect, this describes the new daemon; strings returned before stay
  * valid until aneshare_disconnect). */

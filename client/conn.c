@@ -12,6 +12,7 @@
  * again (surface.c, program.c), then the call itself.
  */
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,6 +273,65 @@ static void handle_notify(aneshare_conn *c, const anes_msg *m)
 	conn_kill(c, rc, "%s", msg);
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Before a blocking wait sleeps, poll the socket for up to c->spin_us: a
+ * thread asleep on an idle CPU takes long to wake (tens of us on a VM whose
+ * idle vCPUs halt), and a reply due within the spin saves that.  The spin
+ * stops early, and counts as failed, when the thread was off the CPU
+ * between two polls (someone else wanted it: the daemon on the same CPU,
+ * or more runnable threads than CPUs); it also fails when nothing came in
+ * time.  After a failed spin the next spin_penalty waits sleep straight
+ * away, the penalty doubling up to ANESC_SPIN_PENALTY_MAX, and a spin that
+ * gets its reply halves it, so that a connection whose replies are slow, or
+ * a machine with no CPU to spare, soon stops spinning except for an
+ * occasional probe.  Only a wait for the one request in flight spins: with
+ * more (pipelining), the daemon is busy anyway and the CPU is better left
+ * to it.  Returns what anes_io_read returned, or -EAGAIN when the caller
+ * should sleep in a blocking read.
+ */
+static ssize_t spin_read(aneshare_conn *c)
+{
+	size_t in_flight = c->n_outstanding + (c->sync_active && !c->sync_done);
+	if (c->spin_us == 0 || in_flight > 1)
+		return -EAGAIN;
+	if (c->spin_skip > 0) {
+		c->spin_skip--;
+		return -EAGAIN;
+	}
+	uint64_t start = now_ns(), last = start, limit = (uint64_t)c->spin_us * 1000u;
+	ssize_t n;
+	c->io.msg_flags = MSG_DONTWAIT;
+	for (;;) {
+		n = anes_io_read(&c->io);
+		if (n != -EAGAIN)
+			break;
+		/* Anything else runnable here (the daemon itself, on one CPU)
+		 * goes first: the gap below then ends the spin. */
+		sched_yield();
+		uint64_t t = now_ns();
+		if (t - start >= limit || t - last >= ANESC_SPIN_GAP_NS)
+			break;
+		last = t;
+	}
+	c->io.msg_flags = 0;
+	if (n == -EAGAIN) {
+		c->spin_penalty = c->spin_penalty == 0 ? 1
+		                  : c->spin_penalty >= ANESC_SPIN_PENALTY_MAX / 2 ? ANESC_SPIN_PENALTY_MAX
+		                  : c->spin_penalty * 2;
+		c->spin_skip = c->spin_penalty;
+	} else {
+		c->spin_penalty /= 2;
+	}
+	return n;
+}
+
 /* Read and handle one frame: 1 when one was handled (or the connection
  * broke or died meanwhile); with nowait, 0 when none has arrived. */
 static int pump(aneshare_conn *c, bool nowait)
@@ -292,9 +352,14 @@ static int pump(aneshare_conn *c, bool nowait)
 		}
 		if (r > 0)
 			break;
-		c->io.msg_flags = nowait ? MSG_DONTWAIT : 0;
-		ssize_t n = anes_io_read(&c->io);
-		c->io.msg_flags = 0;
+		ssize_t n;
+		if (nowait) {
+			c->io.msg_flags = MSG_DONTWAIT;
+			n = anes_io_read(&c->io);
+			c->io.msg_flags = 0;
+		} else if ((n = spin_read(c)) == -EAGAIN) {
+			n = anes_io_read(&c->io);   /* sleep until something comes */
+		}
 		if (n == -EINTR)
 			continue;
 		if (n == -EAGAIN && nowait)
@@ -950,13 +1015,29 @@ int anesc_ready(aneshare_conn *c, anesc_retry *rt)
 	                  c->broken_msg, c->socket_path, c->reconnect_timeout_ms, attempts, cause);
 }
 
-static uint32_t timeout_from_env(void)
+/* $name as a decimal number up to max; def if unset or anything else. */
+static uint32_t u32_from_env(const char *name, uint32_t def, uint32_t max)
 {
-	const char *e = getenv("ANESHARE_RECONNECT_TIMEOUT_MS");
+	const char *e = getenv(name);
 	if (!e || !*e || strspn(e, "0123456789") != strlen(e) || strlen(e) > 10)
-		return ANESC_RECONNECT_TIMEOUT_MS;
+		return def;
 	unsigned long long v = strtoull(e, NULL, 10);
-	return v > ANESC_RECONNECT_TIMEOUT_MAX ? ANESC_RECONNECT_TIMEOUT_MS : (uint32_t)v;
+	return v > max ? def : (uint32_t)v;
+}
+
+/* The default spin: none when this thread may run on one CPU only, where
+ * polling would only keep the daemon off that CPU. */
+static uint32_t default_spin_us(void)
+{
+#ifdef __linux__
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) < 2)
+		return 0;
+#else
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		return 0;
+#endif
+	return u32_from_env("ANESHARE_SPIN_US", ANESC_SPIN_US, ANESC_SPIN_MAX_US);
 }
 
 ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_name,
@@ -986,7 +1067,9 @@ ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_na
 	c->next_msgid = 1;
 	c->last_failed_step = -1;
 	c->reconnect = true;
-	c->reconnect_timeout_ms = timeout_from_env();
+	c->reconnect_timeout_ms = u32_from_env("ANESHARE_RECONNECT_TIMEOUT_MS", ANESC_RECONNECT_TIMEOUT_MS,
+	                                       ANESC_RECONNECT_TIMEOUT_MAX);
+	c->spin_us = default_spin_us();
 	c->socket_path = strdup(socket_path);
 	if (client_name)
 		c->client_name = strndup(client_name, 128);
@@ -1056,6 +1139,23 @@ ANESHARE_API int aneshare_set_reconnect_timeout(aneshare_conn *c, uint32_t timeo
 		return -EINVAL;
 	c->reconnect_timeout_ms = timeout_ms;
 	return 0;
+}
+
+ANESHARE_API int aneshare_set_spin(aneshare_conn *c, uint32_t spin_us)
+{
+	if (!c || spin_us > ANESC_SPIN_MAX_US)
+		return -EINVAL;
+	if (spin_us != c->spin_us) {
+		c->spin_us = spin_us;
+		c->spin_penalty = 0;
+		c->spin_skip = 0;
+	}
+	return 0;
+}
+
+ANESHARE_API uint32_t aneshare_spin(const aneshare_conn *c)
+{
+	return c ? c->spin_us : 0;
 }
 
 ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *c)

@@ -19,6 +19,10 @@
 #define ANESC_MAX_STR 4096         /* other strings from the daemon (version, backend, key) */
 #define ANESC_RECONNECT_TIMEOUT_MS 5000u     /* default; $ANESHARE_RECONNECT_TIMEOUT_MS */
 #define ANESC_RECONNECT_TIMEOUT_MAX 3600000u /* highest timeout accepted (1 h) */
+#define ANESC_SPIN_US 1000u                  /* default; $ANESHARE_SPIN_US */
+#define ANESC_SPIN_MAX_US 100000u            /* highest spin accepted (100 ms) */
+#define ANESC_SPIN_GAP_NS 30000u             /* a poll that took this long: we were off the CPU */
+#define ANESC_SPIN_PENALTY_MAX 64u           /* at most this many waits sleep after a failed spin */
 
 /* A submitted run: its ticket (= msgid) and, once the response arrived, its result. */
 typedef struct anesc_pending {
@@ -91,6 +95,11 @@ struct aneshare_conn {
 	bool reconnect;                /* reconnect automatically (default true) */
 	uint32_t reconnect_timeout_ms;
 	uint64_t reconnects;           /* successful reconnects */
+
+	/* Polling for a reply before sleeping (aneshare_set_spin). */
+	uint32_t spin_us;              /* the most one blocking wait polls, in us; 0 = never */
+	uint32_t spin_penalty;         /* waits that sleep straight away after the next failed spin */
+	uint32_t spin_skip;            /* waits left that sleep straight away */
 
 	aneshare_server_info info;
 	char *server_version;          /* owned; info points here */
