@@ -609,7 +609,11 @@ static void slow_reader_case(const char *const *args, int max_drop_ms)
 
 	int bad = h_raw_open(D.sock);
 	unsigned reqs = stuff_status_requests(bad);
-	cr_assert_gt(reqs, 1000, "only %u requests went out", reqs);
+	/* Enough to pass every cap: a status reply is several hundred bytes,
+	 * so 256 of them are well over 64 KiB.  How many more go out depends
+	 * on how fast the daemon reads: at the hard cap it drops the client
+	 * as soon as its socket buffer and 64 KiB are full (once after 512). */
+	cr_assert_geq(reqs, 256, "only %u requests went out", reqs);
 	int64_t stuffed = tu_now_ms();
 
 	/* The good client keeps working, unaffected, until the bad one is gone. */
