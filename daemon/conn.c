@@ -36,6 +36,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -956,7 +957,76 @@ static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
 	return 0;
 }
 
-/* Worker: c's socket is readable. */
+#define LANE_SPIN_GAP_NS 30000u   /* two polls this far apart: the thread was off its CPU */
+#define LANE_SPIN_PENALTY_MAX 64u
+
+/*
+ * The lane spin (docs/performance.md, "Waiting for the reply").  A client's
+ * next request often follows its reply within microseconds (a loop of runs
+ * or chains), and a lane thread asleep on an idle CPU takes long to wake
+ * (tens of microseconds on a VM whose idle vCPUs halt without polling
+ * first).  So the thread that answered keeps the lane (it stays BUSY, not
+ * armed: no other thread is woken for it) and reads the socket for up to
+ * --lane-spin-us before arming it as usual.  The same rules as the client
+ * library's spin (client/conn.c, spin_read): each poll lets anything else
+ * runnable on this CPU go first; the spin fails when two polls are more
+ * than LANE_SPIN_GAP_NS apart (this CPU was wanted elsewhere) or nothing
+ * came; after a failed spin this thread's next 1, 2, 4 ... 64 answers do
+ * not spin, and a spin that got something halves that.  A client that
+ * pauses between requests so costs about one spin in 65 answers.
+ */
+static bool lane_spin_wanted(const anes_conn *c, anes_wctx *ctx)
+{
+	if (c->srv->cfg.lane_spin_us == 0)
+		return false;
+	if (ctx->spin_skip > 0) {
+		ctx->spin_skip--;
+		return false;
+	}
+	return true;
+}
+
+/* Lane thread, holding c's lane, its reply sent: what anes_io_read
+ * returned (> 0: more of the client's bytes are buffered), -EAGAIN when
+ * nothing came in time, or -ECANCELED when the loop wants the lane back
+ * (lane_stop, or the daemon is draining). */
+static ssize_t lane_spin(anes_conn *c, anes_wctx *ctx)
+{
+	uint64_t start = anes_now_ns(), last = start, limit = (uint64_t)c->srv->cfg.lane_spin_us * 1000u;
+	ssize_t n;
+	for (;;) {
+		/* Under lane_mu, as every lane read (the drain mark). */
+		pthread_mutex_lock(&c->lane_mu);
+		if (c->lane_stop || atomic_load(&c->srv->draining)) {
+			pthread_mutex_unlock(&c->lane_mu);
+			return -ECANCELED;
+		}
+		n = anes_io_read(&c->io);
+		if (n > 0)
+			c->rd_total += (uint64_t)n;
+		pthread_mutex_unlock(&c->lane_mu);
+		if (n != -EAGAIN && n != -EINTR)
+			break;
+		sched_yield();
+		uint64_t t = anes_now_ns();
+		if (t - start >= limit || t - last >= LANE_SPIN_GAP_NS) {
+			n = -EAGAIN;
+			break;
+		}
+		last = t;
+	}
+	if (n == -EAGAIN) {
+		ctx->spin_penalty = ctx->spin_penalty == 0 ? 1
+		                    : ctx->spin_penalty >= LANE_SPIN_PENALTY_MAX / 2 ? LANE_SPIN_PENALTY_MAX
+		                    : ctx->spin_penalty * 2;
+		ctx->spin_skip = ctx->spin_penalty;
+	} else {
+		ctx->spin_penalty /= 2;
+	}
+	return n;
+}
+
+/* Lane thread: c's socket is readable. */
 static void lane_ready(anes_lane *l, anes_wctx *ctx)
 {
 	anes_conn *c = ANES_CONTAINER_OF(l, anes_conn, lane_h);
@@ -988,6 +1058,31 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 		goto back;
 	}
 	bool reply = r == 2;
+	/* Keep the lane, answer, and read the socket for the next request
+	 * (lane_spin); arm it as below once the spin is over. */
+	while (reply && lane_spin_wanted(c, ctx)) {
+		r = lane_send(c, ctx, false);
+		if (r < 0) {
+			status = r;
+			goto back;
+		}
+		reply = false;
+		n = lane_spin(c, ctx);
+		if (n == -EAGAIN)
+			break;
+		if (n == -ECANCELED)
+			goto back;
+		if (n == 0 || (n < 0 && n != -ENOBUFS)) {
+			status = n == 0 ? ANES_LANE_EOF : (int)n;
+			goto back;
+		}
+		r = lane_take_request(c, ctx);
+		if (r <= 0) {
+			status = r;
+			goto back;
+		}
+		reply = r == 2;
+	}
 	/* The reply goes after the lane is armed again, so that arming is
 	 * not between the reply and the client's next request.  That needs a
 	 * rest that cannot fail; without one, send first. */

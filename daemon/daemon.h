@@ -155,6 +155,8 @@ typedef struct anes_wctx {
 	void *buf;              /* malloc'd, grows: run steps of a lane run */
 	size_t buf_cap;
 	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
+	uint32_t spin_penalty;  /* conn.c, lane_spin: answers that do not spin after the next failed spin */
+	uint32_t spin_skip;     /* answers left that do not spin */
 } anes_wctx;
 
 /* A lane: a socket that the lane threads read themselves (docs/performance.md,

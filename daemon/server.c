@@ -39,6 +39,7 @@ void anes_server_config_init(anes_server_config *cfg)
 		.workers = 0,
 		.lanes = true,
 		.lane_run_max_us = 1000,
+		.lane_spin_us = 50,
 		.backend = NULL,
 		.limits = {
 			.max_frame = ANES_FRAME_MAX_DEFAULT,

@@ -55,6 +55,8 @@ typedef struct anes_server_config {
 	unsigned lane_threads; /* how many (0: as many as workers) */
 	uint32_t lane_run_max_us; /* ... and run a request there if its programs' runs
 	                           * lately took at most this long (else: the loop) */
+	uint32_t lane_spin_us;    /* a lane thread that answered a request polls its socket
+	                           * this long for the next one (0: never; conn.c, lane_spin) */
 	/* Borrowed: must outlive the server and is not destroyed by it. */
 	anes_backend *backend;
 	anes_limits limits;

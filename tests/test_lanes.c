@@ -11,6 +11,7 @@
  * the daemon's fd count).
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -1495,4 +1496,123 @@ Test(lanes, status_after_a_handed_back_run)
 	missed = handback_case(args, &first);
 	cr_expect_eq(missed, 0, "lanes: %u of %d status replies did not count the run just "
 	             "answered (first: run %u)", missed, HANDBACK_ROUNDS, first);
+}
+
+/* ======================================================================================= */
+/* 9. the lane spin (conn.c, lane_spin): the thread that answered reads the socket a while  */
+/* ======================================================================================= */
+
+/* CPU time of every thread of pid so far, in ns (the schedstat of each). */
+static uint64_t daemon_cpu_ns(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/task", (long)pid);
+	DIR *d = opendir(path);
+	cr_assert_not_null(d);
+	uint64_t sum = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char p2[320];
+		snprintf(p2, sizeof p2, "/proc/%ld/task/%s/schedstat", (long)pid, e->d_name);
+		FILE *f = fopen(p2, "r");
+		unsigned long long ns = 0;
+		if (f) {
+			if (fscanf(f, "%llu", &ns) != 1)
+				ns = 0;
+			fclose(f);
+		}
+		sum += ns;
+	}
+	closedir(d);
+	return sum;
+}
+
+/* Runs with pauses between them, with a spin of 20 ms: each answer may cost
+ * the daemon up to 20 ms of polling, then the penalty makes most answers
+ * not spin; once the client stops, the daemon is idle.  A spin that did not
+ * end by itself would keep a lane thread busy all through the idle window
+ * (checked: without the time limit and the gap check in lane_spin, 400 ms
+ * of CPU in 400 ms). */
+Test(lanes, spin_ends_and_an_idle_daemon_stays_idle)
+{
+	const char *args[] = { "--lane-spin-us", "20000", NULL };
+	lanes_start(args);
+	aneshare_conn *obs = h_connect(&D, "observer");   /* status elsewhere: it would end the spin */
+	aneshare_conn *c = h_connect(&D, "spin-pauses");
+	sq s;
+	cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+	for (int i = 0; i < 30; i++) {
+		sq_check(&s, 500 + (uint64_t)i);
+		if (i % 3 == 2)
+			tu_pause_ms(25);   /* longer than the spin: it fails */
+	}
+	counts k = settled_counts(obs, 30);
+	cr_expect_geq(k.lane_runs, 20, "only %llu of 30 runs on lanes", (unsigned long long)k.lane_runs);
+	tu_pause_ms(50);   /* the last spin is over (20 ms) */
+	uint64_t c0 = daemon_cpu_ns(D.pid);
+	tu_pause_ms(400);
+	uint64_t used = daemon_cpu_ns(D.pid) - c0;
+	cr_assert_lt(used, 100u * 1000 * 1000, "an idle daemon used %.1f ms of CPU in 400 ms", used / 1e6);
+	sq_check(&s, 999);   /* and it still answers */
+	sq_close(&s);
+	aneshare_disconnect(c);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* A client that gets its answer and hangs up at once: the lane thread that
+ * is polling its socket (for up to 200 ms here) sees the end of the stream
+ * and hands the connection back; nothing is left behind. */
+Test(lanes, client_gone_while_its_lane_spins)
+{
+	const char *args[] = { "--lane-spin-us", "200000", NULL };
+	lanes_start(args);
+	int fds;
+	aneshare_conn *obs = h_observe(&D, &fds);
+	counts k0 = get_counts(obs);
+	for (int i = 0; i < 20; i++) {
+		aneshare_conn *c = h_connect(&D, "spin-gone");
+		sq s;
+		cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+		sq_check(&s, 700 + (uint64_t)i);
+		sq_check(&s, 800 + (uint64_t)i);
+		aneshare_disconnect(c);   /* right after the answer */
+	}
+	h_back_to_baseline(&D, obs, fds);
+	counts k = get_counts(obs);
+	cr_expect_eq(k.runs - k0.runs, 40);
+	cr_expect_geq(k.lane_runs - k0.lane_runs, 20, "only %llu of 40 runs on lanes",
+	              (unsigned long long)(k.lane_runs - k0.lane_runs));
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* SIGTERM while a lane thread polls a client's socket for up to 1 s: the
+ * spin sees the drain and hands the lane back, so the daemon stops well
+ * before the spin would have ended, and cleanly (checked: without the drain
+ * check and the gap check in lane_spin, 1003 ms). */
+Test(lanes, sigterm_while_a_lane_spins)
+{
+	const char *args[] = { "--lane-spin-us", "1000000", NULL };
+	lanes_start(args);
+	aneshare_conn *obs = h_connect(&D, "observer");   /* status elsewhere: it would end the spin */
+	aneshare_conn *c = h_connect(&D, "spin-term");
+	sq s;
+	cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+	for (int i = 0; i < 5; i++)
+		sq_check(&s, 900 + (uint64_t)i);
+	counts k = settled_counts(obs, 5);
+	cr_expect_geq(k.lane_runs, 3);
+	aneshare_disconnect(obs);
+	/* the last answer's lane is spinning now */
+	int64_t t0 = tu_now_ms();
+	cr_assert_eq(kill(D.pid, SIGTERM), 0);
+	h_daemon_wait(&D);   /* exit status 0 */
+	int64_t took = tu_now_ms() - t0;
+	if (h_slow() == 1)
+		cr_expect_lt(took, 800, "the daemon took %lld ms to stop (the spin is 1000 ms)", (long long)took);
+	sq_close(&s);
+	aneshare_disconnect(c);
 }
