@@ -51,7 +51,7 @@ static const optdef defs[] = {
 	  "a worker that reads a request runs it at once if the program's recent runs took at most this long" },
 	{ "lane-spin-us", T_U32, O(cfg.lane_spin_us), 0, 1000000, "MICROSECONDS",
 	  "a lane thread that answered a request polls for the next one this long before it sleeps "
-	  "(default 50; 0: never)" },
+	  "(0: never)" },
 	{ "verbose", T_BOOL, O(cfg.verbose), 0, 0, NULL, "log every connect and disconnect" },
 	{ "allow-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
 	  "also accept clients of this user (uid or name; repeatable)" },
