@@ -273,25 +273,11 @@ static void handle_notify(aneshare_conn *c, const anes_msg *m)
 	conn_kill(c, rc, "%s", msg);
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /*
- * Before a blocking wait sleeps, poll the socket for up to c->spin_us: a
- * thread asleep on an idle CPU takes long to wake (tens of us on a VM whose
- * idle vCPUs halt), and a reply due within the spin saves that.  The spin
- * stops early, and counts as failed, when the thread was off the CPU
- * between two polls (someone else wanted it: the daemon on the same CPU,
- * or more runnable threads than CPUs); it also fails when nothing came in
- * time.  After a failed spin the next spin_penalty waits sleep straight
- * away, the penalty doubling up to ANESC_SPIN_PENALTY_MAX, and a spin that
- * gets its reply halves it, so that a connection whose replies are slow, or
- * a machine with no CPU to spare, soon stops spinning except for an
- * occasional probe.  Only a wait for the one request in flight spins: with
+ * Before a blocking wait sleeps, poll the socket for up to c->spin_us
+ * (proto/anes_spin.h has the rules: yield to anything runnable here, stop
+ * when switched out or when nothing came, a doubling penalty after a
+ * failed spin).  Only a wait for the one request in flight spins: with
  * more (pipelining), the daemon is busy anyway and the CPU is better left
  * to it.  Returns what anes_io_read returned, or -EAGAIN when the caller
  * should sleep in a blocking read.
@@ -299,36 +285,18 @@ static uint64_t now_ns(void)
 static ssize_t spin_read(aneshare_conn *c)
 {
 	size_t in_flight = c->n_outstanding + (c->sync_active && !c->sync_done);
-	if (c->spin_us == 0 || in_flight > 1)
+	anes_spin_run run;
+	if (in_flight > 1 || !anes_spin_start(&c->spin, c->spin_us, &run))
 		return -EAGAIN;
-	if (c->spin_skip > 0) {
-		c->spin_skip--;
-		return -EAGAIN;
-	}
-	uint64_t start = now_ns(), last = start, limit = (uint64_t)c->spin_us * 1000u;
 	ssize_t n;
 	c->io.msg_flags = MSG_DONTWAIT;
-	for (;;) {
+	do
 		n = anes_io_read(&c->io);
-		if (n != -EAGAIN)
-			break;
-		/* Anything else runnable here (the daemon itself, on one CPU)
-		 * goes first: the gap below then ends the spin. */
-		sched_yield();
-		uint64_t t = now_ns();
-		if (t - start >= limit || t - last >= ANESC_SPIN_GAP_NS)
-			break;
-		last = t;
-	}
+	while ((n == -EAGAIN || n == -EINTR) && anes_spin_again(&run));
 	c->io.msg_flags = 0;
-	if (n == -EAGAIN) {
-		c->spin_penalty = c->spin_penalty == 0 ? 1
-		                  : c->spin_penalty >= ANESC_SPIN_PENALTY_MAX / 2 ? ANESC_SPIN_PENALTY_MAX
-		                  : c->spin_penalty * 2;
-		c->spin_skip = c->spin_penalty;
-	} else {
-		c->spin_penalty /= 2;
-	}
+	if (n == -EINTR)
+		n = -EAGAIN;
+	anes_spin_end(&c->spin, n != -EAGAIN);
 	return n;
 }
 
@@ -1147,8 +1115,7 @@ ANESHARE_API int aneshare_set_spin(aneshare_conn *c, uint32_t spin_us)
 		return -EINVAL;
 	if (spin_us != c->spin_us) {
 		c->spin_us = spin_us;
-		c->spin_penalty = 0;
-		c->spin_skip = 0;
+		c->spin = (anes_spin){ 0 };
 	}
 	return 0;
 }

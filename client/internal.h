@@ -9,6 +9,7 @@
 #include <stdarg.h>
 
 #include "anes_proto.h"
+#include "anes_spin.h"
 #include "aneshare.h"
 
 #define ANESC_ERRMSG_MAX 1024      /* bytes kept of a daemon's message */
@@ -21,8 +22,6 @@
 #define ANESC_RECONNECT_TIMEOUT_MAX 3600000u /* highest timeout accepted (1 h) */
 #define ANESC_SPIN_US 1000u                  /* default; $ANESHARE_SPIN_US */
 #define ANESC_SPIN_MAX_US 100000u            /* highest spin accepted (100 ms) */
-#define ANESC_SPIN_GAP_NS 30000u             /* a poll that took this long: we were off the CPU */
-#define ANESC_SPIN_PENALTY_MAX 64u           /* at most this many waits sleep after a failed spin */
 
 /* A submitted run: its ticket (= msgid) and, once the response arrived, its result. */
 typedef struct anesc_pending {
@@ -98,8 +97,7 @@ struct aneshare_conn {
 
 	/* Polling for a reply before sleeping (aneshare_set_spin). */
 	uint32_t spin_us;              /* the most one blocking wait polls, in us; 0 = never */
-	uint32_t spin_penalty;         /* waits that sleep straight away after the next failed spin */
-	uint32_t spin_skip;            /* waits left that sleep straight away */
+	anes_spin spin;                /* its history: failed spins make the next waits sleep */
 
 	aneshare_server_info info;
 	char *server_version;          /* owned; info points here */

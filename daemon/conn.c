@@ -36,7 +36,6 @@
  */
 #include <assert.h>
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -957,44 +956,24 @@ static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
 	return 0;
 }
 
-#define LANE_SPIN_GAP_NS 30000u   /* two polls this far apart: the thread was off its CPU */
-#define LANE_SPIN_PENALTY_MAX 64u
-
 /*
  * The lane spin (docs/performance.md, "Waiting for the reply").  A client's
  * next request often follows its reply within microseconds (a loop of runs
- * or chains), and a lane thread asleep on an idle CPU takes long to wake
- * (tens of microseconds on a VM whose idle vCPUs halt without polling
- * first).  So the thread that answered keeps the lane (it stays BUSY, not
- * armed: no other thread is woken for it) and reads the socket for up to
- * --lane-spin-us before arming it as usual.  The same rules as the client
- * library's spin (client/conn.c, spin_read): each poll lets anything else
- * runnable on this CPU go first; the spin fails when two polls are more
- * than LANE_SPIN_GAP_NS apart (this CPU was wanted elsewhere) or nothing
- * came; after a failed spin this thread's next 1, 2, 4 ... 64 answers do
- * not spin, and a spin that got something halves that.  A client that
- * pauses between requests so costs about one spin in 65 answers.
+ * or chains), and a lane thread asleep on an idle CPU takes long to wake.
+ * So the thread that answered keeps the lane (it stays BUSY, not armed: no
+ * other thread is woken for it) and reads the socket for up to
+ * --lane-spin-us before arming it as usual, by the rules of
+ * proto/anes_spin.h (the same as the client library's).
+ *
+ * Lane thread, holding c's lane, its reply sent, the spin started: what
+ * anes_io_read returned (> 0: more of the client's bytes are buffered),
+ * -EAGAIN when nothing came, or -ECANCELED when the loop wants the lane
+ * back (lane_stop, or the daemon is draining).
  */
-static bool lane_spin_wanted(const anes_conn *c, anes_wctx *ctx)
+static ssize_t lane_spin(anes_conn *c, anes_wctx *ctx, anes_spin_run *run)
 {
-	if (c->srv->cfg.lane_spin_us == 0)
-		return false;
-	if (ctx->spin_skip > 0) {
-		ctx->spin_skip--;
-		return false;
-	}
-	return true;
-}
-
-/* Lane thread, holding c's lane, its reply sent: what anes_io_read
- * returned (> 0: more of the client's bytes are buffered), -EAGAIN when
- * nothing came in time, or -ECANCELED when the loop wants the lane back
- * (lane_stop, or the daemon is draining). */
-static ssize_t lane_spin(anes_conn *c, anes_wctx *ctx)
-{
-	uint64_t start = anes_now_ns(), last = start, limit = (uint64_t)c->srv->cfg.lane_spin_us * 1000u;
 	ssize_t n;
-	for (;;) {
+	do {
 		/* Under lane_mu, as every lane read (the drain mark). */
 		pthread_mutex_lock(&c->lane_mu);
 		if (c->lane_stop || atomic_load(&c->srv->draining)) {
@@ -1005,24 +984,10 @@ static ssize_t lane_spin(anes_conn *c, anes_wctx *ctx)
 		if (n > 0)
 			c->rd_total += (uint64_t)n;
 		pthread_mutex_unlock(&c->lane_mu);
-		if (n != -EAGAIN && n != -EINTR)
-			break;
-		sched_yield();
-		uint64_t t = anes_now_ns();
-		if (t - start >= limit || t - last >= LANE_SPIN_GAP_NS) {
-			n = -EAGAIN;
-			break;
-		}
-		last = t;
-	}
-	if (n == -EAGAIN) {
-		ctx->spin_penalty = ctx->spin_penalty == 0 ? 1
-		                    : ctx->spin_penalty >= LANE_SPIN_PENALTY_MAX / 2 ? LANE_SPIN_PENALTY_MAX
-		                    : ctx->spin_penalty * 2;
-		ctx->spin_skip = ctx->spin_penalty;
-	} else {
-		ctx->spin_penalty /= 2;
-	}
+	} while ((n == -EAGAIN || n == -EINTR) && anes_spin_again(run));
+	if (n == -EINTR)
+		n = -EAGAIN;
+	anes_spin_end(&ctx->spin, n != -EAGAIN);
 	return n;
 }
 
@@ -1060,14 +1025,15 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	bool reply = r == 2;
 	/* Keep the lane, answer, and read the socket for the next request
 	 * (lane_spin); arm it as below once the spin is over. */
-	while (reply && lane_spin_wanted(c, ctx)) {
+	anes_spin_run run;
+	while (reply && anes_spin_start(&ctx->spin, c->srv->cfg.lane_spin_us, &run)) {
 		r = lane_send(c, ctx, false);
 		if (r < 0) {
 			status = r;
 			goto back;
 		}
 		reply = false;
-		n = lane_spin(c, ctx);
+		n = lane_spin(c, ctx, &run);
 		if (n == -EAGAIN)
 			break;
 		if (n == -ECANCELED)

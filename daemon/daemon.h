@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "anes_proto.h"
+#include "anes_spin.h"
 #include "backend.h"
 #include "server.h"
 
@@ -155,8 +156,7 @@ typedef struct anes_wctx {
 	void *buf;              /* malloc'd, grows: run steps of a lane run */
 	size_t buf_cap;
 	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
-	uint32_t spin_penalty;  /* conn.c, lane_spin: answers that do not spin after the next failed spin */
-	uint32_t spin_skip;     /* answers left that do not spin */
+	anes_spin spin;         /* conn.c, lane_spin: this thread's spin history */
 } anes_wctx;
 
 /* A lane: a socket that the lane threads read themselves (docs/performance.md,

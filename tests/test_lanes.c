@@ -1533,7 +1533,7 @@ static uint64_t daemon_cpu_ns(pid_t pid)
  * the daemon up to 20 ms of polling, then the penalty makes most answers
  * not spin; once the client stops, the daemon is idle.  A spin that did not
  * end by itself would keep a lane thread busy all through the idle window
- * (checked: without the time limit and the gap check in lane_spin, 400 ms
+ * (checked: without the time limit and the gap check in anes_spin_again, 400 ms
  * of CPU in 400 ms). */
 Test(lanes, spin_ends_and_an_idle_daemon_stays_idle)
 {
@@ -1592,7 +1592,7 @@ Test(lanes, client_gone_while_its_lane_spins)
 /* SIGTERM while a lane thread polls a client's socket for up to 1 s: the
  * spin sees the drain and hands the lane back, so the daemon stops well
  * before the spin would have ended, and cleanly (checked: without the drain
- * check and the gap check in lane_spin, 1003 ms). */
+ * check in lane_spin and the gap check in anes_spin_again, 1005 ms). */
 Test(lanes, sigterm_while_a_lane_spins)
 {
 	const char *args[] = { "--lane-spin-us", "1000000", NULL };

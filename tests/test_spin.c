@@ -203,11 +203,11 @@ static double wall_seconds(void)
 }
 
 /* Runs far longer than the spin: each wait polls for at most the spin (less
- * when the thread was taken off its CPU meanwhile), and after a spin that
- * got nothing the next waits sleep straight away.  A spin that ended only
- * with its reply would cost this thread all of the wall time (checked:
- * with both ends of the spin in spin_read taken out, this test fails with
- * 114 ms of CPU in 117 ms; it passes with 5-12 ms). */
+ * when the thread was switched out meanwhile), and after a spin that got
+ * nothing the next waits sleep straight away.  A spin that ended only with
+ * its reply would cost this thread all of the wall time (checked: with the
+ * time limit and the gap check of anes_spin_again taken out, this test
+ * fails with 115 ms of CPU in 119 ms; it passes with 5-12 ms). */
 Test(spin, bounded_when_replies_are_slow)
 {
 	if (cpus_allowed() < 2)

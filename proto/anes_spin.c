@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+/* Spin, then sleep (anes_spin.h). */
+#include <sched.h>
+#include <time.h>
+
+#include "anes_spin.h"
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+bool anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run)
+{
+	if (spin_us == 0)
+		return false;
+	if (s->skip > 0) {
+		s->skip--;
+		return false;
+	}
+	run->start_ns = run->last_ns = now_ns();
+	run->limit_ns = (uint64_t)spin_us * 1000u;
+	return true;
+}
+
+bool anes_spin_again(anes_spin_run *run)
+{
+	sched_yield();
+	uint64_t t = now_ns();
+	if (t - run->start_ns >= run->limit_ns || t - run->last_ns >= ANES_SPIN_GAP_NS)
+		return false;
+	run->last_ns = t;
+	return true;
+}
+
+void anes_spin_end(anes_spin *s, bool got)
+{
+	if (got) {
+		s->penalty /= 2;
+		return;
+	}
+	s->penalty = s->penalty == 0                        ? 1
+	             : s->penalty >= ANES_SPIN_PENALTY_MAX / 2 ? ANES_SPIN_PENALTY_MAX
+	                                                       : s->penalty * 2;
+	s->skip = s->penalty;
+}

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Spin, then sleep: the polling policy shared by libaneshare's blocking
+ * waits (client/conn.c, spin_read) and the daemon's lane threads
+ * (daemon/conn.c, lane_spin).  docs/performance.md, "Waiting for the reply".
+ *
+ * A thread that sleeps on an otherwise idle CPU takes long to wake (tens of
+ * microseconds on a VM whose idle vCPUs halt), and on a VM the host may run
+ * other guests on that CPU meanwhile and leave its caches cold.  When the
+ * awaited bytes are likely to come soon, the waiter polls first, for at
+ * most a bound, with these rules:
+ *  - after each poll that found nothing, anything else runnable on this CPU
+ *    goes first (sched_yield);
+ *  - the spin fails when two polls are ANES_SPIN_GAP_NS or more apart:
+ *    the thread was off its CPU, because another thread here wanted it or
+ *    the hypervisor ran something else.  (Counting only switches to other
+ *    threads, from the thread's involuntary context switch count, was
+ *    tried: on the shared VM of docs/performance.md the one-core round
+ *    trip got worse, 1.17-1.19 against 1.10-1.11 of the ping-pong in five
+ *    interleaved pairs, and the chain no better);
+ *  - it fails when nothing came within the bound;
+ *  - after a failed spin the next 1, 2, 4 ... ANES_SPIN_PENALTY_MAX waits
+ *    do not spin, and a spin that got something halves that number.
+ * So a waiter whose bytes come late, or a CPU with other work, soon
+ * stops spinning except for an occasional probe.
+ */
+#ifndef ANES_SPIN_H
+#define ANES_SPIN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define ANES_SPIN_GAP_NS 30000u       /* two polls this far apart: maybe switched out */
+#define ANES_SPIN_PENALTY_MAX 64u
+
+/* One waiter's history (zero-initialised). */
+typedef struct anes_spin {
+	uint32_t penalty;   /* waits that do not spin after the next failed spin */
+	uint32_t skip;      /* waits left that do not spin */
+} anes_spin;
+
+/* One spin in progress. */
+typedef struct anes_spin_run {
+	uint64_t start_ns, last_ns, limit_ns;
+} anes_spin_run;
+
+/* Whether this wait spins (for at most spin_us); if so, *run is set up.
+ * A wait that does not spin because of the penalty uses up one skip. */
+bool anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run);
+
+/* After a poll that found nothing: let others run, then whether to poll
+ * again (false: the spin failed, sleep). */
+bool anes_spin_again(anes_spin_run *run);
+
+/* The spin is over: got is whether it found what it waited for. */
+void anes_spin_end(anes_spin *s, bool got);
+
+#endif
