@@ -12,8 +12,8 @@
  * again (surface.c, program.c), then the call itself.
  */
 #include <errno.h>
-#include <sched.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -276,8 +276,8 @@ static void handle_notify(aneshare_conn *c, const anes_msg *m)
 /*
  * Before a blocking wait sleeps, poll the socket for up to c->spin_us
  * (proto/anes_spin.h has the rules: yield to anything runnable here, stop
- * when switched out or when nothing came, a doubling penalty after a
- * failed spin).  Only a wait for the one request in flight spins: with
+ * when the thread was off its CPU for a while or nothing came, a doubling
+ * penalty after a failed spin).  Only a wait for the one request in flight spins: with
  * more (pipelining), the daemon is busy anyway and the CPU is better left
  * to it.  Returns what anes_io_read returned, or -EAGAIN when the caller
  * should sleep in a blocking read.
