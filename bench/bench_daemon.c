@@ -492,25 +492,34 @@ static void bench_rtt_at(placement pl)
 	free(t);
 }
 
-static void bench_rtt(void)
+/* Run a section in every placement: where threads can be pinned, one core
+ * and (with 2 CPUs) two cores, each checked (ratio[pl] <= limit, named
+ * what[pl]), then as the scheduler places them, printed only; elsewhere
+ * only the last, checked. */
+static void by_placement(void (*at)(placement), const double *ratio, const char *const what[3], double limit)
 {
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	printf("\n== run round trip, trivial program (relu on 16 fp16), %d x %d calls\n", g_reps,
-	       g_quick ? 500 : 2000);
 	if (!CAN_PIN) {
-		bench_rtt_at(PLACE_FREE);
-		add_check("run p50 <= 1.5 x (ping-pong + in-process)", g_rtt_ratio[PLACE_FREE], 1.5, true);
+		at(PLACE_FREE);
+		add_check(what[PLACE_FREE], ratio[PLACE_FREE], limit, true);
 		return;
 	}
-	bench_rtt_at(PLACE_SAME);
-	add_check("run p50 <= 1.5 x (ping-pong + in-process), one core", g_rtt_ratio[PLACE_SAME], 1.5,
-	          true);
-	if (ncpu >= 2) {
-		bench_rtt_at(PLACE_CROSS);
-		add_check("run p50 <= 1.5 x (ping-pong + in-process), two cores",
-		          g_rtt_ratio[PLACE_CROSS], 1.5, true);
+	for (placement pl = PLACE_SAME; pl <= PLACE_CROSS; pl++) {
+		if (pl == PLACE_CROSS && sysconf(_SC_NPROCESSORS_ONLN) < 2)
+			break;
+		at(pl);
+		add_check(what[pl], ratio[pl], limit, true);
 	}
-	bench_rtt_at(PLACE_FREE);
+	at(PLACE_FREE);
+}
+
+static void bench_rtt(void)
+{
+	static const char *const what[3] = { "run p50 <= 1.5 x (ping-pong + in-process)",
+		                             "run p50 <= 1.5 x (ping-pong + in-process), one core",
+		                             "run p50 <= 1.5 x (ping-pong + in-process), two cores" };
+	printf("\n== run round trip, trivial program (relu on 16 fp16), %d x %d calls\n", g_reps,
+	       g_quick ? 500 : 2000);
+	by_placement(bench_rtt_at, g_rtt_ratio, what, 1.5);
 }
 
 /* ---- 2. throughput ---------------------------------------------------------------- */
@@ -960,21 +969,12 @@ static void bench_chain_at(placement pl)
 
 static void bench_chain(void)
 {
+	static const char *const what[3] = { "28-step chain <= 1.2 x 28 in-process calls",
+		                             "28-step chain <= 1.2 x 28 in-process calls, one core",
+		                             "28-step chain <= 1.2 x 28 in-process calls, two cores" };
 	printf("\n== 28 layers: dynamic_matmul.mil (64x64x64), 28 weight surfaces, %d reps, medians\n",
 	       g_quick ? 20 : 100);
-	if (!CAN_PIN) {
-		bench_chain_at(PLACE_FREE);
-		add_check("28-step chain <= 1.2 x 28 in-process calls", g_chain_ratio[PLACE_FREE], 1.2, true);
-		return;
-	}
-	bench_chain_at(PLACE_SAME);
-	add_check("28-step chain <= 1.2 x 28 in-process calls, one core", g_chain_ratio[PLACE_SAME], 1.2, true);
-	if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) {
-		bench_chain_at(PLACE_CROSS);
-		add_check("28-step chain <= 1.2 x 28 in-process calls, two cores", g_chain_ratio[PLACE_CROSS], 1.2,
-		          true);
-	}
-	bench_chain_at(PLACE_FREE);
+	by_placement(bench_chain_at, g_chain_ratio, what, 1.2);
 }
 
 /* ---- 6. memory ---------------------------------------------------------------------- */
