@@ -851,7 +851,6 @@ static int lane_take_request(anes_conn *c, anes_wctx *ctx)
 	const uint8_t *payload;
 	uint32_t len;
 	unsigned nfds;
-	anes_msg m;
 
 	int r = anes_io_peek_frame(&c->io, &payload, &len, &nfds);
 	if (r == 0)
@@ -869,10 +868,7 @@ static int lane_take_request(anes_conn *c, anes_wctx *ctx)
 	 * several at once gets them spread over the workers by the loop. */
 	if (c->io.rlen - c->io.rpos != ANES_FRAME_HEADER_SIZE + (size_t)len)
 		return 0;
-	msgpack_zone_clear(&ctx->zone);
-	if (anes_msg_decode(payload, len, &ctx->zone, &m) < 0 || m.type != ANES_MSG_REQUEST)
-		return 0;
-	r = anes_lane_request(c, &m, ctx);
+	r = anes_lane_request(c, payload, len, ctx);
 	if (r <= 0)
 		return r;
 	/* Done: drop the frame (no fds); the caller sends the reply. */

@@ -155,6 +155,7 @@ typedef struct anes_wctx {
 	anes_frame reply;       /* its buffer is kept between replies */
 	void *buf;              /* malloc'd, grows: run steps of a lane run */
 	size_t buf_cap;
+	anes_run_wire *wire;    /* malloc'd at first use: a run read in one pass */
 	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
 	anes_spin spin;         /* conn.c, lane_spin: this thread's spin history */
 } anes_wctx;
@@ -246,10 +247,11 @@ struct anes_conn {
 enum { ANES_LANE_OFF, ANES_LANE_ARMED, ANES_LANE_BUSY };
 #define ANES_LANE_EOF 1
 
-/* methods.c, on a lane worker: if m is a request a lane handles (`run`),
- * do it and leave the reply message in ctx->reply (sealed), then return 1;
- * return 0 to leave m to the loop (nothing done). */
-int anes_lane_request(anes_conn *c, const anes_msg *m, anes_wctx *ctx);
+/* methods.c, on a lane worker: if the payload (one whole frame's, no fds)
+ * is a request a lane handles (`run`, short), do it and leave the reply
+ * message in ctx->reply (sealed), then return 1; return 0 to leave it to
+ * the loop (nothing done), -ENOMEM when not even an error reply fits. */
+int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx *ctx);
 
 /* Accept an fd from accept4 (owned by the connection from now on, also on
  * failure). */

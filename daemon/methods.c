@@ -618,8 +618,6 @@ static void m_program_release(anes_conn *c, const anes_msg *m, int *fds, unsigne
 
 /* ---- run ------------------------------------------------------------------------ */
 
-#define ANES_MAX_STEPS 256   /* steps in one chained run (docs/protocol.md) */
-
 /* Every run executes on a worker thread, never on the loop thread: a
  * backend call can take any time, and the loop serves every client. */
 
@@ -943,12 +941,27 @@ static bool read_ids(run_req *q, const msgpack_object *params, const char *key,
 	return true;
 }
 
-static bool check_surfaces(run_req *q, const char *what, const msgpack_object *items,
+/* The surface IDs of a step: decoded objects (checked by read_ids) or, from
+ * anes_run_wire_parse, plain numbers. */
+typedef struct step_ids {
+	const msgpack_object *obj;
+	const uint32_t *u32;
+} step_ids;
+
+static uint32_t step_id(const step_ids *ids, uint32_t i)
+{
+	uint32_t id = 0;
+	if (ids->u32)
+		return ids->u32[i];
+	(void)anes_mp_item_u32(&ids->obj[i], &id);
+	return id;
+}
+
+static bool check_surfaces(run_req *q, const char *what, const step_ids *ids,
                            const anes_tensor_desc *t, uint32_t n, anes_surface **ret)
 {
 	for (uint32_t i = 0; i < n; i++) {
-		uint32_t id = 0;
-		(void)anes_mp_item_u32(&items[i], &id);
+		uint32_t id = step_id(ids, i);
 		anes_surface *s = anes_idt_find(&q->c->surfaces, id);
 		if (!s) {
 			run_error(q, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", id);
@@ -967,43 +980,31 @@ static bool check_surfaces(run_req *q, const char *what, const msgpack_object *i
 	return true;
 }
 
-/* Check one run (or step) {program, function?, inputs, outputs} and fill
- * st in; st->surf too when it is set (else only check).  Replies on
- * failure. */
-static bool parse_step(run_req *q, const msgpack_object *params, run_step *st)
+/* What a step names, read from the request by either path. */
+typedef struct step_ref {
+	uint32_t program;
+	const char *function;   /* NULL: the first */
+	uint32_t function_len;
+	step_ids in, out;
+	uint32_t n_in, n_out;
+} step_ref;
+
+/* Resolve what a step names against the connection's tables and fill st
+ * in; st->surf too when it is set (else only check).  Replies on failure. */
+static bool resolve_step(run_req *q, const step_ref *sr, run_step *st)
 {
 	anes_conn *c = q->c;
-	const msgpack_object *in_ids, *out_ids;
-	uint32_t n_in, n_out, prog_id;
-	const char *fname = NULL;
-	uint32_t fname_len = 0;
-
-	int r = anes_mp_u32(params, "program", &prog_id);
-	if (r < 0) {
-		run_error(q, ANES_WERR_INVALID_PARAMS, r == -ENOENT ? "missing \"%s\"" :
-		          "\"%s\" has the wrong type or is out of range", "program");
-		return false;
-	}
-	r = anes_mp_str(params, "function", UINT32_MAX, &fname, &fname_len);
-	if (r < 0 && r != -ENOENT) {
-		run_error(q, ANES_WERR_INVALID_PARAMS, "\"function\" has the wrong type or is out of range");
-		return false;
-	}
-	if (!read_ids(q, params, "inputs", &in_ids, &n_in) ||
-	    !read_ids(q, params, "outputs", &out_ids, &n_out))
-		return false;
-
-	anes_centry *e = anes_idt_find(&c->programs, prog_id);
+	anes_centry *e = anes_idt_find(&c->programs, sr->program);
 	if (!e) {
-		run_error(q, ANES_WERR_NO_SUCH_PROGRAM, "no program %u", prog_id);
+		run_error(q, ANES_WERR_NO_SUCH_PROGRAM, "no program %u", sr->program);
 		return false;
 	}
 	const anes_bprogram *p = e->prog;
 	uint32_t fn = UINT32_MAX;
-	if (fname) {
+	if (sr->function) {
 		for (uint32_t i = 0; i < p->n_functions; i++) {
-			if (strnlen(p->functions[i].name, ANES_MAX_NAME) == fname_len &&
-			    memcmp(p->functions[i].name, fname, fname_len) == 0) {
+			if (strnlen(p->functions[i].name, ANES_MAX_NAME) == sr->function_len &&
+			    memcmp(p->functions[i].name, sr->function, sr->function_len) == 0) {
 				fn = i;
 				break;
 			}
@@ -1013,25 +1014,51 @@ static bool parse_step(run_req *q, const msgpack_object *params, run_step *st)
 	}
 	if (fn == UINT32_MAX) {
 		run_error(q, ANES_WERR_NO_SUCH_FUNCTION, "no function \"%.*s\"",
-		          (int)(fname_len > 64 ? 64 : fname_len), fname ? fname : "");
+		          (int)(sr->function_len > 64 ? 64 : sr->function_len),
+		          sr->function ? sr->function : "");
 		return false;
 	}
 	const anes_function_info *fi = &p->functions[fn];
-	if (n_in != fi->n_inputs || n_out != fi->n_outputs) {
+	if (sr->n_in != fi->n_inputs || sr->n_out != fi->n_outputs) {
 		run_error(q, ANES_WERR_SIZE_MISMATCH,
 		          "function \"%s\" takes %u inputs and %u outputs, got %u and %u",
-		          fi->name, fi->n_inputs, fi->n_outputs, n_in, n_out);
+		          fi->name, fi->n_inputs, fi->n_outputs, sr->n_in, sr->n_out);
 		return false;
 	}
-	if (!check_surfaces(q, "input", in_ids, fi->inputs, n_in, st->surf) ||
-	    !check_surfaces(q, "output", out_ids, fi->outputs, n_out, st->surf ? st->surf + n_in : NULL))
+	if (!check_surfaces(q, "input", &sr->in, fi->inputs, sr->n_in, st->surf) ||
+	    !check_surfaces(q, "output", &sr->out, fi->outputs, sr->n_out,
+	                    st->surf ? st->surf + sr->n_in : NULL))
 		return false;
 	st->entry = e;
 	st->fn = fn;
-	st->n_in = n_in;
-	st->n_out = n_out;
+	st->n_in = sr->n_in;
+	st->n_out = sr->n_out;
 	st->fault = c->srv->cfg.fault_run_fail && !strcmp(fi->name, c->srv->cfg.fault_run_fail);
 	return true;
+}
+
+/* Check one decoded run (or step) {program, function?, inputs, outputs}
+ * and fill st in (resolve_step).  Replies on failure. */
+static bool parse_step(run_req *q, const msgpack_object *params, run_step *st)
+{
+	step_ref sr = { 0 };
+	int r = anes_mp_u32(params, "program", &sr.program);
+	if (r < 0) {
+		run_error(q, ANES_WERR_INVALID_PARAMS, r == -ENOENT ? "missing \"%s\"" :
+		          "\"%s\" has the wrong type or is out of range", "program");
+		return false;
+	}
+	r = anes_mp_str(params, "function", UINT32_MAX, &sr.function, &sr.function_len);
+	if (r < 0 && r != -ENOENT) {
+		run_error(q, ANES_WERR_INVALID_PARAMS, "\"function\" has the wrong type or is out of range");
+		return false;
+	}
+	if (r == -ENOENT)
+		sr.function = NULL;
+	if (!read_ids(q, params, "inputs", &sr.in.obj, &sr.n_in) ||
+	    !read_ids(q, params, "outputs", &sr.out.obj, &sr.n_out))
+		return false;
+	return resolve_step(q, &sr, st);
 }
 
 /* Check a run request.  A single run: the params are the step.  A chain:
@@ -1086,27 +1113,37 @@ static size_t run_steps_bytes(uint32_t n_steps, uint64_t n_surf)
 	return n_steps * sizeof(run_step) + (size_t)n_surf * (sizeof(anes_surface *) + sizeof(void *));
 }
 
-/* Fill steps[] (and the surface and data pointers after them, laid out
- * as run_steps_bytes counts) from a request check_run accepted. */
-static void fill_steps(run_req *q, const msgpack_object *items, uint32_t n_steps,
-                       uint64_t n_surf, run_step *steps)
+/* Point each step's data pointers at its surfaces' mappings; surf
+ * and ptrs are laid out after steps[] as run_steps_bytes counts. */
+static void set_step_ptrs(run_step *steps, uint32_t n_steps, uint64_t n_surf)
 {
-	anes_surface **surf = (anes_surface **)(void *)(steps + n_steps);
-	void **ptrs = (void **)(void *)(surf + n_surf);
+	void **ptrs = (void **)(void *)((anes_surface **)(void *)(steps + n_steps) + n_surf);
 	for (uint32_t i = 0; i < n_steps; i++) {
 		run_step *st = &steps[i];
-		st->surf = surf;
-		q->step = i;
-		(void)parse_step(q, &items[i], st);   /* checked: cannot fail */
 		st->in = (const void **)ptrs;
 		st->out = ptrs + st->n_in;
 		for (uint32_t k = 0; k < st->n_in; k++)
 			st->in[k] = st->surf[k]->map;
 		for (uint32_t k = 0; k < st->n_out; k++)
 			st->out[k] = st->surf[st->n_in + k]->map;
-		surf += st->n_in + st->n_out;
 		ptrs += st->n_in + st->n_out;
 	}
+}
+
+/* Fill steps[] (and the surface and data pointers after them, laid out
+ * as run_steps_bytes counts) from a request check_run accepted. */
+static void fill_steps(run_req *q, const msgpack_object *items, uint32_t n_steps,
+                       uint64_t n_surf, run_step *steps)
+{
+	anes_surface **surf = (anes_surface **)(void *)(steps + n_steps);
+	for (uint32_t i = 0; i < n_steps; i++) {
+		run_step *st = &steps[i];
+		st->surf = surf;
+		q->step = i;
+		(void)parse_step(q, &items[i], st);   /* checked: cannot fail */
+		surf += st->n_in + st->n_out;
+	}
+	set_step_ptrs(steps, n_steps, n_surf);
 }
 
 /* Single-step run jobs are all allocated at this size and kept for reuse
@@ -1185,33 +1222,99 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_pool_submit(c->srv->pool, &rj->job);
 }
 
+/* Lane: make ctx->buf hold need bytes. */
+static bool lane_buf(anes_wctx *ctx, size_t need)
+{
+	if (need <= ctx->buf_cap)
+		return true;
+	void *nb = realloc(ctx->buf, need);
+	if (!nb)
+		return false;
+	ctx->buf = nb;
+	ctx->buf_cap = need;
+	return true;
+}
+
+/* Lane: read a run request in its usual form straight from the payload
+ * (anes_run_wire_parse) into ctx->buf, resolving each step as it comes.
+ * 1: done, *ret_n_steps steps in ctx->buf, or q->failed; 0: the payload
+ * is not in that form (decode it); -ENOMEM. */
+static int lane_read_wire(run_req *q, const void *payload, uint32_t len, anes_wctx *ctx,
+                          uint32_t *ret_n_steps)
+{
+	if (!ctx->wire && !(ctx->wire = malloc(sizeof *ctx->wire)))
+		return -ENOMEM;
+	anes_run_wire *w = ctx->wire;
+	if (anes_run_wire_parse(payload, len, w) != 1)
+		return 0;
+	q->msgid = w->msgid;
+	q->chain = w->chain;
+	if (!lane_buf(ctx, run_steps_bytes(w->n_steps, w->n_ids)))
+		return -ENOMEM;
+	run_step *steps = ctx->buf;
+	anes_surface **surf = (anes_surface **)(void *)(steps + w->n_steps);
+	for (uint32_t i = 0; i < w->n_steps; i++) {
+		const anes_run_wire_step *ws = &w->steps[i];
+		step_ref sr = { .program = ws->program, .function = ws->function,
+		                .function_len = ws->function_len,
+		                .in = { .u32 = w->ids + ws->in }, .out = { .u32 = w->ids + ws->out },
+		                .n_in = ws->n_in, .n_out = ws->n_out };
+		run_step *st = &steps[i];
+		*st = (run_step){ .surf = surf };
+		q->step = i;
+		if (!resolve_step(q, &sr, st))
+			return 1;
+		surf += ws->n_in + ws->n_out;
+	}
+	set_step_ptrs(steps, w->n_steps, w->n_ids);
+	*ret_n_steps = w->n_steps;
+	return 1;
+}
+
+/* Lane: decode and check a run request the general way into ctx->buf. */
+static int lane_read_decoded(run_req *q, const anes_msg *m, anes_wctx *ctx, uint32_t *ret_n_steps)
+{
+	const msgpack_object *items;
+	uint32_t n_steps;
+	uint64_t n_surf;
+	if (!check_run(q, m, &items, &n_steps, &n_surf))
+		return 1;
+	if (!lane_buf(ctx, run_steps_bytes(n_steps, n_surf)))
+		return -ENOMEM;
+	fill_steps(q, items, n_steps, n_surf, ctx->buf);
+	*ret_n_steps = n_steps;
+	return 1;
+}
+
 /* On a lane worker (conn.c): the run happens here and now.  It takes no
  * references: while the lane holds the read side, nothing can change the
- * connection's tables (see anes_conn), and what they refer to stays. */
-int anes_lane_request(anes_conn *c, const anes_msg *m, anes_wctx *ctx)
+ * connection's tables (see anes_conn), and what they refer to stays.
+ * The payload is read in one pass when it is a run in the usual form;
+ * anything else is decoded and checked the general way, with the same
+ * checks and errors. */
+int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx *ctx)
 {
-	if (!anes_msg_method_is(m, "run") || !c->hello_done)
+	if (!c->hello_done)
 		return 0;
-
-	run_req q = { .c = c, .msgid = m->msgid, .lane = true };
-	const msgpack_object *items;
+	run_req q = { .c = c, .lane = true };
 	uint32_t n_steps = 0, n_done = 0;
-	uint64_t n_surf, elapsed_ns = 0;
+	uint64_t elapsed_ns = 0;
 	int rc = 0;
 
-	if (check_run(&q, m, &items, &n_steps, &n_surf)) {
-		size_t need = run_steps_bytes(n_steps, n_surf);
-		if (need > ctx->buf_cap) {
-			void *nb = realloc(ctx->buf, need);
-			if (!nb) {
-				req_error(&q, ANES_WERR_NO_MEMORY, "out of memory");
-				goto reply;
-			}
-			ctx->buf = nb;
-			ctx->buf_cap = need;
-		}
+	int r = lane_read_wire(&q, payload, len, ctx, &n_steps);
+	if (r == 0) {
+		anes_msg m;
+		msgpack_zone_clear(&ctx->zone);
+		if (anes_msg_decode(payload, len, &ctx->zone, &m) < 0 || m.type != ANES_MSG_REQUEST ||
+		    !anes_msg_method_is(&m, "run"))
+			return 0;
+		q.msgid = m.msgid;
+		r = lane_read_decoded(&q, &m, ctx, &n_steps);
+	}
+	if (r == -ENOMEM)
+		req_error(&q, ANES_WERR_NO_MEMORY, "out of memory");
+	if (!q.failed) {
 		run_step *steps = ctx->buf;
-		fill_steps(&q, items, n_steps, n_surf, steps);
 		/* Only what is known to be short: anything else would hold up
 		 * the connection's next requests, and goes to the loop. */
 		uint64_t expect_ns = 0, max_ns = (uint64_t)c->srv->cfg.lane_run_max_us * 1000u;
@@ -1241,19 +1344,18 @@ int anes_lane_request(anes_conn *c, const anes_msg *m, anes_wctx *ctx)
 				run_error(&q, ANES_WERR_RUN_FAILED, "%s", err[0] ? err : strerror(-rc));
 		}
 	}
-reply:;
 	anes_frame *f = &ctx->reply;
 	uint32_t max_frame = c->srv->lim.max_frame;
 	anes_frame_reset(f);
 	if (!q.failed)
-		pack_run_ok(&f->pk, m->msgid, q.chain, n_steps, elapsed_ns);
+		pack_run_ok(&f->pk, q.msgid, q.chain, n_steps, elapsed_ns);
 	else if (q.err_step)
-		pack_step_error(&f->pk, m->msgid, q.err_code, q.err_at, q.err_msg);
+		pack_step_error(&f->pk, q.msgid, q.err_code, q.err_at, q.err_msg);
 	else
-		anes_pack_error(&f->pk, m->msgid, q.err_code, q.err_msg);
+		anes_pack_error(&f->pk, q.msgid, q.err_code, q.err_msg);
 	if (anes_frame_seal(f, 0, max_frame) < 0) {
 		anes_frame_reset(f);
-		anes_pack_error(&f->pk, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		anes_pack_error(&f->pk, q.msgid, ANES_WERR_NO_MEMORY, "out of memory");
 		if (anes_frame_seal(f, 0, max_frame) < 0)
 			return -ENOMEM;
 	}

@@ -238,6 +238,7 @@ static void *lane_main(void *arg)
 		msgpack_zone_destroy(&ctx.zone);
 	anes_frame_release(&ctx.reply);
 	free(ctx.buf);
+	free(ctx.wire);
 	free(ctx.rest_spare);
 	return NULL;
 }

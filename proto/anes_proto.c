@@ -649,3 +649,200 @@ void anes_pack_notify(msgpack_packer *pk, const char *method, uint32_t n_params)
 	anes_pack_str(pk, method);
 	msgpack_pack_map(pk, n_params);
 }
+
+/* ---- the usual run request, read in one pass ---------------------------- */
+
+/* At most 6 + ANES_MAX_STEPS x 9 + ANES_RUN_WIRE_MAX_IDS objects, four
+ * levels deep, maps of at most 4 keys: within every limit anes_mp_check
+ * enforces, so what anes_run_wire_parse accepts passes it. */
+_Static_assert(6 + ANES_MAX_STEPS * 9 + ANES_RUN_WIRE_MAX_IDS <= ANES_MP_MAX_OBJECTS,
+               "a run read in one pass stays within the object limit");
+
+typedef struct rd {
+	const uint8_t *p, *end;
+} rd;
+
+static size_t rd_left(const rd *r)
+{
+	return (size_t)(r->end - r->p);
+}
+
+/* A non-negative integer in 1, 2, 3 or 5 bytes. */
+static bool rd_u32(rd *r, uint32_t *ret)
+{
+	if (rd_left(r) < 1)
+		return false;
+	uint8_t b = r->p[0];
+	unsigned n;
+	if (b <= 0x7f) {
+		r->p++;
+		*ret = b;
+		return true;
+	}
+	switch (b) {
+	case 0xcc: n = 1; break;
+	case 0xcd: n = 2; break;
+	case 0xce: n = 4; break;
+	default: return false;
+	}
+	if (rd_left(r) < 1 + (size_t)n)
+		return false;
+	*ret = (uint32_t)be_read(r->p + 1, n);
+	r->p += 1 + n;
+	return true;
+}
+
+/* fixstr, str8 or str16. */
+static bool rd_str(rd *r, const char **ret, uint32_t *ret_len)
+{
+	if (rd_left(r) < 1)
+		return false;
+	uint8_t b = r->p[0];
+	unsigned hdr;
+	uint32_t n;
+	if (b >= 0xa0 && b <= 0xbf) {
+		hdr = 1;
+		n = b & 0x1f;
+	} else if (b == 0xd9 || b == 0xda) {
+		hdr = b == 0xd9 ? 2 : 3;
+		if (rd_left(r) < hdr)
+			return false;
+		n = (uint32_t)be_read(r->p + 1, hdr - 1);
+	} else {
+		return false;
+	}
+	if (rd_left(r) - hdr < n)
+		return false;
+	*ret = (const char *)r->p + hdr;
+	*ret_len = n;
+	r->p += hdr + n;
+	return true;
+}
+
+/* fixarray or array16. */
+static bool rd_array(rd *r, uint32_t *ret_n)
+{
+	if (rd_left(r) < 1)
+		return false;
+	uint8_t b = r->p[0];
+	if (b >= 0x90 && b <= 0x9f) {
+		r->p++;
+		*ret_n = b & 0x0f;
+		return true;
+	}
+	if (b != 0xdc || rd_left(r) < 3)
+		return false;
+	*ret_n = (uint32_t)be_read(r->p + 1, 2);
+	r->p += 3;
+	return true;
+}
+
+static bool rd_fixmap(rd *r, uint32_t *ret_n)
+{
+	if (rd_left(r) < 1 || r->p[0] < 0x80 || r->p[0] > 0x8f)
+		return false;
+	*ret_n = r->p[0] & 0x0f;
+	r->p++;
+	return true;
+}
+
+static bool str_is(const char *s, uint32_t len, const char *lit)
+{
+	return strlen(lit) == len && memcmp(s, lit, len) == 0;
+}
+
+/* An array of surface IDs, appended to w->ids; *ret_at is where it starts. */
+static bool rd_ids(rd *r, anes_run_wire *w, uint32_t *ret_n, uint32_t *ret_at)
+{
+	uint32_t n;
+	if (!rd_array(r, &n) || n > ANES_RUN_WIRE_MAX_IO || n > ANES_RUN_WIRE_MAX_IDS - w->n_ids)
+		return false;
+	uint32_t at = w->n_ids;
+	for (uint32_t i = 0; i < n; i++)
+		if (!rd_u32(r, &w->ids[at + i]))
+			return false;
+	w->n_ids += n;
+	*ret_n = n;
+	*ret_at = at;
+	return true;
+}
+
+enum { K_PROGRAM = 1, K_FUNCTION = 2, K_INPUTS = 4, K_OUTPUTS = 8 };
+
+static bool rd_step(rd *r, anes_run_wire *w, anes_run_wire_step *st)
+{
+	uint32_t n;
+	unsigned seen = 0;
+	if (!rd_fixmap(r, &n) || n < 3 || n > 4)
+		return false;
+	st->function = NULL;
+	st->function_len = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const char *k;
+		uint32_t klen;
+		unsigned key;
+		bool ok;
+		if (!rd_str(r, &k, &klen))
+			return false;
+		if (str_is(k, klen, "program"))
+			key = K_PROGRAM;
+		else if (str_is(k, klen, "function"))
+			key = K_FUNCTION;
+		else if (str_is(k, klen, "inputs"))
+			key = K_INPUTS;
+		else if (str_is(k, klen, "outputs"))
+			key = K_OUTPUTS;
+		else
+			return false;
+		if (seen & key)
+			return false;   /* the same key twice: anes_msg_decode rejects it */
+		seen |= key;
+		switch (key) {
+		case K_PROGRAM: ok = rd_u32(r, &st->program); break;
+		case K_FUNCTION:
+			ok = rd_str(r, &st->function, &st->function_len);
+			if (st->function_len == 0)
+				st->function = NULL;   /* as msgpack-c decodes "" */
+			break;
+		case K_INPUTS: ok = rd_ids(r, w, &st->n_in, &st->in); break;
+		default: ok = rd_ids(r, w, &st->n_out, &st->out); break;
+		}
+		if (!ok)
+			return false;
+	}
+	return (seen & (K_PROGRAM | K_INPUTS | K_OUTPUTS)) == (K_PROGRAM | K_INPUTS | K_OUTPUTS);
+}
+
+int anes_run_wire_parse(const void *buf, size_t len, anes_run_wire *w)
+{
+	rd r = { buf, (const uint8_t *)buf + len };
+	uint32_t n, type, msgid, method_len;
+	const char *method;
+
+	if (!rd_array(&r, &n) || n != 4 || !rd_u32(&r, &type) || type != ANES_MSG_REQUEST ||
+	    !rd_u32(&r, &msgid) || !rd_str(&r, &method, &method_len) ||
+	    !str_is(method, method_len, "run"))
+		return 0;
+	w->msgid = msgid;
+	w->n_ids = 0;
+	rd params = r;
+	const char *k;
+	uint32_t klen;
+	if (rd_fixmap(&params, &n) && n == 1 && rd_str(&params, &k, &klen) &&
+	    str_is(k, klen, "steps")) {
+		if (!rd_array(&params, &n) || n == 0 || n > ANES_MAX_STEPS)
+			return 0;
+		for (uint32_t i = 0; i < n; i++)
+			if (!rd_step(&params, w, &w->steps[i]))
+				return 0;
+		w->chain = true;
+		w->n_steps = n;
+		r = params;
+	} else {
+		if (!rd_step(&r, w, &w->steps[0]))
+			return 0;
+		w->chain = false;
+		w->n_steps = 1;
+	}
+	return r.p == r.end ? 1 : 0;
+}

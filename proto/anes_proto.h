@@ -128,6 +128,47 @@ int anes_msg_decode(const void *buf, size_t len, msgpack_zone *zone, anes_msg *r
 
 bool anes_msg_method_is(const anes_msg *m, const char *name);
 
+/* ---- the usual run request, read in one pass --------------------------- */
+
+#define ANES_MAX_STEPS 256          /* steps in one chained run (docs/protocol.md) */
+#define ANES_RUN_WIRE_MAX_IO 64     /* inputs (or outputs) of one step read here */
+#define ANES_RUN_WIRE_MAX_IDS 2048  /* surface IDs of all steps read here */
+
+/* One step (or the single run) of a run request.  function points into the
+ * payload (not NUL-terminated), or is NULL when the step names none or ""
+ * (msgpack-c decodes "" to a NULL pointer, so the general path sees the same). */
+typedef struct anes_run_wire_step {
+	uint32_t program;
+	const char *function;
+	uint32_t function_len;
+	uint32_t n_in, n_out;
+	uint32_t in, out;     /* index of the first input (output) ID in anes_run_wire.ids */
+} anes_run_wire_step;
+
+typedef struct anes_run_wire {
+	uint32_t msgid;
+	bool chain;           /* { steps: [...] }; else the params are the one step */
+	uint32_t n_steps;
+	uint32_t n_ids;
+	anes_run_wire_step steps[ANES_MAX_STEPS];
+	uint32_t ids[ANES_RUN_WIRE_MAX_IDS];
+} anes_run_wire;
+
+/* Read a payload that is a run request in the form libaneshare sends it,
+ * without unpacking: [0, msgid, "run", params], params either
+ * {steps: [step, ...]} (1 to ANES_MAX_STEPS steps) or one step, a step a
+ * map of "program" (u32), "function" (str, optional), "inputs" and
+ * "outputs" (arrays of up to ANES_RUN_WIRE_MAX_IO u32 IDs), in any order,
+ * each key once and no other; fixed-size encodings up to 32 bits, at most
+ * ANES_RUN_WIRE_MAX_IDS IDs in all, nothing after the request.
+ * Returns 1 when the payload is such a request: anes_msg_decode accepts it
+ * too, and its accessors read the same values (tests/fuzz/fuzz_frame.c
+ * checks both).  Returns 0 for anything else, well-formed or not: decode it
+ * with anes_msg_decode.  Never reads outside buf[0..len).
+ * w is the caller's workspace (about 14 KiB), not an out-parameter: only
+ * after 1 does it hold the request. */
+int anes_run_wire_parse(const void *buf, size_t len, anes_run_wire *w);
+
 /* Typed access to a field of a map with string keys.
  * Each returns 0 on success, -ENOENT if the key is absent, -EINVAL if it has
  * the wrong type or is out of range (nothing is written on failure). */

@@ -112,6 +112,209 @@ Test(chain, error_in_the_middle_names_the_step_and_keeps_earlier_outputs)
 	teardown(&f);
 }
 
+/* ---- a run's encodings --------------------------------------------------- */
+
+/* Hand-made msgpack. */
+typedef struct wbuf {
+	uint8_t b[1024];
+	size_t n;
+} wbuf;
+
+static void w_u8(wbuf *w, uint8_t v)
+{
+	cr_assert_lt(w->n, sizeof w->b);
+	w->b[w->n++] = v;
+}
+
+static void w_str(wbuf *w, const char *s)
+{
+	size_t n = strlen(s);
+	cr_assert_lt(n, 32);
+	w_u8(w, (uint8_t)(0xa0 | n));
+	for (size_t i = 0; i < n; i++)
+		w_u8(w, (uint8_t)s[i]);
+}
+
+/* A u32 as a positive fixint, or (odd) as a uint64 with leading zeros. */
+static void w_uint(wbuf *w, uint32_t v, bool odd)
+{
+	cr_assert_lt(v, 128);
+	if (odd) {
+		w_u8(w, 0xcf);
+		for (int i = 0; i < 7; i++)
+			w_u8(w, 0);
+	}
+	w_u8(w, (uint8_t)v);
+}
+
+typedef struct wstep {
+	uint32_t program;
+	const char *function;   /* NULL: none */
+	uint32_t in[2], n_in;
+	uint32_t out;
+} wstep;
+
+/* One step: as libaneshare packs it, or odd (keys in reverse order, an
+ * extra key, IDs as uint64s), which the one-pass reader leaves to the
+ * decoder. */
+static void w_step(wbuf *w, const wstep *st, bool odd)
+{
+	w_u8(w, (uint8_t)(0x80 | ((st->function ? 4 : 3) + odd)));
+	for (int k = 0; k < 5; k++) {
+		int key = odd ? 4 - k : k;
+		if (key == 0) {
+			w_str(w, "program");
+			w_uint(w, st->program, odd);
+		} else if (key == 1 && st->function) {
+			w_str(w, "function");
+			w_str(w, st->function);
+		} else if (key == 2) {
+			w_str(w, "inputs");
+			w_u8(w, (uint8_t)(0x90 | st->n_in));
+			for (uint32_t i = 0; i < st->n_in; i++)
+				w_uint(w, st->in[i], odd);
+		} else if (key == 3) {
+			w_str(w, "outputs");
+			w_u8(w, 0x91);
+			w_uint(w, st->out, odd);
+		} else if (key == 4 && odd) {
+			w_str(w, "note");
+			w_u8(w, 0xc0);
+		}
+	}
+}
+
+/* [0, msgid, "run", params] with n steps (0: a single run of steps[0]). */
+static void w_run(wbuf *w, uint32_t msgid, const wstep *steps, uint32_t n, bool odd)
+{
+	w->n = 0;
+	w_u8(w, 0x94);
+	w_u8(w, 0x00);
+	w_uint(w, msgid, false);
+	w_str(w, "run");
+	if (n) {
+		w_u8(w, 0x81);
+		w_str(w, "steps");
+		w_u8(w, (uint8_t)(0x90 | n));
+	}
+	for (uint32_t i = 0; i < (n ? n : 1); i++)
+		w_step(w, &steps[i], odd);
+}
+
+/* Send a payload as one frame; the response payload (malloc'd) and its
+ * length; *ret_ok whether it is a success. */
+static uint8_t *raw_call(int fd, anes_io *io, const wbuf *w, size_t *ret_len, bool *ret_ok)
+{
+	uint8_t frame[ANES_FRAME_HEADER_SIZE + sizeof w->b];
+	anes_frame_header_write(frame, (uint32_t)w->n, 0);
+	memcpy(frame + ANES_FRAME_HEADER_SIZE, w->b, w->n);
+	cr_assert_eq(h_raw_send(fd, frame, ANES_FRAME_HEADER_SIZE + w->n, NULL, 0), 0);
+	const uint8_t *payload;
+	uint32_t len;
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds = 0;
+	int r;
+	while ((r = anes_io_next_frame(io, &payload, &len, fds, &nfds)) == 0) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1);
+		cr_assert_gt(anes_io_read(io), 0);
+	}
+	cr_assert_eq(r, 1);
+	cr_assert_eq(nfds, 0);
+	msgpack_zone z;
+	msgpack_zone_init(&z, 1024);
+	anes_msg m;
+	cr_assert_eq(anes_msg_decode(payload, len, &z, &m), 0);
+	cr_assert_eq(m.type, ANES_MSG_RESPONSE);
+	*ret_ok = m.error == NULL;
+	msgpack_zone_destroy(&z);
+	uint8_t *copy = malloc(len);
+	memcpy(copy, payload, len);
+	*ret_len = len;
+	return copy;
+}
+
+/* The daemon reads a run in the form libaneshare sends in one pass
+ * (anes_run_wire_parse) and anything else through the decoder: the same
+ * request in either form gets the same answer, error for error, step for
+ * step, and both run on a lane. */
+Test(chain, every_encoding_gets_the_same_answer)
+{
+	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	aneshare_conn *c = h_connect(&d, "test-encodings");
+	int fd = h_raw_open(d.sock);
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "mil", 3);
+	msgpack_pack_str(&pk, strlen(mil_double));
+	msgpack_pack_str_body(&pk, mil_double, strlen(mil_double));
+	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
+	msgpack_sbuffer_destroy(&sb);
+	for (uint32_t id = 3; id <= 5; id++) {   /* surfaces 1, 2, 3 */
+		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", 16, NULL, 0), 0);
+		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
+	}
+	anes_io io;
+	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
+
+	/* program 1 ("main", "fail_me"), surfaces 1 -> 2 -> 3 -> 2 */
+	const wstep good[3] = { { 1, "main", { 1 }, 1, 2 }, { 1, NULL, { 2 }, 1, 3 },
+		                { 1, "main", { 3 }, 1, 2 } };
+	struct {
+		const char *what;
+		wstep steps[3];
+		uint32_t n;   /* 0: a single run */
+		bool ok;
+	} cases[] = {
+		{ "a chain", { good[0], good[1], good[2] }, 3, true },
+		{ "a single run", { good[0] }, 0, true },
+		{ "no surface 99 at step 1", { good[0], { 1, "main", { 99 }, 1, 3 }, good[2] }, 3, false },
+		{ "no function at step 2", { good[0], good[1], { 1, "nope", { 3 }, 1, 2 } }, 3, false },
+		{ "no program 5 at step 0", { { 5, "main", { 1 }, 1, 2 }, good[1], good[2] }, 3, false },
+		{ "two inputs at step 1", { good[0], { 1, "main", { 2, 1 }, 2, 3 }, good[2] }, 3, false },
+		{ "a failing run at step 1", { good[0], { 1, "fail_me", { 2 }, 1, 3 }, good[2] }, 3, false },
+		{ "a single run, no surface 99", { { 1, "main", { 99 }, 1, 2 } }, 0, false },
+	};
+	wbuf w;
+	size_t len[2];
+	bool ok[2];
+	/* Runs go to lanes once the program's run time is known. */
+	w_run(&w, 9, good, 3, false);
+	free(raw_call(fd, &io, &w, &len[0], &ok[0]));
+	cr_assert(ok[0]);
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		uint8_t *reply[2];
+		for (int odd = 0; odd < 2; odd++) {
+			w_run(&w, 10 + (uint32_t)i, cases[i].steps, cases[i].n, odd);
+			anes_run_wire *rw = malloc(sizeof *rw);
+			cr_assert_eq(anes_run_wire_parse(w.b, w.n, rw), !odd, "%s", cases[i].what);
+			free(rw);
+			uint64_t lane_runs = h_status(c)->lane_runs;
+			reply[odd] = raw_call(fd, &io, &w, &len[odd], &ok[odd]);
+			cr_assert_eq(ok[odd], cases[i].ok, "%s (odd %d)", cases[i].what, odd);
+			if (cases[i].ok)
+				cr_assert_eq(h_status(c)->lane_runs, lane_runs + (cases[i].n ? cases[i].n : 1),
+				             "%s (odd %d) did not run on a lane", cases[i].what, odd);
+		}
+		/* Errors byte for byte; a success has its own elapsed_us. */
+		if (!cases[i].ok)
+			cr_assert(len[0] == len[1] && memcmp(reply[0], reply[1], len[0]) == 0,
+			          "%s: the two forms got different answers", cases[i].what);
+		free(reply[0]);
+		free(reply[1]);
+	}
+	anes_io_cleanup(&io);
+	aneshare_disconnect(c);
+	h_daemon_stop(&d);
+}
+
 Test(chain, limits)
 {
 	chain_fixture f;

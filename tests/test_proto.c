@@ -2,6 +2,7 @@
 /* Tests for libanes_proto: framing, validation, decoding, accessors, I/O with
  * fd passing, memfds and wire error names.  docs/protocol.md is the contract. */
 #include "anes_proto.h"
+#include "run_wire_check.h"
 #include "scm_fds.h"
 
 #include <criterion/criterion.h>
@@ -2063,4 +2064,234 @@ Test(io, full_buffer_with_complete_frame)
 	cr_assert_leq(rx.rcap, (size_t)ANES_FRAME_HEADER_SIZE + max);
 	b_free(&b);
 	anes_io_cleanup(&rx);
+}
+
+/* ---- a run read in one pass (anes_run_wire_parse) ------------------------- */
+
+/* A run request packed as libaneshare packs it (client/async.c): n steps
+ * (0: a single run), each of prog, "main" (when with_fn), ids[2 * step]
+ * in and ids[2 * step + 1] out. */
+static void pack_lib_run(mp *m, uint32_t msgid, uint32_t n, bool with_fn, const uint32_t *ids)
+{
+	anes_pack_request(&m->pk, msgid, "run", n ? 1 : (with_fn ? 4 : 3));
+	if (n) {
+		anes_pack_str(&m->pk, "steps");
+		msgpack_pack_array(&m->pk, n);
+	}
+	for (uint32_t i = 0; i < (n ? n : 1); i++) {
+		if (n)
+			msgpack_pack_map(&m->pk, with_fn ? 4 : 3);
+		anes_pack_str(&m->pk, "program");
+		msgpack_pack_uint32(&m->pk, 7 + i);
+		if (with_fn) {
+			anes_pack_str(&m->pk, "function");
+			anes_pack_str(&m->pk, "main");
+		}
+		anes_pack_str(&m->pk, "inputs");
+		msgpack_pack_array(&m->pk, 1);
+		msgpack_pack_uint32(&m->pk, ids[2 * i]);
+		anes_pack_str(&m->pk, "outputs");
+		msgpack_pack_array(&m->pk, 1);
+		msgpack_pack_uint32(&m->pk, ids[2 * i + 1]);
+	}
+}
+
+/* run_wire_agrees on an exact-size heap copy (ASan sees any overread). */
+static int wire_exact(const void *p, size_t n)
+{
+	uint8_t *c = malloc(n ? n : 1);
+	cr_assert_not_null(c);
+	if (n)
+		memcpy(c, p, n);
+	const char *why = NULL;
+	int r = run_wire_agrees(c, n, &why);
+	cr_assert_neq(r, -1, "the one-pass reader and the decoder disagree: %s", why);
+	free(c);
+	return r;
+}
+
+static uint32_t g_ids[2 * ANES_MAX_STEPS];
+
+static void ids_init(void)
+{
+	/* IDs in every width the reader takes: fixint, u8, u16, u32 */
+	static const uint32_t pick[] = { 1, 127, 128, 255, 256, 65535, 65536, UINT32_MAX };
+	for (uint32_t i = 0; i < 2 * ANES_MAX_STEPS; i++)
+		g_ids[i] = pick[i % 8] - (i / 8 % 2);
+}
+
+Test(run_wire, library_forms_are_read)
+{
+	ids_init();
+	const uint32_t steps[] = { 0, 1, 2, 15, 16, 28, ANES_MAX_STEPS };
+	for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
+		for (int fn = 0; fn < 2; fn++) {
+			mp m;
+			mp_init(&m);
+			pack_lib_run(&m, s == 0 ? UINT32_MAX : (uint32_t)s * 1000, steps[s], fn, g_ids);
+			cr_assert_eq(wire_exact(m.sb.data, m.sb.size), 1, "%u steps, function %d",
+			             steps[s], fn);
+			anes_run_wire *w = malloc(sizeof *w);
+			cr_assert_eq(anes_run_wire_parse(m.sb.data, m.sb.size, w), 1);
+			cr_assert_eq(w->chain, steps[s] != 0);
+			cr_assert_eq(w->n_steps, steps[s] ? steps[s] : 1);
+			cr_assert_eq(w->n_ids, 2 * w->n_steps);
+			for (uint32_t i = 0; i < w->n_steps; i++) {
+				cr_assert_eq(w->steps[i].program, 7 + i);
+				cr_assert_eq(w->ids[w->steps[i].in], g_ids[2 * i]);
+				cr_assert_eq(w->ids[w->steps[i].out], g_ids[2 * i + 1]);
+				cr_assert_eq(w->steps[i].function != NULL, fn);
+			}
+			free(w);
+			mp_free(&m);
+		}
+	}
+}
+
+/* Keys in any order, str8 method and function, array16 IDs, no IDs. */
+Test(run_wire, other_orders_and_widths_are_read)
+{
+	/* [0, 5, "run"(str8), {outputs: [], function: "f"(str8), inputs: [3] (array16), program: 9}] */
+	bytes b = { 0 };
+	b_hex(&b, "94 00 05 d9 03 72 75 6e 84");
+	b_hex(&b, "a7 6f7574707574 73 90");                  /* outputs: [] */
+	b_hex(&b, "a8 66756e6374696f6e d9 01 66");            /* function: "f" */
+	b_hex(&b, "a6 696e70757473 dc 0001 03");              /* inputs: [3] */
+	b_hex(&b, "a7 70726f6772616d 09");                    /* program: 9 */
+	cr_assert_eq(wire_exact(b.p, b.n), 1);
+	anes_run_wire *w = malloc(sizeof *w);
+	cr_assert_eq(anes_run_wire_parse(b.p, b.n, w), 1);
+	cr_assert_eq(w->msgid, 5);
+	cr_assert_eq(w->steps[0].program, 9);
+	cr_assert_eq(w->steps[0].n_in, 1);
+	cr_assert_eq(w->steps[0].n_out, 0);
+	cr_assert_eq(w->ids[w->steps[0].in], 3);
+	cr_assert_eq(w->steps[0].function_len, 1);
+	cr_assert_eq(w->steps[0].function[0], 'f');
+	/* function "": no function named, as the decoder sees it (NULL) */
+	b_free(&b);
+	b_hex(&b, "94 00 05 a3 72756e 84 a7 70726f6772616d 01 a8 66756e6374696f6e a0 "
+	          "a6 696e70757473 90 a7 6f757470757473 90");
+	cr_assert_eq(wire_exact(b.p, b.n), 1);
+	cr_assert_eq(anes_run_wire_parse(b.p, b.n, w), 1);
+	cr_assert_null(w->steps[0].function);
+	free(w);
+	b_free(&b);
+}
+
+/* Forms the one-pass reader leaves to the decoder (which may accept them
+ * or not: the general path answers either way). */
+Test(run_wire, other_forms_are_left_to_the_decoder)
+{
+	static const char *const cases[] = {
+		/* a duplicate key */
+		"94 00 01 a3 72756e 84 a7 70726f6772616d 01 a7 70726f6772616d 01 "
+		"a6 696e70757473 90 a7 6f757470757473 90",
+		/* an unknown key */
+		"94 00 01 a3 72756e 84 a7 70726f6772616d 01 a4 6e6f7465 c0 "
+		"a6 696e70757473 90 a7 6f757470757473 90",
+		/* program as a uint64 */
+		"94 00 01 a3 72756e 83 a7 70726f6772616d cf 0000000000000001 "
+		"a6 696e70757473 90 a7 6f757470757473 90",
+		/* a surface ID as an int8 */
+		"94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 91 d0 01 "
+		"a7 6f757470757473 90",
+		/* no outputs */
+		"94 00 01 a3 72756e 82 a7 70726f6772616d 01 a6 696e70757473 90",
+		/* a byte after the request */
+		"94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 "
+		"a7 6f757470757473 90 c0",
+		/* msgid as a uint64, a notification, another method, 5 elements */
+		"94 00 cf 0000000000000001 a3 72756e 80",
+		"93 02 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90",
+		"94 00 01 a4 72756e78 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90",
+		"95 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90 c0",
+		/* no steps, steps that are not an array, steps and another key */
+		"94 00 01 a3 72756e 81 a5 7374657073 90",
+		"94 00 01 a3 72756e 81 a5 7374657073 80",
+		"94 00 01 a3 72756e 82 a5 7374657073 91 83 a7 70726f6772616d 01 a6 696e70757473 90 "
+		"a7 6f757470757473 90 a7 70726f6772616d 01",
+		/* function as a bin */
+		"94 00 01 a3 72756e 84 a7 70726f6772616d 01 a8 66756e6374696f6e c4 01 66 "
+		"a6 696e70757473 90 a7 6f757470757473 90",
+		/* a map16 step */
+		"94 00 01 a3 72756e de 0003 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90",
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		bytes b = { 0 };
+		b_hex(&b, cases[i]);
+		cr_assert_eq(wire_exact(b.p, b.n), 0, "case %zu", i);
+		b_free(&b);
+	}
+	/* 257 steps; 65 inputs in one step; more than ANES_RUN_WIRE_MAX_IDS IDs */
+	ids_init();
+	mp m;
+	mp_init(&m);
+	uint32_t *many = calloc(2 * (ANES_MAX_STEPS + 1), sizeof *many);
+	pack_lib_run(&m, 1, ANES_MAX_STEPS + 1, true, many);
+	cr_assert_eq(wire_exact(m.sb.data, m.sb.size), 0);
+	mp_free(&m);
+	free(many);
+	for (int big = 0; big < 2; big++) {
+		uint32_t n_steps = big ? ANES_RUN_WIRE_MAX_IDS / ANES_RUN_WIRE_MAX_IO + 1 : 1;
+		uint32_t n_in = big ? ANES_RUN_WIRE_MAX_IO : ANES_RUN_WIRE_MAX_IO + 1;
+		mp_init(&m);
+		anes_pack_request(&m.pk, 1, "run", 1);
+		anes_pack_str(&m.pk, "steps");
+		msgpack_pack_array(&m.pk, n_steps);
+		for (uint32_t s = 0; s < n_steps; s++) {
+			msgpack_pack_map(&m.pk, 3);
+			anes_pack_str(&m.pk, "program");
+			msgpack_pack_uint32(&m.pk, 1);
+			anes_pack_str(&m.pk, "inputs");
+			msgpack_pack_array(&m.pk, n_in);
+			for (uint32_t i = 0; i < n_in; i++)
+				msgpack_pack_uint32(&m.pk, i + 1);
+			anes_pack_str(&m.pk, "outputs");
+			msgpack_pack_array(&m.pk, 0);
+		}
+		cr_assert_eq(wire_exact(m.sb.data, m.sb.size), 0, "big %d", big);
+		mp_free(&m);
+	}
+}
+
+/* Every prefix of a request is cut short: never accepted, never read past. */
+Test(run_wire, every_prefix_is_rejected)
+{
+	ids_init();
+	mp m;
+	mp_init(&m);
+	pack_lib_run(&m, 77, 3, true, g_ids);
+	for (size_t n = 0; n < m.sb.size; n++)
+		cr_assert_eq(wire_exact(m.sb.data, n), 0, "prefix of %zu bytes", n);
+	cr_assert_eq(wire_exact(m.sb.data, m.sb.size), 1);
+	mp_free(&m);
+}
+
+/* Each byte of a chain changed to each interesting value: whatever the
+ * reader accepts, the decoder reads the same (a small deterministic fuzz;
+ * tests/fuzz/fuzz_frame.c does the same on any input). */
+Test(run_wire, changed_bytes_never_read_two_ways)
+{
+	static const uint8_t vals[] = { 0x00, 0x01, 0x02, 0x03, 0x7f, 0x80, 0x81, 0x83, 0x84, 0x85,
+		                        0x8f, 0x90, 0x91, 0x9f, 0xa0, 0xa3, 0xa5, 0xa6, 0xa7, 0xa8,
+		                        0xbf, 0xc0, 0xc4, 0xcc, 0xcd, 0xce, 0xcf, 0xd0, 0xd9, 0xda,
+		                        0xdb, 0xdc, 0xdd, 0xde, 0xff };
+	ids_init();
+	mp m;
+	mp_init(&m);
+	pack_lib_run(&m, 300, 2, true, g_ids);
+	uint8_t *p = malloc(m.sb.size);
+	unsigned accepted = 0;
+	for (size_t at = 0; at < m.sb.size; at++) {
+		for (size_t v = 0; v < sizeof vals + 2; v++) {
+			memcpy(p, m.sb.data, m.sb.size);
+			p[at] = v < sizeof vals ? vals[v] : (uint8_t)(p[at] + (v == sizeof vals ? 1 : -1));
+			accepted += wire_exact(p, m.sb.size) == 1;
+		}
+	}
+	/* Some changes keep a valid request (another ID, msgid, program). */
+	cr_assert_gt(accepted, 50);
+	free(p);
+	mp_free(&m);
 }

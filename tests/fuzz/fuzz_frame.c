@@ -14,7 +14,10 @@
  *     daemon and the client read and with each key the map holds, checking
  *     the accessors agree with the object's type;
  *   - a decoded request or notification packed again with the anes_pack_*
- *     helpers must decode to the same envelope.
+ *     helpers must decode to the same envelope;
+ *   - whatever anes_run_wire_parse (the daemon's one-pass reader of a run)
+ *     accepts, anes_msg_decode must accept and its accessors read the same
+ *     (tests/run_wire_check.h).
  *
  * Input: header (8 bytes) + payload; the payload is decoded whatever the
  * header says, so the fuzzer need not get the length right.
@@ -25,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../run_wire_check.h"
 #include "anes_proto.h"
 #include "fuzz.h"
 
@@ -290,6 +294,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			CHECK(off == plen);
 		msgpack_zone_clear(&zone);
 	}
+
+	/* the one-pass run reader (anes_run_wire_parse) never reads a request
+	 * other than the decoder does */
+	const char *why = NULL;
+	int wr = run_wire_agrees(payload, plen, &why);
+	if (wr < 0)
+		fprintf(stderr, "run_wire: %s\n", why);
+	CHECK(wr >= 0);
 
 	anes_msg m;
 	r = anes_msg_decode(payload, plen, &zone, &m);

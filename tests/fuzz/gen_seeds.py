@@ -96,6 +96,9 @@ FRAMES = [
     ('program_info', req(7, 'program.info', {'id': 1}), 0),
     ('program_release', req(8, 'program.release', {'id': 1}), 0),
     ('run', req(9, 'run', {'program': 1, 'function': 'main', 'inputs': [1, 2], 'outputs': [3]}), 0),
+    ('run_chain', req(12, 'run', {'steps': [
+        {'program': 1, 'function': 'main', 'inputs': [1], 'outputs': [200]},
+        {'program': 70000, 'inputs': [200], 'outputs': [0xffffffff, 3]}]}), 0),
     ('status', req(10, 'status', {}), 0),
     ('msgid_max', req(0xffffffff, 'status', {}), 0),
     ('res_hello', res(1, {'protocol': 1, 'server': 'aneshared', 'version': '0.1.0',
