@@ -386,6 +386,14 @@ ANESHARE_API int aneshare_run_chain(aneshare_conn *conn, const aneshare_step *st
  * stopped, or -1 (no step failed, or no chain failed yet). */
 ANESHARE_API int aneshare_last_failed_step(const aneshare_conn *conn);
 
+/* How long the daemon took to run the steps of the last run or chain on
+ * conn that succeeded and was waited for (aneshare_run, aneshare_run_chain,
+ * aneshare_wait), in microseconds: the reply's elapsed_us (docs/protocol.md).
+ * The call's own time minus this is what the daemon's protocol work, the
+ * socket and the wake-ups added.  0 before the first (and for a run under a
+ * microsecond). */
+ANESHARE_API uint64_t aneshare_last_run_us(const aneshare_conn *conn);
+
 /* ---- asynchronous calls ------------------------------------------------------
  *
  * Requests go out at once without waiting; responses are matched by ID in

@@ -190,6 +190,11 @@ ANESHARE_API int aneshare_last_failed_step(const aneshare_conn *c)
 	return c ? c->last_failed_step : -1;
 }
 
+ANESHARE_API uint64_t aneshare_last_run_us(const aneshare_conn *c)
+{
+	return c ? c->last_run_us : 0;
+}
+
 ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
                                     aneshare_surface *const *inputs, size_t n_inputs,
                                     aneshare_surface *const *outputs, size_t n_outputs,

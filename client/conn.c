@@ -244,6 +244,8 @@ static void handle_response(aneshare_conn *c, const anes_msg *m, int *fds, unsig
 	} else if (nfds > 0) {
 		rc = -ANESHARE_EPROTOCOL;
 		snprintf(msg, sizeof msg, "the daemon sent an fd with a run result");
+	} else {
+		(void)anes_mp_u64(m->result, "elapsed_us", UINT64_MAX, &p->elapsed_us);
 	}
 	p->done = true;
 	p->rc = rc;
@@ -698,6 +700,8 @@ int anesc_pending_wait(aneshare_conn *c, uint32_t ticket, int *ret_failed_step)
 		*ret_failed_step = p->failed_step;
 	if (rc < 0)
 		anesc_fail(c, rc, "%s", p->msg ? p->msg : "");
+	else
+		c->last_run_us = p->elapsed_us;
 	anesc_pending_drop(c, ticket);
 	return rc;
 }

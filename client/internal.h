@@ -30,6 +30,7 @@ typedef struct anesc_pending {
 	int rc;
 	char *msg;                 /* owned; the daemon's message when rc < 0 */
 	int failed_step;           /* -1, or the chain step the daemon says failed */
+	uint64_t elapsed_us;       /* a success's elapsed_us (0 if absent) */
 	aneshare_done_fn cb;       /* async calls (async.c): called by aneshare_dispatch; NULL for tickets */
 	void *cb_ud;
 } anesc_pending;
@@ -117,6 +118,7 @@ struct aneshare_conn {
 	size_t n_async;                /* pending entries with a callback, done or not */
 	size_t n_async_done;           /* of those, done and not yet delivered */
 	int last_failed_step;          /* aneshare_last_failed_step */
+	uint64_t last_run_us;          /* aneshare_last_run_us */
 
 	/* the synchronous call being waited for */
 	bool sync_active, sync_done, sync_killed;

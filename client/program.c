@@ -409,6 +409,18 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
 }
 
 /* Runs are not idempotent (see aneshare.h): never ANESC_IDEMPOTENT. */
+static int run_result(aneshare_conn *c, const msgpack_object *result, int *fds, unsigned nfds,
+                      void *ud)
+{
+	uint64_t us = 0;
+	(void)fds;
+	(void)nfds;
+	(void)ud;
+	(void)anes_mp_u64(result, "elapsed_us", UINT64_MAX, &us);
+	c->last_run_us = us;
+	return 0;
+}
+
 ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
                               aneshare_surface *const *inputs, size_t n_inputs,
                               aneshare_surface *const *outputs, size_t n_outputs)
@@ -420,7 +432,8 @@ ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
 	if (r < 0)
 		return r;
 	return anesc_request(p->conn, &(anesc_req){ .method = "run", .n_params = 4,
-	                                            .pack = pack_run, .pack_ud = &st, .fd = -1 });
+	                                            .pack = pack_run, .pack_ud = &st, .fd = -1,
+	                                            .fn = run_result });
 }
 
 ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,

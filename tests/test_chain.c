@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "anes_fp16.h"
@@ -110,6 +111,58 @@ Test(chain, error_in_the_middle_names_the_step_and_keeps_earlier_outputs)
 	check_outputs(&f, N);
 	aneshare_surface_release(small);
 	teardown(&f);
+}
+
+/* aneshare_last_run_us is the daemon's own time for the steps: more than 0
+ * for 16 dynamic matmuls, no more than the call took, kept across a
+ * failure, and set by each kind of wait. */
+Test(chain, last_run_us_is_the_daemons_time_for_the_steps)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	aneshare_conn *c = h_connect(&d, "test-elapsed");
+	h_mm mm;
+	aneshare_program *p = h_compile_mm(c, &mm, NULL);
+	enum { L = 16 };
+	aneshare_surface *in[L], *out[L];
+	aneshare_step st[L];
+	h_mm_pairs(c, &mm, in, out, L, 1);
+	for (int i = 0; i < L; i++)
+		st[i] = (aneshare_step){ p, 0, &in[i], 1, &out[i], 1 };
+	cr_assert_eq(aneshare_last_run_us(c), 0);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	cr_assert_eq(aneshare_run_chain(c, st, L), 0, "%s", aneshare_last_error(c));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	uint64_t wall_us = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000u +
+	                   (uint64_t)(t1.tv_nsec - t0.tv_nsec) / 1000u;
+	uint64_t us = aneshare_last_run_us(c);
+	cr_assert(us > 0 && us <= wall_us, "daemon %llu us, call %llu us", (unsigned long long)us,
+	          (unsigned long long)wall_us);
+	/* A failure leaves it. */
+	aneshare_surface *small = h_surface(c, 16);
+	aneshare_step bad = { p, 0, &small, 1, &out[0], 1 };
+	cr_assert_lt(aneshare_run_chain(c, &bad, 1), 0);
+	cr_assert_eq(aneshare_last_run_us(c), us);
+	/* A single blocking run and a waited-for ticket set it; 16 matmuls
+	 * take longer than one. */
+	for (int kind = 0; kind < 2; kind++) {
+		uint64_t one = 0;
+		for (int tries = 0; tries < 20 && one == 0; tries++) {
+			if (kind == 0) {
+				cr_assert_eq(aneshare_run(p, 0, &in[0], 1, &out[0], 1), 0);
+			} else {
+				uint32_t t;
+				cr_assert_eq(aneshare_run_submit(p, 0, &in[0], 1, &out[0], 1, &t), 0);
+				cr_assert_eq(aneshare_wait(c, t), 0);
+			}
+			one = aneshare_last_run_us(c);
+		}
+		cr_assert_gt(one, 0, "kind %d", kind);
+	}
+	cr_assert_eq(aneshare_last_run_us(NULL), 0);
+	aneshare_disconnect(c);
+	h_daemon_stop(&d);
 }
 
 /* ---- a run's encodings --------------------------------------------------- */
