@@ -957,6 +957,9 @@ static void bench_chain_at(placement pl)
 	printf("    ratio chain / in-process      %.2f%s   (sleeping: %.2f)\n", a / e,
 	       pl == PLACE_FREE ? "" : "  (limit 1.2)", as / e);
 	printf("    ratio separate / in-process   %.2f\n", b / e);
+	/* Which part of the chain is over the limit, when one is: the
+	 * daemon's steps against the same kernels here, or the rest. */
+	printf("    the daemon's steps / in-process %.2f, the rest of the chain %.1f us\n", ds / e, a - ds);
 	for (int l = 0; l < LAYERS; l++) {
 		aneshare_surface_release(in[l]);
 		aneshare_surface_release(out[l]);
