@@ -113,6 +113,28 @@ Test(chain, error_in_the_middle_names_the_step_and_keeps_earlier_outputs)
 	teardown(&f);
 }
 
+/* On a raw connection after hello: compile mil (request 2: program 1) and
+ * create n surfaces of size bytes (requests 3 ...: surfaces 1 ... n). */
+static void raw_program_and_surfaces(int fd, const char *mil, uint32_t n, uint64_t size)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "mil", 3);
+	msgpack_pack_str(&pk, strlen(mil));
+	msgpack_pack_str_body(&pk, mil, strlen(mil));
+	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
+	msgpack_sbuffer_destroy(&sb);
+	for (uint32_t id = 3; id < 3 + n; id++) {
+		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", size, NULL, 0), 0);
+		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
+	}
+}
+
 /* aneshare_last_run_us is the daemon's own time for the steps: more than 0
  * for 16 dynamic matmuls, no more than the call took, kept across a
  * failure, and set by each kind of wait. */
@@ -254,6 +276,25 @@ static void w_run(wbuf *w, uint32_t msgid, const wstep *steps, uint32_t n, bool 
 		w_step(w, &steps[i], odd);
 }
 
+/* Wait (blocking socket fd, read through io) for the next frame: its
+ * payload, valid until the next read; returns how many fds came with it
+ * (closed). */
+static unsigned wait_frame(int fd, anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len)
+{
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds = 0;
+	int r;
+	while ((r = anes_io_next_frame(io, ret_payload, ret_len, fds, &nfds)) == 0) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1);
+		cr_assert_gt(anes_io_read(io), 0);
+	}
+	cr_assert_eq(r, 1);
+	for (unsigned i = 0; i < nfds; i++)
+		close(fds[i]);
+	return nfds;
+}
+
 /* Send a payload as one frame; the response payload (malloc'd) and its
  * length; *ret_ok whether it is a success. */
 static uint8_t *raw_call(int fd, anes_io *io, const wbuf *w, size_t *ret_len, bool *ret_ok)
@@ -264,16 +305,7 @@ static uint8_t *raw_call(int fd, anes_io *io, const wbuf *w, size_t *ret_len, bo
 	cr_assert_eq(h_raw_send(fd, frame, ANES_FRAME_HEADER_SIZE + w->n, NULL, 0), 0);
 	const uint8_t *payload;
 	uint32_t len;
-	int fds[ANES_MAX_FDS_PER_FRAME];
-	unsigned nfds = 0;
-	int r;
-	while ((r = anes_io_next_frame(io, &payload, &len, fds, &nfds)) == 0) {
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1);
-		cr_assert_gt(anes_io_read(io), 0);
-	}
-	cr_assert_eq(r, 1);
-	cr_assert_eq(nfds, 0);
+	cr_assert_eq(wait_frame(fd, io, &payload, &len), 0);
 	msgpack_zone z;
 	msgpack_zone_init(&z, 1024);
 	anes_msg m;
@@ -298,22 +330,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 	h_daemon_start_args(&d, args);
 	aneshare_conn *c = h_connect(&d, "test-encodings");
 	int fd = h_raw_open(d.sock);
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 3);
-	msgpack_pack_str_body(&pk, "mil", 3);
-	msgpack_pack_str(&pk, strlen(mil_double));
-	msgpack_pack_str_body(&pk, mil_double, strlen(mil_double));
-	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
-	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
-	msgpack_sbuffer_destroy(&sb);
-	for (uint32_t id = 3; id <= 5; id++) {   /* surfaces 1, 2, 3 */
-		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", 16, NULL, 0), 0);
-		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
-	}
+	raw_program_and_surfaces(fd, mil_double, 3, 16);
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
 
@@ -531,17 +548,7 @@ static uint32_t read_frame(int fd, anes_io *io, uint32_t *ret_msgid)
 {
 	const uint8_t *payload;
 	uint32_t len;
-	int fds[ANES_MAX_FDS_PER_FRAME];
-	unsigned nfds = 0;
-	int r;
-	while ((r = anes_io_next_frame(io, &payload, &len, fds, &nfds)) == 0) {
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1);
-		cr_assert_gt(anes_io_read(io), 0);
-	}
-	cr_assert_eq(r, 1);
-	for (unsigned i = 0; i < nfds; i++)
-		close(fds[i]);
+	(void)wait_frame(fd, io, &payload, &len);
 	msgpack_zone z;
 	msgpack_zone_init(&z, 1024);
 	anes_msg m;
@@ -572,22 +579,7 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	/* Build the request exactly as the library does (program.c, async.c). */
 	int fd = h_raw_open(d.sock);
 	/* The raw connection needs its own program and surfaces. */
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 3);
-	msgpack_pack_str_body(&pk, "mil", 3);
-	msgpack_pack_str(&pk, strlen(mil_big));
-	msgpack_pack_str_body(&pk, mil_big, strlen(mil_big));
-	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
-	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
-	for (uint32_t id = 3; id <= 4; id++) {
-		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", 16u << 20, NULL, 0),
-		             0);
-		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
-	}
+	raw_program_and_surfaces(fd, mil_big, 2, 16u << 20);
 	/* program 1, surfaces 1 and 2 on this connection; a large msgid and
 	 * the IDs the library would use */
 	anes_frame f;
@@ -641,7 +633,6 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	cr_assert_lt(rlen + ANES_FRAME_HEADER_SIZE, 256, "chain reply frame is %u bytes", rlen);
 	anes_io_cleanup(&io);
 	close(fd);
-	msgpack_sbuffer_destroy(&sb);
 
 	/* And through the library, for good measure: the run works. */
 	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
