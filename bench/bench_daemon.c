@@ -900,6 +900,9 @@ static void bench_chain_at(placement pl)
 		for (int l = 0; l < LAYERS; l++)
 			brun(bp, bin[l], bout[l]);
 	}
+	aneshare_status *st0 = NULL, *st1 = NULL;
+	if (aneshare_get_status(c, &st0) < 0)
+		die("status", -EIO, aneshare_last_error(c));
 	/* Interleaved, each timed call right after an untimed one of its own
 	 * kind: the variants run on different threads (lane, job workers, this
 	 * process), and each should find the caches as it left them, not as
@@ -943,6 +946,8 @@ static void bench_chain_at(placement pl)
 			pin_tid(0, 0);
 	}
 	place(PLACE_FREE, 0);
+	if (aneshare_get_status(c, &st1) < 0)
+		die("status", -EIO, aneshare_last_error(c));
 	double a = median(ch, (size_t)n) * 1e6, as = median(chs, (size_t)n) * 1e6,
 	       b = median(sep, (size_t)n) * 1e6, d = median(pip, (size_t)n) * 1e6,
 	       e = median(inp, (size_t)n) * 1e6, ds = median(dst, (size_t)n) * 1e6;
@@ -960,6 +965,13 @@ static void bench_chain_at(placement pl)
 	/* Which part of the chain is over the limit, when one is: the
 	 * daemon's steps against the same kernels here, or the rest. */
 	printf("    the daemon's steps / in-process %.2f, the rest of the chain %.1f us\n", ds / e, a - ds);
+	/* What the lane spin did over the whole section (all its requests). */
+	printf("    lane spin: %llu polls after an answer, %llu got the next request, %llu answers skipped it\n",
+	       (unsigned long long)(st1->lane_spins - st0->lane_spins),
+	       (unsigned long long)(st1->lane_spin_hits - st0->lane_spin_hits),
+	       (unsigned long long)(st1->lane_spin_skips - st0->lane_spin_skips));
+	aneshare_status_free(st0);
+	aneshare_status_free(st1);
 	for (int l = 0; l < LAYERS; l++) {
 		aneshare_surface_release(in[l]);
 		aneshare_surface_release(out[l]);

@@ -495,6 +495,13 @@ typedef struct aneshare_status {
 	uint64_t lane_runs;           /* of runs, those a worker took straight off the
 	                               * socket (docs/performance.md, "Lanes"); 0 from
 	                               * daemons that do not report it */
+	uint64_t lane_spins;          /* lane answers after which the daemon polled the
+	                               * client's socket for its next request ... */
+	uint64_t lane_spin_hits;      /* ... and of those, the polls that got it */
+	uint64_t lane_spin_skips;     /* lane answers not followed by a poll: the spin's
+	                               * penalty after polls that got nothing (the three:
+	                               * docs/performance.md, "Waiting for the reply"; 0
+	                               * from daemons that do not report them) */
 } aneshare_status;
 
 /* On success *ret is owned by the caller: aneshare_status_free(). */

@@ -1022,7 +1022,15 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	/* Keep the lane, answer, and read the socket for the next request
 	 * (lane_spin); arm it as below once the spin is over. */
 	anes_spin_run run;
-	while (reply && anes_spin_start(&ctx->spin, c->srv->cfg.lane_spin_us, &run)) {
+	anes_server *srv = c->srv;
+	while (reply) {
+		bool penalised = ctx->spin.skip > 0;
+		if (!anes_spin_start(&ctx->spin, srv->cfg.lane_spin_us, &run)) {
+			if (penalised && srv->cfg.lane_spin_us > 0)
+				atomic_fetch_add_explicit(&srv->stats.lane_spin_skips, 1, memory_order_relaxed);
+			break;
+		}
+		atomic_fetch_add_explicit(&srv->stats.lane_spins, 1, memory_order_relaxed);
 		r = lane_send(c, ctx, false);
 		if (r < 0) {
 			status = r;
@@ -1030,6 +1038,8 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 		}
 		reply = false;
 		n = lane_spin(c, ctx, &run);
+		if (n > 0)
+			atomic_fetch_add_explicit(&srv->stats.lane_spin_hits, 1, memory_order_relaxed);
 		if (n == -EAGAIN)
 			break;
 		if (n == -ECANCELED)

@@ -1562,6 +1562,70 @@ Test(lanes, spin_ends_and_an_idle_daemon_stays_idle)
 	h_daemon_stop(&D);
 }
 
+/* status.lane_spins, lane_spin_hits and lane_spin_skips say what the lane
+ * spin did: back-to-back runs are caught by it, runs after pauses longer
+ * than the spin make it fail and then skip, and with the spin off nothing
+ * is counted. */
+typedef struct spin_counts {
+	uint64_t spins, hits, skips;
+} spin_counts;
+
+static spin_counts get_spin_counts(aneshare_conn *c)
+{
+	aneshare_status *st = h_status(c);
+	spin_counts k = { st->lane_spins, st->lane_spin_hits, st->lane_spin_skips };
+	aneshare_status_free(st);
+	return k;
+}
+
+Test(lanes, spin_counters_say_what_the_spin_did)
+{
+	for (int off = 0; off < 2; off++) {
+		const char *args[] = { "--lane-spin-us", off ? "0" : "20000", NULL };
+		lanes_start(args);
+		aneshare_conn *obs = h_connect(&D, "observer");
+		aneshare_conn *c = h_connect(&D, "spin-counts");
+		sq s;
+		cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+		sq_check(&s, 1);   /* the program's first run: its time is known after it */
+		spin_counts k0 = get_spin_counts(obs);
+		for (int i = 0; i < 20; i++)
+			sq_check(&s, 10 + (uint64_t)i);   /* back to back */
+		tu_pause_ms(50);   /* the last spin is over */
+		spin_counts k1 = get_spin_counts(obs);
+		for (int i = 0; i < 8; i++) {
+			tu_pause_ms(30);   /* longer than the spin: it fails */
+			sq_check(&s, 40 + (uint64_t)i);
+		}
+		tu_pause_ms(50);
+		spin_counts k2 = get_spin_counts(obs);
+		if (off) {
+			cr_assert(k2.spins == 0 && k2.hits == 0 && k2.skips == 0,
+			          "spin off: %llu spins, %llu hits, %llu skips", (unsigned long long)k2.spins,
+			          (unsigned long long)k2.hits, (unsigned long long)k2.skips);
+		} else {
+			/* Each answer of the 20 polls, and all but the last get the
+			 * next run (a loaded machine may end a few by switching
+			 * the thread out). */
+			cr_assert_geq(k1.spins - k0.spins, 15, "%llu spins in 20 back-to-back runs",
+			              (unsigned long long)(k1.spins - k0.spins));
+			cr_assert_geq(k1.hits - k0.hits, 12, "%llu of %llu spins got the next run",
+			              (unsigned long long)(k1.hits - k0.hits),
+			              (unsigned long long)(k1.spins - k0.spins));
+			cr_assert_leq(k1.hits - k0.hits, k1.spins - k0.spins);
+			/* After pauses: no spin got anything, and the penalty made
+			 * some answers skip it. */
+			cr_assert_eq(k2.hits, k1.hits, "a spin got a run that came 30 ms later");
+			cr_assert_gt(k2.skips, k1.skips, "no answer skipped the spin after failed ones");
+			cr_assert_lt(k2.spins - k1.spins, 8, "every answer after a pause spun");
+		}
+		sq_close(&s);
+		aneshare_disconnect(c);
+		aneshare_disconnect(obs);
+		h_daemon_stop(&D);
+	}
+}
+
 /* A client that gets its answer and hangs up at once: the lane thread that
  * is polling its socket (for up to 200 ms here) sees the end of the stream
  * and hands the connection back; nothing is left behind. */
