@@ -39,8 +39,11 @@ void anes_spin_end(anes_spin *s, bool got)
 {
 	if (got) {
 		s->penalty /= 2;
+		s->misses = 0;
 		return;
 	}
+	if (++s->misses < 2)
+		return;   /* one miss after hits: a pause between bursts */
 	s->penalty = s->penalty == 0                        ? 1
 	             : s->penalty >= ANES_SPIN_PENALTY_MAX / 2 ? ANES_SPIN_PENALTY_MAX
 	                                                       : s->penalty * 2;

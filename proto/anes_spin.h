@@ -19,8 +19,15 @@
  *    trip got worse, 1.17-1.19 against 1.10-1.11 of the ping-pong in five
  *    interleaved pairs, and the chain no better);
  *  - it fails when nothing came within the bound;
- *  - after a failed spin the next 1, 2, 4 ... ANES_SPIN_PENALTY_MAX waits
- *    do not spin, and a spin that got something halves that number.
+ *  - after two failed spins in a row the next 1, 2, 4 ...
+ *    ANES_SPIN_PENALTY_MAX waits do not spin, and a spin that got something
+ *    halves that number.  One failure after a success costs nothing: a
+ *    client that sends bursts fails the spin once at the end of each, and
+ *    a penalty then would skip the spin at the start of the next burst,
+ *    where it pays.  Against a penalty after every failure, the lane
+ *    answers that skipped the spin fell from about 250 to 40-145 per
+ *    bench section, and the chain's time outside the daemon's steps,
+ *    across cores, from 15-55 µs to 15-33 µs (docs/performance.md).
  * So a waiter whose bytes come late, or a CPU with other work, soon
  * stops spinning except for an occasional probe.
  */
@@ -37,6 +44,7 @@
 typedef struct anes_spin {
 	uint32_t penalty;   /* waits that do not spin after the next failed spin */
 	uint32_t skip;      /* waits left that do not spin */
+	uint32_t misses;    /* spins in a row that failed */
 } anes_spin;
 
 /* One spin in progress. */
