@@ -18,7 +18,9 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -858,10 +860,37 @@ static void run_pipelined(aneshare_conn *c, const aneshare_step *steps, int n)
 
 static double g_chain_ratio[3];
 
+/* A thread on core 0 that polls a socket as a spinning client does
+ * (recv + sched_yield) while g_poll is set, and naps otherwise: to see
+ * whether a client polling on one vCPU slows the daemon's steps on the
+ * other (the in-process calls with and without it, interleaved). */
+static atomic_bool g_poll, g_poll_stop;
+
+static void *poller_main(void *arg)
+{
+	(void)arg;
+	pin_tid(0, 0);
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return NULL;
+	char b[8];
+	while (!atomic_load(&g_poll_stop)) {
+		if (!atomic_load(&g_poll)) {
+			usleep(200);
+			continue;
+		}
+		(void)recv(sv[0], b, sizeof b, MSG_DONTWAIT);
+		sched_yield();
+	}
+	close(sv[0]);
+	close(sv[1]);
+	return NULL;
+}
+
 static void bench_chain_at(placement pl)
 {
 	int n = g_quick ? 20 : 100;
-	double ch[256], chs[256], sep[256], pip[256], inp[256], dst[256];
+	double ch[256], chs[256], sep[256], pip[256], inp[256], dst[256], inpp[256];
 	aneshare_conn *c = connect_or_die("bench-chain");
 	aneshare_conn *c0 = connect_or_die("bench-chain-sleeping");   /* the same with spin 0 */
 	aneshare_set_spin(c0, 0);
@@ -903,6 +932,10 @@ static void bench_chain_at(placement pl)
 	aneshare_status *st0 = NULL, *st1 = NULL;
 	if (aneshare_get_status(c, &st0) < 0)
 		die("status", -EIO, aneshare_last_error(c));
+	pthread_t poller;
+	atomic_store(&g_poll_stop, false);
+	if (pl == PLACE_CROSS && (errno = pthread_create(&poller, NULL, poller_main, NULL)) != 0)
+		die("pthread_create", -errno, NULL);
 	/* Interleaved, each timed call right after an untimed one of its own
 	 * kind: the variants run on different threads (lane, job workers, this
 	 * process), and each should find the caches as it left them, not as
@@ -936,21 +969,30 @@ static void bench_chain_at(placement pl)
 		 * same CPU (a VM's vCPUs need not be equally fast at a time). */
 		if (pl == PLACE_CROSS)
 			pin_tid(0, 1);
-		for (int l = 0; l < LAYERS; l++)
-			brun(bp, bin[l], bout[l]);
-		t0 = now_s();
-		for (int l = 0; l < LAYERS; l++)
-			brun(bp, bin[l], bout[l]);
-		inp[i] = now_s() - t0;
+		for (int poll = 0; poll < (pl == PLACE_CROSS ? 2 : 1); poll++) {
+			atomic_store(&g_poll, poll == 1);
+			for (int l = 0; l < LAYERS; l++)
+				brun(bp, bin[l], bout[l]);
+			t0 = now_s();
+			for (int l = 0; l < LAYERS; l++)
+				brun(bp, bin[l], bout[l]);
+			(poll ? inpp : inp)[i] = now_s() - t0;
+		}
+		atomic_store(&g_poll, false);
 		if (pl == PLACE_CROSS)
 			pin_tid(0, 0);
 	}
 	place(PLACE_FREE, 0);
+	if (pl == PLACE_CROSS) {
+		atomic_store(&g_poll_stop, true);
+		pthread_join(poller, NULL);
+	}
 	if (aneshare_get_status(c, &st1) < 0)
 		die("status", -EIO, aneshare_last_error(c));
 	double a = median(ch, (size_t)n) * 1e6, as = median(chs, (size_t)n) * 1e6,
 	       b = median(sep, (size_t)n) * 1e6, d = median(pip, (size_t)n) * 1e6,
-	       e = median(inp, (size_t)n) * 1e6, ds = median(dst, (size_t)n) * 1e6;
+	       e = median(inp, (size_t)n) * 1e6, ds = median(dst, (size_t)n) * 1e6,
+	       ep = pl == PLACE_CROSS ? median(inpp, (size_t)n) * 1e6 : 0;
 	g_chain_ratio[pl] = a / e;
 	printf("  %s:\n", place_name[pl]);
 	printf("    %-50s %9.1f us\n", "one request with 28 steps (aneshare_run_chain)", a);
@@ -959,6 +1001,9 @@ static void bench_chain_at(placement pl)
 	printf("    %-50s %9.1f us\n", "28 separate requests (aneshare_run, blocking)", b);
 	printf("    %-50s %9.1f us\n", "28 requests pipelined (run_submit, then wait)", d);
 	printf("    %-50s %9.1f us\n", "28 in-process backend calls", e);
+	if (pl == PLACE_CROSS)
+		printf("    %-50s %9.1f us (%.2f)\n", "  the same, a thread polling on core 0 meanwhile", ep,
+		       ep / e);
 	printf("    ratio chain / in-process      %.2f%s   (sleeping: %.2f)\n", a / e,
 	       pl == PLACE_FREE ? "" : "  (limit 1.2)", as / e);
 	printf("    ratio separate / in-process   %.2f\n", b / e);
