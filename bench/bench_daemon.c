@@ -1011,9 +1011,11 @@ static void bench_chain_at(placement pl)
 	 * daemon's steps against the same kernels here, or the rest. */
 	printf("    the daemon's steps / in-process %.2f, the rest of the chain %.1f us\n", ds / e, a - ds);
 	/* What the lane spin did over the whole section (all its requests). */
-	printf("    lane spin: %llu polls after an answer, %llu got the next request, %llu answers skipped it\n",
+	printf("    lane spin: %llu polls after an answer, %llu got the next request, %llu lost the CPU, "
+	       "%llu answers skipped it\n",
 	       (unsigned long long)(st1->lane_spins - st0->lane_spins),
 	       (unsigned long long)(st1->lane_spin_hits - st0->lane_spin_hits),
+	       (unsigned long long)(st1->lane_spin_gaps - st0->lane_spin_gaps),
 	       (unsigned long long)(st1->lane_spin_skips - st0->lane_spin_skips));
 	aneshare_status_free(st0);
 	aneshare_status_free(st1);

@@ -497,7 +497,9 @@ typedef struct aneshare_status {
 	                               * daemons that do not report it */
 	uint64_t lane_spins;          /* lane answers after which the daemon polled the
 	                               * client's socket for its next request ... */
-	uint64_t lane_spin_hits;      /* ... and of those, the polls that got it */
+	uint64_t lane_spin_hits;      /* ... and of those, the polls that got it, */
+	uint64_t lane_spin_gaps;      /* ... and those that ended because the daemon's
+	                               * thread was switched out */
 	uint64_t lane_spin_skips;     /* lane answers not followed by a poll: the spin's
 	                               * penalty after polls that got nothing (the three:
 	                               * docs/performance.md, "Waiting for the reply"; 0

@@ -417,7 +417,8 @@ static int cmd_status(const char *socket_path, int argc, char **argv)
 	printf(")\n");
 	printf("runs:      %" PRIu64 " (on lanes %" PRIu64 ")\n", st->runs, st->lane_runs);
 	printf("lane spin: %" PRIu64 " polls after an answer, %" PRIu64 " got the next request, %" PRIu64
-	       " answers skipped it\n", st->lane_spins, st->lane_spin_hits, st->lane_spin_skips);
+	       " lost the CPU, %" PRIu64 " answers skipped it\n", st->lane_spins, st->lane_spin_hits,
+	       st->lane_spin_gaps, st->lane_spin_skips);
 	printf("compiles:  %" PRIu64 " (cache hits %" PRIu64 ")\n", st->compiles, st->cache_hits);
 	printf("programs:  %u\n", st->programs);
 	for (uint32_t i = 0; i < st->programs; i++)

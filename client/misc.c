@@ -74,14 +74,16 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	st->compiles = compiles;
 	st->cache_hits = hits;
 	/* optional: 0 from daemons that do not report them */
-	uint64_t lane_runs = 0, spins = 0, spin_hits = 0, spin_skips = 0;
+	uint64_t lane_runs = 0, spins = 0, spin_hits = 0, spin_gaps = 0, spin_skips = 0;
 	(void)anes_mp_u64(res, "lane_runs", UINT64_MAX, &lane_runs);
 	(void)anes_mp_u64(res, "lane_spins", UINT64_MAX, &spins);
 	(void)anes_mp_u64(res, "lane_spin_hits", UINT64_MAX, &spin_hits);
+	(void)anes_mp_u64(res, "lane_spin_gaps", UINT64_MAX, &spin_gaps);
 	(void)anes_mp_u64(res, "lane_spin_skips", UINT64_MAX, &spin_skips);
 	st->lane_runs = lane_runs;
 	st->lane_spins = spins;
 	st->lane_spin_hits = spin_hits;
+	st->lane_spin_gaps = spin_gaps;
 	st->lane_spin_skips = spin_skips;
 	*ret = st;
 	return 0;

@@ -1040,6 +1040,8 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 		n = lane_spin(c, ctx, &run);
 		if (n > 0)
 			atomic_fetch_add_explicit(&srv->stats.lane_spin_hits, 1, memory_order_relaxed);
+		else if (n == -EAGAIN && run.gap)
+			atomic_fetch_add_explicit(&srv->stats.lane_spin_gaps, 1, memory_order_relaxed);
 		if (n == -EAGAIN)
 			break;
 		if (n == -ECANCELED)

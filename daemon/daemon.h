@@ -75,9 +75,10 @@ typedef struct anes_stats {
 	_Atomic uint64_t runs;    /* added to by lane workers too */
 	_Atomic uint64_t lane_runs;  /* of those, run on a lane (conn.c) */
 	/* Lane answers after which the lane spin polled for the next request,
-	 * those polls that got it, and answers that did not poll because of
-	 * the spin's penalty (conn.c, lane_ready). */
-	_Atomic uint64_t lane_spins, lane_spin_hits, lane_spin_skips;
+	 * those polls that got it, those that ended because the thread was
+	 * switched out (the gap rule), and answers that did not poll because
+	 * of the spin's penalty (conn.c, lane_ready). */
+	_Atomic uint64_t lane_spins, lane_spin_hits, lane_spin_gaps, lane_spin_skips;
 	uint64_t compiles;
 	uint64_t cache_hits;
 	uint64_t surfaces;        /* alive, all connections */

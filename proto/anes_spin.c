@@ -22,6 +22,7 @@ bool anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run)
 	}
 	run->start_ns = run->last_ns = now_ns();
 	run->limit_ns = (uint64_t)spin_us * 1000u;
+	run->gap = false;
 	return true;
 }
 
@@ -29,7 +30,11 @@ bool anes_spin_again(anes_spin_run *run)
 {
 	sched_yield();
 	uint64_t t = now_ns();
-	if (t - run->start_ns >= run->limit_ns || t - run->last_ns >= ANES_SPIN_GAP_NS)
+	if (t - run->last_ns >= ANES_SPIN_GAP_NS) {
+		run->gap = true;
+		return false;
+	}
+	if (t - run->start_ns >= run->limit_ns)
 		return false;
 	run->last_ns = t;
 	return true;

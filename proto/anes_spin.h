@@ -50,6 +50,7 @@ typedef struct anes_spin {
 /* One spin in progress. */
 typedef struct anes_spin_run {
 	uint64_t start_ns, last_ns, limit_ns;
+	bool gap;           /* anes_spin_again ended it on a gap, not at the bound */
 } anes_spin_run;
 
 /* Whether this wait spins (for at most spin_us); if so, *run is set up.

@@ -1567,13 +1567,13 @@ Test(lanes, spin_ends_and_an_idle_daemon_stays_idle)
  * than the spin make it fail and then skip, and with the spin off nothing
  * is counted. */
 typedef struct spin_counts {
-	uint64_t spins, hits, skips;
+	uint64_t spins, hits, gaps, skips;
 } spin_counts;
 
 static spin_counts get_spin_counts(aneshare_conn *c)
 {
 	aneshare_status *st = h_status(c);
-	spin_counts k = { st->lane_spins, st->lane_spin_hits, st->lane_spin_skips };
+	spin_counts k = { st->lane_spins, st->lane_spin_hits, st->lane_spin_gaps, st->lane_spin_skips };
 	aneshare_status_free(st);
 	return k;
 }
@@ -1612,11 +1612,15 @@ Test(lanes, spin_counters_say_what_the_spin_did)
 			          (unsigned long long)k2.hits, (unsigned long long)k2.skips);
 		} else {
 			/* On an idle machine each answer of a round polls and all but
-			 * the last get the next run; loaded, at least some do. */
-			cr_assert_geq(k1.hits - k0.hits, 1, "%llu of %llu spins in back-to-back runs got the next run",
-			              (unsigned long long)(k1.hits - k0.hits),
-			              (unsigned long long)(k1.spins - k0.spins));
-			cr_assert_leq(k1.hits - k0.hits, k1.spins - k0.spins);
+			 * the last get the next run.  On an overloaded one (0 of 19
+			 * seen under ASan with two test binaries on two CPUs) every
+			 * spin may lose its CPU first: then the counters must say
+			 * so. */
+			uint64_t spins = k1.spins - k0.spins, hits = k1.hits - k0.hits, gaps = k1.gaps - k0.gaps;
+			cr_assert(hits >= 1 || (spins > 0 && gaps >= spins - 10),
+			          "%llu of %llu spins in back-to-back runs got the next run, %llu lost the CPU",
+			          (unsigned long long)hits, (unsigned long long)spins, (unsigned long long)gaps);
+			cr_assert_leq(hits + gaps, spins);
 			/* After pauses: no spin got anything, and the penalty made
 			 * some answers skip it. */
 			cr_assert_eq(k2.hits, k1.hits, "a spin got a run that came 30 ms later");

@@ -38,7 +38,7 @@ static const char *const u64_keys[] = {
 	"protocol", "size", "code", "uptime_ms", "clients", "surfaces", "surface_bytes", "runs",
 	"compiles", "cache_hits", "bytes", "elapsed_us", "max_frame", "max_fds_per_frame",
 	"max_surfaces", "max_surface_bytes", "max_total_surface_bytes", "max_programs",
-	"max_inflight", "max_mil_bytes", "max_weights", "lane_runs", "lane_spins", "lane_spin_hits",
+	"max_inflight", "max_mil_bytes", "max_weights", "lane_runs", "lane_spins", "lane_spin_hits", "lane_spin_gaps",
 	"lane_spin_skips",
 };
 static const char *const u32_keys[] = { "id", "program", "refs" };
