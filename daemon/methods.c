@@ -1242,12 +1242,13 @@ static bool lane_buf(anes_wctx *ctx, size_t need)
 /* Lane: read a run request in its usual form straight from the payload
  * (anes_run_wire_parse) into ctx->buf, resolving each step as it comes.
  * 1: done, *ret_n_steps steps in ctx->buf, or q->failed; 0: the payload
- * is not in that form (decode it); -ENOMEM. */
+ * is not in that form, or the workspace could not be allocated (decode
+ * it); -ENOMEM when the steps buffer could not grow. */
 static int lane_read_wire(run_req *q, const void *payload, uint32_t len, anes_wctx *ctx,
                           uint32_t *ret_n_steps)
 {
 	if (!ctx->wire && !(ctx->wire = malloc(sizeof *ctx->wire)))
-		return -ENOMEM;
+		return 0;   /* the decoder needs no workspace */
 	anes_run_wire *w = ctx->wire;
 	if (anes_run_wire_parse(payload, len, w) != 1)
 		return 0;
