@@ -279,16 +279,16 @@ static void handle_notify(aneshare_conn *c, const anes_msg *m)
  * Before a blocking wait sleeps, poll the socket for up to c->spin_us
  * (proto/anes_spin.h has the rules: yield to anything runnable here, stop
  * when the thread was off its CPU for a while or nothing came, a doubling
- * penalty after a failed spin).  Only a wait for the one request in flight spins: with
- * more (pipelining), the daemon is busy anyway and the CPU is better left
- * to it.  Returns what anes_io_read returned, or -EAGAIN when the caller
+ * penalty after two failed spins in a row).  Only a wait for the one
+ * request in flight spins: with more (pipelining), the daemon is busy
+ * anyway and the CPU is better left to it.  Returns what anes_io_read returned, or -EAGAIN when the caller
  * should sleep in a blocking read.
  */
 static ssize_t spin_read(aneshare_conn *c)
 {
 	size_t in_flight = c->n_outstanding + (c->sync_active && !c->sync_done);
 	anes_spin_run run;
-	if (in_flight > 1 || !anes_spin_start(&c->spin, c->spin_us, &run))
+	if (in_flight > 1 || anes_spin_start(&c->spin, c->spin_us, &run) <= 0)
 		return -EAGAIN;
 	ssize_t n;
 	c->io.msg_flags = MSG_DONTWAIT;

@@ -1024,9 +1024,9 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	anes_spin_run run;
 	anes_server *srv = c->srv;
 	while (reply) {
-		bool penalised = ctx->spin.skip > 0;
-		if (!anes_spin_start(&ctx->spin, srv->cfg.lane_spin_us, &run)) {
-			if (penalised && srv->cfg.lane_spin_us > 0)
+		int go = anes_spin_start(&ctx->spin, srv->cfg.lane_spin_us, &run);
+		if (go <= 0) {
+			if (go == -EAGAIN)
 				atomic_fetch_add_explicit(&srv->stats.lane_spin_skips, 1, memory_order_relaxed);
 			break;
 		}

@@ -1057,8 +1057,6 @@ static bool parse_step(run_req *q, const msgpack_object *params, run_step *st)
 		run_error(q, ANES_WERR_INVALID_PARAMS, "\"function\" has the wrong type or is out of range");
 		return false;
 	}
-	if (r == -ENOENT)
-		sr.function = NULL;
 	if (!read_ids(q, params, "inputs", &sr.in.obj, &sr.n_in) ||
 	    !read_ids(q, params, "outputs", &sr.out.obj, &sr.n_out))
 		return false;

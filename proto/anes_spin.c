@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Spin, then sleep (anes_spin.h). */
+#include <errno.h>
 #include <sched.h>
 #include <time.h>
 
@@ -12,18 +13,18 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-bool anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run)
+int anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run)
 {
 	if (spin_us == 0)
-		return false;
+		return 0;
 	if (s->skip > 0) {
 		s->skip--;
-		return false;
+		return -EAGAIN;
 	}
 	run->start_ns = run->last_ns = now_ns();
 	run->limit_ns = (uint64_t)spin_us * 1000u;
 	run->gap = false;
-	return true;
+	return 1;
 }
 
 bool anes_spin_again(anes_spin_run *run)

@@ -53,9 +53,10 @@ typedef struct anes_spin_run {
 	bool gap;           /* anes_spin_again ended it on a gap, not at the bound */
 } anes_spin_run;
 
-/* Whether this wait spins (for at most spin_us); if so, *run is set up.
- * A wait that does not spin because of the penalty uses up one skip. */
-bool anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run);
+/* Whether this wait spins (for at most spin_us).  1: it does, *run is set
+ * up; 0: it does not, spin_us is 0; -EAGAIN: it does not because of the
+ * penalty, and one skip is used up. */
+int anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run);
 
 /* After a poll that found nothing: let others run, then whether to poll
  * again (false: the spin failed, sleep). */
