@@ -192,12 +192,12 @@ ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *conn);
  *  - when the thread was taken off the CPU while polling (another thread,
  *    or the daemon itself, needed that CPU), and
  *  - when nothing came within spin_us.
- * After two such stops in a row the next wait sleeps straight away, then
- * the next 2, 4, ... up to 64, before one polls again; a poll that gets its
- * reply halves that number.  (One stop after a poll that got its reply
- * costs nothing: it is usually a pause between bursts of calls.)  So a
- * connection whose replies take longer than spin_us, or a machine with no
- * CPU to spare, spins about 1 wait in 65.
+ * A stop of the first kind costs one poll and nothing after it.  After two
+ * stops of the second kind in a row the next wait sleeps straight away,
+ * then the next 2, 4, ... up to 64, before one polls again; a poll that gets
+ * its reply halves that number (one such stop after a poll that got its
+ * reply is usually a pause between bursts of calls).  So a connection whose
+ * replies take longer than spin_us spins about 1 wait in 65.
  * Only a wait for the connection's one request in flight spins: while more
  * are outstanding (pipelining with tickets), waits sleep.  The pollable-fd
  * API (aneshare_fd, aneshare_dispatch) never spins.

@@ -279,7 +279,7 @@ static void handle_notify(aneshare_conn *c, const anes_msg *m)
  * Before a blocking wait sleeps, poll the socket for up to c->spin_us
  * (proto/anes_spin.h has the rules: yield to anything runnable here, stop
  * when the thread was off its CPU for a while or nothing came, a doubling
- * penalty after two failed spins in a row).  Only a wait for the one
+ * penalty after two spins in a row that got nothing in spin_us).  Only a wait for the one
  * request in flight spins: with more (pipelining), the daemon is busy
  * anyway and the CPU is better left to it.  Returns what anes_io_read returned, or -EAGAIN when the caller
  * should sleep in a blocking read.
@@ -298,7 +298,7 @@ static ssize_t spin_read(aneshare_conn *c)
 	c->io.msg_flags = 0;
 	if (n == -EINTR)
 		n = -EAGAIN;
-	anes_spin_end(&c->spin, n != -EAGAIN);
+	anes_spin_end(&c->spin, &run, n != -EAGAIN);
 	return n;
 }
 

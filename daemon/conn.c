@@ -983,7 +983,7 @@ static ssize_t lane_spin(anes_conn *c, anes_wctx *ctx, anes_spin_run *run)
 	} while ((n == -EAGAIN || n == -EINTR) && anes_spin_again(run));
 	if (n == -EINTR)
 		n = -EAGAIN;
-	anes_spin_end(&ctx->spin, n != -EAGAIN);
+	anes_spin_end(&ctx->spin, run, n != -EAGAIN);
 	return n;
 }
 

@@ -41,13 +41,15 @@ bool anes_spin_again(anes_spin_run *run)
 	return true;
 }
 
-void anes_spin_end(anes_spin *s, bool got)
+void anes_spin_end(anes_spin *s, const anes_spin_run *run, bool got)
 {
 	if (got) {
 		s->penalty /= 2;
 		s->misses = 0;
 		return;
 	}
+	if (run->gap)
+		return;   /* the CPU was wanted: nothing about when replies come */
 	if (++s->misses < 2)
 		return;   /* one miss after hits: a pause between bursts */
 	s->penalty = s->penalty == 0                        ? 1

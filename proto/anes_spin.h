@@ -19,17 +19,20 @@
  *    trip got worse, 1.17-1.19 against 1.10-1.11 of the ping-pong in five
  *    interleaved pairs, and the chain no better);
  *  - it fails when nothing came within the bound;
- *  - after two failed spins in a row the next 1, 2, 4 ...
- *    ANES_SPIN_PENALTY_MAX waits do not spin, and a spin that got something
- *    halves that number.  One failure after a success costs nothing: a
+ *  - after two spins in a row that failed at the bound the next 1, 2, 4
+ *    ... ANES_SPIN_PENALTY_MAX waits do not spin, and a spin that got
+ *    something halves that number.  A spin that ended on a gap does not
+ *    count: it says the CPU was wanted, not that replies come late, and it
+ *    ended as soon as the thread ran again.  One failure after a success costs nothing either: a
  *    client that sends bursts fails the spin once at the end of each, and
  *    a penalty then would skip the spin at the start of the next burst,
- *    where it pays.  Against a penalty after every failure, the lane
- *    answers that skipped the spin fell from about 250 to 40-145 per
- *    bench section, and the chain's time outside the daemon's steps,
- *    across cores, from 15-55 µs to 15-33 µs (docs/performance.md).
- * So a waiter whose bytes come late, or a CPU with other work, soon
- * stops spinning except for an occasional probe.
+ *    where it pays.  Measured in interleaved bench pairs (docs/performance.md),
+ *    the lane answers that skipped the spin per chain section: about 250
+ *    with a penalty after every failure, 13-145 after two in a row, 8-26
+ *    with gaps not counting; the chain's time outside the daemon's steps
+ *    across cores went down with each (last step: 18-64 µs -> 19-43 µs).
+ * So a waiter whose bytes come late soon stops spinning except for an
+ * occasional probe, and one on a busy CPU polls once per wait.
  */
 #ifndef ANES_SPIN_H
 #define ANES_SPIN_H
@@ -63,6 +66,6 @@ int anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run);
 bool anes_spin_again(anes_spin_run *run);
 
 /* The spin is over: got is whether it found what it waited for. */
-void anes_spin_end(anes_spin *s, bool got);
+void anes_spin_end(anes_spin *s, const anes_spin_run *run, bool got);
 
 #endif
