@@ -188,6 +188,38 @@ static long rss_kb(pid_t pid)
 	return v;
 }
 
+/* The machine's CPU time so far, in clock ticks, from /proc/stat's first
+ * line: all of it and the part the hypervisor ran something else in place
+ * of a vCPU (steal).  Both 0 where there is no /proc/stat. */
+typedef struct cpu_ticks {
+	unsigned long long total, steal;
+} cpu_ticks;
+
+static cpu_ticks cpu_ticks_now(void)
+{
+	cpu_ticks t = { 0, 0 };
+	unsigned long long v[8] = { 0 };
+	FILE *f = fopen("/proc/stat", "re");
+	if (!f)
+		return t;
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+	           &v[5], &v[6], &v[7]) == 8) {
+		for (int i = 0; i < 8; i++)
+			t.total += v[i];
+		t.steal = v[7];
+	}
+	fclose(f);
+	return t;
+}
+
+/* The share of CPU time stolen between a and b, in percent (-1: unknown). */
+static double steal_pct(cpu_ticks a, cpu_ticks b)
+{
+	if (b.total <= a.total)
+		return -1;
+	return 100.0 * (double)(b.steal - a.steal) / (double)(b.total - a.total);
+}
+
 static aneshare_conn *connect_or_die(const char *name)
 {
 	aneshare_conn *c;
@@ -861,10 +893,18 @@ static void run_pipelined(aneshare_conn *c, const aneshare_step *steps, int n)
 static double g_chain_ratio[3];
 
 /* A thread on core 0 that polls a socket as a spinning client does
- * (recv + sched_yield) while g_poll is set, and naps otherwise: to see
- * whether a client polling on one vCPU slows the daemon's steps on the
- * other (the in-process calls with and without it, interleaved). */
-static atomic_bool g_poll, g_poll_stop;
+ * (recv + sched_yield) while g_poll is set: to see whether a client
+ * polling on one vCPU slows the daemon's steps on the other (the
+ * in-process calls with and without it, interleaved).  Otherwise it
+ * blocks in a read of g_poll_pipe (a byte: poll; EOF: exit).  It must
+ * not nap in a loop instead: on the VM of docs/performance.md each
+ * wake-up of a thread costs the thread spinning on that vCPU 5-60 us
+ * (a usleep(200) loop there made 1,000 gaps of 30 us or more a second
+ * in a yield loop, against 270 without it), and the client's chains on
+ * core 0 then took 50-120 us more than the daemon's steps instead of
+ * 13-25 us. */
+static atomic_bool g_poll;
+static int g_poll_pipe[2] = { -1, -1 };
 
 static void *poller_main(void *arg)
 {
@@ -874,17 +914,28 @@ static void *poller_main(void *arg)
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		return NULL;
 	char b[8];
-	while (!atomic_load(&g_poll_stop)) {
-		if (!atomic_load(&g_poll)) {
-			usleep(200);
+	for (;;) {
+		ssize_t n = read(g_poll_pipe[0], b, 1);
+		if (n < 0 && errno == EINTR)
 			continue;
+		if (n <= 0)
+			break;
+		while (atomic_load(&g_poll)) {
+			(void)recv(sv[0], b, sizeof b, MSG_DONTWAIT);
+			sched_yield();
 		}
-		(void)recv(sv[0], b, sizeof b, MSG_DONTWAIT);
-		sched_yield();
 	}
 	close(sv[0]);
 	close(sv[1]);
 	return NULL;
+}
+
+/* Start (on) or stop the poller's polling. */
+static void poller_set(bool on)
+{
+	atomic_store(&g_poll, on);
+	if (on && write(g_poll_pipe[1], "p", 1) != 1)
+		die("write", -errno, "poller pipe");
 }
 
 static void bench_chain_at(placement pl)
@@ -932,10 +983,15 @@ static void bench_chain_at(placement pl)
 	aneshare_status *st0 = NULL, *st1 = NULL;
 	if (aneshare_get_status(c, &st0) < 0)
 		die("status", -EIO, aneshare_last_error(c));
+	cpu_ticks tk0 = cpu_ticks_now();
 	pthread_t poller;
-	atomic_store(&g_poll_stop, false);
-	if (pl == PLACE_CROSS && (errno = pthread_create(&poller, NULL, poller_main, NULL)) != 0)
-		die("pthread_create", -errno, NULL);
+	atomic_store(&g_poll, false);
+	if (pl == PLACE_CROSS) {
+		if (pipe2(g_poll_pipe, O_CLOEXEC) < 0)
+			die("pipe2", -errno, NULL);
+		if ((errno = pthread_create(&poller, NULL, poller_main, NULL)) != 0)
+			die("pthread_create", -errno, NULL);
+	}
 	/* Interleaved, each timed call right after an untimed one of its own
 	 * kind: the variants run on different threads (lane, job workers, this
 	 * process), and each should find the caches as it left them, not as
@@ -970,7 +1026,8 @@ static void bench_chain_at(placement pl)
 		if (pl == PLACE_CROSS)
 			pin_tid(0, 1);
 		for (int poll = 0; poll < (pl == PLACE_CROSS ? 2 : 1); poll++) {
-			atomic_store(&g_poll, poll == 1);
+			if (poll == 1)
+				poller_set(true);
 			for (int l = 0; l < LAYERS; l++)
 				brun(bp, bin[l], bout[l]);
 			t0 = now_s();
@@ -978,22 +1035,42 @@ static void bench_chain_at(placement pl)
 				brun(bp, bin[l], bout[l]);
 			(poll ? inpp : inp)[i] = now_s() - t0;
 		}
-		atomic_store(&g_poll, false);
+		poller_set(false);
 		if (pl == PLACE_CROSS)
 			pin_tid(0, 0);
 	}
 	place(PLACE_FREE, 0);
 	if (pl == PLACE_CROSS) {
-		atomic_store(&g_poll_stop, true);
+		close(g_poll_pipe[1]);   /* EOF: the poller exits */
 		pthread_join(poller, NULL);
+		close(g_poll_pipe[0]);
+		g_poll_pipe[0] = g_poll_pipe[1] = -1;
 	}
+	cpu_ticks tk1 = cpu_ticks_now();
 	if (aneshare_get_status(c, &st1) < 0)
 		die("status", -EIO, aneshare_last_error(c));
+	/* Each iteration's chain against its own in-process calls, made a
+	 * few milliseconds apart: the speed of a vCPU drifts in phases (the
+	 * same 28 steps take 257 us, then 350-500 us for a fraction of a
+	 * second to seconds, on the VM of docs/performance.md), and a ratio
+	 * of two medians taken over a whole section can set one phase's chain
+	 * against another phase's baseline.  The checked ratio is the median
+	 * of the paired ones. */
+	double pr[256], prs[256], pst[256], rest[256];
+	for (int i = 0; i < n; i++) {
+		pr[i] = ch[i] / inp[i];
+		prs[i] = chs[i] / inp[i];
+		pst[i] = dst[i] / inp[i];
+		rest[i] = (ch[i] - dst[i]) * 1e6;
+	}
+	double pr50 = median(pr, (size_t)n), prs50 = median(prs, (size_t)n), pst50 = median(pst, (size_t)n),
+	       rest25 = quantile(rest, (size_t)n, 0.25), rest50 = quantile(rest, (size_t)n, 0.5),
+	       rest75 = quantile(rest, (size_t)n, 0.75);
 	double a = median(ch, (size_t)n) * 1e6, as = median(chs, (size_t)n) * 1e6,
 	       b = median(sep, (size_t)n) * 1e6, d = median(pip, (size_t)n) * 1e6,
 	       e = median(inp, (size_t)n) * 1e6, ds = median(dst, (size_t)n) * 1e6,
 	       ep = pl == PLACE_CROSS ? median(inpp, (size_t)n) * 1e6 : 0;
-	g_chain_ratio[pl] = a / e;
+	g_chain_ratio[pl] = pr50;
 	printf("  %s:\n", place_name[pl]);
 	printf("    %-50s %9.1f us\n", "one request with 28 steps (aneshare_run_chain)", a);
 	printf("    %-50s %9.1f us\n", "  of which the daemon ran the steps (last_run_us)", ds);
@@ -1004,12 +1081,13 @@ static void bench_chain_at(placement pl)
 	if (pl == PLACE_CROSS)
 		printf("    %-50s %9.1f us (%.2f)\n", "  the same, a thread polling on core 0 meanwhile", ep,
 		       ep / e);
-	printf("    ratio chain / in-process      %.2f%s   (sleeping: %.2f)\n", a / e,
-	       pl == PLACE_FREE ? "" : "  (limit 1.2)", as / e);
+	printf("    ratio chain / in-process      %.2f%s   (sleeping: %.2f)   [of the medians: %.2f]\n", pr50,
+	       pl == PLACE_FREE ? "" : "  (limit 1.2)", prs50, a / e);
 	printf("    ratio separate / in-process   %.2f\n", b / e);
 	/* Which part of the chain is over the limit, when one is: the
 	 * daemon's steps against the same kernels here, or the rest. */
-	printf("    the daemon's steps / in-process %.2f, the rest of the chain %.1f us\n", ds / e, a - ds);
+	printf("    the daemon's steps / in-process %.2f; the rest of the chain p25 %.1f, p50 %.1f, p75 %.1f us\n",
+	       pst50, rest25, rest50, rest75);
 	/* What the lane spin did over the whole section (all its requests). */
 	printf("    lane spin: %llu polls after an answer, %llu got the next request, %llu lost the CPU, "
 	       "%llu answers skipped it\n",
@@ -1017,6 +1095,10 @@ static void bench_chain_at(placement pl)
 	       (unsigned long long)(st1->lane_spin_hits - st0->lane_spin_hits),
 	       (unsigned long long)(st1->lane_spin_gaps - st0->lane_spin_gaps),
 	       (unsigned long long)(st1->lane_spin_skips - st0->lane_spin_skips));
+	/* On a VM: how much of the CPUs' time the host took meanwhile. */
+	double sp = steal_pct(tk0, tk1);
+	if (sp >= 0)
+		printf("    steal: %.1f %% of the CPUs' time in this section went to other guests\n", sp);
 	aneshare_status_free(st0);
 	aneshare_status_free(st1);
 	for (int l = 0; l < LAYERS; l++) {

@@ -966,7 +966,7 @@ static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
  * -EAGAIN when nothing came, or -ECANCELED when the loop wants the lane
  * back (lane_stop, or the daemon is draining).
  */
-static ssize_t lane_spin(anes_conn *c, anes_wctx *ctx, anes_spin_run *run)
+static ssize_t lane_spin(anes_conn *c, anes_spin_run *run)
 {
 	ssize_t n;
 	do {
@@ -983,7 +983,7 @@ static ssize_t lane_spin(anes_conn *c, anes_wctx *ctx, anes_spin_run *run)
 	} while ((n == -EAGAIN || n == -EINTR) && anes_spin_again(run));
 	if (n == -EINTR)
 		n = -EAGAIN;
-	anes_spin_end(&ctx->spin, run, n != -EAGAIN);
+	anes_spin_end(&c->lane_spin, run, n != -EAGAIN);
 	return n;
 }
 
@@ -1024,7 +1024,7 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	anes_spin_run run;
 	anes_server *srv = c->srv;
 	while (reply) {
-		int go = anes_spin_start(&ctx->spin, srv->cfg.lane_spin_us, &run);
+		int go = anes_spin_start(&c->lane_spin, srv->cfg.lane_spin_us, &run);
 		if (go <= 0) {
 			if (go == -EAGAIN)
 				atomic_fetch_add_explicit(&srv->stats.lane_spin_skips, 1, memory_order_relaxed);
@@ -1037,7 +1037,7 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 			goto back;
 		}
 		reply = false;
-		n = lane_spin(c, ctx, &run);
+		n = lane_spin(c, &run);
 		if (n > 0)
 			atomic_fetch_add_explicit(&srv->stats.lane_spin_hits, 1, memory_order_relaxed);
 		else if (n == -EAGAIN && run.gap)

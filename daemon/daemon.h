@@ -162,7 +162,6 @@ typedef struct anes_wctx {
 	size_t buf_cap;
 	anes_run_wire *wire;    /* malloc'd at first use: a run read in one pass */
 	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
-	anes_spin spin;         /* conn.c, lane_spin: this thread's spin history */
 } anes_wctx;
 
 /* A lane: a socket that the lane threads read themselves (docs/performance.md,
@@ -233,6 +232,14 @@ struct anes_conn {
 	pthread_mutex_t lane_mu;
 	int lane_state;              /* under lane_mu: ANES_LANE_OFF/ARMED/BUSY */
 	bool lane_stop;              /* under lane_mu: the loop wants it back */
+	/* The lane spin's history for this client (conn.c, lane_spin): used
+	 * only by the lane thread holding the lane (BUSY), handed from thread
+	 * to thread with it.  Per client, not per thread: whether the next
+	 * request comes soon is this client's habit, and a thread's history
+	 * would mix the clients it served (two clients that each pause once
+	 * after a burst made two misses in a row, and the penalty then
+	 * skipped the spin before the next burst; docs/performance.md). */
+	anes_spin lane_spin;
 	/* Set by the worker before the hand-back, read by the loop after it. */
 	int lane_status;             /* 0, ANES_LANE_EOF, a read's -errno or -ENOMEM */
 
