@@ -1638,6 +1638,60 @@ Test(lanes, spin_counters_say_what_the_spin_did)
 	}
 }
 
+/* The spin's history is each client's own, not its lane thread's: with one
+ * lane thread serving two clients, one that sends pairs of runs (its first
+ * answer's spin gets the second run, the second's waits in vain) and one
+ * that sends single runs (every spin waits in vain, so it soon skips them),
+ * the pairs' first spins keep getting their runs.  A history per thread
+ * sees failed spins in a row in every round (the pair's second, then the
+ * singles') and skips the spins of both clients. */
+Test(lanes, spin_history_is_each_clients_own)
+{
+	const char *args[] = { "--lane-threads", "1", "--lane-spin-us", "1000", NULL };
+	lanes_start(args);
+	aneshare_conn *obs = h_connect(&D, "observer");
+	aneshare_conn *ca = h_connect(&D, "pairs"), *cb = h_connect(&D, "singles");
+	sq a, b;
+	cr_assert_eq(sq_open(ca, SQ_N, "main", &a), 0);
+	cr_assert_eq(sq_open(cb, SQ_N, "main", &b), 0);
+	sq_check(&a, 1);   /* first runs: their programs' times are known after them */
+	sq_check(&b, 2);
+	tu_pause_ms(50);
+	spin_counts k0 = get_spin_counts(obs), k1 = k0;
+	int rounds = 0;
+	for (; rounds < 30 && k1.hits - k0.hits < 8; rounds++) {
+		sq_check(&a, 100 + 2 * (uint64_t)rounds);   /* its spin gets the next */
+		sq_check(&a, 101 + 2 * (uint64_t)rounds);
+		tu_pause_ms(5);                              /* this spin fails */
+		for (int i = 0; i < 3; i++) {
+			sq_check(&b, 200 + 3 * (uint64_t)rounds + (uint64_t)i);
+			tu_pause_ms(5);                      /* and so do these */
+		}
+		k1 = get_spin_counts(obs);
+	}
+	uint64_t spins = k1.spins - k0.spins, hits = k1.hits - k0.hits, gaps = k1.gaps - k0.gaps,
+	         skips = k1.skips - k0.skips;
+	/* Only the singles' answers skip the spin (3 a round): with one history
+	 * for the thread, the pairs' answers did too (122-138 skips in 30 rounds). */
+	cr_assert_leq(skips, 3 * (uint64_t)rounds + 2,
+	              "%llu answers skipped the spin in %d rounds of 2 pairs' and 3 singles' answers",
+	              (unsigned long long)skips, rounds);
+	/* On a machine so loaded that spins lose their CPU, few get anything:
+	 * then the counters must say so (as in spin_counters_say_what_the_spin_did). */
+	cr_assert(hits >= 8 || gaps + 10 >= spins,
+	          "in %d rounds the pairs' first spins got %llu runs (%llu spins, %llu lost the CPU, "
+	          "%llu answers skipped the spin)",
+	          rounds, (unsigned long long)hits, (unsigned long long)spins, (unsigned long long)gaps,
+	          (unsigned long long)skips);
+	cr_assert_leq(hits + gaps, spins);
+	sq_close(&a);
+	sq_close(&b);
+	aneshare_disconnect(ca);
+	aneshare_disconnect(cb);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
 /* A client that gets its answer and hangs up at once: the lane thread that
  * is polling its socket (for up to 200 ms here) sees the end of the stream
  * and hands the connection back; nothing is left behind. */
