@@ -842,6 +842,24 @@ static size_t lane_try_send(anes_conn *c, anes_wctx *ctx)
 	return sent;
 }
 
+/* Lane thread: whether a whole frame is buffered. */
+static bool lane_frame_buffered(anes_conn *c)
+{
+	const uint8_t *payload;
+	uint32_t len;
+	unsigned nfds;
+	return anes_io_peek_frame(&c->io, &payload, &len, &nfds) != 0;
+}
+
+/* Lane thread: whether the loop wants the lane back, or the daemon drains. */
+static bool lane_stop_wanted(anes_conn *c)
+{
+	pthread_mutex_lock(&c->lane_mu);
+	bool stop = c->lane_stop || atomic_load(&c->srv->draining);
+	pthread_mutex_unlock(&c->lane_mu);
+	return stop;
+}
+
 /* Lane thread: take the buffered request if a lane handles it.  2: done,
  * its reply is in ctx->reply, to be sent; 1: no complete request yet; 0:
  * hand the read side back (the next frame is the loop's); a negative
@@ -863,10 +881,6 @@ static int lane_take_request(anes_conn *c, anes_wctx *ctx)
 	bool backlog = c->io.out_head || c->wblocked || atomic_load(&c->lane_rests) > 0;
 	pthread_mutex_unlock(&c->send_mu);
 	if (backlog)
-		return 0;
-	/* One request at a time, the latency case: a client that sends
-	 * several at once gets them spread over the workers by the loop. */
-	if (c->io.rlen - c->io.rpos != ANES_FRAME_HEADER_SIZE + (size_t)len)
 		return 0;
 	r = anes_lane_request(c, payload, len, ctx);
 	if (r <= 0)
@@ -1023,7 +1037,29 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	 * (lane_spin); arm it as below once the spin is over. */
 	anes_spin_run run;
 	anes_server *srv = c->srv;
+	uint64_t batch_start = anes_now_ns();
 	while (reply) {
+		/* More requests already read (a client that pipelines): answer
+		 * and take the next at once, for up to --lane-run-max-us of
+		 * them; after that the loop spreads the rest over the workers. */
+		if (lane_frame_buffered(c)) {
+			r = lane_send(c, ctx, false);
+			if (r < 0) {
+				status = r;
+				goto back;
+			}
+			reply = false;
+			if (anes_now_ns() - batch_start > (uint64_t)srv->cfg.lane_run_max_us * 1000u ||
+			    lane_stop_wanted(c))
+				goto back;
+			r = lane_take_request(c, ctx);
+			if (r <= 0) {
+				status = r;
+				goto back;
+			}
+			reply = r == 2;
+			continue;
+		}
 		int go = anes_spin_start(&c->lane_spin, srv->cfg.lane_spin_us, &run);
 		if (go <= 0) {
 			if (go == -EAGAIN)

@@ -393,6 +393,117 @@ Test(chain, every_encoding_gets_the_same_answer)
 	h_daemon_stop(&d);
 }
 
+/* Frames appended to one buffer, to go in one write. */
+typedef struct wbatch {
+	uint8_t b[32768];
+	size_t n;
+} wbatch;
+
+static void batch_add(wbatch *bt, const wbuf *w)
+{
+	cr_assert_leq(bt->n + ANES_FRAME_HEADER_SIZE + w->n, sizeof bt->b);
+	anes_frame_header_write(bt->b + bt->n, (uint32_t)w->n, 0);
+	memcpy(bt->b + bt->n + ANES_FRAME_HEADER_SIZE, w->b, w->n);
+	bt->n += ANES_FRAME_HEADER_SIZE + w->n;
+}
+
+/* Read n responses: each msgid in [first, first + n) exactly once, and
+ * whether each is a success (ok[msgid - first]). */
+static void read_responses(int fd, anes_io *io, uint32_t first, uint32_t n, bool *ok)
+{
+	bool seen[64] = { false };
+	cr_assert_leq(n, 64);
+	for (uint32_t i = 0; i < n; i++) {
+		const uint8_t *payload;
+		uint32_t len;
+		cr_assert_eq(wait_frame(fd, io, &payload, &len), 0);
+		msgpack_zone z;
+		msgpack_zone_init(&z, 1024);
+		anes_msg m;
+		cr_assert_eq(anes_msg_decode(payload, len, &z, &m), 0);
+		cr_assert_eq(m.type, ANES_MSG_RESPONSE);
+		cr_assert(m.msgid >= first && m.msgid < first + n, "msgid %u", m.msgid);
+		cr_assert(!seen[m.msgid - first], "msgid %u answered twice", m.msgid);
+		seen[m.msgid - first] = true;
+		ok[m.msgid - first] = m.error == NULL;
+		msgpack_zone_destroy(&z);
+	}
+}
+
+/* A client that pipelines: requests that reach the daemon together are
+ * answered by the lane thread that read them, one after the other (the
+ * loop used to spread them over the workers, at two thread hand-offs
+ * each), each answered once, an error among them its own, and a request
+ * that is not a run handing the rest back to the loop in order. */
+Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
+{
+	const char *args[] = { "--fault-inject", "run_fail=fail_me", "--lane-run-max-us", "1000000", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	aneshare_conn *c = h_connect(&d, "test-pipeline");
+	int fd = h_raw_open(d.sock);
+	raw_program_and_surfaces(fd, mil_double, 3, 16);
+	anes_io io;
+	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
+	const wstep good[3] = { { 1, "main", { 1 }, 1, 2 }, { 1, NULL, { 2 }, 1, 3 },
+		                { 1, "main", { 3 }, 1, 2 } };
+	const wstep bad = { 1, "main", { 99 }, 1, 2 };
+	wbuf w;
+	size_t len;
+	bool ok1;
+	w_run(&w, 9, good, 3, false);   /* the program's first run: its time is known after it */
+	free(raw_call(fd, &io, &w, &len, &ok1));
+	cr_assert(ok1);
+
+	/* 24 runs in one write: single runs, a 3-step chain (12), a run of a
+	 * surface that does not exist (7), a run that fails (18). */
+	enum { NPIPE = 24 };
+	static wbatch bt;
+	bt.n = 0;
+	for (uint32_t i = 0; i < NPIPE; i++) {
+		const wstep failing = { 1, "fail_me", { 1 }, 1, 2 };
+		if (i == 12)
+			w_run(&w, 40 + i, good, 3, false);
+		else
+			w_run(&w, 40 + i, i == 7 ? &bad : i == 18 ? &failing : &good[0], 0, false);
+		batch_add(&bt, &w);
+	}
+	uint64_t lane0 = lane_runs_of(c);
+	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
+	bool ok[64];
+	read_responses(fd, &io, 40, NPIPE, ok);
+	for (uint32_t i = 0; i < NPIPE; i++)
+		cr_assert_eq(ok[i], i != 7 && i != 18, "request %u", 40 + i);
+	/* 21 single runs and 3 steps ran, and on the lane (a failing run is
+	 * counted too: it ran); not one went to a worker. */
+	uint64_t lane1 = lane_runs_of(c);
+	cr_assert_geq(lane1 - lane0, 24, "only %llu of the pipeline's runs on the lane",
+	              (unsigned long long)(lane1 - lane0));
+
+	/* 5 runs, a status request, 5 runs: the loop answers the status
+	 * request and the runs after it, all once. */
+	bt.n = 0;
+	for (uint32_t i = 0; i < 11; i++) {
+		if (i == 5) {
+			w.n = 0;
+			const uint8_t st[] = { 0x94, 0x00, (uint8_t)(70 + i), 0xa6, 's', 't', 'a', 't', 'u', 's', 0x80 };
+			memcpy(w.b, st, sizeof st);
+			w.n = sizeof st;
+		} else {
+			w_run(&w, 70 + i, good, 0, false);
+		}
+		batch_add(&bt, &w);
+	}
+	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
+	read_responses(fd, &io, 70, 11, ok);
+	for (uint32_t i = 0; i < 11; i++)
+		cr_assert(ok[i], "request %u", 70 + i);
+
+	anes_io_cleanup(&io);
+	aneshare_disconnect(c);
+	h_daemon_stop(&d);
+}
+
 Test(chain, limits)
 {
 	chain_fixture f;
