@@ -820,15 +820,15 @@ void anes_conn_lanes_orphan(anes_server *srv)
  * connection is closing (nothing to send then); fewer, and the connection
  * is marked wblocked if part went, when the rest must go through the loop.
  * Errors: the loop finds them when it sends the rest. */
-static size_t lane_try_send(anes_conn *c, anes_wctx *ctx)
+static size_t lane_try_send(anes_conn *c, const char *data, size_t len)
 {
-	size_t len = ctx->reply.len, sent = 0;
+	size_t sent = 0;
 
 	pthread_mutex_lock(&c->send_mu);
 	if (c->wclosed) {
 		sent = len;
 	} else if (!c->wblocked && !c->io.out_head) {
-		struct iovec iov = { .iov_base = ctx->reply.data, .iov_len = len };
+		struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
 		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 		ssize_t n;
 		do
@@ -940,9 +940,9 @@ static bool lane_rest_ready(anes_wctx *ctx)
  * touches only the send side); else the lane is still this thread's.
  * 0, or -ENOMEM when the rest could not be kept (never after
  * lane_rest_ready): the stream is out of step, the loop must fail c. */
-static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
+static int lane_send_buf(anes_conn *c, anes_wctx *ctx, const char *data, size_t len, bool own_ref)
 {
-	size_t len = ctx->reply.len, sent = lane_try_send(c, ctx);
+	size_t sent = lane_try_send(c, data, len);
 	if (sent == len) {
 		if (own_ref)
 			anes_conn_unref(c);
@@ -956,7 +956,7 @@ static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
 		assert(!own_ref);
 		return -ENOMEM;
 	}
-	memcpy(lr->data, ctx->reply.data, len);
+	memcpy(lr->data, data, len);
 	lr->len = len;
 	lr->sent = sent;
 	lr->c = own_ref ? c : anes_conn_ref(c);
@@ -964,6 +964,55 @@ static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
 	atomic_fetch_add(&c->lane_rests, 1);
 	anes_pool_complete(c->srv->pool, &lr->job);
 	return 0;
+}
+
+/* Lane thread: send the reply in ctx->reply (lane_send_buf). */
+static int lane_send(anes_conn *c, anes_wctx *ctx, bool own_ref)
+{
+	return lane_send_buf(c, ctx, ctx->reply.data, ctx->reply.len, own_ref);
+}
+
+/* Replies of a pipeline kept for one send, at most this many bytes. */
+#define LANE_BATCH_MAX 4096
+
+/* Lane thread, more requests buffered: keep the reply in ctx->reply for
+ * the batch (ctx->out), sending the batch first if it would not fit, or
+ * the reply alone if there is no room for a batch.  0 or lane_send's
+ * error. */
+static int lane_batch(anes_conn *c, anes_wctx *ctx)
+{
+	size_t len = ctx->reply.len;
+	if (ctx->out_len > 0 && ctx->out_len + len > LANE_BATCH_MAX) {
+		int r = lane_send_buf(c, ctx, ctx->out, ctx->out_len, false);
+		ctx->out_len = 0;
+		if (r < 0)
+			return r;
+	}
+	if (!ctx->out && len <= LANE_BATCH_MAX)
+		ctx->out_cap = (ctx->out = malloc(LANE_BATCH_MAX)) ? LANE_BATCH_MAX : 0;
+	if (ctx->out_len + len > ctx->out_cap)
+		return lane_send(c, ctx, false);
+	memcpy(ctx->out + ctx->out_len, ctx->reply.data, len);
+	ctx->out_len += len;
+	return 0;
+}
+
+/* Lane thread: send what lane_batch kept, with the reply in ctx->reply
+ * if with_reply.  0 or lane_send's error. */
+static int lane_batch_flush(anes_conn *c, anes_wctx *ctx, bool with_reply)
+{
+	if (ctx->out_len == 0)
+		return with_reply ? lane_send(c, ctx, false) : 0;
+	if (with_reply) {
+		int r = lane_batch(c, ctx);   /* appended, or the batch sent and it kept */
+		if (r < 0) {
+			ctx->out_len = 0;
+			return r;
+		}
+	}
+	int r = ctx->out_len > 0 ? lane_send_buf(c, ctx, ctx->out, ctx->out_len, false) : 0;
+	ctx->out_len = 0;
+	return r;
 }
 
 /*
@@ -1038,27 +1087,43 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	anes_spin_run run;
 	anes_server *srv = c->srv;
 	uint64_t batch_start = anes_now_ns();
+	assert(ctx->out_len == 0);
 	while (reply) {
 		/* More requests already read (a client that pipelines): answer
 		 * and take the next at once, for up to --lane-run-max-us of
 		 * them; after that the loop spreads the rest over the workers. */
 		if (lane_frame_buffered(c)) {
-			r = lane_send(c, ctx, false);
+			/* The replies go together when the pipeline is done (or
+			 * LANE_BATCH_MAX bytes of them are waiting), in one send. */
+			r = lane_batch(c, ctx);
+			reply = false;
 			if (r < 0) {
+				ctx->out_len = 0;
 				status = r;
 				goto back;
 			}
-			reply = false;
 			if (anes_now_ns() - batch_start > (uint64_t)srv->cfg.lane_run_max_us * 1000u ||
-			    lane_stop_wanted(c))
+			    lane_stop_wanted(c)) {
+				status = lane_batch_flush(c, ctx, false);
 				goto back;
+			}
 			r = lane_take_request(c, ctx);
 			if (r <= 0) {
-				status = r;
+				int f = lane_batch_flush(c, ctx, false);
+				status = r < 0 ? r : f;
 				goto back;
 			}
 			reply = r == 2;
 			continue;
+		}
+		if (ctx->out_len > 0) {
+			/* The pipeline's last reply: with the others, now. */
+			r = lane_batch_flush(c, ctx, true);
+			reply = false;
+			if (r < 0) {
+				status = r;
+				goto back;
+			}
 		}
 		int go = anes_spin_start(&c->lane_spin, srv->cfg.lane_spin_us, &run);
 		if (go <= 0) {
@@ -1067,12 +1132,14 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 			break;
 		}
 		atomic_fetch_add_explicit(&srv->stats.lane_spins, 1, memory_order_relaxed);
-		r = lane_send(c, ctx, false);
-		if (r < 0) {
-			status = r;
-			goto back;
+		if (reply) {
+			r = lane_send(c, ctx, false);
+			if (r < 0) {
+				status = r;
+				goto back;
+			}
+			reply = false;
 		}
-		reply = false;
 		n = lane_spin(c, &run);
 		if (n > 0)
 			atomic_fetch_add_explicit(&srv->stats.lane_spin_hits, 1, memory_order_relaxed);

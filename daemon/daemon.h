@@ -162,6 +162,8 @@ typedef struct anes_wctx {
 	size_t buf_cap;
 	anes_run_wire *wire;    /* malloc'd at first use: a run read in one pass */
 	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
+	char *out;              /* conn.c, lane_batch: replies of a pipeline, to go in one send */
+	size_t out_len, out_cap;
 } anes_wctx;
 
 /* A lane: a socket that the lane threads read themselves (docs/performance.md,

@@ -240,6 +240,7 @@ static void *lane_main(void *arg)
 	free(ctx.buf);
 	free(ctx.wire);
 	free(ctx.rest_spare);
+	free(ctx.out);
 	return NULL;
 }
 

@@ -265,7 +265,14 @@ static void w_run(wbuf *w, uint32_t msgid, const wstep *steps, uint32_t n, bool 
 	w->n = 0;
 	w_u8(w, 0x94);
 	w_u8(w, 0x00);
-	w_uint(w, msgid, false);
+	if (msgid < 128) {
+		w_uint(w, msgid, false);
+	} else {
+		cr_assert_lt(msgid, 65536);
+		w_u8(w, 0xcd);
+		w_u8(w, (uint8_t)(msgid >> 8));
+		w_u8(w, (uint8_t)msgid);
+	}
 	w_str(w, "run");
 	if (n) {
 		w_u8(w, 0x81);
@@ -395,7 +402,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 
 /* Frames appended to one buffer, to go in one write. */
 typedef struct wbatch {
-	uint8_t b[32768];
+	uint8_t b[49152];
 	size_t n;
 } wbatch;
 
@@ -411,8 +418,9 @@ static void batch_add(wbatch *bt, const wbuf *w)
  * whether each is a success (ok[msgid - first]). */
 static void read_responses(int fd, anes_io *io, uint32_t first, uint32_t n, bool *ok)
 {
-	bool seen[64] = { false };
-	cr_assert_leq(n, 64);
+	static bool seen[1024];
+	memset(seen, 0, sizeof seen);
+	cr_assert_leq(n, 1024);
 	for (uint32_t i = 0; i < n; i++) {
 		const uint8_t *payload;
 		uint32_t len;
@@ -498,6 +506,24 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 	read_responses(fd, &io, 70, 11, ok);
 	for (uint32_t i = 0; i < 11; i++)
 		cr_assert(ok[i], "request %u", 70 + i);
+
+	/* 600 runs, about 20 KiB of replies: more than one batch (4 KiB). */
+	bt.n = 0;
+	for (uint32_t i = 0; i < 600; i++) {
+		w_run(&w, 1000 + i, good, 0, false);
+		batch_add(&bt, &w);
+	}
+	lane0 = lane_runs_of(c);
+	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
+	static bool ok600[600];
+	read_responses(fd, &io, 1000, 600, ok600);
+	for (uint32_t i = 0; i < 600; i++)
+		cr_assert(ok600[i], "request %u", 1000 + i);
+	cr_assert_geq(lane_runs_of(c) - lane0, 600);
+	/* The connection is in step afterwards. */
+	w_run(&w, 99, good, 0, false);
+	free(raw_call(fd, &io, &w, &len, &ok1));
+	cr_assert(ok1);
 
 	anes_io_cleanup(&io);
 	aneshare_disconnect(c);
