@@ -48,7 +48,8 @@ static const optdef defs[] = {
 	{ "lane-threads", T_U32, O(cfg.lane_threads), 1, 256, "N",
 	  "threads that read idle client sockets and run short requests (default: as many as --workers)" },
 	{ "lane-run-max-us", T_U32, O(cfg.lane_run_max_us), 0, 10000000, "MICROSECONDS",
-	  "a worker that reads a request runs it at once if the program's recent runs took at most this long" },
+	  "a lane thread that reads a run does it at once if the programs' recent runs took at most this "
+	  "long, and the runs pipelined behind it for at most this long in all" },
 	{ "lane-spin-us", T_U32, O(cfg.lane_spin_us), 0, 1000000, "MICROSECONDS",
 	  "a lane thread that answered a request polls for the next one this long before it sleeps "
 	  "(0: never)" },
