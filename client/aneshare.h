@@ -190,7 +190,9 @@ ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *conn);
  * reply due within the spin arrives without that cost.  Polling costs this
  * thread's CPU time, so it stops by itself:
  *  - when the thread was taken off the CPU while polling (another thread,
- *    or the daemon itself, needed that CPU), and
+ *    or the daemon itself, needed that CPU) for more than half the time it
+ *    has polled (a thread that takes the CPU for a moment now and then,
+ *    a timer, does not stop it), and
  *  - when nothing came within spin_us.
  * A stop of the first kind costs one poll and nothing after it.  After two
  * stops of the second kind in a row the next wait sleeps straight away,

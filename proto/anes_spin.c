@@ -24,6 +24,7 @@ int anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run)
 	run->start_ns = run->last_ns = now_ns();
 	run->limit_ns = (uint64_t)spin_us * 1000u;
 	run->gap = false;
+	run->gap_ns = 0;
 	return 1;
 }
 
@@ -31,9 +32,13 @@ bool anes_spin_again(anes_spin_run *run)
 {
 	sched_yield();
 	uint64_t t = now_ns();
-	if (t - run->last_ns >= ANES_SPIN_GAP_NS) {
-		run->gap = true;
-		return false;
+	uint64_t d = t - run->last_ns;
+	if (d >= ANES_SPIN_GAP_NS) {
+		run->gap_ns += d;
+		if (2 * run->gap_ns > t - run->start_ns) {
+			run->gap = true;
+			return false;
+		}
 	}
 	if (t - run->start_ns >= run->limit_ns)
 		return false;

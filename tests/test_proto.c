@@ -2295,3 +2295,111 @@ Test(run_wire, changed_bytes_never_read_two_ways)
 	free(p);
 	mp_free(&m);
 }
+
+/* ---- the spin's rules (proto/anes_spin.c) ------------------------------------ */
+
+#include <signal.h>
+#include <sys/time.h>
+
+#include "anes_spin.h"
+
+static uint64_t spin_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A gap between two polls, made on purpose: a signal handler that keeps
+ * the thread busy for g_busy_ns when the timer fires. */
+static volatile uint64_t g_busy_ns;
+
+static void busy_handler(int sig)
+{
+	(void)sig;
+	uint64_t t0 = spin_now_ns();
+	while (spin_now_ns() - t0 < g_busy_ns)
+		;
+}
+
+/* One spin of spin_us that finds nothing, with the thread held for busy_us
+ * at 1 ms into it; how it ended (*elapsed_ns: how long it lasted). */
+static anes_spin_run spin_with_gap(uint32_t spin_us, uint32_t busy_us, uint64_t *elapsed_ns)
+{
+	struct sigaction sa = { .sa_handler = busy_handler };
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGALRM, &sa, NULL), 0);
+	g_busy_ns = (uint64_t)busy_us * 1000u;
+	anes_spin s = { 0 };
+	anes_spin_run run;
+	struct itimerval it = { .it_value = { 0, 1000 } };
+	uint64_t t0 = spin_now_ns();
+	cr_assert_eq(anes_spin_start(&s, spin_us, &run), 1);
+	cr_assert_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+	while (anes_spin_again(&run))
+		;
+	*elapsed_ns = spin_now_ns() - t0;
+	struct itimerval off = { { 0, 0 }, { 0, 0 } };
+	setitimer(ITIMER_REAL, &off, NULL);
+	signal(SIGALRM, SIG_DFL);
+	return run;
+}
+
+/* A thread held off its polls for 60 us, 1 ms into a 10 ms spin: the spin
+ * goes on to its bound (the CPU was taken for a moment, not wanted for
+ * long; a thread waking now and then beside a client, which used to end
+ * its spin each time).  Other gaps may come from a loaded machine, so
+ * one of five tries must last. */
+Test(spin_rules, a_short_gap_does_not_end_the_spin)
+{
+	bool lasted = false;
+	uint64_t el = 0;
+	for (int i = 0; i < 5 && !lasted; i++) {
+		anes_spin_run run = spin_with_gap(10000, 60, &el);
+		lasted = !run.gap && el >= 10000000u;
+	}
+	cr_assert(lasted, "a 60 us gap ended a 10 ms spin (last try: %llu us)",
+	          (unsigned long long)(el / 1000u));
+}
+
+/* Held for 8 ms, 1 ms into a 10 ms spin: the CPU was wanted more than the
+ * spin had it, and the spin ends on the gap. */
+Test(spin_rules, a_long_gap_ends_the_spin)
+{
+	uint64_t el;
+	anes_spin_run run = spin_with_gap(10000, 8000, &el);
+	cr_assert(run.gap, "the spin went on after an 8 ms gap (%llu us)", (unsigned long long)(el / 1000u));
+	cr_assert_geq(el, 9000000u);
+}
+
+/* Ends at the bound, or a hit, or a gap, by hand. */
+static void spin_once(anes_spin *s, bool got, bool gap)
+{
+	anes_spin_run run;
+	cr_assert_eq(anes_spin_start(s, 100, &run), 1);
+	run.gap = gap;
+	anes_spin_end(s, &run, got);
+}
+
+/* Two failures at the bound in a row start the penalty (1, then 2, 4 ...
+ * skipped waits); a gap does not count; a hit halves it. */
+Test(spin_rules, penalty)
+{
+	anes_spin s = { 0 };
+	anes_spin_run run;
+	spin_once(&s, false, false);   /* one miss after hits: nothing */
+	cr_assert_eq(s.skip, 0);
+	spin_once(&s, false, true);    /* a gap: not a miss */
+	cr_assert_eq(s.skip, 0);
+	spin_once(&s, false, false);   /* the second miss in a row */
+	cr_assert_eq(s.skip, 1);
+	cr_assert_eq(anes_spin_start(&s, 100, &run), -EAGAIN);
+	spin_once(&s, false, false);
+	cr_assert_eq(s.skip, 2);
+	cr_assert_eq(anes_spin_start(&s, 100, &run), -EAGAIN);
+	cr_assert_eq(anes_spin_start(&s, 100, &run), -EAGAIN);
+	spin_once(&s, true, false);    /* a hit: the penalty halves, the misses restart */
+	cr_assert_eq(s.penalty, 1);
+	cr_assert_eq(s.misses, 0);
+	cr_assert_eq(anes_spin_start(&s, 0, &run), 0, "spin 0: no spin");
+}
