@@ -302,6 +302,24 @@ static unsigned wait_frame(int fd, anes_io *io, const uint8_t **ret_payload, uin
 	return nfds;
 }
 
+/* Wait for the next frame, a response: its payload (valid until the next
+ * read) and length, its msgid, and whether it is a success. */
+static const uint8_t *wait_response(int fd, anes_io *io, uint32_t *ret_len, uint32_t *ret_msgid,
+                                    bool *ret_ok)
+{
+	const uint8_t *payload;
+	cr_assert_eq(wait_frame(fd, io, &payload, ret_len), 0);
+	msgpack_zone z;
+	msgpack_zone_init(&z, 1024);
+	anes_msg m;
+	cr_assert_eq(anes_msg_decode(payload, *ret_len, &z, &m), 0);
+	cr_assert_eq(m.type, ANES_MSG_RESPONSE);
+	*ret_msgid = m.msgid;
+	*ret_ok = m.error == NULL;
+	msgpack_zone_destroy(&z);
+	return payload;
+}
+
 /* Send a payload as one frame; the response payload (malloc'd) and its
  * length; *ret_ok whether it is a success. */
 static uint8_t *raw_call(int fd, anes_io *io, const wbuf *w, size_t *ret_len, bool *ret_ok)
@@ -310,16 +328,8 @@ static uint8_t *raw_call(int fd, anes_io *io, const wbuf *w, size_t *ret_len, bo
 	anes_frame_header_write(frame, (uint32_t)w->n, 0);
 	memcpy(frame + ANES_FRAME_HEADER_SIZE, w->b, w->n);
 	cr_assert_eq(h_raw_send(fd, frame, ANES_FRAME_HEADER_SIZE + w->n, NULL, 0), 0);
-	const uint8_t *payload;
-	uint32_t len;
-	cr_assert_eq(wait_frame(fd, io, &payload, &len), 0);
-	msgpack_zone z;
-	msgpack_zone_init(&z, 1024);
-	anes_msg m;
-	cr_assert_eq(anes_msg_decode(payload, len, &z, &m), 0);
-	cr_assert_eq(m.type, ANES_MSG_RESPONSE);
-	*ret_ok = m.error == NULL;
-	msgpack_zone_destroy(&z);
+	uint32_t len, msgid;
+	const uint8_t *payload = wait_response(fd, io, &len, &msgid, ret_ok);
 	uint8_t *copy = malloc(len);
 	memcpy(copy, payload, len);
 	*ret_len = len;
@@ -334,6 +344,36 @@ static uint64_t lane_runs_of(aneshare_conn *c)
 	return n;
 }
 
+/* A daemon started with args, a library connection to it (for status) and
+ * a raw one with program 1 (mil_double: "main", "fail_me") and surfaces
+ * 1 to 3 of 16 bytes, read through io. */
+typedef struct raw_fixture {
+	h_daemon d;
+	aneshare_conn *c;
+	int fd;
+	anes_io io;
+} raw_fixture;
+
+static void raw_fixture_open(raw_fixture *f, const char *const *args, const char *name)
+{
+	h_daemon_start_args(&f->d, args);
+	f->c = h_connect(&f->d, name);
+	f->fd = h_raw_open(f->d.sock);
+	raw_program_and_surfaces(f->fd, mil_double, 3, 16);
+	anes_io_init(&f->io, f->fd, ANES_FRAME_MAX_DEFAULT);
+}
+
+static void raw_fixture_close(raw_fixture *f)
+{
+	anes_io_cleanup(&f->io);
+	aneshare_disconnect(f->c);
+	h_daemon_stop(&f->d);
+}
+
+/* On a raw_fixture: surfaces 1 -> 2 -> 3 -> 2. */
+static const wstep good_steps[3] = { { 1, "main", { 1 }, 1, 2 }, { 1, NULL, { 2 }, 1, 3 },
+	                             { 1, "main", { 3 }, 1, 2 } };
+
 /* The daemon reads a run in the form libaneshare sends in one pass
  * (anes_run_wire_parse) and anything else through the decoder: the same
  * request in either form gets the same answer, error for error, step for
@@ -341,17 +381,12 @@ static uint64_t lane_runs_of(aneshare_conn *c)
 Test(chain, every_encoding_gets_the_same_answer)
 {
 	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
-	h_daemon d;
-	h_daemon_start_args(&d, args);
-	aneshare_conn *c = h_connect(&d, "test-encodings");
-	int fd = h_raw_open(d.sock);
-	raw_program_and_surfaces(fd, mil_double, 3, 16);
-	anes_io io;
-	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-
-	/* program 1 ("main", "fail_me"), surfaces 1 -> 2 -> 3 -> 2 */
-	const wstep good[3] = { { 1, "main", { 1 }, 1, 2 }, { 1, NULL, { 2 }, 1, 3 },
-		                { 1, "main", { 3 }, 1, 2 } };
+	raw_fixture f;
+	raw_fixture_open(&f, args, "test-encodings");
+	int fd = f.fd;
+	anes_io *io = &f.io;
+	aneshare_conn *c = f.c;
+	const wstep *good = good_steps;
 	struct {
 		const char *what;
 		wstep steps[3];
@@ -372,7 +407,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 	bool ok[2];
 	/* Runs go to lanes once the program's run time is known. */
 	w_run(&w, 9, good, 3, false);
-	free(raw_call(fd, &io, &w, &len[0], &ok[0]));
+	free(raw_call(fd, io, &w, &len[0], &ok[0]));
 	cr_assert(ok[0]);
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		uint8_t *reply[2];
@@ -382,7 +417,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 			cr_assert_eq(anes_run_wire_parse(w.b, w.n, rw), !odd, "%s", cases[i].what);
 			free(rw);
 			uint64_t lane_runs = lane_runs_of(c);
-			reply[odd] = raw_call(fd, &io, &w, &len[odd], &ok[odd]);
+			reply[odd] = raw_call(fd, io, &w, &len[odd], &ok[odd]);
 			cr_assert_eq(ok[odd], cases[i].ok, "%s (odd %d)", cases[i].what, odd);
 			if (cases[i].ok)
 				cr_assert_eq(lane_runs_of(c), lane_runs + (cases[i].n ? cases[i].n : 1),
@@ -395,9 +430,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 		free(reply[0]);
 		free(reply[1]);
 	}
-	anes_io_cleanup(&io);
-	aneshare_disconnect(c);
-	h_daemon_stop(&d);
+	raw_fixture_close(&f);
 }
 
 /* Frames appended to one buffer, to go in one write. */
@@ -422,19 +455,13 @@ static void read_responses(int fd, anes_io *io, uint32_t first, uint32_t n, bool
 	memset(seen, 0, sizeof seen);
 	cr_assert_leq(n, 1024);
 	for (uint32_t i = 0; i < n; i++) {
-		const uint8_t *payload;
-		uint32_t len;
-		cr_assert_eq(wait_frame(fd, io, &payload, &len), 0);
-		msgpack_zone z;
-		msgpack_zone_init(&z, 1024);
-		anes_msg m;
-		cr_assert_eq(anes_msg_decode(payload, len, &z, &m), 0);
-		cr_assert_eq(m.type, ANES_MSG_RESPONSE);
-		cr_assert(m.msgid >= first && m.msgid < first + n, "msgid %u", m.msgid);
-		cr_assert(!seen[m.msgid - first], "msgid %u answered twice", m.msgid);
-		seen[m.msgid - first] = true;
-		ok[m.msgid - first] = m.error == NULL;
-		msgpack_zone_destroy(&z);
+		uint32_t len, msgid;
+		bool good;
+		(void)wait_response(fd, io, &len, &msgid, &good);
+		cr_assert(msgid >= first && msgid < first + n, "msgid %u", msgid);
+		cr_assert(!seen[msgid - first], "msgid %u answered twice", msgid);
+		seen[msgid - first] = true;
+		ok[msgid - first] = good;
 	}
 }
 
@@ -446,21 +473,18 @@ static void read_responses(int fd, anes_io *io, uint32_t first, uint32_t n, bool
 Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 {
 	const char *args[] = { "--fault-inject", "run_fail=fail_me", "--lane-run-max-us", "1000000", NULL };
-	h_daemon d;
-	h_daemon_start_args(&d, args);
-	aneshare_conn *c = h_connect(&d, "test-pipeline");
-	int fd = h_raw_open(d.sock);
-	raw_program_and_surfaces(fd, mil_double, 3, 16);
-	anes_io io;
-	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	const wstep good[3] = { { 1, "main", { 1 }, 1, 2 }, { 1, NULL, { 2 }, 1, 3 },
-		                { 1, "main", { 3 }, 1, 2 } };
+	raw_fixture f;
+	raw_fixture_open(&f, args, "test-pipeline");
+	int fd = f.fd;
+	anes_io *io = &f.io;
+	aneshare_conn *c = f.c;
+	const wstep *good = good_steps;
 	const wstep bad = { 1, "main", { 99 }, 1, 2 };
 	wbuf w;
 	size_t len;
 	bool ok1;
 	w_run(&w, 9, good, 3, false);   /* the program's first run: its time is known after it */
-	free(raw_call(fd, &io, &w, &len, &ok1));
+	free(raw_call(fd, io, &w, &len, &ok1));
 	cr_assert(ok1);
 
 	/* 24 runs in one write: single runs, a 3-step chain (12), a run of a
@@ -479,7 +503,7 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 	uint64_t lane0 = lane_runs_of(c);
 	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
 	bool ok[64];
-	read_responses(fd, &io, 40, NPIPE, ok);
+	read_responses(fd, io, 40, NPIPE, ok);
 	for (uint32_t i = 0; i < NPIPE; i++)
 		cr_assert_eq(ok[i], i != 7 && i != 18, "request %u", 40 + i);
 	/* 21 single runs and 3 steps ran, and on the lane (a failing run is
@@ -503,7 +527,7 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 		batch_add(&bt, &w);
 	}
 	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
-	read_responses(fd, &io, 70, 11, ok);
+	read_responses(fd, io, 70, 11, ok);
 	for (uint32_t i = 0; i < 11; i++)
 		cr_assert(ok[i], "request %u", 70 + i);
 
@@ -516,18 +540,16 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 	lane0 = lane_runs_of(c);
 	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
 	static bool ok600[600];
-	read_responses(fd, &io, 1000, 600, ok600);
+	read_responses(fd, io, 1000, 600, ok600);
 	for (uint32_t i = 0; i < 600; i++)
 		cr_assert(ok600[i], "request %u", 1000 + i);
 	cr_assert_geq(lane_runs_of(c) - lane0, 600);
 	/* The connection is in step afterwards. */
 	w_run(&w, 99, good, 0, false);
-	free(raw_call(fd, &io, &w, &len, &ok1));
+	free(raw_call(fd, io, &w, &len, &ok1));
 	cr_assert(ok1);
 
-	anes_io_cleanup(&io);
-	aneshare_disconnect(c);
-	h_daemon_stop(&d);
+	raw_fixture_close(&f);
 }
 
 Test(chain, limits)
