@@ -941,7 +941,7 @@ static void poller_set(bool on)
 static void bench_chain_at(placement pl)
 {
 	int n = g_quick ? 20 : 100;
-	double ch[256], chs[256], sep[256], pip[256], inp[256], dst[256], inpp[256];
+	double ch[256], chs[256], sep[256], pip[256], inp[256], dst[256], dsts[256], inpp[256];
 	aneshare_conn *c = connect_or_die("bench-chain");
 	aneshare_conn *c0 = connect_or_die("bench-chain-sleeping");   /* the same with spin 0 */
 	aneshare_set_spin(c0, 0);
@@ -1009,8 +1009,7 @@ static void bench_chain_at(placement pl)
 			(v ? chs : ch)[i] = now_s() - t0;
 			if (r < 0)
 				die("run_chain", r, aneshare_last_error(cv));
-			if (v == 0)
-				dst[i] = (double)aneshare_last_run_us(cv) * 1e-6;
+			(v ? dsts : dst)[i] = (double)aneshare_last_run_us(cv) * 1e-6;
 		}
 		t0 = now_s();
 		for (int l = 0; l < LAYERS; l++)
@@ -1069,18 +1068,29 @@ static void bench_chain_at(placement pl)
 	double a = median(ch, (size_t)n) * 1e6, as = median(chs, (size_t)n) * 1e6,
 	       b = median(sep, (size_t)n) * 1e6, d = median(pip, (size_t)n) * 1e6,
 	       e = median(inp, (size_t)n) * 1e6, ds = median(dst, (size_t)n) * 1e6,
+	       dss = median(dsts, (size_t)n) * 1e6,
 	       ep = pl == PLACE_CROSS ? median(inpp, (size_t)n) * 1e6 : 0;
 	g_chain_ratio[pl] = pr50;
 	printf("  %s:\n", place_name[pl]);
 	printf("    %-50s %9.1f us\n", "one request with 28 steps (aneshare_run_chain)", a);
 	printf("    %-50s %9.1f us\n", "  of which the daemon ran the steps (last_run_us)", ds);
-	printf("    %-50s %9.1f us\n", "  the same, the client sleeping (spin 0)", as);
+	printf("    %-50s %9.1f us (steps %.1f us)\n", "  the same, the client sleeping (spin 0)", as, dss);
 	printf("    %-50s %9.1f us\n", "28 separate requests (aneshare_run, blocking)", b);
 	printf("    %-50s %9.1f us\n", "28 requests pipelined (run_submit, then wait)", d);
 	printf("    %-50s %9.1f us\n", "28 in-process backend calls", e);
-	if (pl == PLACE_CROSS)
+	if (pl == PLACE_CROSS) {
 		printf("    %-50s %9.1f us (%.2f)\n", "  the same, a thread polling on core 0 meanwhile", ep,
 		       ep / e);
+		/* The two vCPUs ran as one core's two hyperthreads on the host:
+		 * a client waiting on core 0 then slows the daemon's steps as
+		 * much (docs/performance.md, "Results"). */
+		if (ep / e >= 1.1)
+			printf("    note: a thread busy on core 0 slowed core 1 by %.2f in this run: the two vCPUs
+"
+			       "          shared a physical core, and a client polling for its reply slows the steps
+",
+			       ep / e);
+	}
 	printf("    ratio chain / in-process      %.2f%s   (sleeping: %.2f)   [of the medians: %.2f]\n", pr50,
 	       pl == PLACE_FREE ? "" : "  (limit 1.2)", prs50, a / e);
 	printf("    ratio separate / in-process   %.2f\n", b / e);
