@@ -1085,10 +1085,8 @@ static void bench_chain_at(placement pl)
 		 * a client waiting on core 0 then slows the daemon's steps as
 		 * much (docs/performance.md, "Results"). */
 		if (ep / e >= 1.1)
-			printf("    note: a thread busy on core 0 slowed core 1 by %.2f in this run: the two vCPUs
-"
-			       "          shared a physical core, and a client polling for its reply slows the steps
-",
+			printf("    note: a thread busy on core 0 slowed core 1 by %.2f in this run: the two vCPUs\n"
+			       "          shared a physical core, and a client polling for its reply slows the steps\n",
 			       ep / e);
 	}
 	printf("    ratio chain / in-process      %.2f%s   (sleeping: %.2f)   [of the medians: %.2f]\n", pr50,
