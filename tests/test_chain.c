@@ -477,13 +477,11 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 	raw_fixture_open(&f, args, "test-pipeline");
 	int fd = f.fd;
 	anes_io *io = &f.io;
-	aneshare_conn *c = f.c;
-	const wstep *good = good_steps;
 	const wstep bad = { 1, "main", { 99 }, 1, 2 };
 	wbuf w;
 	size_t len;
 	bool ok1;
-	w_run(&w, 9, good, 3, false);   /* the program's first run: its time is known after it */
+	w_run(&w, 9, good_steps, 3, false);   /* the program's first run: its time is known after it */
 	free(raw_call(fd, io, &w, &len, &ok1));
 	cr_assert(ok1);
 
@@ -495,12 +493,12 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 	for (uint32_t i = 0; i < NPIPE; i++) {
 		const wstep failing = { 1, "fail_me", { 1 }, 1, 2 };
 		if (i == 12)
-			w_run(&w, 40 + i, good, 3, false);
+			w_run(&w, 40 + i, good_steps, 3, false);
 		else
-			w_run(&w, 40 + i, i == 7 ? &bad : i == 18 ? &failing : &good[0], 0, false);
+			w_run(&w, 40 + i, i == 7 ? &bad : i == 18 ? &failing : &good_steps[0], 0, false);
 		batch_add(&bt, &w);
 	}
-	uint64_t lane0 = lane_runs_of(c);
+	uint64_t lane0 = lane_runs_of(f.c);
 	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
 	bool ok[64];
 	read_responses(fd, io, 40, NPIPE, ok);
@@ -508,7 +506,7 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 		cr_assert_eq(ok[i], i != 7 && i != 18, "request %u", 40 + i);
 	/* 21 single runs and 3 steps ran, and on the lane (a failing run is
 	 * counted too: it ran); not one went to a worker. */
-	uint64_t lane1 = lane_runs_of(c);
+	uint64_t lane1 = lane_runs_of(f.c);
 	cr_assert_geq(lane1 - lane0, 24, "only %llu of the pipeline's runs on the lane",
 	              (unsigned long long)(lane1 - lane0));
 
@@ -522,7 +520,7 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 			memcpy(w.b, st, sizeof st);
 			w.n = sizeof st;
 		} else {
-			w_run(&w, 70 + i, good, 0, false);
+			w_run(&w, 70 + i, good_steps, 0, false);
 		}
 		batch_add(&bt, &w);
 	}
@@ -534,18 +532,18 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 	/* 600 runs, about 20 KiB of replies: more than one batch (4 KiB). */
 	bt.n = 0;
 	for (uint32_t i = 0; i < 600; i++) {
-		w_run(&w, 1000 + i, good, 0, false);
+		w_run(&w, 1000 + i, good_steps, 0, false);
 		batch_add(&bt, &w);
 	}
-	lane0 = lane_runs_of(c);
+	lane0 = lane_runs_of(f.c);
 	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
 	static bool ok600[600];
 	read_responses(fd, io, 1000, 600, ok600);
 	for (uint32_t i = 0; i < 600; i++)
 		cr_assert(ok600[i], "request %u", 1000 + i);
-	cr_assert_geq(lane_runs_of(c) - lane0, 600);
+	cr_assert_geq(lane_runs_of(f.c) - lane0, 600);
 	/* The connection is in step afterwards. */
-	w_run(&w, 99, good, 0, false);
+	w_run(&w, 99, good_steps, 0, false);
 	free(raw_call(fd, io, &w, &len, &ok1));
 	cr_assert(ok1);
 
