@@ -1622,10 +1622,13 @@ Test(lanes, spin_counters_say_what_the_spin_did)
 			cr_assert_leq(hits + gaps, spins);
 			/* After pauses: no spin got anything, and once two spins in
 			 * a row ended at the bound (not on a gap, which says only
-			 * that the CPU was wanted) the penalty made answers skip it. */
+			 * that the CPU was wanted) the penalty made answers skip it.
+			 * With three or more such spins an answer came after the
+			 * second (with two, the second may have been the last
+			 * answer, and nothing was left to skip: seen once in CI). */
 			uint64_t p_spins = k2.spins - k1.spins, p_gaps = k2.gaps - k1.gaps;
 			cr_assert_eq(k2.hits, k1.hits, "a spin got a run that came 30 ms later");
-			cr_assert(k2.skips > k1.skips || p_spins - p_gaps < 2,
+			cr_assert(k2.skips > k1.skips || p_spins - p_gaps < 3,
 			          "no answer skipped the spin after %llu that ended at the bound",
 			          (unsigned long long)(p_spins - p_gaps));
 			cr_assert(p_spins < 8 || p_gaps >= 7, "every answer after a pause spun, %llu lost the CPU",
