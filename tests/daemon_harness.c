@@ -534,8 +534,9 @@ int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors)
 	return ret;
 }
 
-int h_raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key, uint64_t v,
-                     const int *fds, unsigned nfds)
+/* { key: str } when str is set, else { key: v }; {} when key is NULL. */
+static int raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key, uint64_t v,
+                          const char *str, const int *fds, unsigned nfds)
 {
 	msgpack_sbuffer s;
 	msgpack_packer pk;
@@ -545,11 +546,27 @@ int h_raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key
 	if (key) {
 		msgpack_pack_str(&pk, strlen(key));
 		msgpack_pack_str_body(&pk, key, strlen(key));
-		msgpack_pack_uint64(&pk, v);
+		if (str) {
+			msgpack_pack_str(&pk, strlen(str));
+			msgpack_pack_str_body(&pk, str, strlen(str));
+		} else {
+			msgpack_pack_uint64(&pk, v);
+		}
 	}
 	int r = h_raw_request(fd, msgid, method, s.data, s.size, fds, nfds);
 	msgpack_sbuffer_destroy(&s);
 	return r;
+}
+
+int h_raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key, uint64_t v,
+                     const int *fds, unsigned nfds)
+{
+	return raw_request_kv(fd, msgid, method, key, v, NULL, fds, nfds);
+}
+
+int h_raw_request_kstr(int fd, uint32_t msgid, const char *method, const char *key, const char *str)
+{
+	return raw_request_kv(fd, msgid, method, key, 0, str, NULL, 0);
 }
 
 int h_raw_send_hello(int fd, uint32_t msgid)

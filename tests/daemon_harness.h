@@ -117,6 +117,8 @@ int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params
 /* h_raw_request with the params { key: v } ({} when key is NULL). */
 int h_raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key, uint64_t v,
                      const int *fds, unsigned nfds);
+/* h_raw_request with the params { key: str } ({} when key is NULL). */
+int h_raw_request_kstr(int fd, uint32_t msgid, const char *method, const char *key, const char *str);
 /* Wait (up to timeout_ms x h_slow()) for the response to msgid.  Returns 0 for a
  * success, the wire error code (> 0) for an error response, -EPIPE if the
  * connection was closed, -ETIMEDOUT. Notifications are skipped. */

@@ -117,18 +117,8 @@ Test(chain, error_in_the_middle_names_the_step_and_keeps_earlier_outputs)
  * create n surfaces of size bytes (requests 3 ...: surfaces 1 ... n). */
 static void raw_program_and_surfaces(int fd, const char *mil, uint32_t n, uint64_t size)
 {
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 3);
-	msgpack_pack_str_body(&pk, "mil", 3);
-	msgpack_pack_str(&pk, strlen(mil));
-	msgpack_pack_str_body(&pk, mil, strlen(mil));
-	cr_assert_eq(h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0), 0);
+	cr_assert_eq(h_raw_request_kstr(fd, 2, "program.compile", "mil", mil), 0);
 	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
-	msgpack_sbuffer_destroy(&sb);
 	for (uint32_t id = 3; id < 3 + n; id++) {
 		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", size, NULL, 0), 0);
 		cr_assert_eq(h_raw_response(fd, id, 10000), 0);

@@ -200,24 +200,9 @@ static int child_in_flight(void *arg, int ready_fd)
 		if (fd < 0)
 			return 5;
 		/* hello without waiting, then compile. */
-		msgpack_sbuffer sb;
-		msgpack_packer pk;
-		msgpack_sbuffer_init(&sb);
-		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-		msgpack_pack_map(&pk, 1);
-		msgpack_pack_str(&pk, 8);
-		msgpack_pack_str_body(&pk, "protocol", 8);
-		msgpack_pack_uint32(&pk, 1);
-		h_raw_request(fd, 1, "hello", sb.data, sb.size, NULL, 0);
-		msgpack_sbuffer_clear(&sb);
+		h_raw_send_hello(fd, 1);
 		char *mil = h_square_mm_mil(a->n, "other");
-		msgpack_pack_map(&pk, 1);
-		msgpack_pack_str(&pk, 3);
-		msgpack_pack_str_body(&pk, "mil", 3);
-		msgpack_pack_str(&pk, strlen(mil));
-		msgpack_pack_str_body(&pk, mil, strlen(mil));
-		h_raw_request(fd, 2, "program.compile", sb.data, sb.size, NULL, 0);
-		msgpack_sbuffer_destroy(&sb);
+		h_raw_request_kstr(fd, 2, "program.compile", "mil", mil);
 		free(mil);
 	}
 	ready(ready_fd);
@@ -269,18 +254,8 @@ static int child_half_frame(void *arg, int ready_fd)
 	if (fd < 0)
 		return 2;
 	/* hello, answered, so that the half frame is a real request's. */
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 8);
-	msgpack_pack_str_body(&pk, "protocol", 8);
-	msgpack_pack_uint32(&pk, 1);
-	if (h_raw_request(fd, 1, "hello", sb.data, sb.size, NULL, 0) < 0 ||
-	    h_raw_response(fd, 1, 5000) != 0)
+	if (h_raw_send_hello(fd, 1) < 0 || h_raw_response(fd, 1, 5000) != 0)
 		return 3;
-	msgpack_sbuffer_destroy(&sb);
 
 	uint8_t frame[ANES_FRAME_HEADER_SIZE + 1000];
 	memset(frame, 0x90, sizeof frame);   /* fixarray(0)s: never a valid payload anyway */
@@ -380,22 +355,8 @@ Test(faults, disconnect_before_response)
 		int fd = h_raw_connect(D.sock);
 		cr_assert_geq(fd, 0);
 		h_raw_hello(fd);
-		msgpack_sbuffer sb;
-		msgpack_packer pk;
-		msgpack_sbuffer_init(&sb);
-		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 		char *mil = h_square_mm_mil(n, "fresh");
-		if (i == 0) {
-			msgpack_pack_map(&pk, 1);
-			msgpack_pack_str(&pk, 3);
-			msgpack_pack_str_body(&pk, "mil", 3);
-			msgpack_pack_str(&pk, strlen(mil));
-			msgpack_pack_str_body(&pk, mil, strlen(mil));
-		} else {
-			msgpack_pack_map(&pk, 0);
-		}
-		cr_assert_eq(h_raw_request(fd, 2, methods[i], sb.data, sb.size, NULL, 0), 0);
-		msgpack_sbuffer_destroy(&sb);
+		cr_assert_eq(h_raw_request_kstr(fd, 2, methods[i], i == 0 ? "mil" : NULL, mil), 0);
 		free(mil);
 		close(fd);
 		h_back_to_baseline(&D, obs, fds);
