@@ -2,15 +2,13 @@
 /* Spin, then sleep (anes_spin.h). */
 #include <errno.h>
 #include <sched.h>
-#include <time.h>
 
+#include "anes_clock.h"
 #include "anes_spin.h"
 
 static uint64_t now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	return anes_clock_ns();
 }
 
 int anes_spin_start(anes_spin *s, uint32_t spin_us, anes_spin_run *run)
