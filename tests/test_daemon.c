@@ -1004,11 +1004,14 @@ static const char weights_mil[] =
 	"    } -> (y);\n"
 	"}\n";
 
-/* A weight blob: a 64-byte file header, a chunk header at 64 (magic, dtype
- * fp16, size, data offset) and 4 fp16 values at 128. */
+/* A weight blob (docs/mil.md, "Weight files"): the 64-byte storage header
+ * (count 1, version 2), a metadata record at 64 (magic, dtype fp16, size,
+ * data offset) and 4 fp16 values at 128. */
 static void make_blob(uint8_t blob[136], const float w[4])
 {
 	memset(blob, 0, 136);
+	blob[0] = 1;
+	blob[4] = 2;
 	uint8_t *ch = blob + 64;
 	uint32_t magic = 0xDEADBEEFu;
 	uint64_t size = 8, off = 128;

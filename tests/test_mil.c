@@ -393,6 +393,29 @@ Test(mil, blob_errors)
 	b[68] = 2;                                         /* fp32 data type for a fp16 tensor */
 	blob_err(b, len, "64", "data type");
 	b[68] = 1;
+	b[69] = 1;                                         /* the data type is a u32: 0x101 */
+	blob_err(b, len, "64", "data type 257");
+	b[69] = 0;
+	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
+
+	/* the storage header: version 2 at byte 4 (Core ML's storage reader
+	 * refuses any other); the count at byte 0 is not checked, as there */
+	b[4] = 0;
+	blob_err(b, len, "64", "file format version 0");
+	b[4] = 1;                                          /* Espresso's blob_v1 */
+	blob_err(b, len, "64", "expects version 2");
+	b[4] = 2;
+	b[7] = 1;                                          /* 0x01000002 */
+	blob_err(b, len, "64", "version 16777218");
+	b[7] = 0;
+	b[0] = 0;
+	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
+	b[0] = 1;
+	/* a metadata record overlapping the header */
+	memcpy(b, b + 64, 4);
+	blob_err(b, len, "0", "inside the 64-byte storage header");
+	memset(b, 0, 4);
+	b[0] = 1;
 	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
 
 	/* unknown path */

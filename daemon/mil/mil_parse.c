@@ -629,28 +629,46 @@ static int parse_blobfile(parser *P, const anes_mil_type *t, void **ret_data)
 	if (!w)
 		return perr(P, -EINVAL, line, "unknown weight blob '%s'", path);
 
+	/* The MIL blob storage format (docs/mil.md, "Weight files"): a 64-byte
+	 * storage header {u32 count, u32 version = 2, reserved}, then per blob a
+	 * 64-byte metadata record {u32 0xDEADBEEF, u32 data type, u64 size,
+	 * u64 data offset, reserved} that BLOBFILE's offset points at.  Checked
+	 * as Core ML's reader checks it: the version, the sentinel, the data
+	 * type; plus every offset and size against the blob's length. */
 	const uint8_t *b = w->data;
 	size_t len = b ? w->len : 0;
 	if (len < 64)
 		return perr(P, -EINVAL, line, "weight blob '%s' is too short (%zu bytes)", path, len);
+	if (le32(b + 4) != 2)
+		return perr(P, -EINVAL, line,
+		            "weight blob '%s' has file format version %u at byte 4; the storage reader expects "
+		            "version 2 (header: u32 blob count at byte 0, u32 version 2 at byte 4)",
+		            path, le32(b + 4));
 	if (off > len || len - off < 64)
 		return perr(P, -EINVAL, line, "BLOBFILE offset %llu is outside weight blob '%s' (%zu bytes)",
 		            (unsigned long long)off, path, len);
+	if (off < 64)
+		return perr(P, -EINVAL, line,
+		            "BLOBFILE offset %llu is inside the 64-byte storage header of weight blob '%s'",
+		            (unsigned long long)off, path);
 	const uint8_t *ch = b + off;
 	if (le32(ch) != 0xDEADBEEFu)
 		return perr(P, -EINVAL, line, "bad magic 0x%08x at offset %llu of weight blob '%s'", le32(ch),
 		            (unsigned long long)off, path);
+	/* BlobDataType codes of the format (docs/mil.md); bool has none */
 	int code = -1;
 	switch (t->dtype) {
 	case ANES_DT_FP16: code = 1; break;
 	case ANES_DT_FP32: code = 2; break;
 	case ANES_DT_UINT8: code = 3; break;
 	case ANES_DT_INT8: code = 4; break;
+	case ANES_DT_INT16: code = 6; break;
+	case ANES_DT_INT32: code = 14; break;
 	default: break;
 	}
-	if (code >= 0 && ch[4] != code)
+	if (code >= 0 && le32(ch + 4) != (uint32_t)code)
 		return perr(P, -EINVAL, line, "weight blob '%s' at offset %llu has data type %u, expected %d for %s",
-		            path, (unsigned long long)off, ch[4], code, anes_mil_dtype_name(t->dtype));
+		            path, (unsigned long long)off, le32(ch + 4), code, anes_mil_dtype_name(t->dtype));
 	uint64_t size = le64(ch + 8), doff = le64(ch + 16);
 	if (size != t->bytes)
 		return perr(P, -EINVAL, line, "weight blob '%s' at offset %llu holds %llu bytes, %s needs %llu",

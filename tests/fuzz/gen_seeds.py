@@ -241,7 +241,7 @@ def main():
         '    tensor<fp32, [4, 4]> q = matmul(x = p, y = a, transpose_y = true);',
         'q, u')).encode()
     # a blob given in the input: fp16 [2, 2] at offset 64
-    fuzz_blob = bytearray(64) + struct.pack('<IIQQ', 0xDEADBEEF, 1, 8, 128) + bytes(40) + \
+    fuzz_blob = struct.pack('<II', 1, 2) + bytes(56) + struct.pack('<IIQQ', 0xDEADBEEF, 1, 8, 128) + bytes(40) + \
         struct.pack('<4e', 1.0, -2.0, 0.5, 65504.0)
     mils['weights_from_input'] = (body % (
         '    tensor<fp16, [2, 2]> a = const()[val = tensor<fp16, [2, 2]>(BLOBFILE(path = string("@model_path/weights/fuzz.bin"), offset = uint64(64)))];\n'
