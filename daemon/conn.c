@@ -133,6 +133,17 @@ static void check_unsent(anes_conn *c)
 	}
 }
 
+/* Fail c for a reason of the daemon's own, logged whatever -v says: a
+ * client closed for it must be able to find out why. */
+static void fail_logged(anes_conn *c, const char *why)
+{
+	if (c->failed)
+		return;
+	anes_log("client #%llu (%s): %s: connection closed", (unsigned long long)c->serial,
+	         c->name[0] ? c->name : "unnamed", why);
+	anes_conn_fail(c, NULL);
+}
+
 void anes_conn_drop_slow(anes_conn *c)
 {
 	anes_server *srv = c->srv;
@@ -431,7 +442,9 @@ static void conn_flush(anes_conn *c)
 	anes_conn_fail(c, r == -EPIPE || r == -ECONNRESET ? "connection closed by client" : strerror(-r));
 }
 
-void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nfds)
+/* anes_conn_queue; several: data is whole frames without fds back to back
+ * (a lane's batch of replies), fds none. */
+static void conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nfds, bool several)
 {
 	if (c->failed) {
 		free(data);
@@ -447,12 +460,13 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 		return;
 	}
 	pthread_mutex_lock(&c->send_mu);
-	int r = anes_io_queue(&c->io, data, len, fds, nfds);
+	int r = several ? anes_io_queue_rest(&c->io, data, len, 0)
+	                : anes_io_queue(&c->io, data, len, fds, nfds);
 	pthread_mutex_unlock(&c->send_mu);
 	for (unsigned i = 0; i < nfds; i++)
 		fds[i] = -1;
 	if (r < 0) {
-		anes_conn_fail(c, "out of memory queueing a response");
+		fail_logged(c, "out of memory queueing a response");
 		return;
 	}
 	if (c->srv->out_batch) {
@@ -464,6 +478,11 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 		return;
 	}
 	conn_flush(c);
+}
+
+void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nfds)
+{
+	conn_queue(c, data, len, fds, nfds, false);
 }
 
 void anes_conn_batch_begin(anes_server *srv)
@@ -602,11 +621,19 @@ void anes_conn_queue_rest(anes_conn *c, void *data, size_t len, size_t sent)
 	pthread_mutex_unlock(&c->send_mu);
 	if (r < 0) {
 		/* the stream is out of step now */
-		anes_conn_fail(c, "out of memory queueing a response");
+		fail_logged(c, r == -ENOMEM ? "out of memory queueing a response"
+		                            : "a response to queue was malformed");
 		return;
 	}
-	if (!c->failed)
-		conn_flush(c);
+	if (c->failed)
+		return;
+	if (c->io.out_bytes > c->srv->lim.drop_unsent_hard_bytes) {
+		if (!c->unsent_over)
+			c->unsent_since_ms = uv_now(&c->srv->loop);
+		anes_conn_drop_slow(c);
+		return;
+	}
+	conn_flush(c);
 }
 
 /* Before handling a request: deliver the completions of replies that
@@ -912,12 +939,13 @@ static void lane_rest_done(anes_job *j, bool cancelled)
 	void *data = c->failed ? NULL : malloc(lr->len);
 	if (data) {
 		memcpy(data, lr->data, lr->len);
+		/* A batch of replies (lane_batch) is several frames. */
 		if (lr->sent > 0)
 			anes_conn_queue_rest(c, data, lr->len, lr->sent);
 		else
-			anes_conn_queue(c, data, lr->len, NULL, 0);
+			conn_queue(c, data, lr->len, NULL, 0, true);
 	} else if (!c->failed) {
-		anes_conn_fail(c, "out of memory queueing a response");
+		fail_logged(c, "out of memory queueing a response");
 	}
 	anes_conn_unref(c);
 	free(lr);

@@ -263,15 +263,22 @@ int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned 
 
 int anes_io_queue_rest(anes_io *io, void *data, size_t len, size_t sent)
 {
-	uint32_t plen;
-	unsigned hnfds;
-	int r = len < ANES_FRAME_HEADER_SIZE ? -EINVAL
-	        : anes_frame_header_parse(data, io->max_frame, &plen, &hnfds);
-
-	if (r == 0 && (hnfds != 0 || plen != len - ANES_FRAME_HEADER_SIZE || sent == 0 || sent >= len))
-		r = -EINVAL;
-	else if (r == -EPROTO)
-		r = -EINVAL;
+	/* Whole frames without fds, back to back (a lane's batch of replies). */
+	int r = len < ANES_FRAME_HEADER_SIZE || sent >= len ? -EINVAL : 0;
+	for (size_t off = 0; r == 0 && off < len;) {
+		uint32_t plen;
+		unsigned hnfds;
+		if (len - off < ANES_FRAME_HEADER_SIZE) {
+			r = -EINVAL;
+			break;
+		}
+		r = anes_frame_header_parse((const uint8_t *)data + off, io->max_frame, &plen, &hnfds);
+		if (r == 0 && (hnfds != 0 || plen > len - off - ANES_FRAME_HEADER_SIZE))
+			r = -EINVAL;
+		else if (r == -EPROTO)
+			r = -EINVAL;
+		off += ANES_FRAME_HEADER_SIZE + (size_t)plen;
+	}
 	if (r < 0) {
 		free(data);
 		return r;
@@ -284,10 +291,19 @@ int anes_io_queue_rest(anes_io *io, void *data, size_t len, size_t sent)
 	o->data = data;
 	o->len = len;
 	o->off = sent;
-	o->next = io->out_head;
-	io->out_head = o;
-	if (!io->out_tail)
+	if (sent == 0) {
+		/* Nothing of it went out: after what is queued. */
+		if (io->out_tail)
+			io->out_tail->next = o;
+		else
+			io->out_head = o;
 		io->out_tail = o;
+	} else {
+		o->next = io->out_head;
+		io->out_head = o;
+		if (!io->out_tail)
+			io->out_tail = o;
+	}
 	io->out_bytes += len - sent;
 	return 0;
 }

@@ -329,8 +329,9 @@ int anes_msg_decode(const void *buf, size_t len, msgpack_zone *zone, anes_msg *r
 		return -EBADMSG;
 	}
 
-	if (method->type != MSGPACK_OBJECT_STR || method->via.str.size == 0 ||
-	    method->via.str.size > ANES_METHOD_MAX || m.params->type != MSGPACK_OBJECT_MAP)
+	/* "" is a method name like any other: a request for it is well formed
+	 * and gets unknown_method. */
+	if (method->type != MSGPACK_OBJECT_STR || method->via.str.size > ANES_METHOD_MAX || m.params->type != MSGPACK_OBJECT_MAP)
 		return -EBADMSG;
 	m.msgid = (uint32_t)msgid;
 	m.method = method->via.str.ptr;

@@ -304,10 +304,11 @@ int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned 
  * (-EPIPE when the peer is gone). */
 int anes_io_flush(anes_io *io);
 
-/* Put a finished frame without fds, of which the first sent bytes already
- * went out on io->fd by other means, at the front of the queue (so that its
- * rest leaves first).  Takes ownership of data.  -EINVAL (bad header, or
- * sent not in (0, len)), -ENOMEM. */
+/* Queue data, one or more finished frames without fds back to back, of
+ * which the first sent bytes already went out on io->fd by other means:
+ * with sent > 0 at the front of the queue (so that its rest leaves first),
+ * with sent 0 at the back.  Takes ownership of data.  -EINVAL (a bad or
+ * cut header, a frame with fds, or sent not below len), -ENOMEM. */
 int anes_io_queue_rest(anes_io *io, void *data, size_t len, size_t sent);
 
 static inline bool anes_io_want_write(const anes_io *io) { return io->out_head != NULL; }
