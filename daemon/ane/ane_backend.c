@@ -2,7 +2,8 @@
 /*
  * The ANE backend (docs/ane.md).
  *
- * compile:  parse + check the MIL (daemon/mil, ane_check.c), then
+ * compile:  parse + check the MIL (daemon/mil, ane_check.c), rewrite gelu
+ *           (ane_lower.c) and log what public code has not verified, then
  *             NSData(MIL), NSDictionary(weights)
  *             +[_ANEInMemoryModelDescriptor modelWithMILText:weights:optionsPlist:]
  *             +[_ANEInMemoryModel inMemoryModelWithDescriptor:]
@@ -70,6 +71,8 @@ typedef struct ane_backend {
 	ane_sels sel;
 	pthread_mutex_t dirs_lock;
 	ane_dir *dirs;
+	anes_ane_log_fn log;         /* NULL: stderr */
+	void *log_ctx;
 } ane_backend;
 
 typedef struct ane_io {
@@ -551,13 +554,16 @@ static int ane_compile(anes_backend *base, const char *mil, size_t mil_len, cons
 
 	if (errbuf && errbuf_len)
 		errbuf[0] = '\0';
-	rc = anes_mil_parse(mil, mil_len, weights, n_weights, &mp, errbuf, errbuf_len);
+	anes_ane_prepared pr;
+	rc = anes_ane_prepare(mil, mil_len, weights, n_weights, &pr, errbuf, errbuf_len);
 	if (rc < 0)
 		return rc;
-	rc = anes_ane_check_program(mp, weights, n_weights, errbuf, errbuf_len);
-	if (rc < 0) {
-		anes_mil_program_free(mp);
-		return rc;
+	mp = pr.prog;
+	if (pr.note[0]) {
+		if (b->log)
+			b->log(b->log_ctx, pr.note);
+		else
+			fprintf(stderr, "aneshared: ane: %s\n", pr.note);
 	}
 
 	const anes_function_info *fi = &mp->info[0];
@@ -576,6 +582,7 @@ static int ane_compile(anes_backend *base, const char *mil, size_t mil_len, cons
 			free(p);
 		}
 		anes_mil_program_free(mp);
+		free(pr.lowered);
 		set_err(errbuf, errbuf_len, "out of memory");
 		return -ENOMEM;
 	}
@@ -583,8 +590,9 @@ static int ane_compile(anes_backend *base, const char *mil, size_t mil_len, cons
 	order_io(fi->outputs, p->n_out, p->out);
 
 	void *pool = b->br->pool_push();
-	rc = compile_objc(b, p, mil, mil_len, weights, n_weights, &loaded, errbuf, errbuf_len);
+	rc = compile_objc(b, p, pr.text, pr.len, weights, n_weights, &loaded, errbuf, errbuf_len);
 	b->br->pool_pop(pool);
+	free(pr.lowered);
 	if (rc < 0) {
 		program_release(b, p, loaded);
 		return rc;
@@ -687,6 +695,14 @@ static const anes_backend_ops ane_ops = {
 };
 
 /* ---- creation ---- */
+
+void anes_ane_backend_set_log(anes_backend *base, anes_ane_log_fn fn, void *ctx)
+{
+	ane_backend *b = (ane_backend *)base;
+
+	b->log = fn;
+	b->log_ctx = ctx;
+}
 
 int anes_ane_backend_new(const anes_ane_bridge *br, anes_backend **ret, char *errbuf, size_t errbuf_len)
 {

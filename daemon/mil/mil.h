@@ -101,6 +101,8 @@ typedef struct anes_mil_op {
 	const anes_mil_arg *args;
 	uint32_t n_outputs;
 	const uint32_t *outputs;        /* value indices */
+	uint32_t text_begin, text_end;  /* the statement's bytes in the parsed text:
+	                                   [text_begin, text_end), ending with its ';' */
 } anes_mil_op;
 
 typedef struct anes_mil_function {

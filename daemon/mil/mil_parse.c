@@ -33,6 +33,7 @@ typedef struct fnstate {
 } fnstate;
 
 typedef struct parser {
+	const char *base;   /* start of the text (op statement spans are offsets into it) */
 	const char *p, *end;
 	uint32_t line;
 	tok t;
@@ -1014,6 +1015,8 @@ static int parse_stmt(parser *P)
 {
 	fnstate *F = P->fn;
 	uint32_t line = P->t.line;
+	const char *stmt_begin = P->t.s;
+	const char *stmt_end;
 	anes_mil_type decl[ANES_MIL_MAX_OUTPUTS];
 	char names[ANES_MIL_MAX_OUTPUTS][ANES_MAX_NAME];
 	anes_mil_arg args[ANES_MIL_MAX_ARGS], attrs[ANES_MIL_MAX_ARGS];
@@ -1096,12 +1099,15 @@ static int parse_stmt(parser *P)
 		TRY(next(P));
 		TRY(parse_arglist(P, T_RB, attrs, &n_attrs));
 	}
+	stmt_end = P->t.s + 1;   /* past the ';' (when it is one: expect checks) */
 	TRY(expect(P, T_SEMI, "after the statement"));
 
 	anes_mil_op op;
 	memset(&op, 0, sizeof op);
 	op.def = def;
 	op.line = line;
+	op.text_begin = (uint32_t)(stmt_begin - P->base);
+	op.text_end = (uint32_t)(stmt_end - P->base);
 	for (uint32_t i = 0; i < n_attrs; i++) {
 		const char *s;
 		if (strcmp(attrs[i].name, "name") == 0 && !attrs[i].is_tuple &&
@@ -1395,6 +1401,7 @@ int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, siz
 	if (n_weights && !weights)
 		return perr(&P, -EINVAL, 0, "no weights");
 	P.p = text ? text : "";
+	P.base = P.p;
 	P.end = P.p + len;
 	P.weights = weights;
 	P.n_weights = n_weights;
