@@ -14,8 +14,10 @@
  * @NAME@ placeholders are filled in here, escaped for the file's syntax.
  *
  * --root DIR stands in for the home directory and starts nothing, so tests
- * never touch the real one.  $ANESHARE_SYSTEMCTL and $ANESHARE_LAUNCHCTL
- * replace the service-manager programs (tests).
+ * never touch the real one.  With the test hooks (-Dtest_hooks=true),
+ * $ANESHARE_SYSTEMCTL and $ANESHARE_LAUNCHCTL replace the service-manager
+ * programs, and either one, when set, is run on any platform for its kind of
+ * files (a stand-in launchctl on Linux).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +41,7 @@
 #include <mach-o/dyld.h>
 #endif
 
+#include "anes_config.h"
 #include "anes_service_templates.h"
 #include "aneshare.h"
 #include "cli_service.h"
@@ -126,32 +129,56 @@ static bool has_control(const char *s)
 	return false;
 }
 
-/* A path as one word of a systemd command line: quoted if needed, with the
- * specifier '%' and the variable '$' doubled.  -EINVAL for control characters. */
-static int systemd_word(const char *s, char **ret)
+/* One word of a systemd command line (systemd.syntax(7) "Quoting"): in
+ * double quotes if it holds a space; '%' doubled (a specifier otherwise),
+ * and '$' doubled too where dollars (the word is an argument, which systemd
+ * expands ${NAME} in at start; "$$" is a literal '$').  The caller has
+ * refused quotes, backslashes and control characters. */
+static void systemd_word(sbuf *b, const char *s, bool dollars)
 {
-	if (has_control(s))
-		return -EINVAL;
-	bool quote = false;
-	for (const char *p = s; *p; p++)
-		if (strchr(" \"'\\;", *p))
-			quote = true;
-	sbuf b = { 0 };
+	bool quote = strchr(s, ' ') != NULL;
 	if (quote)
-		sb_addc(&b, '"');
+		sb_addc(b, '"');
 	for (const char *p = s; *p; p++) {
 		if (*p == '%')
-			sb_adds(&b, "%%");
-		else if (*p == '$')
-			sb_adds(&b, "$$");
-		else if (quote && (*p == '\\' || *p == '"')) {
-			sb_addc(&b, '\\');
-			sb_addc(&b, *p);
-		} else
-			sb_addc(&b, *p);
+			sb_adds(b, "%%");
+		else if (*p == '$' && dollars)
+			sb_adds(b, "$$");
+		else
+			sb_addc(b, *p);
 	}
 	if (quote)
-		sb_addc(&b, '"');
+		sb_addc(b, '"');
+}
+
+/* The daemon's path as the start of ExecStart= (systemd.service(5),
+ * "Command lines").  systemd unquotes the first word, expands its
+ * specifiers, and refuses an executable path with quotes, a backslash or
+ * control characters; a line that is not UTF-8 it drops altogether.  It
+ * never expands variables in the executable path, only in the arguments,
+ * argv[0] (a copy of the path) included.  So a path with a '$' is written
+ * "@PATH ARGV0": PATH with its '$' as is, ARGV0 with it doubled.
+ * NULL in *ret_why, or why the path cannot be written. */
+static int systemd_exec_path(const char *s, char **ret, const char **ret_why)
+{
+	*ret_why = NULL;
+	if (!valid_utf8((const unsigned char *)s))
+		*ret_why = "is not valid UTF-8 (systemd ignores a unit line that is not)";
+	else if (has_control(s))
+		*ret_why = "contains control characters (systemd refuses them in a command)";
+	else if (strpbrk(s, "\"'\\"))
+		*ret_why = "contains a quote or a backslash (systemd refuses them in the path of a command)";
+	if (*ret_why)
+		return -EINVAL;
+	sbuf b = { 0 };
+	if (strchr(s, '$')) {
+		sb_addc(&b, '@');
+		systemd_word(&b, s, false);
+		sb_addc(&b, ' ');
+		systemd_word(&b, s, true);
+	} else {
+		systemd_word(&b, s, false);
+	}
 	*ret = sb_take(&b);
 	return *ret ? 0 : -ENOMEM;
 }
@@ -586,6 +613,19 @@ static void svc_free(svc *s)
 	free(s->daemon);
 }
 
+/* A test hook's value (NULL if unset or empty); always NULL without the
+ * test hooks. */
+static const char *test_hook_env(const char *name)
+{
+#if ANES_TEST_HOOKS
+	const char *v = getenv(name);
+	return v && *v ? v : NULL;
+#else
+	(void)name;
+	return NULL;
+#endif
+}
+
 static const char *env_abs(const char *name)
 {
 	const char *v = getenv(name);
@@ -600,15 +640,15 @@ static int svc_init(svc *s, svc_kind kind, const char *root, const char *socket_
 #else
 	const svc_kind native = KIND_SYSTEMD;
 #endif
+	const char *systemctl = test_hook_env("ANESHARE_SYSTEMCTL");
+	const char *launchctl = test_hook_env("ANESHARE_LAUNCHCTL");
 	s->kind = kind;
-	s->native = kind == native;
+	s->native = kind == native || (kind == KIND_SYSTEMD ? systemctl : launchctl) != NULL;
 	s->start = s->native && !root && !s->dry_run;
 	s->files = kind == KIND_SYSTEMD ? systemd_files : launchd_files;
 	s->n_files = kind == KIND_SYSTEMD ? 2 : 1;
-	s->systemctl = getenv("ANESHARE_SYSTEMCTL") && *getenv("ANESHARE_SYSTEMCTL")
-	             ? getenv("ANESHARE_SYSTEMCTL") : "systemctl";
-	s->launchctl = getenv("ANESHARE_LAUNCHCTL") && *getenv("ANESHARE_LAUNCHCTL")
-	             ? getenv("ANESHARE_LAUNCHCTL") : "launchctl";
+	s->systemctl = systemctl ? systemctl : "systemctl";
+	s->launchctl = launchctl ? launchctl : "launchctl";
 	snprintf(s->domain, sizeof s->domain, "gui/%u", (unsigned)getuid());
 	snprintf(s->target, sizeof s->target, "%s/%s", s->domain, LAUNCHD_LABEL);
 
@@ -667,7 +707,11 @@ static int svc_render(const svc *s, char **texts)
 	int r;
 	const char *what = "the daemon's path";
 	if (s->kind == KIND_SYSTEMD) {
-		r = systemd_word(s->daemon, &daemon);
+		const char *why;
+		r = systemd_exec_path(s->daemon, &daemon, &why);
+		if (r == -EINVAL)
+			return fail("the daemon's path %s %s: install or link aneshared elsewhere and pass "
+			            "--daemon PATH", s->daemon, why);
 		if (r == 0)
 			r = systemd_uri_path(ANES_DOCDIR, &docdir);
 	} else {
@@ -772,10 +816,24 @@ static bool launchd_loaded(const svc *s)
 	return r == 0;
 }
 
+static void sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* launchctl's exit status when bootstrap runs while a bootout of the same
+ * service is still being torn down ("Bootstrap failed: 5: Input/output
+ * error"); it succeeds once launchd has finished. */
+#define LAUNCHCTL_EIO 5
+#define BOOTSTRAP_TRIES 6     /* waits of 100, 200, 400, 800, 1600 ms: 3.1 s in all */
+
 static int launchd_start(const svc *s)
 {
 	char *out = NULL;
 	int r;
+	bool booted_out = false;
 	if (launchd_loaded(s)) {
 		/* Reload: the running agent has the old plist. */
 		char *bootout[] = { (char *)s->launchctl, "bootout", (char *)s->target, NULL };
@@ -783,10 +841,20 @@ static int launchd_start(const svc *s)
 		free(out);
 		if (r != 0)
 			return fail("could not unload the running agent %s (see above)", s->target);
+		booted_out = true;
 	}
 	char *bootstrap[] = { (char *)s->launchctl, "bootstrap", (char *)s->domain, s->paths[0], NULL };
-	r = run_verbose(bootstrap, &out);
-	free(out);
+	unsigned wait_ms = 100;
+	for (int i = 0;; i++) {
+		r = run_verbose(bootstrap, &out);
+		free(out);
+		out = NULL;
+		if (r != LAUNCHCTL_EIO || !booted_out || i + 1 == BOOTSTRAP_TRIES)
+			break;
+		printf("    launchd is still unloading the old agent: trying again in %u ms\n", wait_ms);
+		sleep_ms(wait_ms);
+		wait_ms *= 2;
+	}
 	if (r != 0) {
 		fail("launchctl bootstrap failed (see above); the agent is in %s.\n"
 		     "Outside a graphical login session (e.g. over ssh) there is no %s domain: "
@@ -883,6 +951,25 @@ out:
 
 /* ---- uninstall ------------------------------------------------------------ */
 
+/* path is a socket file nothing listens on: launchd's, left behind when the
+ * agent was unloaded (launchd does not remove a SockPathName). */
+static bool stale_socket(const char *path)
+{
+	struct stat st;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_uid != geteuid() ||
+	    strlen(path) >= sizeof sa.sun_path)
+		return false;
+	memcpy(sa.sun_path, path, strlen(path));
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (fd < 0)
+		return false;
+	(void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+	bool stale = connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno == ECONNREFUSED;
+	close(fd);
+	return stale;
+}
+
 static int cmd_uninstall(svc *s)
 {
 	bool present[2] = { false, false }, any = false;
@@ -906,6 +993,8 @@ static int cmd_uninstall(svc *s)
 				printf("would remove %s\n", s->paths[i]);
 		if (wants_link)
 			printf("would remove %s\n", wants);
+		if (s->kind == KIND_LAUNCHD && exists(s->sock))
+			printf("would remove %s (if nothing listens on it)\n", s->sock);
 		if (!any)
 			printf("nothing installed in %s\n", s->dir);
 		free(wants);
@@ -945,6 +1034,12 @@ static int cmd_uninstall(svc *s)
 			printf("removed %s\n", wants);
 	}
 	free(wants);
+	if (s->kind == KIND_LAUNCHD && stale_socket(s->sock)) {
+		if (unlink(s->sock) < 0 && errno != ENOENT)
+			rc = fail("cannot remove %s: %s", s->sock, strerror(errno));
+		else
+			printf("removed %s\n", s->sock);
+	}
 	if (s->start && s->kind == KIND_SYSTEMD && any) {
 		char *reload[] = { (char *)s->systemctl, "--user", "daemon-reload", NULL };
 		run_verbose(reload, &out);

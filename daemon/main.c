@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sysexits.h>   /* EX_CONFIG (78): a bad option or configuration; the service
+                           definitions do not restart the daemon after it */
 #include <unistd.h>
 
 #include "anes_config.h"
@@ -94,14 +96,14 @@ int main(int argc, char **argv)
 	int r = anes_options_parse(&opts, argc, argv);
 	if (r != 0) {
 		anes_options_free(&opts);
-		return r > 0 ? 0 : 2;
+		return r > 0 ? 0 : EX_CONFIG;
 	}
 	anes_server_config cfg = opts.cfg;
 	if (strcmp(opts.backend, "cpu") != 0 && strcmp(opts.backend, "ane") != 0 &&
 	    strcmp(opts.backend, "auto") != 0) {
 		fprintf(stderr, "aneshared: unknown backend \"%s\" (available: cpu, ane, auto)\n", opts.backend);
 		anes_options_free(&opts);
-		return 2;
+		return EX_CONFIG;
 	}
 
 	/* Peers that vanish must not kill the daemon; writes see EPIPE. */
@@ -190,7 +192,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "aneshared: %s\n", err[0] ? err : strerror(-r));
 		backend->ops->destroy(backend);
 		anes_options_free(&opts);
-		return 1;
+		/* Limits that do not fit together, a socket path too long or in a
+		 * directory that is not private: nothing a restart can mend. */
+		return r == -EINVAL || r == -ENAMETOOLONG || r == -ENOTDIR || r == -EPERM ? EX_CONFIG : 1;
 	}
 	fprintf(stderr, "aneshared: %s listening on %s (backend %s, pid %ld)\n", ANES_VERSION,
 	        anes_server_socket_path(srv), backend->ops->name, (long)getpid());

@@ -44,7 +44,7 @@ typedef struct anes_options {
 
 /* Fill o from argv and the configuration file.  Returns 0 when the daemon
  * should run, 1 when it should exit 0 (--help, --version: printed to stdout),
- * or -EINVAL after printing a one-line reason to stderr (exit 2).  o must be
+ * or -EINVAL after printing a one-line reason to stderr (exit 78, EX_CONFIG).  o must be
  * freed with anes_options_free in every case. */
 int anes_options_parse(anes_options *o, int argc, char **argv);
 void anes_options_free(anes_options *o);

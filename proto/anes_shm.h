@@ -16,13 +16,13 @@
  *              missing (Linux) create and lookup return -ENOTSUP.
  *
  * Selection (anes_shm_default): memfd on Linux, iosurface elsewhere.  In
- * builds without NDEBUG (debug and test builds only) two environment
- * variables exist for the tests:
+ * builds with the test hooks (meson -Dtest_hooks=true, off by default; the
+ * builds of scripts/test.sh) two environment variables exist for the tests:
  *   ANESHARE_SURFACES=memfd|iosurface     overrides the choice;
  *   ANESHARE_IOSURFACE_LIB=PATH           is dlopen()ed in place of both
  *                                         IOSurface.framework and
  *                                         CoreFoundation (tests/fake_iosurface.c).
- * Release builds ignore both.  docs/security.md explains what naming
+ * Other builds ignore both.  docs/security.md explains what naming
  * surfaces by a global ID exposes.
  */
 #ifndef ANES_SHM_H

@@ -65,6 +65,8 @@ build() {
 	if [ ! -f "$dir/build.ninja" ]; then
 		say "configuring $dir"
 		meson setup "$dir" "$ROOT" "$@" >/dev/null
+	elif [ $# -gt 0 ]; then
+		meson configure "$dir" "$@" >/dev/null   # a build dir made before an option was added
 	fi
 	say "building $dir"
 	ninja -C "$dir" >/dev/null

@@ -2,9 +2,10 @@
 /*
  * A fake IOSurface.framework + CoreFoundation subset, for the IOSurface
  * surface backend (proto/anes_shm.c) on Linux.  Built as a loadable module;
- * debug builds load it instead of the frameworks when ANESHARE_IOSURFACE_LIB
- * names it (with ANESHARE_SURFACES=iosurface).  The real daemon and the real
- * client library then run their IOSurface code paths against it.
+ * builds with the test hooks (-Dtest_hooks=true) load it instead of the
+ * frameworks when ANESHARE_IOSURFACE_LIB names it (with
+ * ANESHARE_SURFACES=iosurface).  The real daemon and the real client library
+ * then run their IOSurface code paths against it.
  *
  * Surfaces are shared between processes through a directory,
  * $ANESHARE_FAKE_IOSURFACE_DIR:

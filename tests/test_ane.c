@@ -1146,6 +1146,6 @@ ANE_TEST(daemon_backend_unknown_name)
 	start_daemon(&d, "gpu");
 	read_until(&d, NULL);
 	int status = wait_exit(&d);
-	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "status 0x%x; stderr:\n%s", status, d.out);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 78, "status 0x%x; stderr:\n%s", status, d.out);
 	cr_assert(strstr(d.out, "gpu"), "stderr:\n%s", d.out);
 }

@@ -2,8 +2,8 @@
 /*
  * Surfaces named by IOSurface ID (issue 5, point 2), on Linux: the real
  * aneshared and libaneshare run their IOSurface code paths (proto/anes_shm.c)
- * against tests/fake_iosurface.c, which the debug-build hooks load in place
- * of IOSurface.framework and CoreFoundation:
+ * against tests/fake_iosurface.c, which the test hooks (-Dtest_hooks=true)
+ * load in place of IOSurface.framework and CoreFoundation:
  *   ANESHARE_SURFACES=iosurface ANESHARE_IOSURFACE_LIB=$FAKE_IOSURFACE_LIB
  *   ANESHARE_FAKE_IOSURFACE_DIR=<private dir>   (where the fake keeps surfaces)
  * The daemon inherits them from the test process.  Criterion runs each test
@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "anes_config.h"
 #include "anes_proto.h"
 #include "anes_shm.h"
 #include "aneshare.h"
@@ -29,8 +30,9 @@ static char fake_dir[128];
 
 static void env_iosurface(void)
 {
-#ifdef NDEBUG
-	cr_skip_test("release build: the ANESHARE_SURFACES test hooks are compiled out");
+#if !ANES_TEST_HOOKS
+	cr_skip_test("built without -Dtest_hooks=true: ANESHARE_SURFACES and ANESHARE_IOSURFACE_LIB "
+	             "are compiled out, so the fake IOSurface library cannot be loaded");
 #endif
 	const char *lib = getenv("FAKE_IOSURFACE_LIB");
 	cr_assert(lib && *lib, "FAKE_IOSURFACE_LIB is not set (run through meson test)");
@@ -425,6 +427,24 @@ Test(iosurface, worker_restart_reshares_by_id, .init = setup_worker, .fini = tea
 }
 
 /* ---- without the hooks: Linux as it is --------------------------------------------------- */
+
+/* A build without the test hooks loads nothing named by the environment. */
+Test(iosurface, hooks_compiled_out_ignore_the_environment)
+{
+#if ANES_TEST_HOOKS
+	cr_skip_test("built with -Dtest_hooks=true: this checks a build without them");
+#elif defined(__APPLE__)
+	cr_skip_test("on macOS the real IOSurface.framework is the default: nothing tells it from the fake");
+#endif
+	const char *lib = getenv("FAKE_IOSURFACE_LIB");
+	cr_assert(lib && *lib, "FAKE_IOSURFACE_LIB is not set (run through meson test)");
+	setenv("ANESHARE_SURFACES", "iosurface", 1);
+	setenv("ANESHARE_IOSURFACE_LIB", lib, 1);
+	cr_assert_str_eq(anes_shm_default()->name, "memfd");
+	anes_shm *h = NULL;
+	cr_assert_eq(anes_shm_iosurface_ops()->create(4096, &h), -ENOTSUP,
+	             "the IOSurface backend loaded %s", lib);
+}
 
 Test(iosurface, linux_default_is_memfd)
 {

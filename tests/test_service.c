@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anes_config.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
 
@@ -38,6 +39,16 @@ TestSuite(plist);
 TestSuite(cli, .timeout = 90);
 
 /* ---- small helpers ---------------------------------------------------------- */
+
+/* Tests that replace systemctl or launchctl need the test hooks: without
+ * them the CLI would run the real ones, for the real user. */
+static void needs_test_hooks(void)
+{
+#if !ANES_TEST_HOOKS
+	cr_skip_test("built without -Dtest_hooks=true: $ANESHARE_SYSTEMCTL/$ANESHARE_LAUNCHCTL are "
+	             "compiled out, and the real service manager must not be run from a test");
+#endif
+}
 
 static const char *exe_env(const char *name)
 {
@@ -504,8 +515,10 @@ Test(activation, installed_units_run_socket_activated)
 		{ "socket", "SocketMode", "0600" },
 		{ "socket", "DirectoryMode", "0700" },
 		{ "service", "Restart", "on-failure" },
+		{ "service", "RestartPreventExitStatus", "78" },   /* EX_CONFIG */
+		{ "service", "LimitNOFILE", "65536" },
 	};
-	for (size_t i = 0; i < 3; i++) {
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
 		char *v = unit_value(want[i][0][1] == 'o' ? sock_text : svc_text, want[i][1]);
 		cr_assert(v && !strcmp(v, want[i][2]), "%s=%s in the %s unit, not %s", want[i][1], v,
 		          want[i][0], want[i][2]);
@@ -912,13 +925,19 @@ static void check_agent(const pv *root, const char *daemon, const char *sock, co
 	pv *mode = pv_get(listeners, "SockPathMode");
 	cr_assert(mode && mode->t == PV_INT && mode->i == 0600, "SockPathMode is not 384 (0600)");
 
+	/* Restarted after a crash only: launchd ORs the KeepAlive conditions, so
+	 * SuccessfulExit = false would restart an exit 78 (EX_CONFIG) too. */
 	pv *keep = pv_get(root, "KeepAlive");
-	cr_assert(keep, "no KeepAlive");
-	cr_assert(keep->t == PV_BOOL || keep->t == PV_DICT);
-	if (keep->t == PV_DICT) {
-		pv *se = pv_get(keep, "SuccessfulExit");
-		cr_assert(se && se->t == PV_BOOL && se->i == 0, "KeepAlive: restart after a crash only");
-	}
+	cr_assert(keep && keep->t == PV_DICT && keep->n == 1, "KeepAlive: a dict with Crashed only");
+	pv *crashed = pv_get(keep, "Crashed");
+	cr_assert(crashed && crashed->t == PV_BOOL && crashed->i == 1, "KeepAlive: Crashed = true");
+	pv *throttle = pv_get(root, "ThrottleInterval");
+	cr_assert(throttle && throttle->t == PV_INT && throttle->i >= 1, "no ThrottleInterval");
+	cr_assert_str_eq(pv_str(root, "ProcessType"), "Standard");
+	pv *soft = pv_get(root, "SoftResourceLimits");
+	cr_assert(soft && soft->t == PV_DICT, "no SoftResourceLimits");
+	pv *nofile = pv_get(soft, "NumberOfFiles");
+	cr_assert(nofile && nofile->t == PV_INT && nofile->i == 10240, "NumberOfFiles: OPEN_MAX (10240)");
 	char *want;
 	cr_assert(asprintf(&want, "%s/aneshared.log", logdir) >= 0);
 	cr_assert_str_eq(pv_str(root, "StandardErrorPath"), want);
@@ -1245,6 +1264,7 @@ static char *fake_systemctl(const char *dir, const char *behaviour)
 
 Test(cli, runs_systemctl_for_the_user)
 {
+	needs_test_hooks();
 	char dir[256];
 	make_tmpdir(dir, sizeof dir);
 	char *ctl = fake_systemctl(dir, "case \"$2\" in is-enabled) echo enabled;; is-active) echo active;; esac");
@@ -1305,6 +1325,7 @@ Test(cli, runs_systemctl_for_the_user)
 
 Test(cli, without_user_systemd_leaves_files_and_says_so)
 {
+	needs_test_hooks();
 	char dir[256];
 	make_tmpdir(dir, sizeof dir);
 	char *ctl = fake_systemctl(dir, "echo 'Failed to connect to bus: No medium found' >&2\nexit 1");
@@ -1364,6 +1385,314 @@ Test(cli, odd_daemon_path_is_quoted_for_systemd)
 	free(unit);
 	free(daemon);
 	free(odd);
+	rm_rf(dir);
+}
+
+/* systemd-analyze verify FILE: systemd's own parser on a unit file (it
+ * also checks that the command's path is an executable).  Returns the exit
+ * status, or -1 if systemd-analyze is not installed. */
+static int sd_verify(const char *unit, char **out)
+{
+	if (!in_path("systemd-analyze"))
+		return -1;
+	const char *argv[] = { "systemd-analyze", "verify", unit, NULL };
+	return run_cmd(out, NULL, argv);
+}
+
+/* Install the units under root for daemon; the text of aneshare.service. */
+static char *install_units(const char *root, const char *daemon, int want_rc, char **out)
+{
+	int rc = cli(out, NULL, "service", "install", "--root", root, "--daemon", daemon, NULL);
+	cr_assert_eq(rc, want_rc, "install --daemon '%s' exited %d:\n%s", daemon, rc, *out);
+	char *unit = path_join(root, ".config/systemd/user/aneshare.service");
+	char *text = tu_read_file(unit);
+	free(unit);
+	return text;
+}
+
+/* systemd takes the executable's path literally: no variables are expanded
+ * in it, so a '$' stays single there; argv[0], an argument, has it doubled. */
+Test(cli, dollar_in_daemon_path)
+{
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	char *odd = path_join(dir, "a$b ${HOME} 50%");
+	cr_assert_eq(mkdir(odd, 0755), 0);
+	char *daemon = path_join(odd, "aneshared");
+	cr_assert_eq(symlink(exe_env("ANESHARED"), daemon), 0);
+	char *out = NULL;
+	char *text = install_units(dir, daemon, 0, &out);
+	free(out);
+	char *want;
+	cr_assert(asprintf(&want, "\nExecStart=@\"%s/a$b ${HOME} 50%%%%/aneshared\" "
+	                          "\"%s/a$$b $${HOME} 50%%%%/aneshared\" --socket %%t/aneshare/aneshare.sock\n",
+	                   dir, dir) >= 0);
+	cr_assert(text && strstr(text, want), "no \"%s\" in:\n%s", want + 1, text);
+	free(want);
+	free(text);
+
+	char *unit = path_join(dir, ".config/systemd/user/aneshare.service");
+	int rc = sd_verify(unit, &out);
+	if (rc < 0) {
+		free(unit);
+		rm_rf(dir);
+		cr_skip_test("the text is as systemd.service(5) reads it; systemd-analyze is not installed "
+		             "to check it with systemd's own parser");
+	}
+	cr_assert_eq(rc, 0, "systemd-analyze verify %s:\n%s", unit, out);
+	free(out);
+	out = NULL;
+	/* The control: the same check sees a path that does not exist. */
+	cr_assert_eq(unlink(daemon), 0);
+	rc = sd_verify(unit, &out);
+	cr_assert_neq(rc, 0, "systemd-analyze verify did not notice the missing daemon:\n%s", out);
+	free(out);
+	free(unit);
+	free(daemon);
+	free(odd);
+	rm_rf(dir);
+}
+
+/* What systemd would drop or refuse is refused at install, and nothing is
+ * written. */
+Test(cli, unit_refuses_what_systemd_cannot_run)
+{
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	const struct {
+		const char *name, *why;
+	} cases[] = {
+		{ "lat\xe9n", "is not valid UTF-8" },              /* Latin-1 */
+		{ "a\"b", "contains a quote or a backslash" },
+		{ "it's", "contains a quote or a backslash" },
+		{ "back\\slash", "contains a quote or a backslash" },
+		{ "tab\there", "contains control characters" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char *odd = path_join(dir, cases[i].name);
+		cr_assert_eq(mkdir(odd, 0755), 0, "mkdir %s: %s", odd, strerror(errno));
+		char *daemon = path_join(odd, "aneshared");
+		cr_assert_eq(symlink(exe_env("ANESHARED"), daemon), 0);
+		char *out = NULL;
+		char *text = install_units(dir, daemon, 1, &out);
+		cr_assert_null(text, "case %zu: a unit was written:\n%s", i, text);
+		cr_assert(strstr(out, cases[i].why), "case %zu: no \"%s\" in:\n%s", i, cases[i].why, out);
+		cr_assert(strstr(out, "--daemon PATH"), "case %zu: %s", i, out);
+		free(out);
+		free(daemon);
+		free(odd);
+	}
+	char *cfg = path_join(dir, ".config");
+	cr_assert(!file_exists(cfg), "files were written for a refused path");
+	free(cfg);
+	rm_rf(dir);
+}
+
+/* ---- the CLI with launchd, against a stand-in launchctl ------------------------ */
+
+/* A launchctl that logs its arguments and keeps the agent's state in files:
+ * DIR/loaded while the agent is loaded; bootstrap fails with status 5 ("Input/
+ * output error", as launchctl does while a bootout of the same service is
+ * still being torn down) as many times as DIR/eio holds lines, then loads. */
+static char *fake_launchctl(const char *dir)
+{
+	char *path = path_join(dir, "launchctl");
+	char *script;
+	cr_assert(asprintf(&script,
+	                   "#!/bin/sh\n"
+	                   "d='%s'\n"
+	                   "echo \"$*\" >> \"$d/calls\"\n"
+	                   "case \"$1\" in\n"
+	                   "print) [ -e \"$d/loaded\" ] || { echo \"Could not find service\" >&2; exit 113; } ;;\n"
+	                   "bootout) rm -f \"$d/loaded\" ;;\n"
+	                   "bootstrap)\n"
+	                   "  if [ -s \"$d/eio\" ]; then sed -i 1d \"$d/eio\"\n"
+	                   "    echo 'Bootstrap failed: 5: Input/output error' >&2; exit 5; fi\n"
+	                   "  : > \"$d/loaded\" ;;\n"
+	                   "esac\n",
+	                   dir) >= 0);
+	write_text(path, script, 0755);
+	free(script);
+	return path;
+}
+
+typedef struct launchd_env {
+	char *ctl, *e_ctl, *e_home, *sock, *calls, *eio, *loaded;
+	const char *env[3];
+} launchd_env;
+
+static void launchd_env_init(launchd_env *l, const char *dir)
+{
+	l->ctl = fake_launchctl(dir);
+	cr_assert(asprintf(&l->e_ctl, "ANESHARE_LAUNCHCTL=%s", l->ctl) >= 0);
+	cr_assert(asprintf(&l->e_home, "HOME=%s/home", dir) >= 0);
+	l->sock = path_join(dir, "s/aneshare.sock");
+	l->calls = path_join(dir, "calls");
+	l->eio = path_join(dir, "eio");
+	l->loaded = path_join(dir, "loaded");
+	l->env[0] = l->e_ctl;
+	l->env[1] = l->e_home;
+	l->env[2] = NULL;
+}
+
+static void launchd_env_free(launchd_env *l)
+{
+	free(l->ctl);
+	free(l->e_ctl);
+	free(l->e_home);
+	free(l->sock);
+	free(l->calls);
+	free(l->eio);
+	free(l->loaded);
+}
+
+/* The lines of the call log with the uid-dependent domain cut to "gui/U". */
+static char *calls_of(const launchd_env *l)
+{
+	char *log = tu_read_file(l->calls);
+	cr_assert(log, "launchctl was not run");
+	char dom[32];
+	snprintf(dom, sizeof dom, "gui/%u", (unsigned)getuid());
+	char *out = NULL;
+	size_t len = 0;
+	FILE *m = open_memstream(&out, &len);
+	for (const char *p = log; *p;) {
+		if (!strncmp(p, dom, strlen(dom))) {
+			fputs("gui/U", m);
+			p += strlen(dom);
+		} else {
+			fputc(*p++, m);
+		}
+	}
+	fclose(m);
+	free(log);
+	unlink(l->calls);
+	return out;
+}
+
+Test(cli, launchd_bootstrap_retried_after_bootout)
+{
+	needs_test_hooks();
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	launchd_env l;
+	launchd_env_init(&l, dir);
+	char *out = NULL;
+
+	/* A first install: not loaded, bootstrap works at once. */
+	int rc = cli(&out, l.env, "--socket", l.sock, "service", "install", "--launchd",
+	             "--daemon", exe_env("ANESHARED"), NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	free(out);
+	char *plist;
+	cr_assert(asprintf(&plist, "%s/home/Library/LaunchAgents/com.aneshare.aneshared.plist", dir) >= 0);
+	char *log = calls_of(&l), *want;
+	cr_assert(asprintf(&want, "print gui/U/com.aneshare.aneshared\nbootstrap gui/U %s\n", plist) >= 0);
+	cr_assert_str_eq(log, want);
+	free(want);
+	free(log);
+	cr_assert(file_exists(l.loaded));
+
+	/* Again, loaded: bootout, then bootstrap fails twice with 5 while launchd
+	 * tears the old one down, and works on the third try. */
+	write_text(l.eio, "1\n2\n", 0644);
+	rc = cli(&out, l.env, "--socket", l.sock, "service", "install", "--launchd",
+	         "--daemon", exe_env("ANESHARED"), NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	cr_assert(strstr(out, "trying again in 100 ms") && strstr(out, "trying again in 200 ms"), "%s", out);
+	cr_assert(strstr(out, "is loaded and listening on"), "%s", out);
+	free(out);
+	log = calls_of(&l);
+	cr_assert(asprintf(&want, "print gui/U/com.aneshare.aneshared\nbootout gui/U/com.aneshare.aneshared\n"
+	                          "bootstrap gui/U %s\nbootstrap gui/U %s\nbootstrap gui/U %s\n",
+	                   plist, plist, plist) >= 0);
+	cr_assert_str_eq(log, want);
+	free(want);
+	free(log);
+	cr_assert(file_exists(l.loaded));
+
+	/* Status 5 without a bootout before it is not that race: no retry. */
+	cr_assert_eq(unlink(l.loaded), 0);
+	write_text(l.eio, "1\n", 0644);
+	rc = cli(&out, l.env, "--socket", l.sock, "service", "install", "--launchd",
+	         "--daemon", exe_env("ANESHARED"), NULL);
+	cr_assert_eq(rc, 1, "%s", out);
+	cr_assert(strstr(out, "launchctl bootstrap failed"), "%s", out);
+	cr_assert_null(strstr(out, "trying again"), "%s", out);
+	free(out);
+	log = calls_of(&l);
+	cr_assert(asprintf(&want, "print gui/U/com.aneshare.aneshared\nbootstrap gui/U %s\n", plist) >= 0);
+	cr_assert_str_eq(log, want);
+	free(want);
+	free(log);
+
+	/* A bootstrap that keeps failing after a bootout is given up on. */
+	write_text(l.loaded, "", 0644);
+	write_text(l.eio, "1\n2\n3\n4\n5\n6\n7\n", 0644);
+	rc = cli(&out, l.env, "--socket", l.sock, "service", "install", "--launchd",
+	         "--daemon", exe_env("ANESHARED"), NULL);
+	cr_assert_eq(rc, 1, "%s", out);
+	cr_assert(strstr(out, "trying again in 1600 ms") && !strstr(out, "trying again in 3200 ms"), "%s", out);
+	free(out);
+	log = calls_of(&l);
+	size_t n = 0;
+	for (const char *p = log; (p = strstr(p, "bootstrap ")); p++)
+		n++;
+	cr_assert_eq(n, 6, "bootstrap ran %zu times:\n%s", n, log);
+	free(log);
+
+	free(plist);
+	launchd_env_free(&l);
+	rm_rf(dir);
+}
+
+/* Uninstall removes the socket file launchd bound (launchd leaves it), but
+ * never a socket something still listens on. */
+Test(cli, launchd_uninstall_removes_the_socket_file)
+{
+	needs_test_hooks();
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	launchd_env l;
+	launchd_env_init(&l, dir);
+	char *out = NULL;
+	int rc = cli(&out, l.env, "--socket", l.sock, "service", "install", "--launchd",
+	             "--daemon", exe_env("ANESHARE_CLI"), NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	free(out);
+
+	/* Live: a listener holds it (a daemon started by hand, say). */
+	int lfd = listen_unix(l.sock);
+	rc = cli(&out, l.env, "--socket", l.sock, "service", "uninstall", "--launchd", NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	free(out);
+	cr_assert(file_exists(l.sock), "uninstall removed a socket that is listened on");
+	char *log = calls_of(&l);
+	cr_assert(strstr(log, "bootout gui/U/com.aneshare.aneshared\n"), "%s", log);
+	free(log);
+
+	/* Left behind: nothing listens any more. */
+	close(lfd);
+	rc = cli(&out, l.env, "--socket", l.sock, "service", "install", "--launchd",
+	         "--daemon", exe_env("ANESHARE_CLI"), NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	free(out);
+	rc = cli(&out, l.env, "--socket", l.sock, "service", "uninstall", "--launchd", "--dry-run", NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	cr_assert(strstr(out, "would remove") && strstr(out, "aneshare.sock"), "%s", out);
+	free(out);
+	cr_assert(file_exists(l.sock));
+	rc = cli(&out, l.env, "--socket", l.sock, "service", "uninstall", "--launchd", NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	char *removed;
+	cr_assert(asprintf(&removed, "removed %s\n", l.sock) >= 0);
+	cr_assert(strstr(out, removed), "%s", out);
+	free(removed);
+	free(out);
+	cr_assert(!file_exists(l.sock), "the stale socket file is still there");
+	cr_assert(!file_exists(l.loaded));
+
+	launchd_env_free(&l);
 	rm_rf(dir);
 }
 
