@@ -893,6 +893,40 @@ ANE_TEST(parse_errors_pass_through)
 	refused("program(1.3) { func main<ios18>(", NULL, 0, -EINVAL, "line 1");
 }
 
+/* The examples written for a first run on a Mac use verified ops only: they
+ * compile with nothing logged and reach the framework as they are. */
+static char *read_source(const char *rel)
+{
+	/* relative to this file (meson runs tests in the build directory) */
+	char path[1024];
+	const char *src = __FILE__, *slash = strrchr(src, '/');
+	snprintf(path, sizeof path, "%.*s/../%s", slash ? (int)(slash - src) : 1, slash ? src : ".", rel);
+	FILE *f = fopen(path, "rb");
+	cr_assert_not_null(f, "cannot open %s", path);
+	char *t = malloc(1 << 20);
+	size_t n = fread(t, 1, (1 << 20) - 1, f);
+	cr_assert(n > 0 && n < (1 << 20) - 1, "%s: %zu bytes", path, n);
+	t[n] = '\0';
+	fclose(f);
+	return t;
+}
+
+ANE_TEST(the_smoke_examples_use_verified_ops_only)
+{
+	static const char *const files[] = {"examples/dynamic_matmul.mil", "examples/transformer_block_verified.mil"};
+	anes_ane_backend_set_log(B, capture_log, &n_logged);
+	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+		n_logged = 0;
+		char *text = read_source(files[i]);
+		fake_log_clear();
+		anes_bprogram *p = compile_ok(text, NULL, 0);
+		cr_assert_eq(n_logged, 0, "%s: %s", files[i], logged[0]);
+		cr_assert(strstr(fake_log_text(), data_str(text, strlen(text))), "%s was not sent as it is", files[i]);
+		B->ops->program_free(B, p);
+		free(text);
+	}
+}
+
 /* The rewritten gelu, run on the CPU backend, against the CPU backend's own
  * gelu over every fp16 value in [-16, 16].  The tanh form differs from the
  * exact (erf) gelu by at most 4.74e-4 (largest at x = -2.70); computed

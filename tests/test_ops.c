@@ -1567,16 +1567,16 @@ static char *read_example(const char *rel)
 	return t;
 }
 
-static void transformer_check(bool builtin)
+static void transformer_check(const char *example, bool builtin)
 {
 	if (builtin) {
 		B->ops->destroy(B);
 		setenv("ANESHARE_CPU_GEMM", "builtin", 1);
 		cr_assert_eq(anes_cpu_backend_new(2, &B), 0);
 	}
-	char *text = read_example("examples/transformer_block.mil");
+	char *text = read_example(example);
 	static tb_weights w;
-	cr_assert(tb_load(text, &w), "cannot read the weights from examples/transformer_block.mil");
+	cr_assert(tb_load(text, &w), "cannot read the weights from %s", example);
 	anes_bprogram *p = compile_ok(text);
 	cr_assert_eq(p->functions[0].n_inputs, 1);
 	cr_assert_eq(p->functions[0].inputs[0].bytes, TB_D * TB_S * 2);
@@ -1595,7 +1595,7 @@ static void transformer_check(bool builtin)
 		err = fmax(err, fabs(h2d(y[i]) - ref[i]));
 	}
 	cr_assert(mx > 0.5, "degenerate reference");
-	cr_assert(err / mx <= 5e-3, "transformer block: max error %g of max |ref| %g", err, mx);
+	cr_assert(err / mx <= 5e-3, "%s: max error %g of max |ref| %g", example, err, mx);
 	B->ops->program_free(B, p);
 	free(text);
 	free(v);
@@ -1604,10 +1604,17 @@ static void transformer_check(bool builtin)
 
 Test(ops, transformer_block)
 {
-	transformer_check(false);
+	transformer_check("examples/transformer_block.mil", false);
 }
 
 Test(ops, transformer_block_builtin_gemm)
 {
-	transformer_check(true);
+	transformer_check("examples/transformer_block.mil", true);
+}
+
+/* the same block written with verified ops only (attention decomposed, an
+ * additive mask, fp16 MLP weights), against the same fp32 reference */
+Test(ops, transformer_block_verified)
+{
+	transformer_check("examples/transformer_block_verified.mil", false);
 }
