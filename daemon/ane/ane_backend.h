@@ -21,7 +21,9 @@
 /* Smallest IOSurface allocation handed to the ANE (surfaces are padded up to
  * it; public projects report rejections (status 0x1d) below ~48 KiB). */
 #define ANES_ANE_MIN_SURFACE_BYTES 49152u
-/* Row stride alignment of the ANE's [1, C, 1, S] fp16 I/O layout. */
+/* A row (S elements) of [1, C, 1, S] I/O must be a multiple of this many
+ * bytes: conservative, because the public record disagrees on whether the
+ * ANE pads rows (docs/ane.md, "What is refused"). */
 #define ANES_ANE_ROW_ALIGN 64u
 
 /* Create an ANE backend on top of bridge (borrowed: it must outlive the
