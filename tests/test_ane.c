@@ -927,6 +927,47 @@ ANE_TEST(the_smoke_examples_use_verified_ops_only)
 	}
 }
 
+/* Every probe of examples/ane_probe (the op table of a first run on a Mac)
+ * passes this backend's own checks, so that the table shows what the
+ * framework does, not what aneshare refuses. */
+ANE_TEST(every_op_probe_reaches_the_framework)
+{
+	const char *exe = ANES_ANE_PROBE_EXE;
+	char cmd[1200];
+	if (!exe[0] || access(exe, X_OK) != 0) {
+		fprintf(stderr, "every_op_probe_reaches_the_framework: skipped: no ane_probe in this build\n");
+		return;
+	}
+	anes_ane_backend_set_log(B, capture_log, &n_logged);
+	n_logged = 0;
+	snprintf(cmd, sizeof cmd, "'%s' --print-probes", exe);
+	FILE *f = popen(cmd, "r");
+	cr_assert_not_null(f);
+	static char all[1 << 20];
+	size_t len = fread(all, 1, sizeof all - 1, f);
+	cr_assert_eq(pclose(f), 0);
+	all[len] = '\0';
+	int n = 0;
+	for (char *p = strstr(all, "// probe "); p; n++) {
+		char *next = strstr(p + 1, "// probe ");
+		char *text = strstr(p, "program(");
+		cr_assert_not_null(text);
+		size_t tl = next ? (size_t)(next - text) : strlen(text);
+		char name[80];
+		sscanf(p, "// probe %79[^\n]", name);
+		anes_bprogram *prog = NULL;
+		fake_log_clear();
+		int rc = B->ops->compile(B, text, tl, NULL, 0, &prog, errbuf, sizeof errbuf);
+		cr_assert_eq(rc, 0, "probe %s: %s\n%.*s", name, errbuf, (int)tl, text);
+		cr_assert(strstr(fake_log_text(), "compileWithQoS:"), "probe %s did not reach the framework", name);
+		B->ops->program_free(B, prog);
+		p = next;
+	}
+	cr_assert_eq(n, 49, "%d probes", n);
+	/* one line for each probe of an unverified op (gelu is rewritten) */
+	cr_assert_eq(n_logged, 32, "%d lines logged", n_logged);
+}
+
 /* The rewritten gelu, run on the CPU backend, against the CPU backend's own
  * gelu over every fp16 value in [-16, 16].  The tanh form differs from the
  * exact (erf) gelu by at most 4.74e-4 (largest at x = -2.70); computed
