@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* A fake Objective-C runtime behind an anes_ane_bridge (see ane_fake.h). */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,9 @@ struct anes_objc_object {
 	bool constant;                /* classes and keys: never counted or freed */
 	struct anes_objc_object *all_next;
 	/* payload */
-	char *str;                    /* K_STRING, K_KEY, K_ERROR (description) */
+	char *str;                    /* K_STRING, K_KEY; K_ERROR: localized description or NULL */
+	char *domain;                 /* K_ERROR */
+	long code;                    /* K_ERROR */
 	uint8_t *bytes;               /* K_DATA */
 	size_t len;
 	unsigned long long num;       /* K_NUMBER */
@@ -55,8 +58,21 @@ struct anes_iosurface {
 static anes_id all_objects;
 static struct anes_iosurface *all_surfaces;
 static struct anes_objc_selector *all_sels;
-static anes_id *pool_stack;      /* autoreleased objects; NULL entries mark pools */
-static size_t pool_n, pool_cap;
+/* Autorelease pools are per thread, as in the real runtime: each thread has
+ * its own stack of autoreleased objects, NULL entries marking pools. */
+typedef struct tpool {
+	anes_id *stack;
+	size_t n, cap;
+	struct tpool *next;
+} tpool;
+static tpool *all_pools;
+static unsigned pool_gen;                    /* bumped by fake_reset */
+static _Thread_local tpool *my_pool;
+static _Thread_local unsigned my_pool_gen;
+
+/* One lock for the whole fake: every bridge entry point takes it (the real
+ * runtime is thread-safe); evaluate drops it while the model computes. */
+static pthread_mutex_t fake_mu = PTHREAD_MUTEX_INITIALIZER;
 static unsigned serials[16];
 static unsigned surface_serial;
 
@@ -113,6 +129,10 @@ static bool fail_here(const char *what)
 {
 	long i = fk.n_failable++;
 	bool by_name = fk.fail_name && !fk.failed_call[0] && strcmp(fk.fail_name, what) == 0;
+	if (fk.failed_call[0] && fk.fail_again > 0 && strcmp(fk.failed_call, what) == 0) {
+		fk.fail_again--;
+		return true;
+	}
 	if (i != fk.fail_at && !by_name)
 		return false;
 	snprintf(fk.failed_call, sizeof fk.failed_call, "%s", what);
@@ -210,17 +230,29 @@ static anes_id obj_retain(anes_id o)
 	return o;
 }
 
+static tpool *this_pool(void)
+{
+	if (!my_pool || my_pool_gen != pool_gen) {
+		my_pool = xcalloc(1, sizeof *my_pool);
+		my_pool->next = all_pools;
+		all_pools = my_pool;
+		my_pool_gen = pool_gen;
+	}
+	return my_pool;
+}
+
 static anes_id autorelease(anes_id o)
 {
-	if (o && !pool_n)
-		misuse("%s #%u autoreleased with no pool in place (leaks)", o->cls, o->serial);
-	if (pool_n == pool_cap) {
-		pool_cap = pool_cap ? 2 * pool_cap : 64;
-		pool_stack = realloc(pool_stack, pool_cap * sizeof *pool_stack);
-		if (!pool_stack)
+	tpool *t = this_pool();
+	if (o && !t->n)
+		misuse("%s #%u autoreleased with no pool in place on this thread (leaks)", o->cls, o->serial);
+	if (t->n == t->cap) {
+		t->cap = t->cap ? 2 * t->cap : 64;
+		t->stack = realloc(t->stack, t->cap * sizeof *t->stack);
+		if (!t->stack)
 			abort();
 	}
-	pool_stack[pool_n++] = o;
+	t->stack[t->n++] = o;
 	return o;
 }
 
@@ -235,6 +267,28 @@ static anes_id new_string(const char *s)
 	anes_id o = factory(K_STRING, "NSString");
 	o->str = xstrdup(s);
 	return o;
+}
+
+/* -[NSError description] and -localizedDescription, in Foundation's format */
+const char *fake_nserror_text(bool description, const char *domain, long code, const char *localized,
+                              char *buf, size_t len)
+{
+	if (!description && localized)
+		snprintf(buf, len, "%s", localized);
+	else if (!description)
+		snprintf(buf, len, "The operation couldn\u2019t be completed. (%s error %ld.)", domain, code);
+	else if (localized)
+		snprintf(buf, len, "Error Domain=%s Code=%ld \"%s\" UserInfo={NSLocalizedDescription=%s}", domain,
+		         code, localized, localized);
+	else
+		snprintf(buf, len, "Error Domain=%s Code=%ld \"(null)\"", domain, code);
+	return buf;
+}
+
+static void f_sleep_ms(unsigned ms)
+{
+	log_add("sleep %u ms", ms);
+	fk.slept_ms += ms;
 }
 
 /* ---- rendering ---- */
@@ -395,24 +449,25 @@ static void *f_pool_push(void)
 {
 	fk.pool_depth++;
 	autorelease(NULL);                       /* a NULL entry marks the pool */
-	return (void *)(uintptr_t)pool_n;        /* token: index just past the marker */
+	return (void *)(uintptr_t)this_pool()->n;   /* token: index just past the marker */
 }
 
 static void f_pool_pop(void *token)
 {
 	size_t mark = (size_t)(uintptr_t)token;
-	if (mark == 0 || mark > pool_n || pool_stack[mark - 1] != NULL) {
-		misuse("objc_autoreleasePoolPop with a bad token");
+	tpool *t = this_pool();
+	if (mark == 0 || mark > t->n || t->stack[mark - 1] != NULL) {
+		misuse("objc_autoreleasePoolPop with a bad token (not a pool of this thread?)");
 		return;
 	}
-	for (size_t i = mark; i < pool_n; i++)
-		if (!pool_stack[i]) {
-			misuse("objc_autoreleasePoolPop of a pool that is not the innermost");
+	for (size_t i = mark; i < t->n; i++)
+		if (!t->stack[i]) {
+			misuse("objc_autoreleasePoolPop of a pool that is not the innermost of this thread");
 			return;
 		}
-	while (pool_n > mark)
-		obj_release(pool_stack[--pool_n]);
-	pool_n--;                                /* the marker */
+	while (t->n > mark)
+		obj_release(t->stack[--t->n]);
+	t->n--;                                  /* the marker */
 	fk.pool_depth--;
 }
 
@@ -493,7 +548,7 @@ static void check_model_files(anes_id model)
 	}
 }
 
-static void default_eval(const fake_view *in, size_t n_in, fake_view *out, size_t n_out)
+void default_eval_for_test(const fake_view *in, size_t n_in, fake_view *out, size_t n_out)
 {
 	for (size_t k = 0; k < n_out; k++) {
 		if (n_in)
@@ -529,7 +584,12 @@ static void evaluate(anes_id request)
 		free(in);
 		return;
 	}
-	(fk.on_evaluate ? fk.on_evaluate : default_eval)(in, n_in, out, n_out);
+	/* the model computes without the fake's lock, as the device would:
+	 * evaluations of other programs may run at the same time */
+	fake_eval_fn fn = fk.on_evaluate ? fk.on_evaluate : default_eval_for_test;
+	pthread_mutex_unlock(&fake_mu);
+	fn(in, n_in, out, n_out);
+	pthread_mutex_lock(&fake_mu);
 	fk.evaluations++;
 	free(in);
 	free(out);
@@ -540,7 +600,9 @@ static anes_objc_bool fail_bool(anes_id *err)
 {
 	if (err && !fk.fail_without_error) {
 		anes_id e = factory(K_ERROR, "NSError");
-		e->str = xstrdup(fk.error_text ? fk.error_text : "fake error");
+		e->str = fk.error_text ? xstrdup(fk.error_text) : NULL;
+		e->domain = xstrdup(fk.error_domain);
+		e->code = fk.error_code;
 		*err = e;
 	}
 	return 0;
@@ -557,8 +619,12 @@ static anes_id f_send(anes_id self, anes_sel op)
 		return obj_retain(self);
 	if (is_sel(op, "dictionary") && is_class(self, "NSMutableDictionary"))
 		return fail_here("dictionary") ? NULL : factory(K_DICT, "NSMutableDictionary");
-	if (is_sel(op, "localizedDescription") && self->kind == K_ERROR)
-		return new_string(self->str);
+	if (self->kind == K_ERROR && (is_sel(op, "localizedDescription") || is_sel(op, "description"))) {
+		char buf[2048];
+		fake_nserror_text(is_sel(op, "description"), self->domain, self->code, self->str, buf,
+		                  sizeof buf);
+		return new_string(buf);
+	}
 	if (is_sel(op, "hexStringIdentifier") && self->kind == K_MODEL) {
 		log_add("%s hexStringIdentifier", r(self, &b));
 		return fail_here("hexStringIdentifier") ? NULL
@@ -962,6 +1028,218 @@ static size_t f_surface_alloc_size(anes_iosurface s)
 	return s->size;
 }
 
+/* ---- the bridge: every entry point under the fake's lock ---- */
+static anes_id l_get_class(const char *name)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_get_class(name);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_sel l_sel_register(const char *name)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_sel r = f_sel_register(name);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static void *l_pool_push(void)
+{
+	pthread_mutex_lock(&fake_mu);
+	void *r = f_pool_push();
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static void l_pool_pop(void *token)
+{
+	pthread_mutex_lock(&fake_mu);
+	f_pool_pop(token);
+	pthread_mutex_unlock(&fake_mu);
+}
+
+static anes_id l_send(anes_id self, anes_sel op)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_send(self, op);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_id l_send_id(anes_id self, anes_sel op, anes_id a)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_send_id(self, op, a);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_id l_send_id3(anes_id self, anes_sel op, anes_id a, anes_id b, anes_id c)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_send_id3(self, op, a, b, c);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_id l_send_id7(anes_id self, anes_sel op, anes_id a, anes_id b, anes_id c, anes_id d, anes_id e, anes_id f, anes_id g)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_send_id7(self, op, a, b, c, d, e, f, g);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_id l_send_ptr(anes_id self, anes_sel op, const void *p)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_send_ptr(self, op, p);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_id l_send_ptr_ulong(anes_id self, anes_sel op, const void *p, unsigned long n)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_send_ptr_ulong(self, op, p, n);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_id l_send_ullong(anes_id self, anes_sel op, unsigned long long v)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_send_ullong(self, op, v);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static void l_send_void(anes_id self, anes_sel op)
+{
+	pthread_mutex_lock(&fake_mu);
+	f_send_void(self, op);
+	pthread_mutex_unlock(&fake_mu);
+}
+
+static void l_send_void_id_id(anes_id self, anes_sel op, anes_id a, anes_id b)
+{
+	pthread_mutex_lock(&fake_mu);
+	f_send_void_id_id(self, op, a, b);
+	pthread_mutex_unlock(&fake_mu);
+}
+
+static const char *l_send_cstr(anes_id self, anes_sel op)
+{
+	pthread_mutex_lock(&fake_mu);
+	const char *r = f_send_cstr(self, op);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_objc_bool l_send_bool(anes_id self, anes_sel op)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_objc_bool r = f_send_bool(self, op);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_objc_bool l_send_bool_sel(anes_id self, anes_sel op, anes_sel s)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_objc_bool r = f_send_bool_sel(self, op, s);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_objc_bool l_send_bool_u32_id_err(anes_id self, anes_sel op, uint32_t qos, anes_id options, anes_id *err)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_objc_bool r = f_send_bool_u32_id_err(self, op, qos, options, err);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_objc_bool l_send_bool_u32_id_id_err(anes_id self, anes_sel op, uint32_t qos, anes_id options, anes_id request, anes_id *err)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_objc_bool r = f_send_bool_u32_id_id_err(self, op, qos, options, request, err);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_objc_bool l_send_bool_u32_err(anes_id self, anes_sel op, uint32_t qos, anes_id *err)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_objc_bool r = f_send_bool_u32_err(self, op, qos, err);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static anes_id l_temporary_directory(void)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_id r = f_temporary_directory();
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static void l_cf_release(const void *cf)
+{
+	pthread_mutex_lock(&fake_mu);
+	f_cf_release(cf);
+	pthread_mutex_unlock(&fake_mu);
+}
+
+static anes_iosurface l_surface_create(anes_id props)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_iosurface r = f_surface_create(props);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static int l_surface_lock(anes_iosurface s, uint32_t options, uint32_t *seed)
+{
+	pthread_mutex_lock(&fake_mu);
+	int r = f_surface_lock(s, options, seed);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static int l_surface_unlock(anes_iosurface s, uint32_t options, uint32_t *seed)
+{
+	pthread_mutex_lock(&fake_mu);
+	int r = f_surface_unlock(s, options, seed);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static void *l_surface_base(anes_iosurface s)
+{
+	pthread_mutex_lock(&fake_mu);
+	void *r = f_surface_base(s);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static size_t l_surface_alloc_size(anes_iosurface s)
+{
+	pthread_mutex_lock(&fake_mu);
+	size_t r = f_surface_alloc_size(s);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
+static void l_sleep_ms(unsigned ms)
+{
+	pthread_mutex_lock(&fake_mu);
+	f_sleep_ms(ms);
+	pthread_mutex_unlock(&fake_mu);
+}
+
 /* ---- set-up ---- */
 
 void fake_log_clear(void)
@@ -994,6 +1272,7 @@ void fake_reset(void)
 		anes_id o = all_objects;
 		all_objects = o->all_next;
 		free(o->str);
+		free(o->domain);
 		free(o->bytes);
 		free(o->keys);
 		free(o->vals);
@@ -1010,47 +1289,54 @@ void fake_reset(void)
 		all_sels = s->next;
 		free(s);
 	}
-	free(pool_stack);
-	pool_stack = NULL;
-	pool_n = pool_cap = 0;
+	while (all_pools) {
+		tpool *t = all_pools;
+		all_pools = t->next;
+		free(t->stack);
+		free(t);
+	}
+	pool_gen++;
 	memset(serials, 0, sizeof serials);
 	surface_serial = 0;
 	memset(&fk, 0, sizeof fk);
 	fk.fail_at = -1;
 	fk.has_ane = true;
 	fk.error_text = "fake error";
+	fk.error_domain = "com.apple.appleneuralengine";
+	fk.error_code = 5;
 	snprintf(fk.tmpdir, sizeof fk.tmpdir, "/nonexistent");
 
 	for (size_t i = 0; i < sizeof class_names / sizeof class_names[0]; i++)
 		classes[i] = obj_const(K_CLASS, class_names[i], NULL);
 	fake = (anes_ane_bridge){
 		.name = "fake",
-		.get_class = f_get_class,
-		.sel_register = f_sel_register,
-		.pool_push = f_pool_push,
-		.pool_pop = f_pool_pop,
-		.send = f_send,
-		.send_id = f_send_id,
-		.send_id3 = f_send_id3,
-		.send_id7 = f_send_id7,
-		.send_ptr = f_send_ptr,
-		.send_ptr_ulong = f_send_ptr_ulong,
-		.send_ullong = f_send_ullong,
-		.send_void = f_send_void,
-		.send_void_id_id = f_send_void_id_id,
-		.send_cstr = f_send_cstr,
-		.send_bool = f_send_bool,
-		.send_bool_sel = f_send_bool_sel,
-		.send_bool_u32_id_err = f_send_bool_u32_id_err,
-		.send_bool_u32_id_id_err = f_send_bool_u32_id_id_err,
-		.send_bool_u32_err = f_send_bool_u32_err,
-		.temporary_directory = f_temporary_directory,
-		.cf_release = f_cf_release,
-		.surface_create = f_surface_create,
-		.surface_lock = f_surface_lock,
-		.surface_unlock = f_surface_unlock,
-		.surface_base = f_surface_base,
-		.surface_alloc_size = f_surface_alloc_size,
+		.get_class = l_get_class,
+		.sel_register = l_sel_register,
+		.pool_push = l_pool_push,
+		.pool_pop = l_pool_pop,
+		.send = l_send,
+		.send_id = l_send_id,
+		.send_id3 = l_send_id3,
+		.send_id7 = l_send_id7,
+		.send_ptr = l_send_ptr,
+		.send_ptr_ulong = l_send_ptr_ulong,
+		.send_ullong = l_send_ullong,
+		.send_void = l_send_void,
+		.send_void_id_id = l_send_void_id_id,
+		.send_cstr = l_send_cstr,
+		.send_bool = l_send_bool,
+		.send_bool_sel = l_send_bool_sel,
+		.send_bool_u32_id_err = l_send_bool_u32_id_err,
+		.send_bool_u32_id_id_err = l_send_bool_u32_id_id_err,
+		.send_bool_u32_err = l_send_bool_u32_err,
+		.temporary_directory = l_temporary_directory,
+		.cf_release = l_cf_release,
+		.surface_create = l_surface_create,
+		.surface_lock = l_surface_lock,
+		.surface_unlock = l_surface_unlock,
+		.surface_base = l_surface_base,
+		.surface_alloc_size = l_surface_alloc_size,
+		.sleep_ms = l_sleep_ms,
 		.key_width = obj_const(K_KEY, "NSString", "IOSurfaceWidth"),
 		.key_height = obj_const(K_KEY, "NSString", "IOSurfaceHeight"),
 		.key_bytes_per_element = obj_const(K_KEY, "NSString", "IOSurfaceBytesPerElement"),

@@ -21,7 +21,8 @@
  * Failure injection: every "failable" call (object factories, every ANE
  * message, IOSurfaceCreate/Lock, NSTemporaryDirectory) gets a running index;
  * setting fk.fail_at = i makes call i fail (nil, NULL, a lock error, or NO
- * with an NSError whose localizedDescription is fk.error_text).
+ * with an NSError whose localized description is fk.error_text).  The bridge
+ * entry points are thread-safe, and autorelease pools are per thread.
  */
 #ifndef ANES_TEST_ANE_FAKE_H
 #define ANES_TEST_ANE_FAKE_H
@@ -43,8 +44,12 @@ typedef struct fake_state {
 	/* ---- set by tests ---- */
 	long fail_at;               /* index of the failable call that fails; -1: none */
 	const char *fail_name;      /* or: the first failable call of this name fails */
+	int fail_again;             /* after the injected failure, this many more calls of
+	                             * the same name fail too */
 	bool fail_without_error;    /* failing BOOL methods return NO with *error left nil */
-	const char *error_text;     /* localizedDescription of injected NSErrors */
+	const char *error_text;     /* NSLocalizedDescription of injected NSErrors (NULL: none) */
+	const char *error_domain;   /* their domain and code */
+	long error_code;
 	const char *missing_class;  /* objc_getClass returns nil for this name */
 	bool has_ane;               /* +[_ANEDeviceInfo hasANE] (default true) */
 	bool no_device_info;        /* no _ANEDeviceInfo class at all */
@@ -61,6 +66,7 @@ typedef struct fake_state {
 	long live_surfaces;
 	long pool_depth;
 	long evaluations;
+	unsigned long slept_ms;     /* through the bridge's sleep_ms (which does not sleep) */
 	char misuse[1024];          /* first misuse, "" if none */
 } fake_state;
 
@@ -77,6 +83,18 @@ const char *fake_data_str(const void *bytes, size_t len, char *buf, size_t bufle
 const char *fake_hex_id(const char *mil, size_t mil_len, const char *const *paths,
                         const void *const *data, const size_t *lens, size_t n, char *buf,
                         size_t buflen);
+
+/* What -[NSError description] (description true) or -localizedDescription
+ * returns for an NSError with this domain, code and NSLocalizedDescription
+ * (NULL: no userInfo), in Foundation's format:
+ *   Error Domain=D Code=N "L" UserInfo={NSLocalizedDescription=L}
+ *   Error Domain=D Code=N "(null)"
+ *   L, or: The operation couldn't be completed. (D error N.)   (with U+2019) */
+const char *fake_nserror_text(bool description, const char *domain, long code, const char *localized,
+                              char *buf, size_t len);
+
+/* What evaluate computes by default: each output gets input 0's bytes. */
+void default_eval_for_test(const fake_view *in, size_t n_in, fake_view *out, size_t n_out);
 
 /* The log joined with '\n' (static buffer). */
 const char *fake_log_text(void);

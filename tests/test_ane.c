@@ -47,6 +47,19 @@ static void new_backend(void)
 	cr_assert_eq(rc, 0, "anes_ane_backend_new: %d %s", rc, errbuf);
 	cr_assert_str_eq(B->ops->name, "ane");
 	cr_assert_eq(fk.misuse[0], '\0', "%s", fk.misuse);
+	/* the start-up sweep of leftover directories is not part of what the
+	 * tests below count */
+	fake_log_clear();
+	fk.n_failable = 0;
+}
+
+/* TMP/.aneshare.lock stays (it is only ever locked); remove it to see
+ * whether anything else is left */
+static void unlink_lock(void)
+{
+	char lock[512];
+	snprintf(lock, sizeof lock, "%s/.aneshare.lock", tmpdir);
+	unlink(lock);
 }
 
 /* nothing alive, nothing misused, no files left */
@@ -56,7 +69,8 @@ static void check_clean(const char *when)
 	cr_assert_eq(fk.live_objects, 0, "%s: %ld objects alive\n%s", when, fk.live_objects, fake_log_text());
 	cr_assert_eq(fk.live_surfaces, 0, "%s: %ld surfaces alive", when, fk.live_surfaces);
 	cr_assert_eq(fk.pool_depth, 0, "%s: %ld pools not popped", when, fk.pool_depth);
-	/* the temp directory holds no model directory any more */
+	/* the temp directory holds no model directory or marker any more */
+	unlink_lock();
 	cr_assert_eq(rmdir(tmpdir), 0, "%s: %s is not empty (%s)", when, tmpdir, strerror(errno));
 	cr_assert_eq(mkdir(tmpdir, 0700), 0);
 }
@@ -77,6 +91,7 @@ static void teardown(void)
 {
 	if (B)
 		destroy_backend();
+	unlink_lock();
 	rmdir(tmpdir);
 	fake_reset();
 }
@@ -308,6 +323,161 @@ ANE_TEST(weights_dictionary_and_files)
 	free(b2);
 }
 
+/* Weight names with '/', as public code uses them (weights/layer_00/w1.bin):
+ * the files go into subdirectories of TMP/HEX/weights. */
+ANE_TEST(weight_names_with_slashes)
+{
+	size_t l1, l2;
+	uint8_t *b1 = make_blob(64 * 64, 1, &l1), *b2 = make_blob(64 * 64, 2, &l2);
+	anes_weight w[] = {{"@model_path/weights/layer_00/w1.bin", b1, l1},
+	                   {"@model_path/weights/layer_01/sub/w1.bin", b2, l2}};
+	const char *text = mil("tensor<fp16, [1, 64, 1, 64]> x",
+		"        tensor<fp16, [1, 64, 1, 64]> W1 = const()[name = string(\"W1\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/layer_00/w1.bin\"), offset = uint64(64)))];\n"
+		"        tensor<fp16, [1, 64, 1, 64]> W2 = const()[name = string(\"W2\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/layer_01/sub/w1.bin\"), offset = uint64(64)))];\n"
+		"        tensor<fp16, [1, 64, 1, 64]> a = add(x = x, y = W1)[name = string(\"a\")];\n"
+		"        tensor<fp16, [1, 64, 1, 64]> y = mul(x = a, y = W2)[name = string(\"y\")];", "y");
+	/* the fake checks at compileWithQoS: that both files hold their blobs */
+	anes_bprogram *p = compile_ok(text, w, 2);
+	char hex[64], path[512];
+	const char *paths[] = {w[0].path, w[1].path};
+	const void *data[] = {b1, b2};
+	size_t lens[] = {l1, l2};
+	fake_hex_id(text, strlen(text), paths, data, lens, 2, hex, sizeof hex);
+	snprintf(path, sizeof path, "%s/%s/weights/layer_01/sub/w1.bin", tmpdir, hex);
+	cr_assert(exists(path), "%s missing", path);
+	B->ops->program_free(B, p);
+	snprintf(path, sizeof path, "%s/%s", tmpdir, hex);
+	cr_assert(!exists(path), "%s left behind", path);
+	free(b1);
+	free(b2);
+}
+
+/* ---- temp directories across processes ---- */
+
+static void touch(const char *dir, const char *name, const char *content)
+{
+	char path[1024];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	fputs(content, f);
+	fclose(f);
+}
+
+static void mkdir_in(const char *dir, const char *name)
+{
+	char path[1024];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	cr_assert_eq(mkdir(path, 0755), 0, "%s: %s", path, strerror(errno));
+}
+
+static bool exists_in(const char *dir, const char *name)
+{
+	char path[1024];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	return exists(path);
+}
+
+/* A pid that no process has: a child that has exited and been reaped. */
+static pid_t dead_pid(void)
+{
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0)
+		_exit(0);
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	return pid;
+}
+
+/* A worker that crashed left TMP/HEX and its marker behind; a backend that
+ * starts removes both.  A directory a live process marks, and a directory
+ * without a marker (another program's), stay. */
+ANE_TEST(start_sweeps_directories_of_dead_workers)
+{
+	destroy_backend();
+	check_clean("before");
+	char name[128];
+	/* a crashed worker's: model.mil and weights/ under TMP/HEX */
+	mkdir_in(tmpdir, "0123abcd-dead");
+	touch(tmpdir, "0123abcd-dead/model.mil", "program(1.3)");
+	mkdir_in(tmpdir, "0123abcd-dead/weights");
+	mkdir_in(tmpdir, "0123abcd-dead/weights/layer_00");
+	touch(tmpdir, "0123abcd-dead/weights/layer_00/w1.bin", "blob");
+	snprintf(name, sizeof name, ".aneshare.%ld.0.0123abcd-dead", (long)dead_pid());
+	touch(tmpdir, name, "");
+	char dead_marker[128];
+	snprintf(dead_marker, sizeof dead_marker, "%s", name);
+	/* a live process's (our parent: alive, and not us) */
+	mkdir_in(tmpdir, "4567-alive");
+	touch(tmpdir, "4567-alive/model.mil", "x");
+	char live_marker[128];
+	snprintf(live_marker, sizeof live_marker, ".aneshare.%ld.3.4567-alive", (long)getppid());
+	touch(tmpdir, live_marker, "");
+	/* the same directory marked by a dead and a live process: it stays */
+	snprintf(name, sizeof name, ".aneshare.%ld.1.4567-alive", (long)dead_pid());
+	touch(tmpdir, name, "");
+	char dead_marker2[128];
+	snprintf(dead_marker2, sizeof dead_marker2, "%s", name);
+	/* not ours: no marker */
+	mkdir_in(tmpdir, "89ef-other-app");
+	touch(tmpdir, "89ef-other-app/model.mil", "x");
+
+	new_backend();
+	cr_assert(!exists_in(tmpdir, "0123abcd-dead"), "the dead worker's directory was not removed");
+	cr_assert(!exists_in(tmpdir, dead_marker), "the dead worker's marker was not removed");
+	cr_assert(!exists_in(tmpdir, dead_marker2), "a dead worker's marker was not removed");
+	cr_assert(exists_in(tmpdir, "4567-alive/model.mil"), "a live process's directory was removed");
+	cr_assert(exists_in(tmpdir, live_marker));
+	cr_assert(exists_in(tmpdir, "89ef-other-app/model.mil"), "a directory that is not ours was removed");
+
+	char path[700];
+	snprintf(path, sizeof path, "%s/%s", tmpdir, live_marker);
+	unlink(path);
+	snprintf(path, sizeof path, "%s/4567-alive/model.mil", tmpdir);
+	unlink(path);
+	snprintf(path, sizeof path, "%s/4567-alive", tmpdir);
+	rmdir(path);
+	snprintf(path, sizeof path, "%s/89ef-other-app/model.mil", tmpdir);
+	unlink(path);
+	snprintf(path, sizeof path, "%s/89ef-other-app", tmpdir);
+	rmdir(path);
+}
+
+/* Another live process (here: our parent, by its marker) uses the same
+ * model directory: this backend uses the files as they are and leaves the
+ * directory to it when its program goes. */
+ANE_TEST(directory_shared_with_a_live_process)
+{
+	const char *text = simple_mil();
+	char hex[64], marker[160], path[700];
+	fake_hex_id(text, strlen(text), NULL, NULL, NULL, 0, hex, sizeof hex);
+	mkdir_in(tmpdir, hex);
+	snprintf(path, sizeof path, "%s/weights", hex);
+	mkdir_in(tmpdir, path);
+	snprintf(path, sizeof path, "%s/model.mil", hex);
+	touch(tmpdir, path, text);
+	snprintf(path, sizeof path, "%s/other-process-file", hex);
+	touch(tmpdir, path, "x");
+	snprintf(marker, sizeof marker, ".aneshare.%ld.0.%s", (long)getppid(), hex);
+	touch(tmpdir, marker, "");
+
+	anes_bprogram *p = compile_ok(text, NULL, 0);
+	cr_assert(exists_in(tmpdir, path), "the directory was written afresh while another process used it");
+	B->ops->program_free(B, p);
+	cr_assert(exists_in(tmpdir, path), "removed while another process uses it");
+	cr_assert(exists_in(tmpdir, marker));
+
+	/* once that process is gone, the last user removes it */
+	snprintf(path, sizeof path, "%s/%s", tmpdir, marker);
+	unlink(path);
+	p = compile_ok(text, NULL, 0);
+	snprintf(path, sizeof path, "%s/other-process-file", hex);
+	cr_assert(!exists_in(tmpdir, path), "a directory nobody marks was not written afresh");
+	B->ops->program_free(B, p);
+	cr_assert(!exists_in(tmpdir, hex));
+}
+
 /* Two inputs and two outputs, declared out of alphabetical order and of
  * different sizes: the request binds them by name, in alphabetical order, and
  * all inputs (and all outputs) get one surface size. */
@@ -437,6 +607,82 @@ ANE_TEST(concurrent_runs_do_not_mix_data)
 	B->ops->program_free(B, p);
 }
 
+/* Two programs run on two threads at once.  The fake's model holds the
+ * first evaluation until the second has started, and the second until the
+ * first run has returned: so the first thread pops its autorelease pool
+ * while the second thread's pool is open.  Pools are per thread (one shared
+ * stack would see a pop of a pool that is not the innermost). */
+static pthread_mutex_t both_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t both_cv = PTHREAD_COND_INITIALIZER;
+static int arrived, runs_done;
+
+static void eval_meet(const fake_view *in, size_t n_in, fake_view *out, size_t n_out)
+{
+	pthread_mutex_lock(&both_mu);
+	int me = ++arrived;
+	pthread_cond_broadcast(&both_cv);
+	if (me == 1)
+		while (arrived < 2)
+			pthread_cond_wait(&both_cv, &both_mu);
+	else
+		while (runs_done < 1)
+			pthread_cond_wait(&both_cv, &both_mu);
+	pthread_mutex_unlock(&both_mu);
+	default_eval_for_test(in, n_in, out, n_out);
+}
+
+struct prog_runner {
+	anes_bprogram *p;
+	size_t bytes;
+	uint8_t seed;
+	int rc;
+	bool same;
+};
+
+static void *run_prog_once(void *arg)
+{
+	struct prog_runner *r = arg;
+	uint8_t *in = malloc(r->bytes), *out = calloc(1, r->bytes);
+	char err[256];
+	for (size_t i = 0; i < r->bytes; i++)
+		in[i] = (uint8_t)(i * r->seed + r->seed);
+	const void *ins[] = {in};
+	void *outs[] = {out};
+	r->rc = B->ops->run(B, r->p, 0, ins, outs, err, sizeof err);
+	pthread_mutex_lock(&both_mu);
+	runs_done++;
+	pthread_cond_broadcast(&both_cv);
+	pthread_mutex_unlock(&both_mu);
+	r->same = memcmp(in, out, r->bytes) == 0;
+	free(in);
+	free(out);
+	return NULL;
+}
+
+ANE_TEST_TIMEOUT(two_programs_on_two_threads_at_once, 30)
+{
+	anes_bprogram *p1 = compile_ok(simple_mil(), NULL, 0);
+	anes_bprogram *p2 = compile_ok(mil("tensor<fp16, [1, 32, 1, 64]> x",
+	                                   "        tensor<fp16, [1, 32, 1, 64]> y = mul(x = x, y = x);", "y"),
+	                               NULL, 0);
+	fk.on_evaluate = eval_meet;
+	struct prog_runner r[2] = {{p1, 64 * 64 * 2, 3, -1, false}, {p2, 32 * 64 * 2, 5, -1, false}};
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(pthread_create(&t[i], NULL, run_prog_once, &r[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	cr_assert_eq(arrived, 2);
+	cr_assert_eq(fk.misuse[0], '\0', "%s", fk.misuse);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(r[i].rc, 0, "run %d failed", i);
+		cr_assert(r[i].same, "run %d got the wrong output", i);
+	}
+	cr_assert_eq(fk.evaluations, 2);
+	B->ops->program_free(B, p1);
+	B->ops->program_free(B, p2);
+}
+
 /* ---- NSError text reaches errbuf intact ---- */
 
 static const char *const nserror_text =
@@ -450,11 +696,47 @@ static void fail_call(const char *name, bool with_error)
 	fk.error_text = nserror_text;
 }
 
+/* "ANE VERB failed: " and -[NSError description] of the injected error */
+static const char *want_nserror(const char *verb, const char *localized)
+{
+	static char want[1024];
+	char d[900];
+	snprintf(want, sizeof want, "ANE %s failed: %s", verb,
+	         fake_nserror_text(true, fk.error_domain, fk.error_code, localized, d, sizeof d));
+	return want;
+}
+
+ANE_TEST(nserror_description_has_domain_code_and_user_info)
+{
+	char d[512];
+	/* the fake renders what Foundation renders */
+	cr_assert_str_eq(fake_nserror_text(true, "D", 3, "text", d, sizeof d),
+	                 "Error Domain=D Code=3 \"text\" UserInfo={NSLocalizedDescription=text}");
+	cr_assert_str_eq(fake_nserror_text(true, "D", 3, NULL, d, sizeof d), "Error Domain=D Code=3 \"(null)\"");
+	cr_assert_str_eq(fake_nserror_text(false, "D", 3, NULL, d, sizeof d),
+	                 "The operation couldn\u2019t be completed. (D error 3.)");
+	/* the backend reports -description: domain, code and userInfo */
+	fail_call("compileWithQoS:options:error:", true);
+	fk.error_domain = "com.apple.appleneuralengine.compiler";
+	fk.error_code = 1;
+	fk.error_text = "ANECCompile() FAILED";
+	compile_fails(simple_mil(), NULL, 0, -EIO, "");
+	cr_assert_str_eq(errbuf, "ANE compile failed: Error Domain=com.apple.appleneuralengine.compiler Code=1 "
+	                         "\"ANECCompile() FAILED\" UserInfo={NSLocalizedDescription=ANECCompile() FAILED}");
+	/* an NSError without a localized description still names domain and code */
+	destroy_backend();
+	check_clean("between");
+	new_backend();
+	fail_call("compileWithQoS:options:error:", true);
+	fk.error_text = NULL;
+	compile_fails(simple_mil(), NULL, 0, -EIO, "");
+	cr_assert_str_eq(errbuf, "ANE compile failed: Error Domain=com.apple.appleneuralengine Code=5 \"(null)\"");
+}
+
 ANE_TEST(compile_error_text_intact)
 {
 	fail_call("compileWithQoS:options:error:", true);
-	char want[512];
-	snprintf(want, sizeof want, "ANE compile failed: %s", nserror_text);
+	const char *want = want_nserror("compile", nserror_text);
 	compile_fails(simple_mil(), NULL, 0, -EIO, want);
 	cr_assert_str_eq(errbuf, want);
 	cr_assert_str_eq(fk.log[fk.n_log - 1], "model#1 compileWithQoS:options:error: 21 {} &error");
@@ -463,10 +745,37 @@ ANE_TEST(compile_error_text_intact)
 ANE_TEST(load_error_text_intact)
 {
 	fail_call("loadWithQoS:options:error:", true);
-	char want[512];
-	snprintf(want, sizeof want, "ANE load failed: %s", nserror_text);
+	fk.fail_again = 1;   /* the retry fails too */
+	const char *want = want_nserror("load", nserror_text);
 	compile_fails(simple_mil(), NULL, 0, -EIO, want);
 	cr_assert_str_eq(errbuf, want);
+}
+
+/* maderix/ANE's bridge: one more loadWithQoS: after 100 ms */
+ANE_TEST(load_is_retried_once_after_100_ms)
+{
+	fail_call("loadWithQoS:options:error:", true);
+	anes_bprogram *p = compile_ok(simple_mil(), NULL, 0);
+	cr_assert_str_eq(fk.log[5], "model#1 loadWithQoS:options:error: 21 {} &error");
+	cr_assert_str_eq(fk.log[6], "sleep 100 ms");
+	cr_assert_str_eq(fk.log[7], "model#1 loadWithQoS:options:error: 21 {} &error");
+	cr_assert_eq(fk.slept_ms, 100);
+	uint16_t in[4096] = {5}, out[4096] = {0};
+	const void *ins[] = {in};
+	void *outs[] = {out};
+	cr_assert_eq(B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	cr_assert_eq(out[0], 5);
+	B->ops->program_free(B, p);
+
+	/* twice: the compile fails, after one pause, with the second error */
+	destroy_backend();
+	check_clean("between");
+	new_backend();
+	fail_call("loadWithQoS:options:error:", true);
+	fk.fail_again = 1;
+	compile_fails(simple_mil(), NULL, 0, -EIO, "ANE load failed: Error Domain=");
+	cr_assert_eq(fk.slept_ms, 100);
+	cr_assert_null(strstr(fake_log_text(), "evaluate"));
 }
 
 ANE_TEST(evaluate_error_text_intact)
@@ -478,9 +787,7 @@ ANE_TEST(evaluate_error_text_intact)
 	void *outs[] = {out};
 	cr_assert_eq(B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf), -EIO);
 	cr_assert_str_eq(fk.failed_call, "evaluateWithQoS:options:request:error:");
-	char want[512];
-	snprintf(want, sizeof want, "ANE evaluate failed: %s", nserror_text);
-	cr_assert_str_eq(errbuf, want);
+	cr_assert_str_eq(errbuf, want_nserror("evaluate", nserror_text));
 	/* the NSError and its text were autoreleased in the run's pool and are gone */
 	cr_assert_eq(fk.pool_depth, 0);
 	/* the next run works */
@@ -547,10 +854,13 @@ static outcome scenario(void)
 		o.stage = 2;
 		/* a failed run leaves the program usable */
 		long fail_at = fk.fail_at;
+		int again = fk.fail_again;
 		fk.fail_at = -1;
+		fk.fail_again = 0;
 		int rc2 = B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf);
 		cr_assert_eq(rc2, 0, "the run after %s failed: %s", fk.failed_call, errbuf);
 		fk.fail_at = fail_at;
+		fk.fail_again = again;
 	}
 	B->ops->program_free(B, p);
 out:
@@ -581,6 +891,7 @@ static void every_step(bool with_error)
 		check_clean("before a step");
 		new_backend();
 		fk.fail_at = i;
+		fk.fail_again = 1;   /* so that the retried load fails too */
 		fk.fail_without_error = !with_error;
 		fk.error_text = "injected failure: x \"y\" 100%";
 		outcome o = scenario();
@@ -607,10 +918,12 @@ static void every_step(bool with_error)
 			cr_assert(o.err[0], "step %ld (%s): no error message", i, what);
 		if (strcmp(what, "compileWithQoS:options:error:") == 0 || strcmp(what, "loadWithQoS:options:error:") == 0 ||
 		    strcmp(what, "evaluateWithQoS:options:request:error:") == 0) {
-			char want[256];
+			char want[1024];
 			const char *verb = what[0] == 'c' ? "compile" : what[0] == 'l' ? "load" : "evaluate";
-			snprintf(want, sizeof want, "ANE %s failed: %s", verb,
-			         with_error ? "injected failure: x \"y\" 100%" : "(no error description)");
+			if (with_error)
+				snprintf(want, sizeof want, "%s", want_nserror(verb, fk.error_text));
+			else
+				snprintf(want, sizeof want, "ANE %s failed: (no error description)", verb);
 			cr_assert_str_eq(o.err, want, "step %ld", i);
 		}
 		destroy_backend();
@@ -876,8 +1189,11 @@ ANE_TEST(refuses_bad_weight_paths)
 	uint8_t *blob = make_blob(64, 1, &l);
 	const char *text = simple_mil();
 	const char *bad[] = {
-		"@model_path/weights/../../etc/passwd", "@model_path/weights/", "@model_path/weights/a/b.bin",
+		"@model_path/weights/../../etc/passwd", "@model_path/weights/", "@model_path/weights/a/../b.bin",
 		"@model_path/other/w.bin", "/abs/w.bin", "@model_path/weights/..", "@model_path/weights/\x01x",
+		"@model_path/weights/a//b.bin", "@model_path/weights/a/", "@model_path/weights//a",
+		"@model_path/weights/a/./b", "@model_path/weights/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q",
+		"@model_path/weights/l/\x7f",
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		anes_weight w = {bad[i], blob, l};
@@ -885,6 +1201,8 @@ ANE_TEST(refuses_bad_weight_paths)
 	}
 	anes_weight twice[] = {{"@model_path/weights/w.bin", blob, l}, {"@model_path/weights/w.bin", blob, l}};
 	refused(text, twice, 2, -EINVAL, "is given twice");
+	anes_weight nested[] = {{"@model_path/weights/a/b.bin", blob, l}, {"@model_path/weights/a", blob, l}};
+	refused(text, nested, 2, -EINVAL, "weight \"@model_path/weights/a\" is a directory of weight");
 	free(blob);
 }
 

@@ -36,7 +36,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "ane_backend.h"
@@ -48,20 +53,22 @@ typedef struct ane_classes {
 } ane_classes;
 
 typedef struct ane_sels {
-	anes_sel retain, release, utf8, localized_description, responds, has_ane;
+	anes_sel retain, release, utf8, description, responds, has_ane;
 	anes_sel dictionary, set_object, data_with_bytes, string_with_utf8, number_with_ull,
 	         array_with_objects;
 	anes_sel model_with_mil, in_memory_model, hex_id, compile, load, evaluate, unload,
 	         object_with_surface, request_with;
 } ane_sels;
 
-/* A model's temp directory.  Identical programs get the same
- * hexStringIdentifier and so the same directory: it is shared and removed
- * when its last program goes. */
+/* A model's temp directory, TMP/HEX.  Identical programs get the same
+ * hexStringIdentifier and so the same directory: it is shared (within this
+ * backend by reference count, across processes and backends by marker
+ * files, see "temp directories" below) and removed when its last user goes. */
 typedef struct ane_dir {
 	struct ane_dir *next;
 	unsigned refs;
-	char path[];
+	size_t tlen;                 /* path[0..tlen) is TMP */
+	char path[];                 /* TMP/HEX */
 } ane_dir;
 
 typedef struct ane_backend {
@@ -73,6 +80,7 @@ typedef struct ane_backend {
 	ane_dir *dirs;
 	anes_ane_log_fn log;         /* NULL: stderr */
 	void *log_ctx;
+	unsigned serial;             /* this backend's number in the process (marker names) */
 } ane_backend;
 
 typedef struct ane_io {
@@ -94,6 +102,7 @@ typedef struct ane_program {
 } ane_program;
 
 static const anes_backend_ops ane_ops;
+static atomic_uint backend_serial;
 
 static void set_err(char *errbuf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_err(char *errbuf, size_t len, const char *fmt, ...)
@@ -145,14 +154,17 @@ static bool dict_set(ane_backend *b, anes_id dict, const char *key, anes_id valu
 	return true;
 }
 
-/* Copy the text of an NSError (its localizedDescription) into errbuf,
- * behind prefix.  Must run before the pool that holds err is popped. */
+/* Copy the text of an NSError into errbuf, behind "ANE WHAT failed: ".  Its
+ * -description, which holds the domain, the code and the userInfo
+ * ("Error Domain=D Code=N \"...\" UserInfo={...}"): localizedDescription
+ * alone loses the code, and is a generic sentence when the framework set no
+ * NSLocalizedDescription.  Must run before the pool that holds err is popped. */
 static void set_nserror(ane_backend *b, const char *what, anes_id err, char *errbuf, size_t len)
 {
 	const char *text = NULL;
 
 	if (err) {
-		anes_id desc = b->br->send(err, b->sel.localized_description);
+		anes_id desc = b->br->send(err, b->sel.description);
 		if (desc)
 			text = b->br->send_cstr(desc, b->sel.utf8);
 	}
@@ -226,8 +238,162 @@ static bool safe_component(const char *s)
 	return n > 0 && n <= 200;
 }
 
-/* Take a reference to TMP/HEX, writing model.mil and weights/NAME into it if
- * no program of this backend holds it yet. */
+/* Which model directories are in use, across processes: TMP/HEX is in use
+ * while a marker file TMP/.aneshare.PID.SERIAL.HEX exists whose PID is
+ * alive (SERIAL tells the backends of one process apart).  Markers and
+ * directories are created and removed under flock() of TMP/.aneshare.lock.
+ * A worker that crashed leaves its markers and directories behind; the next
+ * backend to start removes them (sweep_leftovers).  Directories without a
+ * marker are not ours (other programs of the user use the same
+ * NSTemporaryDirectory()) and are never touched. */
+#define MARK_PREFIX ".aneshare."
+#define LOCK_NAME ".aneshare.lock"
+
+static int tmp_lock(const char *tmp, size_t tlen)
+{
+	char path[3100];
+	if (tlen + sizeof LOCK_NAME + 1 > sizeof path)
+		return -ENAMETOOLONG;
+	snprintf(path, sizeof path, "%.*s/" LOCK_NAME, (int)tlen, tmp);
+	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	while (flock(fd, LOCK_EX) < 0) {
+		if (errno != EINTR) {
+			int e = errno;
+			close(fd);
+			return -e;
+		}
+	}
+	return fd;
+}
+
+static void tmp_unlock(int fd)
+{
+	if (fd >= 0)
+		close(fd);   /* drops the flock */
+}
+
+static bool pid_alive(long pid)
+{
+	if (pid <= 0 || (long)(pid_t)pid != pid)
+		return false;
+	return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
+/* Parse ".aneshare.PID.SERIAL.HEX"; false if name is not a marker. */
+static bool parse_marker(const char *name, long *pid, const char **hex)
+{
+	if (strncmp(name, MARK_PREFIX, strlen(MARK_PREFIX)) != 0)
+		return false;
+	const char *p = name + strlen(MARK_PREFIX);
+	char *end;
+	errno = 0;
+	long v = strtol(p, &end, 10);
+	if (errno || end == p || *end != '.')
+		return false;
+	p = end + 1;
+	(void)strtoul(p, &end, 10);
+	if (end == p || *end != '.' || end[1] == '\0')
+		return false;
+	*pid = v;
+	*hex = end + 1;
+	return true;
+}
+
+static void marker_path(char *buf, size_t len, const char *tmp, size_t tlen, unsigned serial,
+                        const char *hex)
+{
+	snprintf(buf, len, "%.*s/" MARK_PREFIX "%ld.%u.%s", (int)tlen, tmp, (long)getpid(), serial, hex);
+}
+
+/* Whether a live process (this one included) marks TMP/HEX as in use. */
+static bool dir_in_use(const char *tmp, size_t tlen, const char *hex)
+{
+	char path[3100];
+	snprintf(path, sizeof path, "%.*s", (int)tlen, tmp);
+	DIR *d = opendir(path);
+	struct dirent *e;
+	bool used = false;
+	while (d && !used && (e = readdir(d))) {
+		long pid;
+		const char *h;
+		if (parse_marker(e->d_name, &pid, &h) && strcmp(h, hex) == 0 && pid_alive(pid))
+			used = true;
+	}
+	if (d)
+		closedir(d);
+	return used;
+}
+
+/* Remove the markers of dead processes in TMP and the directories that no
+ * live process marks any more.  Best effort: called when a backend starts. */
+static void sweep_dir(const char *tmp)
+{
+	size_t tlen = strlen(tmp);
+	while (tlen > 1 && tmp[tlen - 1] == '/')
+		tlen--;
+	if (tmp[0] != '/' || tlen > 3000)
+		return;
+	int lk = tmp_lock(tmp, tlen);
+	if (lk < 0)
+		return;
+	char dpath[3100], path[3400];
+	snprintf(dpath, sizeof dpath, "%.*s", (int)tlen, tmp);
+	DIR *d = opendir(dpath);
+	struct dirent *e;
+	char **gone = NULL;
+	size_t n_gone = 0, cap = 0;
+	while (d && (e = readdir(d))) {
+		long pid;
+		const char *hex;
+		if (!parse_marker(e->d_name, &pid, &hex) || pid_alive(pid) || strlen(hex) > 200)
+			continue;
+		snprintf(path, sizeof path, "%s/%s", dpath, e->d_name);
+		if (unlink(path) < 0)
+			continue;
+		if (n_gone == cap) {
+			size_t nc = cap ? 2 * cap : 8;
+			char **ng = realloc(gone, nc * sizeof *ng);
+			if (!ng)
+				break;
+			gone = ng;
+			cap = nc;
+		}
+		if (!(gone[n_gone] = strdup(hex)))
+			break;
+		n_gone++;
+	}
+	if (d)
+		closedir(d);
+	for (size_t i = 0; i < n_gone; i++) {
+		if (!dir_in_use(tmp, tlen, gone[i])) {
+			snprintf(path, sizeof path, "%s/%s", dpath, gone[i]);
+			remove_tree(path);
+		}
+		free(gone[i]);
+	}
+	free(gone);
+	tmp_unlock(lk);
+}
+
+/* mkdir -p of the directories in rel (a '/'-separated relative path whose
+ * last component is a file), below base. */
+static int make_parents(const char *base, const char *rel, char *buf, size_t len)
+{
+	for (const char *p = strchr(rel, '/'); p; p = strchr(p + 1, '/')) {
+		snprintf(buf, len, "%s/%.*s", base, (int)(p - rel), rel);
+		int rc = make_dir(buf);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* Take a reference to TMP/HEX.  The first user in this backend marks it;
+ * unless a live process already marks it (then the files are there and
+ * complete: they are written under the lock), it writes model.mil and
+ * weights/NAME into a fresh directory. */
 static int dir_acquire(ane_backend *b, const char *tmp, const char *hex, const char *mil,
                        size_t mil_len, const anes_weight *weights, size_t n_weights,
                        ane_dir **ret, char *errbuf, size_t errbuf_len)
@@ -254,7 +420,7 @@ static int dir_acquire(ane_backend *b, const char *tmp, const char *hex, const c
 		}
 	}
 	d = malloc(sizeof *d + plen + 1);
-	char *file = malloc(plen + 256);
+	char *file = malloc(plen + 512);
 	if (!d || !file) {
 		pthread_mutex_unlock(&b->dirs_lock);
 		free(d);
@@ -264,41 +430,82 @@ static int dir_acquire(ane_backend *b, const char *tmp, const char *hex, const c
 	}
 	snprintf(d->path, plen + 1, "%.*s/%s", (int)tlen, tmp, hex);
 	d->refs = 1;
+	d->tlen = tlen;
 
-	const char *step = d->path;
-	rc = make_dir(d->path);
+	const char *step = LOCK_NAME;
+	bool marked = false;
+	int lk = tmp_lock(tmp, tlen);
+	rc = lk < 0 ? lk : 0;
+	bool shared = rc == 0 && dir_in_use(tmp, tlen, hex);
 	if (rc == 0) {
-		snprintf(file, plen + 256, "%s/weights", d->path);
-		step = "weights";
-		rc = make_dir(file);
+		marker_path(file, plen + 512, tmp, tlen, b->serial, hex);
+		step = "its marker";
+		int fd = open(file, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+		rc = fd < 0 ? -errno : close(fd) < 0 ? -errno : 0;
+		marked = rc == 0;
 	}
-	if (rc == 0) {
-		snprintf(file, plen + 256, "%s/model.mil", d->path);
-		step = "model.mil";
-		rc = write_file(file, mil, mil_len);
-	}
-	for (size_t i = 0; rc == 0 && i < n_weights; i++) {
-		/* ane_check.c made sure the path is "@model_path/weights/NAME" */
-		const char *rel = weights[i].path + strlen("@model_path/");
-		snprintf(file, plen + 256, "%s/%s", d->path, rel);
-		step = rel;
-		rc = write_file(file, weights[i].data, weights[i].len);
+	if (rc == 0 && !shared) {
+		remove_tree(d->path);   /* left by a process that died */
+		step = d->path;
+		rc = make_dir(d->path);
+		if (rc == 0) {
+			snprintf(file, plen + 512, "%s/weights", d->path);
+			step = "weights";
+			rc = make_dir(file);
+		}
+		if (rc == 0) {
+			snprintf(file, plen + 512, "%s/model.mil", d->path);
+			step = "model.mil";
+			rc = write_file(file, mil, mil_len);
+		}
+		for (size_t i = 0; rc == 0 && i < n_weights; i++) {
+			/* ane_check.c made sure the path is "@model_path/weights/NAME", NAME
+			 * plain components separated by '/' */
+			const char *rel = weights[i].path + strlen("@model_path/");
+			step = rel;
+			rc = make_parents(d->path, rel, file, plen + 512);
+			if (rc == 0) {
+				snprintf(file, plen + 512, "%s/%s", d->path, rel);
+				rc = write_file(file, weights[i].data, weights[i].len);
+			}
+		}
 	}
 	if (rc < 0) {
 		set_err(errbuf, errbuf_len, "cannot write the ANE model files into %s (%s): %s", d->path,
 		        step, strerror(-rc));
-		remove_tree(d->path);
+		if (marked) {
+			marker_path(file, plen + 512, tmp, tlen, b->serial, hex);
+			unlink(file);
+		}
+		if (lk >= 0 && !dir_in_use(tmp, tlen, hex))
+			remove_tree(d->path);
+		tmp_unlock(lk);
 		pthread_mutex_unlock(&b->dirs_lock);
 		free(d);
 		free(file);
 		return -EIO;
 	}
+	tmp_unlock(lk);
 	d->next = b->dirs;
 	b->dirs = d;
 	pthread_mutex_unlock(&b->dirs_lock);
 	free(file);
 	*ret = d;
 	return 0;
+}
+
+/* Drop this backend's mark on d and remove the directory unless a live
+ * process still marks it.  Called with dirs_lock held. */
+static void dir_unmark(ane_backend *b, ane_dir *d)
+{
+	const char *hex = d->path + d->tlen + 1;
+	char mark[3400];
+	int lk = tmp_lock(d->path, d->tlen);
+	marker_path(mark, sizeof mark, d->path, d->tlen, b->serial, hex);
+	unlink(mark);
+	if (!dir_in_use(d->path, d->tlen, hex))
+		remove_tree(d->path);
+	tmp_unlock(lk);
 }
 
 static void dir_release(ane_backend *b, ane_dir *d)
@@ -316,7 +523,7 @@ static void dir_release(ane_backend *b, ane_dir *d)
 			break;
 		}
 	}
-	remove_tree(d->path);
+	dir_unmark(b, d);
 	pthread_mutex_unlock(&b->dirs_lock);
 	free(d);
 }
@@ -500,7 +707,15 @@ static int compile_objc(ane_backend *b, ane_program *p, const char *mil, size_t 
 		return -EIO;
 	}
 	err = NULL;
-	if (!br->send_bool_u32_id_err(model, b->sel.load, ANES_ANE_QOS, options, &err)) {
+	bool ok = br->send_bool_u32_id_err(model, b->sel.load, ANES_ANE_QOS, options, &err);
+	if (!ok) {
+		/* Once more after a pause, as maderix/ANE's bridge does: a load can
+		 * fail while the device still reclaims the slot of an unloaded model. */
+		br->sleep_ms(ANES_ANE_LOAD_RETRY_MS);
+		err = NULL;
+		ok = br->send_bool_u32_id_err(model, b->sel.load, ANES_ANE_QOS, options, &err);
+	}
+	if (!ok) {
 		set_nserror(b, "load", err, errbuf, len);
 		return -EIO;
 	}
@@ -679,7 +894,7 @@ static void ane_destroy(anes_backend *base)
 	while (b->dirs) {
 		ane_dir *d = b->dirs;
 		b->dirs = d->next;
-		remove_tree(d->path);
+		dir_unmark(b, d);
 		free(d);
 	}
 	pthread_mutex_destroy(&b->dirs_lock);
@@ -727,7 +942,7 @@ int anes_ane_backend_new(const anes_ane_bridge *br, anes_backend **ret, char *er
 		{ "retain", offsetof(ane_sels, retain) },
 		{ "release", offsetof(ane_sels, release) },
 		{ "UTF8String", offsetof(ane_sels, utf8) },
-		{ "localizedDescription", offsetof(ane_sels, localized_description) },
+		{ "description", offsetof(ane_sels, description) },
 		{ "respondsToSelector:", offsetof(ane_sels, responds) },
 		{ "hasANE", offsetof(ane_sels, has_ane) },
 		{ "dictionary", offsetof(ane_sels, dictionary) },
@@ -775,6 +990,15 @@ int anes_ane_backend_new(const anes_ane_bridge *br, anes_backend **ret, char *er
 		anes_sel s = br->sel_register(sels[i].name);
 		memcpy((char *)&b->sel + sels[i].off, &s, sizeof s);
 	}
+
+	b->serial = atomic_fetch_add(&backend_serial, 1);
+	/* A worker that crashed left its model directories behind. */
+	void *sweep_pool = br->pool_push();
+	anes_id tmp = br->temporary_directory();
+	const char *tmp_c = tmp ? br->send_cstr(tmp, b->sel.utf8) : NULL;
+	if (tmp_c)
+		sweep_dir(tmp_c);
+	br->pool_pop(sweep_pool);
 
 	/* +[_ANEDeviceInfo hasANE], when the class answers it: the framework is
 	 * present on Macs without a Neural Engine too */

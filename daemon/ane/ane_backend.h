@@ -21,6 +21,9 @@
 /* Smallest IOSurface allocation handed to the ANE (surfaces are padded up to
  * it; public projects report rejections (status 0x1d) below ~48 KiB). */
 #define ANES_ANE_MIN_SURFACE_BYTES 49152u
+/* The pause before the one retry of a failed loadWithQoS: (maderix/ANE
+ * bridge/ane_bridge.m retries after usleep(100000)). */
+#define ANES_ANE_LOAD_RETRY_MS 100u
 /* A row (S elements) of [1, C, 1, S] I/O must be a multiple of this many
  * bytes: conservative, because the public record disagrees on whether the
  * ANE pads rows (docs/ane.md, "What is refused"). */

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "ane_bridge.h"
 
@@ -76,6 +77,13 @@ static int key(void *h, const char *name, anes_id *dst)
 
 #define FN(h, field, name) fn(h, name, &b->field, sizeof b->field)
 
+static void sleep_ms(unsigned ms)
+{
+	struct timespec t = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&t, &t) < 0 && errno == EINTR)
+		;
+}
+
 static void open_bridge(void)
 {
 	anes_ane_bridge *b = &bridge;
@@ -96,6 +104,7 @@ static void open_bridge(void)
 		return;
 
 	b->name = "macos";
+	b->sleep_ms = sleep_ms;
 	if (FN(objc, get_class, "objc_getClass") || FN(objc, sel_register, "sel_registerName") ||
 	    FN(objc, pool_push, "objc_autoreleasePoolPush") || FN(objc, pool_pop, "objc_autoreleasePoolPop"))
 		return;

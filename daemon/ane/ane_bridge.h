@@ -107,6 +107,12 @@ typedef struct anes_ane_bridge {
 	/* the property keys (CFStringRef constants, toll-free bridged to NSString) */
 	anes_id key_width, key_height, key_bytes_per_element, key_bytes_per_row, key_alloc_size,
 	        key_pixel_format;
+
+	/* ---- the process ---- */
+	/* Sleep ms milliseconds (the load retry's pause).  The real bridge
+	 * sleeps; the fake records the call and returns at once, so tests do
+	 * not wait on the clock. */
+	void (*sleep_ms)(unsigned ms);
 } anes_ane_bridge;
 
 /* Open the real bridge (process-wide, opened once, never closed: frameworks

@@ -74,6 +74,26 @@ static int check_io(const anes_mil_function *fn, uint32_t vid, const char *what,
 	return 0;
 }
 
+/* NAME of "@model_path/weights/NAME" becomes a file below the model's temp
+ * directory: '/'-separated components (public code uses
+ * weights/layer_00/w1.bin), none empty, "." or "..", no control characters. */
+static bool plain_relative_path(const char *name)
+{
+	size_t depth = 1;
+	if (!*name || strlen(name) > 200)
+		return false;
+	for (const char *c = name;; c = strchr(c, '/') + 1) {
+		size_t n = strcspn(c, "/");
+		if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+			return false;
+		if (!c[n])
+			break;
+		if (++depth > 16)
+			return false;
+	}
+	return true;
+}
+
 static int check_weight(const anes_weight *w, size_t idx, const anes_weight *all, char *errbuf,
                         size_t len)
 {
@@ -81,19 +101,31 @@ static int check_weight(const anes_weight *w, size_t idx, const anes_weight *all
 	size_t plen = strlen(WEIGHT_PREFIX);
 	const char *file = strncmp(path, WEIGHT_PREFIX, plen) == 0 ? path + plen : NULL;
 
-	if (!file || !*file || strlen(file) > 128 || strchr(file, '/') || strcmp(file, ".") == 0 ||
-	    strcmp(file, "..") == 0)
-		return fail(errbuf, len, -EINVAL,
-		            "weight \"%.200s\": the ANE backend needs weight paths of the form "
-		            "\"" WEIGHT_PREFIX "NAME\" with NAME a plain file name of at most 128 bytes",
-		            path);
-	for (const char *p = file; *p; p++)
+	for (const char *p = path; *p; p++)
 		if ((unsigned char)*p < 0x20 || *p == 0x7f)
 			return fail(errbuf, len, -EINVAL,
 			            "weight \"%.200s\": control character in the file name", path);
-	for (size_t i = 0; i < idx; i++)
-		if (all[i].path && strcmp(all[i].path, path) == 0)
+	if (!file || !plain_relative_path(file))
+		return fail(errbuf, len, -EINVAL,
+		            "weight \"%.200s\": the ANE backend needs weight paths of the form "
+		            "\"" WEIGHT_PREFIX "NAME\", NAME a relative file name of at most 200 bytes "
+		            "(components separated by '/', at most 16, none empty, \".\" or \"..\")",
+		            path);
+	for (size_t i = 0; i < idx; i++) {
+		const char *o = all[i].path;
+		if (!o)
+			continue;
+		if (strcmp(o, path) == 0)
 			return fail(errbuf, len, -EINVAL, "weight \"%.200s\" is given twice", path);
+		/* one is a directory of the other: both cannot be files */
+		size_t lo = strlen(o), lp = strlen(path);
+		const char *longer = lo > lp ? o : path, *shorter = lo > lp ? path : o;
+		size_t ls = lo > lp ? lp : lo;
+		if (strncmp(longer, shorter, ls) == 0 && longer[ls] == '/')
+			return fail(errbuf, len, -EINVAL,
+			            "weight \"%.200s\" is a directory of weight \"%.200s\": a path cannot be both",
+			            shorter, longer);
+	}
 	return 0;
 }
 
