@@ -109,6 +109,9 @@ if [ "$daemons_ok" = 1 ]; then
 		"${strict[@]}" "$ROOT/examples/dynamic_matmul.mil" "$ROOT/examples/transformer_block_verified.mil" \
 		>"$WORK/probe.md" 2>"$WORK/probe.err" || probe_rc=$?
 	[ "$probe_rc" = 0 ] || status=1
+	if [ -x "$BUILD_DIR/client/aneshare" ]; then
+		"$BUILD_DIR/client/aneshare" --socket "$WORK/dut.sock" status >"$WORK/status.txt" 2>&1 || true
+	fi
 else
 	status=1
 fi
@@ -145,6 +148,14 @@ fi
 	echo
 	if [ -s "$WORK/probe.md" ]; then
 		cat "$WORK/probe.md"
+	fi
+	if [ -s "$WORK/status.txt" ]; then
+		echo
+		echo "### Device daemon status after the runs (aneshare status)"
+		echo
+		echo '```'
+		cat "$WORK/status.txt"
+		echo '```'
 	fi
 	if [ -s "$WORK/probe.err" ]; then
 		echo
