@@ -106,7 +106,7 @@ static bool can_take_requests(const anes_conn *c)
 {
 	const anes_limits *lim = &c->srv->lim;
 	return !c->failed && !c->lane && c->inflight < lim->max_inflight &&
-	       c->io.out_bytes < lim->max_unsent_bytes;
+	       c->io.out_bytes < lim->max_unsent_bytes && anes_tenant_jobs_room(c->tenant);
 }
 
 /* Drop a client whose unread output stays over drop_unsent_bytes: it does
@@ -215,7 +215,13 @@ static int peer_creds(int fd, uint32_t *ret_uid, long *ret_pid)
 	if (getpeereid(fd, &uid, &gid) < 0)
 		return -errno;
 	*ret_uid = (uint32_t)uid;
-	*ret_pid = -1;
+	*ret_pid = -1;   /* unknown: the uid is the tenant (tenant.h) */
+#ifdef LOCAL_PEERPID
+	pid_t pid;
+	socklen_t len = sizeof(pid);
+	if (getsockopt(fd, SOL_LOCAL, LOCAL_PEERPID, &pid, &len) == 0)
+		*ret_pid = (long)pid;
+#endif
 #endif
 	return 0;
 }
@@ -269,16 +275,25 @@ int anes_conn_new(anes_server *srv, int fd)
 		return -EMFILE;
 	}
 	anes_conn *c = calloc(1, sizeof(*c));
-	if (!c) {
+	if (c)
+		c->tenant = anes_tenant_get(&srv->tenants, uid, pid);
+	if (!c || !c->tenant) {
 		close(fd);
+		free(c);
 		return -ENOMEM;
 	}
 	r = uv_poll_init(&srv->loop, &c->poll, fd);
 	if (r < 0) {
 		close(fd);
+		anes_tenant_unref(c->tenant);
 		free(c);
 		return r == UV_ENOMEM ? -ENOMEM : -EIO;
 	}
+	c->tnext = c->tenant->conns;
+	if (c->tnext)
+		c->tnext->tprev = c;
+	c->tenant->conns = c;
+	c->tenant->n_conns++;
 	c->poll.data = c;
 	c->srv = srv;
 	c->fd = fd;
@@ -356,6 +371,8 @@ static void on_closed(uv_handle_t *h)
 	close(c->fd);
 	c->fd = -1;
 	pthread_mutex_unlock(&c->send_mu);
+	anes_tenant_unref(c->tenant);   /* jobs still out hold their own */
+	c->tenant = NULL;
 	anes_conn_unref(c);
 }
 
@@ -380,9 +397,18 @@ static void teardown(anes_conn *c)
 	for (uint32_t i = 0; i < c->surfaces.n; i++)
 		anes_surface_unref(c->surfaces.v[i].ptr);
 	for (uint32_t i = 0; i < c->programs.n; i++)
-		anes_centry_drop_handle(c->programs.v[i].ptr);
+		anes_centry_drop_handle(c->programs.v[i].ptr, c->tenant);
 	anes_idt_cleanup(&c->surfaces);
 	anes_idt_cleanup(&c->programs);
+	anes_tenant *t = c->tenant;
+	if (c->tprev)
+		c->tprev->tnext = c->tnext;
+	else
+		t->conns = c->tnext;
+	if (c->tnext)
+		c->tnext->tprev = c->tprev;
+	c->tprev = c->tnext = NULL;
+	t->n_conns--;
 
 	if (srv->cfg.verbose)
 		anes_log("client #%llu (%s) disconnected: released %u surfaces (%llu bytes), "

@@ -21,6 +21,7 @@
 #include "anes_spin.h"
 #include "backend.h"
 #include "server.h"
+#include "tenant.h"
 
 #define ANES_CLIENT_NAME_MAX 128   /* bytes of the hello "client" name */
 #define ANES_WEIGHT_PATH_MAX 256   /* bytes of a weight path */
@@ -132,6 +133,8 @@ struct anes_server {
 
 	uint64_t start_ns;
 	anes_stats stats;
+	anes_tenants tenants;        /* what each client process holds (tenant.h) */
+	unsigned run_concurrency;    /* most runs of one program at once (program memory) */
 	uint64_t next_surface_key;   /* anes_surface.key */
 };
 
@@ -195,6 +198,8 @@ struct anes_conn {
 	anes_conn *flush_next;
 	anes_io io;
 	char name[ANES_CLIENT_NAME_MAX + 1];
+	anes_tenant *tenant;         /* its peer process (referenced) */
+	anes_conn *tprev, *tnext;    /* tenant->conns */
 
 	uint32_t inflight;           /* runs and compiles not answered yet */
 	uint32_t pending_compiles;   /* reserve a handle slot each */
@@ -340,6 +345,8 @@ struct anes_surface {
 	void *map;          /* MAP_SHARED, size bytes */
 	uint64_t size;
 	anes_conn *owner;   /* referenced: accounting outlives the table entry */
+	anes_tenant *tenant;    /* owner's, referenced: charged size, 1 surface, fd_charged fds */
+	bool fd_charged;
 	uint64_t key;       /* unique in this daemon (backend.h, anes_surface_desc) */
 	int fd;             /* a CLOEXEC dup of the memfd when the backend has
 	                     * run_surfaces (device worker), else -1 (always
@@ -351,6 +358,14 @@ struct anes_surface {
 	anes_surface *shm_prev, *shm_next;
 };
 
+/* Whether surfaces on memfds keep an fd in the daemon (a device worker). */
+bool anes_surface_keeps_fd(const anes_server *srv);
+/* Charge a surface of size bytes (and an fd, when fd) to owner's tenant and
+ * the daemon before it is made.  0, or -EDQUOT / -ENOSPC (tenant.h) with
+ * *ret_res the resource over its limit.  anes_surface_new* take the charge
+ * over on success; on their failure the caller undoes it. */
+int anes_surface_charge(anes_conn *owner, uint64_t size, bool fd, anes_res *ret_res);
+void anes_surface_uncharge(anes_conn *owner, uint64_t size, bool fd);
 /* Map size bytes of fd (not taken; the mapping keeps the memory alive, and
  * a dup is kept when the backend shares surfaces with another process).
  * Counts against owner's totals.  -ENOMEM, -EMFILE. */
@@ -372,9 +387,16 @@ typedef enum anes_centry_state {
 	ANES_CE_READY,
 } anes_centry_state;
 
+typedef struct anes_holder {
+	struct anes_holder *next;
+	anes_tenant *tenant;  /* referenced; charged the entry's bytes */
+	uint32_t handles;
+} anes_holder;
+
 typedef struct anes_waiter {
 	struct anes_waiter *next;
 	anes_conn *conn;     /* referenced */
+	anes_tenant *tenant; /* conn's, referenced: its job is counted */
 	uint32_t msgid;
 	bool cached;
 } anes_waiter;
@@ -389,6 +411,12 @@ struct anes_centry {
 	uint32_t handles;           /* program handles, all connections */
 	uint32_t pins;              /* runs in flight + the compile job */
 	anes_waiter *waiters;       /* COMPILING: requests to answer */
+	/* Program memory (docs/protocol.md, "Program memory"): bytes, counted
+	 * once in the daemon's total while the entry lives (from the compile's
+	 * start), and charged to each tenant that holds a handle. */
+	uint64_t bytes;
+	bool bytes_daemon;          /* bytes is in the daemon's total */
+	anes_holder *holders;
 	anes_waiter **waiters_tail;
 	/* How long its runs take lately (ns, a moving average; 0: it has not
 	 * run yet).  Workers update it; a lane runs only short programs. */
@@ -419,8 +447,20 @@ int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights,
 void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
                           anes_wire_weight *weights, uint32_t n_weights);
 
-void anes_centry_add_handle(anes_centry *e);
-void anes_centry_drop_handle(anes_centry *e);
+/* A handle of t to e: charges t one program handle and, when t holds no
+ * other handle to e, e->bytes of program memory.  0, or -EDQUOT/-ENOSPC
+ * (tenant.h; *ret_res says which resource) or -ENOMEM, and nothing changed. */
+int anes_centry_add_handle(anes_centry *e, anes_tenant *t, anes_res *ret_res);
+void anes_centry_drop_handle(anes_centry *e, anes_tenant *t);
+
+/* progmem.c: an upper bound of the memory compiling and running a program
+ * makes backend ("cpu", "ane") hold, from the MIL's types, before any of it
+ * is allocated (docs/protocol.md, "Program memory").  concurrency: most runs
+ * of one program at once.  Errors as the backend's compile (-EINVAL with a
+ * "line N: ..." message, -ENOTSUP, -ENOMEM). */
+int anes_program_estimate(const char *backend, const char *mil, size_t mil_len,
+                          const anes_weight *weights, size_t n_weights, unsigned concurrency,
+                          uint64_t *ret_bytes, char *errbuf, size_t errbuf_len);
 void anes_centry_pin(anes_centry *e);
 void anes_centry_unpin(anes_centry *e);
 

@@ -84,6 +84,31 @@ static const char *backend_name(const anes_server *srv)
 
 /* ---- hello, status ---------------------------------------------------------- */
 
+/* The per-client and daemon-wide limits of tenant.h not announced by name
+ * in m_hello (max_total_surface_bytes and max_daemon_surface_bytes are). */
+static bool tenant_key_new(const char *key)
+{
+	return key && strcmp(key, "max_total_surface_bytes") && strcmp(key, "max_daemon_surface_bytes");
+}
+
+static uint32_t count_tenant_limits(void)
+{
+	uint32_t n = 0;
+	for (int r = 0; r < ANES_RES_N; r++)
+		n += tenant_key_new(anes_res_client_key(r)) + tenant_key_new(anes_res_daemon_key(r));
+	return n;
+}
+
+static void pack_tenant_limits(msgpack_packer *pk, const anes_limits *lim)
+{
+	for (int r = 0; r < ANES_RES_N; r++) {
+		if (tenant_key_new(anes_res_client_key(r)))
+			pack_kv_u64(pk, anes_res_client_key(r), anes_res_client_limit(lim, r));
+		if (tenant_key_new(anes_res_daemon_key(r)))
+			pack_kv_u64(pk, anes_res_daemon_key(r), anes_res_daemon_limit(lim, r));
+	}
+}
+
 static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 {
 	const anes_limits *lim = &c->srv->lim;
@@ -118,6 +143,8 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	}
 	c->name[name_len] = '\0';
 	c->hello_done = true;
+	if (!c->tenant->name[0])
+		memcpy(c->tenant->name, c->name, name_len + 1);
 	if (c->srv->cfg.verbose && c->name[0])
 		anes_log("client #%llu is \"%s\"", (unsigned long long)c->serial, c->name);
 
@@ -129,7 +156,7 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_str(&f.pk, "backend", backend_name(c->srv));
 	anes_pack_str(&f.pk, "limits");
-	msgpack_pack_map(&f.pk, 18);
+	msgpack_pack_map(&f.pk, 18 + 1 + count_tenant_limits());
 	pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
 	pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
 	pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
@@ -148,6 +175,8 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "drop_unsent_bytes", lim->drop_unsent_bytes);
 	pack_kv_u64(&f.pk, "drop_unsent_seconds", lim->drop_unsent_seconds);
 	pack_kv_u64(&f.pk, "drop_unsent_hard_bytes", lim->drop_unsent_hard_bytes);
+	pack_kv_u64(&f.pk, "max_connections", lim->max_connections);
+	pack_tenant_limits(&f.pk, lim);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -232,7 +261,10 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 
 /* ---- surfaces ---------------------------------------------------------------- */
 
-static bool surface_limits_ok(anes_conn *c, const anes_msg *m, uint64_t size)
+/* The connection's own caps (its ID table), then the charge to its client
+ * process and the daemon (tenant.h).  On success the surface is charged:
+ * every later failure must call anes_surface_uncharge. */
+static bool surface_limits_ok(anes_conn *c, const anes_msg *m, uint64_t size, bool fd)
 {
 	const anes_limits *lim = &c->srv->lim;
 	uint32_t id;
@@ -242,26 +274,21 @@ static bool surface_limits_ok(anes_conn *c, const anes_msg *m, uint64_t size)
 		                      "too many surfaces on this connection (max %u)", lim->max_surfaces);
 		return false;
 	}
-	if (size > lim->max_total_surface_bytes - c->surface_bytes) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
-		                      "surfaces of this connection would exceed %llu bytes",
-		                      (unsigned long long)lim->max_total_surface_bytes);
-		return false;
-	}
-	const anes_stats *st = &c->srv->stats;
-	if (st->surface_bytes > lim->max_daemon_surface_bytes ||
-	    size > lim->max_daemon_surface_bytes - st->surface_bytes) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
-		                      "surfaces of all clients would exceed the daemon's %llu bytes",
-		                      (unsigned long long)lim->max_daemon_surface_bytes);
-		return false;
-	}
 	if (anes_idt_peek(&c->surfaces, &id) < 0) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT, "surface IDs exhausted");
 		return false;
 	}
 	if (anes_idt_reserve(&c->surfaces, 1) < 0) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		return false;
+	}
+	anes_res res;
+	int r = anes_surface_charge(c, size, fd, &res);
+	if (r < 0) {
+		char msg[ANES_ERRMSG_MAX];
+		anes_tenant_limit_msg(c->tenant, res, res == ANES_RES_SURFACE_BYTES ? size : 1, r, msg,
+		                      sizeof(msg));
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT, "%s", msg);
 		return false;
 	}
 	return true;
@@ -308,19 +335,22 @@ static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned
 		reply_param(c, m, "size", r < 0 ? r : -EINVAL);
 		return;
 	}
-	if (!surface_limits_ok(c, m, size))
-		return;
 	const anes_shm_ops *so = anes_shm_default();
+	bool keep_fd = !so->by_id && anes_surface_keeps_fd(c->srv);
+	if (!surface_limits_ok(c, m, size, keep_fd))
+		return;
 	if (so->by_id) {
 		anes_shm *shm;
 		r = so->create(size, &shm);
 		if (r < 0) {
+			anes_surface_uncharge(c, size, false);
 			reply_errno(c, m, r, "creating the IOSurface");
 			return;
 		}
 		r = anes_surface_new_shm(c, shm, true, &s);
 		if (r < 0) {
 			so->release(shm);
+			anes_surface_uncharge(c, size, false);
 			reply_errno(c, m, r, "creating the surface");
 			return;
 		}
@@ -329,12 +359,14 @@ static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned
 	}
 	r = anes_memfd_create("aneshare-surface", size, &fd);
 	if (r < 0) {
+		anes_surface_uncharge(c, size, keep_fd);
 		reply_errno(c, m, r, "creating the memfd");
 		return;
 	}
 	r = anes_surface_new(c, fd, size, &s);
 	if (r < 0) {
 		close(fd);
+		anes_surface_uncharge(c, size, keep_fd);
 		reply_errno(c, m, r, "mapping the surface");
 		return;
 	}
@@ -393,13 +425,14 @@ static void import_by_id(anes_conn *c, const anes_msg *m, unsigned nfds)
 		                      (unsigned long long)c->srv->lim.max_surface_bytes);
 		return;
 	}
-	if (!surface_limits_ok(c, m, size)) {
+	if (!surface_limits_ok(c, m, size, false)) {
 		so->release(shm);
 		return;
 	}
 	r = anes_surface_new_shm(c, shm, false, &s);
 	if (r < 0) {
 		so->release(shm);
+		anes_surface_uncharge(c, size, false);
 		reply_errno(c, m, r, "importing the surface");
 		return;
 	}
@@ -433,10 +466,13 @@ static void m_surface_import(anes_conn *c, const anes_msg *m, int *fds, unsigned
 		                      (unsigned long long)c->srv->lim.max_surface_bytes);
 		return;
 	}
-	if (!surface_limits_ok(c, m, size))
+	bool keep_fd = anes_surface_keeps_fd(c->srv);
+	if (!surface_limits_ok(c, m, size, keep_fd))
 		return;
 	/* The mapping keeps the memory; the dispatcher closes the fd. */
 	r = anes_surface_new(c, fds[0], size, &s);
+	if (r < 0)
+		anes_surface_uncharge(c, size, keep_fd);
 	if (r == -EPERM || r == -EACCES) {
 		/* Sealed against writing, or opened read-only. */
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
@@ -612,7 +648,7 @@ static void m_program_release(anes_conn *c, const anes_msg *m, int *fds, unsigne
 	uint32_t id;
 	(void)anes_mp_u32(m->params, "id", &id);
 	anes_idt_remove(&c->programs, id);
-	anes_centry_drop_handle(e);
+	anes_centry_drop_handle(e, c->tenant);
 
 	anes_frame f;
 	anes_frame_init(&f);
@@ -642,6 +678,7 @@ typedef struct run_step {
 typedef struct run_job {
 	anes_job job;
 	anes_conn *conn;        /* referenced */
+	anes_tenant *tenant;    /* conn's, referenced: the job is counted */
 	anes_backend *backend;
 	uint32_t msgid;
 	bool chain;
@@ -712,6 +749,7 @@ static void run_work(anes_job *j)
 	rj->err[sizeof(rj->err) - 1] = '\0';
 	/* Counted before any client can see the reply (run_reply). */
 	atomic_fetch_add(&rj->conn->srv->stats.runs, rj->n_done);
+	atomic_fetch_add(&rj->tenant->runs, rj->n_done);
 }
 
 static void pack_run_ok(msgpack_packer *pk, uint32_t msgid, bool chain, uint32_t n_steps,
@@ -918,6 +956,8 @@ static void run_done(anes_job *j, bool cancelled)
 	}
 	anes_server *srv = c->srv;
 	anes_conn_kick(c);
+	anes_tenant_job_end(rj->tenant);
+	anes_tenant_unref(rj->tenant);
 	anes_conn_unref(c);
 	run_job_free(srv, rj);
 }
@@ -1216,6 +1256,8 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	rj->job.done = run_done;
 	rj->job.reply = run_reply;
 	rj->conn = anes_conn_ref(c);
+	rj->tenant = anes_tenant_ref(c->tenant);
+	anes_tenant_job_begin(c->tenant);
 	rj->backend = c->srv->backend;
 	rj->msgid = m->msgid;
 	rj->chain = q.chain;
@@ -1338,6 +1380,7 @@ int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx
 		/* Counted before the client can see the reply and ask status. */
 		atomic_fetch_add(&c->srv->stats.lane_runs, n_done);
 		atomic_fetch_add(&c->srv->stats.runs, n_done);
+		atomic_fetch_add(&c->tenant->runs, n_done);
 		if (rc != 0) {
 			q.step = n_done - 1;
 			if (rc == -ECONNRESET)

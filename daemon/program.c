@@ -233,22 +233,71 @@ static void centry_maybe_free(anes_centry *e)
 {
 	if (e->handles > 0 || e->pins > 0)
 		return;
-	assert(!e->waiters);
+	assert(!e->waiters && !e->holders);
 	anes_server *srv = e->srv;
 	cache_remove(srv->cache, e);
 	if (e->prog)
 		srv->backend->ops->program_free(srv->backend, e->prog);
+	if (e->bytes_daemon)
+		anes_tenants_uncharge(&srv->tenants, ANES_RES_PROGRAM_BYTES, e->bytes);
 	free(e);
 }
 
-void anes_centry_add_handle(anes_centry *e)
+static anes_holder **find_holder(anes_centry *e, anes_tenant *t)
 {
-	e->handles++;
+	anes_holder **pp = &e->holders;
+	while (*pp && (*pp)->tenant != t)
+		pp = &(*pp)->next;
+	return pp;
 }
 
-void anes_centry_drop_handle(anes_centry *e)
+int anes_centry_add_handle(anes_centry *e, anes_tenant *t, anes_res *ret_res)
+{
+	int r = anes_tenant_charge(t, ANES_RES_PROGRAMS, 1, true);
+	if (r < 0) {
+		*ret_res = ANES_RES_PROGRAMS;
+		return r;
+	}
+	anes_holder **pp = find_holder(e, t);
+	if (!*pp) {
+		anes_holder *h = calloc(1, sizeof(*h));
+		r = h ? anes_tenant_charge(t, ANES_RES_PROGRAM_BYTES, e->bytes, false) : -ENOMEM;
+		if (r < 0) {
+			free(h);
+			anes_tenant_uncharge(t, ANES_RES_PROGRAMS, 1, true);
+			*ret_res = ANES_RES_PROGRAM_BYTES;
+			return r;
+		}
+		h->tenant = anes_tenant_ref(t);
+		*pp = h;
+	}
+	(*pp)->handles++;
+	e->handles++;
+	return 0;
+}
+
+/* Drop t's holding of e when it has no handle left: its charge goes. */
+static void holder_put(anes_centry *e, anes_holder **pp)
+{
+	anes_holder *h = *pp;
+	if (h->handles > 0)
+		return;
+	*pp = h->next;
+	anes_tenant_uncharge(h->tenant, ANES_RES_PROGRAM_BYTES, e->bytes, false);
+	anes_tenant_unref(h->tenant);
+	free(h);
+}
+
+void anes_centry_drop_handle(anes_centry *e, anes_tenant *t)
 {
 	assert(e->handles > 0);
+	anes_holder **pp = find_holder(e, t);
+	assert(*pp && (*pp)->handles > 0);
+	if (*pp) {
+		(*pp)->handles--;
+		holder_put(e, pp);
+	}
+	anes_tenant_uncharge(t, ANES_RES_PROGRAMS, 1, true);
 	e->handles--;
 	centry_maybe_free(e);
 }
@@ -270,6 +319,11 @@ void anes_centry_unpin(anes_centry *e)
 typedef struct compile_job {
 	anes_job job;
 	anes_server *srv;
+	anes_tenant *tenant;   /* of the request that started it, referenced */
+	uint64_t copy_bytes;   /* the request's copy, charged to tenant and the daemon */
+	uint64_t est;          /* program memory, charged by compile_work (est_charged) */
+	bool est_charged;
+	anes_res limit_res;    /* rc -EDQUOT/-ENOSPC: the resource */
 	anes_centry *entry;
 	const char *mil;
 	size_t mil_len;
@@ -288,6 +342,25 @@ static void compile_work(anes_job *j)
 	anes_bprogram *prog = NULL;
 
 	cj->err[0] = '\0';
+	/* Charge the program's memory before it exists (docs/protocol.md,
+	 * "Program memory"): refused here, nothing of its size is allocated. */
+	cj->rc = anes_program_estimate(b->ops->name, cj->mil, cj->mil_len, cj->weights,
+	                               cj->n_weights, cj->srv->run_concurrency, &cj->est, cj->err,
+	                               sizeof(cj->err));
+	if (cj->rc == 0) {
+		cj->rc = anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, true);
+		if (cj->rc < 0) {
+			cj->limit_res = ANES_RES_PROGRAM_BYTES;
+			anes_tenant_limit_msg(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, cj->rc, cj->err,
+			                      sizeof(cj->err));
+			return;
+		}
+		cj->est_charged = true;
+	}
+	if (cj->rc < 0) {
+		cj->err[sizeof(cj->err) - 1] = '\0';
+		return;
+	}
 	cj->rc = b->ops->compile(b, cj->mil, cj->mil_len, cj->weights, cj->n_weights, &prog,
 	                         cj->err, sizeof(cj->err));
 	if (cj->rc == 0 && !prog)
@@ -306,14 +379,27 @@ static void answer_waiter(anes_centry *e, anes_waiter *w, int rc, const char *er
 		return;
 	if (rc == 0) {
 		uint32_t id;
-		/* The slot was reserved when the request was accepted. */
-		int r = anes_idt_insert(&c->programs, e, &id);
+		anes_res res;
+		int r = anes_centry_add_handle(e, w->tenant, &res);
+		if (r == -ENOMEM) {
+			anes_conn_reply_error(c, w->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+			return;
+		}
 		if (r < 0) {
+			char msg[ANES_ERRMSG_MAX];
+			anes_tenant_limit_msg(w->tenant, res, res == ANES_RES_PROGRAMS ? 1 : e->bytes, r, msg,
+			                      sizeof(msg));
+			anes_conn_reply_error(c, w->msgid, ANES_WERR_LIMIT, "%s", msg);
+			return;
+		}
+		/* The slot was reserved when the request was accepted. */
+		r = anes_idt_insert(&c->programs, e, &id);
+		if (r < 0) {
+			anes_centry_drop_handle(e, w->tenant);
 			anes_conn_reply_error(c, w->msgid, r == -ENOSPC ? ANES_WERR_LIMIT : ANES_WERR_NO_MEMORY,
 			                      r == -ENOSPC ? "program IDs exhausted" : "out of memory");
 			return;
 		}
-		anes_centry_add_handle(e);
 		if (w->cached)
 			srv->stats.cache_hits++;
 		anes_frame f;
@@ -354,6 +440,9 @@ static void answer_waiter(anes_centry *e, anes_waiter *w, int rc, const char *er
 		anes_conn_reply_error(c, w->msgid, ANES_WERR_LIMIT, "%s",
 		                      err[0] ? err : "the device worker's compile budget is full");
 		break;
+	case -EDQUOT:
+		anes_conn_reply_error(c, w->msgid, ANES_WERR_LIMIT, "%s", err);
+		break;
 	default:
 		anes_conn_reply_error(c, w->msgid, ANES_WERR_INTERNAL, "compile failed (%s)%s%s",
 		                      strerror(-rc), err[0] ? ": " : "", err);
@@ -373,7 +462,25 @@ static void compile_done(anes_job *j, bool cancelled)
 		e->prog = cj->prog;
 		e->state = ANES_CE_READY;
 		srv->stats.compiles++;
+		/* The compile's charge becomes the program's: in the daemon's
+		 * total while it lives, and the starter's holding (which its
+		 * handle finds below; dropped if it got none). */
+		e->bytes = cj->est;
+		e->bytes_daemon = true;
+		anes_holder *h = calloc(1, sizeof(*h));
+		if (h) {
+			h->tenant = anes_tenant_ref(cj->tenant);
+			h->next = e->holders;
+			e->holders = h;
+		} else {
+			anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, false);
+		}
+		cj->est_charged = false;
+	} else if (cj->est_charged) {
+		anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, true);
+		cj->est_charged = false;
 	}
+	anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
 
 	anes_waiter *list = e->waiters;
 	e->waiters = NULL;
@@ -385,10 +492,19 @@ static void compile_done(anes_job *j, bool cancelled)
 		w->conn->pending_compiles--;
 		answer_waiter(e, w, rc, cj->err);
 		anes_conn_kick(w->conn);
+		anes_tenant_job_end(w->tenant);
+		anes_tenant_unref(w->tenant);
 		anes_conn_unref(w->conn);
 		free(w);
 	}
+	for (anes_holder **pp = &e->holders; *pp;) {
+		if ((*pp)->handles == 0)
+			holder_put(e, pp);
+		else
+			pp = &(*pp)->next;
+	}
 
+	anes_tenant_unref(cj->tenant);
 	free(cj->copy);
 	free(cj->weights);
 	free(cj);
@@ -401,22 +517,31 @@ static int add_waiter(anes_centry *e, anes_conn *c, uint32_t msgid, bool cached)
 	if (!w)
 		return -ENOMEM;
 	w->conn = anes_conn_ref(c);
+	w->tenant = anes_tenant_ref(c->tenant);
 	w->msgid = msgid;
 	w->cached = cached;
 	*e->waiters_tail = w;
 	e->waiters_tail = &w->next;
 	c->inflight++;
 	c->pending_compiles++;
+	anes_tenant_job_begin(c->tenant);
 	return 0;
 }
 
-static int make_job(anes_server *srv, anes_centry *e, const char *mil, uint32_t mil_len,
+/* The job, with a copy of the request charged to c's tenant as program
+ * memory before it is made.  -EDQUOT/-ENOSPC (over the limit), -ENOMEM. */
+static int make_job(anes_conn *c, anes_centry *e, const char *mil, uint32_t mil_len,
                     const anes_wire_weight *weights, uint32_t n, compile_job **ret)
 {
+	anes_server *srv = c->srv;
 	/* The request's payload is gone once the handler returns: copy it. */
 	size_t total = (size_t)mil_len + 1;
 	for (uint32_t i = 0; i < n; i++)
 		total += (size_t)weights[i].path_len + 1 + weights[i].len;
+	uint64_t charge = sizeof(compile_job) + total + (uint64_t)n * sizeof(anes_weight);
+	int r = anes_tenant_charge(c->tenant, ANES_RES_PROGRAM_BYTES, charge, true);
+	if (r < 0)
+		return r;
 
 	compile_job *cj = calloc(1, sizeof(*cj));
 	char *copy = malloc(total);
@@ -425,8 +550,11 @@ static int make_job(anes_server *srv, anes_centry *e, const char *mil, uint32_t 
 		free(cj);
 		free(copy);
 		free(ws);
+		anes_tenant_uncharge(c->tenant, ANES_RES_PROGRAM_BYTES, charge, true);
 		return -ENOMEM;
 	}
+	cj->tenant = anes_tenant_ref(c->tenant);
+	cj->copy_bytes = charge;
 	char *p = copy;
 	memcpy(p, mil, mil_len);
 	p[mil_len] = '\0';
@@ -484,7 +612,7 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 
 	anes_centry *e = cache_find(srv->cache, key);
 	if (e && e->state == ANES_CE_READY) {
-		anes_waiter w = { .conn = c, .msgid = msgid, .cached = true };
+		anes_waiter w = { .conn = c, .tenant = c->tenant, .msgid = msgid, .cached = true };
 		answer_waiter(e, &w, 0, "");
 		return;
 	}
@@ -509,11 +637,24 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 	e->waiters_tail = &e->waiters;
 
 	compile_job *cj;
-	if (make_job(srv, e, mil, mil_len, weights, n_weights, &cj) < 0) {
+	r = make_job(c, e, mil, mil_len, weights, n_weights, &cj);
+	if (r == -EDQUOT || r == -ENOSPC) {
+		char msg[ANES_ERRMSG_MAX];
+		free(e);
+		uint64_t req = mil_len;
+		for (uint32_t i = 0; i < n_weights; i++)
+			req += weights[i].len;
+		anes_tenant_limit_msg(c->tenant, ANES_RES_PROGRAM_BYTES, req, r, msg, sizeof(msg));
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "%s", msg);
+		return;
+	}
+	if (r < 0) {
 		free(e);
 		goto oom;
 	}
 	if (add_waiter(e, c, msgid, false) < 0) {
+		anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
+		anes_tenant_unref(cj->tenant);
 		free(cj->copy);
 		free(cj->weights);
 		free(cj);

@@ -21,14 +21,13 @@
 
 #include "daemon.h"
 
-/* Half the machine's memory: surfaces are shared memory the kernel cannot
- * swap out cheaply, and the rest of the system needs some too. */
-static uint64_t default_daemon_surface_bytes(void)
+/* The machine's memory, or 16 GiB when it cannot be read. */
+static uint64_t phys_bytes(void)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
 	if (pages <= 0 || psize <= 0)
 		return 16ull << 30;
-	return (uint64_t)pages * (uint64_t)psize / 2;
+	return (uint64_t)pages * (uint64_t)psize;
 }
 
 void anes_server_config_init(anes_server_config *cfg)
@@ -45,18 +44,30 @@ void anes_server_config_init(anes_server_config *cfg)
 			.max_frame = ANES_FRAME_MAX_DEFAULT,
 			.max_surfaces = 1024,
 			.max_surface_bytes = 1ull << 30,
-			.max_total_surface_bytes = 4ull << 30,
+			/* Memory: fractions of the machine's, so that the daemon's
+			 * limits together stay below it (docs/protocol.md, Limits). */
+			.max_total_surface_bytes = phys_bytes() / 4,
 			.max_programs = 256,
 			.max_inflight = 64,
 			.max_mil_bytes = 16u << 20,
 			.max_weights = 256,
 			.max_weight_bytes = 64u << 20,
 			.max_connections = 256,
-			.max_daemon_surface_bytes = default_daemon_surface_bytes(),
+			.max_daemon_surface_bytes = phys_bytes() / 4,
 			.max_unsent_bytes = 4u << 20,
 			.drop_unsent_bytes = 4u << 20,
 			.drop_unsent_seconds = 10,
 			.drop_unsent_hard_bytes = 256u << 20,
+			.max_client_surfaces = 0,   /* 0: max_surfaces (anes_server_new) */
+			.max_daemon_surfaces = 65536,
+			.max_client_fds = 0,        /* 0: max_client_surfaces */
+			.max_daemon_fds = 65536,
+			.max_client_programs = 0,   /* 0: max_programs */
+			.max_daemon_programs = 65536,
+			.max_client_program_bytes = phys_bytes() / 8 * 5,
+			.max_daemon_program_bytes = phys_bytes() / 8 * 5,
+			.max_client_jobs = 0,       /* 0: max_inflight */
+			.max_daemon_jobs = 4096,
 		},
 		.handle_signals = false,
 		.verbose = false,
@@ -550,6 +561,7 @@ static void server_destroy(anes_server *srv, bool loop_init)
 		(void)r;
 	}
 	anes_cache_free(srv->cache);
+	anes_tenants_cleanup(&srv->tenants);
 	anes_run_jobs_free(srv);
 	if (srv->zone_init)
 		msgpack_zone_destroy(&srv->zone);
@@ -590,7 +602,16 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	if (srv->cfg.lane_threads == 0)
 		srv->cfg.lane_threads = srv->cfg.workers;
 
-	const anes_limits *l = &srv->lim;
+	anes_limits *l = &srv->lim;
+	/* A process gets what one connection gets, unless told otherwise. */
+	if (l->max_client_surfaces == 0)
+		l->max_client_surfaces = l->max_surfaces;
+	if (l->max_client_fds == 0)
+		l->max_client_fds = l->max_client_surfaces;
+	if (l->max_client_programs == 0)
+		l->max_client_programs = l->max_programs;
+	if (l->max_client_jobs == 0)
+		l->max_client_jobs = l->max_inflight;
 	if (!srv->backend || !srv->backend->ops) {
 		errmsg(errbuf, errbuf_len, "no backend");
 		r = -EINVAL;
@@ -600,6 +621,8 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	    l->max_surfaces == 0 || l->max_surface_bytes == 0 || l->max_total_surface_bytes == 0 ||
 	    l->max_daemon_surface_bytes == 0 || l->max_programs == 0 || l->max_inflight == 0 ||
 	    l->max_connections == 0 || l->max_unsent_bytes == 0 || l->drop_unsent_bytes == 0 ||
+	    l->max_daemon_surfaces == 0 || l->max_daemon_programs == 0 || l->max_daemon_jobs == 0 ||
+	    l->max_client_program_bytes == 0 || l->max_daemon_program_bytes == 0 ||
 	    srv->cfg.workers > 1024 || srv->cfg.lane_threads > 1024) {
 		errmsg(errbuf, errbuf_len, "invalid limits (max_frame must be %u..%u, the others > 0)",
 		       ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST);
@@ -645,6 +668,11 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 			goto fail;
 	}
 	srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+	anes_tenants_init(&srv->tenants, &srv->lim);
+	/* Most runs of one program at once: each job worker and each lane
+	 * thread may hold one of its run arenas (program memory). */
+	srv->run_concurrency = srv->cfg.workers + (srv->cfg.lanes ? srv->cfg.lane_threads : 0);
 
 	r = anes_cache_new(srv, &srv->cache);
 	if (r < 0 || !msgpack_zone_init(&srv->zone, 4096)) {

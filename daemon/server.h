@@ -24,7 +24,7 @@ typedef struct anes_limits {
 	uint32_t max_frame;                /* payload bytes of one frame */
 	uint32_t max_surfaces;             /* surfaces alive per connection */
 	uint64_t max_surface_bytes;        /* size of one surface */
-	uint64_t max_total_surface_bytes;  /* bytes of surfaces alive per connection */
+	uint64_t max_total_surface_bytes;  /* bytes of surfaces alive per client process */
 	uint32_t max_programs;             /* program handles per connection */
 	uint32_t max_inflight;             /* requests on worker threads per connection */
 	uint32_t max_mil_bytes;            /* MIL text of one compile */
@@ -38,6 +38,13 @@ typedef struct anes_limits {
 	uint64_t drop_unsent_bytes;
 	uint32_t drop_unsent_seconds;
 	uint64_t drop_unsent_hard_bytes;
+	/* Per client process (all its connections together; daemon/tenant.h)
+	 * and for all clients together. */
+	uint64_t max_client_surfaces, max_daemon_surfaces;
+	uint64_t max_client_fds, max_daemon_fds;           /* fds kept for surfaces */
+	uint64_t max_client_programs, max_daemon_programs; /* program handles */
+	uint64_t max_client_program_bytes, max_daemon_program_bytes;
+	uint64_t max_client_jobs, max_daemon_jobs;         /* runs and compiles queued */
 } anes_limits;
 
 typedef struct anes_server_config {

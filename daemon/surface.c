@@ -20,6 +20,48 @@
 #include "anes_shm.h"
 #include "daemon.h"
 
+bool anes_surface_keeps_fd(const anes_server *srv)
+{
+	return srv->backend->ops->run_surfaces != NULL;
+}
+
+int anes_surface_charge(anes_conn *owner, uint64_t size, bool fd, anes_res *ret_res)
+{
+	anes_tenant *t = owner->tenant;
+	anes_res r = ANES_RES_SURFACES;
+	int rc = anes_tenant_charge(t, r, 1, true);
+	if (rc == 0) {
+		r = ANES_RES_SURFACE_BYTES;
+		rc = anes_tenant_charge(t, r, size, true);
+		if (rc < 0)
+			anes_tenant_uncharge(t, ANES_RES_SURFACES, 1, true);
+	}
+	if (rc == 0 && fd) {
+		r = ANES_RES_FDS;
+		rc = anes_tenant_charge(t, r, 1, true);
+		if (rc < 0) {
+			anes_tenant_uncharge(t, ANES_RES_SURFACE_BYTES, size, true);
+			anes_tenant_uncharge(t, ANES_RES_SURFACES, 1, true);
+		}
+	}
+	if (rc < 0)
+		*ret_res = r;
+	return rc;
+}
+
+static void uncharge(anes_tenant *t, uint64_t size, bool fd)
+{
+	anes_tenant_uncharge(t, ANES_RES_SURFACES, 1, true);
+	anes_tenant_uncharge(t, ANES_RES_SURFACE_BYTES, size, true);
+	if (fd)
+		anes_tenant_uncharge(t, ANES_RES_FDS, 1, true);
+}
+
+void anes_surface_uncharge(anes_conn *owner, uint64_t size, bool fd)
+{
+	uncharge(owner->tenant, size, fd);
+}
+
 int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret)
 {
 	if (size == 0 || size > SIZE_MAX)
@@ -50,6 +92,8 @@ int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret
 	s->map = map;
 	s->size = size;
 	s->owner = anes_conn_ref(owner);
+	s->tenant = anes_tenant_ref(owner->tenant);
+	s->fd_charged = s->fd >= 0;
 	owner->surfaces_alive++;
 	owner->surface_bytes += size;
 	owner->srv->stats.surfaces++;
@@ -63,6 +107,7 @@ static void surface_count(anes_conn *owner, anes_surface *s)
 	s->key = ++owner->srv->next_surface_key;
 	s->refs = 1;
 	s->owner = anes_conn_ref(owner);
+	s->tenant = anes_tenant_ref(owner->tenant);
 	owner->surfaces_alive++;
 	owner->surface_bytes += s->size;
 	owner->srv->stats.surfaces++;
@@ -146,6 +191,8 @@ anes_surface *anes_surface_unref(anes_surface *s)
 	owner->surface_bytes -= s->size;
 	owner->srv->stats.surfaces--;
 	owner->srv->stats.surface_bytes -= s->size;
+	uncharge(s->tenant, s->size, s->fd_charged);
+	anes_tenant_unref(s->tenant);
 	free(s);
 	anes_conn_unref(owner);
 	return NULL;

@@ -135,6 +135,15 @@ typedef struct anes_mil_program {
 int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, size_t n_weights,
                    anes_mil_program **ret_prog, char *errbuf, size_t errbuf_len);
 void anes_mil_program_free(anes_mil_program *prog);
+/* As anes_mil_parse, but BLOBFILE constants point into the weights (which
+ * must then outlive the program) instead of being copied: for measuring a
+ * program before its memory is allocated (the daemon's program memory). */
+int anes_mil_parse_borrowed(const char *text, size_t len, const anes_weight *weights,
+                            size_t n_weights, anes_mil_program **ret_prog, char *errbuf,
+                            size_t errbuf_len);
+/* Bytes the program's own allocations take (constants copied from weights
+ * included, borrowed ones not). */
+uint64_t anes_mil_program_bytes(const anes_mil_program *prog);
 
 /* slice_by_index on one axis of size d (stride s != 0): clamp begin/end as
  * MIL does (negative values count from the end; a mask takes the whole

@@ -375,3 +375,11 @@ void anes_mil_slice_axis(int64_t d, int64_t b, int64_t e, int64_t s, bool begin_
 	*ret_begin = b;
 	*ret_len = s > 0 ? (e > b ? (e - b + s - 1) / s : 0) : (b > e ? (b - e + (-s) - 1) / (-s) : 0);
 }
+
+uint64_t anes_mil_program_bytes(const anes_mil_program *prog)
+{
+	uint64_t n = sizeof(struct anes_mil_arena);
+	for (const struct mil_chunk *c = prog->arena->head; c; c = c->next)
+		n += c->size + sizeof(struct mil_chunk) + 128;
+	return n;
+}

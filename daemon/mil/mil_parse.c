@@ -43,6 +43,7 @@ typedef struct parser {
 	struct anes_mil_arena *arena;
 	uint32_t n_stmts;
 	uint64_t total_bytes;
+	bool borrow;        /* BLOBFILE constants point into the weights */
 	fnstate *fn;        /* function being parsed, NULL at program level */
 } parser;
 
@@ -678,6 +679,10 @@ static int parse_blobfile(parser *P, const anes_mil_type *t, void **ret_data)
 	if (doff > len || len - doff < size)
 		return perr(P, -EINVAL, line, "weight blob '%s': data at offset %llu (+%llu bytes) is outside the blob (%zu bytes)",
 		            path, (unsigned long long)doff, (unsigned long long)size, len);
+	if (P->borrow) {
+		*ret_data = (void *)(uintptr_t)(b + doff);
+		return 0;
+	}
 	void *data = mil_arena_alloc(P->arena, (size_t)size);
 	if (!data)
 		return nomem(P);
@@ -1381,8 +1386,8 @@ static int parse_program(parser *P, anes_mil_program *prog)
 	return 0;
 }
 
-int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, size_t n_weights,
-                   anes_mil_program **ret_prog, char *errbuf, size_t errbuf_len)
+static int parse(const char *text, size_t len, const anes_weight *weights, size_t n_weights,
+                 bool borrow, anes_mil_program **ret_prog, char *errbuf, size_t errbuf_len)
 {
 	parser P;
 	anes_mil_program *prog;
@@ -1391,6 +1396,7 @@ int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, siz
 	if (errbuf && errbuf_len)
 		errbuf[0] = 0;
 	memset(&P, 0, sizeof P);
+	P.borrow = borrow;
 	P.chk.errbuf = errbuf;
 	P.chk.errbuf_len = errbuf_len;
 	P.line = 1;
@@ -1423,6 +1429,19 @@ int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, siz
 	prog->arena = P.arena;
 	*ret_prog = prog;
 	return 0;
+}
+
+int anes_mil_parse(const char *text, size_t len, const anes_weight *weights, size_t n_weights,
+                   anes_mil_program **ret_prog, char *errbuf, size_t errbuf_len)
+{
+	return parse(text, len, weights, n_weights, false, ret_prog, errbuf, errbuf_len);
+}
+
+int anes_mil_parse_borrowed(const char *text, size_t len, const anes_weight *weights,
+                            size_t n_weights, anes_mil_program **ret_prog, char *errbuf,
+                            size_t errbuf_len)
+{
+	return parse(text, len, weights, n_weights, true, ret_prog, errbuf, errbuf_len);
 }
 
 void anes_mil_program_free(anes_mil_program *prog)

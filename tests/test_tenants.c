@@ -1,0 +1,459 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tenants (docs/protocol.md, "Limits"; docs/reliability.md, "Tenants"): the
+ * daemon's limits hold per client process, not per connection, and program
+ * memory is charged before it is allocated, so a client over its limit gets
+ * `limit` while the daemon's (and its device worker's) resident memory stays
+ * within that limit.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "aneshare.h"
+#include "daemon_harness.h"
+
+static h_daemon D;
+
+static void teardown(void)
+{
+	h_daemon_kill(&D);
+}
+
+TestSuite(tenants, .fini = teardown, .timeout = 120);
+
+#define ELIMIT (-ANESHARE_ELIMIT)
+#define NCONN 50
+
+/* ---- programs ------------------------------------------------------------------ */
+
+/* A program whose input is 32 bytes but whose run needs 2 x 2 x 16 x reps bytes
+ * of intermediate values (tile, then add): the shape of the reproducer that
+ * took the daemon to 9.7 GiB with 40 bytes of surfaces.  tag makes it a
+ * distinct program. */
+static char *big_arena_mil(unsigned reps, unsigned tag)
+{
+	char *s = NULL;
+	unsigned n = 16 * reps;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func main<ios18>(tensor<fp16, [1, 16]> x) {\n"
+	                 "        tensor<int32, [2]> reps = const()[name = string(\"reps\"), val = tensor<int32, [2]>([1, %u])];\n"
+	                 "        tensor<fp16, [1, %u]> t = tile(x = x, reps = reps)[name = string(\"t\")];\n"
+	                 "        tensor<fp16, [1, %u]> u = add(x = t, y = t)[name = string(\"u\")];\n"
+	                 "        tensor<int32, [1]> ax = const()[name = string(\"ax\"), val = tensor<int32, [1]>([1])];\n"
+	                 "        bool kd = const()[name = string(\"kd\"), val = bool(true)];\n"
+	                 "        tensor<fp16, [1, 1]> m = reduce_max(x = u, axes = ax, keep_dims = kd)[name = string(\"m\")];\n"
+	                 "        tensor<fp16, [1, 1]> tag = const()[name = string(\"tag\"), val = tensor<fp16, [1, 1]>([%u])];\n"
+	                 "        tensor<fp16, [1, 1]> out = add(x = m, y = tag)[name = string(\"out\")];\n"
+	                 "    } -> (out);\n}\n",
+	                 reps, n, n, tag);
+	cr_assert_geq(r, 0);
+	return s;
+}
+
+/* A program with one weight of n fp16 elements (in a blob the daemon copies):
+ * out = max(w * x).  The blob, with its 64-byte header at offset 64, goes to
+ * *ret_blob (malloc'd) and *ret_len. */
+static char *weights_mil(unsigned n, unsigned tag, void **ret_blob, size_t *ret_len)
+{
+	size_t len = 128 + (size_t)n * 2;
+	uint8_t *b = calloc(1, len);
+	cr_assert_not_null(b);
+	uint32_t magic = 0xDEADBEEFu;
+	uint64_t size = (uint64_t)n * 2, off = 128;
+	memcpy(b + 64, &magic, 4);   /* little-endian hosts */
+	b[68] = 1;                   /* fp16 */
+	memcpy(b + 72, &size, 8);
+	memcpy(b + 80, &off, 8);
+	for (size_t i = 0; i < n; i++) {
+		uint16_t h = (uint16_t)(0x3c00 + (i + tag) % 256);   /* 1.0 and up */
+		memcpy(b + 128 + 2 * i, &h, 2);
+	}
+	char *s = NULL;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func main<ios18>(tensor<fp16, [1, 1]> x) {\n"
+	                 "        tensor<fp16, [1, %u]> w = const()[name = string(\"w\"), val = tensor<fp16, [1, %u]>(BLOBFILE(path = string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];\n"
+	                 "        tensor<fp16, [1, %u]> y = mul(x = w, y = x)[name = string(\"y\")];\n"
+	                 "        tensor<int32, [1]> ax = const()[name = string(\"ax\"), val = tensor<int32, [1]>([1])];\n"
+	                 "        bool kd = const()[name = string(\"kd\"), val = bool(true)];\n"
+	                 "        tensor<fp16, [1, 1]> out = reduce_max(x = y, axes = ax, keep_dims = kd)[name = string(\"out\")];\n"
+	                 "    } -> (out);\n}\n",
+	                 n, n, n);
+	cr_assert_geq(r, 0);
+	*ret_blob = b;
+	*ret_len = len;
+	return s;
+}
+
+/* ---- memory of the daemon and its device worker ------------------------------------- */
+
+/* RSS (KiB) of pid and of its children (the device worker). */
+static long tree_rss_kb(pid_t pid)
+{
+	long total = tu_proc_status_kb(pid, "VmRSS");
+	if (total < 0)
+		return -1;
+	DIR *d = opendir("/proc");
+	if (!d)
+		return total;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		char *end;
+		long p = strtol(e->d_name, &end, 10);
+		if (*end || p <= 0)
+			continue;
+		char path[64];
+		snprintf(path, sizeof path, "/proc/%ld/stat", p);
+		char *st = tu_read_file(path);
+		if (!st)
+			continue;
+		/* pid (comm) state ppid ...: comm may hold spaces, so after the last ')' */
+		const char *rp = strrchr(st, ')');
+		long ppid = -1;
+		if (rp)
+			sscanf(rp + 1, " %*c %ld", &ppid);
+		free(st);
+		if (ppid == (long)pid) {
+			long kb = tu_proc_status_kb((pid_t)p, "VmRSS");
+			if (kb > 0)
+				total += kb;
+		}
+	}
+	closedir(d);
+	return total;
+}
+
+static bool have_proc(void)
+{
+	return access("/proc/self/status", R_OK) == 0;
+}
+
+/* One run of p (input x of in_bytes, output of out_bytes) on every
+ * connection of cs at once, so that each may take a run arena of its own. */
+static void run_everywhere(aneshare_conn **cs, aneshare_program **ps, unsigned n, size_t in_bytes,
+                           size_t out_bytes)
+{
+	aneshare_surface *in[8], *out[8];
+	uint32_t t[8];
+	cr_assert_leq(n, 8);
+	for (unsigned i = 0; i < n; i++) {
+		in[i] = h_surface(cs[i], in_bytes);
+		out[i] = h_surface(cs[i], out_bytes);
+		memset(aneshare_surface_data(in[i]), 0x3c, in_bytes);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		int r = aneshare_run_submit(ps[i], 0, &in[i], 1, &out[i], 1, &t[i]);
+		cr_assert_eq(r, 0, "submit: %s (%s)", aneshare_strerror(r), aneshare_last_error(cs[i]));
+	}
+	for (unsigned i = 0; i < n; i++) {
+		int r = aneshare_wait(cs[i], t[i]);
+		cr_assert_eq(r, 0, "run: %s (%s)", aneshare_strerror(r), aneshare_last_error(cs[i]));
+	}
+	for (unsigned i = 0; i < n; i++) {
+		aneshare_surface_release(in[i]);
+		aneshare_surface_release(out[i]);
+	}
+}
+
+/* The client of the issue's reproducers: it compiles distinct programs (and
+ * runs each on 4 connections at once) until the daemon says `limit`.  The
+ * daemon's and its worker's RSS may grow by no more than the limit + 10 %. */
+static void program_memory_bounded(const char *const *extra, bool weights)
+{
+	const uint64_t limit = 192ull << 20;
+	const char *args[16] = { "--max-client-program-bytes", "192M" };
+	unsigned na = 2;
+	for (unsigned i = 0; extra && extra[i]; i++)
+		args[na++] = extra[i];
+	args[na] = NULL;
+	h_daemon_start_args(&D, args);
+
+	aneshare_conn *cs[4];
+	for (unsigned i = 0; i < 4; i++)
+		cs[i] = h_connect(&D, "hog");
+	/* A baseline after the daemon served a first small program. */
+	aneshare_program *warm;
+	char *wm = big_arena_mil(1, 9999);
+	cr_assert_eq(aneshare_program_compile(cs[0], wm, NULL, 0, &warm, NULL), 0);
+	free(wm);
+	aneshare_program *wp[4] = { warm, warm, warm, warm };
+	run_everywhere(cs, wp, 1, 32, 2);
+	long before = tree_rss_kb(D.pid);
+	cr_assert_gt(before, 0);
+
+	unsigned ok = 0;
+	int r = 0;
+	for (unsigned tag = 0; tag < 200 && r == 0; tag++) {
+		aneshare_program *p[4];
+		void *blob = NULL;
+		size_t len = 0;
+		char *mil = weights ? weights_mil(1u << 20, tag, &blob, &len)   /* 2 MiB of weights */
+		                    : big_arena_mil(64u << 10, tag);            /* 2 MiB values */
+		aneshare_weight w = { "@model_path/weights/w.bin", blob, len };
+		/* A handle on each connection (the process is charged once), then
+		 * a run on all four at once: each run may take an arena of its
+		 * own, which the daemon keeps. */
+		for (unsigned i = 0; i < 4 && r == 0; i++)
+			r = aneshare_program_compile(cs[i], mil, weights ? &w : NULL, weights ? 1 : 0,
+			                             &p[i], NULL);
+		free(mil);
+		free(blob);
+		if (r != 0) {
+			cr_assert_eq(r, ELIMIT, "compile %u: %s (%s)", ok, aneshare_strerror(r),
+			             aneshare_last_error(cs[0]));
+			cr_expect(strstr(aneshare_last_error(cs[0]), "max_client_program_bytes"), "%s",
+			          aneshare_last_error(cs[0]));
+			break;
+		}
+		ok++;
+		run_everywhere(cs, p, 4, weights ? 2 : 32, 2);
+	}
+	cr_assert_eq(r, ELIMIT, "%u programs fitted in the limit", ok);
+	cr_assert_gt(ok, 0, "not even one program fitted");
+	long after = tree_rss_kb(D.pid);
+	long grown = after - before;
+	fprintf(stderr, "tenants: %u programs, RSS %ld -> %ld KiB (grew %ld KiB, limit %llu KiB)\n",
+	        ok, before, after, grown, (unsigned long long)(limit >> 10));
+	cr_expect_leq(grown, (long)(limit * 11 / 10 >> 10),
+	              "RSS grew by %ld KiB with a %llu KiB program limit", grown,
+	              (unsigned long long)(limit >> 10));
+
+	/* The client is refused, not the daemon broken: another client still
+	 * compiles and runs. */
+	aneshare_conn *other = h_connect(&D, "other");
+	h_mm mm;
+	aneshare_program *mp = h_compile_mm(other, &mm, NULL);
+	aneshare_surface *in = h_surface(other, mm.in_bytes), *out = h_surface(other, mm.out_bytes);
+	h_mm_fill_run_check(mp, &mm, in, out, 7);
+	aneshare_disconnect(other);
+	for (unsigned i = 0; i < 4; i++)
+		aneshare_disconnect(cs[i]);
+	h_daemon_stop(&D);
+}
+
+Test(tenants, program_memory_limit_bounds_rss)
+{
+	if (!have_proc())
+		cr_skip_test("no /proc: RSS cannot be read here");
+	program_memory_bounded(NULL, false);
+}
+
+Test(tenants, program_memory_limit_bounds_rss_in_worker)
+{
+	if (!have_proc())
+		cr_skip_test("no /proc: RSS cannot be read here");
+	const char *args[] = { "--worker", NULL };
+	program_memory_bounded(args, false);
+}
+
+Test(tenants, weights_memory_limit_bounds_rss)
+{
+	if (!have_proc())
+		cr_skip_test("no /proc: RSS cannot be read here");
+	program_memory_bounded(NULL, true);
+}
+
+/* ---- one process, many connections ------------------------------------------------ */
+
+/* How many surfaces of size bytes n connections of this process get,
+ * taking turns, until each is refused with `limit`. */
+static unsigned surfaces_until_limit(aneshare_conn **cs, unsigned n, size_t size,
+                                     aneshare_surface **keep, unsigned keep_max)
+{
+	unsigned got = 0;
+	bool refused[NCONN] = { false };
+	unsigned n_refused = 0;
+	while (n_refused < n) {
+		for (unsigned i = 0; i < n; i++) {
+			if (refused[i])
+				continue;
+			aneshare_surface *s;
+			int r = aneshare_surface_create(cs[i], size, &s);
+			if (r == 0) {
+				cr_assert_lt(got, keep_max, "more surfaces than any limit allows");
+				keep[got++] = s;
+			} else {
+				cr_assert_eq(r, ELIMIT, "%s (%s)", aneshare_strerror(r), aneshare_last_error(cs[i]));
+				refused[i] = true;
+				n_refused++;
+			}
+		}
+	}
+	return got;
+}
+
+static void release_all(aneshare_surface **s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		cr_assert_eq(aneshare_surface_release(s[i]), 0);
+}
+
+Test(tenants, fifty_connections_get_no_more_surfaces_than_one)
+{
+	/* The count, then the bytes, are the limit. */
+	const char *args[] = { "--max-surfaces", "6", "--max-total-surface-bytes", "1M", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *cs[NCONN];
+	for (unsigned i = 0; i < NCONN; i++)
+		cs[i] = h_connect(&D, "many");
+	aneshare_surface *keep[64];
+
+	unsigned one = surfaces_until_limit(cs, 1, 4096, keep, 64);
+	cr_expect_eq(one, 6);
+	cr_expect(strstr(aneshare_last_error(cs[0]), "surfaces on this connection"), "%s",
+	          aneshare_last_error(cs[0]));
+	release_all(keep, one);
+	unsigned fifty = surfaces_until_limit(cs, NCONN, 4096, keep, 64);
+	cr_expect_eq(fifty, one, "50 connections got %u surfaces, one got %u", fifty, one);
+	cr_expect(strstr(aneshare_last_error(cs[NCONN - 1]), "max_client_surfaces"), "%s",
+	          aneshare_last_error(cs[NCONN - 1]));
+	release_all(keep, fifty);
+
+	one = surfaces_until_limit(cs, 1, 256 << 10, keep, 64);
+	cr_expect_eq(one, 4);
+	release_all(keep, one);
+	fifty = surfaces_until_limit(cs, NCONN, 256 << 10, keep, 64);
+	cr_expect_eq(fifty, one, "50 connections got %u surfaces of 256 KiB, one got %u", fifty, one);
+	cr_expect(strstr(aneshare_last_error(cs[0]), "max_total_surface_bytes"), "%s",
+	          aneshare_last_error(cs[0]));
+	release_all(keep, fifty);
+
+	/* What was released is the client's again. */
+	unsigned again = surfaces_until_limit(cs, 1, 4096, keep, 64);
+	cr_expect_eq(again, 6);
+	release_all(keep, again);
+	for (unsigned i = 0; i < NCONN; i++)
+		aneshare_disconnect(cs[i]);
+	h_daemon_stop(&D);
+}
+
+/* Handles of one program (the same text) that n connections get. */
+static unsigned handles_until_limit(aneshare_conn **cs, unsigned n, const char *mil,
+                                    aneshare_program **keep, unsigned keep_max)
+{
+	unsigned got = 0, n_refused = 0;
+	bool refused[NCONN] = { false };
+	while (n_refused < n) {
+		for (unsigned i = 0; i < n; i++) {
+			if (refused[i])
+				continue;
+			aneshare_program *p;
+			int r = aneshare_program_compile(cs[i], mil, NULL, 0, &p, NULL);
+			if (r == 0) {
+				cr_assert_lt(got, keep_max);
+				keep[got++] = p;
+			} else {
+				cr_assert_eq(r, ELIMIT, "%s (%s)", aneshare_strerror(r), aneshare_last_error(cs[i]));
+				refused[i] = true;
+				n_refused++;
+			}
+		}
+	}
+	return got;
+}
+
+Test(tenants, fifty_connections_get_no_more_programs_than_one)
+{
+	const char *args[] = { "--max-programs", "3", "--max-client-program-bytes", "40M", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *cs[NCONN];
+	for (unsigned i = 0; i < NCONN; i++)
+		cs[i] = h_connect(&D, "many");
+	aneshare_program *keep[64];
+
+	/* Handles of one program. */
+	char *mil = h_square_mm_mil(8, "main");
+	unsigned one = handles_until_limit(cs, 1, mil, keep, 64);
+	cr_expect_eq(one, 3);
+	for (unsigned i = 0; i < one; i++)
+		aneshare_program_release(keep[i]);
+	unsigned fifty = handles_until_limit(cs, NCONN, mil, keep, 64);
+	cr_expect_eq(fifty, one, "50 connections got %u handles, one got %u", fifty, one);
+	cr_expect(strstr(aneshare_last_error(cs[0]), "max_client_programs"), "%s",
+	          aneshare_last_error(cs[0]));
+	for (unsigned i = 0; i < fifty; i++)
+		aneshare_program_release(keep[i]);
+	free(mil);
+
+	/* Program memory: distinct programs of about 16 MiB each (4 run arenas
+	 * of 4 MiB) until the 40 MiB are used. */
+	unsigned got[2];
+	for (unsigned round = 0; round < 2; round++) {
+		unsigned n = round == 0 ? 1 : NCONN, k = 0;
+		int r = 0;
+		for (unsigned tag = 0; tag < 64 && r == 0; tag++) {
+			char *m = big_arena_mil(32u << 10, tag);
+			r = aneshare_program_compile(cs[tag % n], m, NULL, 0, &keep[k], NULL);
+			free(m);
+			if (r == 0)
+				k++;
+			else
+				cr_assert_eq(r, ELIMIT, "%s (%s)", aneshare_strerror(r),
+				             aneshare_last_error(cs[tag % n]));
+		}
+		cr_assert_eq(r, ELIMIT);
+		got[round] = k;
+		for (unsigned i = 0; i < k; i++)
+			aneshare_program_release(keep[i]);
+	}
+	cr_expect_gt(got[0], 1);
+	cr_expect_eq(got[1], got[0], "50 connections held %u programs, one held %u", got[1], got[0]);
+	for (unsigned i = 0; i < NCONN; i++)
+		aneshare_disconnect(cs[i]);
+	h_daemon_stop(&D);
+}
+
+/* A program shared by two client processes is charged to each (and once to
+ * the daemon): a second process with its own limit compiles what the first
+ * holds, and a third whose limit it would exceed gets `limit`. */
+static int hold_program(void *arg, int ready_fd)
+{
+	const char *sock = arg;
+	aneshare_conn *c;
+	if (aneshare_connect(sock, "holder", &c) < 0)
+		return 1;
+	char *m = big_arena_mil(16u << 10, 1);
+	aneshare_program *p;
+	int r = aneshare_program_compile(c, m, NULL, 0, &p, NULL);
+	free(m);
+	if (r < 0)
+		return 2;
+	if (write(ready_fd, "x", 1) != 1)
+		return 3;
+	pause();   /* killed by the test */
+	return 0;
+}
+
+Test(tenants, shared_program_is_charged_to_each_holder)
+{
+	const char *args[] = { "--max-client-program-bytes", "12M", NULL };
+	h_daemon_start_args(&D, args);
+	pid_t child = h_spawn(hold_program, D.sock);
+	aneshare_conn *c = h_connect(&D, "second");
+	char *m = big_arena_mil(16u << 10, 1);
+	aneshare_program *p;
+	bool cached = false;
+	int r = aneshare_program_compile(c, m, NULL, 0, &p, &cached);
+	cr_assert_eq(r, 0, "%s (%s)", aneshare_strerror(r), aneshare_last_error(c));
+	cr_expect(cached);
+	/* A second handle in the same process costs no more memory. */
+	aneshare_program *p2;
+	cr_assert_eq(aneshare_program_compile(c, m, NULL, 0, &p2, NULL), 0);
+	/* But another program that would take this process over 12 MiB does. */
+	char *m2 = big_arena_mil(16u << 10, 2);
+	aneshare_program *p3;
+	r = aneshare_program_compile(c, m2, NULL, 0, &p3, NULL);
+	cr_expect_eq(r, ELIMIT, "%s (%s)", aneshare_strerror(r), aneshare_last_error(c));
+	free(m);
+	free(m2);
+	kill(child, SIGKILL);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
