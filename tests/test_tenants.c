@@ -65,10 +65,13 @@ static char *weights_mil(unsigned n, unsigned tag, void **ret_blob, size_t *ret_
 	size_t len = 128 + (size_t)n * 2;
 	uint8_t *b = calloc(1, len);
 	cr_assert_not_null(b);
-	uint32_t magic = 0xDEADBEEFu;
+	/* docs/mil.md, "Weight files" (little-endian hosts) */
+	uint32_t count = 1, version = 2, magic = 0xDEADBEEFu, dtype = 1 /* fp16 */;
 	uint64_t size = (uint64_t)n * 2, off = 128;
-	memcpy(b + 64, &magic, 4);   /* little-endian hosts */
-	b[68] = 1;                   /* fp16 */
+	memcpy(b, &count, 4);
+	memcpy(b + 4, &version, 4);
+	memcpy(b + 64, &magic, 4);
+	memcpy(b + 68, &dtype, 4);
 	memcpy(b + 72, &size, 8);
 	memcpy(b + 80, &off, 8);
 	for (size_t i = 0; i < n; i++) {
