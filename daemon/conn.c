@@ -48,6 +48,7 @@
 #define MSG_NOSIGNAL 0      /* macOS: the socket has SO_NOSIGPIPE */
 #endif
 
+#include "anes_clock.h"
 #include "daemon.h"
 
 static void on_poll(uv_poll_t *h, int status, int events);
@@ -1140,7 +1141,7 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	 * (lane_spin); arm it as below once the spin is over. */
 	anes_spin_run run;
 	anes_server *srv = c->srv;
-	uint64_t batch_start = anes_now_ns();
+	uint64_t batch_start = anes_clock_ns();
 	assert(ctx->out_len == 0);
 	while (reply) {
 		/* More requests already read (a client that pipelines): answer
@@ -1156,7 +1157,7 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 				status = r;
 				goto back;
 			}
-			if (anes_now_ns() - batch_start > (uint64_t)srv->cfg.lane_run_max_us * 1000u ||
+			if (anes_clock_ns() - batch_start > (uint64_t)srv->cfg.lane_run_max_us * 1000u ||
 			    lane_stop_wanted(c)) {
 				status = lane_batch_flush(c, ctx, false);
 				goto back;

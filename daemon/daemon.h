@@ -488,6 +488,8 @@ void anes_pool_shutdown(anes_pool *p);
 
 /* ---- run (methods.c) ------------------------------------------------------- */
 
+/* CLOCK_MONOTONIC in ns, for measurements (run times); rules that depend on
+ * time read anes_clock_ns() (anes_clock.h), which tests can replace. */
 uint64_t anes_now_ns(void);
 /* Free the run jobs kept for reuse (server teardown). */
 void anes_run_jobs_free(anes_server *srv);

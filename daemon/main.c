@@ -12,6 +12,7 @@
                            definitions do not restart the daemon after it */
 #include <unistd.h>
 
+#include "anes_clock.h"
 #include "anes_config.h"
 #include "anes_proto.h"
 #include "ane_backend.h"
@@ -104,6 +105,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "aneshared: unknown backend \"%s\" (available: cpu, ane, auto)\n", opts.backend);
 		anes_options_free(&opts);
 		return EX_CONFIG;
+	}
+
+	/* Debug and test builds: a fake clock the tests drive (anes_clock.h). */
+	r = anes_clock_from_env();
+	if (r < 0) {
+		fprintf(stderr, "aneshared: ANESHARE_TEST_CLOCK: %s\n", strerror(-r));
+		anes_options_free(&opts);
+		return 2;
 	}
 
 	/* Peers that vanish must not kill the daemon; writes see EPIPE. */

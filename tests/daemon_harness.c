@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -16,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anes_clock.h"
 #include "anes_proto.h"
 #include "scm_fds.h"
 
@@ -214,6 +216,35 @@ void h_daemon_kill(h_daemon *d)
 		d->pid = 0;
 	}
 	remove_dir(d);
+}
+
+static char fake_clock_path[64];
+
+static void fake_clock_unlink(void)
+{
+	unlink(fake_clock_path);
+}
+
+anes_test_clock *h_fake_clock(void)
+{
+#ifdef NDEBUG
+	cr_skip_test("release build: no fake clock (ANESHARE_TEST_CLOCK is compiled out)");
+	return NULL;
+#else
+	cr_assert_eq(fake_clock_path[0], 0, "one fake clock per test");
+	snprintf(fake_clock_path, sizeof fake_clock_path, "/tmp/aneshare-clock-XXXXXX");
+	int fd = mkostemp(fake_clock_path, O_CLOEXEC);
+	cr_assert_geq(fd, 0, "mkostemp: %s", strerror(errno));
+	atexit(fake_clock_unlink);
+	cr_assert_eq(ftruncate(fd, sizeof(anes_test_clock)), 0);
+	anes_test_clock *k = mmap(NULL, sizeof *k, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	cr_assert_neq(k, MAP_FAILED);
+	close(fd);
+	atomic_store(&k->now_ns, 1000000000u);
+	atomic_store(&k->step_ns, 0);
+	cr_assert_eq(setenv("ANESHARE_TEST_CLOCK", fake_clock_path, 1), 0);
+	return k;
+#endif
 }
 
 aneshare_conn *h_connect(const h_daemon *d, const char *name)

@@ -59,6 +59,14 @@ void h_daemon_crash(h_daemon *d);
  * answers; without, right after the fork. */
 void h_daemon_restart(h_daemon *d, bool wait);
 
+/* A fake clock for the daemons this test process starts from now on
+ * ($ANESHARE_TEST_CLOCK, proto/anes_clock.h): a fresh file mapped here,
+ * removed when the process exits.  It reads 1 s with step 0 (time stands
+ * still) until the test changes it.  Skips the test in release builds
+ * (NDEBUG), which have no test hooks. */
+struct anes_test_clock;
+struct anes_test_clock *h_fake_clock(void);
+
 aneshare_conn *h_connect(const h_daemon *d, const char *name);
 aneshare_status *h_status(aneshare_conn *c);
 /* Poll status (bounded, ~10 s) until surfaces and programs are as given;

@@ -2300,87 +2300,154 @@ Test(run_wire, changed_bytes_never_read_two_ways)
 
 /* ---- the spin's rules (proto/anes_spin.c) ------------------------------------ */
 
-#include <signal.h>
-#include <sys/time.h>
-
+#include "anes_clock.h"
 #include "anes_spin.h"
 
-static uint64_t spin_now_ns(void)
+/* The spin reads a fake clock (anes_clock_ns): every read is one poll and
+ * advances it by fk_step; the read numbered fk_jump_at (0: the one in
+ * anes_spin_start) comes fk_jump later still, as if the thread had been off
+ * its CPU that long.  Nothing here depends on the machine's time. */
+static uint64_t fk_now, fk_step, fk_jump;
+static long fk_reads, fk_jump_at;
+
+static uint64_t fake_now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	if (fk_reads == fk_jump_at)
+		fk_now += fk_jump;
+	fk_reads++;
+	uint64_t t = fk_now;
+	fk_now += fk_step;
+	return t;
 }
 
-/* A gap between two polls, made on purpose: a signal handler that keeps
- * the thread busy for g_busy_ns when the timer fires. */
-static volatile uint64_t g_busy_ns;
-static volatile sig_atomic_t g_busy_ran;
-
-static void busy_handler(int sig)
+static void fake_clock(uint64_t step_ns)
 {
-	(void)sig;
-	uint64_t t0 = spin_now_ns();
-	while (spin_now_ns() - t0 < g_busy_ns)
-		;
-	g_busy_ran = 1;
+	fk_now = 5000000000u;
+	fk_step = step_ns;
+	fk_reads = 0;
+	fk_jump_at = -1;
+	fk_jump = 0;
+	anes_clock_ns = fake_now_ns;
 }
 
-/* One spin of spin_us that finds nothing, with the thread held for busy_us
- * at 1 ms into it; how it ended (*elapsed_ns: how long it lasted). */
-static anes_spin_run spin_with_gap(uint32_t spin_us, uint32_t busy_us, uint64_t *elapsed_ns)
+static void real_clock(void)
 {
-	struct sigaction sa = { .sa_handler = busy_handler };
-	sigemptyset(&sa.sa_mask);
-	cr_assert_eq(sigaction(SIGALRM, &sa, NULL), 0);
-	g_busy_ns = (uint64_t)busy_us * 1000u;
-	g_busy_ran = 0;
+	anes_clock_ns = anes_clock_monotonic_ns;
+}
+
+TestSuite(spin_rules, .fini = real_clock, .timeout = 10);
+
+/* One spin of spin_us on the fake clock that finds nothing: how many polls
+ * it made after the first (anes_spin_again returned true). */
+static long spin_polls(uint32_t spin_us, anes_spin_run *run)
+{
 	anes_spin s = { 0 };
+	cr_assert_eq(anes_spin_start(&s, spin_us, run), 1);
+	long polls = 0;
+	while (anes_spin_again(run))
+		polls++;
+	return polls;
+}
+
+/* Polls 1 us apart: the spin ends at its bound, on the first poll at or
+ * past it, and not on a gap. */
+Test(spin_rules, ends_at_the_bound)
+{
+	fake_clock(1000);
 	anes_spin_run run;
-	struct itimerval it = { .it_value = { 0, 1000 } };
-	uint64_t t0 = spin_now_ns();
-	cr_assert_eq(anes_spin_start(&s, spin_us, &run), 1);
-	cr_assert_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
-	while (anes_spin_again(&run))
-		;
-	*elapsed_ns = spin_now_ns() - t0;
-	struct itimerval off = { { 0, 0 }, { 0, 0 } };
-	setitimer(ITIMER_REAL, &off, NULL);
-	signal(SIGALRM, SIG_DFL);
-	return run;
+	cr_assert_eq(spin_polls(100, &run), 99);
+	cr_assert(!run.gap);
+	cr_assert_eq(run.gap_ns, 0u);
+	cr_assert_eq(fk_reads, 101, "one read to start, one per poll");
+	fake_clock(0);   /* time stands still: only a gap or the bound ends a spin */
+	fk_jump_at = 5000;
+	fk_jump = 100000;   /* then 100 us at once: a gap, the whole spin */
+	cr_assert_eq(spin_polls(1000, &run), 4999);
+	cr_assert(run.gap);
 }
 
 /* A thread held off its polls for 60 us, 1 ms into a 3 ms spin: the spin
  * goes on to its bound (the CPU was taken for a moment, not wanted for
  * long; a thread waking now and then beside a client used to end its spin
- * each time).  On a loaded machine other gaps come too (tests run in
- * parallel here): a try counts only when the handler ran and the other
- * gaps came to under 100 us, and then the spin must have lasted. */
+ * each time). */
 Test(spin_rules, a_short_gap_does_not_end_the_spin)
 {
-	int counted = 0;
-	for (int i = 0; i < 40 && counted < 3; i++) {
-		uint64_t el;
-		anes_spin_run run = spin_with_gap(3000, 60, &el);
-		if (!g_busy_ran || run.gap_ns > 160000u)
-			continue;   /* the machine's gaps, not only ours */
-		counted++;
-		cr_assert(!run.gap && el >= 3000000u,
-		          "a 60 us gap ended a 3 ms spin after %llu us (gaps %llu us)",
-		          (unsigned long long)(el / 1000u), (unsigned long long)(run.gap_ns / 1000u));
-	}
-	if (counted == 0)   /* not cr_log_warn: criterion then exits 1 */
-		fprintf(stderr, "spin_rules: no try without other gaps on this machine; nothing checked\n");
+	fake_clock(1000);
+	fk_jump_at = 1000;
+	fk_jump = 60000;
+	anes_spin_run run;
+	long polls = spin_polls(3000, &run);
+	cr_assert(!run.gap, "a 60 us gap ended a 3 ms spin after %ld polls", polls);
+	cr_assert_eq(run.gap_ns, 61000u, "the gap: 60 us held plus the poll's own 1 us");
+	cr_assert_eq(polls, 3000 - 60 - 1, "the spin lasted to its bound");
 }
 
 /* Held for 8 ms, 1 ms into a 10 ms spin: the CPU was wanted more than the
- * spin had it, and the spin ends on a gap, not at its bound. */
+ * spin had it, and the spin ends on a gap, right there, not at its bound. */
 Test(spin_rules, a_long_gap_ends_the_spin)
 {
-	uint64_t el;
-	anes_spin_run run = spin_with_gap(10000, 8000, &el);
-	cr_assert(run.gap, "the spin reached its bound through an 8 ms gap (%llu us)",
-	          (unsigned long long)(el / 1000u));
+	fake_clock(1000);
+	fk_jump_at = 1000;
+	fk_jump = 8000000;
+	anes_spin_run run;
+	long polls = spin_polls(10000, &run);
+	cr_assert(run.gap);
+	cr_assert_eq(polls, 999, "it ended on the poll after the gap");
+	cr_assert_eq(run.gap_ns, 8001000u);
+}
+
+/* A gap is two polls ANES_SPIN_GAP_NS or more apart; one less is not. */
+Test(spin_rules, the_gap_threshold)
+{
+	anes_spin_run run;
+	fake_clock(ANES_SPIN_GAP_NS - 1);
+	spin_polls(1000, &run);
+	cr_assert(!run.gap);
+	cr_assert_eq(run.gap_ns, 0u);
+	fake_clock(ANES_SPIN_GAP_NS);   /* every poll a gap: the first ends it */
+	cr_assert_eq(spin_polls(1000, &run), 0);
+	cr_assert(run.gap);
+	cr_assert_eq(run.gap_ns, ANES_SPIN_GAP_NS);
+}
+
+/* Gaps that each are small add up: 100 polls 1 us apart, then 40 us gaps
+ * with 20 polls between them.  After k gaps the spin has lasted
+ * 80 + 61 k us, 41 k of them in gaps (each with its poll's own 1 us); it
+ * ends on the gap that makes them more than half: k = 4 (164 of 324 us). */
+Test(spin_rules, gaps_add_up)
+{
+	fake_clock(1000);
+	anes_spin s = { 0 };
+	anes_spin_run run;
+	cr_assert_eq(anes_spin_start(&s, 10000, &run), 1);
+	int gaps = 0;
+	bool more = true;
+	for (long i = 1; more; i++) {
+		if (i > 100 && (i - 100) % 21 == 1) {
+			fk_now += 40000;
+			gaps++;
+		}
+		more = anes_spin_again(&run);
+		cr_assert(i < 1000, "the spin never ended");
+	}
+	cr_assert(run.gap);
+	cr_assert_eq(gaps, 4);
+	cr_assert_eq(run.gap_ns, 4u * 41000u);
+}
+
+/* The fake clock of another process (anes_test_clock): each read returns
+ * now and adds the step. */
+Test(spin_rules, test_clock_reads)
+{
+	anes_test_clock k;
+	atomic_init(&k.now_ns, 7);
+	atomic_init(&k.step_ns, 0);
+	cr_assert_eq(anes_test_clock_read(&k), 7u);
+	cr_assert_eq(anes_test_clock_read(&k), 7u, "step 0: time stands still");
+	atomic_store(&k.step_ns, 5);
+	cr_assert_eq(anes_test_clock_read(&k), 7u);
+	cr_assert_eq(anes_test_clock_read(&k), 12u);
+	cr_assert_eq(atomic_load(&k.now_ns), 17u);
 }
 
 /* Ends at the bound, or a hit, or a gap, by hand. */
