@@ -280,7 +280,9 @@ int anesc_surface_restore(aneshare_conn *c, aneshare_surface *s)
 	                                       .flags = ANESC_NO_RECONNECT });
 	if (c->dead || c->broken)
 		return r < 0 ? r : anesc_broken_rc(c);
-	if (r == 0 && sr.size != s->size) {
+	/* an import by ID has the IOSurface's alloc size, which may exceed the
+	 * size the surface was created with */
+	if (r == 0 && (ios_id ? sr.size < s->size : sr.size != s->size)) {
 		r = -ANESHARE_EPROTOCOL;
 		anesc_release_quiet(c, "surface.release", sr.id);
 	}

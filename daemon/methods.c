@@ -408,7 +408,9 @@ static void import_by_id(anes_conn *c, const anes_msg *m, unsigned nfds)
 	r = so->lookup(ios_id, &shm);
 	if (r == -ENOENT) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE,
-		                      "no IOSurface %u visible to the daemon", ios_id);
+		                      "no IOSurface %u visible to the daemon (an IOSurface made by another "
+		                      "process is visible only if created with kIOSurfaceIsGlobal = true)",
+		                      ios_id);
 		return;
 	}
 	if (r < 0) {

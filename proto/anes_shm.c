@@ -2,12 +2,18 @@
 /*
  * Surface memory backends (anes_shm.h): memfd and IOSurface.
  *
- * The IOSurface backend follows the public ANE projects for the surface
- * layout (maderix/ANE bridge/ane_bridge.m, make_surface; docs/ane.md step 8):
- * a flat buffer of N bytes described as width N, height 1, 1 byte per
- * element, N bytes per row, alloc size N, pixel format 0.  It adds
- * kIOSurfaceIsGlobal = true, without which, by the public record, another
- * process's IOSurfaceLookup of the ID fails (docs/security.md).
+ * The IOSurface backend makes the flat buffers of the public ANE projects
+ * (maderix/ANE bridge/ane_bridge.m, make_surface; docs/ane.md step 8): width
+ * N, height 1, 1 byte per element, pixel format 0.  Two things differ:
+ *   - N is at least ANES_SHM_IOSURFACE_MIN_BYTES, the smallest surface the
+ *     public record reports the ANE to accept, so that a surface made for a
+ *     program's tensor can be handed to the device as it is (docs/ane.md);
+ *   - bytes per row and alloc size are passed through IOSurfaceAlignProperty
+ *     (IOSurfaceRef.h: bytes per row "should always be aligned if you choose
+ *     to calculate them yourself"), so the alloc size is the aligned row.
+ *     IOSurfaceGetAllocSize may still return more (whole pages).
+ * It adds kIOSurfaceIsGlobal = true, without which another process's
+ * IOSurfaceLookup of the ID fails (IOSurfaceRef.h; docs/security.md).
  *
  * Every Apple symbol comes from dlsym with this file's own declarations of
  * the C types (IOSurfaceRef, CFDictionaryRef... are opaque pointers here;
@@ -102,6 +108,7 @@ typedef struct ios_lib {
 	int (*unlock)(cf_ref s, uint32_t options, uint32_t *seed); /* IOSurfaceUnlock */
 	void *(*base)(cf_ref s);                                   /* IOSurfaceGetBaseAddress */
 	size_t (*alloc_size)(cf_ref s);                            /* IOSurfaceGetAllocSize */
+	size_t (*align)(cf_ref property, size_t value);            /* IOSurfaceAlignProperty */
 	cf_ref k_width, k_height, k_bpe, k_bpr, k_alloc, k_pixfmt, k_global;   /* kIOSurface* */
 	/* CoreFoundation */
 	void (*release)(cf_ref o);                                 /* CFRelease */
@@ -158,7 +165,7 @@ static void ios_open(void)
 	if (SYM(io, create, "IOSurfaceCreate") || SYM(io, lookup, "IOSurfaceLookup") ||
 	    SYM(io, get_id, "IOSurfaceGetID") || SYM(io, lock, "IOSurfaceLock") ||
 	    SYM(io, unlock, "IOSurfaceUnlock") || SYM(io, base, "IOSurfaceGetBaseAddress") ||
-	    SYM(io, alloc_size, "IOSurfaceGetAllocSize") ||
+	    SYM(io, alloc_size, "IOSurfaceGetAllocSize") || SYM(io, align, "IOSurfaceAlignProperty") ||
 	    data(io, "kIOSurfaceWidth", &ios.k_width) || data(io, "kIOSurfaceHeight", &ios.k_height) ||
 	    data(io, "kIOSurfaceBytesPerElement", &ios.k_bpe) ||
 	    data(io, "kIOSurfaceBytesPerRow", &ios.k_bpr) ||
@@ -218,23 +225,31 @@ static int ios_create(uint64_t size, anes_shm **ret)
 	int r = ios_ready();
 	if (r < 0)
 		return r;
-	/* CFNumber holds a signed 64-bit value; IOSurface sizes are size_t */
-	if (size == 0 || size > SIZE_MAX || size > (uint64_t)INT64_MAX)
+	/* CFNumber holds a signed 64-bit value; IOSurface sizes are size_t;
+	 * and the aligned sizes below must not wrap */
+	if (size == 0 || size > SIZE_MAX / 2 || size > (uint64_t)INT64_MAX / 2)
 		return -EINVAL;
-	int64_t n = (int64_t)size, one = 1, zero = 0;
+	size_t width = size < ANES_SHM_IOSURFACE_MIN_BYTES ? ANES_SHM_IOSURFACE_MIN_BYTES : (size_t)size;
+	size_t bpr = ios.align(ios.k_bpr, width);
+	size_t alloc = bpr < width ? 0 : ios.align(ios.k_alloc, bpr);
+	if (alloc < bpr || alloc > (size_t)INT64_MAX)
+		return -EINVAL;
+	int64_t n = (int64_t)width, nb = (int64_t)bpr, na = (int64_t)alloc, one = 1, zero = 0;
 	void *props = ios.dict_new(NULL, 0, ios.key_cb, ios.value_cb);
 	cf_ref num_n = ios.number(NULL, CF_NUMBER_SINT64, &n);
+	cf_ref num_bpr = ios.number(NULL, CF_NUMBER_SINT64, &nb);
+	cf_ref num_alloc = ios.number(NULL, CF_NUMBER_SINT64, &na);
 	cf_ref num_1 = ios.number(NULL, CF_NUMBER_SINT64, &one);
 	cf_ref num_0 = ios.number(NULL, CF_NUMBER_SINT64, &zero);
 	cf_ref s = NULL;
 	r = -ENOMEM;
-	if (props && num_n && num_1 && num_0) {
-		/* the flat layout of the public ANE projects (top of the file) */
+	if (props && num_n && num_bpr && num_alloc && num_1 && num_0) {
+		/* the flat layout (top of the file) */
 		ios.dict_set(props, ios.k_width, num_n);
 		ios.dict_set(props, ios.k_height, num_1);
 		ios.dict_set(props, ios.k_bpe, num_1);
-		ios.dict_set(props, ios.k_bpr, num_n);
-		ios.dict_set(props, ios.k_alloc, num_n);
+		ios.dict_set(props, ios.k_bpr, num_bpr);
+		ios.dict_set(props, ios.k_alloc, num_alloc);
 		ios.dict_set(props, ios.k_pixfmt, num_0);
 		/* deprecated since macOS 10.11 ("Global surfaces are insecure"):
 		 * docs/security.md */
@@ -245,6 +260,10 @@ static int ios_create(uint64_t size, anes_shm **ret)
 		ios.release(num_0);
 	if (num_1)
 		ios.release(num_1);
+	if (num_alloc)
+		ios.release(num_alloc);
+	if (num_bpr)
+		ios.release(num_bpr);
 	if (num_n)
 		ios.release(num_n);
 	if (props)

@@ -33,6 +33,13 @@
 
 typedef struct anes_shm_ops anes_shm_ops;
 
+/* The smallest IOSurface the IOSurface backend makes: the smallest surface
+ * the public record reports the ANE to accept (Orion, arXiv 2603.06728,
+ * section 4: status 0x1d below it; libane pads to it; docs/ane.md).
+ * Surfaces made for a program's tensors can then go to the device as they
+ * are.  Unverified on hardware. */
+#define ANES_SHM_IOSURFACE_MIN_BYTES 49152u
+
 /* One reference to a surface's memory in this process, mapped read-write
  * for its whole life.  Fields are read-only for users. */
 typedef struct anes_shm {

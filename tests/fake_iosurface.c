@@ -18,12 +18,27 @@
  * IOSurface.  A process that dies keeps its links (the surface leaks): the
  * real IOSurface drops a dead task's references, which the tests do not need.
  *
- * Strict where the backend must get things right: IOSurfaceCreate accepts
- * only the flat layout of the public ANE projects plus kIOSurfaceIsGlobal
- * true, with CFNumbers and the kCFType callbacks; the base address is NULL
- * unless the surface is locked; CFRelease of a surface still locked by this
- * reference aborts.  CFStrings, CFNumbers, CFDictionaries and the surfaces
- * are distinct structs tagged by a magic number.
+ * What it does as the real library does (IOSurfaceRef.h):
+ *   - IOSurfaceAlignProperty rounds kIOSurfaceBytesPerRow up to a multiple
+ *     of 64 and kIOSurfaceAllocSize up to a page (16 KiB, the page of Apple
+ *     Silicon); other properties come back unchanged.  (The real alignments
+ *     are whatever the machine needs; these are plausible values, not
+ *     measured ones, and the code under test asks rather than assumes.)
+ *   - IOSurfaceCreate takes a flat buffer (height 1, 1 byte per element,
+ *     pixel format 0) with bytes per row >= width and alloc size >= bytes
+ *     per row, aligned or not, and allocates whole pages:
+ *     IOSurfaceGetAllocSize returns the alloc size rounded up to 16 KiB.
+ *   - kIOSurfaceIsGlobal: "If true, the IOSurface may be looked up by any
+ *     task in the system by its ID."  Without it (or false) IOSurfaceLookup
+ *     of the ID fails in every process but the creator's (DIR/ID.owner
+ *     holds the creator's pid).
+ * Strict where the backend must get things right: any other layout, or a
+ * missing property, makes IOSurfaceCreate fail; CFNumbers and the kCFType
+ * callbacks only; the base address is NULL unless the surface is locked;
+ * CFRelease of a surface still locked by this reference aborts.  CFStrings,
+ * CFNumbers, CFDictionaries and the surfaces are distinct structs tagged by
+ * a magic number.  fake_iosurface_last_create() tells a test the layout the
+ * last IOSurfaceCreate of this process was given.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -52,7 +67,12 @@ API int IOSurfaceLock(const void *o, uint32_t options, uint32_t *seed);
 API int IOSurfaceUnlock(const void *o, uint32_t options, uint32_t *seed);
 API void *IOSurfaceGetBaseAddress(const void *o);
 API size_t IOSurfaceGetAllocSize(const void *o);
+API size_t IOSurfaceAlignProperty(const void *property, size_t value);
 API int fake_iosurface_live(void);
+API void fake_iosurface_last_create(int64_t ret[4]);
+
+#define FAKE_PAGE 16384u
+#define FAKE_ROW_ALIGN 64u
 
 enum { M_STR = 0x53545221, M_NUM = 0x4e554d21, M_DICT = 0x44494321, M_BOOL = 0x424f4f21,
        M_SURF = 0x53555221 };
@@ -137,6 +157,7 @@ API const void *CFNumberCreate(const void *alloc, long type, const void *p)
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned link_serial;
+static int64_t last_create[4] = { -1, -1, -1, -1 };   /* width, bpr, alloc asked; alloc given */
 static int live_surfaces;   /* references in this process */
 
 API void CFRelease(const void *o)
@@ -159,8 +180,11 @@ API void CFRelease(const void *o)
 	pthread_mutex_lock(&lock);
 	unlink(s->link);
 	struct stat st;
-	if (stat(path, &st) == 0 && st.st_nlink == 1)
+	if (stat(path, &st) == 0 && st.st_nlink == 1) {
 		unlink(path);   /* no reference left anywhere */
+		snprintf(path, sizeof path, "%s/%u.owner", dir, s->id);
+		unlink(path);
+	}
 	live_surfaces--;
 	pthread_mutex_unlock(&lock);
 	munmap(s->base, s->size);
@@ -185,6 +209,21 @@ static int64_t prop(const fdict *d, const void *key, int *missing)
 	return -1;
 }
 
+/* Whether this process may look surface id up: a global surface, or one
+ * this process created. */
+static int visible(const char *dir, uint32_t id)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%u.owner", dir, id);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 1;   /* global */
+	long pid = -1;
+	int ok = fscanf(f, "%ld", &pid) == 1 && pid == (long)getpid();
+	fclose(f);
+	return ok;
+}
+
 /* Map DIR/ID and add this reference's link; NULL if there is no DIR/ID. */
 static fsurf *open_surface(uint32_t id, int fd)
 {
@@ -192,6 +231,8 @@ static fsurf *open_surface(uint32_t id, int fd)
 	char path[256];
 	snprintf(path, sizeof path, "%s/%u", dir, id);
 	int own = -1;
+	if (fd < 0 && !visible(dir, id))
+		return NULL;
 	if (fd < 0)
 		fd = own = open(path, O_RDWR | O_CLOEXEC);
 	struct stat st;
@@ -235,14 +276,26 @@ API const void *IOSurfaceCreate(const void *props)
 	        bpe = prop(d, kIOSurfaceBytesPerElement, &missing),
 	        bpr = prop(d, kIOSurfaceBytesPerRow, &missing),
 	        alloc = prop(d, kIOSurfaceAllocSize, &missing),
-	        fmt = prop(d, kIOSurfacePixelFormat, &missing),
-	        global = prop(d, kIOSurfaceIsGlobal, &missing);
-	/* the flat layout, exactly; anything else is a bug in the backend */
-	if (missing || d->n != 7 || w <= 0 || h != 1 || bpe != 1 || bpr != w || alloc != w ||
-	    fmt != 0 || global != 1)
+	        fmt = prop(d, kIOSurfacePixelFormat, &missing);
+	/* kIOSurfaceIsGlobal is optional (default false); the rest is the flat
+	 * layout, aligned or not; anything else is a bug in the backend */
+	int no_global = 0;
+	int64_t global = prop(d, kIOSurfaceIsGlobal, &no_global);
+	int has_global = !no_global;
+	if (!has_global)
+		global = 0;
+	pthread_mutex_lock(&lock);
+	last_create[0] = w;
+	last_create[1] = bpr;
+	last_create[2] = alloc;
+	last_create[3] = -1;
+	pthread_mutex_unlock(&lock);
+	if (missing || d->n != 6u + (unsigned)has_global || w <= 0 || h != 1 || bpe != 1 || bpr < w ||
+	    alloc < bpr || alloc > ((int64_t)1 << 40) || fmt != 0 || (global != 0 && global != 1))
 		return NULL;
 	if (getenv("FAKE_IOSURFACE_FAIL_CREATE"))
 		return NULL;
+	int64_t pages = (alloc + FAKE_PAGE - 1) / FAKE_PAGE * FAKE_PAGE;
 	for (int tries = 0; tries < 100; tries++) {
 		uint32_t id;
 		if (getrandom(&id, sizeof id, 0) != sizeof id)
@@ -256,11 +309,29 @@ API const void *IOSurfaceCreate(const void *props)
 		if (fd < 0)
 			return NULL;
 		fsurf *s = NULL;
-		if (ftruncate(fd, (off_t)w) == 0)
+		int ok = 1;
+		if (!global) {   /* only this process may look it up */
+			char owner[300];
+			snprintf(owner, sizeof owner, "%s.owner", path);
+			FILE *f = fopen(owner, "we");
+			ok = f && fprintf(f, "%ld\n", (long)getpid()) > 0;
+			if (f && fclose(f) != 0)
+				ok = 0;
+		}
+		if (ok && ftruncate(fd, (off_t)pages) == 0)
 			s = open_surface(id, fd);
 		close(fd);
-		if (!s)
+		if (!s) {
 			unlink(path);
+			char owner[300];
+			snprintf(owner, sizeof owner, "%s.owner", path);
+			unlink(owner);
+		}
+		if (s) {
+			pthread_mutex_lock(&lock);
+			last_create[3] = (int64_t)s->size;
+			pthread_mutex_unlock(&lock);
+		}
 		return s;
 	}
 	return NULL;
@@ -311,6 +382,28 @@ API void *IOSurfaceGetBaseAddress(const void *o)
 API size_t IOSurfaceGetAllocSize(const void *o)
 {
 	return surf(o)->size;
+}
+
+API size_t IOSurfaceAlignProperty(const void *property, size_t value)
+{
+	size_t a = 1;
+	if (property == kIOSurfaceBytesPerRow)
+		a = FAKE_ROW_ALIGN;
+	else if (property == kIOSurfaceAllocSize)
+		a = FAKE_PAGE;
+	else if (!property || ((const fstr *)property)->magic != M_STR)
+		abort();
+	return value % a ? value + (a - value % a) : value;
+}
+
+/* For the tests: the width, bytes per row and alloc size that the last
+ * IOSurfaceCreate of this process was given, and the alloc size it made
+ * (-1: it failed). */
+API void fake_iosurface_last_create(int64_t ret[4])
+{
+	pthread_mutex_lock(&lock);
+	memcpy(ret, last_create, sizeof last_create);
+	pthread_mutex_unlock(&lock);
 }
 
 /* For the tests: references alive in this process. */

@@ -11,6 +11,7 @@
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -283,6 +284,131 @@ Test(iosurface, reconnect_reimports_by_id, .init = setup, .fini = teardown)
 	cr_assert_eq(aneshare_surface_release(in), 0);
 	cr_assert_eq(aneshare_surface_release(out), 0);
 	aneshare_program_release(p);
+	aneshare_disconnect(c);
+}
+
+/* ---- layout: aligned as IOSurfaceAlignProperty says, ANE-sized ------------------------------ */
+
+/* A symbol of the fake library (already loaded by the anes_shm code). */
+static void *fake_sym(const char *name)
+{
+	void *lib = dlopen(getenv("FAKE_IOSURFACE_LIB"), RTLD_NOW | RTLD_LOCAL);
+	cr_assert_not_null(lib, "%s", dlerror());
+	void *p = dlsym(lib, name);
+	cr_assert_not_null(p, "%s", name);
+	return p;
+}
+
+static void last_create(int64_t out[4])
+{
+	void (*fn)(int64_t *);
+	void *p = fake_sym("fake_iosurface_last_create");
+	memcpy(&fn, &p, sizeof fn);
+	fn(out);
+}
+
+/* Bytes per row and alloc size go through IOSurfaceAlignProperty (the fake:
+ * rows to 64 bytes, allocations to 16 KiB pages), the width is at least the
+ * ANE's 49,152 bytes, and the surface's alloc size is whole pages. */
+Test(iosurface, created_aligned_and_ane_sized, .init = setup, .fini = teardown)
+{
+	const anes_shm_ops *so = anes_shm_default();
+	static const struct {
+		uint64_t size;
+		int64_t width, bpr, alloc;
+	} cases[] = {
+		{ 1, 49152, 49152, 49152 },
+		{ 5000, 49152, 49152, 49152 },
+		{ 49153, 49153, 49216, 65536 },
+		{ 100000, 100000, 100032, 114688 },
+		{ 131072, 131072, 131072, 131072 },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		anes_shm *h = NULL;
+		cr_assert_eq(so->create(cases[i].size, &h), 0);
+		int64_t got[4];
+		last_create(got);
+		cr_assert_eq(got[0], cases[i].width, "size %llu: width %lld", (unsigned long long)cases[i].size,
+		             (long long)got[0]);
+		cr_assert_eq(got[1], cases[i].bpr, "size %llu: bytes per row %lld",
+		             (unsigned long long)cases[i].size, (long long)got[1]);
+		cr_assert_eq(got[2], cases[i].alloc, "size %llu: alloc size %lld",
+		             (unsigned long long)cases[i].size, (long long)got[2]);
+		cr_assert_eq(got[3], cases[i].alloc);
+		cr_assert_eq(h->size, cases[i].size, "usable size");
+		so->release(h);
+	}
+
+	/* the daemon's surfaces: the same layout, seen through a lookup */
+	aneshare_conn *c = h_connect(&D, "ios-aligned");
+	aneshare_surface *s = h_surface(c, 100000);
+	cr_assert_eq(aneshare_surface_size(s), 100000);
+	anes_shm *mine;
+	cr_assert_eq(so->lookup(aneshare_surface_iosurface_id(s), &mine), 0);
+	cr_assert_eq(mine->size, 114688, "alloc size %llu", (unsigned long long)mine->size);
+	so->release(mine);
+	cr_assert_eq(aneshare_surface_release(s), 0);
+	aneshare_disconnect(c);
+}
+
+/* An IOSurface made without kIOSurfaceIsGlobal cannot be looked up by
+ * another process (IOSurfaceRef.h): the daemon's import fails, and its
+ * error says why. */
+Test(iosurface, import_needs_kIOSurfaceIsGlobal, .init = setup, .fini = teardown)
+{
+	typedef void *(*dict_new_fn)(const void *, long, const void *, const void *);
+	typedef void (*dict_set_fn)(void *, const void *, const void *);
+	typedef const void *(*num_fn)(const void *, long, const void *);
+	typedef const void *(*create_fn)(const void *);
+	typedef uint32_t (*id_fn)(const void *);
+	typedef void (*release_fn)(const void *);
+	dict_new_fn dict_new;
+	dict_set_fn dict_set;
+	num_fn number;
+	create_fn create;
+	id_fn get_id;
+	release_fn release;
+	void *p;
+	p = fake_sym("CFDictionaryCreateMutable"); memcpy(&dict_new, &p, sizeof p);
+	p = fake_sym("CFDictionarySetValue"); memcpy(&dict_set, &p, sizeof p);
+	p = fake_sym("CFNumberCreate"); memcpy(&number, &p, sizeof p);
+	p = fake_sym("IOSurfaceCreate"); memcpy(&create, &p, sizeof p);
+	p = fake_sym("IOSurfaceGetID"); memcpy(&get_id, &p, sizeof p);
+	p = fake_sym("CFRelease"); memcpy(&release, &p, sizeof p);
+
+	int64_t n = 65536, one = 1, zero = 0;
+	void *d = dict_new(NULL, 0, fake_sym("kCFTypeDictionaryKeyCallBacks"),
+	                   fake_sym("kCFTypeDictionaryValueCallBacks"));
+	const void *num_n = number(NULL, 4, &n), *num_1 = number(NULL, 4, &one), *num_0 = number(NULL, 4, &zero);
+	dict_set(d, *(const void **)fake_sym("kIOSurfaceWidth"), num_n);
+	dict_set(d, *(const void **)fake_sym("kIOSurfaceHeight"), num_1);
+	dict_set(d, *(const void **)fake_sym("kIOSurfaceBytesPerElement"), num_1);
+	dict_set(d, *(const void **)fake_sym("kIOSurfaceBytesPerRow"), num_n);
+	dict_set(d, *(const void **)fake_sym("kIOSurfaceAllocSize"), num_n);
+	dict_set(d, *(const void **)fake_sym("kIOSurfacePixelFormat"), num_0);
+	const void *local = create(d);   /* no kIOSurfaceIsGlobal */
+	cr_assert_not_null(local);
+	uint32_t id = get_id(local);
+	release(num_n);
+	release(num_1);
+	release(num_0);
+	release(d);
+
+	/* this process sees it */
+	anes_shm *mine;
+	cr_assert_eq(anes_shm_default()->lookup(id, &mine), 0);
+	anes_shm_default()->release(mine);
+	/* the daemon does not */
+	aneshare_conn *c = h_connect(&D, "ios-local");
+	aneshare_surface *imp = NULL;
+	int r = aneshare_surface_import_iosurface(c, id, &imp);
+	cr_assert_eq(r, -ANESHARE_ENO_SUCH_SURFACE, "%s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	cr_assert_null(imp);
+	cr_assert(strstr(aneshare_last_error(c), "kIOSurfaceIsGlobal"), "%s", aneshare_last_error(c));
+	int fd = h_raw_open(D.sock);
+	cr_assert_eq(import_id(fd, 2, id), ANES_WERR_NO_SUCH_SURFACE);
+	close(fd);
+	release(local);
 	aneshare_disconnect(c);
 }
 
