@@ -1366,6 +1366,78 @@ Test(gelu, rewrite_on_cpu_matches_gelu)
 	cpu->ops->destroy(cpu);
 }
 
+/* The rewrite in the places gelu can stand in MIL text: several statements
+ * on one line, comments and line breaks inside a statement, the "(T y) = op"
+ * form, fp32 and scalar values inside the program, a gelu that is the
+ * function's output, a gelu whose input is a function input used again later.
+ * Each program must lower, parse, keep no named-input gelu, and compute what
+ * the original computes on the CPU backend (within the rewrite's error). */
+Test(gelu, rewrite_in_every_syntactic_place)
+{
+	static const char *const bodies[] = {
+		/* two statements on the gelu's line, one after it */
+		"        tensor<fp16, [1, 1, 1, 64]> a = mul(x = x, y = x); tensor<fp16, [1, 1, 1, 64]> g = gelu(x = a); "
+		"tensor<fp16, [1, 1, 1, 64]> y = sub(x = g, y = x);\n",
+		/* a comment and line breaks inside the statement */
+		"        tensor<fp16, [1, 1, 1, 64]> y = gelu( // the activation\n"
+		"            x = x,\n            mode = string(\"TANH_APPROXIMATION\")\n        )[name = string(\"act\")];\n",
+		/* the parenthesised output form */
+		"        (tensor<fp16, [1, 1, 1, 64]> y) = gelu(x = x, mode = string(\"SIGMOID_APPROXIMATION\"));\n",
+		/* fp32 inside the program */
+		"        tensor<fp32, [1, 1, 1, 64]> f = cast(x = x, dtype = string(\"fp32\"));\n"
+		"        tensor<fp32, [1, 1, 1, 64]> gf = gelu(x = f);\n"
+		"        tensor<fp16, [1, 1, 1, 64]> y = cast(x = gf, dtype = string(\"fp16\"));\n",
+		/* a scalar */
+		"        fp16 h = const()[name = string(\"h\"), val = fp16(0.75)];\n"
+		"        fp16 gh = gelu(x = h);\n"
+		"        tensor<fp16, [1, 1, 1, 64]> y = mul(x = x, y = gh);\n",
+		/* chained gelus, the input used again */
+		"        tensor<fp16, [1, 1, 1, 64]> g1 = gelu(x = x);\n"
+		"        tensor<fp16, [1, 1, 1, 64]> g2 = gelu(x = g1);\n"
+		"        tensor<fp16, [1, 1, 1, 64]> y = add(x = g2, y = x);\n",
+	};
+	anes_backend *cpu = NULL;
+	cr_assert_eq(anes_cpu_backend_new(1, &cpu), 0);
+	uint16_t x[64], want[64], got[64];
+	for (int i = 0; i < 64; i++)
+		x[i] = anes_f32_to_f16_soft((float)(i - 32) / 8.0f);
+	for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++) {
+		char text[2048], err[256], *low = NULL;
+		size_t low_len = 0;
+		snprintf(text, sizeof text, "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, 1, 1, 64]> x) {\n%s"
+		         "    } -> (y);\n}\n", bodies[b]);
+		anes_mil_program *mp = NULL, *lp = NULL;
+		cr_assert_eq(anes_mil_parse(text, strlen(text), NULL, 0, &mp, err, sizeof err), 0, "%s\n%s", err, text);
+		cr_assert_eq(anes_ane_lower(mp, text, strlen(text), &low, &low_len), 1, "%s", text);
+		cr_assert_eq(strlen(low), low_len);
+		cr_assert_eq(anes_mil_parse(low, low_len, NULL, 0, &lp, err, sizeof err), 0, "%s\n%s", err, low);
+		const anes_mil_function *fn = &lp->functions[0];
+		for (uint32_t i = 0; i < fn->n_ops; i++)
+			cr_assert_str_neq(fn->ops[i].def->name, "gelu", "%s", low);
+		cr_assert_eq(lp->functions[0].n_outputs, 1);
+		anes_mil_program_free(mp);
+		anes_mil_program_free(lp);
+
+		const void *ins[] = {x};
+		void *o1[] = {want}, *o2[] = {got};
+		anes_bprogram *p1 = NULL, *p2 = NULL;
+		cr_assert_eq(cpu->ops->compile(cpu, text, strlen(text), NULL, 0, &p1, err, sizeof err), 0, "%s", err);
+		cr_assert_eq(cpu->ops->compile(cpu, low, low_len, NULL, 0, &p2, err, sizeof err), 0, "%s", err);
+		cr_assert_eq(cpu->ops->run(cpu, p1, 0, ins, o1, err, sizeof err), 0, "%s", err);
+		cr_assert_eq(cpu->ops->run(cpu, p2, 0, ins, o2, err, sizeof err), 0, "%s", err);
+		for (int i = 0; i < 64; i++) {
+			double w = anes_f16_to_f32_soft(want[i]), g = anes_f16_to_f32_soft(got[i]);
+			/* two gelus in a row (the last body) may add their errors */
+			cr_assert(fabs(g - w) <= 2 * (4.74e-4 + 1.0 / 1024) + 1.0 / 256 * fabs(w),
+			          "body %zu, element %d: rewrite %g, gelu %g\n%s", b, i, g, w, low);
+		}
+		cpu->ops->program_free(cpu, p1);
+		cpu->ops->program_free(cpu, p2);
+		free(low);
+	}
+	cpu->ops->destroy(cpu);
+}
+
 /* ---- backend creation ---- */
 
 ANE_TEST(missing_class_means_no_ane)
