@@ -45,8 +45,9 @@ say() { printf '==> %s\n' "$*" >&2; }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ane-smoke.XXXXXX")
 PIDS=()
 cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	# ${a[@]+"${a[@]}"}: an empty array under set -u in macOS's bash 3.2
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do kill "$p" 2>/dev/null || true; done
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -97,7 +98,7 @@ else
 	dut_opts=()
 fi
 daemons_ok=1
-start_daemon dut "$DUT" "${dut_opts[@]}" || daemons_ok=0
+start_daemon dut "$DUT" ${dut_opts[@]+"${dut_opts[@]}"} || daemons_ok=0
 start_daemon ref cpu || daemons_ok=0
 
 probe_rc=0
@@ -106,7 +107,7 @@ if [ "$daemons_ok" = 1 ]; then
 	[ "$DUT" = cpu ] && strict=(--strict)
 	say "ane_probe: programs and one probe per op"
 	"$BUILD_DIR/examples/ane_probe" --dut "$WORK/dut.sock" --ref "$WORK/ref.sock" --runs "$RUNS" --ops \
-		"${strict[@]}" "$ROOT/examples/dynamic_matmul.mil" "$ROOT/examples/transformer_block_verified.mil" \
+		${strict[@]+"${strict[@]}"} "$ROOT/examples/dynamic_matmul.mil" "$ROOT/examples/transformer_block_verified.mil" \
 		>"$WORK/probe.md" 2>"$WORK/probe.err" || probe_rc=$?
 	[ "$probe_rc" = 0 ] || status=1
 	if [ -x "$BUILD_DIR/client/aneshare" ]; then
@@ -136,7 +137,7 @@ fi
 		echo "- macOS: $(sw_vers -productVersion) ($(sw_vers -buildVersion))"
 		echo "- chip: $(sysctl -n machdep.cpu.brand_string 2>/dev/null || echo unknown)"
 	fi
-	echo "- device under test: aneshared --backend $DUT ${dut_opts[*]:-}"
+	echo "- device under test: aneshared --backend $DUT ${dut_opts[*]+"${dut_opts[*]}"}"
 	echo "- test suite: $tests_line"
 	echo "- op coverage: $coverage"
 	echo
