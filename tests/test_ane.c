@@ -1093,6 +1093,19 @@ ANE_TEST(unverified_ops_are_passed_on_and_logged_once)
 	            "        tensor<fp16, [1, 64, 1, 64]> y = cast(x = i, dtype = string(\"fp16\"));", "y"), NULL, 0));
 	cr_assert_str_eq(logged[3], NOTE "int32 values from cast (line 4)");
 	cr_assert_eq(n_logged, 4);
+
+	/* a long line is cut with "..." */
+	static char body[1 << 13];
+	size_t pos = 0;
+	for (int i = 0; i < 40; i++)
+		pos += (size_t)snprintf(body + pos, sizeof body - pos,
+		                        "        tensor<fp16, [1, 64, 1, 64]> c%d = concat(values = (a, b), axis = 1);\n", i);
+	snprintf(body + pos, sizeof body - pos, "        tensor<fp16, [1, 64, 1, 64]> y = add(x = c0, y = c39);");
+	B->ops->program_free(B, compile_ok(mil(in, body, "y"), NULL, 0));
+	cr_assert_eq(n_logged, 5);
+	size_t len = strlen(logged[4]);
+	cr_assert_eq(len, sizeof ((anes_ane_prepared *)0)->note - 1, "%zu: %s", len, logged[4]);
+	cr_assert_str_eq(logged[4] + len - 3, "...");
 }
 
 ANE_TEST(the_verified_list)
