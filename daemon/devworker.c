@@ -206,6 +206,7 @@ typedef struct wjob {
 typedef struct worker {
 	int fd;
 	anes_backend *b;
+	const char *fail_compile;   /* test hook: "func NAME<" that fails with -EIO */
 	pthread_mutex_t m;          /* tables, queue */
 	pthread_cond_t cond;
 	pthread_mutex_t send_m;
@@ -326,6 +327,12 @@ static void do_compile(worker *w, wjob *j)
 			rc = -EBADMSG;
 			goto answer;
 		}
+	}
+	if (w->fail_compile && memmem(mil, mil_len, w->fail_compile, strlen(w->fail_compile))) {
+		/* What the ANE backend answers when compileWithQoS: fails. */
+		snprintf(err, sizeof err, "ANE compile failed: injected (--worker-fault compile_eio)");
+		rc = -EIO;
+		goto answer;
 	}
 	rc = w->b->ops->compile(w->b, mil, mil_len, ws, n, &prog, err, sizeof(err));
 	if (rc == 0 && !prog)
@@ -548,9 +555,14 @@ static void program_free(worker *w, uint64_t id)
 		w->b->ops->program_free(w->b, prog);
 }
 
-int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads)
+int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char *fault)
 {
 	worker w = { .fd = fd, .b = b };
+	char fail_compile[ANES_MAX_NAME + 8];
+	if (fault && !strncmp(fault, "compile_eio=", 12)) {
+		snprintf(fail_compile, sizeof fail_compile, "func %s<", fault + 12);
+		w.fail_compile = fail_compile;
+	}
 	pthread_t th[64];
 	unsigned nt = 0;
 	int status = 0;

@@ -13,6 +13,7 @@
 #ifndef ANES_DEVWORKER_H
 #define ANES_DEVWORKER_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <sys/uio.h>
 
@@ -52,8 +53,32 @@ int anes_wmsg_recv(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload, int *ret_
 
 /* The worker process: serve the daemon on fd with backend b (owned by the
  * caller), running requests on n_threads threads, until the daemon closes
- * its end.  Returns the process's exit status. */
-int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads);
+ * its end.  fault: the --worker-fault test hook or NULL ("compile_eio=NAME":
+ * compiles of function NAME fail with -EIO as a framework failure would).
+ * Returns the process's exit status. */
+int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char *fault);
+
+/* The compile budget (docs/worker.md, "Compile budget").  The framework
+ * fails silently and then crashes a process past about 119 compiles
+ * (libane's kCompileHardLimit comment); maderix/ANE stops at 100
+ * (training/stories_config.h MAX_COMPILES) and libane refuses at 115 and
+ * warns at 100.  The default keeps the wider of the two margins. */
+#define ANES_ANE_COMPILE_BUDGET 100
+
+/* What a compile's result (0 or -errno, backend.h) says about the budget
+ * of the process that made it.  -EINVAL and -ENOTSUP come from the
+ * daemon's own checks (parse, types, the ANE op checks) before the
+ * framework is called, -EBADMSG from a malformed request: not counted.
+ * -EIO is a framework compile or load failure of a program that passed
+ * those checks: counted, and taken as a sign that the budget is spent.
+ * Anything else (a success, -ENOMEM) is counted. */
+enum { ANES_COMPILE_NOT_COUNTED, ANES_COMPILE_COUNTED, ANES_COMPILE_SPENT };
+static inline int anes_compile_counts(int rc)
+{
+	if (rc == -EINVAL || rc == -ENOTSUP || rc == -EBADMSG)
+		return ANES_COMPILE_NOT_COUNTED;
+	return rc == -EIO ? ANES_COMPILE_SPENT : ANES_COMPILE_COUNTED;
+}
 
 /* The proxy backend (the daemon side). */
 typedef struct anes_wproxy_config {

@@ -82,11 +82,18 @@ static int worker_child_main(int argc, char **argv)
 		        why[0] ? why : strerror(-r));
 		return 1;
 	}
-	int status = anes_devworker_serve(fd, b, threads);
+	int status = anes_devworker_serve(fd, b, threads, fault);
 	b->ops->destroy(b);
 	close(fd);
 	return status;
 }
+
+/* The framework's compile budget is per process and is never given back
+ * (docs/worker.md): inside the daemon, once spent, nothing could compile
+ * again until the daemon restarts. */
+static const char no_worker_ane[] =
+        "--no-worker: the ane backend runs only in device workers, which are replaced when "
+        "their compile budget is spent (docs/worker.md); leave out --no-worker, or use --backend cpu";
 
 int main(int argc, char **argv)
 {
@@ -105,6 +112,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "aneshared: unknown backend \"%s\" (available: cpu, ane, auto)\n", opts.backend);
 		anes_options_free(&opts);
 		return EX_CONFIG;
+	}
+
+	if (opts.worker == 0 && strcmp(opts.backend, "ane") == 0) {
+		fprintf(stderr, "aneshared: %s\n", no_worker_ane);
+		anes_options_free(&opts);
+		return 2;
 	}
 
 	/* Debug and test builds: a fake clock the tests drive (anes_clock.h). */
@@ -165,13 +178,22 @@ int main(int argc, char **argv)
 
 	const char *bname = backend->ops->name ? backend->ops->name : "cpu";
 	bool is_ane = strcmp(bname, "ane") == 0;
+	if (is_ane && opts.worker == 0) {
+		/* --backend auto found the ANE */
+		fprintf(stderr, "aneshared: %s\n", no_worker_ane);
+		backend->ops->destroy(backend);
+		if (cfg.listen_fd >= 0)
+			close(cfg.listen_fd);
+		anes_options_free(&opts);
+		return 2;
+	}
 	if (opts.worker > 0 || (opts.worker < 0 && is_ane)) {
 		/* The in-process backend was the probe; the worker hosts its own. */
 		anes_wproxy_config wc = {
 			.exe = self_exe(),
 			.backend = is_ane ? "ane" : "cpu",
 			.compile_budget = opts.compile_budget != UINT32_MAX ? opts.compile_budget
-			                  : is_ane                         ? 119
+			                  : is_ane                         ? ANES_ANE_COMPILE_BUDGET
 			                                                   : 0,
 			.threads = cfg.workers ? cfg.workers : 2,
 			.fault = opts.worker_fault,

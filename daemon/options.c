@@ -107,7 +107,7 @@ static const optdef defs[] = {
 	  "drop a client at once when its unread output would exceed this" },
 	{ "worker", T_TRI, O(worker), 0, 0, NULL,
 	  "run the backend in a device worker process (default: yes for ane, no for cpu)" },
-	{ "no-worker", T_TRI_NOT, O(worker), 0, 0, NULL, "run the backend inside the daemon" },
+	{ "no-worker", T_TRI_NOT, O(worker), 0, 0, NULL, "run the backend inside the daemon (refused with the ane backend)" },
 	{ "compile-budget", T_U32, O(compile_budget), 0, 100000000, "N",
 	  "compiles per device worker before it is replaced, 0 = unlimited "
 	  "(default 119 for ane, unlimited for cpu)" },
@@ -489,8 +489,10 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 		fprintf(stderr, "aneshared: --fault-inject: only run_fail=FUNCTION is known\n");
 		return -EINVAL;
 	}
-	if (o->worker_fault && strcmp(o->worker_fault, "start_fail") != 0) {
-		fprintf(stderr, "aneshared: --worker-fault: only start_fail is known\n");
+	if (o->worker_fault && strcmp(o->worker_fault, "start_fail") != 0 &&
+	    (strncmp(o->worker_fault, "compile_eio=", 12) != 0 || !o->worker_fault[12] ||
+	     strlen(o->worker_fault) > 12 + ANES_MAX_NAME)) {
+		fprintf(stderr, "aneshared: --worker-fault: only start_fail and compile_eio=FUNCTION are known\n");
 		return -EINVAL;
 	}
 	o->cfg.lanes = !o->no_lanes;

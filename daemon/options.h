@@ -35,7 +35,7 @@ typedef struct anes_options {
 	/* The device worker (docs/worker.md): -1 = the backend's default (yes
 	 * for ane, no for cpu), 0 = --no-worker, 1 = --worker. */
 	int worker;
-	/* --compile-budget: UINT32_MAX = the backend's default (119 for ane,
+	/* --compile-budget: UINT32_MAX = the backend's default (100 for ane,
 	 * unlimited for cpu); 0 = unlimited. */
 	uint32_t compile_budget;
 	char *worker_fault;         /* hidden test hook, passed to the worker */

@@ -98,6 +98,8 @@ typedef struct wproxy {
 	uint32_t inflight;
 	uint64_t restarts, compiles, recompiles;
 	uint64_t gen_base;      /* recompiles that started the current worker */
+	uint64_t live;          /* programs in progs (each one compiled in the next worker) */
+	bool spent;             /* a compile failed in the framework: treat the budget as used up */
 	char worker_backend[16];
 	pprog *progs;
 	psurf *sb[SBUCKETS];
@@ -422,13 +424,15 @@ static int compile_in_worker(wproxy *p, pprog *pp, bool parse, char *errbuf, siz
 				         "the device worker is not running; it is being restarted (retry)");
 			return r;
 		}
-		if (!p->budget || p->compiles < p->budget)
+		if (!p->spent && (!p->budget || p->compiles < p->budget))
 			break;
 		pthread_mutex_unlock(&p->send_m);
-		if (p->gen_base >= p->budget) {
+		/* A new worker starts with the programs in use compiled again:
+		 * it has room for this one only if they leave some. */
+		if (p->budget && p->live + 1 > p->budget) {
 			snprintf(errbuf, errlen,
 			         "%llu programs in use fill the device worker's compile budget of %u",
-			         (unsigned long long)p->gen_base, p->budget);
+			         (unsigned long long)p->live, p->budget);
 			pthread_mutex_unlock(&p->m);
 			return -ENOSPC;
 		}
@@ -463,6 +467,17 @@ static int compile_in_worker(wproxy *p, pprog *pp, bool parse, char *errbuf, siz
 		return pd.rc;
 	}
 	r = parse_rc(&pd, errbuf, errlen);
+	int counts = anes_compile_counts(r);
+	if (counts != ANES_COMPILE_COUNTED) {
+		pthread_mutex_lock(&p->m);
+		if (p->gen == gen) {
+			if (counts == ANES_COMPILE_NOT_COUNTED)
+				p->compiles--;
+			else
+				p->spent = true;
+		}
+		pthread_mutex_unlock(&p->m);
+	}
 	if (r == 0 && parse)
 		r = parse_compiled(pp, &pd);
 	free(pd.payload);
@@ -536,6 +551,7 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 	if (p->progs)
 		p->progs->prev = pp;
 	p->progs = pp;
+	p->live++;
 	pthread_mutex_unlock(&p->m);
 	*ret_prog = &pp->base;
 	return 0;
@@ -556,6 +572,7 @@ static void px_program_free(anes_backend *b, anes_bprogram *prog)
 	if (pp->next)
 		pp->next->prev = pp->prev;
 	pp->prev = pp->next = NULL;
+	p->live--;
 	if (pp->busy) {
 		pp->freed = true;   /* the supervisor frees it */
 		pthread_mutex_unlock(&p->m);
@@ -786,6 +803,8 @@ static int restore(wproxy *p)
 		int rc = r < 0 ? r : parse_rc(&pd, err, sizeof err);
 		free(payload);
 		pthread_mutex_lock(&p->m);
+		if (r == 0 && anes_compile_counts(rc) == ANES_COMPILE_SPENT)
+			p->spent = true;
 		pp->busy = false;
 		bool freed = pp->freed;
 		if (rc == 0) {
@@ -937,6 +956,7 @@ static void *supervisor(void *arg)
 		p->gen++;
 		p->compiles = 0;
 		p->gen_base = 0;
+		p->spent = false;
 		p->state = ST_STARTING;
 		pthread_mutex_unlock(&p->m);
 		pthread_mutex_unlock(&p->send_m);

@@ -473,6 +473,124 @@ Test(worker, compile_budget_restart)
 	wait_gone(last);
 }
 
+/* Issue 14 item 1: with the programs in use below the budget, a compile
+ * always finds room, however many compiles the worker made before. */
+Test(worker, budget_lockup_released_program_gives_room)
+{
+	start_worker_daemon("2");
+	aneshare_conn *a = h_connect(&D, "lockup-a"), *b = h_connect(&D, "lockup-b");
+	sq s[6] = { { 0 } };
+	sq_compile(a, &s[0], 0);
+	sq_compile(a, &s[1], 1);
+
+	/* A third program: the two in use fill one worker's budget. */
+	char *mil = h_square_mm_mil(SQ, "f2");
+	int r = aneshare_program_compile(a, mil, NULL, 0, &s[2].p, NULL);
+	free(mil);
+	cr_assert(r == 0 || r == -ANESHARE_ELIMIT, "third compile: %s (%s)", aneshare_strerror(r),
+	          aneshare_last_error(a));
+	if (r == 0)
+		aneshare_program_release(s[2].p);
+	s[2].p = NULL;
+
+	/* One released: the next compile restarts the worker with the one
+	 * left and succeeds, and so does every later one that leaves room. */
+	sq_release(&s[0]);
+	sq_compile(b, &s[3], 3);
+	sq_check(a, &s[1], 1);
+	sq_check(b, &s[3], 2);
+	sq_release(&s[3]);
+	sq_compile(b, &s[4], 4);
+	sq_check(b, &s[4], 3);
+	sq_check(a, &s[1], 4);
+
+	/* The holder goes away: everything compiles again. */
+	sq_release(&s[1]);
+	aneshare_disconnect(a);
+	sq_release(&s[4]);
+	for (int k = 0; k < 5; k++) {
+		sq t;
+		sq_compile(b, &t, 10 + k);
+		sq_check(b, &t, k);
+		sq_release(&t);
+	}
+	wstat w = worker_status();
+	cr_assert_eq(w.budget, 2);
+	cr_assert_geq(w.restarts, 3);
+	cr_assert_eq(aneshare_reconnect_count(b), 0);
+	aneshare_disconnect(b);
+	int64_t last = worker_status().pid;
+	h_daemon_stop(&D);
+	wait_gone(last);
+}
+
+/* Issue 13 item 3: the daemon's own compile errors and cache hits are not
+ * compiles; a framework failure (-EIO, injected in the worker) is, and it
+ * sends the next compile to a fresh worker. */
+Test(worker, budget_counts_only_real_compiles)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", "--compile-budget", "3",
+		               "--worker-fault", "compile_eio=boom", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *a = h_connect(&D, "real-a"), *b = h_connect(&D, "real-b");
+	sq s0, s0b, s1;
+	sq_compile(a, &s0, 0);
+	int64_t pid0 = worker_status().pid;
+
+	/* MIL errors the daemon reports itself, and unsupported programs. */
+	static const char *bad[] = {
+		"program(1.3)\n{\n    func main<ios18>(tensor<fp16, [2]> x) {\n        tensor<fp16, [2]> y = nosuchop(x = x)[name = string(\"y\")];\n    } -> (y);\n}\n",
+		"program(1.3)\n{\n    func main<ios18>(tensor<fp16, [2]> x) {\n",
+		"not mil at all",
+	};
+	for (int round = 0; round < 3; round++)
+		for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+			aneshare_program *p = NULL;
+			int r = aneshare_program_compile(b, bad[i], NULL, 0, &p, NULL);
+			cr_assert(r == -ANESHARE_ECOMPILE || r == -ANESHARE_EUNSUPPORTED, "bad %zu: %s", i,
+			          aneshare_strerror(r));
+		}
+	/* A cache hit. */
+	sq_compile(b, &s0b, 0);
+	wstat w = worker_status();
+	cr_assert_eq(w.compiles, 1, "compiles %llu: errors or cache hits were counted",
+	             (unsigned long long)w.compiles);
+	cr_assert_eq(w.restarts, 0);
+	cr_assert_eq(w.pid, pid0);
+
+	/* A program that passes the daemon's checks and fails in the framework. */
+	char *mil = h_square_mm_mil(SQ, "boom");
+	aneshare_program *p = NULL;
+	int r = aneshare_program_compile(a, mil, NULL, 0, &p, NULL);
+	free(mil);
+	cr_assert_lt(r, 0);
+	cr_assert_neq(r, -ANESHARE_ELIMIT);
+	cr_assert_not_null(strstr(aneshare_last_error(a), "injected"), "%s", aneshare_last_error(a));
+	w = worker_status();
+	cr_assert_eq(w.compiles, 2);
+	cr_assert_eq(w.restarts, 0);
+
+	/* The next compile: a fresh worker, with the one program in use. */
+	sq_compile(b, &s1, 1);
+	w = worker_status();
+	cr_assert_eq(w.restarts, 1);
+	cr_assert_neq(w.pid, pid0);
+	cr_assert_eq(w.recompiles, 1);
+	cr_assert_eq(w.compiles, 2);
+	wait_gone(pid0);
+	sq_check(a, &s0, 1);
+	sq_check(b, &s0b, 2);
+	sq_check(b, &s1, 3);
+	sq_release(&s0);
+	sq_release(&s0b);
+	sq_release(&s1);
+	aneshare_disconnect(a);
+	aneshare_disconnect(b);
+	int64_t last = worker_status().pid;
+	h_daemon_stop(&D);
+	wait_gone(last);
+}
+
 /* ---- configuration, and a worker that cannot start --------------------------------------- */
 
 Test(worker, config_file_keys)
@@ -501,7 +619,9 @@ Test(worker, config_file_keys)
 	rmdir(dir);
 }
 
-Test(worker, worker_that_cannot_start)
+/* Run $ANESHARED with args until it exits (bounded); its status, and its
+ * stderr in text. */
+static int run_daemon_to_exit(const char *const *args, char *text, size_t text_len)
 {
 	const char *exe = getenv("ANESHARED");
 	cr_assert(exe && *exe);
@@ -510,6 +630,14 @@ Test(worker, worker_that_cannot_start)
 	char sock[128], log[128];
 	snprintf(sock, sizeof sock, "%s/s.sock", dir);
 	snprintf(log, sizeof log, "%s/log", dir);
+	const char *argv[32];
+	int n = 0;
+	argv[n++] = exe;
+	argv[n++] = "--socket";
+	argv[n++] = sock;
+	for (int i = 0; args[i] && n < 30; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
 	pid_t pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
@@ -517,8 +645,7 @@ Test(worker, worker_that_cannot_start)
 		if (fd < 0 || dup2(fd, 2) < 0)
 			_exit(99);
 		setenv("XDG_CONFIG_HOME", dir, 1);
-		execl(exe, exe, "--socket", sock, "--backend", "cpu", "--worker", "--worker-fault",
-		      "start_fail", (char *)NULL);
+		execv(exe, (char *const *)argv);
 		_exit(98);
 	}
 	int st = 0;
@@ -527,24 +654,58 @@ Test(worker, worker_that_cannot_start)
 		if (tu_now_ms() > deadline) {
 			kill(pid, SIGKILL);
 			waitpid(pid, &st, 0);
-			cr_assert_fail("the daemon hangs when its worker cannot start");
+			cr_assert_fail("the daemon did not exit");
 		}
 		tu_pause_ms(10);
 	}
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x", st);
 	FILE *f = fopen(log, "re");
 	cr_assert_not_null(f);
-	char text[4096];
-	size_t n = fread(text, 1, sizeof text - 1, f);
+	size_t len = fread(text, 1, text_len - 1, f);
 	fclose(f);
-	text[n] = '\0';
-	cr_assert_not_null(strstr(text, "the device worker did not start"), "log: %s", text);
-	cr_assert_not_null(strstr(text, "injected start failure"), "log: %s", text);
+	text[len] = '\0';
 	cr_assert_neq(access(sock, F_OK), 0, "the socket was left behind");
 	unlink(log);
 	unlink(sock);
 	char lock[160];
 	snprintf(lock, sizeof lock, "%s.lock", sock);
 	unlink(lock);
+	rmdir(dir);
+	cr_assert(WIFEXITED(st), "status 0x%x", st);
+	return WEXITSTATUS(st);
+}
+
+Test(worker, worker_that_cannot_start)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", "--worker-fault", "start_fail", NULL };
+	char text[4096];
+	cr_assert_eq(run_daemon_to_exit(args, text, sizeof text), 1, "log: %s", text);
+	cr_assert_not_null(strstr(text, "the device worker did not start"), "log: %s", text);
+	cr_assert_not_null(strstr(text, "injected start failure"), "log: %s", text);
+}
+
+/* Issue 13 item 3: in the daemon's own process the ANE's budget could never
+ * be given back, so --no-worker is refused with the ane backend (before the
+ * backend is probed: this holds on a machine without an ANE too). */
+Test(worker, no_worker_refused_with_ane)
+{
+	const char *args[] = { "--backend", "ane", "--no-worker", NULL };
+	char text[4096];
+	cr_assert_eq(run_daemon_to_exit(args, text, sizeof text), 2, "log: %s", text);
+	cr_assert_not_null(strstr(text, "--no-worker: the ane backend runs only in device workers"),
+	                   "log: %s", text);
+
+	/* The same from the configuration file. */
+	char dir[] = "/tmp/anes-wcfg-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	char path[128];
+	snprintf(path, sizeof path, "%s/aneshared.conf", dir);
+	FILE *f = fopen(path, "we");
+	cr_assert_not_null(f);
+	fprintf(f, "backend = ane\nworker = no\n");
+	fclose(f);
+	const char *args2[] = { "--config", path, NULL };
+	cr_assert_eq(run_daemon_to_exit(args2, text, sizeof text), 2, "log: %s", text);
+	cr_assert_not_null(strstr(text, "--no-worker"), "log: %s", text);
+	unlink(path);
 	rmdir(dir);
 }
