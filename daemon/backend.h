@@ -95,10 +95,14 @@ typedef struct anes_surface_desc {
 typedef struct anes_worker_info {
 	int64_t pid;                /* of the current worker; 0 while none runs */
 	uint64_t restarts;          /* workers started after the first */
-	uint64_t compiles;          /* compiles sent to the current worker */
+	uint64_t compiles;          /* compiles made by the workers serving now */
 	uint64_t compile_budget;    /* 0 = unlimited */
 	uint64_t recompiles;        /* programs recompiled after restarts, in total */
 	const char *backend;        /* the backend inside the worker ("cpu", "ane") */
+	uint32_t workers;           /* worker processes serving now */
+	uint32_t max_workers;
+	uint64_t programs;          /* programs held in the workers */
+	uint64_t watchdog_kills;    /* workers killed for not answering in time */
 } anes_worker_info;
 
 /* Every backend program starts with this header, so the daemon can read the

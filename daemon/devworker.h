@@ -80,11 +80,57 @@ static inline int anes_compile_counts(int rc)
 	return rc == -EIO ? ANES_COMPILE_SPENT : ANES_COMPILE_COUNTED;
 }
 
+/* The watchdog's deadlines (docs/worker.md, "Watchdog"), in ms from when
+ * the request was sent.  Pure functions of their inputs (times are inputs),
+ * so the rules are tested without a clock. */
+#define ANES_WD_RUN_FACTOR 10             /* a run may take 10x its program's recent runs */
+#define ANES_WD_COMPILE_MS_PER_STMT 20    /* compile: 20 ms per MIL statement ... */
+#define ANES_WD_COMPILE_BYTES_PER_S (16ull << 20)  /* ... and 1 s per 16 MiB of weights */
+#define ANES_WD_RUN_BYTES_PER_S (64ull << 20)      /* a first run: 1 s per 64 MiB of weights and tensors */
+#define ANES_WD_RUN_FLOOR_MS 5000         /* default floors (--run-deadline-floor-ms, */
+#define ANES_WD_COMPILE_FLOOR_MS 30000    /* --compile-deadline-floor-ms) */
+
+/* A compile of a program with statements MIL statements and weight_bytes of
+ * weights: the floor plus time in proportion to its size, so that a model of
+ * several GB gets minutes. */
+static inline uint64_t anes_wd_compile_ms(uint64_t floor_ms, uint64_t statements,
+                                          uint64_t weight_bytes)
+{
+	return floor_ms + statements * ANES_WD_COMPILE_MS_PER_STMT +
+	       weight_bytes * 1000 / ANES_WD_COMPILE_BYTES_PER_S;
+}
+
+/* A run of a program whose recent runs took up to recent_us (0: none yet,
+ * then the size of its weights and tensors stands in). */
+static inline uint64_t anes_wd_run_ms(uint64_t floor_ms, uint64_t recent_us, uint64_t bytes)
+{
+	uint64_t ms = recent_us ? recent_us * ANES_WD_RUN_FACTOR / 1000
+	                        : bytes * 1000 / ANES_WD_RUN_BYTES_PER_S;
+	return ms > floor_ms ? ms : floor_ms;
+}
+
+/* The recent run time after a run of run_us: the longest run, decaying by
+ * 1/8 per run, so that one slow run raises it at once and it comes down
+ * over a few dozen fast ones. */
+static inline uint64_t anes_wd_recent_us(uint64_t recent_us, uint64_t run_us)
+{
+	uint64_t decayed = recent_us - recent_us / 8;
+	return run_us > decayed ? run_us : decayed;
+}
+
+/* Device worker processes at once by default (--max-device-workers): each
+ * has its own compile budget, so the daemon holds up to this many budgets'
+ * worth of programs.  They are started only when needed. */
+#define ANES_DEVICE_WORKERS_DEFAULT 8
+
 /* The proxy backend (the daemon side). */
 typedef struct anes_wproxy_config {
 	const char *exe;              /* the aneshared binary, run as EXE --worker-child 3 ... */
 	const char *backend;          /* "cpu" or "ane" */
 	uint32_t compile_budget;      /* compiles per worker process; 0 = unlimited */
+	unsigned max_workers;         /* device worker processes at once (0: 1) */
+	uint32_t run_floor_ms;        /* watchdog deadline floors (0: the defaults above) */
+	uint32_t compile_floor_ms;
 	unsigned threads;             /* request threads in the worker */
 	const char *fault;            /* --worker-fault VALUE for tests, or NULL */
 } anes_wproxy_config;

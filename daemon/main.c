@@ -195,6 +195,9 @@ int main(int argc, char **argv)
 			.compile_budget = opts.compile_budget != UINT32_MAX ? opts.compile_budget
 			                  : is_ane                         ? ANES_ANE_COMPILE_BUDGET
 			                                                   : 0,
+			.max_workers = opts.max_device_workers,
+			.run_floor_ms = opts.run_deadline_floor_ms,
+			.compile_floor_ms = opts.compile_deadline_floor_ms,
 			.threads = cfg.workers ? cfg.workers : 2,
 			.fault = opts.worker_fault,
 		};

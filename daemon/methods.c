@@ -244,13 +244,17 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
 	if (b->ops->worker_info) {
 		anes_pack_str(&f.pk, "worker");
-		msgpack_pack_map(&f.pk, 6);
+		msgpack_pack_map(&f.pk, 10);
 		pack_kv_u64(&f.pk, "pid", wi.pid > 0 ? (uint64_t)wi.pid : 0);
 		pack_kv_str(&f.pk, "backend", wi.backend ? wi.backend : "unknown");
 		pack_kv_u64(&f.pk, "restarts", wi.restarts);
 		pack_kv_u64(&f.pk, "compiles", wi.compiles);
 		pack_kv_u64(&f.pk, "compile_budget", wi.compile_budget);
 		pack_kv_u64(&f.pk, "recompiles", wi.recompiles);
+		pack_kv_u64(&f.pk, "workers", wi.workers);
+		pack_kv_u64(&f.pk, "max_workers", wi.max_workers);
+		pack_kv_u64(&f.pk, "programs", wi.programs);
+		pack_kv_u64(&f.pk, "watchdog_kills", wi.watchdog_kills);
 	}
 	anes_pack_str(&f.pk, "programs");
 	msgpack_pack_array(&f.pk, ctx.n);

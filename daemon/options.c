@@ -11,6 +11,7 @@
 
 #include "anes_config.h"
 #include "anes_proto.h"
+#include "devworker.h"
 #include "mil.h"
 #include "options.h"
 
@@ -111,6 +112,13 @@ static const optdef defs[] = {
 	{ "compile-budget", T_U32, O(compile_budget), 0, 100000000, "N",
 	  "compiles per device worker before it is replaced, 0 = unlimited "
 	  "(default 119 for ane, unlimited for cpu)" },
+	{ "max-device-workers", T_U32, O(max_device_workers), 1, 64, "N",
+	  "device worker processes at once, each with its own compile budget" },
+	{ "run-deadline-floor-ms", T_U32, O(run_deadline_floor_ms), 1, 86400000, "MS",
+	  "a device worker that does not answer a run within max(this, 10x the program's recent runs) "
+	  "is killed and restarted" },
+	{ "compile-deadline-floor-ms", T_U32, O(compile_deadline_floor_ms), 1, 86400000, "MS",
+	  "... a compile within this plus 20 ms per MIL statement and 1 s per 16 MiB of weights" },
 	/* Test hooks, see docs/reliability.md and docs/worker.md. */
 	{ "worker-fault", T_STR, O(worker_fault), 0, 0, "start_fail", NULL },
 	{ "fault-inject", T_STR, O(fault_run_fail), 0, 0, "run_fail=NAME", NULL },
@@ -411,7 +419,10 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 	size_t n = 0;
 	int r;
 
-	*o = (anes_options){ .shutdown_timeout_s = 10, .worker = -1, .compile_budget = UINT32_MAX };
+	*o = (anes_options){ .shutdown_timeout_s = 10, .worker = -1, .compile_budget = UINT32_MAX,
+		             .max_device_workers = ANES_DEVICE_WORKERS_DEFAULT,
+		             .run_deadline_floor_ms = ANES_WD_RUN_FLOOR_MS,
+		             .compile_deadline_floor_ms = ANES_WD_COMPILE_FLOOR_MS };
 	anes_server_config_init(&o->cfg);
 	o->cfg.handle_signals = true;
 
@@ -467,7 +478,10 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 			o->cfg.verbose = true;
 			break;
 		case 'h': {
-			anes_options dflt = { .shutdown_timeout_s = 10 };
+			anes_options dflt = { .shutdown_timeout_s = 10,
+				              .max_device_workers = ANES_DEVICE_WORKERS_DEFAULT,
+				              .run_deadline_floor_ms = ANES_WD_RUN_FLOOR_MS,
+				              .compile_deadline_floor_ms = ANES_WD_COMPILE_FLOOR_MS };
 			anes_server_config_init(&dflt.cfg);
 			usage(stdout, &dflt);
 			return 1;

@@ -38,6 +38,9 @@ typedef struct anes_options {
 	/* --compile-budget: UINT32_MAX = the backend's default (100 for ane,
 	 * unlimited for cpu); 0 = unlimited. */
 	uint32_t compile_budget;
+	uint32_t max_device_workers;        /* --max-device-workers */
+	uint32_t run_deadline_floor_ms;     /* the watchdog's floors (docs/worker.md) */
+	uint32_t compile_deadline_floor_ms;
 	char *worker_fault;         /* hidden test hook, passed to the worker */
 	bool no_lanes;              /* --no-lanes: cfg.lanes = false */
 } anes_options;

@@ -1,17 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The proxy backend (docs/worker.md): compiles and runs are forwarded to a
- * device worker process; if it dies or reaches its compile budget, a fresh
- * one is started, the programs still alive are compiled again and the
- * surfaces still alive are shared again.
+ * The proxy backend (docs/worker.md): compiles and runs are forwarded to
+ * device worker processes.  Each program lives in one worker; a new
+ * program goes to a worker with compile budget left, or to a new worker
+ * (up to max_workers); when every worker's budget is spent, the one with
+ * the fewest programs is replaced: a fresh worker compiles its programs
+ * while the old one keeps running them, then takes them over.  A worker
+ * that dies is restarted with its programs compiled again; one that does
+ * not answer within the watchdog's deadline is killed first.
  *
- * Threads: compile and run_surfaces are called on the daemon's pool
- * threads and block until the worker answers.  One supervisor thread per
- * proxy starts workers, reads every reply (matching it to its waiting call
- * by ID) and restarts the worker when its socket reaches EOF.
- * Locks: send_m (writing to the socket; held across a run's SURFACE_ADDs
- * and the RUN so that they reach the same worker in order) before m (all
- * other state).  The socket fd is only closed with both held.
+ * Threads: compile and run_surfaces are called on the daemon's pool (and
+ * lane) threads and block until the worker answers.  Each worker slot has
+ * a supervisor thread that starts its worker, reads every reply (matching
+ * it to its waiting call by ID), enforces the deadlines and restarts the
+ * worker when its socket reaches EOF.
+ * Locks: a slot's send_m (writing to its socket; held across a run's
+ * SURFACE_ADDs and the RUN so that they reach the same worker in order)
+ * before m (all other state, one for the proxy).  Never two send_m at
+ * once.  A slot's fd is only closed with its send_m and m held.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +33,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
+#include "anes_clock.h"
 #include "daemon.h"
 #include "devworker.h"
 
@@ -36,13 +43,18 @@ extern char **environ;
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define STABLE_MS 2000     /* a worker that lived this long resets the backoff */
+#define EXIT_GRACE_MS 2000 /* a worker told to stop gets this long before SIGKILL */
+#define MAX_SLOTS 65       /* --max-device-workers (64) + one being started as a replacement */
 
-typedef enum pstate {
-	ST_STARTING,    /* no worker yet, or restarting: calls wait */
+typedef enum sstate {
+	ST_IDLE,        /* no worker, none wanted */
+	ST_STARTING,    /* starting, or restarting: calls to it wait */
 	ST_UP,
 	ST_DOWN,        /* the last start failed: calls fail at once */
 	ST_CLOSED,
-} pstate;
+} sstate;
+
+typedef struct wslot wslot;
 
 typedef struct pprog {
 	anes_bprogram base;
@@ -51,10 +63,18 @@ typedef struct pprog {
 	anes_tensor_desc *tensors;
 	void *req;              /* the COMPILE payload (MIL + weights), kept for recompiles */
 	size_t req_len;
+	uint64_t statements, weight_bytes;   /* for the compile deadline */
+	uint64_t run_bytes;     /* weights + tensors: a first run's deadline */
+	wslot *slot;            /* the worker it runs in (or is compiled again in after a crash) */
 	uint64_t remote;        /* program ID in worker generation gen */
-	uint64_t gen;           /* 0: not compiled in a live worker */
-	bool busy;              /* the supervisor is recompiling it */
+	uint64_t gen;
+	wslot *move;            /* being compiled in this replacement worker, or NULL */
+	uint64_t move_remote;   /* its ID there once compiled (in generation move_gen) */
+	uint64_t move_gen;
+	uint64_t recent_us;     /* recent run time (anes_wd_recent_us) */
+	bool busy;              /* a supervisor is compiling it again */
 	bool freed;             /* program_free came while busy */
+	bool broken;            /* its recompile failed: runs fail */
 } pprog;
 
 typedef struct pending {
@@ -65,6 +85,9 @@ typedef struct pending {
 	void *payload;
 	uint32_t len;
 	pthread_cond_t cond;
+	uint64_t sent_ns, deadline_ns, allow_ms;
+	pprog *prog;            /* a first compile (linked in at the reply) or a run */
+	bool run;
 } pending;
 
 typedef struct psurf {
@@ -73,43 +96,62 @@ typedef struct psurf {
 	int fd;                 /* borrowed from the daemon's surface; -1 for IOSurface */
 	uint32_t ios_id;        /* the IOSurface ID (SURFACE_ADD_ID), 0 for memfd */
 	uint64_t size;
-	uint64_t gen;           /* shared with this worker generation */
+	uint64_t gen[];         /* per slot: shared with this worker generation */
 } psurf;
 
 #define SBUCKETS 256
 
-typedef struct wproxy {
+typedef struct wproxy wproxy;
+
+struct wslot {
+	wproxy *p;
+	unsigned idx;
+	pthread_mutex_t send_m;
+	sstate state;
+	bool wanted;            /* should have a worker */
+	bool retiring;          /* being replaced: takes no new programs, stops when empty */
+	bool draining;          /* told to stop (EOF sent) */
+	bool spent;             /* a framework compile failure: the budget counts as used up */
+	bool hung;              /* the watchdog killed it */
+	bool start_failed;      /* its last start failed and nothing was left to restart */
+	bool replacement;       /* started to replace another worker (counted in restarts) */
+	int fd;
+	pid_t pid;
+	uint64_t gen;
+	uint64_t compiles;      /* compiles in the current process */
+	uint32_t live;          /* programs with slot == this */
+	pending *pend;
+	uint32_t inflight;
+	uint64_t queued_ms;     /* the allowances of the calls in flight */
+	uint32_t backoff;
+	pthread_t sup;
+	bool sup_started;
+	char start_err[256];
+};
+
+struct wproxy {
 	anes_backend base;
 	anes_backend_ops ops;
 	char *exe, *backend, *fault;
 	uint32_t budget;
-	unsigned threads;
+	unsigned threads, max_workers, n_slots;
+	uint64_t run_floor_ms, compile_floor_ms, tick_ms;
 
-	pthread_mutex_t m, send_m;
-	pthread_cond_t state_cond;
-	pstate state;
+	pthread_mutex_t m;
+	pthread_cond_t cond;    /* any slot's state, programs moving */
 	bool closing;
-	bool planned;           /* the budget restart was asked for */
-	int fd;
-	pid_t pid;
-	uint64_t gen;
-	uint64_t next_id;
-	pending *pend;
-	uint32_t inflight;
-	uint64_t restarts, compiles, recompiles;
-	uint64_t gen_base;      /* recompiles that started the current worker */
-	uint64_t live;          /* programs in progs (each one compiled in the next worker) */
-	bool spent;             /* a compile failed in the framework: treat the budget as used up */
+	bool started_once;
+	int start_rc;
+	uint64_t gens, next_id;
+	uint64_t restarts, recompiles, watchdog_kills;
+	uint64_t n_progs;
+	uint64_t start_fail_ms;  /* when a new worker last failed to start */
+	char start_fail[256];
 	char worker_backend[16];
 	pprog *progs;
 	psurf *sb[SBUCKETS];
-
-	pthread_t sup;
-	bool sup_started;
-	bool started_once;
-	int start_rc;
-	char start_err[256];
-} wproxy;
+	wslot slots[MAX_SLOTS];
+};
 
 static wproxy *P(anes_backend *b)
 {
@@ -118,16 +160,34 @@ static wproxy *P(anes_backend *b)
 
 static uint64_t now_ms(void)
 {
-	return anes_now_ns() / 1000000u;
+	return anes_clock_ms();
 }
 
-/* ---- starting a worker ----------------------------------------------------------- */
+/* ---- starting and stopping a worker ----------------------------------------------------- */
 
-static void reap(pid_t pid, int *ret_status)
+/* Wait for pid; after grace_ms (if not negative) kill it first. */
+static void reap(pid_t pid, int grace_ms, int *ret_status)
 {
 	int st = 0;
+	if (grace_ms >= 0) {
+		uint64_t end = now_ms() + (uint64_t)grace_ms;
+		for (;;) {
+			pid_t r = waitpid(pid, &st, WNOHANG);
+			if (r == pid)
+				goto done;
+			if (r < 0 && errno != EINTR)
+				break;
+			if (now_ms() >= end) {
+				kill(pid, SIGKILL);
+				break;
+			}
+			struct timespec ts = { 0, 5 * 1000000L };
+			nanosleep(&ts, NULL);
+		}
+	}
 	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 		;
+done:
 	if (ret_status)
 		*ret_status = st;
 }
@@ -223,7 +283,7 @@ static int spawn_worker(wproxy *p, int *ret_fd, pid_t *ret_pid, char *err, size_
 			kill(pid, SIGKILL);
 		else
 			shutdown(sv[0], SHUT_RDWR);
-		reap(pid, &st);
+		reap(pid, EXIT_GRACE_MS, &st);
 		char how[96];
 		describe_status(st, how, sizeof how);
 		if (r == -ETIMEDOUT)
@@ -237,6 +297,11 @@ static int spawn_worker(wproxy *p, int *ret_fd, pid_t *ret_pid, char *err, size_
 		close(sv[0]);
 		return r == -ETIMEDOUT ? r : -ECHILD;
 	}
+	/* A reply cut off in the middle (a worker stopped while writing) is
+	 * a broken worker: reads give up after the run floor. */
+	struct timeval tv = { .tv_sec = (time_t)(p->run_floor_ms / 1000),
+		              .tv_usec = (suseconds_t)(p->run_floor_ms % 1000) * 1000 };
+	(void)setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	size_t nl = h.len - 4 < sizeof(p->worker_backend) - 1 ? h.len - 4 : sizeof(p->worker_backend) - 1;
 	pthread_mutex_lock(&p->m);
 	memcpy(p->worker_backend, (char *)payload + 4, nl);
@@ -248,61 +313,77 @@ static int spawn_worker(wproxy *p, int *ret_fd, pid_t *ret_pid, char *err, size_
 	return 0;
 }
 
-/* ---- calls ---------------------------------------------------------------------- */
+static void *supervisor(void *arg);
 
-/* Wait until a worker is up; return with send_m and m held, or an error
- * with neither held. */
-static int begin_send(wproxy *p)
+/* Ask for a worker in slot s (m held). */
+static void want(wproxy *p, wslot *s)
 {
-	pthread_mutex_lock(&p->m);
-	for (;;) {
-		while (p->state == ST_STARTING && !p->closing)
-			pthread_cond_wait(&p->state_cond, &p->m);
-		if (p->closing || p->state == ST_CLOSED) {
-			pthread_mutex_unlock(&p->m);
-			return -ECANCELED;
+	s->wanted = true;
+	s->start_failed = false;
+	if (s->state == ST_IDLE)
+		s->state = ST_STARTING;   /* (before its supervisor runs: nobody starts another) */
+	if (!s->sup_started) {
+		if (pthread_create(&s->sup, NULL, supervisor, s) != 0) {
+			s->wanted = false;
+			s->start_failed = true;
+			s->state = ST_IDLE;
+			snprintf(s->start_err, sizeof s->start_err, "cannot start a supervisor thread");
+			return;
 		}
-		if (p->state == ST_DOWN) {
-			pthread_mutex_unlock(&p->m);
-			return -ECONNRESET;
-		}
-		pthread_mutex_unlock(&p->m);
-		pthread_mutex_lock(&p->send_m);
-		pthread_mutex_lock(&p->m);
-		if (p->state == ST_UP && !p->closing)
-			return 0;
-		pthread_mutex_unlock(&p->send_m);
+		s->sup_started = true;
+	}
+	pthread_cond_broadcast(&p->cond);
+}
+
+/* A retiring worker with no programs left and no call in flight is told
+ * to stop: EOF on its socket (m held). */
+static void maybe_drain(wslot *s)
+{
+	if (s->retiring && !s->draining && s->live == 0 && s->inflight == 0 && s->fd >= 0) {
+		s->draining = true;
+		shutdown(s->fd, SHUT_WR);
 	}
 }
 
-static void pend_add(wproxy *p, pending *pd)
+/* ---- calls ---------------------------------------------------------------------------- */
+
+static void pend_add(wslot *s, pending *pd, uint64_t allow_ms)
 {
+	wproxy *p = s->p;
 	pd->id = ++p->next_id;
 	pd->done = false;
 	pd->rc = 0;
 	pd->payload = NULL;
 	pd->len = 0;
 	pthread_cond_init(&pd->cond, NULL);
-	pd->next = p->pend;
-	p->pend = pd;
-	p->inflight++;
+	pd->sent_ns = anes_clock_ns();
+	/* Calls ahead of it in this worker may run first. */
+	pd->allow_ms = allow_ms;
+	pd->deadline_ns = pd->sent_ns + (allow_ms + s->queued_ms) * 1000000u;
+	s->queued_ms += allow_ms;
+	pd->next = s->pend;
+	s->pend = pd;
+	s->inflight++;
 }
 
-static void pend_remove(wproxy *p, pending *pd)
+static void pend_remove(wslot *s, pending *pd)
 {
-	for (pending **pp = &p->pend; *pp; pp = &(*pp)->next) {
+	for (pending **pp = &s->pend; *pp; pp = &(*pp)->next) {
 		if (*pp == pd) {
 			*pp = pd->next;
-			p->inflight--;
-			if (p->inflight == 0)
-				pthread_cond_broadcast(&p->state_cond);
+			s->inflight--;
+			s->queued_ms -= pd->allow_ms;
+			if (s->inflight == 0) {
+				pthread_cond_broadcast(&s->p->cond);
+				maybe_drain(s);
+			}
 			return;
 		}
 	}
 }
 
 /* After the request was written (send_m released): wait for its answer.
- * Returns with m released; pd->payload is owned by the caller. */
+ * pd->payload is then owned by the caller. */
 static void wait_reply(wproxy *p, pending *pd)
 {
 	pthread_mutex_lock(&p->m);
@@ -314,39 +395,38 @@ static void wait_reply(wproxy *p, pending *pd)
 
 /* A write failed: the worker is gone or going; make sure the supervisor
  * sees EOF (called with send_m held). */
-static void write_failed(wproxy *p)
+static void write_failed(wslot *s)
 {
-	if (p->fd >= 0)
-		shutdown(p->fd, SHUT_RDWR);
+	if (s->fd >= 0)
+		shutdown(s->fd, SHUT_RDWR);
 }
 
-static int parse_rc(const pending *pd, char *errbuf, size_t errlen)
+static int parse_rc(const void *payload, uint32_t len, char *errbuf, size_t errlen)
 {
 	int32_t rc;
 	uint32_t el;
-	if (pd->len < 8)
+	if (len < 8)
 		return -EIO;
-	memcpy(&rc, pd->payload, 4);
-	memcpy(&el, (char *)pd->payload + 4, 4);
-	if (el > pd->len - 8)
+	memcpy(&rc, payload, 4);
+	memcpy(&el, (const char *)payload + 4, 4);
+	if (el > len - 8)
 		return -EIO;
 	if (rc < 0 && errbuf && errlen > 0) {
 		size_t n = el < errlen - 1 ? el : errlen - 1;
-		memcpy(errbuf, (char *)pd->payload + 8, n);
+		memcpy(errbuf, (const char *)payload + 8, n);
 		errbuf[n] = '\0';
 	}
 	return rc > 0 ? -EIO : rc;
 }
 
-static void lost(wproxy *p, char *errbuf, size_t errlen, const char *what)
+static void lost(char *errbuf, size_t errlen, const char *what)
 {
 	if (errbuf && errlen > 0)
 		snprintf(errbuf, errlen,
 		         "the device worker was lost during the %s; it is being restarted (retry)", what);
-	(void)p;
 }
 
-/* ---- compiling --------------------------------------------------------------------- */
+/* ---- compiling ---------------------------------------------------------------------------- */
 
 /* Build the program from a COMPILED reply. */
 static int parse_compiled(pprog *pp, const pending *pd)
@@ -410,84 +490,102 @@ static int parse_compiled(pprog *pp, const pending *pd)
 	return 0;
 }
 
-/* Compile pp->req in the current worker (on a caller's thread).  On
- * success pp->remote and pp->gen are set and, with parse, the function
- * table is read into pp.  A worker at its compile budget is restarted
- * first, once the calls in flight to it are answered. */
-static int compile_in_worker(wproxy *p, pprog *pp, bool parse, char *errbuf, size_t errlen)
+static bool has_room(const wproxy *p, const wslot *s)
 {
-	for (;;) {
-		int r = begin_send(p);
-		if (r < 0) {
-			if (r == -ECONNRESET)
-				snprintf(errbuf, errlen,
-				         "the device worker is not running; it is being restarted (retry)");
-			return r;
-		}
-		if (!p->spent && (!p->budget || p->compiles < p->budget))
-			break;
-		pthread_mutex_unlock(&p->send_m);
-		/* A new worker starts with the programs in use compiled again:
-		 * it has room for this one only if they leave some. */
-		if (p->budget && p->live + 1 > p->budget) {
-			snprintf(errbuf, errlen,
-			         "%llu programs in use fill the device worker's compile budget of %u",
-			         (unsigned long long)p->live, p->budget);
-			pthread_mutex_unlock(&p->m);
-			return -ENOSPC;
-		}
-		if (!p->planned) {
-			uint64_t g = p->gen;
-			p->planned = true;
-			p->state = ST_STARTING;
-			while (p->inflight > 0 && p->gen == g && !p->closing)
-				pthread_cond_wait(&p->state_cond, &p->m);
-			/* The worker exits at EOF; the supervisor starts the next. */
-			if (p->gen == g && p->fd >= 0)
-				shutdown(p->fd, SHUT_WR);
-		}
-		pthread_mutex_unlock(&p->m);
-	}
+	return s->state == ST_UP && !s->retiring && !s->spent && (!p->budget || s->compiles < p->budget);
+}
 
-	pending pd;
-	pend_add(p, &pd);
-	p->compiles++;
-	uint64_t gen = p->gen;
-	int fd = p->fd;
-	pthread_mutex_unlock(&p->m);
-	struct iovec v = { pp->req, pp->req_len };
-	int r = anes_wmsg_send(fd, ANES_WM_COMPILE, pd.id, &v, 1, -1);
-	if (r < 0)
-		write_failed(p);
-	pthread_mutex_unlock(&p->send_m);
-	wait_reply(p, &pd);
-	if (pd.rc < 0) {
-		lost(p, errbuf, errlen, "compile");
-		free(pd.payload);
-		return pd.rc;
-	}
-	r = parse_rc(&pd, errbuf, errlen);
-	int counts = anes_compile_counts(r);
-	if (counts != ANES_COMPILE_COUNTED) {
-		pthread_mutex_lock(&p->m);
-		if (p->gen == gen) {
-			if (counts == ANES_COMPILE_NOT_COUNTED)
-				p->compiles--;
-			else
-				p->spent = true;
+static wslot *idle_slot(wproxy *p)
+{
+	for (unsigned i = 0; i < p->n_slots; i++)
+		if (p->slots[i].state == ST_IDLE && !p->slots[i].wanted)
+			return &p->slots[i];
+	return NULL;
+}
+
+/* Replace s: a fresh worker in t compiles s's programs while s keeps
+ * running them, then takes them over (m held). */
+static void replace(wproxy *p, wslot *s, wslot *t)
+{
+	s->retiring = true;
+	t->replacement = true;
+	for (pprog *pp = p->progs; pp; pp = pp->next) {
+		if (pp->slot == s && !pp->move) {
+			pp->move = t;
+			pp->move_remote = 0;
+			pp->move_gen = 0;
 		}
-		pthread_mutex_unlock(&p->m);
 	}
-	if (r == 0 && parse)
-		r = parse_compiled(pp, &pd);
-	free(pd.payload);
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&p->m);
-	pp->remote = pd.id;
-	pp->gen = gen;
-	pthread_mutex_unlock(&p->m);
-	return 0;
+	anes_log("device worker pid %ld: compile budget %s (%llu compiles); a new worker takes over "
+	         "its %u programs",
+	         (long)s->pid, s->spent ? "spent (a compile failed in the framework)" : "used up",
+	         (unsigned long long)s->compiles, s->live);
+	maybe_drain(s);
+	want(p, t);
+}
+
+/* Find the worker for a new program (m held).  0 with *ret set: up, with
+ * room.  1: something changed or was started; wait and ask again.  -errno
+ * with errbuf set. */
+static int choose(wproxy *p, wslot **ret, char *errbuf, size_t errlen)
+{
+	wslot *best = NULL;
+	unsigned active = 0, up = 0;
+	bool starting = false;
+	for (unsigned i = 0; i < p->n_slots; i++) {
+		wslot *s = &p->slots[i];
+		if (s->wanted && !s->retiring)
+			active++;
+		if (s->state == ST_UP)
+			up++;
+		if (s->state == ST_STARTING && !s->retiring)
+			starting = true;
+		if (has_room(p, s) && (!best || s->live < best->live))
+			best = s;
+	}
+	if (best) {
+		*ret = best;
+		return 0;
+	}
+	if (starting)
+		return 1;
+	if (active < p->max_workers) {
+		if (p->start_fail_ms && now_ms() - p->start_fail_ms < 10 * BACKOFF_MIN_MS) {
+			snprintf(errbuf, errlen, "a new device worker did not start (%s); retry",
+			         p->start_fail);
+			return -ECONNRESET;
+		}
+		wslot *t = idle_slot(p);
+		if (t)
+			want(p, t);
+		return 1;   /* (without an idle slot: a retiring worker still stops) */
+	}
+	/* Every worker's budget is spent: replace the one with the fewest
+	 * programs, if the programs it holds leave room in a fresh one. */
+	wslot *victim = NULL;
+	for (unsigned i = 0; i < p->n_slots; i++) {
+		wslot *s = &p->slots[i];
+		if (s->state == ST_UP && !s->retiring && (!p->budget || s->live + 1 <= p->budget) &&
+		    (!victim || s->live < victim->live))
+			victim = s;
+	}
+	if (victim) {
+		wslot *t = idle_slot(p);
+		if (t)
+			replace(p, victim, t);
+		return 1;
+	}
+	for (unsigned i = 0; i < p->n_slots; i++)
+		if (p->slots[i].state == ST_STARTING)
+			return 1;
+	if (up == 0) {
+		snprintf(errbuf, errlen, "no device worker is running; one is being started (retry)");
+		return -ECONNRESET;
+	}
+	snprintf(errbuf, errlen,
+	         "%llu programs in use fill the compile budgets of all %u device workers (%u compiles each)",
+	         (unsigned long long)p->n_progs, p->max_workers, p->budget);
+	return -ENOSPC;
 }
 
 static void pprog_free(pprog *pp)
@@ -498,6 +596,30 @@ static void pprog_free(pprog *pp)
 	free(pp);
 }
 
+static void link_prog(wproxy *p, pprog *pp)
+{
+	pp->prev = NULL;
+	pp->next = p->progs;
+	if (p->progs)
+		p->progs->prev = pp;
+	p->progs = pp;
+	p->n_progs++;
+}
+
+static void unlink_prog(wproxy *p, pprog *pp)
+{
+	if (pp->prev)
+		pp->prev->next = pp->next;
+	else
+		p->progs = pp->next;
+	if (pp->next)
+		pp->next->prev = pp->prev;
+	pp->prev = pp->next = NULL;
+	p->n_progs--;
+}
+
+static void px_program_free(anes_backend *b, anes_bprogram *prog);
+
 static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const anes_weight *weights,
                       size_t n_weights, anes_bprogram **ret_prog, char *errbuf, size_t errbuf_len)
 {
@@ -507,8 +629,11 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 	if (mil_len > UINT32_MAX || n_weights > 4096)
 		return -EINVAL;
 	size_t len = 8 + mil_len;
-	for (size_t i = 0; i < n_weights; i++)
+	uint64_t wbytes = 0;
+	for (size_t i = 0; i < n_weights; i++) {
 		len += 12 + strlen(weights[i].path) + 1 + weights[i].len;
+		wbytes += weights[i].len;
+	}
 	if (len > ANES_WMSG_MAX)
 		return -ENOMEM;
 	pprog *pp = calloc(1, sizeof(*pp));
@@ -537,24 +662,119 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 			memcpy(q, weights[i].data, wl);
 		q += wl;
 	}
+	for (size_t i = 0; i < mil_len; i++)
+		pp->statements += mil[i] == ';';
+	pp->weight_bytes = wbytes;
 	pp->req = req;
 	pp->req_len = len;
 	pp->base.backend = b;
 
-	int r = compile_in_worker(p, pp, true, errbuf, errbuf_len);
+	/* A worker with room, its send_m and m held. */
+	wslot *s;
+	int r;
+	for (;;) {
+		pthread_mutex_lock(&p->m);
+		for (;;) {
+			if (p->closing) {
+				r = -ECANCELED;
+				break;
+			}
+			r = choose(p, &s, errbuf, errbuf_len);
+			if (r <= 0)
+				break;
+			pthread_cond_wait(&p->cond, &p->m);
+		}
+		pthread_mutex_unlock(&p->m);
+		if (r < 0) {
+			pprog_free(pp);
+			return r;
+		}
+		pthread_mutex_lock(&s->send_m);
+		pthread_mutex_lock(&p->m);
+		if (has_room(p, s) && !p->closing)
+			break;
+		pthread_mutex_unlock(&p->m);
+		pthread_mutex_unlock(&s->send_m);
+	}
+
+	pending pd = { .prog = pp };
+	pend_add(s, &pd, anes_wd_compile_ms(p->compile_floor_ms, pp->statements, pp->weight_bytes));
+	s->compiles++;
+	uint64_t gen = s->gen;
+	int fd = s->fd;
+	pthread_mutex_unlock(&p->m);
+	struct iovec v = { pp->req, pp->req_len };
+	r = anes_wmsg_send(fd, ANES_WM_COMPILE, pd.id, &v, 1, -1);
+	if (r < 0)
+		write_failed(s);
+	pthread_mutex_unlock(&s->send_m);
+	wait_reply(p, &pd);
+	if (pd.rc < 0) {
+		lost(errbuf, errbuf_len, "compile");
+		free(pd.payload);
+		pprog_free(pp);
+		return pd.rc;
+	}
+	r = parse_rc(pd.payload, pd.len, errbuf, errbuf_len);
+	int counts = anes_compile_counts(r);
+	pthread_mutex_lock(&p->m);
+	if (s->gen == gen) {
+		if (counts == ANES_COMPILE_NOT_COUNTED)
+			s->compiles--;
+		else if (counts == ANES_COMPILE_SPENT)
+			s->spent = true;
+	}
+	pthread_mutex_unlock(&p->m);
 	if (r < 0) {
+		free(pd.payload);
 		pprog_free(pp);
 		return r;
 	}
+	/* The supervisor linked it in when the reply came. */
 	pthread_mutex_lock(&p->m);
-	pp->next = p->progs;
-	if (p->progs)
-		p->progs->prev = pp;
-	p->progs = pp;
-	p->live++;
+	bool linked = pp->slot != NULL;
+	pthread_mutex_unlock(&p->m);
+	if (!linked) {
+		free(pd.payload);
+		pprog_free(pp);
+		return -EIO;
+	}
+	r = parse_compiled(pp, &pd);
+	free(pd.payload);
+	if (r < 0) {
+		px_program_free(b, &pp->base);
+		return r;
+	}
+	/* A first run's deadline goes by its size: weights and tensors. */
+	uint64_t io = 0;
+	for (uint32_t f = 0; f < pp->base.n_functions; f++) {
+		const anes_function_info *fi = &pp->fns[f];
+		for (uint32_t i = 0; i < fi->n_inputs; i++)
+			io += fi->inputs[i].bytes;
+		for (uint32_t i = 0; i < fi->n_outputs; i++)
+			io += fi->outputs[i].bytes;
+	}
+	pthread_mutex_lock(&p->m);
+	pp->run_bytes = pp->weight_bytes + io;
 	pthread_mutex_unlock(&p->m);
 	*ret_prog = &pp->base;
 	return 0;
+}
+
+/* Lock the send_m of pp's worker, then m, with pp->slot stable. */
+static wslot *lock_prog_slot(wproxy *p, pprog *pp)
+{
+	for (;;) {
+		pthread_mutex_lock(&p->m);
+		wslot *s = pp->slot;
+		pthread_mutex_unlock(&p->m);
+		pthread_mutex_lock(&s->send_m);
+		pthread_mutex_lock(&p->m);
+		if (pp->slot == s)
+			return s;
+		pthread_mutex_unlock(&p->m);
+		pthread_mutex_unlock(&s->send_m);
+	}
 }
 
 static void px_program_free(anes_backend *b, anes_bprogram *prog)
@@ -563,29 +783,41 @@ static void px_program_free(anes_backend *b, anes_bprogram *prog)
 	if (!prog)
 		return;
 	pprog *pp = (pprog *)(void *)prog;
-	pthread_mutex_lock(&p->send_m);
-	pthread_mutex_lock(&p->m);
-	if (pp->prev)
-		pp->prev->next = pp->next;
-	else
-		p->progs = pp->next;
-	if (pp->next)
-		pp->next->prev = pp->prev;
-	pp->prev = pp->next = NULL;
-	p->live--;
+	wslot *s = lock_prog_slot(p, pp);
+	unlink_prog(p, pp);
+	s->live--;
+	pthread_cond_broadcast(&p->cond);
+	wslot *t = pp->move;
+	uint64_t t_remote = pp->move_remote, t_gen = pp->move_gen;
+	pp->move = NULL;
 	if (pp->busy) {
-		pp->freed = true;   /* the supervisor frees it */
+		pp->freed = true;   /* the supervisor compiling it frees it */
+		maybe_drain(s);
 		pthread_mutex_unlock(&p->m);
-		pthread_mutex_unlock(&p->send_m);
+		pthread_mutex_unlock(&s->send_m);
 		return;
 	}
 	/* (Also during a restart: send_m keeps the fd valid.) */
-	bool drop = pp->gen == p->gen && p->fd >= 0;
-	int fd = p->fd;
+	bool drop = pp->gen == s->gen && pp->remote && s->fd >= 0;
+	int fd = s->fd;
 	pthread_mutex_unlock(&p->m);
 	if (drop && anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, pp->remote, NULL, 0, -1) < 0)
-		write_failed(p);
-	pthread_mutex_unlock(&p->send_m);
+		write_failed(s);
+	pthread_mutex_lock(&p->m);
+	maybe_drain(s);
+	pthread_mutex_unlock(&p->m);
+	pthread_mutex_unlock(&s->send_m);
+	if (t && t_remote) {
+		/* Already compiled in its replacement, not yet taken over. */
+		pthread_mutex_lock(&t->send_m);
+		pthread_mutex_lock(&p->m);
+		drop = t->gen == t_gen && t->fd >= 0;
+		fd = t->fd;
+		pthread_mutex_unlock(&p->m);
+		if (drop && anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, t_remote, NULL, 0, -1) < 0)
+			write_failed(t);
+		pthread_mutex_unlock(&t->send_m);
+	}
 	pprog_free(pp);
 }
 
@@ -623,23 +855,39 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 	if (n_args > 2 * ANES_MAX_IO)
 		return -EINVAL;
 
-	int r;
+	/* Its worker up, with the program in it: send_m and m held. */
+	wslot *s;
 	for (;;) {
-		r = begin_send(p);
-		if (r < 0) {
-			if (r == -ECONNRESET)
+		pthread_mutex_lock(&p->m);
+		for (;;) {
+			s = pp->slot;
+			if (p->closing) {
+				pthread_mutex_unlock(&p->m);
+				return -ECANCELED;
+			}
+			if (pp->broken) {
+				pthread_mutex_unlock(&p->m);
+				snprintf(errbuf, errbuf_len,
+				         "the program could not be compiled again in a new device worker");
+				return -EIO;
+			}
+			if (s->state == ST_UP && pp->gen == s->gen)
+				break;
+			if (s->state == ST_DOWN && !pp->move) {
+				pthread_mutex_unlock(&p->m);
 				snprintf(errbuf, errbuf_len,
 				         "the device worker is not running; it is being restarted (retry)");
-			return r;
+				return -ECONNRESET;
+			}
+			pthread_cond_wait(&p->cond, &p->m);
 		}
-		if (pp->gen == p->gen)
-			break;
-		/* Not in this worker (it was compiled while the worker restarted). */
 		pthread_mutex_unlock(&p->m);
-		pthread_mutex_unlock(&p->send_m);
-		r = compile_in_worker(p, pp, false, errbuf, errbuf_len);
-		if (r < 0)
-			return r;
+		pthread_mutex_lock(&s->send_m);
+		pthread_mutex_lock(&p->m);
+		if (pp->slot == s && s->state == ST_UP && pp->gen == s->gen && !p->closing)
+			break;
+		pthread_mutex_unlock(&p->m);
+		pthread_mutex_unlock(&s->send_m);
 	}
 
 	/* Share the surfaces this worker has not seen, then the run. */
@@ -649,31 +897,37 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 	for (uint32_t i = 0; i < n_args; i++) {
 		psurf **slot = surf_slot(p, args[i].key);
 		if (!*slot) {
-			psurf *s = calloc(1, sizeof(*s));
-			if (!s) {
+			psurf *ns = calloc(1, sizeof(*ns) + p->n_slots * sizeof(uint64_t));
+			if (!ns) {
 				pthread_mutex_unlock(&p->m);
-				pthread_mutex_unlock(&p->send_m);
+				pthread_mutex_unlock(&s->send_m);
 				return -ENOMEM;
 			}
-			*s = (psurf){ .key = args[i].key, .fd = args[i].fd, .ios_id = args[i].ios_id,
-			              .size = args[i].size };
-			*slot = s;
+			ns->key = args[i].key;
+			ns->fd = args[i].fd;
+			ns->ios_id = args[i].ios_id;
+			ns->size = args[i].size;
+			*slot = ns;
 		}
-		psurf *s = *slot;
-		if (s->gen != p->gen) {
-			s->gen = p->gen;
-			add[n_add++] = *s;
+		psurf *su = *slot;
+		if (su->gen[s->idx] != s->gen) {
+			su->gen[s->idx] = s->gen;
+			add[n_add].key = su->key;
+			add[n_add].fd = su->fd;
+			add[n_add].ios_id = su->ios_id;
+			add[n_add].size = su->size;
+			n_add++;
 		}
 		body[2 + 2 * i] = args[i].key;
 		body[3 + 2 * i] = args[i].offset;
 	}
-	pending pd;
-	pend_add(p, &pd);
-	int fd = p->fd;
+	pending pd = { .prog = pp, .run = true };
+	pend_add(s, &pd, anes_wd_run_ms(p->run_floor_ms, pp->recent_us, pp->run_bytes));
+	int fd = s->fd;
 	uint64_t pid = pp->remote;
 	pthread_mutex_unlock(&p->m);
 
-	r = 0;
+	int r = 0;
 	for (uint32_t i = 0; i < n_add && r == 0; i++)
 		r = send_surface(fd, &add[i]);
 	if (r == 0) {
@@ -684,15 +938,15 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 		r = anes_wmsg_send(fd, ANES_WM_RUN, pd.id, &v, 1, -1);
 	}
 	if (r < 0)
-		write_failed(p);
-	pthread_mutex_unlock(&p->send_m);
+		write_failed(s);
+	pthread_mutex_unlock(&s->send_m);
 	wait_reply(p, &pd);
 	if (pd.rc < 0) {
 		free(pd.payload);
-		lost(p, errbuf, errbuf_len, "run");
+		lost(errbuf, errbuf_len, "run");
 		return pd.rc;
 	}
-	r = parse_rc(&pd, errbuf, errbuf_len);
+	r = parse_rc(pd.payload, pd.len, errbuf, errbuf_len);
 	free(pd.payload);
 	return r;
 }
@@ -712,51 +966,80 @@ static int px_run(anes_backend *b, anes_bprogram *prog, uint32_t fn_index,
 static void px_surface_release(anes_backend *b, uint64_t key)
 {
 	wproxy *p = P(b);
-	pthread_mutex_lock(&p->send_m);
 	pthread_mutex_lock(&p->m);
 	psurf **slot = surf_slot(p, key);
-	psurf *s = *slot;
-	if (!s) {
-		pthread_mutex_unlock(&p->m);
-		pthread_mutex_unlock(&p->send_m);
-		return;
-	}
-	*slot = s->next;
-	bool drop = s->gen == p->gen && p->fd >= 0;
-	int fd = p->fd;
+	psurf *su = *slot;
+	if (su)
+		*slot = su->next;
 	pthread_mutex_unlock(&p->m);
-	if (drop && anes_wmsg_send(fd, ANES_WM_SURFACE_DROP, key, NULL, 0, -1) < 0)
-		write_failed(p);
-	pthread_mutex_unlock(&p->send_m);
-	free(s);
+	if (!su)
+		return;
+	/* No run uses it any more: drop it from every worker that has it. */
+	for (unsigned i = 0; i < p->n_slots; i++) {
+		wslot *s = &p->slots[i];
+		if (!su->gen[i])
+			continue;
+		pthread_mutex_lock(&s->send_m);
+		pthread_mutex_lock(&p->m);
+		bool drop = su->gen[i] == s->gen && s->fd >= 0;
+		int fd = s->fd;
+		pthread_mutex_unlock(&p->m);
+		if (drop && anes_wmsg_send(fd, ANES_WM_SURFACE_DROP, key, NULL, 0, -1) < 0)
+			write_failed(s);
+		pthread_mutex_unlock(&s->send_m);
+	}
+	free(su);
 }
 
 static void px_worker_info(anes_backend *b, anes_worker_info *ret)
 {
 	wproxy *p = P(b);
 	pthread_mutex_lock(&p->m);
-	*ret = (anes_worker_info){
-		.pid = p->pid,
+	anes_worker_info wi = {
 		.restarts = p->restarts,
-		.compiles = p->compiles,
 		.compile_budget = p->budget,
 		.recompiles = p->recompiles,
 		.backend = p->worker_backend,
+		.max_workers = p->max_workers,
+		.programs = p->n_progs,
+		.watchdog_kills = p->watchdog_kills,
 	};
+	for (unsigned i = 0; i < p->n_slots; i++) {
+		const wslot *s = &p->slots[i];
+		if (s->state != ST_UP || s->retiring)
+			continue;
+		if (!wi.pid)
+			wi.pid = s->pid;
+		wi.workers++;
+		wi.compiles += s->compiles;
+	}
 	pthread_mutex_unlock(&p->m);
+	*ret = wi;
 }
 
-/* ---- the supervisor --------------------------------------------------------------------- */
+/* ---- the supervisor ---------------------------------------------------------------------- */
 
-/* Read messages until the reply to id (supervisor only, while no caller
- * can send).  0 with the payload, or -errno when the worker is gone. */
-static int sync_reply(wproxy *p, uint64_t id, void **ret_payload, uint32_t *ret_len)
+/* Read messages until the reply to id or the deadline (a supervisor, while
+ * no caller sends to its worker).  0 with the payload, or -errno when the
+ * worker is gone or late. */
+static int sync_reply(wslot *s, uint64_t id, uint64_t deadline_ms, void **ret_payload,
+                      uint32_t *ret_len)
 {
 	for (;;) {
+		uint64_t now = now_ms();
+		if (now >= deadline_ms)
+			return -ETIMEDOUT;
+		uint64_t left = deadline_ms - now;
+		struct pollfd pf = { .fd = s->fd, .events = POLLIN };
+		int pr = poll(&pf, 1, left > 1000 ? 1000 : (int)left);
+		if (pr < 0 && errno != EINTR)
+			return -errno;
+		if (pr <= 0)
+			continue;
 		anes_wmsg_hdr h;
 		void *payload;
 		int mfd;
-		int r = anes_wmsg_recv(p->fd, &h, &payload, &mfd);
+		int r = anes_wmsg_recv(s->fd, &h, &payload, &mfd);
 		if (r < 0)
 			return r;
 		if (mfd >= 0)
@@ -770,212 +1053,351 @@ static int sync_reply(wproxy *p, uint64_t id, void **ret_payload, uint32_t *ret_
 	}
 }
 
-/* Compile every live program and share every live surface in the new
- * worker.  -EPIPE if it died meanwhile. */
-static int restore(wproxy *p)
+static void watchdog_kill(wslot *s, const char *what, uint64_t allowed_ms)
 {
+	wproxy *p = s->p;
+	if (s->hung || s->pid <= 0)
+		return;
+	s->hung = true;
+	p->watchdog_kills++;
+	anes_log("error: device worker pid %ld did not answer a %s within %llu ms; killing it",
+	         (long)s->pid, what, (unsigned long long)allowed_ms);
+	kill(s->pid, SIGKILL);
+}
+
+/* Compile again, in the new worker of s, its programs (after a crash) and
+ * those it takes over from a worker it replaces.  -EPIPE if it died or
+ * hung meanwhile. */
+static int restore(wslot *s)
+{
+	wproxy *p = s->p;
 	for (;;) {
-		pthread_mutex_lock(&p->send_m);
+		pthread_mutex_lock(&s->send_m);
 		pthread_mutex_lock(&p->m);
 		pprog *pp = p->progs;
-		while (pp && pp->gen == p->gen)
+		while (pp && !(pp->slot == s && pp->gen != s->gen && !pp->busy) &&
+		       !(pp->move == s && pp->move_gen != s->gen && !pp->busy))
 			pp = pp->next;
 		if (!pp) {
 			pthread_mutex_unlock(&p->m);
-			pthread_mutex_unlock(&p->send_m);
-			break;
+			pthread_mutex_unlock(&s->send_m);
+			return 0;
 		}
 		pp->busy = true;
 		uint64_t id = ++p->next_id;
-		p->compiles++;
+		s->compiles++;
 		p->recompiles++;
-		p->gen_base++;
+		uint64_t allow = anes_wd_compile_ms(p->compile_floor_ms, pp->statements, pp->weight_bytes);
 		pthread_mutex_unlock(&p->m);
 		struct iovec v = { pp->req, pp->req_len };
-		int r = anes_wmsg_send(p->fd, ANES_WM_COMPILE, id, &v, 1, -1);
-		pthread_mutex_unlock(&p->send_m);
+		int r = anes_wmsg_send(s->fd, ANES_WM_COMPILE, id, &v, 1, -1);
+		pthread_mutex_unlock(&s->send_m);
 		void *payload = NULL;
 		uint32_t len = 0;
 		if (r == 0)
-			r = sync_reply(p, id, &payload, &len);
-		pending pd = { .payload = payload, .len = len };
+			r = sync_reply(s, id, now_ms() + allow, &payload, &len);
 		char err[256] = "";
-		int rc = r < 0 ? r : parse_rc(&pd, err, sizeof err);
+		int rc = r < 0 ? r : parse_rc(payload, len, err, sizeof err);
 		free(payload);
 		pthread_mutex_lock(&p->m);
+		if (r == -ETIMEDOUT)
+			watchdog_kill(s, "compile", allow);
 		if (r == 0 && anes_compile_counts(rc) == ANES_COMPILE_SPENT)
-			p->spent = true;
+			s->spent = true;
 		pp->busy = false;
 		bool freed = pp->freed;
-		if (rc == 0) {
-			pp->remote = id;
-			pp->gen = p->gen;
-		} else {
-			pp->gen = p->gen;   /* don't try again in this worker */
-			pp->remote = 0;
+		if (!freed && pp->move == s) {
+			if (rc == 0) {
+				pp->move_remote = id;
+				pp->move_gen = s->gen;
+			} else if (r == 0) {
+				pp->move = NULL;   /* stays where it runs now */
+			}
+		} else if (!freed && pp->slot == s && r == 0) {
+			pp->gen = s->gen;
+			pp->remote = rc == 0 ? id : 0;
+			pp->broken = rc < 0;
 		}
+		pthread_cond_broadcast(&p->cond);
 		pthread_mutex_unlock(&p->m);
 		if (rc < 0 && r == 0)
-			anes_log("error: device worker: recompiling a program failed: %s",
+			anes_log("error: device worker: compiling a program again failed: %s",
 			         err[0] ? err : strerror(-rc));
 		if (freed) {
 			if (rc == 0) {
-				pthread_mutex_lock(&p->send_m);
-				(void)anes_wmsg_send(p->fd, ANES_WM_PROGRAM_FREE, id, NULL, 0, -1);
-				pthread_mutex_unlock(&p->send_m);
+				pthread_mutex_lock(&s->send_m);
+				(void)anes_wmsg_send(s->fd, ANES_WM_PROGRAM_FREE, id, NULL, 0, -1);
+				pthread_mutex_unlock(&s->send_m);
 			}
 			pprog_free(pp);
 		}
 		if (r < 0)
 			return -EPIPE;
 	}
-	/* Surfaces: with both locks, so that none is released meanwhile. */
-	pthread_mutex_lock(&p->send_m);
-	pthread_mutex_lock(&p->m);
-	int r = 0;
-	for (size_t i = 0; i < SBUCKETS && r == 0; i++) {
-		for (psurf *s = p->sb[i]; s && r == 0; s = s->next) {
-			r = send_surface(p->fd, s);
-			s->gen = p->gen;
-		}
-	}
-	pthread_mutex_unlock(&p->m);
-	pthread_mutex_unlock(&p->send_m);
-	return r < 0 ? -EPIPE : 0;
 }
 
-static void deliver(wproxy *p, const anes_wmsg_hdr *h, void *payload)
+/* The programs compiled in s for the worker it replaces now run in s
+ * (m held). */
+static unsigned take_over(wslot *s)
 {
+	wproxy *p = s->p;
+	unsigned n = 0;
+	for (pprog *pp = p->progs; pp; pp = pp->next) {
+		if (pp->move != s || pp->move_gen != s->gen)
+			continue;
+		wslot *old = pp->slot;
+		old->live--;
+		pp->slot = s;
+		s->live++;
+		pp->remote = pp->move_remote;
+		pp->gen = s->gen;
+		pp->move = NULL;
+		pp->broken = false;
+		n++;
+		maybe_drain(old);
+	}
+	return n;
+}
+
+static void deliver(wslot *s, const anes_wmsg_hdr *h, void *payload)
+{
+	wproxy *p = s->p;
 	pthread_mutex_lock(&p->m);
-	for (pending *pd = p->pend; pd; pd = pd->next) {
-		if (pd->id == h->id) {
-			pend_remove(p, pd);
-			pd->payload = payload;
-			pd->len = h->len;
-			pd->done = true;
-			pthread_cond_signal(&pd->cond);
-			pthread_mutex_unlock(&p->m);
-			return;
+	for (pending *pd = s->pend; pd; pd = pd->next) {
+		if (pd->id != h->id)
+			continue;
+		pend_remove(s, pd);
+		if (pd->prog && !pd->run && h->type == ANES_WM_COMPILED &&
+		    parse_rc(payload, h->len, NULL, 0) == 0) {
+			/* A new program: in the list before anything else can
+			 * restart this worker, so that a restart compiles it again. */
+			pprog *pp = pd->prog;
+			pp->slot = s;
+			pp->gen = s->gen;
+			pp->remote = pd->id;
+			s->live++;
+			link_prog(p, pp);
+		} else if (pd->run && h->type == ANES_WM_RAN) {
+			uint64_t us = (anes_clock_ns() - pd->sent_ns) / 1000u;
+			pd->prog->recent_us = anes_wd_recent_us(pd->prog->recent_us, us);
 		}
+		pd->payload = payload;
+		pd->len = h->len;
+		pd->done = true;
+		pthread_cond_signal(&pd->cond);
+		pthread_mutex_unlock(&p->m);
+		return;
 	}
 	pthread_mutex_unlock(&p->m);
 	free(payload);
 }
 
+/* Kill the worker of s if a call to it is past its deadline (m held). */
+static void check_deadlines(wslot *s)
+{
+	uint64_t now = anes_clock_ns();
+	for (pending *pd = s->pend; pd; pd = pd->next) {
+		if (now >= pd->deadline_ns) {
+			watchdog_kill(s, pd->run ? "run" : "compile",
+			              (pd->deadline_ns - pd->sent_ns) / 1000000u);
+			return;
+		}
+	}
+}
+
 /* The worker's socket reached EOF (or broke): fail what waits on it, close
  * it and reap the process. */
-static void worker_gone(wproxy *p, bool *ret_planned, uint64_t lived_ms)
+static void worker_gone(wslot *s, uint64_t lived_ms)
 {
-	pthread_mutex_lock(&p->send_m);
+	wproxy *p = s->p;
+	pthread_mutex_lock(&s->send_m);
 	pthread_mutex_lock(&p->m);
-	bool planned = p->planned;
-	p->planned = false;
-	if (p->state != ST_CLOSED)
-		p->state = ST_STARTING;
+	bool planned = s->draining && !s->hung;
+	s->state = ST_STARTING;
 	unsigned failed = 0;
-	while (p->pend) {
-		pending *pd = p->pend;
-		pend_remove(p, pd);
+	while (s->pend) {
+		pending *pd = s->pend;
+		pend_remove(s, pd);
 		pd->rc = -ECONNRESET;
 		pd->done = true;
 		pthread_cond_signal(&pd->cond);
 		failed++;
 	}
-	close(p->fd);
-	p->fd = -1;
-	pid_t pid = p->pid;
-	p->pid = 0;
+	close(s->fd);
+	s->fd = -1;
+	pid_t pid = s->pid;
+	s->pid = 0;
 	bool closing = p->closing;
-	pthread_cond_broadcast(&p->state_cond);
+	pthread_cond_broadcast(&p->cond);
 	pthread_mutex_unlock(&p->m);
-	pthread_mutex_unlock(&p->send_m);
+	pthread_mutex_unlock(&s->send_m);
 
 	int st;
-	reap(pid, &st);
+	reap(pid, planned || closing ? EXIT_GRACE_MS : BACKOFF_MIN_MS, &st);
 	char how[96];
 	describe_status(st, how, sizeof how);
 	if (closing)
 		;
 	else if (planned && WIFEXITED(st) && WEXITSTATUS(st) == 0)
-		anes_log("device worker pid %ld reached its compile budget (%u); starting a new one",
-		         (long)pid, p->budget);
+		anes_log("device worker pid %ld handed its programs over and exited", (long)pid);
 	else
 		anes_log("error: device worker pid %ld %s after %llu ms; %u calls in flight failed with "
-		         "worker_restarted; starting a new one",
+		         "worker_restarted",
 		         (long)pid, how, (unsigned long long)lived_ms, failed);
-	*ret_planned = planned && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* After its worker ended: does s need another one? (m held) */
+static bool still_wanted(wproxy *p, wslot *s)
+{
+	for (pprog *pp = p->progs; pp; pp = pp->next)
+		if (pp->slot == s && !pp->move)
+			return true;
+	for (unsigned i = 0; i < p->n_slots; i++)
+		if (&p->slots[i] != s && p->slots[i].wanted && !p->slots[i].retiring)
+			return false;
+	return true;   /* the last one: keep a worker running */
+}
+
+/* A replacement that could not start: its programs stay where they run. */
+static void abandon_moves(wproxy *p, wslot *t)
+{
+	for (pprog *pp = p->progs; pp; pp = pp->next) {
+		if (pp->move != t)
+			continue;
+		pp->move = NULL;
+		wslot *old = pp->slot;
+		if (old->retiring) {
+			old->retiring = false;
+			if (!old->wanted)
+				want(p, old);
+		}
+	}
+}
+
+static void backoff_wait(wproxy *p, wslot *s)
+{
+	/* m held.  A timed wait, cut short by closing. */
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += s->backoff / 1000;
+	ts.tv_nsec += (long)(s->backoff % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (!p->closing) {
+		if (pthread_cond_timedwait(&p->cond, &p->m, &ts) == ETIMEDOUT)
+			break;
+	}
+}
+
+static uint32_t next_backoff(uint32_t b)
+{
+	return b ? (b * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : b * 2) : BACKOFF_MIN_MS;
 }
 
 static void *supervisor(void *arg)
 {
-	wproxy *p = arg;
-	uint32_t backoff = 0;
+	wslot *s = arg;
+	wproxy *p = s->p;
 
+	pthread_mutex_lock(&p->m);
 	for (;;) {
+		while (!s->wanted && !p->closing)
+			pthread_cond_wait(&p->cond, &p->m);
+		if (p->closing)
+			break;
+		s->state = ST_STARTING;
+		pthread_cond_broadcast(&p->cond);
+		pthread_mutex_unlock(&p->m);
+
 		char err[256] = "";
 		int fd = -1;
 		pid_t pid = 0;
 		int r = spawn_worker(p, &fd, &pid, err, sizeof err);
-		pthread_mutex_lock(&p->send_m);
+		pthread_mutex_lock(&s->send_m);
 		pthread_mutex_lock(&p->m);
-		if (r < 0 && !p->started_once) {
-			p->start_rc = r;
-			snprintf(p->start_err, sizeof p->start_err, "%s", err);
-			p->state = ST_CLOSED;
-			pthread_cond_broadcast(&p->state_cond);
+		if (r == 0 && p->closing) {
+			shutdown(fd, SHUT_RDWR);
+			close(fd);
 			pthread_mutex_unlock(&p->m);
-			pthread_mutex_unlock(&p->send_m);
-			return NULL;
+			reap(pid, EXIT_GRACE_MS, NULL);
+			pthread_mutex_lock(&p->m);
+			pthread_mutex_unlock(&s->send_m);
+			break;
 		}
-		if (r < 0 || p->closing) {
-			if (r == 0) {
-				/* Closing meanwhile: stop the new one. */
-				shutdown(fd, SHUT_RDWR);
-				close(fd);
-				reap(pid, NULL);
+		if (r < 0) {
+			pthread_mutex_unlock(&s->send_m);
+			if (!p->started_once) {
+				p->start_rc = r;
+				snprintf(s->start_err, sizeof s->start_err, "%s", err);
+				break;
 			}
-			if (p->closing) {
-				p->state = ST_CLOSED;
-				pthread_cond_broadcast(&p->state_cond);
-				pthread_mutex_unlock(&p->m);
-				pthread_mutex_unlock(&p->send_m);
-				return NULL;
+			snprintf(s->start_err, sizeof s->start_err, "%s", err);
+			abandon_moves(p, s);
+			if (!still_wanted(p, s) || s->replacement) {
+				anes_log("error: %s", err);
+				p->start_fail_ms = now_ms();
+				snprintf(p->start_fail, sizeof p->start_fail, "%s", err);
+				s->wanted = false;
+				s->replacement = false;
+				s->start_failed = true;
+				s->state = ST_IDLE;
+				pthread_cond_broadcast(&p->cond);
+				continue;
 			}
-			backoff = backoff ? (backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2)
-			                  : BACKOFF_MIN_MS;
-			anes_log("error: %s; trying again in %u ms", err, backoff);
-			p->state = ST_DOWN;
-			pthread_cond_broadcast(&p->state_cond);
-			pthread_mutex_unlock(&p->send_m);
-			goto wait;
+			s->backoff = next_backoff(s->backoff);
+			anes_log("error: %s; trying again in %u ms", err, s->backoff);
+			s->state = ST_DOWN;
+			pthread_cond_broadcast(&p->cond);
+			backoff_wait(p, s);
+			continue;
 		}
-		if (p->started_once)
+		if (p->started_once && s->replacement)
 			p->restarts++;
-		p->fd = fd;
-		p->pid = pid;
-		p->gen++;
-		p->compiles = 0;
-		p->gen_base = 0;
-		p->spent = false;
-		p->state = ST_STARTING;
+		s->fd = fd;
+		s->pid = pid;
+		s->gen = ++p->gens;
+		s->compiles = 0;
+		s->spent = s->hung = s->draining = s->retiring = false;
+		s->state = ST_STARTING;
 		pthread_mutex_unlock(&p->m);
-		pthread_mutex_unlock(&p->send_m);
+		pthread_mutex_unlock(&s->send_m);
 
 		uint64_t t0 = now_ms();
-		r = restore(p);
+		uint64_t rc0;
+		pthread_mutex_lock(&p->m);
+		rc0 = p->recompiles;
+		pthread_mutex_unlock(&p->m);
+		r = restore(s);
 		pthread_mutex_lock(&p->m);
 		if (r == 0 && !p->closing) {
-			p->state = ST_UP;
-			if (p->started_once)
-				anes_log("device worker pid %ld started (%s backend, %llu programs recompiled)",
-				         (long)pid, p->worker_backend, (unsigned long long)p->gen_base);
+			unsigned took = take_over(s);
+			s->state = ST_UP;
+			if (p->started_once && s->replacement)
+				anes_log("device worker pid %ld started (%s backend, %llu programs compiled again "
+				         "in %llu ms%s)",
+				         (long)pid, p->worker_backend,
+				         (unsigned long long)(p->recompiles - rc0),
+				         (unsigned long long)(now_ms() - t0), took ? ", taken over" : "");
+			else if (p->started_once)
+				anes_log("device worker pid %ld started (%s backend): another one for new programs",
+				         (long)pid, p->worker_backend);
 			p->started_once = true;
-			pthread_cond_broadcast(&p->state_cond);
+			pthread_cond_broadcast(&p->cond);
 		}
-		p->started_once = true;
 		pthread_mutex_unlock(&p->m);
 
 		while (r == 0) {
+			pthread_mutex_lock(&p->m);
+			check_deadlines(s);
+			pthread_mutex_unlock(&p->m);
+			struct pollfd pf = { .fd = fd, .events = POLLIN };
+			int pr = poll(&pf, 1, (int)p->tick_ms);
+			if (pr < 0 && errno != EINTR)
+				break;
+			if (pr <= 0)
+				continue;
 			anes_wmsg_hdr h;
 			void *payload;
 			int mfd;
@@ -984,52 +1406,47 @@ static void *supervisor(void *arg)
 				break;
 			if (mfd >= 0)
 				close(mfd);
-			deliver(p, &h, payload);
+			deliver(s, &h, payload);
 		}
 		shutdown(fd, SHUT_RDWR);   /* (a broken stream: make the worker exit) */
-		bool planned;
-		uint64_t lived = now_ms() - t0;
-		worker_gone(p, &planned, lived);
-		pthread_mutex_lock(&p->m);
-		if (p->closing) {
-			p->state = ST_CLOSED;
-			pthread_cond_broadcast(&p->state_cond);
+		if (r < 0 && r != -EPIPE) {
+			pthread_mutex_lock(&p->m);
+			if (!s->hung && !p->closing)
+				kill(pid, SIGKILL);   /* a cut-off or malformed message */
 			pthread_mutex_unlock(&p->m);
-			return NULL;
 		}
-		if (planned || lived >= STABLE_MS) {
-			backoff = 0;
-			pthread_mutex_unlock(&p->m);
+		uint64_t lived = now_ms() - t0;
+		worker_gone(s, lived);
+
+		pthread_mutex_lock(&p->m);
+		if (p->closing)
+			break;
+		bool planned = s->draining;
+		s->draining = false;
+		s->retiring = false;
+		s->replacement = false;
+		abandon_moves(p, s);
+		if (!still_wanted(p, s)) {
+			s->wanted = false;
+			s->state = ST_IDLE;
+			s->backoff = 0;
+			pthread_cond_broadcast(&p->cond);
 			continue;
 		}
-		backoff = backoff ? (backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2)
-		                  : BACKOFF_MIN_MS;
-		anes_log("device worker: restarting in %u ms (it lived only %llu ms)", backoff,
+		s->replacement = true;   /* the next one is a restart */
+		if (planned || lived >= STABLE_MS) {
+			s->backoff = 0;
+			continue;
+		}
+		s->backoff = next_backoff(s->backoff);
+		anes_log("device worker: restarting in %u ms (it lived only %llu ms)", s->backoff,
 		         (unsigned long long)lived);
-wait:;
-		/* m held.  A timed wait, cut short by closing. */
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += backoff / 1000;
-		ts.tv_nsec += (long)(backoff % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		while (!p->closing) {
-			int e = pthread_cond_timedwait(&p->state_cond, &p->m, &ts);
-			if (e == ETIMEDOUT)
-				break;
-		}
-		bool closing = p->closing;
-		if (closing) {
-			p->state = ST_CLOSED;
-			pthread_cond_broadcast(&p->state_cond);
-		}
-		pthread_mutex_unlock(&p->m);
-		if (closing)
-			return NULL;
+		backoff_wait(p, s);
 	}
+	s->state = ST_CLOSED;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->m);
+	return NULL;
 }
 
 /* ---- life cycle --------------------------------------------------------------------------- */
@@ -1039,17 +1456,20 @@ static void px_destroy(anes_backend *b)
 	wproxy *p = P(b);
 	if (!p)
 		return;
-	if (p->sup_started) {
-		pthread_mutex_lock(&p->send_m);
+	for (unsigned i = 0; i < p->n_slots; i++) {
+		wslot *s = &p->slots[i];
+		pthread_mutex_lock(&s->send_m);
 		pthread_mutex_lock(&p->m);
 		p->closing = true;
-		if (p->fd >= 0)
-			shutdown(p->fd, SHUT_RDWR);   /* EOF for the worker and the supervisor */
-		pthread_cond_broadcast(&p->state_cond);
+		if (s->fd >= 0)
+			shutdown(s->fd, SHUT_RDWR);   /* EOF for the worker and the supervisor */
+		pthread_cond_broadcast(&p->cond);
 		pthread_mutex_unlock(&p->m);
-		pthread_mutex_unlock(&p->send_m);
-		pthread_join(p->sup, NULL);
+		pthread_mutex_unlock(&s->send_m);
 	}
+	for (unsigned i = 0; i < p->n_slots; i++)
+		if (p->slots[i].sup_started)
+			pthread_join(p->slots[i].sup, NULL);
 	while (p->progs) {
 		pprog *pp = p->progs;
 		p->progs = pp->next;
@@ -1062,8 +1482,9 @@ static void px_destroy(anes_backend *b)
 			free(s);
 		}
 	}
-	pthread_cond_destroy(&p->state_cond);
-	pthread_mutex_destroy(&p->send_m);
+	for (unsigned i = 0; i < p->n_slots; i++)
+		pthread_mutex_destroy(&p->slots[i].send_m);
+	pthread_cond_destroy(&p->cond);
 	pthread_mutex_destroy(&p->m);
 	free(p->exe);
 	free(p->backend);
@@ -1090,38 +1511,42 @@ int anes_wproxy_new(const anes_wproxy_config *cfg, anes_backend **ret, char *err
 		.worker_info = px_worker_info,
 	};
 	p->base.ops = &p->ops;
-	p->fd = -1;
 	p->budget = cfg->compile_budget;
 	p->threads = cfg->threads ? cfg->threads : 2;
+	p->max_workers = cfg->max_workers ? cfg->max_workers : 1;
+	if (p->max_workers > MAX_SLOTS - 1)
+		p->max_workers = MAX_SLOTS - 1;
+	p->n_slots = p->max_workers + 1;
+	p->run_floor_ms = cfg->run_floor_ms ? cfg->run_floor_ms : ANES_WD_RUN_FLOOR_MS;
+	p->compile_floor_ms = cfg->compile_floor_ms ? cfg->compile_floor_ms : ANES_WD_COMPILE_FLOOR_MS;
+	uint64_t fl = p->run_floor_ms < p->compile_floor_ms ? p->run_floor_ms : p->compile_floor_ms;
+	p->tick_ms = fl / 4 < 10 ? 10 : fl / 4 > 1000 ? 1000 : fl / 4;
 	p->exe = strdup(cfg->exe);
 	p->backend = strdup(cfg->backend);
 	p->fault = cfg->fault ? strdup(cfg->fault) : NULL;
 	pthread_mutex_init(&p->m, NULL);
-	pthread_mutex_init(&p->send_m, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_cond_init(&p->state_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&p->cond, NULL);
+	for (unsigned i = 0; i < p->n_slots; i++) {
+		p->slots[i].p = p;
+		p->slots[i].idx = i;
+		p->slots[i].fd = -1;
+		pthread_mutex_init(&p->slots[i].send_m, NULL);
+	}
 	snprintf(p->worker_backend, sizeof p->worker_backend, "%s", cfg->backend);
 	if (!p->exe || !p->backend || (cfg->fault && !p->fault)) {
 		px_destroy(&p->base);
 		return -ENOMEM;
 	}
 	p->ops.name = p->backend;
-	int e = pthread_create(&p->sup, NULL, supervisor, p);
-	if (e != 0) {
-		snprintf(errbuf, errbuf_len, "cannot start the device worker's thread: %s", strerror(e));
-		px_destroy(&p->base);
-		return -e;
-	}
-	p->sup_started = true;
 
+	wslot *s0 = &p->slots[0];
 	pthread_mutex_lock(&p->m);
-	while (p->state == ST_STARTING)
-		pthread_cond_wait(&p->state_cond, &p->m);
-	int r = p->state == ST_UP ? 0 : p->start_rc ? p->start_rc : -EIO;
+	want(p, s0);
+	while (s0->sup_started && s0->state != ST_UP && s0->state != ST_CLOSED)
+		pthread_cond_wait(&p->cond, &p->m);
+	int r = s0->state == ST_UP ? 0 : p->start_rc ? p->start_rc : -EIO;
 	if (r < 0)
-		snprintf(errbuf, errbuf_len, "the device worker did not start: %s", p->start_err);
+		snprintf(errbuf, errbuf_len, "the device worker did not start: %s", s0->start_err);
 	pthread_mutex_unlock(&p->m);
 	if (r < 0) {
 		px_destroy(&p->base);

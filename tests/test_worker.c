@@ -24,11 +24,18 @@
 #include "anes_proto.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
+#include "../daemon/devworker.h"
 
 static h_daemon D;
 
 static void teardown(void)
 {
+	if (getenv("DUMPLOG") && D.pid) {
+		char *t = tu_read_file(D.log);
+		if (t)
+			fprintf(stderr, "%s", t);
+		free(t);
+	}
 	h_daemon_kill(&D);
 }
 
@@ -40,6 +47,7 @@ typedef struct wstat {
 	bool present;
 	int64_t pid;
 	uint64_t restarts, compiles, budget, recompiles, daemon_compiles;
+	uint64_t workers, programs, watchdog_kills;
 	char backend[16];
 } wstat;
 
@@ -71,6 +79,9 @@ static void status_cb(const msgpack_object *res, void *ud)
 		w->compiles = map_u64(m, "compiles");
 		w->budget = map_u64(m, "compile_budget");
 		w->recompiles = map_u64(m, "recompiles");
+		w->workers = map_u64(m, "workers");
+		w->programs = map_u64(m, "programs");
+		w->watchdog_kills = map_u64(m, "watchdog_kills");
 		for (uint32_t j = 0; j < m->via.map.size; j++) {
 			const msgpack_object_kv *b = &m->via.map.ptr[j];
 			if (b->key.type == MSGPACK_OBJECT_STR && b->key.via.str.size == 7 &&
@@ -90,6 +101,11 @@ static wstat worker_status(void)
 	cr_assert_eq(h_raw_response_cb(fd, 9, 5000, status_cb, &w), 0);
 	close(fd);
 	return w;
+}
+
+static uint64_t map_workers(void)
+{
+	return worker_status().workers;
 }
 
 /* Poll status (bounded) until a worker with at least restarts restarts and
@@ -156,20 +172,29 @@ static void sq_release(sq *s)
 	*s = (sq){ 0 };
 }
 
-/* Run with inputs from seed and check z against an fp32 reference. */
-static void sq_check(aneshare_conn *c, sq *s, int seed)
+static void sq_inputs(int seed, float *xf, float *yf)
 {
-	uint16_t *x = aneshare_surface_data(s->x), *y = aneshare_surface_data(s->y);
-	float xf[SQ * SQ], yf[SQ * SQ], zf[SQ * SQ];
 	for (int i = 0; i < SQ * SQ; i++) {
 		xf[i] = (float)((i * 7 + seed) % 13) / 16.0f - 0.375f;
 		yf[i] = (float)((i * 5 + 3 * seed) % 11) / 16.0f - 0.25f;
 	}
-	aneshare_f32_to_f16(x, xf, SQ * SQ);
-	aneshare_f32_to_f16(y, yf, SQ * SQ);
-	aneshare_surface *in[2] = { s->x, s->y };
-	int r = aneshare_run(s->p, 0, in, 2, &s->z, 1);
-	cr_assert_eq(r, 0, "run: %s", aneshare_last_error(c));
+}
+
+/* Inputs from seed, NaNs in z. */
+static void sq_fill(sq *s, int seed)
+{
+	float xf[SQ * SQ], yf[SQ * SQ];
+	sq_inputs(seed, xf, yf);
+	aneshare_f32_to_f16(aneshare_surface_data(s->x), xf, SQ * SQ);
+	aneshare_f32_to_f16(aneshare_surface_data(s->y), yf, SQ * SQ);
+	memset(aneshare_surface_data(s->z), 0xff, SQ * SQ * 2);
+}
+
+/* z against an fp32 reference for the inputs from seed. */
+static void sq_verify(sq *s, int seed)
+{
+	float xf[SQ * SQ], yf[SQ * SQ], zf[SQ * SQ];
+	sq_inputs(seed, xf, yf);
 	aneshare_f16_to_f32(zf, aneshare_surface_data(s->z), SQ * SQ);
 	for (int i = 0; i < SQ; i++)
 		for (int j = 0; j < SQ; j++) {
@@ -181,9 +206,27 @@ static void sq_check(aneshare_conn *c, sq *s, int seed)
 		}
 }
 
+/* Run with inputs from seed and check z against an fp32 reference. */
+static void sq_check(aneshare_conn *c, sq *s, int seed)
+{
+	sq_fill(s, seed);
+	aneshare_surface *in[2] = { s->x, s->y };
+	int r = aneshare_run(s->p, 0, in, 2, &s->z, 1);
+	cr_assert_eq(r, 0, "run: %s", aneshare_last_error(c));
+	sq_verify(s, seed);
+}
+
 static void start_worker_daemon(const char *budget)
 {
 	const char *args[] = { "--backend", "cpu", "--worker", "--compile-budget", budget, NULL };
+	h_daemon_start_args(&D, args);
+}
+
+/* One device worker at a time: every budget restart replaces it. */
+static void start_one_worker_daemon(const char *budget)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", "--compile-budget", budget,
+		               "--max-device-workers", "1", NULL };
 	h_daemon_start_args(&D, args);
 }
 
@@ -414,7 +457,7 @@ Test(worker, kill_worker_under_pipelined_runs)
 
 Test(worker, compile_budget_restart)
 {
-	start_worker_daemon("5");
+	start_one_worker_daemon("5");
 	aneshare_conn *a = h_connect(&D, "budget-a"), *b = h_connect(&D, "budget-b");
 	sq s[12] = { { 0 } };
 	wstat w = worker_status();
@@ -477,7 +520,7 @@ Test(worker, compile_budget_restart)
  * always finds room, however many compiles the worker made before. */
 Test(worker, budget_lockup_released_program_gives_room)
 {
-	start_worker_daemon("2");
+	start_one_worker_daemon("2");
 	aneshare_conn *a = h_connect(&D, "lockup-a"), *b = h_connect(&D, "lockup-b");
 	sq s[6] = { { 0 } };
 	sq_compile(a, &s[0], 0);
@@ -530,7 +573,7 @@ Test(worker, budget_lockup_released_program_gives_room)
 Test(worker, budget_counts_only_real_compiles)
 {
 	const char *args[] = { "--backend", "cpu", "--worker", "--compile-budget", "3",
-		               "--worker-fault", "compile_eio=boom", NULL };
+		               "--max-device-workers", "1", "--worker-fault", "compile_eio=boom", NULL };
 	h_daemon_start_args(&D, args);
 	aneshare_conn *a = h_connect(&D, "real-a"), *b = h_connect(&D, "real-b");
 	sq s0, s0b, s1;
@@ -586,6 +629,297 @@ Test(worker, budget_counts_only_real_compiles)
 	sq_release(&s1);
 	aneshare_disconnect(a);
 	aneshare_disconnect(b);
+	int64_t last = worker_status().pid;
+	h_daemon_stop(&D);
+	wait_gone(last);
+}
+
+/* ---- more programs than one worker's budget ------------------------------------------------ */
+
+/* For forked clients (no assertions): compile f<k> with its surfaces. */
+static int csq_compile(aneshare_conn *c, sq *s, int k, char *err, size_t errlen)
+{
+	char name[16];
+	snprintf(name, sizeof name, "f%d", k);
+	char *mil = h_square_mm_mil(SQ, name);
+	int r = aneshare_program_compile(c, mil, NULL, 0, &s->p, NULL);
+	free(mil);
+	if (r == 0 && (aneshare_surface_create(c, SQ * SQ * 2, &s->x) < 0 ||
+	               aneshare_surface_create(c, SQ * SQ * 2, &s->y) < 0 ||
+	               aneshare_surface_create(c, SQ * SQ * 2, &s->z) < 0))
+		r = -ENOMEM;
+	if (r < 0)
+		snprintf(err, errlen, "compile f%d: %s (%s)", k, aneshare_strerror(r), aneshare_last_error(c));
+	return r;
+}
+
+/* Run and compare with the fp32 reference; 0, or -1 with err set. */
+static int csq_check(aneshare_conn *c, sq *s, int seed, char *err, size_t errlen)
+{
+	uint16_t *x = aneshare_surface_data(s->x), *y = aneshare_surface_data(s->y);
+	float xf[SQ * SQ], yf[SQ * SQ], zf[SQ * SQ];
+	for (int i = 0; i < SQ * SQ; i++) {
+		xf[i] = (float)((i * 7 + seed) % 13) / 16.0f - 0.375f;
+		yf[i] = (float)((i * 5 + 3 * seed) % 11) / 16.0f - 0.25f;
+	}
+	aneshare_f32_to_f16(x, xf, SQ * SQ);
+	aneshare_f32_to_f16(y, yf, SQ * SQ);
+	memset(aneshare_surface_data(s->z), 0xff, SQ * SQ * 2);   /* NaNs the run must overwrite */
+	aneshare_surface *in[2] = { s->x, s->y };
+	int r = aneshare_run(s->p, 0, in, 2, &s->z, 1);
+	if (r < 0) {
+		snprintf(err, errlen, "run: %s (%s)", aneshare_strerror(r), aneshare_last_error(c));
+		return -1;
+	}
+	aneshare_f16_to_f32(zf, aneshare_surface_data(s->z), SQ * SQ);
+	for (int i = 0; i < SQ; i++)
+		for (int j = 0; j < SQ; j++) {
+			float ref = 0;
+			for (int k = 0; k < SQ; k++)
+				ref += xf[i * SQ + k] * yf[k * SQ + j];
+			if (!(fabsf(zf[i * SQ + j] - ref) < 1e-2f)) {
+				snprintf(err, errlen, "z[%d][%d] = %g, want %g", i, j, zf[i * SQ + j], ref);
+				return -1;
+			}
+		}
+	return 0;
+}
+
+typedef struct holder {
+	int first, n;          /* programs f<first> .. f<first + n - 1> */
+	int churn;             /* rounds that release the last program and compile a new one */
+	int stop_fd;           /* readable: finish */
+	uint32_t all;          /* programs of all clients (churn) */
+} holder;
+
+/* A client process holding h->n programs, running every one of them (each
+ * result checked) until told to stop; with churn, it also replaces its
+ * last program each round, which makes the daemon replace workers. */
+static int holder_main(void *arg, int ready_fd)
+{
+	holder *h = arg;
+	char err[256] = "";
+	sq s[16] = { { 0 } };
+	aneshare_conn *c = NULL;
+	int rc = 1;
+	if (aneshare_connect(D.sock, "holder", &c) < 0) {
+		snprintf(err, sizeof err, "connect failed");
+		goto out;
+	}
+	for (int i = 0; i < h->n; i++)
+		if (csq_compile(c, &s[i], h->first + i, err, sizeof err) < 0)
+			goto out;
+	if (write(ready_fd, "R", 1) != 1)
+		goto out;
+	int next = h->first + h->n;
+	for (int round = 0;; round++) {
+		struct pollfd pf = { .fd = h->stop_fd, .events = POLLIN };
+		bool last = h->churn ? round >= h->churn : poll(&pf, 1, 0) == 1;
+		for (int i = 0; i < h->n; i++)
+			if (csq_check(c, &s[i], round + i, err, sizeof err) < 0)
+				goto out;
+		if (last)
+			break;
+		if (h->churn) {
+			sq_release(&s[h->n - 1]);
+			/* A released program is in use until its last run's
+			 * cleanup on the daemon's loop: wait for it to go. */
+			for (int tries = 0;; tries++) {
+				aneshare_status *st = NULL;
+				if (aneshare_get_status(c, &st) < 0 || tries > 10000) {
+					snprintf(err, sizeof err, "status");
+					goto out;
+				}
+				uint32_t np = st->programs;
+				aneshare_status_free(st);
+				if (np < h->all)
+					break;
+				tu_pause_ms(1);
+			}
+			if (csq_compile(c, &s[h->n - 1], next++, err, sizeof err) < 0)
+				goto out;
+		}
+	}
+	if (aneshare_reconnect_count(c) != 0) {
+		snprintf(err, sizeof err, "reconnected");
+		goto out;
+	}
+	rc = 0;
+out:
+	if (rc)
+		fprintf(stderr, "holder f%d..: %s\n", h->first, err);
+	aneshare_disconnect(c);
+	return rc;
+}
+
+static void wait_child_ok(pid_t pid, const char *what)
+{
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s failed (status 0x%x)", what, st);
+}
+
+/* The daemon's log lines that contain what (cr_log_info). */
+static void show_log(const char *what)
+{
+	char *text = tu_read_file(D.log);
+	cr_assert_not_null(text);
+	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+		if (strstr(line, what))
+			cr_log_info("%s", line);
+	free(text);
+}
+
+/* Issue 14: budget 4, 20 programs in use by 3 client processes, at most 5
+ * workers: every worker's budget is used up, and each compile of the
+ * churning client makes the daemon replace a worker that holds other
+ * clients' programs.  Every run of every client succeeds with the right
+ * numbers throughout (a replacement compiles the programs again while the
+ * old worker keeps running them). */
+Test(worker, more_programs_than_one_budget)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", "--compile-budget", "4",
+		               "--max-device-workers", "5", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *obs = h_connect(&D, "observer");
+	int stop[2];
+	cr_assert_eq(pipe2(stop, O_CLOEXEC), 0);
+	holder hs[3] = { { 0, 7, 0, stop[0], 0 }, { 100, 7, 0, stop[0], 0 }, { 200, 6, 6, stop[0], 20 } };
+	pid_t kids[3];
+	for (int k = 0; k < 2; k++)
+		kids[k] = h_spawn(holder_main, &hs[k]);
+	wstat w = worker_status();
+	cr_assert_eq(w.budget, 4);
+	/* 14 programs in 4 workers of budget 4. */
+	cr_assert_eq(map_workers(), 4);
+
+	kids[2] = h_spawn(holder_main, &hs[2]);
+	wait_child_ok(kids[2], "the churning client");
+	cr_assert_eq(write(stop[1], "S", 1), 1);
+	wait_child_ok(kids[0], "client 0");
+	wait_child_ok(kids[1], "client 1");
+	close(stop[0]);
+	close(stop[1]);
+
+	w = worker_status();
+	cr_assert_geq(w.restarts, 6, "restarts %llu: the churn did not replace workers",
+	              (unsigned long long)w.restarts);
+	cr_assert_gt(w.recompiles, 6);
+	show_log("compiled again");
+	h_wait_counts(obs, 0, 0);
+	aneshare_disconnect(obs);
+	h_daemon_stop(&D);
+}
+
+/* ---- the watchdog -------------------------------------------------------------------------- */
+
+/* The deadline rules, with times as inputs (no clock). */
+Test(worker, watchdog_deadline_rules)
+{
+	/* Runs: the floor, or 10x the recent runs, whichever is longer. */
+	cr_assert_eq(anes_wd_run_ms(300, 0, 0), 300);
+	cr_assert_eq(anes_wd_run_ms(300, 1000, 0), 300);
+	cr_assert_eq(anes_wd_run_ms(300, 100000, 0), 1000);
+	cr_assert_eq(anes_wd_run_ms(5000, 2000000, 1ull << 40), 20000, "history wins over size");
+	/* A first run goes by size: 4.5 GB of weights get more than a minute. */
+	cr_assert_gt(anes_wd_run_ms(300, 0, 4500000000ull), 60000);
+	/* Recent: one slow run counts at once, fast ones bring it down slowly. */
+	uint64_t r = anes_wd_recent_us(0, 1000);
+	cr_assert_eq(r, 1000);
+	r = anes_wd_recent_us(r, 500000);
+	cr_assert_eq(r, 500000);
+	r = anes_wd_recent_us(r, 10);
+	cr_assert_eq(r, 437500);
+	for (int i = 0; i < 100; i++)
+		r = anes_wd_recent_us(r, 10);
+	cr_assert_lt(r, 100);
+	cr_assert_geq(r, 10);
+	/* Compiles: the floor plus size; a model of several GB gets minutes. */
+	cr_assert_eq(anes_wd_compile_ms(1000, 0, 0), 1000);
+	cr_assert_eq(anes_wd_compile_ms(1000, 100, 0), 3000);
+	cr_assert_eq(anes_wd_compile_ms(1000, 0, 16ull << 20), 2000);
+	cr_assert_gt(anes_wd_compile_ms(30000, 20000, 4500000000ull), 600000);
+}
+
+/* Submit one run of s on its connection (the ticket). */
+static uint32_t sq_submit(sq *s)
+{
+	uint32_t t;
+	aneshare_surface *in[2] = { s->x, s->y };
+	cr_assert_eq(aneshare_run_submit(s->p, 0, in, 2, &s->z, 1, &t), 0);
+	return t;
+}
+
+/* Issue 14 item 6: a worker that stops answering (SIGSTOP) is killed after
+ * the deadline; the calls in flight to it from every client fail with
+ * worker_restarted, and then everything works again, runs and compiles. */
+Test(worker, watchdog_kills_a_stopped_worker)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", "--run-deadline-floor-ms", "300",
+		               "--compile-deadline-floor-ms", "1000", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *c[3];
+	sq s[3];
+	for (int k = 0; k < 3; k++) {
+		c[k] = h_connect(&D, "watchdog");
+		sq_compile(c[k], &s[k], k);
+		sq_check(c[k], &s[k], k);
+	}
+	wstat w0 = worker_status();
+	cr_assert_eq(w0.watchdog_kills, 0);
+
+	/* Runs in flight to a stopped worker.  The daemon sends as many as
+	 * it has threads; one still waiting for a thread when the watchdog
+	 * acts goes to the new worker and succeeds. */
+	cr_assert_eq(kill((pid_t)w0.pid, SIGSTOP), 0);
+	uint32_t t[3];
+	for (int k = 0; k < 3; k++) {
+		sq_fill(&s[k], 30 + k);
+		t[k] = sq_submit(&s[k]);
+	}
+	int restarted = 0;
+	for (int k = 0; k < 3; k++) {
+		int r = aneshare_wait(c[k], t[k]);
+		cr_assert(r == -ANESHARE_EWORKER_RESTARTED || r == 0, "client %d: %s (%s)", k,
+		          aneshare_strerror(r), aneshare_last_error(c[k]));
+		if (r == 0)
+			sq_verify(&s[k], 30 + k);
+		else
+			restarted++;
+	}
+	cr_assert_geq(restarted, 1);
+	wstat w1 = wait_worker(1, w0.pid);
+	cr_assert_eq(w1.watchdog_kills, 1);
+	wait_gone(w0.pid);
+	for (int k = 0; k < 3; k++)
+		sq_check(c[k], &s[k], 10 + k);
+
+	/* A compile in flight to a stopped worker. */
+	cr_assert_eq(kill((pid_t)w1.pid, SIGSTOP), 0);
+	char *mil = h_square_mm_mil(SQ, "late");
+	aneshare_program *p = NULL;
+	int r = aneshare_program_compile(c[0], mil, NULL, 0, &p, NULL);
+	cr_assert_eq(r, -ANESHARE_EWORKER_RESTARTED, "%s (%s)", aneshare_strerror(r),
+	             aneshare_last_error(c[0]));
+	wstat w2 = wait_worker(2, w1.pid);
+	cr_assert_eq(w2.watchdog_kills, 2);
+	wait_gone(w1.pid);
+	cr_assert_eq(aneshare_program_compile(c[0], mil, NULL, 0, &p, NULL), 0, "%s",
+	             aneshare_last_error(c[0]));
+	free(mil);
+	aneshare_program_release(p);
+	for (int k = 0; k < 3; k++) {
+		sq_check(c[k], &s[k], 20 + k);
+		cr_assert_eq(aneshare_reconnect_count(c[k]), 0);
+	}
+	char *text = tu_read_file(D.log);
+	cr_assert_not_null(strstr(text, "did not answer a run within"), "%s", text);
+	cr_assert_not_null(strstr(text, "did not answer a compile within"), "%s", text);
+	free(text);
+	for (int k = 0; k < 3; k++) {
+		sq_release(&s[k]);
+		aneshare_disconnect(c[k]);
+	}
 	int64_t last = worker_status().pid;
 	h_daemon_stop(&D);
 	wait_gone(last);
