@@ -117,7 +117,7 @@ int main(int argc, char **argv)
 	if (opts.worker == 0 && strcmp(opts.backend, "ane") == 0) {
 		fprintf(stderr, "aneshared: %s\n", no_worker_ane);
 		anes_options_free(&opts);
-		return 2;
+		return EX_CONFIG;
 	}
 
 	/* Debug and test builds: a fake clock the tests drive (anes_clock.h). */
@@ -185,7 +185,7 @@ int main(int argc, char **argv)
 		if (cfg.listen_fd >= 0)
 			close(cfg.listen_fd);
 		anes_options_free(&opts);
-		return 2;
+		return EX_CONFIG;
 	}
 	if (opts.worker > 0 || (opts.worker < 0 && is_ane)) {
 		/* The in-process backend was the probe; the worker hosts its own. */

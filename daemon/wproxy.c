@@ -1314,6 +1314,7 @@ static void *supervisor(void *arg)
 		char err[256] = "";
 		int fd = -1;
 		pid_t pid = 0;
+		uint64_t ts = now_ms();
 		int r = spawn_worker(p, &fd, &pid, err, sizeof err);
 		pthread_mutex_lock(&s->send_m);
 		pthread_mutex_lock(&p->m);
@@ -1375,9 +1376,9 @@ static void *supervisor(void *arg)
 			unsigned took = take_over(s);
 			s->state = ST_UP;
 			if (p->started_once && s->replacement)
-				anes_log("device worker pid %ld started (%s backend, %llu programs compiled again "
-				         "in %llu ms%s)",
-				         (long)pid, p->worker_backend,
+				anes_log("device worker pid %ld started (%s backend, in %llu ms; %llu programs "
+				         "compiled again in %llu ms%s)",
+				         (long)pid, p->worker_backend, (unsigned long long)(t0 - ts),
 				         (unsigned long long)(p->recompiles - rc0),
 				         (unsigned long long)(now_ms() - t0), took ? ", taken over" : "");
 			else if (p->started_once)

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,12 +31,6 @@ static h_daemon D;
 
 static void teardown(void)
 {
-	if (getenv("DUMPLOG") && D.pid) {
-		char *t = tu_read_file(D.log);
-		if (t)
-			fprintf(stderr, "%s", t);
-		free(t);
-	}
 	h_daemon_kill(&D);
 }
 
@@ -811,6 +806,91 @@ Test(worker, more_programs_than_one_budget)
 	h_daemon_stop(&D);
 }
 
+/* A client on its own thread running one program over and over, each
+ * result checked, noting the longest run, until stop. */
+typedef struct runner {
+	aneshare_conn *c;
+	sq s;
+	volatile bool stop;
+	int runs, bad;
+	int64_t max_ms;
+	char err[200];
+} runner;
+
+static void *runner_main(void *arg)
+{
+	runner *r = arg;
+	for (int i = 0; !r->stop; i++) {
+		int64_t t0 = tu_now_ms();
+		if (csq_check(r->c, &r->s, i, r->err, sizeof r->err) < 0) {
+			r->bad++;
+			break;
+		}
+		int64_t d = tu_now_ms() - t0;
+		if (d > r->max_ms)
+			r->max_ms = d;
+		r->runs++;
+	}
+	return NULL;
+}
+
+/* How long a restart takes with N programs (the daemon's log lines, shown
+ * with --verbose; docs/worker.md), and that the programs are right after
+ * it: a budget replacement of one worker holding N = 100 programs while
+ * another client keeps running (its runs all succeed, and its longest run
+ * is shown), then a crash of the new worker. */
+Test(worker, restart_time_with_many_programs)
+{
+	enum { N = 100 };
+	const char *args[] = { "--backend", "cpu", "--worker", "--compile-budget", "102",
+		               "--max-device-workers", "1", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *a = h_connect(&D, "many");
+	static sq s[N + 2];
+	for (int k = 0; k < N + 1; k++)
+		sq_compile(a, &s[k], k);
+	runner rn = { .c = h_connect(&D, "runner") };
+	sq_compile(rn.c, &rn.s, 1000);      /* 102 compiles: the budget is used up */
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, runner_main, &rn), 0);
+
+	/* With N + 1 programs in use (N of a, the runner's), one released:
+	 * room for one more in a fresh worker. */
+	sq_release(&s[N]);
+	h_wait_counts(a, 3 * N + 3, N + 1);
+	int64_t pid0 = worker_status().pid;
+	sq_compile(a, &s[N + 1], N + 1);
+	wstat w = worker_status();
+	cr_assert_eq(w.restarts, 1);
+	cr_assert_eq(w.recompiles, N + 1);
+	cr_assert_neq(w.pid, pid0);
+	wait_gone(pid0);
+	rn.stop = true;
+	pthread_join(th, NULL);
+	cr_assert_eq(rn.bad, 0, "the other client's run failed during the replacement: %s", rn.err);
+	cr_log_info("replacement with %d programs: the other client ran %d times, longest run %lld ms",
+	            N + 1, rn.runs, (long long)rn.max_ms);
+
+	/* A crash of the new worker: its N + 2 programs compiled again. */
+	cr_assert_eq(kill((pid_t)w.pid, SIGKILL), 0);
+	wstat w2 = wait_worker(2, w.pid);
+	cr_assert_eq(w2.recompiles, (N + 1) + (N + 2));
+	for (int k = 0; k < N; k++)
+		sq_check(a, &s[k], k);
+	sq_check(a, &s[N + 1], 7);
+	sq_check(rn.c, &rn.s, 8);
+	show_log("compiled again");
+	for (int k = 0; k < N; k++)
+		sq_release(&s[k]);
+	sq_release(&s[N + 1]);
+	sq_release(&rn.s);
+	aneshare_disconnect(rn.c);
+	aneshare_disconnect(a);
+	int64_t last = worker_status().pid;
+	h_daemon_stop(&D);
+	wait_gone(last);
+}
+
 /* ---- the watchdog -------------------------------------------------------------------------- */
 
 /* The deadline rules, with times as inputs (no clock). */
@@ -1024,7 +1104,7 @@ Test(worker, no_worker_refused_with_ane)
 {
 	const char *args[] = { "--backend", "ane", "--no-worker", NULL };
 	char text[4096];
-	cr_assert_eq(run_daemon_to_exit(args, text, sizeof text), 2, "log: %s", text);
+	cr_assert_eq(run_daemon_to_exit(args, text, sizeof text), 78, "log: %s", text);
 	cr_assert_not_null(strstr(text, "--no-worker: the ane backend runs only in device workers"),
 	                   "log: %s", text);
 
@@ -1038,7 +1118,7 @@ Test(worker, no_worker_refused_with_ane)
 	fprintf(f, "backend = ane\nworker = no\n");
 	fclose(f);
 	const char *args2[] = { "--config", path, NULL };
-	cr_assert_eq(run_daemon_to_exit(args2, text, sizeof text), 2, "log: %s", text);
+	cr_assert_eq(run_daemon_to_exit(args2, text, sizeof text), 78, "log: %s", text);
 	cr_assert_not_null(strstr(text, "--no-worker"), "log: %s", text);
 	unlink(path);
 	rmdir(dir);
