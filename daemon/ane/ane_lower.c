@@ -222,15 +222,16 @@ int anes_ane_prepare(const char *mil, size_t mil_len, const anes_weight *weights
 		snprintf(errbuf, errbuf_len, "out of memory");
 	if (rc == 1) {
 		/* the lowered text is what the framework gets: it must pass the same
-		 * front end and checks (a failure here is a bug of the rewrite) */
+		 * front end and checks (it can fail only where the rewrite's extra
+		 * statements and values pass a limit of daemon/mil) */
 		char why[400];
 		rc = anes_mil_parse(low, low_len, weights, n_weights, &lp, why, sizeof why);
 		if (rc == 0)
 			rc = anes_ane_check_program(lp, weights, n_weights, why, sizeof why);
 		if (rc < 0) {
 			if (errbuf && errbuf_len)
-				snprintf(errbuf, errbuf_len, "the ANE backend's gelu rewrite made invalid MIL: %s",
-				         why);
+				snprintf(errbuf, errbuf_len, "the program with gelu rewritten for the ANE "
+				         "(docs/ane.md) is refused: %s", why);
 			rc = rc == -ENOMEM ? rc : -EINVAL;
 		} else {
 			anes_mil_program_free(mp);

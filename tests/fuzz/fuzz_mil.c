@@ -8,7 +8,10 @@
  * starts with "line ".  On success: the IR is consistent -- every value
  * index in range, ops in topological order, constants carrying type.bytes
  * readable bytes, the function infos agreeing with the values -- since the
- * backends trust it.
+ * backends trust it; every op statement's text span in range and ending with
+ * its ';'; and the ANE backend's gelu rewrite of the text (ane_lower.c): its
+ * result parses to the same interface with no gelu of a named value left, or
+ * fails with a well-formed message.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -16,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ane_backend.h"
 #include "fuzz.h"
 #include "fuzz_mil_common.h"
 
@@ -34,6 +38,68 @@ static void check_tensor(const anes_tensor_desc *t, const anes_mil_value *v)
 	}
 	CHECK(n == t->bytes && t->bytes == v->type.bytes && t->bytes <= ANES_MIL_MAX_TENSOR_BYTES);
 	CHECK((int)t->dtype == v->type.dtype && t->rank == v->type.rank);
+}
+
+static void check_spans(const anes_mil_function *fn, const char *text, size_t len)
+{
+	for (uint32_t i = 0; i < fn->n_ops; i++) {
+		const anes_mil_op *op = &fn->ops[i];
+		CHECK(op->text_begin < op->text_end && op->text_end <= len);
+		CHECK(text[op->text_end - 1] == ';');
+		if (i > 0 && fn->ops[i - 1].text_end <= op->text_begin)
+			continue;   /* ops of one function are in text order */
+		CHECK(i == 0);
+	}
+}
+
+static bool same_tensor(const anes_tensor_desc *a, const anes_tensor_desc *b)
+{
+	if (strcmp(a->name, b->name) || a->dtype != b->dtype || a->rank != b->rank || a->bytes != b->bytes)
+		return false;
+	for (uint32_t i = 0; i < a->rank; i++)
+		if (a->shape[i] != b->shape[i])
+			return false;
+	return true;
+}
+
+/* The rewrite of p (parsed from text) parses to the same interface. */
+static void check_lower(const anes_mil_program *p, const char *text, size_t len, const anes_weight *w)
+{
+	char *low = NULL, errbuf[256];
+	size_t low_len = 0;
+	int rc = anes_ane_lower(p, text, len, &low, &low_len);
+	CHECK(rc == 0 || rc == 1 || rc == -ENOMEM);
+	if (rc != 1) {
+		CHECK(low == NULL || rc == -ENOMEM);
+		return;
+	}
+	CHECK(low && strlen(low) == low_len);
+	anes_mil_program *q = NULL;
+	rc = anes_mil_parse(low, low_len, w, 3, &q, errbuf, sizeof errbuf);
+	if (rc == 0) {
+		CHECK(q->n_functions == p->n_functions);
+		for (uint32_t f = 0; f < p->n_functions; f++) {
+			const anes_function_info *a = &p->info[f], *b = &q->info[f];
+			CHECK(strcmp(a->name, b->name) == 0 && a->n_inputs == b->n_inputs && a->n_outputs == b->n_outputs);
+			for (uint32_t i = 0; i < a->n_inputs; i++)
+				CHECK(same_tensor(&a->inputs[i], &b->inputs[i]));
+			for (uint32_t i = 0; i < a->n_outputs; i++)
+				CHECK(same_tensor(&a->outputs[i], &b->outputs[i]));
+			const anes_mil_function *fn = &q->functions[f];
+			for (uint32_t i = 0; i < fn->n_ops; i++) {
+				const anes_mil_value *x = anes_mil_op_value(fn, &fn->ops[i], "x");
+				const anes_mil_value *y = &fn->values[fn->ops[i].outputs[0]];
+				CHECK(strcmp(fn->ops[i].def->name, "gelu") != 0 || !x || !x->name[0] ||
+				      !anes_mil_dtype_is_float(y->type.dtype));
+			}
+		}
+		anes_mil_program_free(q);
+	} else {
+		/* the rewrite can push a program past a limit (statements, bytes) */
+		CHECK(rc == -EINVAL || rc == -ENOTSUP || rc == -ENOMEM);
+		CHECK(strncmp(errbuf, "line ", 5) == 0);
+	}
+	free(low);
 }
 
 static void check_function(const anes_mil_function *fn, const anes_function_info *info)
@@ -142,7 +208,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				CHECK(strcmp(p->info[i].name, "main") != 0);
 			for (uint32_t j = 0; j < i; j++)
 				CHECK(strcmp(p->info[i].name, p->info[j].name) != 0);
+			check_spans(&p->functions[i], in.text, in.text_len);
 		}
+		check_lower(p, in.text, in.text_len, w);
 		anes_mil_program_free(p);
 	} else {
 		CHECK(rc == -EINVAL || rc == -ENOTSUP || rc == -ENOMEM);

@@ -308,6 +308,21 @@ def main():
         '    tensor<fp16, [2, 2]> ad = constexpr_affine_dequantize(quantized_data = tensor<int8, [2, 2]>([1, -2, 3, 127]), zero_point = int8(1), scale = fp16(0.5), axis = int32(0));',
         'c, c2, l, at, dq, ad')).encode()
 
+    # gelu in the places the ANE backend's rewrite must handle (daemon/ane/ane_lower.c)
+    mils['gelu_rewrite'] = (
+        'program(1.3)\n{\n'
+        '    func main<ios18>(tensor<fp16, [1, 4, 1, 32]> x) {\n'
+        '        tensor<fp16, [1, 4, 1, 32]> a = mul(x = x, y = x); tensor<fp16, [1, 4, 1, 32]> g = gelu(x = a); '
+        'tensor<fp16, [1, 4, 1, 32]> b = sub(x = g, y = x);\n'
+        '        tensor<fp16, [1, 4, 1, 32]> t = gelu( // comment\n'
+        '            x = b, mode = string("TANH_APPROXIMATION"))[name = string("t")];\n'
+        '        (tensor<fp16, [1, 4, 1, 32]> s) = gelu(x = t, mode = string("SIGMOID_APPROXIMATION"));\n'
+        '        tensor<fp32, [1, 4, 1, 32]> f = cast(x = s, dtype = string("fp32"));\n'
+        '        tensor<fp32, [1, 4, 1, 32]> gf = gelu(x = f);\n'
+        '        fp16 h = gelu(x = fp16(0.5));\n'
+        '        tensor<fp16, [1, 4, 1, 32]> c = cast(x = gf, dtype = string("fp16"));\n'
+        '        tensor<fp16, [1, 4, 1, 32]> y = mul(x = c, y = h);\n'
+        '    } -> (y);\n}\n').encode()
     for name, text in mils.items():
         write('mil', name, text)
         # mil_run: the program, then data for its inputs
