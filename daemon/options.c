@@ -111,7 +111,7 @@ static const optdef defs[] = {
 	{ "no-worker", T_TRI_NOT, O(worker), 0, 0, NULL, "run the backend inside the daemon (refused with the ane backend)" },
 	{ "compile-budget", T_U32, O(compile_budget), 0, 100000000, "N",
 	  "compiles per device worker before it is replaced, 0 = unlimited "
-	  "(default 119 for ane, unlimited for cpu)" },
+	  "(default 100 for ane, unlimited for cpu)" },
 	{ "max-device-workers", T_U32, O(max_device_workers), 1, 64, "N",
 	  "device worker processes at once, each with its own compile budget" },
 	{ "run-deadline-floor-ms", T_U32, O(run_deadline_floor_ms), 1, 86400000, "MS",

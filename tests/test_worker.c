@@ -513,6 +513,26 @@ Test(worker, compile_budget_restart)
 
 /* Issue 14 item 1: with the programs in use below the budget, a compile
  * always finds room, however many compiles the worker made before. */
+/* The reproducer as the issue gives it (default workers): the third
+ * program goes to a second worker. */
+Test(worker, budget_lockup_default_workers)
+{
+	start_worker_daemon("2");
+	aneshare_conn *a = h_connect(&D, "lockup-a");
+	sq s[4];
+	for (int k = 0; k < 3; k++)
+		sq_compile(a, &s[k], k);
+	cr_assert_eq(worker_status().workers, 2);
+	sq_release(&s[0]);
+	sq_compile(a, &s[3], 3);
+	for (int k = 1; k < 4; k++)
+		sq_check(a, &s[k], k);
+	for (int k = 1; k < 4; k++)
+		sq_release(&s[k]);
+	aneshare_disconnect(a);
+	h_daemon_stop(&D);
+}
+
 Test(worker, budget_lockup_released_program_gives_room)
 {
 	start_one_worker_daemon("2");
