@@ -85,17 +85,22 @@ typedef struct aneshare_program aneshare_program;
 
 /* ---- connection ---------------------------------------------------------- */
 
-/* The socket path used when none is given: $ANESHARE_SOCKET if set, else
- * $XDG_RUNTIME_DIR/aneshare/aneshare.sock (Linux) or
- * $TMPDIR/aneshare-$UID/aneshare.sock (macOS, or when XDG_RUNTIME_DIR is
- * unset).  Writes at most buf_len bytes including the NUL; returns the
- * length, or -ENAMETOOLONG. */
+/* The socket path used when none is given (docs/protocol.md, "Transport"):
+ * $ANESHARE_SOCKET if set, else
+ * ~/Library/Application Support/aneshare/aneshare.sock (macOS), else
+ * $XDG_RUNTIME_DIR/aneshare/aneshare.sock, else
+ * ${TMPDIR:-/tmp}/aneshare-$UID/aneshare.sock.  Writes at most buf_len bytes
+ * including the NUL; returns the length, -ENAMETOOLONG if it does not fit
+ * buf, -ENOENT on macOS when the home directory is unknown, or -ENOMEM.
+ * The path may still be too long for a Unix socket: aneshare_connect says so
+ * with -ENAMETOOLONG. */
 ANESHARE_API int aneshare_default_socket_path(char *buf, size_t buf_len);
 
 /* Connect and perform the handshake.  socket_path NULL = the default path;
  * client_name (may be NULL) is shown in the daemon's logs.  Makes one
  * attempt (no reconnect loop): e.g. -ENOENT or -ECONNREFUSED if no daemon
- * listens, -ECONNRESET if it hangs up.  Reconnecting is on for the new
+ * listens, -ECONNRESET if it hangs up, -ENAMETOOLONG if the path is longer
+ * than a Unix socket path holds (103 bytes on macOS, 107 on Linux).  Reconnecting is on for the new
  * connection, with the timeout from $ANESHARE_RECONNECT_TIMEOUT_MS (ms,
  * 0 to 3600000; anything else means the default, 5000).
  * On success *ret_conn is owned by the caller: aneshare_disconnect(). */

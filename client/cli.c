@@ -19,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,8 +55,10 @@ static void usage(FILE *f)
 	        ANES_CLI_SERVICE_USAGE
 	        "\n"
 	        "options:\n"
-	        "  --socket PATH               the daemon's socket (default: $ANESHARE_SOCKET,\n"
-	        "                              else $XDG_RUNTIME_DIR/aneshare/aneshare.sock)\n"
+	        "  --socket PATH               the daemon's socket (default: $ANESHARE_SOCKET, else\n"
+	        "                              ~/Library/Application Support/aneshare/aneshare.sock\n"
+	        "                              on macOS, $XDG_RUNTIME_DIR/aneshare/aneshare.sock\n"
+	        "                              elsewhere)\n"
 	        "  -h, --help                  show this help\n"
 	        "\n"
 	        "Outputs without --output are summarised (shape, min/max/mean, first values).\n"
@@ -308,9 +312,14 @@ static int connect_or_fail(const char *socket_path, aneshare_conn **ret)
 {
 	int r = aneshare_connect(socket_path, "aneshare-cli", ret);
 	if (r < 0) {
-		char path[256];
+		char path[4096];
 		if (!socket_path && aneshare_default_socket_path(path, sizeof path) >= 0)
 			socket_path = path;
+		if (r == -ENAMETOOLONG && socket_path)
+			return fail("the socket path %s is %zu bytes, longer than the %zu a Unix socket path "
+			            "can hold: pass a shorter --socket PATH (or set ANESHARE_SOCKET)",
+			            socket_path, strlen(socket_path),
+			            sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 		return fail("cannot connect to %s: %s", socket_path ? socket_path : "the daemon",
 		            aneshare_strerror(r));
 	}

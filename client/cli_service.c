@@ -43,6 +43,7 @@
 
 #include "anes_config.h"
 #include "anes_service_templates.h"
+#include "anes_sockpath.h"
 #include "aneshare.h"
 #include "cli_service.h"
 
@@ -680,14 +681,16 @@ static int svc_init(svc *s, svc_kind kind, const char *root, const char *socket_
 	} else {
 		s->dir = xasprintf("%s/Library/LaunchAgents", s->home);
 		s->log_dir = xasprintf("%s/Library/Logs/aneshare", s->home);
+		const char *env_sock = getenv("ANESHARE_SOCKET");
 		if (socket_path) {
 			s->sock = absolute(socket_path);
+		} else if (env_sock && *env_sock) {
+			s->sock = absolute(env_sock);
 		} else {
-			char buf[sizeof(((struct sockaddr_un *)0)->sun_path) + 64];
-			int n = aneshare_default_socket_path(buf, sizeof buf);
-			if (n < 0)
-				return fail("the default socket path is too long: pass --socket PATH");
-			s->sock = absolute(buf);
+			/* The macOS default, under this home (--root's, on any platform). */
+			anes_sockpath_env env = { .macos = true, .home = s->home, .uid = (unsigned)getuid() };
+			if (anes_socket_path_for(&env, &s->sock) < 0)
+				return fail("out of memory");
 		}
 		if (!s->log_dir || !s->sock || !(s->sock_dir = dir_of(s->sock)))
 			return fail("out of memory");
@@ -868,10 +871,10 @@ static int launchd_start(const svc *s)
 
 static int cmd_install(svc *s)
 {
-	if (s->kind == KIND_LAUNCHD &&
-	    strlen(s->sock) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-		return fail("the socket path %s is too long for a Unix socket: pass a shorter --socket PATH",
-		            s->sock);
+	if (s->kind == KIND_LAUNCHD && anes_socket_path_check(s->sock) < 0)
+		return fail("the socket path %s is %zu bytes, longer than the %zu a Unix socket path can "
+		            "hold: pass a shorter --socket PATH (or set ANESHARE_SOCKET)",
+		            s->sock, strlen(s->sock), (size_t)ANES_SOCKET_PATH_MAX);
 	char *texts[2] = { NULL, NULL };
 	int rc = svc_render(s, texts);
 	if (rc)

@@ -3,12 +3,14 @@
  * libaneshare: status, error names, the default socket path, fp16 helpers.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "anes_fp16.h"
+#include "anes_sockpath.h"
 #include "internal.h"
 
 /* ---- status ------------------------------------------------------------------- */
@@ -142,33 +144,20 @@ ANESHARE_API const char *aneshare_strerror(int err)
 
 ANESHARE_API int aneshare_default_socket_path(char *buf, size_t buf_len)
 {
-	const char *env = getenv("ANESHARE_SOCKET");
-	int n;
 	if (!buf)
 		return -EINVAL;
-	if (env && *env) {
-		n = snprintf(buf, buf_len, "%s", env);
-	} else {
-#ifdef __linux__
-		const char *xdg = getenv("XDG_RUNTIME_DIR");
-#else
-		const char *xdg = NULL;
-#endif
-		if (xdg && *xdg) {
-			n = snprintf(buf, buf_len, "%s/aneshare/aneshare.sock", xdg);
-		} else {
-			const char *tmp = getenv("TMPDIR");
-			if (!tmp || !*tmp)
-				tmp = "/tmp";
-			n = snprintf(buf, buf_len, "%s/aneshare-%u/aneshare.sock", tmp,
-			             (unsigned)getuid());
-		}
-	}
-	if (n < 0)
-		return -EINVAL;
-	if ((size_t)n >= buf_len)
+	char *p = NULL;
+	int r = anes_socket_path_default(&p);
+	if (r < 0)
+		return r;
+	size_t n = strlen(p);
+	if (n >= buf_len || n > INT32_MAX) {
+		free(p);
 		return -ENAMETOOLONG;
-	return n;
+	}
+	memcpy(buf, p, n + 1);
+	free(p);
+	return (int)n;
 }
 
 /* ---- fp16 ------------------------------------------------------------------------- */

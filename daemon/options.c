@@ -41,7 +41,8 @@ typedef struct optdef {
 
 static const optdef defs[] = {
 	{ "socket", T_STR, O(socket_path), 0, 0, "PATH",
-	  "listen on PATH (default: $ANESHARE_SOCKET, else $XDG_RUNTIME_DIR/aneshare/aneshare.sock)" },
+	  "listen on PATH (default: $ANESHARE_SOCKET, else ~/Library/Application Support/aneshare/"
+	  "aneshare.sock on macOS, $XDG_RUNTIME_DIR/aneshare/aneshare.sock elsewhere)" },
 	{ "backend", T_STR, O(backend_name), 0, 0, "NAME", "compute backend: cpu, ane or auto (default auto: ane where available)" },
 	{ "workers", T_U32, O(cfg.workers), 1, 256, "N", "worker threads for compiles and runs (default 2)" },
 	{ "no-lanes", T_BOOL, O(no_lanes), 0, 0, NULL,

@@ -19,6 +19,7 @@
 #include <launch.h>   /* launch_activate_socket (libSystem) */
 #endif
 
+#include "anes_sockpath.h"
 #include "daemon.h"
 
 /* The machine's memory, or 16 GiB when it cannot be read. */
@@ -91,36 +92,7 @@ static void errmsg(char *buf, size_t len, const char *fmt, ...)
 
 int anes_default_socket_path(char **ret)
 {
-	char *p = NULL;
-	const char *env = getenv("ANESHARE_SOCKET");
-
-	if (env && *env) {
-		p = strdup(env);
-	} else {
-#ifndef __APPLE__
-		const char *xdg = getenv("XDG_RUNTIME_DIR");
-		if (xdg && *xdg) {
-			if (asprintf(&p, "%s/aneshare/aneshare.sock", xdg) < 0)
-				p = NULL;
-			goto out;
-		}
-#endif
-		const char *tmp = getenv("TMPDIR");
-		if (!tmp || !*tmp)
-			tmp = "/tmp";
-		size_t n = strlen(tmp);
-		while (n > 1 && tmp[n - 1] == '/')  /* macOS's TMPDIR ends in '/' */
-			n--;
-		if (asprintf(&p, "%.*s/aneshare-%u/aneshare.sock", (int)n, tmp, (unsigned)getuid()) < 0)
-			p = NULL;
-	}
-#ifndef __APPLE__
-out:
-#endif
-	if (!p)
-		return -ENOMEM;
-	*ret = p;
-	return 0;
+	return anes_socket_path_default(ret);
 }
 
 static int set_cloexec_nonblock(int fd)
@@ -657,6 +629,14 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	srv->cfg.socket_path = srv->socket_path;
 
 	if (srv->listen_fd < 0) {
+		r = anes_socket_path_check(srv->socket_path);
+		if (r < 0) {
+			errmsg(errbuf, errbuf_len,
+			       "the socket path %s is %zu bytes, longer than the %zu a Unix socket path can "
+			       "hold: pass a shorter --socket PATH (or set ANESHARE_SOCKET)",
+			       srv->socket_path, strlen(srv->socket_path), (size_t)ANES_SOCKET_PATH_MAX);
+			goto fail;
+		}
 		r = prepare_dir(srv->socket_path, errbuf, errbuf_len);
 		if (r < 0)
 			goto fail;

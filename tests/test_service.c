@@ -14,6 +14,7 @@
  */
 #include <criterion/criterion.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -31,9 +32,11 @@
 #include <unistd.h>
 
 #include "anes_config.h"
+#include "anes_sockpath.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
 
+TestSuite(sockpath, .timeout = 60);
 TestSuite(activation, .timeout = 90);
 TestSuite(plist);
 TestSuite(cli, .timeout = 90);
@@ -178,6 +181,125 @@ static int cli(char **out, const char *const *env, ...)
 	va_end(ap);
 	argv[n] = NULL;
 	return run_cmd(out, env, argv);
+}
+
+/* ---- the default socket path ---------------------------------------------------- */
+
+static char *sockpath(anes_sockpath_env env)
+{
+	char *p = NULL;
+	int r = anes_socket_path_for(&env, &p);
+	cr_assert_eq(r, 0, "anes_socket_path_for: %s", strerror(-r));
+	return p;
+}
+
+#define EXPECT_PATH(env, want)                                             \
+	do {                                                               \
+		char *got_ = sockpath(env);                                \
+		cr_expect_str_eq(got_, want);                              \
+		free(got_);                                                \
+	} while (0)
+
+/* The rule of docs/protocol.md "Transport", both platforms' branches. */
+Test(sockpath, rule)
+{
+	/* macOS: under the home, never $TMPDIR (cleaned after 3 days unaccessed)
+	 * nor $XDG_RUNTIME_DIR. */
+	EXPECT_PATH(((anes_sockpath_env){ .macos = true, .home = "/Users/ann", .uid = 501,
+	                                  .tmpdir = "/var/folders/xy/T/", .xdg_runtime = "/run/user/501" }),
+	            "/Users/ann/Library/Application Support/aneshare/aneshare.sock");
+	EXPECT_PATH(((anes_sockpath_env){ .macos = true, .home = "/Users/ann//" }),
+	            "/Users/ann/Library/Application Support/aneshare/aneshare.sock");
+	EXPECT_PATH(((anes_sockpath_env){ .macos = true, .home = "/Users/ann", .socket = "/tmp/x.sock" }),
+	            "/tmp/x.sock");
+	char *p = NULL;
+	anes_sockpath_env nohome = { .macos = true, .home = "" };
+	cr_expect_eq(anes_socket_path_for(&nohome, &p), -ENOENT);
+	cr_expect_null(p);
+	/* Elsewhere: $XDG_RUNTIME_DIR, else $TMPDIR or /tmp with the uid. */
+	EXPECT_PATH(((anes_sockpath_env){ .xdg_runtime = "/run/user/1000", .home = "/home/b", .uid = 1000 }),
+	            "/run/user/1000/aneshare/aneshare.sock");
+	EXPECT_PATH(((anes_sockpath_env){ .tmpdir = "/var/tmp/", .home = "/home/b", .uid = 1000 }),
+	            "/var/tmp/aneshare-1000/aneshare.sock");
+	EXPECT_PATH(((anes_sockpath_env){ .xdg_runtime = "", .uid = 7 }), "/tmp/aneshare-7/aneshare.sock");
+	EXPECT_PATH(((anes_sockpath_env){ .socket = "rel.sock", .xdg_runtime = "/run/user/7" }), "rel.sock");
+}
+
+/* This process's platform and environment. */
+Test(sockpath, default_for_this_process)
+{
+	setenv("HOME", "/home/someone", 1);
+	setenv("XDG_RUNTIME_DIR", "/run/user/4242", 1);
+	unsetenv("ANESHARE_SOCKET");
+	char *p = NULL;
+	cr_assert_eq(anes_socket_path_default(&p), 0);
+#ifdef __APPLE__
+	cr_expect_str_eq(p, "/home/someone/Library/Application Support/aneshare/aneshare.sock");
+#else
+	cr_expect_str_eq(p, "/run/user/4242/aneshare/aneshare.sock");
+#endif
+	char buf[256];
+	cr_expect_eq(aneshare_default_socket_path(buf, sizeof buf), (int)strlen(p));
+	cr_expect_str_eq(buf, p);
+	cr_expect_eq(aneshare_default_socket_path(buf, strlen(p)), -ENAMETOOLONG);
+	free(p);
+}
+
+/* The longest path sun_path holds passes; one byte more is refused, by the
+ * check, the library, the CLI and the daemon, each with a clear message. */
+Test(sockpath, too_long_is_refused_clearly)
+{
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	char fits[512], over[512];
+	size_t max = ANES_SOCKET_PATH_MAX;
+	cr_assert_lt(strlen(dir) + 8, max);
+	snprintf(fits, sizeof fits, "%s/%0*d", dir, (int)(max - strlen(dir) - 1), 0);
+	snprintf(over, sizeof over, "%s/%0*d", dir, (int)(max - strlen(dir)), 0);
+	cr_assert_eq(strlen(fits), max);
+	cr_expect_eq(anes_socket_path_check(fits), 0);
+	cr_expect_eq(anes_socket_path_check(over), -ENAMETOOLONG);
+
+	aneshare_conn *c = NULL;
+	cr_expect_eq(aneshare_connect(over, "t", &c), -ENAMETOOLONG);
+	cr_expect_null(c);
+	cr_expect_eq(aneshare_connect(fits, "t", &c), -ENOENT, "a path that fits is tried");
+
+	char *e_sock, *out = NULL, *want;
+	cr_assert(asprintf(&e_sock, "ANESHARE_SOCKET=%s", over) >= 0);
+	cr_assert(asprintf(&want, "the socket path %s is %zu bytes, longer than the %zu a Unix socket path "
+	                          "can hold", over, strlen(over), max) >= 0);
+	const char *env[] = { e_sock, NULL };
+	int rc = cli(&out, env, "status", NULL);
+	cr_expect_eq(rc, 1, "%s", out);
+	cr_expect(strstr(out, want), "no \"%s\" in:\n%s", want, out);
+	free(out);
+
+	const char *argv[] = { exe_env("ANESHARED"), "--socket", over, NULL };
+	rc = run_cmd(&out, NULL, argv);
+	cr_expect_eq(rc, 78, "aneshared exited %d (not EX_CONFIG):\n%s", rc, out);
+	cr_expect(strstr(out, want), "no \"%s\" in:\n%s", want, out);
+	free(out);
+	/* Refused before anything was made. */
+	char *sdir = strndup(over, (size_t)(strrchr(over, '/') - over));
+	struct dirent *e;
+	DIR *d = opendir(sdir);
+	cr_assert(d);
+	size_t n = 0;
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	cr_expect_eq(n, 0, "the daemon left %zu files in %s", n, sdir);
+	free(sdir);
+
+	rc = cli(&out, NULL, "--socket", over, "service", "install", "--launchd", "--root", dir,
+	         "--daemon", exe_env("ANESHARED"), NULL);
+	cr_expect_eq(rc, 1, "%s", out);
+	cr_expect(strstr(out, want), "no \"%s\" in:\n%s", want, out);
+	free(out);
+	free(want);
+	free(e_sock);
+	rm_rf(dir);
 }
 
 /* ---- socket activation -------------------------------------------------------- */
@@ -1070,6 +1192,37 @@ Test(plist, install_writes_a_valid_agent)
 	free(file);
 	free(logdir);
 	free(sock);
+	rm_rf(dir);
+}
+
+/* Without --socket the agent listens on the macOS default under the home,
+ * not in $TMPDIR, which macOS cleans of files not accessed for 3 days. */
+Test(plist, default_socket_is_under_the_home)
+{
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	const char *daemon = exe_env("ANESHARED");
+	char *out = NULL;
+	const char *env[] = { "ANESHARE_SOCKET", "TMPDIR=/var/folders/xy/T/", NULL };
+	int rc = cli(&out, env, "service", "install", "--launchd", "--root", dir, "--daemon", daemon, NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	free(out);
+	char *file = path_join(dir, "Library/LaunchAgents/com.aneshare.aneshared.plist");
+	char *logdir = path_join(dir, "Library/Logs/aneshare");
+	char *sock = path_join(dir, "Library/Application Support/aneshare/aneshare.sock");
+	char *text = tu_read_file(file);
+	pv *root = parse_or_fail(text, file);
+	check_agent(root, daemon, sock, logdir);
+	pv_free(root);
+	struct stat st;
+	char *sdir = path_join(dir, "Library/Application Support/aneshare");
+	cr_assert_eq(stat(sdir, &st), 0, "the socket directory was not made");
+	cr_assert_eq(st.st_mode & 0777, 0700);
+	free(sdir);
+	free(text);
+	free(sock);
+	free(logdir);
+	free(file);
 	rm_rf(dir);
 }
 
