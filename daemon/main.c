@@ -120,12 +120,12 @@ int main(int argc, char **argv)
 		return EX_CONFIG;
 	}
 
-	/* Debug and test builds: a fake clock the tests drive (anes_clock.h). */
+	/* Builds with the test hooks: a fake clock the tests drive (anes_clock.h). */
 	r = anes_clock_from_env();
 	if (r < 0) {
 		fprintf(stderr, "aneshared: ANESHARE_TEST_CLOCK: %s\n", strerror(-r));
 		anes_options_free(&opts);
-		return 2;
+		return EX_CONFIG;
 	}
 
 	/* Peers that vanish must not kill the daemon; writes see EPIPE. */

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "anes_clock.h"
+#include "anes_config.h"
 
 uint64_t anes_clock_monotonic_ns(void)
 {
@@ -25,7 +26,7 @@ uint64_t anes_test_clock_read(anes_test_clock *k)
 	return atomic_fetch_add_explicit(&k->now_ns, step, memory_order_relaxed);
 }
 
-#ifndef NDEBUG
+#if ANES_TEST_HOOKS
 static anes_test_clock *env_clock;
 
 static uint64_t env_clock_ns(void)
@@ -36,8 +37,8 @@ static uint64_t env_clock_ns(void)
 
 int anes_clock_from_env(void)
 {
-#ifdef NDEBUG
-	return 0;   /* release builds: no test hooks */
+#if !ANES_TEST_HOOKS
+	return 0;   /* built without -Dtest_hooks=true: no test hooks */
 #else
 	const char *path = getenv("ANESHARE_TEST_CLOCK");
 	if (!path || !*path)

@@ -7,8 +7,8 @@
  * the real time whatever clock the rules see.
  *
  * A fake clock shared between processes (a test and the daemon it starts):
- * in builds without NDEBUG (debug and test builds; release builds compile
- * it out), anes_clock_from_env() maps the file named by
+ * in builds with the test hooks (meson -Dtest_hooks=true, off by default),
+ * anes_clock_from_env() maps the file named by
  * $ANESHARE_TEST_CLOCK, which holds one anes_test_clock, and points
  * anes_clock_ns at it.  Each read returns now_ns and then adds step_ns to
  * it: with step 0 time stands still; with a step, each read (each poll of a
@@ -42,10 +42,10 @@ typedef struct anes_test_clock {
 /* One read of a fake clock: now_ns, then now_ns += step_ns. */
 uint64_t anes_test_clock_read(anes_test_clock *k);
 
-/* Builds without NDEBUG: if $ANESHARE_TEST_CLOCK names a file of at least
+/* Builds with the test hooks: if $ANESHARE_TEST_CLOCK names a file of at least
  * sizeof(anes_test_clock) bytes, map it (shared, for the life of the
  * process) and point anes_clock_ns at it.  1 when installed, 0 when the
- * variable is unset or empty (or in a release build), -errno when the file
+ * variable is unset or empty (or the build has no test hooks), -errno when the file
  * cannot be opened or mapped, -EINVAL when it is too short. */
 int anes_clock_from_env(void);
 

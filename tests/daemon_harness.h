@@ -62,8 +62,8 @@ void h_daemon_restart(h_daemon *d, bool wait);
 /* A fake clock for the daemons this test process starts from now on
  * ($ANESHARE_TEST_CLOCK, proto/anes_clock.h): a fresh file mapped here,
  * removed when the process exits.  It reads 1 s with step 0 (time stands
- * still) until the test changes it.  Skips the test in release builds
- * (NDEBUG), which have no test hooks. */
+ * still) until the test changes it.  Skips the test in builds without the
+ * test hooks (-Dtest_hooks=true). */
 struct anes_test_clock;
 struct anes_test_clock *h_fake_clock(void);
 
