@@ -9,9 +9,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 
+# -Dwerror=true: CI fails on any warning (the default is off, for users' newer compilers).
 run_suite() {
 	local dir=$1; shift
-	build "$dir" "$@"
+	build "$dir" -Dwerror=true "$@"
 	say "testing $dir"
 	meson test -C "$dir" --verbose --num-processes 2 2>&1 | tee -a "$log" || status=1
 }
@@ -39,11 +40,10 @@ fi
 say "load test"
 ANESHARED="$BUILD/daemon/aneshared" "$BUILD/tests/load/load_test" --seconds "${LOAD_SECONDS:-20}" || status=1
 
-# One closing line over all criterion suites of both builds.
-awk -F'|' '/Synthesis: Tested:/ {
-	for (i = 1; i <= NF; i++) {
-		split($i, kv, ":"); k = kv[1]; v = kv[2]
-		if ($i ~ /Passing:/) p += v; if ($i ~ /Failing:/) f += v; if ($i ~ /Crashing:/) f += v
-	}
-} END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# meson install into a DESTDIR, an out-of-tree client built with pkg-config against it, run.
+bash "$ROOT/scripts/check-install.sh" "$BUILD" || status=1
+
+# One closing line over all criterion suites of both builds, from their TAP results
+# (CI reads it).
+python3 "$ROOT/scripts/tally.py" "$BUILD/meson-logs/testlog.json" "$ROOT/build-asan-$san_cc/meson-logs/testlog.json"
 exit $status
