@@ -513,6 +513,27 @@ typedef struct aneshare_status {
 	                               * penalty after polls that got nothing (the three:
 	                               * docs/performance.md, "Waiting for the reply"; 0
 	                               * from daemons that do not report them) */
+	/* What each client process holds (docs/protocol.md, "status"); empty
+	 * from daemons that do not report it.  The list may be cut:
+	 * processes_total counts them all. */
+	uint32_t n_processes;
+	uint32_t processes_total;
+	struct aneshare_status_process {
+		const char *name;          /* its latest hello's client name, "" if none; owned by the status */
+		uint64_t pid;              /* 0: unknown */
+		uint32_t uid;
+		uint32_t connections;
+		uint64_t surfaces, surface_bytes, fds, programs, program_bytes, jobs;
+		uint64_t unsent_bytes, input_bytes, runs;
+	} *process_list;               /* n_processes entries, owned by the status */
+	/* The daemon's totals against its limits, one per resource. */
+	uint32_t n_totals;
+	struct aneshare_status_total {
+		const char *resource;      /* "surfaces", "surface_bytes", ...; owned by the status */
+		uint64_t used;
+		uint64_t limit;            /* all clients together; 0: none */
+		uint64_t client_limit;     /* one client process; 0: none */
+	} *total_list;                 /* n_totals entries, owned by the status */
 } aneshare_status;
 
 /* On success *ret is owned by the caller: aneshare_status_free(). */

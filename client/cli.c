@@ -2,7 +2,8 @@
 /*
  * aneshare: command-line client of aneshared.
  *
- *   aneshare [--socket PATH] status
+ *   aneshare [--socket PATH] status [--json] [--wait SECONDS]
+ *   aneshare [--socket PATH] top [--interval SECONDS]
  *   aneshare [--socket PATH] compile FILE.mil [--weight PATH=FILE ...]
  *   aneshare [--socket PATH] run FILE.mil [--weight PATH=FILE ...] [--function NAME]
  *            [--input FILE | --input-f32 FILE ...] [--output FILE ...]
@@ -27,6 +28,7 @@
 
 #include "aneshare.h"
 #include "cli_service.h"
+#include "cli_status.h"
 
 #define EXIT_USAGE 2
 #define MAX_ARGS 256                       /* --weight/--input/--output of one command */
@@ -42,6 +44,9 @@ static void usage(FILE *f)
 	        "commands:\n"
 	        "  status                      show what the daemon holds\n"
 	        "      --wait SECONDS          wait for a daemon that is still starting\n"
+	        "      --json                  print it as one JSON object, for scripts\n"
+	        "  top                         show it live, per client process (q quits)\n"
+	        "      --interval SECONDS      refresh this often (default 1)\n"
 	        "  compile FILE.mil            compile a program and show its functions\n"
 	        "      --weight PATH=FILE      a weight blob: MIL BLOBFILE path = local file\n"
 	        "  run FILE.mil                compile and run a program once\n"
@@ -349,33 +354,6 @@ static int compile_file(aneshare_conn *c, const char *file, const weights *ws,
 
 /* ---- commands --------------------------------------------------------------------------- */
 
-static void print_duration(uint64_t ms)
-{
-	uint64_t s = ms / 1000;
-	if (s >= 86400)
-		printf("%" PRIu64 "d ", s / 86400);
-	if (s >= 3600)
-		printf("%" PRIu64 "h ", s / 3600 % 24);
-	if (s >= 60)
-		printf("%" PRIu64 "m ", s / 60 % 60);
-	printf("%" PRIu64 ".%03" PRIu64 "s\n", s % 60, ms % 1000);
-}
-
-static void print_bytes(uint64_t b)
-{
-	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
-	double v = (double)b;
-	size_t u = 0;
-	while (v >= 1024 && u < 4) {
-		v /= 1024;
-		u++;
-	}
-	if (u == 0)
-		printf("%" PRIu64 " B", b);
-	else
-		printf("%.1f %s", v, unit[u]);
-}
-
 /* Connect, retrying while the socket does not exist yet or refuses (a daemon
  * that is still starting) until wait_ms have passed. */
 static int connect_waiting(const char *socket_path, long wait_ms, aneshare_conn **ret)
@@ -394,17 +372,48 @@ static int connect_waiting(const char *socket_path, long wait_ms, aneshare_conn 
 	}
 }
 
+static int cmd_top(const char *socket_path, int argc, char **argv)
+{
+	double secs = 1;
+	if (argc == 2 && !strcmp(argv[0], "--interval")) {
+		char *end;
+		secs = strtod(argv[1], &end);
+		if (*end || !(secs >= 0.05 && secs <= 3600))
+			return usage_error("--interval takes a number of seconds (0.05 to 3600)");
+	} else if (argc > 0) {
+		return usage_error("top takes no arguments but --interval SECONDS");
+	}
+	if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO))
+		return fail("top needs a terminal (use status or status --json in scripts)");
+	aneshare_conn *c;
+	if (connect_waiting(socket_path, 0, &c))
+		return EXIT_FAILURE;
+	int r = anes_cli_top(c, aneshare_server(c)->protocol, (unsigned)(secs * 1000));
+	if (r < 0) {
+		r = fail_call(c, "top", r);
+		aneshare_disconnect(c);
+		return r;
+	}
+	aneshare_disconnect(c);
+	return 0;
+}
+
 static int cmd_status(const char *socket_path, int argc, char **argv)
 {
 	long wait_ms = 0;
-	if (argc == 2 && !strcmp(argv[0], "--wait")) {
-		char *end;
-		double secs = strtod(argv[1], &end);
-		if (*end || !(secs >= 0 && secs <= 3600))
-			return usage_error("--wait takes a number of seconds (0 to 3600)");
-		wait_ms = (long)(secs * 1000);
-	} else if (argc > 0) {
-		return usage_error("status takes no arguments but --wait SECONDS");
+	bool json = false;
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--json")) {
+			json = true;
+		} else if (!strcmp(argv[i], "--wait") && i + 1 < argc) {
+			char *end;
+			double secs = strtod(argv[++i], &end);
+			if (*end || !(secs >= 0 && secs <= 3600))
+				return usage_error("--wait takes a number of seconds (0 to 3600)");
+			wait_ms = (long)(secs * 1000);
+		} else {
+			return usage_error("status takes no arguments but --wait SECONDS and --json");
+		}
 	}
 	aneshare_conn *c;
 	if (connect_waiting(socket_path, wait_ms, &c))
@@ -416,22 +425,10 @@ static int cmd_status(const char *socket_path, int argc, char **argv)
 		aneshare_disconnect(c);
 		return r;
 	}
-	printf("aneshared %s, backend %s, protocol %u\n", st->server_version, st->backend,
-	       aneshare_server(c)->protocol);
-	printf("uptime:    ");
-	print_duration(st->uptime_ms);
-	printf("clients:   %u\n", st->clients);
-	printf("surfaces:  %u (", st->surfaces);
-	print_bytes(st->surface_bytes);
-	printf(")\n");
-	printf("runs:      %" PRIu64 " (on lanes %" PRIu64 ")\n", st->runs, st->lane_runs);
-	printf("lane spin: %" PRIu64 " polls after an answer, %" PRIu64 " got the next request, %" PRIu64
-	       " lost the CPU, %" PRIu64 " answers skipped it\n", st->lane_spins, st->lane_spin_hits,
-	       st->lane_spin_gaps, st->lane_spin_skips);
-	printf("compiles:  %" PRIu64 " (cache hits %" PRIu64 ")\n", st->compiles, st->cache_hits);
-	printf("programs:  %u\n", st->programs);
-	for (uint32_t i = 0; i < st->programs; i++)
-		printf("  %s  refs %u\n", st->program_list[i].key, st->program_list[i].refs);
+	if (json)
+		anes_cli_print_json(stdout, st, aneshare_server(c)->protocol);
+	else
+		anes_cli_print_status(stdout, st, aneshare_server(c)->protocol, false);
 	aneshare_status_free(st);
 	aneshare_disconnect(c);
 	return 0;
@@ -774,6 +771,8 @@ int main(int argc, char **argv)
 	int rc;
 	if (!strcmp(cmd, "status"))
 		rc = cmd_status(socket_path, n, args);
+	else if (!strcmp(cmd, "top"))
+		rc = cmd_top(socket_path, n, args);
 	else if (!strcmp(cmd, "compile"))
 		rc = cmd_compile(socket_path, n, args);
 	else if (!strcmp(cmd, "run"))

@@ -16,6 +16,7 @@
 /* ---- status ------------------------------------------------------------------- */
 
 #define STATUS_MAX_PROGRAMS 65536
+#define STATUS_MAX_PROCESSES 65536
 
 static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
                      void *ud)
@@ -37,14 +38,90 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	    anes_mp_array(res, "programs", STATUS_MAX_PROGRAMS, &items, &n) < 0)
 		goto bad;
 
-	/* One block: the struct, the program array, then the strings. */
+	/* Optional: per client process, and the totals (absent from older daemons). */
+	const msgpack_object *procs = NULL, *tots = NULL;
+	uint32_t np = 0, nt = 0;
+	uint64_t ptotal = 0;
+	size_t strs = 0;
+	if (anes_mp_get(res, "processes")) {
+		if (anes_mp_array(res, "processes", STATUS_MAX_PROCESSES, &procs, &np) < 0 ||
+		    anes_mp_u64(res, "processes_total", UINT32_MAX, &ptotal) < 0)
+			goto bad;
+		for (uint32_t i = 0; i < np; i++) {
+			const char *nm;
+			uint32_t nl;
+			if (procs[i].type != MSGPACK_OBJECT_MAP ||
+			    anes_mp_str(&procs[i], "name", ANESC_MAX_STR, &nm, &nl) < 0)
+				goto bad;
+			strs += nl + 1;
+		}
+	}
+	if (anes_mp_get(res, "totals")) {
+		if (anes_mp_array(res, "totals", 64, &tots, &nt) < 0)
+			goto bad;
+		for (uint32_t i = 0; i < nt; i++) {
+			const char *nm;
+			uint32_t nl;
+			if (tots[i].type != MSGPACK_OBJECT_MAP ||
+			    anes_mp_str(&tots[i], "resource", 64, &nm, &nl) < 0)
+				goto bad;
+			strs += nl + 1;
+		}
+	}
+
+	/* One block: the struct, the arrays, then the strings. */
 	size_t size = sizeof(aneshare_status) + (size_t)n * sizeof(struct aneshare_status_program) +
-	              ver_len + 1 + be_len + 1 + (size_t)n * 65;
+	              (size_t)np * sizeof(struct aneshare_status_process) +
+	              (size_t)nt * sizeof(struct aneshare_status_total) +
+	              ver_len + 1 + be_len + 1 + (size_t)n * 65 + strs;
 	aneshare_status *st = calloc(1, size);
 	if (!st)
 		return anesc_fail(c, -ENOMEM, "out of memory");
 	st->program_list = (struct aneshare_status_program *)(st + 1);
-	char *sp = (char *)(st->program_list + n);
+	st->process_list = (struct aneshare_status_process *)(st->program_list + n);
+	st->total_list = (struct aneshare_status_total *)(st->process_list + np);
+	char *sp = (char *)(st->total_list + nt);
+	for (uint32_t i = 0; i < np; i++) {
+		struct aneshare_status_process *pr = &st->process_list[i];
+		const char *nm;
+		uint32_t nl, uid = 0, conns = 0;
+		(void)anes_mp_str(&procs[i], "name", ANESC_MAX_STR, &nm, &nl);
+		memcpy(sp, nm, nl);
+		sp[nl] = '\0';
+		pr->name = sp;
+		sp += nl + 1;
+		/* counters a daemon may not report stay 0 */
+		(void)anes_mp_u64(&procs[i], "pid", UINT64_MAX, &pr->pid);
+		(void)anes_mp_u32(&procs[i], "uid", &uid);
+		(void)anes_mp_u32(&procs[i], "connections", &conns);
+		pr->uid = uid;
+		pr->connections = conns;
+		(void)anes_mp_u64(&procs[i], "surfaces", UINT64_MAX, &pr->surfaces);
+		(void)anes_mp_u64(&procs[i], "surface_bytes", UINT64_MAX, &pr->surface_bytes);
+		(void)anes_mp_u64(&procs[i], "fds", UINT64_MAX, &pr->fds);
+		(void)anes_mp_u64(&procs[i], "programs", UINT64_MAX, &pr->programs);
+		(void)anes_mp_u64(&procs[i], "program_bytes", UINT64_MAX, &pr->program_bytes);
+		(void)anes_mp_u64(&procs[i], "jobs", UINT64_MAX, &pr->jobs);
+		(void)anes_mp_u64(&procs[i], "unsent_bytes", UINT64_MAX, &pr->unsent_bytes);
+		(void)anes_mp_u64(&procs[i], "input_bytes", UINT64_MAX, &pr->input_bytes);
+		(void)anes_mp_u64(&procs[i], "runs", UINT64_MAX, &pr->runs);
+	}
+	for (uint32_t i = 0; i < nt; i++) {
+		struct aneshare_status_total *to = &st->total_list[i];
+		const char *nm;
+		uint32_t nl;
+		(void)anes_mp_str(&tots[i], "resource", 64, &nm, &nl);
+		memcpy(sp, nm, nl);
+		sp[nl] = '\0';
+		to->resource = sp;
+		sp += nl + 1;
+		(void)anes_mp_u64(&tots[i], "used", UINT64_MAX, &to->used);
+		(void)anes_mp_u64(&tots[i], "limit", UINT64_MAX, &to->limit);
+		(void)anes_mp_u64(&tots[i], "client_limit", UINT64_MAX, &to->client_limit);
+	}
+	st->n_processes = np;
+	st->processes_total = (uint32_t)ptotal;
+	st->n_totals = nt;
 	for (uint32_t i = 0; i < n; i++) {
 		const char *key;
 		uint32_t key_len, refs;

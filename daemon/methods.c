@@ -142,7 +142,7 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	}
 	c->name[name_len] = '\0';
 	c->hello_done = true;
-	if (!c->tenant->name[0])
+	if (name_len > 0)   /* the process's latest name, for status */
 		memcpy(c->tenant->name, c->name, name_len + 1);
 	if (c->srv->cfg.verbose && c->name[0])
 		anes_log("client #%llu is \"%s\"", (unsigned long long)c->serial, c->name);
@@ -204,6 +204,54 @@ static void pack_program(anes_centry *e, void *ud)
 	ctx->done++;
 }
 
+/* What a client process holds now: the tenant's counters, and what its
+ * connections buffer (the loop's view; a connection on a lane counts no
+ * input: its buffer is the lane thread's). */
+static void pack_process(msgpack_packer *pk, const anes_tenant *t)
+{
+	uint64_t unsent = 0, input = 0;
+	for (const anes_conn *c = t->conns; c; c = c->tnext) {
+		unsent += c->io.out_bytes;
+		if (!c->lane)
+			input += c->io.rlen - c->io.rpos;
+	}
+	msgpack_pack_map(pk, 13);
+	anes_pack_str(pk, "name");
+	anes_pack_strn(pk, t->name, strnlen(t->name, sizeof(t->name)));
+	pack_kv_u64(pk, "pid", t->pid > 0 ? (uint64_t)t->pid : 0);
+	pack_kv_u64(pk, "uid", t->uid);
+	pack_kv_u64(pk, "connections", t->n_conns);
+	for (int r = 0; r < ANES_RES_N; r++)
+		if (r != ANES_RES_INPUT_BYTES && r != ANES_RES_OUTPUT_BYTES)
+			pack_kv_u64(pk, anes_res_name(r), anes_tenant_use(t, r));
+	pack_kv_u64(pk, "unsent_bytes", unsent);
+	pack_kv_u64(pk, "input_bytes", input);
+	pack_kv_u64(pk, "runs", atomic_load_explicit(&t->runs, memory_order_relaxed));
+}
+
+/* The daemon's totals against their limits (0: none). */
+static void pack_totals(msgpack_packer *pk, const anes_server *srv)
+{
+	uint64_t unsent = 0, input = 0;
+	for (const anes_conn *c = srv->conns; c; c = c->next) {
+		unsent += c->io.out_bytes;
+		if (!c->lane)
+			input += c->io.rlen - c->io.rpos;
+	}
+	msgpack_pack_array(pk, ANES_RES_N);
+	for (int r = 0; r < ANES_RES_N; r++) {
+		uint64_t used = r == ANES_RES_OUTPUT_BYTES ? unsent :
+		                r == ANES_RES_INPUT_BYTES ? input :
+		                anes_tenants_total(&srv->tenants, r);
+		uint64_t dl = anes_res_daemon_limit(&srv->lim, r), cl = anes_res_client_limit(&srv->lim, r);
+		msgpack_pack_map(pk, 4);
+		pack_kv_str(pk, "resource", anes_res_name(r));
+		pack_kv_u64(pk, "used", used);
+		pack_kv_u64(pk, "limit", dl == UINT64_MAX ? 0 : dl);
+		pack_kv_u64(pk, "client_limit", cl == UINT64_MAX ? 0 : cl);
+	}
+}
+
 static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 {
 	anes_server *srv = c->srv;
@@ -212,10 +260,16 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 
 	anes_frame_init(&f);
 	anes_cache_foreach(srv->cache, count_ready, &ctx);
-	/* An entry packs to at most ~90 bytes; cut the list rather than
-	 * exceed max_frame (possible with thousands of programs and a small
-	 * max_frame). */
-	uint32_t fit = (srv->lim.max_frame - 1024) / 96;
+	/* Bounded: a process entry packs to at most ~420 bytes and gets a
+	 * quarter of max_frame (at most 1024 of them); a program entry to at
+	 * most ~90 bytes, the rest.  Longer lists are cut (processes_total and
+	 * the totals still count everything). */
+	uint32_t n_procs = srv->tenants.n_procs, procs_fit = srv->lim.max_frame / 4 / 512;
+	if (procs_fit > 1024)
+		procs_fit = 1024;
+	if (n_procs > procs_fit)
+		n_procs = procs_fit;
+	uint32_t fit = (srv->lim.max_frame - 2048 - srv->lim.max_frame / 4) / 96;
 	if (ctx.n > fit)
 		ctx.n = fit;
 
@@ -223,7 +277,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 20 : 19);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 23 : 22);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -259,6 +313,14 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_pack_str(&f.pk, "programs");
 	msgpack_pack_array(&f.pk, ctx.n);
 	anes_cache_foreach(srv->cache, pack_program, &ctx);
+	anes_pack_str(&f.pk, "totals");
+	pack_totals(&f.pk, srv);
+	pack_kv_u64(&f.pk, "processes_total", srv->tenants.n_procs);
+	anes_pack_str(&f.pk, "processes");
+	msgpack_pack_array(&f.pk, n_procs);
+	uint32_t i = 0;
+	for (const anes_tenant *t = srv->tenants.procs; t && i < n_procs; t = t->next, i++)
+		pack_process(&f.pk, t);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 

@@ -56,7 +56,7 @@ struct anes_tenant {
 	unsigned n_conns;
 	struct anes_conn *conns;      /* loop: its open connections (anes_conn.tnext) */
 	uint64_t serial;              /* order of creation, for listings */
-	char name[129];               /* the first hello's client name, "" before */
+	char name[129];               /* the latest hello's client name, "" before any */
 	bool jobs_full;               /* loop: reading paused at the jobs limit */
 	_Atomic uint64_t use[ANES_RES_N];
 	_Atomic uint64_t runs;        /* runs finished (steps), for status */

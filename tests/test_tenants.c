@@ -13,7 +13,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <termios.h>
 #include <unistd.h>
+#include <sys/wait.h>
+#ifdef __APPLE__
+#include <util.h>
+#else
+#include <pty.h>
+#endif
 
 #include "aneshare.h"
 #include "daemon_harness.h"
@@ -468,5 +476,297 @@ Test(tenants, shared_program_is_charged_to_each_holder)
 	free(m2);
 	kill(child, SIGKILL);
 	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
+/* ---- visibility: status, status --json, top ------------------------------------------- */
+
+static const struct aneshare_status_process *find_process(const aneshare_status *st, uint64_t pid)
+{
+	for (uint32_t i = 0; i < st->n_processes; i++)
+		if (st->process_list[i].pid == pid)
+			return &st->process_list[i];
+	return NULL;
+}
+
+static const struct aneshare_status_total *find_total(const aneshare_status *st, const char *res)
+{
+	for (uint32_t i = 0; i < st->n_totals; i++)
+		if (!strcmp(st->total_list[i].resource, res))
+			return &st->total_list[i];
+	return NULL;
+}
+
+Test(tenants, status_lists_each_client_process)
+{
+	const char *args[] = { "--max-client-program-bytes", "64M", "--max-daemon-surfaces", "100", NULL };
+	h_daemon_start_args(&D, args);
+	pid_t child = h_spawn(hold_program, D.sock);
+	aneshare_conn *cs[3];
+	for (unsigned i = 0; i < 3; i++)
+		cs[i] = h_connect(&D, "status-probe");
+	aneshare_surface *s1 = h_surface(cs[0], 4096), *s2 = h_surface(cs[1], 8192);
+	h_mm mm;
+	aneshare_program *p = h_compile_mm(cs[2], &mm, NULL);
+	aneshare_surface *in = h_surface(cs[2], mm.in_bytes), *out = h_surface(cs[2], mm.out_bytes);
+	h_mm_fill_run_check(p, &mm, in, out, 3);
+
+	aneshare_status *st = h_status(cs[0]);
+	cr_assert_eq(st->processes_total, 2, "%u processes", st->processes_total);
+	const struct aneshare_status_process *me = find_process(st, (uint64_t)getpid());
+	cr_assert_not_null(me, "this process is not listed");
+	cr_expect_str_eq(me->name, "status-probe");
+	cr_expect_eq(me->connections, 3);
+	cr_expect_eq(me->surfaces, 4);
+	cr_expect_eq(me->surface_bytes, 4096 + 8192 + mm.in_bytes + mm.out_bytes);
+	cr_expect_eq(me->programs, 1);
+	cr_expect_gt(me->program_bytes, 0);
+	cr_expect_eq(me->fds, 0);   /* no device worker: the daemon keeps no fds */
+	cr_expect_eq(me->runs, 1);
+	cr_expect_eq(me->jobs, 0);
+	const struct aneshare_status_process *other = find_process(st, (uint64_t)child);
+	cr_assert_not_null(other, "the child is not listed");
+	cr_expect_str_eq(other->name, "holder");
+	cr_expect_eq(other->programs, 1);
+	cr_expect_eq(other->surfaces, 0);
+	/* The daemon's totals are the sums, against their limits. */
+	const struct aneshare_status_total *t = find_total(st, "surfaces");
+	cr_assert_not_null(t);
+	cr_expect_eq(t->used, 4);
+	cr_expect_eq(t->limit, 100);
+	cr_expect_eq(t->client_limit, 1024);
+	t = find_total(st, "program_bytes");
+	cr_assert_not_null(t);
+	cr_expect_eq(t->used, me->program_bytes + other->program_bytes);
+	cr_expect_eq(t->client_limit, 64u << 20);
+	t = find_total(st, "programs");
+	cr_assert_not_null(t);
+	cr_expect_eq(t->used, 2);
+	aneshare_status_free(st);
+
+	/* What a client releases leaves its line at once. */
+	aneshare_surface_release(s1);
+	aneshare_surface_release(s2);
+	aneshare_program_release(p);
+	st = h_status(cs[0]);
+	me = find_process(st, (uint64_t)getpid());
+	cr_assert_not_null(me);
+	cr_expect_eq(me->surfaces, 2);
+	cr_expect_eq(me->programs, 0);
+	cr_expect_eq(me->program_bytes, 0);
+	aneshare_status_free(st);
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	for (unsigned i = 0; i < 3; i++)
+		aneshare_disconnect(cs[i]);
+	h_daemon_stop(&D);
+}
+
+/* Run a shell command, return its stdout (malloc'd) and exit status. */
+static char *run_cmd(const char *cmd, int *ret_status)
+{
+	FILE *p = popen(cmd, "r");
+	cr_assert_not_null(p, "popen %s", cmd);
+	size_t cap = 1 << 16, len = 0;
+	char *buf = malloc(cap);
+	cr_assert_not_null(buf);
+	size_t n;
+	while ((n = fread(buf + len, 1, cap - 1 - len, p)) > 0) {
+		len += n;
+		if (len + 1 >= cap) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+			cr_assert_not_null(buf);
+		}
+	}
+	buf[len] = '\0';
+	*ret_status = pclose(p);
+	return buf;
+}
+
+Test(tenants, status_json_parses)
+{
+	const char *cli = getenv("ANESHARE_CLI");
+	cr_assert_not_null(cli, "ANESHARE_CLI is not set (tests/meson.build sets it)");
+	if (system("python3 -c 'import json' 2>/dev/null") != 0)
+		cr_skip_test("no python3 to parse JSON with");
+	h_daemon_start(&D);
+	aneshare_conn *c = h_connect(&D, "json \"probe\"\\");
+	aneshare_surface *s = h_surface(c, 12345);
+	char cmd[1024];
+	int status;
+	/* Parse the whole output as JSON and pick out this process's line. */
+	snprintf(cmd, sizeof cmd,
+	         "'%s' --socket '%s' status --json | python3 -c '"
+	         "import json, sys\n"
+	         "d = json.load(sys.stdin)\n"
+	         "p = [p for p in d[\"processes\"] if p[\"pid\"] == %ld][0]\n"
+	         "t = {t[\"resource\"]: t for t in d[\"totals\"]}\n"
+	         "print(p[\"name\"], p[\"surfaces\"], p[\"surface_bytes\"], p[\"connections\"], "
+	         "t[\"surface_bytes\"][\"used\"], t[\"surface_bytes\"][\"limit\"] > 0, d[\"processes_total\"])'",
+	         cli, D.sock, (long)getpid());
+	char *out = run_cmd(cmd, &status);
+	cr_assert_eq(status, 0, "status --json did not parse: %s", out);
+	cr_expect_str_eq(out, "json \"probe\"\\ 1 12345 1 12345 True 2\n");
+	free(out);
+	aneshare_surface_release(s);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
+/* Read the pty until needle has appeared n times or timeout_ms pass; the
+ * count seen. */
+static unsigned pty_wait_for(int master, const char *needle, unsigned n, int timeout_ms, char *acc,
+                             size_t acc_cap, size_t *acc_len)
+{
+	int64_t end = tu_now_ms() + (int64_t)timeout_ms * h_slow();
+	unsigned seen = 0;
+	while (seen < n && tu_now_ms() < end) {
+		struct pollfd p = { .fd = master, .events = POLLIN };
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		char buf[4096];
+		ssize_t r = read(master, buf, sizeof buf);
+		if (r <= 0)
+			break;
+		if (*acc_len + (size_t)r >= acc_cap) {   /* keep the tail */
+			size_t drop = *acc_len + (size_t)r - acc_cap / 2;
+			drop = drop > *acc_len ? *acc_len : drop;
+			memmove(acc, acc + drop, *acc_len - drop);
+			*acc_len -= drop;
+		}
+		memcpy(acc + *acc_len, buf, (size_t)r);
+		*acc_len += (size_t)r;
+		acc[*acc_len] = '\0';
+		seen = 0;
+		for (const char *q = acc; (q = strstr(q, needle)); q++)
+			seen++;
+	}
+	return seen;
+}
+
+static int wait_exit(pid_t pid, int timeout_ms)
+{
+	int64_t end = tu_now_ms() + (int64_t)timeout_ms * h_slow();
+	int status;
+	while (tu_now_ms() < end) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+		if (r == pid)
+			return status;
+		tu_pause_ms(20);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	return -1;
+}
+
+Test(tenants, top_shows_clients_and_quits_restoring_the_terminal)
+{
+	const char *cli = getenv("ANESHARE_CLI");
+	cr_assert_not_null(cli, "ANESHARE_CLI is not set (tests/meson.build sets it)");
+	h_daemon_start(&D);
+	aneshare_conn *c = h_connect(&D, "top-probe");
+	aneshare_surface *s = h_surface(c, 4096);
+	/* Quit with q, then with Ctrl-C (a byte in raw mode, not a signal). */
+	const char keys[] = { 'q', 3 };
+	for (unsigned k = 0; k < 2; k++) {
+		int master;
+		struct winsize ws = { .ws_row = 50, .ws_col = 160 };
+		pid_t pid = forkpty(&master, NULL, NULL, &ws);
+		cr_assert_geq(pid, 0, "forkpty: %s", strerror(errno));
+		if (pid == 0) {
+			execl(cli, cli, "--socket", D.sock, "top", "--interval", "0.1", (char *)NULL);
+			_exit(127);
+		}
+		static char acc[1 << 16];
+		size_t len = 0;
+		/* Two screens: it refreshes. */
+		unsigned seen = pty_wait_for(master, "top-probe", 2, 10000, acc, sizeof acc - 1, &len);
+		cr_assert_geq(seen, 2, "top did not show the client twice: %s", acc);
+		struct termios tio;
+		cr_assert_eq(tcgetattr(master, &tio), 0);
+		cr_expect_eq(tio.c_lflag & (ICANON | ECHO), 0, "top runs without raw mode");
+		cr_assert_eq(write(master, &keys[k], 1), 1);
+		int status = wait_exit(pid, 5000);
+		cr_assert(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		          "top did not exit 0 on key %d (status %d)", keys[k], status);
+		(void)pty_wait_for(master, "\033[?1049l", 1, 1000, acc, sizeof acc - 1, &len);
+		cr_expect(strstr(acc, "\033[?1049l"), "top did not leave the alternate screen");
+		cr_assert_eq(tcgetattr(master, &tio), 0);
+		cr_expect_eq(tio.c_lflag & (ICANON | ECHO | ISIG), (tcflag_t)(ICANON | ECHO | ISIG),
+		             "the terminal was not restored (lflag %#x)", (unsigned)tio.c_lflag);
+		close(master);
+	}
+	aneshare_surface_release(s);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
+/* The jobs this process has queued, as another process (the CLI) sees them
+ * in status --json; -1 if it could not tell. */
+static long jobs_seen(const char *cli, const char *sock)
+{
+	char cmd[1024];
+	snprintf(cmd, sizeof cmd,
+	         "'%s' --socket '%s' status --json | python3 -c '"
+	         "import json, sys\n"
+	         "d = json.load(sys.stdin)\n"
+	         "p = [p for p in d[\"processes\"] if p[\"pid\"] == %ld]\n"
+	         "t = [t for t in d[\"totals\"] if t[\"resource\"] == \"jobs\"][0]\n"
+	         "print(p[0][\"jobs\"] if p else 0, t[\"used\"])'",
+	         cli, sock, (long)getpid());
+	int status;
+	char *out = run_cmd(cmd, &status);
+	long mine = -1, total = -1;
+	if (status != 0 || sscanf(out, "%ld %ld", &mine, &total) != 2)
+		mine = -1;
+	free(out);
+	cr_expect_leq(mine, total);
+	return mine;
+}
+
+Test(tenants, fifty_connections_queue_no_more_jobs_than_one)
+{
+	const char *cli = getenv("ANESHARE_CLI");
+	cr_assert_not_null(cli);
+	if (system("python3 -c 'import json' 2>/dev/null") != 0)
+		cr_skip_test("no python3 to parse JSON with");
+	const char *args[] = { "--max-client-jobs", "4", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *cs[NCONN];
+	aneshare_program *ps[NCONN];
+	aneshare_surface *sx[NCONN], *sy[NCONN], *sz[NCONN];
+	char *mil = h_square_mm_mil(384, "main");
+	for (unsigned i = 0; i < NCONN; i++) {
+		cs[i] = h_connect(&D, "jobs");
+		cr_assert_eq(aneshare_program_compile(cs[i], mil, NULL, 0, &ps[i], NULL), 0);
+		sx[i] = h_surface(cs[i], 384 * 384 * 2);
+		sy[i] = h_surface(cs[i], 384 * 384 * 2);
+		sz[i] = h_surface(cs[i], 384 * 384 * 2);
+	}
+	free(mil);
+	uint32_t t[NCONN][3];
+	for (unsigned k = 0; k < 3; k++)
+		for (unsigned i = 0; i < NCONN; i++) {
+			aneshare_surface *in[2] = { sx[i], sy[i] };
+			cr_assert_eq(aneshare_run_submit(ps[i], 0, in, 2, &sz[i], 1, &t[i][k]), 0);
+		}
+	/* 150 runs submitted at once: the daemon holds at most 4 as jobs. */
+	long most = -1;
+	for (unsigned n = 0; n < 6; n++) {
+		long j = jobs_seen(cli, D.sock);
+		cr_expect_geq(j, 0, "status --json could not be read");
+		cr_expect_leq(j, 4, "this process had %ld jobs queued, its limit is 4", j);
+		if (j > most)
+			most = j;
+	}
+	for (unsigned i = 0; i < NCONN; i++)
+		for (unsigned k = 0; k < 3; k++) {
+			int r = aneshare_wait(cs[i], t[i][k]);
+			cr_expect_eq(r, 0, "run: %s (%s)", aneshare_strerror(r), aneshare_last_error(cs[i]));
+		}
+	fprintf(stderr, "tenants: at most %ld jobs seen queued (limit 4)\n", most);
+	for (unsigned i = 0; i < NCONN; i++)
+		aneshare_disconnect(cs[i]);
 	h_daemon_stop(&D);
 }
