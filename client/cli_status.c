@@ -116,7 +116,7 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 		if (st->n_processes < st->processes_total)
 			fprintf(f, "(%u more not listed)\n", st->processes_total - st->n_processes);
 	}
-	if (!brief && st->programs) {
+	if (!brief) {
 		fprintf(f, "\nprograms: %u\n", st->programs);
 		for (uint32_t i = 0; i < st->programs; i++)
 			fprintf(f, "  %s  refs %u\n", st->program_list[i].key, st->program_list[i].refs);

@@ -793,7 +793,7 @@ Test(daemon, cli)
 	fclose(f);
 
 	cr_assert_eq(cli(out, sizeof out, (const char *[]){ "status", NULL }), 0, "%s", out);
-	cr_assert(strstr(out, "clients:") && strstr(out, "programs:  0"), "%s", out);
+	cr_assert(strstr(out, "connections 1,") && strstr(out, "programs: 0"), "%s", out);
 	cr_assert_eq(cli(out, sizeof out, (const char *[]){ "compile", mil, NULL }), 0, "%s", out);
 	cr_assert(strstr(out, "cached: no") && strstr(out, "input") && strstr(out, "fp16"), "%s", out);
 	cr_assert_eq(cli(out, sizeof out, (const char *[]){ "run", mil, "--fill", "random", NULL }),
