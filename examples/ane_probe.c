@@ -321,6 +321,8 @@ typedef struct probe {
 	int n_inputs;            /* x, then y, fp16 [1, 32, 1, 32] */
 	double lo, hi;
 	void (*body)(str *b);    /* statements; the result is z */
+	const char *sig;         /* other inputs than n_inputs says, or NULL */
+	const char *outs;        /* other outputs than z, or NULL */
 } probe;
 
 static void list_ints(str *b, const int *v, int n)
@@ -516,6 +518,20 @@ static void p_split(str *b)
 	        "        tensor<fp16, [1, 16, 1, 32]> z = sub(x = a, y = c)[name = string(\"z\")];\n");
 }
 
+/* fp32 I/O ([Mr] "fp16 or fp32"): inputs and output fp32 [1, 32, 1, 16] */
+static void p_add32(str *b)
+{
+	sadd(b, "        tensor<fp32, [1, 32, 1, 16]> z = add(x = x, y = y)[name = string(\"z\")];\n");
+}
+
+/* two outputs of different values, returned out of alphabetical order: a
+ * device that binds outputs in another order than the backend swaps them */
+static void p_split2(str *b)
+{
+	sadd(b, "        tensor<fp16, [1, 16, 1, 32]> za, tensor<fp16, [1, 16, 1, 32]> zb = split(x = x, num_splits = int32(2), "
+	        "axis = int32(1))[name = string(\"za\")];\n");
+}
+
 static void p_squeeze(str *b)
 {
 	sadd(b, "        tensor<fp16, [1, 32, 1, 1, 32]> r = reshape(x = x, shape = tensor<int32, [5]>([1, 32, 1, 1, 32]))"
@@ -540,63 +556,69 @@ static void p_transpose(str *b)
 }
 
 static const probe probes[] = {
-	{"abs", NULL, 1, -2, 2, p_abs},
-	{"add", NULL, 2, -2, 2, p_add},
-	{"cast", "fp16 -> fp32 -> fp16", 1, -2, 2, p_cast},
-	{"cast", "fp16 -> int32 -> fp16", 1, -100, 100, p_cast_int},
-	{"clip", NULL, 1, -2, 2, p_clip},
-	{"concat", "interleave = false", 2, -2, 2, p_concat},
-	{"constexpr_affine_dequantize", "+ add", 1, -2, 2, p_affine_dq},
-	{"conv", "1x1, const weights", 1, -2, 2, p_conv},
-	{"dequantize", "cast to int8 first", 1, -100, 100, p_dequantize},
-	{"erf", NULL, 1, -3, 3, p_erf},
-	{"exp", NULL, 1, -4, 4, p_exp},
-	{"expand_dims", "reshape first", 1, -2, 2, p_expand_dims},
-	{"gather", "const indices", 1, -2, 2, p_gather},
-	{"gelu", "the ANE backend rewrites it", 1, -4, 4, p_gelu},
-	{"identity", NULL, 1, -2, 2, p_identity},
-	{"inverse", NULL, 1, 0.5, 2, p_inverse},
-	{"layer_norm", NULL, 1, -2, 2, p_layer_norm},
-	{"linear", "const weights", 1, -2, 2, p_linear},
-	{"log", NULL, 1, 0.1, 4, p_log},
-	{"matmul", "reshape around it", 2, -1, 1, p_matmul},
-	{"maximum", NULL, 2, -2, 2, p_maximum},
-	{"minimum", NULL, 2, -2, 2, p_minimum},
-	{"mul", NULL, 2, -2, 2, p_mul},
-	{"neg", NULL, 1, -2, 2, p_neg},
-	{"pad", "slice first", 1, -2, 2, p_pad},
-	{"pow", NULL, 2, 0.5, 2, p_pow},
-	{"quantize", "cast after", 1, -4, 4, p_quantize},
-	{"real_div", NULL, 2, 0.5, 2, p_real_div},
-	{"reduce_max", NULL, 1, -2, 2, p_reduce_max},
-	{"reduce_mean", NULL, 1, -2, 2, p_reduce_mean},
-	{"reduce_min", NULL, 1, -2, 2, p_reduce_min},
-	{"reduce_sum", NULL, 1, -2, 2, p_reduce_sum},
-	{"relu", NULL, 1, -2, 2, p_relu},
-	{"reshape", NULL, 1, -2, 2, p_reshape},
-	{"rsqrt", NULL, 1, 0.25, 4, p_rsqrt},
-	{"scaled_dot_product_attention", "reshape around it", 2, -1, 1, p_sdpa},
-	{"sigmoid", NULL, 1, -6, 6, p_sigmoid},
-	{"silu", NULL, 1, -6, 6, p_silu},
-	{"slice_by_index", NULL, 1, -2, 2, p_slice_by_index},
-	{"slice_by_size", NULL, 1, -2, 2, p_slice_by_size},
-	{"softmax", NULL, 1, -2, 2, p_softmax},
-	{"split", "+ sub", 1, -2, 2, p_split},
-	{"sqrt", NULL, 1, 0.1, 4, p_sqrt},
-	{"square", NULL, 1, -2, 2, p_square},
-	{"squeeze", "reshape first", 1, -2, 2, p_squeeze},
-	{"sub", NULL, 2, -2, 2, p_sub},
-	{"tanh", NULL, 1, -3, 3, p_tanh},
-	{"tile", "slice first", 1, -2, 2, p_tile},
-	{"transpose", "reshape around it", 1, -2, 2, p_transpose},
+	{"abs", NULL, 1, -2, 2, p_abs, NULL, NULL},
+	{"add", NULL, 2, -2, 2, p_add, NULL, NULL},
+	{"add", "fp32 inputs and output", 2, -2, 2, p_add32,
+	 "tensor<fp32, [1, 32, 1, 16]> x, tensor<fp32, [1, 32, 1, 16]> y", NULL},
+	{"cast", "fp16 -> fp32 -> fp16", 1, -2, 2, p_cast, NULL, NULL},
+	{"cast", "fp16 -> int32 -> fp16", 1, -100, 100, p_cast_int, NULL, NULL},
+	{"clip", NULL, 1, -2, 2, p_clip, NULL, NULL},
+	{"concat", "interleave = false", 2, -2, 2, p_concat, NULL, NULL},
+	{"constexpr_affine_dequantize", "+ add", 1, -2, 2, p_affine_dq, NULL, NULL},
+	{"conv", "1x1, const weights", 1, -2, 2, p_conv, NULL, NULL},
+	{"dequantize", "cast to int8 first", 1, -100, 100, p_dequantize, NULL, NULL},
+	{"erf", NULL, 1, -3, 3, p_erf, NULL, NULL},
+	{"exp", NULL, 1, -4, 4, p_exp, NULL, NULL},
+	{"expand_dims", "reshape first", 1, -2, 2, p_expand_dims, NULL, NULL},
+	{"gather", "const indices", 1, -2, 2, p_gather, NULL, NULL},
+	{"gelu", "the ANE backend rewrites it", 1, -4, 4, p_gelu, NULL, NULL},
+	{"identity", NULL, 1, -2, 2, p_identity, NULL, NULL},
+	{"inverse", NULL, 1, 0.5, 2, p_inverse, NULL, NULL},
+	{"layer_norm", NULL, 1, -2, 2, p_layer_norm, NULL, NULL},
+	{"linear", "const weights", 1, -2, 2, p_linear, NULL, NULL},
+	{"log", NULL, 1, 0.1, 4, p_log, NULL, NULL},
+	{"matmul", "reshape around it", 2, -1, 1, p_matmul, NULL, NULL},
+	{"maximum", NULL, 2, -2, 2, p_maximum, NULL, NULL},
+	{"minimum", NULL, 2, -2, 2, p_minimum, NULL, NULL},
+	{"mul", NULL, 2, -2, 2, p_mul, NULL, NULL},
+	{"neg", NULL, 1, -2, 2, p_neg, NULL, NULL},
+	{"pad", "slice first", 1, -2, 2, p_pad, NULL, NULL},
+	{"pow", NULL, 2, 0.5, 2, p_pow, NULL, NULL},
+	{"quantize", "cast after", 1, -4, 4, p_quantize, NULL, NULL},
+	{"real_div", NULL, 2, 0.5, 2, p_real_div, NULL, NULL},
+	{"reduce_max", NULL, 1, -2, 2, p_reduce_max, NULL, NULL},
+	{"reduce_mean", NULL, 1, -2, 2, p_reduce_mean, NULL, NULL},
+	{"reduce_min", NULL, 1, -2, 2, p_reduce_min, NULL, NULL},
+	{"reduce_sum", NULL, 1, -2, 2, p_reduce_sum, NULL, NULL},
+	{"relu", NULL, 1, -2, 2, p_relu, NULL, NULL},
+	{"reshape", NULL, 1, -2, 2, p_reshape, NULL, NULL},
+	{"rsqrt", NULL, 1, 0.25, 4, p_rsqrt, NULL, NULL},
+	{"scaled_dot_product_attention", "reshape around it", 2, -1, 1, p_sdpa, NULL, NULL},
+	{"sigmoid", NULL, 1, -6, 6, p_sigmoid, NULL, NULL},
+	{"silu", NULL, 1, -6, 6, p_silu, NULL, NULL},
+	{"slice_by_index", NULL, 1, -2, 2, p_slice_by_index, NULL, NULL},
+	{"slice_by_size", NULL, 1, -2, 2, p_slice_by_size, NULL, NULL},
+	{"softmax", NULL, 1, -2, 2, p_softmax, NULL, NULL},
+	{"split", "+ sub", 1, -2, 2, p_split, NULL, NULL},
+	{"split", "two outputs, returned as (zb, za)", 1, -2, 2, p_split2, NULL, "zb, za"},
+	{"sqrt", NULL, 1, 0.1, 4, p_sqrt, NULL, NULL},
+	{"square", NULL, 1, -2, 2, p_square, NULL, NULL},
+	{"squeeze", "reshape first", 1, -2, 2, p_squeeze, NULL, NULL},
+	{"sub", NULL, 2, -2, 2, p_sub, NULL, NULL},
+	{"tanh", NULL, 1, -3, 3, p_tanh, NULL, NULL},
+	{"tile", "slice first", 1, -2, 2, p_tile, NULL, NULL},
+	{"transpose", "reshape around it", 1, -2, 2, p_transpose, NULL, NULL},
 };
 
 static char *probe_text(const probe *pr)
 {
 	str b = {0};
-	sadd(&b, "program(1.3)\n{\n    func main<ios18>(" X16 " x%s) {\n", pr->n_inputs > 1 ? ", " X16 " y" : "");
+	if (pr->sig)
+		sadd(&b, "program(1.3)\n{\n    func main<ios18>(%s) {\n", pr->sig);
+	else
+		sadd(&b, "program(1.3)\n{\n    func main<ios18>(" X16 " x%s) {\n", pr->n_inputs > 1 ? ", " X16 " y" : "");
 	pr->body(&b);
-	sadd(&b, "    } -> (z);\n}\n");
+	sadd(&b, "    } -> (%s);\n}\n", pr->outs ? pr->outs : "z");
 	return b.p;
 }
 
@@ -698,7 +720,7 @@ int main(int argc, char **argv)
 
 	if (ops) {
 		size_t n_probes = sizeof probes / sizeof probes[0], n_yes = 0;
-		printf("\n### Ops: one tiny program each (fp16 [1, 32, 1, 32] in)\n\n");
+		printf("\n### Ops: one tiny program each (fp16 [1, 32, 1, 32] in unless the program column says otherwise)\n\n");
 		printf("| op | verified | program | compiles | runs | matches | max abs err | error |\n"
 		       "|---|---|---|---|---|---|---|---|\n");
 		for (size_t i = 0; i < n_probes; i++) {
