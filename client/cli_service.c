@@ -1006,6 +1006,7 @@ static int cmd_uninstall(svc *s)
 
 	int rc = 0;
 	char *out = NULL;
+	bool booted_out = false;
 	if (s->start && s->kind == KIND_SYSTEMD && any) {
 		char *disable[] = { (char *)s->systemctl, "--user", "disable", "--now",
 		                    "aneshare.socket", "aneshare.service", NULL };
@@ -1018,6 +1019,8 @@ static int cmd_uninstall(svc *s)
 		char *bootout[] = { (char *)s->launchctl, "bootout", (char *)s->target, NULL };
 		if (run_verbose(bootout, &out) != 0)
 			rc = fail("could not unload %s (see above); removing the plist anyway", s->target);
+		else
+			booted_out = true;
 		free(out);
 		out = NULL;
 	}
@@ -1037,6 +1040,9 @@ static int cmd_uninstall(svc *s)
 			printf("removed %s\n", wants);
 	}
 	free(wants);
+	/* launchd may close its listening socket a moment after bootout returns. */
+	for (int i = 0; booted_out && i < 10 && exists(s->sock) && !stale_socket(s->sock); i++)
+		sleep_ms(100);
 	if (s->kind == KIND_LAUNCHD && stale_socket(s->sock)) {
 		if (unlink(s->sock) < 0 && errno != ENOENT)
 			rc = fail("cannot remove %s: %s", s->sock, strerror(errno));

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sysexits.h>   /* EX_CONFIG (78): a bad option or configuration; the service
                            definitions do not restart the daemon after it */
 #include <unistd.h>
@@ -95,29 +96,60 @@ static const char no_worker_ane[] =
         "--no-worker: the ane backend runs only in device workers, which are replaced when "
         "their compile budget is spent (docs/worker.md); leave out --no-worker, or use --backend cpu";
 
+/* Exit on a configuration error.  Connections waiting on a socket that a
+ * service manager passed are accepted and closed first: their clients see
+ * the daemon hang up at once instead of waiting, and launchd or systemd,
+ * which start the daemon again while the socket has connections waiting,
+ * have no reason to (the daemon would only exit again).  Takes fd. */
+static int config_exit(int fd)
+{
+	if (fd >= 0) {
+		for (int i = 0; i < 4096; i++) {
+			int c = accept(fd, NULL, NULL);   /* fd is non-blocking */
+			if (c < 0 && errno == EINTR)
+				continue;
+			if (c < 0)
+				break;
+			close(c);
+		}
+		close(fd);
+	}
+	return EX_CONFIG;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1 && !strcmp(argv[1], "--worker-child"))
 		return worker_child_main(argc, argv);
 
+	/* The socket a service manager passed, taken first so that a
+	 * configuration error can still close what waits on it (config_exit). */
+	int passed_fd = -1;
+	int passed_r = anes_listen_fd_from_env(&passed_fd);
+
 	anes_options opts;
 	int r = anes_options_parse(&opts, argc, argv);
 	if (r != 0) {
 		anes_options_free(&opts);
-		return r > 0 ? 0 : EX_CONFIG;
+		if (r > 0) {
+			if (passed_fd >= 0)
+				close(passed_fd);
+			return 0;
+		}
+		return config_exit(passed_fd);
 	}
 	anes_server_config cfg = opts.cfg;
 	if (strcmp(opts.backend, "cpu") != 0 && strcmp(opts.backend, "ane") != 0 &&
 	    strcmp(opts.backend, "auto") != 0) {
 		fprintf(stderr, "aneshared: unknown backend \"%s\" (available: cpu, ane, auto)\n", opts.backend);
 		anes_options_free(&opts);
-		return EX_CONFIG;
+		return config_exit(passed_fd);
 	}
 
 	if (opts.worker == 0 && strcmp(opts.backend, "ane") == 0) {
 		fprintf(stderr, "aneshared: %s\n", no_worker_ane);
 		anes_options_free(&opts);
-		return EX_CONFIG;
+		return config_exit(passed_fd);
 	}
 
 	/* Builds with the test hooks: a fake clock the tests drive (anes_clock.h). */
@@ -125,7 +157,7 @@ int main(int argc, char **argv)
 	if (r < 0) {
 		fprintf(stderr, "aneshared: ANESHARE_TEST_CLOCK: %s\n", strerror(-r));
 		anes_options_free(&opts);
-		return EX_CONFIG;
+		return config_exit(passed_fd);
 	}
 
 	/* Peers that vanish must not kill the daemon; writes see EPIPE. */
@@ -141,10 +173,10 @@ int main(int argc, char **argv)
 	sigaddset(&stop_signals, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
 
-	r = anes_listen_fd_from_env(&cfg.listen_fd);
-	if (r < 0) {
+	cfg.listen_fd = passed_fd;
+	if (passed_r < 0) {
 		fprintf(stderr, "aneshared: the socket passed by the service manager is unusable: %s\n",
-		        strerror(-r));
+		        strerror(-passed_r));
 		anes_options_free(&opts);
 		return 1;
 	}
@@ -182,10 +214,8 @@ int main(int argc, char **argv)
 		/* --backend auto found the ANE */
 		fprintf(stderr, "aneshared: %s\n", no_worker_ane);
 		backend->ops->destroy(backend);
-		if (cfg.listen_fd >= 0)
-			close(cfg.listen_fd);
 		anes_options_free(&opts);
-		return EX_CONFIG;
+		return config_exit(cfg.listen_fd);
 	}
 	if (opts.worker > 0 || (opts.worker < 0 && is_ane)) {
 		/* The in-process backend was the probe; the worker hosts its own. */
@@ -221,6 +251,8 @@ int main(int argc, char **argv)
 
 	anes_server *srv;
 	char err[512];
+	/* anes_server_new closes the passed socket if it fails: keep a copy. */
+	int keep_fd = cfg.listen_fd >= 0 ? fcntl(cfg.listen_fd, F_DUPFD_CLOEXEC, 3) : -1;
 	r = anes_server_new(&cfg, &srv, err, sizeof(err));
 	if (r < 0) {
 		fprintf(stderr, "aneshared: %s\n", err[0] ? err : strerror(-r));
@@ -228,8 +260,14 @@ int main(int argc, char **argv)
 		anes_options_free(&opts);
 		/* Limits that do not fit together, a socket path too long or in a
 		 * directory that is not private: nothing a restart can mend. */
-		return r == -EINVAL || r == -ENAMETOOLONG || r == -ENOTDIR || r == -EPERM ? EX_CONFIG : 1;
+		if (r == -EINVAL || r == -ENAMETOOLONG || r == -ENOTDIR || r == -EPERM)
+			return config_exit(keep_fd);
+		if (keep_fd >= 0)
+			close(keep_fd);
+		return 1;
 	}
+	if (keep_fd >= 0)
+		close(keep_fd);
 	fprintf(stderr, "aneshared: %s listening on %s (backend %s, pid %ld)\n", ANES_VERSION,
 	        anes_server_socket_path(srv), backend->ops->name, (long)getpid());
 	pthread_sigmask(SIG_SETMASK, &old_mask, NULL);

@@ -579,6 +579,56 @@ Test(activation, unusable_fd_is_refused)
 	close(sp[1]);
 }
 
+/* A configuration error exits 78 (EX_CONFIG), which the service definitions
+ * do not restart after, and closes the connections waiting on the passed
+ * socket: their clients are not left hanging, and nothing waits there that
+ * would make launchd or systemd start the daemon again at once. */
+Test(activation, config_error_exits_78_and_closes_waiting_connections)
+{
+	const char *bad[][4] = {
+		{ "--max-inflight", "0", NULL },      /* a bad option */
+		{ "--backend", "gpu", NULL },         /* an unknown backend */
+		{ "--drop-unsent-hard-bytes", "1M", "--max-frame", "2M" },   /* limits that do not fit */
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char dir[256];
+		make_tmpdir(dir, sizeof dir);
+		char *sock = path_join(dir, "cfg.sock"), *log = path_join(dir, "daemon.log");
+		int lfd = listen_unix(sock);
+		int c1 = h_raw_connect(sock), c2 = h_raw_connect(sock);
+		cr_assert(c1 >= 0 && c2 >= 0);
+		const char *argv[8] = { exe_env("ANESHARED"), "--socket", sock };
+		size_t n = 3;
+		for (size_t k = 0; k < 4 && bad[i][k]; k++)
+			argv[n++] = bad[i][k];
+		argv[n] = NULL;
+		pid_t pid = spawn_activated(lfd, PID_SELF, dir, log, argv);
+		int status = wait_exit(pid);
+		char *text = tu_read_file(log);
+		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 78,
+		          "case %zu: status 0x%x, log:\n%s", i, status, text);
+		free(text);
+		/* Both clients see the hang-up (EOF), and nothing waits any more. */
+		for (int k = 0; k < 2; k++) {
+			int fd = k ? c2 : c1;
+			struct pollfd p = { fd, POLLIN, 0 };
+			cr_assert_eq(poll(&p, 1, 5000), 1, "case %zu: client %d not closed", i, k);
+			char b;
+			cr_assert_eq(read(fd, &b, 1), 0, "case %zu: client %d", i, k);
+			close(fd);
+		}
+		cr_assert_eq(fcntl(lfd, F_SETFL, O_NONBLOCK), 0);
+		int got = accept(lfd, NULL, NULL);
+		cr_assert(got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK),
+		          "case %zu: a connection still waits on the socket", i);
+		cr_assert(file_exists(sock), "case %zu: the manager's socket file was removed", i);
+		close(lfd);
+		free(sock);
+		free(log);
+		rm_rf(dir);
+	}
+}
+
 /* The line "KEY=..." of a unit file (without the key), or NULL. */
 static char *unit_value(const char *text, const char *key)
 {
