@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The ANE constraints enforced at compile time, before the framework is
- * called (docs/ane.md, "Constraints enforced", gives the public source of
- * each rule).  Everything here works on the checked IR of daemon/mil.
+ * What the ANE backend refuses before the framework is called, and what it
+ * passes on but reports as unverified (docs/ane.md, "What is refused" and
+ * "Which ops", give the public source of each rule and op).  Everything here
+ * works on the checked IR of daemon/mil.
  */
 #include <errno.h>
 #include <stdarg.h>
