@@ -277,7 +277,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 23 : 22);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 24 : 23);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -321,6 +321,18 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	uint32_t i = 0;
 	for (const anes_tenant *t = srv->tenants.procs; t && i < n_procs; t = t->next, i++)
 		pack_process(&f.pk, t);
+	/* Per uid: as many as the processes listed, at most (~100 bytes each). */
+	uint32_t n_users = srv->tenants.n_users < n_procs ? srv->tenants.n_users : n_procs;
+	anes_pack_str(&f.pk, "users");
+	msgpack_pack_array(&f.pk, n_users);
+	i = 0;
+	for (const anes_tenant *u = srv->tenants.users; u && i < n_users; u = u->next, i++) {
+		msgpack_pack_map(&f.pk, 1 + ANES_RES_N - 2);
+		pack_kv_u64(&f.pk, "uid", u->uid);
+		for (int r = 0; r < ANES_RES_N; r++)
+			if (r != ANES_RES_INPUT_BYTES && r != ANES_RES_OUTPUT_BYTES)
+				pack_kv_u64(&f.pk, anes_res_name(r), anes_tenant_use(u, r));
+	}
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 

@@ -37,8 +37,12 @@ typedef enum anes_res {
 	ANES_RES_PROGRAMS,        /* program handles */
 	ANES_RES_PROGRAM_BYTES,   /* program memory (anes_program_estimate), request copies of compiles */
 	ANES_RES_JOBS,            /* runs and compiles queued or running on the workers */
-	ANES_RES_INPUT_BYTES,     /* request bytes buffered by the daemon (charged by conn.c) */
-	ANES_RES_OUTPUT_BYTES,    /* response bytes queued by the daemon (charged by conn.c) */
+	/* The connections' buffers.  Not charged yet: status adds them up from
+	 * the connections (methods.c).  The hook for per-client caps: conn.c
+	 * charges them with anes_tenant_charge(c->tenant, ...) as they grow
+	 * (any thread) once their limit keys are in tenant.c's res_defs. */
+	ANES_RES_INPUT_BYTES,     /* request bytes read, not yet handled */
+	ANES_RES_OUTPUT_BYTES,    /* response bytes queued, not yet sent */
 	ANES_RES_N
 } anes_res;
 
