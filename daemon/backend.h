@@ -103,6 +103,8 @@ typedef struct anes_worker_info {
 	uint32_t max_workers;
 	uint64_t programs;          /* programs held in the workers */
 	uint64_t watchdog_kills;    /* workers killed for not answering in time */
+	uint64_t run_floor_ms;      /* the watchdog's deadline floors */
+	uint64_t compile_floor_ms;
 } anes_worker_info;
 
 /* Every backend program starts with this header, so the daemon can read the

@@ -123,6 +123,14 @@ static inline uint64_t anes_wd_recent_us(uint64_t recent_us, uint64_t run_us)
  * worth of programs.  They are started only when needed. */
 #define ANES_DEVICE_WORKERS_DEFAULT 8
 
+/* The recent run time after the watchdog killed a run that had been
+ * waiting for waited_us: it counts as a run that long, so that the program's
+ * next run gets ten times as long (a slow first run is not killed forever). */
+static inline uint64_t anes_wd_killed_us(uint64_t recent_us, uint64_t waited_us)
+{
+	return waited_us > recent_us ? waited_us : recent_us;
+}
+
 /* The proxy backend (the daemon side). */
 typedef struct anes_wproxy_config {
 	const char *exe;              /* the aneshared binary, run as EXE --worker-child 3 ... */

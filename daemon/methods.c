@@ -298,7 +298,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
 	if (b->ops->worker_info) {
 		anes_pack_str(&f.pk, "worker");
-		msgpack_pack_map(&f.pk, 10);
+		msgpack_pack_map(&f.pk, 12);
 		pack_kv_u64(&f.pk, "pid", wi.pid > 0 ? (uint64_t)wi.pid : 0);
 		pack_kv_str(&f.pk, "backend", wi.backend ? wi.backend : "unknown");
 		pack_kv_u64(&f.pk, "restarts", wi.restarts);
@@ -309,6 +309,8 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		pack_kv_u64(&f.pk, "max_workers", wi.max_workers);
 		pack_kv_u64(&f.pk, "programs", wi.programs);
 		pack_kv_u64(&f.pk, "watchdog_kills", wi.watchdog_kills);
+		pack_kv_u64(&f.pk, "run_deadline_floor_ms", wi.run_floor_ms);
+		pack_kv_u64(&f.pk, "compile_deadline_floor_ms", wi.compile_floor_ms);
 	}
 	anes_pack_str(&f.pk, "programs");
 	msgpack_pack_array(&f.pk, ctx.n);

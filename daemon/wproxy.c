@@ -1003,6 +1003,8 @@ static void px_worker_info(anes_backend *b, anes_worker_info *ret)
 		.max_workers = p->max_workers,
 		.programs = p->n_progs,
 		.watchdog_kills = p->watchdog_kills,
+		.run_floor_ms = p->run_floor_ms,
+		.compile_floor_ms = p->compile_floor_ms,
 	};
 	for (unsigned i = 0; i < p->n_slots; i++) {
 		const wslot *s = &p->slots[i];
@@ -1198,6 +1200,9 @@ static void check_deadlines(wslot *s)
 	uint64_t now = anes_clock_ns();
 	for (pending *pd = s->pend; pd; pd = pd->next) {
 		if (now >= pd->deadline_ns) {
+			if (pd->run && !s->hung)
+				pd->prog->recent_us = anes_wd_killed_us(pd->prog->recent_us,
+				                                        (now - pd->sent_ns) / 1000u);
 			watchdog_kill(s, pd->run ? "run" : "compile",
 			              (pd->deadline_ns - pd->sent_ns) / 1000000u);
 			return;

@@ -42,7 +42,7 @@ typedef struct wstat {
 	bool present;
 	int64_t pid;
 	uint64_t restarts, compiles, budget, recompiles, daemon_compiles;
-	uint64_t workers, programs, watchdog_kills;
+	uint64_t workers, programs, watchdog_kills, max_workers, run_floor, compile_floor;
 	char backend[16];
 } wstat;
 
@@ -77,6 +77,9 @@ static void status_cb(const msgpack_object *res, void *ud)
 		w->workers = map_u64(m, "workers");
 		w->programs = map_u64(m, "programs");
 		w->watchdog_kills = map_u64(m, "watchdog_kills");
+		w->max_workers = map_u64(m, "max_workers");
+		w->run_floor = map_u64(m, "run_deadline_floor_ms");
+		w->compile_floor = map_u64(m, "compile_deadline_floor_ms");
 		for (uint32_t j = 0; j < m->via.map.size; j++) {
 			const msgpack_object_kv *b = &m->via.map.ptr[j];
 			if (b->key.type == MSGPACK_OBJECT_STR && b->key.via.str.size == 7 &&
@@ -939,6 +942,10 @@ Test(worker, watchdog_deadline_rules)
 	cr_assert_eq(anes_wd_compile_ms(1000, 100, 0), 3000);
 	cr_assert_eq(anes_wd_compile_ms(1000, 0, 16ull << 20), 2000);
 	cr_assert_gt(anes_wd_compile_ms(30000, 20000, 4500000000ull), 600000);
+	/* A killed run: the next one of that program gets ten times as long. */
+	r = anes_wd_killed_us(1000, 5000000);
+	cr_assert_eq(anes_wd_run_ms(5000, r, 0), 50000);
+	cr_assert_eq(anes_wd_killed_us(9000000, 5000000), 9000000);
 }
 
 /* Submit one run of s on its connection (the ticket). */
@@ -1035,13 +1042,33 @@ Test(worker, config_file_keys)
 	snprintf(path, sizeof path, "%s/aneshared.conf", dir);
 	FILE *f = fopen(path, "we");
 	cr_assert_not_null(f);
-	fprintf(f, "backend = cpu\nworker = yes\ncompile_budget = 7\n");
+	fprintf(f, "backend = cpu\nworker = yes\ncompile_budget = 7\nmax_device_workers = 3\n"
+	           "run_deadline_floor_ms = 1234\ncompile_deadline_floor_ms = 5678\n");
 	fclose(f);
 	const char *args[] = { "--config", path, NULL };
 	h_daemon_start_args(&D, args);
 	wstat w = worker_status();
 	cr_assert(w.present);
 	cr_assert_eq(w.budget, 7);
+	cr_assert_eq(w.max_workers, 3);
+	cr_assert_eq(w.run_floor, 1234);
+	cr_assert_eq(w.compile_floor, 5678);
+	h_daemon_stop(&D);
+
+	/* The flags win over the file; the defaults without either. */
+	const char *args1[] = { "--config", path, "--max-device-workers", "2", "--run-deadline-floor-ms",
+		                "99", NULL };
+	h_daemon_start_args(&D, args1);
+	w = worker_status();
+	cr_assert_eq(w.max_workers, 2);
+	cr_assert_eq(w.run_floor, 99);
+	cr_assert_eq(w.compile_floor, 5678);
+	h_daemon_stop(&D);
+	start_worker_daemon("0");
+	w = worker_status();
+	cr_assert_eq(w.max_workers, ANES_DEVICE_WORKERS_DEFAULT);
+	cr_assert_eq(w.run_floor, ANES_WD_RUN_FLOOR_MS);
+	cr_assert_eq(w.compile_floor, ANES_WD_COMPILE_FLOOR_MS);
 	h_daemon_stop(&D);
 
 	/* --no-worker wins over the file: no worker map. */
