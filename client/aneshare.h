@@ -120,8 +120,11 @@ ANESHARE_API void aneshare_disconnect(aneshare_conn *conn);
  * When the daemon closes the connection after saying why in an `error`
  * notification (a protocol error: a bug on this side), every later call
  * on it fails with the daemon's code (normally ANESHARE_EPROTOCOL) and
- * message; the library does not reconnect.  When the connection ends
- * without one (the daemon died), see "reconnecting". */
+ * message; the library does not reconnect.  A notification with
+ * ANESHARE_ELIMIT or ANESHARE_ENO_MEMORY (the daemon closed the connection
+ * for its own resources or a deadline, docs/protocol.md "Limits") is not
+ * final: the connection is broken as if the daemon had gone away.  When
+ * the connection ends without one (the daemon died), see "reconnecting". */
 ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
 
 /* ---- reconnecting ----------------------------------------------------------

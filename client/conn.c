@@ -272,6 +272,12 @@ static void handle_notify(aneshare_conn *c, const anes_msg *m)
 		memcpy(msg, s, len);
 		msg[len] = '\0';
 	}
+	/* Closed for the daemon's own resources or a deadline (docs/protocol.md,
+	 * Limits): not final, the next call reconnects. */
+	if (rc == -ANESHARE_ELIMIT || rc == -ANESHARE_ENO_MEMORY) {
+		conn_break(c, "%s", msg);
+		return;
+	}
 	conn_kill(c, rc, "%s", msg);
 }
 

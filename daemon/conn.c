@@ -52,6 +52,9 @@
 #include "daemon.h"
 
 static void on_poll(uv_poll_t *h, int status, int events);
+static void track_pause(anes_conn *c, bool reading);
+static bool input_charge(anes_io *io, int64_t delta);
+static void input_unwait(anes_conn *c);
 static void conn_process(anes_conn *c);
 static bool lane_arm(anes_conn *c);
 static void lane_ready(anes_lane *l, anes_wctx *ctx);
@@ -106,7 +109,7 @@ void anes_conn_unref(anes_conn *c)
 static bool can_take_requests(const anes_conn *c)
 {
 	const anes_limits *lim = &c->srv->lim;
-	return !c->failed && !c->lane && c->inflight < lim->max_inflight &&
+	return !c->failed && !c->lane && !c->input_blocked && c->inflight < lim->max_inflight &&
 	       c->io.out_bytes < lim->max_unsent_bytes && anes_tenant_jobs_room(c->tenant);
 }
 
@@ -182,13 +185,15 @@ static void update_poll(anes_conn *c)
 	if (c->failed)
 		return;
 	check_unsent(c);
-	if (c->failed)
-		return;
+	if (c->failed || c->processing)
+		return;   /* processing: conn_process's caller updates it after */
 	if (c->srv->draining && c->inflight == 0 && !anes_io_want_write(&c->io))
 		schedule_deferred(c->srv);   /* anes_server_drain_check closes it */
 	int ev = 0;
-	if (can_take_requests(c) && !lane_arm(c))
+	bool reading = can_take_requests(c);
+	if (reading && !lane_arm(c))
 		ev |= UV_READABLE;
+	track_pause(c, reading || c->lane);
 	if (anes_io_want_write(&c->io))
 		ev |= UV_WRITABLE;
 	if (ev == c->events)
@@ -309,7 +314,11 @@ int anes_conn_new(anes_server *srv, int fd)
 	atomic_init(&c->lane_rests, 0);
 	atomic_init(&c->refs, 1);
 	c->serial = ++srv->next_conn_serial;
-	anes_io_init(&c->io, fd, srv->lim.max_frame);
+	/* Before hello only a small frame (max_hello_frame); conn_process
+	 * raises it to max_frame when hello is done. */
+	anes_io_init(&c->io, fd, srv->lim.max_hello_frame);
+	c->io.charge = input_charge;
+	c->created_ns = anes_clock_ns();
 	anes_idt_init(&c->surfaces);
 	anes_idt_init(&c->programs);
 	c->next = srv->conns;
@@ -386,6 +395,7 @@ static void teardown(anes_conn *c)
 	assert(c->failed && !c->torn_down && !c->lane);
 	c->torn_down = true;
 	anes_pool_lane_remove(srv->pool, &c->lane_h);
+	input_unwait(c);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -574,26 +584,22 @@ void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *f
 	anes_conn_queue(c, data, len, NULL, 0);
 }
 
-void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
+/* Send an error notification with code (best effort), then fail c; logged
+ * always unless it is a protocol error (a client's bug, logged with -v). */
+static void close_with_error(anes_conn *c, int code, const char *msg)
 {
-	char msg[ANES_ERRMSG_MAX];
-	va_list ap;
 	void *data;
 	size_t len;
 
 	if (c->failed)
 		return;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-
 	anes_frame f;
 	anes_frame_init(&f);
 	anes_pack_notify(&f.pk, "error", 3);
 	anes_pack_str(&f.pk, "code");
-	msgpack_pack_uint32(&f.pk, ANES_WERR_PROTOCOL);
+	msgpack_pack_uint32(&f.pk, (uint32_t)code);
 	anes_pack_str(&f.pk, "name");
-	anes_pack_str(&f.pk, "protocol");
+	anes_pack_str(&f.pk, anes_wire_error_name(code));
 	anes_pack_str(&f.pk, "message");
 	anes_pack_str(&f.pk, msg);
 	if (anes_frame_finish(&f, 0, c->io.max_frame, &data, &len) == 0) {
@@ -605,9 +611,26 @@ void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
 	} else {
 		anes_frame_release(&f);
 	}
+	if (code != ANES_WERR_PROTOCOL) {
+		fail_logged(c, msg);
+		return;
+	}
 	char why[ANES_ERRMSG_MAX + 32];
 	snprintf(why, sizeof(why), "protocol error: %s", msg);
 	anes_conn_fail(c, why);
+}
+
+void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
+{
+	char msg[ANES_ERRMSG_MAX];
+	va_list ap;
+
+	if (c->failed)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	close_with_error(c, ANES_WERR_PROTOCOL, msg);
 }
 
 size_t anes_conn_send_direct(anes_conn *c, const void *data, size_t len)
@@ -675,6 +698,224 @@ static void sync_direct(anes_conn *c)
 	anes_pool_collect(c->srv->pool);
 }
 
+/* ---- input limits ------------------------------------------------------------
+ *
+ * A frame up to ANES_IO_RBUF_MIN (64 KiB) is read into the connection's base
+ * buffer.  A larger one needs the rest of its size reserved from the daemon's
+ * max_input_bytes before its buffer grows (anes_io's charge hook, on the
+ * thread that reads): all of it at once, so that a connection holding a
+ * reservation can always finish its frame, and nothing is allocated for a
+ * frame without one.  A connection refused is not read any more and waits
+ * on srv->input_wait_*, oldest first; room given back resumes the first
+ * waiter, and only it may take room while it waits, so that a large frame
+ * is not starved by later ones.  Reservations are freed when the frame is
+ * taken or the connection goes; a stalled one by the frame deadline.
+ *
+ * Deadlines (srv->input_timer): hello within hello_timeout_ms of the
+ * connect; a frame's last byte within frame_timeout_ms of its first
+ * (frame_since_ns, moved on by the time the loop did not read the
+ * connection: waiting for room, max_inflight, max_unsent_bytes).  Past
+ * either, the client gets an error notification `limit` and is closed.
+ */
+
+/* Under input_mu: whether n more bytes fit. */
+static bool input_fits(const anes_server *srv, uint64_t n)
+{
+	return srv->input_used <= srv->lim.max_input_bytes &&
+	       n <= srv->lim.max_input_bytes - srv->input_used;
+}
+
+/* Under input_mu: whether the first waiter's frame fits now. */
+static bool input_head_fits(const anes_server *srv)
+{
+	const anes_conn *h = srv->input_wait_head;
+	return h && input_fits(srv, h->input_need);
+}
+
+static bool input_charge(anes_io *io, int64_t delta)
+{
+	anes_conn *c = ANES_CONTAINER_OF(io, anes_conn, io);
+	anes_server *srv = c->srv;
+	bool ok = true, wake = false;
+
+	pthread_mutex_lock(&srv->input_mu);
+	if (delta > 0) {
+		uint64_t d = (uint64_t)delta;
+		if ((srv->input_wait_head && srv->input_wait_head != c) || !input_fits(srv, d)) {
+			c->input_need = d;   /* for input_wait */
+			ok = false;
+		} else {
+			srv->input_used += d;
+			if (c->input_waiting) {   /* the first waiter got its room */
+				srv->input_wait_head = c->input_next;
+				if (c->input_next)
+					c->input_next->input_prev = NULL;
+				else
+					srv->input_wait_tail = NULL;
+				c->input_next = c->input_prev = NULL;
+				c->input_waiting = false;
+				wake = input_head_fits(srv);
+			}
+		}
+	} else {
+		srv->input_used -= (uint64_t)-delta;
+		wake = input_head_fits(srv);
+	}
+	wake = wake && srv->input_live;
+	pthread_mutex_unlock(&srv->input_mu);
+	if (wake)
+		uv_async_send(&srv->input_async);
+	return ok;
+}
+
+/* Loop: c's frame got no room (-EDQUOT): stop reading it until it may try
+ * again. */
+static void input_wait(anes_conn *c)
+{
+	anes_server *srv = c->srv;
+	pthread_mutex_lock(&srv->input_mu);
+	if (!c->input_waiting) {
+		c->input_waiting = true;
+		c->input_prev = srv->input_wait_tail;
+		c->input_next = NULL;
+		if (srv->input_wait_tail)
+			srv->input_wait_tail->input_next = c;
+		else
+			srv->input_wait_head = c;
+		srv->input_wait_tail = c;
+	}
+	/* Room may have come back since it was refused: then read on. */
+	c->input_blocked = !(srv->input_wait_head == c && input_fits(srv, c->input_need));
+	pthread_mutex_unlock(&srv->input_mu);
+}
+
+/* Loop: off the waiting list (teardown). */
+static void input_unwait(anes_conn *c)
+{
+	anes_server *srv = c->srv;
+	bool wake = false;
+	pthread_mutex_lock(&srv->input_mu);
+	if (c->input_waiting) {
+		bool first = srv->input_wait_head == c;
+		if (c->input_prev)
+			c->input_prev->input_next = c->input_next;
+		else
+			srv->input_wait_head = c->input_next;
+		if (c->input_next)
+			c->input_next->input_prev = c->input_prev;
+		else
+			srv->input_wait_tail = c->input_prev;
+		c->input_next = c->input_prev = NULL;
+		c->input_waiting = false;
+		wake = first && input_head_fits(srv);
+	}
+	wake = wake && srv->input_live;
+	pthread_mutex_unlock(&srv->input_mu);
+	c->input_blocked = false;
+	if (wake)
+		uv_async_send(&srv->input_async);
+}
+
+void anes_conn_on_input_async(uv_async_t *h)
+{
+	anes_server *srv = h->data;
+	pthread_mutex_lock(&srv->input_mu);
+	anes_conn *c = input_head_fits(srv) ? srv->input_wait_head : NULL;
+	pthread_mutex_unlock(&srv->input_mu);
+	/* The first waiter reads again; refused again, it stays first. */
+	if (c && c->input_blocked && !c->failed) {
+		c->input_blocked = false;
+		update_poll(c);
+		}
+}
+
+/* The read side's owner, after reading or taking frames: start (or end)
+ * the deadline of the incomplete frame buffered. */
+static void track_partial(anes_conn *c)
+{
+	anes_io_trim(&c->io);
+	const uint8_t *payload;
+	uint32_t len;
+	unsigned nfds;
+	bool partial = c->io.rlen > c->io.rpos &&
+	               anes_io_peek_frame(&c->io, &payload, &len, &nfds) == 0;
+	uint64_t since = atomic_load_explicit(&c->frame_since_ns, memory_order_relaxed);
+	if (!partial) {
+		if (since)
+			atomic_store_explicit(&c->frame_since_ns, 0, memory_order_relaxed);
+	} else if (!since || c->frame_off != c->rd_consumed) {
+		c->frame_off = c->rd_consumed;
+		uint64_t now = anes_clock_ns();
+		atomic_store_explicit(&c->frame_since_ns, now ? now : 1, memory_order_relaxed);
+	}
+}
+
+/* Loop, whenever what it polls may change: time it does not read c does
+ * not count against c's frame deadline. */
+static void track_pause(anes_conn *c, bool reading)
+{
+	if (!reading) {
+		if (!c->paused_since_ns)
+			c->paused_since_ns = anes_clock_ns() | 1;
+		return;
+	}
+	if (!c->paused_since_ns)
+		return;
+	uint64_t since = atomic_load_explicit(&c->frame_since_ns, memory_order_relaxed);
+	if (since)
+		atomic_store_explicit(&c->frame_since_ns, since + (anes_clock_ns() - c->paused_since_ns),
+		                      memory_order_relaxed);
+	c->paused_since_ns = 0;
+}
+
+uint64_t anes_conn_input_tick_ms(const anes_server *srv)
+{
+	uint64_t t = UINT64_MAX;
+	if (srv->lim.hello_timeout_ms)
+		t = srv->lim.hello_timeout_ms;
+	if (srv->lim.frame_timeout_ms && srv->lim.frame_timeout_ms < t)
+		t = srv->lim.frame_timeout_ms;
+	t /= 4;
+	return t < 10 ? 10 : t > 1000 ? 1000 : t;
+}
+
+static void timed_out(anes_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void timed_out(anes_conn *c, const char *fmt, ...)
+{
+	char msg[ANES_ERRMSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	c->srv->stats.timed_out++;
+	close_with_error(c, ANES_WERR_LIMIT, msg);
+}
+
+void anes_conn_on_input_timer(uv_timer_t *h)
+{
+	anes_server *srv = h->data;
+	const anes_limits *lim = &srv->lim;
+	uint64_t now = anes_clock_ns();
+
+	for (anes_conn *c = srv->conns; c; c = c->next) {
+		if (c->failed)
+			continue;
+		if (!c->hello_done && lim->hello_timeout_ms &&
+		    now - c->created_ns >= (uint64_t)lim->hello_timeout_ms * 1000000u) {
+			timed_out(c, "no hello within %u ms of connecting", lim->hello_timeout_ms);
+			continue;
+		}
+		uint64_t since = atomic_load_explicit(&c->frame_since_ns, memory_order_relaxed);
+		if (!since || !lim->frame_timeout_ms)
+			continue;
+		if (c->paused_since_ns)
+			since += now - c->paused_since_ns;   /* not read now: not counted */
+		if (now > since && now - since >= (uint64_t)lim->frame_timeout_ms * 1000000u)
+			timed_out(c, "a frame was not complete %u ms after its first byte",
+			          lim->frame_timeout_ms);
+	}
+}
+
 /* ---- input ------------------------------------------------------------------ */
 
 static void handle_frame(anes_conn *c, const uint8_t *payload, uint32_t len, int *fds,
@@ -699,6 +940,9 @@ static void handle_frame(anes_conn *c, const uint8_t *payload, uint32_t len, int
 
 static void conn_process(anes_conn *c)
 {
+	/* The lane is not armed meanwhile (update_poll): the receive buffer is
+	 * trimmed below, after the last payload is done with. */
+	c->processing = true;
 	while (can_take_requests(c)) {
 		const uint8_t *payload;
 		uint32_t len;
@@ -709,24 +953,34 @@ static void conn_process(anes_conn *c)
 		if (r == 0)
 			break;
 		if (r == -EMSGSIZE) {
-			anes_conn_protocol_error(c, "frame exceeds max_frame (%u bytes)", c->io.max_frame);
-			return;
+			if (!c->hello_done)
+				anes_conn_protocol_error(c, "a frame before hello exceeds max_hello_frame "
+				                            "(%u bytes)", c->io.max_frame);
+			else
+				anes_conn_protocol_error(c, "frame exceeds max_frame (%u bytes)",
+				                         c->io.max_frame);
+			break;
 		}
 		if (r < 0) {
 			anes_conn_protocol_error(c, "bad frame header or file descriptors");
-			return;
+			break;
 		}
 		sync_direct(c);
 		if (c->failed) {
 			close_fds(fds, nfds);
-			return;
+			break;
 		}
 		c->predrain_frame = c->rd_consumed < c->drain_cutoff;
 		c->rd_consumed += ANES_FRAME_HEADER_SIZE + (size_t)len;
 		handle_frame(c, payload, len, fds, nfds);
 		c->predrain_frame = false;
 		close_fds(fds, nfds);
+		if (c->hello_done && c->io.max_frame != c->srv->lim.max_frame)
+			c->io.max_frame = c->srv->lim.max_frame;
 	}
+	c->processing = false;
+	if (!c->failed && !c->lane)
+		track_partial(c);   /* and a large frame taken gives its memory back */
 }
 
 /* A read that ended the connection: 0 (end of file) or a -errno. */
@@ -747,6 +1001,10 @@ static void conn_read(anes_conn *c)
 		c->rd_total += (uint64_t)n;
 	if (n == -EAGAIN || n == -EINTR)
 		return;
+	if (n == -EDQUOT) {
+		input_wait(c);   /* conn_process would find no whole frame */
+		return;
+	}
 	if (n <= 0 && n != -ENOBUFS) {
 		read_failed(c, n);
 		return;
@@ -839,6 +1097,9 @@ static void lane_back(anes_job *j, bool cancelled)
 		}
 	} else if (c->lane_status == ANES_LANE_EOF) {
 		read_failed(c, 0);
+	} else if (c->lane_status == ANES_LANE_NOROOM) {
+		input_wait(c);
+		update_poll(c);
 	} else if (c->lane_status < 0) {
 		read_failed(c, c->lane_status);
 	} else {
@@ -1124,6 +1385,10 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 			c->rd_total += (uint64_t)n;
 	}
 	pthread_mutex_unlock(&c->lane_mu);
+	if (n == -EDQUOT) {
+		status = ANES_LANE_NOROOM;   /* the loop waits for room (input_wait) */
+		goto back;
+	}
 	if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR && n != -ENOBUFS)) {
 		status = n == 0 ? ANES_LANE_EOF : (int)n;
 		goto back;
@@ -1202,7 +1467,9 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 			atomic_fetch_add_explicit(&srv->stats.lane_spin_gaps, 1, memory_order_relaxed);
 		if (n == -EAGAIN)
 			break;
-		if (n == -ECANCELED)
+		if (n == -EDQUOT)
+			status = ANES_LANE_NOROOM;
+		if (n == -ECANCELED || n == -EDQUOT)
 			goto back;
 		if (n == 0 || (n < 0 && n != -ENOBUFS)) {
 			status = n == 0 ? ANES_LANE_EOF : (int)n;
@@ -1227,6 +1494,7 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 		reply = false;
 	}
 
+	track_partial(c);
 	pthread_mutex_lock(&c->lane_mu);
 	if (!c->lane_stop && !atomic_load(&c->srv->draining)) {
 		/* Armed under lane_mu: the thread that gets it next waits here
@@ -1251,6 +1519,7 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 			status = r;
 	}
 back:
+	track_partial(c);
 	pthread_mutex_lock(&c->lane_mu);
 	c->lane_state = ANES_LANE_OFF;
 	c->lane_status = status;

@@ -85,6 +85,7 @@ typedef struct anes_stats {
 	uint64_t surfaces;        /* alive, all connections */
 	uint64_t surface_bytes;
 	uint64_t refused;         /* connections refused for their uid */
+	uint64_t timed_out;       /* closed for a hello or a frame not done in time */
 	uint64_t dropped;         /* clients dropped for not reading their responses */
 } anes_stats;
 
@@ -130,6 +131,16 @@ struct anes_server {
 	anes_conn *kicked;           /* waiting to have buffered frames processed */
 	unsigned out_batch;          /* > 0: anes_conn_queue only queues (see anes_conn_batch_begin) */
 	anes_conn *to_flush;         /* queued to while out_batch > 0 */
+
+	/* Input memory (conn.c, input_charge): bytes reserved for frames over
+	 * ANES_IO_RBUF_MIN, all connections, and the connections waiting for
+	 * room, oldest first: only the first of them gets room. */
+	pthread_mutex_t input_mu;
+	uint64_t input_used;                            /* under input_mu */
+	anes_conn *input_wait_head, *input_wait_tail;   /* under input_mu */
+	bool input_live;             /* under input_mu: input_async may be sent */
+	uv_async_t input_async;      /* room was given back: resume the first waiter */
+	uv_timer_t input_timer;      /* hello and frame deadlines (conn.c) */
 
 	uint64_t start_ns;
 	anes_stats stats;
@@ -194,6 +205,7 @@ struct anes_conn {
 	bool torn_down;
 	bool kick_pending;
 	bool hello_done;
+	bool processing;             /* in conn_process: update_poll waits for its end */
 	bool flush_pending;          /* on srv->to_flush (referenced) */
 	anes_conn *flush_next;
 	anes_io io;
@@ -207,6 +219,18 @@ struct anes_conn {
 	anes_idtable programs;       /* -> anes_centry* (one handle each) */
 	uint32_t surfaces_alive;     /* including released ones still held by runs */
 	uint64_t surface_bytes;
+	/* Input (conn.c, "input limits"). */
+	anes_conn *input_prev, *input_next;  /* srv->input_wait_*, under srv->input_mu */
+	bool input_waiting;          /* under srv->input_mu: on that list */
+	uint64_t input_need;         /* under srv->input_mu: the room last refused */
+	bool input_blocked;          /* loop: not read until the room it waits for is there */
+	uint64_t created_ns;         /* anes_clock_ns at accept: the hello deadline */
+	/* anes_clock_ns at the first byte of the incomplete frame buffered
+	 * (moved later by the time the daemon did not read c), 0 if none.
+	 * Written by the read side's owner, read by the loop's deadline timer. */
+	_Atomic uint64_t frame_since_ns;
+	uint64_t frame_off;          /* read side: rd_consumed when frame_since_ns was set */
+	uint64_t paused_since_ns;    /* loop: when it stopped reading c (0: it reads) */
 	bool unsent_over;            /* io.out_bytes > drop_unsent_bytes since unsent_since_ms */
 	uint64_t unsent_since_ms;    /* uv_now */
 
@@ -248,7 +272,8 @@ struct anes_conn {
 	 * skipped the spin before the next burst; docs/performance.md). */
 	anes_spin lane_spin;
 	/* Set by the worker before the hand-back, read by the loop after it. */
-	int lane_status;             /* 0, ANES_LANE_EOF, a read's -errno or -ENOMEM */
+	int lane_status;             /* 0, ANES_LANE_EOF, ANES_LANE_NOROOM, a read's -errno
+	                              * or -ENOMEM */
 
 	/* Draining (docs/protocol.md, "Shutdown"): a request whose first byte
 	 * had reached the daemon's socket when the stop request came is done as
@@ -265,6 +290,7 @@ struct anes_conn {
 
 enum { ANES_LANE_OFF, ANES_LANE_ARMED, ANES_LANE_BUSY };
 #define ANES_LANE_EOF 1
+#define ANES_LANE_NOROOM 2   /* a frame's memory was refused (conn.c, input_wait) */
 
 /* methods.c, on a lane worker: if the payload (one whole frame's, no fds)
  * is a request a lane handles (`run`, short), do it and leave the reply
@@ -301,6 +327,13 @@ void anes_conn_drop_slow(anes_conn *c);
 /* srv->unsent_timer's callback: drop clients over drop_unsent_bytes for
  * longer than drop_unsent_seconds. */
 void anes_conn_on_unsent_timer(uv_timer_t *h);
+/* srv->input_timer's callback: close connections past their hello or
+ * frame deadline; srv->input_async's: resume the first connection waiting
+ * for input memory. */
+void anes_conn_on_input_timer(uv_timer_t *h);
+void anes_conn_on_input_async(uv_async_t *h);
+/* The input_timer's period for srv's limits (ms). */
+uint64_t anes_conn_input_tick_ms(const anes_server *srv);
 
 /* Shutdown (server.c): while draining, close connections that have nothing
  * left in flight or to send; then, once none is left, finish. */

@@ -155,7 +155,7 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_str(&f.pk, "backend", backend_name(c->srv));
 	anes_pack_str(&f.pk, "limits");
-	msgpack_pack_map(&f.pk, 18 + 1 + count_tenant_limits());
+	msgpack_pack_map(&f.pk, 18 + 1 + 4 + count_tenant_limits());
 	pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
 	pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
 	pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
@@ -176,6 +176,10 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "drop_unsent_hard_bytes", lim->drop_unsent_hard_bytes);
 	pack_kv_u64(&f.pk, "max_connections", lim->max_connections);
 	pack_tenant_limits(&f.pk, lim);
+	pack_kv_u64(&f.pk, "max_hello_frame", lim->max_hello_frame);
+	pack_kv_u64(&f.pk, "max_input_bytes", lim->max_input_bytes);
+	pack_kv_u64(&f.pk, "hello_timeout_ms", lim->hello_timeout_ms);
+	pack_kv_u64(&f.pk, "frame_timeout_ms", lim->frame_timeout_ms);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -296,6 +300,18 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
 	pack_kv_u64(&f.pk, "refused", srv->stats.refused);
 	pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
+	/* Input memory and deadlines (conn.c, "input limits"). */
+	uint64_t input_bytes, waiting = 0;
+	pthread_mutex_lock(&srv->input_mu);
+	input_bytes = srv->input_used;
+	for (const anes_conn *w = srv->input_wait_head; w; w = w->input_next)
+		waiting++;
+	pthread_mutex_unlock(&srv->input_mu);
+	anes_pack_str(&f.pk, "input");
+	msgpack_pack_map(&f.pk, 3);
+	pack_kv_u64(&f.pk, "bytes", input_bytes);
+	pack_kv_u64(&f.pk, "waiting", waiting);
+	pack_kv_u64(&f.pk, "timed_out", srv->stats.timed_out);
 	if (b->ops->worker_info) {
 		anes_pack_str(&f.pk, "worker");
 		msgpack_pack_map(&f.pk, 12);

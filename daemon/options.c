@@ -107,6 +107,16 @@ static const optdef defs[] = {
 	  "... for this long" },
 	{ "drop-unsent-hard-bytes", T_BYTES, L(drop_unsent_hard_bytes), 1, 64 * GiB, "BYTES",
 	  "drop a client at once when its unread output would exceed this" },
+	{ "max-hello-frame", T_BYTES32, L(max_hello_frame), 64, ANES_FRAME_MAX_HIGHEST, "BYTES",
+	  "largest frame payload before hello (at most --max-frame)" },
+	{ "max-input-bytes", T_BYTES, L(max_input_bytes), 1u << 20, 64 * GiB, "BYTES",
+	  "bytes that frames over 64 KiB may hold in receive buffers, all clients together "
+	  "(at least --max-frame); over it, reading such frames waits for room" },
+	{ "hello-timeout-ms", T_U32, L(hello_timeout_ms), 0, 3600000, "MILLISECONDS",
+	  "close a connection that has not said hello this long after connecting (0: never)" },
+	{ "frame-timeout-ms", T_U32, L(frame_timeout_ms), 0, 3600000, "MILLISECONDS",
+	  "close a connection whose frame is not complete this long after its first byte, "
+	  "not counting time the daemon did not read it (0: never)" },
 	{ "worker", T_TRI, O(worker), 0, 0, NULL,
 	  "run the backend in a device worker process (default: yes for ane, no for cpu)" },
 	{ "no-worker", T_TRI_NOT, O(worker), 0, 0, NULL, "run the backend inside the daemon (refused with the ane backend)" },

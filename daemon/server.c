@@ -69,6 +69,10 @@ void anes_server_config_init(anes_server_config *cfg)
 			.max_daemon_program_bytes = phys_bytes() / 8 * 5,
 			.max_client_jobs = 0,       /* 0: max_inflight */
 			.max_daemon_jobs = 4096,
+			.max_hello_frame = 64u << 10,
+			.max_input_bytes = 256u << 20,
+			.hello_timeout_ms = 10000,
+			.frame_timeout_ms = 30000,
 		},
 		.handle_signals = false,
 		.verbose = false,
@@ -440,6 +444,11 @@ static void server_shutdown(anes_server *srv)
 	uv_close((uv_handle_t *)&srv->stop_async, NULL);
 	uv_close((uv_handle_t *)&srv->drain_timer, NULL);
 	uv_close((uv_handle_t *)&srv->unsent_timer, NULL);
+	pthread_mutex_lock(&srv->input_mu);
+	srv->input_live = false;
+	pthread_mutex_unlock(&srv->input_mu);
+	uv_close((uv_handle_t *)&srv->input_async, NULL);
+	uv_close((uv_handle_t *)&srv->input_timer, NULL);
 	if (srv->cfg.handle_signals) {
 		uv_close((uv_handle_t *)&srv->sig_int, NULL);
 		uv_close((uv_handle_t *)&srv->sig_term, NULL);
@@ -535,6 +544,7 @@ static void server_destroy(anes_server *srv, bool loop_init)
 	anes_cache_free(srv->cache);
 	anes_tenants_cleanup(&srv->tenants);
 	anes_run_jobs_free(srv);
+	pthread_mutex_destroy(&srv->input_mu);
 	if (srv->zone_init)
 		msgpack_zone_destroy(&srv->zone);
 	if (srv->listen_fd >= 0)
@@ -565,6 +575,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	}
 	srv->lock_fd = -1;
 	srv->reserve_fd = -1;
+	pthread_mutex_init(&srv->input_mu, NULL);
 	srv->listen_fd = cfg->listen_fd;
 	srv->cfg = *cfg;
 	srv->lim = cfg->limits;
@@ -601,6 +612,17 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		r = -EINVAL;
 		goto fail;
 	}
+	/* The largest frame must fit in the input memory; before hello no
+	 * frame is larger than after it. */
+	if (l->max_input_bytes < (uint64_t)l->max_frame + ANES_FRAME_HEADER_SIZE ||
+	    l->max_hello_frame == 0) {
+		errmsg(errbuf, errbuf_len, "max_input_bytes (%llu) must be at least max_frame + 8",
+		       (unsigned long long)l->max_input_bytes);
+		r = -EINVAL;
+		goto fail;
+	}
+	if (srv->lim.max_hello_frame > l->max_frame)
+		srv->lim.max_hello_frame = l->max_frame;
 	/* One response (up to max_frame) to a client that reads must never
 	 * trip the hard cap. */
 	if (l->drop_unsent_hard_bytes < (uint64_t)l->max_frame + ANES_FRAME_HEADER_SIZE ||
@@ -687,6 +709,11 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	uv_idle_init(&srv->loop, &srv->idle);
 	uv_timer_init(&srv->loop, &srv->drain_timer);
 	uv_timer_init(&srv->loop, &srv->unsent_timer);
+	uv_async_init(&srv->loop, &srv->input_async, anes_conn_on_input_async);
+	uv_timer_init(&srv->loop, &srv->input_timer);
+	srv->input_async.data = srv;
+	srv->input_timer.data = srv;
+	srv->input_live = true;
 	srv->listen_poll.data = srv;
 	srv->stop_async.data = srv;
 	srv->idle.data = srv;
@@ -706,6 +733,11 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		errmsg(errbuf, errbuf_len, "cannot poll the listening socket: %s", uv_strerror(r));
 		r = -EIO;
 		goto fail;
+	}
+	if (l->hello_timeout_ms || l->frame_timeout_ms) {
+		uint64_t tick = anes_conn_input_tick_ms(srv);
+		uv_timer_start(&srv->input_timer, anes_conn_on_input_timer, tick, tick);
+		uv_unref((uv_handle_t *)&srv->input_timer);   /* never keeps the loop alive by itself */
 	}
 	srv->start_ns = uv_hrtime();
 	*ret = srv;

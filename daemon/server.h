@@ -45,6 +45,16 @@ typedef struct anes_limits {
 	uint64_t max_client_programs, max_daemon_programs; /* program handles */
 	uint64_t max_client_program_bytes, max_daemon_program_bytes;
 	uint64_t max_client_jobs, max_daemon_jobs;         /* runs and compiles queued */
+	/* Input (docs/protocol.md, Limits): the payload of a frame before hello;
+	 * the bytes that frames larger than 64 KiB may hold in receive buffers,
+	 * whole daemon (over it, reading such a frame pauses until there is
+	 * room); the time from a connection's start to its hello, and from a
+	 * frame's first byte to its last (0: none; time the daemon itself did
+	 * not read the connection does not count). */
+	uint32_t max_hello_frame;
+	uint64_t max_input_bytes;
+	uint32_t hello_timeout_ms;
+	uint32_t frame_timeout_ms;
 } anes_limits;
 
 typedef struct anes_server_config {

@@ -31,7 +31,7 @@ struct anes_out {
 	unsigned nfds;
 };
 
-#define RBUF_MIN (64u << 10)
+#define RBUF_MIN ANES_IO_RBUF_MIN
 
 static void close_fds(int *fds, unsigned n)
 {
@@ -43,6 +43,16 @@ static void close_fds(int *fds, unsigned n)
 void anes_io_init(anes_io *io, int fd, uint32_t max_frame)
 {
 	*io = (anes_io){ .fd = fd, .max_frame = max_frame };
+}
+
+/* Give back what io->charge accepted beyond want bytes. */
+static void uncharge_to(anes_io *io, size_t want)
+{
+	if (io->charged > want) {
+		if (io->charge)
+			(void)io->charge(io, -(int64_t)(io->charged - want));
+		io->charged = want;
+	}
 }
 
 void anes_io_cleanup(anes_io *io)
@@ -58,7 +68,8 @@ void anes_io_cleanup(anes_io *io)
 	}
 	close_fds(io->fdq, io->nfdq);
 	free(io->rbuf);
-	*io = (anes_io){ .fd = -1, .max_frame = io->max_frame };
+	uncharge_to(io, 0);
+	*io = (anes_io){ .fd = -1, .max_frame = io->max_frame, .charge = io->charge };
 }
 
 /* Total bytes the frame at rpos needs, if its header is complete and valid;
@@ -74,13 +85,7 @@ static size_t frame_target(const anes_io *io)
 	return (size_t)ANES_FRAME_HEADER_SIZE + len;
 }
 
-/*
- * Make room to read into.  The buffer grows only towards what the frame in
- * progress needs, and at most doubles per read, so a peer that declares a
- * large frame and sends nothing costs nothing, and memory tracks what has
- * actually arrived.
- */
-static int rbuf_reserve(anes_io *io)
+void anes_io_trim(anes_io *io)
 {
 	size_t have = io->rlen - io->rpos;
 
@@ -89,18 +94,50 @@ static int rbuf_reserve(anes_io *io)
 		io->rpos = 0;
 		io->rlen = have;
 	}
+	size_t target = frame_target(io);
 	/* A large frame's buffer is not kept once it has been consumed. */
-	if (have == 0 && io->rcap > RBUF_MIN) {
-		free(io->rbuf);
-		io->rbuf = NULL;
-		io->rcap = io->rlen = 0;
+	if (io->rcap > RBUF_MIN && have <= RBUF_MIN && target <= RBUF_MIN) {
+		if (have == 0) {
+			free(io->rbuf);
+			io->rbuf = NULL;
+			io->rcap = io->rlen = 0;
+		} else {
+			uint8_t *b = realloc(io->rbuf, RBUF_MIN);
+			if (b) {
+				io->rbuf = b;
+				io->rcap = RBUF_MIN;
+			}
+		}
 	}
+	/* The reservation: what the frame in progress needs beyond the base
+	 * buffer, or what a buffer kept larger holds. */
+	size_t want = target > RBUF_MIN ? target - RBUF_MIN : 0;
+	if (io->rcap > RBUF_MIN && io->rcap - RBUF_MIN > want)
+		want = io->rcap - RBUF_MIN;
+	uncharge_to(io, want);
+}
+
+/*
+ * Make room to read into.  The buffer grows only towards what the frame in
+ * progress needs, and at most doubles per read, so a peer that declares a
+ * large frame and sends nothing costs nothing, and memory tracks what has
+ * actually arrived.  The charge hook reserves the whole frame first.
+ */
+static int rbuf_reserve(anes_io *io)
+{
+	anes_io_trim(io);
 	if (io->rlen < io->rcap)
 		return 0;
 
 	size_t target = frame_target(io);
+	size_t want = target > RBUF_MIN ? target - RBUF_MIN : 0;
 	if (target <= io->rcap)
 		return -ENOBUFS;  /* a complete frame is waiting to be taken */
+	if (io->charge && want > io->charged) {
+		if (!io->charge(io, (int64_t)(want - io->charged)))
+			return -EDQUOT;
+		io->charged = want;
+	}
 	size_t cap = io->rcap ? io->rcap * 2 : RBUF_MIN;
 	if (cap < RBUF_MIN)
 		cap = RBUF_MIN;

@@ -246,6 +246,7 @@ int anes_msg_error(const anes_msg *m, int *ret_code, const char **ret_message, u
  * and a queue of frames to send.  Works with blocking and non-blocking
  * sockets.  Not thread-safe. */
 typedef struct anes_out anes_out;
+struct anes_io;
 typedef struct anes_io {
 	int fd;                 /* borrowed: the owner closes it */
 	uint32_t max_frame;     /* max payload accepted and sent */
@@ -260,7 +261,19 @@ typedef struct anes_io {
 	size_t out_bytes;       /* bytes queued and not yet sent */
 	int msg_flags;          /* OR-ed into every sendmsg/recvmsg (e.g. MSG_DONTWAIT on a
 	                         * blocking socket); 0 after init */
+	/* Optional (NULL after init): the owner's accounting of receive memory.
+	 * A frame larger than ANES_IO_RBUF_MIN needs its bytes beyond that
+	 * reserved before the buffer grows for it: charge(io, +n) is asked for
+	 * them (all at once, whatever has arrived), and charge(io, -n) gives
+	 * back what is no longer needed (the frame was taken, or cleanup).
+	 * When charge refuses (returns false), anes_io_read reads nothing and
+	 * returns -EDQUOT.  May be called on whichever thread reads. */
+	bool (*charge)(struct anes_io *io, int64_t delta);
+	size_t charged;         /* bytes charge() accepted and has not been given back */
 } anes_io;
+
+/* The receive buffer every connection may use without charge(). */
+#define ANES_IO_RBUF_MIN (64u << 10)
 
 void anes_io_init(anes_io *io, int fd, uint32_t max_frame);
 /* Free buffers, close queued and unsent fds.  Does not close io->fd. */
@@ -271,9 +284,16 @@ void anes_io_cleanup(anes_io *io);
  * -EPROTO if the peer sent more fds than fit (MSG_CTRUNC; all received fds
  * are closed) or any ancillary data but SCM_RIGHTS, -ENOBUFS if the buffer
  * is full and holds a complete frame (take it with anes_io_next_frame
- * first), or another -errno.
+ * first), -EDQUOT if the frame in progress needs memory that io->charge
+ * refused (nothing was read: try again once the owner has room), or
+ * another -errno.
  * The buffer grows with what arrives, never beyond header + max_frame. */
 ssize_t anes_io_read(anes_io *io);
+
+/* Give back receive memory that the frames still buffered do not need:
+ * a large frame's buffer and its charge once it was taken.  Invalidates
+ * payloads returned before. */
+void anes_io_trim(anes_io *io);
 
 /* Take the next complete frame out of the receive buffer.
  * Returns 1 with *ret_payload and *ret_len (valid until the next anes_io_read or

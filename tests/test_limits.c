@@ -260,3 +260,249 @@ Test(limits, a_write_sealed_memfd_gets_bad_fd)
 	h_daemon_stop(&d);
 }
 #endif
+
+/* ---- item 3: input ------------------------------------------------------------- */
+
+/* A request frame for method with params { "pad": bin of pad bytes }
+ * (the daemon ignores keys it does not know): sb gets the whole frame. */
+static void padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, size_t pad)
+{
+	msgpack_sbuffer p;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&p);
+	msgpack_packer_init(&pk, &p, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "pad", 3);
+	msgpack_pack_bin(&pk, pad);
+	char *zeros = calloc(1, pad ? pad : 1);
+	cr_assert(zeros);
+	msgpack_pack_bin_body(&pk, zeros, pad);
+	free(zeros);
+	h_raw_frame(sb, msgid, method, p.data, p.size, 0);
+	msgpack_sbuffer_destroy(&p);
+}
+
+/* The code of the error notification the daemon sent before it closed fd
+ * (0: closed without one; -ETIMEDOUT: still open after 10 s x h_slow()). */
+static int closed_with(int fd)
+{
+	anes_io io;
+	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
+	int code = 0;
+	msgpack_zone zone;
+	cr_assert(msgpack_zone_init(&zone, 1024));
+	for (;;) {
+		const uint8_t *payload;
+		uint32_t len;
+		int fds[ANES_MAX_FDS_PER_FRAME];
+		unsigned nfds = 0;
+		int r = anes_io_next_frame(&io, &payload, &len, fds, &nfds);
+		cr_assert_geq(r, 0);
+		if (r == 0) {
+			struct pollfd pfd = { .fd = fd, .events = POLLIN };
+			if (poll(&pfd, 1, 10000 * h_slow()) != 1) {
+				code = -ETIMEDOUT;
+				break;
+			}
+			if (anes_io_read(&io) <= 0)
+				break;
+			continue;
+		}
+		anes_msg m;
+		cr_assert_eq(anes_msg_decode(payload, len, &zone, &m), 0);
+		const char *s;
+		uint32_t l;
+		if (m.type == ANES_MSG_NOTIFY && anes_msg_method_is(&m, "error"))
+			cr_assert_eq(anes_msg_error(&(anes_msg){ .error = m.params }, &code, &s, &l), 0);
+		msgpack_zone_clear(&zone);
+	}
+	msgpack_zone_destroy(&zone);
+	anes_io_cleanup(&io);
+	return code;
+}
+
+/* Before hello a frame may be 64 KiB (max_hello_frame); a larger header is
+ * a protocol error before anything is read of it.  After hello, max_frame
+ * holds: a 1 MiB request is answered. */
+Test(limits, a_large_frame_before_hello_is_refused)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	int fd = h_raw_connect(d.sock);
+	cr_assert_geq(fd, 0);
+	uint8_t hdr[ANES_FRAME_HEADER_SIZE];
+	anes_frame_header_write(hdr, (64u << 10) + 1, 0);
+	cr_assert_eq(h_raw_send(fd, hdr, sizeof hdr, NULL, 0), 0);
+	cr_assert_eq(closed_with(fd), ANES_WERR_PROTOCOL);
+	close(fd);
+
+	fd = h_raw_open(d.sock);
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	padded_frame(&sb, 5, "status", 1u << 20);
+	cr_assert_eq(h_raw_send(fd, sb.data, sb.size, NULL, 0), 0);
+	msgpack_sbuffer_destroy(&sb);
+	cr_assert_eq(h_raw_response(fd, 5, 10000), 0);
+	close(fd);
+	h_daemon_stop(&d);
+}
+
+/* A connection that never says hello is closed after hello_timeout_ms with
+ * an error notification `limit`; one that did is not. */
+Test(limits, no_hello_is_closed_at_the_hello_timeout)
+{
+	const char *args[] = { "--hello-timeout-ms", "200", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	int idle = h_raw_connect(d.sock);
+	cr_assert_geq(idle, 0);
+	int good = h_raw_open(d.sock);
+	cr_assert_eq(closed_with(idle), ANES_WERR_LIMIT);
+	close(idle);
+	/* Well past the timeout by now: the good connection still answers. */
+	cr_assert_eq(h_raw_request_kv(good, 9, "status", NULL, 0, NULL, 0), 0);
+	cr_assert_eq(h_raw_response(good, 9, 10000), 0);
+	close(good);
+	char *log = daemon_log(&d);
+	cr_assert(strstr(log, "no hello within 200 ms"), "%s", log);
+	free(log);
+	h_daemon_stop(&d);
+}
+
+/* A frame trickled a byte at a time is closed frame_timeout_ms after its
+ * first byte, however steadily the bytes come: sending a byte each 20 ms,
+ * the 4,000-byte frame would take 80 s, and the connection is closed at
+ * the 300 ms deadline, with `limit`. */
+Test(limits, a_trickled_frame_is_closed_at_the_frame_timeout)
+{
+	const char *args[] = { "--frame-timeout-ms", "300", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	int fd = h_raw_open(d.sock);
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	padded_frame(&sb, 5, "status", 4000);
+	size_t sent = 0;
+	int code = -ETIMEDOUT;
+	while (sent < sb.size) {
+		if (h_raw_send(fd, sb.data + sent, 1, NULL, 0) < 0)
+			break;
+		sent++;
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		if (poll(&pfd, 1, 20) == 1) {   /* paces the trickle; the close ends it */
+			code = closed_with(fd);
+			break;
+		}
+	}
+	cr_assert_lt(sent, sb.size, "the whole frame went through");
+	cr_assert_eq(code, ANES_WERR_LIMIT);
+	msgpack_sbuffer_destroy(&sb);
+	close(fd);
+	char *log = daemon_log(&d);
+	cr_assert(strstr(log, "not complete 300 ms after its first byte"), "%s", log);
+	free(log);
+	h_daemon_stop(&d);
+}
+
+/* status.input as { bytes, waiting, timed_out }. */
+typedef struct input_st {
+	uint64_t bytes, waiting, timed_out;
+} input_st;
+
+static void read_input(const msgpack_object *result, void *ud)
+{
+	input_st *st = ud;
+	const msgpack_object *in = anes_mp_get(result, "input");
+	cr_assert(in && in->type == MSGPACK_OBJECT_MAP);
+	cr_assert_eq(anes_mp_u64(in, "bytes", UINT64_MAX, &st->bytes), 0);
+	cr_assert_eq(anes_mp_u64(in, "waiting", UINT64_MAX, &st->waiting), 0);
+	cr_assert_eq(anes_mp_u64(in, "timed_out", UINT64_MAX, &st->timed_out), 0);
+}
+
+static input_st raw_input_status(int fd)
+{
+	static uint32_t msgid = 1000;
+	input_st st;
+	msgid++;
+	cr_assert_eq(h_raw_request_kv(fd, msgid, "status", NULL, 0, NULL, 0), 0);
+	cr_assert_eq(h_raw_response_cb(fd, msgid, 10000, read_input, &st), 0);
+	return st;
+}
+
+/* Poll status until `waiting` is n (bounded); the last status. */
+static input_st wait_waiting(int fd, uint64_t n)
+{
+	input_st st;
+	for (int i = 0; i < 1000 * h_slow(); i++) {
+		st = raw_input_status(fd);
+		if (st.waiting == n)
+			return st;
+		poll(NULL, 0, 10);
+	}
+	cr_assert_fail("input.waiting never got to %llu (%llu)", (unsigned long long)n,
+	               (unsigned long long)st.waiting);
+	return st;
+}
+
+/* Send what the socket takes of buf without blocking; the bytes sent. */
+static size_t send_some(int fd, const void *buf, size_t len)
+{
+	size_t off = 0;
+	while (off < len) {
+		ssize_t n = send(fd, (const char *)buf + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	return off;
+}
+
+/* Three clients each send the first 100 KiB of a 500 KiB frame and stop,
+ * against max_input_bytes 1 MiB: two get their frame's memory reserved
+ * (436 KiB each); the third is not read further and waits (nothing is
+ * allocated for it).  When the first frame is completed and answered, its
+ * memory goes to the waiter, whose frame then completes too: no client is
+ * stuck behind the cap, and all memory is given back at the end. */
+Test(limits, input_memory_is_capped_and_waiters_resume)
+{
+	const char *args[] = { "--max-frame", "512K", "--max-input-bytes", "1M", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	int obs = h_raw_open(d.sock);
+	int fd[3];
+	msgpack_sbuffer sb[3];
+	size_t sent[3];
+	for (int i = 0; i < 3; i++) {
+		fd[i] = h_raw_open(d.sock);
+		msgpack_sbuffer_init(&sb[i]);
+		padded_frame(&sb[i], 50 + (uint32_t)i, "status", 500u << 10);
+		sent[i] = send_some(fd[i], sb[i].data, 100u << 10);
+		cr_assert_eq(sent[i], 100u << 10);
+		if (i < 2) {   /* one at a time: which two get the memory is known */
+			for (int k = 0; k < 1000 * h_slow() && raw_input_status(obs).bytes < (i + 1) * (436u << 10); k++)
+				poll(NULL, 0, 10);
+		}
+	}
+	input_st st = wait_waiting(obs, 1);
+	size_t need = sb[0].size - (64u << 10);
+	cr_assert_eq(st.bytes, 2 * need, "reserved %llu", (unsigned long long)st.bytes);
+
+	/* The first frame completes and is answered; the third gets its room. */
+	cr_assert_eq(h_raw_send(fd[0], sb[0].data + sent[0], sb[0].size - sent[0], NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd[0], 50, 10000), 0);
+	wait_waiting(obs, 0);
+	cr_assert_eq(h_raw_send(fd[2], sb[2].data + sent[2], sb[2].size - sent[2], NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd[2], 52, 10000), 0);
+	cr_assert_eq(h_raw_send(fd[1], sb[1].data + sent[1], sb[1].size - sent[1], NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd[1], 51, 10000), 0);
+	st = raw_input_status(obs);
+	cr_assert_eq(st.bytes, 0);
+	cr_assert_eq(st.waiting, 0);
+	for (int i = 0; i < 3; i++) {
+		msgpack_sbuffer_destroy(&sb[i]);
+		close(fd[i]);
+	}
+	close(obs);
+	h_daemon_stop(&d);
+}

@@ -394,6 +394,7 @@ typedef struct fake {
 	pthread_t th;
 	const char *hangup_on;
 	unsigned hangups;
+	int hangup_code;   /* > 0: an error notification with it before hanging up */
 	unsigned conns;
 	unsigned n_hello, n_status, n_compile, n_info, n_create, n_import, n_release, n_run;
 	unsigned failures;
@@ -434,6 +435,18 @@ static bool fake_answer(fake *fk, anes_io *io, const anes_msg *m, int *fds, unsi
 			fk->n_info++;
 		else if (!strcmp(method, "run"))
 			fk->n_run++;
+		if (fk->hangup_code > 0) {
+			anes_frame f;
+			anes_frame_init(&f);
+			anes_pack_notify(&f.pk, "error", 3);
+			anes_pack_str(&f.pk, "code");
+			msgpack_pack_uint32(&f.pk, (uint32_t)fk->hangup_code);
+			anes_pack_str(&f.pk, "name");
+			anes_pack_str(&f.pk, anes_wire_error_name(fk->hangup_code));
+			anes_pack_str(&f.pk, "message");
+			anes_pack_str(&f.pk, "closed by the fake daemon");
+			h_fake_send(io, &f, NULL, 0);
+		}
 		return false;
 	}
 	anes_frame f;
@@ -688,4 +701,33 @@ Test(reconnect, run_in_flight_is_not_sent_again)
 	cr_assert_eq(fk.n_import, 2);
 	cr_assert_eq(fk.n_compile, 2);
 	cr_assert_eq(fk.n_create, 2);
+}
+
+/* The daemon closes a connection with an error notification `limit` or
+ * `no_memory` for its own resources or a deadline (docs/protocol.md,
+ * Limits): that is not final, the library reconnects and sends the call
+ * again; `protocol` stays final. */
+Test(reconnect, a_daemon_side_resource_close_is_not_final)
+{
+	static const int codes[] = { ANES_WERR_LIMIT, ANES_WERR_NO_MEMORY, ANES_WERR_PROTOCOL };
+	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+		fake fk;
+		fake_start(&fk, "status", 1);
+		fk.hangup_code = codes[i];
+		aneshare_conn *c = fake_connect(&fk);
+		aneshare_status *st = NULL;
+		int r = aneshare_get_status(c, &st);
+		if (codes[i] == ANES_WERR_PROTOCOL) {
+			cr_assert_eq(r, -ANESHARE_EPROTOCOL, "%s", aneshare_strerror(r));
+			cr_assert_eq(aneshare_reconnect_count(c), 0);
+		} else {
+			cr_assert_eq(r, 0, "code %d: %s: %s", codes[i], aneshare_strerror(r),
+			             aneshare_last_error(c));
+			aneshare_status_free(st);
+			cr_assert_eq(aneshare_reconnect_count(c), 1);
+		}
+		aneshare_disconnect(c);
+		fake_stop(&fk);
+		cr_assert_eq(fk.conns, codes[i] == ANES_WERR_PROTOCOL ? 1 : 2);
+	}
 }
