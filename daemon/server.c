@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -558,6 +559,33 @@ static void server_destroy(anes_server *srv, bool loop_init)
 	free(srv);
 }
 
+/* With a device worker the daemon keeps an fd per surface: keep the
+ * surfaces' fds within the process's fd limit (minus the connections and a
+ * margin for everything else), so that the last surface refused gets
+ * `limit` and not EMFILE, and a client whose fd limit was not set takes at
+ * most half of them, leaving room for the others. */
+static void clamp_fd_limits(anes_server *srv)
+{
+	anes_limits *l = &srv->lim;
+	bool derived = srv->cfg.limits.max_client_fds == 0;
+	struct rlimit rl;
+	if (srv->backend->ops->run_surfaces && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+	    rl.rlim_cur != RLIM_INFINITY) {
+		uint64_t other = (uint64_t)l->max_connections + 64;
+		uint64_t room = rl.rlim_cur > other + 64 ? rl.rlim_cur - other : 64;
+		if (l->max_daemon_fds > room) {
+			anes_log("fd limit %llu: at most %llu surfaces of all clients keep an fd "
+			         "(max_daemon_fds was %llu)", (unsigned long long)rl.rlim_cur,
+			         (unsigned long long)room, (unsigned long long)l->max_daemon_fds);
+			l->max_daemon_fds = room;
+		}
+	}
+	if (derived && l->max_client_fds > l->max_daemon_fds / 2)
+		l->max_client_fds = l->max_daemon_fds / 2 ? l->max_daemon_fds / 2 : 1;
+	if (l->max_client_fds > l->max_daemon_fds)
+		l->max_client_fds = l->max_daemon_fds;
+}
+
 int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errbuf,
                     size_t errbuf_len)
 {
@@ -671,6 +699,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	}
 	srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
+	clamp_fd_limits(srv);
 	anes_tenants_init(&srv->tenants, &srv->lim);
 	/* Most runs of one program at once: each job worker and each lane
 	 * thread may hold one of its run arenas (program memory). */

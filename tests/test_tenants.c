@@ -16,6 +16,9 @@
 #include <poll.h>
 #include <termios.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #ifdef __APPLE__
 #include <util.h>
@@ -768,5 +771,80 @@ Test(tenants, fifty_connections_queue_no_more_jobs_than_one)
 	fprintf(stderr, "tenants: at most %ld jobs seen queued (limit 4)\n", most);
 	for (unsigned i = 0; i < NCONN; i++)
 		aneshare_disconnect(cs[i]);
+	h_daemon_stop(&D);
+}
+
+/* ---- fds, with a device worker ------------------------------------------------------- */
+
+/* Another client process: a memfd surface imported, surfaces created, a
+ * checked run. */
+static int second_client(void *arg, int ready_fd)
+{
+	const char *sock = arg;
+	aneshare_conn *c;
+	if (aneshare_connect(sock, "second", &c) < 0)
+		return 1;
+	aneshare_program *p;
+	h_mm mm;
+	char *mil = tu_read_file(ANES_SOURCE_DIR "/examples/dynamic_matmul.mil");
+	if (!mil || aneshare_program_compile(c, mil, NULL, 0, &p, NULL) < 0 || !h_mm_from_program(p, &mm))
+		return 2;
+	free(mil);
+	aneshare_surface *in, *out, *imp;
+	if (aneshare_surface_create(c, mm.in_bytes, &in) < 0 ||
+	    aneshare_surface_create(c, mm.out_bytes, &out) < 0)
+		return 3;
+	int fd = memfd_create("second", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0 || ftruncate(fd, 4096) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0 ||
+	    aneshare_surface_import(c, fd, &imp) < 0)
+		return 4;
+	close(fd);
+	h_mm_fill(&mm, aneshare_surface_data(in), 5);
+	if (aneshare_run(p, 0, &in, 1, &out, 1) < 0)
+		return 5;
+	float *xf = malloc(mm.ic * (mm.seq + mm.oc) * sizeof(float));
+	float *yf = malloc(mm.oc * mm.seq * sizeof(float));
+	double err = tu_mm_error(&mm, aneshare_surface_data(in), aneshare_surface_data(out), xf, yf);
+	free(xf);
+	free(yf);
+	if (!(err <= H_MM_TOL))
+		return 6;
+	if (write(ready_fd, "x", 1) != 1)
+		return 7;
+	aneshare_disconnect(c);
+	return 0;
+}
+
+Test(tenants, surfaces_until_refused_leave_fds_for_others)
+{
+	/* A small fd limit for the daemon (inherited): 512 - 256 connections -
+	 * 64 leaves 192 fds for surfaces, 96 per client. */
+	struct rlimit old, low;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = 512;
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+	const char *args[] = { "--worker", NULL };
+	h_daemon_start_args(&D, args);
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+
+	aneshare_conn *c = h_connect(&D, "fd-hog");
+	aneshare_surface **keep = calloc(1024, sizeof *keep);
+	unsigned n = 0;
+	int r;
+	while ((r = aneshare_surface_create(c, 4096, &keep[n])) == 0)
+		cr_assert_lt(++n, 1024, "no limit before 1024 surfaces");
+	cr_assert_eq(r, ELIMIT, "%s (%s)", aneshare_strerror(r), aneshare_last_error(c));
+	cr_expect(strstr(aneshare_last_error(c), "max_client_fds"), "%s", aneshare_last_error(c));
+	cr_expect_eq(n, 96);
+	/* Another process still connects, imports, creates and runs. */
+	pid_t child = h_spawn(second_client, D.sock);
+	int status;
+	cr_assert_eq(waitpid(child, &status, 0), child);
+	cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "second client: status %#x", status);
+	for (unsigned i = 0; i < n; i++)
+		aneshare_surface_release(keep[i]);
+	free(keep);
+	aneshare_disconnect(c);
 	h_daemon_stop(&D);
 }
