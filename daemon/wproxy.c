@@ -549,12 +549,13 @@ static int choose(wproxy *p, wslot **ret, char *errbuf, size_t errlen)
 	}
 	if (starting)
 		return 1;
+	/* Starting one failed a moment ago: say so rather than try again at
+	 * once (the next compile tries again). */
+	if (p->start_fail_ms && now_ms() - p->start_fail_ms < 10 * BACKOFF_MIN_MS) {
+		snprintf(errbuf, errlen, "a new device worker did not start (%s); retry", p->start_fail);
+		return -ECONNRESET;
+	}
 	if (active < p->max_workers) {
-		if (p->start_fail_ms && now_ms() - p->start_fail_ms < 10 * BACKOFF_MIN_MS) {
-			snprintf(errbuf, errlen, "a new device worker did not start (%s); retry",
-			         p->start_fail);
-			return -ECONNRESET;
-		}
 		wslot *t = idle_slot(p);
 		if (t)
 			want(p, t);
