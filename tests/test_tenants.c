@@ -26,6 +26,7 @@
 #include <pty.h>
 #endif
 
+#include "anes_proto.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
 
@@ -846,5 +847,54 @@ Test(tenants, surfaces_until_refused_leave_fds_for_others)
 		aneshare_surface_release(keep[i]);
 	free(keep);
 	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
+/* ---- hello ------------------------------------------------------------------------------ */
+
+typedef struct hello_limits {
+	unsigned n;
+	const char *keys[32];
+	uint64_t want[32];
+	bool seen[32];
+	uint64_t got[32];
+} hello_limits;
+
+static void read_hello_limits(const struct msgpack_object *result, void *ud)
+{
+	hello_limits *h = ud;
+	const msgpack_object *lim;
+	if (anes_mp_map(result, "limits", 128, &lim) < 0)
+		return;
+	for (unsigned i = 0; i < h->n; i++)
+		h->seen[i] = anes_mp_u64(lim, h->keys[i], UINT64_MAX, &h->got[i]) == 0;
+}
+
+Test(tenants, hello_announces_the_client_and_daemon_limits)
+{
+	const char *args[] = { "--max-client-surfaces", "11", "--max-daemon-surfaces", "12",
+	                       "--max-client-fds", "13", "--max-daemon-fds", "14",
+	                       "--max-client-programs", "15", "--max-daemon-programs", "16",
+	                       "--max-client-program-bytes", "17M", "--max-daemon-program-bytes", "18M",
+	                       "--max-client-jobs", "19", "--max-daemon-jobs", "20",
+	                       "--max-total-surface-bytes", "21M", "--max-daemon-surface-bytes", "22M",
+	                       "--max-connections", "23", NULL };
+	h_daemon_start_args(&D, args);
+	hello_limits h = { .n = 13,
+		.keys = { "max_client_surfaces", "max_daemon_surfaces", "max_client_fds", "max_daemon_fds",
+		          "max_client_programs", "max_daemon_programs", "max_client_program_bytes",
+		          "max_daemon_program_bytes", "max_client_jobs", "max_daemon_jobs",
+		          "max_total_surface_bytes", "max_daemon_surface_bytes", "max_connections" },
+		.want = { 11, 12, 13, 14, 15, 16, 17u << 20, 18u << 20, 19, 20, 21u << 20, 22u << 20, 23 } };
+	int fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(h_raw_send_hello(fd, 1), 0);
+	cr_assert_eq(h_raw_response_cb(fd, 1, 5000, read_hello_limits, &h), 0);
+	close(fd);
+	for (unsigned i = 0; i < h.n; i++) {
+		cr_expect(h.seen[i], "hello does not announce %s", h.keys[i]);
+		cr_expect_eq(h.got[i], h.want[i], "%s = %llu, set to %llu", h.keys[i],
+		             (unsigned long long)h.got[i], (unsigned long long)h.want[i]);
+	}
 	h_daemon_stop(&D);
 }
