@@ -86,6 +86,9 @@ typedef struct anes_surface_desc {
 	void *ptr;
 	int fd;
 	uint32_t ios_id;
+	void *ios;          /* the IOSurfaceRef of an IOSurface surface in this
+	                     * process (borrowed, valid for the call), else NULL:
+	                     * a backend may hand it to its device as it is */
 	uint64_t key;
 	uint64_t offset;
 	uint64_t size;      /* of the whole surface */
@@ -161,6 +164,12 @@ typedef struct anes_backend_ops {
 
 	/* Fill *ret (strings owned by the backend).  Any thread. */
 	void (*worker_info)(anes_backend *b, anes_worker_info *ret);
+
+	/* Run arguments the backend has copied between the caller's memory and
+	 * memory of its own so far (status "ane_copies"): the ANE backend copies
+	 * an argument whose surface does not fit the device (docs/ane.md).  Any
+	 * thread. */
+	uint64_t (*copies)(anes_backend *b);
 } anes_backend_ops;
 
 struct anes_backend {

@@ -201,6 +201,7 @@ typedef struct wjob {
 	anes_bprogram *prog;        /* run */
 	uint32_t fn, n;
 	void *ptrs[2 * ANES_MAX_IO];
+	anes_surface_desc descs[2 * ANES_MAX_IO];   /* the same, for backends with run_surfaces */
 } wjob;
 
 typedef struct worker {
@@ -390,10 +391,17 @@ static void do_run(worker *w, wjob *j)
 {
 	char err[ANES_ERRMSG_MAX] = "";
 	const anes_function_info *fi = &j->prog->functions[j->fn];
-	int rc = w->b->ops->run(w->b, j->prog, j->fn, (const void *const *)j->ptrs,
-	                        (void *const *)(j->ptrs + fi->n_inputs), err, sizeof(err));
+	int rc = w->b->ops->run_surfaces
+	                 ? w->b->ops->run_surfaces(w->b, j->prog, j->fn, j->descs, j->n, err, sizeof(err))
+	                 : w->b->ops->run(w->b, j->prog, j->fn, (const void *const *)j->ptrs,
+	                                  (void *const *)(j->ptrs + fi->n_inputs), err, sizeof(err));
 	err[sizeof(err) - 1] = '\0';
-	reply_rc(w, ANES_WM_RAN, j->h.id, rc, rc < 0 ? err : "");
+	/* i32 rc, u32 err_len, err, u64 the backend's copies so far (status) */
+	int32_t rc32 = rc;
+	uint32_t el = rc < 0 ? (uint32_t)strnlen(err, ANES_ERRMSG_MAX - 1) : 0;
+	uint64_t copies = w->b->ops->copies ? w->b->ops->copies(w->b) : 0;
+	struct iovec v[4] = { { &rc32, 4 }, { &el, 4 }, { err, el }, { &copies, 8 } };
+	reply(w, ANES_WM_RAN, j->h.id, v, 4);
 }
 
 static void *thread_main(void *arg)
@@ -465,6 +473,11 @@ static int prepare_run(worker *w, wjob *j, char *err, size_t errlen)
 			goto out;
 		}
 		j->ptrs[i] = (char *)s->map + off;
+		/* An IOSurface goes to the backend as itself (the ANE backend hands
+		 * it to the device as it is, docs/ane.md) */
+		j->descs[i] = (anes_surface_desc){ .ptr = j->ptrs[i], .fd = -1, .ios_id = s->shm ? s->shm->id : 0,
+		                                   .ios = s->shm ? s->shm->ref : NULL, .key = key,
+		                                   .offset = off, .size = s->size };
 	}
 out:
 	pthread_mutex_unlock(&w->m);

@@ -281,7 +281,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 25 : 24);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 26 : 25);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -312,6 +312,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "bytes", input_bytes);
 	pack_kv_u64(&f.pk, "waiting", waiting);
 	pack_kv_u64(&f.pk, "timed_out", srv->stats.timed_out);
+	pack_kv_u64(&f.pk, "ane_copies", b->ops->copies ? b->ops->copies(srv->backend) : 0);
 	if (b->ops->worker_info) {
 		anes_pack_str(&f.pk, "worker");
 		msgpack_pack_map(&f.pk, 12);
@@ -804,7 +805,9 @@ static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_le
 		for (uint32_t i = 0; i < n && i < 2 * ANES_MAX_IO; i++) {
 			const anes_surface *s = st->surf[i];
 			d[i] = (anes_surface_desc){ .ptr = s->map, .fd = s->fd,
-			                            .ios_id = s->shm ? s->shm->id : 0, .key = s->key,
+			                            .ios_id = s->shm ? s->shm->id : 0,
+			                            .ios = s->shm && s->shm->id ? s->shm->ref : NULL,
+			                            .key = s->key,
 			                            .offset = 0, .size = s->size };
 		}
 		return b->ops->run_surfaces(b, st->entry->prog, st->fn, d, n, err, err_len);

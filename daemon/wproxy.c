@@ -127,6 +127,10 @@ struct wslot {
 	pthread_t sup;
 	bool sup_started;
 	char start_err[256];
+	/* status "ane_copies": the count the worker's RAN replies report
+	 * (the worker copies_pid's; p->copies_base holds earlier workers') */
+	pid_t copies_pid;
+	uint64_t copies_seen;
 };
 
 struct wproxy {
@@ -148,6 +152,7 @@ struct wproxy {
 	uint64_t start_fail_ms;  /* when a new worker last failed to start */
 	char start_fail[256];
 	char worker_backend[16];
+	uint64_t copies_base;   /* ane_copies of workers that are gone */
 	pprog *progs;
 	psurf *sb[SBUCKETS];
 	wslot slots[MAX_SLOTS];
@@ -399,6 +404,40 @@ static void write_failed(wslot *s)
 {
 	if (s->fd >= 0)
 		shutdown(s->fd, SHUT_RDWR);
+}
+
+/* A RAN reply's trailing u64 (docs/worker.md): the count of run arguments
+ * the worker's backend has copied so far (status "ane_copies"). */
+static void note_copies(wproxy *p, wslot *s, const void *payload, uint32_t len)
+{
+	uint32_t el;
+	uint64_t v;
+	if (len < 8)
+		return;
+	memcpy(&el, (const char *)payload + 4, 4);
+	if (el > len - 8 || len - 8 - el < 8)
+		return;
+	memcpy(&v, (const char *)payload + 8 + el, 8);
+	pthread_mutex_lock(&p->m);
+	if (s->copies_pid != s->pid) {   /* another worker: it counts from 0 */
+		p->copies_base += s->copies_seen;
+		s->copies_seen = 0;
+		s->copies_pid = s->pid;
+	}
+	if (v > s->copies_seen)
+		s->copies_seen = v;
+	pthread_mutex_unlock(&p->m);
+}
+
+static uint64_t px_copies(anes_backend *b)
+{
+	wproxy *p = P(b);
+	pthread_mutex_lock(&p->m);
+	uint64_t n = p->copies_base;
+	for (unsigned i = 0; i < MAX_SLOTS; i++)
+		n += p->slots[i].copies_seen;
+	pthread_mutex_unlock(&p->m);
+	return n;
 }
 
 static int parse_rc(const void *payload, uint32_t len, char *errbuf, size_t errlen)
@@ -948,6 +987,7 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 		return pd.rc;
 	}
 	r = parse_rc(pd.payload, pd.len, errbuf, errbuf_len);
+	note_copies(p, s, pd.payload, pd.len);
 	free(pd.payload);
 	return r;
 }
@@ -1516,6 +1556,7 @@ int anes_wproxy_new(const anes_wproxy_config *cfg, anes_backend **ret, char *err
 		.run_surfaces = px_run_surfaces,
 		.surface_release = px_surface_release,
 		.worker_info = px_worker_info,
+		.copies = px_copies,
 	};
 	p->base.ops = &p->ops;
 	p->budget = cfg->compile_budget;

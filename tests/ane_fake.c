@@ -12,6 +12,11 @@
 
 fake_state fk;
 
+/* The IOSurface alignments (as tests/fake_iosurface.c: rows to 64 bytes,
+ * allocations to 16 KiB pages). */
+#define FAKE_ROW_ALIGN 64u
+#define FAKE_PAGE 16384u
+
 typedef enum fk_kind {
 	K_CLASS = 1, K_KEY, K_STRING, K_DATA, K_NUMBER, K_DICT, K_ARRAY, K_ERROR,
 	K_DESC, K_MODEL, K_SURFOBJ, K_REQUEST,
@@ -586,6 +591,12 @@ static void evaluate(anes_id request)
 	}
 	/* the model computes without the fake's lock, as the device would:
 	 * evaluations of other programs may run at the same time */
+	fk.eval_n_in = n_in < 8 ? n_in : 8;
+	fk.eval_n_out = n_out < 8 ? n_out : 8;
+	for (size_t i = 0; i < fk.eval_n_in; i++)
+		fk.eval_in[i] = request->ref[0]->vals[i]->surface;
+	for (size_t i = 0; i < fk.eval_n_out; i++)
+		fk.eval_out[i] = request->ref[2]->vals[i]->surface;
 	fake_eval_fn fn = fk.on_evaluate ? fk.on_evaluate : default_eval_for_test;
 	pthread_mutex_unlock(&fake_mu);
 	fn(in, n_in, out, n_out);
@@ -974,14 +985,16 @@ static anes_iosurface f_surface_create(anes_id props)
 	unsigned long long alloc = number_at(props, fake.key_alloc_size, &ok);
 	unsigned long long width = number_at(props, fake.key_width, &ok);
 	unsigned long long bpr = number_at(props, fake.key_bytes_per_row, &ok);
-	if (!ok || alloc == 0 || width * 1 != bpr || alloc < bpr) {
+	/* as tests/fake_iosurface.c: a flat buffer, rows at least the width,
+	 * aligned or not; whole pages allocated */
+	if (!ok || alloc == 0 || width == 0 || bpr < width || alloc < bpr || alloc > (1ull << 32)) {
 		misuse("IOSurfaceCreate: inconsistent properties %s", b.s);
 		return NULL;
 	}
 	anes_iosurface s = xcalloc(1, sizeof *s);
 	s->serial = ++surface_serial;
 	s->refs = 1;
-	s->size = (size_t)alloc;
+	s->size = (size_t)((alloc + FAKE_PAGE - 1) / FAKE_PAGE * FAKE_PAGE);
 	s->mem = xcalloc(s->size, 1);
 	s->all_next = all_surfaces;
 	all_surfaces = s;
@@ -1026,6 +1039,49 @@ static void *f_surface_base(anes_iosurface s)
 static size_t f_surface_alloc_size(anes_iosurface s)
 {
 	return s->size;
+}
+
+/* IOSurfaceAlignProperty, with tests/fake_iosurface.c's alignments */
+static size_t f_surface_align(anes_id property, size_t value)
+{
+	size_t a = 1;
+	if (property == fake.key_bytes_per_row)
+		a = FAKE_ROW_ALIGN;
+	else if (property == fake.key_alloc_size)
+		a = FAKE_PAGE;
+	return value % a ? value + (a - value % a) : value;
+}
+
+anes_iosurface fake_surface_new(size_t alloc_size)
+{
+	pthread_mutex_lock(&fake_mu);
+	anes_iosurface s = xcalloc(1, sizeof *s);
+	s->serial = ++surface_serial;
+	s->refs = 1;
+	s->size = (alloc_size + FAKE_PAGE - 1) / FAKE_PAGE * FAKE_PAGE;
+	s->mem = xcalloc(s->size, 1);
+	s->all_next = all_surfaces;
+	all_surfaces = s;
+	fk.live_surfaces++;
+	pthread_mutex_unlock(&fake_mu);
+	return s;
+}
+
+void fake_surface_release(anes_iosurface s)
+{
+	pthread_mutex_lock(&fake_mu);
+	surf_release(s);
+	pthread_mutex_unlock(&fake_mu);
+}
+
+uint8_t *fake_surface_mem(anes_iosurface s)
+{
+	return s->mem;
+}
+
+unsigned fake_surface_serial(anes_iosurface s)
+{
+	return s->serial;
 }
 
 /* ---- the bridge: every entry point under the fake's lock ---- */
@@ -1240,6 +1296,14 @@ static void l_sleep_ms(unsigned ms)
 	pthread_mutex_unlock(&fake_mu);
 }
 
+static size_t l_surface_align(anes_id property, size_t value)
+{
+	pthread_mutex_lock(&fake_mu);
+	size_t r = f_surface_align(property, value);
+	pthread_mutex_unlock(&fake_mu);
+	return r;
+}
+
 /* ---- set-up ---- */
 
 void fake_log_clear(void)
@@ -1337,6 +1401,7 @@ void fake_reset(void)
 		.surface_base = l_surface_base,
 		.surface_alloc_size = l_surface_alloc_size,
 		.sleep_ms = l_sleep_ms,
+		.surface_align = l_surface_align,
 		.key_width = obj_const(K_KEY, "NSString", "IOSurfaceWidth"),
 		.key_height = obj_const(K_KEY, "NSString", "IOSurfaceHeight"),
 		.key_bytes_per_element = obj_const(K_KEY, "NSString", "IOSurfaceBytesPerElement"),

@@ -66,6 +66,8 @@ typedef struct fake_state {
 	long live_surfaces;
 	long pool_depth;
 	long evaluations;
+	anes_iosurface eval_in[8], eval_out[8];   /* the surfaces of the last evaluated request */
+	size_t eval_n_in, eval_n_out;
 	unsigned long slept_ms;     /* through the bridge's sleep_ms (which does not sleep) */
 	char misuse[1024];          /* first misuse, "" if none */
 } fake_state;
@@ -92,6 +94,14 @@ const char *fake_hex_id(const char *mil, size_t mil_len, const char *const *path
  *   L, or: The operation couldn't be completed. (D error N.)   (with U+2019) */
 const char *fake_nserror_text(bool description, const char *domain, long code, const char *localized,
                               char *buf, size_t len);
+
+/* An IOSurface as another process (a client, the daemon) would have made
+ * it, with whole pages of alloc_size bytes; not logged, never fails.  It
+ * counts in live_surfaces until fake_surface_release. */
+anes_iosurface fake_surface_new(size_t alloc_size);
+void fake_surface_release(anes_iosurface s);
+uint8_t *fake_surface_mem(anes_iosurface s);
+unsigned fake_surface_serial(anes_iosurface s);
 
 /* What evaluate computes by default: each output gets input 0's bytes. */
 void default_eval_for_test(const fake_view *in, size_t n_in, fake_view *out, size_t n_out);

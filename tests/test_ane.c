@@ -352,6 +352,230 @@ ANE_TEST(weight_names_with_slashes)
 	free(b2);
 }
 
+/* ---- zero copy: the caller's IOSurfaces go to the device as they are ---- */
+
+static void eval_in_k_to_out_k(const fake_view *in, size_t n_in, fake_view *out, size_t n_out);
+
+/* A run argument on surface s (a client's IOSurface, or NULL: memory that
+ * is not an IOSurface, at mem). */
+static anes_surface_desc on_surface(anes_iosurface s, void *mem, uint64_t size, uint64_t offset)
+{
+	static uint64_t key;
+	return (anes_surface_desc){ .ptr = (uint8_t *)(s ? fake_surface_mem(s) : mem) + offset, .fd = -1,
+	                            .ios_id = s ? 1000 + fake_surface_serial(s) : 0, .ios = s,
+	                            .key = ++key, .offset = offset, .size = size };
+}
+
+static uint64_t copies(void)
+{
+	return B->ops->copies(B);
+}
+
+/* The request of a run holds the client's own IOSurfaces: no copy in, no
+ * copy out, nothing locked by the backend, and ane_copies stays 0. */
+ANE_TEST(run_surfaces_hands_the_client_surfaces_to_the_device)
+{
+	anes_bprogram *p = compile_ok(simple_mil(), NULL, 0);
+	cr_assert_not_null(B->ops->run_surfaces);
+	anes_iosurface in = fake_surface_new(49152), out = fake_surface_new(49152);
+	for (int i = 0; i < 8192; i++)
+		fake_surface_mem(in)[i] = (uint8_t)(i * 7 + 1);
+	anes_surface_desc args[2] = { on_surface(in, NULL, 49152, 0), on_surface(out, NULL, 49152, 0) };
+	fake_log_clear();
+	cr_assert_eq(B->ops->run_surfaces(B, p, 0, args, 2, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	char l0[128], l1[128];
+	snprintf(l0, sizeof l0, "_ANEIOSurfaceObject objectWithIOSurface: surface#%u", fake_surface_serial(in));
+	snprintf(l1, sizeof l1, "_ANEIOSurfaceObject objectWithIOSurface: surface#%u", fake_surface_serial(out));
+	const char *seq[] = {
+		l0, l1,
+		"_ANERequest " REQUEST_SEL " [surfobj#3] [0] [surfobj#4] [0] nil nil 0",
+		"model#1 evaluateWithQoS:options:request:error: 21 {} request#2 &error",
+	};
+	expect_log(seq, sizeof seq / sizeof seq[0]);
+	/* the request that was evaluated held the client's surfaces */
+	cr_assert_eq(fk.eval_n_in, 1);
+	cr_assert_eq(fk.eval_in[0], in, "the input is not the client's IOSurface");
+	cr_assert_eq(fk.eval_out[0], out, "the output is not the client's IOSurface");
+	cr_assert_eq(memcmp(fake_surface_mem(in), fake_surface_mem(out), 8192), 0);
+	cr_assert_eq(copies(), 0);
+	/* the request of the run is gone with its pool; the surfaces are the client's */
+	cr_assert_eq(fk.pool_depth, 0);
+	B->ops->program_free(B, p);
+	fake_surface_release(in);
+	fake_surface_release(out);
+}
+
+/* run one program; in, out: the surfaces the device got */
+static void run_args(anes_bprogram *p, anes_surface_desc *args, uint32_t n, anes_iosurface *ret_in,
+                     anes_iosurface *ret_out)
+{
+	int rc = B->ops->run_surfaces(B, p, 0, args, n, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, 0, "%s", errbuf);
+	cr_assert_eq(fk.misuse[0], '\0', "%s", fk.misuse);
+	if (ret_in)
+		*ret_in = fk.eval_in[0];
+	if (ret_out)
+		*ret_out = fk.eval_out[0];
+}
+
+/* What does not fit the device is copied through the program's own
+ * surfaces, and counted: a small surface, a tensor not at the start, memory
+ * that is not an IOSurface, an output on an input's surface. */
+ANE_TEST(run_surfaces_copies_what_does_not_fit)
+{
+	anes_bprogram *p = compile_ok(simple_mil(), NULL, 0);
+	anes_iosurface small = fake_surface_new(8192), in = fake_surface_new(49152),
+	               out = fake_surface_new(49152), big = fake_surface_new(65536);
+	anes_iosurface got_in, got_out;
+	uint8_t *plain = calloc(1, 8192), *plain_out = calloc(1, 8192);
+	for (int i = 0; i < 8192; i++) {
+		fake_surface_mem(small)[i] = (uint8_t)(i + 3);
+		fake_surface_mem(in)[i] = (uint8_t)(i * 5);
+		fake_surface_mem(big)[4096 + i] = (uint8_t)(i * 11);
+		plain[i] = (uint8_t)(i * 13);
+	}
+
+	/* too small (the fake allocates 16 KiB pages: 16384 < 49152) */
+	anes_surface_desc a1[2] = { on_surface(small, NULL, 8192, 0), on_surface(out, NULL, 49152, 0) };
+	run_args(p, a1, 2, &got_in, &got_out);
+	cr_assert_neq(got_in, small);
+	cr_assert_eq(got_out, out);
+	cr_assert_eq(memcmp(fake_surface_mem(out), fake_surface_mem(small), 8192), 0);
+	cr_assert_eq(copies(), 1);
+
+	/* the tensor at an offset */
+	anes_surface_desc a2[2] = { on_surface(big, NULL, 65536, 4096), on_surface(out, NULL, 49152, 0) };
+	run_args(p, a2, 2, &got_in, &got_out);
+	cr_assert_neq(got_in, big);
+	cr_assert_eq(got_out, out);
+	cr_assert_eq(memcmp(fake_surface_mem(out), fake_surface_mem(big) + 4096, 8192), 0);
+	cr_assert_eq(copies(), 2);
+
+	/* plain memory (a memfd surface) in and out */
+	anes_surface_desc a3[2] = { on_surface(NULL, plain, 8192, 0), on_surface(NULL, plain_out, 8192, 0) };
+	run_args(p, a3, 2, &got_in, &got_out);
+	cr_assert_eq(memcmp(plain, plain_out, 8192), 0);
+	cr_assert_eq(copies(), 4);
+
+	/* the output on the input's IOSurface: the output is copied */
+	anes_surface_desc a4[2] = { on_surface(in, NULL, 49152, 0), on_surface(in, NULL, 49152, 0) };
+	a4[1].key = a4[0].key;
+	run_args(p, a4, 2, &got_in, &got_out);
+	cr_assert_eq(got_in, in);
+	cr_assert_neq(got_out, in);
+	cr_assert_eq(copies(), 5);
+
+	/* all fit: nothing copied */
+	anes_surface_desc a5[2] = { on_surface(in, NULL, 49152, 0), on_surface(out, NULL, 49152, 0) };
+	run_args(p, a5, 2, &got_in, &got_out);
+	cr_assert(got_in == in && got_out == out);
+	cr_assert_eq(copies(), 5);
+
+	/* the plain run (no surfaces) copies everything */
+	const void *ins[] = {plain};
+	void *outs[] = {plain_out};
+	cr_assert_eq(B->ops->run(B, p, 0, ins, outs, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	cr_assert_eq(copies(), 7);
+
+	/* arguments that do not hold the tensor are refused */
+	anes_surface_desc bad[2] = { on_surface(in, NULL, 4096, 0), on_surface(out, NULL, 49152, 0) };
+	cr_assert_eq(B->ops->run_surfaces(B, p, 0, bad, 2, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert_eq(B->ops->run_surfaces(B, p, 0, bad, 1, errbuf, sizeof errbuf), -EINVAL);
+	B->ops->program_free(B, p);
+	fake_surface_release(small);
+	fake_surface_release(in);
+	fake_surface_release(out);
+	fake_surface_release(big);
+	free(plain);
+	free(plain_out);
+}
+
+/* One alloc size for all inputs of a request: inputs of the same size all
+ * go as they are; of mixed sizes, those of the program's own surface size
+ * (65536 here) go as they are and the rest are copied. */
+ANE_TEST(run_surfaces_keeps_one_size_per_side)
+{
+	const char *text = mil("tensor<fp16, [1, 32, 1, 64]> zeta, tensor<fp16, [1, 512, 1, 64]> alpha",
+		"        tensor<fp16, [1, 32, 1, 64]> out_z = add(x = zeta, y = zeta)[name = string(\"out_z\")];\n"
+		"        tensor<fp16, [1, 512, 1, 64]> out_a = add(x = alpha, y = alpha)[name = string(\"out_a\")];",
+		"out_z, out_a");
+	anes_bprogram *p = compile_ok(text, NULL, 0);
+	fk.on_evaluate = eval_in_k_to_out_k;
+	anes_iosurface z48 = fake_surface_new(49152), z64 = fake_surface_new(65536), a64 = fake_surface_new(65536),
+	               oz = fake_surface_new(65536), oa = fake_surface_new(65536), z80 = fake_surface_new(81920),
+	               a80 = fake_surface_new(81920);
+	for (int i = 0; i < 65536; i++) {
+		fake_surface_mem(a64)[i] = fake_surface_mem(a80)[i] = (uint8_t)(i * 3);
+		if (i < 4096)
+			fake_surface_mem(z48)[i] = fake_surface_mem(z64)[i] = fake_surface_mem(z80)[i] = (uint8_t)(i + 9);
+	}
+	/* function order: zeta, alpha, out_z, out_a; request order alpha, zeta */
+	anes_surface_desc mixed[4] = { on_surface(z48, NULL, 49152, 0), on_surface(a64, NULL, 65536, 0),
+	                               on_surface(oz, NULL, 65536, 0), on_surface(oa, NULL, 65536, 0) };
+	run_args(p, mixed, 4, NULL, NULL);
+	cr_assert_eq(fk.eval_in[0], a64, "alpha (the program's size) was not handed over");
+	cr_assert_neq(fk.eval_in[1], z48, "zeta (49152 next to 65536) was handed over");
+	cr_assert(fk.eval_out[0] == oa && fk.eval_out[1] == oz);
+	cr_assert_eq(copies(), 1);
+	for (int i = 0; i < 4096; i++)
+		cr_assert_eq(fake_surface_mem(oz)[i], (uint8_t)((i + 9) ^ 0x22), "out_z byte %d", i);
+	for (int i = 0; i < 65536; i++)
+		cr_assert_eq(fake_surface_mem(oa)[i], (uint8_t)((i * 3) ^ 0x11), "out_a byte %d", i);
+
+	anes_surface_desc same[4] = { on_surface(z64, NULL, 65536, 0), on_surface(a64, NULL, 65536, 0),
+	                              on_surface(oz, NULL, 65536, 0), on_surface(oa, NULL, 65536, 0) };
+	run_args(p, same, 4, NULL, NULL);
+	cr_assert(fk.eval_in[0] == a64 && fk.eval_in[1] == z64);
+	cr_assert_eq(copies(), 1);
+	/* one size, though not the program's own: all handed over */
+	anes_surface_desc big[4] = { on_surface(z80, NULL, 81920, 0), on_surface(a80, NULL, 81920, 0),
+	                             on_surface(oz, NULL, 65536, 0), on_surface(oa, NULL, 65536, 0) };
+	run_args(p, big, 4, NULL, NULL);
+	cr_assert(fk.eval_in[0] == a80 && fk.eval_in[1] == z80);
+	cr_assert_eq(copies(), 1);
+	B->ops->program_free(B, p);
+	anes_iosurface all[] = { z48, z64, a64, oz, oa, z80, a80 };
+	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+		fake_surface_release(all[i]);
+}
+
+/* A failure at every failable step of a zero-copy run: an error, nothing
+ * left behind, and the next run works. */
+ANE_TEST(run_surfaces_every_step_fails_cleanly)
+{
+	anes_bprogram *p = compile_ok(simple_mil(), NULL, 0);
+	anes_iosurface in = fake_surface_new(49152), out = fake_surface_new(49152), small = fake_surface_new(100);
+	long base_objects = fk.live_objects, base_surfaces = fk.live_surfaces;
+	long steps = 0;
+	for (long i = 0;; i++) {
+		/* input copied (small), output handed over: both kinds of step */
+		anes_surface_desc args[2] = { on_surface(small, NULL, 8192, 0), on_surface(out, NULL, 49152, 0) };
+		fk.failed_call[0] = '\0';
+		fk.fail_at = fk.n_failable + i;
+		int rc = B->ops->run_surfaces(B, p, 0, args, 2, errbuf, sizeof errbuf);
+		fk.fail_at = -1;
+		cr_assert_eq(fk.misuse[0], '\0', "%s", fk.misuse);
+		cr_assert_eq(fk.pool_depth, 0);
+		cr_assert_eq(fk.live_objects, base_objects, "step %ld (%s): %ld objects alive", i, fk.failed_call,
+		             fk.live_objects - base_objects);
+		cr_assert_eq(fk.live_surfaces, base_surfaces);
+		if (!fk.failed_call[0]) {
+			cr_assert_eq(rc, 0, "%s", errbuf);
+			steps = i;
+			break;
+		}
+		cr_assert(rc == -EIO || rc == -ENOMEM, "step %ld (%s): rc %d", i, fk.failed_call, rc);
+		cr_assert(errbuf[0], "step %ld (%s): no message", i, fk.failed_call);
+		anes_surface_desc ok[2] = { on_surface(in, NULL, 49152, 0), on_surface(out, NULL, 49152, 0) };
+		run_args(p, ok, 2, NULL, NULL);
+	}
+	cr_assert_geq(steps, 5, "only %ld failable steps", steps);
+	B->ops->program_free(B, p);
+	fake_surface_release(in);
+	fake_surface_release(out);
+	fake_surface_release(small);
+}
+
 /* ---- temp directories across processes ---- */
 
 static void touch(const char *dir, const char *name, const char *content)

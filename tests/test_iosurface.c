@@ -418,6 +418,8 @@ Test(iosurface, import_needs_kIOSurfaceIsGlobal, .init = setup, .fini = teardown
 typedef struct wpid {
 	int64_t pid;
 	uint64_t restarts;
+	bool has_copies;        /* status has "ane_copies" */
+	uint64_t copies;
 } wpid;
 
 static uint64_t kv_u64(const msgpack_object *m, const char *key)
@@ -436,6 +438,12 @@ static void wpid_cb(const msgpack_object *res, void *ud)
 	wpid *w = ud;
 	for (uint32_t i = 0; i < res->via.map.size; i++) {
 		const msgpack_object_kv *kv = &res->via.map.ptr[i];
+		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 10 &&
+		    !memcmp(kv->key.via.str.ptr, "ane_copies", 10) &&
+		    kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+			w->has_copies = true;
+			w->copies = kv->val.via.u64;
+		}
 		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 6 &&
 		    !memcmp(kv->key.via.str.ptr, "worker", 6) && kv->val.type == MSGPACK_OBJECT_MAP) {
 			w->pid = (int64_t)kv_u64(&kv->val, "pid");
@@ -501,7 +509,11 @@ Test(iosurface, worker_runs_on_iosurfaces, .init = setup_worker, .fini = teardow
 	in = h_surface(c, mm.in_bytes);
 	in_id = aneshare_surface_iosurface_id(in);
 	h_mm_fill_run_check(p, &mm, in, out, 5);
-	cr_assert_eq(worker_pid().pid, w0.pid, "the worker was restarted");
+	wpid w1 = worker_pid();
+	cr_assert_eq(w1.pid, w0.pid, "the worker was restarted");
+	/* the CPU backend copies nothing (it computes in place) */
+	cr_assert(w1.has_copies && w1.copies == 0, "status ane_copies %d %llu", w1.has_copies,
+	          (unsigned long long)w1.copies);
 
 	cr_assert_eq(aneshare_surface_release(in), 0);
 	cr_assert_eq(aneshare_surface_release(out), 0);

@@ -81,12 +81,14 @@ typedef struct ane_backend {
 	anes_ane_log_fn log;         /* NULL: stderr */
 	void *log_ctx;
 	unsigned serial;             /* this backend's number in the process (marker names) */
+	atomic_uint_least64_t copies;   /* run arguments copied through own surfaces */
 } ane_backend;
 
 typedef struct ane_io {
 	uint32_t arg;                /* index into the function's inputs (or outputs) */
 	uint64_t bytes;              /* tensor bytes copied per run */
-	anes_iosurface surface;      /* +1 */
+	anes_iosurface surface;      /* +1: the program's own surface, for copies */
+	anes_id obj;                 /* retained _ANEIOSurfaceObject of surface */
 } ane_io;
 
 typedef struct ane_program {
@@ -95,10 +97,13 @@ typedef struct ane_program {
 	anes_id model;               /* retained _ANEInMemoryModel, loaded */
 	anes_id request;             /* retained _ANERequest */
 	anes_id options;             /* retained empty NSDictionary for evaluate */
+	anes_id in_idx, out_idx;     /* retained NSArrays @0..@n-1 */
+	anes_id proc;                /* retained NSNumber @0 (procedureIndex) */
 	ane_dir *dir;
 	uint32_t n_in, n_out;
 	ane_io *in, *out;            /* in request order (by name, see order_io) */
-	pthread_mutex_t run_lock;    /* one run at a time: the surfaces are the program's */
+	size_t in_alloc, out_alloc;  /* IOSurfaceGetAllocSize of the own surfaces of each side */
+	pthread_mutex_t run_lock;    /* one run at a time: the own surfaces are shared */
 } ane_program;
 
 static const anes_backend_ops ane_ops;
@@ -544,6 +549,7 @@ static void order_io(const anes_tensor_desc *descs, uint32_t n, ane_io *io)
 		io[j].arg = i;
 		io[j].bytes = descs[i].bytes;
 		io[j].surface = NULL;
+		io[j].obj = NULL;
 	}
 }
 
@@ -558,30 +564,40 @@ static uint64_t surface_bytes(const ane_io *io, uint32_t n)
 	return (m + ANES_ANE_ROW_ALIGN - 1) / ANES_ANE_ROW_ALIGN * ANES_ANE_ROW_ALIGN;
 }
 
-/* Create the surfaces of io[] (alloc bytes each) and wrap them: objs[i] gets
- * an autoreleased _ANEIOSurfaceObject, idx[i] an NSNumber i. */
-static int make_surfaces(ane_backend *b, ane_io *io, uint32_t n, uint64_t alloc, anes_id *objs,
+/* Create the surfaces of io[] (width bytes each) and wrap them: io[i].obj
+ * gets a retained _ANEIOSurfaceObject, idx[i] an autoreleased NSNumber i. */
+static int make_surfaces(ane_backend *b, ane_io *io, uint32_t n, uint64_t width, anes_id *objs,
                          anes_id *idx, char *errbuf, size_t len)
 {
 	const anes_ane_bridge *br = b->br;
+	/* the flat layout the public projects use (width = bytes, height 1, 1 byte
+	 * per element), with bytes per row and alloc size aligned as
+	 * IOSurfaceRef.h asks of values a caller computes */
+	size_t bpr = br->surface_align(br->key_bytes_per_row, (size_t)width);
+	size_t alloc = br->surface_align(br->key_alloc_size, bpr);
+	if (bpr < width || alloc < bpr) {
+		set_err(errbuf, len, "IOSurfaceAlignProperty gave %zu bytes per row, alloc size %zu for %llu bytes",
+		        bpr, alloc, (unsigned long long)width);
+		return -EIO;
+	}
 
 	for (uint32_t i = 0; i < n; i++) {
-		/* the flat layout the public projects use: width = bytes, height 1, 1 byte per element */
 		anes_id props = new_dict(b);
-		anes_id nbytes = new_number(b, alloc), one = new_number(b, 1), zero = new_number(b, 0);
-		if (!props || !nbytes || !one || !zero) {
+		anes_id nwidth = new_number(b, width), nbpr = new_number(b, bpr), nalloc = new_number(b, alloc);
+		anes_id one = new_number(b, 1), zero = new_number(b, 0);
+		if (!props || !nwidth || !nbpr || !nalloc || !one || !zero) {
 			set_err(errbuf, len, "out of memory");
 			return -ENOMEM;
 		}
-		br->send_void_id_id(props, b->sel.set_object, nbytes, br->key_width);
+		br->send_void_id_id(props, b->sel.set_object, nwidth, br->key_width);
 		br->send_void_id_id(props, b->sel.set_object, one, br->key_height);
 		br->send_void_id_id(props, b->sel.set_object, one, br->key_bytes_per_element);
-		br->send_void_id_id(props, b->sel.set_object, nbytes, br->key_bytes_per_row);
-		br->send_void_id_id(props, b->sel.set_object, nbytes, br->key_alloc_size);
+		br->send_void_id_id(props, b->sel.set_object, nbpr, br->key_bytes_per_row);
+		br->send_void_id_id(props, b->sel.set_object, nalloc, br->key_alloc_size);
 		br->send_void_id_id(props, b->sel.set_object, zero, br->key_pixel_format);
 		io[i].surface = br->surface_create(props);
 		if (!io[i].surface) {
-			set_err(errbuf, len, "IOSurfaceCreate (%llu bytes) failed", (unsigned long long)alloc);
+			set_err(errbuf, len, "IOSurfaceCreate (%zu bytes) failed", alloc);
 			return -ENOMEM;
 		}
 		if (br->surface_alloc_size(io[i].surface) < io[i].bytes) {
@@ -595,6 +611,7 @@ static int make_surfaces(ane_backend *b, ane_io *io, uint32_t n, uint64_t alloc,
 			set_err(errbuf, len, "ANE _ANEIOSurfaceObject objectWithIOSurface: returned nil");
 			return -EIO;
 		}
+		io[i].obj = obj_retain(b, objs[i]);
 		idx[i] = new_number(b, i);
 		if (!idx[i]) {
 			set_err(errbuf, len, "out of memory");
@@ -616,7 +633,8 @@ static void program_release(ane_backend *b, ane_program *p, bool loaded)
 {
 	const anes_ane_bridge *br = b->br;
 
-	if (p->model || p->request || p->options) {
+	if (p->model || p->request || p->options || p->in_idx || p->out_idx || p->proc ||
+	    (p->in && p->n_in && p->in[0].obj) || (p->out && p->n_out && p->out[0].obj)) {
 		void *pool = br->pool_push();
 		if (loaded) {
 			anes_id err = NULL;
@@ -626,6 +644,13 @@ static void program_release(ane_backend *b, ane_program *p, bool loaded)
 		}
 		obj_release(b, p->request);
 		obj_release(b, p->options);
+		obj_release(b, p->in_idx);
+		obj_release(b, p->out_idx);
+		obj_release(b, p->proc);
+		for (uint32_t i = 0; p->in && i < p->n_in; i++)
+			obj_release(b, p->in[i].obj);
+		for (uint32_t i = 0; p->out && i < p->n_out; i++)
+			obj_release(b, p->out[i].obj);
 		obj_release(b, p->model);
 		br->pool_pop(pool);
 	}
@@ -751,6 +776,11 @@ static int compile_objc(ane_backend *b, ane_program *p, const char *mil, size_t 
 	}
 	p->request = obj_retain(b, req);
 	p->options = obj_retain(b, options);
+	p->in_idx = obj_retain(b, a_in_idx);
+	p->out_idx = obj_retain(b, a_out_idx);
+	p->proc = obj_retain(b, proc);
+	p->in_alloc = p->n_in ? br->surface_alloc_size(p->in[0].surface) : 0;
+	p->out_alloc = p->n_out ? br->surface_alloc_size(p->out[0].surface) : 0;
 	return 0;
 
 oom:
@@ -874,7 +904,163 @@ static int ane_run(anes_backend *base, anes_bprogram *prog, uint32_t fn_index, c
 	for (uint32_t i = 0; rc == 0 && i < p->n_out; i++)
 		rc = copy_out(b, &p->out[i], outputs[p->out[i].arg], errbuf, errbuf_len);
 	pthread_mutex_unlock(&p->run_lock);
+	atomic_fetch_add(&b->copies, (uint64_t)p->n_in + p->n_out);
 	return rc;
+}
+
+/* ---- run on the caller's IOSurfaces (zero copy) ---- */
+
+/* The surface an argument names, for the alias check: its IOSurfaceID, or
+ * the IOSurfaceRef when the ID is not known. */
+static uintptr_t surface_ident(const anes_surface_desc *a)
+{
+	return a->ios_id ? (uintptr_t)a->ios_id : (uintptr_t)a->ios;
+}
+
+/* Which arguments of one side (the inputs, or the outputs) go to the device
+ * as they are: direct[k] for the k-th surface in request order.  An
+ * argument fits when it is an IOSurface, the tensor starts at its first
+ * byte, and its alloc size is at least ANES_ANE_MIN_SURFACE_BYTES and the
+ * tensor's bytes; an output also must not share its IOSurface with another
+ * argument (the device would read what it writes).  All surfaces of a side
+ * have one alloc size (the public record reports 0x1d for mixed sizes,
+ * docs/ane.md): either every argument fits with the same size, or those
+ * whose size is the program's own surfaces' size go as they are and the
+ * rest are copied through the program's own surfaces. */
+static void plan_side(ane_backend *b, const ane_io *io, uint32_t n, const anes_surface_desc *side,
+                      const anes_surface_desc *all, uint32_t n_all, bool outputs, size_t own_alloc,
+                      bool *direct)
+{
+	size_t alloc[ANES_MAX_IO];
+	bool fit[ANES_MAX_IO], uniform = n > 0;
+
+	for (uint32_t k = 0; k < n; k++) {
+		const anes_surface_desc *a = &side[io[k].arg];
+		alloc[k] = a->ios ? b->br->surface_alloc_size((anes_iosurface)a->ios) : 0;
+		fit[k] = a->ios && a->offset == 0 && alloc[k] >= ANES_ANE_MIN_SURFACE_BYTES &&
+		         alloc[k] >= io[k].bytes;
+		for (uint32_t j = 0; fit[k] && outputs && j < n_all; j++)
+			if (&all[j] != a && surface_ident(&all[j]) == surface_ident(a))
+				fit[k] = false;
+		if (!fit[k] || alloc[k] != alloc[0])
+			uniform = false;
+	}
+	for (uint32_t k = 0; k < n; k++)
+		direct[k] = fit[k] && (uniform || alloc[k] == own_alloc);
+}
+
+/* The request of one run: the caller's surfaces where direct, the
+ * program's own elsewhere (autoreleased, in the caller's pool). */
+static anes_id run_request(ane_backend *b, ane_program *p, const anes_surface_desc *args,
+                           const bool *din, const bool *dout, char *errbuf, size_t len)
+{
+	const anes_ane_bridge *br = b->br;
+	anes_id in[ANES_MAX_IO], out[ANES_MAX_IO];
+
+	for (uint32_t k = 0; k < p->n_in + p->n_out; k++) {
+		bool input = k < p->n_in;
+		uint32_t i = input ? k : k - p->n_in;
+		const ane_io *io = input ? &p->in[i] : &p->out[i];
+		bool direct = input ? din[i] : dout[i];
+		anes_id o = io->obj;
+		if (direct) {
+			const anes_surface_desc *a = &args[input ? io->arg : p->n_in + io->arg];
+			/* + (id)objectWithIOSurface:(IOSurfaceRef): the caller's own surface */
+			o = br->send_ptr(b->cls.surface_obj, b->sel.object_with_surface, a->ios);
+			if (!o) {
+				set_err(errbuf, len, "ANE _ANEIOSurfaceObject objectWithIOSurface: returned nil");
+				return NULL;
+			}
+		}
+		(input ? in : out)[i] = o;
+	}
+	anes_id a_in = new_array(b, in, p->n_in), a_out = new_array(b, out, p->n_out);
+	if (!a_in || !a_out) {
+		set_err(errbuf, len, "out of memory");
+		return NULL;
+	}
+	anes_id req = br->send_id7(b->cls.request, b->sel.request_with, a_in, p->in_idx, a_out, p->out_idx,
+	                           NULL, NULL, p->proc);
+	if (!req)
+		set_err(errbuf, len, "ANE _ANERequest requestWithInputs:inputIndices:outputs:outputIndices:"
+		        "weightsBuffer:perfStats:procedureIndex: returned nil");
+	return req;
+}
+
+/* run, given the caller's surfaces (backend.h): an argument that fits the
+ * device's layout (plan_side) is handed to it as it is; the others are
+ * copied through the program's own surfaces, and counted (copies). */
+static int ane_run_surfaces(anes_backend *base, anes_bprogram *prog, uint32_t fn_index,
+                            const anes_surface_desc *args, uint32_t n_args, char *errbuf,
+                            size_t errbuf_len)
+{
+	ane_backend *b = (ane_backend *)base;
+	ane_program *p = (ane_program *)prog;
+	bool din[ANES_MAX_IO], dout[ANES_MAX_IO];
+	uint64_t copies = 0;
+	int rc = 0;
+
+	if (fn_index >= p->base.n_functions) {
+		set_err(errbuf, errbuf_len, "no function %u", fn_index);
+		return -EINVAL;
+	}
+	if (n_args != p->n_in + p->n_out) {
+		set_err(errbuf, errbuf_len, "%u arguments for %u inputs and %u outputs", n_args, p->n_in,
+		        p->n_out);
+		return -EINVAL;
+	}
+	for (uint32_t k = 0; k < n_args; k++) {
+		const anes_surface_desc *a = &args[k];
+		uint64_t bytes = k < p->n_in ? p->base.functions[0].inputs[k].bytes
+		                             : p->base.functions[0].outputs[k - p->n_in].bytes;
+		if (!a->ptr || a->offset > a->size || bytes > a->size - a->offset) {
+			set_err(errbuf, errbuf_len, "argument %u does not hold its %llu bytes", k,
+			        (unsigned long long)bytes);
+			return -EINVAL;
+		}
+	}
+	plan_side(b, p->in, p->n_in, args, args, n_args, false, p->in_alloc, din);
+	plan_side(b, p->out, p->n_out, args + p->n_in, args, n_args, true, p->out_alloc, dout);
+	bool any = false;
+	for (uint32_t k = 0; k < p->n_in; k++)
+		any |= din[k];
+	for (uint32_t k = 0; k < p->n_out; k++)
+		any |= dout[k];
+
+	pthread_mutex_lock(&p->run_lock);
+	for (uint32_t k = 0; rc == 0 && k < p->n_in; k++) {
+		if (din[k])
+			continue;
+		rc = copy_in(b, &p->in[k], args[p->in[k].arg].ptr, errbuf, errbuf_len);
+		copies++;
+	}
+	if (rc == 0) {
+		void *pool = b->br->pool_push();
+		anes_id req = any ? run_request(b, p, args, din, dout, errbuf, errbuf_len) : p->request;
+		anes_id err = NULL;
+		if (!req)
+			rc = -EIO;
+		else if (!b->br->send_bool_u32_id_id_err(p->model, b->sel.evaluate, ANES_ANE_QOS, p->options,
+		                                         req, &err)) {
+			set_nserror(b, "evaluate", err, errbuf, errbuf_len);
+			rc = -EIO;
+		}
+		b->br->pool_pop(pool);
+	}
+	for (uint32_t k = 0; rc == 0 && k < p->n_out; k++) {
+		if (dout[k])
+			continue;
+		rc = copy_out(b, &p->out[k], args[p->n_in + p->out[k].arg].ptr, errbuf, errbuf_len);
+		copies++;
+	}
+	pthread_mutex_unlock(&p->run_lock);
+	atomic_fetch_add(&b->copies, copies);
+	return rc;
+}
+
+static uint64_t ane_copies(anes_backend *base)
+{
+	return atomic_load(&((ane_backend *)base)->copies);
 }
 
 static void ane_program_free(anes_backend *base, anes_bprogram *prog)
@@ -907,6 +1093,8 @@ static const anes_backend_ops ane_ops = {
 	.run = ane_run,
 	.program_free = ane_program_free,
 	.destroy = ane_destroy,
+	.run_surfaces = ane_run_surfaces,
+	.copies = ane_copies,
 };
 
 /* ---- creation ---- */

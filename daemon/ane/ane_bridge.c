@@ -122,7 +122,8 @@ static void open_bridge(void)
 		return;
 	if (FN(ios, surface_create, "IOSurfaceCreate") || FN(ios, surface_lock, "IOSurfaceLock") ||
 	    FN(ios, surface_unlock, "IOSurfaceUnlock") || FN(ios, surface_base, "IOSurfaceGetBaseAddress") ||
-	    FN(ios, surface_alloc_size, "IOSurfaceGetAllocSize"))
+	    FN(ios, surface_alloc_size, "IOSurfaceGetAllocSize") ||
+	    FN(ios, surface_align, "IOSurfaceAlignProperty"))
 		return;
 	if (key(ios, "kIOSurfaceWidth", &b->key_width) || key(ios, "kIOSurfaceHeight", &b->key_height) ||
 	    key(ios, "kIOSurfaceBytesPerElement", &b->key_bytes_per_element) ||

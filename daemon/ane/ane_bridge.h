@@ -104,6 +104,9 @@ typedef struct anes_ane_bridge {
 	int (*surface_unlock)(anes_iosurface s, uint32_t options, uint32_t *seed);
 	void *(*surface_base)(anes_iosurface s);                                   /* IOSurfaceGetBaseAddress */
 	size_t (*surface_alloc_size)(anes_iosurface s);                            /* IOSurfaceGetAllocSize */
+	/* IOSurfaceAlignProperty: value rounded up to what property needs
+	 * (key_bytes_per_row, key_alloc_size) */
+	size_t (*surface_align)(anes_id property, size_t value);
 	/* the property keys (CFStringRef constants, toll-free bridged to NSString) */
 	anes_id key_width, key_height, key_bytes_per_element, key_bytes_per_row, key_alloc_size,
 	        key_pixel_format;
