@@ -163,9 +163,16 @@ static wproxy *P(anes_backend *b)
 	return (wproxy *)(void *)b;
 }
 
+/* The watchdog's clock: the one tests can replace (anes_clock.h). */
 static uint64_t now_ms(void)
 {
 	return anes_clock_ms();
+}
+
+/* Real time, for everything else (grace periods, back-off, logs). */
+static uint64_t real_ms(void)
+{
+	return anes_now_ns() / 1000000u;
 }
 
 /* ---- starting and stopping a worker ----------------------------------------------------- */
@@ -175,14 +182,14 @@ static void reap(pid_t pid, int grace_ms, int *ret_status)
 {
 	int st = 0;
 	if (grace_ms >= 0) {
-		uint64_t end = now_ms() + (uint64_t)grace_ms;
+		uint64_t end = real_ms() + (uint64_t)grace_ms;
 		for (;;) {
 			pid_t r = waitpid(pid, &st, WNOHANG);
 			if (r == pid)
 				goto done;
 			if (r < 0 && errno != EINTR)
 				break;
-			if (now_ms() >= end) {
+			if (real_ms() >= end) {
 				kill(pid, SIGKILL);
 				break;
 			}
@@ -590,7 +597,7 @@ static int choose(wproxy *p, wslot **ret, char *errbuf, size_t errlen)
 		return 1;
 	/* Starting one failed a moment ago: say so rather than try again at
 	 * once (the next compile tries again). */
-	if (p->start_fail_ms && now_ms() - p->start_fail_ms < 10 * BACKOFF_MIN_MS) {
+	if (p->start_fail_ms && real_ms() - p->start_fail_ms < 10 * BACKOFF_MIN_MS) {
 		snprintf(errbuf, errlen, "a new device worker did not start (%s); retry", p->start_fail);
 		return -ECONNRESET;
 	}
@@ -1360,7 +1367,7 @@ static void *supervisor(void *arg)
 		char err[256] = "";
 		int fd = -1;
 		pid_t pid = 0;
-		uint64_t ts = now_ms();
+		uint64_t ts = real_ms();
 		int r = spawn_worker(p, &fd, &pid, err, sizeof err);
 		pthread_mutex_lock(&s->send_m);
 		pthread_mutex_lock(&p->m);
@@ -1384,7 +1391,7 @@ static void *supervisor(void *arg)
 			abandon_moves(p, s);
 			if (!still_wanted(p, s) || s->replacement) {
 				anes_log("error: %s", err);
-				p->start_fail_ms = now_ms();
+				p->start_fail_ms = real_ms();
 				snprintf(p->start_fail, sizeof p->start_fail, "%s", err);
 				s->wanted = false;
 				s->replacement = false;
@@ -1411,7 +1418,7 @@ static void *supervisor(void *arg)
 		pthread_mutex_unlock(&p->m);
 		pthread_mutex_unlock(&s->send_m);
 
-		uint64_t t0 = now_ms();
+		uint64_t t0 = real_ms();
 		uint64_t rc0;
 		pthread_mutex_lock(&p->m);
 		rc0 = p->recompiles;
@@ -1426,7 +1433,7 @@ static void *supervisor(void *arg)
 				         "compiled again in %llu ms%s)",
 				         (long)pid, p->worker_backend, (unsigned long long)(t0 - ts),
 				         (unsigned long long)(p->recompiles - rc0),
-				         (unsigned long long)(now_ms() - t0), took ? ", taken over" : "");
+				         (unsigned long long)(real_ms() - t0), took ? ", taken over" : "");
 			else if (p->started_once)
 				anes_log("device worker pid %ld started (%s backend): another one for new programs",
 				         (long)pid, p->worker_backend);
@@ -1462,7 +1469,7 @@ static void *supervisor(void *arg)
 				kill(pid, SIGKILL);   /* a cut-off or malformed message */
 			pthread_mutex_unlock(&p->m);
 		}
-		uint64_t lived = now_ms() - t0;
+		uint64_t lived = real_ms() - t0;
 		worker_gone(s, lived);
 
 		pthread_mutex_lock(&p->m);

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 #include "aneshare.h"
 #include "daemon_harness.h"
 #include "../daemon/devworker.h"
+#include "anes_clock.h"
 
 static h_daemon D;
 
@@ -1030,6 +1032,44 @@ Test(worker, watchdog_kills_a_stopped_worker)
 	int64_t last = worker_status().pid;
 	h_daemon_stop(&D);
 	wait_gone(last);
+}
+
+/* The watchdog's deadlines are on the daemon's clock (anes_clock_ns), which
+ * a test can replace: on a fake clock that stands still, a stopped worker
+ * is not killed however long it takes in real time; once the clock is moved
+ * past the deadline, it is, and the run in flight gets worker_restarted. */
+Test(worker, watchdog_on_the_daemons_clock)
+{
+	anes_test_clock *clk = h_fake_clock();
+	const char *args[] = { "--backend", "cpu", "--worker", "--run-deadline-floor-ms", "1000",
+		               "--lane-spin-us", "0", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *c = h_connect(&D, "clock");
+	sq s;
+	sq_compile(c, &s, 0);
+	sq_check(c, &s, 1);
+	wstat w0 = worker_status();
+
+	cr_assert_eq(kill((pid_t)w0.pid, SIGSTOP), 0);
+	sq_fill(&s, 2);
+	uint32_t t = sq_submit(&s);
+	/* Eight of the watchdog's checks (every 250 ms of real time). */
+	tu_pause_ms(2000);
+	wstat w = worker_status();
+	cr_assert_eq(w.watchdog_kills, 0, "killed while the daemon's clock stood still");
+	cr_assert_eq(w.pid, w0.pid);
+
+	atomic_fetch_add(&clk->now_ns, 1000000001ull);
+	int r = aneshare_wait(c, t);
+	cr_assert_eq(r, -ANESHARE_EWORKER_RESTARTED, "%s (%s)", aneshare_strerror(r), aneshare_last_error(c));
+	wstat w1 = wait_worker(1, w0.pid);
+	cr_assert_eq(w1.watchdog_kills, 1);
+	wait_gone(w0.pid);
+	sq_check(c, &s, 3);
+	sq_release(&s);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+	wait_gone(w1.pid);
 }
 
 /* ---- configuration, and a worker that cannot start --------------------------------------- */
