@@ -1673,7 +1673,11 @@ Test(cli, unit_refuses_what_systemd_cannot_run)
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		char *odd = path_join(dir, cases[i].name);
-		cr_assert_eq(mkdir(odd, 0755), 0, "mkdir %s: %s", odd, strerror(errno));
+		if (mkdir(odd, 0755) < 0 && errno == EILSEQ) {
+			free(odd);   /* a file system that holds UTF-8 names only (APFS) */
+			continue;
+		}
+		cr_assert(file_exists(odd), "mkdir %s: %s", odd, strerror(errno));
 		char *daemon = path_join(odd, "aneshared");
 		cr_assert_eq(symlink(exe_env("ANESHARED"), daemon), 0);
 		char *out = NULL;
@@ -1709,7 +1713,7 @@ static char *fake_launchctl(const char *dir)
 	                   "print) [ -e \"$d/loaded\" ] || { echo \"Could not find service\" >&2; exit 113; } ;;\n"
 	                   "bootout) rm -f \"$d/loaded\" ;;\n"
 	                   "bootstrap)\n"
-	                   "  if [ -s \"$d/eio\" ]; then sed -i 1d \"$d/eio\"\n"
+	                   "  if [ -s \"$d/eio\" ]; then tail -n +2 \"$d/eio\" > \"$d/eio.t\"; mv \"$d/eio.t\" \"$d/eio\"\n"
 	                   "    echo 'Bootstrap failed: 5: Input/output error' >&2; exit 5; fi\n"
 	                   "  : > \"$d/loaded\" ;;\n"
 	                   "esac\n",
