@@ -43,6 +43,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>     /* macOS: LOCAL_PEERPID */
 
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0      /* macOS: the socket has SO_NOSIGPIPE */

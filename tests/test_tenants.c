@@ -795,11 +795,16 @@ static int second_client(void *arg, int ready_fd)
 	if (aneshare_surface_create(c, mm.in_bytes, &in) < 0 ||
 	    aneshare_surface_create(c, mm.out_bytes, &out) < 0)
 		return 3;
+#ifdef __linux__
 	int fd = memfd_create("second", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0 || ftruncate(fd, 4096) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0 ||
 	    aneshare_surface_import(c, fd, &imp) < 0)
 		return 4;
 	close(fd);
+#else
+	if (aneshare_surface_create(c, 4096, &imp) < 0)   /* no memfds to import */
+		return 4;
+#endif
 	h_mm_fill(&mm, aneshare_surface_data(in), 5);
 	if (aneshare_run(p, 0, &in, 1, &out, 1) < 0)
 		return 5;
@@ -818,6 +823,9 @@ static int second_client(void *arg, int ready_fd)
 
 Test(tenants, surfaces_until_refused_leave_fds_for_others)
 {
+#ifndef __linux__
+	cr_skip_test("surfaces are memfds (with an fd kept per surface) only on Linux");
+#endif
 	/* A small fd limit for the daemon (inherited): 512 - 256 connections -
 	 * 64 leaves 192 fds for surfaces, 96 per client. */
 	struct rlimit old, low;
