@@ -4,7 +4,11 @@
  * baseline in the same run, several repetitions each (medians reported),
  * and the acceptance ratios of docs/performance.md are checked at the end.
  *
- *   bench_daemon [--quick] [--reps N] [--aneshared PATH]
+ *   bench_daemon [--quick] [--reps N] [--aneshared PATH] [--json]
+ *
+ * --json: the report goes to stderr, and stdout gets one JSON object with
+ * the date, the machine, every figure and every check (the data files in
+ * bench/results/ are such objects).
  *
  * It starts its own aneshared ($ANESHARED or --aneshared; CPU backend, on
  * a private socket) and calls the same CPU backend in-process for the
@@ -26,7 +30,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -366,6 +373,82 @@ static void add_check(const char *what, double value, double limit, bool le)
 	g_checks[g_nchecks++] = (check){ what, value, limit, le };
 }
 
+/* Every figure of the report, for --json. */
+typedef struct figure {
+	char name[96];
+	const char *unit;
+	double value;
+} figure;
+
+static figure g_figs[128];
+static int g_nfigs;
+
+static void fig(const char *unit, double value, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void fig(const char *unit, double value, const char *fmt, ...)
+{
+	if (g_nfigs == (int)(sizeof g_figs / sizeof g_figs[0]))
+		return;
+	figure *f = &g_figs[g_nfigs++];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(f->name, sizeof f->name, fmt, ap);
+	va_end(ap);
+	f->unit = unit;
+	f->value = value;
+}
+
+/* A JSON string of s (names here are plain ASCII). */
+static void json_str(FILE *o, const char *s)
+{
+	fputc('"', o);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fputc('\\', o);
+		if ((unsigned char)*s >= 0x20)
+			fputc(*s, o);
+	}
+	fputc('"', o);
+}
+
+static void json_report(FILE *o, double total)
+{
+	char date[32] = "";
+	time_t now = time(NULL);
+	struct tm tm;
+	if (gmtime_r(&now, &tm))
+		strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	struct utsname u;
+	if (uname(&u) < 0)
+		memset(&u, 0, sizeof u);
+	fprintf(o, "{\n  \"bench\": \"bench_daemon\",\n  \"date\": \"%s\",\n", date);
+	fprintf(o, "  \"machine\": {\"cpus\": %ld, \"system\": ", sysconf(_SC_NPROCESSORS_ONLN));
+	json_str(o, u.sysname);
+	fprintf(o, ", \"release\": ");
+	json_str(o, u.release);
+	fprintf(o, ", \"arch\": ");
+	json_str(o, u.machine);
+	fprintf(o, "},\n  \"quick\": %s,\n  \"reps\": %d,\n  \"seconds\": %.1f,\n  \"figures\": [\n",
+	        g_quick ? "true" : "false", g_reps, total);
+	for (int i = 0; i < g_nfigs; i++) {
+		fprintf(o, "    {\"name\": ");
+		json_str(o, g_figs[i].name);
+		fprintf(o, ", \"value\": %.6g, \"unit\": ", g_figs[i].value);
+		json_str(o, g_figs[i].unit);
+		fprintf(o, "}%s\n", i + 1 < g_nfigs ? "," : "");
+	}
+	fprintf(o, "  ],\n  \"checks\": [\n");
+	for (int i = 0; i < g_nchecks; i++) {
+		const check *k = &g_checks[i];
+		bool ok = k->le ? k->value <= k->limit : k->value >= k->limit;
+		fprintf(o, "    {\"what\": ");
+		json_str(o, k->what);
+		fprintf(o, ", \"value\": %.6g, \"limit\": %g, \"op\": \"%s\", \"pass\": %s}%s\n", k->value,
+		        k->limit, k->le ? "<=" : ">=", ok ? "true" : "false", i + 1 < g_nchecks ? "," : "");
+	}
+	fprintf(o, "  ]\n}\n");
+}
+
 /* ---- 1. round trip ---------------------------------------------------------------- */
 
 /*
@@ -501,6 +584,12 @@ static void bench_rtt_at(placement pl)
 		d99[v] = median(dp99[v], (size_t)g_reps) * 1e6;
 	}
 	g_rtt_ratio[pl] = d[1] / (a[0] + b);
+	fig("us", d[1], "run round trip p50, %s", place_name[pl]);
+	fig("us", d[0], "run round trip p50, client sleeping, %s", place_name[pl]);
+	fig("us", a[0], "ping-pong p50, %s", place_name[pl]);
+	fig("us", a[1], "ping-pong p50, client polling, %s", place_name[pl]);
+	fig("us", b, "in-process run p50, %s", place_name[pl]);
+	fig("ratio", g_rtt_ratio[pl], "run round trip / (ping-pong + in-process), %s", place_name[pl]);
 	printf("  %s:\n", place_name[pl]);
 	printf("    %-48s p50 %8.1f us   p99 %8.1f us\n", "raw socketpair ping-pong (2 processes)", a[0], a99[0]);
 	printf("    %-48s p50 %8.1f us   p99 %8.1f us\n", "  the same, the client polling for the reply", a[1],
@@ -676,6 +765,9 @@ static void bench_throughput(void)
 			pp[r] = run_clients(ks[i], false, seconds);
 		}
 		double dm = median(d, (size_t)reps), pm = median(pp, (size_t)reps);
+		fig("runs/s", dm, "throughput, %d clients", ks[i]);
+		fig("trips/s", pm, "ping-pong pairs, %d pairs", ks[i]);
+		fig("ratio", dm / pm, "throughput / ping-pong pairs, %d clients", ks[i]);
 		printf("  %-8d %16.0f %20.0f %8.2f\n", ks[i], dm, pm, dm / pm);
 	}
 }
@@ -813,6 +905,9 @@ static void bench_big(void)
 	printf("  %-52s %9.2f ms\n", "inline: bytes over a socket to a peer and back + run", l);
 	printf("  %-52s %9.2f ms\n", "(the run alone, in-process)", q);
 	printf("  ratio inline / zero-copy   %.1f  (limit >= 10)\n", l / z);
+	fig("ms", z, "16 MiB run, zero-copy");
+	fig("ms", l, "16 MiB run, inline copy");
+	fig("ratio", l / z, "16 MiB inline / zero-copy");
 	add_check("16 MiB: inline copy >= 10 x zero-copy run", l / z, 10, false);
 
 	anes_io_cleanup(&io);
@@ -866,6 +961,8 @@ static void bench_compile(void)
 	printf("  %-52s %8.1f us\n", "aneshare_program_compile, cache hit (+ program.info)", a);
 	printf("  %-52s %8.1f us\n", "aneshare_get_status", b);
 	printf("  ratio compile / status   %.2f\n", a / b);
+	fig("us", a, "compile, cache hit, p50");
+	fig("us", b, "status p50");
 	aneshare_program_release(keep);
 	aneshare_disconnect(c);
 	free(mil);
@@ -1071,6 +1168,14 @@ static void bench_chain_at(placement pl)
 	       dss = median(dsts, (size_t)n) * 1e6,
 	       ep = pl == PLACE_CROSS ? median(inpp, (size_t)n) * 1e6 : 0;
 	g_chain_ratio[pl] = pr50;
+	fig("us", a, "28-step chain p50, %s", place_name[pl]);
+	fig("us", ds, "28-step chain, the daemon's steps, %s", place_name[pl]);
+	fig("us", as, "28-step chain, client sleeping, %s", place_name[pl]);
+	fig("us", b, "28 separate requests, %s", place_name[pl]);
+	fig("us", d, "28 pipelined requests, %s", place_name[pl]);
+	fig("us", e, "28 in-process calls, %s", place_name[pl]);
+	fig("ratio", pr50, "28-step chain / in-process, %s", place_name[pl]);
+	fig("us", rest50, "28-step chain minus the daemon's steps p50, %s", place_name[pl]);
 	printf("  %s:\n", place_name[pl]);
 	printf("    %-50s %9.1f us\n", "one request with 28 steps (aneshare_run_chain)", a);
 	printf("    %-50s %9.1f us\n", "  of which the daemon ran the steps (last_run_us)", ds);
@@ -1162,6 +1267,9 @@ static void bench_memory(void)
 		memset(aneshare_surface_data(ss[i]), 1, SURF_BYTES);   /* the client touches it */
 	}
 	long with_surfaces = rss_kb(g_daemon);
+	fig("KiB", (double)idle, "daemon memory, idle");
+	fig("KiB", (double)(with_clients - idle) / CLIENTS, "daemon memory per client");
+	fig("KiB", (double)(with_surfaces - with_clients) / SURFACES, "daemon memory per 1 MiB surface");
 	printf("\n== daemon memory (VmRSS of /proc/PID/status, a fresh daemon)\n");
 	printf("  %-52s %8ld KiB\n", "idle", idle);
 	printf("  %-52s %8.1f KiB\n", "per connected client (64 clients)",
@@ -1178,6 +1286,7 @@ static void bench_memory(void)
 
 int main(int argc, char **argv)
 {
+	bool json = false;
 	g_aneshared = getenv("ANESHARED");
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
@@ -1189,13 +1298,23 @@ int main(int argc, char **argv)
 				g_reps = 5;
 		} else if (!strcmp(argv[i], "--aneshared") && i + 1 < argc) {
 			g_aneshared = argv[++i];
+		} else if (!strcmp(argv[i], "--json")) {
+			json = true;
 		} else {
-			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH]\n");
+			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH] [--json]\n");
 			return 2;
 		}
 	}
 	if (!g_aneshared)
 		g_aneshared = ANES_ANESHARED_EXE;
+	FILE *json_out = NULL;
+	if (json) {   /* the JSON alone on stdout, the report on stderr */
+		int fd = dup(STDOUT_FILENO);
+		if (fd < 0 || !(json_out = fdopen(fd, "w")) || dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+			perror("bench_daemon: --json");
+			return 2;
+		}
+	}
 	signal(SIGPIPE, SIG_IGN);
 	g_main = getpid();
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1225,6 +1344,10 @@ int main(int argc, char **argv)
 		failed += !ok;
 		printf("%s  %-52s %8.2f %s %g\n", ok ? "PASS" : "FAIL", k->what, k->value,
 		       k->le ? "<=" : ">=", k->limit);
+	}
+	if (json_out) {
+		json_report(json_out, total);
+		fclose(json_out);
 	}
 	return failed ? 1 : 0;
 }
