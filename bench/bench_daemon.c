@@ -1188,7 +1188,7 @@ static void bench_chain_at(placement pl)
 		       ep / e);
 		/* The two vCPUs ran as one core's two hyperthreads on the host:
 		 * a client waiting on core 0 then slows the daemon's steps as
-		 * much (docs/performance.md, "Results"). */
+		 * much (docs/performance.md, "The machine"). */
 		if (ep / e >= 1.1)
 			printf("    note: a thread busy on core 0 slowed core 1 by %.2f in this run: the two vCPUs\n"
 			       "          shared a physical core, and a client polling for its reply slows the steps\n",

@@ -505,7 +505,7 @@ typedef struct aneshare_status {
 		uint32_t refs;            /* handles held by all connections */
 	} *program_list;              /* programs entries, owned by the status */
 	uint64_t lane_runs;           /* of runs, those a worker took straight off the
-	                               * socket (docs/performance.md, "Lanes"); 0 from
+	                               * socket (docs/design.md, "Lanes"); 0 from
 	                               * daemons that do not report it */
 	uint64_t lane_spins;          /* lane answers after which the daemon polled the
 	                               * client's socket for its next request ... */
@@ -514,7 +514,7 @@ typedef struct aneshare_status {
 	                               * thread was switched out */
 	uint64_t lane_spin_skips;     /* lane answers not followed by a poll: the spin's
 	                               * penalty after polls that got nothing (the three:
-	                               * docs/performance.md, "Waiting for the reply"; 0
+	                               * docs/design.md, "The spin"; 0
 	                               * from daemons that do not report them) */
 	/* What each client process holds (docs/protocol.md, "status"); empty
 	 * from daemons that do not report it.  The list may be cut:

@@ -1333,7 +1333,7 @@ static int lane_batch_flush(anes_conn *c, anes_wctx *ctx, bool with_reply)
 }
 
 /*
- * The lane spin (docs/performance.md, "Waiting for the reply").  A client's
+ * The lane spin (docs/design.md, "The spin").  A client's
  * next request often follows its reply within microseconds (a loop of runs
  * or chains), and a lane thread asleep on an idle CPU takes long to wake.
  * So the thread that answered keeps the lane (it stays BUSY, not armed: no

@@ -180,7 +180,7 @@ typedef struct anes_wctx {
 	size_t out_len, out_cap;
 } anes_wctx;
 
-/* A lane: a socket that the lane threads read themselves (docs/performance.md,
+/* A lane: a socket that the lane threads read themselves (docs/design.md,
  * "Lanes").  Armed one-shot: once readable, exactly one lane thread calls
  * ready(); it stays disarmed until armed again. */
 typedef struct anes_lane anes_lane;
@@ -248,7 +248,7 @@ struct anes_conn {
 	atomic_uint lane_rests;      /* lane replies whose rest the loop has not
 	                              * queued yet (conn.c, lane_send) */
 
-	/* The lane (docs/performance.md, "Lanes").  While `lane` is set a
+	/* The lane (docs/design.md, "Lanes").  While `lane` is set a
 	 * worker owns the read side: io's receive buffer and fd queue, and
 	 * the handling of the requests in it.  It runs `run` requests itself
 	 * and hands everything else back (lane_job), so only runs happen
@@ -269,7 +269,7 @@ struct anes_conn {
 	 * request comes soon is this client's habit, and a thread's history
 	 * would mix the clients it served (two clients that each pause once
 	 * after a burst made two misses in a row, and the penalty then
-	 * skipped the spin before the next burst; docs/performance.md). */
+	 * skipped the spin before the next burst; docs/design.md, "The spin"). */
 	anes_spin lane_spin;
 	/* Set by the worker before the hand-back, read by the loop after it. */
 	int lane_status;             /* 0, ANES_LANE_EOF, ANES_LANE_NOROOM, a read's -errno

@@ -10,7 +10,7 @@
  * on macOS and the BSDs) holding the lanes, client sockets armed one-shot,
  * which the thread that sees one readable reads itself (conn.c).  A
  * request that arrives on a lane wakes one thread and nothing else, which
- * is the whole point (docs/performance.md, "Lanes").  They never take jobs,
+ * is the whole point (docs/design.md, "Lanes").  They never take jobs,
  * so a backlog of long compiles or runs cannot hold a lane up; and what
  * they run is short by construction.  A wake-up fd in the set stops them.
  */
