@@ -308,8 +308,9 @@ static void full_write(int fd, const void *buf, size_t n)
 static pid_t echo_child(int *ret_fd)
 {
 	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		die("socketpair", -errno, NULL);
+	int sr = anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sv);
+	if (sr < 0)
+		die("socketpair", sr, NULL);
 	pid_t pid = fork();
 	if (pid < 0)
 		die("fork", -errno, NULL);
@@ -707,8 +708,9 @@ static void pingpong_client(int go_fd, int res_fd, double seconds)
 static double run_clients(int k, bool daemon, double seconds)
 {
 	int go[2], res[2];
-	if (pipe2(go, O_CLOEXEC) < 0 || pipe2(res, O_CLOEXEC) < 0)
-		die("pipe", -errno, NULL);
+	int pr = anes_pipe_cloexec(go);
+	if (pr < 0 || (pr = anes_pipe_cloexec(res)) < 0)
+		die("pipe", pr, NULL);
 	pid_t *pids = calloc((size_t)k, sizeof *pids);
 	for (int i = 0; i < k; i++) {
 		pids[i] = fork();
@@ -870,8 +872,9 @@ static void bench_big(void)
 	memset(y, 0, BIG_BYTES);
 
 	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		die("socketpair", -errno, NULL);
+	int sr = anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sv);
+	if (sr < 0)
+		die("socketpair", sr, NULL);
 	pid_t peer = fork();
 	if (peer == 0) {
 		close(sv[0]);
@@ -1008,7 +1011,7 @@ static void *poller_main(void *arg)
 	(void)arg;
 	pin_tid(0, 0);
 	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+	if (anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sv) < 0)
 		return NULL;
 	char b[8];
 	for (;;) {
@@ -1084,8 +1087,9 @@ static void bench_chain_at(placement pl)
 	pthread_t poller;
 	atomic_store(&g_poll, false);
 	if (pl == PLACE_CROSS) {
-		if (pipe2(g_poll_pipe, O_CLOEXEC) < 0)
-			die("pipe2", -errno, NULL);
+		int pr = anes_pipe_cloexec(g_poll_pipe);
+		if (pr < 0)
+			die("pipe", pr, NULL);
 		if ((errno = pthread_create(&poller, NULL, poller_main, NULL)) != 0)
 			die("pthread_create", -errno, NULL);
 	}

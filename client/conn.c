@@ -884,9 +884,9 @@ static int conn_open(aneshare_conn *c)
 	if (plen >= sizeof sa.sun_path)
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, c->socket_path, plen + 1);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM);
 	if (fd < 0)
-		return -errno;
+		return fd;
 #ifdef SO_NOSIGPIPE
 	(void)setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &(int){ 1 }, sizeof(int));
 #endif

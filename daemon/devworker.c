@@ -103,11 +103,11 @@ static int read_full(int fd, void *buf, size_t len, int *ret_fd)
 			mh.msg_control = cm.buf;
 			mh.msg_controllen = sizeof(cm.buf);
 		}
-		ssize_t r = recvmsg(fd, &mh, ret_fd ? MSG_CMSG_CLOEXEC : 0);
+		ssize_t r = anes_recvmsg_cloexec(fd, &mh, 0);
 		if (r < 0) {
-			if (errno == EINTR)
+			if (r == -EINTR)
 				continue;
-			return -errno;
+			return (int)r;
 		}
 		if (ret_fd) {
 			for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {

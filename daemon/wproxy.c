@@ -219,10 +219,10 @@ static void describe_status(int st, char *buf, size_t len)
 static int spawn_worker(wproxy *p, int *ret_fd, pid_t *ret_pid, char *err, size_t errlen)
 {
 	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-		int r = -errno;
-		snprintf(err, errlen, "socketpair: %s", strerror(-r));
-		return r;
+	int sr = anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sv);
+	if (sr < 0) {
+		snprintf(err, errlen, "socketpair: %s", strerror(-sr));
+		return sr;
 	}
 	if (sv[1] == 3) {
 		/* dup2(3, 3) would leave it CLOEXEC in the child. */
@@ -265,7 +265,16 @@ static int spawn_worker(wproxy *p, int *ret_fd, pid_t *ret_pid, char *err, size_
 	posix_spawnattr_init(&attr);
 	posix_spawnattr_setsigmask(&attr, &none);
 	posix_spawnattr_setsigdefault(&attr, &dfl);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+#ifdef POSIX_SPAWN_CLOEXEC_DEFAULT
+	/* macOS sets CLOEXEC with fcntl after accept/socketpair, so a client fd of
+	 * another thread could be open without it right now: the child gets only
+	 * stdin/stdout/stderr and fd 3. */
+	flags |= POSIX_SPAWN_CLOEXEC_DEFAULT;
+	for (int fd = 0; fd <= 2; fd++)
+		posix_spawn_file_actions_addinherit_np(&fa, fd);
+#endif
+	posix_spawnattr_setflags(&attr, flags);
 	pid_t pid;
 	int e = posix_spawn(&pid, p->exe, &fa, &attr, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);

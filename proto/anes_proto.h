@@ -348,4 +348,22 @@ int anes_memfd_check(int fd, uint64_t *ret_size);
 /* Whole-buffer read/write helpers for blocking fds; 0 or -errno (-EPIPE at EOF). */
 int anes_write_all(int fd, const void *buf, size_t len);
 
+/* Fds that have FD_CLOEXEC from the start (proto/anes_os.c).  Linux sets it
+ * atomically (SOCK_CLOEXEC, pipe2, accept4, MSG_CMSG_CLOEXEC); macOS has none
+ * of these, so there it is set with fcntl right after the call, and a fork+exec
+ * by another thread in between may inherit the fd (which is why the daemon spawns
+ * its worker with POSIX_SPAWN_CLOEXEC_DEFAULT there).  On failure nothing is
+ * left open and the out-parameters are untouched. */
+/* socket(domain, type, 0): the fd (owned by the caller) or -errno. */
+int anes_socket_cloexec(int domain, int type);
+/* socketpair(domain, type, 0): 0 with ret_sv[0..1] (owned by the caller) or -errno. */
+int anes_socketpair_cloexec(int domain, int type, int ret_sv[2]);
+/* pipe(): 0 with ret_fds[0] (read end) and ret_fds[1] (owned by the caller) or -errno. */
+int anes_pipe_cloexec(int ret_fds[2]);
+/* accept(lfd, NULL, NULL): the fd (owned by the caller) or -errno. */
+int anes_accept_cloexec(int lfd);
+/* recvmsg(fd, msg, flags) with every fd received (SCM_RIGHTS) CLOEXEC, owned by
+ * the caller: the bytes read (0 at end-of-file) or -errno. */
+ssize_t anes_recvmsg_cloexec(int fd, struct msghdr *msg, int flags);
+
 #endif

@@ -41,6 +41,15 @@ install_deps_debian() {
 	as_root apt-get install -y -qq --no-install-recommends "${real[@]}" >/dev/null
 }
 
+# npm, which fetches zig for the macOS compile check (scripts/check-macos.sh).
+install_npm() {
+	command -v npm >/dev/null && return 0
+	command -v apt-get >/dev/null || { say "no npm and no apt-get to install it"; return 1; }
+	say "installing: npm"
+	export DEBIAN_FRONTEND=noninteractive
+	as_root apt-get update -qq && as_root apt-get install -y -qq --no-install-recommends npm >/dev/null
+}
+
 install_deps_macos() {
 	command -v brew >/dev/null || { say "Homebrew is needed: https://brew.sh"; return 1; }
 	local missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what is missing, build, and run the whole test suite twice: a normal
 # gcc build, then an AddressSanitizer + UndefinedBehaviorSanitizer build (clang);
-# then a short run of every fuzz target and the 64-client load test.
+# then a short run of every fuzz target and the 64-client load test.  After the
+# first build, the macOS compile check (scripts/check-macos.sh).
 . "$(dirname "$0")/common.sh"
 
 install_deps
@@ -20,6 +21,8 @@ run_suite() {
 # -Dtest_hooks=true: the suites that load the fake IOSurface library or a stand-in
 # systemctl/launchctl need the test hooks, which are off in every other build.
 run_suite "$BUILD" -Dtest_hooks=true
+# Every translation unit compiled for macOS too (zig cc; docs: README.md, "Platforms").
+bash "$ROOT/scripts/check-macos.sh" || status=1
 # The sanitizer build uses clang where it is installed (install_deps installs it on Debian), so
 # every run also shows the tree builds warning-free (-Werror) with both gcc and clang.
 san_cc=gcc

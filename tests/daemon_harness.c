@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -71,7 +70,7 @@ int h_slow(void)
 
 void h_child_stdio(const char *log)
 {
-	prctl(PR_SET_PDEATHSIG, SIGKILL);   /* never outlive a crashed test */
+	tu_die_with_parent();   /* never outlive a crashed test */
 	int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd >= 0)
 		dup2(fd, 2);
@@ -399,9 +398,9 @@ int h_raw_connect(const char *path)
 	if (strlen(path) >= sizeof sa.sun_path)
 		return -ENAMETOOLONG;
 	strcpy(sa.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
 		int e = -errno;
 		close(fd);
@@ -662,11 +661,11 @@ void h_wait_daemon_fds(const h_daemon *d, int n)
 pid_t h_spawn(int (*fn)(void *arg, int ready_fd), void *arg)
 {
 	int p[2];
-	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(p), 0);
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		tu_die_with_parent();
 		close(p[0]);
 		_exit(fn(arg, p[1]));
 	}

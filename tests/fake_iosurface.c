@@ -298,7 +298,7 @@ API const void *IOSurfaceCreate(const void *props)
 	int64_t pages = (alloc + FAKE_PAGE - 1) / FAKE_PAGE * FAKE_PAGE;
 	for (int tries = 0; tries < 100; tries++) {
 		uint32_t id;
-		if (getrandom(&id, sizeof id, 0) != sizeof id)
+		if (getentropy(&id, sizeof id) != 0)
 			return NULL;
 		id = id % 1000000 + 1;   /* small positive IDs, like the real ones */
 		char path[256];

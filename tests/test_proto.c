@@ -120,9 +120,14 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The fds open in this process (macOS: /dev/fd lists them all). */
 static int count_fds(void)
 {
+#ifdef __linux__
 	DIR *d = opendir("/proc/self/fd");
+#else
+	DIR *d = opendir("/dev/fd");
+#endif
 	struct dirent *e;
 	int n = 0;
 
@@ -137,6 +142,24 @@ static int count_fds(void)
 static bool fd_is_open(int fd)
 {
 	return fcntl(fd, F_GETFD) >= 0;
+}
+
+/* Shared memory of size bytes to pass as an fd: a memfd on Linux, an unlinked
+ * temporary file elsewhere. */
+static int shared_fd(size_t size)
+{
+	int fd = -1;
+#ifdef __linux__
+	cr_assert_eq(anes_memfd_create("anes-test", size, &fd), 0);
+#else
+	char path[] = "/tmp/anes-test-XXXXXX";
+	fd = mkstemp(path);
+	cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
+	unlink(path);
+	cr_assert_eq(fcntl(fd, F_SETFD, FD_CLOEXEC), 0);
+	cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+#endif
+	return fd;
 }
 
 /* ---- wire error names ---------------------------------------------------- */
@@ -1134,7 +1157,7 @@ static int sp[2] = { -1, -1 };
 
 static void pair(void)
 {
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+	cr_assert_eq(anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sp), 0);
 }
 
 static void pair_teardown(void)
@@ -1268,7 +1291,7 @@ Test(io, byte_at_a_time)
 		unsigned nfds = i == 2 ? 1 : 0;
 		make_req(i, "bytes", nfds, &data, &len);
 		if (nfds)
-			cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+			cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 		for (size_t k = 0; k < len; k++) {
 			/* the fd travels with the first byte */
 			if (k == 0 && nfds) {
@@ -1457,6 +1480,9 @@ Test(io, bad_headers_in_stream)
 
 Test(io, fd_passing_memfd)
 {
+#ifndef __linux__
+	cr_skip_test("memfds are Linux's (surfaces are IOSurfaces here: test_iosurface)");
+#endif
 	const size_t sz = 3 * 4096 + 5;
 	int mfd = -1;
 	cr_assert_eq(anes_memfd_create("anes-test", sz, &mfd), 0);
@@ -1519,7 +1545,7 @@ Test(io, max_fds_per_frame)
 	int pfd[ANES_MAX_FDS_PER_FRAME][2];
 	int send[ANES_MAX_FDS_PER_FRAME];
 	for (int i = 0; i < ANES_MAX_FDS_PER_FRAME; i++) {
-		cr_assert_eq(pipe2(pfd[i], O_CLOEXEC), 0);
+		cr_assert_eq(anes_pipe_cloexec(pfd[i]), 0);
 		send[i] = pfd[i][1];
 	}
 	anes_io tx, rx;
@@ -1554,7 +1580,7 @@ Test(io, unclaimed_fd)
 {
 	int base = count_fds();
 	int pfd[2];
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	void *data;
 	size_t len;
 	make_req(1, "nofd", 0, &data, &len);
@@ -1584,7 +1610,7 @@ Test(io, too_many_fds_in_one_message)
 {
 	int base = count_fds();
 	int pfd[2];
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	int many[ANES_IO_MAX_QUEUED_FDS + 4];
 	for (size_t i = 0; i < sizeof many / sizeof many[0]; i++)
 		many[i] = pfd[i & 1];
@@ -1600,7 +1626,7 @@ Test(io, too_many_fds_in_one_message)
 	cr_assert_eq(count_fds(), base);
 
 	/* exactly ANES_IO_MAX_QUEUED_FDS in one message are accepted */
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	for (size_t i = 0; i < ANES_IO_MAX_QUEUED_FDS; i++)
 		many[i] = pfd[i & 1];
 	raw_send(sp[0], "x", 1, many, ANES_IO_MAX_QUEUED_FDS);
@@ -1618,7 +1644,7 @@ Test(io, too_many_fds_queued)
 {
 	int base = count_fds();
 	int pfd[2];
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	int ten[10];
 	for (int i = 0; i < 10; i++)
 		ten[i] = pfd[0];
@@ -1641,10 +1667,14 @@ Test(io, too_many_fds_queued)
 Test(io, foreign_ancillary_data)
 {
 	int base = count_fds();
+#ifdef SO_PASSCRED
 	int one = 1;
 	cr_assert_eq(setsockopt(sp[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one), 0);
+#else
+	cr_skip_test("no SO_PASSCRED, which makes the kernel add SCM_CREDENTIALS (Linux)");
+#endif
 	int pfd[2];
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	raw_send(sp[0], "x", 1, pfd, 2);
 	close(pfd[0]);
 	close(pfd[1]);
@@ -1666,7 +1696,7 @@ Test(io, queue_rejects)
 	anes_io_init(&tx, sp[0], ANES_FRAME_MAX_DEFAULT);
 
 	/* nfds differs from the header: data freed, fds closed */
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	make_req(1, "m", 0, &data, &len);
 	cr_assert_eq(anes_io_queue(&tx, data, len, pfd, 2), -EINVAL);
 	cr_assert_eq(count_fds(), base);
@@ -1707,7 +1737,7 @@ Test(io, cleanup_closes_unsent)
 {
 	int base = count_fds();
 	int pfd[2];
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	anes_io tx;
 	anes_io_init(&tx, sp[0], ANES_FRAME_MAX_DEFAULT);
 	void *data;
@@ -1770,7 +1800,7 @@ Test(io, inject_sendmsg_eagain_and_short_writes)
 	int mfd[2];
 	uint8_t *maps[2];
 	for (int i = 0; i < 2; i++) {
-		cr_assert_eq(anes_memfd_create("inj", sz, &mfd[i]), 0);
+		mfd[i] = shared_fd(sz);
 		maps[i] = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, mfd[i], 0);
 		cr_assert_neq(maps[i], MAP_FAILED);
 		memset(maps[i], 'A' + i, sz);
@@ -1837,7 +1867,7 @@ Test(io, inject_sendmsg_error_keeps_fds)
 {
 	int base = count_fds();
 	int pfd[2];
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	anes_io tx;
 	anes_io_init(&tx, sp[0], ANES_FRAME_MAX_DEFAULT);
 	void *data;
@@ -1902,6 +1932,7 @@ Test(io, inject_recvmsg_eintr)
 
 /* ---- memfd ------------------------------------------------------------------ */
 
+#ifdef __linux__
 Test(memfd, create_sizes)
 {
 	static const uint64_t sizes[] = { 1, 4095, 4096, 65537, 16u << 20 };
@@ -1969,7 +2000,7 @@ Test(memfd, check_rejects)
 	sz = SENT64;
 
 	int pfd[2];
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(pfd), 0);
 	cr_assert_eq(anes_memfd_check(pfd[0], &sz), -EBADF);
 	cr_assert_eq(anes_memfd_check(pfd[1], &sz), -EBADF);
 	close(pfd[0]);
@@ -1989,12 +2020,24 @@ Test(memfd, check_rejects)
 	cr_assert_eq(anes_memfd_check(fd, &sz), -EBADF);  /* closed */
 	cr_assert_eq(anes_memfd_check(-1, &sz), -EBADF);
 	int s[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	cr_assert_eq(anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, s), 0);
 	cr_assert_eq(anes_memfd_check(s[0], &sz), -EBADF);
 	close(s[0]);
 	close(s[1]);
 	cr_assert_eq(sz, SENT64);
 }
+
+#else
+Test(memfd, unsupported)
+{
+	int fd = 12345;
+	uint64_t sz = SENT64;
+	cr_assert_eq(anes_memfd_create("anes-test", 4096, &fd), -ENOTSUP);
+	cr_assert_eq(anes_memfd_check(0, &sz), -ENOTSUP);
+	cr_assert_eq(fd, 12345);
+	cr_assert_eq(sz, SENT64);
+}
+#endif
 
 /* ---- misc ------------------------------------------------------------------- */
 
@@ -2002,7 +2045,7 @@ Test(misc, write_all)
 {
 	int s[2];
 	char buf[300000], got[sizeof buf];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	cr_assert_eq(anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, s), 0);
 	for (size_t i = 0; i < sizeof buf; i++)
 		buf[i] = (char)(i * 7);
 	/* more than the socket buffer: read it from a child */

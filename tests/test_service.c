@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -32,6 +31,7 @@
 #include <unistd.h>
 
 #include "anes_config.h"
+#include "anes_proto.h"
 #include "anes_sockpath.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
@@ -124,11 +124,11 @@ static bool in_path(const char *prog)
 static int run_cmd(char **out, const char *const *env, const char *const *argv)
 {
 	int p[2];
-	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(p), 0);
 	pid_t pid = fork();
 	cr_assert(pid >= 0);
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		tu_die_with_parent();
 		dup2(p[1], 1);
 		dup2(p[1], 2);
 		int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -306,7 +306,7 @@ Test(sockpath, too_long_is_refused_clearly)
 
 static int listen_unix(const char *path)
 {
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM);
 	cr_assert(fd >= 0);
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	cr_assert_lt(strlen(path), sizeof sa.sun_path);
@@ -530,8 +530,10 @@ Test(activation, listen_pid_of_another_process_is_ignored)
 	int c = h_raw_connect(passed);
 	cr_assert(c >= 0);
 	tu_pause_ms(300 * h_slow());
-	int got = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-	cr_assert(got >= 0, "the connection on the passed socket was taken: %s", strerror(errno));
+	struct pollfd pending = { .fd = lfd, .events = POLLIN };
+	cr_assert_eq(poll(&pending, 1, 0), 1, "the connection on the passed socket was taken");
+	int got = anes_accept_cloexec(lfd);
+	cr_assert(got >= 0, "accept: %s", strerror(-got));
 	close(got);
 	close(c);
 
@@ -573,7 +575,7 @@ Test(activation, unusable_fd_is_refused)
 	refuses_fd(null, "/dev/null");
 	close(null);
 	int sp[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+	cr_assert_eq(anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sp), 0);
 	refuses_fd(sp[0], "a connected (not listening) socket");
 	close(sp[0]);
 	close(sp[1]);

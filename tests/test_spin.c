@@ -42,12 +42,16 @@ TestSuite(spin, .fini = teardown, .timeout = 120);
 
 #define SPIN_MAX 100000u
 
-/* How many CPUs this thread may run on. */
+/* How many CPUs this thread may run on (macOS has no CPU affinity: all). */
 static int cpus_allowed(void)
 {
+#ifdef __linux__
 	cpu_set_t set;
 	cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
 	return CPU_COUNT(&set);
+#else
+	return (int)sysconf(_SC_NPROCESSORS_ONLN);
+#endif
 }
 
 static void fill_nan(aneshare_surface *s, size_t bytes)
@@ -55,18 +59,6 @@ static void fill_nan(aneshare_surface *s, size_t bytes)
 	uint16_t *y = aneshare_surface_data(s);
 	for (size_t i = 0; i < bytes / 2; i++)
 		y[i] = 0x7e00;
-}
-
-/* n fp16 values in [-1, 1) from seed. */
-static void fill_f16(uint16_t *x, size_t n, uint64_t seed)
-{
-	uint64_t r = seed * 0x9E3779B97F4A7C15ull + 1;
-	for (size_t i = 0; i < n; i++) {
-		r ^= r << 13;
-		r ^= r >> 7;
-		r ^= r << 17;
-		x[i] = anes_f32_to_f16((float)((double)(r >> 11) / 4503599627370496.0 - 1.0));
-	}
 }
 
 Test(spin, bounds)
@@ -116,6 +108,9 @@ Test(spin, default_from_environment)
 
 Test(spin, none_on_one_cpu)
 {
+#ifndef __linux__
+	cr_skip_test("needs CPU affinity (sched_setaffinity), which macOS does not have");
+#else
 	setup();
 	cpu_set_t set;
 	CPU_ZERO(&set);
@@ -131,6 +126,7 @@ Test(spin, none_on_one_cpu)
 	h_mm_pairs(c, &mm, &in, &out, 1, 7);
 	h_mm_run_check(p, &mm, in, out);
 	aneshare_disconnect(c);
+#endif
 }
 
 /* Every kind of wait, at spins from none to the most, computes the same
@@ -187,6 +183,19 @@ Test(spin, same_results_every_wait)
 	aneshare_disconnect(c);
 }
 
+#ifdef __linux__
+/* n fp16 values in [-1, 1) from seed. */
+static void fill_f16(uint16_t *x, size_t n, uint64_t seed)
+{
+	uint64_t r = seed * 0x9E3779B97F4A7C15ull + 1;
+	for (size_t i = 0; i < n; i++) {
+		r ^= r << 13;
+		r ^= r >> 7;
+		r ^= r << 17;
+		x[i] = anes_f32_to_f16((float)((double)(r >> 11) / 4503599627370496.0 - 1.0));
+	}
+}
+
 static double cpu_seconds(void)
 {
 	struct rusage ru;
@@ -208,8 +217,13 @@ static double wall_seconds(void)
  * its reply would cost this thread all of the wall time (checked: with the
  * time limit and the gap check of anes_spin_again taken out, this test
  * fails with 115 ms of CPU in 119 ms; it passes with 5-12 ms). */
+#endif
+
 Test(spin, bounded_when_replies_are_slow)
 {
+#ifndef __linux__
+	cr_skip_test("needs CPU affinity (sched_setaffinity), which macOS does not have");
+#else
 	if (cpus_allowed() < 2)
 		cr_skip_test("this test needs a thread that may run on 2 CPUs");
 	enum { N = 768, RUNS = 12 };
@@ -272,4 +286,5 @@ Test(spin, bounded_when_replies_are_slow)
 		              "z[%d][%d] = %g, want %g", r, col, got, ref);
 	}
 	aneshare_disconnect(c);
+#endif
 }

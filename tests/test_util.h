@@ -16,6 +16,10 @@
 
 /* CLOCK_MONOTONIC in milliseconds. */
 int64_t tu_now_ms(void);
+/* In a forked child: be killed when the parent dies, so that a crashed test
+ * leaves no daemon behind (Linux: PR_SET_PDEATHSIG).  macOS has no such call;
+ * there a test that crashes may leave its children running. */
+void tu_die_with_parent(void);
 /* Sleep ms milliseconds (between bounded polls only, never to synchronise). */
 void tu_pause_ms(int ms);
 

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -398,14 +397,14 @@ Test(worker, kill_worker_under_pipelined_runs)
 
 	pid_t kids[CLIENTS];
 	int ctl[CLIENTS][2], res[CLIENTS][2], ready[2];
-	cr_assert_eq(pipe2(ready, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(ready), 0);
 	for (int k = 0; k < CLIENTS; k++) {
-		cr_assert_eq(pipe2(ctl[k], O_CLOEXEC), 0);
-		cr_assert_eq(pipe2(res[k], O_CLOEXEC), 0);
+		cr_assert_eq(anes_pipe_cloexec(ctl[k]), 0);
+		cr_assert_eq(anes_pipe_cloexec(res[k]), 0);
 		kids[k] = fork();
 		cr_assert_geq(kids[k], 0);
 		if (kids[k] == 0) {
-			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			tu_die_with_parent();
 			_exit(client_main(ctl[k][0], res[k][1], ready[1], k));
 		}
 		close(ctl[k][0]);

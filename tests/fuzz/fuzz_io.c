@@ -71,7 +71,7 @@ static void drain_peer(int fd)
 		struct iovec iov = { .iov_base = buf, .iov_len = sizeof buf };
 		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
 		                      .msg_controllen = sizeof ctl.buf };
-		ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		ssize_t n = anes_recvmsg_cloexec(fd, &msg, MSG_DONTWAIT);
 		if (n <= 0)
 			return;
 		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
@@ -174,7 +174,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		anes_os_recvmsg = limited_recvmsg;
 	}
 	int open_before = count_open_fds();
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	CHECK(anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sv) == 0);
 	CHECK(fcntl(sv[0], F_SETFL, O_NONBLOCK) == 0);
 	CHECK(fcntl(sv[1], F_SETFL, O_NONBLOCK) == 0);
 

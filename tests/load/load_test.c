@@ -23,12 +23,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "anes_proto.h"
 #include "aneshare.h"
 #include "test_util.h"
 
@@ -62,7 +62,7 @@ static int start_daemon(const char *exe)
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		tu_die_with_parent();
 		int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (fd >= 0)
 			dup2(fd, 2);
@@ -204,7 +204,7 @@ static pid_t spawn_child(const char *mil, const int rep[2], const int stop[2], u
 {
 	pid_t pid = fork();
 	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		tu_die_with_parent();
 		close(rep[0]);
 		close(stop[1]);
 		stop_fd = stop[0];
@@ -321,7 +321,7 @@ int main(int argc, char **argv)
 	long rss_base = tu_proc_status_kb(daemon_pid, "VmRSS");
 
 	int rp[2], sp[2];
-	if (pipe2(rp, O_CLOEXEC) < 0 || pipe2(sp, O_CLOEXEC) < 0)
+	if (anes_pipe_cloexec(rp) < 0 || anes_pipe_cloexec(sp) < 0)
 		return 1;
 	pid_t *kids = calloc(n_clients, sizeof *kids);
 	uint64_t seed = 0x5eed;
