@@ -141,6 +141,12 @@ for target in "${TARGETS[@]}"; do
 	cpu=${target%%-*}
 	dir=$OUT/$cpu
 	cross=$(cross_file "$target")
+	# ninja does not see the compiler wrapper, the shim or the cross file change: a build
+	# dir made with others is made again.
+	stamp=$(cat "$cross" "$SHIM/zig-cc" "$SHIM"/Frameworks/*/Headers/* | sha256sum | cut -c1-16)-${OPTIONS[$cpu]}
+	if [ "$(cat "$dir/.check-macos-stamp" 2>/dev/null)" != "$stamp" ]; then
+		rm -rf "$dir"
+	fi
 	if [ ! -f "$dir/build.ninja" ]; then
 		say "configuring $dir ($target)"
 		if ! meson setup "$dir" "$ROOT" --cross-file "$cross" -Dwerror=true -Dtests=true ${OPTIONS[$cpu]} \
@@ -150,6 +156,7 @@ for target in "${TARGETS[@]}"; do
 			status=1
 			continue
 		fi
+		echo "$stamp" >"$dir/.check-macos-stamp"
 	fi
 	grep -q "^ANES_HAVE_ACCELERATE 1\|#define ANES_HAVE_ACCELERATE 1" "$dir/anes_config.h" ||
 		{ say "$target: the build did not take the Accelerate branch"; status=1; }
