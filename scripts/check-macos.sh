@@ -7,7 +7,8 @@
 # version and integrity pinned below, installed once into ~/.cache/aneshare.  Meson is
 # configured with a cross file whose host system is darwin, so meson.build's darwin
 # branches (Accelerate, launchd, kqueue, CommonCrypto) are the ones compiled.
-# scripts/macos-shim/ holds the compiler wrapper and the Accelerate shim (see there).
+# scripts/macos-shim/ holds the compiler wrapper and the declarations of the few SDK-only
+# headers the tree includes (Accelerate, <util.h>), each marked SHIM.
 #
 # The number of translation units compiled must equal the native build's ($BUILD), so a
 # target left out of the check fails it.  Where zig cannot be had (no npm, not Linux
@@ -103,7 +104,7 @@ cross_file() {
 	pkgconfig = 'pkg-config'
 
 	[built-in options]
-	c_args = ['-isystem', '$OUT/include', '-F', '$SHIM/Frameworks']
+	c_args = ['-isystem', '$OUT/include', '-isystem', '$SHIM/include', '-F', '$SHIM/Frameworks']
 	c_link_args = ['-F', '$SHIM/Frameworks']
 
 	[host_machine]
@@ -143,7 +144,7 @@ for target in "${TARGETS[@]}"; do
 	cross=$(cross_file "$target")
 	# ninja does not see the compiler wrapper, the shim or the cross file change: a build
 	# dir made with others is made again.
-	stamp=$(cat "$cross" "$SHIM/zig-cc" "$SHIM"/Frameworks/*/Headers/* | sha256sum | cut -c1-16)-${OPTIONS[$cpu]}
+	stamp=$(cat "$cross" "$SHIM/zig-cc" "$SHIM"/Frameworks/*/Headers/* "$SHIM"/include/* | sha256sum | cut -c1-16)-${OPTIONS[$cpu]}
 	if [ "$(cat "$dir/.check-macos-stamp" 2>/dev/null)" != "$stamp" ]; then
 		rm -rf "$dir"
 	fi

@@ -218,12 +218,14 @@ void h_daemon_kill(h_daemon *d)
 	remove_dir(d);
 }
 
+#if ANES_TEST_HOOKS
 static char fake_clock_path[64];
 
 static void fake_clock_unlink(void)
 {
 	unlink(fake_clock_path);
 }
+#endif
 
 anes_test_clock *h_fake_clock(void)
 {

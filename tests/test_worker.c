@@ -802,7 +802,7 @@ Test(worker, more_programs_than_one_budget)
 	h_daemon_start_args(&D, args);
 	aneshare_conn *obs = h_connect(&D, "observer");
 	int stop[2];
-	cr_assert_eq(pipe2(stop, O_CLOEXEC), 0);
+	cr_assert_eq(anes_pipe_cloexec(stop), 0);
 	holder hs[3] = { { 0, 7, 0, stop[0], 0 }, { 100, 7, 0, stop[0], 0 }, { 200, 6, 6, stop[0], 20 } };
 	pid_t kids[3];
 	for (int k = 0; k < 2; k++)
