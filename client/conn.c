@@ -348,6 +348,10 @@ static int pump(aneshare_conn *c, bool nowait)
 			conn_kill(c, -ANESHARE_EPROTOCOL, "bad file descriptors from the daemon");
 			return 1;
 		}
+		if (n == -EMFILE) {   /* this process is out of fds: not final */
+			conn_break(c, "out of file descriptors receiving the daemon's fds");
+			return 1;
+		}
 		if (n < 0) {
 			conn_kill(c, (int)n, "reading from the daemon: %s", strerror((int)-n));
 			return 1;

@@ -991,6 +991,9 @@ static void read_failed(anes_conn *c, ssize_t n)
 		anes_conn_fail(c, "connection closed by client");
 	else if (n == -EPROTO)
 		anes_conn_protocol_error(c, "bad ancillary data (too many fds or not SCM_RIGHTS)");
+	else if (n == -EMFILE)   /* the daemon's shortage: limit, which libaneshare retries */
+		close_with_error(c, ANES_WERR_LIMIT,
+		                 "the daemon ran out of file descriptors receiving this client's fds");
 	else
 		anes_conn_fail(c, n == -ECONNRESET ? "connection reset by client" : strerror((int)-n));
 }

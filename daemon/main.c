@@ -12,6 +12,7 @@
 #include <sysexits.h>   /* EX_CONFIG (78): a bad option or configuration; the service
                            definitions do not restart the daemon after it */
 #include <unistd.h>
+#include <sys/resource.h>
 
 #include "anes_clock.h"
 #include "anes_config.h"
@@ -162,6 +163,24 @@ int main(int argc, char **argv)
 
 	/* Peers that vanish must not kill the daemon; writes see EPIPE. */
 	signal(SIGPIPE, SIG_IGN);
+
+	/* One fd per client, and with a device worker one per surface. */
+	uint64_t nofile_old, nofile;
+	r = anes_raise_nofile(&nofile_old, &nofile);
+	if (r < 0) {
+		struct rlimit rl = { 0, 0 };
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
+		fprintf(stderr, "aneshared: the file descriptor limit (RLIMIT_NOFILE) is %llu, hard %llu: "
+		        "the daemon needs at least %d (raise it with ulimit -n or LimitNOFILE=)\n",
+		        (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max, ANES_MIN_NOFILE);
+		anes_options_free(&opts);
+		return 1;
+	}
+	if (nofile != nofile_old)
+		fprintf(stderr, "aneshared: file descriptor limit raised from %llu to %llu\n",
+		        (unsigned long long)nofile_old, (unsigned long long)nofile);
+	else
+		fprintf(stderr, "aneshared: file descriptor limit %llu\n", (unsigned long long)nofile);
 
 	/* Hold SIGINT/SIGTERM until the loop's handlers are in place: the socket
 	 * accepts connections before that, and a stop request that arrives in

@@ -35,7 +35,10 @@ static void reply_param(anes_conn *c, const anes_msg *m, const char *key, int r)
 
 static void reply_errno(anes_conn *c, const anes_msg *m, int r, const char *what)
 {
-	if (r == -ENOMEM || r == -ENOSPC || r == -EMFILE || r == -ENFILE)
+	if (r == -EMFILE || r == -ENFILE)
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
+		                      "%s: the daemon is out of file descriptors (%s)", what, strerror(-r));
+	else if (r == -ENOMEM || r == -ENOSPC)
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "%s: %s", what, strerror(-r));
 	else
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_INTERNAL, "%s: %s", what, strerror(-r));

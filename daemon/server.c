@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,6 +192,38 @@ int anes_listen_fd_from_env(int *ret_fd)
 	*ret_fd = fd;
 	return 1;
 #endif
+}
+
+/* ---- the fd limit ------------------------------------------------------------ */
+
+int anes_raise_nofile(uint64_t *ret_old, uint64_t *ret_new)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return -errno;
+	rlim_t old = rl.rlim_cur, want = rl.rlim_max;
+#ifdef __APPLE__
+	/* The hard limit is often RLIM_INFINITY, but setrlimit refuses more
+	 * than OPEN_MAX (and kern.maxfilesperproc): halve until it takes. */
+	if (want == RLIM_INFINITY || want > OPEN_MAX)
+		want = OPEN_MAX;
+#endif
+	if (want == RLIM_INFINITY)
+		want = 1u << 20;
+	rlim_t now = old;
+	while (want > now) {
+		rl.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+			now = want;
+			break;
+		}
+		want /= 2;
+	}
+	if (now < ANES_MIN_NOFILE)
+		return -EMFILE;
+	*ret_old = (uint64_t)old;
+	*ret_new = (uint64_t)now;
+	return 0;
 }
 
 /* ---- setting up ------------------------------------------------------------ */

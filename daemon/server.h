@@ -103,6 +103,15 @@ void anes_server_config_init(anes_server_config *cfg);
  * *ret is a malloc'd string owned by the caller. */
 int anes_default_socket_path(char **ret);
 
+/* Raise the soft RLIMIT_NOFILE to what the system allows (the hard limit;
+ * on macOS at most OPEN_MAX, which setrlimit enforces even when the hard
+ * limit is unlimited).  0 with *ret_old and *ret_new (both the same when
+ * nothing changed); -EMFILE when the limit it ends with is below
+ * ANES_MIN_NOFILE, the fds the daemon needs to start and serve a client.
+ * Call before anything is opened. */
+#define ANES_MIN_NOFILE 64
+int anes_raise_nofile(uint64_t *ret_old, uint64_t *ret_new);
+
 /* Socket activation: if systemd passed a listening socket (LISTEN_PID is us,
  * LISTEN_FDS >= 1), return 1 with *ret_fd = 3 made CLOEXEC and non-blocking
  * and the LISTEN_* variables removed from the environment; 0 if the daemon

@@ -151,6 +151,17 @@ static int rbuf_reserve(anes_io *io)
 	return 0;
 }
 
+/* Whether this process cannot open one more fd now. */
+static bool out_of_fds(int fd)
+{
+	int probe = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (probe >= 0) {
+		close(probe);
+		return false;
+	}
+	return errno == EMFILE || errno == ENFILE;
+}
+
 ssize_t anes_io_read(anes_io *io)
 {
 	union {
@@ -204,6 +215,11 @@ ssize_t anes_io_read(anes_io *io)
 #endif
 	if (bad || io->nfdq + ngot > ANES_IO_MAX_QUEUED_FDS) {
 		close_fds(got, ngot);
+		/* Cut short because this process is out of fds (the kernel drops
+		 * what it cannot install), not because the peer sent too many:
+		 * not the peer's fault.  The stream is out of step either way. */
+		if ((msg.msg_flags & MSG_CTRUNC) && out_of_fds(io->fd))
+			return -EMFILE;
 		return -EPROTO;
 	}
 	memcpy(io->fdq + io->nfdq, got, ngot * sizeof(int));

@@ -282,7 +282,9 @@ void anes_io_cleanup(anes_io *io);
 /* One recvmsg (MSG_CMSG_CLOEXEC).  Returns the bytes read (> 0), 0 on
  * end-of-file, -EAGAIN if nothing is available on a non-blocking socket,
  * -EPROTO if the peer sent more fds than fit (MSG_CTRUNC; all received fds
- * are closed) or any ancillary data but SCM_RIGHTS, -ENOBUFS if the buffer
+ * are closed) or any ancillary data but SCM_RIGHTS, -EMFILE if they were
+ * cut short because this process is out of fds (not the peer's fault; the
+ * fds that came are closed and the stream is out of step), -ENOBUFS if the buffer
  * is full and holds a complete frame (take it with anes_io_next_frame
  * first), -EDQUOT if the frame in progress needs memory that io->charge
  * refused (nothing was read: try again once the owner has room), or

@@ -506,3 +506,163 @@ Test(limits, input_memory_is_capped_and_waiters_resume)
 	close(obs);
 	h_daemon_stop(&d);
 }
+
+/* ---- item 4: file descriptors ----------------------------------------------------- */
+
+/* Set this test process's fd limit (inherited by the daemon it starts;
+ * criterion runs each test in its own process). */
+static void set_nofile(rlim_t soft, rlim_t hard)
+{
+	struct rlimit rl = { soft, hard };
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0, "setrlimit: %s", strerror(errno));
+}
+
+/* With RLIMIT_NOFILE 8 (soft and hard) the daemon exits 1 with a message
+ * that names the limit, instead of aborting inside libuv. */
+Test(limits, an_fd_limit_of_8_exits_with_a_message)
+{
+	char dir[] = "/tmp/anes-nofile-XXXXXX";
+	cr_assert(mkdtemp(dir));
+	char sock[128], log[128];
+	snprintf(sock, sizeof sock, "%s/s.sock", dir);
+	snprintf(log, sizeof log, "%s/log", dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		h_child_stdio(log);
+		struct rlimit rl = { 8, 8 };
+		setrlimit(RLIMIT_NOFILE, &rl);
+		execl(getenv("ANESHARED"), "aneshared", "--socket", sock, "--backend", "cpu", (char *)NULL);
+		_exit(127);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status 0x%x", status);
+	FILE *f = fopen(log, "r");
+	cr_assert(f);
+	char buf[4096] = "";
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	cr_assert(strstr(buf, "file descriptor limit (RLIMIT_NOFILE) is 8"), "%s", buf);
+	unlink(log);
+	rmdir(dir);
+}
+
+/* A soft limit below the hard one is raised to it at start, and logged. */
+Test(limits, the_soft_fd_limit_is_raised_and_logged)
+{
+	struct rlimit rl;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	cr_assert_gt(rl.rlim_max, 256, "the hard limit is too low for this test");
+	set_nofile(256, rl.rlim_max);
+	h_daemon d;
+	h_daemon_start(&d);
+	char *log = daemon_log(&d);
+	char want[96];
+	snprintf(want, sizeof want, "file descriptor limit raised from 256 to %llu",
+	         (unsigned long long)(rl.rlim_max == RLIM_INFINITY ? 1u << 20 : rl.rlim_max));
+	cr_assert(strstr(log, want), "no \"%s\" in: %s", want, log);
+	free(log);
+	h_daemon_stop(&d);
+}
+
+/* A child process: create surfaces until refused; ready (and holding them
+ * until killed) only if the refusal was `limit` after more than 50. */
+static int greedy_surfaces(void *arg, int ready_fd)
+{
+	const h_daemon *d = arg;
+	aneshare_conn *a;
+	if (aneshare_connect(d->sock, "greedy", &a) < 0)
+		return 2;
+	static aneshare_surface *held[100000];
+	unsigned n = 0;
+	int r;
+	while (n < 100000 && (r = aneshare_surface_create(a, 4096, &held[n])) == 0)
+		n++;
+	if (r != -ANESHARE_ELIMIT || n <= 50) {
+		fprintf(stderr, "greedy: surface %u: %s: %s\n", n, aneshare_strerror(r),
+		        aneshare_last_error(a));
+		return 3;
+	}
+	if (write(ready_fd, "r", 1) != 1)
+		return 4;
+	for (;;)
+		pause();
+}
+
+#ifdef __linux__
+/* With the device worker (one fd kept per surface) and an fd limit of 400:
+ * a client creating surfaces until refused gets `limit` (never no_memory or
+ * protocol), and a second client can still connect, create and import a
+ * surface, and run a checked matmul. */
+Test(limits, surfaces_until_refused_leave_fds_for_another_client)
+{
+	set_nofile(400, 400);
+	const char *args[] = { "--worker", "--max-surfaces", "100000", "--max-connections", "32", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	pid_t greedy = h_spawn(greedy_surfaces, &d);
+
+	aneshare_conn *b = h_connect(&d, "second");
+	h_mm mm;
+	aneshare_program *p = h_compile_mm(b, &mm, NULL);
+	aneshare_surface *in = NULL, *out = NULL;
+	cr_assert_eq(aneshare_surface_create(b, mm.in_bytes, &in), 0, "%s", aneshare_last_error(b));
+	/* An imported memfd for the output. */
+	int mfd;
+	cr_assert_eq(anes_memfd_create("imported", mm.out_bytes, &mfd), 0);
+	cr_assert_eq(aneshare_surface_import(b, mfd, &out), 0, "%s", aneshare_last_error(b));
+	close(mfd);
+	h_mm_fill_run_check(p, &mm, in, out, 7);
+
+	kill(greedy, SIGKILL);
+	waitpid(greedy, NULL, 0);
+	aneshare_disconnect(b);
+	h_daemon_stop(&d);
+}
+
+/* The daemon at its fd limit receives a client's memfd: recvmsg cuts the
+ * fd off (MSG_CTRUNC).  That is the daemon's shortage, not a protocol error
+ * of the client: the client is closed with `limit` (which libaneshare
+ * retries), and the daemon carries on once fds are free again. */
+Test(limits, fds_cut_off_by_the_daemons_shortage_are_not_a_protocol_error)
+{
+	const char *args[] = { "--max-connections", "1000", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	struct rlimit rl = { 200, 200 };
+	cr_assert_eq(prlimit(d.pid, RLIMIT_NOFILE, &rl, NULL), 0, "prlimit: %s", strerror(errno));
+	int fd = h_raw_open(d.sock);
+	enum { MORE = 260 };
+	int fill[MORE];
+	unsigned nfill = 0;
+	/* Raw connections until the daemon holds 200 fds; the ones it cannot
+	 * accept any more it closes at once (the reserve fd). */
+	for (; nfill < MORE; nfill++) {
+		fill[nfill] = h_raw_connect(d.sock);
+		if (fill[nfill] < 0)
+			break;
+	}
+	for (int i = 0; i < 1000 * h_slow() && h_daemon_fds(&d) < 200; i++)
+		poll(NULL, 0, 10);
+	cr_assert_eq(h_daemon_fds(&d), 200, "%d fds, %u connections", h_daemon_fds(&d), nfill);
+	int mfd;
+	cr_assert_eq(anes_memfd_create("cut", 4096, &mfd), 0);
+	cr_assert_eq(h_raw_request_kv(fd, 2, "surface.import", NULL, 0, &mfd, 1), 0);
+	close(mfd);
+	cr_assert_eq(closed_with(fd), ANES_WERR_LIMIT);
+	close(fd);
+	for (unsigned i = 0; i < nfill; i++)
+		close(fill[i]);
+	/* Serving again. */
+	fd = h_raw_open(d.sock);
+	cr_assert_eq(h_raw_request_kv(fd, 3, "status", NULL, 0, NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd, 3, 10000), 0);
+	close(fd);
+	char *log = daemon_log(&d);
+	cr_assert(strstr(log, "ran out of file descriptors"), "%s", log);
+	free(log);
+	h_daemon_stop(&d);
+}
+#endif
