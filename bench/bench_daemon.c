@@ -32,6 +32,7 @@
 #include <string.h>
 #include <stdarg.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <sys/wait.h>
@@ -1286,11 +1287,185 @@ static void bench_memory(void)
 		aneshare_disconnect(cs[i]);
 }
 
+/* ---- an input attack (issue 14) ----------------------------------------------------- */
+
+/* Raw connection, hello done; non-blocking afterwards.  -1 on failure. */
+static int attacker_open(void)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	size_t plen = strlen(g_sock);
+	if (fd < 0 || plen >= sizeof sa.sun_path)
+		goto fail;
+	memcpy(sa.sun_path, g_sock, plen);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+		goto fail;
+	static const uint8_t hello[] = { 0x94, 0x00, 0x01, 0xa5, 'h', 'e', 'l', 'l', 'o', 0x81, 0xa8,
+		                         'p', 'r', 'o', 't', 'o', 'c', 'o', 'l', 0x01 };
+	uint8_t hdr[ANES_FRAME_HEADER_SIZE];
+	anes_frame_header_write(hdr, sizeof hello, 0);
+	full_write(fd, hdr, sizeof hdr);
+	full_write(fd, hello, sizeof hello);
+	uint32_t len;
+	unsigned nfds;
+	full_read(fd, hdr, sizeof hdr);
+	if (anes_frame_header_parse(hdr, ANES_FRAME_MAX_HIGHEST, &len, &nfds) < 0 || len > 65536)
+		goto fail;
+	uint8_t reply[65536];
+	full_read(fd, reply, len);
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+		goto fail;
+	return fd;
+fail:
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* The attacker process: n connections each send 63 MiB of a 64 MiB frame
+ * (as fast as the daemon reads them) and then stall; ready_fd gets a byte
+ * once all are connected; runs until killed. */
+static _Noreturn void attacker_main(int n, int ready_fd)
+{
+	enum { FRAME = 64u << 20, SEND = 63u << 20 };
+	int *fds = calloc((size_t)n, sizeof *fds);
+	size_t *sent = calloc((size_t)n, sizeof *sent);
+	struct pollfd *pf = calloc((size_t)n, sizeof *pf);
+	static uint8_t chunk[1 << 20];
+	if (!fds || !sent || !pf)
+		_exit(2);
+	for (int i = 0; i < n; i++) {
+		if ((fds[i] = attacker_open()) < 0)
+			_exit(3);
+		uint8_t hdr[ANES_FRAME_HEADER_SIZE];
+		anes_frame_header_write(hdr, FRAME, 0);
+		full_write(fds[i], hdr, sizeof hdr);
+	}
+	if (write(ready_fd, "r", 1) != 1)
+		_exit(4);
+	for (;;) {
+		int k = 0;
+		for (int i = 0; i < n; i++)
+			if (sent[i] < SEND)
+				pf[k++] = (struct pollfd){ .fd = fds[i], .events = POLLOUT };
+		if (k == 0) {
+			pause();
+			continue;
+		}
+		if (poll(pf, (nfds_t)k, 1000) <= 0)
+			continue;
+		for (int j = 0; j < k; j++) {
+			if (!(pf[j].revents & POLLOUT))
+				continue;
+			int i = 0;
+			while (fds[i] != pf[j].fd)
+				i++;
+			size_t want = SEND - sent[i] < sizeof chunk ? SEND - sent[i] : sizeof chunk;
+			ssize_t w = send(fds[i], chunk, want, MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (w > 0)
+				sent[i] += (size_t)w;
+			else if (w < 0 && errno != EAGAIN)
+				sent[i] = SEND;   /* closed by the daemon (a deadline): done */
+		}
+	}
+}
+
+/* 200 connections each send 63 MiB of a 64 MiB frame and stall: the
+ * daemon's RSS stays below 1 GiB (frames over 64 KiB reserve their memory
+ * from max_input_bytes first, and the others are not read), and another
+ * client's run p99 stays under 10 ms meanwhile. */
+static void bench_attack(void)
+{
+	daemon_stop();
+	daemon_start();
+	enum { ATTACKERS = 200 };
+	int nrun = g_quick ? 300 : 1000;
+	aneshare_conn *c = connect_or_die("bench-victim");
+	aneshare_program *p = compile_or_die(c, mil_tiny);
+	aneshare_surface *in = surface_or_die(c, 4096), *out = surface_or_die(c, 4096);
+	double *t = calloc((size_t)nrun, sizeof *t);
+	if (!t)
+		die("calloc", -ENOMEM, NULL);
+	for (int i = 0; i < 50; i++)
+		aneshare_run(p, 0, &in, 1, &out, 1);
+	for (int i = 0; i < nrun; i++) {
+		double t0 = now_s();
+		int r = aneshare_run(p, 0, &in, 1, &out, 1);
+		if (r < 0)
+			die("run", r, aneshare_last_error(c));
+		t[i] = now_s() - t0;
+	}
+	double alone99 = quantile(t, (size_t)nrun, 0.99);
+	long rss0 = rss_kb(g_daemon);
+
+	int pipefd[2];
+	if (pipe(pipefd) < 0)
+		die("pipe", -errno, NULL);
+	double a0 = now_s();
+	pid_t att = fork();
+	if (att < 0)
+		die("fork", -errno, NULL);
+	if (att == 0) {
+		close(pipefd[0]);
+		attacker_main(ATTACKERS, pipefd[1]);
+	}
+	close(pipefd[1]);
+	char b;
+	if (read(pipefd[0], &b, 1) != 1)
+		die("the attacker process", -EIO, "did not connect its 200 clients");
+	close(pipefd[0]);
+	double connected = now_s() - a0;
+	/* The victim's runs while the attack goes on, and the daemon's RSS. */
+	long peak = rss_kb(g_daemon);
+	double during_s = g_quick ? 2.0 : 5.0, start = now_s();
+	int n = 0;
+	while (now_s() - start < during_s && n < nrun) {
+		double t0 = now_s();
+		int r = aneshare_run(p, 0, &in, 1, &out, 1);
+		if (r < 0)
+			die("run during the attack", r, aneshare_last_error(c));
+		t[n++] = now_s() - t0;
+		long rss = rss_kb(g_daemon);
+		if (rss > peak)
+			peak = rss;
+		struct timespec gap = { 0, (long)(during_s / nrun * 1e9) };
+		nanosleep(&gap, NULL);
+	}
+	double attack99 = quantile(t, (size_t)n, 0.99);
+	for (int i = 0; i < 20; i++) {   /* a last look at the memory */
+		long rss = rss_kb(g_daemon);
+		if (rss > peak)
+			peak = rss;
+		struct timespec gap = { 0, 10 * 1000 * 1000 };
+		nanosleep(&gap, NULL);
+	}
+	kill(att, SIGKILL);
+	waitpid(att, NULL, 0);
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	free(t);
+
+	printf("\n== input attack: %d connections each send 63 MiB of a 64 MiB frame and stall\n",
+	       ATTACKERS);
+	printf("  %-52s %8.1f s\n", "200 connections and hellos took", connected);
+	printf("  %-52s %8ld KiB\n", "daemon RSS before the attack", rss0);
+	printf("  %-52s %8ld KiB\n", "daemon RSS, peak during the attack", peak);
+	printf("  %-52s %8.1f us\n", "another client's run p99, alone", alone99 * 1e6);
+	printf("  %-52s %8.1f us (%d runs, %.1fx alone)\n", "... during the attack", attack99 * 1e6, n,
+	       attack99 / alone99);
+	fig("KiB", (double)peak, "input attack: daemon RSS peak");
+	fig("us", attack99 * 1e6, "input attack: another client's run p99");
+	add_check("input attack: daemon RSS (MiB) < 1024", (double)peak / 1024.0, 1024, true);
+	add_check("input attack: other client's run p99 (ms) < 10", attack99 * 1e3, 10, true);
+}
+
 /* ---- main -------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
-	bool json = false;
+	bool json = false, attack_only = false;
 	g_aneshared = getenv("ANESHARED");
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
@@ -1304,8 +1479,11 @@ int main(int argc, char **argv)
 			g_aneshared = argv[++i];
 		} else if (!strcmp(argv[i], "--json")) {
 			json = true;
+		} else if (!strcmp(argv[i], "--attack-only")) {
+			attack_only = true;
 		} else {
-			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH] [--json]\n");
+			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH] [--json] "
+			                "[--attack-only]\n");
 			return 2;
 		}
 	}
@@ -1329,12 +1507,15 @@ int main(int argc, char **argv)
 	daemon_start();
 	printf("bench_daemon: aneshared %s, %d repetitions%s\n", g_aneshared, g_reps,
 	       g_quick ? " (quick)" : "");
-	bench_rtt();
-	bench_chain();
-	bench_big();
-	bench_compile();
-	bench_throughput();
-	bench_memory();
+	if (!attack_only) {
+		bench_rtt();
+		bench_chain();
+		bench_big();
+		bench_compile();
+		bench_throughput();
+		bench_memory();
+	}
+	bench_attack();
 	daemon_stop();
 	g_backend->ops->destroy(g_backend);
 	double total = now_s() - t0;

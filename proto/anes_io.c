@@ -141,7 +141,9 @@ static int rbuf_reserve(anes_io *io)
 	size_t cap = io->rcap ? io->rcap * 2 : RBUF_MIN;
 	if (cap < RBUF_MIN)
 		cap = RBUF_MIN;
-	if (cap > target && target > RBUF_MIN)
+	/* With the frame's memory reserved, its whole buffer at once: no
+	 * copies while it grows, and pages are only touched as bytes arrive. */
+	if ((cap > target || io->charge) && target > RBUF_MIN)
 		cap = target;
 	uint8_t *b = realloc(io->rbuf, cap);
 	if (!b)
