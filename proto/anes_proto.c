@@ -160,10 +160,19 @@ int anes_mp_check(const void *buf, size_t len)
 /* Order map keys for the uniqueness check: by type, then by value.  Scalar
  * keys compare by value (integers whatever their encoding, str/bin by bytes,
  * floats by bit pattern); array and map keys are never equal to another key. */
+static _Thread_local uint64_t key_compares;
+
+uint64_t anes_msg_key_compares(void)
+{
+	return key_compares;
+}
+
 static int key_cmp(const void *pa, const void *pb)
 {
 	const msgpack_object *a = *(const msgpack_object *const *)pa;
 	const msgpack_object *b = *(const msgpack_object *const *)pb;
+
+	key_compares++;
 
 	if (a->type != b->type)
 		return a->type < b->type ? -1 : 1;

@@ -128,6 +128,11 @@ int anes_msg_decode(const void *buf, size_t len, msgpack_zone *zone, anes_msg *r
 
 bool anes_msg_method_is(const anes_msg *m, const char *name);
 
+/* How many map-key comparisons this thread's anes_msg_decode calls have made
+ * so far: a diagnostic that lets a test bound the unique-key check's work by
+ * counting it instead of timing it. */
+uint64_t anes_msg_key_compares(void);
+
 /* ---- the usual run request, read in one pass --------------------------- */
 
 #define ANES_MAX_STEPS 256          /* steps in one chained run (docs/protocol.md) */
