@@ -335,6 +335,14 @@ int anes_conn_new(anes_server *srv, int fd)
 	return 0;
 }
 
+bool anes_conn_write_closed(anes_conn *c)
+{
+	pthread_mutex_lock(&c->send_mu);
+	bool closed = c->wclosed;
+	pthread_mutex_unlock(&c->send_mu);
+	return closed;
+}
+
 void anes_conn_fail(anes_conn *c, const char *why)
 {
 	if (c->failed)

@@ -347,6 +347,10 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsigned nfds);
 void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+/* Any thread: whether c's connection is closed for writing (the client is
+ * gone or is being dropped): nothing sent to it arrives any more. */
+bool anes_conn_write_closed(anes_conn *c);
+
 /* On a worker thread, c->send_mu held: send a finished frame without fds
  * now, without blocking, if the connection is open and nothing waits to be
  * sent before it.  Returns the bytes sent: len (done), 0 (nothing sent: the

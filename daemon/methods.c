@@ -843,6 +843,15 @@ static void run_work(anes_job *j)
 
 	rj->err[0] = '\0';
 	rj->rc = 0;
+	/* A client that is gone gets no more runs started: the ones still
+	 * queued when its connection closed are dropped (nobody waits for
+	 * them, and they would keep the workers from the other clients). */
+	if (anes_conn_write_closed(rj->conn)) {
+		rj->rc = -ECANCELED;
+		rj->n_done = 0;
+		rj->elapsed_ns = 0;
+		return;
+	}
 	uint64_t t0 = anes_now_ns();
 	for (uint32_t i = 0; i < rj->n_steps && rj->rc == 0; i++) {
 		rj->rc = run_timed(rj->backend, &rj->steps[i], rj->err, sizeof(rj->err));
