@@ -33,11 +33,12 @@
 
 typedef struct anes_shm_ops anes_shm_ops;
 
-/* The smallest IOSurface the IOSurface backend makes: the smallest surface
- * the public record reports the ANE to accept (Orion, arXiv 2603.06728,
- * section 4: status 0x1d below it; libane pads to it; docs/ane.md).
- * Surfaces made for a program's tensors can then go to the device as they
- * are.  Unverified on hardware. */
+/* The smallest IOSurface the IOSurface backend makes: the smallest
+ * allocation the public record reports to work for an ANE evaluation
+ * (mechramc/Orion docs/ane_constraints.md, section 4: status 0x1d with
+ * 3,072 bytes, 49,152 the minimum working size found; libane pads to it;
+ * docs/ane.md).  Surfaces made for a program's tensors can then go to the
+ * device as they are.  Not measured by this project. */
 #define ANES_SHM_IOSURFACE_MIN_BYTES 49152u
 
 /* One reference to a surface's memory in this process, mapped read-write
