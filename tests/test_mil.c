@@ -418,6 +418,22 @@ Test(mil, blob_errors)
 	b[0] = 1;
 	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
 
+	/* int32 data is type 14 in the format (int16 6): 8 int32 values = the 32 bytes */
+	b[68] = 14;
+	snprintf(body, sizeof body,
+	         "    tensor<int32, [8]> W = const()[val = tensor<int32, [8]>(BLOBFILE(path = "
+	         "string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];");
+	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
+	b[68] = 4;
+	cr_assert_eq(parse_body(body, &w, 1), -EINVAL);
+	cr_assert(strstr(errbuf, "has data type 4, expected 14 for int32"), "%s", errbuf);
+	b[68] = 6;
+	snprintf(body, sizeof body,
+	         "    tensor<int16, [16]> W = const()[val = tensor<int16, [16]>(BLOBFILE(path = "
+	         "string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];");
+	cr_assert_eq(parse_body(body, &w, 1), 0, "%s", errbuf);
+	b[68] = 1;
+
 	/* unknown path */
 	anes_weight other = {"@model_path/weights/other.bin", b, len};
 	cr_assert_eq(parse_body(body, &other, 1), -EINVAL);
