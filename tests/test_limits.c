@@ -666,3 +666,101 @@ Test(limits, fds_cut_off_by_the_daemons_shortage_are_not_a_protocol_error)
 	h_daemon_stop(&d);
 }
 #endif
+
+/* ---- anes_io's charge hook, alone over a socketpair ---------------------------------- */
+
+static int64_t g_charged;   /* what the hook holds */
+static int64_t g_room;      /* what it may hold */
+static unsigned g_refusals;
+
+static bool test_charge(anes_io *io, int64_t delta)
+{
+	(void)io;
+	if (delta > 0 && g_charged + delta > g_room) {
+		g_refusals++;
+		return false;
+	}
+	g_charged += delta;
+	return true;
+}
+
+/* A frame up to 64 KiB needs no charge; a larger one is charged whole (its
+ * size less the 64 KiB base) before its buffer grows, whatever has arrived;
+ * refused, anes_io_read reads nothing and says -EDQUOT; once the frame is
+ * taken, anes_io_trim gives the charge back; cleanup gives back the rest. */
+Test(limits, anes_io_charges_a_large_frame_whole_and_gives_it_back)
+{
+	int sv[2];
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	anes_io io;
+	anes_io_init(&io, sv[0], 1u << 20);
+	io.charge = test_charge;
+	io.msg_flags = MSG_DONTWAIT;
+	g_charged = 0;
+	g_room = 0;
+	g_refusals = 0;
+
+	/* A small frame: no charge at all. */
+	uint8_t small[ANES_FRAME_HEADER_SIZE + 100] = { 0 };
+	anes_frame_header_write(small, 100, 0);
+	cr_assert_eq(h_raw_send(sv[1], small, sizeof small, NULL, 0), 0);
+	cr_assert_eq(anes_io_read(&io), (ssize_t)sizeof small);
+	const uint8_t *payload;
+	uint32_t len;
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds;
+	cr_assert_eq(anes_io_next_frame(&io, &payload, &len, fds, &nfds), 1);
+	cr_assert_eq(g_charged, 0);
+
+	/* 300 KiB: 64 KiB arrive into the base buffer, then the rest must be
+	 * charged, and there is no room: nothing more is read. */
+	const uint32_t big = 300u << 10;
+	uint8_t *frame = calloc(1, ANES_FRAME_HEADER_SIZE + big);
+	cr_assert(frame);
+	anes_frame_header_write(frame, big, 0);
+	size_t off = send_some(sv[1], frame, ANES_FRAME_HEADER_SIZE + big);
+	cr_assert_gt(off, 64u << 10);
+	ssize_t n;
+	size_t got = 0;
+	while ((n = anes_io_read(&io)) > 0)
+		got += (size_t)n;
+	cr_assert_eq(n, -EDQUOT);
+	cr_assert_eq(got, 64u << 10, "read %zu before the charge", got);
+	cr_assert_eq(g_refusals, 1);
+	cr_assert_eq(g_charged, 0);
+	cr_assert_eq(io.rcap, 64u << 10, "the buffer grew without a charge");
+
+	/* Room: the whole frame is charged at once, then read to the end. */
+	g_room = 1 << 20;
+	const int64_t need = ANES_FRAME_HEADER_SIZE + big - (64 << 10);
+	bool charged_early = false;
+	while (got < ANES_FRAME_HEADER_SIZE + big) {
+		if (off < ANES_FRAME_HEADER_SIZE + big)
+			off += send_some(sv[1], frame + off, ANES_FRAME_HEADER_SIZE + big - off);
+		n = anes_io_read(&io);
+		if (n == -EAGAIN)
+			continue;
+		cr_assert_gt(n, 0, "%zd", n);
+		got += (size_t)n;
+		if (got < ANES_FRAME_HEADER_SIZE + big && g_charged == need)
+			charged_early = true;
+	}
+	cr_assert(charged_early, "not charged whole before the frame was in");
+	cr_assert_eq(g_charged, need);
+	cr_assert_eq(anes_io_next_frame(&io, &payload, &len, fds, &nfds), 1);
+	cr_assert_eq(len, big);
+	anes_io_trim(&io);
+	cr_assert_eq(g_charged, 0);
+	cr_assert_leq(io.rcap, 64u << 10);
+
+	/* Cleanup with a frame half charged gives the charge back. */
+	cr_assert_eq(h_raw_send(sv[1], frame, 128u << 10, NULL, 0), 0);
+	while (anes_io_read(&io) > 0)
+		;
+	cr_assert_eq(g_charged, need);
+	anes_io_cleanup(&io);
+	cr_assert_eq(g_charged, 0);
+	free(frame);
+	close(sv[0]);
+	close(sv[1]);
+}
