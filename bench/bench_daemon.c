@@ -130,6 +130,8 @@ static char *mil_matmul(void)
 
 /* ---- the daemon ---------------------------------------------------------------- */
 
+static const char *const *g_daemon_args;   /* extra arguments of the next daemon_start */
+
 static void daemon_start(void)
 {
 	snprintf(g_dir, sizeof g_dir, "/tmp/anes-bench-XXXXXX");
@@ -148,7 +150,14 @@ static void daemon_start(void)
 			dup2(lfd, 1);
 			dup2(lfd, 2);
 		}
-		execl(g_aneshared, g_aneshared, "--socket", g_sock, "--backend", "cpu", (char *)NULL);
+		const char *argv[16] = { g_aneshared, "--socket", g_sock, "--backend", "cpu" };
+		int n = 5;
+		for (int i = 0; g_daemon_args && g_daemon_args[i] && n < 15; i++)
+			argv[n++] = g_daemon_args[i];
+		argv[n] = NULL;
+		if (g_daemon_args)
+			setenv("OPENBLAS_NUM_THREADS", "1", 1);   /* one device queue: one core's work */
+		execv(g_aneshared, (char *const *)argv);
 		_exit(127);
 	}
 	g_daemon = pid;
@@ -367,7 +376,7 @@ typedef struct check {
 	bool le;   /* pass when value <= limit (else >=) */
 } check;
 
-static check g_checks[16];
+static check g_checks[32];
 static int g_nchecks;
 
 static void add_check(const char *what, double value, double limit, bool le)
@@ -1461,12 +1470,292 @@ static void bench_attack(void)
 	add_check("input attack: other client's run p99 (ms) < 10", attack99 * 1e3, 10, true);
 }
 
+/* ---- 8. fairness: one device queue, a greedy client and another ----------------------- */
+
+/*
+ * One device queue (--workers 1, single-threaded BLAS) and a program of
+ * about 1.5 ms (a matmul, sized here).  A greedy client process keeps 64
+ * runs of it in flight; another client's runs of the same program and its
+ * compile of a new program are timed against the same calls alone
+ * (docs/protocol.md, "Scheduling").  Two equal greedy clients share the
+ * device: each one's share is its completed runs over both's, counted by
+ * the clients themselves.
+ */
+#define FAIR_INFLIGHT 64
+
+static int g_fair_n = 128;   /* the matmul's size, set by fair_calibrate */
+
+static char *mil_fair(int n)
+{
+	char *s = malloc(1024);
+	if (!s)
+		die("malloc", -ENOMEM, NULL);
+	snprintf(s, 1024,
+	         "program(1.3)\n{\n"
+	         "    func main<ios18>(tensor<fp16, [1, 1, %d, %d]> a, tensor<fp16, [1, 1, %d, %d]> b) {\n"
+	         "        bool tx = const()[name = string(\"tx\"), val = bool(false)];\n"
+	         "        bool ty = const()[name = string(\"ty\"), val = bool(false)];\n"
+	         "        tensor<fp16, [1, 1, %d, %d]> y = matmul(transpose_x = tx, transpose_y = ty, x = a, y = b)[name = string(\"y\")];\n"
+	         "    } -> (y);\n}\n",
+	         n, n, n, n, n, n);
+	return s;
+}
+
+/* A new small program each time (its text, so its key, differs). */
+static char *mil_fresh(unsigned k)
+{
+	char *s = malloc(512);
+	if (!s)
+		die("malloc", -ENOMEM, NULL);
+	snprintf(s, 512,
+	         "program(1.3)\n{\n"
+	         "    func main<ios18>(tensor<fp16, [1, 1, 1, 16]> x) {\n"
+	         "        tensor<fp16, [1, 1, 1, 16]> y = relu(x = x)[name = string(\"y%u_%ld\")];\n"
+	         "    } -> (y);\n}\n",
+	         k, (long)getpid());
+	return s;
+}
+
+typedef struct fair_client {
+	aneshare_conn *c;
+	aneshare_program *p;
+	aneshare_surface *s[3];
+} fair_client;
+
+static void fair_open(fair_client *f, const char *name)
+{
+	f->c = connect_or_die(name);
+	char *mil = mil_fair(g_fair_n);
+	f->p = compile_or_die(f->c, mil);
+	free(mil);
+	size_t bytes = (size_t)g_fair_n * (size_t)g_fair_n * 2u;
+	for (int i = 0; i < 3; i++) {
+		f->s[i] = surface_or_die(f->c, bytes);
+		memset(aneshare_surface_data(f->s[i]), 0x10, bytes);   /* small fp16 values */
+	}
+}
+
+static void fair_close(fair_client *f)
+{
+	for (int i = 0; i < 3; i++)
+		aneshare_surface_release(f->s[i]);
+	aneshare_program_release(f->p);
+	aneshare_disconnect(f->c);
+}
+
+static void fair_run(fair_client *f)
+{
+	int r = aneshare_run(f->p, 0, f->s, 2, f->s + 2, 1);
+	if (r < 0)
+		die("run", r, aneshare_last_error(f->c));
+}
+
+/* Size the matmul so that one run in the daemon takes about 1.5 ms (its
+ * elapsed_us: the daemon just started has --workers 1 and one BLAS thread). */
+static void fair_calibrate(void)
+{
+	static const int sizes[] = { 128, 192, 256, 320, 384, 448, 512, 640 };
+	for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+		g_fair_n = sizes[k];
+		fair_client f;
+		fair_open(&f, "bench-fair-size");
+		double t[21];
+		for (int i = 0; i < 21; i++) {
+			fair_run(&f);
+			t[i] = (double)aneshare_last_run_us(f.c) * 1e-6;
+		}
+		fair_close(&f);
+		if (median(t, 21) >= 1.5e-3)
+			break;
+	}
+}
+
+/* The greedy client, in its own process: keeps FAIR_INFLIGHT runs in flight
+ * until told to stop.  ctl (read): 'g' starts counting completions, 's'
+ * stops; res (write): 'r' once its first FAIR_INFLIGHT runs are done, then
+ * the count (uint64_t) at the end. */
+static pid_t fair_greedy(int *ret_ctl, int *ret_res)
+{
+	int ctl[2], res[2];
+	if (pipe(ctl) < 0 || pipe(res) < 0)
+		die("pipe", -errno, NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", -errno, NULL);
+	if (pid == 0) {
+		close(ctl[1]);
+		close(res[0]);
+		fcntl(ctl[0], F_SETFL, O_NONBLOCK);
+		fair_client f;
+		fair_open(&f, "bench-greedy");
+		uint32_t tk[FAIR_INFLIGHT];
+		for (int i = 0; i < FAIR_INFLIGHT; i++)
+			if (aneshare_run_submit(f.p, 0, f.s, 2, f.s + 2, 1, &tk[i]) < 0)
+				_exit(3);
+		uint64_t done = 0, counted = 0;
+		bool counting = false;
+		for (unsigned i = 0;; i = (i + 1) % FAIR_INFLIGHT) {
+			if (aneshare_wait(f.c, tk[i]) < 0)
+				_exit(4);
+			if (++done == FAIR_INFLIGHT && write(res[1], "r", 1) != 1)
+				_exit(5);
+			counted += counting;
+			char cmd;
+			if (read(ctl[0], &cmd, 1) == 1) {
+				if (cmd == 's')
+					break;
+				counting = true;
+			}
+			if (aneshare_run_submit(f.p, 0, f.s, 2, f.s + 2, 1, &tk[i]) < 0)
+				_exit(6);
+		}
+		if (write(res[1], &counted, sizeof counted) != (ssize_t)sizeof counted)
+			_exit(7);
+		_exit(0);   /* the daemon cancels nothing: the runs left finish unread */
+	}
+	close(ctl[0]);
+	close(res[1]);
+	*ret_ctl = ctl[1];
+	*ret_res = res[0];
+	char r;
+	full_read(res[0], &r, 1);   /* it is running */
+	return pid;
+}
+
+static uint64_t fair_greedy_stop(pid_t pid, int ctl, int res)
+{
+	uint64_t n = 0;
+	full_write(ctl, "s", 1);
+	full_read(res, &n, sizeof n);
+	close(ctl);
+	close(res);
+	int st;
+	waitpid(pid, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		die("greedy client", -EIO, "failed");
+	return n;
+}
+
+/* p90 of n runs (s); and the median compile of a new program (s). */
+static void fair_probe(fair_client *f, int n_runs, int n_compiles, unsigned *k, double *ret_p90,
+                       double *ret_compile)
+{
+	double *t = malloc(sizeof(double) * (size_t)(n_runs > n_compiles ? n_runs : n_compiles));
+	if (!t)
+		die("malloc", -ENOMEM, NULL);
+	for (int i = 0; i < n_runs; i++) {
+		double t0 = now_s();
+		fair_run(f);
+		t[i] = now_s() - t0;
+	}
+	*ret_p90 = quantile(t, (size_t)n_runs, 0.9);
+	for (int i = 0; i < n_compiles; i++) {
+		char *mil = mil_fresh((*k)++);
+		aneshare_program *p;
+		bool cached = true;
+		double t0 = now_s();
+		int r = aneshare_program_compile(f->c, mil, NULL, 0, &p, &cached);
+		t[i] = now_s() - t0;
+		free(mil);
+		if (r < 0 || cached)
+			die("compile (new program)", r, aneshare_last_error(f->c));
+		aneshare_program_release(p);
+	}
+	*ret_compile = median(t, (size_t)n_compiles);
+	free(t);
+}
+
+static void bench_fair_one(bool worker)
+{
+	static const char *const args_inproc[] = { "--workers", "1", NULL };
+	static const char *const args_worker[] = { "--workers", "1", "--worker", NULL };
+	g_daemon_args = worker ? args_worker : args_inproc;
+	daemon_start();
+	g_daemon_args = NULL;
+	if (!worker)
+		fair_calibrate();
+	const char *where = worker ? "--worker" : "in-process";
+	int n_runs = g_quick ? 60 : 150, n_compiles = g_quick ? 10 : 20;
+	unsigned k = worker ? 100000 : 0;
+
+	fair_client f;
+	fair_open(&f, "bench-fair");
+	for (int i = 0; i < 20; i++)
+		fair_run(&f);   /* warm, and the daemon has its run time */
+	double run_alone, compile_alone, run_busy, compile_busy, unused;
+	fair_probe(&f, n_runs, n_compiles, &k, &run_alone, &compile_alone);
+	double run_p50_alone;
+	{
+		double t[64];
+		for (int i = 0; i < 64; i++) {
+			double t0 = now_s();
+			fair_run(&f);
+			t[i] = now_s() - t0;
+		}
+		run_p50_alone = median(t, 64);
+	}
+	int ctl, res;
+	pid_t g = fair_greedy(&ctl, &res);
+	fair_probe(&f, n_runs, n_compiles, &k, &run_busy, &compile_busy);
+	(void)fair_greedy_stop(g, ctl, res);
+	(void)unused;
+
+	printf("\n== fairness, %s, --workers 1: a %dx%d matmul (%.2f ms alone), another client keeping %d in flight\n",
+	       where, g_fair_n, g_fair_n, run_p50_alone * 1e3, FAIR_INFLIGHT);
+	printf("  %-52s %8.2f ms\n", "run p90, alone", run_alone * 1e3);
+	printf("  %-52s %8.2f ms\n", "run p90, next to the greedy client", run_busy * 1e3);
+	printf("  %-52s %8.2f ms\n", "compile of a new program (p50), alone", compile_alone * 1e3);
+	printf("  %-52s %8.2f ms\n", "compile of a new program (p50), next to it", compile_busy * 1e3);
+	fig("ms", run_alone * 1e3, "fair %s: run p90 alone", where);
+	fig("ms", run_busy * 1e3, "fair %s: run p90 next to a greedy client", where);
+	fig("ms", compile_alone * 1e3, "fair %s: compile p50 alone", where);
+	fig("ms", compile_busy * 1e3, "fair %s: compile p50 next to a greedy client", where);
+	static char what[4][80];
+	int w = worker ? 2 : 0;
+	snprintf(what[w], sizeof what[w], "fair %s: run p90 busy / alone", where);
+	add_check(what[w], run_busy / run_alone, 2.5, true);
+	snprintf(what[w + 1], sizeof what[w + 1], "fair %s: compile busy / (alone + run)", where);
+	add_check(what[w + 1], compile_busy / (compile_alone + run_p50_alone), 2.5, true);
+
+	if (!worker) {
+		/* Two equal greedy clients. */
+		int ctl2, res2;
+		pid_t g1 = fair_greedy(&ctl, &res);
+		pid_t g2 = fair_greedy(&ctl2, &res2);
+		full_write(ctl, "g", 1);
+		full_write(ctl2, "g", 1);
+		struct timespec ts = { g_quick ? 1 : 3, 0 };
+		nanosleep(&ts, NULL);
+		uint64_t n1 = fair_greedy_stop(g1, ctl, res);
+		uint64_t n2 = fair_greedy_stop(g2, ctl2, res2);
+		double share = n1 + n2 ? 100.0 * (double)n1 / (double)(n1 + n2) : 0;
+		printf("  %-52s %8.1f %% (%llu and %llu runs, %.2f s of device time)\n",
+		       "two greedy clients: the first one's share", share, (unsigned long long)n1,
+		       (unsigned long long)n2, (double)(n1 + n2) * run_p50_alone);
+		fig("%", share, "fair: two greedy clients, the first one's share");
+		add_check("fair: two greedy clients, first's share >= 45 %", share, 45, false);
+		add_check("fair: two greedy clients, first's share <= 55 %", share, 55, true);
+	}
+	fair_close(&f);
+	daemon_stop();
+}
+
+static void bench_fair(void)
+{
+	/* The main daemon stops for these; they start their own. */
+	daemon_stop();
+	bench_fair_one(false);
+	bench_fair_one(true);
+	daemon_start();
+}
+
 /* ---- main -------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
 	bool json = false, attack_only = false;
 	g_aneshared = getenv("ANESHARED");
+	bool only_fair = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
 			g_quick = true;
@@ -1475,6 +1764,8 @@ int main(int argc, char **argv)
 			g_reps = atoi(argv[++i]);
 			if (g_reps < 1 || g_reps > 31)
 				g_reps = 5;
+		} else if (!strcmp(argv[i], "--fair")) {
+			only_fair = true;   /* the fairness section only */
 		} else if (!strcmp(argv[i], "--aneshared") && i + 1 < argc) {
 			g_aneshared = argv[++i];
 		} else if (!strcmp(argv[i], "--json")) {
@@ -1483,7 +1774,7 @@ int main(int argc, char **argv)
 			attack_only = true;
 		} else {
 			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH] [--json] "
-			                "[--attack-only]\n");
+			                "[--attack-only] [--fair]\n");
 			return 2;
 		}
 	}
@@ -1507,15 +1798,21 @@ int main(int argc, char **argv)
 	daemon_start();
 	printf("bench_daemon: aneshared %s, %d repetitions%s\n", g_aneshared, g_reps,
 	       g_quick ? " (quick)" : "");
-	if (!attack_only) {
-		bench_rtt();
-		bench_chain();
-		bench_big();
-		bench_compile();
-		bench_throughput();
-		bench_memory();
+	if (only_fair) {
+		bench_fair();
+	} else {
+		if (!attack_only) {
+			bench_rtt();
+			bench_chain();
+			bench_big();
+			bench_compile();
+			bench_throughput();
+			bench_memory();
+		}
+		bench_attack();
+		if (!attack_only)
+			bench_fair();
 	}
-	bench_attack();
 	daemon_stop();
 	g_backend->ops->destroy(g_backend);
 	double total = now_s() - t0;

@@ -528,6 +528,10 @@ typedef struct aneshare_status {
 		uint32_t connections;
 		uint64_t surfaces, surface_bytes, fds, programs, program_bytes, jobs;
 		uint64_t unsent_bytes, input_bytes, runs;
+		/* The fair scheduler (docs/protocol.md, "Scheduling"): jobs waiting
+		 * for the device, the device time its finished jobs took (us), and
+		 * that as a percentage of all listed clients'. */
+		uint64_t queued, device_us, device_share;
 	} *process_list;               /* n_processes entries, owned by the status */
 	/* The daemon's totals against its limits, one per resource. */
 	uint32_t n_totals;

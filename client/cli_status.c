@@ -95,8 +95,9 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 		fprintf(f, "surfaces %u (%s)\n", st->surfaces, b1);
 	}
 	if (st->processes_total || st->n_processes) {
-		fprintf(f, "\n%-20s %8s %5s %5s %6s %9s %5s %9s %4s %5s %8s %10s\n", "CLIENT", "PID", "UID",
-		        "CONNS", "SURF", "SURF_B", "PROGS", "PROG_B", "FDS", "JOBS", "UNSENT", "RUNS");
+		fprintf(f, "\n%-20s %8s %5s %5s %6s %9s %5s %9s %4s %5s %8s %10s %6s %4s\n", "CLIENT", "PID", "UID",
+		        "CONNS", "SURF", "SURF_B", "PROGS", "PROG_B", "FDS", "JOBS", "UNSENT", "RUNS", "QUEUED",
+		        "DEV%");
 		for (uint32_t i = 0; i < st->n_processes; i++) {
 			const struct aneshare_status_process *p = &st->process_list[i];
 			char name[21], b4[32];
@@ -109,9 +110,9 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 			else
 				snprintf(b4, sizeof b4, "?");
 			fprintf(f, "%-20s %8s %5u %5u %6" PRIu64 " %9s %5" PRIu64 " %9s %4" PRIu64 " %5" PRIu64
-			        " %8s %10" PRIu64 "\n",
+			        " %8s %10" PRIu64 " %6" PRIu64 " %4" PRIu64 "\n",
 			        name, b4, p->uid, p->connections, p->surfaces, b1, p->programs, b2, p->fds,
-			        p->jobs, b3, p->runs);
+			        p->jobs, b3, p->runs, p->queued, p->device_share);
 		}
 		if (st->n_processes < st->processes_total)
 			fprintf(f, "(%u more not listed)\n", st->processes_total - st->n_processes);
@@ -189,7 +190,10 @@ void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol)
 		json_u64(f, "jobs", p->jobs, true);
 		json_u64(f, "unsent_bytes", p->unsent_bytes, true);
 		json_u64(f, "input_bytes", p->input_bytes, true);
-		json_u64(f, "runs", p->runs, false);
+		json_u64(f, "runs", p->runs, true);
+		json_u64(f, "queued", p->queued, true);
+		json_u64(f, "device_us", p->device_us, true);
+		json_u64(f, "device_share", p->device_share, false);
 		fprintf(f, "}");
 	}
 	fprintf(f, "],\n \"programs\": [");

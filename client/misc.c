@@ -105,6 +105,9 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 		(void)anes_mp_u64(&procs[i], "unsent_bytes", UINT64_MAX, &pr->unsent_bytes);
 		(void)anes_mp_u64(&procs[i], "input_bytes", UINT64_MAX, &pr->input_bytes);
 		(void)anes_mp_u64(&procs[i], "runs", UINT64_MAX, &pr->runs);
+		(void)anes_mp_u64(&procs[i], "queued", UINT64_MAX, &pr->queued);
+		(void)anes_mp_u64(&procs[i], "device_us", UINT64_MAX, &pr->device_us);
+		(void)anes_mp_u64(&procs[i], "device_share", 100, &pr->device_share);
 	}
 	for (uint32_t i = 0; i < nt; i++) {
 		struct aneshare_status_total *to = &st->total_list[i];

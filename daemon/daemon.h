@@ -166,7 +166,14 @@ struct anes_job {
 	 * once the job is on the done list (so the loop, by taking that mutex
 	 * and then calling anes_pool_collect, is sure to see the job). */
 	pthread_mutex_t *(*reply)(anes_job *j);
+	/* Set by the submitter (zero: the pool's own flow, a run of unknown
+	 * cost): the client's flow, the estimated device time, compile or run. */
+	anes_sitem si;
 };
+
+/* Compiles of a client go before other clients' runs while it has had no
+ * more than this much device time over its share (jobsched.h). */
+#define ANES_SCHED_SLICE_NS (5u * 1000u * 1000u)
 
 /* Per lane thread scratch, reused from request to request. */
 typedef struct anes_wctx {

@@ -214,7 +214,7 @@ static void pack_program(anes_centry *e, void *ud)
 /* What a client process holds now: the tenant's counters, and what its
  * connections buffer (the loop's view; a connection on a lane counts no
  * input: its buffer is the lane thread's). */
-static void pack_process(msgpack_packer *pk, const anes_tenant *t)
+static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t device_ns_all)
 {
 	uint64_t unsent = 0, input = 0;
 	for (const anes_conn *c = t->conns; c; c = c->tnext) {
@@ -222,7 +222,7 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t)
 		if (!c->lane)
 			input += c->io.rlen - c->io.rpos;
 	}
-	msgpack_pack_map(pk, 13);
+	msgpack_pack_map(pk, 16);
 	anes_pack_str(pk, "name");
 	anes_pack_strn(pk, t->name, strnlen(t->name, sizeof(t->name)));
 	pack_kv_u64(pk, "pid", t->pid > 0 ? (uint64_t)t->pid : 0);
@@ -234,6 +234,13 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t)
 	pack_kv_u64(pk, "unsent_bytes", unsent);
 	pack_kv_u64(pk, "input_bytes", input);
 	pack_kv_u64(pk, "runs", atomic_load_explicit(&t->runs, memory_order_relaxed));
+	/* The fair scheduler (jobsched.h): its jobs waiting for a worker, and
+	 * the device time its finished jobs took, also as a percentage of all
+	 * current clients'. */
+	uint64_t dev = atomic_load_explicit(&t->sflow.device_ns, memory_order_relaxed);
+	pack_kv_u64(pk, "queued", atomic_load_explicit(&t->sflow.queued, memory_order_relaxed));
+	pack_kv_u64(pk, "device_us", dev / 1000u);
+	pack_kv_u64(pk, "device_share", device_ns_all ? (uint64_t)((double)dev * 100.0 / (double)device_ns_all + 0.5) : 0);
 }
 
 /* The daemon's totals against their limits (0: none). */
@@ -340,9 +347,12 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "processes_total", srv->tenants.n_procs);
 	anes_pack_str(&f.pk, "processes");
 	msgpack_pack_array(&f.pk, n_procs);
+	uint64_t device_ns_all = 0;
+	for (const anes_tenant *t = srv->tenants.procs; t; t = t->next)
+		device_ns_all += atomic_load_explicit(&t->sflow.device_ns, memory_order_relaxed);
 	uint32_t i = 0;
 	for (const anes_tenant *t = srv->tenants.procs; t && i < n_procs; t = t->next, i++)
-		pack_process(&f.pk, t);
+		pack_process(&f.pk, t, device_ns_all);
 	/* Per uid: as many as the processes listed, at most (~100 bytes each). */
 	uint32_t n_users = srv->tenants.n_users < n_procs ? srv->tenants.n_users : n_procs;
 	anes_pack_str(&f.pk, "users");
@@ -1358,12 +1368,16 @@ static void m_run(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	fill_steps(&q, items, n_steps, n_surf, rj->steps);
 	/* The job holds what it uses until its done(): the client may release
 	 * them meanwhile. */
+	uint64_t cost_ns = 0;
 	for (uint32_t i = 0; i < n_steps; i++) {
 		run_step *st = &rj->steps[i];
 		for (uint32_t k = 0; k < st->n_in + st->n_out; k++)
 			anes_surface_ref(st->surf[k]);
 		anes_centry_pin(st->entry);
+		cost_ns += atomic_load_explicit(&st->entry->run_ns, memory_order_relaxed);
 	}
+	/* Its client's queue, and its estimated device time (jobsched.h). */
+	rj->job.si = (anes_sitem){ .flow = &c->tenant->sflow, .cost_ns = cost_ns };
 	rj->job.work = run_work;
 	rj->job.done = run_done;
 	rj->job.reply = run_reply;

@@ -108,6 +108,7 @@ static anes_tenant *tenant_new(anes_tenants *set, anes_tenant **head, uint32_t u
 	for (int r = 0; r < ANES_RES_N; r++)
 		atomic_init(&t->use[r], 0);
 	atomic_init(&t->runs, 0);
+	anes_sflow_init(&t->sflow);
 	t->next = *head;
 	if (*head)
 		(*head)->prev = t;

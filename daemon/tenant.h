@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "jobsched.h"
 #include "server.h"
 
 typedef enum anes_res {
@@ -64,6 +65,8 @@ struct anes_tenant {
 	bool jobs_full;               /* loop: reading paused at the jobs limit */
 	_Atomic uint64_t use[ANES_RES_N];
 	_Atomic uint64_t runs;        /* runs finished (steps), for status */
+	anes_sflow sflow;             /* its queue of device work (jobsched.h; worker.c's
+	                               * mutex), process tenants only */
 };
 
 struct anes_tenants {

@@ -2,7 +2,8 @@
 /*
  * The worker pool: compiles and runs never execute on the loop thread.
  *
- * Jobs go in through a mutex-protected FIFO; finished jobs come back through
+ * Jobs go in through the fair scheduler (jobsched.h: a queue per client, device
+ * time shared), under one mutex; finished jobs come back through
  * a done-list and one uv_async_t.  uv_async_send coalesces wakeups, so the
  * callback drains the whole list rather than counting signals.
  *
@@ -36,7 +37,7 @@
 struct anes_pool {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	anes_job *head, **tail;       /* queued */
+	anes_sched sched;             /* queued (jobsched.h) */
 	anes_job *done, **done_tail;  /* finished, not yet delivered */
 	bool stop;
 	atomic_bool lanes_stop;
@@ -182,10 +183,13 @@ static void push_done(anes_pool *p, anes_job *j)
 
 static void run_job(anes_pool *p, anes_job *j)
 {
+	uint64_t t0 = anes_now_ns();
 	j->work(j);
+	uint64_t ns = anes_now_ns() - t0;
 	pthread_mutex_t *held = j->reply ? j->reply(j) : NULL;
 
 	pthread_mutex_lock(&p->mu);
+	anes_sched_done(&p->sched, &j->si, ns);
 	push_done(p, j);
 	/* Before p->mu: once the loop can take j off the list, it may free
 	 * what held lives in. */
@@ -202,14 +206,12 @@ static void *worker_main(void *arg)
 
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
-		while (!p->stop && !p->head)
+		while (!p->stop && anes_sched_empty(&p->sched))
 			pthread_cond_wait(&p->cv, &p->mu);
-		if (!p->head)
+		anes_sitem *it = anes_sched_pop(&p->sched);
+		if (!it)
 			break;
-		anes_job *j = p->head;
-		p->head = j->next;
-		if (!p->head)
-			p->tail = &p->head;
+		anes_job *j = ANES_CONTAINER_OF(it, anes_job, si);
 		pthread_mutex_unlock(&p->mu);
 		run_job(p, j);
 		pthread_mutex_lock(&p->mu);
@@ -297,7 +299,7 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, 
 		free(p);
 		return -ENOMEM;
 	}
-	p->tail = &p->head;
+	anes_sched_init(&p->sched, ANES_SCHED_SLICE_NS);
 	p->done_tail = &p->done;
 	p->pollfd = p->wakefd = -1;
 	atomic_init(&p->lanes_stop, false);
@@ -350,9 +352,7 @@ void anes_pool_submit(anes_pool *p, anes_job *j)
 		uv_async_send(&p->async);
 		return;
 	}
-	j->next = NULL;
-	*p->tail = j;
-	p->tail = &j->next;
+	anes_sched_push(&p->sched, &j->si);
 	pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 }
@@ -372,13 +372,12 @@ void anes_pool_shutdown(anes_pool *p)
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
 	/* Queued jobs never start: move them to the done list as cancelled. */
-	while (p->head) {
-		anes_job *j = p->head;
-		p->head = j->next;
+	for (anes_sitem *it = anes_sched_drain(&p->sched); it;) {
+		anes_job *j = ANES_CONTAINER_OF(it, anes_job, si);
+		it = it->next;
 		j->work = NULL;
 		push_done(p, j);
 	}
-	p->tail = &p->head;
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 	if (p->n_lane_threads > 0) {
