@@ -6,6 +6,7 @@
  * counted it, and that another client is still served.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -567,6 +568,7 @@ Test(limits, the_soft_fd_limit_is_raised_and_logged)
 	h_daemon_stop(&d);
 }
 
+#ifdef __linux__
 /* A child process: create surfaces until refused; ready (and holding them
  * until killed) only if the refusal was `limit` after more than 50. */
 static int greedy_surfaces(void *arg, int ready_fd)
@@ -591,7 +593,6 @@ static int greedy_surfaces(void *arg, int ready_fd)
 		pause();
 }
 
-#ifdef __linux__
 /* With the device worker (one fd kept per surface) and an fd limit of 400:
  * a client creating surfaces until refused gets `limit` (never no_memory or
  * protocol), and a second client can still connect, create and import a
@@ -691,7 +692,9 @@ static bool test_charge(anes_io *io, int64_t delta)
 Test(limits, anes_io_charges_a_large_frame_whole_and_gives_it_back)
 {
 	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	cr_assert_eq(fcntl(sv[0], F_SETFD, FD_CLOEXEC), 0);
+	cr_assert_eq(fcntl(sv[1], F_SETFD, FD_CLOEXEC), 0);
 	anes_io io;
 	anes_io_init(&io, sv[0], 1u << 20);
 	io.charge = test_charge;
