@@ -532,6 +532,9 @@ typedef struct aneshare_status {
 		 * for the device, the device time its finished jobs took (us), and
 		 * that as a percentage of all listed clients'. */
 		uint64_t queued, device_us, device_share;
+		/* Its scheduling class: "interactive", "default" or "background"
+		 * (static; "" from daemons that do not report it). */
+		const char *priority;
 	} *process_list;               /* n_processes entries, owned by the status */
 	/* The daemon's totals against its limits, one per resource. */
 	uint32_t n_totals;

@@ -193,7 +193,9 @@ void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol)
 		json_u64(f, "runs", p->runs, true);
 		json_u64(f, "queued", p->queued, true);
 		json_u64(f, "device_us", p->device_us, true);
-		json_u64(f, "device_share", p->device_share, false);
+		json_u64(f, "device_share", p->device_share, true);
+		fprintf(f, "\"priority\": ");
+		json_str(f, p->priority ? p->priority : "");
 		fprintf(f, "}");
 	}
 	fprintf(f, "],\n \"programs\": [");

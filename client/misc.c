@@ -108,6 +108,14 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 		(void)anes_mp_u64(&procs[i], "queued", UINT64_MAX, &pr->queued);
 		(void)anes_mp_u64(&procs[i], "device_us", UINT64_MAX, &pr->device_us);
 		(void)anes_mp_u64(&procs[i], "device_share", 100, &pr->device_share);
+		static const char *const classes[] = { "interactive", "default", "background" };
+		const char *pn;
+		uint32_t pl;
+		pr->priority = "";
+		if (anes_mp_str(&procs[i], "priority", 16, &pn, &pl) == 0)
+			for (size_t k = 0; k < sizeof classes / sizeof classes[0]; k++)
+				if (strlen(classes[k]) == pl && !memcmp(classes[k], pn, pl))
+					pr->priority = classes[k];
 	}
 	for (uint32_t i = 0; i < nt; i++) {
 		struct aneshare_status_total *to = &st->total_list[i];

@@ -515,6 +515,8 @@ void anes_centry_unpin(anes_centry *e);
  * nothing else (0: anes_pool_lane_arm fails). */
 int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
+/* Loop: the scheduling class of flow f from now on (jobsched.h). */
+void anes_pool_set_class(anes_pool *p, anes_sflow *f, anes_sclass sc);
 /* Any thread: put j on the done list as finished (its done() runs on the
  * loop); for a job that did its work elsewhere, e.g. a lane's hand-back. */
 void anes_pool_complete(anes_pool *p, anes_job *j);

@@ -132,6 +132,34 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		reply_param(c, m, "client", r);
 		return;
 	}
+	/* The scheduling class of the client process (docs/protocol.md,
+	 * "Scheduling"): anyone may ask for less, interactive only the uids
+	 * the configuration names. */
+	const char *prio = NULL;
+	uint32_t prio_len = 0;
+	int sclass = -1;
+	r = anes_mp_str(m->params, "priority", 16, &prio, &prio_len);
+	if (r < 0 && r != -ENOENT) {
+		reply_param(c, m, "priority", r);
+		return;
+	}
+	if (r == 0) {
+		sclass = anes_sclass_parse(prio, prio_len);
+		if (sclass < 0) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+			                      "priority must be \"interactive\", \"default\" or \"background\"");
+			return;
+		}
+		bool allowed = sclass != ANES_SCLASS_INTERACTIVE;
+		for (size_t i = 0; !allowed && i < c->srv->cfg.n_interactive_uids; i++)
+			allowed = c->srv->cfg.interactive_uids[i] == c->tenant->uid;
+		if (!allowed) {
+			anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
+			                      "priority \"interactive\" is not allowed for uid %u "
+			                      "(the daemon's interactive_uid)", (unsigned)c->tenant->uid);
+			return;
+		}
+	}
 	if (version != ANES_PROTOCOL_VERSION) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_VERSION,
 		                      "protocol version %llu is not supported (this daemon speaks %d)",
@@ -145,6 +173,8 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	}
 	c->name[name_len] = '\0';
 	c->hello_done = true;
+	if (sclass >= 0)
+		anes_pool_set_class(c->srv->pool, &c->tenant->sflow, (anes_sclass)sclass);
 	if (name_len > 0)   /* the process's latest name, for status */
 		memcpy(c->tenant->name, c->name, name_len + 1);
 	if (c->srv->cfg.verbose && c->name[0])
@@ -222,7 +252,7 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t devi
 		if (!c->lane)
 			input += c->io.rlen - c->io.rpos;
 	}
-	msgpack_pack_map(pk, 16);
+	msgpack_pack_map(pk, 17);
 	anes_pack_str(pk, "name");
 	anes_pack_strn(pk, t->name, strnlen(t->name, sizeof(t->name)));
 	pack_kv_u64(pk, "pid", t->pid > 0 ? (uint64_t)t->pid : 0);
@@ -238,6 +268,7 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t devi
 	 * the device time its finished jobs took, also as a percentage of all
 	 * current clients'. */
 	uint64_t dev = atomic_load_explicit(&t->sflow.device_ns, memory_order_relaxed);
+	pack_kv_str(pk, "priority", anes_sclass_name(t->sflow.sclass));
 	pack_kv_u64(pk, "queued", atomic_load_explicit(&t->sflow.queued, memory_order_relaxed));
 	pack_kv_u64(pk, "device_us", dev / 1000u);
 	pack_kv_u64(pk, "device_share", device_ns_all ? (uint64_t)((double)dev * 100.0 / (double)device_ns_all + 0.5) : 0);

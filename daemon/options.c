@@ -22,7 +22,7 @@ typedef enum opt_type {
 	T_BYTES32,   /* uint32_t, the same */
 	T_STR,       /* char *, strdup'ed */
 	T_BOOL,
-	T_UID,       /* appended to allow_uids: a number or a user name */
+	T_UID,       /* appended to allow_uids (interactive_uids): a number or a user name */
 	T_TRI,       /* int: -1 unset, 0, 1 (a boolean that knows it was not given) */
 	T_TRI_NOT,   /* the same field, negated: --no-X */
 } opt_type;
@@ -56,6 +56,8 @@ static const optdef defs[] = {
 	  "a lane thread that answered a request polls for the next one this long before it sleeps "
 	  "(0: never)" },
 	{ "verbose", T_BOOL, O(cfg.verbose), 0, 0, NULL, "log every connect and disconnect" },
+	{ "interactive-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
+	  "clients of this user may ask for the interactive scheduling class (uid or name; repeatable)" },
 	{ "allow-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
 	  "also accept clients of this user (uid or name; repeatable)" },
 	{ "shutdown-timeout", T_U32, O(shutdown_timeout_s), 0, 3600, "SECONDS",
@@ -283,17 +285,20 @@ static int set_value(anes_options *o, const optdef *d, const char *s, const char
 			fprintf(stderr, "aneshared: %s: \"%s\" is neither a uid nor a user name\n", where, s);
 			return -EINVAL;
 		}
-		if (o->n_allow_uids >= 1024) {
+		bool inter = !strcmp(d->key, "interactive-uid");
+		uint32_t **list = inter ? &o->interactive_uids : &o->allow_uids;
+		size_t *n = inter ? &o->n_interactive_uids : &o->n_allow_uids;
+		if (*n >= 1024) {
 			fprintf(stderr, "aneshared: %s: at most 1024 users\n", where);
 			return -EINVAL;
 		}
-		uint32_t *u = realloc(o->allow_uids, (o->n_allow_uids + 1) * sizeof(*u));
+		uint32_t *u = realloc(*list, (*n + 1) * sizeof(*u));
 		if (!u) {
 			fprintf(stderr, "aneshared: out of memory\n");
 			return -ENOMEM;
 		}
-		u[o->n_allow_uids++] = uid;
-		o->allow_uids = u;
+		u[(*n)++] = uid;
+		*list = u;
 		return 0;
 	}
 	}
@@ -418,6 +423,8 @@ static void finish(anes_options *o)
 	o->backend = o->backend_name ? o->backend_name : "auto";
 	o->cfg.allow_uids = o->allow_uids;
 	o->cfg.n_allow_uids = o->n_allow_uids;
+	o->cfg.interactive_uids = o->interactive_uids;
+	o->cfg.n_interactive_uids = o->n_interactive_uids;
 	o->cfg.shutdown_timeout_ms = o->shutdown_timeout_s * 1000u;
 	o->cfg.fault_run_fail = NULL;
 	if (o->fault_run_fail)
@@ -532,6 +539,7 @@ void anes_options_free(anes_options *o)
 	free(o->fault_run_fail);
 	free(o->worker_fault);
 	free(o->allow_uids);
+	free(o->interactive_uids);
 	free(o->config_path);
 	*o = (anes_options){ 0 };
 }

@@ -29,6 +29,8 @@ typedef struct anes_options {
 	char *fault_run_fail;
 	uint32_t *allow_uids;
 	size_t n_allow_uids;
+	uint32_t *interactive_uids;
+	size_t n_interactive_uids;
 	char *config_path;          /* the file that was read, or NULL */
 	uint32_t shutdown_timeout_s;
 

@@ -86,6 +86,10 @@ typedef struct anes_server_config {
 	 * server); everyone else is disconnected at once. */
 	const uint32_t *allow_uids;
 	size_t n_allow_uids;
+	/* Uids whose clients may ask for the interactive scheduling class
+	 * (borrowed, like allow_uids; docs/protocol.md, "Scheduling"). */
+	const uint32_t *interactive_uids;
+	size_t n_interactive_uids;
 	/* After a stop request: how long requests in flight may take to finish
 	 * before the rest are failed with shutting_down (milliseconds). */
 	uint32_t shutdown_timeout_ms;

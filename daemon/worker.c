@@ -357,6 +357,13 @@ void anes_pool_submit(anes_pool *p, anes_job *j)
 	pthread_mutex_unlock(&p->mu);
 }
 
+void anes_pool_set_class(anes_pool *p, anes_sflow *f, anes_sclass sc)
+{
+	pthread_mutex_lock(&p->mu);
+	f->sclass = sc;
+	pthread_mutex_unlock(&p->mu);
+}
+
 void anes_pool_complete(anes_pool *p, anes_job *j)
 {
 	pthread_mutex_lock(&p->mu);

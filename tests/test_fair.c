@@ -16,6 +16,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <msgpack.h>
+
+#include "anes_proto.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
 #include "test_util.h"
@@ -140,5 +143,61 @@ Test(fair, a_compile_is_answered_before_a_backlog_of_runs)
 	int st;
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "greedy client: status %d", st);
+	h_daemon_stop(&D);
+}
+
+/* hello with { protocol: 1, priority: prio }: 0 or the wire error. */
+static int hello_priority(int fd, const char *prio)
+{
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer pk;
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 2);
+	msgpack_pack_str_with_body(&pk, "protocol", 8);
+	msgpack_pack_uint32(&pk, 1);
+	msgpack_pack_str_with_body(&pk, "priority", 8);
+	msgpack_pack_str_with_body(&pk, prio, strlen(prio));
+	int r = h_raw_request(fd, 1, "hello", sb.data, sb.size, NULL, 0);
+	msgpack_sbuffer_destroy(&sb);
+	cr_assert_eq(r, 0);
+	return h_raw_response(fd, 1, 5000);
+}
+
+/* The process's class as status shows it. */
+static void status_priority(const char *expect)
+{
+	aneshare_conn *c = h_connect(&D, "fair-status");
+	aneshare_status *st = h_status(c);
+	bool found = false;
+	for (uint32_t i = 0; i < st->n_processes; i++)
+		if (st->process_list[i].pid == (uint64_t)getpid())
+			found = st->process_list[i].priority && !strcmp(st->process_list[i].priority, expect);
+	aneshare_status_free(st);
+	aneshare_disconnect(c);
+	cr_assert(found, "status does not show priority %s", expect);
+}
+
+Test(fair, any_client_may_lower_itself_interactive_only_configured_uids)
+{
+	h_daemon_start(&D);
+	int fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(hello_priority(fd, "interactive"), ANES_WERR_INVALID_PARAMS);
+	cr_assert_eq(hello_priority(fd, "urgent"), ANES_WERR_INVALID_PARAMS);
+	cr_assert_eq(hello_priority(fd, "background"), 0);
+	status_priority("background");
+	close(fd);
+	h_daemon_stop(&D);
+
+	char uid[32];
+	snprintf(uid, sizeof uid, "%u", (unsigned)getuid());
+	const char *const args[] = { "--interactive-uid", uid, NULL };
+	h_daemon_start_args(&D, args);
+	fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(hello_priority(fd, "interactive"), 0);
+	status_priority("interactive");
+	close(fd);
 	h_daemon_stop(&D);
 }
