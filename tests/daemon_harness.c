@@ -211,8 +211,18 @@ void h_daemon_wait(h_daemon *d)
 void h_daemon_kill(h_daemon *d)
 {
 	if (d->pid > 0) {
-		kill(d->pid, SIGKILL);
-		waitpid(d->pid, NULL, 0);
+		/* SIGTERM first, so that a daemon that can still stop writes its
+		 * coverage counters (a coverage build loses them on SIGKILL);
+		 * SIGKILL after a bounded wait. */
+		kill(d->pid, SIGTERM);
+		int64_t deadline = tu_now_ms() + 2000 * h_slow();
+		pid_t r;
+		while ((r = waitpid(d->pid, NULL, WNOHANG)) == 0 && tu_now_ms() < deadline)
+			tu_pause_ms(5);
+		if (r == 0) {
+			kill(d->pid, SIGKILL);
+			waitpid(d->pid, NULL, 0);
+		}
 		d->pid = 0;
 	}
 	remove_dir(d);

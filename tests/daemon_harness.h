@@ -49,7 +49,8 @@ void h_daemon_stop(h_daemon *d);
 /* Wait for the daemon to exit (after the test sent it a signal) and assert
  * a clean exit as h_daemon_stop does. */
 void h_daemon_wait(h_daemon *d);
-/* For a fixture's fini: SIGKILL a daemon the test did not stop. */
+/* For a fixture's fini: stop a daemon the test did not stop (SIGTERM, then
+ * SIGKILL after 2 s x h_slow()), without checking how it exited. */
 void h_daemon_kill(h_daemon *d);
 /* SIGKILL the daemon and reap it, like a crash: its socket file and the
  * directory stay (h_daemon_kill or h_daemon_stop still clean up). */
