@@ -1074,3 +1074,106 @@ Test(daemon, compile_with_weights)
 	aneshare_disconnect(c);
 	h_daemon_stop(&D);
 }
+
+/* ---- options ------------------------------------------------------------------------ */
+
+/* Run aneshared with args (NULL-terminated) and XDG_CONFIG_HOME=dir; its exit
+ * status, and its stderr in err (NUL-terminated). */
+static int run_aneshared(const char *dir, const char *const *args, char *err, size_t errsz)
+{
+	char log[256];
+	snprintf(log, sizeof log, "%s/stderr", dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		const char *argv[32] = { getenv("ANESHARED") };
+		size_t n = 1;
+		for (size_t i = 0; args[i] && n < 31; i++)
+			argv[n++] = args[i];
+		argv[n] = NULL;
+		setenv("XDG_CONFIG_HOME", dir, 1);
+		unsetenv("ANESHARE_SOCKET");
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0 || dup2(fd, 2) < 0 || dup2(fd, 1) < 0)
+			_exit(126);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	char *text = tu_read_file(log);
+	snprintf(err, errsz, "%s", text ? text : "");
+	free(text);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 256;
+}
+
+/* Every kind of bad option or config line ends the daemon before it
+ * listens, with exit status 78 (EX_CONFIG) and a message that names the
+ * option or FILE:LINE; --help and --version exit 0. */
+Test(daemon, bad_options_and_config_lines)
+{
+	char dir[] = "/tmp/anes-opts-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	char conf[300], err[8192];
+	snprintf(conf, sizeof conf, "%s/bad.conf", dir);
+	static const struct {
+		const char *args[4];
+		const char *says;
+	} cases[] = {
+		{ { "--max-frame", "12x" }, "--max-frame" },
+		{ { "--max-frame", "1Q" }, "--max-frame" },
+		{ { "--max-frame", "99999999999999999999" }, "--max-frame" },
+		{ { "--max-surface-bytes", "99999999999G" }, "--max-surface-bytes" },
+		{ { "--workers", "-1" }, "--workers" },
+		{ { "--verbose", "maybe" }, "" },
+		{ { "--allow-uid", "no-such-user-anes" }, "no-such-user-anes" },
+		{ { "--no-such-option" }, "no-such-option" },
+		{ { "--max-frame" }, "--max-frame" },
+		{ { "--backend", "gpu" }, "gpu" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int code = run_aneshared(dir, cases[i].args, err, sizeof err);
+		cr_assert_eq(code, 78, "%s %s: exit %d: %s", cases[i].args[0],
+		             cases[i].args[1] ? cases[i].args[1] : "", code, err);
+		cr_assert(strstr(err, cases[i].says), "%s: the message does not name it: %s", cases[i].args[0],
+		          err);
+	}
+	static const char *const lines[] = {
+		"max_frame\n",                   /* no '=' */
+		"no_such_key = 1\n",
+		"max_frame = lots\n",
+		"max-frame = 65536\n",           /* options' '-' is '_' in the file */
+		"verbose = sometimes\n",
+		"allow_uid = 4294967295\n",
+	};
+	for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+		FILE *f = fopen(conf, "w");
+		cr_assert_not_null(f);
+		fprintf(f, "# a comment\n\n%s", lines[i]);
+		fclose(f);
+		const char *args[] = { "--config", conf, NULL };
+		int code = run_aneshared(dir, args, err, sizeof err);
+		cr_assert_eq(code, 78, "%s: exit %d: %s", lines[i], code, err);
+		cr_assert(strstr(err, ":3"), "%s: the message does not name line 3: %s", lines[i], err);
+	}
+	FILE *f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	for (int i = 0; i < 5000; i++)
+		fputc('x', f);
+	fclose(f);
+	const char *too_long[] = { "--config", conf, NULL };
+	cr_assert_eq(run_aneshared(dir, too_long, err, sizeof err), 78, "%s", err);
+	cr_assert(strstr(err, "too long"), "%s", err);
+	const char *missing[] = { "--config", "/nonexistent/anes.conf", NULL };
+	cr_assert_eq(run_aneshared(dir, missing, err, sizeof err), 78, "%s", err);
+	const char *help[] = { "--help", NULL };
+	cr_assert_eq(run_aneshared(dir, help, err, sizeof err), 0, "%s", err);
+	cr_assert(strstr(err, "Usage: aneshared") && strstr(err, "--max-frame"), "%s", err);
+	const char *version[] = { "--version", NULL };
+	cr_assert_eq(run_aneshared(dir, version, err, sizeof err), 0, "%s", err);
+	unlink(conf);
+	char log[256];
+	snprintf(log, sizeof log, "%s/stderr", dir);
+	unlink(log);
+	rmdir(dir);
+}
