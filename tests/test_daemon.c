@@ -1156,7 +1156,17 @@ Test(daemon, bad_options_and_config_lines)
 		cr_assert_eq(code, 78, "%s: exit %d: %s", lines[i], code, err);
 		cr_assert(strstr(err, ":3"), "%s: the message does not name line 3: %s", lines[i], err);
 	}
+	/* Good lines of every value form first (a user by name, byte suffixes),
+	 * then a bad one: the message names line 5. */
 	FILE *f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "allow_uid = root\nmax_surface_bytes = 5MiB\nmax_hello_frame = 4KB\n"
+	           "verbose = yes\nmax_frame = x\n");
+	fclose(f);
+	const char *good_then_bad[] = { "--config", conf, "-v", NULL };
+	cr_assert_eq(run_aneshared(dir, good_then_bad, err, sizeof err), 78, "%s", err);
+	cr_assert(strstr(err, ":5"), "%s", err);
+	f = fopen(conf, "w");
 	cr_assert_not_null(f);
 	for (int i = 0; i < 5000; i++)
 		fputc('x', f);
