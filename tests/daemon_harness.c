@@ -642,15 +642,12 @@ void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds)
 
 int h_count_fds(void)
 {
-	int n = tu_dir_entries("/proc/self/fd");
-	return n < 0 ? n : n - 1;   /* the directory's own fd */
+	return tu_fd_count(getpid());
 }
 
 int h_daemon_fds(const h_daemon *d)
 {
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%ld/fd", (long)d->pid);
-	return tu_dir_entries(path);
+	return tu_fd_count(d->pid);
 }
 
 long h_daemon_rss_kb(const h_daemon *d)

@@ -156,7 +156,7 @@ void h_fake_send(struct anes_io *io, struct anes_frame *f, const int *fds, unsig
 
 /* Open fds of this process (for leak checks). */
 int h_count_fds(void);
-/* Open fds of the daemon (/proc/PID/fd), -1 if unknown. */
+/* Open fds of the daemon (tu_fd_count), -1 if unknown. */
 int h_daemon_fds(const h_daemon *d);
 /* The daemon's resident memory (VmRSS of /proc/PID/status) in KiB, -1 if unknown. */
 long h_daemon_rss_kb(const h_daemon *d);

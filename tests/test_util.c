@@ -7,9 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef __linux__
 #include <signal.h>
 #include <sys/prctl.h>
+#endif
+#ifdef __APPLE__
+#include <libproc.h>
 #endif
 
 int64_t tu_now_ms(void)
@@ -64,6 +68,26 @@ int tu_dir_entries(const char *path)
 			n++;
 	closedir(d);
 	return n;
+}
+
+int tu_fd_count(pid_t pid)
+{
+#if defined(__APPLE__)
+	int bytes = proc_pidinfo(pid, PROC_PIDLISTFDS, 0, NULL, 0);   /* an upper bound */
+	if (bytes <= 0)
+		return -1;
+	struct proc_fdinfo *fi = malloc((size_t)bytes);
+	if (!fi)
+		abort();
+	bytes = proc_pidinfo(pid, PROC_PIDLISTFDS, 0, fi, bytes);
+	free(fi);
+	return bytes < 0 ? -1 : bytes / (int)PROC_PIDLISTFD_SIZE;
+#else
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/fd", (long)pid);
+	int n = tu_dir_entries(path);
+	return n > 0 && pid == getpid() ? n - 1 : n;   /* the directory's own fd */
+#endif
 }
 
 long tu_proc_status_kb(pid_t pid, const char *key)

@@ -30,6 +30,9 @@ char *tu_read_file(const char *path);
 /* Entries of a directory other than "." and ".." (for /proc/PID/fd), -1 if
  * it cannot be opened. */
 int tu_dir_entries(const char *path);
+/* Open fds of process pid (Linux: /proc/PID/fd, macOS: proc_pidinfo), -1 if
+ * unknown. */
+int tu_fd_count(pid_t pid);
 /* A "Key:  N kB" figure of /proc/PID/status (VmRSS, VmHWM, ...), -1 if unknown. */
 long tu_proc_status_kb(pid_t pid, const char *key);
 

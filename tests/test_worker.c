@@ -123,12 +123,10 @@ static wstat wait_worker(uint64_t restarts, int64_t not_pid)
 	}
 }
 
-/* Gone from /proc: exited and reaped (a zombie still has its entry). */
+/* Exited and reaped: a zombie can still be signalled. */
 static bool process_gone(int64_t pid)
 {
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%lld", (long long)pid);
-	return access(path, F_OK) != 0;
+	return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
 }
 
 static void wait_gone(int64_t pid)

@@ -45,9 +45,7 @@ static pid_t daemon_pid;
 
 static int count_fds(pid_t pid)
 {
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%ld/fd", (long)pid);
-	return tu_dir_entries(path);
+	return tu_fd_count(pid);
 }
 
 static int start_daemon(const char *exe)
