@@ -1301,11 +1301,7 @@ static void bench_memory(void)
 /* Raw connection, hello done; non-blocking afterwards.  -1 on failure. */
 static int attacker_open(void)
 {
-	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-		close(fd);
-		fd = -1;
-	}
+	int fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM);
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	size_t plen = strlen(g_sock);
 	if (fd < 0 || plen >= sizeof sa.sun_path)
