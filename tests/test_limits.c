@@ -698,9 +698,7 @@ static bool test_charge(anes_io *io, int64_t delta)
 Test(limits, anes_io_charges_a_large_frame_whole_and_gives_it_back)
 {
 	int sv[2];
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-	cr_assert_eq(fcntl(sv[0], F_SETFD, FD_CLOEXEC), 0);
-	cr_assert_eq(fcntl(sv[1], F_SETFD, FD_CLOEXEC), 0);
+	cr_assert_eq(anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sv), 0);
 	anes_io io;
 	anes_io_init(&io, sv[0], 1u << 20);
 	io.charge = test_charge;
