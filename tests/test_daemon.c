@@ -1176,6 +1176,17 @@ Test(daemon, bad_options_and_config_lines)
 	cr_assert(strstr(err, "too long"), "%s", err);
 	const char *missing[] = { "--config", "/nonexistent/anes.conf", NULL };
 	cr_assert_eq(run_aneshared(dir, missing, err, sizeof err), 78, "%s", err);
+	/* A socket path that does not fit, and one in a directory others may
+	 * write to: refused before listening, naming the path. */
+	char longpath[200];
+	memset(longpath, 'a', sizeof longpath - 1);
+	longpath[0] = '/';
+	longpath[sizeof longpath - 1] = '\0';
+	const char *too_long_socket[] = { "--socket", longpath, NULL };
+	cr_assert_eq(run_aneshared(dir, too_long_socket, err, sizeof err), 78, "%s", err);
+	const char *open_dir[] = { "--socket", "/tmp/anes-open-dir.sock", NULL };
+	cr_assert_neq(run_aneshared(dir, open_dir, err, sizeof err), 0, "%s", err);
+	cr_assert(strstr(err, "/tmp"), "%s", err);
 	const char *help[] = { "--help", NULL };
 	cr_assert_eq(run_aneshared(dir, help, err, sizeof err), 0, "%s", err);
 	cr_assert(strstr(err, "Usage: aneshared") && strstr(err, "--max-frame"), "%s", err);
