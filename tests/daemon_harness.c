@@ -473,26 +473,23 @@ int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params
 	return r;
 }
 
-/* Read one message (bounded by deadline).  1 and *m filled (zone must be
- * destroyed by the caller), 0 on close, -ETIMEDOUT. */
-static int raw_next(anes_io *io, int64_t deadline, msgpack_zone *zone, anes_msg *m)
+/* Wait (until deadline, on tu_now_ms) for the next frame on io: 1 with the
+ * payload (valid until the next read) and the count of its fds (closed),
+ * 0 when the peer closed or sent a frame that does not parse, -ETIMEDOUT. */
+static int io_frame(anes_io *io, int64_t deadline, const uint8_t **ret_payload, uint32_t *ret_len,
+                    unsigned *ret_nfds)
 {
 	for (;;) {
-		const uint8_t *payload;
-		uint32_t len;
 		int fds[ANES_MAX_FDS_PER_FRAME];
 		unsigned nfds = 0;
-		int r = anes_io_next_frame(io, &payload, &len, fds, &nfds);
+		int r = anes_io_next_frame(io, ret_payload, ret_len, fds, &nfds);
 		if (r < 0)
-			return 0;   /* treat garbage from the daemon as a close: the caller asserts */
+			return 0;   /* garbage from the daemon counts as a close: the caller asserts */
 		if (r > 0) {
 			for (unsigned i = 0; i < nfds; i++)
 				close(fds[i]);
-			msgpack_zone_init(zone, 1024);
-			if (anes_msg_decode(payload, len, zone, m) < 0) {
-				msgpack_zone_destroy(zone);
-				return 0;
-			}
+			if (ret_nfds)
+				*ret_nfds = nfds;
 			return 1;
 		}
 		int64_t left = deadline - tu_now_ms();
@@ -512,69 +509,87 @@ static int raw_next(anes_io *io, int64_t deadline, msgpack_zone *zone, anes_msg 
 	}
 }
 
+/* The next message on io, decoded: 1 after fn(m, ud), else as io_frame (a
+ * payload that does not decode counts as a close). */
+static int io_msg(anes_io *io, int64_t deadline, h_msg_fn fn, void *ud)
+{
+	const uint8_t *payload;
+	uint32_t len;
+	int r = io_frame(io, deadline, &payload, &len, NULL);
+	if (r <= 0)
+		return r;
+	msgpack_zone zone;
+	anes_msg m;
+	msgpack_zone_init(&zone, 1024);
+	if (anes_msg_decode(payload, len, &zone, &m) < 0) {
+		msgpack_zone_destroy(&zone);
+		return 0;
+	}
+	fn(&m, ud);
+	msgpack_zone_destroy(&zone);
+	return 1;
+}
+
+static int64_t deadline_of(int timeout_ms)
+{
+	return tu_now_ms() + (int64_t)timeout_ms * h_slow();
+}
+
 int h_raw_response(int fd, uint32_t msgid, int timeout_ms)
 {
 	return h_raw_response_cb(fd, msgid, timeout_ms, NULL, NULL);
 }
 
+typedef struct raw_wait {
+	h_reply reply;
+	void (*fn)(const msgpack_object *result, void *ud);
+	void *ud;
+} raw_wait;
+
+static void raw_wait_cb(const anes_msg *m, void *ud)
+{
+	raw_wait *w = ud;
+	h_reply_cb(m, &w->reply);
+	if (w->reply.got && m->type == ANES_MSG_RESPONSE && m->msgid == w->reply.msgid &&
+	    !m->error && m->result && w->fn)
+		w->fn(m->result, w->ud);
+}
+
 int h_raw_response_cb(int fd, uint32_t msgid, int timeout_ms,
-                      void (*fn)(const struct msgpack_object *result, void *ud), void *ud)
+                      void (*fn)(const msgpack_object *result, void *ud), void *ud)
 {
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
-	int ret;
-	for (;;) {
-		msgpack_zone zone;
-		anes_msg m;
-		int r = raw_next(&io, deadline, &zone, &m);
-		if (r <= 0) {
-			ret = r == 0 ? -EPIPE : r;
-			break;
-		}
-		bool mine = m.type == ANES_MSG_RESPONSE && m.msgid == msgid;
-		int code = 0;
-		if (mine && m.error) {
-			const char *s;
-			uint32_t l;
-			if (anes_msg_error(&m, &code, &s, &l) < 0)
-				code = 9999;
-		} else if (mine && fn && m.result) {
-			fn(m.result, ud);
-		}
-		msgpack_zone_destroy(&zone);
-		if (mine) {
-			ret = code;
-			break;
-		}
-	}
+	int64_t deadline = deadline_of(timeout_ms);
+	raw_wait w = { .reply = { .msgid = msgid }, .fn = fn, .ud = ud };
+	int r = 1;
+	while (!w.reply.got && (r = io_msg(&io, deadline, raw_wait_cb, &w)) == 1)
+		;
 	anes_io_cleanup(&io);
-	return ret;
+	if (!w.reply.got)
+		return r == 0 ? -EPIPE : r;
+	return w.reply.code;
+}
+
+static void count_errors_cb(const anes_msg *m, void *ud)
+{
+	if (m->type == ANES_MSG_NOTIFY && anes_msg_method_is(m, "error"))
+		(*(unsigned *)ud)++;
 }
 
 int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors)
 {
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
+	int64_t deadline = deadline_of(timeout_ms);
 	unsigned errors = 0;
-	int ret;
-	for (;;) {
-		msgpack_zone zone;
-		anes_msg m;
-		int r = raw_next(&io, deadline, &zone, &m);
-		if (r <= 0) {
-			ret = r;
-			break;
-		}
-		if (m.type == ANES_MSG_NOTIFY && anes_msg_method_is(&m, "error"))
-			errors++;
-		msgpack_zone_destroy(&zone);
-	}
+	int r;
+	while ((r = io_msg(&io, deadline, count_errors_cb, &errors)) == 1)
+		;
 	anes_io_cleanup(&io);
 	if (ret_errors)
 		*ret_errors = errors;
-	return ret;
+	return r;
 }
 
 /* { key: str } when str is set, else { key: v }; {} when key is NULL. */
@@ -629,6 +644,105 @@ int h_raw_open(const char *path)
 	cr_assert_geq(fd, 0);
 	h_raw_hello(fd);
 	return fd;
+}
+
+/* ---- a raw connection with its own receive buffer ------------------------------ */
+
+void h_rconn_adopt(h_rconn *rc, int fd)
+{
+	rc->fd = fd;
+	anes_io_init(&rc->io, fd, ANES_FRAME_MAX_DEFAULT);
+}
+
+void h_rconn_open(h_rconn *rc, const char *path)
+{
+	h_rconn_adopt(rc, h_raw_open(path));
+}
+
+void h_rconn_close(h_rconn *rc)
+{
+	if (rc->fd < 0)
+		return;
+	anes_io_cleanup(&rc->io);
+	close(rc->fd);
+	rc->fd = -1;
+}
+
+int h_rconn_frame(h_rconn *rc, int timeout_ms, const uint8_t **ret_payload, uint32_t *ret_len,
+                  unsigned *ret_nfds)
+{
+	return io_frame(&rc->io, deadline_of(timeout_ms), ret_payload, ret_len, ret_nfds);
+}
+
+int h_rconn_next(h_rconn *rc, int timeout_ms, h_msg_fn fn, void *ud)
+{
+	return io_msg(&rc->io, deadline_of(timeout_ms), fn, ud);
+}
+
+void h_reply_cb(const anes_msg *m, void *ud)
+{
+	h_reply *res = ud;
+	if (m->type == ANES_MSG_NOTIFY) {
+		res->notifications++;
+		return;
+	}
+	if (m->type != ANES_MSG_RESPONSE || m->msgid != res->msgid)
+		return;
+	res->got = true;
+	res->code = 0;
+	res->failed_step = -1;
+	if (m->error) {
+		const char *s;
+		uint32_t l;
+		if (anes_msg_error(m, &res->code, &s, &l) < 0)
+			res->code = 9999;
+		int64_t st;
+		if (anes_mp_i64(m->error, "failed_step", &st) == 0)
+			res->failed_step = st;
+	} else if (res->key) {
+		if (!m->result || anes_mp_u64(m->result, res->key, UINT64_MAX, &res->value) < 0)
+			res->code = 9998;
+	}
+}
+
+int h_rconn_wait(h_rconn *rc, h_reply *res)
+{
+	while (!res->got) {
+		int r = h_rconn_next(rc, 10000, h_reply_cb, res);
+		cr_assert_eq(r, 1, "no response to msgid %u (%s)", res->msgid,
+		             r == 0 ? "connection closed" : "timed out");
+	}
+	return res->code;
+}
+
+int h_rconn_call(h_rconn *rc, uint32_t msgid, const char *method, const void *params_mp,
+                 size_t params_len, const int *fds, unsigned nfds, const char *key, uint64_t *ret)
+{
+	int r = h_raw_request(rc->fd, msgid, method, params_mp, params_len, fds, nfds);
+	cr_assert_eq(r, 0, "sending %s: %s", method, strerror(-r));
+	h_reply res = { .msgid = msgid, .key = key };
+	int code = h_rconn_wait(rc, &res);
+	if (code == 0 && ret)
+		*ret = res.value;
+	return code;
+}
+
+int h_rconn_call_kv(h_rconn *rc, uint32_t msgid, const char *method, const char *key, uint64_t v,
+                    const int *fds, unsigned nfds)
+{
+	int r = h_raw_request_kv(rc->fd, msgid, method, key, v, fds, nfds);
+	cr_assert_eq(r, 0, "sending %s: %s", method, strerror(-r));
+	h_reply res = { .msgid = msgid };
+	return h_rconn_wait(rc, &res);
+}
+
+int h_rconn_call_kstr(h_rconn *rc, uint32_t msgid, const char *method, const char *key,
+                      const char *str)
+{
+	int r = h_raw_request_kstr(rc->fd, msgid, method, key, str);
+	cr_assert_eq(r, 0, "sending %s: %s", method, strerror(-r));
+	h_reply res = { .msgid = msgid };
+	return h_rconn_wait(rc, &res);
 }
 
 void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds)

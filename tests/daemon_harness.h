@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "anes_proto.h"
 #include "aneshare.h"
 #include "test_util.h"
 
@@ -116,8 +117,7 @@ int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfd
 /* Append a request frame to sb (msgpack_sbuffer, initialised by the caller):
  * params as for h_raw_request (NULL: {}), nfds the fd count its header
  * announces. */
-struct msgpack_sbuffer;
-void h_raw_frame(struct msgpack_sbuffer *sb, uint32_t msgid, const char *method,
+void h_raw_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method,
                  const void *params_mp, size_t params_len, unsigned nfds);
 /* Send a request; params is a msgpack map body packed by the caller in
  * params_mp/params_len (a complete map value).  0 or -errno. */
@@ -134,9 +134,8 @@ int h_raw_request_kstr(int fd, uint32_t msgid, const char *method, const char *k
 int h_raw_response(int fd, uint32_t msgid, int timeout_ms);
 /* h_raw_response that also hands a success's result map to fn (if not
  * NULL) before it is freed. */
-struct msgpack_object;
 int h_raw_response_cb(int fd, uint32_t msgid, int timeout_ms,
-                      void (*fn)(const struct msgpack_object *result, void *ud), void *ud);
+                      void (*fn)(const msgpack_object *result, void *ud), void *ud);
 /* Wait (up to timeout_ms x h_slow()) until the daemon closes the connection; counts
  * the error notifications received on the way.  0 if closed, -ETIMEDOUT. */
 int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors);
@@ -148,11 +147,68 @@ void h_raw_hello(int fd);
 /* h_raw_connect and h_raw_hello, asserting both succeed: the fd. */
 int h_raw_open(const char *path);
 
+/* ---- a raw connection with its own receive buffer -------------------------- */
+
+/* h_raw_response reads into a buffer of its own and drops what it read past
+ * the response it waited for; an h_rconn keeps one buffer for the life of
+ * the connection, for clients that have many responses on the way.  The
+ * h_rconn_* functions that wait assert on nothing but what they say. */
+typedef struct h_rconn {
+	int fd;        /* owned: closed by h_rconn_close; -1 when closed */
+	anes_io io;    /* owned: the receive buffer */
+} h_rconn;
+
+/* h_raw_open (connect and hello, asserted) with a receive buffer. */
+void h_rconn_open(h_rconn *rc, const char *path);
+/* A receive buffer for fd, a connection the caller opened; the h_rconn
+ * owns fd from now on. */
+void h_rconn_adopt(h_rconn *rc, int fd);
+/* Free the buffer and close the connection; a second call does nothing. */
+void h_rconn_close(h_rconn *rc);
+/* Wait (up to timeout_ms x h_slow()) for the next frame: 1 with *ret_payload
+ * (valid until the next read on rc) and *ret_len, the fds that came with it
+ * closed and counted in *ret_nfds (if not NULL); 0 when the daemon closed
+ * the connection or sent a frame that does not parse; -ETIMEDOUT. */
+int h_rconn_frame(h_rconn *rc, int timeout_ms, const uint8_t **ret_payload, uint32_t *ret_len,
+                  unsigned *ret_nfds);
+/* The next message, decoded: 1 after fn(m, ud); 0 or -ETIMEDOUT as
+ * h_rconn_frame (a payload that does not decode counts as a close). */
+typedef void (*h_msg_fn)(const anes_msg *m, void *ud);
+int h_rconn_next(h_rconn *rc, int timeout_ms, h_msg_fn fn, void *ud);
+
+/* What h_reply_cb gathers for the response to msgid.  Set msgid (and key,
+ * to read an unsigned result field) before; the rest is its output. */
+typedef struct h_reply {
+	uint32_t msgid;
+	const char *key;        /* result field to read into value, or NULL */
+	bool got;               /* the response came */
+	int code;               /* 0, the wire error code, 9999 for an error map
+	                         * without a code, 9998 for a success without key */
+	int64_t failed_step;    /* the error's failed_step, -1 if none */
+	uint64_t value;         /* result[key] */
+	unsigned notifications; /* notifications seen on the way */
+} h_reply;
+/* An h_msg_fn that fills the h_reply ud (other responses are skipped). */
+void h_reply_cb(const anes_msg *m, void *ud);
+/* Read messages (each within 10 s x h_slow(), asserted) until res's response
+ * came: its code. */
+int h_rconn_wait(h_rconn *rc, h_reply *res);
+/* Send a request (params: a complete msgpack map packed by the caller, NULL
+ * for {}; fds as h_raw_request; asserts it went) and wait for its response:
+ * its code; a success's result[key] (key not NULL) in *ret (if not NULL). */
+int h_rconn_call(h_rconn *rc, uint32_t msgid, const char *method, const void *params_mp,
+                 size_t params_len, const int *fds, unsigned nfds, const char *key, uint64_t *ret);
+/* h_rconn_call with the params { key: v } ({} when key is NULL). */
+int h_rconn_call_kv(h_rconn *rc, uint32_t msgid, const char *method, const char *key, uint64_t v,
+                    const int *fds, unsigned nfds);
+
+/* h_rconn_call with the params { key: str }. */
+int h_rconn_call_kstr(h_rconn *rc, uint32_t msgid, const char *method, const char *key,
+                      const char *str);
+
 /* For a fake daemon in a test: finish frame f (announcing nfds fds), queue
  * it with fds on io and flush what the socket takes (best effort). */
-struct anes_io;
-struct anes_frame;
-void h_fake_send(struct anes_io *io, struct anes_frame *f, const int *fds, unsigned nfds);
+void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds);
 
 /* Open fds of this process (for leak checks). */
 int h_count_fds(void);

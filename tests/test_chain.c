@@ -115,14 +115,11 @@ Test(chain, error_in_the_middle_names_the_step_and_keeps_earlier_outputs)
 
 /* On a raw connection after hello: compile mil (request 2: program 1) and
  * create n surfaces of size bytes (requests 3 ...: surfaces 1 ... n). */
-static void raw_program_and_surfaces(int fd, const char *mil, uint32_t n, uint64_t size)
+static void raw_program_and_surfaces(h_rconn *rc, const char *mil, uint32_t n, uint64_t size)
 {
-	cr_assert_eq(h_raw_request_kstr(fd, 2, "program.compile", "mil", mil), 0);
-	cr_assert_eq(h_raw_response(fd, 2, 10000), 0);
-	for (uint32_t id = 3; id < 3 + n; id++) {
-		cr_assert_eq(h_raw_request_kv(fd, id, "surface.create", "size", size, NULL, 0), 0);
-		cr_assert_eq(h_raw_response(fd, id, 10000), 0);
-	}
+	cr_assert_eq(h_rconn_call_kstr(rc, 2, "program.compile", "mil", mil), 0);
+	for (uint32_t id = 3; id < 3 + n; id++)
+		cr_assert_eq(h_rconn_call_kv(rc, id, "surface.create", "size", size, NULL, 0), 0);
 }
 
 /* aneshare_last_run_us is the daemon's own time for the steps: more than 0
@@ -273,32 +270,22 @@ static void w_run(wbuf *w, uint32_t msgid, const wstep *steps, uint32_t n, bool 
 		w_step(w, &steps[i], odd);
 }
 
-/* Wait (blocking socket fd, read through io) for the next frame: its
- * payload, valid until the next read; returns how many fds came with it
- * (closed). */
-static unsigned wait_frame(int fd, anes_io *io, const uint8_t **ret_payload, uint32_t *ret_len)
+/* Wait for the next frame: its payload, valid until the next read; returns
+ * how many fds came with it (closed). */
+static unsigned wait_frame(h_rconn *rc, const uint8_t **ret_payload, uint32_t *ret_len)
 {
-	int fds[ANES_MAX_FDS_PER_FRAME];
 	unsigned nfds = 0;
-	int r;
-	while ((r = anes_io_next_frame(io, ret_payload, ret_len, fds, &nfds)) == 0) {
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		cr_assert_eq(poll(&pfd, 1, 10000 * h_slow()), 1);
-		cr_assert_gt(anes_io_read(io), 0);
-	}
-	cr_assert_eq(r, 1);
-	for (unsigned i = 0; i < nfds; i++)
-		close(fds[i]);
+	cr_assert_eq(h_rconn_frame(rc, 10000, ret_payload, ret_len, &nfds), 1, "no frame");
 	return nfds;
 }
 
 /* Wait for the next frame, a response: its payload (valid until the next
  * read) and length, its msgid, and whether it is a success. */
-static const uint8_t *wait_response(int fd, anes_io *io, uint32_t *ret_len, uint32_t *ret_msgid,
+static const uint8_t *wait_response(h_rconn *rc, uint32_t *ret_len, uint32_t *ret_msgid,
                                     bool *ret_ok)
 {
 	const uint8_t *payload;
-	cr_assert_eq(wait_frame(fd, io, &payload, ret_len), 0);
+	cr_assert_eq(wait_frame(rc, &payload, ret_len), 0);
 	msgpack_zone z;
 	msgpack_zone_init(&z, 1024);
 	anes_msg m;
@@ -312,14 +299,14 @@ static const uint8_t *wait_response(int fd, anes_io *io, uint32_t *ret_len, uint
 
 /* Send a payload as one frame; the response payload (malloc'd) and its
  * length; *ret_ok whether it is a success. */
-static uint8_t *raw_call(int fd, anes_io *io, const wbuf *w, size_t *ret_len, bool *ret_ok)
+static uint8_t *raw_call(h_rconn *rc, const wbuf *w, size_t *ret_len, bool *ret_ok)
 {
 	uint8_t frame[ANES_FRAME_HEADER_SIZE + sizeof w->b];
 	anes_frame_header_write(frame, (uint32_t)w->n, 0);
 	memcpy(frame + ANES_FRAME_HEADER_SIZE, w->b, w->n);
-	cr_assert_eq(h_raw_send(fd, frame, ANES_FRAME_HEADER_SIZE + w->n, NULL, 0), 0);
+	cr_assert_eq(h_raw_send(rc->fd, frame, ANES_FRAME_HEADER_SIZE + w->n, NULL, 0), 0);
 	uint32_t len, msgid;
-	const uint8_t *payload = wait_response(fd, io, &len, &msgid, ret_ok);
+	const uint8_t *payload = wait_response(rc, &len, &msgid, ret_ok);
 	uint8_t *copy = malloc(len);
 	memcpy(copy, payload, len);
 	*ret_len = len;
@@ -336,26 +323,24 @@ static uint64_t lane_runs_of(aneshare_conn *c)
 
 /* A daemon started with args, a library connection to it (for status) and
  * a raw one with program 1 (mil_double: "main", "fail_me") and surfaces
- * 1 to 3 of 16 bytes, read through io. */
+ * 1 to 3 of 16 bytes. */
 typedef struct raw_fixture {
 	h_daemon d;
 	aneshare_conn *c;
-	int fd;
-	anes_io io;
+	h_rconn rc;
 } raw_fixture;
 
 static void raw_fixture_open(raw_fixture *f, const char *const *args, const char *name)
 {
 	h_daemon_start_args(&f->d, args);
 	f->c = h_connect(&f->d, name);
-	f->fd = h_raw_open(f->d.sock);
-	raw_program_and_surfaces(f->fd, mil_double, 3, 16);
-	anes_io_init(&f->io, f->fd, ANES_FRAME_MAX_DEFAULT);
+	h_rconn_open(&f->rc, f->d.sock);
+	raw_program_and_surfaces(&f->rc, mil_double, 3, 16);
 }
 
 static void raw_fixture_close(raw_fixture *f)
 {
-	anes_io_cleanup(&f->io);
+	h_rconn_close(&f->rc);
 	aneshare_disconnect(f->c);
 	h_daemon_stop(&f->d);
 }
@@ -373,8 +358,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
 	raw_fixture f;
 	raw_fixture_open(&f, args, "test-encodings");
-	int fd = f.fd;
-	anes_io *io = &f.io;
+	h_rconn *rc = &f.rc;
 	aneshare_conn *c = f.c;
 	const wstep *good = good_steps;
 	struct {
@@ -397,7 +381,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 	bool ok[2];
 	/* Runs go to lanes once the program's run time is known. */
 	w_run(&w, 9, good, 3, false);
-	free(raw_call(fd, io, &w, &len[0], &ok[0]));
+	free(raw_call(rc, &w, &len[0], &ok[0]));
 	cr_assert(ok[0]);
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		uint8_t *reply[2];
@@ -407,7 +391,7 @@ Test(chain, every_encoding_gets_the_same_answer)
 			cr_assert_eq(anes_run_wire_parse(w.b, w.n, rw), !odd, "%s", cases[i].what);
 			free(rw);
 			uint64_t lane_runs = lane_runs_of(c);
-			reply[odd] = raw_call(fd, io, &w, &len[odd], &ok[odd]);
+			reply[odd] = raw_call(rc, &w, &len[odd], &ok[odd]);
 			cr_assert_eq(ok[odd], cases[i].ok, "%s (odd %d)", cases[i].what, odd);
 			if (cases[i].ok)
 				cr_assert_eq(lane_runs_of(c), lane_runs + (cases[i].n ? cases[i].n : 1),
@@ -439,7 +423,7 @@ static void batch_add(wbatch *bt, const wbuf *w)
 
 /* Read n responses: each msgid in [first, first + n) exactly once, and
  * whether each is a success (ok[msgid - first]). */
-static void read_responses(int fd, anes_io *io, uint32_t first, uint32_t n, bool *ok)
+static void read_responses(h_rconn *rc, uint32_t first, uint32_t n, bool *ok)
 {
 	static bool seen[1024];
 	memset(seen, 0, sizeof seen);
@@ -447,7 +431,7 @@ static void read_responses(int fd, anes_io *io, uint32_t first, uint32_t n, bool
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t len, msgid;
 		bool good;
-		(void)wait_response(fd, io, &len, &msgid, &good);
+		(void)wait_response(rc, &len, &msgid, &good);
 		cr_assert(msgid >= first && msgid < first + n, "msgid %u", msgid);
 		cr_assert(!seen[msgid - first], "msgid %u answered twice", msgid);
 		seen[msgid - first] = true;
@@ -465,14 +449,13 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 	const char *args[] = { "--fault-inject", "run_fail=fail_me", "--lane-run-max-us", "1000000", NULL };
 	raw_fixture f;
 	raw_fixture_open(&f, args, "test-pipeline");
-	int fd = f.fd;
-	anes_io *io = &f.io;
+	h_rconn *rc = &f.rc;
 	const wstep bad = { 1, "main", { 99 }, 1, 2 };
 	wbuf w;
 	size_t len;
 	bool ok1;
 	w_run(&w, 9, good_steps, 3, false);   /* the program's first run: its time is known after it */
-	free(raw_call(fd, io, &w, &len, &ok1));
+	free(raw_call(rc, &w, &len, &ok1));
 	cr_assert(ok1);
 
 	/* 24 runs in one write: single runs, a 3-step chain (12), a run of a
@@ -489,9 +472,9 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 		batch_add(&bt, &w);
 	}
 	uint64_t lane0 = lane_runs_of(f.c);
-	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
+	cr_assert_eq(h_raw_send(rc->fd, bt.b, bt.n, NULL, 0), 0);
 	bool ok[64];
-	read_responses(fd, io, 40, NPIPE, ok);
+	read_responses(rc, 40, NPIPE, ok);
 	for (uint32_t i = 0; i < NPIPE; i++)
 		cr_assert_eq(ok[i], i != 7 && i != 18, "request %u", 40 + i);
 	/* 21 single runs and 3 steps ran, and on the lane (a failing run is
@@ -514,8 +497,8 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 		}
 		batch_add(&bt, &w);
 	}
-	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
-	read_responses(fd, io, 70, 11, ok);
+	cr_assert_eq(h_raw_send(rc->fd, bt.b, bt.n, NULL, 0), 0);
+	read_responses(rc, 70, 11, ok);
 	for (uint32_t i = 0; i < 11; i++)
 		cr_assert(ok[i], "request %u", 70 + i);
 
@@ -526,15 +509,15 @@ Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 		batch_add(&bt, &w);
 	}
 	lane0 = lane_runs_of(f.c);
-	cr_assert_eq(h_raw_send(fd, bt.b, bt.n, NULL, 0), 0);
+	cr_assert_eq(h_raw_send(rc->fd, bt.b, bt.n, NULL, 0), 0);
 	static bool ok600[600];
-	read_responses(fd, io, 1000, 600, ok600);
+	read_responses(rc, 1000, 600, ok600);
 	for (uint32_t i = 0; i < 600; i++)
 		cr_assert(ok600[i], "request %u", 1000 + i);
 	cr_assert_geq(lane_runs_of(f.c) - lane0, 600);
 	/* The connection is in step afterwards. */
 	w_run(&w, 99, good_steps, 0, false);
-	free(raw_call(fd, io, &w, &len, &ok1));
+	free(raw_call(rc, &w, &len, &ok1));
 	cr_assert(ok1);
 
 	raw_fixture_close(&f);
@@ -699,11 +682,11 @@ static const char *mil_big =
 	"    } -> (y);\n}\n";
 
 /* Read one frame from a blocking socket: its payload length. */
-static uint32_t read_frame(int fd, anes_io *io, uint32_t *ret_msgid)
+static uint32_t read_frame(h_rconn *rc, uint32_t *ret_msgid)
 {
 	const uint8_t *payload;
 	uint32_t len;
-	(void)wait_frame(fd, io, &payload, &len);
+	(void)wait_frame(rc, &payload, &len);
 	msgpack_zone z;
 	msgpack_zone_init(&z, 1024);
 	anes_msg m;
@@ -732,9 +715,10 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	cr_assert_eq(aneshare_surface_create(c, 16u << 20, &out), 0);
 
 	/* Build the request exactly as the library does (program.c, async.c). */
-	int fd = h_raw_open(d.sock);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
 	/* The raw connection needs its own program and surfaces. */
-	raw_program_and_surfaces(fd, mil_big, 2, 16u << 20);
+	raw_program_and_surfaces(&rc, mil_big, 2, 16u << 20);
 	/* program 1, surfaces 1 and 2 on this connection; a large msgid and
 	 * the IDs the library would use */
 	anes_frame f;
@@ -754,12 +738,10 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	size_t len;
 	cr_assert_eq(anes_frame_finish(&f, 0, ANES_FRAME_MAX_DEFAULT, &data, &len), 0);
 	cr_assert_lt(len, 256, "run request frame is %zu bytes", len);
-	cr_assert_eq(h_raw_send(fd, data, len, NULL, 0), 0);
+	cr_assert_eq(h_raw_send(rc.fd, data, len, NULL, 0), 0);
 	free(data);
-	anes_io io;
-	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
 	uint32_t msgid = 0;
-	uint32_t rlen = read_frame(fd, &io, &msgid);
+	uint32_t rlen = read_frame(&rc, &msgid);
 	cr_assert_eq(msgid, UINT32_MAX - 1);
 	cr_assert_lt(rlen + ANES_FRAME_HEADER_SIZE, 256, "run reply frame is %u bytes", rlen);
 
@@ -781,13 +763,12 @@ Test(frames, run_request_and_reply_stay_under_256_bytes)
 	}
 	cr_assert_eq(anes_frame_finish(&f, 0, ANES_FRAME_MAX_DEFAULT, &data, &len), 0);
 	cr_assert_lt(len, 256, "2-step chain request frame is %zu bytes", len);
-	cr_assert_eq(h_raw_send(fd, data, len, NULL, 0), 0);
+	cr_assert_eq(h_raw_send(rc.fd, data, len, NULL, 0), 0);
 	free(data);
-	rlen = read_frame(fd, &io, &msgid);
+	rlen = read_frame(&rc, &msgid);
 	cr_assert_eq(msgid, 7);
 	cr_assert_lt(rlen + ANES_FRAME_HEADER_SIZE, 256, "chain reply frame is %u bytes", rlen);
-	anes_io_cleanup(&io);
-	close(fd);
+	h_rconn_close(&rc);
 
 	/* And through the library, for good measure: the run works. */
 	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));

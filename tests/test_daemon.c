@@ -73,14 +73,6 @@ static params *params_u32(const char *key, uint32_t v)
 	return p;
 }
 
-static int raw_call(int fd, uint32_t msgid, const char *method, const char *key, uint32_t v,
-                    const int *fds, unsigned nfds)
-{
-	int r = h_raw_request_kv(fd, msgid, method, key, v, fds, nfds);
-	cr_assert_eq(r, 0, "sending %s: %s", method, strerror(-r));
-	return h_raw_response(fd, msgid, 5000);
-}
-
 /* A memfd of size bytes with these seals (none, or SEAL_SHRINK and maybe SEAL_GROW).
  * memfds are Linux's: elsewhere the calling test skips here. */
 enum { SEAL_SHRINK = 1, SEAL_GROW = 2 };
@@ -294,11 +286,12 @@ Test(daemon, surface_of_another_connection)
 	aneshare_surface *s = h_surface(a, 4096);
 	uint32_t id = aneshare_surface_id(s);
 
-	int fd = h_raw_open(D.sock);
-	cr_assert_eq(raw_call(fd, 2, "surface.release", "id", id, NULL, 0), 6 /* no_such_surface */);
-	cr_assert_eq(raw_call(fd, 3, "surface.release", "id", id + 1, NULL, 0), 6);
-	cr_assert_eq(raw_call(fd, 4, "status", NULL, 0, NULL, 0), 0, "the connection stays usable");
-	close(fd);
+	h_rconn rc;
+	h_rconn_open(&rc, D.sock);
+	cr_assert_eq(h_rconn_call_kv(&rc, 2, "surface.release", "id", id, NULL, 0), 6 /* no_such_surface */);
+	cr_assert_eq(h_rconn_call_kv(&rc, 3, "surface.release", "id", id + 1, NULL, 0), 6);
+	cr_assert_eq(h_rconn_call_kv(&rc, 4, "status", NULL, 0, NULL, 0), 0, "the connection stays usable");
+	h_rconn_close(&rc);
 
 	/* The owner's surface is untouched. */
 	cr_assert_eq(count_surfaces(a), 1);
@@ -667,15 +660,17 @@ Test(daemon, garbage_does_not_hurt_others)
 	 * unknown method, an fd on a method that takes none. */
 	fd = h_raw_connect(D.sock);
 	cr_assert_geq(fd, 0);
-	cr_assert_eq(raw_call(fd, 7, "status", NULL, 0, NULL, 0), 3 /* handshake */);
-	h_raw_hello(fd);
-	cr_assert_eq(raw_call(fd, 8, "no.such.method", NULL, 0, NULL, 0), 4 /* unknown_method */);
+	h_rconn rc;
+	h_rconn_adopt(&rc, fd);
+	cr_assert_eq(h_rconn_call_kv(&rc, 7, "status", NULL, 0, NULL, 0), 3 /* handshake */);
+	cr_assert_eq(h_rconn_call_kv(&rc, 1, "hello", "protocol", 1, NULL, 0), 0);
+	cr_assert_eq(h_rconn_call_kv(&rc, 8, "no.such.method", NULL, 0, NULL, 0), 4 /* unknown_method */);
 	int mfd = sealed_memfd(4096, SEAL_SHRINK);
-	cr_assert_eq(raw_call(fd, 9, "status", NULL, 0, &mfd, 1), 13 /* bad_fd */);
-	cr_assert_eq(raw_call(fd, 10, "surface.release", NULL, 0, NULL, 0), 5 /* invalid_params */);
-	cr_assert_eq(raw_call(fd, 11, "status", NULL, 0, NULL, 0), 0, "still usable");
+	cr_assert_eq(h_rconn_call_kv(&rc, 9, "status", NULL, 0, &mfd, 1), 13 /* bad_fd */);
+	cr_assert_eq(h_rconn_call_kv(&rc, 10, "surface.release", NULL, 0, NULL, 0), 5 /* invalid_params */);
+	cr_assert_eq(h_rconn_call_kv(&rc, 11, "status", NULL, 0, NULL, 0), 0, "still usable");
 	close(mfd);
-	close(fd);
+	h_rconn_close(&rc);
 	good_check(&g);
 
 	/* The daemon is healthy and holds only the good client's objects. */
@@ -827,40 +822,30 @@ typedef struct fake {
 	int failures;      /* things the fake saw that it did not expect */
 } fake;
 
-/* Read the next request; returns its msgid and copies the method. */
-static bool fake_next(anes_io *io, uint32_t *msgid, char *method, size_t method_len,
+/* Read the next request (through the harness's frame reader; it asserts
+ * nothing, so it may run on the fake's thread); returns its msgid and
+ * copies the method. */
+static bool fake_next(h_rconn *rc, uint32_t *msgid, char *method, size_t method_len,
                       uint32_t *id_param)
 {
-	for (;;) {
-		const uint8_t *payload;
-		uint32_t len;
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		unsigned nfds;
-		int r = anes_io_next_frame(io, &payload, &len, fds, &nfds);
-		if (r < 0)
-			return false;
-		if (r == 0) {
-			if (anes_io_read(io) <= 0)
-				return false;
-			continue;
-		}
-		for (unsigned i = 0; i < nfds; i++)
-			close(fds[i]);
-		msgpack_zone z;
-		anes_msg m;
-		msgpack_zone_init(&z, 1024);
-		bool ok = anes_msg_decode(payload, len, &z, &m) == 0 && m.type == ANES_MSG_REQUEST &&
-		          m.method_len < method_len;
-		if (ok) {
-			*msgid = m.msgid;
-			memcpy(method, m.method, m.method_len);
-			method[m.method_len] = '\0';
-			if (anes_mp_u32(m.params, "id", id_param) < 0)
-				*id_param = 0;
-		}
-		msgpack_zone_destroy(&z);
-		return ok;
+	const uint8_t *payload;
+	uint32_t len;
+	if (h_rconn_frame(rc, 10000, &payload, &len, NULL) != 1)
+		return false;
+	msgpack_zone z;
+	anes_msg m;
+	msgpack_zone_init(&z, 1024);
+	bool ok = anes_msg_decode(payload, len, &z, &m) == 0 && m.type == ANES_MSG_REQUEST &&
+	          m.method_len < method_len;
+	if (ok) {
+		*msgid = m.msgid;
+		memcpy(method, m.method, m.method_len);
+		method[m.method_len] = '\0';
+		if (anes_mp_u32(m.params, "id", id_param) < 0)
+			*id_param = 0;
 	}
+	msgpack_zone_destroy(&z);
+	return ok;
 }
 
 static void *fake_main(void *arg)
@@ -871,14 +856,14 @@ static void *fake_main(void *arg)
 		fk->failures++;
 		return NULL;
 	}
-	anes_io io;
-	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
+	h_rconn rc;
+	h_rconn_adopt(&rc, fd);
 	uint32_t msgid, id;
 	char method[64];
 	anes_frame f;
 
 	/* hello */
-	if (!fake_next(&io, &msgid, method, sizeof method, &id) || strcmp(method, "hello"))
+	if (!fake_next(&rc, &msgid, method, sizeof method, &id) || strcmp(method, "hello"))
 		fk->failures++;
 	anes_frame_init(&f);
 	anes_pack_result(&f.pk, msgid, 4);
@@ -890,12 +875,12 @@ static void *fake_main(void *arg)
 	anes_pack_str(&f.pk, "9.9");
 	anes_pack_str(&f.pk, "backend");
 	anes_pack_str(&f.pk, "cpu");
-	h_fake_send(&io, &f, NULL, 0);
+	h_fake_send(&rc.io, &f, NULL, 0);
 
 	/* Three bad surface.create answers: no fd, two fds, an fd too small.
 	 * Each is followed by the library's surface.release of that ID. */
 	for (unsigned step = 0; step < 3; step++) {
-		if (!fake_next(&io, &msgid, method, sizeof method, &id) ||
+		if (!fake_next(&rc, &msgid, method, sizeof method, &id) ||
 		    strcmp(method, "surface.create"))
 			fk->failures++;
 		int fds[2] = { -1, -1 };
@@ -909,22 +894,22 @@ static void *fake_main(void *arg)
 		msgpack_pack_uint32(&f.pk, 40 + step);
 		anes_pack_str(&f.pk, "size");
 		msgpack_pack_uint32(&f.pk, 4096);
-		h_fake_send(&io, &f, fds, nfds);
+		h_fake_send(&rc.io, &f, fds, nfds);
 
-		if (!fake_next(&io, &msgid, method, sizeof method, &id) ||
+		if (!fake_next(&rc, &msgid, method, sizeof method, &id) ||
 		    strcmp(method, "surface.release") || id != 40 + step)
 			fk->failures++;
 		anes_frame_init(&f);
 		anes_pack_result(&f.pk, msgid, 0);
-		h_fake_send(&io, &f, NULL, 0);
+		h_fake_send(&rc.io, &f, NULL, 0);
 	}
 
 	/* An unknown notification (ignored), then the error notification and EOF. */
-	if (!fake_next(&io, &msgid, method, sizeof method, &id) || strcmp(method, "status"))
+	if (!fake_next(&rc, &msgid, method, sizeof method, &id) || strcmp(method, "status"))
 		fk->failures++;
 	anes_frame_init(&f);
 	anes_pack_notify(&f.pk, "weather", 0);
-	h_fake_send(&io, &f, NULL, 0);
+	h_fake_send(&rc.io, &f, NULL, 0);
 	anes_frame_init(&f);
 	anes_pack_notify(&f.pk, "error", 3);
 	anes_pack_str(&f.pk, "code");
@@ -933,9 +918,8 @@ static void *fake_main(void *arg)
 	anes_pack_str(&f.pk, "protocol");
 	anes_pack_str(&f.pk, "message");
 	anes_pack_str(&f.pk, "you are not welcome");
-	h_fake_send(&io, &f, NULL, 0);
-	anes_io_cleanup(&io);
-	close(fd);
+	h_fake_send(&rc.io, &f, NULL, 0);
+	h_rconn_close(&rc);
 	return NULL;
 }
 

@@ -213,136 +213,7 @@ static counts settled_counts(aneshare_conn *c, uint64_t want_runs)
 }
 
 
-/* ---- raw connections with a persistent receive buffer ----------------------------- */
-
-/* The harness's h_raw_response reads into a buffer of its own and drops
- * what it read past the response it waited for; these keep one buffer per
- * connection, for clients that have many responses on the way. */
-typedef struct rconn {
-	int fd;
-	anes_io io;
-} rconn;
-
-static void rc_open(rconn *rc)
-{
-	rc->fd = h_raw_open(D.sock);
-	anes_io_init(&rc->io, rc->fd, ANES_FRAME_MAX_DEFAULT);
-}
-
-static void rc_close(rconn *rc)
-{
-	anes_io_cleanup(&rc->io);
-	if (rc->fd >= 0)
-		close(rc->fd);
-	rc->fd = -1;
-}
-
-typedef void (*rc_fn)(const anes_msg *m, void *ud);
-
-/* Read one message (bounded): 1 after fn(m, ud), 0 when the daemon closed
- * the connection (or sent garbage), -ETIMEDOUT. */
-static int rc_next(rconn *rc, int timeout_ms, rc_fn fn, void *ud)
-{
-	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
-	for (;;) {
-		const uint8_t *payload;
-		uint32_t len;
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		unsigned nfds = 0;
-		int r = anes_io_next_frame(&rc->io, &payload, &len, fds, &nfds);
-		if (r < 0)
-			return 0;
-		if (r > 0) {
-			for (unsigned i = 0; i < nfds; i++)
-				close(fds[i]);
-			msgpack_zone zone;
-			anes_msg m;
-			msgpack_zone_init(&zone, 1024);
-			if (anes_msg_decode(payload, len, &zone, &m) < 0) {
-				msgpack_zone_destroy(&zone);
-				return 0;
-			}
-			fn(&m, ud);
-			msgpack_zone_destroy(&zone);
-			return 1;
-		}
-		int64_t left = deadline - tu_now_ms();
-		if (left <= 0)
-			return -ETIMEDOUT;
-		struct pollfd pfd = { .fd = rc->fd, .events = POLLIN };
-		int pr = poll(&pfd, 1, (int)left);
-		if (pr < 0 && errno == EINTR)
-			continue;
-		if (pr == 0)
-			return -ETIMEDOUT;
-		ssize_t n = anes_io_read(&rc->io);
-		if (n == -EINTR || n == -EAGAIN)
-			continue;
-		if (n <= 0)
-			return 0;
-	}
-}
-
-typedef struct call_res {
-	uint32_t msgid;
-	bool got;
-	int code;            /* 0 or the wire error code */
-	int64_t failed_step; /* -1 if none */
-	const char *key;     /* result field to read, or NULL */
-	uint64_t value;
-	unsigned notifications;
-} call_res;
-
-static void call_cb(const anes_msg *m, void *ud)
-{
-	call_res *cr = ud;
-	if (m->type == ANES_MSG_NOTIFY) {
-		cr->notifications++;
-		return;
-	}
-	if (m->type != ANES_MSG_RESPONSE || m->msgid != cr->msgid)
-		return;
-	cr->got = true;
-	cr->code = 0;
-	cr->failed_step = -1;
-	if (m->error) {
-		const char *s;
-		uint32_t l;
-		if (anes_msg_error(m, &cr->code, &s, &l) < 0)
-			cr->code = 9999;
-		int64_t st;
-		if (anes_mp_i64(m->error, "failed_step", &st) == 0)
-			cr->failed_step = st;
-	} else if (cr->key) {
-		if (anes_mp_u64(m->result, cr->key, UINT64_MAX, &cr->value) < 0)
-			cr->code = 9998;
-	}
-}
-
-/* Wait for msgid's response; 0 or the wire error code (asserts it comes). */
-static int rc_wait(rconn *rc, call_res *res)
-{
-	while (!res->got) {
-		int r = rc_next(rc, 5000, call_cb, res);
-		cr_assert_eq(r, 1, "no response to msgid %u (%s)", res->msgid,
-		             r == 0 ? "connection closed" : "timed out");
-	}
-	return res->code;
-}
-
-/* A request with params packed by the caller (NULL: {}), its response. */
-static int rc_call(rconn *rc, uint32_t msgid, const char *method, const msgpack_sbuffer *params,
-                   const int *fds, unsigned nfds, const char *key, uint64_t *ret)
-{
-	int r = h_raw_request(rc->fd, msgid, method, params ? params->data : NULL,
-	                      params ? params->size : 0, fds, nfds);
-	cr_assert_eq(r, 0, "sending %s: %s", method, strerror(-r));
-	call_res res = { .msgid = msgid, .key = key };
-	int code = rc_wait(rc, &res);
-	if (code == 0 && ret)
-		*ret = res.value;
-	return code;
-}
+/* ---- raw connections (the harness's h_rconn: one receive buffer each) ----------------- */
 
 static void pack_key(msgpack_packer *pk, const char *k)
 {
@@ -353,7 +224,7 @@ static void pack_key(msgpack_packer *pk, const char *k)
 /* The small matmul on a raw connection: surfaces are memfds of our own
  * (surface.import), so the data is checked here as well. */
 typedef struct rsq {
-	rconn rc;
+	h_rconn rc;
 	uint32_t prog, sid[3];
 	uint16_t *map[3];
 	size_t bytes;
@@ -364,7 +235,7 @@ typedef struct rsq {
 static void rsq_open(rsq *s, const char *fn_name)
 {
 	memset(s, 0, sizeof *s);
-	rc_open(&s->rc);
+	h_rconn_open(&s->rc, D.sock);
 	s->next_msgid = 100;
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -376,7 +247,7 @@ static void rsq_open(rsq *s, const char *fn_name)
 	pack_key(&pk, mil);
 	free(mil);
 	uint64_t v = 0;
-	int r = rc_call(&s->rc, s->next_msgid++, "program.compile", &sb, NULL, 0, "id", &v);
+	int r = h_rconn_call(&s->rc, s->next_msgid++, "program.compile", sb.data, sb.size, NULL, 0, "id", &v);
 	cr_assert_eq(r, 0, "raw program.compile: error %d", r);
 	s->prog = (uint32_t)v;
 	msgpack_sbuffer_destroy(&sb);
@@ -387,7 +258,7 @@ static void rsq_open(rsq *s, const char *fn_name)
 		cr_assert_eq(anes_memfd_create("lane-test", s->bytes, &mfd), 0);
 		s->map[i] = mmap(NULL, s->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
 		cr_assert_neq(s->map[i], MAP_FAILED);
-		r = rc_call(&s->rc, s->next_msgid++, "surface.import", NULL, &mfd, 1, "id", &v);
+		r = h_rconn_call(&s->rc, s->next_msgid++, "surface.import", NULL, 0, &mfd, 1, "id", &v);
 		close(mfd);
 		cr_assert_eq(r, 0, "raw surface.import: error %d", r);
 		s->sid[i] = (uint32_t)v;
@@ -424,7 +295,7 @@ static void rsq_check(rsq *s, uint64_t seed)
 {
 	rsq_fill(s, seed);
 	uint32_t id = s->next_msgid++;
-	int r = rc_call(&s->rc, id, "run", &s->run_params, NULL, 0, NULL, NULL);
+	int r = h_rconn_call(&s->rc, id, "run", s->run_params.data, s->run_params.size, NULL, 0, NULL, NULL);
 	cr_assert_eq(r, 0, "raw run %u: error %d", id, r);
 	double e = rsq_err(s);
 	cr_assert_leq(e, H_MM_TOL, "raw run %u: relative error %g", id, e);
@@ -442,7 +313,7 @@ static void rsq_close(rsq *s)
 		if (s->map[i])
 			munmap(s->map[i], s->bytes);
 	msgpack_sbuffer_destroy(&s->run_params);
-	rc_close(&s->rc);
+	h_rconn_close(&s->rc);
 }
 
 /* status on the raw connection itself (so the daemon has delivered the
@@ -473,7 +344,7 @@ static counts rsq_counts(rsq *s)
 	rstat r = { .msgid = s->next_msgid++ };
 	cr_assert_eq(h_raw_request(s->rc.fd, r.msgid, "status", NULL, 0, NULL, 0), 0);
 	while (!r.got)
-		cr_assert_eq(rc_next(&s->rc, 5000, rstat_cb, &r), 1, "no status");
+		cr_assert_eq(h_rconn_next(&s->rc, 5000, rstat_cb, &r), 1, "no status");
 	return r.k;
 }
 
@@ -999,7 +870,7 @@ Test(lanes, several_frames_in_one_write)
 		uint8_t seen[16] = { 0 };
 		tally t = { .seen = seen, .base = first, .n = s.next_msgid - first };
 		while (t.answered < t.n)
-			cr_assert_eq(rc_next(&s.rc, 5000, tally_cb, &t), 1, "round %d: %u of %u answered",
+			cr_assert_eq(h_rconn_next(&s.rc, 5000, tally_cb, &t), 1, "round %d: %u of %u answered",
 			             round, t.answered, t.n);
 		for (uint32_t i = 0; i < t.n; i++)
 			cr_assert_eq(seen[i], 1, "msgid %u answered %u times", first + i, seen[i]);
@@ -1074,7 +945,7 @@ Test(lanes, unread_replies_hand_the_lane_back)
 		}
 		msgpack_sbuffer_destroy(&sb);
 		while (t.answered < UNREAD_RUNS) {
-			int r = rc_next(&s.rc, 10000, tally_cb, &t);
+			int r = h_rconn_next(&s.rc, 10000, tally_cb, &t);
 			cr_assert_eq(r, 1, "round %d: %u of %u answered, then %s", round, t.answered,
 			             UNREAD_RUNS, r == 0 ? "the connection closed" : "nothing");
 		}
@@ -1110,7 +981,7 @@ Test(lanes, unread_replies_hand_the_lane_back)
 		k0 = k;
 	}
 	uint64_t dropped = 1;
-	cr_assert_eq(rc_call(&s.rc, s.next_msgid++, "status", NULL, NULL, 0, "dropped", &dropped), 0);
+	cr_assert_eq(h_rconn_call(&s.rc, s.next_msgid++, "status", NULL, 0, NULL, 0, "dropped", &dropped), 0);
 	cr_expect_eq(dropped, 0, "the daemon dropped %llu clients", (unsigned long long)dropped);
 	rsq_close(&s);
 	h_wait_counts(obs, 0, 0);
@@ -1199,10 +1070,10 @@ Test(lanes, garbage_on_an_armed_lane)
 					cr_assert_eq(shutdown(s.rc.fd, SHUT_WR), 0);
 				/* The daemon closes it: with a protocol error notification
 				 * for what it could not parse, without one at end of file. */
-				call_res res = { .msgid = UINT32_MAX };
+				h_reply res = { .msgid = UINT32_MAX };
 				int r;
 				int64_t deadline = tu_now_ms() + 10000 * h_slow();
-				while ((r = rc_next(&s.rc, 10000, call_cb, &res)) == 1)
+				while ((r = h_rconn_next(&s.rc, 10000, h_reply_cb, &res)) == 1)
 					cr_assert_lt(tu_now_ms(), deadline);
 				cr_assert_eq(r, 0, "%s: the daemon did not close the connection",
 				             fault_name[f]);
@@ -1237,7 +1108,7 @@ Test(lanes, handed_back_requests_keep_the_connection)
 
 	for (int round = 0; round < 5; round++) {
 		/* an unknown method */
-		cr_assert_eq(rc_call(&s.rc, s.next_msgid++, "no.such.method", NULL, NULL, 0, NULL, NULL),
+		cr_assert_eq(h_rconn_call(&s.rc, s.next_msgid++, "no.such.method", NULL, 0, NULL, 0, NULL, NULL),
 		             ANES_WERR_UNKNOWN_METHOD);
 		rsq_check(&s, (uint64_t)round + 100), runs++;
 		/* a notification: ignored */
@@ -1265,8 +1136,8 @@ Test(lanes, handed_back_requests_keep_the_connection)
 		cr_assert_eq(h_raw_send(s.rc.fd, sb.data, sb.size, &mfd, 1), 0);
 		close(mfd);
 		msgpack_sbuffer_destroy(&sb);
-		call_res res = { .msgid = s.next_msgid++ };
-		cr_assert_eq(rc_wait(&s.rc, &res), ANES_WERR_BAD_FD);
+		h_reply res = { .msgid = s.next_msgid++ };
+		cr_assert_eq(h_rconn_wait(&s.rc, &res), ANES_WERR_BAD_FD);
 		rsq_check(&s, (uint64_t)round + 300), runs++;
 		/* a run naming no such surface, answered on the lane */
 		msgpack_sbuffer_init(&sb);
@@ -1281,7 +1152,7 @@ Test(lanes, handed_back_requests_keep_the_connection)
 		pack_key(&pk, "outputs");
 		msgpack_pack_array(&pk, 1);
 		msgpack_pack_uint32(&pk, s.sid[2]);
-		cr_assert_eq(rc_call(&s.rc, s.next_msgid++, "run", &sb, NULL, 0, NULL, NULL),
+		cr_assert_eq(h_rconn_call(&s.rc, s.next_msgid++, "run", sb.data, sb.size, NULL, 0, NULL, NULL),
 		             ANES_WERR_NO_SUCH_SURFACE);
 		msgpack_sbuffer_destroy(&sb);
 		rsq_check(&s, (uint64_t)round + 400), runs++;
