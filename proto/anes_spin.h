@@ -20,7 +20,7 @@
  *    nothing about when replies come).
  * So a waiter whose bytes come late soon stops spinning except for an
  * occasional probe, and one on a busy CPU polls about once per wait.
- * tests/test_proto.c (spin_rules) checks each rule on a fake clock.
+ * tests/test_spin_rules.c checks each rule on a fake clock.
  */
 #ifndef ANES_SPIN_H
 #define ANES_SPIN_H

@@ -4,7 +4,7 @@
  * accessors daemon/methods.c reads a run with: check_run, parse_step).
  * Whatever the one-pass reader accepts, the general path must accept too
  * and read as the same request, or the daemon would answer one request two
- * ways.  Shared by tests/test_proto.c and tests/fuzz/fuzz_frame.c.
+ * ways.  Shared by tests/test_wire.c and tests/fuzz/fuzz_frame.c.
  */
 #ifndef ANES_RUN_WIRE_CHECK_H
 #define ANES_RUN_WIRE_CHECK_H

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Attaching fds to a sendmsg (SCM_RIGHTS), for the tests that write to a
- * socket past anes_io: tests/daemon_harness.c, tests/test_proto.c and
+ * socket past anes_io: tests/daemon_harness.c, tests/test_io.c and
  * tests/fuzz/fuzz_io.c.  Header-only: those link different libraries.
  */
 #ifndef ANES_TEST_SCM_FDS_H
