@@ -1161,3 +1161,65 @@ Test(cpu, direct_large_copy)
 	B->ops->program_free(B, p);
 	free(buf);
 }
+
+/* ---- the text coremlc and coremltools <= 7 write (iOS 15-17 forms) ---- */
+
+/* The exact forms of issue 17 item 1 and 3, in one program: program(1),
+ * opset CoreML8, tensor<string, []> and a dict of them in buildInfo, a
+ * BLOBFILE offset as tensor<uint64, []>, one-element literals without
+ * brackets, a function attribute before the body, and a constexpr op with
+ * its inputs inside the attribute bracket.  Computed against numbers worked
+ * out by hand (every value is exact in fp16). */
+static const char old_forms_text[] =
+	"program(1)\n"
+	"[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{\"coremlc-component-MIL\", \"3304.5.2\"}, "
+	"{\"coremlc-version\", \"3304.6.2\"}, {\"coremltools-component-torch\", \"2.2.2\"}, "
+	"{\"coremltools-source-dialect\", \"TorchScript\"}, {\"coremltools-version\", \"7.2\"}})]\n"
+	"{\n"
+	"    func main<CoreML8>(tensor<fp16, [1, 4]> x) [FlexibleShapeInformation = tuple<tuple<tensor<string, []>, "
+	"dict<tensor<string, []>, tensor<int32, [?]>>>>((\"DefaultShapes\", {{\"x\", [1, 4]}}))] {\n"
+	"            tensor<int32, [1]> ax = const()[name = tensor<string, []>(\"ax\"), val = tensor<int32, [1]>(-1)];\n"
+	"            tensor<fp16, [4]> b = const()[name = tensor<string, []>(\"b\"), val = tensor<fp16, [4]>(BLOBFILE("
+	"path = tensor<string, []>(\"@model_path/weights/weight.bin\"), offset = tensor<uint64, []>(64)))];\n"
+	"            tensor<fp16, [4, 4]> q = constexpr_affine_dequantize()[axis = tensor<int32, []>(0), "
+	"name = tensor<string, []>(\"q\"), quantized_data = tensor<int8, [4, 4]>([[1, 2, 3, 4], [-1, -2, -3, -4], "
+	"[0, 1, 0, 1], [8, 0, -8, 0]]), scale = tensor<fp16, []>(0x1p-1), zero_point = tensor<int8, []>(0)];\n"
+	"            tensor<fp16, [1, 4]> y = linear(bias = b, weight = q, x = x)[name = tensor<string, []>(\"y\")];\n"
+	"            tensor<bool, []> kd = const()[name = tensor<string, []>(\"kd\"), val = tensor<bool, []>(true)];\n"
+	"            tensor<fp16, [1, 1]> r = reduce_sum(axes = ax, keep_dims = kd, x = y)[name = tensor<string, []>(\"r\")];\n"
+	"            tensor<string, []> to32 = const()[name = tensor<string, []>(\"to32\"), val = tensor<string, []>(\"fp32\")];\n"
+	"            tensor<fp32, [1, 1]> r32 = cast(dtype = to32, x = r)[name = tensor<string, []>(\"cast_0\")];\n"
+	"        } -> (y, r32);\n"
+	"}\n";
+
+Test(cpu, coremlc_ios17_text_forms_run)
+{
+	/* weight.bin: one fp16 [4] blob at 64 holding 0, 0.25, 0.5, 0.75 */
+	uint8_t blob[136] = {1, 0, 0, 0, 2};
+	uint8_t *m = blob + 64;
+	m[0] = 0xEF; m[1] = 0xBE; m[2] = 0xAD; m[3] = 0xDE; m[4] = 1; m[8] = 8; m[16] = 128;
+	for (int i = 0; i < 4; i++) {
+		uint16_t h = anes_f32_to_f16_soft(0.25f * (float)i);
+		memcpy(blob + 128 + 2 * i, &h, 2);
+	}
+	anes_weight w = {"@model_path/weights/weight.bin", blob, sizeof blob};
+	anes_bprogram *p = NULL;
+	int rc = B->ops->compile(B, old_forms_text, strlen(old_forms_text), &w, 1, &p, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, 0, "compile failed (%d): %s", rc, errbuf);
+	cr_assert_eq(p->n_functions, 1);
+	cr_assert_eq(p->functions[0].n_outputs, 2);
+
+	uint16_t x[4], y[4];
+	float r32 = 0;
+	for (int i = 0; i < 4; i++)
+		x[i] = anes_f32_to_f16_soft((float)(i + 1));
+	const void *in[] = {x};
+	void *out[] = {y, &r32};
+	run_ok(p, 0, in, out);
+	/* y[j] = 0.5 * sum_i q[j][i] * x[i] + b[j] */
+	const double want[4] = {15.0, -14.75, 3.5, -7.25};
+	for (int j = 0; j < 4; j++)
+		cr_assert_eq(h2f(y[j]), (float)want[j], "y[%d] = %g, want %g", j, (double)h2f(y[j]), want[j]);
+	cr_assert_eq(r32, -3.5f);
+	B->ops->program_free(B, p);
+}

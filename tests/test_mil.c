@@ -547,3 +547,114 @@ Test(mil, new_op_inference)
 	                        "    tensor<fp16, [1, 2, 3]> k = expand_dims(x = x, axes = tensor<int32, [1]>([0]));\n"
 	                        "    tensor<fp16, [1, 2, 3]> y = scaled_dot_product_attention(query = k, key = k, value = k);", NULL, 0), 0, "%s", errbuf);
 }
+
+/* ---- older text forms (issue 17 item 1) ---- */
+
+static const anes_mil_op *find_op(const anes_mil_function *f, const char *name)
+{
+	for (uint32_t i = 0; i < f->n_ops; i++)
+		if (strcmp(f->ops[i].name, name) == 0)
+			return &f->ops[i];
+	return NULL;
+}
+
+static const anes_mil_value *find_value(const anes_mil_function *f, const char *name)
+{
+	for (uint32_t i = 0; i < f->n_values; i++)
+		if (strcmp(f->values[i].name, name) == 0)
+			return &f->values[i];
+	return NULL;
+}
+
+Test(mil, program_1_and_every_opset_name)
+{
+	static const char *const opsets[] = {"CoreML5", "CoreML6", "CoreML7", "CoreML8", "CoreML9",
+	                                     "ios15", "ios16", "ios17", "ios18"};
+	for (size_t i = 0; i < sizeof opsets / sizeof opsets[0]; i++) {
+		for (int v = 0; v < 3; v++) {
+			char text[256];
+			anes_mil_program *p = NULL;
+			snprintf(text, sizeof text,
+			         "program(%s)\n{\n    func main<%s>(tensor<fp16, [2]> x) {\n"
+			         "            tensor<fp16, [2]> y = relu(x = x)[name = tensor<string, []>(\"y\")];\n"
+			         "        } -> (y);\n}\n",
+			         v == 0 ? "1" : v == 1 ? "1.0" : "1.3", opsets[i]);
+			cr_assert_eq(parse(text, NULL, 0, &p), 0, "%s: %s", text, errbuf);
+			cr_assert_str_eq(p->functions[0].opset, opsets[i]);
+			cr_assert_str_eq(p->version, v == 0 ? "1" : v == 1 ? "1.0" : "1.3");
+			anes_mil_program_free(p);
+		}
+	}
+	anes_mil_program *p = NULL;
+	const char *bad[][2] = {
+		{"program(2)\n{ func main<ios18>(tensor<fp16, [2]> x) { } -> (x); }", "unsupported program version 2"},
+		{"program(1.)\n{ func main<ios18>(tensor<fp16, [2]> x) { } -> (x); }", "unsupported program version"},
+		{"program(1)\n{ func main<ios99>(tensor<fp16, [2]> x) { } -> (x); }", "unsupported opset 'ios99'"},
+	};
+	for (size_t i = 0; i < 3; i++) {
+		cr_assert_neq(parse(bad[i][0], NULL, 0, &p), 0, "%s", bad[i][0]);
+		cr_assert(strstr(errbuf, bad[i][1]), "%s: got '%s'", bad[i][0], errbuf);
+	}
+}
+
+/* The exact snippet of each form, one program (tests/test_cpu.c runs it) */
+Test(mil, older_text_forms)
+{
+	const char *text =
+		"program(1)\n"
+		"[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{\"coremlc-component-MIL\", \"3304.5.2\"}, "
+		"{\"coremlc-version\", \"3304.6.2\"}, {\"coremltools-version\", \"7.2\"}})]\n"
+		"{\n"
+		"    func main<CoreML8>(tensor<fp16, [1, 4]> x) [FlexibleShapeInformation = tuple<tuple<tensor<string, []>, "
+		"dict<tensor<string, []>, tensor<int32, [?]>>>>((\"DefaultShapes\", {{\"x\", [1, 4]}}))] {\n"
+		"            tensor<int32, [1]> ax = const()[name = tensor<string, []>(\"ax\"), val = tensor<int32, [1]>(-1)];\n"
+		"            tensor<fp16, [16]> w = const()[name = tensor<string, []>(\"w\"), val = tensor<fp16, [16]>(BLOBFILE("
+		"path = tensor<string, []>(\"@model_path/weights/weight.bin\"), offset = tensor<uint64, []>(64)))];\n"
+		"            tensor<fp16, [4, 4]> q = constexpr_affine_dequantize()[axis = tensor<int32, []>(0), "
+		"name = tensor<string, []>(\"q\"), quantized_data = tensor<int8, [4, 4]>([[1, 2, 3, 4], [-1, -2, -3, -4], "
+		"[0, 1, 0, 1], [8, 0, -8, 0]]), scale = tensor<fp16, []>(0x1p-1), zero_point = tensor<int8, []>(0)];\n"
+		"            tensor<string, []> s = const()[name = tensor<string, []>(\"s\"), val = tensor<string, []>(\"a\\\"b\\\\c\\x41\\n\")];\n"
+		"            tensor<fp16, [1]> one = const()[name = string(\"one\"), val = tensor<fp16, [1]>(0x1.8p+1)];\n"
+		"            tensor<fp16, [1, 4]> y = linear(weight = q, x = x)[name = string(\"y\")];\n"
+		"        } -> (y);\n"
+		"}\n";
+	size_t blen;
+	uint8_t *blob = make_blob(16, &blen);
+	anes_weight wt = {"@model_path/weights/weight.bin", blob, blen};
+	anes_mil_program *p = NULL;
+	cr_assert_eq(parse(text, &wt, 1, &p), 0, "%s", errbuf);
+	const anes_mil_function *f = &p->functions[0];
+	cr_assert_str_eq(p->version, "1");
+	cr_assert_str_eq(f->opset, "CoreML8");
+	const anes_mil_value *ax = find_value(f, "ax");
+	cr_assert_eq(ax->type.rank, 1);
+	cr_assert_eq(*(const int32_t *)ax->data, -1);
+	const anes_mil_value *w = find_value(f, "w");
+	cr_assert_eq(memcmp(w->data, blob + 128, 32), 0);
+	cr_assert_str_eq(anes_mil_const_string(find_value(f, "s")), "a\"b\\cA\n");
+	uint16_t h;
+	memcpy(&h, find_value(f, "one")->data, 2);
+	cr_assert_eq(anes_f16_to_f32_soft(h), 3.0f);
+	/* the bracket's inputs became the constexpr op's arguments */
+	const anes_mil_op *q = find_op(f, "q");
+	cr_assert_not_null(q);
+	cr_assert_str_eq(q->def->name, "constexpr_affine_dequantize");
+	cr_assert_eq(q->n_args, 4);
+	cr_assert_not_null(anes_mil_op_arg(q, "quantized_data"));
+	cr_assert_not_null(anes_mil_op_arg(q, "scale"));
+	cr_assert_not_null(anes_mil_op_arg(q, "zero_point"));
+	cr_assert_not_null(anes_mil_op_arg(q, "axis"));
+	anes_mil_program_free(p);
+	free(blob);
+}
+
+Test(mil, older_text_form_errors)
+{
+	/* an input given in the parentheses and the bracket */
+	expect_err("tensor<fp16, [2]> y = relu(x = x)[name = string(\"y\"), x = x];", -EINVAL, 4, "given twice");
+	expect_err("tensor<string, [2]> s = const()[name = string(\"s\"), val = tensor<string, [2]>(\"a\")];",
+	           -ENOTSUP, 4, "string tensors of rank 1");
+	expect_err("string s = const()[name = string(\"s\"), val = string(\"a\\x00b\")];", -EINVAL, 4, "NUL");
+	expect_err("tensor<int32, [2]> a = const()[name = string(\"a\"), val = tensor<int32, [2]>(-1)];", -EINVAL, 4,
+	           "expected ','");
+}

@@ -2,6 +2,7 @@
 /* MIL text lexer and parser; builds the checked IR (see mil.h). */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,7 @@
 typedef enum tkind {
 	T_EOF, T_IDENT, T_NUM, T_STR,
 	T_LP, T_RP, T_LB, T_RB, T_LC, T_RC, T_LT, T_GT,
-	T_COMMA, T_EQ, T_SEMI, T_ARROW, T_MINUS,
+	T_COMMA, T_EQ, T_SEMI, T_ARROW, T_MINUS, T_QUEST,
 } tkind;
 
 typedef struct tok {
@@ -91,6 +92,7 @@ static const char *tok_kind_str(tkind k)
 	case T_SEMI: return "';'";
 	case T_ARROW: return "'->'";
 	case T_MINUS: return "'-'";
+	case T_QUEST: return "'?'";
 	}
 	return "?";
 }
@@ -191,6 +193,7 @@ static int next(parser *P)
 		case '=': t.k = T_EQ; break;
 		case ';': t.k = T_SEMI; break;
 		case '-': t.k = T_MINUS; break;
+		case '?': t.k = T_QUEST; break;
 		default: {
 			unsigned char c = (unsigned char)*p;
 			if (c >= 0x21 && c < 0x7f)
@@ -246,8 +249,21 @@ static int take_name(parser *P, char out[ANES_MAX_NAME], const char *what)
 	return next(P);
 }
 
-/* decode a T_STR token; out must hold t->len + 1 bytes */
-static size_t decode_str(const tok *t, char *out)
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Decode a T_STR token into out (t->len + 1 bytes; decoding never grows):
+ * \n \t \r \" \\ \xHH; any other escaped character stands for itself.
+ * Returns the length, or -1 if the string would hold a NUL byte. */
+static ptrdiff_t decode_str(const tok *t, char *out)
 {
 	size_t o = 0;
 
@@ -255,15 +271,24 @@ static size_t decode_str(const tok *t, char *out)
 		char c = t->s[i];
 		if (c == '\\' && i + 1 < t->len) {
 			c = t->s[++i];
-			if (c == 'n')
+			if (c == 'n') {
 				c = '\n';
-			else if (c == 't')
+			} else if (c == 't') {
 				c = '\t';
+			} else if (c == 'r') {
+				c = '\r';
+			} else if (c == 'x' && i + 2 < t->len && hexval(t->s[i + 1]) >= 0 &&
+			           hexval(t->s[i + 2]) >= 0) {
+				c = (char)(hexval(t->s[i + 1]) << 4 | hexval(t->s[i + 2]));
+				i += 2;
+			}
 		}
+		if (c == 0)
+			return -1;
 		out[o++] = c;
 	}
 	out[o] = 0;
-	return o;
+	return (ptrdiff_t)o;
 }
 
 /* ---- values and names ---- */
@@ -421,8 +446,17 @@ static int parse_type(parser *P, anes_mil_type *t)
 		}
 		TRY(expect(P, T_RB, "after the shape"));
 		TRY(expect(P, T_GT, "to close the tensor type"));
-		if (dt == ANES_MIL_DT_STRING)
-			return perr(P, -ENOTSUP, line, "string tensors are not supported");
+		if (dt == ANES_MIL_DT_STRING) {
+			/* tensor<string, []> is the string scalar (coremlc <= iOS 17 writes it so) */
+			if (rank)
+				return perr(P, -ENOTSUP, line, "string tensors of rank %u are not supported (rank 0 is)",
+				            rank);
+			memset(t, 0, sizeof *t);
+			t->dtype = dt;
+			t->count = 1;
+			t->bytes = 1;
+			return 0;
+		}
 		if (anes_mil_type_init(t, dt, rank, shape))
 			return perr(P, -EINVAL, line, "tensor of %u dimensions is larger than %llu bytes", rank,
 			            (unsigned long long)ANES_MIL_MAX_TENSOR_BYTES);
@@ -553,7 +587,10 @@ static int take_string(parser *P, const char **ret, size_t *ret_len)
 	s = mil_arena_alloc(P->arena, P->t.len + 1);
 	if (!s)
 		return nomem(P);
-	n = decode_str(&P->t, s);
+	ptrdiff_t dn = decode_str(&P->t, s);
+	if (dn < 0)
+		return perr(P, -EINVAL, P->t.line, "string holds a NUL byte");
+	n = (size_t)dn;
 	TRY(next(P));
 	*ret = s;
 	if (ret_len)
@@ -561,10 +598,10 @@ static int take_string(parser *P, const char **ret, size_t *ret_len)
 	return 0;
 }
 
-/* string("...") after the 'string' word was consumed */
+/* ("...") after the string type was consumed */
 static int parse_string_call(parser *P, const char **ret)
 {
-	TRY(expect(P, T_LP, "after 'string'"));
+	TRY(expect(P, T_LP, "after the string type"));
 	TRY(take_string(P, ret, NULL));
 	return expect(P, T_RP, "after the string");
 }
@@ -595,14 +632,32 @@ static int parse_blobfile(parser *P, const anes_mil_type *t, void **ret_data)
 		if (tok_is(&P->t, "path")) {
 			TRY(next(P));
 			TRY(expect(P, T_EQ, "after 'path'"));
-			TRY(expect_word(P, "string", "for the BLOBFILE path"));
+			if (tok_is(&P->t, "tensor")) {
+				anes_mil_type st;
+				TRY(parse_type(P, &st));
+				if (st.dtype != ANES_MIL_DT_STRING)
+					return perr(P, -EINVAL, P->t.line, "the BLOBFILE path must be a string");
+			} else {
+				TRY(expect_word(P, "string", "for the BLOBFILE path"));
+			}
 			TRY(parse_string_call(P, &path));
 		} else if (tok_is(&P->t, "offset")) {
 			char buf[72], *endp;
 			TRY(next(P));
 			TRY(expect(P, T_EQ, "after 'offset'"));
-			TRY(expect_word(P, "uint64", "for the BLOBFILE offset"));
-			TRY(expect(P, T_LP, "after 'uint64'"));
+			/* uint64(N), or tensor<uint64, []>(N) as coremlc <= iOS 17 writes it */
+			if (tok_is(&P->t, "tensor")) {
+				TRY(next(P));
+				TRY(expect(P, T_LT, "after 'tensor'"));
+				TRY(expect_word(P, "uint64", "for the BLOBFILE offset"));
+				TRY(expect(P, T_COMMA, "after 'uint64'"));
+				TRY(expect(P, T_LB, "for the BLOBFILE offset's shape"));
+				TRY(expect(P, T_RB, "(the BLOBFILE offset is a scalar)"));
+				TRY(expect(P, T_GT, "to close the offset's type"));
+			} else {
+				TRY(expect_word(P, "uint64", "for the BLOBFILE offset"));
+			}
+			TRY(expect(P, T_LP, "after the offset's type"));
 			TRY(num_text(P, buf));
 			errno = 0;
 			off = strtoull(buf, &endp, 0);
@@ -759,7 +814,9 @@ static int parse_literal(parser *P, anes_mil_value *v)
 		uint8_t *data = mil_arena_alloc(P->arena, (size_t)v->type.bytes);
 		if (!data)
 			return nomem(P);
-		if (v->type.rank == 0 && P->t.k != T_LB)
+		/* scalars, and one-element tensors written without brackets:
+		 * tensor<int32, [1]>(-1) */
+		if (v->type.count == 1 && P->t.k != T_LB)
 			TRY(parse_elem(P, v->type.dtype, data));
 		else
 			TRY(parse_elements(P, &v->type, data));
@@ -768,41 +825,183 @@ static int parse_literal(parser *P, anes_mil_value *v)
 	return expect(P, T_RP, "to close the literal");
 }
 
-/* dict<K, V>({{k, v}, ...}); 'dict' is current.  Parsed and dropped. */
-static int parse_dict(parser *P)
-{
-	anes_mil_type kt, vt;
-	uint32_t n = 0;
+/* ---- attribute values (program and function attributes) ----
+ *
+ * Attribute values are any MIL value: a typed value TYPE(V) where TYPE is a
+ * type word with an optional <...> (tuple<...>, dict<...>, list<..., ?>,
+ * tensor<...>, string, ...), or a bare V: a string, a number, true/false,
+ * (a, b) tuples, {k, v} dict entries and [a, b] lists, nested.  They are
+ * parsed into a small tree (arena, bounded by the statement limit and
+ * ANES_MIL_MAX_NEST) that function attributes read
+ * (FlexibleShapeInformation); other attributes are dropped. */
 
-	TRY(next(P));
-	TRY(expect(P, T_LT, "after 'dict'"));
-	TRY(parse_type(P, &kt));
-	TRY(expect(P, T_COMMA, "in dict type"));
-	TRY(parse_type(P, &vt));
-	TRY(expect(P, T_GT, "to close the dict type"));
-	TRY(expect(P, T_LP, "to open the dict"));
-	TRY(expect(P, T_LC, "to open the dict"));
-	while (P->t.k == T_LC) {
-		if (++n > ANES_MIL_MAX_DICT)
-			return perr(P, -EINVAL, P->t.line, "dict has more than %u entries", ANES_MIL_MAX_DICT);
-		TRY(next(P));
-		for (int i = 0; i < 2; i++) {
-			char d[48];
-			if (P->t.k == T_STR || P->t.k == T_NUM || tok_is(&P->t, "true") || tok_is(&P->t, "false"))
-				TRY(next(P));
-			else
-				return perr(P, -EINVAL, P->t.line, "expected a dict key or value, got %s",
-				            tok_desc(&P->t, d, sizeof d));
-			if (i == 0)
-				TRY(expect(P, T_COMMA, "between dict key and value"));
+typedef struct anode {
+	char kind;              /* 's' string, 'n' number, 'b' bool, '(' '{' '[' lists */
+	uint32_t n;             /* children of a list */
+	struct anode *kid, *next;
+	const char *s;          /* 's': decoded, NUL-terminated; 'n': the token text */
+	size_t len;
+	uint32_t line;
+} anode;
+
+/* a type's <...>, balanced, skipped; '<' is current */
+static int skip_type_args(parser *P)
+{
+	uint32_t depth = 0;
+	char d[48];
+
+	do {
+		switch (P->t.k) {
+		case T_LT:
+			if (++depth > ANES_MIL_MAX_NEST)
+				return perr(P, -EINVAL, P->t.line, "type nested deeper than %u", ANES_MIL_MAX_NEST);
+			break;
+		case T_GT: depth--; break;
+		case T_IDENT: case T_NUM: case T_COMMA: case T_LB: case T_RB: case T_QUEST: break;
+		default:
+			return perr(P, -EINVAL, P->t.line, "unexpected %s in a type", tok_desc(&P->t, d, sizeof d));
 		}
-		TRY(expect(P, T_RC, "to close the dict entry"));
+		TRY(next(P));
+	} while (depth);
+	return 0;
+}
+
+static int parse_anode(parser *P, uint32_t depth, anode **ret);
+
+/* items up to the closing token; the opening one was consumed */
+static int parse_alist(parser *P, uint32_t depth, char kind, tkind close, anode **ret)
+{
+	anode *l = mil_arena_alloc(P->arena, sizeof *l), **tail;
+
+	if (!l)
+		return nomem(P);
+	l->kind = kind;
+	l->line = P->t.line;
+	tail = &l->kid;
+	while (P->t.k != close) {
+		TRY(parse_anode(P, depth + 1, tail));
+		tail = &(*tail)->next;
+		l->n++;
 		if (P->t.k != T_COMMA)
 			break;
 		TRY(next(P));
 	}
-	TRY(expect(P, T_RC, "to close the dict"));
-	return expect(P, T_RP, "to close the dict");
+	TRY(expect(P, close, "to close the attribute value"));
+	*ret = l;
+	return 0;
+}
+
+static int parse_anode(parser *P, uint32_t depth, anode **ret)
+{
+	uint32_t line = P->t.line;
+	anode *a;
+	char d[48];
+
+	if (depth > ANES_MIL_MAX_NEST)
+		return perr(P, -EINVAL, line, "attribute value nested deeper than %u", ANES_MIL_MAX_NEST);
+	TRY(count_stmt(P, line));
+	if (P->t.k == T_LP)
+		return next(P) ? -EINVAL : parse_alist(P, depth, '(', T_RP, ret);
+	if (P->t.k == T_LC)
+		return next(P) ? -EINVAL : parse_alist(P, depth, '{', T_RC, ret);
+	if (P->t.k == T_LB)
+		return next(P) ? -EINVAL : parse_alist(P, depth, '[', T_RB, ret);
+	a = mil_arena_alloc(P->arena, sizeof *a);
+	if (!a)
+		return nomem(P);
+	a->line = line;
+	if (P->t.k == T_STR) {
+		a->kind = 's';
+		TRY(take_string(P, &a->s, &a->len));
+	} else if (P->t.k == T_NUM || P->t.k == T_MINUS) {
+		const char *s = P->t.s;
+		if (P->t.k == T_MINUS)
+			TRY(next(P));
+		if (P->t.k != T_NUM && !tok_is(&P->t, "inf"))
+			return perr(P, -EINVAL, P->t.line, "expected a number, got %s", tok_desc(&P->t, d, sizeof d));
+		a->kind = 'n';
+		a->s = s;
+		a->len = (size_t)(P->t.s + P->t.len - s);
+		TRY(next(P));
+	} else if (tok_is(&P->t, "true") || tok_is(&P->t, "false")) {
+		a->kind = 'b';
+		a->s = P->t.s;
+		a->len = P->t.len;
+		TRY(next(P));
+	} else if (tok_is(&P->t, "inf") || tok_is(&P->t, "nan")) {
+		a->kind = 'n';
+		a->s = P->t.s;
+		a->len = P->t.len;
+		TRY(next(P));
+	} else if (P->t.k == T_IDENT) {
+		/* TYPE(V): the value inside stands for the whole */
+		TRY(next(P));
+		if (P->t.k == T_LT)
+			TRY(skip_type_args(P));
+		TRY(expect(P, T_LP, "after the type of an attribute value"));
+		if (P->t.k == T_RP) {
+			a->kind = '(';
+		} else {
+			TRY(parse_anode(P, depth + 1, &a));
+			if (P->t.k == T_COMMA) {
+				/* several values: a list */
+				anode *l = mil_arena_alloc(P->arena, sizeof *l), **tail = &l->kid;
+				if (!l)
+					return nomem(P);
+				l->kind = '(';
+				l->line = line;
+				*tail = a;
+				tail = &a->next;
+				l->n = 1;
+				while (P->t.k == T_COMMA) {
+					TRY(next(P));
+					TRY(parse_anode(P, depth + 1, tail));
+					tail = &(*tail)->next;
+					l->n++;
+				}
+				a = l;
+			}
+		}
+		TRY(expect(P, T_RP, "to close the attribute value"));
+	} else {
+		return perr(P, -EINVAL, line, "expected an attribute value, got %s", tok_desc(&P->t, d, sizeof d));
+	}
+	*ret = a;
+	return 0;
+}
+
+/* [name = value, ...]; '[' is current.  Calls back for each attribute. */
+typedef int (*attr_fn)(parser *P, const char *name, size_t len, anode *val, void *ctx);
+
+static int parse_attrs(parser *P, const char *what, attr_fn fn, void *ctx)
+{
+	uint32_t n = 0;
+	char d[48];
+
+	TRY(next(P));
+	while (P->t.k != T_RB) {
+		const char *name;
+		size_t len;
+		anode *val;
+		if (++n > ANES_MIL_MAX_ARGS)
+			return perr(P, -EINVAL, P->t.line, "more than %u %s attributes", ANES_MIL_MAX_ARGS, what);
+		if (P->t.k != T_IDENT)
+			return perr(P, -EINVAL, P->t.line, "expected an attribute name, got %s",
+			            tok_desc(&P->t, d, sizeof d));
+		name = P->t.s;
+		len = P->t.len;
+		TRY(next(P));
+		TRY(expect(P, T_EQ, "after the attribute name"));
+		TRY(parse_anode(P, 0, &val));
+		if (fn)
+			TRY(fn(P, name, len, val, ctx));
+		if (P->t.k != T_COMMA)
+			break;
+		TRY(next(P));
+	}
+	char ctxmsg[48];
+	snprintf(ctxmsg, sizeof ctxmsg, "to close the %s attributes", what);
+	return expect(P, T_RB, ctxmsg);
 }
 
 /* ---- argument values ---- */
@@ -1106,6 +1305,24 @@ static int parse_stmt(parser *P)
 	}
 	stmt_end = P->t.s + 1;   /* past the ';' (when it is one: expect checks) */
 	TRY(expect(P, T_SEMI, "after the statement"));
+	/* An attribute named like one of the op's arguments is that argument:
+	 * coremltools (iOS <= 17) prints constexpr ops with their inputs inside
+	 * the bracket, constexpr_affine_dequantize()[axis = ..., scale = ...]. */
+	for (uint32_t i = 0; i < n_attrs; i++) {
+		bool is_arg = false;
+		for (const anes_mil_argdef *x = def->args; x->name; x++)
+			if (strcmp(x->name, attrs[i].name) == 0)
+				is_arg = true;
+		if (!is_arg)
+			continue;
+		for (uint32_t j = 0; j < n_args; j++)
+			if (strcmp(args[j].name, attrs[i].name) == 0)
+				return perr(P, -EINVAL, line, "argument '%s' of '%s' (%s) is given twice", attrs[i].name,
+				            opname, names[0]);
+		if (n_args == ANES_MIL_MAX_ARGS)
+			return perr(P, -EINVAL, line, "more than %u arguments", ANES_MIL_MAX_ARGS);
+		args[n_args++] = attrs[i];
+	}
 
 	anes_mil_op op;
 	memset(&op, 0, sizeof op);
@@ -1165,6 +1382,21 @@ static int parse_stmt(parser *P)
 
 /* ---- functions and program ---- */
 
+/* The opsets of Core ML 5-9 (iOS 15-18 and 26), by both of their names:
+ * coremlc writes CoreMLN, coremltools' text iosNN. */
+#define OPSETS_TEXT "ios15-ios18, ios26, CoreML5-CoreML9"
+static bool opset_known(const char *s)
+{
+	static const char *const known[] = {
+		"ios15", "ios16", "ios17", "ios18", "ios26",
+		"CoreML5", "CoreML6", "CoreML7", "CoreML8", "CoreML9",
+	};
+	for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+		if (strcmp(s, known[i]) == 0)
+			return true;
+	return false;
+}
+
 static void fnstate_free(fnstate *F)
 {
 	free(F->values);
@@ -1183,8 +1415,12 @@ static int parse_function(parser *P, anes_mil_function *out)
 	TRY(expect_word(P, "func", "to start a function"));
 	TRY(take_name(P, F->f.name, "a function name"));
 	if (P->t.k == T_LT) {
+		uint32_t line = P->t.line;
 		TRY(next(P));
 		TRY(take_name(P, F->f.opset, "an opset name"));
+		if (!opset_known(F->f.opset))
+			return perr(P, -ENOTSUP, line, "unsupported opset '%s' of function '%s' (known: %s)",
+			            F->f.opset, F->f.name, OPSETS_TEXT);
 		TRY(expect(P, T_GT, "after the opset"));
 	}
 	TRY(expect(P, T_LP, "to open the function inputs"));
@@ -1209,6 +1445,9 @@ static int parse_function(parser *P, anes_mil_function *out)
 		}
 	}
 	TRY(expect(P, T_RP, "to close the function inputs"));
+	/* function attributes, e.g. [FlexibleShapeInformation = ...] */
+	if (P->t.k == T_LB)
+		TRY(parse_attrs(P, "function", NULL, NULL));
 	TRY(expect(P, T_LC, "to open the function body"));
 	while (P->t.k != T_RC) {
 		if (P->t.k == T_EOF)
@@ -1296,35 +1535,14 @@ static int parse_program(parser *P, anes_mil_program *prog)
 	if (P->t.len >= sizeof prog->version)
 		return perr(P, -EINVAL, P->t.line, "bad program version");
 	memcpy(prog->version, buf, P->t.len + 1);
-	if (buf[0] != '1' || buf[1] != '.')
+	/* program(1), program(1.0), program(1.3): version 1 of the text */
+	if (buf[0] != '1' || (buf[1] && (buf[1] != '.' || !is_digit(buf[2]))))
 		return perr(P, -ENOTSUP, P->t.line, "unsupported program version %s", buf);
 	TRY(next(P));
 	TRY(expect(P, T_RP, "after the program version"));
-	if (P->t.k == T_LB) {
-		/* program attributes, e.g. [buildInfo = dict<string, string>({{"k", "v"}})] */
-		uint32_t n = 0;
-		TRY(next(P));
-		while (P->t.k != T_RB) {
-			char name[ANES_MAX_NAME];
-			if (++n > ANES_MIL_MAX_ARGS)
-				return perr(P, -EINVAL, P->t.line, "too many program attributes");
-			TRY(take_name(P, name, "an attribute name"));
-			TRY(expect(P, T_EQ, "after the attribute name"));
-			if (tok_is(&P->t, "dict")) {
-				TRY(parse_dict(P));
-			} else if (is_type_word(&P->t)) {
-				anes_mil_value v;
-				TRY(parse_literal(P, &v));
-			} else {
-				return perr(P, -EINVAL, P->t.line, "unsupported program attribute value %s",
-				            tok_desc(&P->t, d, sizeof d));
-			}
-			if (P->t.k != T_COMMA)
-				break;
-			TRY(next(P));
-		}
-		TRY(expect(P, T_RB, "to close the program attributes"));
-	}
+	/* program attributes, e.g. [buildInfo = dict<string, string>({{"k", "v"}})]: dropped */
+	if (P->t.k == T_LB)
+		TRY(parse_attrs(P, "program", NULL, NULL));
 	TRY(expect(P, T_LC, "to open the program body"));
 	while (tok_is(&P->t, "func")) {
 		fnstate F;

@@ -323,6 +323,25 @@ def main():
         '        tensor<fp16, [1, 4, 1, 32]> c = cast(x = gf, dtype = string("fp16"));\n'
         '        tensor<fp16, [1, 4, 1, 32]> y = mul(x = c, y = h);\n'
         '    } -> (y);\n}\n').encode()
+    # the forms coremlc and coremltools <= 7 write (docs/mil.md, Program text)
+    mils['older_forms'] = (
+        'program(1)\n'
+        '[buildInfo = dict<tensor<string, []>, tensor<string, []>>({{"coremlc-component-MIL", "3304.5.2"}, '
+        '{"coremltools-version", "7.2"}})]\n{\n'
+        '    func main<CoreML8>(tensor<fp16, [1, 64]> x) [FlexibleShapeInformation = tuple<tuple<tensor<string, []>, '
+        'dict<tensor<string, []>, tensor<int32, [?]>>>>(("DefaultShapes", {{"x", [1, 64]}}))] {\n'
+        '        tensor<int32, [1]> ax = const()[name = tensor<string, []>("ax"), val = tensor<int32, [1]>(-1)];\n'
+        '        tensor<fp16, [64, 64]> w = const()[name = tensor<string, []>("w"), val = tensor<fp16, [64, 64]>(BLOBFILE('
+        'path = tensor<string, []>("@model_path/weights/w.bin"), offset = tensor<uint64, []>(64)))];\n'
+        '        tensor<fp16, [2, 2]> q = constexpr_affine_dequantize()[axis = tensor<int32, []>(0), '
+        'name = tensor<string, []>("q\\x41\\"\\n"), quantized_data = tensor<int8, [2, 2]>([[1, -2], [3, 127]]), '
+        'scale = tensor<fp16, []>(0x1p-1), zero_point = tensor<int8, []>(0)];\n'
+        '        tensor<fp16, [1, 64]> y = linear(weight = w, x = x)[name = tensor<string, []>("y")];\n'
+        '        tensor<bool, []> kd = const()[name = tensor<string, []>("kd"), val = tensor<bool, []>(true)];\n'
+        '        tensor<fp16, [1, 1]> r = reduce_sum(axes = ax, keep_dims = kd, x = y)[name = tensor<string, []>("r")];\n'
+        '        tensor<string, []> to32 = const()[name = tensor<string, []>("to32"), val = tensor<string, []>("fp32")];\n'
+        '        tensor<fp32, [1, 1]> r32 = cast(dtype = to32, x = r)[name = tensor<string, []>("cast_0")];\n'
+        '    } -> (y, r32, q);\n}\n').encode()
     for name, text in mils.items():
         write('mil', name, text)
         # mil_run: the program, then data for its inputs
