@@ -786,6 +786,18 @@ static void bench_throughput(void)
 
 /* ---- 3. 16 MiB: zero-copy against inline ---------------------------------------- */
 
+/* Send what io queued on a blocking socket (anes_io_flush never blocks). */
+static int flush_blocking(anes_io *io)
+{
+	int r;
+	while ((r = anes_io_flush(io)) == -EAGAIN) {
+		struct pollfd p = { .fd = io->fd, .events = POLLOUT };
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			return -errno;
+	}
+	return r;
+}
+
 /* The copying protocol: the peer reads a frame carrying the input bytes,
  * copies them into its tensor, runs, and answers with the output bytes;
  * the client copies them out of the reply.  Same framing code (anes_io,
@@ -829,7 +841,7 @@ static void inline_peer(int fd)
 		void *out;
 		size_t olen;
 		if (anes_frame_finish(&f, 0, 64u << 20, &out, &olen) < 0 ||
-		    anes_io_queue(&io, out, olen, NULL, 0) < 0 || anes_io_flush(&io) < 0)
+		    anes_io_queue(&io, out, olen, NULL, 0) < 0 || flush_blocking(&io) < 0)
 			_exit(1);
 	}
 }
@@ -845,7 +857,7 @@ static void inline_once(anes_io *io, uint32_t msgid, const void *x, void *y)
 	void *out;
 	size_t olen;
 	if (anes_frame_finish(&f, 0, 64u << 20, &out, &olen) < 0 ||
-	    anes_io_queue(io, out, olen, NULL, 0) < 0 || anes_io_flush(io) < 0)
+	    anes_io_queue(io, out, olen, NULL, 0) < 0 || flush_blocking(io) < 0)
 		die("inline send", -EIO, NULL);
 	const uint8_t *payload;
 	uint32_t len;

@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -442,22 +443,37 @@ static void keep_frame_buf(aneshare_conn *c, anes_frame *f)
 	f->len = f->cap = 0;
 }
 
+/* A blocking send's pause: until the socket takes more (or fails). */
+static int wait_writable(aneshare_conn *c)
+{
+	struct pollfd p = { .fd = c->io.fd, .events = POLLOUT };
+	int r;
+	do
+		r = poll(&p, 1, -1);
+	while (r < 0 && errno == EINTR);
+	return r < 0 ? -errno : 0;
+}
+
 /* Nothing queued before it and no fds: send f's request straight from its
- * buffer (no copy, no queue entry).  flags: 0 (blocking) or MSG_DONTWAIT.
- * Returns 0 with *ret_sent, or a negative errno (-EAGAIN: none went). */
-static int send_frame(aneshare_conn *c, anes_frame *f, int flags, size_t *ret_sent)
+ * buffer (no copy, no queue entry) with anes_io_try_send.  block: until
+ * all of it went; else what the socket takes now.  Returns 0 with
+ * *ret_sent, or a negative errno. */
+static int send_frame(aneshare_conn *c, anes_frame *f, bool block, size_t *ret_sent)
 {
 	size_t sent = 0;
 	while (sent < f->len) {
 		struct iovec iov = { .iov_base = f->data + sent, .iov_len = f->len - sent };
-		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-		ssize_t n = anes_os_sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | flags);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && errno == EAGAIN && sent > 0)
+		ssize_t n = anes_io_try_send(c->io.fd, &iov, 1, NULL, 0);
+		if (n == -EAGAIN && !block)
 			break;
+		if (n == -EAGAIN) {
+			int r = wait_writable(c);
+			if (r < 0)
+				return r;
+			continue;
+		}
 		if (n < 0)
-			return -errno;
+			return (int)n;
 		sent += (size_t)n;
 	}
 	*ret_sent = sent;
@@ -483,7 +499,7 @@ int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds)
 			anes_frame_release(f);
 			return frame_error(c, r);
 		}
-		r = send_frame(c, f, 0, &sent);
+		r = send_frame(c, f, true, &sent);
 		keep_frame_buf(c, f);
 		return r < 0 ? send_failed(c, r) : 0;
 	}
@@ -500,9 +516,8 @@ int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds)
 	r = anes_io_queue(&c->io, data, len, fds, nfds);
 	if (r < 0)
 		return anesc_fail(c, r, "queueing the request: %s", strerror(-r));
-	do {
-		r = anes_io_flush(&c->io);
-	} while (r == -EINTR);
+	while ((r = anes_io_flush(&c->io)) == -EAGAIN && (r = wait_writable(c)) == 0)
+		;
 	if (r < 0) {
 		/* The stream is broken.  If the daemon closed it on purpose it said
 		 * why in an error notification: read what it sent (the peer is gone,
@@ -515,12 +530,7 @@ int anesc_send(aneshare_conn *c, anes_frame *f, const int *fds, unsigned nfds)
 
 static int flush_nowait(aneshare_conn *c)
 {
-	int r;
-	c->io.msg_flags = MSG_DONTWAIT;
-	do {
-		r = anes_io_flush(&c->io);
-	} while (r == -EINTR);
-	c->io.msg_flags = 0;
+	int r = anes_io_flush(&c->io);
 	if (r == -EAGAIN)
 		return 0;   /* the rest waits for writable: aneshare_events */
 	return r < 0 ? send_failed(c, r) : 0;
@@ -537,8 +547,8 @@ int anesc_send_nowait(aneshare_conn *c, anes_frame *f)
 			anes_frame_release(f);
 			return frame_error(c, r);
 		}
-		r = send_frame(c, f, MSG_DONTWAIT, &sent);
-		if (r < 0 && r != -EAGAIN) {
+		r = send_frame(c, f, false, &sent);
+		if (r < 0) {
 			keep_frame_buf(c, f);
 			return send_failed(c, r);
 		}

@@ -12,7 +12,7 @@
  *
  * Output: the loop queues and sends frames (anes_io), and a worker that has
  * just finished a run sends its reply itself when nothing is queued before
- * it (anes_conn_send_direct: one wake-up less on the way back to the
+ * it (anes_conn_try_send_locked: one wake-up less on the way back to the
  * client).  Both do it under send_mu.  A failed connection is marked
  * wclosed under send_mu at once, so no worker touches its fd afterwards
  * (on_closed closes it later, while jobs may still hold the connection).
@@ -44,10 +44,6 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>     /* macOS: LOCAL_PEERPID */
-
-#ifndef MSG_NOSIGNAL
-#define MSG_NOSIGNAL 0      /* macOS: the socket has SO_NOSIGPIPE */
-#endif
 
 #include "anes_clock.h"
 #include "daemon.h"
@@ -642,24 +638,16 @@ void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
 	close_with_error(c, ANES_WERR_PROTOCOL, msg);
 }
 
-size_t anes_conn_send_direct(anes_conn *c, const void *data, size_t len)
+size_t anes_conn_try_send_locked(anes_conn *c, const void *data, size_t len)
 {
 	if (c->wclosed || c->wblocked || c->io.out_head)
 		return 0;
 	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-	ssize_t n;
-	/* Counted before the client can see the reply and ask something. */
-	atomic_fetch_add(&c->direct_unseen, 1);
-	do
-		n = anes_os_sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
-	if (n <= 0) {
-		atomic_fetch_sub(&c->direct_unseen, 1);
+	ssize_t n = anes_io_try_send(c->fd, &iov, 1, NULL, 0);
+	if (n <= 0)
 		return 0;   /* full, or an error the loop finds when it sends */
-	}
 	if ((size_t)n < len)
-		c->wblocked = true;
+		c->wblocked = true;   /* nothing may go before the rest */
 	return (size_t)n;
 }
 
@@ -1142,29 +1130,15 @@ void anes_conn_lanes_orphan(anes_server *srv)
 	}
 }
 
-/* Lane thread: one non-blocking send of the reply in ctx->reply when
- * nothing waits before it.  Returns the bytes sent: all of them if the
+/* Lane thread: send data now if nothing waits before it
+ * (anes_conn_try_send_locked).  Returns the bytes sent: all of them if the
  * connection is closing (nothing to send then); fewer, and the connection
  * is marked wblocked if part went, when the rest must go through the loop.
  * Errors: the loop finds them when it sends the rest. */
 static size_t lane_try_send(anes_conn *c, const char *data, size_t len)
 {
-	size_t sent = 0;
-
 	pthread_mutex_lock(&c->send_mu);
-	if (c->wclosed) {
-		sent = len;
-	} else if (!c->wblocked && !c->io.out_head) {
-		struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
-		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-		ssize_t n;
-		do
-			n = anes_os_sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-		while (n < 0 && errno == EINTR);
-		sent = n > 0 ? (size_t)n : 0;
-		if (sent > 0 && sent < len)
-			c->wblocked = true;   /* nothing may go before the rest */
-	}
+	size_t sent = c->wclosed ? len : anes_conn_try_send_locked(c, data, len);
 	pthread_mutex_unlock(&c->send_mu);
 	return sent;
 }

@@ -242,7 +242,7 @@ struct anes_conn {
 	uint64_t unsent_since_ms;    /* uv_now */
 
 	/* Shared with the workers, which send run replies themselves when
-	 * nothing is queued before them (anes_conn_send_direct).  send_mu
+	 * nothing is queued before them (anes_conn_try_send_locked).  send_mu
 	 * guards every send on fd and every change of io's output queue (the
 	 * loop reads io.out_head/out_bytes without it: only it changes them),
 	 * wclosed and wblocked. */
@@ -358,14 +358,14 @@ void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *f
  * gone or is being dropped): nothing sent to it arrives any more. */
 bool anes_conn_write_closed(anes_conn *c);
 
-/* On a worker thread, c->send_mu held: send a finished frame without fds
- * now, without blocking, if the connection is open and nothing waits to be
- * sent before it.  Returns the bytes sent: len (done), 0 (nothing sent: the
- * loop queues it as usual), or fewer than len (c->wblocked is set: the
- * rest must go to anes_conn_queue_rest before anything else is sent).
- * A reply sent counts in c->direct_unseen until its job's done() calls
- * anes_conn_direct_seen(). */
-size_t anes_conn_send_direct(anes_conn *c, const void *data, size_t len);
+/* Any thread, c->send_mu held: send data (finished frames without fds) now,
+ * without blocking (anes_io_try_send), if the connection is open and
+ * nothing waits to be sent before it.  Returns the bytes sent: len (done),
+ * 0 (nothing sent: queue it as usual), or fewer than len (c->wblocked is
+ * set: the rest must go to anes_conn_queue_rest before anything else is
+ * sent).  Worker-direct replies count in c->direct_unseen from before the
+ * send until their job's done() calls anes_conn_direct_seen(). */
+size_t anes_conn_try_send_locked(anes_conn *c, const void *data, size_t len);
 /* Loop: the rest of a frame of which a worker sent the first sent bytes
  * (takes data; clears c->wblocked). */
 void anes_conn_queue_rest(anes_conn *c, void *data, size_t len, size_t sent);

@@ -954,8 +954,11 @@ static pthread_mutex_t *run_reply(anes_job *j)
 	anes_frame_header_write((uint8_t *)f.data, (uint32_t)(f.len - ANES_FRAME_HEADER_SIZE), 0);
 
 	pthread_mutex_lock(&c->send_mu);
-	size_t n = anes_conn_send_direct(c, f.data, f.len);
+	/* Counted before the client can see the reply and ask something. */
+	atomic_fetch_add(&c->direct_unseen, 1);
+	size_t n = anes_conn_try_send_locked(c, f.data, f.len);
 	if (n == 0) {
+		atomic_fetch_sub(&c->direct_unseen, 1);
 		pthread_mutex_unlock(&c->send_mu);
 		return NULL;   /* run_done packs and queues it */
 	}

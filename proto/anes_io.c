@@ -363,7 +363,37 @@ int anes_io_queue_rest(anes_io *io, void *data, size_t len, size_t sent)
 	return 0;
 }
 
-/* Frames gathered into one sendmsg: replies and pipelined requests queued
+ssize_t anes_io_try_send(int fd, const struct iovec *iov, unsigned n_iov, const int *fds,
+                         unsigned nfds)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int) * ANES_MAX_FDS_PER_FRAME)];
+	} ctl;
+	struct msghdr msg = { .msg_iov = (struct iovec *)iov, .msg_iovlen = n_iov };
+	ssize_t n;
+
+	if (nfds > ANES_MAX_FDS_PER_FRAME)
+		return -EINVAL;
+	if (nfds > 0) {
+		memset(&ctl, 0, sizeof ctl);
+		msg.msg_control = ctl.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+	}
+	do
+		n = anes_os_sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	return n == 0 ? -EPIPE : n;
+}
+
+/* Frames gathered into one send: replies and pipelined requests queued
  * in one loop iteration leave in one system call. */
 #define FLUSH_MAX_IOV 64
 
@@ -371,14 +401,8 @@ int anes_io_flush(anes_io *io)
 {
 	while (io->out_head) {
 		anes_out *o = io->out_head;
-		union {
-			struct cmsghdr h;
-			char buf[CMSG_SPACE(sizeof(int) * ANES_MAX_FDS_PER_FRAME)];
-		} ctl;
 		struct iovec iov[FLUSH_MAX_IOV];
-		struct msghdr msg = { .msg_iov = iov };
-		ssize_t n;
-		size_t k = 0;
+		unsigned k = 0;
 
 		/* fds travel with the first byte of their frame, so a frame with
 		 * fds only ever starts a batch */
@@ -389,25 +413,11 @@ int anes_io_flush(anes_io *io)
 			iov[k].iov_len = q->len - q->off;
 			k++;
 		}
-		msg.msg_iovlen = k;
-		if (o->off == 0 && o->nfds > 0) {
-			memset(&ctl, 0, sizeof ctl);
-			msg.msg_control = ctl.buf;
-			msg.msg_controllen = CMSG_SPACE(sizeof(int) * o->nfds);
-			struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-			c->cmsg_level = SOL_SOCKET;
-			c->cmsg_type = SCM_RIGHTS;
-			c->cmsg_len = CMSG_LEN(sizeof(int) * o->nfds);
-			memcpy(CMSG_DATA(c), o->fds, sizeof(int) * o->nfds);
-		}
-		do
-			n = anes_os_sendmsg(io->fd, &msg, MSG_NOSIGNAL | io->msg_flags);
-		while (n < 0 && errno == EINTR);
+		bool with_fds = o->off == 0 && o->nfds > 0;
+		ssize_t n = anes_io_try_send(io->fd, iov, k, o->fds, with_fds ? o->nfds : 0);
 		if (n < 0)
-			return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-		if (n == 0)
-			return -EPIPE;
-		if (msg.msg_control) {
+			return (int)n;
+		if (with_fds) {
 			close_fds(o->fds, o->nfds);
 			o->nfds = 0;
 		}

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <msgpack.h>
 
@@ -264,8 +265,8 @@ typedef struct anes_io {
 	anes_out *out_head;     /* owned: frames not yet fully sent */
 	anes_out *out_tail;
 	size_t out_bytes;       /* bytes queued and not yet sent */
-	int msg_flags;          /* OR-ed into every sendmsg/recvmsg (e.g. MSG_DONTWAIT on a
-	                         * blocking socket); 0 after init */
+	int msg_flags;          /* OR-ed into every recvmsg (e.g. MSG_DONTWAIT on a blocking
+	                         * socket); 0 after init.  Sends never block. */
 	/* Optional (NULL after init): the owner's accounting of receive memory.
 	 * A frame larger than ANES_IO_RBUF_MIN needs its bytes beyond that
 	 * reserved before the buffer grows for it: charge(io, +n) is asked for
@@ -325,10 +326,22 @@ int anes_io_peek_frame(const anes_io *io, const uint8_t **ret_payload, uint32_t 
  * exceeds io->max_frame, -ENOMEM. */
 int anes_io_queue(anes_io *io, void *data, size_t len, const int *fds, unsigned nfds);
 
-/* Send queued frames, gathering consecutive frames into one sendmsg (a
- * frame with fds starts a new one).  0 when the queue is empty, -EAGAIN when the socket
- * is full (poll for writable and call again), another -errno on failure
- * (-EPIPE when the peer is gone). */
+/* The one send of every connection, daemon and library alike: one sendmsg
+ * (anes_os_sendmsg) of iov[0..n_iov) that never blocks (MSG_DONTWAIT,
+ * MSG_NOSIGNAL; EINTR is retried), with fds[0..nfds) (borrowed: the peer
+ * gets duplicates; at most ANES_MAX_FDS_PER_FRAME) attached to its first
+ * byte.  Returns the bytes sent (> 0).  A partial write is the caller's to
+ * finish: it sends the rest later, without the fds, which went with the
+ * first byte.  -EAGAIN when the socket took nothing (poll for writable),
+ * -EPIPE when it took 0 bytes, -EINVAL for too many fds, another -errno. */
+ssize_t anes_io_try_send(int fd, const struct iovec *iov, unsigned n_iov, const int *fds,
+                         unsigned nfds);
+
+/* Send queued frames with anes_io_try_send, gathering consecutive frames
+ * into one send (a frame with fds starts a new one), until the queue is
+ * empty (0) or the socket is full (-EAGAIN: poll for writable and call
+ * again; a blocking socket does not block here), or another -errno on
+ * failure (-EPIPE when the peer is gone). */
 int anes_io_flush(anes_io *io);
 
 /* Queue data, one or more finished frames without fds back to back, of
