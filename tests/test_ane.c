@@ -1332,6 +1332,22 @@ ANE_TEST(unverified_ops_are_passed_on_and_logged_once)
 	cr_assert_str_eq(logged[4] + len - 3, "...");
 }
 
+/* the ops added for the iOS 15-18 opsets (masks, select, ...) reach the
+ * framework as they are and are named unverified */
+ANE_TEST(ios15_18_ops_are_passed_on_unverified)
+{
+	anes_ane_backend_set_log(B, capture_log, &n_logged);
+	n_logged = 0;
+	anes_bprogram *p = compile_ok(mil("tensor<fp16, [1, 64, 1, 64]> x",
+	            "        tensor<bool, [1, 64, 1, 64]> m = less(x = x, y = fp16(0));\n"
+	            "        tensor<fp16, [1, 64, 1, 64]> y = select(cond = m, a = x, b = fp16(0))[name = string(\"s\")];", "y"),
+	                              NULL, 0);
+	cr_assert(strstr(model_mil(), "select(cond = m, a = x, b = fp16(0))"), "not passed on as it is:\n%s", model_mil());
+	B->ops->program_free(B, p);
+	cr_assert_eq(n_logged, 1);
+	cr_assert_str_eq(logged[0], NOTE "less (line 4), select (line 5), bool values from less (line 4)");
+}
+
 ANE_TEST(the_verified_list)
 {
 	static const char *const yes[] = {

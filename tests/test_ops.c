@@ -228,6 +228,19 @@ static double r_square(double x) { return x * x; }
 static double r_inverse(double x) { return 1 / (x + 1e-4); }
 static double r_log_eps(double x) { return log(x + 0.5); }
 
+static double r_sign(double x) { return x > 0 ? 1 : x < 0 ? -1 : 0; }
+static double r_relu6(double x) { return x < 0 ? 0 : x > 6 ? 6 : x; }
+static double r_softplus(double x) { return log(1 + exp(x)); }
+static double r_softsign(double x) { return x / (1 + fabs(x)); }
+static double r_elu(double x) { return x > 0 ? x : 0.5 * (exp(x) - 1); }
+static double r_leaky(double x) { return x >= 0 ? x : 0.125 * x; }
+static double r_trelu(double x) { return x >= 0.75 ? x : 0; }
+static double r_hsig(double x) { double v = 0.25 * x + 0.5; return v < 0 ? 0 : v > 1 ? 1 : v; }
+static double r_stanh(double x) { return 1.5 * tanh(0.75 * x); }
+static double r_clamped(double x) { double v = x >= 0 ? x : 0.25 * x; return v > 2 ? 2 : v; }
+static double r_linact(double x) { return 1.5 * x - 0.25; }
+static double r_threshold(double x) { return x > 0.5 ? x : 0.5; }
+
 static const ucase ucases[] = {
 	{"neg", "", -4, 4, r_neg, 1e-3},
 	{"exp", "", -6, 6, exp, 2e-3},
@@ -248,6 +261,31 @@ static const ucase ucases[] = {
 	{"clip", ", alpha = fp16(-0.5), beta = fp16(1.25)", -3, 3, r_clip, 1e-3},
 	{"square", "", -10, 10, r_square, 1e-3},
 	{"inverse", "", 0.05, 10, r_inverse, 2e-3},
+	{"floor", "", -9, 9, floor, 0},
+	{"ceil", "", -9, 9, ceil, 0},
+	{"round", "", -9, 9, nearbyint, 0},
+	{"sign", "", -2, 2, r_sign, 0},
+	{"sin", "", -7, 7, sin, 2e-3},
+	{"cos", "", -7, 7, cos, 2e-3},
+	{"tan", "", -1.4, 1.4, tan, 2e-3},
+	{"asin", "", -1, 1, asin, 2e-3},
+	{"acos", "", -1, 1, acos, 2e-3},
+	{"atan", "", -9, 9, atan, 2e-3},
+	{"sinh", "", -4, 4, sinh, 2e-3},
+	{"cosh", "", -4, 4, cosh, 2e-3},
+	{"atanh", "", -0.99, 0.99, atanh, 2e-3},
+	{"exp2", "", -10, 10, exp2, 2e-3},
+	{"threshold", ", alpha = fp16(0.5)", -2, 2, r_threshold, 1e-3},
+	{"relu6", "", -3, 9, r_relu6, 1e-3},
+	{"softplus", "", -20, 30, r_softplus, 2e-3},
+	{"softsign", "", -9, 9, r_softsign, 2e-3},
+	{"elu", ", alpha = fp16(0.5)", -6, 3, r_elu, 2e-3},
+	{"leaky_relu", ", alpha = fp16(0.125)", -4, 4, r_leaky, 1e-3},
+	{"thresholded_relu", ", alpha = fp16(0.75)", -2, 2, r_trelu, 1e-3},
+	{"sigmoid_hard", ", alpha = fp16(0.25), beta = fp16(0.5)", -5, 5, r_hsig, 1e-3},
+	{"scaled_tanh", ", alpha = fp16(1.5), beta = fp16(0.75)", -4, 4, r_stanh, 2e-3},
+	{"clamped_relu", ", alpha = fp16(0.25), beta = fp16(2)", -4, 4, r_clamped, 1e-3},
+	{"linear_activation", ", alpha = fp16(1.5), beta = fp16(-0.25)", -4, 4, r_linact, 1e-3},
 };
 
 Test(ops, unary_fp16_and_fp32)
@@ -1498,7 +1536,7 @@ typedef struct ecase {
 } ecase;
 
 static const ecase ecases[] = {
-	{"tensor<fp16, [2]> x", "        tensor<fp16, [2]> y = softplus(x = x);", -ENOTSUP, "line 4: unknown op 'softplus' (y)"},
+	{"tensor<fp16, [2]> x", "        tensor<fp16, [2]> y = hard_swish(x = x);", -ENOTSUP, "line 4: unknown op 'hard_swish' (y)"},
 	{"tensor<fp16, [2]> x", "        tensor<fp16, [2]> y = relu(x = x, alpha = fp16(1));", -EINVAL,
 	 "line 4: op 'relu' (y): unknown argument 'alpha'"},
 	{"tensor<fp16, [2, 3]> x", "        tensor<fp16, [2, 3]> y = add(x = x, y = tensor<fp16, [2]>([1, 2]));", -EINVAL,
@@ -1617,4 +1655,251 @@ Test(ops, transformer_block_builtin_gemm)
 Test(ops, transformer_block_verified)
 {
 	transformer_check("examples/transformer_block_verified.mil", false);
+}
+
+/* ---- masks: comparisons, logical ops, select, floor_div, mod ---- */
+
+/* n values of dtype dt ("fp16", "fp32", "int32", "bool") drawn from a small
+ * set so that ties happen; exact values in *vals */
+static void *rmask(const char *dt, size_t n, double **vals)
+{
+	double *v = malloc(n * sizeof *v + 8);
+	void *d = malloc(n * 4 + 4);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(dt, "bool") == 0) {
+			static const uint8_t bytes[] = {0, 1, 0, 7, 255, 0, 1};
+			uint8_t b = bytes[rnd() % sizeof bytes];
+			((uint8_t *)d)[i] = b;
+			v[i] = b != 0;
+		} else if (strcmp(dt, "int32") == 0) {
+			static const int32_t ints[] = {0, 1, -1, 2, -3, 7, -8, 13, INT32_MAX, INT32_MIN};
+			int32_t x = (rnd() % 4) ? (int32_t)(rnd() % 9) - 4 : ints[rnd() % 10];
+			((int32_t *)d)[i] = x;
+			v[i] = x;
+		} else {
+			double x = (double)((int)(rnd() % 33) - 16) * 0.25;
+			if (strcmp(dt, "fp16") == 0)
+				((uint16_t *)d)[i] = anes_f32_to_f16_soft((float)x);
+			else
+				((float *)d)[i] = (float)x;
+			v[i] = x;
+		}
+	}
+	*vals = v;
+	return d;
+}
+
+static double mask_ref(const char *op, double a, double b, bool is_int)
+{
+	if (!strcmp(op, "equal")) return a == b;
+	if (!strcmp(op, "not_equal")) return a != b;
+	if (!strcmp(op, "less")) return a < b;
+	if (!strcmp(op, "less_equal")) return a <= b;
+	if (!strcmp(op, "greater")) return a > b;
+	if (!strcmp(op, "greater_equal")) return a >= b;
+	if (!strcmp(op, "logical_and")) return (a != 0) && (b != 0);
+	if (!strcmp(op, "logical_or")) return (a != 0) || (b != 0);
+	if (!strcmp(op, "logical_xor")) return (a != 0) != (b != 0);
+	if (!strcmp(op, "floor_div")) {
+		if (is_int && b == 0)
+			return 0;
+		double q = floor(a / b);
+		return is_int ? (double)(int32_t)(uint32_t)(int64_t)q : q;
+	}
+	/* mod: Python's, the sign of b */
+	if (is_int && b == 0)
+		return 0;
+	double r = a - floor(a / b) * b;
+	if (!is_int)
+		r = fmod(a, b), r = (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+	return r;
+}
+
+/* output element i of a program output of dtype dt, as double */
+static double out_val(const void *o, const char *dt, size_t i)
+{
+	if (!strcmp(dt, "bool")) return ((const uint8_t *)o)[i];
+	if (!strcmp(dt, "int32")) return ((const int32_t *)o)[i];
+	if (!strcmp(dt, "fp16")) return h2d(((const uint16_t *)o)[i]);
+	return ((const float *)o)[i];
+}
+
+Test(ops, masks_compare_logical_floor_div_mod)
+{
+	static const char *cmp[] = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+	                            "floor_div", "mod", "logical_and", "logical_or", "logical_xor"};
+	static const char *dts[] = {"fp16", "fp32", "int32"};
+	size_t checked = 0, trues = 0;
+	for (size_t o = 0; o < sizeof cmp / sizeof cmp[0]; o++)
+		for (int d = 0; d < 3; d++)
+			for (size_t c = 0; c < sizeof bshapes / sizeof bshapes[0]; c++) {
+				const bshape *s = &bshapes[c];
+				bool logical = !strncmp(cmp[o], "logical", 7), arith = o == 6 || o == 7;
+				const char *dt = logical ? "bool" : dts[d];
+				const char *odt = arith ? dt : "bool";
+				if (logical && d > 0)
+					continue;
+				int od[5], ro = s->xr > s->yr ? s->xr : s->yr;
+				for (int k = 0; k < ro; k++) {
+					int dx = k < ro - s->xr ? 1 : s->x[k - (ro - s->xr)];
+					int dy = k < ro - s->yr ? 1 : s->y[k - (ro - s->yr)];
+					od[k] = dx > dy ? dx : dy;
+				}
+				size_t nx = prod(s->x, s->xr), ny = prod(s->y, s->yr), no = prod(od, ro);
+				double *vx, *vy;
+				void *x = rmask(dt, nx, &vx), *y = rmask(dt, ny, &vy), *z = malloc(no * 4 + 4);
+				if (arith && strcmp(dt, "int32"))   /* float division by zero: inf/nan, not compared */
+					for (size_t i = 0; i < ny; i++)
+						if (vy[i] == 0) {
+							vy[i] = 0.5;
+							if (!strcmp(dt, "fp16"))
+								((uint16_t *)y)[i] = anes_f32_to_f16_soft(0.5f);
+							else
+								((float *)y)[i] = 0.5f;
+						}
+				char tx[64], ty[64], tz[64], inputs[160];
+#define TY(buf, t, r, dd) (r ? snprintf(buf, sizeof buf, "tensor<%s, %s>", t, shs(dd, r)) : snprintf(buf, sizeof buf, "%s", t))
+				TY(tx, dt, s->xr, s->x);
+				TY(ty, dt, s->yr, s->y);
+				TY(tz, odt, ro, od);
+#undef TY
+				snprintf(inputs, sizeof inputs, "%s x, %s y", tx, ty);
+				anes_bprogram *p = compile_ok(prog(inputs, "z", "        %s z = %s(x = x, y = y);", tz, cmp[o]));
+				const void *in[] = {x, y};
+				void *out[] = {z};
+				run_ok(p, 0, in, out);
+				for (size_t i = 0; i < no; i++) {
+					int idx[5];
+					unravel(i, od, ro, idx);
+					double a = vx[bidx(idx, ro, s->x, s->xr)], b = vy[bidx(idx, ro, s->y, s->yr)];
+					double want = mask_ref(cmp[o], a, b, !strcmp(dt, "int32"));
+					if (!strcmp(odt, "fp16"))
+						want = h2d(anes_f32_to_f16_soft((float)want));
+					double got = out_val(z, odt, i);
+					cr_assert_eq(got, want, "%s %s case %zu [%zu]: %g op %g = %g, want %g", cmp[o], dt, c, i, a, b,
+					             got, want);
+					checked++;
+					trues += !arith && got != 0;
+				}
+				B->ops->program_free(B, p);
+				free(vx);
+				free(vy);
+				free(x);
+				free(y);
+				free(z);
+			}
+	cr_assert(trues > checked / 10, "masks should be true often (%zu of %zu)", trues, checked);
+}
+
+Test(ops, logical_not_and_bool_constants)
+{
+	uint8_t x[6] = {0, 1, 2, 255, 0, 9}, y[6];
+	anes_bprogram *p = compile_ok(prog("tensor<bool, [2, 3]> x", "y",
+		"        tensor<bool, [2, 3]> n = logical_not(x = x);\n"
+		"        tensor<bool, [2, 3]> y = logical_and(x = n, y = tensor<bool, [3]>([true, false, true]));"));
+	const void *in[] = {x};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(y[i], (x[i] == 0) && (i % 3 != 1), "[%d]: %d", i, y[i]);
+	B->ops->program_free(B, p);
+	/* a mask computed from constants only is folded at compile time */
+	uint16_t h[3], o[3];
+	for (int i = 0; i < 3; i++)
+		h[i] = anes_f32_to_f16_soft((float)i);
+	p = compile_ok(prog("tensor<fp16, [3]> x", "y",
+		"        tensor<bool, [3]> m = less(x = tensor<int32, [3]>([1, 5, 3]), y = tensor<int32, [3]>([2, 2, 3]));\n"
+		"        tensor<fp16, [3]> y = select(cond = m, a = x, b = fp16(-1));"));
+	const void *in2[] = {h};
+	void *out2[] = {o};
+	run_ok(p, 0, in2, out2);
+	cr_assert_eq(h2d(o[0]), 0.0);
+	cr_assert_eq(h2d(o[1]), -1.0);
+	cr_assert_eq(h2d(o[2]), -1.0);
+	B->ops->program_free(B, p);
+	/* dtype errors */
+	compile_err(prog("tensor<fp16, [3]> x", "y", "        tensor<bool, [3]> y = logical_not(x = x);"));
+	cr_assert(strstr(errbuf, "argument 'x' must be bool, is fp16"), "%s", errbuf);
+	compile_err(prog("tensor<fp16, [3]> x", "y", "        tensor<bool, [3]> y = less(x = x, y = int32(1));"));
+	cr_assert(strstr(errbuf, "must have the same dtype"), "%s", errbuf);
+	compile_err(prog("tensor<fp16, [3]> x", "y", "        tensor<fp16, [3]> y = less(x = x, y = fp16(1));"));
+	cr_assert(strstr(errbuf, "does not match the inferred tensor<bool, [3]>"), "%s", errbuf);
+}
+
+Test(ops, select_broadcasting_all_dtypes)
+{
+	/* cond [2, 1, 4], a [3, 1], b [1] -> [2, 3, 4], for fp16, fp32, int32 and bool values */
+	static const char *dts[] = {"fp16", "fp32", "int32", "bool"};
+	int cd[3] = {2, 1, 4}, ad[2] = {3, 1}, od[3] = {2, 3, 4};
+	for (int d = 0; d < 4; d++) {
+		double *vc, *va, *vb;
+		void *c = rmask("bool", 8, &vc), *a = rmask(dts[d], 3, &va), *b = rmask(dts[d], 1, &vb);
+		uint8_t z[24 * 4];
+		char inputs[200];
+		snprintf(inputs, sizeof inputs, "tensor<bool, [2, 1, 4]> c, tensor<%s, [3, 1]> a, tensor<%s, [1]> b", dts[d],
+		         dts[d]);
+		anes_bprogram *p = compile_ok(prog(inputs, "z", "        tensor<%s, [2, 3, 4]> z = select(cond = c, a = a, b = b);",
+		                                   dts[d]));
+		const void *in[] = {c, a, b};
+		void *out[] = {z};
+		run_ok(p, 0, in, out);
+		for (size_t i = 0; i < 24; i++) {
+			int idx[3];
+			unravel(i, od, 3, idx);
+			double want = vc[bidx(idx, 3, cd, 3)] != 0 ? va[bidx(idx, 3, ad, 2)] : vb[0];
+			if (d == 3) /* bool values are copied as they are */
+				want = vc[bidx(idx, 3, cd, 3)] != 0 ? ((uint8_t *)a)[bidx(idx, 3, ad, 2)] : ((uint8_t *)b)[0];
+			cr_assert_eq(out_val(z, dts[d], i), want, "select %s [%zu]", dts[d], i);
+		}
+		B->ops->program_free(B, p);
+		free(vc);
+		free(va);
+		free(vb);
+		free(c);
+		free(a);
+		free(b);
+	}
+	compile_err(prog("tensor<bool, [2]> c, tensor<fp16, [3]> a", "z", "        tensor<fp16, [3]> z = select(cond = c, a = a, b = a);"));
+	cr_assert(strstr(errbuf, "shapes do not broadcast: cond is [2], a/b is [3]"), "%s", errbuf);
+	compile_err(prog("tensor<fp16, [3]> c, tensor<fp16, [3]> a", "z", "        tensor<fp16, [3]> z = select(cond = c, a = a, b = a);"));
+	cr_assert(strstr(errbuf, "argument 'cond' must be bool"), "%s", errbuf);
+}
+
+Test(ops, round_half_to_even_and_prelu)
+{
+	static const float xs[8] = {0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.25f, -3.75f};
+	static const double want[8] = {0, 2, 2, -0.0, -2, -2, 3, -4};
+	uint16_t h[8], o[8];
+	for (int i = 0; i < 8; i++)
+		h[i] = anes_f32_to_f16_soft(xs[i]);
+	run1_f16("tensor<fp16, [8]>", "tensor<fp16, [8]>", "round(x = x)", h, o);
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(h2d(o[i]), want[i], "round(%g) = %g", xs[i], h2d(o[i]));
+	/* prelu and softplus_parametric: one alpha (and beta) per channel (axis 1) */
+	int d[4] = {2, 3, 4, 5};
+	size_t n = prod(d, 4);
+	double *v, *ref = malloc(n * sizeof *ref), al[3] = {0.25, -0.5, 2}, be[3] = {1, 0.5, 2};
+	uint16_t *x = rf16(n, -3, 3, &v), *y = malloc(n * 2);
+	run1_f16("tensor<fp16, [2, 3, 4, 5]>", "tensor<fp16, [2, 3, 4, 5]>",
+	         "prelu(x = x, alpha = tensor<fp16, [3]>([0.25, -0.5, 2]))", x, y);
+	for (size_t i = 0; i < n; i++) {
+		double a = al[(i / 20) % 3];
+		ref[i] = v[i] >= 0 ? v[i] : a * v[i];
+	}
+	check_f16("prelu", y, ref, n, 1e-3);
+	run1_f16("tensor<fp16, [2, 3, 4, 5]>", "tensor<fp16, [2, 3, 4, 5]>",
+	         "softplus_parametric(x = x, alpha = tensor<fp16, [3]>([0.25, -0.5, 2]), beta = tensor<fp16, [3]>([1, 0.5, 2]))",
+	         x, y);
+	for (size_t i = 0; i < n; i++) {
+		size_t ch = (i / 20) % 3;
+		ref[i] = al[ch] * log(1 + exp(be[ch] * v[i]));
+	}
+	check_f16("softplus_parametric", y, ref, n, 2e-3);
+	compile_err(prog("tensor<fp16, [2, 3, 4]> x", "y",
+	                 "        tensor<fp16, [2, 3, 4]> y = prelu(x = x, alpha = tensor<fp16, [2]>([1, 2]));"));
+	cr_assert(strstr(errbuf, "alpha must be [3] (one per channel), is [2]"), "%s", errbuf);
+	free(v);
+	free(ref);
+	free(x);
+	free(y);
 }

@@ -96,6 +96,10 @@ typedef struct cpu_opimpl {
 } cpu_opimpl;
 
 const cpu_opimpl *cpu_opimpl_find(const char *name);
+/* the kernels of the ops added for the iOS 15-18 opsets (cpu_elem.c,
+ * cpu_ext.c); cpu_opimpl_find falls back to it.  NULL if no such op */
+const cpu_opimpl *cpu_ext_find(const char *name);
+const cpu_opimpl *cpu_elem_find(const char *name);
 
 int cpu_fail(cpu_plan_ctx *pc, const anes_mil_op *op, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

@@ -21,6 +21,9 @@ struct anes_mil_check {
 	bool failed;
 };
 
+/* the second half of the op table (mil_ops_ext.c); NULL if no such op */
+const anes_mil_opdef *mil_ops_ext_find(const char *name, size_t len);
+
 void mil_vfail(anes_mil_check *c, uint32_t line, const char *fmt, va_list ap)
 	__attribute__((format(printf, 3, 0)));
 void mil_failf(anes_mil_check *c, uint32_t line, const char *fmt, ...)
