@@ -543,6 +543,7 @@ typedef struct aneshare_status {
 		uint64_t used;
 		uint64_t limit;            /* all clients together; 0: none */
 		uint64_t client_limit;     /* one client process; 0: none */
+		uint64_t uid_limit;        /* all client processes of one uid; 0: none (or not reported) */
 	} *total_list;                 /* n_totals entries, owned by the status */
 } aneshare_status;
 

@@ -65,7 +65,7 @@ static void clean_name(char *dst, size_t len, const char *src)
 
 void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol, bool brief)
 {
-	char b1[32], b2[32], b3[32];
+	char b1[32], b2[32], b3[32], b5[32];
 	fprintf(f, "aneshared %s, backend %s, protocol %u, up %" PRIu64 ".%03" PRIu64 " s\n",
 	        st->server_version, st->backend, protocol, st->uptime_ms / 1000, st->uptime_ms % 1000);
 	fprintf(f, "connections %u, processes %u, runs %" PRIu64 " (on lanes %" PRIu64 "), compiles %" PRIu64
@@ -76,7 +76,7 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 		        " lost the CPU, %" PRIu64 " answers skipped it\n", st->lane_spins, st->lane_spin_hits,
 		        st->lane_spin_gaps, st->lane_spin_skips);
 	if (st->n_totals) {
-		fprintf(f, "\n%-15s %12s %12s %12s\n", "TOTAL", "used", "limit", "per client");
+		fprintf(f, "\n%-15s %12s %12s %12s %12s\n", "TOTAL", "used", "limit", "per client", "per uid");
 		for (uint32_t i = 0; i < st->n_totals; i++) {
 			const struct aneshare_status_total *t = &st->total_list[i];
 			fmt_value(b1, sizeof b1, t->resource, t->used);
@@ -88,16 +88,20 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 				fmt_value(b3, sizeof b3, t->resource, t->client_limit);
 			else
 				snprintf(b3, sizeof b3, "-");
-			fprintf(f, "%-15s %12s %12s %12s\n", t->resource, b1, b2, b3);
+			if (t->uid_limit)
+				fmt_value(b5, sizeof b5, t->resource, t->uid_limit);
+			else
+				snprintf(b5, sizeof b5, "-");
+			fprintf(f, "%-15s %12s %12s %12s %12s\n", t->resource, b1, b2, b3, b5);
 		}
 	} else {
 		human_bytes(b1, sizeof b1, st->surface_bytes);
 		fprintf(f, "surfaces %u (%s)\n", st->surfaces, b1);
 	}
 	if (st->processes_total || st->n_processes) {
-		fprintf(f, "\n%-20s %8s %5s %5s %6s %9s %5s %9s %4s %5s %8s %10s %6s %4s\n", "CLIENT", "PID", "UID",
-		        "CONNS", "SURF", "SURF_B", "PROGS", "PROG_B", "FDS", "JOBS", "UNSENT", "RUNS", "QUEUED",
-		        "DEV%");
+		fprintf(f, "\n%-20s %8s %5s %5s %6s %9s %5s %9s %4s %5s %8s %8s %10s %6s %4s\n", "CLIENT", "PID",
+		        "UID", "CONNS", "SURF", "SURF_B", "PROGS", "PROG_B", "FDS", "JOBS", "INPUT", "UNSENT", "RUNS",
+		        "QUEUED", "DEV%");
 		for (uint32_t i = 0; i < st->n_processes; i++) {
 			const struct aneshare_status_process *p = &st->process_list[i];
 			char name[21], b4[32];
@@ -105,14 +109,15 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 			human_bytes(b1, sizeof b1, p->surface_bytes);
 			human_bytes(b2, sizeof b2, p->program_bytes);
 			human_bytes(b3, sizeof b3, p->unsent_bytes);
+			human_bytes(b5, sizeof b5, p->input_bytes);
 			if (p->pid)
 				snprintf(b4, sizeof b4, "%" PRIu64, p->pid);
 			else
 				snprintf(b4, sizeof b4, "?");
 			fprintf(f, "%-20s %8s %5u %5u %6" PRIu64 " %9s %5" PRIu64 " %9s %4" PRIu64 " %5" PRIu64
-			        " %8s %10" PRIu64 " %6" PRIu64 " %4" PRIu64 "\n",
+			        " %8s %8s %10" PRIu64 " %6" PRIu64 " %4" PRIu64 "\n",
 			        name, b4, p->uid, p->connections, p->surfaces, b1, p->programs, b2, p->fds,
-			        p->jobs, b3, p->runs, p->queued, p->device_share);
+			        p->jobs, b5, b3, p->runs, p->queued, p->device_share);
 		}
 		if (st->n_processes < st->processes_total)
 			fprintf(f, "(%u more not listed)\n", st->processes_total - st->n_processes);
@@ -170,7 +175,8 @@ void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol)
 		fprintf(f, ", ");
 		json_u64(f, "used", t->used, true);
 		json_u64(f, "limit", t->limit, true);
-		json_u64(f, "client_limit", t->client_limit, false);
+		json_u64(f, "client_limit", t->client_limit, true);
+		json_u64(f, "uid_limit", t->uid_limit, false);
 		fprintf(f, "}");
 	}
 	fprintf(f, "],\n \"processes\": [");

@@ -129,6 +129,7 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 		(void)anes_mp_u64(&tots[i], "used", UINT64_MAX, &to->used);
 		(void)anes_mp_u64(&tots[i], "limit", UINT64_MAX, &to->limit);
 		(void)anes_mp_u64(&tots[i], "client_limit", UINT64_MAX, &to->client_limit);
+		(void)anes_mp_u64(&tots[i], "uid_limit", UINT64_MAX, &to->uid_limit);
 	}
 	st->n_processes = np;
 	st->processes_total = (uint32_t)ptotal;

@@ -145,6 +145,18 @@ static void fail_logged(anes_conn *c, const char *why)
 	anes_conn_fail(c, NULL);
 }
 
+/* Drop c over an output limit (why: anes_tenant_limit_msg's), like a slow
+ * reader: logged and counted in status.dropped. */
+static void drop_over(anes_conn *c, const char *why)
+{
+	if (c->failed)
+		return;
+	c->srv->stats.dropped++;
+	anes_log("dropped client #%llu (%s): %zu bytes of responses unread, and %s",
+	         (unsigned long long)c->serial, c->name[0] ? c->name : "unnamed", c->io.out_bytes, why);
+	anes_conn_fail(c, NULL);
+}
+
 void anes_conn_drop_slow(anes_conn *c)
 {
 	anes_server *srv = c->srv;
@@ -347,6 +359,12 @@ void anes_conn_fail(anes_conn *c, const char *why)
 	pthread_mutex_lock(&c->send_mu);
 	c->wclosed = true;
 	pthread_mutex_unlock(&c->send_mu);
+	/* Nothing queued will be sent any more: its memory is the client's no
+	 * longer (it goes with the connection at on_closed). */
+	if (c->out_charged) {
+		anes_tenant_uncharge(c->tenant, ANES_RES_OUTPUT_BYTES, c->out_charged, true);
+		c->out_charged = 0;
+	}
 	if (c->lane) {
 		pthread_mutex_lock(&c->lane_mu);
 		c->lane_stop = true;
@@ -381,7 +399,7 @@ static void on_closed(uv_handle_t *h)
 	anes_conn *c = h->data;
 	/* wclosed since anes_conn_fail: no worker uses io or fd any more */
 	pthread_mutex_lock(&c->send_mu);
-	assert(c->wclosed);
+	assert(c->wclosed && c->out_charged == 0);
 	anes_io_cleanup(&c->io);
 	close(c->fd);
 	c->fd = -1;
@@ -464,12 +482,70 @@ void anes_conn_run_deferred(anes_server *srv)
 
 /* ---- output ---------------------------------------------------------------- */
 
+/*
+ * Output memory (docs/protocol.md, "Limits"): the bytes queued on a
+ * connection and not yet sent are charged to its client process, its uid
+ * and the daemon (ANES_RES_OUTPUT_BYTES) before they are queued, whoever
+ * made the reply (the loop, a worker or a lane thread whose send fell
+ * short: only the loop queues), and given back as they leave (out_settle)
+ * or when the connection fails.  Over a limit, the connection holding the
+ * most unsent output within it is dropped, as a client that does not read.
+ */
+
+/* Loop, send_mu held: give back what left the queue (or never entered it). */
+static void out_settle(anes_conn *c)
+{
+	if (c->out_charged > c->io.out_bytes) {
+		anes_tenant_uncharge(c->tenant, ANES_RES_OUTPUT_BYTES, c->out_charged - c->io.out_bytes,
+		                     true);
+		c->out_charged = c->io.out_bytes;
+	}
+}
+
+/* The connection with the most unsent output within the limit that a
+ * charge of n bytes to c's process refused (rc): the process's, its uid's
+ * or the daemon's. */
+static anes_conn *out_victim(anes_conn *c, int rc, uint64_t n)
+{
+	anes_tenant *t = c->tenant;
+	bool uid = rc == -EDQUOT && anes_tenant_uid_over(t, ANES_RES_OUTPUT_BYTES, n);
+	anes_conn *best = NULL;
+	for (anes_conn *o = c->srv->conns; o; o = o->next) {
+		if (o->failed || (rc == -EDQUOT && !uid && o->tenant != t) ||
+		    (uid && o->tenant->user != t->user))
+			continue;
+		if (!best || o->io.out_bytes > best->io.out_bytes)
+			best = o;
+	}
+	return best;
+}
+
+/* Loop: charge n bytes of output of c before they are queued.  Over a
+ * limit the connection holding the most within it is dropped and the
+ * charge tried again; false when c itself was dropped (or had failed). */
+static bool out_reserve(anes_conn *c, uint64_t n)
+{
+	for (int tries = 0; tries < 2 && !c->failed; tries++) {
+		int rc = anes_tenant_charge(c->tenant, ANES_RES_OUTPUT_BYTES, n, true);
+		if (rc == 0) {
+			c->out_charged += n;
+			return true;
+		}
+		char why[ANES_ERRMSG_MAX];
+		anes_tenant_limit_msg(c->tenant, ANES_RES_OUTPUT_BYTES, n, rc, why, sizeof(why));
+		anes_conn *v = tries == 0 ? out_victim(c, rc, n) : NULL;
+		drop_over(v ? v : c, why);
+	}
+	return false;
+}
+
 /* Loop: send what is queued, unless a worker's frame is half sent (its
  * rest comes first, from the job's done()). */
 static int locked_flush(anes_conn *c)
 {
 	pthread_mutex_lock(&c->send_mu);
 	int r = c->wblocked ? -EAGAIN : anes_io_flush(&c->io);
+	out_settle(c);
 	pthread_mutex_unlock(&c->send_mu);
 	return r;
 }
@@ -501,9 +577,15 @@ static void conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned 
 		anes_conn_drop_slow(c);
 		return;
 	}
+	if (!out_reserve(c, len)) {
+		free(data);
+		close_fds(fds, nfds);
+		return;
+	}
 	pthread_mutex_lock(&c->send_mu);
 	int r = several ? anes_io_queue_rest(&c->io, data, len, 0)
 	                : anes_io_queue(&c->io, data, len, fds, nfds);
+	out_settle(c);   /* a failed queue gives the charge back */
 	pthread_mutex_unlock(&c->send_mu);
 	for (unsigned i = 0; i < nfds; i++)
 		fds[i] = -1;
@@ -608,11 +690,18 @@ static void close_with_error(anes_conn *c, int code, const char *msg)
 	anes_pack_str(&f.pk, "message");
 	anes_pack_str(&f.pk, msg);
 	if (anes_frame_finish(&f, 0, c->io.max_frame, &data, &len) == 0) {
-		/* Best effort: whatever the socket takes now; the rest is dropped. */
-		pthread_mutex_lock(&c->send_mu);
-		if (anes_io_queue(&c->io, data, len, NULL, 0) == 0 && !c->wblocked)
-			(void)anes_io_flush(&c->io);
-		pthread_mutex_unlock(&c->send_mu);
+		/* Best effort: whatever the socket takes now; the rest is
+		 * dropped (and so is all of it, over an output limit). */
+		if (anes_tenant_charge(c->tenant, ANES_RES_OUTPUT_BYTES, len, true) == 0) {
+			c->out_charged += len;
+			pthread_mutex_lock(&c->send_mu);
+			if (anes_io_queue(&c->io, data, len, NULL, 0) == 0 && !c->wblocked)
+				(void)anes_io_flush(&c->io);
+			out_settle(c);
+			pthread_mutex_unlock(&c->send_mu);
+		} else {
+			free(data);
+		}
 	} else {
 		anes_frame_release(&f);
 	}
@@ -659,12 +748,15 @@ void anes_conn_direct_seen(anes_conn *c)
 void anes_conn_queue_rest(anes_conn *c, void *data, size_t len, size_t sent)
 {
 	int r = 0;
+	bool charged = c->failed || sent >= len || out_reserve(c, len - sent);
 	pthread_mutex_lock(&c->send_mu);
 	c->wblocked = false;
-	if (c->wclosed)
+	if (c->wclosed || !charged) {
 		free(data);
-	else
+	} else {
 		r = anes_io_queue_rest(&c->io, data, len, sent);
+		out_settle(c);
+	}
 	pthread_mutex_unlock(&c->send_mu);
 	if (r < 0) {
 		/* the stream is out of step now */
@@ -705,7 +797,12 @@ static void sync_direct(anes_conn *c)
  * frame without one.  A connection refused is not read any more and waits
  * on srv->input_wait_*, oldest first; room given back resumes the first
  * waiter, and only it may take room while it waits, so that a large frame
- * is not starved by later ones.  Reservations are freed when the frame is
+ * is not starved by later ones.  The same reservation is charged first to
+ * the connection's client process and uid (ANES_RES_INPUT_BYTES, their
+ * max_client_input_bytes and max_uid_input_bytes): refused there, the
+ * connection waits apart from that list (input_tenant_wait), so that a
+ * process at its own limit never holds up other clients, and is resumed
+ * when its process or uid gives room back.  Reservations are freed when the frame is
  * taken or the connection goes; a stalled one by the frame deadline.
  *
  * Deadlines (srv->input_timer): hello within hello_timeout_ms of the
@@ -729,20 +826,63 @@ static bool input_head_fits(const anes_server *srv)
 	return h && input_fits(srv, h->input_need);
 }
 
+/* Whether c's process and uid have room for n more bytes of input. */
+static bool input_tenant_fits(const anes_conn *c, uint64_t n)
+{
+	const anes_tenant *t = c->tenant;
+	const anes_limits *lim = &c->srv->lim;
+	uint64_t cl = anes_res_client_limit(lim, ANES_RES_INPUT_BYTES);
+	uint64_t cu = anes_tenant_use(t, ANES_RES_INPUT_BYTES);
+	return cu <= cl && n <= cl - cu && !anes_tenant_uid_over(t, ANES_RES_INPUT_BYTES, n);
+}
+
+/* Under input_mu: take c off the waiting list; whether the new first
+ * waiter's frame fits. */
+static bool input_list_remove(anes_conn *c)
+{
+	anes_server *srv = c->srv;
+	if (!c->input_waiting)
+		return false;
+	bool first = srv->input_wait_head == c;
+	if (c->input_prev)
+		c->input_prev->input_next = c->input_next;
+	else
+		srv->input_wait_head = c->input_next;
+	if (c->input_next)
+		c->input_next->input_prev = c->input_prev;
+	else
+		srv->input_wait_tail = c->input_prev;
+	c->input_next = c->input_prev = NULL;
+	c->input_waiting = false;
+	return first && input_head_fits(srv);
+}
+
 static bool input_charge(anes_io *io, int64_t delta)
 {
 	anes_conn *c = ANES_CONTAINER_OF(io, anes_conn, io);
 	anes_server *srv = c->srv;
+	anes_tenants *set = &srv->tenants;
 	bool ok = true, wake = false;
 
+	if (delta > 0 && anes_tenant_charge(c->tenant, ANES_RES_INPUT_BYTES, (uint64_t)delta, false) < 0) {
+		pthread_mutex_lock(&srv->input_mu);
+		c->input_need = (uint64_t)delta;
+		c->input_by_tenant = true;   /* for input_wait */
+		pthread_mutex_unlock(&srv->input_mu);
+		return false;
+	}
+	if (delta < 0)
+		anes_tenant_uncharge(c->tenant, ANES_RES_INPUT_BYTES, (uint64_t)-delta, false);
 	pthread_mutex_lock(&srv->input_mu);
 	if (delta > 0) {
 		uint64_t d = (uint64_t)delta;
+		c->input_by_tenant = false;
 		if ((srv->input_wait_head && srv->input_wait_head != c) || !input_fits(srv, d)) {
 			c->input_need = d;   /* for input_wait */
 			ok = false;
 		} else {
 			srv->input_used += d;
+			atomic_fetch_add_explicit(&set->total[ANES_RES_INPUT_BYTES], d, memory_order_relaxed);
 			if (c->input_waiting) {   /* the first waiter got its room */
 				srv->input_wait_head = c->input_next;
 				if (c->input_next)
@@ -756,13 +896,28 @@ static bool input_charge(anes_io *io, int64_t delta)
 		}
 	} else {
 		srv->input_used -= (uint64_t)-delta;
-		wake = input_head_fits(srv);
+		atomic_fetch_sub_explicit(&set->total[ANES_RES_INPUT_BYTES], (uint64_t)-delta,
+		                          memory_order_relaxed);
+		wake = input_head_fits(srv) || srv->input_tenant_waiters > 0;
 	}
 	wake = wake && srv->input_live;
 	pthread_mutex_unlock(&srv->input_mu);
+	if (!ok)
+		anes_tenant_uncharge(c->tenant, ANES_RES_INPUT_BYTES, (uint64_t)delta, false);
 	if (wake)
 		uv_async_send(&srv->input_async);
 	return ok;
+}
+
+/* Loop: c no longer waits for its process's or uid's room. */
+static void input_tenant_unwait(anes_conn *c)
+{
+	if (!c->input_tenant_wait)
+		return;
+	pthread_mutex_lock(&c->srv->input_mu);
+	c->srv->input_tenant_waiters--;
+	pthread_mutex_unlock(&c->srv->input_mu);
+	c->input_tenant_wait = false;
 }
 
 /* Loop: c's frame got no room (-EDQUOT): stop reading it until it may try
@@ -771,6 +926,24 @@ static void input_wait(anes_conn *c)
 {
 	anes_server *srv = c->srv;
 	pthread_mutex_lock(&srv->input_mu);
+	if (c->input_by_tenant) {
+		/* Its own process or uid is at its limit: wait apart, never
+		 * first in line for the daemon's room. */
+		bool wake = input_list_remove(c) && srv->input_live;
+		if (!c->input_tenant_wait) {
+			c->input_tenant_wait = true;
+			srv->input_tenant_waiters++;
+		}
+		uint64_t need = c->input_need;
+		pthread_mutex_unlock(&srv->input_mu);
+		if (wake)
+			uv_async_send(&srv->input_async);
+		/* Room may have come back since it was refused: then read on. */
+		c->input_blocked = !input_tenant_fits(c, need);
+		if (!c->input_blocked)
+			input_tenant_unwait(c);
+		return;
+	}
 	if (!c->input_waiting) {
 		c->input_waiting = true;
 		c->input_prev = srv->input_wait_tail;
@@ -790,23 +963,9 @@ static void input_wait(anes_conn *c)
 static void input_unwait(anes_conn *c)
 {
 	anes_server *srv = c->srv;
-	bool wake = false;
+	input_tenant_unwait(c);
 	pthread_mutex_lock(&srv->input_mu);
-	if (c->input_waiting) {
-		bool first = srv->input_wait_head == c;
-		if (c->input_prev)
-			c->input_prev->input_next = c->input_next;
-		else
-			srv->input_wait_head = c->input_next;
-		if (c->input_next)
-			c->input_next->input_prev = c->input_prev;
-		else
-			srv->input_wait_tail = c->input_prev;
-		c->input_next = c->input_prev = NULL;
-		c->input_waiting = false;
-		wake = first && input_head_fits(srv);
-	}
-	wake = wake && srv->input_live;
+	bool wake = input_list_remove(c) && srv->input_live;
 	pthread_mutex_unlock(&srv->input_mu);
 	c->input_blocked = false;
 	if (wake)
@@ -823,7 +982,24 @@ void anes_conn_on_input_async(uv_async_t *h)
 	if (c && c->input_blocked && !c->failed) {
 		c->input_blocked = false;
 		update_poll(c);
-		}
+	}
+	/* Those waiting for their process's or uid's room whose room is back. */
+	pthread_mutex_lock(&srv->input_mu);
+	unsigned apart = srv->input_tenant_waiters;
+	pthread_mutex_unlock(&srv->input_mu);
+	for (anes_conn *w = srv->conns; apart > 0 && w; w = w->next) {
+		if (!w->input_tenant_wait)
+			continue;
+		apart--;
+		pthread_mutex_lock(&srv->input_mu);
+		uint64_t need = w->input_need;
+		pthread_mutex_unlock(&srv->input_mu);
+		if (w->failed || !input_tenant_fits(w, need))
+			continue;
+		input_tenant_unwait(w);
+		w->input_blocked = false;
+		update_poll(w);
+	}
 }
 
 /* The read side's owner, after reading or taking frames: start (or end)

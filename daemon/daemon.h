@@ -138,6 +138,9 @@ struct anes_server {
 	pthread_mutex_t input_mu;
 	uint64_t input_used;                            /* under input_mu */
 	anes_conn *input_wait_head, *input_wait_tail;   /* under input_mu */
+	unsigned input_tenant_waiters;                  /* under input_mu: connections waiting
+	                                                 * for room in their process's or uid's
+	                                                 * input limit (not on the list) */
 	bool input_live;             /* under input_mu: input_async may be sent */
 	uv_async_t input_async;      /* room was given back: resume the first waiter */
 	uv_timer_t input_timer;      /* hello and frame deadlines (conn.c) */
@@ -230,6 +233,8 @@ struct anes_conn {
 	anes_conn *input_prev, *input_next;  /* srv->input_wait_*, under srv->input_mu */
 	bool input_waiting;          /* under srv->input_mu: on that list */
 	uint64_t input_need;         /* under srv->input_mu: the room last refused */
+	bool input_by_tenant;        /* read side: that refusal was its process's or uid's limit */
+	bool input_tenant_wait;      /* under srv->input_mu: waiting for that room */
 	bool input_blocked;          /* loop: not read until the room it waits for is there */
 	uint64_t created_ns;         /* anes_clock_ns at accept: the hello deadline */
 	/* anes_clock_ns at the first byte of the incomplete frame buffered
@@ -239,6 +244,7 @@ struct anes_conn {
 	uint64_t frame_off;          /* read side: rd_consumed when frame_since_ns was set */
 	uint64_t paused_since_ns;    /* loop: when it stopped reading c (0: it reads) */
 	bool unsent_over;            /* io.out_bytes > drop_unsent_bytes since unsent_since_ms */
+	uint64_t out_charged;        /* under send_mu: output bytes charged to tenant (conn.c) */
 	uint64_t unsent_since_ms;    /* uv_now */
 
 	/* Shared with the workers, which send run replies themselves when

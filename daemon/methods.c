@@ -86,18 +86,21 @@ static const char *backend_name(const anes_server *srv)
 
 /* ---- hello, status ---------------------------------------------------------- */
 
-/* The per-client and daemon-wide limits of tenant.h not announced by name
- * in m_hello (max_total_surface_bytes and max_daemon_surface_bytes are). */
+/* The per-client, per-uid and daemon-wide limits of tenant.h not announced
+ * by name in m_hello (max_total_surface_bytes, max_daemon_surface_bytes and
+ * max_input_bytes are). */
 static bool tenant_key_new(const char *key)
 {
-	return key && strcmp(key, "max_total_surface_bytes") && strcmp(key, "max_daemon_surface_bytes");
+	return strcmp(key, "max_total_surface_bytes") && strcmp(key, "max_daemon_surface_bytes") &&
+	       strcmp(key, "max_input_bytes");
 }
 
 static uint32_t count_tenant_limits(void)
 {
 	uint32_t n = 0;
 	for (int r = 0; r < ANES_RES_N; r++)
-		n += tenant_key_new(anes_res_client_key(r)) + tenant_key_new(anes_res_daemon_key(r));
+		n += tenant_key_new(anes_res_client_key(r)) + tenant_key_new(anes_res_uid_key(r)) +
+		     tenant_key_new(anes_res_daemon_key(r));
 	return n;
 }
 
@@ -106,6 +109,8 @@ static void pack_tenant_limits(msgpack_packer *pk, const anes_limits *lim)
 	for (int r = 0; r < ANES_RES_N; r++) {
 		if (tenant_key_new(anes_res_client_key(r)))
 			pack_kv_u64(pk, anes_res_client_key(r), anes_res_client_limit(lim, r));
+		if (tenant_key_new(anes_res_uid_key(r)))
+			pack_kv_u64(pk, anes_res_uid_key(r), anes_res_uid_limit(lim, r));
 		if (tenant_key_new(anes_res_daemon_key(r)))
 			pack_kv_u64(pk, anes_res_daemon_key(r), anes_res_daemon_limit(lim, r));
 	}
@@ -241,17 +246,9 @@ static void pack_program(anes_centry *e, void *ud)
 	ctx->done++;
 }
 
-/* What a client process holds now: the tenant's counters, and what its
- * connections buffer (the loop's view; a connection on a lane counts no
- * input: its buffer is the lane thread's). */
+/* What a client process holds now: the tenant's counters. */
 static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t device_ns_all)
 {
-	uint64_t unsent = 0, input = 0;
-	for (const anes_conn *c = t->conns; c; c = c->tnext) {
-		unsent += c->io.out_bytes;
-		if (!c->lane)
-			input += c->io.rlen - c->io.rpos;
-	}
 	msgpack_pack_map(pk, 17);
 	anes_pack_str(pk, "name");
 	anes_pack_strn(pk, t->name, strnlen(t->name, sizeof(t->name)));
@@ -259,10 +256,7 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t devi
 	pack_kv_u64(pk, "uid", t->uid);
 	pack_kv_u64(pk, "connections", t->n_conns);
 	for (int r = 0; r < ANES_RES_N; r++)
-		if (r != ANES_RES_INPUT_BYTES && r != ANES_RES_OUTPUT_BYTES)
-			pack_kv_u64(pk, anes_res_name(r), anes_tenant_use(t, r));
-	pack_kv_u64(pk, "unsent_bytes", unsent);
-	pack_kv_u64(pk, "input_bytes", input);
+		pack_kv_u64(pk, anes_res_name(r), anes_tenant_use(t, r));
 	pack_kv_u64(pk, "runs", atomic_load_explicit(&t->runs, memory_order_relaxed));
 	/* The fair scheduler (jobsched.h): its jobs waiting for a worker, and
 	 * the device time its finished jobs took, also as a percentage of all
@@ -274,26 +268,17 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t devi
 	pack_kv_u64(pk, "device_share", device_ns_all ? (uint64_t)((double)dev * 100.0 / (double)device_ns_all + 0.5) : 0);
 }
 
-/* The daemon's totals against their limits (0: none). */
+/* The daemon's totals against their limits. */
 static void pack_totals(msgpack_packer *pk, const anes_server *srv)
 {
-	uint64_t unsent = 0, input = 0;
-	for (const anes_conn *c = srv->conns; c; c = c->next) {
-		unsent += c->io.out_bytes;
-		if (!c->lane)
-			input += c->io.rlen - c->io.rpos;
-	}
 	msgpack_pack_array(pk, ANES_RES_N);
 	for (int r = 0; r < ANES_RES_N; r++) {
-		uint64_t used = r == ANES_RES_OUTPUT_BYTES ? unsent :
-		                r == ANES_RES_INPUT_BYTES ? input :
-		                anes_tenants_total(&srv->tenants, r);
-		uint64_t dl = anes_res_daemon_limit(&srv->lim, r), cl = anes_res_client_limit(&srv->lim, r);
-		msgpack_pack_map(pk, 4);
+		msgpack_pack_map(pk, 5);
 		pack_kv_str(pk, "resource", anes_res_name(r));
-		pack_kv_u64(pk, "used", used);
-		pack_kv_u64(pk, "limit", dl == UINT64_MAX ? 0 : dl);
-		pack_kv_u64(pk, "client_limit", cl == UINT64_MAX ? 0 : cl);
+		pack_kv_u64(pk, "used", anes_tenants_total(&srv->tenants, r));
+		pack_kv_u64(pk, "limit", anes_res_daemon_limit(&srv->lim, r));
+		pack_kv_u64(pk, "client_limit", anes_res_client_limit(&srv->lim, r));
+		pack_kv_u64(pk, "uid_limit", anes_res_uid_limit(&srv->lim, r));
 	}
 }
 
@@ -347,6 +332,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	input_bytes = srv->input_used;
 	for (const anes_conn *w = srv->input_wait_head; w; w = w->input_next)
 		waiting++;
+	waiting += srv->input_tenant_waiters;
 	pthread_mutex_unlock(&srv->input_mu);
 	anes_pack_str(&f.pk, "input");
 	msgpack_pack_map(&f.pk, 3);
@@ -390,11 +376,10 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	msgpack_pack_array(&f.pk, n_users);
 	i = 0;
 	for (const anes_tenant *u = srv->tenants.users; u && i < n_users; u = u->next, i++) {
-		msgpack_pack_map(&f.pk, 1 + ANES_RES_N - 2);
+		msgpack_pack_map(&f.pk, 1 + ANES_RES_N);
 		pack_kv_u64(&f.pk, "uid", u->uid);
 		for (int r = 0; r < ANES_RES_N; r++)
-			if (r != ANES_RES_INPUT_BYTES && r != ANES_RES_OUTPUT_BYTES)
-				pack_kv_u64(&f.pk, anes_res_name(r), anes_tenant_use(u, r));
+			pack_kv_u64(&f.pk, anes_res_name(r), anes_tenant_use(u, r));
 	}
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }

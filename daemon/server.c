@@ -71,6 +71,10 @@ void anes_server_config_init(anes_server_config *cfg)
 			.max_daemon_program_bytes = phys_bytes() / 8 * 5,
 			.max_client_jobs = 0,       /* 0: max_inflight */
 			.max_daemon_jobs = 4096,
+			.max_client_input_bytes = 0,   /* 0: max_frame + 8 */
+			.max_client_unsent_bytes = 0,  /* 0: drop_unsent_hard_bytes */
+			.max_daemon_unsent_bytes = 0,  /* 0: RAM / 16, at least the client's */
+			/* max_uid_*: 0, the daemon-wide limit */
 			.max_hello_frame = 64u << 10,
 			.max_input_bytes = 256u << 20,
 			.hello_timeout_ms = 10000,
@@ -656,6 +660,15 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		l->max_client_programs = l->max_programs;
 	if (l->max_client_jobs == 0)
 		l->max_client_jobs = l->max_inflight;
+	if (l->max_client_input_bytes == 0)
+		l->max_client_input_bytes = (uint64_t)l->max_frame + ANES_FRAME_HEADER_SIZE;
+	if (l->max_client_unsent_bytes == 0)
+		l->max_client_unsent_bytes = l->drop_unsent_hard_bytes;
+	if (l->max_daemon_unsent_bytes == 0) {
+		l->max_daemon_unsent_bytes = phys_bytes() / 16;
+		if (l->max_daemon_unsent_bytes < l->max_client_unsent_bytes)
+			l->max_daemon_unsent_bytes = l->max_client_unsent_bytes;
+	}
 	if (!srv->backend || !srv->backend->ops) {
 		errmsg(errbuf, errbuf_len, "no backend");
 		r = -EINVAL;
@@ -696,6 +709,17 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		r = -EINVAL;
 		goto fail;
 	}
+	/* A client must always be able to send one largest frame and to be
+	 * sent one largest response. */
+	uint64_t one = (uint64_t)l->max_frame + ANES_FRAME_HEADER_SIZE;
+	if (l->max_client_input_bytes < one || l->max_client_unsent_bytes < one ||
+	    l->max_daemon_unsent_bytes < one) {
+		errmsg(errbuf, errbuf_len, "max_client_input_bytes, max_client_unsent_bytes and "
+		       "max_daemon_unsent_bytes must be at least max_frame + 8 (%llu)",
+		       (unsigned long long)one);
+		r = -EINVAL;
+		goto fail;
+	}
 
 	if (cfg->socket_path) {
 		srv->socket_path = strdup(cfg->socket_path);
@@ -733,6 +757,13 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
 	clamp_fd_limits(srv);
+	anes_limits_uid_defaults(&srv->lim);
+	if (l->max_uid_input_bytes < one || l->max_uid_unsent_bytes < one) {
+		errmsg(errbuf, errbuf_len, "max_uid_input_bytes and max_uid_unsent_bytes must be at "
+		       "least max_frame + 8 (%llu)", (unsigned long long)one);
+		r = -EINVAL;
+		goto fail;
+	}
 	anes_tenants_init(&srv->tenants, &srv->lim);
 	/* Most runs of one program at once: each job worker and each lane
 	 * thread may hold one of its run arenas (program memory). */

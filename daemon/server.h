@@ -45,6 +45,14 @@ typedef struct anes_limits {
 	uint64_t max_client_programs, max_daemon_programs; /* program handles */
 	uint64_t max_client_program_bytes, max_daemon_program_bytes;
 	uint64_t max_client_jobs, max_daemon_jobs;         /* runs and compiles queued */
+	/* Buffers (conn.c): receive memory of frames over 64 KiB (the daemon's
+	 * is max_input_bytes below) and responses queued, not yet sent. */
+	uint64_t max_client_input_bytes;
+	uint64_t max_client_unsent_bytes, max_daemon_unsent_bytes;
+	/* Per uid (all processes of one user together; 0: the daemon-wide
+	 * limit), for each of the resources above. */
+	uint64_t max_uid_surfaces, max_uid_surface_bytes, max_uid_fds, max_uid_programs,
+	         max_uid_program_bytes, max_uid_jobs, max_uid_input_bytes, max_uid_unsent_bytes;
 	/* Input (docs/protocol.md, Limits): the payload of a frame before hello;
 	 * the bytes that frames larger than 64 KiB may hold in receive buffers,
 	 * whole daemon (over it, reading such a frame pauses until there is

@@ -10,36 +10,35 @@
 #include "tenant.h"
 
 #define LOFF(f) offsetof(anes_limits, f)
-#define NONE SIZE_MAX
 
 static const struct res_def {
 	const char *name;
-	const char *client_key, *daemon_key;
-	size_t client_off, daemon_off;   /* of a uint64_t in anes_limits, or NONE */
-	const char *unit;                /* for messages */
+	const char *client_key, *uid_key, *daemon_key;
+	size_t client_off, uid_off, daemon_off;   /* of a uint64_t in anes_limits */
+	const char *unit;                         /* for messages */
 } res_defs[ANES_RES_N] = {
-	[ANES_RES_SURFACES] = { "surfaces", "max_client_surfaces", "max_daemon_surfaces",
-	                        LOFF(max_client_surfaces), LOFF(max_daemon_surfaces), "surfaces" },
-	[ANES_RES_SURFACE_BYTES] = { "surface_bytes", "max_total_surface_bytes", "max_daemon_surface_bytes",
-	                             LOFF(max_total_surface_bytes), LOFF(max_daemon_surface_bytes),
-	                             "bytes of surfaces" },
-	[ANES_RES_FDS] = { "fds", "max_client_fds", "max_daemon_fds", LOFF(max_client_fds),
-	                   LOFF(max_daemon_fds), "surface file descriptors" },
-	[ANES_RES_PROGRAMS] = { "programs", "max_client_programs", "max_daemon_programs",
-	                        LOFF(max_client_programs), LOFF(max_daemon_programs), "program handles" },
-	[ANES_RES_PROGRAM_BYTES] = { "program_bytes", "max_client_program_bytes", "max_daemon_program_bytes",
-	                             LOFF(max_client_program_bytes), LOFF(max_daemon_program_bytes),
-	                             "bytes of program memory" },
-	[ANES_RES_JOBS] = { "jobs", "max_client_jobs", "max_daemon_jobs", LOFF(max_client_jobs),
-	                    LOFF(max_daemon_jobs), "queued jobs" },
-	[ANES_RES_INPUT_BYTES] = { "input_bytes", NULL, NULL, NONE, NONE, "bytes of buffered requests" },
-	[ANES_RES_OUTPUT_BYTES] = { "unsent_bytes", NULL, NULL, NONE, NONE, "bytes of unsent responses" },
+#define DEF(r, name, ck, uk, dk, unit) \
+	[r] = { name, #ck, #uk, #dk, LOFF(ck), LOFF(uk), LOFF(dk), unit }
+	DEF(ANES_RES_SURFACES, "surfaces", max_client_surfaces, max_uid_surfaces,
+	    max_daemon_surfaces, "surfaces"),
+	DEF(ANES_RES_SURFACE_BYTES, "surface_bytes", max_total_surface_bytes, max_uid_surface_bytes,
+	    max_daemon_surface_bytes, "bytes of surfaces"),
+	DEF(ANES_RES_FDS, "fds", max_client_fds, max_uid_fds, max_daemon_fds,
+	    "surface file descriptors"),
+	DEF(ANES_RES_PROGRAMS, "programs", max_client_programs, max_uid_programs,
+	    max_daemon_programs, "program handles"),
+	DEF(ANES_RES_PROGRAM_BYTES, "program_bytes", max_client_program_bytes, max_uid_program_bytes,
+	    max_daemon_program_bytes, "bytes of program memory"),
+	DEF(ANES_RES_JOBS, "jobs", max_client_jobs, max_uid_jobs, max_daemon_jobs, "queued jobs"),
+	DEF(ANES_RES_INPUT_BYTES, "input_bytes", max_client_input_bytes, max_uid_input_bytes,
+	    max_input_bytes, "bytes of receive memory for large requests"),
+	DEF(ANES_RES_OUTPUT_BYTES, "unsent_bytes", max_client_unsent_bytes, max_uid_unsent_bytes,
+	    max_daemon_unsent_bytes, "bytes of unsent responses"),
+#undef DEF
 };
 
 static uint64_t limit_at(const anes_limits *lim, size_t off)
 {
-	if (off == NONE)
-		return UINT64_MAX;
 	uint64_t v;
 	memcpy(&v, (const char *)lim + off, sizeof(v));
 	return v;
@@ -50,14 +49,33 @@ uint64_t anes_res_client_limit(const anes_limits *lim, anes_res r)
 	return limit_at(lim, res_defs[r].client_off);
 }
 
+uint64_t anes_res_uid_limit(const anes_limits *lim, anes_res r)
+{
+	return limit_at(lim, res_defs[r].uid_off);
+}
+
 uint64_t anes_res_daemon_limit(const anes_limits *lim, anes_res r)
 {
 	return limit_at(lim, res_defs[r].daemon_off);
 }
 
+void anes_limits_uid_defaults(anes_limits *lim)
+{
+	for (int r = 0; r < ANES_RES_N; r++) {
+		uint64_t *u = (uint64_t *)(void *)((char *)lim + res_defs[r].uid_off);
+		if (*u == 0)
+			*u = anes_res_daemon_limit(lim, r);
+	}
+}
+
 const char *anes_res_client_key(anes_res r)
 {
 	return res_defs[r].client_key;
+}
+
+const char *anes_res_uid_key(anes_res r)
+{
+	return res_defs[r].uid_key;
 }
 
 const char *anes_res_daemon_key(anes_res r)
@@ -195,14 +213,20 @@ static bool try_add(_Atomic uint64_t *v, uint64_t n, uint64_t max)
 int anes_tenant_charge(anes_tenant *t, anes_res r, uint64_t n, bool daemon)
 {
 	anes_tenants *set = t->set;
+	/* The process, then the daemon, then the uid: with the uid's limit
+	 * at its default (the daemon's), the daemon's is the one named. */
 	if (!try_add(&t->use[r], n, anes_res_client_limit(set->lim, r)))
 		return -EDQUOT;
 	if (daemon && !try_add(&set->total[r], n, anes_res_daemon_limit(set->lim, r))) {
 		atomic_fetch_sub_explicit(&t->use[r], n, memory_order_relaxed);
 		return -ENOSPC;
 	}
-	if (t->user)
-		atomic_fetch_add_explicit(&t->user->use[r], n, memory_order_relaxed);
+	if (t->user && !try_add(&t->user->use[r], n, anes_res_uid_limit(set->lim, r))) {
+		atomic_fetch_sub_explicit(&t->use[r], n, memory_order_relaxed);
+		if (daemon)
+			atomic_fetch_sub_explicit(&set->total[r], n, memory_order_relaxed);
+		return -EDQUOT;
+	}
 	return 0;
 }
 
@@ -229,20 +253,34 @@ void anes_tenants_uncharge(anes_tenants *set, anes_res r, uint64_t n)
 	(void)old;
 }
 
+bool anes_tenant_uid_over(const anes_tenant *t, anes_res r, uint64_t n)
+{
+	if (!t->user)
+		return false;
+	uint64_t lim = anes_res_uid_limit(t->set->lim, r), used = anes_tenant_use(t->user, r);
+	return used > lim || n > lim - used;
+}
+
 void anes_tenant_limit_msg(const anes_tenant *t, anes_res r, uint64_t n, int rc, char *buf,
                            size_t len)
 {
 	const struct res_def *d = &res_defs[r];
 	const anes_limits *lim = t->set->lim;
-	if (rc == -ENOSPC)
+	uint64_t cl = anes_res_client_limit(lim, r), cu = anes_tenant_use(t, r);
+	bool client_over = cu > cl || n > cl - cu;
+	if (rc != -ENOSPC && !client_over && anes_tenant_uid_over(t, r, n))
+		snprintf(buf, len, "the clients of uid %u together would hold more than %llu %s (%s): "
+		         "they hold %llu, this needs %llu more",
+		         t->uid, (unsigned long long)anes_res_uid_limit(lim, r), d->unit, d->uid_key,
+		         (unsigned long long)anes_tenant_use(t->user, r), (unsigned long long)n);
+	else if (rc == -ENOSPC)
 		snprintf(buf, len, "all clients together would hold more than %llu %s (%s); this needs %llu more",
-		         (unsigned long long)anes_res_daemon_limit(lim, r), d->unit,
-		         d->daemon_key ? d->daemon_key : d->name, (unsigned long long)n);
+		         (unsigned long long)anes_res_daemon_limit(lim, r), d->unit, d->daemon_key,
+		         (unsigned long long)n);
 	else
 		snprintf(buf, len, "this client (uid %u, pid %lld) would hold more than %llu %s (%s): "
 		         "it holds %llu, this needs %llu more",
-		         t->uid, (long long)t->pid, (unsigned long long)anes_res_client_limit(lim, r),
-		         d->unit, d->client_key ? d->client_key : d->name,
+		         t->uid, (long long)t->pid, (unsigned long long)cl, d->unit, d->client_key,
 		         (unsigned long long)anes_tenant_use(t, r), (unsigned long long)n);
 }
 
@@ -253,6 +291,10 @@ bool anes_tenant_jobs_room(anes_tenant *t)
 	anes_tenants *set = t->set;
 	if (anes_tenant_use(t, ANES_RES_JOBS) >= anes_res_client_limit(set->lim, ANES_RES_JOBS)) {
 		t->jobs_full = true;
+		return false;
+	}
+	if (anes_tenant_use(t->user, ANES_RES_JOBS) >= anes_res_uid_limit(set->lim, ANES_RES_JOBS)) {
+		t->user->jobs_full = true;
 		return false;
 	}
 	if (anes_tenants_total(set, ANES_RES_JOBS) >= anes_res_daemon_limit(set->lim, ANES_RES_JOBS)) {
@@ -277,6 +319,13 @@ void anes_tenant_job_end(anes_tenant *t)
 		t->jobs_full = false;
 		for (anes_conn *c = t->conns; c; c = c->tnext)
 			anes_conn_kick(c);
+	}
+	if (t->user->jobs_full) {
+		t->user->jobs_full = false;
+		for (anes_tenant *p = set->procs; p; p = p->next)
+			if (p->user == t->user)
+				for (anes_conn *c = p->conns; c; c = c->tnext)
+					anes_conn_kick(c);
 	}
 	if (set->jobs_full) {
 		set->jobs_full = false;

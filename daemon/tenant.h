@@ -9,8 +9,8 @@
  * Each process tenant belongs to its uid's user tenant.  Every resource a
  * client makes the daemon hold is charged, before it is allocated, to the
  * process tenant (checked against the per-client limit), to its user
- * (counted only) and to the daemon's totals (checked against the daemon-wide
- * limit).
+ * (checked against the per-uid limit) and to the daemon's totals (checked
+ * against the daemon-wide limit).
  *
  * Where the peer's pid cannot be read (a platform without SO_PEERCRED or
  * LOCAL_PEERPID), all connections of a uid share one tenant.
@@ -38,12 +38,12 @@ typedef enum anes_res {
 	ANES_RES_PROGRAMS,        /* program handles */
 	ANES_RES_PROGRAM_BYTES,   /* program memory (anes_program_estimate), request copies of compiles */
 	ANES_RES_JOBS,            /* runs and compiles queued or running on the workers */
-	/* The connections' buffers.  Not charged yet: status adds them up from
-	 * the connections (methods.c).  The hook for per-client caps: conn.c
-	 * charges them with anes_tenant_charge(c->tenant, ...) as they grow
-	 * (any thread) once their limit keys are in tenant.c's res_defs. */
-	ANES_RES_INPUT_BYTES,     /* request bytes read, not yet handled */
-	ANES_RES_OUTPUT_BYTES,    /* response bytes queued, not yet sent */
+	/* The connections' buffers (conn.c): receive memory reserved for frames
+	 * over ANES_IO_RBUF_MIN (charged by the thread that reads, before the
+	 * buffer grows), and response bytes queued and not yet sent (charged
+	 * by the loop before they are queued, given back as they leave). */
+	ANES_RES_INPUT_BYTES,
+	ANES_RES_OUTPUT_BYTES,
 	ANES_RES_N
 } anes_res;
 
@@ -62,7 +62,8 @@ struct anes_tenant {
 	struct anes_conn *conns;      /* loop: its open connections (anes_conn.tnext) */
 	uint64_t serial;              /* order of creation, for listings */
 	char name[129];               /* the latest hello's client name, "" before any */
-	bool jobs_full;               /* loop: reading paused at the jobs limit */
+	bool jobs_full;               /* loop: reading paused at the jobs limit (a user: its
+	                               * uid's limit) */
 	_Atomic uint64_t use[ANES_RES_N];
 	_Atomic uint64_t runs;        /* runs finished (steps), for status */
 	anes_sflow sflow;             /* its queue of device work (jobsched.h; worker.c's
@@ -79,12 +80,16 @@ struct anes_tenants {
 	_Atomic uint64_t total[ANES_RES_N];
 };
 
-/* Static: the limit of r for one client process and for the daemon
- * (UINT64_MAX: none) and their configuration keys (NULL: none). */
+/* Static: the limit of r for one client process, for one uid and for the
+ * daemon (UINT64_MAX: none) and their configuration keys (NULL: none). */
 uint64_t anes_res_client_limit(const anes_limits *lim, anes_res r);
+uint64_t anes_res_uid_limit(const anes_limits *lim, anes_res r);
 uint64_t anes_res_daemon_limit(const anes_limits *lim, anes_res r);
 const char *anes_res_client_key(anes_res r);
+const char *anes_res_uid_key(anes_res r);
 const char *anes_res_daemon_key(anes_res r);
+/* Set every per-uid limit left 0 to the daemon-wide one. */
+void anes_limits_uid_defaults(anes_limits *lim);
 /* "surfaces", "surface_bytes", ... as in status. */
 const char *anes_res_name(anes_res r);
 
@@ -103,8 +108,8 @@ void anes_tenant_unref(anes_tenant *t);
 /* Any thread.  Charge n units of r to t and its user, and when daemon is
  * true to the daemon's totals too (false: the daemon already holds it, for
  * a shared program; docs/protocol.md, "Program memory").  0, or nothing is
- * charged and -EDQUOT (t's limit would be exceeded) or -ENOSPC (the
- * daemon's would). */
+ * charged and -EDQUOT (t's limit or its uid's would be exceeded; see
+ * anes_tenant_uid_over) or -ENOSPC (the daemon's would). */
 int anes_tenant_charge(anes_tenant *t, anes_res r, uint64_t n, bool daemon);
 /* Any thread.  Undo a charge (the same t, r, n and daemon). */
 void anes_tenant_uncharge(anes_tenant *t, anes_res r, uint64_t n, bool daemon);
@@ -123,18 +128,22 @@ static inline uint64_t anes_tenants_total(const anes_tenants *set, anes_res r)
 	return atomic_load_explicit(&set->total[r], memory_order_relaxed);
 }
 
+/* Any thread: whether charging n more units of r to t would take its
+ * uid over the per-uid limit (tells the two -EDQUOTs apart). */
+bool anes_tenant_uid_over(const anes_tenant *t, anes_res r, uint64_t n);
+
 /* A one-line reason for a failed charge of n units of r to t (rc from
  * anes_tenant_charge), e.g. for a `limit` error. */
 void anes_tenant_limit_msg(const anes_tenant *t, anes_res r, uint64_t n, int rc, char *buf,
                            size_t len);
 
 /* Loop.  Whether t may start another job (run or compile) now: below the
- * per-client and the daemon-wide jobs limit.  When not, the caller stops
+ * per-client, the per-uid and the daemon-wide jobs limit.  When not, the caller stops
  * reading and anes_tenant_job_end kicks it later. */
 bool anes_tenant_jobs_room(anes_tenant *t);
 /* Loop.  Count a job of t (jobs are never refused: reading pauses at the
- * limit), and its end, which kicks t's connections (or every client's, at
- * the daemon's limit) that paused for it. */
+ * limit), and its end, which kicks t's connections (its uid's, or every
+ * client's, at those limits) that paused for it. */
 void anes_tenant_job_begin(anes_tenant *t);
 void anes_tenant_job_end(anes_tenant *t);
 
