@@ -87,6 +87,8 @@ typedef struct anes_stats {
 	uint64_t refused;         /* connections refused for their uid */
 	uint64_t timed_out;       /* closed for a hello or a frame not done in time */
 	uint64_t dropped;         /* clients dropped for not reading their responses */
+	uint64_t turned_away;     /* connections accepted and closed at once: the daemon was
+	                           * out of fds (server.c, the reserve fd) */
 } anes_stats;
 
 struct anes_server {

@@ -307,7 +307,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 26 : 25);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 27 : 26);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -326,6 +326,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
 	pack_kv_u64(&f.pk, "refused", srv->stats.refused);
 	pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
+	pack_kv_u64(&f.pk, "turned_away", srv->stats.turned_away);
 	/* Input memory and deadlines (conn.c, "input limits"). */
 	uint64_t input_bytes, waiting = 0;
 	pthread_mutex_lock(&srv->input_mu);

@@ -419,8 +419,10 @@ static void on_listen(uv_poll_t *h, int status, int events)
 				close(srv->reserve_fd);
 				srv->reserve_fd = -1;
 				fd = accept_fd(srv->listen_fd);
-				if (fd >= 0)
+				if (fd >= 0) {
 					close(fd);
+					srv->stats.turned_away++;
+				}
 				srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 				anes_log("error: out of file descriptors, dropped a connection");
 				return;

@@ -910,3 +910,481 @@ Test(tenants, hello_announces_the_client_and_daemon_limits)
 	}
 	h_daemon_stop(&D);
 }
+
+/* ---- buffers: input memory and unsent output ------------------------------------ */
+
+/* A frame of method with a `pad` bin of pad bytes (status ignores it). */
+static void padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, size_t pad)
+{
+	msgpack_sbuffer p;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&p);
+	msgpack_packer_init(&pk, &p, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "pad", 3);
+	msgpack_pack_bin(&pk, pad);
+	char *zeros = calloc(1, pad ? pad : 1);
+	cr_assert(zeros);
+	msgpack_pack_bin_body(&pk, zeros, pad);
+	free(zeros);
+	h_raw_frame(sb, msgid, method, p.data, p.size, 0);
+	msgpack_sbuffer_destroy(&p);
+}
+
+/* What status says of the buffers: the daemon's input map, dropped, and
+ * this process's input_bytes and unsent_bytes. */
+typedef struct buf_st {
+	uint64_t in_bytes, in_waiting, dropped, my_input, my_unsent, total_unsent;
+} buf_st;
+
+static void read_buf(const msgpack_object *result, void *ud)
+{
+	buf_st *st = ud;
+	memset(st, 0, sizeof(*st));
+	const msgpack_object *in = anes_mp_get(result, "input");
+	cr_assert(in && in->type == MSGPACK_OBJECT_MAP);
+	cr_assert_eq(anes_mp_u64(in, "bytes", UINT64_MAX, &st->in_bytes), 0);
+	cr_assert_eq(anes_mp_u64(in, "waiting", UINT64_MAX, &st->in_waiting), 0);
+	cr_assert_eq(anes_mp_u64(result, "dropped", UINT64_MAX, &st->dropped), 0);
+	const msgpack_object *ps = anes_mp_get(result, "processes");
+	cr_assert(ps && ps->type == MSGPACK_OBJECT_ARRAY);
+	for (uint32_t i = 0; i < ps->via.array.size; i++) {
+		uint64_t pid = 0;
+		(void)anes_mp_u64(&ps->via.array.ptr[i], "pid", UINT64_MAX, &pid);
+		if (pid != (uint64_t)getpid())
+			continue;
+		cr_assert_eq(anes_mp_u64(&ps->via.array.ptr[i], "input_bytes", UINT64_MAX, &st->my_input), 0);
+		cr_assert_eq(anes_mp_u64(&ps->via.array.ptr[i], "unsent_bytes", UINT64_MAX, &st->my_unsent), 0);
+	}
+	const msgpack_object *ts = anes_mp_get(result, "totals");
+	cr_assert(ts && ts->type == MSGPACK_OBJECT_ARRAY);
+	for (uint32_t i = 0; i < ts->via.array.size; i++) {
+		const char *name;
+		uint32_t len;
+		if (anes_mp_str(&ts->via.array.ptr[i], "resource", 64, &name, &len) == 0 && len == 12 &&
+		    !memcmp(name, "unsent_bytes", 12))
+			(void)anes_mp_u64(&ts->via.array.ptr[i], "used", UINT64_MAX, &st->total_unsent);
+	}
+}
+
+static buf_st raw_buf_status(int fd)
+{
+	static uint32_t msgid = 3000;
+	buf_st st;
+	msgid++;
+	cr_assert_eq(h_raw_request_kv(fd, msgid, "status", NULL, 0, NULL, 0), 0);
+	cr_assert_eq(h_raw_response_cb(fd, msgid, 10000, read_buf, &st), 0);
+	return st;
+}
+
+/* Poll status until input.waiting is n (bounded); the last status. */
+static buf_st wait_input_waiting(int obs, uint64_t n)
+{
+	buf_st st;
+	for (int i = 0; i < 1000 * h_slow(); i++) {
+		st = raw_buf_status(obs);
+		if (st.in_waiting == n)
+			return st;
+		poll(NULL, 0, 10);
+	}
+	cr_assert_fail("input.waiting never got to %llu (%llu)", (unsigned long long)n,
+	               (unsigned long long)st.in_waiting);
+	return st;
+}
+
+/* Another process sends a whole 500 KiB frame and is answered (while the
+ * test process's connections wait for its own input limit). */
+static int large_frame_client(void *arg, int ready_fd)
+{
+	const char *sock = arg;
+	int fd = h_raw_open(sock);
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	padded_frame(&sb, 7, "status", 500u << 10);
+	int r = h_raw_send(fd, sb.data, sb.size, NULL, 0) == 0 && h_raw_response(fd, 7, 10000) == 0 ? 0 : 1;
+	msgpack_sbuffer_destroy(&sb);
+	close(fd);
+	(void)!write(ready_fd, r ? "n" : "y", 1);
+	return r;
+}
+
+/* Receive memory for frames over 64 KiB: one connection with 100 KiB of a
+ * 500 KiB frame holds the frame's reservation (436 KiB); 50 connections
+ * doing the same hold exactly as much, the process's limit (max_frame + 8
+ * by default): the other 49 are not read and wait, while another process
+ * still gets its frame's memory at once.  The first frame completed, one
+ * waiter gets the room. */
+Test(tenants, fifty_connections_get_no_more_input_memory_than_one)
+{
+	const char *args[] = { "--max-frame", "512K", "--max-input-bytes", "64M", NULL };
+	h_daemon_start_args(&D, args);
+	int obs = h_raw_open(D.sock);
+	int fd[NCONN];
+	msgpack_sbuffer sb[NCONN];
+	for (unsigned i = 0; i < NCONN; i++) {
+		fd[i] = h_raw_open(D.sock);
+		msgpack_sbuffer_init(&sb[i]);
+		padded_frame(&sb[i], 10 + i, "status", 500u << 10);   /* msgids < 128: one size */
+	}
+	size_t need = sb[0].size - (64u << 10);
+
+	/* One connection. */
+	cr_assert_eq(h_raw_send(fd[0], sb[0].data, 100u << 10, NULL, 0), 0);
+	buf_st st = { 0 };
+	for (int k = 0; k < 1000 * h_slow() && st.my_input < need; k++) {
+		st = raw_buf_status(obs);
+		if (st.my_input < need)
+			poll(NULL, 0, 10);
+	}
+	cr_assert_eq(st.my_input, need, "one connection holds %llu", (unsigned long long)st.my_input);
+	uint64_t one = st.my_input;
+
+	/* 49 more: all wait, the process still holds one frame's memory. */
+	for (unsigned i = 1; i < NCONN; i++)
+		cr_assert_eq(h_raw_send(fd[i], sb[i].data, 100u << 10, NULL, 0), 0);
+	st = wait_input_waiting(obs, NCONN - 1);
+	cr_assert_eq(st.my_input, one, "50 connections hold %llu, one held %llu",
+	             (unsigned long long)st.my_input, (unsigned long long)one);
+	cr_assert_eq(st.in_bytes, one);
+
+	/* Another process is not held up by them. */
+	int pipefd[2];
+	cr_assert_eq(pipe(pipefd), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		close(pipefd[0]);
+		_exit(large_frame_client(D.sock, pipefd[1]));
+	}
+	close(pipefd[1]);
+	char ok = 0;
+	cr_assert_eq(read(pipefd[0], &ok, 1), 1);
+	cr_assert_eq(ok, 'y', "another process's large frame was not answered");
+	close(pipefd[0]);
+	int wst;
+	cr_assert_eq(waitpid(pid, &wst, 0), pid);
+
+	/* The first frame completes and is answered; a waiter gets its room. */
+	cr_assert_eq(h_raw_send(fd[0], sb[0].data + (100u << 10), sb[0].size - (100u << 10), NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd[0], 10, 10000), 0);
+	for (int k = 0; k < 1000 * h_slow(); k++) {
+		st = raw_buf_status(obs);
+		if (st.in_waiting == NCONN - 2 && st.my_input == one)
+			break;
+		poll(NULL, 0, 10);
+	}
+	cr_assert_eq(st.in_waiting, NCONN - 2);
+	cr_assert_eq(st.my_input, one, "after the first frame: %llu", (unsigned long long)st.my_input);
+	for (unsigned i = 0; i < NCONN; i++) {
+		close(fd[i]);
+		msgpack_sbuffer_destroy(&sb[i]);
+	}
+	/* All given back once the connections are gone. */
+	for (int k = 0; k < 1000 * h_slow() && (st.in_bytes || st.in_waiting); k++) {
+		poll(NULL, 0, 10);
+		st = raw_buf_status(obs);
+	}
+	cr_assert_eq(st.in_bytes, 0);
+	cr_assert_eq(st.my_input, 0);
+	close(obs);
+	h_daemon_stop(&D);
+}
+
+/* Pipeline n status requests on fd without reading anything. */
+static void pipeline_status(int fd, unsigned n, uint32_t first)
+{
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	for (unsigned i = 0; i < n; i++)
+		h_raw_frame(&sb, first + i, "status", NULL, 0, 0);
+	cr_assert_eq(h_raw_send(fd, sb.data, sb.size, NULL, 0), 0);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+#ifdef __linux__
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
+
+/* Until the daemon has read everything sent on these connections (their
+ * send queues are empty): it handles what it reads at once. */
+static void wait_read(const int *fd, unsigned n)
+{
+	for (int k = 0; k < 2000 * h_slow(); k++) {
+		unsigned left = 0;
+		for (unsigned i = 0; i < n; i++) {
+			int q = 0;
+			if (ioctl(fd[i], SIOCOUTQ, &q) == 0 && q > 0)
+				left++;
+		}
+		if (!left)
+			return;
+		poll(NULL, 0, 10);
+	}
+	cr_assert_fail("the daemon did not read all the requests");
+}
+
+/* Unsent responses: connections of this process pipeline `status` and
+ * never read.  Per connection nothing stops them (max_unsent_bytes and the
+ * drop rules lifted); the process's 1 MiB does: one connection is dropped
+ * once its queue would pass it, and 50 connections together hold no more
+ * (the ones holding most dropped, logged with the limit's name and
+ * counted).  Another process is answered throughout. */
+Test(tenants, fifty_connections_get_no_more_unsent_output_than_one)
+{
+	const char *args[] = { "--max-frame", "512K", "--max-client-unsent-bytes", "1M",
+		               "--max-unsent-bytes", "32M", "--drop-unsent-bytes", "32M",
+		               "--drop-unsent-seconds", "3600", "--drop-unsent-hard-bytes", "32M", NULL };
+	h_daemon_start_args(&D, args);
+	int obs = h_raw_open(D.sock);
+
+	/* One connection: 2,400 status replies (over 1 KiB each) cannot all
+	 * wait for it. */
+	int one = h_raw_open(D.sock);
+	pipeline_status(one, 2400, 10);
+	wait_read(&one, 1);
+	buf_st st = raw_buf_status(obs);
+	cr_assert_eq(st.dropped, 1, "one connection over its process's limit was not dropped");
+	cr_assert_leq(st.my_unsent, 1u << 20);
+	close(one);
+
+	/* 50 connections: 800 each, far over 1 MiB together beyond what their
+	 * sockets take. */
+	int fd[NCONN];
+	for (unsigned i = 0; i < NCONN; i++)
+		fd[i] = h_raw_open(D.sock);
+	for (unsigned i = 0; i < NCONN; i++)
+		pipeline_status(fd[i], 800, 10);
+	wait_read(fd, NCONN);
+	st = raw_buf_status(obs);
+	cr_assert_leq(st.my_unsent, 1u << 20, "50 connections hold %llu unsent bytes, the limit is 1 MiB",
+	              (unsigned long long)st.my_unsent);
+	cr_assert_leq(st.total_unsent, 1u << 20);
+	cr_assert_gt(st.dropped, 1, "no connection of the 50 was dropped");
+	fprintf(stderr, "tenants: 50 connections: %llu unsent bytes held, %llu dropped\n",
+	        (unsigned long long)st.my_unsent, (unsigned long long)st.dropped - 1);
+	char *log = NULL;
+	{
+		FILE *f = fopen(D.log, "r");
+		cr_assert(f);
+		size_t cap = 1 << 20, len = 0;
+		log = calloc(1, cap + 1);
+		cr_assert(log);
+		len = fread(log, 1, cap, f);
+		log[len] = '\0';
+		fclose(f);
+	}
+	cr_assert(strstr(log, "max_client_unsent_bytes"), "%s", log);
+	free(log);
+	for (unsigned i = 0; i < NCONN; i++)
+		close(fd[i]);
+	close(obs);
+	h_daemon_stop(&D);
+}
+#endif
+
+/* Surface fds kept with a device worker (max_client_fds): 50 connections
+ * get no more than one. */
+Test(tenants, fifty_connections_get_no_more_surface_fds_than_one)
+{
+	const char *args[] = { "--worker", "--max-client-fds", "5", "--max-surfaces", "100", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *cs[NCONN];
+	for (unsigned i = 0; i < NCONN; i++)
+		cs[i] = h_connect(&D, "fds");
+	aneshare_surface *keep[64];
+	unsigned one = surfaces_until_limit(cs, 1, 4096, keep, 64);
+	cr_expect_eq(one, 5);
+	cr_expect(strstr(aneshare_last_error(cs[0]), "max_client_fds"), "%s", aneshare_last_error(cs[0]));
+	release_all(keep, one);
+	unsigned fifty = surfaces_until_limit(cs, NCONN, 4096, keep, 64);
+	cr_expect_eq(fifty, one, "50 connections kept %u fds, one kept %u", fifty, one);
+	release_all(keep, fifty);
+	for (unsigned i = 0; i < NCONN; i++)
+		aneshare_disconnect(cs[i]);
+	h_daemon_stop(&D);
+}
+
+/* ---- per uid: two processes of one user against the max_uid_* limits ------------- */
+
+typedef struct uid_op {
+	const char *sock;
+	int kind;            /* 's': surfaces of size; 'p': handles of mil; 'c': distinct
+	                      * big programs; 'i': a large frame; 'o': pipelined status */
+	size_t size;
+	const char *mil;
+	const char *key;     /* the limit the refusal must name */
+} uid_op;
+
+/* In the child: do op until refused.  Exit: the count got, + 200 if the
+ * refusal did not name op->key, 250 on any other failure. */
+static int uid_child(void *arg, int ready_fd)
+{
+	const uid_op *op = arg;
+	(void)!write(ready_fd, "x", 1);
+	if (op->kind == 'i') {
+		/* Wait for room behind the other process's frame, then be answered. */
+		int fd = h_raw_open(op->sock);
+		msgpack_sbuffer sb;
+		msgpack_sbuffer_init(&sb);
+		padded_frame(&sb, 9, "status", 500u << 10);
+		int r = h_raw_send(fd, sb.data, sb.size, NULL, 0) == 0 && h_raw_response(fd, 9, 30000) == 0;
+		return r ? 0 : 250;
+	}
+	if (op->kind == 'o') {
+		/* Never read: dropped once the uid's limit is passed (EOF). */
+		int fd = h_raw_open(op->sock);
+		pipeline_status(fd, 2400, 10);
+		/* The daemon's close shows as a hang-up, replies still unread. */
+		struct pollfd p = { .fd = fd, .events = 0 };
+		return poll(&p, 1, 30000) == 1 && (p.revents & POLLHUP) ? 0 : 250;
+	}
+	aneshare_conn *c;
+	if (aneshare_connect(op->sock, "uid-child", &c) < 0)
+		return 250;
+	unsigned n = 0;
+	int r = 0;
+	for (; n < 40; n++) {
+		aneshare_surface *s;
+		aneshare_program *p;
+		if (op->kind == 's') {
+			r = aneshare_surface_create(c, op->size, &s);
+		} else if (op->kind == 'p') {
+			r = aneshare_program_compile(c, op->mil, NULL, 0, &p, NULL);
+		} else {
+			char *m = big_arena_mil(32u << 10, 100 + n);
+			r = aneshare_program_compile(c, m, NULL, 0, &p, NULL);
+			free(m);
+		}
+		if (r < 0)
+			break;
+	}
+	if (r != ELIMIT)
+		return 250;
+	return (int)n + (strstr(aneshare_last_error(c), op->key) ? 0 : 200);
+}
+
+static int run_uid_child(uid_op *op)
+{
+	pid_t pid = h_spawn(uid_child, op);
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st));
+	return WEXITSTATUS(st);
+}
+
+/* Each resource's per-uid limit holds this process and another of its uid
+ * together: what this one holds, the other does not get, and its refusal
+ * names the max_uid_* key. */
+Test(tenants, two_processes_of_one_uid_share_its_limits)
+{
+	char *mil = h_square_mm_mil(8, "main");
+	struct {
+		const char *args[8];
+		uid_op op;
+		unsigned mine;       /* what this process holds first */
+		size_t size;
+		int expect;          /* the child's exit status */
+	} cases[] = {
+		{ { "--max-uid-surfaces", "6", NULL }, { .kind = 's', .size = 4096, .key = "max_uid_surfaces" },
+		  4, 4096, 2 },
+		{ { "--max-uid-surface-bytes", "1M", NULL },
+		  { .kind = 's', .size = 256 << 10, .key = "max_uid_surface_bytes" }, 2, 256 << 10, 2 },
+		{ { "--worker", "--max-uid-fds", "4", NULL }, { .kind = 's', .size = 4096, .key = "max_uid_fds" },
+		  2, 4096, 2 },
+		{ { "--max-uid-programs", "3", NULL }, { .kind = 'p', .mil = mil, .key = "max_uid_programs" },
+		  2, 0, 1 },
+	};
+	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+		h_daemon_start_args(&D, cases[k].args);
+		aneshare_conn *c = h_connect(&D, "uid-parent");
+		aneshare_surface *s[8];
+		aneshare_program *p[8];
+		for (unsigned i = 0; i < cases[k].mine; i++) {
+			if (cases[k].op.kind == 's')
+				cr_assert_eq(aneshare_surface_create(c, cases[k].size, &s[i]), 0);
+			else
+				cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p[i], NULL), 0);
+		}
+		cases[k].op.sock = D.sock;
+		int got = run_uid_child(&cases[k].op);
+		cr_expect_eq(got, cases[k].expect, "%s: the other process got %d (200+: the refusal did not "
+		             "name %s)", cases[k].args[0], got, cases[k].op.key);
+		aneshare_disconnect(c);
+		h_daemon_stop(&D);
+	}
+	free(mil);
+
+	/* Program memory: this process fills the uid's 40 MiB, the other gets
+	 * nothing. */
+	const char *pargs[] = { "--max-uid-program-bytes", "40M", NULL };
+	h_daemon_start_args(&D, pargs);
+	aneshare_conn *c = h_connect(&D, "uid-parent");
+	aneshare_program *keep[64];
+	unsigned k = 0;
+	int r = 0;
+	for (unsigned tag = 0; tag < 64 && r == 0; tag++) {
+		char *m = big_arena_mil(32u << 10, tag);
+		r = aneshare_program_compile(c, m, NULL, 0, &keep[k], NULL);
+		free(m);
+		if (r == 0)
+			k++;
+	}
+	cr_assert_eq(r, ELIMIT);
+	cr_assert(strstr(aneshare_last_error(c), "max_uid_program_bytes"), "%s", aneshare_last_error(c));
+	uid_op op = { .sock = D.sock, .kind = 'c', .key = "max_uid_program_bytes" };
+	cr_expect_eq(run_uid_child(&op), 0, "the other process compiled programs past its uid's limit");
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+
+	/* Input memory: this process's frame holds the uid's room; the other
+	 * process's frame waits for it, and is answered once it is given back. */
+	const char *iargs[] = { "--max-frame", "512K", "--max-uid-input-bytes", "524296", NULL };
+	h_daemon_start_args(&D, iargs);
+	int obs = h_raw_open(D.sock);
+	int fd = h_raw_open(D.sock);
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	padded_frame(&sb, 5, "status", 500u << 10);
+	cr_assert_eq(h_raw_send(fd, sb.data, 100u << 10, NULL, 0), 0);
+	buf_st st = { 0 };
+	for (int i = 0; i < 1000 * h_slow() && st.my_input == 0; i++) {
+		st = raw_buf_status(obs);
+		if (!st.my_input)
+			poll(NULL, 0, 10);
+	}
+	cr_assert_gt(st.my_input, 0);
+	op = (uid_op){ .sock = D.sock, .kind = 'i' };
+	pid_t pid = h_spawn(uid_child, &op);
+	wait_input_waiting(obs, 1);
+	cr_assert_eq(h_raw_send(fd, sb.data + (100u << 10), sb.size - (100u << 10), NULL, 0), 0);
+	cr_assert_eq(h_raw_response(fd, 5, 10000), 0);
+	int wst;
+	cr_assert_eq(waitpid(pid, &wst, 0), pid);
+	cr_expect(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "the other process's frame was not answered");
+	msgpack_sbuffer_destroy(&sb);
+	close(fd);
+	close(obs);
+	h_daemon_stop(&D);
+
+	/* Unsent output: over the uid's 1 MiB (below its process's 2 MiB) the
+	 * other process's connection is dropped, logged with the uid's key. */
+	const char *oargs[] = { "--max-frame", "512K", "--max-client-unsent-bytes", "2M",
+		                "--max-uid-unsent-bytes", "1M", NULL };
+	h_daemon_start_args(&D, oargs);
+	op = (uid_op){ .sock = D.sock, .kind = 'o' };
+	cr_expect_eq(run_uid_child(&op), 0, "the other process was not dropped");
+	obs = h_raw_open(D.sock);
+	st = raw_buf_status(obs);
+	cr_expect_eq(st.dropped, 1);
+	close(obs);
+	FILE *f = fopen(D.log, "r");
+	cr_assert(f);
+	char line[1024];
+	bool named = false;
+	while (fgets(line, sizeof line, f))
+		named = named || strstr(line, "max_uid_unsent_bytes");
+	fclose(f);
+	cr_expect(named, "the drop did not name max_uid_unsent_bytes");
+	h_daemon_stop(&D);
+}
