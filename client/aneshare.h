@@ -213,7 +213,12 @@ ANESHARE_API uint64_t aneshare_reconnect_count(const aneshare_conn *conn);
  * API (aneshare_fd, aneshare_dispatch) never spins.
  *
  * The default: $ANESHARE_SPIN_US (0 to 100000) when aneshare_connect runs,
- * else 1000; 0 if the calling thread may run on one CPU only. */
+ * else 1000; 0 if the calling thread may run on one CPU only.
+ * The spin's time is read from the clock of proto/anes_clock.h; in builds
+ * with the test hooks (-Dtest_hooks=true) a test may give it a fake one
+ * through $ANESHARE_TEST_CLOCK, read by the process's first
+ * aneshare_connect (which then fails with -errno if that file cannot be
+ * mapped). */
 
 /* Set conn's spin, in microseconds (0: never spin; at most 100000).  A new
  * value also forgets the penalty of earlier failed spins.  0, or -EINVAL. */

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anes_clock.h"
 #include "internal.h"
 
 /* ---- errors ---------------------------------------------------------------- */
@@ -1032,12 +1034,26 @@ static uint32_t default_spin_us(void)
 	return u32_from_env("ANESHARE_SPIN_US", ANESC_SPIN_US, ANESC_SPIN_MAX_US);
 }
 
+/* The clock of the spin's rules (proto/anes_clock.h): in builds with the
+ * test hooks, the fake one named by $ANESHARE_TEST_CLOCK when this
+ * process's first aneshare_connect runs; what anes_clock_from_env said. */
+static pthread_once_t clock_once = PTHREAD_ONCE_INIT;
+static int clock_rc;
+
+static void clock_from_env(void)
+{
+	clock_rc = anes_clock_from_env();
+}
+
 ANESHARE_API int aneshare_connect(const char *socket_path, const char *client_name,
                                   aneshare_conn **ret_conn)
 {
 	char defpath[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	if (!ret_conn)
 		return -EINVAL;
+	pthread_once(&clock_once, clock_from_env);
+	if (clock_rc < 0)
+		return clock_rc;
 	if (!socket_path) {
 		int r = aneshare_default_socket_path(defpath, sizeof defpath);
 		if (r < 0)

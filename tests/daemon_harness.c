@@ -98,6 +98,13 @@ void h_daemon_start(h_daemon *d)
 	h_daemon_start_args(d, NULL);
 }
 
+/* The fake clocks of this test process (h_fake_clock, h_fake_client_clock):
+ * files removed when it exits. */
+static char fake_clock_path[64];
+#if ANES_TEST_HOOKS
+static char client_clock_path[64];
+#endif
+
 /* Start the daemon: in a fresh directory, or (restart) on d's socket path
  * again; wait until it answers unless told not to. */
 static void daemon_launch(h_daemon *d, const char *const *args, bool fresh, bool wait)
@@ -119,6 +126,11 @@ static void daemon_launch(h_daemon *d, const char *const *args, bool fresh, bool
 		h_child_stdio(d->log);
 		setenv("ANESHARE_SOCKET", d->sock, 1);
 		setenv("XDG_CONFIG_HOME", d->dir, 1);
+		/* the daemons' fake clock, never this process's own (libaneshare's) */
+		if (fake_clock_path[0])
+			setenv("ANESHARE_TEST_CLOCK", fake_clock_path, 1);
+		else
+			unsetenv("ANESHARE_TEST_CLOCK");
 		const char *argv[64];
 		unsigned n = h_wrapper_argv(argv);
 		argv[n++] = exe;
@@ -229,11 +241,33 @@ void h_daemon_kill(h_daemon *d)
 }
 
 #if ANES_TEST_HOOKS
-static char fake_clock_path[64];
-
-static void fake_clock_unlink(void)
+static void fake_clocks_unlink(void)
 {
-	unlink(fake_clock_path);
+	if (fake_clock_path[0])
+		unlink(fake_clock_path);
+	if (client_clock_path[0])
+		unlink(client_clock_path);
+}
+
+/* A fresh clock file at path (a mkostemp template's buffer), mapped here:
+ * 1 s, step 0. */
+static anes_test_clock *clock_file(char path[64])
+{
+	cr_assert_eq(path[0], 0, "one fake clock of each kind per test");
+	snprintf(path, 64, "/tmp/aneshare-clock-XXXXXX");
+	int fd = mkostemp(path, O_CLOEXEC);
+	cr_assert_geq(fd, 0, "mkostemp: %s", strerror(errno));
+	static bool registered;
+	if (!registered)
+		atexit(fake_clocks_unlink);
+	registered = true;
+	cr_assert_eq(ftruncate(fd, sizeof(anes_test_clock)), 0);
+	anes_test_clock *k = mmap(NULL, sizeof *k, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	cr_assert_neq(k, MAP_FAILED);
+	close(fd);
+	atomic_store(&k->now_ns, 1000000000u);
+	atomic_store(&k->step_ns, 0);
+	return k;
 }
 #endif
 
@@ -243,18 +277,18 @@ anes_test_clock *h_fake_clock(void)
 	cr_skip_test("built without -Dtest_hooks=true: no fake clock ($ANESHARE_TEST_CLOCK)");
 	return NULL;
 #else
-	cr_assert_eq(fake_clock_path[0], 0, "one fake clock per test");
-	snprintf(fake_clock_path, sizeof fake_clock_path, "/tmp/aneshare-clock-XXXXXX");
-	int fd = mkostemp(fake_clock_path, O_CLOEXEC);
-	cr_assert_geq(fd, 0, "mkostemp: %s", strerror(errno));
-	atexit(fake_clock_unlink);
-	cr_assert_eq(ftruncate(fd, sizeof(anes_test_clock)), 0);
-	anes_test_clock *k = mmap(NULL, sizeof *k, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	cr_assert_neq(k, MAP_FAILED);
-	close(fd);
-	atomic_store(&k->now_ns, 1000000000u);
-	atomic_store(&k->step_ns, 0);
-	cr_assert_eq(setenv("ANESHARE_TEST_CLOCK", fake_clock_path, 1), 0);
+	return clock_file(fake_clock_path);   /* daemon_launch hands it to the daemons */
+#endif
+}
+
+anes_test_clock *h_fake_client_clock(void)
+{
+#if !ANES_TEST_HOOKS
+	cr_skip_test("built without -Dtest_hooks=true: no fake clock ($ANESHARE_TEST_CLOCK)");
+	return NULL;
+#else
+	anes_test_clock *k = clock_file(client_clock_path);
+	cr_assert_eq(setenv("ANESHARE_TEST_CLOCK", client_clock_path, 1), 0);
 	return k;
 #endif
 }

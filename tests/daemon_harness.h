@@ -62,12 +62,17 @@ void h_daemon_crash(h_daemon *d);
 void h_daemon_restart(h_daemon *d, bool wait);
 
 /* A fake clock for the daemons this test process starts from now on
- * ($ANESHARE_TEST_CLOCK, proto/anes_clock.h): a fresh file mapped here,
- * removed when the process exits.  It reads 1 s with step 0 (time stands
- * still) until the test changes it.  Skips the test in builds without the
- * test hooks (-Dtest_hooks=true). */
+ * ($ANESHARE_TEST_CLOCK, proto/anes_clock.h, set in the daemon's
+ * environment only): a fresh file mapped here, removed when the process
+ * exits.  It reads 1 s with step 0 (time stands still) until the test
+ * changes it.  Skips the test in builds without the test hooks
+ * (-Dtest_hooks=true). */
 struct anes_test_clock;
 struct anes_test_clock *h_fake_clock(void);
+/* The same for this process's libaneshare (its spin): a clock of its own,
+ * in $ANESHARE_TEST_CLOCK of this process, which the library reads at its
+ * first aneshare_connect; daemons started by the harness never see it. */
+struct anes_test_clock *h_fake_client_clock(void);
 
 aneshare_conn *h_connect(const h_daemon *d, const char *name);
 aneshare_status *h_status(aneshare_conn *c);

@@ -6,22 +6,24 @@
  * Nothing here times anything for speed.  What is checked: the settings and
  * their bounds, the default (environment, one CPU), that every kind of wait
  * gives the same numbers with and without spinning (against a reference
- * computed here), and that the spin is bounded: a client waiting for runs
- * much longer than its spin uses a small fraction of the wall time as CPU
- * time, where a spin that ignored its bound would use all of it.
+ * computed here), and that the spin keeps its rules (proto/anes_spin.h)
+ * for a client whose replies are slow: counted in reads of a fake clock
+ * that only the client reads, against a fake daemon that answers by it.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <math.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
-#include "anes_fp16.h"
+#include "anes_clock.h"
+#include "anes_spin.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
 #include "test_util.h"
@@ -183,108 +185,182 @@ Test(spin, same_results_every_wait)
 	aneshare_disconnect(c);
 }
 
-#ifdef __linux__
-/* n fp16 values in [-1, 1) from seed. */
-static void fill_f16(uint16_t *x, size_t n, uint64_t seed)
+/* ---- the spin's bound, on a fake clock ------------------------------------ */
+
+/* A fake daemon on a thread that answers hello, then each status request
+ * when the client's clock (h_fake_client_clock) reads release_at or later:
+ * so a reply comes after the spin's bound, or at a chosen poll of it,
+ * whatever the machine's load.  Its status answers count runs 1, 2, ... */
+typedef struct slow_fake {
+	int listen_fd;
+	anes_test_clock *k;
+	_Atomic uint64_t release_at;   /* 0: answer at once */
+	int failures;                  /* requests it did not expect, clocks that never got there */
+} slow_fake;
+
+static void fake_pack_status(anes_frame *f, uint32_t msgid, uint64_t n)
 {
-	uint64_t r = seed * 0x9E3779B97F4A7C15ull + 1;
-	for (size_t i = 0; i < n; i++) {
-		r ^= r << 13;
-		r ^= r >> 7;
-		r ^= r << 17;
-		x[i] = anes_f32_to_f16((float)((double)(r >> 11) / 4503599627370496.0 - 1.0));
+	anes_pack_result(&f->pk, msgid, 10);
+	anes_pack_str(&f->pk, "version");
+	anes_pack_str(&f->pk, "9.9");
+	anes_pack_str(&f->pk, "backend");
+	anes_pack_str(&f->pk, "cpu");
+	static const char *const zero[] = { "uptime_ms", "clients", "surfaces", "surface_bytes",
+		                            "compiles", "cache_hits" };
+	for (size_t i = 0; i < sizeof zero / sizeof zero[0]; i++) {
+		anes_pack_str(&f->pk, zero[i]);
+		msgpack_pack_uint64(&f->pk, 0);
 	}
+	anes_pack_str(&f->pk, "runs");
+	msgpack_pack_uint64(&f->pk, n);
+	anes_pack_str(&f->pk, "programs");
+	msgpack_pack_array(&f->pk, 0);
 }
 
-static double cpu_seconds(void)
+static void *slow_fake_main(void *arg)
 {
-	struct rusage ru;
-	cr_assert_eq(getrusage(RUSAGE_THREAD, &ru), 0);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
-	       (double)ru.ru_stime.tv_usec * 1e-6;
+	slow_fake *fk = arg;
+	int fd = anes_accept_cloexec(fk->listen_fd);
+	if (fd < 0) {
+		fk->failures++;
+		return NULL;
+	}
+	h_rconn rc;
+	h_rconn_adopt(&rc, fd);
+	for (uint64_t n = 0;; n++) {
+		const uint8_t *payload;
+		uint32_t len;
+		if (h_rconn_frame(&rc, 30000, &payload, &len, NULL) != 1)
+			break;   /* the client hung up */
+		msgpack_zone z;
+		anes_msg m;
+		msgpack_zone_init(&z, 1024);
+		bool ok = anes_msg_decode(payload, len, &z, &m) == 0 && m.type == ANES_MSG_REQUEST &&
+		          anes_msg_method_is(&m, n ? "status" : "hello");
+		uint32_t msgid = m.msgid;
+		msgpack_zone_destroy(&z);
+		if (!ok) {
+			fk->failures++;
+			break;
+		}
+		uint64_t at = atomic_load(&fk->release_at);
+		int64_t deadline = tu_now_ms() + 10000 * h_slow();
+		while (n && at && atomic_load(&fk->k->now_ns) < at) {
+			if (tu_now_ms() > deadline) {
+				fk->failures++;   /* the client stopped polling before the bound */
+				break;
+			}
+			tu_pause_ms(1);
+		}
+		anes_frame f;
+		anes_frame_init(&f);
+		if (n) {
+			fake_pack_status(&f, msgid, n);
+		} else {
+			anes_pack_result(&f.pk, msgid, 4);
+			anes_pack_str(&f.pk, "protocol");
+			msgpack_pack_uint32(&f.pk, 1);
+			anes_pack_str(&f.pk, "server");
+			anes_pack_str(&f.pk, "fake");
+			anes_pack_str(&f.pk, "version");
+			anes_pack_str(&f.pk, "9.9");
+			anes_pack_str(&f.pk, "backend");
+			anes_pack_str(&f.pk, "cpu");
+		}
+		h_fake_send(&rc.io, &f, NULL, 0);
+	}
+	h_rconn_close(&rc);
+	return NULL;
 }
 
-static double wall_seconds(void)
+#define SLOW_SPIN_US 100u
+#define SLOW_STEP_NS 1000u   /* a slow phase: each read of the clock is 1 us */
+#define SLOW_READS (1u + SLOW_SPIN_US * 1000u / SLOW_STEP_NS)   /* a spin that runs out */
+#define FAST_READS 10u       /* a fast phase: the reply comes at the 10th read, 1 ns each */
+
+/* One status call in a phase (fast: the reply comes while the spin polls;
+ * slow: only after the spin's bound).  The rules of proto/anes_spin.h, on
+ * the local model m, say whether this wait spins; the client's clock says
+ * whether it did, and for how many polls.  Whether it spun. */
+static bool slow_call(aneshare_conn *c, slow_fake *fk, anes_spin *m, bool fast, uint64_t n)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+	anes_spin_run run;
+	bool spins = anes_spin_start(m, SLOW_SPIN_US, &run) == 1;
+	atomic_store(&fk->k->step_ns, fast ? 1 : SLOW_STEP_NS);
+	uint64_t t0 = atomic_load(&fk->k->now_ns);
+	uint64_t reads = fast ? FAST_READS : SLOW_READS;
+	uint64_t step = fast ? 1 : SLOW_STEP_NS;
+	atomic_store(&fk->release_at, spins ? t0 + reads * step : 0);
+	aneshare_status *st;
+	cr_assert_eq(aneshare_get_status(c, &st), 0, "call %llu: %s", (unsigned long long)n,
+	             aneshare_last_error(c));
+	cr_assert_eq(st->runs, n, "call %llu got the answer to %llu", (unsigned long long)n,
+	             (unsigned long long)st->runs);
+	aneshare_status_free(st);
+	uint64_t got = (atomic_load(&fk->k->now_ns) - t0) / step;
+	if (!spins)
+		cr_assert_eq(got, 0, "call %llu: the rules say it sleeps at once; it polled %llu times",
+		             (unsigned long long)n, (unsigned long long)got);
+	else if (fast)
+		cr_assert(got >= FAST_READS && got < SLOW_SPIN_US * 1000u,
+		          "call %llu: the spin read the clock %llu times, its reply came at the %u th",
+		          (unsigned long long)n, (unsigned long long)got, FAST_READS);
+	else
+		cr_assert_eq(got, SLOW_READS, "call %llu: the spin read the clock %llu times, the bound "
+		             "is at %u reads", (unsigned long long)n, (unsigned long long)got, SLOW_READS);
+	if (spins) {
+		run.gap = false;
+		anes_spin_end(m, &run, fast);
+	}
+	return spins;
 }
 
-/* Runs far longer than the spin: each wait polls for at most the spin (less
- * when the thread was switched out meanwhile), and after a spin that got
- * nothing the next waits sleep straight away.  A spin that ended only with
- * its reply would cost this thread all of the wall time (checked: with the
- * time limit and the gap check of anes_spin_again taken out, this test
- * fails with 115 ms of CPU in 119 ms; it passes with 5-12 ms). */
-#endif
-
+/* A wait whose reply comes after the spin's bound polls until the bound
+ * and no longer (exactly spin / step reads of a fake clock that each read
+ * moves by step), then sleeps; after two such waits in a row the next
+ * 1, 2, 4, 8 waits do not poll at all; replies that come while the spin
+ * polls are caught by it and halve that penalty.  The client's clock is
+ * fake (h_fake_client_clock) and the fake daemon answers by it, so every
+ * count is exact on a loaded machine and on one CPU. */
 Test(spin, bounded_when_replies_are_slow)
 {
-#ifndef __linux__
-	cr_skip_test("needs CPU affinity (sched_setaffinity), which macOS does not have");
-#else
-	if (cpus_allowed() < 2)
-		cr_skip_test("this test needs a thread that may run on 2 CPUs");
-	enum { N = 768, RUNS = 12 };
-	/* The daemon on one CPU, this thread alone on another: nothing here
-	 * takes the spinning thread off its CPU, so only the bound ends a spin. */
-	cpu_set_t set, mine;
-	cr_assert_eq(sched_getaffinity(0, sizeof mine, &mine), 0);
-	int cpus[2], n = 0;
-	for (int i = 0; i < CPU_SETSIZE && n < 2; i++)
-		if (CPU_ISSET(i, &mine))
-			cpus[n++] = i;
-	CPU_ZERO(&set);
-	CPU_SET(cpus[1], &set);
-	cr_assert_eq(sched_setaffinity(0, sizeof set, &set), 0);
-	setup();   /* inherits cpus[1] */
-	CPU_ZERO(&set);
-	CPU_SET(cpus[0], &set);
-	cr_assert_eq(sched_setaffinity(0, sizeof set, &set), 0);
-	aneshare_conn *c = h_connect(&D, "spin-slow");
-	char *mil = h_square_mm_mil(N, "main");
-	aneshare_program *p;
-	cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, NULL), 0, "%s", aneshare_last_error(c));
-	free(mil);
-	size_t bytes = (size_t)N * N * 2;
-	aneshare_surface *x = h_surface(c, bytes), *y = h_surface(c, bytes), *z = h_surface(c, bytes);
-	uint16_t *xd = aneshare_surface_data(x), *yd = aneshare_surface_data(y), *zd = aneshare_surface_data(z);
-	fill_f16(xd, (size_t)N * N, 1);
-	fill_f16(yd, (size_t)N * N, 2);
-	aneshare_surface *ins[2] = { x, y };
-	/* the spin: a tenth of a run, as timed here (sleeping) */
-	cr_assert_eq(aneshare_set_spin(c, 0), 0);
-	double w0 = wall_seconds();
-	cr_assert_eq(aneshare_run(p, 0, ins, 2, &z, 1), 0, "%s", aneshare_last_error(c));
-	double one = wall_seconds() - w0;
-	if (one < 1e-3)
-		cr_skip_test("a run of %.2f ms is too short to tell a bounded spin", one * 1e3);
-	uint32_t spin_us = (uint32_t)(one * 1e6 / 10);
-	cr_assert_eq(aneshare_set_spin(c, spin_us), 0);
+	slow_fake fk = { .k = h_fake_client_clock() };
+	char dir[] = "/tmp/anes-spin-XXXXXX", path[64];
+	cr_assert(mkdtemp(dir));
+	snprintf(path, sizeof path, "%s/fake.sock", dir);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	strcpy(sa.sun_path, path);
+	fk.listen_fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM);
+	cr_assert_geq(fk.listen_fd, 0);
+	cr_assert_eq(bind(fk.listen_fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	cr_assert_eq(listen(fk.listen_fd, 1), 0);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, slow_fake_main, &fk), 0);
 
-	w0 = wall_seconds();
-	double c0 = cpu_seconds();
-	for (int i = 0; i < RUNS; i++)
-		cr_assert_eq(aneshare_run(p, 0, ins, 2, &z, 1), 0, "%s", aneshare_last_error(c));
-	double wall = wall_seconds() - w0, cpu = cpu_seconds() - c0;
-	/* At most every wait spins in full (it does not: the penalty), plus
-	 * a little per call for packing and reading. */
-	double bound = RUNS * (spin_us * 1e-6 + 0.5e-3);
-	cr_assert_leq(cpu, bound, "%d waits in %.1f ms with a spin of %u us used %.1f ms of CPU (bound %.1f ms)",
-	              RUNS, wall * 1e3, spin_us, cpu * 1e3, bound * 1e3);
-	cr_assert_leq(cpu, 0.5 * wall, "the client used %.1f ms of CPU in %.1f ms", cpu * 1e3, wall * 1e3);
-
-	/* and the result is right: spot-check against an fp32 reference */
-	for (int k = 0; k < 64; k++) {
-		int r = (k * 37) % N, col = (k * 91) % N;
-		double ref = 0;
-		for (int j = 0; j < N; j++)
-			ref += (double)anes_f16_to_f32(xd[r * N + j]) * (double)anes_f16_to_f32(yd[j * N + col]);
-		double got = anes_f16_to_f32(zd[r * N + col]);
-		cr_assert_leq(fabs(got - ref), 0.02 * sqrt((double)N) + 0.01 * fabs(ref),
-		              "z[%d][%d] = %g, want %g", r, col, got, ref);
+	aneshare_conn *c;
+	cr_assert_eq(aneshare_connect(path, "spin-slow", &c), 0);   /* time stands still: a hit */
+	cr_assert_eq(aneshare_set_spin(c, SLOW_SPIN_US), 0);        /* and a fresh history */
+	anes_spin m = { 0 };
+	uint64_t n = 0;
+	static const struct {
+		bool fast;
+		unsigned calls, spins;   /* spins: what the rules say */
+	} phases[] = {
+		{ false, 12, 5 },   /* spin, spin, skip 1, spin, skip 2, spin, skip 4, spin */
+		{ true, 12, 4 },    /* skip the 8 left, then 4 hits: the penalty back to 0 */
+		{ false, 6, 3 },    /* spin, spin, skip 1, spin, skip 2 */
+	};
+	for (size_t p = 0; p < sizeof phases / sizeof phases[0]; p++) {
+		unsigned spins = 0;
+		for (unsigned i = 0; i < phases[p].calls; i++)
+			spins += slow_call(c, &fk, &m, phases[p].fast, ++n);
+		cr_assert_eq(spins, phases[p].spins, "phase %zu: %u of %u waits spun", p, spins,
+		             phases[p].calls);
 	}
 	aneshare_disconnect(c);
-#endif
+	pthread_join(th, NULL);
+	cr_assert_eq(fk.failures, 0, "the fake daemon saw something unexpected");
+	close(fk.listen_fd);
+	unlink(path);
+	rmdir(dir);
 }
