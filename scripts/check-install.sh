@@ -4,7 +4,8 @@
 # `pkg-config --cflags --libs aneshare`, start the installed aneshared on a
 # private socket and run the client against it (its results are checked
 # against an fp32 reference).  Also checks that the user units went to
-# systemd's user unit directory under the install prefix.
+# systemd's user unit directory under the install prefix, and installs and runs
+# the Python package three ways (meson install, a venv, the source tree).
 # Usage: scripts/check-install.sh [BUILD]   (called by scripts/test.sh)
 . "$(dirname "$0")/common.sh"
 build_dir=${1:-$BUILD}
@@ -60,6 +61,36 @@ daemon_pid=$!
 LD_LIBRARY_PATH=$dest$libdir "$root/bin/aneshare" --socket "$sock" status --wait 10 >/dev/null
 LD_LIBRARY_PATH=$dest$libdir "$dest/matmul_client" --socket "$sock" --sets 2 --runs 20 \
 	"$ROOT/examples/dynamic_matmul.mil" >/dev/null
+
+# The Python package (python/): meson install put it into the site-packages of
+# -Dpython; a venv install as python/README.md gives it, offline (pip may use no
+# index); and the source tree with ANESHARE_LIBRARY.  Each runs the example
+# against the installed daemon (it checks its results against numpy).
+py=$(opt python)
+if [ -n "$py" ] && [ -x "$py" ] && "$py" -c 'import numpy' 2>/dev/null; then
+	pydir=$("$py" "$ROOT/python/site_dir.py" "$prefix")
+	[ -f "$dest$pydir/aneshare/__init__.py" ] || { say "not installed: $pydir/aneshare"; exit 1; }
+	got=$("$py" -c 'import runpy, sys; print(runpy.run_path(sys.argv[1])["LIBDIR"])' \
+		"$dest$pydir/aneshare/_build_config.py")
+	[ "$got" = "$libdir" ] || { say "the installed package names libdir '$got', not $libdir"; exit 1; }
+	say "the Python package as meson installed it"
+	LD_LIBRARY_PATH=$dest$libdir PYTHONPATH=$dest$pydir "$py" "$ROOT/examples/python/dynamic_matmul.py" \
+		--socket "$sock" --sets 2 --runs 20 >/dev/null
+	say "the Python package in a venv: pip install --no-build-isolation, offline"
+	cp -r "$ROOT/python" "$dest/python-src"   # pip builds in place: keep the source tree clean
+	rm -rf "$dest/python-src/build" "$dest/python-src"/*.egg-info
+	"$py" -m venv --system-site-packages "$dest/venv"
+	PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "$dest/venv/bin/pip" install --quiet \
+		--no-build-isolation "$dest/python-src" >/dev/null
+	ANESHARE_LIBRARY=$dest$libdir/libaneshare.so "$dest/venv/bin/python" \
+		"$ROOT/examples/python/dynamic_matmul.py" --socket "$sock" --sets 2 --runs 20 >/dev/null
+	say "the Python package from the source tree (PYTHONPATH=python)"
+	(cd "$ROOT" && ANESHARE_LIBRARY=$dest$libdir/libaneshare.so PYTHONPATH=python "$py" -c "import aneshare")
+elif [ -n "$py" ]; then
+	say "no $py with numpy: the Python package's install is not checked (Debian: python3-numpy python3-venv python3-pip python3-setuptools)"
+	[ "${CI:-}" != true ] || exit 1
+fi
+
 kill -TERM "$daemon_pid"
 wait "$daemon_pid"
 daemon_pid=

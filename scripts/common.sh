@@ -18,7 +18,9 @@ install_deps_debian() {
 	local pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libcriterion-dev
 	            libssl-dev libopenblas-dev
 	            libxml2-utils  # xmllint: the launchd plist check (launchd/lint.sh)
-	            clang libclang-rt-dev)  # libFuzzer, for the fuzz targets (scripts/fuzz.sh)
+	            clang libclang-rt-dev  # libFuzzer, for the fuzz targets (scripts/fuzz.sh)
+	            # the Python package (python/): its tests, and the venv install check-install.sh makes
+	            python3-numpy python3-pytest python3-venv python3-pip python3-setuptools)
 	# msgpack-c: libmsgpack-c-dev (6.x, Debian 13+) or libmsgpack-dev (4.x, Debian 12)
 	local missing=()
 	for p in "${pkgs[@]}"; do

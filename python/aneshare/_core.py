@@ -1,0 +1,938 @@
+# SPDX-License-Identifier: MIT
+"""Connections, programs and surfaces over libaneshare (client/aneshare.h).
+
+Lifetimes.  Every object that refers to a connection holds its handle
+(_Handle): surfaces (and so the numpy arrays that view them), programs and
+tickets.  close() ends the connection for its caller at once, but the C
+connection (whose aneshare_disconnect unmaps every surface) is only closed
+once no surface of it is alive; so an array never outlives its mapping,
+whatever the order in which things are freed.  Objects that are collected
+together in one garbage cycle are finalized in any order: each finalizer
+checks that its handle has not been freed first.
+
+Threads.  A connection has a lock: every call into the library on it holds
+the lock, so a connection and its objects may be used from several threads
+(calls on one connection are serialised; use one connection per thread for
+parallel runs).  Finalizers take the lock too; it is reentrant, since a
+finalizer may run in the middle of a locked section on the same thread
+(never inside a C call).
+
+fork().  A child must not use its parent's connection: the socket would be
+shared.  After fork() every connection of the parent is marked in the child,
+any call on it raises ForkError, and its objects are left alone (nothing is
+released through the shared socket) when they are collected.
+"""
+import ctypes
+import itertools
+import os
+import threading
+import weakref
+
+import numpy as np
+
+from . import _errors
+from ._errors import ClosedError, ForkError, error_for
+from ._lib import DONE_FN, EV_WRITE, MAX_STEPS, Result, Status, Step, TensorInfo, Weight, lib
+
+_DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("<i4"), 4: np.dtype("<i2"),
+           5: np.dtype("i1"), 6: np.dtype("u1"), 7: np.dtype("?")}
+
+_vp = ctypes.c_void_p
+_u32 = ctypes.c_uint32
+_run = lib.aneshare_run
+_last_error = lib.aneshare_last_error
+
+# ---- the connection handle -------------------------------------------------------
+
+_handles = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for h in list(_handles):
+        h.forked = True
+        h.bad = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Handle:
+    """The C connection and what every object made through it shares."""
+    __slots__ = ("ptr", "cptr", "lock", "bad", "closed", "forked", "freed", "live", "pid",
+                 "loop", "reader_fd", "writer_fd", "async_calls", "async_done", "orphans",
+                 "programs", "__weakref__")
+
+    def __init__(self, ptr):
+        self.ptr = ptr                 # int: aneshare_conn *
+        self.cptr = _vp(ptr)
+        self.lock = threading.RLock()
+        self.bad = False               # closed or forked: every call raises
+        self.closed = False
+        self.forked = False
+        self.freed = False             # aneshare_disconnect has run
+        self.live = 0                  # surfaces alive (their mappings)
+        self.pid = os.getpid()
+        self.loop = None               # asyncio loop watching the fd
+        self.reader_fd = -1
+        self.writer_fd = -1
+        self.async_calls = {}          # token -> (future, objects kept alive)
+        self.async_done = []           # (token, rc, failed_step, message) from the callback
+        self.orphans = []              # tickets collected without wait()
+        self.programs = weakref.WeakSet()
+        _handles.add(self)
+
+    def check(self):
+        if self.forked or os.getpid() != self.pid:
+            self.forked = self.bad = True
+            raise ForkError("this connection was made by process %d before fork(); "
+                            "the child (%d) must connect itself" % (self.pid, os.getpid()))
+        if self.closed:
+            raise ClosedError("the connection is closed")
+
+    def error(self, rc, mil=None):
+        """The exception for rc (call with the lock held: reads last_error)."""
+        msg = _last_error(self.cptr).decode("utf-8", "replace")
+        step = lib.aneshare_last_failed_step(self.cptr)
+        return error_for(rc, msg, step, mil)
+
+    def release_later(self):
+        """A surface went away: the connection may close now."""
+        self.live -= 1
+        if self.closed and self.live == 0:
+            self.disconnect()
+
+    def disconnect(self):
+        if self.freed or self.forked:
+            return
+        with self.lock:
+            if self.freed:
+                return
+            self.detach_loop()
+            self.freed = True
+            lib.aneshare_disconnect(self.cptr)
+            self.ptr = None
+            self.cptr = None
+        self.deliver()
+
+    def __del__(self):
+        try:
+            if not self.forked and not self.freed:
+                self.disconnect()
+        except Exception:
+            pass
+
+    # ---- asyncio -------------------------------------------------------------------
+
+    def attach_loop(self, loop):
+        if self.loop is not loop:
+            self.detach_loop()
+            self.loop = loop
+        self.rearm()
+
+    def detach_loop(self):
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            if self.reader_fd >= 0:
+                loop.remove_reader(self.reader_fd)
+            if self.writer_fd >= 0:
+                loop.remove_writer(self.writer_fd)
+        except Exception:   # a closed loop
+            pass
+        self.reader_fd = self.writer_fd = -1
+        self.loop = None
+
+    def rearm(self):
+        """Watch the fd for what the library asks (it changes on reconnects)."""
+        loop = self.loop
+        if loop is None or self.freed:
+            return
+        with self.lock:
+            fd = lib.aneshare_fd(self.cptr)
+            ev = lib.aneshare_events(self.cptr)
+        want_w = fd if ev & EV_WRITE else -1
+        if not self.async_calls:
+            fd = want_w = -1
+        if self.reader_fd != fd:
+            if self.reader_fd >= 0:
+                loop.remove_reader(self.reader_fd)
+            if fd >= 0:
+                loop.add_reader(fd, self.dispatch)
+            self.reader_fd = fd
+        if self.writer_fd != want_w:
+            if self.writer_fd >= 0:
+                loop.remove_writer(self.writer_fd)
+            if want_w >= 0:
+                loop.add_writer(want_w, self.dispatch)
+            self.writer_fd = want_w
+
+    def dispatch(self):
+        if self.freed or self.forked:
+            return
+        with self.lock:
+            lib.aneshare_dispatch(self.cptr)
+        self.deliver()
+        self.rearm()
+
+    def deliver(self):
+        """Complete the futures of the async calls the library has finished."""
+        while self.async_done:
+            token, rc, step, msg, mil = self.async_done.pop(0)
+            entry = self.async_calls.pop(token, None)
+            if entry is None:
+                continue
+            fut = entry[0]
+            if fut.done():
+                continue
+            if rc < 0:
+                fut.set_exception(error_for(rc, msg, step, mil))
+            else:
+                fut.set_result(None)
+
+    def after_blocking(self):
+        """A blocking call may have read responses to async calls: have them
+        dispatched (aneshare.h, "asynchronous calls")."""
+        loop = self.loop
+        if loop is not None and self.async_calls:
+            try:
+                loop.call_soon_threadsafe(self.dispatch)
+            except RuntimeError:   # the loop is closed
+                pass
+
+
+_tokens = itertools.count(1)
+_token_handles = {}   # token -> handle, for the C callback
+
+
+@DONE_FN
+def _done_cb(conn, res, userdata):
+    h = _token_handles.pop(userdata or 0, None)
+    if h is None:
+        return
+    r = res.contents
+    entry = h.async_calls.get(userdata)
+    mil = entry[2] if entry else None
+    msg = r.message.decode("utf-8", "replace") if r.message else ""
+    h.async_done.append((userdata, r.rc, r.failed_step, msg, mil))
+
+
+# ---- surfaces --------------------------------------------------------------------
+
+
+class Surface:
+    """A shared-memory surface.  Its arrays (views) keep it alive; it is
+    released when the last of them is collected.  Find it from an array
+    with aneshare.surface_of(array)."""
+    __slots__ = ("_h", "_ptr", "address", "size", "__weakref__")
+
+    def __init__(self, h, ptr):
+        self._h = h
+        self._ptr = ptr
+        self.address = lib.aneshare_surface_data(ptr)
+        self.size = lib.aneshare_surface_size(ptr)
+        h.live += 1
+
+    @property
+    def id(self):
+        """The ID the daemon knows it by now (it changes when the library
+        reconnects; 0 if the surface was lost then)."""
+        h = self._h
+        h.check()
+        with h.lock:
+            return lib.aneshare_surface_id(self._ptr)
+
+    def __del__(self):
+        h = self._h
+        if h.freed or h.forked or self._ptr is None:
+            return
+        try:
+            with h.lock:
+                if not h.freed:
+                    lib.aneshare_surface_release(self._ptr)
+                self._ptr = None
+            h.release_later()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "<aneshare.Surface %d bytes at 0x%x>" % (self.size, self.address or 0)
+
+
+class _View:
+    """What numpy arrays of a surface have as their base: numpy takes the
+    memory from __array_interface__ and keeps this object (and so the
+    surface) alive for as long as any array derived from it lives."""
+    __slots__ = ("surface", "__array_interface__", "primary", "__weakref__")
+
+    def __init__(self, surface, dtype, shape):
+        self.surface = surface
+        self.__array_interface__ = {"data": (surface.address, False), "shape": tuple(shape),
+                                    "typestr": dtype.str, "version": 3}
+        self.primary = None
+
+
+def _array(surface, dtype, shape):
+    v = _View(surface, dtype, shape)
+    a = np.asarray(v)
+    v.primary = weakref.ref(a)
+    return a
+
+
+def surface_of(array):
+    """The Surface a numpy array views (following .base), or None."""
+    b = array
+    while isinstance(b, np.ndarray):
+        b = b.base
+    if type(b) is _View:
+        return b.surface
+    return None
+
+
+def _surface_ptr(a, h):
+    """The aneshare_surface * behind array a: a must start at the start of a
+    surface of connection h, and be contiguous (the daemon reads the tensor
+    from offset 0, row-major)."""
+    b = getattr(a, "base", None)
+    if type(b) is _View and b.primary() is a:   # an array new_inputs() etc. made
+        s = b.surface
+    else:
+        s = surface_of(a) if isinstance(a, np.ndarray) else None
+        if s is None:
+            raise TypeError("run() takes arrays of shared surfaces (program.new_inputs(), "
+                            "conn.surface()); call the program (program(x=...)) to copy "
+                            "other arrays in")
+        if a.__array_interface__["data"][0] != s.address:
+            raise ValueError("an array given to run() must start at the start of its surface "
+                             "(the daemon reads from offset 0), not be a slice of it")
+        if not a.flags.c_contiguous:
+            raise ValueError("an array given to run() must be C-contiguous")
+    if s._h is not h:
+        raise ValueError("the array's surface belongs to another connection")
+    p = s._ptr
+    if p is None:
+        raise ClosedError("the surface was released")
+    return p
+
+
+def _ptr_array(arrays, h):
+    n = len(arrays)
+    arr = (_vp * n)()
+    for i in range(n):
+        arr[i] = _surface_ptr(arrays[i], h)
+    return arr
+
+
+# ---- programs --------------------------------------------------------------------
+
+
+class Tensor(tuple):
+    """An input or output of a function: (name, dtype, shape, nbytes)."""
+    __slots__ = ()
+
+    def __new__(cls, name, dtype, shape, nbytes):
+        return tuple.__new__(cls, (name, dtype, shape, nbytes))
+
+    name = property(lambda self: self[0])
+    dtype = property(lambda self: self[1])
+    shape = property(lambda self: self[2])
+    nbytes = property(lambda self: self[3])
+
+    def __repr__(self):
+        return "Tensor(name=%r, dtype=%s, shape=%r, nbytes=%d)" % (self[0], self[1], self[2], self[3])
+
+
+class Function:
+    """One function of a program: its index, name, inputs and outputs."""
+    __slots__ = ("index", "name", "inputs", "outputs")
+
+    def __init__(self, index, name, inputs, outputs):
+        self.index = index
+        self.name = name
+        self.inputs = inputs
+        self.outputs = outputs
+
+    def __repr__(self):
+        return "<Function %d %r inputs=%r outputs=%r>" % (self.index, self.name, self.inputs,
+                                                         self.outputs)
+
+
+def _tensor(ti):
+    t = ti.contents
+    dt = _DTYPES.get(t.dtype)
+    if dt is None:
+        raise _errors.AneshareError(-_errors.EBASE - 11, "unknown dtype %d" % t.dtype)
+    return Tensor(t.name.decode("utf-8", "replace"), dt, tuple(t.shape[i] for i in range(t.rank)),
+                  t.bytes)
+
+
+class Program:
+    """A compiled program on a connection (aneshare_program).
+
+    .key is the content hash the daemon shares it under; .cached tells
+    whether the daemon had it already; .functions lists its functions and
+    .inputs / .outputs are those of function 0 ("main")."""
+
+    def __init__(self, conn, ptr, cached, mil):
+        h = conn._h
+        self._h = h
+        self._conn = conn
+        self._ptr = ptr
+        self._cptr = _vp(ptr)
+        self._mil = mil
+        self.cached = cached
+        self.key = lib.aneshare_program_key(ptr).decode()
+        fns = []
+        for f in range(lib.aneshare_program_function_count(ptr)):
+            name = lib.aneshare_program_function_name(ptr, f).decode("utf-8", "replace")
+            ins = tuple(_tensor(lib.aneshare_program_input(ptr, f, i))
+                        for i in range(lib.aneshare_program_input_count(ptr, f)))
+            outs = tuple(_tensor(lib.aneshare_program_output(ptr, f, i))
+                         for i in range(lib.aneshare_program_output_count(ptr, f)))
+            fns.append(Function(f, name, ins, outs))
+        self.functions = tuple(fns)
+        self._by_name = {f.name: f for f in fns}
+        self._scratch = {}   # function index -> (inputs, outputs) for __call__
+        h.programs.add(self)
+
+    # ---- description ----
+
+    @property
+    def inputs(self):
+        return self.functions[0].inputs
+
+    @property
+    def outputs(self):
+        return self.functions[0].outputs
+
+    def function(self, function=None):
+        """The Function named (str) or indexed (int) by function; None: 0."""
+        if function is None:
+            return self.functions[0]
+        if isinstance(function, str):
+            f = self._by_name.get(function)
+            if f is None:
+                raise KeyError("the program has no function %r (it has %s)"
+                               % (function, ", ".join(repr(x.name) for x in self.functions)))
+            return f
+        if not 0 <= function < len(self.functions):
+            raise IndexError("the program has no function %d (it has %d)"
+                             % (function, len(self.functions)))
+        return self.functions[function]
+
+    def _index(self, function):
+        if function is None:
+            return 0
+        return self.function(function).index
+
+    def _ptr_checked(self):
+        if self._ptr is None:
+            raise ClosedError("the program was released")
+        return self._cptr
+
+    # ---- surfaces ----
+
+    def new_inputs(self, function=None):
+        """One array per input of the function, each on its own surface."""
+        return [self._conn.array(t.dtype, t.shape) for t in self.function(function).inputs]
+
+    def new_outputs(self, function=None):
+        """One array per output of the function, each on its own surface."""
+        return [self._conn.array(t.dtype, t.shape) for t in self.function(function).outputs]
+
+    # ---- running ----
+
+    def run(self, inputs, outputs, function=None):
+        """Run on arrays of surfaces (new_inputs()/new_outputs(), conn.surface()),
+        without copying: the daemon reads the inputs' memory and writes the
+        outputs' in place.  Blocks until done."""
+        h = self._h
+        if h.bad:
+            h.check()
+        fn = 0 if function is None else self._index(function)
+        ins = _ptr_array(inputs, h)
+        outs = _ptr_array(outputs, h)
+        p = self._ptr_checked()
+        with h.lock:
+            rc = _run(p, fn, ins, len(ins), outs, len(outs))
+            if rc < 0:
+                raise h.error(rc)
+        if h.async_calls:
+            h.after_blocking()
+
+    def __call__(self, *args, function=None, **named):
+        """Convenience: copy the given arrays (positional in input order, or
+        by input name) into surfaces this program keeps, run, and return
+        new arrays (copies): the output, or a tuple of them if the function
+        has several."""
+        f = self.function(function)
+        sc = self._scratch.get(f.index)
+        if sc is None:
+            sc = self._scratch[f.index] = (self.new_inputs(f.index), self.new_outputs(f.index))
+        ins, outs = sc
+        if len(args) > len(ins):
+            raise TypeError("function %r takes %d inputs, %d given" % (f.name, len(ins), len(args)))
+        given = dict(zip((t.name for t in f.inputs), args))
+        for k, v in named.items():
+            if k in given:
+                raise TypeError("input %r given twice" % k)
+            given[k] = v
+        for t, dst in zip(f.inputs, ins):
+            if t.name not in given:
+                raise TypeError("input %r of function %r is missing" % (t.name, f.name))
+            src = np.asarray(given.pop(t.name))
+            if src.shape != t.shape and src.size == dst.size:
+                src = src.reshape(t.shape)
+            np.copyto(dst, src, casting="same_kind")
+        if given:
+            raise TypeError("function %r has no input %s" % (f.name, ", ".join(map(repr, given))))
+        self.run(ins, outs, f.index)
+        res = tuple(o.copy() for o in outs)
+        return res[0] if len(res) == 1 else res
+
+    def submit(self, inputs, outputs, function=None):
+        """Start a run without waiting: a Ticket to wait() for.  The arrays
+        stay alive until then."""
+        h = self._h
+        h.check()
+        fn = self._index(function)
+        ins = _ptr_array(inputs, h)
+        outs = _ptr_array(outputs, h)
+        p = self._ptr_checked()
+        t = _u32()
+        with h.lock:
+            _drain_orphans(h)
+            rc = lib.aneshare_run_submit(p, fn, ins, len(ins), outs, len(outs), ctypes.byref(t))
+            if rc < 0:
+                raise h.error(rc)
+        return Ticket(h, t.value, (inputs, outputs))
+
+    async def run_async(self, inputs, outputs, function=None):
+        """run() as a coroutine: the connection's fd is watched by the
+        running asyncio loop (loop.add_reader) while calls are in flight."""
+        h = self._h
+        h.check()
+        fn = self._index(function)
+        ins = _ptr_array(inputs, h)
+        outs = _ptr_array(outputs, h)
+        p = self._ptr_checked()
+        return await _async_call(h, lambda ud: lib.aneshare_run_async(
+            p, fn, ins, len(ins), outs, len(outs), _done_cb, ud), (inputs, outputs, ins, outs, self))
+
+    # ---- releasing ----
+
+    def release(self):
+        """Release the program handle now (also done when it is collected, and
+        by close()).  The handle is gone whatever the daemon answers (on a
+        broken connection the daemon freed it already), so nothing is raised."""
+        h = self._h
+        p, self._ptr, self._cptr = self._ptr, None, None
+        self._scratch = {}
+        if p is None or h.freed or h.forked:
+            return
+        with h.lock:
+            if not h.freed:
+                lib.aneshare_program_release(p)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "<aneshare.Program %s %s>" % (self.key[:12], ", ".join(f.name for f in self.functions))
+
+
+def _drain_orphans(h):
+    """Wait for tickets collected without wait() (lock held)."""
+    while h.orphans:
+        lib.aneshare_wait(h.cptr, h.orphans.pop())
+
+
+class Ticket:
+    """A run in flight (Program.submit): wait() for it exactly once."""
+    __slots__ = ("_h", "id", "_keep", "_done")
+
+    def __init__(self, h, ticket, keep):
+        self._h = h
+        self.id = ticket
+        self._keep = keep
+        self._done = False
+
+    def wait(self):
+        """Block until the run is done; raise its error if it failed."""
+        h = self._h
+        h.check()
+        if self._done:
+            raise ValueError("ticket %d was waited for already" % self.id)
+        self._done = True
+        with h.lock:
+            rc = lib.aneshare_wait(h.cptr, self.id)
+            err = h.error(rc) if rc < 0 else None
+        self._keep = None
+        if h.async_calls:
+            h.after_blocking()
+        if err is not None:
+            raise err
+
+    def __del__(self):
+        if not self._done and not self._h.freed and not self._h.forked:
+            self._h.orphans.append(self.id)
+
+
+async def _async_call(h, start, keep, mil=None):
+    import asyncio
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    token = next(_tokens)
+    h.async_calls[token] = (fut, keep, mil)
+    _token_handles[token] = h
+    with h.lock:
+        rc = start(token)
+        if rc < 0:
+            err = h.error(rc)
+    if rc < 0:
+        h.async_calls.pop(token, None)
+        _token_handles.pop(token, None)
+        raise err
+    h.attach_loop(loop)
+    try:
+        await fut
+    finally:
+        h.rearm()
+
+
+# ---- chains ----------------------------------------------------------------------
+
+
+def _steps(h, steps):
+    n = len(steps)
+    if not 1 <= n <= MAX_STEPS:
+        raise ValueError("a chain has 1 to %d steps, not %d" % (MAX_STEPS, n))
+    arr = (Step * n)()
+    keep = []
+    for i, st in enumerate(steps):
+        if len(st) == 3:
+            prog, ins, outs = st
+            fn = None
+        else:
+            prog, ins, outs, fn = st
+        if not isinstance(prog, Program):
+            raise TypeError("step %d: a step is (program, inputs, outputs[, function])" % i)
+        if prog._h is not h:
+            raise ValueError("step %d: the program belongs to another connection" % i)
+        pi = _ptr_array(ins, h)
+        po = _ptr_array(outs, h)
+        s = arr[i]
+        s.program = prog._ptr_checked()
+        s.function = prog._index(fn)
+        s.inputs = ctypes.cast(pi, ctypes.POINTER(_vp))
+        s.n_inputs = len(pi)
+        s.outputs = ctypes.cast(po, ctypes.POINTER(_vp))
+        s.n_outputs = len(po)
+        keep.append((prog, ins, outs, pi, po))
+    return arr, keep
+
+
+# ---- the connection --------------------------------------------------------------
+
+
+def default_socket_path():
+    """The socket path used when none is given ($ANESHARE_SOCKET, ...)."""
+    buf = ctypes.create_string_buffer(4096)
+    rc = lib.aneshare_default_socket_path(buf, len(buf))
+    if rc < 0:
+        raise error_for(rc)
+    return buf.value.decode()
+
+
+class Connection:
+    """A connection to aneshared (aneshare_conn); a context manager."""
+
+    def __init__(self, socket=None, name=None):
+        ptr = _vp()
+        sp = os.fsencode(socket) if socket is not None else None
+        nm = name.encode() if name is not None else None
+        rc = lib.aneshare_connect(sp, nm, ctypes.byref(ptr))
+        if rc < 0:
+            where = socket if socket is not None else default_socket_path()
+            raise error_for(rc, "connecting to %s" % where)
+        self._h = _Handle(ptr.value)
+
+    # ---- lifetime ----
+
+    def close(self):
+        """End the connection.  Calls on it raise ClosedError from now on; the
+        daemon frees what it holds for it once no array of its surfaces is
+        alive any more (the arrays stay valid until then)."""
+        h = self._h
+        if h.closed or h.forked:
+            return
+        h.closed = h.bad = True
+        for p in list(h.programs):   # and the arrays of their convenience calls
+            p.release()
+        if h.live == 0:
+            h.disconnect()
+
+    @property
+    def closed(self):
+        return self._h.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _locked(self, fn, *args):
+        h = self._h
+        h.check()
+        with h.lock:
+            rc = fn(h.cptr, *args)
+            if isinstance(rc, int) and rc < 0:
+                raise h.error(rc)
+        return rc
+
+    # ---- programs ----
+
+    def compile(self, mil, weights=None):
+        """Compile MIL and return a Program.  mil is MIL text, the path of a
+        .mil file, or the path of an .mlmodelc folder (its model.mil, with the
+        files under weights/ as @model_path/weights/NAME).  weights maps the
+        paths of BLOBFILE(path = string("...")) to bytes-like blobs (bytes,
+        numpy arrays, ...)."""
+        h = self._h
+        h.check()
+        text, weights = _mil_source(mil, weights)
+        wl = []
+        keep = []
+        for path, blob in (weights or {}).items():
+            mv = memoryview(np.ascontiguousarray(blob) if isinstance(blob, np.ndarray) else blob)
+            if not mv.contiguous:
+                raise ValueError("weight %r is not contiguous" % path)
+            mv = mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+            buf = (ctypes.c_char * len(mv)).from_buffer_copy(mv) if mv.readonly else \
+                (ctypes.c_char * len(mv)).from_buffer(mv)
+            keep.append((mv, buf))
+            wl.append((os.fsencode(path) if not isinstance(path, bytes) else path,
+                       ctypes.addressof(buf), len(mv)))
+        warr = (Weight * len(wl))(*[Weight(p, d, n) for p, d, n in wl]) if wl else None
+        prog = _vp()
+        cached = ctypes.c_bool()
+        with h.lock:
+            rc = lib.aneshare_program_compile(h.cptr, text.encode(), warr, len(wl),
+                                              ctypes.byref(prog), ctypes.byref(cached))
+            if rc < 0:
+                raise h.error(rc, text)
+            try:
+                p = Program(self, prog.value, bool(cached.value), text)
+            except BaseException:
+                lib.aneshare_program_release(prog)
+                raise
+        if h.async_calls:
+            h.after_blocking()
+        return p
+
+    # ---- surfaces ----
+
+    def _surface(self, nbytes):
+        h = self._h
+        h.check()
+        nbytes = int(nbytes)
+        if nbytes < 1:
+            raise ValueError("a surface holds at least 1 byte")
+        ptr = _vp()
+        with h.lock:
+            rc = lib.aneshare_surface_create(h.cptr, nbytes, ctypes.byref(ptr))
+            if rc < 0:
+                raise h.error(rc)
+            s = Surface(h, ptr.value)
+        if h.async_calls:
+            h.after_blocking()
+        return s
+
+    def surface(self, nbytes):
+        """A new shared surface of nbytes, as a uint8 numpy array viewing it
+        (view it as any dtype: array.view(np.float16))."""
+        return _array(self._surface(nbytes), np.dtype("u1"), (int(nbytes),))
+
+    def array(self, dtype, shape):
+        """A new shared surface holding one array of dtype and shape."""
+        dtype = np.dtype(dtype)
+        shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+        n = dtype.itemsize
+        for d in shape:
+            n *= d
+        return _array(self._surface(max(n, 1)), dtype, shape)
+
+    # ---- runs ----
+
+    def run_chain(self, steps):
+        """Run steps, each (program, inputs, outputs[, function]), back to back
+        in one request; on failure the exception's failed_step names the
+        step."""
+        h = self._h
+        h.check()
+        arr, keep = _steps(h, steps)
+        with h.lock:
+            rc = lib.aneshare_run_chain(h.cptr, arr, len(arr))
+            if rc < 0:
+                raise h.error(rc)
+        if h.async_calls:
+            h.after_blocking()
+
+    async def run_chain_async(self, steps):
+        """run_chain() as a coroutine (see Program.run_async)."""
+        h = self._h
+        h.check()
+        arr, keep = _steps(h, steps)
+        return await _async_call(h, lambda ud: lib.aneshare_run_chain_async(
+            h.cptr, arr, len(arr), _done_cb, ud), (arr, keep))
+
+    def wait(self, ticket):
+        """ticket.wait()."""
+        ticket.wait()
+
+    # ---- state ----
+
+    def status(self):
+        """The daemon's status (docs/protocol.md, "status") as plain dicts."""
+        h = self._h
+        h.check()
+        sp = ctypes.POINTER(Status)()
+        with h.lock:
+            rc = lib.aneshare_get_status(h.cptr, ctypes.byref(sp))
+            if rc < 0:
+                raise h.error(rc)
+        try:
+            return _status_dict(sp.contents)
+        finally:
+            lib.aneshare_status_free(sp)
+
+    @property
+    def server(self):
+        """What the daemon said in the handshake."""
+        h = self._h
+        h.check()
+        with h.lock:
+            s = lib.aneshare_server(h.cptr).contents
+            return {"protocol": s.protocol, "version": _s(s.server_version),
+                    "backend": _s(s.backend), "max_frame": s.max_frame,
+                    "max_surface_bytes": s.max_surface_bytes, "max_surfaces": s.max_surfaces,
+                    "max_programs": s.max_programs, "max_inflight": s.max_inflight}
+
+    @property
+    def reconnect_count(self):
+        """How often the library reconnected (surface IDs change each time)."""
+        h = self._h
+        h.check()
+        return lib.aneshare_reconnect_count(h.cptr)
+
+    def set_reconnect(self, enable=True, timeout_ms=None):
+        """Turn automatic reconnecting on or off; timeout_ms bounds one call's
+        attempts."""
+        self._locked(lib.aneshare_set_reconnect, bool(enable))
+        if timeout_ms is not None:
+            self._locked(lib.aneshare_set_reconnect_timeout, int(timeout_ms))
+
+    @property
+    def spin_us(self):
+        """How long a blocking call polls for its reply before it sleeps."""
+        h = self._h
+        h.check()
+        return lib.aneshare_spin(h.cptr)
+
+    @spin_us.setter
+    def spin_us(self, us):
+        self._locked(lib.aneshare_set_spin, int(us))
+
+    @property
+    def last_run_us(self):
+        """The daemon's own time for the last run or chain that succeeded."""
+        h = self._h
+        h.check()
+        return lib.aneshare_last_run_us(h.cptr)
+
+    def fileno(self):
+        """The socket (-1 while the connection is broken)."""
+        h = self._h
+        h.check()
+        return lib.aneshare_fd(h.cptr)
+
+    def __repr__(self):
+        h = self._h
+        state = "closed" if h.closed else "forked" if h.forked else "open"
+        return "<aneshare.Connection %s>" % state
+
+
+def _s(b):
+    return b.decode("utf-8", "replace") if b is not None else ""
+
+
+_PROC_FIELDS = ("pid", "uid", "connections", "surfaces", "surface_bytes", "fds", "programs",
+                "program_bytes", "jobs", "unsent_bytes", "input_bytes", "runs", "queued",
+                "device_us", "device_share")
+
+
+def _status_dict(st):
+    d = {"version": _s(st.server_version), "backend": _s(st.backend)}
+    for f in ("uptime_ms", "clients", "programs", "surfaces", "surface_bytes", "runs", "compiles",
+              "cache_hits", "lane_runs", "lane_spins", "lane_spin_hits", "lane_spin_gaps",
+              "lane_spin_skips", "processes_total"):
+        d[f] = int(getattr(st, f))
+    d["program_list"] = [{"key": _s(st.program_list[i].key), "refs": st.program_list[i].refs}
+                         for i in range(st.programs)]
+    procs = []
+    for i in range(st.n_processes):
+        p = st.process_list[i]
+        e = {"name": _s(p.name), "priority": _s(p.priority)}
+        for f in _PROC_FIELDS:
+            e[f] = int(getattr(p, f))
+        procs.append(e)
+    d["processes"] = procs
+    d["totals"] = [{"resource": _s(t.resource), "used": t.used, "limit": t.limit,
+                    "client_limit": t.client_limit}
+                   for t in (st.total_list[i] for i in range(st.n_totals))]
+    return d
+
+
+def _mil_source(mil, weights):
+    """(MIL text, weights) from text, a .mil file or an .mlmodelc folder."""
+    if isinstance(mil, bytes):
+        return mil.decode(), weights
+    if isinstance(mil, os.PathLike) or (isinstance(mil, str) and "\n" not in mil
+                                        and "{" not in mil and os.path.exists(mil)):
+        path = os.fspath(mil)
+        if os.path.isdir(path):
+            with open(os.path.join(path, "model.mil"), encoding="utf-8") as f:
+                text = f.read()
+            w = {}
+            wdir = os.path.join(path, "weights")
+            if os.path.isdir(wdir):
+                for name in sorted(os.listdir(wdir)):
+                    fp = os.path.join(wdir, name)
+                    if os.path.isfile(fp):
+                        with open(fp, "rb") as f:
+                            w["@model_path/weights/" + name] = f.read()
+            w.update(weights or {})
+            return text, w
+        with open(path, encoding="utf-8") as f:
+            return f.read(), weights
+    if not isinstance(mil, str):
+        raise TypeError("compile() takes MIL text, a path or an .mlmodelc folder")
+    return mil, weights
+
+
+def connect(socket=None, name=None):
+    """Connect to aneshared: socket None is the default path
+    ($ANESHARE_SOCKET, ...; see default_socket_path()); name is shown in the
+    daemon's logs and status."""
+    return Connection(socket, name)

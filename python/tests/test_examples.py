@@ -1,0 +1,24 @@
+# SPDX-License-Identifier: MIT
+"""examples/python/: each checks its results against numpy and exits 1 if they
+are off."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("script,args", [
+    ("dynamic_matmul.py", ["--sets", "3", "--runs", "20"]),
+    ("transformer_block.py", []),
+    ("transformer_block.py", ["--mil", os.path.join(ROOT, "examples", "transformer_block_verified.mil")]),
+])
+def test_example(daemon, script, args):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", script),
+                        "--socket", daemon.sock] + args, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "error" in r.stdout
