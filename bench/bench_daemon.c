@@ -656,6 +656,111 @@ static void bench_rtt(void)
 	by_placement(bench_rtt_at, g_rtt_ratio, what, 1.5);
 }
 
+/* ---- 1b. the Python client -------------------------------------------------------- */
+
+/*
+ * The Python package (python/aneshare, ctypes over libaneshare) against the
+ * C client, on the same daemon, in the same run: bench/bench_python.py runs
+ * in a child process and times its blocking runs of the trivial program
+ * when told to, in turn with this process timing its own, rep by rep.  The
+ * interpreter is $ANESHARE_PYTHON, else /usr/bin/python3 (the one with
+ * Debian's numpy).
+ */
+#ifndef ANES_LIBANESHARE
+#define ANES_LIBANESHARE ""
+#endif
+
+static void bench_python(void)
+{
+	const char *py = getenv("ANESHARE_PYTHON");
+	if (!py || !*py)
+		py = "/usr/bin/python3";
+	int n = g_quick ? 500 : 2000;
+	printf("\n== the Python client (python/aneshare) against the C client, trivial program, %d x %d calls\n",
+	       g_reps, n);
+	char script[512], pypath[512], runs[16];
+	snprintf(script, sizeof script, "%s/bench/bench_python.py", ANES_SOURCE_DIR);
+	snprintf(pypath, sizeof pypath, "%s/python", ANES_SOURCE_DIR);
+	snprintf(runs, sizeof runs, "%d", n);
+	int to_py[2], from_py[2];
+	if (anes_pipe_cloexec(to_py) < 0 || anes_pipe_cloexec(from_py) < 0)
+		die("pipe", -errno, NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", -errno, NULL);
+	if (pid == 0) {
+		dup2(to_py[0], 0);
+		dup2(from_py[1], 1);
+		setenv("PYTHONPATH", pypath, 1);
+		if (!getenv("ANESHARE_LIBRARY") && ANES_LIBANESHARE[0])
+			setenv("ANESHARE_LIBRARY", ANES_LIBANESHARE, 1);
+		execl(py, py, script, "--socket", g_sock, "--runs", runs, (char *)NULL);
+		_exit(127);
+	}
+	close(to_py[0]);
+	close(from_py[1]);
+	FILE *in = fdopen(from_py[0], "r");
+	char line[256];
+	if (!in || !fgets(line, sizeof line, in) || strncmp(line, "ready", 5) != 0) {
+		printf("  skipped: %s %s did not start (it needs numpy and the aneshare package)\n", py,
+		       script);
+		close(to_py[1]);
+		if (in)
+			fclose(in);
+		waitpid(pid, NULL, 0);
+		return;
+	}
+
+	aneshare_conn *c = connect_or_die("bench-python-c");
+	aneshare_program *p = compile_or_die(c, mil_tiny);
+	aneshare_surface *s_in = surface_or_die(c, 4096), *s_out = surface_or_die(c, 4096);
+	double *t = malloc(sizeof(double) * (size_t)n);
+	double c50[32], c99[32], p50[32], p99[32], call50[32];
+	for (int rep = 0; rep < g_reps; rep++) {
+		for (int side = 0; side < 2; side++) {
+			/* alternate which side goes first, so neither always follows the other */
+			if ((side == 0) == (rep % 2 == 0)) {
+				for (int i = 0; i < 50; i++)
+					aneshare_run(p, 0, &s_in, 1, &s_out, 1);
+				for (int i = 0; i < n; i++) {
+					double t0 = now_s();
+					int r = aneshare_run(p, 0, &s_in, 1, &s_out, 1);
+					t[i] = now_s() - t0;
+					if (r < 0)
+						die("run", r, aneshare_last_error(c));
+				}
+				c50[rep] = quantile(t, (size_t)n, 0.5) * 1e6;
+				c99[rep] = quantile(t, (size_t)n, 0.99) * 1e6;
+			} else {
+				full_write(to_py[1], "go\n", 3);
+				if (!fgets(line, sizeof line, in) ||
+				    sscanf(line, "%lf %lf %lf", &p50[rep], &p99[rep], &call50[rep]) != 3)
+					die("bench_python.py", -EPROTO, "no figures from the Python side");
+			}
+		}
+	}
+	close(to_py[1]);
+	fclose(in);
+	waitpid(pid, NULL, 0);
+	double cm = median(c50, (size_t)g_reps), pm = median(p50, (size_t)g_reps);
+	double c99m = median(c99, (size_t)g_reps), p99m = median(p99, (size_t)g_reps);
+	double callm = median(call50, (size_t)g_reps);
+	printf("    %-48s p50 %8.1f us   p99 %8.1f us\n", "aneshare_run from C", cm, c99m);
+	printf("    %-48s p50 %8.1f us   p99 %8.1f us\n", "program.run from Python (zero-copy)", pm, p99m);
+	printf("    %-48s p50 %8.1f us\n", "program(x) from Python (copies in and out)", callm);
+	printf("    ratio Python / C                               %.2f  (limit 1.5)\n", pm / cm);
+	fig("us", cm, "python section: C run p50");
+	fig("us", pm, "python section: Python run p50");
+	fig("us", callm, "python section: Python convenience call p50");
+	fig("ratio", pm / cm, "python section: Python run p50 / C run p50");
+	add_check("python run p50 <= 1.5 x C run p50", pm / cm, 1.5, true);
+	free(t);
+	aneshare_surface_release(s_in);
+	aneshare_surface_release(s_out);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+}
+
 /* ---- 2. throughput ---------------------------------------------------------------- */
 
 #define WINDOW 8   /* runs each client keeps in flight */
@@ -1767,7 +1872,7 @@ int main(int argc, char **argv)
 {
 	bool json = false, attack_only = false;
 	g_aneshared = getenv("ANESHARED");
-	bool only_fair = false;
+	bool only_fair = false, only_python = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
 			g_quick = true;
@@ -1778,6 +1883,8 @@ int main(int argc, char **argv)
 				g_reps = 5;
 		} else if (!strcmp(argv[i], "--fair")) {
 			only_fair = true;   /* the fairness section only */
+		} else if (!strcmp(argv[i], "--python")) {
+			only_python = true;   /* the Python client's section only */
 		} else if (!strcmp(argv[i], "--aneshared") && i + 1 < argc) {
 			g_aneshared = argv[++i];
 		} else if (!strcmp(argv[i], "--json")) {
@@ -1786,7 +1893,7 @@ int main(int argc, char **argv)
 			attack_only = true;
 		} else {
 			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH] [--json] "
-			                "[--attack-only] [--fair]\n");
+			                "[--attack-only] [--fair] [--python]\n");
 			return 2;
 		}
 	}
@@ -1812,9 +1919,12 @@ int main(int argc, char **argv)
 	       g_quick ? " (quick)" : "");
 	if (only_fair) {
 		bench_fair();
+	} else if (only_python) {
+		bench_python();
 	} else {
 		if (!attack_only) {
 			bench_rtt();
+			bench_python();
 			bench_chain();
 			bench_big();
 			bench_compile();
