@@ -692,8 +692,9 @@ static void bench_python(void)
 		dup2(to_py[0], 0);
 		dup2(from_py[1], 1);
 		setenv("PYTHONPATH", pypath, 1);
-		if (!getenv("ANESHARE_LIBRARY") && ANES_LIBANESHARE[0])
-			setenv("ANESHARE_LIBRARY", ANES_LIBANESHARE, 1);
+		const char *lib = ANES_LIBANESHARE;
+		if (!getenv("ANESHARE_LIBRARY") && *lib)
+			setenv("ANESHARE_LIBRARY", lib, 1);
 		execl(py, py, script, "--socket", g_sock, "--runs", runs, (char *)NULL);
 		_exit(127);
 	}
