@@ -451,3 +451,34 @@ def test_big_matmul_numbers(conn):
     p.run([x, y], [z])
     ref = x.astype(np.float32) @ y.astype(np.float32)
     assert rel_err(z, ref) < MM_TOL
+
+
+def test_run_repeated_and_changing_arrays(conn):
+    """run() reuses its arguments when given the same arrays again; other
+    arrays, new ones in place of freed ones, another function or a released
+    program are never run with the old ones."""
+    p = conn.compile(TWO_FUNCTIONS)
+    xs = [p.new_inputs()[0] for _ in range(3)]
+    ys = [p.new_outputs()[0] for _ in range(3)]
+    for k, x in enumerate(xs):
+        x[...] = (np.arange(16) - 8 + k).reshape(x.shape)
+    for rnd in range(2):
+        for k in (0, 0, 1, 1, 0, 2):
+            ys[k][...] = np.nan
+            p.run([xs[k]], [ys[k]])
+            np.testing.assert_array_equal(ys[k], np.maximum(xs[k], 0))
+        p.run([xs[1]], [ys[1]], function="twice")
+        np.testing.assert_array_equal(ys[1], 2 * xs[1])
+        p.run([xs[1]], [ys[1]])
+        np.testing.assert_array_equal(ys[1], np.maximum(xs[1], 0))
+    for _ in range(20):   # freed arrays and new ones (maybe at the same id)
+        x, = p.new_inputs()
+        y, = p.new_outputs()
+        x[...] = np.random.default_rng().uniform(-1, 1, x.shape)
+        p.run([x], [y])
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+        del x, y
+        gc.collect()
+    p.release()
+    with pytest.raises(aneshare.ClosedError):
+        p.run([xs[0]], [ys[0]])
