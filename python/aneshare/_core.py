@@ -932,7 +932,7 @@ def _status_dict(st):
         procs.append(e)
     d["processes"] = procs
     d["totals"] = [{"resource": _s(t.resource), "used": t.used, "limit": t.limit,
-                    "client_limit": t.client_limit}
+                    "client_limit": t.client_limit, "uid_limit": t.uid_limit}
                    for t in (st.total_list[i] for i in range(st.n_totals))]
     return d
 

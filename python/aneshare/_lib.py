@@ -61,7 +61,7 @@ class StatusProcess(ctypes.Structure):
 
 class StatusTotal(ctypes.Structure):
     _fields_ = [("resource", ctypes.c_char_p), ("used", ctypes.c_uint64), ("limit", ctypes.c_uint64),
-                ("client_limit", ctypes.c_uint64)]
+                ("client_limit", ctypes.c_uint64), ("uid_limit", ctypes.c_uint64)]
 
 
 class Status(ctypes.Structure):
