@@ -14,7 +14,7 @@
 
 #define ANESC_ERRMSG_MAX 1024      /* bytes kept of a daemon's message */
 #define ANESC_MAX_PENDING 65536    /* submitted runs not yet waited for */
-#define ANESC_MAX_NAME 256         /* longest function/tensor name accepted from the daemon */
+#define ANESC_MAX_NAME ANES_NAME_MAX  /* longest function/tensor name accepted from the daemon */
 #define ANESC_MAX_FUNCTIONS 1024   /* functions accepted in program.info */
 #define ANESC_MAX_IO 1024          /* inputs or outputs of one function */
 #define ANESC_MAX_STR 4096         /* other strings from the daemon (version, backend, key) */

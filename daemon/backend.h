@@ -24,8 +24,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "anes_name.h"
+
 #define ANES_MAX_RANK 8          /* highest tensor rank a program may declare */
-#define ANES_MAX_NAME 64         /* longest function/tensor name, including NUL */
 #define ANES_MAX_IO 64           /* most inputs (or outputs) of one function */
 #define ANES_MAX_FUNCTIONS 64    /* most functions in one program */
 
@@ -49,7 +50,8 @@ size_t anes_dtype_size(anes_dtype dt);
 /* One input or output of a function.  Tensors are dense, row-major (last
  * dimension fastest), no padding: bytes == product(shape) * dtype size. */
 typedef struct anes_tensor_desc {
-	char name[ANES_MAX_NAME];
+	const char *name;   /* NUL-terminated, at most ANES_NAME_MAX bytes before
+	                     * the NUL (anes_proto.h); owned by the program */
 	anes_dtype dtype;
 	uint32_t rank;
 	uint64_t shape[ANES_MAX_RANK];
@@ -57,7 +59,7 @@ typedef struct anes_tensor_desc {
 } anes_tensor_desc;
 
 typedef struct anes_function_info {
-	char name[ANES_MAX_NAME];
+	const char *name;                 /* owned by the program, as tensor names */
 	uint32_t n_inputs;
 	uint32_t n_outputs;
 	const anes_tensor_desc *inputs;   /* owned by the program, n_inputs entries */

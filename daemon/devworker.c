@@ -354,33 +354,50 @@ answer:
 		reply_rc(w, ANES_WM_COMPILED, j->h.id, rc, err);
 		return;
 	}
-	/* i32 0, u32 0, u32 n_functions, then per function: name, u32 n_in,
-	 * u32 n_out, and the tensor descriptors as they are in memory. */
+	/* i32 0, u32 0, u32 n_functions, then per function: u32 name_len, the
+	 * name (no NUL), u32 n_in, u32 n_out, and per input then output: u32
+	 * name_len, the name, u32 dtype, u32 rank, u64 shape[ANES_MAX_RANK],
+	 * u64 bytes (docs/worker.md).  Names are at most ANES_NAME_MAX bytes. */
 	size_t len = 12;
-	for (uint32_t f = 0; f < prog->n_functions; f++)
-		len += ANES_MAX_NAME + 8 +
-		       (size_t)(prog->functions[f].n_inputs + prog->functions[f].n_outputs) *
-		               sizeof(anes_tensor_desc);
+	for (uint32_t f = 0; f < prog->n_functions; f++) {
+		const anes_function_info *fi = &prog->functions[f];
+		len += 4 + strlen(fi->name) + 8;
+		for (uint32_t i = 0; i < fi->n_inputs + fi->n_outputs; i++) {
+			const anes_tensor_desc *t = i < fi->n_inputs ? &fi->inputs[i] : &fi->outputs[i - fi->n_inputs];
+			len += 4 + strlen(t->name) + 8 + 8 * ANES_MAX_RANK + 8;
+		}
+	}
 	uint8_t *buf = calloc(1, len), *p = buf;
 	if (!buf) {
 		reply_rc(w, ANES_WM_COMPILED, j->h.id, -ENOMEM, "out of memory in the device worker");
 		return;
 	}
-	memset(p, 0, 8);
 	p += 8;
 	memcpy(p, &prog->n_functions, 4);
 	p += 4;
 	for (uint32_t f = 0; f < prog->n_functions; f++) {
 		const anes_function_info *fi = &prog->functions[f];
-		memcpy(p, fi->name, ANES_MAX_NAME);
-		p += ANES_MAX_NAME;
+		uint32_t nl = (uint32_t)strlen(fi->name);
+		memcpy(p, &nl, 4);
+		memcpy(p + 4, fi->name, nl);
+		p += 4 + nl;
 		memcpy(p, &fi->n_inputs, 4);
 		memcpy(p + 4, &fi->n_outputs, 4);
 		p += 8;
-		memcpy(p, fi->inputs, fi->n_inputs * sizeof(anes_tensor_desc));
-		p += fi->n_inputs * sizeof(anes_tensor_desc);
-		memcpy(p, fi->outputs, fi->n_outputs * sizeof(anes_tensor_desc));
-		p += fi->n_outputs * sizeof(anes_tensor_desc);
+		for (uint32_t i = 0; i < fi->n_inputs + fi->n_outputs; i++) {
+			const anes_tensor_desc *t = i < fi->n_inputs ? &fi->inputs[i] : &fi->outputs[i - fi->n_inputs];
+			uint32_t tl = (uint32_t)strlen(t->name), dt = (uint32_t)t->dtype;
+			memcpy(p, &tl, 4);
+			memcpy(p + 4, t->name, tl);
+			p += 4 + tl;
+			memcpy(p, &dt, 4);
+			memcpy(p + 4, &t->rank, 4);
+			p += 8;
+			memcpy(p, t->shape, 8 * ANES_MAX_RANK);
+			p += 8 * ANES_MAX_RANK;
+			memcpy(p, &t->bytes, 8);
+			p += 8;
+		}
 	}
 	struct iovec v = { buf, len };
 	reply(w, ANES_WM_COMPILED, j->h.id, &v, 1);
@@ -571,7 +588,7 @@ static void program_free(worker *w, uint64_t id)
 int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char *fault)
 {
 	worker w = { .fd = fd, .b = b };
-	char fail_compile[ANES_MAX_NAME + 8];
+	char fail_compile[ANES_NAME_MAX + 8];
 	if (fault && !strncmp(fault, "compile_eio=", 12)) {
 		snprintf(fail_compile, sizeof fail_compile, "func %s<", fault + 12);
 		w.fail_compile = fail_compile;

@@ -731,7 +731,7 @@ static void pack_tensors(msgpack_packer *pk, const anes_tensor_desc *t, uint32_t
 		uint32_t rank = t[i].rank <= ANES_MAX_RANK ? t[i].rank : ANES_MAX_RANK;
 		msgpack_pack_map(pk, 4);
 		anes_pack_str(pk, "name");
-		anes_pack_strn(pk, t[i].name, strnlen(t[i].name, ANES_MAX_NAME));
+		anes_pack_strn(pk, t[i].name, strlen(t[i].name));
 		pack_kv_str(pk, "dtype", dtype_str(t[i].dtype));
 		anes_pack_str(pk, "shape");
 		msgpack_pack_array(pk, rank);
@@ -759,7 +759,7 @@ static void m_program_info(anes_conn *c, const anes_msg *m, int *fds, unsigned n
 		const anes_function_info *fn = &p->functions[i];
 		msgpack_pack_map(&f.pk, 3);
 		anes_pack_str(&f.pk, "name");
-		anes_pack_strn(&f.pk, fn->name, strnlen(fn->name, ANES_MAX_NAME));
+		anes_pack_strn(&f.pk, fn->name, strlen(fn->name));
 		anes_pack_str(&f.pk, "inputs");
 		pack_tensors(&f.pk, fn->inputs, fn->n_inputs);
 		anes_pack_str(&f.pk, "outputs");
@@ -1189,7 +1189,7 @@ static bool resolve_step(run_req *q, const step_ref *sr, run_step *st)
 	uint32_t fn = UINT32_MAX;
 	if (sr->function) {
 		for (uint32_t i = 0; i < p->n_functions; i++) {
-			if (strnlen(p->functions[i].name, ANES_MAX_NAME) == sr->function_len &&
+			if (strlen(p->functions[i].name) == sr->function_len &&
 			    memcmp(p->functions[i].name, sr->function, sr->function_len) == 0) {
 				fn = i;
 				break;

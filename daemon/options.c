@@ -548,7 +548,7 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 	}
 	if (o->worker_fault && strcmp(o->worker_fault, "start_fail") != 0 &&
 	    (strncmp(o->worker_fault, "compile_eio=", 12) != 0 || !o->worker_fault[12] ||
-	     strlen(o->worker_fault) > 12 + ANES_MAX_NAME)) {
+	     strlen(o->worker_fault) > 12 + ANES_NAME_MAX)) {
 		fprintf(stderr, "aneshared: --worker-fault: only start_fail and compile_eio=FUNCTION are known\n");
 		return -EINVAL;
 	}

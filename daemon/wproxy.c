@@ -61,6 +61,7 @@ typedef struct pprog {
 	struct pprog *prev, *next;
 	anes_function_info *fns;
 	anes_tensor_desc *tensors;
+	char *names;            /* of fns and tensors, one buffer */
 	void *req;              /* the COMPILE payload (MIL + weights), kept for recompiles */
 	size_t req_len;
 	uint64_t statements, weight_bytes;   /* for the compile deadline */
@@ -483,63 +484,105 @@ static void lost(char *errbuf, size_t errlen, const char *what)
 
 /* ---- compiling ---------------------------------------------------------------------------- */
 
-/* Build the program from a COMPILED reply. */
+/* A length-prefixed name of a COMPILED reply at *b (left bytes): checked,
+ * copied to *names (NUL-terminated) when it is not NULL. */
+static int take_wname(const uint8_t **b, size_t *left, char **names, const char **ret)
+{
+	uint32_t nl;
+
+	if (*left < 4)
+		return -EIO;
+	memcpy(&nl, *b, 4);
+	if (nl > ANES_NAME_MAX || *left - 4 < nl || memchr(*b + 4, 0, nl))
+		return -EIO;
+	if (names) {
+		memcpy(*names, *b + 4, nl);
+		(*names)[nl] = '\0';
+		*ret = *names;
+		*names += nl + 1;
+	}
+	*b += 4 + nl;
+	*left -= 4 + nl;
+	return 0;
+}
+
+#define WDESC_BYTES (8 + 8 * ANES_MAX_RANK + 8)   /* dtype, rank, shape, bytes */
+
+/* Build the program from a COMPILED reply (layout: devworker.c, docs/worker.md). */
 static int parse_compiled(pprog *pp, const pending *pd)
 {
-	const uint8_t *b = pd->payload;
-	size_t left = pd->len;
 	uint32_t nf;
-	if (left < 12)
+	if (pd->len < 12)
 		return -EIO;
-	memcpy(&nf, b + 8, 4);
-	b += 12;
-	left -= 12;
+	memcpy(&nf, (const uint8_t *)pd->payload + 8, 4);
 	if (nf > ANES_MAX_FUNCTIONS)
 		return -EIO;
-	/* First pass: count tensors, checking every length. */
-	size_t nt = 0;
-	const uint8_t *q = b;
-	size_t ql = left;
+	/* First pass: check every length; count tensors and name bytes. */
+	size_t nt = 0, nbytes = 0;
+	const uint8_t *q = (const uint8_t *)pd->payload + 12;
+	size_t ql = pd->len - 12;
 	for (uint32_t f = 0; f < nf; f++) {
 		uint32_t ni, no;
-		if (ql < ANES_MAX_NAME + 8)
+		size_t before = ql;
+		if (take_wname(&q, &ql, NULL, NULL) < 0 || ql < 8)
 			return -EIO;
-		memcpy(&ni, q + ANES_MAX_NAME, 4);
-		memcpy(&no, q + ANES_MAX_NAME + 4, 4);
-		q += ANES_MAX_NAME + 8;
-		ql -= ANES_MAX_NAME + 8;
-		if (ni > ANES_MAX_IO || no > ANES_MAX_IO ||
-		    (size_t)(ni + no) * sizeof(anes_tensor_desc) > ql)
+		nbytes += before - ql - 4 + 1;
+		memcpy(&ni, q, 4);
+		memcpy(&no, q + 4, 4);
+		q += 8;
+		ql -= 8;
+		if (ni > ANES_MAX_IO || no > ANES_MAX_IO)
 			return -EIO;
-		q += (size_t)(ni + no) * sizeof(anes_tensor_desc);
-		ql -= (size_t)(ni + no) * sizeof(anes_tensor_desc);
+		for (uint32_t i = 0; i < ni + no; i++) {
+			uint32_t rank;
+			before = ql;
+			if (take_wname(&q, &ql, NULL, NULL) < 0 || ql < WDESC_BYTES)
+				return -EIO;
+			nbytes += before - ql - 4 + 1;
+			memcpy(&rank, q + 4, 4);
+			if (rank > ANES_MAX_RANK)
+				return -EIO;
+			q += WDESC_BYTES;
+			ql -= WDESC_BYTES;
+		}
 		nt += ni + no;
 	}
 	anes_function_info *fns = nf ? calloc(nf, sizeof(*fns)) : NULL;
 	anes_tensor_desc *ts = nt ? calloc(nt, sizeof(*ts)) : NULL;
-	if ((nf && !fns) || (nt && !ts)) {
+	char *names = malloc(nbytes ? nbytes : 1), *np = names;
+	if ((nf && !fns) || (nt && !ts) || !names) {
 		free(fns);
 		free(ts);
+		free(names);
 		return -ENOMEM;
 	}
+	/* Second pass: the lengths were checked. */
+	const uint8_t *b = (const uint8_t *)pd->payload + 12;
+	size_t left = pd->len - 12;
 	anes_tensor_desc *t = ts;
 	for (uint32_t f = 0; f < nf; f++) {
-		memcpy(fns[f].name, b, ANES_MAX_NAME);
-		fns[f].name[ANES_MAX_NAME - 1] = '\0';
-		memcpy(&fns[f].n_inputs, b + ANES_MAX_NAME, 4);
-		memcpy(&fns[f].n_outputs, b + ANES_MAX_NAME + 4, 4);
-		b += ANES_MAX_NAME + 8;
-		size_t k = fns[f].n_inputs + fns[f].n_outputs;
-		memcpy(t, b, k * sizeof(*t));
-		for (size_t i = 0; i < k; i++)
-			t[i].name[ANES_MAX_NAME - 1] = '\0';
+		(void)take_wname(&b, &left, &np, &fns[f].name);
+		memcpy(&fns[f].n_inputs, b, 4);
+		memcpy(&fns[f].n_outputs, b + 4, 4);
+		b += 8;
+		left -= 8;
 		fns[f].inputs = t;
 		fns[f].outputs = t + fns[f].n_inputs;
-		t += k;
-		b += k * sizeof(*t);
+		for (uint32_t i = 0; i < fns[f].n_inputs + fns[f].n_outputs; i++, t++) {
+			uint32_t dt;
+			(void)take_wname(&b, &left, &np, &t->name);
+			memcpy(&dt, b, 4);
+			t->dtype = (anes_dtype)dt;
+			memcpy(&t->rank, b + 4, 4);
+			memcpy(t->shape, b + 8, 8 * ANES_MAX_RANK);
+			memcpy(&t->bytes, b + 8 + 8 * ANES_MAX_RANK, 8);
+			b += WDESC_BYTES;
+			left -= WDESC_BYTES;
+		}
 	}
 	pp->fns = fns;
 	pp->tensors = ts;
+	pp->names = names;
 	pp->base.n_functions = nf;
 	pp->base.functions = fns;
 	return 0;
@@ -648,6 +691,7 @@ static void pprog_free(pprog *pp)
 {
 	free(pp->fns);
 	free(pp->tensors);
+	free(pp->names);
 	free(pp->req);
 	free(pp);
 }

@@ -24,6 +24,8 @@
 
 #include <msgpack.h>
 
+#include "anes_name.h"
+
 #define ANES_PROTOCOL_VERSION 1
 
 /* Frame header: u32 payload length (big-endian), u8 fd count, 3 zero bytes. */
@@ -39,6 +41,7 @@
 #define ANES_MP_MAX_OBJECTS 65536   /* msgpack objects in one payload */
 #define ANES_MP_MAX_MAP 1024        /* entries in one map (keys must be unique) */
 #define ANES_METHOD_MAX 64          /* bytes in a method name */
+
 
 /* msgpack-rpc message types (element 0 of the envelope). */
 typedef enum anes_msg_type {

@@ -1207,3 +1207,85 @@ Test(worker, no_worker_refused_with_ane)
 	unlink(path);
 	rmdir(dir);
 }
+
+/* ---- names of every length up to ANES_NAME_MAX, in the daemon and the worker ------------- */
+
+/* A program whose function, input, output and every value have a name of
+ * len bytes (distinct by their first letter): y = x + x * c. */
+static char *long_names_mil(size_t len)
+{
+	char *n[4];
+	for (int i = 0; i < 4; i++) {
+		n[i] = malloc(len + 1);
+		memset(n[i], 'a' + i, len);
+		n[i][0] = "fxyc"[i];
+		n[i][len] = '\0';
+	}
+	char *s = NULL;
+	int r = asprintf(&s,
+	                 "program(1.3)\n{\n"
+	                 "    func %s<ios18>(tensor<fp16, [4]> %s) {\n"
+	                 "        fp16 %s = const()[name = string(\"%s\"), val = fp16(2)];\n"
+	                 "        tensor<fp16, [4]> %s_m = mul(x = %s, y = %s)[name = string(\"%s_m\")];\n"
+	                 "        tensor<fp16, [4]> %s = add(x = %s, y = %s_m)[name = string(\"%s\")];\n"
+	                 "    } -> (%s);\n}\n",
+	                 n[0], n[1], n[3], n[3], n[2], n[1], n[3], n[2], n[2], n[1], n[2], n[2], n[2]);
+	if (r < 0)
+		abort();
+	for (int i = 0; i < 4; i++)
+		free(n[i]);
+	return s;
+}
+
+static void long_names_check(aneshare_conn *c)
+{
+	/* 1,000 bytes (the "_m" value is 1,002): compiles and runs */
+	char *mil = long_names_mil(1000);
+	aneshare_program *p;
+	cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, NULL), 0, "%s", aneshare_last_error(c));
+	free(mil);
+	const char *fname = aneshare_program_function_name(p, 0);
+	cr_assert_eq(strlen(fname), 1000);
+	cr_assert(fname[0] == 'f' && fname[999] == 'a');
+	const aneshare_tensor_info *ti = aneshare_program_input(p, 0, 0), *to = aneshare_program_output(p, 0, 0);
+	cr_assert_eq(strlen(ti->name), 1000);
+	cr_assert(ti->name[0] == 'x' && ti->name[999] == 'b');
+	cr_assert_eq(strlen(to->name), 1000);
+	cr_assert(to->name[0] == 'y' && to->name[999] == 'c');
+	aneshare_surface *in, *out;
+	cr_assert_eq(aneshare_surface_create(c, 8, &in), 0);
+	cr_assert_eq(aneshare_surface_create(c, 8, &out), 0);
+	const float xs[4] = {1, -2, 0.5f, 100};
+	aneshare_f32_to_f16(aneshare_surface_data(in), xs, 4);
+	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
+	float ys[4];
+	aneshare_f16_to_f32(ys, aneshare_surface_data(out), 4);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ys[i], 3 * xs[i], "y[%d] = %g, want %g", i, (double)ys[i], (double)(3 * xs[i]));
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+	aneshare_program_release(p);
+
+	/* 1,025 bytes: refused at compile time, naming the cap */
+	mil = long_names_mil(1025);
+	cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, NULL), -ANESHARE_ECOMPILE);
+	cr_assert(strstr(aneshare_last_error(c), "is 1025 bytes long; names are at most 1024 bytes"), "%s",
+	          aneshare_last_error(c));
+	free(mil);
+}
+
+Test(worker, names_up_to_1024_bytes_in_process_and_in_the_worker)
+{
+	const char *args[] = { "--backend", "cpu", NULL };
+	h_daemon_start_args(&D, args);
+	aneshare_conn *c = h_connect(&D, "long-names");
+	long_names_check(c);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+
+	start_worker_daemon("0");
+	c = h_connect(&D, "long-names-worker");
+	long_names_check(c);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}

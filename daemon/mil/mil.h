@@ -34,8 +34,9 @@
 #define ANES_MIL_MAX_DIM           ((uint64_t)INT32_MAX)          /* one dimension */
 #define ANES_MIL_MAX_TENSOR_BYTES  ((uint64_t)256 << 20)          /* one tensor */
 #define ANES_MIL_MAX_PROGRAM_BYTES ((uint64_t)1 << 30)            /* sum over all values */
-/* Also: rank <= ANES_MAX_RANK, names < ANES_MAX_NAME, <= ANES_MAX_IO inputs and
- * outputs per function, <= ANES_MAX_FUNCTIONS functions (backend.h). */
+/* Also: rank <= ANES_MAX_RANK, names <= ANES_NAME_MAX bytes (anes_name.h),
+ * <= ANES_MAX_IO inputs and outputs per function, <= ANES_MAX_FUNCTIONS
+ * functions (backend.h). */
 
 /* dtype of string values (attribute-like arguments), beyond anes_dtype */
 #define ANES_MIL_DT_STRING 64
@@ -73,7 +74,7 @@ typedef enum anes_mil_vkind {
 } anes_mil_vkind;
 
 typedef struct anes_mil_value {
-	char name[ANES_MAX_NAME];       /* "" for inline literals */
+	const char *name;               /* "" for inline literals; in the arena */
 	anes_mil_type type;
 	anes_mil_vkind kind;
 	uint32_t line;                  /* where defined */
@@ -106,8 +107,8 @@ typedef struct anes_mil_op {
 } anes_mil_op;
 
 typedef struct anes_mil_function {
-	char name[ANES_MAX_NAME];
-	char opset[ANES_MAX_NAME];      /* "ios18" or "" */
+	const char *name;               /* in the arena */
+	const char *opset;              /* "ios18", "CoreML8" or "" */
 	uint32_t line;
 	uint32_t n_inputs, n_outputs;
 	const uint32_t *inputs;         /* value indices */

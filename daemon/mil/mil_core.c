@@ -191,17 +191,19 @@ static struct mil_chunk *chunk_new(size_t size)
 	return c;
 }
 
-void *mil_arena_alloc(struct anes_mil_arena *a, size_t n)
+static void *arena_alloc(struct anes_mil_arena *a, size_t n, size_t align)
 {
 	struct mil_chunk *c = a->head;
-	size_t need = (n + 63) & ~(size_t)63;
+	size_t need = (n + align - 1) & ~(align - 1);
+	size_t at;
 	void *p;
 
 	if (need < n || need == 0)
-		need = 64;
+		need = align;
 	if (need > MIL_ARENA_CAP || a->total > MIL_ARENA_CAP - need)
 		return NULL;
-	if (!c || c->size - c->used < need) {
+	at = c ? (c->used + align - 1) & ~(align - 1) : 0;
+	if (!c || at > c->size || c->size - at < need) {
 		if (need >= MIL_CHUNK_SIZE / 4) {
 			/* big: own chunk, linked behind the current one */
 			struct mil_chunk *b = chunk_new(need);
@@ -223,12 +225,32 @@ void *mil_arena_alloc(struct anes_mil_arena *a, size_t n)
 			return NULL;
 		c->next = a->head;
 		a->head = c;
+		at = 0;
 	}
-	p = c->data + c->used;
-	c->used += need;
-	a->total += need;
+	p = c->data + at;
+	a->total += need + (at - c->used);
+	c->used = at + need;
 	memset(p, 0, n);
 	return p;
+}
+
+void *mil_arena_alloc(struct anes_mil_arena *a, size_t n)
+{
+	return arena_alloc(a, n, 64);
+}
+
+void *mil_arena_alloc_small(struct anes_mil_arena *a, size_t n)
+{
+	return arena_alloc(a, n, 8);
+}
+
+char *mil_arena_strndup(struct anes_mil_arena *a, const char *s, size_t len)
+{
+	char *d = len < SIZE_MAX ? arena_alloc(a, len + 1, 1) : NULL;
+
+	if (d && len)
+		memcpy(d, s, len);
+	return d;
 }
 
 /* ---- errors ---- */

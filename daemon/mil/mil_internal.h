@@ -14,6 +14,10 @@ struct anes_mil_arena *mil_arena_new(void);
 void mil_arena_free(struct anes_mil_arena *a);
 /* 64-byte aligned, zeroed; NULL on failure or when the cap is reached */
 void *mil_arena_alloc(struct anes_mil_arena *a, size_t n);
+/* the same, 8-byte aligned: for the IR's small arrays */
+void *mil_arena_alloc_small(struct anes_mil_arena *a, size_t n);
+/* s[0..len) and a NUL, 1-byte aligned; NULL on failure */
+char *mil_arena_strndup(struct anes_mil_arena *a, const char *s, size_t len);
 
 struct anes_mil_check {
 	char *errbuf;

@@ -234,19 +234,35 @@ static int expect_word(parser *P, const char *word, const char *context)
 	return next(P);
 }
 
-/* copy an identifier token into a name buffer */
-static int take_name(parser *P, char out[ANES_MAX_NAME], const char *what)
+/* an identifier token of at most ANES_NAME_MAX bytes: its span in the text */
+static int take_ident(parser *P, const char **ret_s, size_t *ret_len, const char *what)
 {
 	char d[48];
 
 	if (P->t.k != T_IDENT)
 		return perr(P, -EINVAL, P->t.line, "expected %s, got %s", what, tok_desc(&P->t, d, sizeof d));
-	if (P->t.len >= ANES_MAX_NAME)
-		return perr(P, -EINVAL, P->t.line, "%s '%.32s...' longer than %d characters", what, P->t.s,
-		            ANES_MAX_NAME - 1);
-	memcpy(out, P->t.s, P->t.len);
-	out[P->t.len] = 0;
+	if (P->t.len > ANES_NAME_MAX)
+		return perr(P, -EINVAL, P->t.line, "%s '%.32s...' is %zu bytes long; names are at most %d bytes",
+		            what, P->t.s, P->t.len, ANES_NAME_MAX);
+	*ret_s = P->t.s;
+	*ret_len = P->t.len;
 	return next(P);
+}
+
+/* an identifier token, copied into the arena (names are stored at their own
+ * length: no memory grows with ANES_NAME_MAX) */
+static int take_name(parser *P, const char **ret, const char *what)
+{
+	const char *s = NULL;
+	size_t len = 0;
+	char *name;
+
+	TRY(take_ident(P, &s, &len, what));
+	name = mil_arena_strndup(P->arena, s, len);
+	if (!name)
+		return nomem(P);
+	*ret = name;
+	return 0;
 }
 
 static int hexval(char c)
@@ -293,26 +309,38 @@ static ptrdiff_t decode_str(const tok *t, char *out)
 
 /* ---- values and names ---- */
 
-static uint32_t name_hash(const char *s)
+static uint32_t name_hash_n(const char *s, size_t len)
 {
 	uint32_t h = 2166136261u;
 
-	for (; *s; s++)
-		h = (h ^ (uint8_t)*s) * 16777619u;
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (uint8_t)s[i]) * 16777619u;
 	return h;
+}
+
+static uint32_t name_hash(const char *s)
+{
+	return name_hash_n(s, strlen(s));
+}
+
+/* the value named s[0..len), or -1 */
+static int32_t fn_lookup_n(const fnstate *F, const char *s, size_t len)
+{
+	if (!F->hcap)
+		return -1;
+	for (uint32_t i = name_hash_n(s, len) & (F->hcap - 1);; i = (i + 1) & (F->hcap - 1)) {
+		uint32_t h = F->hash[i];
+		if (!h)
+			return -1;
+		const char *n = F->values[h - 1].name;
+		if (strncmp(n, s, len) == 0 && n[len] == 0)
+			return (int32_t)(h - 1);
+	}
 }
 
 static int32_t fn_lookup(const fnstate *F, const char *name)
 {
-	if (!F->hcap)
-		return -1;
-	for (uint32_t i = name_hash(name) & (F->hcap - 1);; i = (i + 1) & (F->hcap - 1)) {
-		uint32_t h = F->hash[i];
-		if (!h)
-			return -1;
-		if (strcmp(F->values[h - 1].name, name) == 0)
-			return (int32_t)(h - 1);
-	}
+	return fn_lookup_n(F, name, strlen(name));
 }
 
 static int hash_insert(fnstate *F, uint32_t idx)
@@ -355,7 +383,7 @@ static int add_value(parser *P, const anes_mil_value *v, uint32_t *ret_idx)
 	fnstate *F = P->fn;
 
 	TRY(count_stmt(P, v->line));
-	if (v->name[0]) {
+	if (v->name && v->name[0]) {
 		int32_t old = fn_lookup(F, v->name);
 		if (old >= 0)
 			return perr(P, -EINVAL, v->line, "redefinition of '%s' (first defined on line %u)",
@@ -373,7 +401,9 @@ static int add_value(parser *P, const anes_mil_value *v, uint32_t *ret_idx)
 		F->capv = ncap;
 	}
 	F->values[F->nv] = *v;
-	if (v->name[0] && hash_insert(F, F->nv))
+	if (!v->name)
+		F->values[F->nv].name = "";
+	else if (v->name[0] && hash_insert(F, F->nv))
 		return nomem(P);
 	P->total_bytes += v->type.bytes;
 	*ret_idx = F->nv++;
@@ -1016,7 +1046,8 @@ static int parse_single(parser *P, uint32_t *ret)
 	char d[48];
 
 	if (P->t.k == T_IDENT) {
-		char name[ANES_MAX_NAME];
+		const char *name = NULL;
+		size_t name_len = 0;
 		/* typed literal: the type word followed by '(' or '<' */
 		if (is_type_word(&P->t)) {
 			const char *save_p = P->p;
@@ -1047,10 +1078,10 @@ static int parse_single(parser *P, uint32_t *ret)
 				return add_value(P, &v, ret);
 			}
 		}
-		TRY(take_name(P, name, "a value name"));
-		int32_t idx = fn_lookup(F, name);
+		TRY(take_ident(P, &name, &name_len, "a value name"));
+		int32_t idx = fn_lookup_n(F, name, name_len);
 		if (idx < 0)
-			return perr(P, -EINVAL, line, "undefined value '%s'", name);
+			return perr(P, -EINVAL, line, "undefined value '%.*s'", (int)name_len, name);
 		*ret = (uint32_t)idx;
 		return 0;
 	}
@@ -1091,16 +1122,8 @@ static int parse_single(parser *P, uint32_t *ret)
 /* NAME = value-or-tuple, into arg (names copied to the arena) */
 static int parse_arg(parser *P, anes_mil_arg *arg)
 {
-	char name[ANES_MAX_NAME];
-	char *nm;
-
-	TRY(take_name(P, name, "an argument name"));
+	TRY(take_name(P, &arg->name, "an argument name"));
 	TRY(expect(P, T_EQ, "after the argument name"));
-	nm = mil_arena_alloc(P->arena, strlen(name) + 1);
-	if (!nm)
-		return nomem(P);
-	strcpy(nm, name);
-	arg->name = nm;
 	if (P->t.k == T_LP) {
 		uint32_t tmp[ANES_MIL_MAX_TUPLE], n = 0;
 		TRY(next(P));
@@ -1114,7 +1137,7 @@ static int parse_arg(parser *P, anes_mil_arg *arg)
 			TRY(next(P));
 		}
 		TRY(expect(P, T_RP, "to close the tuple"));
-		uint32_t *vals = mil_arena_alloc(P->arena, n * sizeof *vals);
+		uint32_t *vals = mil_arena_alloc_small(P->arena, n * sizeof *vals);
 		if (!vals)
 			return nomem(P);
 		memcpy(vals, tmp, n * sizeof *vals);
@@ -1123,7 +1146,7 @@ static int parse_arg(parser *P, anes_mil_arg *arg)
 		arg->vals = vals;
 		return 0;
 	}
-	uint32_t *vals = mil_arena_alloc(P->arena, sizeof *vals);
+	uint32_t *vals = mil_arena_alloc_small(P->arena, sizeof *vals);
 	if (!vals)
 		return nomem(P);
 	TRY(parse_single(P, vals));
@@ -1168,7 +1191,7 @@ static const anes_mil_function *fn_view(fnstate *F)
 	return &F->f;
 }
 
-static int check_op(parser *P, anes_mil_op *op, const anes_mil_type *decl, const char (*names)[ANES_MAX_NAME],
+static int check_op(parser *P, anes_mil_op *op, const anes_mil_type *decl, const char *const *names,
                     anes_mil_type *inferred)
 {
 	const anes_mil_opdef *def = op->def;
@@ -1222,10 +1245,12 @@ static int parse_stmt(parser *P)
 	const char *stmt_begin = P->t.s;
 	const char *stmt_end;
 	anes_mil_type decl[ANES_MIL_MAX_OUTPUTS];
-	char names[ANES_MIL_MAX_OUTPUTS][ANES_MAX_NAME];
+	const char *names[ANES_MIL_MAX_OUTPUTS];
 	anes_mil_arg args[ANES_MIL_MAX_ARGS], attrs[ANES_MIL_MAX_ARGS];
 	uint32_t n_out = 0, n_args = 0, n_attrs = 0;
-	char opname[ANES_MAX_NAME];
+	const char *opname_s = NULL;
+	size_t opname_len = 0;
+	char opname[64];
 	uint32_t op_line;
 	char d[48];
 
@@ -1235,7 +1260,7 @@ static int parse_stmt(parser *P)
 			if (n_out == ANES_MIL_MAX_OUTPUTS)
 				return perr(P, -EINVAL, P->t.line, "more than %u outputs", ANES_MIL_MAX_OUTPUTS);
 			TRY(parse_type(P, &decl[n_out]));
-			TRY(take_name(P, names[n_out], "an output name"));
+			TRY(take_name(P, &names[n_out], "an output name"));
 			n_out++;
 			if (P->t.k != T_COMMA)
 				break;
@@ -1250,7 +1275,7 @@ static int parse_stmt(parser *P)
 			if (n_out == ANES_MIL_MAX_OUTPUTS)
 				return perr(P, -EINVAL, P->t.line, "more than %u outputs", ANES_MIL_MAX_OUTPUTS);
 			TRY(parse_type(P, &decl[n_out]));
-			TRY(take_name(P, names[n_out], "a value name"));
+			TRY(take_name(P, &names[n_out], "a value name"));
 			n_out++;
 			if (P->t.k != T_COMMA)
 				break;
@@ -1259,9 +1284,11 @@ static int parse_stmt(parser *P)
 	}
 	TRY(expect(P, T_EQ, "after the declared value"));
 	op_line = P->t.line;
-	TRY(take_name(P, opname, "an op name"));
+	TRY(take_ident(P, &opname_s, &opname_len, "an op name"));
+	/* op names are short; a longer one is unknown, named by its start */
+	snprintf(opname, sizeof opname, "%.*s", (int)opname_len, opname_s);
 	TRY(expect(P, T_LP, "after the op name"));
-	if (strcmp(opname, "const") == 0) {
+	if (opname_len == 5 && memcmp(opname_s, "const", 5) == 0) {
 		const anes_mil_value *val = NULL;
 		TRY(parse_arglist(P, T_RP, args, &n_args));
 		if (n_args)
@@ -1288,14 +1315,14 @@ static int parse_stmt(parser *P)
 		}
 		anes_mil_value v = *val;
 		uint32_t idx;
-		memcpy(v.name, names[0], sizeof v.name);
+		v.name = names[0];
 		v.line = line;
 		/* the literal's bytes were already counted once */
 		P->total_bytes -= v.type.bytes;
 		return add_value(P, &v, &idx);
 	}
 
-	const anes_mil_opdef *def = anes_mil_opdef_find(opname, strlen(opname));
+	const anes_mil_opdef *def = anes_mil_opdef_find(opname_s, opname_len);
 	if (!def)
 		return perr(P, -ENOTSUP, op_line, "unknown op '%s' (%s)", opname, names[0]);
 	TRY(parse_arglist(P, T_RP, args, &n_args));
@@ -1336,15 +1363,10 @@ static int parse_stmt(parser *P)
 		    (s = anes_mil_const_string(&F->values[attrs[i].vals[0]])) != NULL)
 			op.name = s;
 	}
-	if (!op.name) {
-		char *s = mil_arena_alloc(P->arena, strlen(names[0]) + 1);
-		if (!s)
-			return nomem(P);
-		strcpy(s, names[0]);
-		op.name = s;
-	}
-	anes_mil_arg *a = mil_arena_alloc(P->arena, (n_args ? n_args : 1) * sizeof *a);
-	uint32_t *outs = mil_arena_alloc(P->arena, n_out * sizeof *outs);
+	if (!op.name)
+		op.name = names[0];
+	anes_mil_arg *a = mil_arena_alloc_small(P->arena, (n_args ? n_args : 1) * sizeof *a);
+	uint32_t *outs = mil_arena_alloc_small(P->arena, (n_out ? n_out : 1) * sizeof *outs);
 	if (!a || !outs)
 		return nomem(P);
 	memcpy(a, args, n_args * sizeof *a);
@@ -1354,7 +1376,7 @@ static int parse_stmt(parser *P)
 	op.outputs = outs;
 
 	anes_mil_type inferred[ANES_MIL_MAX_OUTPUTS];
-	TRY(check_op(P, &op, decl, (const char (*)[ANES_MAX_NAME])names, inferred));
+	TRY(check_op(P, &op, decl, names, inferred));
 
 	if (F->nops == F->capops) {
 		uint32_t ncap = F->capops ? F->capops * 2 : 32;
@@ -1368,7 +1390,7 @@ static int parse_stmt(parser *P)
 	for (uint32_t i = 0; i < n_out; i++) {
 		anes_mil_value v;
 		memset(&v, 0, sizeof v);
-		memcpy(v.name, names[i], sizeof v.name);
+		v.name = names[i];
 		v.type = decl[i];
 		v.kind = ANES_MIL_V_OP;
 		v.line = line;
@@ -1413,11 +1435,12 @@ static int parse_function(parser *P, anes_mil_function *out)
 
 	F->f.line = P->t.line;
 	TRY(expect_word(P, "func", "to start a function"));
-	TRY(take_name(P, F->f.name, "a function name"));
+	F->f.opset = "";
+	TRY(take_name(P, &F->f.name, "a function name"));
 	if (P->t.k == T_LT) {
 		uint32_t line = P->t.line;
 		TRY(next(P));
-		TRY(take_name(P, F->f.opset, "an opset name"));
+		TRY(take_name(P, &F->f.opset, "an opset name"));
 		if (!opset_known(F->f.opset))
 			return perr(P, -ENOTSUP, line, "unsupported opset '%s' of function '%s' (known: %s)",
 			            F->f.opset, F->f.name, OPSETS_TEXT);
@@ -1436,7 +1459,7 @@ static int parse_function(parser *P, anes_mil_function *out)
 			TRY(parse_type(P, &v.type));
 			if (v.type.dtype == ANES_MIL_DT_STRING)
 				return perr(P, -ENOTSUP, v.line, "function input of type string is not supported");
-			TRY(take_name(P, v.name, "an input name"));
+			TRY(take_name(P, &v.name, "an input name"));
 			TRY(add_value(P, &v, &ins[n_in]));
 			n_in++;
 			if (P->t.k != T_COMMA)
@@ -1461,11 +1484,11 @@ static int parse_function(parser *P, anes_mil_function *out)
 	TRY(next(P));
 	TRY(expect(P, T_LP, "to open the function outputs"));
 	for (;;) {
-		char name[ANES_MAX_NAME];
+		const char *name;
 		uint32_t line = P->t.line;
 		if (n_out == ANES_MAX_IO)
 			return perr(P, -EINVAL, line, "function '%s' has more than %d outputs", F->f.name, ANES_MAX_IO);
-		TRY(take_name(P, name, "an output name"));
+		TRY(take_name(P, &name, "an output name"));
 		int32_t idx = fn_lookup(F, name);
 		if (idx < 0)
 			return perr(P, -EINVAL, line, "output '%s' of function '%s' is not defined", name, F->f.name);
@@ -1512,7 +1535,7 @@ static int fill_desc(parser *P, const anes_mil_function *f, uint32_t vidx, anes_
 	memset(d, 0, sizeof *d);
 	if (anes_dtype_size((anes_dtype)v->type.dtype) == 0)
 		return perr(P, -ENOTSUP, v->line, "'%s' of function '%s' has an unsupported type", v->name, f->name);
-	memcpy(d->name, v->name, sizeof d->name);
+	d->name = v->name;
 	d->dtype = (anes_dtype)v->type.dtype;
 	d->rank = v->type.rank;
 	for (uint32_t i = 0; i < v->type.rank; i++)
@@ -1591,7 +1614,7 @@ static int parse_program(parser *P, anes_mil_program *prog)
 			TRY(fill_desc(P, f, f->inputs[j], &in[j]));
 		for (uint32_t j = 0; j < f->n_outputs; j++)
 			TRY(fill_desc(P, f, f->outputs[j], &out[j]));
-		memcpy(info[i].name, f->name, sizeof info[i].name);
+		info[i].name = f->name;
 		info[i].n_inputs = f->n_inputs;
 		info[i].n_outputs = f->n_outputs;
 		info[i].inputs = in;

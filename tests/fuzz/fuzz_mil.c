@@ -28,7 +28,7 @@ static volatile uint64_t sink;
 static void check_tensor(const anes_tensor_desc *t, const anes_mil_value *v)
 {
 	CHECK(t->rank <= ANES_MAX_RANK);
-	CHECK(memchr(t->name, 0, sizeof t->name));
+	CHECK(t->name && strlen(t->name) <= ANES_NAME_MAX);
 	CHECK(strcmp(t->name, v->name) == 0);
 	CHECK(anes_dtype_name(t->dtype) != NULL);
 	uint64_t n = anes_dtype_size(t->dtype);
@@ -106,13 +106,13 @@ static void check_function(const anes_mil_function *fn, const anes_function_info
 {
 	char buf[256];
 
-	CHECK(memchr(fn->name, 0, sizeof fn->name) && memchr(fn->opset, 0, sizeof fn->opset));
+	CHECK(fn->name && fn->opset && strlen(fn->name) <= ANES_NAME_MAX && strlen(fn->opset) <= ANES_NAME_MAX);
 	CHECK(strcmp(fn->name, info->name) == 0);
 	CHECK(fn->n_inputs == info->n_inputs && fn->n_outputs == info->n_outputs);
 	CHECK(fn->n_inputs <= ANES_MAX_IO && fn->n_outputs <= ANES_MAX_IO);
 	for (uint32_t i = 0; i < fn->n_values; i++) {
 		const anes_mil_value *v = &fn->values[i];
-		CHECK(memchr(v->name, 0, sizeof v->name));
+		CHECK(v->name && strlen(v->name) <= ANES_NAME_MAX);
 		CHECK(v->type.rank <= ANES_MAX_RANK);
 		CHECK(anes_mil_dtype_name(v->type.dtype) != NULL);
 		anes_mil_type_str(&v->type, buf, sizeof buf);
