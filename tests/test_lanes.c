@@ -1270,28 +1270,31 @@ static int child_until_closed(void *arg, int ready_fd)
 	return 0;
 }
 
+/* The grace period is an hour: a daemon that waited for it instead of
+ * draining its lanes would not stop, and the suite's timeout fails it. */
 Test(lanes, sigterm_during_lane_runs)
 {
-	lanes_start(NULL);
+	const char *args[] = { "--shutdown-timeout", "3600", NULL };
+	lanes_start(args);
 	pid_t pid[TERM_CLIENTS];
 	for (int i = 0; i < TERM_CLIENTS; i++)
 		pid[i] = h_spawn(child_until_closed, D.sock);
 	aneshare_conn *obs = h_connect(&D, "observer");
 	counts k0 = get_counts(obs);
-	/* lanes busy for a little while */
-	int64_t until = tu_now_ms() + 200;
+	/* lanes busy: 200 runs on them (a bounded poll) */
 	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	counts k;
-	do {
-		tu_pause_ms(20);
+	for (;;) {
 		k = get_counts(obs);
+		if (k.lane_runs >= k0.lane_runs + 200)
+			break;
 		cr_assert_lt(tu_now_ms(), deadline, "only %llu lane runs",
 		             (unsigned long long)(k.lane_runs - k0.lane_runs));
-	} while (tu_now_ms() < until || k.lane_runs < k0.lane_runs + 200);
+		tu_pause_ms(5);
+	}
 	cr_assert_eq(k.clients, TERM_CLIENTS + 1);
 	aneshare_disconnect(obs);
 
-	int64_t t0 = tu_now_ms();
 	cr_assert_eq(kill(D.pid, SIGTERM), 0);
 	for (int i = 0; i < TERM_CLIENTS; i++) {
 		int st;
@@ -1299,8 +1302,6 @@ Test(lanes, sigterm_during_lane_runs)
 		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: status 0x%x", i, st);
 	}
 	h_daemon_wait(&D);   /* exit status 0 */
-	int64_t took = tu_now_ms() - t0;
-	cr_expect_lt(took, 3000 * h_slow(), "the daemon took %lld ms to stop", (long long)took);
 }
 
 /* ======================================================================================= */
