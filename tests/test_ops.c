@@ -1903,3 +1903,305 @@ Test(ops, round_half_to_even_and_prelu)
 	free(x);
 	free(y);
 }
+
+/* ---- more reductions, scans, sorting ---- */
+
+/* a naive reduction of x [2, 3, 4] over the axes in red (kind as the op name) */
+static double red_ref(const char *op, const double *v, const int *d, const bool *red, const int *oidx)
+{
+	double acc = !strcmp(op, "reduce_prod") ? 1 : 0, mx = -INFINITY;
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < d[0]; i++)
+			for (int j = 0; j < d[1]; j++)
+				for (int k = 0; k < d[2]; k++) {
+					int id[3] = {i, j, k};
+					bool in = true;
+					for (int a = 0; a < 3; a++)
+						if (!red[a] && id[a] != oidx[a])
+							in = false;
+					if (!in)
+						continue;
+					double x = v[(i * d[1] + j) * d[2] + k];
+					if (pass == 0) {
+						if (!strcmp(op, "reduce_prod")) acc *= x;
+						else if (!strcmp(op, "reduce_l1_norm")) acc += fabs(x);
+						else if (!strcmp(op, "reduce_l2_norm") || !strcmp(op, "reduce_sum_square")) acc += x * x;
+						else if (!strcmp(op, "reduce_log_sum")) acc += x;
+						else mx = x > mx ? x : mx;
+					} else if (!strcmp(op, "reduce_log_sum_exp")) {
+						acc += exp(x - mx);
+					}
+				}
+	if (!strcmp(op, "reduce_l2_norm")) return sqrt(acc);
+	if (!strcmp(op, "reduce_log_sum")) return log(acc);
+	if (!strcmp(op, "reduce_log_sum_exp")) return log(acc) + mx;
+	return acc;
+}
+
+Test(ops, reductions_prod_norms_log_sum)
+{
+	static const char *ops[] = {"reduce_prod", "reduce_l1_norm", "reduce_l2_norm", "reduce_log_sum",
+	                            "reduce_log_sum_exp", "reduce_sum_square"};
+	static const char *axes[] = {"", "[1]", "[0, 2]", "[-1]", "[0, 1, 2]"};
+	static const bool reds[][3] = {{1, 1, 1}, {0, 1, 0}, {1, 0, 1}, {0, 0, 1}, {1, 1, 1}};
+	int d[3] = {2, 3, 4};
+	for (int o = 0; o < 6; o++)
+		for (int a = 0; a < 5; a++)
+			for (int keep = 0; keep < 2; keep++)
+				for (int f32 = 0; f32 < 2; f32++) {
+					const char *dt = f32 ? "fp32" : "fp16";
+					bool pos = !strcmp(ops[o], "reduce_log_sum");
+					double *v;
+					void *x = f32 ? (void *)rf32(24, pos ? 0.1 : -2, 2, &v) : (void *)rf16(24, pos ? 0.1 : -2, 2, &v);
+					int od[3], ro = 0;
+					for (int k = 0; k < 3; k++)
+						if (!reds[a][k])
+							od[ro++] = d[k];
+						else if (keep)
+							od[ro++] = 1;
+					size_t no = prod(od, ro);
+					char body[200], tout[64], inputs[64];
+					snprintf(body, sizeof body, "%s(x = x%s%s%s%s)", ops[o], a ? ", axes = tensor<int32, [" : "",
+					         a ? (a == 2 ? "2]>(" : a == 4 ? "3]>(" : "1]>(") : "", a ? axes[a] : "",
+					         a ? (keep ? "), keep_dims = true" : ")") : (keep ? ", keep_dims = true" : ""));
+					if (ro)
+						snprintf(tout, sizeof tout, "tensor<%s, %s>", dt, shs(od, ro));
+					else
+						snprintf(tout, sizeof tout, "%s", dt);
+					snprintf(inputs, sizeof inputs, "tensor<%s, [2, 3, 4]> x", dt);
+					anes_bprogram *p = compile_ok(prog(inputs, "y", "        %s y = %s;", tout, body));
+					void *y = malloc(no * 4 + 4);
+					double *ref = malloc(no * sizeof *ref);
+					const void *in[] = {x};
+					void *out[] = {y};
+					run_ok(p, 0, in, out);
+					for (size_t i = 0; i < no; i++) {
+						/* output index -> the index of the kept dims */
+						int oi[3] = {0, 0, 0}, ki = 0, rem = (int)i;
+						int full[3];
+						for (int k = 2; k >= 0; k--) {
+							int dim = !reds[a][k] ? d[k] : 1;
+							if (!reds[a][k] || keep) {
+								full[k] = rem % dim;
+								rem /= dim;
+							} else {
+								full[k] = 0;
+							}
+						}
+						(void)ki;
+						memcpy(oi, full, sizeof oi);
+						ref[i] = red_ref(ops[o], v, d, reds[a], oi);
+					}
+					if (f32)
+						check_f32(body, y, ref, no, 1e-5);
+					else
+						check_f16(body, y, ref, no, 2e-3);
+					B->ops->program_free(B, p);
+					free(v);
+					free(x);
+					free(y);
+					free(ref);
+				}
+}
+
+Test(ops, argmax_argmin_cumsum)
+{
+	/* x [3, 5] from a small set (ties): argmax/argmin along each axis give the first index */
+	double *v;
+	uint16_t *x = rmask("fp16", 15, &v);
+	int32_t idx[5];
+	for (int axis = 0; axis < 2; axis++)
+		for (int mn = 0; mn < 2; mn++) {
+			char body[96];
+			snprintf(body, sizeof body, "%s(x = x, axis = int32(%d), keep_dims = true)", mn ? "reduce_argmin" : "reduce_argmax",
+			         axis - 2);
+			int n = axis ? 3 : 5;
+			char inputs[] = "tensor<fp16, [3, 5]> x";
+			anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<int32, %s> y = %s;",
+			                                   axis ? "[3, 1]" : "[1, 5]", body));
+			const void *in[] = {x};
+			void *out[] = {idx};
+			run_ok(p, 0, in, out);
+			for (int l = 0; l < n; l++) {
+				int m = axis ? 5 : 3, best = 0;
+				for (int t = 1; t < m; t++) {
+					double a = axis ? v[l * 5 + t] : v[t * 5 + l], b = axis ? v[l * 5 + best] : v[best * 5 + l];
+					if (mn ? a < b : a > b)
+						best = t;
+				}
+				cr_assert_eq(idx[l], best, "%s line %d: %d, want %d", body, l, idx[l], best);
+			}
+			B->ops->program_free(B, p);
+		}
+	free(x);
+	free(v);
+	/* int32 values above 2^24 compare exactly */
+	int32_t xi[4] = {16777217, 16777216, -5, 16777217}, r;
+	anes_bprogram *p = compile_ok(prog("tensor<int32, [4]> x", "y", "        int32 y = reduce_argmax(x = x);"));
+	const void *in[] = {xi};
+	void *out[] = {&r};
+	run_ok(p, 0, in, out);
+	cr_assert_eq(r, 0);
+	B->ops->program_free(B, p);
+	/* cumsum: every axis, exclusive and reverse, fp16 and int32 */
+	int d[3] = {2, 3, 4};
+	for (int dt = 0; dt < 2; dt++)
+		for (int axis = 0; axis < 3; axis++)
+			for (int ex = 0; ex < 2; ex++)
+				for (int rv = 0; rv < 2; rv++) {
+					const char *t = dt ? "int32" : "fp16";
+					double *vv;
+					void *xx = dt ? rmask("int32", 24, &vv) : (void *)rf16(24, -2, 2, &vv);
+					uint8_t y[24 * 4];
+					char inputs[64], body[160];
+					snprintf(inputs, sizeof inputs, "tensor<%s, [2, 3, 4]> x", t);
+					snprintf(body, sizeof body, "cumsum(x = x, axis = int32(%d), exclusive = %s, reverse = %s)", axis,
+					         ex ? "true" : "false", rv ? "true" : "false");
+					p = compile_ok(prog(inputs, "y", "        tensor<%s, [2, 3, 4]> y = %s;", t, body));
+					const void *in2[] = {xx};
+					void *out2[] = {y};
+					run_ok(p, 0, in2, out2);
+					double ref[24];
+					for (size_t i = 0; i < 24; i++) {
+						int id[3];
+						unravel(i, d, 3, id);
+						double s = 0;
+						for (int k = 0; k < d[axis]; k++) {
+							int j[3] = {id[0], id[1], id[2]};
+							j[axis] = k;
+							bool take = rv ? (ex ? k > id[axis] : k >= id[axis]) : (ex ? k < id[axis] : k <= id[axis]);
+							if (take)
+								s += vv[(j[0] * 3 + j[1]) * 4 + j[2]];
+						}
+						ref[i] = dt ? (double)(int32_t)(uint32_t)(int64_t)s : s;
+					}
+					if (dt) {
+						for (int i = 0; i < 24; i++)
+							cr_assert_eq(((int32_t *)y)[i], ref[i], "%s [%d]", body, i);
+					} else {
+						check_f16(body, (uint16_t *)y, ref, 24, 2e-3);
+					}
+					B->ops->program_free(B, p);
+					free(vv);
+					free(xx);
+				}
+}
+
+Test(ops, topk_and_argsort)
+{
+	/* x [4, 6], from a small set (ties keep the lower index first) */
+	static const char *dts[] = {"fp16", "fp32", "int32"};
+	for (int dt = 0; dt < 3; dt++)
+		for (int axis = 0; axis < 2; axis++)
+			for (int asc = 0; asc < 2; asc++) {
+				double *v;
+				void *x = rmask(dts[dt], 24, &v);
+				int n = axis ? 6 : 4, lines = axis ? 4 : 6, k = axis ? 3 : 2;
+				uint8_t vals[24 * 4];
+				int32_t ind[24], order[24];
+				char inputs[64], tk[64];
+				snprintf(inputs, sizeof inputs, "tensor<%s, [4, 6]> x", dts[dt]);
+				snprintf(tk, sizeof tk, "%s", axis ? "[4, 3]" : "[2, 6]");
+				anes_bprogram *p = compile_ok(prog(inputs, "v, i, s",
+					"        tensor<%s, %s> v, tensor<int32, %s> i = topk(x = x, k = int32(%d), axis = int32(%d), ascending = %s);\n"
+					"        tensor<int32, [4, 6]> s = argsort(x = x, axis = int32(%d), ascending = %s);",
+					dts[dt], tk, tk, k, axis, asc ? "true" : "false", axis, asc ? "true" : "false"));
+				const void *in[] = {x};
+				void *out[] = {vals, ind, order};
+				run_ok(p, 0, in, out);
+				for (int l = 0; l < lines; l++) {
+					/* reference: a stable selection sort on doubles */
+					int perm[6];
+					bool used[6] = {false};
+					for (int t = 0; t < n; t++) {
+						int best = -1;
+						for (int c = 0; c < n; c++) {
+							if (used[c])
+								continue;
+							double a = axis ? v[l * 6 + c] : v[c * 6 + l];
+							double b = best < 0 ? 0 : axis ? v[l * 6 + best] : v[best * 6 + l];
+							if (best < 0 || (asc ? a < b : a > b))
+								best = c;
+						}
+						used[best] = true;
+						perm[t] = best;
+					}
+					for (int t = 0; t < n; t++) {
+						int oi = axis ? l * 6 + t : t * 6 + l;
+						cr_assert_eq(order[oi], perm[t], "argsort %s axis %d asc %d line %d [%d]: %d, want %d", dts[dt], axis,
+						             asc, l, t, order[oi], perm[t]);
+					}
+					for (int t = 0; t < k; t++) {
+						int oi = axis ? l * 3 + t : t * 6 + l;
+						double want = axis ? v[l * 6 + perm[t]] : v[perm[t] * 6 + l];
+						cr_assert_eq(ind[oi], perm[t], "topk index %s [%d]", dts[dt], oi);
+						cr_assert_eq(out_val(vals, dts[dt], (size_t)oi), want, "topk value %s [%d]", dts[dt], oi);
+					}
+				}
+				B->ops->program_free(B, p);
+				free(v);
+				free(x);
+			}
+	compile_err(prog("tensor<fp16, [4, 6]> x", "v",
+	                 "        tensor<fp16, [4, 7]> v, tensor<int32, [4, 7]> i = topk(x = x, k = int32(7));"));
+	cr_assert(strstr(errbuf, "argument 'k' = 7 is out of range [1, 6]"), "%s", errbuf);
+}
+
+Test(ops, batch_instance_l2_lrn_norms)
+{
+	int d[4] = {2, 3, 4, 5};
+	size_t n = prod(d, 4);
+	double *v, *ref = malloc(n * sizeof *ref);
+	uint16_t *x = rf16(n, -3, 3, &v), *y = malloc(n * 2);
+	static const double mean[3] = {0.5, -1, 0}, var[3] = {1, 4, 0.25}, g[3] = {1, 0.5, 2}, b[3] = {0, 1, -1};
+	run1_f16("tensor<fp16, [2, 3, 4, 5]>", "tensor<fp16, [2, 3, 4, 5]>",
+	         "batch_norm(x = x, mean = tensor<fp16, [3]>([0.5, -1, 0]), variance = tensor<fp16, [3]>([1, 4, 0.25]), "
+	         "gamma = tensor<fp16, [3]>([1, 0.5, 2]), beta = tensor<fp16, [3]>([0, 1, -1]), epsilon = fp16(0.001))", x, y);
+	for (size_t i = 0; i < n; i++) {
+		size_t c = (i / 20) % 3;
+		ref[i] = (v[i] - mean[c]) / sqrt(var[c] + 0.001) * g[c] + b[c];
+	}
+	check_f16("batch_norm", y, ref, n, 2e-3);
+	run1_f16("tensor<fp16, [2, 3, 4, 5]>", "tensor<fp16, [2, 3, 4, 5]>",
+	         "instance_norm(x = x, gamma = tensor<fp16, [3]>([1, 0.5, 2]), beta = tensor<fp16, [3]>([0, 1, -1]))", x, y);
+	for (size_t l = 0; l < 6; l++) {
+		double m = 0, s = 0;
+		for (int t = 0; t < 20; t++)
+			m += v[l * 20 + t];
+		m /= 20;
+		for (int t = 0; t < 20; t++)
+			s += (v[l * 20 + t] - m) * (v[l * 20 + t] - m);
+		s = sqrt(s / 20 + 1e-5);
+		for (int t = 0; t < 20; t++)
+			ref[l * 20 + t] = (v[l * 20 + t] - m) / s * g[l % 3] + b[l % 3];
+	}
+	check_f16("instance_norm", y, ref, n, 3e-3);
+	run1_f16("tensor<fp16, [2, 3, 4, 5]>", "tensor<fp16, [2, 3, 4, 5]>", "l2_norm(x = x)", x, y);
+	for (size_t bb = 0; bb < 2; bb++) {
+		double s = 0;
+		for (int t = 0; t < 60; t++)
+			s += v[bb * 60 + t] * v[bb * 60 + t];
+		for (int t = 0; t < 60; t++)
+			ref[bb * 60 + t] = v[bb * 60 + t] / sqrt(s + 1e-6);
+	}
+	check_f16("l2_norm", y, ref, n, 2e-3);
+	run1_f16("tensor<fp16, [2, 3, 4, 5]>", "tensor<fp16, [2, 3, 4, 5]>",
+	         "local_response_norm(x = x, size = int32(2), alpha = fp16(0.5), beta = fp16(0.75), k = fp16(2))", x, y);
+	for (size_t i = 0; i < n; i++) {
+		int id[4];
+		unravel(i, d, 4, id);
+		double s = 0;
+		for (int c = id[1]; c <= id[1] + 1 && c < 3; c++) {   /* size 2: [c, c + 1] */
+			double t = v[((id[0] * 3 + c) * 4 + id[2]) * 5 + id[3]];
+			s += t * t;
+		}
+		ref[i] = v[i] / pow(2 + 0.5 / 2 * s, 0.75);
+	}
+	check_f16("local_response_norm", y, ref, n, 2e-3);
+	compile_err(prog("tensor<fp16, [2, 3]> x", "y", "        tensor<fp16, [2, 3]> y = l2_norm(x = x);"));
+	cr_assert(strstr(errbuf, "x must have rank 3 to 8"), "%s", errbuf);
+	free(v);
+	free(ref);
+	free(x);
+	free(y);
+}

@@ -23,7 +23,7 @@ enum {
 	/* float unary */
 	E_SIN, E_COS, E_TAN, E_ASIN, E_ACOS, E_ATAN, E_SINH, E_COSH, E_ATANH, E_EXP2, E_FLOOR, E_CEIL, E_ROUND,
 	E_SIGN, E_THRESHOLD, E_RELU6, E_SOFTPLUS, E_SOFTSIGN, E_ELU, E_LEAKY, E_TRELU, E_HSIG, E_STANH, E_CLAMPED,
-	E_LINACT, E_PRELU, E_SOFTPLUS_P,
+	E_LINACT, E_PRELU, E_SOFTPLUS_P, E_BATCH_NORM,
 	/* binary */
 	E_EQ, E_NE, E_LT, E_LE, E_GT, E_GE, E_FLOORDIV, E_MOD, E_AND, E_OR, E_XOR, E_NOT,
 	E_SELECT,
@@ -42,7 +42,7 @@ static const struct {
 	{"elu", E_ELU, 1, 0}, {"leaky_relu", E_LEAKY, 0.01, 0}, {"thresholded_relu", E_TRELU, 1, 0},
 	{"sigmoid_hard", E_HSIG, 0.2, 0.5}, {"scaled_tanh", E_STANH, 1, 1}, {"clamped_relu", E_CLAMPED, 0, 0},
 	{"linear_activation", E_LINACT, 0, 0}, {"prelu", E_PRELU, 0, 0},
-	{"softplus_parametric", E_SOFTPLUS_P, 0, 0},
+	{"softplus_parametric", E_SOFTPLUS_P, 0, 0}, {"batch_norm", E_BATCH_NORM, 0, 0},
 	{"equal", E_EQ, 0, 0}, {"not_equal", E_NE, 0, 0}, {"less", E_LT, 0, 0}, {"less_equal", E_LE, 0, 0},
 	{"greater", E_GT, 0, 0}, {"greater_equal", E_GE, 0, 0}, {"floor_div", E_FLOORDIV, 0, 0},
 	{"mod", E_MOD, 0, 0}, {"logical_and", E_AND, 0, 0}, {"logical_or", E_OR, 0, 0},
@@ -88,7 +88,7 @@ static int plan_ew(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil
 
 	if (kind < 0)
 		return cpu_fail(pc, op, -ENOTSUP, "no elementwise kernel");
-	if (kind == E_PRELU || kind == E_SOFTPLUS_P)
+	if (kind == E_PRELU || kind == E_SOFTPLUS_P || kind == E_BATCH_NORM)
 		nch = cpu_arg(fn, op, "x")->type.shape[1];
 	p = calloc(1, sizeof *p + 2 * (size_t)nch * sizeof(float));
 	if (!p)
@@ -131,9 +131,26 @@ static int plan_ew(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil
 		p->vb = p->va + nch;
 		p->ch_dim = nch;
 		p->ch_inner = x->count / x->shape[0] / nch;
-		for (uint64_t i = 0; i < nch; i++) {
-			p->va[i] = (float)anes_mil_load_f64(av->data, av->type.dtype, av->type.count > 1 ? i : 0);
-			p->vb[i] = bv ? (float)anes_mil_load_f64(bv->data, bv->type.dtype, bv->type.count > 1 ? i : 0) : 1.0f;
+		if (kind == E_BATCH_NORM) {
+			/* y = x * scale + shift: scale = gamma / sqrt(variance + epsilon), shift = beta - mean * scale */
+			const anes_mil_value *mv = cpu_arg(fn, op, "mean"), *vv = cpu_arg(fn, op, "variance");
+			const anes_mil_value *gv = cpu_arg(fn, op, "gamma");
+			double eps = 1e-5;
+			if (cpu_arg(fn, op, "epsilon"))
+				anes_mil_const_f64(cpu_arg(fn, op, "epsilon"), &eps);
+			for (uint64_t i = 0; i < nch; i++) {
+				float g = gv ? (float)anes_mil_load_f64(gv->data, gv->type.dtype, i) : 1.0f;
+				float be = bv ? (float)anes_mil_load_f64(bv->data, bv->type.dtype, i) : 0.0f;
+				float m = (float)anes_mil_load_f64(mv->data, mv->type.dtype, i);
+				float var = (float)anes_mil_load_f64(vv->data, vv->type.dtype, i);
+				p->va[i] = g / sqrtf(var + (float)eps);
+				p->vb[i] = be - m * p->va[i];
+			}
+		} else {
+			for (uint64_t i = 0; i < nch; i++) {
+				p->va[i] = (float)anes_mil_load_f64(av->data, av->type.dtype, av->type.count > 1 ? i : 0);
+				p->vb[i] = bv ? (float)anes_mil_load_f64(bv->data, bv->type.dtype, bv->type.count > 1 ? i : 0) : 1.0f;
+			}
 		}
 	}
 	if (o->rank == 0) {
@@ -228,6 +245,12 @@ static void ew_float(const ew_params *p, uint64_t o0, float *const *in, float *o
 		for (size_t i = 0; i < n; i++) {
 			float r = fmodf(x[i], y[i]);
 			out[i] = (r != 0 && ((r < 0) != (y[i] < 0))) ? r + y[i] : r;
+		}
+		break;
+	case E_BATCH_NORM:
+		for (size_t i = 0; i < n; i++) {
+			uint64_t ch = ((o0 + i) / p->ch_inner) % p->ch_dim;
+			out[i] = x[i] * p->va[ch] + p->vb[ch];
 		}
 		break;
 	default: break;
@@ -441,6 +464,7 @@ static const cpu_opimpl impls[] = {
 	{"linear_activation", plan_ew, run_ew},
 	{"prelu", plan_ew, run_ew},
 	{"softplus_parametric", plan_ew, run_ew},
+	{"batch_norm", plan_ew, run_ew},
 };
 
 const cpu_opimpl *cpu_elem_find(const char *name)

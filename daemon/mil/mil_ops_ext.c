@@ -105,7 +105,7 @@ static int opt_int(anes_mil_check *c, const anes_mil_function *fn, const anes_mi
 	return 0;
 }
 
-static __attribute__((unused)) int opt_bool(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
+static int opt_bool(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
                     bool def, bool *ret)
 {
 	const anes_mil_value *v = V(fn, op, name);
@@ -129,7 +129,7 @@ static int norm_axis(anes_mil_check *c, const anes_mil_op *op, const char *arg, 
 }
 
 /* an optional axis argument (default def) normalized against rank */
-static __attribute__((unused)) int opt_axis(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
+static int opt_axis(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
                     int64_t def, uint32_t rank, uint32_t *ret)
 {
 	int64_t a;
@@ -258,6 +258,207 @@ static int infer_per_channel(anes_mil_check *c, const anes_mil_function *fn, con
 	return 0;
 }
 
+
+/* ---- reductions, scans, sorting ---- */
+
+/* the axes argument (default all) into red[] */
+static int reduce_axes(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                       const anes_mil_type *x, bool *red)
+{
+	const anes_mil_value *av = V(fn, op, "axes");
+	int64_t axes[ANES_MAX_RANK];
+	uint32_t n;
+
+	for (uint32_t i = 0; i < ANES_MAX_RANK; i++)
+		red[i] = !av && i < x->rank;
+	if (!av)
+		return 0;
+	if (anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n))
+		return anes_mil_fail(c, op, -EINVAL, "argument 'axes' must be a constant integer list of at most %d elements",
+		                     ANES_MAX_RANK);
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t a = 0;
+		if (norm_axis(c, op, "axis", axes[i], x->rank, &a))
+			return -EINVAL;
+		if (red[a])
+			return anes_mil_fail(c, op, -EINVAL, "axis %u repeated in axes", a);
+		red[a] = true;
+	}
+	return 0;
+}
+
+static int reduced_type(anes_mil_check *c, const anes_mil_op *op, const anes_mil_type *x, const bool *red,
+                        bool keep, int dtype, anes_mil_type *out)
+{
+	uint64_t shape[ANES_MAX_RANK];
+	uint32_t r = 0;
+
+	for (uint32_t i = 0; i < x->rank; i++) {
+		if (!red[i])
+			shape[r++] = x->shape[i];
+		else if (keep)
+			shape[r++] = 1;
+	}
+	return set_type(c, op, out, dtype, r, shape);
+}
+
+static int infer_reduce_f(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	bool red[ANES_MAX_RANK], keep;
+
+	if (need_float(c, op, "x", xv) || opt_bool(c, fn, op, "keep_dims", false, &keep) ||
+	    reduce_axes(c, fn, op, &xv->type, red))
+		return -EINVAL;
+	return reduced_type(c, op, &xv->type, red, keep, xv->type.dtype, &out[0]);
+}
+
+static int infer_argreduce(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	bool red[ANES_MAX_RANK] = {false}, keep;
+	uint32_t a;
+
+	if (need_arith(c, op, "x", xv) || opt_bool(c, fn, op, "keep_dims", false, &keep) ||
+	    opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a))
+		return -EINVAL;
+	red[a] = true;
+	return reduced_type(c, op, &xv->type, red, keep, ANES_DT_INT32, &out[0]);
+}
+
+static int infer_cumsum(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	bool b;
+	uint32_t a;
+
+	if (need_arith(c, op, "x", xv) || opt_axis(c, fn, op, "axis", 0, xv->type.rank, &a) ||
+	    opt_bool(c, fn, op, "exclusive", false, &b) || opt_bool(c, fn, op, "reverse", false, &b))
+		return -EINVAL;
+	out[0] = xv->type;
+	return 0;
+}
+
+static int infer_topk(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	uint64_t shape[ANES_MAX_RANK];
+	int64_t k;
+	uint32_t a;
+	bool b, ri;
+
+	if (need_arith(c, op, "x", xv) || opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a) ||
+	    opt_bool(c, fn, op, "ascending", false, &b) || opt_bool(c, fn, op, "sort", true, &b) ||
+	    opt_bool(c, fn, op, "return_indices", true, &ri) ||
+	    opt_int(c, fn, op, "k", 1, 1, (int64_t)xv->type.shape[a], &k))
+		return -EINVAL;
+	if (!ri)
+		return anes_mil_fail(c, op, -ENOTSUP, "return_indices = false is not supported");
+	memcpy(shape, xv->type.shape, sizeof shape);
+	shape[a] = (uint64_t)k;
+	if (set_type(c, op, &out[0], xv->type.dtype, xv->type.rank, shape))
+		return -EINVAL;
+	return set_type(c, op, &out[1], ANES_DT_INT32, xv->type.rank, shape);
+}
+
+static int infer_argsort(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	uint32_t a;
+	bool b;
+
+	if (need_arith(c, op, "x", xv) || opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a) ||
+	    opt_bool(c, fn, op, "ascending", false, &b))
+		return -EINVAL;
+	return set_type(c, op, &out[0], ANES_DT_INT32, xv->type.rank, xv->type.shape);
+}
+
+/* ---- normalizations ---- */
+
+/* optional per-channel constants (names...) of x's dtype, [C] */
+static int channel_params(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                          const anes_mil_value *xv, const char *const *names, int n)
+{
+	char sb[SHAPE_STR_LEN];
+
+	for (int k = 0; k < n; k++) {
+		const anes_mil_value *v = V(fn, op, names[k]);
+		if (!v)
+			continue;
+		if (same_dtype(c, op, "x", xv, names[k], v))
+			return -EINVAL;
+		if (v->type.rank != 1 || v->type.shape[0] != xv->type.shape[1])
+			return anes_mil_fail(c, op, -EINVAL, "%s must be [%llu] (one per channel), is %s", names[k],
+			                     (unsigned long long)xv->type.shape[1],
+			                     anes_mil_shape_str(&v->type, sb, sizeof sb));
+	}
+	return 0;
+}
+
+static int need_rank(anes_mil_check *c, const anes_mil_op *op, const anes_mil_value *xv, uint32_t lo, uint32_t hi)
+{
+	char sb[SHAPE_STR_LEN];
+
+	if (xv->type.rank < lo || xv->type.rank > hi)
+		return anes_mil_fail(c, op, -EINVAL, "x must have rank %u to %u, is %s", lo, hi,
+		                     anes_mil_shape_str(&xv->type, sb, sizeof sb));
+	return 0;
+}
+
+static int infer_batch_norm(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                            anes_mil_type *out)
+{
+	static const char *const names[] = {"mean", "variance", "gamma", "beta"};
+	const anes_mil_value *xv = V(fn, op, "x");
+	double eps;
+
+	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 5) || opt_f64(c, fn, op, "epsilon", 1e-5, &eps) ||
+	    channel_params(c, fn, op, xv, names, 4))
+		return -EINVAL;
+	out[0] = xv->type;
+	return 0;
+}
+
+static int infer_instance_norm(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                               anes_mil_type *out)
+{
+	static const char *const names[] = {"gamma", "beta"};
+	const anes_mil_value *xv = V(fn, op, "x");
+	double eps;
+
+	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 4) || opt_f64(c, fn, op, "epsilon", 1e-5, &eps) ||
+	    channel_params(c, fn, op, xv, names, 2))
+		return -EINVAL;
+	out[0] = xv->type;
+	return 0;
+}
+
+static int infer_l2_norm(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	double eps;
+
+	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, ANES_MAX_RANK) ||
+	    opt_f64(c, fn, op, "epsilon", 1e-6, &eps))
+		return -EINVAL;
+	out[0] = xv->type;
+	return 0;
+}
+
+static int infer_lrn(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	double d;
+	int64_t size;
+
+	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 4) || opt_f64(c, fn, op, "alpha", 1e-4, &d) ||
+	    opt_f64(c, fn, op, "beta", 0.75, &d) || opt_f64(c, fn, op, "k", 1, &d) ||
+	    opt_int(c, fn, op, "size", 1, 1, INT32_MAX, &size))
+		return -EINVAL;
+	out[0] = xv->type;
+	return 0;
+}
+
 /* ---- table ---- */
 
 #define REQ ANES_MIL_ARG_REQ
@@ -271,6 +472,23 @@ static const anes_mil_argdef a_x_ab[] = {{"x", REQ}, {"alpha", REQ | CONST}, {"b
 static const anes_mil_argdef a_select[] = {{"cond", REQ}, {"a", REQ}, {"b", REQ}, {NULL, 0}};
 static const anes_mil_argdef a_prelu[] = {{"x", REQ}, {"alpha", REQ | CONST}, {NULL, 0}};
 static const anes_mil_argdef a_softplus_p[] = {{"x", REQ}, {"alpha", REQ | CONST}, {"beta", REQ | CONST}, {NULL, 0}};
+
+static const anes_mil_argdef a_reduce[] = {{"x", REQ}, {"axes", CONST}, {"keep_dims", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_argreduce[] = {{"x", REQ}, {"axis", CONST}, {"keep_dims", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_cumsum[] = {
+	{"x", REQ}, {"axis", CONST}, {"exclusive", CONST}, {"reverse", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_topk[] = {
+	{"x", REQ}, {"k", CONST}, {"axis", CONST}, {"ascending", CONST}, {"sort", CONST}, {"return_indices", CONST},
+	{NULL, 0}};
+static const anes_mil_argdef a_argsort[] = {{"x", REQ}, {"axis", CONST}, {"ascending", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_batch_norm[] = {
+	{"x", REQ}, {"mean", REQ | CONST}, {"variance", REQ | CONST}, {"gamma", CONST}, {"beta", CONST},
+	{"epsilon", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_instance_norm[] = {
+	{"x", REQ}, {"gamma", CONST}, {"beta", CONST}, {"epsilon", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_l2_norm[] = {{"x", REQ}, {"epsilon", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_lrn[] = {
+	{"x", REQ}, {"size", REQ | CONST}, {"alpha", CONST}, {"beta", CONST}, {"k", CONST}, {NULL, 0}};
 
 static const anes_mil_opdef ops[] = {
 	/* masks */
@@ -316,6 +534,23 @@ static const anes_mil_opdef ops[] = {
 	{"linear_activation", 1, a_x_ab, infer_funary},
 	{"prelu", 1, a_prelu, infer_per_channel},
 	{"softplus_parametric", 1, a_softplus_p, infer_per_channel},
+	/* reductions, scans, sorting */
+	{"reduce_prod", 1, a_reduce, infer_reduce_f},
+	{"reduce_l1_norm", 1, a_reduce, infer_reduce_f},
+	{"reduce_l2_norm", 1, a_reduce, infer_reduce_f},
+	{"reduce_log_sum", 1, a_reduce, infer_reduce_f},
+	{"reduce_log_sum_exp", 1, a_reduce, infer_reduce_f},
+	{"reduce_sum_square", 1, a_reduce, infer_reduce_f},
+	{"reduce_argmax", 1, a_argreduce, infer_argreduce},
+	{"reduce_argmin", 1, a_argreduce, infer_argreduce},
+	{"cumsum", 1, a_cumsum, infer_cumsum},
+	{"topk", 2, a_topk, infer_topk},
+	{"argsort", 1, a_argsort, infer_argsort},
+	/* normalizations */
+	{"batch_norm", 1, a_batch_norm, infer_batch_norm},
+	{"instance_norm", 1, a_instance_norm, infer_instance_norm},
+	{"l2_norm", 1, a_l2_norm, infer_l2_norm},
+	{"local_response_norm", 1, a_lrn, infer_lrn},
 };
 
 const anes_mil_opdef *mil_ops_ext_find(const char *name, size_t len)
