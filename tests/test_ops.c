@@ -2205,3 +2205,358 @@ Test(ops, batch_instance_l2_lrn_norms)
 	free(x);
 	free(y);
 }
+
+/* ---- data movement ---- */
+
+typedef struct map_ctx {
+	int od[6], orank, id[6], irank;
+	int kind, b, axis, stride;
+} map_ctx;
+
+static size_t lin(const int *idx, const int *d, int r)
+{
+	size_t o = 0;
+	for (int k = 0; k < r; k++)
+		o = o * (size_t)d[k] + (size_t)idx[k];
+	return o;
+}
+
+/* source of output element i for the layout ops, written from their definitions */
+static size_t layout_map(size_t i, const void *vc)
+{
+	const map_ctx *c = vc;
+	int o[6], s[6] = {0};
+	unravel(i, c->od, c->orank, o);
+	int b = c->b;
+	switch (c->kind) {
+	case 0: /* reverse axes 0 and 2 */
+		s[0] = c->id[0] - 1 - o[0], s[1] = o[1], s[2] = c->id[2] - 1 - o[2];
+		break;
+	case 1: /* depth_to_space (TF DCR): out[n][c][h*b+i][w*b+j] = in[n][(i*b+j)*C'+c][h][w] */
+		s[0] = o[0], s[1] = ((o[2] % b) * b + o[3] % b) * c->od[1] + o[1], s[2] = o[2] / b, s[3] = o[3] / b;
+		break;
+	case 2: /* space_to_depth: out[n][(i*b+j)*C+c][h][w] = in[n][c][h*b+i][w*b+j] */
+		s[0] = o[0], s[1] = o[1] % c->id[1], s[2] = o[2] * b + (o[1] / c->id[1]) / b,
+		s[3] = o[3] * b + (o[1] / c->id[1]) % b;
+		break;
+	case 3: /* pixel_shuffle (torch): out[n][c][h*r+i][w*r+j] = in[n][c*r*r+i*r+j][h][w] */
+		s[0] = o[0], s[1] = o[1] * b * b + (o[2] % b) * b + o[3] % b, s[2] = o[2] / b, s[3] = o[3] / b;
+		break;
+	case 4: /* pixel_unshuffle: out[n][c*r*r+i*r+j][h][w] = in[n][c][h*r+i][w*r+j] */
+		s[0] = o[0], s[1] = o[1] / (b * b), s[2] = o[2] * b + (o[1] % (b * b)) / b, s[3] = o[3] * b + o[1] % b;
+		break;
+	case 5: /* sliding_windows on axis 1, size 3, stride 2: out [2, nw, 3, 4] */
+		s[0] = o[0], s[1] = o[1] * c->stride + o[2], s[2] = o[3];
+		break;
+	default: /* stack along axis: out [..] of n inputs stacked -> input k's element */
+		return i;
+	}
+	return lin(s, c->id, c->irank);
+}
+
+Test(ops, layout_reverse_blocks_shuffle_sliding)
+{
+	map_ctx rv = {{2, 3, 4}, 3, {2, 3, 4}, 3, 0, 0, 0, 0};
+	int d3[3] = {2, 3, 4};
+	shape_case("tensor<fp16, [2, 3, 4]>", d3, 3, "tensor<fp16, [2, 3, 4]>", 24,
+	           "reverse(x = x, axes = tensor<int32, [2]>([0, -1]))", layout_map, &rv);
+	int d4[4] = {2, 8, 3, 5};
+	map_ctx d2s = {{2, 2, 6, 10}, 4, {2, 8, 3, 5}, 4, 1, 2, 0, 0};
+	shape_case("tensor<fp16, [2, 8, 3, 5]>", d4, 4, "tensor<fp16, [2, 2, 6, 10]>", 240,
+	           "depth_to_space(x = x, block_size = int32(2))", layout_map, &d2s);
+	map_ctx ps = {{2, 2, 6, 10}, 4, {2, 8, 3, 5}, 4, 3, 2, 0, 0};
+	shape_case("tensor<fp16, [2, 8, 3, 5]>", d4, 4, "tensor<fp16, [2, 2, 6, 10]>", 240,
+	           "pixel_shuffle(x = x, upscale_factor = int32(2))", layout_map, &ps);
+	int d5[4] = {1, 2, 6, 4};
+	map_ctx s2d = {{1, 8, 3, 2}, 4, {1, 2, 6, 4}, 4, 2, 2, 0, 0};
+	shape_case("tensor<fp16, [1, 2, 6, 4]>", d5, 4, "tensor<fp16, [1, 8, 3, 2]>", 48,
+	           "space_to_depth(x = x, block_size = int32(2))", layout_map, &s2d);
+	map_ctx pu = {{1, 8, 3, 2}, 4, {1, 2, 6, 4}, 4, 4, 2, 0, 0};
+	shape_case("tensor<fp16, [1, 2, 6, 4]>", d5, 4, "tensor<fp16, [1, 8, 3, 2]>", 48,
+	           "pixel_unshuffle(x = x, downscale_factor = int32(2))", layout_map, &pu);
+	int d6[3] = {2, 7, 4};
+	map_ctx sw = {{2, 3, 3, 4}, 4, {2, 7, 4}, 3, 5, 0, 1, 2};
+	shape_case("tensor<fp16, [2, 7, 4]>", d6, 3, "tensor<fp16, [2, 3, 3, 4]>", 72,
+	           "sliding_windows(x = x, axis = int32(1), size = int32(3), stride = int32(2))", layout_map, &sw);
+	shape_case("tensor<fp16, [2, 3, 4]>", d3, 3, "tensor<fp16, [6, 4]>", 24, "flatten2d(x = x, axis = int32(-1))",
+	           ident_map, NULL);
+	/* reverse of everything by default */
+	double *v;
+	uint16_t *x = rf16(24, -4, 4, &v), y[24];
+	run1_f16("tensor<fp16, [2, 3, 4]>", "tensor<fp16, [2, 3, 4]>", "reverse(x = x)", x, y);
+	for (int i = 0; i < 24; i++)
+		cr_assert_eq(h2d(y[i]), v[23 - i]);
+	/* band_part: keep lower 1 diagonal below, none above, on the last two dims */
+	run1_f16("tensor<fp16, [2, 3, 4]>", "tensor<fp16, [2, 3, 4]>", "band_part(x = x, lower = int32(1), upper = int32(0))",
+	         x, y);
+	for (int i = 0; i < 24; i++) {
+		int r = (i / 4) % 3, c = i % 4;
+		cr_assert_eq(h2d(y[i]), (r - c <= 1 && c - r <= 0) ? v[i] : 0.0, "band_part [%d]", i);
+	}
+	compile_err(prog("tensor<fp16, [1, 3, 4, 4]> x", "y",
+	                 "        tensor<fp16, [1, 1, 8, 8]> y = depth_to_space(x = x, block_size = int32(2));"));
+	cr_assert(strstr(errbuf, "channels 3 are not divisible by block_size^2 = 4"), "%s", errbuf);
+	free(v);
+	free(x);
+}
+
+Test(ops, stack_fill_range_shape_one_hot)
+{
+	double *va, *vb;
+	uint16_t *a = rf16(6, -4, 4, &va), *b = rf16(6, -4, 4, &vb), y[12];
+	for (int axis = -3; axis < 3; axis++) {
+		int ax = axis < 0 ? axis + 3 : axis;
+		static const char *outs[3] = {"[2, 2, 3]", "[2, 2, 3]", "[2, 3, 2]"};
+		char body[96];
+		snprintf(body, sizeof body, "        tensor<fp16, %s> y = stack(values = (a, b), axis = int32(%d));",
+		         ax == 0 ? "[2, 2, 3]" : outs[ax], axis);
+		anes_bprogram *p = compile_ok(prog("tensor<fp16, [2, 3]> a, tensor<fp16, [2, 3]> b", "y", "%s", body));
+		const void *in[] = {a, b};
+		void *out[] = {y};
+		run_ok(p, 0, in, out);
+		for (int i = 0; i < 2; i++)
+			for (int j = 0; j < 3; j++)
+				for (int k = 0; k < 2; k++) {
+					int o = ax == 0 ? (k * 2 + i) * 3 + j : ax == 1 ? (i * 2 + k) * 3 + j : (i * 3 + j) * 2 + k;
+					cr_assert_eq(h2d(y[o]), (k ? vb : va)[i * 3 + j], "stack axis %d", axis);
+				}
+		B->ops->program_free(B, p);
+	}
+	free(a);
+	free(b);
+	free(va);
+	free(vb);
+	/* fill (folded), fill_like, range_1d, shape, one_hot */
+	float f[6];
+	int32_t r[5], sh[3], oh[3 * 4];
+	uint16_t x[24] = {0}, fl[24];
+	int32_t ind[3] = {2, -1, 3};
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [2, 3, 4]> x, tensor<int32, [3]> i", "f, r, s, h, l",
+		"        tensor<fp32, [2, 3]> f = fill(shape = tensor<int32, [2]>([2, 3]), value = fp32(2.5));\n"
+		"        tensor<int32, [5]> r = range_1d(start = int32(7), end = int32(-3), step = int32(-2));\n"
+		"        tensor<int32, [3]> s = shape(x = x);\n"
+		"        tensor<int32, [3, 4]> h = one_hot(indices = i, one_hot_vector_size = int32(4), on_value = int32(5), off_value = int32(-1));\n"
+		"        tensor<fp16, [2, 3, 4]> l = fill_like(ref_tensor = x, value = fp16(-0.5));"));
+	const void *in[] = {x, ind};
+	void *out[] = {f, r, sh, oh, fl};
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(f[i], 2.5f);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(r[i], 7 - 2 * i);
+	cr_assert(sh[0] == 2 && sh[1] == 3 && sh[2] == 4);
+	for (int i = 0; i < 3; i++)
+		for (int k = 0; k < 4; k++)
+			cr_assert_eq(oh[i * 4 + k], ind[i] == k ? 5 : -1, "one_hot [%d][%d] = %d", i, k, oh[i * 4 + k]);
+	for (int i = 0; i < 24; i++)
+		cr_assert_eq(h2d(fl[i]), -0.5);
+	B->ops->program_free(B, p);
+	/* one_hot along axis 0, fp16 values; range_1d in fp16 */
+	uint16_t oh2[4 * 3], rr[4];
+	p = compile_ok(prog("tensor<int32, [3]> i", "h, r",
+		"        tensor<fp16, [4, 3]> h = one_hot(indices = i, one_hot_vector_size = int32(4), axis = int32(0), on_value = fp16(1), off_value = fp16(0));\n"
+		"        tensor<fp16, [4]> r = range_1d(start = fp16(0.5), end = fp16(2.5), step = fp16(0.5));"));
+	const void *in2[] = {ind};
+	void *out2[] = {oh2, rr};
+	run_ok(p, 0, in2, out2);
+	for (int k = 0; k < 4; k++) {
+		cr_assert_eq(h2d(rr[k]), 0.5 + 0.5 * k);
+		for (int i = 0; i < 3; i++)
+			cr_assert_eq(h2d(oh2[k * 3 + i]), ind[i] == k ? 1.0 : 0.0);
+	}
+	B->ops->program_free(B, p);
+	compile_err(prog("tensor<int32, [3]> i", "r", "        tensor<int32, [1]> r = range_1d(start = int32(0), end = int32(5), step = int32(-1));"));
+	cr_assert(strstr(errbuf, "has 0 elements"), "%s", errbuf);
+	compile_err(prog("tensor<int32, [3]> i", "r", "        tensor<int32, [1]> r = fill(shape = tensor<int32, [2]>([0, 3]));"));
+	cr_assert(strstr(errbuf, "shape[0] = 0 is out of range"), "%s", errbuf);
+}
+
+Test(ops, gather_nd_and_gather_along_axis)
+{
+	/* x [3, 4, 2]; indices [2, 2] (K = 2) -> out [2, 2] */
+	double *v;
+	uint16_t *x = rf16(24, -4, 4, &v), y[24];
+	int32_t ind[4] = {2, -1, 0, 1};
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [3, 4, 2]> x, tensor<int32, [2, 2]> i", "y",
+		"        tensor<fp16, [2, 2]> y = gather_nd(x = x, indices = i);"));
+	const void *in[] = {x, ind};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	for (int t = 0; t < 2; t++) {
+		int a = ind[2 * t] < 0 ? ind[2 * t] + 3 : ind[2 * t], b = ind[2 * t + 1] < 0 ? ind[2 * t + 1] + 4 : ind[2 * t + 1];
+		for (int q = 0; q < 2; q++)
+			cr_assert_eq(h2d(y[t * 2 + q]), v[(a * 4 + b) * 2 + q]);
+	}
+	ind[1] = 4;
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert(strstr(errbuf, "op 'gather_nd' (y): indices[1] = 4 is out of range [-4, 4)"), "%s", errbuf);
+	ind[1] = INT32_MIN;
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -EINVAL);
+	B->ops->program_free(B, p);
+	/* gather_along_axis, axis 1: indices [3, 5, 2] */
+	int32_t ia[30];
+	for (int i = 0; i < 30; i++)
+		ia[i] = (int32_t)(rnd() % 8) - 4;
+	uint16_t ya[30];
+	p = compile_ok(prog("tensor<fp16, [3, 4, 2]> x, tensor<int32, [3, 5, 2]> i", "y",
+		"        tensor<fp16, [3, 5, 2]> y = gather_along_axis(x = x, indices = i, axis = int32(1));"));
+	const void *in2[] = {x, ia};
+	void *out2[] = {ya};
+	run_ok(p, 0, in2, out2);
+	for (int i = 0; i < 30; i++) {
+		int a = i / 10, q = i % 2, j = ia[i] < 0 ? ia[i] + 4 : ia[i];
+		cr_assert_eq(h2d(ya[i]), v[(a * 4 + j) * 2 + q], "gather_along_axis [%d]", i);
+	}
+	ia[7] = 4;
+	cr_assert_eq(B->ops->run(B, p, 0, in2, out2, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert(strstr(errbuf, "indices[7] = 4 is out of range [-4, 4)"), "%s", errbuf);
+	B->ops->program_free(B, p);
+	/* constant indices are checked at compile time */
+	compile_err(prog("tensor<fp16, [3, 4, 2]> x", "y",
+		"        tensor<fp16, [1, 2]> y = gather_nd(x = x, indices = tensor<int32, [1, 2]>([0, 9]));"));
+	cr_assert(strstr(errbuf, "indices[1] = 9 is out of range [-4, 4)"), "%s", errbuf);
+	free(v);
+	free(x);
+}
+
+/* sequential reference of one scatter combine, rounding as the output dtype does */
+static double sc_ref(int mode, double a, double b, bool is_int)
+{
+	double r;
+	switch (mode) {
+	case 0: r = b; break;
+	case 1: r = a + b; break;
+	case 2: r = a - b; break;
+	case 3: r = a * b; break;
+	case 4: r = is_int ? (b == 0 ? 0 : trunc(a / b)) : a / b; break;
+	case 5: r = a > b ? a : b; break;
+	default: r = a < b ? a : b; break;
+	}
+	return is_int ? r : h2d(anes_f32_to_f16_soft((float)r));
+}
+
+Test(ops, scatter_modes_nd_along_axis)
+{
+	static const char *modes[] = {"update", "add", "sub", "mul", "div", "max", "min"};
+	for (int dt = 0; dt < 2; dt++)
+		for (int m = 0; m < 7; m++) {
+			const char *t = dt ? "int32" : "fp16";
+			bool is_int = dt == 1;
+			/* data [4, 3]; scatter along axis 0 with indices [3] (a repeat), updates [3, 3] */
+			double *vd, *vu;
+			void *d = is_int ? rmask("int32", 12, &vd) : (void *)rf16(12, 1, 3, &vd);
+			void *u = is_int ? rmask("int32", 9, &vu) : (void *)rf16(9, 1, 3, &vu);
+			int32_t ind[3] = {2, -4, 2};
+			uint8_t o[12 * 4];
+			char inputs[128];
+			snprintf(inputs, sizeof inputs, "tensor<%s, [4, 3]> d, tensor<int32, [3]> i, tensor<%s, [3, 3]> u", t, t);
+			anes_bprogram *p = compile_ok(prog(inputs, "o",
+				"        tensor<%s, [4, 3]> o = scatter(data = d, indices = i, updates = u, axis = int32(0), mode = string(\"%s\"));",
+				t, modes[m]));
+			const void *in[] = {d, ind, u};
+			void *out[] = {o};
+			run_ok(p, 0, in, out);
+			double ref[12];
+			memcpy(ref, vd, sizeof ref);
+			for (int k = 0; k < 3; k++) {
+				int row = ind[k] < 0 ? ind[k] + 4 : ind[k];
+				for (int c = 0; c < 3; c++)
+					ref[row * 3 + c] = sc_ref(m, ref[row * 3 + c], vu[k * 3 + c], is_int);
+			}
+			for (int i = 0; i < 12; i++) {
+				double want = is_int ? (double)(int32_t)(uint32_t)(uint64_t)(int64_t)ref[i] : ref[i];
+				cr_assert_eq(out_val(o, t, (size_t)i), want, "scatter %s %s [%d]", t, modes[m], i);
+			}
+			ind[1] = 4;
+			cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -EINVAL);
+			B->ops->program_free(B, p);
+			free(vd);
+			free(vu);
+			free(d);
+			free(u);
+		}
+	/* scatter_nd: data [3, 4], indices [2, 1] -> rows; updates [2, 4] */
+	double *vd, *vu;
+	uint16_t *d = rf16(12, -2, 2, &vd), *u = rf16(8, -2, 2, &vu), o[12];
+	int32_t ind[2] = {1, -1};
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [3, 4]> d, tensor<int32, [2, 1]> i, tensor<fp16, [2, 4]> u", "o",
+		"        tensor<fp16, [3, 4]> o = scatter_nd(data = d, indices = i, updates = u, mode = string(\"update\"));"));
+	const void *in[] = {d, ind, u};
+	void *out[] = {o};
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 12; i++) {
+		int row = i / 4;
+		double want = row == 1 ? vu[i % 4] : row == 2 ? vu[4 + i % 4] : vd[i];
+		cr_assert_eq(h2d(o[i]), want, "scatter_nd [%d]", i);
+	}
+	ind[0] = 3;
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert(strstr(errbuf, "indices[0] = 3 is out of range [-3, 3)"), "%s", errbuf);
+	B->ops->program_free(B, p);
+	/* scatter_along_axis, axis 1, add: indices/updates [3, 2] */
+	int32_t ia[6] = {0, 0, 3, -1, 2, 1};
+	p = compile_ok(prog("tensor<fp16, [3, 4]> d, tensor<int32, [3, 2]> i, tensor<fp16, [3, 2]> u", "o",
+		"        tensor<fp16, [3, 4]> o = scatter_along_axis(data = d, indices = i, updates = u, axis = int32(1));"));
+	const void *in2[] = {d, ia, u};
+	run_ok(p, 0, in2, out);
+	double ref[12];
+	memcpy(ref, vd, sizeof ref);
+	for (int r = 0; r < 3; r++)
+		for (int k = 0; k < 2; k++) {
+			int col = ia[r * 2 + k] < 0 ? ia[r * 2 + k] + 4 : ia[r * 2 + k];
+			ref[r * 4 + col] = sc_ref(1, ref[r * 4 + col], vu[r * 2 + k], false);
+		}
+	for (int i = 0; i < 12; i++)
+		cr_assert_eq(h2d(o[i]), ref[i], "scatter_along_axis [%d]", i);
+	B->ops->program_free(B, p);
+	free(vd);
+	free(vu);
+	free(d);
+	free(u);
+}
+
+Test(ops, slice_update_constant_and_runtime_begin)
+{
+	/* x [4, 6]; update [2, 3] into rows 1..2, columns 0, 2, 4 */
+	double *vx, *vu;
+	uint16_t *x = rf16(24, -2, 2, &vx), *u = rf16(6, -2, 2, &vu), o[24];
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [4, 6]> x, tensor<fp16, [2, 3]> u", "o",
+		"        tensor<fp16, [4, 6]> o = slice_update(x = x, update = u, begin = tensor<int32, [2]>([1, 0]), "
+		"end = tensor<int32, [2]>([3, 6]), stride = tensor<int32, [2]>([1, 2]));"));
+	const void *in[] = {x, u};
+	void *out[] = {o};
+	run_ok(p, 0, in, out);
+	for (int i = 0; i < 24; i++) {
+		int r = i / 6, c = i % 6;
+		bool hit = r >= 1 && r <= 2 && c % 2 == 0;
+		cr_assert_eq(h2d(o[i]), hit ? vu[(r - 1) * 3 + c / 2] : vx[i], "slice_update [%d]", i);
+	}
+	B->ops->program_free(B, p);
+	/* a KV-cache style update: begin from a run-time input, row squeezed */
+	int32_t beg[2] = {2, 0}, end[2] = {3, 6};
+	p = compile_ok(prog("tensor<fp16, [4, 6]> x, tensor<fp16, [6]> u, tensor<int32, [2]> b, tensor<int32, [2]> e", "o",
+		"        tensor<fp16, [4, 6]> o = slice_update(x = x, update = u, begin = b, end = e, "
+		"squeeze_mask = tensor<bool, [2]>([true, false]));"));
+	const void *in2[] = {x, u, beg, end};
+	run_ok(p, 0, in2, out);
+	for (int i = 0; i < 24; i++)
+		cr_assert_eq(h2d(o[i]), i / 6 == 2 ? vu[i % 6] : vx[i], "runtime slice_update [%d]", i);
+	beg[0] = -1;
+	run_ok(p, 0, in2, out);
+	cr_assert_eq(h2d(o[18]), vu[0]);
+	beg[0] = 4;
+	cr_assert_eq(B->ops->run(B, p, 0, in2, out, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert(strstr(errbuf, "begin[0] = 4 is out of range"), "%s", errbuf);
+	beg[0] = 0;
+	end[1] = 5;
+	cr_assert_eq(B->ops->run(B, p, 0, in2, out, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert(strstr(errbuf, "the slice of axis 1 has 5 elements"), "%s", errbuf);
+	end[1] = INT32_MAX;
+	beg[1] = INT32_MIN;
+	run_ok(p, 0, in2, out);   /* clamped to [0, 6): the whole row */
+	B->ops->program_free(B, p);
+	free(vx);
+	free(vu);
+	free(x);
+	free(u);
+}

@@ -476,6 +476,672 @@ static int run_line(const cpu_step *st, const cpu_exec *ex)
 	return 0;
 }
 
+
+/* ---- data movement ---- */
+
+static void strides_of(const anes_mil_type *t, uint64_t *st)
+{
+	uint64_t s = 1;
+	for (uint32_t i = t->rank; i-- > 0;) {
+		st[i] = s;
+		s *= t->shape[i];
+	}
+}
+
+static void unravel(uint64_t i, const uint64_t *shape, uint32_t r, uint64_t *idx)
+{
+	for (uint32_t d = r; d-- > 0;) {
+		idx[d] = i % shape[d];
+		i /= shape[d];
+	}
+}
+
+/* An index read from a tensor the client may be writing: read once into a
+ * register (the empty asm keeps the compiler from reading it again after the
+ * check), checked against [-d, d), then made non-negative. */
+static int read_index(const cpu_exec *ex, const anes_mil_op *op, const void *ind, int dt, uint64_t i, uint64_t d,
+                      uint64_t *ret)
+{
+	int64_t ix = (int64_t)anes_mil_load_f64(ind, dt, i);
+	__asm__ volatile("" : "+r"(ix));
+	if (ix < -(int64_t)d || ix >= (int64_t)d)
+		return cpu_run_fail(ex, op, -EINVAL, "indices[%llu] = %lld is out of range [%lld, %lld)",
+		                    (unsigned long long)i, (long long)ix, -(long long)d, (long long)d);
+	*ret = (uint64_t)(ix < 0 ? ix + (int64_t)d : ix);
+	return 0;
+}
+
+/* stack */
+
+typedef struct stack_params {
+	uint64_t outer, inner;          /* elements of one input before / from the axis */
+	size_t es;
+	uint32_t n;
+} stack_params;
+
+static int plan_stack(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_arg *vals = anes_mil_op_arg(op, "values");
+	const anes_mil_type *t0 = &fn->values[vals->vals[0]].type;
+	uint32_t axis = axis_of(fn, op, "axis", 0, t0->rank + 1);
+	stack_params *p = calloc(1, sizeof *p);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	p->outer = p->inner = 1;
+	for (uint32_t i = 0; i < t0->rank; i++) {
+		if (i < axis)
+			p->outer *= t0->shape[i];
+		else
+			p->inner *= t0->shape[i];
+	}
+	p->es = cpu_esize(t0->dtype);
+	p->n = vals->n;
+	st->params = p;
+	return 0;
+}
+
+static int run_stack(const cpu_step *st, const cpu_exec *ex)
+{
+	const stack_params *p = st->params;
+	const anes_mil_arg *vals = anes_mil_op_arg(st->op, "values");
+	uint8_t *dst = cpu_ptr(ex, st->op->outputs[0]);
+	size_t nb = (size_t)(p->inner * p->es);
+
+	for (uint64_t o = 0; o < p->outer; o++)
+		for (uint32_t k = 0; k < p->n; k++) {
+			memmove(dst, (const uint8_t *)cpu_ptr(ex, vals->vals[k]) + o * nb, nb);
+			dst += nb;
+		}
+	return 0;
+}
+
+/* remap: out[i] = x[f(i)] (or zero) for the layout ops */
+
+enum { RM_REVERSE, RM_D2S, RM_S2D, RM_PSHUF, RM_PUNSHUF, RM_SLIDING, RM_BAND, RM_COPY };
+
+typedef struct remap_params {
+	int kind;
+	size_t es;
+	uint32_t orank, xrank;
+	uint64_t oshape[ANES_MAX_RANK], xshape[ANES_MAX_RANK], xstr[ANES_MAX_RANK];
+	uint64_t count;
+	bool rev[ANES_MAX_RANK];
+	uint64_t b;                     /* block size / factor; sliding: stride */
+	uint32_t axis;
+	int64_t lower, upper;
+} remap_params;
+
+static int plan_remap(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	static const char *const names[] = {"reverse", "depth_to_space", "space_to_depth", "pixel_shuffle",
+	                                    "pixel_unshuffle", "sliding_windows", "band_part", "flatten2d"};
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *o = cpu_out_type(fn, op);
+	remap_params *p = calloc(1, sizeof *p);
+	int64_t v = 1;
+	uint32_t n;
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	for (int k = 0; k < 8; k++)
+		if (strcmp(op->def->name, names[k]) == 0)
+			p->kind = k;
+	p->es = cpu_esize(x->dtype);
+	p->orank = o->rank;
+	p->xrank = x->rank;
+	memcpy(p->oshape, o->shape, sizeof p->oshape);
+	memcpy(p->xshape, x->shape, sizeof p->xshape);
+	strides_of(x, p->xstr);
+	p->count = o->count;
+	switch (p->kind) {
+	case RM_REVERSE: {
+		const anes_mil_value *av = cpu_arg(fn, op, "axes");
+		int64_t axes[ANES_MAX_RANK];
+		if (av) {
+			anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n);
+			for (uint32_t i = 0; i < n; i++)
+				p->rev[axes[i] < 0 ? axes[i] + x->rank : axes[i]] = true;
+		} else {
+			for (uint32_t i = 0; i < x->rank; i++)
+				p->rev[i] = true;
+		}
+		break;
+	}
+	case RM_D2S:
+	case RM_S2D:
+		anes_mil_const_ints(cpu_arg(fn, op, "block_size"), &v, 1, &n);
+		p->b = (uint64_t)v;
+		break;
+	case RM_PSHUF:
+		anes_mil_const_ints(cpu_arg(fn, op, "upscale_factor"), &v, 1, &n);
+		p->b = (uint64_t)v;
+		break;
+	case RM_PUNSHUF:
+		anes_mil_const_ints(cpu_arg(fn, op, "downscale_factor"), &v, 1, &n);
+		p->b = (uint64_t)v;
+		break;
+	case RM_SLIDING:
+		p->axis = axis_of(fn, op, "axis", 0, x->rank);
+		v = 1;
+		if (cpu_arg(fn, op, "stride"))
+			anes_mil_const_ints(cpu_arg(fn, op, "stride"), &v, 1, &n);
+		p->b = (uint64_t)v;
+		break;
+	case RM_BAND:
+		p->lower = p->upper = -1;
+		if (cpu_arg(fn, op, "lower"))
+			anes_mil_const_ints(cpu_arg(fn, op, "lower"), &p->lower, 1, &n);
+		if (cpu_arg(fn, op, "upper"))
+			anes_mil_const_ints(cpu_arg(fn, op, "upper"), &p->upper, 1, &n);
+		break;
+	default:
+		break;
+	}
+	st->params = p;
+	return 0;
+}
+
+/* source element of output index idx, or -1 for zero */
+static int64_t remap_src(const remap_params *p, const uint64_t *idx, uint64_t lin)
+{
+	const uint64_t *s = p->xstr;
+	uint64_t b = p->b;
+
+	switch (p->kind) {
+	case RM_REVERSE: {
+		uint64_t off = 0;
+		for (uint32_t d = 0; d < p->xrank; d++)
+			off += (p->rev[d] ? p->xshape[d] - 1 - idx[d] : idx[d]) * s[d];
+		return (int64_t)off;
+	}
+	case RM_D2S: {   /* DCR: channel (i * b + j) * C_out + c */
+		uint64_t i = idx[2] % b, j = idx[3] % b;
+		uint64_t c = (i * b + j) * p->oshape[1] + idx[1];
+		return (int64_t)(idx[0] * s[0] + c * s[1] + (idx[2] / b) * s[2] + (idx[3] / b) * s[3]);
+	}
+	case RM_S2D: {
+		uint64_t q = idx[1] / p->xshape[1], c = idx[1] % p->xshape[1];
+		return (int64_t)(idx[0] * s[0] + c * s[1] + (idx[2] * b + q / b) * s[2] + (idx[3] * b + q % b) * s[3]);
+	}
+	case RM_PSHUF: {   /* CRD: channel c * b^2 + i * b + j */
+		uint64_t c = idx[1] * b * b + (idx[2] % b) * b + idx[3] % b;
+		return (int64_t)(idx[0] * s[0] + c * s[1] + (idx[2] / b) * s[2] + (idx[3] / b) * s[3]);
+	}
+	case RM_PUNSHUF: {
+		uint64_t c = idx[1] / (b * b), q = idx[1] % (b * b);
+		return (int64_t)(idx[0] * s[0] + c * s[1] + (idx[2] * b + q / b) * s[2] + (idx[3] * b + q % b) * s[3]);
+	}
+	case RM_SLIDING: {
+		uint64_t off = 0;
+		for (uint32_t d = 0, o = 0; d < p->xrank; d++, o++) {
+			if (d == p->axis) {
+				off += (idx[o] * b + idx[o + 1]) * s[d];
+				o++;
+			} else {
+				off += idx[o] * s[d];
+			}
+		}
+		return (int64_t)off;
+	}
+	case RM_BAND: {
+		int64_t i = (int64_t)idx[p->orank - 2], j = (int64_t)idx[p->orank - 1];
+		if ((p->lower >= 0 && i - j > p->lower) || (p->upper >= 0 && j - i > p->upper))
+			return -1;
+		return (int64_t)lin;
+	}
+	default:
+		return (int64_t)lin;
+	}
+}
+
+static int run_remap(const cpu_step *st, const cpu_exec *ex)
+{
+	const remap_params *p = st->params;
+	const uint8_t *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	uint8_t *o = cpu_ptr(ex, st->op->outputs[0]);
+	uint64_t idx[ANES_MAX_RANK];
+
+	for (uint64_t i = 0; i < p->count; i++) {
+		unravel(i, p->oshape, p->orank, idx);
+		int64_t src = remap_src(p, idx, i);
+		if (src < 0)
+			memset(o + i * p->es, 0, p->es);
+		else
+			memmove(o + i * p->es, x + (uint64_t)src * p->es, p->es);
+	}
+	return 0;
+}
+
+/* gather_nd, gather_along_axis */
+
+typedef struct gidx_params {
+	size_t es;
+	int idt;
+	uint32_t K, xrank, irank, axis;
+	uint64_t nidx, block;           /* gather_nd: index tuples, elements per tuple */
+	uint64_t xshape[ANES_MAX_RANK], xstr[ANES_MAX_RANK], ishape[ANES_MAX_RANK];
+	uint64_t icount;
+} gidx_params;
+
+static gidx_params *gidx_new(const anes_mil_type *x, const anes_mil_type *it)
+{
+	gidx_params *p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->es = cpu_esize(x->dtype);
+	p->idt = it->dtype;
+	p->xrank = x->rank;
+	p->irank = it->rank;
+	memcpy(p->xshape, x->shape, sizeof p->xshape);
+	memcpy(p->ishape, it->shape, sizeof p->ishape);
+	strides_of(x, p->xstr);
+	p->icount = it->count;
+	p->K = (uint32_t)it->shape[it->rank - 1];
+	p->nidx = it->count / p->K;
+	p->block = 1;
+	for (uint32_t i = p->K; i < x->rank; i++)
+		p->block *= x->shape[i];
+	return p;
+}
+
+static int plan_gather_x(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *it = &cpu_arg(fn, op, "indices")->type;
+	gidx_params *p = gidx_new(x, it);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	p->axis = axis_of(fn, op, "axis", 0, x->rank);
+	st->params = p;
+	return 0;
+}
+
+static int run_gather_nd(const cpu_step *st, const cpu_exec *ex)
+{
+	const gidx_params *p = st->params;
+	const uint8_t *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	const void *ind = cpu_ptr(ex, cpu_argid(st->op, "indices"));
+	uint8_t *o = cpu_ptr(ex, st->op->outputs[0]);
+	size_t nb = (size_t)(p->block * p->es);
+
+	for (uint64_t t = 0; t < p->nidx; t++) {
+		uint64_t off = 0, ix;
+		for (uint32_t k = 0; k < p->K; k++) {
+			if (read_index(ex, st->op, ind, p->idt, t * p->K + k, p->xshape[k], &ix))
+				return -EINVAL;
+			off += ix * p->xstr[k];
+		}
+		memmove(o + t * nb, x + off * p->es, nb);
+	}
+	return 0;
+}
+
+static int run_gather_along(const cpu_step *st, const cpu_exec *ex)
+{
+	const gidx_params *p = st->params;
+	const uint8_t *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	const void *ind = cpu_ptr(ex, cpu_argid(st->op, "indices"));
+	uint8_t *o = cpu_ptr(ex, st->op->outputs[0]);
+	uint64_t idx[ANES_MAX_RANK];
+
+	for (uint64_t i = 0; i < p->icount; i++) {
+		uint64_t ix, off = 0;
+		if (read_index(ex, st->op, ind, p->idt, i, p->xshape[p->axis], &ix))
+			return -EINVAL;
+		unravel(i, p->ishape, p->irank, idx);
+		idx[p->axis] = ix;
+		for (uint32_t d = 0; d < p->xrank; d++)
+			off += idx[d] * p->xstr[d];
+		memmove(o + i * p->es, x + off * p->es, p->es);
+	}
+	return 0;
+}
+
+/* scatter, scatter_nd, scatter_along_axis */
+
+enum { SC_UPDATE, SC_ADD, SC_SUB, SC_MUL, SC_DIV, SC_MAX, SC_MIN };
+enum { SK_AXIS, SK_ND, SK_ALONG };
+
+typedef struct scat_params {
+	int kind, mode, dt, idt;
+	size_t es;
+	uint32_t drank, irank, axis, K;
+	uint64_t dshape[ANES_MAX_RANK], dstr[ANES_MAX_RANK], ishape[ANES_MAX_RANK];
+	uint64_t pre, dim, post;        /* SK_AXIS: data as [pre, dim, post] */
+	uint64_t nidx, block, icount, bytes;
+} scat_params;
+
+static int plan_scatter(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	static const char *const modes[] = {"update", "add", "sub", "mul", "div", "max", "min"};
+	const anes_mil_type *d = &cpu_arg(fn, op, "data")->type, *it = &cpu_arg(fn, op, "indices")->type;
+	const char *m = cpu_arg(fn, op, "mode") ? anes_mil_const_string(cpu_arg(fn, op, "mode")) : "add";
+	scat_params *p = calloc(1, sizeof *p);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	p->kind = !strcmp(op->def->name, "scatter") ? SK_AXIS : !strcmp(op->def->name, "scatter_nd") ? SK_ND : SK_ALONG;
+	for (int k = 0; k < 7; k++)
+		if (strcmp(m, modes[k]) == 0)
+			p->mode = k;
+	p->dt = d->dtype;
+	p->idt = it->dtype;
+	p->es = cpu_esize(d->dtype);
+	p->drank = d->rank;
+	p->irank = it->rank;
+	memcpy(p->dshape, d->shape, sizeof p->dshape);
+	memcpy(p->ishape, it->shape, sizeof p->ishape);
+	strides_of(d, p->dstr);
+	p->icount = it->count;
+	p->bytes = d->bytes;
+	if (p->kind == SK_ND) {
+		p->K = (uint32_t)it->shape[it->rank - 1];
+		p->nidx = it->count / p->K;
+		p->block = 1;
+		for (uint32_t i = p->K; i < d->rank; i++)
+			p->block *= d->shape[i];
+	} else {
+		p->axis = axis_of(fn, op, "axis", 0, d->rank);
+		split_at(d, p->axis, &p->pre, &p->dim, &p->post);
+	}
+	st->params = p;
+	return 0;
+}
+
+static void combine(const scat_params *p, uint8_t *o, uint64_t at, const void *u, uint64_t ui)
+{
+	if (p->mode == SC_UPDATE) {
+		memmove(o + at * p->es, (const uint8_t *)u + ui * p->es, p->es);
+		return;
+	}
+	if (p->dt == ANES_DT_INT32) {
+		int64_t a = ((int32_t *)(void *)o)[at], b = ((const int32_t *)u)[ui], r;
+		switch (p->mode) {
+		case SC_ADD: r = a + b; break;
+		case SC_SUB: r = a - b; break;
+		case SC_MUL: r = (int64_t)((uint64_t)a * (uint64_t)b); break;
+		case SC_DIV: r = b == 0 ? 0 : (a == INT32_MIN && b == -1) ? a : a / b; break;
+		case SC_MAX: r = a > b ? a : b; break;
+		default: r = a < b ? a : b; break;
+		}
+		((int32_t *)(void *)o)[at] = (int32_t)(uint32_t)(uint64_t)r;
+		return;
+	}
+	float a = ld(o, p->dt, at), b = ld(u, p->dt, ui), r;
+	switch (p->mode) {
+	case SC_ADD: r = a + b; break;
+	case SC_SUB: r = a - b; break;
+	case SC_MUL: r = a * b; break;
+	case SC_DIV: r = a / b; break;
+	case SC_MAX: r = a > b || isnan(a) ? a : b; break;
+	default: r = a < b || isnan(a) ? a : b; break;
+	}
+	st_val(o, p->dt, at, r);
+}
+
+static int run_scatter(const cpu_step *st, const cpu_exec *ex)
+{
+	const scat_params *p = st->params;
+	const anes_mil_op *op = st->op;
+	const void *ind = cpu_ptr(ex, cpu_argid(op, "indices"));
+	const void *u = cpu_ptr(ex, cpu_argid(op, "updates"));
+	uint8_t *o = cpu_ptr(ex, op->outputs[0]);
+	uint64_t idx[ANES_MAX_RANK], ix;
+
+	memmove(o, cpu_ptr(ex, cpu_argid(op, "data")), (size_t)p->bytes);
+	switch (p->kind) {
+	case SK_AXIS: {
+		/* updates [pre, indices..., post] */
+		uint64_t ui = 0;
+		for (uint64_t a = 0; a < p->pre; a++)
+			for (uint64_t t = 0; t < p->icount; t++) {
+				if (read_index(ex, op, ind, p->idt, t, p->dim, &ix))
+					return -EINVAL;
+				for (uint64_t q = 0; q < p->post; q++)
+					combine(p, o, (a * p->dim + ix) * p->post + q, u, ui++);
+			}
+		break;
+	}
+	case SK_ND:
+		for (uint64_t t = 0; t < p->nidx; t++) {
+			uint64_t off = 0;
+			for (uint32_t k = 0; k < p->K; k++) {
+				if (read_index(ex, op, ind, p->idt, t * p->K + k, p->dshape[k], &ix))
+					return -EINVAL;
+				off += ix * p->dstr[k];
+			}
+			for (uint64_t q = 0; q < p->block; q++)
+				combine(p, o, off + q, u, t * p->block + q);
+		}
+		break;
+	default:
+		for (uint64_t i = 0; i < p->icount; i++) {
+			uint64_t off = 0;
+			if (read_index(ex, op, ind, p->idt, i, p->dim, &ix))
+				return -EINVAL;
+			unravel(i, p->ishape, p->irank, idx);
+			idx[p->axis] = ix;
+			for (uint32_t d = 0; d < p->drank; d++)
+				off += idx[d] * p->dstr[d];
+			combine(p, o, off, u, i);
+		}
+		break;
+	}
+	return 0;
+}
+
+/* slice_update */
+
+typedef struct su_params {
+	size_t es;
+	uint32_t rank, urank;
+	uint64_t shape[ANES_MAX_RANK], str[ANES_MAX_RANK], ushape[ANES_MAX_RANK];
+	int64_t stride[ANES_MAX_RANK];
+	bool bm[ANES_MAX_RANK], em[ANES_MAX_RANK], sm[ANES_MAX_RANK];
+	int bdt, edt;
+	uint64_t bytes, ucount;
+} su_params;
+
+static int plan_slice_update(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *u = &cpu_arg(fn, op, "update")->type;
+	static const char *const mn[3] = {"begin_mask", "end_mask", "squeeze_mask"};
+	su_params *p = calloc(1, sizeof *p);
+	uint32_t n;
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	p->es = cpu_esize(x->dtype);
+	p->rank = x->rank;
+	p->urank = u->rank;
+	memcpy(p->shape, x->shape, sizeof p->shape);
+	memcpy(p->ushape, u->shape, sizeof p->ushape);
+	strides_of(x, p->str);
+	for (uint32_t i = 0; i < x->rank; i++)
+		p->stride[i] = 1;
+	if (cpu_arg(fn, op, "stride"))
+		anes_mil_const_ints(cpu_arg(fn, op, "stride"), p->stride, ANES_MAX_RANK, &n);
+	bool *mv[3] = {p->bm, p->em, p->sm};
+	for (int k = 0; k < 3; k++) {
+		const anes_mil_value *v = cpu_arg(fn, op, mn[k]);
+		if (v)
+			for (uint32_t i = 0; i < x->rank; i++)
+				mv[k][i] = ((const uint8_t *)v->data)[i] != 0;
+	}
+	p->bdt = cpu_arg(fn, op, "begin")->type.dtype;
+	p->edt = cpu_arg(fn, op, "end")->type.dtype;
+	p->bytes = x->bytes;
+	p->ucount = u->count;
+	st->params = p;
+	return 0;
+}
+
+static int64_t clamp_arg(double v)
+{
+	double lim = 2.0 * (double)ANES_MIL_MAX_DIM;
+	return (int64_t)(v < -lim ? -lim : v > lim ? lim : v);
+}
+
+static int run_slice_update(const cpu_step *st, const cpu_exec *ex)
+{
+	const su_params *p = st->params;
+	const anes_mil_op *op = st->op;
+	const void *bp = cpu_ptr(ex, cpu_argid(op, "begin")), *ep = cpu_ptr(ex, cpu_argid(op, "end"));
+	const uint8_t *u = cpu_ptr(ex, cpu_argid(op, "update"));
+	uint8_t *o = cpu_ptr(ex, op->outputs[0]);
+	int64_t first[ANES_MAX_RANK], step[ANES_MAX_RANK];
+	uint64_t len[ANES_MAX_RANK];
+	uint32_t r = 0;
+
+	/* begin and end may be the caller's memory: each read once, bounded, checked */
+	for (uint32_t i = 0; i < p->rank; i++) {
+		int64_t d = (int64_t)p->shape[i];
+		int64_t b = clamp_arg(anes_mil_load_f64(bp, p->bdt, i)), e = clamp_arg(anes_mil_load_f64(ep, p->edt, i));
+		__asm__ volatile("" : "+r"(b), "+r"(e));
+		if (p->sm[i]) {
+			int64_t bb = b < 0 ? b + d : b;
+			if (bb < 0 || bb >= d)
+				return cpu_run_fail(ex, op, -EINVAL, "begin[%u] = %lld is out of range for the squeezed dim %lld", i,
+				                    (long long)b, (long long)d);
+			first[i] = bb;
+			step[i] = 1;
+			len[i] = 1;
+			continue;
+		}
+		int64_t bb, l;
+		anes_mil_slice_axis(d, b, e, p->stride[i], p->bm[i], p->em[i], &bb, &l);
+		if (l != (int64_t)p->ushape[r])
+			return cpu_run_fail(ex, op, -EINVAL, "the slice of axis %u has %lld elements (begin %lld, end %lld), update has %llu",
+			                    i, (long long)l, (long long)b, (long long)e, (unsigned long long)p->ushape[r]);
+		first[i] = bb;
+		step[i] = p->stride[i];
+		len[i] = (uint64_t)l;
+		r++;
+	}
+	memmove(o, cpu_ptr(ex, cpu_argid(op, "x")), (size_t)p->bytes);
+	uint64_t idx[ANES_MAX_RANK];
+	for (uint64_t i = 0; i < p->ucount; i++) {
+		int64_t off = 0;
+		unravel(i, len, p->rank, idx);
+		for (uint32_t d = 0; d < p->rank; d++)
+			off += (first[d] + (int64_t)idx[d] * step[d]) * (int64_t)p->str[d];
+		memmove(o + (uint64_t)off * p->es, u + i * p->es, p->es);
+	}
+	return 0;
+}
+
+/* fill, fill_like, range_1d, shape, one_hot */
+
+typedef struct gen_params {
+	int kind, odt, idt;
+	size_t es;
+	uint64_t count;
+	uint8_t on[8], off[8];          /* fill: value in on */
+	double start, step;
+	uint32_t rank, axis;
+	uint64_t shape[ANES_MAX_RANK];  /* shape: x's dims; one_hot: output shape */
+} gen_params;
+
+enum { G_FILL, G_RANGE, G_SHAPE, G_ONE_HOT };
+
+static int plan_gen(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const char *nm = op->def->name;
+	const anes_mil_type *o = cpu_out_type(fn, op);
+	gen_params *p = calloc(1, sizeof *p);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	p->kind = !strcmp(nm, "range_1d") ? G_RANGE : !strcmp(nm, "shape") ? G_SHAPE
+	        : !strcmp(nm, "one_hot") ? G_ONE_HOT : G_FILL;
+	p->odt = o->dtype;
+	p->es = cpu_esize(o->dtype);
+	p->count = o->count;
+	switch (p->kind) {
+	case G_FILL:
+		cpu_store_f64(p->on, p->odt, 0, f64_of(fn, op, "value", 0));
+		if (p->odt == ANES_DT_BOOL && cpu_arg(fn, op, "value"))
+			p->on[0] = ((const uint8_t *)cpu_arg(fn, op, "value")->data)[0] != 0;
+		break;
+	case G_RANGE:
+		p->start = f64_of(fn, op, "start", 0);
+		p->step = f64_of(fn, op, "step", 1);
+		break;
+	case G_SHAPE: {
+		const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+		p->rank = x->rank;
+		memcpy(p->shape, x->shape, sizeof p->shape);
+		break;
+	}
+	case G_ONE_HOT: {
+		const anes_mil_type *it = &cpu_arg(fn, op, "indices")->type;
+		int64_t a = -1;
+		uint32_t n;
+		if (cpu_arg(fn, op, "axis"))
+			anes_mil_const_ints(cpu_arg(fn, op, "axis"), &a, 1, &n);
+		p->axis = (uint32_t)(a < 0 ? a + (int64_t)it->rank + 1 : a);
+		p->idt = it->dtype;
+		p->rank = o->rank;
+		memcpy(p->shape, o->shape, sizeof p->shape);
+		const anes_mil_value *on = cpu_arg(fn, op, "on_value"), *off = cpu_arg(fn, op, "off_value");
+		cpu_store_f64(p->on, p->odt, 0, on ? anes_mil_load_f64(on->data, on->type.dtype, 0) : 1);
+		cpu_store_f64(p->off, p->odt, 0, off ? anes_mil_load_f64(off->data, off->type.dtype, 0) : 0);
+		break;
+	}
+	}
+	st->params = p;
+	return 0;
+}
+
+static int run_gen(const cpu_step *st, const cpu_exec *ex)
+{
+	const gen_params *p = st->params;
+	uint8_t *o = cpu_ptr(ex, st->op->outputs[0]);
+
+	switch (p->kind) {
+	case G_FILL:
+		for (uint64_t i = 0; i < p->count; i++)
+			memcpy(o + i * p->es, p->on, p->es);
+		break;
+	case G_RANGE:
+		for (uint64_t i = 0; i < p->count; i++) {
+			if (p->odt == ANES_DT_INT32)
+				((int32_t *)(void *)o)[i] = (int32_t)(uint32_t)(uint64_t)((int64_t)p->start + (int64_t)i * (int64_t)p->step);
+			else
+				st_val(o, p->odt, i, (float)p->start + (float)i * (float)p->step);
+		}
+		break;
+	case G_SHAPE:
+		for (uint32_t i = 0; i < p->rank; i++)
+			((int32_t *)(void *)o)[i] = (int32_t)p->shape[i];
+		break;
+	case G_ONE_HOT: {
+		const void *ind = cpu_ptr(ex, cpu_argid(st->op, "indices"));
+		uint64_t idx[ANES_MAX_RANK];
+		uint64_t depth = p->shape[p->axis];
+		for (uint64_t i = 0; i < p->count; i++) {
+			unravel(i, p->shape, p->rank, idx);
+			/* the index tensor position: the output index without the axis */
+			uint64_t src = 0;
+			for (uint32_t d = 0; d < p->rank; d++)
+				if (d != p->axis)
+					src = src * p->shape[d] + idx[d];
+			double v = anes_mil_load_f64(ind, p->idt, src);   /* compared only: any value is safe */
+			bool hot = v >= 0 && v < (double)depth && (uint64_t)v == idx[p->axis];
+			memcpy(o + i * p->es, hot ? p->on : p->off, p->es);
+		}
+		break;
+	}
+	}
+	return 0;
+}
+
 /* ---- table ---- */
 
 static const cpu_opimpl impls[] = {
@@ -493,6 +1159,26 @@ static const cpu_opimpl impls[] = {
 	{"instance_norm", plan_line, run_line},
 	{"l2_norm", plan_line, run_line},
 	{"local_response_norm", plan_line, run_line},
+	{"stack", plan_stack, run_stack},
+	{"reverse", plan_remap, run_remap},
+	{"depth_to_space", plan_remap, run_remap},
+	{"space_to_depth", plan_remap, run_remap},
+	{"pixel_shuffle", plan_remap, run_remap},
+	{"pixel_unshuffle", plan_remap, run_remap},
+	{"sliding_windows", plan_remap, run_remap},
+	{"band_part", plan_remap, run_remap},
+	{"flatten2d", plan_remap, run_remap},
+	{"gather_nd", plan_gather_x, run_gather_nd},
+	{"gather_along_axis", plan_gather_x, run_gather_along},
+	{"scatter", plan_scatter, run_scatter},
+	{"scatter_nd", plan_scatter, run_scatter},
+	{"scatter_along_axis", plan_scatter, run_scatter},
+	{"slice_update", plan_slice_update, run_slice_update},
+	{"fill", plan_gen, run_gen},
+	{"fill_like", plan_gen, run_gen},
+	{"range_1d", plan_gen, run_gen},
+	{"shape", plan_gen, run_gen},
+	{"one_hot", plan_gen, run_gen},
 };
 
 const cpu_opimpl *cpu_ext_find(const char *name)

@@ -459,6 +459,537 @@ static int infer_lrn(anes_mil_check *c, const anes_mil_function *fn, const anes_
 	return 0;
 }
 
+
+/* ---- data movement ---- */
+
+/* a constant integer list (at most max entries) */
+static int const_list(anes_mil_check *c, const anes_mil_op *op, const char *name, const anes_mil_value *v,
+                      int64_t *out, uint32_t max, uint32_t *ret_n)
+{
+	if (!v || anes_mil_const_ints(v, out, max, ret_n))
+		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a constant integer list of at most %u elements",
+		                     name, max);
+	return 0;
+}
+
+static int need_int(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v)
+{
+	if (!anes_mil_dtype_is_int(v->type.dtype))
+		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be an integer tensor, is %s", arg,
+		                     anes_mil_dtype_name(v->type.dtype));
+	return 0;
+}
+
+/* constant indices along a dim of size d: every entry in [-d, d) */
+static int const_indices_in(anes_mil_check *c, const anes_mil_op *op, const anes_mil_value *iv, uint64_t stride,
+                            uint64_t phase, uint64_t d)
+{
+	if (iv->kind != ANES_MIL_V_CONST)
+		return 0;
+	for (uint64_t i = phase; i < iv->type.count; i += stride) {
+		double ix = anes_mil_load_f64(iv->data, iv->type.dtype, i);
+		if (ix < -(double)d || ix >= (double)d)
+			return anes_mil_fail(c, op, -EINVAL, "indices[%llu] = %.0f is out of range [%lld, %lld)",
+			                     (unsigned long long)i, ix, -(long long)d, (long long)d);
+	}
+	return 0;
+}
+
+static int infer_stack(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_arg *vals = anes_mil_op_arg(op, "values");
+	const anes_mil_type *t0 = &fn->values[vals->vals[0]].type;
+	uint64_t shape[ANES_MAX_RANK];
+	int64_t axis;
+	char s0[SHAPE_STR_LEN], si[SHAPE_STR_LEN];
+
+	if (t0->rank + 1 > ANES_MAX_RANK)
+		return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
+	if (opt_int(c, fn, op, "axis", 0, -(int64_t)t0->rank - 1, t0->rank, &axis))
+		return -EINVAL;
+	if (axis < 0)
+		axis += t0->rank + 1;
+	for (uint32_t i = 1; i < vals->n; i++) {
+		const anes_mil_type *t = &fn->values[vals->vals[i]].type;
+		if (!anes_mil_type_equal(t, t0))
+			return anes_mil_fail(c, op, -EINVAL, "values[%u] (%s %s) does not match values[0] (%s %s)", i,
+			                     anes_mil_dtype_name(t->dtype), anes_mil_shape_str(t, si, sizeof si),
+			                     anes_mil_dtype_name(t0->dtype), anes_mil_shape_str(t0, s0, sizeof s0));
+	}
+	if (t0->dtype == ANES_MIL_DT_STRING)
+		return anes_mil_fail(c, op, -EINVAL, "cannot stack strings");
+	for (uint32_t i = 0, j = 0; i <= t0->rank; i++)
+		shape[i] = (int64_t)i == axis ? vals->n : t0->shape[j++];
+	return set_type(c, op, &out[0], t0->dtype, t0->rank + 1, shape);
+}
+
+static int infer_reverse(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	bool red[ANES_MAX_RANK];
+
+	if (reduce_axes(c, fn, op, &xv->type, red))
+		return -EINVAL;
+	out[0] = xv->type;
+	return 0;
+}
+
+static int infer_gather_nd(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x"), *iv = V(fn, op, "indices");
+	const anes_mil_type *x = &xv->type, *it = &iv->type;
+	uint64_t shape[ANES_MAX_RANK];
+	uint32_t r = 0;
+	int64_t bd;
+	bool b;
+
+	if (need_int(c, op, "indices", iv) || opt_int(c, fn, op, "batch_dims", 0, INT32_MIN, INT32_MAX, &bd) ||
+	    opt_bool(c, fn, op, "validate_indices", false, &b))
+		return -EINVAL;
+	if (bd != 0)
+		return anes_mil_fail(c, op, -ENOTSUP, "batch_dims other than 0 are not supported");
+	if (x->rank < 1 || it->rank < 1 || it->shape[it->rank - 1] > x->rank)
+		return anes_mil_fail(c, op, -EINVAL, "indices must be [..., K] with 1 <= K <= rank of x (%u)", x->rank);
+	uint32_t K = (uint32_t)it->shape[it->rank - 1];
+	if (it->rank - 1 + x->rank - K > ANES_MAX_RANK)
+		return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
+	for (uint32_t k = 0; k < K; k++)
+		if (const_indices_in(c, op, iv, K, k, x->shape[k]))
+			return -EINVAL;
+	for (uint32_t i = 0; i + 1 < it->rank; i++)
+		shape[r++] = it->shape[i];
+	for (uint32_t i = K; i < x->rank; i++)
+		shape[r++] = x->shape[i];
+	return set_type(c, op, &out[0], x->dtype, r, shape);
+}
+
+static int infer_gather_along(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                              anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x"), *iv = V(fn, op, "indices");
+	const anes_mil_type *x = &xv->type, *it = &iv->type;
+	uint32_t a;
+	bool b;
+	char sx[SHAPE_STR_LEN], si[SHAPE_STR_LEN];
+
+	if (need_int(c, op, "indices", iv) || opt_axis(c, fn, op, "axis", 0, x->rank, &a) ||
+	    opt_bool(c, fn, op, "validate_indices", false, &b))
+		return -EINVAL;
+	bool ok = it->rank == x->rank;
+	for (uint32_t i = 0; ok && i < x->rank; i++)
+		ok = i == a || it->shape[i] == x->shape[i];
+	if (!ok)
+		return anes_mil_fail(c, op, -EINVAL, "indices %s must match x %s except along axis %u",
+		                     anes_mil_shape_str(it, si, sizeof si), anes_mil_shape_str(x, sx, sizeof sx), a);
+	if (const_indices_in(c, op, iv, 1, 0, x->shape[a]))
+		return -EINVAL;
+	return set_type(c, op, &out[0], x->dtype, it->rank, it->shape);
+}
+
+static int scatter_mode(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op)
+{
+	static const char *const modes[] = {"update", "add", "sub", "mul", "div", "max", "min"};
+	const anes_mil_value *mv = V(fn, op, "mode");
+	const char *m = mv ? anes_mil_const_string(mv) : "add";
+
+	for (size_t i = 0; m && i < sizeof modes / sizeof modes[0]; i++)
+		if (strcmp(m, modes[i]) == 0)
+			return 0;
+	return anes_mil_fail(c, op, -EINVAL, "mode must be one of update, add, sub, mul, div, max, min");
+}
+
+static int scatter_common(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                          const anes_mil_value **dv, const anes_mil_value **iv, const anes_mil_value **uv)
+{
+	bool b;
+
+	*dv = V(fn, op, "data");
+	*iv = V(fn, op, "indices");
+	*uv = V(fn, op, "updates");
+	if (need_arith(c, op, "data", *dv) || need_int(c, op, "indices", *iv) ||
+	    same_dtype(c, op, "data", *dv, "updates", *uv) || scatter_mode(c, fn, op) ||
+	    opt_bool(c, fn, op, "validate_indices", false, &b))
+		return -EINVAL;
+	if ((*dv)->type.rank < 1)
+		return anes_mil_fail(c, op, -EINVAL, "data must have rank >= 1");
+	return 0;
+}
+
+static int updates_shape(anes_mil_check *c, const anes_mil_op *op, const anes_mil_type *u, uint32_t r,
+                         const uint64_t *want)
+{
+	anes_mil_type w;
+	char su[SHAPE_STR_LEN], sw[SHAPE_STR_LEN];
+	bool ok = u->rank == r;
+
+	for (uint32_t i = 0; ok && i < r; i++)
+		ok = u->shape[i] == want[i];
+	if (ok)
+		return 0;
+	memset(&w, 0, sizeof w);
+	w.rank = r;
+	memcpy(w.shape, want, r * sizeof(uint64_t));
+	return anes_mil_fail(c, op, -EINVAL, "updates must be %s, is %s", anes_mil_shape_str(&w, sw, sizeof sw),
+	                     anes_mil_shape_str(u, su, sizeof su));
+}
+
+static int infer_scatter(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *dv, *iv, *uv;
+	uint64_t shape[ANES_MAX_RANK];
+	uint32_t a, r = 0;
+
+	if (scatter_common(c, fn, op, &dv, &iv, &uv) || opt_axis(c, fn, op, "axis", 0, dv->type.rank, &a))
+		return -EINVAL;
+	const anes_mil_type *d = &dv->type, *it = &iv->type;
+	if (d->rank - 1 + it->rank > ANES_MAX_RANK)
+		return anes_mil_fail(c, op, -EINVAL, "updates rank exceeds %d", ANES_MAX_RANK);
+	for (uint32_t i = 0; i < a; i++)
+		shape[r++] = d->shape[i];
+	for (uint32_t i = 0; i < it->rank; i++)
+		shape[r++] = it->shape[i];
+	for (uint32_t i = a + 1; i < d->rank; i++)
+		shape[r++] = d->shape[i];
+	if (updates_shape(c, op, &uv->type, r, shape) || const_indices_in(c, op, iv, 1, 0, d->shape[a]))
+		return -EINVAL;
+	out[0] = *d;
+	return 0;
+}
+
+static int infer_scatter_nd(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                            anes_mil_type *out)
+{
+	const anes_mil_value *dv, *iv, *uv;
+	uint64_t shape[ANES_MAX_RANK];
+	uint32_t r = 0;
+
+	if (scatter_common(c, fn, op, &dv, &iv, &uv))
+		return -EINVAL;
+	const anes_mil_type *d = &dv->type, *it = &iv->type;
+	if (it->rank < 1 || it->shape[it->rank - 1] > d->rank)
+		return anes_mil_fail(c, op, -EINVAL, "indices must be [..., K] with 1 <= K <= rank of data (%u)", d->rank);
+	uint32_t K = (uint32_t)it->shape[it->rank - 1];
+	if (it->rank - 1 + d->rank - K > ANES_MAX_RANK)
+		return anes_mil_fail(c, op, -EINVAL, "updates rank exceeds %d", ANES_MAX_RANK);
+	for (uint32_t i = 0; i + 1 < it->rank; i++)
+		shape[r++] = it->shape[i];
+	for (uint32_t i = K; i < d->rank; i++)
+		shape[r++] = d->shape[i];
+	if (updates_shape(c, op, &uv->type, r, shape))
+		return -EINVAL;
+	for (uint32_t k = 0; k < K; k++)
+		if (const_indices_in(c, op, iv, K, k, d->shape[k]))
+			return -EINVAL;
+	out[0] = *d;
+	return 0;
+}
+
+static int infer_scatter_along(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                               anes_mil_type *out)
+{
+	const anes_mil_value *dv, *iv, *uv;
+	uint32_t a;
+	char sd[SHAPE_STR_LEN], si[SHAPE_STR_LEN];
+
+	if (scatter_common(c, fn, op, &dv, &iv, &uv) || opt_axis(c, fn, op, "axis", 0, dv->type.rank, &a))
+		return -EINVAL;
+	const anes_mil_type *d = &dv->type, *it = &iv->type;
+	bool ok = it->rank == d->rank;
+	for (uint32_t i = 0; ok && i < d->rank; i++)
+		ok = i == a || it->shape[i] <= d->shape[i];
+	if (!ok)
+		return anes_mil_fail(c, op, -EINVAL, "indices %s must have the rank of data %s and no larger dims off axis %u",
+		                     anes_mil_shape_str(it, si, sizeof si), anes_mil_shape_str(d, sd, sizeof sd), a);
+	if (updates_shape(c, op, &uv->type, it->rank, it->shape) || const_indices_in(c, op, iv, 1, 0, d->shape[a]))
+		return -EINVAL;
+	out[0] = *d;
+	return 0;
+}
+
+/* slice_update: begin/end may be run-time int32 tensors (checked when the
+ * op runs); stride and the masks are constants */
+static int infer_slice_update(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                              anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x"), *uv = V(fn, op, "update");
+	const anes_mil_value *bv = V(fn, op, "begin"), *ev = V(fn, op, "end");
+	const anes_mil_type *x = &xv->type;
+	int64_t begin[ANES_MAX_RANK], end[ANES_MAX_RANK], stride[ANES_MAX_RANK];
+	bool msk[3][ANES_MAX_RANK];
+	static const char *const mnames[3] = {"begin_mask", "end_mask", "squeeze_mask"};
+	uint64_t shape[ANES_MAX_RANK];
+	uint32_t n, r = 0;
+
+	if (same_dtype(c, op, "x", xv, "update", uv))
+		return -EINVAL;
+	if (x->rank < 1)
+		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 1");
+	for (int k = 0; k < 2; k++) {
+		const anes_mil_value *v = k ? ev : bv;
+		if (!anes_mil_dtype_is_int(v->type.dtype) || v->type.rank != 1 || v->type.count != x->rank)
+			return anes_mil_fail(c, op, -EINVAL, "%s must be an integer vector of %u elements (rank of x)",
+			                     k ? "end" : "begin", x->rank);
+	}
+	for (uint32_t i = 0; i < x->rank; i++)
+		stride[i] = 1;
+	if (V(fn, op, "stride") && (const_list(c, op, "stride", V(fn, op, "stride"), stride, ANES_MAX_RANK, &n) ||
+	                            n != x->rank))
+		return anes_mil_fail(c, op, -EINVAL, "stride needs %u elements", x->rank);
+	for (int k = 0; k < 3; k++) {
+		const anes_mil_value *v = V(fn, op, mnames[k]);
+		for (uint32_t i = 0; i < ANES_MAX_RANK; i++)
+			msk[k][i] = false;
+		if (!v)
+			continue;
+		if (v->kind != ANES_MIL_V_CONST || v->type.dtype != ANES_DT_BOOL || v->type.rank != 1 ||
+		    v->type.count != x->rank)
+			return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a bool list of %u elements", mnames[k],
+			                     x->rank);
+		for (uint32_t i = 0; i < x->rank; i++)
+			msk[k][i] = ((const uint8_t *)v->data)[i] != 0;
+	}
+	bool known = bv->kind == ANES_MIL_V_CONST && ev->kind == ANES_MIL_V_CONST;
+	if (known) {
+		anes_mil_const_ints(bv, begin, ANES_MAX_RANK, &n);
+		anes_mil_const_ints(ev, end, ANES_MAX_RANK, &n);
+	}
+	for (uint32_t i = 0; i < x->rank; i++) {
+		int64_t d = (int64_t)x->shape[i], s = stride[i], b, len;
+		if (s == 0 || s < -(int64_t)ANES_MIL_MAX_DIM || s > (int64_t)ANES_MIL_MAX_DIM)
+			return anes_mil_fail(c, op, -EINVAL, "stride on axis %u must be non-zero", i);
+		if (msk[2][i]) {
+			if (known) {
+				b = begin[i] < 0 ? begin[i] + d : begin[i];
+				if (b < 0 || b >= d)
+					return anes_mil_fail(c, op, -EINVAL, "squeezed axis %u: begin %lld out of range", i,
+					                     (long long)begin[i]);
+			}
+			continue;
+		}
+		if (!known) {
+			shape[r++] = 0;   /* from update, checked at run time */
+			continue;
+		}
+		if (begin[i] < -2 * (int64_t)ANES_MIL_MAX_DIM || begin[i] > 2 * (int64_t)ANES_MIL_MAX_DIM ||
+		    end[i] < -2 * (int64_t)ANES_MIL_MAX_DIM || end[i] > 2 * (int64_t)ANES_MIL_MAX_DIM)
+			return anes_mil_fail(c, op, -EINVAL, "begin/end on axis %u out of range", i);
+		anes_mil_slice_axis(d, begin[i], end[i], s, msk[0][i], msk[1][i], &b, &len);
+		if (len < 1)
+			return anes_mil_fail(c, op, -EINVAL, "slice on axis %u is empty", i);
+		shape[r++] = (uint64_t)len;
+	}
+	if (!known) {
+		if (uv->type.rank != r)
+			return anes_mil_fail(c, op, -EINVAL, "update must have rank %u (x's rank less squeezed axes)", r);
+		memcpy(shape, uv->type.shape, r * sizeof(uint64_t));
+	}
+	if (updates_shape(c, op, &uv->type, r, shape))
+		return -EINVAL;
+	out[0] = *x;
+	return 0;
+}
+
+static int infer_band_part(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                           anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	int64_t l;
+
+	if (xv->type.rank < 2)
+		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 2");
+	if (opt_int(c, fn, op, "lower", -1, INT32_MIN, INT32_MAX, &l) ||
+	    opt_int(c, fn, op, "upper", -1, INT32_MIN, INT32_MAX, &l))
+		return -EINVAL;
+	out[0] = xv->type;
+	return 0;
+}
+
+/* a constant scalar value argument (fill, one_hot): numeric or bool */
+static int scalar_value(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
+                        int def_dtype, int *dtype)
+{
+	const anes_mil_value *v = V(fn, op, name);
+
+	*dtype = def_dtype;
+	if (!v)
+		return 0;
+	if (v->type.count != 1 || v->type.rank > 1 ||
+	    (!is_fp(v) && v->type.dtype != ANES_DT_INT32 && v->type.dtype != ANES_DT_BOOL))
+		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be an fp16, fp32, int32 or bool scalar", name);
+	*dtype = v->type.dtype;
+	return 0;
+}
+
+static int infer_fill(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	int64_t s[ANES_MAX_RANK];
+	uint64_t shape[ANES_MAX_RANK];
+	uint32_t n;
+	int dt;
+
+	if (const_list(c, op, "shape", V(fn, op, "shape"), s, ANES_MAX_RANK, &n) ||
+	    scalar_value(c, fn, op, "value", ANES_DT_FP32, &dt))
+		return -EINVAL;
+	for (uint32_t i = 0; i < n; i++) {
+		if (s[i] < 1 || (uint64_t)s[i] > ANES_MIL_MAX_DIM)
+			return anes_mil_fail(c, op, -EINVAL, "shape[%u] = %lld is out of range", i, (long long)s[i]);
+		shape[i] = (uint64_t)s[i];
+	}
+	return set_type(c, op, &out[0], dt, n, shape);
+}
+
+static int infer_fill_like(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                           anes_mil_type *out)
+{
+	const anes_mil_value *rv = V(fn, op, "ref_tensor");
+	int dt;
+
+	if (scalar_value(c, fn, op, "value", ANES_DT_FP32, &dt))
+		return -EINVAL;
+	return set_type(c, op, &out[0], dt, rv->type.rank, rv->type.shape);
+}
+
+static int infer_range_1d(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	static const char *const names[3] = {"start", "end", "step"};
+	double v[3];
+	int dt = -1;
+
+	for (int k = 0; k < 3; k++) {
+		const anes_mil_value *a = V(fn, op, names[k]);
+		if (a->type.rank != 0 || (!is_fp(a) && a->type.dtype != ANES_DT_INT32) || anes_mil_const_f64(a, &v[k]))
+			return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a constant fp16, fp32 or int32 scalar",
+			                     names[k]);
+		if (dt >= 0 && a->type.dtype != dt)
+			return anes_mil_fail(c, op, -EINVAL, "start, end and step must have the same dtype");
+		dt = a->type.dtype;
+	}
+	if (v[2] == 0 || isnan(v[0] + v[1] + v[2]) || isinf(v[0] + v[1] + v[2]))
+		return anes_mil_fail(c, op, -EINVAL, "step must be finite and non-zero (and start, end finite)");
+	double n = ceil((v[1] - v[0]) / v[2]);
+	if (!(n >= 1) || n > (double)ANES_MIL_MAX_DIM)
+		return anes_mil_fail(c, op, -EINVAL, "the range [%g, %g) by %g has %.0f elements (1..%llu allowed)", v[0],
+		                     v[1], v[2], n < 0 ? 0 : n, (unsigned long long)ANES_MIL_MAX_DIM);
+	uint64_t shape[1] = {(uint64_t)n};
+	return set_type(c, op, &out[0], dt, 1, shape);
+}
+
+static int infer_shape(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	uint64_t shape[1] = {xv->type.rank};
+
+	if (xv->type.rank == 0)
+		return anes_mil_fail(c, op, -ENOTSUP, "the shape of a scalar is an empty tensor (not supported)");
+	return set_type(c, op, &out[0], ANES_DT_INT32, 1, shape);
+}
+
+static int infer_one_hot(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *iv = V(fn, op, "indices");
+	uint64_t shape[ANES_MAX_RANK];
+	int64_t size, axis;
+	int dt, dt2;
+
+	if (need_int(c, op, "indices", iv) ||
+	    opt_int(c, fn, op, "one_hot_vector_size", 1, 1, (int64_t)ANES_MIL_MAX_DIM, &size) ||
+	    scalar_value(c, fn, op, "on_value", ANES_DT_INT32, &dt) ||
+	    scalar_value(c, fn, op, "off_value", dt, &dt2))
+		return -EINVAL;
+	if (dt != dt2)
+		return anes_mil_fail(c, op, -EINVAL, "on_value and off_value must have the same dtype");
+	if (iv->type.rank + 1 > ANES_MAX_RANK)
+		return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
+	if (opt_int(c, fn, op, "axis", -1, -(int64_t)iv->type.rank - 1, iv->type.rank, &axis))
+		return -EINVAL;
+	if (axis < 0)
+		axis += iv->type.rank + 1;
+	for (uint32_t i = 0, j = 0; i <= iv->type.rank; i++)
+		shape[i] = (int64_t)i == axis ? (uint64_t)size : iv->type.shape[j++];
+	return set_type(c, op, &out[0], dt, iv->type.rank + 1, shape);
+}
+
+/* depth_to_space, space_to_depth, pixel_shuffle, pixel_unshuffle on [N, C, H, W] */
+static int infer_blocks(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const char *nm = op->def->name;
+	const char *arg = !strcmp(nm, "pixel_shuffle") ? "upscale_factor"
+	                : !strcmp(nm, "pixel_unshuffle") ? "downscale_factor" : "block_size";
+	bool up = !strcmp(nm, "pixel_shuffle") || !strcmp(nm, "depth_to_space");
+	const anes_mil_value *xv = V(fn, op, "x");
+	const anes_mil_type *x = &xv->type;
+	uint64_t shape[4];
+	int64_t b;
+	char sx[SHAPE_STR_LEN];
+
+	if (x->rank != 4)
+		return anes_mil_fail(c, op, -EINVAL, "x must be [N, C, H, W], is %s", anes_mil_shape_str(x, sx, sizeof sx));
+	if (opt_int(c, fn, op, arg, 1, 1, 65536, &b))
+		return -EINVAL;
+	uint64_t bb = (uint64_t)b * (uint64_t)b;
+	shape[0] = x->shape[0];
+	if (up) {
+		if (x->shape[1] % bb)
+			return anes_mil_fail(c, op, -EINVAL, "channels %llu are not divisible by %s^2 = %llu",
+			                     (unsigned long long)x->shape[1], arg, (unsigned long long)bb);
+		shape[1] = x->shape[1] / bb;
+		shape[2] = x->shape[2] * (uint64_t)b;
+		shape[3] = x->shape[3] * (uint64_t)b;
+	} else {
+		if (x->shape[2] % (uint64_t)b || x->shape[3] % (uint64_t)b)
+			return anes_mil_fail(c, op, -EINVAL, "H and W of %s are not divisible by %s %lld",
+			                     anes_mil_shape_str(x, sx, sizeof sx), arg, (long long)b);
+		shape[1] = x->shape[1] * bb;
+		shape[2] = x->shape[2] / (uint64_t)b;
+		shape[3] = x->shape[3] / (uint64_t)b;
+	}
+	if (shape[1] > ANES_MIL_MAX_DIM || shape[2] > ANES_MIL_MAX_DIM || shape[3] > ANES_MIL_MAX_DIM)
+		return anes_mil_fail(c, op, -EINVAL, "result is too large");
+	return set_type(c, op, &out[0], x->dtype, 4, shape);
+}
+
+static int infer_flatten2d(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                           anes_mil_type *out)
+{
+	const anes_mil_type *x = &V(fn, op, "x")->type;
+	uint64_t shape[2] = {1, 1};
+	int64_t axis;
+
+	if (opt_int(c, fn, op, "axis", 1, -(int64_t)x->rank, x->rank, &axis))
+		return -EINVAL;
+	if (axis < 0)
+		axis += x->rank;
+	for (uint32_t i = 0; i < x->rank; i++)
+		shape[(int64_t)i < axis ? 0 : 1] *= x->shape[i];
+	return set_type(c, op, &out[0], x->dtype, 2, shape);
+}
+
+static int infer_sliding_windows(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                                 anes_mil_type *out)
+{
+	const anes_mil_type *x = &V(fn, op, "x")->type;
+	uint64_t shape[ANES_MAX_RANK];
+	uint32_t a, r = 0;
+	int64_t size, stride;
+
+	if (opt_axis(c, fn, op, "axis", 0, x->rank, &a))
+		return -EINVAL;
+	if (x->rank + 1 > ANES_MAX_RANK)
+		return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
+	if (opt_int(c, fn, op, "size", 1, 1, (int64_t)x->shape[a], &size) ||
+	    opt_int(c, fn, op, "stride", 1, 1, INT32_MAX, &stride))
+		return -EINVAL;
+	for (uint32_t i = 0; i < x->rank; i++) {
+		if (i == a) {
+			shape[r++] = (x->shape[a] - (uint64_t)size) / (uint64_t)stride + 1;
+			shape[r++] = (uint64_t)size;
+		} else {
+			shape[r++] = x->shape[i];
+		}
+	}
+	return set_type(c, op, &out[0], x->dtype, r, shape);
+}
+
 /* ---- table ---- */
 
 #define REQ ANES_MIL_ARG_REQ
@@ -489,6 +1020,35 @@ static const anes_mil_argdef a_instance_norm[] = {
 static const anes_mil_argdef a_l2_norm[] = {{"x", REQ}, {"epsilon", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_lrn[] = {
 	{"x", REQ}, {"size", REQ | CONST}, {"alpha", CONST}, {"beta", CONST}, {"k", CONST}, {NULL, 0}};
+
+static const anes_mil_argdef a_stack[] = {{"values", REQ | TUPLE}, {"axis", REQ | CONST}, {NULL, 0}};
+static const anes_mil_argdef a_reverse[] = {{"x", REQ}, {"axes", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_gather_nd[] = {
+	{"x", REQ}, {"indices", REQ}, {"batch_dims", CONST}, {"validate_indices", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_gather_along[] = {
+	{"x", REQ}, {"indices", REQ}, {"axis", CONST}, {"validate_indices", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_scatter[] = {
+	{"data", REQ}, {"indices", REQ}, {"updates", REQ}, {"axis", CONST}, {"mode", CONST},
+	{"validate_indices", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_scatter_nd[] = {
+	{"data", REQ}, {"indices", REQ}, {"updates", REQ}, {"mode", CONST}, {"validate_indices", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_slice_update[] = {
+	{"x", REQ}, {"update", REQ}, {"begin", REQ}, {"end", REQ}, {"stride", CONST}, {"begin_mask", CONST},
+	{"end_mask", CONST}, {"squeeze_mask", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_band_part[] = {{"x", REQ}, {"lower", CONST}, {"upper", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_fill[] = {{"shape", REQ | CONST}, {"value", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_fill_like[] = {{"ref_tensor", REQ}, {"value", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_range_1d[] = {
+	{"end", REQ | CONST}, {"start", REQ | CONST}, {"step", REQ | CONST}, {NULL, 0}};
+static const anes_mil_argdef a_one_hot[] = {
+	{"indices", REQ}, {"one_hot_vector_size", REQ | CONST}, {"axis", CONST}, {"on_value", CONST},
+	{"off_value", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_block[] = {{"x", REQ}, {"block_size", REQ | CONST}, {NULL, 0}};
+static const anes_mil_argdef a_pixel_shuffle[] = {{"x", REQ}, {"upscale_factor", REQ | CONST}, {NULL, 0}};
+static const anes_mil_argdef a_pixel_unshuffle[] = {{"x", REQ}, {"downscale_factor", REQ | CONST}, {NULL, 0}};
+static const anes_mil_argdef a_flatten2d[] = {{"x", REQ}, {"axis", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_sliding[] = {
+	{"x", REQ}, {"axis", REQ | CONST}, {"size", REQ | CONST}, {"stride", CONST}, {NULL, 0}};
 
 static const anes_mil_opdef ops[] = {
 	/* masks */
@@ -551,6 +1111,27 @@ static const anes_mil_opdef ops[] = {
 	{"instance_norm", 1, a_instance_norm, infer_instance_norm},
 	{"l2_norm", 1, a_l2_norm, infer_l2_norm},
 	{"local_response_norm", 1, a_lrn, infer_lrn},
+	/* data movement */
+	{"stack", 1, a_stack, infer_stack},
+	{"reverse", 1, a_reverse, infer_reverse},
+	{"gather_nd", 1, a_gather_nd, infer_gather_nd},
+	{"gather_along_axis", 1, a_gather_along, infer_gather_along},
+	{"scatter", 1, a_scatter, infer_scatter},
+	{"scatter_nd", 1, a_scatter_nd, infer_scatter_nd},
+	{"scatter_along_axis", 1, a_scatter, infer_scatter_along},
+	{"slice_update", 1, a_slice_update, infer_slice_update},
+	{"band_part", 1, a_band_part, infer_band_part},
+	{"fill", 1, a_fill, infer_fill},
+	{"fill_like", 1, a_fill_like, infer_fill_like},
+	{"range_1d", 1, a_range_1d, infer_range_1d},
+	{"shape", 1, a_x, infer_shape},
+	{"one_hot", 1, a_one_hot, infer_one_hot},
+	{"depth_to_space", 1, a_block, infer_blocks},
+	{"space_to_depth", 1, a_block, infer_blocks},
+	{"pixel_shuffle", 1, a_pixel_shuffle, infer_blocks},
+	{"pixel_unshuffle", 1, a_pixel_unshuffle, infer_blocks},
+	{"flatten2d", 1, a_flatten2d, infer_flatten2d},
+	{"sliding_windows", 1, a_sliding, infer_sliding_windows},
 };
 
 const anes_mil_opdef *mil_ops_ext_find(const char *name, size_t len)
