@@ -100,6 +100,8 @@ const cpu_opimpl *cpu_opimpl_find(const char *name);
  * cpu_ext.c); cpu_opimpl_find falls back to it.  NULL if no such op */
 const cpu_opimpl *cpu_ext_find(const char *name);
 const cpu_opimpl *cpu_elem_find(const char *name);
+/* the compressed-weight ops (cpu_constexpr.c), terminated by a NULL name */
+extern const cpu_opimpl cpu_constexpr_impls[];
 
 int cpu_fail(cpu_plan_ctx *pc, const anes_mil_op *op, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

@@ -1240,5 +1240,8 @@ const cpu_opimpl *cpu_opimpl_find(const char *name)
 	for (size_t i = 0; i < sizeof impls / sizeof impls[0]; i++)
 		if (strcmp(impls[i].name, name) == 0)
 			return &impls[i];
+	for (const cpu_opimpl *x = cpu_constexpr_impls; x->name; x++)
+		if (strcmp(x->name, name) == 0)
+			return x;
 	return cpu_ext_find(name);
 }

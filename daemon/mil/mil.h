@@ -40,6 +40,19 @@
 
 /* dtype of string values (attribute-like arguments), beyond anes_dtype */
 #define ANES_MIL_DT_STRING 64
+/* Storage-only dtypes: constants that only the constexpr_* weight ops read
+ * (indices, masks, quantized data, iOS 16 shapes).  Sub-byte ones are packed
+ * as the MIL blob format packs them: element i occupies bits
+ * [i*bits, (i+1)*bits) of the byte stream, least significant bit first
+ * (an element may straddle two bytes); type.bytes = ceil(count * bits / 8). */
+#define ANES_MIL_DT_UINT1  65
+#define ANES_MIL_DT_UINT2  66
+#define ANES_MIL_DT_UINT3  67
+#define ANES_MIL_DT_UINT4  68
+#define ANES_MIL_DT_UINT6  69
+#define ANES_MIL_DT_INT4   70
+#define ANES_MIL_DT_UINT16 71
+#define ANES_MIL_DT_UINT32 72
 
 /* "fp16" ... "bool", "string"; NULL if unknown */
 const char *anes_mil_dtype_name(int dtype);
@@ -49,6 +62,14 @@ int anes_mil_dtype_parse(const char *name, size_t len);
 bool anes_mil_dtype_is_float(int dtype);
 /* true for int8/16/32, uint8 */
 bool anes_mil_dtype_is_int(int dtype);
+/* true for the storage-only dtypes above (uint1..uint6, int4, uint16, uint32) */
+bool anes_mil_dtype_is_storage(int dtype);
+/* bits of one element (fp16 16, uint4 4, bool 8, string 8); 0 if unknown */
+unsigned anes_mil_dtype_bits(int dtype);
+/* element i of a constant of any numeric dtype (storage-only ones included:
+ * packed elements are unpacked, int4 sign-extended), as int64; floats are
+ * truncated toward zero */
+int64_t anes_mil_load_i64(const void *data, int dtype, uint64_t i);
 
 typedef struct anes_mil_type {
 	int dtype;                      /* anes_dtype or ANES_MIL_DT_STRING */

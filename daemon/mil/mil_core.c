@@ -23,6 +23,14 @@ static const struct {
 	{ANES_DT_UINT8, "uint8", 1},
 	{ANES_DT_BOOL, "bool", 1},
 	{ANES_MIL_DT_STRING, "string", 1},
+	{ANES_MIL_DT_UINT1, "uint1", 0},
+	{ANES_MIL_DT_UINT2, "uint2", 0},
+	{ANES_MIL_DT_UINT3, "uint3", 0},
+	{ANES_MIL_DT_UINT4, "uint4", 0},
+	{ANES_MIL_DT_UINT6, "uint6", 0},
+	{ANES_MIL_DT_INT4, "int4", 0},
+	{ANES_MIL_DT_UINT16, "uint16", 0},
+	{ANES_MIL_DT_UINT32, "uint32", 0},
 };
 
 const char *anes_dtype_name(anes_dtype dt)
@@ -35,7 +43,7 @@ const char *anes_dtype_name(anes_dtype dt)
 size_t anes_dtype_size(anes_dtype dt)
 {
 	for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
-		if (dtypes[i].dt == (int)dt && dtypes[i].dt != ANES_MIL_DT_STRING)
+		if (dtypes[i].dt == (int)dt && dtypes[i].dt < ANES_MIL_DT_STRING)
 			return dtypes[i].size;
 	return 0;
 }
@@ -67,6 +75,52 @@ bool anes_mil_dtype_is_int(int dtype)
 	       dtype == ANES_DT_UINT8;
 }
 
+bool anes_mil_dtype_is_storage(int dtype)
+{
+	return dtype >= ANES_MIL_DT_UINT1 && dtype <= ANES_MIL_DT_UINT32;
+}
+
+unsigned anes_mil_dtype_bits(int dtype)
+{
+	switch (dtype) {
+	case ANES_MIL_DT_STRING: return 8;
+	case ANES_MIL_DT_UINT1: return 1;
+	case ANES_MIL_DT_UINT2: return 2;
+	case ANES_MIL_DT_UINT3: return 3;
+	case ANES_MIL_DT_UINT4: return 4;
+	case ANES_MIL_DT_UINT6: return 6;
+	case ANES_MIL_DT_INT4: return 4;
+	case ANES_MIL_DT_UINT16: return 16;
+	case ANES_MIL_DT_UINT32: return 32;
+	default: return (unsigned)anes_dtype_size((anes_dtype)dtype) * 8;
+	}
+}
+
+int64_t anes_mil_load_i64(const void *data, int dtype, uint64_t i)
+{
+	const uint8_t *p = data;
+	unsigned bits = anes_mil_dtype_bits(dtype);
+
+	switch (dtype) {
+	case ANES_MIL_DT_UINT16: { uint16_t x; memcpy(&x, p + 2 * i, 2); return x; }
+	case ANES_MIL_DT_UINT32: { uint32_t x; memcpy(&x, p + 4 * i, 4); return x; }
+	case ANES_DT_FP16: case ANES_DT_FP32: return (int64_t)anes_mil_load_f64(data, dtype, i);
+	default: break;
+	}
+	if (bits >= 8)
+		return (int64_t)anes_mil_load_f64(data, dtype, i);
+	if (bits == 0)
+		return 0;
+	uint64_t bit = i * bits;
+	unsigned v = p[bit / 8] >> (bit % 8);
+	if (bit % 8 + bits > 8)
+		v |= (unsigned)p[bit / 8 + 1] << (8 - bit % 8);
+	v &= (1u << bits) - 1;
+	if (dtype == ANES_MIL_DT_INT4 && (v & 8u))
+		return (int64_t)v - 16;
+	return v;
+}
+
 /* ---- types ---- */
 
 int anes_mil_type_init(anes_mil_type *t, int dtype, uint32_t rank, const uint64_t *shape)
@@ -76,7 +130,7 @@ int anes_mil_type_init(anes_mil_type *t, int dtype, uint32_t rank, const uint64_
 
 	if (rank > ANES_MAX_RANK)
 		return -EINVAL;
-	es = dtype == ANES_MIL_DT_STRING ? 1 : anes_dtype_size((anes_dtype)dtype);
+	es = dtype == ANES_MIL_DT_STRING ? 8 : anes_mil_dtype_bits(dtype);
 	if (es == 0)
 		return -EINVAL;
 	memset(t, 0, sizeof *t);
@@ -87,7 +141,11 @@ int anes_mil_type_init(anes_mil_type *t, int dtype, uint32_t rank, const uint64_
 			return -EINVAL;
 		t->shape[i] = shape[i];
 	}
-	if (__builtin_mul_overflow(count, (uint64_t)es, &bytes) || bytes > ANES_MIL_MAX_TENSOR_BYTES)
+	/* es is in bits: bytes = ceil(count * bits / 8) (sub-byte types are packed) */
+	if (__builtin_mul_overflow(count, (uint64_t)es, &bytes))
+		return -EINVAL;
+	bytes = bytes / 8 + (bytes % 8 != 0);
+	if (bytes > ANES_MIL_MAX_TENSOR_BYTES)
 		return -EINVAL;
 	t->dtype = dtype;
 	t->rank = rank;
@@ -320,19 +378,14 @@ int anes_mil_const_ints(const anes_mil_value *v, int64_t *out, uint32_t max, uin
 	uint64_t n;
 
 	if (!v || v->kind != ANES_MIL_V_CONST || v->type.rank > 1 ||
-	    !anes_mil_dtype_is_int(v->type.dtype))
+	    !(anes_mil_dtype_is_int(v->type.dtype) || v->type.dtype == ANES_MIL_DT_UINT16 ||
+	      v->type.dtype == ANES_MIL_DT_UINT32))
 		return -EINVAL;
 	n = v->type.count;
 	if (n > max)
 		return -EINVAL;
-	for (uint64_t i = 0; i < n; i++) {
-		switch (v->type.dtype) {
-		case ANES_DT_INT32: { int32_t x; memcpy(&x, (const char *)v->data + 4 * i, 4); out[i] = x; break; }
-		case ANES_DT_INT16: { int16_t x; memcpy(&x, (const char *)v->data + 2 * i, 2); out[i] = x; break; }
-		case ANES_DT_INT8: out[i] = ((const int8_t *)v->data)[i]; break;
-		default: out[i] = ((const uint8_t *)v->data)[i]; break;
-		}
-	}
+	for (uint64_t i = 0; i < n; i++)
+		out[i] = anes_mil_load_i64(v->data, v->type.dtype, i);
 	*ret_n = (uint32_t)n;
 	return 0;
 }

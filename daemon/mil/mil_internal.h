@@ -33,4 +33,16 @@ void mil_vfail(anes_mil_check *c, uint32_t line, const char *fmt, va_list ap)
 void mil_failf(anes_mil_check *c, uint32_t line, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* compressed-weight ops (mil_constexpr.c), rows in mil_ops.c's table */
+extern const anes_mil_argdef mil_a_lut_to_dense[], mil_a_sparse_to_dense[], mil_a_blockwise_shift_scale[],
+	mil_a_constexpr_cast[];
+int mil_infer_lut_to_dense(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                           anes_mil_type *out);
+int mil_infer_sparse_to_dense(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                              anes_mil_type *out);
+int mil_infer_blockwise_shift_scale(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                                    anes_mil_type *out);
+int mil_infer_constexpr_cast(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                             anes_mil_type *out);
+
 #endif

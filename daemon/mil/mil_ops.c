@@ -276,7 +276,7 @@ static int infer_cast(anes_mil_check *c, const anes_mil_function *fn, const anes
 	if (!s)
 		return anes_mil_fail(c, op, -EINVAL, "argument 'dtype' must be a string");
 	dt = anes_mil_dtype_parse(s, strlen(s));
-	if (dt < 0 || dt == ANES_MIL_DT_STRING)
+	if (dt < 0 || dt == ANES_MIL_DT_STRING || anes_mil_dtype_is_storage(dt))
 		return anes_mil_fail(c, op, -ENOTSUP, "unsupported dtype '%.32s'", s);
 	return set_type(c, op, &out[0], dt, x->rank, x->shape);
 }
@@ -1082,6 +1082,10 @@ static const anes_mil_opdef ops[] = {
 	{"clip", 1, a_clip, infer_unary},
 	{"concat", 1, a_concat, infer_concat},
 	{"constexpr_affine_dequantize", 1, a_affine_dq, infer_affine_dequant},
+	{"constexpr_blockwise_shift_scale", 1, mil_a_blockwise_shift_scale, mil_infer_blockwise_shift_scale},
+	{"constexpr_cast", 1, mil_a_constexpr_cast, mil_infer_constexpr_cast},
+	{"constexpr_lut_to_dense", 1, mil_a_lut_to_dense, mil_infer_lut_to_dense},
+	{"constexpr_sparse_to_dense", 1, mil_a_sparse_to_dense, mil_infer_sparse_to_dense},
 	{"conv", 1, a_conv, infer_conv},
 	{"dequantize", 1, a_dequantize, infer_dequantize},
 	{"erf", 1, a_x, infer_unary},

@@ -575,7 +575,7 @@ static int parse_elem(parser *P, int dt, void *dst)
 		*(uint8_t *)dst = b;
 		return next(P);
 	}
-	if (anes_mil_dtype_is_int(dt)) {
+	if (anes_mil_dtype_is_int(dt) || anes_mil_dtype_is_storage(dt)) {
 		long long v, lo, hi;
 		TRY(num_text(P, buf));
 		errno = 0;
@@ -590,7 +590,11 @@ static int parse_elem(parser *P, int dt, void *dst)
 		case ANES_DT_INT32: lo = INT32_MIN; hi = INT32_MAX; break;
 		case ANES_DT_INT16: lo = INT16_MIN; hi = INT16_MAX; break;
 		case ANES_DT_INT8: lo = INT8_MIN; hi = INT8_MAX; break;
-		default: lo = 0; hi = UINT8_MAX; break;
+		case ANES_MIL_DT_INT4: lo = -8; hi = 7; break;
+		case ANES_MIL_DT_UINT16: lo = 0; hi = UINT16_MAX; break;
+		case ANES_MIL_DT_UINT32: lo = 0; hi = UINT32_MAX; break;
+		case ANES_DT_UINT8: lo = 0; hi = UINT8_MAX; break;
+		default: lo = 0; hi = (1ll << anes_mil_dtype_bits(dt)) - 1; break;
 		}
 		if (errno == ERANGE || v < lo || v > hi)
 			return perr(P, -EINVAL, line, "integer %s out of range for %s", buf, anes_mil_dtype_name(dt));
@@ -598,7 +602,10 @@ static int parse_elem(parser *P, int dt, void *dst)
 		case ANES_DT_INT32: { int32_t x = (int32_t)v; memcpy(dst, &x, 4); break; }
 		case ANES_DT_INT16: { int16_t x = (int16_t)v; memcpy(dst, &x, 2); break; }
 		case ANES_DT_INT8: *(int8_t *)dst = (int8_t)v; break;
-		default: *(uint8_t *)dst = (uint8_t)v; break;
+		case ANES_MIL_DT_UINT16: { uint16_t x = (uint16_t)v; memcpy(dst, &x, 2); break; }
+		case ANES_MIL_DT_UINT32: { uint32_t x = (uint32_t)v; memcpy(dst, &x, 4); break; }
+		case ANES_DT_UINT8: *(uint8_t *)dst = (uint8_t)v; break;
+		default: { int64_t x = v; memcpy(dst, &x, 8); break; } /* sub-byte: packed by the caller */
 		}
 		return next(P);
 	}
@@ -751,6 +758,14 @@ static int parse_blobfile(parser *P, const anes_mil_type *t, void **ret_data)
 	case ANES_DT_INT8: code = 4; break;
 	case ANES_DT_INT16: code = 6; break;
 	case ANES_DT_INT32: code = 14; break;
+	case ANES_MIL_DT_UINT16: code = 7; break;
+	case ANES_MIL_DT_INT4: code = 8; break;
+	case ANES_MIL_DT_UINT1: code = 9; break;
+	case ANES_MIL_DT_UINT2: code = 10; break;
+	case ANES_MIL_DT_UINT4: code = 11; break;
+	case ANES_MIL_DT_UINT3: code = 12; break;
+	case ANES_MIL_DT_UINT6: code = 13; break;
+	case ANES_MIL_DT_UINT32: code = 15; break;
 	default: break;
 	}
 	if (code >= 0 && le32(ch + 4) != (uint32_t)code)
@@ -776,10 +791,27 @@ static int parse_blobfile(parser *P, const anes_mil_type *t, void **ret_data)
 	return 0;
 }
 
+/* element n of a literal of type t into data; sub-byte dtypes are packed
+ * least significant bit first, as the blob format packs them (mil.h) */
+static int parse_elem_at(parser *P, const anes_mil_type *t, uint8_t *data, uint64_t n)
+{
+	unsigned bits = anes_mil_dtype_bits(t->dtype);
+	int64_t v;
+
+	if (bits >= 8)
+		return parse_elem(P, t->dtype, data + n * (bits / 8));
+	TRY(parse_elem(P, t->dtype, &v));
+	uint64_t bit = n * bits;
+	unsigned u = (unsigned)v & ((1u << bits) - 1);
+	data[bit / 8] |= (uint8_t)(u << (bit % 8));
+	if (bit % 8 + bits > 8)
+		data[bit / 8 + 1] |= (uint8_t)(u >> (8 - bit % 8));
+	return 0;
+}
+
 /* elements of a tensor literal: [a, b, ...] possibly nested; '[' is current */
 static int parse_elements(parser *P, const anes_mil_type *t, uint8_t *data)
 {
-	size_t es = anes_dtype_size((anes_dtype)t->dtype);
 	uint64_t n = 0;
 	uint32_t depth = 0;
 	uint32_t line = P->t.line;
@@ -796,7 +828,7 @@ static int parse_elements(parser *P, const anes_mil_type *t, uint8_t *data)
 		if (n >= t->count)
 			return perr(P, -EINVAL, P->t.line, "tensor literal has more than the %llu elements of its type",
 			            (unsigned long long)t->count);
-		TRY(parse_elem(P, t->dtype, data + n * es));
+		TRY(parse_elem_at(P, t, data, n));
 		n++;
 		while (P->t.k == T_RB) {
 			TRY(next(P));
@@ -847,7 +879,7 @@ static int parse_literal(parser *P, anes_mil_value *v)
 		/* scalars, and one-element tensors written without brackets:
 		 * tensor<int32, [1]>(-1) */
 		if (v->type.count == 1 && P->t.k != T_LB)
-			TRY(parse_elem(P, v->type.dtype, data));
+			TRY(parse_elem_at(P, &v->type, data, 0));
 		else
 			TRY(parse_elements(P, &v->type, data));
 		v->data = data;
@@ -1214,10 +1246,15 @@ static int check_op(parser *P, anes_mil_op *op, const anes_mil_type *decl, const
 			for (uint32_t j = 0; j < a->n; j++)
 				if (fn->values[a->vals[j]].kind != ANES_MIL_V_CONST)
 					return anes_mil_fail(c, op, -ENOTSUP, "argument '%s' must be a constant", a->name);
-		for (uint32_t j = 0; j < a->n; j++)
-			if (fn->values[a->vals[j]].type.dtype == ANES_MIL_DT_STRING &&
-			    !(ad->flags & ANES_MIL_ARG_CONST))
+		for (uint32_t j = 0; j < a->n; j++) {
+			int adt = fn->values[a->vals[j]].type.dtype;
+			if (adt == ANES_MIL_DT_STRING && !(ad->flags & ANES_MIL_ARG_CONST))
 				return anes_mil_fail(c, op, -EINVAL, "argument '%s' cannot be a string", a->name);
+			if (anes_mil_dtype_is_storage(adt) && strncmp(def->name, "constexpr_", 10) != 0)
+				return anes_mil_fail(c, op, -ENOTSUP,
+				                     "argument '%s' is %s, which only constexpr_* ops take", a->name,
+				                     anes_mil_dtype_name(adt));
+		}
 	}
 	for (const anes_mil_argdef *x = def->args; x->name; x++)
 		if ((x->flags & ANES_MIL_ARG_REQ) && !anes_mil_op_arg(op, x->name))
@@ -1457,8 +1494,9 @@ static int parse_function(parser *P, anes_mil_function *out)
 				return perr(P, -EINVAL, P->t.line, "function '%s' has more than %d inputs", F->f.name,
 				            ANES_MAX_IO);
 			TRY(parse_type(P, &v.type));
-			if (v.type.dtype == ANES_MIL_DT_STRING)
-				return perr(P, -ENOTSUP, v.line, "function input of type string is not supported");
+			if (v.type.dtype == ANES_MIL_DT_STRING || anes_mil_dtype_is_storage(v.type.dtype))
+				return perr(P, -ENOTSUP, v.line, "function input of type %s is not supported",
+				            anes_mil_dtype_name(v.type.dtype));
 			TRY(take_name(P, &v.name, "an input name"));
 			TRY(add_value(P, &v, &ins[n_in]));
 			n_in++;
@@ -1492,8 +1530,10 @@ static int parse_function(parser *P, anes_mil_function *out)
 		int32_t idx = fn_lookup(F, name);
 		if (idx < 0)
 			return perr(P, -EINVAL, line, "output '%s' of function '%s' is not defined", name, F->f.name);
-		if (F->values[idx].type.dtype == ANES_MIL_DT_STRING)
-			return perr(P, -ENOTSUP, line, "output '%s' of function '%s' is a string", name, F->f.name);
+		if (F->values[idx].type.dtype == ANES_MIL_DT_STRING ||
+		    anes_mil_dtype_is_storage(F->values[idx].type.dtype))
+			return perr(P, -ENOTSUP, line, "output '%s' of function '%s' is of type %s", name, F->f.name,
+			            anes_mil_dtype_name(F->values[idx].type.dtype));
 		outs[n_out++] = (uint32_t)idx;
 		if (P->t.k != T_COMMA)
 			break;
