@@ -401,6 +401,59 @@ static void p_affine_dq(str *b)
 	        "        " X16 " z = add(x = x, y = w)[name = string(\"z\")];\n");
 }
 
+static void p_lut(str *b)
+{
+	int q[32];
+	for (int i = 0; i < 32; i++)
+		q[i] = (i * 7) % 4;
+	sadd(b, "        tensor<uint2, [1, 32, 1, 1]> i = const()[name = string(\"i\"), val = tensor<uint2, [1, 32, 1, 1]>([");
+	list_ints(b, q, 32);
+	sadd(b, "])];\n        tensor<fp16, [1, 2, 1, 1, 4, 1]> l = const()[name = string(\"l\"), "
+	        "val = tensor<fp16, [1, 2, 1, 1, 4, 1]>([-1, -0.5, 0.25, 1, 0.5, 0.75, -0.25, -1.5])];\n"
+	        "        tensor<fp16, [1, 32, 1, 1]> w = constexpr_lut_to_dense(indices = i, lut = l)[name = string(\"w\")];\n"
+	        "        " X16 " z = add(x = x, y = w)[name = string(\"z\")];\n");
+}
+
+static void p_shift_scale(str *b)
+{
+	int q[32];
+	for (int i = 0; i < 32; i++)
+		q[i] = (i * 5) % 16 - 8;
+	sadd(b, "        tensor<int4, [1, 32, 1, 1]> q = const()[name = string(\"q\"), val = tensor<int4, [1, 32, 1, 1]>([");
+	list_ints(b, q, 32);
+	sadd(b, "])];\n        tensor<fp16, [1, 4, 1, 1]> s = const()[name = string(\"s\"), "
+	        "val = tensor<fp16, [1, 4, 1, 1]>([0.125, 0.25, 0.0625, 0.5])];\n"
+	        "        tensor<int4, [1, 4, 1, 1]> o = const()[name = string(\"o\"), val = tensor<int4, [1, 4, 1, 1]>([1, 0, -2, 3])];\n"
+	        "        tensor<fp16, [1, 32, 1, 1]> w = constexpr_blockwise_shift_scale(data = q, scale = s, offset = o)"
+	        "[name = string(\"w\")];\n"
+	        "        " X16 " z = add(x = x, y = w)[name = string(\"z\")];\n");
+}
+
+static void p_sparse(str *b)
+{
+	int m[32];
+	for (int i = 0; i < 32; i++)
+		m[i] = i % 3 == 0;
+	sadd(b, "        tensor<uint1, [1, 32, 1, 1]> m = const()[name = string(\"m\"), val = tensor<uint1, [1, 32, 1, 1]>([");
+	list_ints(b, m, 32);
+	sadd(b, "])];\n        tensor<fp16, [11]> v = const()[name = string(\"v\"), val = tensor<fp16, [11]>([");
+	list_weights(b, 11);
+	sadd(b, "])];\n        tensor<fp16, [1, 32, 1, 1]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m)"
+	        "[name = string(\"w\")];\n"
+	        "        " X16 " z = add(x = x, y = w)[name = string(\"z\")];\n");
+}
+
+static void p_cexpr_cast(str *b)
+{
+	sadd(b, "        tensor<fp16, [1, 32, 1, 1]> h = const()[name = string(\"h\"), val = tensor<fp16, [1, 32, 1, 1]>([");
+	list_weights(b, 32);
+	sadd(b, "])];\n        tensor<fp32, [1, 32, 1, 1]> w = constexpr_cast(source_val = h, output_dtype = string(\"fp32\"))"
+	        "[name = string(\"w\")];\n"
+	        "        tensor<fp32, [1, 32, 1, 32]> x32 = cast(x = x, dtype = string(\"fp32\"))[name = string(\"x32\")];\n"
+	        "        tensor<fp32, [1, 32, 1, 32]> a = add(x = x32, y = w)[name = string(\"a\")];\n"
+	        "        " X16 " z = cast(x = a, dtype = string(\"fp16\"))[name = string(\"z\")];\n");
+}
+
 static void p_conv(str *b)
 {
 	sadd(b, "        tensor<fp16, [32, 32, 1, 1]> w = const()[name = string(\"w\"), val = tensor<fp16, [32, 32, 1, 1]>([");
@@ -565,6 +618,10 @@ static const probe probes[] = {
 	{"clip", NULL, 1, -2, 2, p_clip, NULL, NULL},
 	{"concat", "interleave = false", 2, -2, 2, p_concat, NULL, NULL},
 	{"constexpr_affine_dequantize", "+ add", 1, -2, 2, p_affine_dq, NULL, NULL},
+	{"constexpr_blockwise_shift_scale", "int4, 4 blocks, offset; + add", 1, -2, 2, p_shift_scale, NULL, NULL},
+	{"constexpr_cast", "+ add in fp32", 1, -2, 2, p_cexpr_cast, NULL, NULL},
+	{"constexpr_lut_to_dense", "uint2, 2 palettes; + add", 1, -2, 2, p_lut, NULL, NULL},
+	{"constexpr_sparse_to_dense", "uint1 mask; + add", 1, -2, 2, p_sparse, NULL, NULL},
 	{"conv", "1x1, const weights", 1, -2, 2, p_conv, NULL, NULL},
 	{"dequantize", "cast to int8 first", 1, -100, 100, p_dequantize, NULL, NULL},
 	{"erf", NULL, 1, -3, 3, p_erf, NULL, NULL},
