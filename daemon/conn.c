@@ -47,6 +47,7 @@
 
 #include "anes_clock.h"
 #include "daemon.h"
+#include "run.h"
 
 static void on_poll(uv_poll_t *h, int status, int events);
 static void track_pause(anes_conn *c, bool reading);
@@ -1097,6 +1098,8 @@ static void handle_frame(anes_conn *c, const uint8_t *payload, uint32_t len, int
 	msgpack_zone *zone = &c->srv->zone;   /* the loop decodes one request at a time */
 	anes_msg m;
 
+	if (anes_run_request(c, payload, len, nfds))
+		return;   /* a run: run/run.c reads it in one pass */
 	int r = anes_msg_decode(payload, len, zone, &m);
 	if (r == -ENOMEM) {
 		anes_conn_fail(c, "out of memory decoding a message");

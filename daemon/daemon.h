@@ -95,8 +95,9 @@ struct anes_server {
 	uv_loop_t loop;
 	msgpack_zone zone;           /* loop: decodes one request at a time, cleared after each */
 	bool zone_init;
-	void *job_cache;             /* methods.c: single-step run jobs kept for reuse */
+	void *job_cache;             /* run/run.c: single-step run jobs kept for reuse */
 	unsigned n_job_cache;
+	anes_run_wire *run_wire;     /* run/run.c: the loop's run decoder workspace (malloc'd) */
 	anes_server_config cfg;      /* socket_path points to socket_path below */
 	anes_limits lim;
 	anes_backend *backend;
@@ -182,11 +183,11 @@ struct anes_job {
 
 /* Per lane thread scratch, reused from request to request. */
 typedef struct anes_wctx {
-	msgpack_zone zone;      /* cleared before each message */
+	msgpack_zone zone;      /* cleared before each message; the run decoder's */
 	anes_frame reply;       /* its buffer is kept between replies */
 	void *buf;              /* malloc'd, grows: run steps of a lane run */
 	size_t buf_cap;
-	anes_run_wire *wire;    /* malloc'd at first use: a run read in one pass */
+	anes_run_wire *wire;    /* malloc'd at first use: the run decoder's workspace */
 	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
 	char *out;              /* conn.c, lane_batch: replies of a pipeline, to go in one send */
 	size_t out_len, out_cap;
@@ -307,12 +308,6 @@ enum { ANES_LANE_OFF, ANES_LANE_ARMED, ANES_LANE_BUSY };
 #define ANES_LANE_EOF 1
 #define ANES_LANE_NOROOM 2   /* a frame's memory was refused (conn.c, input_wait) */
 
-/* methods.c, on a lane worker: if the payload (one whole frame's, no fds)
- * is a request a lane handles (`run`, short), do it and leave the reply
- * message in ctx->reply (sealed), then return 1; return 0 to leave it to
- * the loop (nothing done), -ENOMEM when not even an error reply fits. */
-int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx *ctx);
-
 /* Accept an fd from accept4 (owned by the connection from now on, also on
  * failure). */
 int anes_conn_new(anes_server *srv, int fd);
@@ -387,8 +382,12 @@ void anes_conn_batch_end(anes_server *srv);
 /* ---- methods (methods.c) ---------------------------------------------------- */
 
 /* Handle one request.  fds[i] that the method keeps are set to -1; the
- * caller closes the rest. */
+ * caller closes the rest.  Runs do not come here (run/run.h). */
 void anes_dispatch_request(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
+/* The checks every request passes first (hello done unless it is hello;
+ * not after a drain began unless it came before): false when msgid was
+ * answered with the error. */
+bool anes_request_admit(anes_conn *c, uint32_t msgid, bool is_hello);
 
 /* ---- surfaces (surface.c) --------------------------------------------------- */
 
@@ -540,12 +539,10 @@ void anes_pool_collect(anes_pool *p);
  * Lanes still armed then are left to their owners (no worker reads them). */
 void anes_pool_shutdown(anes_pool *p);
 
-/* ---- run (methods.c) ------------------------------------------------------- */
+/* ---- time (methods.c) ------------------------------------------------------ */
 
 /* CLOCK_MONOTONIC in ns, for measurements (run times); rules that depend on
  * time read anes_clock_ns() (anes_clock.h), which tests can replace. */
 uint64_t anes_now_ns(void);
-/* Free the run jobs kept for reuse (server teardown). */
-void anes_run_jobs_free(anes_server *srv);
 
 #endif

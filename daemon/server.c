@@ -23,6 +23,7 @@
 
 #include "anes_sockpath.h"
 #include "daemon.h"
+#include "run.h"
 
 /* The machine's memory, or 16 GiB when it cannot be read. */
 static uint64_t phys_bytes(void)

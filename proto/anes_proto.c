@@ -660,100 +660,149 @@ void anes_pack_notify(msgpack_packer *pk, const char *method, uint32_t n_params)
 	msgpack_pack_map(pk, n_params);
 }
 
-/* ---- the usual run request, read in one pass ---------------------------- */
+/* ---- a run request, read in one pass ------------------------------------ */
 
-/* At most 6 + ANES_MAX_STEPS x 9 + ANES_RUN_WIRE_MAX_IDS objects, four
- * levels deep, maps of at most 4 keys: within every limit anes_mp_check
- * enforces, so what anes_run_wire_parse accepts passes it. */
-_Static_assert(6 + ANES_MAX_STEPS * 9 + ANES_RUN_WIRE_MAX_IDS <= ANES_MP_MAX_OBJECTS,
-               "a run read in one pass stays within the object limit");
-
+/* The reader: a cursor, the objects read so far (anes_mp_check's count),
+ * and whether anything was skipped unread that anes_msg_decode must check
+ * for repeated keys. */
 typedef struct rd {
 	const uint8_t *p, *end;
+	uint64_t objects;
+	bool odd;
 } rd;
 
-static size_t rd_left(const rd *r)
-{
-	return (size_t)(r->end - r->p);
-}
+enum { MPK_OTHER, MPK_UINT, MPK_NINT, MPK_STR, MPK_ARRAY, MPK_MAP };
 
-/* A non-negative integer in 1, 2, 3 or 5 bytes. */
-static bool rd_u32(rd *r, uint32_t *ret)
+typedef struct mp_item {
+	int kind;
+	uint64_t u;        /* MPK_UINT: the value; MPK_ARRAY/MPK_MAP: the element count */
+	const char *s;     /* MPK_STR: the bytes (in the buffer) */
+	uint32_t len;
+} mp_item;
+
+/* One object's tag and, for a scalar, its body, at nesting level `level`
+ * (the root is 0), by anes_mp_check's rules: false where it would reject
+ * the payload.  A container's elements are the caller's to read. */
+static bool rd_item(rd *r, unsigned level, mp_item *it)
 {
-	if (rd_left(r) < 1)
+	if (r->p >= r->end || ++r->objects > ANES_MP_MAX_OBJECTS)
 		return false;
-	uint8_t b = r->p[0];
-	unsigned n;
+	uint8_t b = *r->p++;
+	size_t left = (size_t)(r->end - r->p);
+	uint64_t n = 0;
+	unsigned lb = 0;
+
+	it->kind = MPK_OTHER;
 	if (b <= 0x7f) {
-		r->p++;
-		*ret = b;
+		it->kind = MPK_UINT;
+		it->u = b;
 		return true;
 	}
-	switch (b) {
-	case 0xcc: n = 1; break;
-	case 0xcd: n = 2; break;
-	case 0xce: n = 4; break;
-	default: return false;
-	}
-	if (rd_left(r) < 1 + (size_t)n)
-		return false;
-	*ret = (uint32_t)be_read(r->p + 1, n);
-	r->p += 1 + n;
-	return true;
-}
-
-/* fixstr, str8 or str16. */
-static bool rd_str(rd *r, const char **ret, uint32_t *ret_len)
-{
-	if (rd_left(r) < 1)
-		return false;
-	uint8_t b = r->p[0];
-	unsigned hdr;
-	uint32_t n;
-	if (b >= 0xa0 && b <= 0xbf) {
-		hdr = 1;
+	if (b >= 0xe0)
+		return (it->kind = MPK_NINT), true;
+	if (b <= 0x8f) {
+		it->kind = MPK_MAP;
+		n = b & 0x0f;
+	} else if (b <= 0x9f) {
+		it->kind = MPK_ARRAY;
+		n = b & 0x0f;
+	} else if (b <= 0xbf) {
+		it->kind = MPK_STR;
 		n = b & 0x1f;
-	} else if (b == 0xd9 || b == 0xda) {
-		hdr = b == 0xd9 ? 2 : 3;
-		if (rd_left(r) < hdr)
-			return false;
-		n = (uint32_t)be_read(r->p + 1, hdr - 1);
 	} else {
-		return false;
+		switch (b) {
+		case 0xc0: case 0xc2: case 0xc3:
+			return true;   /* nil, bool */
+		case 0xca: n = 4; break;   /* float32 */
+		case 0xcb: n = 8; break;   /* float64 */
+		case 0xcc: case 0xcd: case 0xce: case 0xcf:
+		case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+			unsigned nb = 1u << (b & 3);
+			if (left < nb)
+				return false;
+			uint64_t v = be_read(r->p, nb);
+			r->p += nb;
+			/* msgpack-c: a signed encoding of a value >= 0 is a positive integer */
+			bool neg = b >= 0xd0 && (v >> (nb * 8 - 1)) & 1;
+			it->kind = neg ? MPK_NINT : MPK_UINT;
+			it->u = v;
+			return true;
+		}
+		case 0xc4: lb = 1; break;   /* bin */
+		case 0xc5: lb = 2; break;
+		case 0xc6: lb = 4; break;
+		case 0xd9: lb = 1; it->kind = MPK_STR; break;
+		case 0xda: lb = 2; it->kind = MPK_STR; break;
+		case 0xdb: lb = 4; it->kind = MPK_STR; break;
+		case 0xdc: lb = 2; it->kind = MPK_ARRAY; break;
+		case 0xdd: lb = 4; it->kind = MPK_ARRAY; break;
+		case 0xde: lb = 2; it->kind = MPK_MAP; break;
+		case 0xdf: lb = 4; it->kind = MPK_MAP; break;
+		default:
+			return false;   /* 0xc1 and every ext type */
+		}
+		if (lb) {
+			if (left < lb)
+				return false;
+			n = be_read(r->p, lb);
+			r->p += lb;
+			left -= lb;
+		}
 	}
-	if (rd_left(r) - hdr < n)
-		return false;
-	*ret = (const char *)r->p + hdr;
-	*ret_len = n;
-	r->p += hdr + n;
-	return true;
-}
-
-/* fixarray or array16. */
-static bool rd_array(rd *r, uint32_t *ret_n)
-{
-	if (rd_left(r) < 1)
-		return false;
-	uint8_t b = r->p[0];
-	if (b >= 0x90 && b <= 0x9f) {
-		r->p++;
-		*ret_n = b & 0x0f;
+	if (it->kind == MPK_ARRAY || it->kind == MPK_MAP) {
+		/* every container counts, also an empty one */
+		if (level + 1 > ANES_MP_MAX_DEPTH)
+			return false;
+		if (it->kind == MPK_MAP && n > ANES_MP_MAX_MAP)
+			return false;
+		if ((it->kind == MPK_MAP ? n * 2 : n) > left)
+			return false;
+		it->u = n;
 		return true;
 	}
-	if (b != 0xdc || rd_left(r) < 3)
+	if (n > left)
 		return false;
-	*ret_n = (uint32_t)be_read(r->p + 1, 2);
-	r->p += 3;
+	if (it->kind == MPK_STR) {
+		it->s = (const char *)r->p;
+		it->len = (uint32_t)n;
+	}
+	r->p += n;
 	return true;
 }
 
-static bool rd_fixmap(rd *r, uint32_t *ret_n)
+/* Skip the elements of a container just read (it) at `level`, checking
+ * them as rd_item does.  A map anywhere in them makes the request odd. */
+static bool rd_skip(rd *r, unsigned level, const mp_item *it)
 {
-	if (rd_left(r) < 1 || r->p[0] < 0x80 || r->p[0] > 0x8f)
-		return false;
-	*ret_n = r->p[0] & 0x0f;
-	r->p++;
-	return true;
+	uint64_t pending[ANES_MP_MAX_DEPTH + 2];
+	unsigned d = 0;
+
+	if (it->kind != MPK_ARRAY && it->kind != MPK_MAP)
+		return true;
+	if (it->kind == MPK_MAP)
+		r->odd = true;
+	pending[0] = it->kind == MPK_MAP ? it->u * 2 : it->u;
+	for (;;) {
+		while (d > 0 && pending[d] == 0)
+			d--;
+		if (pending[d] == 0)
+			return true;
+		pending[d]--;
+		mp_item c;
+		if (!rd_item(r, level + 1 + d, &c))
+			return false;
+		if (c.kind == MPK_MAP)
+			r->odd = true;
+		if ((c.kind == MPK_ARRAY || c.kind == MPK_MAP) && c.u > 0)
+			pending[++d] = c.kind == MPK_MAP ? c.u * 2 : c.u;
+	}
+}
+
+/* One object at level, skipped. */
+static bool rd_skip_one(rd *r, unsigned level)
+{
+	mp_item it;
+	return rd_item(r, level, &it) && rd_skip(r, level, &it);
 }
 
 static bool str_is(const char *s, uint32_t len, const char *lit)
@@ -761,98 +810,249 @@ static bool str_is(const char *s, uint32_t len, const char *lit)
 	return strlen(lit) == len && memcmp(s, lit, len) == 0;
 }
 
-/* An array of surface IDs, appended to w->ids; *ret_at is where it starts. */
-static bool rd_ids(rd *r, anes_run_wire *w, uint32_t *ret_n, uint32_t *ret_at)
+enum { K_PROGRAM = 1, K_FUNCTION = 2, K_INPUTS = 4, K_OUTPUTS = 8, K_STEPS = 16 };
+
+/* The step key a str names (0: none). */
+static unsigned step_key(const mp_item *k)
 {
-	uint32_t n;
-	if (!rd_array(r, &n) || n > ANES_RUN_WIRE_MAX_IO || n > ANES_RUN_WIRE_MAX_IDS - w->n_ids)
+	if (k->kind != MPK_STR)
+		return 0;
+	return str_is(k->s, k->len, "program")  ? K_PROGRAM
+	       : str_is(k->s, k->len, "function") ? K_FUNCTION
+	       : str_is(k->s, k->len, "inputs")   ? K_INPUTS
+	       : str_is(k->s, k->len, "outputs")  ? K_OUTPUTS
+	       : str_is(k->s, k->len, "steps")    ? K_STEPS
+	                                          : 0;
+}
+
+/* A step's keys as they are read, judged when its map is done. */
+typedef struct step_acc {
+	unsigned seen;
+	bool program_bad, function_bad;
+	bool ids_bad[2];           /* inputs, outputs: not an array */
+	uint32_t bad_item[2];      /* the first item that is not a u32, or UINT32_MAX */
+} step_acc;
+
+/* "inputs" (io 0) or "outputs" (io 1), its value at level. */
+static bool rd_ids(rd *r, unsigned level, anes_run_wire *w, anes_run_wire_step *st, step_acc *a,
+                   int io)
+{
+	mp_item it;
+	if (!rd_item(r, level, &it))
 		return false;
+	if (it.kind != MPK_ARRAY) {
+		a->ids_bad[io] = true;
+		return rd_skip(r, level, &it);
+	}
 	uint32_t at = w->n_ids;
-	for (uint32_t i = 0; i < n; i++)
-		if (!rd_u32(r, &w->ids[at + i]))
+	for (uint64_t i = 0; i < it.u; i++) {
+		mp_item id;
+		if (!rd_item(r, level + 1, &id))
 			return false;
-	w->n_ids += n;
-	*ret_n = n;
-	*ret_at = at;
+		if (id.kind != MPK_UINT || id.u > UINT32_MAX) {
+			if (a->bad_item[io] == UINT32_MAX)
+				a->bad_item[io] = (uint32_t)i;
+			if (!rd_skip(r, level + 1, &id))
+				return false;
+		} else if (i < ANES_RUN_WIRE_MAX_IO) {
+			w->ids[w->n_ids++] = (uint32_t)id.u;
+		}
+	}
+	/* it.u is bounded by the bytes left, and those by a frame's size */
+	if (io == 0) {
+		st->n_in = (uint32_t)it.u;
+		st->in = at;
+	} else {
+		st->n_out = (uint32_t)it.u;
+		st->out = at;
+	}
 	return true;
 }
 
-enum { K_PROGRAM = 1, K_FUNCTION = 2, K_INPUTS = 4, K_OUTPUTS = 8 };
-
-static bool rd_step(rd *r, anes_run_wire *w, anes_run_wire_step *st)
+/* The value of step key `key` at level. */
+static bool rd_step_value(rd *r, unsigned level, unsigned key, anes_run_wire *w,
+                          anes_run_wire_step *st, step_acc *a)
 {
-	uint32_t n;
-	unsigned seen = 0;
-	if (!rd_fixmap(r, &n) || n < 3 || n > 4)
-		return false;
-	st->function = NULL;
-	st->function_len = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		const char *k;
-		uint32_t klen;
-		unsigned key;
-		bool ok;
-		if (!rd_str(r, &k, &klen))
+	mp_item it;
+	switch (key) {
+	case K_PROGRAM:
+		if (!rd_item(r, level, &it))
 			return false;
-		if (str_is(k, klen, "program"))
-			key = K_PROGRAM;
-		else if (str_is(k, klen, "function"))
-			key = K_FUNCTION;
-		else if (str_is(k, klen, "inputs"))
-			key = K_INPUTS;
-		else if (str_is(k, klen, "outputs"))
-			key = K_OUTPUTS;
+		if (it.kind == MPK_UINT && it.u <= UINT32_MAX)
+			st->program = (uint32_t)it.u;
 		else
+			a->program_bad = true;
+		return rd_skip(r, level, &it);
+	case K_FUNCTION:
+		if (!rd_item(r, level, &it))
 			return false;
-		if (seen & key)
-			return false;   /* the same key twice: anes_msg_decode rejects it */
-		seen |= key;
-		switch (key) {
-		case K_PROGRAM: ok = rd_u32(r, &st->program); break;
-		case K_FUNCTION:
-			ok = rd_str(r, &st->function, &st->function_len);
-			if (st->function_len == 0)
-				st->function = NULL;   /* as msgpack-c decodes "" */
-			break;
-		case K_INPUTS: ok = rd_ids(r, w, &st->n_in, &st->in); break;
-		default: ok = rd_ids(r, w, &st->n_out, &st->out); break;
+		if (it.kind == MPK_STR) {
+			st->function = it.s;
+			st->function_len = it.len;
+		} else {
+			a->function_bad = true;
 		}
-		if (!ok)
-			return false;
+		return rd_skip(r, level, &it);
+	case K_INPUTS:
+		return rd_ids(r, level, w, st, a, 0);
+	default:
+		return rd_ids(r, level, w, st, a, 1);
 	}
-	return (seen & (K_PROGRAM | K_INPUTS | K_OUTPUTS)) == (K_PROGRAM | K_INPUTS | K_OUTPUTS);
 }
 
-int anes_run_wire_parse(const void *buf, size_t len, anes_run_wire *w)
+/* The first thing wrong with a step, in the daemon's order. */
+static uint8_t step_bad(const step_acc *a, anes_run_wire_step *st)
 {
-	rd r = { buf, (const uint8_t *)buf + len };
-	uint32_t n, type, msgid, method_len;
-	const char *method;
+	if (!(a->seen & K_PROGRAM))
+		return ANES_RUN_PROGRAM_MISSING;
+	if (a->program_bad)
+		return ANES_RUN_PROGRAM_TYPE;
+	if (a->function_bad)
+		return ANES_RUN_FUNCTION_TYPE;
+	for (int io = 0; io < 2; io++) {
+		if (!(a->seen & (io ? K_OUTPUTS : K_INPUTS)))
+			return io ? ANES_RUN_OUTPUTS_MISSING : ANES_RUN_INPUTS_MISSING;
+		if (a->ids_bad[io])
+			return io ? ANES_RUN_OUTPUTS_TYPE : ANES_RUN_INPUTS_TYPE;
+		if (a->bad_item[io] != UINT32_MAX) {
+			st->bad_item = a->bad_item[io];
+			return io ? ANES_RUN_OUTPUTS_ITEM : ANES_RUN_INPUTS_ITEM;
+		}
+	}
+	return ANES_RUN_OK;
+}
 
-	if (!rd_array(&r, &n) || n != 4 || !rd_u32(&r, &type) || type != ANES_MSG_REQUEST ||
-	    !rd_u32(&r, &msgid) || !rd_str(&r, &method, &method_len) ||
-	    !str_is(method, method_len, "run"))
+static void step_start(anes_run_wire_step *st, step_acc *a)
+{
+	*st = (anes_run_wire_step){ 0 };
+	*a = (step_acc){ .bad_item = { UINT32_MAX, UINT32_MAX } };
+}
+
+/* A key of a map at level whose step keys go to st: false for a malformed
+ * payload.  *ret_key: the step key read (0: another, skipped). */
+static bool rd_step_entry(rd *r, unsigned level, anes_run_wire *w, anes_run_wire_step *st,
+                          step_acc *a, unsigned *ret_key)
+{
+	mp_item k;
+	if (!rd_item(r, level, &k))
+		return false;
+	unsigned key = step_key(&k);
+	*ret_key = key;
+	if (key != 0 && (a->seen & key))
+		return false;   /* the same key twice: anes_msg_decode rejects it */
+	if (key == 0 || key == K_STEPS) {
+		if (key == 0) {
+			/* another key: ignored, but it may repeat another one */
+			r->odd = true;
+			if (!rd_skip(r, level, &k))
+				return false;
+		}
+		a->seen |= key;
+		return key == K_STEPS || rd_skip_one(r, level);
+	}
+	a->seen |= key;
+	return rd_step_value(r, level, key, w, st, a);
+}
+
+/* The params' "steps", its value at level 2. */
+static bool rd_steps(rd *r, anes_run_wire *w, bool *ret_array_ok, uint32_t *ret_n,
+                     uint32_t *ret_not_map)
+{
+	mp_item it;
+	if (!rd_item(r, 2, &it))
+		return false;
+	*ret_array_ok = it.kind == MPK_ARRAY && it.u <= ANES_MAX_STEPS;
+	if (!*ret_array_ok)
+		return rd_skip(r, 2, &it);
+	*ret_n = (uint32_t)it.u;
+	*ret_not_map = UINT32_MAX;
+	for (uint32_t i = 0; i < it.u; i++) {
+		mp_item sm;
+		if (!rd_item(r, 3, &sm))
+			return false;
+		anes_run_wire_step *st = &w->steps[i];
+		step_acc a;
+		step_start(st, &a);
+		if (sm.kind != MPK_MAP) {
+			if (*ret_not_map == UINT32_MAX)
+				*ret_not_map = i;
+			if (!rd_skip(r, 3, &sm))
+				return false;
+			continue;
+		}
+		for (uint64_t k = 0; k < sm.u; k++) {
+			unsigned key;
+			if (!rd_step_entry(r, 4, w, st, &a, &key))
+				return false;
+			if (key == K_STEPS && !rd_skip_one(r, 4))
+				return false;
+		}
+		st->bad = step_bad(&a, st);
+	}
+	return true;
+}
+
+int anes_run_wire_parse(const void *buf, size_t len, anes_run_wire *w, msgpack_zone *zone)
+{
+	rd r = { .p = buf, .end = (const uint8_t *)buf + len };
+	mp_item it;
+
+	/* The envelope: anything but [0, msgid, "run", ...] is the decoder's. */
+	if (!rd_item(&r, 0, &it) || it.kind != MPK_ARRAY || it.u != 4 ||
+	    !rd_item(&r, 1, &it) || it.kind != MPK_UINT || it.u != ANES_MSG_REQUEST ||
+	    !rd_item(&r, 1, &it) || it.kind != MPK_UINT || it.u > UINT32_MAX)
 		return 0;
+	uint32_t msgid = (uint32_t)it.u;
+	if (!rd_item(&r, 1, &it) || it.kind != MPK_STR || !str_is(it.s, it.len, "run"))
+		return 0;
+
+	if (!rd_item(&r, 1, &it) || it.kind != MPK_MAP)
+		return -EBADMSG;
 	w->msgid = msgid;
 	w->n_ids = 0;
-	rd params = r;
-	const char *k;
-	uint32_t klen;
-	if (rd_fixmap(&params, &n) && n == 1 && rd_str(&params, &k, &klen) &&
-	    str_is(k, klen, "steps")) {
-		if (!rd_array(&params, &n) || n == 0 || n > ANES_MAX_STEPS)
-			return 0;
-		for (uint32_t i = 0; i < n; i++)
-			if (!rd_step(&params, w, &w->steps[i]))
-				return 0;
+	w->bad = ANES_RUN_OK;
+	w->bad_step = 0;
+	anes_run_wire_step single;
+	step_acc a;
+	step_start(&single, &a);
+	bool steps_ok = false;
+	uint32_t n_steps = 0, not_map = UINT32_MAX;
+	for (uint64_t i = 0; i < it.u; i++) {
+		unsigned key;
+		if (!rd_step_entry(&r, 2, w, &single, &a, &key))
+			return -EBADMSG;
+		if (key == K_STEPS && !rd_steps(&r, w, &steps_ok, &n_steps, &not_map))
+			return -EBADMSG;
+	}
+	if (r.p != r.end)
+		return -EBADMSG;
+
+	if (a.seen & K_STEPS) {
 		w->chain = true;
-		w->n_steps = n;
-		r = params;
+		w->n_steps = steps_ok ? n_steps : 0;
+		if (!steps_ok) {
+			w->bad = ANES_RUN_STEPS_TYPE;
+		} else if (n_steps == 0) {
+			w->bad = ANES_RUN_STEPS_EMPTY;
+		} else if (a.seen & K_PROGRAM) {
+			w->bad = ANES_RUN_STEPS_AND_PROGRAM;
+		} else if (not_map != UINT32_MAX) {
+			w->bad = ANES_RUN_STEP_NOT_MAP;
+			w->bad_step = not_map;
+		}
 	} else {
-		if (!rd_step(&r, w, &w->steps[0]))
-			return 0;
+		single.bad = step_bad(&a, &single);
 		w->chain = false;
 		w->n_steps = 1;
+		w->steps[0] = single;
 	}
-	return r.p == r.end ? 1 : 0;
+	if (r.odd) {
+		/* Content the reader skipped: the decoder checks its keys. */
+		anes_msg m;
+		int rc = anes_msg_decode(buf, len, zone, &m);
+		msgpack_zone_clear(zone);
+		if (rc < 0)
+			return rc == -ENOMEM ? -ENOMEM : -EBADMSG;
+	}
+	return 1;
 }

@@ -137,46 +137,81 @@ bool anes_msg_method_is(const anes_msg *m, const char *name);
  * counting it instead of timing it. */
 uint64_t anes_msg_key_compares(void);
 
-/* ---- the usual run request, read in one pass --------------------------- */
+/* ---- a run request, read in one pass ----------------------------------- */
 
 #define ANES_MAX_STEPS 256          /* steps in one chained run (docs/protocol.md) */
-#define ANES_RUN_WIRE_MAX_IO 64     /* inputs (or outputs) of one step read here */
-#define ANES_RUN_WIRE_MAX_IDS 2048  /* surface IDs of all steps read here */
+#define ANES_RUN_WIRE_MAX_IO 64     /* surface IDs of one step's inputs (outputs) kept */
+/* IDs kept in all: every step's (and, in a chain, the params' own, ignored) */
+#define ANES_RUN_WIRE_MAX_IDS ((ANES_MAX_STEPS + 1) * 2 * ANES_RUN_WIRE_MAX_IO)
 
-/* One step (or the single run) of a run request.  function points into the
- * payload (not NUL-terminated), or is NULL when the step names none or ""
- * (msgpack-c decodes "" to a NULL pointer, so the general path sees the same). */
+/* What is wrong with a well-formed run request's params, in the order the
+ * daemon checks (it answers the first with invalid_params): the request's,
+ * then each step's. */
+typedef enum anes_run_bad {
+	ANES_RUN_OK = 0,
+	ANES_RUN_STEPS_TYPE,        /* "steps" is not an array of 1 to ANES_MAX_STEPS */
+	ANES_RUN_STEPS_EMPTY,       /* "steps" is [] */
+	ANES_RUN_STEPS_AND_PROGRAM, /* both "steps" and "program" */
+	ANES_RUN_STEP_NOT_MAP,      /* steps[bad_step] is not a map */
+	/* a step's (anes_run_wire_step.bad) */
+	ANES_RUN_PROGRAM_MISSING,
+	ANES_RUN_PROGRAM_TYPE,      /* not an unsigned integer up to UINT32_MAX */
+	ANES_RUN_FUNCTION_TYPE,     /* not a str */
+	ANES_RUN_INPUTS_MISSING,
+	ANES_RUN_INPUTS_TYPE,       /* not an array */
+	ANES_RUN_INPUTS_ITEM,       /* inputs[bad_item] is not a surface ID (u32) */
+	ANES_RUN_OUTPUTS_MISSING,
+	ANES_RUN_OUTPUTS_TYPE,
+	ANES_RUN_OUTPUTS_ITEM,
+} anes_run_bad;
+
+/* One step (or the single run) of a run request. */
 typedef struct anes_run_wire_step {
 	uint32_t program;
+	/* Points into the payload (not NUL-terminated) when the step has the
+	 * key, also for "" (function_len 0); NULL when it has none. */
 	const char *function;
 	uint32_t function_len;
-	uint32_t n_in, n_out;
-	uint32_t in, out;     /* index of the first input (output) ID in anes_run_wire.ids */
+	uint32_t n_in, n_out; /* as many as the request names; the first
+	                       * ANES_RUN_WIRE_MAX_IO of each are kept ... */
+	uint32_t in, out;     /* ... in anes_run_wire.ids, from these indexes */
+	uint8_t bad;          /* anes_run_bad: the first thing wrong with it, or 0 */
+	uint32_t bad_item;    /* ANES_RUN_*_ITEM: the index */
 } anes_run_wire_step;
 
 typedef struct anes_run_wire {
 	uint32_t msgid;
 	bool chain;           /* { steps: [...] }; else the params are the one step */
-	uint32_t n_steps;
+	uint8_t bad;          /* anes_run_bad of the request itself, or 0 */
+	uint32_t bad_step;    /* ANES_RUN_STEP_NOT_MAP: the index */
+	uint32_t n_steps;     /* chain: steps named (1..ANES_MAX_STEPS) */
 	uint32_t n_ids;
 	anes_run_wire_step steps[ANES_MAX_STEPS];
 	uint32_t ids[ANES_RUN_WIRE_MAX_IDS];
 } anes_run_wire;
 
-/* Read a payload that is a run request in the form libaneshare sends it,
- * without unpacking: [0, msgid, "run", params], params either
- * {steps: [step, ...]} (1 to ANES_MAX_STEPS steps) or one step, a step a
- * map of "program" (u32), "function" (str, optional), "inputs" and
- * "outputs" (arrays of up to ANES_RUN_WIRE_MAX_IO u32 IDs), in any order,
- * each key once and no other; fixed-size encodings up to 32 bits, at most
- * ANES_RUN_WIRE_MAX_IDS IDs in all, nothing after the request.
- * Returns 1 when the payload is such a request: anes_msg_decode accepts it
- * too, and its accessors read the same values (tests/fuzz/fuzz_frame.c
- * checks both).  Returns 0 for anything else, well-formed or not: decode it
- * with anes_msg_decode.  Never reads outside buf[0..len).
- * w is the caller's workspace (about 14 KiB), not an out-parameter: only
- * after 1 does it hold the request. */
-int anes_run_wire_parse(const void *buf, size_t len, anes_run_wire *w);
+/* The one decoder of the daemon's run requests, in one pass without
+ * unpacking: a request [0, msgid, "run", params] in any well-formed
+ * encoding, params either {steps: [step, ...]} or one step, a step a map
+ * of "program" (u32), "function" (str, optional), "inputs" and "outputs"
+ * (arrays of u32 surface IDs); other keys are ignored.
+ * Returns
+ *   1        a well-formed run request (exactly what anes_msg_decode
+ *            accepts, with the same values through its accessors): w holds
+ *            it, and w->bad or a step's bad what is wrong with its params;
+ *   0        not a request for "run" (another method, not a request, or not
+ *            even a well-formed envelope): decode it with anes_msg_decode;
+ *   -EBADMSG a request for "run" that anes_msg_decode rejects;
+ *   -ENOMEM.
+ * The reader checks everything anes_msg_decode does (anes_mp_check's
+ * limits, each key of the maps it reads once) itself; a request with
+ * content it does not read (other keys, maps as values) is also given to
+ * anes_msg_decode in zone (cleared after), which checks those for repeated
+ * keys.  Never reads outside buf[0..len).  w is the caller's workspace
+ * (about 140 KiB, touched only as far as the request goes), not an
+ * out-parameter: only after 1 does it hold the request.
+ * tests/run_wire_check.h states it against the decoder's accessors. */
+int anes_run_wire_parse(const void *buf, size_t len, anes_run_wire *w, msgpack_zone *zone);
 
 /* Typed access to a field of a map with string keys.
  * Each returns 0 on success, -ENOENT if the key is absent, -EINVAL if it has

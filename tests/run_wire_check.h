@@ -1,10 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * anes_run_wire_parse against the general path (anes_msg_decode and the
- * accessors daemon/methods.c reads a run with: check_run, parse_step).
- * Whatever the one-pass reader accepts, the general path must accept too
- * and read as the same request, or the daemon would answer one request two
- * ways.  Shared by tests/test_wire.c and tests/fuzz/fuzz_frame.c.
+ * anes_run_wire_parse, the daemon's one decoder of run requests, against
+ * the general decoder (anes_msg_decode) and its accessors read the way the
+ * daemon read a run before it had one decoder (check_run, parse_step):
+ *   - it takes a payload (1) exactly when the decoder accepts it as a
+ *     request for "run", refuses one as malformed (-EBADMSG) only when the
+ *     decoder does, and leaves everything else to the decoder (0);
+ *   - what it reads is what the accessors read: msgid, chain or not, the
+ *     steps' programs, functions ("" included) and surface IDs, and the
+ *     first thing wrong with the params, in the daemon's order.
+ * Shared by tests/test_wire.c and tests/fuzz/fuzz_frame.c.
  */
 #ifndef ANES_RUN_WIRE_CHECK_H
 #define ANES_RUN_WIRE_CHECK_H
@@ -15,42 +20,69 @@
 
 #include "anes_proto.h"
 
-/* One step as the general path reads it, against the wire reading. */
+/* One step map as the accessors read it, against the reader's step. */
 static const char *run_wire_step_agrees(const msgpack_object *item, const anes_run_wire *w,
                                         const anes_run_wire_step *ws)
 {
-	uint32_t prog, flen, n;
+	uint8_t bad = ANES_RUN_OK;
+	uint32_t bad_item = 0;
+	uint32_t prog, flen;
 	const char *fname = NULL;
-	const msgpack_object *ids;
-	if (item->type != MSGPACK_OBJECT_MAP)
-		return "a step is not a map";
-	if (anes_mp_u32(item, "program", &prog) < 0 || prog != ws->program)
+	int r = anes_mp_u32(item, "program", &prog);
+	if (r == -ENOENT)
+		bad = ANES_RUN_PROGRAM_MISSING;
+	else if (r < 0)
+		bad = ANES_RUN_PROGRAM_TYPE;
+	else if (prog != ws->program)
 		return "program differs";
-	int r = anes_mp_str(item, "function", UINT32_MAX, &fname, &flen);
-	if (r == -ENOENT || (r == 0 && flen == 0)) {
+	r = anes_mp_str(item, "function", UINT32_MAX, &fname, &flen);
+	if (r == -ENOENT) {
 		if (ws->function)
-			return "function: the wire names one, the decoder none";
-	} else if (r < 0 || !ws->function || flen != ws->function_len ||
-	           memcmp(fname, ws->function, flen) != 0) {
+			return "function: the reader names one, the decoder none";
+	} else if (r < 0) {
+		if (!bad)
+			bad = ANES_RUN_FUNCTION_TYPE;
+	} else if (!ws->function || flen != ws->function_len ||
+	           (flen && memcmp(fname, ws->function, flen) != 0)) {
 		return "function differs";
 	}
 	for (int io = 0; io < 2; io++) {
+		const msgpack_object *ids;
+		uint32_t n;
 		uint32_t want_n = io ? ws->n_out : ws->n_in, at = io ? ws->out : ws->in;
-		if (anes_mp_array(item, io ? "outputs" : "inputs", UINT32_MAX, &ids, &n) < 0 ||
-		    n != want_n)
+		r = anes_mp_array(item, io ? "outputs" : "inputs", UINT32_MAX, &ids, &n);
+		if (r < 0) {
+			if (!bad)
+				bad = r == -ENOENT ? (io ? ANES_RUN_OUTPUTS_MISSING : ANES_RUN_INPUTS_MISSING)
+				                   : (io ? ANES_RUN_OUTPUTS_TYPE : ANES_RUN_INPUTS_TYPE);
+			continue;
+		}
+		if (n != want_n)
 			return "the number of surface IDs differs";
+		bool all = true;
 		for (uint32_t i = 0; i < n; i++) {
 			uint32_t id;
-			if (anes_mp_item_u32(&ids[i], &id) < 0 || at + i >= w->n_ids ||
-			    id != w->ids[at + i])
+			if (anes_mp_item_u32(&ids[i], &id) < 0) {
+				if (!bad) {
+					bad = io ? ANES_RUN_OUTPUTS_ITEM : ANES_RUN_INPUTS_ITEM;
+					bad_item = i;
+				}
+				all = false;
+			} else if (all && i < ANES_RUN_WIRE_MAX_IO &&
+			           (at + i >= w->n_ids || id != w->ids[at + i])) {
 				return "a surface ID differs";
+			}
 		}
 	}
+	if (bad != ws->bad)
+		return "what is wrong with the step differs";
+	if ((bad == ANES_RUN_INPUTS_ITEM || bad == ANES_RUN_OUTPUTS_ITEM) && bad_item != ws->bad_item)
+		return "the item that is not a surface ID differs";
 	return NULL;
 }
 
-/* 1: the one-pass reader accepts buf and the general path agrees; 0: the
- * reader leaves it to the decoder; -1: they disagree (*why says how). */
+/* 1: a run request both read the same; 0: not a run request, for both;
+ * -1: they disagree (*why says how). */
 static int run_wire_agrees(const void *buf, size_t len, const char **why)
 {
 	anes_run_wire *w = malloc(sizeof *w);
@@ -61,28 +93,60 @@ static int run_wire_agrees(const void *buf, size_t len, const char **why)
 		free(w);
 		return -1;
 	}
-	if (anes_run_wire_parse(buf, len, w) != 1) {
-		ret = 0;
+	int rr = anes_run_wire_parse(buf, len, w, &zone);
+	anes_msg m;
+	int dr = anes_msg_decode(buf, len, &zone, &m);
+	bool run = dr == 0 && m.type == ANES_MSG_REQUEST && anes_msg_method_is(&m, "run");
+	*why = NULL;
+	if (rr == -ENOMEM || dr == -ENOMEM) {
+		ret = 0;   /* no verdict */
 		goto out;
 	}
-	anes_msg m;
-	const msgpack_object *items = NULL;
-	uint32_t n = 0;
-	*why = NULL;
-	if (anes_msg_decode(buf, len, &zone, &m) < 0 || m.type != ANES_MSG_REQUEST)
-		*why = "the decoder rejects it";
-	else if (!anes_msg_method_is(&m, "run") || m.msgid != w->msgid)
-		*why = "method or msgid differs";
-	else if (w->chain)
-		*why = anes_mp_array(m.params, "steps", ANES_MAX_STEPS, &items, &n) < 0 ? "no steps"
-		       : n != w->n_steps || n == 0                                    ? "step count differs"
-		       : anes_mp_get(m.params, "program")                            ? "steps and program"
-		                                                                      : NULL;
-	else if (anes_mp_get(m.params, "steps"))
-		*why = "a single run with steps";
-	else {
-		items = m.params;
-		n = 1;
+	if (rr == 0 || rr == -EBADMSG) {
+		*why = run ? "the reader refuses a run request the decoder accepts" : NULL;
+		ret = *why ? -1 : 0;
+		goto out;
+	}
+	if (rr != 1) {
+		*why = "the reader returned something else";
+		goto out;
+	}
+	if (!run) {
+		*why = "the reader takes what the decoder does not accept as a run request";
+		goto out;
+	}
+	if (m.msgid != w->msgid) {
+		*why = "msgid differs";
+		goto out;
+	}
+	const msgpack_object *items = m.params;
+	uint32_t n = 1;
+	if (anes_mp_get(m.params, "steps")) {
+		int r = anes_mp_array(m.params, "steps", ANES_MAX_STEPS, &items, &n);
+		uint8_t bad = ANES_RUN_OK;
+		uint32_t at = 0;
+		if (r < 0)
+			bad = ANES_RUN_STEPS_TYPE;
+		else if (n == 0)
+			bad = ANES_RUN_STEPS_EMPTY;
+		else if (anes_mp_get(m.params, "program"))
+			bad = ANES_RUN_STEPS_AND_PROGRAM;
+		else
+			for (uint32_t i = 0; i < n && !bad; i++)
+				if (items[i].type != MSGPACK_OBJECT_MAP) {
+					bad = ANES_RUN_STEP_NOT_MAP;
+					at = i;
+				}
+		if (!w->chain)
+			*why = "a chain read as a single run";
+		else if (bad != w->bad || (bad == ANES_RUN_STEP_NOT_MAP && at != w->bad_step))
+			*why = "what is wrong with the request differs";
+		else if (!bad && n != w->n_steps)
+			*why = "step count differs";
+		if (bad)
+			n = 0;
+	} else if (w->chain || w->bad || w->n_steps != 1) {
+		*why = "a single run read as a chain";
 	}
 	for (uint32_t i = 0; !*why && i < n; i++)
 		*why = run_wire_step_agrees(&items[i], w, &w->steps[i]);

@@ -230,32 +230,49 @@ static void ids_init(void)
 		g_ids[i] = pick[i % 8] - (i / 8 % 2);
 }
 
+/* The reader's verdict on an exact-size heap copy, after wire_exact. */
+static int wire_read(const void *p, size_t n, anes_run_wire *w)
+{
+	(void)wire_exact(p, n);
+	uint8_t *c = malloc(n ? n : 1);
+	cr_assert_not_null(c);
+	if (n)
+		memcpy(c, p, n);
+	msgpack_zone z;
+	cr_assert(msgpack_zone_init(&z, 4096));
+	int r = anes_run_wire_parse(c, n, w, &z);
+	msgpack_zone_destroy(&z);
+	free(c);
+	return r;
+}
+
 Test(run_wire, library_forms_are_read)
 {
 	ids_init();
 	const uint32_t steps[] = { 0, 1, 2, 15, 16, 28, ANES_MAX_STEPS };
+	anes_run_wire *w = malloc(sizeof *w);
 	for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
 		for (int fn = 0; fn < 2; fn++) {
 			mp m;
 			mp_init(&m);
 			pack_lib_run(&m, s == 0 ? UINT32_MAX : (uint32_t)s * 1000, steps[s], fn, g_ids);
-			cr_assert_eq(wire_exact(m.sb.data, m.sb.size), 1, "%u steps, function %d",
+			cr_assert_eq(wire_read(m.sb.data, m.sb.size, w), 1, "%u steps, function %d",
 			             steps[s], fn);
-			anes_run_wire *w = malloc(sizeof *w);
-			cr_assert_eq(anes_run_wire_parse(m.sb.data, m.sb.size, w), 1);
 			cr_assert_eq(w->chain, steps[s] != 0);
+			cr_assert_eq(w->bad, ANES_RUN_OK);
 			cr_assert_eq(w->n_steps, steps[s] ? steps[s] : 1);
 			cr_assert_eq(w->n_ids, 2 * w->n_steps);
 			for (uint32_t i = 0; i < w->n_steps; i++) {
 				cr_assert_eq(w->steps[i].program, 7 + i);
+				cr_assert_eq(w->steps[i].bad, ANES_RUN_OK);
 				cr_assert_eq(w->ids[w->steps[i].in], g_ids[2 * i]);
 				cr_assert_eq(w->ids[w->steps[i].out], g_ids[2 * i + 1]);
 				cr_assert_eq(w->steps[i].function != NULL, fn);
 			}
-			free(w);
 			mp_free(&m);
 		}
 	}
+	free(w);
 }
 
 /* Keys in any order, str8 method and function, array16 IDs, no IDs. */
@@ -268,9 +285,8 @@ Test(run_wire, other_orders_and_widths_are_read)
 	b_hex(&b, "a8 66756e6374696f6e d9 01 66");            /* function: "f" */
 	b_hex(&b, "a6 696e70757473 dc 0001 03");              /* inputs: [3] */
 	b_hex(&b, "a7 70726f6772616d 09");                    /* program: 9 */
-	cr_assert_eq(wire_exact(b.p, b.n), 1);
 	anes_run_wire *w = malloc(sizeof *w);
-	cr_assert_eq(anes_run_wire_parse(b.p, b.n, w), 1);
+	cr_assert_eq(wire_read(b.p, b.n, w), 1);
 	cr_assert_eq(w->msgid, 5);
 	cr_assert_eq(w->steps[0].program, 9);
 	cr_assert_eq(w->steps[0].n_in, 1);
@@ -278,72 +294,97 @@ Test(run_wire, other_orders_and_widths_are_read)
 	cr_assert_eq(w->ids[w->steps[0].in], 3);
 	cr_assert_eq(w->steps[0].function_len, 1);
 	cr_assert_eq(w->steps[0].function[0], 'f');
-	/* function "": no function named, as the decoder sees it (NULL) */
+	/* function "": a name (of no function), not the absence of one */
 	b_free(&b);
 	b_hex(&b, "94 00 05 a3 72756e 84 a7 70726f6772616d 01 a8 66756e6374696f6e a0 "
 	          "a6 696e70757473 90 a7 6f757470757473 90");
-	cr_assert_eq(wire_exact(b.p, b.n), 1);
-	cr_assert_eq(anes_run_wire_parse(b.p, b.n, w), 1);
-	cr_assert_null(w->steps[0].function);
+	cr_assert_eq(wire_read(b.p, b.n, w), 1);
+	cr_assert_not_null(w->steps[0].function);
+	cr_assert_eq(w->steps[0].function_len, 0);
 	free(w);
 	b_free(&b);
 }
 
-/* Forms the one-pass reader leaves to the decoder (which may accept them
- * or not: the general path answers either way). */
-Test(run_wire, other_forms_are_left_to_the_decoder)
+/* Every form a request may take: read (1) with what is wrong with it,
+ * refused as malformed (-EBADMSG) exactly when the decoder refuses it, or
+ * left to the decoder (0) when it is not a run request. */
+Test(run_wire, every_form_is_read_or_refused)
 {
-	static const char *const cases[] = {
+	static const struct {
+		const char *hex;
+		int rc;
+		uint8_t bad;        /* the request's, else the first step's */
+	} cases[] = {
 		/* a duplicate key */
-		"94 00 01 a3 72756e 84 a7 70726f6772616d 01 a7 70726f6772616d 01 "
-		"a6 696e70757473 90 a7 6f757470757473 90",
-		/* an unknown key */
-		"94 00 01 a3 72756e 84 a7 70726f6772616d 01 a4 6e6f7465 c0 "
-		"a6 696e70757473 90 a7 6f757470757473 90",
-		/* program as a uint64 */
-		"94 00 01 a3 72756e 83 a7 70726f6772616d cf 0000000000000001 "
-		"a6 696e70757473 90 a7 6f757470757473 90",
-		/* a surface ID as an int8 */
-		"94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 91 d0 01 "
-		"a7 6f757470757473 90",
-		/* no outputs */
-		"94 00 01 a3 72756e 82 a7 70726f6772616d 01 a6 696e70757473 90",
-		/* a byte after the request */
-		"94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 "
-		"a7 6f757470757473 90 c0",
-		/* msgid as a uint64, a notification, another method, 5 elements */
-		"94 00 cf 0000000000000001 a3 72756e 80",
-		"93 02 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90",
-		"94 00 01 a4 72756e78 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90",
-		"95 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90 c0",
-		/* no steps, steps that are not an array, steps and another key */
-		"94 00 01 a3 72756e 81 a5 7374657073 90",
-		"94 00 01 a3 72756e 81 a5 7374657073 80",
-		"94 00 01 a3 72756e 82 a5 7374657073 91 83 a7 70726f6772616d 01 a6 696e70757473 90 "
-		"a7 6f757470757473 90 a7 70726f6772616d 01",
-		/* function as a bin */
-		"94 00 01 a3 72756e 84 a7 70726f6772616d 01 a8 66756e6374696f6e c4 01 66 "
-		"a6 696e70757473 90 a7 6f757470757473 90",
+		{ "94 00 01 a3 72756e 84 a7 70726f6772616d 01 a7 70726f6772616d 01 "
+		  "a6 696e70757473 90 a7 6f757470757473 90", -EBADMSG, 0 },
+		/* an unknown key, twice */
+		{ "94 00 01 a3 72756e 85 a7 70726f6772616d 01 a4 6e6f7465 c0 "
+		  "a6 696e70757473 90 a7 6f757470757473 90 a4 6e6f7465 c0", -EBADMSG, 0 },
+		/* an unknown key; one whose value is a map with a key twice */
+		{ "94 00 01 a3 72756e 84 a7 70726f6772616d 01 a4 6e6f7465 c0 "
+		  "a6 696e70757473 90 a7 6f757470757473 90", 1, ANES_RUN_OK },
+		{ "94 00 01 a3 72756e 84 a7 70726f6772616d 01 a4 6e6f7465 82 01 c0 01 c0 "
+		  "a6 696e70757473 90 a7 6f757470757473 90", -EBADMSG, 0 },
+		/* program as a uint64, a surface ID as an int8 */
+		{ "94 00 01 a3 72756e 83 a7 70726f6772616d cf 0000000000000001 "
+		  "a6 696e70757473 90 a7 6f757470757473 90", 1, ANES_RUN_OK },
+		{ "94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 91 d0 01 "
+		  "a7 6f757470757473 90", 1, ANES_RUN_OK },
+		/* a negative ID, program over u32, function not a str, no outputs */
+		{ "94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 92 01 ff "
+		  "a7 6f757470757473 90", 1, ANES_RUN_INPUTS_ITEM },
+		{ "94 00 01 a3 72756e 83 a7 70726f6772616d cf 0000000100000000 "
+		  "a6 696e70757473 90 a7 6f757470757473 90", 1, ANES_RUN_PROGRAM_TYPE },
+		{ "94 00 01 a3 72756e 84 a7 70726f6772616d 01 a8 66756e6374696f6e c4 01 66 "
+		  "a6 696e70757473 90 a7 6f757470757473 90", 1, ANES_RUN_FUNCTION_TYPE },
+		{ "94 00 01 a3 72756e 82 a7 70726f6772616d 01 a6 696e70757473 90", 1,
+		  ANES_RUN_OUTPUTS_MISSING },
+		/* a byte after the request; params that are not a map */
+		{ "94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 "
+		  "a7 6f757470757473 90 c0", -EBADMSG, 0 },
+		{ "94 00 01 a3 72756e 90", -EBADMSG, 0 },
+		/* msgid as a uint64 and {}: no program */
+		{ "94 00 cf 0000000000000001 a3 72756e 80", 1, ANES_RUN_PROGRAM_MISSING },
+		/* a notification, another method, 5 elements, a msgid over u32 */
+		{ "93 02 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90", 0, 0 },
+		{ "94 00 01 a4 72756e78 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90", 0, 0 },
+		{ "95 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90 c0", 0, 0 },
+		{ "94 00 cf 0000000100000000 a3 72756e 80", 0, 0 },
+		/* steps: [], {}, with program, with a step that is not a map */
+		{ "94 00 01 a3 72756e 81 a5 7374657073 90", 1, ANES_RUN_STEPS_EMPTY },
+		{ "94 00 01 a3 72756e 81 a5 7374657073 80", 1, ANES_RUN_STEPS_TYPE },
+		{ "94 00 01 a3 72756e 82 a5 7374657073 91 83 a7 70726f6772616d 01 a6 696e70757473 90 "
+		  "a7 6f757470757473 90 a7 70726f6772616d 01", 1, ANES_RUN_STEPS_AND_PROGRAM },
+		{ "94 00 01 a3 72756e 81 a5 7374657073 92 83 a7 70726f6772616d 01 a6 696e70757473 90 "
+		  "a7 6f757470757473 90 01", 1, ANES_RUN_STEP_NOT_MAP },
 		/* a map16 step */
-		"94 00 01 a3 72756e de 0003 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90",
+		{ "94 00 01 a3 72756e de 0003 a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90",
+		  1, ANES_RUN_OK },
 	};
+	anes_run_wire *w = malloc(sizeof *w);
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		bytes b = { 0 };
-		b_hex(&b, cases[i]);
-		cr_assert_eq(wire_exact(b.p, b.n), 0, "case %zu", i);
+		b_hex(&b, cases[i].hex);
+		int r = wire_read(b.p, b.n, w);
+		cr_assert_eq(r, cases[i].rc, "case %zu: %d", i, r);
+		if (r == 1)
+			cr_assert_eq(w->bad ? w->bad : w->steps[0].bad, cases[i].bad, "case %zu", i);
 		b_free(&b);
 	}
-	/* 257 steps; 65 inputs in one step; more than ANES_RUN_WIRE_MAX_IDS IDs */
+	/* 257 steps: not an array of 1 to 256 steps */
 	ids_init();
 	mp m;
 	mp_init(&m);
 	uint32_t *many = calloc(2 * (ANES_MAX_STEPS + 1), sizeof *many);
 	pack_lib_run(&m, 1, ANES_MAX_STEPS + 1, true, many);
-	cr_assert_eq(wire_exact(m.sb.data, m.sb.size), 0);
+	cr_assert_eq(wire_read(m.sb.data, m.sb.size, w), 1);
+	cr_assert_eq(w->bad, ANES_RUN_STEPS_TYPE);
 	mp_free(&m);
 	free(many);
+	/* 65 inputs in one step (counted, 64 kept); 256 steps of 64 inputs */
 	for (int big = 0; big < 2; big++) {
-		uint32_t n_steps = big ? ANES_RUN_WIRE_MAX_IDS / ANES_RUN_WIRE_MAX_IO + 1 : 1;
+		uint32_t n_steps = big ? ANES_MAX_STEPS : 1;
 		uint32_t n_in = big ? ANES_RUN_WIRE_MAX_IO : ANES_RUN_WIRE_MAX_IO + 1;
 		mp_init(&m);
 		anes_pack_request(&m.pk, 1, "run", 1);
@@ -360,9 +401,14 @@ Test(run_wire, other_forms_are_left_to_the_decoder)
 			anes_pack_str(&m.pk, "outputs");
 			msgpack_pack_array(&m.pk, 0);
 		}
-		cr_assert_eq(wire_exact(m.sb.data, m.sb.size), 0, "big %d", big);
+		cr_assert_eq(wire_read(m.sb.data, m.sb.size, w), 1, "big %d", big);
+		cr_assert_eq(w->n_steps, n_steps);
+		cr_assert_eq(w->steps[n_steps - 1].n_in, n_in);
+		cr_assert_eq(w->ids[w->steps[n_steps - 1].in + ANES_RUN_WIRE_MAX_IO - 1],
+		             ANES_RUN_WIRE_MAX_IO);
 		mp_free(&m);
 	}
+	free(w);
 }
 
 /* Every prefix of a request is cut short: never accepted, never read past. */

@@ -15,8 +15,9 @@
  *     the accessors agree with the object's type;
  *   - a decoded request or notification packed again with the anes_pack_*
  *     helpers must decode to the same envelope;
- *   - whatever anes_run_wire_parse (the daemon's one-pass reader of a run)
- *     accepts, anes_msg_decode must accept and its accessors read the same
+ *   - anes_run_wire_parse (the daemon's one decoder of runs) takes a
+ *     payload exactly when anes_msg_decode accepts it as a run request,
+ *     and reads what its accessors read, errors included
  *     (tests/run_wire_check.h).
  *
  * Input: header (8 bytes) + payload; the payload is decoded whatever the
@@ -298,8 +299,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		msgpack_zone_clear(&zone);
 	}
 
-	/* the one-pass run reader (anes_run_wire_parse) never reads a request
-	 * other than the decoder does */
+	/* the run decoder (anes_run_wire_parse) never reads a request other
+	 * than the general decoder does */
 	const char *why = NULL;
 	int wr = run_wire_agrees(payload, plen, &why);
 	if (wr < 0)
