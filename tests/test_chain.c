@@ -410,6 +410,97 @@ Test(chain, every_encoding_gets_the_same_answer)
 	raw_fixture_close(&f);
 }
 
+/* A response's error code (0: a success) and failed_step (-1: none). */
+static int reply_code(const uint8_t *p, size_t len, int *ret_step)
+{
+	msgpack_zone z;
+	msgpack_zone_init(&z, 1024);
+	anes_msg m;
+	cr_assert_eq(anes_msg_decode(p, len, &z, &m), 0);
+	int code = 0;
+	uint32_t step;
+	*ret_step = -1;
+	if (m.error) {
+		const char *msg;
+		uint32_t mlen;
+		cr_assert_eq(anes_msg_error(&m, &code, &msg, &mlen), 0);
+		if (anes_mp_u32(m.error, "failed_step", &step) == 0)
+			*ret_step = (int)step;
+	}
+	msgpack_zone_destroy(&z);
+	return code;
+}
+
+/* "function" means the same on every path (docs/protocol.md, "run"): ""
+ * names no function (no_such_function), no "function" is the first one.
+ * Before a program's first run (which goes to the loop: its run time is
+ * unknown) and after (later runs go to a lane when lanes are on), single
+ * and in chains, with lanes and with --no-lanes (everything on the loop):
+ * the same answers, byte for byte. */
+Test(chain, function_means_the_same_on_every_path)
+{
+	enum { NCASES = 6 };
+	uint8_t *ref[NCASES] = { 0 };
+	size_t ref_len[NCASES] = { 0 };
+	for (int lanes = 1; lanes >= 0; lanes--) {
+		const char *no_lanes[] = { "--no-lanes", NULL };
+		raw_fixture f;
+		raw_fixture_open(&f, lanes ? NULL : no_lanes, "test-function");
+		const wstep empty = { 1, "", { 1 }, 1, 2 }, none = { 1, NULL, { 1 }, 1, 2 },
+		            main_fn = { 1, "main", { 2 }, 1, 3 };
+		struct {
+			const char *what;
+			wstep steps[2];
+			uint32_t n;       /* 0: a single run */
+			int code, step;   /* the error expected (0: success), its failed_step */
+		} cases[NCASES] = {
+			{ "\"\" on the first run", { empty }, 0, ANES_WERR_NO_SUCH_FUNCTION, -1 },
+			{ "none on the first run", { none }, 0, 0, -1 },
+			{ "\"\" on a later run", { empty }, 0, ANES_WERR_NO_SUCH_FUNCTION, -1 },
+			{ "a chain with none and \"main\"", { none, main_fn }, 2, 0, -1 },
+			{ "a chain with \"\" at step 1", { main_fn, empty }, 2, ANES_WERR_NO_SUCH_FUNCTION, 1 },
+			{ "none on a later run", { none }, 0, 0, -1 },
+		};
+		uint64_t lane_runs = lane_runs_of(f.c);
+		for (int i = 0; i < NCASES; i++) {
+			wbuf w;
+			size_t len;
+			bool ok;
+			int step;
+			w_run(&w, 20 + (uint32_t)i, cases[i].steps, cases[i].n, false);
+			uint8_t *reply = raw_call(&f.rc, &w, &len, &ok);
+			cr_assert_eq(reply_code(reply, len, &step), cases[i].code, "%s (lanes %d)",
+			             cases[i].what, lanes);
+			cr_assert_eq(step, cases[i].step, "%s (lanes %d)", cases[i].what, lanes);
+			if (!ok && lanes) {
+				ref[i] = reply;
+				ref_len[i] = len;
+			} else if (!ok) {
+				cr_assert(len == ref_len[i] && memcmp(reply, ref[i], len) == 0,
+				          "%s: another answer without lanes", cases[i].what);
+				free(reply);
+			} else {
+				free(reply);
+			}
+		}
+		/* With lanes, the later runs ran on one (and the errors were the
+		 * lane's answers); without, none did. */
+		uint64_t on_lanes = lane_runs_of(f.c) - lane_runs;
+		if (lanes)
+			cr_assert_geq(on_lanes, 2u, "the later runs went to a lane");
+		else
+			cr_assert_eq(on_lanes, 0u);
+		/* Before and after the program's first run, the same error (but
+		 * for the msgid, a fixint at byte 2). */
+		if (lanes)
+			cr_assert(ref_len[0] == ref_len[2] && memcmp(ref[0] + 3, ref[2] + 3, ref_len[0] - 3) == 0,
+			          "\"\" before and after the first run got different answers");
+		raw_fixture_close(&f);
+	}
+	for (int i = 0; i < NCASES; i++)
+		free(ref[i]);
+}
+
 /* Frames appended to one buffer, to go in one write. */
 typedef struct wbatch {
 	uint8_t b[49152];
