@@ -96,18 +96,25 @@ int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *s
 	return r;
 }
 
+/* What pack_run packs. */
+typedef struct run_req {
+	const aneshare_step *steps;
+	size_t n;
+	bool chain;
+} run_req;
+
 /* A single run is { program, function, inputs, outputs }; a chain is
  * { steps: [ {...}, ... ] } (docs/protocol.md, "run"). */
-static int pack_run(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *steps, size_t n,
-                    bool chain)
+static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
 {
-	if (!chain)
-		return anesc_pack_step(c, pk, &steps[0]);
+	const run_req *rr = ud;
+	if (!rr->chain)
+		return anesc_pack_step(c, pk, &rr->steps[0]);
 	anes_pack_str(pk, "steps");
-	msgpack_pack_array(pk, n);
-	for (size_t i = 0; i < n; i++) {
+	msgpack_pack_array(pk, rr->n);
+	for (size_t i = 0; i < rr->n; i++) {
 		msgpack_pack_map(pk, 4);
-		int r = anesc_pack_step(c, pk, &steps[i]);
+		int r = anesc_pack_step(c, pk, &rr->steps[i]);
 		if (r < 0)
 			return r;
 	}
@@ -116,54 +123,24 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *s
 
 /* ---- submitting -------------------------------------------------------------------- */
 
-/* Send a run or chain.  With cb, as an async call (never blocks on the
- * socket); without, as a ticket (*ret_msgid) to wait for.  Runs are not
- * idempotent: only a request the daemon cannot have received is sent again
- * after reconnecting (see aneshare.h). */
+/* Send a run or chain through the one reconnect loop (anesc_send_request).
+ * With cb, as an async call (never blocks on the socket); without, as a
+ * ticket (*ret_msgid) to wait for.  Runs are not idempotent: only a request
+ * the daemon cannot have received is sent again after reconnecting (see
+ * aneshare.h). */
 int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,
                  aneshare_done_fn cb, void *ud, uint32_t *ret_msgid)
 {
 	anesc_retry rt = { 0 };
-	for (;;) {
-		/* A blocking sender never has more than max_inflight requests in
-		 * flight: the daemon stops reading beyond that, and a blocking
-		 * writer could then deadlock with it. */
-		int r = cb ? 0 : anesc_pending_throttle(c, c->info.max_inflight);
-		if (r == 0)
-			r = anesc_ready(c, &rt);
-		if (r < 0)
-			return r;
-		anes_frame f;
-		uint32_t msgid = 0;
-		r = anesc_begin(c, &f, "run", chain ? 1 : 4, &msgid);
-		if (r < 0)
-			return r;
-		r = pack_run(c, &f.pk, steps, n, chain);
-		if (r == 0)
-			r = anesc_pending_add(c, msgid);
-		if (r < 0) {
-			anes_frame_release(&f);
-			return r;
-		}
-		if (cb) {
-			anesc_pending *p = &c->pending[c->n_pending - 1];
-			p->cb = cb;
-			p->cb_ud = ud;
-			c->n_async++;
-			r = anesc_send_nowait(c, &f);
-		} else {
-			r = anesc_send(c, &f, NULL, 0);
-		}
-		if (r < 0)
-			anesc_pending_drop(c, msgid);
-		if (r == -ANESHARE_EDISCONNECTED)
-			continue;   /* the daemon did not get it: send it to the next one */
-		if (r < 0)
-			return r;
-		if (ret_msgid)
-			*ret_msgid = msgid;
-		return 0;
-	}
+	run_req rr = { steps, n, chain };
+	uint32_t msgid = 0;
+	int r = anesc_send_request(c, &(anesc_req){ .method = "run", .n_params = chain ? 1 : 4,
+	                                            .pack = pack_run, .pack_ud = &rr, .fd = -1,
+	                                            .flags = ANESC_PENDING, .cb = cb, .cb_ud = ud },
+	                           &rt, &msgid);
+	if (r == 0 && ret_msgid)
+		*ret_msgid = msgid;
+	return r;
 }
 
 ANESHARE_API int aneshare_run_chain(aneshare_conn *c, const aneshare_step *steps, size_t n_steps)

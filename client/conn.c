@@ -635,13 +635,15 @@ int anesc_pending_throttle(aneshare_conn *c, size_t limit)
 
 /* ---- requests --------------------------------------------------------------------- */
 
-int anesc_request(aneshare_conn *c, const anesc_req *rq)
+int anesc_send_request(aneshare_conn *c, const anesc_req *rq, anesc_retry *rt,
+                       uint32_t *ret_msgid)
 {
-	anesc_retry rt = { 0 };
-	bool resent = false;
 	bool may_reconnect = !(rq->flags & ANESC_NO_RECONNECT);
+	bool pending = rq->flags & ANESC_PENDING;
 	for (;;) {
-		int r = may_reconnect ? anesc_ready(c, &rt) : 0;
+		int r = pending && !rq->cb ? anesc_pending_throttle(c, c->info.max_inflight) : 0;
+		if (r == 0 && may_reconnect)
+			r = anesc_ready(c, rt);
 		if (r < 0)
 			return r;
 		anes_frame f;
@@ -653,6 +655,16 @@ int anesc_request(aneshare_conn *c, const anesc_req *rq)
 			anes_frame_release(&f);
 			return r;
 		}
+		if (pending && (r = anesc_pending_add(c, msgid)) < 0) {
+			anes_frame_release(&f);
+			return r;
+		}
+		if (pending && rq->cb) {
+			anesc_pending *p = &c->pending[c->n_pending - 1];
+			p->cb = rq->cb;
+			p->cb_ud = rq->cb_ud;
+			c->n_async++;
+		}
 		int fd = -1;
 		unsigned nfds = 0;
 		if (rq->fd >= 0) {
@@ -660,17 +672,35 @@ int anesc_request(aneshare_conn *c, const anesc_req *rq)
 			if (fd < 0) {
 				r = -errno;
 				anes_frame_release(&f);
+				if (pending)
+					anesc_pending_drop(c, msgid);
 				return anesc_fail(c, r, "duplicating the fd: %s", strerror(-r));
 			}
 			nfds = 1;
 		}
-		r = anesc_send(c, &f, &fd, nfds);
+		r = pending && rq->cb ? anesc_send_nowait(c, &f) : anesc_send(c, &f, &fd, nfds);
+		if (r < 0 && pending)
+			anesc_pending_drop(c, msgid);
 		if (r == -ANESHARE_EDISCONNECTED && may_reconnect)
 			continue;   /* the daemon did not get it: send it to the next one */
 		if (r < 0)
 			return r;
+		*ret_msgid = msgid;
+		return 0;
+	}
+}
+
+int anesc_request(aneshare_conn *c, const anesc_req *rq)
+{
+	anesc_retry rt = { 0 };
+	bool resent = false;
+	for (;;) {
+		uint32_t msgid = 0;
+		int r = anesc_send_request(c, rq, &rt, &msgid);
+		if (r < 0)
+			return r;
 		r = anesc_wait_for(c, msgid, rq->fn, rq->fn_ud);
-		if (r == -ANESHARE_EDISCONNECTED && c->broken && may_reconnect &&
+		if (r == -ANESHARE_EDISCONNECTED && c->broken && !(rq->flags & ANESC_NO_RECONNECT) &&
 		    (rq->flags & ANESC_IDEMPOTENT) && !resent) {
 			resent = true;   /* once: a request that kills every daemon must not loop */
 			continue;

@@ -180,6 +180,8 @@ typedef int (*anesc_pack_fn)(aneshare_conn *c, msgpack_packer *pk, void *ud);
 enum {
 	ANESC_IDEMPOTENT = 1,      /* may be sent again after a break with it in flight */
 	ANESC_NO_RECONNECT = 2,    /* fail at once if the connection is or becomes broken */
+	ANESC_PENDING = 4,         /* a run: its response goes to the pending table (a
+	                            * ticket to wait for, or an async call with cb) */
 };
 
 typedef struct anesc_req {
@@ -191,12 +193,24 @@ typedef struct anesc_req {
 	anesc_result_fn fn;        /* may be NULL */
 	void *fn_ud;
 	unsigned flags;
+	aneshare_done_fn cb;       /* ANESC_PENDING: NULL (a ticket), or an async call's
+	                            * callback, sent without blocking */
+	void *cb_ud;
 } anesc_req;
 
-/* One synchronous request: ready, pack, send, wait for the response.
- * Unless ANESC_NO_RECONNECT: a request the broken connection did not
- * deliver is sent again after reconnecting, and so is an ANESC_IDEMPOTENT
- * one that was in flight (once). */
+/* The one reconnect loop of every request: make the connection ready
+ * (reconnecting, unless ANESC_NO_RECONNECT, within rt's deadline), pack,
+ * send -- again, to the next daemon, while the broken connection did not
+ * deliver it.  ANESC_PENDING: registered in the pending table first (and a
+ * blocking sender of runs first waits until fewer than max_inflight are
+ * outstanding: the daemon stops reading beyond that, and a blocking writer
+ * could then deadlock with it).  0 with *ret_msgid once it is sent. */
+int anesc_send_request(aneshare_conn *c, const anesc_req *rq, anesc_retry *rt,
+                       uint32_t *ret_msgid);
+
+/* One synchronous request: anesc_send_request, then wait for the response.
+ * An ANESC_IDEMPOTENT request that was in flight when the connection broke
+ * is sent again (once). */
 int anesc_request(aneshare_conn *c, const anesc_req *rq);
 
 /* An anesc_pack_fn for the params { "id": *(uint32_t *)ud }. */
@@ -240,7 +254,8 @@ void anesc_async_cancel_all(aneshare_conn *c);
  * ("" for a single run, "step N: " in a chain).  anesc_pack_step packs its
  * four key/value pairs.  anesc_submit sends a run (chain: { steps: [...] })
  * as an async call (cb) or as a ticket to wait for (*ret_msgid), sending it
- * again only when the daemon cannot have received it. */
+ * again only when the daemon cannot have received it: every run, blocking
+ * (aneshare_run, a ticket waited for at once), ticket, chain or async. */
 int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st);
 int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st);
 int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,

@@ -402,25 +402,6 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_
 
 /* ---- runs ------------------------------------------------------------------- */
 
-/* Packed at send time: IDs change when the library reconnects. */
-static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
-{
-	return anesc_pack_step(c, pk, ud);
-}
-
-/* Runs are not idempotent (see aneshare.h): never ANESC_IDEMPOTENT. */
-static int run_result(aneshare_conn *c, const msgpack_object *result, int *fds, unsigned nfds,
-                      void *ud)
-{
-	uint64_t us = 0;
-	(void)fds;
-	(void)nfds;
-	(void)ud;
-	(void)anes_mp_u64(result, "elapsed_us", UINT64_MAX, &us);
-	c->last_run_us = us;
-	return 0;
-}
-
 ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
                               aneshare_surface *const *inputs, size_t n_inputs,
                               aneshare_surface *const *outputs, size_t n_outputs)
@@ -431,9 +412,12 @@ ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
 	int r = anesc_check_step(p->conn, "", &st);
 	if (r < 0)
 		return r;
-	return anesc_request(p->conn, &(anesc_req){ .method = "run", .n_params = 4,
-	                                            .pack = pack_run, .pack_ud = &st, .fd = -1,
-	                                            .fn = run_result });
+	/* Submit and wait: the machinery of tickets and chains (async.c). */
+	uint32_t ticket;
+	r = anesc_submit(p->conn, &st, 1, false, NULL, NULL, &ticket);
+	if (r < 0)
+		return r;
+	return anesc_pending_wait(p->conn, ticket, NULL);
 }
 
 ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
