@@ -190,10 +190,13 @@ class _Handle:
             fut = entry[0]
             if fut.done():
                 continue
-            if rc < 0:
-                fut.set_exception(error_for(rc, msg, step, mil))
-            else:
-                fut.set_result(None)
+            try:
+                if rc < 0:
+                    fut.set_exception(error_for(rc, msg, step, mil))
+                else:
+                    fut.set_result(None)
+            except RuntimeError:   # its loop is closed: nobody waits for it
+                pass
 
     def after_blocking(self):
         """A blocking call may have read responses to async calls: have them

@@ -75,3 +75,31 @@ def test_async_calls_fail_when_the_daemon_dies(fresh_daemon):
     asyncio.run(main())
     assert c.reconnect_count == 1
     c.close()
+
+
+def test_requests_wait_for_room_in_the_socket(fresh_daemon):
+    """More chained requests than the socket takes while the daemon reads one
+    at a time (--max-inflight 1): the library queues them and asks for
+    EV_WRITE, and the loop watches the fd for writing until all are sent."""
+    d = fresh_daemon("--max-inflight", "1")
+    conn = aneshare.connect(d.sock, "backlog")
+    p = conn.compile(MM_PATH)
+    x, = p.new_inputs()
+    out, = p.new_outputs()
+    fill_mm(x, 3)
+    steps = [(p, [x], [out])] * aneshare.MAX_STEPS
+    n = 100   # about 100 x 256 x 45 bytes of requests, each taking milliseconds to run
+    h = conn._h
+    wanted_write = []
+
+    async def main():
+        calls = [asyncio.ensure_future(conn.run_chain_async(steps)) for _ in range(n)]
+        await asyncio.sleep(0)
+        wanted_write.append(h.writer_fd >= 0)
+        await asyncio.wait_for(asyncio.gather(*calls), 120)
+        wanted_write.append(h.writer_fd >= 0)
+    asyncio.run(main())
+    assert wanted_write == [True, False]
+    assert rel_err(out, mm_reference(x)) < MM_TOL
+    assert conn.status()["runs"] >= n * aneshare.MAX_STEPS
+    conn.close()
