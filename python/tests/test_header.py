@@ -174,4 +174,5 @@ def test_every_api_function_is_known():
     not_wrapped = {"aneshare_surface_import_iosurface", "aneshare_surface_iosurface_id",
                    "aneshare_f32_to_f16", "aneshare_f16_to_f32"}
     missing = set(DECLS) - set(_lib._PROTOTYPES) - not_wrapped
-    assert not missing, "not wrapped by the Python package: %s" % sorted(missing)
+    assert not missing, ("client/aneshare.h declares %s: wrap it in python/aneshare/_lib.py "
+                         "(and the API), or list it in not_wrapped here" % sorted(missing))
