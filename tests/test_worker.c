@@ -25,7 +25,7 @@
 #include "anes_proto.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
-#include "../daemon/devworker.h"
+#include "../daemon/backend/devworker.h"
 #include "anes_clock.h"
 
 static h_daemon D;
