@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Lanes (daemon/conn.c, docs/design.md "Lanes"): a connection with
+ * Lanes (daemon/server/conn.c, docs/design.md "Lanes"): a connection with
  * nothing for the event loop to do is read by the worker threads, which run
  * short `run` requests at once and hand everything else back to the loop.
  *

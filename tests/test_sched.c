@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The fair scheduler of device work as a unit (daemon/jobsched.h): its
+ * The fair scheduler of device work as a unit (daemon/sched/jobsched.h): its
  * ordering rules, with the device times injected (no clock, no threads).
  */
 #include <criterion/criterion.h>

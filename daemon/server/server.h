@@ -38,7 +38,7 @@ typedef struct anes_limits {
 	uint64_t drop_unsent_bytes;
 	uint32_t drop_unsent_seconds;
 	uint64_t drop_unsent_hard_bytes;
-	/* Per client process (all its connections together; daemon/tenant.h)
+	/* Per client process (all its connections together; daemon/state/tenant.h)
 	 * and for all clients together. */
 	uint64_t max_client_surfaces, max_daemon_surfaces;
 	uint64_t max_client_fds, max_daemon_fds;           /* fds kept for surfaces */

@@ -33,7 +33,7 @@
 #include "anes_proto.h"
 #include "fuzz.h"
 
-/* Keys the daemon (daemon/methods.c) and the client library (client/)
+/* Keys the daemon (daemon/server/methods.c) and the client library (client/)
  * read, with the accessor each uses. */
 static const char *const u64_keys[] = {
 	"protocol", "size", "code", "uptime_ms", "clients", "surfaces", "surface_bytes", "runs",
@@ -110,7 +110,7 @@ static void access_key(const msgpack_object *map, const char *key)
 		CHECK(sub->type == MSGPACK_OBJECT_MAP && sub->via.map.size <= 4);
 }
 
-/* What daemon/methods.c does with program.compile's "weights". */
+/* What daemon/server/methods.c does with program.compile's "weights". */
 static void access_weights(const msgpack_object *params)
 {
 	const msgpack_object *wmap;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Fuzz target: arbitrary bytes and file descriptors through anes_io over a
- * real socketpair, driven the way daemon/conn.c drives a connection: read,
+ * real socketpair, driven the way daemon/server/conn.c drives a connection: read,
  * take every complete frame (claiming its fds), decode it, and stop at the
  * first error.  Frames taken are echoed back through anes_io_queue /
  * anes_io_flush with their fds.
@@ -98,7 +98,7 @@ static int flush_all(anes_io *io, int peer)
 	return -EAGAIN;
 }
 
-/* Take every complete frame, as daemon/conn.c does.  false: the connection failed. */
+/* Take every complete frame, as daemon/server/conn.c does.  false: the connection failed. */
 static bool process(anes_io *io, int peer, bool *bad_queue)
 {
 	for (;;) {
