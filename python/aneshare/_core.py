@@ -151,9 +151,11 @@ class _Handle:
     def rearm(self):
         """Watch the fd for what the library asks (it changes on reconnects)."""
         loop = self.loop
-        if loop is None or self.freed:
+        if loop is None:
             return
         with self.lock:
+            if self.freed:
+                return
             fd = lib.aneshare_fd(self.cptr)
             ev = lib.aneshare_events(self.cptr)
         want_w = fd if ev & EV_WRITE else -1
@@ -173,9 +175,11 @@ class _Handle:
             self.writer_fd = want_w
 
     def dispatch(self):
-        if self.freed or self.forked:
+        if self.forked:
             return
         with self.lock:
+            if self.freed:
+                return
             lib.aneshare_dispatch(self.cptr)
         self.deliver()
         self.rearm()
@@ -248,6 +252,7 @@ class Surface:
         h = self._h
         h.check()
         with h.lock:
+            _live(h)
             return lib.aneshare_surface_id(self._ptr)
 
     def __del__(self):
@@ -435,9 +440,12 @@ class Program:
         return self.function(function).index
 
     def _ptr_checked(self):
-        if self._ptr is None:
+        """The program pointer, read with the connection's lock held (release
+        clears it, then frees the program under the lock)."""
+        p = self._cptr
+        if p is None or self._h.freed:
             raise ClosedError("the program was released")
-        return self._cptr
+        return p
 
     # ---- surfaces ----
 
@@ -470,10 +478,11 @@ class Program:
                     if w() is not a:
                         break
                 else:
-                    if self._ptr is None:
-                        raise ClosedError("the program was released")
-                    with h.lock:
-                        rc = _run_fast(self._cptr, c[5], c[6], c[7], c[8], c[9])
+                    with h.lock:   # the program is released under the lock
+                        p = self._cptr
+                        if p is None or h.freed:
+                            raise ClosedError("the program was released")
+                        rc = _run_fast(p, c[5], c[6], c[7], c[8], c[9])
                         if rc < 0:
                             raise h.error(rc)
                     if h.async_calls:
@@ -482,9 +491,8 @@ class Program:
         fn = 0 if function is None else self._index(function)
         ins = _ptr_array(inputs, h)
         outs = _ptr_array(outputs, h)
-        p = self._ptr_checked()
         with h.lock:
-            rc = _run(p, fn, ins, len(ins), outs, len(outs))
+            rc = _run(self._ptr_checked(), fn, ins, len(ins), outs, len(outs))
             if rc < 0:
                 raise h.error(rc)
         try:
@@ -534,9 +542,9 @@ class Program:
         fn = self._index(function)
         ins = _ptr_array(inputs, h)
         outs = _ptr_array(outputs, h)
-        p = self._ptr_checked()
         t = _u32()
         with h.lock:
+            p = self._ptr_checked()
             _drain_orphans(h)
             rc = lib.aneshare_run_submit(p, fn, ins, len(ins), outs, len(outs), ctypes.byref(t))
             if rc < 0:
@@ -551,9 +559,9 @@ class Program:
         fn = self._index(function)
         ins = _ptr_array(inputs, h)
         outs = _ptr_array(outputs, h)
-        p = self._ptr_checked()
         return await _async_call(h, lambda ud: lib.aneshare_run_async(
-            p, fn, ins, len(ins), outs, len(outs), _done_cb, ud), (inputs, outputs, ins, outs, self))
+            self._ptr_checked(), fn, ins, len(ins), outs, len(outs), _done_cb, ud),
+            (inputs, outputs, ins, outs, self))
 
     # ---- releasing ----
 
@@ -587,6 +595,12 @@ class Program:
         return "<aneshare.Program %s %s>" % (self.key[:12], ", ".join(f.name for f in self.functions))
 
 
+def _live(h):
+    """Raise if h's C connection is gone (call with the lock held)."""
+    if h.freed:
+        raise ClosedError("the connection is closed")
+
+
 def _drain_orphans(h):
     """Wait for tickets collected without wait() (lock held)."""
     while h.orphans:
@@ -611,6 +625,7 @@ class Ticket:
             raise ValueError("ticket %d was waited for already" % self.id)
         self._done = True
         with h.lock:
+            _live(h)
             rc = lib.aneshare_wait(h.cptr, self.id)
             err = h.error(rc) if rc < 0 else None
         self._keep = None
@@ -631,14 +646,17 @@ async def _async_call(h, start, keep, mil=None):
     token = next(_tokens)
     h.async_calls[token] = (fut, keep, mil)
     _token_handles[token] = h
-    with h.lock:
-        rc = start(token)
-        if rc < 0:
-            err = h.error(rc)
-    if rc < 0:
+    try:
+        with h.lock:
+            if h.freed:
+                raise ClosedError("the connection is closed")
+            rc = start(token)
+            if rc < 0:
+                raise h.error(rc)
+    except BaseException:
         h.async_calls.pop(token, None)
         _token_handles.pop(token, None)
-        raise err
+        raise
     h.attach_loop(loop)
     try:
         await fut
@@ -732,10 +750,18 @@ class Connection:
         h = self._h
         h.check()
         with h.lock:
+            _live(h)
             rc = fn(h.cptr, *args)
             if isinstance(rc, int) and rc < 0:
                 raise h.error(rc)
         return rc
+
+    def _read(self, fn):
+        h = self._h
+        h.check()
+        with h.lock:
+            _live(h)
+            return fn(h.cptr)
 
     # ---- programs ----
 
@@ -764,6 +790,7 @@ class Connection:
         prog = _vp()
         cached = ctypes.c_bool()
         with h.lock:
+            _live(h)
             rc = lib.aneshare_program_compile(h.cptr, text.encode(), warr, len(wl),
                                               ctypes.byref(prog), ctypes.byref(cached))
             if rc < 0:
@@ -787,6 +814,7 @@ class Connection:
             raise ValueError("a surface holds at least 1 byte")
         ptr = _vp()
         with h.lock:
+            _live(h)
             rc = lib.aneshare_surface_create(h.cptr, nbytes, ctypes.byref(ptr))
             if rc < 0:
                 raise h.error(rc)
@@ -817,8 +845,9 @@ class Connection:
         step."""
         h = self._h
         h.check()
-        arr, keep = _steps(h, steps)
-        with h.lock:
+        with h.lock:   # programs are released under the lock
+            _live(h)
+            arr, keep = _steps(h, steps)
             rc = lib.aneshare_run_chain(h.cptr, arr, len(arr))
             if rc < 0:
                 raise h.error(rc)
@@ -829,9 +858,13 @@ class Connection:
         """run_chain() as a coroutine (see Program.run_async)."""
         h = self._h
         h.check()
-        arr, keep = _steps(h, steps)
-        return await _async_call(h, lambda ud: lib.aneshare_run_chain_async(
-            h.cptr, arr, len(arr), _done_cb, ud), (arr, keep))
+        keep = []
+
+        def start(ud):   # called with the lock held
+            arr, objs = _steps(h, steps)
+            keep.append((arr, objs))
+            return lib.aneshare_run_chain_async(h.cptr, arr, len(arr), _done_cb, ud)
+        return await _async_call(h, start, keep)
 
     def wait(self, ticket):
         """ticket.wait()."""
@@ -845,6 +878,7 @@ class Connection:
         h.check()
         sp = ctypes.POINTER(Status)()
         with h.lock:
+            _live(h)
             rc = lib.aneshare_get_status(h.cptr, ctypes.byref(sp))
             if rc < 0:
                 raise h.error(rc)
@@ -859,6 +893,7 @@ class Connection:
         h = self._h
         h.check()
         with h.lock:
+            _live(h)
             s = lib.aneshare_server(h.cptr).contents
             return {"protocol": s.protocol, "version": _s(s.server_version),
                     "backend": _s(s.backend), "max_frame": s.max_frame,
@@ -868,9 +903,7 @@ class Connection:
     @property
     def reconnect_count(self):
         """How often the library reconnected (surface IDs change each time)."""
-        h = self._h
-        h.check()
-        return lib.aneshare_reconnect_count(h.cptr)
+        return self._read(lib.aneshare_reconnect_count)
 
     def set_reconnect(self, enable=True, timeout_ms=None):
         """Turn automatic reconnecting on or off; timeout_ms bounds one call's
@@ -882,9 +915,7 @@ class Connection:
     @property
     def spin_us(self):
         """How long a blocking call polls for its reply before it sleeps."""
-        h = self._h
-        h.check()
-        return lib.aneshare_spin(h.cptr)
+        return self._read(lib.aneshare_spin)
 
     @spin_us.setter
     def spin_us(self, us):
@@ -893,15 +924,11 @@ class Connection:
     @property
     def last_run_us(self):
         """The daemon's own time for the last run or chain that succeeded."""
-        h = self._h
-        h.check()
-        return lib.aneshare_last_run_us(h.cptr)
+        return self._read(lib.aneshare_last_run_us)
 
     def fileno(self):
         """The socket (-1 while the connection is broken)."""
-        h = self._h
-        h.check()
-        return lib.aneshare_fd(h.cptr)
+        return self._read(lib.aneshare_fd)
 
     def __repr__(self):
         h = self._h

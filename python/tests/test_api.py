@@ -482,3 +482,40 @@ def test_run_repeated_and_changing_arrays(conn):
     p.release()
     with pytest.raises(aneshare.ClosedError):
         p.run([xs[0]], [ys[0]])
+
+
+@pytest.mark.parametrize("how", ["release", "close"])
+def test_release_or_close_while_other_threads_run(daemon, how):
+    """A program released (or its connection closed) by one thread while
+    others run it: each of them ends with ClosedError, none runs a freed
+    program, and the arrays stay usable."""
+    c = aneshare.connect(daemon.sock, "race")
+    p = c.compile(TINY)
+    counts = [0, 0, 0]
+    ends = [None, None, None]
+
+    def runner(k):
+        x, = p.new_inputs()
+        y, = p.new_outputs()
+        x[...] = np.arange(-8, 8).reshape(x.shape) + k
+        try:
+            while True:
+                p.run([x], [y]) if counts[k] % 2 else p.run([x], [y], function=0)
+                assert np.array_equal(y, np.maximum(x, 0))
+                counts[k] += 1
+        except BaseException as e:
+            ends[k] = e
+    threads = [threading.Thread(target=runner, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: min(counts) >= 30 or any(ends), "the runners to get going")
+    if how == "release":
+        p.release()
+    else:
+        c.close()
+    for t in threads:
+        t.join()
+    assert all(isinstance(e, aneshare.ClosedError) for e in ends), ends
+    if how == "release":
+        assert c.compile(TINY).key == p.key   # the connection carries on
+    c.close()
