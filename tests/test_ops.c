@@ -2560,3 +2560,324 @@ Test(ops, slice_update_constant_and_runtime_begin)
 	free(x);
 	free(u);
 }
+
+/* ---- vision: pools, conv_transpose, resizing, crop; einsum ---- */
+
+typedef struct pcase {
+	int h, w, kh, kw, sh, sw;
+	const char *pad_type;
+	int pad[4];
+	bool ceil_mode, exclude;
+} pcase;
+
+static int pool_out(int d, int k, int s, const char *pt, int pb, int pe, bool ceil_mode)
+{
+	if (!strcmp(pt, "same"))
+		return (d + s - 1) / s;
+	int span = d + pb + pe - k;
+	int o = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+	if (ceil_mode && (o - 1) * s >= d + pb && pb + pe > 0)
+		o--;
+	return o;
+}
+
+Test(ops, max_avg_l2_pool)
+{
+	static const pcase cases[] = {
+		{7, 6, 3, 2, 2, 1, "valid", {0, 0, 0, 0}, false, false},
+		{7, 6, 3, 3, 2, 2, "same", {0, 0, 0, 0}, false, false},
+		{7, 6, 3, 3, 2, 2, "same", {0, 0, 0, 0}, false, true},
+		{7, 6, 2, 3, 1, 2, "custom", {1, 0, 0, 2}, false, false},
+		{7, 6, 3, 3, 2, 2, "custom", {1, 1, 1, 1}, true, false},
+		{7, 6, 3, 3, 2, 2, "custom", {1, 1, 1, 1}, true, true},
+		{1, 9, 1, 3, 1, 2, "valid", {0, 0, 0, 0}, false, false},   /* 1-D */
+	};
+	static const char *kinds[] = {"max_pool", "avg_pool", "l2_pool"};
+	for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+		for (int kd = 0; kd < 3; kd++) {
+			const pcase *c = &cases[ci];
+			bool one = c->h == 1;
+			if (c->exclude && kd != 1)
+				continue;
+			int pt = 0, pl = 0, pb = c->pad[1], pe = c->pad[3];
+			pt = c->pad[0], pl = c->pad[2];
+			int oh = pool_out(c->h, c->kh, c->sh, c->pad_type, pt, pb, c->ceil_mode);
+			int ow = pool_out(c->w, c->kw, c->sw, c->pad_type, pl, pe, c->ceil_mode);
+			if (!strcmp(c->pad_type, "same")) {
+				int th = (oh - 1) * c->sh + c->kh - c->h, tw = (ow - 1) * c->sw + c->kw - c->w;
+				th = th < 0 ? 0 : th, tw = tw < 0 ? 0 : tw;
+				pt = th / 2, pb = th - pt, pl = tw / 2, pe = tw - pl;
+			}
+			size_t n = (size_t)(2 * 3 * c->h * c->w), no = (size_t)(2 * 3 * oh * ow);
+			double *v, *ref = malloc(no * sizeof *ref);
+			uint16_t *x = rf16(n, kd == 0 ? -4 : 0.1, 4, &v), *y = malloc(no * 2);
+			char tin[64], tout[64], body[400];
+			if (one) {
+				snprintf(tin, sizeof tin, "tensor<fp16, [2, 3, %d]>", c->w);
+				snprintf(tout, sizeof tout, "tensor<fp16, [2, 3, %d]>", ow);
+				snprintf(body, sizeof body, "%s(x = x, kernel_sizes = tensor<int32, [1]>([%d]), strides = tensor<int32, [1]>([%d]), pad_type = string(\"%s\"))",
+				         kinds[kd], c->kw, c->sw, c->pad_type);
+			} else {
+				snprintf(tin, sizeof tin, "tensor<fp16, [2, 3, %d, %d]>", c->h, c->w);
+				snprintf(tout, sizeof tout, "tensor<fp16, [2, 3, %d, %d]>", oh, ow);
+				snprintf(body, sizeof body, "%s(x = x, kernel_sizes = tensor<int32, [2]>([%d, %d]), strides = tensor<int32, [2]>([%d, %d]), "
+				         "pad_type = string(\"%s\"), pad = tensor<int32, [4]>([%d, %d, %d, %d]), ceil_mode = %s%s)",
+				         kinds[kd], c->kh, c->kw, c->sh, c->sw, c->pad_type, c->pad[0], c->pad[1], c->pad[2], c->pad[3],
+				         c->ceil_mode ? "true" : "false",
+				         kd == 1 ? (c->exclude ? ", exclude_padding_from_average = true" : ", exclude_padding_from_average = false") : "");
+			}
+			run1_f16(tin, tout, body, x, y);
+			for (int p = 0; p < 6; p++)
+				for (int i = 0; i < oh; i++)
+					for (int j = 0; j < ow; j++) {
+						double mx = -INFINITY, sum = 0, sq = 0;
+						int cnt = 0, padded = 0;
+						for (int a = 0; a < c->kh; a++)
+							for (int b = 0; b < c->kw; b++) {
+								int yy = i * c->sh - pt + a, xx = j * c->sw - pl + b;
+								if (yy < c->h + pb && xx < c->w + pe)
+									padded++;
+								if (yy < 0 || xx < 0 || yy >= c->h || xx >= c->w)
+									continue;
+								double t = v[(p * c->h + yy) * c->w + xx];
+								mx = fmax(mx, t), sum += t, sq += t * t, cnt++;
+							}
+						ref[(p * oh + i) * ow + j] = kd == 0 ? mx : kd == 2 ? sqrt(sq) : sum / (c->exclude ? cnt : padded);
+					}
+			check_f16(body, y, ref, no, 2e-3);
+			free(v);
+			free(ref);
+			free(x);
+			free(y);
+		}
+	compile_err(prog("tensor<fp16, [1, 2, 4, 4, 4]> x", "y",
+	                 "        tensor<fp16, [1, 2, 2, 2, 2]> y = max_pool(x = x, kernel_sizes = tensor<int32, [3]>([2, 2, 2]), pad_type = string(\"valid\"));"));
+	cr_assert(strstr(errbuf, "3-D windows are not supported"), "%s", errbuf);
+}
+
+Test(ops, conv_transpose)
+{
+	/* x [1, 4, 3, 5]; weight [4, Cout/g, 3, 2]; out = (in - 1) s + (k - 1) d + 1 - pads */
+	static const struct {
+		int groups, sh, sw, dh, dw;
+		const char *pt;
+		int pad[4];
+		int oh, ow;       /* 0: computed */
+	} cases[] = {
+		{1, 1, 1, 1, 1, "valid", {0, 0, 0, 0}, 0, 0},
+		{1, 2, 1, 1, 2, "custom", {1, 0, 0, 1}, 0, 0},
+		{2, 2, 3, 1, 1, "valid", {0, 0, 0, 0}, 0, 0},
+		{1, 2, 2, 1, 1, "same", {0, 0, 0, 0}, 0, 0},
+		{1, 2, 2, 1, 1, "valid", {0, 0, 0, 0}, 8, 12},   /* output_shape: extra rows/cols */
+	};
+	for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+		int g = cases[ci].groups, cout_g = g == 1 ? 3 : 1, cout = cout_g * g;
+		int sh = cases[ci].sh, sw = cases[ci].sw, dh = cases[ci].dh, dw = cases[ci].dw;
+		const int *pad = cases[ci].pad;
+		int oh = (3 - 1) * sh + (3 - 1) * dh + 1 - pad[0] - pad[1], ow = (5 - 1) * sw + (2 - 1) * dw + 1 - pad[2] - pad[3];
+		int pt = pad[0], pl = pad[2];
+		if (!strcmp(cases[ci].pt, "same")) {
+			int fh = (3 - 1) * sh + (3 - 1) * dh + 1, fw = (5 - 1) * sw + (2 - 1) * dw + 1;
+			oh = 3 * sh, ow = 5 * sw;
+			pt = (fh - oh) / 2, pl = (fw - ow) / 2;
+		}
+		if (cases[ci].oh)
+			oh = cases[ci].oh, ow = cases[ci].ow;
+		size_t nw = (size_t)(4 * cout_g * 3 * 2), no = (size_t)(cout * oh * ow);
+		double *vx, *vw, *vb, *ref = calloc(no, sizeof *ref);
+		uint16_t *x = rf16(60, -2, 2, &vx), *w = rf16(nw, -1, 1, &vw), *b = rf16((size_t)cout, -1, 1, &vb);
+		uint16_t *y = malloc(no * 2);
+		char wl[4096], bl[256], body[6000], os[96] = "";
+		int o = snprintf(wl, sizeof wl, "tensor<fp16, [4, %d, 3, 2]>([", cout_g);
+		for (size_t i = 0; i < nw; i++)
+			o += snprintf(wl + o, sizeof wl - (size_t)o, "%s%.17g", i ? ", " : "", vw[i]);
+		snprintf(wl + o, sizeof wl - (size_t)o, "])");
+		o = snprintf(bl, sizeof bl, "tensor<fp16, [%d]>([", cout);
+		for (int i = 0; i < cout; i++)
+			o += snprintf(bl + o, sizeof bl - (size_t)o, "%s%.17g", i ? ", " : "", vb[i]);
+		snprintf(bl + o, sizeof bl - (size_t)o, "])");
+		if (cases[ci].oh)
+			snprintf(os, sizeof os, ", output_shape = tensor<int32, [2]>([%d, %d])", oh, ow);
+		snprintf(body, sizeof body,
+		         "conv_transpose(x = x, weight = %s, bias = %s, strides = tensor<int32, [2]>([%d, %d]), dilations = tensor<int32, [2]>([%d, %d]), "
+		         "pad_type = string(\"%s\"), pad = tensor<int32, [4]>([%d, %d, %d, %d]), groups = int32(%d)%s)",
+		         wl, bl, sh, sw, dh, dw, cases[ci].pt, pad[0], pad[1], pad[2], pad[3], g, os);
+		char tout[64];
+		snprintf(tout, sizeof tout, "tensor<fp16, [1, %d, %d, %d]>", cout, oh, ow);
+		run1_f16("tensor<fp16, [1, 4, 3, 5]>", tout, body, x, y);
+		/* gather form: out[co][oy][ox] = b + sum x[ci][iy][ix] w[ci][co_g][ky][kx], oy = iy sh + ky dh - pt */
+		for (int co = 0; co < cout; co++)
+			for (int oy = 0; oy < oh; oy++)
+				for (int ox = 0; ox < ow; ox++) {
+					double s = vb[co];
+					int grp = co / cout_g, cg = co % cout_g;
+					for (int ci2 = grp * (4 / g); ci2 < (grp + 1) * (4 / g); ci2++)
+						for (int ky = 0; ky < 3; ky++)
+							for (int kx = 0; kx < 2; kx++) {
+								int ny = oy + pt - ky * dh, nx = ox + pl - kx * dw;
+								if (ny < 0 || nx < 0 || ny % sh || nx % sw || ny / sh >= 3 || nx / sw >= 5)
+									continue;
+								s += vx[(ci2 * 3 + ny / sh) * 5 + nx / sw] * vw[((ci2 * cout_g + cg) * 3 + ky) * 2 + kx];
+							}
+					ref[(co * oh + oy) * ow + ox] = s;
+				}
+		check_f16(body + 0, y, ref, no, 3e-3);
+		free(vx);
+		free(vw);
+		free(vb);
+		free(ref);
+		free(x);
+		free(w);
+		free(b);
+		free(y);
+	}
+}
+
+Test(ops, resize_grids_and_crop)
+{
+	/* x = [0, 1] along W: a bilinear resize returns its grid points, which coremltools' op
+	 * reference tabulates for Xin = 2, Xout = 5 and 6 */
+	static const struct {
+		const char *mode;
+		double g5[5], g6[6];
+	} grids[] = {
+		{"UNALIGN_CORNERS", {0, 0.1, 0.5, 0.9, 1}, {0, 0, 0.33, 0.67, 1, 1}},
+		{"STRICT_ALIGN_CORNERS", {0, 0.25, 0.5, 0.75, 1}, {0, 0.2, 0.4, 0.6, 0.8, 1}},
+		{"ALIGN_CORNERS", {0, 0.25, 0.5, 0.75, 1}, {0, 0.2, 0.4, 0.6, 0.8, 1}},
+		{"DEFAULT", {0, 0.4, 0.8, 1, 1}, {0, 0.33, 0.67, 1, 1, 1}},
+		{"OFFSET_CORNERS", {0.1, 0.3, 0.5, 0.7, 0.9}, {0.08, 0.25, 0.42, 0.58, 0.75, 0.92}},
+	};
+	uint16_t x2[2] = {anes_f32_to_f16_soft(0), anes_f32_to_f16_soft(1)}, y6[6];
+	for (size_t m = 0; m < 5; m++)
+		for (int n = 5; n <= 6; n++) {
+			char body[160], tout[64];
+			snprintf(body, sizeof body, "resize_bilinear(x = x, target_size_height = int32(1), target_size_width = int32(%d), sampling_mode = string(\"%s\"))",
+			         n, grids[m].mode);
+			snprintf(tout, sizeof tout, "tensor<fp16, [1, 1, %d]>", n);
+			run1_f16("tensor<fp16, [1, 1, 2]>", tout, body, x2, y6);
+			check_f16(body, y6, n == 5 ? grids[m].g5 : grids[m].g6, (size_t)n, 6e-3);
+		}
+	/* upsample_bilinear: align_corners true = STRICT_ALIGN_CORNERS, false = UNALIGN_CORNERS */
+	run1_f16("tensor<fp16, [1, 1, 2]>", "tensor<fp16, [1, 1, 6]>",
+	         "upsample_bilinear(x = x, scale_factor_height = int32(1), scale_factor_width = int32(3), align_corners = false)", x2, y6);
+	check_f16("upsample_bilinear half pixel", y6, grids[0].g6, 6, 6e-3);
+	run1_f16("tensor<fp16, [1, 1, 2]>", "tensor<fp16, [1, 1, 6]>",
+	         "upsample_bilinear(x = x, scale_factor_height = int32(1), scale_factor_width = int32(3))", x2, y6);
+	check_f16("upsample_bilinear align corners", y6, grids[1].g6, 6, 6e-3);
+	/* 2-D bilinear on random data: both dims interpolate (UNALIGN_CORNERS, x [2, 3, 4] -> [2, 5, 7]) */
+	double *v, ref[70];
+	uint16_t *x = rf16(24, -2, 2, &v), y[80];
+	run1_f16("tensor<fp16, [2, 3, 4]>", "tensor<fp16, [2, 5, 7]>",
+	         "resize_bilinear(x = x, target_size_height = int32(5), target_size_width = int32(7), sampling_mode = string(\"UNALIGN_CORNERS\"))", x, y);
+	for (int p = 0; p < 2; p++)
+		for (int i = 0; i < 5; i++)
+			for (int j = 0; j < 7; j++) {
+				double gy = fmin(2, fmax(0, (i + 0.5) * 3 / 5 - 0.5)), gx = fmin(3, fmax(0, (j + 0.5) * 4 / 7 - 0.5));
+				int y0 = (int)gy, x0 = (int)gx, y1 = y0 + 1 < 3 ? y0 + 1 : y0, x1 = x0 + 1 < 4 ? x0 + 1 : x0;
+				double wy = gy - y0, wx = gx - x0;
+				const double *q = v + p * 12;
+				ref[(p * 5 + i) * 7 + j] = (1 - wy) * ((1 - wx) * q[y0 * 4 + x0] + wx * q[y0 * 4 + x1]) +
+				                           wy * ((1 - wx) * q[y1 * 4 + x0] + wx * q[y1 * 4 + x1]);
+			}
+	check_f16("resize_bilinear 2-D", y, ref, 70, 2e-3);
+	/* nearest: upsample by 2 x 1.5, resize to 2 x 6; source floor(i * in / out) */
+	run1_f16("tensor<fp16, [2, 3, 4]>", "tensor<fp16, [2, 6, 6]>",
+	         "upsample_nearest_neighbor(x = x, scale_factor_height = int32(2), scale_factor_width = fp32(1.5))", x, y);
+	for (int i = 0; i < 72; i++) {
+		int p = i / 36, r = (i / 6) % 6, c = i % 6;
+		cr_assert_eq(h2d(y[i]), v[p * 12 + (r / 2) * 4 + (c * 4) / 6], "upsample_nearest_neighbor [%d]", i);
+	}
+	run1_f16("tensor<fp16, [2, 3, 4]>", "tensor<fp16, [2, 2, 6]>",
+	         "resize_nearest_neighbor(x = x, target_size_height = int32(2), target_size_width = int32(6))", x, y);
+	for (int i = 0; i < 24; i++) {
+		int p = i / 12, r = (i / 6) % 2, c = i % 6;
+		cr_assert_eq(h2d(y[i]), v[p * 12 + (r * 3 / 2) * 4 + (c * 4) / 6], "resize_nearest_neighbor [%d]", i);
+	}
+	/* crop: 1 row off the top, 1 column off each side */
+	run1_f16("tensor<fp16, [2, 3, 4]>", "tensor<fp16, [2, 2, 2]>",
+	         "crop(x = x, crop_height = tensor<int32, [2]>([1, 0]), crop_width = tensor<int32, [2]>([1, 1]))", x, y);
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(h2d(y[i]), v[(i / 4) * 12 + ((i / 2) % 2 + 1) * 4 + i % 2 + 1], "crop [%d]", i);
+	compile_err(prog("tensor<fp16, [2, 3, 4]> x", "y",
+	                 "        tensor<fp16, [2, 3, 4]> y = resize_bilinear(x = x, target_size_height = int32(3), target_size_width = int32(4), sampling_mode = string(\"BICUBIC\"));"));
+	cr_assert(strstr(errbuf, "sampling_mode must be"), "%s", errbuf);
+	free(v);
+	free(x);
+}
+
+Test(ops, einsum_equations)
+{
+	/* the two forms coremltools writes, and a general contraction; fp64 references */
+	static const struct {
+		const char *eq, *ta, *tb, *tout;
+		int da[4], db[4], ra, rb;
+	} cases[] = {
+		{"nchw,nwhu->nchu", "[2, 3, 4, 5]", "[2, 5, 4, 6]", "[2, 3, 4, 6]", {2, 3, 4, 5}, {2, 5, 4, 6}, 4, 4},
+		{"chw,whu->chu", "[3, 4, 5]", "[5, 4, 6]", "[3, 4, 6]", {3, 4, 5}, {5, 4, 6}, 3, 3},
+		{"ij,kj->ik", "[3, 7]", "[4, 7]", "[3, 4]", {3, 7}, {4, 7}, 2, 2},
+		{"bij,bjk->bki", "[2, 3, 4]", "[2, 4, 5]", "[2, 5, 3]", {2, 3, 4}, {2, 4, 5}, 3, 3},
+	};
+	for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+		size_t na = prod(cases[ci].da, cases[ci].ra), nb = prod(cases[ci].db, cases[ci].rb);
+		double *va, *vb;
+		float *a = rf32(na, -1, 1, &va), *b = rf32(nb, -1, 1, &vb), y[200];
+		char inputs[128];
+		snprintf(inputs, sizeof inputs, "tensor<fp32, %s> a, tensor<fp32, %s> b", cases[ci].ta, cases[ci].tb);
+		anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<fp32, %s> y = einsum(values = (a, b), equation = string(\"%s\"));",
+		                                   cases[ci].tout, cases[ci].eq));
+		const void *in[] = {a, b};
+		void *out[] = {y};
+		run_ok(p, 0, in, out);
+		/* reference: bind every letter, loop over all bindings */
+		const char *eq = cases[ci].eq;
+		char ta[8] = {0}, tb[8] = {0}, to[8] = {0}, letters[16] = {0};
+		sscanf(eq, "%7[a-z],%7[a-z]->%7[a-z]", ta, tb, to);
+		int dim[128] = {0}, nl = 0;
+		for (int k = 0; ta[k]; k++)
+			dim[(int)ta[k]] = cases[ci].da[k];
+		for (int k = 0; tb[k]; k++)
+			dim[(int)tb[k]] = cases[ci].db[k];
+		for (const char *c = to; *c; c++)
+			letters[nl++] = *c;
+		for (const char *c = ta; *c; c++)
+			if (!strchr(letters, *c))
+				letters[nl++] = *c;
+		for (const char *c = tb; *c; c++)
+			if (!strchr(letters, *c))
+				letters[nl++] = *c;
+		size_t no = 1, total = 1;
+		for (int k = 0; to[k]; k++)
+			no *= (size_t)dim[(int)to[k]];
+		for (int k = 0; k < nl; k++)
+			total *= (size_t)dim[(int)letters[k]];
+		double ref[200] = {0};
+		for (size_t t = 0; t < total; t++) {
+			int val[128] = {0};
+			size_t r = t;
+			for (int k = nl - 1; k >= 0; k--) {
+				val[(int)letters[k]] = (int)(r % (size_t)dim[(int)letters[k]]);
+				r /= (size_t)dim[(int)letters[k]];
+			}
+			size_t ia = 0, ib = 0, io = 0;
+			for (int k = 0; ta[k]; k++)
+				ia = ia * (size_t)dim[(int)ta[k]] + (size_t)val[(int)ta[k]];
+			for (int k = 0; tb[k]; k++)
+				ib = ib * (size_t)dim[(int)tb[k]] + (size_t)val[(int)tb[k]];
+			for (int k = 0; to[k]; k++)
+				io = io * (size_t)dim[(int)to[k]] + (size_t)val[(int)to[k]];
+			ref[io] += va[ia] * vb[ib];
+		}
+		check_f32(eq, y, ref, no, 1e-5);
+		B->ops->program_free(B, p);
+		free(va);
+		free(vb);
+		free(a);
+		free(b);
+	}
+	compile_err(prog("tensor<fp32, [2, 3]> a", "y", "        tensor<fp32, [2, 2]> y = einsum(values = (a, a), equation = string(\"...i,...i->...\"));"));
+	cr_assert(strstr(errbuf, "ellipsis (...) is not supported"), "%s", errbuf);
+	compile_err(prog("tensor<fp32, [3, 3]> a", "y", "        tensor<fp32, [3]> y = einsum(values = (a, a), equation = string(\"ii,ij->j\"));"));
+	cr_assert(strstr(errbuf, "a repeated index in one term is not supported"), "%s", errbuf);
+	compile_err(prog("tensor<fp32, [3, 3]> a", "y", "        tensor<fp32, [3, 3]> y = einsum(values = (a, a, a), equation = string(\"ij,jk,kl->il\"));"));
+	cr_assert(strstr(errbuf, "einsum of 3 operands is not supported"), "%s", errbuf);
+}

@@ -1142,6 +1142,459 @@ static int run_gen(const cpu_step *st, const cpu_exec *ex)
 	return 0;
 }
 
+
+/* ---- vision ---- */
+
+/* window geometry (as the type checker computed it), 1-D as 2-D with H = 1 */
+typedef struct win2 {
+	uint64_t n, c, h, w, oh, ow;
+	int64_t kh, kw, sh, sw, dh, dw, pt, pl, pbh, pbw;   /* pbh/pbw: padding after */
+} win2;
+
+static void win_of(const anes_mil_function *fn, const anes_mil_op *op, const anes_mil_type *x,
+                   const anes_mil_type *o, const int64_t *kdims, bool transpose, win2 *g)
+{
+	int64_t k[2] = {1, 1}, s[2] = {1, 1}, d[2] = {1, 1}, pad[4] = {0, 0, 0, 0};
+	uint32_t ns = x->rank - 2, n;
+	const char *pt = cpu_arg(fn, op, "pad_type") ? anes_mil_const_string(cpu_arg(fn, op, "pad_type")) : "valid";
+
+	memcpy(k, kdims, ns * sizeof(int64_t));
+	if (cpu_arg(fn, op, "strides"))
+		anes_mil_const_ints(cpu_arg(fn, op, "strides"), s, 2, &n);
+	if (cpu_arg(fn, op, "dilations"))
+		anes_mil_const_ints(cpu_arg(fn, op, "dilations"), d, 2, &n);
+	if (!strcmp(pt, "custom") && cpu_arg(fn, op, "pad"))
+		anes_mil_const_ints(cpu_arg(fn, op, "pad"), pad, 4, &n);
+	g->n = x->shape[0];
+	g->c = x->shape[1];
+	bool one = ns == 1;
+	g->h = one ? 1 : x->shape[2];
+	g->w = x->shape[x->rank - 1];
+	g->oh = one ? 1 : o->shape[2];
+	g->ow = o->shape[o->rank - 1];
+	g->kh = one ? 1 : k[0];
+	g->kw = k[ns - 1];
+	g->sh = one ? 1 : s[0];
+	g->sw = s[ns - 1];
+	g->dh = one ? 1 : d[0];
+	g->dw = d[ns - 1];
+	int64_t pb[2] = {one ? 0 : pad[0], pad[2 * (ns - 1)]}, pe[2] = {one ? 0 : pad[1], pad[2 * (ns - 1) + 1]};
+	if (!strcmp(pt, "same") || !strcmp(pt, "same_lower")) {
+		int64_t in[2] = {(int64_t)g->h, (int64_t)g->w}, out[2] = {(int64_t)g->oh, (int64_t)g->ow};
+		int64_t kk[2] = {g->kh, g->kw}, ss[2] = {g->sh, g->sw}, dd[2] = {g->dh, g->dw};
+		for (int i = 0; i < 2; i++) {
+			/* total padding: forward, (out - 1) s + eff - in; transposed, full - out */
+			int64_t eff = dd[i] * (kk[i] - 1) + 1;
+			int64_t tot = transpose ? (in[i] - 1) * ss[i] + eff - out[i] : (out[i] - 1) * ss[i] + eff - in[i];
+			if (tot < 0)
+				tot = 0;
+			pb[i] = !strcmp(pt, "same_lower") ? tot - tot / 2 : tot / 2;
+			pe[i] = tot - pb[i];
+		}
+	}
+	g->pt = pb[0];
+	g->pl = pb[1];
+	g->pbh = pe[0];
+	g->pbw = pe[1];
+}
+
+enum { PL_MAX, PL_AVG, PL_L2 };
+
+typedef struct pool_params {
+	int kind, dtype;
+	bool exclude;
+	win2 g;
+} pool_params;
+
+static int plan_pool(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	int64_t k[2];
+	uint32_t n;
+	pool_params *p;
+
+	if (cpu_need_float(pc, op, x->dtype))
+		return -ENOTSUP;
+	p = calloc(1, sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	p->kind = !strcmp(op->def->name, "max_pool") ? PL_MAX : !strcmp(op->def->name, "avg_pool") ? PL_AVG : PL_L2;
+	p->dtype = x->dtype;
+	p->exclude = bool_of(fn, op, "exclude_padding_from_average", false);
+	anes_mil_const_ints(cpu_arg(fn, op, "kernel_sizes"), k, 2, &n);
+	win_of(fn, op, x, cpu_out_type(fn, op), k, false, &p->g);
+	st->params = p;
+	return 0;
+}
+
+static int run_pool(const cpu_step *st, const cpu_exec *ex)
+{
+	const pool_params *p = st->params;
+	const win2 *g = &p->g;
+	const void *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	void *out = cpu_ptr(ex, st->op->outputs[0]);
+	uint64_t oi = 0;
+
+	for (uint64_t nc = 0; nc < g->n * g->c; nc++)
+		for (uint64_t oy = 0; oy < g->oh; oy++)
+			for (uint64_t ox = 0; ox < g->ow; ox++, oi++) {
+				int64_t y0 = (int64_t)oy * g->sh - g->pt, x0 = (int64_t)ox * g->sw - g->pl;
+				float acc = p->kind == PL_MAX ? -INFINITY : 0.0f;
+				int64_t valid = 0, inpad = 0;
+				for (int64_t i = 0; i < g->kh; i++)
+					for (int64_t j = 0; j < g->kw; j++) {
+						int64_t yy = y0 + i, xx = x0 + j;
+						/* positions inside the padded input count for the average */
+						if (yy < (int64_t)g->h + g->pbh && xx < (int64_t)g->w + g->pbw)
+							inpad++;
+						if (yy < 0 || xx < 0 || yy >= (int64_t)g->h || xx >= (int64_t)g->w)
+							continue;
+						float v = ld(x, p->dtype, (nc * g->h + (uint64_t)yy) * g->w + (uint64_t)xx);
+						valid++;
+						if (p->kind == PL_MAX)
+							acc = v > acc || isnan(v) ? v : acc;
+						else if (p->kind == PL_AVG)
+							acc += v;
+						else
+							acc += v * v;
+					}
+				if (p->kind == PL_AVG)
+					acc /= (float)(p->exclude ? (valid ? valid : 1) : (inpad ? inpad : 1));
+				else if (p->kind == PL_L2)
+					acc = sqrtf(acc);
+				st_val(out, p->dtype, oi, acc);
+			}
+	return 0;
+}
+
+/* conv_transpose: direct, out[n, co, oy, ox] += x[n, ci, iy, ix] w[ci, co_g, ky, kx]
+ * where oy = iy sh + ky dh - pt */
+typedef struct convt_params {
+	int dtype;
+	win2 g;
+	uint64_t cout, groups, cin_g, cout_g;
+	bool has_bias;
+	float *w, *b;                   /* fp32 copies (in this block) */
+} convt_params;
+
+static int plan_conv_t(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *o = cpu_out_type(fn, op);
+	const anes_mil_value *wv = cpu_arg(fn, op, "weight"), *bv = cpu_arg(fn, op, "bias");
+	int64_t k[2] = {1, 1}, groups = 1;
+	uint32_t n, ns = x->rank - 2;
+	convt_params *p;
+
+	if (cpu_need_float(pc, op, x->dtype))
+		return -ENOTSUP;
+	const void *wd = cpu_const_data(pc, fn, cpu_argid(op, "weight"));
+	const void *bd = bv ? cpu_const_data(pc, fn, cpu_argid(op, "bias")) : NULL;
+	if (!wd || (bv && !bd))
+		return cpu_fail(pc, op, -ENOTSUP, "weight and bias must be constants");
+	p = calloc(1, sizeof *p + (size_t)(wv->type.count + o->shape[1]) * sizeof(float));
+	if (!p)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < ns; i++)
+		k[i] = (int64_t)wv->type.shape[2 + i];
+	if (cpu_arg(fn, op, "groups"))
+		anes_mil_const_ints(cpu_arg(fn, op, "groups"), &groups, 1, &n);
+	p->dtype = x->dtype;
+	win_of(fn, op, x, o, k, true, &p->g);
+	p->groups = (uint64_t)groups;
+	p->cout = o->shape[1];
+	p->cin_g = x->shape[1] / p->groups;
+	p->cout_g = p->cout / p->groups;
+	p->w = (float *)(void *)(p + 1);
+	p->b = p->w + wv->type.count;
+	cpu_to_f32(p->w, wd, wv->type.dtype, (size_t)wv->type.count);
+	p->has_bias = bv != NULL;
+	if (bv)
+		cpu_to_f32(p->b, bd, bv->type.dtype, (size_t)p->cout);
+	st->scratch = cpu_align64(o->count * 4);
+	st->params = p;
+	return 0;
+}
+
+static int run_conv_t(const cpu_step *st, const cpu_exec *ex)
+{
+	const convt_params *p = st->params;
+	const win2 *g = &p->g;
+	const void *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	void *out = cpu_ptr(ex, st->op->outputs[0]);
+	float *acc = (float *)(void *)ex->scratch;
+	uint64_t P = g->oh * g->ow, ocount = g->n * p->cout * P;
+
+	for (uint64_t b = 0; b < g->n; b++)
+		for (uint64_t co = 0; co < p->cout; co++)
+			for (uint64_t q = 0; q < P; q++)
+				acc[(b * p->cout + co) * P + q] = p->has_bias ? p->b[co] : 0.0f;
+	for (uint64_t b = 0; b < g->n; b++)
+		for (uint64_t ci = 0; ci < g->c; ci++) {
+			uint64_t grp = ci / p->cin_g;
+			for (uint64_t iy = 0; iy < g->h; iy++)
+				for (uint64_t ix = 0; ix < g->w; ix++) {
+					float v = ld(x, p->dtype, ((b * g->c + ci) * g->h + iy) * g->w + ix);
+					for (uint64_t cg = 0; cg < p->cout_g; cg++) {
+						uint64_t co = grp * p->cout_g + cg;
+						const float *wk = p->w + (ci * p->cout_g + cg) * (uint64_t)(g->kh * g->kw);
+						float *ao = acc + (b * p->cout + co) * P;
+						for (int64_t ky = 0; ky < g->kh; ky++) {
+							int64_t oy = (int64_t)iy * g->sh + ky * g->dh - g->pt;
+							if (oy < 0 || oy >= (int64_t)g->oh)
+								continue;
+							for (int64_t kx = 0; kx < g->kw; kx++) {
+								int64_t ox = (int64_t)ix * g->sw + kx * g->dw - g->pl;
+								if (ox < 0 || ox >= (int64_t)g->ow)
+									continue;
+								ao[(uint64_t)oy * g->ow + (uint64_t)ox] += v * wk[ky * g->kw + kx];
+							}
+						}
+					}
+				}
+		}
+	cpu_from_f32(out, p->dtype, acc, (size_t)ocount);
+	return 0;
+}
+
+/* upsample / resize: grid point (fp32 coordinate in the input) of each output row and column */
+enum { RS_NEAREST, RS_BILINEAR };
+
+typedef struct resize_params {
+	int kind, dtype;
+	uint64_t planes, ih, iw, oh, ow;
+	float *gy, *gx;                 /* grid points (in this block) */
+} resize_params;
+
+/* grid of one dim: mode 0 align corners (strict), 1 align corners (Xout = 1: center),
+ * 2 DEFAULT (TF legacy), 3 OFFSET_CORNERS, 4 half pixel (UNALIGN_CORNERS) */
+static void grid(float *gp, uint64_t in, uint64_t out, int mode)
+{
+	for (uint64_t i = 0; i < out; i++) {
+		double g, fi = (double)i, xin = (double)in, xout = (double)out;
+		switch (mode) {
+		case 0: g = out > 1 ? fi * (xin - 1) / (xout - 1) : 0; break;
+		case 1: g = out > 1 ? fi * (xin - 1) / (xout - 1) : (xin - 1) / 2; break;
+		case 2: g = out > 1 ? fi * (xin - xin / xout) / (xout - 1) : 0; break;
+		case 3: { double delta = (xin - 1 > 1 ? xin - 1 : 1) / xout; g = 0.5 * delta + fi * delta; break; }
+		default: g = (fi + 0.5) * xin / xout - 0.5; break;
+		}
+		gp[i] = (float)(g < 0 ? 0 : g > xin - 1 ? xin - 1 : g);
+	}
+}
+
+static int plan_resize(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *o = cpu_out_type(fn, op);
+	const char *nm = op->def->name;
+	resize_params *p;
+
+	if (cpu_need_float(pc, op, x->dtype))
+		return -ENOTSUP;
+	p = calloc(1, sizeof *p + (size_t)(o->shape[o->rank - 2] + o->shape[o->rank - 1]) * sizeof(float));
+	if (!p)
+		return -ENOMEM;
+	p->dtype = x->dtype;
+	p->ih = x->shape[x->rank - 2];
+	p->iw = x->shape[x->rank - 1];
+	p->oh = o->shape[o->rank - 2];
+	p->ow = o->shape[o->rank - 1];
+	p->planes = x->count / (p->ih * p->iw);
+	p->gy = (float *)(void *)(p + 1);
+	p->gx = p->gy + p->oh;
+	p->kind = strstr(nm, "nearest") ? RS_NEAREST : RS_BILINEAR;
+	if (p->kind == RS_NEAREST) {
+		/* source = floor(i * in / out), exact in integers */
+		for (uint64_t i = 0; i < p->oh; i++)
+			p->gy[i] = (float)(i * p->ih / p->oh);
+		for (uint64_t i = 0; i < p->ow; i++)
+			p->gx[i] = (float)(i * p->iw / p->ow);
+	} else if (!strcmp(nm, "upsample_bilinear")) {
+		bool ac = bool_of(fn, op, "align_corners", true);
+		bool hp = bool_of(fn, op, "half_pixel_centers", !ac);
+		int mode = ac ? 0 : hp ? 4 : 2;
+		grid(p->gy, p->ih, p->oh, mode);
+		grid(p->gx, p->iw, p->ow, mode);
+	} else {
+		const char *m = cpu_arg(fn, op, "sampling_mode") ? anes_mil_const_string(cpu_arg(fn, op, "sampling_mode"))
+		                                                 : "DEFAULT";
+		int mode = !strcmp(m, "STRICT_ALIGN_CORNERS") ? 0 : !strcmp(m, "ALIGN_CORNERS") ? 1
+		         : !strcmp(m, "DEFAULT") ? 2 : !strcmp(m, "OFFSET_CORNERS") ? 3 : 4;
+		grid(p->gy, p->ih, p->oh, mode);
+		grid(p->gx, p->iw, p->ow, mode);
+	}
+	st->params = p;
+	return 0;
+}
+
+static int run_resize(const cpu_step *st, const cpu_exec *ex)
+{
+	const resize_params *p = st->params;
+	const void *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	void *out = cpu_ptr(ex, st->op->outputs[0]);
+	uint64_t oi = 0;
+
+	for (uint64_t pl = 0; pl < p->planes; pl++) {
+		uint64_t base = pl * p->ih * p->iw;
+		for (uint64_t i = 0; i < p->oh; i++)
+			for (uint64_t j = 0; j < p->ow; j++, oi++) {
+				float gy = p->gy[i], gx = p->gx[j];
+				uint64_t y0 = (uint64_t)gy, x0 = (uint64_t)gx;   /* grid points are clamped to [0, in - 1] */
+				if (p->kind == RS_NEAREST) {
+					st_val(out, p->dtype, oi, ld(x, p->dtype, base + y0 * p->iw + x0));
+					continue;
+				}
+				uint64_t y1 = y0 + 1 < p->ih ? y0 + 1 : y0, x1 = x0 + 1 < p->iw ? x0 + 1 : x0;
+				float wy = gy - (float)y0, wx = gx - (float)x0;
+				float a = ld(x, p->dtype, base + y0 * p->iw + x0), b = ld(x, p->dtype, base + y0 * p->iw + x1);
+				float c = ld(x, p->dtype, base + y1 * p->iw + x0), d = ld(x, p->dtype, base + y1 * p->iw + x1);
+				float top = a + (b - a) * wx, bot = c + (d - c) * wx;
+				st_val(out, p->dtype, oi, top + (bot - top) * wy);
+			}
+	}
+	return 0;
+}
+
+/* crop: a strided copy of the last two dims */
+typedef struct crop_params {
+	size_t es;
+	uint64_t planes, ih, iw, oh, ow, top, left;
+} crop_params;
+
+static int plan_crop(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type, *o = cpu_out_type(fn, op);
+	int64_t ch[2], cw[2];
+	uint32_t n;
+	crop_params *p = calloc(1, sizeof *p);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	anes_mil_const_ints(cpu_arg(fn, op, "crop_height"), ch, 2, &n);
+	anes_mil_const_ints(cpu_arg(fn, op, "crop_width"), cw, 2, &n);
+	p->es = cpu_esize(x->dtype);
+	p->ih = x->shape[x->rank - 2];
+	p->iw = x->shape[x->rank - 1];
+	p->oh = o->shape[o->rank - 2];
+	p->ow = o->shape[o->rank - 1];
+	p->planes = x->count / (p->ih * p->iw);
+	p->top = (uint64_t)ch[0];
+	p->left = (uint64_t)cw[0];
+	st->params = p;
+	return 0;
+}
+
+static int run_crop(const cpu_step *st, const cpu_exec *ex)
+{
+	const crop_params *p = st->params;
+	const uint8_t *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	uint8_t *o = cpu_ptr(ex, st->op->outputs[0]);
+
+	for (uint64_t pl = 0; pl < p->planes; pl++)
+		for (uint64_t i = 0; i < p->oh; i++)
+			memmove(o + ((pl * p->oh + i) * p->ow) * p->es,
+			        x + ((pl * p->ih + i + p->top) * p->iw + p->left) * p->es, (size_t)(p->ow * p->es));
+	return 0;
+}
+
+/* einsum of two operands: out[o] = sum over the other indices of a[..] b[..] */
+typedef struct einsum_params {
+	int dtype;
+	uint32_t nidx, nout;            /* distinct indices (output ones first) */
+	uint64_t dim[2 * ANES_MAX_RANK];
+	uint64_t sa[2 * ANES_MAX_RANK], sb[2 * ANES_MAX_RANK];   /* operand strides per index (0 if absent) */
+	uint64_t ocount, scount;
+} einsum_params;
+
+static int plan_einsum(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_arg *vals = anes_mil_op_arg(op, "values");
+	const anes_mil_type *t[2] = {&fn->values[vals->vals[0]].type, &fn->values[vals->vals[1]].type};
+	const char *eq = anes_mil_const_string(cpu_arg(fn, op, "equation"));
+	char term[3][ANES_MAX_RANK + 1] = {{0}};
+	char letters[2 * ANES_MAX_RANK];
+	uint32_t nt = 0, len = 0;
+	einsum_params *p;
+
+	if (cpu_need_float(pc, op, t[0]->dtype))
+		return -ENOTSUP;
+	for (const char *c = eq; nt < 3; c++) {
+		if (*c == ' ')
+			continue;
+		if (*c == ',' || *c == '-' || *c == '\0') {
+			term[nt++][len] = '\0';
+			len = 0;
+			if (*c == '\0')
+				break;
+			if (*c == '-')
+				c++;
+			continue;
+		}
+		term[nt][len++] = *c;
+	}
+	p = calloc(1, sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	p->dtype = t[0]->dtype;
+	/* output indices first, then the summed ones */
+	for (const char *c = term[2]; *c; c++)
+		letters[p->nidx++] = *c;
+	p->nout = p->nidx;
+	for (int k = 0; k < 2; k++)
+		for (const char *c = term[k]; *c; c++)
+			if (!memchr(letters, *c, p->nidx))
+				letters[p->nidx++] = *c;
+	for (uint32_t i = 0; i < p->nidx; i++)
+		for (int k = 0; k < 2; k++) {
+			const char *at = strchr(term[k], letters[i]);
+			uint64_t s = 1;
+			if (!at)
+				continue;
+			uint32_t pos = (uint32_t)(at - term[k]);
+			for (uint32_t d = pos + 1; d < t[k]->rank; d++)
+				s *= t[k]->shape[d];
+			(k ? p->sb : p->sa)[i] = s;
+			p->dim[i] = t[k]->shape[pos];
+		}
+	p->ocount = p->scount = 1;
+	for (uint32_t i = 0; i < p->nidx; i++)
+		*(i < p->nout ? &p->ocount : &p->scount) *= p->dim[i];
+	st->params = p;
+	return 0;
+}
+
+static int run_einsum(const cpu_step *st, const cpu_exec *ex)
+{
+	const einsum_params *p = st->params;
+	const anes_mil_arg *vals = anes_mil_op_arg(st->op, "values");
+	const void *a = cpu_ptr(ex, vals->vals[0]), *b = cpu_ptr(ex, vals->vals[1]);
+	void *out = cpu_ptr(ex, st->op->outputs[0]);
+	uint64_t idx[2 * ANES_MAX_RANK];
+
+	for (uint64_t o = 0; o < p->ocount; o++) {
+		uint64_t oa = 0, ob = 0, r = o;
+		for (uint32_t i = p->nout; i-- > 0;) {
+			idx[i] = r % p->dim[i];
+			r /= p->dim[i];
+			oa += idx[i] * p->sa[i];
+			ob += idx[i] * p->sb[i];
+		}
+		float acc = 0;
+		for (uint64_t s = 0; s < p->scount; s++) {
+			uint64_t ia = oa, ib = ob, q = s;
+			for (uint32_t i = p->nidx; i-- > p->nout;) {
+				uint64_t v = q % p->dim[i];
+				q /= p->dim[i];
+				ia += v * p->sa[i];
+				ib += v * p->sb[i];
+			}
+			acc += ld(a, p->dtype, ia) * ld(b, p->dtype, ib);
+		}
+		st_val(out, p->dtype, o, acc);
+	}
+	return 0;
+}
+
 /* ---- table ---- */
 
 static const cpu_opimpl impls[] = {
@@ -1179,6 +1632,16 @@ static const cpu_opimpl impls[] = {
 	{"range_1d", plan_gen, run_gen},
 	{"shape", plan_gen, run_gen},
 	{"one_hot", plan_gen, run_gen},
+	{"max_pool", plan_pool, run_pool},
+	{"avg_pool", plan_pool, run_pool},
+	{"l2_pool", plan_pool, run_pool},
+	{"conv_transpose", plan_conv_t, run_conv_t},
+	{"upsample_nearest_neighbor", plan_resize, run_resize},
+	{"upsample_bilinear", plan_resize, run_resize},
+	{"resize_nearest_neighbor", plan_resize, run_resize},
+	{"resize_bilinear", plan_resize, run_resize},
+	{"crop", plan_crop, run_crop},
+	{"einsum", plan_einsum, run_einsum},
 };
 
 const cpu_opimpl *cpu_ext_find(const char *name)

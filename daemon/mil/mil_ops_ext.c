@@ -990,6 +990,300 @@ static int infer_sliding_windows(anes_mil_check *c, const anes_mil_function *fn,
 	return set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
+
+/* ---- vision ---- */
+
+/* window geometry shared by the pools and conv_transpose: per spatial dim
+ * the kernel, stride, dilation and padding, from the op's arguments */
+typedef struct win {
+	uint32_t ns;
+	int64_t k[2], s[2], d[2], pb[2], pe[2];
+	int pad_kind;                   /* 0 valid, 1 same, 2 same_lower, 3 custom */
+} win;
+
+static int window_args(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const anes_mil_type *x,
+                       const char *kname, const uint64_t *kdims, win *w)
+{
+	int64_t v[2 * ANES_MAX_RANK];
+	uint32_t n;
+	char sx[SHAPE_STR_LEN];
+
+	memset(w, 0, sizeof *w);
+	if (x->rank == 5)
+		return anes_mil_fail(c, op, -ENOTSUP, "3-D windows are not supported (x has rank 5)");
+	if (x->rank != 3 && x->rank != 4)
+		return anes_mil_fail(c, op, -EINVAL, "x must be [N, C, W] or [N, C, H, W], is %s",
+		                     anes_mil_shape_str(x, sx, sizeof sx));
+	w->ns = x->rank - 2;
+	for (uint32_t i = 0; i < w->ns; i++)
+		w->s[i] = w->d[i] = 1;
+	if (kname) {
+		if (const_list(c, op, kname, V(fn, op, kname), v, 2, &n) || n != w->ns)
+			return anes_mil_fail(c, op, -EINVAL, "%s needs %u elements", kname, w->ns);
+		for (uint32_t i = 0; i < w->ns; i++)
+			w->k[i] = v[i];
+	} else {
+		for (uint32_t i = 0; i < w->ns; i++)
+			w->k[i] = (int64_t)kdims[i];
+	}
+	static const char *const names[2] = {"strides", "dilations"};
+	for (int t = 0; t < 2; t++) {
+		if (!V(fn, op, names[t]))
+			continue;
+		if (const_list(c, op, names[t], V(fn, op, names[t]), v, 2, &n) || n != w->ns)
+			return anes_mil_fail(c, op, -EINVAL, "%s needs %u elements", names[t], w->ns);
+		for (uint32_t i = 0; i < w->ns; i++)
+			(t ? w->d : w->s)[i] = v[i];
+	}
+	for (uint32_t i = 0; i < w->ns; i++)
+		if (w->k[i] < 1 || w->k[i] > 65536 || w->s[i] < 1 || w->s[i] > 65536 || w->d[i] < 1 || w->d[i] > 65536)
+			return anes_mil_fail(c, op, -EINVAL, "kernel sizes, strides and dilations must be in 1..65536");
+	const char *pt = V(fn, op, "pad_type") ? anes_mil_const_string(V(fn, op, "pad_type")) : "valid";
+	if (!pt || (strcmp(pt, "valid") && strcmp(pt, "same") && strcmp(pt, "same_lower") && strcmp(pt, "custom")))
+		return anes_mil_fail(c, op, -EINVAL, "pad_type must be \"valid\", \"same\", \"same_lower\" or \"custom\"");
+	w->pad_kind = !strcmp(pt, "valid") ? 0 : !strcmp(pt, "same") ? 1 : !strcmp(pt, "same_lower") ? 2 : 3;
+	if (w->pad_kind == 3 && V(fn, op, "pad")) {
+		if (const_list(c, op, "pad", V(fn, op, "pad"), v, 2 * ANES_MAX_RANK, &n) || n != 2 * w->ns)
+			return anes_mil_fail(c, op, -EINVAL, "pad must be a constant list of %u integers", 2 * w->ns);
+		for (uint32_t i = 0; i < w->ns; i++) {
+			w->pb[i] = v[2 * i];
+			w->pe[i] = v[2 * i + 1];
+			if (w->pb[i] < 0 || w->pe[i] < 0 || w->pb[i] > 65536 || w->pe[i] > 65536)
+				return anes_mil_fail(c, op, -EINVAL, "pad entries must be in 0..65536");
+		}
+	}
+	return 0;
+}
+
+static int infer_pool(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	const anes_mil_type *x = &xv->type;
+	uint64_t shape[ANES_MAX_RANK];
+	bool ceil_mode, ex;
+	win w;
+
+	if (need_float(c, op, "x", xv) || window_args(c, fn, op, x, "kernel_sizes", NULL, &w) ||
+	    opt_bool(c, fn, op, "ceil_mode", false, &ceil_mode) ||
+	    opt_bool(c, fn, op, "exclude_padding_from_average", false, &ex))
+		return -EINVAL;
+	if (ceil_mode && (w.pad_kind == 1 || w.pad_kind == 2))
+		return anes_mil_fail(c, op, -EINVAL, "ceil_mode needs pad_type \"valid\" or \"custom\"");
+	shape[0] = x->shape[0];
+	shape[1] = x->shape[1];
+	for (uint32_t i = 0; i < w.ns; i++) {
+		int64_t d = (int64_t)x->shape[2 + i], o;
+		if (w.pad_kind == 1 || w.pad_kind == 2) {
+			o = (d + w.s[i] - 1) / w.s[i];
+		} else {
+			int64_t span = d + w.pb[i] + w.pe[i] - w.k[i];
+			if (span < 0)
+				return anes_mil_fail(c, op, -EINVAL, "kernel %lld is larger than the padded input dim %u (%lld)",
+				                     (long long)w.k[i], 2 + i, (long long)(d + w.pb[i] + w.pe[i]));
+			o = (ceil_mode ? (span + w.s[i] - 1) / w.s[i] : span / w.s[i]) + 1;
+			if (ceil_mode && (o - 1) * w.s[i] >= d + w.pb[i] && w.pb[i] + w.pe[i] > 0)
+				o--;
+		}
+		shape[2 + i] = (uint64_t)o;
+	}
+	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+}
+
+static int infer_conv_transpose(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                                anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x"), *wv = V(fn, op, "weight"), *bv = V(fn, op, "bias");
+	const anes_mil_type *x = &xv->type, *wt = &wv->type;
+	uint64_t shape[ANES_MAX_RANK];
+	int64_t groups, os[ANES_MAX_RANK];
+	uint32_t n = 0;
+	win w;
+	char sx[SHAPE_STR_LEN], sw[SHAPE_STR_LEN];
+
+	if (need_float(c, op, "x", xv) || same_dtype(c, op, "x", xv, "weight", wv) ||
+	    opt_int(c, fn, op, "groups", 1, 1, INT32_MAX, &groups))
+		return -EINVAL;
+	if (wt->rank != x->rank || x->rank < 3)
+		return anes_mil_fail(c, op, -EINVAL, "weight must be [C_in, C_out/groups, kernel...] of x's rank, is %s",
+		                     anes_mil_shape_str(wt, sw, sizeof sw));
+	if (window_args(c, fn, op, x, NULL, wt->shape + 2, &w))
+		return -EINVAL;
+	if (wt->shape[0] != x->shape[1] || x->shape[1] % (uint64_t)groups)
+		return anes_mil_fail(c, op, -EINVAL, "channels do not match: x is %s, weight is %s, groups %lld",
+		                     anes_mil_shape_str(x, sx, sizeof sx), anes_mil_shape_str(wt, sw, sizeof sw),
+		                     (long long)groups);
+	uint64_t cout = wt->shape[1] * (uint64_t)groups;
+	if (bv) {
+		if (same_dtype(c, op, "x", xv, "bias", bv))
+			return -EINVAL;
+		if (bv->type.rank != 1 || bv->type.shape[0] != cout)
+			return anes_mil_fail(c, op, -EINVAL, "bias must be [%llu]", (unsigned long long)cout);
+	}
+	if (V(fn, op, "output_shape")) {
+		if (const_list(c, op, "output_shape", V(fn, op, "output_shape"), os, ANES_MAX_RANK, &n) ||
+		    (n != x->rank && n != w.ns))
+			return anes_mil_fail(c, op, -EINVAL, "output_shape needs %u (or %u spatial) elements", x->rank, w.ns);
+	}
+	shape[0] = x->shape[0];
+	shape[1] = cout;
+	for (uint32_t i = 0; i < w.ns; i++) {
+		int64_t d = (int64_t)x->shape[2 + i];
+		int64_t full = (d - 1) * w.s[i] + w.d[i] * (w.k[i] - 1) + 1, o;
+		if (w.pad_kind == 1 || w.pad_kind == 2)
+			o = d * w.s[i];
+		else
+			o = full - w.pb[i] - w.pe[i];
+		if (n)
+			o = os[n == x->rank ? 2 + i : i];
+		if (o < 1 || o > (int64_t)ANES_MIL_MAX_DIM)
+			return anes_mil_fail(c, op, -EINVAL, "output dim %u would be %lld", 2 + i, (long long)o);
+		shape[2 + i] = (uint64_t)o;
+	}
+	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+}
+
+/* upsample_* and resize_*: the last two dims */
+static int infer_resize(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	const anes_mil_type *x = &xv->type;
+	const char *nm = op->def->name;
+	uint64_t shape[ANES_MAX_RANK];
+	bool b;
+
+	if (need_float(c, op, "x", xv))
+		return -EINVAL;
+	if (x->rank < 3)
+		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 3");
+	memcpy(shape, x->shape, sizeof shape);
+	if (!strncmp(nm, "upsample", 8)) {
+		static const char *const names[2] = {"scale_factor_height", "scale_factor_width"};
+		for (int k = 0; k < 2; k++) {
+			double f;
+			if (opt_f64(c, fn, op, names[k], 1, &f))
+				return -EINVAL;
+			double o = floor(f * (double)x->shape[x->rank - 2 + k]);
+			if (!(f > 0) || !(o >= 1) || o > (double)ANES_MIL_MAX_DIM)
+				return anes_mil_fail(c, op, -EINVAL, "%s = %g gives an output dim of %.0f", names[k], f, o);
+			shape[x->rank - 2 + k] = (uint64_t)o;
+		}
+		if (opt_bool(c, fn, op, "align_corners", true, &b) || opt_bool(c, fn, op, "half_pixel_centers", !b, &b))
+			return -EINVAL;
+	} else {
+		static const char *const names[2] = {"target_size_height", "target_size_width"};
+		for (int k = 0; k < 2; k++) {
+			int64_t t;
+			if (opt_int(c, fn, op, names[k], 1, 1, (int64_t)ANES_MIL_MAX_DIM, &t))
+				return -EINVAL;
+			shape[x->rank - 2 + k] = (uint64_t)t;
+		}
+		if (V(fn, op, "sampling_mode")) {
+			const char *m = anes_mil_const_string(V(fn, op, "sampling_mode"));
+			if (!m || (strcmp(m, "STRICT_ALIGN_CORNERS") && strcmp(m, "ALIGN_CORNERS") && strcmp(m, "DEFAULT") &&
+			           strcmp(m, "OFFSET_CORNERS") && strcmp(m, "UNALIGN_CORNERS")))
+				return anes_mil_fail(c, op, -EINVAL, "sampling_mode must be STRICT_ALIGN_CORNERS, ALIGN_CORNERS, "
+				                                     "DEFAULT, OFFSET_CORNERS or UNALIGN_CORNERS");
+		}
+	}
+	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+}
+
+static int infer_crop(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_type *x = &V(fn, op, "x")->type;
+	static const char *const names[2] = {"crop_height", "crop_width"};
+	uint64_t shape[ANES_MAX_RANK];
+	int64_t v[2];
+	uint32_t n;
+
+	if (x->rank < 3)
+		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 3");
+	memcpy(shape, x->shape, sizeof shape);
+	for (int k = 0; k < 2; k++) {
+		uint64_t d = x->shape[x->rank - 2 + k];
+		if (const_list(c, op, names[k], V(fn, op, names[k]), v, 2, &n) || n != 2 || v[0] < 0 || v[1] < 0 ||
+		    (uint64_t)v[0] + (uint64_t)v[1] >= d)
+			return anes_mil_fail(c, op, -EINVAL, "%s must be 2 amounts >= 0 leaving at least one of %llu", names[k],
+			                     (unsigned long long)d);
+		shape[x->rank - 2 + k] = d - (uint64_t)v[0] - (uint64_t)v[1];
+	}
+	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+}
+
+/* einsum of two operands: letters a-z (A-Z), each at most once per operand;
+ * no "..." (refused) */
+#define EINSUM_MAX_WORK ((uint64_t)1 << 36)
+
+static int infer_einsum(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	const anes_mil_arg *vals = anes_mil_op_arg(op, "values");
+	const char *eq = anes_mil_const_string(V(fn, op, "equation"));
+	int64_t dim[128];
+	uint64_t shape[ANES_MAX_RANK], work = 1;
+	char term[3][ANES_MAX_RANK + 1];
+	uint32_t nt = 0, len = 0, r = 0;
+
+	if (!eq)
+		return anes_mil_fail(c, op, -EINVAL, "argument 'equation' must be a string");
+	if (vals->n != 2)
+		return anes_mil_fail(c, op, -ENOTSUP, "einsum of %u operands is not supported (2 are)", vals->n);
+	for (const char *p = eq;; p++) {
+		if (*p == ' ')
+			continue;
+		if (*p == ',' || *p == '-' || *p == '\0') {
+			if (nt > 2 || (*p == ',' && nt != 0) || (*p == '-' && (nt != 1 || p[1] != '>')) ||
+			    (*p == '\0' && nt != 2))
+				return anes_mil_fail(c, op, -ENOTSUP, "equation \"%.64s\" is not of the form \"ab,bc->ac\"", eq);
+			term[nt++][len] = '\0';
+			len = 0;
+			if (*p == '\0')
+				break;
+			if (*p == '-')
+				p++;
+			continue;
+		}
+		if (*p == '.')
+			return anes_mil_fail(c, op, -ENOTSUP, "equation \"%.64s\": ellipsis (...) is not supported", eq);
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')) || len >= ANES_MAX_RANK)
+			return anes_mil_fail(c, op, -ENOTSUP, "equation \"%.64s\" is not of the form \"ab,bc->ac\"", eq);
+		for (uint32_t i = 0; i < len; i++)
+			if (term[nt][i] == *p)
+				return anes_mil_fail(c, op, -ENOTSUP, "equation \"%.64s\": a repeated index in one term is not supported",
+				                     eq);
+		term[nt][len++] = *p;
+	}
+	for (int i = 0; i < 128; i++)
+		dim[i] = -1;
+	const anes_mil_type *t[2] = {&fn->values[vals->vals[0]].type, &fn->values[vals->vals[1]].type};
+	if (!anes_mil_dtype_is_float(t[0]->dtype) || t[0]->dtype != t[1]->dtype)
+		return anes_mil_fail(c, op, -EINVAL, "values must be two tensors of one float dtype");
+	for (int k = 0; k < 2; k++) {
+		if (strlen(term[k]) != t[k]->rank)
+			return anes_mil_fail(c, op, -EINVAL, "term %d of \"%.64s\" has %zu indices, operand has rank %u", k, eq,
+			                     strlen(term[k]), t[k]->rank);
+		for (uint32_t i = 0; i < t[k]->rank; i++) {
+			int ch = term[k][i];
+			if (dim[ch] >= 0 && dim[ch] != (int64_t)t[k]->shape[i])
+				return anes_mil_fail(c, op, -EINVAL, "index '%c' has sizes %lld and %llu", ch, (long long)dim[ch],
+				                     (unsigned long long)t[k]->shape[i]);
+			if (dim[ch] < 0) {
+				dim[ch] = (int64_t)t[k]->shape[i];
+				if (__builtin_mul_overflow(work, (uint64_t)dim[ch], &work) || work > EINSUM_MAX_WORK)
+					return anes_mil_fail(c, op, -ENOTSUP, "einsum needs more than 2^36 multiply-adds");
+			}
+		}
+	}
+	for (const char *p = term[2]; *p; p++) {
+		if (dim[(int)*p] < 0)
+			return anes_mil_fail(c, op, -EINVAL, "output index '%c' is in no operand", *p);
+		for (const char *q = term[2]; q < p; q++)
+			if (*q == *p)
+				return anes_mil_fail(c, op, -EINVAL, "output index '%c' repeated", *p);
+		shape[r++] = (uint64_t)dim[(int)*p];
+	}
+	return set_type(c, op, &out[0], t[0]->dtype, r, shape);
+}
+
 /* ---- table ---- */
 
 #define REQ ANES_MIL_ARG_REQ
@@ -1049,6 +1343,27 @@ static const anes_mil_argdef a_pixel_unshuffle[] = {{"x", REQ}, {"downscale_fact
 static const anes_mil_argdef a_flatten2d[] = {{"x", REQ}, {"axis", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_sliding[] = {
 	{"x", REQ}, {"axis", REQ | CONST}, {"size", REQ | CONST}, {"stride", CONST}, {NULL, 0}};
+
+static const anes_mil_argdef a_pool[] = {
+	{"x", REQ}, {"kernel_sizes", REQ | CONST}, {"strides", CONST}, {"pad_type", CONST}, {"pad", CONST},
+	{"ceil_mode", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_avg_pool[] = {
+	{"x", REQ}, {"kernel_sizes", REQ | CONST}, {"strides", CONST}, {"pad_type", CONST}, {"pad", CONST},
+	{"ceil_mode", CONST}, {"exclude_padding_from_average", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_conv_t[] = {
+	{"x", REQ}, {"weight", REQ | CONST}, {"bias", CONST}, {"pad", CONST}, {"output_shape", CONST},
+	{"pad_type", CONST}, {"strides", CONST}, {"dilations", CONST}, {"groups", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_upsample_nn[] = {
+	{"x", REQ}, {"scale_factor_height", CONST}, {"scale_factor_width", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_upsample_bl[] = {
+	{"x", REQ}, {"scale_factor_height", CONST}, {"scale_factor_width", CONST}, {"align_corners", CONST},
+	{"half_pixel_centers", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_resize_nn[] = {
+	{"x", REQ}, {"target_size_height", REQ | CONST}, {"target_size_width", REQ | CONST}, {NULL, 0}};
+static const anes_mil_argdef a_resize_bl[] = {
+	{"x", REQ}, {"target_size_height", CONST}, {"target_size_width", CONST}, {"sampling_mode", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_crop[] = {{"x", REQ}, {"crop_height", REQ | CONST}, {"crop_width", REQ | CONST}, {NULL, 0}};
+static const anes_mil_argdef a_einsum[] = {{"values", REQ | TUPLE}, {"equation", REQ | CONST}, {NULL, 0}};
 
 static const anes_mil_opdef ops[] = {
 	/* masks */
@@ -1132,6 +1447,17 @@ static const anes_mil_opdef ops[] = {
 	{"pixel_unshuffle", 1, a_pixel_unshuffle, infer_blocks},
 	{"flatten2d", 1, a_flatten2d, infer_flatten2d},
 	{"sliding_windows", 1, a_sliding, infer_sliding_windows},
+	/* vision, einsum */
+	{"max_pool", 1, a_pool, infer_pool},
+	{"avg_pool", 1, a_avg_pool, infer_pool},
+	{"l2_pool", 1, a_pool, infer_pool},
+	{"conv_transpose", 1, a_conv_t, infer_conv_transpose},
+	{"upsample_nearest_neighbor", 1, a_upsample_nn, infer_resize},
+	{"upsample_bilinear", 1, a_upsample_bl, infer_resize},
+	{"resize_nearest_neighbor", 1, a_resize_nn, infer_resize},
+	{"resize_bilinear", 1, a_resize_bl, infer_resize},
+	{"crop", 1, a_crop, infer_crop},
+	{"einsum", 1, a_einsum, infer_einsum},
 };
 
 const anes_mil_opdef *mil_ops_ext_find(const char *name, size_t len)
