@@ -525,3 +525,128 @@ Test(weights, errors_name_the_problem)
 		(unsigned long long)o), &b, "expected 11 for uint4");
 	free(b.b);
 }
+
+/* ---- fp16 constant weights used in place by matmul, linear and conv ---- */
+
+static double rnd_unit(void)
+{
+	return (double)(rnd() % 2001) / 1000.0 - 1.0;
+}
+
+/* blob of one fp16 tensor of n random values; vals gets their exact values */
+static uint64_t blob_f16(blob *b, size_t n, double *vals)
+{
+	uint16_t *h = malloc(n * 2);
+	for (size_t i = 0; i < n; i++) {
+		h[i] = anes_f32_to_f16_soft((float)rnd_unit());
+		vals[i] = h2d(h[i]);
+	}
+	uint64_t o = blob_add(b, 1, h, n * 2, 0);
+	free(h);
+	return o;
+}
+
+static void check_close(const uint16_t *got, const double *ref, size_t n, double tol, const char *what)
+{
+	for (size_t i = 0; i < n; i++) {
+		double e = fabs(h2d(got[i]) - ref[i]);
+		cr_assert(e <= tol * fmax(1.0, fabs(ref[i])), "%s: [%zu] = %g, want %g", what, i, h2d(got[i]), ref[i]);
+	}
+}
+
+/* weights larger than one conversion tile (64 Ki floats), every layout the
+ * tiling handles (B as [n, k] and as [k, n], A for conv), with the built-in
+ * GEMM and the BLAS, plain and strict */
+static void big_fp16_weights(void)
+{
+	enum { M = 3, K = 320, N = 300 };     /* 96,000-element weights */
+	blob b;
+	blob_init(&b);
+	double *w = malloc(sizeof(double) * K * N), *cw = malloc(sizeof(double) * 256 * 64 * 9);
+	uint64_t ow = blob_f16(&b, (size_t)K * N, w);
+	uint64_t oc = blob_f16(&b, (size_t)256 * 64 * 9, cw);
+	uint16_t x[M * K], xc[64 * 5 * 5];
+	double xv[M * K], xcv[64 * 5 * 5];
+	for (int i = 0; i < M * K; i++) {
+		x[i] = anes_f32_to_f16_soft((float)rnd_unit());
+		xv[i] = h2d(x[i]);
+	}
+	for (int i = 0; i < 64 * 25; i++) {
+		xc[i] = anes_f32_to_f16_soft((float)rnd_unit());
+		xcv[i] = h2d(xc[i]);
+	}
+	snprintf(text, sizeof text,
+		"program(1.3)\n{\n    func main<ios18>(tensor<fp16, [%d, %d]> x, tensor<fp16, [1, 64, 5, 5]> xc) {\n"
+		"        tensor<fp16, [%d, %d]> w = const()[name = string(\"w\"), val = tensor<fp16, [%d, %d]>(" BLOB ")];\n"
+		"        tensor<fp16, [%d, %d]> wt = const()[name = string(\"wt\"), val = tensor<fp16, [%d, %d]>(" BLOB ")];\n"
+		"        tensor<fp16, [256, 64, 3, 3]> cw = const()[name = string(\"cw\"), val = tensor<fp16, [256, 64, 3, 3]>(" BLOB ")];\n"
+		"        tensor<fp16, [%d, %d]> a = matmul(x = x, y = w)[name = string(\"a\")];\n"
+		"        tensor<fp16, [%d, %d]> c = matmul(x = x, y = wt, transpose_y = true)[name = string(\"c\")];\n"
+		"        tensor<fp16, [%d, %d]> l = linear(x = x, weight = wt)[name = string(\"l\")];\n"
+		"        tensor<fp16, [1, 256, 3, 3]> v = conv(x = xc, weight = cw)[name = string(\"v\")];\n"
+		"    } -> (a, c, l, v);\n}\n",
+		M, K, K, N, K, N, (unsigned long long)ow, N, K, N, K, (unsigned long long)ow, (unsigned long long)oc,
+		M, N, M, N, M, N);
+	anes_weight wt = {"@model_path/weights/weight.bin", b.b, b.len};
+	anes_bprogram *p = NULL;
+	cr_assert_eq(B->ops->compile(B, text, strlen(text), &wt, 1, &p, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	uint16_t a[M * N], c[M * N], l[M * N], v[256 * 9];
+	const void *in[2] = {x, xc};
+	void *out[4] = {a, c, l, v};
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), 0, "%s", errbuf);
+	double *ra = malloc(sizeof(double) * M * N), *rc = malloc(sizeof(double) * M * N), rv[256 * 9];
+	for (int i = 0; i < M; i++)
+		for (int j = 0; j < N; j++) {
+			double sa = 0, sc = 0;
+			for (int k = 0; k < K; k++) {
+				sa += xv[i * K + k] * w[k * N + j];     /* w as [K, N] */
+				sc += xv[i * K + k] * w[j * K + k];     /* the same bytes as [N, K] */
+			}
+			ra[i * N + j] = sa;
+			rc[i * N + j] = sc;
+		}
+	for (int co = 0; co < 256; co++)
+		for (int oy = 0; oy < 3; oy++)
+			for (int ox = 0; ox < 3; ox++) {
+				double s = 0;
+				for (int ci = 0; ci < 64; ci++)
+					for (int ky = 0; ky < 3; ky++)
+						for (int kx = 0; kx < 3; kx++)
+							s += xcv[(ci * 5 + oy + ky) * 5 + ox + kx] * cw[((co * 64 + ci) * 3 + ky) * 3 + kx];
+				rv[(co * 3 + oy) * 3 + ox] = s;
+			}
+	/* plain: one fp16 rounding of an fp32 sum; strict (chunks of 32) loses more */
+	double tol = getenv("ANESHARE_CPU_STRICT") ? 2e-2 : 2e-3;
+	check_close(a, ra, (size_t)M * N, tol, "matmul y [k, n]");
+	check_close(c, rc, (size_t)M * N, tol, "matmul y [n, k]");
+	check_close(l, rc, (size_t)M * N, tol, "linear");
+	check_close(v, rv, 256 * 9, tol, "conv 3x3");
+	B->ops->program_free(B, p);
+	free(ra);
+	free(rc);
+	free(w);
+	free(cw);
+	free(b.b);
+}
+
+Test(weights, fp16_weights_in_place_blas_or_builtin_plain_or_strict)
+{
+	static const char *const gemm[] = {NULL, "builtin"};
+	static const char *const strict[] = {NULL, "32"};
+	for (int g = 0; g < 2; g++)
+		for (int s = 0; s < 2; s++) {
+			if (gemm[g])
+				setenv("ANESHARE_CPU_GEMM", gemm[g], 1);
+			else
+				unsetenv("ANESHARE_CPU_GEMM");
+			if (strict[s])
+				setenv("ANESHARE_CPU_STRICT", strict[s], 1);
+			else
+				unsetenv("ANESHARE_CPU_STRICT");
+			B->ops->destroy(B);
+			cr_assert_eq(anes_cpu_backend_new(2, &B), 0);
+			big_fp16_weights();
+		}
+	unsetenv("ANESHARE_CPU_GEMM");
+	unsetenv("ANESHARE_CPU_STRICT");
+}

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "anes_config.h"
+#include "anes_fp16.h"
 #include "cpu_internal.h"
 
 #if ANES_HAVE_ACCELERATE
@@ -306,6 +307,69 @@ void cpu_gemm(const cpu_cfg *cfg, bool ta, bool tb, uint64_t m, uint64_t n, uint
 				c[j] += pp[j];
 			cpu_round_f16(c, (size_t)n);
 		}
+	}
+}
+
+/* ---- one operand kept in fp16 (constant weights) ---- */
+
+/* fp32 floats of one converted tile of the fp16 operand (a tile is at least
+ * one stored row or column, so it may be longer: see cpu_gemm_w_tmp_floats) */
+#define W_TILE_FLOATS ((uint64_t)64 << 10)
+
+uint64_t cpu_gemm_w_tmp_floats(const cpu_cfg *cfg, uint64_t m, uint64_t n, uint64_t k)
+{
+	return cpu_gemm_tmp_floats(cfg, m, n, k) + W_TILE_FLOATS + k;
+}
+
+/* rows [0, nr) x columns [c0, c0 + nc) of a stored fp16 matrix (leading
+ * dimension ld) into dst as a dense fp32 [nr, nc] */
+static void block_to_f32(float *dst, const uint16_t *src, uint64_t ld, uint64_t nr, uint64_t c0, uint64_t nc)
+{
+	for (uint64_t r = 0; r < nr; r++)
+		anes_f16_to_f32_n(dst + r * nc, src + r * ld + c0, (size_t)nc);
+}
+
+/* The fp16 operand is converted one tile at a time into a dense fp32 block
+ * (at most W_TILE_FLOATS, or one full row or column of k), so no fp32 copy of
+ * the whole weight exists.  Tiles split m or n, never k: each output is
+ * computed by one cpu_gemm call over all of k, so strict mode's rounding
+ * points are those of an untiled call. */
+void cpu_gemm_w(const cpu_cfg *cfg, bool ta, bool tb, uint64_t m, uint64_t n, uint64_t k, const void *A, int adt,
+                uint64_t lda, const void *B, int bdt, uint64_t ldb, float *C, uint64_t ldc, bool accumulate,
+                float *tmp)
+{
+	bool a16 = adt == ANES_DT_FP16, b16 = bdt == ANES_DT_FP16;
+
+	if (!a16 && !b16) {
+		cpu_gemm(cfg, ta, tb, m, n, k, A, lda, B, ldb, C, ldc, accumulate, tmp);
+		return;
+	}
+	if (m == 0 || n == 0)
+		return;
+	float *tile = tmp, *rest = tmp + W_TILE_FLOATS + k;
+	uint64_t t = W_TILE_FLOATS / (k ? k : 1);
+	if (t == 0)
+		t = 1;
+	if (b16) {
+		/* columns [j0, j0 + nn) of op(B) */
+		for (uint64_t j0 = 0; j0 < n; j0 += t) {
+			uint64_t nn = n - j0 < t ? n - j0 : t;
+			if (tb)
+				block_to_f32(tile, (const uint16_t *)B + j0 * ldb, ldb, nn, 0, k);   /* [nn, k] */
+			else
+				block_to_f32(tile, B, ldb, k, j0, nn);                               /* [k, nn] */
+			cpu_gemm(cfg, ta, tb, m, nn, k, A, lda, tile, tb ? k : nn, C + j0, ldc, accumulate, rest);
+		}
+		return;
+	}
+	/* rows [i0, i0 + mm) of op(A) */
+	for (uint64_t i0 = 0; i0 < m; i0 += t) {
+		uint64_t mm = m - i0 < t ? m - i0 : t;
+		if (ta)
+			block_to_f32(tile, A, lda, k, i0, mm);                                   /* [k, mm] */
+		else
+			block_to_f32(tile, (const uint16_t *)A + i0 * lda, lda, mm, 0, k);       /* [mm, k] */
+		cpu_gemm(cfg, ta, tb, mm, n, k, tile, ta ? mm : k, B, ldb, C + i0 * ldc, ldc, accumulate, rest);
 	}
 }
 

@@ -223,6 +223,13 @@ void cpu_gemm(const cpu_cfg *cfg, bool ta, bool tb, uint64_t m, uint64_t n, uint
               const float *A, uint64_t lda, const float *B, uint64_t ldb, float *C, uint64_t ldc,
               bool accumulate, float *tmp);
 uint64_t cpu_gemm_tmp_floats(const cpu_cfg *cfg, uint64_t m, uint64_t n, uint64_t k);
+/* cpu_gemm with A or B (not both) possibly fp16 (adt/bdt: ANES_DT_FP16 or
+ * ANES_DT_FP32): constant weights are kept in fp16 and converted one tile
+ * at a time, never whole.  tmp: cpu_gemm_w_tmp_floats() floats. */
+void cpu_gemm_w(const cpu_cfg *cfg, bool ta, bool tb, uint64_t m, uint64_t n, uint64_t k, const void *A, int adt,
+                uint64_t lda, const void *B, int bdt, uint64_t ldb, float *C, uint64_t ldc, bool accumulate,
+                float *tmp);
+uint64_t cpu_gemm_w_tmp_floats(const cpu_cfg *cfg, uint64_t m, uint64_t n, uint64_t k);
 /* "blas", "builtin-avx2" or "builtin" */
 const char *cpu_gemm_impl(const cpu_cfg *cfg);
 

@@ -3,7 +3,10 @@
  * CPU kernels built on GEMM and row-wise math: matmul, linear, conv,
  * scaled_dot_product_attention, softmax, layer_norm and the reductions.
  * Compute in fp32; fp16 outputs are rounded once at the end of each op.
- * Constant (or folded) weights are converted to fp32 once, at compile time.
+ * Constant (or folded) weights of matmul, linear and conv stay where they
+ * are, in their dtype: fp16 weights are converted to fp32 one GEMM tile at a
+ * time (cpu_gemm_w), so a program's resident size is about its weights'
+ * size, not twice or three times it.  Biases are converted once.
  */
 #include <errno.h>
 #include <math.h>
@@ -26,6 +29,24 @@ static size_t copy_bytes(const void *data, const anes_mil_type *t)
 	return data ? (size_t)cpu_align64(t->count * 4) : 0;
 }
 
+/* A constant weight used in place (fp16 or fp32): bytes of the aligned copy
+ * it needs in the params block (0 when its data is aligned to its element
+ * size, the usual case), and the pointer the kernel reads. */
+static size_t keep_bytes(const void *data, const anes_mil_type *t)
+{
+	return data && ((uintptr_t)data % cpu_esize(t->dtype)) ? (size_t)cpu_align64(t->bytes) : 0;
+}
+
+static const void *keep(const void *data, const anes_mil_type *t, uint8_t **at)
+{
+	size_t nb = keep_bytes(data, t);
+	if (!nb)
+		return data;
+	memcpy(*at, data, (size_t)t->bytes);
+	*at += nb;
+	return *at - nb;
+}
+
 /* ---- matmul ---- */
 
 typedef struct matmul_params {
@@ -34,7 +55,8 @@ typedef struct matmul_params {
 	int dtype;
 	uint64_t batches;
 	uint64_t *xoff, *yoff;  /* element offsets of each batch's matrices */
-	const float *cx, *cy;   /* compile-time operands, fp32 (in this block), or NULL */
+	const float *cx;        /* compile-time x, fp32 (in this block), or NULL */
+	const void *cy;         /* compile-time y in place (dtype), or NULL */
 	uint64_t tmp_floats;
 } matmul_params;
 
@@ -81,7 +103,7 @@ int cpu_plan_matmul(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mi
 	const void *dx = plan_const(pc, fn, xid), *dy = plan_const(pc, fn, yid);
 	size_t head = (size_t)cpu_align64(sizeof *p + 2 * batches * sizeof(uint64_t));
 	/* batches <= output elements <= tensor cap, so this is bounded */
-	p = calloc(1, head + copy_bytes(dx, x) + copy_bytes(dy, y));
+	p = calloc(1, head + copy_bytes(dx, x) + keep_bytes(dy, y));
 	if (!p)
 		return -ENOMEM;
 	p->m = m;
@@ -99,10 +121,8 @@ int cpu_plan_matmul(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mi
 		p->cx = (const float *)(void *)at;
 		at += copy_bytes(dx, x);
 	}
-	if (dy) {
-		cpu_to_f32((float *)(void *)at, dy, y->dtype, (size_t)y->count);
-		p->cy = (const float *)(void *)at;
-	}
+	if (dy)
+		p->cy = keep(dy, y, &at);
 	{
 		uint64_t sx[ANES_MAX_RANK] = {0}, sy[ANES_MAX_RANK] = {0}, idx[ANES_MAX_RANK] = {0};
 		uint64_t xo = 0, yo = 0;
@@ -124,7 +144,7 @@ int cpu_plan_matmul(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mi
 			}
 		}
 	}
-	p->tmp_floats = cpu_gemm_tmp_floats(pc->cfg, m, n, k);
+	p->tmp_floats = cpu_gemm_w_tmp_floats(pc->cfg, m, n, k);
 	st->scratch = (dx ? 0 : cpu_f32_scratch(x)) + (dy ? 0 : cpu_f32_scratch(y)) + cpu_f32_scratch(o) +
 	              cpu_align64(p->tmp_floats * 4);
 	st->params = p;
@@ -137,7 +157,10 @@ int cpu_run_matmul(const cpu_step *st, const cpu_exec *ex)
 	uint32_t xid = cpu_argid(st->op, "x"), yid = cpu_argid(st->op, "y"), oid = st->op->outputs[0];
 	uint8_t *slot = ex->scratch;
 	const float *fx = p->cx ? p->cx : cpu_load_f32(ex, xid, &slot);
-	const float *fy = p->cy ? p->cy : cpu_load_f32(ex, yid, &slot);
+	const float *fy = p->cy ? NULL : cpu_load_f32(ex, yid, &slot);
+	int ydt = p->cy ? p->dtype : ANES_DT_FP32;
+	size_t yes = p->cy ? cpu_esize(p->dtype) : 4;
+	const uint8_t *by = p->cy ? p->cy : (const void *)fy;
 	void *out = cpu_ptr(ex, oid);
 	uint64_t ocount = ex->fn->values[oid].type.count;
 	float *fo;
@@ -149,8 +172,9 @@ int cpu_run_matmul(const cpu_step *st, const cpu_exec *ex)
 		slot += cpu_align64(ocount * 4);
 	}
 	for (uint64_t b = 0; b < p->batches; b++)
-		cpu_gemm(ex->cfg, p->tx, p->ty, p->m, p->n, p->k, fx + p->xoff[b], p->tx ? p->m : p->k, fy + p->yoff[b],
-		         p->ty ? p->k : p->n, fo + b * p->m * p->n, p->n, false, (float *)(void *)slot);
+		cpu_gemm_w(ex->cfg, p->tx, p->ty, p->m, p->n, p->k, fx + p->xoff[b], ANES_DT_FP32, p->tx ? p->m : p->k,
+		           by + p->yoff[b] * yes, ydt, p->ty ? p->k : p->n, fo + b * p->m * p->n, p->n, false,
+		           (float *)(void *)slot);
 	cpu_from_f32(out, p->dtype, fo, (size_t)ocount);
 	return 0;
 }
@@ -160,7 +184,8 @@ int cpu_run_matmul(const cpu_step *st, const cpu_exec *ex)
 typedef struct linear_params {
 	uint64_t m, din, dout;
 	int dtype;
-	const float *cw, *cb;   /* compile-time weight / bias (fp32, in this block) or NULL */
+	const void *cw;         /* compile-time weight in place (dtype), or NULL */
+	const float *cb;        /* compile-time bias (fp32, in this block) or NULL */
 	bool has_bias;
 	uint64_t tmp_floats;
 } linear_params;
@@ -176,7 +201,7 @@ int cpu_plan_linear(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mi
 		return -ENOTSUP;
 	const void *dw = plan_const(pc, fn, wid), *db = plan_const(pc, fn, bid);
 	size_t head = (size_t)cpu_align64(sizeof *p);
-	p = calloc(1, head + copy_bytes(dw, w) + (bt ? copy_bytes(db, bt) : 0));
+	p = calloc(1, head + keep_bytes(dw, w) + (bt ? copy_bytes(db, bt) : 0));
 	if (!p)
 		return -ENOMEM;
 	p->dtype = x->dtype;
@@ -185,16 +210,13 @@ int cpu_plan_linear(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mi
 	p->m = x->count / p->din;
 	p->has_bias = bt != NULL;
 	uint8_t *at = (uint8_t *)p + head;
-	if (dw) {
-		cpu_to_f32((float *)(void *)at, dw, w->dtype, (size_t)w->count);
-		p->cw = (const float *)(void *)at;
-		at += copy_bytes(dw, w);
-	}
+	if (dw)
+		p->cw = keep(dw, w, &at);
 	if (bt && db) {
 		cpu_to_f32((float *)(void *)at, db, bt->dtype, (size_t)bt->count);
 		p->cb = (const float *)(void *)at;
 	}
-	p->tmp_floats = cpu_gemm_tmp_floats(pc->cfg, p->m, p->dout, p->din);
+	p->tmp_floats = cpu_gemm_w_tmp_floats(pc->cfg, p->m, p->dout, p->din);
 	st->scratch = cpu_f32_scratch(x) + (dw ? 0 : cpu_f32_scratch(w)) + (bt && !db ? cpu_f32_scratch(bt) : 0) +
 	              cpu_f32_scratch(o) + cpu_align64(p->tmp_floats * 4);
 	st->params = p;
@@ -214,7 +236,7 @@ int cpu_run_linear(const cpu_step *st, const cpu_exec *ex)
 	const anes_mil_op *op = st->op;
 	uint8_t *slot = ex->scratch;
 	const float *fx = cpu_load_f32(ex, cpu_argid(op, "x"), &slot);
-	const float *fw = p->cw ? p->cw : cpu_load_f32(ex, cpu_argid(op, "weight"), &slot);
+	const void *fw = p->cw ? p->cw : cpu_load_f32(ex, cpu_argid(op, "weight"), &slot);
 	const float *fb = p->cb ? p->cb : p->has_bias ? cpu_load_f32(ex, cpu_argid(op, "bias"), &slot) : NULL;
 	void *out = cpu_ptr(ex, op->outputs[0]);
 	float *fo;
@@ -225,8 +247,8 @@ int cpu_run_linear(const cpu_step *st, const cpu_exec *ex)
 		fo = (float *)(void *)slot;
 		slot += cpu_align64(p->m * p->dout * 4);
 	}
-	cpu_gemm(ex->cfg, false, true, p->m, p->dout, p->din, fx, p->din, fw, p->din, fo, p->dout, false,
-	         (float *)(void *)slot);
+	cpu_gemm_w(ex->cfg, false, true, p->m, p->dout, p->din, fx, ANES_DT_FP32, p->din, fw,
+	           p->cw ? p->dtype : ANES_DT_FP32, p->din, fo, p->dout, false, (float *)(void *)slot);
 	if (fb)
 		add_bias_rows(fo, fb, p->m, p->dout);
 	cpu_from_f32(out, p->dtype, fo, (size_t)(p->m * p->dout));
@@ -246,7 +268,8 @@ typedef struct conv_params {
 	bool pointwise;                 /* 1x1, stride 1, no padding: plain GEMM on x */
 	uint64_t tile;                  /* output positions per im2col tile */
 	bool has_bias;
-	const float *cw, *cb;           /* compile-time weight / bias, fp32 (in this block) */
+	const void *cw;                 /* compile-time weight in place (dtype), or NULL */
+	const float *cb;                /* compile-time bias, fp32 (in this block) */
 	uint64_t tmp_floats;
 } conv_params;
 
@@ -276,7 +299,7 @@ int cpu_plan_conv(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_
 		anes_mil_const_ints(cpu_arg(fn, op, "pad"), pad, 4, &n);
 	const void *dw = plan_const(pc, fn, wid), *db = plan_const(pc, fn, bid);
 	size_t head = (size_t)cpu_align64(sizeof *p);
-	p = calloc(1, head + copy_bytes(dw, w) + (bt ? copy_bytes(db, bt) : 0));
+	p = calloc(1, head + keep_bytes(dw, w) + (bt ? copy_bytes(db, bt) : 0));
 	if (!p)
 		return -ENOMEM;
 	p->dtype = x->dtype;
@@ -342,16 +365,13 @@ int cpu_plan_conv(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_
 			p->tile = P;
 	}
 	uint8_t *at = (uint8_t *)p + head;
-	if (dw) {
-		cpu_to_f32((float *)(void *)at, dw, w->dtype, (size_t)w->count);
-		p->cw = (const float *)(void *)at;
-		at += copy_bytes(dw, w);
-	}
+	if (dw)
+		p->cw = keep(dw, w, &at);
 	if (bt && db) {
 		cpu_to_f32((float *)(void *)at, db, bt->dtype, (size_t)bt->count);
 		p->cb = (const float *)(void *)at;
 	}
-	p->tmp_floats = cpu_gemm_tmp_floats(pc->cfg, p->cout_g, p->tile, rows);
+	p->tmp_floats = cpu_gemm_w_tmp_floats(pc->cfg, p->cout_g, p->tile, rows);
 	st->scratch = cpu_f32_scratch(x) + (dw ? 0 : cpu_f32_scratch(w)) + (bt && !db ? cpu_f32_scratch(bt) : 0) +
 	              cpu_f32_scratch(o) + (p->pointwise ? 0 : cpu_align64(rows * p->tile * 4)) +
 	              cpu_align64(p->tmp_floats * 4) + (p->tile < P ? cpu_align64(p->cout_g * p->tile * 4) : 0);
@@ -383,7 +403,9 @@ int cpu_run_conv(const cpu_step *st, const cpu_exec *ex)
 	const anes_mil_op *op = st->op;
 	uint8_t *slot = ex->scratch;
 	const float *fx = cpu_load_f32(ex, cpu_argid(op, "x"), &slot);
-	const float *fw = p->cw ? p->cw : cpu_load_f32(ex, cpu_argid(op, "weight"), &slot);
+	const void *fw = p->cw ? p->cw : cpu_load_f32(ex, cpu_argid(op, "weight"), &slot);
+	int wdt = p->cw ? p->dtype : ANES_DT_FP32;
+	size_t wes = p->cw ? cpu_esize(p->dtype) : 4;
 	const float *fb = p->cb ? p->cb : p->has_bias ? cpu_load_f32(ex, cpu_argid(op, "bias"), &slot) : NULL;
 	void *out = cpu_ptr(ex, op->outputs[0]);
 	uint64_t P = p->oh * p->ow, HW = p->h * p->w, rows = p->cin_g * p->kh * p->kw;
@@ -407,20 +429,23 @@ int cpu_run_conv(const cpu_step *st, const cpu_exec *ex)
 	for (uint64_t b = 0; b < p->n; b++) {
 		for (uint64_t g = 0; g < p->groups; g++) {
 			const float *xg = fx + (b * p->cin + g * p->cin_g) * HW;
-			const float *wg = fw + g * p->cout_g * rows;
+			const void *wg = (const uint8_t *)fw + g * p->cout_g * rows * wes;
 			float *og = fo + (b * p->cout + g * p->cout_g) * P;
 			if (p->pointwise) {
-				cpu_gemm(ex->cfg, false, false, p->cout_g, P, p->cin_g, wg, rows, xg, HW, og, P, false, tmp);
+				cpu_gemm_w(ex->cfg, false, false, p->cout_g, P, p->cin_g, wg, wdt, rows, xg, ANES_DT_FP32, HW, og, P,
+				           false, tmp);
 				continue;
 			}
 			for (uint64_t p0 = 0; p0 < P; p0 += p->tile) {
 				uint64_t np = P - p0 < p->tile ? P - p0 : p->tile;
 				im2col(p, xg, col, p0, np);
 				if (np == P) {
-					cpu_gemm(ex->cfg, false, false, p->cout_g, np, rows, wg, rows, col, np, og, P, false, tmp);
+					cpu_gemm_w(ex->cfg, false, false, p->cout_g, np, rows, wg, wdt, rows, col, ANES_DT_FP32, np, og, P,
+					           false, tmp);
 				} else {
 					/* gemm into a dense tile, then into the strided output */
-					cpu_gemm(ex->cfg, false, false, p->cout_g, np, rows, wg, rows, col, np, tbuf, np, false, tmp);
+					cpu_gemm_w(ex->cfg, false, false, p->cout_g, np, rows, wg, wdt, rows, col, ANES_DT_FP32, np, tbuf,
+					           np, false, tmp);
 					for (uint64_t co = 0; co < p->cout_g; co++)
 						memcpy(og + co * P + p0, tbuf + co * np, (size_t)np * 4);
 				}
