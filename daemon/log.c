@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
+#include <stdarg.h>
 #include <stdio.h>
 
-#include "daemon.h"
+#include "util.h"
 
 void anes_log(const char *fmt, ...)
 {

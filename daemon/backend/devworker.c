@@ -20,9 +20,10 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
+#include "anes_proto.h"   /* anes_recvmsg_cloexec */
 #include "anes_shm.h"
-#include "daemon.h"
 #include "devworker.h"
+#include "util.h"
 
 /* ---- messages ------------------------------------------------------------ */
 

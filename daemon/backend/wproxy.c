@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +35,9 @@
 #include <sys/wait.h>
 
 #include "anes_clock.h"
-#include "daemon.h"
+#include "anes_proto.h"   /* anes_socketpair_cloexec */
 #include "devworker.h"
+#include "util.h"
 
 extern char **environ;
 

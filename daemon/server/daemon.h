@@ -22,14 +22,11 @@
 #include "backend.h"
 #include "server.h"
 #include "tenant.h"
+#include "util.h"
 
 #define ANES_CLIENT_NAME_MAX 128   /* bytes of the hello "client" name */
 #define ANES_WEIGHT_PATH_MAX 256   /* bytes of a weight path */
 #define ANES_KEY_SIZE 32           /* SHA-256 */
-#define ANES_ERRMSG_MAX 512
-
-#define ANES_CONTAINER_OF(ptr, type, member) \
-	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 typedef struct anes_conn anes_conn;
 typedef struct anes_surface anes_surface;
@@ -37,10 +34,6 @@ typedef struct anes_centry anes_centry;
 typedef struct anes_cache anes_cache;
 typedef struct anes_pool anes_pool;
 typedef struct anes_job anes_job;
-
-/* ---- logging (log.c) --------------------------------------------------- */
-
-void anes_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- ID tables (idtable.c) ------------------------------------------------ */
 
@@ -538,11 +531,5 @@ void anes_pool_collect(anes_pool *p);
  * every outstanding done(), and close the pool (freed in the close callback).
  * Lanes still armed then are left to their owners (no worker reads them). */
 void anes_pool_shutdown(anes_pool *p);
-
-/* ---- time (methods.c) ------------------------------------------------------ */
-
-/* CLOCK_MONOTONIC in ns, for measurements (run times); rules that depend on
- * time read anes_clock_ns() (anes_clock.h), which tests can replace. */
-uint64_t anes_now_ns(void);
 
 #endif

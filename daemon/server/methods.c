@@ -19,11 +19,6 @@
 
 typedef void (*method_fn)(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
 
-uint64_t anes_now_ns(void)
-{
-	return anes_clock_monotonic_ns();   /* a measurement: the real time, whatever the rules see */
-}
-
 static void reply_param(anes_conn *c, const anes_msg *m, const char *key, int r)
 {
 	if (r == -ENOENT)
