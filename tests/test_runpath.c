@@ -37,7 +37,7 @@ static ssize_t capped_sendmsg(int fd, const struct msghdr *msg, int flags)
 	struct iovec iov[8];
 	size_t left = send_cap;
 	size_t k = 0;
-	for (size_t i = 0; i < msg->msg_iovlen && left > 0 && k < 8; i++, k++) {
+	for (size_t i = 0; i < (size_t)msg->msg_iovlen && left > 0 && k < 8; i++, k++) {
 		iov[k] = msg->msg_iov[i];
 		if (iov[k].iov_len > left)
 			iov[k].iov_len = left;
