@@ -20,6 +20,7 @@
 #include "ane_backend.h"
 #include "backend.h"
 #include "devworker.h"
+#include "mil.h"
 #include "options.h"
 #include "server.h"
 
@@ -51,8 +52,9 @@ static int backend_new(const char *name, anes_backend **ret, char *why, size_t w
 	return r;
 }
 
-/* aneshared --worker-child FD --backend NAME --threads N [--worker-fault F]:
- * the device worker (docs/worker.md), started by the daemon only. */
+/* aneshared --worker-child FD --backend NAME --threads N --mil-limits L
+ * [--worker-fault F]: the device worker (docs/worker.md), started by the
+ * daemon only. */
 static int worker_child_main(int argc, char **argv)
 {
 	int fd = -1;
@@ -67,6 +69,13 @@ static int worker_child_main(int argc, char **argv)
 			threads = (unsigned)atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--worker-fault"))
 			fault = argv[i + 1];
+		else if (!strcmp(argv[i], "--mil-limits")) {
+			anes_mil_limits l;
+			if (anes_mil_limits_scan(argv[i + 1], &l) < 0 || anes_mil_set_limits(&l) < 0) {
+				fprintf(stderr, "aneshared worker: bad --mil-limits %s\n", argv[i + 1]);
+				return 1;
+			}
+		}
 	}
 	if (fd < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
 		fprintf(stderr, "aneshared worker: no channel to the daemon\n");
@@ -140,6 +149,7 @@ int main(int argc, char **argv)
 		return config_exit(passed_fd);
 	}
 	anes_server_config cfg = opts.cfg;
+	anes_mil_set_limits(&opts.mil);   /* in range: the options checked each */
 	if (strcmp(opts.backend, "cpu") != 0 && strcmp(opts.backend, "ane") != 0 &&
 	    strcmp(opts.backend, "auto") != 0) {
 		fprintf(stderr, "aneshared: unknown backend \"%s\" (available: cpu, ane, auto)\n", opts.backend);

@@ -121,8 +121,17 @@ static const optdef defs[] = {
 	  "receive memory of frames over 64 KiB per uid (0: --max-input-bytes)" },
 	{ "max-uid-unsent-bytes", T_BYTES, L(max_uid_unsent_bytes), 0, 1ull << 46, "BYTES",
 	  "responses not yet taken per uid (0: --max-daemon-unsent-bytes)" },
-	{ "max-mil-bytes", T_BYTES32, L(max_mil_bytes), 1, ANES_MIL_MAX_TEXT, "BYTES",
+	{ "max-mil-bytes", T_BYTES32, L(max_mil_bytes), 1, ANES_MIL_CEIL_TEXT, "BYTES",
 	  "MIL text of one compile" },
+	{ "max-mil-statements", T_U64, O(mil.max_stmts), 1, ANES_MIL_CEIL_STMTS, "N",
+	  "statements (ops, constants, inputs, literals) of one program" },
+	{ "max-mil-tensor-bytes", T_BYTES, O(mil.max_tensor_bytes), 1, ANES_MIL_CEIL_TENSOR_BYTES, "BYTES",
+	  "bytes of one tensor of a program" },
+	{ "max-mil-value-bytes", T_BYTES, O(mil.max_value_bytes), 1, ANES_MIL_CEIL_VALUE_BYTES, "BYTES",
+	  "bytes of all the values (constants, inputs, intermediates) of one program together" },
+	{ "max-mil-functions", T_U32, O(mil.max_functions), 1, ANES_MAX_FUNCTIONS, "N",
+	  "functions of one program" },
+	{ "max-mil-io", T_U32, O(mil.max_io), 1, ANES_MAX_IO, "N", "inputs (or outputs) of one function" },
 	{ "max-weights", T_U32, L(max_weights), 0, 1024, "N", "weight blobs of one compile" },
 	{ "max-weight-bytes", T_BYTES, L(max_weight_bytes), 0, 16 * GiB, "BYTES",
 	  "weight bytes (all blobs) of one compile" },
@@ -467,6 +476,7 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 		             .run_deadline_floor_ms = ANES_WD_RUN_FLOOR_MS,
 		             .compile_deadline_floor_ms = ANES_WD_COMPILE_FLOOR_MS };
 	anes_server_config_init(&o->cfg);
+	anes_mil_limits_default(&o->mil);
 	o->cfg.handle_signals = true;
 
 	bool explicit_path = false;
@@ -526,6 +536,7 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 				              .run_deadline_floor_ms = ANES_WD_RUN_FLOOR_MS,
 				              .compile_deadline_floor_ms = ANES_WD_COMPILE_FLOOR_MS };
 			anes_server_config_init(&dflt.cfg);
+			anes_mil_limits_default(&dflt.mil);
 			usage(stdout, &dflt);
 			return 1;
 		}
@@ -553,6 +564,7 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 		return -EINVAL;
 	}
 	o->cfg.lanes = !o->no_lanes;
+	o->mil.max_text = o->cfg.limits.max_mil_bytes;
 	finish(o);
 	return 0;
 }

@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 
+#include "mil.h"
 #include "server.h"
 
 typedef struct anes_options {
@@ -45,6 +46,10 @@ typedef struct anes_options {
 	uint32_t compile_deadline_floor_ms;
 	char *worker_fault;         /* hidden test hook, passed to the worker */
 	bool no_lanes;              /* --no-lanes: cfg.lanes = false */
+	/* The parser's structural limits (--max-mil-*; max_text is
+	 * cfg.limits.max_mil_bytes): main.c sets them for the process, and the
+	 * device workers get them on their command line. */
+	anes_mil_limits mil;
 } anes_options;
 
 /* Fill o from argv and the configuration file.  Returns 0 when the daemon

@@ -428,7 +428,7 @@ Test(access, hello_announces_limits)
 	cr_expect_eq(limit(&ls, "drop_unsent_seconds"), 3);
 	cr_expect_eq(limit(&ls, "max_rank"), 8);
 	cr_expect_eq(limit(&ls, "max_dim"), 2147483647u);
-	cr_expect_eq(limit(&ls, "max_tensor_bytes"), 256u << 20);
+	cr_expect_eq(limit(&ls, "max_tensor_bytes"), (uint64_t)2 << 30);
 	cr_expect_eq(limit(&ls, "max_frame"), 64u << 20);
 	cr_expect_gt(limit(&ls, "drop_unsent_hard_bytes"), limit(&ls, "max_frame"));
 	for (size_t i = 0; i < N_LIMIT_KEYS; i++)

@@ -1114,6 +1114,10 @@ Test(daemon, bad_options_and_config_lines)
 		{ { "--no-such-option" }, "no-such-option" },
 		{ { "--max-frame" }, "--max-frame" },
 		{ { "--backend", "gpu" }, "gpu" },
+		{ { "--max-mil-statements", "0" }, "--max-mil-statements" },
+		{ { "--max-mil-io", "65" }, "--max-mil-io" },
+		{ { "--max-mil-tensor-bytes", "2T" }, "--max-mil-tensor-bytes" },
+		{ { "--max-mil-bytes", "2G" }, "--max-mil-bytes" },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		int code = run_aneshared(dir, cases[i].args, err, sizeof err);

@@ -340,13 +340,16 @@ Test(mil, error_huge_dims_and_rank)
 
 Test(mil, error_program_too_large)
 {
-	/* each input is 256 MiB (the per-tensor cap); 5 of them exceed 1 GiB */
+	/* each input is 2 GiB (the default per-tensor limit); 17 of them exceed the 32 GiB of values */
 	anes_mil_program *p = NULL;
-	const char *t = "program(1.3)\n{\n func main(tensor<fp32, [67108864]> a, tensor<fp32, [67108864]> b,\n"
-	                "  tensor<fp32, [67108864]> c,\n tensor<fp32, [67108864]> d, tensor<fp32, [67108864]> e) {\n"
-	                " } -> (a);\n}\n";
+	char t[2048];
+	size_t o = (size_t)snprintf(t, sizeof t, "program(1.3)\n{\n func main(");
+	for (int i = 0; i < 17; i++)
+		o += (size_t)snprintf(t + o, sizeof t - o, "%stensor<fp32, [536870912]> a%d\n", i ? ", " : "", i);
+	snprintf(t + o, sizeof t - o, ") {\n } -> (a0);\n}\n");
 	cr_assert_eq(parse(t, NULL, 0, &p), -EINVAL);
-	cr_assert(strncmp(errbuf, "line 5: ", 8) == 0, "%s", errbuf);
+	cr_assert(strncmp(errbuf, "line 19: ", 9) == 0, "%s", errbuf);
+	cr_assert(strstr(errbuf, "more than 34359738368 bytes of values"), "%s", errbuf);
 }
 
 static void blob_err(uint8_t *blob, size_t len, const char *offset, const char *substr)
@@ -657,4 +660,95 @@ Test(mil, older_text_form_errors)
 	expect_err("string s = const()[name = string(\"s\"), val = string(\"a\\x00b\")];", -EINVAL, 4, "NUL");
 	expect_err("tensor<int32, [2]> a = const()[name = string(\"a\"), val = tensor<int32, [2]>(-1)];", -EINVAL, 4,
 	           "expected ','");
+}
+
+/* ---- structural limits (docs/mil.md, Limits) ---- */
+
+/* a chain of n relus after one input: n + 1 statements */
+static char *relu_chain(uint32_t n)
+{
+	size_t cap = 128 + (size_t)n * 64;
+	char *t = malloc(cap);
+	size_t o = (size_t)snprintf(t, cap, "program(1.3)\n{\n func main<ios18>(tensor<fp16, [4]> v0) {\n");
+	for (uint32_t i = 1; i <= n; i++)
+		o += (size_t)snprintf(t + o, cap - o, "  tensor<fp16, [4]> v%u = relu(x = v%u);\n", i, i - 1);
+	snprintf(t + o, cap - o, " } -> (v%u);\n}\n", n);
+	return t;
+}
+
+Test(mil, default_limits_take_a_long_chain)
+{
+	/* 65,536 statements used to be the limit: a chain of 32,768 ops was refused */
+	char *t = relu_chain(200000);
+	anes_mil_program *p = NULL;
+	cr_assert_eq(parse(t, NULL, 0, &p), 0, "%s", errbuf);
+	cr_assert_eq(p->functions[0].n_ops, 200000);
+	anes_mil_program_free(p);
+	free(t);
+	const anes_mil_limits *l = anes_mil_get_limits();
+	cr_assert_eq(l->max_stmts, 1u << 20);
+	cr_assert_eq(l->max_text, 64u << 20);
+	cr_assert_eq(l->max_tensor_bytes, (uint64_t)2 << 30);
+	cr_assert_eq(l->max_value_bytes, (uint64_t)32 << 30);
+	/* one 128k x 4096 fp16 embedding (1 GiB) fits */
+	cr_assert_eq(parse_body("tensor<fp16, [131072, 4096]> e = const()[val = fp16(0)];", NULL, 0), -EINVAL);
+	cr_assert(strstr(errbuf, "val must be") || strstr(errbuf, "does not match"), "%s", errbuf);
+}
+
+Test(mil, each_limit_is_settable_and_enforced)
+{
+	anes_mil_limits l;
+	anes_mil_limits_default(&l);
+	l.max_text = 1 << 20;
+	l.max_stmts = 1000;
+	l.max_tensor_bytes = 1 << 20;
+	l.max_value_bytes = 3 << 20;
+	l.max_functions = 2;
+	l.max_io = 3;
+	cr_assert_eq(anes_mil_set_limits(&l), 0);
+	char buf[ANES_MIL_LIMITS_STR];
+	anes_mil_limits_format(&l, buf, sizeof buf);
+	cr_assert_str_eq(buf, "1048576,1000,1048576,3145728,2,3");
+	anes_mil_limits back;
+	cr_assert_eq(anes_mil_limits_scan(buf, &back), 0);
+	cr_assert_eq(memcmp(&back, &l, sizeof l), 0);
+	cr_assert_eq(anes_mil_limits_scan("1,2,3,4,5", &back), -EINVAL);
+	cr_assert_eq(anes_mil_limits_scan("1,2,3,4,5,6,", &back), -EINVAL);
+	cr_assert_eq(anes_mil_limits_scan("1,2,-3,4,5,6", &back), -EINVAL);
+
+	anes_mil_program *p = NULL;
+	char *t = relu_chain(998);   /* 999 statements */
+	cr_assert_eq(parse(t, NULL, 0, &p), 0, "%s", errbuf);
+	anes_mil_program_free(p);
+	free(t);
+	t = relu_chain(1000);
+	cr_assert_eq(parse(t, NULL, 0, &p), -EINVAL);
+	cr_assert(strstr(errbuf, "more than 1000 statements"), "%s", errbuf);
+	free(t);
+	t = relu_chain(30000);      /* > 1 MiB of text */
+	cr_assert_eq(parse(t, NULL, 0, &p), -EINVAL);
+	cr_assert(strstr(errbuf, "longer than 1048576 bytes"), "%s", errbuf);
+	free(t);
+	cr_assert_eq(parse("program(1.3)\n{ func main(tensor<fp16, [524289]> a) { } -> (a); }", NULL, 0, &p), -EINVAL);
+	cr_assert(strstr(errbuf, "larger than 1048576 bytes"), "%s", errbuf);
+	cr_assert_eq(parse("program(1.3)\n{ func main(tensor<fp16, [524288]> a, tensor<fp16, [524288]> b,\n"
+	                   " tensor<fp16, [524288]> c) { tensor<fp16, [524288]> d = relu(x = a); } -> (d); }",
+	                   NULL, 0, &p), -EINVAL);
+	cr_assert(strncmp(errbuf, "line 3: ", 8) == 0 && strstr(errbuf, "more than 3145728 bytes of values"), "%s",
+	          errbuf);
+	cr_assert_eq(parse("program(1.3)\n{ func main(tensor<fp16, [1]> a, tensor<fp16, [1]> b, tensor<fp16, [1]> c,"
+	                   " tensor<fp16, [1]> d) { } -> (a); }", NULL, 0, &p), -EINVAL);
+	cr_assert(strstr(errbuf, "more than 3 inputs"), "%s", errbuf);
+	cr_assert_eq(parse("program(1.3)\n{ func a(tensor<fp16, [1]> x) { } -> (x);\n func b(tensor<fp16, [1]> x) { } -> (x);\n"
+	                   " func c(tensor<fp16, [1]> x) { } -> (x); }", NULL, 0, &p), -EINVAL);
+	cr_assert(strstr(errbuf, "line 4: more than 2 functions"), "%s", errbuf);
+
+	/* out of range: refused, nothing changed */
+	anes_mil_limits bad = l;
+	bad.max_io = ANES_MAX_IO + 1;
+	cr_assert_eq(anes_mil_set_limits(&bad), -EINVAL);
+	bad = l;
+	bad.max_stmts = 0;
+	cr_assert_eq(anes_mil_set_limits(&bad), -EINVAL);
+	cr_assert_eq(anes_mil_get_limits()->max_io, 3);
 }

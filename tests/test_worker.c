@@ -1289,3 +1289,65 @@ Test(worker, names_up_to_1024_bytes_in_process_and_in_the_worker)
 	aneshare_disconnect(c);
 	h_daemon_stop(&D);
 }
+
+/* ---- the parser's limits are options, and the worker gets them ------------------------- */
+
+static void limits_check(aneshare_conn *c)
+{
+	/* 8 statements (2 inputs, 2 constants, 1 op... ) pass, a longer chain does not */
+	char *ok = h_square_mm_mil(4, "main");
+	aneshare_program *p;
+	cr_assert_eq(aneshare_program_compile(c, ok, NULL, 0, &p, NULL), 0, "%s", aneshare_last_error(c));
+	aneshare_program_release(p);
+	free(ok);
+	char big[4096];
+	size_t o = (size_t)snprintf(big, sizeof big, "program(1.3)\n{\n func main<ios18>(tensor<fp16, [4]> v0) {\n");
+	for (int i = 1; i <= 12; i++)
+		o += (size_t)snprintf(big + o, sizeof big - o, "  tensor<fp16, [4]> v%d = relu(x = v%d);\n", i, i - 1);
+	snprintf(big + o, sizeof big - o, " } -> (v12);\n}\n");
+	cr_assert_eq(aneshare_program_compile(c, big, NULL, 0, &p, NULL), -ANESHARE_ECOMPILE);
+	cr_assert(strstr(aneshare_last_error(c), "more than 10 statements"), "%s", aneshare_last_error(c));
+}
+
+Test(worker, mil_limits_from_the_config_file_reach_the_worker)
+{
+	char dir[] = "/tmp/anes-mil-limits-XXXXXX", conf[300];
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(conf, sizeof conf, "%s/aneshared.conf", dir);
+	FILE *f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "max_mil_statements = 10\nmax_mil_tensor_bytes = 1M\nmax_mil_value_bytes = 2M\n"
+	           "max_mil_functions = 3\nmax_mil_io = 5\nmax_mil_bytes = 100000\n");
+	fclose(f);
+
+	const char *in_process[] = { "--backend", "cpu", "--config", conf, NULL };
+	h_daemon_start_args(&D, in_process);
+	aneshare_conn *c = h_connect(&D, "mil-limits");
+	limits_check(c);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+
+	const char *worker[] = { "--backend", "cpu", "--worker", "--config", conf, NULL };
+	h_daemon_start_args(&D, worker);
+	c = h_connect(&D, "mil-limits-worker");
+	limits_check(c);
+#ifdef __linux__
+	/* the worker was started with the daemon's limits */
+	wstat w = worker_status();
+	char path[64], cmd[1024];
+	snprintf(path, sizeof path, "/proc/%lld/cmdline", (long long)w.pid);
+	FILE *cf = fopen(path, "r");
+	cr_assert_not_null(cf);
+	size_t n = fread(cmd, 1, sizeof cmd - 1, cf);
+	fclose(cf);
+	for (size_t i = 0; i < n; i++)
+		if (!cmd[i])
+			cmd[i] = ' ';
+	cmd[n] = '\0';
+	cr_assert(strstr(cmd, "--mil-limits 100000,10,1048576,2097152,3,5"), "%s", cmd);
+#endif
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+	unlink(conf);
+	rmdir(dir);
+}

@@ -28,7 +28,7 @@
 
 #define ANES_MAX_RANK 8          /* highest tensor rank a program may declare */
 #define ANES_MAX_IO 64           /* most inputs (or outputs) of one function */
-#define ANES_MAX_FUNCTIONS 64    /* most functions in one program */
+#define ANES_MAX_FUNCTIONS 256   /* most functions in one program (the parser's default limit is 64) */
 
 /* Element types.  The numeric values are part of the wire protocol only through
  * their names (anes_dtype_name), never as numbers. */

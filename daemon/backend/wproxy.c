@@ -38,6 +38,7 @@
 #include "anes_proto.h"   /* anes_socketpair_cloexec */
 #include "devworker.h"
 #include "util.h"
+#include "mil.h"
 
 extern char **environ;
 
@@ -242,7 +243,9 @@ static int spawn_worker(wproxy *p, int *ret_fd, pid_t *ret_pid, char *err, size_
 	}
 	char threads[16];
 	snprintf(threads, sizeof threads, "%u", p->threads);
-	char *argv[12];
+	char limits[ANES_MIL_LIMITS_STR];
+	anes_mil_limits_format(anes_mil_get_limits(), limits, sizeof limits);
+	char *argv[14];
 	int n = 0;
 	argv[n++] = (char *)"aneshared-worker";
 	argv[n++] = (char *)"--worker-child";
@@ -251,6 +254,8 @@ static int spawn_worker(wproxy *p, int *ret_fd, pid_t *ret_pid, char *err, size_
 	argv[n++] = p->backend;
 	argv[n++] = (char *)"--threads";
 	argv[n++] = threads;
+	argv[n++] = (char *)"--mil-limits";   /* the daemon's, set before the proxy starts */
+	argv[n++] = limits;
 	if (p->fault) {
 		argv[n++] = (char *)"--worker-fault";
 		argv[n++] = p->fault;

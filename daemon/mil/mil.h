@@ -22,9 +22,47 @@
 
 #include "backend.h"
 
-/* ---- limits (all inclusive) ---- */
-#define ANES_MIL_MAX_TEXT          (16u << 20)   /* bytes of MIL text */
-#define ANES_MIL_MAX_STMTS         65536u        /* statements + inputs + literals, whole program */
+/* ---- limits (all inclusive) ----
+ *
+ * The structural limits a program is checked against.  They are one set per
+ * process, set once at startup (aneshared's options --max-mil-*, passed on
+ * to its device workers) before any parse: anes_mil_set_limits is not
+ * synchronised with parses running on other threads.  The defaults fit the
+ * largest public converted models (docs/mil.md, Limits). */
+typedef struct anes_mil_limits {
+	uint64_t max_text;           /* bytes of MIL text */
+	uint64_t max_stmts;          /* statements, inputs, literals and attribute values, whole program */
+	uint64_t max_tensor_bytes;   /* one tensor */
+	uint64_t max_value_bytes;    /* the bytes of all values of a program together */
+	uint32_t max_functions;      /* functions of a program */
+	uint32_t max_io;             /* inputs (or outputs) of one function */
+} anes_mil_limits;
+
+#define ANES_MIL_DEFAULT_TEXT         ((uint64_t)64 << 20)
+#define ANES_MIL_DEFAULT_STMTS        ((uint64_t)1 << 20)
+#define ANES_MIL_DEFAULT_TENSOR_BYTES ((uint64_t)2 << 30)
+#define ANES_MIL_DEFAULT_VALUE_BYTES  ((uint64_t)32 << 30)
+/* The highest each limit may be set to */
+#define ANES_MIL_CEIL_TEXT            ((uint64_t)1 << 30)      /* the largest frame */
+#define ANES_MIL_CEIL_STMTS           ((uint64_t)1 << 28)
+#define ANES_MIL_CEIL_TENSOR_BYTES    ((uint64_t)1 << 40)
+#define ANES_MIL_CEIL_VALUE_BYTES     ((uint64_t)1 << 44)
+/* max_functions <= ANES_MAX_FUNCTIONS, max_io <= ANES_MAX_IO (backend.h) */
+
+/* The defaults */
+void anes_mil_limits_default(anes_mil_limits *ret);
+/* Set the process's limits.  -EINVAL (nothing changed) if one is 0 or above
+ * its ceiling. */
+int anes_mil_set_limits(const anes_mil_limits *l);
+/* The process's limits (the defaults until set) */
+const anes_mil_limits *anes_mil_get_limits(void);
+/* "TEXT,STMTS,TENSOR,VALUE,FUNCTIONS,IO" (decimal), how aneshared passes its
+ * limits to a device worker; buf of at least ANES_MIL_LIMITS_STR bytes */
+#define ANES_MIL_LIMITS_STR 128
+void anes_mil_limits_format(const anes_mil_limits *l, char *buf, size_t len);
+/* The reverse; -EINVAL if s is not that form */
+int anes_mil_limits_scan(const char *s, anes_mil_limits *ret);
+
 #define ANES_MIL_MAX_ARGS          64u           /* arguments (or attributes) of one op */
 #define ANES_MIL_MAX_TUPLE         1024u         /* elements of one tuple argument */
 #define ANES_MIL_MAX_OUTPUTS       64u           /* outputs of one op statement */
@@ -32,8 +70,6 @@
 #define ANES_MIL_MAX_NEST          16u           /* bracket nesting in literals */
 #define ANES_MIL_MAX_DICT          1024u         /* entries of a dict attribute */
 #define ANES_MIL_MAX_DIM           ((uint64_t)INT32_MAX)          /* one dimension */
-#define ANES_MIL_MAX_TENSOR_BYTES  ((uint64_t)256 << 20)          /* one tensor */
-#define ANES_MIL_MAX_PROGRAM_BYTES ((uint64_t)1 << 30)            /* sum over all values */
 /* Also: rank <= ANES_MAX_RANK, names <= ANES_NAME_MAX bytes (anes_name.h),
  * <= ANES_MAX_IO inputs and outputs per function, <= ANES_MAX_FUNCTIONS
  * functions (backend.h). */
@@ -80,7 +116,7 @@ typedef struct anes_mil_type {
 } anes_mil_type;
 
 /* Fill t; checks rank, dims (1..ANES_MIL_MAX_DIM) and size (overflow-checked,
- * <= ANES_MIL_MAX_TENSOR_BYTES).  Returns 0 or -EINVAL (t unspecified). */
+ * <= the max_tensor_bytes limit).  Returns 0 or -EINVAL (t unspecified). */
 int anes_mil_type_init(anes_mil_type *t, int dtype, uint32_t rank, const uint64_t *shape);
 bool anes_mil_type_equal(const anes_mil_type *a, const anes_mil_type *b);
 /* "[1,64,1,64]" (shape only); returns buf */

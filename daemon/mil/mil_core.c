@@ -121,6 +121,61 @@ int64_t anes_mil_load_i64(const void *data, int dtype, uint64_t i)
 	return v;
 }
 
+/* ---- limits ---- */
+
+static anes_mil_limits limits = {
+	ANES_MIL_DEFAULT_TEXT, ANES_MIL_DEFAULT_STMTS, ANES_MIL_DEFAULT_TENSOR_BYTES,
+	ANES_MIL_DEFAULT_VALUE_BYTES, 64, ANES_MAX_IO,
+};
+
+void anes_mil_limits_default(anes_mil_limits *ret)
+{
+	*ret = (anes_mil_limits){ ANES_MIL_DEFAULT_TEXT, ANES_MIL_DEFAULT_STMTS, ANES_MIL_DEFAULT_TENSOR_BYTES,
+		                  ANES_MIL_DEFAULT_VALUE_BYTES, 64, ANES_MAX_IO };
+}
+
+int anes_mil_set_limits(const anes_mil_limits *l)
+{
+	if (!l->max_text || l->max_text > ANES_MIL_CEIL_TEXT || !l->max_stmts || l->max_stmts > ANES_MIL_CEIL_STMTS ||
+	    !l->max_tensor_bytes || l->max_tensor_bytes > ANES_MIL_CEIL_TENSOR_BYTES || !l->max_value_bytes ||
+	    l->max_value_bytes > ANES_MIL_CEIL_VALUE_BYTES || !l->max_functions ||
+	    l->max_functions > ANES_MAX_FUNCTIONS || !l->max_io || l->max_io > ANES_MAX_IO)
+		return -EINVAL;
+	limits = *l;
+	return 0;
+}
+
+const anes_mil_limits *anes_mil_get_limits(void)
+{
+	return &limits;
+}
+
+void anes_mil_limits_format(const anes_mil_limits *l, char *buf, size_t len)
+{
+	snprintf(buf, len, "%llu,%llu,%llu,%llu,%u,%u", (unsigned long long)l->max_text,
+	         (unsigned long long)l->max_stmts, (unsigned long long)l->max_tensor_bytes,
+	         (unsigned long long)l->max_value_bytes, l->max_functions, l->max_io);
+}
+
+int anes_mil_limits_scan(const char *s, anes_mil_limits *ret)
+{
+	unsigned long long v[6];
+	for (int i = 0; i < 6; i++) {
+		char *end;
+		if (*s < '0' || *s > '9')
+			return -EINVAL;
+		errno = 0;
+		v[i] = strtoull(s, &end, 10);
+		if (errno || *end != (i < 5 ? ',' : '\0'))
+			return -EINVAL;
+		s = end + (i < 5);
+	}
+	if (v[4] > UINT32_MAX || v[5] > UINT32_MAX)
+		return -EINVAL;
+	*ret = (anes_mil_limits){ v[0], v[1], v[2], v[3], (uint32_t)v[4], (uint32_t)v[5] };
+	return 0;
+}
+
 /* ---- types ---- */
 
 int anes_mil_type_init(anes_mil_type *t, int dtype, uint32_t rank, const uint64_t *shape)
@@ -145,7 +200,7 @@ int anes_mil_type_init(anes_mil_type *t, int dtype, uint32_t rank, const uint64_
 	if (__builtin_mul_overflow(count, (uint64_t)es, &bytes))
 		return -EINVAL;
 	bytes = bytes / 8 + (bytes % 8 != 0);
-	if (bytes > ANES_MIL_MAX_TENSOR_BYTES)
+	if (bytes > anes_mil_get_limits()->max_tensor_bytes)
 		return -EINVAL;
 	t->dtype = dtype;
 	t->rank = rank;

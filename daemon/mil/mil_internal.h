@@ -7,7 +7,10 @@
 
 #include "mil.h"
 
-#define MIL_ARENA_CAP (((size_t)ANES_MIL_MAX_PROGRAM_BYTES) + ((size_t)256 << 20))
+/* What a program's arena may hold: its values, plus room for the IR of its
+ * statements (names, arguments, ops) */
+#define MIL_ARENA_CAP ((size_t)(anes_mil_get_limits()->max_value_bytes + \
+                                anes_mil_get_limits()->max_stmts * 256 + ((uint64_t)256 << 20)))
 
 struct anes_mil_arena;
 struct anes_mil_arena *mil_arena_new(void);

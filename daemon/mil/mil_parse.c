@@ -45,6 +45,7 @@ typedef struct parser {
 	uint32_t n_stmts;
 	uint64_t total_bytes;
 	bool borrow;        /* BLOBFILE constants point into the weights */
+	anes_mil_limits lim;
 	fnstate *fn;        /* function being parsed, NULL at program level */
 } parser;
 
@@ -372,8 +373,9 @@ static int hash_insert(fnstate *F, uint32_t idx)
 
 static int count_stmt(parser *P, uint32_t line)
 {
-	if (++P->n_stmts > ANES_MIL_MAX_STMTS)
-		return perr(P, -EINVAL, line, "program has more than %u statements", ANES_MIL_MAX_STMTS);
+	if (++P->n_stmts > P->lim.max_stmts)
+		return perr(P, -EINVAL, line, "program has more than %llu statements (the limit, --max-mil-statements)",
+		            (unsigned long long)P->lim.max_stmts);
 	return 0;
 }
 
@@ -389,9 +391,10 @@ static int add_value(parser *P, const anes_mil_value *v, uint32_t *ret_idx)
 			return perr(P, -EINVAL, v->line, "redefinition of '%s' (first defined on line %u)",
 			            v->name, F->values[old].line);
 	}
-	if (v->type.bytes > ANES_MIL_MAX_PROGRAM_BYTES - P->total_bytes)
-		return perr(P, -EINVAL, v->line, "program needs more than %llu bytes of tensors",
-		            (unsigned long long)ANES_MIL_MAX_PROGRAM_BYTES);
+	if (v->type.bytes > P->lim.max_value_bytes - P->total_bytes)
+		return perr(P, -EINVAL, v->line,
+		            "program needs more than %llu bytes of values (the limit, --max-mil-value-bytes)",
+		            (unsigned long long)P->lim.max_value_bytes);
 	if (F->nv == F->capv) {
 		uint32_t ncap = F->capv ? F->capv * 2 : 64;
 		anes_mil_value *nv = realloc(F->values, (size_t)ncap * sizeof *nv);
@@ -489,7 +492,7 @@ static int parse_type(parser *P, anes_mil_type *t)
 		}
 		if (anes_mil_type_init(t, dt, rank, shape))
 			return perr(P, -EINVAL, line, "tensor of %u dimensions is larger than %llu bytes", rank,
-			            (unsigned long long)ANES_MIL_MAX_TENSOR_BYTES);
+			            (unsigned long long)P->lim.max_tensor_bytes);
 		return 0;
 	}
 	dt = anes_mil_dtype_parse(P->t.s, P->t.len);
@@ -621,7 +624,7 @@ static int take_string(parser *P, const char **ret, size_t *ret_len)
 
 	if (P->t.k != T_STR)
 		return perr(P, -EINVAL, P->t.line, "expected a string, got %s", tok_desc(&P->t, d, sizeof d));
-	s = mil_arena_alloc(P->arena, P->t.len + 1);
+	s = mil_arena_alloc_small(P->arena, P->t.len + 1);
 	if (!s)
 		return nomem(P);
 	ptrdiff_t dn = decode_str(&P->t, s);
@@ -873,7 +876,9 @@ static int parse_literal(parser *P, anes_mil_value *v)
 		if (v->type.count > remaining + 1)
 			return perr(P, -EINVAL, line, "literal is shorter than its type's %llu elements",
 			            (unsigned long long)v->type.count);
-		uint8_t *data = mil_arena_alloc(P->arena, (size_t)v->type.bytes);
+		/* tensors 64-byte aligned (the kernels' loads); scalars need only 8 */
+		uint8_t *data = v->type.bytes <= 8 ? mil_arena_alloc_small(P->arena, (size_t)v->type.bytes)
+		                                   : mil_arena_alloc(P->arena, (size_t)v->type.bytes);
 		if (!data)
 			return nomem(P);
 		/* scalars, and one-element tensors written without brackets:
@@ -1098,7 +1103,7 @@ static int parse_single(parser *P, uint32_t *ret)
 		if (tok_is(&P->t, "true") || tok_is(&P->t, "false")) {
 			memset(&v, 0, sizeof v);
 			if (fn_lookup(F, tok_is(&P->t, "true") ? "true" : "false") < 0) {
-				uint8_t *b = mil_arena_alloc(P->arena, 1);
+				uint8_t *b = mil_arena_alloc_small(P->arena, 1);
 				if (!b)
 					return nomem(P);
 				*b = tok_is(&P->t, "true");
@@ -1138,7 +1143,7 @@ static int parse_single(parser *P, uint32_t *ret)
 				is_int = false;
 		int dt = is_int ? ANES_DT_INT32 : ANES_DT_FP32;
 		memset(&v, 0, sizeof v);
-		void *data = mil_arena_alloc(P->arena, 4);
+		void *data = mil_arena_alloc_small(P->arena, 4);
 		if (!data)
 			return nomem(P);
 		anes_mil_type_init(&v.type, dt, 0, NULL);
@@ -1490,9 +1495,9 @@ static int parse_function(parser *P, anes_mil_function *out)
 			memset(&v, 0, sizeof v);
 			v.line = P->t.line;
 			v.kind = ANES_MIL_V_INPUT;
-			if (n_in == ANES_MAX_IO)
-				return perr(P, -EINVAL, P->t.line, "function '%s' has more than %d inputs", F->f.name,
-				            ANES_MAX_IO);
+			if (n_in == P->lim.max_io)
+				return perr(P, -EINVAL, P->t.line, "function '%s' has more than %u inputs", F->f.name,
+				            P->lim.max_io);
 			TRY(parse_type(P, &v.type));
 			if (v.type.dtype == ANES_MIL_DT_STRING || anes_mil_dtype_is_storage(v.type.dtype))
 				return perr(P, -ENOTSUP, v.line, "function input of type %s is not supported",
@@ -1524,8 +1529,8 @@ static int parse_function(parser *P, anes_mil_function *out)
 	for (;;) {
 		const char *name;
 		uint32_t line = P->t.line;
-		if (n_out == ANES_MAX_IO)
-			return perr(P, -EINVAL, line, "function '%s' has more than %d outputs", F->f.name, ANES_MAX_IO);
+		if (n_out == P->lim.max_io)
+			return perr(P, -EINVAL, line, "function '%s' has more than %u outputs", F->f.name, P->lim.max_io);
 		TRY(take_name(P, &name, "an output name"));
 		int32_t idx = fn_lookup(F, name);
 		if (idx < 0)
@@ -1610,8 +1615,9 @@ static int parse_program(parser *P, anes_mil_program *prog)
 	while (tok_is(&P->t, "func")) {
 		fnstate F;
 		int rc;
-		if (nf == ANES_MAX_FUNCTIONS)
-			return perr(P, -EINVAL, P->t.line, "more than %d functions", ANES_MAX_FUNCTIONS);
+		if (nf == P->lim.max_functions)
+			return perr(P, -EINVAL, P->t.line, "more than %u functions (the limit, --max-mil-functions)",
+			            P->lim.max_functions);
 		memset(&F, 0, sizeof F);
 		P->fn = &F;
 		rc = parse_function(P, &funcs[nf]);
@@ -1683,8 +1689,10 @@ static int parse(const char *text, size_t len, const anes_weight *weights, size_
 	P.line = 1;
 	if (!text && len)
 		return perr(&P, -EINVAL, 0, "no program text");
-	if (len > ANES_MIL_MAX_TEXT)
-		return perr(&P, -EINVAL, 0, "program text longer than %u bytes", ANES_MIL_MAX_TEXT);
+	P.lim = *anes_mil_get_limits();
+	if (len > P.lim.max_text)
+		return perr(&P, -EINVAL, 0, "program text longer than %llu bytes (the limit, --max-mil-bytes)",
+		            (unsigned long long)P.lim.max_text);
 	if (n_weights && !weights)
 		return perr(&P, -EINVAL, 0, "no weights");
 	P.p = text ? text : "";

@@ -202,7 +202,7 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "max_weight_bytes", lim->max_weight_bytes);
 	pack_kv_u64(&f.pk, "max_rank", ANES_MAX_RANK);
 	pack_kv_u64(&f.pk, "max_dim", ANES_MIL_MAX_DIM);
-	pack_kv_u64(&f.pk, "max_tensor_bytes", ANES_MIL_MAX_TENSOR_BYTES);
+	pack_kv_u64(&f.pk, "max_tensor_bytes", anes_mil_get_limits()->max_tensor_bytes);
 	pack_kv_u64(&f.pk, "max_unsent_bytes", lim->max_unsent_bytes);
 	pack_kv_u64(&f.pk, "drop_unsent_bytes", lim->drop_unsent_bytes);
 	pack_kv_u64(&f.pk, "drop_unsent_seconds", lim->drop_unsent_seconds);

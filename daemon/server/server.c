@@ -53,7 +53,7 @@ void anes_server_config_init(anes_server_config *cfg)
 			.max_total_surface_bytes = phys_bytes() / 4,
 			.max_programs = 256,
 			.max_inflight = 64,
-			.max_mil_bytes = 16u << 20,
+			.max_mil_bytes = 64u << 20,   /* ANES_MIL_DEFAULT_TEXT (daemon/mil/mil.h) */
 			.max_weights = 256,
 			.max_weight_bytes = 64u << 20,
 			.max_connections = 256,

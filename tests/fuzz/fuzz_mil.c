@@ -36,7 +36,7 @@ static void check_tensor(const anes_tensor_desc *t, const anes_mil_value *v)
 		CHECK(t->shape[i] >= 1 && t->shape[i] <= ANES_MIL_MAX_DIM);
 		n *= t->shape[i];
 	}
-	CHECK(n == t->bytes && t->bytes == v->type.bytes && t->bytes <= ANES_MIL_MAX_TENSOR_BYTES);
+	CHECK(n == t->bytes && t->bytes == v->type.bytes && t->bytes <= anes_mil_get_limits()->max_tensor_bytes);
 	CHECK((int)t->dtype == v->type.dtype && t->rank == v->type.rank);
 }
 
@@ -201,7 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rc == 0) {
 		CHECK(p != NULL);
 		CHECK(p->n_functions >= 1 && p->n_functions <= ANES_MAX_FUNCTIONS);
-		CHECK(p->total_bytes <= ANES_MIL_MAX_PROGRAM_BYTES);
+		CHECK(p->total_bytes <= anes_mil_get_limits()->max_value_bytes);
 		for (uint32_t i = 0; i < p->n_functions; i++) {
 			check_function(&p->functions[i], &p->info[i]);
 			if (i > 0)
