@@ -5,7 +5,7 @@
  *
  * The worker's main thread reads messages in order: surface and program
  * bookkeeping happens there, compiles and runs go to a small thread pool
- * and are answered from it (replies may come in any order; the daemon
+ * (the daemon's generic one, tpool.h) and are answered from it (replies may come in any order; the daemon
  * matches them by ID).  The daemon never drops a surface or frees a
  * program while a run that uses it is in flight, so the tables need no
  * reference counts.
@@ -23,6 +23,7 @@
 #include "anes_proto.h"   /* anes_recvmsg_cloexec */
 #include "anes_shm.h"
 #include "devworker.h"
+#include "tpool.h"
 #include "util.h"
 
 /* ---- messages ------------------------------------------------------------ */
@@ -195,8 +196,12 @@ typedef struct wprog {
 	anes_bprogram *prog;
 } wprog;
 
+typedef struct worker worker;
+
+/* A compile or a run, a task of the worker's thread pool (tpool.h). */
 typedef struct wjob {
-	struct wjob *next;
+	anes_task task;
+	worker *w;
 	anes_wmsg_hdr h;
 	void *payload;
 	anes_bprogram *prog;        /* run */
@@ -205,20 +210,18 @@ typedef struct wjob {
 	anes_surface_desc descs[2 * ANES_MAX_IO];   /* the same, for backends with run_surfaces */
 } wjob;
 
-typedef struct worker {
+struct worker {
 	int fd;
 	anes_backend *b;
 	const char *fail_compile;   /* test hook: "func NAME<" that fails with -EIO */
-	pthread_mutex_t m;          /* tables, queue */
-	pthread_cond_t cond;
+	anes_tpool *pool;           /* compiles and runs, first in first out */
+	pthread_mutex_t m;          /* tables */
 	pthread_mutex_t send_m;
-	wjob *head, **tail;
-	bool stop;
 	wsurf *surfs;
 	size_t n_surfs, cap_surfs;
 	wprog *progs;
 	size_t n_progs, cap_progs;
-} worker;
+};
 
 static int grow(void **v, size_t *cap, size_t n, size_t elem)
 {
@@ -422,30 +425,22 @@ static void do_run(worker *w, wjob *j)
 	reply(w, ANES_WM_RAN, j->h.id, v, 4);
 }
 
-static void *thread_main(void *arg)
+static void job_run(anes_task *t)
 {
-	worker *w = arg;
-	pthread_mutex_lock(&w->m);
-	for (;;) {
-		while (!w->head && !w->stop)
-			pthread_cond_wait(&w->cond, &w->m);
-		if (!w->head)
-			break;
-		wjob *j = w->head;
-		w->head = j->next;
-		if (!w->head)
-			w->tail = &w->head;
-		pthread_mutex_unlock(&w->m);
-		if (j->h.type == ANES_WM_COMPILE)
-			do_compile(w, j);
-		else
-			do_run(w, j);
-		free(j->payload);
-		free(j);
-		pthread_mutex_lock(&w->m);
-	}
-	pthread_mutex_unlock(&w->m);
-	return NULL;
+	wjob *j = ANES_CONTAINER_OF(t, wjob, task);
+	if (j->h.type == ANES_WM_COMPILE)
+		do_compile(j->w, j);
+	else
+		do_run(j->w, j);
+}
+
+/* Run or not (the daemon went away while it was queued: nobody waits for
+ * it any more), the job is done. */
+static void job_end(anes_task *t, bool ran)
+{
+	wjob *j = ANES_CONTAINER_OF(t, wjob, task);
+	free(j->payload);
+	free(j);
 }
 
 /* On the main thread: resolve a run's program and surfaces (so that the
@@ -594,8 +589,6 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 		snprintf(fail_compile, sizeof fail_compile, "func %s<", fault + 12);
 		w.fail_compile = fail_compile;
 	}
-	pthread_t th[64];
-	unsigned nt = 0;
 	int status = 0;
 
 	/* The daemon decides when the worker ends (it closes the socket);
@@ -603,21 +596,19 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 	signal(SIGINT, SIG_IGN);
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGPIPE, SIG_IGN);
-	pthread_mutex_init(&w.m, NULL);
-	pthread_mutex_init(&w.send_m, NULL);
-	pthread_cond_init(&w.cond, NULL);
-	w.tail = &w.head;
 	if (n_threads == 0)
 		n_threads = 2;
 	if (n_threads > 64)
 		n_threads = 64;
-	for (; nt < n_threads; nt++)
-		if (pthread_create(&th[nt], NULL, thread_main, &w) != 0)
-			break;
-	if (nt == 0) {
-		fprintf(stderr, "aneshared worker: cannot start threads\n");
+	/* Its order is the daemon's: the daemon's scheduler decided it, and
+	 * keeps no more calls in flight here than it has threads calling. */
+	int r = anes_tpool_new(n_threads, 0, &w.pool);
+	if (r < 0) {
+		fprintf(stderr, "aneshared worker: cannot start threads: %s\n", strerror(-r));
 		return 1;
 	}
+	pthread_mutex_init(&w.m, NULL);
+	pthread_mutex_init(&w.send_m, NULL);
 
 	uint32_t pid = (uint32_t)getpid();
 	const char *name = b->ops->name ? b->ops->name : "unknown";
@@ -629,7 +620,7 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 		anes_wmsg_hdr h;
 		void *payload;
 		int mfd;
-		int r = anes_wmsg_recv(fd, &h, &payload, &mfd);
+		r = anes_wmsg_recv(fd, &h, &payload, &mfd);
 		if (r == -EPIPE)
 			break;
 		if (r < 0) {
@@ -663,8 +654,11 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 				free(payload);
 				break;
 			}
+			j->w = &w;
 			j->h = h;
 			j->payload = payload;
+			j->task.run = job_run;
+			j->task.end = job_end;
 			if (h.type == ANES_WM_RUN) {
 				char err[256] = "";
 				int rc = prepare_run(&w, j, err, sizeof(err));
@@ -675,11 +669,7 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 					break;
 				}
 			}
-			pthread_mutex_lock(&w.m);
-			*w.tail = j;
-			w.tail = &j->next;
-			pthread_cond_signal(&w.cond);
-			pthread_mutex_unlock(&w.m);
+			anes_tpool_submit(w.pool, &j->task);
 			break;
 		}
 		default:
@@ -693,28 +683,14 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 	}
 
 	/* Nobody waits for queued work any more: drop it, finish what runs. */
-	pthread_mutex_lock(&w.m);
-	w.stop = true;
-	wjob *q = w.head;
-	w.head = NULL;
-	w.tail = &w.head;
-	pthread_cond_broadcast(&w.cond);
-	pthread_mutex_unlock(&w.m);
-	while (q) {
-		wjob *n = q->next;
-		free(q->payload);
-		free(q);
-		q = n;
-	}
-	for (unsigned i = 0; i < nt; i++)
-		pthread_join(th[i], NULL);
+	anes_tpool_stop(w.pool);
+	anes_tpool_free(w.pool);
 	for (size_t i = 0; i < w.n_progs; i++)
 		b->ops->program_free(b, w.progs[i].prog);
 	for (size_t i = 0; i < w.n_surfs; i++)
 		wsurf_unmap(&w.surfs[i]);
 	free(w.progs);
 	free(w.surfs);
-	pthread_cond_destroy(&w.cond);
 	pthread_mutex_destroy(&w.send_m);
 	pthread_mutex_destroy(&w.m);
 	return status;

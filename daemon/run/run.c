@@ -557,7 +557,7 @@ static void submit(anes_conn *c, const anes_run_wire *w)
 		cost_ns += atomic_load_explicit(&st->entry->run_ns, memory_order_relaxed);
 	}
 	/* Its client's queue, and its estimated device time (jobsched.h). */
-	rj->job.si = (anes_sitem){ .flow = &c->tenant->sflow, .cost_ns = cost_ns };
+	rj->job.task.si = (anes_sitem){ .flow = &c->tenant->sflow, .cost_ns = cost_ns };
 	rj->job.work = run_work;
 	rj->job.done = run_done;
 	rj->job.reply = run_reply;

@@ -33,19 +33,18 @@
 #endif
 
 #include "daemon.h"
+#include "tpool.h"
 
 struct anes_pool {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	anes_sched sched;             /* queued (jobsched.h) */
+	anes_tpool *tp;               /* the job workers (tpool.h) */
+	anes_pool_hooks hooks;
+	pthread_mutex_t mu;           /* done */
 	anes_job *done, **done_tail;  /* finished, not yet delivered */
-	bool stop;
 	atomic_bool lanes_stop;
 	int pollfd;                   /* the lanes' poll set, -1 without lanes */
 	int wakefd;                   /* epoll: an eventfd in the set; kqueue: unused */
-	unsigned n_threads;           /* job workers, then lane threads, in threads[] */
 	unsigned n_lane_threads;
-	pthread_t *threads;
+	pthread_t *threads;           /* the lane threads */
 	uv_async_t async;
 };
 
@@ -181,15 +180,24 @@ static void push_done(anes_pool *p, anes_job *j)
 	p->done_tail = &j->next;
 }
 
-static void run_job(anes_pool *p, anes_job *j)
+static void job_run(anes_task *t)
 {
-	uint64_t t0 = anes_now_ns();
+	anes_job *j = ANES_CONTAINER_OF(t, anes_job, task);
 	j->work(j);
-	uint64_t ns = anes_now_ns() - t0;
-	pthread_mutex_t *held = j->reply ? j->reply(j) : NULL;
+}
+
+/* A cancelled job is marked by being on the done list with work == NULL. */
+static void job_end(anes_task *t, bool ran)
+{
+	anes_job *j = ANES_CONTAINER_OF(t, anes_job, task);
+	anes_pool *p = j->pool;
+	pthread_mutex_t *held = NULL;
+	if (!ran)
+		j->work = NULL;
+	else if (j->reply)
+		held = j->reply(j);
 
 	pthread_mutex_lock(&p->mu);
-	anes_sched_done(&p->sched, &j->si, ns);
 	push_done(p, j);
 	/* Before p->mu: once the loop can take j off the list, it may free
 	 * what held lives in. */
@@ -197,27 +205,6 @@ static void run_job(anes_pool *p, anes_job *j)
 		pthread_mutex_unlock(held);
 	pthread_mutex_unlock(&p->mu);
 	uv_async_send(&p->async);
-}
-
-/* A cancelled job is marked by being on the done list with work == NULL. */
-static void *worker_main(void *arg)
-{
-	anes_pool *p = arg;
-
-	pthread_mutex_lock(&p->mu);
-	for (;;) {
-		while (!p->stop && anes_sched_empty(&p->sched))
-			pthread_cond_wait(&p->cv, &p->mu);
-		anes_sitem *it = anes_sched_pop(&p->sched);
-		if (!it)
-			break;
-		anes_job *j = ANES_CONTAINER_OF(it, anes_job, si);
-		pthread_mutex_unlock(&p->mu);
-		run_job(p, j);
-		pthread_mutex_lock(&p->mu);
-	}
-	pthread_mutex_unlock(&p->mu);
-	return NULL;
 }
 
 static void *lane_main(void *arg)
@@ -256,16 +243,18 @@ static void deliver(anes_pool *p)
 	if (!list)
 		return;
 
-	/* The replies of one batch leave together, one sendmsg per connection. */
-	anes_server *srv = ANES_CONTAINER_OF(p->async.loop, anes_server, loop);
-	anes_conn_batch_begin(srv);
+	/* The replies of one batch leave together (the server: one sendmsg
+	 * per connection). */
+	if (p->hooks.batch_begin)
+		p->hooks.batch_begin(p->hooks.ud);
 	while (list) {
 		anes_job *j = list;
 		list = j->next;
 		bool cancelled = j->work == NULL;
 		j->done(j, cancelled);
 	}
-	anes_conn_batch_end(srv);
+	if (p->hooks.batch_end)
+		p->hooks.batch_end(p->hooks.ud);
 }
 
 void anes_pool_collect(anes_pool *p)
@@ -281,25 +270,27 @@ static void on_async(uv_async_t *h)
 static void on_closed(uv_handle_t *h)
 {
 	anes_pool *p = h->data;
-	pthread_cond_destroy(&p->cv);
+	anes_tpool_free(p->tp);
 	pthread_mutex_destroy(&p->mu);
 	free(p->threads);
 	free(p);
 }
 
-int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, anes_pool **ret)
+int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
+                  const anes_pool_hooks *hooks, anes_pool **ret)
 {
 	if (n_threads == 0)
 		return -EINVAL;
 	anes_pool *p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	p->threads = calloc(n_threads + n_lane_threads, sizeof(*p->threads));
-	if (!p->threads) {
+	p->threads = n_lane_threads ? calloc(n_lane_threads, sizeof(*p->threads)) : NULL;
+	if (n_lane_threads && !p->threads) {
 		free(p);
 		return -ENOMEM;
 	}
-	anes_sched_init(&p->sched, ANES_SCHED_SLICE_NS);
+	if (hooks)
+		p->hooks = *hooks;
 	p->done_tail = &p->done;
 	p->pollfd = p->wakefd = -1;
 	atomic_init(&p->lanes_stop, false);
@@ -313,10 +304,8 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, 
 		}
 	}
 	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
 	int r = uv_async_init(loop, &p->async, on_async);
 	if (r < 0) {
-		pthread_cond_destroy(&p->cv);
 		pthread_mutex_destroy(&p->mu);
 		poll_cleanup(p);
 		free(p->threads);
@@ -325,18 +314,19 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, 
 	}
 	p->async.data = p;
 
-	for (unsigned i = 0; i < n_threads + n_lane_threads; i++) {
-		bool lane = i >= n_threads;
-		r = pthread_create(&p->threads[i], NULL, lane ? lane_main : worker_main, p);
+	r = anes_tpool_new(n_threads, ANES_SCHED_SLICE_NS, &p->tp);
+	if (r < 0) {
+		anes_pool_shutdown(p);
+		return r;
+	}
+	for (unsigned i = 0; i < n_lane_threads; i++) {
+		r = pthread_create(&p->threads[i], NULL, lane_main, p);
 		if (r != 0) {
 			/* Leaves a working but smaller pool shut down cleanly. */
 			anes_pool_shutdown(p);
 			return -r;
 		}
-		if (lane)
-			p->n_lane_threads++;
-		else
-			p->n_threads++;
+		p->n_lane_threads++;
 	}
 	*ret = p;
 	return 0;
@@ -344,24 +334,15 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, 
 
 void anes_pool_submit(anes_pool *p, anes_job *j)
 {
-	pthread_mutex_lock(&p->mu);
-	if (p->stop) {
-		j->work = NULL;
-		push_done(p, j);
-		pthread_mutex_unlock(&p->mu);
-		uv_async_send(&p->async);
-		return;
-	}
-	anes_sched_push(&p->sched, &j->si);
-	pthread_cond_signal(&p->cv);
-	pthread_mutex_unlock(&p->mu);
+	j->pool = p;
+	j->task.run = job_run;
+	j->task.end = job_end;
+	anes_tpool_submit(p->tp, &j->task);
 }
 
 void anes_pool_set_class(anes_pool *p, anes_sflow *f, anes_sclass sc)
 {
-	pthread_mutex_lock(&p->mu);
-	f->sclass = sc;
-	pthread_mutex_unlock(&p->mu);
+	anes_tpool_set_class(p->tp, f, sc);
 }
 
 void anes_pool_complete(anes_pool *p, anes_job *j)
@@ -376,25 +357,16 @@ void anes_pool_shutdown(anes_pool *p)
 {
 	if (!p)
 		return;
-	pthread_mutex_lock(&p->mu);
-	p->stop = true;
-	/* Queued jobs never start: move them to the done list as cancelled. */
-	for (anes_sitem *it = anes_sched_drain(&p->sched); it;) {
-		anes_job *j = ANES_CONTAINER_OF(it, anes_job, si);
-		it = it->next;
-		j->work = NULL;
-		push_done(p, j);
-	}
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
+	/* Queued jobs never start: they go to the done list as cancelled. */
+	if (p->tp)
+		anes_tpool_stop(p->tp);
 	if (p->n_lane_threads > 0) {
 		atomic_store(&p->lanes_stop, true);
 		poll_wake(p);   /* never read: wakes every lane thread */
 	}
-
-	for (unsigned i = 0; i < p->n_threads + p->n_lane_threads; i++)
+	for (unsigned i = 0; i < p->n_lane_threads; i++)
 		pthread_join(p->threads[i], NULL);
-	p->n_threads = p->n_lane_threads = 0;
+	p->n_lane_threads = 0;
 	poll_cleanup(p);
 
 	/* Every done() may free refs that close connections or cache entries;

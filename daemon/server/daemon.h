@@ -22,6 +22,7 @@
 #include "backend.h"
 #include "server.h"
 #include "tenant.h"
+#include "tpool.h"
 #include "util.h"
 
 #define ANES_CLIENT_NAME_MAX 128   /* bytes of the hello "client" name */
@@ -165,9 +166,11 @@ struct anes_job {
 	 * once the job is on the done list (so the loop, by taking that mutex
 	 * and then calling anes_pool_collect, is sure to see the job). */
 	pthread_mutex_t *(*reply)(anes_job *j);
-	/* Set by the submitter (zero: the pool's own flow, a run of unknown
-	 * cost): the client's flow, the estimated device time, compile or run. */
-	anes_sitem si;
+	/* task.si is set by the submitter (zero: the pool's own flow, a run of
+	 * unknown cost): the client's flow, the estimated device time, compile
+	 * or run.  The rest of task, and pool, are the pool's. */
+	anes_task task;
+	anes_pool *pool;
 };
 
 /* Compiles of a client go before other clients' runs while it has had no
@@ -510,10 +513,20 @@ void anes_centry_unpin(anes_centry *e);
 
 /* ---- worker pool (worker.c) ---------------------------------------------- */
 
-/* loop: an anes_server's (deliver batches the replies through it).
- * n_threads job workers; n_lane_threads threads that serve lanes and
+/* Called on the loop around each batch of done() calls (either may be
+ * NULL): the server sends the replies of a batch together
+ * (anes_conn_batch_begin/end). */
+typedef struct anes_pool_hooks {
+	void (*batch_begin)(void *ud);
+	void (*batch_end)(void *ud);
+	void *ud;
+} anes_pool_hooks;
+
+/* n_threads job workers (a generic anes_tpool, tpool.h, that delivers its
+ * finished jobs to loop); n_lane_threads threads that serve lanes and
  * nothing else (0: anes_pool_lane_arm fails). */
-int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads, anes_pool **ret);
+int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
+                  const anes_pool_hooks *hooks, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
 /* Loop: the scheduling class of flow f from now on (jobsched.h). */
 void anes_pool_set_class(anes_pool *p, anes_sflow *f, anes_sclass sc);

@@ -626,6 +626,17 @@ static void clamp_fd_limits(anes_server *srv)
 		l->max_client_fds = l->max_daemon_fds;
 }
 
+/* The pool delivers finished jobs in batches: their replies leave together. */
+static void pool_batch_begin(void *ud)
+{
+	anes_conn_batch_begin(ud);
+}
+
+static void pool_batch_end(void *ud)
+{
+	anes_conn_batch_end(ud);
+}
+
 int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errbuf,
                     size_t errbuf_len)
 {
@@ -786,8 +797,9 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		goto fail;
 	}
 	loop_init = true;
+	const anes_pool_hooks hooks = { pool_batch_begin, pool_batch_end, srv };
 	r = anes_pool_new(&srv->loop, srv->cfg.workers, srv->cfg.lanes ? srv->cfg.lane_threads : 0,
-	                  &srv->pool);
+	                  &hooks, &srv->pool);
 	if (r < 0) {
 		errmsg(errbuf, errbuf_len, "cannot start worker threads: %s", strerror(-r));
 		goto fail;

@@ -663,7 +663,7 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 	}
 	e->pins = 1;  /* the compile job's */
 	cache_insert(srv->cache, e);
-	cj->job.si = (anes_sitem){ .flow = &cj->tenant->sflow, .compile = true };
+	cj->job.task.si = (anes_sitem){ .flow = &cj->tenant->sflow, .compile = true };
 	anes_pool_submit(srv->pool, &cj->job);
 	return;
 
