@@ -15,6 +15,7 @@
 
 #include "anes_fp16.h"
 #include "backend.h"
+#include "cpu_internal.h"
 #include "transformer_ref.h"
 
 static anes_backend *B;
@@ -2880,4 +2881,38 @@ Test(ops, einsum_equations)
 	cr_assert(strstr(errbuf, "a repeated index in one term is not supported"), "%s", errbuf);
 	compile_err(prog("tensor<fp32, [3, 3]> a", "y", "        tensor<fp32, [3, 3]> y = einsum(values = (a, a, a), equation = string(\"ij,jk,kl->il\"));"));
 	cr_assert(strstr(errbuf, "einsum of 3 operands is not supported"), "%s", errbuf);
+}
+
+/* ---- docs/mil.md's table of every op of the iOS 15-18 opsets states the code ---- */
+
+Test(ops, doc_table_matches_the_op_table)
+{
+	char *doc = read_example("docs/mil.md");
+	char *sec = strstr(doc, "## Every op of the iOS 15-18 opsets");
+	cr_assert_not_null(sec);
+	char *end = strstr(sec + 4, "\n## ");
+	if (end)
+		*end = 0;
+	int rows = 0, supported = 0;
+	for (char *line = strstr(sec, "\n| `"); line; line = strstr(line + 1, "\n| `")) {
+		char name[64], status[32];
+		cr_assert_eq(sscanf(line, "\n| `%63[a-z0-9_]` | %*[0-9, ] | %31[a-z (]", name, status), 2, "bad row: %.80s", line + 1);
+		bool has_def = anes_mil_opdef_find(name, strlen(name)) != NULL;
+		bool has_kernel = cpu_opimpl_find(name) != NULL;
+		rows++;
+		if (!strcmp(status, "supported (a value")) {
+			cr_assert(!has_def, "%s is an op now", name);
+		} else if (!strcmp(status, "supported ")) {
+			cr_assert(has_def && has_kernel, "docs/mil.md says %s is supported, but the op table (%d) or the CPU kernels (%d) lack it",
+			          name, has_def, has_kernel);
+			supported++;
+		} else {
+			cr_assert(!strncmp(status, "unsupported", 11), "row %s: status '%s'", name, status);
+			cr_assert(!(has_def && has_kernel), "docs/mil.md says %s is unsupported, but the CPU backend runs it: update the row",
+			          name);
+		}
+	}
+	cr_assert_geq(rows, 168, "%d rows", rows);
+	cr_assert_geq(supported, 136, "%d supported", supported);
+	free(doc);
 }

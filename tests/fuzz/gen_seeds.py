@@ -342,6 +342,86 @@ def main():
         '        tensor<string, []> to32 = const()[name = tensor<string, []>("to32"), val = tensor<string, []>("fp32")];\n'
         '        tensor<fp32, [1, 1]> r32 = cast(dtype = to32, x = r)[name = tensor<string, []>("cast_0")];\n'
         '    } -> (y, r32, q);\n}\n').encode()
+    # the ops of the iOS 15-18 opsets added for issue 17 (docs/mil.md, Supported ops)
+    mils['ops_masks'] = (fn % (
+        'tensor<fp16, [2, 4]> x, tensor<fp16, [4]> y, tensor<int32, [2, 1]> i, tensor<bool, [2, 4]> b',
+        '    tensor<bool, [2, 4]> lt = less(x = x, y = y);\n'
+        '    tensor<bool, [2, 4]> ge = greater_equal(x = x, y = fp16(0.5));\n'
+        '    tensor<bool, [2, 4]> eq = equal(x = i, y = tensor<int32, [4]>([0, 1, 2, 3]));\n'
+        '    tensor<bool, [2, 4]> nb = logical_not(x = b);\n'
+        '    tensor<bool, [2, 4]> m = logical_and(x = lt, y = nb);\n'
+        '    tensor<bool, [2, 4]> mo = logical_or(x = m, y = ge);\n'
+        '    tensor<bool, [2, 4]> o = logical_xor(x = mo, y = eq);\n'
+        '    tensor<fp16, [2, 4]> s = select(cond = o, a = x, b = fp16(-1));\n'
+        '    tensor<int32, [2, 4]> fd = floor_div(x = i, y = tensor<int32, [4]>([3, -2, 0, 5]));\n'
+        '    tensor<int32, [2, 4]> md = mod(x = i, y = tensor<int32, [4]>([3, -2, 0, 5]));\n'
+        '    tensor<fp16, [2, 4]> fm = mod(x = x, y = y);\n'
+        '    tensor<fp16, [2, 4]> r1 = ceil(x = s);\n'
+        '    tensor<fp16, [2, 4]> r2 = floor(x = r1);\n'
+        '    tensor<fp16, [2, 4]> r3 = sign(x = r2);\n'
+        '    tensor<fp16, [2, 4]> r = round(x = r3);\n'
+        '    tensor<fp16, [2, 4]> t1 = exp2(x = r);\n'
+        '    tensor<fp16, [2, 4]> t2 = sin(x = t1);\n'
+        '    tensor<fp16, [2, 4]> t3 = softplus(x = t2);\n'
+        '    tensor<fp16, [2, 4]> t4 = leaky_relu(x = t3, alpha = fp16(0.1));\n'
+        '    tensor<fp16, [2, 4]> t = elu(x = t4, alpha = fp16(1));\n'
+        '    tensor<fp16, [2, 4]> h1 = clamped_relu(x = t, alpha = fp16(0.1), beta = fp16(6));\n'
+        '    tensor<fp16, [2, 4]> h = sigmoid_hard(x = h1, alpha = fp16(0.2), beta = fp16(0.5));',
+        's, fd, md, fm, h')).encode()
+    mils['ops_reduce_sort'] = (fn % (
+        'tensor<fp16, [2, 3, 4]> x, tensor<int32, [2, 3, 4]> n',
+        '    tensor<fp16, [2, 4]> p = reduce_prod(x = x, axes = tensor<int32, [1]>([1]));\n'
+        '    tensor<fp16, [2, 1, 1]> l = reduce_log_sum_exp(x = x, axes = tensor<int32, [2]>([1, 2]), keep_dims = true);\n'
+        '    fp16 q = reduce_l2_norm(x = x);\n'
+        '    tensor<int32, [2, 3]> am = reduce_argmax(x = x, axis = int32(-1));\n'
+        '    tensor<int32, [2, 1, 4]> an = reduce_argmin(x = n, axis = int32(1), keep_dims = true);\n'
+        '    tensor<fp16, [2, 3, 4]> c = cumsum(x = x, axis = int32(2), exclusive = true, reverse = true);\n'
+        '    tensor<fp16, [2, 3, 2]> tv, tensor<int32, [2, 3, 2]> ti = topk(x = c, k = int32(2), axis = int32(-1), ascending = false);\n'
+        '    tensor<int32, [2, 3, 4]> as = argsort(x = n, axis = int32(0), ascending = true);\n'
+        '    tensor<fp16, [2, 3, 4]> bn = batch_norm(x = x, mean = tensor<fp16, [3]>([0, 1, 2]), variance = tensor<fp16, [3]>([1, 1, 0]), epsilon = fp16(0.001));\n'
+        '    tensor<fp16, [2, 3, 4]> in = instance_norm(x = bn, gamma = tensor<fp16, [3]>([1, 2, 3]));\n'
+        '    tensor<fp16, [2, 3, 4]> l2 = l2_norm(x = in);\n'
+        '    tensor<fp16, [2, 3, 4]> pr = prelu(x = l2, alpha = tensor<fp16, [3]>([0.1, 0.2, 0.3]));',
+        'p, l, q, am, an, tv, ti, as, pr')).encode()
+    mils['ops_data'] = (fn % (
+        'tensor<fp16, [3, 4, 2]> x, tensor<int32, [2, 2]> nd, tensor<int32, [3, 2, 2]> ia, tensor<int32, [2]> bg, tensor<int32, [3]> oh',
+        '    tensor<fp16, [2, 2]> g = gather_nd(x = x, indices = nd);\n'
+        '    tensor<fp16, [3, 2, 2]> ga = gather_along_axis(x = x, indices = ia, axis = int32(1));\n'
+        '    tensor<fp16, [3, 4, 2]> sa = scatter_along_axis(data = x, indices = ia, updates = ga, axis = int32(1), mode = string("max"));\n'
+        '    tensor<fp16, [3, 4, 2]> sn = scatter_nd(data = sa, indices = nd, updates = g, mode = string("mul"));\n'
+        '    tensor<fp16, [3, 4, 2]> sc = scatter(data = sn, indices = oh, updates = sn, axis = int32(0), mode = string("update"));\n'
+        '    tensor<fp16, [4, 2]> row = slice_by_index(x = sc, begin = tensor<int32, [3]>([0, 0, 0]), end = tensor<int32, [3]>([1, 4, 2]), squeeze_mask = tensor<bool, [3]>([true, false, false]));\n'
+        '    tensor<fp16, [3, 4, 2]> su = slice_update(x = sc, update = row, begin = tensor<int32, [3]>([2, 0, 0]), end = tensor<int32, [3]>([3, 4, 2]), squeeze_mask = tensor<bool, [3]>([true, false, false]));\n'
+        '    tensor<fp16, [3, 2]> z = fill(shape = tensor<int32, [2]>([3, 2]), value = fp16(0));\n'
+        '    tensor<fp16, [3, 2]> rs = slice_update(x = z, update = tensor<fp16, [2]>([1, 2]), begin = bg, end = bg, squeeze_mask = tensor<bool, [2]>([true, false]), end_mask = tensor<bool, [2]>([false, true]));\n'
+        '    tensor<fp16, [2, 3, 4, 2]> st = stack(values = (su, x), axis = int32(0));\n'
+        '    tensor<fp16, [2, 3, 4, 2]> rv = reverse(x = st, axes = tensor<int32, [2]>([0, -1]));\n'
+        '    tensor<fp16, [2, 3, 4, 2]> bp = band_part(x = rv, lower = int32(1), upper = int32(0));\n'
+        '    tensor<int32, [4]> sh = shape(x = bp);\n'
+        '    tensor<fp32, [3, 5]> o = one_hot(indices = oh, one_hot_vector_size = int32(5), on_value = fp32(1), off_value = fp32(0));\n'
+        '    tensor<int32, [5]> rg = range_1d(start = int32(0), end = int32(10), step = int32(2));\n'
+        '    tensor<fp16, [2, 3, 8]> f2 = reshape(x = bp, shape = tensor<int32, [3]>([2, 3, 8]));\n'
+        '    tensor<fp16, [1, 2, 3, 8]> f4 = expand_dims(x = f2, axes = tensor<int32, [1]>([0]));\n'
+        '    tensor<fp16, [1, 32, 3, 8]> f5 = tile(x = f4, reps = tensor<int32, [4]>([1, 16, 1, 1]));\n'
+        '    tensor<fp16, [1, 8, 6, 16]> u = pixel_shuffle(x = f5, upscale_factor = int32(2));\n'
+        '    tensor<fp16, [1, 32, 3, 8]> d = space_to_depth(x = u, block_size = int32(2));\n'
+        '    tensor<fp16, [1, 8, 6, 16]> e = depth_to_space(x = d, block_size = int32(2));\n'
+        '    tensor<fp16, [8, 96]> fl = flatten2d(x = e, axis = int32(2));\n'
+        '    tensor<fp16, [8, 46, 6]> sw = sliding_windows(x = fl, axis = int32(1), size = int32(6), stride = int32(2));',
+        'sh, o, rg, rs, sw')).encode()
+    mils['ops_vision'] = (fn % (
+        'tensor<fp16, [1, 2, 6, 5]> x, tensor<fp32, [2, 3, 4]> a, tensor<fp32, [2, 4, 5]> b',
+        '    tensor<fp16, [1, 2, 3, 5]> mp = max_pool(x = x, kernel_sizes = tensor<int32, [2]>([2, 2]), strides = tensor<int32, [2]>([2, 1]), pad_type = string("same"));\n'
+        '    tensor<fp16, [1, 2, 4, 3]> ap = avg_pool(x = x, kernel_sizes = tensor<int32, [2]>([3, 3]), strides = tensor<int32, [2]>([2, 2]), pad_type = string("custom"), pad = tensor<int32, [4]>([1, 1, 1, 1]), ceil_mode = true, exclude_padding_from_average = true);\n'
+        '    tensor<fp16, [1, 2, 2, 2]> lp = l2_pool(x = ap, kernel_sizes = tensor<int32, [2]>([3, 2]), pad_type = string("valid"));\n'
+        '    tensor<fp16, [1, 3, 7, 4]> ct = conv_transpose(x = mp, weight = tensor<fp16, [2, 3, 3, 2]>([' + ', '.join(str((i % 5) - 2) for i in range(36)) + ']), strides = tensor<int32, [2]>([2, 1]), pad_type = string("custom"), pad = tensor<int32, [4]>([0, 0, 0, 2]));\n'
+        '    tensor<fp16, [1, 3, 14, 6]> un = upsample_nearest_neighbor(x = ct, scale_factor_height = int32(2), scale_factor_width = fp32(1.5));\n'
+        '    tensor<fp16, [1, 3, 7, 8]> ub = upsample_bilinear(x = ct, scale_factor_height = int32(1), scale_factor_width = int32(2), align_corners = false);\n'
+        '    tensor<fp16, [1, 3, 5, 9]> rb = resize_bilinear(x = ub, target_size_height = int32(5), target_size_width = int32(9), sampling_mode = string("OFFSET_CORNERS"));\n'
+        '    tensor<fp16, [1, 3, 2, 3]> rn = resize_nearest_neighbor(x = rb, target_size_height = int32(2), target_size_width = int32(3));\n'
+        '    tensor<fp16, [1, 3, 3, 7]> cr = crop(x = rb, crop_height = tensor<int32, [2]>([1, 1]), crop_width = tensor<int32, [2]>([0, 2]));\n'
+        '    tensor<fp32, [2, 5, 3]> es = einsum(values = (a, b), equation = string("bij,bjk->bki"));',
+        'lp, un, rn, cr, es')).encode()
     for name, text in mils.items():
         write('mil', name, text)
         # mil_run: the program, then data for its inputs
