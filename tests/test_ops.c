@@ -2916,3 +2916,140 @@ Test(ops, doc_table_matches_the_op_table)
 	cr_assert_geq(supported, 136, "%d supported", supported);
 	free(doc);
 }
+
+/* ---- recurrent ---- */
+
+static double sgm(double v) { return 1 / (1 + exp(-v)); }
+
+static char *f16_list(char *buf, size_t len, const char *shape, const double *v, size_t n)
+{
+	int o = snprintf(buf, len, "tensor<fp16, %s>([", shape);
+	for (size_t i = 0; i < n; i++)
+		o += snprintf(buf + o, len - (size_t)o, "%s%.17g", i ? ", " : "", v[i]);
+	snprintf(buf + o, len - (size_t)o, "])");
+	return buf;
+}
+
+Test(ops, lstm_and_rnn)
+{
+	enum { S = 4, Bn = 2, I = 3, H = 2 };
+	static const char *dirs[] = {"forward", "reverse", "bidirectional"};
+	for (int di = 0; di < 3; di++)
+		for (int peep = 0; peep < 2; peep++)
+			for (int seqo = 0; seqo < 2; seqo++) {
+				int D = di == 2 ? 2 : 1;
+				double *vx, *vh0, *vc0, *w[2][4];
+				uint16_t *x = rf16(S * Bn * I, -1, 1, &vx), *h0 = rf16(Bn * D * H, -1, 1, &vh0), *c0 = rf16(Bn * D * H, -1, 1, &vc0);
+				static const size_t wn[4] = {4 * H * I, 4 * H * H, 4 * H, 3 * H};
+				char wl[2][4][1024];
+				static const char *shp[4] = {"[8, 3]", "[8, 2]", "[8]", "[6]"};
+				for (int d = 0; d < 2; d++)
+					for (int k = 0; k < 4; k++) {
+						uint16_t *t = rf16(wn[k], -0.8, 0.8, &w[d][k]);
+						free(t);
+						f16_list(wl[d][k], sizeof wl[d][k], shp[k], w[d][k], wn[k]);
+					}
+				char body[8192];
+				snprintf(body, sizeof body,
+				         "        tensor<fp16, [%d, 2, %d]> o, tensor<fp16, [2, %d]> h, tensor<fp16, [2, %d]> c = lstm(x = x, initial_h = h0, initial_c = c0, "
+				         "weight_ih = %s, weight_hh = %s, bias = %s%s%s%s%s%s%s%s%s, direction = string(\"%s\"), output_sequence = %s);",
+				         seqo ? S : 1, D * H, D * H, D * H, wl[0][0], wl[0][1], wl[0][2], peep ? ", peephole = " : "", peep ? wl[0][3] : "",
+				         D == 2 ? ", weight_ih_back = " : "", D == 2 ? wl[1][0] : "", D == 2 ? ", weight_hh_back = " : "",
+				         D == 2 ? wl[1][1] : "", D == 2 ? ", bias_back = " : "", D == 2 ? wl[1][2] : "", dirs[di],
+				         seqo ? "true" : "false");
+				char inputs[160];
+				snprintf(inputs, sizeof inputs, "tensor<fp16, [4, 2, 3]> x, tensor<fp16, [2, %d]> h0, tensor<fp16, [2, %d]> c0", D * H, D * H);
+				anes_bprogram *p = compile_ok(prog(inputs, "o, h, c", "%s", body));
+				uint16_t o[S * Bn * 2 * H], hh[Bn * 2 * H], cc[Bn * 2 * H];
+				const void *in[] = {x, h0, c0};
+				void *out[] = {o, hh, cc};
+				run_ok(p, 0, in, out);
+				/* reference */
+				double hs[Bn][2 * H], cs[Bn][2 * H], seq[S][Bn][2 * H];
+				for (int b = 0; b < Bn; b++)
+					for (int j = 0; j < D * H; j++)
+						hs[b][j] = vh0[b * D * H + j], cs[b][j] = vc0[b * D * H + j];
+				for (int d = 0; d < D; d++)
+					for (int t0 = 0; t0 < S; t0++) {
+						int t = (di == 1 || d == 1) ? S - 1 - t0 : t0;
+						for (int b = 0; b < Bn; b++) {
+							double gsum[4 * H];
+							for (int r = 0; r < 4 * H; r++) {
+								double s = w[d][2][r];
+								for (int i = 0; i < I; i++)
+									s += w[d][0][r * I + i] * vx[(t * Bn + b) * I + i];
+								for (int i = 0; i < H; i++)
+									s += w[d][1][r * H + i] * hs[b][d * H + i];
+								gsum[r] = s;
+							}
+							for (int j = 0; j < H; j++) {
+								double cp = cs[b][d * H + j], pp[3] = {0, 0, 0};
+								if (peep && d == 0)
+									pp[0] = w[0][3][j], pp[1] = w[0][3][H + j], pp[2] = w[0][3][2 * H + j];
+								double ig = sgm(gsum[j] + pp[0] * cp), fg = sgm(gsum[H + j] + pp[1] * cp);
+								double cn = fg * cp + ig * tanh(gsum[3 * H + j]);
+								double og = sgm(gsum[2 * H + j] + pp[2] * cn);
+								cs[b][d * H + j] = cn;
+								hs[b][d * H + j] = og * tanh(cn);
+								seq[t][b][d * H + j] = hs[b][d * H + j];
+							}
+						}
+					}
+				double rh[Bn * 2 * H], rc[Bn * 2 * H], ro[S * Bn * 2 * H];
+				for (int b = 0; b < Bn; b++)
+					for (int j = 0; j < D * H; j++)
+						rh[b * D * H + j] = hs[b][j], rc[b * D * H + j] = cs[b][j];
+				for (int t = 0; t < S; t++)
+					for (int b = 0; b < Bn; b++)
+						for (int j = 0; j < D * H; j++)
+							ro[(t * Bn + b) * D * H + j] = seq[t][b][j];
+				char what[64];
+				snprintf(what, sizeof what, "lstm %s peephole %d seq %d", dirs[di], peep, seqo);
+				check_f16(what, hh, rh, (size_t)(Bn * D * H), 3e-3);
+				check_f16(what, cc, rc, (size_t)(Bn * D * H), 3e-3);
+				check_f16(what, o, seqo ? ro : rh, (size_t)((seqo ? S : 1) * Bn * D * H), 3e-3);
+				B->ops->program_free(B, p);
+				for (int d = 0; d < 2; d++)
+					for (int k = 0; k < 4; k++)
+						free(w[d][k]);
+				free(vx), free(vh0), free(vc0), free(x), free(h0), free(c0);
+			}
+	/* rnn, reverse, relu, the sequence */
+	double *vx, *vh0, *wi, *wh, *bb;
+	uint16_t *x = rf16(S * Bn * I, -1, 1, &vx), *h0 = rf16(Bn * H, -1, 1, &vh0);
+	free(rf16(H * I, -1, 1, &wi));
+	free(rf16(H * H, -1, 1, &wh));
+	free(rf16(H, -1, 1, &bb));
+	char a[512], b2[512], c2[256];
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [4, 2, 3]> x, tensor<fp16, [2, 2]> h0", "o, h",
+		"        tensor<fp16, [4, 2, 2]> o, tensor<fp16, [2, 2]> h = rnn(x = x, initial_h = h0, weight_ih = %s, weight_hh = %s, bias = %s, "
+		"direction = string(\"reverse\"), output_sequence = true, activation = string(\"relu\"));",
+		f16_list(a, sizeof a, "[2, 3]", wi, H * I), f16_list(b2, sizeof b2, "[2, 2]", wh, H * H), f16_list(c2, sizeof c2, "[2]", bb, H)));
+	uint16_t o[S * Bn * H], hh[Bn * H];
+	const void *in[] = {x, h0};
+	void *out[] = {o, hh};
+	run_ok(p, 0, in, out);
+	double hs[Bn][H], ro[S * Bn * H];
+	for (int b = 0; b < Bn; b++)
+		for (int j = 0; j < H; j++)
+			hs[b][j] = vh0[b * H + j];
+	for (int t = S - 1; t >= 0; t--)
+		for (int b = 0; b < Bn; b++) {
+			double nh[H];
+			for (int j = 0; j < H; j++) {
+				double s = bb[j];
+				for (int i = 0; i < I; i++)
+					s += wi[j * I + i] * vx[(t * Bn + b) * I + i];
+				for (int i = 0; i < H; i++)
+					s += wh[j * H + i] * hs[b][i];
+				nh[j] = s < 0 ? 0 : s;
+			}
+			for (int j = 0; j < H; j++)
+				hs[b][j] = nh[j], ro[(t * Bn + b) * H + j] = nh[j];
+		}
+	check_f16("rnn sequence", o, ro, S * Bn * H, 3e-3);
+	double rh[Bn * H] = {hs[0][0], hs[0][1], hs[1][0], hs[1][1]};
+	check_f16("rnn h", hh, rh, Bn * H, 3e-3);
+	B->ops->program_free(B, p);
+	free(vx), free(vh0), free(wi), free(wh), free(bb), free(x), free(h0);
+}

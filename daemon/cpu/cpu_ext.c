@@ -1595,6 +1595,159 @@ static int run_einsum(const cpu_step *st, const cpu_exec *ex)
 	return 0;
 }
 
+
+/* ---- recurrent: lstm (gates in the order input, forget, output, cell), rnn ---- */
+
+enum { A_SIGMOID, A_TANH, A_RELU, A_LINEAR };
+
+typedef struct rec_params {
+	bool lstm, seq;
+	int dtype, dir;                 /* 0 forward, 1 reverse, 2 bidirectional */
+	int ract, cact, act;
+	uint64_t S, Bn, I, H, G, D;
+	const float *w[2][4];           /* per direction: weight_ih, weight_hh, bias, peephole (or NULL) */
+} rec_params;
+
+static int act_of(const anes_mil_function *fn, const anes_mil_op *op, const char *name, int def)
+{
+	const anes_mil_value *v = cpu_arg(fn, op, name);
+	const char *a = v ? anes_mil_const_string(v) : NULL;
+	if (!a)
+		return def;
+	return !strcmp(a, "sigmoid") ? A_SIGMOID : !strcmp(a, "tanh") ? A_TANH : !strcmp(a, "relu") ? A_RELU : A_LINEAR;
+}
+
+static float act_f(int a, float v)
+{
+	switch (a) {
+	case A_SIGMOID: return 1.0f / (1.0f + expf(-v));
+	case A_TANH: return tanhf(v);
+	case A_RELU: return v < 0 ? 0.0f : v;
+	default: return v;
+	}
+}
+
+static int plan_recurrent(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	static const char *const names[2][4] = {{"weight_ih", "weight_hh", "bias", "peephole"},
+	                                        {"weight_ih_back", "weight_hh_back", "bias_back", "peephole_back"}};
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	const char *dir = cpu_arg(fn, op, "direction") ? anes_mil_const_string(cpu_arg(fn, op, "direction")) : "forward";
+	rec_params *p;
+	size_t total = 0;
+
+	if (cpu_need_float(pc, op, x->dtype))
+		return -ENOTSUP;
+	for (int d = 0; d < 2; d++)
+		for (int k = 0; k < 4; k++)
+			if (cpu_arg(fn, op, names[d][k]))
+				total += (size_t)cpu_arg(fn, op, names[d][k])->type.count;
+	p = calloc(1, sizeof *p + total * sizeof(float));
+	if (!p)
+		return -ENOMEM;
+	float *at = (float *)(void *)(p + 1);
+	for (int d = 0; d < 2; d++)
+		for (int k = 0; k < 4; k++) {
+			const anes_mil_value *v = cpu_arg(fn, op, names[d][k]);
+			if (!v)
+				continue;
+			/* constants, or folded at compile time (the output of a constexpr op) */
+			const void *data = cpu_const_data(pc, fn, cpu_argid(op, names[d][k]));
+			if (!data) {
+				free(p);
+				return cpu_fail(pc, op, -ENOTSUP, "%s must be known at compile time", names[d][k]);
+			}
+			cpu_to_f32(at, data, v->type.dtype, (size_t)v->type.count);
+			p->w[d][k] = at;
+			at += v->type.count;
+		}
+	p->lstm = !strcmp(op->def->name, "lstm");
+	p->seq = bool_of(fn, op, "output_sequence", false);
+	p->dtype = x->dtype;
+	p->dir = !strcmp(dir, "reverse") ? 1 : !strcmp(dir, "bidirectional") ? 2 : 0;
+	p->ract = act_of(fn, op, "recurrent_activation", A_SIGMOID);
+	p->cact = act_of(fn, op, "cell_activation", A_TANH);
+	p->act = act_of(fn, op, "activation", A_TANH);
+	p->S = x->shape[0];
+	p->Bn = x->shape[1];
+	p->I = x->shape[2];
+	p->G = p->lstm ? 4 : 1;
+	p->H = cpu_arg(fn, op, "weight_hh")->type.shape[1];
+	p->D = p->dir == 2 ? 2 : 1;
+	/* x in fp32, h and c per direction, gate sums, the full output sequence */
+	st->scratch = cpu_align64(x->count * 4) + 2 * cpu_align64(p->Bn * p->D * p->H * 4) + cpu_align64(p->G * p->H * 4) +
+	              cpu_align64(p->S * p->Bn * p->D * p->H * 4);
+	st->params = p;
+	return 0;
+}
+
+static int run_recurrent(const cpu_step *st, const cpu_exec *ex)
+{
+	const rec_params *p = st->params;
+	const anes_mil_op *op = st->op;
+	uint8_t *slot = ex->scratch;
+	float *xf = (float *)(void *)slot;
+	slot += cpu_align64(p->S * p->Bn * p->I * 4);
+	float *h = (float *)(void *)slot;
+	slot += cpu_align64(p->Bn * p->D * p->H * 4);
+	float *c = (float *)(void *)slot;
+	slot += cpu_align64(p->Bn * p->D * p->H * 4);
+	float *g = (float *)(void *)slot;
+	slot += cpu_align64(p->G * p->H * 4);
+	float *seq = (float *)(void *)slot;
+	uint64_t DH = p->D * p->H, H = p->H;
+
+	cpu_to_f32(xf, cpu_ptr(ex, cpu_argid(op, "x")), p->dtype, (size_t)(p->S * p->Bn * p->I));
+	cpu_to_f32(h, cpu_ptr(ex, cpu_argid(op, "initial_h")), p->dtype, (size_t)(p->Bn * DH));
+	if (p->lstm)
+		cpu_to_f32(c, cpu_ptr(ex, cpu_argid(op, "initial_c")), p->dtype, (size_t)(p->Bn * DH));
+	for (uint64_t d = 0; d < p->D; d++) {
+		bool rev = p->dir == 1 || d == 1;
+		const float *wi = p->w[d][0], *wh = p->w[d][1], *bias = p->w[d][2], *peep = p->w[d][3];
+		for (uint64_t t = 0; t < p->S; t++) {
+			uint64_t tt = rev ? p->S - 1 - t : t;
+			for (uint64_t b = 0; b < p->Bn; b++) {
+				const float *xt = xf + (tt * p->Bn + b) * p->I;
+				float *hb = h + b * DH + d * H, *cb = c + b * DH + d * H;
+				for (uint64_t r = 0; r < p->G * H; r++) {
+					float s = bias ? bias[r] : 0.0f;
+					for (uint64_t i = 0; i < p->I; i++)
+						s += wi[r * p->I + i] * xt[i];
+					for (uint64_t i = 0; i < H; i++)
+						s += wh[r * H + i] * hb[i];
+					g[r] = s;
+				}
+				if (p->lstm) {
+					for (uint64_t j = 0; j < H; j++) {
+						float cp = cb[j];
+						float ig = act_f(p->ract, g[j] + (peep ? peep[j] * cp : 0.0f));
+						float fg = act_f(p->ract, g[H + j] + (peep ? peep[H + j] * cp : 0.0f));
+						float z = act_f(p->cact, g[3 * H + j]);
+						float cn = fg * cp + ig * z;
+						float og = act_f(p->ract, g[2 * H + j] + (peep ? peep[2 * H + j] * cn : 0.0f));
+						cb[j] = cn;
+						hb[j] = og * act_f(p->act, cn);
+					}
+				} else {
+					for (uint64_t j = 0; j < H; j++)
+						hb[j] = act_f(p->act, g[j]);
+				}
+				memcpy(seq + (tt * p->Bn + b) * DH + d * H, hb, H * 4);
+			}
+		}
+	}
+	/* outputs: the sequence (or its last step: forward's final h, backward's final h) */
+	void *o0 = cpu_ptr(ex, op->outputs[0]);
+	if (p->seq)
+		cpu_from_f32(o0, p->dtype, seq, (size_t)(p->S * p->Bn * DH));
+	else
+		cpu_from_f32(o0, p->dtype, h, (size_t)(p->Bn * DH));
+	cpu_from_f32(cpu_ptr(ex, op->outputs[1]), p->dtype, h, (size_t)(p->Bn * DH));
+	if (p->lstm)
+		cpu_from_f32(cpu_ptr(ex, op->outputs[2]), p->dtype, c, (size_t)(p->Bn * DH));
+	return 0;
+}
+
 /* ---- table ---- */
 
 static const cpu_opimpl impls[] = {
@@ -1642,6 +1795,8 @@ static const cpu_opimpl impls[] = {
 	{"resize_bilinear", plan_resize, run_resize},
 	{"crop", plan_crop, run_crop},
 	{"einsum", plan_einsum, run_einsum},
+	{"lstm", plan_recurrent, run_recurrent},
+	{"rnn", plan_recurrent, run_recurrent},
 };
 
 const cpu_opimpl *cpu_ext_find(const char *name)

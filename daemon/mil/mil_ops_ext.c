@@ -1284,6 +1284,86 @@ static int infer_einsum(anes_mil_check *c, const anes_mil_function *fn, const an
 	return set_type(c, op, &out[0], t[0]->dtype, r, shape);
 }
 
+
+/* ---- recurrent: lstm, rnn ---- */
+
+static int act_arg(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name)
+{
+	const anes_mil_value *v = V(fn, op, name);
+	const char *a = v ? anes_mil_const_string(v) : "";
+
+	if (!v)
+		return 0;
+	if (!a || (strcmp(a, "sigmoid") && strcmp(a, "tanh") && strcmp(a, "relu") && strcmp(a, "linear")))
+		return anes_mil_fail(c, op, -ENOTSUP, "%s must be \"sigmoid\", \"tanh\", \"relu\" or \"linear\"", name);
+	return 0;
+}
+
+/* x [s, b, I]; weight_ih [G H, I], weight_hh [G H, H], bias [G H]; initial states [b, D H] */
+static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
+{
+	bool lstm = !strcmp(op->def->name, "lstm");
+	uint64_t G = lstm ? 4 : 1;
+	const anes_mil_value *xv = V(fn, op, "x");
+	const anes_mil_type *x = &xv->type;
+	const char *dir = V(fn, op, "direction") ? anes_mil_const_string(V(fn, op, "direction")) : "forward";
+	bool seq;
+	char sb[SHAPE_STR_LEN];
+
+	if (need_float(c, op, "x", xv) || opt_bool(c, fn, op, "output_sequence", false, &seq) ||
+	    act_arg(c, fn, op, "activation") || act_arg(c, fn, op, "recurrent_activation") ||
+	    act_arg(c, fn, op, "cell_activation"))
+		return -EINVAL;
+	if (V(fn, op, "clip"))
+		return anes_mil_fail(c, op, -ENOTSUP, "clip is not supported");
+	if (!dir || (strcmp(dir, "forward") && strcmp(dir, "reverse") && (!lstm || strcmp(dir, "bidirectional"))))
+		return anes_mil_fail(c, op, -EINVAL, "direction must be \"forward\", \"reverse\"%s", lstm ? " or \"bidirectional\"" : "");
+	uint64_t D = strcmp(dir, "bidirectional") ? 1 : 2;
+	if (x->rank != 3)
+		return anes_mil_fail(c, op, -EINVAL, "x must be [s, b, I], is %s", anes_mil_shape_str(x, sb, sizeof sb));
+	const anes_mil_value *wh = V(fn, op, "weight_hh");
+	if (wh->type.rank != 2 || wh->type.shape[0] % G || wh->type.shape[0] / G != wh->type.shape[1])
+		return anes_mil_fail(c, op, -EINVAL, "weight_hh must be [%llu H, H], is %s", (unsigned long long)G,
+		                     anes_mil_shape_str(&wh->type, sb, sizeof sb));
+	uint64_t H = wh->type.shape[1];
+	static const char *const names[] = {"weight_ih", "weight_hh", "bias", "peephole", "weight_ih_back",
+	                                    "weight_hh_back", "bias_back", "peephole_back"};
+	for (int k = 0; k < 8; k++) {
+		const anes_mil_value *v = V(fn, op, names[k]);
+		bool back = k >= 4;
+		if (!v) {
+			if (back && D == 2 && (k == 4 || k == 5))
+				return anes_mil_fail(c, op, -EINVAL, "%s is needed for a bidirectional lstm", names[k]);
+			continue;
+		}
+		if (same_dtype(c, op, "x", xv, names[k], v))
+			return -EINVAL;
+		uint64_t want0 = (k % 4 == 3) ? 3 * H : G * H, want1 = (k % 4 == 0) ? x->shape[2] : H;
+		bool vec = k % 4 >= 2;
+		if ((vec && (v->type.rank != 1 || v->type.shape[0] != want0)) ||
+		    (!vec && (v->type.rank != 2 || v->type.shape[0] != want0 || v->type.shape[1] != want1)))
+			return anes_mil_fail(c, op, -EINVAL, "%s has shape %s (H %llu, I %llu)", names[k],
+			                     anes_mil_shape_str(&v->type, sb, sizeof sb), (unsigned long long)H,
+			                     (unsigned long long)x->shape[2]);
+	}
+	const char *states[2] = {"initial_h", lstm ? "initial_c" : NULL};
+	for (int k = 0; k < 2 && states[k]; k++) {
+		const anes_mil_value *v = V(fn, op, states[k]);
+		if (same_dtype(c, op, "x", xv, states[k], v))
+			return -EINVAL;
+		if (v->type.count != x->shape[1] * D * H || v->type.shape[v->type.rank - 1] != D * H)
+			return anes_mil_fail(c, op, -EINVAL, "%s must be [b, %llu], is %s", states[k], (unsigned long long)(D * H),
+			                     anes_mil_shape_str(&v->type, sb, sizeof sb));
+	}
+	uint64_t shape[3] = {seq ? x->shape[0] : 1, x->shape[1], D * H};
+	if (set_type(c, op, &out[0], x->dtype, 3, shape))
+		return -EINVAL;
+	for (uint32_t k = 1; k < op->n_outputs; k++)
+		if (set_type(c, op, &out[k], x->dtype, 2, shape + 1))
+			return -EINVAL;
+	return 0;
+}
+
 /* ---- table ---- */
 
 #define REQ ANES_MIL_ARG_REQ
@@ -1351,7 +1431,7 @@ static const anes_mil_argdef a_avg_pool[] = {
 	{"x", REQ}, {"kernel_sizes", REQ | CONST}, {"strides", CONST}, {"pad_type", CONST}, {"pad", CONST},
 	{"ceil_mode", CONST}, {"exclude_padding_from_average", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_conv_t[] = {
-	{"x", REQ}, {"weight", REQ | CONST}, {"bias", CONST}, {"pad", CONST}, {"output_shape", CONST},
+	{"x", REQ}, {"weight", REQ}, {"bias", 0}, {"pad", CONST}, {"output_shape", CONST},
 	{"pad_type", CONST}, {"strides", CONST}, {"dilations", CONST}, {"groups", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_upsample_nn[] = {
 	{"x", REQ}, {"scale_factor_height", CONST}, {"scale_factor_width", CONST}, {NULL, 0}};
@@ -1364,6 +1444,15 @@ static const anes_mil_argdef a_resize_bl[] = {
 	{"x", REQ}, {"target_size_height", CONST}, {"target_size_width", CONST}, {"sampling_mode", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_crop[] = {{"x", REQ}, {"crop_height", REQ | CONST}, {"crop_width", REQ | CONST}, {NULL, 0}};
 static const anes_mil_argdef a_einsum[] = {{"values", REQ | TUPLE}, {"equation", REQ | CONST}, {NULL, 0}};
+
+static const anes_mil_argdef a_lstm[] = {
+	{"x", REQ}, {"initial_h", REQ}, {"initial_c", REQ}, {"weight_ih", REQ}, {"weight_hh", REQ},
+	{"bias", 0}, {"peephole", 0}, {"weight_ih_back", 0}, {"weight_hh_back", 0}, {"bias_back", 0},
+	{"peephole_back", 0}, {"direction", CONST}, {"output_sequence", CONST}, {"recurrent_activation", CONST},
+	{"cell_activation", CONST}, {"activation", CONST}, {"clip", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_rnn[] = {
+	{"x", REQ}, {"initial_h", REQ}, {"weight_ih", REQ}, {"weight_hh", REQ}, {"bias", 0},
+	{"direction", CONST}, {"output_sequence", CONST}, {"activation", CONST}, {NULL, 0}};
 
 static const anes_mil_opdef ops[] = {
 	/* masks */
@@ -1458,6 +1547,9 @@ static const anes_mil_opdef ops[] = {
 	{"resize_bilinear", 1, a_resize_bl, infer_resize},
 	{"crop", 1, a_crop, infer_crop},
 	{"einsum", 1, a_einsum, infer_einsum},
+	/* recurrent */
+	{"lstm", 3, a_lstm, infer_recurrent},
+	{"rnn", 2, a_rnn, infer_recurrent},
 };
 
 const anes_mil_opdef *mil_ops_ext_find(const char *name, size_t len)

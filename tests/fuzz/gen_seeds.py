@@ -422,6 +422,16 @@ def main():
         '    tensor<fp16, [1, 3, 3, 7]> cr = crop(x = rb, crop_height = tensor<int32, [2]>([1, 1]), crop_width = tensor<int32, [2]>([0, 2]));\n'
         '    tensor<fp32, [2, 5, 3]> es = einsum(values = (a, b), equation = string("bij,bjk->bki"));',
         'lp, un, rn, cr, es')).encode()
+    w = lambda shape, n: 'tensor<fp16, %s>([%s])' % (shape, ', '.join(str(((i * 7) % 11 - 5) / 8) for i in range(n)))
+    mils['ops_recurrent'] = (fn % (
+        'tensor<fp16, [3, 2, 4]> x, tensor<fp16, [2, 6]> h, tensor<fp16, [2, 6]> c, tensor<fp16, [2, 2]> h1',
+        '    tensor<fp16, [3, 2, 6]> o, tensor<fp16, [2, 6]> ho, tensor<fp16, [2, 6]> co = lstm(x = x, initial_h = h, initial_c = c, '
+        'weight_ih = ' + w('[12, 4]', 48) + ', weight_hh = ' + w('[12, 3]', 36) + ', bias = ' + w('[12]', 12) +
+        ', peephole = ' + w('[9]', 9) + ', weight_ih_back = ' + w('[12, 4]', 48) + ', weight_hh_back = ' + w('[12, 3]', 36) +
+        ', direction = string("bidirectional"), output_sequence = true);\n'
+        '    tensor<fp16, [1, 2, 2]> ro, tensor<fp16, [2, 2]> rh = rnn(x = x, initial_h = h1, weight_ih = ' + w('[2, 4]', 8) +
+        ', weight_hh = ' + w('[2, 2]', 4) + ', direction = string("reverse"), activation = string("tanh"));',
+        'o, ho, co, ro, rh')).encode()
     for name, text in mils.items():
         write('mil', name, text)
         # mil_run: the program, then data for its inputs
