@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anes_proto.h"
 #include "aneshare.h"
 #include "cli_service.h"
 #include "cli_status.h"
@@ -106,15 +107,10 @@ static int fail_call(aneshare_conn *c, const char *what, int r)
  * On success *ret is owned by the caller (free()). */
 static int read_file(const char *path, char **ret, size_t *ret_len)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
 	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int e = -errno;
-		close(fd);
-		return e;
-	}
+	int fd = anes_open_stat(path, O_RDONLY, &st);
+	if (fd < 0)
+		return fd;
 	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > MAX_FILE_BYTES) {
 		close(fd);
 		return S_ISREG(st.st_mode) ? -EFBIG : -EINVAL;

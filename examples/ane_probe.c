@@ -34,6 +34,7 @@
 
 #include "ane_backend.h"   /* anes_ane_op_verified: the verified column */
 #include "aneshare.h"
+#include "example_util.h"
 
 #define ABS_TOL 2e-3   /* times max|ref| */
 #define REL_TOL 1e-2
@@ -45,54 +46,7 @@ static uint64_t rng;
 
 static double rnd01(void)
 {
-	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	z ^= z >> 31;
-	return (double)(z >> 11) / (double)(1ull << 53);
-}
-
-static double now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static char *read_text(const char *path)
-{
-	FILE *f = fopen(path, "rbe");
-	if (!f)
-		return NULL;
-	size_t cap = 1 << 16, len = 0;
-	char *buf = malloc(cap);
-	while (buf) {
-		len += fread(buf + len, 1, cap - 1 - len, f);
-		if (ferror(f) || len < cap - 1)
-			break;
-		char *nb = cap < (64u << 20) ? realloc(buf, cap * 2) : NULL;
-		if (!nb) {
-			free(buf);
-			buf = NULL;
-			break;
-		}
-		buf = nb;
-		cap *= 2;
-	}
-	if (buf && ferror(f)) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	if (buf)
-		buf[len] = '\0';
-	return buf;
+	return ex_rand01(&rng);
 }
 
 /* A growing string. */
@@ -239,14 +193,14 @@ static void run_on(side *s, const char *text, inputs *in, double lo, double hi, 
 	if (!times)
 		abort();
 	for (int k = 0; k < runs; k++) {
-		double t0 = now_us();
+		double t0 = ex_now_us();
 		r = aneshare_run(p, 0, sin, n_in, sout, n_out);
-		times[k] = now_us() - t0;
+		times[k] = ex_now_us() - t0;
 		if (r < 0)
 			goto fail;
 	}
 	o->ran = true;
-	qsort(times, (size_t)runs, sizeof *times, cmp_double);
+	qsort(times, (size_t)runs, sizeof *times, ex_cmp_double);
 	o->median_us = times[runs / 2];
 	o->min_us = times[0];
 	for (uint32_t i = 0; i < n_out; i++) {
@@ -749,7 +703,7 @@ int main(int argc, char **argv)
 	printf("| program | compiles | runs | matches | max abs err | max abs ref | device median us | "
 	       "reference median us | error |\n|---|---|---|---|---|---|---|---|---|\n");
 	for (int f = 0; f < n_files; f++) {
-		char *text = read_text(files[f]);
+		char *text = ex_read_text(files[f]);
 		const char *base = strrchr(files[f], '/') ? strrchr(files[f], '/') + 1 : files[f];
 		if (!text) {
 			printf("| %s | | | | | | | | cannot read: %s |\n", base, strerror(errno ? errno : EIO));

@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "aneshare.h"
+#include "example_util.h"
 
 #ifndef ANES_EXAMPLES_DIR
 #define ANES_EXAMPLES_DIR "examples"
@@ -34,57 +35,10 @@
 
 static uint64_t rng_state;
 
+/* Uniform in [-1, 1). */
 static float rnd(void)
 {
-	/* splitmix64 -> uniform in [-1, 1) */
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	z ^= z >> 31;
-	return (float)((double)(z >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
-static double now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static char *read_text(const char *path)
-{
-	FILE *f = fopen(path, "rbe");
-	if (!f)
-		return NULL;
-	size_t cap = 1 << 16, len = 0;
-	char *buf = malloc(cap);
-	while (buf) {
-		len += fread(buf + len, 1, cap - 1 - len, f);
-		if (ferror(f) || len < cap - 1)
-			break;
-		char *nb = cap < (64u << 20) ? realloc(buf, cap * 2) : NULL;
-		if (!nb) {
-			free(buf);
-			buf = NULL;
-			break;
-		}
-		buf = nb;
-		cap *= 2;
-	}
-	if (buf && ferror(f)) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	if (buf)
-		buf[len] = '\0';
-	return buf;
+	return (float)(ex_rand01(&rng_state) * 2.0 - 1.0);
 }
 
 static void print_tensor(const char *kind, const aneshare_tensor_info *t)
@@ -128,7 +82,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	char *mil = read_text(mil_path);
+	char *mil = ex_read_text(mil_path);
 	if (!mil) {
 		fprintf(stderr, "matmul_client: %s: %s\n", mil_path, strerror(errno ? errno : EIO));
 		return 1;
@@ -224,9 +178,9 @@ int main(int argc, char **argv)
 
 		memset(aneshare_surface_data(out), 0, (size_t)to->bytes);
 		for (int k = 0; k < runs; k++) {
-			double t0 = now_us();
+			double t0 = ex_now_us();
 			r = aneshare_run(p, 0, &in, 1, &out, 1);
-			times[k] = now_us() - t0;
+			times[k] = ex_now_us() - t0;
 			if (r < 0) {
 				rc = fail(c, "run", r);
 				goto out;
@@ -240,7 +194,7 @@ int main(int argc, char **argv)
 				max_abs = isnan(e) ? INFINITY : e;
 		}
 		double rel = max_ref > 0 ? max_abs / max_ref : max_abs;
-		qsort(times, (size_t)runs, sizeof *times, cmp_double);
+		qsort(times, (size_t)runs, sizeof *times, ex_cmp_double);
 		printf("weights #%d: max abs err %.3g, max rel err %.3g (max|ref| %.3g); "
 		       "%d runs: min %.1f us, median %.1f us%s\n",
 		       set, max_abs, rel, max_ref, runs, times[0], times[runs / 2],

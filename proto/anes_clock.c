@@ -10,6 +10,7 @@
 
 #include "anes_clock.h"
 #include "anes_config.h"
+#include "anes_proto.h"
 
 uint64_t anes_clock_monotonic_ns(void)
 {
@@ -43,15 +44,10 @@ int anes_clock_from_env(void)
 	const char *path = getenv("ANESHARE_TEST_CLOCK");
 	if (!path || !*path)
 		return 0;
-	int fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
 	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int e = -errno;
-		close(fd);
-		return e;
-	}
+	int fd = anes_open_stat(path, O_RDWR, &st);
+	if (fd < 0)
+		return fd;
 	if (st.st_size < (off_t)sizeof(anes_test_clock)) {
 		close(fd);
 		return -EINVAL;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Where the system cannot set the flag atomically: set it now, or close fd. */
@@ -29,6 +30,21 @@ int anes_socket_cloexec(int domain, int type)
 	int fd = socket(domain, type, 0);
 	return fd < 0 ? -errno : set_cloexec(fd);
 #endif
+}
+
+int anes_open_stat(const char *path, int flags, struct stat *ret_st)
+{
+	int fd = open(path, flags | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	*ret_st = st;
+	return fd;
 }
 
 int anes_socketpair_cloexec(int domain, int type, int ret_sv[2])

@@ -420,6 +420,10 @@ int anes_socketpair_cloexec(int domain, int type, int ret_sv[2]);
 int anes_pipe_cloexec(int ret_fds[2]);
 /* accept(lfd, NULL, NULL): the fd (owned by the caller) or -errno. */
 int anes_accept_cloexec(int lfd);
+/* open(path, flags | O_CLOEXEC) and fstat it: the fd (owned by the caller)
+ * with *ret_st, or -errno (nothing left open, *ret_st untouched). */
+struct stat;
+int anes_open_stat(const char *path, int flags, struct stat *ret_st);
 /* recvmsg(fd, msg, flags) with every fd received (SCM_RIGHTS) CLOEXEC, owned by
  * the caller: the bytes read (0 at end-of-file) or -errno. */
 ssize_t anes_recvmsg_cloexec(int fd, struct msghdr *msg, int flags);

@@ -779,6 +779,66 @@ int h_rconn_call_kstr(h_rconn *rc, uint32_t msgid, const char *method, const cha
 	return h_rconn_wait(rc, &res);
 }
 
+int h_fake_listen(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	cr_assert_lt(strlen(path), sizeof sa.sun_path, "socket path too long: %s", path);
+	strcpy(sa.sun_path, path);
+	int fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "bind %s: %s", path, strerror(errno));
+	cr_assert_eq(listen(fd, 1), 0);
+	return fd;
+}
+
+bool h_fake_accept(int listen_fd, h_rconn *rc)
+{
+	int fd = anes_accept_cloexec(listen_fd);
+	if (fd < 0)
+		return false;
+	h_rconn_adopt(rc, fd);
+	return true;
+}
+
+bool h_fake_next(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, char *method,
+                 size_t method_size, uint32_t *ret_id)
+{
+	const uint8_t *payload;
+	uint32_t len;
+	if (h_rconn_frame(rc, timeout_ms, &payload, &len, NULL) != 1)
+		return false;
+	msgpack_zone z;
+	anes_msg m;
+	msgpack_zone_init(&z, 1024);
+	bool ok = anes_msg_decode(payload, len, &z, &m) == 0 && m.type == ANES_MSG_REQUEST &&
+	          m.method_len < method_size;
+	if (ok) {
+		*ret_msgid = m.msgid;
+		memcpy(method, m.method, m.method_len);
+		method[m.method_len] = '\0';
+		if (anes_mp_u32(m.params, "id", ret_id) < 0)
+			*ret_id = 0;
+	}
+	msgpack_zone_destroy(&z);
+	return ok;
+}
+
+void h_fake_hello(anes_io *io, uint32_t msgid)
+{
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, msgid, 4);
+	anes_pack_str(&f.pk, "protocol");
+	msgpack_pack_uint32(&f.pk, 1);
+	anes_pack_str(&f.pk, "server");
+	anes_pack_str(&f.pk, "fake");
+	anes_pack_str(&f.pk, "version");
+	anes_pack_str(&f.pk, "9.9");
+	anes_pack_str(&f.pk, "backend");
+	anes_pack_str(&f.pk, "cpu");
+	h_fake_send(io, &f, NULL, 0);
+}
+
 void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds)
 {
 	void *data;

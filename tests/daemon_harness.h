@@ -211,6 +211,24 @@ int h_rconn_call_kv(h_rconn *rc, uint32_t msgid, const char *method, const char 
 int h_rconn_call_kstr(h_rconn *rc, uint32_t msgid, const char *method, const char *key,
                       const char *str);
 
+/* ---- a fake daemon on a thread of the test --------------------------------- */
+
+/* A listening Unix socket at path (CLOEXEC, backlog 1); asserts. */
+int h_fake_listen(const char *path);
+/* Accept one connection on listen_fd into rc (h_rconn_adopt); false if
+ * accept failed.  Asserts nothing. */
+bool h_fake_accept(int listen_fd, h_rconn *rc);
+/* For a fake daemon (asserts nothing, so it may run on the fake's thread):
+ * the next request on rc (h_rconn_frame, up to timeout_ms x h_slow()): true
+ * with its msgid, its method copied into method (NUL-terminated; a longer
+ * one is refused) and its params' "id" in *ret_id (0 without one); false
+ * when the client hung up, or sent something else. */
+bool h_fake_next(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, char *method,
+                 size_t method_size, uint32_t *ret_id);
+/* The fake's answer to hello msgid: protocol 1, server "fake", version
+ * "9.9", backend "cpu". */
+void h_fake_hello(anes_io *io, uint32_t msgid);
+
 /* For a fake daemon in a test: finish frame f (announcing nfds fds), queue
  * it with fds on io and flush what the socket takes (best effort). */
 void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds);

@@ -822,65 +822,27 @@ typedef struct fake {
 	int failures;      /* things the fake saw that it did not expect */
 } fake;
 
-/* Read the next request (through the harness's frame reader; it asserts
- * nothing, so it may run on the fake's thread); returns its msgid and
- * copies the method. */
-static bool fake_next(h_rconn *rc, uint32_t *msgid, char *method, size_t method_len,
-                      uint32_t *id_param)
-{
-	const uint8_t *payload;
-	uint32_t len;
-	if (h_rconn_frame(rc, 10000, &payload, &len, NULL) != 1)
-		return false;
-	msgpack_zone z;
-	anes_msg m;
-	msgpack_zone_init(&z, 1024);
-	bool ok = anes_msg_decode(payload, len, &z, &m) == 0 && m.type == ANES_MSG_REQUEST &&
-	          m.method_len < method_len;
-	if (ok) {
-		*msgid = m.msgid;
-		memcpy(method, m.method, m.method_len);
-		method[m.method_len] = '\0';
-		if (anes_mp_u32(m.params, "id", id_param) < 0)
-			*id_param = 0;
-	}
-	msgpack_zone_destroy(&z);
-	return ok;
-}
-
 static void *fake_main(void *arg)
 {
 	fake *fk = arg;
-	int fd = anes_accept_cloexec(fk->listen_fd);
-	if (fd < 0) {
+	h_rconn rc;
+	if (!h_fake_accept(fk->listen_fd, &rc)) {
 		fk->failures++;
 		return NULL;
 	}
-	h_rconn rc;
-	h_rconn_adopt(&rc, fd);
 	uint32_t msgid, id;
 	char method[64];
 	anes_frame f;
 
 	/* hello */
-	if (!fake_next(&rc, &msgid, method, sizeof method, &id) || strcmp(method, "hello"))
+	if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) || strcmp(method, "hello"))
 		fk->failures++;
-	anes_frame_init(&f);
-	anes_pack_result(&f.pk, msgid, 4);
-	anes_pack_str(&f.pk, "protocol");
-	msgpack_pack_uint32(&f.pk, 1);
-	anes_pack_str(&f.pk, "server");
-	anes_pack_str(&f.pk, "fake");
-	anes_pack_str(&f.pk, "version");
-	anes_pack_str(&f.pk, "9.9");
-	anes_pack_str(&f.pk, "backend");
-	anes_pack_str(&f.pk, "cpu");
-	h_fake_send(&rc.io, &f, NULL, 0);
+	h_fake_hello(&rc.io, msgid);
 
 	/* Three bad surface.create answers: no fd, two fds, an fd too small.
 	 * Each is followed by the library's surface.release of that ID. */
 	for (unsigned step = 0; step < 3; step++) {
-		if (!fake_next(&rc, &msgid, method, sizeof method, &id) ||
+		if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) ||
 		    strcmp(method, "surface.create"))
 			fk->failures++;
 		int fds[2] = { -1, -1 };
@@ -896,7 +858,7 @@ static void *fake_main(void *arg)
 		msgpack_pack_uint32(&f.pk, 4096);
 		h_fake_send(&rc.io, &f, fds, nfds);
 
-		if (!fake_next(&rc, &msgid, method, sizeof method, &id) ||
+		if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) ||
 		    strcmp(method, "surface.release") || id != 40 + step)
 			fk->failures++;
 		anes_frame_init(&f);
@@ -905,7 +867,7 @@ static void *fake_main(void *arg)
 	}
 
 	/* An unknown notification (ignored), then the error notification and EOF. */
-	if (!fake_next(&rc, &msgid, method, sizeof method, &id) || strcmp(method, "status"))
+	if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) || strcmp(method, "status"))
 		fk->failures++;
 	anes_frame_init(&f);
 	anes_pack_notify(&f.pk, "weather", 0);
@@ -927,12 +889,7 @@ Test(daemon, misbehaving_daemon)
 {
 	char path[256];
 	snprintf(path, sizeof path, "%s/fake.sock", D.dir);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	strcpy(sa.sun_path, path);
-	fake fk = { .listen_fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM) };
-	cr_assert_geq(fk.listen_fd, 0);
-	cr_assert_eq(bind(fk.listen_fd, (struct sockaddr *)&sa, sizeof sa), 0);
-	cr_assert_eq(listen(fk.listen_fd, 1), 0);
+	fake fk = { .listen_fd = h_fake_listen(path) };
 	pthread_t th;
 	cr_assert_eq(pthread_create(&th, NULL, fake_main, &fk), 0);
 

@@ -220,26 +220,17 @@ static void fake_pack_status(anes_frame *f, uint32_t msgid, uint64_t n)
 static void *slow_fake_main(void *arg)
 {
 	slow_fake *fk = arg;
-	int fd = anes_accept_cloexec(fk->listen_fd);
-	if (fd < 0) {
+	h_rconn rc;
+	if (!h_fake_accept(fk->listen_fd, &rc)) {
 		fk->failures++;
 		return NULL;
 	}
-	h_rconn rc;
-	h_rconn_adopt(&rc, fd);
 	for (uint64_t n = 0;; n++) {
-		const uint8_t *payload;
-		uint32_t len;
-		if (h_rconn_frame(&rc, 30000, &payload, &len, NULL) != 1)
+		uint32_t msgid, id;
+		char method[16];
+		if (!h_fake_next(&rc, 30000, &msgid, method, sizeof method, &id))
 			break;   /* the client hung up */
-		msgpack_zone z;
-		anes_msg m;
-		msgpack_zone_init(&z, 1024);
-		bool ok = anes_msg_decode(payload, len, &z, &m) == 0 && m.type == ANES_MSG_REQUEST &&
-		          anes_msg_method_is(&m, n ? "status" : "hello");
-		uint32_t msgid = m.msgid;
-		msgpack_zone_destroy(&z);
-		if (!ok) {
+		if (strcmp(method, n ? "status" : "hello")) {
 			fk->failures++;
 			break;
 		}
@@ -252,22 +243,14 @@ static void *slow_fake_main(void *arg)
 			}
 			tu_pause_ms(1);
 		}
-		anes_frame f;
-		anes_frame_init(&f);
 		if (n) {
+			anes_frame f;
+			anes_frame_init(&f);
 			fake_pack_status(&f, msgid, n);
+			h_fake_send(&rc.io, &f, NULL, 0);
 		} else {
-			anes_pack_result(&f.pk, msgid, 4);
-			anes_pack_str(&f.pk, "protocol");
-			msgpack_pack_uint32(&f.pk, 1);
-			anes_pack_str(&f.pk, "server");
-			anes_pack_str(&f.pk, "fake");
-			anes_pack_str(&f.pk, "version");
-			anes_pack_str(&f.pk, "9.9");
-			anes_pack_str(&f.pk, "backend");
-			anes_pack_str(&f.pk, "cpu");
+			h_fake_hello(&rc.io, msgid);
 		}
-		h_fake_send(&rc.io, &f, NULL, 0);
 	}
 	h_rconn_close(&rc);
 	return NULL;
@@ -328,12 +311,7 @@ Test(spin, bounded_when_replies_are_slow)
 	char dir[] = "/tmp/anes-spin-XXXXXX", path[64];
 	cr_assert(mkdtemp(dir));
 	snprintf(path, sizeof path, "%s/fake.sock", dir);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	strcpy(sa.sun_path, path);
-	fk.listen_fd = anes_socket_cloexec(AF_UNIX, SOCK_STREAM);
-	cr_assert_geq(fk.listen_fd, 0);
-	cr_assert_eq(bind(fk.listen_fd, (struct sockaddr *)&sa, sizeof sa), 0);
-	cr_assert_eq(listen(fk.listen_fd, 1), 0);
+	fk.listen_fd = h_fake_listen(path);
 	pthread_t th;
 	cr_assert_eq(pthread_create(&th, NULL, slow_fake_main, &fk), 0);
 
