@@ -355,7 +355,10 @@ static const wstep good_steps[3] = { { 1, "main", { 1 }, 1, 2 }, { 1, NULL, { 2 
  * for error, step for step, and both run on a lane. */
 Test(chain, every_encoding_gets_the_same_answer)
 {
-	const char *args[] = { "--fault-inject", "run_fail=fail_me", NULL };
+	/* A generous lane bound: a run measured slow on a loaded machine must
+	 * not send the chain to the loop instead of the lane under test. */
+	const char *args[] = { "--fault-inject", "run_fail=fail_me", "--lane-run-max-us", "1000000",
+	                       NULL };
 	raw_fixture f;
 	raw_fixture_open(&f, args, "test-encodings");
 	h_rconn *rc = &f.rc;
@@ -444,8 +447,9 @@ Test(chain, function_means_the_same_on_every_path)
 	size_t ref_len[NCASES] = { 0 };
 	for (int lanes = 1; lanes >= 0; lanes--) {
 		const char *no_lanes[] = { "--no-lanes", NULL };
+		const char *on_lanes_args[] = { "--lane-run-max-us", "1000000", NULL };
 		raw_fixture f;
-		raw_fixture_open(&f, lanes ? NULL : no_lanes, "test-function");
+		raw_fixture_open(&f, lanes ? on_lanes_args : no_lanes, "test-function");
 		const wstep empty = { 1, "", { 1 }, 1, 2 }, none = { 1, NULL, { 1 }, 1, 2 },
 		            main_fn = { 1, "main", { 2 }, 1, 3 };
 		struct {
