@@ -550,6 +550,9 @@ typedef struct aneshare_status {
 		uint64_t client_limit;     /* one client process; 0: none */
 		uint64_t uid_limit;        /* all client processes of one uid; 0: none (or not reported) */
 	} *total_list;                 /* n_totals entries, owned by the status */
+	uint64_t lane_slice_ends;      /* times a lane thread gave a client up at the end of
+	                                * its slice (docs/protocol.md, "Scheduling"); 0 from
+	                                * daemons that do not report it */
 } aneshare_status;
 
 /* On success *ret is owned by the caller: aneshare_status_free(). */

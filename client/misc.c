@@ -171,6 +171,7 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	(void)anes_mp_u64(res, "lane_spin_hits", UINT64_MAX, &spin_hits);
 	(void)anes_mp_u64(res, "lane_spin_gaps", UINT64_MAX, &spin_gaps);
 	(void)anes_mp_u64(res, "lane_spin_skips", UINT64_MAX, &spin_skips);
+	(void)anes_mp_u64(res, "lane_slice_ends", UINT64_MAX, &st->lane_slice_ends);
 	st->lane_runs = lane_runs;
 	st->lane_spins = spins;
 	st->lane_spin_hits = spin_hits;

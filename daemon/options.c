@@ -55,6 +55,10 @@ static const optdef defs[] = {
 	{ "lane-spin-us", T_U32, O(cfg.lane_spin_us), 0, 1000000, "MICROSECONDS",
 	  "a lane thread that answered a request polls for the next one this long before it sleeps "
 	  "(0: never)" },
+	{ "sched-slice-us", T_U32, O(cfg.sched_slice_us), 1, 10000000, "MICROSECONDS",
+	  "the scheduler's slice: a client's compile goes before other clients' runs while it has had "
+	  "at most this much device time over its share, and a lane thread serves one client at most "
+	  "this long while others wait (default 5000)" },
 	{ "verbose", T_BOOL, O(cfg.verbose), 0, 0, NULL, "log every connect and disconnect" },
 	{ "interactive-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
 	  "clients of this user may ask for the interactive scheduling class (uid or name; repeatable)" },

@@ -1472,7 +1472,10 @@ Test(lanes, spin_counters_say_what_the_spin_did)
 {
 	anes_test_clock *clk = h_fake_clock();
 	for (int off = 0; off < 2; off++) {
-		const char *args[] = { "--lane-spin-us", off ? "0" : "20000", NULL };
+		/* A slice longer than the spin's bound: a spin is cut to the
+		 * slice (a_lane_thread_does_not_spin_past_its_slice). */
+		const char *args[] = { "--lane-spin-us", off ? "0" : "20000", "--sched-slice-us", "1000000",
+		                       NULL };
 		lanes_start(args);
 		aneshare_conn *obs = h_connect(&D, "observer");
 		aneshare_conn *c = h_connect(&D, "spin-counts");
@@ -1666,4 +1669,118 @@ Test(lanes, sigterm_while_a_lane_spins)
 	h_daemon_wait(&D);   /* exit status 0 */
 	sq_close(&s);
 	aneshare_disconnect(c);
+}
+
+/* ======================================================================================= */
+/* Lanes keep to the scheduler's slice (docs/protocol.md, "Scheduling")                     */
+/* ======================================================================================= */
+
+/* A daemon's clock step longer than the slice: every check of the slice
+ * after the one that took the lane finds it over. */
+#define SLICE_US "100"
+#define PAST_SLICE_NS 200000u
+
+static uint64_t slice_ends(aneshare_conn *c)
+{
+	aneshare_status *st = h_status(c);
+	uint64_t n = st->lane_slice_ends;
+	aneshare_status_free(st);
+	return n;
+}
+
+/* A client that pipelines: PIPE runs in one write, read by the lane thread
+ * in one read.  With the daemon's clock standing still the slice never ends,
+ * and the lane thread does all of them; with each read of the clock a
+ * slice later, it does the first, then hands the rest to the loop, which
+ * queues them for the workers (the fair queue): the other clients' ready
+ * sockets wait for the lane thread no longer than a slice. */
+Test(lanes, a_pipelining_client_keeps_a_lane_thread_for_one_slice)
+{
+	enum { PIPE = 32 };
+	anes_test_clock *clk = h_fake_clock();
+	for (int moving = 0; moving < 2; moving++) {
+		const char *args[] = { "--lane-threads", "1", "--lane-spin-us", "0",
+		                       "--sched-slice-us", SLICE_US, NULL };
+		atomic_store(&clk->step_ns, 0);
+		lanes_start(args);
+		aneshare_conn *obs = h_connect(&D, "observer");
+		rsq s;
+		rsq_open(&s, "main");
+		for (int i = 0; i < 4; i++)
+			rsq_check(&s, (uint64_t)i);   /* the program's run time is known */
+		counts before = rsq_counts(&s);
+		uint64_t ends = slice_ends(obs);
+
+		atomic_store(&clk->step_ns, moving ? PAST_SLICE_NS : 0);
+		rsq_fill(&s, 77);
+		msgpack_sbuffer sb;
+		msgpack_sbuffer_init(&sb);
+		uint32_t first = s.next_msgid;
+		for (unsigned i = 0; i < PIPE; i++)
+			rsq_frame(&s, &sb, s.next_msgid++);
+		cr_assert_eq(h_raw_send(s.rc.fd, sb.data, sb.size, NULL, 0), 0);
+		msgpack_sbuffer_destroy(&sb);
+		uint8_t seen[PIPE] = { 0 };
+		tally t = { .seen = seen, .base = first, .n = PIPE };
+		while (t.answered < t.n)
+			cr_assert_eq(h_rconn_next(&s.rc, 5000, tally_cb, &t), 1, "%u of %u answered",
+			             t.answered, t.n);
+		atomic_store(&clk->step_ns, 0);
+		cr_assert_eq(t.errors, 0);
+		cr_assert_leq(rsq_err(&s), H_MM_TOL);
+
+		counts after = rsq_counts(&s);
+		cr_assert_eq(after.runs - before.runs, PIPE);
+		cr_assert_eq(after.lane_runs - before.lane_runs, moving ? 1u : (unsigned)PIPE,
+		             "clock %s: %llu of the pipeline's runs on the lane", moving ? "moving" : "still",
+		             (unsigned long long)(after.lane_runs - before.lane_runs));
+		cr_assert_eq(slice_ends(obs) - ends, moving ? 1u : 0u);
+		rsq_close(&s);
+		h_wait_counts(obs, 0, 0);
+		aneshare_disconnect(obs);
+		h_daemon_stop(&D);
+	}
+}
+
+/* A client whose next request follows its answer at once: the lane thread
+ * polls its socket for it (the lane spin) only within its slice; past it,
+ * the lane is armed again, behind other clients' ready sockets.  With each
+ * read of the clock a slice later, no answer spins and each ends a slice;
+ * with a slice of 10 s the same answers spin and none ends one. */
+Test(lanes, a_lane_thread_does_not_spin_past_its_slice)
+{
+	anes_test_clock *clk = h_fake_clock();
+	for (int long_slice = 0; long_slice < 2; long_slice++) {
+		const char *args[] = { "--lane-threads", "1", "--lane-spin-us", "1000000",
+		                       "--sched-slice-us", long_slice ? "10000000" : SLICE_US, NULL };
+		atomic_store(&clk->step_ns, PAST_SLICE_NS);
+		lanes_start(args);
+		aneshare_conn *obs = h_connect(&D, "observer");
+		aneshare_conn *c = h_connect(&D, "ping-pong");
+		sq s;
+		cr_assert_eq(sq_open(c, SQ_N, "main", &s), 0);
+		sq_check(&s, 1);   /* the first run is the loop's: its run time is unknown */
+		counts before = get_counts(obs);
+		spin_counts sp = get_spin_counts(obs);
+		uint64_t ends = slice_ends(obs);
+		for (int i = 0; i < 8; i++)
+			sq_check(&s, 10 + (uint64_t)i);
+		counts after = settled_counts(obs, before.runs + 8);
+		uint64_t lane = after.lane_runs - before.lane_runs;
+		cr_assert_geq(lane, 4u, "the runs went to the lane (%llu)", (unsigned long long)lane);
+		uint64_t spins = get_spin_counts(obs).spins - sp.spins;
+		if (long_slice) {
+			cr_assert_geq(spins, lane, "every lane answer spun");
+			cr_assert_eq(slice_ends(obs) - ends, 0u);
+		} else {
+			cr_assert_eq(spins, 0u, "no answer spun past its slice");
+			cr_assert_eq(slice_ends(obs) - ends, lane, "each lane answer ended a slice");
+		}
+		sq_close(&s);
+		aneshare_disconnect(c);
+		h_wait_counts(obs, 0, 0);
+		aneshare_disconnect(obs);
+		atomic_store(&clk->step_ns, 0);
+		h_daemon_stop(&D);
+	}
 }

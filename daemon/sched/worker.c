@@ -277,7 +277,7 @@ static void on_closed(uv_handle_t *h)
 }
 
 int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
-                  const anes_pool_hooks *hooks, anes_pool **ret)
+                  uint64_t slice_ns, const anes_pool_hooks *hooks, anes_pool **ret)
 {
 	if (n_threads == 0)
 		return -EINVAL;
@@ -314,7 +314,7 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
 	}
 	p->async.data = p;
 
-	r = anes_tpool_new(n_threads, ANES_SCHED_SLICE_NS, &p->tp);
+	r = anes_tpool_new(n_threads, slice_ns, &p->tp);
 	if (r < 0) {
 		anes_pool_shutdown(p);
 		return r;

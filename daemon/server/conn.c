@@ -1536,6 +1536,8 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 {
 	anes_conn *c = ANES_CONTAINER_OF(l, anes_conn, lane_h);
 	int status = 0;
+	/* When this thread took the lane: it keeps it for at most a slice. */
+	uint64_t batch_start = anes_clock_ns();
 
 	/* The read under lane_mu: the loop's drain mark (rd_total plus what
 	 * the socket holds) must not fall between the two. */
@@ -1571,12 +1573,15 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 	 * (lane_spin); arm it as below once the spin is over. */
 	anes_spin_run run;
 	anes_server *srv = c->srv;
-	uint64_t batch_start = anes_clock_ns();
+	uint64_t slice_ns = (uint64_t)srv->cfg.sched_slice_us * 1000u;
+	uint64_t run_max_ns = (uint64_t)srv->cfg.lane_run_max_us * 1000u;
 	assert(ctx->out_len == 0);
 	while (reply) {
 		/* More requests already read (a client that pipelines): answer
 		 * and take the next at once, for up to --lane-run-max-us of
-		 * them; after that the loop spreads the rest over the workers. */
+		 * them and at most a slice (other clients may be waiting for a
+		 * lane thread); after that the loop spreads the rest over the
+		 * workers, through the fair queue. */
 		if (lane_frame_buffered(c)) {
 			/* The replies go together when the pipeline is done (or
 			 * LANE_BATCH_MAX bytes of them are waiting), in one send. */
@@ -1587,8 +1592,11 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 				status = r;
 				goto back;
 			}
-			if (anes_clock_ns() - batch_start > (uint64_t)srv->cfg.lane_run_max_us * 1000u ||
-			    lane_stop_wanted(c)) {
+			uint64_t held = anes_clock_ns() - batch_start;
+			if (held > run_max_ns || held >= slice_ns || lane_stop_wanted(c)) {
+				if (held >= slice_ns)
+					atomic_fetch_add_explicit(&srv->stats.lane_slice_ends, 1,
+					                          memory_order_relaxed);
 				status = lane_batch_flush(c, ctx, false);
 				goto back;
 			}
@@ -1616,6 +1624,15 @@ static void lane_ready(anes_lane *l, anes_wctx *ctx)
 				atomic_fetch_add_explicit(&srv->stats.lane_spin_skips, 1, memory_order_relaxed);
 			break;
 		}
+		/* No spin past the slice: the lane is armed again, behind the
+		 * other clients whose sockets are ready. */
+		uint64_t held = run.start_ns - batch_start;
+		if (held >= slice_ns) {
+			atomic_fetch_add_explicit(&srv->stats.lane_slice_ends, 1, memory_order_relaxed);
+			break;
+		}
+		if (run.limit_ns > slice_ns - held)
+			run.limit_ns = slice_ns - held;
 		atomic_fetch_add_explicit(&srv->stats.lane_spins, 1, memory_order_relaxed);
 		if (reply) {
 			r = lane_send(c, ctx, false);

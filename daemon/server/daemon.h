@@ -74,6 +74,9 @@ typedef struct anes_stats {
 	 * switched out (the gap rule), and answers that did not poll because
 	 * of the spin's penalty (conn.c, lane_ready). */
 	_Atomic uint64_t lane_spins, lane_spin_hits, lane_spin_gaps, lane_spin_skips;
+	/* Times a lane thread gave a client's lane up at the end of its slice
+	 * (--sched-slice-us) with requests buffered or a spin due (conn.c). */
+	_Atomic uint64_t lane_slice_ends;
 	uint64_t compiles;
 	uint64_t cache_hits;
 	uint64_t surfaces;        /* alive, all connections */
@@ -173,9 +176,8 @@ struct anes_job {
 	anes_pool *pool;
 };
 
-/* Compiles of a client go before other clients' runs while it has had no
- * more than this much device time over its share (jobsched.h). */
-#define ANES_SCHED_SLICE_NS (5u * 1000u * 1000u)
+/* The default of --sched-slice-us (anes_server_config.sched_slice_us). */
+#define ANES_SCHED_SLICE_US 5000u
 
 /* Per lane thread scratch, reused from request to request. */
 typedef struct anes_wctx {
@@ -522,11 +524,12 @@ typedef struct anes_pool_hooks {
 	void *ud;
 } anes_pool_hooks;
 
-/* n_threads job workers (a generic anes_tpool, tpool.h, that delivers its
+/* n_threads job workers (a generic anes_tpool, tpool.h, scheduling with
+ * slice_ns, the scheduler's slice, that delivers its
  * finished jobs to loop); n_lane_threads threads that serve lanes and
  * nothing else (0: anes_pool_lane_arm fails). */
 int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
-                  const anes_pool_hooks *hooks, anes_pool **ret);
+                  uint64_t slice_ns, const anes_pool_hooks *hooks, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
 /* Loop: the scheduling class of flow f from now on (jobsched.h). */
 void anes_pool_set_class(anes_pool *p, anes_sflow *f, anes_sclass sc);

@@ -43,6 +43,7 @@ void anes_server_config_init(anes_server_config *cfg)
 		.lanes = true,
 		.lane_run_max_us = 1000,
 		.lane_spin_us = 50,
+		.sched_slice_us = ANES_SCHED_SLICE_US,
 		.backend = NULL,
 		.limits = {
 			.max_frame = ANES_FRAME_MAX_DEFAULT,
@@ -799,7 +800,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	loop_init = true;
 	const anes_pool_hooks hooks = { pool_batch_begin, pool_batch_end, srv };
 	r = anes_pool_new(&srv->loop, srv->cfg.workers, srv->cfg.lanes ? srv->cfg.lane_threads : 0,
-	                  &hooks, &srv->pool);
+	                  (uint64_t)srv->cfg.sched_slice_us * 1000u, &hooks, &srv->pool);
 	if (r < 0) {
 		errmsg(errbuf, errbuf_len, "cannot start worker threads: %s", strerror(-r));
 		goto fail;

@@ -82,6 +82,11 @@ typedef struct anes_server_config {
 	                           * lately took at most this long (else: the loop) */
 	uint32_t lane_spin_us;    /* a lane thread that answered a request polls its socket
 	                           * this long for the next one (0: never; conn.c, lane_spin) */
+	/* The scheduler's slice (docs/protocol.md, "Scheduling"): a client with
+	 * a compile waiting goes first while it has had at most this much device
+	 * time over its share, and a lane thread serves one client at most this
+	 * long (anes_clock_ns) before it lets the others' requests go first. */
+	uint32_t sched_slice_us;
 	/* Borrowed: must outlive the server and is not destroyed by it. */
 	anes_backend *backend;
 	anes_limits limits;

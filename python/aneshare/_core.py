@@ -949,7 +949,7 @@ def _status_dict(st):
     d = {"version": _s(st.server_version), "backend": _s(st.backend)}
     for f in ("uptime_ms", "clients", "programs", "surfaces", "surface_bytes", "runs", "compiles",
               "cache_hits", "lane_runs", "lane_spins", "lane_spin_hits", "lane_spin_gaps",
-              "lane_spin_skips", "processes_total"):
+              "lane_spin_skips", "lane_slice_ends", "processes_total"):
         d[f] = int(getattr(st, f))
     d["program_list"] = [{"key": _s(st.program_list[i].key), "refs": st.program_list[i].refs}
                          for i in range(st.programs)]

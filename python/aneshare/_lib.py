@@ -76,7 +76,8 @@ class Status(ctypes.Structure):
                 ("lane_spin_skips", ctypes.c_uint64),
                 ("n_processes", ctypes.c_uint32), ("processes_total", ctypes.c_uint32),
                 ("process_list", ctypes.POINTER(StatusProcess)),
-                ("n_totals", ctypes.c_uint32), ("total_list", ctypes.POINTER(StatusTotal))]
+                ("n_totals", ctypes.c_uint32), ("total_list", ctypes.POINTER(StatusTotal)),
+                ("lane_slice_ends", ctypes.c_uint64)]
 
 
 DONE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(Result), ctypes.c_void_p)
