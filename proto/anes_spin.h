@@ -2,7 +2,7 @@
 /*
  * Spin, then sleep: the polling policy shared by libaneshare's blocking
  * waits (client/conn.c, spin_read) and the daemon's lane threads
- * (daemon/server/conn.c, lane_spin); docs/design.md, "The spin".
+ * (daemon/server/lanes.c, lane_spin); docs/design.md, "The spin".
  *
  * A waiter whose bytes are likely to come soon polls first, for at most a
  * bound, with these rules:

@@ -544,7 +544,10 @@ static void read_responses(h_rconn *rc, uint32_t first, uint32_t n, bool *ok)
  * that is not a run handing the rest back to the loop in order. */
 Test(chain, a_pipeline_read_at_once_runs_on_the_lane)
 {
-	const char *args[] = { "--fault-inject", "run_fail=fail_me", "--lane-run-max-us", "1000000", NULL };
+	/* A lane thread keeps a pipeline for at most --lane-run-max-us and the
+	 * slice: both 1 s here, more than 600 runs take on a loaded machine. */
+	const char *args[] = { "--fault-inject", "run_fail=fail_me", "--lane-run-max-us", "1000000",
+		               "--sched-slice-us", "1000000", NULL };
 	raw_fixture f;
 	raw_fixture_open(&f, args, "test-pipeline");
 	h_rconn *rc = &f.rc;

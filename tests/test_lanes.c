@@ -34,14 +34,15 @@
 
 static h_daemon D;
 
-/* Every daemon of this suite: a lane runs whatever it gets, unless a test
- * says otherwise (its args come after, and win).  What these tests look at
- * is the lanes, not the moving average, which a loaded machine can push
- * over the default 1 ms now and then. */
+/* Every daemon of this suite: a lane runs whatever it gets, and keeps a
+ * pipelining client for up to a second, unless a test says otherwise (its
+ * args come after, and win).  What these tests look at is the lanes, not
+ * the moving average or the slice, which a loaded machine can push over
+ * the defaults (1 ms, 5 ms) now and then. */
 static void lanes_start(const char *const *args)
 {
-	const char *all[32] = { "--lane-run-max-us", "1000000" };
-	size_t n = 2;
+	const char *all[32] = { "--lane-run-max-us", "1000000", "--sched-slice-us", "1000000" };
+	size_t n = 4;
 	for (size_t i = 0; args && args[i] && n < 31; i++)
 		all[n++] = args[i];
 	all[n] = NULL;

@@ -68,14 +68,14 @@ void *anes_idt_remove(anes_idtable *t, uint32_t id);
 
 typedef struct anes_stats {
 	_Atomic uint64_t runs;    /* added to by lane workers too */
-	_Atomic uint64_t lane_runs;  /* of those, run on a lane (conn.c) */
+	_Atomic uint64_t lane_runs;  /* of those, run on a lane (lanes.c) */
 	/* Lane answers after which the lane spin polled for the next request,
 	 * those polls that got it, those that ended because the thread was
 	 * switched out (the gap rule), and answers that did not poll because
-	 * of the spin's penalty (conn.c, lane_ready). */
+	 * of the spin's penalty (lanes.c, lane_ready). */
 	_Atomic uint64_t lane_spins, lane_spin_hits, lane_spin_gaps, lane_spin_skips;
 	/* Times a lane thread gave a client's lane up at the end of its slice
-	 * (--sched-slice-us) with requests buffered or a spin due (conn.c). */
+	 * (--sched-slice-us) with requests buffered or a spin due (lanes.c). */
 	_Atomic uint64_t lane_slice_ends;
 	uint64_t compiles;
 	uint64_t cache_hits;
@@ -187,7 +187,7 @@ typedef struct anes_wctx {
 	size_t buf_cap;
 	anes_run_wire *wire;    /* malloc'd at first use: the run decoder's workspace */
 	void *rest_spare;       /* conn.c: a reply's rest, in case a send falls short */
-	char *out;              /* conn.c, lane_batch: replies of a pipeline, to go in one send */
+	char *out;              /* lanes.c, lane_batch: replies of a pipeline, to go in one send */
 	size_t out_len, out_cap;
 } anes_wctx;
 
@@ -260,7 +260,7 @@ struct anes_conn {
 	atomic_uint direct_unseen;   /* replies sent by workers whose jobs' done()
 	                              * has not run yet */
 	atomic_uint lane_rests;      /* lane replies whose rest the loop has not
-	                              * queued yet (conn.c, lane_send) */
+	                              * queued yet (lanes.c, lane_send) */
 
 	/* The lane (docs/design.md, "Lanes").  While `lane` is set a
 	 * worker owns the read side: io's receive buffer and fd queue, and
@@ -277,7 +277,7 @@ struct anes_conn {
 	pthread_mutex_t lane_mu;
 	int lane_state;              /* under lane_mu: ANES_LANE_OFF/ARMED/BUSY */
 	bool lane_stop;              /* under lane_mu: the loop wants it back */
-	/* The lane spin's history for this client (conn.c, lane_spin): used
+	/* The lane spin's history for this client (lanes.c, lane_spin): used
 	 * only by the lane thread holding the lane (BUSY), handed from thread
 	 * to thread with it.  Per client, not per thread: whether the next
 	 * request comes soon is this client's habit, and a thread's history

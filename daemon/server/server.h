@@ -76,12 +76,12 @@ typedef struct anes_server_config {
 	int listen_fd;
 	/* Worker threads for compiles and runs; 0 = 2. */
 	unsigned workers;
-	bool lanes;            /* lane threads read idle connections (conn.c) */
+	bool lanes;            /* lane threads read idle connections (lanes.c) */
 	unsigned lane_threads; /* how many (0: as many as workers) */
 	uint32_t lane_run_max_us; /* ... and run a request there if its programs' runs
 	                           * lately took at most this long (else: the loop) */
 	uint32_t lane_spin_us;    /* a lane thread that answered a request polls its socket
-	                           * this long for the next one (0: never; conn.c, lane_spin) */
+	                           * this long for the next one (0: never; lanes.c, lane_spin) */
 	/* The scheduler's slice (docs/protocol.md, "Scheduling"): a client with
 	 * a compile waiting goes first while it has had at most this much device
 	 * time over its share, and a lane thread serves one client at most this
