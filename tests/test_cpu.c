@@ -1223,3 +1223,43 @@ Test(cpu, coremlc_ios17_text_forms_run)
 	cr_assert_eq(r32, -3.5f);
 	B->ops->program_free(B, p);
 }
+
+/* ---- flexible shapes (docs/mil.md, Functions, shapes and states) ---- */
+
+/* coremlc's form: '?' input dimensions, DefaultShapes and EnumeratedShapes */
+static const char flex_text[] =
+	"program(1.0)\n"
+	"{\n"
+	"    func main<ios17>(tensor<fp16, [1, ?]> x) [FlexibleShapeInformation = tuple<tuple<tensor<string, []>, "
+	"dict<tensor<string, []>, tensor<int32, [?]>>>, tuple<tensor<string, []>, dict<tensor<string, []>, "
+	"dict<tensor<string, []>, tensor<int32, [?]>>>>>(((\"DefaultShapes\", {{\"x\", [1, 4]}}), "
+	"(\"EnumeratedShapes\", {{\"x_1_4\", {{\"x\", [1, 4]}}}, {\"x_1_8\", {{\"x\", [1, 8]}}}})))] {\n"
+	"            tensor<fp16, [1, ?]> y = mul(x = x, y = fp16(2))[name = string(\"y\")];\n"
+	"            tensor<fp16, [1, ?]> z = add(x = y, y = x)[name = string(\"z\")];\n"
+	"        } -> (z);\n"
+	"}\n";
+
+Test(cpu, enumerated_shapes_are_functions)
+{
+	anes_bprogram *p = compile_text(flex_text);
+	cr_assert_eq(p->n_functions, 3);
+	static const char *const names[] = {"main", "main/x_1_4", "main/x_1_8"};
+	static const uint64_t widths[] = {4, 4, 8};
+	for (uint32_t f = 0; f < 3; f++) {
+		const anes_function_info *fi = &p->functions[f];
+		cr_assert_str_eq(fi->name, names[f]);
+		cr_assert_eq(fi->inputs[0].shape[1], widths[f]);
+		cr_assert_eq(fi->outputs[0].shape[1], widths[f]);
+		cr_assert_eq(fi->outputs[0].bytes, 2 * widths[f]);
+		uint16_t x[8], z[8];
+		for (uint64_t i = 0; i < widths[f]; i++)
+			x[i] = anes_f32_to_f16_soft((float)i - 2.5f);
+		const void *in[] = {x};
+		void *out[] = {z};
+		run_ok(p, f, in, out);
+		for (uint64_t i = 0; i < widths[f]; i++)
+			cr_assert_eq(h2f(z[i]), 3 * ((float)i - 2.5f), "%s: z[%llu] = %g", names[f],
+			             (unsigned long long)i, (double)h2f(z[i]));
+	}
+	B->ops->program_free(B, p);
+}

@@ -752,3 +752,34 @@ Test(mil, each_limit_is_settable_and_enforced)
 	cr_assert_eq(anes_mil_set_limits(&bad), -EINVAL);
 	cr_assert_eq(anes_mil_get_limits()->max_io, 3);
 }
+
+Test(mil, flexible_shape_errors)
+{
+	anes_mil_program *p = NULL;
+	/* '?' without FlexibleShapeInformation */
+	cr_assert_eq(parse("program(1.0)\n{\n func main<ios17>(tensor<fp16, [1, ?]> x) {\n } -> (x);\n}\n", NULL, 0, &p),
+	             -ENOTSUP);
+	cr_assert(strstr(errbuf, "line 3: function 'main' has inputs with '?' dimensions"), "%s", errbuf);
+	/* the defaults name another input, or give another rank or a conflicting dimension */
+	static const char *const bad[][2] = {
+		{"{{\"y\", [1, 4]}}", "gives it no shape"},
+		{"{{\"x\", [1, 4, 1]}}", "3 dimensions, it has 2"},
+		{"{{\"x\", [2, 4]}}", "dimension 0 = 2, it is 1"},
+		{"{{\"x\", [1, 0]}}", "bad dimension '0'"},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char t[512];
+		snprintf(t, sizeof t,
+		         "program(1.0)\n{\n func main<ios17>(tensor<fp16, [1, ?]> x) [FlexibleShapeInformation = "
+		         "tuple<tuple<tensor<string, []>, dict<tensor<string, []>, tensor<int32, [?]>>>>("
+		         "(\"DefaultShapes\", %s))] {\n } -> (x);\n}\n", bad[i][0]);
+		cr_assert_neq(parse(t, NULL, 0, &p), 0, "%s", t);
+		cr_assert(strstr(errbuf, bad[i][1]), "%s: %s", bad[i][0], errbuf);
+	}
+	/* '?' is not a dimension of a constant, nor of a literal */
+	expect_err("tensor<fp16, [?]> c = const()[val = tensor<fp16, [1]>([1])];", -EINVAL, 4, "'?' dimension");
+	expect_err("tensor<fp16, [2]> c = const()[val = tensor<fp16, [?]>([1])];", -EINVAL, 4, "only in function inputs");
+	/* a declared '?' output dimension takes the inferred one; a known one must agree */
+	expect_err("tensor<fp16, [3, ?]> y = relu(x = x);", -EINVAL, 4, "does not match");
+	cr_assert_eq(parse_body("tensor<fp16, [2, ?]> y = relu(x = x);", NULL, 0), 0, "%s", errbuf);
+}

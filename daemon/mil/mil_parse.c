@@ -46,6 +46,8 @@ typedef struct parser {
 	uint64_t total_bytes;
 	bool borrow;        /* BLOBFILE constants point into the weights */
 	anes_mil_limits lim;
+	bool flex_ok;       /* a '?' dimension may be parsed (inputs, declared op outputs) */
+	int variant;        /* -1: the function's default shapes; else its enumerated shape k */
 	fnstate *fn;        /* function being parsed, NULL at program level */
 } parser;
 
@@ -421,6 +423,13 @@ static int parse_dim(parser *P, uint64_t *ret)
 	unsigned long long v;
 	char d[48];
 
+	if (P->t.k == T_QUEST) {
+		if (!P->flex_ok)
+			return perr(P, -EINVAL, P->t.line,
+			            "a dimension '?' is allowed only in function inputs and declared op outputs");
+		*ret = 0;   /* unknown: resolved by FlexibleShapeInformation or by inference */
+		return next(P);
+	}
 	if (P->t.k == T_IDENT)
 		return perr(P, -ENOTSUP, P->t.line, "symbolic dimension %s is not supported",
 		            tok_desc(&P->t, d, sizeof d));
@@ -488,6 +497,17 @@ static int parse_type(parser *P, anes_mil_type *t)
 			t->dtype = dt;
 			t->count = 1;
 			t->bytes = 1;
+			return 0;
+		}
+		bool unknown = false;
+		for (uint32_t i = 0; i < rank; i++)
+			unknown |= shape[i] == 0;
+		if (unknown) {
+			/* a flexible type: unknown dims are 0, count and bytes 0 until resolved */
+			memset(t, 0, sizeof *t);
+			t->dtype = dt;
+			t->rank = rank;
+			memcpy(t->shape, shape, rank * sizeof shape[0]);
 			return 0;
 		}
 		if (anes_mil_type_init(t, dt, rank, shape))
@@ -1228,7 +1248,28 @@ static const anes_mil_function *fn_view(fnstate *F)
 	return &F->f;
 }
 
-static int check_op(parser *P, anes_mil_op *op, const anes_mil_type *decl, const char *const *names,
+/* true if t has a '?' dimension */
+static bool type_flexible(const anes_mil_type *t)
+{
+	for (uint32_t i = 0; i < t->rank; i++)
+		if (t->shape[i] == 0)
+			return true;
+	return false;
+}
+
+/* a declared type with '?' dimensions matches an inferred one of the same
+ * dtype and rank that agrees on the known dimensions */
+static bool flex_matches(const anes_mil_type *decl, const anes_mil_type *t)
+{
+	if (decl->dtype != t->dtype || decl->rank != t->rank)
+		return false;
+	for (uint32_t i = 0; i < decl->rank; i++)
+		if (decl->shape[i] && decl->shape[i] != t->shape[i])
+			return false;
+	return true;
+}
+
+static int check_op(parser *P, anes_mil_op *op, anes_mil_type *decl, const char *const *names,
                     anes_mil_type *inferred)
 {
 	const anes_mil_opdef *def = op->def;
@@ -1270,6 +1311,10 @@ static int check_op(parser *P, anes_mil_op *op, const anes_mil_type *decl, const
 		memset(&inferred[i], 0, sizeof inferred[i]);
 	TRY(def->infer(c, fn, op, inferred));
 	for (uint32_t i = 0; i < op->n_outputs; i++) {
+		if (type_flexible(&decl[i]) && flex_matches(&decl[i], &inferred[i])) {
+			decl[i] = inferred[i];   /* the shape the function's shapes give it */
+			continue;
+		}
 		if (!anes_mil_type_equal(&decl[i], &inferred[i])) {
 			char a[96], b[96];
 			return anes_mil_fail(c, op, -EINVAL, "declared type %s of '%s' does not match the inferred %s",
@@ -1301,7 +1346,10 @@ static int parse_stmt(parser *P)
 		for (;;) {
 			if (n_out == ANES_MIL_MAX_OUTPUTS)
 				return perr(P, -EINVAL, P->t.line, "more than %u outputs", ANES_MIL_MAX_OUTPUTS);
-			TRY(parse_type(P, &decl[n_out]));
+			P->flex_ok = true;
+			int rc = parse_type(P, &decl[n_out]);
+			P->flex_ok = false;
+			TRY(rc);
 			TRY(take_name(P, &names[n_out], "an output name"));
 			n_out++;
 			if (P->t.k != T_COMMA)
@@ -1316,7 +1364,10 @@ static int parse_stmt(parser *P)
 		for (;;) {
 			if (n_out == ANES_MIL_MAX_OUTPUTS)
 				return perr(P, -EINVAL, P->t.line, "more than %u outputs", ANES_MIL_MAX_OUTPUTS);
-			TRY(parse_type(P, &decl[n_out]));
+			P->flex_ok = true;
+			int rc = parse_type(P, &decl[n_out]);
+			P->flex_ok = false;
+			TRY(rc);
 			TRY(take_name(P, &names[n_out], "a value name"));
 			n_out++;
 			if (P->t.k != T_COMMA)
@@ -1342,6 +1393,8 @@ static int parse_stmt(parser *P)
 		TRY(expect(P, T_SEMI, "after the statement"));
 		if (n_out != 1)
 			return perr(P, -EINVAL, line, "const (%s) has exactly one output", names[0]);
+		if (type_flexible(&decl[0]))
+			return perr(P, -EINVAL, line, "const (%s) has a '?' dimension", names[0]);
 		for (uint32_t i = 0; i < n_attrs; i++)
 			if (strcmp(attrs[i].name, "val") == 0 && !attrs[i].is_tuple)
 				val = &F->values[attrs[i].vals[0]];
@@ -1469,12 +1522,97 @@ static void fnstate_free(fnstate *F)
 	memset(F, 0, sizeof *F);
 }
 
-static int parse_function(parser *P, anes_mil_function *out)
+/* ---- flexible shapes (FlexibleShapeInformation) ---- */
+
+static int fn_attr(parser *P, const char *name, size_t len, anode *val, void *ctx)
+{
+	(void)P;
+	if (len == 24 && memcmp(name, "FlexibleShapeInformation", 24) == 0)
+		*(anode **)ctx = val;
+	return 0;
+}
+
+/* the value after the string key in a (key, value) or {key, value} pair
+ * anywhere in a, or NULL */
+static const anode *find_keyed(const anode *a, const char *key, uint32_t depth)
+{
+	if (!a || a->kind == 's' || a->kind == 'n' || a->kind == 'b' || depth > ANES_MIL_MAX_NEST + 1)
+		return NULL;
+	if (a->n == 2 && a->kid->kind == 's' && strcmp(a->kid->s, key) == 0)
+		return a->kid->next;
+	for (const anode *k = a->kid; k; k = k->next) {
+		const anode *r = find_keyed(k, key, depth + 1);
+		if (r)
+			return r;
+	}
+	return NULL;
+}
+
+/* the value of key in a dict {{k, v}, ...} (a list of pairs), or NULL */
+static const anode *dict_get(const anode *d, const char *key)
+{
+	if (!d || (d->kind != '{' && d->kind != '(' && d->kind != '['))
+		return NULL;
+	for (const anode *e = d->kid; e; e = e->next)
+		if (e->kind != 's' && e->kind != 'n' && e->kind != 'b' && e->n == 2 && e->kid->kind == 's' &&
+		    strcmp(e->kid->s, key) == 0)
+			return e->kid->next;
+	return NULL;
+}
+
+/* Give input v (with '?' dimensions) its shape from shapes (a dict input
+ * name -> [d0, d1, ...]); where says which shapes these are. */
+static int resolve_input(parser *P, const char *fname, anes_mil_value *v, const anode *shapes, const char *where)
+{
+	const anode *sh = dict_get(shapes, v->name);
+	uint64_t dims[ANES_MAX_RANK];
+	uint32_t n = 0;
+
+	if (!sh)
+		return perr(P, -ENOTSUP, v->line,
+		            "input '%s' of function '%s' has a '?' dimension and %s gives it no shape", v->name,
+		            fname, where);
+	if (sh->kind != '[' && sh->kind != '(')
+		return perr(P, -EINVAL, sh->line, "the shape of input '%s' in %s is not a list", v->name, where);
+	for (const anode *d = sh->kid; d; d = d->next) {
+		char buf[72], *end;
+		if (d->kind != 'n' || d->len >= sizeof buf || n == ANES_MAX_RANK)
+			return perr(P, -EINVAL, d->line, "bad shape of input '%s' in %s", v->name, where);
+		memcpy(buf, d->s, d->len);
+		buf[d->len] = 0;
+		errno = 0;
+		unsigned long long x = strtoull(buf, &end, 10);
+		if (*end || buf[0] == '-' || errno || x == 0 || x > ANES_MIL_MAX_DIM)
+			return perr(P, -EINVAL, d->line, "bad dimension '%s' of input '%s' in %s", buf, v->name, where);
+		dims[n++] = x;
+	}
+	if (n != v->type.rank)
+		return perr(P, -EINVAL, sh->line, "%s gives input '%s' %u dimensions, it has %u", where, v->name, n,
+		            v->type.rank);
+	for (uint32_t i = 0; i < n; i++)
+		if (v->type.shape[i] && v->type.shape[i] != dims[i])
+			return perr(P, -EINVAL, sh->line, "%s gives input '%s' dimension %u = %llu, it is %llu", where,
+			            v->name, i, (unsigned long long)dims[i], (unsigned long long)v->type.shape[i]);
+	if (anes_mil_type_init(&v->type, v->type.dtype, n, dims))
+		return perr(P, -EINVAL, sh->line, "input '%s' in %s is larger than %llu bytes", v->name, where,
+		            (unsigned long long)P->lim.max_tensor_bytes);
+	return 0;
+}
+
+/* Parse one function.  With FlexibleShapeInformation, variant -1 gives its
+ * '?' input dimensions the DefaultShapes (else the first of the
+ * EnumeratedShapes), variant k the k-th enumerated shape (its name becomes
+ * "NAME/KEY"); *ret_variants says how many enumerated shapes it has. */
+static int parse_function(parser *P, anes_mil_function *out, int variant, uint32_t *ret_variants)
 {
 	fnstate *F = P->fn;
 	uint32_t ins[ANES_MAX_IO], outs[ANES_MAX_IO], n_in = 0, n_out = 0;
+	anes_mil_value pend[ANES_MAX_IO];
+	bool flexible = false;
+	anode *flex = NULL;
 	char d[48];
 
+	*ret_variants = 0;
 	F->f.line = P->t.line;
 	TRY(expect_word(P, "func", "to start a function"));
 	F->f.opset = "";
@@ -1491,19 +1629,22 @@ static int parse_function(parser *P, anes_mil_function *out)
 	TRY(expect(P, T_LP, "to open the function inputs"));
 	if (P->t.k != T_RP) {
 		for (;;) {
-			anes_mil_value v;
-			memset(&v, 0, sizeof v);
-			v.line = P->t.line;
-			v.kind = ANES_MIL_V_INPUT;
+			anes_mil_value *v = &pend[n_in];
+			memset(v, 0, sizeof *v);
+			v->line = P->t.line;
+			v->kind = ANES_MIL_V_INPUT;
 			if (n_in == P->lim.max_io)
 				return perr(P, -EINVAL, P->t.line, "function '%s' has more than %u inputs", F->f.name,
 				            P->lim.max_io);
-			TRY(parse_type(P, &v.type));
-			if (v.type.dtype == ANES_MIL_DT_STRING || anes_mil_dtype_is_storage(v.type.dtype))
-				return perr(P, -ENOTSUP, v.line, "function input of type %s is not supported",
-				            anes_mil_dtype_name(v.type.dtype));
-			TRY(take_name(P, &v.name, "an input name"));
-			TRY(add_value(P, &v, &ins[n_in]));
+			P->flex_ok = true;
+			int rc = parse_type(P, &v->type);
+			P->flex_ok = false;
+			TRY(rc);
+			if (v->type.dtype == ANES_MIL_DT_STRING || anes_mil_dtype_is_storage(v->type.dtype))
+				return perr(P, -ENOTSUP, v->line, "function input of type %s is not supported",
+				            anes_mil_dtype_name(v->type.dtype));
+			flexible |= type_flexible(&v->type);
+			TRY(take_name(P, &v->name, "an input name"));
 			n_in++;
 			if (P->t.k != T_COMMA)
 				break;
@@ -1513,7 +1654,47 @@ static int parse_function(parser *P, anes_mil_function *out)
 	TRY(expect(P, T_RP, "to close the function inputs"));
 	/* function attributes, e.g. [FlexibleShapeInformation = ...] */
 	if (P->t.k == T_LB)
-		TRY(parse_attrs(P, "function", NULL, NULL));
+		TRY(parse_attrs(P, "function", fn_attr, &flex));
+	if (flexible) {
+		const anode *dflt = find_keyed(flex, "DefaultShapes", 0);
+		const anode *en = find_keyed(flex, "EnumeratedShapes", 0);
+		const anode *shapes = dflt;
+		const char *where = "DefaultShapes";
+		char vname[64];
+		if (en && en->kind != 's' && en->kind != 'n' && en->kind != 'b')
+			*ret_variants = en->n;
+		if (variant >= 0 || !shapes) {
+			/* the k-th (or, without defaults, the first) enumerated shape */
+			uint32_t k = variant >= 0 ? (uint32_t)variant : 0;
+			const anode *e = en && *ret_variants > k ? en->kid : NULL;
+			for (uint32_t i = 0; e && i < k; i++)
+				e = e->next;
+			if (!e || e->kind == 's' || e->kind == 'n' || e->kind == 'b' || e->n != 2 || e->kid->kind != 's')
+				return perr(P, -ENOTSUP, F->f.line,
+				            "function '%s' has inputs with '?' dimensions and no FlexibleShapeInformation "
+				            "with DefaultShapes or EnumeratedShapes for them", F->f.name);
+			shapes = e->kid->next;
+			snprintf(vname, sizeof vname, "EnumeratedShapes '%.32s'", e->kid->s);
+			where = vname;
+			if (variant >= 0) {
+				size_t fl = strlen(F->f.name), kl = e->kid->len;
+				if (fl + 1 + kl > ANES_NAME_MAX)
+					return perr(P, -EINVAL, F->f.line, "function '%s' with shape '%s': the name is longer "
+					            "than %d bytes", F->f.name, e->kid->s, ANES_NAME_MAX);
+				char *nm = mil_arena_strndup(P->arena, F->f.name, fl + 1 + kl);
+				if (!nm)
+					return nomem(P);
+				nm[fl] = '/';
+				memcpy(nm + fl + 1, e->kid->s, kl);
+				F->f.name = nm;
+			}
+		}
+		for (uint32_t i = 0; i < n_in; i++)
+			if (type_flexible(&pend[i].type))
+				TRY(resolve_input(P, F->f.name, &pend[i], shapes, where));
+	}
+	for (uint32_t i = 0; i < n_in; i++)
+		TRY(add_value(P, &pend[i], &ins[i]));
 	TRY(expect(P, T_LC, "to open the function body"));
 	while (P->t.k != T_RC) {
 		if (P->t.k == T_EOF)
@@ -1613,22 +1794,40 @@ static int parse_program(parser *P, anes_mil_program *prog)
 		TRY(parse_attrs(P, "program", NULL, NULL));
 	TRY(expect(P, T_LC, "to open the program body"));
 	while (tok_is(&P->t, "func")) {
-		fnstate F;
-		int rc;
-		if (nf == P->lim.max_functions)
-			return perr(P, -EINVAL, P->t.line, "more than %u functions (the limit, --max-mil-functions)",
-			            P->lim.max_functions);
-		memset(&F, 0, sizeof F);
-		P->fn = &F;
-		rc = parse_function(P, &funcs[nf]);
-		P->fn = NULL;
-		fnstate_free(&F);
-		if (rc)
-			return rc;
-		for (uint32_t i = 0; i < nf; i++)
-			if (strcmp(funcs[i].name, funcs[nf].name) == 0)
-				return perr(P, -EINVAL, funcs[nf].line, "redefinition of function '%s'", funcs[nf].name);
-		nf++;
+		/* the function, then again once per enumerated shape (as NAME/KEY),
+		 * parsed from the same text */
+		const char *at_p = P->p;
+		uint32_t at_line = P->line;
+		tok at_t = P->t;
+		uint32_t n_variants = 0;
+		for (int variant = -1; variant < (int)n_variants; variant++) {
+			fnstate F;
+			int rc;
+			if (nf == P->lim.max_functions)
+				return perr(P, -EINVAL, P->t.line,
+				            "more than %u functions (the limit, --max-mil-functions; each enumerated "
+				            "shape is one)", P->lim.max_functions);
+			if (variant >= 0) {
+				P->p = at_p;
+				P->line = at_line;
+				P->t = at_t;
+			}
+			memset(&F, 0, sizeof F);
+			P->fn = &F;
+			uint32_t nv = 0;
+			rc = parse_function(P, &funcs[nf], variant, &nv);
+			P->fn = NULL;
+			fnstate_free(&F);
+			if (rc)
+				return rc;
+			if (variant < 0)
+				n_variants = nv;
+			for (uint32_t i = 0; i < nf; i++)
+				if (strcmp(funcs[i].name, funcs[nf].name) == 0)
+					return perr(P, -EINVAL, funcs[nf].line, "redefinition of function '%s'",
+					            funcs[nf].name);
+			nf++;
+		}
 	}
 	if (P->t.k != T_RC)
 		return perr(P, -EINVAL, P->t.line, "expected 'func' or '}', got %s", tok_desc(&P->t, d, sizeof d));

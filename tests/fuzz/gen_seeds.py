@@ -432,6 +432,15 @@ def main():
         '    tensor<fp16, [1, 2, 2]> ro, tensor<fp16, [2, 2]> rh = rnn(x = x, initial_h = h1, weight_ih = ' + w('[2, 4]', 8) +
         ', weight_hh = ' + w('[2, 2]', 4) + ', direction = string("reverse"), activation = string("tanh"));',
         'o, ho, co, ro, rh')).encode()
+    mils['flexible_shapes'] = (
+        'program(1.0)\n{\n'
+        '    func main<ios17>(tensor<fp16, [1, ?]> x) [FlexibleShapeInformation = tuple<tuple<tensor<string, []>, '
+        'dict<tensor<string, []>, tensor<int32, [?]>>>, tuple<tensor<string, []>, dict<tensor<string, []>, '
+        'dict<tensor<string, []>, tensor<int32, [?]>>>>>((("DefaultShapes", {{"x", [1, 4]}}), '
+        '("EnumeratedShapes", {{"x_1_4", {{"x", [1, 4]}}}, {"x_1_8", {{"x", [1, 8]}}}})))] {\n'
+        '        tensor<fp16, [1, ?]> y = mul(x = x, y = fp16(2))[name = string("y")];\n'
+        '        tensor<fp16, [1, ?]> z = add(x = y, y = x)[name = string("z")];\n'
+        '    } -> (z);\n}\n').encode()
     for name, text in mils.items():
         write('mil', name, text)
         # mil_run: the program, then data for its inputs
