@@ -3053,3 +3053,42 @@ Test(ops, lstm_and_rnn)
 	B->ops->program_free(B, p);
 	free(vx), free(vh0), free(wi), free(wh), free(bb), free(x), free(h0);
 }
+
+Test(ops, reverse_sequence_and_reshape_like)
+{
+	/* x [seq 4, batch 3, 2]; lengths per batch entry */
+	double *v;
+	uint16_t *x = rf16(24, -4, 4, &v), y[24];
+	int32_t len[3] = {2, 4, 0};
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [4, 3, 2]> x, tensor<int32, [3]> l", "y",
+		"        tensor<fp16, [4, 3, 2]> y = reverse_sequence(x = x, lengths = l, seq_axis = int32(0), batch_axis = int32(1));"));
+	const void *in[] = {x, len};
+	void *out[] = {y};
+	run_ok(p, 0, in, out);
+	for (int t = 0; t < 4; t++)
+		for (int b = 0; b < 3; b++)
+			for (int k = 0; k < 2; k++) {
+				int src = t < len[b] ? len[b] - 1 - t : t;
+				cr_assert_eq(h2d(y[(t * 3 + b) * 2 + k]), v[(src * 3 + b) * 2 + k], "reverse_sequence [%d][%d][%d]", t, b, k);
+			}
+	len[1] = 5;
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -EINVAL);
+	cr_assert(strstr(errbuf, "lengths[1] = 5 is out of range [0, 4]"), "%s", errbuf);
+	B->ops->program_free(B, p);
+	/* reshape_like: the shape from slices of the references' shapes */
+	uint16_t z[24];
+	p = compile_ok(prog("tensor<fp16, [4, 3, 2]> x, tensor<fp16, [2, 9]> a, tensor<fp16, [1, 12, 5]> b", "y",
+		"        tensor<fp16, [2, 12]> y = reshape_like(x = x, ref_tensors = (a, b), begins = tensor<int32, [2]>([0, 1]), "
+		"ends = tensor<int32, [2]>([1, 2]), end_masks = tensor<bool, [2]>([false, false]));"));
+	const void *in2[] = {x, x, x};
+	void *out2[] = {z};
+	run_ok(p, 0, in2, out2);
+	for (int i = 0; i < 24; i++)
+		cr_assert_eq(h2d(z[i]), v[i]);
+	B->ops->program_free(B, p);
+	compile_err(prog("tensor<fp16, [4, 3, 2]> x, tensor<fp16, [2, 9]> a", "y",
+		"        tensor<fp16, [2, 9]> y = reshape_like(x = x, ref_tensors = (a), begins = tensor<int32, [1]>([0]), ends = tensor<int32, [1]>([2]));"));
+	cr_assert(strstr(errbuf, "the reference shape has 18 elements, x has 24"), "%s", errbuf);
+	free(v);
+	free(x);
+}

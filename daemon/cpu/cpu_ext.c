@@ -1748,6 +1748,75 @@ static int run_recurrent(const cpu_step *st, const cpu_exec *ex)
 	return 0;
 }
 
+
+/* ---- reverse_sequence: per batch entry, reverse the first lengths[b] steps ---- */
+
+typedef struct revseq_params {
+	size_t es;
+	int ldt;
+	uint32_t rank, sa, ba;
+	uint64_t shape[ANES_MAX_RANK], str[ANES_MAX_RANK], count;
+} revseq_params;
+
+static int plan_revseq(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
+{
+	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
+	revseq_params *p = calloc(1, sizeof *p);
+
+	(void)pc;
+	if (!p)
+		return -ENOMEM;
+	p->es = cpu_esize(x->dtype);
+	p->ldt = cpu_arg(fn, op, "lengths")->type.dtype;
+	p->rank = x->rank;
+	p->sa = axis_of(fn, op, "seq_axis", 0, x->rank);
+	p->ba = axis_of(fn, op, "batch_axis", 0, x->rank);
+	memcpy(p->shape, x->shape, sizeof p->shape);
+	strides_of(x, p->str);
+	p->count = x->count;
+	st->scratch = cpu_align64(x->shape[p->ba] * 8);
+	st->params = p;
+	return 0;
+}
+
+static int run_revseq(const cpu_step *st, const cpu_exec *ex)
+{
+	const revseq_params *p = st->params;
+	const void *lp = cpu_ptr(ex, cpu_argid(st->op, "lengths"));
+	const uint8_t *x = cpu_ptr(ex, cpu_argid(st->op, "x"));
+	uint8_t *o = cpu_ptr(ex, st->op->outputs[0]);
+	uint64_t *len = (uint64_t *)(void *)ex->scratch, idx[ANES_MAX_RANK];
+	uint64_t S = p->shape[p->sa];
+
+	/* lengths: each read once, checked (0..S), kept */
+	for (uint64_t b = 0; b < p->shape[p->ba]; b++) {
+		int64_t l = (int64_t)anes_mil_load_f64(lp, p->ldt, b);
+		__asm__ volatile("" : "+r"(l));
+		if (l < 0 || l > (int64_t)S)
+			return cpu_run_fail(ex, st->op, -EINVAL, "lengths[%llu] = %lld is out of range [0, %llu]",
+			                    (unsigned long long)b, (long long)l, (unsigned long long)S);
+		len[b] = (uint64_t)l;
+	}
+	for (uint64_t i = 0; i < p->count; i++) {
+		uint64_t off = 0;
+		unravel(i, p->shape, p->rank, idx);
+		uint64_t l = len[idx[p->ba]];
+		if (idx[p->sa] < l)
+			idx[p->sa] = l - 1 - idx[p->sa];
+		for (uint32_t d = 0; d < p->rank; d++)
+			off += idx[d] * p->str[d];
+		memmove(o + i * p->es, x + off * p->es, p->es);
+	}
+	return 0;
+}
+
+static int run_copy_x(const cpu_step *st, const cpu_exec *ex)
+{
+	uint32_t xid = cpu_argid(st->op, "x");
+	memmove(cpu_ptr(ex, st->op->outputs[0]), cpu_ptr(ex, xid), (size_t)ex->fn->values[xid].type.bytes);
+	return 0;
+}
+
 /* ---- table ---- */
 
 static const cpu_opimpl impls[] = {
@@ -1797,6 +1866,8 @@ static const cpu_opimpl impls[] = {
 	{"einsum", plan_einsum, run_einsum},
 	{"lstm", plan_recurrent, run_recurrent},
 	{"rnn", plan_recurrent, run_recurrent},
+	{"reverse_sequence", plan_revseq, run_revseq},
+	{"reshape_like", NULL, run_copy_x},
 };
 
 const cpu_opimpl *cpu_ext_find(const char *name)

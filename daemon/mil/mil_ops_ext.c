@@ -1364,6 +1364,75 @@ static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const
 	return 0;
 }
 
+
+/* ---- reverse_sequence, reshape_like ---- */
+
+static int infer_reverse_sequence(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                                  anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x"), *lv = V(fn, op, "lengths");
+	uint32_t sa, ba;
+
+	if (need_int(c, op, "lengths", lv) || opt_axis(c, fn, op, "seq_axis", 0, xv->type.rank, &sa) ||
+	    opt_axis(c, fn, op, "batch_axis", 0, xv->type.rank, &ba))
+		return -EINVAL;
+	if (sa == ba)
+		return anes_mil_fail(c, op, -EINVAL, "seq_axis and batch_axis must differ");
+	if (lv->type.rank != 1 || lv->type.shape[0] != xv->type.shape[ba])
+		return anes_mil_fail(c, op, -EINVAL, "lengths must be [%llu] (the batch dim)",
+		                     (unsigned long long)xv->type.shape[ba]);
+	for (uint64_t i = 0; lv->kind == ANES_MIL_V_CONST && i < lv->type.count; i++) {
+		double l = anes_mil_load_f64(lv->data, lv->type.dtype, i);
+		if (l < 0 || l > (double)xv->type.shape[sa])
+			return anes_mil_fail(c, op, -EINVAL, "lengths[%llu] = %.0f is out of range [0, %llu]", (unsigned long long)i,
+			                     l, (unsigned long long)xv->type.shape[sa]);
+	}
+	out[0] = xv->type;
+	return 0;
+}
+
+static int infer_reshape_like(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                              anes_mil_type *out)
+{
+	const anes_mil_value *xv = V(fn, op, "x");
+	const anes_mil_arg *refs = anes_mil_op_arg(op, "ref_tensors");
+	int64_t b[ANES_MAX_RANK], e[ANES_MAX_RANK];
+	bool em[ANES_MAX_RANK] = {false};
+	uint64_t shape[ANES_MAX_RANK], count = 1;
+	uint32_t nb, ne, r = 0;
+
+	if (refs->n > ANES_MAX_RANK || const_list(c, op, "begins", V(fn, op, "begins"), b, ANES_MAX_RANK, &nb) ||
+	    const_list(c, op, "ends", V(fn, op, "ends"), e, ANES_MAX_RANK, &ne) || nb != refs->n || ne != refs->n)
+		return anes_mil_fail(c, op, -EINVAL, "begins and ends need one entry per ref_tensor (at most %d)", ANES_MAX_RANK);
+	const anes_mil_value *mv = V(fn, op, "end_masks");
+	if (mv) {
+		if (mv->kind != ANES_MIL_V_CONST || mv->type.dtype != ANES_DT_BOOL || mv->type.count != refs->n ||
+		    mv->type.rank > 1)
+			return anes_mil_fail(c, op, -EINVAL, "end_masks must be a bool list of %u elements", refs->n);
+		for (uint32_t i = 0; i < refs->n; i++)
+			em[i] = ((const uint8_t *)mv->data)[i] != 0;
+	}
+	for (uint32_t i = 0; i < refs->n; i++) {
+		const anes_mil_type *t = &fn->values[refs->vals[i]].type;
+		int64_t lo = b[i] < 0 ? b[i] + t->rank : b[i], hi = em[i] ? t->rank : e[i] < 0 ? e[i] + t->rank : e[i];
+		if (lo < 0 || hi > (int64_t)t->rank || lo > hi)
+			return anes_mil_fail(c, op, -EINVAL, "ref_tensors[%u]: [%lld, %lld) is not a range of its %u dims", i,
+			                     (long long)b[i], (long long)e[i], t->rank);
+		for (int64_t d = lo; d < hi; d++) {
+			if (r == ANES_MAX_RANK)
+				return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
+			shape[r++] = t->shape[d];
+			if (__builtin_mul_overflow(count, t->shape[d], &count) || count > xv->type.count)
+				return anes_mil_fail(c, op, -EINVAL, "the reference shape has more elements than x (%llu)",
+				                     (unsigned long long)xv->type.count);
+		}
+	}
+	if (count != xv->type.count)
+		return anes_mil_fail(c, op, -EINVAL, "the reference shape has %llu elements, x has %llu",
+		                     (unsigned long long)count, (unsigned long long)xv->type.count);
+	return set_type(c, op, &out[0], xv->type.dtype, r, shape);
+}
+
 /* ---- table ---- */
 
 #define REQ ANES_MIL_ARG_REQ
@@ -1453,6 +1522,12 @@ static const anes_mil_argdef a_lstm[] = {
 static const anes_mil_argdef a_rnn[] = {
 	{"x", REQ}, {"initial_h", REQ}, {"weight_ih", REQ}, {"weight_hh", REQ}, {"bias", 0},
 	{"direction", CONST}, {"output_sequence", CONST}, {"activation", CONST}, {NULL, 0}};
+
+static const anes_mil_argdef a_reverse_seq[] = {
+	{"x", REQ}, {"lengths", REQ}, {"seq_axis", CONST}, {"batch_axis", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_reshape_like[] = {
+	{"x", REQ}, {"ref_tensors", REQ | TUPLE}, {"begins", REQ | CONST}, {"ends", REQ | CONST}, {"end_masks", CONST},
+	{NULL, 0}};
 
 static const anes_mil_opdef ops[] = {
 	/* masks */
@@ -1550,6 +1625,8 @@ static const anes_mil_opdef ops[] = {
 	/* recurrent */
 	{"lstm", 3, a_lstm, infer_recurrent},
 	{"rnn", 2, a_rnn, infer_recurrent},
+	{"reverse_sequence", 1, a_reverse_seq, infer_reverse_sequence},
+	{"reshape_like", 1, a_reshape_like, infer_reshape_like},
 };
 
 const anes_mil_opdef *mil_ops_ext_find(const char *name, size_t len)
