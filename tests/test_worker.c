@@ -42,7 +42,7 @@ TestSuite(worker, .fini = teardown, .timeout = 60);
 typedef struct wstat {
 	bool present;
 	int64_t pid;
-	uint64_t restarts, compiles, budget, recompiles, daemon_compiles;
+	uint64_t restarts, compiles, budget, recompiles, daemon_compiles, restoring;
 	uint64_t workers, programs, watchdog_kills, max_workers, run_floor, compile_floor;
 	char backend[16];
 } wstat;
@@ -75,6 +75,7 @@ static void status_cb(const msgpack_object *res, void *ud)
 		w->compiles = map_u64(m, "compiles");
 		w->budget = map_u64(m, "compile_budget");
 		w->recompiles = map_u64(m, "recompiles");
+		w->restoring = map_u64(m, "restoring");
 		w->workers = map_u64(m, "workers");
 		w->programs = map_u64(m, "programs");
 		w->watchdog_kills = map_u64(m, "watchdog_kills");
@@ -91,7 +92,7 @@ static void status_cb(const msgpack_object *res, void *ud)
 	}
 }
 
-static wstat worker_status(void)
+static wstat worker_status_now(void)
 {
 	wstat w = { 0 };
 	int fd = h_raw_open(D.sock);
@@ -100,6 +101,21 @@ static wstat worker_status(void)
 	cr_assert_eq(h_raw_response_cb(fd, 9, 5000, status_cb, &w), 0);
 	close(fd);
 	return w;
+}
+
+/* The status once no program waits to be compiled again in a new worker
+ * (a new worker serves at once and compiles them meanwhile; docs/worker.md). */
+static wstat worker_status(void)
+{
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
+	for (;;) {
+		wstat w = worker_status_now();
+		if (w.restoring == 0)
+			return w;
+		cr_assert(tu_now_ms() < deadline, "%llu programs still to compile again",
+		          (unsigned long long)w.restoring);
+		tu_pause_ms(10);
+	}
 }
 
 static uint64_t map_workers(void)
@@ -1350,4 +1366,184 @@ Test(worker, mil_limits_from_the_config_file_reach_the_worker)
 	h_daemon_stop(&D);
 	unlink(conf);
 	rmdir(dir);
+/* ---- a restart's recompiles hold no other client up ---------------------------------- */
+
+/* The child: client A, whose program `held` is compiled again only when the
+ * test lets it (--worker-fault compile_hold=PATH).  Commands on cmd: 'r'
+ * submit 4 runs and wait for them (then answer 'y' or 'n' on res); 'q' quit. */
+static void held_client(const char *sock, int cmd, int res)
+{
+	aneshare_conn *c;
+	sq s;
+	if (aneshare_connect(sock, "held-a", &c) < 0)
+		_exit(10);
+	char *mil = h_square_mm_mil(SQ, "held");
+	int r = aneshare_program_compile(c, mil, NULL, 0, &s.p, NULL);
+	free(mil);
+	if (r < 0 || aneshare_surface_create(c, SQ * SQ * 2, &s.x) < 0 ||
+	    aneshare_surface_create(c, SQ * SQ * 2, &s.y) < 0 || aneshare_surface_create(c, SQ * SQ * 2, &s.z) < 0)
+		_exit(11);
+	(void)!write(res, "c", 1);
+	char ch;
+	while (read(cmd, &ch, 1) == 1 && ch == 'r') {
+		float xf[SQ * SQ], yf[SQ * SQ], zf[SQ * SQ];
+		sq_inputs(3, xf, yf);
+		aneshare_f32_to_f16(aneshare_surface_data(s.x), xf, SQ * SQ);
+		aneshare_f32_to_f16(aneshare_surface_data(s.y), yf, SQ * SQ);
+		memset(aneshare_surface_data(s.z), 0xff, SQ * SQ * 2);
+		aneshare_surface *in[2] = { s.x, s.y };
+		uint32_t t[4];
+		bool ok = true;
+		for (int i = 0; i < 4; i++)
+			ok = ok && aneshare_run_submit(s.p, 0, in, 2, &s.z, 1, &t[i]) == 0;
+		for (int i = 0; i < 4; i++)
+			ok = ok && aneshare_wait(c, t[i]) == 0;
+		aneshare_f16_to_f32(zf, aneshare_surface_data(s.z), SQ * SQ);
+		for (int i = 0; i < SQ && ok; i++)
+			for (int j = 0; j < SQ; j++) {
+				float ref = 0;
+				for (int k = 0; k < SQ; k++)
+					ref += xf[i * SQ + k] * yf[k * SQ + j];
+				ok = ok && fabsf(zf[i * SQ + j] - ref) < 1e-2f;
+			}
+		(void)!write(res, ok ? "y" : "n", 1);
+	}
+	aneshare_disconnect(c);
+	_exit(0);
+}
+
+/* A process's entry in status (jobs, device_us), by pid. */
+static const struct aneshare_status_process *proc_of(const aneshare_status *st, pid_t pid)
+{
+	for (uint32_t i = 0; i < st->n_processes; i++)
+		if (st->process_list[i].pid == (uint64_t)pid)
+			return &st->process_list[i];
+	return NULL;
+}
+
+/* After a SIGKILL of the device worker, client A's program is compiled
+ * again only when the test allows it, and A has 4 runs of it waiting: more
+ * than the daemon's 2 job workers (--workers 2 --no-lanes), so before
+ * restores stopped holding them nobody else could run.  Meanwhile client B
+ * runs a program already restored 200 times and compiles and runs a fresh
+ * one, every result checked, and status shows the order: B's runs were
+ * done while A's recompile was still owed (restoring 1) and A's 4 runs still
+ * queued.  Then A's recompile goes on, and A's runs are right.  The wait
+ * is charged to nobody: A's device time stays below the time its runs
+ * waited (4 times that if it were charged). */
+static void restart_holds_nobody_up(bool lanes)
+{
+	char hold[256];
+	snprintf(hold, sizeof hold, "/tmp/anes-hold-%d", (int)getpid());
+	char fault[300];
+	snprintf(fault, sizeof fault, "compile_hold=%s", hold);
+	const char *args[] = { "--backend", "cpu", "--worker", "--workers", "2", "--worker-fault", fault,
+		               "--compile-deadline-floor-ms", "600000", lanes ? "--lane-threads" : "--no-lanes",
+		               lanes ? "2" : NULL, NULL };
+	unlink(hold);
+	h_daemon_start_args(&D, args);
+
+	int cmd[2], res[2];
+	cr_assert_eq(pipe(cmd), 0);
+	cr_assert_eq(pipe(res), 0);
+	pid_t a = fork();
+	cr_assert_geq(a, 0);
+	if (a == 0) {
+		close(cmd[1]);
+		close(res[0]);
+		held_client(D.sock, cmd[0], res[1]);
+	}
+	close(cmd[0]);
+	close(res[1]);
+	char ch;
+	cr_assert_eq(read(res[0], &ch, 1), 1);
+	cr_assert_eq(ch, 'c', "client A did not compile");
+
+	/* B's program, compiled after A's: the first to be compiled again. */
+	aneshare_conn *b = h_connect(&D, "runner-b");
+	sq p = { 0 }, f = { 0 };
+	sq_compile(b, &p, 1);
+	sq_check(b, &p, 1);
+	int fd = open(hold, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	close(fd);
+	wstat w0 = worker_status();
+	cr_assert_eq(kill((pid_t)w0.pid, SIGKILL), 0);
+	/* A new worker: B's program restored, A's held. */
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
+	wstat w;
+	for (;;) {
+		w = worker_status_now();
+		if (w.restarts == 1 && w.pid > 0 && w.pid != w0.pid && w.restoring == 1)
+			break;
+		cr_assert(tu_now_ms() < deadline, "no restart with one program held (restoring %llu)",
+		          (unsigned long long)w.restoring);
+		tu_pause_ms(10);
+	}
+	/* A's 4 runs, queued behind its recompile. */
+	cr_assert_eq(write(cmd[1], "r", 1), 1);
+	for (;;) {
+		aneshare_status *st = h_status(b);
+		const struct aneshare_status_process *pa = proc_of(st, a);
+		uint64_t jobs = pa ? pa->jobs : 0;
+		aneshare_status_free(st);
+		if (jobs == 4)
+			break;
+		cr_assert(tu_now_ms() < deadline, "A's runs were not queued (%llu)", (unsigned long long)jobs);
+		tu_pause_ms(10);
+	}
+	int64_t held_since = tu_now_ms();
+
+	for (int i = 0; i < 200; i++)
+		sq_check(b, &p, 100 + i);
+	sq_compile(b, &f, 2);
+	sq_check(b, &f, 7);
+	sq_check(b, &p, 8);
+	w = worker_status_now();
+	cr_assert_eq(w.restoring, 1, "A's program was compiled again before B was done");
+	aneshare_status *st = h_status(b);
+	const struct aneshare_status_process *pa = proc_of(st, a);
+	cr_assert_not_null(pa);
+	cr_assert_eq(pa->jobs, 4, "A's runs did not wait for its program");
+	aneshare_status_free(st);
+
+	/* Let A's program be compiled again: its runs complete, right. */
+	int64_t held_ms = tu_now_ms() - held_since;
+	cr_assert_eq(unlink(hold), 0);
+	cr_assert_eq(read(res[0], &ch, 1), 1);
+	cr_assert_eq(ch, 'y', "A's runs after the restore were wrong or failed");
+	w = worker_status();
+	cr_assert_eq(w.recompiles, 2);
+	st = h_status(b);
+	pa = proc_of(st, a);
+	const struct aneshare_status_process *pb = proc_of(st, getpid());
+	cr_assert(pa && pb);
+	/* Each of A's 4 runs waited at least held_ms: charged, that would be
+	 * 4 x held_ms at least; its compile and runs themselves are far less. */
+	cr_expect_lt(pa->device_us, (uint64_t)held_ms * 1000u,
+	             "A was charged %llu us of device time, its runs waited %lld ms x 4 for the restore",
+	             (unsigned long long)pa->device_us, (long long)held_ms);
+	cr_log_info("A charged %llu us (its runs waited %lld ms), B %llu us",
+	            (unsigned long long)pa->device_us, (long long)held_ms, (unsigned long long)pb->device_us);
+	aneshare_status_free(st);
+	cr_assert_eq(write(cmd[1], "q", 1), 1);
+	int wst;
+	cr_assert_eq(waitpid(a, &wst, 0), a);
+	cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+	close(cmd[1]);
+	close(res[0]);
+	sq_release(&p);
+	sq_release(&f);
+	aneshare_disconnect(b);
+	h_daemon_stop(&D);
+}
+
+Test(worker, a_restart_holds_no_other_client_up_without_lanes)
+{
+	restart_holds_nobody_up(false);
+}
+
+Test(worker, a_restart_holds_no_other_client_up_with_lanes)
+{
+	restart_holds_nobody_up(true);
 }

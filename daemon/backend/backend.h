@@ -110,6 +110,7 @@ typedef struct anes_worker_info {
 	uint64_t watchdog_kills;    /* workers killed for not answering in time */
 	uint64_t run_floor_ms;      /* the watchdog's deadline floors */
 	uint64_t compile_floor_ms;
+	uint64_t restoring;         /* programs waiting to be compiled again in a new worker */
 } anes_worker_info;
 
 /* Every backend program starts with this header, so the daemon can read the
@@ -166,6 +167,11 @@ typedef struct anes_backend_ops {
 
 	/* Fill *ret (strings owned by the backend).  Any thread. */
 	void (*worker_info)(anes_backend *b, anes_worker_info *ret);
+
+	/* Optional: false while a run of prog would wait for something else
+	 * first (its device worker compiling it again after a restart); a lane
+	 * thread then leaves the run to the job workers.  Any thread. */
+	bool (*program_ready)(anes_backend *b, const anes_bprogram *prog);
 
 	/* Run arguments the backend has copied between the caller's memory and
 	 * memory of its own so far (status "ane_copies"): the ANE backend copies

@@ -11,6 +11,7 @@
  * reference counts.
  */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -214,6 +215,7 @@ struct worker {
 	int fd;
 	anes_backend *b;
 	const char *fail_compile;   /* test hook: "func NAME<" that fails with -EIO */
+	const char *hold_path;      /* test hook: compiles of "func held<" wait while it exists */
 	anes_tpool *pool;           /* compiles and runs, first in first out */
 	pthread_mutex_t m;          /* tables */
 	pthread_mutex_t send_m;
@@ -338,6 +340,12 @@ static void do_compile(worker *w, wjob *j)
 		snprintf(err, sizeof err, "ANE compile failed: injected (--worker-fault compile_eio)");
 		rc = -EIO;
 		goto answer;
+	}
+	if (w->hold_path && memmem(mil, mil_len, "func held<", 10)) {
+		/* --worker-fault compile_hold=PATH: a compile that takes as long
+		 * as a test wants (docs/worker.md). */
+		while (access(w->hold_path, F_OK) == 0)
+			poll(NULL, 0, 10);
 	}
 	rc = w->b->ops->compile(w->b, mil, mil_len, ws, n, &prog, err, sizeof(err));
 	if (rc == 0 && !prog)
@@ -589,6 +597,8 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 		snprintf(fail_compile, sizeof fail_compile, "func %s<", fault + 12);
 		w.fail_compile = fail_compile;
 	}
+	if (fault && !strncmp(fault, "compile_hold=", 13))
+		w.hold_path = fault + 13;
 	int status = 0;
 
 	/* The daemon decides when the worker ends (it closes the socket);

@@ -9,6 +9,16 @@
  * that dies is restarted with its programs compiled again; one that does
  * not answer within the watchdog's deadline is killed first.
  *
+ * Restores: a new worker serves as soon as it started.  Its supervisor
+ * compiles again, one at a time between the replies it reads, the programs
+ * it must hold (those of the worker it replaces, or of its crashed
+ * predecessor), those a run waits for first; each program runs again as
+ * soon as its own recompile is answered.  So runs of programs already
+ * restored, and new compiles, go on meanwhile, and a job worker whose run
+ * waits for its program says so (anes_pool_wait_begin): a spare thread
+ * takes its place and the wait is not charged to its client as device time.
+ * The recompiles belong to no request.
+ *
  * Threads: compile and run_surfaces are called on the daemon's pool (and
  * lane) threads and block until the worker answers.  Each worker slot has
  * a supervisor thread that starts its worker, reads every reply (matching
@@ -79,6 +89,7 @@ typedef struct pprog {
 	bool busy;              /* a supervisor is compiling it again */
 	bool freed;             /* program_free came while busy */
 	bool broken;            /* its recompile failed: runs fail */
+	bool first;             /* a run waits for its recompile: it goes next */
 } pprog;
 
 typedef struct pending {
@@ -90,8 +101,9 @@ typedef struct pending {
 	uint32_t len;
 	pthread_cond_t cond;
 	uint64_t sent_ns, deadline_ns, allow_ms;
-	pprog *prog;            /* a first compile (linked in at the reply) or a run */
+	pprog *prog;            /* a first compile (linked in at the reply), a run or a recompile */
 	bool run;
+	bool restore;           /* a recompile: the supervisor's own (heap), nobody waits */
 } pending;
 
 typedef struct psurf {
@@ -128,6 +140,9 @@ struct wslot {
 	uint32_t inflight;
 	uint64_t queued_ms;     /* the allowances of the calls in flight */
 	uint32_t backoff;
+	pending *restore_pd;    /* the recompile in flight, at most one */
+	bool restoring;         /* since its start, until nothing is left to compile again */
+	uint64_t restore_t0, restore_rc0;   /* for the log line at its end */
 	pthread_t sup;
 	bool sup_started;
 	char start_err[256];
@@ -165,12 +180,6 @@ struct wproxy {
 static wproxy *P(anes_backend *b)
 {
 	return (wproxy *)(void *)b;
-}
-
-/* The watchdog's clock: the one tests can replace (anes_clock.h). */
-static uint64_t now_ms(void)
-{
-	return anes_clock_ms();
 }
 
 /* Real time, for everything else (grace periods, back-off, logs). */
@@ -595,9 +604,28 @@ static int parse_compiled(pprog *pp, const pending *pd)
 	return 0;
 }
 
+/* Whether pp must be compiled again in s (and is not being compiled now). */
+static bool needs_restore(const wslot *s, const pprog *pp)
+{
+	return !pp->busy && ((pp->slot == s && pp->gen != s->gen) ||
+	                     (pp->move == s && pp->move_gen != s->gen));
+}
+
+/* Programs s must still compile again (m held). */
+static uint64_t to_restore(const wproxy *p, const wslot *s)
+{
+	uint64_t n = 0;
+	for (const pprog *pp = p->progs; pp; pp = pp->next)
+		n += needs_restore(s, pp);
+	return n;
+}
+
+/* A worker up, not retiring, whose budget leaves room for one more
+ * compile after the recompiles it still owes. */
 static bool has_room(const wproxy *p, const wslot *s)
 {
-	return s->state == ST_UP && !s->retiring && !s->spent && (!p->budget || s->compiles < p->budget);
+	return s->state == ST_UP && !s->retiring && !s->spent &&
+	       (!p->budget || s->compiles + (s->restoring ? to_restore(p, s) : 0) < p->budget);
 }
 
 static wslot *idle_slot(wproxy *p)
@@ -779,6 +807,7 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 	/* A worker with room, its send_m and m held. */
 	wslot *s;
 	int r;
+	bool waited = false;
 	for (;;) {
 		pthread_mutex_lock(&p->m);
 		for (;;) {
@@ -789,9 +818,17 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 			r = choose(p, &s, errbuf, errbuf_len);
 			if (r <= 0)
 				break;
+			if (!waited) {
+				waited = true;   /* for a worker to start: no client's doing */
+				anes_pool_wait_begin();
+			}
 			pthread_cond_wait(&p->cond, &p->m);
 		}
 		pthread_mutex_unlock(&p->m);
+		if (waited) {
+			waited = false;
+			anes_pool_wait_end();
+		}
 		if (r < 0) {
 			pprog_free(pp);
 			return r;
@@ -962,33 +999,47 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 	if (n_args > 2 * ANES_MAX_IO)
 		return -EINVAL;
 
-	/* Its worker up, with the program in it: send_m and m held. */
+	/* Its worker up, with the program in it: send_m and m held.  A wait
+	 * for a restart is no client's doing (anes_pool_wait_begin). */
 	wslot *s;
+	bool waited = false;
 	for (;;) {
 		pthread_mutex_lock(&p->m);
+		int fail = 0;
 		for (;;) {
 			s = pp->slot;
 			if (p->closing) {
-				pthread_mutex_unlock(&p->m);
-				return -ECANCELED;
+				fail = -ECANCELED;
+				break;
 			}
 			if (pp->broken) {
-				pthread_mutex_unlock(&p->m);
 				snprintf(errbuf, errbuf_len,
 				         "the program could not be compiled again in a new device worker");
-				return -EIO;
+				fail = -EIO;
+				break;
 			}
 			if (s->state == ST_UP && pp->gen == s->gen)
 				break;
 			if (s->state == ST_DOWN && !pp->move) {
-				pthread_mutex_unlock(&p->m);
 				snprintf(errbuf, errbuf_len,
 				         "the device worker is not running; it is being restarted (retry)");
-				return -ECONNRESET;
+				fail = -ECONNRESET;
+				break;
+			}
+			pp->first = true;   /* its recompile goes next */
+			if (!waited) {
+				waited = true;
+				anes_pool_wait_begin();
 			}
 			pthread_cond_wait(&p->cond, &p->m);
 		}
 		pthread_mutex_unlock(&p->m);
+		if (waited) {
+			waited = false;
+			anes_pool_wait_end();
+		}
+		if (fail)
+			return fail;
 		pthread_mutex_lock(&s->send_m);
 		pthread_mutex_lock(&p->m);
 		if (pp->slot == s && s->state == ST_UP && pp->gen == s->gen && !p->closing)
@@ -1099,6 +1150,16 @@ static void px_surface_release(anes_backend *b, uint64_t key)
 	free(su);
 }
 
+static bool px_program_ready(anes_backend *b, const anes_bprogram *prog)
+{
+	wproxy *p = P(b);
+	const pprog *pp = (const pprog *)(const void *)prog;
+	pthread_mutex_lock(&p->m);
+	bool ready = pp->slot && pp->slot->state == ST_UP && pp->gen == pp->slot->gen && !pp->broken;
+	pthread_mutex_unlock(&p->m);
+	return ready;
+}
+
 static void px_worker_info(anes_backend *b, anes_worker_info *ret)
 {
 	wproxy *p = P(b);
@@ -1122,46 +1183,14 @@ static void px_worker_info(anes_backend *b, anes_worker_info *ret)
 			wi.pid = s->pid;
 		wi.workers++;
 		wi.compiles += s->compiles;
+		if (s->restoring)
+			wi.restoring += to_restore(p, s) + (s->restore_pd != NULL);
 	}
 	pthread_mutex_unlock(&p->m);
 	*ret = wi;
 }
 
 /* ---- the supervisor ---------------------------------------------------------------------- */
-
-/* Read messages until the reply to id or the deadline (a supervisor, while
- * no caller sends to its worker).  0 with the payload, or -errno when the
- * worker is gone or late. */
-static int sync_reply(wslot *s, uint64_t id, uint64_t deadline_ms, void **ret_payload,
-                      uint32_t *ret_len)
-{
-	for (;;) {
-		uint64_t now = now_ms();
-		if (now >= deadline_ms)
-			return -ETIMEDOUT;
-		uint64_t left = deadline_ms - now;
-		struct pollfd pf = { .fd = s->fd, .events = POLLIN };
-		int pr = poll(&pf, 1, left > 1000 ? 1000 : (int)left);
-		if (pr < 0 && errno != EINTR)
-			return -errno;
-		if (pr <= 0)
-			continue;
-		anes_wmsg_hdr h;
-		void *payload;
-		int mfd;
-		int r = anes_wmsg_recv(s->fd, &h, &payload, &mfd);
-		if (r < 0)
-			return r;
-		if (mfd >= 0)
-			close(mfd);
-		if (h.id == id && h.type == ANES_WM_COMPILED) {
-			*ret_payload = payload;
-			*ret_len = h.len;
-			return 0;
-		}
-		free(payload);
-	}
-}
 
 static void watchdog_kill(wslot *s, const char *what, uint64_t allowed_ms)
 {
@@ -1175,98 +1204,117 @@ static void watchdog_kill(wslot *s, const char *what, uint64_t allowed_ms)
 	kill(s->pid, SIGKILL);
 }
 
-/* Compile again, in the new worker of s, its programs (after a crash) and
- * those it takes over from a worker it replaces.  -EPIPE if it died or
- * hung meanwhile. */
-static int restore(wslot *s)
+/* Send the next recompile s owes (its programs after a crash, and those it
+ * takes over from a worker it replaces), the ones a run waits for first,
+ * unless one is in flight; at the end, log the restart.  The reply comes
+ * through deliver (restore_done). */
+static void restore_next(wslot *s)
 {
 	wproxy *p = s->p;
-	for (;;) {
-		pthread_mutex_lock(&s->send_m);
-		pthread_mutex_lock(&p->m);
-		pprog *pp = p->progs;
-		while (pp && !(pp->slot == s && pp->gen != s->gen && !pp->busy) &&
-		       !(pp->move == s && pp->move_gen != s->gen && !pp->busy))
-			pp = pp->next;
-		if (!pp) {
+	pthread_mutex_lock(&s->send_m);
+	pthread_mutex_lock(&p->m);
+	if (!s->restoring || s->restore_pd || s->state != ST_UP || p->closing) {
+		pthread_mutex_unlock(&p->m);
+		pthread_mutex_unlock(&s->send_m);
+		return;
+	}
+	pprog *pick = NULL;
+	for (pprog *pp = p->progs; pp; pp = pp->next) {
+		if (!needs_restore(s, pp))
+			continue;
+		if (!pick || (pp->first && !pick->first))
+			pick = pp;
+		if (pick->first)
+			break;
+	}
+	pending *pd = pick ? calloc(1, sizeof(*pd)) : NULL;
+	if (!pd) {
+		if (pick) {
+			/* Out of memory: try again at the next tick. */
 			pthread_mutex_unlock(&p->m);
 			pthread_mutex_unlock(&s->send_m);
-			return 0;
+			return;
 		}
-		pp->busy = true;
-		uint64_t id = ++p->next_id;
-		s->compiles++;
-		p->recompiles++;
-		uint64_t allow = anes_wd_compile_ms(p->compile_floor_ms, pp->statements, pp->weight_bytes);
-		pthread_mutex_unlock(&p->m);
-		struct iovec v = { pp->req, pp->req_len };
-		int r = anes_wmsg_send(s->fd, ANES_WM_COMPILE, id, &v, 1, -1);
-		pthread_mutex_unlock(&s->send_m);
-		void *payload = NULL;
-		uint32_t len = 0;
-		if (r == 0)
-			r = sync_reply(s, id, now_ms() + allow, &payload, &len);
-		char err[256] = "";
-		int rc = r < 0 ? r : parse_rc(payload, len, err, sizeof err);
-		free(payload);
-		pthread_mutex_lock(&p->m);
-		if (r == -ETIMEDOUT)
-			watchdog_kill(s, "compile", allow);
-		if (r == 0 && anes_compile_counts(rc) == ANES_COMPILE_SPENT)
-			s->spent = true;
-		pp->busy = false;
-		bool freed = pp->freed;
-		if (!freed && pp->move == s) {
-			if (rc == 0) {
-				pp->move_remote = id;
-				pp->move_gen = s->gen;
-			} else if (r == 0) {
-				pp->move = NULL;   /* stays where it runs now */
-			}
-		} else if (!freed && pp->slot == s && r == 0) {
-			pp->gen = s->gen;
-			pp->remote = rc == 0 ? id : 0;
-			pp->broken = rc < 0;
-		}
+		s->restoring = false;
+		if (s->replacement)
+			anes_log("device worker pid %ld: %llu programs compiled again in %llu ms",
+			         (long)s->pid, (unsigned long long)(p->recompiles - s->restore_rc0),
+			         (unsigned long long)(real_ms() - s->restore_t0));
 		pthread_cond_broadcast(&p->cond);
 		pthread_mutex_unlock(&p->m);
-		if (rc < 0 && r == 0)
-			anes_log("error: device worker: compiling a program again failed: %s",
-			         err[0] ? err : strerror(-rc));
-		if (freed) {
-			if (rc == 0) {
-				pthread_mutex_lock(&s->send_m);
-				(void)anes_wmsg_send(s->fd, ANES_WM_PROGRAM_FREE, id, NULL, 0, -1);
-				pthread_mutex_unlock(&s->send_m);
-			}
-			pprog_free(pp);
-		}
-		if (r < 0)
-			return -EPIPE;
+		pthread_mutex_unlock(&s->send_m);
+		return;
 	}
+	pick->busy = true;
+	pick->first = false;
+	pd->prog = pick;
+	pd->restore = true;
+	pend_add(s, pd, anes_wd_compile_ms(p->compile_floor_ms, pick->statements, pick->weight_bytes));
+	s->restore_pd = pd;
+	s->compiles++;
+	p->recompiles++;
+	uint64_t id = pd->id;
+	int fd = s->fd;
+	pthread_mutex_unlock(&p->m);
+	struct iovec v = { pick->req, pick->req_len };
+	if (anes_wmsg_send(fd, ANES_WM_COMPILE, id, &v, 1, -1) < 0)
+		write_failed(s);
+	pthread_mutex_unlock(&s->send_m);
 }
 
 /* The programs compiled in s for the worker it replaces now run in s
+ * (m held). *//* The programs compiled in s for the worker it replaces now run in s
  * (m held). */
-static unsigned take_over(wslot *s)
+static void take_over(wslot *s, pprog *pp)
 {
-	wproxy *p = s->p;
-	unsigned n = 0;
-	for (pprog *pp = p->progs; pp; pp = pp->next) {
-		if (pp->move != s || pp->move_gen != s->gen)
-			continue;
-		wslot *old = pp->slot;
-		old->live--;
-		pp->slot = s;
-		s->live++;
-		pp->remote = pp->move_remote;
-		pp->gen = s->gen;
-		pp->move = NULL;
-		pp->broken = false;
-		n++;
-		maybe_drain(old);
+	wslot *old = pp->slot;
+	old->live--;
+	pp->slot = s;
+	s->live++;
+	pp->remote = pp->move_remote;
+	pp->gen = s->gen;
+	pp->move = NULL;
+	pp->broken = false;
+	maybe_drain(old);
+}
+
+/* The reply to a recompile (m held, pd off s->pend): the program runs in s
+ * from now on, or stays where it is, or is broken.  Returns a program to
+ * free (it was released meanwhile), with *ret_drop set when its copy in s
+ * must be freed there too. */
+static pprog *restore_done(wslot *s, pending *pd, const anes_wmsg_hdr *h, const void *payload,
+                           bool *ret_drop)
+{
+	pprog *pp = pd->prog;
+	char err[256] = "";
+	int rc = h->type == ANES_WM_COMPILED ? parse_rc(payload, h->len, err, sizeof err) : -EBADMSG;
+	s->restore_pd = NULL;
+	if (anes_compile_counts(rc) == ANES_COMPILE_SPENT)
+		s->spent = true;
+	pp->busy = false;
+	if (rc < 0)
+		anes_log("error: device worker: compiling a program again failed: %s",
+		         err[0] ? err : strerror(-rc));
+	*ret_drop = false;
+	if (pp->freed) {
+		*ret_drop = rc == 0;
+		return pp;
 	}
-	return n;
+	if (pp->move == s) {
+		if (rc == 0) {
+			pp->move_remote = pd->id;
+			pp->move_gen = s->gen;
+			take_over(s, pp);
+		} else {
+			pp->move = NULL;   /* stays where it runs now */
+		}
+	} else if (pp->slot == s) {
+		pp->gen = s->gen;
+		pp->remote = rc == 0 ? pd->id : 0;
+		pp->broken = rc < 0;
+	}
+	pthread_cond_broadcast(&s->p->cond);
+	return NULL;
 }
 
 static void deliver(wslot *s, const anes_wmsg_hdr *h, void *payload)
@@ -1277,6 +1325,24 @@ static void deliver(wslot *s, const anes_wmsg_hdr *h, void *payload)
 		if (pd->id != h->id)
 			continue;
 		pend_remove(s, pd);
+		if (pd->restore) {
+			bool drop;
+			pprog *gone = restore_done(s, pd, h, payload, &drop);
+			pthread_mutex_unlock(&p->m);
+			pthread_cond_destroy(&pd->cond);
+			free(pd);
+			free(payload);
+			if (gone) {
+				if (drop) {
+					pthread_mutex_lock(&s->send_m);
+					if (s->fd >= 0 && anes_wmsg_send(s->fd, ANES_WM_PROGRAM_FREE, h->id, NULL, 0, -1) < 0)
+						write_failed(s);
+					pthread_mutex_unlock(&s->send_m);
+				}
+				pprog_free(gone);
+			}
+			return;
+		}
 		if (pd->prog && !pd->run && h->type == ANES_WM_COMPILED &&
 		    parse_rc(payload, h->len, NULL, 0) == 0) {
 			/* A new program: in the list before anything else can
@@ -1328,9 +1394,20 @@ static void worker_gone(wslot *s, uint64_t lived_ms)
 	bool planned = s->draining && !s->hung;
 	s->state = ST_STARTING;
 	unsigned failed = 0;
+	pprog *gone = NULL;
 	while (s->pend) {
 		pending *pd = s->pend;
 		pend_remove(s, pd);
+		if (pd->restore) {
+			/* Compiled again by the next worker, unless released. */
+			pd->prog->busy = false;
+			if (pd->prog->freed)
+				gone = pd->prog;
+			s->restore_pd = NULL;
+			pthread_cond_destroy(&pd->cond);
+			free(pd);
+			continue;
+		}
 		pd->rc = -ECONNRESET;
 		pd->done = true;
 		pthread_cond_signal(&pd->cond);
@@ -1344,6 +1421,8 @@ static void worker_gone(wslot *s, uint64_t lived_ms)
 	pthread_cond_broadcast(&p->cond);
 	pthread_mutex_unlock(&p->m);
 	pthread_mutex_unlock(&s->send_m);
+	if (gone)
+		pprog_free(gone);
 
 	int st;
 	reap(pid, planned || closing ? EXIT_GRACE_MS : BACKOFF_MIN_MS, &st);
@@ -1474,35 +1553,31 @@ static void *supervisor(void *arg)
 		s->gen = ++p->gens;
 		s->compiles = 0;
 		s->spent = s->hung = s->draining = s->retiring = false;
-		s->state = ST_STARTING;
+		/* It serves at once; what it must compile again goes on between
+		 * the replies (restore_next). */
+		uint64_t t0 = real_ms();
+		s->state = ST_UP;
+		s->restore_pd = NULL;
+		s->restore_t0 = t0;
+		s->restore_rc0 = p->recompiles;
+		uint64_t owed = to_restore(p, s);
+		s->restoring = owed > 0;
+		if (p->started_once && s->replacement)
+			anes_log("device worker pid %ld started (%s backend, in %llu ms); %llu programs to "
+			         "compile again",
+			         (long)pid, p->worker_backend, (unsigned long long)(t0 - ts),
+			         (unsigned long long)owed);
+		else if (p->started_once)
+			anes_log("device worker pid %ld started (%s backend): another one for new programs",
+			         (long)pid, p->worker_backend);
+		p->started_once = true;
+		pthread_cond_broadcast(&p->cond);
 		pthread_mutex_unlock(&p->m);
 		pthread_mutex_unlock(&s->send_m);
 
-		uint64_t t0 = real_ms();
-		uint64_t rc0;
-		pthread_mutex_lock(&p->m);
-		rc0 = p->recompiles;
-		pthread_mutex_unlock(&p->m);
-		r = restore(s);
-		pthread_mutex_lock(&p->m);
-		if (r == 0 && !p->closing) {
-			unsigned took = take_over(s);
-			s->state = ST_UP;
-			if (p->started_once && s->replacement)
-				anes_log("device worker pid %ld started (%s backend, in %llu ms; %llu programs "
-				         "compiled again in %llu ms%s)",
-				         (long)pid, p->worker_backend, (unsigned long long)(t0 - ts),
-				         (unsigned long long)(p->recompiles - rc0),
-				         (unsigned long long)(real_ms() - t0), took ? ", taken over" : "");
-			else if (p->started_once)
-				anes_log("device worker pid %ld started (%s backend): another one for new programs",
-				         (long)pid, p->worker_backend);
-			p->started_once = true;
-			pthread_cond_broadcast(&p->cond);
-		}
-		pthread_mutex_unlock(&p->m);
-
+		r = 0;
 		while (r == 0) {
+			restore_next(s);
 			pthread_mutex_lock(&p->m);
 			check_deadlines(s);
 			pthread_mutex_unlock(&p->m);
@@ -1623,6 +1698,7 @@ int anes_wproxy_new(const anes_wproxy_config *cfg, anes_backend **ret, char *err
 		.run_surfaces = px_run_surfaces,
 		.surface_release = px_surface_release,
 		.worker_info = px_worker_info,
+		.program_ready = px_program_ready,
 		.copies = px_copies,
 	};
 	p->base.ops = &p->ops;

@@ -637,10 +637,12 @@ int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx
 		/* Only what is known to be short: anything else would hold up
 		 * the connection's next requests, and goes to the loop. */
 		uint64_t expect_ns = 0, max_ns = (uint64_t)c->srv->cfg.lane_run_max_us * 1000u;
+		anes_backend *b = c->srv->backend;
 		for (uint32_t i = 0; i < w->n_steps; i++) {
 			uint64_t ns = atomic_load_explicit(&steps[i].entry->run_ns, memory_order_relaxed);
-			if (ns == 0 || (expect_ns += ns) > max_ns)
-				return 0;
+			if (ns == 0 || (expect_ns += ns) > max_ns ||
+			    (b->ops->program_ready && !b->ops->program_ready(b, steps[i].entry->prog)))
+				return 0;   /* (nor one that would wait for a device worker's restart) */
 		}
 		char err[ANES_ERRMSG_MAX];
 		int rc = run_steps(c->srv->backend, steps, w->n_steps, &n_done, &elapsed_ns, err,

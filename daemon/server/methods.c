@@ -339,7 +339,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "ane_copies", b->ops->copies ? b->ops->copies(srv->backend) : 0);
 	if (b->ops->worker_info) {
 		anes_pack_str(&f.pk, "worker");
-		msgpack_pack_map(&f.pk, 12);
+		msgpack_pack_map(&f.pk, 13);
 		pack_kv_u64(&f.pk, "pid", wi.pid > 0 ? (uint64_t)wi.pid : 0);
 		pack_kv_str(&f.pk, "backend", wi.backend ? wi.backend : "unknown");
 		pack_kv_u64(&f.pk, "restarts", wi.restarts);
@@ -350,6 +350,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		pack_kv_u64(&f.pk, "max_workers", wi.max_workers);
 		pack_kv_u64(&f.pk, "programs", wi.programs);
 		pack_kv_u64(&f.pk, "watchdog_kills", wi.watchdog_kills);
+		pack_kv_u64(&f.pk, "restoring", wi.restoring);
 		pack_kv_u64(&f.pk, "run_deadline_floor_ms", wi.run_floor_ms);
 		pack_kv_u64(&f.pk, "compile_deadline_floor_ms", wi.compile_floor_ms);
 	}
