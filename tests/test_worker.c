@@ -1507,7 +1507,11 @@ static void restart_holds_nobody_up(bool lanes)
 	cr_assert_eq(pa->jobs, 4, "A's runs did not wait for its program");
 	aneshare_status_free(st);
 
-	/* Let A's program be compiled again: its runs complete, right. */
+	/* Let A's program be compiled again: its runs complete, right.  Held
+	 * for 200 ms at least, so that a wait charged to A (4 x that) could
+	 * not pass for its own compile and runs (a few ms). */
+	while (tu_now_ms() - held_since < 200)
+		tu_pause_ms(10);
 	int64_t held_ms = tu_now_ms() - held_since;
 	cr_assert_eq(unlink(hold), 0);
 	cr_assert_eq(read(res[0], &ch, 1), 1);
