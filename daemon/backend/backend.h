@@ -21,6 +21,7 @@
 #ifndef ANES_BACKEND_H
 #define ANES_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
