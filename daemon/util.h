@@ -32,4 +32,13 @@ static inline uint64_t anes_now_ns(void)
 	return anes_clock_monotonic_ns();
 }
 
+/* On a job worker thread of the pool (sched/), around a wait that no
+ * client caused (a device worker compiling its programs again after a
+ * restart, docs/worker.md): meanwhile a spare thread takes jobs in this
+ * one's place (up to 64 at once), and the time waited is not charged as
+ * the job's device time (jobsched.h).  On any other thread they do
+ * nothing.  Paired. */
+void anes_pool_wait_begin(void);
+void anes_pool_wait_end(void);
+
 #endif

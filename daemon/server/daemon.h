@@ -531,13 +531,6 @@ typedef struct anes_pool_hooks {
 int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
                   uint64_t slice_ns, const anes_pool_hooks *hooks, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
-/* On a job worker thread, around a wait that no client caused (a device
- * worker compiling its programs again after a restart, docs/worker.md):
- * meanwhile a spare thread takes jobs in this one's place (up to 64 at
- * once), and the time waited is not charged as the job's device time
- * (jobsched.h).  On any other thread they do nothing.  Paired. */
-void anes_pool_wait_begin(void);
-void anes_pool_wait_end(void);
 /* Loop: the scheduling class of flow f from now on (jobsched.h). */
 void anes_pool_set_class(anes_pool *p, anes_sflow *f, anes_sclass sc);
 /* Any thread: put j on the done list as finished (its done() runs on the
