@@ -1366,6 +1366,8 @@ Test(worker, mil_limits_from_the_config_file_reach_the_worker)
 	h_daemon_stop(&D);
 	unlink(conf);
 	rmdir(dir);
+}
+
 /* ---- a restart's recompiles hold no other client up ---------------------------------- */
 
 /* The child: client A, whose program `held` is compiled again only when the
