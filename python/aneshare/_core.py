@@ -100,12 +100,6 @@ class _Handle:
         step = lib.aneshare_last_failed_step(self.cptr)
         return error_for(rc, msg, step, mil)
 
-    def release_later(self):
-        """A surface went away: the connection may close now."""
-        self.live -= 1
-        if self.closed and self.live == 0:
-            self.disconnect()
-
     def disconnect(self):
         if self.freed or self.forked:
             return
@@ -264,7 +258,9 @@ class Surface:
                 if not h.freed:
                     lib.aneshare_surface_release(self._ptr)
                 self._ptr = None
-            h.release_later()
+                h.live -= 1
+                if h.closed and h.live == 0:   # the last mapping of a closed connection
+                    h.disconnect()
         except Exception:
             pass
 
@@ -730,11 +726,12 @@ class Connection:
         h = self._h
         if h.closed or h.forked:
             return
-        h.closed = h.bad = True
-        for p in list(h.programs):   # and the arrays of their convenience calls
-            p.release()
-        if h.live == 0:
-            h.disconnect()
+        with h.lock:
+            h.closed = h.bad = True
+            for p in list(h.programs):   # and the arrays of their convenience calls
+                p.release()
+            if h.live == 0:
+                h.disconnect()
 
     @property
     def closed(self):
