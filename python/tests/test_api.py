@@ -519,3 +519,17 @@ def test_release_or_close_while_other_threads_run(daemon, how):
     if how == "release":
         assert c.compile(TINY).key == p.key   # the connection carries on
     c.close()
+
+
+def test_program_context_manager_releases(conn):
+    mil = square_mm(8, "ctx_release")
+    key = program_key(mil)
+
+    def refs():
+        return [e["refs"] for e in conn.status()["program_list"] if e["key"] == key]
+    with conn.compile(mil) as p:
+        assert p.key == key and refs() == [1]
+        assert "main" not in repr(p) and "ctx_release" in repr(p)
+    wait_until(lambda: refs() == [], "the program to be freed")
+    with pytest.raises(aneshare.ClosedError):
+        p.run([], [])
