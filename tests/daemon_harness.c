@@ -509,7 +509,8 @@ int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params
 
 /* Wait (until deadline, on tu_now_ms) for the next frame on io: 1 with the
  * payload (valid until the next read) and the count of its fds (closed),
- * 0 when the peer closed or sent a frame that does not parse, -ETIMEDOUT. */
+ * 0 when the peer closed, -EBADMSG for a frame that does not parse,
+ * -ETIMEDOUT. */
 static int io_frame(anes_io *io, int64_t deadline, const uint8_t **ret_payload, uint32_t *ret_len,
                     unsigned *ret_nfds)
 {
@@ -518,7 +519,7 @@ static int io_frame(anes_io *io, int64_t deadline, const uint8_t **ret_payload, 
 		unsigned nfds = 0;
 		int r = anes_io_next_frame(io, ret_payload, ret_len, fds, &nfds);
 		if (r < 0)
-			return 0;   /* garbage from the daemon counts as a close: the caller asserts */
+			return -EBADMSG;
 		if (r > 0) {
 			for (unsigned i = 0; i < nfds; i++)
 				close(fds[i]);
@@ -543,8 +544,8 @@ static int io_frame(anes_io *io, int64_t deadline, const uint8_t **ret_payload, 
 	}
 }
 
-/* The next message on io, decoded: 1 after fn(m, ud), else as io_frame (a
- * payload that does not decode counts as a close). */
+/* The next message on io, decoded: 1 after fn(m, ud), else as io_frame
+ * (-EBADMSG also for a payload that does not decode). */
 static int io_msg(anes_io *io, int64_t deadline, h_msg_fn fn, void *ud)
 {
 	const uint8_t *payload;
@@ -557,7 +558,7 @@ static int io_msg(anes_io *io, int64_t deadline, h_msg_fn fn, void *ud)
 	msgpack_zone_init(&zone, 1024);
 	if (anes_msg_decode(payload, len, &zone, &m) < 0) {
 		msgpack_zone_destroy(&zone);
-		return 0;
+		return -EBADMSG;
 	}
 	fn(&m, ud);
 	msgpack_zone_destroy(&zone);
@@ -624,6 +625,27 @@ int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors)
 	if (ret_errors)
 		*ret_errors = errors;
 	return r;
+}
+
+static void error_code_cb(const anes_msg *m, void *ud)
+{
+	const char *s;
+	uint32_t l;
+	int code;
+	if (m->type == ANES_MSG_NOTIFY && anes_msg_method_is(m, "error"))
+		*(int *)ud = anes_msg_error(&(anes_msg){ .error = m->params }, &code, &s, &l) == 0 ? code : 9999;
+}
+
+int h_raw_closed_with(int fd, int timeout_ms)
+{
+	anes_io io;
+	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
+	int64_t deadline = deadline_of(timeout_ms);
+	int code = 0, r;
+	while ((r = io_msg(&io, deadline, error_code_cb, &code)) == 1)
+		;
+	anes_io_cleanup(&io);
+	return r < 0 ? r : code;
 }
 
 /* { key: str } when str is set, else { key: v }; {} when key is NULL. */

@@ -135,15 +135,22 @@ int h_raw_request_kv(int fd, uint32_t msgid, const char *method, const char *key
 int h_raw_request_kstr(int fd, uint32_t msgid, const char *method, const char *key, const char *str);
 /* Wait (up to timeout_ms x h_slow()) for the response to msgid.  Returns 0 for a
  * success, the wire error code (> 0) for an error response, -EPIPE if the
- * connection was closed, -ETIMEDOUT. Notifications are skipped. */
+ * connection was closed, -EBADMSG for a frame that does not parse,
+ * -ETIMEDOUT. Notifications are skipped. */
 int h_raw_response(int fd, uint32_t msgid, int timeout_ms);
 /* h_raw_response that also hands a success's result map to fn (if not
  * NULL) before it is freed. */
 int h_raw_response_cb(int fd, uint32_t msgid, int timeout_ms,
                       void (*fn)(const msgpack_object *result, void *ud), void *ud);
 /* Wait (up to timeout_ms x h_slow()) until the daemon closes the connection; counts
- * the error notifications received on the way.  0 if closed, -ETIMEDOUT. */
+ * the error notifications received on the way.  0 if closed, -EBADMSG for a
+ * frame that does not parse, -ETIMEDOUT. */
 int h_raw_wait_closed(int fd, int timeout_ms, unsigned *ret_errors);
+/* Wait (up to timeout_ms x h_slow()) until the daemon closes the connection:
+ * the code of the error notification it sent before (the last one), 0 if
+ * none came, -ETIMEDOUT if it is still open, -EBADMSG for a frame that does
+ * not parse. */
+int h_raw_closed_with(int fd, int timeout_ms);
 /* Send hello (protocol 1) as request msgid on a raw connection without
  * waiting for the response: h_raw_request's result (for forked children). */
 int h_raw_send_hello(int fd, uint32_t msgid);
@@ -173,11 +180,11 @@ void h_rconn_close(h_rconn *rc);
 /* Wait (up to timeout_ms x h_slow()) for the next frame: 1 with *ret_payload
  * (valid until the next read on rc) and *ret_len, the fds that came with it
  * closed and counted in *ret_nfds (if not NULL); 0 when the daemon closed
- * the connection or sent a frame that does not parse; -ETIMEDOUT. */
+ * the connection; -EBADMSG for a frame that does not parse; -ETIMEDOUT. */
 int h_rconn_frame(h_rconn *rc, int timeout_ms, const uint8_t **ret_payload, uint32_t *ret_len,
                   unsigned *ret_nfds);
-/* The next message, decoded: 1 after fn(m, ud); 0 or -ETIMEDOUT as
- * h_rconn_frame (a payload that does not decode counts as a close). */
+/* The next message, decoded: 1 after fn(m, ud); else as h_rconn_frame
+ * (-EBADMSG also for a payload that does not decode). */
 typedef void (*h_msg_fn)(const anes_msg *m, void *ud);
 int h_rconn_next(h_rconn *rc, int timeout_ms, h_msg_fn fn, void *ud);
 

@@ -66,54 +66,40 @@ static void raw_run_frame(msgpack_sbuffer *sb, uint32_t msgid)
 	msgpack_sbuffer_destroy(&p);
 }
 
-/* Read responses to msgids [first, first + n) on a blocking fd until each
- * came once, or the connection closes, or nothing comes for 10 s (x
- * h_slow()).  Returns how many came; *ret_errors counts the error
- * responses among them. */
-static uint32_t raw_collect(int fd, uint32_t first, uint32_t n, uint32_t *ret_errors)
+/* What raw_collect has seen of the responses to [first, first + n). */
+typedef struct collect {
+	uint32_t first, n, got, errors;
+	uint8_t *seen;
+} collect;
+
+static void collect_cb(const anes_msg *m, void *ud)
 {
-	anes_io io;
-	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	uint8_t *seen = calloc(n, 1);
-	cr_assert(seen);
-	uint32_t got = 0, errors = 0;
-	msgpack_zone zone;
-	cr_assert(msgpack_zone_init(&zone, 4096));
-	while (got < n) {
-		const uint8_t *payload;
-		uint32_t len;
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		unsigned nfds = 0;
-		int r = anes_io_next_frame(&io, &payload, &len, fds, &nfds);
-		cr_assert_geq(r, 0);
-		if (r == 0) {
-			struct pollfd pfd = { .fd = fd, .events = POLLIN };
-			if (poll(&pfd, 1, 10000 * h_slow()) != 1)
-				break;
-			ssize_t k = anes_io_read(&io);
-			if (k <= 0)
-				break;
-			continue;
-		}
-		for (unsigned i = 0; i < nfds; i++)
-			close(fds[i]);
-		anes_msg m;
-		cr_assert_eq(anes_msg_decode(payload, len, &zone, &m), 0);
-		if (m.type == ANES_MSG_RESPONSE) {
-			cr_assert(m.msgid >= first && m.msgid - first < n, "msgid %u", m.msgid);
-			cr_assert(!seen[m.msgid - first], "msgid %u answered twice", m.msgid);
-			seen[m.msgid - first] = 1;
-			got++;
-			if (m.error)
-				errors++;
-		}
-		msgpack_zone_clear(&zone);
-	}
-	msgpack_zone_destroy(&zone);
-	free(seen);
-	anes_io_cleanup(&io);
-	*ret_errors = errors;
-	return got;
+	collect *c = ud;
+	if (m->type != ANES_MSG_RESPONSE)
+		return;
+	cr_assert(m->msgid >= c->first && m->msgid - c->first < c->n, "msgid %u", m->msgid);
+	cr_assert(!c->seen[m->msgid - c->first], "msgid %u answered twice", m->msgid);
+	c->seen[m->msgid - c->first] = 1;
+	c->got++;
+	if (m->error)
+		c->errors++;
+}
+
+/* Read responses to msgids [first, first + n) on rc until each came once,
+ * or the connection closes, or nothing comes for 10 s (x h_slow()).
+ * Returns how many came; *ret_errors counts the error responses among
+ * them. */
+static uint32_t raw_collect(h_rconn *rc, uint32_t first, uint32_t n, uint32_t *ret_errors)
+{
+	collect c = { .first = first, .n = n, .seen = calloc(n, 1) };
+	cr_assert(c.seen);
+	int r = 1;
+	while (c.got < n && (r = h_rconn_next(rc, 10000, collect_cb, &c)) == 1)
+		;
+	cr_assert_neq(r, -EBADMSG, "a frame from the daemon that does not parse");
+	free(c.seen);
+	*ret_errors = c.errors;
+	return c.got;
 }
 
 /* status.<key> (an unsigned integer) read on a raw connection. */
@@ -170,7 +156,9 @@ static void pipeline_10000(bool lanes, bool drop)
 	args[na] = NULL;
 	h_daemon d;
 	h_daemon_start_args(&d, args);
-	int fd = h_raw_open(d.sock);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	int fd = rc.fd;
 	raw_program_and_surfaces(fd);
 	enum { N = 10000, FIRST = 100 };
 	msgpack_sbuffer sb;
@@ -184,7 +172,7 @@ static void pipeline_10000(bool lanes, bool drop)
 	}
 	msgpack_sbuffer_destroy(&sb);
 	uint32_t errors;
-	uint32_t got = raw_collect(fd, FIRST, N, &errors);
+	uint32_t got = raw_collect(&rc, FIRST, N, &errors);
 	cr_assert_eq(errors, 0);
 	if (drop) {
 		cr_assert_lt(got, N, "the client should have been dropped");
@@ -197,7 +185,7 @@ static void pipeline_10000(bool lanes, bool drop)
 		cr_assert_eq(got, N, "%u of %u runs answered", got, N);
 		cr_assert_eq(raw_status_dropped(&d), 0);
 	}
-	close(fd);
+	h_rconn_close(&rc);
 	h_daemon_stop(&d);
 }
 
@@ -284,45 +272,6 @@ static void padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method
 	msgpack_sbuffer_destroy(&p);
 }
 
-/* The code of the error notification the daemon sent before it closed fd
- * (0: closed without one; -ETIMEDOUT: still open after 10 s x h_slow()). */
-static int closed_with(int fd)
-{
-	anes_io io;
-	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int code = 0;
-	msgpack_zone zone;
-	cr_assert(msgpack_zone_init(&zone, 1024));
-	for (;;) {
-		const uint8_t *payload;
-		uint32_t len;
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		unsigned nfds = 0;
-		int r = anes_io_next_frame(&io, &payload, &len, fds, &nfds);
-		cr_assert_geq(r, 0);
-		if (r == 0) {
-			struct pollfd pfd = { .fd = fd, .events = POLLIN };
-			if (poll(&pfd, 1, 10000 * h_slow()) != 1) {
-				code = -ETIMEDOUT;
-				break;
-			}
-			if (anes_io_read(&io) <= 0)
-				break;
-			continue;
-		}
-		anes_msg m;
-		cr_assert_eq(anes_msg_decode(payload, len, &zone, &m), 0);
-		const char *s;
-		uint32_t l;
-		if (m.type == ANES_MSG_NOTIFY && anes_msg_method_is(&m, "error"))
-			cr_assert_eq(anes_msg_error(&(anes_msg){ .error = m.params }, &code, &s, &l), 0);
-		msgpack_zone_clear(&zone);
-	}
-	msgpack_zone_destroy(&zone);
-	anes_io_cleanup(&io);
-	return code;
-}
-
 /* Before hello a frame may be 64 KiB (max_hello_frame); a larger header is
  * a protocol error before anything is read of it.  After hello, max_frame
  * holds: a 1 MiB request is answered. */
@@ -335,7 +284,7 @@ Test(limits, a_large_frame_before_hello_is_refused)
 	uint8_t hdr[ANES_FRAME_HEADER_SIZE];
 	anes_frame_header_write(hdr, (64u << 10) + 1, 0);
 	cr_assert_eq(h_raw_send(fd, hdr, sizeof hdr, NULL, 0), 0);
-	cr_assert_eq(closed_with(fd), ANES_WERR_PROTOCOL);
+	cr_assert_eq(h_raw_closed_with(fd, 10000), ANES_WERR_PROTOCOL);
 	close(fd);
 
 	fd = h_raw_open(d.sock);
@@ -359,7 +308,7 @@ Test(limits, no_hello_is_closed_at_the_hello_timeout)
 	int idle = h_raw_connect(d.sock);
 	cr_assert_geq(idle, 0);
 	int good = h_raw_open(d.sock);
-	cr_assert_eq(closed_with(idle), ANES_WERR_LIMIT);
+	cr_assert_eq(h_raw_closed_with(idle, 10000), ANES_WERR_LIMIT);
 	close(idle);
 	/* Well past the timeout by now: the good connection still answers. */
 	cr_assert_eq(h_raw_request_kv(good, 9, "status", NULL, 0, NULL, 0), 0);
@@ -392,7 +341,7 @@ Test(limits, a_trickled_frame_is_closed_at_the_frame_timeout)
 		sent++;
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		if (poll(&pfd, 1, 20) == 1) {   /* paces the trickle; the close ends it */
-			code = closed_with(fd);
+			code = h_raw_closed_with(fd, 10000);
 			break;
 		}
 	}
@@ -689,7 +638,7 @@ Test(limits, fds_cut_off_by_the_daemons_shortage_are_not_a_protocol_error)
 	cr_assert_eq(anes_memfd_create("cut", 4096, &mfd), 0);
 	cr_assert_eq(h_raw_request_kv(fd, 2, "surface.import", NULL, 0, &mfd, 1), 0);
 	close(mfd);
-	cr_assert_eq(closed_with(fd), ANES_WERR_LIMIT);
+	cr_assert_eq(h_raw_closed_with(fd, 10000), ANES_WERR_LIMIT);
 	close(fd);
 	for (unsigned i = 0; i < nfill; i++)
 		close(fill[i]);
