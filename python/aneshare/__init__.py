@@ -21,14 +21,14 @@ from ._errors import (AneshareError, BadFdError, ClosedError, CompileError, Conn
                       NoSuchProgramError, NoSuchSurfaceError, OSFailure, ProtocolError,
                       RunFailedError, ShuttingDownError, SizeMismatchError, UnknownMethodError,
                       UnsupportedError, VersionError, WorkerRestartedError, BY_WIRE_CODE)
-from ._core import (Connection, Function, Program, Surface, Tensor, Ticket, connect,
-                    default_socket_path, surface_of)
+from ._core import (MAX_WEIGHT_FILES, Connection, Function, Program, Surface, Tensor, Ticket,
+                    connect, default_socket_path, surface_of)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "connect", "Connection", "Program", "Function", "Tensor", "Surface", "Ticket", "surface_of",
-    "default_socket_path", "MAX_STEPS", "LibraryNotFoundError",
+    "default_socket_path", "MAX_STEPS", "MAX_WEIGHT_FILES", "LibraryNotFoundError",
     "AneshareError", "OSFailure", "ConnectFailure", "DisconnectedError", "ClosedError",
     "ForkError", "DaemonError", "ProtocolError", "VersionError", "HandshakeError",
     "UnknownMethodError", "InvalidParamsError", "NoSuchSurfaceError", "NoSuchProgramError",

@@ -32,7 +32,8 @@ import numpy as np
 
 from . import _errors
 from ._errors import ClosedError, ForkError, error_for
-from ._lib import DONE_FN, EV_WRITE, MAX_STEPS, Result, Status, Step, TensorInfo, Weight, lib
+from ._lib import (DONE_FN, EV_WRITE, HAVE, MAX_STEPS, Result, Status, Step, TensorInfo, Weight,
+                   WeightFd, lib)
 
 _DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("<i4"), 4: np.dtype("<i2"),
            5: np.dtype("i1"), 6: np.dtype("u1"), 7: np.dtype("?")}
@@ -766,11 +767,23 @@ class Connection:
         """Compile MIL and return a Program.  mil is MIL text, the path of a
         .mil file, or the path of an .mlmodelc folder (its model.mil, with the
         files under weights/ as @model_path/weights/NAME).  weights maps the
-        paths of BLOBFILE(path = string("...")) to bytes-like blobs (bytes,
-        numpy arrays, ...)."""
+        paths of BLOBFILE(path = string("...")) to blobs: bytes-like objects
+        (bytes, numpy arrays, ...) or files (a path, or an object with
+        fileno()).  When every blob is a file, there are at most
+        MAX_WEIGHT_FILES of them and the library has
+        aneshare_program_compile_fds, the files go to the daemon by
+        descriptor and their bytes never cross the socket; otherwise their
+        bytes are sent."""
         h = self._h
         h.check()
         text, weights = _mil_source(mil, weights)
+        weights = dict(weights or {})
+        files = [k for k, v in weights.items() if _is_file(v)]
+        if files and len(files) == len(weights) and len(files) <= MAX_WEIGHT_FILES and \
+                "aneshare_program_compile_fds" in HAVE:
+            return self._compile_fds(text, weights)
+        for k in files:
+            weights[k] = _file_bytes(weights[k])
         wl = []
         keep = []
         for path, blob in (weights or {}).items():
@@ -797,6 +810,39 @@ class Connection:
             except BaseException:
                 lib.aneshare_program_release(prog)
                 raise
+        if h.async_calls:
+            h.after_blocking()
+        return p
+
+    def _compile_fds(self, text, weights):
+        h = self._h
+        opened = []
+        try:
+            wf = []
+            for path, f in weights.items():
+                if hasattr(f, "fileno"):
+                    fd = f.fileno()
+                else:
+                    fd = os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    opened.append(fd)
+                wf.append(WeightFd(os.fsencode(path) if not isinstance(path, bytes) else path, fd))
+            arr = (WeightFd * len(wf))(*wf)
+            prog = _vp()
+            cached = ctypes.c_bool()
+            with h.lock:
+                _live(h)
+                rc = lib.aneshare_program_compile_fds(h.cptr, text.encode(), arr, len(wf),
+                                                      ctypes.byref(prog), ctypes.byref(cached))
+                if rc < 0:
+                    raise h.error(rc, text)
+                try:
+                    p = Program(self, prog.value, bool(cached.value), text)
+                except BaseException:
+                    lib.aneshare_program_release(prog)
+                    raise
+        finally:
+            for fd in opened:   # the library keeps duplicates of its own
+                os.close(fd)
         if h.async_calls:
             h.after_blocking()
         return p
@@ -964,6 +1010,23 @@ def _status_dict(st):
     return d
 
 
+# Weight files one compile may pass by descriptor (the daemon's max_fds_per_frame).
+MAX_WEIGHT_FILES = 4
+
+
+def _is_file(v):
+    return isinstance(v, (str, os.PathLike)) or hasattr(v, "fileno")
+
+
+def _file_bytes(v):
+    """The whole content of a weight file given as a path or a file object."""
+    if hasattr(v, "fileno"):
+        fd = v.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    with open(v, "rb") as f:
+        return f.read()
+
+
 def _mil_source(mil, weights):
     """(MIL text, weights) from text, a .mil file or an .mlmodelc folder."""
     if isinstance(mil, bytes):
@@ -980,8 +1043,7 @@ def _mil_source(mil, weights):
                 for name in sorted(os.listdir(wdir)):
                     fp = os.path.join(wdir, name)
                     if os.path.isfile(fp):
-                        with open(fp, "rb") as f:
-                            w["@model_path/weights/" + name] = f.read()
+                        w["@model_path/weights/" + name] = fp
             w.update(weights or {})
             return text, w
         with open(path, encoding="utf-8") as f:

@@ -36,6 +36,10 @@ class Weight(ctypes.Structure):
     _fields_ = [("path", ctypes.c_char_p), ("data", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
+class WeightFd(ctypes.Structure):
+    _fields_ = [("path", ctypes.c_char_p), ("fd", ctypes.c_int)]
+
+
 class Step(ctypes.Structure):
     _fields_ = [("program", ctypes.c_void_p), ("function", ctypes.c_uint32),
                 ("inputs", ctypes.POINTER(ctypes.c_void_p)), ("n_inputs", ctypes.c_size_t),
@@ -136,6 +140,14 @@ _PROTOTYPES = {
 }
 
 
+# Functions of newer libraries, used when present (HAVE lists those found).
+_OPTIONAL_PROTOTYPES = {
+    "aneshare_program_compile_fds": (_int, [_vp, _str, ctypes.POINTER(WeightFd), _sz,
+                                            ctypes.POINTER(_vp), ctypes.POINTER(ctypes.c_bool)]),
+}
+HAVE = set()
+
+
 class LibraryNotFoundError(ImportError):
     """libaneshare could not be loaded."""
 
@@ -191,6 +203,12 @@ def load():
     if missing:
         raise LibraryNotFoundError("%s is not a libaneshare this package can use: it lacks %s"
                                    % (lib._name, ", ".join(missing)))
+    for fname, (restype, argtypes) in _OPTIONAL_PROTOTYPES.items():
+        f = getattr(lib, fname, None)
+        if f is not None:
+            f.restype = restype
+            f.argtypes = argtypes
+            HAVE.add(fname)
     return lib
 
 

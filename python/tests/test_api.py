@@ -114,34 +114,79 @@ def test_compile_text_path_and_info(conn):
         p.run([], [])
 
 
-def test_compile_weights_and_mlmodelc(conn, tmp_path):
-    """A BLOBFILE weight (docs/mil.md, "Weight files"), given as a dict and as an
-    .mlmodelc folder."""
-    w = np.arange(16, dtype=np.float16).reshape(4, 4) / 8
+def weight_blob(w):
+    """A MIL blob file (docs/mil.md, "Weight files") holding one fp16 tensor at offset 64."""
     blob = bytearray(64)
     struct.pack_into("<II", blob, 0, 1, 2)
     meta = bytearray(64)
     struct.pack_into("<IIQQ", meta, 0, 0xDEADBEEF, 1, w.nbytes, 128)
-    blob += meta + w.tobytes()
-    mil = ("program(1.3)\n{\n    func main<ios18>(tensor<fp16, [4, 4]> x) {\n"
-           "        tensor<fp16, [4, 4]> w = const()[name = string(\"w\"), val = tensor<fp16, [4, 4]>("
-           "BLOBFILE(path = string(\"@model_path/weights/weight.bin\"), offset = uint64(64)))];\n"
-           "        tensor<fp16, [4, 4]> y = add(x = x, y = w)[name = string(\"y\")];\n"
-           "    } -> (y);\n}\n")
+    return bytes(blob + meta + w.tobytes())
+
+
+def weights_mil(files):
+    """y = x + w0 + w1 + ... on [4, 4] fp16, each w from its own BLOBFILE."""
+    lines = ["program(1.3)", "{", "    func main<ios18>(tensor<fp16, [4, 4]> x) {"]
+    prev = "x"
+    for i, f in enumerate(files):
+        lines.append("        tensor<fp16, [4, 4]> w%d = const()[name = string(\"w%d\"), val = "
+                     "tensor<fp16, [4, 4]>(BLOBFILE(path = string(\"@model_path/weights/%s\"), "
+                     "offset = uint64(64)))];" % (i, i, f))
+        lines.append("        tensor<fp16, [4, 4]> y%d = add(x = %s, y = w%d)[name = string(\"y%d\")];"
+                     % (i, prev, i, i))
+        prev = "y%d" % i
+    lines += ["    } -> (%s);" % prev, "}", ""]
+    return "\n".join(lines)
+
+
+def test_compile_weights_and_mlmodelc(conn, tmp_path):
+    """BLOBFILE weights given as bytes, as numpy arrays, as files (paths and
+    file objects: by descriptor where the library can), and as an .mlmodelc
+    folder."""
+    w = np.arange(16, dtype=np.float16).reshape(4, 4) / 8
+    blob = weight_blob(w)
+    mil = weights_mil(["weight.bin"])
     x = np.ones((4, 4), np.float16)
-    p = conn.compile(mil, weights={"@model_path/weights/weight.bin": bytes(blob)})
-    assert p.key == program_key(mil, [("@model_path/weights/weight.bin", bytes(blob))])
+    path = "@model_path/weights/weight.bin"
+    p = conn.compile(mil, weights={path: blob})
+    assert p.key == program_key(mil, [(path, blob)])
     np.testing.assert_array_equal(p(x), x + w)
-    # numpy arrays are blobs too
-    q = conn.compile(mil, weights={"@model_path/weights/weight.bin": np.frombuffer(blob, np.uint8)})
+    q = conn.compile(mil, weights={path: np.frombuffer(blob, np.uint8)})
     assert q.key == p.key and q.cached
+    f = tmp_path / "weight.bin"
+    f.write_bytes(blob)
+    np.testing.assert_array_equal(conn.compile(mil, weights={path: str(f)})(x), x + w)
+    with open(f, "rb") as fo:
+        np.testing.assert_array_equal(conn.compile(mil, weights={path: fo})(x=x), x + w)
     folder = tmp_path / "m.mlmodelc"
     (folder / "weights").mkdir(parents=True)
     (folder / "model.mil").write_text(mil)
-    (folder / "weights" / "weight.bin").write_bytes(bytes(blob))
-    r = conn.compile(str(folder))
-    assert r.key == p.key
-    np.testing.assert_array_equal(r(x=x), x + w)
+    (folder / "weights" / "weight.bin").write_bytes(blob)
+    np.testing.assert_array_equal(conn.compile(str(folder))(x=x), x + w)
+    # more files than go by descriptor in one compile: their bytes are sent
+    names = ["w%d.bin" % i for i in range(aneshare.MAX_WEIGHT_FILES + 1)]
+    many = weights_mil(names)
+    ws = [np.full((4, 4), i + 1, np.float16) for i in range(len(names))]
+    for n, wi in zip(names, ws):
+        (tmp_path / n).write_bytes(weight_blob(wi))
+    r = conn.compile(many, weights={"@model_path/weights/" + n: tmp_path / n for n in names})
+    np.testing.assert_array_equal(r(x), x + sum(ws))
+    assert r.key == program_key(many, [("@model_path/weights/" + n, weight_blob(wi))
+                                       for n, wi in zip(names, ws)])
+
+
+@pytest.mark.skipif("aneshare_program_compile_fds" not in aneshare._lib.HAVE,
+                    reason="this libaneshare has no aneshare_program_compile_fds")
+def test_weight_files_go_by_descriptor(conn, tmp_path, monkeypatch):
+    w = np.full((4, 4), 0.5, np.float16)
+    (tmp_path / "weight.bin").write_bytes(weight_blob(w))
+    mil = weights_mil(["weight.bin"])
+
+    def no_inline(*a):
+        raise AssertionError("the weights were sent inline")
+    monkeypatch.setattr(aneshare._core.lib, "aneshare_program_compile", no_inline)
+    p = conn.compile(mil, weights={"@model_path/weights/weight.bin": tmp_path / "weight.bin"})
+    x = np.ones((4, 4), np.float16)
+    np.testing.assert_array_equal(p(x), x + w)
 
 
 def test_compile_error_carries_line(conn):
