@@ -1174,6 +1174,7 @@ static void px_worker_info(anes_backend *b, anes_worker_info *ret)
 		.watchdog_kills = p->watchdog_kills,
 		.run_floor_ms = p->run_floor_ms,
 		.compile_floor_ms = p->compile_floor_ms,
+		.threads = p->threads,
 	};
 	for (unsigned i = 0; i < p->n_slots; i++) {
 		const wslot *s = &p->slots[i];

@@ -641,6 +641,7 @@ int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx
 		for (uint32_t i = 0; i < w->n_steps; i++) {
 			uint64_t ns = atomic_load_explicit(&steps[i].entry->run_ns, memory_order_relaxed);
 			if (ns == 0 || (expect_ns += ns) > max_ns ||
+			    !steps[i].entry->lanes ||
 			    (b->ops->program_ready && !b->ops->program_ready(b, steps[i].entry->prog)))
 				return 0;   /* (nor one that would wait for a device worker's restart) */
 		}

@@ -148,7 +148,9 @@ struct anes_server {
 	uint64_t start_ns;
 	anes_stats stats;
 	anes_tenants tenants;        /* what each client process holds (tenant.h) */
-	unsigned run_concurrency;    /* most runs of one program at once (program memory) */
+	unsigned run_concurrency;    /* most runs of one program at once on the job threads
+	                              * (or a device worker's), and ... */
+	unsigned lane_concurrency;   /* ... how many more on the lane threads (program memory) */
 	uint64_t next_surface_key;   /* anes_surface.key */
 };
 
@@ -465,6 +467,7 @@ struct anes_centry {
 	 * start), and charged to each tenant that holds a handle. */
 	uint64_t bytes;
 	bool bytes_daemon;          /* bytes is in the daemon's total */
+	bool lanes;                 /* its runs may go on a lane (anes_program_estimate) */
 	anes_holder *holders;
 	anes_waiter **waiters_tail;
 	/* How long its runs take lately (ns, a moving average; 0: it has not
@@ -505,11 +508,18 @@ void anes_centry_drop_handle(anes_centry *e, anes_tenant *t);
 /* progmem.c: an upper bound of the memory compiling and running a program
  * makes backend ("cpu", "ane") hold, from the MIL's types, before any of it
  * is allocated (docs/protocol.md, "Program memory").  concurrency: most runs
- * of one program at once.  Errors as the backend's compile (-EINVAL with a
- * "line N: ..." message, -ENOTSUP, -ENOMEM). */
+ * of one program at once on the job threads; lane_concurrency: how many
+ * more the lane threads may add.  *ret_lanes: whether the program may run
+ * on a lane thread, counted in the bound (false for a CPU program whose run
+ * arena exceeds ANES_LANE_ARENA_BYTES: such runs are not short anyway, and
+ * keeping them off the lanes keeps their arenas to the job threads').
+ * Errors as the backend's compile (-EINVAL with a "line N: ..." message,
+ * -ENOTSUP, -ENOMEM). */
 int anes_program_estimate(const char *backend, const char *mil, size_t mil_len,
                           const anes_weight *weights, size_t n_weights, unsigned concurrency,
-                          uint64_t *ret_bytes, char *errbuf, size_t errbuf_len);
+                          unsigned lane_concurrency, uint64_t *ret_bytes, bool *ret_lanes,
+                          char *errbuf, size_t errbuf_len);
+#define ANES_LANE_ARENA_BYTES ((uint64_t)4 << 20)
 void anes_centry_pin(anes_centry *e);
 void anes_centry_unpin(anes_centry *e);
 

@@ -782,7 +782,18 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	anes_tenants_init(&srv->tenants, &srv->lim);
 	/* Most runs of one program at once: each job worker and each lane
 	 * thread may hold one of its run arenas (program memory). */
-	srv->run_concurrency = srv->cfg.workers + (srv->cfg.lanes ? srv->cfg.lane_threads : 0);
+	srv->run_concurrency = srv->cfg.workers;
+	srv->lane_concurrency = srv->cfg.lanes ? srv->cfg.lane_threads : 0;
+	if (srv->backend->ops->worker_info) {
+		/* The programs run in device worker processes, each on its own
+		 * threads: the daemon's job and lane threads only wait for them. */
+		anes_worker_info wi = { 0 };
+		srv->backend->ops->worker_info(srv->backend, &wi);
+		if (wi.threads) {
+			srv->run_concurrency = wi.threads;
+			srv->lane_concurrency = 0;
+		}
+	}
 
 	r = anes_cache_new(srv, &srv->cache);
 	if (r < 0 || !msgpack_zone_init(&srv->zone, 4096)) {

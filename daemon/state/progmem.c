@@ -12,7 +12,9 @@
  *   + outputs of ops folded at compile time (all arguments constant)
  *   + an fp32 copy of every constant operand of the ops whose plans keep
  *     one (matmul, linear, conv, norms, reductions, attention)
- *   + run_concurrency run arenas: each holds every intermediate value of the
+ *   + run_concurrency run arenas (the daemon's job and lane threads, or with a
+ *     device worker the worker's threads, which alone run the program): each
+ *     holds every intermediate value of the
  *     function (no reuse counted), the staging of misaligned arguments and the
  *     largest scratch of one op (fp32 copies of its operands and outputs, the
  *     GEMM packing, conv's im2col tile, attention's score block).
@@ -103,7 +105,8 @@ static uint64_t op_scratch(const anes_mil_function *fn, const anes_mil_op *op)
 	return s;
 }
 
-static uint64_t cpu_bound(const anes_mil_program *mp, unsigned concurrency, uint8_t *folded)
+/* fixed: the plans' own memory; *ret_arena: the largest run arena. */
+static uint64_t cpu_bound(const anes_mil_program *mp, uint8_t *folded, uint64_t *ret_arena)
 {
 	uint64_t fixed = 0, arena_max = 0;
 	for (uint32_t f = 0; f < mp->n_functions; f++) {
@@ -146,7 +149,8 @@ static uint64_t cpu_bound(const anes_mil_program *mp, unsigned concurrency, uint
 		if (arena > arena_max)
 			arena_max = arena;
 	}
-	return add(fixed, mul(arena_max, concurrency ? concurrency : 1));
+	*ret_arena = arena_max;
+	return fixed;
 }
 
 static uint64_t ane_bound(const anes_mil_program *mp, size_t mil_len, const anes_weight *weights,
@@ -167,7 +171,8 @@ static uint64_t ane_bound(const anes_mil_program *mp, size_t mil_len, const anes
 
 int anes_program_estimate(const char *backend, const char *mil, size_t mil_len,
                           const anes_weight *weights, size_t n_weights, unsigned concurrency,
-                          uint64_t *ret_bytes, char *errbuf, size_t errbuf_len)
+                          unsigned lane_concurrency, uint64_t *ret_bytes, bool *ret_lanes,
+                          char *errbuf, size_t errbuf_len)
 {
 	anes_mil_program *mp;
 	int r = anes_mil_parse_borrowed(mil, mil_len, weights, n_weights, &mp, errbuf, errbuf_len);
@@ -181,6 +186,7 @@ int anes_program_estimate(const char *backend, const char *mil, size_t mil_len,
 			if (fn->values[v].kind == ANES_MIL_V_CONST)
 				bytes = add(bytes, a64(fn->values[v].type.bytes));
 	}
+	bool lanes = true;
 	if (backend && !strcmp(backend, "ane")) {
 		bytes = add(bytes, ane_bound(mp, mil_len, weights, n_weights));
 	} else {
@@ -193,10 +199,16 @@ int anes_program_estimate(const char *backend, const char *mil, size_t mil_len,
 			anes_mil_program_free(mp);
 			return -ENOMEM;
 		}
-		bytes = add(bytes, cpu_bound(mp, concurrency, folded));
+		uint64_t arena;
+		bytes = add(bytes, cpu_bound(mp, folded, &arena));
 		free(folded);
+		/* An arena per job thread, and per lane thread for a program the
+		 * lanes may run (ANES_LANE_ARENA_BYTES). */
+		lanes = arena <= ANES_LANE_ARENA_BYTES;
+		bytes = add(bytes, mul(arena, (concurrency ? concurrency : 1) + (lanes ? lane_concurrency : 0)));
 	}
 	anes_mil_program_free(mp);
 	*ret_bytes = bytes;
+	*ret_lanes = lanes;
 	return 0;
 }

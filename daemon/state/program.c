@@ -322,6 +322,7 @@ typedef struct compile_job {
 	anes_tenant *tenant;   /* of the request that started it, referenced */
 	uint64_t copy_bytes;   /* the request's copy, charged to tenant and the daemon */
 	uint64_t est;          /* program memory, charged by compile_work (est_charged) */
+	bool lanes;            /* the estimate's: its runs may go on a lane */
 	bool est_charged;
 	anes_res limit_res;    /* rc -EDQUOT/-ENOSPC: the resource */
 	anes_centry *entry;
@@ -345,7 +346,8 @@ static void compile_work(anes_job *j)
 	/* Charge the program's memory before it exists (docs/protocol.md,
 	 * "Program memory"): refused here, nothing of its size is allocated. */
 	cj->rc = anes_program_estimate(b->ops->name, cj->mil, cj->mil_len, cj->weights,
-	                               cj->n_weights, cj->srv->run_concurrency, &cj->est, cj->err,
+	                               cj->n_weights, cj->srv->run_concurrency,
+	                               cj->srv->lane_concurrency, &cj->est, &cj->lanes, cj->err,
 	                               sizeof(cj->err));
 	if (cj->rc == 0) {
 		cj->rc = anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, true);
@@ -466,6 +468,7 @@ static void compile_done(anes_job *j, bool cancelled)
 		 * total while it lives, and the starter's holding (which its
 		 * handle finds below; dropped if it got none). */
 		e->bytes = cj->est;
+		e->lanes = cj->lanes;
 		e->bytes_daemon = true;
 		anes_holder *h = calloc(1, sizeof(*h));
 		if (h) {

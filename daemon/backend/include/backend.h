@@ -112,6 +112,7 @@ typedef struct anes_worker_info {
 	uint64_t run_floor_ms;      /* the watchdog's deadline floors */
 	uint64_t compile_floor_ms;
 	uint64_t restoring;         /* programs waiting to be compiled again in a new worker */
+	uint32_t threads;           /* runs one worker process executes at once (its threads) */
 } anes_worker_info;
 
 /* Every backend program starts with this header, so the daemon can read the
