@@ -897,12 +897,20 @@ static bool input_charge(anes_io *io, int64_t delta)
 /* Loop: c no longer waits for its process's or uid's room. */
 static void input_tenant_unwait(anes_conn *c)
 {
+	anes_server *srv = c->srv;
 	if (!c->input_tenant_wait)
 		return;
-	pthread_mutex_lock(&c->srv->input_mu);
-	c->srv->input_tenant_waiters--;
-	pthread_mutex_unlock(&c->srv->input_mu);
+	pthread_mutex_lock(&srv->input_mu);
+	srv->input_tenant_waiters--;
+	pthread_mutex_unlock(&srv->input_mu);
 	c->input_tenant_wait = false;
+	if (c->twait_prev)
+		c->twait_prev->twait_next = c->twait_next;
+	else
+		srv->input_twait = c->twait_next;
+	if (c->twait_next)
+		c->twait_next->twait_prev = c->twait_prev;
+	c->twait_prev = c->twait_next = NULL;
 }
 
 /* Loop: c's frame got no room (-EDQUOT): stop reading it until it may try
@@ -915,14 +923,21 @@ static void input_wait(anes_conn *c)
 		/* Its own process or uid is at its limit: wait apart, never
 		 * first in line for the daemon's room. */
 		bool wake = input_list_remove(c) && srv->input_live;
-		if (!c->input_tenant_wait) {
-			c->input_tenant_wait = true;
+		bool added = !c->input_tenant_wait;
+		if (added)
 			srv->input_tenant_waiters++;
-		}
 		uint64_t need = c->input_need;
 		pthread_mutex_unlock(&srv->input_mu);
 		if (wake)
 			uv_async_send(&srv->input_async);
+		if (added) {
+			c->input_tenant_wait = true;
+			c->twait_prev = NULL;
+			c->twait_next = srv->input_twait;
+			if (c->twait_next)
+				c->twait_next->twait_prev = c;
+			srv->input_twait = c;
+		}
 		/* Room may have come back since it was refused: then read on. */
 		c->input_blocked = !input_tenant_fits(c, need);
 		if (!c->input_blocked)
@@ -968,14 +983,10 @@ void anes_conn_on_input_async(uv_async_t *h)
 		c->input_blocked = false;
 		update_poll(c);
 	}
-	/* Those waiting for their process's or uid's room whose room is back. */
-	pthread_mutex_lock(&srv->input_mu);
-	unsigned apart = srv->input_tenant_waiters;
-	pthread_mutex_unlock(&srv->input_mu);
-	for (anes_conn *w = srv->conns; apart > 0 && w; w = w->next) {
-		if (!w->input_tenant_wait)
-			continue;
-		apart--;
+	/* Those waiting for their process's or uid's room whose room is back
+	 * (their list: the connections not waiting cost nothing here). */
+	for (anes_conn *w = srv->input_twait, *next; w; w = next) {
+		next = w->twait_next;
 		pthread_mutex_lock(&srv->input_mu);
 		uint64_t need = w->input_need;
 		pthread_mutex_unlock(&srv->input_mu);

@@ -141,6 +141,7 @@ struct anes_server {
 	unsigned input_tenant_waiters;                  /* under input_mu: connections waiting
 	                                                 * for room in their process's or uid's
 	                                                 * input limit (not on the list) */
+	anes_conn *input_twait;      /* loop: those connections */
 	bool input_live;             /* under input_mu: input_async may be sent */
 	uv_async_t input_async;      /* room was given back: resume the first waiter */
 	uv_timer_t input_timer;      /* hello and frame deadlines (conn.c) */
@@ -237,7 +238,8 @@ struct anes_conn {
 	bool input_waiting;          /* under srv->input_mu: on that list */
 	uint64_t input_need;         /* under srv->input_mu: the room last refused */
 	bool input_by_tenant;        /* read side: that refusal was its process's or uid's limit */
-	bool input_tenant_wait;      /* under srv->input_mu: waiting for that room */
+	bool input_tenant_wait;      /* loop: waiting for that room, on srv->input_twait */
+	anes_conn *twait_prev, *twait_next;
 	bool input_blocked;          /* loop: not read until the room it waits for is there */
 	uint64_t created_ns;         /* anes_clock_ns at accept: the hello deadline */
 	/* anes_clock_ns at the first byte of the incomplete frame buffered
