@@ -2145,7 +2145,7 @@ Test(ops, topk_and_argsort)
 			}
 	compile_err(prog("tensor<fp16, [4, 6]> x", "v",
 	                 "        tensor<fp16, [4, 7]> v, tensor<int32, [4, 7]> i = topk(x = x, k = int32(7));"));
-	cr_assert(strstr(errbuf, "argument 'k' = 7 is out of range [1, 6]"), "%s", errbuf);
+	cr_assert(strstr(errbuf, "argument 'k' = 7 is out of range [-1, 6]"), "%s", errbuf);
 }
 
 Test(ops, batch_instance_l2_lrn_norms)
@@ -2651,8 +2651,9 @@ Test(ops, max_avg_l2_pool)
 			free(x);
 			free(y);
 		}
-	compile_err(prog("tensor<fp16, [1, 2, 4, 4, 4]> x", "y",
-	                 "        tensor<fp16, [1, 2, 2, 2, 2]> y = max_pool(x = x, kernel_sizes = tensor<int32, [3]>([2, 2, 2]), pad_type = string(\"valid\"));"));
+	cr_assert_eq(compile_err(prog("tensor<fp16, [1, 2, 4, 4, 4]> x", "y",
+	                 "        tensor<fp16, [1, 2, 2, 2, 2]> y = max_pool(x = x, kernel_sizes = tensor<int32, [3]>([2, 2, 2]), pad_type = string(\"valid\"));")),
+	             -ENOTSUP);
 	cr_assert(strstr(errbuf, "3-D windows are not supported"), "%s", errbuf);
 }
 
@@ -3091,4 +3092,30 @@ Test(ops, reverse_sequence_and_reshape_like)
 	cr_assert(strstr(errbuf, "the reference shape has 18 elements, x has 24"), "%s", errbuf);
 	free(v);
 	free(x);
+}
+
+Test(ops, topk_and_argmax_ios17_forms)
+{
+	/* k = -1 (all), return_indices = false (values only); output_dtype / output_indices_dtype "int32" */
+	float x[5] = {0.5f, -1, 3, 2, 3}, v[5];
+	int32_t ix[5], am;
+	anes_bprogram *p = compile_ok(prog("tensor<fp32, [5]> x", "v, i, a",
+		"        tensor<fp32, [5]> v = topk(x = x, k = int32(-1), return_indices = false);\n"
+		"        tensor<fp32, [5]> w, tensor<int32, [5]> i = topk(x = x, k = int32(-1), ascending = true, output_indices_dtype = string(\"int32\"));\n"
+		"        int32 a = reduce_argmax(x = x, output_dtype = string(\"int32\"));"));
+	const void *in[] = {x};
+	void *out[] = {v, ix, &am};
+	run_ok(p, 0, in, out);
+	static const float want[5] = {3, 3, 2, 0.5f, -1};
+	static const int32_t wi[5] = {1, 0, 3, 2, 4};
+	for (int i = 0; i < 5; i++) {
+		cr_assert_eq(v[i], want[i]);
+		cr_assert_eq(ix[i], wi[i]);
+	}
+	cr_assert_eq(am, 2);
+	B->ops->program_free(B, p);
+	cr_assert_eq(compile_err(prog("tensor<fp32, [5]> x", "a", "        int32 a = reduce_argmax(x = x, output_dtype = string(\"uint16\"));")),
+	             -ENOTSUP);
+	compile_err(prog("tensor<fp32, [5]> x", "v", "        tensor<fp32, [5]> v, tensor<int32, [5]> i = topk(x = x, k = int32(-1), return_indices = false);"));
+	cr_assert(strstr(errbuf, "has 1 outputs, 2 declared"), "%s", errbuf);
 }

@@ -428,7 +428,8 @@ static int run_line(const cpu_step *st, const cpu_exec *ex)
 							((int32_t *)out)[oi] = ((const int32_t *)x)[base + items[t].i * p->inner];
 						else
 							st_val(out, p->odt, oi, items[t].v);
-						((int32_t *)out2)[oi] = (int32_t)items[t].i;
+						if (out2)
+							((int32_t *)out2)[oi] = (int32_t)items[t].i;
 					}
 				}
 				break;

@@ -313,6 +313,19 @@ static int infer_reduce_f(anes_mil_check *c, const anes_mil_function *fn, const 
 	return reduced_type(c, op, &xv->type, red, keep, xv->type.dtype, &out[0]);
 }
 
+/* iOS 17 output_dtype / output_indices_dtype: "int32" (default); "uint16" is not computed here */
+static int index_dtype(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name)
+{
+	const anes_mil_value *v = V(fn, op, name);
+	const char *s = v ? anes_mil_const_string(v) : "int32";
+
+	if (s && !strcmp(s, "int32"))
+		return 0;
+	if (s && !strcmp(s, "uint16"))
+		return anes_mil_fail(c, op, -ENOTSUP, "%s uint16 is not supported (int32 is)", name);
+	return anes_mil_fail(c, op, -EINVAL, "%s must be \"int32\" or \"uint16\"", name);
+}
+
 static int infer_argreduce(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
 {
 	const anes_mil_value *xv = V(fn, op, "x");
@@ -322,6 +335,9 @@ static int infer_argreduce(anes_mil_check *c, const anes_mil_function *fn, const
 	if (need_arith(c, op, "x", xv) || opt_bool(c, fn, op, "keep_dims", false, &keep) ||
 	    opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a))
 		return -EINVAL;
+	int rc = index_dtype(c, fn, op, "output_dtype");
+	if (rc)
+		return rc;
 	red[a] = true;
 	return reduced_type(c, op, &xv->type, red, keep, ANES_DT_INT32, &out[0]);
 }
@@ -350,15 +366,22 @@ static int infer_topk(anes_mil_check *c, const anes_mil_function *fn, const anes
 	if (need_arith(c, op, "x", xv) || opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a) ||
 	    opt_bool(c, fn, op, "ascending", false, &b) || opt_bool(c, fn, op, "sort", true, &b) ||
 	    opt_bool(c, fn, op, "return_indices", true, &ri) ||
-	    opt_int(c, fn, op, "k", 1, 1, (int64_t)xv->type.shape[a], &k))
+	    opt_int(c, fn, op, "k", 1, -1, (int64_t)xv->type.shape[a], &k))
 		return -EINVAL;
-	if (!ri)
-		return anes_mil_fail(c, op, -ENOTSUP, "return_indices = false is not supported");
+	int rc = index_dtype(c, fn, op, "output_indices_dtype");
+	if (rc)
+		return rc;
+	if (k == 0)
+		return anes_mil_fail(c, op, -EINVAL, "k must be -1 (all) or 1..%llu", (unsigned long long)xv->type.shape[a]);
+	if (op->n_outputs != (ri ? 2u : 1u))
+		return anes_mil_fail(c, op, -EINVAL, "has %u outputs, %u declared (return_indices = %s)", ri ? 2u : 1u,
+		                     op->n_outputs, ri ? "true" : "false");
 	memcpy(shape, xv->type.shape, sizeof shape);
-	shape[a] = (uint64_t)k;
+	if (k > 0)
+		shape[a] = (uint64_t)k;
 	if (set_type(c, op, &out[0], xv->type.dtype, xv->type.rank, shape))
 		return -EINVAL;
-	return set_type(c, op, &out[1], ANES_DT_INT32, xv->type.rank, shape);
+	return ri ? set_type(c, op, &out[1], ANES_DT_INT32, xv->type.rank, shape) : 0;
 }
 
 static int infer_argsort(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -1063,8 +1086,12 @@ static int infer_pool(anes_mil_check *c, const anes_mil_function *fn, const anes
 	bool ceil_mode, ex;
 	win w;
 
-	if (need_float(c, op, "x", xv) || window_args(c, fn, op, x, "kernel_sizes", NULL, &w) ||
-	    opt_bool(c, fn, op, "ceil_mode", false, &ceil_mode) ||
+	int rc = need_float(c, op, "x", xv);
+	if (!rc)
+		rc = window_args(c, fn, op, x, "kernel_sizes", NULL, &w);
+	if (rc)
+		return rc;
+	if (opt_bool(c, fn, op, "ceil_mode", false, &ceil_mode) ||
 	    opt_bool(c, fn, op, "exclude_padding_from_average", false, &ex))
 		return -EINVAL;
 	if (ceil_mode && (w.pad_kind == 1 || w.pad_kind == 2))
@@ -1106,8 +1133,9 @@ static int infer_conv_transpose(anes_mil_check *c, const anes_mil_function *fn, 
 	if (wt->rank != x->rank || x->rank < 3)
 		return anes_mil_fail(c, op, -EINVAL, "weight must be [C_in, C_out/groups, kernel...] of x's rank, is %s",
 		                     anes_mil_shape_str(wt, sw, sizeof sw));
-	if (window_args(c, fn, op, x, NULL, wt->shape + 2, &w))
-		return -EINVAL;
+	int rc = window_args(c, fn, op, x, NULL, wt->shape + 2, &w);
+	if (rc)
+		return rc;
 	if (wt->shape[0] != x->shape[1] || x->shape[1] % (uint64_t)groups)
 		return anes_mil_fail(c, op, -EINVAL, "channels do not match: x is %s, weight is %s, groups %lld",
 		                     anes_mil_shape_str(x, sx, sizeof sx), anes_mil_shape_str(wt, sw, sizeof sw),
@@ -1310,10 +1338,14 @@ static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const
 	bool seq;
 	char sb[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "x", xv) || opt_bool(c, fn, op, "output_sequence", false, &seq) ||
-	    act_arg(c, fn, op, "activation") || act_arg(c, fn, op, "recurrent_activation") ||
-	    act_arg(c, fn, op, "cell_activation"))
+	if (need_float(c, op, "x", xv) || opt_bool(c, fn, op, "output_sequence", false, &seq))
 		return -EINVAL;
+	static const char *const acts[3] = {"activation", "recurrent_activation", "cell_activation"};
+	for (int k = 0; k < 3; k++) {
+		int rc = act_arg(c, fn, op, acts[k]);
+		if (rc)
+			return rc;
+	}
 	if (V(fn, op, "clip"))
 		return anes_mil_fail(c, op, -ENOTSUP, "clip is not supported");
 	if (!dir || (strcmp(dir, "forward") && strcmp(dir, "reverse") && (!lstm || strcmp(dir, "bidirectional"))))
@@ -1448,12 +1480,13 @@ static const anes_mil_argdef a_prelu[] = {{"x", REQ}, {"alpha", REQ | CONST}, {N
 static const anes_mil_argdef a_softplus_p[] = {{"x", REQ}, {"alpha", REQ | CONST}, {"beta", REQ | CONST}, {NULL, 0}};
 
 static const anes_mil_argdef a_reduce[] = {{"x", REQ}, {"axes", CONST}, {"keep_dims", CONST}, {NULL, 0}};
-static const anes_mil_argdef a_argreduce[] = {{"x", REQ}, {"axis", CONST}, {"keep_dims", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_argreduce[] = {
+	{"x", REQ}, {"axis", CONST}, {"keep_dims", CONST}, {"output_dtype", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_cumsum[] = {
 	{"x", REQ}, {"axis", CONST}, {"exclusive", CONST}, {"reverse", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_topk[] = {
 	{"x", REQ}, {"k", CONST}, {"axis", CONST}, {"ascending", CONST}, {"sort", CONST}, {"return_indices", CONST},
-	{NULL, 0}};
+	{"output_indices_dtype", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_argsort[] = {{"x", REQ}, {"axis", CONST}, {"ascending", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_batch_norm[] = {
 	{"x", REQ}, {"mean", REQ | CONST}, {"variance", REQ | CONST}, {"gamma", CONST}, {"beta", CONST},
@@ -1583,7 +1616,7 @@ static const anes_mil_opdef ops[] = {
 	{"reduce_argmax", 1, a_argreduce, infer_argreduce},
 	{"reduce_argmin", 1, a_argreduce, infer_argreduce},
 	{"cumsum", 1, a_cumsum, infer_cumsum},
-	{"topk", 2, a_topk, infer_topk},
+	{"topk", 0, a_topk, infer_topk},
 	{"argsort", 1, a_argsort, infer_argsort},
 	/* normalizations */
 	{"batch_norm", 1, a_batch_norm, infer_batch_norm},
