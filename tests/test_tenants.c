@@ -935,7 +935,7 @@ static void padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method
 /* What status says of the buffers: the daemon's input map, dropped, and
  * this process's input_bytes and unsent_bytes. */
 typedef struct buf_st {
-	uint64_t in_bytes, in_waiting, dropped, my_input, my_unsent, total_unsent;
+	uint64_t in_bytes, in_waiting, dropped, my_input, my_unsent, total_unsent, uid_jobs;
 } buf_st;
 
 static void read_buf(const msgpack_object *result, void *ud)
@@ -956,6 +956,14 @@ static void read_buf(const msgpack_object *result, void *ud)
 			continue;
 		cr_assert_eq(anes_mp_u64(&ps->via.array.ptr[i], "input_bytes", UINT64_MAX, &st->my_input), 0);
 		cr_assert_eq(anes_mp_u64(&ps->via.array.ptr[i], "unsent_bytes", UINT64_MAX, &st->my_unsent), 0);
+	}
+	const msgpack_object *us = anes_mp_get(result, "users");
+	cr_assert(us && us->type == MSGPACK_OBJECT_ARRAY);
+	for (uint32_t i = 0; i < us->via.array.size; i++) {
+		uint64_t uid = UINT64_MAX;
+		(void)anes_mp_u64(&us->via.array.ptr[i], "uid", UINT64_MAX, &uid);
+		if (uid == (uint64_t)getuid())
+			cr_assert_eq(anes_mp_u64(&us->via.array.ptr[i], "jobs", UINT64_MAX, &st->uid_jobs), 0);
 	}
 	const msgpack_object *ts = anes_mp_get(result, "totals");
 	cr_assert(ts && ts->type == MSGPACK_OBJECT_ARRAY);
@@ -1240,6 +1248,28 @@ typedef struct uid_op {
 static int uid_child(void *arg, int ready_fd)
 {
 	const uid_op *op = arg;
+	if (op->kind == 'j') {
+		/* 10 runs queued at once, then waited for: all must succeed. */
+		aneshare_conn *c;
+		aneshare_program *p;
+		if (aneshare_connect(op->sock, "uid-jobs", &c) < 0 ||
+		    aneshare_program_compile(c, op->mil, NULL, 0, &p, NULL) < 0)
+			return 250;
+		aneshare_surface *x, *y, *z;
+		if (aneshare_surface_create(c, op->size, &x) < 0 || aneshare_surface_create(c, op->size, &y) < 0 ||
+		    aneshare_surface_create(c, op->size, &z) < 0)
+			return 250;
+		aneshare_surface *in[2] = { x, y };
+		uint32_t t[10];
+		for (int i = 0; i < 10; i++)
+			if (aneshare_run_submit(p, 0, in, 2, &z, 1, &t[i]) < 0)
+				return 250;
+		(void)!write(ready_fd, "x", 1);
+		for (int i = 0; i < 10; i++)
+			if (aneshare_wait(c, t[i]) < 0)
+				return 251;
+		return 0;
+	}
 	(void)!write(ready_fd, "x", 1);
 	if (op->kind == 'i') {
 		/* Wait for room behind the other process's frame, then be answered. */
@@ -1384,6 +1414,41 @@ Test(tenants, two_processes_of_one_uid_share_its_limits)
 	msgpack_sbuffer_destroy(&sb);
 	close(fd);
 	close(obs);
+	h_daemon_stop(&D);
+
+	/* Jobs: this process and the other queue 10 runs each; the uid never
+	 * has more than its 2 on the workers, and every run is answered. */
+	const char *jargs[] = { "--max-uid-jobs", "2", "--workers", "1", "--no-lanes", NULL };
+	h_daemon_start_args(&D, jargs);
+	char *jm = h_square_mm_mil(256, "main");
+	c = h_connect(&D, "uid-jobs-parent");
+	aneshare_program *jp;
+	cr_assert_eq(aneshare_program_compile(c, jm, NULL, 0, &jp, NULL), 0);
+	aneshare_surface *jx = h_surface(c, 256 * 256 * 2), *jy = h_surface(c, 256 * 256 * 2),
+	                 *jz = h_surface(c, 256 * 256 * 2);
+	aneshare_surface *jin[2] = { jx, jy };
+	uint32_t jt[10];
+	for (int i = 0; i < 10; i++)
+		cr_assert_eq(aneshare_run_submit(jp, 0, jin, 2, &jz, 1, &jt[i]), 0);
+	op = (uid_op){ .sock = D.sock, .kind = 'j', .mil = jm, .size = 256 * 256 * 2 };
+	pid = h_spawn(uid_child, &op);
+	obs = h_raw_open(D.sock);
+	uint64_t most = 0;
+	for (int i = 0; i < 20; i++) {
+		st = raw_buf_status(obs);
+		cr_expect_leq(st.uid_jobs, 2, "uid %u had %llu jobs, its limit is 2", (unsigned)getuid(),
+		              (unsigned long long)st.uid_jobs);
+		if (st.uid_jobs > most)
+			most = st.uid_jobs;
+	}
+	for (int i = 0; i < 10; i++)
+		cr_expect_eq(aneshare_wait(c, jt[i]), 0);
+	cr_assert_eq(waitpid(pid, &wst, 0), pid);
+	cr_expect(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "the other process's runs: exit %d", wst);
+	cr_expect_gt(most, 0);
+	close(obs);
+	aneshare_disconnect(c);
+	free(jm);
 	h_daemon_stop(&D);
 
 	/* Unsent output: over the uid's 1 MiB (below its process's 2 MiB) the
