@@ -1263,3 +1263,71 @@ Test(cpu, enumerated_shapes_are_functions)
 	}
 	B->ops->program_free(B, p);
 }
+
+/* ---- states (iOS 18): a KV cache that runs accumulate ---- */
+
+/* A shift-register key cache of 4 rows (the oldest row drops out, k is
+ * appended), scores q . cache^T over it, and a step counter; the cache is
+ * written with write_state then read back (as coremlc writes
+ * coreml_update_state), the counter with coreml_update_state. */
+static const char kv_text[] =
+	"program(1.3)\n"
+	"{\n"
+	"    func main<ios18>(tensor<fp16, [1, 2]> k, tensor<fp16, [1, 2]> q, state<tensor<fp16, [4, 2]>> kv,\n"
+	"                     state<tensor<fp16, [1]>> steps) {\n"
+	"        tensor<fp16, [4, 2]> c = read_state(input = kv)[name = string(\"c\")];\n"
+	"        tensor<fp16, [3, 2]> old = slice_by_size(x = c, begin = tensor<int32, [2]>([1, 0]), "
+	"size = tensor<int32, [2]>([3, 2]))[name = string(\"old\")];\n"
+	"        tensor<fp16, [4, 2]> nc = concat(values = (old, k), axis = int32(0))[name = string(\"nc\")];\n"
+	"        write_state(data = nc, input = kv)[name = string(\"kv_write_state\")];\n"
+	"        tensor<fp16, [4, 2]> c2 = read_state(input = kv)[name = string(\"c2\")];\n"
+	"        tensor<fp16, [1, 4]> s = matmul(x = q, y = c2, transpose_y = true)[name = string(\"s\")];\n"
+	"        tensor<fp16, [1]> n0 = read_state(input = steps)[name = string(\"n0\")];\n"
+	"        tensor<fp16, [1]> n1 = add(x = n0, y = fp16(1))[name = string(\"n1\")];\n"
+	"        tensor<fp16, [1]> n = coreml_update_state(state = steps, value = n1)[name = string(\"n\")];\n"
+	"    } -> (s, n);\n"
+	"}\n";
+
+Test(cpu, kv_cache_state_accumulates_over_runs)
+{
+	anes_bprogram *p = compile_text(kv_text);
+	const anes_function_info *fi = &p->functions[0];
+	cr_assert_eq(fi->n_inputs, 2);
+	cr_assert_eq(fi->n_states, 2);
+	cr_assert_str_eq(fi->states[0].name, "kv");
+	cr_assert_eq(fi->states[0].bytes, 16);
+	cr_assert_str_eq(fi->states[1].name, "steps");
+
+	/* without the states the function does not run */
+	uint16_t k[2], q[2], s[4], n;
+	const void *in[] = {k, q};
+	void *out[] = {s, &n};
+	cr_assert_eq(B->ops->run(B, p, 0, in, out, errbuf, sizeof errbuf), -ENOTSUP);
+	cr_assert(strstr(errbuf, "has 2 states"), "%s", errbuf);
+
+	uint16_t kv[8] = {0}, steps = 0;
+	void *states[] = {kv, &steps};
+	float ref[4][2] = {{0}};   /* the cache, computed here */
+	for (int t = 1; t <= 6; t++) {
+		float kt[2] = {(float)t, -0.5f * (float)t}, qt[2] = {0.25f, (float)(t % 3)};
+		for (int i = 0; i < 2; i++) {
+			k[i] = anes_f32_to_f16_soft(kt[i]);
+			q[i] = anes_f32_to_f16_soft(qt[i]);
+		}
+		int rc = B->ops->run_states(B, p, 0, in, out, states, errbuf, sizeof errbuf);
+		cr_assert_eq(rc, 0, "step %d: %s", t, errbuf);
+		memmove(ref[0], ref[1], sizeof ref[0] * 3);
+		ref[3][0] = kt[0];
+		ref[3][1] = kt[1];
+		for (int r = 0; r < 4; r++) {
+			for (int i = 0; i < 2; i++)
+				cr_assert_eq(h2f(kv[2 * r + i]), ref[r][i], "step %d: cache[%d][%d] = %g, want %g", t, r, i,
+				             (double)h2f(kv[2 * r + i]), (double)ref[r][i]);
+			float want = qt[0] * ref[r][0] + qt[1] * ref[r][1];
+			cr_assert_eq(h2f(s[r]), want, "step %d: s[%d] = %g, want %g", t, r, (double)h2f(s[r]), (double)want);
+		}
+		cr_assert_eq(h2f(n), (float)t);
+		cr_assert_eq(h2f(steps), (float)t);
+	}
+	B->ops->program_free(B, p);
+}

@@ -783,3 +783,43 @@ Test(mil, flexible_shape_errors)
 	expect_err("tensor<fp16, [3, ?]> y = relu(x = x);", -EINVAL, 4, "does not match");
 	cr_assert_eq(parse_body("tensor<fp16, [2, ?]> y = relu(x = x);", NULL, 0), 0, "%s", errbuf);
 }
+
+Test(mil, state_inputs_and_ops)
+{
+	const char *ok =
+		"program(1.3)\n{\n func main<ios18>(tensor<fp16, [2]> x, state<tensor<fp16, [2]>> s) {\n"
+		"  tensor<fp16, [2]> a = read_state(input = s);\n"
+		"  write_state(data = x, input = s)[name = string(\"w\")];\n"
+		"  tensor<fp16, [2]> b = coreml_update_state(state = s, value = a);\n"
+		" } -> (b);\n}\n";
+	anes_mil_program *p = NULL;
+	cr_assert_eq(parse(ok, NULL, 0, &p), 0, "%s", errbuf);
+	const anes_mil_function *f = &p->functions[0];
+	cr_assert_eq(f->n_inputs, 1);
+	cr_assert_eq(f->n_states, 1);
+	cr_assert(f->values[f->states[0]].is_state);
+	cr_assert_str_eq(p->info[0].states[0].name, "s");
+	cr_assert_eq(f->n_ops, 3);
+	cr_assert_eq(f->ops[1].n_outputs, 0);
+	cr_assert_str_eq(f->ops[1].name, "w");
+	anes_mil_program_free(p);
+
+	static const char *const bad[][2] = {
+		{"tensor<fp16, [2]> a = relu(x = s);", "only read_state, write_state and coreml_update_state"},
+		{"tensor<fp16, [2]> a = read_state(input = x);", "must be a state input"},
+		{"write_state(data = tensor<fp16, [3]>([1, 2, 3]), input = s);", "the state 's' holds"},
+		{"tensor<fp16, [2]> a = write_state(data = x, input = s);", "write_state has no outputs"},
+		{"relu(x = x);", "has 1 outputs, 0 declared"},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char t[512];
+		snprintf(t, sizeof t,
+		         "program(1.3)\n{\n func main<ios18>(tensor<fp16, [2]> x, state<tensor<fp16, [2]>> s) {\n %s\n"
+		         " } -> (x);\n}\n", bad[i][0]);
+		cr_assert_eq(parse(t, NULL, 0, &p), -EINVAL, "%s: %s", bad[i][0], errbuf);
+		cr_assert(strstr(errbuf, "line 4: ") && strstr(errbuf, bad[i][1]), "%s: %s", bad[i][0], errbuf);
+	}
+	cr_assert_eq(parse("program(1.3)\n{\n func main<ios18>(state<tensor<fp16, [2]>> s) {\n } -> (s);\n}\n", NULL,
+	                   0, &p), -EINVAL);
+	cr_assert(strstr(errbuf, "is a state"), "%s", errbuf);
+}

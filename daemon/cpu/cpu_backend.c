@@ -283,6 +283,8 @@ static int plan_function(cpu_func *f, const anes_mil_function *fn, const cpu_cfg
 	 * the last step. */
 	for (uint32_t j = 0; j < fn->n_inputs; j++)
 		f->io[fn->inputs[j]] = (int32_t)j + 1;
+	for (uint32_t j = 0; j < fn->n_states; j++)   /* after the inputs, in place */
+		f->io[fn->states[j]] = (int32_t)(fn->n_inputs + j) + 1;
 	for (uint32_t j = 0; j < fn->n_outputs; j++) {
 		uint32_t v = fn->outputs[j];
 		if (fn->values[v].kind == ANES_MIL_V_OP && !f->fixed[v] && !f->io[v])
@@ -466,13 +468,13 @@ static bool misaligned(const void *p, const anes_mil_type *t)
 	return es > 1 && ((uintptr_t)p % es) != 0;
 }
 
-static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const void *const *inputs,
-                   void *const *outputs, char *errbuf, size_t errbuf_len)
+static int run_fn(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const void *const *inputs,
+                  void *const *outputs, void *const *states, char *errbuf, size_t errbuf_len)
 {
 	cpu_program *p = (cpu_program *)bp;
 	const cpu_func *f;
 	const anes_mil_function *fn;
-	const void *in[ANES_MAX_IO];
+	const void *in[2 * ANES_MAX_IO];   /* inputs, then states (read and written in place) */
 	void *out[ANES_MAX_IO];
 	bool staged = false;
 	cpu_arena *a;
@@ -489,9 +491,22 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 		set_err(errbuf, errbuf_len, "function '%s': missing input or output buffers", fn->name);
 		return -EINVAL;
 	}
-	if (fn->n_inputs > ANES_MAX_IO || fn->n_outputs > ANES_MAX_IO) {
+	if (fn->n_inputs > ANES_MAX_IO || fn->n_outputs > ANES_MAX_IO || fn->n_states > ANES_MAX_IO) {
 		set_err(errbuf, errbuf_len, "function '%s': too many inputs or outputs", fn->name);
 		return -EINVAL;
+	}
+	if (fn->n_states && !states) {
+		set_err(errbuf, errbuf_len,
+		        "function '%s' has %u states (state<...> inputs): it runs only where the caller keeps "
+		        "them between runs (run_states); aneshared does not keep states yet", fn->name, fn->n_states);
+		return -ENOTSUP;
+	}
+	for (uint32_t i = 0; i < fn->n_states; i++) {
+		if (!states[i] || misaligned(states[i], &fn->values[fn->states[i]].type)) {
+			set_err(errbuf, errbuf_len, "function '%s': state %u is NULL or misaligned", fn->name, i);
+			return -EINVAL;
+		}
+		in[fn->n_inputs + i] = states[i];
 	}
 	for (uint32_t i = 0; i < fn->n_inputs; i++) {
 		if (!inputs[i]) {
@@ -564,7 +579,7 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 		}
 	}
 	/* outputs not computed in place: one copy each (memmove: the caller's
-	 * buffers may overlap) */
+	 * buffers may overlap; a state may have changed since it was read) */
 	for (uint32_t i = 0; i < fn->n_outputs; i++) {
 		uint32_t v = fn->outputs[i];
 		if (f->io[v] != -(int32_t)i - 1)
@@ -577,6 +592,18 @@ static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const 
 out:
 	arena_put(p, a);
 	return rc;
+}
+
+static int cpu_run(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const void *const *inputs,
+                   void *const *outputs, char *errbuf, size_t errbuf_len)
+{
+	return run_fn(b, bp, fn_index, inputs, outputs, NULL, errbuf, errbuf_len);
+}
+
+static int cpu_run_states(anes_backend *b, anes_bprogram *bp, uint32_t fn_index, const void *const *inputs,
+                          void *const *outputs, void *const *states, char *errbuf, size_t errbuf_len)
+{
+	return run_fn(b, bp, fn_index, inputs, outputs, states, errbuf, errbuf_len);
 }
 
 static void cpu_destroy(anes_backend *b)
@@ -593,6 +620,7 @@ static const anes_backend_ops cpu_ops = {
 	.name = "cpu",
 	.compile = cpu_compile,
 	.run = cpu_run,
+	.run_states = cpu_run_states,
 	.program_free = cpu_program_free,
 	.destroy = cpu_destroy,
 };

@@ -102,6 +102,8 @@ const cpu_opimpl *cpu_ext_find(const char *name);
 const cpu_opimpl *cpu_elem_find(const char *name);
 /* the compressed-weight ops (cpu_constexpr.c), terminated by a NULL name */
 extern const cpu_opimpl cpu_constexpr_impls[];
+/* the state ops (cpu_state.c), terminated by a NULL name */
+extern const cpu_opimpl cpu_state_impls[];
 
 int cpu_fail(cpu_plan_ctx *pc, const anes_mil_op *op, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

@@ -1243,5 +1243,8 @@ const cpu_opimpl *cpu_opimpl_find(const char *name)
 	for (const cpu_opimpl *x = cpu_constexpr_impls; x->name; x++)
 		if (strcmp(x->name, name) == 0)
 			return x;
+	for (const cpu_opimpl *x = cpu_state_impls; x->name; x++)
+		if (strcmp(x->name, name) == 0)
+			return x;
 	return cpu_ext_find(name);
 }

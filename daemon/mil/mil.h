@@ -139,6 +139,9 @@ typedef struct anes_mil_value {
 	                                   (fp16 as IEEE half bits, bool as 0/1 bytes,
 	                                   string NUL-terminated); else NULL */
 	uint32_t op;                    /* OP: index into function ops */
+	bool is_state;                  /* INPUT declared state<T>: type is T; only the
+	                                   state ops take it (read_state, write_state,
+	                                   coreml_update_state) */
 	uint32_t out_index;             /* OP: which output of that op */
 } anes_mil_value;
 
@@ -170,6 +173,8 @@ typedef struct anes_mil_function {
 	uint32_t n_inputs, n_outputs;
 	const uint32_t *inputs;         /* value indices */
 	const uint32_t *outputs;        /* value indices */
+	uint32_t n_states;              /* inputs declared state<tensor<...>>, in order; */
+	const uint32_t *states;         /* not in inputs (value indices) */
 	uint32_t n_ops;                 /* in program (= topological) order; const() is not an op */
 	const anes_mil_op *ops;
 	uint32_t n_values;
@@ -219,6 +224,7 @@ int anes_mil_broadcast(const anes_mil_type *a, const anes_mil_type *b, uint32_t 
 #define ANES_MIL_ARG_REQ   1u   /* required */
 #define ANES_MIL_ARG_CONST 2u   /* must be a compile-time constant */
 #define ANES_MIL_ARG_TUPLE 4u   /* must be a tuple (a, b, ...) */
+#define ANES_MIL_ARG_STATE 8u   /* must be a state input (and only such arguments may be) */
 
 typedef struct anes_mil_argdef {
 	const char *name;

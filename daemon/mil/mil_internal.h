@@ -30,6 +30,8 @@ struct anes_mil_check {
 
 /* the second half of the op table (mil_ops_ext.c); NULL if no such op */
 const anes_mil_opdef *mil_ops_ext_find(const char *name, size_t len);
+/* the state ops (mil_states.c): read_state, write_state, coreml_update_state */
+const anes_mil_opdef *mil_states_find(const char *name, size_t len);
 
 void mil_vfail(anes_mil_check *c, uint32_t line, const char *fmt, va_list ap)
 	__attribute__((format(printf, 3, 0)));

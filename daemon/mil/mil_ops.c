@@ -1135,5 +1135,6 @@ const anes_mil_opdef *anes_mil_opdef_find(const char *name, size_t len)
 	for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
 		if (strlen(ops[i].name) == len && memcmp(ops[i].name, name, len) == 0)
 			return &ops[i];
-	return mil_ops_ext_find(name, len);
+	const anes_mil_opdef *d = mil_ops_ext_find(name, len);
+	return d ? d : mil_states_find(name, len);
 }

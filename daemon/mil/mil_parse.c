@@ -1288,6 +1288,16 @@ static int check_op(parser *P, anes_mil_op *op, anes_mil_type *decl, const char 
 			return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a tuple (a, b, ...)", a->name);
 		if (!(ad->flags & ANES_MIL_ARG_TUPLE) && a->is_tuple)
 			return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a single value, not a tuple", a->name);
+		for (uint32_t j = 0; j < a->n; j++) {
+			bool st = fn->values[a->vals[j]].is_state;
+			if (st && !(ad->flags & ANES_MIL_ARG_STATE))
+				return anes_mil_fail(c, op, -EINVAL,
+				                     "argument '%s' is the state '%s': only read_state, write_state and "
+				                     "coreml_update_state take a state", a->name, fn->values[a->vals[j]].name);
+			if (!st && (ad->flags & ANES_MIL_ARG_STATE))
+				return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a state input (state<...>)",
+				                     a->name);
+		}
 		if (ad->flags & ANES_MIL_ARG_CONST)
 			for (uint32_t j = 0; j < a->n; j++)
 				if (fn->values[a->vals[j]].kind != ANES_MIL_V_CONST)
@@ -1341,6 +1351,7 @@ static int parse_stmt(parser *P)
 	uint32_t op_line;
 	char d[48];
 
+	names[0] = "";
 	if (P->t.k == T_LP) {
 		TRY(next(P));
 		for (;;) {
@@ -1357,6 +1368,8 @@ static int parse_stmt(parser *P)
 			TRY(next(P));
 		}
 		TRY(expect(P, T_RP, "after the outputs"));
+	} else if (P->t.k == T_IDENT && !is_type_word(&P->t)) {
+		/* an op without outputs: write_state(input = s, data = x)[...]; */
 	} else {
 		if (!is_type_word(&P->t))
 			return perr(P, -EINVAL, line, "expected a statement, got %s", tok_desc(&P->t, d, sizeof d));
@@ -1375,7 +1388,8 @@ static int parse_stmt(parser *P)
 			TRY(next(P));
 		}
 	}
-	TRY(expect(P, T_EQ, "after the declared value"));
+	if (n_out)
+		TRY(expect(P, T_EQ, "after the declared value"));
 	op_line = P->t.line;
 	TRY(take_ident(P, &opname_s, &opname_len, "an op name"));
 	/* op names are short; a longer one is unknown, named by its start */
@@ -1606,7 +1620,7 @@ static int resolve_input(parser *P, const char *fname, anes_mil_value *v, const 
 static int parse_function(parser *P, anes_mil_function *out, int variant, uint32_t *ret_variants)
 {
 	fnstate *F = P->fn;
-	uint32_t ins[ANES_MAX_IO], outs[ANES_MAX_IO], n_in = 0, n_out = 0;
+	uint32_t ins[ANES_MAX_IO], outs[ANES_MAX_IO], sts[ANES_MAX_IO], n_in = 0, n_out = 0;
 	anes_mil_value pend[ANES_MAX_IO];
 	bool flexible = false;
 	anode *flex = NULL;
@@ -1636,10 +1650,21 @@ static int parse_function(parser *P, anes_mil_function *out, int variant, uint32
 			if (n_in == P->lim.max_io)
 				return perr(P, -EINVAL, P->t.line, "function '%s' has more than %u inputs", F->f.name,
 				            P->lim.max_io);
-			P->flex_ok = true;
-			int rc = parse_type(P, &v->type);
-			P->flex_ok = false;
-			TRY(rc);
+			if (tok_is(&P->t, "state")) {
+				/* state<tensor<...>>: kept by the caller between runs */
+				TRY(next(P));
+				TRY(expect(P, T_LT, "after 'state'"));
+				if (!tok_is(&P->t, "tensor"))
+					return perr(P, -ENOTSUP, P->t.line, "a state holds a tensor");
+				TRY(parse_type(P, &v->type));
+				TRY(expect(P, T_GT, "to close the state type"));
+				v->is_state = true;
+			} else {
+				P->flex_ok = true;
+				int rc = parse_type(P, &v->type);
+				P->flex_ok = false;
+				TRY(rc);
+			}
 			if (v->type.dtype == ANES_MIL_DT_STRING || anes_mil_dtype_is_storage(v->type.dtype))
 				return perr(P, -ENOTSUP, v->line, "function input of type %s is not supported",
 				            anes_mil_dtype_name(v->type.dtype));
@@ -1693,8 +1718,16 @@ static int parse_function(parser *P, anes_mil_function *out, int variant, uint32
 			if (type_flexible(&pend[i].type))
 				TRY(resolve_input(P, F->f.name, &pend[i], shapes, where));
 	}
-	for (uint32_t i = 0; i < n_in; i++)
-		TRY(add_value(P, &pend[i], &ins[i]));
+	uint32_t n_args_in = n_in, n_st = 0;
+	n_in = 0;
+	for (uint32_t i = 0; i < n_args_in; i++) {
+		uint32_t idx;
+		TRY(add_value(P, &pend[i], &idx));
+		if (pend[i].is_state)
+			sts[n_st++] = idx;
+		else
+			ins[n_in++] = idx;
+	}
 	TRY(expect(P, T_LC, "to open the function body"));
 	while (P->t.k != T_RC) {
 		if (P->t.k == T_EOF)
@@ -1716,6 +1749,9 @@ static int parse_function(parser *P, anes_mil_function *out, int variant, uint32
 		int32_t idx = fn_lookup(F, name);
 		if (idx < 0)
 			return perr(P, -EINVAL, line, "output '%s' of function '%s' is not defined", name, F->f.name);
+		if (F->values[idx].is_state)
+			return perr(P, -EINVAL, line, "output '%s' of function '%s' is a state (read_state gives its value)",
+			            name, F->f.name);
 		if (F->values[idx].type.dtype == ANES_MIL_DT_STRING ||
 		    anes_mil_dtype_is_storage(F->values[idx].type.dtype))
 			return perr(P, -ENOTSUP, line, "output '%s' of function '%s' is of type %s", name, F->f.name,
@@ -1733,10 +1769,14 @@ static int parse_function(parser *P, anes_mil_function *out, int variant, uint32
 	*out = F->f;
 	uint32_t *i_arr = mil_arena_alloc(P->arena, (n_in ? n_in : 1) * sizeof(uint32_t));
 	uint32_t *o_arr = mil_arena_alloc(P->arena, n_out * sizeof(uint32_t));
+	uint32_t *s_arr = mil_arena_alloc_small(P->arena, (n_st ? n_st : 1) * sizeof(uint32_t));
 	anes_mil_value *vals = mil_arena_alloc(P->arena, (F->nv ? F->nv : 1) * sizeof *vals);
 	anes_mil_op *ops = mil_arena_alloc(P->arena, (F->nops ? F->nops : 1) * sizeof *ops);
-	if (!i_arr || !o_arr || !vals || !ops)
+	if (!i_arr || !o_arr || !s_arr || !vals || !ops)
 		return nomem(P);
+	memcpy(s_arr, sts, n_st * sizeof *s_arr);
+	out->n_states = n_st;
+	out->states = s_arr;
 	memcpy(i_arr, ins, n_in * sizeof *i_arr);
 	memcpy(o_arr, outs, n_out * sizeof *o_arr);
 	if (F->nv)
@@ -1853,8 +1893,13 @@ static int parse_program(parser *P, anes_mil_program *prog)
 		const anes_mil_function *f = &fa[i];
 		anes_tensor_desc *in = mil_arena_alloc(P->arena, (f->n_inputs ? f->n_inputs : 1) * sizeof *in);
 		anes_tensor_desc *out = mil_arena_alloc(P->arena, f->n_outputs * sizeof *out);
-		if (!in || !out)
+		anes_tensor_desc *st = mil_arena_alloc_small(P->arena, (f->n_states ? f->n_states : 1) * sizeof *st);
+		if (!in || !out || !st)
 			return nomem(P);
+		for (uint32_t j = 0; j < f->n_states; j++)
+			TRY(fill_desc(P, f, f->states[j], &st[j]));
+		info[i].n_states = f->n_states;
+		info[i].states = st;
 		for (uint32_t j = 0; j < f->n_inputs; j++)
 			TRY(fill_desc(P, f, f->inputs[j], &in[j]));
 		for (uint32_t j = 0; j < f->n_outputs; j++)

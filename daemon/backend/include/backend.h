@@ -65,6 +65,11 @@ typedef struct anes_function_info {
 	uint32_t n_outputs;
 	const anes_tensor_desc *inputs;   /* owned by the program, n_inputs entries */
 	const anes_tensor_desc *outputs;  /* owned by the program, n_outputs entries */
+	/* The function's states (MIL state<tensor<...>> inputs): memory the
+	 * caller keeps between runs, read and written in place by run_states.
+	 * A function with states cannot be run by run. */
+	uint32_t n_states;
+	const anes_tensor_desc *states;   /* owned by the program, n_states entries */
 } anes_function_info;
 
 /* A named weight blob, referenced from MIL as
@@ -149,6 +154,18 @@ typedef struct anes_backend_ops {
 
 	/* Free the backend.  Accepts NULL.  All its programs must be freed first. */
 	void (*destroy)(anes_backend *b);
+
+	/* ---- optional ---- */
+
+	/* run, for functions with states (functions[fn].n_states > 0): states[i]
+	 * points to functions[fn].states[i].bytes bytes (aligned to the element
+	 * size) that the caller keeps between runs; read_state reads it,
+	 * write_state and coreml_update_state overwrite it, in program order.
+	 * NULL where the backend has no states (the ANE backend, the worker
+	 * proxy). */
+	int (*run_states)(anes_backend *b, anes_bprogram *prog, uint32_t fn_index,
+	                  const void *const *inputs, void *const *outputs, void *const *states,
+	                  char *errbuf, size_t errbuf_len);
 
 	/* ---- optional (NULL in in-process backends) ---- */
 
