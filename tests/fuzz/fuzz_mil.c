@@ -159,12 +159,19 @@ static void check_function(const anes_mil_function *fn, const anes_function_info
 		CHECK(fn->outputs[i] < fn->n_values);
 		check_tensor(&info->outputs[i], &fn->values[fn->outputs[i]]);
 	}
+	CHECK(fn->n_states == info->n_states);
+	for (uint32_t i = 0; i < fn->n_states; i++) {
+		CHECK(fn->states[i] < fn->n_values);
+		CHECK(fn->values[fn->states[i]].kind == ANES_MIL_V_INPUT && fn->values[fn->states[i]].is_state);
+		check_tensor(&info->states[i], &fn->values[fn->states[i]]);
+	}
 	for (uint32_t i = 0; i < fn->n_ops; i++) {
 		const anes_mil_op *op = &fn->ops[i];
 		CHECK(op->def != NULL && op->def->name != NULL);
 		CHECK(anes_mil_opdef_find(op->def->name, strlen(op->def->name)) == op->def);
-		CHECK(op->n_args <= ANES_MIL_MAX_ARGS && op->n_outputs >= 1 &&
-		      op->n_outputs <= ANES_MIL_MAX_OUTPUTS);
+		/* only write_state has no outputs */
+		CHECK(op->n_args <= ANES_MIL_MAX_ARGS && op->n_outputs <= ANES_MIL_MAX_OUTPUTS &&
+		      (op->n_outputs >= 1) == (strcmp(op->def->name, "write_state") != 0));
 		CHECK(op->name != NULL);
 		for (uint32_t a = 0; a < op->n_args; a++) {
 			const anes_mil_arg *arg = &op->args[a];

@@ -61,13 +61,42 @@ static void run_function(anes_backend *be, anes_bprogram *prog, uint32_t fi, con
 		memset(out[i], 0xa5, n);
 		memset(out2[i], 0x5a, n);
 	}
+	/* states (run_states): the same initial contents for both runs, which
+	 * must then leave the same states */
+	void *st[ANES_MAX_IO], *st0[ANES_MAX_IO], *st2[ANES_MAX_IO];
+	CHECK(info->n_states <= ANES_MAX_IO);
+	for (uint32_t i = 0; i < info->n_states; i++) {
+		size_t n = (size_t)info->states[i].bytes;
+		st[i] = aligned_alloc(64, n + 64);
+		st0[i] = malloc(n ? n : 1);
+		st2[i] = aligned_alloc(64, n + 64);
+		CHECK(st[i] && st0[i] && st2[i]);
+		fill(st0[i], n, src, src_len, &cursor);
+		memcpy(st[i], st0[i], n);
+		memcpy(st2[i], st0[i], n);
+	}
 	int rc = be->ops->run(be, prog, fi, (const void *const *)in, out, errbuf, sizeof errbuf);
 	CHECK(rc <= 0);
-	int rc2 = be->ops->run(be, prog, fi, (const void *const *)in, out2, errbuf, sizeof errbuf);
+	CHECK(!info->n_states || rc == -ENOTSUP);
+	if (info->n_states) {
+		rc = be->ops->run_states(be, prog, fi, (const void *const *)in, out, st, errbuf, sizeof errbuf);
+		CHECK(rc <= 0);
+	}
+	int rc2 = info->n_states
+	                  ? be->ops->run_states(be, prog, fi, (const void *const *)in, out2, st2, errbuf, sizeof errbuf)
+	                  : be->ops->run(be, prog, fi, (const void *const *)in, out2, errbuf, sizeof errbuf);
 	CHECK(rc2 == rc);
-	if (rc == 0)
+	if (rc == 0) {
 		for (uint32_t i = 0; i < info->n_outputs; i++)
 			CHECK(memcmp(out[i], out2[i], (size_t)info->outputs[i].bytes) == 0);
+		for (uint32_t i = 0; i < info->n_states; i++)
+			CHECK(memcmp(st[i], st2[i], (size_t)info->states[i].bytes) == 0);
+	}
+	for (uint32_t i = 0; i < info->n_states; i++) {
+		free(st[i]);
+		free(st0[i]);
+		free(st2[i]);
+	}
 	for (uint32_t i = 0; i < info->n_inputs; i++)
 		free(in[i]);
 	for (uint32_t i = 0; i < info->n_outputs; i++) {

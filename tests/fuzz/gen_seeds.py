@@ -441,6 +441,19 @@ def main():
         '        tensor<fp16, [1, ?]> y = mul(x = x, y = fp16(2))[name = string("y")];\n'
         '        tensor<fp16, [1, ?]> z = add(x = y, y = x)[name = string("z")];\n'
         '    } -> (z);\n}\n').encode()
+    mils['states'] = (
+        'program(1.3)\n{\n'
+        '    func main<ios18>(tensor<fp16, [1, 2]> k, state<tensor<fp16, [4, 2]>> kv, state<tensor<fp16, [1]>> steps) {\n'
+        '        tensor<fp16, [4, 2]> c = read_state(input = kv)[name = string("c")];\n'
+        '        tensor<fp16, [3, 2]> old = slice_by_size(x = c, begin = tensor<int32, [2]>([1, 0]), '
+        'size = tensor<int32, [2]>([3, 2]))[name = string("old")];\n'
+        '        tensor<fp16, [4, 2]> nc = concat(values = (old, k), axis = int32(0))[name = string("nc")];\n'
+        '        write_state(data = nc, input = kv)[name = string("kv_write_state")];\n'
+        '        tensor<fp16, [4, 2]> c2 = read_state(input = kv)[name = string("c2")];\n'
+        '        tensor<fp16, [1]> n0 = read_state(input = steps);\n'
+        '        tensor<fp16, [1]> n1 = add(x = n0, y = fp16(1));\n'
+        '        tensor<fp16, [1]> n = coreml_update_state(state = steps, value = n1);\n'
+        '    } -> (c2, n);\n}\n').encode()
     for name, text in mils.items():
         write('mil', name, text)
         # mil_run: the program, then data for its inputs
