@@ -67,9 +67,9 @@ static void run_function(anes_backend *be, anes_bprogram *prog, uint32_t fi, con
 	CHECK(info->n_states <= ANES_MAX_IO);
 	for (uint32_t i = 0; i < info->n_states; i++) {
 		size_t n = (size_t)info->states[i].bytes;
-		st[i] = aligned_alloc(64, n + 64);
+		st[i] = aligned_alloc(64, (n + 127) & ~(size_t)63);
 		st0[i] = malloc(n ? n : 1);
-		st2[i] = aligned_alloc(64, n + 64);
+		st2[i] = aligned_alloc(64, (n + 127) & ~(size_t)63);
 		CHECK(st[i] && st0[i] && st2[i]);
 		fill(st0[i], n, src, src_len, &cursor);
 		memcpy(st[i], st0[i], n);
