@@ -27,7 +27,7 @@ for line in open(sys.argv[1]):
     t = json.loads(line)
     if t.get("result") in ("OK", "SKIP", "EXPECTEDFAIL"):
         continue
-    bad = [m.group(1) for m in re.finditer(r"^not ok\b[ -]*(\S+)", t.get("stdout") or "", re.M)]
+    bad = [m.group(1) for m in re.finditer(r"^not ok\b(?: \d+)?[ -]*(\S+)", t.get("stdout") or "", re.M)]
     names.append(", ".join(bad) if bad else f"{t['name']} ({t.get('result')})")
 print("; ".join(names))
 PY
