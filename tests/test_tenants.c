@@ -890,14 +890,25 @@ Test(tenants, hello_announces_the_client_and_daemon_limits)
 	                       "--max-client-program-bytes", "17M", "--max-daemon-program-bytes", "18M",
 	                       "--max-client-jobs", "19", "--max-daemon-jobs", "20",
 	                       "--max-total-surface-bytes", "21M", "--max-daemon-surface-bytes", "22M",
-	                       "--max-connections", "23", NULL };
+	                       "--max-connections", "23", "--max-frame", "1M",
+	                       "--max-client-input-bytes", "24M", "--max-client-unsent-bytes", "25M",
+	                       "--max-daemon-unsent-bytes", "26M", "--max-uid-surfaces", "27",
+	                       "--max-uid-surface-bytes", "28M", "--max-uid-fds", "9",
+	                       "--max-uid-programs", "29", "--max-uid-program-bytes", "30M",
+	                       "--max-uid-jobs", "31", "--max-uid-input-bytes", "32M",
+	                       "--max-uid-unsent-bytes", "33M", NULL };
 	h_daemon_start_args(&D, args);
-	hello_limits h = { .n = 13,
+	hello_limits h = { .n = 24,
 		.keys = { "max_client_surfaces", "max_daemon_surfaces", "max_client_fds", "max_daemon_fds",
 		          "max_client_programs", "max_daemon_programs", "max_client_program_bytes",
 		          "max_daemon_program_bytes", "max_client_jobs", "max_daemon_jobs",
-		          "max_total_surface_bytes", "max_daemon_surface_bytes", "max_connections" },
-		.want = { 11, 12, 13, 14, 15, 16, 17u << 20, 18u << 20, 19, 20, 21u << 20, 22u << 20, 23 } };
+		          "max_total_surface_bytes", "max_daemon_surface_bytes", "max_connections",
+		          "max_client_input_bytes", "max_client_unsent_bytes", "max_daemon_unsent_bytes",
+		          "max_uid_surfaces", "max_uid_surface_bytes", "max_uid_fds", "max_uid_programs",
+		          "max_uid_program_bytes", "max_uid_jobs", "max_uid_input_bytes", "max_uid_unsent_bytes" },
+		.want = { 11, 12, 13, 14, 15, 16, 17u << 20, 18u << 20, 19, 20, 21u << 20, 22u << 20, 23,
+		          24u << 20, 25u << 20, 26u << 20, 27, 28u << 20, 9, 29, 30u << 20, 31, 32u << 20,
+		          33u << 20 } };
 	int fd = h_raw_connect(D.sock);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(h_raw_send_hello(fd, 1), 0);
