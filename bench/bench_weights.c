@@ -128,7 +128,7 @@ int main(int argc, char **argv)
 	if (anes_cpu_backend_new(1, &B))
 		return 1;
 	long long r0 = resident_bytes();
-	anes_weight wt = {"@model_path/weights/weight.bin", weights, len};
+	anes_weight wt = {"@model_path/weights/weight.bin", weights, len, false};
 	anes_bprogram *p = NULL;
 	char err[512];
 	int rc = B->ops->compile(B, text, strlen(text), &wt, 1, &p, err, sizeof err);

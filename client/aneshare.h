@@ -303,6 +303,38 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *conn, const char *mil,
                                           const aneshare_weight *weights, size_t n_weights,
                                           aneshare_program **ret, bool *ret_cached);
 
+/* A weight file referenced from MIL by BLOBFILE(path = string("PATH"), ...),
+ * passed to the daemon by file descriptor: its bytes do not cross the
+ * socket (docs/protocol.md, "Weights by file descriptor"). */
+typedef struct aneshare_weight_fd {
+	const char *path;   /* e.g. "@model_path/weights/weight.bin"; borrowed for the call */
+	int fd;             /* open for reading; borrowed: the caller keeps and closes it */
+} aneshare_weight_fd;
+
+/* Compile MIL text (NUL-terminated) whose weights are files: at most 4
+ * (the daemon's max_fds_per_frame), each a regular file or a memfd.  The
+ * daemon hashes them itself for the program's key, so the same model
+ * compiled from any client and any copy of its files is shared.  A memfd
+ * sealed against writing, shrinking and growing (aneshare_weight_memfd) is
+ * used in place by the daemon; any other file is read into the daemon's
+ * memory once (a client can then change or truncate its file without
+ * affecting the program).  The library keeps a duplicate of each fd (closed
+ * with the program) to compile the program again after a reconnect; the
+ * file should then still hold the same bytes (else the program is lost, see
+ * "reconnecting").  Otherwise as aneshare_program_compile; the inline
+ * weights of aneshare_program_compile still work for small programs.
+ * On success *ret is owned by the caller: aneshare_program_release(). */
+ANESHARE_API int aneshare_program_compile_fds(aneshare_conn *conn, const char *mil,
+                                              const aneshare_weight_fd *files, size_t n_files,
+                                              aneshare_program **ret, bool *ret_cached);
+
+/* A new memfd holding a copy of len bytes at data, sealed against writing,
+ * shrinking, growing and further sealing: a weight file the daemon maps
+ * without copying.  name is the memfd's name for debugging (may be NULL).
+ * On success *ret_fd is owned by the caller (close it; CLOEXEC is set).
+ * -ENOTSUP where there are no sealed memfds (macOS: pass a file instead). */
+ANESHARE_API int aneshare_weight_memfd(const char *name, const void *data, size_t len, int *ret_fd);
+
 /* Release a program handle.  Accepts NULL (returns 0).  The pointer is
  * invalid afterwards, whatever the result.  Never reconnects: returns 0 if
  * the connection is broken. */

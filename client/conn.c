@@ -665,20 +665,21 @@ int anesc_send_request(aneshare_conn *c, const anesc_req *rq, anesc_retry *rt,
 			p->cb_ud = rq->cb_ud;
 			c->n_async++;
 		}
-		int fd = -1;
-		unsigned nfds = 0;
-		if (rq->fd >= 0) {
-			fd = fcntl(rq->fd, F_DUPFD_CLOEXEC, 3);
-			if (fd < 0) {
+		int fds[ANES_MAX_FDS_PER_FRAME];
+		unsigned nfds = 0, want = rq->fd >= 0 ? 1 : rq->nfds;
+		for (; nfds < want && nfds < ANES_MAX_FDS_PER_FRAME; nfds++) {
+			fds[nfds] = fcntl(rq->fd >= 0 ? rq->fd : rq->fds[nfds], F_DUPFD_CLOEXEC, 3);
+			if (fds[nfds] < 0) {
 				r = -errno;
+				while (nfds > 0)
+					close(fds[--nfds]);
 				anes_frame_release(&f);
 				if (pending)
 					anesc_pending_drop(c, msgid);
 				return anesc_fail(c, r, "duplicating the fd: %s", strerror(-r));
 			}
-			nfds = 1;
 		}
-		r = pending && rq->cb ? anesc_send_nowait(c, &f) : anesc_send(c, &f, &fd, nfds);
+		r = pending && rq->cb ? anesc_send_nowait(c, &f) : anesc_send(c, &f, fds, nfds);
 		if (r < 0 && pending)
 			anesc_pending_drop(c, msgid);
 		if (r == -ANESHARE_EDISCONNECTED && may_reconnect)

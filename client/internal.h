@@ -78,6 +78,9 @@ struct aneshare_program {
 	char *mil;                     /* owned copies, compiled again after a reconnect */
 	anesc_blob *weights;
 	size_t n_weights;
+	char **file_paths;             /* weight files: owned paths and fd duplicates */
+	int *file_fds;
+	size_t n_files;
 };
 
 struct aneshare_conn {
@@ -190,6 +193,8 @@ typedef struct anesc_req {
 	anesc_pack_fn pack;        /* NULL when n_params is 0 */
 	void *pack_ud;
 	int fd;                    /* -1, or an fd to send along (borrowed: a duplicate is sent) */
+	const int *fds;            /* or nfds fds to send along (borrowed: duplicates are sent) */
+	unsigned nfds;
 	anesc_result_fn fn;        /* may be NULL */
 	void *fn_ud;
 	unsigned flags;

@@ -6,8 +6,14 @@
  * daemon restart it can be compiled again (same bytes, so the same key).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "internal.h"
 
@@ -52,6 +58,13 @@ static void program_free(aneshare_program *p)
 			free(p->weights[i].data);
 		}
 	free(p->weights);
+	for (size_t i = 0; i < p->n_files; i++) {
+		free(p->file_paths[i]);
+		if (p->file_fds[i] >= 0)
+			close(p->file_fds[i]);
+	}
+	free(p->file_paths);
+	free(p->file_fds);
 	free(p->mil);
 	free(p);
 }
@@ -236,14 +249,22 @@ static int pack_compile(aneshare_conn *c, msgpack_packer *pk, void *ud)
 			msgpack_pack_bin_body(pk, p->weights[i].data, p->weights[i].len);
 		}
 	}
+	if (p->n_files) {
+		/* the i-th path names the i-th fd sent with the request */
+		anes_pack_str(pk, "weight_fds");
+		msgpack_pack_array(pk, p->n_files);
+		for (size_t i = 0; i < p->n_files; i++)
+			anes_pack_str(pk, p->file_paths[i]);
+	}
 	return 0;
 }
 
 static int compile_req(aneshare_conn *c, aneshare_program *p, compile_result *cr, unsigned flags)
 {
 	return anesc_request(c, &(anesc_req){ .method = "program.compile",
-	                                      .n_params = p->n_weights ? 2 : 1,
+	                                      .n_params = 1 + (p->n_weights > 0) + (p->n_files > 0),
 	                                      .pack = pack_compile, .pack_ud = p, .fd = -1,
+	                                      .fds = p->file_fds, .nfds = (unsigned)p->n_files,
 	                                      .fn = compile_cb, .fn_ud = cr, .flags = flags });
 }
 
@@ -276,6 +297,8 @@ static aneshare_program *program_new(const char *mil, const aneshare_weight *wei
 	return p;
 }
 
+static int compile_program(aneshare_conn *c, aneshare_program *p, aneshare_program **ret, bool *ret_cached);
+
 ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
                                           const aneshare_weight *weights, size_t n_weights,
                                           aneshare_program **ret, bool *ret_cached)
@@ -294,6 +317,12 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
 	aneshare_program *p = program_new(mil, weights, n_weights);
 	if (!p)
 		return anesc_fail(c, -ENOMEM, "out of memory");
+	return compile_program(c, p, ret, ret_cached);
+}
+
+/* Compile p (taken in every case), link it and return it. */
+static int compile_program(aneshare_conn *c, aneshare_program *p, aneshare_program **ret, bool *ret_cached)
+{
 	compile_result cr;
 	info_result ir;
 	int r;
@@ -326,6 +355,77 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
 	if (ret_cached)
 		*ret_cached = cr.cached;
 	return 0;
+}
+
+ANESHARE_API int aneshare_program_compile_fds(aneshare_conn *c, const char *mil,
+                                              const aneshare_weight_fd *files, size_t n_files,
+                                              aneshare_program **ret, bool *ret_cached)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	if (!mil)
+		return anesc_fail(c, -EINVAL, "no MIL text");
+	if (n_files > ANES_MAX_FDS_PER_FRAME || (n_files && !files))
+		return anesc_fail(c, -EINVAL, "at most %d weight files", ANES_MAX_FDS_PER_FRAME);
+	for (size_t i = 0; i < n_files; i++)
+		if (!files[i].path || !files[i].path[0] || files[i].fd < 0)
+			return anesc_fail(c, -EINVAL, "bad weight file %zu", i);
+	aneshare_program *p = program_new(mil, NULL, 0);
+	if (!p)
+		return anesc_fail(c, -ENOMEM, "out of memory");
+	p->file_paths = calloc(n_files ? n_files : 1, sizeof *p->file_paths);
+	p->file_fds = malloc((n_files ? n_files : 1) * sizeof *p->file_fds);
+	if (!p->file_paths || !p->file_fds) {
+		program_free(p);
+		return anesc_fail(c, -ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < n_files; i++) {
+		/* kept for compiling again after a reconnect */
+		p->file_paths[i] = strdup(files[i].path);
+		p->file_fds[i] = fcntl(files[i].fd, F_DUPFD_CLOEXEC, 3);
+		p->n_files = i + 1;
+		if (!p->file_paths[i] || p->file_fds[i] < 0) {
+			int r = p->file_fds[i] < 0 ? -errno : -ENOMEM;
+			program_free(p);
+			return anesc_fail(c, r, "keeping weight file %zu: %s", i, strerror(-r));
+		}
+	}
+	return compile_program(c, p, ret, ret_cached);
+}
+
+ANESHARE_API int aneshare_weight_memfd(const char *name, const void *data, size_t len, int *ret_fd)
+{
+	if (!ret_fd || (len && !data))
+		return -EINVAL;
+#if defined(__linux__) && defined(MFD_ALLOW_SEALING) && defined(F_ADD_SEALS)
+	int fd = memfd_create(name ? name : "aneshare-weights", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	const uint8_t *b = data;
+	size_t done = 0;
+	int r = 0;
+	while (done < len) {
+		ssize_t n = write(fd, b + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = n < 0 ? -errno : -EIO;
+			break;
+		}
+		done += (size_t)n;
+	}
+	if (r == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+		r = -errno;
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+#else
+	(void)name;
+	return -ENOTSUP;
+#endif
 }
 
 int anesc_program_restore(aneshare_conn *c, aneshare_program *p)

@@ -802,7 +802,7 @@ static int parse_blobfile(parser *P, const anes_mil_type *t, void **ret_data)
 	if (doff > len || len - doff < size)
 		return perr(P, -EINVAL, line, "weight blob '%s': data at offset %llu (+%llu bytes) is outside the blob (%zu bytes)",
 		            path, (unsigned long long)doff, (unsigned long long)size, len);
-	if (P->borrow) {
+	if (P->borrow || w->kept) {
 		*ret_data = (void *)(uintptr_t)(b + doff);
 		return 0;
 	}

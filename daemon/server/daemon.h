@@ -32,6 +32,7 @@
 typedef struct anes_conn anes_conn;
 typedef struct anes_surface anes_surface;
 typedef struct anes_centry anes_centry;
+typedef struct anes_wfile anes_wfile;
 typedef struct anes_cache anes_cache;
 typedef struct anes_pool anes_pool;
 typedef struct anes_job anes_job;
@@ -472,17 +473,46 @@ struct anes_centry {
 	bool lanes;                 /* its runs may go on a lane (anes_program_estimate) */
 	anes_holder *holders;
 	anes_waiter **waiters_tail;
+	anes_wfile **files;         /* READY: weight files the program uses in place (owned) */
+	uint32_t n_files;
 	/* How long its runs take lately (ns, a moving average; 0: it has not
 	 * run yet).  Workers update it; a lane runs only short programs. */
 	_Atomic uint64_t run_ns;
 };
 
-/* A weight as it arrived (pointers into the request). */
+/* A weight file passed by descriptor (state/wfile.c): a sealed memfd is
+ * mapped and used in place, anything else is copied into daemon memory
+ * before use, so a client truncating its file cannot fault the daemon. */
+struct anes_wfile {
+	int fd;              /* owned (a duplicate), CLOEXEC */
+	uint64_t size;       /* fstat's, at open; later reads never trust the file's size */
+	bool sealed;         /* Linux memfd sealed against shrinking, growing and writing */
+	bool copied;         /* data is the daemon's copy (not sealed) */
+	const void *data;    /* after anes_wfile_load: size bytes, valid until anes_wfile_free */
+	void *map;           /* what to unmap */
+	size_t map_len;
+};
+
+/* Take a duplicate of fd (the caller keeps fd): a regular file (memfds are)
+ * of at most max_bytes, open for reading.  -EBADF (not a readable regular
+ * file), -EFBIG, -ENOMEM, or fstat/fcntl's errno. */
+int anes_wfile_open(int fd, uint64_t max_bytes, anes_wfile **ret);
+/* len bytes at off with pread; -EIO if the file is shorter now. */
+int anes_wfile_read(const anes_wfile *w, uint64_t off, void *buf, size_t len);
+/* Make w->data valid: the sealed memfd mapped read-only, or a copy read into
+ * anonymous memory.  -EIO (the file shrank), -ENOMEM, mmap's errno. */
+int anes_wfile_load(anes_wfile *w);
+/* Unmap and close; NULL is ignored. */
+void anes_wfile_free(anes_wfile *w);
+
+/* A weight as it arrived: pointers into the request (inline), or a file
+ * (taken by anes_program_compile in every case). */
 typedef struct anes_wire_weight {
 	const char *path;
 	uint32_t path_len;
 	const void *data;
-	uint32_t len;
+	uint64_t len;
+	anes_wfile *file;    /* NULL: inline, data/len */
 } anes_wire_weight;
 
 int anes_cache_new(anes_server *srv, anes_cache **ret);
@@ -497,7 +527,10 @@ int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights,
                      uint8_t ret_key[ANES_KEY_SIZE]);
 
 /* program.compile after the params were checked: answers msgid itself (now
- * for a cached program, from the compile's completion otherwise). */
+ * for a cached program, from the compile's completion otherwise).  Takes the
+ * weights' files (anes_wire_weight.file) in every case.  With files, the key
+ * is computed on a job thread (hashing a large file does not stall the loop)
+ * and the cache is looked up when it is done. */
 void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
                           anes_wire_weight *weights, uint32_t n_weights);
 

@@ -654,6 +654,21 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 		reply_param(c, m, "weights", r);
 		return;
 	}
+	/* weight files: weight_fds[i] is the path of the i-th fd of the frame */
+	const msgpack_object *fpaths = NULL;
+	uint32_t nf = 0;
+	r = anes_mp_array(m->params, "weight_fds", ANES_MAX_FDS_PER_FRAME, &fpaths, &nf);
+	if (r < 0 && r != -ENOENT) {
+		reply_param(c, m, "weight_fds", r);
+		return;
+	}
+	if (r == -ENOENT)
+		nf = 0;
+	if (nf != nfds) {
+		anes_conn_reply_error(c, m->msgid, nfds ? ANES_WERR_BAD_FD : ANES_WERR_INVALID_PARAMS,
+		                      "weight_fds names %u files, the request carries %u fds", nf, nfds);
+		return;
+	}
 	uint32_t n = wmap ? wmap->via.map.size : 0;
 	uint64_t wbytes = 0;
 	for (uint32_t i = 0; i < n; i++)
@@ -666,8 +681,8 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 		return;
 	}
 	anes_wire_weight *ws = NULL;
-	if (n > 0) {
-		ws = calloc(n, sizeof(*ws));
+	if (n + nf > 0) {
+		ws = calloc(n + nf, sizeof(*ws));
 		if (!ws) {
 			anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
 			return;
@@ -700,7 +715,32 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 			.len = kv->val.via.bin.size,
 		};
 	}
-	anes_program_compile(c, m->msgid, mil, mil_len, ws, n);
+	for (uint32_t i = 0; i < nf; i++) {
+		const msgpack_object *o = &fpaths[i];
+		const char *err = NULL;
+		if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > ANES_WEIGHT_PATH_MAX ||
+		    memchr(o->via.str.ptr, '\0', o->via.str.size))
+			err = "weight paths must be strings of 1..256 bytes without NUL";
+		for (uint32_t k = 0; !err && k < n + i; k++)
+			if (ws[k].path_len == o->via.str.size && !memcmp(ws[k].path, o->via.str.ptr, o->via.str.size))
+				err = "a weight path is given twice";
+		int wr = err ? 0 : anes_wfile_open(fds[i], lim->max_daemon_program_bytes, &ws[n + i].file);
+		if (!err && wr < 0)
+			err = wr == -EFBIG ? "a weight file is larger than max_daemon_program_bytes"
+			                   : "a weight fd is not a regular file (or memfd) open for reading";
+		if (err) {
+			anes_conn_reply_error(c, m->msgid, wr < 0 && wr != -EFBIG ? ANES_WERR_BAD_FD : ANES_WERR_INVALID_PARAMS,
+			                      "%s", err);
+			for (uint32_t k = n; k < n + i; k++)
+				anes_wfile_free(ws[k].file);
+			free(ws);
+			return;
+		}
+		ws[n + i].path = o->via.str.ptr;
+		ws[n + i].path_len = o->via.str.size;
+	}
+	/* the fds themselves are closed by the dispatcher; the files keep duplicates */
+	anes_program_compile(c, m->msgid, mil, mil_len, ws, n + nf);
 	free(ws);
 }
 
@@ -793,7 +833,7 @@ static const struct method {
 	{ "surface.create", m_surface_create, false },
 	{ "surface.import", m_surface_import, true },
 	{ "surface.release", m_surface_release, false },
-	{ "program.compile", m_program_compile, false },
+	{ "program.compile", m_program_compile, true },
 	{ "program.info", m_program_info, false },
 	{ "program.release", m_program_release, false },
 };

@@ -8,10 +8,12 @@
  * from the values' shapes:
  *
  * CPU reference backend (daemon/cpu), per the plan of cpu_backend.c:
- *   the parsed program (its constants copied from the weights)
+ *   the parsed program (its constants copied from the weights, except from
+ *     weight files, which the daemon charges at their size: anes_weight.kept)
  *   + outputs of ops folded at compile time (all arguments constant)
  *   + an fp32 copy of every constant operand of the ops whose plans keep
- *     one (matmul, linear, conv, norms, reductions, attention)
+ *     one (norms, reductions, attention; matmul's x, biases) -- the weights
+ *     of matmul (y), linear and conv are used in place
  *   + run_concurrency run arenas (the daemon's job and lane threads, or with a
  *     device worker the worker's threads, which alone run the program): each
  *     holds every intermediate value of the
@@ -105,6 +107,25 @@ static uint64_t op_scratch(const anes_mil_function *fn, const anes_mil_op *op)
 	return s;
 }
 
+/* the weight operands cpu_nn.c uses where they are (cpu_gemm_w) */
+static bool in_place(const anes_mil_op *op, uint32_t a)
+{
+	const char *n = op->def->name, *arg = op->args[a].name;
+	return (!strcmp(n, "matmul") && !strcmp(arg, "y")) ||
+	       ((!strcmp(n, "linear") || !strcmp(n, "conv")) && !strcmp(arg, "weight"));
+}
+
+/* data inside a weight the daemon keeps for the program (a weight file) */
+static bool in_kept(const void *data, const anes_weight *weights, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t *b = weights[i].data;
+		if (weights[i].kept && b && (const uint8_t *)data >= b && (const uint8_t *)data < b + weights[i].len)
+			return true;
+	}
+	return false;
+}
+
 /* fixed: the plans' own memory; *ret_arena: the largest run arena. */
 static uint64_t cpu_bound(const anes_mil_program *mp, uint8_t *folded, uint64_t *ret_arena)
 {
@@ -121,7 +142,7 @@ static uint64_t cpu_bound(const anes_mil_program *mp, uint8_t *folded, uint64_t 
 					uint32_t v = op->args[a].vals[j];
 					if (fn->values[v].kind != ANES_MIL_V_CONST && !folded[v])
 						all_const = false;
-					else if (heavy_op(op->def->name))
+					else if (heavy_op(op->def->name) && !in_place(op, a))
 						fixed = add(fixed, a64(mul(vtype(fn, v)->count, 4)));
 				}
 			fixed = add(fixed, CPU_STEP_BYTES);
@@ -183,7 +204,7 @@ int anes_program_estimate(const char *backend, const char *mil, size_t mil_len,
 	for (uint32_t f = 0; f < mp->n_functions; f++) {
 		const anes_mil_function *fn = &mp->functions[f];
 		for (uint32_t v = 0; v < fn->n_values; v++)
-			if (fn->values[v].kind == ANES_MIL_V_CONST)
+			if (fn->values[v].kind == ANES_MIL_V_CONST && !in_kept(fn->values[v].data, weights, n_weights))
 				bytes = add(bytes, a64(fn->values[v].type.bytes));
 	}
 	bool lanes = true;

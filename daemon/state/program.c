@@ -117,11 +117,34 @@ int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights,
 	sha256_update(&h, tag, sizeof(tag));
 	sha256_u64be(&h, mil_len);
 	sha256_update(&h, mil, mil_len);
-	for (size_t i = 0; i < n; i++) {
+	uint8_t *buf = NULL;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		const anes_wfile *f = weights[i].file;
+		uint64_t len = f ? f->size : weights[i].len;
 		sha256_u64be(&h, weights[i].path_len);
 		sha256_update(&h, weights[i].path, weights[i].path_len);
-		sha256_u64be(&h, weights[i].len);
-		sha256_update(&h, weights[i].data, weights[i].len);
+		sha256_u64be(&h, len);
+		if (!f || f->data) {
+			sha256_update(&h, f ? f->data : weights[i].data, (size_t)len);
+			continue;
+		}
+		/* a file not loaded yet: streamed (the key of a cache hit is all
+		 * that is needed of it) */
+		enum { CHUNK = 1 << 20 };
+		if (!buf && !(buf = malloc(CHUNK)))
+			r = -ENOMEM;
+		for (uint64_t off = 0; off < len && r == 0; off += CHUNK) {
+			size_t k = len - off < CHUNK ? (size_t)(len - off) : CHUNK;
+			r = anes_wfile_read(f, off, buf, k);
+			if (r == 0)
+				sha256_update(&h, buf, k);
+		}
+	}
+	free(buf);
+	if (r < 0) {
+		uint8_t junk[ANES_KEY_SIZE];
+		(void)sha256_final(&h, junk);
+		return r;
 	}
 	r = sha256_final(&h, key);
 	if (r < 0)
@@ -238,6 +261,10 @@ static void centry_maybe_free(anes_centry *e)
 	cache_remove(srv->cache, e);
 	if (e->prog)
 		srv->backend->ops->program_free(srv->backend, e->prog);
+	/* after the program: it may refer to the files' bytes */
+	for (uint32_t i = 0; i < e->n_files; i++)
+		anes_wfile_free(e->files[i]);
+	free(e->files);
 	if (e->bytes_daemon)
 		anes_tenants_uncharge(&srv->tenants, ANES_RES_PROGRAM_BYTES, e->bytes);
 	free(e);
@@ -330,11 +357,81 @@ typedef struct compile_job {
 	size_t mil_len;
 	anes_weight *weights;
 	size_t n_weights;
+	anes_wire_weight *wire;  /* the weights as requested: paths and inline data in copy, files owned */
+	uint64_t file_bytes;     /* sum of the files' sizes */
 	void *copy;            /* one allocation holding mil, paths and blobs */
+	/* A compile with weight files starts with the key (hashing them on this
+	 * job's thread); its done callback looks the key up and either answers
+	 * or submits the same job again to compile. */
+	bool keying;
+	anes_conn *conn;       /* keying: the requester (referenced) and its msgid */
+	uint32_t msgid;
+	uint8_t key[ANES_KEY_SIZE];
 	int rc;
 	anes_bprogram *prog;
 	char err[ANES_ERRMSG_MAX];
 } compile_job;
+
+static void job_free(compile_job *cj)
+{
+	for (size_t i = 0; i < cj->n_weights; i++)
+		anes_wfile_free(cj->wire[i].file);
+	anes_tenant_unref(cj->tenant);
+	free(cj->copy);
+	free(cj->weights);
+	free(cj->wire);
+	free(cj);
+}
+
+/* The files of a compile: counted as program memory while the program lives
+ * (they are mapped or copied for it), loaded, and checked against the key
+ * when they were copied (a file changed after it was hashed). */
+static int load_files(compile_job *cj)
+{
+	bool copied = false;
+
+	if (!cj->file_bytes)
+		return 0;
+	int r = anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->file_bytes, true);
+	if (r < 0) {
+		cj->limit_res = ANES_RES_PROGRAM_BYTES;
+		anes_tenant_limit_msg(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->file_bytes, r, cj->err,
+		                      sizeof(cj->err));
+		return r;
+	}
+	cj->est = cj->file_bytes;
+	cj->est_charged = true;
+	for (size_t i = 0; i < cj->n_weights; i++) {
+		anes_wfile *f = cj->wire[i].file;
+		if (!f)
+			continue;
+		r = anes_wfile_load(f);
+		if (r < 0) {
+			snprintf(cj->err, sizeof(cj->err), "weight file \"%s\": %s", cj->wire[i].path,
+			         r == -EIO ? "it is shorter than when it was passed (truncated)" : strerror(-r));
+			return r == -ENOMEM ? r : -EINVAL;
+		}
+		copied |= f->copied;
+	}
+	if (copied) {
+		uint8_t key[ANES_KEY_SIZE];
+		r = anes_program_key(cj->mil, cj->mil_len, cj->wire, cj->n_weights, key);
+		if (r < 0)
+			return r;
+		if (memcmp(key, cj->key, sizeof(key)) != 0) {
+			snprintf(cj->err, sizeof(cj->err), "a weight file changed while it was being compiled");
+			return -EINVAL;
+		}
+	}
+	for (size_t i = 0; i < cj->n_weights; i++) {
+		const anes_wire_weight *w = &cj->wire[i];
+		cj->weights[i].path = w->path;
+		cj->weights[i].data = w->file ? w->file->data : w->data;
+		cj->weights[i].len = w->file ? (size_t)w->file->size : (size_t)w->len;
+		cj->weights[i].kept = w->file != NULL;
+	}
+	return 0;
+}
 
 static void compile_work(anes_job *j)
 {
@@ -343,20 +440,31 @@ static void compile_work(anes_job *j)
 	anes_bprogram *prog = NULL;
 
 	cj->err[0] = '\0';
+	if (cj->keying) {
+		cj->rc = anes_program_key(cj->mil, cj->mil_len, cj->wire, cj->n_weights, cj->key);
+		if (cj->rc == -EIO)
+			snprintf(cj->err, sizeof(cj->err), "a weight file is shorter than when it was passed (truncated)");
+		return;
+	}
+	cj->rc = load_files(cj);
+	if (cj->rc < 0)
+		return;
 	/* Charge the program's memory before it exists (docs/protocol.md,
 	 * "Program memory"): refused here, nothing of its size is allocated. */
+	uint64_t est = 0;
 	cj->rc = anes_program_estimate(b->ops->name, cj->mil, cj->mil_len, cj->weights,
 	                               cj->n_weights, cj->srv->run_concurrency,
-	                               cj->srv->lane_concurrency, &cj->est, &cj->lanes, cj->err,
+	                               cj->srv->lane_concurrency, &est, &cj->lanes, cj->err,
 	                               sizeof(cj->err));
 	if (cj->rc == 0) {
-		cj->rc = anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, true);
+		cj->rc = anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, est, true);
 		if (cj->rc < 0) {
 			cj->limit_res = ANES_RES_PROGRAM_BYTES;
-			anes_tenant_limit_msg(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, cj->rc, cj->err,
+			anes_tenant_limit_msg(cj->tenant, ANES_RES_PROGRAM_BYTES, est, cj->rc, cj->err,
 			                      sizeof(cj->err));
 			return;
 		}
+		cj->est += est;
 		cj->est_charged = true;
 	}
 	if (cj->rc < 0) {
@@ -452,9 +560,15 @@ static void answer_waiter(anes_centry *e, anes_waiter *w, int rc, const char *er
 	}
 }
 
+static void keyed(compile_job *cj, bool cancelled);
+
 static void compile_done(anes_job *j, bool cancelled)
 {
 	compile_job *cj = ANES_CONTAINER_OF(j, compile_job, job);
+	if (cj->keying) {
+		keyed(cj, cancelled);
+		return;
+	}
 	anes_centry *e = cj->entry;
 	anes_server *srv = cj->srv;
 	int rc = cancelled ? -ECANCELED : cj->rc;
@@ -463,6 +577,24 @@ static void compile_done(anes_job *j, bool cancelled)
 	if (rc == 0) {
 		e->prog = cj->prog;
 		e->state = ANES_CE_READY;
+		/* the program refers to its files' bytes: they live with it */
+		if (cj->file_bytes) {
+			e->files = calloc(cj->n_weights, sizeof(*e->files));
+			for (size_t i = 0; i < cj->n_weights; i++)
+				if (cj->wire[i].file && e->files) {
+					e->files[e->n_files++] = cj->wire[i].file;
+					cj->wire[i].file = NULL;
+				}
+			if (!e->files) {
+				/* cannot keep them: drop the program rather than its bytes */
+				srv->backend->ops->program_free(srv->backend, e->prog);
+				e->prog = NULL;
+				e->state = ANES_CE_COMPILING;
+				rc = -ENOMEM;
+			}
+		}
+	}
+	if (rc == 0) {
 		srv->stats.compiles++;
 		/* The compile's charge becomes the program's: in the daemon's
 		 * total while it lives, and the starter's holding (which its
@@ -507,10 +639,7 @@ static void compile_done(anes_job *j, bool cancelled)
 			pp = &(*pp)->next;
 	}
 
-	anes_tenant_unref(cj->tenant);
-	free(cj->copy);
-	free(cj->weights);
-	free(cj);
+	job_free(cj);
 	anes_centry_unpin(e);
 }
 
@@ -532,32 +661,41 @@ static int add_waiter(anes_centry *e, anes_conn *c, uint32_t msgid, bool cached)
 }
 
 /* The job, with a copy of the request charged to c's tenant as program
- * memory before it is made.  -EDQUOT/-ENOSPC (over the limit), -ENOMEM. */
-static int make_job(anes_conn *c, anes_centry *e, const char *mil, uint32_t mil_len,
-                    const anes_wire_weight *weights, uint32_t n, compile_job **ret)
+ * memory before it is made; it takes the weights' files (also on failure).
+ * -EDQUOT/-ENOSPC (over the limit), -ENOMEM. */
+static int make_job(anes_conn *c, const char *mil, uint32_t mil_len, const anes_wire_weight *weights,
+                    uint32_t n, compile_job **ret)
 {
 	anes_server *srv = c->srv;
 	/* The request's payload is gone once the handler returns: copy it. */
 	size_t total = (size_t)mil_len + 1;
-	for (uint32_t i = 0; i < n; i++)
-		total += (size_t)weights[i].path_len + 1 + weights[i].len;
-	uint64_t charge = sizeof(compile_job) + total + (uint64_t)n * sizeof(anes_weight);
+	uint64_t file_bytes = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		total += (size_t)weights[i].path_len + 1 + (weights[i].file ? 0 : (size_t)weights[i].len);
+		if (weights[i].file)
+			file_bytes += weights[i].file->size;
+	}
+	uint64_t charge = sizeof(compile_job) + total + (uint64_t)n * (sizeof(anes_weight) + sizeof(anes_wire_weight));
 	int r = anes_tenant_charge(c->tenant, ANES_RES_PROGRAM_BYTES, charge, true);
 	if (r < 0)
-		return r;
+		goto fail;
 
 	compile_job *cj = calloc(1, sizeof(*cj));
 	char *copy = malloc(total);
 	anes_weight *ws = n ? calloc(n, sizeof(*ws)) : NULL;
-	if (!cj || !copy || (n && !ws)) {
+	anes_wire_weight *wire = n ? calloc(n, sizeof(*wire)) : NULL;
+	if (!cj || !copy || (n && (!ws || !wire))) {
 		free(cj);
 		free(copy);
 		free(ws);
+		free(wire);
 		anes_tenant_uncharge(c->tenant, ANES_RES_PROGRAM_BYTES, charge, true);
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto fail;
 	}
 	cj->tenant = anes_tenant_ref(c->tenant);
 	cj->copy_bytes = charge;
+	cj->file_bytes = file_bytes;
 	char *p = copy;
 	memcpy(p, mil, mil_len);
 	p[mil_len] = '\0';
@@ -568,68 +706,89 @@ static int make_job(anes_conn *c, anes_centry *e, const char *mil, uint32_t mil_
 		memcpy(p, weights[i].path, weights[i].path_len);
 		p[weights[i].path_len] = '\0';
 		ws[i].path = p;
+		wire[i].path = p;
+		wire[i].path_len = weights[i].path_len;
 		p += (size_t)weights[i].path_len + 1;
+		if (weights[i].file) {
+			wire[i].file = weights[i].file;
+			continue;
+		}
 		if (weights[i].len)
-			memcpy(p, weights[i].data, weights[i].len);
+			memcpy(p, weights[i].data, (size_t)weights[i].len);
 		ws[i].data = p;
-		ws[i].len = weights[i].len;
+		ws[i].len = (size_t)weights[i].len;
+		wire[i].data = p;
+		wire[i].len = weights[i].len;
 		p += weights[i].len;
 	}
 	cj->job.work = compile_work;
 	cj->job.done = compile_done;
 	cj->srv = srv;
-	cj->entry = e;
 	cj->weights = ws;
+	cj->wire = wire;
 	cj->n_weights = n;
 	cj->copy = copy;
 	*ret = cj;
 	return 0;
+fail:
+	for (uint32_t i = 0; i < n; i++)
+		anes_wfile_free(weights[i].file);
+	return r;
 }
 
-void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
-                          anes_wire_weight *weights, uint32_t n_weights)
+static void reply_limit(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
+                        const anes_wire_weight *weights, uint32_t n, int r)
+{
+	char msg[ANES_ERRMSG_MAX];
+	uint64_t req = mil_len;
+	for (uint32_t i = 0; i < n; i++)
+		req += weights[i].file ? 0 : weights[i].len;
+	anes_tenant_limit_msg(c->tenant, ANES_RES_PROGRAM_BYTES, req, r, msg, sizeof(msg));
+	anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "%s", msg);
+}
+
+/* The key is known: answer from the cache, wait for its compile, or start
+ * one.  cj: the job already made (a compile with files), or NULL (made here
+ * from the request, only when a compile is needed); taken in every case. */
+static void compile_keyed(anes_conn *c, uint32_t msgid, const uint8_t key[ANES_KEY_SIZE], compile_job *cj,
+                          const char *mil, uint32_t mil_len, anes_wire_weight *weights, uint32_t n_weights)
 {
 	anes_server *srv = c->srv;
-	uint8_t key[ANES_KEY_SIZE];
-
-	if (c->programs.n + c->pending_compiles >= srv->lim.max_programs) {
-		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "too many programs on this connection (max %u)",
-		                      srv->lim.max_programs);
-		return;
-	}
-	uint32_t next_id;
-	if (anes_idt_peek(&c->programs, &next_id) < 0) {
-		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "program IDs exhausted");
-		return;
-	}
-	/* Reserve the handle slot now so that the answer cannot fail later. */
-	if (anes_idt_reserve(&c->programs, c->pending_compiles + 1) < 0)
-		goto oom;
-	int r = anes_program_key(mil, mil_len, weights, n_weights, key);
-	if (r == -ENOMEM)
-		goto oom;
-	if (r < 0) {
-		anes_conn_reply_error(c, msgid, ANES_WERR_INTERNAL, "hashing failed");
-		return;
-	}
 
 	anes_centry *e = cache_find(srv->cache, key);
 	if (e && e->state == ANES_CE_READY) {
+		if (cj)
+			job_free(cj);
 		anes_waiter w = { .conn = c, .tenant = c->tenant, .msgid = msgid, .cached = true };
 		answer_waiter(e, &w, 0, "");
 		return;
 	}
 	if (e) {
+		if (cj)
+			job_free(cj);
 		if (add_waiter(e, c, msgid, true) < 0)
 			goto oom;
 		return;
 	}
 
+	if (!cj) {
+		int r = make_job(c, mil, mil_len, weights, n_weights, &cj);
+		if (r == -EDQUOT || r == -ENOSPC) {
+			reply_limit(c, msgid, mil, mil_len, weights, n_weights, r);
+			return;
+		}
+		if (r < 0)
+			goto oom;
+	}
 	e = calloc(1, sizeof(*e));
-	if (!e)
+	if (!e) {
+		anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
+		job_free(cj);
 		goto oom;
+	}
 	e->srv = srv;
-	memcpy(e->key, key, sizeof(key));
+	memcpy(e->key, key, ANES_KEY_SIZE);
+	memcpy(cj->key, key, ANES_KEY_SIZE);
 	static const char hexd[] = "0123456789abcdef";
 	for (int i = 0; i < ANES_KEY_SIZE; i++) {
 		e->hex[2 * i] = hexd[key[i] >> 4];
@@ -638,32 +797,14 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 	e->hex[2 * ANES_KEY_SIZE] = '\0';
 	e->state = ANES_CE_COMPILING;
 	e->waiters_tail = &e->waiters;
-
-	compile_job *cj;
-	r = make_job(c, e, mil, mil_len, weights, n_weights, &cj);
-	if (r == -EDQUOT || r == -ENOSPC) {
-		char msg[ANES_ERRMSG_MAX];
-		free(e);
-		uint64_t req = mil_len;
-		for (uint32_t i = 0; i < n_weights; i++)
-			req += weights[i].len;
-		anes_tenant_limit_msg(c->tenant, ANES_RES_PROGRAM_BYTES, req, r, msg, sizeof(msg));
-		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "%s", msg);
-		return;
-	}
-	if (r < 0) {
-		free(e);
-		goto oom;
-	}
 	if (add_waiter(e, c, msgid, false) < 0) {
 		anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
-		anes_tenant_unref(cj->tenant);
-		free(cj->copy);
-		free(cj->weights);
-		free(cj);
+		job_free(cj);
 		free(e);
 		goto oom;
 	}
+	cj->entry = e;
+	cj->keying = false;
 	e->pins = 1;  /* the compile job's */
 	cache_insert(srv->cache, e);
 	cj->job.task.si = (anes_sitem){ .flow = &cj->tenant->sflow, .compile = true };
@@ -672,4 +813,102 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 
 oom:
 	anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
+}
+
+/* The key job of a compile with files is done (on the loop thread). */
+static void keyed(compile_job *cj, bool cancelled)
+{
+	anes_conn *c = cj->conn;
+	uint32_t msgid = cj->msgid;
+	int rc = cancelled ? -ECANCELED : cj->rc;
+
+	cj->conn = NULL;
+	c->inflight--;
+	c->pending_compiles--;
+	anes_tenant_job_end(c->tenant);
+	if (c->failed || rc < 0) {
+		if (!c->failed) {
+			if (rc == -ECANCELED)
+				anes_conn_reply_error(c, msgid, ANES_WERR_SHUTTING_DOWN,
+				                      "the daemon is shutting down; the compile was not done");
+			else if (rc == -EIO)
+				anes_conn_reply_error(c, msgid, ANES_WERR_INVALID_PARAMS, "%s", cj->err);
+			else
+				anes_conn_reply_error(c, msgid, rc == -ENOMEM ? ANES_WERR_NO_MEMORY : ANES_WERR_INTERNAL,
+				                      "hashing the weights failed (%s)", strerror(-rc));
+		}
+		anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
+		job_free(cj);
+	} else {
+		/* a cache hit frees the job: its copy's charge goes with it */
+		uint8_t key[ANES_KEY_SIZE];
+		memcpy(key, cj->key, sizeof(key));
+		anes_centry *e = cache_find(c->srv->cache, key);
+		if (e)
+			anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
+		compile_keyed(c, msgid, key, cj, NULL, 0, NULL, 0);
+	}
+	anes_conn_kick(c);
+	anes_conn_unref(c);
+}
+
+void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
+                          anes_wire_weight *weights, uint32_t n_weights)
+{
+	anes_server *srv = c->srv;
+	uint8_t key[ANES_KEY_SIZE];
+	bool files = false;
+
+	for (uint32_t i = 0; i < n_weights; i++)
+		files |= weights[i].file != NULL;
+	if (c->programs.n + c->pending_compiles >= srv->lim.max_programs) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "too many programs on this connection (max %u)",
+		                      srv->lim.max_programs);
+		goto drop;
+	}
+	uint32_t next_id;
+	if (anes_idt_peek(&c->programs, &next_id) < 0) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "program IDs exhausted");
+		goto drop;
+	}
+	/* Reserve the handle slot now so that the answer cannot fail later. */
+	if (anes_idt_reserve(&c->programs, c->pending_compiles + 1) < 0)
+		goto oom;
+	if (files) {
+		/* hash on a job thread, then compile_keyed (keyed) */
+		compile_job *cj;
+		int r = make_job(c, mil, mil_len, weights, n_weights, &cj);
+		if (r == -EDQUOT || r == -ENOSPC) {
+			reply_limit(c, msgid, mil, mil_len, weights, n_weights, r);
+			return;
+		}
+		if (r < 0) {
+			anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
+			return;
+		}
+		cj->keying = true;
+		cj->conn = anes_conn_ref(c);
+		cj->msgid = msgid;
+		c->inflight++;
+		c->pending_compiles++;
+		anes_tenant_job_begin(c->tenant);
+		cj->job.si = (anes_sitem){ .flow = &cj->tenant->sflow, .compile = true };
+		anes_pool_submit(srv->pool, &cj->job);
+		return;
+	}
+	int r = anes_program_key(mil, mil_len, weights, n_weights, key);
+	if (r == -ENOMEM)
+		goto oom;
+	if (r < 0) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_INTERNAL, "hashing failed");
+		return;
+	}
+	compile_keyed(c, msgid, key, NULL, mil, mil_len, weights, n_weights);
+	return;
+
+oom:
+	anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
+drop:
+	for (uint32_t i = 0; i < n_weights; i++)
+		anes_wfile_free(weights[i].file);
 }

@@ -74,11 +74,15 @@ typedef struct anes_function_info {
 
 /* A named weight blob, referenced from MIL as
  * BLOBFILE(path = string("@model_path/weights/w.bin"), offset = uint64(64)).
- * Borrowed: the backend copies what it needs during compile. */
+ * Borrowed: the backend copies what it needs during compile -- unless kept
+ * is set: then data stays valid and unchanged until the program is freed,
+ * and the backend may use it in place (a weight file the daemon mapped or
+ * copied for the program, docs/protocol.md "Weights by file descriptor"). */
 typedef struct anes_weight {
 	const char *path;   /* NUL-terminated, e.g. "@model_path/weights/w.bin" */
 	const void *data;
 	size_t len;
+	bool kept;
 } anes_weight;
 
 typedef struct anes_backend anes_backend;

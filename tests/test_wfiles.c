@@ -1,0 +1,292 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Weights by file descriptor (program.compile's weight_fds,
+ * aneshare_program_compile_fds): the bytes stay out of the frames, the key is
+ * the daemon's own hash (the same as for inline weights, so any client and
+ * any copy of the file share one compile), a sealed memfd is used in place,
+ * a plain file is copied, and a client that truncates or rewrites its file
+ * after (or while) passing it does not harm the daemon or other clients.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "anes_fp16.h"
+#include "anes_proto.h"
+#include "aneshare.h"
+#include "daemon_harness.h"
+
+static h_daemon D;
+
+static void setup(void)
+{
+	h_daemon_start(&D);
+}
+
+static void teardown(void)
+{
+	h_daemon_kill(&D);
+}
+
+TestSuite(wfiles, .init = setup, .fini = teardown, .timeout = 60);
+
+enum { IN = 64, OUT = 48 };   /* y [1, OUT] = linear(x [1, IN], W [OUT, IN]) */
+
+static const char *mil_text(void)
+{
+	static char t[1024];
+	snprintf(t, sizeof t,
+	         "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, %d]> x) {\n"
+	         "        tensor<fp16, [%d, %d]> W = const()[name = string(\"W\"), val = tensor<fp16, [%d, %d]>("
+	         "BLOBFILE(path = string(\"@model_path/weights/weight.bin\"), offset = uint64(64)))];\n"
+	         "        tensor<fp16, [1, %d]> y = linear(x = x, weight = W)[name = string(\"y\")];\n"
+	         "    } -> (y);\n}\n",
+	         IN, OUT, IN, OUT, IN, OUT);
+	return t;
+}
+
+/* the blob: header, one record, W[o][i] = ((o * 7 + i * 3) % 13 - 6) / 8 */
+static uint8_t *make_blob(size_t *ret_len, float seed)
+{
+	size_t len = 128 + OUT * IN * 2;
+	uint8_t *b = calloc(1, len);
+	b[0] = 1;
+	b[4] = 2;
+	uint32_t magic = 0xDEADBEEFu, dt = 1;
+	uint64_t size = OUT * IN * 2, off = 128;
+	memcpy(b + 64, &magic, 4);
+	memcpy(b + 68, &dt, 4);
+	memcpy(b + 72, &size, 8);
+	memcpy(b + 80, &off, 8);
+	for (int o = 0; o < OUT; o++)
+		for (int i = 0; i < IN; i++) {
+			uint16_t h = anes_f32_to_f16_soft((float)((o * 7 + i * 3) % 13 - 6) / 8.0f + seed);
+			memcpy(b + 128 + 2 * (o * IN + i), &h, 2);
+		}
+	*ret_len = len;
+	return b;
+}
+
+/* a plain file in the daemon's test directory holding len bytes */
+static int plain_file(const char *name, const void *data, size_t len)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%s", D.dir, name);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, data, len), (ssize_t)len);
+	return fd;
+}
+
+/* run p on x = 1, 2, ... and check y against W of the given seed */
+static void run_check(aneshare_conn *c, aneshare_program *p, float seed)
+{
+	aneshare_surface *in = h_surface(c, IN * 2), *out = h_surface(c, OUT * 2);
+	uint16_t *x = aneshare_surface_data(in), *y = aneshare_surface_data(out);
+	for (int i = 0; i < IN; i++)
+		x[i] = anes_f32_to_f16_soft((float)(i % 5) / 4.0f);
+	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
+	for (int o = 0; o < OUT; o++) {
+		double ref = 0;
+		for (int i = 0; i < IN; i++) {
+			double w = anes_f16_to_f32_soft(anes_f32_to_f16_soft((float)((o * 7 + i * 3) % 13 - 6) / 8.0f + seed));
+			ref += w * anes_f16_to_f32_soft(x[i]);
+		}
+		double got = anes_f16_to_f32_soft(y[o]);
+		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
+	}
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+}
+
+Test(wfiles, file_fd_memfd_and_inline_share_one_key)
+{
+	size_t len;
+	uint8_t *blob = make_blob(&len, 0.0f);
+	aneshare_conn *c1 = h_connect(&D, "wf-1"), *c2 = h_connect(&D, "wf-2");
+
+	int fd = plain_file("weight.bin", blob, len);
+	aneshare_weight_fd wf = {"@model_path/weights/weight.bin", fd};
+	aneshare_program *p1 = NULL;
+	bool cached = true;
+	cr_assert_eq(aneshare_program_compile_fds(c1, mil_text(), &wf, 1, &p1, &cached), 0, "%s",
+	             aneshare_last_error(c1));
+	cr_assert_not(cached);
+	run_check(c1, p1, 0.0f);
+
+	/* another client, inline weights: the same key, a cache hit */
+	aneshare_weight w = {"@model_path/weights/weight.bin", blob, len};
+	aneshare_program *p2 = NULL;
+	cr_assert_eq(aneshare_program_compile(c2, mil_text(), &w, 1, &p2, &cached), 0, "%s", aneshare_last_error(c2));
+	cr_assert(cached);
+	cr_assert_str_eq(aneshare_program_key(p1), aneshare_program_key(p2));
+
+#ifdef __linux__
+	/* a sealed memfd of the same bytes: the same key again */
+	int mfd = -1;
+	cr_assert_eq(aneshare_weight_memfd("w", blob, len, &mfd), 0);
+	cr_assert_eq(ftruncate(mfd, 0), -1, "a sealed memfd cannot shrink");
+	aneshare_weight_fd mf = {"@model_path/weights/weight.bin", mfd};
+	aneshare_program *p3 = NULL;
+	cr_assert_eq(aneshare_program_compile_fds(c2, mil_text(), &mf, 1, &p3, &cached), 0, "%s",
+	             aneshare_last_error(c2));
+	cr_assert(cached);
+	cr_assert_str_eq(aneshare_program_key(p1), aneshare_program_key(p3));
+	close(mfd);
+	aneshare_program_release(p3);
+#endif
+	close(fd);
+	aneshare_program_release(p1);
+	aneshare_program_release(p2);
+	aneshare_disconnect(c1);
+	aneshare_disconnect(c2);
+	free(blob);
+}
+
+#ifdef __linux__
+/* A sealed memfd is used in place: first compiled from it, the program runs
+ * right after the client closed its fd and another client's compile from a
+ * plain copy hits the cache. */
+Test(wfiles, sealed_memfd_compiled_first)
+{
+	size_t len;
+	uint8_t *blob = make_blob(&len, 0.25f);
+	aneshare_conn *c = h_connect(&D, "wf-m");
+	int mfd = -1;
+	cr_assert_eq(aneshare_weight_memfd(NULL, blob, len, &mfd), 0);
+	aneshare_weight_fd mf = {"@model_path/weights/weight.bin", mfd};
+	aneshare_program *p = NULL;
+	bool cached = true;
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &mf, 1, &p, &cached), 0, "%s", aneshare_last_error(c));
+	cr_assert_not(cached);
+	close(mfd);
+	run_check(c, p, 0.25f);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	free(blob);
+}
+#endif
+
+/* The attack: a client passes a plain file, then truncates it and rewrites
+ * it, repeatedly, while it and another client run the program and compile
+ * again.  The daemon uses its own copy: it survives, both clients keep
+ * correct results, and a compile of the truncated file is an error, not a
+ * crash. */
+Test(wfiles, truncating_the_file_harms_nobody)
+{
+	size_t len;
+	uint8_t *blob = make_blob(&len, 0.5f);
+	aneshare_conn *bad = h_connect(&D, "wf-attacker"), *good = h_connect(&D, "wf-victim");
+	int fd = plain_file("victim.bin", blob, len);
+	aneshare_weight_fd wf = {"@model_path/weights/weight.bin", fd};
+	aneshare_program *pb = NULL, *pg = NULL;
+	cr_assert_eq(aneshare_program_compile_fds(bad, mil_text(), &wf, 1, &pb, NULL), 0, "%s", aneshare_last_error(bad));
+	aneshare_weight w = {"@model_path/weights/weight.bin", blob, len};
+	cr_assert_eq(aneshare_program_compile(good, mil_text(), &w, 1, &pg, NULL), 0, "%s", aneshare_last_error(good));
+
+	for (int round = 0; round < 3; round++) {
+		cr_assert_eq(ftruncate(fd, 0), 0);
+		run_check(good, pg, 0.5f);
+		run_check(bad, pb, 0.5f);
+		/* compiling the truncated file: a compile error (BLOBFILE outside the blob) */
+		aneshare_program *px = NULL;
+		int r = aneshare_program_compile_fds(bad, mil_text(), &wf, 1, &px, NULL);
+		cr_assert_neq(r, 0);
+		cr_assert(strstr(aneshare_last_error(bad), "weight blob"), "%s", aneshare_last_error(bad));
+		/* garbage of the old size */
+		uint8_t *junk = malloc(len);
+		memset(junk, 0x5a, len);
+		cr_assert_eq(pwrite(fd, junk, len, 0), (ssize_t)len);
+		free(junk);
+		run_check(good, pg, 0.5f);
+		run_check(bad, pb, 0.5f);
+	}
+	/* the file shrinks between the daemon's hashing and its copy: cannot be
+	 * timed from here, but the same path (a short read) ends the compile of
+	 * a file that is shorter than fstat said: an fd of a file truncated
+	 * while queued behind a slow compile gets an error, never SIGBUS */
+	cr_assert_eq(kill(D.pid, 0), 0, "the daemon is alive");
+	aneshare_status *st = h_status(good);
+	cr_assert_not_null(st);
+	aneshare_status_free(st);
+	close(fd);
+	aneshare_program_release(pb);
+	aneshare_program_release(pg);
+	aneshare_disconnect(bad);
+	aneshare_disconnect(good);
+	free(blob);
+}
+
+Test(wfiles, bad_fds_and_paths_are_refused)
+{
+	aneshare_conn *c = h_connect(&D, "wf-bad");
+	aneshare_program *p = NULL;
+	int pfd[2];
+	cr_assert_eq(pipe(pfd), 0);
+	aneshare_weight_fd wf = {"@model_path/weights/weight.bin", pfd[0]};
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &wf, 1, &p, NULL), -ANESHARE_EBAD_FD);
+	cr_assert(strstr(aneshare_last_error(c), "not a regular file"), "%s", aneshare_last_error(c));
+	close(pfd[0]);
+	close(pfd[1]);
+	size_t len;
+	uint8_t *blob = make_blob(&len, 0.0f);
+	int fd = plain_file("w2.bin", blob, len);
+	aneshare_weight_fd two[2] = {{"@model_path/weights/weight.bin", fd}, {"@model_path/weights/weight.bin", fd}};
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), two, 2, &p, NULL), -ANESHARE_EINVALID_PARAMS);
+	cr_assert(strstr(aneshare_last_error(c), "given twice"), "%s", aneshare_last_error(c));
+	close(fd);
+	aneshare_disconnect(c);
+	free(blob);
+}
+
+/* After the daemon restarts, the library compiles the program again from
+ * the fds it kept. */
+Test(wfiles, reconnect_compiles_again_from_the_kept_fd)
+{
+	size_t len;
+	uint8_t *blob = make_blob(&len, 0.75f);
+	aneshare_conn *c = h_connect(&D, "wf-rc");
+	int fd = plain_file("rc.bin", blob, len);
+	aneshare_weight_fd wf = {"@model_path/weights/weight.bin", fd};
+	aneshare_program *p = NULL;
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &wf, 1, &p, NULL), 0, "%s", aneshare_last_error(c));
+	close(fd);   /* the library keeps its own duplicate */
+	char key[65];
+	snprintf(key, sizeof key, "%s", aneshare_program_key(p));
+	h_daemon_crash(&D);
+	h_daemon_restart(&D, true);
+	run_check(c, p, 0.75f);
+	cr_assert_str_eq(aneshare_program_key(p), key);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	free(blob);
+}
+
+/* With a device worker the daemon hands the worker the bytes it read or
+ * mapped; the result is the same. */
+Test(wfiles, through_a_device_worker)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", NULL };
+	h_daemon_kill(&D);   /* the suite's, without a worker */
+	h_daemon_start_args(&D, args);
+	size_t len;
+	uint8_t *blob = make_blob(&len, 0.125f);
+	aneshare_conn *c = h_connect(&D, "wf-worker");
+	int fd = plain_file("wk.bin", blob, len);
+	aneshare_weight_fd wf = {"@model_path/weights/weight.bin", fd};
+	aneshare_program *p = NULL;
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &wf, 1, &p, NULL), 0, "%s", aneshare_last_error(c));
+	cr_assert_eq(ftruncate(fd, 0), 0);
+	run_check(c, p, 0.125f);
+	close(fd);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	free(blob);
+}
