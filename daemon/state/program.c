@@ -892,7 +892,7 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 		c->inflight++;
 		c->pending_compiles++;
 		anes_tenant_job_begin(c->tenant);
-		cj->job.si = (anes_sitem){ .flow = &cj->tenant->sflow, .compile = true };
+		cj->job.task.si = (anes_sitem){ .flow = &cj->tenant->sflow, .compile = true };
 		anes_pool_submit(srv->pool, &cj->job);
 		return;
 	}
