@@ -6,8 +6,9 @@
  *
  *   ninja -C build bench/bench_weights && build/bench/bench_weights [MIB] [--map FILE]
  *
- * The blob is built in memory (or, with --map, written to FILE and mapped
- * read-only, as aneshared maps a weight file passed by descriptor).  Printed:
+ * The blob is built in memory and copied by the compile (or, with --map,
+ * written to FILE, mapped read-only and used in place, anes_weight.kept, as
+ * aneshared uses a sealed weight memfd or its copy of a weight file).  Printed:
  * the blob's bytes, and the resident set added by compiling the program and
  * running it once, as a multiple of the blob (the blob's own pages are
  * counted before compiling, so 0.0x means the program keeps no copy).
@@ -128,7 +129,8 @@ int main(int argc, char **argv)
 	if (anes_cpu_backend_new(1, &B))
 		return 1;
 	long long r0 = resident_bytes();
-	anes_weight wt = {"@model_path/weights/weight.bin", weights, len, false};
+	/* mapped: kept for the program, as the daemon does with a weight file */
+	anes_weight wt = {"@model_path/weights/weight.bin", weights, len, map_path != NULL};
 	anes_bprogram *p = NULL;
 	char err[512];
 	int rc = B->ops->compile(B, text, strlen(text), &wt, 1, &p, err, sizeof err);
