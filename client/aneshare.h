@@ -328,6 +328,29 @@ ANESHARE_API int aneshare_program_compile_fds(aneshare_conn *conn, const char *m
                                               const aneshare_weight_fd *files, size_t n_files,
                                               aneshare_program **ret, bool *ret_cached);
 
+/* Compile a compiled Core ML model folder (an ".mlmodelc", e.g. from
+ * `xcrun coremlcompiler compile X.mlpackage OUTDIR`; an .mlpackage itself
+ * is not read).  Reads DIR/model.mil (at most ANESHARE_MODEL_MIL_MAX bytes,
+ * no NUL byte), finds every string "@model_path/REL" in it (each at most
+ * ANESHARE_MODEL_PATH_MAX bytes; at most 4 distinct ones) and opens each
+ * distinct REL once, strictly inside DIR: one openat(O_NOFOLLOW) per path
+ * component from DIR's descriptor, so an absolute REL, an empty, "." or
+ * ".." component and any symbolic link below DIR (even one pointing inside
+ * it) are refused; the last component must be a regular file.  The files go
+ * to the daemon by descriptor (aneshare_program_compile_fds): no weight
+ * byte crosses the socket.  dir is borrowed for the call; the library
+ * closes the fds it opened (keeping duplicates with the program, see
+ * aneshare_program_compile_fds).  Errors, with the message in
+ * aneshare_last_error(): -ENOENT (no DIR/model.mil, or a weight file
+ * missing), -EPERM (a weight path leaving the folder, or a symbolic link),
+ * -ENAMETOOLONG, -E2BIG (more than 4 weight files), -EFBIG (model.mil too
+ * large), -ENOTDIR, -EINVAL; else as aneshare_program_compile_fds.
+ * On success *ret is owned by the caller: aneshare_program_release(). */
+#define ANESHARE_MODEL_MIL_MAX (64u << 20)
+#define ANESHARE_MODEL_PATH_MAX 1024
+ANESHARE_API int aneshare_program_compile_model(aneshare_conn *conn, const char *dir,
+                                                aneshare_program **ret, bool *ret_cached);
+
 /* A new memfd holding a copy of len bytes at data, sealed against writing,
  * shrinking, growing and further sealing: a weight file the daemon maps
  * without copying.  name is the memfd's name for debugging (may be NULL).
