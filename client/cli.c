@@ -4,8 +4,8 @@
  *
  *   aneshare [--socket PATH] status [--json] [--wait SECONDS]
  *   aneshare [--socket PATH] top [--interval SECONDS]
- *   aneshare [--socket PATH] compile FILE.mil [--weight PATH=FILE ...]
- *   aneshare [--socket PATH] run FILE.mil [--weight PATH=FILE ...] [--function NAME]
+ *   aneshare [--socket PATH] compile FILE.mil [--weight PATH=FILE ...] | DIR.mlmodelc
+ *   aneshare [--socket PATH] run FILE.mil [--weight PATH=FILE ...] | DIR.mlmodelc [--function NAME]
  *            [--input FILE | --input-f32 FILE ...] [--output FILE ...]
  *            [--fill random|zeros] [--seed N]
  *   aneshare [--socket PATH] service install|uninstall|status [...]   (cli_service.c)
@@ -50,7 +50,10 @@ static void usage(FILE *f)
 	        "      --interval SECONDS      refresh this often (default 1)\n"
 	        "  compile FILE.mil            compile a program and show its functions\n"
 	        "      --weight PATH=FILE      a weight blob: MIL BLOBFILE path = local file\n"
-	        "  run FILE.mil                compile and run a program once\n"
+	        "  compile DIR.mlmodelc        compile a Core ML model folder: its model.mil, its\n"
+	        "                              @model_path/ weight files passed by descriptor\n"
+	        "                              (an .mlpackage: xcrun coremlcompiler compile X.mlpackage OUT)\n"
+	        "  run FILE.mil | DIR.mlmodelc compile and run a program once\n"
 	        "      --weight PATH=FILE      as for compile\n"
 	        "      --function NAME         the function to run (default: the first, main)\n"
 	        "      --input FILE            next input, raw bytes in the tensor's dtype\n"
@@ -330,6 +333,19 @@ static int connect_or_fail(const char *socket_path, aneshare_conn **ret)
 static int compile_file(aneshare_conn *c, const char *file, const weights *ws,
                         aneshare_program **ret, bool *ret_cached)
 {
+	struct stat st;
+	if (stat(file, &st) == 0 && S_ISDIR(st.st_mode)) {
+		/* a compiled Core ML model folder (.mlmodelc): its own weights */
+		if (ws->n)
+			return fail("%s: a model folder brings its own weights; --weight is for a .mil file", file);
+		int r = aneshare_program_compile_model(c, file, ret, ret_cached);
+		if (r == -ENOENT || r == -EPERM || r == -ENAMETOOLONG || r == -E2BIG || r == -EFBIG ||
+		    r == -ENOTDIR || r == -ANESHARE_ECOMPILE || r == -ANESHARE_EUNSUPPORTED)
+			return fail("%s", aneshare_last_error(c));
+		if (r < 0)
+			return fail_call(c, file, r);
+		return 0;
+	}
 	char *mil;
 	size_t len;
 	int r = read_file(file, &mil, &len);
@@ -444,13 +460,13 @@ static int cmd_compile(const char *socket_path, int argc, char **argv)
 		} else if (argv[i][0] == '-' && argv[i][1]) {
 			rc = usage_error("compile: unknown option '%s'", argv[i]);
 		} else if (file) {
-			rc = usage_error("compile takes one MIL file");
+			rc = usage_error("compile takes one MIL file or model folder");
 		} else {
 			file = argv[i];
 		}
 	}
 	if (rc == 0 && !file)
-		rc = usage_error("compile needs a MIL file");
+		rc = usage_error("compile needs a MIL file or model folder");
 	if (rc) {
 		weights_free(&ws);
 		return rc;
@@ -607,13 +623,13 @@ static int run_parse(run_opts *o, int argc, char **argv)
 			if (errno || *end || !*argv[i])
 				return usage_error("bad --seed '%s'", argv[i]);
 		} else if (o->file) {
-			return usage_error("run takes one MIL file");
+			return usage_error("run takes one MIL file or model folder");
 		} else {
 			o->file = a;
 		}
 	}
 	if (!o->file)
-		return usage_error("run needs a MIL file");
+		return usage_error("run needs a MIL file or model folder");
 	return 0;
 }
 

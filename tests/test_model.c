@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "anes_fp16.h"
@@ -323,4 +324,76 @@ Test(model, missing_files_are_refused)
 	/* a weight path naming a folder */
 	refused(c, make_model("isdir", "@model_path/weights"), -EINVAL, "not a regular file");
 	aneshare_disconnect(c);
+}
+
+/* `aneshare --socket SOCK ARGS...`: its exit status; stdout+stderr in out. */
+static int cli(char *out, size_t len, const char *const *args)
+{
+	const char *exe = getenv("ANESHARE_CLI");
+	cr_assert(exe && *exe, "ANESHARE_CLI is not set (tests/meson.build sets it)");
+	char path[600];
+	snprintf(path, sizeof path, "%s/cli.out", D.dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0)
+			_exit(126);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		char *argv[16];
+		int n = 0;
+		argv[n++] = (char *)exe;
+		argv[n++] = "--socket";
+		argv[n++] = D.sock;
+		for (; *args && n < 15; args++)
+			argv[n++] = (char *)*args;
+		argv[n] = NULL;
+		execv(exe, argv);
+		_exit(127);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	FILE *f = fopen(path, "re");
+	cr_assert_not_null(f);
+	size_t got = fread(out, 1, len - 1, f);
+	out[got] = '\0';
+	fclose(f);
+	cr_assert(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+Test(model, cli_compiles_and_runs_a_folder)
+{
+	char out[4096], xin[600], yout[600];
+	const char *d = make_model("cli", "@model_path/weights/weight.bin");
+	char dir[512];
+	snprintf(dir, sizeof dir, "%s", d);
+	cr_assert_eq(cli(out, sizeof out, (const char *[]){"compile", dir, NULL}), 0, "%s", out);
+	cr_assert(strstr(out, "cached: no") && strstr(out, "fp16"), "%s", out);
+
+	const float x[4] = {1, 2, 3, 4};
+	snprintf(xin, sizeof xin, "%s/x.f32", D.dir);
+	put_file(xin, x, sizeof x);
+	snprintf(yout, sizeof yout, "%s/y.bin", D.dir);
+	cr_assert_eq(cli(out, sizeof out, (const char *[]){"run", dir, "--input-f32", xin, "--output", yout, NULL}), 0,
+	             "%s", out);
+	uint16_t y[4];
+	int fd = open(yout, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(read(fd, y, sizeof y), 6, "y is 3 fp16 values");
+	close(fd);
+	const float want[3] = {3.5f, 3.0f, 2.5f};
+	for (int o = 0; o < 3; o++)
+		cr_assert_float_eq(anes_f16_to_f32_soft(y[o]), want[o], 1e-3, "y[%d]", o);
+
+	/* refusals are failures (1) with the library's message; --weight with a folder too */
+	d = make_model("cli-esc", "@model_path/../x.f32");
+	snprintf(dir, sizeof dir, "%s", d);
+	cr_assert_eq(cli(out, sizeof out, (const char *[]){"run", dir, "--fill", "zeros", NULL}), 1, "%s", out);
+	cr_assert(strstr(out, "inside the model folder"), "%s", out);
+	char wopt[700];
+	snprintf(wopt, sizeof wopt, "@model_path/w=%s", xin);
+	cr_assert_eq(cli(out, sizeof out, (const char *[]){"compile", dir, "--weight", wopt, NULL}), 1, "%s", out);
+	cr_assert(strstr(out, "brings its own weights"), "%s", out);
 }
