@@ -4,6 +4,9 @@
  * program.c and worker.c.  Everything here runs on the loop thread unless a
  * comment says otherwise; the cross-thread state lives in worker.c and in a
  * connection's send state (anes_conn.send_mu: workers send run replies).
+ * Modules with interfaces of their own include those, not this header:
+ * util.h (logging, clock), idtable.h, jobsched.h and tpool.h (scheduling,
+ * the generic thread pool), devworker.h and backend_open.h (the device).
  */
 #ifndef ANES_DAEMON_H
 #define ANES_DAEMON_H
@@ -20,6 +23,7 @@
 #include "anes_proto.h"
 #include "anes_spin.h"
 #include "backend.h"
+#include "idtable.h"
 #include "server.h"
 #include "tenant.h"
 #include "tpool.h"
@@ -36,34 +40,6 @@ typedef struct anes_wfile anes_wfile;
 typedef struct anes_cache anes_cache;
 typedef struct anes_pool anes_pool;
 typedef struct anes_job anes_job;
-
-/* ---- ID tables (idtable.c) ------------------------------------------------ */
-
-/* ID -> pointer.  IDs are handed out in increasing order and never reused,
- * so appending keeps the array sorted and lookup is a binary search; the
- * tables are small (bounded by max_surfaces / max_programs). */
-typedef struct anes_idslot {
-	uint32_t id;
-	void *ptr;
-} anes_idslot;
-
-typedef struct anes_idtable {
-	anes_idslot *v;
-	uint32_t n;
-	uint32_t cap;
-	uint32_t next_id;   /* 0 once IDs are exhausted */
-} anes_idtable;
-
-void anes_idt_init(anes_idtable *t);
-void anes_idt_cleanup(anes_idtable *t);
-/* Make room so that the next n inserts cannot fail for lack of memory. */
-int anes_idt_reserve(anes_idtable *t, uint32_t n);
-/* The ID the next insert will use; -ENOSPC if IDs are exhausted. */
-int anes_idt_peek(const anes_idtable *t, uint32_t *ret_id);
-/* -ENOSPC (IDs exhausted) or -ENOMEM. */
-int anes_idt_insert(anes_idtable *t, void *ptr, uint32_t *ret_id);
-void *anes_idt_find(const anes_idtable *t, uint32_t id);
-void *anes_idt_remove(anes_idtable *t, uint32_t id);
 
 /* ---- the server -------------------------------------------------------- */
 

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "idtable.h"
 
 void anes_idt_init(anes_idtable *t)
 {
