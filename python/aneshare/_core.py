@@ -765,8 +765,11 @@ class Connection:
 
     def compile(self, mil, weights=None):
         """Compile MIL and return a Program.  mil is MIL text, the path of a
-        .mil file, or the path of an .mlmodelc folder (its model.mil, with the
-        files under weights/ as @model_path/weights/NAME).  weights maps the
+        .mil file, or the path of an .mlmodelc folder: with a library that has
+        aneshare_program_compile_model (and no weights given), the library
+        opens its @model_path/ files strictly inside the folder and passes
+        them by descriptor; else its model.mil is sent with the files under
+        weights/ as @model_path/weights/NAME.  weights maps the
         paths of BLOBFILE(path = string("...")) to blobs: bytes-like objects
         (bytes, numpy arrays, ...) or files (a path, or an object with
         fileno()).  When every blob is a file, there are at most
@@ -776,6 +779,9 @@ class Connection:
         bytes are sent."""
         h = self._h
         h.check()
+        if weights is None and "aneshare_program_compile_model" in HAVE and \
+                isinstance(mil, (str, os.PathLike)) and os.path.isdir(mil):
+            return self._compile_model(os.fspath(mil))
         text, weights = _mil_source(mil, weights)
         weights = dict(weights or {})
         files = [k for k, v in weights.items() if _is_file(v)]
@@ -803,6 +809,33 @@ class Connection:
             _live(h)
             rc = lib.aneshare_program_compile(h.cptr, text.encode(), warr, len(wl),
                                               ctypes.byref(prog), ctypes.byref(cached))
+            if rc < 0:
+                raise h.error(rc, text)
+            try:
+                p = Program(self, prog.value, bool(cached.value), text)
+            except BaseException:
+                lib.aneshare_program_release(prog)
+                raise
+        if h.async_calls:
+            h.after_blocking()
+        return p
+
+    def _compile_model(self, path):
+        """An .mlmodelc folder through the library, which opens every
+        @model_path/ file strictly inside the folder (no '..', no symbolic
+        links) and passes them by descriptor."""
+        h = self._h
+        try:
+            with open(os.path.join(path, "model.mil"), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            text = ""   # the library's error names what is missing
+        prog = _vp()
+        cached = ctypes.c_bool()
+        with h.lock:
+            _live(h)
+            rc = lib.aneshare_program_compile_model(h.cptr, os.fsencode(path), ctypes.byref(prog),
+                                                    ctypes.byref(cached))
             if rc < 0:
                 raise h.error(rc, text)
             try:

@@ -144,6 +144,8 @@ _PROTOTYPES = {
 _OPTIONAL_PROTOTYPES = {
     "aneshare_program_compile_fds": (_int, [_vp, _str, ctypes.POINTER(WeightFd), _sz,
                                             ctypes.POINTER(_vp), ctypes.POINTER(ctypes.c_bool)]),
+    "aneshare_program_compile_model": (_int, [_vp, _str, ctypes.POINTER(_vp),
+                                              ctypes.POINTER(ctypes.c_bool)]),
 }
 HAVE = set()
 

@@ -578,3 +578,29 @@ def test_program_context_manager_releases(conn):
     wait_until(lambda: refs() == [], "the program to be freed")
     with pytest.raises(aneshare.ClosedError):
         p.run([], [])
+
+
+@pytest.mark.skipif("aneshare_program_compile_model" not in aneshare._lib.HAVE,
+                    reason="this libaneshare has no aneshare_program_compile_model")
+def test_mlmodelc_folder_goes_through_the_library(conn, tmp_path, monkeypatch):
+    """A folder is compiled by aneshare_program_compile_model: its weight
+    files go by descriptor, and a symbolic link leaving the folder is
+    refused, as the library refuses it."""
+    w = np.full((4, 4), 0.25, np.float16)
+    mil = weights_mil(["weight.bin"])
+    x = np.ones((4, 4), np.float16)
+    folder = tmp_path / "m.mlmodelc"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "model.mil").write_text(mil)
+    (folder / "weights" / "weight.bin").write_bytes(weight_blob(w))
+
+    def no_inline(*a):
+        raise AssertionError("the folder was compiled without the library's call")
+    monkeypatch.setattr(aneshare._core.lib, "aneshare_program_compile", no_inline)
+    np.testing.assert_array_equal(conn.compile(folder)(x=x), x + w)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(weight_blob(w))
+    (folder / "weights" / "weight.bin").unlink()
+    (folder / "weights" / "weight.bin").symlink_to(outside)
+    with pytest.raises(aneshare.AneshareError):
+        conn.compile(folder)
