@@ -172,7 +172,7 @@ static const optdef defs[] = {
 	  "... a compile within this plus 20 ms per MIL statement and 1 s per 16 MiB of weights" },
 	/* Test hooks, see docs/reliability.md and docs/worker.md. */
 	{ "worker-fault", T_STR, O(worker_fault), 0, 0, "start_fail", NULL },
-	{ "fault-inject", T_STR, O(fault_run_fail), 0, 0, "run_fail=NAME", NULL },
+	{ "fault-inject", T_STR, O(fault_run_fail), 0, 0, "run_fail=NAME|run_gate=/FIFO", NULL },
 };
 #define N_DEFS (sizeof(defs) / sizeof(defs[0]))
 
@@ -465,7 +465,10 @@ static void finish(anes_options *o)
 	o->cfg.n_interactive_uids = o->n_interactive_uids;
 	o->cfg.shutdown_timeout_ms = o->shutdown_timeout_s * 1000u;
 	o->cfg.fault_run_fail = NULL;
-	if (o->fault_run_fail)
+	o->cfg.fault_run_gate = NULL;
+	if (o->fault_run_fail && !strncmp(o->fault_run_fail, "run_gate=", 9))
+		o->cfg.fault_run_gate = o->fault_run_fail + strlen("run_gate=");
+	else if (o->fault_run_fail)
 		o->cfg.fault_run_fail = o->fault_run_fail + strlen("run_fail=");
 }
 
@@ -557,8 +560,10 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 		return -EINVAL;
 	}
 	if (o->fault_run_fail && (strncmp(o->fault_run_fail, "run_fail=", 9) != 0 ||
-	                          !o->fault_run_fail[9])) {
-		fprintf(stderr, "aneshared: --fault-inject: only run_fail=FUNCTION is known\n");
+	                          !o->fault_run_fail[9]) &&
+	    (strncmp(o->fault_run_fail, "run_gate=", 9) != 0 || o->fault_run_fail[9] != '/')) {
+		fprintf(stderr, "aneshared: --fault-inject: only run_fail=FUNCTION and run_gate=/FIFO "
+		        "are known\n");
 		return -EINVAL;
 	}
 	if (o->worker_fault && strcmp(o->worker_fault, "start_fail") != 0 &&

@@ -3,16 +3,20 @@
  * The fair scheduler of device work against a real daemon (docs/protocol.md,
  * "Scheduling"): with one worker, and one client process keeping 64 runs in
  * flight, another client's compile is answered before that backlog drains.
- * Order is checked, not durations: the greedy client's runs the daemon
- * counts (status) while the compile waits.
+ * Order is checked, not durations: the device is a gate the test opens one
+ * run at a time (--fault-inject run_gate), and the greedy client's runs the
+ * daemon counts (status) say what ran before the compile.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -92,10 +96,64 @@ static void greedy_counts(aneshare_conn *c, pid_t pid, uint64_t *ret_runs, uint6
 	cr_assert(found, "the greedy client is not in status");
 }
 
+/* A compile on its own connection (a thread): its result, for the test. */
+typedef struct compile_call {
+	aneshare_conn *c;
+	const char *mil;
+	int rc;
+	bool cached;
+	aneshare_program *p;
+	atomic_bool done;
+} compile_call;
+
+static void *compile_thread(void *arg)
+{
+	compile_call *cc = arg;
+	cc->rc = aneshare_program_compile(cc->c, cc->mil, NULL, 0, &cc->p, &cc->cached);
+	atomic_store(&cc->done, true);
+	return NULL;
+}
+
+/* This process's jobs (queued or running) as status shows them. */
+static uint64_t my_jobs(aneshare_conn *c)
+{
+	aneshare_status *st = h_status(c);
+	uint64_t jobs = 0;
+	for (uint32_t i = 0; i < st->n_processes; i++)
+		if (st->process_list[i].pid == (uint64_t)getpid())
+			jobs = st->process_list[i].jobs;
+	aneshare_status_free(st);
+	return jobs;
+}
+
+static void gate_open(int gate, unsigned n)
+{
+	char tokens[4096];
+	cr_assert_leq(n, sizeof tokens);
+	memset(tokens, 'g', n);
+	cr_assert_eq(write(gate, tokens, n), (ssize_t)n);
+}
+
+/* The device is a gate (--fault-inject run_gate: every run reads a token
+ * from a FIFO first), so the order of device work is observed, not timed.
+ * The greedy client's first run holds the one worker thread at the gate
+ * with the rest of its 64 queued; a compile is queued behind them; one
+ * token lets exactly one run through, and the fair queue takes the compile
+ * next: it is answered while the greedy client has exactly one more run
+ * done.  A FIFO would need 63 more tokens: the compile would never be
+ * answered. */
 Test(fair, a_compile_is_answered_before_a_backlog_of_runs)
 {
-	const char *const args[] = { "--workers", "1", "--no-lanes", NULL };
+	char gdir[] = "/tmp/anes-gate-XXXXXX";
+	cr_assert_not_null(mkdtemp(gdir));
+	char gpath[64], garg[80];
+	snprintf(gpath, sizeof gpath, "%s/gate", gdir);
+	cr_assert_eq(mkfifo(gpath, 0600), 0);
+	snprintf(garg, sizeof garg, "run_gate=%s", gpath);
+	const char *const args[] = { "--workers", "1", "--no-lanes", "--fault-inject", garg, NULL };
 	h_daemon_start_args(&D, args);
+	int gate = open(gpath, O_RDWR | O_CLOEXEC);
+	cr_assert_geq(gate, 0);
 	int ctl[2], res[2];
 	cr_assert_eq(pipe(ctl), 0);
 	cr_assert_eq(pipe(res), 0);
@@ -109,41 +167,68 @@ Test(fair, a_compile_is_answered_before_a_backlog_of_runs)
 	}
 	close(ctl[0]);
 	close(res[1]);
+	gate_open(gate, 1);   /* the greedy client's first run */
 	char b;
 	cr_assert_eq(read(res[0], &b, 1), 1, "the greedy client failed");
 
 	aneshare_conn *c = h_connect(&D, "fair-b");
+	aneshare_conn *cc = h_connect(&D, "fair-b-compile");
 	for (int k = 0; k < 3; k++) {
-		uint64_t runs0, runs1, queued0, queued1;
-		greedy_counts(c, pid, &runs0, &queued0);
+		/* The backlog in place: the worker thread at the gate, the rest queued. */
+		uint64_t runs0 = 0, queued0 = 0;
+		for (int t = 0;; t++) {
+			greedy_counts(c, pid, &runs0, &queued0);
+			if (queued0 >= GREEDY_INFLIGHT - 1)
+				break;
+			cr_assert_lt(t, 10000, "the greedy client's backlog never formed (%llu queued)",
+			             (unsigned long long)queued0);
+			tu_pause_ms(1);
+		}
 		char mil[512];
 		snprintf(mil, sizeof mil,
 		         "program(1.3)\n{\n"
 		         "    func main<ios18>(tensor<fp16, [1, 1, 1, 16]> x) {\n"
 		         "        tensor<fp16, [1, 1, 1, 16]> y = relu(x = x)[name = string(\"y%d\")];\n"
 		         "    } -> (y);\n}\n", k);
-		aneshare_program *p;
-		bool cached = true;
-		cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, &cached), 0, "%s",
-		             aneshare_last_error(c));
-		cr_assert(!cached);
+		compile_call call = { .c = cc, .mil = mil, .rc = 1 };
+		pthread_t th;
+		cr_assert_eq(pthread_create(&th, NULL, compile_thread, &call), 0);
+		for (int t = 0; !atomic_load(&call.done) && my_jobs(c) == 0; t++) {
+			cr_assert_lt(t, 60000 * h_slow(), "the compile was neither queued nor answered");
+			tu_pause_ms(1);
+		}
+		/* Queued (or already answered without the device): one token. */
+		uint64_t let_through = atomic_load(&call.done) ? 0 : 1;
+		if (let_through)
+			gate_open(gate, 1);
+		/* Answered once the run let through is done; a FIFO never answers
+		 * it (no more tokens come): a minute is only the bound of that wait. */
+		for (int t = 0; !atomic_load(&call.done); t++) {
+			cr_assert_lt(t, 60000 * h_slow(), "the compile was not answered with one of the "
+			             "greedy client's runs let through: it waits behind the backlog");
+			tu_pause_ms(1);
+		}
+		cr_assert_eq(pthread_join(th, NULL), 0);
+		cr_assert_eq(call.rc, 0, "%s", aneshare_last_error(cc));
+		cr_assert(!call.cached);
+		uint64_t runs1, queued1;
 		greedy_counts(c, pid, &runs1, &queued1);
-		/* A FIFO answers it after the ~60 runs queued before it. */
-		cr_assert_leq(runs1 - runs0, 16,
-		              "the compile waited for %llu of the greedy client's runs",
-		              (unsigned long long)(runs1 - runs0));
-		cr_assert_leq(queued0, GREEDY_INFLIGHT);
-		cr_assert_geq(queued1, GREEDY_INFLIGHT / 2,
-		              "the greedy client's backlog drained first (%llu queued)",
-		              (unsigned long long)queued1);
-		aneshare_program_release(p);
+		cr_assert_eq(runs1 - runs0, let_through, "the compile was answered after %llu of the "
+		             "greedy client's runs, with %llu let through",
+		             (unsigned long long)(runs1 - runs0), (unsigned long long)let_through);
+		aneshare_program_release(call.p);
 	}
+	aneshare_disconnect(cc);
 	aneshare_disconnect(c);
 	cr_assert_eq(write(ctl[1], "s", 1), 1);
+	gate_open(gate, 4096);   /* the greedy client's runs in flight finish */
 	int st;
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "greedy client: status %d", st);
 	h_daemon_stop(&D);
+	close(gate);
+	unlink(gpath);
+	rmdir(gdir);
 }
 
 /* hello with { protocol: 1, priority: prio }: 0 or the wire error. */

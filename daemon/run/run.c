@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "anes_shm.h"
 #include "run.h"
@@ -30,6 +31,7 @@ typedef struct run_step {
 	uint32_t fn;
 	uint32_t n_in, n_out;
 	bool fault;             /* --fault-inject run_fail: fail instead of running */
+	int gate;               /* --fault-inject run_gate: read a byte first; -1: off */
 	anes_surface **surf;    /* n_in + n_out, referenced (jobs) */
 	const void **in;
 	void **out;
@@ -233,6 +235,7 @@ static bool resolve_step(anes_conn *c, const anes_run_wire *w, uint32_t i, run_s
 	st->n_in = ws->n_in;
 	st->n_out = ws->n_out;
 	st->fault = c->srv->cfg.fault_run_fail && !strcmp(fi->name, c->srv->cfg.fault_run_fail);
+	st->gate = c->srv->fault_gate_fd;
 	return true;
 }
 
@@ -286,6 +289,16 @@ static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_le
 	if (st->fault) {
 		snprintf(err, err_len, "injected failure (--fault-inject run_fail)");
 		return -EIO;
+	}
+	if (st->gate >= 0) {
+		char token;
+		ssize_t n;
+		while ((n = read(st->gate, &token, 1)) < 0 && errno == EINTR)
+			;
+		if (n != 1) {
+			snprintf(err, err_len, "--fault-inject run_gate: the gate failed");
+			return -EIO;
+		}
 	}
 	if (b->ops->run_surfaces) {
 		anes_surface_desc d[2 * ANES_MAX_IO];

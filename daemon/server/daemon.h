@@ -78,6 +78,7 @@ struct anes_server {
 	char *socket_path;
 	char *lock_path;
 	int lock_fd;
+	int fault_gate_fd;           /* --fault-inject run_gate: the FIFO, O_RDWR; -1: off */
 	int listen_fd;
 	bool own_socket_file;        /* unlink socket_path + lock_path at shutdown */
 	int reserve_fd;              /* given up to accept-and-close on EMFILE */

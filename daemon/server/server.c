@@ -88,6 +88,7 @@ void anes_server_config_init(anes_server_config *cfg)
 		.n_allow_uids = 0,
 		.shutdown_timeout_ms = 10000,
 		.fault_run_fail = NULL,
+		.fault_run_gate = NULL,
 	};
 }
 
@@ -595,6 +596,8 @@ static void server_destroy(anes_server *srv, bool loop_init)
 		close(srv->lock_fd);  /* after the unlink: a successor may lock the new file */
 	if (srv->reserve_fd >= 0)
 		close(srv->reserve_fd);
+	if (srv->fault_gate_fd >= 0)
+		close(srv->fault_gate_fd);
 	free(srv->socket_path);
 	free(srv->lock_path);
 	free(srv);
@@ -655,6 +658,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	}
 	srv->lock_fd = -1;
 	srv->reserve_fd = -1;
+	srv->fault_gate_fd = -1;
 	pthread_mutex_init(&srv->input_mu, NULL);
 	srv->listen_fd = cfg->listen_fd;
 	srv->cfg = *cfg;
@@ -683,6 +687,17 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 		l->max_daemon_unsent_bytes = phys_bytes() / 16;
 		if (l->max_daemon_unsent_bytes < l->max_client_unsent_bytes)
 			l->max_daemon_unsent_bytes = l->max_client_unsent_bytes;
+	}
+	if (cfg->fault_run_gate) {
+		/* Read and write: the open does not wait for a writer, and reads
+		 * block (never see end of file) while the test holds its end. */
+		srv->fault_gate_fd = open(cfg->fault_run_gate, O_RDWR | O_CLOEXEC);
+		if (srv->fault_gate_fd < 0) {
+			r = -errno;
+			errmsg(errbuf, errbuf_len, "--fault-inject run_gate: %s: %s", cfg->fault_run_gate,
+			       strerror(errno));
+			goto fail;
+		}
 	}
 	if (!srv->backend || !srv->backend->ops) {
 		errmsg(errbuf, errbuf_len, "no backend");

@@ -109,6 +109,11 @@ typedef struct anes_server_config {
 	/* Test hook (--fault-inject run_fail=NAME): runs of functions named
 	 * this fail with run_failed.  NULL: off.  Borrowed. */
 	const char *fault_run_fail;
+	/* Test hook (--fault-inject run_gate=/PATH): every run step first reads
+	 * one byte from the FIFO at PATH, so a test lets runs through one at a
+	 * time and observes the order of device work without a clock.  NULL:
+	 * off.  Borrowed. */
+	const char *fault_run_gate;
 } anes_server_config;
 
 typedef struct anes_server anes_server;
