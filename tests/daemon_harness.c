@@ -958,3 +958,42 @@ char *h_square_mm_mil(unsigned n, const char *fn_name)
 		abort();
 	return s;
 }
+
+int h_run_tool(const h_daemon *d, const char *env_exe, char *out, size_t len,
+               const char *const *args)
+{
+	const char *exe = getenv(env_exe);
+	cr_assert(exe && *exe, "%s is not set (tests/meson.build sets it)", env_exe);
+	cr_assert_gt(len, 0);
+	char path[256];
+	snprintf(path, sizeof path, "%s/tool.out", d->dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0)
+			_exit(126);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		char *argv[32];
+		int n = 0;
+		argv[n++] = (char *)exe;
+		argv[n++] = "--socket";
+		argv[n++] = (char *)d->sock;
+		for (; *args && n < 31; args++)
+			argv[n++] = (char *)*args;
+		argv[n] = NULL;
+		execv(exe, argv);
+		_exit(127);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	FILE *f = fopen(path, "re");
+	cr_assert_not_null(f);
+	size_t got = fread(out, 1, len - 1, f);
+	out[got] = '\0';
+	fclose(f);
+	unlink(path);
+	cr_assert(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}

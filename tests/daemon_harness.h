@@ -45,6 +45,13 @@ unsigned h_wrapper_argv(const char **argv);
 /* Timeouts are multiplied by this: 1, or 20 under $ANESHARED_WRAPPER
  * ($ANESHARE_TEST_SLOW overrides). */
 int h_slow(void);
+
+/* Run the program named by $env_exe (tests/meson.build sets it) with
+ * --socket d->sock and args (NULL-terminated, at most 28); its stdout and
+ * stderr go to out (NUL-terminated, truncated to len).  Returns its exit
+ * status; a program that did not exit is a test failure. */
+int h_run_tool(const h_daemon *d, const char *env_exe, char *out, size_t len,
+               const char *const *args);
 /* SIGTERM, wait, and assert a clean exit (status 0); removes the directory. */
 void h_daemon_stop(h_daemon *d);
 /* Wait for the daemon to exit (after the test sent it a signal) and assert

@@ -740,48 +740,9 @@ Test(daemon, disconnect_frees_everything)
 
 /* ---- the CLI ------------------------------------------------------------------------------- */
 
-/* Run the program named by $env_exe with --socket and args; stdout+stderr go
- * to out (NUL-terminated, truncated to len).  Returns the exit status. */
-static int run_tool(const char *env_exe, char *out, size_t len, const char *const *args)
-{
-	const char *exe = getenv(env_exe);
-	cr_assert(exe && *exe, "%s is not set (tests/meson.build sets it)", env_exe);
-	char path[256];
-	snprintf(path, sizeof path, "%s/cli.out", D.dir);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd < 0)
-			_exit(126);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		char *argv[32];
-		int n = 0;
-		argv[n++] = (char *)exe;
-		argv[n++] = "--socket";
-		argv[n++] = D.sock;
-		for (; *args && n < 31; args++)
-			argv[n++] = (char *)*args;
-		argv[n] = NULL;
-		execv(exe, argv);
-		_exit(127);
-	}
-	int status;
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	FILE *f = fopen(path, "re");
-	cr_assert_not_null(f);
-	size_t got = fread(out, 1, len - 1, f);
-	out[got] = '\0';
-	fclose(f);
-	unlink(path);
-	cr_assert(WIFEXITED(status));
-	return WEXITSTATUS(status);
-}
-
 static int cli(char *out, size_t len, const char *const *args)
 {
-	return run_tool("ANESHARE_CLI", out, len, args);
+	return h_run_tool(&D, "ANESHARE_CLI", out, len, args);
 }
 
 Test(daemon, cli)
@@ -926,7 +887,7 @@ Test(daemon, misbehaving_daemon)
 Test(daemon, example_matmul_client)
 {
 	char out[8192];
-	int r = run_tool("MATMUL_CLIENT", out, sizeof out,
+	int r = h_run_tool(&D, "MATMUL_CLIENT", out, sizeof out,
 	                 (const char *[]){ "--sets", "2", "--runs", "3", NULL });
 	cr_assert_eq(r, 0, "%s", out);
 	cr_assert(strstr(out, "cached: no") && strstr(out, "\nOK\n"), "%s", out);
@@ -934,7 +895,7 @@ Test(daemon, example_matmul_client)
 	aneshare_conn *c = h_connect(&D, "holder");
 	h_mm mm;
 	(void)h_compile_mm(c, &mm, NULL);
-	r = run_tool("MATMUL_CLIENT", out, sizeof out, (const char *[]){ "--runs", "1", NULL });
+	r = h_run_tool(&D, "MATMUL_CLIENT", out, sizeof out, (const char *[]){ "--runs", "1", NULL });
 	cr_assert_eq(r, 0, "%s", out);
 	cr_assert(strstr(out, "cached: yes"), "%s", out);
 	aneshare_disconnect(c);

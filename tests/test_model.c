@@ -329,38 +329,7 @@ Test(model, missing_files_are_refused)
 /* `aneshare --socket SOCK ARGS...`: its exit status; stdout+stderr in out. */
 static int cli(char *out, size_t len, const char *const *args)
 {
-	const char *exe = getenv("ANESHARE_CLI");
-	cr_assert(exe && *exe, "ANESHARE_CLI is not set (tests/meson.build sets it)");
-	char path[600];
-	snprintf(path, sizeof path, "%s/cli.out", D.dir);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd < 0)
-			_exit(126);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		char *argv[16];
-		int n = 0;
-		argv[n++] = (char *)exe;
-		argv[n++] = "--socket";
-		argv[n++] = D.sock;
-		for (; *args && n < 15; args++)
-			argv[n++] = (char *)*args;
-		argv[n] = NULL;
-		execv(exe, argv);
-		_exit(127);
-	}
-	int status;
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	FILE *f = fopen(path, "re");
-	cr_assert_not_null(f);
-	size_t got = fread(out, 1, len - 1, f);
-	out[got] = '\0';
-	fclose(f);
-	cr_assert(WIFEXITED(status));
-	return WEXITSTATUS(status);
+	return h_run_tool(&D, "ANESHARE_CLI", out, len, args);
 }
 
 Test(model, cli_compiles_and_runs_a_folder)

@@ -803,12 +803,20 @@ class Connection:
             wl.append((os.fsencode(path) if not isinstance(path, bytes) else path,
                        ctypes.addressof(buf), len(mv)))
         warr = (Weight * len(wl))(*[Weight(p, d, n) for p, d, n in wl]) if wl else None
+        return self._compiled(text, lambda cptr, prog, cached: lib.aneshare_program_compile(
+            cptr, text.encode(), warr, len(wl), prog, cached))
+
+    def _compiled(self, text, call):
+        """Run call(connection, &program, &cached), one of the library's
+        compile functions, under the connection's lock; the Program it made
+        (released again if wrapping it fails), or the daemon's error naming
+        text's lines."""
+        h = self._h
         prog = _vp()
         cached = ctypes.c_bool()
         with h.lock:
             _live(h)
-            rc = lib.aneshare_program_compile(h.cptr, text.encode(), warr, len(wl),
-                                              ctypes.byref(prog), ctypes.byref(cached))
+            rc = call(h.cptr, ctypes.byref(prog), ctypes.byref(cached))
             if rc < 0:
                 raise h.error(rc, text)
             try:
@@ -824,31 +832,15 @@ class Connection:
         """An .mlmodelc folder through the library, which opens every
         @model_path/ file strictly inside the folder (no '..', no symbolic
         links) and passes them by descriptor."""
-        h = self._h
         try:
             with open(os.path.join(path, "model.mil"), encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except OSError:
             text = ""   # the library's error names what is missing
-        prog = _vp()
-        cached = ctypes.c_bool()
-        with h.lock:
-            _live(h)
-            rc = lib.aneshare_program_compile_model(h.cptr, os.fsencode(path), ctypes.byref(prog),
-                                                    ctypes.byref(cached))
-            if rc < 0:
-                raise h.error(rc, text)
-            try:
-                p = Program(self, prog.value, bool(cached.value), text)
-            except BaseException:
-                lib.aneshare_program_release(prog)
-                raise
-        if h.async_calls:
-            h.after_blocking()
-        return p
+        return self._compiled(text, lambda cptr, prog, cached: lib.aneshare_program_compile_model(
+            cptr, os.fsencode(path), prog, cached))
 
     def _compile_fds(self, text, weights):
-        h = self._h
         opened = []
         try:
             wf = []
@@ -860,25 +852,11 @@ class Connection:
                     opened.append(fd)
                 wf.append(WeightFd(os.fsencode(path) if not isinstance(path, bytes) else path, fd))
             arr = (WeightFd * len(wf))(*wf)
-            prog = _vp()
-            cached = ctypes.c_bool()
-            with h.lock:
-                _live(h)
-                rc = lib.aneshare_program_compile_fds(h.cptr, text.encode(), arr, len(wf),
-                                                      ctypes.byref(prog), ctypes.byref(cached))
-                if rc < 0:
-                    raise h.error(rc, text)
-                try:
-                    p = Program(self, prog.value, bool(cached.value), text)
-                except BaseException:
-                    lib.aneshare_program_release(prog)
-                    raise
+            return self._compiled(text, lambda cptr, prog, cached: lib.aneshare_program_compile_fds(
+                cptr, text.encode(), arr, len(wf), prog, cached))
         finally:
             for fd in opened:   # the library keeps duplicates of its own
                 os.close(fd)
-        if h.async_calls:
-            h.after_blocking()
-        return p
 
     # ---- surfaces ----
 
