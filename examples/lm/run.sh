@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The language-model example in one command: write the model in its three
+# weight variants (gen_lm.py), start aneshared on a private socket (unless
+# --socket names a running one), and for each variant run lm_client.py in two
+# processes that share one compile, every step checked against numpy.
+#
+#   examples/lm/run.sh [--build DIR] [--tokens N] [--variants fp16,int8,palette]
+#                      [--socket PATH] [-- GEN_LM_OPTIONS...]
+#
+# $ANESHARED, $ANESHARE_LIBRARY and $PYTHON override the daemon, the library
+# and the interpreter (default DIR/daemon/aneshared, DIR/client/libaneshare.so,
+# /usr/bin/python3 when it exists: the interpreter with Debian's numpy).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build=$root/build
+tokens=32
+variants=fp16,int8,palette
+socket=
+gen_args=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--build) build=$2; shift 2 ;;
+	--tokens) tokens=$2; shift 2 ;;
+	--variants) variants=$2; shift 2 ;;
+	--socket) socket=$2; shift 2 ;;
+	--) shift; gen_args=("$@"); break ;;
+	*) echo "usage: $0 [--build DIR] [--tokens N] [--variants LIST] [--socket PATH] [-- GEN_LM_OPTIONS...]" >&2
+	   exit 2 ;;
+	esac
+done
+python=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
+daemon=${ANESHARED:-$build/daemon/aneshared}
+export ANESHARE_LIBRARY=${ANESHARE_LIBRARY:-$build/client/libaneshare.so}
+export PYTHONPATH=$root/python${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONDONTWRITEBYTECODE=1
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/aneshare-lm.XXXXXX")
+daemon_pid=
+cleanup() {
+	if [ -n "$daemon_pid" ]; then kill -TERM "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null || true; fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$python" "$here/gen_lm.py" "$work" --variants "$variants" "${gen_args[@]}" >/dev/null
+if [ -z "$socket" ]; then
+	socket=$work/aneshare.sock
+	"$daemon" --socket "$socket" 2>"$work/daemon.log" &
+	daemon_pid=$!
+	for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
+	[ -S "$socket" ] || { cat "$work/daemon.log" >&2; echo "aneshared did not start" >&2; exit 1; }
+fi
+status=0
+for v in ${variants//,/ }; do
+	"$python" "$here/lm_client.py" "$work/lm_$v.mlmodelc" --socket "$socket" --tokens "$tokens" --procs 2 || status=1
+done
+exit $status
