@@ -95,16 +95,7 @@ static int plan_reduce_x(cpu_plan_ctx *pc, const anes_mil_function *fn, const an
 	for (int k = 0; k < 6; k++)
 		if (strcmp(op->def->name, names[k]) == 0)
 			p->kind = k;
-	if (av) {
-		int64_t axes[ANES_MAX_RANK];
-		uint32_t n;
-		anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n);
-		for (uint32_t i = 0; i < n; i++)
-			red[axes[i] < 0 ? axes[i] + x->rank : axes[i]] = true;
-	} else {
-		for (uint32_t i = 0; i < x->rank; i++)
-			red[i] = true;
-	}
+	cpu_axes_mask(av, x->rank, red);
 	p->dtype = x->dtype;
 	p->count = x->count;
 	p->ocount = cpu_out_type(fn, op)->count;
@@ -597,19 +588,9 @@ static int plan_remap(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_
 	strides_of(x, p->xstr);
 	p->count = o->count;
 	switch (p->kind) {
-	case RM_REVERSE: {
-		const anes_mil_value *av = cpu_arg(fn, op, "axes");
-		int64_t axes[ANES_MAX_RANK];
-		if (av) {
-			anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n);
-			for (uint32_t i = 0; i < n; i++)
-				p->rev[axes[i] < 0 ? axes[i] + x->rank : axes[i]] = true;
-		} else {
-			for (uint32_t i = 0; i < x->rank; i++)
-				p->rev[i] = true;
-		}
+	case RM_REVERSE:
+		cpu_axes_mask(cpu_arg(fn, op, "axes"), x->rank, p->rev);
 		break;
-	}
 	case RM_D2S:
 	case RM_S2D:
 		anes_mil_const_ints(cpu_arg(fn, op, "block_size"), &v, 1, &n);

@@ -148,6 +148,10 @@ void cpu_from_f32(void *dst, int dt, const float *src, size_t n);
 /* round every element to the nearest fp16 (as fp32), in place */
 void cpu_round_f16(float *x, size_t n);
 double cpu_load_f64(const void *p, int dt, size_t i);
+/* mask[i] (i < rank): axis i is one of the constant axes av lists (negative
+ * ones counting from the end), or av is NULL (every axis).  The shape rules
+ * checked the list; entries out of range are ignored all the same. */
+void cpu_axes_mask(const anes_mil_value *av, uint32_t rank, bool *mask);
 void cpu_store_f64(void *p, int dt, size_t i, double v);
 
 /* argument access for plan/run functions */

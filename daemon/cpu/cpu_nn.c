@@ -615,16 +615,7 @@ int cpu_plan_layer_norm(cpu_plan_ctx *pc, const anes_mil_function *fn, const ane
 
 	if (cpu_need_float(pc, op, x->dtype))
 		return -ENOTSUP;
-	if (av) {
-		int64_t axes[ANES_MAX_RANK];
-		uint32_t n;
-		anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n);
-		for (uint32_t i = 0; i < n; i++)
-			red[axes[i] < 0 ? axes[i] + x->rank : axes[i]] = true;
-	} else {
-		for (uint32_t i = 0; i < x->rank; i++)
-			red[i] = true;
-	}
+	cpu_axes_mask(av, x->rank, red);
 	/* the normalized dims (ignoring size-1 dims) must be one contiguous block */
 	int first = -1, last = -1;
 	for (uint32_t i = 0; i < x->rank; i++)
@@ -726,16 +717,7 @@ int cpu_plan_reduce(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mi
 	p = calloc(1, sizeof *p);
 	if (!p)
 		return -ENOMEM;
-	if (av) {
-		int64_t axes[ANES_MAX_RANK];
-		uint32_t n;
-		anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n);
-		for (uint32_t i = 0; i < n; i++)
-			red[axes[i] < 0 ? axes[i] + x->rank : axes[i]] = true;
-	} else {
-		for (uint32_t i = 0; i < x->rank; i++)
-			red[i] = true;
-	}
+	cpu_axes_mask(av, x->rank, red);
 	p->kind = kind;
 	p->dtype = x->dtype;
 	p->count = x->count;

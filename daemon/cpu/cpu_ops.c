@@ -120,6 +120,19 @@ double cpu_load_f64(const void *p, int dt, size_t i)
 	return anes_mil_load_f64(p, dt, i);
 }
 
+void cpu_axes_mask(const anes_mil_value *av, uint32_t rank, bool *mask)
+{
+	int64_t axes[ANES_MAX_RANK];
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < rank; i++)
+		mask[i] = av == NULL;
+	if (av && anes_mil_const_ints(av, axes, ANES_MAX_RANK, &n) == 0)
+		for (uint32_t i = 0; i < n; i++)
+			if (axes[i] >= -(int64_t)rank && axes[i] < (int64_t)rank)
+				mask[axes[i] < 0 ? axes[i] + rank : axes[i]] = true;
+}
+
 static double sat(double v, double lo, double hi)
 {
 	if (isnan(v))

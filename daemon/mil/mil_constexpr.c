@@ -29,14 +29,6 @@ static int need_constexpr(anes_mil_check *c, const anes_mil_function *fn, const 
 	                     arg);
 }
 
-static int set_type(anes_mil_check *c, const anes_mil_op *op, anes_mil_type *t, int dtype, uint32_t rank,
-                    const uint64_t *shape)
-{
-	if (anes_mil_type_init(t, dtype, rank, shape))
-		return anes_mil_fail(c, op, -EINVAL, "result is too large");
-	return 0;
-}
-
 /* iOS 16 'shape' argument: a constant uint32 (or other integer) vector of dims >= 1 */
 static int shape_arg(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, uint32_t *ret_rank,
                      uint64_t *shape)
@@ -107,7 +99,7 @@ int mil_infer_lut_to_dense(anes_mil_check *c, const anes_mil_function *fn, const
 			return anes_mil_fail(c, op, -EINVAL, "lut has %llu entries; must be 2, 4, 16, 64 or 256",
 			                     (unsigned long long)lt->shape[0]);
 		}
-		if (shape_arg(c, fn, op, &rank, shape) || set_type(c, op, &out[0], lt->dtype, rank, shape))
+		if (shape_arg(c, fn, op, &rank, shape) || mil_set_type(c, op, &out[0], lt->dtype, rank, shape))
 			return -EINVAL;
 		bits = out[0].count * nbits;
 		if (it->shape[0] != bits / 8 + (bits % 8 != 0))
@@ -151,7 +143,7 @@ int mil_infer_lut_to_dense(anes_mil_check *c, const anes_mil_function *fn, const
 		return anes_mil_fail(c, op, -EINVAL, "a lut of vectors (VECTOR_SIZE %llu) needs vector_axis",
 		                     (unsigned long long)vs);
 	}
-	return set_type(c, op, &out[0], lt->dtype, rank, shape);
+	return mil_set_type(c, op, &out[0], lt->dtype, rank, shape);
 }
 
 static bool sparse_data_dtype(int dt)
@@ -198,7 +190,7 @@ int mil_infer_sparse_to_dense(anes_mil_check *c, const anes_mil_function *fn, co
 		/* iOS 16: mask uint8 [ceil(N / 8)] of packed bits, output shape */
 		if (mt->dtype != ANES_DT_UINT8 || mt->rank != 1)
 			return anes_mil_fail(c, op, -EINVAL, "mask must be a uint8 vector of packed bits (iOS 16 form)");
-		if (shape_arg(c, fn, op, &rank, shape) || set_type(c, op, &out[0], dt->dtype, rank, shape))
+		if (shape_arg(c, fn, op, &rank, shape) || mil_set_type(c, op, &out[0], dt->dtype, rank, shape))
 			return -EINVAL;
 		if (mt->shape[0] != out[0].count / 8 + (out[0].count % 8 != 0))
 			return anes_mil_fail(c, op, -EINVAL, "mask has %llu bytes; %llu elements need %llu",
@@ -209,7 +201,7 @@ int mil_infer_sparse_to_dense(anes_mil_check *c, const anes_mil_function *fn, co
 		if (mt->dtype != ANES_MIL_DT_UINT1)
 			return anes_mil_fail(c, op, -EINVAL, "mask must be uint1 (iOS 18 form), is %s",
 			                     anes_mil_dtype_name(mt->dtype));
-		if (set_type(c, op, &out[0], dt->dtype, mt->rank, mt->shape))
+		if (mil_set_type(c, op, &out[0], dt->dtype, mt->rank, mt->shape))
 			return -EINVAL;
 	}
 	/* the count of set bits against nonzero_data's length, when the mask is
@@ -259,7 +251,7 @@ int mil_infer_blockwise_shift_scale(anes_mil_check *c, const anes_mil_function *
 		if (ov->type.rank != st->rank || memcmp(ov->type.shape, st->shape, sizeof st->shape[0] * st->rank))
 			return anes_mil_fail(c, op, -EINVAL, "offset must have scale's shape");
 	}
-	return set_type(c, op, &out[0], st->dtype, dt->rank, dt->shape);
+	return mil_set_type(c, op, &out[0], st->dtype, dt->rank, dt->shape);
 }
 
 int mil_infer_constexpr_cast(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -274,7 +266,7 @@ int mil_infer_constexpr_cast(anes_mil_check *c, const anes_mil_function *fn, con
 		return anes_mil_fail(c, op, -EINVAL, "source_val must be fp16, is %s", anes_mil_dtype_name(sv->type.dtype));
 	if (!s || strcmp(s, "fp32") != 0)
 		return anes_mil_fail(c, op, -ENOTSUP, "output_dtype must be \"fp32\"");
-	return set_type(c, op, &out[0], ANES_DT_FP32, sv->type.rank, sv->type.shape);
+	return mil_set_type(c, op, &out[0], ANES_DT_FP32, sv->type.rank, sv->type.shape);
 }
 
 const anes_mil_argdef mil_a_lut_to_dense[] = {

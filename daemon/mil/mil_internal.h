@@ -38,6 +38,29 @@ void mil_vfail(anes_mil_check *c, uint32_t line, const char *fmt, va_list ap)
 void mil_failf(anes_mil_check *c, uint32_t line, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Argument checks shared by the op table (mil_args.c).  Each fails with
+ * -EINVAL and a message naming the argument; ret is set only on success. */
+/* t = the type (dtype, rank, shape), or "result is too large" */
+int mil_set_type(anes_mil_check *c, const anes_mil_op *op, anes_mil_type *t, int dtype, uint32_t rank,
+                 const uint64_t *shape);
+/* v is fp16 or fp32 */
+int mil_need_float(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v);
+/* va and vb have one dtype */
+int mil_same_dtype(anes_mil_check *c, const anes_mil_op *op, const char *a, const anes_mil_value *va,
+                   const char *b, const anes_mil_value *vb);
+/* axis in [-rank, rank): ret = axis, counted from 0 */
+int mil_norm_axis(anes_mil_check *c, const anes_mil_op *op, const char *arg, int64_t axis, uint32_t rank,
+                  uint32_t *ret);
+/* An optional constant argument NAME: absent, ret = def.  A bool scalar; a
+ * number (a scalar or a one-element vector, of any numeric dtype); an
+ * integer scalar within [lo, hi]. */
+int mil_opt_bool(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
+                 bool def, bool *ret);
+int mil_opt_f64(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
+                double def, double *ret);
+int mil_opt_int(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
+                int64_t def, int64_t lo, int64_t hi, int64_t *ret);
+
 /* compressed-weight ops (mil_constexpr.c), rows in mil_ops.c's table */
 extern const anes_mil_argdef mil_a_lut_to_dense[], mil_a_sparse_to_dense[], mil_a_blockwise_shift_scale[],
 	mil_a_constexpr_cast[];

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "mil_internal.h"
@@ -15,14 +16,6 @@
 static const anes_mil_value *V(const anes_mil_function *fn, const anes_mil_op *op, const char *name)
 {
 	return anes_mil_op_value(fn, op, name);
-}
-
-static int set_type(anes_mil_check *c, const anes_mil_op *op, anes_mil_type *t, int dtype, uint32_t rank,
-                    const uint64_t *shape)
-{
-	if (anes_mil_type_init(t, dtype, rank, shape))
-		return anes_mil_fail(c, op, -EINVAL, "result is too large");
-	return 0;
 }
 
 /* The check of an argument's dtype: fails with "argument 'ARG' must be WHAT, is DTYPE" unless ok. */
@@ -42,45 +35,12 @@ static int need_numeric(anes_mil_check *c, const anes_mil_op *op, const char *ar
 	                  "numeric");
 }
 
-static int need_float(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v)
-{
-	return need_dtype(c, op, arg, v, anes_mil_dtype_is_float(v->type.dtype), "fp16 or fp32");
-}
-
-/* An optional constant argument that is there but is not what it must be (WHAT). */
-static int bad_opt(anes_mil_check *c, const anes_mil_op *op, const char *name, const char *what)
-{
-	return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be %s", name, what);
-}
-
-/* optional constant bool argument */
-static int opt_bool(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
-                    bool def, bool *ret)
-{
-	const anes_mil_value *v = V(fn, op, name);
-
-	if (!v) {
-		*ret = def;
-		return 0;
-	}
-	return anes_mil_const_bool(v, ret) ? bad_opt(c, op, name, "a bool scalar") : 0;
-}
-
 static int const_ints(anes_mil_check *c, const anes_mil_op *op, const char *name, const anes_mil_value *v,
                       int64_t *out, uint32_t *ret_n)
 {
 	if (anes_mil_const_ints(v, out, ANES_MAX_RANK, ret_n))
 		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a constant integer list of at most %d elements",
 		                     name, ANES_MAX_RANK);
-	return 0;
-}
-
-static int norm_axis(anes_mil_check *c, const anes_mil_op *op, const char *arg, int64_t axis, uint32_t rank,
-                     uint32_t *ret)
-{
-	if (axis < -(int64_t)rank || axis >= (int64_t)rank)
-		return anes_mil_fail(c, op, -EINVAL, "%s %lld is out of range for rank %u", arg, (long long)axis, rank);
-	*ret = (uint32_t)(axis < 0 ? axis + (int64_t)rank : axis);
 	return 0;
 }
 
@@ -132,7 +92,7 @@ static int infer_slice_by_size(anes_mil_check *c, const anes_mil_function *fn, c
 			                     (long long)b, (long long)s, anes_mil_shape_str(x, sb, sizeof sb));
 		shape[i] = (uint64_t)(s == -1 ? d - b : s);
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 static int infer_reshape(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -168,7 +128,7 @@ static int infer_reshape(anes_mil_check *c, const anes_mil_function *fn, const a
 		return anes_mil_fail(c, op, -EINVAL, "cannot reshape %s (%llu elements) to %llu elements",
 		                     anes_mil_shape_str(x, sb, sizeof sb), (unsigned long long)x->count,
 		                     (unsigned long long)known);
-	return set_type(c, op, &out[0], x->dtype, n, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, n, shape);
 }
 
 static int infer_transpose(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -185,14 +145,14 @@ static int infer_transpose(anes_mil_check *c, const anes_mil_function *fn, const
 		return anes_mil_fail(c, op, -EINVAL, "perm has %u elements, x has rank %u", n, x->rank);
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t a = 0;
-		if (norm_axis(c, op, "perm entry", perm[i], x->rank, &a))
+		if (mil_norm_axis(c, op, "perm entry", perm[i], x->rank, &a))
 			return -EINVAL;
 		if (seen[a])
 			return anes_mil_fail(c, op, -EINVAL, "perm is not a permutation (axis %u repeated)", a);
 		seen[a] = true;
 		shape[i] = x->shape[a];
 	}
-	return set_type(c, op, &out[0], x->dtype, n, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, n, shape);
 }
 
 static int infer_matmul(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -204,7 +164,7 @@ static int infer_matmul(anes_mil_check *c, const anes_mil_function *fn, const an
 	uint64_t shape[ANES_MAX_RANK];
 	uint32_t br;
 
-	if (opt_bool(c, fn, op, "transpose_x", false, &tx) || opt_bool(c, fn, op, "transpose_y", false, &ty))
+	if (mil_opt_bool(c, fn, op, "transpose_x", false, &tx) || mil_opt_bool(c, fn, op, "transpose_y", false, &ty))
 		return -EINVAL;
 	if (!anes_mil_dtype_is_float(x->dtype) || x->dtype != y->dtype)
 		return anes_mil_fail(c, op, -EINVAL, "x and y must have the same float dtype, are %s and %s",
@@ -245,7 +205,7 @@ static int infer_matmul(anes_mil_check *c, const anes_mil_function *fn, const an
 		shape[r++] = m;
 	if (y->rank >= 2)
 		shape[r++] = n;
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 static int infer_binary(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -264,7 +224,7 @@ static int infer_binary(anes_mil_check *c, const anes_mil_function *fn, const an
 		return anes_mil_fail(c, op, -EINVAL, "shapes do not broadcast: x is %s, y is %s",
 		                     anes_mil_shape_str(&xv->type, sx, sizeof sx),
 		                     anes_mil_shape_str(&yv->type, sy, sizeof sy));
-	return set_type(c, op, &out[0], xv->type.dtype, r, shape);
+	return mil_set_type(c, op, &out[0], xv->type.dtype, r, shape);
 }
 
 static int infer_cast(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -278,7 +238,7 @@ static int infer_cast(anes_mil_check *c, const anes_mil_function *fn, const anes
 	dt = anes_mil_dtype_parse(s, strlen(s));
 	if (dt < 0 || dt == ANES_MIL_DT_STRING || anes_mil_dtype_is_storage(dt))
 		return anes_mil_fail(c, op, -ENOTSUP, "unsupported dtype '%.32s'", s);
-	return set_type(c, op, &out[0], dt, x->rank, x->shape);
+	return mil_set_type(c, op, &out[0], dt, x->rank, x->shape);
 }
 
 static int infer_concat(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -292,12 +252,12 @@ static int infer_concat(anes_mil_check *c, const anes_mil_function *fn, const an
 
 	if (anes_mil_const_ints(V(fn, op, "axis"), &axis_v, 1, &n) || n != 1 || V(fn, op, "axis")->type.rank != 0)
 		return anes_mil_fail(c, op, -EINVAL, "argument 'axis' must be an integer scalar");
-	if (opt_bool(c, fn, op, "interleave", false, &interleave))
+	if (mil_opt_bool(c, fn, op, "interleave", false, &interleave))
 		return -EINVAL;
 	const anes_mil_type *t0 = &fn->values[vals->vals[0]].type;
 	if (t0->rank < 1)
 		return anes_mil_fail(c, op, -EINVAL, "cannot concatenate scalars");
-	if (norm_axis(c, op, "axis", axis_v, t0->rank, &axis))
+	if (mil_norm_axis(c, op, "axis", axis_v, t0->rank, &axis))
 		return -EINVAL;
 	memcpy(shape, t0->shape, sizeof shape);
 	for (uint32_t i = 1; i < vals->n; i++) {
@@ -315,7 +275,7 @@ static int infer_concat(anes_mil_check *c, const anes_mil_function *fn, const an
 		if (shape[axis] > ANES_MIL_MAX_DIM)
 			return anes_mil_fail(c, op, -EINVAL, "result is too large");
 	}
-	return set_type(c, op, &out[0], t0->dtype, t0->rank, shape);
+	return mil_set_type(c, op, &out[0], t0->dtype, t0->rank, shape);
 }
 
 static int infer_reduce(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -328,14 +288,14 @@ static int infer_reduce(anes_mil_check *c, const anes_mil_function *fn, const an
 	uint64_t shape[ANES_MAX_RANK];
 	uint32_t n, r = 0;
 
-	if (need_numeric(c, op, "x", xv) || opt_bool(c, fn, op, "keep_dims", false, &keep))
+	if (need_numeric(c, op, "x", xv) || mil_opt_bool(c, fn, op, "keep_dims", false, &keep))
 		return -EINVAL;
 	if (av) {
 		if (const_ints(c, op, "axes", av, axes, &n))
 			return -EINVAL;
 		for (uint32_t i = 0; i < n; i++) {
 			uint32_t a = 0;
-			if (norm_axis(c, op, "axis", axes[i], x->rank, &a))
+			if (mil_norm_axis(c, op, "axis", axes[i], x->rank, &a))
 				return -EINVAL;
 			if (red[a])
 				return anes_mil_fail(c, op, -EINVAL, "axis %u repeated in axes", a);
@@ -351,48 +311,10 @@ static int infer_reduce(anes_mil_check *c, const anes_mil_function *fn, const an
 		else if (keep)
 			shape[r++] = 1;
 	}
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 /* ---- helpers for the ops below ---- */
-
-static int same_dtype(anes_mil_check *c, const anes_mil_op *op, const char *a, const anes_mil_value *va,
-                      const char *b, const anes_mil_value *vb)
-{
-	if (va->type.dtype != vb->type.dtype)
-		return anes_mil_fail(c, op, -EINVAL, "'%s' (%s) and '%s' (%s) must have the same dtype", a,
-		                     anes_mil_dtype_name(va->type.dtype), b, anes_mil_dtype_name(vb->type.dtype));
-	return 0;
-}
-
-/* optional constant integer scalar */
-static int opt_int(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
-                   int64_t def, int64_t *ret)
-{
-	const anes_mil_value *v = V(fn, op, name);
-	uint32_t n;
-
-	if (!v) {
-		*ret = def;
-		return 0;
-	}
-	if (v->type.rank != 0 || anes_mil_const_ints(v, ret, 1, &n) || n != 1)
-		return bad_opt(c, op, name, "an integer scalar");
-	return 0;
-}
-
-/* optional constant numeric scalar */
-static int opt_f64(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
-                   double def, double *ret)
-{
-	const anes_mil_value *v = V(fn, op, name);
-
-	if (!v) {
-		*ret = def;
-		return 0;
-	}
-	return anes_mil_const_f64(v, ret) ? bad_opt(c, op, name, "a numeric scalar") : 0;
-}
 
 /* constant bool list of exactly n entries (absent: all false) */
 static int opt_bools(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
@@ -417,13 +339,13 @@ static int infer_unary(anes_mil_check *c, const anes_mil_function *fn, const ane
 	const char *name = op->def->name;
 	double d;
 
-	if (need_float(c, op, "x", xv))
+	if (mil_need_float(c, op, "x", xv))
 		return -EINVAL;
-	if (opt_f64(c, fn, op, "epsilon", 0, &d))
+	if (mil_opt_f64(c, fn, op, "epsilon", 0, &d))
 		return -EINVAL;
 	if (strcmp(name, "clip") == 0) {
 		double lo, hi;
-		if (opt_f64(c, fn, op, "alpha", 0, &lo) || opt_f64(c, fn, op, "beta", 0, &hi))
+		if (mil_opt_f64(c, fn, op, "alpha", 0, &lo) || mil_opt_f64(c, fn, op, "beta", 0, &hi))
 			return -EINVAL;
 		if (!(lo <= hi))
 			return anes_mil_fail(c, op, -EINVAL, "alpha (%g) must not exceed beta (%g)", lo, hi);
@@ -444,11 +366,11 @@ static int infer_softmax(anes_mil_check *c, const anes_mil_function *fn, const a
 	int64_t axis;
 	uint32_t a;
 
-	if (need_float(c, op, "x", xv) || opt_int(c, fn, op, "axis", -1, &axis))
+	if (mil_need_float(c, op, "x", xv) || mil_opt_int(c, fn, op, "axis", -1, INT32_MIN, INT32_MAX, &axis))
 		return -EINVAL;
 	if (xv->type.rank < 1)
 		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 1");
-	if (norm_axis(c, op, "axis", axis, xv->type.rank, &a))
+	if (mil_norm_axis(c, op, "axis", axis, xv->type.rank, &a))
 		return -EINVAL;
 	out[0] = xv->type;
 	return 0;
@@ -465,7 +387,7 @@ static int infer_layer_norm(anes_mil_check *c, const anes_mil_function *fn, cons
 	double eps;
 	char sb[SHAPE_STR_LEN], sn[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "x", xv) || opt_f64(c, fn, op, "epsilon", 1e-5, &eps))
+	if (mil_need_float(c, op, "x", xv) || mil_opt_f64(c, fn, op, "epsilon", 1e-5, &eps))
 		return -EINVAL;
 	if (av) {
 		int64_t axes[ANES_MAX_RANK];
@@ -474,7 +396,7 @@ static int infer_layer_norm(anes_mil_check *c, const anes_mil_function *fn, cons
 			return -EINVAL;
 		for (uint32_t i = 0; i < n; i++) {
 			uint32_t a = 0;
-			if (norm_axis(c, op, "axis", axes[i], x->rank, &a))
+			if (mil_norm_axis(c, op, "axis", axes[i], x->rank, &a))
 				return -EINVAL;
 			if (red[a])
 				return anes_mil_fail(c, op, -EINVAL, "axis %u repeated in axes", a);
@@ -529,8 +451,8 @@ static int infer_conv(anes_mil_check *c, const anes_mil_function *fn, const anes
 	const char *pt = "valid";
 	char sx[SHAPE_STR_LEN], sw[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "x", xv) || same_dtype(c, op, "x", xv, "weight", wv) ||
-	    opt_int(c, fn, op, "groups", 1, &groups))
+	if (mil_need_float(c, op, "x", xv) || mil_same_dtype(c, op, "x", xv, "weight", wv) ||
+	    mil_opt_int(c, fn, op, "groups", 1, INT32_MIN, INT32_MAX, &groups))
 		return -EINVAL;
 	if (x->rank == 5)
 		return anes_mil_fail(c, op, -ENOTSUP, "3-D convolution is not supported (x has rank 5)");
@@ -577,7 +499,7 @@ static int infer_conv(anes_mil_check *c, const anes_mil_function *fn, const anes
 				return anes_mil_fail(c, op, -EINVAL, "pad entries must be >= 0");
 	}
 	if (bv) {
-		if (same_dtype(c, op, "x", xv, "bias", bv))
+		if (mil_same_dtype(c, op, "x", xv, "bias", bv))
 			return -EINVAL;
 		if (bv->type.rank != 1 || bv->type.shape[0] != w->shape[0])
 			return anes_mil_fail(c, op, -EINVAL, "bias must be [%llu], is %s", (unsigned long long)w->shape[0],
@@ -595,7 +517,7 @@ static int infer_conv(anes_mil_check *c, const anes_mil_function *fn, const anes
 		}
 		shape[2 + i] = (uint64_t)o;
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 static int infer_linear(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -605,14 +527,14 @@ static int infer_linear(anes_mil_check *c, const anes_mil_function *fn, const an
 	uint64_t shape[ANES_MAX_RANK];
 	char sx[SHAPE_STR_LEN], sw[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "x", xv) || same_dtype(c, op, "x", xv, "weight", wv))
+	if (mil_need_float(c, op, "x", xv) || mil_same_dtype(c, op, "x", xv, "weight", wv))
 		return -EINVAL;
 	if (x->rank < 1 || w->rank != 2 || w->shape[1] != x->shape[x->rank - 1])
 		return anes_mil_fail(c, op, -EINVAL, "weight must be [D_out, %llu], is %s (x is %s)",
 		                     x->rank ? (unsigned long long)x->shape[x->rank - 1] : 0ull,
 		                     anes_mil_shape_str(w, sw, sizeof sw), anes_mil_shape_str(x, sx, sizeof sx));
 	if (bv) {
-		if (same_dtype(c, op, "x", xv, "bias", bv))
+		if (mil_same_dtype(c, op, "x", xv, "bias", bv))
 			return -EINVAL;
 		if (bv->type.rank != 1 || bv->type.shape[0] != w->shape[0])
 			return anes_mil_fail(c, op, -EINVAL, "bias must be [%llu], is %s", (unsigned long long)w->shape[0],
@@ -620,7 +542,7 @@ static int infer_linear(anes_mil_check *c, const anes_mil_function *fn, const an
 	}
 	memcpy(shape, x->shape, sizeof shape);
 	shape[x->rank - 1] = w->shape[0];
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 static int infer_sdpa(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -632,8 +554,8 @@ static int infer_sdpa(anes_mil_check *c, const anes_mil_function *fn, const anes
 	uint32_t r = q->rank, br;
 	char sq[SHAPE_STR_LEN], sk[SHAPE_STR_LEN], sv[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "query", qv) || same_dtype(c, op, "query", qv, "key", kv) ||
-	    same_dtype(c, op, "query", qv, "value", vv))
+	if (mil_need_float(c, op, "query", qv) || mil_same_dtype(c, op, "query", qv, "key", kv) ||
+	    mil_same_dtype(c, op, "query", qv, "value", vv))
 		return -EINVAL;
 	bool ok = r >= 3 && k->rank == r && v->rank == r && q->shape[r - 1] == k->shape[r - 1] &&
 	          k->shape[r - 2] == v->shape[r - 2];
@@ -667,7 +589,7 @@ static int infer_sdpa(anes_mil_check *c, const anes_mil_function *fn, const anes
 	}
 	memcpy(shape, q->shape, sizeof shape);
 	shape[r - 1] = v->shape[r - 1];
-	return set_type(c, op, &out[0], q->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], q->dtype, r, shape);
 }
 
 static int infer_slice_by_index(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -715,7 +637,7 @@ static int infer_slice_by_index(anes_mil_check *c, const anes_mil_function *fn, 
 			                     i, (long long)begin[i], (long long)end[i], (long long)s, (long long)d);
 		shape[r++] = (uint64_t)len;
 	}
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 static int infer_split(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -726,17 +648,17 @@ static int infer_split(anes_mil_check *c, const anes_mil_function *fn, const ane
 	uint32_t axis = 0, n = op->n_outputs;
 	uint64_t d;
 
-	if (opt_int(c, fn, op, "axis", 0, &axis_v))
+	if (mil_opt_int(c, fn, op, "axis", 0, INT32_MIN, INT32_MAX, &axis_v))
 		return -EINVAL;
 	if (x->rank < 1)
 		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 1");
-	if (norm_axis(c, op, "axis", axis_v, x->rank, &axis))
+	if (mil_norm_axis(c, op, "axis", axis_v, x->rank, &axis))
 		return -EINVAL;
 	d = x->shape[axis];
 	if (!!nv == !!sv)
 		return anes_mil_fail(c, op, -EINVAL, "exactly one of num_splits and split_sizes is needed");
 	if (nv) {
-		if (opt_int(c, fn, op, "num_splits", 1, &num))
+		if (mil_opt_int(c, fn, op, "num_splits", 1, INT32_MIN, INT32_MAX, &num))
 			return -EINVAL;
 		if (num < 1 || (uint64_t)num != n || d % (uint64_t)num)
 			return anes_mil_fail(c, op, -EINVAL, "num_splits %lld must equal the %u outputs and divide dim %llu",
@@ -745,7 +667,7 @@ static int infer_split(anes_mil_check *c, const anes_mil_function *fn, const ane
 			uint64_t shape[ANES_MAX_RANK];
 			memcpy(shape, x->shape, sizeof shape);
 			shape[axis] = d / n;
-			if (set_type(c, op, &out[i], x->dtype, x->rank, shape))
+			if (mil_set_type(c, op, &out[i], x->dtype, x->rank, shape))
 				return -EINVAL;
 		}
 		return 0;
@@ -762,7 +684,7 @@ static int infer_split(anes_mil_check *c, const anes_mil_function *fn, const ane
 		sum += (uint64_t)sz;
 		memcpy(shape, x->shape, sizeof shape);
 		shape[axis] = (uint64_t)sz;
-		if (set_type(c, op, &out[i], x->dtype, x->rank, shape))
+		if (mil_set_type(c, op, &out[i], x->dtype, x->rank, shape))
 			return -EINVAL;
 	}
 	if (sum != d)
@@ -787,7 +709,7 @@ static int infer_expand_dims(anes_mil_check *c, const anes_mil_function *fn, con
 		return anes_mil_fail(c, op, -EINVAL, "result rank %u is out of range 1..%d", r, ANES_MAX_RANK);
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t a = 0;
-		if (norm_axis(c, op, "axis", axes[i], r, &a))
+		if (mil_norm_axis(c, op, "axis", axes[i], r, &a))
 			return -EINVAL;
 		if (ins[a])
 			return anes_mil_fail(c, op, -EINVAL, "axis %u repeated in axes", a);
@@ -795,7 +717,7 @@ static int infer_expand_dims(anes_mil_check *c, const anes_mil_function *fn, con
 	}
 	for (uint32_t i = 0; i < r; i++)
 		shape[i] = ins[i] ? 1 : x->shape[j++];
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 static int infer_squeeze(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -813,7 +735,7 @@ static int infer_squeeze(anes_mil_check *c, const anes_mil_function *fn, const a
 			return -EINVAL;
 		for (uint32_t i = 0; i < n; i++) {
 			uint32_t a = 0;
-			if (norm_axis(c, op, "axis", axes[i], x->rank, &a))
+			if (mil_norm_axis(c, op, "axis", axes[i], x->rank, &a))
 				return -EINVAL;
 			if (x->shape[a] != 1)
 				return anes_mil_fail(c, op, -EINVAL, "cannot squeeze axis %u of size %llu", a,
@@ -827,7 +749,7 @@ static int infer_squeeze(anes_mil_check *c, const anes_mil_function *fn, const a
 	for (uint32_t i = 0; i < x->rank; i++)
 		if (!drop[i])
 			shape[r++] = x->shape[i];
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 static int infer_tile(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -846,7 +768,7 @@ static int infer_tile(anes_mil_check *c, const anes_mil_function *fn, const anes
 			return anes_mil_fail(c, op, -EINVAL, "reps[%u] = %lld is out of range", i, (long long)reps[i]);
 		shape[i] = x->shape[i] * (uint64_t)reps[i];
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 static int infer_gather(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -859,14 +781,15 @@ static int infer_gather(anes_mil_check *c, const anes_mil_function *fn, const an
 	uint64_t shape[ANES_MAX_RANK];
 	bool vi;
 
-	if (opt_int(c, fn, op, "axis", 0, &axis_v) || opt_int(c, fn, op, "batch_dims", 0, &bd) ||
-	    opt_bool(c, fn, op, "validate_indices", false, &vi))
+	if (mil_opt_int(c, fn, op, "axis", 0, INT32_MIN, INT32_MAX, &axis_v) ||
+	    mil_opt_int(c, fn, op, "batch_dims", 0, INT32_MIN, INT32_MAX, &bd) ||
+	    mil_opt_bool(c, fn, op, "validate_indices", false, &vi))
 		return -EINVAL;
 	if (bd != 0)
 		return anes_mil_fail(c, op, -ENOTSUP, "batch_dims other than 0 are not supported");
 	if (x->rank < 1)
 		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 1");
-	if (norm_axis(c, op, "axis", axis_v, x->rank, &axis))
+	if (mil_norm_axis(c, op, "axis", axis_v, x->rank, &axis))
 		return -EINVAL;
 	if (!anes_mil_dtype_is_int(it->dtype))
 		return anes_mil_fail(c, op, -EINVAL, "indices must be an integer tensor, is %s", anes_mil_dtype_name(it->dtype));
@@ -887,7 +810,7 @@ static int infer_gather(anes_mil_check *c, const anes_mil_function *fn, const an
 		shape[r++] = it->shape[i];
 	for (uint32_t i = axis + 1; i < x->rank; i++)
 		shape[r++] = x->shape[i];
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 static int infer_pad(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -902,7 +825,7 @@ static int infer_pad(anes_mil_check *c, const anes_mil_function *fn, const anes_
 	if (anes_mil_const_ints(V(fn, op, "pad"), pad, 2 * ANES_MAX_RANK, &n) || n % 2 || n / 2 > x->rank || n == 0)
 		return anes_mil_fail(c, op, -EINVAL, "pad must be a constant integer list of 2 * N entries, N <= rank %u",
 		                     x->rank);
-	if (opt_f64(c, fn, op, "constant_val", 0, &cv))
+	if (mil_opt_f64(c, fn, op, "constant_val", 0, &cv))
 		return -EINVAL;
 	if (V(fn, op, "mode")) {
 		mode = anes_mil_const_string(V(fn, op, "mode"));
@@ -922,7 +845,7 @@ static int infer_pad(anes_mil_check *c, const anes_mil_function *fn, const anes_
 		if (shape[a] > ANES_MIL_MAX_DIM)
 			return anes_mil_fail(c, op, -EINVAL, "result is too large");
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 /* scale / zero_point of the (de)quantize ops: scalar, or a vector along axis */
@@ -953,11 +876,11 @@ static int q_axis(anes_mil_check *c, const anes_mil_function *fn, const anes_mil
 	*axis = 0;
 	if (!*have)
 		return 0;
-	if (opt_int(c, fn, op, "axis", 0, &a))
+	if (mil_opt_int(c, fn, op, "axis", 0, INT32_MIN, INT32_MAX, &a))
 		return -EINVAL;
 	if (data->rank < 1)
 		return anes_mil_fail(c, op, -EINVAL, "data must have rank >= 1");
-	return norm_axis(c, op, "axis", a, data->rank, axis);
+	return mil_norm_axis(c, op, "axis", a, data->rank, axis);
 }
 
 static int infer_affine_dequant(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -970,7 +893,7 @@ static int infer_affine_dequant(anes_mil_check *c, const anes_mil_function *fn, 
 	if (dv->type.dtype != ANES_DT_INT8 && dv->type.dtype != ANES_DT_UINT8)
 		return anes_mil_fail(c, op, -EINVAL, "quantized_data must be int8 or uint8, is %s",
 		                     anes_mil_dtype_name(dv->type.dtype));
-	if (need_float(c, op, "scale", sv))
+	if (mil_need_float(c, op, "scale", sv))
 		return -EINVAL;
 	if (zv->type.dtype != ANES_DT_INT8 && zv->type.dtype != ANES_DT_UINT8 && zv->type.dtype != ANES_DT_FP32)
 		return anes_mil_fail(c, op, -EINVAL, "zero_point must be int8, uint8 or fp32, is %s",
@@ -979,7 +902,7 @@ static int infer_affine_dequant(anes_mil_check *c, const anes_mil_function *fn, 
 	    check_qparam(c, op, "scale", sv, &dv->type, have, axis) ||
 	    check_qparam(c, op, "zero_point", zv, &dv->type, have, axis))
 		return -EINVAL;
-	return set_type(c, op, &out[0], sv->type.dtype, dv->type.rank, dv->type.shape);
+	return mil_set_type(c, op, &out[0], sv->type.dtype, dv->type.rank, dv->type.shape);
 }
 
 static int infer_quantize(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -990,7 +913,7 @@ static int infer_quantize(anes_mil_check *c, const anes_mil_function *fn, const 
 	uint32_t axis;
 	int odt;
 
-	if (need_float(c, op, "input", iv) || same_dtype(c, op, "input", iv, "scale", sv))
+	if (mil_need_float(c, op, "input", iv) || mil_same_dtype(c, op, "input", iv, "scale", sv))
 		return -EINVAL;
 	if (!ods || ((odt = anes_mil_dtype_parse(ods, strlen(ods))) != ANES_DT_INT8 && odt != ANES_DT_UINT8))
 		return anes_mil_fail(c, op, -EINVAL, "output_dtype must be \"int8\" or \"uint8\"");
@@ -1001,7 +924,7 @@ static int infer_quantize(anes_mil_check *c, const anes_mil_function *fn, const 
 	    check_qparam(c, op, "scale", sv, &iv->type, have, axis) ||
 	    check_qparam(c, op, "zero_point", zv, &iv->type, have, axis))
 		return -EINVAL;
-	return set_type(c, op, &out[0], odt, iv->type.rank, iv->type.shape);
+	return mil_set_type(c, op, &out[0], odt, iv->type.rank, iv->type.shape);
 }
 
 static int infer_dequantize(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -1012,7 +935,7 @@ static int infer_dequantize(anes_mil_check *c, const anes_mil_function *fn, cons
 
 	if (iv->type.dtype != ANES_DT_INT8 && iv->type.dtype != ANES_DT_UINT8)
 		return anes_mil_fail(c, op, -EINVAL, "input must be int8 or uint8, is %s", anes_mil_dtype_name(iv->type.dtype));
-	if (need_float(c, op, "scale", sv))
+	if (mil_need_float(c, op, "scale", sv))
 		return -EINVAL;
 	if (zv && zv->type.dtype != iv->type.dtype)
 		return anes_mil_fail(c, op, -EINVAL, "zero_point must be %s (the dtype of input), is %s",
@@ -1021,7 +944,7 @@ static int infer_dequantize(anes_mil_check *c, const anes_mil_function *fn, cons
 	    check_qparam(c, op, "scale", sv, &iv->type, have, axis) ||
 	    check_qparam(c, op, "zero_point", zv, &iv->type, have, axis))
 		return -EINVAL;
-	return set_type(c, op, &out[0], sv->type.dtype, iv->type.rank, iv->type.shape);
+	return mil_set_type(c, op, &out[0], sv->type.dtype, iv->type.rank, iv->type.shape);
 }
 
 /* ---- table ---- */

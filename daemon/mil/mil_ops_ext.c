@@ -24,25 +24,9 @@ static const anes_mil_value *V(const anes_mil_function *fn, const anes_mil_op *o
 	return anes_mil_op_value(fn, op, name);
 }
 
-static int set_type(anes_mil_check *c, const anes_mil_op *op, anes_mil_type *t, int dtype, uint32_t rank,
-                    const uint64_t *shape)
-{
-	if (rank > ANES_MAX_RANK || anes_mil_type_init(t, dtype, rank, shape))
-		return anes_mil_fail(c, op, -EINVAL, "result is too large (or has a zero or oversized dimension)");
-	return 0;
-}
-
 static bool is_fp(const anes_mil_value *v)
 {
 	return anes_mil_dtype_is_float(v->type.dtype);
-}
-
-static int need_float(anes_mil_check *c, const anes_mil_op *op, const char *arg, const anes_mil_value *v)
-{
-	if (!is_fp(v))
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be fp16 or fp32, is %s", arg,
-		                     anes_mil_dtype_name(v->type.dtype));
-	return 0;
 }
 
 /* fp16, fp32 or int32 (the "T" of the comparison and arithmetic ops) */
@@ -62,83 +46,17 @@ static int need_bool(anes_mil_check *c, const anes_mil_op *op, const char *arg, 
 	return 0;
 }
 
-static int same_dtype(anes_mil_check *c, const anes_mil_op *op, const char *a, const anes_mil_value *va,
-                      const char *b, const anes_mil_value *vb)
-{
-	if (va->type.dtype != vb->type.dtype)
-		return anes_mil_fail(c, op, -EINVAL, "'%s' (%s) and '%s' (%s) must have the same dtype", a,
-		                     anes_mil_dtype_name(va->type.dtype), b, anes_mil_dtype_name(vb->type.dtype));
-	return 0;
-}
-
-/* optional constant numeric scalar */
-static int opt_f64(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
-                   double def, double *ret)
-{
-	const anes_mil_value *v = V(fn, op, name);
-
-	if (!v) {
-		*ret = def;
-		return 0;
-	}
-	if (anes_mil_const_f64(v, ret) || v->type.rank != 0)
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a numeric scalar", name);
-	return 0;
-}
-
-/* optional constant integer scalar, within [lo, hi] */
-static int opt_int(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
-                   int64_t def, int64_t lo, int64_t hi, int64_t *ret)
-{
-	const anes_mil_value *v = V(fn, op, name);
-	uint32_t n;
-
-	if (!v) {
-		*ret = def;
-		return 0;
-	}
-	if (v->type.rank != 0 || anes_mil_const_ints(v, ret, 1, &n) || n != 1)
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be an integer scalar", name);
-	if (*ret < lo || *ret > hi)
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' = %lld is out of range [%lld, %lld]", name,
-		                     (long long)*ret, (long long)lo, (long long)hi);
-	return 0;
-}
-
-static int opt_bool(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
-                    bool def, bool *ret)
-{
-	const anes_mil_value *v = V(fn, op, name);
-
-	if (!v) {
-		*ret = def;
-		return 0;
-	}
-	if (anes_mil_const_bool(v, ret))
-		return anes_mil_fail(c, op, -EINVAL, "argument '%s' must be a bool scalar", name);
-	return 0;
-}
-
-static int norm_axis(anes_mil_check *c, const anes_mil_op *op, const char *arg, int64_t axis, uint32_t rank,
-                     uint32_t *ret)
-{
-	if (axis < -(int64_t)rank || axis >= (int64_t)rank)
-		return anes_mil_fail(c, op, -EINVAL, "%s %lld is out of range for rank %u", arg, (long long)axis, rank);
-	*ret = (uint32_t)(axis < 0 ? axis + (int64_t)rank : axis);
-	return 0;
-}
-
 /* an optional axis argument (default def) normalized against rank */
 static int opt_axis(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name,
                     int64_t def, uint32_t rank, uint32_t *ret)
 {
 	int64_t a;
 
-	if (opt_int(c, fn, op, name, def, INT32_MIN, INT32_MAX, &a))
+	if (mil_opt_int(c, fn, op, name, def, INT32_MIN, INT32_MAX, &a))
 		return -EINVAL;
 	if (rank == 0)
 		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 1");
-	return norm_axis(c, op, name, a, rank, ret);
+	return mil_norm_axis(c, op, name, a, rank, ret);
 }
 
 static int broadcast2(anes_mil_check *c, const anes_mil_op *op, const char *na, const anes_mil_type *a,
@@ -160,7 +78,7 @@ static int infer_funary(anes_mil_check *c, const anes_mil_function *fn, const an
 	const anes_mil_value *xv = V(fn, op, "x");
 	double d;
 
-	if (need_float(c, op, "x", xv) || opt_f64(c, fn, op, "alpha", 0, &d) || opt_f64(c, fn, op, "beta", 0, &d))
+	if (mil_need_float(c, op, "x", xv) || mil_opt_f64(c, fn, op, "alpha", 0, &d) || mil_opt_f64(c, fn, op, "beta", 0, &d))
 		return -EINVAL;
 	out[0] = xv->type;
 	return 0;
@@ -187,11 +105,11 @@ static int infer_bin(anes_mil_check *c, const anes_mil_function *fn, const anes_
 
 	if (logical ? (need_bool(c, op, "x", xv) || need_bool(c, op, "y", yv))
 	            : (need_arith(c, op, "x", xv) || need_arith(c, op, "y", yv) ||
-	               same_dtype(c, op, "x", xv, "y", yv)))
+	               mil_same_dtype(c, op, "x", xv, "y", yv)))
 		return -EINVAL;
 	if (broadcast2(c, op, "x", &xv->type, "y", &yv->type, &r, shape))
 		return -EINVAL;
-	return set_type(c, op, &out[0], out_dtype < 0 ? xv->type.dtype : out_dtype, r, shape);
+	return mil_set_type(c, op, &out[0], out_dtype < 0 ? xv->type.dtype : out_dtype, r, shape);
 }
 
 static int infer_compare(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -216,7 +134,7 @@ static int infer_select(anes_mil_check *c, const anes_mil_function *fn, const an
 	anes_mil_type ab;
 	uint32_t r1, r2;
 
-	if (need_bool(c, op, "cond", cv) || same_dtype(c, op, "a", av, "b", bv))
+	if (need_bool(c, op, "cond", cv) || mil_same_dtype(c, op, "a", av, "b", bv))
 		return -EINVAL;
 	if (av->type.dtype == ANES_MIL_DT_STRING)
 		return anes_mil_fail(c, op, -EINVAL, "a and b cannot be strings");
@@ -227,7 +145,7 @@ static int infer_select(anes_mil_check *c, const anes_mil_function *fn, const an
 	memcpy(ab.shape, s1, sizeof s1);
 	if (broadcast2(c, op, "cond", &cv->type, "a/b", &ab, &r2, s2))
 		return -EINVAL;
-	return set_type(c, op, &out[0], av->type.dtype, r2, s2);
+	return mil_set_type(c, op, &out[0], av->type.dtype, r2, s2);
 }
 
 /* prelu / softplus_parametric: x [B, C, ...] (rank >= 3), alpha (and beta) [C] */
@@ -238,7 +156,7 @@ static int infer_per_channel(anes_mil_check *c, const anes_mil_function *fn, con
 	const char *names[2] = {"alpha", "beta"};
 	char sb[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "x", xv))
+	if (mil_need_float(c, op, "x", xv))
 		return -EINVAL;
 	if (xv->type.rank < 3)
 		return anes_mil_fail(c, op, -EINVAL, "x must be [B, C, ...] of rank >= 3, is %s",
@@ -247,7 +165,7 @@ static int infer_per_channel(anes_mil_check *c, const anes_mil_function *fn, con
 		const anes_mil_value *v = V(fn, op, names[k]);
 		if (!v)
 			continue;
-		if (same_dtype(c, op, "x", xv, names[k], v))
+		if (mil_same_dtype(c, op, "x", xv, names[k], v))
 			return -EINVAL;
 		if (v->type.rank != 1 || (v->type.shape[0] != xv->type.shape[1] && v->type.shape[0] != 1))
 			return anes_mil_fail(c, op, -EINVAL, "%s must be [%llu] (one per channel), is %s", names[k],
@@ -278,7 +196,7 @@ static int reduce_axes(anes_mil_check *c, const anes_mil_function *fn, const ane
 		                     ANES_MAX_RANK);
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t a = 0;
-		if (norm_axis(c, op, "axis", axes[i], x->rank, &a))
+		if (mil_norm_axis(c, op, "axis", axes[i], x->rank, &a))
 			return -EINVAL;
 		if (red[a])
 			return anes_mil_fail(c, op, -EINVAL, "axis %u repeated in axes", a);
@@ -299,7 +217,7 @@ static int reduced_type(anes_mil_check *c, const anes_mil_op *op, const anes_mil
 		else if (keep)
 			shape[r++] = 1;
 	}
-	return set_type(c, op, out, dtype, r, shape);
+	return mil_set_type(c, op, out, dtype, r, shape);
 }
 
 static int infer_reduce_f(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -307,7 +225,7 @@ static int infer_reduce_f(anes_mil_check *c, const anes_mil_function *fn, const 
 	const anes_mil_value *xv = V(fn, op, "x");
 	bool red[ANES_MAX_RANK], keep;
 
-	if (need_float(c, op, "x", xv) || opt_bool(c, fn, op, "keep_dims", false, &keep) ||
+	if (mil_need_float(c, op, "x", xv) || mil_opt_bool(c, fn, op, "keep_dims", false, &keep) ||
 	    reduce_axes(c, fn, op, &xv->type, red))
 		return -EINVAL;
 	return reduced_type(c, op, &xv->type, red, keep, xv->type.dtype, &out[0]);
@@ -332,7 +250,7 @@ static int infer_argreduce(anes_mil_check *c, const anes_mil_function *fn, const
 	bool red[ANES_MAX_RANK] = {false}, keep;
 	uint32_t a;
 
-	if (need_arith(c, op, "x", xv) || opt_bool(c, fn, op, "keep_dims", false, &keep) ||
+	if (need_arith(c, op, "x", xv) || mil_opt_bool(c, fn, op, "keep_dims", false, &keep) ||
 	    opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a))
 		return -EINVAL;
 	int rc = index_dtype(c, fn, op, "output_dtype");
@@ -349,7 +267,7 @@ static int infer_cumsum(anes_mil_check *c, const anes_mil_function *fn, const an
 	uint32_t a;
 
 	if (need_arith(c, op, "x", xv) || opt_axis(c, fn, op, "axis", 0, xv->type.rank, &a) ||
-	    opt_bool(c, fn, op, "exclusive", false, &b) || opt_bool(c, fn, op, "reverse", false, &b))
+	    mil_opt_bool(c, fn, op, "exclusive", false, &b) || mil_opt_bool(c, fn, op, "reverse", false, &b))
 		return -EINVAL;
 	out[0] = xv->type;
 	return 0;
@@ -364,9 +282,9 @@ static int infer_topk(anes_mil_check *c, const anes_mil_function *fn, const anes
 	bool b, ri;
 
 	if (need_arith(c, op, "x", xv) || opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a) ||
-	    opt_bool(c, fn, op, "ascending", false, &b) || opt_bool(c, fn, op, "sort", true, &b) ||
-	    opt_bool(c, fn, op, "return_indices", true, &ri) ||
-	    opt_int(c, fn, op, "k", 1, -1, (int64_t)xv->type.shape[a], &k))
+	    mil_opt_bool(c, fn, op, "ascending", false, &b) || mil_opt_bool(c, fn, op, "sort", true, &b) ||
+	    mil_opt_bool(c, fn, op, "return_indices", true, &ri) ||
+	    mil_opt_int(c, fn, op, "k", 1, -1, (int64_t)xv->type.shape[a], &k))
 		return -EINVAL;
 	int rc = index_dtype(c, fn, op, "output_indices_dtype");
 	if (rc)
@@ -379,9 +297,9 @@ static int infer_topk(anes_mil_check *c, const anes_mil_function *fn, const anes
 	memcpy(shape, xv->type.shape, sizeof shape);
 	if (k > 0)
 		shape[a] = (uint64_t)k;
-	if (set_type(c, op, &out[0], xv->type.dtype, xv->type.rank, shape))
+	if (mil_set_type(c, op, &out[0], xv->type.dtype, xv->type.rank, shape))
 		return -EINVAL;
-	return ri ? set_type(c, op, &out[1], ANES_DT_INT32, xv->type.rank, shape) : 0;
+	return ri ? mil_set_type(c, op, &out[1], ANES_DT_INT32, xv->type.rank, shape) : 0;
 }
 
 static int infer_argsort(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -391,9 +309,9 @@ static int infer_argsort(anes_mil_check *c, const anes_mil_function *fn, const a
 	bool b;
 
 	if (need_arith(c, op, "x", xv) || opt_axis(c, fn, op, "axis", -1, xv->type.rank, &a) ||
-	    opt_bool(c, fn, op, "ascending", false, &b))
+	    mil_opt_bool(c, fn, op, "ascending", false, &b))
 		return -EINVAL;
-	return set_type(c, op, &out[0], ANES_DT_INT32, xv->type.rank, xv->type.shape);
+	return mil_set_type(c, op, &out[0], ANES_DT_INT32, xv->type.rank, xv->type.shape);
 }
 
 /* ---- normalizations ---- */
@@ -408,7 +326,7 @@ static int channel_params(anes_mil_check *c, const anes_mil_function *fn, const 
 		const anes_mil_value *v = V(fn, op, names[k]);
 		if (!v)
 			continue;
-		if (same_dtype(c, op, "x", xv, names[k], v))
+		if (mil_same_dtype(c, op, "x", xv, names[k], v))
 			return -EINVAL;
 		if (v->type.rank != 1 || v->type.shape[0] != xv->type.shape[1])
 			return anes_mil_fail(c, op, -EINVAL, "%s must be [%llu] (one per channel), is %s", names[k],
@@ -435,7 +353,7 @@ static int infer_batch_norm(anes_mil_check *c, const anes_mil_function *fn, cons
 	const anes_mil_value *xv = V(fn, op, "x");
 	double eps;
 
-	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 5) || opt_f64(c, fn, op, "epsilon", 1e-5, &eps) ||
+	if (mil_need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 5) || mil_opt_f64(c, fn, op, "epsilon", 1e-5, &eps) ||
 	    channel_params(c, fn, op, xv, names, 4))
 		return -EINVAL;
 	out[0] = xv->type;
@@ -449,7 +367,7 @@ static int infer_instance_norm(anes_mil_check *c, const anes_mil_function *fn, c
 	const anes_mil_value *xv = V(fn, op, "x");
 	double eps;
 
-	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 4) || opt_f64(c, fn, op, "epsilon", 1e-5, &eps) ||
+	if (mil_need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 4) || mil_opt_f64(c, fn, op, "epsilon", 1e-5, &eps) ||
 	    channel_params(c, fn, op, xv, names, 2))
 		return -EINVAL;
 	out[0] = xv->type;
@@ -461,8 +379,8 @@ static int infer_l2_norm(anes_mil_check *c, const anes_mil_function *fn, const a
 	const anes_mil_value *xv = V(fn, op, "x");
 	double eps;
 
-	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, ANES_MAX_RANK) ||
-	    opt_f64(c, fn, op, "epsilon", 1e-6, &eps))
+	if (mil_need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, ANES_MAX_RANK) ||
+	    mil_opt_f64(c, fn, op, "epsilon", 1e-6, &eps))
 		return -EINVAL;
 	out[0] = xv->type;
 	return 0;
@@ -474,9 +392,9 @@ static int infer_lrn(anes_mil_check *c, const anes_mil_function *fn, const anes_
 	double d;
 	int64_t size;
 
-	if (need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 4) || opt_f64(c, fn, op, "alpha", 1e-4, &d) ||
-	    opt_f64(c, fn, op, "beta", 0.75, &d) || opt_f64(c, fn, op, "k", 1, &d) ||
-	    opt_int(c, fn, op, "size", 1, 1, INT32_MAX, &size))
+	if (mil_need_float(c, op, "x", xv) || need_rank(c, op, xv, 3, 4) || mil_opt_f64(c, fn, op, "alpha", 1e-4, &d) ||
+	    mil_opt_f64(c, fn, op, "beta", 0.75, &d) || mil_opt_f64(c, fn, op, "k", 1, &d) ||
+	    mil_opt_int(c, fn, op, "size", 1, 1, INT32_MAX, &size))
 		return -EINVAL;
 	out[0] = xv->type;
 	return 0;
@@ -528,7 +446,7 @@ static int infer_stack(anes_mil_check *c, const anes_mil_function *fn, const ane
 
 	if (t0->rank + 1 > ANES_MAX_RANK)
 		return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
-	if (opt_int(c, fn, op, "axis", 0, -(int64_t)t0->rank - 1, t0->rank, &axis))
+	if (mil_opt_int(c, fn, op, "axis", 0, -(int64_t)t0->rank - 1, t0->rank, &axis))
 		return -EINVAL;
 	if (axis < 0)
 		axis += t0->rank + 1;
@@ -543,7 +461,7 @@ static int infer_stack(anes_mil_check *c, const anes_mil_function *fn, const ane
 		return anes_mil_fail(c, op, -EINVAL, "cannot stack strings");
 	for (uint32_t i = 0, j = 0; i <= t0->rank; i++)
 		shape[i] = (int64_t)i == axis ? vals->n : t0->shape[j++];
-	return set_type(c, op, &out[0], t0->dtype, t0->rank + 1, shape);
+	return mil_set_type(c, op, &out[0], t0->dtype, t0->rank + 1, shape);
 }
 
 static int infer_reverse(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -566,8 +484,8 @@ static int infer_gather_nd(anes_mil_check *c, const anes_mil_function *fn, const
 	int64_t bd;
 	bool b;
 
-	if (need_int(c, op, "indices", iv) || opt_int(c, fn, op, "batch_dims", 0, INT32_MIN, INT32_MAX, &bd) ||
-	    opt_bool(c, fn, op, "validate_indices", false, &b))
+	if (need_int(c, op, "indices", iv) || mil_opt_int(c, fn, op, "batch_dims", 0, INT32_MIN, INT32_MAX, &bd) ||
+	    mil_opt_bool(c, fn, op, "validate_indices", false, &b))
 		return -EINVAL;
 	if (bd != 0)
 		return anes_mil_fail(c, op, -ENOTSUP, "batch_dims other than 0 are not supported");
@@ -583,7 +501,7 @@ static int infer_gather_nd(anes_mil_check *c, const anes_mil_function *fn, const
 		shape[r++] = it->shape[i];
 	for (uint32_t i = K; i < x->rank; i++)
 		shape[r++] = x->shape[i];
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 static int infer_gather_along(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -596,7 +514,7 @@ static int infer_gather_along(anes_mil_check *c, const anes_mil_function *fn, co
 	char sx[SHAPE_STR_LEN], si[SHAPE_STR_LEN];
 
 	if (need_int(c, op, "indices", iv) || opt_axis(c, fn, op, "axis", 0, x->rank, &a) ||
-	    opt_bool(c, fn, op, "validate_indices", false, &b))
+	    mil_opt_bool(c, fn, op, "validate_indices", false, &b))
 		return -EINVAL;
 	bool ok = it->rank == x->rank;
 	for (uint32_t i = 0; ok && i < x->rank; i++)
@@ -606,7 +524,7 @@ static int infer_gather_along(anes_mil_check *c, const anes_mil_function *fn, co
 		                     anes_mil_shape_str(it, si, sizeof si), anes_mil_shape_str(x, sx, sizeof sx), a);
 	if (const_indices_in(c, op, iv, 1, 0, x->shape[a]))
 		return -EINVAL;
-	return set_type(c, op, &out[0], x->dtype, it->rank, it->shape);
+	return mil_set_type(c, op, &out[0], x->dtype, it->rank, it->shape);
 }
 
 static int scatter_mode(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op)
@@ -630,8 +548,8 @@ static int scatter_common(anes_mil_check *c, const anes_mil_function *fn, const 
 	*iv = V(fn, op, "indices");
 	*uv = V(fn, op, "updates");
 	if (need_arith(c, op, "data", *dv) || need_int(c, op, "indices", *iv) ||
-	    same_dtype(c, op, "data", *dv, "updates", *uv) || scatter_mode(c, fn, op) ||
-	    opt_bool(c, fn, op, "validate_indices", false, &b))
+	    mil_same_dtype(c, op, "data", *dv, "updates", *uv) || scatter_mode(c, fn, op) ||
+	    mil_opt_bool(c, fn, op, "validate_indices", false, &b))
 		return -EINVAL;
 	if ((*dv)->type.rank < 1)
 		return anes_mil_fail(c, op, -EINVAL, "data must have rank >= 1");
@@ -743,7 +661,7 @@ static int infer_slice_update(anes_mil_check *c, const anes_mil_function *fn, co
 	uint64_t shape[ANES_MAX_RANK];
 	uint32_t n, r = 0;
 
-	if (same_dtype(c, op, "x", xv, "update", uv))
+	if (mil_same_dtype(c, op, "x", xv, "update", uv))
 		return -EINVAL;
 	if (x->rank < 1)
 		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 1");
@@ -820,8 +738,8 @@ static int infer_band_part(anes_mil_check *c, const anes_mil_function *fn, const
 
 	if (xv->type.rank < 2)
 		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 2");
-	if (opt_int(c, fn, op, "lower", -1, INT32_MIN, INT32_MAX, &l) ||
-	    opt_int(c, fn, op, "upper", -1, INT32_MIN, INT32_MAX, &l))
+	if (mil_opt_int(c, fn, op, "lower", -1, INT32_MIN, INT32_MAX, &l) ||
+	    mil_opt_int(c, fn, op, "upper", -1, INT32_MIN, INT32_MAX, &l))
 		return -EINVAL;
 	out[0] = xv->type;
 	return 0;
@@ -858,7 +776,7 @@ static int infer_fill(anes_mil_check *c, const anes_mil_function *fn, const anes
 			return anes_mil_fail(c, op, -EINVAL, "shape[%u] = %lld is out of range", i, (long long)s[i]);
 		shape[i] = (uint64_t)s[i];
 	}
-	return set_type(c, op, &out[0], dt, n, shape);
+	return mil_set_type(c, op, &out[0], dt, n, shape);
 }
 
 static int infer_fill_like(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -869,7 +787,7 @@ static int infer_fill_like(anes_mil_check *c, const anes_mil_function *fn, const
 
 	if (scalar_value(c, fn, op, "value", ANES_DT_FP32, &dt))
 		return -EINVAL;
-	return set_type(c, op, &out[0], dt, rv->type.rank, rv->type.shape);
+	return mil_set_type(c, op, &out[0], dt, rv->type.rank, rv->type.shape);
 }
 
 static int infer_range_1d(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -894,7 +812,7 @@ static int infer_range_1d(anes_mil_check *c, const anes_mil_function *fn, const 
 		return anes_mil_fail(c, op, -EINVAL, "the range [%g, %g) by %g has %.0f elements (1..%llu allowed)", v[0],
 		                     v[1], v[2], n < 0 ? 0 : n, (unsigned long long)ANES_MIL_MAX_DIM);
 	uint64_t shape[1] = {(uint64_t)n};
-	return set_type(c, op, &out[0], dt, 1, shape);
+	return mil_set_type(c, op, &out[0], dt, 1, shape);
 }
 
 static int infer_shape(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -904,7 +822,7 @@ static int infer_shape(anes_mil_check *c, const anes_mil_function *fn, const ane
 
 	if (xv->type.rank == 0)
 		return anes_mil_fail(c, op, -ENOTSUP, "the shape of a scalar is an empty tensor (not supported)");
-	return set_type(c, op, &out[0], ANES_DT_INT32, 1, shape);
+	return mil_set_type(c, op, &out[0], ANES_DT_INT32, 1, shape);
 }
 
 static int infer_one_hot(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -915,7 +833,7 @@ static int infer_one_hot(anes_mil_check *c, const anes_mil_function *fn, const a
 	int dt, dt2;
 
 	if (need_int(c, op, "indices", iv) ||
-	    opt_int(c, fn, op, "one_hot_vector_size", 1, 1, (int64_t)ANES_MIL_MAX_DIM, &size) ||
+	    mil_opt_int(c, fn, op, "one_hot_vector_size", 1, 1, (int64_t)ANES_MIL_MAX_DIM, &size) ||
 	    scalar_value(c, fn, op, "on_value", ANES_DT_INT32, &dt) ||
 	    scalar_value(c, fn, op, "off_value", dt, &dt2))
 		return -EINVAL;
@@ -923,13 +841,13 @@ static int infer_one_hot(anes_mil_check *c, const anes_mil_function *fn, const a
 		return anes_mil_fail(c, op, -EINVAL, "on_value and off_value must have the same dtype");
 	if (iv->type.rank + 1 > ANES_MAX_RANK)
 		return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
-	if (opt_int(c, fn, op, "axis", -1, -(int64_t)iv->type.rank - 1, iv->type.rank, &axis))
+	if (mil_opt_int(c, fn, op, "axis", -1, -(int64_t)iv->type.rank - 1, iv->type.rank, &axis))
 		return -EINVAL;
 	if (axis < 0)
 		axis += iv->type.rank + 1;
 	for (uint32_t i = 0, j = 0; i <= iv->type.rank; i++)
 		shape[i] = (int64_t)i == axis ? (uint64_t)size : iv->type.shape[j++];
-	return set_type(c, op, &out[0], dt, iv->type.rank + 1, shape);
+	return mil_set_type(c, op, &out[0], dt, iv->type.rank + 1, shape);
 }
 
 /* depth_to_space, space_to_depth, pixel_shuffle, pixel_unshuffle on [N, C, H, W] */
@@ -947,7 +865,7 @@ static int infer_blocks(anes_mil_check *c, const anes_mil_function *fn, const an
 
 	if (x->rank != 4)
 		return anes_mil_fail(c, op, -EINVAL, "x must be [N, C, H, W], is %s", anes_mil_shape_str(x, sx, sizeof sx));
-	if (opt_int(c, fn, op, arg, 1, 1, 65536, &b))
+	if (mil_opt_int(c, fn, op, arg, 1, 1, 65536, &b))
 		return -EINVAL;
 	uint64_t bb = (uint64_t)b * (uint64_t)b;
 	shape[0] = x->shape[0];
@@ -968,7 +886,7 @@ static int infer_blocks(anes_mil_check *c, const anes_mil_function *fn, const an
 	}
 	if (shape[1] > ANES_MIL_MAX_DIM || shape[2] > ANES_MIL_MAX_DIM || shape[3] > ANES_MIL_MAX_DIM)
 		return anes_mil_fail(c, op, -EINVAL, "result is too large");
-	return set_type(c, op, &out[0], x->dtype, 4, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, 4, shape);
 }
 
 static int infer_flatten2d(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -978,13 +896,13 @@ static int infer_flatten2d(anes_mil_check *c, const anes_mil_function *fn, const
 	uint64_t shape[2] = {1, 1};
 	int64_t axis;
 
-	if (opt_int(c, fn, op, "axis", 1, -(int64_t)x->rank, x->rank, &axis))
+	if (mil_opt_int(c, fn, op, "axis", 1, -(int64_t)x->rank, x->rank, &axis))
 		return -EINVAL;
 	if (axis < 0)
 		axis += x->rank;
 	for (uint32_t i = 0; i < x->rank; i++)
 		shape[(int64_t)i < axis ? 0 : 1] *= x->shape[i];
-	return set_type(c, op, &out[0], x->dtype, 2, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, 2, shape);
 }
 
 static int infer_sliding_windows(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -999,8 +917,8 @@ static int infer_sliding_windows(anes_mil_check *c, const anes_mil_function *fn,
 		return -EINVAL;
 	if (x->rank + 1 > ANES_MAX_RANK)
 		return anes_mil_fail(c, op, -EINVAL, "result rank exceeds %d", ANES_MAX_RANK);
-	if (opt_int(c, fn, op, "size", 1, 1, (int64_t)x->shape[a], &size) ||
-	    opt_int(c, fn, op, "stride", 1, 1, INT32_MAX, &stride))
+	if (mil_opt_int(c, fn, op, "size", 1, 1, (int64_t)x->shape[a], &size) ||
+	    mil_opt_int(c, fn, op, "stride", 1, 1, INT32_MAX, &stride))
 		return -EINVAL;
 	for (uint32_t i = 0; i < x->rank; i++) {
 		if (i == a) {
@@ -1010,7 +928,7 @@ static int infer_sliding_windows(anes_mil_check *c, const anes_mil_function *fn,
 			shape[r++] = x->shape[i];
 		}
 	}
-	return set_type(c, op, &out[0], x->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, r, shape);
 }
 
 
@@ -1086,13 +1004,13 @@ static int infer_pool(anes_mil_check *c, const anes_mil_function *fn, const anes
 	bool ceil_mode, ex;
 	win w;
 
-	int rc = need_float(c, op, "x", xv);
+	int rc = mil_need_float(c, op, "x", xv);
 	if (!rc)
 		rc = window_args(c, fn, op, x, "kernel_sizes", NULL, &w);
 	if (rc)
 		return rc;
-	if (opt_bool(c, fn, op, "ceil_mode", false, &ceil_mode) ||
-	    opt_bool(c, fn, op, "exclude_padding_from_average", false, &ex))
+	if (mil_opt_bool(c, fn, op, "ceil_mode", false, &ceil_mode) ||
+	    mil_opt_bool(c, fn, op, "exclude_padding_from_average", false, &ex))
 		return -EINVAL;
 	if (ceil_mode && (w.pad_kind == 1 || w.pad_kind == 2))
 		return anes_mil_fail(c, op, -EINVAL, "ceil_mode needs pad_type \"valid\" or \"custom\"");
@@ -1113,7 +1031,7 @@ static int infer_pool(anes_mil_check *c, const anes_mil_function *fn, const anes
 		}
 		shape[2 + i] = (uint64_t)o;
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 static int infer_conv_transpose(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -1127,8 +1045,8 @@ static int infer_conv_transpose(anes_mil_check *c, const anes_mil_function *fn, 
 	win w;
 	char sx[SHAPE_STR_LEN], sw[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "x", xv) || same_dtype(c, op, "x", xv, "weight", wv) ||
-	    opt_int(c, fn, op, "groups", 1, 1, INT32_MAX, &groups))
+	if (mil_need_float(c, op, "x", xv) || mil_same_dtype(c, op, "x", xv, "weight", wv) ||
+	    mil_opt_int(c, fn, op, "groups", 1, 1, INT32_MAX, &groups))
 		return -EINVAL;
 	if (wt->rank != x->rank || x->rank < 3)
 		return anes_mil_fail(c, op, -EINVAL, "weight must be [C_in, C_out/groups, kernel...] of x's rank, is %s",
@@ -1142,7 +1060,7 @@ static int infer_conv_transpose(anes_mil_check *c, const anes_mil_function *fn, 
 		                     (long long)groups);
 	uint64_t cout = wt->shape[1] * (uint64_t)groups;
 	if (bv) {
-		if (same_dtype(c, op, "x", xv, "bias", bv))
+		if (mil_same_dtype(c, op, "x", xv, "bias", bv))
 			return -EINVAL;
 		if (bv->type.rank != 1 || bv->type.shape[0] != cout)
 			return anes_mil_fail(c, op, -EINVAL, "bias must be [%llu]", (unsigned long long)cout);
@@ -1167,7 +1085,7 @@ static int infer_conv_transpose(anes_mil_check *c, const anes_mil_function *fn, 
 			return anes_mil_fail(c, op, -EINVAL, "output dim %u would be %lld", 2 + i, (long long)o);
 		shape[2 + i] = (uint64_t)o;
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 /* upsample_* and resize_*: the last two dims */
@@ -1179,7 +1097,7 @@ static int infer_resize(anes_mil_check *c, const anes_mil_function *fn, const an
 	uint64_t shape[ANES_MAX_RANK];
 	bool b;
 
-	if (need_float(c, op, "x", xv))
+	if (mil_need_float(c, op, "x", xv))
 		return -EINVAL;
 	if (x->rank < 3)
 		return anes_mil_fail(c, op, -EINVAL, "x must have rank >= 3");
@@ -1188,20 +1106,20 @@ static int infer_resize(anes_mil_check *c, const anes_mil_function *fn, const an
 		static const char *const names[2] = {"scale_factor_height", "scale_factor_width"};
 		for (int k = 0; k < 2; k++) {
 			double f;
-			if (opt_f64(c, fn, op, names[k], 1, &f))
+			if (mil_opt_f64(c, fn, op, names[k], 1, &f))
 				return -EINVAL;
 			double o = floor(f * (double)x->shape[x->rank - 2 + k]);
 			if (!(f > 0) || !(o >= 1) || o > (double)ANES_MIL_MAX_DIM)
 				return anes_mil_fail(c, op, -EINVAL, "%s = %g gives an output dim of %.0f", names[k], f, o);
 			shape[x->rank - 2 + k] = (uint64_t)o;
 		}
-		if (opt_bool(c, fn, op, "align_corners", true, &b) || opt_bool(c, fn, op, "half_pixel_centers", !b, &b))
+		if (mil_opt_bool(c, fn, op, "align_corners", true, &b) || mil_opt_bool(c, fn, op, "half_pixel_centers", !b, &b))
 			return -EINVAL;
 	} else {
 		static const char *const names[2] = {"target_size_height", "target_size_width"};
 		for (int k = 0; k < 2; k++) {
 			int64_t t;
-			if (opt_int(c, fn, op, names[k], 1, 1, (int64_t)ANES_MIL_MAX_DIM, &t))
+			if (mil_opt_int(c, fn, op, names[k], 1, 1, (int64_t)ANES_MIL_MAX_DIM, &t))
 				return -EINVAL;
 			shape[x->rank - 2 + k] = (uint64_t)t;
 		}
@@ -1213,7 +1131,7 @@ static int infer_resize(anes_mil_check *c, const anes_mil_function *fn, const an
 				                                     "DEFAULT, OFFSET_CORNERS or UNALIGN_CORNERS");
 		}
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 static int infer_crop(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
@@ -1235,7 +1153,7 @@ static int infer_crop(anes_mil_check *c, const anes_mil_function *fn, const anes
 			                     (unsigned long long)d);
 		shape[x->rank - 2 + k] = d - (uint64_t)v[0] - (uint64_t)v[1];
 	}
-	return set_type(c, op, &out[0], x->dtype, x->rank, shape);
+	return mil_set_type(c, op, &out[0], x->dtype, x->rank, shape);
 }
 
 /* einsum of two operands: letters a-z (A-Z), each at most once per operand;
@@ -1309,7 +1227,7 @@ static int infer_einsum(anes_mil_check *c, const anes_mil_function *fn, const an
 				return anes_mil_fail(c, op, -EINVAL, "output index '%c' repeated", *p);
 		shape[r++] = (uint64_t)dim[(int)*p];
 	}
-	return set_type(c, op, &out[0], t[0]->dtype, r, shape);
+	return mil_set_type(c, op, &out[0], t[0]->dtype, r, shape);
 }
 
 
@@ -1338,7 +1256,7 @@ static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const
 	bool seq;
 	char sb[SHAPE_STR_LEN];
 
-	if (need_float(c, op, "x", xv) || opt_bool(c, fn, op, "output_sequence", false, &seq))
+	if (mil_need_float(c, op, "x", xv) || mil_opt_bool(c, fn, op, "output_sequence", false, &seq))
 		return -EINVAL;
 	static const char *const acts[3] = {"activation", "recurrent_activation", "cell_activation"};
 	for (int k = 0; k < 3; k++) {
@@ -1368,7 +1286,7 @@ static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const
 				return anes_mil_fail(c, op, -EINVAL, "%s is needed for a bidirectional lstm", names[k]);
 			continue;
 		}
-		if (same_dtype(c, op, "x", xv, names[k], v))
+		if (mil_same_dtype(c, op, "x", xv, names[k], v))
 			return -EINVAL;
 		uint64_t want0 = (k % 4 == 3) ? 3 * H : G * H, want1 = (k % 4 == 0) ? x->shape[2] : H;
 		bool vec = k % 4 >= 2;
@@ -1381,17 +1299,17 @@ static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const
 	const char *states[2] = {"initial_h", lstm ? "initial_c" : NULL};
 	for (int k = 0; k < 2 && states[k]; k++) {
 		const anes_mil_value *v = V(fn, op, states[k]);
-		if (same_dtype(c, op, "x", xv, states[k], v))
+		if (mil_same_dtype(c, op, "x", xv, states[k], v))
 			return -EINVAL;
 		if (v->type.count != x->shape[1] * D * H || v->type.shape[v->type.rank - 1] != D * H)
 			return anes_mil_fail(c, op, -EINVAL, "%s must be [b, %llu], is %s", states[k], (unsigned long long)(D * H),
 			                     anes_mil_shape_str(&v->type, sb, sizeof sb));
 	}
 	uint64_t shape[3] = {seq ? x->shape[0] : 1, x->shape[1], D * H};
-	if (set_type(c, op, &out[0], x->dtype, 3, shape))
+	if (mil_set_type(c, op, &out[0], x->dtype, 3, shape))
 		return -EINVAL;
 	for (uint32_t k = 1; k < op->n_outputs; k++)
-		if (set_type(c, op, &out[k], x->dtype, 2, shape + 1))
+		if (mil_set_type(c, op, &out[k], x->dtype, 2, shape + 1))
 			return -EINVAL;
 	return 0;
 }
@@ -1462,7 +1380,7 @@ static int infer_reshape_like(anes_mil_check *c, const anes_mil_function *fn, co
 	if (count != xv->type.count)
 		return anes_mil_fail(c, op, -EINVAL, "the reference shape has %llu elements, x has %llu",
 		                     (unsigned long long)count, (unsigned long long)xv->type.count);
-	return set_type(c, op, &out[0], xv->type.dtype, r, shape);
+	return mil_set_type(c, op, &out[0], xv->type.dtype, r, shape);
 }
 
 /* ---- table ---- */
