@@ -136,6 +136,14 @@ static void run_ok(anes_bprogram *p, uint32_t fn, const void *const *in, void *c
 	cr_assert_eq(rc, 0, "run failed (%d): %s", rc, errbuf);
 }
 
+/* compile text, run its function 0 once on in/out, free it */
+static void compile_run(const char *text, const void *const *in, void *const *out)
+{
+	anes_bprogram *p = compile_ok(text);
+	run_ok(p, 0, in, out);
+	B->ops->program_free(B, p);
+}
+
 /* |got - ref| <= tol * max(1, |ref|) */
 static void check(const char *what, const double *got, const double *ref, size_t n, double tol)
 {
@@ -199,11 +207,7 @@ static void run1_f16(const char *in_decl, const char *out_decl, const char *body
 	char inputs[128];
 	snprintf(inputs, sizeof inputs, "%s x", in_decl);
 	char *t = prog(inputs, "y", "        %s y = %s;", out_decl, body);
-	anes_bprogram *p = compile_ok(t);
-	const void *in[] = {x};
-	void *out[] = {y};
-	run_ok(p, 0, in, out);
-	B->ops->program_free(B, p);
+	compile_run(t, (const void *[]){x}, (void *[]){y});
 }
 
 /* ---- unary ---- */
@@ -312,10 +316,8 @@ Test(ops, unary_fp16_and_fp32)
 				void *y = malloc(n * 4);
 				char inputs[128];
 				snprintf(inputs, sizeof inputs, "%s x", decl);
-				anes_bprogram *p = compile_ok(prog(inputs, "y", "        %s y = %s;", decl, body));
-				const void *in[] = {x};
-				void *out[] = {y};
-				run_ok(p, 0, in, out);
+				compile_run(prog(inputs, "y", "        %s y = %s;", decl, body),
+				            (const void *[]){x}, (void *[]){y});
 				for (size_t i = 0; i < n; i++)
 					ref[i] = u->ref(v[i]);
 				char what[400];
@@ -324,7 +326,6 @@ Test(ops, unary_fp16_and_fp32)
 					check_f32(what, y, ref, n, 1e-5 * 10 + u->tol / 100);
 				else
 					check_f16(what, y, ref, n, u->tol);
-				B->ops->program_free(B, p);
 				free(v);
 				free(ref);
 				free(x);
@@ -395,10 +396,8 @@ Test(ops, binary_broadcasting)
 				TY(tz, ro, o);
 #undef TY
 				snprintf(inputs, sizeof inputs, "%s x, %s y", tx, ty);
-				anes_bprogram *p = compile_ok(prog(inputs, "z", "        %s z = %s(x = x, y = y);", tz, names[op]));
-				const void *in[] = {x, y};
-				void *out[] = {z};
-				run_ok(p, 0, in, out);
+				compile_run(prog(inputs, "z", "        %s z = %s(x = x, y = y);", tz, names[op]),
+				            (const void *[]){x, y}, (void *[]){z});
 				for (size_t i = 0; i < no; i++) {
 					int idx[5];
 					unravel(i, o, ro, idx);
@@ -410,7 +409,6 @@ Test(ops, binary_broadcasting)
 					check_f32(what, z, ref, no, 1e-6);
 				else
 					check_f16(what, z, ref, no, 1e-3);
-				B->ops->program_free(B, p);
 				free(vx);
 				free(vy);
 				free(ref);
@@ -425,11 +423,9 @@ Test(ops, binary_int32_and_constants)
 	int32_t x[6] = {1, -2, 3, 2147483647, -5, 6}, y[3] = {10, -20, 1}, z[6];
 	static const char *names[] = {"add", "sub", "mul", "maximum", "minimum"};
 	for (int op = 0; op < 5; op++) {
-		anes_bprogram *p = compile_ok(prog("tensor<int32, [2, 3]> x, tensor<int32, [3]> y", "z",
-		                                   "        tensor<int32, [2, 3]> z = %s(x = x, y = y);", names[op]));
-		const void *in[] = {x, y};
-		void *out[] = {z};
-		run_ok(p, 0, in, out);
+		compile_run(prog("tensor<int32, [2, 3]> x, tensor<int32, [3]> y", "z",
+		                 "        tensor<int32, [2, 3]> z = %s(x = x, y = y);", names[op]),
+		            (const void *[]){x, y}, (void *[]){z});
 		for (int i = 0; i < 6; i++) {
 			int64_t a = x[i], b = y[i % 3], r;
 			switch (op) {
@@ -441,7 +437,6 @@ Test(ops, binary_int32_and_constants)
 			}
 			cr_assert_eq(z[i], r, "%s[%d]: %d != %lld", names[op], i, z[i], (long long)r);
 		}
-		B->ops->program_free(B, p);
 	}
 	/* real_div on int32 is refused at compile time */
 	cr_assert_eq(compile_err(prog("tensor<int32, [2]> x", "z", "        tensor<int32, [2]> z = real_div(x = x, y = x);")),
@@ -498,10 +493,8 @@ Test(ops, softmax_every_axis)
 	double *v;
 	float *x = rf32(3000, -30, 30, &v), *y = malloc(3000 * 4);
 	double mx = -INFINITY, sum = 0, *ref = malloc(3000 * sizeof *ref);
-	anes_bprogram *p = compile_ok(prog("tensor<fp32, [1, 3000]> x", "y", "        tensor<fp32, [1, 3000]> y = softmax(x = x);"));
-	const void *in[] = {x};
-	void *out[] = {y};
-	run_ok(p, 0, in, out);
+	compile_run(prog("tensor<fp32, [1, 3000]> x", "y", "        tensor<fp32, [1, 3000]> y = softmax(x = x);"),
+	            (const void *[]){x}, (void *[]){y});
 	for (int i = 0; i < 3000; i++)
 		mx = v[i] > mx ? v[i] : mx;
 	for (int i = 0; i < 3000; i++)
@@ -509,7 +502,6 @@ Test(ops, softmax_every_axis)
 	for (int i = 0; i < 3000; i++)
 		ref[i] = exp(v[i] - mx) / sum;
 	check_f32("softmax fp32", y, ref, 3000, 1e-6);
-	B->ops->program_free(B, p);
 	free(v);
 	free(ref);
 	free(x);
@@ -601,10 +593,7 @@ static void layer_norm_case(const int *d, int r, const char *axes, const bool *r
 	snprintf(inputs, sizeof inputs, "%s x, tensor<fp16, %s> g, tensor<fp16, %s> b", tx, shs(gd, gr), shs(gd, gr));
 	snprintf(body, sizeof body, "layer_norm(x = x%s%s%s%s, epsilon = fp16(0.001))", axes ? ", axes = " : "",
 	         axes ? axes : "", gamma ? ", gamma = g" : "", beta ? ", beta = b" : "");
-	anes_bprogram *p = compile_ok(prog(inputs, "y", "        %s y = %s;", tx, body));
-	const void *in[] = {x, g, b};
-	void *out[] = {y};
-	run_ok(p, 0, in, out);
+	compile_run(prog(inputs, "y", "        %s y = %s;", tx, body), (const void *[]){x, g, b}, (void *[]){y});
 	/* reference: for every kept index, mean/var over the reduced ones */
 	for (size_t i = 0; i < n; i++) {
 		int idx[8];
@@ -642,7 +631,6 @@ static void layer_norm_case(const int *d, int r, const char *axes, const bool *r
 		ref[i] = t * (gamma ? vg[gi] : 1) + (beta ? vb[gi] : 0);
 	}
 	check_f16(body, y, ref, n, 3e-3);
-	B->ops->program_free(B, p);
 	free(v);
 	free(vg);
 	free(vb);
@@ -744,10 +732,7 @@ static void matmul_case(const mcase *c, bool f32, bool y_const)
 		snprintf(body, sizeof body, "        %s z = matmul(x = x, y = y, transpose_x = %s, transpose_y = %s);", tz,
 		         c->tx ? "true" : "false", c->ty ? "true" : "false");
 	}
-	anes_bprogram *p = compile_ok(prog(inputs, "z", "%s", body));
-	const void *in[] = {x, y};
-	void *out[] = {z};
-	run_ok(p, 0, in, out);
+	compile_run(prog(inputs, "z", "%s", body), (const void *[]){x, y}, (void *[]){z});
 	for (size_t b = 0; b < nb; b++) {
 		int bi[4];
 		unravel(b, bs, br, bi);
@@ -771,7 +756,6 @@ static void matmul_case(const mcase *c, bool f32, bool y_const)
 		check_f32(what, z, ref, no, 1e-5);
 	else
 		check_f16(what, z, ref, no, 1.5e-3);
-	B->ops->program_free(B, p);
 	free(vx);
 	free(vy);
 	free(ref);
@@ -798,11 +782,8 @@ Test(ops, linear)
 		char inputs[200];
 		snprintf(inputs, sizeof inputs, "tensor<fp16, [2, %d, %d]> x, tensor<fp16, [%d, %d]> w, tensor<fp16, [%d]> b",
 		         M, DIN, DOUT, DIN, DOUT);
-		anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<fp16, [2, %d, %d]> y = linear(x = x, weight = w%s);",
-		                                   M, DOUT, bias ? ", bias = b" : ""));
-		const void *in[] = {x, w, b};
-		void *out[] = {y};
-		run_ok(p, 0, in, out);
+		compile_run(prog(inputs, "y", "        tensor<fp16, [2, %d, %d]> y = linear(x = x, weight = w%s);",
+		                 M, DOUT, bias ? ", bias = b" : ""), (const void *[]){x, w, b}, (void *[]){y});
 		for (int i = 0; i < 2 * M; i++)
 			for (int o = 0; o < DOUT; o++) {
 				double s = bias ? vb[o] : 0;
@@ -811,7 +792,6 @@ Test(ops, linear)
 				ref[i * DOUT + o] = s;
 			}
 		check_f16("linear", y, ref, 2 * M * DOUT, 1.5e-3);
-		B->ops->program_free(B, p);
 		free(vx);
 		free(vw);
 		free(vb);
@@ -894,11 +874,8 @@ static void conv_case(const ccase *c)
 		         c->sh, c->sw, c->dh, c->dw, c->pad_type, c->pad[0], c->pad[1], c->pad[2], c->pad[3]);
 	}
 	snprintf(inputs, sizeof inputs, "tensor<fp16, %s> x, tensor<fp16, %s> w, tensor<fp16, [%d]> b", tx, tw_, c->cout);
-	anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<fp16, %s> y = conv(x = x, weight = w, %s, groups = %d%s);",
-	                                   ty, args, c->groups, c->bias ? ", bias = b" : ""));
-	const void *in[] = {x, w, b};
-	void *out[] = {y};
-	run_ok(p, 0, in, out);
+	compile_run(prog(inputs, "y", "        tensor<fp16, %s> y = conv(x = x, weight = w, %s, groups = %d%s);",
+	                 ty, args, c->groups, c->bias ? ", bias = b" : ""), (const void *[]){x, w, b}, (void *[]){y});
 	for (int bn = 0; bn < c->n; bn++)
 		for (int co = 0; co < c->cout; co++)
 			for (int i = 0; i < oh; i++)
@@ -919,7 +896,6 @@ static void conv_case(const ccase *c)
 	char what[96];
 	snprintf(what, sizeof what, "conv %s %dx%d groups %d", c->pad_type, c->kh, c->kw, c->groups);
 	check_f16(what, y, ref, no, 1.5e-3);
-	B->ops->program_free(B, p);
 	free(vx);
 	free(vw);
 	free(vb);
@@ -1276,12 +1252,10 @@ static void sdpa_case(int nb, const int *bd, int L, int S, int E, int EV, int ma
 	snprintf(inputs, sizeof inputs, "tensor<fp16, %s> q, tensor<fp16, %s> k, tensor<fp16, %s> v%s%s%s%s", shs(qd, r),
 	         shs(kd, r), shs(vd, r), mask_kind ? ", tensor<" : "", mask_kind == 1 ? "bool, " : mask_kind == 2 ? "fp16, " : "",
 	         mask_kind ? mshape : "", mask_kind ? "> m" : "");
-	anes_bprogram *p = compile_ok(prog(inputs, "y",
+	compile_run(prog(inputs, "y",
 		"        tensor<fp16, %s> y = scaled_dot_product_attention(query = q, key = k, value = v%s);", shs(od, r),
-		mask_kind ? ", attn_mask = m" : ""));
-	const void *in[] = {q, k, v, mask_kind == 1 ? (const void *)mb : (const void *)mf};
-	void *out[] = {y};
-	run_ok(p, 0, in, out);
+		mask_kind ? ", attn_mask = m" : ""),
+		(const void *[]){q, k, v, mask_kind == 1 ? (const void *)mb : (const void *)mf}, (void *[]){y});
 	size_t B_ = prod(bd, nb);
 	for (size_t b = 0; b < B_; b++)
 		for (int l = 0; l < L; l++) {
@@ -1317,7 +1291,6 @@ static void sdpa_case(int nb, const int *bd, int L, int S, int E, int EV, int ma
 			}
 		}
 	check_f16("sdpa", y, ref, no, 2e-3);
-	B->ops->program_free(B, p);
 	free(vq);
 	free(vk);
 	free(vv);
@@ -1362,14 +1335,11 @@ Test(ops, quantized_weights_and_quantize)
 		"zero_point = fp32(127.5), scale = fp32(0.01), axis = int32(-1));\n"
 		"        tensor<fp16, [2, 4]> y = matmul(x = x, y = w);\n"
 		"        tensor<fp16, [4, 3]> z = cast(x = u, dtype = string(\"fp16\"));\n");
-	anes_bprogram *p = compile_ok(text);
 	static const int8_t q[12] = {-128, -1, 0, 127, 5, 6, 7, 8, -9, 10, -11, 12};
 	static const double zp[3] = {0, 1, -2}, sc[3] = {0.5, 0.25, 0.125};
 	double *v, ref[8], wref[12];
 	uint16_t *x = rf16(6, -1, 1, &v), y[8], z[12], w[12];
-	const void *in[] = {x};
-	void *out[] = {y, z, w};
-	run_ok(p, 0, in, out);
+	compile_run(text, (const void *[]){x}, (void *[]){y, z, w});
 	for (int r = 0; r < 3; r++)
 		for (int c = 0; c < 4; c++)
 			wref[r * 4 + c] = (q[r * 4 + c] - zp[r]) * sc[r];
@@ -1386,7 +1356,6 @@ Test(ops, quantized_weights_and_quantize)
 	for (int i = 0; i < 12; i++)
 		zr[i] = (uq[i] - 127.5) * (double)0.01f;
 	check_f16("uint8 dequantized", z, zr, 12, 1e-3);
-	B->ops->program_free(B, p);
 	free(v);
 	free(x);
 
@@ -1396,12 +1365,13 @@ Test(ops, quantized_weights_and_quantize)
 		"scale = tensor<fp32, [3]>([0.01, 0.02, 0.05]), axis = int32(1), output_dtype = string(\"int8\"));\n"
 		"        tensor<fp32, [2, 3, 5]> d = dequantize(input = q, zero_point = tensor<int8, [3]>([0, 10, -10]), "
 		"scale = tensor<fp32, [3]>([0.01, 0.02, 0.05]), axis = int32(1));\n");
-	p = compile_ok(text);
 	float *xf = rf32(30, -3, 3, &v), dq[30];
 	int8_t qq[30];
+	anes_bprogram *p = compile_ok(text);
 	const void *in2[] = {xf};
 	void *out2[] = {qq, dq};
 	run_ok(p, 0, in2, out2);
+	B->ops->program_free(B, p);
 	static const float s3[3] = {0.01f, 0.02f, 0.05f};
 	static const int z3[3] = {0, 10, -10};
 	for (int i = 0; i < 30; i++) {
@@ -1411,7 +1381,6 @@ Test(ops, quantized_weights_and_quantize)
 		cr_assert_eq(qq[i], (int8_t)t, "quantize[%d]: %d != %g (x %g)", i, qq[i], t, (double)xf[i]);
 		cr_assert(fabs(dq[i] - (t - z3[c]) * s3[c]) < 1e-6, "dequantize[%d]", i);
 	}
-	B->ops->program_free(B, p);
 	/* uint8 output, scalar params, no zero point */
 	p = compile_ok(prog("tensor<fp32, [2, 3, 5]> x", "q",
 		"        tensor<uint8, [2, 3, 5]> q = quantize(input = x, scale = fp32(0.02), output_dtype = string(\"uint8\"));"));
@@ -1454,11 +1423,8 @@ Test(ops, cast_all_pairs)
 			}
 			char decl[64];
 			snprintf(decl, sizeof decl, "tensor<%s, [8]> x", dts[a]);
-			anes_bprogram *p = compile_ok(prog(decl, "y", "        tensor<%s, [8]> y = cast(x = x, dtype = string(\"%s\"));",
-			                                   dts[b], dts[b]));
-			const void *ins[] = {in};
-			void *outs[] = {out};
-			run_ok(p, 0, ins, outs);
+			compile_run(prog(decl, "y", "        tensor<%s, [8]> y = cast(x = x, dtype = string(\"%s\"));",
+			                                   dts[b], dts[b]), (const void *[]){in}, (void *[]){out});
 			for (int i = 0; i < 8; i++) {
 				double want, got;
 				double t = src[i];
@@ -1474,7 +1440,6 @@ Test(ops, cast_all_pairs)
 			}
 			(void)ea;
 			(void)eb;
-			B->ops->program_free(B, p);
 		}
 }
 
@@ -1765,10 +1730,8 @@ Test(ops, masks_compare_logical_floor_div_mod)
 				TY(tz, odt, ro, od);
 #undef TY
 				snprintf(inputs, sizeof inputs, "%s x, %s y", tx, ty);
-				anes_bprogram *p = compile_ok(prog(inputs, "z", "        %s z = %s(x = x, y = y);", tz, cmp[o]));
-				const void *in[] = {x, y};
-				void *out[] = {z};
-				run_ok(p, 0, in, out);
+				compile_run(prog(inputs, "z", "        %s z = %s(x = x, y = y);", tz, cmp[o]),
+				            (const void *[]){x, y}, (void *[]){z});
 				for (size_t i = 0; i < no; i++) {
 					int idx[5];
 					unravel(i, od, ro, idx);
@@ -1782,7 +1745,6 @@ Test(ops, masks_compare_logical_floor_div_mod)
 					checked++;
 					trues += !arith && got != 0;
 				}
-				B->ops->program_free(B, p);
 				free(vx);
 				free(vy);
 				free(x);
@@ -1795,29 +1757,23 @@ Test(ops, masks_compare_logical_floor_div_mod)
 Test(ops, logical_not_and_bool_constants)
 {
 	uint8_t x[6] = {0, 1, 2, 255, 0, 9}, y[6];
-	anes_bprogram *p = compile_ok(prog("tensor<bool, [2, 3]> x", "y",
+	compile_run(prog("tensor<bool, [2, 3]> x", "y",
 		"        tensor<bool, [2, 3]> n = logical_not(x = x);\n"
-		"        tensor<bool, [2, 3]> y = logical_and(x = n, y = tensor<bool, [3]>([true, false, true]));"));
-	const void *in[] = {x};
-	void *out[] = {y};
-	run_ok(p, 0, in, out);
+		"        tensor<bool, [2, 3]> y = logical_and(x = n, y = tensor<bool, [3]>([true, false, true]));"),
+		(const void *[]){x}, (void *[]){y});
 	for (int i = 0; i < 6; i++)
 		cr_assert_eq(y[i], (x[i] == 0) && (i % 3 != 1), "[%d]: %d", i, y[i]);
-	B->ops->program_free(B, p);
 	/* a mask computed from constants only is folded at compile time */
 	uint16_t h[3], o[3];
 	for (int i = 0; i < 3; i++)
 		h[i] = anes_f32_to_f16_soft((float)i);
-	p = compile_ok(prog("tensor<fp16, [3]> x", "y",
+	compile_run(prog("tensor<fp16, [3]> x", "y",
 		"        tensor<bool, [3]> m = less(x = tensor<int32, [3]>([1, 5, 3]), y = tensor<int32, [3]>([2, 2, 3]));\n"
-		"        tensor<fp16, [3]> y = select(cond = m, a = x, b = fp16(-1));"));
-	const void *in2[] = {h};
-	void *out2[] = {o};
-	run_ok(p, 0, in2, out2);
+		"        tensor<fp16, [3]> y = select(cond = m, a = x, b = fp16(-1));"),
+		(const void *[]){h}, (void *[]){o});
 	cr_assert_eq(h2d(o[0]), 0.0);
 	cr_assert_eq(h2d(o[1]), -1.0);
 	cr_assert_eq(h2d(o[2]), -1.0);
-	B->ops->program_free(B, p);
 	/* dtype errors */
 	compile_err(prog("tensor<fp16, [3]> x", "y", "        tensor<bool, [3]> y = logical_not(x = x);"));
 	cr_assert(strstr(errbuf, "argument 'x' must be bool, is fp16"), "%s", errbuf);
@@ -1839,11 +1795,8 @@ Test(ops, select_broadcasting_all_dtypes)
 		char inputs[200];
 		snprintf(inputs, sizeof inputs, "tensor<bool, [2, 1, 4]> c, tensor<%s, [3, 1]> a, tensor<%s, [1]> b", dts[d],
 		         dts[d]);
-		anes_bprogram *p = compile_ok(prog(inputs, "z", "        tensor<%s, [2, 3, 4]> z = select(cond = c, a = a, b = b);",
-		                                   dts[d]));
-		const void *in[] = {c, a, b};
-		void *out[] = {z};
-		run_ok(p, 0, in, out);
+		compile_run(prog(inputs, "z", "        tensor<%s, [2, 3, 4]> z = select(cond = c, a = a, b = b);",
+		                 dts[d]), (const void *[]){c, a, b}, (void *[]){z});
 		for (size_t i = 0; i < 24; i++) {
 			int idx[3];
 			unravel(i, od, 3, idx);
@@ -1852,7 +1805,6 @@ Test(ops, select_broadcasting_all_dtypes)
 				want = vc[bidx(idx, 3, cd, 3)] != 0 ? ((uint8_t *)a)[bidx(idx, 3, ad, 2)] : ((uint8_t *)b)[0];
 			cr_assert_eq(out_val(z, dts[d], i), want, "select %s [%zu]", dts[d], i);
 		}
-		B->ops->program_free(B, p);
 		free(vc);
 		free(va);
 		free(vb);
@@ -1970,12 +1922,10 @@ Test(ops, reductions_prod_norms_log_sum)
 					else
 						snprintf(tout, sizeof tout, "%s", dt);
 					snprintf(inputs, sizeof inputs, "tensor<%s, [2, 3, 4]> x", dt);
-					anes_bprogram *p = compile_ok(prog(inputs, "y", "        %s y = %s;", tout, body));
 					void *y = malloc(no * 4 + 4);
 					double *ref = malloc(no * sizeof *ref);
-					const void *in[] = {x};
-					void *out[] = {y};
-					run_ok(p, 0, in, out);
+					compile_run(prog(inputs, "y", "        %s y = %s;", tout, body),
+					            (const void *[]){x}, (void *[]){y});
 					for (size_t i = 0; i < no; i++) {
 						/* output index -> the index of the kept dims */
 						int oi[3] = {0, 0, 0}, ki = 0, rem = (int)i;
@@ -1997,7 +1947,6 @@ Test(ops, reductions_prod_norms_log_sum)
 						check_f32(body, y, ref, no, 1e-5);
 					else
 						check_f16(body, y, ref, no, 2e-3);
-					B->ops->program_free(B, p);
 					free(v);
 					free(x);
 					free(y);
@@ -2018,11 +1967,8 @@ Test(ops, argmax_argmin_cumsum)
 			         axis - 2);
 			int n = axis ? 3 : 5;
 			char inputs[] = "tensor<fp16, [3, 5]> x";
-			anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<int32, %s> y = %s;",
-			                                   axis ? "[3, 1]" : "[1, 5]", body));
-			const void *in[] = {x};
-			void *out[] = {idx};
-			run_ok(p, 0, in, out);
+			compile_run(prog(inputs, "y", "        tensor<int32, %s> y = %s;",
+			                 axis ? "[3, 1]" : "[1, 5]", body), (const void *[]){x}, (void *[]){idx});
 			for (int l = 0; l < n; l++) {
 				int m = axis ? 5 : 3, best = 0;
 				for (int t = 1; t < m; t++) {
@@ -2032,18 +1978,14 @@ Test(ops, argmax_argmin_cumsum)
 				}
 				cr_assert_eq(idx[l], best, "%s line %d: %d, want %d", body, l, idx[l], best);
 			}
-			B->ops->program_free(B, p);
 		}
 	free(x);
 	free(v);
 	/* int32 values above 2^24 compare exactly */
 	int32_t xi[4] = {16777217, 16777216, -5, 16777217}, r;
-	anes_bprogram *p = compile_ok(prog("tensor<int32, [4]> x", "y", "        int32 y = reduce_argmax(x = x);"));
-	const void *in[] = {xi};
-	void *out[] = {&r};
-	run_ok(p, 0, in, out);
+	compile_run(prog("tensor<int32, [4]> x", "y", "        int32 y = reduce_argmax(x = x);"),
+	            (const void *[]){xi}, (void *[]){&r});
 	cr_assert_eq(r, 0);
-	B->ops->program_free(B, p);
 	/* cumsum: every axis, exclusive and reverse, fp16 and int32 */
 	int d[3] = {2, 3, 4};
 	for (int dt = 0; dt < 2; dt++)
@@ -2058,10 +2000,8 @@ Test(ops, argmax_argmin_cumsum)
 					snprintf(inputs, sizeof inputs, "tensor<%s, [2, 3, 4]> x", t);
 					snprintf(body, sizeof body, "cumsum(x = x, axis = int32(%d), exclusive = %s, reverse = %s)", axis,
 					         ex ? "true" : "false", rv ? "true" : "false");
-					p = compile_ok(prog(inputs, "y", "        tensor<%s, [2, 3, 4]> y = %s;", t, body));
-					const void *in2[] = {xx};
-					void *out2[] = {y};
-					run_ok(p, 0, in2, out2);
+					compile_run(prog(inputs, "y", "        tensor<%s, [2, 3, 4]> y = %s;", t, body),
+					            (const void *[]){xx}, (void *[]){y});
 					double ref[24];
 					for (size_t i = 0; i < 24; i++) {
 						int id[3];
@@ -2082,7 +2022,6 @@ Test(ops, argmax_argmin_cumsum)
 					} else {
 						check_f16(body, (uint16_t *)y, ref, 24, 2e-3);
 					}
-					B->ops->program_free(B, p);
 					free(vv);
 					free(xx);
 				}
@@ -2103,13 +2042,11 @@ Test(ops, topk_and_argsort)
 				char inputs[64], tk[64];
 				snprintf(inputs, sizeof inputs, "tensor<%s, [4, 6]> x", dts[dt]);
 				snprintf(tk, sizeof tk, "%s", axis ? "[4, 3]" : "[2, 6]");
-				anes_bprogram *p = compile_ok(prog(inputs, "v, i, s",
+				compile_run(prog(inputs, "v, i, s",
 					"        tensor<%s, %s> v, tensor<int32, %s> i = topk(x = x, k = int32(%d), axis = int32(%d), ascending = %s);\n"
 					"        tensor<int32, [4, 6]> s = argsort(x = x, axis = int32(%d), ascending = %s);",
-					dts[dt], tk, tk, k, axis, asc ? "true" : "false", axis, asc ? "true" : "false"));
-				const void *in[] = {x};
-				void *out[] = {vals, ind, order};
-				run_ok(p, 0, in, out);
+					dts[dt], tk, tk, k, axis, asc ? "true" : "false", axis, asc ? "true" : "false"),
+					(const void *[]){x}, (void *[]){vals, ind, order});
 				for (int l = 0; l < lines; l++) {
 					/* reference: a stable selection sort on doubles */
 					int perm[6];
@@ -2139,7 +2076,6 @@ Test(ops, topk_and_argsort)
 						cr_assert_eq(out_val(vals, dts[dt], (size_t)oi), want, "topk value %s [%d]", dts[dt], oi);
 					}
 				}
-				B->ops->program_free(B, p);
 				free(v);
 				free(x);
 			}
@@ -2311,17 +2247,14 @@ Test(ops, stack_fill_range_shape_one_hot)
 		char body[96];
 		snprintf(body, sizeof body, "        tensor<fp16, %s> y = stack(values = (a, b), axis = int32(%d));",
 		         ax == 0 ? "[2, 2, 3]" : outs[ax], axis);
-		anes_bprogram *p = compile_ok(prog("tensor<fp16, [2, 3]> a, tensor<fp16, [2, 3]> b", "y", "%s", body));
-		const void *in[] = {a, b};
-		void *out[] = {y};
-		run_ok(p, 0, in, out);
+		compile_run(prog("tensor<fp16, [2, 3]> a, tensor<fp16, [2, 3]> b", "y", "%s", body),
+		            (const void *[]){a, b}, (void *[]){y});
 		for (int i = 0; i < 2; i++)
 			for (int j = 0; j < 3; j++)
 				for (int k = 0; k < 2; k++) {
 					int o = ax == 0 ? (k * 2 + i) * 3 + j : ax == 1 ? (i * 2 + k) * 3 + j : (i * 3 + j) * 2 + k;
 					cr_assert_eq(h2d(y[o]), (k ? vb : va)[i * 3 + j], "stack axis %d", axis);
 				}
-		B->ops->program_free(B, p);
 	}
 	free(a);
 	free(b);
@@ -2332,15 +2265,13 @@ Test(ops, stack_fill_range_shape_one_hot)
 	int32_t r[5], sh[3], oh[3 * 4];
 	uint16_t x[24] = {0}, fl[24];
 	int32_t ind[3] = {2, -1, 3};
-	anes_bprogram *p = compile_ok(prog("tensor<fp16, [2, 3, 4]> x, tensor<int32, [3]> i", "f, r, s, h, l",
+	compile_run(prog("tensor<fp16, [2, 3, 4]> x, tensor<int32, [3]> i", "f, r, s, h, l",
 		"        tensor<fp32, [2, 3]> f = fill(shape = tensor<int32, [2]>([2, 3]), value = fp32(2.5));\n"
 		"        tensor<int32, [5]> r = range_1d(start = int32(7), end = int32(-3), step = int32(-2));\n"
 		"        tensor<int32, [3]> s = shape(x = x);\n"
 		"        tensor<int32, [3, 4]> h = one_hot(indices = i, one_hot_vector_size = int32(4), on_value = int32(5), off_value = int32(-1));\n"
-		"        tensor<fp16, [2, 3, 4]> l = fill_like(ref_tensor = x, value = fp16(-0.5));"));
-	const void *in[] = {x, ind};
-	void *out[] = {f, r, sh, oh, fl};
-	run_ok(p, 0, in, out);
+		"        tensor<fp16, [2, 3, 4]> l = fill_like(ref_tensor = x, value = fp16(-0.5));"),
+		(const void *[]){x, ind}, (void *[]){f, r, sh, oh, fl});
 	for (int i = 0; i < 6; i++)
 		cr_assert_eq(f[i], 2.5f);
 	for (int i = 0; i < 5; i++)
@@ -2351,21 +2282,17 @@ Test(ops, stack_fill_range_shape_one_hot)
 			cr_assert_eq(oh[i * 4 + k], ind[i] == k ? 5 : -1, "one_hot [%d][%d] = %d", i, k, oh[i * 4 + k]);
 	for (int i = 0; i < 24; i++)
 		cr_assert_eq(h2d(fl[i]), -0.5);
-	B->ops->program_free(B, p);
 	/* one_hot along axis 0, fp16 values; range_1d in fp16 */
 	uint16_t oh2[4 * 3], rr[4];
-	p = compile_ok(prog("tensor<int32, [3]> i", "h, r",
+	compile_run(prog("tensor<int32, [3]> i", "h, r",
 		"        tensor<fp16, [4, 3]> h = one_hot(indices = i, one_hot_vector_size = int32(4), axis = int32(0), on_value = fp16(1), off_value = fp16(0));\n"
-		"        tensor<fp16, [4]> r = range_1d(start = fp16(0.5), end = fp16(2.5), step = fp16(0.5));"));
-	const void *in2[] = {ind};
-	void *out2[] = {oh2, rr};
-	run_ok(p, 0, in2, out2);
+		"        tensor<fp16, [4]> r = range_1d(start = fp16(0.5), end = fp16(2.5), step = fp16(0.5));"),
+		(const void *[]){ind}, (void *[]){oh2, rr});
 	for (int k = 0; k < 4; k++) {
 		cr_assert_eq(h2d(rr[k]), 0.5 + 0.5 * k);
 		for (int i = 0; i < 3; i++)
 			cr_assert_eq(h2d(oh2[k * 3 + i]), ind[i] == k ? 1.0 : 0.0);
 	}
-	B->ops->program_free(B, p);
 	compile_err(prog("tensor<int32, [3]> i", "r", "        tensor<int32, [1]> r = range_1d(start = int32(0), end = int32(5), step = int32(-1));"));
 	cr_assert(strstr(errbuf, "has 0 elements"), "%s", errbuf);
 	compile_err(prog("tensor<int32, [3]> i", "r", "        tensor<int32, [1]> r = fill(shape = tensor<int32, [2]>([0, 3]));"));
@@ -2521,21 +2448,19 @@ Test(ops, slice_update_constant_and_runtime_begin)
 	/* x [4, 6]; update [2, 3] into rows 1..2, columns 0, 2, 4 */
 	double *vx, *vu;
 	uint16_t *x = rf16(24, -2, 2, &vx), *u = rf16(6, -2, 2, &vu), o[24];
-	anes_bprogram *p = compile_ok(prog("tensor<fp16, [4, 6]> x, tensor<fp16, [2, 3]> u", "o",
-		"        tensor<fp16, [4, 6]> o = slice_update(x = x, update = u, begin = tensor<int32, [2]>([1, 0]), "
-		"end = tensor<int32, [2]>([3, 6]), stride = tensor<int32, [2]>([1, 2]));"));
-	const void *in[] = {x, u};
 	void *out[] = {o};
-	run_ok(p, 0, in, out);
+	compile_run(prog("tensor<fp16, [4, 6]> x, tensor<fp16, [2, 3]> u", "o",
+		"        tensor<fp16, [4, 6]> o = slice_update(x = x, update = u, begin = tensor<int32, [2]>([1, 0]), "
+		"end = tensor<int32, [2]>([3, 6]), stride = tensor<int32, [2]>([1, 2]));"),
+		(const void *[]){x, u}, out);
 	for (int i = 0; i < 24; i++) {
 		int r = i / 6, c = i % 6;
 		bool hit = r >= 1 && r <= 2 && c % 2 == 0;
 		cr_assert_eq(h2d(o[i]), hit ? vu[(r - 1) * 3 + c / 2] : vx[i], "slice_update [%d]", i);
 	}
-	B->ops->program_free(B, p);
 	/* a KV-cache style update: begin from a run-time input, row squeezed */
 	int32_t beg[2] = {2, 0}, end[2] = {3, 6};
-	p = compile_ok(prog("tensor<fp16, [4, 6]> x, tensor<fp16, [6]> u, tensor<int32, [2]> b, tensor<int32, [2]> e", "o",
+	anes_bprogram *p = compile_ok(prog("tensor<fp16, [4, 6]> x, tensor<fp16, [6]> u, tensor<int32, [2]> b, tensor<int32, [2]> e", "o",
 		"        tensor<fp16, [4, 6]> o = slice_update(x = x, update = u, begin = b, end = e, "
 		"squeeze_mask = tensor<bool, [2]>([true, false]));"));
 	const void *in2[] = {x, u, beg, end};
@@ -2825,11 +2750,8 @@ Test(ops, einsum_equations)
 		float *a = rf32(na, -1, 1, &va), *b = rf32(nb, -1, 1, &vb), y[200];
 		char inputs[128];
 		snprintf(inputs, sizeof inputs, "tensor<fp32, %s> a, tensor<fp32, %s> b", cases[ci].ta, cases[ci].tb);
-		anes_bprogram *p = compile_ok(prog(inputs, "y", "        tensor<fp32, %s> y = einsum(values = (a, b), equation = string(\"%s\"));",
-		                                   cases[ci].tout, cases[ci].eq));
-		const void *in[] = {a, b};
-		void *out[] = {y};
-		run_ok(p, 0, in, out);
+		compile_run(prog(inputs, "y", "        tensor<fp32, %s> y = einsum(values = (a, b), equation = string(\"%s\"));",
+		                 cases[ci].tout, cases[ci].eq), (const void *[]){a, b}, (void *[]){y});
 		/* reference: bind every letter, loop over all bindings */
 		const char *eq = cases[ci].eq;
 		char ta[8] = {0}, tb[8] = {0}, to[8] = {0}, letters[16] = {0};
@@ -2870,7 +2792,6 @@ Test(ops, einsum_equations)
 			ref[io] += va[ia] * vb[ib];
 		}
 		check_f32(eq, y, ref, no, 1e-5);
-		B->ops->program_free(B, p);
 		free(va);
 		free(vb);
 		free(a);
@@ -2960,11 +2881,9 @@ Test(ops, lstm_and_rnn)
 				         seqo ? "true" : "false");
 				char inputs[160];
 				snprintf(inputs, sizeof inputs, "tensor<fp16, [4, 2, 3]> x, tensor<fp16, [2, %d]> h0, tensor<fp16, [2, %d]> c0", D * H, D * H);
-				anes_bprogram *p = compile_ok(prog(inputs, "o, h, c", "%s", body));
 				uint16_t o[S * Bn * 2 * H], hh[Bn * 2 * H], cc[Bn * 2 * H];
-				const void *in[] = {x, h0, c0};
-				void *out[] = {o, hh, cc};
-				run_ok(p, 0, in, out);
+				compile_run(prog(inputs, "o, h, c", "%s", body),
+				            (const void *[]){x, h0, c0}, (void *[]){o, hh, cc});
 				/* reference */
 				double hs[Bn][2 * H], cs[Bn][2 * H], seq[S][Bn][2 * H];
 				for (int b = 0; b < Bn; b++)
@@ -3009,7 +2928,6 @@ Test(ops, lstm_and_rnn)
 				check_f16(what, hh, rh, (size_t)(Bn * D * H), 3e-3);
 				check_f16(what, cc, rc, (size_t)(Bn * D * H), 3e-3);
 				check_f16(what, o, seqo ? ro : rh, (size_t)((seqo ? S : 1) * Bn * D * H), 3e-3);
-				B->ops->program_free(B, p);
 				for (int d = 0; d < 2; d++)
 					for (int k = 0; k < 4; k++)
 						free(w[d][k]);
@@ -3022,14 +2940,12 @@ Test(ops, lstm_and_rnn)
 	free(rf16(H * H, -1, 1, &wh));
 	free(rf16(H, -1, 1, &bb));
 	char a[512], b2[512], c2[256];
-	anes_bprogram *p = compile_ok(prog("tensor<fp16, [4, 2, 3]> x, tensor<fp16, [2, 2]> h0", "o, h",
+	uint16_t o[S * Bn * H], hh[Bn * H];
+	compile_run(prog("tensor<fp16, [4, 2, 3]> x, tensor<fp16, [2, 2]> h0", "o, h",
 		"        tensor<fp16, [4, 2, 2]> o, tensor<fp16, [2, 2]> h = rnn(x = x, initial_h = h0, weight_ih = %s, weight_hh = %s, bias = %s, "
 		"direction = string(\"reverse\"), output_sequence = true, activation = string(\"relu\"));",
-		f16_list(a, sizeof a, "[2, 3]", wi, H * I), f16_list(b2, sizeof b2, "[2, 2]", wh, H * H), f16_list(c2, sizeof c2, "[2]", bb, H)));
-	uint16_t o[S * Bn * H], hh[Bn * H];
-	const void *in[] = {x, h0};
-	void *out[] = {o, hh};
-	run_ok(p, 0, in, out);
+		f16_list(a, sizeof a, "[2, 3]", wi, H * I), f16_list(b2, sizeof b2, "[2, 2]", wh, H * H), f16_list(c2, sizeof c2, "[2]", bb, H)),
+		(const void *[]){x, h0}, (void *[]){o, hh});
 	double hs[Bn][H], ro[S * Bn * H];
 	for (int b = 0; b < Bn; b++)
 		for (int j = 0; j < H; j++)
@@ -3051,7 +2967,6 @@ Test(ops, lstm_and_rnn)
 	check_f16("rnn sequence", o, ro, S * Bn * H, 3e-3);
 	double rh[Bn * H] = {hs[0][0], hs[0][1], hs[1][0], hs[1][1]};
 	check_f16("rnn h", hh, rh, Bn * H, 3e-3);
-	B->ops->program_free(B, p);
 	free(vx), free(vh0), free(wi), free(wh), free(bb), free(x), free(h0);
 }
 
@@ -3078,15 +2993,12 @@ Test(ops, reverse_sequence_and_reshape_like)
 	B->ops->program_free(B, p);
 	/* reshape_like: the shape from slices of the references' shapes */
 	uint16_t z[24];
-	p = compile_ok(prog("tensor<fp16, [4, 3, 2]> x, tensor<fp16, [2, 9]> a, tensor<fp16, [1, 12, 5]> b", "y",
+	compile_run(prog("tensor<fp16, [4, 3, 2]> x, tensor<fp16, [2, 9]> a, tensor<fp16, [1, 12, 5]> b", "y",
 		"        tensor<fp16, [2, 12]> y = reshape_like(x = x, ref_tensors = (a, b), begins = tensor<int32, [2]>([0, 1]), "
-		"ends = tensor<int32, [2]>([1, 2]), end_masks = tensor<bool, [2]>([false, false]));"));
-	const void *in2[] = {x, x, x};
-	void *out2[] = {z};
-	run_ok(p, 0, in2, out2);
+		"ends = tensor<int32, [2]>([1, 2]), end_masks = tensor<bool, [2]>([false, false]));"),
+		(const void *[]){x, x, x}, (void *[]){z});
 	for (int i = 0; i < 24; i++)
 		cr_assert_eq(h2d(z[i]), v[i]);
-	B->ops->program_free(B, p);
 	compile_err(prog("tensor<fp16, [4, 3, 2]> x, tensor<fp16, [2, 9]> a", "y",
 		"        tensor<fp16, [2, 9]> y = reshape_like(x = x, ref_tensors = (a), begins = tensor<int32, [1]>([0]), ends = tensor<int32, [1]>([2]));"));
 	cr_assert(strstr(errbuf, "the reference shape has 18 elements, x has 24"), "%s", errbuf);
@@ -3099,13 +3011,11 @@ Test(ops, topk_and_argmax_ios17_forms)
 	/* k = -1 (all), return_indices = false (values only); output_dtype / output_indices_dtype "int32" */
 	float x[5] = {0.5f, -1, 3, 2, 3}, v[5];
 	int32_t ix[5], am;
-	anes_bprogram *p = compile_ok(prog("tensor<fp32, [5]> x", "v, i, a",
+	compile_run(prog("tensor<fp32, [5]> x", "v, i, a",
 		"        tensor<fp32, [5]> v = topk(x = x, k = int32(-1), return_indices = false);\n"
 		"        tensor<fp32, [5]> w, tensor<int32, [5]> i = topk(x = x, k = int32(-1), ascending = true, output_indices_dtype = string(\"int32\"));\n"
-		"        int32 a = reduce_argmax(x = x, output_dtype = string(\"int32\"));"));
-	const void *in[] = {x};
-	void *out[] = {v, ix, &am};
-	run_ok(p, 0, in, out);
+		"        int32 a = reduce_argmax(x = x, output_dtype = string(\"int32\"));"),
+		(const void *[]){x}, (void *[]){v, ix, &am});
 	static const float want[5] = {3, 3, 2, 0.5f, -1};
 	static const int32_t wi[5] = {1, 0, 3, 2, 4};
 	for (int i = 0; i < 5; i++) {
@@ -3113,9 +3023,56 @@ Test(ops, topk_and_argmax_ios17_forms)
 		cr_assert_eq(ix[i], wi[i]);
 	}
 	cr_assert_eq(am, 2);
-	B->ops->program_free(B, p);
 	cr_assert_eq(compile_err(prog("tensor<fp32, [5]> x", "a", "        int32 a = reduce_argmax(x = x, output_dtype = string(\"uint16\"));")),
 	             -ENOTSUP);
 	compile_err(prog("tensor<fp32, [5]> x", "v", "        tensor<fp32, [5]> v, tensor<int32, [5]> i = topk(x = x, k = int32(-1), return_indices = false);"));
 	cr_assert(strstr(errbuf, "has 1 outputs, 2 declared"), "%s", errbuf);
+}
+
+/* The op table's argument checks are one set (daemon/mil/mil_args.c): an op of
+ * either half of the table (mil_ops.c, mil_ops_ext.c) reads an optional
+ * number the same way (a scalar or a one-element vector) and fails with the
+ * same words. */
+Test(ops, argument_checks_are_one_set)
+{
+	/* leaky_relu (mil_ops_ext.c) takes alpha as a one-element vector, as log (mil_ops.c) takes epsilon */
+	uint16_t x[4], y[4];
+	static const double xs[4] = {-2, -0.5, 0, 3};
+	for (int i = 0; i < 4; i++)
+		x[i] = anes_f32_to_f16_soft((float)xs[i]);
+	run1_f16("tensor<fp16, [4]>", "tensor<fp16, [4]>", "leaky_relu(x = x, alpha = tensor<fp16, [1]>([0.125]))", x, y);
+	static const double want[4] = {-0.25, -0.0625, 0, 3};
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(h2d(y[i]), want[i], "leaky_relu[%d] = %g, want %g", i, h2d(y[i]), want[i]);
+	run1_f16("tensor<fp16, [4]>", "tensor<fp16, [4]>", "log(x = x, epsilon = tensor<fp16, [1]>([4]))", x, y);
+	cr_assert_eq(h2d(y[0]), h2d(anes_f32_to_f16_soft(logf(2.0f))));
+
+	/* two elements: refused by both, in the same words */
+	static const char *const bad[][2] = {
+		{"leaky_relu(x = x, alpha = tensor<fp16, [2]>([0.125, 0.25]))", "argument 'alpha' must be a numeric scalar"},
+		{"log(x = x, epsilon = tensor<fp16, [2]>([1, 2]))", "argument 'epsilon' must be a numeric scalar"},
+		{"cumsum(x = x, exclusive = int32(1))", "argument 'exclusive' must be a bool scalar"},
+		{"softmax(x = x, axis = fp16(0))", "argument 'axis' must be an integer scalar"},
+		{"cumsum(x = x, axis = tensor<int32, [1]>([0]))", "argument 'axis' must be an integer scalar"},
+		{"softmax(x = x, axis = int32(1))", "axis 1 is out of range for rank 1"},
+		{"cumsum(x = x, axis = int32(-2))", "axis -2 is out of range for rank 1"},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		cr_assert_eq(compile_err(prog("tensor<fp16, [4]> x", "y", "        tensor<fp16, [4]> y = %s;", bad[i][0])),
+		             -EINVAL, "%s", bad[i][0]);
+		cr_assert(strstr(errbuf, bad[i][1]), "%s: %s", bad[i][0], errbuf);
+	}
+	cr_assert_eq(compile_err(prog("tensor<fp16, [2, 2]> x", "y",
+		"        tensor<fp16, [2, 2]> y = matmul(x = x, y = x, transpose_x = int32(1));")), -EINVAL);
+	cr_assert(strstr(errbuf, "argument 'transpose_x' must be a bool scalar"), "%s", errbuf);
+
+	/* a result over the tensor limit: the same message from tile (mil_ops.c) and fill (mil_ops_ext.c) */
+	cr_assert_eq(compile_err(prog("tensor<fp16, [4, 4]> x", "y",
+		"        tensor<fp16, [4, 4]> y = tile(x = x, reps = tensor<int32, [2]>([65536, 65536]));")),
+		-EINVAL);
+	cr_assert(strstr(errbuf, "result is too large (or has a zero or oversized dimension)"), "%s", errbuf);
+	cr_assert_eq(compile_err(prog("tensor<fp16, [4]> x", "y",
+		"        tensor<fp16, [4]> y = fill(shape = tensor<int32, [2]>([4194304, 4194304]), value = fp16(1));")),
+		-EINVAL);
+	cr_assert(strstr(errbuf, "result is too large (or has a zero or oversized dimension)"), "%s", errbuf);
 }
