@@ -528,7 +528,7 @@ Test(tenants, status_lists_each_client_process)
 	cr_expect_eq(me->surface_bytes, 4096 + 8192 + mm.in_bytes + mm.out_bytes);
 	cr_expect_eq(me->programs, 1);
 	cr_expect_gt(me->program_bytes, 0);
-	cr_expect_eq(me->fds, 0);   /* no device worker: the daemon keeps no fds */
+	cr_expect_eq(me->fds, 4);   /* an fd kept per memfd surface (state/surface.c) */
 	cr_expect_eq(me->runs, 1);
 	cr_expect_eq(me->jobs, 0);
 	const struct aneshare_status_process *other = find_process(st, (uint64_t)child);

@@ -159,7 +159,8 @@ static void step_param_err(run_err *e, bool chain, uint32_t i, const anes_run_wi
 	set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS, wrong, key);
 }
 
-/* The surfaces a step names, against what the function takes; ret[i]. */
+/* The surfaces a step names, against what the function takes; ret[i].
+ * Outputs (what "output") must not be read-only imports (share.c). */
 static bool check_surfaces(anes_conn *c, run_err *e, bool chain, uint32_t step, const char *what,
                            const uint32_t *ids, const anes_tensor_desc *t, uint32_t n,
                            anes_surface **ret)
@@ -168,6 +169,11 @@ static bool check_surfaces(anes_conn *c, run_err *e, bool chain, uint32_t step, 
 		anes_surface *s = anes_idt_find(&c->surfaces, ids[i]);
 		if (!s) {
 			set_err(e, chain, true, step, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", ids[i]);
+			return false;
+		}
+		if (s->read_only && !strcmp(what, "output")) {
+			set_err(e, chain, true, step, ANES_WERR_INVALID_PARAMS,
+			        "output %u: surface %u is a read-only import", i, ids[i]);
 			return false;
 		}
 		if (s->size < t[i].bytes) {

@@ -94,7 +94,8 @@ void anes_conn_unref(anes_conn *c)
 static bool can_take_requests(const anes_conn *c)
 {
 	const anes_limits *lim = &c->srv->lim;
-	return !c->failed && !c->lane && !c->input_blocked && c->inflight < lim->max_inflight &&
+	return !c->failed && !c->lane && !c->input_blocked && !c->share_paused &&
+	       c->inflight < lim->max_inflight &&
 	       c->io.out_bytes < lim->max_unsent_bytes && anes_tenant_jobs_room(c->tenant);
 }
 
@@ -414,7 +415,8 @@ static void teardown(anes_conn *c)
 	srv->n_conns--;
 
 	for (uint32_t i = 0; i < c->surfaces.n; i++)
-		anes_surface_unref(c->surfaces.v[i].ptr);
+		(void)anes_surface_drop(c->surfaces.v[i].ptr);
+	anes_share_conn_gone(c);
 	for (uint32_t i = 0; i < c->programs.n; i++)
 		anes_centry_drop_handle(c->programs.v[i].ptr, c->tenant);
 	anes_idt_cleanup(&c->surfaces);
@@ -697,6 +699,11 @@ static void close_with_error(anes_conn *c, int code, const char *msg)
 	char why[ANES_ERRMSG_MAX + 32];
 	snprintf(why, sizeof(why), "protocol error: %s", msg);
 	anes_conn_fail(c, why);
+}
+
+void anes_conn_close_with_error(anes_conn *c, int code, const char *msg)
+{
+	close_with_error(c, code, msg);
 }
 
 void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)

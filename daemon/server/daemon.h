@@ -35,6 +35,7 @@
 
 typedef struct anes_conn anes_conn;
 typedef struct anes_surface anes_surface;
+struct anes_share_tok;
 typedef struct anes_centry anes_centry;
 typedef struct anes_wfile anes_wfile;
 typedef struct anes_cache anes_cache;
@@ -42,6 +43,17 @@ typedef struct anes_pool anes_pool;
 typedef struct anes_job anes_job;
 
 /* ---- the server -------------------------------------------------------- */
+
+/* Sharing surfaces between connections by token (share.c). */
+typedef struct anes_smem anes_smem;
+typedef struct anes_shares {
+	struct anes_share_tok *toks;  /* live tokens, daemon-wide (doubly linked) */
+	uint32_t n_toks;
+	anes_smem *exported;          /* memory exported at least once, alive (xnext) */
+	uv_timer_t timer;             /* ends penalties of failed token imports */
+	bool timer_init;
+	uint32_t n_paused;            /* connections under a penalty */
+} anes_shares;
 
 typedef struct anes_stats {
 	_Atomic uint64_t runs;    /* added to by lane workers too */
@@ -130,7 +142,8 @@ struct anes_server {
 	unsigned run_concurrency;    /* most runs of one program at once on the job threads
 	                              * (or a device worker's), and ... */
 	unsigned lane_concurrency;   /* ... how many more on the lane threads (program memory) */
-	uint64_t next_surface_key;   /* anes_surface.key */
+	uint64_t next_surface_key;   /* anes_smem.key */
+	anes_shares shares;          /* tokens and exported memory (share.c) */
 };
 
 /* ---- connections (conn.c) ------------------------------------------------- */
@@ -211,6 +224,14 @@ struct anes_conn {
 	anes_idtable programs;       /* -> anes_centry* (one handle each) */
 	uint32_t surfaces_alive;     /* including released ones still held by runs */
 	uint64_t surface_bytes;
+	/* Sharing (share.c): live tokens this connection exported, its failed
+	 * token imports (forgotten after a quiet while), and the penalty they
+	 * earned: not read until share_until_ns while share_paused. */
+	uint32_t share_tokens;
+	uint32_t share_fails;
+	uint64_t share_last_fail_ns;
+	uint64_t share_until_ns;
+	bool share_paused;
 	/* Input (conn.c, "input limits"). */
 	anes_conn *input_prev, *input_next;  /* srv->input_wait_*, under srv->input_mu */
 	bool input_waiting;          /* under srv->input_mu: on that list */
@@ -295,6 +316,8 @@ anes_conn *anes_conn_ref(anes_conn *c);
 void anes_conn_unref(anes_conn *c);
 /* Stop all I/O on c and schedule its teardown.  Safe anywhere, idempotent. */
 void anes_conn_fail(anes_conn *c, const char *why);
+/* Send an error notification with code (best effort), then fail c. */
+void anes_conn_close_with_error(anes_conn *c, int code, const char *msg);
 /* Send a protocol error notification (best effort), then fail c. */
 void anes_conn_protocol_error(anes_conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -371,45 +394,119 @@ bool anes_request_admit(anes_conn *c, uint32_t msgid, bool is_hello);
 
 /* ---- surfaces (surface.c) --------------------------------------------------- */
 
-struct anes_surface {
-	unsigned refs;      /* the owner's table + runs in flight */
+/* A surface's memory: one per surface.create or surface.import by fd or by
+ * IOSurface ID, shared by every handle to it (token imports add handles,
+ * share.c).  Counted once in the daemon's totals (stats.surfaces and
+ * surface_bytes, and the daemon-wide surface charges) while it lives; it
+ * lives while any handle does.  Loop thread only. */
+struct anes_smem {
+	unsigned refs;      /* its handles */
+	anes_server *srv;
 	void *map;          /* MAP_SHARED, size bytes */
 	uint64_t size;
-	anes_conn *owner;   /* referenced: accounting outlives the table entry */
-	anes_tenant *tenant;    /* owner's, referenced: charged size, 1 surface, fd_charged fds */
-	bool fd_charged;
 	uint64_t key;       /* unique in this daemon (backend.h, anes_surface_desc) */
-	int fd;             /* a CLOEXEC dup of the memfd when the backend has
-	                     * run_surfaces (device worker), else -1 (always
-	                     * -1 with shm: the worker looks it up by ID) */
-	struct anes_shm *shm;   /* owned: a surface named by ID (IOSurface,
-	                         * anes_shm.h); map == shm->base.  NULL for memfd */
+	int fd;             /* a CLOEXEC dup of the memfd (O_RDWR), kept while the
+	                     * memory lives (export and the device worker need it);
+	                     * -1 with shm (named by ID) */
+	bool fd_charged;    /* the daemon's total holds an fd for it */
+	struct anes_shm *shm;   /* owned: memory named by ID (IOSurface, anes_shm.h);
+	                         * map == shm->base.  NULL for memfd */
 	bool shm_created;       /* by this daemon (surface.create): on the list of
 	                         * anes_surface_shm_created, through shm_prev/next */
-	anes_surface *shm_prev, *shm_next;
+	anes_smem *shm_prev, *shm_next;
+	anes_surface *handles;  /* its handles (anes_surface.mnext), newest first */
+	/* Sharing (share.c): live tokens, whether the memfd's mode was made
+	 * read-only (first read-only export), and the daemon's list of memory
+	 * ever exported (status "shared"). */
+	uint32_t tokens;
+	bool ro_mode;
+	bool exported;
+	anes_smem *xprev, *xnext;
 };
 
-/* Whether surfaces on memfds keep an fd in the daemon (a device worker). */
+/* A handle: one connection's ID for a surface's memory.  map, size, key, fd
+ * and shm are the memory's (copied for the run path). */
+struct anes_surface {
+	unsigned refs;      /* the owner's table + runs in flight */
+	void *map;
+	uint64_t size;
+	anes_conn *owner;   /* referenced: accounting outlives the table entry */
+	anes_tenant *tenant;    /* owner's, referenced: charged 1 surface, size and,
+	                         * when fd_charged, 1 fd (not the daemon's totals:
+	                         * the memory holds those) */
+	bool fd_charged;
+	uint64_t key;
+	int fd;             /* the memory's (borrowed), -1 if none */
+	struct anes_shm *shm;   /* the memory's (borrowed), NULL for memfd */
+	anes_smem *mem;     /* referenced */
+	bool read_only;     /* from a read-only token: never a run output */
+	anes_surface *mprev, *mnext;     /* mem->handles */
+	struct anes_share_tok *tokens;   /* share.c: live tokens exported from this handle */
+};
+
+/* Whether surfaces on memfds keep an fd in the daemon: always (a memfd
+ * surface can be exported, and a device worker needs it). */
 bool anes_surface_keeps_fd(const anes_server *srv);
-/* Charge a surface of size bytes (and an fd, when fd) to owner's tenant and
- * the daemon before it is made.  0, or -EDQUOT / -ENOSPC (tenant.h) with
- * *ret_res the resource over its limit.  anes_surface_new* take the charge
- * over on success; on their failure the caller undoes it. */
-int anes_surface_charge(anes_conn *owner, uint64_t size, bool fd, anes_res *ret_res);
-void anes_surface_uncharge(anes_conn *owner, uint64_t size, bool fd);
-/* Map size bytes of fd (not taken; the mapping keeps the memory alive, and
- * a dup is kept when the backend shares surfaces with another process).
- * Counts against owner's totals.  -ENOMEM, -EMFILE. */
+/* Charge a handle of size bytes (and an fd, when fd) to owner's tenant and,
+ * when daemon, to the daemon's totals (new memory; false: a token import's
+ * handle to memory the daemon holds already) before it is made.  0, or
+ * -EDQUOT / -ENOSPC (tenant.h) with *ret_res the resource over its limit.
+ * anes_surface_new* take the charge over on success; on their failure the
+ * caller undoes it with the same arguments. */
+int anes_surface_charge(anes_conn *owner, uint64_t size, bool fd, bool daemon, anes_res *ret_res);
+void anes_surface_uncharge(anes_conn *owner, uint64_t size, bool fd, bool daemon);
+/* New memory: map size bytes of fd (not taken; the memory keeps a CLOEXEC
+ * dup, and the mapping) and the first handle to it, owner's.  -ENOMEM,
+ * -EMFILE, mmap's errno. */
 int anes_surface_new(anes_conn *owner, int fd, uint64_t size, anes_surface **ret);
-/* A surface on shm (anes_shm.h; taken on success only).  With a device
- * worker (run_surfaces) the worker looks it up by its ID (docs/worker.md). */
+/* New memory on shm (anes_shm.h; taken on success only) and its first
+ * handle.  With a device worker (run_surfaces) the worker looks it up by
+ * its ID (docs/worker.md). */
 int anes_surface_new_shm(anes_conn *owner, struct anes_shm *shm, bool created,
                          anes_surface **ret);
+/* Another handle to mem, owner's (a token import, charged with daemon =
+ * false).  -ENOMEM. */
+int anes_surface_new_handle(anes_conn *owner, anes_smem *mem, bool read_only,
+                            anes_surface **ret);
 /* Whether a live surface this process created (surface.create) has wire ID
  * id: surface.import refuses those (docs/security.md).  Thread-safe. */
 bool anes_surface_shm_created(uint32_t id);
 anes_surface *anes_surface_ref(anes_surface *s);
 anes_surface *anes_surface_unref(anes_surface *s);
+/* A handle leaves its connection's table (surface.release, disconnect):
+ * the tokens exported from it die (share.c), then the table's reference
+ * goes.  Returns whether runs still hold it. */
+bool anes_surface_drop(anes_surface *s);
+
+/* The methods of methods.c that share.c uses for surface.import by token:
+ * the connection's caps and the charge (anes_surface_charge's daemon), and
+ * the answer {id, size[, iosurface_id][, read_only]} with fd attached
+ * (taken; -1: none) that enters s in the table (s's reference is taken in
+ * every case). */
+bool anes_surface_limits_ok(anes_conn *c, uint32_t msgid, uint64_t size, bool fd, bool daemon);
+void anes_surface_reply(anes_conn *c, uint32_t msgid, anes_surface *s, int fd, bool with_ro);
+
+/* ---- sharing (share.c) ------------------------------------------------------ */
+
+/* Bytes of a token (64 hex digits on the wire). */
+#define ANES_TOKEN_BYTES 32
+
+/* n bytes from the OS's CSPRNG (getrandom, arc4random_buf, /dev/urandom).
+ * 0 or -errno. */
+int anes_random_bytes(void *buf, size_t n);
+/* anes_server_new / shutdown: the penalty timer. */
+void anes_shares_init(anes_server *srv);
+void anes_shares_close(anes_server *srv);
+/* The tokens exported from handle s die (anes_surface_drop). */
+void anes_share_revoke(anes_surface *s);
+/* A connection's teardown: forget its penalty. */
+void anes_share_conn_gone(anes_conn *c);
+/* surface.export, and surface.import with "token" (methods.c dispatches). */
+void anes_share_export(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
+void anes_share_import(anes_conn *c, const anes_msg *m, unsigned nfds);
+/* status: "shared" (an array of at most budget bytes or so) and
+ * "shared_total", two key-value pairs. */
+void anes_share_pack_status(msgpack_packer *pk, anes_server *srv, size_t budget);
 
 /* ---- program cache (program.c) ---------------------------------------------- */
 

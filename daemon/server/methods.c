@@ -188,7 +188,7 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_str(&f.pk, "backend", backend_name(c->srv));
 	anes_pack_str(&f.pk, "limits");
-	msgpack_pack_map(&f.pk, 18 + 1 + 4 + count_tenant_limits());
+	msgpack_pack_map(&f.pk, 18 + 1 + 4 + 4 + count_tenant_limits());
 	pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
 	pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
 	pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
@@ -213,6 +213,10 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "max_input_bytes", lim->max_input_bytes);
 	pack_kv_u64(&f.pk, "hello_timeout_ms", lim->hello_timeout_ms);
 	pack_kv_u64(&f.pk, "frame_timeout_ms", lim->frame_timeout_ms);
+	pack_kv_u64(&f.pk, "max_exports_per_conn", lim->max_exports_per_conn);
+	pack_kv_u64(&f.pk, "max_daemon_exports", lim->max_daemon_exports);
+	pack_kv_u64(&f.pk, "max_export_uses", lim->max_export_uses);
+	pack_kv_u64(&f.pk, "max_export_ttl_ms", lim->max_export_ttl_ms);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -294,7 +298,8 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		procs_fit = 1024;
 	if (n_procs > procs_fit)
 		n_procs = procs_fit;
-	uint32_t fit = (srv->lim.max_frame - 2048 - srv->lim.max_frame / 4) / 96;
+	/* Shared surfaces get an eighth (anes_share_pack_status). */
+	uint32_t fit = (srv->lim.max_frame - 2048 - srv->lim.max_frame / 4 - srv->lim.max_frame / 8) / 96;
 	if (ctx.n > fit)
 		ctx.n = fit;
 
@@ -302,7 +307,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 28 : 27);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 30 : 29);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -379,39 +384,40 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		for (int r = 0; r < ANES_RES_N; r++)
 			pack_kv_u64(&f.pk, anes_res_name(r), anes_tenant_use(u, r));
 	}
+	anes_share_pack_status(&f.pk, srv, srv->lim.max_frame / 8);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
 /* ---- surfaces ---------------------------------------------------------------- */
 
 /* The connection's own caps (its ID table), then the charge to its client
- * process and the daemon (tenant.h).  On success the surface is charged:
- * every later failure must call anes_surface_uncharge. */
-static bool surface_limits_ok(anes_conn *c, const anes_msg *m, uint64_t size, bool fd)
+ * process and (daemon) the daemon (tenant.h).  On success the surface is
+ * charged: every later failure must call anes_surface_uncharge. */
+bool anes_surface_limits_ok(anes_conn *c, uint32_t msgid, uint64_t size, bool fd, bool daemon)
 {
 	const anes_limits *lim = &c->srv->lim;
 	uint32_t id;
 
 	if (c->surfaces_alive >= lim->max_surfaces) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT,
 		                      "too many surfaces on this connection (max %u)", lim->max_surfaces);
 		return false;
 	}
 	if (anes_idt_peek(&c->surfaces, &id) < 0) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT, "surface IDs exhausted");
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "surface IDs exhausted");
 		return false;
 	}
 	if (anes_idt_reserve(&c->surfaces, 1) < 0) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
 		return false;
 	}
 	anes_res res;
-	int r = anes_surface_charge(c, size, fd, &res);
+	int r = anes_surface_charge(c, size, fd, daemon, &res);
 	if (r < 0) {
 		char msg[ANES_ERRMSG_MAX];
 		anes_tenant_limit_msg(c->tenant, res, res == ANES_RES_SURFACE_BYTES ? size : 1, r, msg,
 		                      sizeof(msg));
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT, "%s", msg);
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "%s", msg);
 		return false;
 	}
 	return true;
@@ -419,7 +425,7 @@ static bool surface_limits_ok(anes_conn *c, const anes_msg *m, uint64_t size, bo
 
 /* Answer {id, size} with fd (or none) attached, and only then enter the
  * surface in the table, so that a failure leaves the table unchanged. */
-static void surface_reply(anes_conn *c, const anes_msg *m, anes_surface *s, int fd)
+void anes_surface_reply(anes_conn *c, uint32_t msgid, anes_surface *s, int fd, bool with_ro)
 {
 	uint32_t id;
 	void *data;
@@ -428,18 +434,22 @@ static void surface_reply(anes_conn *c, const anes_msg *m, anes_surface *s, int 
 
 	(void)anes_idt_peek(&c->surfaces, &id);
 	anes_frame_init(&f);
-	anes_pack_result(&f.pk, m->msgid, s->shm ? 3 : 2);
+	anes_pack_result(&f.pk, msgid, 2 + (s->shm != NULL) + with_ro);
 	pack_kv_u64(&f.pk, "id", id);
 	pack_kv_u64(&f.pk, "size", s->size);
 	if (s->shm)   /* named by ID (macOS): no fd (docs/protocol.md) */
 		pack_kv_u64(&f.pk, "iosurface_id", s->shm->id);
+	if (with_ro) {
+		anes_pack_str(&f.pk, "read_only");
+		pack_bool(&f.pk, s->read_only);
+	}
 	int r = anes_frame_finish(&f, fd >= 0 ? 1 : 0, c->io.max_frame, &data, &len);
 	if (r < 0) {
 		anes_frame_release(&f);
 		anes_surface_unref(s);
 		if (fd >= 0)
 			close(fd);
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
 		return;
 	}
 	/* Cannot fail: the ID was checked and the slot reserved. */
@@ -459,41 +469,41 @@ static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned
 		return;
 	}
 	const anes_shm_ops *so = anes_shm_default();
-	bool keep_fd = !so->by_id && anes_surface_keeps_fd(c->srv);
-	if (!surface_limits_ok(c, m, size, keep_fd))
+	bool keep_fd = anes_surface_keeps_fd(c->srv);
+	if (!anes_surface_limits_ok(c, m->msgid, size, keep_fd, true))
 		return;
 	if (so->by_id) {
 		anes_shm *shm;
 		r = so->create(size, &shm);
 		if (r < 0) {
-			anes_surface_uncharge(c, size, false);
+			anes_surface_uncharge(c, size, false, true);
 			reply_errno(c, m, r, "creating the IOSurface");
 			return;
 		}
 		r = anes_surface_new_shm(c, shm, true, &s);
 		if (r < 0) {
 			so->release(shm);
-			anes_surface_uncharge(c, size, false);
+			anes_surface_uncharge(c, size, false, true);
 			reply_errno(c, m, r, "creating the surface");
 			return;
 		}
-		surface_reply(c, m, s, -1);
+		anes_surface_reply(c, m->msgid, s, -1, false);
 		return;
 	}
 	r = anes_memfd_create("aneshare-surface", size, &fd);
 	if (r < 0) {
-		anes_surface_uncharge(c, size, keep_fd);
+		anes_surface_uncharge(c, size, keep_fd, true);
 		reply_errno(c, m, r, "creating the memfd");
 		return;
 	}
 	r = anes_surface_new(c, fd, size, &s);
 	if (r < 0) {
 		close(fd);
-		anes_surface_uncharge(c, size, keep_fd);
+		anes_surface_uncharge(c, size, keep_fd, true);
 		reply_errno(c, m, r, "mapping the surface");
 		return;
 	}
-	surface_reply(c, m, s, fd);
+	anes_surface_reply(c, m->msgid, s, fd, false);
 }
 
 /* surface.import {iosurface_id} (macOS).  Policy (docs/security.md): the
@@ -550,18 +560,18 @@ static void import_by_id(anes_conn *c, const anes_msg *m, unsigned nfds)
 		                      (unsigned long long)c->srv->lim.max_surface_bytes);
 		return;
 	}
-	if (!surface_limits_ok(c, m, size, false)) {
+	if (!anes_surface_limits_ok(c, m->msgid, size, false, true)) {
 		so->release(shm);
 		return;
 	}
 	r = anes_surface_new_shm(c, shm, false, &s);
 	if (r < 0) {
 		so->release(shm);
-		anes_surface_uncharge(c, size, false);
+		anes_surface_uncharge(c, size, false, true);
 		reply_errno(c, m, r, "importing the surface");
 		return;
 	}
-	surface_reply(c, m, s, -1);
+	anes_surface_reply(c, m->msgid, s, -1, false);
 }
 
 static void m_surface_import(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
@@ -569,6 +579,10 @@ static void m_surface_import(anes_conn *c, const anes_msg *m, int *fds, unsigned
 	uint64_t size;
 	anes_surface *s;
 
+	if (anes_mp_get(m->params, "token")) {
+		anes_share_import(c, m, nfds);   /* share.c */
+		return;
+	}
 	if (anes_mp_get(m->params, "iosurface_id")) {
 		import_by_id(c, m, nfds);
 		return;
@@ -592,12 +606,12 @@ static void m_surface_import(anes_conn *c, const anes_msg *m, int *fds, unsigned
 		return;
 	}
 	bool keep_fd = anes_surface_keeps_fd(c->srv);
-	if (!surface_limits_ok(c, m, size, keep_fd))
+	if (!anes_surface_limits_ok(c, m->msgid, size, keep_fd, true))
 		return;
 	/* The mapping keeps the memory; the dispatcher closes the fd. */
 	r = anes_surface_new(c, fds[0], size, &s);
 	if (r < 0)
-		anes_surface_uncharge(c, size, keep_fd);
+		anes_surface_uncharge(c, size, keep_fd, true);
 	if (r == -EPERM || r == -EACCES) {
 		/* Sealed against writing, or opened read-only. */
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
@@ -608,7 +622,7 @@ static void m_surface_import(anes_conn *c, const anes_msg *m, int *fds, unsigned
 		reply_errno(c, m, r, "mapping the surface");
 		return;
 	}
-	surface_reply(c, m, s, -1);
+	anes_surface_reply(c, m->msgid, s, -1, false);
 }
 
 static void m_surface_release(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
@@ -624,8 +638,7 @@ static void m_surface_release(anes_conn *c, const anes_msg *m, int *fds, unsigne
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", id);
 		return;
 	}
-	bool deferred = s->refs > 1;
-	anes_surface_unref(s);
+	bool deferred = anes_surface_drop(s);
 
 	anes_frame f;
 	anes_frame_init(&f);
@@ -833,6 +846,7 @@ static const struct method {
 	{ "surface.create", m_surface_create, false },
 	{ "surface.import", m_surface_import, true },
 	{ "surface.release", m_surface_release, false },
+	{ "surface.export", anes_share_export, false },
 	{ "program.compile", m_program_compile, true },
 	{ "program.info", m_program_info, false },
 	{ "program.release", m_program_release, false },

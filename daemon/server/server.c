@@ -81,6 +81,10 @@ void anes_server_config_init(anes_server_config *cfg)
 			.max_input_bytes = 256u << 20,
 			.hello_timeout_ms = 10000,
 			.frame_timeout_ms = 30000,
+			.max_exports_per_conn = 256,
+			.max_daemon_exports = 4096,
+			.max_export_uses = 1024,
+			.max_export_ttl_ms = 600000,
 		},
 		.handle_signals = false,
 		.verbose = false,
@@ -492,6 +496,7 @@ static void server_shutdown(anes_server *srv)
 	pthread_mutex_unlock(&srv->input_mu);
 	uv_close((uv_handle_t *)&srv->input_async, NULL);
 	uv_close((uv_handle_t *)&srv->input_timer, NULL);
+	anes_shares_close(srv);
 	if (srv->cfg.handle_signals) {
 		uv_close((uv_handle_t *)&srv->sig_int, NULL);
 		uv_close((uv_handle_t *)&srv->sig_term, NULL);
@@ -603,7 +608,7 @@ static void server_destroy(anes_server *srv, bool loop_init)
 	free(srv);
 }
 
-/* With a device worker the daemon keeps an fd per surface: keep the
+/* The daemon keeps an fd per memfd surface (surface.c): keep the
  * surfaces' fds within the process's fd limit (minus the connections and a
  * margin for everything else), so that the last surface refused gets
  * `limit` and not EMFILE, and a client whose fd limit was not set takes at
@@ -613,7 +618,7 @@ static void clamp_fd_limits(anes_server *srv)
 	anes_limits *l = &srv->lim;
 	bool derived = srv->cfg.limits.max_client_fds == 0;
 	struct rlimit rl;
-	if (srv->backend->ops->run_surfaces && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+	if (anes_surface_keeps_fd(srv) && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
 	    rl.rlim_cur != RLIM_INFINITY) {
 		uint64_t other = (uint64_t)l->max_connections + 64;
 		uint64_t room = rl.rlim_cur > other + 64 ? rl.rlim_cur - other : 64;
@@ -710,7 +715,8 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	    l->max_connections == 0 || l->max_unsent_bytes == 0 || l->drop_unsent_bytes == 0 ||
 	    l->max_daemon_surfaces == 0 || l->max_daemon_programs == 0 || l->max_daemon_jobs == 0 ||
 	    l->max_client_program_bytes == 0 || l->max_daemon_program_bytes == 0 ||
-	    srv->cfg.workers > 1024 || srv->cfg.lane_threads > 1024) {
+	    l->max_exports_per_conn == 0 || l->max_daemon_exports == 0 || l->max_export_uses == 0 ||
+	    l->max_export_ttl_ms == 0 || srv->cfg.workers > 1024 || srv->cfg.lane_threads > 1024) {
 		errmsg(errbuf, errbuf_len, "invalid limits (max_frame must be %u..%u, the others > 0)",
 		       ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST);
 		r = -EINVAL;
@@ -846,6 +852,7 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	uv_timer_init(&srv->loop, &srv->unsent_timer);
 	uv_async_init(&srv->loop, &srv->input_async, anes_conn_on_input_async);
 	uv_timer_init(&srv->loop, &srv->input_timer);
+	anes_shares_init(srv);
 	srv->input_async.data = srv;
 	srv->input_timer.data = srv;
 	srv->input_live = true;

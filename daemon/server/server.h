@@ -63,6 +63,13 @@ typedef struct anes_limits {
 	uint64_t max_input_bytes;
 	uint32_t hello_timeout_ms;
 	uint32_t frame_timeout_ms;
+	/* Tokens (surface.export, docs/protocol.md "Sharing surfaces"): live
+	 * tokens per connection and of the whole daemon, imports one token
+	 * allows, and its longest life. */
+	uint32_t max_exports_per_conn;
+	uint32_t max_daemon_exports;
+	uint32_t max_export_uses;
+	uint32_t max_export_ttl_ms;
 } anes_limits;
 
 typedef struct anes_server_config {
