@@ -83,7 +83,7 @@ static const optdef defs[] = {
 	{ "max-daemon-surfaces", T_U64, L(max_daemon_surfaces), 1, 1u << 24, "N",
 	  "surfaces of all clients together" },
 	{ "max-client-fds", T_U64, L(max_client_fds), 0, 1u << 24, "N",
-	  "file descriptors the daemon keeps for one client process's surfaces, with a device worker "
+	  "file descriptors the daemon keeps for one client process's surfaces, one per memfd surface "
 	  "(0: --max-client-surfaces)" },
 	{ "max-daemon-fds", T_U64, L(max_daemon_fds), 1, 1u << 24, "N",
 	  "file descriptors kept for the surfaces of all clients together" },
