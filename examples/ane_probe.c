@@ -397,6 +397,46 @@ static void p_sparse(str *b)
 	        "        " X16 " z = add(x = x, y = w)[name = string(\"z\")];\n");
 }
 
+static void p_lut_sparse(str *b)
+{
+	int m[32], q[11];
+	for (int i = 0; i < 32; i++)
+		m[i] = i % 3 == 0;
+	for (int i = 0; i < 11; i++)
+		q[i] = (i * 3) % 4;
+	sadd(b, "        tensor<uint1, [1, 32, 1, 1]> m = const()[name = string(\"m\"), val = tensor<uint1, [1, 32, 1, 1]>([");
+	list_ints(b, m, 32);
+	sadd(b, "])];\n        tensor<uint2, [11]> i = const()[name = string(\"i\"), val = tensor<uint2, [11]>([");
+	list_ints(b, q, 11);
+	sadd(b, "])];\n        tensor<fp16, [1, 2, 1, 1, 4, 1]> l = const()[name = string(\"l\"), "
+	        "val = tensor<fp16, [1, 2, 1, 1, 4, 1]>([-1, -0.5, 0.25, 1, 0.5, 0.75, -0.25, -1.5])];\n"
+	        "        tensor<uint1, [1, 32, 1, 1]> m2, tensor<fp16, [11]> v = constexpr_lut_to_sparse(indices_mask = m, "
+	        "indices_nonzero_data = i, lut = l)[name = string(\"s\")];\n"
+	        "        tensor<fp16, [1, 32, 1, 1]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m2)"
+	        "[name = string(\"w\")];\n"
+	        "        " X16 " z = add(x = x, y = w)[name = string(\"z\")];\n");
+}
+
+static void p_sparse_shift_scale(str *b)
+{
+	int m[32], q[11];
+	for (int i = 0; i < 32; i++)
+		m[i] = i % 3 == 0;
+	for (int i = 0; i < 11; i++)
+		q[i] = (i * 5) % 16 - 8;
+	sadd(b, "        tensor<uint1, [1, 32, 1, 1]> m = const()[name = string(\"m\"), val = tensor<uint1, [1, 32, 1, 1]>([");
+	list_ints(b, m, 32);
+	sadd(b, "])];\n        tensor<int8, [11]> q = const()[name = string(\"q\"), val = tensor<int8, [11]>([");
+	list_ints(b, q, 11);
+	sadd(b, "])];\n        tensor<fp16, [1, 4, 1, 1]> s = const()[name = string(\"s\"), "
+	        "val = tensor<fp16, [1, 4, 1, 1]>([0.125, 0.25, 0.0625, 0.5])];\n"
+	        "        tensor<uint1, [1, 32, 1, 1]> m2, tensor<fp16, [11]> v = constexpr_sparse_blockwise_shift_scale("
+	        "data_mask = m, nonzero_data = q, scale = s)[name = string(\"sp\")];\n"
+	        "        tensor<fp16, [1, 32, 1, 1]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m2)"
+	        "[name = string(\"w\")];\n"
+	        "        " X16 " z = add(x = x, y = w)[name = string(\"z\")];\n");
+}
+
 static void p_cexpr_cast(str *b)
 {
 	sadd(b, "        tensor<fp16, [1, 32, 1, 1]> h = const()[name = string(\"h\"), val = tensor<fp16, [1, 32, 1, 1]>([");
@@ -575,6 +615,10 @@ static const probe probes[] = {
 	{"constexpr_blockwise_shift_scale", "int4, 4 blocks, offset; + add", 1, -2, 2, p_shift_scale, NULL, NULL},
 	{"constexpr_cast", "+ add in fp32", 1, -2, 2, p_cexpr_cast, NULL, NULL},
 	{"constexpr_lut_to_dense", "uint2, 2 palettes; + add", 1, -2, 2, p_lut, NULL, NULL},
+	{"constexpr_lut_to_sparse", "uint2, 2 palettes; + constexpr_sparse_to_dense, add", 1, -2, 2, p_lut_sparse, NULL,
+	 NULL},
+	{"constexpr_sparse_blockwise_shift_scale", "int8, 4 blocks; + constexpr_sparse_to_dense, add", 1, -2, 2,
+	 p_sparse_shift_scale, NULL, NULL},
 	{"constexpr_sparse_to_dense", "uint1 mask; + add", 1, -2, 2, p_sparse, NULL, NULL},
 	{"conv", "1x1, const weights", 1, -2, 2, p_conv, NULL, NULL},
 	{"dequantize", "cast to int8 first", 1, -100, 100, p_dequantize, NULL, NULL},

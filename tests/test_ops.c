@@ -3076,3 +3076,268 @@ Test(ops, argument_checks_are_one_set)
 		-EINVAL);
 	cr_assert(strstr(errbuf, "result is too large (or has a zero or oversized dimension)"), "%s", errbuf);
 }
+
+/* gru, against an fp64 reference of the formulas: gates in the order reset,
+ * output, update; reset_after false: o = tanh(W_io x + b_io + b_ho + W_ho (r * h)),
+ * true (PyTorch's GRU, with input_bias): o = tanh(W_io x + b_io + r * (W_ho h + b_ho));
+ * h = (1 - z) o + z h */
+Test(ops, gru)
+{
+	enum { S = 4, Bn = 2, I = 3, H = 2 };
+	for (int rev = 0; rev < 2; rev++)
+		for (int ra = 0; ra < 2; ra++)
+			for (int seqo = 0; seqo < 2; seqo++)
+				for (int f32 = 0; f32 < 2; f32++) {
+					const char *dt = f32 ? "fp32" : "fp16";
+					double *vx, *vh0, *w[4];
+					void *x = f32 ? (void *)rf32(S * Bn * I, -1, 1, &vx) : (void *)rf16(S * Bn * I, -1, 1, &vx);
+					void *h0 = f32 ? (void *)rf32(Bn * H, -1, 1, &vh0) : (void *)rf16(Bn * H, -1, 1, &vh0);
+					static const size_t wn[4] = {3 * H * I, 3 * H * H, 3 * H, 3 * H};
+					static const char *shp[4] = {"[6, 3]", "[6, 2]", "[6]", "[6]"};
+					char wl[4][1024];
+					for (int k = 0; k < 4; k++) {
+						free(rf16(wn[k], -0.9, 0.9, &w[k]));   /* fp16 values: exact in both dtypes */
+						f16_list(wl[k], sizeof wl[k], shp[k], w[k], wn[k]);
+						if (f32)
+							for (char *q = strstr(wl[k], "fp16"); q; q = strstr(q, "fp16"))
+								memcpy(q, "fp32", 4);
+					}
+					char body[8192], inputs[160];
+					snprintf(body, sizeof body,
+					         "        tensor<%s, [%d, 2, %d]> o, tensor<%s, [2, %d]> h = gru(x = x, initial_h = h0, "
+					         "weight_ih = %s, weight_hh = %s, bias = %s%s%s, direction = string(\"%s\"), "
+					         "output_sequence = %s, reset_after = %s);",
+					         dt, seqo ? S : 1, H, dt, H, wl[0], wl[1], wl[2], ra ? ", input_bias = " : "", ra ? wl[3] : "",
+					         rev ? "reverse" : "forward", seqo ? "true" : "false", ra ? "true" : "false");
+					snprintf(inputs, sizeof inputs, "tensor<%s, [4, 2, 3]> x, tensor<%s, [2, %d]> h0", dt, dt, H);
+					float o[S * Bn * H], hh[Bn * H];   /* big enough for fp16 and fp32 */
+					compile_run(prog(inputs, "o, h", "%s", body), (const void *[]){x, h0}, (void *[]){o, hh});
+
+					double hs[Bn][H], ro[S * Bn * H], rh[Bn * H];
+					for (int b = 0; b < Bn; b++)
+						for (int j = 0; j < H; j++)
+							hs[b][j] = vh0[b * H + j];
+					for (int t0 = 0; t0 < S; t0++) {
+						int t = rev ? S - 1 - t0 : t0;
+						for (int b = 0; b < Bn; b++) {
+							const double *xt = vx + (t * Bn + b) * I;
+							double gi[3 * H], gh[3 * H], r[H], z[H], n[H];
+							for (int q = 0; q < 3 * H; q++) {
+								gi[q] = ra ? w[3][q] : 0;
+								for (int i = 0; i < I; i++)
+									gi[q] += w[0][q * I + i] * xt[i];
+								gh[q] = w[2][q];
+								for (int i = 0; i < H; i++)
+									gh[q] += w[1][q * H + i] * hs[b][i];
+							}
+							for (int j = 0; j < H; j++) {
+								r[j] = sgm(gi[j] + gh[j]);
+								z[j] = sgm(gi[2 * H + j] + gh[2 * H + j]);
+							}
+							for (int j = 0; j < H; j++) {
+								if (ra) {
+									n[j] = tanh(gi[H + j] + r[j] * gh[H + j]);
+								} else {
+									double s = gi[H + j] + w[2][H + j];
+									for (int i = 0; i < H; i++)
+										s += w[1][(H + j) * H + i] * r[i] * hs[b][i];
+									n[j] = tanh(s);
+								}
+							}
+							for (int j = 0; j < H; j++) {
+								hs[b][j] = (1 - z[j]) * n[j] + z[j] * hs[b][j];
+								ro[(t * Bn + b) * H + j] = hs[b][j];
+							}
+						}
+					}
+					for (int b = 0; b < Bn; b++)
+						for (int j = 0; j < H; j++)
+							rh[b * H + j] = hs[b][j];
+					char what[96];
+					snprintf(what, sizeof what, "gru %s reset_after %d seq %d %s", rev ? "reverse" : "forward", ra,
+					         seqo, dt);
+					if (f32) {
+						check_f32(what, hh, rh, Bn * H, 1e-5);
+						check_f32(what, o, seqo ? ro : rh, (size_t)((seqo ? S : 1) * Bn * H), 1e-5);
+					} else {
+						check_f16(what, (uint16_t *)hh, rh, Bn * H, 3e-3);
+						check_f16(what, (uint16_t *)o, seqo ? ro : rh, (size_t)((seqo ? S : 1) * Bn * H), 3e-3);
+					}
+					for (int k = 0; k < 4; k++)
+						free(w[k]);
+					free(vx);
+					free(vh0);
+					free(x);
+					free(h0);
+				}
+	/* shapes: weight_hh must be [3 H, H]; bidirectional is lstm's only */
+	compile_err(prog("tensor<fp16, [4, 2, 3]> x, tensor<fp16, [2, 1]> h0", "o, h",
+		"        tensor<fp16, [1, 2, 1]> o, tensor<fp16, [2, 1]> h = gru(x = x, initial_h = h0, "
+		"weight_ih = tensor<fp16, [3, 3]>([0, 0, 0, 0, 0, 0, 0, 0, 0]), weight_hh = tensor<fp16, [3, 1]>([0, 0, 0]), "
+		"direction = string(\"bidirectional\"));"));
+	cr_assert(strstr(errbuf, "direction must be \"forward\", \"reverse\""), "%s", errbuf);
+	compile_err(prog("tensor<fp16, [4, 2, 3]> x, tensor<fp16, [2, 2]> h0", "o, h",
+		"        tensor<fp16, [1, 2, 2]> o, tensor<fp16, [2, 2]> h = gru(x = x, initial_h = h0, "
+		"weight_ih = tensor<fp16, [6, 3]>([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), "
+		"weight_hh = tensor<fp16, [4, 2]>([0, 0, 0, 0, 0, 0, 0, 0]));"));
+	cr_assert(strstr(errbuf, "weight_hh must be [3 H, H]"), "%s", errbuf);
+}
+
+/* The iOS 18 sparse-to-sparse weight ops, each followed by
+ * constexpr_sparse_to_dense (as coremltools writes joint compression) and
+ * added to an input of zeros, so the dense weight comes out.  References:
+ * the examples of coremltools' op reference (worked by hand), and a dense
+ * expansion written here (every position of the output, its source
+ * position, its index), unlike the kernels' sparse walk. */
+
+/* the mask of coremltools' example, [4, 6] */
+static const int sp_mask[4][6] = {{1, 1, 0, 0, 0, 0}, {1, 1, 0, 0, 0, 1}, {0, 1, 1, 0, 1, 0}, {0, 0, 0, 1, 0, 0}};
+
+static void sp_list(char *buf, size_t len, const int *v, int n)
+{
+	size_t o = 0;
+	for (int i = 0; i < n; i++)
+		o += (size_t)snprintf(buf + o, len - o, "%s%d", i ? ", " : "", v[i]);
+}
+
+Test(ops, constexpr_lut_to_sparse)
+{
+	static const int nz[9] = {0, 1, 1, 0, 1, 1, 0, 0, 1};
+	char mask[200], idx[64];
+	sp_list(mask, sizeof mask, &sp_mask[0][0], 24);
+	sp_list(idx, sizeof idx, nz, 9);
+
+	/* scalar palettization, one palette {0: 2, 1: 3}: coremltools' example */
+	uint16_t x[48] = {0}, y[48];
+	char body[2048];
+	snprintf(body, sizeof body,
+	         "        tensor<uint1, [4, 6]> m, tensor<fp16, [9]> v = constexpr_lut_to_sparse("
+	         "indices_mask = tensor<uint1, [4, 6]>([%s]), indices_nonzero_data = tensor<uint1, [9]>([%s]), "
+	         "lut = tensor<fp16, [1, 1, 2, 1]>([2, 3]))[name = string(\"s\")];\n"
+	         "        tensor<fp16, [4, 6]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m)[name = string(\"w\")];\n"
+	         "        tensor<fp16, [4, 6]> y = add(x = x, y = w);", mask, idx);
+	compile_run(prog("tensor<fp16, [4, 6]> x", "y", "%s", body), (const void *[]){x}, (void *[]){y});
+	static const double want[4][6] = {{2, 3, 0, 0, 0, 0}, {3, 2, 0, 0, 0, 3}, {0, 3, 2, 0, 2, 0}, {0, 0, 0, 3, 0, 0}};
+	for (int i = 0; i < 24; i++)
+		cr_assert_eq(h2d(y[i]), want[i / 6][i % 6], "scalar [%d] = %g, want %g", i, h2d(y[i]), want[i / 6][i % 6]);
+
+	/* vector palettization (VECTOR_SIZE 2) along each axis, one palette per two rows */
+	static const double lut[2][2][2] = {{{2, 4}, {3, 5}}, {{-1, -2}, {6, 7}}};   /* [table][index][v] */
+	for (int va = 0; va < 2; va++) {
+		int oh = va ? 4 : 8, ow = va ? 12 : 6;
+		snprintf(body, sizeof body,
+		         "        tensor<uint1, [%d, %d]> m, tensor<fp16, [18]> v = constexpr_lut_to_sparse("
+		         "indices_mask = tensor<uint1, [4, 6]>([%s]), indices_nonzero_data = tensor<uint1, [9]>([%s]), "
+		         "lut = tensor<fp16, [2, 1, 2, 2]>([2, 4, 3, 5, -1, -2, 6, 7]), vector_axis = int32(%d))[name = string(\"s\")];\n"
+		         "        tensor<fp16, [%d, %d]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m)[name = string(\"w\")];\n"
+		         "        tensor<fp16, [%d, %d]> y = add(x = x, y = w);", oh, ow, mask, idx, va - 2, oh, ow, oh, ow);
+		char inputs[64];
+		snprintf(inputs, sizeof inputs, "tensor<fp16, [%d, %d]> x", oh, ow);
+		compile_run(prog(inputs, "y", "%s", body), (const void *[]){x}, (void *[]){y});
+		/* dense reference: the index of each set source position, by counting in row-major order */
+		int ord[4][6], k = 0;
+		for (int i = 0; i < 4; i++)
+			for (int j = 0; j < 6; j++)
+				ord[i][j] = sp_mask[i][j] ? nz[k++] : -1;
+		for (int p = 0; p < oh * ow; p++) {
+			int r = p / ow, c = p % ow;
+			int si = va ? r : r / 2, sj = va ? c / 2 : c, v = va ? c % 2 : r % 2;
+			double w = ord[si][sj] < 0 ? 0 : lut[si / 2][ord[si][sj]][v];
+			cr_assert_eq(h2d(y[p]), w, "vector_axis %d: [%d, %d] = %g, want %g", va - 2, r, c, h2d(y[p]), w);
+		}
+	}
+
+	/* the count of set bits must match; indices need 2^n palette entries */
+	snprintf(body, sizeof body,
+	         "        tensor<uint1, [4, 6]> m, tensor<fp16, [8]> v = constexpr_lut_to_sparse("
+	         "indices_mask = tensor<uint1, [4, 6]>([%s]), indices_nonzero_data = tensor<uint1, [8]>([0, 1, 1, 0, 1, 1, 0, 0]), "
+	         "lut = tensor<fp16, [1, 1, 2, 1]>([2, 3]));\n"
+	         "        tensor<fp16, [4, 6]> y = constexpr_sparse_to_dense(nonzero_data = v, mask = m);", mask);
+	cr_assert_eq(compile_err(prog("tensor<fp16, [1]> x", "y", "%s", body)), -EINVAL);
+	cr_assert(strstr(errbuf, "indices_mask has 9 set bits, indices_nonzero_data has 8 elements"), "%s", errbuf);
+	snprintf(body, sizeof body,
+	         "        tensor<uint1, [4, 6]> m, tensor<fp16, [9]> v = constexpr_lut_to_sparse("
+	         "indices_mask = tensor<uint1, [4, 6]>([%s]), indices_nonzero_data = tensor<uint2, [9]>([%s]), "
+	         "lut = tensor<fp16, [1, 1, 2, 1]>([2, 3]));\n"
+	         "        tensor<fp16, [4, 6]> y = constexpr_sparse_to_dense(nonzero_data = v, mask = m);", mask, idx);
+	cr_assert_eq(compile_err(prog("tensor<fp16, [1]> x", "y", "%s", body)), -EINVAL);
+	cr_assert(strstr(errbuf, "lut has 2 palette entries; uint2 indices need 4"), "%s", errbuf);
+}
+
+Test(ops, constexpr_sparse_blockwise_shift_scale)
+{
+	/* coremltools' example: one scale and offset per column */
+	static const int nz[9] = {10, 11, 3, 4, 5, 6, 7, 8, 9};
+	static const int m4[16] = {1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0, 0};
+	char mask[100], data[64], body[2048];
+	sp_list(mask, sizeof mask, m4, 16);
+	sp_list(data, sizeof data, nz, 9);
+	uint16_t x[16] = {0}, y[16], v[9];
+	snprintf(body, sizeof body,
+	         "        tensor<uint1, [4, 4]> m, tensor<fp16, [9]> v = constexpr_sparse_blockwise_shift_scale("
+	         "data_mask = tensor<uint1, [4, 4]>([%s]), nonzero_data = tensor<int8, [9]>([%s]), "
+	         "scale = tensor<fp16, [1, 4]>([0.1, 0.2, 0.3, 0.4]), offset = tensor<int8, [1, 4]>([1, 2, 3, 4]))[name = string(\"s\")];\n"
+	         "        tensor<fp16, [4, 4]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m)[name = string(\"w\")];\n"
+	         "        tensor<fp16, [4, 4]> y = add(x = x, y = w);\n"
+	         "        tensor<fp16, [9]> n = add(x = v, y = fp16(0));", mask, data);
+	compile_run(prog("tensor<fp16, [4, 4]> x", "y, n", "%s", body), (const void *[]){x}, (void *[]){y, v});
+	static const double want_nz[9] = {0.9, 1.8, 0.2, 0.4, 0.6, 0.9, 1.2, 0.7, 1.4};   /* the op reference's */
+	check_f16("sparse shift-scale nonzero data", v, want_nz, 9, 2e-3);
+	for (int i = 0, k = 0; i < 16; i++) {
+		double w = m4[i] ? want_nz[k++] : 0;
+		cr_assert(fabs(h2d(y[i]) - w) <= 2e-3 * fmax(1, w), "dense [%d] = %g, want %g", i, h2d(y[i]), w);
+	}
+
+	/* int4 data, scales per block of two rows, no offset; fp32 out; exact values */
+	static const int nz4[9] = {-8, 7, 1, -1, 2, -3, 4, 5, -6};
+	char d4[64];
+	sp_list(d4, sizeof d4, nz4, 9);
+	float xf[16] = {0}, yf[16];
+	snprintf(body, sizeof body,
+	         "        tensor<uint1, [4, 4]> m, tensor<fp32, [9]> v = constexpr_sparse_blockwise_shift_scale("
+	         "data_mask = tensor<uint1, [4, 4]>([%s]), nonzero_data = tensor<int4, [9]>([%s]), "
+	         "scale = tensor<fp32, [2, 1]>([0.5, -0.25]));\n"
+	         "        tensor<fp32, [4, 4]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m);\n"
+	         "        tensor<fp32, [4, 4]> y = add(x = x, y = w);", mask, d4);
+	compile_run(prog("tensor<fp32, [4, 4]> x", "y", "%s", body), (const void *[]){xf}, (void *[]){yf});
+	for (int i = 0, k = 0; i < 16; i++) {
+		double w = m4[i] ? nz4[k++] * (i / 4 < 2 ? 0.5 : -0.25) : 0;
+		cr_assert_eq(yf[i], (float)w, "int4 [%d] = %g, want %g", i, (double)yf[i], w);
+	}
+
+	/* scale's dims must divide the mask's */
+	snprintf(body, sizeof body,
+	         "        tensor<uint1, [4, 4]> m, tensor<fp32, [9]> v = constexpr_sparse_blockwise_shift_scale("
+	         "data_mask = tensor<uint1, [4, 4]>([%s]), nonzero_data = tensor<int4, [9]>([%s]), "
+	         "scale = tensor<fp32, [3, 1]>([0.5, -0.25, 1]));\n"
+	         "        tensor<fp32, [4, 4]> y = constexpr_sparse_to_dense(nonzero_data = v, mask = m);", mask, d4);
+	cr_assert_eq(compile_err(prog("tensor<fp32, [1]> x", "y", "%s", body)), -EINVAL);
+	cr_assert(strstr(errbuf, "data_mask dim 0 (4) is not a multiple of scale dim 0 (3)"), "%s", errbuf);
+}
+
+/* iOS 18 joint compression as coremltools writes it: an int8 palette of a
+ * sparse tensor, dequantized, then made dense */
+Test(ops, constexpr_sparse_chain)
+{
+	static const int nz[9] = {0, 1, 1, 0, 1, 1, 0, 0, 1};
+	char mask[200], idx[64], body[2048];
+	sp_list(mask, sizeof mask, &sp_mask[0][0], 24);
+	sp_list(idx, sizeof idx, nz, 9);
+	snprintf(body, sizeof body,
+	         "        tensor<uint1, [4, 6]> m, tensor<int8, [9]> q = constexpr_lut_to_sparse("
+	         "indices_mask = tensor<uint1, [4, 6]>([%s]), indices_nonzero_data = tensor<uint1, [9]>([%s]), "
+	         "lut = tensor<int8, [1, 1, 2, 1]>([-4, 6]));\n"
+	         "        tensor<uint1, [4, 6]> m2, tensor<fp16, [9]> v = constexpr_sparse_blockwise_shift_scale("
+	         "data_mask = m, nonzero_data = q, scale = tensor<fp16, [4, 1]>([0.5, 0.25, 2, 1]), "
+	         "offset = tensor<int8, [4, 1]>([0, 2, 0, -1]));\n"
+	         "        tensor<fp16, [4, 6]> w = constexpr_sparse_to_dense(nonzero_data = v, mask = m2);\n"
+	         "        tensor<fp16, [4, 6]> y = add(x = x, y = w);", mask, idx);
+	uint16_t x[24] = {0}, y[24];
+	compile_run(prog("tensor<fp16, [4, 6]> x", "y", "%s", body), (const void *[]){x}, (void *[]){y});
+	static const double sc[4] = {0.5, 0.25, 2, 1}, off[4] = {0, 2, 0, -1}, pal[2] = {-4, 6};
+	for (int i = 0, k = 0; i < 24; i++) {
+		int r = i / 6;
+		double w = sp_mask[r][i % 6] ? sc[r] * (pal[nz[k++]] - off[r]) : 0;
+		cr_assert_eq(h2d(y[i]), w, "[%d] = %g, want %g", i, h2d(y[i]), w);
+	}
+}

@@ -2,7 +2,8 @@
 /*
  * Kernels of the compressed-weight ops (constexpr_lut_to_dense,
  * constexpr_sparse_to_dense, constexpr_blockwise_shift_scale,
- * constexpr_cast).  Their arguments are all constants (mil_constexpr.c
+ * constexpr_cast, and the iOS 18 sparse-to-sparse constexpr_lut_to_sparse
+ * and constexpr_sparse_blockwise_shift_scale).  Their arguments are all constants (mil_constexpr.c
  * checks it), so cpu_backend.c runs them once, at compile time, and keeps
  * the dense result as a folded constant; nothing of them runs per run.
  *
@@ -185,6 +186,137 @@ static int run_shift_scale(const cpu_step *st, const cpu_exec *ex)
 	return 0;
 }
 
+/* ---- the iOS 18 sparse-to-sparse ops ---- */
+
+static bool bit_of(const uint8_t *m, uint64_t i)
+{
+	return m[i / 8] >> (i % 8) & 1;
+}
+
+/* the table of lut t (its first rank dims, strides ls) that position pos of
+ * the dense layout (shape sh, blocks bl) reads */
+static uint64_t block_offset(uint64_t pos, const uint64_t *sh, const uint64_t *bl, const uint64_t *ls, uint32_t r)
+{
+	uint64_t off = 0;
+	for (uint32_t d = r; d-- > 0;) {
+		off += (pos % sh[d]) / bl[d] * ls[d];
+		pos /= sh[d];
+	}
+	return off;
+}
+
+/* constexpr_lut_to_sparse: the mask (expanded VECTOR_SIZE times along
+ * vector_axis) and, for each set bit of it in row-major order, its palette
+ * value: entry v of the vector that the index of its source position picks.
+ * The dense layout is walked as [outer, dim, inner] around vector_axis, each
+ * (outer, i) row of the source read VECTOR_SIZE times, so the ordinal of a
+ * nonzero entry is a running count (no per-position table). */
+static int run_lut_to_sparse(const cpu_step *st, const cpu_exec *ex)
+{
+	const anes_mil_op *op = st->op;
+	const anes_mil_function *fn = ex->fn;
+	const anes_mil_type *mt = &fn->values[cpu_argid(op, "indices_mask")].type;
+	const anes_mil_type *it = &fn->values[cpu_argid(op, "indices_nonzero_data")].type;
+	const anes_mil_type *lt = &fn->values[cpu_argid(op, "lut")].type;
+	const anes_mil_type *omt = &fn->values[op->outputs[0]].type;
+	const uint8_t *mask = cpu_ptr(ex, cpu_argid(op, "indices_mask"));
+	const uint8_t *ind = cpu_ptr(ex, cpu_argid(op, "indices_nonzero_data"));
+	const uint8_t *lut = cpu_ptr(ex, cpu_argid(op, "lut"));
+	uint8_t *omask = cpu_ptr(ex, op->outputs[0]), *out = cpu_ptr(ex, op->outputs[1]);
+	size_t es = cpu_esize(lt->dtype);
+	uint32_t r = mt->rank, va = 0;
+	uint64_t np = lt->shape[r], vs = lt->shape[r + 1], D = it->count, k = 0, o = 0;
+	uint64_t block[ANES_MAX_RANK], lstride[ANES_MAX_RANK + 2], outer = 1, inner = 1;
+
+	strides_of(lt, lstride);
+	for (uint32_t d = 0; d < r; d++)
+		block[d] = mt->shape[d] / lt->shape[d];
+	if (cpu_optid(op, "vector_axis") != UINT32_MAX) {
+		int64_t a = 0;
+		uint32_t n;
+		anes_mil_const_ints(cpu_arg(fn, op, "vector_axis"), &a, 1, &n);
+		va = (uint32_t)(a < 0 ? a + r : a);
+	}
+	for (uint32_t d = 0; d < va; d++)
+		outer *= mt->shape[d];
+	for (uint32_t d = va + 1; d < r; d++)
+		inner *= mt->shape[d];
+	memset(omask, 0, (size_t)omt->bytes);
+	for (uint64_t row = 0; row < outer * mt->shape[va]; row++) {
+		uint64_t base = k;
+		for (uint64_t v = 0; v < vs; v++) {
+			k = base;
+			for (uint64_t t = 0; t < inner; t++) {
+				uint64_t pos = row * inner + t, q = (row * vs + v) * inner + t;
+				if (!bit_of(mask, pos))
+					continue;
+				if (k == D)
+					return cpu_run_fail(ex, op, -EINVAL, "indices_mask has more set bits than the %llu of "
+					                    "indices_nonzero_data", (unsigned long long)D);
+				uint64_t idx = (uint64_t)anes_mil_load_i64(ind, it->dtype, k++);
+				if (idx >= np) /* cannot happen: n-bit indices, 2^n entries; kept as a guard */
+					return cpu_run_fail(ex, op, -EINVAL, "index %llu is outside the lut", (unsigned long long)idx);
+				uint64_t src = block_offset(pos, mt->shape, block, lstride, r) + idx * lstride[r] + v;
+				omask[q / 8] |= (uint8_t)(1u << (q % 8));
+				memcpy(out + o++ * es, lut + src * es, es);
+			}
+		}
+	}
+	if (k != D)
+		return cpu_run_fail(ex, op, -EINVAL, "indices_mask has %llu set bits, indices_nonzero_data has %llu elements",
+		                    (unsigned long long)k, (unsigned long long)D);
+	return 0;
+}
+
+/* constexpr_sparse_blockwise_shift_scale: the mask as it is, and each
+ * nonzero entry j (at position pos of the dense layout, in row-major order)
+ * as scale[b] * (nonzero_data[j] - offset[b]), b the block of pos; fp32,
+ * rounded once */
+static int run_sparse_shift_scale(const cpu_step *st, const cpu_exec *ex)
+{
+	const anes_mil_op *op = st->op;
+	const anes_mil_function *fn = ex->fn;
+	const anes_mil_type *mt = &fn->values[cpu_argid(op, "data_mask")].type;
+	const anes_mil_type *dt = &fn->values[cpu_argid(op, "nonzero_data")].type;
+	const anes_mil_type *sty = &fn->values[cpu_argid(op, "scale")].type;
+	uint32_t oid = cpu_optid(op, "offset");
+	const uint8_t *mask = cpu_ptr(ex, cpu_argid(op, "data_mask"));
+	const void *data = cpu_ptr(ex, cpu_argid(op, "nonzero_data"));
+	const void *scale = cpu_ptr(ex, cpu_argid(op, "scale"));
+	const void *off = oid != UINT32_MAX ? cpu_ptr(ex, oid) : NULL;
+	int odt = oid != UINT32_MAX ? fn->values[oid].type.dtype : 0;
+	uint8_t *out = cpu_ptr(ex, op->outputs[1]);
+	uint64_t block[ANES_MAX_RANK], sstride[ANES_MAX_RANK], k = 0, D = dt->count;
+
+	strides_of(sty, sstride);
+	for (uint32_t d = 0; d < mt->rank; d++)
+		block[d] = mt->shape[d] / sty->shape[d];
+	memmove(cpu_ptr(ex, op->outputs[0]), mask, (size_t)mt->bytes);
+	for (uint64_t pos = 0; pos < mt->count; pos++) {
+		if (!bit_of(mask, pos))
+			continue;
+		if (k == D)
+			return cpu_run_fail(ex, op, -EINVAL, "data_mask has more set bits than the %llu of nonzero_data",
+			                    (unsigned long long)D);
+		uint64_t s = block_offset(pos, mt->shape, block, sstride, mt->rank);
+		float x = load_f32(data, dt->dtype, k);
+		if (off)
+			x -= load_f32(off, odt, s);
+		x *= load_f32(scale, sty->dtype, s);
+		if (sty->dtype == ANES_DT_FP16) {
+			uint16_t h = anes_f32_to_f16_soft(x);
+			memcpy(out + 2 * k, &h, 2);
+		} else {
+			memcpy(out + 4 * k, &x, 4);
+		}
+		k++;
+	}
+	if (k != D)
+		return cpu_run_fail(ex, op, -EINVAL, "data_mask has %llu set bits, nonzero_data has %llu elements",
+		                    (unsigned long long)k, (unsigned long long)D);
+	return 0;
+}
+
 /* ---- constexpr_cast ---- */
 
 static int run_cexpr_cast(const cpu_step *st, const cpu_exec *ex)
@@ -201,6 +333,8 @@ const cpu_opimpl cpu_constexpr_impls[] = {
 	{"constexpr_blockwise_shift_scale", NULL, run_shift_scale},
 	{"constexpr_cast", NULL, run_cexpr_cast},
 	{"constexpr_lut_to_dense", NULL, run_lut},
+	{"constexpr_lut_to_sparse", NULL, run_lut_to_sparse},
+	{"constexpr_sparse_blockwise_shift_scale", NULL, run_sparse_shift_scale},
 	{"constexpr_sparse_to_dense", NULL, run_sparse},
 	{NULL, NULL, NULL},
 };

@@ -1578,16 +1578,16 @@ static int run_einsum(const cpu_step *st, const cpu_exec *ex)
 }
 
 
-/* ---- recurrent: lstm (gates in the order input, forget, output, cell), rnn ---- */
+/* ---- recurrent: lstm (gates in the order input, forget, output, cell), gru (reset, output, update), rnn ---- */
 
 enum { A_SIGMOID, A_TANH, A_RELU, A_LINEAR };
 
 typedef struct rec_params {
-	bool lstm, seq;
+	bool lstm, gru, seq, reset_after;
 	int dtype, dir;                 /* 0 forward, 1 reverse, 2 bidirectional */
 	int ract, cact, act;
 	uint64_t S, Bn, I, H, G, D;
-	const float *w[2][4];           /* per direction: weight_ih, weight_hh, bias, peephole (or NULL) */
+	const float *w[2][4];           /* per direction: weight_ih, weight_hh, bias, peephole / input_bias (or NULL) */
 } rec_params;
 
 static int act_of(const anes_mil_function *fn, const anes_mil_op *op, const char *name, int def)
@@ -1611,8 +1611,12 @@ static float act_f(int a, float v)
 
 static int plan_recurrent(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mil_op *op, cpu_step *st)
 {
-	static const char *const names[2][4] = {{"weight_ih", "weight_hh", "bias", "peephole"},
-	                                        {"weight_ih_back", "weight_hh_back", "bias_back", "peephole_back"}};
+	static const char *const rec_names[2][4] = {{"weight_ih", "weight_hh", "bias", "peephole"},
+	                                            {"weight_ih_back", "weight_hh_back", "bias_back", "peephole_back"}};
+	static const char *const gru_names[2][4] = {{"weight_ih", "weight_hh", "bias", "input_bias"},
+	                                            {"", "", "", ""}};
+	bool gru = !strcmp(op->def->name, "gru");
+	const char *const (*names)[4] = gru ? gru_names : rec_names;
 	const anes_mil_type *x = &cpu_arg(fn, op, "x")->type;
 	const char *dir = cpu_arg(fn, op, "direction") ? anes_mil_const_string(cpu_arg(fn, op, "direction")) : "forward";
 	rec_params *p;
@@ -1644,7 +1648,9 @@ static int plan_recurrent(cpu_plan_ctx *pc, const anes_mil_function *fn, const a
 			at += v->type.count;
 		}
 	p->lstm = !strcmp(op->def->name, "lstm");
+	p->gru = gru;
 	p->seq = bool_of(fn, op, "output_sequence", false);
+	p->reset_after = bool_of(fn, op, "reset_after", false);
 	p->dtype = x->dtype;
 	p->dir = !strcmp(dir, "reverse") ? 1 : !strcmp(dir, "bidirectional") ? 2 : 0;
 	p->ract = act_of(fn, op, "recurrent_activation", A_SIGMOID);
@@ -1653,14 +1659,57 @@ static int plan_recurrent(cpu_plan_ctx *pc, const anes_mil_function *fn, const a
 	p->S = x->shape[0];
 	p->Bn = x->shape[1];
 	p->I = x->shape[2];
-	p->G = p->lstm ? 4 : 1;
+	p->G = p->lstm ? 4 : gru ? 3 : 1;
 	p->H = cpu_arg(fn, op, "weight_hh")->type.shape[1];
 	p->D = p->dir == 2 ? 2 : 1;
-	/* x in fp32, h and c per direction, gate sums, the full output sequence */
-	st->scratch = cpu_align64(x->count * 4) + 2 * cpu_align64(p->Bn * p->D * p->H * 4) + cpu_align64(p->G * p->H * 4) +
+	/* x in fp32, h and c per direction, gate sums (and gru's r * h), the full output sequence */
+	st->scratch = cpu_align64(x->count * 4) + 2 * cpu_align64(p->Bn * p->D * p->H * 4) +
+	              cpu_align64((p->G + 1) * p->H * 4) +
 	              cpu_align64(p->S * p->Bn * p->D * p->H * 4);
 	st->params = p;
 	return 0;
+}
+
+/* One gru step of one batch entry: h (H) from x (I) and h, gates in the order
+ * reset, output, update (coremltools' op reference).  bias [3 H] is the
+ * recurrent bias, ib [3 H] (input_bias, iOS 18) the input bias.  reset_after
+ * false: o = act(W_io x + b_io + b_ho + W_ho (r * h)) (Core ML's GRU layer);
+ * true: o = act(W_io x + b_io + r * (W_ho h + b_ho)) (PyTorch's GRU).  g holds
+ * 4 H floats of scratch. */
+static void gru_step(const rec_params *p, const float *wi, const float *wh, const float *bias, const float *ib,
+                     const float *x, float *h, float *g)
+{
+	uint64_t H = p->H, I = p->I;
+	float *rh = g + 3 * H;
+
+	for (uint64_t r = 0; r < 3 * H; r++) {    /* the input part of every gate */
+		float s = ib ? ib[r] : 0.0f;
+		for (uint64_t i = 0; i < I; i++)
+			s += wi[r * I + i] * x[i];
+		g[r] = s;
+	}
+	for (uint64_t k = 0; k < 2; k++)          /* reset (rows 0..H) and update (2H..3H) */
+		for (uint64_t j = 0; j < H; j++) {
+			uint64_t r = (k ? 2 * H : 0) + j;
+			float s = g[r] + (bias ? bias[r] : 0.0f);
+			for (uint64_t i = 0; i < H; i++)
+				s += wh[r * H + i] * h[i];
+			g[r] = act_f(p->ract, s);
+		}
+	for (uint64_t j = 0; j < H; j++)
+		rh[j] = g[j] * h[j];
+	for (uint64_t j = 0; j < H; j++) {        /* output gate, into g[H..2H) */
+		uint64_t r = H + j;
+		const float *src = p->reset_after ? h : rh;
+		float s = bias ? bias[r] : 0.0f;
+		for (uint64_t i = 0; i < H; i++)
+			s += wh[r * H + i] * src[i];
+		g[r] = act_f(p->act, g[r] + (p->reset_after ? g[j] * s : s));
+	}
+	for (uint64_t j = 0; j < H; j++) {
+		float z = g[2 * H + j];
+		h[j] = (1.0f - z) * g[H + j] + z * h[j];
+	}
 }
 
 static int run_recurrent(const cpu_step *st, const cpu_exec *ex)
@@ -1675,7 +1724,7 @@ static int run_recurrent(const cpu_step *st, const cpu_exec *ex)
 	float *c = (float *)(void *)slot;
 	slot += cpu_align64(p->Bn * p->D * p->H * 4);
 	float *g = (float *)(void *)slot;
-	slot += cpu_align64(p->G * p->H * 4);
+	slot += cpu_align64((p->G + 1) * p->H * 4);
 	float *seq = (float *)(void *)slot;
 	uint64_t DH = p->D * p->H, H = p->H;
 
@@ -1691,6 +1740,11 @@ static int run_recurrent(const cpu_step *st, const cpu_exec *ex)
 			for (uint64_t b = 0; b < p->Bn; b++) {
 				const float *xt = xf + (tt * p->Bn + b) * p->I;
 				float *hb = h + b * DH + d * H, *cb = c + b * DH + d * H;
+				if (p->gru) {
+					gru_step(p, wi, wh, bias, peep, xt, hb, g);
+					memcpy(seq + (tt * p->Bn + b) * DH + d * H, hb, H * 4);
+					continue;
+				}
 				for (uint64_t r = 0; r < p->G * H; r++) {
 					float s = bias ? bias[r] : 0.0f;
 					for (uint64_t i = 0; i < p->I; i++)
@@ -1846,6 +1900,7 @@ static const cpu_opimpl impls[] = {
 	{"resize_bilinear", plan_resize, run_resize},
 	{"crop", plan_crop, run_crop},
 	{"einsum", plan_einsum, run_einsum},
+	{"gru", plan_recurrent, run_recurrent},
 	{"lstm", plan_recurrent, run_recurrent},
 	{"rnn", plan_recurrent, run_recurrent},
 	{"reverse_sequence", plan_revseq, run_revseq},

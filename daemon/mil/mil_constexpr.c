@@ -66,6 +66,52 @@ static unsigned index_bits(int dt)
 	}
 }
 
+/* The iOS 18 palette rules for indices of dtype idt and shape ishape (rank
+ * r; named what): lut [l0..lr-1, 2^n, VECTOR_SIZE] with each ishape[i] a
+ * multiple of l_i, vector_axis needed when VECTOR_SIZE > 1.  ret_shape: the
+ * shape of the values, ishape with the vector_axis dim times VECTOR_SIZE. */
+static int lut_shape(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *what,
+                     int idt, uint32_t r, const uint64_t *ishape, uint32_t *ret_rank, uint64_t *ret_shape)
+{
+	const anes_mil_type *lt = &V(fn, op, "lut")->type;
+	const anes_mil_value *av = V(fn, op, "vector_axis");
+	unsigned nb = index_bits(idt);
+	uint64_t shape[ANES_MAX_RANK];
+
+	if (!nb)
+		return anes_mil_fail(c, op, -EINVAL, "%s must be uint1, uint2, uint3, uint4, uint6 or uint8, is %s", what,
+		                     anes_mil_dtype_name(idt));
+	if (r < 1 || lt->rank != r + 2)
+		return anes_mil_fail(c, op, -EINVAL, "lut must have rank %u (%s' rank + 2), has %u", r + 2, what, lt->rank);
+	for (uint32_t i = 0; i < r; i++)
+		if (ishape[i] % lt->shape[i])
+			return anes_mil_fail(c, op, -EINVAL, "%s dim %u (%llu) is not a multiple of lut dim %u (%llu)", what, i,
+			                     (unsigned long long)ishape[i], i, (unsigned long long)lt->shape[i]);
+	if (lt->shape[r] != (1ull << nb))
+		return anes_mil_fail(c, op, -EINVAL, "lut has %llu palette entries; %s indices need %llu",
+		                     (unsigned long long)lt->shape[r], anes_mil_dtype_name(idt), 1ull << nb);
+	uint64_t vs = lt->shape[r + 1];
+	memcpy(shape, ishape, sizeof shape[0] * r);
+	if (av) {
+		int64_t a;
+		uint32_t n;
+		if (anes_mil_const_ints(av, &a, 1, &n) || n != 1 || av->type.rank != 0)
+			return anes_mil_fail(c, op, -EINVAL, "vector_axis must be an integer scalar");
+		if (a < -(int64_t)r || a >= (int64_t)r)
+			return anes_mil_fail(c, op, -EINVAL, "vector_axis %lld is out of range for rank %u", (long long)a, r);
+		if (a < 0)
+			a += r;
+		if (__builtin_mul_overflow(shape[a], vs, &shape[a]) || shape[a] > ANES_MIL_MAX_DIM)
+			return anes_mil_fail(c, op, -EINVAL, "result is too large");
+	} else if (vs != 1) {
+		return anes_mil_fail(c, op, -EINVAL, "a lut of vectors (VECTOR_SIZE %llu) needs vector_axis",
+		                     (unsigned long long)vs);
+	}
+	memcpy(ret_shape, shape, sizeof shape[0] * r);
+	*ret_rank = r;
+	return 0;
+}
+
 int mil_infer_lut_to_dense(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
                            anes_mil_type *out)
 {
@@ -73,7 +119,7 @@ int mil_infer_lut_to_dense(anes_mil_check *c, const anes_mil_function *fn, const
 	const anes_mil_value *av = V(fn, op, "vector_axis");
 	const anes_mil_type *it = &iv->type, *lt = &lv->type;
 	uint64_t shape[ANES_MAX_RANK];
-	uint32_t rank;
+	uint32_t rank = 0;
 
 	if (need_constexpr(c, fn, op, "indices", iv) || need_constexpr(c, fn, op, "lut", lv))
 		return -ENOTSUP;
@@ -110,39 +156,8 @@ int mil_infer_lut_to_dense(anes_mil_check *c, const anes_mil_function *fn, const
 		return 0;
 	}
 	/* iOS 18: indices [d0..dK-1] of uint1..uint8, lut [l0..lK-1, 2^n, VECTOR_SIZE] */
-	unsigned nb = index_bits(it->dtype);
-	if (!nb)
-		return anes_mil_fail(c, op, -EINVAL, "indices must be uint1, uint2, uint3, uint4, uint6 or uint8, is %s",
-		                     anes_mil_dtype_name(it->dtype));
-	if (it->rank < 1 || lt->rank != it->rank + 2)
-		return anes_mil_fail(c, op, -EINVAL, "lut must have rank %u (indices' rank + 2), has %u", it->rank + 2,
-		                     lt->rank);
-	for (uint32_t i = 0; i < it->rank; i++)
-		if (it->shape[i] % lt->shape[i])
-			return anes_mil_fail(c, op, -EINVAL, "indices dim %u (%llu) is not a multiple of lut dim %u (%llu)", i,
-			                     (unsigned long long)it->shape[i], i, (unsigned long long)lt->shape[i]);
-	if (lt->shape[it->rank] != (1ull << nb))
-		return anes_mil_fail(c, op, -EINVAL, "lut has %llu palette entries; %s indices need %llu",
-		                     (unsigned long long)lt->shape[it->rank], anes_mil_dtype_name(it->dtype),
-		                     1ull << nb);
-	uint64_t vs = lt->shape[it->rank + 1];
-	rank = it->rank;
-	memcpy(shape, it->shape, sizeof shape[0] * rank);
-	if (av) {
-		int64_t a;
-		uint32_t n;
-		if (anes_mil_const_ints(av, &a, 1, &n) || n != 1 || av->type.rank != 0)
-			return anes_mil_fail(c, op, -EINVAL, "vector_axis must be an integer scalar");
-		if (a < -(int64_t)rank || a >= (int64_t)rank)
-			return anes_mil_fail(c, op, -EINVAL, "vector_axis %lld is out of range for rank %u", (long long)a, rank);
-		if (a < 0)
-			a += rank;
-		if (__builtin_mul_overflow(shape[a], vs, &shape[a]) || shape[a] > ANES_MIL_MAX_DIM)
-			return anes_mil_fail(c, op, -EINVAL, "result is too large");
-	} else if (vs != 1) {
-		return anes_mil_fail(c, op, -EINVAL, "a lut of vectors (VECTOR_SIZE %llu) needs vector_axis",
-		                     (unsigned long long)vs);
-	}
+	if (lut_shape(c, fn, op, "indices", it->dtype, it->rank, it->shape, &rank, shape))
+		return -EINVAL;
 	return mil_set_type(c, op, &out[0], lt->dtype, rank, shape);
 }
 
@@ -224,34 +239,122 @@ static bool shift_scale_src_dtype(int dt)
 	       anes_mil_dtype_is_float(dt);
 }
 
+/* The shift-scale rules for data of dtype ddt and shape dshape (rank r;
+ * named what): scale fp16/fp32 of rank r, each dshape[i] a multiple of
+ * scale's; offset (optional) of scale's shape, float or of ddt. */
+static int shift_scale_check(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *what,
+                             int ddt, uint32_t r, const uint64_t *dshape)
+{
+	const anes_mil_value *sv = V(fn, op, "scale"), *ov = V(fn, op, "offset");
+	const anes_mil_type *st = &sv->type;
+
+	if (!shift_scale_src_dtype(ddt))
+		return anes_mil_fail(c, op, -EINVAL, "%s must be int4, uint4, int8, uint8, fp16 or fp32, is %s", what,
+		                     anes_mil_dtype_name(ddt));
+	if (!anes_mil_dtype_is_float(st->dtype))
+		return anes_mil_fail(c, op, -EINVAL, "scale must be fp16 or fp32, is %s", anes_mil_dtype_name(st->dtype));
+	if (r < 1 || st->rank != r)
+		return anes_mil_fail(c, op, -EINVAL, "scale must have %s's rank %u, has %u", what, r, st->rank);
+	for (uint32_t i = 0; i < r; i++)
+		if (dshape[i] % st->shape[i])
+			return anes_mil_fail(c, op, -EINVAL, "%s dim %u (%llu) is not a multiple of scale dim %u (%llu)", what,
+			                     i, (unsigned long long)dshape[i], i, (unsigned long long)st->shape[i]);
+	if (ov) {
+		if (!anes_mil_dtype_is_float(ov->type.dtype) && ov->type.dtype != ddt)
+			return anes_mil_fail(c, op, -EINVAL, "offset must be fp16, fp32 or %s's dtype %s, is %s", what,
+			                     anes_mil_dtype_name(ddt), anes_mil_dtype_name(ov->type.dtype));
+		if (ov->type.rank != st->rank || memcmp(ov->type.shape, st->shape, sizeof st->shape[0] * st->rank))
+			return anes_mil_fail(c, op, -EINVAL, "offset must have scale's shape");
+	}
+	return 0;
+}
+
 int mil_infer_blockwise_shift_scale(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
                                     anes_mil_type *out)
 {
 	const anes_mil_value *dv = V(fn, op, "data"), *sv = V(fn, op, "scale"), *ov = V(fn, op, "offset");
-	const anes_mil_type *dt = &dv->type, *st = &sv->type;
+	const anes_mil_type *dt = &dv->type;
 
 	if (need_constexpr(c, fn, op, "data", dv) || need_constexpr(c, fn, op, "scale", sv) ||
 	    (ov && need_constexpr(c, fn, op, "offset", ov)))
 		return -ENOTSUP;
-	if (!shift_scale_src_dtype(dt->dtype))
-		return anes_mil_fail(c, op, -EINVAL, "data must be int4, uint4, int8, uint8, fp16 or fp32, is %s",
-		                     anes_mil_dtype_name(dt->dtype));
-	if (!anes_mil_dtype_is_float(st->dtype))
-		return anes_mil_fail(c, op, -EINVAL, "scale must be fp16 or fp32, is %s", anes_mil_dtype_name(st->dtype));
-	if (dt->rank < 1 || st->rank != dt->rank)
-		return anes_mil_fail(c, op, -EINVAL, "scale must have data's rank %u, has %u", dt->rank, st->rank);
-	for (uint32_t i = 0; i < dt->rank; i++)
-		if (dt->shape[i] % st->shape[i])
-			return anes_mil_fail(c, op, -EINVAL, "data dim %u (%llu) is not a multiple of scale dim %u (%llu)", i,
-			                     (unsigned long long)dt->shape[i], i, (unsigned long long)st->shape[i]);
-	if (ov) {
-		if (!anes_mil_dtype_is_float(ov->type.dtype) && ov->type.dtype != dt->dtype)
-			return anes_mil_fail(c, op, -EINVAL, "offset must be fp16, fp32 or data's dtype %s, is %s",
-			                     anes_mil_dtype_name(dt->dtype), anes_mil_dtype_name(ov->type.dtype));
-		if (ov->type.rank != st->rank || memcmp(ov->type.shape, st->shape, sizeof st->shape[0] * st->rank))
-			return anes_mil_fail(c, op, -EINVAL, "offset must have scale's shape");
+	if (shift_scale_check(c, fn, op, "data", dt->dtype, dt->rank, dt->shape))
+		return -EINVAL;
+	return mil_set_type(c, op, &out[0], sv->type.dtype, dt->rank, dt->shape);
+}
+
+/* The iOS 18 sparse pair: a uint1 mask (rank >= 1) and a vector of its
+ * nonzero entries; the count of set bits is checked when the mask is a
+ * constant (a folded one by the backend's kernel). */
+static int sparse_pair(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *mask,
+                       const char *data)
+{
+	const anes_mil_value *mv = V(fn, op, mask), *dv = V(fn, op, data);
+	bool pad = false;
+
+	if (mv->type.dtype != ANES_MIL_DT_UINT1 || mv->type.rank < 1)
+		return anes_mil_fail(c, op, -EINVAL, "%s must be a uint1 tensor, is %s", mask,
+		                     anes_mil_dtype_name(mv->type.dtype));
+	if (dv->type.rank != 1)
+		return anes_mil_fail(c, op, -EINVAL, "%s must be a vector", data);
+	if (mv->kind == ANES_MIL_V_CONST) {
+		uint64_t k = mil_count_bits(mv->data, mv->type.count, &pad);
+		if (k != dv->type.shape[0])
+			return anes_mil_fail(c, op, -EINVAL, "%s has %llu set bits, %s has %llu elements", mask,
+			                     (unsigned long long)k, data, (unsigned long long)dv->type.shape[0]);
+		if (pad)
+			return anes_mil_fail(c, op, -EINVAL, "%s has bits set past its %llu elements", mask,
+			                     (unsigned long long)mv->type.count);
 	}
-	return mil_set_type(c, op, &out[0], st->dtype, dt->rank, dt->shape);
+	return 0;
+}
+
+/* constexpr_lut_to_sparse: indices_mask (uint1), indices_nonzero_data [D]
+ * (uint1..uint8), lut, vector_axis -> the mask (expanded VECTOR_SIZE times
+ * along vector_axis) and the palette values of the nonzero entries [D VECTOR_SIZE] */
+int mil_infer_lut_to_sparse(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                            anes_mil_type *out)
+{
+	const anes_mil_value *mv = V(fn, op, "indices_mask"), *iv = V(fn, op, "indices_nonzero_data");
+	const anes_mil_value *lv = V(fn, op, "lut");
+	uint64_t shape[ANES_MAX_RANK], nz;
+	uint32_t rank = 0;
+
+	if (need_constexpr(c, fn, op, "indices_mask", mv) || need_constexpr(c, fn, op, "indices_nonzero_data", iv) ||
+	    need_constexpr(c, fn, op, "lut", lv))
+		return -ENOTSUP;
+	if (!lut_value_dtype(lv->type.dtype))
+		return anes_mil_fail(c, op, -EINVAL, "lut must be int8, uint8, fp16 or fp32, is %s",
+		                     anes_mil_dtype_name(lv->type.dtype));
+	if (sparse_pair(c, fn, op, "indices_mask", "indices_nonzero_data") ||
+	    lut_shape(c, fn, op, "indices_mask", iv->type.dtype, mv->type.rank, mv->type.shape, &rank, shape))
+		return -EINVAL;
+	nz = iv->type.shape[0] * lv->type.shape[lv->type.rank - 1];   /* D * VECTOR_SIZE: bounded by the mask */
+	if (mil_set_type(c, op, &out[0], ANES_MIL_DT_UINT1, rank, shape) ||
+	    mil_set_type(c, op, &out[1], lv->type.dtype, 1, &nz))
+		return -EINVAL;
+	return 0;
+}
+
+/* constexpr_sparse_blockwise_shift_scale: data_mask (uint1), nonzero_data
+ * [D], scale, offset -> the mask and scale * (nonzero_data - offset) [D], each
+ * entry with the scale and offset of its block in the dense layout */
+int mil_infer_sparse_shift_scale(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                                 anes_mil_type *out)
+{
+	const anes_mil_value *mv = V(fn, op, "data_mask"), *dv = V(fn, op, "nonzero_data");
+	const anes_mil_value *sv = V(fn, op, "scale"), *ov = V(fn, op, "offset");
+
+	if (need_constexpr(c, fn, op, "data_mask", mv) || need_constexpr(c, fn, op, "nonzero_data", dv) ||
+	    need_constexpr(c, fn, op, "scale", sv) || (ov && need_constexpr(c, fn, op, "offset", ov)))
+		return -ENOTSUP;
+	if (sparse_pair(c, fn, op, "data_mask", "nonzero_data") ||
+	    shift_scale_check(c, fn, op, "data_mask", dv->type.dtype, mv->type.rank, mv->type.shape))
+		return -EINVAL;
+	if (mil_set_type(c, op, &out[0], ANES_MIL_DT_UINT1, mv->type.rank, mv->type.shape) ||
+	    mil_set_type(c, op, &out[1], sv->type.dtype, 1, dv->type.shape))
+		return -EINVAL;
+	return 0;
 }
 
 int mil_infer_constexpr_cast(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
@@ -276,5 +379,11 @@ const anes_mil_argdef mil_a_sparse_to_dense[] = {
 	{"nonzero_data", ANES_MIL_ARG_REQ}, {"mask", ANES_MIL_ARG_REQ}, {"shape", ANES_MIL_ARG_CONST}, {NULL, 0}};
 const anes_mil_argdef mil_a_blockwise_shift_scale[] = {
 	{"data", ANES_MIL_ARG_REQ}, {"scale", ANES_MIL_ARG_REQ}, {"offset", 0}, {NULL, 0}};
+const anes_mil_argdef mil_a_lut_to_sparse[] = {
+	{"indices_mask", ANES_MIL_ARG_REQ}, {"indices_nonzero_data", ANES_MIL_ARG_REQ}, {"lut", ANES_MIL_ARG_REQ},
+	{"vector_axis", ANES_MIL_ARG_CONST}, {NULL, 0}};
+const anes_mil_argdef mil_a_sparse_shift_scale[] = {
+	{"data_mask", ANES_MIL_ARG_REQ}, {"nonzero_data", ANES_MIL_ARG_REQ}, {"scale", ANES_MIL_ARG_REQ},
+	{"offset", 0}, {NULL, 0}};
 const anes_mil_argdef mil_a_constexpr_cast[] = {
 	{"source_val", ANES_MIL_ARG_REQ}, {"output_dtype", ANES_MIL_ARG_REQ | ANES_MIL_ARG_CONST}, {NULL, 0}};

@@ -63,13 +63,17 @@ int mil_opt_int(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_o
 
 /* compressed-weight ops (mil_constexpr.c), rows in mil_ops.c's table */
 extern const anes_mil_argdef mil_a_lut_to_dense[], mil_a_sparse_to_dense[], mil_a_blockwise_shift_scale[],
-	mil_a_constexpr_cast[];
+	mil_a_constexpr_cast[], mil_a_lut_to_sparse[], mil_a_sparse_shift_scale[];
 int mil_infer_lut_to_dense(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
                            anes_mil_type *out);
 int mil_infer_sparse_to_dense(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
                               anes_mil_type *out);
 int mil_infer_blockwise_shift_scale(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
                                     anes_mil_type *out);
+int mil_infer_lut_to_sparse(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                            anes_mil_type *out);
+int mil_infer_sparse_shift_scale(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
+                                 anes_mil_type *out);
 int mil_infer_constexpr_cast(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op,
                              anes_mil_type *out);
 

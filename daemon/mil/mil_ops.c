@@ -1008,6 +1008,8 @@ static const anes_mil_opdef ops[] = {
 	{"constexpr_blockwise_shift_scale", 1, mil_a_blockwise_shift_scale, mil_infer_blockwise_shift_scale},
 	{"constexpr_cast", 1, mil_a_constexpr_cast, mil_infer_constexpr_cast},
 	{"constexpr_lut_to_dense", 1, mil_a_lut_to_dense, mil_infer_lut_to_dense},
+	{"constexpr_lut_to_sparse", 2, mil_a_lut_to_sparse, mil_infer_lut_to_sparse},
+	{"constexpr_sparse_blockwise_shift_scale", 2, mil_a_sparse_shift_scale, mil_infer_sparse_shift_scale},
 	{"constexpr_sparse_to_dense", 1, mil_a_sparse_to_dense, mil_infer_sparse_to_dense},
 	{"conv", 1, a_conv, infer_conv},
 	{"dequantize", 1, a_dequantize, infer_dequantize},

@@ -1231,7 +1231,7 @@ static int infer_einsum(anes_mil_check *c, const anes_mil_function *fn, const an
 }
 
 
-/* ---- recurrent: lstm, rnn ---- */
+/* ---- recurrent: lstm, gru, rnn ---- */
 
 static int act_arg(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, const char *name)
 {
@@ -1245,18 +1245,20 @@ static int act_arg(anes_mil_check *c, const anes_mil_function *fn, const anes_mi
 	return 0;
 }
 
-/* x [s, b, I]; weight_ih [G H, I], weight_hh [G H, H], bias [G H]; initial states [b, D H] */
+/* x [s, b, I]; weight_ih [G H, I], weight_hh [G H, H], bias [G H] (G: lstm 4, gru 3, rnn 1), lstm's
+ * peephole [3 H] or gru's input_bias [3 H]; initial states [b, D H] */
 static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const anes_mil_op *op, anes_mil_type *out)
 {
-	bool lstm = !strcmp(op->def->name, "lstm");
-	uint64_t G = lstm ? 4 : 1;
+	bool lstm = !strcmp(op->def->name, "lstm"), gru = !strcmp(op->def->name, "gru"), reset_after;
+	uint64_t G = lstm ? 4 : gru ? 3 : 1;
 	const anes_mil_value *xv = V(fn, op, "x");
 	const anes_mil_type *x = &xv->type;
 	const char *dir = V(fn, op, "direction") ? anes_mil_const_string(V(fn, op, "direction")) : "forward";
 	bool seq;
 	char sb[SHAPE_STR_LEN];
 
-	if (mil_need_float(c, op, "x", xv) || mil_opt_bool(c, fn, op, "output_sequence", false, &seq))
+	if (mil_need_float(c, op, "x", xv) || mil_opt_bool(c, fn, op, "output_sequence", false, &seq) ||
+	    mil_opt_bool(c, fn, op, "reset_after", false, &reset_after))
 		return -EINVAL;
 	static const char *const acts[3] = {"activation", "recurrent_activation", "cell_activation"};
 	for (int k = 0; k < 3; k++) {
@@ -1276,9 +1278,11 @@ static int infer_recurrent(anes_mil_check *c, const anes_mil_function *fn, const
 		return anes_mil_fail(c, op, -EINVAL, "weight_hh must be [%llu H, H], is %s", (unsigned long long)G,
 		                     anes_mil_shape_str(&wh->type, sb, sizeof sb));
 	uint64_t H = wh->type.shape[1];
-	static const char *const names[] = {"weight_ih", "weight_hh", "bias", "peephole", "weight_ih_back",
-	                                    "weight_hh_back", "bias_back", "peephole_back"};
-	for (int k = 0; k < 8; k++) {
+	static const char *const rec_names[] = {"weight_ih", "weight_hh", "bias", "peephole", "weight_ih_back",
+	                                        "weight_hh_back", "bias_back", "peephole_back"};
+	static const char *const gru_names[] = {"weight_ih", "weight_hh", "bias", "input_bias"};
+	const char *const *names = gru ? gru_names : rec_names;
+	for (int k = 0; k < (gru ? 4 : 8); k++) {
 		const anes_mil_value *v = V(fn, op, names[k]);
 		bool back = k >= 4;
 		if (!v) {
@@ -1470,6 +1474,10 @@ static const anes_mil_argdef a_lstm[] = {
 	{"bias", 0}, {"peephole", 0}, {"weight_ih_back", 0}, {"weight_hh_back", 0}, {"bias_back", 0},
 	{"peephole_back", 0}, {"direction", CONST}, {"output_sequence", CONST}, {"recurrent_activation", CONST},
 	{"cell_activation", CONST}, {"activation", CONST}, {"clip", CONST}, {NULL, 0}};
+static const anes_mil_argdef a_gru[] = {
+	{"x", REQ}, {"initial_h", REQ}, {"weight_ih", REQ}, {"weight_hh", REQ}, {"bias", 0}, {"input_bias", 0},
+	{"direction", CONST}, {"output_sequence", CONST}, {"recurrent_activation", CONST}, {"activation", CONST},
+	{"reset_after", CONST}, {NULL, 0}};
 static const anes_mil_argdef a_rnn[] = {
 	{"x", REQ}, {"initial_h", REQ}, {"weight_ih", REQ}, {"weight_hh", REQ}, {"bias", 0},
 	{"direction", CONST}, {"output_sequence", CONST}, {"activation", CONST}, {NULL, 0}};
@@ -1575,6 +1583,7 @@ static const anes_mil_opdef ops[] = {
 	{"einsum", 1, a_einsum, infer_einsum},
 	/* recurrent */
 	{"lstm", 3, a_lstm, infer_recurrent},
+	{"gru", 2, a_gru, infer_recurrent},
 	{"rnn", 2, a_rnn, infer_recurrent},
 	{"reverse_sequence", 1, a_reverse_seq, infer_reverse_sequence},
 	{"reshape_like", 1, a_reshape_like, infer_reshape_like},
