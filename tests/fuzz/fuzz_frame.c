@@ -40,15 +40,18 @@ static const char *const u64_keys[] = {
 	"compiles", "cache_hits", "bytes", "elapsed_us", "max_frame", "max_fds_per_frame",
 	"max_surfaces", "max_surface_bytes", "max_total_surface_bytes", "max_programs",
 	"max_inflight", "max_mil_bytes", "max_weights", "lane_runs", "lane_spins", "lane_spin_hits", "lane_spin_gaps",
-	"lane_spin_skips",
+	"lane_spin_skips", "uses", "ttl_ms", "expires_ms", "iosurface_id", "shared_total", "tokens",
+	"holders_total",
 };
 static const char *const u32_keys[] = { "id", "program", "refs" };
 static const char *const str_keys[] = {
 	"client", "mil", "function", "message", "name", "server", "version", "backend", "key", "dtype",
+	"token",
 };
-static const char *const array_keys[] = { "inputs", "outputs", "programs", "functions", "shape" };
+static const char *const array_keys[] = { "inputs", "outputs", "programs", "functions", "shape",
+	                                         "shared", "holders" };
 static const char *const map_keys[] = { "weights", "limits" };
-static const char *const bool_keys[] = { "cached", "deferred" };
+static const char *const bool_keys[] = { "cached", "deferred", "read_only" };
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -256,7 +259,7 @@ static void repack(const anes_msg *m)
 }
 
 static const char *const methods[] = {
-	"hello", "surface.create", "surface.import", "surface.release", "program.compile",
+	"hello", "surface.create", "surface.import", "surface.release", "surface.export", "program.compile",
 	"program.info", "program.release", "run", "status", "error",
 };
 

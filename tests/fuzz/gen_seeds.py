@@ -90,6 +90,11 @@ FRAMES = [
     ('surface_create', req(2, 'surface.create', {'size': 4096}), 0),
     ('surface_import', req(3, 'surface.import', {}), 1),
     ('surface_release', req(4, 'surface.release', {'id': 1}), 0),
+    ('surface_export', req(13, 'surface.export', {'id': 1, 'read_only': True, 'uses': 3,
+                                                  'ttl_ms': None}), 0),
+    ('surface_import_token', req(14, 'surface.import', {'token': KEY}), 0),
+    ('res_export', res(13, {'token': KEY, 'expires_ms': 30000}), 0),
+    ('res_import_token', res(14, {'id': 2, 'size': 4096, 'read_only': True}), 1),
     ('program_compile', req(5, 'program.compile', {'mil': SMALL_MIL}), 0),
     ('program_compile_weights', req(6, 'program.compile', {
         'mil': SMALL_MIL, 'weights': {'@model_path/weights/w.bin': bytes(range(64)) * 2}}), 0),
