@@ -514,6 +514,17 @@ static void wait_clients(h_rconn *rc, uint64_t n)
 	               (unsigned long long)n);
 }
 
+/* The number of holders status lists for the first shared entry. */
+static void count_holders(const msgpack_object *res, void *ud)
+{
+	uint32_t *n = ud;
+	const msgpack_object *a, *h;
+	uint32_t na, nh;
+	if (anes_mp_array(res, "shared", 1024, &a, &na) == 0 && na > 0 &&
+	    anes_mp_array(&a[0], "holders", 100000, &h, &nh) == 0)
+		*n = nh;
+}
+
 /* ---- fixtures ------------------------------------------------------------------------------ */
 
 static void start(bool worker, const char *const *more)
@@ -1346,6 +1357,26 @@ static int holder_proc(void *arg, int ready_fd)
 		pause();
 }
 
+/* Mappings of the daemon's surfaces of size bytes (memfds named
+ * "aneshare-surface") in /proc/PID/maps. */
+static int surface_maps(pid_t pid, size_t size)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	int n = 0;
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo == size &&
+		    strstr(line, "aneshare-surface"))
+			n++;
+	}
+	fclose(f);
+	return n;
+}
+
 static void all_holders_killed(bool worker)
 {
 	start(worker, NULL);
@@ -1377,6 +1408,7 @@ static void all_holders_killed(bool worker)
 	st_info st = status(&obs);
 	cr_assert_eq(st.surfaces, base.surfaces + 1);
 	cr_assert_eq(st.surface_bytes, base.surface_bytes + size);
+	cr_assert_eq(surface_maps(D.pid, size), 1, "the daemon maps the memory once");
 	cr_assert_eq(st.n_shared, 1);
 	cr_assert_eq(st.shared[0].holders_total, HOLDERS + 1);
 	cr_assert_eq(pa[12345], 0x33, "the first holder wrote it");
@@ -1398,6 +1430,7 @@ static void all_holders_killed(bool worker)
 	cr_expect_eq(st.total_surface_bytes, base.total_surface_bytes);
 	cr_expect_eq(st.total_fds, base.total_fds);
 	cr_expect_eq(st.shared_total, 0);
+	cr_expect_eq(surface_maps(D.pid, size), 0, "the daemon still maps the memory");
 	/* The daemon mapped the 64 MiB (and its pages were touched): its RSS
 	 * went up by them while held; now back within 16 MiB of the start. */
 	long rss1 = h_daemon_rss_kb(&D);
@@ -1535,6 +1568,40 @@ Test(share, token_import_names_the_same_iosurface, .fini = fini_ios)
 	for (int i = 0; i < 1000 * h_slow() && fake_exists(x.ios_id); i++)
 		tu_pause_ms(10);
 	cr_assert(!fake_exists(x.ios_id), "IOSurface %llu was not freed", (unsigned long long)x.ios_id);
+	h_rconn_close(&a);
+	h_rconn_close(&b);
+	h_daemon_stop(&D);
+}
+
+/* status lists shared memory within an eighth of max_frame: a long list
+ * of holders is cut, holders_total counts them all. */
+Test(share, status_lists_holders_within_its_bound, .fini = fini)
+{
+	const char *args[] = { "--max-frame", "64K", NULL };
+	start(false, args);
+	h_rconn a, b;
+	h_rconn_open(&a, D.sock);
+	h_rconn_open(&b, D.sock);
+	rep s = create(&a, 4096);
+	close(s.fd);
+	char tok[TOK_LEN + 1];
+	export_ok(&a, s.id, false, 99, tok);
+	for (int i = 0; i < 99; i++) {
+		rep im = import_token(&b, tok);
+		cr_assert_eq(im.code, 0, "import %d: %s", i, im.msg);
+		close(im.fd);
+	}
+	st_info st = status(&a);
+	cr_assert_eq(st.shared_total, 1);
+	cr_assert_eq(st.n_shared, 1);
+	cr_expect_eq(st.shared[0].holders_total, 100);
+	cr_expect_eq(st.shared[0].tokens, 0);
+	/* 8 KiB: (8192 - 96) / 176 = 46 holders listed. */
+	uint32_t listed = 0;
+	rep r;
+	call_fn(&a, "status", NULL, NULL, 0, &r, count_holders, &listed);
+	cr_assert_eq(r.code, 0);
+	cr_expect_eq(listed, 46, "%u holders listed", listed);
 	h_rconn_close(&a);
 	h_rconn_close(&b);
 	h_daemon_stop(&D);
