@@ -702,6 +702,103 @@ int h_raw_open(const char *path)
 	return fd;
 }
 
+void h_raw_padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, size_t pad)
+{
+	msgpack_sbuffer p;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&p);
+	msgpack_packer_init(&pk, &p, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "pad", 3);
+	msgpack_pack_bin(&pk, pad);
+	char *zeros = calloc(1, pad ? pad : 1);
+	if (!zeros)
+		abort();   /* asserts nothing: forked children use it too */
+	msgpack_pack_bin_body(&pk, zeros, pad);
+	free(zeros);
+	h_raw_frame(sb, msgid, method, p.data, p.size, 0);
+	msgpack_sbuffer_destroy(&p);
+}
+
+/* The unsigned field key of o (a map); asserts it is there. */
+static uint64_t status_u64(const msgpack_object *o, const char *key)
+{
+	uint64_t v = 0;
+	cr_assert_eq(anes_mp_u64(o, key, UINT64_MAX, &v), 0, "status has no unsigned %s", key);
+	return v;
+}
+
+/* The entry of the array result[list] whose field key is v, NULL if none. */
+static const msgpack_object *status_entry(const msgpack_object *result, const char *list,
+                                          const char *key, uint64_t v)
+{
+	const msgpack_object *a = anes_mp_get(result, list);
+	cr_assert(a && a->type == MSGPACK_OBJECT_ARRAY, "status has no array %s", list);
+	for (uint32_t i = 0; i < a->via.array.size; i++) {
+		uint64_t got;
+		if (anes_mp_u64(&a->via.array.ptr[i], key, UINT64_MAX, &got) == 0 && got == v)
+			return &a->via.array.ptr[i];
+	}
+	return NULL;
+}
+
+static void read_raw_status(const msgpack_object *result, void *ud)
+{
+	h_raw_st *st = ud;
+	memset(st, 0, sizeof(*st));
+	st->clients = status_u64(result, "clients");
+	st->turned_away = status_u64(result, "turned_away");
+	st->dropped = status_u64(result, "dropped");
+	const msgpack_object *in = anes_mp_get(result, "input");
+	cr_assert(in && in->type == MSGPACK_OBJECT_MAP, "status has no input map");
+	st->in_bytes = status_u64(in, "bytes");
+	st->in_waiting = status_u64(in, "waiting");
+	st->in_timed_out = status_u64(in, "timed_out");
+	const msgpack_object *me = status_entry(result, "processes", "pid", (uint64_t)getpid());
+	if (me) {
+		st->my_input = status_u64(me, "input_bytes");
+		st->my_unsent = status_u64(me, "unsent_bytes");
+	}
+	const msgpack_object *uid = status_entry(result, "users", "uid", (uint64_t)getuid());
+	if (uid)
+		st->uid_jobs = status_u64(uid, "jobs");
+	const msgpack_object *ts = anes_mp_get(result, "totals");
+	cr_assert(ts && ts->type == MSGPACK_OBJECT_ARRAY, "status has no totals");
+	for (uint32_t i = 0; i < ts->via.array.size; i++) {
+		const char *name;
+		uint32_t len;
+		if (anes_mp_str(&ts->via.array.ptr[i], "resource", 64, &name, &len) == 0 &&
+		    len == strlen("unsent_bytes") && !memcmp(name, "unsent_bytes", len))
+			st->total_unsent = status_u64(&ts->via.array.ptr[i], "used");
+	}
+}
+
+h_raw_st h_raw_status(int fd)
+{
+	static uint32_t msgid = 0x40000000u;   /* apart from the tests' own msgids */
+	h_raw_st st;
+	msgid++;
+	cr_assert_eq(h_raw_request_kv(fd, msgid, "status", NULL, 0, NULL, 0), 0);
+	cr_assert_eq(h_raw_response_cb(fd, msgid, 10000, read_raw_status, &st), 0, "raw status failed");
+	return st;
+}
+
+h_raw_st h_raw_wait_input_waiting(int fd, uint64_t n)
+{
+	int64_t deadline = deadline_of(10000);
+	h_raw_st st;
+	for (;;) {
+		st = h_raw_status(fd);
+		if (st.in_waiting == n || tu_now_ms() > deadline)
+			break;
+		poll_pause();
+	}
+	cr_assert_eq(st.in_waiting, n, "input.waiting never got to %llu (%llu)", (unsigned long long)n,
+	             (unsigned long long)st.in_waiting);
+	return st;
+}
+
 /* ---- a raw connection with its own receive buffer ------------------------------ */
 
 void h_rconn_adopt(h_rconn *rc, int fd)

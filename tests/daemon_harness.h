@@ -166,6 +166,28 @@ void h_raw_hello(int fd);
 /* h_raw_connect and h_raw_hello, asserting both succeed: the fd. */
 int h_raw_open(const char *path);
 
+/* Append to sb a request frame of method with params { "pad": pad zero bytes
+ * in a bin } (the daemon ignores keys it does not know).  Aborts when out
+ * of memory (usable in forked children). */
+void h_raw_padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, size_t pad);
+
+/* What status says, read on a raw connection: the fields the raw-protocol
+ * tests watch. */
+typedef struct h_raw_st {
+	uint64_t clients, turned_away, dropped;
+	uint64_t in_bytes, in_waiting, in_timed_out;   /* status.input */
+	uint64_t my_input, my_unsent;   /* this process's input_bytes, unsent_bytes (0 if not listed) */
+	uint64_t uid_jobs;              /* this uid's jobs (0 if not listed) */
+	uint64_t total_unsent;          /* totals: unsent_bytes used */
+} h_raw_st;
+/* status on the raw connection fd (hello done; an msgid of its own, the
+ * response awaited up to 10 s x h_slow()); asserts it succeeds and has
+ * those fields. */
+h_raw_st h_raw_status(int fd);
+/* Poll h_raw_status (bounded, ~10 s x h_slow()) until status.input.waiting
+ * is n; asserts it gets there.  The last status. */
+h_raw_st h_raw_wait_input_waiting(int fd, uint64_t n);
+
 /* ---- a raw connection with its own receive buffer -------------------------- */
 
 /* h_raw_response reads into a buffer of its own and drops what it read past

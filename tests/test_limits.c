@@ -102,21 +102,11 @@ static uint32_t raw_collect(h_rconn *rc, uint32_t first, uint32_t n, uint32_t *r
 	return c.got;
 }
 
-/* status.<key> (an unsigned integer) read on a raw connection. */
-static void read_u64_field(const msgpack_object *result, void *ud)
-{
-	uint64_t *v = ud;
-	const msgpack_object *o = anes_mp_get(result, "dropped");
-	cr_assert(o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER);
-	*v = o->via.u64;
-}
-
+/* status.dropped, asked on a connection of its own. */
 static uint64_t raw_status_dropped(const h_daemon *d)
 {
 	int fd = h_raw_open(d->sock);
-	uint64_t v = UINT64_MAX;
-	cr_assert_eq(h_raw_request_kv(fd, 2, "status", NULL, 0, NULL, 0), 0);
-	cr_assert_eq(h_raw_response_cb(fd, 2, 10000, read_u64_field, &v), 0);
+	uint64_t v = h_raw_status(fd).dropped;
 	close(fd);
 	return v;
 }
@@ -252,26 +242,6 @@ Test(limits, a_write_sealed_memfd_gets_bad_fd)
 
 /* ---- item 3: input ------------------------------------------------------------- */
 
-/* A request frame for method with params { "pad": bin of pad bytes }
- * (the daemon ignores keys it does not know): sb gets the whole frame. */
-static void padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, size_t pad)
-{
-	msgpack_sbuffer p;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&p);
-	msgpack_packer_init(&pk, &p, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 3);
-	msgpack_pack_str_body(&pk, "pad", 3);
-	msgpack_pack_bin(&pk, pad);
-	char *zeros = calloc(1, pad ? pad : 1);
-	cr_assert(zeros);
-	msgpack_pack_bin_body(&pk, zeros, pad);
-	free(zeros);
-	h_raw_frame(sb, msgid, method, p.data, p.size, 0);
-	msgpack_sbuffer_destroy(&p);
-}
-
 /* Before hello a frame may be 64 KiB (max_hello_frame); a larger header is
  * a protocol error before anything is read of it.  After hello, max_frame
  * holds: a 1 MiB request is answered. */
@@ -290,7 +260,7 @@ Test(limits, a_large_frame_before_hello_is_refused)
 	fd = h_raw_open(d.sock);
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
-	padded_frame(&sb, 5, "status", 1u << 20);
+	h_raw_padded_frame(&sb, 5, "status", 1u << 20);
 	cr_assert_eq(h_raw_send(fd, sb.data, sb.size, NULL, 0), 0);
 	msgpack_sbuffer_destroy(&sb);
 	cr_assert_eq(h_raw_response(fd, 5, 10000), 0);
@@ -332,7 +302,7 @@ Test(limits, a_trickled_frame_is_closed_at_the_frame_timeout)
 	int fd = h_raw_open(d.sock);
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
-	padded_frame(&sb, 5, "status", 4000);
+	h_raw_padded_frame(&sb, 5, "status", 4000);
 	size_t sent = 0;
 	int code = -ETIMEDOUT;
 	while (sent < sb.size) {
@@ -353,46 +323,6 @@ Test(limits, a_trickled_frame_is_closed_at_the_frame_timeout)
 	cr_assert(strstr(log, "not complete 300 ms after its first byte"), "%s", log);
 	free(log);
 	h_daemon_stop(&d);
-}
-
-/* status.input as { bytes, waiting, timed_out }. */
-typedef struct input_st {
-	uint64_t bytes, waiting, timed_out;
-} input_st;
-
-static void read_input(const msgpack_object *result, void *ud)
-{
-	input_st *st = ud;
-	const msgpack_object *in = anes_mp_get(result, "input");
-	cr_assert(in && in->type == MSGPACK_OBJECT_MAP);
-	cr_assert_eq(anes_mp_u64(in, "bytes", UINT64_MAX, &st->bytes), 0);
-	cr_assert_eq(anes_mp_u64(in, "waiting", UINT64_MAX, &st->waiting), 0);
-	cr_assert_eq(anes_mp_u64(in, "timed_out", UINT64_MAX, &st->timed_out), 0);
-}
-
-static input_st raw_input_status(int fd)
-{
-	static uint32_t msgid = 1000;
-	input_st st;
-	msgid++;
-	cr_assert_eq(h_raw_request_kv(fd, msgid, "status", NULL, 0, NULL, 0), 0);
-	cr_assert_eq(h_raw_response_cb(fd, msgid, 10000, read_input, &st), 0);
-	return st;
-}
-
-/* Poll status until `waiting` is n (bounded); the last status. */
-static input_st wait_waiting(int fd, uint64_t n)
-{
-	input_st st;
-	for (int i = 0; i < 1000 * h_slow(); i++) {
-		st = raw_input_status(fd);
-		if (st.waiting == n)
-			return st;
-		poll(NULL, 0, 10);
-	}
-	cr_assert_fail("input.waiting never got to %llu (%llu)", (unsigned long long)n,
-	               (unsigned long long)st.waiting);
-	return st;
 }
 
 /* Send what the socket takes of buf without blocking; the bytes sent. */
@@ -430,29 +360,29 @@ Test(limits, input_memory_is_capped_and_waiters_resume)
 	for (int i = 0; i < 3; i++) {
 		fd[i] = h_raw_open(d.sock);
 		msgpack_sbuffer_init(&sb[i]);
-		padded_frame(&sb[i], 50 + (uint32_t)i, "status", 500u << 10);
+		h_raw_padded_frame(&sb[i], 50 + (uint32_t)i, "status", 500u << 10);
 		sent[i] = send_some(fd[i], sb[i].data, 100u << 10);
 		cr_assert_eq(sent[i], 100u << 10);
 		if (i < 2) {   /* one at a time: which two get the memory is known */
-			for (int k = 0; k < 1000 * h_slow() && raw_input_status(obs).bytes < (i + 1) * (436u << 10); k++)
+			for (int k = 0; k < 1000 * h_slow() && h_raw_status(obs).in_bytes < (i + 1) * (436u << 10); k++)
 				poll(NULL, 0, 10);
 		}
 	}
-	input_st st = wait_waiting(obs, 1);
+	h_raw_st st = h_raw_wait_input_waiting(obs, 1);
 	size_t need = sb[0].size - (64u << 10);
-	cr_assert_eq(st.bytes, 2 * need, "reserved %llu", (unsigned long long)st.bytes);
+	cr_assert_eq(st.in_bytes, 2 * need, "reserved %llu", (unsigned long long)st.in_bytes);
 
 	/* The first frame completes and is answered; the third gets its room. */
 	cr_assert_eq(h_raw_send(fd[0], sb[0].data + sent[0], sb[0].size - sent[0], NULL, 0), 0);
 	cr_assert_eq(h_raw_response(fd[0], 50, 10000), 0);
-	wait_waiting(obs, 0);
+	h_raw_wait_input_waiting(obs, 0);
 	cr_assert_eq(h_raw_send(fd[2], sb[2].data + sent[2], sb[2].size - sent[2], NULL, 0), 0);
 	cr_assert_eq(h_raw_response(fd[2], 52, 10000), 0);
 	cr_assert_eq(h_raw_send(fd[1], sb[1].data + sent[1], sb[1].size - sent[1], NULL, 0), 0);
 	cr_assert_eq(h_raw_response(fd[1], 51, 10000), 0);
-	st = raw_input_status(obs);
-	cr_assert_eq(st.bytes, 0);
-	cr_assert_eq(st.waiting, 0);
+	st = h_raw_status(obs);
+	cr_assert_eq(st.in_bytes, 0);
+	cr_assert_eq(st.in_waiting, 0);
 	for (int i = 0; i < 3; i++) {
 		msgpack_sbuffer_destroy(&sb[i]);
 		close(fd[i]);
@@ -580,28 +510,6 @@ Test(limits, surfaces_until_refused_leave_fds_for_another_client)
  * fd off (MSG_CTRUNC).  That is the daemon's shortage, not a protocol error
  * of the client: the client is closed with `limit` (which libaneshare
  * retries), and the daemon carries on once fds are free again. */
-/* status's clients and turned_away, asked on a raw connection. */
-typedef struct fill_st {
-	uint64_t clients, turned_away;
-} fill_st;
-
-static void read_fill(const msgpack_object *result, void *ud)
-{
-	fill_st *st = ud;
-	cr_assert_eq(anes_mp_u64(result, "clients", UINT64_MAX, &st->clients), 0);
-	cr_assert_eq(anes_mp_u64(result, "turned_away", UINT64_MAX, &st->turned_away), 0);
-}
-
-static fill_st raw_fill_status(int fd)
-{
-	static uint32_t msgid = 2000;
-	fill_st st;
-	msgid++;
-	cr_assert_eq(h_raw_request_kv(fd, msgid, "status", NULL, 0, NULL, 0), 0);
-	cr_assert_eq(h_raw_response_cb(fd, msgid, 10000, read_fill, &st), 0);
-	return st;
-}
-
 Test(limits, fds_cut_off_by_the_daemons_shortage_are_not_a_protocol_error)
 {
 	const char *args[] = { "--max-connections", "1000", NULL };
@@ -623,9 +531,9 @@ Test(limits, fds_cut_off_by_the_daemons_shortage_are_not_a_protocol_error)
 	/* Every filler is either served (status.clients, with fd) or turned
 	 * away (status.turned_away): then the daemon's backlog is drained and
 	 * it sits at its limit, the reserve fd taken back. */
-	fill_st st = { 0 };
+	h_raw_st st = { 0 };
 	for (int i = 0; i < 1000 * h_slow(); i++) {
-		st = raw_fill_status(fd);
+		st = h_raw_status(fd);
 		if (st.clients - 1 + st.turned_away >= nfill)
 			break;
 		poll(NULL, 0, 10);

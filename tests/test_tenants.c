@@ -924,94 +924,6 @@ Test(tenants, hello_announces_the_client_and_daemon_limits)
 
 /* ---- buffers: input memory and unsent output ------------------------------------ */
 
-/* A frame of method with a `pad` bin of pad bytes (status ignores it). */
-static void padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, size_t pad)
-{
-	msgpack_sbuffer p;
-	msgpack_packer pk;
-	msgpack_sbuffer_init(&p);
-	msgpack_packer_init(&pk, &p, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, 1);
-	msgpack_pack_str(&pk, 3);
-	msgpack_pack_str_body(&pk, "pad", 3);
-	msgpack_pack_bin(&pk, pad);
-	char *zeros = calloc(1, pad ? pad : 1);
-	cr_assert(zeros);
-	msgpack_pack_bin_body(&pk, zeros, pad);
-	free(zeros);
-	h_raw_frame(sb, msgid, method, p.data, p.size, 0);
-	msgpack_sbuffer_destroy(&p);
-}
-
-/* What status says of the buffers: the daemon's input map, dropped, and
- * this process's input_bytes and unsent_bytes. */
-typedef struct buf_st {
-	uint64_t in_bytes, in_waiting, dropped, my_input, my_unsent, total_unsent, uid_jobs;
-} buf_st;
-
-static void read_buf(const msgpack_object *result, void *ud)
-{
-	buf_st *st = ud;
-	memset(st, 0, sizeof(*st));
-	const msgpack_object *in = anes_mp_get(result, "input");
-	cr_assert(in && in->type == MSGPACK_OBJECT_MAP);
-	cr_assert_eq(anes_mp_u64(in, "bytes", UINT64_MAX, &st->in_bytes), 0);
-	cr_assert_eq(anes_mp_u64(in, "waiting", UINT64_MAX, &st->in_waiting), 0);
-	cr_assert_eq(anes_mp_u64(result, "dropped", UINT64_MAX, &st->dropped), 0);
-	const msgpack_object *ps = anes_mp_get(result, "processes");
-	cr_assert(ps && ps->type == MSGPACK_OBJECT_ARRAY);
-	for (uint32_t i = 0; i < ps->via.array.size; i++) {
-		uint64_t pid = 0;
-		(void)anes_mp_u64(&ps->via.array.ptr[i], "pid", UINT64_MAX, &pid);
-		if (pid != (uint64_t)getpid())
-			continue;
-		cr_assert_eq(anes_mp_u64(&ps->via.array.ptr[i], "input_bytes", UINT64_MAX, &st->my_input), 0);
-		cr_assert_eq(anes_mp_u64(&ps->via.array.ptr[i], "unsent_bytes", UINT64_MAX, &st->my_unsent), 0);
-	}
-	const msgpack_object *us = anes_mp_get(result, "users");
-	cr_assert(us && us->type == MSGPACK_OBJECT_ARRAY);
-	for (uint32_t i = 0; i < us->via.array.size; i++) {
-		uint64_t uid = UINT64_MAX;
-		(void)anes_mp_u64(&us->via.array.ptr[i], "uid", UINT64_MAX, &uid);
-		if (uid == (uint64_t)getuid())
-			cr_assert_eq(anes_mp_u64(&us->via.array.ptr[i], "jobs", UINT64_MAX, &st->uid_jobs), 0);
-	}
-	const msgpack_object *ts = anes_mp_get(result, "totals");
-	cr_assert(ts && ts->type == MSGPACK_OBJECT_ARRAY);
-	for (uint32_t i = 0; i < ts->via.array.size; i++) {
-		const char *name;
-		uint32_t len;
-		if (anes_mp_str(&ts->via.array.ptr[i], "resource", 64, &name, &len) == 0 && len == 12 &&
-		    !memcmp(name, "unsent_bytes", 12))
-			(void)anes_mp_u64(&ts->via.array.ptr[i], "used", UINT64_MAX, &st->total_unsent);
-	}
-}
-
-static buf_st raw_buf_status(int fd)
-{
-	static uint32_t msgid = 3000;
-	buf_st st;
-	msgid++;
-	cr_assert_eq(h_raw_request_kv(fd, msgid, "status", NULL, 0, NULL, 0), 0);
-	cr_assert_eq(h_raw_response_cb(fd, msgid, 10000, read_buf, &st), 0);
-	return st;
-}
-
-/* Poll status until input.waiting is n (bounded); the last status. */
-static buf_st wait_input_waiting(int obs, uint64_t n)
-{
-	buf_st st;
-	for (int i = 0; i < 1000 * h_slow(); i++) {
-		st = raw_buf_status(obs);
-		if (st.in_waiting == n)
-			return st;
-		poll(NULL, 0, 10);
-	}
-	cr_assert_fail("input.waiting never got to %llu (%llu)", (unsigned long long)n,
-	               (unsigned long long)st.in_waiting);
-	return st;
-}
-
 /* Another process sends a whole 500 KiB frame and is answered (while the
  * test process's connections wait for its own input limit). */
 static int large_frame_client(void *arg, int ready_fd)
@@ -1020,7 +932,7 @@ static int large_frame_client(void *arg, int ready_fd)
 	int fd = h_raw_open(sock);
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
-	padded_frame(&sb, 7, "status", 500u << 10);
+	h_raw_padded_frame(&sb, 7, "status", 500u << 10);
 	int r = h_raw_send(fd, sb.data, sb.size, NULL, 0) == 0 && h_raw_response(fd, 7, 10000) == 0 ? 0 : 1;
 	msgpack_sbuffer_destroy(&sb);
 	close(fd);
@@ -1044,15 +956,15 @@ Test(tenants, fifty_connections_get_no_more_input_memory_than_one)
 	for (unsigned i = 0; i < NCONN; i++) {
 		fd[i] = h_raw_open(D.sock);
 		msgpack_sbuffer_init(&sb[i]);
-		padded_frame(&sb[i], 10 + i, "status", 500u << 10);   /* msgids < 128: one size */
+		h_raw_padded_frame(&sb[i], 10 + i, "status", 500u << 10);   /* msgids < 128: one size */
 	}
 	size_t need = sb[0].size - (64u << 10);
 
 	/* One connection. */
 	cr_assert_eq(h_raw_send(fd[0], sb[0].data, 100u << 10, NULL, 0), 0);
-	buf_st st = { 0 };
+	h_raw_st st = { 0 };
 	for (int k = 0; k < 1000 * h_slow() && st.my_input < need; k++) {
-		st = raw_buf_status(obs);
+		st = h_raw_status(obs);
 		if (st.my_input < need)
 			poll(NULL, 0, 10);
 	}
@@ -1062,7 +974,7 @@ Test(tenants, fifty_connections_get_no_more_input_memory_than_one)
 	/* 49 more: all wait, the process still holds one frame's memory. */
 	for (unsigned i = 1; i < NCONN; i++)
 		cr_assert_eq(h_raw_send(fd[i], sb[i].data, 100u << 10, NULL, 0), 0);
-	st = wait_input_waiting(obs, NCONN - 1);
+	st = h_raw_wait_input_waiting(obs, NCONN - 1);
 	cr_assert_eq(st.my_input, one, "50 connections hold %llu, one held %llu",
 	             (unsigned long long)st.my_input, (unsigned long long)one);
 	cr_assert_eq(st.in_bytes, one);
@@ -1088,7 +1000,7 @@ Test(tenants, fifty_connections_get_no_more_input_memory_than_one)
 	cr_assert_eq(h_raw_send(fd[0], sb[0].data + (100u << 10), sb[0].size - (100u << 10), NULL, 0), 0);
 	cr_assert_eq(h_raw_response(fd[0], 10, 10000), 0);
 	for (int k = 0; k < 1000 * h_slow(); k++) {
-		st = raw_buf_status(obs);
+		st = h_raw_status(obs);
 		if (st.in_waiting == NCONN - 2 && st.my_input == one)
 			break;
 		poll(NULL, 0, 10);
@@ -1102,7 +1014,7 @@ Test(tenants, fifty_connections_get_no_more_input_memory_than_one)
 	/* All given back once the connections are gone. */
 	for (int k = 0; k < 1000 * h_slow() && (st.in_bytes || st.in_waiting); k++) {
 		poll(NULL, 0, 10);
-		st = raw_buf_status(obs);
+		st = h_raw_status(obs);
 	}
 	cr_assert_eq(st.in_bytes, 0);
 	cr_assert_eq(st.my_input, 0);
@@ -1164,10 +1076,10 @@ Test(tenants, fifty_connections_get_no_more_unsent_output_than_one)
 	wait_read(&one, 1);
 	/* Read is not yet handled (the loop defers connections it kicked):
 	 * poll, bounded, until it is dropped; the limit holds at every look. */
-	buf_st st;
+	h_raw_st st;
 	int64_t deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
-		st = raw_buf_status(obs);
+		st = h_raw_status(obs);
 		cr_assert_leq(st.my_unsent, 1u << 20);
 		if (st.dropped)
 			break;
@@ -1190,7 +1102,7 @@ Test(tenants, fifty_connections_get_no_more_unsent_output_than_one)
 	 * every look. */
 	deadline = tu_now_ms() + 10000 * h_slow();
 	for (;;) {
-		st = raw_buf_status(obs);
+		st = h_raw_status(obs);
 		cr_assert_leq(st.my_unsent, 1u << 20, "50 connections hold %llu unsent bytes, the limit is 1 MiB",
 		              (unsigned long long)st.my_unsent);
 		cr_assert_leq(st.total_unsent, 1u << 20);
@@ -1287,7 +1199,7 @@ static int uid_child(void *arg, int ready_fd)
 		int fd = h_raw_open(op->sock);
 		msgpack_sbuffer sb;
 		msgpack_sbuffer_init(&sb);
-		padded_frame(&sb, 9, "status", 500u << 10);
+		h_raw_padded_frame(&sb, 9, "status", 500u << 10);
 		int r = h_raw_send(fd, sb.data, sb.size, NULL, 0) == 0 && h_raw_response(fd, 9, 30000) == 0;
 		return r ? 0 : 250;
 	}
@@ -1405,18 +1317,18 @@ Test(tenants, two_processes_of_one_uid_share_its_limits)
 	int fd = h_raw_open(D.sock);
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
-	padded_frame(&sb, 5, "status", 500u << 10);
+	h_raw_padded_frame(&sb, 5, "status", 500u << 10);
 	cr_assert_eq(h_raw_send(fd, sb.data, 100u << 10, NULL, 0), 0);
-	buf_st st = { 0 };
+	h_raw_st st = { 0 };
 	for (int i = 0; i < 1000 * h_slow() && st.my_input == 0; i++) {
-		st = raw_buf_status(obs);
+		st = h_raw_status(obs);
 		if (!st.my_input)
 			poll(NULL, 0, 10);
 	}
 	cr_assert_gt(st.my_input, 0);
 	op = (uid_op){ .sock = D.sock, .kind = 'i' };
 	pid_t pid = h_spawn(uid_child, &op);
-	wait_input_waiting(obs, 1);
+	h_raw_wait_input_waiting(obs, 1);
 	cr_assert_eq(h_raw_send(fd, sb.data + (100u << 10), sb.size - (100u << 10), NULL, 0), 0);
 	cr_assert_eq(h_raw_response(fd, 5, 10000), 0);
 	int wst;
@@ -1446,7 +1358,7 @@ Test(tenants, two_processes_of_one_uid_share_its_limits)
 	obs = h_raw_open(D.sock);
 	uint64_t most = 0;
 	for (int i = 0; i < 20; i++) {
-		st = raw_buf_status(obs);
+		st = h_raw_status(obs);
 		cr_expect_leq(st.uid_jobs, 2, "uid %u had %llu jobs, its limit is 2", (unsigned)getuid(),
 		              (unsigned long long)st.uid_jobs);
 		if (st.uid_jobs > most)
@@ -1470,7 +1382,7 @@ Test(tenants, two_processes_of_one_uid_share_its_limits)
 	op = (uid_op){ .sock = D.sock, .kind = 'o' };
 	cr_expect_eq(run_uid_child(&op), 0, "the other process was not dropped");
 	obs = h_raw_open(D.sock);
-	st = raw_buf_status(obs);
+	st = h_raw_status(obs);
 	cr_expect_eq(st.dropped, 1);
 	close(obs);
 	FILE *f = fopen(D.log, "r");
