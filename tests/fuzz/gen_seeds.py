@@ -1,20 +1,32 @@
 #!/usr/bin/env python3
 """Write the seed inputs of the fuzz targets (tests/fuzz/NAME/seed-*).
 
-Run from anywhere: python3 tests/fuzz/gen_seeds.py.  It only rewrites
-seed-* files; regression inputs (regress-*) are kept.  The frame seeds are
-one valid message of every kind in docs/protocol.md; the MIL seeds are
-examples/*.mil and small programs like those in tests/test_mil.c.
+Run from anywhere: python3 tests/fuzz/gen_seeds.py.  It writes every
+seed-* file and deletes nothing: regression inputs (regress-*) are kept, and
+a seed-* file it did not write is named on stderr (remove it by hand if it
+is stale).  The frame seeds are one valid message of every kind in
+docs/protocol.md, plus run requests in unusual encodings and a bad chain;
+the MIL seeds are examples/*.mil and small programs like those in
+tests/test_mil.c.
 """
 import os
 import struct
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
+class Raw(bytes):
+    """Bytes already encoded, put in as they are: a value in an encoding
+    other than the shortest one mp() picks."""
+
+
 def mp(o):
-    """A tiny msgpack encoder: None, bool, int, float, str, bytes, list, dict."""
+    """A tiny msgpack encoder: None, bool, int, float, str, bytes, list, dict
+    (the shortest encoding of each), and Raw."""
+    if isinstance(o, Raw):
+        return bytes(o)
     if o is None:
         return b'\xc0'
     if o is True:
@@ -104,6 +116,16 @@ FRAMES = [
     ('run_chain', req(12, 'run', {'steps': [
         {'program': 1, 'function': 'main', 'inputs': [1], 'outputs': [200]},
         {'program': 70000, 'inputs': [200], 'outputs': [0xffffffff, 3]}]}), 0),
+    # run with every value in a longer encoding than needed (uint64 msgid,
+    # str8 method, int8 program, array16 inputs, uint32 and uint16 IDs), a
+    # key the daemon does not know and the empty function name
+    ('run_odd', mp([0, Raw(b'\xcf' + struct.pack('>Q', 9)), Raw(b'\xd9\x03run'), {
+        'note': {'k': [1, None]}, 'program': Raw(b'\xd0\x01'), 'function': '',
+        'inputs': Raw(b'\xdc\x00\x02\x01\xce\x00\x00\x00\x02'),
+        'outputs': [Raw(b'\xcd\x00\x03')]}]), 0),
+    # a chain whose steps are wrong: a negative ID, no outputs, nil, {}
+    ('run_chain_bad', req(1, 'run', {'steps': [
+        {'program': 1, 'inputs': [-1], 'outputs': []}, None, {}]}), 0),
     ('status', req(10, 'status', {}), 0),
     ('msgid_max', req(0xffffffff, 'status', {}), 0),
     ('res_hello', res(1, {'protocol': 1, 'server': 'aneshared', 'version': '0.1.0',
@@ -139,20 +161,28 @@ def io_chunks(data, sizes, fds_first=0, ctl=0):
     return out
 
 
+WRITTEN = set()
+
+
 def write(target, name, data):
     d = os.path.join(HERE, target)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, 'seed-' + name), 'wb') as f:
         f.write(data)
+    WRITTEN.add((target, 'seed-' + name))
 
 
 def main():
+    seeds()
     for target in ('frame', 'io', 'mil', 'mil_run'):
         d = os.path.join(HERE, target)
-        if os.path.isdir(d):
-            for f in os.listdir(d):
-                if f.startswith('seed-'):
-                    os.remove(os.path.join(d, f))
+        for f in sorted(os.listdir(d)):
+            if f.startswith('seed-') and (target, f) not in WRITTEN:
+                print('gen_seeds.py: %s/%s is not written by this script (kept)' % (target, f),
+                      file=sys.stderr)
+
+
+def seeds():
 
     for name, payload, nfds in FRAMES:
         write('frame', name, frame(payload, nfds))
@@ -459,6 +489,27 @@ def main():
         '        tensor<fp16, [1]> n1 = add(x = n0, y = fp16(1));\n'
         '        tensor<fp16, [1]> n = coreml_update_state(state = steps, value = n1);\n'
         '    } -> (c2, n);\n}\n').encode()
+    # the compressed-weight ops (docs/mil.md, Supported ops), folded at compile time
+    mils['constexpr_weights'] = (
+        'program(1.3)\n'
+        '{\n'
+        '    func main<ios18>(tensor<fp16, [1, 4]> x) {\n'
+        '        tensor<uint2, [3, 4]> ind = const()[name = string("ind"), val = tensor<uint2, [3, 4]>([0, 1, 2, 3, 3, 2, 1, 0, 1, 1, 1, 1])];\n'
+        '        tensor<fp16, [3, 1, 4, 1]> lut = const()[name = string("lut"), val = tensor<fp16, [3, 1, 4, 1]>([0, 1, 2, 3, 0, -1, -2, -3, 5, 6, 7, 8])];\n'
+        '        tensor<fp16, [3, 4]> wt = constexpr_lut_to_dense(indices = ind, lut = lut)[name = string("wt")];\n'
+        '        tensor<uint1, [2, 4]> m = const()[name = string("m"), val = tensor<uint1, [2, 4]>([1, 0, 0, 1, 0, 1, 1, 0])];\n'
+        '        tensor<int4, [4]> nz = const()[name = string("nz"), val = tensor<int4, [4]>([-8, 7, -1, 3])];\n'
+        '        tensor<int4, [2, 4]> q = constexpr_sparse_to_dense(nonzero_data = nz, mask = m)[name = string("q")];\n'
+        '        tensor<fp16, [1, 2]> s = const()[name = string("s"), val = tensor<fp16, [1, 2]>([0.25, 0.5])];\n'
+        '        tensor<fp16, [2, 4]> w2 = constexpr_blockwise_shift_scale(data = q, scale = s)[name = string("w2")];\n'
+        '        tensor<uint8, [2]> pi = const()[name = string("pi"), val = tensor<uint8, [2]>([108, 3])];\n'
+        '        tensor<fp16, [4]> pl = const()[name = string("pl"), val = tensor<fp16, [4]>([0.5, 1.5, 2.5, 3.5])];\n'
+        '        tensor<fp16, [1, 4]> w3 = constexpr_lut_to_dense(indices = pi, lut = pl, shape = tensor<uint32, [2]>([1, 4]))[name = string("w3")];\n'
+        '        tensor<fp32, [1, 4]> w4 = constexpr_cast(source_val = w3, output_dtype = string("fp32"))[name = string("w4")];\n'
+        '        tensor<fp16, [1, 3]> y = linear(x = x, weight = wt)[name = string("y")];\n'
+        '        tensor<fp16, [1, 2]> z = linear(x = x, weight = w2)[name = string("z")];\n'
+        '    } -> (y, z);\n'
+        '}\n').encode()
     for name, text in mils.items():
         write('mil', name, text)
         # mil_run: the program, then data for its inputs
