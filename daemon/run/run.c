@@ -136,7 +136,6 @@ static size_t run_steps_bytes(uint32_t n_steps, uint64_t n_surf)
 /* What the decoder found wrong with step i's params, as e. */
 static void step_param_err(run_err *e, bool chain, uint32_t i, const anes_run_wire_step *ws)
 {
-	static const char *const wrong = "\"%s\" has the wrong type or is out of range";
 	const char *key = "program";
 	switch (ws->bad) {
 	case ANES_RUN_PROGRAM_MISSING:
@@ -156,7 +155,8 @@ static void step_param_err(run_err *e, bool chain, uint32_t i, const anes_run_wi
 	case ANES_RUN_OUTPUTS_TYPE: key = "outputs"; break;
 	default: break;
 	}
-	set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS, wrong, key);
+	set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS,
+	        "\"%s\" has the wrong type or is out of range", key);
 }
 
 /* The surfaces a step names, against what the function takes; ret[i].
