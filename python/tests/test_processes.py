@@ -181,14 +181,23 @@ def test_library_of_another_kind_is_refused(tmp_path):
 
 
 def test_connection_closed_in_other_process_frees_daemon_side(daemon):
+    """The daemon lets go of an exited process's connection and surface.  The
+    child's own line in status (by its pid) is checked, never the daemon's
+    total, which other tests' connections move as they come and go."""
     obs = aneshare.connect(daemon.sock, "observer")
-    base = obs.status()["clients"]
     r = run_py("""
-        import aneshare, numpy as np
+        import os, aneshare
         c = aneshare.connect(%r, "short")
         a = c.surface(1 << 20)
         a[:] = 1
+        me = [p for p in c.status()["processes"] if p["pid"] == os.getpid()]
+        print(os.getpid(), len(me), me[0]["connections"], me[0]["surfaces"], me[0]["surface_bytes"])
         """ % daemon.sock)
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: obs.status()["clients"] == base, "the exited client to go")
+    pid, lines, conns, surfaces, surface_bytes = map(int, r.stdout.split())
+    assert (lines, conns, surfaces) == (1, 1, 1) and surface_bytes >= 1 << 20
+
+    def child_listed():
+        return [p for p in obs.status()["processes"] if p["pid"] == pid]
+    wait_until(lambda: not child_listed(), "the exited client to go")
     obs.close()
