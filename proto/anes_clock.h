@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The one clock of the daemon's and the library's time rules (spin, lanes,
- * input deadlines): a monotonic nanosecond count behind a function pointer
- * that tests replace with a fake, as they replace anes_os_sendmsg.
- * Measurements (how long a run took, uptime) do not read it: they report
- * the real time whatever clock the rules see.
+ * input deadlines, the device worker's watchdog, the device time the fair
+ * scheduler charges): a monotonic nanosecond count behind a function
+ * pointer that tests replace with a fake, as they replace anes_os_sendmsg.
+ * Measurements reported to a client (how long a run took, uptime) do not
+ * read it: they report the real time whatever clock the rules see.
  *
  * A fake clock shared between processes (a test and the daemon it starts):
  * in builds with the test hooks (meson -Dtest_hooks=true, off by default),

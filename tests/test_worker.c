@@ -1431,17 +1431,22 @@ static const struct aneshare_status_process *proc_of(const aneshare_status *st, 
  * one, every result checked, and status shows the order: B's runs were
  * done while A's recompile was still owed (restoring 1) and A's 4 runs still
  * queued.  Then A's recompile goes on, and A's runs are right.  The wait
- * is charged to nobody: A's device time stays below the time its runs
- * waited (4 times that if it were charged). */
+ * is charged to nobody: on the daemon's fake clock, which stands still but
+ * for 100 s the test adds while A's runs wait, A is charged less than those
+ * 100 s (4 x 100 s if the waits were charged). */
 static void restart_holds_nobody_up(bool lanes)
 {
 	char hold[256];
 	snprintf(hold, sizeof hold, "/tmp/anes-hold-%d", (int)getpid());
 	char fault[300];
 	snprintf(fault, sizeof fault, "compile_hold=%s", hold);
+	/* The clock stands still (no spin: --lane-spin-us 0); the watchdog's
+	 * compile deadline (600 s) stays ahead of the 100 s added. */
+	anes_test_clock *clk = h_fake_clock();
+	const uint64_t held_ns = 100ull * 1000000000u;
 	const char *args[] = { "--backend", "cpu", "--worker", "--workers", "2", "--worker-fault", fault,
-		               "--compile-deadline-floor-ms", "600000", lanes ? "--lane-threads" : "--no-lanes",
-		               lanes ? "2" : NULL, NULL };
+		               "--compile-deadline-floor-ms", "600000", "--lane-spin-us", "0",
+		               lanes ? "--lane-threads" : "--no-lanes", lanes ? "2" : NULL, NULL };
 	unlink(hold);
 	h_daemon_start_args(&D, args);
 
@@ -1494,7 +1499,6 @@ static void restart_holds_nobody_up(bool lanes)
 		cr_assert(tu_now_ms() < deadline, "A's runs were not queued (%llu)", (unsigned long long)jobs);
 		tu_pause_ms(10);
 	}
-	int64_t held_since = tu_now_ms();
 
 	for (int i = 0; i < 200; i++)
 		sq_check(b, &p, 100 + i);
@@ -1509,12 +1513,9 @@ static void restart_holds_nobody_up(bool lanes)
 	cr_assert_eq(pa->jobs, 4, "A's runs did not wait for its program");
 	aneshare_status_free(st);
 
-	/* Let A's program be compiled again: its runs complete, right.  Held
-	 * for 200 ms at least, so that a wait charged to A (4 x that) could
-	 * not pass for its own compile and runs (a few ms). */
-	while (tu_now_ms() - held_since < 200)
-		tu_pause_ms(10);
-	int64_t held_ms = tu_now_ms() - held_since;
+	/* 100 s pass on the daemon's clock while A's runs wait; then A's
+	 * program is compiled again: its runs complete, right. */
+	atomic_fetch_add(&clk->now_ns, held_ns);
 	cr_assert_eq(unlink(hold), 0);
 	cr_assert_eq(read(res[0], &ch, 1), 1);
 	cr_assert_eq(ch, 'y', "A's runs after the restore were wrong or failed");
@@ -1524,13 +1525,13 @@ static void restart_holds_nobody_up(bool lanes)
 	pa = proc_of(st, a);
 	const struct aneshare_status_process *pb = proc_of(st, getpid());
 	cr_assert(pa && pb);
-	/* Each of A's 4 runs waited at least held_ms: charged, that would be
-	 * 4 x held_ms at least; its compile and runs themselves are far less. */
-	cr_expect_lt(pa->device_us, (uint64_t)held_ms * 1000u,
-	             "A was charged %llu us of device time, its runs waited %lld ms x 4 for the restore",
-	             (unsigned long long)pa->device_us, (long long)held_ms);
-	cr_log_info("A charged %llu us (its runs waited %lld ms), B %llu us",
-	            (unsigned long long)pa->device_us, (long long)held_ms, (unsigned long long)pb->device_us);
+	/* Each of A's 4 runs waited through the 100 s: charged, that would be
+	 * 4 x 100 s; its compile and runs themselves took no time on the clock. */
+	cr_expect_lt(pa->device_us, held_ns / 1000u,
+	             "A was charged %llu us of device time, its runs waited 100 s x 4 for the restore",
+	             (unsigned long long)pa->device_us);
+	cr_log_info("A charged %llu us (its runs waited 100 s on the daemon's clock), B %llu us",
+	            (unsigned long long)pa->device_us, (unsigned long long)pb->device_us);
 	aneshare_status_free(st);
 	cr_assert_eq(write(cmd[1], "q", 1), 1);
 	int wst;
