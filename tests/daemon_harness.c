@@ -844,11 +844,14 @@ void h_reply_cb(const anes_msg *m, void *ud)
 	res->got = true;
 	res->code = 0;
 	res->failed_step = -1;
+	res->message[0] = '\0';
 	if (m->error) {
 		const char *s;
 		uint32_t l;
 		if (anes_msg_error(m, &res->code, &s, &l) < 0)
 			res->code = 9999;
+		else
+			snprintf(res->message, sizeof res->message, "%.*s", (int)l, s);
 		int64_t st;
 		if (anes_mp_i64(m->error, "failed_step", &st) == 0)
 			res->failed_step = st;
@@ -1054,6 +1057,34 @@ char *h_square_mm_mil(unsigned n, const char *fn_name)
 	if (r < 0)
 		abort();
 	return s;
+}
+
+int h_run_aneshared(const char *dir, const char *const *args, char *err, size_t errsz)
+{
+	char log[256];
+	snprintf(log, sizeof log, "%s/stderr", dir);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		const char *argv[32] = { getenv("ANESHARED") };
+		size_t n = 1;
+		for (size_t i = 0; args[i] && n < 31; i++)
+			argv[n++] = args[i];
+		argv[n] = NULL;
+		setenv("XDG_CONFIG_HOME", dir, 1);
+		unsetenv("ANESHARE_SOCKET");
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0 || dup2(fd, 2) < 0 || dup2(fd, 1) < 0)
+			_exit(126);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	char *text = tu_read_file(log);
+	snprintf(err, errsz, "%s", text ? text : "");
+	free(text);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 256;
 }
 
 int h_run_tool(const h_daemon *d, const char *env_exe, char *out, size_t len,

@@ -52,6 +52,12 @@ int h_slow(void);
  * status; a program that did not exit is a test failure. */
 int h_run_tool(const h_daemon *d, const char *env_exe, char *out, size_t len,
                const char *const *args);
+/* Run $ANESHARED with args (NULL-terminated, at most 30), XDG_CONFIG_HOME=dir
+ * and no ANESHARE_SOCKET, to its exit (for start-up refusals: a daemon that
+ * starts serving does not return); its exit status (256 if it did not
+ * exit), and its stdout and stderr in err (NUL-terminated, truncated to
+ * errsz; dir/stderr holds them). */
+int h_run_aneshared(const char *dir, const char *const *args, char *err, size_t errsz);
 /* SIGTERM, wait, and assert a clean exit (status 0); removes the directory. */
 void h_daemon_stop(h_daemon *d);
 /* Wait for the daemon to exit (after the test sent it a signal) and assert
@@ -226,6 +232,7 @@ typedef struct h_reply {
 	int code;               /* 0, the wire error code, 9999 for an error map
 	                         * without a code, 9998 for a success without key */
 	int64_t failed_step;    /* the error's failed_step, -1 if none */
+	char message[256];      /* the error's message (NUL-terminated, cut), "" if none */
 	uint64_t value;         /* result[key] */
 	unsigned notifications; /* notifications seen on the way */
 } h_reply;

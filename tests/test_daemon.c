@@ -979,36 +979,6 @@ Test(daemon, compile_with_weights)
 
 /* ---- options ------------------------------------------------------------------------ */
 
-/* Run aneshared with args (NULL-terminated) and XDG_CONFIG_HOME=dir; its exit
- * status, and its stderr in err (NUL-terminated). */
-static int run_aneshared(const char *dir, const char *const *args, char *err, size_t errsz)
-{
-	char log[256];
-	snprintf(log, sizeof log, "%s/stderr", dir);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		const char *argv[32] = { getenv("ANESHARED") };
-		size_t n = 1;
-		for (size_t i = 0; args[i] && n < 31; i++)
-			argv[n++] = args[i];
-		argv[n] = NULL;
-		setenv("XDG_CONFIG_HOME", dir, 1);
-		unsetenv("ANESHARE_SOCKET");
-		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd < 0 || dup2(fd, 2) < 0 || dup2(fd, 1) < 0)
-			_exit(126);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	int st;
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	char *text = tu_read_file(log);
-	snprintf(err, errsz, "%s", text ? text : "");
-	free(text);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 256;
-}
-
 /* Every kind of bad option or config line ends the daemon before it
  * listens, with exit status 78 (EX_CONFIG) and a message that names the
  * option or FILE:LINE; --help and --version exit 0. */
@@ -1038,7 +1008,7 @@ Test(daemon, bad_options_and_config_lines)
 		{ { "--max-mil-bytes", "2G" }, "--max-mil-bytes" },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		int code = run_aneshared(dir, cases[i].args, err, sizeof err);
+		int code = h_run_aneshared(dir, cases[i].args, err, sizeof err);
 		cr_assert_eq(code, 78, "%s %s: exit %d: %s", cases[i].args[0],
 		             cases[i].args[1] ? cases[i].args[1] : "", code, err);
 		cr_assert(strstr(err, cases[i].says), "%s: the message does not name it: %s", cases[i].args[0],
@@ -1058,7 +1028,7 @@ Test(daemon, bad_options_and_config_lines)
 		fprintf(f, "# a comment\n\n%s", lines[i]);
 		fclose(f);
 		const char *args[] = { "--config", conf, NULL };
-		int code = run_aneshared(dir, args, err, sizeof err);
+		int code = h_run_aneshared(dir, args, err, sizeof err);
 		cr_assert_eq(code, 78, "%s: exit %d: %s", lines[i], code, err);
 		cr_assert(strstr(err, ":3"), "%s: the message does not name line 3: %s", lines[i], err);
 	}
@@ -1070,7 +1040,7 @@ Test(daemon, bad_options_and_config_lines)
 	           "verbose = yes\nmax_frame = x\n");
 	fclose(f);
 	const char *good_then_bad[] = { "--config", conf, "-v", NULL };
-	cr_assert_eq(run_aneshared(dir, good_then_bad, err, sizeof err), 78, "%s", err);
+	cr_assert_eq(h_run_aneshared(dir, good_then_bad, err, sizeof err), 78, "%s", err);
 	cr_assert(strstr(err, ":5"), "%s", err);
 	f = fopen(conf, "w");
 	cr_assert_not_null(f);
@@ -1078,10 +1048,10 @@ Test(daemon, bad_options_and_config_lines)
 		fputc('x', f);
 	fclose(f);
 	const char *too_long[] = { "--config", conf, NULL };
-	cr_assert_eq(run_aneshared(dir, too_long, err, sizeof err), 78, "%s", err);
+	cr_assert_eq(h_run_aneshared(dir, too_long, err, sizeof err), 78, "%s", err);
 	cr_assert(strstr(err, "too long"), "%s", err);
 	const char *missing[] = { "--config", "/nonexistent/anes.conf", NULL };
-	cr_assert_eq(run_aneshared(dir, missing, err, sizeof err), 78, "%s", err);
+	cr_assert_eq(h_run_aneshared(dir, missing, err, sizeof err), 78, "%s", err);
 	/* A socket path that does not fit, and one in a directory others may
 	 * write to: refused before listening, naming the path. */
 	char longpath[200];
@@ -1089,15 +1059,15 @@ Test(daemon, bad_options_and_config_lines)
 	longpath[0] = '/';
 	longpath[sizeof longpath - 1] = '\0';
 	const char *too_long_socket[] = { "--socket", longpath, NULL };
-	cr_assert_eq(run_aneshared(dir, too_long_socket, err, sizeof err), 78, "%s", err);
+	cr_assert_eq(h_run_aneshared(dir, too_long_socket, err, sizeof err), 78, "%s", err);
 	const char *open_dir[] = { "--socket", "/tmp/anes-open-dir.sock", NULL };
-	cr_assert_neq(run_aneshared(dir, open_dir, err, sizeof err), 0, "%s", err);
+	cr_assert_neq(h_run_aneshared(dir, open_dir, err, sizeof err), 0, "%s", err);
 	cr_assert(strstr(err, "/tmp"), "%s", err);
 	const char *help[] = { "--help", NULL };
-	cr_assert_eq(run_aneshared(dir, help, err, sizeof err), 0, "%s", err);
+	cr_assert_eq(h_run_aneshared(dir, help, err, sizeof err), 0, "%s", err);
 	cr_assert(strstr(err, "Usage: aneshared") && strstr(err, "--max-frame"), "%s", err);
 	const char *version[] = { "--version", NULL };
-	cr_assert_eq(run_aneshared(dir, version, err, sizeof err), 0, "%s", err);
+	cr_assert_eq(h_run_aneshared(dir, version, err, sizeof err), 0, "%s", err);
 	unlink(conf);
 	char log[256];
 	snprintf(log, sizeof log, "%s/stderr", dir);

@@ -1,0 +1,508 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Requests with bad params, over a raw connection to a real daemon: every
+ * fault gets its wire error and a message naming the field (docs/protocol.md,
+ * "Errors"), and the connection carries on -- a good request right after is
+ * answered.  Also what a verbose daemon logs of its clients.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <msgpack.h>
+
+#include "anes_proto.h"
+#include "daemon_harness.h"
+
+TestSuite(requests, .timeout = 120);
+
+static const char *mil_double =
+	"program(1.3)\n{\n"
+	"    func main<ios18>(tensor<fp16, [1, 1, 1, 8]> x) {\n"
+	"        tensor<fp16, [1, 1, 1, 8]> y = add(x = x, y = x)[name = string(\"y\")];\n"
+	"    } -> (y);\n}\n";
+
+/* ---- params written as text --------------------------------------------------- */
+
+/* Pack one value of a small literal syntax: {key: value, ...} (keys are
+ * bare words or "strings"), [a, b], "str" (no escapes), integers, nil, and
+ * #N for a bin of N zero bytes.  Asserts on a syntax error. */
+static const char *pack_value(msgpack_packer *pk, const char *s);
+
+static const char *skip_ws(const char *s)
+{
+	while (*s == ' ')
+		s++;
+	return s;
+}
+
+/* The items of a map or an array up to close: how many, packed into a
+ * buffer of their own (the count goes first). */
+static const char *pack_items(msgpack_packer *pk, const char *s, char close)
+{
+	msgpack_sbuffer items;
+	msgpack_packer ipk;
+	msgpack_sbuffer_init(&items);
+	msgpack_packer_init(&ipk, &items, msgpack_sbuffer_write);
+	uint32_t n = 0;
+	s = skip_ws(s);
+	while (*s != close) {
+		if (close == '}') {
+			const char *k = s;
+			size_t len;
+			if (*s == '"') {
+				k = ++s;
+				while (*s && *s != '"')
+					s++;
+				len = (size_t)(s - k);
+				cr_assert_eq(*s, '"');
+				s++;
+			} else {
+				while (isalnum((unsigned char)*s) || *s == '_' || *s == '.')
+					s++;
+				len = (size_t)(s - k);
+			}
+			s = skip_ws(s);
+			cr_assert_eq(*s, ':', "params: ':' expected at \"%s\"", s);
+			msgpack_pack_str(&ipk, len);
+			msgpack_pack_str_body(&ipk, k, len);
+			s++;
+		}
+		s = skip_ws(pack_value(&ipk, skip_ws(s)));
+		n++;
+		if (*s == ',')
+			s = skip_ws(s + 1);
+		else
+			cr_assert_eq(*s, close, "params: '%c' expected at \"%s\"", close, s);
+	}
+	if (close == '}')
+		msgpack_pack_map(pk, n);
+	else
+		msgpack_pack_array(pk, n);
+	msgpack_pack_bin_body(pk, items.data, items.size);   /* raw bytes, no header */
+	msgpack_sbuffer_destroy(&items);
+	return s + 1;
+}
+
+static const char *pack_value(msgpack_packer *pk, const char *s)
+{
+	if (*s == '{')
+		return pack_items(pk, s + 1, '}');
+	if (*s == '[')
+		return pack_items(pk, s + 1, ']');
+	if (*s == '"') {
+		const char *e = strchr(s + 1, '"');
+		cr_assert(e, "params: unterminated string");
+		msgpack_pack_str(pk, (size_t)(e - s - 1));
+		msgpack_pack_str_body(pk, s + 1, (size_t)(e - s - 1));
+		return e + 1;
+	}
+	if (!strncmp(s, "nil", 3)) {
+		msgpack_pack_nil(pk);
+		return s + 3;
+	}
+	char *end;
+	if (*s == '#') {
+		unsigned long n = strtoul(s + 1, &end, 10);
+		char *zeros = calloc(1, n + 1);
+		cr_assert(zeros);
+		msgpack_pack_bin(pk, n);
+		msgpack_pack_bin_body(pk, zeros, n);
+		free(zeros);
+		return end;
+	}
+	long long v = strtoll(s, &end, 10);
+	cr_assert_neq(end, s, "params: a value expected at \"%s\"", s);
+	if (v < 0)
+		msgpack_pack_int64(pk, v);
+	else
+		msgpack_pack_uint64(pk, (uint64_t)v);
+	return end;
+}
+
+/* The params text (printf format) packed into sb (initialised here). */
+__attribute__((format(printf, 2, 3)))
+static void params(msgpack_sbuffer *sb, const char *fmt, ...)
+{
+	char text[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof text, fmt, ap);
+	va_end(ap);
+	msgpack_packer pk;
+	msgpack_sbuffer_init(sb);
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	const char *rest = skip_ws(pack_value(&pk, skip_ws(text)));
+	cr_assert_eq(*rest, '\0', "params: trailing \"%s\"", rest);
+}
+
+/* ---- calls ----------------------------------------------------------------------- */
+
+static uint32_t next_msgid = 100;
+
+/* Send method with the params text (and fds) on rc; the reply (code,
+ * message, failed_step) and, for a success, result[key] in value. */
+__attribute__((format(printf, 6, 7)))
+static h_reply call(h_rconn *rc, const char *method, const int *fds, unsigned nfds, const char *key,
+                    const char *fmt, ...)
+{
+	char text[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof text, fmt, ap);
+	va_end(ap);
+	msgpack_sbuffer sb;
+	params(&sb, "%s", text);
+	h_reply r = { .msgid = next_msgid++, .key = key };
+	cr_assert_eq(h_raw_request(rc->fd, r.msgid, method, sb.data, sb.size, fds, nfds), 0);
+	msgpack_sbuffer_destroy(&sb);
+	h_rconn_wait(rc, &r);
+	return r;
+}
+
+/* The call fails with code and a message holding says. */
+#define expect_error(r, want_code, says)                                                        \
+	do {                                                                                   \
+		h_reply r_ = (r);                                                              \
+		cr_expect_eq(r_.code, (want_code), "got code %d (%s), wanted %d", r_.code,      \
+		             r_.message, (int)(want_code));                                    \
+		cr_expect(strstr(r_.message, (says)), "the message \"%s\" does not say \"%s\"",  \
+		          r_.message, (says));                                                 \
+	} while (0)
+
+/* The ID the call (params as text) returned in result.id; asserts it succeeded. */
+static uint32_t call_id(h_rconn *rc, const char *method, const char *text)
+{
+	h_reply r = call(rc, method, NULL, 0, "id", "%s", text);
+	cr_assert_eq(r.code, 0, "%s: %s", method, r.message);
+	return (uint32_t)r.value;
+}
+
+/* The daemon's fd count once only rc is connected (the harness's start-up
+ * probe may still be on its way out): a baseline to come back to. */
+static int settled_fds(h_rconn *rc, const h_daemon *d)
+{
+	for (int k = 0; k < 1000 * h_slow() && h_raw_status(rc->fd).clients != 1; k++)
+		tu_pause_ms(10);
+	cr_assert_eq(h_raw_status(rc->fd).clients, 1);
+	return h_daemon_fds(d);
+}
+
+/* The MIL as a params string value: its quotes and newlines cannot go in
+ * the literal syntax, so the program is compiled through h_raw_request_kstr. */
+static uint32_t compile_double(h_rconn *rc)
+{
+	h_reply r = { .msgid = next_msgid++, .key = "id" };
+	cr_assert_eq(h_raw_request_kstr(rc->fd, r.msgid, "program.compile", "mil", mil_double), 0);
+	cr_assert_eq(h_rconn_wait(rc, &r), 0, "%s", r.message);
+	return (uint32_t)r.value;
+}
+
+/* ---- hello ------------------------------------------------------------------------- */
+
+Test(requests, hello_faults_name_the_field)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	h_rconn rc;
+	int fd = h_raw_connect(d.sock);
+	cr_assert_geq(fd, 0);
+	h_rconn_adopt(&rc, fd);
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{}"), ANES_WERR_INVALID_PARAMS,
+	             "missing \"protocol\"");
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: \"one\"}"), ANES_WERR_INVALID_PARAMS,
+	             "\"protocol\" has the wrong type");
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 1, client: 5}"), ANES_WERR_INVALID_PARAMS,
+	             "\"client\" has the wrong type");
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 1, priority: 3}"),
+	             ANES_WERR_INVALID_PARAMS, "\"priority\" has the wrong type");
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 1, priority: \"urgent\"}"),
+	             ANES_WERR_INVALID_PARAMS, "priority must be");
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 99}"), ANES_WERR_VERSION,
+	             "protocol version 99 is not supported");
+	/* None of those counted as the hello: this one does, once. */
+	h_reply ok = call(&rc, "hello", NULL, 0, "protocol", "{protocol: 1, client: \"requests\"}");
+	cr_assert_eq(ok.code, 0, "%s", ok.message);
+	cr_assert_eq(ok.value, 1);
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 1}"), ANES_WERR_HANDSHAKE,
+	             "hello was already done");
+	cr_assert_eq(call(&rc, "status", NULL, 0, NULL, "{}").code, 0);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+/* ---- program.compile, program.info, program.release ------------------------------- */
+
+Test(requests, compile_params_are_checked)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	const int W = ANES_WERR_INVALID_PARAMS;
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{}"), W, "missing \"mil\"");
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: 5}"), W, "\"mil\" has the wrong type");
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weights: 5}"), W,
+	             "\"weights\" has the wrong type");
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weight_fds: 5}"), W,
+	             "\"weight_fds\" has the wrong type");
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL,
+	                  "{mil: \"x\", weight_fds: [\"@model_path/w.bin\"]}"),
+	             W, "weight_fds names 1 files, the request carries 0 fds");
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weights: {\"\": #4}}"), W,
+	             "weight paths must be strings of 1..");
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weights: {\"@model_path/w.bin\": 4}}"),
+	             W, "weight \"@model_path/w.bin\" is not a bin");
+
+	/* Weight files: a path that is not one, a path given twice, an fd that
+	 * is not a file.  The fds are the daemon's to close: none leaks. */
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(devnull, 0);
+	int base = settled_fds(&rc, &d);
+	expect_error(call(&rc, "program.compile", &p[0], 1, NULL, "{mil: \"x\", weight_fds: [7]}"),
+	             ANES_WERR_INVALID_PARAMS, "weight paths must be strings of 1..");
+	expect_error(call(&rc, "program.compile", &p[0], 1, NULL,
+	                  "{mil: \"x\", weights: {\"@model_path/w.bin\": #2}, weight_fds: [\"@model_path/w.bin\"]}"),
+	             ANES_WERR_INVALID_PARAMS, "a weight path is given twice");
+	expect_error(call(&rc, "program.compile", &p[0], 1, NULL, "{mil: \"x\", weight_fds: [\"@model_path/w.bin\"]}"),
+	             ANES_WERR_BAD_FD, "a weight fd is not a regular file");
+	int two[2] = { devnull, devnull };
+	expect_error(call(&rc, "program.compile", two, 2, NULL, "{mil: \"x\", weight_fds: [\"@model_path/w.bin\"]}"),
+	             ANES_WERR_BAD_FD, "weight_fds names 1 files, the request carries 2 fds");
+	h_wait_daemon_fds(&d, base);   /* it kept no weight fd */
+	close(p[0]);
+	close(p[1]);
+	close(devnull);
+
+	/* The connection carries on. */
+	uint32_t id = compile_double(&rc);
+	cr_assert_gt(id, 0);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+Test(requests, program_ids_are_checked)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	for (int i = 0; i < 2; i++) {
+		const char *m = i ? "program.release" : "program.info";
+		expect_error(call(&rc, m, NULL, 0, NULL, "{}"), ANES_WERR_INVALID_PARAMS, "missing \"id\"");
+		expect_error(call(&rc, m, NULL, 0, NULL, "{id: \"one\"}"), ANES_WERR_INVALID_PARAMS,
+		             "\"id\" has the wrong type");
+		expect_error(call(&rc, m, NULL, 0, NULL, "{id: 77}"), ANES_WERR_NO_SUCH_PROGRAM, "no program 77");
+	}
+	uint32_t id = compile_double(&rc);
+	cr_assert_eq(call(&rc, "program.info", NULL, 0, NULL, "{id: %u}", id).code, 0);
+	cr_assert_eq(call(&rc, "program.release", NULL, 0, NULL, "{id: %u}", id).code, 0);
+	expect_error(call(&rc, "program.info", NULL, 0, NULL, "{id: %u}", id), ANES_WERR_NO_SUCH_PROGRAM,
+	             "no program");
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+/* program.info names every dtype a function's inputs and outputs may have. */
+static void dtype_cb(const anes_msg *m, void *ud)
+{
+	char *out = ud;
+	cr_assert(m->type == ANES_MSG_RESPONSE && m->result, "program.info failed");
+	const msgpack_object *fns = anes_mp_get(m->result, "functions");
+	cr_assert(fns && fns->type == MSGPACK_OBJECT_ARRAY && fns->via.array.size == 1);
+	const char *lists[] = { "inputs", "outputs" };
+	for (int l = 0; l < 2; l++) {
+		const msgpack_object *a = anes_mp_get(&fns->via.array.ptr[0], lists[l]);
+		cr_assert(a && a->type == MSGPACK_OBJECT_ARRAY);
+		for (uint32_t i = 0; i < a->via.array.size; i++) {
+			const char *s;
+			uint32_t len;
+			cr_assert_eq(anes_mp_str(&a->via.array.ptr[i], "dtype", 16, &s, &len), 0);
+			snprintf(out + strlen(out), 256 - strlen(out), "%s%.*s", out[0] ? " " : "", (int)len, s);
+		}
+		snprintf(out + strlen(out), 256 - strlen(out), " |");
+	}
+}
+
+Test(requests, program_info_names_every_dtype)
+{
+	static const char *mil =
+		"program(1.3)\n{\n"
+		"    func main<ios18>(tensor<int8, [4]> a, tensor<uint8, [4]> b, tensor<int16, [4]> c,\n"
+		"                     tensor<bool, [4]> d, tensor<int32, [4]> e, tensor<fp32, [4]> f) {\n"
+		"        tensor<fp16, [4]> a2 = cast(x = a, dtype = string(\"fp16\"));\n"
+		"        tensor<fp16, [4]> b2 = cast(x = b, dtype = string(\"fp16\"));\n"
+		"        tensor<fp16, [4]> c2 = cast(x = c, dtype = string(\"fp16\"));\n"
+		"        tensor<fp16, [4]> d2 = cast(x = d, dtype = string(\"fp16\"));\n"
+		"        tensor<int8, [4]> e2 = cast(x = e, dtype = string(\"int8\"));\n"
+		"        tensor<bool, [4]> f2 = cast(x = f, dtype = string(\"bool\"));\n"
+		"        tensor<int16, [4]> g2 = cast(x = f, dtype = string(\"int16\"));\n"
+		"        tensor<uint8, [4]> h2 = cast(x = f, dtype = string(\"uint8\"));\n"
+		"    } -> (a2, b2, c2, d2, e2, f2, g2, h2);\n}\n";
+	h_daemon d;
+	h_daemon_start(&d);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	h_reply r = { .msgid = next_msgid++, .key = "id" };
+	cr_assert_eq(h_raw_request_kstr(rc.fd, r.msgid, "program.compile", "mil", mil), 0);
+	cr_assert_eq(h_rconn_wait(&rc, &r), 0, "%s", r.message);
+	uint32_t msgid = next_msgid++;
+	cr_assert_eq(h_raw_request_kv(rc.fd, msgid, "program.info", "id", r.value, NULL, 0), 0);
+	char got[256] = "";
+	cr_assert_eq(h_rconn_next(&rc, 10000, dtype_cb, got), 1);
+	cr_assert_str_eq(got, "int8 uint8 int16 bool int32 fp32 | fp16 fp16 fp16 fp16 int8 bool int16 uint8 |");
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+/* ---- run ------------------------------------------------------------------------------ */
+
+Test(requests, run_params_name_the_fault)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	uint32_t p = compile_double(&rc);
+	uint32_t x = call_id(&rc, "surface.create", "{size: 16}");
+	uint32_t y = call_id(&rc, "surface.create", "{size: 16}");
+	const int W = ANES_WERR_INVALID_PARAMS;
+	static const struct {
+		const char *params;   /* P: the program, X and Y: the surfaces */
+		const char *says;
+	} single[] = {
+		{ "{program: \"p\", inputs: [X], outputs: [Y]}", "\"program\" has the wrong type" },
+		{ "{program: P, function: 5, inputs: [X], outputs: [Y]}", "\"function\" has the wrong type" },
+		{ "{program: P, inputs: 5, outputs: [Y]}", "\"inputs\" has the wrong type" },
+		{ "{program: P, inputs: [X], outputs: 5}", "\"outputs\" has the wrong type" },
+		{ "{program: P, inputs: [\"x\"], outputs: [Y]}", "\"inputs\"[0] is not a surface ID" },
+		{ "{program: P, inputs: [X], outputs: [Y, -1]}", "\"outputs\"[1] is not a surface ID" },
+		{ "{inputs: [X], outputs: [Y]}", "missing \"program\"" },
+		{ "{program: P, outputs: [Y]}", "missing \"inputs\"" },
+		{ "{program: P, inputs: [X]}", "missing \"outputs\"" },
+		{ "{steps: [], program: P}", "\"steps\" is empty" },
+		{ "{steps: [{program: P, inputs: [X], outputs: [Y]}], program: P}", "either \"steps\" or \"program\"" },
+		{ "{steps: 5}", "\"steps\" is not an array" },
+	};
+	for (size_t i = 0; i < sizeof single / sizeof single[0]; i++) {
+		char text[512];
+		size_t n = 0;
+		for (const char *c = single[i].params; *c && n < sizeof text - 12; c++) {
+			if (*c == 'P' || *c == 'X' || *c == 'Y')
+				n += (size_t)snprintf(text + n, sizeof text - n, "%u", *c == 'P' ? p : *c == 'X' ? x : y);
+			else
+				text[n++] = *c;
+		}
+		text[n] = '\0';
+		h_reply r = call(&rc, "run", NULL, 0, NULL, "%s", text);
+		expect_error(r, W, single[i].says);
+		cr_expect_eq(r.failed_step, -1, "%s: failed_step %lld", text, (long long)r.failed_step);
+	}
+	/* In a chain, the step at fault is named. */
+	h_reply r = call(&rc, "run", NULL, 0, NULL,
+	                 "{steps: [{program: %u, inputs: [%u], outputs: [%u]}, {program: %u, inputs: 7, outputs: [%u]}]}",
+	                 p, x, y, p, x);
+	expect_error(r, W, "step 1: \"inputs\" has the wrong type");
+	cr_expect_eq(r.failed_step, 1);
+	r = call(&rc, "run", NULL, 0, NULL, "{steps: [{program: %u, inputs: [%u], outputs: [%u]}, 5]}", p, x, y);
+	expect_error(r, W, "step 1: a step is not a map");
+	cr_expect_eq(r.failed_step, 1);
+	r = call(&rc, "run", NULL, 0, NULL, "{steps: [{inputs: [%u], outputs: [%u]}]}", x, y);
+	expect_error(r, W, "step 0: missing \"program\"");
+	cr_expect_eq(r.failed_step, 0);
+	/* The connection carries on: a good run. */
+	r = call(&rc, "run", NULL, 0, NULL, "{program: %u, inputs: [%u], outputs: [%u]}", p, x, y);
+	cr_assert_eq(r.code, 0, "%s", r.message);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+/* ---- surface.import ------------------------------------------------------------------- */
+
+Test(requests, surface_import_takes_exactly_one_memfd)
+{
+	const char *args[] = { "--max-surfaces", "1", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	int m1, m2;
+	cr_assert_eq(anes_memfd_create("req", 4096, &m1), 0);
+	cr_assert_eq(anes_memfd_create("req", 4096, &m2), 0);
+	int both[2] = { m1, m2 };
+	int base = settled_fds(&rc, &d);
+	expect_error(call(&rc, "surface.import", NULL, 0, NULL, "{}"), ANES_WERR_BAD_FD,
+	             "takes exactly one fd, got 0");
+	expect_error(call(&rc, "surface.import", both, 2, NULL, "{}"), ANES_WERR_BAD_FD,
+	             "takes exactly one fd, got 2");
+	expect_error(call(&rc, "surface.import", &m1, 1, NULL, "{iosurface_id: 5}"), ANES_WERR_BAD_FD,
+	             "takes no fd");
+	expect_error(call(&rc, "surface.import", NULL, 0, NULL, "{iosurface_id: 0}"), ANES_WERR_INVALID_PARAMS,
+	             "\"iosurface_id\" has the wrong type or is out of range");
+	/* One surface is the connection's limit: an import past it is refused
+	 * like a create. */
+	uint32_t s = call_id(&rc, "surface.create", "{size: 4096}");
+	expect_error(call(&rc, "surface.import", &m1, 1, NULL, "{}"), ANES_WERR_LIMIT, "too many surfaces");
+	cr_assert_eq(call(&rc, "surface.release", NULL, 0, NULL, "{id: %u}", s).code, 0);
+	h_reply r = call(&rc, "surface.import", &m1, 1, "id", "{}");
+	cr_assert_eq(r.code, 0, "%s", r.message);
+	cr_assert_eq(call(&rc, "surface.release", NULL, 0, NULL, "{id: %u}", (uint32_t)r.value).code, 0);
+	h_wait_daemon_fds(&d, base);
+	close(m1);
+	close(m2);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+/* ---- verbose ------------------------------------------------------------------------------ */
+
+/* With -v the daemon logs each client's arrival with its uid and pid, its
+ * name, what it released when it left, and a connection turned away over
+ * max_connections. */
+Test(requests, verbose_logs_each_client)
+{
+	const char *args[] = { "-v", "--max-connections", "2", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	h_rconn rc;
+	int fd = h_raw_connect(d.sock);
+	cr_assert_geq(fd, 0);
+	h_rconn_adopt(&rc, fd);
+	cr_assert_eq(call(&rc, "hello", NULL, 0, NULL, "{protocol: 1, client: \"talker\"}").code, 0);
+	call_id(&rc, "surface.create", "{size: 4096}");
+	/* Once the harness's start-up probe is gone, a second connection makes
+	 * two, and a third is one too many: closed at once. */
+	settled_fds(&rc, &d);
+	int second = h_raw_open(d.sock);
+	int extra = h_raw_connect(d.sock);
+	cr_assert_geq(extra, 0);
+	cr_assert_eq(h_raw_wait_closed(extra, 10000, NULL), 0);
+	close(extra);
+	close(second);
+	h_rconn_close(&rc);
+	char want[160];
+	snprintf(want, sizeof want, "connected (uid %u, pid %ld)", (unsigned)getuid(), (long)getpid());
+	const char *says[] = { want, "is \"talker\"", "(talker) disconnected: released 1 surfaces (4096 bytes)",
+		               "refused a connection: 2 clients already" };
+	for (size_t i = 0; i < sizeof says / sizeof says[0]; i++) {
+		char *log = NULL;
+		for (int k = 0; k < 1000 * h_slow(); k++) {
+			free(log);
+			log = tu_read_file(d.log);
+			if (log && strstr(log, says[i]))
+				break;
+			tu_pause_ms(10);
+		}
+		cr_expect(log && strstr(log, says[i]), "the log does not say \"%s\":\n%s", says[i], log ? log : "");
+		free(log);
+	}
+	h_daemon_stop(&d);
+}

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What stops aneshared before it serves, and how: a socket path it must not
+ * use, a second daemon on the same socket, limits that do not fit together,
+ * option forms, an unusable test clock, and the device worker's own command
+ * line.  Each case runs the real daemon to its exit and checks the exit
+ * status (78, EX_CONFIG, when a restart cannot help; 1 otherwise) and that
+ * the message names what is wrong.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "anes_config.h"
+#include "daemon_harness.h"
+
+TestSuite(startup, .timeout = 120);
+
+/* A private directory (0700) for one test, removed with its files by rm_dir. */
+static void make_dir(char *dir, size_t size)
+{
+	const char *tmp = getenv("TMPDIR");
+	snprintf(dir, size, "%s/anes-start-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	cr_assert_not_null(mkdtemp(dir));
+}
+
+static void rm_dir(const char *dir)
+{
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+	cr_assert_eq(system(cmd), 0);
+}
+
+/* aneshared args... exits with code, and its output holds says. */
+static void expect_exit(const char *dir, const char *const *args, int code, const char *says)
+{
+	char err[8192];
+	int got = h_run_aneshared(dir, args, err, sizeof err);
+	cr_expect_eq(got, code, "%s %s: exit %d, wanted %d: %s", args[0], args[1] ? args[1] : "", got, code,
+	             err);
+	cr_expect(strstr(err, says), "%s %s: the message does not say \"%s\": %s", args[0],
+	          args[1] ? args[1] : "", says, err);
+}
+
+/* The socket's directory must be a directory it can make or use. */
+Test(startup, socket_directory_must_be_usable)
+{
+	char dir[128], path[300];
+	make_dir(dir, sizeof dir);
+	/* A file where the directory should be: nothing a restart mends. */
+	snprintf(path, sizeof path, "%s/file", dir);
+	int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	close(fd);
+	char sock[320];
+	snprintf(sock, sizeof sock, "%s/file/aneshare.sock", dir);
+	const char *in_file[] = { "--socket", sock, NULL };
+	expect_exit(dir, in_file, 78, "is not a directory");
+	/* A directory whose parent does not exist cannot be made. */
+	snprintf(sock, sizeof sock, "%s/no/such/aneshare.sock", dir);
+	const char *no_parent[] = { "--socket", sock, NULL };
+	expect_exit(dir, no_parent, 1, "cannot create socket directory");
+	rm_dir(dir);
+}
+
+/* A file at the socket path that is not a socket is not the daemon's to
+ * delete: it refuses to start and leaves the file. */
+Test(startup, a_file_at_the_socket_path_is_left_alone)
+{
+	char dir[128], sock[300];
+	make_dir(dir, sizeof dir);
+	snprintf(sock, sizeof sock, "%s/aneshare.sock", dir);
+	FILE *f = fopen(sock, "we");
+	cr_assert_not_null(f);
+	fputs("precious\n", f);
+	fclose(f);
+	const char *args[] = { "--socket", sock, NULL };
+	expect_exit(dir, args, 1, "exists and is not a socket");
+	char *text = tu_read_file(sock);
+	cr_assert_str_eq(text, "precious\n");
+	free(text);
+	rm_dir(dir);
+}
+
+/* A second daemon on a socket a running daemon holds exits 1 naming the
+ * first one's pid; the first keeps serving. */
+Test(startup, a_second_daemon_on_the_socket_is_refused)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	char dir[128], want[300];
+	make_dir(dir, sizeof dir);
+	const char *args[] = { "--socket", d.sock, NULL };
+	snprintf(want, sizeof want, "another daemon is already listening on %s (pid %ld)", d.sock,
+	         (long)d.pid);
+	expect_exit(dir, args, 1, want);
+	aneshare_conn *c = h_connect(&d, "first");
+	aneshare_status *st = h_status(c);
+	cr_assert_eq(st->clients, 1);
+	aneshare_status_free(st);
+	aneshare_disconnect(c);
+	h_daemon_stop(&d);
+	rm_dir(dir);
+}
+
+/* Limits that cannot hold together: exit 78 naming them. */
+Test(startup, limits_that_do_not_fit_together)
+{
+	char dir[128], sock[300];
+	make_dir(dir, sizeof dir);
+	snprintf(sock, sizeof sock, "%s/aneshare.sock", dir);
+	static const struct {
+		const char *args[5];
+		const char *says;
+	} cases[] = {
+		{ { "--max-frame", "4M", "--max-input-bytes", "2M" }, "max_input_bytes (2097152) must be at least max_frame + 8" },
+		{ { "--max-frame", "1M", "--max-client-input-bytes", "512K" },
+		  "max_client_input_bytes, max_client_unsent_bytes and max_daemon_unsent_bytes must be at least max_frame + 8 (1048584)" },
+		{ { "--max-frame", "1M", "--max-uid-unsent-bytes", "512K" },
+		  "max_uid_input_bytes and max_uid_unsent_bytes must be at least max_frame + 8 (1048584)" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const char *args[8] = { "--socket", sock };
+		for (int k = 0; k < 4 && cases[i].args[k]; k++)
+			args[2 + k] = cases[i].args[k];
+		expect_exit(dir, args, 78, cases[i].says);
+	}
+	rm_dir(dir);
+}
+
+/* --config without a file, --config=FILE, a config "file" that cannot be
+ * read, and test hooks asked for by a bad name. */
+Test(startup, option_forms_and_their_errors)
+{
+	char dir[128], conf[300], arg[320];
+	make_dir(dir, sizeof dir);
+	const char *no_file[] = { "--config", NULL };
+	expect_exit(dir, no_file, 78, "--config needs a FILE");
+	snprintf(conf, sizeof conf, "%s/a.conf", dir);
+	FILE *f = fopen(conf, "we");
+	cr_assert_not_null(f);
+	fputs("max_frame = 64K\nno_such_key = 1\n", f);
+	fclose(f);
+	snprintf(arg, sizeof arg, "--config=%s", conf);
+	const char *eq_form[] = { arg, NULL };
+	char want[340];
+	snprintf(want, sizeof want, "%s:2", conf);   /* read: its second line is named */
+	expect_exit(dir, eq_form, 78, want);
+	const char *a_dir[] = { "--config", dir, NULL };
+	expect_exit(dir, a_dir, 78, "read error");
+	const char *fault[] = { "--fault-inject", "everything", NULL };
+	expect_exit(dir, fault, 78, "--fault-inject: only run_fail=FUNCTION and run_gate=/FIFO");
+	const char *wfault[] = { "--worker", "--worker-fault", "everything", NULL };
+	expect_exit(dir, wfault, 78, "--worker-fault: only start_fail");
+	rm_dir(dir);
+}
+
+/* In builds with the test hooks, a fake clock file that cannot be used
+ * stops the daemon (a test would otherwise run on the real clock). */
+Test(startup, an_unusable_test_clock_is_refused)
+{
+#if !ANES_TEST_HOOKS
+	cr_skip_test("built without -Dtest_hooks=true: no $ANESHARE_TEST_CLOCK");
+#else
+	char dir[128], sock[300], clk[300];
+	make_dir(dir, sizeof dir);
+	snprintf(sock, sizeof sock, "%s/aneshare.sock", dir);
+	const char *args[] = { "--socket", sock, NULL };
+	snprintf(clk, sizeof clk, "%s/no-such-clock", dir);
+	cr_assert_eq(setenv("ANESHARE_TEST_CLOCK", clk, 1), 0);   /* the child inherits it */
+	expect_exit(dir, args, 78, "ANESHARE_TEST_CLOCK: No such file or directory");
+	snprintf(clk, sizeof clk, "%s/short-clock", dir);
+	int fd = open(clk, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, "12345678", 8), 8);   /* half an anes_test_clock */
+	close(fd);
+	cr_assert_eq(setenv("ANESHARE_TEST_CLOCK", clk, 1), 0);
+	expect_exit(dir, args, 78, "ANESHARE_TEST_CLOCK: Invalid argument");
+	unsetenv("ANESHARE_TEST_CLOCK");
+	rm_dir(dir);
+#endif
+}
+
+/* The device worker's command line (the daemon's own, docs/worker.md): a
+ * channel fd that is not open, bad MIL limits and an unknown backend each
+ * end it with status 1 and a message, before it says hello. */
+Test(startup, the_worker_child_refuses_a_bad_command_line)
+{
+	char dir[128];
+	make_dir(dir, sizeof dir);
+	const char *no_channel[] = { "--worker-child", "77", NULL };
+	expect_exit(dir, no_channel, 1, "aneshared worker: no channel to the daemon");
+	const char *limits[] = { "--worker-child", "0", "--mil-limits", "lots", NULL };
+	expect_exit(dir, limits, 1, "aneshared worker: bad --mil-limits lots");
+	const char *backend[] = { "--worker-child", "0", "--backend", "abacus", NULL };
+	expect_exit(dir, backend, 1, "aneshared worker: cannot start the abacus backend");
+	rm_dir(dir);
+}
