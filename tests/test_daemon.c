@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1073,4 +1074,63 @@ Test(daemon, bad_options_and_config_lines)
 	snprintf(log, sizeof log, "%s/stderr", dir);
 	unlink(log);
 	rmdir(dir);
+}
+
+/* --max-mil-io is at most 64 (docs/mil.md, Limits): a function with 64
+ * inputs and 64 outputs, the most a run carries, compiles and runs through
+ * the daemon at the default; 65 inputs are refused with the limit named. */
+static char *io_text(int n_in, int n_out)
+{
+	size_t len = 256 + (size_t)(n_in + n_out) * 160;
+	char *t = malloc(len);
+	size_t o = (size_t)snprintf(t, len, "program(1.3)\n{\n    func main<ios18>(");
+	for (int i = 0; i < n_in; i++)
+		o += (size_t)snprintf(t + o, len - o, "%stensor<fp16, [4]> x%d", i ? ", " : "", i);
+	o += (size_t)snprintf(t + o, len - o, ") {\n");
+	for (int j = 0; j < n_out; j++)   /* y_j = x_j + x_{j+1}: every input read, every output its own */
+		o += (size_t)snprintf(t + o, len - o, "        tensor<fp16, [4]> y%d = add(x = x%d, y = x%d)[name = string(\"y%d\")];\n",
+		                      j, j % n_in, (j + 1) % n_in, j);
+	o += (size_t)snprintf(t + o, len - o, "    } -> (");
+	for (int j = 0; j < n_out; j++)
+		o += (size_t)snprintf(t + o, len - o, "%sy%d", j ? ", " : "", j);
+	snprintf(t + o, len - o, ");\n}\n");
+	return t;
+}
+
+Test(daemon, sixty_four_inputs_and_outputs)
+{
+	aneshare_conn *c = h_connect(&D, "test-io");
+	aneshare_program *p = NULL;
+	char *text = io_text(64, 64);
+	int r = aneshare_program_compile(c, text, NULL, 0, &p, NULL);
+	cr_assert_eq(r, 0, "%s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	cr_assert_eq(aneshare_program_input_count(p, 0), 64);
+	cr_assert_eq(aneshare_program_output_count(p, 0), 64);
+	aneshare_surface *in[64], *out[64];
+	for (int i = 0; i < 64; i++) {
+		in[i] = h_surface(c, 8);
+		out[i] = h_surface(c, 8);
+		uint16_t *x = aneshare_surface_data(in[i]);
+		for (int k = 0; k < 4; k++)
+			x[k] = (uint16_t)(0x3c00 + (((i * 4 + k) % 64) << 4));   /* 1 + m / 64: sums exact in fp16 */
+	}
+	r = aneshare_run(p, 0, in, 64, out, 64);
+	cr_assert_eq(r, 0, "%s: %s", aneshare_strerror(r), aneshare_last_error(c));
+	for (int j = 0; j < 64; j++)
+		for (int k = 0; k < 4; k++) {
+			double a = 1 + (4 * j + k) % 64 / 64.0, b = 1 + (4 * ((j + 1) % 64) + k) % 64 / 64.0;
+			uint16_t h = ((uint16_t *)aneshare_surface_data(out[j]))[k];
+			double got = ldexp((double)(0x400 | (h & 0x3ff)), ((h >> 10) & 0x1f) - 25);
+			cr_assert_eq(got, a + b, "y%d[%d] = %g, want %g", j, k, got, a + b);
+		}
+	free(text);
+	text = io_text(65, 1);
+	aneshare_program *q = NULL;
+	r = aneshare_program_compile(c, text, NULL, 0, &q, NULL);
+	cr_assert_lt(r, 0);
+	cr_assert_null(q);
+	cr_assert(strstr(aneshare_last_error(c), "more than 64 inputs"), "%s", aneshare_last_error(c));
+	free(text);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
 }

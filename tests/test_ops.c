@@ -3341,3 +3341,83 @@ Test(ops, constexpr_sparse_chain)
 		cr_assert_eq(h2d(y[i]), w, "[%d] = %g, want %g", i, h2d(y[i]), w);
 	}
 }
+
+/* Function attributes as Core ML's compiler prints them on their own line
+ * after the inputs.  The header below is the one a public project's test
+ * quotes from a compiled model (FluidAudio, KokoroAneModelCompatibilityTests:
+ * "func main<ios17>(tensor<int32, [1, ?]> input_ids)" then
+ * "[FlexibleShapeInformation = tuple<tuple<tensor<string, []>>>()] {"): an
+ * empty shape list leaves the '?' without a shape, refused naming the input.
+ * With DefaultShapes and RangeDims (what a RangeDim input gets) the default
+ * shape is compiled, and no extra function. */
+Test(ops, flexible_shape_attribute_printed_forms)
+{
+	static const char quoted[] =
+		"program(1.0) {\n"
+		"    func main<ios17>(tensor<int32, [1, ?]> input_ids)\n"
+		"        [FlexibleShapeInformation = tuple<tuple<tensor<string, []>>>()] {\n"
+		"            tensor<int32, [1, ?]> y = add(x = input_ids, y = int32(1))[name = string(\"y\")];\n"
+		"        } -> (y);\n"
+		"}\n";
+	cr_assert_eq(compile_err(quoted), -ENOTSUP);
+	cr_assert(strstr(errbuf, "input_ids"), "%s", errbuf);
+
+	static const char range[] =
+		"program(1.0)\n"
+		"{\n"
+		"    func main<ios17>(tensor<fp16, [1, 2, ?]> audio)\n"
+		"        [FlexibleShapeInformation = tuple<tuple<tensor<string, []>, dict<tensor<string, []>, tensor<int32, [?]>>>, "
+		"tuple<tensor<string, []>, dict<tensor<string, []>, list<tensor<int32, [2]>, ?>>>>(((\"DefaultShapes\", "
+		"{{\"audio\", [1, 2, 8]}}), (\"RangeDims\", {{\"audio\", [[1, 1], [2, 2], [1, 64]]}})))] {\n"
+		"            tensor<fp16, [1, 2, ?]> y = mul(x = audio, y = fp16(2))[name = string(\"y\")];\n"
+		"        } -> (y);\n"
+		"}\n";
+	anes_bprogram *p = compile_ok(range);
+	cr_assert_eq(p->n_functions, 1);
+	cr_assert_eq(p->functions[0].inputs[0].shape[2], 8);
+	uint16_t x[16], y[16];
+	for (int i = 0; i < 16; i++)
+		x[i] = anes_f32_to_f16_soft((float)i - 7.5f);
+	run_ok(p, 0, (const void *[]){x}, (void *[]){y});
+	for (int i = 0; i < 16; i++)
+		cr_assert_eq(h2d(y[i]), 2 * ((double)i - 7.5));
+	B->ops->program_free(B, p);
+}
+
+/* --max-mil-io's ceiling: 64 inputs and 64 outputs compile and run on the
+ * backend; the 65th input is refused */
+Test(ops, sixty_four_inputs_and_outputs)
+{
+	char *text = malloc(1 << 16);
+	size_t o = (size_t)snprintf(text, 1 << 16, "program(1.3)\n{\n    func main<ios18>(");
+	for (int i = 0; i < 64; i++)
+		o += (size_t)snprintf(text + o, (1 << 16) - o, "%stensor<fp32, [2]> x%d", i ? ", " : "", i);
+	o += (size_t)snprintf(text + o, (1 << 16) - o, ") {\n");
+	for (int j = 0; j < 64; j++)
+		o += (size_t)snprintf(text + o, (1 << 16) - o, "        tensor<fp32, [2]> y%d = mul(x = x%d, y = x%d);\n", j,
+		                      j, (j + 1) % 64);
+	o += (size_t)snprintf(text + o, (1 << 16) - o, "    } -> (");
+	for (int j = 0; j < 64; j++)
+		o += (size_t)snprintf(text + o, (1 << 16) - o, "%sy%d", j ? ", " : "", j);
+	snprintf(text + o, (1 << 16) - o, ");\n}\n");
+	anes_bprogram *p = compile_ok(text);
+	float xs[64][2], ys[64][2];
+	const void *in[64];
+	void *out[64];
+	for (int i = 0; i < 64; i++) {
+		xs[i][0] = (float)i, xs[i][1] = (float)-i;
+		in[i] = xs[i];
+		out[i] = ys[i];
+	}
+	run_ok(p, 0, in, out);
+	for (int j = 0; j < 64; j++)
+		cr_assert(ys[j][0] == (float)(j * ((j + 1) % 64)) && ys[j][1] == ys[j][0], "y%d", j);
+	B->ops->program_free(B, p);
+	/* one more input */
+	char *more = strstr(text, ") {");
+	memmove(more + 22, more, strlen(more) + 1);
+	memcpy(more, ", tensor<fp32, [2]> xx", 22);
+	cr_assert_eq(compile_err(text), -EINVAL);
+	cr_assert(strstr(errbuf, "more than 64 inputs"), "%s", errbuf);
+	free(text);
+}

@@ -1694,10 +1694,16 @@ static int parse_function(parser *P, anes_mil_function *out, int variant, uint32
 			const anode *e = en && *ret_variants > k ? en->kid : NULL;
 			for (uint32_t i = 0; e && i < k; i++)
 				e = e->next;
-			if (!e || e->kind == 's' || e->kind == 'n' || e->kind == 'b' || e->n != 2 || e->kid->kind != 's')
+			if (!e || e->kind == 's' || e->kind == 'n' || e->kind == 'b' || e->n != 2 || e->kid->kind != 's') {
+				const char *in = "";
+				for (uint32_t i = 0; i < n_in && !*in; i++)
+					if (type_flexible(&pend[i].type))
+						in = pend[i].name;
 				return perr(P, -ENOTSUP, F->f.line,
-				            "function '%s' has inputs with '?' dimensions and no FlexibleShapeInformation "
-				            "with DefaultShapes or EnumeratedShapes for them", F->f.name);
+				            "function '%s' has inputs with '?' dimensions (input '%s') and no "
+				            "FlexibleShapeInformation with DefaultShapes or EnumeratedShapes for them",
+				            F->f.name, in);
+			}
 			shapes = e->kid->next;
 			snprintf(vname, sizeof vname, "EnumeratedShapes '%.32s'", e->kid->s);
 			where = vname;
