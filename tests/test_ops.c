@@ -3419,5 +3419,11 @@ Test(ops, sixty_four_inputs_and_outputs)
 	memcpy(more, ", tensor<fp32, [2]> xx", 22);
 	cr_assert_eq(compile_err(text), -EINVAL);
 	cr_assert(strstr(errbuf, "more than 64 inputs"), "%s", errbuf);
+	/* 64 inputs again, one more output (y0 twice) */
+	memmove(more, more + 22, strlen(more + 22) + 1);
+	char *end = strstr(text, ");\n}\n");
+	memcpy(end, ", y0);\n}\n", 10);
+	cr_assert_eq(compile_err(text), -EINVAL);
+	cr_assert(strstr(errbuf, "more than 64 outputs"), "%s", errbuf);
 	free(text);
 }

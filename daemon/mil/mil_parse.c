@@ -1643,13 +1643,13 @@ static int parse_function(parser *P, anes_mil_function *out, int variant, uint32
 	TRY(expect(P, T_LP, "to open the function inputs"));
 	if (P->t.k != T_RP) {
 		for (;;) {
+			if (n_in == P->lim.max_io)   /* before pend[n_in] is touched: max_io may be ANES_MAX_IO */
+				return perr(P, -EINVAL, P->t.line, "function '%s' has more than %u inputs", F->f.name,
+				            P->lim.max_io);
 			anes_mil_value *v = &pend[n_in];
 			memset(v, 0, sizeof *v);
 			v->line = P->t.line;
 			v->kind = ANES_MIL_V_INPUT;
-			if (n_in == P->lim.max_io)
-				return perr(P, -EINVAL, P->t.line, "function '%s' has more than %u inputs", F->f.name,
-				            P->lim.max_io);
 			if (tok_is(&P->t, "state")) {
 				/* state<tensor<...>>: kept by the caller between runs */
 				TRY(next(P));
