@@ -525,6 +525,23 @@ static void count_holders(const msgpack_object *res, void *ud)
 		*n = nh;
 }
 
+/* Connect and say hello as name. */
+static void open_named(h_rconn *rc, const char *name)
+{
+	int fd = h_raw_connect(D.sock);
+	cr_assert_geq(fd, 0);
+	h_rconn_adopt(rc, fd);
+	pbuf b;
+	msgpack_packer *pk = pb_begin(&b, 2);
+	pk_kv_u(pk, "protocol", 1);
+	pk_str(pk, "client");
+	pk_str(pk, name);
+	rep r;
+	call(rc, "hello", &b.sb, &r);
+	msgpack_sbuffer_destroy(&b.sb);
+	cr_assert_eq(r.code, 0, "hello: %s", r.msg);
+}
+
 /* ---- fixtures ------------------------------------------------------------------------------ */
 
 static void start(bool worker, const char *const *more)
@@ -1221,7 +1238,7 @@ static void exporter_killed(bool worker)
 	close(pfd[1]);
 
 	h_rconn b;
-	h_rconn_open(&b, D.sock);
+	open_named(&b, "model-a");
 	uint32_t prog = compile_mm(&b);
 	rep ix = import_token(&b, tok);
 	cr_assert_eq(ix.code, 0, "%s", ix.msg);
@@ -1249,6 +1266,16 @@ static void exporter_killed(bool worker)
 	cr_expect_eq(st.total_fds, base.total_fds + 3, "one fd per memory in the daemon's total");
 	cr_assert_eq(st.n_shared, 1);
 	cr_expect_eq(st.shared[0].holders_total, 2);
+	cr_assert_eq(st.shared[0].n_holders, 2);
+	cr_expect_eq(st.shared[0].size, TENSOR_BYTES);
+	cr_expect_eq(st.shared[0].tokens, 0);
+	for (unsigned i = 0; i < 2; i++) {
+		const holder *h = &st.shared[0].holders[i];
+		bool mine = h->pid == (uint64_t)getpid();
+		cr_expect(mine || h->pid == (uint64_t)child, "holder pid %llu", (unsigned long long)h->pid);
+		cr_expect_eq(h->read_only, mine, "the importer's handle is read-only, the creator's not");
+		cr_expect_str_eq(h->name, mine ? "model-a" : "", "holder %u", i);
+	}
 
 	/* SIGKILL the producer mid-pipeline: the importer's handle stays. */
 	kill(child, SIGKILL);
@@ -1662,6 +1689,48 @@ Test(share, status_lists_holders_within_its_bound, .fini = fini)
 	call_fn(&a, "status", NULL, NULL, 0, &r, count_holders, &listed);
 	cr_assert_eq(r.code, 0);
 	cr_expect_eq(listed, 46, "%u holders listed", listed);
+	h_rconn_close(&a);
+	h_rconn_close(&b);
+	h_daemon_stop(&D);
+}
+
+/* A memfd the client made and imported by fd can be exported read-only:
+ * the daemon makes its mode 0444, the importer gets a read-only fd, and the
+ * client's own fd (open read-write) still maps for writing. */
+Test(share, a_clients_own_memfd_can_be_shared_read_only, .fini = fini)
+{
+	start(false, NULL);
+	h_rconn a, b;
+	h_rconn_open(&a, D.sock);
+	h_rconn_open(&b, D.sock);
+	int mfd;
+	cr_assert_eq(anes_memfd_create("mine", 8192, &mfd), 0);
+	uint8_t *p = map_rw(mfd, 8192);
+	memset(p, 0x42, 8192);
+	rep s;
+	call_fn(&a, "surface.import", NULL, &mfd, 1, &s, NULL, NULL);
+	cr_assert_eq(s.code, 0, "%s", s.msg);
+	char tok[TOK_LEN + 1];
+	export_ok(&a, s.id, true, 1, tok);
+	struct stat st;
+	cr_assert_eq(fstat(mfd, &st), 0);
+	cr_expect_eq(st.st_mode & 0777, 0444, "mode %o", (unsigned)(st.st_mode & 0777));
+	rep im = import_token(&b, tok);
+	cr_assert_eq(im.code, 0, "%s", im.msg);
+	cr_assert(im.read_only);
+	cr_assert_eq(fcntl(im.fd, F_GETFL) & O_ACCMODE, O_RDONLY, "the importer's fd is O_RDONLY");
+	void *w = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, im.fd, 0);
+	cr_assert_eq(w, MAP_FAILED);
+	uint8_t *q = map_ro(im.fd, 8192);
+	cr_assert_eq(q[8191], 0x42);
+	uint8_t *p2 = map_rw(mfd, 8192);
+	p2[8191] = 0x43;
+	cr_assert_eq(q[8191], 0x43, "the producer writes, the consumer sees it");
+	munmap(p, 8192);
+	munmap(p2, 8192);
+	munmap(q, 8192);
+	close(mfd);
+	close(im.fd);
 	h_rconn_close(&a);
 	h_rconn_close(&b);
 	h_daemon_stop(&D);
