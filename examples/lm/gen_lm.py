@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """Write a small decoder-only transformer language model as compiled Core ML
 model folders (NAME.mlmodelc: model.mil + weights/weight.bin), the way
-coremltools 8 converts a PyTorch GPT for iOS 18 and coremlc compiles it:
+coremltools 8 converts a PyTorch GPT and coremlc compiles it, for iOS 18
+(--targets ios18) and in the iOS 16/17 forms (ios17):
 
     OUT/lm_fp16.mlmodelc      fp16 weights (const ... BLOBFILE)
     OUT/lm_int8.mlmodelc      int8 weights, one fp16 scale per block of 32
@@ -11,24 +12,31 @@ coremltools 8 converts a PyTorch GPT for iOS 18 and coremlc compiles it:
                               16-entry fp16 palette per 16 output channels;
                               the embedding 6-bit (uint6, 64 entries)
                               (constexpr_lut_to_dense)
-    OUT/lm_VARIANT.npz        the same weights as numpy arrays, in the form
+    OUT/lm_ios17_*.mlmodelc   the same in the iOS 17 text form: int8 with a
+                              scale per output row (constexpr_affine_dequantize),
+                              one palette per tensor with packed uint8 indices
+                              (constexpr_lut_to_dense with 'shape')
+    OUT/NAME.npz              the same weights as numpy arrays, in the form
                               the folder stores them (int8 data and scales,
                               indices and palettes), for a reference
 
 The model: tokens (int32 [1, T], a window of T tokens; positions past the
 context hold any token: the causal mask keeps them from earlier positions) ->
 gather(embedding) + positional embedding -> LAYERS x (layer_norm, Q/K/V
-linear, H-head scaled_dot_product_attention with a causal bool mask, output
-linear, residual, layer_norm, linear, gelu (tanh), linear, residual) ->
-layer_norm -> linear -> logits (fp16 [1, T, V]).  Stateless: a client passes
-the context at every step.
+linear, H-head causal attention, output linear, residual, layer_norm, linear,
+gelu (tanh), linear, residual) -> layer_norm -> linear -> logits (fp16
+[1, T, V]).  Stateless: a client passes the context at every step.
 
-Text form: what coremlc prints for an iOS 18 program (docs/mil.md, "Text
-forms accepted"): program(1.3) with a buildInfo dict, arguments sorted by
-name, scalars and small tensors as const statements, tensors of 10 or more
-elements of a blob dtype in weights/weight.bin (offsets 64-byte aligned), and
-the iOS 18 constexpr ops with their inputs bound inline (coremltools 8 writes
-them so for opset iOS 18; iOS 16/17 put them in the attribute bracket).
+Text form: what coremlc prints (docs/mil.md, "Text forms accepted"). iOS 18:
+program(1.3) with a buildInfo dict, arguments sorted by name, scalars and
+small tensors as const statements, tensors of 10 or more elements of a blob
+dtype in weights/weight.bin (offsets 64-byte aligned), the constexpr ops with
+their inputs bound inline (coremltools' MILProtoExporter binds them so from
+opset iOS 18 on), attention by scaled_dot_product_attention.  iOS 17:
+program(1.0), every value a tensor (tensor<int32, []>(0), tensor<string,
+[]>("..."), one-element vectors without brackets), constexpr inputs in the
+attribute bracket, attention as matmul / mul / add (-inf mask) / softmax /
+matmul (scaled_dot_product_attention is iOS 18).
 
 Only numpy.  Weights come from numpy's PCG64 seeded with --seed.
 
@@ -92,30 +100,46 @@ def ttype(dtype, shape):
     return "tensor<%s, %s>" % (dtype, shape_str(shape))
 
 
-def literal(dtype, arr):
-    """An inline value: a scalar (rank 0) or a bracketed list."""
-    a = np.asarray(arr)
-    if dtype == "string":
-        return 'string("%s")' % arr
-
-    def one(x):
-        if dtype == "bool":
-            return "true" if x else "false"
-        if dtype in ("fp16", "fp32"):   # C99 hex floats, trailing zero digits dropped
-            m, _, e = float(x).hex().partition("p")
-            return m.rstrip("0").rstrip(".") + "p" + e
-        return str(int(x))
-    if a.ndim == 0:
-        return "%s(%s)" % (dtype, one(a.item()))
-    return "%s(%s)" % (ttype(dtype, a.shape), "[" + ", ".join(one(x) for x in a.ravel()) + "]")
+def fmt_one(dtype, x):
+    if dtype == "bool":
+        return "true" if x else "false"
+    if dtype in ("fp16", "fp32"):   # C99 hex floats, trailing zero digits dropped
+        if np.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        m, _, e = float(x).hex().partition("p")
+        return m.rstrip("0").rstrip(".") + "p" + e
+    return str(int(x))
 
 
 class Mil:
-    """Statements of one function, printed as coremlc prints them."""
+    """Statements of one function, printed as coremlc prints them for the
+    target: iOS 18 (program 1.3) writes scalars as `int32(0)` and strings as
+    `string("...")`; iOS 17 (program 1.0) writes every value as a tensor
+    (`tensor<int32, []>(0)`, `tensor<string, []>("...")`) and one-element
+    vectors without brackets (`tensor<int32, [1]>(-1)`)."""
 
-    def __init__(self, blob):
+    def __init__(self, blob, target):
         self.blob = blob
+        self.ios18 = target == 18
         self.lines = []
+
+    def type_of(self, dtype, shape):
+        if len(shape) == 0 and self.ios18:
+            return dtype
+        return ttype(dtype, shape)
+
+    def string(self, text):
+        return '%s("%s")' % (self.type_of("string", ()), text)
+
+    def literal(self, dtype, arr):
+        """An inline value: a scalar (rank 0) or a list."""
+        if dtype == "string":
+            return self.string(arr)
+        a = np.asarray(arr)
+        if a.ndim == 0:
+            return "%s(%s)" % (self.type_of(dtype, ()), fmt_one(dtype, a.item()))
+        items = ", ".join(fmt_one(dtype, x) for x in a.ravel())
+        return "%s(%s)" % (ttype(dtype, a.shape), items if a.size == 1 and not self.ios18 else "[" + items + "]")
 
     def value(self, dtype, arr):
         """A constant argument: a BLOBFILE for 10 or more elements of a blob
@@ -123,20 +147,30 @@ class Mil:
         a = np.asarray(arr) if dtype != "string" else np.asarray(0)
         if a.size >= 10 and dtype in BLOB_DTYPE:
             off = self.blob.add(dtype, a)
-            return '%s(BLOBFILE(path = string("%s"), offset = uint64(%d)))' % (ttype(dtype, a.shape),
-                                                                             WEIGHT_PATH, off)
-        return literal(dtype, arr if dtype == "string" else a)
+            return "%s(BLOBFILE(path = %s, offset = %s(%d)))" % (ttype(dtype, a.shape), self.string(WEIGHT_PATH),
+                                                                 self.type_of("uint64", ()), off)
+        return self.literal(dtype, arr)
 
     def const(self, name, dtype, arr):
-        a = np.asarray(arr) if dtype != "string" else np.asarray(0)
-        t = dtype if a.ndim == 0 else ttype(dtype, a.shape)
-        self.lines.append('%s %s = const()[name = string("%s"), val = %s];' % (t, name, name,
-                                                                                self.value(dtype, arr)))
+        shape = () if dtype == "string" else np.asarray(arr).shape
+        self.lines.append("%s %s = const()[name = %s, val = %s];" % (self.type_of(dtype, shape), name,
+                                                                      self.string(name), self.value(dtype, arr)))
         return name
 
     def op(self, out_type, name, op, **args):
         a = ", ".join("%s = %s" % (k, args[k]) for k in sorted(args))
-        self.lines.append('%s %s = %s(%s)[name = string("%s")];' % (out_type, name, op, a, name))
+        self.lines.append("%s %s = %s(%s)[name = %s];" % (out_type, name, op, a, self.string(name)))
+        return name
+
+    def constexpr(self, out_type, name, op, **args):
+        """iOS 18: inputs inline, as op(...); iOS 16/17: every input in the
+        attribute bracket with the name, as op()[...] (coremltools'
+        MILProtoExporter.translate_constexpr)."""
+        if self.ios18:
+            return self.op(out_type, name, op, **args)
+        args["name"] = self.string(name)
+        a = ", ".join("%s = %s" % (k, args[k]) for k in sorted(args))
+        self.lines.append("%s %s = %s()[%s];" % (out_type, name, op, a))
         return name
 
 
@@ -193,31 +227,49 @@ def is_matrix(name):
     return name == "wte" or name == "lm_head" or "_w" in name
 
 
-def write_model(out_dir, variant, cfg, w):
+def write_model(out_dir, variant, target, cfg, w):
     V, D, F, T, L, H = (cfg[k] for k in ("vocab", "dim", "ffn", "window", "layers", "heads"))
     DH = D // H
     blob = BlobWriter()
-    m = Mil(blob)
+    m = Mil(blob, target)
     ref = {"cfg_" + k: np.int64(v) for k, v in cfg.items()}
+    ref["cfg_target"] = np.int64(target)
     ref["variant"] = np.array(variant)
 
     def weight(name):
-        """The MIL name of weight `name`, as fp16 (a const, or a constexpr op)."""
+        """The MIL name of weight `name`, as fp16 (a const, or a constexpr op).
+        iOS 18: int8 with a scale per 32 inputs (constexpr_blockwise_shift_scale),
+        palettes per group of rows of uint4 (uint6) indices (constexpr_lut_to_dense).
+        iOS 16/17 forms: int8 with a scale per output row and zero points
+        (constexpr_affine_dequantize), one palette per tensor, its indices
+        packed into a uint8 vector (constexpr_lut_to_dense with 'shape')."""
         a = w[name]
+        out = ttype("fp16", a.shape)
         if variant == "fp16" or not is_matrix(name):
             ref[name] = a
             return m.const(name + "_to_fp16", "fp16", a)
         if variant == "int8":
-            q, s = quantize_int8(a.astype(np.float32), cfg["block"])
+            q, s = quantize_int8(a.astype(np.float32), cfg["block"] if target == 18 else a.shape[1])
             ref[name + ".q"], ref[name + ".scale"] = q, s
-            return m.op(ttype("fp16", a.shape), name + "_to_fp16_dequant", "constexpr_blockwise_shift_scale",
-                        data=m.value("int8", q), scale=m.value("fp16", s))
+            if target == 18:
+                return m.constexpr(out, name + "_to_fp16_dequant", "constexpr_blockwise_shift_scale",
+                                   data=m.value("int8", q), scale=m.value("fp16", s))
+            return m.constexpr(out, name + "_to_fp16_dequant", "constexpr_affine_dequantize",
+                               axis=m.literal("int32", np.int32(0)), quantized_data=m.value("int8", q),
+                               scale=m.value("fp16", s[:, 0]),
+                               zero_point=m.value("int8", np.zeros(a.shape[0], dtype=np.int8)))
         nbits = 6 if name == "wte" else 4
-        group = 32 if name == "wte" else 16
+        group = (32 if name == "wte" else 16) if target == 18 else a.shape[0]
         idx, lut = palettize(a.astype(np.float32), nbits, group)
         ref[name + ".idx"], ref[name + ".lut"] = idx, lut
-        return m.op(ttype("fp16", a.shape), name + "_to_fp16_palettized", "constexpr_lut_to_dense",
-                    indices=m.value("uint%d" % nbits, idx), lut=m.value("fp16", lut))
+        if target == 18:
+            return m.constexpr(out, name + "_to_fp16_palettized", "constexpr_lut_to_dense",
+                               indices=m.value("uint%d" % nbits, idx), lut=m.value("fp16", lut))
+        packed, _ = pack_bits(idx, nbits)
+        return m.constexpr(out, name + "_to_fp16_palettized", "constexpr_lut_to_dense",
+                           indices=m.value("uint8", np.frombuffer(packed, dtype=np.uint8)),
+                           lut=m.value("fp16", lut.ravel()),
+                           shape=m.value("uint32", np.array(a.shape, dtype=np.uint32)))
 
     def f16(*shape):
         return ttype("fp16", shape)
@@ -232,7 +284,15 @@ def write_model(out_dir, variant, cfg, w):
     split = m.const("var_heads_shape", "int32", np.array([1, T, H, DH], dtype=np.int32))
     merge = m.const("var_merge_shape", "int32", np.array([1, T, D], dtype=np.int32))
     perm = m.const("var_perm_heads", "int32", np.array([0, 2, 1, 3], dtype=np.int32))
-    causal = m.const("causal_mask", "bool", np.tril(np.ones((T, T), dtype=bool)))
+    if target == 18:
+        causal = m.const("causal_mask", "bool", np.tril(np.ones((T, T), dtype=bool)))
+    else:   # an additive mask, -inf above the diagonal (no scaled_dot_product_attention before iOS 18)
+        causal = m.const("causal_mask_to_fp16", "fp16", np.where(np.tril(np.ones((T, T), dtype=bool)), 0,
+                                                                  -np.inf).astype(np.float16))
+        scale = m.const("var_scale_to_fp16", "fp16", np.float16(1 / np.sqrt(DH)))
+        b_false = m.const("var_false", "bool", False)
+        b_true = m.const("var_true", "bool", True)
+        last = m.const("var_axis_last", "int32", np.int32(-1))
     gelu_mode = m.const("var_gelu_mode", "string", "TANH_APPROXIMATION")
     for l in range(L):
         p = "l%d_" % l
@@ -244,8 +304,18 @@ def write_model(out_dir, variant, cfg, w):
                      x=n)
             y = m.op(f16(1, T, H, DH), p + k + "_heads", "reshape", shape=split, x=y)
             heads[k] = m.op(f16(1, H, T, DH), p + k + "_t", "transpose", perm=perm, x=y)
-        a = m.op(f16(1, H, T, DH), p + "attn", "scaled_dot_product_attention", attn_mask=causal, key=heads["k"],
-                 query=heads["q"], value=heads["v"])
+        if target == 18:
+            a = m.op(f16(1, H, T, DH), p + "attn", "scaled_dot_product_attention", attn_mask=causal,
+                     key=heads["k"], query=heads["q"], value=heads["v"])
+        else:
+            sc = m.op(f16(1, H, T, T), p + "scores", "matmul", transpose_x=b_false, transpose_y=b_true,
+                      x=heads["q"],
+                      y=heads["k"])
+            sc = m.op(f16(1, H, T, T), p + "scores_scaled", "mul", x=sc, y=scale)
+            sc = m.op(f16(1, H, T, T), p + "scores_masked", "add", x=sc, y=causal)
+            sc = m.op(f16(1, H, T, T), p + "weights", "softmax", axis=last, x=sc)
+            a = m.op(f16(1, H, T, DH), p + "attn", "matmul", transpose_x=b_false, transpose_y=b_false, x=sc,
+                     y=heads["v"])
         a = m.op(f16(1, T, H, DH), p + "attn_t", "transpose", perm=perm, x=a)
         a = m.op(f16(1, T, D), p + "attn_merged", "reshape", shape=merge, x=a)
         a = m.op(f16(1, T, D), p + "o_proj", "linear", bias=weight(p + "bo"), weight=weight(p + "wo"), x=a)
@@ -260,17 +330,20 @@ def write_model(out_dir, variant, cfg, w):
              gamma=weight("lnf_g"), x=h)
     m.op(f16(1, T, V), "logits", "linear", bias=weight("lm_b"), weight=weight("lm_head"), x=n)
 
-    text = ("program(1.3)\n" + BUILD_INFO + "\n{\n"
-            "    func main<ios18>(tensor<int32, [1, %d]> input_ids) {\n" % T
+    build_info = BUILD_INFO if target == 18 else BUILD_INFO.replace("dict<string, string>",
+                                                                    "dict<tensor<string, []>, tensor<string, []>>")
+    text = ("program(%s)\n" % ("1.3" if target == 18 else "1.0") + build_info + "\n{\n"
+            "    func main<ios%d>(tensor<int32, [1, %d]> input_ids) {\n" % (target, T)
             + "".join("            " + s + "\n" for s in m.lines)
             + "        } -> (logits);\n}\n")
-    folder = os.path.join(out_dir, "lm_%s.mlmodelc" % variant)
+    name = "lm_%s" % variant if target == 18 else "lm_ios%d_%s" % (target, variant)
+    folder = os.path.join(out_dir, name + ".mlmodelc")
     os.makedirs(os.path.join(folder, "weights"), exist_ok=True)
     with open(os.path.join(folder, "model.mil"), "w") as f:
         f.write(text)
     with open(os.path.join(folder, "weights", "weight.bin"), "wb") as f:
         f.write(blob.bytes())
-    np.savez(os.path.join(out_dir, "lm_%s.npz" % variant), **ref)
+    np.savez(os.path.join(out_dir, name + ".npz"), **ref)
     return folder
 
 
@@ -278,6 +351,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="directory to write the folders into")
     ap.add_argument("--variants", default="fp16,int8,palette")
+    ap.add_argument("--targets", default="ios18,ios17",
+                    help="ios18: lm_VARIANT.mlmodelc; ios17: lm_ios17_VARIANT.mlmodelc (iOS 16/17 forms)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--heads", type=int, default=4)
@@ -291,10 +366,13 @@ def main():
     if cfg["dim"] % cfg["heads"] or cfg["dim"] % 32 or cfg["ffn"] % 32 or cfg["vocab"] % 32:
         ap.error("dim must divide by heads and 32; ffn and vocab by 32")
     w = make_weights(cfg, args.seed)
-    for v in args.variants.split(","):
-        if v not in ("fp16", "int8", "palette"):
-            ap.error("unknown variant %r" % v)
-        print(write_model(args.out, v, cfg, w))
+    for t in args.targets.split(","):
+        if t not in ("ios17", "ios18"):
+            ap.error("unknown target %r" % t)
+        for v in args.variants.split(","):
+            if v not in ("fp16", "int8", "palette"):
+                ap.error("unknown variant %r" % v)
+            print(write_model(args.out, v, int(t[3:]), cfg, w))
 
 
 if __name__ == "__main__":

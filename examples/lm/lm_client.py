@@ -79,9 +79,16 @@ class Reference:
             p = "l%d_" % l
             n = ln(h, w[p + "ln1_g"], w[p + "ln1_b"])
             q, k, v = (lin(n, p + "w" + x, p + "b" + x).reshape(T, H, dh).transpose(1, 0, 2) for x in "qkv")
-            s = np.where(mask, q @ k.transpose(0, 2, 1) / np.sqrt(dh), -np.inf)
-            s = np.exp(s - s.max(-1, keepdims=True))
-            a = r16((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(T, D)
+            if c.get("target", 18) == 18:   # scaled_dot_product_attention: one rounding
+                s = np.where(mask, q @ k.transpose(0, 2, 1) / np.sqrt(dh), -np.inf)
+                s = np.exp(s - s.max(-1, keepdims=True))
+                a = r16((s / s.sum(-1, keepdims=True)) @ v)
+            else:                              # matmul, mul, add (-inf mask), softmax, matmul
+                s = r16(r16(q @ k.transpose(0, 2, 1)) * float(np.float16(1 / np.sqrt(dh))))
+                s = r16(np.where(mask, s, -np.inf))
+                s = np.exp(s - s.max(-1, keepdims=True))
+                a = r16(r16(s / s.sum(-1, keepdims=True)) @ v)
+            a = a.transpose(1, 0, 2).reshape(T, D)
             h = r16(h + lin(a, p + "wo", p + "bo"))
             n = ln(h, w[p + "ln2_g"], w[p + "ln2_b"])
             f = lin(n, p + "w1", p + "b1")

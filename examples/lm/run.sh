@@ -3,10 +3,11 @@
 # The language-model example in one command: write the model in its three
 # weight variants (gen_lm.py), start aneshared on a private socket (unless
 # --socket names a running one), and for each variant run lm_client.py in two
-# processes that share one compile, every step checked against numpy.
+# processes that share one compile, every step checked against numpy.  Both
+# text forms: iOS 18 (lm_VARIANT.mlmodelc) and iOS 17 (lm_ios17_VARIANT.mlmodelc).
 #
 #   examples/lm/run.sh [--build DIR] [--tokens N] [--variants fp16,int8,palette]
-#                      [--socket PATH] [-- GEN_LM_OPTIONS...]
+#                      [--targets ios18,ios17] [--socket PATH] [-- GEN_LM_OPTIONS...]
 #
 # $ANESHARED, $ANESHARE_LIBRARY and $PYTHON override the daemon, the library
 # and the interpreter (default DIR/daemon/aneshared, DIR/client/libaneshare.so,
@@ -18,6 +19,7 @@ root=$(cd "$here/../.." && pwd)
 build=$root/build
 tokens=32
 variants=fp16,int8,palette
+targets=ios18,ios17
 socket=
 gen_args=()
 while [ $# -gt 0 ]; do
@@ -25,9 +27,11 @@ while [ $# -gt 0 ]; do
 	--build) build=$2; shift 2 ;;
 	--tokens) tokens=$2; shift 2 ;;
 	--variants) variants=$2; shift 2 ;;
+	--targets) targets=$2; shift 2 ;;
 	--socket) socket=$2; shift 2 ;;
 	--) shift; gen_args=("$@"); break ;;
-	*) echo "usage: $0 [--build DIR] [--tokens N] [--variants LIST] [--socket PATH] [-- GEN_LM_OPTIONS...]" >&2
+	*) echo "usage: $0 [--build DIR] [--tokens N] [--variants LIST] [--targets LIST] [--socket PATH]" \
+	        "[-- GEN_LM_OPTIONS...]" >&2
 	   exit 2 ;;
 	esac
 done
@@ -45,7 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$python" "$here/gen_lm.py" "$work" --variants "$variants" "${gen_args[@]}" >/dev/null
+"$python" "$here/gen_lm.py" "$work" --variants "$variants" --targets "$targets" ${gen_args[@]+"${gen_args[@]}"} >/dev/null
 if [ -z "$socket" ]; then
 	socket=$work/aneshare.sock
 	"$daemon" --socket "$socket" 2>"$work/daemon.log" &
@@ -54,7 +58,12 @@ if [ -z "$socket" ]; then
 	[ -S "$socket" ] || { cat "$work/daemon.log" >&2; echo "aneshared did not start" >&2; exit 1; }
 fi
 status=0
-for v in ${variants//,/ }; do
-	"$python" "$here/lm_client.py" "$work/lm_$v.mlmodelc" --socket "$socket" --tokens "$tokens" --procs 2 || status=1
+for t in ${targets//,/ }; do
+	for v in ${variants//,/ }; do
+		name=lm_$v
+		[ "$t" = ios18 ] || name=lm_${t}_$v
+		"$python" "$here/lm_client.py" "$work/$name.mlmodelc" --socket "$socket" --tokens "$tokens" --procs 2 ||
+			status=1
+	done
 done
 exit $status
