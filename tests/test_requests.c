@@ -363,6 +363,158 @@ Test(requests, program_info_names_every_dtype)
 	h_daemon_stop(&d);
 }
 
+/* A weight file the daemon cannot use: open for writing only, larger than
+ * all program memory may be, or empty (then the program's BLOBFILE is out
+ * of the file: a compile error). */
+static const char *mil_blob =
+	"program(1.3)\n{\n"
+	"    func main<ios18>(tensor<fp16, [1, 4]> x) {\n"
+	"        tensor<fp16, [1, 4]> w = const()[name = string(\"w\"), val = tensor<fp16, [1, 4]>(BLOBFILE("
+	"path = string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];\n"
+	"        tensor<fp16, [1, 4]> y = add(x = x, y = w)[name = string(\"y\")];\n"
+	"    } -> (y);\n}\n";
+
+/* program.compile {mil: mil_blob, weight_fds: [the path]} with fd. */
+static h_reply compile_blob_fd(h_rconn *rc, int fd)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 2);
+	anes_pack_str(&pk, "mil");
+	anes_pack_str(&pk, mil_blob);
+	anes_pack_str(&pk, "weight_fds");
+	msgpack_pack_array(&pk, 1);
+	anes_pack_str(&pk, "@model_path/weights/w.bin");
+	h_reply r = { .msgid = next_msgid++ };
+	cr_assert_eq(h_raw_request(rc->fd, r.msgid, "program.compile", sb.data, sb.size, &fd, 1), 0);
+	msgpack_sbuffer_destroy(&sb);
+	h_rconn_wait(rc, &r);
+	return r;
+}
+
+Test(requests, weight_files_the_daemon_cannot_use)
+{
+	const char *args[] = { "--max-daemon-program-bytes", "8M", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	char path[300];
+	snprintf(path, sizeof path, "%s/w.bin", d.dir);
+	int wo = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(wo, 0);
+	expect_error(compile_blob_fd(&rc, wo), ANES_WERR_BAD_FD, "open for reading");
+	cr_assert_eq(ftruncate(wo, 16 << 20), 0);   /* sparse: no disk used */
+	close(wo);
+	int big = open(path, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(big, 0);
+	expect_error(compile_blob_fd(&rc, big), ANES_WERR_INVALID_PARAMS,
+	             "a weight file is larger than max_daemon_program_bytes");
+	close(big);
+	cr_assert_eq(truncate(path, 0), 0);
+	int empty = open(path, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(empty, 0);
+	expect_error(compile_blob_fd(&rc, empty), ANES_WERR_COMPILE, "w.bin");
+	close(empty);
+	/* A blob file (one blob, version 2; at 64 its fp16 entry: 8 bytes at
+	 * 128) of 4 zeros: it compiles. */
+	int ok = open(path, O_RDWR | O_CLOEXEC);
+	cr_assert_geq(ok, 0);
+	uint8_t blob[136] = { 0 };
+	const uint32_t head[2] = { 1, 2 }, entry[2] = { 0xDEADBEEFu, 1 };
+	const uint64_t where[2] = { 8, 128 };
+	memcpy(blob, head, sizeof head);
+	memcpy(blob + 64, entry, sizeof entry);
+	memcpy(blob + 72, where, sizeof where);
+	cr_assert_eq(pwrite(ok, blob, sizeof blob, 0), (ssize_t)sizeof blob);
+	h_reply r = compile_blob_fd(&rc, ok);
+	cr_assert_eq(r.code, 0, "%s", r.message);
+	close(ok);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+/* A compile whose own text and weights, or weight files, are more than the
+ * process's program memory may hold is refused at once with `limit`
+ * naming max_client_program_bytes; a small one then compiles. */
+Test(requests, a_compile_over_the_program_memory_limit_is_refused)
+{
+	const char *args[] = { "--max-client-program-bytes", "2M", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weights: {\"@model_path/w.bin\": #3145728}}"),
+	             ANES_WERR_LIMIT, "max_client_program_bytes");
+	char path[300];
+	snprintf(path, sizeof path, "%s/w.bin", d.dir);
+	int fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(ftruncate(fd, 3 << 20), 0);
+	expect_error(compile_blob_fd(&rc, fd), ANES_WERR_LIMIT, "max_client_program_bytes");
+	close(fd);
+	cr_assert_gt(compile_double(&rc), 0);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
+/* ---- the program cache ------------------------------------------------------------------ */
+
+/* The cache grows its table as programs come (64 buckets, doubled past two
+ * programs a bucket): 300 distinct programs later, each one is still found
+ * -- compiling it again is a cache hit on the same key -- and status counts
+ * them all. */
+static void key_cb(const anes_msg *m, void *ud)
+{
+	char *key = ud;
+	const char *s;
+	uint32_t len;
+	cr_assert(m->type == ANES_MSG_RESPONSE && m->result, "program.compile failed");
+	cr_assert_eq(anes_mp_str(m->result, "key", 64, &s, &len), 0);
+	const msgpack_object *o = anes_mp_get(m->result, "cached");
+	cr_assert(o && o->type == MSGPACK_OBJECT_BOOLEAN);
+	snprintf(key, 80, "%c%.*s", o->via.boolean ? 'c' : 'n', (int)len, s);
+}
+
+Test(requests, the_program_cache_finds_every_program_as_it_grows)
+{
+	enum { N = 300 };
+	const char *args[] = { "--max-programs", "1000", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	static char keys[N][80];
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 0; i < N; i++) {
+			char fn[32];
+			snprintf(fn, sizeof fn, "f%d", i);
+			char *mil = h_square_mm_mil(2, fn);
+			uint32_t msgid = next_msgid++;
+			cr_assert_eq(h_raw_request_kstr(rc.fd, msgid, "program.compile", "mil", mil), 0);
+			free(mil);
+			char got[80];
+			cr_assert_eq(h_rconn_next(&rc, 10000, key_cb, got), 1);
+			if (pass == 0) {
+				cr_assert_eq(got[0], 'n', "program %d was cached before it was compiled", i);
+				memcpy(keys[i], got + 1, sizeof keys[i] - 1);
+			} else {
+				cr_assert_eq(got[0], 'c', "program %d was not found after the cache grew", i);
+				cr_assert_str_eq(got + 1, keys[i]);
+			}
+		}
+	}
+	h_reply st = call(&rc, "status", NULL, 0, "compiles", "{}");
+	cr_assert_eq(st.code, 0);
+	cr_assert_eq(st.value, N, "%llu compiles", (unsigned long long)st.value);
+	st = call(&rc, "status", NULL, 0, "cache_hits", "{}");
+	cr_assert_eq(st.value, N, "%llu cache hits", (unsigned long long)st.value);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
 /* ---- run ------------------------------------------------------------------------------ */
 
 Test(requests, run_params_name_the_fault)
