@@ -457,7 +457,9 @@ int h_raw_connect(const char *path)
 
 int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfds)
 {
-	SCM_FDS_BUF(8) cm;
+	SCM_FDS_BUF(H_RAW_MAX_FDS) cm;
+	if (nfds > H_RAW_MAX_FDS)
+		return -EINVAL;
 	const char *p = buf;
 	while (len) {
 		struct iovec iov = { (void *)p, len };

@@ -130,7 +130,9 @@ void h_mm_fill_run_check(aneshare_program *p, const h_mm *mm, aneshare_surface *
 
 /* A plain connected socket (blocking, CLOEXEC); -errno on failure. */
 int h_raw_connect(const char *path);
-/* Send bytes with fds (may be 0) in one sendmsg; 0 or -errno. */
+/* Send bytes with fds (0 to H_RAW_MAX_FDS: more than the daemon takes in
+ * one read) in one sendmsg; 0 or -errno (-EINVAL for more fds). */
+#define H_RAW_MAX_FDS (ANES_IO_MAX_QUEUED_FDS + 8)
 int h_raw_send(int fd, const void *buf, size_t len, const int *fds, unsigned nfds);
 /* Append a request frame to sb (msgpack_sbuffer, initialised by the caller):
  * params as for h_raw_request (NULL: {}), nfds the fd count its header

@@ -614,6 +614,55 @@ Test(requests, surface_import_takes_exactly_one_memfd)
 	h_daemon_stop(&d);
 }
 
+/* An h_msg_fn: the message of an `error` notification (protocol) into ud. */
+static void error_note_cb(const anes_msg *m, void *ud)
+{
+	int code;
+	const char *msg;
+	uint32_t len;
+	if (m->type == ANES_MSG_NOTIFY && anes_msg_method_is(m, "error") &&
+	    anes_msg_error(&(anes_msg){ .error = m->params }, &code, &msg, &len) == 0 &&
+	    code == ANES_WERR_PROTOCOL)
+		snprintf(ud, 256, "%.*s", (int)len, msg);
+}
+
+/* More fds in one message than the daemon takes (ANES_IO_MAX_QUEUED_FDS):
+ * the connection is closed with a protocol error, none of the fds is kept,
+ * and another client is served. */
+Test(requests, too_many_fds_in_one_message_close_the_connection)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	int base = settled_fds(&rc, &d);
+	int bad = h_raw_open(d.sock);
+	int fds[ANES_IO_MAX_QUEUED_FDS + 4];
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(devnull, 0);
+	for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+		fds[i] = devnull;
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	h_raw_frame(&sb, 5, "status", NULL, 0, 0);
+	cr_assert_eq(h_raw_send(bad, sb.data, sb.size, fds, sizeof fds / sizeof fds[0]), 0);
+	msgpack_sbuffer_destroy(&sb);
+	h_rconn brc;
+	h_rconn_adopt(&brc, bad);
+	char said[256] = "";
+	int r;
+	while ((r = h_rconn_next(&brc, 10000, error_note_cb, said)) == 1)
+		;
+	cr_assert_eq(r, 0, "the connection was not closed (%d)", r);
+	cr_assert(strstr(said, "bad ancillary data"), "the error notification said \"%s\"", said);
+	h_rconn_close(&brc);
+	close(devnull);
+	h_wait_daemon_fds(&d, base);
+	cr_assert_eq(call(&rc, "status", NULL, 0, NULL, "{}").code, 0);
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}
+
 /* ---- verbose ------------------------------------------------------------------------------ */
 
 /* With -v the daemon logs each client's arrival with its uid and pid, its
