@@ -4,7 +4,8 @@
 Run from anywhere: python3 tests/fuzz/gen_seeds.py.  It writes every
 seed-* file and deletes nothing: regression inputs (regress-*) are kept, and
 a seed-* file it did not write is named on stderr (remove it by hand if it
-is stale).  The frame seeds are one valid message of every kind in
+is stale).  With --check (the meson test fuzz_seeds) it writes nothing and
+fails unless the committed seeds are exactly what it writes.  The frame seeds are one valid message of every kind in
 docs/protocol.md, plus run requests in unusual encodings and a bad chain;
 the MIL seeds are examples/*.mil and small programs like those in
 tests/test_mil.c.
@@ -12,6 +13,7 @@ tests/test_mil.c.
 import os
 import struct
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -161,25 +163,57 @@ def io_chunks(data, sizes, fds_first=0, ctl=0):
     return out
 
 
-WRITTEN = set()
+WRITTEN = {}      # (target, file name): bytes
+OUT = HERE        # where write() puts them
+TARGETS = ('frame', 'io', 'mil', 'mil_run')
 
 
 def write(target, name, data):
-    d = os.path.join(HERE, target)
+    d = os.path.join(OUT, target)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, 'seed-' + name), 'wb') as f:
         f.write(data)
-    WRITTEN.add((target, 'seed-' + name))
+    WRITTEN[(target, 'seed-' + name)] = data
+
+
+def committed():
+    """The seed-* files in tests/fuzz/TARGET/."""
+    return {(t, f) for t in TARGETS for f in os.listdir(os.path.join(HERE, t)) if f.startswith('seed-')}
+
+
+def check():
+    """--check (meson test fuzz_seeds): the committed seeds are exactly what
+    this script writes, byte for byte, so that regenerating loses nothing."""
+    global OUT
+    with tempfile.TemporaryDirectory() as tmp:
+        OUT = tmp
+        seeds()
+    bad = []
+    for t, f in sorted(committed() | set(WRITTEN)):
+        if (t, f) not in WRITTEN:
+            bad.append('%s/%s is committed but not written by gen_seeds.py' % (t, f))
+            continue
+        try:
+            with open(os.path.join(HERE, t, f), 'rb') as fh:
+                same = fh.read() == WRITTEN[(t, f)]
+        except FileNotFoundError:
+            bad.append('%s/%s is written by gen_seeds.py but not committed' % (t, f))
+            continue
+        if not same:
+            bad.append('%s/%s differs from what gen_seeds.py writes' % (t, f))
+    for b in bad:
+        print(b)
+    print('%d seeds, %s' % (len(WRITTEN), 'all as committed' if not bad else '%d wrong' % len(bad)))
+    return 1 if bad else 0
 
 
 def main():
+    if sys.argv[1:] == ['--check']:
+        sys.exit(check())
     seeds()
-    for target in ('frame', 'io', 'mil', 'mil_run'):
-        d = os.path.join(HERE, target)
-        for f in sorted(os.listdir(d)):
-            if f.startswith('seed-') and (target, f) not in WRITTEN:
-                print('gen_seeds.py: %s/%s is not written by this script (kept)' % (target, f),
-                      file=sys.stderr)
+    for target, f in sorted(committed() - set(WRITTEN)):
+        print('gen_seeds.py: %s/%s is not written by this script (kept)' % (target, f),
+              file=sys.stderr)
 
 
 def seeds():
@@ -187,10 +221,11 @@ def seeds():
     for name, payload, nfds in FRAMES:
         write('frame', name, frame(payload, nfds))
 
-    hello = frame(FRAMES[0][1])
+    payload = {name: p for name, p, _ in FRAMES}   # by name: FRAMES grows
+    hello = frame(payload['hello'])
     imp = frame(req(3, 'surface.import', {}), 1)
     status = frame(req(10, 'status', {}))
-    compile_ = frame(FRAMES[5][1])
+    compile_ = frame(payload['program_compile_weights'])
     write('io', 'hello', b'\x00' + io_chunks(hello, [len(hello)]))
     write('io', 'hello_split', b'\x00' + io_chunks(hello, [3, 5, 1, len(hello)]))
     write('io', 'hello_short_reads', b'\x00' + io_chunks(hello, [len(hello)], ctl=0x60))
