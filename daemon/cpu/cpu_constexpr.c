@@ -16,16 +16,6 @@
 #include "anes_fp16.h"
 #include "cpu_internal.h"
 
-/* row-major strides (elements) of t's dims */
-static void strides_of(const anes_mil_type *t, uint64_t *s)
-{
-	uint64_t k = 1;
-	for (uint32_t i = t->rank; i-- > 0;) {
-		s[i] = k;
-		k *= t->shape[i];
-	}
-}
-
 /* advance the multi-index idx over shape (rank r) by one, row-major */
 static void step_index(uint64_t *idx, const uint64_t *shape, uint32_t r)
 {
@@ -80,8 +70,8 @@ static int run_lut(const cpu_step *st, const cpu_exec *ex)
 	uint64_t idx[ANES_MAX_RANK] = {0}, block[ANES_MAX_RANK], lstride[ANES_MAX_RANK + 2], ostride[ANES_MAX_RANK];
 	uint32_t va = 0;
 
-	strides_of(lt, lstride);
-	strides_of(ot, ostride);
+	cpu_strides(lt, lstride);
+	cpu_strides(ot, ostride);
 	for (uint32_t d = 0; d < r; d++)
 		block[d] = it->shape[d] / lt->shape[d];
 	if (vs > 1) {
@@ -164,7 +154,7 @@ static int run_shift_scale(const cpu_step *st, const cpu_exec *ex)
 	uint32_t r = dt->rank;
 	uint64_t idx[ANES_MAX_RANK] = {0}, block[ANES_MAX_RANK], sstride[ANES_MAX_RANK];
 
-	strides_of(sty, sstride);
+	cpu_strides(sty, sstride);
 	for (uint32_t d = 0; d < r; d++)
 		block[d] = dt->shape[d] / sty->shape[d];
 	for (uint64_t i = 0; i < dt->count; i++) {
@@ -226,9 +216,9 @@ static int run_lut_to_sparse(const cpu_step *st, const cpu_exec *ex)
 	size_t es = cpu_esize(lt->dtype);
 	uint32_t r = mt->rank, va = 0;
 	uint64_t np = lt->shape[r], vs = lt->shape[r + 1], D = it->count, k = 0, o = 0;
-	uint64_t block[ANES_MAX_RANK], lstride[ANES_MAX_RANK + 2], outer = 1, inner = 1;
+	uint64_t block[ANES_MAX_RANK], lstride[ANES_MAX_RANK + 2], outer, dim, inner;
 
-	strides_of(lt, lstride);
+	cpu_strides(lt, lstride);
 	for (uint32_t d = 0; d < r; d++)
 		block[d] = mt->shape[d] / lt->shape[d];
 	if (cpu_optid(op, "vector_axis") != UINT32_MAX) {
@@ -237,12 +227,9 @@ static int run_lut_to_sparse(const cpu_step *st, const cpu_exec *ex)
 		anes_mil_const_ints(cpu_arg(fn, op, "vector_axis"), &a, 1, &n);
 		va = (uint32_t)(a < 0 ? a + r : a);
 	}
-	for (uint32_t d = 0; d < va; d++)
-		outer *= mt->shape[d];
-	for (uint32_t d = va + 1; d < r; d++)
-		inner *= mt->shape[d];
+	cpu_split_at(mt, va, &outer, &dim, &inner);
 	memset(omask, 0, (size_t)omt->bytes);
-	for (uint64_t row = 0; row < outer * mt->shape[va]; row++) {
+	for (uint64_t row = 0; row < outer * dim; row++) {
 		uint64_t base = k;
 		for (uint64_t v = 0; v < vs; v++) {
 			k = base;
@@ -288,7 +275,7 @@ static int run_sparse_shift_scale(const cpu_step *st, const cpu_exec *ex)
 	uint8_t *out = cpu_ptr(ex, op->outputs[1]);
 	uint64_t block[ANES_MAX_RANK], sstride[ANES_MAX_RANK], k = 0, D = dt->count;
 
-	strides_of(sty, sstride);
+	cpu_strides(sty, sstride);
 	for (uint32_t d = 0; d < mt->rank; d++)
 		block[d] = mt->shape[d] / sty->shape[d];
 	memmove(cpu_ptr(ex, op->outputs[0]), mask, (size_t)mt->bytes);

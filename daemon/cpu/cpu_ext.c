@@ -44,17 +44,6 @@ static double f64_of(const anes_mil_function *fn, const anes_mil_op *op, const c
 	return d;
 }
 
-/* [outer, dim, inner] around axis */
-static void split_at(const anes_mil_type *x, uint32_t axis, uint64_t *outer, uint64_t *dim, uint64_t *inner)
-{
-	*outer = *inner = 1;
-	for (uint32_t i = 0; i < axis; i++)
-		*outer *= x->shape[i];
-	for (uint32_t i = axis + 1; i < x->rank; i++)
-		*inner *= x->shape[i];
-	*dim = x->rank ? x->shape[axis] : 1;
-}
-
 /* element i of a numeric buffer as float (fp16/fp32/int32) */
 static float ld(const void *p, int dt, uint64_t i)
 {
@@ -99,19 +88,7 @@ static int plan_reduce_x(cpu_plan_ctx *pc, const anes_mil_function *fn, const an
 	p->dtype = x->dtype;
 	p->count = x->count;
 	p->ocount = cpu_out_type(fn, op)->count;
-	if (x->rank == 0) {
-		p->rank = 1;
-		p->shape[0] = 1;
-	} else {
-		uint64_t s = 1;
-		p->rank = x->rank;
-		memcpy(p->shape, x->shape, sizeof p->shape);
-		for (uint32_t i = x->rank; i-- > 0;) {
-			p->ostride[i] = red[i] ? 0 : s;
-			if (!red[i])
-				s *= x->shape[i];
-		}
-	}
+	cpu_reduce_layout(x, red, &p->rank, p->shape, p->ostride);
 	st->scratch = cpu_align64(p->ocount * 8);
 	st->params = p;
 	return 0;
@@ -212,11 +189,11 @@ static int plan_line(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_m
 	switch (kind) {
 	case LN_ARGMAX:
 	case LN_ARGMIN:
-		split_at(x, axis_of(fn, op, "axis", -1, x->rank), &p->outer, &p->dim, &p->inner);
+		cpu_split_at(x, axis_of(fn, op, "axis", -1, x->rank), &p->outer, &p->dim, &p->inner);
 		p->k = 1;
 		break;
 	case LN_CUMSUM:
-		split_at(x, axis_of(fn, op, "axis", 0, x->rank), &p->outer, &p->dim, &p->inner);
+		cpu_split_at(x, axis_of(fn, op, "axis", 0, x->rank), &p->outer, &p->dim, &p->inner);
 		p->k = p->dim;
 		p->exclusive = bool_of(fn, op, "exclusive", false);
 		p->reverse = bool_of(fn, op, "reverse", false);
@@ -224,7 +201,7 @@ static int plan_line(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_m
 	case LN_TOPK:
 	case LN_ARGSORT: {
 		uint32_t a = axis_of(fn, op, "axis", -1, x->rank);
-		split_at(x, a, &p->outer, &p->dim, &p->inner);
+		cpu_split_at(x, a, &p->outer, &p->dim, &p->inner);
 		p->k = cpu_out_type(fn, op)->shape[a];
 		p->ascending = bool_of(fn, op, "ascending", false);
 		break;
@@ -257,7 +234,7 @@ static int plan_line(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_m
 		int64_t size = 1;
 		uint32_t n;
 		anes_mil_const_ints(cpu_arg(fn, op, "size"), &size, 1, &n);
-		split_at(x, 1, &p->outer, &p->dim, &p->inner);
+		cpu_split_at(x, 1, &p->outer, &p->dim, &p->inner);
 		p->k = p->dim;
 		p->size = (uint64_t)size;
 		p->alpha = (float)f64_of(fn, op, "alpha", 1e-4);
@@ -471,15 +448,6 @@ static int run_line(const cpu_step *st, const cpu_exec *ex)
 
 /* ---- data movement ---- */
 
-static void strides_of(const anes_mil_type *t, uint64_t *st)
-{
-	uint64_t s = 1;
-	for (uint32_t i = t->rank; i-- > 0;) {
-		st[i] = s;
-		s *= t->shape[i];
-	}
-}
-
 static void unravel(uint64_t i, const uint64_t *shape, uint32_t r, uint64_t *idx)
 {
 	for (uint32_t d = r; d-- > 0;) {
@@ -585,7 +553,7 @@ static int plan_remap(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_
 	p->xrank = x->rank;
 	memcpy(p->oshape, o->shape, sizeof p->oshape);
 	memcpy(p->xshape, x->shape, sizeof p->xshape);
-	strides_of(x, p->xstr);
+	cpu_strides(x, p->xstr);
 	p->count = o->count;
 	switch (p->kind) {
 	case RM_REVERSE:
@@ -718,7 +686,7 @@ static gidx_params *gidx_new(const anes_mil_type *x, const anes_mil_type *it)
 	p->irank = it->rank;
 	memcpy(p->xshape, x->shape, sizeof p->xshape);
 	memcpy(p->ishape, it->shape, sizeof p->ishape);
-	strides_of(x, p->xstr);
+	cpu_strides(x, p->xstr);
 	p->icount = it->count;
 	p->K = (uint32_t)it->shape[it->rank - 1];
 	p->nidx = it->count / p->K;
@@ -817,7 +785,7 @@ static int plan_scatter(cpu_plan_ctx *pc, const anes_mil_function *fn, const ane
 	p->irank = it->rank;
 	memcpy(p->dshape, d->shape, sizeof p->dshape);
 	memcpy(p->ishape, it->shape, sizeof p->ishape);
-	strides_of(d, p->dstr);
+	cpu_strides(d, p->dstr);
 	p->icount = it->count;
 	p->bytes = d->bytes;
 	if (p->kind == SK_ND) {
@@ -828,7 +796,7 @@ static int plan_scatter(cpu_plan_ctx *pc, const anes_mil_function *fn, const ane
 			p->block *= d->shape[i];
 	} else {
 		p->axis = axis_of(fn, op, "axis", 0, d->rank);
-		split_at(d, p->axis, &p->pre, &p->dim, &p->post);
+		cpu_split_at(d, p->axis, &p->pre, &p->dim, &p->post);
 	}
 	st->params = p;
 	return 0;
@@ -943,7 +911,7 @@ static int plan_slice_update(cpu_plan_ctx *pc, const anes_mil_function *fn, cons
 	p->urank = u->rank;
 	memcpy(p->shape, x->shape, sizeof p->shape);
 	memcpy(p->ushape, u->shape, sizeof p->ushape);
-	strides_of(x, p->str);
+	cpu_strides(x, p->str);
 	for (uint32_t i = 0; i < x->rank; i++)
 		p->stride[i] = 1;
 	if (cpu_arg(fn, op, "stride"))
@@ -1808,7 +1776,7 @@ static int plan_revseq(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes
 	p->sa = axis_of(fn, op, "seq_axis", 0, x->rank);
 	p->ba = axis_of(fn, op, "batch_axis", 0, x->rank);
 	memcpy(p->shape, x->shape, sizeof p->shape);
-	strides_of(x, p->str);
+	cpu_strides(x, p->str);
 	p->count = x->count;
 	st->scratch = cpu_align64(x->shape[p->ba] * 8);
 	st->params = p;

@@ -148,6 +148,13 @@ void cpu_from_f32(void *dst, int dt, const float *src, size_t n);
 /* round every element to the nearest fp16 (as fp32), in place */
 void cpu_round_f16(float *x, size_t n);
 double cpu_load_f64(const void *p, int dt, size_t i);
+/* s[i] = the row-major stride (elements) of t's dim i */
+void cpu_strides(const anes_mil_type *t, uint64_t *s);
+/* x as [outer, dim, inner] around axis (a scalar: 1, 1, 1) */
+void cpu_split_at(const anes_mil_type *x, uint32_t axis, uint64_t *outer, uint64_t *dim, uint64_t *inner);
+/* A reduction over the axes red[] marks: the shape to walk (x's; [1] for a
+ * scalar) and each dim's stride in the output (0 for a reduced dim). */
+void cpu_reduce_layout(const anes_mil_type *x, const bool *red, uint32_t *rank, uint64_t *shape, uint64_t *ostride);
 /* mask[i] (i < rank): axis i is one of the constant axes av lists (negative
  * ones counting from the end), or av is NULL (every axis).  The shape rules
  * checked the list; entries out of range are ignored all the same. */

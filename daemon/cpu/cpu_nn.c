@@ -578,12 +578,7 @@ int cpu_plan_softmax(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_m
 	if (!p)
 		return -ENOMEM;
 	p->dtype = x->dtype;
-	p->outer = p->inner = 1;
-	for (uint32_t i = 0; i < axis; i++)
-		p->outer *= x->shape[i];
-	for (uint32_t i = axis + 1; i < x->rank; i++)
-		p->inner *= x->shape[i];
-	p->dim = x->shape[axis];
+	cpu_split_at(x, axis, &p->outer, &p->dim, &p->inner);
 	p->count = x->count;
 	st->scratch = cpu_f32_scratch(x);
 	st->params = p;
@@ -722,20 +717,7 @@ int cpu_plan_reduce(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_mi
 	p->dtype = x->dtype;
 	p->count = x->count;
 	p->ocount = o->count;
-	if (x->rank == 0) {
-		p->rank = 1;
-		p->shape[0] = 1;
-		p->ostride[0] = 0;
-	} else {
-		uint64_t s = 1;
-		p->rank = x->rank;
-		memcpy(p->shape, x->shape, sizeof p->shape);
-		for (uint32_t i = x->rank; i-- > 0;) {
-			p->ostride[i] = red[i] ? 0 : s;
-			if (!red[i])
-				s *= x->shape[i];
-		}
-	}
+	cpu_reduce_layout(x, red, &p->rank, p->shape, p->ostride);
 	st->scratch = (x->dtype == ANES_DT_FP16 ? cpu_align64(x->count * 4) : 0) + cpu_align64(o->count * 8);
 	st->params = p;
 	return 0;

@@ -120,6 +120,44 @@ double cpu_load_f64(const void *p, int dt, size_t i)
 	return anes_mil_load_f64(p, dt, i);
 }
 
+void cpu_strides(const anes_mil_type *t, uint64_t *s)
+{
+	uint64_t k = 1;
+	for (uint32_t i = t->rank; i-- > 0;) {
+		s[i] = k;
+		k *= t->shape[i];
+	}
+}
+
+void cpu_split_at(const anes_mil_type *x, uint32_t axis, uint64_t *outer, uint64_t *dim, uint64_t *inner)
+{
+	*outer = *inner = 1;
+	for (uint32_t i = 0; i < axis && i < x->rank; i++)
+		*outer *= x->shape[i];
+	for (uint32_t i = axis + 1; i < x->rank; i++)
+		*inner *= x->shape[i];
+	*dim = axis < x->rank ? x->shape[axis] : 1;
+}
+
+void cpu_reduce_layout(const anes_mil_type *x, const bool *red, uint32_t *rank, uint64_t *shape, uint64_t *ostride)
+{
+	uint64_t s = 1;
+
+	if (x->rank == 0) {
+		*rank = 1;
+		shape[0] = 1;
+		ostride[0] = 0;
+		return;
+	}
+	*rank = x->rank;
+	for (uint32_t i = x->rank; i-- > 0;) {
+		shape[i] = x->shape[i];
+		ostride[i] = red[i] ? 0 : s;
+		if (!red[i])
+			s *= x->shape[i];
+	}
+}
+
 void cpu_axes_mask(const anes_mil_value *av, uint32_t rank, bool *mask)
 {
 	int64_t axes[ANES_MAX_RANK];
@@ -416,13 +454,7 @@ static int plan_split(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes_
 	p = calloc(1, sizeof *p + op->n_outputs * sizeof(uint64_t));
 	if (!p)
 		return -ENOMEM;
-	p->outer = 1;
-	for (uint32_t i = 0; i < axis; i++)
-		p->outer *= x->shape[i];
-	p->after = 1;
-	for (uint32_t i = axis + 1; i < x->rank; i++)
-		p->after *= x->shape[i];
-	p->dim = x->shape[axis];
+	cpu_split_at(x, axis, &p->outer, &p->dim, &p->after);
 	p->es = cpu_esize(x->dtype);
 	p->n = op->n_outputs;
 	for (uint32_t k = 0; k < op->n_outputs; k++)
@@ -602,13 +634,7 @@ static int plan_gather(cpu_plan_ctx *pc, const anes_mil_function *fn, const anes
 	if (cpu_arg(fn, op, "axis"))
 		anes_mil_const_ints(cpu_arg(fn, op, "axis"), &axis_v, 1, &n);
 	axis = (uint32_t)(axis_v < 0 ? axis_v + x->rank : axis_v);
-	p->pre = 1;
-	for (uint32_t i = 0; i < axis; i++)
-		p->pre *= x->shape[i];
-	p->post = 1;
-	for (uint32_t i = axis + 1; i < x->rank; i++)
-		p->post *= x->shape[i];
-	p->dim = x->shape[axis];
+	cpu_split_at(x, axis, &p->pre, &p->dim, &p->post);
 	p->nidx = it->count;
 	p->es = cpu_esize(x->dtype);
 	p->idt = it->dtype;
