@@ -592,7 +592,6 @@ typedef struct anes_wire_weight {
 int anes_cache_new(anes_server *srv, anes_cache **ret);
 /* All entries must be gone (asserted in debug builds). */
 anes_cache *anes_cache_free(anes_cache *cache);
-size_t anes_cache_count(const anes_cache *cache);
 /* Call fn for each entry (fn must not add or remove entries). */
 void anes_cache_foreach(anes_cache *cache, void (*fn)(anes_centry *e, void *ud), void *ud);
 

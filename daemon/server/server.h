@@ -2,7 +2,7 @@
 /*
  * aneshared as a library: the listening socket, the connections, the objects
  * they own, the program cache and the worker threads.  main.c is a thin shell
- * over this; tests can drive a server in-process the same way.
+ * over this.
  *
  * Threading: every function here except anes_server_stop must be called from
  * the thread that calls anes_server_run (or created the server).

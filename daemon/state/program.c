@@ -188,11 +188,6 @@ anes_cache *anes_cache_free(anes_cache *c)
 	return NULL;
 }
 
-size_t anes_cache_count(const anes_cache *c)
-{
-	return c->n;
-}
-
 void anes_cache_foreach(anes_cache *c, void (*fn)(anes_centry *e, void *ud), void *ud)
 {
 	for (size_t i = 0; i < c->n_buckets; i++)

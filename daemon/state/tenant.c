@@ -241,11 +241,6 @@ void anes_tenant_uncharge(anes_tenant *t, anes_res r, uint64_t n, bool daemon)
 		anes_tenants_uncharge(t->set, r, n);
 }
 
-int anes_tenants_charge(anes_tenants *set, anes_res r, uint64_t n)
-{
-	return try_add(&set->total[r], n, anes_res_daemon_limit(set->lim, r)) ? 0 : -ENOSPC;
-}
-
 void anes_tenants_uncharge(anes_tenants *set, anes_res r, uint64_t n)
 {
 	uint64_t old = atomic_fetch_sub_explicit(&set->total[r], n, memory_order_relaxed);

@@ -113,9 +113,9 @@ void anes_tenant_unref(anes_tenant *t);
 int anes_tenant_charge(anes_tenant *t, anes_res r, uint64_t n, bool daemon);
 /* Any thread.  Undo a charge (the same t, r, n and daemon). */
 void anes_tenant_uncharge(anes_tenant *t, anes_res r, uint64_t n, bool daemon);
-/* Any thread.  Daemon-only charges (a shared program's memory counts once
- * in the totals; each holder is charged with daemon = false). */
-int anes_tenants_charge(anes_tenants *set, anes_res r, uint64_t n);
+/* Any thread.  Take n off the daemon's total of r alone: what counts once
+ * in the totals however many hold it (a shared program's memory, a shared
+ * surface), given back when the last holder goes. */
 void anes_tenants_uncharge(anes_tenants *set, anes_res r, uint64_t n);
 
 static inline uint64_t anes_tenant_use(const anes_tenant *t, anes_res r)
