@@ -346,11 +346,14 @@ static size_t send_some(int fd, const void *buf, size_t len)
  * stuck behind the cap, and all memory is given back at the end. */
 Test(limits, input_memory_is_capped_and_waiters_resume)
 {
-	/* The three connections are this one process: its own limit is lifted
-	 * so that they stand for three clients (the process's limit:
-	 * tenants::fifty_connections_get_no_more_buffers_than_one). */
+	/* The three connections are this one process: its own limits (client
+	 * and uid) are lifted above the daemon's, so that they stand for three
+	 * clients and the third waits in the daemon's queue (with them at the
+	 * daemon's 1M it waited for its process's room instead, and the queue
+	 * went untested; the process's limit:
+	 * tenants::fifty_connections_get_no_more_input_memory_than_one). */
 	const char *args[] = { "--max-frame", "512K", "--max-input-bytes", "1M",
-		               "--max-client-input-bytes", "1M", NULL };
+		               "--max-client-input-bytes", "4M", "--max-uid-input-bytes", "4M", NULL };
 	h_daemon d;
 	h_daemon_start_args(&d, args);
 	int obs = h_raw_open(d.sock);
