@@ -762,6 +762,68 @@ static void bench_python(void)
 	aneshare_disconnect(c);
 }
 
+/*
+ * Three client processes chained on surfaces shared by token (producer ->
+ * dynamic_matmul.mil -> transformer_block.mil: examples/pipeline.c) against
+ * the same two models chained in one process on shared surfaces (a two-step
+ * aneshare_run_chain), per-frame latency with one frame in flight.  The
+ * example measures both, repetition by repetition on this daemon, checks
+ * every result against the one-process reference and prints a "bench:"
+ * line with the medians; $ANESHARE_PIPELINE overrides its path.
+ */
+#ifndef ANES_PIPELINE_EXE
+#define ANES_PIPELINE_EXE ""
+#endif
+
+static void bench_pipeline(void)
+{
+	const char *exe = getenv("ANESHARE_PIPELINE");
+	if (!exe || !*exe)
+		exe = ANES_PIPELINE_EXE;
+	int n = g_quick ? 100 : 300;
+	printf("\n== 3-process pipeline (examples/pipeline) against the same chain in one process, "
+	       "%d x %d frames\n", g_reps, n);
+	char reps[16], batch[16];
+	snprintf(reps, sizeof reps, "%d", g_reps);
+	snprintf(batch, sizeof batch, "%d", n);
+	int from[2];
+	if (anes_pipe_cloexec(from) < 0)
+		die("pipe", -errno, NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", -errno, NULL);
+	if (pid == 0) {
+		dup2(from[1], 1);
+		execl(exe, exe, "--socket", g_sock, "--bench", reps, "--batch", batch, "--quiet", (char *)NULL);
+		_exit(127);
+	}
+	close(from[1]);
+	FILE *in = fdopen(from[0], "r");
+	char line[512];
+	double pp = 0, sp = 0, ratio = 0;
+	int bad = -1;
+	while (in && fgets(line, sizeof line, in)) {
+		if (sscanf(line, "bench: pipeline_p50_us=%lf single_p50_us=%lf ratio=%lf bad=%d", &pp, &sp,
+		           &ratio, &bad) == 4)
+			continue;
+		printf("  %s", line);   /* the example's own report */
+	}
+	if (in)
+		fclose(in);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	if (bad != 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		die("examples/pipeline", -EIO, bad > 0 ? "results off the one-process reference" : exe);
+	printf("    %-48s p50 %8.1f us\n", "3 processes, one frame in flight", pp);
+	printf("    %-48s p50 %8.1f us\n", "one process, 2-step chain", sp);
+	printf("    ratio 3 processes / one process (median of the repetitions' ratios)  %.2f  (limit 1.2)\n",
+	       ratio);
+	fig("us", pp, "pipeline: 3-process per-frame latency p50");
+	fig("us", sp, "pipeline: one-process 2-step chain p50");
+	fig("ratio", ratio, "pipeline: 3 processes / one process");
+	add_check("3-process pipeline <= 1.2 x one process", ratio, 1.2, true);
+}
+
 /* ---- 2. throughput ---------------------------------------------------------------- */
 
 #define WINDOW 8   /* runs each client keeps in flight */
@@ -1873,7 +1935,7 @@ int main(int argc, char **argv)
 {
 	bool json = false, attack_only = false;
 	g_aneshared = getenv("ANESHARED");
-	bool only_fair = false, only_python = false;
+	bool only_fair = false, only_python = false, only_pipeline = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
 			g_quick = true;
@@ -1886,6 +1948,8 @@ int main(int argc, char **argv)
 			only_fair = true;   /* the fairness section only */
 		} else if (!strcmp(argv[i], "--python")) {
 			only_python = true;   /* the Python client's section only */
+		} else if (!strcmp(argv[i], "--pipeline")) {
+			only_pipeline = true;   /* the 3-process pipeline's section only */
 		} else if (!strcmp(argv[i], "--aneshared") && i + 1 < argc) {
 			g_aneshared = argv[++i];
 		} else if (!strcmp(argv[i], "--json")) {
@@ -1894,7 +1958,7 @@ int main(int argc, char **argv)
 			attack_only = true;
 		} else {
 			fprintf(stderr, "usage: bench_daemon [--quick] [--reps N] [--aneshared PATH] [--json] "
-			                "[--attack-only] [--fair] [--python]\n");
+			                "[--attack-only] [--fair] [--python] [--pipeline]\n");
 			return 2;
 		}
 	}
@@ -1922,11 +1986,14 @@ int main(int argc, char **argv)
 		bench_fair();
 	} else if (only_python) {
 		bench_python();
+	} else if (only_pipeline) {
+		bench_pipeline();
 	} else {
 		if (!attack_only) {
 			bench_rtt();
 			bench_python();
 			bench_chain();
+			bench_pipeline();
 			bench_big();
 			bench_compile();
 			bench_throughput();

@@ -283,6 +283,93 @@ ANESHARE_API size_t aneshare_surface_size(const aneshare_surface *s);
  * reconnects (aneshare_reconnect_count); 0 if the surface was lost then. */
 ANESHARE_API uint32_t aneshare_surface_id(const aneshare_surface *s);
 
+/* ---- sharing surfaces between processes -------------------------------------
+ *
+ * A surface this connection holds can be handed to another client process
+ * of the daemon without copying it: aneshare_surface_export() asks the
+ * daemon for a token (64 lowercase hex digits: 256 bits from the daemon's
+ * random source), the program passes the token's text to the other process
+ * by any means it likes (a pipe, a socket, argv), and that process's
+ * aneshare_surface_import_token() gets its own handle to the same memory
+ * (docs/protocol.md, "surface.export"; docs/security.md says whom a token
+ * lets in).  Each handle is the holder's own: it is released, and counted
+ * against the holder's limits, like a surface it created; the memory lives
+ * while any handle or run refers to it.  Ordering the writes and reads of
+ * the processes that share a surface (a frame is ready, a buffer is free
+ * again) is the programs' business: the daemon does not order them.
+ *
+ * Read-only: a surface exported with read_only is imported read-only.  Its
+ * mapping in the importer is PROT_READ (a write through
+ * aneshare_surface_data() is a SIGSEGV, not a silent change; on Linux the fd
+ * the library keeps is O_RDONLY as well), it cannot be a run output (the
+ * library refuses such a run with -ANESHARE_EINVALID_PARAMS before sending
+ * it, and the daemon refuses it too), and a re-export of it is read-only
+ * whatever the export asks.  On macOS the import is an IOSurface looked up
+ * by its global ID: its mapping is writable, and only runs are refused.
+ *
+ * Reconnecting: tokens do not survive a daemon restart.  An import in
+ * flight when the connection broke is sent again to the new daemon, which
+ * answers -ANESHARE_ENO_SUCH_SURFACE as for any unknown token; an export in
+ * flight is made again, of the surface as restored: a new token.  A
+ * surface this process imported by token is treated as any other surface
+ * (see "reconnecting"): the library keeps its fd (Linux) or its IOSurface
+ * reference (macOS), so the memory stays mapped here, and after a
+ * reconnect it imports that memory again into the new daemon as this
+ * connection's own surface, with a new ID (surface.import).  The processes
+ * that shared it still share the memory itself, but the new daemon knows
+ * each holder's handle as a separate surface (each charged to its holder)
+ * until one of them exports it again.  A read-only import whose read-only
+ * fd the new daemon does not take is lost (its ID is 0; runs naming it fail
+ * with -ANESHARE_ENO_SUCH_SURFACE); it stays read-only here in every case. */
+
+/* A token's text: ANESHARE_TOKEN_LEN lowercase hex digits and a NUL. */
+#define ANESHARE_TOKEN_LEN 64
+typedef struct aneshare_token {
+	char text[ANESHARE_TOKEN_LEN + 1];
+} aneshare_token;
+
+/* How a token may be used.  Zero-initialise it for the defaults. */
+typedef struct aneshare_export_opts {
+	bool read_only;     /* importers get a read-only handle (always so for a
+	                     * read-only surface) */
+	uint32_t uses;      /* imports the token allows; 0: the daemon's default (1) */
+	uint32_t ttl_ms;    /* the token expires this long after the export;
+	                     * 0: the daemon's default (30,000 ms) */
+} aneshare_export_opts;
+
+/* Export surface s (this connection's): a token for the same memory, valid
+ * for opts->uses imports within opts->ttl_ms, until s is released.  opts
+ * NULL means all defaults.  On success *ret_token holds the token (the
+ * caller's copy) and, if ret_expires_ms is not NULL, *ret_expires_ms the
+ * token's expiry as the daemon states it (docs/protocol.md,
+ * "surface.export").  Errors: -EINVAL (s or ret_token NULL),
+ * -ANESHARE_ENO_SUCH_SURFACE (s was lost in a reconnect, or released),
+ * -ANESHARE_EINVALID_PARAMS (opts out of the daemon's bounds),
+ * -ANESHARE_ELIMIT (too many tokens), and connection errors. */
+ANESHARE_API int aneshare_surface_export(aneshare_surface *s, const aneshare_export_opts *opts,
+                                         aneshare_token *ret_token, uint64_t *ret_expires_ms);
+
+/* Import the surface a token names (token: its text, borrowed for the
+ * call; exactly ANESHARE_TOKEN_LEN lowercase hex digits, checked here
+ * before anything is sent: -EINVAL otherwise).  The new handle is this
+ * connection's, mapped in this process (PROT_READ if the export was
+ * read-only: aneshare_surface_read_only()).  A token that is unknown, used
+ * up, expired or whose surface was released: -ANESHARE_ENO_SUCH_SURFACE.
+ * A connection that fails many imports is slowed down, then disconnected by
+ * the daemon (docs/security.md).  On macOS the daemon names an IOSurface,
+ * which the library looks up as for aneshare_surface_create.
+ * On success *ret is owned by the caller: aneshare_surface_release(). */
+ANESHARE_API int aneshare_surface_import_token(aneshare_conn *conn, const char *token,
+                                               aneshare_surface **ret);
+
+/* 0 if text is a well-formed token (ANESHARE_TOKEN_LEN lowercase hex
+ * digits, then the NUL), else -EINVAL.  text may be NULL (-EINVAL). */
+ANESHARE_API int aneshare_token_check(const char *text);
+
+/* True if s is read-only: imported by token from a read-only export.
+ * False for NULL. */
+ANESHARE_API bool aneshare_surface_read_only(const aneshare_surface *s);
+
 /* ---- programs ------------------------------------------------------------- */
 
 /* A weight blob referenced from MIL by BLOBFILE(path = string("PATH"), ...).
@@ -404,7 +491,8 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_
 
 /* Run function fn (0 = main) of p: inputs[i] holds input i at offset 0,
  * outputs[i] receives output i.  All surfaces borrowed; they must belong to
- * p's connection (else -EINVAL).  Blocks until done.  If the connection
+ * p's connection (else -EINVAL), and outputs must not be read-only
+ * (-ANESHARE_EINVALID_PARAMS, see "sharing surfaces").  Blocks until done.  If the connection
  * breaks meanwhile: -ANESHARE_EDISCONNECTED, not retried (see
  * "reconnecting"). */
 ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
@@ -608,6 +696,23 @@ typedef struct aneshare_status {
 	uint64_t lane_slice_ends;      /* times a lane thread gave a client up at the end of
 	                                * its slice (docs/protocol.md, "Scheduling"); 0 from
 	                                * daemons that do not report it */
+	/* Surfaces held by more than one connection, or with live tokens
+	 * (docs/protocol.md, "status": `shared`); empty from daemons that do
+	 * not report it.  The list may be cut: shared_total counts them all. */
+	uint32_t n_shared;
+	uint64_t shared_total;
+	struct aneshare_status_shared {
+		uint64_t key;              /* the daemon's name for the memory (not a surface ID) */
+		uint64_t size;             /* bytes */
+		uint32_t tokens;           /* tokens of it that can still be imported */
+		uint32_t holders_total;    /* handles to it, all connections (the list may be cut) */
+		uint32_t n_holders;
+		struct aneshare_status_holder {
+			const char *name;      /* the holder process's client name; owned by the status */
+			uint64_t pid;          /* 0: unknown */
+			bool read_only;        /* its handle is read-only */
+		} *holder_list;            /* n_holders entries, owned by the status */
+	} *shared_list;                /* n_shared entries, owned by the status */
 } aneshare_status;
 
 /* On success *ret is owned by the caller: aneshare_status_free(). */

@@ -40,6 +40,12 @@ int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st)
 	int r = check_surfaces(c, pre, st->inputs, st->n_inputs);
 	if (r == 0)
 		r = check_surfaces(c, pre, st->outputs, st->n_outputs);
+	/* The daemon refuses it too; a daemon restored after a reconnect may
+	 * not know that a surface imported by ID is read-only (aneshare.h). */
+	for (size_t i = 0; r == 0 && i < st->n_outputs; i++)
+		if (st->outputs[i]->read_only)
+			r = anesc_fail(c, -ANESHARE_EINVALID_PARAMS,
+			               "%soutput %zu is a read-only surface", pre, i);
 	return r;
 }
 

@@ -63,6 +63,38 @@ static void clean_name(char *dst, size_t len, const char *src)
 	dst[i] = '\0';
 }
 
+/* Surfaces held by several connections (or with tokens out): one line
+ * each, its holders as "name (pid)", read-only ones marked "ro". */
+static void print_shared(FILE *f, const aneshare_status *st)
+{
+	if (!st->shared_total && !st->n_shared)
+		return;
+	fprintf(f, "\n%-10s %9s %6s  %s\n", "SHARED", "SIZE", "TOKENS", "HOLDERS");
+	for (uint32_t i = 0; i < st->n_shared; i++) {
+		const struct aneshare_status_shared *sh = &st->shared_list[i];
+		char b1[32];
+		human_bytes(b1, sizeof b1, sh->size);
+		fprintf(f, "%-10" PRIu64 " %9s %6u ", sh->key, b1, sh->tokens);
+		if (!sh->n_holders)
+			fprintf(f, " -");
+		for (uint32_t k = 0; k < sh->n_holders; k++) {
+			const struct aneshare_status_holder *h = &sh->holder_list[k];
+			char name[21], pid[24];
+			clean_name(name, sizeof name, h->name[0] ? h->name : "(unnamed)");
+			if (h->pid)
+				snprintf(pid, sizeof pid, "%" PRIu64, h->pid);
+			else
+				snprintf(pid, sizeof pid, "?");
+			fprintf(f, "%s %s (%s%s)", k ? "," : "", name, pid, h->read_only ? ", ro" : "");
+		}
+		if (sh->holders_total > sh->n_holders)
+			fprintf(f, " and %u more", sh->holders_total - sh->n_holders);
+		fputc('\n', f);
+	}
+	if (st->n_shared < st->shared_total)
+		fprintf(f, "(%" PRIu64 " more not listed)\n", st->shared_total - st->n_shared);
+}
+
 void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol, bool brief)
 {
 	char b1[32], b2[32], b3[32], b5[32];
@@ -122,6 +154,7 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 		if (st->n_processes < st->processes_total)
 			fprintf(f, "(%u more not listed)\n", st->processes_total - st->n_processes);
 	}
+	print_shared(f, st);
 	if (!brief) {
 		fprintf(f, "\nprograms: %u\n", st->programs);
 		for (uint32_t i = 0; i < st->programs; i++)
@@ -203,6 +236,27 @@ void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol)
 		fprintf(f, "\"priority\": ");
 		json_str(f, p->priority ? p->priority : "");
 		fprintf(f, "}");
+	}
+	fprintf(f, "],\n ");
+	json_u64(f, "shared_total", st->shared_total, false);
+	fprintf(f, ", \"shared\": [");
+	for (uint32_t i = 0; i < st->n_shared; i++) {
+		const struct aneshare_status_shared *sh = &st->shared_list[i];
+		fprintf(f, "%s\n  {", i ? "," : "");
+		json_u64(f, "key", sh->key, true);
+		json_u64(f, "size", sh->size, true);
+		json_u64(f, "tokens", sh->tokens, true);
+		json_u64(f, "holders_total", sh->holders_total, true);
+		fprintf(f, "\"holders\": [");
+		for (uint32_t k = 0; k < sh->n_holders; k++) {
+			const struct aneshare_status_holder *h = &sh->holder_list[k];
+			fprintf(f, "%s{\"name\": ", k ? ", " : "");
+			json_str(f, h->name);
+			fprintf(f, ", ");
+			json_u64(f, "pid", h->pid, true);
+			fprintf(f, "\"read_only\": %s}", h->read_only ? "true" : "false");
+		}
+		fprintf(f, "]}");
 	}
 	fprintf(f, "],\n \"programs\": [");
 	for (uint32_t i = 0; i < st->programs; i++) {

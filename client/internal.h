@@ -51,6 +51,7 @@ struct aneshare_surface {
 	                            * IOSurface ID (anes_shm.h); data == shm->base */
 	void *data;                /* owned mapping of size bytes */
 	size_t size;
+	bool read_only;            /* a read-only import: mapped PROT_READ (memfd), never a run output */
 };
 
 typedef struct anesc_function {

@@ -17,6 +17,7 @@
 
 #define STATUS_MAX_PROGRAMS 65536
 #define STATUS_MAX_PROCESSES 65536
+#define STATUS_MAX_SHARED 65536      /* shared surfaces, and holders of one */
 
 static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
                      void *ud)
@@ -69,10 +70,42 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 		}
 	}
 
+	/* Optional: surfaces shared between connections (absent from older daemons). */
+	const msgpack_object *shared = NULL;
+	uint32_t ns = 0;
+	uint64_t stotal = 0;
+	size_t nh_all = 0;
+	if (anes_mp_get(res, "shared")) {
+		if (anes_mp_array(res, "shared", STATUS_MAX_SHARED, &shared, &ns) < 0 ||
+		    (anes_mp_get(res, "shared_total") &&
+		     anes_mp_u64(res, "shared_total", UINT64_MAX, &stotal) < 0))
+			goto bad;
+		for (uint32_t i = 0; i < ns; i++) {
+			const msgpack_object *hl;
+			uint32_t nh;
+			if (shared[i].type != MSGPACK_OBJECT_MAP ||
+			    anes_mp_array(&shared[i], "holders", STATUS_MAX_SHARED, &hl, &nh) < 0)
+				goto bad;
+			for (uint32_t k = 0; k < nh; k++) {
+				const char *nm;
+				uint32_t nl;
+				if (hl[k].type != MSGPACK_OBJECT_MAP ||
+				    anes_mp_str(&hl[k], "name", ANESC_MAX_STR, &nm, &nl) < 0)
+					goto bad;
+				strs += nl + 1;
+			}
+			nh_all += nh;
+		}
+		if (stotal < ns)
+			stotal = ns;
+	}
+
 	/* One block: the struct, the arrays, then the strings. */
 	size_t size = sizeof(aneshare_status) + (size_t)n * sizeof(struct aneshare_status_program) +
 	              (size_t)np * sizeof(struct aneshare_status_process) +
 	              (size_t)nt * sizeof(struct aneshare_status_total) +
+	              (size_t)ns * sizeof(struct aneshare_status_shared) +
+	              nh_all * sizeof(struct aneshare_status_holder) +
 	              ver_len + 1 + be_len + 1 + (size_t)n * 65 + strs;
 	aneshare_status *st = calloc(1, size);
 	if (!st)
@@ -80,7 +113,36 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	st->program_list = (struct aneshare_status_program *)(st + 1);
 	st->process_list = (struct aneshare_status_process *)(st->program_list + n);
 	st->total_list = (struct aneshare_status_total *)(st->process_list + np);
-	char *sp = (char *)(st->total_list + nt);
+	st->shared_list = (struct aneshare_status_shared *)(st->total_list + nt);
+	struct aneshare_status_holder *hp = (struct aneshare_status_holder *)(st->shared_list + ns);
+	char *sp = (char *)(hp + nh_all);
+	for (uint32_t i = 0; i < ns; i++) {
+		struct aneshare_status_shared *sh = &st->shared_list[i];
+		const msgpack_object *hl;
+		uint32_t nh;
+		(void)anes_mp_array(&shared[i], "holders", STATUS_MAX_SHARED, &hl, &nh);
+		(void)anes_mp_u64(&shared[i], "key", UINT64_MAX, &sh->key);
+		(void)anes_mp_u64(&shared[i], "size", UINT64_MAX, &sh->size);
+		(void)anes_mp_u32(&shared[i], "tokens", &sh->tokens);
+		(void)anes_mp_u32(&shared[i], "holders_total", &sh->holders_total);
+		if (sh->holders_total < nh)
+			sh->holders_total = nh;
+		sh->n_holders = nh;
+		sh->holder_list = hp;
+		for (uint32_t k = 0; k < nh; k++, hp++) {
+			const char *nm;
+			uint32_t nl;
+			(void)anes_mp_str(&hl[k], "name", ANESC_MAX_STR, &nm, &nl);
+			memcpy(sp, nm, nl);
+			sp[nl] = '\0';
+			hp->name = sp;
+			sp += nl + 1;
+			(void)anes_mp_u64(&hl[k], "pid", UINT64_MAX, &hp->pid);
+			(void)anes_mp_bool(&hl[k], "read_only", &hp->read_only);
+		}
+	}
+	st->n_shared = ns;
+	st->shared_total = stotal;
 	for (uint32_t i = 0; i < np; i++) {
 		struct aneshare_status_process *pr = &st->process_list[i];
 		const char *nm;

@@ -51,6 +51,7 @@ typedef struct surface_result {
 	uint64_t size;
 	int fd;
 	uint32_t ios_id;   /* "iosurface_id": named by ID, no fd (macOS) */
+	bool read_only;    /* "read_only" (surface.import by token) */
 } surface_result;
 
 static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
@@ -64,6 +65,8 @@ static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, uns
 		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed surface result from the daemon");
 	sr->id = id;
 	sr->size = size;
+	if (anes_mp_get(res, "read_only") && anes_mp_bool(res, "read_only", &sr->read_only) < 0)
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed surface result from the daemon");
 	if (anes_mp_get(res, "iosurface_id")) {
 		if (anes_mp_u32(res, "iosurface_id", &sr->ios_id) < 0 || sr->ios_id == 0 || nfds != 0)
 			return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed IOSurface result from the daemon");
@@ -71,7 +74,7 @@ static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, uns
 			sr->fd = -1;
 		return 0;
 	}
-	if (sr->fd == -2) {   /* create: the response must carry exactly one fd */
+	if (sr->fd == -2) {   /* create, import by token: the response must carry exactly one fd */
 		if (nfds != 1)
 			return anesc_fail(c, -ANESHARE_EPROTOCOL,
 			                  "the daemon sent %u fds with a new surface, not 1", nfds);
@@ -81,10 +84,16 @@ static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, uns
 	return 0;
 }
 
-static int map_fd(int fd, size_t size, void **ret)
+/* Map fd: PROT_READ only when read_only, or when the fd itself is open
+ * for reading only (a read-only import: a writable mapping would fail). */
+static int map_fd(int fd, size_t size, bool read_only, void **ret)
 {
-	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (p == MAP_FAILED && errno == EPERM)   /* a write-sealed memfd: read-only */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	int prot = read_only || (fl & O_ACCMODE) == O_RDONLY ? PROT_READ : PROT_READ | PROT_WRITE;
+	void *p = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED && errno == EPERM && prot != PROT_READ)   /* a write-sealed memfd */
 		p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
 	if (p == MAP_FAILED)
 		return -errno;
@@ -94,7 +103,8 @@ static int map_fd(int fd, size_t size, void **ret)
 
 /* Map fd (size bytes, announced by the daemon) and make the surface object.
  * fd is taken in every case (kept by the surface, or closed).  On failure
- * the daemon's surface is released. */
+ * the daemon's surface is released.  A read-only result (sr->read_only)
+ * is mapped PROT_READ. */
 static int surface_finish(aneshare_conn *c, const surface_result *sr, int fd, size_t want,
                           aneshare_surface **ret)
 {
@@ -110,7 +120,7 @@ static int surface_finish(aneshare_conn *c, const surface_result *sr, int fd, si
 		r = anesc_fail(c, -ENOMEM, "out of memory");
 		goto drop;
 	}
-	r = map_fd(fd, (size_t)sr->size, &s->data);
+	r = map_fd(fd, (size_t)sr->size, sr->read_only, &s->data);
 	if (r < 0) {
 		free(s);
 		r = anesc_fail(c, r, "mapping the surface: %s", strerror(-r));
@@ -119,6 +129,7 @@ static int surface_finish(aneshare_conn *c, const surface_result *sr, int fd, si
 	s->id = sr->id;
 	s->size = (size_t)sr->size;
 	s->fd = fd;
+	s->read_only = sr->read_only;
 	surface_link(c, s);
 	*ret = s;
 	return 0;
@@ -147,6 +158,7 @@ static int surface_finish_shm(aneshare_conn *c, const surface_result *sr, anes_s
 	s->id = sr->id;
 	s->size = (size_t)sr->size;
 	s->fd = -1;
+	s->read_only = sr->read_only;   /* the IOSurface's mapping stays writable (aneshare.h) */
 	s->shm = shm;
 	s->data = shm->base;
 	surface_link(c, s);
@@ -267,6 +279,135 @@ ANESHARE_API int aneshare_surface_import(aneshare_conn *c, int fd, aneshare_surf
 	}
 	return surface_finish(c, &sr, own, 0, ret);
 #endif
+}
+
+/* ---- sharing by token ---------------------------------------------------------- */
+
+ANESHARE_API int aneshare_token_check(const char *text)
+{
+	if (!text)
+		return -EINVAL;
+	for (size_t i = 0; i < ANESHARE_TOKEN_LEN; i++)
+		if (!((text[i] >= '0' && text[i] <= '9') || (text[i] >= 'a' && text[i] <= 'f')))
+			return -EINVAL;   /* also a NUL before the end */
+	return text[ANESHARE_TOKEN_LEN] == '\0' ? 0 : -EINVAL;
+}
+
+typedef struct export_args {
+	aneshare_surface *s;
+	const aneshare_export_opts *o;
+	aneshare_token token;
+	uint64_t expires_ms;
+} export_args;
+
+/* Packed at send time: the ID changes when the library reconnects. */
+static int pack_export(aneshare_conn *c, msgpack_packer *pk, void *ud)
+{
+	const export_args *a = ud;
+	if (a->s->lost)
+		return anesc_fail(c, -ANESHARE_ENO_SUCH_SURFACE,
+		                  "the surface could not be imported again after the daemon restarted: %s",
+		                  aneshare_strerror(a->s->lost));
+	anes_pack_str(pk, "id");
+	msgpack_pack_uint32(pk, a->s->id);
+	anes_pack_str(pk, "read_only");
+	if (a->o->read_only)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+	if (a->o->uses) {
+		anes_pack_str(pk, "uses");
+		msgpack_pack_uint32(pk, a->o->uses);
+	}
+	if (a->o->ttl_ms) {
+		anes_pack_str(pk, "ttl_ms");
+		msgpack_pack_uint32(pk, a->o->ttl_ms);
+	}
+	return 0;
+}
+
+static int export_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds, void *ud)
+{
+	(void)fds;
+	(void)nfds;
+	export_args *a = ud;
+	const char *tok;
+	uint32_t len;
+	uint64_t expires = 0;
+	if (anes_mp_str(res, "token", ANESHARE_TOKEN_LEN, &tok, &len) < 0 || len != ANESHARE_TOKEN_LEN ||
+	    (anes_mp_get(res, "expires_ms") && anes_mp_u64(res, "expires_ms", UINT64_MAX, &expires) < 0))
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed export result from the daemon");
+	memcpy(a->token.text, tok, len);
+	a->token.text[len] = '\0';
+	if (aneshare_token_check(a->token.text) < 0)
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon's token is not %d lowercase hex digits",
+		                  ANESHARE_TOKEN_LEN);
+	a->expires_ms = expires;
+	return 0;
+}
+
+ANESHARE_API int aneshare_surface_export(aneshare_surface *s, const aneshare_export_opts *opts,
+                                         aneshare_token *ret_token, uint64_t *ret_expires_ms)
+{
+	if (!s || !ret_token)
+		return s ? anesc_fail(s->conn, -EINVAL, "no token to write") : -EINVAL;
+	static const aneshare_export_opts defaults = { 0 };
+	aneshare_conn *c = s->conn;
+	export_args a = { .s = s, .o = opts ? opts : &defaults };
+	uint32_t n = 2 + (a.o->uses != 0) + (a.o->ttl_ms != 0);
+	int r = anesc_request(c, &(anesc_req){ .method = "surface.export", .n_params = n,
+	                                       .pack = pack_export, .pack_ud = &a, .fd = -1,
+	                                       .fn = export_cb, .fn_ud = &a,
+	                                       .flags = ANESC_IDEMPOTENT });
+	if (r < 0)
+		return r;
+	*ret_token = a.token;
+	if (ret_expires_ms)
+		*ret_expires_ms = a.expires_ms;
+	return 0;
+}
+
+static int pack_token(aneshare_conn *c, msgpack_packer *pk, void *ud)
+{
+	(void)c;
+	anes_pack_str(pk, "token");
+	msgpack_pack_str(pk, ANESHARE_TOKEN_LEN);
+	msgpack_pack_str_body(pk, ud, ANESHARE_TOKEN_LEN);
+	return 0;
+}
+
+ANESHARE_API int aneshare_surface_import_token(aneshare_conn *c, const char *token,
+                                               aneshare_surface **ret)
+{
+	if (!c || !ret)
+		return -EINVAL;
+	if (aneshare_token_check(token) < 0)
+		return anesc_fail(c, -EINVAL, "a token is %d lowercase hex digits", ANESHARE_TOKEN_LEN);
+	/* Linux: the response carries the memfd (O_RDONLY for a read-only
+	 * export); macOS: an iosurface_id, looked up here. */
+	surface_result sr = { .fd = anes_shm_default()->by_id ? -1 : -2 };
+	int r = anesc_request(c, &(anesc_req){ .method = "surface.import", .n_params = 1,
+	                                       .pack = pack_token, .pack_ud = (void *)token, .fd = -1,
+	                                       .fn = surface_cb, .fn_ud = &sr,
+	                                       .flags = ANESC_IDEMPOTENT });
+	if (r < 0) {
+		if (sr.fd >= 0)
+			close(sr.fd);
+		anesc_release_quiet(c, "surface.release", sr.id);
+		return r;
+	}
+	if (sr.ios_id)
+		return surface_lookup(c, &sr, 0, ret);
+	if (sr.fd < 0) {
+		anesc_release_quiet(c, "surface.release", sr.id);
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon sent no fd with the imported surface");
+	}
+	return surface_finish(c, &sr, sr.fd, 0, ret);
+}
+
+ANESHARE_API bool aneshare_surface_read_only(const aneshare_surface *s)
+{
+	return s && s->read_only;
 }
 
 int anesc_surface_restore(aneshare_conn *c, aneshare_surface *s)

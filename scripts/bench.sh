@@ -13,7 +13,7 @@ done
 if [ ! -f "$BUILD/build.ninja" ]; then
 	meson setup "$BUILD" "$ROOT" --buildtype=release -Dtests=false >/dev/null
 fi
-ninja -C "$BUILD" daemon/aneshared bench/bench_daemon >/dev/null
+ninja -C "$BUILD" daemon/aneshared bench/bench_daemon examples/pipeline >/dev/null
 echo "machine: $(nproc) cores, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
 if [ -z "$record" ]; then
 	ANESHARED="$BUILD/daemon/aneshared" exec "$BUILD/bench/bench_daemon" "${args[@]}"

@@ -32,8 +32,8 @@ import numpy as np
 
 from . import _errors
 from ._errors import ClosedError, ForkError, error_for
-from ._lib import (DONE_FN, EV_WRITE, HAVE, MAX_STEPS, Result, Status, Step, TensorInfo, Weight,
-                   WeightFd, lib)
+from ._lib import (DONE_FN, EV_WRITE, HAVE, MAX_STEPS, ExportOpts, Result, Status, Step, TensorInfo,
+                   Token, Weight, WeightFd, lib)
 
 _DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("<i4"), 4: np.dtype("<i2"),
            5: np.dtype("i1"), 6: np.dtype("u1"), 7: np.dtype("?")}
@@ -265,8 +265,75 @@ class Surface:
         except Exception:
             pass
 
+    @property
+    def read_only(self):
+        """True for a read-only import (Connection.import_token of a read-only
+        export): its arrays are not writeable and it cannot be a run output."""
+        if "aneshare_surface_read_only" not in HAVE:
+            return False
+        h = self._h
+        h.check()
+        with h.lock:
+            _live(h)
+            if self._ptr is None:
+                raise ClosedError("the surface was released")
+            return bool(lib.aneshare_surface_read_only(self._ptr))
+
+    def array(self, dtype=np.uint8, shape=None):
+        """A numpy array viewing the surface from its start: dtype and shape
+        (None: as many elements of dtype as fit).  Not writeable when the
+        surface is read-only.  The array keeps the surface alive."""
+        dtype = np.dtype(dtype)
+        if shape is None:
+            shape = (self.size // dtype.itemsize,)
+        shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+        n = dtype.itemsize
+        for d in shape:
+            n *= d
+        if n > self.size:
+            raise ValueError("%d bytes do not fit the surface's %d" % (n, self.size))
+        return _array(self, dtype, shape, self.read_only)
+
+    def export(self, read_only=False, uses=None, ttl_ms=None):
+        """A token (64 hex digits) that another client process of the daemon
+        passes to Connection.import_token() to get its own handle to this
+        memory, without copying (aneshare_surface_export).  uses: imports
+        allowed (None: 1); ttl_ms: lifetime (None: 30,000 ms); read_only:
+        importers cannot write it or name it as a run output."""
+        _need("aneshare_surface_export")
+        opts = ExportOpts(bool(read_only), _opt_u32("uses", uses), _opt_u32("ttl_ms", ttl_ms))
+        tok = Token()
+        h = self._h
+        h.check()
+        with h.lock:
+            _live(h)
+            if self._ptr is None:
+                raise ClosedError("the surface was released")
+            rc = lib.aneshare_surface_export(self._ptr, ctypes.byref(opts), ctypes.byref(tok), None)
+            if rc < 0:
+                raise h.error(rc)
+        if h.async_calls:
+            h.after_blocking()
+        return tok.text.decode("ascii")
+
     def __repr__(self):
         return "<aneshare.Surface %d bytes at 0x%x>" % (self.size, self.address or 0)
+
+
+def _need(fname):
+    if fname not in HAVE:
+        raise NotImplementedError("this libaneshare has no %s: sharing surfaces needs a newer one"
+                                  % fname)
+
+
+def _opt_u32(name, v):
+    """None -> 0 (the daemon's default); else an int in 1..2**32-1."""
+    if v is None:
+        return 0
+    v = int(v)
+    if not 1 <= v < 1 << 32:
+        raise ValueError("%s must be None or 1 to %d, not %d" % (name, (1 << 32) - 1, v))
+    return v
 
 
 class _View:
@@ -275,15 +342,15 @@ class _View:
     surface) alive for as long as any array derived from it lives."""
     __slots__ = ("surface", "__array_interface__", "primary", "__weakref__")
 
-    def __init__(self, surface, dtype, shape):
+    def __init__(self, surface, dtype, shape, read_only=False):
         self.surface = surface
-        self.__array_interface__ = {"data": (surface.address, False), "shape": tuple(shape),
-                                    "typestr": dtype.str, "version": 3}
+        self.__array_interface__ = {"data": (surface.address, bool(read_only)),
+                                    "shape": tuple(shape), "typestr": dtype.str, "version": 3}
         self.primary = None
 
 
-def _array(surface, dtype, shape):
-    v = _View(surface, dtype, shape)
+def _array(surface, dtype, shape, read_only=False):
+    v = _View(surface, dtype, shape, read_only)
     a = np.asarray(v)
     v.primary = weakref.ref(a)
     return a
@@ -877,6 +944,30 @@ class Connection:
             h.after_blocking()
         return s
 
+    def import_token(self, token):
+        """The surface another process exported (Surface.export()), as this
+        connection's own handle to the same memory (no copy): a Surface; view
+        it with surface.array(dtype, shape) (not writeable if the export was
+        read-only).  A token that is unknown, used up, expired or revoked
+        raises NoSuchSurfaceError; a malformed one ValueError."""
+        _need("aneshare_surface_import_token")
+        if isinstance(token, str):
+            token = token.encode("ascii", "replace")
+        if not isinstance(token, bytes) or lib.aneshare_token_check(token) < 0:
+            raise ValueError("a token is 64 lowercase hex digits")
+        h = self._h
+        h.check()
+        ptr = _vp()
+        with h.lock:
+            _live(h)
+            rc = lib.aneshare_surface_import_token(h.cptr, token, ctypes.byref(ptr))
+            if rc < 0:
+                raise h.error(rc)
+            s = Surface(h, ptr.value)
+        if h.async_calls:
+            h.after_blocking()
+        return s
+
     def surface(self, nbytes):
         """A new shared surface of nbytes, as a uint8 numpy array viewing it
         (view it as any dtype: array.view(np.float16))."""
@@ -1018,6 +1109,19 @@ def _status_dict(st):
     d["totals"] = [{"resource": _s(t.resource), "used": t.used, "limit": t.limit,
                     "client_limit": t.client_limit, "uid_limit": t.uid_limit}
                    for t in (st.total_list[i] for i in range(st.n_totals))]
+    shared = []
+    if "aneshare_surface_export" in HAVE:   # the library's struct has these members
+        for i in range(st.n_shared):
+            e = st.shared_list[i]
+            shared.append({"key": e.key, "size": e.size, "tokens": e.tokens,
+                           "holders_total": e.holders_total,
+                           "holders": [{"name": _s(hd.name), "pid": hd.pid,
+                                        "read_only": bool(hd.read_only)}
+                                       for hd in (e.holder_list[k] for k in range(e.n_holders))]})
+        d["shared_total"] = int(st.shared_total)
+    else:
+        d["shared_total"] = 0
+    d["shared"] = shared
     return d
 
 

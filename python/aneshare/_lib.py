@@ -68,6 +68,26 @@ class StatusTotal(ctypes.Structure):
                 ("client_limit", ctypes.c_uint64), ("uid_limit", ctypes.c_uint64)]
 
 
+TOKEN_LEN = 64
+
+
+class Token(ctypes.Structure):
+    _fields_ = [("text", ctypes.c_char * (TOKEN_LEN + 1))]
+
+
+class ExportOpts(ctypes.Structure):
+    _fields_ = [("read_only", ctypes.c_bool), ("uses", ctypes.c_uint32), ("ttl_ms", ctypes.c_uint32)]
+
+
+class StatusHolder(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("pid", ctypes.c_uint64), ("read_only", ctypes.c_bool)]
+
+
+class StatusShared(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_uint64), ("size", ctypes.c_uint64), ("tokens", ctypes.c_uint32),
+                ("holders_total", ctypes.c_uint32), ("n_holders", ctypes.c_uint32), ("holder_list", ctypes.POINTER(StatusHolder))]
+
+
 class Status(ctypes.Structure):
     _fields_ = [("server_version", ctypes.c_char_p), ("backend", ctypes.c_char_p),
                 ("uptime_ms", ctypes.c_uint64), ("clients", ctypes.c_uint32),
@@ -81,7 +101,11 @@ class Status(ctypes.Structure):
                 ("n_processes", ctypes.c_uint32), ("processes_total", ctypes.c_uint32),
                 ("process_list", ctypes.POINTER(StatusProcess)),
                 ("n_totals", ctypes.c_uint32), ("total_list", ctypes.POINTER(StatusTotal)),
-                ("lane_slice_ends", ctypes.c_uint64)]
+                ("lane_slice_ends", ctypes.c_uint64),
+                # read only from a library that has the sharing calls (HAVE): an
+                # older one allocates the struct without them
+                ("n_shared", ctypes.c_uint32), ("shared_total", ctypes.c_uint64),
+                ("shared_list", ctypes.POINTER(StatusShared))]
 
 
 DONE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(Result), ctypes.c_void_p)
@@ -146,6 +170,11 @@ _OPTIONAL_PROTOTYPES = {
                                             ctypes.POINTER(_vp), ctypes.POINTER(ctypes.c_bool)]),
     "aneshare_program_compile_model": (_int, [_vp, _str, ctypes.POINTER(_vp),
                                               ctypes.POINTER(ctypes.c_bool)]),
+    "aneshare_surface_export": (_int, [_vp, ctypes.POINTER(ExportOpts), ctypes.POINTER(Token),
+                                       ctypes.POINTER(ctypes.c_uint64)]),
+    "aneshare_surface_import_token": (_int, [_vp, _str, ctypes.POINTER(_vp)]),
+    "aneshare_surface_read_only": (ctypes.c_bool, [_vp]),
+    "aneshare_token_check": (_int, [_str]),
 }
 HAVE = set()
 

@@ -16,11 +16,20 @@ from conftest import ROOT
 HEADER = open(os.path.join(ROOT, "client", "aneshare.h")).read()
 TEXT = re.sub(r"/\*.*?\*/", " ", HEADER, flags=re.S)
 TEXT = re.sub(r"//[^\n]*", " ", TEXT)
-CONSTS = {"ANESHARE_MAX_RANK": _lib.MAX_RANK}
+CONSTS = {"ANESHARE_MAX_RANK": _lib.MAX_RANK, "ANESHARE_TOKEN_LEN": _lib.TOKEN_LEN}
 
 SCALARS = {"uint64_t": ctypes.c_uint64, "uint32_t": ctypes.c_uint32, "int": ctypes.c_int,
            "bool": ctypes.c_bool, "size_t": ctypes.c_size_t, "aneshare_dtype": ctypes.c_int,
-           "void": None}
+           "char": ctypes.c_char, "void": None}
+
+
+def array_len(expr):
+    """An array length of the header: a number, a constant, or CONST + N."""
+    total = 0
+    for term in expr.split("+"):
+        term = term.strip()
+        total += int(term) if term.isdigit() else CONSTS[term]
+    return total
 
 
 def body(text, start):
@@ -70,10 +79,10 @@ def members(text):
                     nm = nm[1:].strip()
                 else:
                     nm = nm[6:].strip()
-            arr = re.fullmatch(r"(\w+)\s*\[(\w+)\]", nm)
+            arr = re.fullmatch(r"(\w+)\s*\[([\w\s+]+)\]", nm)
             st = stars + extra
             if arr:
-                out.append((arr.group(1), ("array", base, CONSTS.get(arr.group(2), arr.group(2)))))
+                out.append((arr.group(1), ("array", base, array_len(arr.group(2)))))
             elif st == "*" and base == "char":
                 out.append((nm, "str"))
             elif st:
@@ -114,14 +123,15 @@ def check_struct(cls, parsed):
     (_lib.TensorInfo, "aneshare_tensor_info"), (_lib.ServerInfo, "aneshare_server_info"),
     (_lib.Weight, "aneshare_weight"), (_lib.Step, "aneshare_step"),
     (_lib.Result, "aneshare_result"), (_lib.Status, "aneshare_status"),
-    (_lib.WeightFd, "aneshare_weight_fd")])
+    (_lib.WeightFd, "aneshare_weight_fd"), (_lib.Token, "aneshare_token"),
+    (_lib.ExportOpts, "aneshare_export_opts")])
 def test_struct_matches_header(cls, name):
     if cls in OPTIONAL_STRUCTS and not re.search(r"struct\s+%s\s*\{" % name, TEXT):
         pytest.skip("%s is not in this client/aneshare.h" % name)
     check_struct(cls, struct(name))
 
 
-OPTIONAL_STRUCTS = (_lib.WeightFd,)   # of the optional functions
+OPTIONAL_STRUCTS = (_lib.WeightFd, _lib.Token, _lib.ExportOpts)   # of the optional functions
 
 
 def c_kind(t):
