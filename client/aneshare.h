@@ -317,10 +317,14 @@ ANESHARE_API uint32_t aneshare_surface_id(const aneshare_surface *s);
  * reconnect it imports that memory again into the new daemon as this
  * connection's own surface, with a new ID (surface.import).  The processes
  * that shared it still share the memory itself, but the new daemon knows
- * each holder's handle as a separate surface (each charged to its holder)
- * until one of them exports it again.  A read-only import whose read-only
- * fd the new daemon does not take is lost (its ID is 0; runs naming it fail
- * with -ANESHARE_ENO_SUCH_SURFACE); it stays read-only here in every case. */
+ * each holder's re-import as memory of its own (charged in full to the
+ * holder, and once more to the daemon's totals) until one holder exports it
+ * again and the others import that.  On Linux a read-only import is lost
+ * instead: its fd is read-only, and the daemon imports only memfds it can
+ * map for writing (its ID is 0, runs and exports naming it fail with
+ * -ANESHARE_ENO_SUCH_SURFACE; it is still mapped, read-only, until
+ * released).  On macOS it is imported again by ID and stays read-only here
+ * (the library refuses it as a run output). */
 
 /* A token's text: ANESHARE_TOKEN_LEN lowercase hex digits and a NUL. */
 #define ANESHARE_TOKEN_LEN 64
