@@ -36,16 +36,18 @@
  * with one frame in flight, REPS times K frames, each time next to K frames
  * of the one-process chain: prints the medians of the per-repetition p50s
  * and of their ratios, and a line "bench: ..." for bench/bench_daemon.c.
- * --spin-us: how long a process polls its sockets for the next message
- * before it sleeps (default 0: it sleeps at once; the three processes, the
- * daemon and the library's own spin share the CPUs).  --lib-spin-us: the
- * three processes' aneshare_set_spin (default: the library's).
+ * --spin-us: how long models A and B poll their socket for the next frame
+ * (yielding the CPU between polls) before they sleep (default 0: at once;
+ * the three processes, the daemon and the library's own spin share the
+ * CPUs).  --lib-spin-us: the three processes' aneshare_set_spin (default:
+ * the library's).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -80,8 +82,11 @@ typedef struct pmsg {
 	uint32_t frame;
 	uint32_t buf;
 	uint32_t count;      /* M_RUN: frames; M_RESULT: 1 if it matched; M_STATS: which process */
-	uint64_t t0_ns;      /* M_FRAME: when the producer finished writing it */
+	uint64_t t0_ns;      /* M_FRAME: when the producer finished writing it; M_RESULT: the hop
+	                      * producer -> model A (ns) */
 	uint64_t value;      /* M_RESULT: latency (ns); M_STATS: bytes sent to the other processes */
+	uint64_t ta_ns;      /* M_FRAME to model B: when model A got the frame; M_RESULT: model A's run */
+	uint64_t tb_ns;      /* M_FRAME to model B: when model A's run returned; M_RESULT: the hop A -> B */
 } pmsg;
 
 typedef struct cfg {
@@ -132,7 +137,7 @@ static void send_all(int fd, const void *buf, size_t n)
 static void send_msg(int fd, uint32_t kind, uint32_t frame, uint32_t buf, uint32_t count,
                      uint64_t t0, uint64_t value)
 {
-	pmsg m = { kind, frame, buf, count, t0, value };
+	pmsg m = { kind, frame, buf, count, t0, value, 0, 0 };
 	send_all(fd, &m, sizeof m);
 }
 
@@ -156,25 +161,30 @@ static bool recv_all(int fd, void *buf, size_t n)
 
 /* Wait until one of fds[0..n) is readable (polling up to spin_us first, then
  * sleeping in poll): its index. */
-static int wait_any(const int *fds, int n)
+static int wait_any(const int *fds, int n, int spin_us)
 {
 	struct pollfd p[2];
 	for (int i = 0; i < n; i++)
 		p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
-	uint64_t end = g.spin_us > 0 ? now_ns() + (uint64_t)g.spin_us * 1000u : 0;
+	uint64_t end = spin_us > 0 ? now_ns() + (uint64_t)spin_us * 1000u : 0;
 	for (;;) {
-		int r = poll(p, (nfds_t)n, end && now_ns() < end ? 0 : -1);
+		bool spin = end && now_ns() < end;
+		int r = poll(p, (nfds_t)n, spin ? 0 : -1);
 		if (r < 0 && errno != EINTR)
 			die(NULL, "poll", -errno);
 		for (int i = 0; r > 0 && i < n; i++)
 			if (p[i].revents)
 				return i;
+		if (spin)
+			sched_yield();   /* a thread of the daemon or another stage may want this CPU */
 	}
 }
 
-static void recv_msg(int fd, pmsg *m)
+/* The next message on fd; spin: poll for --spin-us first (the models'
+ * waits for their next frame, the only ones on the frame's path). */
+static void recv_msg(int fd, pmsg *m, bool spin)
 {
-	(void)wait_any(&fd, 1);
+	(void)wait_any(&fd, 1, spin ? g.spin_us : 0);
 	if (!recv_all(fd, m, sizeof *m))
 		die(NULL, "another process of the pipeline exited", -EPIPE);
 }
@@ -424,7 +434,7 @@ static int producer(int ctl, int fd_a, int fd_b, int res)
 	uint32_t next = 0, inflight = 0;
 	for (;;) {
 		pmsg m;
-		recv_msg(ctl, &m);
+		recv_msg(ctl, &m, false);
 		if (m.kind == M_STOP)
 			break;
 		uint32_t end = next + m.count;
@@ -441,7 +451,7 @@ static int producer(int ctl, int fd_a, int fd_b, int res)
 				continue;
 			}
 			int fds[2] = { fd_a, fd_b };
-			int i = wait_any(fds, 2);
+			int i = wait_any(fds, 2, 0);
 			if (!recv_all(fds[i], &m, sizeof m))
 				die(NULL, "a model process exited", -EPIPE);
 			if (m.kind == M_FREE && m.buf < (uint32_t)g.depth)
@@ -477,7 +487,8 @@ static int model_a(int fd_p, int fd_b, int res)
 	uint64_t setup_bytes = g_sent;
 	for (;;) {
 		pmsg m;
-		recv_msg(fd_p, &m);
+		recv_msg(fd_p, &m, true);
+		uint64_t got = now_ns();
 		if (m.kind == M_STOP)
 			break;
 		if (m.kind != M_FRAME || m.buf >= (uint32_t)g.depth)
@@ -485,7 +496,7 @@ static int model_a(int fd_p, int fd_b, int res)
 		uint32_t k = m.buf;
 		while (busy[k]) {   /* model B still reads this output */
 			pmsg f;
-			recv_msg(fd_b, &f);
+			recv_msg(fd_b, &f, false);
 			if (f.kind != M_FREE || f.buf >= (uint32_t)g.depth)
 				die(NULL, "unexpected message", -EPROTO);
 			busy[f.buf] = false;
@@ -494,7 +505,8 @@ static int model_a(int fd_p, int fd_b, int res)
 		if (r < 0)
 			die(c, "run", r);
 		busy[k] = true;
-		send_msg(fd_b, M_FRAME, m.frame, k, 0, m.t0_ns, 0);
+		pmsg fw = { M_FRAME, m.frame, k, 0, m.t0_ns, 0, got, now_ns() };
+		send_all(fd_b, &fw, sizeof fw);
 		send_msg(fd_p, M_FREE, m.frame, k, 0, 0, 0);
 	}
 	send_msg(fd_b, M_STOP, 0, 0, 0, 0, 0);
@@ -521,7 +533,8 @@ static int model_b(int fd_a, int fd_p, int res)
 	uint64_t result_bytes = 0;
 	for (;;) {
 		pmsg m;
-		recv_msg(fd_a, &m);
+		recv_msg(fd_a, &m, true);
+		uint64_t got = now_ns();
 		if (m.kind == M_STOP)
 			break;
 		if (m.kind != M_FRAME || m.buf >= (uint32_t)g.depth)
@@ -535,7 +548,9 @@ static int model_b(int fd_a, int fd_p, int res)
 		                     g_b_out / 2);
 		send_msg(fd_p, M_DONE, m.frame, 0, 0, 0, 0);
 		uint64_t before = g_sent;
-		send_msg(res, M_RESULT, m.frame, 0, e <= B_TOL, 0, t1 - m.t0_ns);
+		pmsg rm = { M_RESULT, m.frame, 0, e <= B_TOL, m.ta_ns - m.t0_ns, t1 - m.t0_ns,
+		            m.tb_ns - m.ta_ns, got - m.tb_ns };
+		send_all(res, &rm, sizeof rm);
 		result_bytes += g_sent - before;   /* to the parent: not between the pipeline's processes */
 		memset(aneshare_surface_data(out), 0xff, g_b_out);   /* for the next frame */
 	}
@@ -627,7 +642,7 @@ static void result_msg(kids *k, pmsg *m)
 
 /* The pipeline's frames [first, first + n): their latencies (ns) into lat
  * (may be NULL); the number that did not match the reference. */
-static int run_batch(kids *k, uint32_t n, double *lat)
+static int run_batch(kids *k, uint32_t n, double *lat, double (*parts)[4])
 {
 	send_msg(k->ctl, M_RUN, 0, 0, n, 0, 0);
 	int bad = 0;
@@ -639,6 +654,12 @@ static int run_batch(kids *k, uint32_t n, double *lat)
 		bad += !m.count;
 		if (lat)
 			lat[i] = (double)m.value;
+		if (parts) {   /* hop P -> A, A's run, hop A -> B, B's run */
+			parts[i][0] = (double)m.t0_ns;
+			parts[i][1] = (double)m.ta_ns;
+			parts[i][2] = (double)m.tb_ns;
+			parts[i][3] = (double)m.value - (double)(m.t0_ns + m.ta_ns + m.tb_ns);
+		}
 	}
 	return bad;
 }
@@ -734,14 +755,14 @@ int main(int argc, char **argv)
 
 	int bad = 0, bad_one = 0;
 	uint32_t frames = 0;
-	double ratio50 = 0, pipe50 = 0, one50 = 0;
+	double ratio50 = 0, pipe50 = 0, one50 = 0, part50[4] = { 0 };
 	if (!g.bench_reps) {
 		double *lat = malloc((size_t)g.frames * sizeof *lat);
 		if (!lat)
 			die(NULL, "out of memory", -ENOMEM);
 		for (int done = 0; done < g.frames;) {
 			int n = g.frames - done < MAX_BATCH ? g.frames - done : MAX_BATCH;
-			bad += run_batch(&k, (uint32_t)n, lat + done);
+			bad += run_batch(&k, (uint32_t)n, lat + done, NULL);
 			done += n;
 		}
 		frames = (uint32_t)g.frames;
@@ -750,11 +771,15 @@ int main(int argc, char **argv)
 	} else {
 		int reps = g.bench_reps, n = g.batch;
 		double *lp = malloc((size_t)n * sizeof *lp), *ls = malloc((size_t)n * sizeof *ls);
+		double *lp2 = malloc((size_t)reps * (size_t)n * sizeof *lp2);
+		if (!lp2)
+			die(NULL, "out of memory", -ENOMEM);
 		double *rp = malloc((size_t)reps * sizeof *rp), *rs = malloc((size_t)reps * sizeof *rs);
 		double *rr = malloc((size_t)reps * sizeof *rr);
-		if (!lp || !ls || !rp || !rs || !rr)
+		double (*parts)[4] = malloc((size_t)reps * (size_t)n * sizeof *parts);
+		if (!lp || !ls || !rp || !rs || !rr || !parts)
 			die(NULL, "out of memory", -ENOMEM);
-		(void)run_batch(&k, (uint32_t)n, NULL);   /* warm up both */
+		(void)run_batch(&k, (uint32_t)n, NULL, NULL);   /* warm up both */
 		for (int i = 0; i < n; i++)
 			(void)single_frame(&one, (uint32_t)i);
 		for (int r = 0; r < reps; r++) {
@@ -764,7 +789,7 @@ int main(int argc, char **argv)
 				bad_one += !(rel_err16(aneshare_surface_data(one.out),
 				                       g_ref + (size_t)(i % NREF) * (g_b_out / 2), g_b_out / 2) <= B_TOL);
 			}
-			bad += run_batch(&k, (uint32_t)n, lp);
+			bad += run_batch(&k, (uint32_t)n, lp, parts + (size_t)r * (size_t)n);
 			rs[r] = p50(ls, (size_t)n) / 1e3;
 			rp[r] = p50(lp, (size_t)n) / 1e3;
 			rr[r] = rp[r] / rs[r];
@@ -773,11 +798,20 @@ int main(int argc, char **argv)
 		pipe50 = p50(rp, (size_t)reps);
 		one50 = p50(rs, (size_t)reps);
 		ratio50 = p50(rr, (size_t)reps);
+		/* where the pipeline's time goes: the median of each part over all frames */
+		size_t nf = (size_t)reps * (size_t)n;
+		for (int j = 0; j < 4; j++) {
+			for (size_t i = 0; i < nf; i++)
+				lp2[i] = parts[i][j];
+			part50[j] = p50(lp2, nf) / 1e3;
+		}
+		free(parts);
 		free(lp);
 		free(ls);
 		free(rp);
 		free(rs);
 		free(rr);
+		free(lp2);
 	}
 
 	send_msg(k.ctl, M_STOP, 0, 0, 0, 0, 0);
@@ -801,6 +835,8 @@ int main(int argc, char **argv)
 		printf("  per-frame latency p50: 3 processes %.1f us, one process (2-step chain) %.1f us; "
 		       "ratio %.3f (median of %d repetitions of %d frames)\n", pipe50, one50, ratio50,
 		       g.bench_reps, g.batch);
+		printf("  3 processes, p50 of each part: producer -> A %.1f us, A's run %.1f us, A -> B %.1f us, "
+		       "B's run %.1f us\n", part50[0], part50[1], part50[2], part50[3]);
 		printf("bench: pipeline_p50_us=%.2f single_p50_us=%.2f ratio=%.4f bad=%d\n", pipe50, one50,
 		       ratio50, bad + bad_one);
 	} else {
