@@ -621,3 +621,39 @@ Test(iosurface, memfd_daemon_refuses_iosurface_import)
 	aneshare_disconnect(c);
 	h_daemon_stop(&D);
 }
+
+/* libaneshare's token import where surfaces are IOSurfaces (macOS): the
+ * daemon names the exporter's IOSurface by ID, and the library looks it up
+ * as for surface.create; a read-only import stays a refused run output. */
+Test(iosurface, library_imports_a_token_by_iosurface_id, .init = setup, .fini = teardown)
+{
+	aneshare_conn *p = h_connect(&D, "exporter"), *q = h_connect(&D, "importer");
+	aneshare_surface *s = h_surface(p, 4096);
+	uint32_t ios = aneshare_surface_iosurface_id(s);
+	cr_assert_neq(ios, 0);
+	memset(aneshare_surface_data(s), 0x5c, 4096);
+	aneshare_token t;
+	aneshare_export_opts o = { .read_only = true };
+	cr_assert_eq(aneshare_surface_export(s, &o, &t, NULL), 0, "%s", aneshare_last_error(p));
+	aneshare_surface *r = NULL;
+	cr_assert_eq(aneshare_surface_import_token(q, t.text, &r), 0, "%s", aneshare_last_error(q));
+	cr_assert_eq(aneshare_surface_iosurface_id(r), ios, "the same IOSurface");
+	cr_assert(aneshare_surface_read_only(r));
+	cr_assert_geq(aneshare_surface_size(r), 4096);
+	cr_assert_neq(aneshare_surface_id(r), 0);
+	cr_assert_eq(((uint8_t *)aneshare_surface_data(r))[4095], 0x5c, "the exporter's bytes");
+	((uint8_t *)aneshare_surface_data(s))[0] = 0x17;
+	cr_assert_eq(((uint8_t *)aneshare_surface_data(r))[0], 0x17, "one memory");
+	aneshare_program *prog = NULL;
+	cr_assert_eq(aneshare_program_compile(q, "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, 1, 1, 16]> x) {\n"
+	                                          "        tensor<fp16, [1, 1, 1, 16]> y = relu(x = x)[name = string(\"y\")];\n"
+	                                          "    } -> (y);\n}\n", NULL, 0, &prog, NULL), 0,
+	             "%s", aneshare_last_error(q));
+	aneshare_surface *in = h_surface(q, 4096);
+	cr_assert_eq(aneshare_run(prog, 0, &in, 1, &r, 1), -ANESHARE_EINVALID_PARAMS);
+	cr_assert_eq(((uint8_t *)aneshare_surface_data(s))[0], 0x17, "not written");
+	aneshare_disconnect(p);
+	cr_assert_eq(((uint8_t *)aneshare_surface_data(r))[4095], 0x5c, "the importer's handle outlives the exporter");
+	cr_assert_eq(aneshare_run(prog, 0, &r, 1, &in, 1), 0, "%s", aneshare_last_error(q));
+	aneshare_disconnect(q);
+}
