@@ -424,6 +424,7 @@ Test(sharelib, dead_tokens_are_no_such_surface)
 	aneshare_surface *qb = import_ok(q, &t2);
 	memset(aneshare_surface_data(qb), 0x11, 4096);
 	aneshare_disconnect(p);
+	h_wait_clients(q, 1);   /* the daemon has seen the exporter go */
 	aneshare_conn *r = h_connect(&D, "after");
 	import_fails(r, t2.text, -ANESHARE_ENO_SUCH_SURFACE);
 	aneshare_disconnect(r);
@@ -583,7 +584,7 @@ Test(sharelib, a_reconnect_imports_the_memory_again_or_loses_a_read_only_import)
 
 /* ---- the example ------------------------------------------------------------------------------------ */
 
-Test(sharelib, the_three_process_pipeline_matches_one_process, .timeout = 300)
+Test(sharelib, the_three_process_pipeline_matches_one_process)
 {
 	char out[8192];
 	int r = h_run_tool(&D, "PIPELINE", out, sizeof out,
