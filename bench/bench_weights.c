@@ -130,7 +130,7 @@ int main(int argc, char **argv)
 		return 1;
 	long long r0 = resident_bytes();
 	/* mapped: kept for the program, as the daemon does with a weight file */
-	anes_weight wt = {"@model_path/weights/weight.bin", weights, len, map_path != NULL};
+	anes_weight wt = {"@model_path/weights/weight.bin", weights, len, map_path != NULL, false, -1};
 	anes_bprogram *p = NULL;
 	char err[512];
 	int rc = B->ops->compile(B, text, strlen(text), &wt, 1, &p, err, sizeof err);

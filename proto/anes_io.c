@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -508,5 +509,96 @@ int anes_memfd_check(int fd, uint64_t *ret_size)
 {
 	(void)fd; (void)ret_size;
 	return -ENOTSUP;
+}
+#endif
+
+/* ---- read-only copies (anes_rofile_*) --------------------------------------------- */
+
+#if defined(__linux__)
+int anes_rofile_create(const char *name, uint64_t size, int *ret_fd)
+{
+	if (size > (uint64_t)INT64_MAX)
+		return -EFBIG;
+	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+int anes_rofile_write(int fd, uint64_t off, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int anes_rofile_seal(int fd)
+{
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+		return -errno;
+	return 0;
+}
+#else
+int anes_rofile_create(const char *name, uint64_t size, int *ret_fd)
+{
+	static _Atomic unsigned counter;
+	char shm_name[32];
+	int fd = -1;
+	(void)name;
+	if (size > (uint64_t)INT64_MAX)
+		return -EFBIG;
+	/* (macOS: at most 31 bytes; O_EXCL, so a name taken is tried again) */
+	for (int tries = 0; fd < 0 && tries < 64; tries++) {
+		snprintf(shm_name, sizeof shm_name, "/anes-%ld-%u", (long)getpid(), counter++);
+		fd = shm_open(shm_name, O_RDWR | O_CREAT | O_EXCL, 0600);
+		if (fd < 0 && errno != EEXIST)
+			return -errno;
+	}
+	if (fd < 0)
+		return -EEXIST;
+	shm_unlink(shm_name);
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || (size && ftruncate(fd, (off_t)size) < 0)) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+int anes_rofile_write(int fd, uint64_t off, const void *buf, size_t len)
+{
+	if (len == 0)
+		return 0;
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t start = off - off % (uint64_t)(pg > 0 ? pg : 4096);
+	size_t span = (size_t)(off - start) + len;
+	void *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)start);
+	if (m == MAP_FAILED)
+		return -errno;
+	memcpy((uint8_t *)m + (off - start), buf, len);
+	munmap(m, span);
+	return 0;
+}
+
+int anes_rofile_seal(int fd)
+{
+	(void)fd;
+	return 0;
 }
 #endif

@@ -403,6 +403,20 @@ int anes_memfd_create(const char *name, uint64_t size, int *ret_fd);
 /* Check that fd is a memfd sealed against shrinking; return its size. */
 int anes_memfd_check(int fd, uint64_t *ret_size);
 
+/* A read-only copy only this process (and whom it passes the fd to) holds:
+ * weights the daemon copied (a plain file, inline bytes), passed to its
+ * device worker by fd (docs/worker.md).  anes_rofile_create makes a file of
+ * size bytes (Linux: a memfd allowing seals; elsewhere: a POSIX shared memory
+ * object unlinked at once, so nobody else can open it), CLOEXEC, owned by the
+ * caller; anes_rofile_write fills it (Linux: pwrite, so that the pages are
+ * not mapped into this process; elsewhere through a short-lived mapping);
+ * anes_rofile_seal makes it unchangeable (Linux: sealed against shrinking,
+ * growing, writing and further seals; elsewhere a no-op: no other process
+ * has the object).  0 or -errno. */
+int anes_rofile_create(const char *name, uint64_t size, int *ret_fd);
+int anes_rofile_write(int fd, uint64_t off, const void *buf, size_t len);
+int anes_rofile_seal(int fd);
+
 /* Whole-buffer read/write helpers for blocking fds; 0 or -errno (-EPIPE at EOF). */
 int anes_write_all(int fd, const void *buf, size_t len);
 

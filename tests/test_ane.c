@@ -292,7 +292,7 @@ ANE_TEST(weights_dictionary_and_files)
 {
 	size_t l1, l2;
 	uint8_t *b1 = make_blob(64 * 64, 1, &l1), *b2 = make_blob(64 * 64, 2, &l2);
-	anes_weight w[] = {{"@model_path/weights/w1.bin", b1, l1, false}, {"@model_path/weights/w2.bin", b2, l2, false}};
+	anes_weight w[] = {{"@model_path/weights/w1.bin", b1, l1, false, false, -1}, {"@model_path/weights/w2.bin", b2, l2, false, false, -1}};
 	const char *text = mil("tensor<fp16, [1, 64, 1, 64]> x",
 		"        tensor<fp16, [1, 64, 1, 64]> W1 = const()[name = string(\"W1\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/w1.bin\"), offset = uint64(64)))];\n"
 		"        tensor<fp16, [1, 64, 1, 64]> W2 = const()[name = string(\"W2\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/w2.bin\"), offset = uint64(64)))];\n"
@@ -329,8 +329,8 @@ ANE_TEST(weight_names_with_slashes)
 {
 	size_t l1, l2;
 	uint8_t *b1 = make_blob(64 * 64, 1, &l1), *b2 = make_blob(64 * 64, 2, &l2);
-	anes_weight w[] = {{"@model_path/weights/layer_00/w1.bin", b1, l1, false},
-	                   {"@model_path/weights/layer_01/sub/w1.bin", b2, l2, false}};
+	anes_weight w[] = {{"@model_path/weights/layer_00/w1.bin", b1, l1, false, false, -1},
+	                   {"@model_path/weights/layer_01/sub/w1.bin", b2, l2, false, false, -1}};
 	const char *text = mil("tensor<fp16, [1, 64, 1, 64]> x",
 		"        tensor<fp16, [1, 64, 1, 64]> W1 = const()[name = string(\"W1\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/layer_00/w1.bin\"), offset = uint64(64)))];\n"
 		"        tensor<fp16, [1, 64, 1, 64]> W2 = const()[name = string(\"W2\"), val = tensor<fp16, [1, 64, 1, 64]>(BLOBFILE(path = string(\"@model_path/weights/layer_01/sub/w1.bin\"), offset = uint64(64)))];\n"
@@ -1060,7 +1060,7 @@ static outcome scenario(void)
 	outcome o = {0, 0, ""};
 	size_t l1, l2;
 	uint8_t *b1 = make_blob(64 * 64, 1, &l1), *b2 = make_blob(64 * 32, 2, &l2);
-	anes_weight w[] = {{"@model_path/weights/w1.bin", b1, l1, false}, {"@model_path/weights/w2.bin", b2, l2, false}};
+	anes_weight w[] = {{"@model_path/weights/w1.bin", b1, l1, false, false, -1}, {"@model_path/weights/w2.bin", b2, l2, false, false, -1}};
 	const char *text = scenario_mil();
 	anes_bprogram *p = NULL;
 	uint16_t *x = calloc(4096, 2), *b = calloc(2048, 2), *y = calloc(4096, 2), *c = calloc(2048, 2);
@@ -1449,12 +1449,12 @@ ANE_TEST(refuses_bad_weight_paths)
 		"@model_path/weights/l/\x7f",
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		anes_weight w = {bad[i], blob, l, false};
+		anes_weight w = {bad[i], blob, l, false, false, -1};
 		refused(text, &w, 1, -EINVAL, "weight \"");
 	}
-	anes_weight twice[] = {{"@model_path/weights/w.bin", blob, l, false}, {"@model_path/weights/w.bin", blob, l, false}};
+	anes_weight twice[] = {{"@model_path/weights/w.bin", blob, l, false, false, -1}, {"@model_path/weights/w.bin", blob, l, false, false, -1}};
 	refused(text, twice, 2, -EINVAL, "is given twice");
-	anes_weight nested[] = {{"@model_path/weights/a/b.bin", blob, l, false}, {"@model_path/weights/a", blob, l, false}};
+	anes_weight nested[] = {{"@model_path/weights/a/b.bin", blob, l, false, false, -1}, {"@model_path/weights/a", blob, l, false, false, -1}};
 	refused(text, nested, 2, -EINVAL, "weight \"@model_path/weights/a\" is a directory of weight");
 	free(blob);
 }

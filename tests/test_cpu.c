@@ -918,7 +918,7 @@ Test(cpu, weights_blob_program)
 	rng_state = 12;
 	uint16_t *w = rand_f16(K * N);
 	memcpy(blob + 128, w, K * N * 2);
-	anes_weight wt = {"@model_path/weights/w.bin", blob, len, false};
+	anes_weight wt = {"@model_path/weights/w.bin", blob, len, false, false, -1};
 	const char *text = mil("tensor<fp16, [3, 8]> x",
 		"        tensor<fp16, [8, 5]> W = const()[name = string(\"W\"), val = tensor<fp16, [8, 5]>(BLOBFILE(path = string(\"@model_path/weights/w.bin\"), offset = uint64(64)))];\n"
 		"        tensor<fp16, [3, 5]> y = matmul(x = x, y = W)[name = string(\"y\")];\n", "y");
@@ -1202,7 +1202,7 @@ Test(cpu, coremlc_ios17_text_forms_run)
 		uint16_t h = anes_f32_to_f16_soft(0.25f * (float)i);
 		memcpy(blob + 128 + 2 * i, &h, 2);
 	}
-	anes_weight w = {"@model_path/weights/weight.bin", blob, sizeof blob, false};
+	anes_weight w = {"@model_path/weights/weight.bin", blob, sizeof blob, false, false, -1};
 	anes_bprogram *p = NULL;
 	int rc = B->ops->compile(B, old_forms_text, strlen(old_forms_text), &w, 1, &p, errbuf, sizeof errbuf);
 	cr_assert_eq(rc, 0, "compile failed (%d): %s", rc, errbuf);

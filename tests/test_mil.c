@@ -81,7 +81,7 @@ Test(mil, parses_good_program)
 {
 	size_t blen;
 	uint8_t *blob = make_blob(64 * 64, &blen);
-	anes_weight w = {"@model_path/weights/w.bin", blob, blen, false};
+	anes_weight w = {"@model_path/weights/w.bin", blob, blen, false, false, -1};
 	anes_mil_program *p = NULL;
 
 	int rc = parse(good, &w, 1, &p);
@@ -355,7 +355,7 @@ Test(mil, error_program_too_large)
 static void blob_err(uint8_t *blob, size_t len, const char *offset, const char *substr)
 {
 	char body[512];
-	anes_weight w = {"@model_path/weights/w.bin", blob, len, false};
+	anes_weight w = {"@model_path/weights/w.bin", blob, len, false, false, -1};
 	snprintf(body, sizeof body,
 	         "    tensor<fp16, [4, 4]> W = const()[name = string(\"W\"), val = tensor<fp16, [4, 4]>(BLOBFILE(path = "
 	         "string(\"@model_path/weights/w.bin\"), offset = uint64(%s)))];",
@@ -371,7 +371,7 @@ Test(mil, blob_errors)
 	size_t len;
 	uint8_t *b = make_blob(16, &len);
 	char body[512];
-	anes_weight w = {"@model_path/weights/w.bin", b, len, false};
+	anes_weight w = {"@model_path/weights/w.bin", b, len, false, false, -1};
 
 	snprintf(body, sizeof body,
 	         "    tensor<fp16, [4, 4]> W = const()[val = tensor<fp16, [4, 4]>(BLOBFILE(path = "
@@ -438,7 +438,7 @@ Test(mil, blob_errors)
 	b[68] = 1;
 
 	/* unknown path */
-	anes_weight other = {"@model_path/weights/other.bin", b, len, false};
+	anes_weight other = {"@model_path/weights/other.bin", b, len, false, false, -1};
 	cr_assert_eq(parse_body(body, &other, 1), -EINVAL);
 	cr_assert(strstr(errbuf, "unknown weight blob '@model_path/weights/w.bin'"), "%s", errbuf);
 	cr_assert(strncmp(errbuf, "line 4: ", 8) == 0, "%s", errbuf);
@@ -450,7 +450,7 @@ Test(mil, truncations_and_mutations)
 {
 	size_t blen;
 	uint8_t *blob = make_blob(64 * 64, &blen);
-	anes_weight w = {"@model_path/weights/w.bin", blob, blen, false};
+	anes_weight w = {"@model_path/weights/w.bin", blob, blen, false, false, -1};
 	size_t n = strlen(good);
 	char *buf = malloc(n + 1);
 	anes_mil_program *p;
@@ -623,7 +623,7 @@ Test(mil, older_text_forms)
 		"}\n";
 	size_t blen;
 	uint8_t *blob = make_blob(16, &blen);
-	anes_weight wt = {"@model_path/weights/weight.bin", blob, blen, false};
+	anes_weight wt = {"@model_path/weights/weight.bin", blob, blen, false, false, -1};
 	anes_mil_program *p = NULL;
 	cr_assert_eq(parse(text, &wt, 1, &p), 0, "%s", errbuf);
 	const anes_mil_function *f = &p->functions[0];

@@ -124,7 +124,7 @@ static const char *prog(const char *ret_decl, const char *fmt, ...)
 /* compile text against blob w (or none) and run it; out gets the output */
 static void compile_run(const char *t, const blob *w, void *out)
 {
-	anes_weight wt = {"@model_path/weights/weight.bin", w ? w->b : NULL, w ? w->len : 0, false};
+	anes_weight wt = {"@model_path/weights/weight.bin", w ? w->b : NULL, w ? w->len : 0, false, false, -1};
 	anes_bprogram *p = NULL;
 	int rc = B->ops->compile(B, t, strlen(t), w ? &wt : NULL, w ? 1 : 0, &p, errbuf, sizeof errbuf);
 	cr_assert_eq(rc, 0, "compile failed (%d): %s\n%s", rc, errbuf, t);
@@ -138,7 +138,7 @@ static void compile_run(const char *t, const blob *w, void *out)
 
 static int compile_fail(const char *t, const blob *w, const char *needle)
 {
-	anes_weight wt = {"@model_path/weights/weight.bin", w ? w->b : NULL, w ? w->len : 0, false};
+	anes_weight wt = {"@model_path/weights/weight.bin", w ? w->b : NULL, w ? w->len : 0, false, false, -1};
 	anes_bprogram *p = NULL;
 	int rc = B->ops->compile(B, t, strlen(t), w ? &wt : NULL, w ? 1 : 0, &p, errbuf, sizeof errbuf);
 	cr_assert_neq(rc, 0, "compiled but should not have:\n%s", t);
@@ -587,7 +587,7 @@ static void big_fp16_weights(void)
 		"    } -> (a, c, l, v);\n}\n",
 		M, K, K, N, K, N, (unsigned long long)ow, N, K, N, K, (unsigned long long)ow, (unsigned long long)oc,
 		M, N, M, N, M, N);
-	anes_weight wt = {"@model_path/weights/weight.bin", b.b, b.len, false};
+	anes_weight wt = {"@model_path/weights/weight.bin", b.b, b.len, false, false, -1};
 	anes_bprogram *p = NULL;
 	cr_assert_eq(B->ops->compile(B, text, strlen(text), &wt, 1, &p, errbuf, sizeof errbuf), 0, "%s", errbuf);
 	uint16_t a[M * N], c[M * N], l[M * N], v[256 * 9];

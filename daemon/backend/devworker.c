@@ -18,8 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "anes_proto.h"   /* anes_recvmsg_cloexec */
 #include "anes_shm.h"
@@ -29,15 +31,15 @@
 
 /* ---- messages ------------------------------------------------------------ */
 
-int anes_wmsg_send(int fd, uint32_t type, uint64_t id, const struct iovec *iov, int niov,
-                   int pass_fd)
+int anes_wmsg_send_fds(int fd, uint32_t type, uint64_t id, const struct iovec *iov, int niov,
+                       const int *fds, unsigned nfds)
 {
 	struct iovec v[8];
 	anes_wmsg_hdr h = { .type = type, .id = id };
 	size_t total = 0;
 	int n = 0;
 
-	if (niov > 7)
+	if (niov > 7 || nfds > ANES_WMSG_MAX_FDS)
 		return -EINVAL;
 	v[n++] = (struct iovec){ &h, sizeof(h) };
 	for (int i = 0; i < niov; i++) {
@@ -52,21 +54,22 @@ int anes_wmsg_send(int fd, uint32_t type, uint64_t id, const struct iovec *iov, 
 
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(ANES_WMSG_MAX_FDS * sizeof(int))];
 	} cm;
 	struct msghdr mh = { .msg_iov = v, .msg_iovlen = (size_t)n };
-	if (pass_fd >= 0) {
+	if (nfds > 0) {
 		memset(&cm, 0, sizeof(cm));
 		mh.msg_control = cm.buf;
-		mh.msg_controllen = sizeof(cm.buf);
+		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
 		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
 		c->cmsg_level = SOL_SOCKET;
 		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
 	}
 	struct iovec *cur = v;
 	int left = n;
+	bool sent = false;
 	while (left > 0) {
 		mh.msg_iov = cur;
 		mh.msg_iovlen = (size_t)left;
@@ -74,9 +77,10 @@ int anes_wmsg_send(int fd, uint32_t type, uint64_t id, const struct iovec *iov, 
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
-			return -errno;
+			return sent ? -EPIPE : -errno;
 		}
-		mh.msg_control = NULL;   /* the fd went with the first byte */
+		sent = true;
+		mh.msg_control = NULL;   /* the fds went with the first byte */
 		mh.msg_controllen = 0;
 		size_t done = (size_t)w;
 		while (left > 0 && done >= cur->iov_len) {
@@ -92,43 +96,66 @@ int anes_wmsg_send(int fd, uint32_t type, uint64_t id, const struct iovec *iov, 
 	return 0;
 }
 
-static int read_full(int fd, void *buf, size_t len, int *ret_fd)
+int anes_wmsg_send(int fd, uint32_t type, uint64_t id, const struct iovec *iov, int niov,
+                   int pass_fd)
+{
+	return anes_wmsg_send_fds(fd, type, id, iov, niov, &pass_fd, pass_fd >= 0 ? 1 : 0);
+}
+
+/* Fds received so far for one message: kept up to ANES_WMSG_MAX_FDS, the
+ * rest closed and the message marked as having lost some. */
+typedef struct rfds {
+	int fd[ANES_WMSG_MAX_FDS];
+	unsigned n;
+	bool lost;
+} rfds;
+
+static void rfds_close(rfds *f)
+{
+	for (unsigned i = 0; i < f->n; i++)
+		close(f->fd[i]);
+	f->n = 0;
+}
+
+/* len bytes; fds that come with them go to *f (NULL: none are expected, any
+ * that come are closed and lost). */
+static int read_full(int fd, void *buf, size_t len, rfds *f)
 {
 	char *p = buf;
 	while (len > 0) {
 		union {
 			struct cmsghdr align;
-			char buf[CMSG_SPACE(4 * sizeof(int))];
+			char buf[CMSG_SPACE(ANES_WMSG_MAX_FDS * sizeof(int))];
 		} cm;
 		struct iovec v = { p, len };
-		struct msghdr mh = { .msg_iov = &v, .msg_iovlen = 1 };
-		if (ret_fd) {
-			mh.msg_control = cm.buf;
-			mh.msg_controllen = sizeof(cm.buf);
-		}
+		struct msghdr mh = { .msg_iov = &v, .msg_iovlen = 1,
+		                     .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf) };
 		ssize_t r = anes_recvmsg_cloexec(fd, &mh, 0);
 		if (r < 0) {
 			if (r == -EINTR)
 				continue;
 			return (int)r;
 		}
-		if (ret_fd) {
-			for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-				if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-					continue;
-				size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-				for (size_t i = 0; i < nfd; i++) {
-					int f;
-					memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-					if (*ret_fd < 0)
-						*ret_fd = f;
-					else
-						close(f);
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (size_t i = 0; i < nfd; i++) {
+				int x;
+				memcpy(&x, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+				if (f && f->n < ANES_WMSG_MAX_FDS) {
+					f->fd[f->n++] = x;
+				} else {
+					close(x);
+					if (f)
+						f->lost = true;
 				}
 			}
-			if (mh.msg_flags & MSG_CTRUNC)
-				return -EBADMSG;
 		}
+		/* More fds than the buffer holds, or the fd table full: the
+		 * kernel closed the ones it could not give us. */
+		if ((mh.msg_flags & MSG_CTRUNC) && f)
+			f->lost = true;
 		if (r == 0)
 			return -EPIPE;
 		p += r;
@@ -137,14 +164,15 @@ static int read_full(int fd, void *buf, size_t len, int *ret_fd)
 	return 0;
 }
 
-int anes_wmsg_recv(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload, int *ret_fd)
+int anes_wmsg_recv_fds(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload,
+                       int ret_fds[ANES_WMSG_MAX_FDS], unsigned *ret_nfds)
 {
 	anes_wmsg_hdr h;
-	int pfd = -1;
+	rfds f = { .n = 0 };
 	void *payload = NULL;
 
-	int r = read_full(fd, &h, sizeof(h), &pfd);
-	if (r == -EPIPE && pfd < 0)
+	int r = read_full(fd, &h, sizeof(h), &f);
+	if (r == -EPIPE && f.n == 0 && !f.lost)
 		return -EPIPE;   /* (a partial header is also treated as EOF) */
 	if (r < 0)
 		goto fail;
@@ -158,19 +186,47 @@ int anes_wmsg_recv(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload, int *ret_
 			r = -ENOMEM;
 			goto fail;
 		}
-		r = read_full(fd, payload, h.len, NULL);
+		/* (fds ride with the first byte: any here are a broken stream) */
+		rfds none = { .n = 0 };
+		r = read_full(fd, payload, h.len, &none);
+		rfds_close(&none);
+		if (r == 0 && none.lost)
+			r = -EBADMSG;
 		if (r < 0)
 			goto fail;
 	}
+	if (f.lost)
+		rfds_close(&f);
 	*ret_hdr = h;
 	*ret_payload = payload;
-	*ret_fd = pfd;
-	return 0;
+	memcpy(ret_fds, f.fd, f.n * sizeof(int));
+	*ret_nfds = f.n;
+	return f.lost ? ANES_WMSG_FDS_LOST : 0;
 fail:
 	free(payload);
-	if (pfd >= 0)
-		close(pfd);
+	rfds_close(&f);
 	return r;
+}
+
+int anes_wmsg_recv(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload, int *ret_fd)
+{
+	anes_wmsg_hdr h;
+	void *payload;
+	int fds[ANES_WMSG_MAX_FDS];
+	unsigned n;
+	int r = anes_wmsg_recv_fds(fd, &h, &payload, fds, &n);
+	if (r < 0)
+		return r;
+	if (r > 0 || n > 1) {
+		for (unsigned i = 0; i < n; i++)
+			close(fds[i]);
+		free(payload);
+		return -EBADMSG;
+	}
+	*ret_hdr = h;
+	*ret_payload = payload;
+	*ret_fd = n ? fds[0] : -1;
+	return 0;
 }
 
 /* ---- the worker ------------------------------------------------------------ */
@@ -192,9 +248,26 @@ static void wsurf_unmap(wsurf *s)
 		munmap(s->map, (size_t)s->size);
 }
 
+/* A compile's weight files, mapped read-only for as long as its program
+ * lives (the backend uses them in place: anes_weight.kept). */
+typedef struct wmaps {
+	void *map[ANES_WMSG_MAX_FDS];
+	size_t len[ANES_WMSG_MAX_FDS];
+	unsigned n;
+} wmaps;
+
+static void wmaps_free(wmaps *m)
+{
+	for (unsigned i = 0; i < m->n; i++)
+		if (m->len[i])
+			munmap(m->map[i], m->len[i]);
+	m->n = 0;
+}
+
 typedef struct wprog {
 	uint64_t id;
 	anes_bprogram *prog;
+	wmaps maps;
 } wprog;
 
 typedef struct worker worker;
@@ -205,6 +278,9 @@ typedef struct wjob {
 	worker *w;
 	anes_wmsg_hdr h;
 	void *payload;
+	int fds[ANES_WMSG_MAX_FDS]; /* compile: its weight files (owned) */
+	unsigned nfds;
+	bool fds_lost;              /* compile: its files could not all be received */
 	anes_bprogram *prog;        /* run */
 	uint32_t fn, n;
 	void *ptrs[2 * ANES_MAX_IO];
@@ -305,35 +381,92 @@ static uint64_t rd_u64(rd *r)
 	return v;
 }
 
+/* Map the compile's weight files read-only (each whole).  They are files
+ * only the daemon and this process hold that cannot change (a client's
+ * sealed memfd, or the daemon's own copy, docs/worker.md); on Linux the
+ * seals are checked anyway, so a file that could shrink under the mapping
+ * (SIGBUS) is refused. */
+static int map_weight_files(wjob *j, wmaps *m, uint64_t sizes[ANES_WMSG_MAX_FDS], char *err,
+                            size_t errlen)
+{
+	for (unsigned i = 0; i < j->nfds; i++) {
+		struct stat st;
+		if (fstat(j->fds[i], &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
+		    (uint64_t)st.st_size > SIZE_MAX) {
+			snprintf(err, errlen, "device worker: weight file %u is not a regular file", i);
+			return -EBADMSG;
+		}
+#if defined(__linux__) && defined(F_GET_SEALS)
+		int seals = fcntl(j->fds[i], F_GET_SEALS);
+		int need = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+		if (seals < 0 || (seals & need) != need) {
+			snprintf(err, errlen, "device worker: weight file %u is not sealed", i);
+			return -EBADMSG;
+		}
+#endif
+		sizes[i] = (uint64_t)st.st_size;
+		void *p = NULL;
+		if (sizes[i]) {
+			p = mmap(NULL, (size_t)sizes[i], PROT_READ, MAP_SHARED, j->fds[i], 0);
+			if (p == MAP_FAILED) {
+				snprintf(err, errlen, "device worker: mapping weight file %u: %s", i, strerror(errno));
+				return -ENOMEM;
+			}
+		}
+		m->map[m->n] = p;
+		m->len[m->n++] = (size_t)sizes[i];
+	}
+	return 0;
+}
+
 static void do_compile(worker *w, wjob *j)
 {
 	char err[ANES_ERRMSG_MAX] = "";
 	rd r = { j->payload, j->h.len, false };
-	uint32_t mil_len = rd_u32(&r), n = rd_u32(&r);
+	uint32_t mil_len = rd_u32(&r), n = rd_u32(&r), nf = rd_u32(&r);
 	const char *mil = rd_take(&r, mil_len);
 	anes_weight *ws = NULL;
 	anes_bprogram *prog = NULL;
+	wmaps maps = { .n = 0 };
+	uint64_t sizes[ANES_WMSG_MAX_FDS];
 	int rc;
 
-	if (r.bad || n > 4096) {
+	if (j->fds_lost) {
+		snprintf(err, sizeof err, "device worker: the compile's weight files could not be received "
+		         "(its table of open files is full)");
+		rc = -EMFILE;
+		goto answer;
+	}
+	if (r.bad || n > ANES_WMSG_MAX_WEIGHTS || nf != j->nfds) {
 		rc = -EBADMSG;
 		goto answer;
 	}
+	rc = map_weight_files(j, &maps, sizes, err, sizeof err);
+	if (rc < 0)
+		goto answer;
 	ws = n ? calloc(n, sizeof(*ws)) : NULL;
 	if (n && !ws) {
 		rc = -ENOMEM;
 		goto answer;
 	}
 	for (uint32_t i = 0; i < n; i++) {
-		uint32_t pl = rd_u32(&r);
-		uint64_t len = rd_u64(&r);
+		uint32_t pl = rd_u32(&r), fi = rd_u32(&r);
+		uint64_t off = rd_u64(&r), len = rd_u64(&r);
 		ws[i].path = rd_take(&r, pl);   /* NUL included by the proxy */
-		ws[i].data = rd_take(&r, (size_t)len);
-		ws[i].len = (size_t)len;
-		if (r.bad || pl == 0 || ws[i].path[pl - 1] != '\0') {
+		if (r.bad || pl == 0 || ws[i].path[pl - 1] != '\0' || fi >= nf || off > sizes[fi] ||
+		    len > sizes[fi] - off) {
 			rc = -EBADMSG;
 			goto answer;
 		}
+		ws[i].data = (const uint8_t *)maps.map[fi] + off;
+		ws[i].len = (size_t)len;
+		ws[i].kept = true;   /* mapped until the program is freed */
+		ws[i].has_fd = off == 0 && len == sizes[fi];
+		ws[i].fd = ws[i].has_fd ? j->fds[fi] : -1;
+	}
+	if (r.bad || r.left) {
+		rc = -EBADMSG;
+		goto answer;
 	}
 	if (w->fail_compile && memmem(mil, mil_len, w->fail_compile, strlen(w->fail_compile))) {
 		/* What the ANE backend answers when compileWithQoS: fails. */
@@ -354,13 +487,19 @@ static void do_compile(worker *w, wjob *j)
 		pthread_mutex_lock(&w->m);
 		rc = grow((void **)&w->progs, &w->cap_progs, w->n_progs, sizeof(*w->progs));
 		if (rc == 0)
-			w->progs[w->n_progs++] = (wprog){ j->h.id, prog };
+			w->progs[w->n_progs++] = (wprog){ j->h.id, prog, maps };
 		pthread_mutex_unlock(&w->m);
 		if (rc < 0)
 			w->b->ops->program_free(w->b, prog);
 	}
 answer:
 	free(ws);
+	if (rc < 0)
+		wmaps_free(&maps);
+	/* the mappings stay; the files' fds are not needed any more */
+	for (unsigned i = 0; i < j->nfds; i++)
+		close(j->fds[i]);
+	j->nfds = 0;
 	if (rc < 0) {
 		err[sizeof(err) - 1] = '\0';
 		reply_rc(w, ANES_WM_COMPILED, j->h.id, rc, err);
@@ -447,6 +586,8 @@ static void job_run(anes_task *t)
 static void job_end(anes_task *t, bool ran)
 {
 	wjob *j = ANES_CONTAINER_OF(t, wjob, task);
+	for (unsigned i = 0; i < j->nfds; i++)   /* (a compile dropped unrun) */
+		close(j->fds[i]);
 	free(j->payload);
 	free(j);
 }
@@ -580,13 +721,16 @@ static void program_free(worker *w, uint64_t id)
 	pthread_mutex_lock(&w->m);
 	wprog *p = find_prog(w, id);
 	anes_bprogram *prog = NULL;
+	wmaps maps = { .n = 0 };
 	if (p) {
 		prog = p->prog;
+		maps = p->maps;
 		*p = w->progs[--w->n_progs];
 	}
 	pthread_mutex_unlock(&w->m);
 	if (prog)
 		w->b->ops->program_free(w->b, prog);
+	wmaps_free(&maps);   /* after the program, which used them in place */
 }
 
 int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char *fault)
@@ -629,8 +773,9 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 	while (status == 0) {
 		anes_wmsg_hdr h;
 		void *payload;
-		int mfd;
-		r = anes_wmsg_recv(fd, &h, &payload, &mfd);
+		int fds[ANES_WMSG_MAX_FDS];
+		unsigned nfds;
+		r = anes_wmsg_recv_fds(fd, &h, &payload, fds, &nfds);
 		if (r == -EPIPE)
 			break;
 		if (r < 0) {
@@ -638,6 +783,11 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 			status = 1;
 			break;
 		}
+		bool fds_lost = r == ANES_WMSG_FDS_LOST;
+		/* a surface comes with exactly one fd (SURFACE_ADD) or none */
+		int mfd = nfds == 1 && h.type != ANES_WM_COMPILE ? fds[0] : -1;
+		if (h.type != ANES_WM_COMPILE && nfds > 1)
+			fds_lost = true;
 		switch (h.type) {
 		case ANES_WM_SURFACE_ADD:
 			surface_add(&w, h.id, payload, h.len, mfd);
@@ -667,6 +817,12 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 			j->w = &w;
 			j->h = h;
 			j->payload = payload;
+			if (h.type == ANES_WM_COMPILE) {
+				memcpy(j->fds, fds, nfds * sizeof(int));
+				j->nfds = nfds;
+				j->fds_lost = fds_lost;
+				nfds = 0;   /* the job's now */
+			}
 			j->task.run = job_run;
 			j->task.end = job_end;
 			if (h.type == ANES_WM_RUN) {
@@ -688,15 +844,17 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 			status = 1;
 			break;
 		}
-		if (mfd >= 0)
-			close(mfd);
+		for (unsigned i = 0; i < nfds; i++)
+			close(fds[i]);
 	}
 
 	/* Nobody waits for queued work any more: drop it, finish what runs. */
 	anes_tpool_stop(w.pool);
 	anes_tpool_free(w.pool);
-	for (size_t i = 0; i < w.n_progs; i++)
+	for (size_t i = 0; i < w.n_progs; i++) {
 		b->ops->program_free(b, w.progs[i].prog);
+		wmaps_free(&w.progs[i].maps);
+	}
 	for (size_t i = 0; i < w.n_surfs; i++)
 		wsurf_unmap(&w.surfs[i]);
 	free(w.progs);

@@ -7,13 +7,15 @@
  * Private protocol: every message is a 16-byte header in host byte order
  * (both ends are the same binary on the same machine) followed by len
  * payload bytes; a surface's memfd rides with the first byte of its
- * SURFACE_ADD message (SCM_RIGHTS); a surface named by IOSurface ID is
+ * SURFACE_ADD message (SCM_RIGHTS), and a COMPILE's weight files with the
+ * first byte of the COMPILE; a surface named by IOSurface ID is
  * shared with SURFACE_ADD_ID instead, which carries the ID.  See docs/worker.md for the payloads.
  */
 #ifndef ANES_DEVWORKER_H
 #define ANES_DEVWORKER_H
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
 
@@ -31,7 +33,9 @@ enum {
 	ANES_WM_COMPILED = 2,       /* id of the compile: i32 rc, u32 errlen, err, functions */
 	ANES_WM_RAN = 3,            /* id of the run: i32 rc, u32 errlen, err */
 	/* daemon -> worker */
-	ANES_WM_COMPILE = 16,       /* id becomes the program ID: u32 mil_len, u32 n, mil, weights */
+	ANES_WM_COMPILE = 16,       /* id becomes the program ID: u32 mil_len, u32 n, u32 n_fds, mil,
+	                             * n x {u32 path_len, u32 fd index, u64 offset, u64 len, path};
+	                             * n_fds weight files attached */
 	ANES_WM_RUN = 17,           /* u64 program, u32 fn, u32 n, n x {u64 key, u64 offset} */
 	ANES_WM_SURFACE_ADD = 18,   /* id = key: u64 size; one fd */
 	ANES_WM_SURFACE_DROP = 19,  /* id = key */
@@ -39,17 +43,43 @@ enum {
 	ANES_WM_SURFACE_ADD_ID = 21, /* id = key: u64 size, u32 IOSurface ID; no fd */
 };
 
-#define ANES_WMSG_MAX (1u << 30)   /* largest payload either side accepts */
+/* Largest payload either side accepts.  Weights never travel in a payload
+ * (they are files passed by fd), so this bounds the MIL text of a compile
+ * and nothing else of size. */
+#define ANES_WMSG_MAX (1u << 30)
+#define ANES_WMSG_MAX_FDS 8        /* fds attached to one message */
+#define ANES_WMSG_MAX_WEIGHTS 4096 /* weights of one COMPILE */
 
 /* Blocking send of one message (header + iov), with fd (or -1) attached.
- * MSG_NOSIGNAL; 0 or -errno. */
+ * MSG_NOSIGNAL; 0 or -errno.  A failure after part of the message was
+ * written is -EPIPE (the stream is broken); any other error means nothing
+ * was written (anes_wmsg_unsent: the stream is still in step, e.g. the
+ * kernel refused the fds). */
 int anes_wmsg_send(int fd, uint32_t type, uint64_t id, const struct iovec *iov, int niov,
                    int pass_fd);
+/* The same with nfds fds (borrowed) attached, at most ANES_WMSG_MAX_FDS
+ * (-EINVAL otherwise). */
+int anes_wmsg_send_fds(int fd, uint32_t type, uint64_t id, const struct iovec *iov, int niov,
+                       const int *fds, unsigned nfds);
+static inline bool anes_wmsg_unsent(int r)
+{
+	return r == -ETOOMANYREFS || r == -EMFILE || r == -ENFILE || r == -ENOBUFS || r == -ENOMEM;
+}
 /* Blocking receive of one message.  On success *ret_payload is malloc'd
  * (NULL when len is 0) and *ret_fd is a received fd (CLOEXEC) or -1; both
  * owned by the caller.  -EPIPE at a clean EOF between messages; -EBADMSG
- * for a malformed message. */
+ * for a malformed message, or one with more than one fd or fds that could
+ * not be received. */
 int anes_wmsg_recv(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload, int *ret_fd);
+/* The same, with up to ANES_WMSG_MAX_FDS fds: ret_fds[0 .. *ret_nfds - 1]
+ * are received fds (CLOEXEC, owned by the caller).  Returns 0, or
+ * ANES_WMSG_FDS_LOST (> 0) when the message was read whole but the fds sent
+ * with it could not all be received (more than ANES_WMSG_MAX_FDS, or this
+ * process's fd table full): the stream is still in step, *ret_nfds is 0 and
+ * every fd that came was closed; the caller refuses that message. */
+#define ANES_WMSG_FDS_LOST 1
+int anes_wmsg_recv_fds(int fd, anes_wmsg_hdr *ret_hdr, void **ret_payload,
+                       int ret_fds[ANES_WMSG_MAX_FDS], unsigned *ret_nfds);
 
 /* The worker process: serve the daemon on fd with backend b (owned by the
  * caller), running requests on n_threads threads, until the daemon closes

@@ -75,8 +75,10 @@ typedef struct pprog {
 	anes_function_info *fns;
 	anes_tensor_desc *tensors;
 	char *names;            /* of fns and tensors, one buffer */
-	void *req;              /* the COMPILE payload (MIL + weights), kept for recompiles */
-	size_t req_len;
+	void *req;              /* the COMPILE payload (MIL + the weights' paths and places), */
+	size_t req_len;         /* kept for recompiles with ... */
+	int fds[ANES_WMSG_MAX_FDS];   /* ... the weight files (owned, CLOEXEC): never their bytes */
+	unsigned nfds;
 	uint64_t statements, weight_bytes;   /* for the compile deadline */
 	uint64_t run_bytes;     /* weights + tensors: a first run's deadline */
 	wslot *slot;            /* the worker it runs in (or is compiled again in after a crash) */
@@ -724,6 +726,8 @@ static int choose(wproxy *p, wslot **ret, char *errbuf, size_t errlen)
 
 static void pprog_free(pprog *pp)
 {
+	for (unsigned i = 0; i < pp->nfds; i++)
+		close(pp->fds[i]);
 	free(pp->fns);
 	free(pp->tensors);
 	free(pp->names);
@@ -755,48 +759,127 @@ static void unlink_prog(wproxy *p, pprog *pp)
 
 static void px_program_free(anes_backend *b, anes_bprogram *prog);
 
+/* The weights of a compile as the worker gets them (docs/worker.md): every
+ * weight is a place {fd index, offset, len} in a file passed with the
+ * COMPILE.  A weight the daemon has as a file that cannot change
+ * (anes_weight.has_fd) goes as a duplicate of that fd; the others (inline
+ * weights, or past the fd slots) are copied once into one read-only file of
+ * the proxy's own (anes_rofile_*), which takes the last slot.  The fds stay
+ * with the program for recompiles; the bytes never cross the socket. */
+typedef struct wplace {
+	uint32_t fd_index;
+	uint64_t off;
+} wplace;
+
+static int weight_files(pprog *pp, const anes_weight *weights, size_t n, wplace *pl, char *errbuf,
+                        size_t errbuf_len)
+{
+	uint64_t own = 0;   /* bytes of the proxy's own file */
+	int src[ANES_WMSG_MAX_FDS];
+	unsigned nsrc = 0;
+	int r = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned k = 0;
+		if (weights[i].kept && weights[i].has_fd && weights[i].fd >= 0) {
+			while (k < nsrc && src[k] != weights[i].fd)
+				k++;
+			if (k == nsrc && nsrc < ANES_WMSG_MAX_FDS - 1)
+				src[nsrc++] = weights[i].fd;
+		}
+		if (k < nsrc) {
+			pl[i] = (wplace){ k, 0 };
+			continue;
+		}
+		pl[i] = (wplace){ UINT32_MAX, own };
+		own += ((uint64_t)weights[i].len + 63) & ~(uint64_t)63;
+	}
+	for (unsigned k = 0; k < nsrc; k++) {
+		pp->fds[k] = fcntl(src[k], F_DUPFD_CLOEXEC, 3);
+		if (pp->fds[k] < 0) {
+			r = -errno;
+			snprintf(errbuf, errbuf_len, "keeping a weight file for the device worker: %s",
+			         strerror(-r));
+			return r == -EMFILE || r == -ENFILE ? -ENOMEM : r;
+		}
+		pp->nfds = k + 1;
+	}
+	if (own == 0)
+		return 0;
+	int fd = -1;
+	r = anes_rofile_create("aneshare-weights", own, &fd);
+	for (size_t i = 0; i < n && r == 0; i++)
+		if (pl[i].fd_index == UINT32_MAX) {
+			pl[i].fd_index = nsrc;
+			r = anes_rofile_write(fd, pl[i].off, weights[i].data, weights[i].len);
+		}
+	if (r == 0)
+		r = anes_rofile_seal(fd);
+	if (r < 0) {
+		if (fd >= 0)
+			close(fd);
+		snprintf(errbuf, errbuf_len, "copying the weights for the device worker: %s", strerror(-r));
+		return r == -EINVAL || r == -EBADMSG ? -EIO : -ENOMEM;
+	}
+	pp->fds[pp->nfds++] = fd;
+	return 0;
+}
+
 static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const anes_weight *weights,
                       size_t n_weights, anes_bprogram **ret_prog, char *errbuf, size_t errbuf_len)
 {
 	wproxy *p = P(b);
 	if (errbuf_len > 0)
 		errbuf[0] = '\0';
-	if (mil_len > UINT32_MAX || n_weights > 4096)
+	if (n_weights > ANES_WMSG_MAX_WEIGHTS)
 		return -EINVAL;
-	size_t len = 8 + mil_len;
+	size_t len = 12 + mil_len;
 	uint64_t wbytes = 0;
 	for (size_t i = 0; i < n_weights; i++) {
-		len += 12 + strlen(weights[i].path) + 1 + weights[i].len;
+		len += 24 + strlen(weights[i].path) + 1;
 		wbytes += weights[i].len;
 	}
-	if (len > ANES_WMSG_MAX)
-		return -ENOMEM;
+	if (mil_len > ANES_WMSG_MAX || len > ANES_WMSG_MAX) {
+		snprintf(errbuf, errbuf_len, "the MIL text is too large for the device worker (at most %u bytes)",
+		         ANES_WMSG_MAX);
+		return -EINVAL;
+	}
 	pprog *pp = calloc(1, sizeof(*pp));
 	uint8_t *req = malloc(len);
-	if (!pp || !req) {
+	wplace *pl = n_weights ? calloc(n_weights, sizeof(*pl)) : NULL;
+	if (!pp || !req || (n_weights && !pl)) {
 		free(pp);
 		free(req);
+		free(pl);
 		return -ENOMEM;
 	}
+	int r = weight_files(pp, weights, n_weights, pl, errbuf, errbuf_len);
+	if (r < 0) {
+		free(req);
+		free(pl);
+		pprog_free(pp);
+		return r;
+	}
 	uint8_t *q = req;
-	uint32_t ml = (uint32_t)mil_len, nw = (uint32_t)n_weights;
+	uint32_t ml = (uint32_t)mil_len, nw = (uint32_t)n_weights, nf = pp->nfds;
 	memcpy(q, &ml, 4);
 	memcpy(q + 4, &nw, 4);
-	q += 8;
+	memcpy(q + 8, &nf, 4);
+	q += 12;
 	memcpy(q, mil, mil_len);
 	q += mil_len;
 	for (size_t i = 0; i < n_weights; i++) {
-		uint32_t pl = (uint32_t)strlen(weights[i].path) + 1;
+		uint32_t plen = (uint32_t)strlen(weights[i].path) + 1;
 		uint64_t wl = weights[i].len;
-		memcpy(q, &pl, 4);
-		memcpy(q + 4, &wl, 8);
-		q += 12;
-		memcpy(q, weights[i].path, pl);
-		q += pl;
-		if (wl)
-			memcpy(q, weights[i].data, wl);
-		q += wl;
+		memcpy(q, &plen, 4);
+		memcpy(q + 4, &pl[i].fd_index, 4);
+		memcpy(q + 8, &pl[i].off, 8);
+		memcpy(q + 16, &wl, 8);
+		q += 24;
+		memcpy(q, weights[i].path, plen);
+		q += plen;
 	}
+	free(pl);
 	for (size_t i = 0; i < mil_len; i++)
 		pp->statements += mil[i] == ';';
 	pp->weight_bytes = wbytes;
@@ -806,7 +889,6 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 
 	/* A worker with room, its send_m and m held. */
 	wslot *s;
-	int r;
 	bool waited = false;
 	for (;;) {
 		pthread_mutex_lock(&p->m);
@@ -848,7 +930,22 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 	int fd = s->fd;
 	pthread_mutex_unlock(&p->m);
 	struct iovec v = { pp->req, pp->req_len };
-	r = anes_wmsg_send(fd, ANES_WM_COMPILE, pd.id, &v, 1, -1);
+	r = anes_wmsg_send_fds(fd, ANES_WM_COMPILE, pd.id, &v, 1, pp->fds, pp->nfds);
+	if (r < 0 && anes_wmsg_unsent(r)) {
+		/* Nothing went (the kernel refused the fds): this compile fails,
+		 * the worker is fine. */
+		pthread_mutex_lock(&p->m);
+		pend_remove(s, &pd);
+		if (s->gen == gen)
+			s->compiles--;
+		pthread_mutex_unlock(&p->m);
+		pthread_mutex_unlock(&s->send_m);
+		pthread_cond_destroy(&pd.cond);
+		snprintf(errbuf, errbuf_len, "the weight files could not be passed to the device worker: %s",
+		         strerror(-r));
+		pprog_free(pp);
+		return r == -ENOMEM ? r : -EMFILE;
+	}
 	if (r < 0)
 		write_failed(s);
 	pthread_mutex_unlock(&s->send_m);
@@ -1258,8 +1355,25 @@ static void restore_next(wslot *s)
 	int fd = s->fd;
 	pthread_mutex_unlock(&p->m);
 	struct iovec v = { pick->req, pick->req_len };
-	if (anes_wmsg_send(fd, ANES_WM_COMPILE, id, &v, 1, -1) < 0)
+	int r = anes_wmsg_send_fds(fd, ANES_WM_COMPILE, id, &v, 1, pick->fds, pick->nfds);
+	if (r < 0 && anes_wmsg_unsent(r)) {
+		/* Nothing went (the kernel refused the fds): tried again at the
+		 * next turn of the supervisor. */
+		pthread_mutex_lock(&p->m);
+		pend_remove(s, pd);
+		s->restore_pd = NULL;
+		s->compiles--;
+		p->recompiles--;
+		pick->busy = false;
+		pprog *gone = pick->freed ? pick : NULL;
+		pthread_mutex_unlock(&p->m);
+		pthread_cond_destroy(&pd->cond);
+		free(pd);
+		if (gone)
+			pprog_free(gone);
+	} else if (r < 0) {
 		write_failed(s);
+	}
 	pthread_mutex_unlock(&s->send_m);
 }
 

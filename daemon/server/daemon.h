@@ -555,13 +555,16 @@ struct anes_centry {
 };
 
 /* A weight file passed by descriptor (state/wfile.c): a sealed memfd is
- * mapped and used in place, anything else is copied into daemon memory
- * before use, so a client truncating its file cannot fault the daemon. */
+ * mapped and used in place, anything else is copied into a read-only file of
+ * the daemon's own (anes_rofile_*) before use, so a client truncating its
+ * file cannot fault the daemon or its device worker. */
 struct anes_wfile {
-	int fd;              /* owned (a duplicate), CLOEXEC */
+	int fd;              /* owned, CLOEXEC: a duplicate of the client's fd; after
+	                      * anes_wfile_load, a file that cannot change (the sealed
+	                      * memfd, or the daemon's copy), which a device worker maps */
 	uint64_t size;       /* fstat's, at open; later reads never trust the file's size */
 	bool sealed;         /* Linux memfd sealed against shrinking, growing and writing */
-	bool copied;         /* data is the daemon's copy (not sealed) */
+	bool copied;         /* fd and data are the daemon's copy (it was not sealed) */
 	const void *data;    /* after anes_wfile_load: size bytes, valid until anes_wfile_free */
 	void *map;           /* what to unmap */
 	size_t map_len;
@@ -573,8 +576,11 @@ struct anes_wfile {
 int anes_wfile_open(int fd, uint64_t max_bytes, anes_wfile **ret);
 /* len bytes at off with pread; -EIO if the file is shorter now. */
 int anes_wfile_read(const anes_wfile *w, uint64_t off, void *buf, size_t len);
-/* Make w->data valid: the sealed memfd mapped read-only, or a copy read into
- * anonymous memory.  -EIO (the file shrank), -ENOMEM, mmap's errno. */
+/* Make w->data valid: the sealed memfd mapped read-only, or the file copied
+ * into a read-only file of the daemon's (w->fd is then that copy) and mapped
+ * the same way.  Nothing reads the mapping here: pages count in the daemon's
+ * memory only once a backend in this process uses them.  -EIO (the file
+ * shrank), -ENOMEM, or the copy's errno. */
 int anes_wfile_load(anes_wfile *w);
 /* Unmap and close; NULL is ignored. */
 void anes_wfile_free(anes_wfile *w);

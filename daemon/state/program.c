@@ -124,12 +124,13 @@ int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights,
 		sha256_u64be(&h, weights[i].path_len);
 		sha256_update(&h, weights[i].path, weights[i].path_len);
 		sha256_u64be(&h, len);
-		if (!f || f->data) {
-			sha256_update(&h, f ? f->data : weights[i].data, (size_t)len);
+		if (!f) {
+			sha256_update(&h, weights[i].data, (size_t)len);
 			continue;
 		}
-		/* a file not loaded yet: streamed (the key of a cache hit is all
-		 * that is needed of it) */
+		/* a file: streamed with pread, also once it is mapped (the key of a
+		 * cache hit is all that is needed of it; and the mapping's pages
+		 * stay out of the daemon's memory while nothing here runs it) */
 		enum { CHUNK = 1 << 20 };
 		if (!buf && !(buf = malloc(CHUNK)))
 			r = -ENOMEM;
@@ -424,6 +425,8 @@ static int load_files(compile_job *cj)
 		cj->weights[i].data = w->file ? w->file->data : w->data;
 		cj->weights[i].len = w->file ? (size_t)w->file->size : (size_t)w->len;
 		cj->weights[i].kept = w->file != NULL;
+		cj->weights[i].has_fd = w->file != NULL;
+		cj->weights[i].fd = w->file ? w->file->fd : -1;
 	}
 	return 0;
 }

@@ -11,8 +11,10 @@
  *     set, as F_GET_SEALS reports them) cannot change any more: it is mapped
  *     read-only and used in place, no copy;
  *   - anything else (a regular file, an unsealed memfd; every fd on macOS,
- *     which has no seals) is read with pread() into memory the daemon owns,
- *     and only that copy is used.  A file that shrinks meanwhile gives a
+ *     which has no seals) is read with pread() into a file the daemon owns
+ *     (anes_rofile_*: a memfd it seals the same way; on macOS an unlinked
+ *     shared memory object no other process can open), and only that copy is
+ *     used, mapped read-only like a sealed memfd.  A file that shrinks meanwhile gives a
  *     short read, which fails the compile (-EIO); the key is checked against
  *     the copy (program.c), so a file changed between hashing and copying
  *     fails it too.
@@ -28,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "anes_proto.h"   /* anes_rofile_* */
 #include "daemon.h"
 
 int anes_wfile_open(int fd, uint64_t max_bytes, anes_wfile **ret)
@@ -84,34 +87,67 @@ int anes_wfile_read(const anes_wfile *w, uint64_t off, void *buf, size_t len)
 	return 0;
 }
 
+/* Copy the file into a read-only file of the daemon's own (anes_rofile_*),
+ * in chunks through a small buffer: the pages are written with pwrite, not
+ * through a mapping, so they count in this process's RSS only if it touches
+ * them later (with a device worker it never does). */
+static int copy_to_rofile(anes_wfile *w, int *ret_fd)
+{
+	enum { CHUNK = 1 << 20 };
+	int fd = -1;
+	int r = anes_rofile_create("aneshare-weights", w->size, &fd);
+	if (r < 0)
+		return r;
+	uint8_t *buf = malloc(CHUNK);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	for (uint64_t off = 0; off < w->size && r == 0; off += CHUNK) {
+		size_t k = w->size - off < CHUNK ? (size_t)(w->size - off) : CHUNK;
+		r = anes_wfile_read(w, off, buf, k);
+		if (r == 0)
+			r = anes_rofile_write(fd, off, buf, k);
+	}
+	free(buf);
+	if (r == 0)
+		r = anes_rofile_seal(fd);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
 int anes_wfile_load(anes_wfile *w)
 {
 	if (w->data || w->size == 0) {
 		w->data = w->data ? w->data : "";
 		return 0;
 	}
-	if (w->sealed) {
-		void *p = mmap(NULL, (size_t)w->size, PROT_READ, MAP_SHARED, w->fd, 0);
-		if (p == MAP_FAILED)
-			return -errno;
-		w->map = p;
-		w->map_len = (size_t)w->size;
-		w->data = p;
-		return 0;
+	int fd = w->fd;
+	if (!w->sealed) {
+		int r = copy_to_rofile(w, &fd);
+		if (r < 0)
+			return r == -ENOSPC ? -ENOMEM : r;
 	}
-	void *p = mmap(NULL, (size_t)w->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return -ENOMEM;
-	int r = anes_wfile_read(w, 0, p, (size_t)w->size);
-	if (r < 0) {
-		munmap(p, (size_t)w->size);
-		return r;
+	void *p = mmap(NULL, (size_t)w->size, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		int r = -errno;
+		if (fd != w->fd)
+			close(fd);
+		return r == -ENOMEM ? r : -ENOMEM;
 	}
-	(void)mprotect(p, (size_t)w->size, PROT_READ);
+	if (fd != w->fd) {
+		/* from now on the file is the daemon's copy */
+		close(w->fd);
+		w->fd = fd;
+		w->copied = true;
+	}
 	w->map = p;
 	w->map_len = (size_t)w->size;
 	w->data = p;
-	w->copied = true;
 	return 0;
 }
 

@@ -64,8 +64,8 @@ static inline anes_weight *fuzz_weights(void)
 		small[128 + i] = (uint8_t)(i * 17);
 		small[208 + i] = (uint8_t)(255 - i);
 	}
-	w[0] = (anes_weight){ "@model_path/weights/w.bin", big, sizeof big, false };
-	w[1] = (anes_weight){ "@model_path/weights/small.bin", small, sizeof small, false };
+	w[0] = (anes_weight){ "@model_path/weights/w.bin", big, sizeof big, false, false, -1 };
+	w[1] = (anes_weight){ "@model_path/weights/small.bin", small, sizeof small, false, false, -1 };
 	w[2].path = "@model_path/weights/fuzz.bin";
 	return w;
 }

@@ -83,6 +83,15 @@ typedef struct anes_weight {
 	const void *data;
 	size_t len;
 	bool kept;
+	/* With kept: fd is a file holding exactly data (len bytes from offset
+	 * 0) that cannot change any more (a sealed memfd, or a read-only copy
+	 * only the daemon holds); borrowed, valid during the compile call (a
+	 * backend that needs it longer duplicates it).  A backend in another
+	 * process (the device worker) passes it and maps it there instead of
+	 * copying the bytes.  Only when has_fd is set (a zeroed anes_weight has
+	 * no fd). */
+	bool has_fd;
+	int fd;
 } anes_weight;
 
 typedef struct anes_backend anes_backend;
