@@ -577,9 +577,11 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 	if (o->worker_fault && strcmp(o->worker_fault, "start_fail") != 0 &&
 	    (strncmp(o->worker_fault, "compile_eio=", 12) != 0 || !o->worker_fault[12] ||
 	     strlen(o->worker_fault) > 12 + ANES_NAME_MAX) &&
-	    (strncmp(o->worker_fault, "compile_hold=", 13) != 0 || o->worker_fault[13] != '/')) {
-		fprintf(stderr, "aneshared: --worker-fault: only start_fail, compile_eio=FUNCTION and "
-		        "compile_hold=/PATH are known\n");
+	    (strncmp(o->worker_fault, "compile_hold=", 13) != 0 || o->worker_fault[13] != '/') &&
+	    (strncmp(o->worker_fault, "fd_room=", 8) != 0 || o->worker_fault[8] < '0' ||
+	     o->worker_fault[8] > '9')) {
+		fprintf(stderr, "aneshared: --worker-fault: only start_fail, compile_eio=FUNCTION, "
+		        "compile_hold=/PATH and fd_room=N are known\n");
 		return -EINVAL;
 	}
 	o->cfg.lanes = !o->no_lanes;

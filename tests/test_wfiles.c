@@ -17,11 +17,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <msgpack.h>
 
 #include "anes_fp16.h"
 #include "anes_proto.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
+#include "test_util.h"
 
 static h_daemon D;
 
@@ -179,7 +181,7 @@ Test(wfiles, sealed_memfd_compiled_first)
  * again.  The daemon uses its own copy: it survives, both clients keep
  * correct results, and a compile of the truncated file is an error, not a
  * crash. */
-Test(wfiles, truncating_the_file_harms_nobody)
+static void truncation_attack(void)
 {
 	size_t len;
 	uint8_t *blob = make_blob(&len, 0.5f);
@@ -222,6 +224,21 @@ Test(wfiles, truncating_the_file_harms_nobody)
 	aneshare_disconnect(bad);
 	aneshare_disconnect(good);
 	free(blob);
+}
+
+Test(wfiles, truncating_the_file_harms_nobody)
+{
+	truncation_attack();
+}
+
+/* The same through a device worker: the worker maps only the daemon's
+ * sealed copy, never the client's file. */
+Test(wfiles, truncating_the_file_under_a_worker)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", NULL };
+	h_daemon_kill(&D);
+	h_daemon_start_args(&D, args);
+	truncation_attack();
 }
 
 Test(wfiles, bad_fds_and_paths_are_refused)
@@ -289,4 +306,243 @@ Test(wfiles, through_a_device_worker)
 	aneshare_program_release(p);
 	aneshare_disconnect(c);
 	free(blob);
+}
+
+/* ---- the device worker: weights by fd ---------------------------------------------- */
+
+typedef struct wst {
+	int64_t pid;
+	uint64_t restarts;
+} wst;
+
+static uint64_t map_u64(const msgpack_object *m, const char *key)
+{
+	for (uint32_t i = 0; i < m->via.map.size; i++) {
+		const msgpack_object_kv *kv = &m->via.map.ptr[i];
+		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+		    !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size) &&
+		    kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+			return kv->val.via.u64;
+	}
+	return UINT64_MAX;
+}
+
+static void wst_cb(const msgpack_object *res, void *ud)
+{
+	wst *w = ud;
+	for (uint32_t i = 0; i < res->via.map.size; i++) {
+		const msgpack_object_kv *kv = &res->via.map.ptr[i];
+		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 6 &&
+		    !memcmp(kv->key.via.str.ptr, "worker", 6) && kv->val.type == MSGPACK_OBJECT_MAP) {
+			w->pid = (int64_t)map_u64(&kv->val, "pid");
+			w->restarts = map_u64(&kv->val, "restarts");
+		}
+	}
+}
+
+/* The device worker serving now, per status. */
+static wst worker_now(void)
+{
+	wst w = { 0, 0 };
+	int fd = h_raw_open(D.sock);
+	static const uint8_t empty_map = 0x80;
+	cr_assert_eq(h_raw_request(fd, 9, "status", &empty_map, 1, NULL, 0), 0);
+	cr_assert_eq(h_raw_response_cb(fd, 9, 5000, wst_cb, &w), 0);
+	close(fd);
+	return w;
+}
+
+static void start_worker_daemon(const char *fault)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", fault ? "--worker-fault" : NULL, fault, NULL };
+	h_daemon_kill(&D);
+	h_daemon_start_args(&D, args);
+}
+
+/* y of p for x = 1, 2, ... (the inputs of run_check) into y[OUT] */
+static void run_out(aneshare_conn *c, aneshare_program *p, uint16_t *y)
+{
+	aneshare_surface *in = h_surface(c, IN * 2), *out = h_surface(c, OUT * 2);
+	uint16_t *x = aneshare_surface_data(in);
+	for (int i = 0; i < IN; i++)
+		x[i] = anes_f32_to_f16_soft((float)(i % 5) / 4.0f);
+	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
+	memcpy(y, aneshare_surface_data(out), OUT * 2);
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+}
+
+/* A device worker killed after it compiled programs whose weights came as a
+ * plain file (the daemon's sealed copy), a sealed memfd and inline bytes:
+ * the new worker compiles them again from the fds the daemon kept (the
+ * client's file truncated and every client fd closed by then), and they
+ * compute what they computed before, bit for bit what an in-process daemon
+ * computes.  The daemon's fds are back to where they were at the end. */
+Test(wfiles, worker_restores_programs_by_fd)
+{
+	enum { NP = 3 };
+	static const float seeds[NP] = { 0.125f, 0.375f, 0.625f };
+	uint16_t ref[NP][OUT], got[NP][OUT];
+
+	/* the reference: the same three programs in process */
+	aneshare_conn *ci = h_connect(&D, "wf-inproc");
+	for (int k = 0; k < NP; k++) {
+		size_t len;
+		uint8_t *blob = make_blob(&len, seeds[k]);
+		aneshare_weight w = {"@model_path/weights/weight.bin", blob, len};
+		aneshare_program *p = NULL;
+		cr_assert_eq(aneshare_program_compile(ci, mil_text(), &w, 1, &p, NULL), 0, "%s", aneshare_last_error(ci));
+		run_out(ci, p, ref[k]);
+		run_check(ci, p, seeds[k]);
+		aneshare_program_release(p);
+		free(blob);
+	}
+	aneshare_disconnect(ci);
+
+	start_worker_daemon(NULL);
+	aneshare_conn *c = h_connect(&D, "wf-restore");
+	aneshare_status_free(h_status(c));
+	int base_fds = tu_fd_count(D.pid);
+	aneshare_program *p[NP] = { NULL };
+	size_t len;
+	uint8_t *b0 = make_blob(&len, seeds[0]), *b1 = make_blob(&len, seeds[1]), *b2 = make_blob(&len, seeds[2]);
+	int fd = plain_file("restore.bin", b0, len);
+	aneshare_weight_fd wf = {"@model_path/weights/weight.bin", fd};
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &wf, 1, &p[0], NULL), 0, "%s", aneshare_last_error(c));
+	int mfd = -1;
+#ifdef __linux__
+	cr_assert_eq(aneshare_weight_memfd("w", b1, len, &mfd), 0);
+	aneshare_weight_fd mf = {"@model_path/weights/weight.bin", mfd};
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &mf, 1, &p[1], NULL), 0, "%s", aneshare_last_error(c));
+#else
+	mfd = plain_file("restore1.bin", b1, len);
+	aneshare_weight_fd mf = {"@model_path/weights/weight.bin", mfd};
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &mf, 1, &p[1], NULL), 0, "%s", aneshare_last_error(c));
+#endif
+	aneshare_weight w2 = {"@model_path/weights/weight.bin", b2, len};
+	cr_assert_eq(aneshare_program_compile(c, mil_text(), &w2, 1, &p[2], NULL), 0, "%s", aneshare_last_error(c));
+	for (int k = 0; k < NP; k++) {
+		run_out(c, p[k], got[k]);
+		cr_assert_eq(memcmp(got[k], ref[k], sizeof ref[k]), 0, "program %d: not what the in-process daemon computed", k);
+	}
+	cr_assert_eq(ftruncate(fd, 0), 0);
+	close(fd);
+	close(mfd);
+
+	wst w0 = worker_now();
+	cr_assert_gt(w0.pid, 0);
+	cr_assert_eq(kill((pid_t)w0.pid, SIGKILL), 0);
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
+	wst w1;
+	for (;;) {
+		w1 = worker_now();
+		if (w1.restarts >= 1 && w1.pid > 0 && w1.pid != w0.pid)
+			break;
+		cr_assert(tu_now_ms() < deadline, "no new device worker");
+		tu_pause_ms(10);
+	}
+	for (int k = 0; k < NP; k++) {
+		memset(got[k], 0, sizeof got[k]);
+		run_out(c, p[k], got[k]);
+		cr_assert_eq(memcmp(got[k], ref[k], sizeof ref[k]), 0, "program %d after the restart", k);
+		run_check(c, p[k], seeds[k]);
+	}
+	for (int k = 0; k < NP; k++)
+		aneshare_program_release(p[k]);
+	aneshare_status_free(h_status(c));   /* (the releases are done) */
+	cr_assert_eq(tu_fd_count(D.pid), base_fds, "the daemon keeps no fd of a released program");
+	aneshare_disconnect(c);
+	free(b0);
+	free(b1);
+	free(b2);
+}
+
+/* y [1, OUT] = linear(x, W, bias): W and bias from two weight files */
+static const char *mil_two_files(void)
+{
+	static char t[1536];
+	snprintf(t, sizeof t,
+	         "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, %d]> x) {\n"
+	         "        tensor<fp16, [%d, %d]> W = const()[name = string(\"W\"), val = tensor<fp16, [%d, %d]>("
+	         "BLOBFILE(path = string(\"@model_path/weights/weight.bin\"), offset = uint64(64)))];\n"
+	         "        tensor<fp16, [%d]> bias = const()[name = string(\"bias\"), val = tensor<fp16, [%d]>("
+	         "BLOBFILE(path = string(\"@model_path/weights/bias.bin\"), offset = uint64(64)))];\n"
+	         "        tensor<fp16, [1, %d]> y = linear(x = x, weight = W, bias = bias)[name = string(\"y\")];\n"
+	         "    } -> (y);\n}\n",
+	         IN, OUT, IN, OUT, IN, OUT, OUT, OUT);
+	return t;
+}
+
+/* bias[o] = 1 for every o */
+static uint8_t *make_bias(size_t *ret_len)
+{
+	size_t len = 128 + OUT * 2;
+	uint8_t *b = calloc(1, len);
+	b[0] = 1;
+	b[4] = 2;
+	uint32_t magic = 0xDEADBEEFu, dt = 1;
+	uint64_t size = OUT * 2, off = 128;
+	memcpy(b + 64, &magic, 4);
+	memcpy(b + 68, &dt, 4);
+	memcpy(b + 72, &size, 8);
+	memcpy(b + 80, &off, 8);
+	for (int o = 0; o < OUT; o++) {
+		uint16_t h = anes_f32_to_f16_soft(1.0f);
+		memcpy(b + 128 + 2 * o, &h, 2);
+	}
+	*ret_len = len;
+	return b;
+}
+
+/* A worker whose fd table has room for one more file (--worker-fault
+ * fd_room=1): a compile with one weight file works; one with two cannot be
+ * received whole, and fails with a clear error while the worker goes on
+ * (no restart) and the daemon keeps no fd of it; a one-file compile and its
+ * runs work afterwards. */
+Test(wfiles, worker_with_a_full_fd_table)
+{
+	start_worker_daemon("fd_room=1");
+	aneshare_conn *c = h_connect(&D, "wf-fdfull");
+	aneshare_status_free(h_status(c));
+	int base_fds = tu_fd_count(D.pid);
+	wst w0 = worker_now();
+	size_t len, blen;
+	uint8_t *blob = make_blob(&len, 0.0f), *bias = make_bias(&blen);
+	int fw = plain_file("fw.bin", blob, len), fb = plain_file("fb.bin", bias, blen);
+
+	aneshare_weight_fd one = {"@model_path/weights/weight.bin", fw};
+	aneshare_program *p = NULL;
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), &one, 1, &p, NULL), 0, "%s", aneshare_last_error(c));
+	run_check(c, p, 0.0f);
+
+	aneshare_weight_fd two[2] = {{"@model_path/weights/weight.bin", fw}, {"@model_path/weights/bias.bin", fb}};
+	aneshare_program *p2 = NULL;
+	int r = aneshare_program_compile_fds(c, mil_two_files(), two, 2, &p2, NULL);
+	cr_assert_neq(r, 0);
+	cr_assert(strstr(aneshare_last_error(c), "could not be received"), "%s", aneshare_last_error(c));
+	wst w1 = worker_now();
+	cr_assert_eq(w1.pid, w0.pid, "the worker was not restarted");
+	cr_assert_eq(w1.restarts, w0.restarts);
+
+	/* the same program with its two weights inline: one file of the
+	 * daemon's, which fits */
+	aneshare_weight inl[2] = {{"@model_path/weights/weight.bin", blob, len}, {"@model_path/weights/bias.bin", bias, blen}};
+	cr_assert_eq(aneshare_program_compile(c, mil_two_files(), inl, 2, &p2, NULL), 0, "%s", aneshare_last_error(c));
+	uint16_t y0[OUT], y1[OUT];
+	run_out(c, p, y0);
+	run_out(c, p2, y1);
+	for (int o = 0; o < OUT; o++)
+		cr_assert_float_eq(anes_f16_to_f32_soft(y1[o]), anes_f16_to_f32_soft(y0[o]) + 1.0f, 2e-2,
+		                   "y[%d] with the bias", o);
+	run_check(c, p, 0.0f);
+	aneshare_program_release(p);
+	aneshare_program_release(p2);
+	aneshare_status_free(h_status(c));
+	cr_assert_eq(tu_fd_count(D.pid), base_fds, "the daemon keeps no fd of the failed compile");
+	cr_assert_eq(worker_now().pid, w0.pid);
+	close(fw);
+	close(fb);
+	aneshare_disconnect(c);
+	free(blob);
+	free(bias);
 }

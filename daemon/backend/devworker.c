@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -743,6 +744,17 @@ int anes_devworker_serve(int fd, anes_backend *b, unsigned n_threads, const char
 	}
 	if (fault && !strncmp(fault, "compile_hold=", 13))
 		w.hold_path = fault + 13;
+	if (fault && !strncmp(fault, "fd_room=", 8)) {
+		/* --worker-fault fd_room=N: room for N more open files than the
+		 * worker has at its start (a full fd table, docs/worker.md). */
+		int probe = fcntl(0, F_DUPFD_CLOEXEC, 0);
+		struct rlimit rl;
+		if (probe >= 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+			close(probe);
+			rl.rlim_cur = (rlim_t)probe + (rlim_t)strtoul(fault + 8, NULL, 10);
+			(void)setrlimit(RLIMIT_NOFILE, &rl);
+		}
+	}
 	int status = 0;
 
 	/* The daemon decides when the worker ends (it closes the socket);
