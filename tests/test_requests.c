@@ -254,7 +254,7 @@ Test(requests, compile_params_are_checked)
 	             "\"weight_fds\" has the wrong type");
 	expect_error(call(&rc, "program.compile", NULL, 0, NULL,
 	                  "{mil: \"x\", weight_fds: [\"@model_path/w.bin\"]}"),
-	             W, "weight_fds names 1 files, the request carries 0 fds");
+	             ANES_WERR_BAD_FD, "weight_fds names 1 files, the request carries 0 fds");
 	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weights: {\"\": #4}}"), W,
 	             "weight paths must be strings of 1..");
 	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weights: {\"@model_path/w.bin\": 4}}"),

@@ -677,8 +677,8 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 	}
 	if (r == -ENOENT)
 		nf = 0;
-	if (nf != nfds) {
-		anes_conn_reply_error(c, m->msgid, nfds ? ANES_WERR_BAD_FD : ANES_WERR_INVALID_PARAMS,
+	if (nf != nfds) {   /* a missing fd, or one where none belongs: bad_fd */
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_BAD_FD,
 		                      "weight_fds names %u files, the request carries %u fds", nf, nfds);
 		return;
 	}
