@@ -2,14 +2,12 @@
 """docs/protocol.md as a contract: every method, result and error it documents,
 checked through anes_wire (a client written from the document alone) against
 a real aneshared. Run results are compared with references computed here."""
-import errno
 import fcntl
 import hashlib
 import mmap
 import os
 import re
 import signal
-import socket
 import struct
 import time
 
