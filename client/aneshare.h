@@ -61,6 +61,8 @@ enum aneshare_error {
 	ANESHARE_EINTERNAL = ANESHARE_EBASE + 16,
 	ANESHARE_ESHUTTING_DOWN = ANESHARE_EBASE + 17,  /* the daemon is stopping; the request was not done */
 	ANESHARE_EWORKER_RESTARTED = ANESHARE_EBASE + 18, /* the device worker was lost and restarted; not done */
+	ANESHARE_ENO_SUCH_STATE = ANESHARE_EBASE + 19,
+	ANESHARE_ESTATE_LOST = ANESHARE_EBASE + 20,     /* the state's contents are unknown: reset it */
 
 	/* The library's own codes, clear of the daemon's (wire codes 1-8999). */
 	ANESHARE_EDISCONNECTED = ANESHARE_EBASE + 9001, /* connection lost: retryable */
@@ -82,6 +84,7 @@ ANESHARE_API bool aneshare_error_is_retryable(int err);
 typedef struct aneshare_conn aneshare_conn;
 typedef struct aneshare_surface aneshare_surface;
 typedef struct aneshare_program aneshare_program;
+typedef struct aneshare_state aneshare_state;
 
 /* ---- connection ---------------------------------------------------------- */
 
@@ -491,6 +494,57 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_input(const aneshare_p
 ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_program *p,
                                                                  uint32_t fn, uint32_t i);
 
+/* ---- states of a program's function (read_state, coreml_update_state) ------
+ *
+ * A function with state<tensor<...>> inputs (an iOS 18 model's KV cache)
+ * runs on a state: memory the daemon keeps between runs, read by
+ * read_state and overwritten by coreml_update_state / write_state, as Core
+ * ML's MLState (docs/protocol.md, "States").  Make one per independent
+ * sequence (two conversations: two states); each starts zero-filled.  Runs
+ * naming one state happen one at a time, in the order they were sent.
+ * A state counts as a surface of its size in the daemon's limits.
+ * A run that fails leaves its state's contents unknown: the daemon marks it
+ * lost, and runs on it fail with ANESHARE_ESTATE_LOST until
+ * aneshare_state_reset.  After a reconnect (the daemon restarted) every
+ * state is made again on the new daemon, zero-filled and marked lost the
+ * same way (its contents died with the daemon). */
+
+/* The states of function fn of p and their tensors (NULL if out of range).
+ * Owned by the program. */
+ANESHARE_API uint32_t aneshare_program_state_count(const aneshare_program *p, uint32_t fn);
+ANESHARE_API const aneshare_tensor_info *aneshare_program_state(const aneshare_program *p,
+                                                                uint32_t fn, uint32_t i);
+
+/* Make a zero-filled state for function fn of p (-ANESHARE_EINVALID_PARAMS
+ * if it has no states; -ANESHARE_ELIMIT over a surface limit).  p is
+ * borrowed and should outlive the state (a state whose program was released
+ * cannot be made again after a reconnect).  On success *ret is owned by the
+ * caller: aneshare_state_release(). */
+ANESHARE_API int aneshare_state_create(aneshare_program *p, uint32_t fn, aneshare_state **ret);
+
+/* Zero the state again (and clear its lost mark), after the runs sent
+ * before and before the runs sent after.  Blocks until done. */
+ANESHARE_API int aneshare_state_reset(aneshare_state *s);
+
+/* Release a state: the daemon frees it once no run uses it.  Accepts NULL
+ * (returns 0).  The pointer is invalid afterwards, whatever the result.
+ * Never reconnects: returns 0 if the connection is broken. */
+ANESHARE_API int aneshare_state_release(aneshare_state *s);
+
+/* The bytes the daemon holds for it (its tensors, each at a multiple of
+ * 64 bytes), 0 for NULL. */
+ANESHARE_API uint64_t aneshare_state_size(const aneshare_state *s);
+
+/* aneshare_run and aneshare_run_submit for a function with states, on
+ * state (borrowed, made for function fn of a program with p's content). */
+ANESHARE_API int aneshare_run_state(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                                    aneshare_surface *const *inputs, size_t n_inputs,
+                                    aneshare_surface *const *outputs, size_t n_outputs);
+ANESHARE_API int aneshare_run_state_submit(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                                           aneshare_surface *const *inputs, size_t n_inputs,
+                                           aneshare_surface *const *outputs, size_t n_outputs,
+                                           uint32_t *ret_ticket);
+
 /* ---- running -------------------------------------------------------------- */
 
 /* Run function fn (0 = main) of p: inputs[i] holds input i at offset 0,
@@ -545,6 +599,13 @@ typedef struct aneshare_step {
  * broke: -ANESHARE_EDISCONNECTED, not retried, as aneshare_run). */
 ANESHARE_API int aneshare_run_chain(aneshare_conn *conn, const aneshare_step *steps,
                                     size_t n_steps);
+
+/* aneshare_run_chain whose step i runs on states[i] (borrowed; NULL for a
+ * step whose function has no states; states itself may be NULL): each step
+ * names its own state, and steps may share one (they run in order).  See
+ * "states of a program's function". */
+ANESHARE_API int aneshare_run_chain_states(aneshare_conn *conn, const aneshare_step *steps,
+                                           aneshare_state *const *states, size_t n_steps);
 
 /* The index of the step at which the last failed aneshare_run_chain on conn
  * stopped, or -1 (no step failed, or no chain failed yet). */

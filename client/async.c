@@ -49,7 +49,9 @@ int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st)
 	return r;
 }
 
-static int check_steps(aneshare_conn *c, const aneshare_step *steps, size_t n)
+/* states: NULL, or one state (or NULL) per step. */
+static int check_steps(aneshare_conn *c, const aneshare_step *steps, aneshare_state *const *states,
+                       size_t n)
 {
 	if (!steps || n == 0 || n > ANESHARE_MAX_STEPS)
 		return anesc_fail(c, -EINVAL, "a chain has 1 to %d steps", ANESHARE_MAX_STEPS);
@@ -60,6 +62,8 @@ static int check_steps(aneshare_conn *c, const aneshare_step *steps, size_t n)
 		char pre[32];
 		snprintf(pre, sizeof pre, "step %zu: ", i);
 		int r = anesc_check_step(c, pre, st);
+		if (r == 0 && states && states[i])
+			r = anesc_state_check(c, pre, states[i]);
 		if (r < 0)
 			return r;
 	}
@@ -80,9 +84,10 @@ static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface 
 	return 0;
 }
 
-/* The four key/value pairs of one run (or one step).  Packed at send time:
- * IDs change when the library reconnects. */
-int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st)
+/* The four (with a state five: step_params) key/value pairs of one run (or
+ * one step).  Packed at send time: IDs change when the library reconnects. */
+int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st,
+                    const aneshare_state *state)
 {
 	const aneshare_program *p = st->program;
 	if (p->lost)
@@ -99,15 +104,28 @@ int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *s
 		anes_pack_str(pk, "outputs");
 		r = pack_surfaces(c, pk, st->outputs, st->n_outputs);
 	}
+	if (r == 0 && state) {
+		r = anesc_state_check(c, "", state);   /* made again since it was checked? */
+		if (r == 0) {
+			anes_pack_str(pk, "state");
+			msgpack_pack_uint32(pk, state->id);
+		}
+	}
 	return r;
 }
 
 /* What pack_run packs. */
 typedef struct run_req {
 	const aneshare_step *steps;
+	aneshare_state *const *states;   /* NULL, or one (or NULL) per step */
 	size_t n;
 	bool chain;
 } run_req;
+
+static const aneshare_state *step_state(const run_req *rr, size_t i)
+{
+	return rr->states ? rr->states[i] : NULL;
+}
 
 /* A single run is { program, function, inputs, outputs }; a chain is
  * { steps: [ {...}, ... ] } (docs/protocol.md, "run"). */
@@ -115,12 +133,12 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
 {
 	const run_req *rr = ud;
 	if (!rr->chain)
-		return anesc_pack_step(c, pk, &rr->steps[0]);
+		return anesc_pack_step(c, pk, &rr->steps[0], step_state(rr, 0));
 	anes_pack_str(pk, "steps");
 	msgpack_pack_array(pk, rr->n);
 	for (size_t i = 0; i < rr->n; i++) {
-		msgpack_pack_map(pk, 4);
-		int r = anesc_pack_step(c, pk, &rr->steps[i]);
+		msgpack_pack_map(pk, step_state(rr, i) ? 5 : 4);
+		int r = anesc_pack_step(c, pk, &rr->steps[i], step_state(rr, i));
 		if (r < 0)
 			return r;
 	}
@@ -134,13 +152,14 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
  * ticket (*ret_msgid) to wait for.  Runs are not idempotent: only a request
  * the daemon cannot have received is sent again after reconnecting (see
  * aneshare.h). */
-int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,
-                 aneshare_done_fn cb, void *ud, uint32_t *ret_msgid)
+int anesc_submit(aneshare_conn *c, const aneshare_step *steps, aneshare_state *const *states,
+                 size_t n, bool chain, aneshare_done_fn cb, void *ud, uint32_t *ret_msgid)
 {
 	anesc_retry rt = { 0 };
-	run_req rr = { steps, n, chain };
+	run_req rr = { steps, states, n, chain };
 	uint32_t msgid = 0;
-	int r = anesc_send_request(c, &(anesc_req){ .method = "run", .n_params = chain ? 1 : 4,
+	int r = anesc_send_request(c, &(anesc_req){ .method = "run",
+	                                            .n_params = chain ? 1 : step_state(&rr, 0) ? 5 : 4,
 	                                            .pack = pack_run, .pack_ud = &rr, .fd = -1,
 	                                            .flags = ANESC_PENDING, .cb = cb, .cb_ud = ud },
 	                           &rt, &msgid);
@@ -151,14 +170,20 @@ int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool ch
 
 ANESHARE_API int aneshare_run_chain(aneshare_conn *c, const aneshare_step *steps, size_t n_steps)
 {
+	return aneshare_run_chain_states(c, steps, NULL, n_steps);
+}
+
+ANESHARE_API int aneshare_run_chain_states(aneshare_conn *c, const aneshare_step *steps,
+                                           aneshare_state *const *states, size_t n_steps)
+{
 	if (!c)
 		return -EINVAL;
 	c->last_failed_step = -1;
-	int r = check_steps(c, steps, n_steps);
+	int r = check_steps(c, steps, states, n_steps);
 	if (r < 0)
 		return r;
 	uint32_t ticket;
-	r = anesc_submit(c, steps, n_steps, true, NULL, NULL, &ticket);
+	r = anesc_submit(c, steps, states, n_steps, true, NULL, NULL, &ticket);
 	if (r < 0)
 		return r;
 	int failed = -1;
@@ -186,10 +211,10 @@ ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
 	if (!p || !cb)
 		return -EINVAL;
 	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
-	int r = check_steps(p->conn, &st, 1);
+	int r = check_steps(p->conn, &st, NULL, 1);
 	if (r < 0)
 		return r;
-	return anesc_submit(p->conn, &st, 1, false, cb, userdata, NULL);
+	return anesc_submit(p->conn, &st, NULL, 1, false, cb, userdata, NULL);
 }
 
 ANESHARE_API int aneshare_run_chain_async(aneshare_conn *c, const aneshare_step *steps,
@@ -197,10 +222,10 @@ ANESHARE_API int aneshare_run_chain_async(aneshare_conn *c, const aneshare_step 
 {
 	if (!c || !cb)
 		return -EINVAL;
-	int r = check_steps(c, steps, n_steps);
+	int r = check_steps(c, steps, NULL, n_steps);
 	if (r < 0)
 		return r;
-	return anesc_submit(c, steps, n_steps, true, cb, userdata, NULL);
+	return anesc_submit(c, steps, NULL, n_steps, true, cb, userdata, NULL);
 }
 
 /* ---- the event loop side ----------------------------------------------------------- */

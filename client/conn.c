@@ -995,6 +995,9 @@ static int reconnect_once(aneshare_conn *c)
 	for (aneshare_program *p = c->programs; p; p = p->next)
 		if (!p->lost && (r = anesc_program_restore(c, p)) < 0)
 			return r;
+	for (aneshare_state *st = c->states; st; st = st->next)
+		if (!st->lost && (r = anesc_state_restore(c, st)) < 0)
+			return r;
 	return 0;
 }
 
@@ -1133,6 +1136,8 @@ ANESHARE_API void aneshare_disconnect(aneshare_conn *c)
 	if (!c)
 		return;
 	anesc_async_cancel_all(c);
+	while (c->states)
+		anesc_state_free_local(c->states);
 	while (c->surfaces)
 		anesc_surface_free_local(c->surfaces);
 	while (c->programs)

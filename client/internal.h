@@ -59,6 +59,8 @@ typedef struct anesc_function {
 	uint32_t n_inputs, n_outputs;
 	aneshare_tensor_info *inputs;   /* owned, names owned */
 	aneshare_tensor_info *outputs;
+	uint32_t n_states;
+	aneshare_tensor_info *states;   /* owned, names owned (NULL when none) */
 } anesc_function;
 
 /* A copy of a weight blob the program was compiled with. */
@@ -133,6 +135,19 @@ struct aneshare_conn {
 
 	aneshare_surface *surfaces;    /* owned lists */
 	aneshare_program *programs;
+	aneshare_state *states;
+};
+
+struct aneshare_state {
+	aneshare_conn *conn;
+	aneshare_state *prev, *next;
+	aneshare_program *program;     /* borrowed; NULL once released (state.c) */
+	uint32_t fn;
+	uint32_t id;                   /* on the current daemon connection; 0 once lost */
+	int lost;                      /* 0, or why a reconnect could not make it again */
+	bool stale;                    /* made again after a reconnect: contents lost
+	                                * until aneshare_state_reset */
+	uint64_t size;
 };
 
 /* Record a failure of a call on c: rc is returned, last_error is the message. */
@@ -258,14 +273,16 @@ void anesc_async_cancel_all(aneshare_conn *c);
 /* Runs (async.c), shared by aneshare_run*.  anesc_check_step checks a step's
  * function and surfaces (not its program), prefixing the messages with pre
  * ("" for a single run, "step N: " in a chain).  anesc_pack_step packs its
- * four key/value pairs.  anesc_submit sends a run (chain: { steps: [...] })
+ * four key/value pairs (five with a state).  anesc_submit sends a run (chain: { steps: [...] })
  * as an async call (cb) or as a ticket to wait for (*ret_msgid), sending it
  * again only when the daemon cannot have received it: every run, blocking
  * (aneshare_run, a ticket waited for at once), ticket, chain or async. */
 int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st);
-int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st);
-int anesc_submit(aneshare_conn *c, const aneshare_step *steps, size_t n, bool chain,
-                 aneshare_done_fn cb, void *ud, uint32_t *ret_msgid);
+int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st,
+                    const aneshare_state *state);
+/* states: NULL, or each step's state (or NULL): packed as its "state". */
+int anesc_submit(aneshare_conn *c, const aneshare_step *steps, aneshare_state *const *states,
+                 size_t n, bool chain, aneshare_done_fn cb, void *ud, uint32_t *ret_msgid);
 
 /* Copy a msgpack str (bounded) into a new NUL-terminated string: 0,
  * -ENOENT, -EINVAL (wrong type, too long or holds a NUL), -ENOMEM. */
@@ -273,11 +290,18 @@ int anesc_dup_str(const msgpack_object *map, const char *key, uint32_t max_len, 
 
 void anesc_surface_free_local(aneshare_surface *s);
 void anesc_program_free_local(aneshare_program *p);
+void anesc_state_free_local(aneshare_state *st);
 
 /* After a reconnect: import s (compile p) again on the new connection.
  * 0 when done -- restored with a new ID, or marked lost when the daemon
  * refused it --, or the error when the connection failed meanwhile. */
 int anesc_surface_restore(aneshare_conn *c, aneshare_surface *s);
 int anesc_program_restore(aneshare_conn *c, aneshare_program *p);
+/* The same for a state (after its program): made again, zero-filled and
+ * marked stale. */
+int anesc_state_restore(aneshare_conn *c, aneshare_state *st);
+/* A state's params for a run step ("state": ID), checked: -ENO_SUCH_STATE
+ * (lost), -ESTATE_LOST (stale). */
+int anesc_state_check(aneshare_conn *c, const char *pre, const aneshare_state *st);
 
 #endif

@@ -44,6 +44,7 @@ static void functions_free(anesc_function *fns, uint32_t n)
 		free(fns[i].name);
 		tensors_free(fns[i].inputs, fns[i].n_inputs);
 		tensors_free(fns[i].outputs, fns[i].n_outputs);
+		tensors_free(fns[i].states, fns[i].n_states);
 	}
 	free(fns);
 }
@@ -72,6 +73,9 @@ static void program_free(aneshare_program *p)
 void anesc_program_free_local(aneshare_program *p)
 {
 	aneshare_conn *c = p->conn;
+	for (aneshare_state *st = c->states; st; st = st->next)
+		if (st->program == p)
+			st->program = NULL;   /* the daemon's state stays usable; it is not made again */
 	if (p->prev)
 		p->prev->next = p->next;
 	else
@@ -222,6 +226,8 @@ static int info_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsign
 			r = parse_tensors(&items[i], "inputs", &fns[i].inputs, &fns[i].n_inputs);
 		if (r == 0)
 			r = parse_tensors(&items[i], "outputs", &fns[i].outputs, &fns[i].n_outputs);
+		if (r == 0 && anes_mp_get(&items[i], "states"))   /* none from an older daemon */
+			r = parse_tensors(&items[i], "states", &fns[i].states, &fns[i].n_states);
 	}
 	if (r < 0) {
 		functions_free(fns, n);
@@ -514,7 +520,7 @@ ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
 		return r;
 	/* Submit and wait: the machinery of tickets and chains (async.c). */
 	uint32_t ticket;
-	r = anesc_submit(p->conn, &st, 1, false, NULL, NULL, &ticket);
+	r = anesc_submit(p->conn, &st, NULL, 1, false, NULL, NULL, &ticket);
 	if (r < 0)
 		return r;
 	return anesc_pending_wait(p->conn, ticket, NULL);
@@ -531,5 +537,5 @@ ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
 	int r = anesc_check_step(p->conn, "", &st);
 	if (r < 0)
 		return r;
-	return anesc_submit(p->conn, &st, 1, false, NULL, NULL, ret_ticket);
+	return anesc_submit(p->conn, &st, NULL, 1, false, NULL, NULL, ret_ticket);
 }

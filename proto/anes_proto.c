@@ -810,7 +810,7 @@ static bool str_is(const char *s, uint32_t len, const char *lit)
 	return strlen(lit) == len && memcmp(s, lit, len) == 0;
 }
 
-enum { K_PROGRAM = 1, K_FUNCTION = 2, K_INPUTS = 4, K_OUTPUTS = 8, K_STEPS = 16 };
+enum { K_PROGRAM = 1, K_FUNCTION = 2, K_INPUTS = 4, K_OUTPUTS = 8, K_STEPS = 16, K_STATE = 32 };
 
 /* The step key a str names (0: none). */
 static unsigned step_key(const mp_item *k)
@@ -822,13 +822,14 @@ static unsigned step_key(const mp_item *k)
 	       : str_is(k->s, k->len, "inputs")   ? K_INPUTS
 	       : str_is(k->s, k->len, "outputs")  ? K_OUTPUTS
 	       : str_is(k->s, k->len, "steps")    ? K_STEPS
+	       : str_is(k->s, k->len, "state")    ? K_STATE
 	                                          : 0;
 }
 
 /* A step's keys as they are read, judged when its map is done. */
 typedef struct step_acc {
 	unsigned seen;
-	bool program_bad, function_bad;
+	bool program_bad, function_bad, state_bad;
 	bool ids_bad[2];           /* inputs, outputs: not an array */
 	uint32_t bad_item[2];      /* the first item that is not a u32, or UINT32_MAX */
 } step_acc;
@@ -893,6 +894,16 @@ static bool rd_step_value(rd *r, unsigned level, unsigned key, anes_run_wire *w,
 			a->function_bad = true;
 		}
 		return rd_skip(r, level, &it);
+	case K_STATE:
+		if (!rd_item(r, level, &it))
+			return false;
+		if (it.kind == MPK_UINT && it.u <= UINT32_MAX) {
+			st->has_state = true;
+			st->state = (uint32_t)it.u;
+		} else {
+			a->state_bad = true;
+		}
+		return rd_skip(r, level, &it);
 	case K_INPUTS:
 		return rd_ids(r, level, w, st, a, 0);
 	default:
@@ -919,6 +930,8 @@ static uint8_t step_bad(const step_acc *a, anes_run_wire_step *st)
 			return io ? ANES_RUN_OUTPUTS_ITEM : ANES_RUN_INPUTS_ITEM;
 		}
 	}
+	if (a->state_bad)
+		return ANES_RUN_STATE_TYPE;
 	return ANES_RUN_OK;
 }
 

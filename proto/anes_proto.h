@@ -71,7 +71,9 @@ typedef enum anes_msg_type {
 	X(15, NO_MEMORY, "no_memory")                                                \
 	X(16, INTERNAL, "internal")                                                  \
 	X(17, SHUTTING_DOWN, "shutting_down")  /* the daemon is stopping; not done */ \
-	X(18, WORKER_RESTARTED, "worker_restarted") /* device worker lost; not done, retry */
+	X(18, WORKER_RESTARTED, "worker_restarted") /* device worker lost; not done, retry */ \
+	X(19, NO_SUCH_STATE, "no_such_state")  /* no state with that ID on this connection */ \
+	X(20, STATE_LOST, "state_lost")        /* the state's contents are unknown: reset it */
 
 typedef enum anes_wire_error {
 #define ANES_X_(c, N, s) ANES_WERR_##N = c,
@@ -79,7 +81,7 @@ typedef enum anes_wire_error {
 #undef ANES_X_
 } anes_wire_error;
 
-#define ANES_WERR_MAX 18
+#define ANES_WERR_MAX 20
 
 /* "protocol", ... for a known code; NULL otherwise. */
 const char *anes_wire_error_name(int code);
@@ -163,6 +165,7 @@ typedef enum anes_run_bad {
 	ANES_RUN_OUTPUTS_MISSING,
 	ANES_RUN_OUTPUTS_TYPE,
 	ANES_RUN_OUTPUTS_ITEM,
+	ANES_RUN_STATE_TYPE,        /* "state" is not an unsigned integer up to UINT32_MAX */
 } anes_run_bad;
 
 /* One step (or the single run) of a run request. */
@@ -177,6 +180,8 @@ typedef struct anes_run_wire_step {
 	uint32_t in, out;     /* ... in anes_run_wire.ids, from these indexes */
 	uint8_t bad;          /* anes_run_bad: the first thing wrong with it, or 0 */
 	uint32_t bad_item;    /* ANES_RUN_*_ITEM: the index */
+	bool has_state;       /* the step names a state ("state", docs/protocol.md) ... */
+	uint32_t state;       /* ... with this ID */
 } anes_run_wire_step;
 
 typedef struct anes_run_wire {
@@ -194,7 +199,8 @@ typedef struct anes_run_wire {
  * unpacking: a request [0, msgid, "run", params] in any well-formed
  * encoding, params either {steps: [step, ...]} or one step, a step a map
  * of "program" (u32), "function" (str, optional), "inputs" and "outputs"
- * (arrays of u32 surface IDs); other keys are ignored.
+ * (arrays of u32 surface IDs), "state" (u32, optional); other keys are
+ * ignored.
  * Returns
  *   1        a well-formed run request (exactly what anes_msg_decode
  *            accepts, with the same values through its accessors): w holds

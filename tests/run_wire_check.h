@@ -7,7 +7,7 @@
  *     request for "run", refuses one as malformed (-EBADMSG) only when the
  *     decoder does, and leaves everything else to the decoder (0);
  *   - what it reads is what the accessors read: msgid, chain or not, the
- *     steps' programs, functions ("" included) and surface IDs, and the
+ *     steps' programs, functions ("" included), surface IDs and states, and the
  *     first thing wrong with the params, in the daemon's order.
  * Shared by tests/test_wire.c and tests/fuzz/fuzz_frame.c.
  */
@@ -73,6 +73,17 @@ static const char *run_wire_step_agrees(const msgpack_object *item, const anes_r
 				return "a surface ID differs";
 			}
 		}
+	}
+	uint32_t state;
+	r = anes_mp_u32(item, "state", &state);
+	if (r == -ENOENT) {
+		if (ws->has_state)
+			return "state: the reader names one, the decoder none";
+	} else if (r < 0) {
+		if (!bad)
+			bad = ANES_RUN_STATE_TYPE;
+	} else if (!ws->has_state || ws->state != state) {
+		return "state differs";
 	}
 	if (bad != ws->bad)
 		return "what is wrong with the step differs";

@@ -1004,6 +1004,16 @@ static int ane_run_surfaces(anes_backend *base, anes_bprogram *prog, uint32_t fn
 		set_err(errbuf, errbuf_len, "no function %u", fn_index);
 		return -EINVAL;
 	}
+	if (p->base.functions[fn_index].n_states > 0) {
+		/* How the framework takes a function's states (Core ML's MLState
+		 * buffers) is not in the public record this backend follows
+		 * (docs/ane.md): refused rather than guessed. */
+		set_err(errbuf, errbuf_len,
+		        "the ANE backend does not run functions with states (read_state, "
+		        "coreml_update_state): passing states to the framework is not implemented "
+		        "(unverified); use the cpu backend");
+		return -ENOTSUP;
+	}
 	if (n_args != p->n_in + p->n_out) {
 		set_err(errbuf, errbuf_len, "%u arguments for %u inputs and %u outputs", n_args, p->n_in,
 		        p->n_out);

@@ -284,8 +284,8 @@ typedef struct wjob {
 	bool fds_lost;              /* compile: its files could not all be received */
 	anes_bprogram *prog;        /* run */
 	uint32_t fn, n;
-	void *ptrs[2 * ANES_MAX_IO];
-	anes_surface_desc descs[2 * ANES_MAX_IO];   /* the same, for backends with run_surfaces */
+	void *ptrs[3 * ANES_MAX_IO];                /* inputs, outputs, states */
+	anes_surface_desc descs[3 * ANES_MAX_IO];   /* the same, for backends with run_surfaces */
 } wjob;
 
 struct worker {
@@ -420,6 +420,15 @@ static int map_weight_files(wjob *j, wmaps *m, uint64_t sizes[ANES_WMSG_MAX_FDS]
 	return 0;
 }
 
+/* Tensor i of fi: its inputs, then its outputs, then its states. */
+static const anes_tensor_desc *fn_tensor(const anes_function_info *fi, uint32_t i)
+{
+	if (i < fi->n_inputs)
+		return &fi->inputs[i];
+	i -= fi->n_inputs;
+	return i < fi->n_outputs ? &fi->outputs[i] : &fi->states[i - fi->n_outputs];
+}
+
 static void do_compile(worker *w, wjob *j)
 {
 	char err[ANES_ERRMSG_MAX] = "";
@@ -507,17 +516,16 @@ answer:
 		return;
 	}
 	/* i32 0, u32 0, u32 n_functions, then per function: u32 name_len, the
-	 * name (no NUL), u32 n_in, u32 n_out, and per input then output: u32
-	 * name_len, the name, u32 dtype, u32 rank, u64 shape[ANES_MAX_RANK],
-	 * u64 bytes (docs/worker.md).  Names are at most ANES_NAME_MAX bytes. */
+	 * name (no NUL), u32 n_in, u32 n_out, u32 n_states, and per input,
+	 * output, then state: u32 name_len, the name, u32 dtype, u32 rank, u64
+	 * shape[ANES_MAX_RANK], u64 bytes (docs/worker.md).  Names are at most
+	 * ANES_NAME_MAX bytes. */
 	size_t len = 12;
 	for (uint32_t f = 0; f < prog->n_functions; f++) {
 		const anes_function_info *fi = &prog->functions[f];
-		len += 4 + strlen(fi->name) + 8;
-		for (uint32_t i = 0; i < fi->n_inputs + fi->n_outputs; i++) {
-			const anes_tensor_desc *t = i < fi->n_inputs ? &fi->inputs[i] : &fi->outputs[i - fi->n_inputs];
-			len += 4 + strlen(t->name) + 8 + 8 * ANES_MAX_RANK + 8;
-		}
+		len += 4 + strlen(fi->name) + 12;
+		for (uint32_t i = 0; i < fi->n_inputs + fi->n_outputs + fi->n_states; i++)
+			len += 4 + strlen(fn_tensor(fi, i)->name) + 8 + 8 * ANES_MAX_RANK + 8;
 	}
 	uint8_t *buf = calloc(1, len), *p = buf;
 	if (!buf) {
@@ -535,9 +543,10 @@ answer:
 		p += 4 + nl;
 		memcpy(p, &fi->n_inputs, 4);
 		memcpy(p + 4, &fi->n_outputs, 4);
-		p += 8;
-		for (uint32_t i = 0; i < fi->n_inputs + fi->n_outputs; i++) {
-			const anes_tensor_desc *t = i < fi->n_inputs ? &fi->inputs[i] : &fi->outputs[i - fi->n_inputs];
+		memcpy(p + 8, &fi->n_states, 4);
+		p += 12;
+		for (uint32_t i = 0; i < fi->n_inputs + fi->n_outputs + fi->n_states; i++) {
+			const anes_tensor_desc *t = fn_tensor(fi, i);
 			uint32_t tl = (uint32_t)strlen(t->name), dt = (uint32_t)t->dtype;
 			memcpy(p, &tl, 4);
 			memcpy(p + 4, t->name, tl);
@@ -560,10 +569,22 @@ static void do_run(worker *w, wjob *j)
 {
 	char err[ANES_ERRMSG_MAX] = "";
 	const anes_function_info *fi = &j->prog->functions[j->fn];
-	int rc = w->b->ops->run_surfaces
-	                 ? w->b->ops->run_surfaces(w->b, j->prog, j->fn, j->descs, j->n, err, sizeof(err))
-	                 : w->b->ops->run(w->b, j->prog, j->fn, (const void *const *)j->ptrs,
-	                                  (void *const *)(j->ptrs + fi->n_inputs), err, sizeof(err));
+	int rc;
+	if (w->b->ops->run_surfaces) {
+		rc = w->b->ops->run_surfaces(w->b, j->prog, j->fn, j->descs, j->n, err, sizeof(err));
+	} else if (fi->n_states > 0 && w->b->ops->run_states) {
+		rc = w->b->ops->run_states(w->b, j->prog, j->fn, (const void *const *)j->ptrs,
+		                           (void *const *)(j->ptrs + fi->n_inputs),
+		                           (void *const *)(j->ptrs + fi->n_inputs + fi->n_outputs), err,
+		                           sizeof(err));
+	} else if (fi->n_states > 0) {
+		snprintf(err, sizeof(err), "the %s backend does not run functions with states",
+		         w->b->ops->name);
+		rc = -ENOTSUP;
+	} else {
+		rc = w->b->ops->run(w->b, j->prog, j->fn, (const void *const *)j->ptrs,
+		                    (void *const *)(j->ptrs + fi->n_inputs), err, sizeof(err));
+	}
 	err[sizeof(err) - 1] = '\0';
 	/* i32 rc, u32 err_len, err, u64 the backend's copies so far (status) */
 	int32_t rc32 = rc;
@@ -617,13 +638,13 @@ static int prepare_run(worker *w, wjob *j, char *err, size_t errlen)
 		goto out;
 	}
 	const anes_function_info *fi = &j->prog->functions[j->fn];
-	if (j->n != fi->n_inputs + fi->n_outputs || j->n > 2 * ANES_MAX_IO) {
+	if (j->n != fi->n_inputs + fi->n_outputs + fi->n_states || j->n > 3 * ANES_MAX_IO) {
 		rc = -EBADMSG;
 		goto out;
 	}
 	for (uint32_t i = 0; i < j->n; i++) {
 		uint64_t key = rd_u64(&r), off = rd_u64(&r);
-		const anes_tensor_desc *t = i < fi->n_inputs ? &fi->inputs[i] : &fi->outputs[i - fi->n_inputs];
+		const anes_tensor_desc *t = fn_tensor(fi, i);
 		wsurf *s = r.bad ? NULL : find_surf(w, key);
 		if (!s) {
 			snprintf(err, errlen, "device worker: surface key %llu was not shared",

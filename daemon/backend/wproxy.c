@@ -540,18 +540,19 @@ static int parse_compiled(pprog *pp, const pending *pd)
 	const uint8_t *q = (const uint8_t *)pd->payload + 12;
 	size_t ql = pd->len - 12;
 	for (uint32_t f = 0; f < nf; f++) {
-		uint32_t ni, no;
+		uint32_t ni, no, ns;
 		size_t before = ql;
-		if (take_wname(&q, &ql, NULL, NULL) < 0 || ql < 8)
+		if (take_wname(&q, &ql, NULL, NULL) < 0 || ql < 12)
 			return -EIO;
 		nbytes += before - ql - 4 + 1;
 		memcpy(&ni, q, 4);
 		memcpy(&no, q + 4, 4);
-		q += 8;
-		ql -= 8;
-		if (ni > ANES_MAX_IO || no > ANES_MAX_IO)
+		memcpy(&ns, q + 8, 4);
+		q += 12;
+		ql -= 12;
+		if (ni > ANES_MAX_IO || no > ANES_MAX_IO || ns > ANES_MAX_IO)
 			return -EIO;
-		for (uint32_t i = 0; i < ni + no; i++) {
+		for (uint32_t i = 0; i < ni + no + ns; i++) {
 			uint32_t rank;
 			before = ql;
 			if (take_wname(&q, &ql, NULL, NULL) < 0 || ql < WDESC_BYTES)
@@ -563,7 +564,7 @@ static int parse_compiled(pprog *pp, const pending *pd)
 			q += WDESC_BYTES;
 			ql -= WDESC_BYTES;
 		}
-		nt += ni + no;
+		nt += ni + no + ns;
 	}
 	anes_function_info *fns = nf ? calloc(nf, sizeof(*fns)) : NULL;
 	anes_tensor_desc *ts = nt ? calloc(nt, sizeof(*ts)) : NULL;
@@ -582,11 +583,13 @@ static int parse_compiled(pprog *pp, const pending *pd)
 		(void)take_wname(&b, &left, &np, &fns[f].name);
 		memcpy(&fns[f].n_inputs, b, 4);
 		memcpy(&fns[f].n_outputs, b + 4, 4);
-		b += 8;
-		left -= 8;
+		memcpy(&fns[f].n_states, b + 8, 4);
+		b += 12;
+		left -= 12;
 		fns[f].inputs = t;
 		fns[f].outputs = t + fns[f].n_inputs;
-		for (uint32_t i = 0; i < fns[f].n_inputs + fns[f].n_outputs; i++, t++) {
+		fns[f].states = t + fns[f].n_inputs + fns[f].n_outputs;
+		for (uint32_t i = 0; i < fns[f].n_inputs + fns[f].n_outputs + fns[f].n_states; i++, t++) {
 			uint32_t dt;
 			(void)take_wname(&b, &left, &np, &t->name);
 			memcpy(&dt, b, 4);
@@ -994,6 +997,8 @@ static int px_compile(anes_backend *b, const char *mil, size_t mil_len, const an
 			io += fi->inputs[i].bytes;
 		for (uint32_t i = 0; i < fi->n_outputs; i++)
 			io += fi->outputs[i].bytes;
+		for (uint32_t i = 0; i < fi->n_states; i++)
+			io += fi->states[i].bytes;
 	}
 	pthread_mutex_lock(&p->m);
 	pp->run_bytes = pp->weight_bytes + io;
@@ -1093,7 +1098,7 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 	pprog *pp = (pprog *)(void *)prog;
 	if (errbuf_len > 0)
 		errbuf[0] = '\0';
-	if (n_args > 2 * ANES_MAX_IO)
+	if (n_args > 3 * ANES_MAX_IO)   /* inputs, outputs, states (backend.h) */
 		return -EINVAL;
 
 	/* Its worker up, with the program in it: send_m and m held.  A wait
@@ -1146,9 +1151,9 @@ static int px_run_surfaces(anes_backend *b, anes_bprogram *prog, uint32_t fn_ind
 	}
 
 	/* Share the surfaces this worker has not seen, then the run. */
-	psurf add[2 * ANES_MAX_IO];   /* copies: a surface cannot go while its run is pending */
+	psurf add[3 * ANES_MAX_IO];   /* copies: a surface cannot go while its run is pending */
 	uint32_t n_add = 0;
-	uint64_t body[2 + 4 * ANES_MAX_IO];
+	uint64_t body[2 + 6 * ANES_MAX_IO];
 	for (uint32_t i = 0; i < n_args; i++) {
 		psurf **slot = surf_slot(p, args[i].key);
 		if (!*slot) {

@@ -21,6 +21,7 @@
 
 #include "anes_shm.h"
 #include "run.h"
+#include "state.h"
 
 _Static_assert(ANES_MAX_IO <= ANES_RUN_WIRE_MAX_IO,
                "the decoder keeps every surface ID a function can take");
@@ -35,6 +36,7 @@ typedef struct run_step {
 	anes_surface **surf;    /* n_in + n_out, referenced (jobs) */
 	const void **in;
 	void **out;
+	anes_state *state;      /* the state it names (referenced by the job's claim), or NULL */
 } run_step;
 
 /* What a run request is answered with when it fails: the wire error, and
@@ -69,10 +71,15 @@ static void set_err(run_err *e, bool chain, bool step_level, uint32_t step, int 
 		snprintf(e->msg, sizeof(e->msg), "%s", msg);
 }
 
+/* A step whose state is lost (run_one) fails with this code. */
+#define STATE_LOST_RC (-ESTALE)
+
 /* The one map from a failed step's return code to the wire. */
 static void run_fail(run_err *e, bool chain, uint32_t step, int rc, const char *err)
 {
-	if (rc == -ECONNRESET)
+	if (rc == STATE_LOST_RC)
+		set_err(e, chain, true, step, ANES_WERR_STATE_LOST, "%s", err);
+	else if (rc == -ECONNRESET)
 		set_err(e, chain, true, step, ANES_WERR_WORKER_RESTARTED, "%s",
 		        err[0] ? err : "the device worker was lost; retry");
 	else
@@ -153,6 +160,7 @@ static void step_param_err(run_err *e, bool chain, uint32_t i, const anes_run_wi
 	case ANES_RUN_FUNCTION_TYPE: key = "function"; break;
 	case ANES_RUN_INPUTS_TYPE: key = "inputs"; break;
 	case ANES_RUN_OUTPUTS_TYPE: key = "outputs"; break;
+	case ANES_RUN_STATE_TYPE: key = "state"; break;
 	default: break;
 	}
 	set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS,
@@ -236,8 +244,35 @@ static bool resolve_step(anes_conn *c, const anes_run_wire *w, uint32_t i, run_s
 	    !check_surfaces(c, e, chain, i, "output", w->ids + ws->out, fi->outputs, ws->n_out,
 	                    st->surf + ws->n_in))
 		return false;
+	/* A function with states runs on one state of this connection made for
+	 * it (state.create); one without takes none (docs/protocol.md). */
+	anes_state *state = NULL;
+	if (ws->has_state) {
+		state = anes_idt_find(&c->states, ws->state);
+		if (!state) {
+			set_err(e, chain, true, i, ANES_WERR_NO_SUCH_STATE, "no state %u", ws->state);
+			return false;
+		}
+		if (fi->n_states == 0) {
+			set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS,
+			        "function \"%s\" has no states: it takes no \"state\"", fi->name);
+			return false;
+		}
+		if (!anes_state_fits(state, en, fn)) {
+			set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS,
+			        "state %u was made for another program or function than function \"%s\" "
+			        "of program %u", ws->state, fi->name, ws->program);
+			return false;
+		}
+	} else if (fi->n_states > 0) {
+		set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS,
+		        "function \"%s\" has %u states (state<...> inputs): name one made for it by "
+		        "state.create in \"state\"", fi->name, fi->n_states);
+		return false;
+	}
 	st->entry = en;
 	st->fn = fn;
+	st->state = state;
 	st->n_in = ws->n_in;
 	st->n_out = ws->n_out;
 	st->fault = c->srv->cfg.fault_run_fail && !strcmp(fi->name, c->srv->cfg.fault_run_fail);
@@ -248,7 +283,7 @@ static bool resolve_step(anes_conn *c, const anes_run_wire *w, uint32_t i, run_s
 /* Check the request w (the first thing wrong becomes e) and fill steps[]
  * -- laid out as run_steps_bytes(w->n_steps, w->n_ids) counts -- in one
  * pass, in the order the daemon has always checked: the request, then each
- * step's params, program, function, counts, inputs and outputs. */
+ * step's params, program, function, counts, inputs and outputs, and state. */
 static bool resolve(anes_conn *c, const anes_run_wire *w, run_step *steps, run_err *e)
 {
 	switch (w->bad) {
@@ -292,6 +327,12 @@ static bool resolve(anes_conn *c, const anes_run_wire *w, run_step *steps, run_e
 
 static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_len)
 {
+	anes_state *state = st->state;
+	if (state && atomic_load(&state->lost)) {
+		snprintf(err, err_len, "the state's contents are unknown since a run of it failed: "
+		         "state.reset it");
+		return STATE_LOST_RC;
+	}
 	if (st->fault) {
 		snprintf(err, err_len, "injected failure (--fault-inject run_fail)");
 		return -EIO;
@@ -307,17 +348,31 @@ static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_le
 		}
 	}
 	if (b->ops->run_surfaces) {
-		anes_surface_desc d[2 * ANES_MAX_IO];
-		uint32_t n = st->n_in + st->n_out;
-		for (uint32_t i = 0; i < n && i < 2 * ANES_MAX_IO; i++) {
-			const anes_surface *s = st->surf[i];
-			d[i] = (anes_surface_desc){ .ptr = s->map, .fd = s->fd,
+		/* inputs, outputs, then the state's tensors (backend.h) */
+		anes_surface_desc d[3 * ANES_MAX_IO];
+		uint32_t n = st->n_in + st->n_out, n_st = state ? state->n : 0;
+		for (uint32_t i = 0; i < n + n_st && i < 3 * ANES_MAX_IO; i++) {
+			const anes_surface *s = i < n ? st->surf[i] : state->mem;
+			uint64_t off = i < n ? 0 : state->off[i - n];
+			d[i] = (anes_surface_desc){ .ptr = (char *)s->map + off, .fd = s->fd,
 			                            .ios_id = s->shm ? s->shm->id : 0,
 			                            .ios = s->shm && s->shm->id ? s->shm->ref : NULL,
 			                            .key = s->key,
-			                            .offset = 0, .size = s->size };
+			                            .offset = off, .size = s->size };
 		}
-		return b->ops->run_surfaces(b, st->entry->prog, st->fn, d, n, err, err_len);
+		return b->ops->run_surfaces(b, st->entry->prog, st->fn, d, n + n_st, err, err_len);
+	}
+	if (state) {
+		void *sp[ANES_MAX_IO];
+		for (uint32_t i = 0; i < state->n && i < ANES_MAX_IO; i++)
+			sp[i] = anes_state_ptr(state, i);
+		if (!b->ops->run_states) {
+			snprintf(err, err_len, "the %s backend does not run functions with states",
+			         b->ops->name);
+			return -ENOTSUP;
+		}
+		return b->ops->run_states(b, st->entry->prog, st->fn, st->in, (void *const *)st->out,
+		                          sp, err, err_len);
 	}
 	return b->ops->run(b, st->entry->prog, st->fn, st->in, (void *const *)st->out, err, err_len);
 }
@@ -346,6 +401,8 @@ static int run_steps(anes_backend *b, const run_step *steps, uint32_t n, uint32_
 		uint64_t t1 = anes_now_ns();
 		if (rc == 0)
 			note_run_time(steps[i].entry, t1 - t);
+		else if (steps[i].state)   /* how far it got is unknown */
+			atomic_store(&steps[i].state->lost, true);
 		t = t1;
 		done = i + 1;
 	}
@@ -370,6 +427,11 @@ typedef struct run_job {
 	uint32_t n_steps;
 	uint32_t n_done;        /* steps that ran (the failed one included) */
 	run_step *steps;
+	/* The distinct states its steps name, claimed in their queues: it is
+	 * submitted once it is first in every one (state.h). */
+	anes_state_wait wait;
+	anes_state_claim *claims;   /* n_steps entries, n_claims used */
+	uint32_t n_claims;
 	int rc;
 	uint64_t elapsed_ns;
 	/* The success reply, packed on the worker (run_reply): sent whole
@@ -497,6 +559,10 @@ static void run_done(anes_job *j, bool cancelled)
 			anes_surface_unref(st->surf[i]);
 		anes_centry_unpin(st->entry);
 	}
+	/* The next run or reset of each state may go (and is submitted). */
+	anes_state_release_claims(rj->claims, rj->n_claims);
+	for (uint32_t i = 0; i < rj->n_claims; i++)
+		anes_state_unref(rj->claims[i].st);
 	anes_server *srv = c->srv;
 	anes_conn_kick(c);
 	anes_tenant_job_end(rj->tenant);
@@ -508,7 +574,8 @@ static void run_done(anes_job *j, bool cancelled)
 /* Single-step run jobs are all allocated at this size and kept for reuse
  * (loop only), so a steady stream of runs through the loop allocates no
  * job.  Chains get their own size. */
-#define SMALL_JOB_BYTES (sizeof(run_job) + run_steps_bytes(1, 2 * ANES_RUN_WIRE_MAX_IO))
+#define SMALL_JOB_BYTES (sizeof(run_job) + run_steps_bytes(1, 2 * ANES_RUN_WIRE_MAX_IO) + \
+                         sizeof(anes_state_claim))
 #define JOB_CACHE_MAX 64
 
 static run_job *run_job_alloc(anes_server *srv, size_t bytes)
@@ -551,13 +618,15 @@ void anes_run_jobs_free(anes_server *srv)
 static void submit(anes_conn *c, const anes_run_wire *w)
 {
 	anes_server *srv = c->srv;
-	size_t bytes = sizeof(run_job) + run_steps_bytes(w->n_steps, w->n_ids);
+	size_t steps_bytes = run_steps_bytes(w->n_steps, w->n_ids);
+	size_t bytes = sizeof(run_job) + steps_bytes + w->n_steps * sizeof(anes_state_claim);
 	run_job *rj = run_job_alloc(srv, bytes);
 	if (!rj) {
 		anes_conn_reply_error(c, w->msgid, ANES_WERR_NO_MEMORY, "out of memory");
 		return;
 	}
 	rj->steps = (run_step *)(void *)(rj + 1);
+	rj->claims = (anes_state_claim *)(void *)((char *)rj->steps + steps_bytes);
 	rj->n_steps = w->n_steps;   /* the size class, for run_job_free */
 	run_err e = { 0 };
 	if (!resolve(c, w, rj->steps, &e)) {
@@ -587,7 +656,18 @@ static void submit(anes_conn *c, const anes_run_wire *w)
 	rj->msgid = w->msgid;
 	rj->chain = w->chain;
 	c->inflight++;
-	anes_pool_submit(srv->pool, &rj->job);
+	/* Its states, each claimed once, in the order the steps name them. */
+	rj->wait = (anes_state_wait){ .job = &rj->job, .pool = srv->pool };
+	for (uint32_t i = 0; i < w->n_steps; i++) {
+		anes_state *st = rj->steps[i].state;
+		bool seen = !st;
+		for (uint32_t k = 0; k < rj->n_claims && !seen; k++)
+			seen = rj->claims[k].st == st;
+		if (!seen)
+			anes_state_enqueue(anes_state_ref(st), &rj->claims[rj->n_claims++], &rj->wait);
+	}
+	if (rj->wait.blocked == 0)
+		anes_pool_submit(srv->pool, &rj->job);
 }
 
 bool anes_run_request(anes_conn *c, const void *payload, uint32_t len, unsigned nfds)
@@ -661,8 +741,10 @@ int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx
 			uint64_t ns = atomic_load_explicit(&steps[i].entry->run_ns, memory_order_relaxed);
 			if (ns == 0 || (expect_ns += ns) > max_ns ||
 			    !steps[i].entry->lanes ||
+			    (steps[i].state && anes_state_claimed(steps[i].state)) ||
 			    (b->ops->program_ready && !b->ops->program_ready(b, steps[i].entry->prog)))
-				return 0;   /* (nor one that would wait for a device worker's restart) */
+				return 0;   /* (nor one that would wait for a device worker's restart,
+				             * nor one whose state a job holds or waits for) */
 		}
 		char err[ANES_ERRMSG_MAX];
 		int rc = run_steps(c->srv->backend, steps, w->n_steps, &n_done, &elapsed_ns, err,

@@ -370,7 +370,16 @@ void anes_pool_shutdown(anes_pool *p)
 	poll_cleanup(p);
 
 	/* Every done() may free refs that close connections or cache entries;
-	 * deliver them now so nothing refers to the pool afterwards. */
-	deliver(p);
+	 * deliver them now so nothing refers to the pool afterwards.  A done()
+	 * may submit a job that waited for it (a state's next run, state.h):
+	 * the stopped pool ends it at once, and it is delivered in turn. */
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		bool more = p->done != NULL;
+		pthread_mutex_unlock(&p->mu);
+		if (!more)
+			break;
+		deliver(p);
+	}
 	uv_close((uv_handle_t *)&p->async, on_closed);
 }

@@ -39,6 +39,7 @@
 #include "daemon.h"
 #include "lanes.h"
 #include "run.h"
+#include "state.h"
 
 static void on_poll(uv_poll_t *h, int status, int events);
 static void track_pause(anes_conn *c, bool reading);
@@ -316,6 +317,7 @@ int anes_conn_new(anes_server *srv, int fd)
 	c->created_ns = anes_clock_ns();
 	anes_idt_init(&c->surfaces);
 	anes_idt_init(&c->programs);
+	anes_idt_init(&c->states);
 	c->next = srv->conns;
 	if (srv->conns)
 		srv->conns->prev = c;
@@ -421,6 +423,7 @@ static void teardown(anes_conn *c)
 		anes_centry_drop_handle(c->programs.v[i].ptr, c->tenant);
 	anes_idt_cleanup(&c->surfaces);
 	anes_idt_cleanup(&c->programs);
+	anes_states_drop_all(c);
 	anes_tenant *t = c->tenant;
 	if (c->tprev)
 		c->tprev->tnext = c->tnext;

@@ -70,6 +70,8 @@ typedef struct anes_stats {
 	uint64_t cache_hits;
 	uint64_t surfaces;        /* alive, all connections */
 	uint64_t surface_bytes;
+	uint64_t states;          /* alive, all connections (state/state.h); each is also a surface */
+	uint64_t state_bytes;
 	uint64_t refused;         /* connections refused for their uid */
 	uint64_t timed_out;       /* closed for a hello or a frame not done in time */
 	uint64_t dropped;         /* clients dropped for not reading their responses */
@@ -222,7 +224,9 @@ struct anes_conn {
 	uint32_t pending_compiles;   /* reserve a handle slot each */
 	anes_idtable surfaces;       /* -> anes_surface* (the table's reference) */
 	anes_idtable programs;       /* -> anes_centry* (one handle each) */
-	uint32_t surfaces_alive;     /* including released ones still held by runs */
+	anes_idtable states;         /* -> anes_state* (the table's reference; state/state.h) */
+	uint32_t surfaces_alive;     /* including released ones still held by runs, and
+	                              * the states' memory */
 	uint64_t surface_bytes;
 	/* Sharing (share.c): live tokens this connection exported, its failed
 	 * token imports (forgotten after a quiet while), and the penalty they

@@ -16,6 +16,7 @@
 #include "anes_shm.h"
 #include "daemon.h"
 #include "mil.h"   /* the MIL front end's caps on tensors, announced in hello */
+#include "state.h"
 
 typedef void (*method_fn)(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
 
@@ -316,6 +317,8 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "clients", srv->n_conns);
 	pack_kv_u64(&f.pk, "surfaces", srv->stats.surfaces);
 	pack_kv_u64(&f.pk, "surface_bytes", srv->stats.surface_bytes);
+	pack_kv_u64(&f.pk, "states", srv->stats.states);
+	pack_kv_u64(&f.pk, "state_bytes", srv->stats.state_bytes);
 	pack_kv_u64(&f.pk, "runs", srv->stats.runs);
 	pack_kv_u64(&f.pk, "lane_runs", srv->stats.lane_runs);
 	pack_kv_u64(&f.pk, "lane_spins", srv->stats.lane_spins);
@@ -807,13 +810,15 @@ static void m_program_info(anes_conn *c, const anes_msg *m, int *fds, unsigned n
 	msgpack_pack_array(&f.pk, p->n_functions);
 	for (uint32_t i = 0; i < p->n_functions; i++) {
 		const anes_function_info *fn = &p->functions[i];
-		msgpack_pack_map(&f.pk, 3);
+		msgpack_pack_map(&f.pk, 4);
 		anes_pack_str(&f.pk, "name");
 		anes_pack_strn(&f.pk, fn->name, strlen(fn->name));
 		anes_pack_str(&f.pk, "inputs");
 		pack_tensors(&f.pk, fn->inputs, fn->n_inputs);
 		anes_pack_str(&f.pk, "outputs");
 		pack_tensors(&f.pk, fn->outputs, fn->n_outputs);
+		anes_pack_str(&f.pk, "states");
+		pack_tensors(&f.pk, fn->states, fn->n_states);
 	}
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
@@ -850,6 +855,9 @@ static const struct method {
 	{ "program.compile", m_program_compile, true },
 	{ "program.info", m_program_info, false },
 	{ "program.release", m_program_release, false },
+	{ "state.create", anes_m_state_create, false },
+	{ "state.reset", anes_m_state_reset, false },
+	{ "state.release", anes_m_state_release, false },
 };
 
 bool anes_request_admit(anes_conn *c, uint32_t msgid, bool is_hello)

@@ -66,8 +66,8 @@ typedef struct anes_function_info {
 	const anes_tensor_desc *inputs;   /* owned by the program, n_inputs entries */
 	const anes_tensor_desc *outputs;  /* owned by the program, n_outputs entries */
 	/* The function's states (MIL state<tensor<...>> inputs): memory the
-	 * caller keeps between runs, read and written in place by run_states.
-	 * A function with states cannot be run by run. */
+	 * caller keeps between runs, read and written in place by run_states
+	 * (or run_surfaces).  A function with states cannot be run by run. */
 	uint32_t n_states;
 	const anes_tensor_desc *states;   /* owned by the program, n_states entries */
 } anes_function_info;
@@ -170,20 +170,28 @@ typedef struct anes_backend_ops {
 
 	/* ---- optional ---- */
 
-	/* run, for functions with states (functions[fn].n_states > 0): states[i]
+	/* The state interface (docs/protocol.md, "States"): the daemon keeps a
+	 * state's memory (one block per state object, each tensor 64-byte
+	 * aligned) and passes it to every run of the function it was made for.
+	 *
+	 * run, for functions with states (functions[fn].n_states > 0): states[i]
 	 * points to functions[fn].states[i].bytes bytes (aligned to the element
 	 * size) that the caller keeps between runs; read_state reads it,
 	 * write_state and coreml_update_state overwrite it, in program order.
-	 * NULL where the backend has no states (the ANE backend, the worker
-	 * proxy). */
+	 * Runs of one state never overlap (the daemon orders them); the
+	 * contents after a failed run are unknown (the daemon marks the state
+	 * lost).  NULL where the backend runs no states in process: the ANE
+	 * backend (refused: -ENOTSUP), and the worker proxy, which takes them in
+	 * run_surfaces.  A backend with neither answers -ENOTSUP. */
 	int (*run_states)(anes_backend *b, anes_bprogram *prog, uint32_t fn_index,
 	                  const void *const *inputs, void *const *outputs, void *const *states,
 	                  char *errbuf, size_t errbuf_len);
 
 	/* ---- optional (NULL in in-process backends) ---- */
 
-	/* run, with each argument described by its surface (inputs then
-	 * outputs, n_inputs + n_outputs entries).  When present the daemon keeps
+	/* run, with each argument described by its surface (inputs, outputs,
+	 * then the function's states: n_inputs + n_outputs + n_states entries,
+	 * a state's tensors in one surface at their offsets).  When present the daemon keeps
 	 * every memfd surface's fd (CLOEXEC) while the surface lives (an
 	 * IOSurface is passed by ios_id instead), calls this
 	 * instead of run, and calls surface_release once the surface is gone.
