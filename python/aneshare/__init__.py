@@ -20,9 +20,10 @@ from ._errors import (AneshareError, BadFdError, ClosedError, CompileError, Conn
                       InvalidParamsError, LimitError, NoMemoryError, NoSuchFunctionError,
                       NoSuchProgramError, NoSuchSurfaceError, OSFailure, ProtocolError,
                       RunFailedError, ShuttingDownError, SizeMismatchError, UnknownMethodError,
-                      UnsupportedError, VersionError, WorkerRestartedError, BY_WIRE_CODE)
-from ._core import (MAX_WEIGHT_FILES, Connection, Function, Program, Surface, Tensor, Ticket,
-                    connect, default_socket_path, surface_of)
+                      UnsupportedError, VersionError, WorkerRestartedError, NoSuchStateError,
+                      StateLostError, BY_WIRE_CODE)
+from ._core import (MAX_WEIGHT_FILES, Connection, Function, Program, State, Surface, Tensor,
+                    Ticket, connect, default_socket_path, surface_of)
 
 __version__ = "0.1.0"
 
@@ -34,5 +35,5 @@ __all__ = [
     "UnknownMethodError", "InvalidParamsError", "NoSuchSurfaceError", "NoSuchProgramError",
     "NoSuchFunctionError", "LimitError", "CompileError", "UnsupportedError", "SizeMismatchError",
     "BadFdError", "RunFailedError", "NoMemoryError", "InternalError", "ShuttingDownError",
-    "WorkerRestartedError", "BY_WIRE_CODE",
+    "WorkerRestartedError", "NoSuchStateError", "StateLostError", "State", "BY_WIRE_CODE",
 ]

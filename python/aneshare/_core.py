@@ -23,6 +23,7 @@ any call on it raises ForkError, and its objects are left alone (nothing is
 released through the shared socket) when they are collected.
 """
 import ctypes
+import errno as _errno
 import itertools
 import os
 import threading
@@ -420,14 +421,16 @@ class Tensor(tuple):
 
 
 class Function:
-    """One function of a program: its index, name, inputs and outputs."""
-    __slots__ = ("index", "name", "inputs", "outputs")
+    """One function of a program: its index, name, inputs and outputs, and
+    its states (state<...> inputs: it runs on a State, Program.new_state)."""
+    __slots__ = ("index", "name", "inputs", "outputs", "states")
 
-    def __init__(self, index, name, inputs, outputs):
+    def __init__(self, index, name, inputs, outputs, states=()):
         self.index = index
         self.name = name
         self.inputs = inputs
         self.outputs = outputs
+        self.states = states
 
     def __repr__(self):
         return "<Function %d %r inputs=%r outputs=%r>" % (self.index, self.name, self.inputs,
@@ -466,7 +469,11 @@ class Program:
                         for i in range(lib.aneshare_program_input_count(ptr, f)))
             outs = tuple(_tensor(lib.aneshare_program_output(ptr, f, i))
                          for i in range(lib.aneshare_program_output_count(ptr, f)))
-            fns.append(Function(f, name, ins, outs))
+            sts = ()
+            if "aneshare_program_state_count" in HAVE:
+                sts = tuple(_tensor(lib.aneshare_program_state(ptr, f, i))
+                            for i in range(lib.aneshare_program_state_count(ptr, f)))
+            fns.append(Function(f, name, ins, outs, sts))
         self.functions = tuple(fns)
         self._by_name = {f.name: f for f in fns}
         self._scratch = {}   # function index -> (inputs, outputs) for __call__
@@ -521,13 +528,32 @@ class Program:
         """One array per output of the function, each on its own surface."""
         return [self._conn.array(t.dtype, t.shape) for t in self.function(function).outputs]
 
+    def new_state(self, function=None):
+        """A State for the function (one with state<...> inputs): zero-filled
+        memory the daemon keeps between runs given state=, as Core ML's
+        MLState.  One per independent sequence."""
+        h = self._h
+        h.check()
+        _need("aneshare_state_create")
+        fn = self._index(function)
+        ptr = _vp()
+        with h.lock:
+            rc = lib.aneshare_state_create(self._ptr_checked(), fn, ctypes.byref(ptr))
+            if rc < 0:
+                raise h.error(rc)
+        return State(self, fn, ptr.value)
+
     # ---- running ----
 
-    def run(self, inputs, outputs, function=None):
+    def run(self, inputs, outputs, function=None, state=None):
         """Run on arrays of surfaces (new_inputs()/new_outputs(), conn.surface()),
         without copying: the daemon reads the inputs' memory and writes the
-        outputs' in place.  Blocks until done."""
+        outputs' in place.  Blocks until done.  A function with states runs
+        on state (a State of this program's function)."""
         h = self._h
+        if state is not None:
+            self._run_state(inputs, outputs, function, state)
+            return
         if h.bad:
             h.check()
         # The arguments of the last run, kept with weak references to its
@@ -568,7 +594,21 @@ class Program:
         if h.async_calls:
             h.after_blocking()
 
-    def __call__(self, *args, function=None, **named):
+    def _run_state(self, inputs, outputs, function, state):
+        h = self._h
+        h.check()
+        fn = self._index(function)
+        ins = _ptr_array(inputs, h)
+        outs = _ptr_array(outputs, h)
+        with h.lock:
+            rc = lib.aneshare_run_state(self._ptr_checked(), fn, state._ptr_checked(h), ins,
+                                        len(ins), outs, len(outs))
+            if rc < 0:
+                raise h.error(rc)
+        if h.async_calls:
+            h.after_blocking()
+
+    def __call__(self, *args, function=None, state=None, **named):
         """Convenience: copy the given arrays (positional in input order, or
         by input name) into surfaces this program keeps, run, and return
         new arrays (copies): the output, or a tuple of them if the function
@@ -594,13 +634,14 @@ class Program:
             np.copyto(dst, src, casting="same_kind")
         if given:
             raise TypeError("function %r has no input %s" % (f.name, ", ".join(map(repr, given))))
-        self.run(ins, outs, f.index)
+        self.run(ins, outs, f.index, state)
         res = tuple(o.copy() for o in outs)
         return res[0] if len(res) == 1 else res
 
-    def submit(self, inputs, outputs, function=None):
+    def submit(self, inputs, outputs, function=None, state=None):
         """Start a run without waiting: a Ticket to wait() for.  The arrays
-        stay alive until then."""
+        (and the state) stay alive until then.  Runs on one state happen in
+        the order they were submitted."""
         h = self._h
         h.check()
         fn = self._index(function)
@@ -610,10 +651,14 @@ class Program:
         with h.lock:
             p = self._ptr_checked()
             _drain_orphans(h)
-            rc = lib.aneshare_run_submit(p, fn, ins, len(ins), outs, len(outs), ctypes.byref(t))
+            if state is None:
+                rc = lib.aneshare_run_submit(p, fn, ins, len(ins), outs, len(outs), ctypes.byref(t))
+            else:
+                rc = lib.aneshare_run_state_submit(p, fn, state._ptr_checked(h), ins, len(ins),
+                                                   outs, len(outs), ctypes.byref(t))
             if rc < 0:
                 raise h.error(rc)
-        return Ticket(h, t.value, (inputs, outputs))
+        return Ticket(h, t.value, (inputs, outputs, state))
 
     async def run_async(self, inputs, outputs, function=None):
         """run() as a coroutine: the connection's fd is watched by the
@@ -657,6 +702,69 @@ class Program:
 
     def __repr__(self):
         return "<aneshare.Program %s %s>" % (self.key[:12], ", ".join(f.name for f in self.functions))
+
+
+def _need(fname):
+    if fname not in HAVE:
+        raise error_for(-_errno.ENOSYS, "this libaneshare has no %s" % fname)
+
+
+class State:
+    """The states of one function of a program (aneshare_state): memory the
+    daemon keeps between runs (a KV cache), zero-filled when made.  Give it
+    to Program.run / submit / __call__ as state=.  .size is the bytes the
+    daemon holds for it.  Released by release(), at the end of a `with`
+    block, or when collected."""
+
+    def __init__(self, program, function, ptr):
+        self._h = program._h
+        self._program = program   # kept alive: its runs need it
+        self.function = program.functions[function]
+        self._ptr = ptr
+        self._cptr = _vp(ptr)
+        self.size = lib.aneshare_state_size(ptr)
+
+    def _ptr_checked(self, h):
+        if h is not self._h:
+            raise ValueError("the state belongs to another connection")
+        if self._cptr is None or h.freed:
+            raise ClosedError("the state was released")
+        return self._cptr
+
+    def reset(self):
+        """Zero it again, after the runs submitted before (clears a
+        StateLostError)."""
+        h = self._h
+        h.check()
+        with h.lock:
+            rc = lib.aneshare_state_reset(self._ptr_checked(h))
+            if rc < 0:
+                raise h.error(rc)
+
+    def release(self):
+        """Release it now; nothing is raised (as Program.release)."""
+        h = self._h
+        p, self._ptr, self._cptr = self._cptr, None, None
+        if p is None or h.freed or h.forked:
+            return
+        with h.lock:
+            if not h.freed:
+                lib.aneshare_state_release(p)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "<aneshare.State of %r, %d bytes>" % (self.function.name, self.size)
 
 
 def _live(h):
@@ -737,14 +845,25 @@ def _steps(h, steps):
         raise ValueError("a chain has 1 to %d steps, not %d" % (MAX_STEPS, n))
     arr = (Step * n)()
     keep = []
+    states = None
     for i, st in enumerate(steps):
+        state = None
         if len(st) == 3:
             prog, ins, outs = st
             fn = None
-        else:
+        elif len(st) == 4:
             prog, ins, outs, fn = st
+        else:
+            prog, ins, outs, fn, state = st
         if not isinstance(prog, Program):
-            raise TypeError("step %d: a step is (program, inputs, outputs[, function])" % i)
+            raise TypeError("step %d: a step is (program, inputs, outputs[, function[, state]])"
+                            % i)
+        if state is not None:
+            _need("aneshare_run_chain_states")
+            if states is None:
+                states = (_vp * n)()
+            states[i] = state._ptr_checked(h)
+            keep.append(state)
         if prog._h is not h:
             raise ValueError("step %d: the program belongs to another connection" % i)
         pi = _ptr_array(ins, h)
@@ -757,7 +876,7 @@ def _steps(h, steps):
         s.outputs = ctypes.cast(po, ctypes.POINTER(_vp))
         s.n_outputs = len(po)
         keep.append((prog, ins, outs, pi, po))
-    return arr, keep
+    return arr, keep, states
 
 
 # ---- the connection --------------------------------------------------------------
@@ -985,15 +1104,18 @@ class Connection:
     # ---- runs ----
 
     def run_chain(self, steps):
-        """Run steps, each (program, inputs, outputs[, function]), back to back
-        in one request; on failure the exception's failed_step names the
-        step."""
+        """Run steps, each (program, inputs, outputs[, function[, state]]),
+        back to back in one request; on failure the exception's failed_step
+        names the step."""
         h = self._h
         h.check()
         with h.lock:   # programs are released under the lock
             _live(h)
-            arr, keep = _steps(h, steps)
-            rc = lib.aneshare_run_chain(h.cptr, arr, len(arr))
+            arr, keep, states = _steps(h, steps)
+            if states is None:
+                rc = lib.aneshare_run_chain(h.cptr, arr, len(arr))
+            else:
+                rc = lib.aneshare_run_chain_states(h.cptr, arr, states, len(arr))
             if rc < 0:
                 raise h.error(rc)
         if h.async_calls:
@@ -1006,7 +1128,9 @@ class Connection:
         keep = []
 
         def start(ud):   # called with the lock held
-            arr, objs = _steps(h, steps)
+            arr, objs, states = _steps(h, steps)
+            if states is not None:
+                raise ValueError("a chain with states runs with run_chain, not run_chain_async")
             keep.append((arr, objs))
             return lib.aneshare_run_chain_async(h.cptr, arr, len(arr), _done_cb, ud)
         return await _async_call(h, start, keep)

@@ -140,11 +140,21 @@ class WorkerRestartedError(DaemonError):
     wire_code = 18
 
 
+class NoSuchStateError(DaemonError):
+    wire_code = 19
+
+
+class StateLostError(DaemonError):
+    """The state's contents are unknown (a run of it failed, or the daemon
+    restarted): State.reset() it."""
+    wire_code = 20
+
+
 BY_WIRE_CODE = {c.wire_code: c for c in (
     ProtocolError, VersionError, HandshakeError, UnknownMethodError, InvalidParamsError,
     NoSuchSurfaceError, NoSuchProgramError, NoSuchFunctionError, LimitError, CompileError,
     UnsupportedError, SizeMismatchError, BadFdError, RunFailedError, NoMemoryError, InternalError,
-    ShuttingDownError, WorkerRestartedError)}
+    ShuttingDownError, WorkerRestartedError, NoSuchStateError, StateLostError)}
 
 _LINE = re.compile(r"\bline (\d+)")
 

@@ -175,6 +175,17 @@ _OPTIONAL_PROTOTYPES = {
     "aneshare_surface_import_token": (_int, [_vp, _str, ctypes.POINTER(_vp)]),
     "aneshare_surface_read_only": (ctypes.c_bool, [_vp]),
     "aneshare_token_check": (_int, [_str]),
+    # states (docs/protocol.md, "States")
+    "aneshare_program_state_count": (_u32, [_vp, _u32]),
+    "aneshare_program_state": (ctypes.POINTER(TensorInfo), [_vp, _u32, _u32]),
+    "aneshare_state_create": (_int, [_vp, _u32, ctypes.POINTER(_vp)]),
+    "aneshare_state_reset": (_int, [_vp]),
+    "aneshare_state_release": (_int, [_vp]),
+    "aneshare_state_size": (ctypes.c_uint64, [_vp]),
+    "aneshare_run_state": (_int, [_vp, _u32, _vp, _pvp, _sz, _pvp, _sz]),
+    "aneshare_run_state_submit": (_int, [_vp, _u32, _vp, _pvp, _sz, _pvp, _sz,
+                                         ctypes.POINTER(_u32)]),
+    "aneshare_run_chain_states": (_int, [_vp, ctypes.POINTER(Step), _pvp, _sz]),
 }
 HAVE = set()
 

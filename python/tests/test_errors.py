@@ -16,14 +16,16 @@ from conftest import TINY
 WIRE = {1: "protocol", 2: "version", 3: "handshake", 4: "unknown_method", 5: "invalid_params",
         6: "no_such_surface", 7: "no_such_program", 8: "no_such_function", 9: "limit",
         10: "compile", 11: "unsupported", 12: "size_mismatch", 13: "bad_fd", 14: "run_failed",
-        15: "no_memory", 16: "internal", 17: "shutting_down", 18: "worker_restarted"}
+        15: "no_memory", 16: "internal", 17: "shutting_down", 18: "worker_restarted",
+        19: "no_such_state", 20: "state_lost"}
 CLASS = {1: aneshare.ProtocolError, 2: aneshare.VersionError, 3: aneshare.HandshakeError,
          4: aneshare.UnknownMethodError, 5: aneshare.InvalidParamsError,
          6: aneshare.NoSuchSurfaceError, 7: aneshare.NoSuchProgramError,
          8: aneshare.NoSuchFunctionError, 9: aneshare.LimitError, 10: aneshare.CompileError,
          11: aneshare.UnsupportedError, 12: aneshare.SizeMismatchError, 13: aneshare.BadFdError,
          14: aneshare.RunFailedError, 15: aneshare.NoMemoryError, 16: aneshare.InternalError,
-         17: aneshare.ShuttingDownError, 18: aneshare.WorkerRestartedError}
+         17: aneshare.ShuttingDownError, 18: aneshare.WorkerRestartedError,
+         19: aneshare.NoSuchStateError, 20: aneshare.StateLostError}
 
 
 @pytest.mark.parametrize("wire", sorted(WIRE))
