@@ -53,7 +53,8 @@ static void usage(FILE *f)
 	        "  compile DIR.mlmodelc        compile a Core ML model folder: its model.mil, its\n"
 	        "                              @model_path/ weight files passed by descriptor\n"
 	        "                              (an .mlpackage: xcrun coremlcompiler compile X.mlpackage OUT)\n"
-	        "  run FILE.mil | DIR.mlmodelc compile and run a program once\n"
+	        "  run FILE.mil | DIR.mlmodelc compile and run a program once (a function with\n"
+	        "                              states: on a fresh zero-filled state)\n"
 	        "      --weight PATH=FILE      as for compile\n"
 	        "      --function NAME         the function to run (default: the first, main)\n"
 	        "      --input FILE            next input, raw bytes in the tensor's dtype\n"
@@ -210,6 +211,8 @@ static void print_program(const aneshare_program *p, bool cached)
 			print_tensor_info("input", aneshare_program_input(p, f, i));
 		for (uint32_t i = 0; i < aneshare_program_output_count(p, f); i++)
 			print_tensor_info("output", aneshare_program_output(p, f, i));
+		for (uint32_t i = 0; i < aneshare_program_state_count(p, f); i++)
+			print_tensor_info("state", aneshare_program_state(p, f, i));
 	}
 }
 
@@ -638,6 +641,7 @@ static int run_program(aneshare_conn *c, run_opts *o)
 	aneshare_program *p;
 	bool cached;
 	aneshare_surface *in[MAX_ARGS] = { 0 }, *out[MAX_ARGS] = { 0 };
+	aneshare_state *st = NULL;
 	uint32_t n_in = 0, n_out = 0, fn = 0;
 	int rc = compile_file(c, o->file, &o->ws, &p, &cached);
 	if (rc)
@@ -692,8 +696,17 @@ static int run_program(aneshare_conn *c, run_opts *o)
 			fill_random(aneshare_surface_data(in[i]), t, &o->seed);
 		}   /* zeros: new surfaces are zero-filled */
 	}
+	/* A function with states runs once on a fresh (zero-filled) state. */
+	if (aneshare_program_state_count(p, fn) > 0) {
+		int r = aneshare_state_create(p, fn, &st);
+		if (r < 0) {
+			rc = fail_call(c, "making a state", r);
+			goto out;
+		}
+	}
 	double t0 = now_ms();
-	int r = aneshare_run(p, fn, in, n_in, out, n_out);
+	int r = st ? aneshare_run_state(p, fn, st, in, n_in, out, n_out)
+	           : aneshare_run(p, fn, in, n_in, out, n_out);
 	double t1 = now_ms();
 	if (r < 0) {
 		rc = fail_call(c, "run", r);
@@ -715,6 +728,7 @@ static int run_program(aneshare_conn *c, run_opts *o)
 		}
 	}
 out:
+	aneshare_state_release(st);
 	for (uint32_t i = 0; i < n_in; i++)
 		aneshare_surface_release(in[i]);
 	for (uint32_t i = 0; i < n_out; i++)

@@ -915,6 +915,33 @@ Test(states, in_a_device_worker, .fini = stop_daemon)
 	h_daemon_stop(&Dm);
 }
 
+/* ---- the CLI ------------------------------------------------------------------------------------ */
+
+Test(states, the_cli_runs_a_stateful_program_once_on_a_fresh_state, .fini = stop_daemon)
+{
+	h_daemon_start(&Dm);
+	char path[256], out[8192];
+	snprintf(path, sizeof path, "%s/kv.mil", Dm.dir);
+	char *mil = kv_mil("main");
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f);
+	cr_assert_eq(fputs(mil, f) >= 0, true);
+	cr_assert_eq(fclose(f), 0);
+	free(mil);
+	const char *cargs[] = { "compile", path, NULL };
+	cr_assert_eq(h_run_tool(&Dm, "ANESHARE_CLI", out, sizeof out, cargs), 0, "%s", out);
+	cr_assert(strstr(out, "state  k_cache: fp16 [4, 4] (32 bytes)"), "%s", out);
+	/* token 0 from zeros: the counter output is 1 */
+	const char *rargs[] = { "run", path, "--fill", "zeros", NULL };
+	cr_assert_eq(h_run_tool(&Dm, "ANESHARE_CLI", out, sizeof out, rargs), 0, "%s", out);
+	cr_assert(strstr(out, "ran in"), "%s", out);
+	const char *ctr = strstr(out, "output coreml_update_state_2: fp16 [1] (2 bytes)");
+	cr_assert(ctr && strstr(ctr, "first: 1\n"), "%s", out);
+	counts k = raw_counts(&Dm);
+	cr_assert_eq(k.states, 0, "the CLI's state went with its connection");
+	h_daemon_stop(&Dm);
+}
+
 /* ---- a restarted daemon ---------------------------------------------------------------------- */
 
 Test(states, after_a_reconnect_the_state_is_made_again_and_marked_lost, .fini = stop_daemon)

@@ -71,7 +71,8 @@ static void set_err(run_err *e, bool chain, bool step_level, uint32_t step, int 
 		snprintf(e->msg, sizeof(e->msg), "%s", msg);
 }
 
-/* A step whose state is lost (run_one) fails with this code. */
+/* A step whose state is lost (run_one) fails with this code; a backend's
+ * own -ESTALE is answered as any other failure. */
 #define STATE_LOST_RC (-ESTALE)
 
 /* The one map from a failed step's return code to the wire. */
@@ -325,14 +326,10 @@ static bool resolve(anes_conn *c, const anes_run_wire *w, run_step *steps, run_e
 
 /* ---- the step executor ------------------------------------------------------- */
 
-static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_len)
+/* run_one past the state's check: the fault hooks, then the backend. */
+static int run_backend(anes_backend *b, const run_step *st, char *err, size_t err_len)
 {
 	anes_state *state = st->state;
-	if (state && atomic_load(&state->lost)) {
-		snprintf(err, err_len, "the state's contents are unknown since a run of it failed: "
-		         "state.reset it");
-		return STATE_LOST_RC;
-	}
 	if (st->fault) {
 		snprintf(err, err_len, "injected failure (--fault-inject run_fail)");
 		return -EIO;
@@ -375,6 +372,18 @@ static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_le
 		                          sp, err, err_len);
 	}
 	return b->ops->run(b, st->entry->prog, st->fn, st->in, (void *const *)st->out, err, err_len);
+}
+
+static int run_one(anes_backend *b, const run_step *st, char *err, size_t err_len)
+{
+	anes_state *state = st->state;
+	if (state && atomic_load(&state->lost)) {
+		snprintf(err, err_len, "the state's contents are unknown since a run of it failed: "
+		         "state.reset it");
+		return STATE_LOST_RC;
+	}
+	int rc = run_backend(b, st, err, err_len);
+	return rc == STATE_LOST_RC ? -EIO : rc;
 }
 
 /* Keep a moving average of e's run time (ns): 1/4 of the new one. */
