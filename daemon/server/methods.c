@@ -308,7 +308,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 30 : 29);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 32 : 31);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);

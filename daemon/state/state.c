@@ -216,16 +216,7 @@ void anes_m_state_create(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 		                      "(%llu) bytes", fi->name, (unsigned long long)lim->max_surface_bytes);
 		return;
 	}
-	/* A state counts as a surface: the connection's cap, then the charge
-	 * to its client process, uid and the daemon (tenant.h). */
 	uint32_t id;
-	if (c->surfaces_alive >= lim->max_surfaces) {
-		free(off);
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
-		                      "too many surfaces and states on this connection (max %u)",
-		                      lim->max_surfaces);
-		return;
-	}
 	if (anes_idt_peek(&c->states, &id) < 0) {
 		free(off);
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT, "state IDs exhausted");
@@ -238,22 +229,18 @@ void anes_m_state_create(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
 		return;
 	}
-	bool keep_fd = !anes_shm_default()->by_id && anes_surface_keeps_fd(c->srv);
-	anes_res res;
-	r = anes_surface_charge(c, total, keep_fd, &res);
-	if (r < 0) {
-		char msg[ANES_ERRMSG_MAX];
-		anes_tenant_limit_msg(c->tenant, res, res == ANES_RES_SURFACE_BYTES ? total : 1, r, msg,
-		                      sizeof(msg));
+	/* A state counts as a surface: the connection's cap, then the charge
+	 * to its client process, uid and the daemon (tenant.h). */
+	bool keep_fd = anes_surface_keeps_fd(c->srv);
+	if (!anes_surface_limits_ok(c, m->msgid, total, keep_fd, true)) {
 		free(st);
 		free(off);
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT, "%s", msg);
 		return;
 	}
 	const char *what = "";
 	r = state_memory(c, total, &st->mem, &what);
 	if (r < 0) {
-		anes_surface_uncharge(c, total, keep_fd);
+		anes_surface_uncharge(c, total, keep_fd, true);
 		free(st);
 		free(off);
 		if (r == -EMFILE || r == -ENFILE)
