@@ -36,6 +36,9 @@
  * with one frame in flight, REPS times K frames, each time next to K frames
  * of the one-process chain: prints the medians of the per-repetition p50s
  * and of their ratios, and a line "bench: ..." for bench/bench_daemon.c.
+ * --interval-us: the frame source's pace: the producer (and, in --bench,
+ * the one-process baseline) sleeps this long before each frame (default 0:
+ * back to back).
  * --spin-us: how long models A and B poll their socket for the next frame
  * (yielding the CPU between polls) before they sleep (default 0: at once;
  * the three processes, the daemon and the library's own spin share the
@@ -91,7 +94,7 @@ typedef struct pmsg {
 
 typedef struct cfg {
 	const char *socket;
-	int frames, depth, spin_us, lib_spin_us, bench_reps, batch;
+	int frames, depth, spin_us, lib_spin_us, bench_reps, batch, interval_us;
 	bool quiet;
 } cfg;
 
@@ -357,8 +360,19 @@ static void single_open(single *s)
 }
 
 /* Frame f through the chain; its latency in ns (from the frame written). */
+/* A frame source's pace: --interval-us between frames (sleeping). */
+static void pace(void)
+{
+	if (g.interval_us <= 0)
+		return;
+	struct timespec ts = { g.interval_us / 1000000, (long)(g.interval_us % 1000000) * 1000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
 static uint64_t single_frame(single *s, uint32_t f)
 {
+	pace();
 	memcpy(aneshare_surface_data(s->in), g_frames + (size_t)(f % NREF) * (g_a_in / 2), g_a_in);
 	memset(aneshare_surface_data(s->out), 0xff, g_b_out);   /* NaNs: the run must overwrite them */
 	uint64_t t0 = now_ns();
@@ -442,6 +456,7 @@ static int producer(int ctl, int fd_a, int fd_b, int res)
 			uint32_t k = next % (uint32_t)g.depth;
 			bool can = next < end && !busy[k] && inflight < (uint32_t)g.depth;
 			if (can) {
+				pace();
 				memcpy(aneshare_surface_data(in[k]), g_frames + (size_t)(next % NREF) * (g_a_in / 2),
 				       g_a_in);
 				busy[k] = true;
@@ -687,7 +702,7 @@ static double p50(double *v, size_t n)
 static void usage(void)
 {
 	fprintf(stderr, "usage: pipeline [--socket PATH] [--frames N] [--depth 1-%d] [--spin-us US] "
-	                "[--lib-spin-us US] [--bench REPS [--batch K]] [--quiet]\n", MAX_DEPTH);
+	                "[--lib-spin-us US] [--interval-us US] [--bench REPS [--batch K]] [--quiet]\n", MAX_DEPTH);
 	exit(2);
 }
 
@@ -714,6 +729,8 @@ int main(int argc, char **argv)
 			g.spin_us = atoi(v);
 		else if (!strcmp(a, "--lib-spin-us"))
 			g.lib_spin_us = atoi(v);
+		else if (!strcmp(a, "--interval-us"))
+			g.interval_us = atoi(v);
 		else if (!strcmp(a, "--bench"))
 			g.bench_reps = atoi(v);
 		else if (!strcmp(a, "--batch"))
@@ -722,7 +739,8 @@ int main(int argc, char **argv)
 			usage();
 	}
 	if (g.frames < 1 || g.frames > 1000000 || g.depth < 1 || g.depth > MAX_DEPTH || g.spin_us < 0 ||
-	    g.spin_us > 100000 || g.lib_spin_us < -1 || g.lib_spin_us > 100000 || g.bench_reps < 0 || g.bench_reps > 1000 || g.batch < 1 ||
+	    g.spin_us > 100000 || g.lib_spin_us < -1 || g.lib_spin_us > 100000 || g.interval_us < 0 ||
+	    g.interval_us > 1000000 || g.bench_reps < 0 || g.bench_reps > 1000 || g.batch < 1 ||
 	    g.batch > MAX_BATCH)
 		usage();
 	if (g.bench_reps)
@@ -832,13 +850,13 @@ int main(int argc, char **argv)
 	printf("  bytes sent between the three processes: %.1f per frame (messages; a frame is %zu bytes, "
 	       "model A's output %zu)\n", per_frame, g_a_in, g_a_out);
 	if (g.bench_reps) {
-		printf("  per-frame latency p50: 3 processes %.1f us, one process (2-step chain) %.1f us; "
-		       "ratio %.3f (median of %d repetitions of %d frames)\n", pipe50, one50, ratio50,
-		       g.bench_reps, g.batch);
+		printf("  per-frame latency p50, frames %d us apart: 3 processes %.1f us, one process (2-step "
+		       "chain) %.1f us; ratio %.3f (median of %d repetitions of %d frames)\n", g.interval_us,
+		       pipe50, one50, ratio50, g.bench_reps, g.batch);
 		printf("  3 processes, p50 of each part: producer -> A %.1f us, A's run %.1f us, A -> B %.1f us, "
 		       "B's run %.1f us\n", part50[0], part50[1], part50[2], part50[3]);
-		printf("bench: pipeline_p50_us=%.2f single_p50_us=%.2f ratio=%.4f bad=%d\n", pipe50, one50,
-		       ratio50, bad + bad_one);
+		printf("bench: interval_us=%d pipeline_p50_us=%.2f single_p50_us=%.2f ratio=%.4f bad=%d\n",
+		       g.interval_us, pipe50, one50, ratio50, bad + bad_one);
 	} else {
 		printf("  per-frame latency p50 (the producer's write to model B's result): %.1f us\n", pipe50);
 	}
