@@ -600,5 +600,5 @@ Test(sharelib, the_three_process_pipeline_matches_one_process)
 	r = h_run_tool(&D, "PIPELINE", out, sizeof out,
 	               (const char *[]){ "--bench", "2", "--batch", "5", NULL });
 	cr_assert_eq(r, 0, "%s", out);
-	cr_assert(strstr(out, "bench: pipeline_p50_us=") && strstr(out, " bad=0\n"), "%s", out);
+	cr_assert(strstr(out, "bench: interval_us=0 pipeline_p50_us=") && strstr(out, " bad=0\n"), "%s", out);
 }
