@@ -593,7 +593,8 @@ Test(sharelib, the_three_process_pipeline_matches_one_process)
 	cr_assert(strstr(out, "40 frames, producer -> model A -> model B, 2 in flight; 0 of them off"), "%s", out);
 	cr_assert(strstr(out, "shared surfaces: 4,"), "%s", out);
 	r = h_run_tool(&D, "PIPELINE", out, sizeof out,
-	               (const char *[]){ "--frames", "12", "--depth", "1", "--spin-us", "0", NULL });
+	               (const char *[]){ "--frames", "12", "--depth", "1", "--spin-us", "200", "--interval-us",
+	                                 "100", NULL });
 	cr_assert_eq(r, 0, "%s", out);
 	cr_assert(strstr(out, "12 frames, producer -> model A -> model B, 1 in flight; 0 of them off"), "%s", out);
 	/* the bench's mode, briefly */
