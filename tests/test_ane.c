@@ -1334,6 +1334,37 @@ ANE_TEST(unverified_ops_are_passed_on_and_logged_once)
 
 /* the ops added for the iOS 15-18 opsets (masks, select, ...) reach the
  * framework as they are and are named unverified */
+/* A function with states (read_state, coreml_update_state) is refused at
+ * its run, before the framework is asked anything: how the framework takes
+ * Core ML's state buffers is not implemented (docs/protocol.md, "States"). */
+ANE_TEST(functions_with_states_are_refused_at_run)
+{
+	anes_ane_backend_set_log(B, capture_log, &n_logged);
+	n_logged = 0;
+	anes_bprogram *p = compile_ok(mil("tensor<fp16, [1, 64, 1, 64]> x, state<tensor<fp16, [1, 64, 1, 64]>> acc",
+	            "        tensor<fp16, [1, 64, 1, 64]> a = read_state(input = acc)[name = string(\"a\")];\n"
+	            "        tensor<fp16, [1, 64, 1, 64]> b = add(x = a, y = x)[name = string(\"b\")];\n"
+	            "        tensor<fp16, [1, 64, 1, 64]> y = coreml_update_state(state = acc, value = b)[name = string(\"y\")];",
+	            "y"), NULL, 0);
+	cr_assert_eq(p->functions[0].n_states, 1);
+	cr_assert_eq(n_logged, 1);
+	cr_assert_str_eq(logged[0], NOTE "read_state (line 4), coreml_update_state (line 6)");
+	cr_assert_null(B->ops->run_states, "the ANE backend runs no states in process");
+	anes_iosurface in = fake_surface_new(49152), out = fake_surface_new(49152), st = fake_surface_new(49152);
+	anes_surface_desc args[3] = { on_surface(in, NULL, 49152, 0), on_surface(out, NULL, 49152, 0),
+		                      on_surface(st, NULL, 49152, 0) };
+	fake_log_clear();
+	int rc = B->ops->run_surfaces(B, p, 0, args, 3, errbuf, sizeof errbuf);
+	cr_assert_eq(rc, -ENOTSUP, "%d: %s", rc, errbuf);
+	cr_assert(strstr(errbuf, "does not run functions with states"), "%s", errbuf);
+	cr_assert(strstr(errbuf, "not implemented (unverified)"), "%s", errbuf);
+	expect_log(NULL, 0);   /* nothing reached the framework */
+	B->ops->program_free(B, p);
+	fake_surface_release(in);
+	fake_surface_release(out);
+	fake_surface_release(st);
+}
+
 ANE_TEST(ios15_18_ops_are_passed_on_unverified)
 {
 	anes_ane_backend_set_log(B, capture_log, &n_logged);
