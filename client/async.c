@@ -182,7 +182,7 @@ ANESHARE_API int aneshare_run_chain_states(aneshare_conn *c, const aneshare_step
 	int r = check_steps(c, steps, states, n_steps);
 	if (r < 0)
 		return r;
-	uint32_t ticket;
+	uint32_t ticket = 0;   /* set by anesc_submit on success (gcc -O3 cannot tell) */
 	r = anesc_submit(c, steps, states, n_steps, true, NULL, NULL, &ticket);
 	if (r < 0)
 		return r;

@@ -105,6 +105,7 @@ static size_t g_a_in, g_a_out, g_b_in, g_b_out;
 static uint16_t *g_frames;          /* NREF frames of g_a_in bytes (the producer's source) */
 static uint16_t *g_ref;             /* NREF reference outputs of g_b_out bytes */
 static uint64_t g_sent;             /* bytes this process sent to the other processes */
+static uint32_t g_res_max;          /* results that fit the result pipe: frames per batch */
 
 static _Noreturn void die(aneshare_conn *c, const char *what, int r)
 {
@@ -471,11 +472,14 @@ static int producer(int ctl, int fd_a, int fd_b, int res)
 				die(NULL, "a model process exited", -EPIPE);
 			if (m.kind == M_FREE && m.buf < (uint32_t)g.depth)
 				busy[m.buf] = false;
-			else if (m.kind == M_DONE && inflight > 0)
+			else if (m.kind == M_DONE && inflight > 0) {
 				inflight--;
-			else
+				if (g.depth == 1)   /* no M_FREE at depth 1: done is free */
+					busy[0] = false;
+			} else
 				die(NULL, "unexpected message", -EPROTO);
 		}
+		send_msg(ctl, M_DONE, next, 0, 0, 0, 0);   /* the batch is through */
 	}
 	send_msg(fd_a, M_STOP, 0, 0, 0, 0, 0);
 	g_sent -= setup_bytes;
@@ -509,7 +513,10 @@ static int model_a(int fd_p, int fd_b, int res)
 		if (m.kind != M_FRAME || m.buf >= (uint32_t)g.depth)
 			die(NULL, "unexpected message", -EPROTO);
 		uint32_t k = m.buf;
-		while (busy[k]) {   /* model B still reads this output */
+		/* Model B still reads this output (depth 1: never, the producer
+		 * waits for model B's M_DONE before the next frame, and nobody
+		 * sends M_FREE: a message fewer to wake a process per frame). */
+		while (g.depth > 1 && busy[k]) {
 			pmsg f;
 			recv_msg(fd_b, &f, false);
 			if (f.kind != M_FREE || f.buf >= (uint32_t)g.depth)
@@ -522,7 +529,8 @@ static int model_a(int fd_p, int fd_b, int res)
 		busy[k] = true;
 		pmsg fw = { M_FRAME, m.frame, k, 0, m.t0_ns, 0, got, now_ns() };
 		send_all(fd_b, &fw, sizeof fw);
-		send_msg(fd_p, M_FREE, m.frame, k, 0, 0, 0);
+		if (g.depth > 1)
+			send_msg(fd_p, M_FREE, m.frame, k, 0, 0, 0);
 	}
 	send_msg(fd_b, M_STOP, 0, 0, 0, 0, 0);
 	g_sent -= setup_bytes;
@@ -558,7 +566,8 @@ static int model_b(int fd_a, int fd_p, int res)
 		uint64_t t1 = now_ns();
 		if (r < 0)
 			die(c, "run", r);
-		send_msg(fd_a, M_FREE, m.frame, m.buf, 0, 0, 0);
+		if (g.depth > 1)
+			send_msg(fd_a, M_FREE, m.frame, m.buf, 0, 0, 0);
 		double e = rel_err16(aneshare_surface_data(out), g_ref + (size_t)(m.frame % NREF) * (g_b_out / 2),
 		                     g_b_out / 2);
 		send_msg(fd_p, M_DONE, m.frame, 0, 0, 0, 0);
@@ -602,6 +611,13 @@ static void start_kids(kids *k, aneshare_conn *parent_conn)
 	 * less are never interleaved) */
 	if (sp(ctl) < 0 || sp(pa) < 0 || sp(ab) < 0 || sp(bp) < 0 || cloexec2(pipe(res), res) < 0)
 		die(NULL, "socketpair", -errno);
+	/* The results of a batch wait in the pipe until the batch is through. */
+	int cap = 16384;   /* POSIX promises PIPE_BUF only; macOS gives 16 KiB at least */
+#ifdef F_SETPIPE_SZ
+	if (fcntl(res[1], F_SETPIPE_SZ, 1 << 20) > 0 || fcntl(res[1], F_GETPIPE_SZ) > 0)
+		cap = fcntl(res[1], F_GETPIPE_SZ);
+#endif
+	g_res_max = (uint32_t)cap / sizeof(pmsg);
 	for (int i = 0; i < 3; i++) {
 		fflush(NULL);
 		pid_t pid = fork();
@@ -660,6 +676,14 @@ static void result_msg(kids *k, pmsg *m)
 static int run_batch(kids *k, uint32_t n, double *lat, double (*parts)[4])
 {
 	send_msg(k->ctl, M_RUN, 0, 0, n, 0, 0);
+	/* Sleep until the producer says the batch is through, then read its
+	 * results (they fit the pipe: n <= g_res_max), so that this process
+	 * is not woken once per frame while the next one is on its way. */
+	pmsg d;
+	if (!recv_all(k->ctl, &d, sizeof d) || d.kind != M_DONE) {
+		pmsg m;
+		result_msg(k, &m);   /* a child failed: exits */
+	}
 	int bad = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		pmsg m;
@@ -779,7 +803,7 @@ int main(int argc, char **argv)
 		if (!lat)
 			die(NULL, "out of memory", -ENOMEM);
 		for (int done = 0; done < g.frames;) {
-			int n = g.frames - done < MAX_BATCH ? g.frames - done : MAX_BATCH;
+			int n = g.frames - done < (int)g_res_max ? g.frames - done : (int)g_res_max;
 			bad += run_batch(&k, (uint32_t)n, lat + done, NULL);
 			done += n;
 		}
@@ -787,6 +811,8 @@ int main(int argc, char **argv)
 		pipe50 = p50(lat, (size_t)g.frames) / 1e3;
 		free(lat);
 	} else {
+		if (g.batch > (int)g_res_max)
+			g.batch = (int)g_res_max;
 		int reps = g.bench_reps, n = g.batch;
 		double *lp = malloc((size_t)n * sizeof *lp), *ls = malloc((size_t)n * sizeof *ls);
 		double *lp2 = malloc((size_t)reps * (size_t)n * sizeof *lp2);
