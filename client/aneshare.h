@@ -148,9 +148,11 @@ ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
  *    $ANESHARE_RECONNECT_TIMEOUT_MS read by aneshare_connect, or
  *    aneshare_set_reconnect_timeout) has passed, says hello, imports every
  *    live surface again (the same memory: data written before the crash is
- *    still there, only the surface ID changes) and compiles every live
- *    program again (the same MIL and weights, so the same key), then makes
- *    the call.  If the daemon does not come back in time, the call fails
+ *    still there, only the surface ID changes), compiles every live
+ *    program again (the same MIL and weights, so the same key) and makes
+ *    every live state again (zero-filled: its contents died with the old
+ *    daemon, so runs on it fail with -ANESHARE_ESTATE_LOST until
+ *    aneshare_state_reset), then makes the call.  If the daemon does not come back in time, the call fails
  *    with -ANESHARE_EDISCONNECTED (last_error says what the last attempt
  *    got), the connection stays broken and the next call tries again.
  *  - these calls are sent again after reconnecting (at most once) when the
@@ -158,8 +160,9 @@ ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
  *    harm -- whatever the lost request created died with the old
  *    connection: aneshare_surface_create, aneshare_surface_import,
  *    aneshare_program_compile (which includes program.info),
- *    aneshare_get_status.  aneshare_surface_release and
- *    aneshare_program_release never reconnect: on a broken connection they
+ *    aneshare_state_create, aneshare_state_reset, aneshare_get_status.
+ *    aneshare_surface_release, aneshare_program_release and
+ *    aneshare_state_release never reconnect: on a broken connection they
  *    free the object locally and return 0 (the daemon freed its side with
  *    the old connection).
  *  - any request that the library could not write to the socket completely
@@ -169,7 +172,9 @@ ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
  *  - a surface the new daemon refuses to import (e.g. over a lower limit),
  *    or a program it does not compile to the same key, is lost: its ID is 0,
  *    runs naming it fail with -ANESHARE_ENO_SUCH_SURFACE or
- *    -ANESHARE_ENO_SUCH_PROGRAM, and it still has to be released.
+ *    -ANESHARE_ENO_SUCH_PROGRAM, and it still has to be released (a state
+ *    the new daemon refuses, or whose program was released or lost: runs
+ *    on it fail with -ANESHARE_ENO_SUCH_STATE).
  *  - aneshare_server() describes the new daemon afterwards.
  * The cost: the library keeps one fd (the memfd) per live surface and a copy
  * of the MIL text and weights of every live program.

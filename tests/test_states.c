@@ -954,6 +954,17 @@ Test(states, after_a_reconnect_the_state_is_made_again_and_marked_lost, .fini = 
 	kv_ref r = { 0 };
 	for (int t = 0; t < 3; t++)
 		kv_step_check(&m, st, &r, t, "before the crash");
+	/* a state made through a handle released since: it fits m.p (same
+	 * content) but cannot be made again without its program */
+	aneshare_program *p2;
+	char *mil = kv_mil("main");
+	cr_assert_eq(aneshare_program_compile(m.c, mil, NULL, 0, &p2, NULL), 0);
+	free(mil);
+	aneshare_state *orphan;
+	cr_assert_eq(aneshare_state_create(p2, 0, &orphan), 0);
+	aneshare_program_release(p2);
+	kv_ref ro = { 0 };
+	kv_step_check(&m, orphan, &ro, 7, "a state whose handle was released");
 	h_daemon_crash(&Dm);
 	h_daemon_restart(&Dm, true);
 	/* the first call reconnects: programs, surfaces and the state made again */
@@ -964,8 +975,12 @@ Test(states, after_a_reconnect_the_state_is_made_again_and_marked_lost, .fini = 
 	r = (kv_ref){ 0 };
 	for (int t = 0; t < 3; t++)
 		kv_step_check(&m, st, &r, t, "after the restart and reset");
+	rc = kv_run_into(&m, orphan, 8, m.x, m.out, m.pos);
+	cr_assert_eq(rc, -ANESHARE_ENO_SUCH_STATE, "%s (%s)", aneshare_strerror(rc), aneshare_last_error(m.c));
+	cr_assert_eq(aneshare_state_reset(orphan), -ANESHARE_ENO_SUCH_STATE);
 	counts k = raw_counts(&Dm);
 	cr_assert_eq(k.states, 1);
+	cr_assert_eq(aneshare_state_release(orphan), 0);
 	aneshare_state_release(st);
 	kv_close(&m);
 	h_daemon_stop(&Dm);
