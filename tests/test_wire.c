@@ -407,6 +407,56 @@ Test(run_wire, every_form_is_read_or_refused)
 	free(w);
 }
 
+/* "state" (docs/protocol.md, "States"): a u32 in any width, in a single run
+ * and in a chain's steps; anything else is ANES_RUN_STATE_TYPE, judged after
+ * the step's other params; twice is malformed. */
+Test(run_wire, a_state_is_read)
+{
+#define RUN3 "a7 70726f6772616d 01 a6 696e70757473 90 a7 6f757470757473 90 "
+	static const struct {
+		const char *hex;
+		int rc;
+		uint8_t bad;
+		bool has;
+		uint32_t state;
+	} cases[] = {
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 05", 1, ANES_RUN_OK, true, 5 },
+		{ "94 00 01 a3 72756e 84 a5 7374617465 ce ffffffff " RUN3, 1, ANES_RUN_OK, true, UINT32_MAX },
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 d0 07", 1, ANES_RUN_OK, true, 7 },
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 00", 1, ANES_RUN_OK, true, 0 },
+		{ "94 00 01 a3 72756e 83 " RUN3, 1, ANES_RUN_OK, false, 0 },
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 cf 0000000100000000", 1, ANES_RUN_STATE_TYPE, false, 0 },
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 ff", 1, ANES_RUN_STATE_TYPE, false, 0 },
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 a1 31", 1, ANES_RUN_STATE_TYPE, false, 0 },
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 c0", 1, ANES_RUN_STATE_TYPE, false, 0 },
+		{ "94 00 01 a3 72756e 84 " RUN3 "a5 7374617465 91 01", 1, ANES_RUN_STATE_TYPE, false, 0 },
+		/* outputs missing comes first */
+		{ "94 00 01 a3 72756e 83 a7 70726f6772616d 01 a6 696e70757473 90 a5 7374617465 c0", 1,
+		  ANES_RUN_OUTPUTS_MISSING, false, 0 },
+		/* twice */
+		{ "94 00 01 a3 72756e 85 " RUN3 "a5 7374617465 01 a5 7374617465 02", -EBADMSG, 0, false, 0 },
+		/* in a chain's step; one beside steps is not the step's */
+		{ "94 00 01 a3 72756e 81 a5 7374657073 91 84 " RUN3 "a5 7374617465 09", 1, ANES_RUN_OK, true, 9 },
+		{ "94 00 01 a3 72756e 82 a5 7374617465 09 a5 7374657073 91 83 " RUN3, 1, ANES_RUN_OK, false, 0 },
+	};
+#undef RUN3
+	anes_run_wire *w = malloc(sizeof *w);
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		bytes b = { 0 };
+		b_hex(&b, cases[i].hex);
+		int r = wire_read(b.p, b.n, w);
+		cr_assert_eq(r, cases[i].rc, "case %zu: %d", i, r);
+		if (r == 1) {
+			cr_assert_eq(w->bad ? w->bad : w->steps[0].bad, cases[i].bad, "case %zu", i);
+			cr_assert_eq(w->steps[0].has_state, cases[i].has, "case %zu", i);
+			if (cases[i].has)
+				cr_assert_eq(w->steps[0].state, cases[i].state, "case %zu", i);
+		}
+		b_free(&b);
+	}
+	free(w);
+}
+
 /* Every prefix of a request is cut short: never accepted, never read past. */
 Test(run_wire, every_prefix_is_rejected)
 {
