@@ -688,6 +688,13 @@ ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
 ANESHARE_API int aneshare_run_chain_async(aneshare_conn *conn, const aneshare_step *steps,
                                           size_t n_steps, aneshare_done_fn cb, void *userdata);
 
+/* aneshare_run_async for a function with states, on state (borrowed, as
+ * the surfaces, until the callback; see "states of a program's function"). */
+ANESHARE_API int aneshare_run_state_async(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                                          aneshare_surface *const *inputs, size_t n_inputs,
+                                          aneshare_surface *const *outputs, size_t n_outputs,
+                                          aneshare_done_fn cb, void *userdata);
+
 /* The connection's socket (owned by conn: never close it), or -1 while the
  * connection is broken or dead or conn is NULL. */
 ANESHARE_API int aneshare_fd(const aneshare_conn *conn);

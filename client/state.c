@@ -216,3 +216,19 @@ ANESHARE_API int aneshare_run_state(aneshare_program *p, uint32_t fn, aneshare_s
 		return r;
 	return anesc_pending_wait(p->conn, ticket, NULL);
 }
+
+ANESHARE_API int aneshare_run_state_async(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                                          aneshare_surface *const *inputs, size_t n_inputs,
+                                          aneshare_surface *const *outputs, size_t n_outputs,
+                                          aneshare_done_fn cb, void *userdata)
+{
+	if (!p || !state || !cb)
+		return -EINVAL;
+	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
+	int r = anesc_check_step(p->conn, "", &st);
+	if (r == 0)
+		r = anesc_state_check(p->conn, "", state);
+	if (r < 0)
+		return r;
+	return anesc_submit(p->conn, &st, &state, 1, false, cb, userdata, NULL);
+}

@@ -660,7 +660,7 @@ class Program:
                 raise h.error(rc)
         return Ticket(h, t.value, (inputs, outputs, state))
 
-    async def run_async(self, inputs, outputs, function=None):
+    async def run_async(self, inputs, outputs, function=None, state=None):
         """run() as a coroutine: the connection's fd is watched by the
         running asyncio loop (loop.add_reader) while calls are in flight."""
         h = self._h
@@ -668,6 +668,11 @@ class Program:
         fn = self._index(function)
         ins = _ptr_array(inputs, h)
         outs = _ptr_array(outputs, h)
+        if state is not None:
+            _need("aneshare_run_state_async")
+            return await _async_call(h, lambda ud: lib.aneshare_run_state_async(
+                self._ptr_checked(), fn, state._ptr_checked(h), ins, len(ins), outs, len(outs),
+                _done_cb, ud), (inputs, outputs, ins, outs, self, state))
         return await _async_call(h, lambda ud: lib.aneshare_run_async(
             self._ptr_checked(), fn, ins, len(ins), outs, len(outs), _done_cb, ud),
             (inputs, outputs, ins, outs, self))

@@ -186,6 +186,7 @@ _OPTIONAL_PROTOTYPES = {
     "aneshare_run_state_submit": (_int, [_vp, _u32, _vp, _pvp, _sz, _pvp, _sz,
                                          ctypes.POINTER(_u32)]),
     "aneshare_run_chain_states": (_int, [_vp, ctypes.POINTER(Step), _pvp, _sz]),
+    "aneshare_run_state_async": (_int, [_vp, _u32, _vp, _pvp, _sz, _pvp, _sz, DONE_FN, _vp]),
 }
 HAVE = set()
 

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: MIT
 """States from Python (docs/protocol.md, "States"): a running sum kept in a
 state the daemon holds between runs, against numpy."""
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,19 @@ def test_state_lost_after_a_failed_run(fresh_daemon):
         st.reset()
         with pytest.raises(aneshare.RunFailedError):
             prog.run([x], [out], state=st)
+
+
+def test_async_runs_on_a_state_in_order(conn):
+    prog = conn.compile(ACC)
+    st = prog.new_state()
+    xs = [conn.array(np.float16, (1, 8)) for _ in range(6)]
+    outs = [conn.array(np.float16, (1, 8)) for _ in range(6)]
+    for k, xi in enumerate(xs):
+        xi[...] = k + 1
+
+    async def main():
+        await asyncio.gather(*(prog.run_async([xi], [oi], state=st) for xi, oi in zip(xs, outs)))
+    asyncio.run(main())
+    for k, oi in enumerate(outs):   # sent in order, so each saw the ones before
+        np.testing.assert_array_equal(oi, np.full((1, 8), (k + 1) * (k + 2) / 2))
+    st.release()
