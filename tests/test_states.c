@@ -766,6 +766,76 @@ Test(states, runs_on_one_state_go_in_order_with_lanes, .fini = stop_daemon)
 	pipelined_runs_in_order(args, -1);
 }
 
+/* A stop (two SIGTERMs) while one run of a state is at the gate and more
+ * wait for the state: the waiting ones are never started (shutting_down,
+ * or no answer once the connection is closed), the one running finishes,
+ * and the daemon exits 0 -- the waiting runs are ended as cancelled when
+ * the running one's done() hands them to the stopped pool. */
+Test(states, a_stop_ends_the_runs_waiting_for_a_state, .fini = stop_daemon)
+{
+	char gdir[] = "/tmp/anes-gate-XXXXXX", gpath[64], garg[96];
+	cr_assert_not_null(mkdtemp(gdir));
+	snprintf(gpath, sizeof gpath, "%s/gate", gdir);
+	cr_assert_eq(mkfifo(gpath, 0600), 0);
+	snprintf(garg, sizeof garg, "run_gate=%s", gpath);
+	int gate = open(gpath, O_RDWR | O_CLOEXEC);
+	cr_assert_geq(gate, 0);
+	const char *args[] = { "--workers", "2", "--no-lanes", "--fault-inject", garg, NULL };
+	h_daemon_start_args(&Dm, args);
+	kv m;
+	kv_open(&m, &Dm, "main");
+	aneshare_state *st;
+	cr_assert_eq(aneshare_state_create(m.p, 0, &st), 0);
+	enum { K = 6 };
+	aneshare_surface *o[K], *n[K];
+	uint32_t t[K];
+	fill_token(m.x, 1);
+	for (int i = 0; i < K; i++) {
+		o[i] = h_surface(m.c, 2 * D);
+		n[i] = h_surface(m.c, 2);
+		aneshare_surface *outs[] = { o[i], n[i] };
+		cr_assert_eq(aneshare_run_state_submit(m.p, 0, st, &m.x, 1, outs, 2, &t[i]), 0);
+	}
+	aneshare_status *s = h_status(m.c);   /* every run admitted */
+	aneshare_status_free(s);
+	cr_assert_eq(kill(Dm.pid, SIGTERM), 0);
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
+	aneshare_conn *late = NULL;
+	while (aneshare_connect(Dm.sock, "late", &late) == 0) {
+		aneshare_disconnect(late);
+		late = NULL;
+		cr_assert(tu_now_ms() < deadline, "the daemon still accepts after SIGTERM");
+	}
+	cr_assert_eq(kill(Dm.pid, SIGTERM), 0);
+	gate_open(gate, K);   /* the run at the gate, and any that start before the stop */
+	int done = 0;
+	for (int i = 0; i < K; i++) {
+		int r = aneshare_wait(m.c, t[i]);
+		cr_assert(r == 0 || r == -ANESHARE_ESHUTTING_DOWN || r == -ANESHARE_EDISCONNECTED,
+		          "run %d: %s (%s)", i, aneshare_strerror(r), aneshare_last_error(m.c));
+		if (r == 0) {
+			cr_assert_eq(done, i, "run %d finished after one that did not", i);
+			cr_assert_eq(anes_f16_to_f32(*(const uint16_t *)aneshare_surface_data(n[i])),
+			             (float)(i + 1), "run %d saw the runs before it", i);
+			done++;
+		}
+	}
+	h_daemon_wait(&Dm);   /* exit status 0 */
+	for (int i = 0; i < K; i++) {
+		aneshare_surface_release(o[i]);
+		aneshare_surface_release(n[i]);
+	}
+	aneshare_state_release(st);
+	aneshare_surface_release(m.x);
+	aneshare_surface_release(m.out);
+	aneshare_surface_release(m.pos);
+	aneshare_program_release(m.p);
+	aneshare_disconnect(m.c);
+	close(gate);
+	unlink(gpath);
+	rmdir(gdir);
+}
+
 /* Two clients' states at once: each client's runs in order, none waiting
  * for the other's state. */
 Test(states, states_of_two_connections_run_side_by_side, .fini = stop_daemon)
