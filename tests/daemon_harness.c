@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -745,9 +746,8 @@ static const msgpack_object *status_entry(const msgpack_object *result, const ch
 	return NULL;
 }
 
-static void read_raw_status(const msgpack_object *result, void *ud)
+void h_raw_st_read(const msgpack_object *result, h_raw_st *st)
 {
-	h_raw_st *st = ud;
 	memset(st, 0, sizeof(*st));
 	st->clients = status_u64(result, "clients");
 	st->turned_away = status_u64(result, "turned_away");
@@ -776,6 +776,11 @@ static void read_raw_status(const msgpack_object *result, void *ud)
 	}
 }
 
+static void read_raw_status(const msgpack_object *result, void *ud)
+{
+	h_raw_st_read(result, ud);
+}
+
 h_raw_st h_raw_status(int fd)
 {
 	static uint32_t msgid = 0x40000000u;   /* apart from the tests' own msgids */
@@ -799,6 +804,42 @@ h_raw_st h_raw_wait_input_waiting(int fd, uint64_t n)
 	cr_assert_eq(st.in_waiting, n, "input.waiting never got to %llu (%llu)", (unsigned long long)n,
 	             (unsigned long long)st.in_waiting);
 	return st;
+}
+
+/* ---- a gate in front of the device -------------------------------------------------- */
+
+void h_gate_make(h_gate *g)
+{
+	const char *tmp = getenv("TMPDIR");
+	snprintf(g->dir, sizeof g->dir, "%s/anes-gate-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	cr_assert_not_null(mkdtemp(g->dir), "mkdtemp: %s", strerror(errno));
+	snprintf(g->path, sizeof g->path, "%s/gate", g->dir);
+	cr_assert_eq(mkfifo(g->path, 0600), 0, "mkfifo: %s", strerror(errno));
+	snprintf(g->arg, sizeof g->arg, "run_gate=%s", g->path);
+	g->fd = -1;
+}
+
+void h_gate_attach(h_gate *g)
+{
+	g->fd = open(g->path, O_RDWR | O_CLOEXEC);
+	cr_assert_geq(g->fd, 0, "opening the gate: %s", strerror(errno));
+}
+
+void h_gate_open(h_gate *g, unsigned n)
+{
+	char tokens[4096];
+	cr_assert_leq(n, sizeof tokens);
+	memset(tokens, 'g', n);
+	cr_assert_eq(write(g->fd, tokens, n), (ssize_t)n);
+}
+
+void h_gate_free(h_gate *g)
+{
+	if (g->fd >= 0)
+		close(g->fd);
+	g->fd = -1;
+	unlink(g->path);
+	rmdir(g->dir);
 }
 
 /* ---- a raw connection with its own receive buffer ------------------------------ */

@@ -192,6 +192,8 @@ typedef struct h_raw_st {
  * response awaited up to 10 s x h_slow()); asserts it succeeds and has
  * those fields. */
 h_raw_st h_raw_status(int fd);
+/* The same fields from a status result map (asserts they are there). */
+void h_raw_st_read(const msgpack_object *result, h_raw_st *st);
 /* Poll h_raw_status (bounded, ~10 s x h_slow()) until status.input.waiting
  * is n; asserts it gets there.  The last status. */
 h_raw_st h_raw_wait_input_waiting(int fd, uint64_t n);
@@ -277,6 +279,27 @@ void h_fake_hello(anes_io *io, uint32_t msgid);
 /* For a fake daemon in a test: finish frame f (announcing nfds fds), queue
  * it with fds on io and flush what the socket takes (best effort). */
 void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds);
+
+/* ---- a gate in front of the device (--fault-inject run_gate) ----------------- */
+
+/* Every run step of a daemon started with --fault-inject g->arg reads one
+ * token from the FIFO first, so a test lets runs through one by one and
+ * observes the order of device work (or a backlog held in place) instead
+ * of timing it. */
+typedef struct h_gate {
+	char dir[64];     /* private mkdtemp directory */
+	char path[96];    /* dir/gate, the FIFO */
+	char arg[112];    /* "run_gate=PATH", for --fault-inject */
+	int fd;           /* the test's end (O_RDWR), -1 until h_gate_attach */
+} h_gate;
+/* Make the FIFO; asserts. */
+void h_gate_make(h_gate *g);
+/* Once the daemon has started (it opens the FIFO at start): the test's end. */
+void h_gate_attach(h_gate *g);
+/* Let n runs through (n <= 4096); asserts. */
+void h_gate_open(h_gate *g, unsigned n);
+/* Close and remove. */
+void h_gate_free(h_gate *g);
 
 /* Open fds of this process (for leak checks). */
 int h_count_fds(void);

@@ -126,14 +126,6 @@ static uint64_t my_jobs(aneshare_conn *c)
 	return jobs;
 }
 
-static void gate_open(int gate, unsigned n)
-{
-	char tokens[4096];
-	cr_assert_leq(n, sizeof tokens);
-	memset(tokens, 'g', n);
-	cr_assert_eq(write(gate, tokens, n), (ssize_t)n);
-}
-
 /* The device is a gate (--fault-inject run_gate: every run reads a token
  * from a FIFO first), so the order of device work is observed, not timed.
  * The greedy client's first run holds the one worker thread at the gate
@@ -144,16 +136,11 @@ static void gate_open(int gate, unsigned n)
  * answered. */
 Test(fair, a_compile_is_answered_before_a_backlog_of_runs)
 {
-	char gdir[] = "/tmp/anes-gate-XXXXXX";
-	cr_assert_not_null(mkdtemp(gdir));
-	char gpath[64], garg[80];
-	snprintf(gpath, sizeof gpath, "%s/gate", gdir);
-	cr_assert_eq(mkfifo(gpath, 0600), 0);
-	snprintf(garg, sizeof garg, "run_gate=%s", gpath);
-	const char *const args[] = { "--workers", "1", "--no-lanes", "--fault-inject", garg, NULL };
+	h_gate g;
+	h_gate_make(&g);
+	const char *const args[] = { "--workers", "1", "--no-lanes", "--fault-inject", g.arg, NULL };
 	h_daemon_start_args(&D, args);
-	int gate = open(gpath, O_RDWR | O_CLOEXEC);
-	cr_assert_geq(gate, 0);
+	h_gate_attach(&g);
 	int ctl[2], res[2];
 	cr_assert_eq(pipe(ctl), 0);
 	cr_assert_eq(pipe(res), 0);
@@ -167,7 +154,7 @@ Test(fair, a_compile_is_answered_before_a_backlog_of_runs)
 	}
 	close(ctl[0]);
 	close(res[1]);
-	gate_open(gate, 1);   /* the greedy client's first run */
+	h_gate_open(&g, 1);   /* the greedy client's first run */
 	char b;
 	cr_assert_eq(read(res[0], &b, 1), 1, "the greedy client failed");
 
@@ -200,7 +187,7 @@ Test(fair, a_compile_is_answered_before_a_backlog_of_runs)
 		/* Queued (or already answered without the device): one token. */
 		uint64_t let_through = atomic_load(&call.done) ? 0 : 1;
 		if (let_through)
-			gate_open(gate, 1);
+			h_gate_open(&g, 1);
 		/* Answered once the run let through is done; a FIFO never answers
 		 * it (no more tokens come): a minute is only the bound of that wait. */
 		for (int t = 0; !atomic_load(&call.done); t++) {
@@ -221,14 +208,12 @@ Test(fair, a_compile_is_answered_before_a_backlog_of_runs)
 	aneshare_disconnect(cc);
 	aneshare_disconnect(c);
 	cr_assert_eq(write(ctl[1], "s", 1), 1);
-	gate_open(gate, 4096);   /* the greedy client's runs in flight finish */
+	h_gate_open(&g, 4096);   /* the greedy client's runs in flight finish */
 	int st;
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "greedy client: status %d", st);
 	h_daemon_stop(&D);
-	close(gate);
-	unlink(gpath);
-	rmdir(gdir);
+	h_gate_free(&g);
 }
 
 /* hello with { protocol: 1, priority: prio }: 0 or the wire error. */

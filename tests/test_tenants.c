@@ -1168,6 +1168,31 @@ typedef struct uid_op {
 
 /* In the child: do op until refused.  Exit: the count got, + 200 if the
  * refusal did not name op->key, 250 on any other failure. */
+/* Read rc up to the response to msgid (each frame within timeout_ms x
+ * h_slow(); 0: only what has come): 1 with its status fields in *st; else
+ * h_rconn_frame's result (-ETIMEDOUT: not yet). */
+static int status_answer(h_rconn *rc, uint32_t msgid, int timeout_ms, h_raw_st *st)
+{
+	const uint8_t *pl;
+	uint32_t len;
+	int r;
+	while ((r = h_rconn_frame(rc, timeout_ms, &pl, &len, NULL)) == 1) {
+		msgpack_zone z;
+		anes_msg m;
+		msgpack_zone_init(&z, 4096);
+		cr_assert_eq(anes_msg_decode(pl, len, &z, &m), 0);
+		bool mine = m.type == ANES_MSG_RESPONSE && m.msgid == msgid;
+		if (mine) {
+			cr_assert(m.result, "status failed");
+			h_raw_st_read(m.result, st);
+		}
+		msgpack_zone_destroy(&z);
+		if (mine)
+			return 1;
+	}
+	return r;
+}
+
 static int uid_child(void *arg, int ready_fd)
 {
 	const uid_op *op = arg;
@@ -1340,9 +1365,23 @@ Test(tenants, two_processes_of_one_uid_share_its_limits)
 	h_daemon_stop(&D);
 
 	/* Jobs: this process and the other queue 10 runs each; the uid never
-	 * has more than its 2 on the workers, and every run is answered. */
-	const char *jargs[] = { "--max-uid-jobs", "2", "--workers", "1", "--no-lanes", NULL };
+	 * has more than its 2 on the workers, and every run is answered.  The
+	 * device is a gate (--fault-inject run_gate) the test opens one run at a
+	 * time.  An observer of the same uid is answered only while the uid has
+	 * room (reading pauses for all its connections), so its status requests
+	 * are answered between runs: each answer must show 1 or 2 jobs while
+	 * runs are left, and once 19 runs are through the last one alone holds
+	 * the uid, so a status is answered before the 20th token (1 job).  The
+	 * answers no longer depend on how fast the runs go (sampled while they
+	 * ran, a slow observer could see them all done). */
+	h_gate g;
+	h_gate_make(&g);
+	const char *jargs[] = { "--max-uid-jobs", "2", "--workers", "1", "--no-lanes",
+		                "--fault-inject", g.arg, NULL };
 	h_daemon_start_args(&D, jargs);
+	h_gate_attach(&g);
+	h_rconn orc;
+	h_rconn_open(&orc, D.sock);   /* before the uid is full: its hello is answered */
 	char *jm = h_square_mm_mil(256, "main");
 	c = h_connect(&D, "uid-jobs-parent");
 	aneshare_program *jp;
@@ -1350,29 +1389,54 @@ Test(tenants, two_processes_of_one_uid_share_its_limits)
 	aneshare_surface *jx = h_surface(c, 256 * 256 * 2), *jy = h_surface(c, 256 * 256 * 2),
 	                 *jz = h_surface(c, 256 * 256 * 2);
 	aneshare_surface *jin[2] = { jx, jy };
+	/* The other process compiles (no job of the uid yet) and queues its 10
+	 * runs; then this one's 10. */
+	op = (uid_op){ .sock = D.sock, .kind = 'j', .mil = jm, .size = 256 * 256 * 2 };
+	pid = h_spawn(uid_child, &op);
 	uint32_t jt[10];
 	for (int i = 0; i < 10; i++)
 		cr_assert_eq(aneshare_run_submit(jp, 0, jin, 2, &jz, 1, &jt[i]), 0);
-	op = (uid_op){ .sock = D.sock, .kind = 'j', .mil = jm, .size = 256 * 256 * 2 };
-	pid = h_spawn(uid_child, &op);
-	obs = h_raw_open(D.sock);
-	uint64_t most = 0;
-	for (int i = 0; i < 20; i++) {
-		st = h_raw_status(obs);
-		cr_expect_leq(st.uid_jobs, 2, "uid %u had %llu jobs, its limit is 2", (unsigned)getuid(),
-		              (unsigned long long)st.uid_jobs);
-		if (st.uid_jobs > most)
-			most = st.uid_jobs;
+	uint32_t smsg = 7000;
+	cr_assert_eq(h_raw_request(orc.fd, smsg, "status", NULL, 0, NULL, 0), 0);
+	unsigned answers = 0;
+	for (unsigned token = 1; token <= 20; token++) {
+		/* Status answers that came in between (the uid had room): 1 or
+		 * 2 jobs, runs being left.  With 19 through, the last run alone
+		 * holds the uid and the status is answered: 1 job. */
+		while (status_answer(&orc, smsg, token == 20 ? 10000 : 0, &st) == 1) {
+			cr_expect(st.uid_jobs >= 1 && st.uid_jobs <= 2,
+			          "uid %u had %llu jobs (answer read with %u of 20 runs let through), its limit is 2",
+			          (unsigned)getuid(), (unsigned long long)st.uid_jobs, token - 1);
+			if (token == 20)
+				cr_expect_eq(st.uid_jobs, 1, "the last run alone: %llu jobs",
+				             (unsigned long long)st.uid_jobs);
+			answers++;
+			if (token == 20)
+				break;
+			cr_assert_eq(h_raw_request(orc.fd, ++smsg, "status", NULL, 0, NULL, 0), 0);
+		}
+		if (token == 20)
+			cr_assert_gt(answers, 0, "no status answered with only the last run left");
+		h_gate_open(&g, 1);
+		/* Until the daemon took the token (one run past the gate). */
+		int left = 1;
+		for (int w = 0; w < 1000 * h_slow() && left > 0; w++) {
+			cr_assert_eq(ioctl(g.fd, FIONREAD, &left), 0);
+			if (left > 0)
+				tu_pause_ms(5);
+		}
+		cr_assert_eq(left, 0, "run %u never passed the gate", token);
 	}
 	for (int i = 0; i < 10; i++)
 		cr_expect_eq(aneshare_wait(c, jt[i]), 0);
 	cr_assert_eq(waitpid(pid, &wst, 0), pid);
 	cr_expect(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "the other process's runs: exit %d", wst);
-	cr_expect_gt(most, 0);
-	close(obs);
+	cr_log_info("tenants: %u status answers while the 20 runs went one by one", answers);
+	h_rconn_close(&orc);
 	aneshare_disconnect(c);
 	free(jm);
 	h_daemon_stop(&D);
+	h_gate_free(&g);
 
 	/* Unsent output: over the uid's 1 MiB (below its process's 2 MiB) the
 	 * other process's connection is dropped, logged with the uid's key. */
