@@ -353,11 +353,12 @@ typedef struct aneshare_export_opts {
  * for opts->uses imports within opts->ttl_ms, until s is released.  opts
  * NULL means all defaults.  On success *ret_token holds the token (the
  * caller's copy) and, if ret_expires_ms is not NULL, *ret_expires_ms the
- * token's expiry as the daemon states it (docs/protocol.md,
- * "surface.export").  Errors: -EINVAL (s or ret_token NULL),
- * -ANESHARE_ENO_SUCH_SURFACE (s was lost in a reconnect, or released),
- * -ANESHARE_EINVALID_PARAMS (opts out of the daemon's bounds),
- * -ANESHARE_ELIMIT (too many tokens), and connection errors. */
+ * lifetime the daemon gave the token, in ms from the export
+ * (docs/protocol.md, "surface.export").  Errors: -EINVAL (s or ret_token
+ * NULL), -ANESHARE_ENO_SUCH_SURFACE (s was lost in a reconnect),
+ * -ANESHARE_EINVALID_PARAMS (uses or ttl_ms over the daemon's
+ * max_export_uses or max_export_ttl_ms), -ANESHARE_ELIMIT (too many live
+ * tokens), and connection errors. */
 ANESHARE_API int aneshare_surface_export(aneshare_surface *s, const aneshare_export_opts *opts,
                                          aneshare_token *ret_token, uint64_t *ret_expires_ms);
 
@@ -367,8 +368,10 @@ ANESHARE_API int aneshare_surface_export(aneshare_surface *s, const aneshare_exp
  * connection's, mapped in this process (PROT_READ if the export was
  * read-only: aneshare_surface_read_only()).  A token that is unknown, used
  * up, expired or whose surface was released: -ANESHARE_ENO_SUCH_SURFACE.
- * A connection that fails many imports is slowed down, then disconnected by
- * the daemon (docs/security.md).  On macOS the daemon names an IOSurface,
+ * The daemon slows down a connection that fails more than a few imports
+ * and then closes it with a limit notification (docs/protocol.md,
+ * "surface.import by token"), after which the library reconnects as after
+ * a restart (see "reconnecting").  On macOS the daemon names an IOSurface,
  * which the library looks up as for aneshare_surface_create.
  * On success *ret is owned by the caller: aneshare_surface_release(). */
 ANESHARE_API int aneshare_surface_import_token(aneshare_conn *conn, const char *token,
