@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * `aneshare status [--json]` and `aneshare top`: what the daemon holds, per
- * client process and in total against its limits (docs/protocol.md, status).
+ * client process and in total against its limits, and the surfaces shared
+ * between connections with their holders (docs/protocol.md, status).
  *
  * top redraws the screen every interval in the terminal's alternate screen
  * with the terminal in raw mode (no echo, no line editing, keys read one by

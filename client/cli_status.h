@@ -9,7 +9,8 @@
 #include "aneshare.h"
 
 /* The status as text: the daemon, its totals against their limits, one line
- * per client process; brief leaves out the lane figures and the programs. */
+ * per client process, one per shared surface with its holders; brief leaves
+ * out the lane figures and the programs. */
 void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol, bool brief);
 /* The same as one JSON object (docs/protocol.md names the fields). */
 void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol);
