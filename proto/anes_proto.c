@@ -612,6 +612,57 @@ void anes_pack_str(msgpack_packer *pk, const char *s)
 	anes_pack_strn(pk, s, strlen(s));
 }
 
+/* The length of the well-formed UTF-8 sequence at p (n > 0 bytes left), 0 if
+ * there is none: no overlong forms, surrogates or code points past U+10FFFF
+ * (RFC 3629, table 3-7 of the Unicode standard). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+	unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+	size_t len;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) {
+		len = 2;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		len = 3;
+		lo = c == 0xe0 ? 0xa0 : 0x80;
+		hi = c == 0xed ? 0x9f : 0xbf;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		len = 4;
+		lo = c == 0xf0 ? 0x90 : 0x80;
+		hi = c == 0xf4 ? 0x8f : 0xbf;
+	} else {
+		return 0;
+	}
+	if (n < len || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < len; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
+void anes_pack_text(msgpack_packer *pk, const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s), *run = p;
+
+	msgpack_pack_str(pk, (size_t)(end - p));
+	while (p < end) {
+		size_t k = utf8_seq(p, (size_t)(end - p));
+		if (k) {
+			p += k;
+			continue;
+		}
+		if (p > run)
+			msgpack_pack_str_body(pk, run, (size_t)(p - run));
+		msgpack_pack_str_body(pk, "?", 1);
+		run = ++p;
+	}
+	if (p > run)
+		msgpack_pack_str_body(pk, run, (size_t)(p - run));
+}
+
 void anes_pack_request(msgpack_packer *pk, uint32_t msgid, const char *method, uint32_t n_params)
 {
 	msgpack_pack_array(pk, 4);
@@ -640,7 +691,7 @@ static void pack_error_map(msgpack_packer *pk, int code, const char *message)
 	anes_pack_str(pk, "name");
 	anes_pack_str(pk, name ? name : "internal");
 	anes_pack_str(pk, "message");
-	anes_pack_str(pk, message ? message : "");
+	anes_pack_text(pk, message ? message : "");
 }
 
 void anes_pack_error(msgpack_packer *pk, uint32_t msgid, int code, const char *message)

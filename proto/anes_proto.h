@@ -277,6 +277,11 @@ int anes_frame_finish(anes_frame *f, unsigned nfds, uint32_t max_frame,
 /* Packing helpers (write into f->pk). */
 void anes_pack_str(msgpack_packer *pk, const char *s);
 void anes_pack_strn(msgpack_packer *pk, const char *s, size_t n);
+/* s (NUL-terminated) as a str that is valid UTF-8 (RFC 3629): every byte not
+ * part of a well-formed sequence (a client's bytes quoted in a message, a
+ * message cut inside a character) is written as '?', so the length is
+ * strlen(s).  For every human-readable text the daemon sends. */
+void anes_pack_text(msgpack_packer *pk, const char *s);
 /* [0, msgid, method, {  -- then pack n_params key/value pairs */
 void anes_pack_request(msgpack_packer *pk, uint32_t msgid, const char *method, uint32_t n_params);
 /* [1, msgid, nil, {     -- then pack n_result key/value pairs */

@@ -117,6 +117,52 @@ Test(frame, header_limits)
 	cr_assert_eq(nfds, 77);
 }
 
+/* ---- text the daemon sends is UTF-8 -------------------------------------- */
+
+/* anes_pack_text: s as a str of the same length, every byte outside a
+ * well-formed UTF-8 sequence replaced by '?' (a client's bytes quoted in an
+ * error message reach every decoder that checks UTF-8, e.g. Python's). */
+static void expect_text(const char *in, const char *want)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	anes_pack_text(&pk, in);
+	msgpack_unpacked u;
+	msgpack_unpacked_init(&u);
+	size_t off = 0;
+	cr_assert_eq(msgpack_unpack_next(&u, sb.data, sb.size, &off), MSGPACK_UNPACK_SUCCESS);
+	cr_assert_eq(off, sb.size);
+	cr_assert_eq(u.data.type, MSGPACK_OBJECT_STR);
+	cr_assert_eq(u.data.via.str.size, strlen(want), "\"%s\": length %u", want,
+	             (unsigned)u.data.via.str.size);
+	/* msgpack-c leaves ptr NULL for an empty str */
+	cr_assert(!want[0] || memcmp(u.data.via.str.ptr, want, strlen(want)) == 0, "want \"%s\"", want);
+	msgpack_unpacked_destroy(&u);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+Test(wire_text, invalid_utf8_becomes_question_marks)
+{
+	expect_text("", "");
+	expect_text("no method \"x\"", "no method \"x\"");
+	/* well-formed: 2, 3 and 4 bytes, the edges of each range */
+	expect_text("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xc2\x80 \xef\xbf\xbf \xf4\x8f\xbf\xbf",
+	            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xc2\x80 \xef\xbf\xbf \xf4\x8f\xbf\xbf");
+	expect_text("no method \"\xff\xfe\"", "no method \"??\"");   /* never in UTF-8 */
+	expect_text("a\x80" "b", "a?b");                                  /* a lone continuation */
+	expect_text("\xc0\xaf\xc1\xbf", "????");                       /* overlong 2-byte */
+	expect_text("\xe0\x80\xaf", "???");                             /* overlong 3-byte */
+	expect_text("\xf0\x80\x80\xaf", "????");                         /* overlong 4-byte */
+	expect_text("\xed\xa0\x80", "???");                             /* a surrogate */
+	expect_text("\xf4\x90\x80\x80", "????");                         /* past U+10FFFF */
+	expect_text("\xf5\x80", "??");
+	expect_text("x\xc3", "x?");                                   /* cut at the end */
+	expect_text("\xe2\x82x", "??x");                                 /* cut inside */
+	expect_text("\xc3\xa9\xc3", "\xc3\xa9?");
+}
+
 /* ---- building frames ----------------------------------------------------- */
 
 Test(frame, finish_ok)

@@ -112,7 +112,7 @@ static void pack_reply(msgpack_packer *pk, uint32_t msgid, bool chain, uint32_t 
 		anes_pack_str(pk, "name");
 		anes_pack_str(pk, name ? name : "internal");
 		anes_pack_str(pk, "message");
-		anes_pack_str(pk, e->msg);
+		anes_pack_text(pk, e->msg);
 		pack_kv_u64(pk, "failed_step", e->step);
 		msgpack_pack_nil(pk);
 		return;

@@ -678,7 +678,7 @@ static void close_with_error(anes_conn *c, int code, const char *msg)
 	anes_pack_str(&f.pk, "name");
 	anes_pack_str(&f.pk, anes_wire_error_name(code));
 	anes_pack_str(&f.pk, "message");
-	anes_pack_str(&f.pk, msg);
+	anes_pack_text(&f.pk, msg);
 	if (anes_frame_finish(&f, 0, c->io.max_frame, &data, &len) == 0) {
 		/* Best effort: whatever the socket takes now; the rest is
 		 * dropped (and so is all of it, over an output limit). */

@@ -229,6 +229,35 @@ def test_unknown_methods_and_msgids(conn):
         assert err is None and r["server"] == "aneshared"
 
 
+def test_text_the_daemon_sends_is_utf8(daemon):
+    """A client's bytes that are not UTF-8, quoted back in a message or a status
+    name, arrive as valid UTF-8 ('?' for each such byte): this decoder, like any
+    strict one, fails on anything else."""
+    with daemon.connect() as c:
+        bad = w.Raw(b"\xa4\xff\xfeok")        # fixstr of 4 bytes, not UTF-8
+        c.send_raw(c.frame(w.packb([0, 1, bad, {}])))
+        err, _, _ = c.wait(1)
+        assert err["name"] == "unknown_method" and "??ok" in err["message"], err
+        p = compile_(c, TWO)["id"]
+        x = w.create(c, 16)
+        step = {"program": p, "function": bad, "inputs": [x.id], "outputs": [x.id]}
+        c.send_raw(c.frame(w.packb([0, 2, "run", step])))
+        err, _, _ = c.wait(2)
+        assert err["name"] == "no_such_function" and "??ok" in err["message"], err
+        c.send_raw(c.frame(w.packb([0, 3, "run", {"steps": [step]}])))
+        err, _, _ = c.wait(3)
+        assert err["failed_step"] == 0 and "??ok" in err["message"], err
+        # a message cut inside a character by the daemon's length cap
+        name = "\u00e9" * 2000
+        e = c.error("run", {"program": p, "function": name, "inputs": [x.id], "outputs": [x.id]})
+        assert e.name == "no_such_function"
+        with w.Conn(daemon.sock) as named:
+            named.send_raw(named.frame(w.packb([0, 1, "hello", {"protocol": 1,
+                                                               "client": w.Raw(b"\xa3a\xffb")}])))
+            assert named.wait(1)[0] is None
+            assert "a?b" in [q["name"] for q in status(c)["processes"]]
+
+
 def test_every_value_in_its_longest_encoding(conn):
     """'Integers may be sent in any msgpack integer encoding that holds the value'."""
     r, fd = conn.call_fd("surface.create", {"size": 16}, wide=True)
