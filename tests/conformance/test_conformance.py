@@ -186,6 +186,8 @@ def test_hello_result_and_every_documented_limit(daemon):
     assert len(names) >= 45, names
     missing = sorted(n for n in names if n not in limits)
     assert not missing, "hello limits lack %s" % missing
+    extra = sorted(set(limits) - names)
+    assert not extra, "hello announces limits the doc's Limits table lacks: %s" % extra
     for n in names:
         assert isinstance(limits[n], int) and limits[n] >= 0, (n, limits[n])
     assert limits["max_fds_per_frame"] == 4 and limits["max_hello_frame"] == 65536
@@ -429,6 +431,8 @@ def test_status_has_every_documented_field(conn):
             continue
         assert key in st, "status lacks %s" % key
         check_type(key, typ, st[key])
+    extra = sorted(set(st) - {cell.strip("`") for cell, _ in rows})
+    assert not extra, "status has fields the doc's table lacks: %s" % extra
     assert st["server"] == "aneshared" and st["protocol"] == 1 and st["backend"] == "cpu"
     assert st["clients"] >= 1 and "worker" not in st     # the CPU backend in process
     assert set(st["input"]) >= {"bytes", "waiting", "timed_out"}
@@ -978,3 +982,161 @@ def test_program_release_lets_submitted_runs_finish(conn):
     assert conn.wait(2)[:2] == (None, {})
     assert conn.wait(3)[0]["name"] == "no_such_program"
     assert from_f16(y.read()) == relu_ref(X)
+
+
+# --- states ----------------------------------------------------------------------------
+
+S8 = "state<%s>" % T8
+T40 = "tensor<fp16, [1, 1, 1, 40]>"
+ACC = prog(
+    func("main", """        %s c = read_state(input = s)[name = string("c")];
+        %s n = add(x = c, y = x)[name = string("n")];
+        %s y = coreml_update_state(state = s, value = n)[name = string("y")];
+""" % (T8, T8, T8), args="%s s, %s x" % (S8, T8)),
+    func("two", """        %s c = read_state(input = s)[name = string("c")];
+        %s n = add(x = c, y = x)[name = string("n")];
+        %s y = coreml_update_state(state = s, value = n)[name = string("y")];
+        %s k0 = read_state(input = k)[name = string("k0")];
+        %s one = const()[name = string("one"), val = tensor<fp16, [1, 1, 1, 40]>(%s)];
+        %s k1 = add(x = k0, y = one)[name = string("k1")];
+        %s z = coreml_update_state(state = k, value = k1)[name = string("z")];
+""" % (T8, T8, T8, T40, T40, "[" + ", ".join(["1"] * 40) + "]", T40, T40),
+        out="y, z", args="%s s, state<%s> k, %s x" % (S8, T40, T8)),
+    func("plain", RELU),
+    func("bad", """        %s c = read_state(input = s)[name = string("c")];
+        %s n = add(x = c, y = c)[name = string("n")];
+        %s u = coreml_update_state(state = s, value = n)[name = string("u")];
+        tensor<fp16, [4, 2]> table = const()[name = string("table"), val = tensor<fp16, [4, 2]>([1, 2, 3, 4, 5, 6, 7, 8])];
+        int32 ax = const()[name = string("ax"), val = int32(0)];
+        tensor<fp16, [3, 2]> y = gather(x = table, indices = idx, axis = ax)[name = string("y")];
+""" % (T8, T8, T8), args="%s s, tensor<int32, [3]> idx" % S8))
+
+
+def states_supported(c):
+    r = c.call("program.compile", {"mil": ACC})
+    if "states" not in c.call("program.info", {"id": r["id"]})["functions"][0]:
+        pytest.skip("the daemon does not keep states (docs/protocol.md has no States section)")
+    return r["id"]
+
+
+def state_run(c, p, state, x, y, function=None):
+    params = {"program": p, "state": state, "inputs": [x.id], "outputs": [y.id]}
+    if function:
+        params["function"] = function
+    return params
+
+
+def test_state_info_create_and_errors(daemon):
+    with daemon.connect() as c, daemon.connect() as other:
+        p = states_supported(c)
+        fns = {f["name"]: f for f in c.call("program.info", {"id": p})["functions"]}
+        assert fns["main"]["states"] == [{"name": "s", "dtype": "fp16", "shape": [1, 1, 1, 8], "bytes": 16}]
+        assert [t["name"] for t in fns["main"]["inputs"]] == ["x"]
+        assert [t["name"] for t in fns["two"]["states"]] == ["s", "k"]
+        assert fns["plain"]["states"] == []
+        r = c.call("state.create", {"program": p})
+        assert isinstance(r["id"], int) and r["size"] == 64      # 16 bytes, padded to 64
+        r2 = c.call("state.create", {"program": p, "function": "two"})
+        assert r2["id"] != r["id"] and r2["size"] == 64 + 128, r2      # 16 and 80 bytes, each padded
+        assert c.error("state.create", {"program": p, "function": "plain"}).name == "invalid_params"
+        assert c.error("state.create", {"program": p, "function": "nope"}).name == "no_such_function"
+        assert c.error("state.create", {"program": 999}).name == "no_such_program"
+        assert c.error("state.create", {}).name == "invalid_params"
+        x, y = surfaces(c, 2)
+        e = c.error("run", {"program": p, "inputs": [x.id], "outputs": [y.id]})
+        assert e.name == "invalid_params"                                  # no state
+        e = c.error("run", {"program": p, "function": "plain", "state": r["id"],
+                            "inputs": [x.id], "outputs": [y.id]})
+        assert e.name == "invalid_params"                                  # a state where none belongs
+        e = c.error("run", {"program": p, "function": "two", "state": r["id"],
+                            "inputs": [x.id], "outputs": [y.id, w.create(c, 80).id]})
+        assert e.name == "invalid_params"                                  # made for another function
+        e = c.error("run", state_run(c, p, 999, x, y))
+        assert (e.code, e.name) == (19, "no_such_state")
+        # another connection cannot name it
+        q = other.call("program.compile", {"mil": ACC})["id"]
+        ox, oy = surfaces(other, 2)
+        assert other.error("run", state_run(other, q, r["id"], ox, oy)).name == "no_such_state"
+        assert other.error("state.release", {"id": r["id"]}).name == "no_such_state"
+        assert other.error("state.reset", {"id": r["id"]}).name == "no_such_state"
+        # release: at once; the ID is not reused
+        assert c.call("state.release", {"id": r["id"]}) == {}
+        assert c.error("state.release", {"id": r["id"]}).name == "no_such_state"
+        assert c.error("run", state_run(c, p, r["id"], x, y)).name == "no_such_state"
+        assert c.call("state.create", {"program": p})["id"] not in (r["id"], r2["id"])
+
+
+def test_state_runs_accumulate_in_order(daemon):
+    with daemon.connect() as c:
+        p = states_supported(c)
+        st = status(c)
+        s0, b0 = st["states"], st["state_bytes"]
+        a = c.call("state.create", {"program": p})["id"]
+        b = c.call("state.create", {"program": p})["id"]
+        st = status(c)
+        assert (st["states"], st["state_bytes"]) == (s0 + 2, b0 + 128)
+        n = 12
+        xs = [w.create(c, 16) for _ in range(n)]
+        ys = [w.create(c, 16) for _ in range(n)]
+        frames = bytearray()
+        for i in range(n):           # pipelined, alternating two states
+            xs[i].write(f16([float(i + 1)] * 4 + [0.5 * (i + 1)] * 4))
+            frames += c.frame(w.packb([0, 500 + i, "run", state_run(c, p, a if i % 2 else b, xs[i], ys[i])]))
+        c.send_raw(frames)
+        for i in range(n):
+            assert c.wait(500 + i)[0] is None
+        acc = {0: [0.0] * 8, 1: [0.0] * 8}
+        for i in range(n):
+            xi = from_f16(xs[i].read())
+            acc[i % 2] = [round16(u + v) for u, v in zip(acc[i % 2], xi)]
+            assert from_f16(ys[i].read()) == acc[i % 2], i
+        # a chain: each step sees what the previous left; `state` beside steps is ignored
+        x, y0, y1 = surfaces(c, 3)
+        x.write(f16([1.0] * 8))
+        r = c.call("run", {"state": 999, "steps": [state_run(c, p, a, x, y0), state_run(c, p, a, x, y1)]})
+        assert r["steps"] == 2
+        assert from_f16(y1.read()) == [round16(v + 2.0) for v in acc[1]]
+        # reset: zero again
+        assert c.call("state.reset", {"id": a}) == {}
+        c.call("run", state_run(c, p, a, x, y0))
+        assert from_f16(y0.read()) == [1.0] * 8
+        # a second handle to the same program content takes the state
+        p2 = c.call("program.compile", {"mil": ACC})
+        assert p2["cached"] is True
+        c.call("run", state_run(c, p2["id"], a, x, y0))
+        assert from_f16(y0.read()) == [2.0] * 8
+        # two states in one function
+        t = c.call("state.create", {"program": p, "function": "two"})["id"]
+        z = w.create(c, 80)
+        for k in range(3):
+            c.call("run", {"program": p, "function": "two", "state": t, "inputs": [x.id],
+                           "outputs": [y0.id, z.id]})
+        assert from_f16(y0.read()) == [3.0] * 8 and from_f16(z.read()) == [3.0] * 40
+        for s in (a, b, t):
+            c.call("state.release", {"id": s})
+        st = status(c)
+        assert (st["states"], st["state_bytes"]) == (s0, b0)
+
+
+def test_state_lost_after_a_failed_run(daemon):
+    with daemon.connect() as c:
+        p = states_supported(c)
+        s = c.call("state.create", {"program": p, "function": "bad"})["id"]
+        idx, y = w.create(c, 12), w.create(c, 12)
+        run_p = {"program": p, "function": "bad", "state": s, "inputs": [idx.id], "outputs": [y.id]}
+        idx.write(struct.pack("<3i", 0, 1, 2))
+        c.call("run", run_p)
+        assert from_f16(y.read()) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        idx.write(struct.pack("<3i", 0, 99, 2))
+        assert c.error("run", run_p).name == "run_failed"
+        idx.write(struct.pack("<3i", 0, 1, 2))
+        e = c.error("run", run_p)
+        assert (e.code, e.name) == (20, "state_lost")
+        e = c.error("run", {"steps": [run_p]})
+        assert (e.name, e.err.get("failed_step")) == ("state_lost", 0)
+        assert c.call("state.reset", {"id": s}) == {}
+        c.call("run", run_p)
+        assert from_f16(y.read()) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        # an error found before the run changes nothing
+        assert c.error("run", dict(run_p, outputs=[w.create(c, 4).id])).name == "size_mismatch"
+        c.call("run", run_p)
