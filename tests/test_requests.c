@@ -707,3 +707,25 @@ Test(requests, verbose_logs_each_client)
 	}
 	h_daemon_stop(&d);
 }
+
+/* docs/protocol.md, Limits: "A limit error's message names the limit" -- the
+ * per-connection ones too (they said "(max 1)"; found by tests/conformance). */
+Test(requests, per_connection_limits_name_their_keys)
+{
+	static const char *const args[] = { "--max-surfaces", "1", "--max-client-surfaces", "8",
+	                                    "--max-programs", "1", "--max-client-programs", "8", NULL };
+	h_daemon d;
+	h_daemon_start_args(&d, args);
+	h_rconn rc;
+	h_rconn_open(&rc, d.sock);
+	cr_assert_eq(call(&rc, "surface.create", NULL, 0, NULL, "{size: 16}").code, 0);
+	expect_error(call(&rc, "surface.create", NULL, 0, NULL, "{size: 16}"), ANES_WERR_LIMIT,
+	             "(max_surfaces 1)");
+	compile_double(&rc);
+	h_reply r = { .msgid = next_msgid++ };
+	cr_assert_eq(h_raw_request_kstr(rc.fd, r.msgid, "program.compile", "mil", mil_double), 0);
+	h_rconn_wait(&rc, &r);
+	expect_error(r, ANES_WERR_LIMIT, "(max_programs 1)");
+	h_rconn_close(&rc);
+	h_daemon_stop(&d);
+}

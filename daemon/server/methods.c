@@ -403,7 +403,7 @@ bool anes_surface_limits_ok(anes_conn *c, uint32_t msgid, uint64_t size, bool fd
 
 	if (c->surfaces_alive >= lim->max_surfaces) {
 		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT,
-		                      "too many surfaces on this connection (max %u)", lim->max_surfaces);
+		                      "too many surfaces on this connection (max_surfaces %u)", lim->max_surfaces);
 		return false;
 	}
 	if (anes_idt_peek(&c->surfaces, &id) < 0) {

@@ -860,7 +860,7 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 	for (uint32_t i = 0; i < n_weights; i++)
 		files |= weights[i].file != NULL;
 	if (c->programs.n + c->pending_compiles >= srv->lim.max_programs) {
-		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "too many programs on this connection (max %u)",
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT, "too many programs on this connection (max_programs %u)",
 		                      srv->lim.max_programs);
 		goto drop;
 	}

@@ -403,6 +403,43 @@ def test_fd_on_a_method_without_fds_is_bad_fd(conn):
     assert status(conn)["server"] == "aneshared"
 
 
+def test_checks_go_handshake_method_fd_params(daemon):
+    fd = w.memfd(16, fcntl.F_SEAL_SHRINK)
+    with daemon.raw() as c:
+        assert c.error("status", {}, fds=[fd]).name == "handshake"
+        assert c.error("hello", {"protocol": 1}, fds=[fd]).name == "bad_fd"
+        c.hello()
+        assert c.error("nope", {}, fds=[fd]).name == "unknown_method"
+        assert c.error("surface.release", {"id": "x"}, fds=[fd]).name == "bad_fd"
+        assert c.error("run", {}, fds=[fd]).name == "bad_fd"
+    os.close(fd)
+
+
+def test_fds_of_refused_requests_are_closed(daemon):
+    """'Any error closes every fd that came with the request' (and notifications'
+    fds): the daemon's own fd table, /proc/PID/fd, ends as it began."""
+    def daemon_fds():
+        return len(os.listdir("/proc/%d/fd" % daemon.proc.pid))
+    with daemon.connect() as c:
+        status(c)
+        before = daemon_fds()
+        fds = [w.memfd(16, fcntl.F_SEAL_SHRINK) for _ in range(4)]
+        assert c.error("status", {}, fds=fds[:1]).name == "bad_fd"
+        assert c.error("nope", {}, fds=fds[:2]).name == "unknown_method"
+        assert c.error("surface.import", {}, fds=fds[:2]).name == "bad_fd"
+        unsealed = w.memfd(16)
+        assert c.error("surface.import", {}, fds=[unsealed]).name == "bad_fd"
+        os.close(unsealed)
+        assert c.error("program.compile", {"mil": TWO, "weight_fds": ["a"]}, fds=fds[:3]).name == "bad_fd"
+        assert c.error("program.compile", {"mil": "x", "weight_fds": ["a", "b", "c", "d"]},
+                       fds=fds).name == "compile"
+        c.send_msg([2, "surface.import", {}], fds=fds)
+        assert status(c)["server"] == "aneshared"
+        for fd in fds:
+            os.close(fd)
+        w.poll(lambda: daemon_fds() == before, "the daemon to close every fd it was sent")
+
+
 # --- status ----------------------------------------------------------------------
 
 TYPES = {"uint": int, "str": str, "map": dict, "bool": bool}
@@ -586,6 +623,45 @@ def test_release_while_a_run_uses_the_surface_is_deferred(own_daemon):
         w.poll(lambda: status(c)["surfaces"] == before - 1, "the released surface to be freed")
         err, r, _ = busy.wait(chain)
         assert err is None and r["steps"] == 256
+
+
+def test_limits_answer_as_the_table_says(own_daemon):
+    d = own_daemon("--max-surfaces", "3", "--max-programs", "2", "--max-mil-bytes", "2K",
+                   "--max-weights", "1", "--max-weight-bytes", "200", "--max-surface-bytes", "64K",
+                   "--max-exports-per-conn", "2")
+    with d.connect() as c:
+        s = [w.create(c, 16) for _ in range(3)]
+        e = c.error("surface.create", {"size": 16})
+        assert (e.code, e.name) == (9, "limit") and "(max_surfaces 3)" in e.message, e
+        c.call("surface.release", {"id": s[2].id})
+        big = w.memfd(65537, fcntl.F_SEAL_SHRINK)
+        assert c.error("surface.import", {}, fds=[big]).name == "bad_fd"   # over max_surface_bytes
+        os.close(big)
+        assert c.error("surface.create", {"size": 65537}).name == "invalid_params"
+        c.call("surface.release", {"id": w.create(c, 65536).id})
+        # live tokens per connection: limit; a token used up is no longer live
+        t1 = c.call("surface.export", {"id": s[0].id})["token"]
+        c.call("surface.export", {"id": s[0].id})
+        e = c.error("surface.export", {"id": s[1].id})
+        assert e.name == "limit" and "(max_exports_per_conn 2)" in e.message, e
+        with d.connect() as b:
+            _, fd = b.call_fd("surface.import", {"token": t1})
+            os.close(fd)
+        c.call("surface.export", {"id": s[1].id})
+        # programs: handles per connection; request size caps answer invalid_params
+        ids = [compile_(c, TWO)["id"], compile_(c, TWO)["id"]]
+        assert ids[0] != ids[1]
+        e = c.error("program.compile", {"mil": TWO})
+        assert e.name == "limit" and "(max_programs 2)" in e.message, e
+        c.call("program.release", {"id": ids[0]})
+        assert compile_(c, TWO)["id"] not in ids                    # IDs are not reused
+        c.call("program.release", {"id": ids[1]})
+        assert c.error("program.compile", {"mil": TWO + " " * 2048}).name == "invalid_params"
+        wb = {"@model_path/weights/w.bin": blob([0.0] * 8)}         # 144 bytes
+        assert c.error("program.compile", {"mil": WEIGHTED, "weights": dict(wb, b=b"x")}).name == "invalid_params"
+        assert c.error("program.compile", {"mil": WEIGHTED, "weights": {
+            "@model_path/weights/w.bin": blob([0.0] * 40)}}).name == "invalid_params"
+        compile_(c, WEIGHTED, weights=wb)
 
 
 # --- sharing -------------------------------------------------------------------------
