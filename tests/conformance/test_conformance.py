@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import struct
+import threading
 import time
 
 import pytest
@@ -1043,6 +1044,27 @@ def test_pipelining(conn):
         v = float(i - 20)
         want = [round16(v + v)] * 8 if i % 2 == 0 else [max(v, 0.0)] * 8
         assert from_f16(ys[i].read()) == want, i
+
+
+def test_pipelining_past_max_inflight(own_daemon):
+    """More requests in one write than max_inflight: the daemon stops reading
+    and resumes as responses drain; a client that reads gets every answer."""
+    d = own_daemon("--max-inflight", "4")
+    with d.connect() as c:
+        p = compile_(c, TWO)["id"]
+        x, y = surfaces(c, 2)
+        x.write(f16(X))
+        one = {"program": p, "function": "twice", "inputs": [x.id], "outputs": [y.id]}
+        data = b"".join(c.frame(w.packb([0, 10 + i, "run" if i % 3 else "status",
+                                         one if i % 3 else {}])) for i in range(300))
+        # written from a thread while this one reads: the daemon stops reading
+        # us while our unread answers pile up, so one thread must not do both
+        sender = threading.Thread(target=c.send_raw, args=(data,))
+        sender.start()
+        for i in range(300):
+            assert c.wait(10 + i)[0] is None, i
+        sender.join()
+        assert from_f16(y.read()) == twice_ref(X)
 
 
 def test_program_release_lets_submitted_runs_finish(conn):
