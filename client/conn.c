@@ -792,12 +792,12 @@ typedef struct hello_result {
 	uint64_t protocol;
 	char *version;
 	char *backend;
-	uint64_t limits[7];
+	uint64_t limits[8];
 } hello_result;
 
-static const char *const limit_keys[7] = {
+static const char *const limit_keys[8] = {
 	"max_frame", "max_surface_bytes", "max_surfaces", "max_programs", "max_inflight",
-	"max_mil_bytes", "max_weights",
+	"max_mil_bytes", "max_weights", "max_fds_per_frame",
 };
 
 static int hello_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsigned nfds,
@@ -823,7 +823,7 @@ static int hello_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsig
 		return 0;   /* keep the documented defaults */
 	if (r < 0)
 		return anesc_fail(c, -ANESHARE_EPROTOCOL, "hello: malformed limits");
-	for (size_t i = 0; i < 7; i++) {
+	for (size_t i = 0; i < 8; i++) {
 		uint64_t v;
 		r = anes_mp_u64(lim, limit_keys[i], UINT64_MAX, &v);
 		if (r == -EINVAL)
@@ -885,7 +885,7 @@ static int replace_string(aneshare_conn *c, char **slot, char *fresh)
 static int conn_hello(aneshare_conn *c)
 {
 	hello_result h = { .limits = {
-		ANES_FRAME_MAX_DEFAULT, 1ull << 30, 1024, 256, 64, 16u << 20, 256 } };
+		ANES_FRAME_MAX_DEFAULT, 1ull << 30, 1024, 256, 64, 16u << 20, 256, 0 } };
 	int r = anesc_request(c, &(anesc_req){ .method = "hello",
 	                                       .n_params = c->client_name ? 2 : 1,
 	                                       .pack = pack_hello, .fd = -1, .fn = hello_cb,
@@ -908,6 +908,8 @@ static int conn_hello(aneshare_conn *c)
 	if (mf > ANES_FRAME_MAX_HIGHEST)
 		mf = ANES_FRAME_MAX_HIGHEST;
 	c->io.max_frame = (uint32_t)mf;
+	/* no fds per frame announced: inline weights only (aneshare_program_compile) */
+	c->max_fds_per_frame = (unsigned)(h.limits[7] < ANES_MAX_FDS_PER_FRAME ? h.limits[7] : ANES_MAX_FDS_PER_FRAME);
 	c->info = (aneshare_server_info){
 		.protocol = (uint32_t)h.protocol,
 		.server_version = c->server_version,

@@ -63,7 +63,9 @@ typedef struct anesc_function {
 	aneshare_tensor_info *states;   /* owned, names owned (NULL when none) */
 } anesc_function;
 
-/* A copy of a weight blob the program was compiled with. */
+/* A copy of a weight blob the program was compiled with (inline weights that
+ * did not go into sealed memfds: empty ones, more than max_fds_per_frame, or
+ * no sealed memfds on this platform). */
 typedef struct anesc_blob {
 	char *path;                /* owned */
 	void *data;                /* owned; NULL when len is 0 */
@@ -81,7 +83,8 @@ struct aneshare_program {
 	char *mil;                     /* owned copies, compiled again after a reconnect */
 	anesc_blob *weights;
 	size_t n_weights;
-	char **file_paths;             /* weight files: owned paths and fd duplicates */
+	char **file_paths;             /* weight files: owned paths and fds (duplicates of the
+	                                * caller's, or sealed memfds holding inline weights) */
 	int *file_fds;
 	size_t n_files;
 };
@@ -97,6 +100,7 @@ struct aneshare_conn {
 	char last_error[ANESC_ERRMSG_MAX];
 
 	char *socket_path;             /* owned: where to reconnect */
+	unsigned max_fds_per_frame;    /* hello's, at most ANES_MAX_FDS_PER_FRAME; 0 if not announced */
 	char *client_name;             /* owned, or NULL */
 	bool reconnect;                /* reconnect automatically (default true) */
 	uint32_t reconnect_timeout_ms;

@@ -2,8 +2,12 @@
 /*
  * libaneshare: programs (compile, info, release) and runs.
  *
- * A program keeps a copy of its MIL text and weights, so that after a
- * daemon restart it can be compiled again (same bytes, so the same key).
+ * A program keeps a copy of its MIL text and what it needs to send its
+ * weights again, so that after a daemon restart it can be compiled again
+ * (same bytes, so the same key): duplicates of the caller's weight fds, or,
+ * for inline weights on Linux, the sealed memfds the library put them in
+ * (the daemon maps those in place: one copy of the weights in the system);
+ * a malloc'd copy only where memfds cannot be used (macOS, too many blobs).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -274,9 +278,10 @@ static int compile_req(aneshare_conn *c, aneshare_program *p, compile_result *cr
 	                                      .fn = compile_cb, .fn_ud = cr, .flags = flags });
 }
 
-/* A program object holding copies of the MIL text and weights, not linked. */
+/* A program object holding copies of the MIL text and weights (with
+ * empty_only, of the empty weights only), not linked. */
 static aneshare_program *program_new(const char *mil, const aneshare_weight *weights,
-                                     size_t n_weights)
+                                     size_t n_weights, bool empty_only)
 {
 	aneshare_program *p = calloc(1, sizeof *p);
 	if (!p)
@@ -287,9 +292,10 @@ static aneshare_program *program_new(const char *mil, const aneshare_weight *wei
 		program_free(p);
 		return NULL;
 	}
-	p->n_weights = n_weights;   /* zeroed entries are freed fine */
 	for (size_t i = 0; i < n_weights; i++) {
-		anesc_blob *b = &p->weights[i];
+		if (empty_only && weights[i].len)
+			continue;
+		anesc_blob *b = &p->weights[p->n_weights++];   /* zeroed entries are freed fine */
 		b->path = strdup(weights[i].path);
 		b->len = weights[i].len;
 		b->data = b->len ? malloc(b->len) : NULL;
@@ -301,6 +307,57 @@ static aneshare_program *program_new(const char *mil, const aneshare_weight *wei
 			memcpy(b->data, weights[i].data, b->len);
 	}
 	return p;
+}
+
+/* The program with its non-empty inline weights in sealed memfds, sent as
+ * weight_fds (the empty ones stay inline): the bytes are not copied into
+ * the library's memory nor sent on the socket, and the daemon maps the
+ * memfds in place.  0 with *ret NULL where that cannot be done, for the
+ * caller to keep a copy and send the bytes inline instead: no non-empty
+ * weight, more of them than the daemon takes fds in a frame, or no sealed
+ * memfds (macOS: -ENOTSUP; a kernel without memfd_create: -ENOSYS).  Else
+ * 0 with *ret, or -errno with the message set (every memfd closed). */
+static int program_new_sealed(aneshare_conn *c, const char *mil, const aneshare_weight *weights,
+                              size_t n_weights, aneshare_program **ret)
+{
+	*ret = NULL;
+	size_t nf = 0;
+	for (size_t i = 0; i < n_weights; i++)
+		nf += weights[i].len != 0;
+	if (nf == 0 || nf > c->max_fds_per_frame)
+		return 0;
+	aneshare_program *p = program_new(mil, weights, n_weights, true);
+	if (!p)
+		return anesc_fail(c, -ENOMEM, "out of memory");
+	p->file_paths = calloc(nf, sizeof *p->file_paths);
+	p->file_fds = malloc(nf * sizeof *p->file_fds);
+	if (!p->file_paths || !p->file_fds) {
+		program_free(p);
+		return anesc_fail(c, -ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < n_weights; i++) {
+		if (!weights[i].len)
+			continue;
+		size_t k = p->n_files++;   /* program_free closes the fds made so far */
+		p->file_fds[k] = -1;
+		p->file_paths[k] = strdup(weights[i].path);
+		if (!p->file_paths[k]) {
+			program_free(p);
+			return anesc_fail(c, -ENOMEM, "out of memory");
+		}
+		int r = aneshare_weight_memfd("aneshare-inline-weight", weights[i].data, weights[i].len,
+		                              &p->file_fds[k]);
+		if (r == -ENOSYS || r == -ENOTSUP) {
+			program_free(p);
+			return 0;
+		}
+		if (r < 0) {
+			program_free(p);
+			return anesc_fail(c, r, "putting weight %zu in a sealed memfd: %s", i, strerror(-r));
+		}
+	}
+	*ret = p;
+	return 0;
 }
 
 static int compile_program(aneshare_conn *c, aneshare_program *p, aneshare_program **ret, bool *ret_cached);
@@ -320,7 +377,12 @@ ANESHARE_API int aneshare_program_compile(aneshare_conn *c, const char *mil,
 		    weights[i].len > UINT32_MAX)
 			return anesc_fail(c, -EINVAL, "bad weight %zu", i);
 
-	aneshare_program *p = program_new(mil, weights, n_weights);
+	aneshare_program *p;
+	int r = program_new_sealed(c, mil, weights, n_weights, &p);
+	if (r < 0)
+		return r;
+	if (!p)
+		p = program_new(mil, weights, n_weights, false);
 	if (!p)
 		return anesc_fail(c, -ENOMEM, "out of memory");
 	return compile_program(c, p, ret, ret_cached);
@@ -376,7 +438,7 @@ ANESHARE_API int aneshare_program_compile_fds(aneshare_conn *c, const char *mil,
 	for (size_t i = 0; i < n_files; i++)
 		if (!files[i].path || !files[i].path[0] || files[i].fd < 0)
 			return anesc_fail(c, -EINVAL, "bad weight file %zu", i);
-	aneshare_program *p = program_new(mil, NULL, 0);
+	aneshare_program *p = program_new(mil, NULL, 0, false);
 	if (!p)
 		return anesc_fail(c, -ENOMEM, "out of memory");
 	p->file_paths = calloc(n_files ? n_files : 1, sizeof *p->file_paths);

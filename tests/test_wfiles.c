@@ -525,9 +525,14 @@ Test(wfiles, worker_with_a_full_fd_table)
 	cr_assert_eq(w1.restarts, w0.restarts);
 
 	/* the same program with its two weights inline: one file of the
-	 * daemon's, which fits */
-	aneshare_weight inl[2] = {{"@model_path/weights/weight.bin", blob, len}, {"@model_path/weights/bias.bin", bias, blen}};
-	cr_assert_eq(aneshare_program_compile(c, mil_two_files(), inl, 2, &p2, NULL), 0, "%s", aneshare_last_error(c));
+	 * daemon's, which fits (with three unused blobs, more than fit in a
+	 * frame's fds, so that the library sends the bytes rather than a
+	 * sealed memfd for each) */
+	static const uint8_t pad[3][8] = { { 1 }, { 2 }, { 3 } };
+	aneshare_weight inl[5] = {{"@model_path/weights/weight.bin", blob, len}, {"@model_path/weights/bias.bin", bias, blen},
+	                          {"@model_path/weights/p1.bin", pad[0], 8}, {"@model_path/weights/p2.bin", pad[1], 8},
+	                          {"@model_path/weights/p3.bin", pad[2], 8}};
+	cr_assert_eq(aneshare_program_compile(c, mil_two_files(), inl, 5, &p2, NULL), 0, "%s", aneshare_last_error(c));
 	uint16_t y0[OUT], y1[OUT];
 	run_out(c, p, y0);
 	run_out(c, p2, y1);
