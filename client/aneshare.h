@@ -176,8 +176,11 @@ ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
  *    the new daemon refuses, or whose program was released or lost: runs
  *    on it fail with -ANESHARE_ENO_SUCH_STATE).
  *  - aneshare_server() describes the new daemon afterwards.
- * The cost: the library keeps one fd (the memfd) per live surface and a copy
- * of the MIL text and weights of every live program.
+ * The cost: the library keeps one fd (the memfd) per live surface, and per
+ * live program a copy of its MIL text and what sends its weights again:
+ * its weight fds (aneshare_program_compile on Linux: the sealed memfds it
+ * put the inline weights in; aneshare_program_compile_fds: duplicates), or
+ * a copy of its inline weights where no memfd was used.
  *
  * With reconnecting off, a broken connection stays broken: runs in flight
  * and every later call fail with -ECONNRESET (not retryable).
@@ -388,8 +391,8 @@ ANESHARE_API bool aneshare_surface_read_only(const aneshare_surface *s);
 /* ---- programs ------------------------------------------------------------- */
 
 /* A weight blob referenced from MIL by BLOBFILE(path = string("PATH"), ...).
- * Borrowed for the duration of the call (the library keeps its own copy,
- * see "reconnecting"). */
+ * Borrowed for the duration of the call (the library keeps its own copy in
+ * a memfd or in memory, see aneshare_program_compile). */
 typedef struct aneshare_weight {
 	const char *path;   /* e.g. "@model_path/weights/w.bin" */
 	const void *data;
@@ -400,6 +403,20 @@ typedef struct aneshare_weight {
  * already has the same program (same MIL and weights), it is shared and
  * *ret_cached (may be NULL) is set true.  On a compile error the daemon's
  * message (with the line) is in aneshare_last_error().
+ * How the weights travel (the key is the same either way: the daemon
+ * hashes the bytes): on Linux the library copies each non-empty weight
+ * into a sealed memfd of its own ("aneshare-inline-weight", CLOEXEC; see
+ * aneshare_weight_memfd) and passes it by fd, as aneshare_program_compile_fds
+ * does; the daemon maps the memfd in place, so the bytes neither cross the
+ * socket nor get copied again.  The program owns those fds, one per
+ * non-empty weight, until aneshare_program_release (or aneshare_disconnect)
+ * closes them; they are what it compiles from again after a reconnect.
+ * The library keeps a copy in its memory instead and sends the bytes
+ * inline (bounded by the daemon's max_weight_bytes) when there are more
+ * non-empty weights than the daemon's max_fds_per_frame (4), and where
+ * there are no sealed memfds (macOS; -ENOSYS); empty weights always go
+ * inline.  Making a memfd can fail (-EMFILE, -ENOMEM...): the call then
+ * fails with that code, having closed the memfds it made.
  * On success *ret is owned by the caller: aneshare_program_release(). */
 ANESHARE_API int aneshare_program_compile(aneshare_conn *conn, const char *mil,
                                           const aneshare_weight *weights, size_t n_weights,
@@ -423,8 +440,7 @@ typedef struct aneshare_weight_fd {
  * affecting the program).  The library keeps a duplicate of each fd (closed
  * with the program) to compile the program again after a reconnect; the
  * file should then still hold the same bytes (else the program is lost, see
- * "reconnecting").  Otherwise as aneshare_program_compile; the inline
- * weights of aneshare_program_compile still work for small programs.
+ * "reconnecting").  Otherwise as aneshare_program_compile.
  * On success *ret is owned by the caller: aneshare_program_release(). */
 ANESHARE_API int aneshare_program_compile_fds(aneshare_conn *conn, const char *mil,
                                               const aneshare_weight_fd *files, size_t n_files,
