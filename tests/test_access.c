@@ -484,11 +484,17 @@ Test(access, per_client_limits)
 	sprintf(mil2, "// another\n%s", mil);
 	cr_expect_eq(aneshare_program_compile(c, mil2, NULL, 0, &p2, NULL), -ANESHARE_ELIMIT);
 	aneshare_program_release(p);
-	/* Weights over max_weight_bytes: invalid_params, before any compiling. */
-	static uint8_t blob[700];
-	aneshare_weight w[2] = { { "@model_path/a.bin", blob, sizeof blob },
-	                         { "@model_path/b.bin", blob, sizeof blob } };
-	int r = aneshare_program_compile(c, mil2, w, 2, &p2, NULL);
+	/* Inline weights over max_weight_bytes: invalid_params, before any
+	 * compiling.  (Five blobs: with at most max_fds_per_frame, 4, the
+	 * library would pass them as sealed memfds, which max_weight_bytes
+	 * does not bound.) */
+	static uint8_t blob[300];
+	aneshare_weight w[5] = { { "@model_path/a.bin", blob, sizeof blob },
+	                         { "@model_path/b.bin", blob, sizeof blob },
+	                         { "@model_path/c.bin", blob, sizeof blob },
+	                         { "@model_path/d.bin", blob, sizeof blob },
+	                         { "@model_path/e.bin", blob, sizeof blob } };
+	int r = aneshare_program_compile(c, mil2, w, 5, &p2, NULL);
 	cr_expect_eq(r, -ANESHARE_EINVALID_PARAMS, "%s: %s", aneshare_strerror(r), aneshare_last_error(c));
 	cr_expect(strstr(aneshare_last_error(c), "max_weight_bytes"), "%s", aneshare_last_error(c));
 
