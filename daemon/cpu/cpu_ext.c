@@ -464,9 +464,11 @@ static int read_index(const cpu_exec *ex, const anes_mil_op *op, const void *ind
 {
 	int64_t ix = (int64_t)anes_mil_load_f64(ind, dt, i);
 	__asm__ volatile("" : "+r"(ix));
-	if (ix < -(int64_t)d || ix >= (int64_t)d)
-		return cpu_run_fail(ex, op, -EINVAL, "indices[%llu] = %lld is out of range [%lld, %lld)",
-		                    (unsigned long long)i, (long long)ix, -(long long)d, (long long)d);
+	if (ix < -(int64_t)d || ix >= (int64_t)d) {
+		cpu_run_fail(ex, op, -EINVAL, "indices[%llu] = %lld is out of range [%lld, %lld)",
+		             (unsigned long long)i, (long long)ix, -(long long)d, (long long)d);
+		return -EINVAL;   /* what cpu_run_fail returns, said where gcc -O3 sees it */
+	}
 	*ret = (uint64_t)(ix < 0 ? ix + (int64_t)d : ix);
 	return 0;
 }
