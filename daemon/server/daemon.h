@@ -364,6 +364,13 @@ void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nf
 void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsigned nfds);
 void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+/* methods.c: answer m with invalid_params for its parameter key, which a
+ * typed accessor failed to read with r (-ENOENT: missing). */
+void anes_reply_param(anes_conn *c, const anes_msg *m, const char *key, int r);
+/* methods.c: the program whose ID is m's parameter key; false (m answered
+ * with invalid_params or no_such_program) when there is none.  *ret is
+ * borrowed from c's program table. */
+bool anes_lookup_program(anes_conn *c, const anes_msg *m, const char *key, anes_centry **ret);
 /* Any thread: whether c's connection is closed for writing (the client is
  * gone or is being dropped): nothing sent to it arrives any more. */
 bool anes_conn_write_closed(anes_conn *c);

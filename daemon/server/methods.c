@@ -20,7 +20,7 @@
 
 typedef void (*method_fn)(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
 
-static void reply_param(anes_conn *c, const anes_msg *m, const char *key, int r)
+void anes_reply_param(anes_conn *c, const anes_msg *m, const char *key, int r)
 {
 	if (r == -ENOENT)
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS, "missing \"%s\"", key);
@@ -125,12 +125,12 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	}
 	int r = anes_mp_u64(m->params, "protocol", UINT64_MAX, &version);
 	if (r < 0) {
-		reply_param(c, m, "protocol", r);
+		anes_reply_param(c, m, "protocol", r);
 		return;
 	}
 	r = anes_mp_str(m->params, "client", ANES_CLIENT_NAME_MAX, &name, &name_len);
 	if (r < 0 && r != -ENOENT) {
-		reply_param(c, m, "client", r);
+		anes_reply_param(c, m, "client", r);
 		return;
 	}
 	/* The scheduling class of the client process (docs/protocol.md,
@@ -141,7 +141,7 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	int sclass = -1;
 	r = anes_mp_str(m->params, "priority", 16, &prio, &prio_len);
 	if (r < 0 && r != -ENOENT) {
-		reply_param(c, m, "priority", r);
+		anes_reply_param(c, m, "priority", r);
 		return;
 	}
 	if (r == 0) {
@@ -468,7 +468,7 @@ static void m_surface_create(anes_conn *c, const anes_msg *m, int *fds, unsigned
 
 	int r = anes_mp_u64(m->params, "size", c->srv->lim.max_surface_bytes, &size);
 	if (r < 0 || size == 0) {
-		reply_param(c, m, "size", r < 0 ? r : -EINVAL);
+		anes_reply_param(c, m, "size", r < 0 ? r : -EINVAL);
 		return;
 	}
 	const anes_shm_ops *so = anes_shm_default();
@@ -523,7 +523,7 @@ static void import_by_id(anes_conn *c, const anes_msg *m, unsigned nfds)
 
 	int r = anes_mp_u32(m->params, "iosurface_id", &ios_id);
 	if (r < 0 || ios_id == 0) {
-		reply_param(c, m, "iosurface_id", r < 0 ? r : -EINVAL);
+		anes_reply_param(c, m, "iosurface_id", r < 0 ? r : -EINVAL);
 		return;
 	}
 	if (nfds != 0) {
@@ -633,7 +633,7 @@ static void m_surface_release(anes_conn *c, const anes_msg *m, int *fds, unsigne
 	uint32_t id;
 	int r = anes_mp_u32(m->params, "id", &id);
 	if (r < 0) {
-		reply_param(c, m, "id", r);
+		anes_reply_param(c, m, "id", r);
 		return;
 	}
 	anes_surface *s = anes_idt_remove(&c->surfaces, id);
@@ -662,12 +662,12 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 
 	int r = anes_mp_str(m->params, "mil", lim->max_mil_bytes, &mil, &mil_len);
 	if (r < 0) {
-		reply_param(c, m, "mil", r);
+		anes_reply_param(c, m, "mil", r);
 		return;
 	}
 	r = anes_mp_map(m->params, "weights", lim->max_weights, &wmap);
 	if (r < 0 && r != -ENOENT) {
-		reply_param(c, m, "weights", r);
+		anes_reply_param(c, m, "weights", r);
 		return;
 	}
 	/* weight files: weight_fds[i] is the path of the i-th fd of the frame */
@@ -675,7 +675,7 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 	uint32_t nf = 0;
 	r = anes_mp_array(m->params, "weight_fds", ANES_MAX_FDS_PER_FRAME, &fpaths, &nf);
 	if (r < 0 && r != -ENOENT) {
-		reply_param(c, m, "weight_fds", r);
+		anes_reply_param(c, m, "weight_fds", r);
 		return;
 	}
 	if (r == -ENOENT)
@@ -760,12 +760,12 @@ static void m_program_compile(anes_conn *c, const anes_msg *m, int *fds, unsigne
 	free(ws);
 }
 
-static bool lookup_program(anes_conn *c, const anes_msg *m, const char *key, anes_centry **ret)
+bool anes_lookup_program(anes_conn *c, const anes_msg *m, const char *key, anes_centry **ret)
 {
 	uint32_t id;
 	int r = anes_mp_u32(m->params, key, &id);
 	if (r < 0) {
-		reply_param(c, m, key, r);
+		anes_reply_param(c, m, key, r);
 		return false;
 	}
 	anes_centry *e = anes_idt_find(&c->programs, id);
@@ -797,7 +797,7 @@ static void pack_tensors(msgpack_packer *pk, const anes_tensor_desc *t, uint32_t
 static void m_program_info(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 {
 	anes_centry *e;
-	if (!lookup_program(c, m, "id", &e))
+	if (!anes_lookup_program(c, m, "id", &e))
 		return;
 	const anes_bprogram *p = e->prog;
 
@@ -826,7 +826,7 @@ static void m_program_info(anes_conn *c, const anes_msg *m, int *fds, unsigned n
 static void m_program_release(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 {
 	anes_centry *e;
-	if (!lookup_program(c, m, "id", &e))
+	if (!anes_lookup_program(c, m, "id", &e))
 		return;
 	uint32_t id;
 	(void)anes_mp_u32(m->params, "id", &id);

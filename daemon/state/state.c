@@ -20,15 +20,6 @@ static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
 	msgpack_pack_uint64(pk, v);
 }
 
-static void reply_param(anes_conn *c, const anes_msg *m, const char *key, int r)
-{
-	if (r == -ENOENT)
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS, "missing \"%s\"", key);
-	else
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS,
-		                      "\"%s\" has the wrong type or is out of range", key);
-}
-
 static void reply_empty(anes_conn *c, uint32_t msgid)
 {
 	anes_frame f;
@@ -151,23 +142,15 @@ void anes_m_state_create(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 	(void)fds;
 	(void)nfds;
 	const anes_limits *lim = &c->srv->lim;
-	uint32_t pid;
-	int r = anes_mp_u32(m->params, "program", &pid);
-	if (r < 0) {
-		reply_param(c, m, "program", r);
+	anes_centry *e;
+	if (!anes_lookup_program(c, m, "program", &e))
 		return;
-	}
-	anes_centry *e = anes_idt_find(&c->programs, pid);
-	if (!e) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_PROGRAM, "no program %u", pid);
-		return;
-	}
 	const anes_bprogram *p = e->prog;
 	const char *name = NULL;
 	uint32_t name_len = 0, fn = UINT32_MAX;
-	r = anes_mp_str(m->params, "function", ANES_NAME_MAX, &name, &name_len);
+	int r = anes_mp_str(m->params, "function", ANES_NAME_MAX, &name, &name_len);
 	if (r < 0 && r != -ENOENT) {
-		reply_param(c, m, "function", r);
+		anes_reply_param(c, m, "function", r);
 		return;
 	}
 	if (r == -ENOENT) {
@@ -326,7 +309,7 @@ static bool lookup_state(anes_conn *c, const anes_msg *m, uint32_t *ret_id, anes
 	uint32_t id;
 	int r = anes_mp_u32(m->params, "id", &id);
 	if (r < 0) {
-		reply_param(c, m, "id", r);
+		anes_reply_param(c, m, "id", r);
 		return false;
 	}
 	anes_state *st = anes_idt_find(&c->states, id);
