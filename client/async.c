@@ -84,12 +84,9 @@ static int pack_surfaces(aneshare_conn *c, msgpack_packer *pk, aneshare_surface 
 	return 0;
 }
 
-/* The four (with a state five: step_params) key/value pairs of one run (or
- * one step).  Packed at send time: IDs change when the library reconnects. */
-int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st,
-                    const aneshare_state *state)
+int anesc_pack_program_fn(aneshare_conn *c, msgpack_packer *pk, const aneshare_program *p,
+                          uint32_t fn)
 {
-	const aneshare_program *p = st->program;
 	if (p->lost)
 		return anesc_fail(c, -ANESHARE_ENO_SUCH_PROGRAM,
 		                  "the program could not be compiled again after the daemon "
@@ -97,9 +94,20 @@ int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *s
 	anes_pack_str(pk, "program");
 	msgpack_pack_uint32(pk, p->id);
 	anes_pack_str(pk, "function");
-	anes_pack_str(pk, p->functions[st->function].name);
+	anes_pack_str(pk, p->functions[fn].name);
+	return 0;
+}
+
+/* The four (with a state five: step_params) key/value pairs of one run (or
+ * one step).  Packed at send time: IDs change when the library reconnects. */
+int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st,
+                    const aneshare_state *state)
+{
+	int r = anesc_pack_program_fn(c, pk, st->program, st->function);
+	if (r < 0)
+		return r;
 	anes_pack_str(pk, "inputs");
-	int r = pack_surfaces(c, pk, st->inputs, st->n_inputs);
+	r = pack_surfaces(c, pk, st->inputs, st->n_inputs);
 	if (r == 0) {
 		anes_pack_str(pk, "outputs");
 		r = pack_surfaces(c, pk, st->outputs, st->n_outputs);

@@ -282,6 +282,11 @@ void anesc_async_cancel_all(aneshare_conn *c);
  * again only when the daemon cannot have received it: every run, blocking
  * (aneshare_run, a ticket waited for at once), ticket, chain or async. */
 int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st);
+/* Packs "program" (p's current ID) and "function" (p's function fn, which
+ * the caller has checked): -ANESHARE_ENO_SUCH_PROGRAM when p was lost at a
+ * reconnect. */
+int anesc_pack_program_fn(aneshare_conn *c, msgpack_packer *pk, const aneshare_program *p,
+                          uint32_t fn);
 int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st,
                     const aneshare_state *state);
 /* states: NULL, or each step's state (or NULL): packed as its "state". */

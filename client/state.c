@@ -67,15 +67,7 @@ static int pack_create(aneshare_conn *c, msgpack_packer *pk, void *ud)
 	const aneshare_program *p = st->program;
 	if (!p)
 		return anesc_fail(c, -ANESHARE_ENO_SUCH_PROGRAM, "the state's program was released");
-	if (p->lost)
-		return anesc_fail(c, -ANESHARE_ENO_SUCH_PROGRAM,
-		                  "the program could not be compiled again after the daemon "
-		                  "restarted: %s", aneshare_strerror(p->lost));
-	anes_pack_str(pk, "program");
-	msgpack_pack_uint32(pk, p->id);
-	anes_pack_str(pk, "function");
-	anes_pack_str(pk, p->functions[st->fn].name);
-	return 0;
+	return anesc_pack_program_fn(c, pk, p, st->fn);
 }
 
 static int create_req(aneshare_conn *c, aneshare_state *st, create_result *cr, unsigned flags)
