@@ -182,6 +182,22 @@ int anesc_state_check(aneshare_conn *c, const char *pre, const aneshare_state *s
 
 /* ---- runs -------------------------------------------------------------------------- */
 
+/* A run with a state, checked and sent: as an async call (cb) or as a ticket
+ * (*ret_ticket). */
+static int state_submit(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                        aneshare_surface *const *inputs, size_t n_inputs,
+                        aneshare_surface *const *outputs, size_t n_outputs,
+                        aneshare_done_fn cb, void *userdata, uint32_t *ret_ticket)
+{
+	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
+	int r = anesc_check_step(p->conn, "", &st);
+	if (r == 0)
+		r = anesc_state_check(p->conn, "", state);
+	if (r < 0)
+		return r;
+	return anesc_submit(p->conn, &st, &state, 1, false, cb, userdata, ret_ticket);
+}
+
 ANESHARE_API int aneshare_run_state_submit(aneshare_program *p, uint32_t fn, aneshare_state *state,
                                            aneshare_surface *const *inputs, size_t n_inputs,
                                            aneshare_surface *const *outputs, size_t n_outputs,
@@ -189,13 +205,8 @@ ANESHARE_API int aneshare_run_state_submit(aneshare_program *p, uint32_t fn, ane
 {
 	if (!p || !state || !ret_ticket)
 		return -EINVAL;
-	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
-	int r = anesc_check_step(p->conn, "", &st);
-	if (r == 0)
-		r = anesc_state_check(p->conn, "", state);
-	if (r < 0)
-		return r;
-	return anesc_submit(p->conn, &st, &state, 1, false, NULL, NULL, ret_ticket);
+	return state_submit(p, fn, state, inputs, n_inputs, outputs, n_outputs, NULL, NULL,
+	                    ret_ticket);
 }
 
 ANESHARE_API int aneshare_run_state(aneshare_program *p, uint32_t fn, aneshare_state *state,
@@ -216,11 +227,5 @@ ANESHARE_API int aneshare_run_state_async(aneshare_program *p, uint32_t fn, anes
 {
 	if (!p || !state || !cb)
 		return -EINVAL;
-	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
-	int r = anesc_check_step(p->conn, "", &st);
-	if (r == 0)
-		r = anesc_state_check(p->conn, "", state);
-	if (r < 0)
-		return r;
-	return anesc_submit(p->conn, &st, &state, 1, false, cb, userdata, NULL);
+	return state_submit(p, fn, state, inputs, n_inputs, outputs, n_outputs, cb, userdata, NULL);
 }
