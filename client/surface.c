@@ -204,6 +204,28 @@ static int pack_size(aneshare_conn *c, msgpack_packer *pk, void *ud)
 	return 0;
 }
 
+/* The answer (r) to a request for a new surface (surface.create, import by
+ * token): the surface, named by IOSurface ID or by the fd the response
+ * carried (size: 0, or the size it must have).  On failure the daemon's
+ * surface, if any, is released and its fd closed. */
+static int surface_take(aneshare_conn *c, surface_result *sr, int r, size_t size,
+                        aneshare_surface **ret)
+{
+	if (r < 0) {
+		if (sr->fd >= 0)
+			close(sr->fd);
+		anesc_release_quiet(c, "surface.release", sr->id);
+		return r;
+	}
+	if (sr->ios_id)
+		return surface_lookup(c, sr, size, ret);
+	if (sr->fd < 0) {
+		anesc_release_quiet(c, "surface.release", sr->id);
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon sent no fd with the new surface");
+	}
+	return surface_finish(c, sr, sr->fd, size, ret);
+}
+
 ANESHARE_API int aneshare_surface_create(aneshare_conn *c, size_t size, aneshare_surface **ret)
 {
 	if (!c || !ret)
@@ -215,15 +237,7 @@ ANESHARE_API int aneshare_surface_create(aneshare_conn *c, size_t size, aneshare
 	                                       .pack = pack_size, .pack_ud = &size, .fd = -1,
 	                                       .fn = surface_cb, .fn_ud = &sr,
 	                                       .flags = ANESC_IDEMPOTENT });
-	if (r < 0) {
-		if (sr.fd >= 0)
-			close(sr.fd);
-		anesc_release_quiet(c, "surface.release", sr.id);
-		return r;
-	}
-	if (sr.ios_id)
-		return surface_lookup(c, &sr, size, ret);
-	return surface_finish(c, &sr, sr.fd, size, ret);
+	return surface_take(c, &sr, r, size, ret);
 }
 
 ANESHARE_API int aneshare_surface_import_iosurface(aneshare_conn *c, uint32_t iosurface_id,
@@ -390,19 +404,7 @@ ANESHARE_API int aneshare_surface_import_token(aneshare_conn *c, const char *tok
 	                                       .pack = pack_token, .pack_ud = (void *)token, .fd = -1,
 	                                       .fn = surface_cb, .fn_ud = &sr,
 	                                       .flags = ANESC_IDEMPOTENT });
-	if (r < 0) {
-		if (sr.fd >= 0)
-			close(sr.fd);
-		anesc_release_quiet(c, "surface.release", sr.id);
-		return r;
-	}
-	if (sr.ios_id)
-		return surface_lookup(c, &sr, 0, ret);
-	if (sr.fd < 0) {
-		anesc_release_quiet(c, "surface.release", sr.id);
-		return anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon sent no fd with the imported surface");
-	}
-	return surface_finish(c, &sr, sr.fd, 0, ret);
+	return surface_take(c, &sr, r, 0, ret);
 }
 
 ANESHARE_API bool aneshare_surface_read_only(const aneshare_surface *s)
