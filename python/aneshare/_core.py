@@ -446,7 +446,34 @@ def _tensor(ti):
                   t.bytes)
 
 
-class Program:
+def _release_ptr(h, p, free):
+    """free(p) on h's C connection, unless p is None or the connection is
+    gone (closed: the daemon freed it already; forked: it is the parent's)."""
+    if p is None or h.freed or h.forked:
+        return
+    with h.lock:
+        if not h.freed:
+            free(p)
+
+
+class _Released:
+    """A handle released by its release(): at the end of a `with` block, or
+    when collected (nothing raised then)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+class Program(_Released):
     """A compiled program on a connection (aneshare_program).
 
     .key is the content hash the daemon shares it under; .cached tells
@@ -687,23 +714,7 @@ class Program:
         p, self._ptr, self._cptr = self._ptr, None, None
         self._scratch = {}
         self._last = None
-        if p is None or h.freed or h.forked:
-            return
-        with h.lock:
-            if not h.freed:
-                lib.aneshare_program_release(p)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def __del__(self):
-        try:
-            self.release()
-        except Exception:
-            pass
+        _release_ptr(h, p, lib.aneshare_program_release)
 
     def __repr__(self):
         return "<aneshare.Program %s %s>" % (self.key[:12], ", ".join(f.name for f in self.functions))
@@ -714,7 +725,7 @@ def _need(fname):
         raise error_for(-_errno.ENOSYS, "this libaneshare has no %s" % fname)
 
 
-class State:
+class State(_Released):
     """The states of one function of a program (aneshare_state): memory the
     daemon keeps between runs (a KV cache), zero-filled when made.  Give it
     to Program.run / submit / __call__ as state=.  .size is the bytes the
@@ -750,23 +761,7 @@ class State:
         """Release it now; nothing is raised (as Program.release)."""
         h = self._h
         p, self._ptr, self._cptr = self._cptr, None, None
-        if p is None or h.freed or h.forked:
-            return
-        with h.lock:
-            if not h.freed:
-                lib.aneshare_state_release(p)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def __del__(self):
-        try:
-            self.release()
-        except Exception:
-            pass
+        _release_ptr(h, p, lib.aneshare_state_release)
 
     def __repr__(self):
         return "<aneshare.State of %r, %d bytes>" % (self.function.name, self.size)
