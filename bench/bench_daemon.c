@@ -30,10 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdarg.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -43,6 +41,7 @@
 #include "anes_proto.h"
 #include "aneshare.h"
 #include "backend.h"
+#include "bench_report.h"
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -370,94 +369,12 @@ static void reap(pid_t pid, int fd)
 
 /* ---- results ------------------------------------------------------------------- */
 
-typedef struct check {
-	const char *what;
-	double value, limit;
-	bool le;   /* pass when value <= limit (else >=) */
-} check;
-
-static check g_checks[32];
-static int g_nchecks;
-
-static void add_check(const char *what, double value, double limit, bool le)
-{
-	g_checks[g_nchecks++] = (check){ what, value, limit, le };
-}
-
-/* Every figure of the report, for --json. */
-typedef struct figure {
-	char name[96];
-	const char *unit;
-	double value;
-} figure;
-
-static figure g_figs[128];
-static int g_nfigs;
-
-static void fig(const char *unit, double value, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void fig(const char *unit, double value, const char *fmt, ...)
-{
-	if (g_nfigs == (int)(sizeof g_figs / sizeof g_figs[0]))
-		return;
-	figure *f = &g_figs[g_nfigs++];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(f->name, sizeof f->name, fmt, ap);
-	va_end(ap);
-	f->unit = unit;
-	f->value = value;
-}
-
-/* A JSON string of s (names here are plain ASCII). */
-static void json_str(FILE *o, const char *s)
-{
-	fputc('"', o);
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			fputc('\\', o);
-		if ((unsigned char)*s >= 0x20)
-			fputc(*s, o);
-	}
-	fputc('"', o);
-}
-
 static void json_report(FILE *o, double total)
 {
-	char date[32] = "";
-	time_t now = time(NULL);
-	struct tm tm;
-	if (gmtime_r(&now, &tm))
-		strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	struct utsname u;
-	if (uname(&u) < 0)
-		memset(&u, 0, sizeof u);
-	fprintf(o, "{\n  \"bench\": \"bench_daemon\",\n  \"date\": \"%s\",\n", date);
-	fprintf(o, "  \"machine\": {\"cpus\": %ld, \"system\": ", sysconf(_SC_NPROCESSORS_ONLN));
-	json_str(o, u.sysname);
-	fprintf(o, ", \"release\": ");
-	json_str(o, u.release);
-	fprintf(o, ", \"arch\": ");
-	json_str(o, u.machine);
-	fprintf(o, "},\n  \"quick\": %s,\n  \"reps\": %d,\n  \"seconds\": %.1f,\n  \"figures\": [\n",
+	bench_json_begin(o, "bench_daemon");
+	fprintf(o, "  \"quick\": %s,\n  \"reps\": %d,\n  \"seconds\": %.1f,\n",
 	        g_quick ? "true" : "false", g_reps, total);
-	for (int i = 0; i < g_nfigs; i++) {
-		fprintf(o, "    {\"name\": ");
-		json_str(o, g_figs[i].name);
-		fprintf(o, ", \"value\": %.6g, \"unit\": ", g_figs[i].value);
-		json_str(o, g_figs[i].unit);
-		fprintf(o, "}%s\n", i + 1 < g_nfigs ? "," : "");
-	}
-	fprintf(o, "  ],\n  \"checks\": [\n");
-	for (int i = 0; i < g_nchecks; i++) {
-		const check *k = &g_checks[i];
-		bool ok = k->le ? k->value <= k->limit : k->value >= k->limit;
-		fprintf(o, "    {\"what\": ");
-		json_str(o, k->what);
-		fprintf(o, ", \"value\": %.6g, \"limit\": %g, \"op\": \"%s\", \"pass\": %s}%s\n", k->value,
-		        k->limit, k->le ? "<=" : ">=", ok ? "true" : "false", i + 1 < g_nchecks ? "," : "");
-	}
-	fprintf(o, "  ]\n}\n");
+	bench_json_end(o);
 }
 
 /* ---- 1. round trip ---------------------------------------------------------------- */
@@ -595,12 +512,12 @@ static void bench_rtt_at(placement pl)
 		d99[v] = median(dp99[v], (size_t)g_reps) * 1e6;
 	}
 	g_rtt_ratio[pl] = d[1] / (a[0] + b);
-	fig("us", d[1], "run round trip p50, %s", place_name[pl]);
-	fig("us", d[0], "run round trip p50, client sleeping, %s", place_name[pl]);
-	fig("us", a[0], "ping-pong p50, %s", place_name[pl]);
-	fig("us", a[1], "ping-pong p50, client polling, %s", place_name[pl]);
-	fig("us", b, "in-process run p50, %s", place_name[pl]);
-	fig("ratio", g_rtt_ratio[pl], "run round trip / (ping-pong + in-process), %s", place_name[pl]);
+	bench_fig("us", d[1], "run round trip p50, %s", place_name[pl]);
+	bench_fig("us", d[0], "run round trip p50, client sleeping, %s", place_name[pl]);
+	bench_fig("us", a[0], "ping-pong p50, %s", place_name[pl]);
+	bench_fig("us", a[1], "ping-pong p50, client polling, %s", place_name[pl]);
+	bench_fig("us", b, "in-process run p50, %s", place_name[pl]);
+	bench_fig("ratio", g_rtt_ratio[pl], "run round trip / (ping-pong + in-process), %s", place_name[pl]);
 	printf("  %s:\n", place_name[pl]);
 	printf("    %-48s p50 %8.1f us   p99 %8.1f us\n", "raw socketpair ping-pong (2 processes)", a[0], a99[0]);
 	printf("    %-48s p50 %8.1f us   p99 %8.1f us\n", "  the same, the client polling for the reply", a[1],
@@ -634,14 +551,14 @@ static void by_placement(void (*at)(placement), const double *ratio, const char 
 {
 	if (!CAN_PIN) {
 		at(PLACE_FREE);
-		add_check(what[PLACE_FREE], ratio[PLACE_FREE], limit, true);
+		bench_check(ratio[PLACE_FREE], limit, true, "%s", what[PLACE_FREE]);
 		return;
 	}
 	for (placement pl = PLACE_SAME; pl <= PLACE_CROSS; pl++) {
 		if (pl == PLACE_CROSS && sysconf(_SC_NPROCESSORS_ONLN) < 2)
 			break;
 		at(pl);
-		add_check(what[pl], ratio[pl], limit, true);
+		bench_check(ratio[pl], limit, true, "%s", what[pl]);
 	}
 	at(PLACE_FREE);
 }
@@ -750,11 +667,11 @@ static void bench_python(void)
 	printf("    %-48s p50 %8.1f us   p99 %8.1f us\n", "program.run from Python (zero-copy)", pm, p99m);
 	printf("    %-48s p50 %8.1f us\n", "program(x) from Python (copies in and out)", callm);
 	printf("    ratio Python / C                               %.2f  (limit 1.5)\n", pm / cm);
-	fig("us", cm, "python section: C run p50");
-	fig("us", pm, "python section: Python run p50");
-	fig("us", callm, "python section: Python convenience call p50");
-	fig("ratio", pm / cm, "python section: Python run p50 / C run p50");
-	add_check("python run p50 <= 1.5 x C run p50", pm / cm, 1.5, true);
+	bench_fig("us", cm, "python section: C run p50");
+	bench_fig("us", pm, "python section: Python run p50");
+	bench_fig("us", callm, "python section: Python convenience call p50");
+	bench_fig("ratio", pm / cm, "python section: Python run p50 / C run p50");
+	bench_check(pm / cm, 1.5, true, "python run p50 <= 1.5 x C run p50");
 	free(t);
 	aneshare_surface_release(s_in);
 	aneshare_surface_release(s_out);
@@ -835,13 +752,13 @@ static void bench_pipeline(void)
 	       ratio);
 	printf("    frames back to back: 3 processes %.1f us, one process %.1f us, ratio %.2f\n", bp, bs,
 	       ratio_b2b);
-	fig("us", pp, "pipeline: 3-process per-frame latency p50, frames 1 ms apart");
-	fig("us", sp, "pipeline: one-process 2-step chain p50, frames 1 ms apart");
-	fig("ratio", ratio, "pipeline: 3 processes / one process, frames 1 ms apart");
-	fig("us", bp, "pipeline: 3-process per-frame latency p50, back to back");
-	fig("us", bs, "pipeline: one-process 2-step chain p50, back to back");
-	fig("ratio", ratio_b2b, "pipeline: 3 processes / one process, back to back");
-	add_check("3-process pipeline <= 1.2 x one process (1 ms apart)", ratio, 1.2, true);
+	bench_fig("us", pp, "pipeline: 3-process per-frame latency p50, frames 1 ms apart");
+	bench_fig("us", sp, "pipeline: one-process 2-step chain p50, frames 1 ms apart");
+	bench_fig("ratio", ratio, "pipeline: 3 processes / one process, frames 1 ms apart");
+	bench_fig("us", bp, "pipeline: 3-process per-frame latency p50, back to back");
+	bench_fig("us", bs, "pipeline: one-process 2-step chain p50, back to back");
+	bench_fig("ratio", ratio_b2b, "pipeline: 3 processes / one process, back to back");
+	bench_check(ratio, 1.2, true, "3-process pipeline <= 1.2 x one process (1 ms apart)");
 }
 
 /* ---- 2. throughput ---------------------------------------------------------------- */
@@ -965,9 +882,9 @@ static void bench_throughput(void)
 			pp[r] = run_clients(ks[i], false, seconds);
 		}
 		double dm = median(d, (size_t)reps), pm = median(pp, (size_t)reps);
-		fig("runs/s", dm, "throughput, %d clients", ks[i]);
-		fig("trips/s", pm, "ping-pong pairs, %d pairs", ks[i]);
-		fig("ratio", dm / pm, "throughput / ping-pong pairs, %d clients", ks[i]);
+		bench_fig("runs/s", dm, "throughput, %d clients", ks[i]);
+		bench_fig("trips/s", pm, "ping-pong pairs, %d pairs", ks[i]);
+		bench_fig("ratio", dm / pm, "throughput / ping-pong pairs, %d clients", ks[i]);
 		printf("  %-8d %16.0f %20.0f %8.2f\n", ks[i], dm, pm, dm / pm);
 	}
 }
@@ -1118,10 +1035,10 @@ static void bench_big(void)
 	printf("  %-52s %9.2f ms\n", "inline: bytes over a socket to a peer and back + run", l);
 	printf("  %-52s %9.2f ms\n", "(the run alone, in-process)", q);
 	printf("  ratio inline / zero-copy   %.1f  (limit >= 10)\n", l / z);
-	fig("ms", z, "16 MiB run, zero-copy");
-	fig("ms", l, "16 MiB run, inline copy");
-	fig("ratio", l / z, "16 MiB inline / zero-copy");
-	add_check("16 MiB: inline copy >= 10 x zero-copy run", l / z, 10, false);
+	bench_fig("ms", z, "16 MiB run, zero-copy");
+	bench_fig("ms", l, "16 MiB run, inline copy");
+	bench_fig("ratio", l / z, "16 MiB inline / zero-copy");
+	bench_check(l / z, 10, false, "16 MiB: inline copy >= 10 x zero-copy run");
 
 	anes_io_cleanup(&io);
 	close(sv[0]);
@@ -1174,8 +1091,8 @@ static void bench_compile(void)
 	printf("  %-52s %8.1f us\n", "aneshare_program_compile, cache hit (+ program.info)", a);
 	printf("  %-52s %8.1f us\n", "aneshare_get_status", b);
 	printf("  ratio compile / status   %.2f\n", a / b);
-	fig("us", a, "compile, cache hit, p50");
-	fig("us", b, "status p50");
+	bench_fig("us", a, "compile, cache hit, p50");
+	bench_fig("us", b, "status p50");
 	aneshare_program_release(keep);
 	aneshare_disconnect(c);
 	free(mil);
@@ -1382,14 +1299,14 @@ static void bench_chain_at(placement pl)
 	       dss = median(dsts, (size_t)n) * 1e6,
 	       ep = pl == PLACE_CROSS ? median(inpp, (size_t)n) * 1e6 : 0;
 	g_chain_ratio[pl] = pr50;
-	fig("us", a, "28-step chain p50, %s", place_name[pl]);
-	fig("us", ds, "28-step chain, the daemon's steps, %s", place_name[pl]);
-	fig("us", as, "28-step chain, client sleeping, %s", place_name[pl]);
-	fig("us", b, "28 separate requests, %s", place_name[pl]);
-	fig("us", d, "28 pipelined requests, %s", place_name[pl]);
-	fig("us", e, "28 in-process calls, %s", place_name[pl]);
-	fig("ratio", pr50, "28-step chain / in-process, %s", place_name[pl]);
-	fig("us", rest50, "28-step chain minus the daemon's steps p50, %s", place_name[pl]);
+	bench_fig("us", a, "28-step chain p50, %s", place_name[pl]);
+	bench_fig("us", ds, "28-step chain, the daemon's steps, %s", place_name[pl]);
+	bench_fig("us", as, "28-step chain, client sleeping, %s", place_name[pl]);
+	bench_fig("us", b, "28 separate requests, %s", place_name[pl]);
+	bench_fig("us", d, "28 pipelined requests, %s", place_name[pl]);
+	bench_fig("us", e, "28 in-process calls, %s", place_name[pl]);
+	bench_fig("ratio", pr50, "28-step chain / in-process, %s", place_name[pl]);
+	bench_fig("us", rest50, "28-step chain minus the daemon's steps p50, %s", place_name[pl]);
 	printf("  %s:\n", place_name[pl]);
 	printf("    %-50s %9.1f us\n", "one request with 28 steps (aneshare_run_chain)", a);
 	printf("    %-50s %9.1f us\n", "  of which the daemon ran the steps (last_run_us)", ds);
@@ -1481,9 +1398,9 @@ static void bench_memory(void)
 		memset(aneshare_surface_data(ss[i]), 1, SURF_BYTES);   /* the client touches it */
 	}
 	long with_surfaces = rss_kb(g_daemon);
-	fig("KiB", (double)idle, "daemon memory, idle");
-	fig("KiB", (double)(with_clients - idle) / CLIENTS, "daemon memory per client");
-	fig("KiB", (double)(with_surfaces - with_clients) / SURFACES, "daemon memory per 1 MiB surface");
+	bench_fig("KiB", (double)idle, "daemon memory, idle");
+	bench_fig("KiB", (double)(with_clients - idle) / CLIENTS, "daemon memory per client");
+	bench_fig("KiB", (double)(with_surfaces - with_clients) / SURFACES, "daemon memory per 1 MiB surface");
 	printf("\n== daemon memory (VmRSS of /proc/PID/status, a fresh daemon)\n");
 	printf("  %-52s %8ld KiB\n", "idle", idle);
 	printf("  %-52s %8.1f KiB\n", "per connected client (64 clients)",
@@ -1664,10 +1581,10 @@ static void bench_attack(void)
 	printf("  %-52s %8.1f us\n", "another client's run p99, alone", alone99 * 1e6);
 	printf("  %-52s %8.1f us (%d runs, %.1fx alone)\n", "... during the attack", attack99 * 1e6, n,
 	       attack99 / alone99);
-	fig("KiB", (double)peak, "input attack: daemon RSS peak");
-	fig("us", attack99 * 1e6, "input attack: another client's run p99");
-	add_check("input attack: daemon RSS (MiB) < 1024", (double)peak / 1024.0, 1024, true);
-	add_check("input attack: other client's run p99 (ms) < 10", attack99 * 1e3, 10, true);
+	bench_fig("KiB", (double)peak, "input attack: daemon RSS peak");
+	bench_fig("us", attack99 * 1e6, "input attack: another client's run p99");
+	bench_check((double)peak / 1024.0, 1024, true, "input attack: daemon RSS (MiB) < 1024");
+	bench_check(attack99 * 1e3, 10, true, "input attack: other client's run p99 (ms) < 10");
 }
 
 /* ---- 8. fairness: one device queue, a greedy client and another ----------------------- */
@@ -1906,16 +1823,16 @@ static void bench_fair_one(bool worker)
 	printf("  %-52s %8.2f ms\n", "run p90, next to the greedy client", run_busy * 1e3);
 	printf("  %-52s %8.2f ms\n", "compile of a new program (p50), alone", compile_alone * 1e3);
 	printf("  %-52s %8.2f ms\n", "compile of a new program (p50), next to it", compile_busy * 1e3);
-	fig("ms", run_alone * 1e3, "fair %s: run p90 alone", where);
-	fig("ms", run_busy * 1e3, "fair %s: run p90 next to a greedy client", where);
-	fig("ms", compile_alone * 1e3, "fair %s: compile p50 alone", where);
-	fig("ms", compile_busy * 1e3, "fair %s: compile p50 next to a greedy client", where);
+	bench_fig("ms", run_alone * 1e3, "fair %s: run p90 alone", where);
+	bench_fig("ms", run_busy * 1e3, "fair %s: run p90 next to a greedy client", where);
+	bench_fig("ms", compile_alone * 1e3, "fair %s: compile p50 alone", where);
+	bench_fig("ms", compile_busy * 1e3, "fair %s: compile p50 next to a greedy client", where);
 	static char what[4][80];
 	int w = worker ? 2 : 0;
 	snprintf(what[w], sizeof what[w], "fair %s: run p90 busy / alone", where);
-	add_check(what[w], run_busy / run_alone, 2.5, true);
+	bench_check(run_busy / run_alone, 2.5, true, "%s", what[w]);
 	snprintf(what[w + 1], sizeof what[w + 1], "fair %s: compile busy / (alone + run)", where);
-	add_check(what[w + 1], compile_busy / (compile_alone + run_p50_alone), 2.5, true);
+	bench_check(compile_busy / (compile_alone + run_p50_alone), 2.5, true, "%s", what[w + 1]);
 
 	if (!worker) {
 		/* Two equal greedy clients. */
@@ -1932,9 +1849,9 @@ static void bench_fair_one(bool worker)
 		printf("  %-52s %8.1f %% (%llu and %llu runs, %.2f s of device time)\n",
 		       "two greedy clients: the first one's share", share, (unsigned long long)n1,
 		       (unsigned long long)n2, (double)(n1 + n2) * run_p50_alone);
-		fig("%", share, "fair: two greedy clients, the first one's share");
-		add_check("fair: two greedy clients, first's share >= 45 %", share, 45, false);
-		add_check("fair: two greedy clients, first's share <= 55 %", share, 55, true);
+		bench_fig("%", share, "fair: two greedy clients, the first one's share");
+		bench_check(share, 45, false, "fair: two greedy clients, first's share >= 45 %%");
+		bench_check(share, 55, true, "fair: two greedy clients, first's share <= 55 %%");
 	}
 	fair_close(&f);
 	daemon_stop();
@@ -2027,16 +1944,9 @@ int main(int argc, char **argv)
 	g_backend->ops->destroy(g_backend);
 	double total = now_s() - t0;
 	printf("\n== total %.1f s\n", total);
-	add_check("whole benchmark < 300 s", total, 300, true);
+	bench_check(total, 300, true, "whole benchmark < 300 s");
 	printf("\n");
-	int failed = 0;
-	for (int i = 0; i < g_nchecks; i++) {
-		const check *k = &g_checks[i];
-		bool ok = k->le ? k->value <= k->limit : k->value >= k->limit;
-		failed += !ok;
-		printf("%s  %-52s %8.2f %s %g\n", ok ? "PASS" : "FAIL", k->what, k->value,
-		       k->le ? "<=" : ">=", k->limit);
-	}
+	int failed = bench_print_checks();
 	if (json_out) {
 		json_report(json_out, total);
 		fclose(json_out);

@@ -29,20 +29,19 @@
 #include <math.h>
 #include <signal.h>
 #include <spawn.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "anes_fp16.h"
 #include "aneshare.h"
+#include "bench_report.h"
 
 extern char **environ;
 
@@ -84,78 +83,12 @@ static double median(double *v, int n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* ---- checks and figures (the same report shape as bench_daemon) ---------------- */
-
-typedef struct check {
-	char what[96];
-	double value, limit;
-	bool le;
-} check;
-
-static check g_checks[16];
-static int g_nchecks;
-
-static void add_check(double value, double limit, bool le, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void add_check(double value, double limit, bool le, const char *fmt, ...)
-{
-	check *k = &g_checks[g_nchecks++];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(k->what, sizeof k->what, fmt, ap);
-	va_end(ap);
-	k->value = value;
-	k->limit = limit;
-	k->le = le;
-}
-
-typedef struct figure {
-	char name[96];
-	const char *unit;
-	double value;
-} figure;
-
-static figure g_figs[64];
-static int g_nfigs;
-
-static void fig(const char *unit, double value, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void fig(const char *unit, double value, const char *fmt, ...)
-{
-	if (g_nfigs == (int)(sizeof g_figs / sizeof g_figs[0]))
-		return;
-	figure *f = &g_figs[g_nfigs++];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(f->name, sizeof f->name, fmt, ap);
-	va_end(ap);
-	f->unit = unit;
-	f->value = value;
-}
-
 static void json_report(FILE *o, bool quick, double total)
 {
-	char date[32];
-	time_t t = time(NULL);
-	strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
-	struct utsname u;
-	uname(&u);
-	fprintf(o, "{\n  \"bench\": \"bench_wfd\",\n  \"date\": \"%s\",\n  \"machine\": {\"cores\": %ld, "
-	        "\"kernel\": \"%s\"},\n  \"quick\": %s,\n  \"file_bytes\": %llu,\n  \"seconds\": %.1f,\n"
-	        "  \"figures\": [\n",
-	        date, sysconf(_SC_NPROCESSORS_ONLN), u.release, quick ? "true" : "false",
-	        (unsigned long long)g_bytes, total);
-	for (int i = 0; i < g_nfigs; i++)
-		fprintf(o, "    {\"name\": \"%s\", \"unit\": \"%s\", \"value\": %.6g}%s\n", g_figs[i].name,
-		        g_figs[i].unit, g_figs[i].value, i + 1 < g_nfigs ? "," : "");
-	fprintf(o, "  ],\n  \"checks\": [\n");
-	for (int i = 0; i < g_nchecks; i++) {
-		const check *k = &g_checks[i];
-		bool ok = k->le ? k->value <= k->limit : k->value >= k->limit;
-		fprintf(o, "    {\"name\": \"%s\", \"value\": %.6g, \"limit\": %g, \"le\": %s, \"pass\": %s}%s\n",
-		        k->what, k->value, k->limit, k->le ? "true" : "false", ok ? "true" : "false",
-		        i + 1 < g_nchecks ? "," : "");
-	}
-	fprintf(o, "  ]\n}\n");
+	bench_json_begin(o, "bench_wfd");
+	fprintf(o, "  \"quick\": %s,\n  \"file_bytes\": %llu,\n  \"seconds\": %.1f,\n",
+	        quick ? "true" : "false", (unsigned long long)g_bytes, total);
+	bench_json_end(o);
 }
 
 /* ---- the compile frames: this process's sendmsg, counted while asked ------------ */
@@ -499,17 +432,17 @@ static void bench_mode(bool worker)
 		printf("  %-58s %9.1f MiB (%d process%s)\n", "peak RSS, device worker", (double)whwm * mib, nk,
 		       nk == 1 ? "" : "es");
 	printf("  %-58s %9zu B (MIL text %zu B)\n", "compile frames sent, largest of the compiles", frames, mil);
-	fig("s", cold.seconds, "wfd %s: first compile", where);
-	fig("s", h, "wfd %s: cache hit from a second process", where);
-	fig("s", s, "wfd %s: sha256sum", where);
-	fig("s", rdm, "wfd %s: read once", where);
-	fig("MiB", (double)hwm * mib, "wfd %s: daemon peak RSS", where);
+	bench_fig("s", cold.seconds, "wfd %s: first compile", where);
+	bench_fig("s", h, "wfd %s: cache hit from a second process", where);
+	bench_fig("s", s, "wfd %s: sha256sum", where);
+	bench_fig("s", rdm, "wfd %s: read once", where);
+	bench_fig("MiB", (double)hwm * mib, "wfd %s: daemon peak RSS", where);
 	if (worker)
-		fig("MiB", (double)whwm * mib, "wfd %s: worker peak RSS", where);
-	fig("B", (double)frames, "wfd %s: compile frames", where);
-	add_check(h / s, 1.2, true, "wfd %s: cache hit / sha256sum", where);
-	add_check((double)(hwm + whwm) / (double)g_bytes, 1.2, true, "wfd %s: peak RSS / file size", where);
-	add_check((double)frames - (double)mil, 4095, true, "wfd %s: compile frames - MIL text (B)", where);
+		bench_fig("MiB", (double)whwm * mib, "wfd %s: worker peak RSS", where);
+	bench_fig("B", (double)frames, "wfd %s: compile frames", where);
+	bench_check(h / s, 1.2, true, "wfd %s: cache hit / sha256sum", where);
+	bench_check((double)(hwm + whwm) / (double)g_bytes, 1.2, true, "wfd %s: peak RSS / file size", where);
+	bench_check((double)frames - (double)mil, 4095, true, "wfd %s: compile frames - MIL text (B)", where);
 }
 
 int main(int argc, char **argv)
@@ -568,14 +501,7 @@ int main(int argc, char **argv)
 	rmdir(g_dir);
 	double total = now_s() - t0;
 	printf("\n== total %.1f s\n\n", total);
-	int failed = 0;
-	for (int i = 0; i < g_nchecks; i++) {
-		const check *k = &g_checks[i];
-		bool ok = k->le ? k->value <= k->limit : k->value >= k->limit;
-		failed += !ok;
-		printf("%s  %-52s %8.2f %s %g\n", ok ? "PASS" : "FAIL", k->what, k->value, k->le ? "<=" : ">=",
-		       k->limit);
-	}
+	int failed = bench_print_checks();
 	if (json_out) {
 		json_report(json_out, quick, total);
 		fclose(json_out);
