@@ -1052,10 +1052,15 @@ class Connection:
         nbytes = int(nbytes)
         if nbytes < 1:
             raise ValueError("a surface holds at least 1 byte")
+        return self._new_surface(lambda c, ret: lib.aneshare_surface_create(c, nbytes, ret))
+
+    def _new_surface(self, make):
+        """The Surface that make(conn, &ptr) makes (a blocking call)."""
+        h = self._h
         ptr = _vp()
         with h.lock:
             _live(h)
-            rc = lib.aneshare_surface_create(h.cptr, nbytes, ctypes.byref(ptr))
+            rc = make(h.cptr, ctypes.byref(ptr))
             if rc < 0:
                 raise h.error(rc)
             s = Surface(h, ptr.value)
@@ -1074,18 +1079,8 @@ class Connection:
             token = token.encode("ascii", "replace")
         if not isinstance(token, bytes) or lib.aneshare_token_check(token) < 0:
             raise ValueError("a token is 64 lowercase hex digits")
-        h = self._h
-        h.check()
-        ptr = _vp()
-        with h.lock:
-            _live(h)
-            rc = lib.aneshare_surface_import_token(h.cptr, token, ctypes.byref(ptr))
-            if rc < 0:
-                raise h.error(rc)
-            s = Surface(h, ptr.value)
-        if h.async_calls:
-            h.after_blocking()
-        return s
+        self._h.check()
+        return self._new_surface(lambda c, ret: lib.aneshare_surface_import_token(c, token, ret))
 
     def surface(self, nbytes):
         """A new shared surface of nbytes, as a uint8 numpy array viewing it
