@@ -41,7 +41,7 @@
 #include "anes_proto.h"
 #include "aneshare.h"
 #include "backend.h"
-#include "bench_report.h"
+#include "bench_util.h"
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -160,16 +160,8 @@ static void daemon_start(void)
 		_exit(127);
 	}
 	g_daemon = pid;
-	for (int i = 0; i < 1000; i++) {
-		aneshare_conn *c;
-		if (aneshare_connect(g_sock, "bench-probe", &c) == 0) {
-			aneshare_disconnect(c);
-			return;
-		}
-		struct timespec ts = { 0, 10 * 1000 * 1000 };
-		nanosleep(&ts, NULL);
-	}
-	die("starting aneshared", -ETIMEDOUT, g_aneshared);
+	if (bench_wait_daemon(g_sock) < 0)
+		die("starting aneshared", -ETIMEDOUT, g_aneshared);
 }
 
 static void daemon_stop(void)

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* The benchmarks' report (bench_report.h). */
+/* What the daemon benchmarks share (bench_util.h). */
+#include <errno.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "bench_report.h"
+#include "aneshare.h"
+#include "bench_util.h"
 
 typedef struct check {
 	char what[96];
@@ -126,4 +128,18 @@ void bench_json_end(FILE *o)
 		        i + 1 < g_nchecks ? "," : "");
 	}
 	fprintf(o, "  ]\n}\n");
+}
+
+int bench_wait_daemon(const char *sock)
+{
+	for (int i = 0; i < 1000; i++) {
+		aneshare_conn *c;
+		if (aneshare_connect(sock, "bench-probe", &c) == 0) {
+			aneshare_disconnect(c);
+			return 0;
+		}
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return -ETIMEDOUT;
 }

@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The report every daemon benchmark ends with (bench_daemon, bench_wfd):
+ * What the daemon benchmarks (bench_daemon, bench_wfd) share.
+ *
+ * The report each ends with:
  * figures (named measurements), checks (a value against its limit from
  * docs/performance.md), the PASS/FAIL table, and the --json file
  * (bench/results/): {"bench", "date", "machine", <the bench's own fields>,
  * "figures": [{"name", "value", "unit"}], "checks": [{"what", "value",
  * "limit", "op", "pass"}]}.
  */
-#ifndef ANES_BENCH_REPORT_H
-#define ANES_BENCH_REPORT_H
+#ifndef ANES_BENCH_UTIL_H
+#define ANES_BENCH_UTIL_H
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -26,5 +28,8 @@ int bench_print_checks(void);
  * the figures and checks and closes the object. */
 void bench_json_begin(FILE *o, const char *bench);
 void bench_json_end(FILE *o);
+
+/* Waits up to 10 s for a daemon to answer on sock: 0, or -ETIMEDOUT. */
+int bench_wait_daemon(const char *sock);
 
 #endif

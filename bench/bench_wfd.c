@@ -41,7 +41,7 @@
 
 #include "anes_fp16.h"
 #include "aneshare.h"
-#include "bench_report.h"
+#include "bench_util.h"
 
 extern char **environ;
 
@@ -226,16 +226,8 @@ static void daemon_start(bool worker)
 		_exit(127);
 	}
 	g_daemon = pid;
-	for (int i = 0; i < 1000; i++) {
-		aneshare_conn *c;
-		if (aneshare_connect(g_sock, "bench-probe", &c) == 0) {
-			aneshare_disconnect(c);
-			return;
-		}
-		struct timespec ts = { 0, 10 * 1000 * 1000 };
-		nanosleep(&ts, NULL);
-	}
-	die("starting aneshared", -ETIMEDOUT);
+	if (bench_wait_daemon(g_sock) < 0)
+		die("starting aneshared", -ETIMEDOUT);
 }
 
 static void daemon_stop(void)
