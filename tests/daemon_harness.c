@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,7 +20,9 @@
 
 #include "anes_clock.h"
 #include "anes_config.h"
+#include "anes_fp16.h"
 #include "anes_proto.h"
+#include "linear_blob.h"
 #include "scm_fds.h"
 
 #ifndef ANES_SOURCE_DIR
@@ -384,6 +387,27 @@ aneshare_surface *h_surface(aneshare_conn *c, size_t size)
 	cr_assert_eq(r, 0, "surface.create(%zu): %s: %s", size, aneshare_strerror(r),
 	             aneshare_last_error(c));
 	return s;
+}
+
+void h_linear_check(aneshare_conn *c, aneshare_program *p, int in, int out, float seed)
+{
+	aneshare_surface *sin = h_surface(c, (size_t)in * 2), *sout = h_surface(c, (size_t)out * 2);
+	uint16_t *x = aneshare_surface_data(sin), *y = aneshare_surface_data(sout);
+	for (int i = 0; i < in; i++)
+		x[i] = anes_f32_to_f16_soft((float)(i % 5) / 4.0f);
+	for (int o = 0; o < out; o++)
+		y[o] = 0x7e00;   /* NaN: the run must overwrite it */
+	cr_assert_eq(aneshare_run(p, 0, &sin, 1, &sout, 1), 0, "%s", aneshare_last_error(c));
+	for (int o = 0; o < out; o++) {
+		double ref = 0;
+		for (int i = 0; i < in; i++)
+			ref += anes_f16_to_f32_soft(anes_f32_to_f16_soft(lb_wval(o, i, seed))) *
+			       anes_f16_to_f32_soft(x[i]);
+		double got = anes_f16_to_f32_soft(y[o]);
+		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
+	}
+	aneshare_surface_release(sin);
+	aneshare_surface_release(sout);
 }
 
 void h_mm_pairs(aneshare_conn *c, const h_mm *mm, aneshare_surface **in, aneshare_surface **out,

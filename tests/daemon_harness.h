@@ -111,6 +111,11 @@ char *h_square_mm_mil(unsigned n, const char *fn_name);
 aneshare_program *h_compile_mm(aneshare_conn *c, h_mm *mm, bool *ret_cached);
 /* aneshare_surface_create that asserts. */
 aneshare_surface *h_surface(aneshare_conn *c, size_t size);
+/* Run p, the linear program of tests/linear_blob.h ([1, in] -> [1, out]),
+ * on x[i] = (i % 5) / 4 with y preset to NaN, and assert every y[o] is within
+ * 2e-3 (relative past 1) of an fp64 sum over the fp16 weights lb_wval(o, i,
+ * seed). */
+void h_linear_check(aneshare_conn *c, aneshare_program *p, int in, int out, float seed);
 /* n input/output surface pairs for mm: in[i] filled from seed0 + i, out[i]
  * set to NaNs (which a run must overwrite). */
 void h_mm_pairs(aneshare_conn *c, const h_mm *mm, aneshare_surface **in, aneshare_surface **out,

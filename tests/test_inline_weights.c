@@ -26,6 +26,7 @@
 #include "anes_proto.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
+#include "linear_blob.h"
 #include "test_util.h"
 
 static h_daemon D;
@@ -68,69 +69,26 @@ __attribute__((visibility("default"))) ssize_t sendmsg(int fd, const struct msgh
 /* ---- the program: y [1, OUT] = linear(x [1, IN], W [OUT, IN]) ------------------ */
 
 enum { IN = 64, OUT = 2048 };   /* W: 256 KiB of fp16 */
-#define WPATH "@model_path/weights/weight.bin"
+#define WPATH LB_WPATH
 
 static const char *mil_text(void)
 {
 	static char t[1024];
-	snprintf(t, sizeof t,
-	         "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, %d]> x) {\n"
-	         "        tensor<fp16, [%d, %d]> W = const()[name = string(\"W\"), val = tensor<fp16, [%d, %d]>("
-	         "BLOBFILE(path = string(\"" WPATH "\"), offset = uint64(64)))];\n"
-	         "        tensor<fp16, [1, %d]> y = linear(x = x, weight = W)[name = string(\"y\")];\n"
-	         "    } -> (y);\n}\n",
-	         IN, OUT, IN, OUT, IN, OUT);
-	return t;
+	return lb_mil(t, sizeof t, IN, OUT);
 }
 
-static float wval(int o, int i, float seed)
-{
-	return (float)((o * 7 + i * 3) % 13 - 6) / 8.0f + seed;
-}
-
-/* the blob: header, one record, W[o][i] = wval */
+/* the blob of W[o][i] = lb_wval(o, i, seed) */
 static uint8_t *make_blob(size_t *ret_len, float seed)
 {
-	size_t len = 128 + (size_t)OUT * IN * 2;
-	uint8_t *b = calloc(1, len);
+	uint8_t *b = lb_blob(OUT, IN, lb_wval, seed, ret_len);
 	cr_assert_not_null(b);
-	b[0] = 1;
-	b[4] = 2;
-	uint32_t magic = 0xDEADBEEFu, dt = 1;
-	uint64_t size = (uint64_t)OUT * IN * 2, off = 128;
-	memcpy(b + 64, &magic, 4);
-	memcpy(b + 68, &dt, 4);
-	memcpy(b + 72, &size, 8);
-	memcpy(b + 80, &off, 8);
-	for (int o = 0; o < OUT; o++)
-		for (int i = 0; i < IN; i++) {
-			uint16_t h = anes_f32_to_f16_soft(wval(o, i, seed));
-			memcpy(b + 128 + 2 * ((size_t)o * IN + i), &h, 2);
-		}
-	*ret_len = len;
 	return b;
 }
 
 /* run p on x and check y against an fp64 sum over the fp16 weights */
 static void run_check(aneshare_conn *c, aneshare_program *p, float seed)
 {
-	aneshare_surface *in = h_surface(c, IN * 2), *out = h_surface(c, OUT * 2);
-	uint16_t *x = aneshare_surface_data(in), *y = aneshare_surface_data(out);
-	for (int i = 0; i < IN; i++)
-		x[i] = anes_f32_to_f16_soft((float)(i % 5) / 4.0f);
-	for (int o = 0; o < OUT; o++)
-		y[o] = 0x7e00;   /* NaN: the run must overwrite it */
-	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
-	for (int o = 0; o < OUT; o++) {
-		double ref = 0;
-		for (int i = 0; i < IN; i++)
-			ref += anes_f16_to_f32_soft(anes_f32_to_f16_soft(wval(o, i, seed))) *
-			       anes_f16_to_f32_soft(x[i]);
-		double got = anes_f16_to_f32_soft(y[o]);
-		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
-	}
-	aneshare_surface_release(in);
-	aneshare_surface_release(out);
+	h_linear_check(c, p, IN, OUT, seed);
 }
 
 /* fds of this process that are the library's memfds of inline weights */

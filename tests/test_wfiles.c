@@ -23,6 +23,7 @@
 #include "anes_proto.h"
 #include "aneshare.h"
 #include "daemon_harness.h"
+#include "linear_blob.h"
 #include "test_util.h"
 
 static h_daemon D;
@@ -44,35 +45,14 @@ enum { IN = 64, OUT = 48 };   /* y [1, OUT] = linear(x [1, IN], W [OUT, IN]) */
 static const char *mil_text(void)
 {
 	static char t[1024];
-	snprintf(t, sizeof t,
-	         "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, %d]> x) {\n"
-	         "        tensor<fp16, [%d, %d]> W = const()[name = string(\"W\"), val = tensor<fp16, [%d, %d]>("
-	         "BLOBFILE(path = string(\"@model_path/weights/weight.bin\"), offset = uint64(64)))];\n"
-	         "        tensor<fp16, [1, %d]> y = linear(x = x, weight = W)[name = string(\"y\")];\n"
-	         "    } -> (y);\n}\n",
-	         IN, OUT, IN, OUT, IN, OUT);
-	return t;
+	return lb_mil(t, sizeof t, IN, OUT);
 }
 
-/* the blob: header, one record, W[o][i] = ((o * 7 + i * 3) % 13 - 6) / 8 */
+/* the blob of W[o][i] = lb_wval(o, i, seed) */
 static uint8_t *make_blob(size_t *ret_len, float seed)
 {
-	size_t len = 128 + OUT * IN * 2;
-	uint8_t *b = calloc(1, len);
-	b[0] = 1;
-	b[4] = 2;
-	uint32_t magic = 0xDEADBEEFu, dt = 1;
-	uint64_t size = OUT * IN * 2, off = 128;
-	memcpy(b + 64, &magic, 4);
-	memcpy(b + 68, &dt, 4);
-	memcpy(b + 72, &size, 8);
-	memcpy(b + 80, &off, 8);
-	for (int o = 0; o < OUT; o++)
-		for (int i = 0; i < IN; i++) {
-			uint16_t h = anes_f32_to_f16_soft((float)((o * 7 + i * 3) % 13 - 6) / 8.0f + seed);
-			memcpy(b + 128 + 2 * (o * IN + i), &h, 2);
-		}
-	*ret_len = len;
+	uint8_t *b = lb_blob(OUT, IN, lb_wval, seed, ret_len);
+	cr_assert_not_null(b);
 	return b;
 }
 
@@ -90,22 +70,7 @@ static int plain_file(const char *name, const void *data, size_t len)
 /* run p on x = 1, 2, ... and check y against W of the given seed */
 static void run_check(aneshare_conn *c, aneshare_program *p, float seed)
 {
-	aneshare_surface *in = h_surface(c, IN * 2), *out = h_surface(c, OUT * 2);
-	uint16_t *x = aneshare_surface_data(in), *y = aneshare_surface_data(out);
-	for (int i = 0; i < IN; i++)
-		x[i] = anes_f32_to_f16_soft((float)(i % 5) / 4.0f);
-	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
-	for (int o = 0; o < OUT; o++) {
-		double ref = 0;
-		for (int i = 0; i < IN; i++) {
-			double w = anes_f16_to_f32_soft(anes_f32_to_f16_soft((float)((o * 7 + i * 3) % 13 - 6) / 8.0f + seed));
-			ref += w * anes_f16_to_f32_soft(x[i]);
-		}
-		double got = anes_f16_to_f32_soft(y[o]);
-		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
-	}
-	aneshare_surface_release(in);
-	aneshare_surface_release(out);
+	h_linear_check(c, p, IN, OUT, seed);
 }
 
 Test(wfiles, file_fd_memfd_and_inline_share_one_key)

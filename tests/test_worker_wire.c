@@ -24,6 +24,7 @@
 #include "anes_proto.h"
 #include "backend.h"
 #include "devworker.h"
+#include "linear_blob.h"
 
 TestSuite(worker_wire, .timeout = 60);
 
@@ -193,40 +194,19 @@ enum { IN = 32, OUT = 16 };
 static const char *mil_text(void)
 {
 	static char t[1024];
-	snprintf(t, sizeof t,
-	         "program(1.3)\n{\n    func main<ios18>(tensor<fp16, [1, %d]> x) {\n"
-	         "        tensor<fp16, [%d, %d]> W = const()[name = string(\"W\"), val = tensor<fp16, [%d, %d]>("
-	         "BLOBFILE(path = string(\"@model_path/weights/weight.bin\"), offset = uint64(64)))];\n"
-	         "        tensor<fp16, [1, %d]> y = linear(x = x, weight = W)[name = string(\"y\")];\n"
-	         "    } -> (y);\n}\n",
-	         IN, OUT, IN, OUT, IN, OUT);
-	return t;
+	return lb_mil(t, sizeof t, IN, OUT);
 }
 
-static float wval(int o, int i)
+static float wval(int o, int i, float seed)
 {
-	return (float)((o * 5 + i * 3) % 11 - 5) / 8.0f;
+	return (float)((o * 5 + i * 3) % 11 - 5) / 8.0f + seed;
 }
 
-/* the blob: header, one record, W[o][i] = wval */
+/* the blob of W[o][i] = wval */
 static uint8_t *make_blob(size_t *ret_len)
 {
-	size_t len = 128 + OUT * IN * 2;
-	uint8_t *b = calloc(1, len);
-	b[0] = 1;
-	b[4] = 2;
-	uint32_t magic = 0xDEADBEEFu, dt = 1;
-	uint64_t size = OUT * IN * 2, off = 128;
-	memcpy(b + 64, &magic, 4);
-	memcpy(b + 68, &dt, 4);
-	memcpy(b + 72, &size, 8);
-	memcpy(b + 80, &off, 8);
-	for (int o = 0; o < OUT; o++)
-		for (int i = 0; i < IN; i++) {
-			uint16_t h = anes_f32_to_f16_soft(wval(o, i));
-			memcpy(b + 128 + 2 * (o * IN + i), &h, 2);
-		}
-	*ret_len = len;
+	uint8_t *b = lb_blob(OUT, IN, wval, 0.0f, ret_len);
+	cr_assert_not_null(b);
 	return b;
 }
 
@@ -375,7 +355,7 @@ Test(worker_wire, the_worker_refuses_weight_files_it_cannot_trust)
 	for (int o = 0; o < OUT; o++) {
 		double ref = 0;
 		for (int i = 0; i < IN; i++)
-			ref += (double)anes_f16_to_f32_soft(anes_f32_to_f16_soft(wval(o, i))) * anes_f16_to_f32_soft(x[i]);
+			ref += (double)anes_f16_to_f32_soft(anes_f32_to_f16_soft(wval(o, i, 0.0f))) * anes_f16_to_f32_soft(x[i]);
 		double got = anes_f16_to_f32_soft(y[o]);
 		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
 	}
