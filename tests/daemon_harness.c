@@ -2,6 +2,7 @@
 #include "daemon_harness.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -1191,4 +1192,65 @@ int h_run_tool(const h_daemon *d, const char *env_exe, char *out, size_t len,
 	unlink(path);
 	cr_assert(WIFEXITED(status));
 	return WEXITSTATUS(status);
+}
+
+uint64_t h_map_u64(const msgpack_object *m, const char *key)
+{
+	if (m->type != MSGPACK_OBJECT_MAP)
+		return UINT64_MAX;
+	for (uint32_t i = 0; i < m->via.map.size; i++) {
+		const msgpack_object_kv *kv = &m->via.map.ptr[i];
+		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+		    !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size) &&
+		    kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+			return kv->val.via.u64;
+	}
+	return UINT64_MAX;
+}
+
+/* ---- the fake IOSurface library ---------------------------------------------------- */
+
+void h_fake_iosurface_env(char *dir, size_t size)
+{
+#if !ANES_TEST_HOOKS
+	(void)dir;
+	(void)size;
+	cr_skip_test("built without -Dtest_hooks=true: ANESHARE_SURFACES and ANESHARE_IOSURFACE_LIB "
+	             "are compiled out, so the fake IOSurface library cannot be loaded");
+#else
+	const char *lib = getenv("FAKE_IOSURFACE_LIB");
+	cr_assert(lib && *lib, "FAKE_IOSURFACE_LIB is not set (run through meson test)");
+	cr_assert_geq(size, 32);
+	snprintf(dir, size, "/tmp/anes-fakeios-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+	setenv("ANESHARE_SURFACES", "iosurface", 1);
+	setenv("ANESHARE_IOSURFACE_LIB", lib, 1);
+	setenv("ANESHARE_FAKE_IOSURFACE_DIR", dir, 1);
+#endif
+}
+
+bool h_fake_iosurface_exists(const char *dir, uint64_t id)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/%llu", dir, (unsigned long long)id);
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+void h_fake_iosurface_rm(const char *dir)
+{
+	if (!dir[0])
+		return;
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char path[512];
+	while (d && (e = readdir(d)))
+		if (e->d_name[0] != '.') {
+			snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+			unlink(path);
+		}
+	if (d)
+		closedir(d);
+	if (rmdir(dir) != 0)
+		fprintf(stderr, "could not remove %s\n", dir);
 }

@@ -184,6 +184,23 @@ int h_raw_open(const char *path);
  * of memory (usable in forked children). */
 void h_raw_padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method, size_t pad);
 
+/* The unsigned integer under key in the msgpack map m, UINT64_MAX if there is
+ * none (or it is not a positive integer). */
+uint64_t h_map_u64(const msgpack_object *m, const char *key);
+
+/* ---- the fake IOSurface library (tests/fake_iosurface.c) ------------------- */
+
+/* Make the daemons this process starts (and its library) use the fake for
+ * surfaces, with a fresh directory of its surfaces written into dir (size
+ * bytes, at least 32).  Skips the test when built without -Dtest_hooks=true;
+ * asserts FAKE_IOSURFACE_LIB is set (meson test sets it). */
+void h_fake_iosurface_env(char *dir, size_t size);
+/* Whether the fake in dir still holds surface id (some process references it). */
+bool h_fake_iosurface_exists(const char *dir, uint64_t id);
+/* Remove dir, h_fake_iosurface_env's directory, and its files (nothing if dir
+ * is ""). */
+void h_fake_iosurface_rm(const char *dir);
+
 /* What status says, read on a raw connection: the fields the raw-protocol
  * tests watch. */
 typedef struct h_raw_st {

@@ -29,66 +29,25 @@
 static h_daemon D;
 static char fake_dir[128];
 
-static void env_iosurface(void)
-{
-#if !ANES_TEST_HOOKS
-	cr_skip_test("built without -Dtest_hooks=true: ANESHARE_SURFACES and ANESHARE_IOSURFACE_LIB "
-	             "are compiled out, so the fake IOSurface library cannot be loaded");
-#endif
-	const char *lib = getenv("FAKE_IOSURFACE_LIB");
-	cr_assert(lib && *lib, "FAKE_IOSURFACE_LIB is not set (run through meson test)");
-	snprintf(fake_dir, sizeof fake_dir, "/tmp/anes-fakeios-XXXXXX");
-	cr_assert_not_null(mkdtemp(fake_dir));
-	setenv("ANESHARE_SURFACES", "iosurface", 1);
-	setenv("ANESHARE_IOSURFACE_LIB", lib, 1);
-	setenv("ANESHARE_FAKE_IOSURFACE_DIR", fake_dir, 1);
-}
-
-static void rm_fake_dir(void)
-{
-	if (!fake_dir[0])
-		return;
-	DIR *d = opendir(fake_dir);
-	struct dirent *e;
-	char path[512];
-	while (d && (e = readdir(d)))
-		if (e->d_name[0] != '.') {
-			snprintf(path, sizeof path, "%s/%s", fake_dir, e->d_name);
-			unlink(path);
-		}
-	if (d)
-		closedir(d);
-	rmdir(fake_dir);
-}
-
 static void setup(void)
 {
-	env_iosurface();
+	h_fake_iosurface_env(fake_dir, sizeof fake_dir);
 	h_daemon_start(&D);
 }
 
 static void teardown(void)
 {
 	h_daemon_kill(&D);
-	rm_fake_dir();
-}
-
-/* Whether the fake still holds surface id (some process references it). */
-static bool fake_exists(uint32_t id)
-{
-	char path[256];
-	snprintf(path, sizeof path, "%s/%u", fake_dir, id);
-	struct stat st;
-	return stat(path, &st) == 0;
+	h_fake_iosurface_rm(fake_dir);
 }
 
 /* Poll (bounded) until the fake has freed id: the daemon drops its reference
  * asynchronously after surface.release answers. */
 static void wait_freed(uint32_t id)
 {
-	for (int i = 0; i < 1000 * h_slow() && fake_exists(id); i++)
+	for (int i = 0; i < 1000 * h_slow() && h_fake_iosurface_exists(fake_dir, id); i++)
 		usleep(10000);
-	cr_assert(!fake_exists(id), "IOSurface %u was not freed", id);
+	cr_assert(!h_fake_iosurface_exists(fake_dir, id), "IOSurface %u was not freed", id);
 }
 
 /* ---- raw requests ---------------------------------------------------------------- */
@@ -134,7 +93,7 @@ Test(iosurface, create_returns_id_and_no_fd, .init = setup, .fini = teardown)
 	cr_assert_eq(cr.size, 5000);
 	/* an fd attached to the response would have been received as a new fd */
 	cr_assert_eq(h_count_fds(), fds0, "the response carried an fd");
-	cr_assert(fake_exists(cr.ios_id));
+	cr_assert(h_fake_iosurface_exists(fake_dir, cr.ios_id));
 	close(fd);
 	wait_freed(cr.ios_id);   /* the connection's surfaces go with it */
 }
@@ -196,7 +155,7 @@ Test(iosurface, import_by_id, .init = setup, .fini = teardown)
 	cr_assert_eq(aneshare_surface_release(out), 0);
 	aneshare_program_release(p);
 	h_wait_counts(c, 0, 0);
-	cr_assert(fake_exists(id), "freed while this process still holds it");
+	cr_assert(h_fake_iosurface_exists(fake_dir, id), "freed while this process still holds it");
 	so->release(mine);
 	wait_freed(id);
 	aneshare_disconnect(c);
@@ -248,7 +207,7 @@ Test(iosurface, release_frees, .init = setup, .fini = teardown)
 		cr_assert_eq(aneshare_surface_release(s[i]), 0);
 		wait_freed(ids[i]);
 		for (int j = i + 1; j < 8; j++)
-			cr_assert(fake_exists(ids[j]));
+			cr_assert(h_fake_iosurface_exists(fake_dir, ids[j]));
 	}
 	h_wait_counts(c, 0, 0);
 	aneshare_disconnect(c);
@@ -465,7 +424,7 @@ static wpid worker_pid(void)
 
 static void setup_worker(void)
 {
-	env_iosurface();
+	h_fake_iosurface_env(fake_dir, sizeof fake_dir);
 	const char *args[] = { "--backend", "cpu", "--worker", NULL };
 	h_daemon_start_args(&D, args);
 }
@@ -505,7 +464,7 @@ Test(iosurface, worker_runs_on_iosurfaces, .init = setup_worker, .fini = teardow
 	/* release: the daemon and the worker both drop theirs */
 	cr_assert_eq(aneshare_surface_release(in), 0);
 	wait_freed(in_id);
-	cr_assert(fake_exists(out_id));
+	cr_assert(h_fake_iosurface_exists(fake_dir, out_id));
 	in = h_surface(c, mm.in_bytes);
 	in_id = aneshare_surface_iosurface_id(in);
 	h_mm_fill_run_check(p, &mm, in, out, 5);

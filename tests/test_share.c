@@ -1586,42 +1586,15 @@ Test(share, an_import_counts_against_the_holders_limits, .fini = fini)
 
 static char fake_dir[128];
 
-static void rm_fake_dir(void)
-{
-	if (!fake_dir[0])
-		return;
-	char cmd[200];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", fake_dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", fake_dir);
-}
-
 static void fini_ios(void)
 {
 	h_daemon_kill(&D);
-	rm_fake_dir();
-}
-
-static bool fake_exists(uint64_t id)
-{
-	char path[256];
-	snprintf(path, sizeof path, "%s/%llu", fake_dir, (unsigned long long)id);
-	struct stat st;
-	return stat(path, &st) == 0;
+	h_fake_iosurface_rm(fake_dir);
 }
 
 Test(share, token_import_names_the_same_iosurface, .fini = fini_ios)
 {
-#if !ANES_TEST_HOOKS
-	cr_skip_test("built without -Dtest_hooks=true: the fake IOSurface library cannot be loaded");
-#endif
-	const char *lib = getenv("FAKE_IOSURFACE_LIB");
-	cr_assert(lib && *lib, "FAKE_IOSURFACE_LIB is not set (run through meson test)");
-	snprintf(fake_dir, sizeof fake_dir, "/tmp/anes-fakeios-XXXXXX");
-	cr_assert_not_null(mkdtemp(fake_dir));
-	setenv("ANESHARE_SURFACES", "iosurface", 1);
-	setenv("ANESHARE_IOSURFACE_LIB", lib, 1);
-	setenv("ANESHARE_FAKE_IOSURFACE_DIR", fake_dir, 1);
+	h_fake_iosurface_env(fake_dir, sizeof fake_dir);
 	h_daemon_start(&D);
 	h_rconn a, b;
 	h_rconn_open(&a, D.sock);
@@ -1650,11 +1623,11 @@ Test(share, token_import_names_the_same_iosurface, .fini = fini_ios)
 	cr_assert_eq(st.n_shared, 1);
 	/* Released by both holders, the IOSurface is freed. */
 	cr_assert_eq(release(&a, x.id), 0);
-	cr_assert(fake_exists(x.ios_id), "freed while b holds it");
+	cr_assert(h_fake_iosurface_exists(fake_dir, x.ios_id), "freed while b holds it");
 	cr_assert_eq(release(&b, ix.id), 0);
-	for (int i = 0; i < 1000 * h_slow() && fake_exists(x.ios_id); i++)
+	for (int i = 0; i < 1000 * h_slow() && h_fake_iosurface_exists(fake_dir, x.ios_id); i++)
 		tu_pause_ms(10);
-	cr_assert(!fake_exists(x.ios_id), "IOSurface %llu was not freed", (unsigned long long)x.ios_id);
+	cr_assert(!h_fake_iosurface_exists(fake_dir, x.ios_id), "IOSurface %llu was not freed", (unsigned long long)x.ios_id);
 	h_rconn_close(&a);
 	h_rconn_close(&b);
 	h_daemon_stop(&D);

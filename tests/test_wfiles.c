@@ -280,18 +280,6 @@ typedef struct wst {
 	uint64_t restarts;
 } wst;
 
-static uint64_t map_u64(const msgpack_object *m, const char *key)
-{
-	for (uint32_t i = 0; i < m->via.map.size; i++) {
-		const msgpack_object_kv *kv = &m->via.map.ptr[i];
-		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
-		    !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size) &&
-		    kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-			return kv->val.via.u64;
-	}
-	return UINT64_MAX;
-}
-
 static void wst_cb(const msgpack_object *res, void *ud)
 {
 	wst *w = ud;
@@ -299,8 +287,8 @@ static void wst_cb(const msgpack_object *res, void *ud)
 		const msgpack_object_kv *kv = &res->via.map.ptr[i];
 		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 6 &&
 		    !memcmp(kv->key.via.str.ptr, "worker", 6) && kv->val.type == MSGPACK_OBJECT_MAP) {
-			w->pid = (int64_t)map_u64(&kv->val, "pid");
-			w->restarts = map_u64(&kv->val, "restarts");
+			w->pid = (int64_t)h_map_u64(&kv->val, "pid");
+			w->restarts = h_map_u64(&kv->val, "restarts");
 		}
 	}
 }

@@ -47,22 +47,10 @@ typedef struct wstat {
 	char backend[16];
 } wstat;
 
-static uint64_t map_u64(const msgpack_object *m, const char *key)
-{
-	for (uint32_t i = 0; i < m->via.map.size; i++) {
-		const msgpack_object_kv *kv = &m->via.map.ptr[i];
-		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
-		    !memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size) &&
-		    kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-			return kv->val.via.u64;
-	}
-	return UINT64_MAX;
-}
-
 static void status_cb(const msgpack_object *res, void *ud)
 {
 	wstat *w = ud;
-	w->daemon_compiles = map_u64(res, "compiles");
+	w->daemon_compiles = h_map_u64(res, "compiles");
 	for (uint32_t i = 0; i < res->via.map.size; i++) {
 		const msgpack_object_kv *kv = &res->via.map.ptr[i];
 		if (kv->key.type != MSGPACK_OBJECT_STR || kv->key.via.str.size != 6 ||
@@ -70,18 +58,18 @@ static void status_cb(const msgpack_object *res, void *ud)
 			continue;
 		const msgpack_object *m = &kv->val;
 		w->present = true;
-		w->pid = (int64_t)map_u64(m, "pid");
-		w->restarts = map_u64(m, "restarts");
-		w->compiles = map_u64(m, "compiles");
-		w->budget = map_u64(m, "compile_budget");
-		w->recompiles = map_u64(m, "recompiles");
-		w->restoring = map_u64(m, "restoring");
-		w->workers = map_u64(m, "workers");
-		w->programs = map_u64(m, "programs");
-		w->watchdog_kills = map_u64(m, "watchdog_kills");
-		w->max_workers = map_u64(m, "max_workers");
-		w->run_floor = map_u64(m, "run_deadline_floor_ms");
-		w->compile_floor = map_u64(m, "compile_deadline_floor_ms");
+		w->pid = (int64_t)h_map_u64(m, "pid");
+		w->restarts = h_map_u64(m, "restarts");
+		w->compiles = h_map_u64(m, "compiles");
+		w->budget = h_map_u64(m, "compile_budget");
+		w->recompiles = h_map_u64(m, "recompiles");
+		w->restoring = h_map_u64(m, "restoring");
+		w->workers = h_map_u64(m, "workers");
+		w->programs = h_map_u64(m, "programs");
+		w->watchdog_kills = h_map_u64(m, "watchdog_kills");
+		w->max_workers = h_map_u64(m, "max_workers");
+		w->run_floor = h_map_u64(m, "run_deadline_floor_ms");
+		w->compile_floor = h_map_u64(m, "compile_deadline_floor_ms");
 		for (uint32_t j = 0; j < m->via.map.size; j++) {
 			const msgpack_object_kv *b = &m->via.map.ptr[j];
 			if (b->key.type == MSGPACK_OBJECT_STR && b->key.via.str.size == 7 &&
