@@ -53,6 +53,23 @@ GATHER = """program(1.3)
 }
 """
 
+MM_PATH = os.path.join(EXAMPLES, "dynamic_matmul.mil")
+
+
+def mm_reference(x):
+    """examples/dynamic_matmul.mil in fp32: out[oc][s] = sum_ic act[ic][s] w[ic][oc]."""
+    import numpy as np
+    x = np.asarray(x, dtype=np.float32)[0, :, 0, :]
+    act, w = x[:, :64], x[:, 64:]
+    return (w.T @ act)[None, :, None, :]
+
+
+def rel_err(got, ref):
+    """max |got - ref| / max |ref| (got in fp32)."""
+    import numpy as np
+    got = np.asarray(got, dtype=np.float32)
+    return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+
 
 def square_mm(n, fn="main"):
     """z = x @ y on [1, 1, n, n] fp16 (a run of n = 512 takes tens of ms)."""

@@ -13,22 +13,9 @@ import numpy as np
 import pytest
 
 import aneshare
-from conftest import EXAMPLES, GATHER, TINY, TWO_FUNCTIONS, square_mm, wait_until
+from conftest import GATHER, MM_PATH, TINY, TWO_FUNCTIONS, mm_reference, rel_err, square_mm, wait_until
 
-MM_PATH = os.path.join(EXAMPLES, "dynamic_matmul.mil")
 MM_TOL = 1e-2   # max |out - ref| / max |ref|, as tests/test_util.h's H_MM_TOL
-
-
-def mm_reference(x):
-    """examples/dynamic_matmul.mil in fp32: out[oc][s] = sum_ic act[ic][s] w[ic][oc]."""
-    x = np.asarray(x, dtype=np.float32)[0, :, 0, :]
-    act, w = x[:, :64], x[:, 64:]
-    return (w.T @ act)[None, :, None, :]
-
-
-def rel_err(got, ref):
-    got = np.asarray(got, dtype=np.float32)
-    return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
 
 
 def fill_mm(x, seed):

@@ -12,21 +12,7 @@ import numpy as np
 import pytest
 
 import aneshare
-from conftest import EXAMPLES
-
-MM_PATH = os.path.join(EXAMPLES, "dynamic_matmul.mil")
-
-
-def mm_reference(x):
-    """examples/dynamic_matmul.mil in fp32: out[oc][s] = sum_ic act[ic][s] w[ic][oc]."""
-    x = np.asarray(x, dtype=np.float32)[0, :, 0, :]
-    act, w = x[:, :64], x[:, 64:]
-    return (w.T @ act)[None, :, None, :]
-
-
-def rel_err(got, ref):
-    got = np.asarray(got, dtype=np.float32)
-    return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+from conftest import MM_PATH, mm_reference, rel_err
 
 
 def test_a_model_computes_through_an_imported_surface(daemon):
