@@ -233,6 +233,32 @@ static void kv_step_check(kv *m, aneshare_state *st, kv_ref *r, int t, const cha
 	check_out(m->out, m->pos, r, want, what, r->pos);
 }
 
+/* A fresh state of m's program (asserts it is made). */
+static aneshare_state *kv_state(kv *m)
+{
+	aneshare_state *st = NULL;
+	cr_assert_eq(aneshare_state_create(m->p, 0, &st), 0, "%s", aneshare_last_error(m->c));
+	return st;
+}
+
+/* Another handle, on m's connection, to the program of function fn
+ * (asserts the compile; cached as aneshare_program_compile's). */
+static aneshare_program *kv_compile(kv *m, const char *fn, bool *cached)
+{
+	aneshare_program *p = NULL;
+	char *mil = kv_mil(fn);
+	cr_assert_eq(aneshare_program_compile(m->c, mil, NULL, 0, &p, cached), 0, "%s", aneshare_last_error(m->c));
+	free(mil);
+	return p;
+}
+
+/* Tokens first .. end - 1 on st, each checked against r (kv_step_check). */
+static void kv_steps(kv *m, aneshare_state *st, kv_ref *r, int first, int end, const char *what)
+{
+	for (int t = first; t < end; t++)
+		kv_step_check(m, st, r, t, what);
+}
+
 /* status's "states", "state_bytes" and the connection-independent surface counts. */
 typedef struct counts {
 	uint64_t states, state_bytes, surfaces, surface_bytes;
@@ -274,13 +300,11 @@ Test(states, kv_cache_runs_token_by_token_against_the_reference, .fini = stop_da
 	cr_assert_str_eq(aneshare_program_state(m.p, 0, 1)->name, "pos");
 	cr_assert_null(aneshare_program_state(m.p, 0, 3));
 
-	aneshare_state *st;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &st), 0, "%s", aneshare_last_error(m.c));
+	aneshare_state *st = kv_state(&m);
 	/* k_cache 32 bytes, pos 2, v_cache 32: each at a multiple of 64 */
 	cr_assert_eq(aneshare_state_size(st), 192);
 	kv_ref r = { 0 };
-	for (int t = 0; t < 12; t++)
-		kv_step_check(&m, st, &r, t, "one state");
+	kv_steps(&m, st, &r, 0, 12, "one state");
 	aneshare_status *s = h_status(m.c);
 	cr_assert_geq(s->runs, 12);
 	aneshare_status_free(s);
@@ -295,14 +319,11 @@ Test(states, two_states_of_one_program_stay_independent, .fini = stop_daemon)
 	kv m;
 	kv_open(&m, &Dm, "main");
 	aneshare_state *a, *b;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &a), 0);
-	cr_assert_eq(aneshare_state_create(m.p, 0, &b), 0);
+	a = kv_state(&m);
+	b = kv_state(&m);
 	/* a second handle to the same program (a cache hit) fits both states */
-	aneshare_program *p2;
-	char *mil = kv_mil("main");
 	bool cached = false;
-	cr_assert_eq(aneshare_program_compile(m.c, mil, NULL, 0, &p2, &cached), 0);
-	free(mil);
+	aneshare_program *p2 = kv_compile(&m, "main", &cached);
 	cr_assert(cached);
 	kv_ref ra = { 0 }, rb = { 0 };
 	for (int t = 0; t < 10; t++) {
@@ -327,15 +348,12 @@ Test(states, reset_zeroes_the_state, .fini = stop_daemon)
 	h_daemon_start(&Dm);
 	kv m;
 	kv_open(&m, &Dm, "main");
-	aneshare_state *st;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &st), 0);
+	aneshare_state *st = kv_state(&m);
 	kv_ref r = { 0 };
-	for (int t = 0; t < 5; t++)
-		kv_step_check(&m, st, &r, t, "before the reset");
+	kv_steps(&m, st, &r, 0, 5, "before the reset");
 	cr_assert_eq(aneshare_state_reset(st), 0, "%s", aneshare_last_error(m.c));
 	kv_ref fresh = { 0 };
-	for (int t = 40; t < 45; t++)
-		kv_step_check(&m, st, &fresh, t, "after the reset");
+	kv_steps(&m, st, &fresh, 40, 45, "after the reset");
 	aneshare_state_release(st);
 	kv_close(&m);
 	h_daemon_stop(&Dm);
@@ -394,8 +412,8 @@ Test(states, state_memory_is_under_the_surface_limits, .fini = stop_daemon)
 	kv m;
 	kv_open(&m, &Dm, "main");
 	aneshare_state *a, *b, *c;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &a), 0, "%s", aneshare_last_error(m.c));
-	cr_assert_eq(aneshare_state_create(m.p, 0, &b), 0, "%s", aneshare_last_error(m.c));
+	a = kv_state(&m);
+	b = kv_state(&m);
 	int rc = aneshare_state_create(m.p, 0, &c);
 	cr_assert_eq(rc, -ANESHARE_ELIMIT, "%s (%s)", aneshare_strerror(rc), aneshare_last_error(m.c));
 	cr_assert(strstr(aneshare_last_error(m.c), "surface"), "%s", aneshare_last_error(m.c));
@@ -411,7 +429,7 @@ Test(states, state_memory_is_under_the_surface_limits, .fini = stop_daemon)
 	const char *args2[] = { "--max-surfaces", "4", NULL };
 	h_daemon_start_args(&Dm, args2);
 	kv_open(&m, &Dm, "main");
-	cr_assert_eq(aneshare_state_create(m.p, 0, &a), 0);
+	a = kv_state(&m);
 	rc = aneshare_state_create(m.p, 0, &b);
 	cr_assert_eq(rc, -ANESHARE_ELIMIT, "%s (%s)", aneshare_strerror(rc), aneshare_last_error(m.c));
 	aneshare_state_release(a);
@@ -531,10 +549,7 @@ Test(states, a_run_names_a_state_made_for_its_function, .fini = stop_daemon)
 	cr_assert(strstr(aneshare_last_error(m.c), "state.create"), "%s", aneshare_last_error(m.c));
 	/* a state of another program (another function name: another content) */
 	kv other;
-	aneshare_program *p2;
-	char *mil = kv_mil("other");
-	cr_assert_eq(aneshare_program_compile(m.c, mil, NULL, 0, &p2, NULL), 0);
-	free(mil);
+	aneshare_program *p2 = kv_compile(&m, "other", NULL);
 	aneshare_state *st2;
 	cr_assert_eq(aneshare_state_create(p2, 0, &st2), 0);
 	rc = kv_run_into(&m, st2, 1, m.x, m.out, m.pos);
@@ -565,7 +580,7 @@ Test(states, a_run_names_a_state_made_for_its_function, .fini = stop_daemon)
 	 * state.* with bad params */
 	h_rconn raw;
 	h_rconn_open(&raw, Dm.sock);
-	mil = kv_mil("main");
+	char *mil = kv_mil("main");
 	uint32_t pid = raw_compile(&raw, 10, mil);
 	free(mil);
 	uint32_t x = raw_id(&raw, 11, "surface.create", "size", 8, NULL, NULL);
@@ -612,8 +627,8 @@ Test(states, each_chain_step_names_its_own_state, .fini = stop_daemon)
 	kv m;
 	kv_open(&m, &Dm, "main");
 	aneshare_state *a, *b;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &a), 0);
-	cr_assert_eq(aneshare_state_create(m.p, 0, &b), 0);
+	a = kv_state(&m);
+	b = kv_state(&m);
 	/* four steps: a, b, a, a -- each with its own surfaces */
 	enum { S = 4 };
 	aneshare_surface *x[S], *o[S][2];
@@ -680,8 +695,7 @@ static void pipelined_runs_in_order(const char *const *args, int gate)
 	h_daemon_start_args(&Dm, args);
 	kv m;
 	kv_open(&m, &Dm, "main");
-	aneshare_state *st;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &st), 0);
+	aneshare_state *st = kv_state(&m);
 	enum { K = 24, RESET_AT = 16 };
 	aneshare_surface *x[K], *o[K], *n[K];
 	uint32_t t[K];
@@ -784,8 +798,7 @@ Test(states, a_stop_ends_the_runs_waiting_for_a_state, .fini = stop_daemon)
 	h_daemon_start_args(&Dm, args);
 	kv m;
 	kv_open(&m, &Dm, "main");
-	aneshare_state *st;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &st), 0);
+	aneshare_state *st = kv_state(&m);
 	enum { K = 6 };
 	aneshare_surface *o[K], *n[K];
 	uint32_t t[K];
@@ -846,7 +859,7 @@ Test(states, states_of_two_connections_run_side_by_side, .fini = stop_daemon)
 	aneshare_state *st[2];
 	for (int k = 0; k < 2; k++) {
 		kv_open(&m[k], &Dm, "main");
-		cr_assert_eq(aneshare_state_create(m[k].p, 0, &st[k]), 0);
+		st[k] = kv_state(&m[k]);
 	}
 	kv_ref r[2];
 	memset(r, 0, sizeof r);
@@ -868,8 +881,7 @@ Test(states, a_failed_run_leaves_the_state_lost_until_reset, .fini = stop_daemon
 	h_daemon_start_args(&Dm, args);
 	kv m;
 	kv_open(&m, &Dm, "fail_me");
-	aneshare_state *st;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &st), 0);
+	aneshare_state *st = kv_state(&m);
 	int rc = kv_run_into(&m, st, 1, m.x, m.out, m.pos);
 	cr_assert_eq(rc, -ANESHARE_ERUN_FAILED, "%s", aneshare_strerror(rc));
 	rc = kv_run_into(&m, st, 1, m.x, m.out, m.pos);
@@ -936,8 +948,8 @@ Test(states, in_a_device_worker, .fini = stop_daemon)
 	kv m;
 	kv_open(&m, &Dm, "main");
 	aneshare_state *a, *b;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &a), 0, "%s", aneshare_last_error(m.c));
-	cr_assert_eq(aneshare_state_create(m.p, 0, &b), 0);
+	a = kv_state(&m);
+	b = kv_state(&m);
 	kv_ref ra = { 0 }, rb = { 0 };
 	for (int t = 0; t < 6; t++) {
 		kv_step_check(&m, a, &ra, t, "worker a");
@@ -949,8 +961,7 @@ Test(states, in_a_device_worker, .fini = stop_daemon)
 	cr_assert_gt(w0.pid, 0);
 	cr_assert_eq(kill((pid_t)w0.pid, SIGKILL), 0);
 	wstat w1 = worker_back(1, w0.pid);
-	for (int t = 6; t < 9; t++)
-		kv_step_check(&m, a, &ra, t, "a after a restart between runs");
+	kv_steps(&m, a, &ra, 6, 9, "a after a restart between runs");
 
 	/* The worker dies during a run of b (stopped, then killed by the
 	 * watchdog on the daemon's clock): that run is not done, and b's
@@ -1019,17 +1030,12 @@ Test(states, after_a_reconnect_the_state_is_made_again_and_marked_lost, .fini = 
 	h_daemon_start(&Dm);
 	kv m;
 	kv_open(&m, &Dm, "main");
-	aneshare_state *st;
-	cr_assert_eq(aneshare_state_create(m.p, 0, &st), 0);
+	aneshare_state *st = kv_state(&m);
 	kv_ref r = { 0 };
-	for (int t = 0; t < 3; t++)
-		kv_step_check(&m, st, &r, t, "before the crash");
+	kv_steps(&m, st, &r, 0, 3, "before the crash");
 	/* a state made through a handle released since: it fits m.p (same
 	 * content) but cannot be made again without its program */
-	aneshare_program *p2;
-	char *mil = kv_mil("main");
-	cr_assert_eq(aneshare_program_compile(m.c, mil, NULL, 0, &p2, NULL), 0);
-	free(mil);
+	aneshare_program *p2 = kv_compile(&m, "main", NULL);
 	aneshare_state *orphan;
 	cr_assert_eq(aneshare_state_create(p2, 0, &orphan), 0);
 	aneshare_program_release(p2);
@@ -1043,8 +1049,7 @@ Test(states, after_a_reconnect_the_state_is_made_again_and_marked_lost, .fini = 
 	cr_assert_eq(aneshare_reconnect_count(m.c), 1);
 	cr_assert_eq(aneshare_state_reset(st), 0, "%s", aneshare_last_error(m.c));
 	r = (kv_ref){ 0 };
-	for (int t = 0; t < 3; t++)
-		kv_step_check(&m, st, &r, t, "after the restart and reset");
+	kv_steps(&m, st, &r, 0, 3, "after the restart and reset");
 	rc = kv_run_into(&m, orphan, 8, m.x, m.out, m.pos);
 	cr_assert_eq(rc, -ANESHARE_ENO_SUCH_STATE, "%s (%s)", aneshare_strerror(rc), aneshare_last_error(m.c));
 	cr_assert_eq(aneshare_state_reset(orphan), -ANESHARE_ENO_SUCH_STATE);
