@@ -294,6 +294,14 @@ static rep import_token(h_rconn *rc, const char *token)
 	return import_token_fds(rc, token, NULL, 0);
 }
 
+/* surface.import of token that must succeed (asserts it, with the error). */
+static rep import_ok(h_rconn *rc, const char *token)
+{
+	rep r = import_token(rc, token);
+	cr_assert_eq(r.code, 0, "surface.import: %d %s", r.code, r.msg);
+	return r;
+}
+
 static rep create(h_rconn *rc, uint64_t size)
 {
 	pbuf b;
@@ -302,6 +310,15 @@ static rep create(h_rconn *rc, uint64_t size)
 	call(rc, "surface.create", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
 	cr_assert_eq(r.code, 0, "surface.create: %d %s", r.code, r.msg);
+	return r;
+}
+
+/* A surface of size bytes whose fd this process does not keep (only its ID). */
+static rep create_nofd(h_rconn *rc, uint64_t size)
+{
+	rep r = create(rc, size);
+	close(r.fd);
+	r.fd = -1;
 	return r;
 }
 
@@ -563,14 +580,33 @@ static void start(bool worker, const char *const *more)
 	h_daemon_start_args(&D, args);
 }
 
+/* Two raw connections to D (hello done). */
+static void open2(h_rconn *a, h_rconn *b)
+{
+	h_rconn_open(a, D.sock);
+	h_rconn_open(b, D.sock);
+}
+
+/* Close both and stop D (its exit status checked by h_daemon_stop). */
+static void stop2(h_rconn *a, h_rconn *b)
+{
+	h_rconn_close(a);
+	h_rconn_close(b);
+	h_daemon_stop(&D);
+}
+
+/* Test name in process and name_worker with a device worker: fn(worker). */
+#define TEST_BOTH(name, fn)                              \
+	Test(share, name, .fini = fini) { fn(false); }   \
+	Test(share, name##_worker, .fini = fini) { fn(true); }
+
 /* ---- tokens ---------------------------------------------------------------------------------- */
 
 static void imports_exactly_uses(bool worker)
 {
 	start(worker, NULL);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
+	open2(&a, &b);
 	rep s = create(&a, 8192);
 	cr_assert_geq(s.fd, 0);
 	uint8_t *pa = map_rw(s.fd, 8192);
@@ -618,20 +654,10 @@ static void imports_exactly_uses(bool worker)
 	for (int k = 0; k < 3; k++)
 		munmap(pb[k], 8192);
 	munmap(pa, 8192);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
 
-Test(share, a_token_imports_exactly_uses_times, .fini = fini)
-{
-	imports_exactly_uses(false);
-}
-
-Test(share, a_token_imports_exactly_uses_times_worker, .fini = fini)
-{
-	imports_exactly_uses(true);
-}
+TEST_BOTH(a_token_imports_exactly_uses_times, imports_exactly_uses)
 
 Test(share, a_token_fails_after_its_ttl, .fini = fini)
 {
@@ -639,19 +665,15 @@ Test(share, a_token_fails_after_its_ttl, .fini = fini)
 	const char *args[] = { "--lane-spin-us", "0", NULL };
 	start(false, args);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
-	rep s = create(&a, 4096);
-	close(s.fd);
+	open2(&a, &b);
+	rep s = create_nofd(&a, 4096);
 	rep e = export_opts(&a, s.id, -1, 10, 1000);
 	cr_assert_eq(e.code, 0, "%s", e.msg);
 	cr_assert_eq(e.expires_ms, 1000);
-	rep im = import_token(&b, e.token);
-	cr_assert_eq(im.code, 0, "%s", im.msg);
+	rep im = import_ok(&b, e.token);
 	close(im.fd);
 	atomic_fetch_add(&clk->now_ns, 999000000ull);   /* 999 ms: still valid */
-	im = import_token(&b, e.token);
-	cr_assert_eq(im.code, 0, "%s", im.msg);
+	im = import_ok(&b, e.token);
 	close(im.fd);
 	atomic_fetch_add(&clk->now_ns, 1000000ull);     /* 1000 ms: dead */
 	im = import_token(&b, e.token);
@@ -659,23 +681,18 @@ Test(share, a_token_fails_after_its_ttl, .fini = fini)
 	st_info st = status(&a);
 	cr_expect_eq(st.n_shared, 1);
 	cr_expect_eq(st.shared[0].tokens, 0, "the expired token is gone");
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
 
 Test(share, a_token_dies_with_the_exporters_handle, .fini = fini)
 {
 	start(false, NULL);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
-	rep s = create(&a, 4096);
-	close(s.fd);
+	open2(&a, &b);
+	rep s = create_nofd(&a, 4096);
 	char tok[TOK_LEN + 1];
 	export_ok(&a, s.id, false, 5, tok);
-	rep im = import_token(&b, tok);
-	cr_assert_eq(im.code, 0);
+	rep im = import_ok(&b, tok);
 	close(im.fd);
 	cr_assert_eq(release(&a, s.id), 0);
 	im = import_token(&b, tok);
@@ -685,8 +702,7 @@ Test(share, a_token_dies_with_the_exporters_handle, .fini = fini)
 	/* ... and with the exporter's connection. */
 	h_rconn c;
 	h_rconn_open(&c, D.sock);
-	s = create(&c, 4096);
-	close(s.fd);
+	s = create_nofd(&c, 4096);
 	export_ok(&c, s.id, false, 5, tok);
 	h_rconn_close(&c);
 	wait_clients(&a, 2);
@@ -695,11 +711,9 @@ Test(share, a_token_dies_with_the_exporters_handle, .fini = fini)
 	             im.code, im.msg);
 
 	/* A re-export from an importer lives with the importer's handle. */
-	s = create(&a, 4096);
-	close(s.fd);
+	s = create_nofd(&a, 4096);
 	export_ok(&a, s.id, false, 1, tok);
-	im = import_token(&b, tok);
-	cr_assert_eq(im.code, 0);
+	im = import_ok(&b, tok);
 	close(im.fd);
 	export_ok(&b, im.id, false, 2, tok);
 	cr_assert_eq(release(&a, s.id), 0);
@@ -709,9 +723,7 @@ Test(share, a_token_dies_with_the_exporters_handle, .fini = fini)
 	cr_assert_eq(release(&b, im.id), 0);
 	im2 = import_token(&a, tok);
 	cr_assert_eq(im2.code, ANES_WERR_NO_SUCH_SURFACE);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
 
 Test(share, bad_params, .fini = fini)
@@ -720,8 +732,7 @@ Test(share, bad_params, .fini = fini)
 	start(false, args);
 	h_rconn a;
 	h_rconn_open(&a, D.sock);
-	rep s = create(&a, 4096);
-	close(s.fd);
+	rep s = create_nofd(&a, 4096);
 	cr_expect_eq(export_opts(&a, s.id, -1, 9, 0).code, ANES_WERR_INVALID_PARAMS, "uses over max");
 	cr_expect_eq(export_opts(&a, s.id, -1, 8, 0).code, 0);
 	cr_expect_eq(export_opts(&a, s.id, -1, NIL, NIL).code, 0, "nil: the defaults");
@@ -810,8 +821,7 @@ Test(share, export_limits_per_connection_and_daemon, .fini = fini)
 	cr_expect_eq(v[3], 600000);
 
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
+	open2(&a, &b);
 	rep sa = create(&a, 4096), sb = create(&b, 4096);
 	close(sa.fd);
 	close(sb.fd);
@@ -835,9 +845,7 @@ Test(share, export_limits_per_connection_and_daemon, .fini = fini)
 	cr_assert_eq(release(&a, sa.id), 0);
 	export_ok(&b, sb.id, false, 1, t2);
 	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_rconn_close(&c);
-	h_daemon_stop(&D);
+	stop2(&b, &c);
 }
 
 /* 1000 tokens: distinct, hex digits uniform (chi-square), bits balanced. */
@@ -847,8 +855,7 @@ Test(share, tokens_look_random, .fini = fini)
 	start(false, args);
 	h_rconn a;
 	h_rconn_open(&a, D.sock);
-	rep s = create(&a, 4096);
-	close(s.fd);
+	rep s = create_nofd(&a, 4096);
 	enum { T = 1000 };
 	static char toks[T][TOK_LEN + 1];
 	for (int i = 0; i < T; i++)
@@ -892,8 +899,7 @@ Test(share, failed_imports_slow_down_then_disconnect, .fini = fini)
 	const char *args[] = { "--lane-spin-us", "0", NULL };
 	start(false, args);
 	h_rconn a, o;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&o, D.sock);
+	open2(&a, &o);
 	char bogus[TOK_LEN + 1];
 	memset(bogus, '7', TOK_LEN);
 	bogus[TOK_LEN] = '\0';
@@ -942,9 +948,7 @@ Test(share, failed_imports_slow_down_then_disconnect, .fini = fini)
 		cr_assert_eq(import_token(&c, bogus).code, ANES_WERR_NO_SUCH_SURFACE);
 	cr_assert_eq(status(&c).clients, 2, "no penalty after the quiet minute (o and c)");
 	h_rconn_close(&a);
-	h_rconn_close(&c);
-	h_rconn_close(&o);
-	h_daemon_stop(&D);
+	stop2(&c, &o);
 }
 
 /* ---- read-only -------------------------------------------------------------------------------- */
@@ -953,8 +957,7 @@ static void read_only_not_an_output(bool worker)
 {
 	start(worker, NULL);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
+	open2(&a, &b);
 	uint32_t pb = compile_mm(&b);
 	rep x = create(&a, TENSOR_BYTES), y = create(&b, TENSOR_BYTES), z = create(&b, TENSOR_BYTES),
 	    z2 = create(&b, TENSOR_BYTES);
@@ -964,8 +967,7 @@ static void read_only_not_an_output(bool worker)
 	fill(py, 2);
 	char tok[TOK_LEN + 1];
 	export_ok(&a, x.id, true, 1, tok);
-	rep ix = import_token(&b, tok);
-	cr_assert_eq(ix.code, 0, "%s", ix.msg);
+	rep ix = import_ok(&b, tok);
 	cr_assert(ix.has_ro && ix.read_only);
 	uint16_t *pix = map_ro(ix.fd, TENSOR_BYTES);
 	cr_assert_eq(memcmp(pix, px, TENSOR_BYTES), 0);
@@ -999,8 +1001,7 @@ static void read_only_not_an_output(bool worker)
 
 	/* A re-export of the read-only handle is read-only, asked or not. */
 	export_ok(&b, ix.id, false, 1, tok);
-	rep again = import_token(&a, tok);
-	cr_assert_eq(again.code, 0);
+	rep again = import_ok(&a, tok);
 	cr_assert(again.has_ro && again.read_only, "a re-export of a read-only import is read-only");
 	void *w = mmap(NULL, TENSOR_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, again.fd, 0);
 	cr_assert_eq(w, MAP_FAILED, "mmap(PROT_WRITE) of a read-only import's fd");
@@ -1022,9 +1023,7 @@ static void read_only_not_an_output(bool worker)
 	cr_expect_eq(ro, 2, "two read-only holders");
 	munmap(pix, TENSOR_BYTES);
 	close(ix.fd);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 	(void)pz2;
 	close(x.fd);
 	close(y.fd);
@@ -1032,15 +1031,7 @@ static void read_only_not_an_output(bool worker)
 	close(z2.fd);
 }
 
-Test(share, a_read_only_import_is_never_a_run_output, .fini = fini)
-{
-	read_only_not_an_output(false);
-}
-
-Test(share, a_read_only_import_is_never_a_run_output_worker, .fini = fini)
-{
-	read_only_not_an_output(true);
-}
+TEST_BOTH(a_read_only_import_is_never_a_run_output, read_only_not_an_output)
 
 /* In a child that gives up root (uid/gid 65534): what the fd of a read-only
  * import allows.  Exit codes name the first check that failed. */
@@ -1107,8 +1098,7 @@ Test(share, a_read_only_importer_cannot_write, .fini = fini)
 		cr_skip_test("needs root to drop to uid 65534 (CI runs as root); as a user, the "
 		             "file mode check would not show that another user is refused");
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
+	open2(&a, &b);
 	rep s = create(&a, 4096), s2 = create(&a, 4096);
 	uint8_t *p = map_rw(s.fd, 4096);
 	p[0] = 0x5a;
@@ -1137,9 +1127,7 @@ Test(share, a_read_only_importer_cannot_write, .fini = fini)
 	close(s2.fd);
 	close(im.fd);
 	close(im2.fd);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
 
 /* ---- lifetimes ------------------------------------------------------------------------------- */
@@ -1240,8 +1228,7 @@ static void exporter_killed(bool worker)
 	h_rconn b;
 	open_named(&b, "model-a");
 	uint32_t prog = compile_mm(&b);
-	rep ix = import_token(&b, tok);
-	cr_assert_eq(ix.code, 0, "%s", ix.msg);
+	rep ix = import_ok(&b, tok);
 	cr_assert(ix.read_only);
 	rep y = create(&b, TENSOR_BYTES), z = create(&b, TENSOR_BYTES);
 	uint16_t *px = map_ro(ix.fd, TENSOR_BYTES), *py = map_rw(y.fd, TENSOR_BYTES),
@@ -1312,15 +1299,7 @@ static void exporter_killed(bool worker)
 	h_daemon_stop(&D);
 }
 
-Test(share, killing_the_exporter_mid_pipeline_leaves_the_importer_working, .fini = fini)
-{
-	exporter_killed(false);
-}
-
-Test(share, killing_the_exporter_mid_pipeline_leaves_the_importer_working_worker, .fini = fini)
-{
-	exporter_killed(true);
-}
+TEST_BOTH(killing_the_exporter_mid_pipeline_leaves_the_importer_working, exporter_killed)
 
 /* Holders of 64 MiB of shared memory, all killed: status and the daemon's
  * RSS back where they were. */
@@ -1527,15 +1506,7 @@ static void all_holders_killed(bool worker)
 	h_daemon_stop(&D);
 }
 
-Test(share, killing_every_holder_frees_the_memory, .fini = fini)
-{
-	all_holders_killed(false);
-}
-
-Test(share, killing_every_holder_frees_the_memory_worker, .fini = fini)
-{
-	all_holders_killed(true);
-}
+TEST_BOTH(killing_every_holder_frees_the_memory, all_holders_killed)
 
 /* Limits: an import is charged to its holder like a surface of its own
  * (max_client_surfaces, surface bytes); the daemon's total counts the
@@ -1546,12 +1517,10 @@ Test(share, an_import_counts_against_the_holders_limits, .fini = fini)
 	                       "--max-total-surface-bytes", "12K", NULL };
 	start(false, args);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
+	open2(&a, &b);
 	/* The two connections are one process: 2 surfaces per connection,
 	 * 12 KiB for the process. */
-	rep s = create(&a, 4096);
-	close(s.fd);
+	rep s = create_nofd(&a, 4096);
 	char tok[TOK_LEN + 1];
 	export_ok(&a, s.id, false, 3, tok);
 	rep i1 = import_token(&b, tok), i2 = import_token(&b, tok);
@@ -1577,9 +1546,7 @@ Test(share, an_import_counts_against_the_holders_limits, .fini = fini)
 	rep i4 = import_token(&a, tok);
 	cr_assert_eq(i4.code, ANES_WERR_LIMIT, "over max_total_surface_bytes: %d %s", i4.code, i4.msg);
 	cr_expect(strstr(i4.msg, "max_total_surface_bytes"), "%s", i4.msg);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
 
 /* ---- the IOSurface path (macOS), against the fake library ------------------------------- */
@@ -1597,15 +1564,13 @@ Test(share, token_import_names_the_same_iosurface, .fini = fini_ios)
 	h_fake_iosurface_env(fake_dir, sizeof fake_dir);
 	h_daemon_start(&D);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
+	open2(&a, &b);
 	rep x = create(&a, TENSOR_BYTES), y = create(&b, TENSOR_BYTES), z = create(&b, TENSOR_BYTES);
 	cr_assert_eq(x.nfds, 0, "no fd with IOSurfaces");
 	cr_assert_neq(x.ios_id, 0);
 	char tok[TOK_LEN + 1];
 	export_ok(&a, x.id, true, 1, tok);
-	rep ix = import_token(&b, tok);
-	cr_assert_eq(ix.code, 0, "%s", ix.msg);
+	rep ix = import_ok(&b, tok);
 	cr_assert_eq(ix.nfds, 0);
 	cr_assert_eq(ix.ios_id, x.ios_id, "the same IOSurface: %llu, not %llu",
 	             (unsigned long long)ix.ios_id, (unsigned long long)x.ios_id);
@@ -1628,9 +1593,7 @@ Test(share, token_import_names_the_same_iosurface, .fini = fini_ios)
 	for (int i = 0; i < 1000 * h_slow() && h_fake_iosurface_exists(fake_dir, x.ios_id); i++)
 		tu_pause_ms(10);
 	cr_assert(!h_fake_iosurface_exists(fake_dir, x.ios_id), "IOSurface %llu was not freed", (unsigned long long)x.ios_id);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
 
 /* status lists shared memory within an eighth of max_frame: a long list
@@ -1640,10 +1603,8 @@ Test(share, status_lists_holders_within_its_bound, .fini = fini)
 	const char *args[] = { "--max-frame", "64K", NULL };
 	start(false, args);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
-	rep s = create(&a, 4096);
-	close(s.fd);
+	open2(&a, &b);
+	rep s = create_nofd(&a, 4096);
 	char tok[TOK_LEN + 1];
 	export_ok(&a, s.id, false, 99, tok);
 	for (int i = 0; i < 99; i++) {
@@ -1662,9 +1623,7 @@ Test(share, status_lists_holders_within_its_bound, .fini = fini)
 	call_fn(&a, "status", NULL, NULL, 0, &r, count_holders, &listed);
 	cr_assert_eq(r.code, 0);
 	cr_expect_eq(listed, 46, "%u holders listed", listed);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
 
 /* A memfd the client made and imported by fd can be exported read-only:
@@ -1674,8 +1633,7 @@ Test(share, a_clients_own_memfd_can_be_shared_read_only, .fini = fini)
 {
 	start(false, NULL);
 	h_rconn a, b;
-	h_rconn_open(&a, D.sock);
-	h_rconn_open(&b, D.sock);
+	open2(&a, &b);
 	int mfd;
 	cr_assert_eq(anes_memfd_create("mine", 8192, &mfd), 0);
 	uint8_t *p = map_rw(mfd, 8192);
@@ -1688,8 +1646,7 @@ Test(share, a_clients_own_memfd_can_be_shared_read_only, .fini = fini)
 	struct stat st;
 	cr_assert_eq(fstat(mfd, &st), 0);
 	cr_expect_eq(st.st_mode & 0777, 0444, "mode %o", (unsigned)(st.st_mode & 0777));
-	rep im = import_token(&b, tok);
-	cr_assert_eq(im.code, 0, "%s", im.msg);
+	rep im = import_ok(&b, tok);
 	cr_assert(im.read_only);
 	cr_assert_eq(fcntl(im.fd, F_GETFL) & O_ACCMODE, O_RDONLY, "the importer's fd is O_RDONLY");
 	void *w = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, im.fd, 0);
@@ -1704,7 +1661,5 @@ Test(share, a_clients_own_memfd_can_be_shared_read_only, .fini = fini)
 	munmap(q, 8192);
 	close(mfd);
 	close(im.fd);
-	h_rconn_close(&a);
-	h_rconn_close(&b);
-	h_daemon_stop(&D);
+	stop2(&a, &b);
 }
