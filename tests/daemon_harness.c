@@ -990,6 +990,20 @@ bool h_fake_accept(int listen_fd, h_rconn *rc)
 	return true;
 }
 
+bool h_fake_greet(int listen_fd, h_rconn *rc, int *failures)
+{
+	if (!h_fake_accept(listen_fd, rc)) {
+		(*failures)++;
+		return false;
+	}
+	uint32_t msgid = 0, id;
+	char method[16];
+	if (!h_fake_next(rc, 10000, &msgid, method, sizeof method, &id) || strcmp(method, "hello"))
+		(*failures)++;
+	h_fake_hello(&rc->io, msgid);
+	return true;
+}
+
 bool h_fake_next(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, char *method,
                  size_t method_size, uint32_t *ret_id)
 {

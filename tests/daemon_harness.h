@@ -287,6 +287,11 @@ int h_fake_listen(const char *path);
 /* Accept one connection on listen_fd into rc (h_rconn_adopt); false if
  * accept failed.  Asserts nothing. */
 bool h_fake_accept(int listen_fd, h_rconn *rc);
+/* h_fake_accept, then the client's hello (h_fake_next, 10 s x h_slow())
+ * answered with h_fake_hello.  Counts in *failures an accept that failed
+ * (then false: rc is not open) or a first request that is not hello (it is
+ * answered all the same).  Asserts nothing. */
+bool h_fake_greet(int listen_fd, h_rconn *rc, int *failures);
 /* For a fake daemon (asserts nothing, so it may run on the fake's thread):
  * the next request on rc (h_rconn_frame, up to timeout_ms x h_slow()): true
  * with its msgid, its method copied into method (NUL-terminated; a longer

@@ -788,18 +788,11 @@ static void *fake_main(void *arg)
 {
 	fake *fk = arg;
 	h_rconn rc;
-	if (!h_fake_accept(fk->listen_fd, &rc)) {
-		fk->failures++;
+	if (!h_fake_greet(fk->listen_fd, &rc, &fk->failures))
 		return NULL;
-	}
 	uint32_t msgid, id;
 	char method[64];
 	anes_frame f;
-
-	/* hello */
-	if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) || strcmp(method, "hello"))
-		fk->failures++;
-	h_fake_hello(&rc.io, msgid);
 
 	/* Three bad surface.create answers: no fd, two fds, an fd too small.
 	 * Each is followed by the library's surface.release of that ID. */

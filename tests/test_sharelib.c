@@ -257,16 +257,11 @@ static void *fake_main(void *arg)
 {
 	fake *fk = arg;
 	h_rconn rc;
-	if (!h_fake_accept(fk->listen_fd, &rc)) {
-		fk->failures++;
+	if (!h_fake_greet(fk->listen_fd, &rc, &fk->failures))
 		return NULL;
-	}
 	uint32_t msgid, id;
 	char method[64];
 	anes_frame f;
-	if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) || strcmp(method, "hello"))
-		fk->failures++;
-	h_fake_hello(&rc.io, msgid);
 
 	/* surface.create: a 4 KiB memfd, ID 7 */
 	if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) || strcmp(method, "surface.create"))
