@@ -1140,6 +1140,33 @@ typedef struct producer_arg {
 	int pipe_w;
 } producer_arg;
 
+/* In a forked child (asserts nothing): the responses to hello (msgid 1) and
+ * to request 2, whose fd (-1 without one) and result's u64 under key it
+ * keeps.  0, or 1 if a response did not come, 2 if one is an error or does
+ * not decode. */
+static int child_two_responses(h_rconn *rc, const char *key, uint64_t *val, int *ret_fd)
+{
+	const uint8_t *p;
+	uint32_t len;
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds;
+	for (int k = 0; k < 2; k++) {
+		if (next_frame(rc, 10000, &p, &len, fds, &nfds) != 1)
+			return 1;
+		msgpack_zone zone;
+		msgpack_zone_init(&zone, 1024);
+		anes_msg m;
+		if (anes_msg_decode(p, len, &zone, &m) < 0 || m.error)
+			return 2;
+		if (m.msgid == 2) {
+			(void)anes_mp_u64(m.result, key, UINT64_MAX, val);
+			*ret_fd = nfds ? fds[0] : -1;
+		}
+		msgpack_zone_destroy(&zone);
+	}
+	return 0;
+}
+
 static int producer(void *arg, int ready_fd)
 {
 	producer_arg *pa = arg;
@@ -1159,27 +1186,12 @@ static int producer(void *arg, int ready_fd)
 	if (h_raw_request(fd, id, "surface.create", sb.data, sb.size, NULL, 0) < 0)
 		return 3;
 	msgpack_sbuffer_clear(&sb);
-	const uint8_t *p;
-	uint32_t len;
-	int fds[ANES_MAX_FDS_PER_FRAME];
-	unsigned nfds;
 	uint64_t sid = 0;
 	int sfd = -1;
 	/* hello's response, then surface.create's */
-	for (int k = 0; k < 2; k++) {
-		if (next_frame(&rc, 10000, &p, &len, fds, &nfds) != 1)
-			return 4;
-		msgpack_zone zone;
-		msgpack_zone_init(&zone, 1024);
-		anes_msg m;
-		if (anes_msg_decode(p, len, &zone, &m) < 0 || m.error)
-			return 5;
-		if (m.msgid == 2) {
-			(void)anes_mp_u64(m.result, "id", UINT64_MAX, &sid);
-			sfd = nfds ? fds[0] : -1;
-		}
-		msgpack_zone_destroy(&zone);
-	}
+	int e = child_two_responses(&rc, "id", &sid, &sfd);
+	if (e)
+		return 3 + e;
 	if (sfd < 0)
 		return 6;
 	uint16_t *x = mmap(NULL, TENSOR_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0);
@@ -1192,6 +1204,10 @@ static int producer(void *arg, int ready_fd)
 	msgpack_pack_true(&pk);
 	if (h_raw_request(fd, 3, "surface.export", sb.data, sb.size, NULL, 0) < 0)
 		return 8;
+	const uint8_t *p;
+	uint32_t len;
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds;
 	if (next_frame(&rc, 10000, &p, &len, fds, &nfds) != 1)
 		return 9;
 	msgpack_zone zone;
@@ -1329,26 +1345,12 @@ static int holder_proc(void *arg, int ready_fd)
 	pk_str(&pk, tok);
 	if (h_raw_request(fd, 2, "surface.import", sb.data, sb.size, NULL, 0) < 0)
 		return 4;
-	const uint8_t *p;
-	uint32_t len;
-	int fds[ANES_MAX_FDS_PER_FRAME];
-	unsigned nfds;
 	int mfd = -1;
 	uint64_t size = 0;
-	for (int k = 0; k < 2; k++) {
-		if (next_frame(&rc, 10000, &p, &len, fds, &nfds) != 1)
-			return 5;
-		msgpack_zone zone;
-		msgpack_zone_init(&zone, 1024);
-		anes_msg m;
-		if (anes_msg_decode(p, len, &zone, &m) < 0 || m.error)
-			return 6;
-		if (m.msgid == 2) {
-			(void)anes_mp_u64(m.result, "size", UINT64_MAX, &size);
-			mfd = nfds ? fds[0] : -1;
-		}
-		msgpack_zone_destroy(&zone);
-	}
+	/* hello's response, then surface.import's */
+	int e = child_two_responses(&rc, "size", &size, &mfd);
+	if (e)
+		return 4 + e;
 	if (mfd < 0 || size == 0)
 		return 7;
 	/* The others' imports are read-only: PROT_READ. */
