@@ -285,13 +285,26 @@ static void stop_daemon(void)
 	h_daemon_kill(&Dm);
 }
 
+/* Start Dm (default options) and open m on it, function main. */
+static void kv_start(kv *m)
+{
+	h_daemon_start(&Dm);
+	kv_open(m, &Dm, "main");
+}
+
+/* Close m and stop Dm (its exit status checked by h_daemon_stop). */
+static void kv_stop(kv *m)
+{
+	kv_close(m);
+	h_daemon_stop(&Dm);
+}
+
 /* ---- token by token ------------------------------------------------------------------ */
 
 Test(states, kv_cache_runs_token_by_token_against_the_reference, .fini = stop_daemon)
 {
-	h_daemon_start(&Dm);
 	kv m;
-	kv_open(&m, &Dm, "main");
+	kv_start(&m);
 	cr_assert_eq(aneshare_program_input_count(m.p, 0), 1, "states are not inputs");
 	cr_assert_eq(aneshare_program_state_count(m.p, 0), 3);
 	const aneshare_tensor_info *ti = aneshare_program_state(m.p, 0, 0);
@@ -309,15 +322,13 @@ Test(states, kv_cache_runs_token_by_token_against_the_reference, .fini = stop_da
 	cr_assert_geq(s->runs, 12);
 	aneshare_status_free(s);
 	cr_assert_eq(aneshare_state_release(st), 0);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 Test(states, two_states_of_one_program_stay_independent, .fini = stop_daemon)
 {
-	h_daemon_start(&Dm);
 	kv m;
-	kv_open(&m, &Dm, "main");
+	kv_start(&m);
 	aneshare_state *a, *b;
 	a = kv_state(&m);
 	b = kv_state(&m);
@@ -339,15 +350,13 @@ Test(states, two_states_of_one_program_stay_independent, .fini = stop_daemon)
 	aneshare_program_release(p2);
 	aneshare_state_release(a);
 	aneshare_state_release(b);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 Test(states, reset_zeroes_the_state, .fini = stop_daemon)
 {
-	h_daemon_start(&Dm);
 	kv m;
-	kv_open(&m, &Dm, "main");
+	kv_start(&m);
 	aneshare_state *st = kv_state(&m);
 	kv_ref r = { 0 };
 	kv_steps(&m, st, &r, 0, 5, "before the reset");
@@ -355,8 +364,7 @@ Test(states, reset_zeroes_the_state, .fini = stop_daemon)
 	kv_ref fresh = { 0 };
 	kv_steps(&m, st, &fresh, 40, 45, "after the reset");
 	aneshare_state_release(st);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 /* ---- memory ------------------------------------------------------------------------------ */
@@ -422,8 +430,7 @@ Test(states, state_memory_is_under_the_surface_limits, .fini = stop_daemon)
 	             aneshare_last_error(m.c));
 	aneshare_state_release(b);
 	aneshare_state_release(c);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 
 	/* and the connection's count of surfaces */
 	const char *args2[] = { "--max-surfaces", "4", NULL };
@@ -433,8 +440,7 @@ Test(states, state_memory_is_under_the_surface_limits, .fini = stop_daemon)
 	rc = aneshare_state_create(m.p, 0, &b);
 	cr_assert_eq(rc, -ANESHARE_ELIMIT, "%s (%s)", aneshare_strerror(rc), aneshare_last_error(m.c));
 	aneshare_state_release(a);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 /* ---- what a run must name --------------------------------------------------------------- */
@@ -538,9 +544,8 @@ static uint32_t raw_compile(h_rconn *rc, uint32_t msgid, const char *mil)
 
 Test(states, a_run_names_a_state_made_for_its_function, .fini = stop_daemon)
 {
-	h_daemon_start(&Dm);
 	kv m;
-	kv_open(&m, &Dm, "main");
+	kv_start(&m);
 	aneshare_surface *outs[] = { m.out, m.pos };
 	/* without a state: refused, saying why */
 	int rc = aneshare_run(m.p, 0, &m.x, 1, outs, 2);
@@ -615,17 +620,15 @@ Test(states, a_run_names_a_state_made_for_its_function, .fini = stop_daemon)
 	aneshare_program_release(plain);
 	aneshare_state_release(st2);
 	aneshare_program_release(p2);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 /* ---- chains ------------------------------------------------------------------------------ */
 
 Test(states, each_chain_step_names_its_own_state, .fini = stop_daemon)
 {
-	h_daemon_start(&Dm);
 	kv m;
-	kv_open(&m, &Dm, "main");
+	kv_start(&m);
 	aneshare_state *a, *b;
 	a = kv_state(&m);
 	b = kv_state(&m);
@@ -667,8 +670,7 @@ Test(states, each_chain_step_names_its_own_state, .fini = stop_daemon)
 	}
 	aneshare_state_release(a);
 	aneshare_state_release(b);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 /* ---- runs in flight on one state ------------------------------------------------------- */
@@ -754,8 +756,7 @@ static void pipelined_runs_in_order(const char *const *args, int gate)
 		aneshare_surface_release(n[i]);
 	}
 	aneshare_state_release(st);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 Test(states, runs_on_one_state_go_in_order_on_the_job_threads, .fini = stop_daemon)
@@ -892,8 +893,7 @@ Test(states, a_failed_run_leaves_the_state_lost_until_reset, .fini = stop_daemon
 	rc = kv_run_into(&m, st, 1, m.x, m.out, m.pos);
 	cr_assert_eq(rc, -ANESHARE_ERUN_FAILED, "the fault is still on: %s", aneshare_strerror(rc));
 	aneshare_state_release(st);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 /* ---- the device worker ---------------------------------------------------------------------- */
@@ -992,8 +992,7 @@ Test(states, in_a_device_worker, .fini = stop_daemon)
 		kv_step_check(&m, b, &rb, 20 + k, "b after its reset");
 	aneshare_state_release(a);
 	aneshare_state_release(b);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
 
 /* ---- the CLI ------------------------------------------------------------------------------------ */
@@ -1027,9 +1026,8 @@ Test(states, the_cli_runs_a_stateful_program_once_on_a_fresh_state, .fini = stop
 
 Test(states, after_a_reconnect_the_state_is_made_again_and_marked_lost, .fini = stop_daemon)
 {
-	h_daemon_start(&Dm);
 	kv m;
-	kv_open(&m, &Dm, "main");
+	kv_start(&m);
 	aneshare_state *st = kv_state(&m);
 	kv_ref r = { 0 };
 	kv_steps(&m, st, &r, 0, 3, "before the crash");
@@ -1057,6 +1055,5 @@ Test(states, after_a_reconnect_the_state_is_made_again_and_marked_lost, .fini = 
 	cr_assert_eq(k.states, 1);
 	cr_assert_eq(aneshare_state_release(orphan), 0);
 	aneshare_state_release(st);
-	kv_close(&m);
-	h_daemon_stop(&Dm);
+	kv_stop(&m);
 }
