@@ -390,6 +390,13 @@ aneshare_surface *h_surface(aneshare_conn *c, size_t size)
 	return s;
 }
 
+uint8_t *h_linear_blob(int in, int out, float seed, size_t *ret_len)
+{
+	uint8_t *b = lb_blob(out, in, lb_wval, seed, ret_len);
+	cr_assert_not_null(b);
+	return b;
+}
+
 void h_linear_check(aneshare_conn *c, aneshare_program *p, int in, int out, float seed)
 {
 	aneshare_surface *sin = h_surface(c, (size_t)in * 2), *sout = h_surface(c, (size_t)out * 2);

@@ -116,6 +116,9 @@ aneshare_surface *h_surface(aneshare_conn *c, size_t size);
  * 2e-3 (relative past 1) of an fp64 sum over the fp16 weights lb_wval(o, i,
  * seed). */
 void h_linear_check(aneshare_conn *c, aneshare_program *p, int in, int out, float seed);
+/* lb_blob of lb_wval(o, i, seed) (the weights h_linear_check expects),
+ * asserting it is made; the caller frees it. */
+uint8_t *h_linear_blob(int in, int out, float seed, size_t *ret_len);
 /* n input/output surface pairs for mm: in[i] filled from seed0 + i, out[i]
  * set to NaNs (which a run must overwrite). */
 void h_mm_pairs(aneshare_conn *c, const h_mm *mm, aneshare_surface **in, aneshare_surface **out,
