@@ -144,6 +144,20 @@ static void params(msgpack_sbuffer *sb, const char *fmt, ...)
 
 /* ---- calls ----------------------------------------------------------------------- */
 
+/* Start d with args (NULL: the defaults) and open rc on it (hello done). */
+static void start_open(h_daemon *d, const char *const *args, h_rconn *rc)
+{
+	h_daemon_start_args(d, args);
+	h_rconn_open(rc, d->sock);
+}
+
+/* Close rc and stop d (its exit status checked by h_daemon_stop). */
+static void close_stop(h_rconn *rc, h_daemon *d)
+{
+	h_rconn_close(rc);
+	h_daemon_stop(d);
+}
+
 static uint32_t next_msgid = 100;
 
 /* Send method with the params text (and fds) on rc; the reply (code,
@@ -233,8 +247,7 @@ Test(requests, hello_faults_name_the_field)
 	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 1}"), ANES_WERR_HANDSHAKE,
 	             "hello was already done");
 	cr_assert_eq(call(&rc, "status", NULL, 0, NULL, "{}").code, 0);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* ---- program.compile, program.info, program.release ------------------------------- */
@@ -242,9 +255,8 @@ Test(requests, hello_faults_name_the_field)
 Test(requests, compile_params_are_checked)
 {
 	h_daemon d;
-	h_daemon_start(&d);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, NULL, &rc);
 	const int W = ANES_WERR_INVALID_PARAMS;
 	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{}"), W, "missing \"mil\"");
 	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: 5}"), W, "\"mil\" has the wrong type");
@@ -285,16 +297,14 @@ Test(requests, compile_params_are_checked)
 	/* The connection carries on. */
 	uint32_t id = compile_double(&rc);
 	cr_assert_gt(id, 0);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 Test(requests, program_ids_are_checked)
 {
 	h_daemon d;
-	h_daemon_start(&d);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, NULL, &rc);
 	for (int i = 0; i < 2; i++) {
 		const char *m = i ? "program.release" : "program.info";
 		expect_error(call(&rc, m, NULL, 0, NULL, "{}"), ANES_WERR_INVALID_PARAMS, "missing \"id\"");
@@ -307,8 +317,7 @@ Test(requests, program_ids_are_checked)
 	cr_assert_eq(call(&rc, "program.release", NULL, 0, NULL, "{id: %u}", id).code, 0);
 	expect_error(call(&rc, "program.info", NULL, 0, NULL, "{id: %u}", id), ANES_WERR_NO_SUCH_PROGRAM,
 	             "no program");
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* program.info names every dtype a function's inputs and outputs may have. */
@@ -348,9 +357,8 @@ Test(requests, program_info_names_every_dtype)
 		"        tensor<uint8, [4]> h2 = cast(x = f, dtype = string(\"uint8\"));\n"
 		"    } -> (a2, b2, c2, d2, e2, f2, g2, h2);\n}\n";
 	h_daemon d;
-	h_daemon_start(&d);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, NULL, &rc);
 	h_reply r = { .msgid = next_msgid++, .key = "id" };
 	cr_assert_eq(h_raw_request_kstr(rc.fd, r.msgid, "program.compile", "mil", mil), 0);
 	cr_assert_eq(h_rconn_wait(&rc, &r), 0, "%s", r.message);
@@ -359,8 +367,7 @@ Test(requests, program_info_names_every_dtype)
 	char got[256] = "";
 	cr_assert_eq(h_rconn_next(&rc, 10000, dtype_cb, got), 1);
 	cr_assert_str_eq(got, "int8 uint8 int16 bool int32 fp32 | fp16 fp16 fp16 fp16 int8 bool int16 uint8 |");
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* A weight file the daemon cannot use: open for writing only, larger than
@@ -398,9 +405,8 @@ Test(requests, weight_files_the_daemon_cannot_use)
 {
 	const char *args[] = { "--max-daemon-program-bytes", "8M", NULL };
 	h_daemon d;
-	h_daemon_start_args(&d, args);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, args, &rc);
 	char path[300];
 	snprintf(path, sizeof path, "%s/w.bin", d.dir);
 	int wo = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
@@ -432,8 +438,7 @@ Test(requests, weight_files_the_daemon_cannot_use)
 	h_reply r = compile_blob_fd(&rc, ok);
 	cr_assert_eq(r.code, 0, "%s", r.message);
 	close(ok);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* A compile whose own text and weights, or weight files, are more than the
@@ -443,9 +448,8 @@ Test(requests, a_compile_over_the_program_memory_limit_is_refused)
 {
 	const char *args[] = { "--max-client-program-bytes", "2M", NULL };
 	h_daemon d;
-	h_daemon_start_args(&d, args);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, args, &rc);
 	expect_error(call(&rc, "program.compile", NULL, 0, NULL, "{mil: \"x\", weights: {\"@model_path/w.bin\": #3145728}}"),
 	             ANES_WERR_LIMIT, "max_client_program_bytes");
 	char path[300];
@@ -456,8 +460,7 @@ Test(requests, a_compile_over_the_program_memory_limit_is_refused)
 	expect_error(compile_blob_fd(&rc, fd), ANES_WERR_LIMIT, "max_client_program_bytes");
 	close(fd);
 	cr_assert_gt(compile_double(&rc), 0);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* ---- the program cache ------------------------------------------------------------------ */
@@ -483,9 +486,8 @@ Test(requests, the_program_cache_finds_every_program_as_it_grows)
 	enum { N = 300 };
 	const char *args[] = { "--max-programs", "1000", NULL };
 	h_daemon d;
-	h_daemon_start_args(&d, args);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, args, &rc);
 	static char keys[N][80];
 	for (int pass = 0; pass < 2; pass++) {
 		for (int i = 0; i < N; i++) {
@@ -511,8 +513,7 @@ Test(requests, the_program_cache_finds_every_program_as_it_grows)
 	cr_assert_eq(st.value, N, "%llu compiles", (unsigned long long)st.value);
 	st = call(&rc, "status", NULL, 0, "cache_hits", "{}");
 	cr_assert_eq(st.value, N, "%llu cache hits", (unsigned long long)st.value);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* ---- run ------------------------------------------------------------------------------ */
@@ -520,9 +521,8 @@ Test(requests, the_program_cache_finds_every_program_as_it_grows)
 Test(requests, run_params_name_the_fault)
 {
 	h_daemon d;
-	h_daemon_start(&d);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, NULL, &rc);
 	uint32_t p = compile_double(&rc);
 	uint32_t x = call_id(&rc, "surface.create", "{size: 16}");
 	uint32_t y = call_id(&rc, "surface.create", "{size: 16}");
@@ -573,8 +573,7 @@ Test(requests, run_params_name_the_fault)
 	/* The connection carries on: a good run. */
 	r = call(&rc, "run", NULL, 0, NULL, "{program: %u, inputs: [%u], outputs: [%u]}", p, x, y);
 	cr_assert_eq(r.code, 0, "%s", r.message);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* ---- surface.import ------------------------------------------------------------------- */
@@ -583,9 +582,8 @@ Test(requests, surface_import_takes_exactly_one_memfd)
 {
 	const char *args[] = { "--max-surfaces", "1", NULL };
 	h_daemon d;
-	h_daemon_start_args(&d, args);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, args, &rc);
 	int m1, m2;
 	cr_assert_eq(anes_memfd_create("req", 4096, &m1), 0);
 	cr_assert_eq(anes_memfd_create("req", 4096, &m2), 0);
@@ -610,8 +608,7 @@ Test(requests, surface_import_takes_exactly_one_memfd)
 	h_wait_daemon_fds(&d, base);
 	close(m1);
 	close(m2);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* An h_msg_fn: the message of an `error` notification (protocol) into ud. */
@@ -632,9 +629,8 @@ static void error_note_cb(const anes_msg *m, void *ud)
 Test(requests, too_many_fds_in_one_message_close_the_connection)
 {
 	h_daemon d;
-	h_daemon_start(&d);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, NULL, &rc);
 	int base = settled_fds(&rc, &d);
 	int bad = h_raw_open(d.sock);
 	int fds[ANES_IO_MAX_QUEUED_FDS + 4];
@@ -659,8 +655,7 @@ Test(requests, too_many_fds_in_one_message_close_the_connection)
 	close(devnull);
 	h_wait_daemon_fds(&d, base);
 	cr_assert_eq(call(&rc, "status", NULL, 0, NULL, "{}").code, 0);
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
 
 /* ---- verbose ------------------------------------------------------------------------------ */
@@ -715,9 +710,8 @@ Test(requests, per_connection_limits_name_their_keys)
 	static const char *const args[] = { "--max-surfaces", "1", "--max-client-surfaces", "8",
 	                                    "--max-programs", "1", "--max-client-programs", "8", NULL };
 	h_daemon d;
-	h_daemon_start_args(&d, args);
 	h_rconn rc;
-	h_rconn_open(&rc, d.sock);
+	start_open(&d, args, &rc);
 	cr_assert_eq(call(&rc, "surface.create", NULL, 0, NULL, "{size: 16}").code, 0);
 	expect_error(call(&rc, "surface.create", NULL, 0, NULL, "{size: 16}"), ANES_WERR_LIMIT,
 	             "(max_surfaces 1)");
@@ -726,6 +720,5 @@ Test(requests, per_connection_limits_name_their_keys)
 	cr_assert_eq(h_raw_request_kstr(rc.fd, r.msgid, "program.compile", "mil", mil_double), 0);
 	h_rconn_wait(&rc, &r);
 	expect_error(r, ANES_WERR_LIMIT, "(max_programs 1)");
-	h_rconn_close(&rc);
-	h_daemon_stop(&d);
+	close_stop(&rc, &d);
 }
