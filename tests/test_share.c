@@ -302,13 +302,20 @@ static rep import_ok(h_rconn *rc, const char *token)
 	return r;
 }
 
-static rep create(h_rconn *rc, uint64_t size)
+/* method with params {key: v}: its reply. */
+static rep call_u(h_rconn *rc, const char *method, const char *key, uint64_t v)
 {
 	pbuf b;
-	pk_kv_u(pb_begin(&b, 1), "size", size);
+	pk_kv_u(pb_begin(&b, 1), key, v);
 	rep r;
-	call(rc, "surface.create", &b.sb, &r);
+	call(rc, method, &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
+	return r;
+}
+
+static rep create(h_rconn *rc, uint64_t size)
+{
+	rep r = call_u(rc, "surface.create", "size", size);
 	cr_assert_eq(r.code, 0, "surface.create: %d %s", r.code, r.msg);
 	return r;
 }
@@ -324,12 +331,7 @@ static rep create_nofd(h_rconn *rc, uint64_t size)
 
 static int release(h_rconn *rc, uint64_t id)
 {
-	pbuf b;
-	pk_kv_u(pb_begin(&b, 1), "id", id);
-	rep r;
-	call(rc, "surface.release", &b.sb, &r);
-	msgpack_sbuffer_destroy(&b.sb);
-	return r.code;
+	return call_u(rc, "surface.release", "id", id).code;
 }
 
 static void *map_rw(int fd, size_t size)
@@ -742,12 +744,9 @@ Test(share, bad_params, .fini = fini)
 	             (unsigned long long)e.expires_ms);
 	cr_expect_eq(export_opts(&a, s.id, -1, 0, 5001).code, ANES_WERR_INVALID_PARAMS, "ttl over max");
 
-	pbuf b;
-	pk_kv_u(pb_begin(&b, 1), "uses", 0);   /* no id */
-	rep r;
-	call(&a, "surface.export", &b.sb, &r);
-	msgpack_sbuffer_destroy(&b.sb);
+	rep r = call_u(&a, "surface.export", "uses", 0);   /* no id */
 	cr_expect_eq(r.code, ANES_WERR_INVALID_PARAMS);
+	pbuf b;
 	msgpack_packer *pk = pb_begin(&b, 2);
 	pk_kv_u(pk, "id", s.id);
 	pk_kv_u(pk, "uses", 0);

@@ -329,9 +329,7 @@ Test(states, two_states_of_one_program_stay_independent, .fini = stop_daemon)
 {
 	kv m;
 	kv_start(&m);
-	aneshare_state *a, *b;
-	a = kv_state(&m);
-	b = kv_state(&m);
+	aneshare_state *a = kv_state(&m), *b = kv_state(&m);
 	/* a second handle to the same program (a cache hit) fits both states */
 	bool cached = false;
 	aneshare_program *p2 = kv_compile(&m, "main", &cached);
@@ -629,9 +627,7 @@ Test(states, each_chain_step_names_its_own_state, .fini = stop_daemon)
 {
 	kv m;
 	kv_start(&m);
-	aneshare_state *a, *b;
-	a = kv_state(&m);
-	b = kv_state(&m);
+	aneshare_state *a = kv_state(&m), *b = kv_state(&m);
 	/* four steps: a, b, a, a -- each with its own surfaces */
 	enum { S = 4 };
 	aneshare_surface *x[S], *o[S][2];
@@ -947,9 +943,7 @@ Test(states, in_a_device_worker, .fini = stop_daemon)
 	h_daemon_start_args(&Dm, args);
 	kv m;
 	kv_open(&m, &Dm, "main");
-	aneshare_state *a, *b;
-	a = kv_state(&m);
-	b = kv_state(&m);
+	aneshare_state *a = kv_state(&m), *b = kv_state(&m);
 	kv_ref ra = { 0 }, rb = { 0 };
 	for (int t = 0; t < 6; t++) {
 		kv_step_check(&m, a, &ra, t, "worker a");
