@@ -384,18 +384,25 @@ static void check_mm(const uint16_t *x, const uint16_t *y, const uint16_t *z)
 		}
 }
 
-static rep run1(h_rconn *rc, uint32_t prog, uint64_t x, uint64_t y, uint64_t z)
+/* run {program, inputs, outputs}: the reply. */
+static rep run_ids(h_rconn *rc, uint32_t prog, const uint32_t *in, uint32_t n_in, const uint32_t *out,
+                   uint32_t n_out)
 {
-	uint32_t in[2] = { (uint32_t)x, (uint32_t)y }, out[1] = { (uint32_t)z };
 	pbuf b;
 	msgpack_packer *pk = pb_begin(&b, 3);
 	pk_kv_u(pk, "program", prog);
-	pk_ids(pk, "inputs", in, 2);
-	pk_ids(pk, "outputs", out, 1);
+	pk_ids(pk, "inputs", in, n_in);
+	pk_ids(pk, "outputs", out, n_out);
 	rep r;
 	call(rc, "run", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
 	return r;
+}
+
+static rep run1(h_rconn *rc, uint32_t prog, uint64_t x, uint64_t y, uint64_t z)
+{
+	uint32_t in[2] = { (uint32_t)x, (uint32_t)y }, out[1] = { (uint32_t)z };
+	return run_ids(rc, prog, in, 2, out, 1);
 }
 
 /* A chain of n steps: step i reads ids[3i], ids[3i+1] and writes ids[3i+2]. */
@@ -1409,15 +1416,7 @@ static uint32_t compile_double(h_rconn *rc)
 static rep run_double(h_rconn *rc, uint32_t prog, uint64_t x, uint64_t y)
 {
 	uint32_t in[1] = { (uint32_t)x }, out[1] = { (uint32_t)y };
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 3);
-	pk_kv_u(pk, "program", prog);
-	pk_ids(pk, "inputs", in, 1);
-	pk_ids(pk, "outputs", out, 1);
-	rep r;
-	call(rc, "run", &b.sb, &r);
-	msgpack_sbuffer_destroy(&b.sb);
-	return r;
+	return run_ids(rc, prog, in, 1, out, 1);
 }
 
 static void all_holders_killed(bool worker)
