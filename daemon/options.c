@@ -202,19 +202,13 @@ static void usage(FILE *f, const anes_options *dflt)
 		snprintf(left, sizeof left, "--%s%s%s", d->key, d->arg ? " " : "", d->arg ? d->arg : "");
 		fprintf(f, "  %-30s %s", left, d->help);
 		const void *p = (const char *)dflt + d->off;
-		switch (d->type) {
-		case T_U32:
-		case T_BYTES32:
-			if (d->off != O(cfg.workers) && d->off != O(cfg.lane_threads) && d->off != O(compile_budget))
-				fprintf(f, " (default %u)", *(const uint32_t *)p);
-			break;
-		case T_U64:
-		case T_BYTES:
+		/* A help text that says its default itself (a rule rather than one
+		 * number, or a number the rest of the text explains) gets no second one. */
+		bool says_default = strstr(d->help, "(default") != NULL;
+		if (!says_default && (d->type == T_U32 || d->type == T_BYTES32))
+			fprintf(f, " (default %u)", *(const uint32_t *)p);
+		else if (!says_default && (d->type == T_U64 || d->type == T_BYTES))
 			fprintf(f, " (default %llu)", (unsigned long long)*(const uint64_t *)p);
-			break;
-		default:
-			break;
-		}
 		fputc('\n', f);
 	}
 	fprintf(f,

@@ -202,3 +202,26 @@ Test(startup, the_worker_child_refuses_a_bad_command_line)
 	expect_exit(dir, backend, 1, "aneshared worker: cannot start the abacus backend");
 	rm_dir(dir);
 }
+
+/* --help: every option line ends with its default once, whether the help text
+ * says it (a rule such as "1/4 of the machine's memory") or the daemon prints
+ * the number; --help exits 0. */
+Test(startup, help_names_each_default_once)
+{
+	char dir[128], out[65536];
+	make_dir(dir, sizeof dir);
+	const char *args[] = { "--help", NULL };
+	int got = h_run_aneshared(dir, args, out, sizeof out);
+	cr_assert_eq(got, 0, "--help: exit %d: %s", got, out);
+	cr_assert(strstr(out, "--max-frame"), "--help lists no --max-frame: %s", out);
+	int options = 0;
+	for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+		if (strncmp(line, "  --", 4))
+			continue;
+		options++;
+		const char *first = strstr(line, "(default");
+		cr_expect(!first || !strstr(first + 1, "(default"), "a default said twice: %s", line);
+	}
+	cr_expect_gt(options, 40, "only %d option lines", options);
+	rm_dir(dir);
+}
