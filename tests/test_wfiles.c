@@ -352,7 +352,10 @@ Test(wfiles, worker_restores_programs_by_fd)
 
 	start_worker_daemon(NULL);
 	aneshare_conn *c = h_connect(&D, "wf-restore");
-	aneshare_status_free(h_status(c));
+	/* the base once the daemon has closed every earlier connection (the
+	 * harness's probe of the new socket): else it counts one fd that is
+	 * gone by the end, and the final count never gets back up to it */
+	h_wait_clients(c, 1);
 	int base_fds = tu_fd_count(D.pid);
 	aneshare_program *p[NP] = { NULL };
 	size_t len;
@@ -455,7 +458,7 @@ Test(wfiles, worker_with_a_full_fd_table)
 {
 	start_worker_daemon("fd_room=1");
 	aneshare_conn *c = h_connect(&D, "wf-fdfull");
-	aneshare_status_free(h_status(c));
+	h_wait_clients(c, 1);   /* the harness's probe has gone (see above) */
 	int base_fds = tu_fd_count(D.pid);
 	wst w0 = worker_now();
 	size_t len, blen;
