@@ -73,7 +73,9 @@ typedef enum anes_msg_type {
 	X(17, SHUTTING_DOWN, "shutting_down")  /* the daemon is stopping; not done */ \
 	X(18, WORKER_RESTARTED, "worker_restarted") /* device worker lost; not done, retry */ \
 	X(19, NO_SUCH_STATE, "no_such_state")  /* no state with that ID on this connection */ \
-	X(20, STATE_LOST, "state_lost")        /* the state's contents are unknown: reset it */
+	X(20, STATE_LOST, "state_lost")        /* the state's contents are unknown: reset it */ \
+	X(21, NO_SUCH_EVENT, "no_such_event")  /* no event with that ID on this connection */ \
+	X(22, EVENT_CLOSED, "event_closed")    /* the event closed below the value waited for */
 
 typedef enum anes_wire_error {
 #define ANES_X_(c, N, s) ANES_WERR_##N = c,
@@ -81,7 +83,7 @@ typedef enum anes_wire_error {
 #undef ANES_X_
 } anes_wire_error;
 
-#define ANES_WERR_MAX 20
+#define ANES_WERR_MAX 22
 
 /* "protocol", ... for a known code; NULL otherwise. */
 const char *anes_wire_error_name(int code);

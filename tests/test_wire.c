@@ -30,7 +30,8 @@ Test(wire_errors, names_unique_and_round_trip)
 		NULL, "protocol", "version", "handshake", "unknown_method", "invalid_params",
 		"no_such_surface", "no_such_program", "no_such_function", "limit", "compile",
 		"unsupported", "size_mismatch", "bad_fd", "run_failed", "no_memory", "internal",
-		"shutting_down", "worker_restarted", "no_such_state", "state_lost",
+		"shutting_down", "worker_restarted", "no_such_state", "state_lost", "no_such_event",
+		"event_closed",
 	};
 
 	for (int c = 1; c <= ANES_WERR_MAX; c++) {
@@ -47,7 +48,7 @@ Test(wire_errors, names_unique_and_round_trip)
 		cr_assert_eq(anes_wire_error_from_name(longer, strlen(longer)), 0);
 		cr_assert_eq(anes_wire_error_from_name(longer, strlen(n)), c);
 	}
-	cr_assert_eq(ANES_WERR_STATE_LOST, ANES_WERR_MAX);
+	cr_assert_eq(ANES_WERR_EVENT_CLOSED, ANES_WERR_MAX);
 	cr_assert_null(anes_wire_error_name(0));
 	cr_assert_null(anes_wire_error_name(-1));
 	cr_assert_null(anes_wire_error_name(ANES_WERR_MAX + 1));
