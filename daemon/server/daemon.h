@@ -72,6 +72,7 @@ typedef struct anes_stats {
 	uint64_t surface_bytes;
 	uint64_t states;          /* alive, all connections (state/state.h); each is also a surface */
 	uint64_t state_bytes;
+	uint64_t events;          /* alive (state/event.h) */
 	uint64_t refused;         /* connections refused for their uid */
 	uint64_t timed_out;       /* closed for a hello or a frame not done in time */
 	uint64_t dropped;         /* clients dropped for not reading their responses */

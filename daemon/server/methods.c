@@ -189,7 +189,7 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_str(&f.pk, "backend", backend_name(c->srv));
 	anes_pack_str(&f.pk, "limits");
-	msgpack_pack_map(&f.pk, 18 + 1 + 4 + 4 + count_tenant_limits());
+	msgpack_pack_map(&f.pk, 18 + 1 + 4 + 4 + 3 + count_tenant_limits());
 	pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
 	pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
 	pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
@@ -218,6 +218,9 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "max_daemon_exports", lim->max_daemon_exports);
 	pack_kv_u64(&f.pk, "max_export_uses", lim->max_export_uses);
 	pack_kv_u64(&f.pk, "max_export_ttl_ms", lim->max_export_ttl_ms);
+	pack_kv_u64(&f.pk, "max_events_per_conn", lim->max_events_per_conn);
+	pack_kv_u64(&f.pk, "max_daemon_events", lim->max_daemon_events);
+	pack_kv_u64(&f.pk, "max_event_waits", lim->max_event_waits);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -249,7 +252,7 @@ static void pack_program(anes_centry *e, void *ud)
 /* What a client process holds now: the tenant's counters. */
 static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t device_ns_all)
 {
-	msgpack_pack_map(pk, 17);
+	msgpack_pack_map(pk, 18);
 	anes_pack_str(pk, "name");
 	anes_pack_strn(pk, t->name, strnlen(t->name, sizeof(t->name)));
 	pack_kv_u64(pk, "pid", t->pid > 0 ? (uint64_t)t->pid : 0);
@@ -266,6 +269,7 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t devi
 	pack_kv_u64(pk, "queued", atomic_load_explicit(&t->sflow.queued, memory_order_relaxed));
 	pack_kv_u64(pk, "device_us", dev / 1000u);
 	pack_kv_u64(pk, "device_share", device_ns_all ? (uint64_t)((double)dev * 100.0 / (double)device_ns_all + 0.5) : 0);
+	pack_kv_u64(pk, "events", t->events);
 }
 
 /* The daemon's totals against their limits. */
@@ -308,7 +312,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 32 : 31);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 33 : 32);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -319,6 +323,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "surface_bytes", srv->stats.surface_bytes);
 	pack_kv_u64(&f.pk, "states", srv->stats.states);
 	pack_kv_u64(&f.pk, "state_bytes", srv->stats.state_bytes);
+	pack_kv_u64(&f.pk, "events", srv->stats.events);
 	pack_kv_u64(&f.pk, "runs", srv->stats.runs);
 	pack_kv_u64(&f.pk, "lane_runs", srv->stats.lane_runs);
 	pack_kv_u64(&f.pk, "lane_spins", srv->stats.lane_spins);

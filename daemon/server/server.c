@@ -85,6 +85,9 @@ void anes_server_config_init(anes_server_config *cfg)
 			.max_daemon_exports = 4096,
 			.max_export_uses = 1024,
 			.max_export_ttl_ms = 600000,
+			.max_events_per_conn = 256,
+			.max_daemon_events = 4096,
+			.max_event_waits = 64,
 		},
 		.handle_signals = false,
 		.verbose = false,
@@ -716,7 +719,8 @@ int anes_server_new(const anes_server_config *cfg, anes_server **ret, char *errb
 	    l->max_daemon_surfaces == 0 || l->max_daemon_programs == 0 || l->max_daemon_jobs == 0 ||
 	    l->max_client_program_bytes == 0 || l->max_daemon_program_bytes == 0 ||
 	    l->max_exports_per_conn == 0 || l->max_daemon_exports == 0 || l->max_export_uses == 0 ||
-	    l->max_export_ttl_ms == 0 || srv->cfg.workers > 1024 || srv->cfg.lane_threads > 1024) {
+	    l->max_export_ttl_ms == 0 || l->max_events_per_conn == 0 || l->max_daemon_events == 0 ||
+	    l->max_event_waits == 0 || srv->cfg.workers > 1024 || srv->cfg.lane_threads > 1024) {
 		errmsg(errbuf, errbuf_len, "invalid limits (max_frame must be %u..%u, the others > 0)",
 		       ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST);
 		r = -EINVAL;

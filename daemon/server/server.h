@@ -70,6 +70,11 @@ typedef struct anes_limits {
 	uint32_t max_daemon_exports;
 	uint32_t max_export_uses;
 	uint32_t max_export_ttl_ms;
+	/* Events (docs/protocol.md "Events"): handles per connection, events
+	 * alive in the daemon, pending event.wait requests per connection. */
+	uint32_t max_events_per_conn;
+	uint32_t max_daemon_events;
+	uint32_t max_event_waits;
 } anes_limits;
 
 typedef struct anes_server_config {

@@ -66,6 +66,7 @@ struct anes_tenant {
 	                               * uid's limit) */
 	_Atomic uint64_t use[ANES_RES_N];
 	_Atomic uint64_t runs;        /* runs finished (steps), for status */
+	uint32_t events;              /* event handles its connections hold (loop; event.c) */
 	anes_sflow sflow;             /* its queue of device work (jobsched.h; worker.c's
 	                               * mutex), process tenants only */
 };
