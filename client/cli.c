@@ -39,6 +39,9 @@ static const char *prog_name = "aneshare";
 
 static void usage(FILE *f)
 {
+	char here[4096];
+	if (aneshare_default_socket_path(here, sizeof here) < 0)
+		snprintf(here, sizeof here, "unknown");
 	fprintf(f,
 	        "usage: %s [--socket PATH] COMMAND [ARGS]\n"
 	        "\n"
@@ -68,12 +71,13 @@ static void usage(FILE *f)
 	        "  --socket PATH               the daemon's socket (default: $ANESHARE_SOCKET, else\n"
 	        "                              ~/Library/Application Support/aneshare/aneshare.sock\n"
 	        "                              on macOS, $XDG_RUNTIME_DIR/aneshare/aneshare.sock\n"
-	        "                              elsewhere)\n"
+	        "                              elsewhere, ${TMPDIR:-/tmp}/aneshare-UID/aneshare.sock\n"
+	        "                              without XDG_RUNTIME_DIR; here: %s)\n"
 	        "  -h, --help                  show this help\n"
 	        "\n"
 	        "Outputs without --output are summarised (shape, min/max/mean, first values).\n"
 	        "Exit status: 0 success, 1 failure, 2 usage error.\n",
-	        prog_name);
+	        prog_name, here);
 }
 
 int usage_error(const char *fmt, ...)
@@ -315,22 +319,51 @@ static int weight_add(weights *ws, const char *arg)
 	return 0;
 }
 
+/* Say why connecting failed with r, and what to do; returns EXIT_FAILURE. */
+static int connect_failed(const char *socket_path, int r)
+{
+	char path[4096];
+	if (!socket_path && aneshare_default_socket_path(path, sizeof path) >= 0)
+		socket_path = path;
+	if (r == -ENAMETOOLONG && socket_path)
+		return fail("the socket path %s is %zu bytes, longer than the %zu a Unix socket path "
+		            "can hold: pass a shorter --socket PATH (or set ANESHARE_SOCKET)",
+		            socket_path, strlen(socket_path),
+		            sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+	const char *p = socket_path ? socket_path : "the daemon";
+	/* What is wrong, then on a second line what to do about it. */
+	switch (r) {
+	case -ENOENT:
+	case -ECONNREFUSED:
+		return fail("no daemon listens on %s (%s)\n"
+		            "Start one with 'aneshared' (or 'aneshare service install'), or name the "
+		            "socket of the one running with --socket PATH or ANESHARE_SOCKET.",
+		            p, aneshare_strerror(r));
+	case -EACCES:
+	case -EPERM:
+		return fail("cannot connect to %s: %s\n"
+		            "The socket belongs to another user (its directory is private to the "
+		            "daemon's user): run aneshared as yourself, or this command as its user.",
+		            p, aneshare_strerror(r));
+	case -ECONNRESET:
+	case -EPIPE:
+		return fail("the daemon on %s hung up before the handshake (%s)\n"
+		            "It takes only its own user's clients (and --allow-uid ones), up to "
+		            "--max-connections at once: its log names the reason.",
+		            p, aneshare_strerror(r));
+	case -ANESHARE_EVERSION:
+		return fail("the daemon on %s speaks another protocol version: this aneshare speaks %d\n"
+		            "Use the aneshare of the daemon's build, or restart the daemon from "
+		            "this aneshare's build.", p, ANES_PROTOCOL_VERSION);
+	default:
+		return fail("cannot connect to %s: %s", p, aneshare_strerror(r));
+	}
+}
+
 static int connect_or_fail(const char *socket_path, aneshare_conn **ret)
 {
 	int r = aneshare_connect(socket_path, "aneshare-cli", ret);
-	if (r < 0) {
-		char path[4096];
-		if (!socket_path && aneshare_default_socket_path(path, sizeof path) >= 0)
-			socket_path = path;
-		if (r == -ENAMETOOLONG && socket_path)
-			return fail("the socket path %s is %zu bytes, longer than the %zu a Unix socket path "
-			            "can hold: pass a shorter --socket PATH (or set ANESHARE_SOCKET)",
-			            socket_path, strlen(socket_path),
-			            sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-		return fail("cannot connect to %s: %s", socket_path ? socket_path : "the daemon",
-		            aneshare_strerror(r));
-	}
-	return 0;
+	return r < 0 ? connect_failed(socket_path, r) : 0;
 }
 
 static int compile_file(aneshare_conn *c, const char *file, const weights *ws,
@@ -382,7 +415,7 @@ static int connect_waiting(const char *socket_path, long wait_ms, aneshare_conn 
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
 		if ((r != -ENOENT && r != -ECONNREFUSED) || elapsed >= wait_ms)
-			return connect_or_fail(socket_path, ret);
+			return connect_failed(socket_path, r);
 		nanosleep(&(struct timespec){ .tv_nsec = 20 * 1000 * 1000 }, NULL);
 	}
 }
@@ -420,7 +453,9 @@ static int cmd_status(const char *socket_path, int argc, char **argv)
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--json")) {
 			json = true;
-		} else if (!strcmp(argv[i], "--wait") && i + 1 < argc) {
+		} else if (!strcmp(argv[i], "--wait") && i + 1 == argc) {
+			return usage_error("--wait needs a number of seconds");
+		} else if (!strcmp(argv[i], "--wait")) {
 			char *end;
 			double secs = strtod(argv[++i], &end);
 			if (*end || !(secs >= 0 && secs <= 3600))
@@ -771,6 +806,8 @@ int main(int argc, char **argv)
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (!strcmp(argv[i], "--socket") && i + 1 < argc)
 			socket_path = argv[++i];
+		else if (!strcmp(argv[i], "--socket"))
+			return usage_error("--socket needs a path");
 		else
 			return usage_error("unknown option '%s'", argv[i]);
 	}
