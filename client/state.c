@@ -93,6 +93,7 @@ ANESHARE_API int aneshare_state_create(aneshare_program *p, uint32_t fn, aneshar
 	int r = create_req(c, st, &cr, ANESC_IDEMPOTENT);
 	if (r < 0) {
 		free(st);
+		anesc_release_quiet(c, "state.release", cr.id);   /* a malformed reply's */
 		return r;
 	}
 	st->id = cr.id;
@@ -109,6 +110,7 @@ int anesc_state_restore(aneshare_conn *c, aneshare_state *st)
 	if (c->dead || c->broken)
 		return r < 0 ? r : anesc_broken_rc(c);
 	if (r < 0) {   /* refused, or its program is gone: this state is lost */
+		anesc_release_quiet(c, "state.release", cr.id);   /* the daemon's, if it made one */
 		st->lost = r;
 		st->id = 0;
 		return 0;

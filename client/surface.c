@@ -60,10 +60,11 @@ static int surface_cb(aneshare_conn *c, const msgpack_object *res, int *fds, uns
 	surface_result *sr = ud;
 	uint32_t id;
 	uint64_t size;
-	if (anes_mp_u32(res, "id", &id) < 0 || id == 0 ||
-	    anes_mp_u64(res, "size", UINT64_MAX, &size) < 0)
+	if (anes_mp_u32(res, "id", &id) < 0 || id == 0)
 		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed surface result from the daemon");
-	sr->id = id;
+	sr->id = id;   /* known from here on, so the caller can release it */
+	if (anes_mp_u64(res, "size", UINT64_MAX, &size) < 0)
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed surface result from the daemon");
 	sr->size = size;
 	if (anes_mp_get(res, "read_only") && anes_mp_bool(res, "read_only", &sr->read_only) < 0)
 		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed surface result from the daemon");
@@ -425,11 +426,10 @@ int anesc_surface_restore(aneshare_conn *c, aneshare_surface *s)
 		return r < 0 ? r : anesc_broken_rc(c);
 	/* an import by ID has the IOSurface's alloc size, which may exceed the
 	 * size the surface was created with */
-	if (r == 0 && (ios_id ? sr.size < s->size : sr.size != s->size)) {
+	if (r == 0 && (ios_id ? sr.size < s->size : sr.size != s->size))
 		r = -ANESHARE_EPROTOCOL;
-		anesc_release_quiet(c, "surface.release", sr.id);
-	}
 	if (r < 0) {   /* refused (a lower limit, out of memory...): this surface is lost */
+		anesc_release_quiet(c, "surface.release", sr.id);   /* the daemon's, if it made one */
 		s->lost = r;
 		s->id = 0;
 		return 0;
