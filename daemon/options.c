@@ -42,7 +42,8 @@ typedef struct optdef {
 static const optdef defs[] = {
 	{ "socket", T_STR, O(socket_path), 0, 0, "PATH",
 	  "listen on PATH (default: $ANESHARE_SOCKET, else ~/Library/Application Support/aneshare/"
-	  "aneshare.sock on macOS, $XDG_RUNTIME_DIR/aneshare/aneshare.sock elsewhere)" },
+	  "aneshare.sock on macOS, $XDG_RUNTIME_DIR/aneshare/aneshare.sock elsewhere, "
+	  "${TMPDIR:-/tmp}/aneshare-UID/aneshare.sock without XDG_RUNTIME_DIR)" },
 	{ "backend", T_STR, O(backend_name), 0, 0, "NAME", "compute backend: cpu, ane or auto (default auto: ane where available)" },
 	{ "workers", T_U32, O(cfg.workers), 1, 256, "N", "worker threads for compiles and runs (default 2)" },
 	{ "no-lanes", T_BOOL, O(no_lanes), 0, 0, NULL,
@@ -63,7 +64,8 @@ static const optdef defs[] = {
 	{ "interactive-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
 	  "clients of this user may ask for the interactive scheduling class (uid or name; repeatable)" },
 	{ "allow-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
-	  "also accept clients of this user (uid or name; repeatable)" },
+	  "also accept clients of this user (uid or name; repeatable); the socket's directory stays "
+	  "private (0700), so only a client that can reach the socket gets there, e.g. root's" },
 	{ "shutdown-timeout", T_U32, O(shutdown_timeout_s), 0, 3600, "SECONDS",
 	  "on SIGTERM, time in-flight requests get to finish" },
 	{ "max-frame", T_BYTES32, L(max_frame), ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST, "BYTES",
@@ -405,7 +407,16 @@ static int parse_file(anes_options *o, FILE *f, const char *name)
 		const optdef *d = find_key(key, true);
 		if (!d || !strcmp(key, "fault_inject") || !strcmp(key, "no_worker") ||
 		    !strcmp(key, "worker_fault")) {
-			fprintf(stderr, "aneshared: %s: unknown key \"%s\"\n", where, key);
+			const optdef *dashed = d ? NULL : find_key(key, false);
+			if (!strcmp(key, "no_worker"))
+				fprintf(stderr, "aneshared: %s: unknown key \"no_worker\": write worker = false\n",
+				        where);
+			else if (dashed && dashed->help && strchr(key, '-'))
+				fprintf(stderr, "aneshared: %s: unknown key \"%s\": keys are written with '_' "
+				        "for '-'\n", where, key);
+			else
+				fprintf(stderr, "aneshared: %s: unknown key \"%s\": the keys are the options "
+				        "of aneshared --help without \"--\", with '_' for '-'\n", where, key);
 			return -EINVAL;
 		}
 		if (!*val) {
@@ -528,7 +539,9 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 
 	optind = 1;
 	int c;
-	while ((c = getopt_long(argc, argv, "vhV", lopts, NULL)) != -1) {
+	/* Our own messages, not getopt's (which name argv[0], a path). */
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":vhV", lopts, NULL)) != -1) {
 		if (c >= 1000) {
 			const optdef *d = &defs[c - 1000];
 			char where[80];
@@ -558,13 +571,25 @@ int anes_options_parse(anes_options *o, int argc, char **argv)
 		case 'V':
 			printf("aneshared %s (protocol %d)\n", ANES_VERSION, ANES_PROTOCOL_VERSION);
 			return 1;
+		case ':':
+			fprintf(stderr, "aneshared: %s needs a value\nTry 'aneshared --help'.\n",
+			        argv[optind - 1]);
+			return -EINVAL;
 		default:
+			if (optopt >= 1000 || optopt == 'h' || optopt == 'V')   /* --no-lanes=1 */
+				fprintf(stderr, "aneshared: '%s': that option takes no value\n",
+				        argv[optind - 1]);
+			else if (optopt > 0)
+				fprintf(stderr, "aneshared: unknown option '-%c'\n", optopt);
+			else
+				fprintf(stderr, "aneshared: unknown or ambiguous option '%s'\n", argv[optind - 1]);
 			fprintf(stderr, "Try 'aneshared --help'.\n");
 			return -EINVAL;
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "aneshared: unexpected argument \"%s\"\n", argv[optind]);
+		fprintf(stderr, "aneshared: unexpected argument \"%s\" (it takes options only)\n"
+		        "Try 'aneshared --help'.\n", argv[optind]);
 		return -EINVAL;
 	}
 	if (o->fault_run_fail && (strncmp(o->fault_run_fail, "run_fail=", 9) != 0 ||

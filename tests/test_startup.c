@@ -62,6 +62,14 @@ Test(startup, socket_directory_must_be_usable)
 	snprintf(sock, sizeof sock, "%s/file/aneshare.sock", dir);
 	const char *in_file[] = { "--socket", sock, NULL };
 	expect_exit(dir, in_file, 78, "is not a directory");
+	/* A directory others can enter: the message says how to mend it. */
+	char open_dir[200];
+	snprintf(open_dir, sizeof open_dir, "%s/open", dir);
+	cr_assert_eq(mkdir(open_dir, 0755), 0);
+	cr_assert_eq(chmod(open_dir, 0755), 0);   /* whatever the umask */
+	snprintf(sock, sizeof sock, "%s/aneshare.sock", open_dir);
+	const char *open_mode[] = { "--socket", sock, NULL };
+	expect_exit(dir, open_mode, 78, "mode 0755): chmod 700 it if it is yours, or give --socket");
 	/* A directory whose parent does not exist cannot be made. */
 	snprintf(sock, sizeof sock, "%s/no/such/aneshare.sock", dir);
 	const char *no_parent[] = { "--socket", sock, NULL };
@@ -94,11 +102,11 @@ Test(startup, a_second_daemon_on_the_socket_is_refused)
 {
 	h_daemon d;
 	h_daemon_start(&d);
-	char dir[128], want[300];
+	char dir[128], want[400];
 	make_dir(dir, sizeof dir);
 	const char *args[] = { "--socket", d.sock, NULL };
-	snprintf(want, sizeof want, "another daemon is already listening on %s (pid %ld)", d.sock,
-	         (long)d.pid);
+	snprintf(want, sizeof want, "another daemon is already listening on %s (pid %ld): "
+	         "stop it first, or give this one another --socket PATH", d.sock, (long)d.pid);
 	expect_exit(dir, args, 1, want);
 	aneshare_conn *c = h_connect(&d, "first");
 	aneshare_status *st = h_status(c);
@@ -152,6 +160,33 @@ Test(startup, option_forms_and_their_errors)
 	char want[340];
 	snprintf(want, sizeof want, "%s:2", conf);   /* read: its second line is named */
 	expect_exit(dir, eq_form, 78, want);
+	/* An unknown key says what the keys are; a dashed one how to write it. */
+	static const struct {
+		const char *line, *says;
+	} keys[] = {
+		{ "max-frame = 64K\n", ":1: unknown key \"max-frame\": keys are written with '_' for '-'" },
+		{ "max_fram = 64K\n", "the keys are the options of aneshared --help without \"--\"" },
+		{ "no_worker = true\n", "unknown key \"no_worker\": write worker = false" },
+	};
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+		f = fopen(conf, "we");
+		cr_assert_not_null(f);
+		fputs(keys[i].line, f);
+		fclose(f);
+		expect_exit(dir, eq_form, 78, keys[i].says);
+	}
+	/* Options and arguments getopt refuses: named, with where to look. */
+	static const struct {
+		const char *arg, *says;
+	} bad[] = {
+		{ "--frob", "aneshared: unknown or ambiguous option '--frob'\nTry 'aneshared --help'." },
+		{ "--workers", "aneshared: --workers needs a value\nTry 'aneshared --help'." },
+		{ "--no-lanes=1", "aneshared: '--no-lanes=1': that option takes no value" },
+		{ "-x", "aneshared: unknown option '-x'" },
+		{ "serve", "aneshared: unexpected argument \"serve\" (it takes options only)\nTry" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		expect_exit(dir, (const char *[]){ bad[i].arg, NULL }, 78, bad[i].says);
 	const char *a_dir[] = { "--config", dir, NULL };
 	expect_exit(dir, a_dir, 78, "read error");
 	const char *fault[] = { "--fault-inject", "everything", NULL };

@@ -270,7 +270,8 @@ static int prepare_dir(const char *path, char *errbuf, size_t errlen)
 		r = -EPERM;
 		errmsg(errbuf, errlen,
 		       "socket directory %s must be owned by uid %u and not accessible to group or others "
-		       "(it is owned by uid %u, mode %04o)",
+		       "(it is owned by uid %u, mode %04o): chmod 700 it if it is yours, or give --socket "
+		       "a path in a directory of your own",
 		       dir, (unsigned)geteuid(), (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
 		goto out;
 	}
@@ -294,10 +295,12 @@ static int take_lock(anes_server *srv, char *errbuf, size_t errlen)
 			ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
 			long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
 			if (pid > 0)
-				errmsg(errbuf, errlen, "another daemon is already listening on %s (pid %ld)",
+				errmsg(errbuf, errlen, "another daemon is already listening on %s (pid %ld): "
+				       "stop it first, or give this one another --socket PATH",
 				       srv->socket_path, pid);
 			else
-				errmsg(errbuf, errlen, "another daemon is already listening on %s",
+				errmsg(errbuf, errlen, "another daemon is already listening on %s: "
+				       "stop it first, or give this one another --socket PATH",
 				       srv->socket_path);
 			r = -EADDRINUSE;
 		} else {
