@@ -84,12 +84,18 @@ static char *read_file(const char *path)
 
 int main(int argc, char **argv)
 {
+	if (argc > 3 || (argc > 1 && argv[1][0] == '-')) {
+		bool help = !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help");
+		fprintf(help ? stdout : stderr, "usage: async_client [SOCKET] [RUNS]\n");
+		return help ? 0 : 2;
+	}
 	const char *sock = argc > 1 ? argv[1] : NULL;
 	app a = { .target = argc > 2 ? atol(argv[2]) : 10000 };
 	aneshare_conn *c;
 	int r = aneshare_connect(sock, "async_client", &c);
 	if (r < 0) {
-		fprintf(stderr, "connect: %s\n", aneshare_strerror(r));
+		fprintf(stderr, "async_client: cannot connect to %s: %s (is aneshared running there?)\n",
+		        sock ? sock : "the daemon's default socket", aneshare_strerror(r));
 		return 1;
 	}
 	char *mil = read_file(ANES_EXAMPLES_DIR "/dynamic_matmul.mil");

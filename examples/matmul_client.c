@@ -72,9 +72,10 @@ int main(int argc, char **argv)
 		} else if (argv[i][0] != '-') {
 			mil_path = argv[i];
 		} else {
-			fprintf(stderr, "usage: %s [--socket PATH] [--sets N] [--runs N] [FILE.mil]\n",
-			        argv[0]);
-			return 2;
+			bool help = !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
+			fprintf(help ? stdout : stderr,
+			        "usage: matmul_client [--socket PATH] [--sets N] [--runs N] [FILE.mil]\n");
+			return help ? 0 : 2;
 		}
 	}
 	if (sets < 1 || runs < 1 || runs > 100000) {
@@ -97,7 +98,8 @@ int main(int argc, char **argv)
 
 	int r = aneshare_connect(socket_path, "matmul_client", &c);
 	if (r < 0) {
-		fprintf(stderr, "matmul_client: connect: %s\n", aneshare_strerror(r));
+		fprintf(stderr, "matmul_client: cannot connect to %s: %s (is aneshared running there?)\n",
+		        socket_path ? socket_path : "the daemon's default socket", aneshare_strerror(r));
 		free(mil);
 		return 1;
 	}

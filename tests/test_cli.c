@@ -161,3 +161,21 @@ Test(cli_errors, help_names_the_default_socket)
 	           (const char *const[]){ want, "${TMPDIR:-/tmp}/aneshare-UID/aneshare.sock", NULL });
 	rm_dir(d.dir);
 }
+
+/* The example client: --help is an answer (exit 0), and no daemon is named. */
+Test(cli_errors, the_example_client_explains_itself)
+{
+	h_daemon d;
+	no_daemon(&d);
+	char out[4096];
+	int got = h_run_tool(&d, "MATMUL_CLIENT", out, sizeof out, (const char *[]){ "--help", NULL });
+	cr_expect_eq(got, 0, "matmul_client --help: exit %d: %s", got, out);
+	cr_expect(strstr(out, "usage: matmul_client [--socket PATH]"), "%s", out);
+	got = h_run_tool(&d, "MATMUL_CLIENT", out, sizeof out, (const char *[]){ NULL });
+	cr_expect_eq(got, 1, "%s", out);
+	char want[300];
+	snprintf(want, sizeof want, "cannot connect to %s: No such file or directory (is aneshared running there?)",
+	         d.sock);
+	cr_expect(strstr(out, want), "%s", out);
+	rm_dir(d.dir);
+}
