@@ -826,6 +826,7 @@ Test(worker, more_programs_than_one_budget)
 	cr_assert_geq(w.restarts, 6, "restarts %llu: the churn did not replace workers",
 	              (unsigned long long)w.restarts);
 	cr_assert_gt(w.recompiles, 6);
+	show_log("started (");
 	show_log("compiled again");
 	h_wait_counts(obs, 0, 0);
 	aneshare_disconnect(obs);
@@ -905,6 +906,7 @@ Test(worker, restart_time_with_many_programs)
 		sq_check(a, &s[k], k);
 	sq_check(a, &s[N + 1], 7);
 	sq_check(rn.c, &rn.s, 8);
+	show_log("started (");
 	show_log("compiled again");
 	for (int k = 0; k < N; k++)
 		sq_release(&s[k]);
