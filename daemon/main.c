@@ -204,6 +204,9 @@ int main(int argc, char **argv)
 	}
 	fprintf(stderr, "aneshared: %s listening on %s (backend %s, pid %ld)\n", ANES_VERSION,
 	        anes_server_socket_path(srv), backend->ops->name, (long)getpid());
+	if (geteuid() == 0)   /* a daemon run with sudo: its users' clients look elsewhere */
+		fprintf(stderr, "aneshared: running as root: only root's programs can reach the socket "
+		        "(its directory is 0700); run aneshared as the user whose programs use it\n");
 	pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
 	r = anes_server_run(srv);
 	fprintf(stderr, "aneshared: stopped\n");

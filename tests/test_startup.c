@@ -117,6 +117,21 @@ Test(startup, a_second_daemon_on_the_socket_is_refused)
 	rm_dir(dir);
 }
 
+/* A daemon run as root says at start that only root's programs reach its
+ * socket (a user who started it with sudo would look for it in vain); one
+ * run as a user says nothing of the kind. */
+Test(startup, a_daemon_run_as_root_says_who_can_reach_it)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	char *log = tu_read_file(d.log);
+	cr_assert_not_null(log);
+	bool said = strstr(log, "aneshared: running as root: only root's programs can reach the socket") != NULL;
+	cr_expect_eq(said, geteuid() == 0, "euid %u: %s", (unsigned)geteuid(), log);
+	free(log);
+	h_daemon_stop(&d);
+}
+
 /* Limits that cannot hold together: exit 78 naming them. */
 Test(startup, limits_that_do_not_fit_together)
 {
