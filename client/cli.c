@@ -686,7 +686,12 @@ static int run_program(aneshare_conn *c, run_opts *o)
 			if (!strcmp(aneshare_program_function_name(p, fn), o->function))
 				break;
 		if (fn == aneshare_program_function_count(p)) {
-			rc = fail("%s: no function '%s'", o->file, o->function);
+			char names[512] = "";
+			size_t len = 0;
+			for (uint32_t f = 0; f < fn && len < sizeof names; f++)
+				len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", f ? ", " : "",
+				                        aneshare_program_function_name(p, f));
+			rc = fail("%s: no function '%s' (it has: %s)", o->file, o->function, names);
 			goto out;
 		}
 	}

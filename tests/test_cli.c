@@ -179,3 +179,16 @@ Test(cli_errors, the_example_client_explains_itself)
 	cr_expect(strstr(out, want), "%s", out);
 	rm_dir(d.dir);
 }
+
+/* run --function with a name the program does not have lists the ones it has. */
+Test(cli_errors, an_unknown_function_lists_the_functions)
+{
+	h_daemon d;
+	h_daemon_start(&d);
+	char mil[512], want[700];
+	snprintf(mil, sizeof mil, "%s/examples/dynamic_matmul.mil", ANES_SOURCE_DIR);
+	snprintf(want, sizeof want, "%s: no function 'nope' (it has: main)", mil);
+	expect_cli(&d, (const char *[]){ "run", mil, "--fill", "zeros", "--function", "nope", NULL }, 1,
+	           (const char *const[]){ want, NULL });
+	h_daemon_stop(&d);
+}
