@@ -17,6 +17,7 @@
  * included).  The limits are raised for the run (--max-mil-*).
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,8 +128,17 @@ int main(int argc, char **argv)
 	int n = 3;
 	if (argc > 1) {
 		n = 0;
-		for (int i = 1; i < argc && n < 16; i++)
-			sizes[n++] = strtoul(argv[i], NULL, 10);
+		for (int i = 1; i < argc && n < 16; i++) {
+			char *end;
+			errno = 0;
+			sizes[n++] = strtoul(argv[i], &end, 10);
+			if (errno || *end || end == argv[i] || sizes[n - 1] == 0) {
+				bool help = !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
+				fprintf(help ? stdout : stderr,
+				        "usage: bench_mil [STATEMENTS...]   (default: 10000 100000 1000000)\n");
+				return help ? 0 : 2;
+			}
+		}
 	}
 	printf("| MIL statements | counted (limit) | text MiB | parse ms (CPU) | ns/statement | program MiB | bytes/statement | "
 	       "peak RSS growth MiB | RSS bytes/statement |\n|---|---|---|---|---|---|---|---|---|\n");
