@@ -629,9 +629,10 @@ static void clamp_fd_limits(anes_server *srv)
 		uint64_t other = (uint64_t)l->max_connections + 64;
 		uint64_t room = rl.rlim_cur > other + 64 ? rl.rlim_cur - other : 64;
 		if (l->max_daemon_fds > room) {
-			anes_log("fd limit %llu: at most %llu surfaces of all clients keep an fd "
-			         "(max_daemon_fds was %llu)", (unsigned long long)rl.rlim_cur,
-			         (unsigned long long)room, (unsigned long long)l->max_daemon_fds);
+			anes_log("max_daemon_fds lowered from %llu to %llu to fit the file descriptor "
+			         "limit %llu (less the connections and a margin)",
+			         (unsigned long long)l->max_daemon_fds, (unsigned long long)room,
+			         (unsigned long long)rl.rlim_cur);
 			l->max_daemon_fds = room;
 		}
 	}
