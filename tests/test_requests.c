@@ -240,6 +240,9 @@ Test(requests, hello_faults_name_the_field)
 	             ANES_WERR_INVALID_PARAMS, "priority must be");
 	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 99}"), ANES_WERR_VERSION,
 	             "protocol version 99 is not supported");
+	/* The version is checked first: another version's fields are not judged by this one's rules. */
+	expect_error(call(&rc, "hello", NULL, 0, NULL, "{protocol: 2, priority: \"realtime\"}"),
+	             ANES_WERR_VERSION, "protocol version 2 is not supported");
 	/* None of those counted as the hello: this one does, once. */
 	h_reply ok = call(&rc, "hello", NULL, 0, "protocol", "{protocol: 1, client: \"requests\"}");
 	cr_assert_eq(ok.code, 0, "%s", ok.message);

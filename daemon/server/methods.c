@@ -128,6 +128,13 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		anes_reply_param(c, m, "protocol", r);
 		return;
 	}
+	/* First: a client of another version may send other fields, or other values. */
+	if (version != ANES_PROTOCOL_VERSION) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_VERSION,
+		                      "protocol version %llu is not supported (this daemon speaks %d)",
+		                      (unsigned long long)version, ANES_PROTOCOL_VERSION);
+		return;
+	}
 	r = anes_mp_str(m->params, "client", ANES_CLIENT_NAME_MAX, &name, &name_len);
 	if (r < 0 && r != -ENOENT) {
 		anes_reply_param(c, m, "client", r);
@@ -160,12 +167,6 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 			                      "(the daemon's interactive_uid)", (unsigned)c->tenant->uid);
 			return;
 		}
-	}
-	if (version != ANES_PROTOCOL_VERSION) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_VERSION,
-		                      "protocol version %llu is not supported (this daemon speaks %d)",
-		                      (unsigned long long)version, ANES_PROTOCOL_VERSION);
-		return;
 	}
 	/* The name only goes into logs: keep it printable. */
 	for (uint32_t i = 0; i < name_len; i++) {
