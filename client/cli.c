@@ -323,6 +323,8 @@ static int weight_add(weights *ws, const char *arg)
 static int connect_failed(const char *socket_path, int r)
 {
 	char path[4096];
+	const char *env = getenv("ANESHARE_SOCKET");
+	bool from_env = !socket_path && env && *env;
 	if (!socket_path && aneshare_default_socket_path(path, sizeof path) >= 0)
 		socket_path = path;
 	if (r == -ENAMETOOLONG && socket_path)
@@ -330,12 +332,15 @@ static int connect_failed(const char *socket_path, int r)
 		            "can hold: pass a shorter --socket PATH (or set ANESHARE_SOCKET)",
 		            socket_path, strlen(socket_path),
 		            sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-	const char *p = socket_path ? socket_path : "the daemon";
+	char named[4200];
+	snprintf(named, sizeof named, "%s%s", socket_path ? socket_path : "the daemon",
+	         from_env ? " (from ANESHARE_SOCKET)" : "");
+	const char *p = named;
 	/* What is wrong, then on a second line what to do about it. */
 	switch (r) {
 	case -ENOENT:
 	case -ECONNREFUSED:
-		return fail("no daemon listens on %s (%s)\n"
+		return fail("no daemon listens on %s: %s\n"
 		            "Start one with 'aneshared' (or 'aneshare service install'), or name the "
 		            "socket of the one running with --socket PATH or ANESHARE_SOCKET.",
 		            p, aneshare_strerror(r));
@@ -347,7 +352,7 @@ static int connect_failed(const char *socket_path, int r)
 		            p, aneshare_strerror(r));
 	case -ECONNRESET:
 	case -EPIPE:
-		return fail("the daemon on %s hung up before the handshake (%s)\n"
+		return fail("the daemon on %s hung up before the handshake: %s\n"
 		            "It takes only its own user's clients (and --allow-uid ones), up to "
 		            "--max-connections at once: its log names the reason.",
 		            p, aneshare_strerror(r));

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -59,15 +60,40 @@ Test(cli_errors, no_daemon_says_how_to_start_one)
 	h_daemon d;
 	no_daemon(&d);
 	char want[300];
-	snprintf(want, sizeof want, "no daemon listens on %s (No such file or directory)", d.sock);
+	snprintf(want, sizeof want, "no daemon listens on %s: No such file or directory", d.sock);
 	const char *const says[] = { want, "Start one with 'aneshared'", "--socket PATH", NULL };
 	expect_cli(&d, (const char *[]){ "status", NULL }, 1, says);
 	expect_cli(&d, (const char *[]){ "compile", "x.mil", NULL }, 1, says);
 
 	/* The socket file a daemon killed with SIGKILL leaves behind. */
 	close(h_fake_listen(d.sock));
-	snprintf(want, sizeof want, "no daemon listens on %s (Connection refused)", d.sock);
+	snprintf(want, sizeof want, "no daemon listens on %s: Connection refused", d.sock);
 	expect_cli(&d, (const char *[]){ "status", "--wait", "0.1", NULL }, 1, says);
+	rm_dir(d.dir);
+}
+
+/* A path that came from ANESHARE_SOCKET is said to: the user did not type it. */
+Test(cli_errors, a_socket_from_the_environment_is_named_so)
+{
+	h_daemon d;
+	no_daemon(&d);
+	char out[4096], want[300];
+	cr_assert_eq(setenv("ANESHARE_SOCKET", d.sock, 1), 0);   /* the CLI inherits it */
+	/* h_run_tool gives --socket: run the CLI by hand, without it. */
+	const char *exe = getenv("ANESHARE_CLI");
+	cr_assert_not_null(exe);
+	char cmd[600];
+	snprintf(cmd, sizeof cmd, "'%s' status > '%s/out' 2>&1", exe, d.dir);
+	int st = system(cmd);
+	unsetenv("ANESHARE_SOCKET");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x", st);
+	snprintf(cmd, sizeof cmd, "%s/out", d.dir);
+	char *text = tu_read_file(cmd);
+	cr_assert_not_null(text);
+	snprintf(out, sizeof out, "%s", text);
+	free(text);
+	snprintf(want, sizeof want, "no daemon listens on %s (from ANESHARE_SOCKET): No such file", d.sock);
+	cr_expect(strstr(out, want), "%s", out);
 	rm_dir(d.dir);
 }
 
