@@ -1868,6 +1868,8 @@ ANE_TEST(daemon_backend_ane_exits_without_an_ane)
 	int status = wait_exit(&d);
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status 0x%x; stderr:\n%s", status, d.out);
 	cr_assert(strstr(d.out, "aneshared: no ANE on this machine ("), "stderr:\n%s", d.out);
+	cr_assert(strstr(d.out, "); --backend cpu (or auto) runs the CPU reference backend\n"),
+	          "no way out named:\n%s", d.out);
 }
 
 ANE_TEST(daemon_backend_auto_picks_cpu)

@@ -70,7 +70,8 @@ int anes_backend_open(const anes_backend_choice *c, anes_backend **ret, char *wh
 		char probe[512] = "";
 		r = anes_backend_new_local("ane", &b, probe, sizeof probe);
 		if (r < 0 && strcmp(c->backend, "ane") == 0) {
-			snprintf(why, whylen, "%s", probe[0] ? probe : strerror(-r));
+			snprintf(why, whylen, "%.400s; --backend cpu (or auto) runs the CPU reference backend",
+			         probe[0] ? probe : strerror(-r));
 			return r == -EINVAL ? -EIO : r;   /* not a configuration error */
 		}
 		if (r < 0)
