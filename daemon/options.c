@@ -192,32 +192,68 @@ static const optdef defs[] = {
 };
 #define N_DEFS (sizeof(defs) / sizeof(defs[0]))
 
+/* Print text from column HELP_COL on, wrapped before column HELP_WIDTH ("(default N)"
+ * stays on one line; a longer word stays whole). */
+#define HELP_COL 33
+#define HELP_WIDTH 100
+static void print_wrapped(FILE *f, const char *text)
+{
+	size_t col = HELP_COL;
+	const char *s = text;
+	for (;;) {
+		while (*s == ' ')
+			s++;
+		size_t w = strcspn(s, " ");
+		if (!w)
+			break;
+		if (w == strlen("(default") && !strncmp(s, "(default", w) && s[w] == ' ')
+			w += 1 + strcspn(s + w + 1, " ");
+		if (col > HELP_COL && col + 1 + w > HELP_WIDTH) {
+			fprintf(f, "\n%*s", HELP_COL, "");
+			col = HELP_COL;
+		} else if (col > HELP_COL) {
+			fputc(' ', f);
+			col++;
+		}
+		fwrite(s, 1, w, f);
+		col += w;
+		s += w;
+	}
+	fputc('\n', f);
+}
+
 static void usage(FILE *f, const anes_options *dflt)
 {
 	fprintf(f,
 	        "Usage: aneshared [OPTIONS]\n"
 	        "Share compiled neural-network programs and memory surfaces between processes.\n\n"
-	        "  %-30s read settings from FILE (default: $XDG_CONFIG_HOME/aneshare/aneshared.conf\n"
-	        "  %-30s or ~/.config/aneshare/aneshared.conf, if it exists); every option below is\n"
-	        "  %-30s also a \"key = value\" line there, with '_' for '-' (max_inflight = 32);\n"
-	        "  %-30s the command line wins\n",
-	        "--config FILE", "", "", "");
+	        "  %-*s ", HELP_COL - 3, "--config FILE");
+	print_wrapped(f, "read settings from FILE (default: $XDG_CONFIG_HOME/aneshare/aneshared.conf "
+	                 "or ~/.config/aneshare/aneshared.conf, if it exists); every option below is "
+	                 "also a \"key = value\" line there, with '_' for '-' (max_inflight = 32); "
+	                 "the command line wins");
 	for (size_t i = 0; i < N_DEFS; i++) {
 		const optdef *d = &defs[i];
 		if (!d->help)
 			continue;
-		char left[64];
+		char left[64], text[1024];
 		snprintf(left, sizeof left, "--%s%s%s", d->key, d->arg ? " " : "", d->arg ? d->arg : "");
-		fprintf(f, "  %-30s %s", left, d->help);
+		if (strlen(left) > HELP_COL - 3)   /* the text starts on the next line */
+			fprintf(f, "  %s\n%*s", left, HELP_COL, "");
+		else
+			fprintf(f, "  %-*s ", HELP_COL - 3, left);
 		const void *p = (const char *)dflt + d->off;
 		/* A help text that says its default itself (a rule rather than one
 		 * number, or a number the rest of the text explains) gets no second one. */
 		bool says_default = strstr(d->help, "(default") != NULL;
 		if (!says_default && (d->type == T_U32 || d->type == T_BYTES32))
-			fprintf(f, " (default %u)", *(const uint32_t *)p);
+			snprintf(text, sizeof text, "%s (default %u)", d->help, *(const uint32_t *)p);
 		else if (!says_default && (d->type == T_U64 || d->type == T_BYTES))
-			fprintf(f, " (default %llu)", (unsigned long long)*(const uint64_t *)p);
-		fputc('\n', f);
+			snprintf(text, sizeof text, "%s (default %llu)", d->help,
+			         (unsigned long long)*(const uint64_t *)p);
+		else
+			snprintf(text, sizeof text, "%s", d->help);
+		print_wrapped(f, text);
 	}
 	fprintf(f,
 	        "  -v                             same as --verbose\n"

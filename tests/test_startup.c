@@ -253,9 +253,9 @@ Test(startup, the_worker_child_refuses_a_bad_command_line)
 	rm_dir(dir);
 }
 
-/* --help: every option line ends with its default once, whether the help text
- * says it (a rule such as "1/4 of the machine's memory") or the daemon prints
- * the number; --help exits 0. */
+/* --help: every option's text ends with its default once, whether the help
+ * text says it (a rule such as "1/4 of the machine's memory") or the daemon
+ * prints the number; lines are wrapped within 100 columns; --help exits 0. */
 Test(startup, help_names_each_default_once)
 {
 	char dir[128], out[65536];
@@ -264,14 +264,25 @@ Test(startup, help_names_each_default_once)
 	int got = h_run_aneshared(dir, args, out, sizeof out);
 	cr_assert_eq(got, 0, "--help: exit %d: %s", got, out);
 	cr_assert(strstr(out, "--max-frame"), "--help lists no --max-frame: %s", out);
-	int options = 0;
+	/* An option's text goes on over the lines indented to its column: join
+	 * them, then judge each option whole. */
+	static char opt[128][2048];
+	int options = 0, longest = 0;
 	for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
-		if (strncmp(line, "  --", 4))
-			continue;
-		options++;
-		const char *first = strstr(line, "(default");
-		cr_expect(!first || !strstr(first + 1, "(default"), "a default said twice: %s", line);
+		int len = (int)strlen(line);
+		longest = len > longest ? len : longest;
+		if (!strncmp(line, "  --", 4) && options < 128) {
+			snprintf(opt[options++], sizeof opt[0], "%s", line);
+		} else if (options && !strncmp(line, "                                 ", 33)) {
+			size_t n = strlen(opt[options - 1]);
+			snprintf(opt[options - 1] + n, sizeof opt[0] - n, " %s", line + 33);
+		}
 	}
-	cr_expect_gt(options, 40, "only %d option lines", options);
+	for (int i = 0; i < options; i++) {
+		const char *first = strstr(opt[i], "(default");
+		cr_expect(!first || !strstr(first + 1, "(default"), "a default said twice: %s", opt[i]);
+	}
+	cr_expect_gt(options, 40, "only %d options", options);
+	cr_expect_leq(longest, 100, "a help line of %d columns", longest);
 	rm_dir(dir);
 }
