@@ -63,6 +63,8 @@ enum aneshare_error {
 	ANESHARE_EWORKER_RESTARTED = ANESHARE_EBASE + 18, /* the device worker was lost and restarted; not done */
 	ANESHARE_ENO_SUCH_STATE = ANESHARE_EBASE + 19,
 	ANESHARE_ESTATE_LOST = ANESHARE_EBASE + 20,     /* the state's contents are unknown: reset it */
+	ANESHARE_ENO_SUCH_EVENT = ANESHARE_EBASE + 21,
+	ANESHARE_EEVENT_CLOSED = ANESHARE_EBASE + 22,   /* the event closed below the value waited for */
 
 	/* The library's own codes, clear of the daemon's (wire codes 1-8999). */
 	ANESHARE_EDISCONNECTED = ANESHARE_EBASE + 9001, /* connection lost: retryable */
@@ -85,6 +87,7 @@ typedef struct aneshare_conn aneshare_conn;
 typedef struct aneshare_surface aneshare_surface;
 typedef struct aneshare_program aneshare_program;
 typedef struct aneshare_state aneshare_state;
+typedef struct aneshare_event aneshare_event;
 
 /* ---- connection ---------------------------------------------------------- */
 
@@ -175,6 +178,12 @@ ANESHARE_API const char *aneshare_last_error(const aneshare_conn *conn);
  *    -ANESHARE_ENO_SUCH_PROGRAM, and it still has to be released (a state
  *    the new daemon refuses, or whose program was released or lost: runs
  *    on it fail with -ANESHARE_ENO_SUCH_STATE).
+ *  - events (see "events") are not restored: they lived in the old daemon,
+ *    with their values and waiters.  Every later call on an event made
+ *    before the reconnect fails with -ANESHARE_EEVENT_CLOSED (except
+ *    aneshare_event_release, which frees it locally and returns 0), and a
+ *    run naming one in its wait or signal list fails the same way before
+ *    it is sent.  The app creates new events and exports them again.
  *  - aneshare_server() describes the new daemon afterwards.
  * The cost: the library keeps one fd (the memfd) per live surface, and per
  * live program a copy of its MIL text and what sends its weights again:
@@ -730,6 +739,166 @@ ANESHARE_API int aneshare_dispatch(aneshare_conn *conn);
 
 /* Async calls whose callback has not been called yet. */
 ANESHARE_API size_t aneshare_async_outstanding(const aneshare_conn *conn);
+
+/* ---- events: ordering runs between processes -----------------------------------
+ *
+ * An event is a timeline kept by the daemon: a 64-bit value that starts at 0
+ * and only grows (like Metal's MTLSharedEvent or a Vulkan timeline
+ * semaphore; docs/protocol.md, "Events").  The connection that creates one
+ * owns it and is the only one that raises it; other connections get a
+ * wait-only handle by token, as for surfaces (aneshare_event_export, then
+ * aneshare_event_import_token in the other process).  A run can wait for
+ * events before it starts and signal events when it succeeds (the wait and
+ * signal lists of aneshare_run_opts): the daemon starts a run submitted
+ * ahead the moment its waits are met, without waking any client process.
+ *
+ * Closing: an event closes when its owner's handle is released (or the
+ * owner's connection closed) and no run that signals it is still pending.
+ * A closed event keeps its value: waits for values it reached succeed,
+ * waits for higher values fail with -ANESHARE_EEVENT_CLOSED (runs waiting
+ * for it fail the same way, and nothing of them runs).  A run that fails
+ * signals nothing.  Handles are released with aneshare_event_release (or
+ * freed by aneshare_disconnect); releasing a handle does not stop the runs
+ * and waits already sent that name it.
+ *
+ * Reconnecting: events do not survive a daemon restart (see
+ * "reconnecting": calls on an event made before fail with
+ * -ANESHARE_EEVENT_CLOSED).
+ */
+
+/* A new event on conn, value 0, owned by this connection (the only one that
+ * can signal it).  -ANESHARE_ELIMIT over the daemon's max_events_per_conn
+ * or max_daemon_events.  On success *ret is owned by the caller:
+ * aneshare_event_release(). */
+ANESHARE_API int aneshare_event_create(aneshare_conn *conn, aneshare_event **ret);
+
+/* Raise ev (this connection's own event) to value, which must be greater
+ * than its value now (else -ANESHARE_EINVALID_PARAMS; the daemon's message
+ * names the current value).  Runs and waits it meets go on at once.  An
+ * imported handle cannot signal: -ANESHARE_EINVALID_PARAMS, said by the
+ * library before anything is sent.  Blocks for the daemon's answer. */
+ANESHARE_API int aneshare_event_signal(aneshare_event *ev, uint64_t value);
+
+/* Block until ev's value is at least value (at once if it is already);
+ * *ret_value (may be NULL) is its value then.  -ANESHARE_EEVENT_CLOSED if
+ * the event closed below value; -ANESHARE_ELIMIT over the daemon's
+ * max_event_waits pending waits of this connection.  There is no timeout:
+ * a wait for a value nobody signals lasts until the owner releases the
+ * event (or the connection breaks); use aneshare_event_wait_async with
+ * aneshare_dispatch for a wait the caller can give up. */
+ANESHARE_API int aneshare_event_wait(aneshare_event *ev, uint64_t value, uint64_t *ret_value);
+
+/* aneshare_event_wait without blocking: cb (not NULL) is called once, as
+ * for aneshare_run_async (res->rc 0 when the value was reached), from a
+ * later aneshare_dispatch (or aneshare_disconnect, with -ECANCELED).  The
+ * event may be released before the callback.  0 once the request is
+ * queued, or a negative code (then cb is never called). */
+ANESHARE_API int aneshare_event_wait_async(aneshare_event *ev, uint64_t value, aneshare_done_fn cb,
+                                           void *userdata);
+
+/* ev's value now, asked of the daemon (a wait for 0, answered at once). */
+ANESHARE_API int aneshare_event_value(aneshare_event *ev, uint64_t *ret_value);
+
+/* A token for ev, as aneshare_surface_export gives for a surface (the same
+ * text, the same uses, ttl and limits; opts NULL means the defaults;
+ * opts->read_only means nothing here and is ignored: every import is
+ * wait-only).  Any holder may export, an importer too.  The token dies
+ * with this handle.  On success *ret_token holds the token and, if
+ * ret_expires_ms is not NULL, *ret_expires_ms its lifetime in ms. */
+ANESHARE_API int aneshare_event_export(aneshare_event *ev, const aneshare_export_opts *opts,
+                                       aneshare_token *ret_token, uint64_t *ret_expires_ms);
+
+/* A wait-only handle on this connection to the event a token names (token:
+ * its text, borrowed for the call; checked here before anything is sent:
+ * -EINVAL unless ANESHARE_TOKEN_LEN lowercase hex digits).  A token that
+ * is unknown, used up, expired, or a surface's: -ANESHARE_ENO_SUCH_EVENT
+ * (failed imports of events and surfaces count together for the daemon's
+ * slow-down, see aneshare_surface_import_token).  On success *ret is owned
+ * by the caller: aneshare_event_release(). */
+ANESHARE_API int aneshare_event_import_token(aneshare_conn *conn, const char *token,
+                                             aneshare_event **ret);
+
+/* True if ev is an imported (wait-only) handle; false for NULL. */
+ANESHARE_API bool aneshare_event_imported(const aneshare_event *ev);
+
+/* Drop the handle.  Releasing the owner's handle closes the event once the
+ * runs that signal it are done.  Accepts NULL (returns 0).  The pointer is
+ * invalid afterwards, whatever the result.  Never reconnects: returns 0 if
+ * the connection is broken or the event died with a daemon before it. */
+ANESHARE_API int aneshare_event_release(aneshare_event *ev);
+
+/* ---- runs with options: states, waits and signals ------------------------------ */
+
+/* Entries in a run's wait list and in its signal list (the daemon's limit). */
+#define ANESHARE_MAX_RUN_EVENTS 8
+
+/* An event and a value: in a wait list, the run starts once the event's
+ * value is at least value; in a signal list, a run that succeeds raises
+ * the event (this connection's own, not imported) to value before its
+ * reply is sent (a client that has the reply may rely on it). */
+typedef struct aneshare_event_point {
+	aneshare_event *event;      /* borrowed for the call */
+	uint64_t value;
+} aneshare_event_point;
+
+/* How a run is made.  Zero-initialise it: all zero is a plain run of
+ * function 0 (aneshare_run).  The struct and the arrays it points to are
+ * borrowed for the call only (a run submitted ahead keeps nothing of
+ * them; its events may be released meanwhile).  Extending it: later
+ * versions give reserved entries a meaning whose zero is today's
+ * behaviour, so the struct's size and layout never change; this version
+ * refuses a non-zero reserved entry (-EINVAL) rather than ignore a field it
+ * does not know. */
+typedef struct aneshare_run_opts {
+	uint32_t function;                   /* index, 0 = main (for a chain: 0, the steps say) */
+	aneshare_state *state;               /* NULL, or the state to run on (a chain: NULL,
+	                                      * see aneshare_run_chain_ex) */
+	const aneshare_event_point *wait;    /* n_wait entries (at most ANESHARE_MAX_RUN_EVENTS):
+	                                      * the run starts once all are met */
+	size_t n_wait;
+	const aneshare_event_point *signal;  /* n_signal entries (at most ANESHARE_MAX_RUN_EVENTS):
+	                                      * raised when the run succeeds */
+	size_t n_signal;
+	uint64_t reserved[4];                /* 0 */
+} aneshare_run_opts;
+
+/* aneshare_run, aneshare_run_submit and aneshare_run_async with options
+ * (opts NULL: as the plain calls with fn 0).  A run whose waits are not met
+ * yet is accepted and parked by the daemon: it holds no thread, does not
+ * hold back the connection's other runs and counts as a queued run; a
+ * blocking aneshare_run_ex waits until it is met and done.  Submit runs
+ * ahead this way (aneshare_run_submit_ex, aneshare_run_async_ex) and the
+ * daemon starts each as soon as its waits are met.  Errors besides the
+ * plain calls', found before anything is sent: -EINVAL (more than
+ * ANESHARE_MAX_RUN_EVENTS entries in a list, a list NULL with a count, a
+ * NULL event, an event of another connection, a non-zero reserved entry),
+ * -ANESHARE_EINVALID_PARAMS (an imported event in the signal list, an
+ * event twice in one list), -ANESHARE_EEVENT_CLOSED (an event made before
+ * a reconnect); from the daemon: -ANESHARE_ENO_SUCH_EVENT,
+ * -ANESHARE_EINVALID_PARAMS (a signal value not above the event's value
+ * now), and -ANESHARE_EEVENT_CLOSED when an event it waits for closes
+ * below the value (nothing of it ran). */
+ANESHARE_API int aneshare_run_ex(aneshare_program *p,
+                                 aneshare_surface *const *inputs, size_t n_inputs,
+                                 aneshare_surface *const *outputs, size_t n_outputs,
+                                 const aneshare_run_opts *opts);
+ANESHARE_API int aneshare_run_submit_ex(aneshare_program *p,
+                                        aneshare_surface *const *inputs, size_t n_inputs,
+                                        aneshare_surface *const *outputs, size_t n_outputs,
+                                        const aneshare_run_opts *opts, uint32_t *ret_ticket);
+ANESHARE_API int aneshare_run_async_ex(aneshare_program *p,
+                                       aneshare_surface *const *inputs, size_t n_inputs,
+                                       aneshare_surface *const *outputs, size_t n_outputs,
+                                       const aneshare_run_opts *opts,
+                                       aneshare_done_fn cb, void *userdata);
+
+/* aneshare_run_chain_states with options: the chain waits before its
+ * first step and signals after its last.  opts->function and opts->state
+ * must be 0 and NULL (-EINVAL): each step names its function, states[i]
+ * (states may be NULL) its state. */
+ANESHARE_API int aneshare_run_chain_ex(aneshare_conn *conn, const aneshare_step *steps,
+                                       aneshare_state *const *states, size_t n_steps,
+                                       const aneshare_run_opts *opts);
 
 /* ---- status ----------------------------------------------------------------- */
 

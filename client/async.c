@@ -51,7 +51,7 @@ int anesc_check_step(aneshare_conn *c, const char *pre, const aneshare_step *st)
 
 /* states: NULL, or one state (or NULL) per step. */
 static int check_steps(aneshare_conn *c, const aneshare_step *steps, aneshare_state *const *states,
-                       size_t n)
+                       size_t n, bool chain)
 {
 	if (!steps || n == 0 || n > ANESHARE_MAX_STEPS)
 		return anesc_fail(c, -EINVAL, "a chain has 1 to %d steps", ANESHARE_MAX_STEPS);
@@ -59,8 +59,9 @@ static int check_steps(aneshare_conn *c, const aneshare_step *steps, aneshare_st
 		const aneshare_step *st = &steps[i];
 		if (!st->program || st->program->conn != c)
 			return anesc_fail(c, -EINVAL, "step %zu: program is NULL or from another connection", i);
-		char pre[32];
-		snprintf(pre, sizeof pre, "step %zu: ", i);
+		char pre[32] = "";   /* a single run's messages name no step */
+		if (chain)
+			snprintf(pre, sizeof pre, "step %zu: ", i);
 		int r = anesc_check_step(c, pre, st);
 		if (r == 0 && states && states[i])
 			r = anesc_state_check(c, pre, states[i]);
@@ -128,6 +129,7 @@ typedef struct run_req {
 	aneshare_state *const *states;   /* NULL, or one (or NULL) per step */
 	size_t n;
 	bool chain;
+	const aneshare_run_opts *o;      /* NULL, or its wait and signal lists */
 } run_req;
 
 static const aneshare_state *step_state(const run_req *rr, size_t i)
@@ -140,8 +142,10 @@ static const aneshare_state *step_state(const run_req *rr, size_t i)
 static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
 {
 	const run_req *rr = ud;
-	if (!rr->chain)
-		return anesc_pack_step(c, pk, &rr->steps[0], step_state(rr, 0));
+	if (!rr->chain) {
+		int r = anesc_pack_step(c, pk, &rr->steps[0], step_state(rr, 0));
+		return r < 0 ? r : anesc_pack_events(c, pk, rr->o);
+	}
 	anes_pack_str(pk, "steps");
 	msgpack_pack_array(pk, rr->n);
 	for (size_t i = 0; i < rr->n; i++) {
@@ -150,7 +154,7 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	return anesc_pack_events(c, pk, rr->o);   /* a chain's waits and signals: the whole chain's */
 }
 
 /* ---- submitting -------------------------------------------------------------------- */
@@ -161,13 +165,14 @@ static int pack_run(aneshare_conn *c, msgpack_packer *pk, void *ud)
  * the daemon cannot have received is sent again after reconnecting (see
  * aneshare.h). */
 int anesc_submit(aneshare_conn *c, const aneshare_step *steps, aneshare_state *const *states,
-                 size_t n, bool chain, aneshare_done_fn cb, void *ud, uint32_t *ret_msgid)
+                 size_t n, bool chain, const aneshare_run_opts *o, aneshare_done_fn cb, void *ud,
+                 uint32_t *ret_msgid)
 {
 	anesc_retry rt = { 0 };
-	run_req rr = { steps, states, n, chain };
+	run_req rr = { steps, states, n, chain, o };
 	uint32_t msgid = 0;
-	int r = anesc_send_request(c, &(anesc_req){ .method = "run",
-	                                            .n_params = chain ? 1 : step_state(&rr, 0) ? 5 : 4,
+	uint32_t n_params = (chain ? 1 : step_state(&rr, 0) ? 5 : 4) + anesc_events_params(o);
+	int r = anesc_send_request(c, &(anesc_req){ .method = "run", .n_params = n_params,
 	                                            .pack = pack_run, .pack_ud = &rr, .fd = -1,
 	                                            .flags = ANESC_PENDING, .cb = cb, .cb_ud = ud },
 	                           &rt, &msgid);
@@ -176,29 +181,171 @@ int anesc_submit(aneshare_conn *c, const aneshare_step *steps, aneshare_state *c
 	return r;
 }
 
+/* ---- the entry points ---------------------------------------------------------------- */
+
+static const aneshare_run_opts no_opts;
+
+/* The one path of every run and chain: check everything the library can
+ * (nothing is sent on a failure), then submit as a ticket (*ret_ticket) or
+ * an async call (cb).  A single run is steps[0] with o's function and
+ * state. */
+static int run_path(aneshare_conn *c, const aneshare_step *steps, aneshare_state *const *states,
+                    size_t n, bool chain, const aneshare_run_opts *o, aneshare_done_fn cb, void *ud,
+                    uint32_t *ret_ticket)
+{
+	int r = check_steps(c, steps, states, n, chain);
+	if (r == 0)
+		r = anesc_check_events(c, o);
+	if (r < 0)
+		return r;
+	return anesc_submit(c, steps, states, n, chain, o, cb, ud, ret_ticket);
+}
+
+/* A single run: p's step with o's function (o NULL: the defaults). */
+static int run_one(aneshare_program *p, aneshare_surface *const *inputs, size_t n_inputs,
+                   aneshare_surface *const *outputs, size_t n_outputs, const aneshare_run_opts *o,
+                   aneshare_done_fn cb, void *ud, uint32_t *ret_ticket)
+{
+	if (!o)
+		o = &no_opts;
+	aneshare_step st = { p, o->function, inputs, n_inputs, outputs, n_outputs };
+	aneshare_state *state = o->state;
+	return run_path(p->conn, &st, state ? &state : NULL, 1, false, o, cb, ud, ret_ticket);
+}
+
+/* Wait for a blocking call's ticket; a chain's failed step is recorded. */
+static int run_wait(aneshare_conn *c, uint32_t ticket, bool chain)
+{
+	int failed = -1;
+	int r = anesc_pending_wait(c, ticket, &failed);
+	if (r < 0 && chain)
+		c->last_failed_step = failed;
+	return r;
+}
+
+ANESHARE_API int aneshare_run_ex(aneshare_program *p,
+                                 aneshare_surface *const *inputs, size_t n_inputs,
+                                 aneshare_surface *const *outputs, size_t n_outputs,
+                                 const aneshare_run_opts *opts)
+{
+	if (!p)
+		return -EINVAL;
+	uint32_t ticket = 0;   /* set by run_one on success (gcc -O3 cannot tell) */
+	int r = run_one(p, inputs, n_inputs, outputs, n_outputs, opts, NULL, NULL, &ticket);
+	return r < 0 ? r : run_wait(p->conn, ticket, false);
+}
+
+ANESHARE_API int aneshare_run_submit_ex(aneshare_program *p,
+                                        aneshare_surface *const *inputs, size_t n_inputs,
+                                        aneshare_surface *const *outputs, size_t n_outputs,
+                                        const aneshare_run_opts *opts, uint32_t *ret_ticket)
+{
+	if (!p || !ret_ticket)
+		return -EINVAL;
+	return run_one(p, inputs, n_inputs, outputs, n_outputs, opts, NULL, NULL, ret_ticket);
+}
+
+ANESHARE_API int aneshare_run_async_ex(aneshare_program *p,
+                                       aneshare_surface *const *inputs, size_t n_inputs,
+                                       aneshare_surface *const *outputs, size_t n_outputs,
+                                       const aneshare_run_opts *opts,
+                                       aneshare_done_fn cb, void *userdata)
+{
+	if (!p || !cb)
+		return -EINVAL;
+	return run_one(p, inputs, n_inputs, outputs, n_outputs, opts, cb, userdata, NULL);
+}
+
+ANESHARE_API int aneshare_run_chain_ex(aneshare_conn *c, const aneshare_step *steps,
+                                       aneshare_state *const *states, size_t n_steps,
+                                       const aneshare_run_opts *opts)
+{
+	if (!c)
+		return -EINVAL;
+	c->last_failed_step = -1;
+	if (opts && (opts->function || opts->state))
+		return anesc_fail(c, -EINVAL, "a chain's steps name their functions and states, not its options");
+	uint32_t ticket = 0;
+	int r = run_path(c, steps, states, n_steps, true, opts, NULL, NULL, &ticket);
+	return r < 0 ? r : run_wait(c, ticket, true);
+}
+
+ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
+                              aneshare_surface *const *inputs, size_t n_inputs,
+                              aneshare_surface *const *outputs, size_t n_outputs)
+{
+	return aneshare_run_ex(p, inputs, n_inputs, outputs, n_outputs,
+	                       &(aneshare_run_opts){ .function = fn });
+}
+
+ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
+                                     aneshare_surface *const *inputs, size_t n_inputs,
+                                     aneshare_surface *const *outputs, size_t n_outputs,
+                                     uint32_t *ret_ticket)
+{
+	return aneshare_run_submit_ex(p, inputs, n_inputs, outputs, n_outputs,
+	                              &(aneshare_run_opts){ .function = fn }, ret_ticket);
+}
+
+ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
+                                    aneshare_surface *const *inputs, size_t n_inputs,
+                                    aneshare_surface *const *outputs, size_t n_outputs,
+                                    aneshare_done_fn cb, void *userdata)
+{
+	return aneshare_run_async_ex(p, inputs, n_inputs, outputs, n_outputs,
+	                             &(aneshare_run_opts){ .function = fn }, cb, userdata);
+}
+
+/* The state calls: a state is required (-EINVAL for NULL). */
+ANESHARE_API int aneshare_run_state(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                                    aneshare_surface *const *inputs, size_t n_inputs,
+                                    aneshare_surface *const *outputs, size_t n_outputs)
+{
+	if (!state)
+		return -EINVAL;
+	return aneshare_run_ex(p, inputs, n_inputs, outputs, n_outputs,
+	                       &(aneshare_run_opts){ .function = fn, .state = state });
+}
+
+ANESHARE_API int aneshare_run_state_submit(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                                           aneshare_surface *const *inputs, size_t n_inputs,
+                                           aneshare_surface *const *outputs, size_t n_outputs,
+                                           uint32_t *ret_ticket)
+{
+	if (!state)
+		return -EINVAL;
+	return aneshare_run_submit_ex(p, inputs, n_inputs, outputs, n_outputs,
+	                              &(aneshare_run_opts){ .function = fn, .state = state }, ret_ticket);
+}
+
+ANESHARE_API int aneshare_run_state_async(aneshare_program *p, uint32_t fn, aneshare_state *state,
+                                          aneshare_surface *const *inputs, size_t n_inputs,
+                                          aneshare_surface *const *outputs, size_t n_outputs,
+                                          aneshare_done_fn cb, void *userdata)
+{
+	if (!state)
+		return -EINVAL;
+	return aneshare_run_async_ex(p, inputs, n_inputs, outputs, n_outputs,
+	                             &(aneshare_run_opts){ .function = fn, .state = state }, cb, userdata);
+}
+
 ANESHARE_API int aneshare_run_chain(aneshare_conn *c, const aneshare_step *steps, size_t n_steps)
 {
-	return aneshare_run_chain_states(c, steps, NULL, n_steps);
+	return aneshare_run_chain_ex(c, steps, NULL, n_steps, NULL);
 }
 
 ANESHARE_API int aneshare_run_chain_states(aneshare_conn *c, const aneshare_step *steps,
                                            aneshare_state *const *states, size_t n_steps)
 {
-	if (!c)
+	return aneshare_run_chain_ex(c, steps, states, n_steps, NULL);
+}
+
+ANESHARE_API int aneshare_run_chain_async(aneshare_conn *c, const aneshare_step *steps,
+                                          size_t n_steps, aneshare_done_fn cb, void *userdata)
+{
+	if (!c || !cb)
 		return -EINVAL;
-	c->last_failed_step = -1;
-	int r = check_steps(c, steps, states, n_steps);
-	if (r < 0)
-		return r;
-	uint32_t ticket = 0;   /* set by anesc_submit on success (gcc -O3 cannot tell) */
-	r = anesc_submit(c, steps, states, n_steps, true, NULL, NULL, &ticket);
-	if (r < 0)
-		return r;
-	int failed = -1;
-	r = anesc_pending_wait(c, ticket, &failed);
-	if (r < 0)
-		c->last_failed_step = failed;
-	return r;
+	return run_path(c, steps, NULL, n_steps, true, NULL, cb, userdata, NULL);
 }
 
 ANESHARE_API int aneshare_last_failed_step(const aneshare_conn *c)
@@ -209,31 +356,6 @@ ANESHARE_API int aneshare_last_failed_step(const aneshare_conn *c)
 ANESHARE_API uint64_t aneshare_last_run_us(const aneshare_conn *c)
 {
 	return c ? c->last_run_us : 0;
-}
-
-ANESHARE_API int aneshare_run_async(aneshare_program *p, uint32_t fn,
-                                    aneshare_surface *const *inputs, size_t n_inputs,
-                                    aneshare_surface *const *outputs, size_t n_outputs,
-                                    aneshare_done_fn cb, void *userdata)
-{
-	if (!p || !cb)
-		return -EINVAL;
-	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
-	int r = check_steps(p->conn, &st, NULL, 1);
-	if (r < 0)
-		return r;
-	return anesc_submit(p->conn, &st, NULL, 1, false, cb, userdata, NULL);
-}
-
-ANESHARE_API int aneshare_run_chain_async(aneshare_conn *c, const aneshare_step *steps,
-                                          size_t n_steps, aneshare_done_fn cb, void *userdata)
-{
-	if (!c || !cb)
-		return -EINVAL;
-	int r = check_steps(c, steps, NULL, n_steps);
-	if (r < 0)
-		return r;
-	return anesc_submit(c, steps, NULL, n_steps, true, cb, userdata, NULL);
 }
 
 /* ---- the event loop side ----------------------------------------------------------- */

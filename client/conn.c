@@ -1138,6 +1138,8 @@ ANESHARE_API void aneshare_disconnect(aneshare_conn *c)
 	if (!c)
 		return;
 	anesc_async_cancel_all(c);
+	while (c->events)
+		anesc_event_free_local(c->events);
 	while (c->states)
 		anesc_state_free_local(c->states);
 	while (c->surfaces)

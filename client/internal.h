@@ -140,6 +140,17 @@ struct aneshare_conn {
 	aneshare_surface *surfaces;    /* owned lists */
 	aneshare_program *programs;
 	aneshare_state *states;
+	aneshare_event *events;
+};
+
+/* An event handle (event.c).  Events are not restored after a reconnect:
+ * a handle made on an earlier daemon connection is closed for good. */
+struct aneshare_event {
+	aneshare_conn *conn;
+	aneshare_event *prev, *next;
+	uint32_t id;                   /* on the daemon connection it was made on */
+	uint64_t epoch;                /* conn->reconnects when it was made */
+	bool imported;                 /* a wait-only handle (event.import) */
 };
 
 struct aneshare_state {
@@ -289,9 +300,23 @@ int anesc_pack_program_fn(aneshare_conn *c, msgpack_packer *pk, const aneshare_p
                           uint32_t fn);
 int anesc_pack_step(aneshare_conn *c, msgpack_packer *pk, const aneshare_step *st,
                     const aneshare_state *state);
-/* states: NULL, or each step's state (or NULL): packed as its "state". */
+/* states: NULL, or each step's state (or NULL): packed as its "state".
+ * o: NULL, or options whose wait and signal lists (checked by
+ * anesc_check_events) are packed as the run's "wait" and "signal". */
 int anesc_submit(aneshare_conn *c, const aneshare_step *steps, aneshare_state *const *states,
-                 size_t n, bool chain, aneshare_done_fn cb, void *ud, uint32_t *ret_msgid);
+                 size_t n, bool chain, const aneshare_run_opts *o, aneshare_done_fn cb, void *ud,
+                 uint32_t *ret_msgid);
+
+/* Events (event.c).  anesc_check_events checks a run's wait and signal
+ * lists before anything is sent (counts, NULLs, connection, imported
+ * handles in the signal list, duplicates, events closed by a reconnect).
+ * anesc_pack_events packs the "wait" and "signal" pairs of the non-empty
+ * lists at send time, failing with -ANESHARE_EEVENT_CLOSED if a reconnect
+ * came between.  anesc_events_params: how many pairs that is. */
+int anesc_check_events(aneshare_conn *c, const aneshare_run_opts *o);
+int anesc_pack_events(aneshare_conn *c, msgpack_packer *pk, const aneshare_run_opts *o);
+uint32_t anesc_events_params(const aneshare_run_opts *o);
+void anesc_event_free_local(aneshare_event *ev);
 
 /* Copy a msgpack str (bounded) into a new NUL-terminated string: 0,
  * -ENOENT, -EINVAL (wrong type, too long or holds a NUL), -ENOMEM. */

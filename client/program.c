@@ -567,37 +567,3 @@ ANESHARE_API const aneshare_tensor_info *aneshare_program_output(const aneshare_
 		return NULL;
 	return &p->functions[fn].outputs[i];
 }
-
-/* ---- runs ------------------------------------------------------------------- */
-
-ANESHARE_API int aneshare_run(aneshare_program *p, uint32_t fn,
-                              aneshare_surface *const *inputs, size_t n_inputs,
-                              aneshare_surface *const *outputs, size_t n_outputs)
-{
-	if (!p)
-		return -EINVAL;
-	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
-	int r = anesc_check_step(p->conn, "", &st);
-	if (r < 0)
-		return r;
-	/* Submit and wait: the machinery of tickets and chains (async.c). */
-	uint32_t ticket;
-	r = anesc_submit(p->conn, &st, NULL, 1, false, NULL, NULL, &ticket);
-	if (r < 0)
-		return r;
-	return anesc_pending_wait(p->conn, ticket, NULL);
-}
-
-ANESHARE_API int aneshare_run_submit(aneshare_program *p, uint32_t fn,
-                                     aneshare_surface *const *inputs, size_t n_inputs,
-                                     aneshare_surface *const *outputs, size_t n_outputs,
-                                     uint32_t *ret_ticket)
-{
-	if (!p || !ret_ticket)
-		return -EINVAL;
-	aneshare_step st = { p, fn, inputs, n_inputs, outputs, n_outputs };
-	int r = anesc_check_step(p->conn, "", &st);
-	if (r < 0)
-		return r;
-	return anesc_submit(p->conn, &st, NULL, 1, false, NULL, NULL, ret_ticket);
-}

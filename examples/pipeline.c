@@ -11,12 +11,31 @@
  * (aneshare_surface_export); model A imports them by token
  * (aneshare_surface_import_token), runs its model from them into output
  * surfaces of its own and exports those read-only to model B, which runs its
- * model from them.  The tokens and one 32-byte message per frame and hop
- * ("frame f is in buffer k", "buffer k is free again") travel over
- * socketpairs between the processes: ordering is the clients' business.
- * Tensor data crosses no socket: the program counts the bytes it sends
- * between the processes and fails if a frame's messages come near a tensor's
- * size.
+ * model from them.  Frame f uses buffer f % depth at each stage.  Ordering
+ * is the clients' business; two ways (--sync):
+ *
+ *  event (the default): three events (aneshare_event_create), shared by
+ *    token like the surfaces, and no message between the processes per
+ *    frame.  E0 (the producer's): frame f is written (value f + 1).  E1
+ *    (model A's): A's run of frame f is done.  E2 (model B's): B's run of
+ *    frame f is done.  Model A keeps `depth` runs submitted ahead
+ *    (aneshare_run_submit_ex), each waiting for E0 >= f + 1 (its input) and
+ *    E2 >= f + 1 - depth (B has read A's output buffer) and signalling
+ *    E1 = f + 1; model B keeps its runs submitted ahead too, waiting for
+ *    E1 >= f + 1 and signalling E2 = f + 1.  The producer waits for
+ *    E2 >= f + 1 - depth (which implies E1: A has read its input buffer, and
+ *    at most `depth` frames are in flight), writes the frame and signals
+ *    E0 = f + 1: the daemon starts A's run, then B's, and the next process
+ *    woken is B, by its reply.  At the end the producer releases E0, which
+ *    closes it: the runs parked on it fail with event_closed, model A
+ *    releases E1 and model B E2 the same way.  The times (the producer's
+ *    writes, the models' replies) go to the parent after each batch.
+ *  socket: one 32-byte message per frame and hop over socketpairs ("frame f
+ *    is in buffer k", "buffer k is free again").
+ *
+ * Tensor data crosses no socket: the program counts the bytes the three
+ * send each other (setup tokens aside) and fails if a frame's messages come
+ * near a tensor's size.
  *
  * Model B takes [1, 64, 1, 32] fp16 (4 KiB) and reads the first 4 KiB of
  * model A's [1, 64, 1, 64] output: channels 0-31 of A's output, read as
@@ -28,7 +47,8 @@
  * checked against an fp32 matmul computed here.  Exit status 0 if every
  * frame matches, 1 otherwise.
  *
- *   pipeline [--socket PATH] [--frames N] [--depth D] [--spin-us US] [--lib-spin-us US]
+ *   pipeline [--socket PATH] [--sync event|socket] [--frames N] [--depth D] [--spin-us US]
+ *            [--lib-spin-us US]
  *   pipeline --bench REPS [--batch K] ...
  *
  * --depth D: frames in flight (1 to 4 buffers per stage; default 2).
@@ -39,7 +59,7 @@
  * --interval-us: the frame source's pace: the producer (and, in --bench,
  * the one-process baseline) sleeps this long before each frame (default 0:
  * back to back).
- * --spin-us: how long models A and B poll their socket for the next frame
+ * --spin-us (--sync socket): how long models A and B poll their socket for the next frame
  * (yielding the CPU between polls) before they sleep (default 0: at once;
  * the three processes, the daemon and the library's own spin share the
  * CPUs).  --lib-spin-us: the three processes' aneshare_set_spin (default:
@@ -77,7 +97,8 @@
 #define B_TOL 1e-3         /* the pipeline against the one-process chain, the same */
 #define MAX_BATCH 4096
 
-enum { M_FRAME = 1, M_FREE, M_DONE, M_RUN, M_STOP, M_READY, M_RESULT, M_STATS };
+enum { M_FRAME = 1, M_FREE, M_DONE, M_RUN, M_STOP, M_READY, M_RESULT, M_STATS,
+       M_WRITTEN, M_A_DONE, M_B_DONE };
 
 /* Every message between the processes: 32 bytes, no tensor data. */
 typedef struct pmsg {
@@ -92,10 +113,26 @@ typedef struct pmsg {
 	uint64_t tb_ns;      /* M_FRAME to model B: when model A's run returned; M_RESULT: the hop A -> B */
 } pmsg;
 
+/* --sync event, to the parent after each frame or batch (M_WRITTEN: the
+ * producer, M_A_DONE / M_B_DONE: the models): the frame, the process's time
+ * of the event (the write done; the run's reply read), and more. */
+typedef struct emsg {
+	uint32_t kind;
+	uint32_t frame;
+	uint32_t ok;         /* M_B_DONE: 1 if the result matched the reference */
+	uint32_t pad;
+	uint64_t t_ns;       /* CLOCK_MONOTONIC, the same clock in every process */
+	uint64_t us;         /* M_WRITTEN: the producer's event.signal round trip (ns);
+	                      * M_A_DONE / M_B_DONE: the daemon's elapsed_us of the run */
+	uint64_t spare[2];
+} emsg;
+_Static_assert(sizeof(emsg) == sizeof(pmsg), "one size on the result pipe");
+
 typedef struct cfg {
 	const char *socket;
 	int frames, depth, spin_us, lib_spin_us, bench_reps, batch, interval_us;
 	bool quiet;
+	bool events;         /* --sync event (else socket) */
 } cfg;
 
 static cfg g;
@@ -584,6 +621,227 @@ static int model_b(int fd_a, int fd_p, int res)
 	return 0;
 }
 
+/* ---- --sync event: the same three processes ordered by events ------------------------ */
+
+/* To the parent (results, times): not between the pipeline's processes. */
+static void send_parent(int fd, const void *m, size_t n)
+{
+	uint64_t before = g_sent;
+	send_all(fd, m, n);
+	g_sent = before;
+}
+
+static void send_emsg(int res, uint32_t kind, uint32_t frame, uint32_t ok, uint64_t t_ns, uint64_t us)
+{
+	emsg m = { kind, frame, ok, 0, t_ns, us, { 0, 0 } };
+	send_parent(res, &m, sizeof m);
+}
+
+static aneshare_event *event_new(aneshare_conn *c)
+{
+	aneshare_event *e;
+	int r = aneshare_event_create(c, &e);
+	if (r < 0)
+		die(c, "event_create", r);
+	return e;
+}
+
+static void event_export_to(aneshare_conn *c, aneshare_event *e, int fd)
+{
+	aneshare_token t;
+	int r = aneshare_event_export(e, &(aneshare_export_opts){ .uses = 1 }, &t, NULL);
+	if (r < 0)
+		die(c, "event_export", r);
+	send_token(fd, &t);
+}
+
+static aneshare_event *event_from(aneshare_conn *c, int fd)
+{
+	char tok[ANESHARE_TOKEN_LEN + 1];
+	recv_token(fd, tok);
+	aneshare_event *e;
+	int r = aneshare_event_import_token(c, tok, &e);
+	if (r < 0)
+		die(c, "event_import_token", r);
+	return e;
+}
+
+static void event_wait_for(aneshare_conn *c, aneshare_event *e, uint64_t v)
+{
+	int r = aneshare_event_wait(e, v, NULL);
+	if (r < 0)
+		die(c, "event_wait", r);
+}
+
+/* The producer: writes frame f into buffer f % depth once model B is done
+ * with frame f - depth (E2), then signals E0 = f + 1. */
+static int producer_ev(int ctl, int fd_a, int fd_b, int res)
+{
+	child_setup("pipeline: producer");
+	aneshare_conn *c = connect_stage("pipeline-producer");
+	aneshare_surface *in[MAX_DEPTH];
+	for (int k = 0; k < g.depth; k++) {
+		in[k] = surface(c, g_a_in);
+		export_ro(in[k], fd_a);
+	}
+	aneshare_event *e0 = event_new(c);
+	event_export_to(c, e0, fd_a);
+	aneshare_event *e2 = event_from(c, fd_b);
+	uint64_t setup_bytes = g_sent;
+	emsg *times = malloc(MAX_BATCH * sizeof *times);
+	if (!times)
+		die(NULL, "out of memory", -ENOMEM);
+	uint32_t next = 0;
+	for (;;) {
+		pmsg m;
+		recv_msg(ctl, &m, false);
+		if (m.kind == M_STOP)
+			break;
+		if (m.count > MAX_BATCH)
+			die(NULL, "a batch too large", -EPROTO);
+		uint32_t first = next, end = next + m.count;
+		for (; next < end; next++) {
+			if (next + 1 > (uint32_t)g.depth)   /* buffer and slot free: B is done with next - depth */
+				event_wait_for(c, e2, next + 1 - (uint32_t)g.depth);
+			pace();
+			memcpy(aneshare_surface_data(in[next % (uint32_t)g.depth]),
+			       g_frames + (size_t)(next % NREF) * (g_a_in / 2), g_a_in);
+			uint64_t t0 = now_ns();
+			int r = aneshare_event_signal(e0, next + 1);
+			if (r < 0)
+				die(c, "event_signal", r);
+			times[next - first] = (emsg){ M_WRITTEN, next, 0, 0, t0, now_ns() - t0, { 0, 0 } };
+		}
+		event_wait_for(c, e2, end);   /* the batch is through */
+		send_parent(res, times, (size_t)(end - first) * sizeof *times);
+		send_msg(ctl, M_DONE, next, 0, 0, 0, 0);
+	}
+	free(times);
+	/* E0 closes: the runs model A parked on it fail with event_closed, its end */
+	int r = aneshare_event_release(e0);
+	if (r < 0)
+		die(c, "event_release", r);
+	g_sent -= setup_bytes;
+	report_stats(res, 0);
+	aneshare_disconnect(c);
+	return 0;
+}
+
+/* A model's runs kept submitted ahead: frame f's ticket in slot f % depth. */
+typedef struct ahead {
+	aneshare_conn *c;
+	aneshare_program *p;
+	aneshare_surface **in, **out;
+	aneshare_event *wait_in;     /* E0 (model A) or E1 (model B): frame f's input is there */
+	aneshare_event *wait_free;   /* E2 for model A: B has read A's output buffer; NULL for B */
+	aneshare_event *sig;         /* E1 (A) or E2 (B): this model's run of frame f is done */
+	uint32_t ticket[MAX_DEPTH];
+} ahead;
+
+static void ahead_submit(ahead *a, uint32_t f)
+{
+	uint32_t k = f % (uint32_t)g.depth;
+	aneshare_event_point w[2] = { { a->wait_in, f + 1 }, { a->wait_free, f + 1 - (uint32_t)g.depth } };
+	aneshare_event_point s = { a->sig, f + 1 };
+	aneshare_run_opts o = { .wait = w, .n_wait = a->wait_free && f + 1 > (uint32_t)g.depth ? 2 : 1,
+	                        .signal = &s, .n_signal = 1 };
+	int r = aneshare_run_submit_ex(a->p, &a->in[k], 1, &a->out[k], 1, &o, &a->ticket[k]);
+	if (r < 0)
+		die(a->c, "run_submit_ex", r);
+}
+
+/* The reply to frame f's run: false when the event it waited for closed
+ * (the stream ended: the later runs' replies are read too). */
+static bool ahead_wait(ahead *a, uint32_t f)
+{
+	int r = aneshare_wait(a->c, a->ticket[f % (uint32_t)g.depth]);
+	if (r == -ANESHARE_EEVENT_CLOSED) {
+		for (uint32_t i = 1; i < (uint32_t)g.depth; i++) {
+			r = aneshare_wait(a->c, a->ticket[(f + i) % (uint32_t)g.depth]);
+			if (r != -ANESHARE_EEVENT_CLOSED)
+				die(a->c, "a run parked at the end", r);
+		}
+		return false;
+	}
+	if (r < 0)
+		die(a->c, "run", r);
+	return true;
+}
+
+/* Model A: frame f from the producer's buffer into its own output buffer. */
+static int model_a_ev(int fd_p, int fd_b, int res)
+{
+	child_setup("pipeline: model A");
+	aneshare_conn *c = connect_stage("pipeline-model-a");
+	aneshare_surface *in[MAX_DEPTH], *out[MAX_DEPTH];
+	ahead a = { c, compile(c, g_mil_a), in, out, NULL, NULL, NULL, { 0 } };
+	for (int k = 0; k < g.depth; k++)
+		in[k] = import_from(c, fd_p, g_a_in);
+	a.wait_in = event_from(c, fd_p);
+	for (int k = 0; k < g.depth; k++) {
+		out[k] = surface(c, g_a_out);
+		export_ro(out[k], fd_b);
+	}
+	a.sig = event_new(c);
+	event_export_to(c, a.sig, fd_b);
+	a.wait_free = event_from(c, fd_b);
+	uint64_t setup_bytes = g_sent;
+	for (uint32_t f = 0; f < (uint32_t)g.depth; f++)
+		ahead_submit(&a, f);
+	for (uint32_t f = 0; ahead_wait(&a, f); f++) {
+		send_emsg(res, M_A_DONE, f, 1, now_ns(), aneshare_last_run_us(c));
+		ahead_submit(&a, f + (uint32_t)g.depth);
+	}
+	int r = aneshare_event_release(a.sig);   /* E1 closes: model B's parked runs end */
+	if (r < 0)
+		die(c, "event_release", r);
+	g_sent -= setup_bytes;
+	report_stats(res, 1);
+	aneshare_disconnect(c);
+	return 0;
+}
+
+/* Model B: frame f from model A's buffer into its own output buffer f %
+ * depth, checked against the reference before that buffer is run into
+ * again. */
+static int model_b_ev(int fd_a, int fd_p, int res)
+{
+	child_setup("pipeline: model B");
+	aneshare_conn *c = connect_stage("pipeline-model-b");
+	aneshare_surface *in[MAX_DEPTH], *out[MAX_DEPTH];
+	ahead b = { c, compile(c, g_mil_b), in, out, NULL, NULL, NULL, { 0 } };
+	for (int k = 0; k < g.depth; k++)
+		in[k] = import_from(c, fd_a, g_b_in);
+	b.wait_in = event_from(c, fd_a);
+	for (int k = 0; k < g.depth; k++) {
+		out[k] = surface(c, g_b_out);
+		memset(aneshare_surface_data(out[k]), 0xff, g_b_out);   /* NaNs: the run must overwrite them */
+	}
+	b.sig = event_new(c);
+	event_export_to(c, b.sig, fd_a);
+	event_export_to(c, b.sig, fd_p);
+	send_msg(res, M_READY, 0, 0, 0, 0, 0);
+	uint64_t setup_bytes = g_sent;
+	for (uint32_t f = 0; f < (uint32_t)g.depth; f++)
+		ahead_submit(&b, f);
+	for (uint32_t f = 0; ahead_wait(&b, f); f++) {
+		uint64_t t1 = now_ns();
+		uint64_t us = aneshare_last_run_us(c);
+		void *o = aneshare_surface_data(out[f % (uint32_t)g.depth]);
+		double e = rel_err16(o, g_ref + (size_t)(f % NREF) * (g_b_out / 2), g_b_out / 2);
+		send_emsg(res, M_B_DONE, f, e <= B_TOL, t1, us);
+		memset(o, 0xff, g_b_out);   /* for the frame after next */
+		ahead_submit(&b, f + (uint32_t)g.depth);
+	}
+	int r = aneshare_event_release(b.sig);
+	if (r < 0)
+		die(c, "event_release", r);
+	g_sent -= setup_bytes;
+	report_stats(res, 2);
+	aneshare_disconnect(c);
+	return 0;
+}
+
 /* ---- the parent ------------------------------------------------------------------------ */
 
 typedef struct kids {
@@ -617,7 +875,10 @@ static void start_kids(kids *k, aneshare_conn *parent_conn)
 	if (fcntl(res[1], F_SETPIPE_SZ, 1 << 20) > 0 || fcntl(res[1], F_GETPIPE_SZ) > 0)
 		cap = fcntl(res[1], F_GETPIPE_SZ);
 #endif
-	g_res_max = (uint32_t)cap / sizeof(pmsg);
+	/* --sync event: three messages per frame (the producer's, A's, B's) */
+	g_res_max = (uint32_t)cap / sizeof(pmsg) / (g.events ? 3 : 1);
+	if (g_res_max > MAX_BATCH)
+		g_res_max = MAX_BATCH;
 	for (int i = 0; i < 3; i++) {
 		fflush(NULL);
 		pid_t pid = fork();
@@ -627,9 +888,18 @@ static void start_kids(kids *k, aneshare_conn *parent_conn)
 			close(aneshare_fd(parent_conn));   /* the parent's connection is not ours */
 			close(res[0]);
 			close(ctl[1]);
-			int rc = i == 0 ? producer(ctl[0], pa[0], bp[0], res[1])
-			       : i == 1 ? model_a(pa[1], ab[0], res[1])
-			                : model_b(ab[1], bp[1], res[1]);
+			/* only its own ends: a process that dies is then seen to (EOF) */
+			int mine[3][3] = { { ctl[0], pa[0], bp[0] }, { pa[1], ab[0], -1 }, { ab[1], bp[1], -1 } };
+			int all[7] = { ctl[0], pa[0], pa[1], ab[0], ab[1], bp[0], bp[1] };
+			for (int j = 0; j < 7; j++)
+				if (all[j] != mine[i][0] && all[j] != mine[i][1] && all[j] != mine[i][2])
+					close(all[j]);
+			int rc = g.events ? (i == 0 ? producer_ev(ctl[0], pa[0], bp[0], res[1])
+			                     : i == 1 ? model_a_ev(pa[1], ab[0], res[1])
+			                              : model_b_ev(ab[1], bp[1], res[1]))
+			         : i == 0 ? producer(ctl[0], pa[0], bp[0], res[1])
+			         : i == 1 ? model_a(pa[1], ab[0], res[1])
+			                  : model_b(ab[1], bp[1], res[1]);
 			_exit(rc);
 		}
 		k->pid[i] = pid;
@@ -671,10 +941,51 @@ static void result_msg(kids *k, pmsg *m)
 	}
 }
 
-/* The pipeline's frames [first, first + n): their latencies (ns) into lat
- * (may be NULL); the number that did not match the reference. */
-static int run_batch(kids *k, uint32_t n, double *lat, double (*parts)[4])
+#define NPARTS 5   /* figures per frame of where the time goes (see print_parts) */
+
+/* --sync event: the batch's times from the three processes (3n messages,
+ * frames [first, first + n) in any order), into each frame's latency and
+ * parts; the number that did not match the reference. */
+static int gather_event_batch(kids *k, uint32_t first, uint32_t n, double *lat, double (*parts)[NPARTS])
 {
+	enum { P, A, B };
+	emsg *got = calloc((size_t)n * 3, sizeof *got);
+	if (!got)
+		die(NULL, "out of memory", -ENOMEM);
+	for (uint32_t i = 0; i < 3 * n; i++) {
+		pmsg raw;
+		emsg m;
+		result_msg(k, &raw);
+		memcpy(&m, &raw, sizeof m);
+		int who = m.kind == M_WRITTEN ? P : m.kind == M_A_DONE ? A : m.kind == M_B_DONE ? B : -1;
+		if (who < 0 || m.frame - first >= n || got[(size_t)(m.frame - first) * 3 + (size_t)who].kind)
+			die(NULL, "unexpected result message", -EPROTO);
+		got[(size_t)(m.frame - first) * 3 + (size_t)who] = m;
+	}
+	int bad = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const emsg *e = &got[(size_t)i * 3];
+		bad += !e[B].ok;
+		double l = (double)e[B].t_ns - (double)e[P].t_ns;
+		if (lat)
+			lat[i] = l;
+		if (parts) {   /* signal round trip, write -> A's reply read by A, A's run, B's run, the rest */
+			parts[i][0] = (double)e[P].us;
+			parts[i][1] = (double)e[A].t_ns - (double)e[P].t_ns;
+			parts[i][2] = (double)e[A].us * 1e3;
+			parts[i][3] = (double)e[B].us * 1e3;
+			parts[i][4] = l - parts[i][2] - parts[i][3];
+		}
+	}
+	free(got);
+	return bad;
+}
+
+/* The pipeline's next n frames: their latencies (ns) into lat (may be
+ * NULL); the number that did not match the reference. */
+static int run_batch(kids *k, uint32_t n, double *lat, double (*parts)[NPARTS])
+{
+	static uint32_t first;   /* the batch's first frame */
 	send_msg(k->ctl, M_RUN, 0, 0, n, 0, 0);
 	/* Sleep until the producer says the batch is through, then read its
 	 * results (they fit the pipe: n <= g_res_max), so that this process
@@ -683,6 +994,11 @@ static int run_batch(kids *k, uint32_t n, double *lat, double (*parts)[4])
 	if (!recv_all(k->ctl, &d, sizeof d) || d.kind != M_DONE) {
 		pmsg m;
 		result_msg(k, &m);   /* a child failed: exits */
+	}
+	if (g.events) {
+		int bad = gather_event_batch(k, first, n, lat, parts);
+		first += n;
+		return bad;
 	}
 	int bad = 0;
 	for (uint32_t i = 0; i < n; i++) {
@@ -698,8 +1014,10 @@ static int run_batch(kids *k, uint32_t n, double *lat, double (*parts)[4])
 			parts[i][1] = (double)m.ta_ns;
 			parts[i][2] = (double)m.tb_ns;
 			parts[i][3] = (double)m.value - (double)(m.t0_ns + m.ta_ns + m.tb_ns);
+			parts[i][4] = 0;
 		}
 	}
+	first += n;
 	return bad;
 }
 
@@ -725,14 +1043,15 @@ static double p50(double *v, size_t n)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: pipeline [--socket PATH] [--frames N] [--depth 1-%d] [--spin-us US] "
-	                "[--lib-spin-us US] [--interval-us US] [--bench REPS [--batch K]] [--quiet]\n", MAX_DEPTH);
+	fprintf(stderr, "usage: pipeline [--socket PATH] [--sync event|socket] [--frames N] [--depth 1-%d] "
+	                "[--spin-us US] [--lib-spin-us US] [--interval-us US] [--bench REPS [--batch K]] "
+	                "[--quiet]\n", MAX_DEPTH);
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	g = (cfg){ .frames = 64, .depth = 2, .spin_us = 0, .lib_spin_us = -1, .batch = 100 };
+	g = (cfg){ .frames = 64, .depth = 2, .spin_us = 0, .lib_spin_us = -1, .batch = 100, .events = true };
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -745,6 +1064,8 @@ int main(int argc, char **argv)
 		i++;
 		if (!strcmp(a, "--socket"))
 			g.socket = v;
+		else if (!strcmp(a, "--sync") && (!strcmp(v, "event") || !strcmp(v, "socket")))
+			g.events = !strcmp(v, "event");
 		else if (!strcmp(a, "--frames"))
 			g.frames = atoi(v);
 		else if (!strcmp(a, "--depth"))
@@ -797,7 +1118,7 @@ int main(int argc, char **argv)
 
 	int bad = 0, bad_one = 0;
 	uint32_t frames = 0;
-	double ratio50 = 0, pipe50 = 0, one50 = 0, part50[4] = { 0 };
+	double ratio50 = 0, pipe50 = 0, one50 = 0, part50[NPARTS] = { 0 };
 	if (!g.bench_reps) {
 		double *lat = malloc((size_t)g.frames * sizeof *lat);
 		if (!lat)
@@ -820,7 +1141,7 @@ int main(int argc, char **argv)
 			die(NULL, "out of memory", -ENOMEM);
 		double *rp = malloc((size_t)reps * sizeof *rp), *rs = malloc((size_t)reps * sizeof *rs);
 		double *rr = malloc((size_t)reps * sizeof *rr);
-		double (*parts)[4] = malloc((size_t)reps * (size_t)n * sizeof *parts);
+		double (*parts)[NPARTS] = malloc((size_t)reps * (size_t)n * sizeof *parts);
 		if (!lp || !ls || !rp || !rs || !rr || !parts)
 			die(NULL, "out of memory", -ENOMEM);
 		(void)run_batch(&k, (uint32_t)n, NULL, NULL);   /* warm up both */
@@ -844,7 +1165,7 @@ int main(int argc, char **argv)
 		ratio50 = p50(rr, (size_t)reps);
 		/* where the pipeline's time goes: the median of each part over all frames */
 		size_t nf = (size_t)reps * (size_t)n;
-		for (int j = 0; j < 4; j++) {
+		for (int j = 0; j < NPARTS; j++) {
 			for (size_t i = 0; i < nf; i++)
 				lp2[i] = parts[i][j];
 			part50[j] = p50(lp2, nf) / 1e3;
@@ -870,8 +1191,10 @@ int main(int argc, char **argv)
 	single_close(&one);
 
 	double per_frame = (double)between / frames;
-	printf("pipeline: %u frames, producer -> model A -> model B, %d in flight; %d of them off the "
-	       "one-process reference\n", frames, g.depth, bad);
+	const char *sync = g.events ? "event" : "socket";
+	printf("pipeline: %u frames, producer -> model A -> model B, %d in flight, ordered by %s; %d of "
+	       "them off the one-process reference\n", frames, g.depth, g.events ? "events" : "socket messages",
+	       bad);
 	printf("  shared surfaces: %u, each held by two processes (status)\n", pairs);
 	printf("  bytes sent between the three processes: %.1f per frame (messages; a frame is %zu bytes, "
 	       "model A's output %zu)\n", per_frame, g_a_in, g_a_out);
@@ -879,10 +1202,16 @@ int main(int argc, char **argv)
 		printf("  per-frame latency p50, frames %d us apart: 3 processes %.1f us, one process (2-step "
 		       "chain) %.1f us; ratio %.3f (median of %d repetitions of %d frames)\n", g.interval_us,
 		       pipe50, one50, ratio50, g.bench_reps, g.batch);
-		printf("  3 processes, p50 of each part: producer -> A %.1f us, A's run %.1f us, A -> B %.1f us, "
-		       "B's run %.1f us\n", part50[0], part50[1], part50[2], part50[3]);
-		printf("bench: interval_us=%d pipeline_p50_us=%.2f single_p50_us=%.2f ratio=%.4f bad=%d\n",
-		       g.interval_us, pipe50, one50, ratio50, bad + bad_one);
+		if (g.events)
+			printf("  3 processes, p50 of each part: the producer's event.signal round trip %.1f us, "
+			       "its write -> A's reply read by A %.1f us, A's run %.1f us, B's run %.1f us (the daemon's "
+			       "elapsed_us), the rest of the latency (wake-ups, hops, replies) %.1f us\n", part50[0],
+			       part50[1], part50[2], part50[3], part50[4]);
+		else
+			printf("  3 processes, p50 of each part: producer -> A %.1f us, A's run %.1f us, A -> B %.1f us, "
+			       "B's run %.1f us\n", part50[0], part50[1], part50[2], part50[3]);
+		printf("bench: interval_us=%d pipeline_p50_us=%.2f single_p50_us=%.2f ratio=%.4f bad=%d sync=%s\n",
+		       g.interval_us, pipe50, one50, ratio50, bad + bad_one, sync);
 	} else {
 		printf("  per-frame latency p50 (the producer's write to model B's result): %.1f us\n", pipe50);
 	}

@@ -583,18 +583,21 @@ Test(sharelib, the_three_process_pipeline_matches_one_process)
 {
 	char out[8192];
 	int r = h_run_tool(&D, "PIPELINE", out, sizeof out,
-	                   (const char *[]){ "--frames", "40", "--depth", "2", NULL });
+	                   (const char *[]){ "--sync", "socket", "--frames", "40", "--depth", "2", NULL });
 	cr_assert_eq(r, 0, "%s", out);
-	cr_assert(strstr(out, "40 frames, producer -> model A -> model B, 2 in flight; 0 of them off"), "%s", out);
+	cr_assert(strstr(out, "40 frames, producer -> model A -> model B, 2 in flight, ordered by socket "
+	                      "messages; 0 of them off"), "%s", out);
 	cr_assert(strstr(out, "shared surfaces: 4,"), "%s", out);
 	r = h_run_tool(&D, "PIPELINE", out, sizeof out,
-	               (const char *[]){ "--frames", "12", "--depth", "1", "--spin-us", "200", "--interval-us",
-	                                 "100", NULL });
+	               (const char *[]){ "--sync", "socket", "--frames", "12", "--depth", "1", "--spin-us", "200",
+	                                 "--interval-us", "100", NULL });
 	cr_assert_eq(r, 0, "%s", out);
-	cr_assert(strstr(out, "12 frames, producer -> model A -> model B, 1 in flight; 0 of them off"), "%s", out);
+	cr_assert(strstr(out, "12 frames, producer -> model A -> model B, 1 in flight, ordered by socket "
+	                      "messages; 0 of them off"), "%s", out);
 	/* the bench's mode, briefly */
 	r = h_run_tool(&D, "PIPELINE", out, sizeof out,
-	               (const char *[]){ "--bench", "2", "--batch", "5", NULL });
+	               (const char *[]){ "--sync", "socket", "--bench", "2", "--batch", "5", NULL });
 	cr_assert_eq(r, 0, "%s", out);
-	cr_assert(strstr(out, "bench: interval_us=0 pipeline_p50_us=") && strstr(out, " bad=0\n"), "%s", out);
+	cr_assert(strstr(out, "bench: interval_us=0 pipeline_p50_us=") && strstr(out, " bad=0 sync=socket\n"),
+	          "%s", out);
 }
