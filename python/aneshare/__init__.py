@@ -21,9 +21,9 @@ from ._errors import (AneshareError, BadFdError, ClosedError, CompileError, Conn
                       NoSuchProgramError, NoSuchSurfaceError, OSFailure, ProtocolError,
                       RunFailedError, ShuttingDownError, SizeMismatchError, UnknownMethodError,
                       UnsupportedError, VersionError, WorkerRestartedError, NoSuchStateError,
-                      StateLostError, BY_WIRE_CODE)
-from ._core import (MAX_WEIGHT_FILES, Connection, Function, Program, State, Surface, Tensor,
-                    Ticket, connect, default_socket_path, surface_of)
+                      StateLostError, NoSuchEventError, EventClosedError, BY_WIRE_CODE)
+from ._core import (MAX_WEIGHT_FILES, MAX_RUN_EVENTS, Connection, Event, Function, Program, State,
+                    Surface, Tensor, Ticket, connect, default_socket_path, surface_of)
 
 __version__ = "0.1.0"
 
@@ -36,4 +36,5 @@ __all__ = [
     "NoSuchFunctionError", "LimitError", "CompileError", "UnsupportedError", "SizeMismatchError",
     "BadFdError", "RunFailedError", "NoMemoryError", "InternalError", "ShuttingDownError",
     "WorkerRestartedError", "NoSuchStateError", "StateLostError", "State", "BY_WIRE_CODE",
+    "NoSuchEventError", "EventClosedError", "Event", "MAX_RUN_EVENTS",
 ]

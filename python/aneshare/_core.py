@@ -33,8 +33,8 @@ import numpy as np
 
 from . import _errors
 from ._errors import ClosedError, ForkError, error_for
-from ._lib import (DONE_FN, EV_WRITE, HAVE, MAX_STEPS, ExportOpts, Result, Status, Step, TensorInfo,
-                   Token, Weight, WeightFd, lib)
+from ._lib import (DONE_FN, EV_WRITE, HAVE, MAX_RUN_EVENTS, MAX_STEPS, EventPoint, ExportOpts, Result,
+                   RunOpts, Status, Step, TensorInfo, Token, Weight, WeightFd, lib)
 
 _DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4"), 3: np.dtype("<i4"), 4: np.dtype("<i2"),
            5: np.dtype("i1"), 6: np.dtype("u1"), 7: np.dtype("?")}
@@ -572,12 +572,18 @@ class Program(_Released):
 
     # ---- running ----
 
-    def run(self, inputs, outputs, function=None, state=None):
+    def run(self, inputs, outputs, function=None, state=None, wait=None, signal=None):
         """Run on arrays of surfaces (new_inputs()/new_outputs(), conn.surface()),
         without copying: the daemon reads the inputs' memory and writes the
         outputs' in place.  Blocks until done.  A function with states runs
-        on state (a State of this program's function)."""
+        on state (a State of this program's function).  wait and signal:
+        lists of (Event, value) (see Event): the run starts once every
+        event waited for has its value, and raises the events it signals
+        (this connection's own) when it succeeds."""
         h = self._h
+        if wait or signal:
+            self._run_ex(inputs, outputs, function, state, wait, signal)
+            return
         if state is not None:
             self._run_state(inputs, outputs, function, state)
             return
@@ -618,6 +624,22 @@ class Program(_Released):
                           _u32(fn), ins, ctypes.c_size_t(len(ins)), outs, ctypes.c_size_t(len(outs)))
         except TypeError:   # an array type without weak references: no shortcut
             self._last = None
+        if h.async_calls:
+            h.after_blocking()
+
+    def _run_ex(self, inputs, outputs, function, state, wait, signal):
+        h = self._h
+        h.check()
+        _need("aneshare_run_ex")
+        ins = _ptr_array(inputs, h)
+        outs = _ptr_array(outputs, h)
+        with h.lock:
+            opts, keep = _run_opts(h, self._index(function), state, wait, signal)
+            rc = lib.aneshare_run_ex(self._ptr_checked(), ins, len(ins), outs, len(outs),
+                                     ctypes.byref(opts))
+            if rc < 0:
+                raise h.error(rc)
+        del keep
         if h.async_calls:
             h.after_blocking()
 
@@ -665,10 +687,12 @@ class Program(_Released):
         res = tuple(o.copy() for o in outs)
         return res[0] if len(res) == 1 else res
 
-    def submit(self, inputs, outputs, function=None, state=None):
+    def submit(self, inputs, outputs, function=None, state=None, wait=None, signal=None):
         """Start a run without waiting: a Ticket to wait() for.  The arrays
         (and the state) stay alive until then.  Runs on one state happen in
-        the order they were submitted."""
+        the order they were submitted.  wait and signal as for run(): a run
+        submitted ahead whose waits are not met is parked by the daemon
+        until they are."""
         h = self._h
         h.check()
         fn = self._index(function)
@@ -678,7 +702,12 @@ class Program(_Released):
         with h.lock:
             p = self._ptr_checked()
             _drain_orphans(h)
-            if state is None:
+            if wait or signal:
+                _need("aneshare_run_submit_ex")
+                opts, keep = _run_opts(h, fn, state, wait, signal)
+                rc = lib.aneshare_run_submit_ex(p, ins, len(ins), outs, len(outs), ctypes.byref(opts),
+                                                ctypes.byref(t))
+            elif state is None:
                 rc = lib.aneshare_run_submit(p, fn, ins, len(ins), outs, len(outs), ctypes.byref(t))
             else:
                 rc = lib.aneshare_run_state_submit(p, fn, state._ptr_checked(h), ins, len(ins),
@@ -687,7 +716,7 @@ class Program(_Released):
                 raise h.error(rc)
         return Ticket(h, t.value, (inputs, outputs, state))
 
-    async def run_async(self, inputs, outputs, function=None, state=None):
+    async def run_async(self, inputs, outputs, function=None, state=None, wait=None, signal=None):
         """run() as a coroutine: the connection's fd is watched by the
         running asyncio loop (loop.add_reader) while calls are in flight."""
         h = self._h
@@ -695,6 +724,16 @@ class Program(_Released):
         fn = self._index(function)
         ins = _ptr_array(inputs, h)
         outs = _ptr_array(outputs, h)
+        if wait or signal:
+            _need("aneshare_run_async_ex")
+            keep = [inputs, outputs, ins, outs, self, state]
+
+            def start(ud):   # called with the lock held
+                opts, evs = _run_opts(h, fn, state, wait, signal)
+                keep.append((opts, evs))
+                return lib.aneshare_run_async_ex(self._ptr_checked(), ins, len(ins), outs, len(outs),
+                                                 ctypes.byref(opts), _done_cb, ud)
+            return await _async_call(h, start, keep)
         if state is not None:
             _need("aneshare_run_state_async")
             return await _async_call(h, lambda ud: lib.aneshare_run_state_async(
@@ -765,6 +804,134 @@ class State(_Released):
 
     def __repr__(self):
         return "<aneshare.State of %r, %d bytes>" % (self.function.name, self.size)
+
+
+class Event(_Released):
+    """An event (aneshare_event): a 64-bit value the daemon keeps, that
+    starts at 0 and only grows, shared between connections by token like a
+    surface (docs/protocol.md, "Events").  The connection that made it
+    (Connection.event()) signals it; importers (Connection.import_event())
+    only wait.  Runs wait for events and signal them: Program.run(...,
+    wait=[(event, value)], signal=[(event, value)]).  Released by
+    release(), at the end of a `with` block, or when collected; releasing
+    the owner's Event closes the event (waits for values it never reached
+    raise EventClosedError).  Events are not restored when the library
+    reconnects to a restarted daemon: calls on an old Event raise
+    EventClosedError."""
+
+    def __init__(self, h, ptr):
+        self._h = h
+        self._ptr = ptr
+        self._cptr = _vp(ptr)
+        self.imported = bool(lib.aneshare_event_imported(self._cptr))
+
+    def _ptr_checked(self, h):
+        if h is not self._h:
+            raise ValueError("the event belongs to another connection")
+        if self._cptr is None or h.freed:
+            raise ClosedError("the event was released")
+        return self._cptr
+
+    def _call(self, fn, *args):
+        h = self._h
+        h.check()
+        with h.lock:
+            rc = fn(self._ptr_checked(h), *args)
+            if rc < 0:
+                raise h.error(rc)
+        if h.async_calls:
+            h.after_blocking()
+
+    def signal(self, value):
+        """Raise the event to value (greater than its value now); only its
+        owner can (an imported Event raises InvalidParamsError)."""
+        self._call(lib.aneshare_event_signal, _u64("value", value))
+
+    def wait(self, value):
+        """Block until the event's value is at least value; its value then.
+        EventClosedError if it closed below value.  No timeout, and the
+        connection is held meanwhile (as by every blocking call): signal it
+        from another connection, or use wait_async."""
+        v = ctypes.c_uint64()
+        self._call(lib.aneshare_event_wait, _u64("value", value), ctypes.byref(v))
+        return v.value
+
+    async def wait_async(self, value):
+        """wait() as a coroutine, without holding the connection: returns
+        None once the value is reached (cancel it to stop waiting; the
+        daemon's wait stays pending until met or closed)."""
+        h = self._h
+        h.check()
+        v = _u64("value", value)
+        return await _async_call(h, lambda ud: lib.aneshare_event_wait_async(
+            self._ptr_checked(h), v, _done_cb, ud), (self,))
+
+    @property
+    def value(self):
+        """The event's value now (asked of the daemon)."""
+        v = ctypes.c_uint64()
+        self._call(lib.aneshare_event_value, ctypes.byref(v))
+        return v.value
+
+    def export(self, uses=None, ttl_ms=None):
+        """A token (64 hex digits) for Connection.import_event() in another
+        process: a wait-only handle.  uses: imports allowed (None: 1);
+        ttl_ms: lifetime (None: 30,000 ms)."""
+        opts = ExportOpts(False, _opt_u32("uses", uses), _opt_u32("ttl_ms", ttl_ms))
+        tok = Token()
+        self._call(lib.aneshare_event_export, ctypes.byref(opts), ctypes.byref(tok), None)
+        return tok.text.decode("ascii")
+
+    def release(self):
+        """Release it now; nothing is raised (as Program.release)."""
+        h = self._h
+        p, self._ptr, self._cptr = self._cptr, None, None
+        _release_ptr(h, p, lib.aneshare_event_release)
+
+    def __repr__(self):
+        return "<aneshare.Event%s>" % (" (imported)" if self.imported else "")
+
+
+def _u64(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError("%s must be an int, not %s" % (name, type(v).__name__))
+    v = int(v)
+    if not 0 <= v < 1 << 64:
+        raise ValueError("%s must be in [0, 2**64), not %d" % (name, v))
+    return v
+
+
+def _event_points(h, name, pairs):
+    """An EventPoint array for a run's wait or signal list of (Event, value)."""
+    pairs = list(pairs or ())
+    if len(pairs) > MAX_RUN_EVENTS:
+        raise ValueError("a run's %s list has at most %d entries, not %d"
+                         % (name, MAX_RUN_EVENTS, len(pairs)))
+    arr = (EventPoint * max(len(pairs), 1))()
+    for i, pair in enumerate(pairs):
+        try:
+            ev, value = pair
+        except (TypeError, ValueError):
+            raise TypeError("%s entry %d: an entry is (Event, value)" % (name, i)) from None
+        if not isinstance(ev, Event):
+            raise TypeError("%s entry %d: %r is not an Event" % (name, i, ev))
+        arr[i].event = ev._ptr_checked(h)
+        arr[i].value = _u64("%s entry %d's value" % (name, i), value)
+    return arr, len(pairs)
+
+
+def _run_opts(h, fn, state, wait, signal):
+    """RunOpts for a run with events (lock held), and what it points to."""
+    w, nw = _event_points(h, "wait", wait)
+    s, ns = _event_points(h, "signal", signal)
+    opts = RunOpts()
+    opts.function = fn
+    opts.state = state._ptr_checked(h) if state is not None else None
+    opts.wait = ctypes.cast(w, ctypes.POINTER(EventPoint))
+    opts.n_wait = nw
+    opts.signal = ctypes.cast(s, ctypes.POINTER(EventPoint))
+    opts.n_signal = ns
+    return opts, (w, s, wait, signal, state)
 
 
 def _live(h):
@@ -1098,16 +1265,21 @@ class Connection:
 
     # ---- runs ----
 
-    def run_chain(self, steps):
+    def run_chain(self, steps, wait=None, signal=None):
         """Run steps, each (program, inputs, outputs[, function[, state]]),
         back to back in one request; on failure the exception's failed_step
-        names the step."""
+        names the step.  wait and signal as for Program.run: the chain waits
+        before its first step and signals after its last."""
         h = self._h
         h.check()
         with h.lock:   # programs are released under the lock
             _live(h)
             arr, keep, states = _steps(h, steps)
-            if states is None:
+            if wait or signal:
+                _need("aneshare_run_chain_ex")
+                opts, evs = _run_opts(h, 0, None, wait, signal)
+                rc = lib.aneshare_run_chain_ex(h.cptr, arr, states, len(arr), ctypes.byref(opts))
+            elif states is None:
                 rc = lib.aneshare_run_chain(h.cptr, arr, len(arr))
             else:
                 rc = lib.aneshare_run_chain_states(h.cptr, arr, states, len(arr))
@@ -1133,6 +1305,39 @@ class Connection:
     def wait(self, ticket):
         """ticket.wait()."""
         ticket.wait()
+
+    # ---- events ----
+
+    def event(self):
+        """A new Event, value 0, owned by this connection (the only one that
+        can signal it)."""
+        _need("aneshare_event_create")
+        return self._new_event(lambda c, ret: lib.aneshare_event_create(c, ret))
+
+    def import_event(self, token):
+        """The event another connection exported (Event.export()), as a
+        wait-only Event of this connection.  An unknown, used up, expired or
+        revoked token raises NoSuchEventError; a malformed one ValueError."""
+        _need("aneshare_event_import_token")
+        if isinstance(token, str):
+            token = token.encode("ascii", "replace")
+        if not isinstance(token, bytes) or lib.aneshare_token_check(token) < 0:
+            raise ValueError("a token is 64 lowercase hex digits")
+        return self._new_event(lambda c, ret: lib.aneshare_event_import_token(c, token, ret))
+
+    def _new_event(self, make):
+        h = self._h
+        h.check()
+        ptr = _vp()
+        with h.lock:
+            _live(h)
+            rc = make(h.cptr, ctypes.byref(ptr))
+            if rc < 0:
+                raise h.error(rc)
+            ev = Event(h, ptr.value)
+        if h.async_calls:
+            h.after_blocking()
+        return ev
 
     # ---- state ----
 

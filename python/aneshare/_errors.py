@@ -150,11 +150,23 @@ class StateLostError(DaemonError):
     wire_code = 20
 
 
+class NoSuchEventError(DaemonError):
+    """No event with that ID on this connection, or an unknown event token."""
+    wire_code = 21
+
+
+class EventClosedError(DaemonError):
+    """The event closed below the value waited for (its owner released it,
+    or the daemon restarted since the event was made)."""
+    wire_code = 22
+
+
 BY_WIRE_CODE = {c.wire_code: c for c in (
     ProtocolError, VersionError, HandshakeError, UnknownMethodError, InvalidParamsError,
     NoSuchSurfaceError, NoSuchProgramError, NoSuchFunctionError, LimitError, CompileError,
     UnsupportedError, SizeMismatchError, BadFdError, RunFailedError, NoMemoryError, InternalError,
-    ShuttingDownError, WorkerRestartedError, NoSuchStateError, StateLostError)}
+    ShuttingDownError, WorkerRestartedError, NoSuchStateError, StateLostError, NoSuchEventError,
+    EventClosedError)}
 
 _LINE = re.compile(r"\bline (\d+)")
 

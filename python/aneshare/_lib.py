@@ -110,6 +110,19 @@ class Status(ctypes.Structure):
 
 DONE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(Result), ctypes.c_void_p)
 
+MAX_RUN_EVENTS = 8   # ANESHARE_MAX_RUN_EVENTS
+
+
+class EventPoint(ctypes.Structure):
+    _fields_ = [("event", ctypes.c_void_p), ("value", ctypes.c_uint64)]
+
+
+class RunOpts(ctypes.Structure):
+    _fields_ = [("function", ctypes.c_uint32), ("state", ctypes.c_void_p),
+                ("wait", ctypes.POINTER(EventPoint)), ("n_wait", ctypes.c_size_t),
+                ("signal", ctypes.POINTER(EventPoint)), ("n_signal", ctypes.c_size_t),
+                ("reserved", ctypes.c_uint64 * 4)]
+
 _vp = ctypes.c_void_p
 _u32 = ctypes.c_uint32
 _sz = ctypes.c_size_t
@@ -187,6 +200,23 @@ _OPTIONAL_PROTOTYPES = {
                                          ctypes.POINTER(_u32)]),
     "aneshare_run_chain_states": (_int, [_vp, ctypes.POINTER(Step), _pvp, _sz]),
     "aneshare_run_state_async": (_int, [_vp, _u32, _vp, _pvp, _sz, _pvp, _sz, DONE_FN, _vp]),
+    # events (docs/protocol.md, "Events")
+    "aneshare_event_create": (_int, [_vp, ctypes.POINTER(_vp)]),
+    "aneshare_event_signal": (_int, [_vp, ctypes.c_uint64]),
+    "aneshare_event_wait": (_int, [_vp, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)]),
+    "aneshare_event_wait_async": (_int, [_vp, ctypes.c_uint64, DONE_FN, _vp]),
+    "aneshare_event_value": (_int, [_vp, ctypes.POINTER(ctypes.c_uint64)]),
+    "aneshare_event_export": (_int, [_vp, ctypes.POINTER(ExportOpts), ctypes.POINTER(Token),
+                                     ctypes.POINTER(ctypes.c_uint64)]),
+    "aneshare_event_import_token": (_int, [_vp, _str, ctypes.POINTER(_vp)]),
+    "aneshare_event_imported": (ctypes.c_bool, [_vp]),
+    "aneshare_event_release": (_int, [_vp]),
+    "aneshare_run_ex": (_int, [_vp, _pvp, _sz, _pvp, _sz, ctypes.POINTER(RunOpts)]),
+    "aneshare_run_submit_ex": (_int, [_vp, _pvp, _sz, _pvp, _sz, ctypes.POINTER(RunOpts),
+                                      ctypes.POINTER(_u32)]),
+    "aneshare_run_async_ex": (_int, [_vp, _pvp, _sz, _pvp, _sz, ctypes.POINTER(RunOpts), DONE_FN,
+                                     _vp]),
+    "aneshare_run_chain_ex": (_int, [_vp, ctypes.POINTER(Step), _pvp, _sz, ctypes.POINTER(RunOpts)]),
 }
 HAVE = set()
 

@@ -124,14 +124,16 @@ def check_struct(cls, parsed):
     (_lib.Weight, "aneshare_weight"), (_lib.Step, "aneshare_step"),
     (_lib.Result, "aneshare_result"), (_lib.Status, "aneshare_status"),
     (_lib.WeightFd, "aneshare_weight_fd"), (_lib.Token, "aneshare_token"),
-    (_lib.ExportOpts, "aneshare_export_opts")])
+    (_lib.ExportOpts, "aneshare_export_opts"), (_lib.EventPoint, "aneshare_event_point"),
+    (_lib.RunOpts, "aneshare_run_opts")])
 def test_struct_matches_header(cls, name):
     if cls in OPTIONAL_STRUCTS and not re.search(r"struct\s+%s\s*\{" % name, TEXT):
         pytest.skip("%s is not in this client/aneshare.h" % name)
     check_struct(cls, struct(name))
 
 
-OPTIONAL_STRUCTS = (_lib.WeightFd, _lib.Token, _lib.ExportOpts)   # of the optional functions
+OPTIONAL_STRUCTS = (_lib.WeightFd, _lib.Token, _lib.ExportOpts, _lib.EventPoint,
+                    _lib.RunOpts)   # of the optional functions
 
 
 def c_kind(t):
