@@ -679,17 +679,19 @@ static void bench_python(void)
  * example measures both, repetition by repetition on this daemon, checks
  * every result against the one-process reference and prints a "bench:"
  * line with the medians; $ANESHARE_PIPELINE overrides its path.  Checked:
- * frames 1 ms apart (a frame source: each frame of both starts from idle);
- * printed: frames back to back, where the one process's next chain finds the
- * daemon's lane still polling its socket and the pipeline's two connections
- * do not.
+ * the processes ordered by events (--sync event: runs submitted ahead, no
+ * message between the processes per frame), frames 1 ms apart (a frame
+ * source: each frame of both starts from idle).  Printed: the same ordered
+ * by socketpair messages (--sync socket), and both with frames back to
+ * back, where the one process's next chain finds the daemon's lane still
+ * polling its socket and the pipeline's connections do not.
  */
 #ifndef ANES_PIPELINE_EXE
 #define ANES_PIPELINE_EXE ""
 #endif
 
 /* One run of the example: its medians; exits on a failure or a wrong result. */
-static double pipeline_run(int interval_us, int n, double *ret_pipe, double *ret_one)
+static double pipeline_run(const char *sync, int interval_us, int n, double *ret_pipe, double *ret_one)
 {
 	const char *exe = getenv("ANESHARE_PIPELINE");
 	if (!exe || !*exe)
@@ -706,18 +708,18 @@ static double pipeline_run(int interval_us, int n, double *ret_pipe, double *ret
 		die("fork", -errno, NULL);
 	if (pid == 0) {
 		dup2(from[1], 1);
-		execl(exe, exe, "--socket", g_sock, "--bench", reps, "--batch", batch, "--interval-us", iv,
-		      "--quiet", (char *)NULL);
+		execl(exe, exe, "--socket", g_sock, "--sync", sync, "--bench", reps, "--batch", batch,
+		      "--interval-us", iv, "--quiet", (char *)NULL);
 		_exit(127);
 	}
 	close(from[1]);
 	FILE *in = fdopen(from[0], "r");
-	char line[512];
+	char line[512], got_sync[16] = "";
 	double ratio = 0;
 	int bad = -1, ivr = -1;
 	while (in && fgets(line, sizeof line, in)) {
-		if (sscanf(line, "bench: interval_us=%d pipeline_p50_us=%lf single_p50_us=%lf ratio=%lf bad=%d",
-		           &ivr, ret_pipe, ret_one, &ratio, &bad) == 5)
+		if (sscanf(line, "bench: interval_us=%d pipeline_p50_us=%lf single_p50_us=%lf ratio=%lf bad=%d "
+		                 "sync=%15s", &ivr, ret_pipe, ret_one, &ratio, &bad, got_sync) == 6)
 			continue;
 		printf("  %s", line);   /* the example's own report */
 	}
@@ -725,7 +727,8 @@ static double pipeline_run(int interval_us, int n, double *ret_pipe, double *ret
 		fclose(in);
 	int st = 0;
 	waitpid(pid, &st, 0);
-	if (bad != 0 || ivr != interval_us || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+	if (bad != 0 || ivr != interval_us || strcmp(got_sync, sync) != 0 || !WIFEXITED(st) ||
+	    WEXITSTATUS(st) != 0)
 		die("examples/pipeline", -EIO, bad > 0 ? "results off the one-process reference" : exe);
 	return ratio;
 }
@@ -735,22 +738,30 @@ static void bench_pipeline(void)
 	int n = g_quick ? 100 : 300;
 	printf("\n== 3-process pipeline (examples/pipeline) against the same chain in one process, "
 	       "%d x %d frames\n", g_reps, n);
-	double pp, sp, bp, bs;
-	double ratio = pipeline_run(1000, n, &pp, &sp);
-	double ratio_b2b = pipeline_run(0, n, &bp, &bs);
-	printf("    %-52s p50 %8.1f us\n", "frames 1 ms apart: 3 processes, one frame in flight", pp);
-	printf("    %-52s p50 %8.1f us\n", "frames 1 ms apart: one process, 2-step chain", sp);
-	printf("    ratio 3 processes / one process (median of the repetitions' ratios)  %.2f  (limit 1.2)\n",
-	       ratio);
-	printf("    frames back to back: 3 processes %.1f us, one process %.1f us, ratio %.2f\n", bp, bs,
-	       ratio_b2b);
-	bench_fig("us", pp, "pipeline: 3-process per-frame latency p50, frames 1 ms apart");
-	bench_fig("us", sp, "pipeline: one-process 2-step chain p50, frames 1 ms apart");
-	bench_fig("ratio", ratio, "pipeline: 3 processes / one process, frames 1 ms apart");
-	bench_fig("us", bp, "pipeline: 3-process per-frame latency p50, back to back");
-	bench_fig("us", bs, "pipeline: one-process 2-step chain p50, back to back");
-	bench_fig("ratio", ratio_b2b, "pipeline: 3 processes / one process, back to back");
-	bench_check(ratio, 1.2, true, "3-process pipeline <= 1.2 x one process (1 ms apart)");
+	double ep, es, sp, ss, ebp, ebs, sbp, sbs;
+	double ratio = pipeline_run("event", 1000, n, &ep, &es);
+	double ratio_s = pipeline_run("socket", 1000, n, &sp, &ss);
+	double ratio_eb = pipeline_run("event", 0, n, &ebp, &ebs);
+	double ratio_sb = pipeline_run("socket", 0, n, &sbp, &sbs);
+	printf("    %-60s p50 %8.1f us\n", "frames 1 ms apart: 3 processes, events, one frame in flight", ep);
+	printf("    %-60s p50 %8.1f us\n", "frames 1 ms apart: one process, 2-step chain", es);
+	printf("    ratio 3 processes (events) / one process (median of the repetitions' ratios)  %.2f  "
+	       "(limit 1.2)\n", ratio);
+	printf("    socket messages instead: 3 processes %.1f us, one process %.1f us, ratio %.2f\n", sp, ss,
+	       ratio_s);
+	printf("    frames back to back: events %.1f us / %.1f us, ratio %.2f; socket messages %.1f us / "
+	       "%.1f us, ratio %.2f\n", ebp, ebs, ratio_eb, sbp, sbs, ratio_sb);
+	bench_fig("us", ep, "pipeline: 3-process per-frame latency p50, events, frames 1 ms apart");
+	bench_fig("us", es, "pipeline: one-process 2-step chain p50, frames 1 ms apart");
+	bench_fig("ratio", ratio, "pipeline: 3 processes (events) / one process, frames 1 ms apart");
+	bench_fig("us", sp, "pipeline: 3-process per-frame latency p50, socket messages, frames 1 ms apart");
+	bench_fig("ratio", ratio_s, "pipeline: 3 processes (socket messages) / one process, frames 1 ms apart");
+	bench_fig("us", ebp, "pipeline: 3-process per-frame latency p50, events, back to back");
+	bench_fig("us", ebs, "pipeline: one-process 2-step chain p50, back to back (events run)");
+	bench_fig("ratio", ratio_eb, "pipeline: 3 processes (events) / one process, back to back");
+	bench_fig("us", sbp, "pipeline: 3-process per-frame latency p50, socket messages, back to back");
+	bench_fig("ratio", ratio_sb, "pipeline: 3 processes (socket messages) / one process, back to back");
+	bench_check(ratio, 1.2, true, "3-process pipeline (events) <= 1.2 x one process (1 ms apart)");
 }
 
 /* ---- 2. throughput ---------------------------------------------------------------- */

@@ -948,6 +948,8 @@ typedef struct aneshare_status {
 		/* Its scheduling class: "interactive", "default" or "background"
 		 * (static; "" from daemons that do not report it). */
 		const char *priority;
+		uint64_t events;           /* event handles its connections hold (0 from daemons
+		                            * that do not report it) */
 	} *process_list;               /* n_processes entries, owned by the status */
 	/* The daemon's totals against its limits, one per resource. */
 	uint32_t n_totals;
@@ -978,6 +980,8 @@ typedef struct aneshare_status {
 			bool read_only;        /* its handle is read-only */
 		} *holder_list;            /* n_holders entries, owned by the status */
 	} *shared_list;                /* n_shared entries, owned by the status */
+	uint64_t events;               /* events alive in the daemon (docs/protocol.md,
+	                                * "Events"); 0 from daemons that do not report it */
 } aneshare_status;
 
 /* On success *ret is owned by the caller: aneshare_status_free(). */

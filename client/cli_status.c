@@ -102,8 +102,9 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 	fprintf(f, "aneshared %s, backend %s, protocol %u, up %" PRIu64 ".%03" PRIu64 " s\n",
 	        st->server_version, st->backend, protocol, st->uptime_ms / 1000, st->uptime_ms % 1000);
 	fprintf(f, "connections %u, processes %u, runs %" PRIu64 " (on lanes %" PRIu64 "), compiles %" PRIu64
-	        " (cache hits %" PRIu64 ")\n",
-	        st->clients, st->processes_total, st->runs, st->lane_runs, st->compiles, st->cache_hits);
+	        " (cache hits %" PRIu64 "), events %" PRIu64 "\n",
+	        st->clients, st->processes_total, st->runs, st->lane_runs, st->compiles, st->cache_hits,
+	        st->events);
 	if (!brief)
 		fprintf(f, "lane spin: %" PRIu64 " polls after an answer, %" PRIu64 " got the next request, %" PRIu64
 		        " lost the CPU, %" PRIu64 " answers skipped it\n", st->lane_spins, st->lane_spin_hits,
@@ -132,9 +133,9 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 		fprintf(f, "surfaces %u (%s)\n", st->surfaces, b1);
 	}
 	if (st->processes_total || st->n_processes) {
-		fprintf(f, "\n%-20s %8s %5s %5s %6s %9s %5s %9s %4s %5s %8s %8s %10s %6s %4s\n", "CLIENT", "PID",
-		        "UID", "CONNS", "SURF", "SURF_B", "PROGS", "PROG_B", "FDS", "JOBS", "INPUT", "UNSENT", "RUNS",
-		        "QUEUED", "DEV%");
+		fprintf(f, "\n%-20s %8s %5s %5s %6s %9s %5s %9s %4s %5s %8s %8s %10s %6s %4s %6s\n", "CLIENT",
+		        "PID", "UID", "CONNS", "SURF", "SURF_B", "PROGS", "PROG_B", "FDS", "JOBS", "INPUT", "UNSENT",
+		        "RUNS", "QUEUED", "DEV%", "EVENTS");
 		for (uint32_t i = 0; i < st->n_processes; i++) {
 			const struct aneshare_status_process *p = &st->process_list[i];
 			char name[21], b4[32];
@@ -148,9 +149,9 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 			else
 				snprintf(b4, sizeof b4, "?");
 			fprintf(f, "%-20s %8s %5u %5u %6" PRIu64 " %9s %5" PRIu64 " %9s %4" PRIu64 " %5" PRIu64
-			        " %8s %8s %10" PRIu64 " %6" PRIu64 " %4" PRIu64 "\n",
+			        " %8s %8s %10" PRIu64 " %6" PRIu64 " %4" PRIu64 " %6" PRIu64 "\n",
 			        name, b4, p->uid, p->connections, p->surfaces, b1, p->programs, b2, p->fds,
-			        p->jobs, b5, b3, p->runs, p->queued, p->device_share);
+			        p->jobs, b5, b3, p->runs, p->queued, p->device_share, p->events);
 		}
 		if (st->n_processes < st->processes_total)
 			fprintf(f, "(%u more not listed)\n", st->processes_total - st->n_processes);
@@ -201,6 +202,7 @@ void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol)
 	json_u64(f, "lane_runs", st->lane_runs, true);
 	json_u64(f, "compiles", st->compiles, true);
 	json_u64(f, "cache_hits", st->cache_hits, true);
+	json_u64(f, "events", st->events, true);
 	fprintf(f, "\n \"totals\": [");
 	for (uint32_t i = 0; i < st->n_totals; i++) {
 		const struct aneshare_status_total *t = &st->total_list[i];
@@ -234,6 +236,7 @@ void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol)
 		json_u64(f, "queued", p->queued, true);
 		json_u64(f, "device_us", p->device_us, true);
 		json_u64(f, "device_share", p->device_share, true);
+		json_u64(f, "events", p->events, true);
 		fprintf(f, "\"priority\": ");
 		json_str(f, p->priority ? p->priority : "");
 		fprintf(f, "}");

@@ -170,6 +170,7 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 		(void)anes_mp_u64(&procs[i], "queued", UINT64_MAX, &pr->queued);
 		(void)anes_mp_u64(&procs[i], "device_us", UINT64_MAX, &pr->device_us);
 		(void)anes_mp_u64(&procs[i], "device_share", 100, &pr->device_share);
+		(void)anes_mp_u64(&procs[i], "events", UINT64_MAX, &pr->events);
 		static const char *const classes[] = { "interactive", "default", "background" };
 		const char *pn;
 		uint32_t pl;
@@ -234,6 +235,7 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	(void)anes_mp_u64(res, "lane_spin_gaps", UINT64_MAX, &spin_gaps);
 	(void)anes_mp_u64(res, "lane_spin_skips", UINT64_MAX, &spin_skips);
 	(void)anes_mp_u64(res, "lane_slice_ends", UINT64_MAX, &st->lane_slice_ends);
+	(void)anes_mp_u64(res, "events", UINT64_MAX, &st->events);
 	st->lane_runs = lane_runs;
 	st->lane_spins = spins;
 	st->lane_spin_hits = spin_hits;
