@@ -60,7 +60,7 @@ class StatusProcess(ctypes.Structure):
                [(f, ctypes.c_uint64) for f in (
                    "surfaces", "surface_bytes", "fds", "programs", "program_bytes", "jobs",
                    "unsent_bytes", "input_bytes", "runs", "queued", "device_us", "device_share")] + \
-               [("priority", ctypes.c_char_p)]
+               [("priority", ctypes.c_char_p), ("events", ctypes.c_uint64)]
 
 
 class StatusTotal(ctypes.Structure):
@@ -105,7 +105,9 @@ class Status(ctypes.Structure):
                 # read only from a library that has the sharing calls (HAVE): an
                 # older one allocates the struct without them
                 ("n_shared", ctypes.c_uint32), ("shared_total", ctypes.c_uint64),
-                ("shared_list", ctypes.POINTER(StatusShared))]
+                ("shared_list", ctypes.POINTER(StatusShared)),
+                # read only from a library that has events (HAVE)
+                ("events", ctypes.c_uint64)]
 
 
 DONE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(Result), ctypes.c_void_p)
