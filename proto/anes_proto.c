@@ -861,7 +861,8 @@ static bool str_is(const char *s, uint32_t len, const char *lit)
 	return strlen(lit) == len && memcmp(s, lit, len) == 0;
 }
 
-enum { K_PROGRAM = 1, K_FUNCTION = 2, K_INPUTS = 4, K_OUTPUTS = 8, K_STEPS = 16, K_STATE = 32 };
+enum { K_PROGRAM = 1, K_FUNCTION = 2, K_INPUTS = 4, K_OUTPUTS = 8, K_STEPS = 16, K_STATE = 32,
+       K_WAIT = 64, K_SIGNAL = 128 };
 
 /* The step key a str names (0: none). */
 static unsigned step_key(const mp_item *k)
@@ -874,6 +875,8 @@ static unsigned step_key(const mp_item *k)
 	       : str_is(k->s, k->len, "outputs")  ? K_OUTPUTS
 	       : str_is(k->s, k->len, "steps")    ? K_STEPS
 	       : str_is(k->s, k->len, "state")    ? K_STATE
+	       : str_is(k->s, k->len, "wait")     ? K_WAIT
+	       : str_is(k->s, k->len, "signal")   ? K_SIGNAL
 	                                          : 0;
 }
 
@@ -881,6 +884,7 @@ static unsigned step_key(const mp_item *k)
 typedef struct step_acc {
 	unsigned seen;
 	bool program_bad, function_bad, state_bad;
+	bool events;               /* a chain's step has "wait" or "signal" */
 	bool ids_bad[2];           /* inputs, outputs: not an array */
 	uint32_t bad_item[2];      /* the first item that is not a u32, or UINT32_MAX */
 } step_acc;
@@ -983,6 +987,8 @@ static uint8_t step_bad(const step_acc *a, anes_run_wire_step *st)
 	}
 	if (a->state_bad)
 		return ANES_RUN_STATE_TYPE;
+	if (a->events)
+		return ANES_RUN_STEP_EVENTS;
 	return ANES_RUN_OK;
 }
 
@@ -990,6 +996,85 @@ static void step_start(anes_run_wire_step *st, step_acc *a)
 {
 	*st = (anes_run_wire_step){ 0 };
 	*a = (step_acc){ .bad_item = { UINT32_MAX, UINT32_MAX } };
+}
+
+static void ev_bad(anes_run_wire *w, uint8_t code, bool sig, uint32_t item)
+{
+	if (w->ev_bad)
+		return;
+	w->ev_bad = code;
+	w->ev_bad_signal = sig;
+	w->ev_bad_item = item;
+}
+
+/* The params' "wait" (sig false) or "signal", its value at level 2: an
+ * array of maps {event, value}.  A key twice in an entry is malformed, as
+ * in anes_msg_decode; other keys are skipped (and checked by it). */
+static bool rd_events(rd *r, anes_run_wire *w, bool sig)
+{
+	mp_item it;
+	if (!rd_item(r, 2, &it))
+		return false;
+	if (it.kind != MPK_ARRAY || it.u > ANES_RUN_MAX_EVENTS) {
+		ev_bad(w, ANES_RUN_EV_TYPE, sig, 0);
+		return rd_skip(r, 2, &it);
+	}
+	uint8_t *n = sig ? &w->n_signal : &w->n_wait;
+	anes_run_wire_ev *v = sig ? w->signal : w->wait;
+	for (uint32_t i = 0; i < it.u; i++) {
+		mp_item e;
+		if (!rd_item(r, 3, &e))
+			return false;
+		if (e.kind != MPK_MAP) {
+			ev_bad(w, ANES_RUN_EV_ENTRY, sig, i);
+			if (!rd_skip(r, 3, &e))
+				return false;
+			continue;
+		}
+		bool has_ev = false, has_val = false, ok = true;
+		uint64_t ev = 0, val = 0;
+		for (uint64_t k = 0; k < e.u; k++) {
+			mp_item key, x;
+			if (!rd_item(r, 4, &key))
+				return false;
+			bool is_ev = key.kind == MPK_STR && str_is(key.s, key.len, "event");
+			bool is_val = key.kind == MPK_STR && str_is(key.s, key.len, "value");
+			if (!is_ev && !is_val) {
+				r->odd = true;
+				if (!rd_skip(r, 4, &key) || !rd_skip_one(r, 4))
+					return false;
+				continue;
+			}
+			if ((is_ev && has_ev) || (is_val && has_val))
+				return false;   /* the same key twice */
+			if (!rd_item(r, 4, &x))
+				return false;
+			if (x.kind != MPK_UINT || (is_ev && x.u > UINT32_MAX))
+				ok = false;
+			else if (is_ev)
+				ev = x.u;
+			else
+				val = x.u;
+			has_ev = has_ev || is_ev;
+			has_val = has_val || is_val;
+			if (!rd_skip(r, 4, &x))
+				return false;
+		}
+		if (!ok || !has_ev || !has_val) {
+			ev_bad(w, ANES_RUN_EV_ENTRY, sig, i);
+			continue;
+		}
+		bool dup = false;
+		for (uint8_t k = 0; k < *n && !dup; k++)
+			dup = v[k].event == (uint32_t)ev;
+		if (dup) {
+			ev_bad(w, ANES_RUN_EV_DUP, sig, i);
+			continue;
+		}
+		v[*n] = (anes_run_wire_ev){ .event = (uint32_t)ev, .value = val };
+		(*n)++;
+	}
+	return true;
 }
 
 /* A key of a map at level whose step keys go to st: false for a malformed
@@ -1015,6 +1100,12 @@ static bool rd_step_entry(rd *r, unsigned level, anes_run_wire *w, anes_run_wire
 		return key == K_STEPS || rd_skip_one(r, level);
 	}
 	a->seen |= key;
+	if (key == K_WAIT || key == K_SIGNAL) {
+		if (level == 2)
+			return rd_events(r, w, key == K_SIGNAL);
+		a->events = true;   /* in a chain's step: refused */
+		return rd_skip_one(r, level);
+	}
 	return rd_step_value(r, level, key, w, st, a);
 }
 
@@ -1076,6 +1167,10 @@ int anes_run_wire_parse(const void *buf, size_t len, anes_run_wire *w, msgpack_z
 	w->n_ids = 0;
 	w->bad = ANES_RUN_OK;
 	w->bad_step = 0;
+	w->n_wait = w->n_signal = 0;
+	w->ev_bad = ANES_RUN_EV_OK;
+	w->ev_bad_signal = false;
+	w->ev_bad_item = 0;
 	anes_run_wire_step single;
 	step_acc a;
 	step_start(&single, &a);

@@ -168,7 +168,24 @@ typedef enum anes_run_bad {
 	ANES_RUN_OUTPUTS_TYPE,
 	ANES_RUN_OUTPUTS_ITEM,
 	ANES_RUN_STATE_TYPE,        /* "state" is not an unsigned integer up to UINT32_MAX */
+	ANES_RUN_STEP_EVENTS,       /* a chain's step has "wait" or "signal" (the run's) */
 } anes_run_bad;
+
+/* A run's "wait" and "signal" lists (docs/protocol.md, "Events in runs"). */
+#define ANES_RUN_MAX_EVENTS 8
+
+/* What is wrong with them (anes_run_wire.ev_bad), the first found. */
+typedef enum anes_run_ev_bad {
+	ANES_RUN_EV_OK = 0,
+	ANES_RUN_EV_TYPE,       /* not an array of at most ANES_RUN_MAX_EVENTS */
+	ANES_RUN_EV_ENTRY,      /* entry ev_bad_item is not a map with "event" (u32) and "value" (u64) */
+	ANES_RUN_EV_DUP,        /* entry ev_bad_item names an event named before in its list */
+} anes_run_ev_bad;
+
+typedef struct anes_run_wire_ev {
+	uint32_t event;
+	uint64_t value;
+} anes_run_wire_ev;
 
 /* One step (or the single run) of a run request. */
 typedef struct anes_run_wire_step {
@@ -192,6 +209,12 @@ typedef struct anes_run_wire {
 	uint8_t bad;          /* anes_run_bad of the request itself, or 0 */
 	uint32_t bad_step;    /* ANES_RUN_STEP_NOT_MAP: the index */
 	uint32_t n_steps;     /* chain: steps named (1..ANES_MAX_STEPS) */
+	uint8_t n_wait, n_signal;   /* the run's "wait" and "signal" entries */
+	anes_run_wire_ev wait[ANES_RUN_MAX_EVENTS];
+	anes_run_wire_ev signal[ANES_RUN_MAX_EVENTS];
+	uint8_t ev_bad;       /* anes_run_ev_bad, the first found in "wait" then "signal" order read */
+	bool ev_bad_signal;   /* ... in "signal" (else "wait") */
+	uint32_t ev_bad_item;
 	uint32_t n_ids;
 	anes_run_wire_step steps[ANES_MAX_STEPS];
 	uint32_t ids[ANES_RUN_WIRE_MAX_IDS];
@@ -201,8 +224,9 @@ typedef struct anes_run_wire {
  * unpacking: a request [0, msgid, "run", params] in any well-formed
  * encoding, params either {steps: [step, ...]} or one step, a step a map
  * of "program" (u32), "function" (str, optional), "inputs" and "outputs"
- * (arrays of u32 surface IDs), "state" (u32, optional); other keys are
- * ignored.
+ * (arrays of u32 surface IDs), "state" (u32, optional); beside them (not
+ * in a chain's steps) "wait" and "signal", arrays of {event: u32, value:
+ * u64}; other keys are ignored.
  * Returns
  *   1        a well-formed run request (exactly what anes_msg_decode
  *            accepts, with the same values through its accessors): w holds

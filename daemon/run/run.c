@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "anes_shm.h"
+#include "event.h"
 #include "run.h"
 #include "state.h"
 
@@ -74,6 +75,16 @@ static void set_err(run_err *e, bool chain, bool step_level, uint32_t step, int 
 /* A step whose state is lost (run_one) fails with this code; a backend's
  * own -ESTALE is answered as any other failure. */
 #define STATE_LOST_RC (-ESTALE)
+
+/* The events a run names (docs/protocol.md, "Events in runs"), resolved:
+ * handles of the connection (their events referenced by jobs). */
+typedef struct run_events {
+	uint8_t n_wait, n_signal;
+	anes_evhandle *wait[ANES_RUN_MAX_EVENTS];
+	uint64_t wait_value[ANES_RUN_MAX_EVENTS];
+	anes_evhandle *signal[ANES_RUN_MAX_EVENTS];
+	uint64_t signal_value[ANES_RUN_MAX_EVENTS];
+} run_events;
 
 /* The one map from a failed step's return code to the wire. */
 static void run_fail(run_err *e, bool chain, uint32_t step, int rc, const char *err)
@@ -162,6 +173,10 @@ static void step_param_err(run_err *e, bool chain, uint32_t i, const anes_run_wi
 	case ANES_RUN_INPUTS_TYPE: key = "inputs"; break;
 	case ANES_RUN_OUTPUTS_TYPE: key = "outputs"; break;
 	case ANES_RUN_STATE_TYPE: key = "state"; break;
+	case ANES_RUN_STEP_EVENTS:
+		set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS,
+		        "\"wait\" and \"signal\" belong to the run, not to a step");
+		return;
 	default: break;
 	}
 	set_err(e, chain, true, i, ANES_WERR_INVALID_PARAMS,
@@ -281,11 +296,76 @@ static bool resolve_step(anes_conn *c, const anes_run_wire *w, uint32_t i, run_s
 	return true;
 }
 
+/* The run's "wait" and "signal" lists against c's event handles, after its
+ * steps (docs/protocol.md, "Events in runs"). */
+static bool resolve_events(anes_conn *c, const anes_run_wire *w, run_events *ev, run_err *e)
+{
+	ev->n_wait = ev->n_signal = 0;
+	if (w->ev_bad) {
+		const char *list = w->ev_bad_signal ? "signal" : "wait";
+		if (w->ev_bad == ANES_RUN_EV_TYPE)
+			set_err(e, false, false, 0, ANES_WERR_INVALID_PARAMS,
+			        "\"%s\" is not an array of at most %d {event, value} maps", list,
+			        ANES_RUN_MAX_EVENTS);
+		else if (w->ev_bad == ANES_RUN_EV_DUP)
+			set_err(e, false, false, 0, ANES_WERR_INVALID_PARAMS,
+			        "\"%s\"[%u] names an event listed before it", list, w->ev_bad_item);
+		else
+			set_err(e, false, false, 0, ANES_WERR_INVALID_PARAMS,
+			        "\"%s\"[%u] is not a map of \"event\" (an event ID) and \"value\" (uint)",
+			        list, w->ev_bad_item);
+		return false;
+	}
+	for (uint8_t i = 0; i < w->n_wait; i++) {
+		anes_evhandle *h = anes_idt_find(&c->event_ids, w->wait[i].event);
+		if (!h) {
+			set_err(e, false, false, 0, ANES_WERR_NO_SUCH_EVENT, "wait: no event %u",
+			        w->wait[i].event);
+			return false;
+		}
+		ev->wait[i] = h;
+		ev->wait_value[i] = w->wait[i].value;
+	}
+	for (uint8_t i = 0; i < w->n_signal; i++) {
+		anes_evhandle *h = anes_idt_find(&c->event_ids, w->signal[i].event);
+		if (!h) {
+			set_err(e, false, false, 0, ANES_WERR_NO_SUCH_EVENT, "signal: no event %u",
+			        w->signal[i].event);
+			return false;
+		}
+		char msg[128];
+		if (anes_event_signal_check(h, w->signal[i].value, msg, sizeof(msg)) < 0) {
+			set_err(e, false, false, 0, ANES_WERR_INVALID_PARAMS, "signal: %s", msg);
+			return false;
+		}
+		ev->signal[i] = h;
+		ev->signal_value[i] = w->signal[i].value;
+	}
+	/* A wait that can never be met is refused now. */
+	for (uint8_t i = 0; i < w->n_wait; i++) {
+		anes_event *x = ev->wait[i]->ev;
+		pthread_mutex_lock(&x->mu);
+		bool dead = x->closed && x->value < ev->wait_value[i];
+		uint64_t final = x->value;
+		pthread_mutex_unlock(&x->mu);
+		if (dead) {
+			set_err(e, false, false, 0, ANES_WERR_EVENT_CLOSED,
+			        "wait: event %u closed at %llu, below %llu", ev->wait[i]->id,
+			        (unsigned long long)final, (unsigned long long)ev->wait_value[i]);
+			return false;
+		}
+	}
+	ev->n_wait = w->n_wait;
+	ev->n_signal = w->n_signal;
+	return true;
+}
+
 /* Check the request w (the first thing wrong becomes e) and fill steps[]
  * -- laid out as run_steps_bytes(w->n_steps, w->n_ids) counts -- in one
  * pass, in the order the daemon has always checked: the request, then each
  * step's params, program, function, counts, inputs and outputs, and state. */
-static bool resolve(anes_conn *c, const anes_run_wire *w, run_step *steps, run_err *e)
+static bool resolve(anes_conn *c, const anes_run_wire *w, run_step *steps, run_events *ev,
+                    run_err *e)
 {
 	switch (w->bad) {
 	case ANES_RUN_OK:
@@ -321,7 +401,7 @@ static bool resolve(anes_conn *c, const anes_run_wire *w, run_step *steps, run_e
 		surf += st->n_in + st->n_out;
 		ptrs += st->n_in + st->n_out;
 	}
-	return true;
+	return resolve_events(c, w, ev, e);
 }
 
 /* ---- the step executor ------------------------------------------------------- */
@@ -423,10 +503,22 @@ static int run_steps(anes_backend *b, const run_step *steps, uint32_t n, uint32_
 
 /* ---- runs on the loop: jobs ------------------------------------------------------ */
 
+typedef struct run_job run_job;
+
+/* One of a run's event waits (state/event.h). */
+typedef struct run_evwait {
+	anes_evwaiter w;        /* w.ev referenced */
+	run_job *rj;
+} run_evwait;
+
+/* Failures that are not a step's (run_work, run_done). */
+#define EVENT_CLOSED_RC (-EPIPE)      /* an event it waits for closed below */
+#define EVENT_SHUTDOWN_RC (-ESHUTDOWN)   /* the daemon stopped it while parked */
+
 /* A run request: one step, or a chain run back to back in one job.  The
  * steps, their surface pointers and their data pointers live in the same
  * allocation as the job. */
-typedef struct run_job {
+struct run_job {
 	anes_job job;
 	anes_conn *conn;        /* referenced */
 	anes_tenant *tenant;    /* conn's, referenced: the job is counted */
@@ -441,6 +533,16 @@ typedef struct run_job {
 	anes_state_wait wait;
 	anes_state_claim *claims;   /* n_steps entries, n_claims used */
 	uint32_t n_claims;
+	/* Events (docs/protocol.md, "Events in runs"): its waits, and the
+	 * events it raises when it succeeds (referenced, counted as their
+	 * signallers until done()). */
+	uint8_t n_wait, n_signal;
+	run_evwait evw[ANES_RUN_MAX_EVENTS];
+	anes_event *sig[ANES_RUN_MAX_EVENTS];
+	uint64_t sig_value[ANES_RUN_MAX_EVENTS];
+	_Atomic uint32_t ev_left;   /* waits not met yet (+1 while submit() registers them) */
+	anes_parked parked;     /* on conn->parked while it has waits (loop) */
+	bool on_parked;
 	int rc;
 	uint64_t elapsed_ns;
 	/* The success reply, packed on the worker (run_reply): sent whole
@@ -449,12 +551,25 @@ typedef struct run_job {
 	void *reply;
 	size_t reply_len, reply_sent;
 	char err[ANES_ERRMSG_MAX];
-} run_job;
+};
 
 /* On a worker: back to back, stopping at the first failure. */
 static void run_work(anes_job *j)
 {
 	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
+
+	/* A wait that ended without being met: nothing runs. */
+	for (uint8_t i = 0; i < rj->n_wait; i++) {
+		const anes_evwaiter *w = &rj->evw[i].w;
+		if (w->outcome == ANES_EVW_MET || w->outcome == ANES_EVW_CANCELLED)
+			continue;
+		rj->rc = w->outcome == ANES_EVW_CLOSED ? EVENT_CLOSED_RC : EVENT_SHUTDOWN_RC;
+		rj->n_done = 0;
+		rj->elapsed_ns = 0;
+		snprintf(rj->err, sizeof(rj->err), "wait: event %u closed at %llu, below %llu", w->id,
+		         (unsigned long long)w->final, (unsigned long long)w->value);
+		return;
+	}
 
 	/* A client that is gone gets no more runs started: the ones still
 	 * queued when its connection closed are dropped (nobody waits for
@@ -471,6 +586,9 @@ static void run_work(anes_job *j)
 	/* Counted before any client can see the reply (run_reply). */
 	atomic_fetch_add(&rj->conn->srv->stats.runs, rj->n_done);
 	atomic_fetch_add(&rj->tenant->runs, rj->n_done);
+	/* Its signals, on success only, before its reply (run_reply) goes. */
+	for (uint8_t i = 0; i < rj->n_signal && rj->rc == 0; i++)
+		anes_event_raise(rj->sig[i], rj->sig_value[i]);
 }
 
 /* A reply packed on the stack: a run's is a few dozen bytes, so the worker
@@ -547,7 +665,15 @@ static void run_done(anes_job *j, bool cancelled)
 	c->inflight--;
 	if (rj->replied || rj->reply_sent)
 		anes_conn_direct_seen(c);
-	if (cancelled) {
+	if (rj->on_parked) {
+		if (rj->parked.prev)
+			rj->parked.prev->next = rj->parked.next;
+		else if (c->parked == &rj->parked)
+			c->parked = rj->parked.next;
+		if (rj->parked.next)
+			rj->parked.next->prev = rj->parked.prev;
+	}
+	if (cancelled || rj->rc == EVENT_SHUTDOWN_RC) {
 		anes_conn_reply_error(c, rj->msgid, ANES_WERR_SHUTTING_DOWN,
 		                      "the daemon is shutting down; the run was not done");
 	} else if (rj->replied) {
@@ -558,10 +684,19 @@ static void run_done(anes_job *j, bool cancelled)
 		anes_conn_queue_rest(c, rj->reply, rj->reply_len, rj->reply_sent);
 	} else {
 		run_err e = { 0 };
-		if (rj->rc != 0)
+		if (rj->rc == EVENT_CLOSED_RC)
+			set_err(&e, false, false, 0, ANES_WERR_EVENT_CLOSED, "%s", rj->err);
+		else if (rj->rc != 0)
 			run_fail(&e, rj->chain, rj->n_done ? rj->n_done - 1 : 0, rj->rc, rj->err);
 		send_reply(c, rj->msgid, rj->chain, rj->n_steps, rj->elapsed_ns, &e);
 	}
+	/* Its events: it is no longer a pending signaller (they may close). */
+	for (uint8_t i = 0; i < rj->n_signal; i++) {
+		anes_event_signaler_done(rj->sig[i]);
+		anes_event_unref(rj->sig[i]);
+	}
+	for (uint8_t i = 0; i < rj->n_wait; i++)
+		anes_event_unref(rj->evw[i].w.ev);
 	for (uint32_t s = 0; s < rj->n_steps; s++) {
 		run_step *st = &rj->steps[s];
 		for (uint32_t i = 0; i < st->n_in + st->n_out; i++)
@@ -623,6 +758,46 @@ void anes_run_jobs_free(anes_server *srv)
 	srv->run_wire = NULL;
 }
 
+/* Any thread: one of rj's waits ended (met, closed, shutdown, cancelled). */
+static void run_ev_wake(anes_evwaiter *w)
+{
+	run_evwait *x = ANES_CONTAINER_OF(w, run_evwait, w);
+	run_job *rj = x->rj;
+	if (atomic_fetch_sub(&rj->ev_left, 1) == 1)
+		atomic_fetch_sub(&rj->conn->srv->ev_parked, 1);
+	anes_wait_unblock(&rj->wait);
+}
+
+/* Loop, its connection closes: its pending waits end (it is then not run:
+ * run_work sees the connection gone). */
+static void run_cancel(anes_parked *p)
+{
+	run_job *rj = ANES_CONTAINER_OF(p, run_job, parked);
+	rj->on_parked = false;   /* off the list (anes_events_conn_gone) */
+	for (uint8_t i = 0; i < rj->n_wait; i++)
+		if (anes_event_cancel(&rj->evw[i].w))
+			run_ev_wake(&rj->evw[i].w);
+}
+
+/* Any thread: whether a run made ready by an event is short (the lane
+ * rule: its programs' recent runs took at most --lane-run-max-us in all),
+ * and may run on the thread that raised the event. */
+static bool run_can_inline(anes_job *j)
+{
+	run_job *rj = ANES_CONTAINER_OF(j, run_job, job);
+	anes_server *srv = rj->conn->srv;
+	uint64_t expect_ns = 0, max_ns = (uint64_t)srv->cfg.lane_run_max_us * 1000u;
+	anes_backend *b = rj->backend;
+	for (uint32_t i = 0; i < rj->n_steps; i++) {
+		const anes_centry *en = rj->steps[i].entry;
+		uint64_t ns = atomic_load_explicit(&en->run_ns, memory_order_relaxed);
+		if (ns == 0 || (expect_ns += ns) > max_ns || !en->lanes ||
+		    (b->ops->program_ready && !b->ops->program_ready(b, en->prog)))
+			return false;
+	}
+	return true;
+}
+
 /* Loop: w (well formed, after hello) becomes a job, or its error reply. */
 static void submit(anes_conn *c, const anes_run_wire *w)
 {
@@ -638,7 +813,8 @@ static void submit(anes_conn *c, const anes_run_wire *w)
 	rj->claims = (anes_state_claim *)(void *)((char *)rj->steps + steps_bytes);
 	rj->n_steps = w->n_steps;   /* the size class, for run_job_free */
 	run_err e = { 0 };
-	if (!resolve(c, w, rj->steps, &e)) {
+	run_events ev;
+	if (!resolve(c, w, rj->steps, &ev, &e)) {
 		send_reply(c, w->msgid, w->chain, 0, 0, &e);
 		run_job_free(srv, rj);
 		return;
@@ -665,8 +841,11 @@ static void submit(anes_conn *c, const anes_run_wire *w)
 	rj->msgid = w->msgid;
 	rj->chain = w->chain;
 	c->inflight++;
-	/* Its states, each claimed once, in the order the steps name them. */
+	/* Its states, each claimed once, in the order the steps name them.
+	 * blocked starts at 1, submit()'s own hold: event waits may be met on
+	 * other threads while they are registered. */
 	rj->wait = (anes_state_wait){ .job = &rj->job, .pool = srv->pool };
+	atomic_init(&rj->wait.blocked, 1);
 	for (uint32_t i = 0; i < w->n_steps; i++) {
 		anes_state *st = rj->steps[i].state;
 		bool seen = !st;
@@ -675,8 +854,38 @@ static void submit(anes_conn *c, const anes_run_wire *w)
 		if (!seen)
 			anes_state_enqueue(anes_state_ref(st), &rj->claims[rj->n_claims++], &rj->wait);
 	}
-	if (rj->wait.blocked == 0)
-		anes_pool_submit(srv->pool, &rj->job);
+	/* Its events: signalled ones cannot close while it is pending; waits
+	 * not met yet park it (docs/protocol.md, "Events in runs"). */
+	rj->n_signal = ev.n_signal;
+	for (uint8_t i = 0; i < ev.n_signal; i++) {
+		rj->sig[i] = anes_event_ref(ev.signal[i]->ev);
+		rj->sig_value[i] = ev.signal_value[i];
+		anes_event_signaler_add(rj->sig[i]);
+	}
+	rj->job.can_inline = run_can_inline;
+	rj->n_wait = ev.n_wait;
+	if (ev.n_wait > 0) {
+		rj->parked = (anes_parked){ .next = c->parked, .cancel = run_cancel };
+		if (c->parked)
+			c->parked->prev = &rj->parked;
+		c->parked = &rj->parked;
+		rj->on_parked = true;
+		atomic_init(&rj->ev_left, 1);
+		atomic_fetch_add(&srv->ev_parked, 1);
+	}
+	for (uint8_t i = 0; i < ev.n_wait; i++) {
+		run_evwait *x = &rj->evw[i];
+		x->rj = rj;
+		x->w = (anes_evwaiter){ .ev = anes_event_ref(ev.wait[i]->ev), .id = ev.wait[i]->id,
+		                        .value = ev.wait_value[i], .wake = run_ev_wake };
+		atomic_fetch_add(&rj->wait.blocked, 1);
+		atomic_fetch_add(&rj->ev_left, 1);
+		if (anes_event_wait_add(&x->w) != ANES_EVW_PENDING)
+			run_ev_wake(&x->w);   /* met (closed below was refused by resolve) */
+	}
+	if (ev.n_wait > 0 && atomic_fetch_sub(&rj->ev_left, 1) == 1)
+		atomic_fetch_sub(&srv->ev_parked, 1);
+	anes_wait_unblock(&rj->wait);
 }
 
 bool anes_run_request(anes_conn *c, const void *payload, uint32_t len, unsigned nfds)
@@ -736,12 +945,17 @@ int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx
 		return 0;
 
 	run_err e = { 0 };
+	run_events ev;
 	uint32_t n_done = 0;
 	uint64_t elapsed_ns = 0;
 	if (!lane_buf(ctx, run_steps_bytes(w->n_steps, w->n_ids))) {
 		set_err(&e, false, false, 0, ANES_WERR_NO_MEMORY, "out of memory");
-	} else if (resolve(c, w, ctx->buf, &e)) {
+	} else if (resolve(c, w, ctx->buf, &ev, &e)) {
 		run_step *steps = ctx->buf;
+		/* A run that would wait is parked by the loop. */
+		for (uint8_t i = 0; i < ev.n_wait; i++)
+			if (anes_event_value(ev.wait[i]->ev) < ev.wait_value[i])
+				return 0;
 		/* Only what is known to be short: anything else would hold up
 		 * the connection's next requests, and goes to the loop. */
 		uint64_t expect_ns = 0, max_ns = (uint64_t)c->srv->cfg.lane_run_max_us * 1000u;
@@ -764,6 +978,12 @@ int anes_lane_request(anes_conn *c, const void *payload, uint32_t len, anes_wctx
 		atomic_fetch_add(&c->tenant->runs, n_done);
 		if (rc != 0)
 			run_fail(&e, w->chain, n_done - 1, rc, err);
+		/* Its signals, on success only, before its reply: this
+		 * connection owns them, and its table holds them while the lane
+		 * does.  What they make ready runs after the reply
+		 * (lanes.c). */
+		for (uint8_t i = 0; i < ev.n_signal && rc == 0; i++)
+			anes_event_raise(ev.signal[i]->ev, ev.signal_value[i]);
 	}
 	anes_frame *f = &ctx->reply;
 	uint32_t max_frame = c->srv->lim.max_frame;

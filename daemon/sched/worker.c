@@ -37,6 +37,7 @@
 
 struct anes_pool {
 	anes_tpool *tp;               /* the job workers (tpool.h) */
+	uint64_t slice_ns;            /* the scheduler's slice: continuations' bound */
 	anes_pool_hooks hooks;
 	pthread_mutex_t mu;           /* done */
 	anes_job *done, **done_tail;  /* finished, not yet delivered */
@@ -180,9 +181,15 @@ static void push_done(anes_pool *p, anes_job *j)
 	p->done_tail = &j->next;
 }
 
+/* Jobs made ready on this thread (anes_pool_ready), when it is a job or
+ * lane thread (collecting); anes_pool_run_ready takes them. */
+static _Thread_local bool tl_collect;
+static _Thread_local anes_job *tl_ready, **tl_ready_tail;
+
 static void job_run(anes_task *t)
 {
 	anes_job *j = ANES_CONTAINER_OF(t, anes_job, task);
+	tl_collect = true;
 	j->work(j);
 }
 
@@ -205,12 +212,63 @@ static void job_end(anes_task *t, bool ran)
 		pthread_mutex_unlock(held);
 	pthread_mutex_unlock(&p->mu);
 	uv_async_send(&p->async);
+	/* Runs its signals made ready: after its reply went. */
+	if (tl_ready)
+		anes_pool_run_ready(p);
+}
+
+void anes_pool_ready(anes_pool *p, anes_job *j)
+{
+	if (!tl_collect) {
+		anes_pool_submit(p, j);
+		return;
+	}
+	j->pool = p;
+	j->next = NULL;
+	if (!tl_ready)
+		tl_ready_tail = &tl_ready;
+	*tl_ready_tail = j;
+	tl_ready_tail = &j->next;
+}
+
+/* A collected job run here: as a pool thread runs one (job_run, job_end). */
+static void run_here(anes_pool *p, anes_job *j)
+{
+	j->task.run = job_run;
+	j->task.end = job_end;
+	j->work(j);
+	pthread_mutex_t *held = j->reply ? j->reply(j) : NULL;
+	pthread_mutex_lock(&p->mu);
+	push_done(p, j);
+	if (held)
+		pthread_mutex_unlock(held);
+	pthread_mutex_unlock(&p->mu);
+	uv_async_send(&p->async);
+}
+
+void anes_pool_run_ready(anes_pool *p)
+{
+	uint64_t start = 0;
+	while (tl_ready) {
+		anes_job *j = tl_ready;
+		tl_ready = j->next;
+		j->next = NULL;
+		uint64_t now = anes_now_ns();
+		if (!start)
+			start = now;
+		/* What it makes ready in turn joins the list. */
+		if (j->can_inline && now - start < p->slice_ns && j->can_inline(j))
+			run_here(p, j);
+		else
+			anes_pool_submit(p, j);
+	}
 }
 
 static void *lane_main(void *arg)
 {
 	anes_pool *p = arg;
 	anes_wctx ctx = { 0 };
+	tl_collect = true;
 	bool zone_ok = msgpack_zone_init(&ctx.zone, 4096);
 	anes_frame_init(&ctx.reply);
 
@@ -221,6 +279,8 @@ static void *lane_main(void *arg)
 		if (zone_ok)
 			msgpack_zone_clear(&ctx.zone);
 		l->ready(l, zone_ok ? &ctx : NULL);
+		if (tl_ready)   /* what its signals made ready and it did not run yet */
+			anes_pool_run_ready(p);
 	}
 	poll_wake(p);   /* kqueue's wake-up reaches one thread: pass it on */
 	if (zone_ok)
@@ -292,6 +352,7 @@ int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
 	if (hooks)
 		p->hooks = *hooks;
 	p->done_tail = &p->done;
+	p->slice_ns = slice_ns;
 	p->pollfd = p->wakefd = -1;
 	atomic_init(&p->lanes_stop, false);
 	if (n_lane_threads > 0) {

@@ -37,6 +37,7 @@
 
 #include "anes_clock.h"
 #include "daemon.h"
+#include "event.h"
 #include "lanes.h"
 #include "run.h"
 #include "state.h"
@@ -186,7 +187,7 @@ static void update_poll(anes_conn *c)
 	check_unsent(c);
 	if (c->failed || c->processing)
 		return;   /* processing: conn_process's caller updates it after */
-	if (c->srv->draining && c->inflight == 0 && !anes_io_want_write(&c->io))
+	if (c->srv->draining && c->inflight == 0 && c->ev_waits == 0 && !anes_io_want_write(&c->io))
 		schedule_deferred(c->srv);   /* anes_server_drain_check closes it */
 	int ev = 0;
 	bool reading = can_take_requests(c);
@@ -318,6 +319,7 @@ int anes_conn_new(anes_server *srv, int fd)
 	anes_idt_init(&c->surfaces);
 	anes_idt_init(&c->programs);
 	anes_idt_init(&c->states);
+	anes_idt_init(&c->event_ids);
 	c->next = srv->conns;
 	if (srv->conns)
 		srv->conns->prev = c;
@@ -424,6 +426,7 @@ static void teardown(anes_conn *c)
 	anes_idt_cleanup(&c->surfaces);
 	anes_idt_cleanup(&c->programs);
 	anes_states_drop_all(c);
+	anes_events_conn_gone(c);
 	anes_tenant *t = c->tenant;
 	if (c->tprev)
 		c->tprev->tnext = c->tnext;

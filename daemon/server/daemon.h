@@ -34,6 +34,14 @@
 #define ANES_KEY_SIZE 32           /* SHA-256 */
 
 typedef struct anes_conn anes_conn;
+typedef struct anes_event anes_event;
+/* A request that waits for events on its connection (an event.wait, a
+ * parked run: state/event.h).  On the connection's list while it waits
+ * (loop); cancel() ends it when the connection closes (it unlinks it). */
+typedef struct anes_parked {
+	struct anes_parked *prev, *next;
+	void (*cancel)(struct anes_parked *p);
+} anes_parked;
 typedef struct anes_surface anes_surface;
 struct anes_share_tok;
 typedef struct anes_centry anes_centry;
@@ -147,6 +155,10 @@ struct anes_server {
 	unsigned lane_concurrency;   /* ... how many more on the lane threads (program memory) */
 	uint64_t next_surface_key;   /* anes_smem.key */
 	anes_shares shares;          /* tokens and exported memory (share.c) */
+	anes_event *events;          /* loop: every event alive (state/event.h) */
+	/* Runs whose event waits are not all met, and event.waits pending:
+	 * changed by any thread that meets one (drain: anes_events_only_parked). */
+	_Atomic uint32_t ev_parked;
 };
 
 /* ---- connections (conn.c) ------------------------------------------------- */
@@ -166,6 +178,9 @@ struct anes_job {
 	 * once the job is on the done list (so the loop, by taking that mutex
 	 * and then calling anes_pool_collect, is sure to see the job). */
 	pthread_mutex_t *(*reply)(anes_job *j);
+	/* Optional, any thread: whether the job is short enough to run on the
+	 * thread that made it ready (anes_pool_run_ready). */
+	bool (*can_inline)(anes_job *j);
 	/* task.si is set by the submitter (zero: the pool's own flow, a run of
 	 * unknown cost): the client's flow, the estimated device time, compile
 	 * or run.  The rest of task, and pool, are the pool's. */
@@ -226,6 +241,9 @@ struct anes_conn {
 	anes_idtable surfaces;       /* -> anes_surface* (the table's reference) */
 	anes_idtable programs;       /* -> anes_centry* (one handle each) */
 	anes_idtable states;         /* -> anes_state* (the table's reference; state/state.h) */
+	anes_idtable event_ids;        /* -> anes_evhandle* (state/event.h) */
+	uint32_t ev_waits;           /* event.wait requests not answered yet */
+	anes_parked *parked;         /* loop: its requests waiting for events */
 	uint32_t surfaces_alive;     /* including released ones still held by runs, and
 	                              * the states' memory */
 	uint64_t surface_bytes;
@@ -511,6 +529,12 @@ void anes_shares_init(anes_server *srv);
 void anes_shares_close(anes_server *srv);
 /* The tokens exported from handle s die (anes_surface_drop). */
 void anes_share_revoke(anes_surface *s);
+/* The tokens exported from event handle h die (event.c, a handle's drop). */
+struct anes_evhandle;
+void anes_share_revoke_event(struct anes_evhandle *h);
+/* event.export and event.import (state/event.h; methods.c dispatches). */
+void anes_share_event_export(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
+void anes_share_event_import(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
 /* A connection's teardown: forget its penalty. */
 void anes_share_conn_gone(anes_conn *c);
 /* surface.export, and surface.import with "token" (methods.c dispatches). */
@@ -667,6 +691,16 @@ typedef struct anes_pool_hooks {
 int anes_pool_new(uv_loop_t *loop, unsigned n_threads, unsigned n_lane_threads,
                   uint64_t slice_ns, const anes_pool_hooks *hooks, anes_pool **ret);
 void anes_pool_submit(anes_pool *p, anes_job *j);
+/* Any thread: j is ready (its last blocker went, state/state.h).  On the
+ * loop, or a thread that collects nothing: anes_pool_submit.  On a job or
+ * lane thread it is collected, and anes_pool_run_ready takes it later
+ * (docs/design.md, "Events"). */
+void anes_pool_ready(anes_pool *p, anes_job *j);
+/* Job or lane thread: the jobs this thread collected: each one that
+ * j->can_inline() says is short runs right here (work, reply, then done()
+ * on the loop as for any job), for at most the scheduler's slice from the
+ * first; the others, and all after the slice, go to the fair queue. */
+void anes_pool_run_ready(anes_pool *p);
 /* Loop: the scheduling class of flow f from now on (jobsched.h). */
 void anes_pool_set_class(anes_pool *p, anes_sflow *f, anes_sclass sc);
 /* Any thread: put j on the done list as finished (its done() runs on the

@@ -25,6 +25,7 @@
 
 #include "anes_clock.h"
 #include "daemon.h"
+#include "event.h"
 #include "lanes.h"
 #include "run.h"
 
@@ -170,6 +171,8 @@ static int lane_take_request(anes_conn *c, anes_wctx *ctx)
 	if (backlog)
 		return 0;
 	r = anes_lane_request(c, payload, len, ctx);
+	if (r == 0)
+		r = anes_lane_event_request(c, payload, len, ctx);
 	if (r <= 0)
 		return r;
 	/* Done: drop the frame (no fds); the caller sends the reply. */
@@ -230,10 +233,14 @@ static bool lane_rest_ready(anes_wctx *ctx)
  * lane_rest_ready): the stream is out of step, the loop must fail c. */
 static int lane_send_buf(anes_conn *c, anes_wctx *ctx, const char *data, size_t len, bool own_ref)
 {
+	anes_pool *pool = c->srv->pool;
 	size_t sent = lane_try_send(c, data, len);
 	if (sent == len) {
 		if (own_ref)
 			anes_conn_unref(c);
+		/* Runs its signals made ready (an event.signal, a run's), now
+		 * that the reply is out (docs/design.md, "Events"). */
+		anes_pool_run_ready(pool);
 		return 0;
 	}
 	lane_rest *lr;

@@ -16,6 +16,7 @@
 #include "anes_shm.h"
 #include "daemon.h"
 #include "mil.h"   /* the MIL front end's caps on tensors, announced in hello */
+#include "event.h"
 #include "state.h"
 
 typedef void (*method_fn)(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds);
@@ -864,6 +865,12 @@ static const struct method {
 	{ "state.create", anes_m_state_create, false },
 	{ "state.reset", anes_m_state_reset, false },
 	{ "state.release", anes_m_state_release, false },
+	{ "event.create", anes_m_event_create, false },
+	{ "event.signal", anes_m_event_signal, false },
+	{ "event.wait", anes_m_event_wait, false },
+	{ "event.export", anes_share_event_export, false },
+	{ "event.import", anes_share_event_import, false },
+	{ "event.release", anes_m_event_release, false },
 };
 
 bool anes_request_admit(anes_conn *c, uint32_t msgid, bool is_hello)

@@ -23,6 +23,7 @@
 
 #include "anes_sockpath.h"
 #include "daemon.h"
+#include "event.h"
 #include "run.h"
 
 /* The machine's memory, or 16 GiB when it cannot be read. */
@@ -486,6 +487,7 @@ static void server_shutdown(anes_server *srv)
 	 * jobs are answered with shutting_down on the connections still open
 	 * (as far as their sockets take it now), and the last references to
 	 * surfaces, programs and connections go. */
+	anes_events_drain(srv);   /* parked runs and waits: shutting_down */
 	anes_pool_shutdown(srv->pool);
 	srv->pool = NULL;
 	anes_conn_lanes_orphan(srv);
@@ -522,13 +524,20 @@ void anes_server_drain_check(anes_server *srv)
 	if (!srv->draining || srv->shut_down)
 		return;
 	/* A connection with nothing in flight and nothing to send is done. */
+	bool quiet = true;
 	for (anes_conn *c = srv->conns; c; c = c->next) {
-		if (c->failed || anes_conn_lane_recall(c) || anes_conn_predrain_unread(c))
+		if (c->failed || anes_conn_lane_recall(c) || anes_conn_predrain_unread(c)) {
+			quiet = quiet && c->failed;
 			continue;   /* more to do: it is coming back from its lane, or
 			             * requests from before the drain are unread */
-		if (c->inflight == 0 && !anes_io_want_write(&c->io))
+		}
+		if (c->inflight == 0 && c->ev_waits == 0 && !anes_io_want_write(&c->io))
 			anes_conn_fail(c, "the daemon is shutting down");
 	}
+	/* Only runs and waits for events are left: nothing can raise those
+	 * events any more (docs/protocol.md, "Events"). */
+	if (quiet && anes_events_only_parked(srv))
+		anes_events_drain(srv);
 }
 
 void anes_server_drained(anes_server *srv)

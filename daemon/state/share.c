@@ -35,6 +35,7 @@
 #include "anes_clock.h"
 #include "anes_shm.h"
 #include "daemon.h"
+#include "event.h"
 
 /* Failed token imports (unknown, used up, expired or revoked tokens): the
  * first SHARE_FREE_FAILS cost nothing; each further one stops the daemon
@@ -49,12 +50,21 @@
 
 #define TTL_DEFAULT_MS 30000u
 
+/* Tokens are typed: one kind never imports as the other (an unknown token). */
+enum { TOK_SURFACE = 1, TOK_EVENT = 2 };
+
 typedef struct anes_share_tok anes_share_tok;
 struct anes_share_tok {
 	anes_share_tok *prev, *next;     /* srv->shares.toks */
-	anes_share_tok *hprev, *hnext;   /* from->tokens */
+	anes_share_tok *hprev, *hnext;   /* the exporting handle's list (*head) */
 	uint8_t tok[ANES_TOKEN_BYTES];
-	anes_surface *from;   /* the exporting handle (borrowed: revoked before it goes) */
+	uint8_t kind;
+	/* The exporting handle (borrowed: revoked before it goes): from for a
+	 * surface token, efrom for an event token. */
+	anes_surface *from;
+	anes_evhandle *efrom;
+	anes_conn *owner;     /* the exporting handle's connection */
+	anes_share_tok **head;   /* &from->tokens or &efrom->tokens */
 	bool read_only;
 	uint32_t uses;        /* imports left, >= 1 */
 	uint64_t expires_ns;  /* anes_clock_ns */
@@ -125,12 +135,13 @@ static void tok_free(anes_server *srv, anes_share_tok *t)
 	if (t->hprev)
 		t->hprev->hnext = t->hnext;
 	else
-		t->from->tokens = t->hnext;
+		*t->head = t->hnext;
 	if (t->hnext)
 		t->hnext->hprev = t->hprev;
 	sh->n_toks--;
-	t->from->owner->share_tokens--;
-	t->from->mem->tokens--;
+	t->owner->share_tokens--;
+	if (t->from)
+		t->from->mem->tokens--;
 	volatile uint8_t *v = t->tok;
 	for (size_t i = 0; i < sizeof(t->tok); i++)
 		v[i] = 0;
@@ -153,13 +164,20 @@ void anes_share_revoke(anes_surface *s)
 		tok_free(srv, s->tokens);
 }
 
-/* The live token equal to tok, compared in constant time (every byte of
- * every token), or NULL. */
-static anes_share_tok *tok_find(anes_server *srv, const uint8_t tok[ANES_TOKEN_BYTES])
+void anes_share_revoke_event(anes_evhandle *h)
+{
+	anes_server *srv = h->conn->srv;
+	while (h->tokens)
+		tok_free(srv, h->tokens);
+}
+
+/* The live token of kind equal to tok, compared in constant time (every
+ * byte of every token, and its kind), or NULL. */
+static anes_share_tok *tok_find(anes_server *srv, const uint8_t tok[ANES_TOKEN_BYTES], uint8_t kind)
 {
 	anes_share_tok *hit = NULL;
 	for (anes_share_tok *t = srv->shares.toks; t; t = t->next) {
-		unsigned d = 0;
+		unsigned d = (unsigned)(t->kind ^ kind);
 		for (size_t i = 0; i < ANES_TOKEN_BYTES; i++)
 			d |= (unsigned)(t->tok[i] ^ tok[i]);
 		hit = d == 0 ? t : hit;
@@ -260,9 +278,10 @@ void anes_share_conn_gone(anes_conn *c)
 	}
 }
 
-/* A token import failed: answer no_such_surface, count it, and slow the
- * connection down or close it. */
-static void import_failed(anes_conn *c, uint32_t msgid, const char *why)
+/* A token import failed: answer code (no_such_surface, no_such_event),
+ * count it (one count for both kinds), and slow the connection down or
+ * close it. */
+static void import_failed(anes_conn *c, uint32_t msgid, int code, const char *why)
 {
 	anes_server *srv = c->srv;
 	uint64_t now = anes_clock_ns();
@@ -270,7 +289,7 @@ static void import_failed(anes_conn *c, uint32_t msgid, const char *why)
 		c->share_fails = 0;
 	c->share_fails++;
 	c->share_last_fail_ns = now;
-	anes_conn_reply_error(c, msgid, ANES_WERR_NO_SUCH_SURFACE, "%s", why);
+	anes_conn_reply_error(c, msgid, code, "%s", why);
 	if (c->share_fails >= SHARE_MAX_FAILS) {
 		char msg[128];
 		snprintf(msg, sizeof(msg), "%u failed token imports", c->share_fails);
@@ -303,11 +322,101 @@ static int make_ro_mode(anes_smem *mem)
 	return 0;
 }
 
-void anes_share_export(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+/* uses and ttl_ms of an export: false when answered with the error. */
+static bool export_params(anes_conn *c, const anes_msg *m, uint64_t *ret_uses, uint64_t *ret_ttl)
+{
+	const anes_limits *lim = &c->srv->lim;
+	char range[64];
+	if (opt_uint(m->params, "uses", lim->max_export_uses, 1, ret_uses) < 0) {
+		snprintf(range, sizeof(range), " (1..%u)", lim->max_export_uses);
+		reply_bad(c, m, "uses", -EINVAL, range);
+		return false;
+	}
+	uint64_t def_ttl = TTL_DEFAULT_MS < lim->max_export_ttl_ms ? TTL_DEFAULT_MS : lim->max_export_ttl_ms;
+	if (opt_uint(m->params, "ttl_ms", lim->max_export_ttl_ms, def_ttl, ret_ttl) < 0) {
+		snprintf(range, sizeof(range), " (1..%u)", lim->max_export_ttl_ms);
+		reply_bad(c, m, "ttl_ms", -EINVAL, range);
+		return false;
+	}
+	return true;
+}
+
+/* The live-token limits (expired tokens purged first): false when
+ * answered with the error. */
+static bool export_room(anes_conn *c, uint32_t msgid)
 {
 	anes_server *srv = c->srv;
 	const anes_limits *lim = &srv->lim;
-	char range[64];
+	purge_expired(srv, anes_clock_ns());
+	if (c->share_tokens >= lim->max_exports_per_conn) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT,
+		                      "too many live tokens on this connection (max_exports_per_conn %u)",
+		                      lim->max_exports_per_conn);
+		return false;
+	}
+	if (srv->shares.n_toks >= lim->max_daemon_exports) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_LIMIT,
+		                      "too many live tokens in the daemon (max_daemon_exports %u)",
+		                      lim->max_daemon_exports);
+		return false;
+	}
+	return true;
+}
+
+/* Make a token of kind for the handle whose token list is *head, answer
+ * {token, expires_ms}, and link it; NULL when answered with an error. */
+static anes_share_tok *tok_make(anes_conn *c, uint32_t msgid, uint8_t kind, anes_share_tok **head,
+                                uint64_t uses, uint64_t ttl_ms)
+{
+	anes_server *srv = c->srv;
+	anes_share_tok *t = calloc(1, sizeof(*t));
+	if (!t) {
+		anes_conn_reply_error(c, msgid, ANES_WERR_NO_MEMORY, "out of memory");
+		return NULL;
+	}
+	int r = anes_random_bytes(t->tok, sizeof(t->tok));
+	if (r < 0) {
+		free(t);
+		anes_conn_reply_error(c, msgid, ANES_WERR_INTERNAL, "no random bytes from the OS: %s",
+		                      strerror(-r));
+		return NULL;
+	}
+	char hex[2 * ANES_TOKEN_BYTES];
+	for (size_t i = 0; i < ANES_TOKEN_BYTES; i++) {
+		hex[2 * i] = hexdig[t->tok[i] >> 4];
+		hex[2 * i + 1] = hexdig[t->tok[i] & 15];
+	}
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, msgid, 2);
+	anes_pack_str(&f.pk, "token");
+	anes_pack_strn(&f.pk, hex, sizeof(hex));
+	pack_kv_u64(&f.pk, "expires_ms", ttl_ms);
+	memset(hex, 0, sizeof(hex));
+
+	t->kind = kind;
+	t->owner = c;
+	t->head = head;
+	t->uses = (uint32_t)uses;
+	t->expires_ns = anes_clock_ns() + ttl_ms * 1000000u;
+	anes_shares *sh = &srv->shares;
+	t->next = sh->toks;
+	if (sh->toks)
+		sh->toks->prev = t;
+	sh->toks = t;
+	t->hnext = *head;
+	if (*head)
+		(*head)->hprev = t;
+	*head = t;
+	sh->n_toks++;
+	c->share_tokens++;
+	anes_conn_send(c, &f, msgid, NULL, 0);
+	return t;
+}
+
+void anes_share_export(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	anes_server *srv = c->srv;
 	uint32_t id;
 	bool ro = false;
 	uint64_t uses, ttl_ms;
@@ -324,92 +433,117 @@ void anes_share_export(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 		reply_bad(c, m, "read_only", -EINVAL, "");
 		return;
 	}
-	if (opt_uint(m->params, "uses", lim->max_export_uses, 1, &uses) < 0) {
-		snprintf(range, sizeof(range), " (1..%u)", lim->max_export_uses);
-		reply_bad(c, m, "uses", -EINVAL, range);
+	if (!export_params(c, m, &uses, &ttl_ms))
 		return;
-	}
-	uint64_t def_ttl = TTL_DEFAULT_MS < lim->max_export_ttl_ms ? TTL_DEFAULT_MS : lim->max_export_ttl_ms;
-	if (opt_uint(m->params, "ttl_ms", lim->max_export_ttl_ms, def_ttl, &ttl_ms) < 0) {
-		snprintf(range, sizeof(range), " (1..%u)", lim->max_export_ttl_ms);
-		reply_bad(c, m, "ttl_ms", -EINVAL, range);
-		return;
-	}
 	anes_surface *s = anes_idt_find(&c->surfaces, id);
 	if (!s) {
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE, "no surface %u", id);
 		return;
 	}
 	ro = ro || s->read_only;   /* a read-only handle exports read-only */
-	uint64_t now = anes_clock_ns();
-	purge_expired(srv, now);
-	if (c->share_tokens >= lim->max_exports_per_conn) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
-		                      "too many live tokens on this connection (max_exports_per_conn %u)",
-		                      lim->max_exports_per_conn);
+	if (!export_room(c, m->msgid))
 		return;
-	}
-	if (srv->shares.n_toks >= lim->max_daemon_exports) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_LIMIT,
-		                      "too many live tokens in the daemon (max_daemon_exports %u)",
-		                      lim->max_daemon_exports);
-		return;
-	}
 	if (ro && (r = make_ro_mode(s->mem)) < 0) {
 		anes_conn_reply_error(c, m->msgid, r == -EPERM ? ANES_WERR_INVALID_PARAMS : ANES_WERR_INTERNAL,
 		                      "the memfd cannot be made read-only (%s)%s", strerror(-r),
 		                      r == -EPERM ? ": it belongs to another user" : "");
 		return;
 	}
-	anes_share_tok *t = calloc(1, sizeof(*t));
-	if (!t) {
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_MEMORY, "out of memory");
+	anes_share_tok *t = tok_make(c, m->msgid, TOK_SURFACE, &s->tokens, uses, ttl_ms);
+	if (!t)
 		return;
-	}
-	r = anes_random_bytes(t->tok, sizeof(t->tok));
-	if (r < 0) {
-		free(t);
-		anes_conn_reply_error(c, m->msgid, ANES_WERR_INTERNAL, "no random bytes from the OS: %s",
-		                      strerror(-r));
-		return;
-	}
-	char hex[2 * ANES_TOKEN_BYTES];
-	for (size_t i = 0; i < ANES_TOKEN_BYTES; i++) {
-		hex[2 * i] = hexdig[t->tok[i] >> 4];
-		hex[2 * i + 1] = hexdig[t->tok[i] & 15];
-	}
-	anes_frame f;
-	anes_frame_init(&f);
-	anes_pack_result(&f.pk, m->msgid, 2);
-	anes_pack_str(&f.pk, "token");
-	anes_pack_strn(&f.pk, hex, sizeof(hex));
-	pack_kv_u64(&f.pk, "expires_ms", ttl_ms);
-	memset(hex, 0, sizeof(hex));
-
 	t->from = s;
 	t->read_only = ro;
-	t->uses = (uint32_t)uses;
-	t->expires_ns = now + ttl_ms * 1000000u;
-	anes_shares *sh = &srv->shares;
-	t->next = sh->toks;
-	if (sh->toks)
-		sh->toks->prev = t;
-	sh->toks = t;
-	t->hnext = s->tokens;
-	if (s->tokens)
-		s->tokens->hprev = t;
-	s->tokens = t;
-	sh->n_toks++;
-	c->share_tokens++;
 	anes_smem *mem = s->mem;
 	mem->tokens++;
 	if (!mem->exported) {
+		anes_shares *sh = &srv->shares;
 		mem->exported = true;
 		mem->xnext = sh->exported;
 		if (sh->exported)
 			sh->exported->xprev = mem;
 		sh->exported = mem;
 	}
+}
+
+/* ---- event.export, event.import ----------------------------------------------------- */
+
+void anes_share_event_export(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	uint32_t id;
+	uint64_t uses, ttl_ms;
+
+	(void)fds;
+	(void)nfds;
+	int r = anes_mp_u32(m->params, "id", &id);
+	if (r < 0) {
+		reply_bad(c, m, "id", r, "");
+		return;
+	}
+	if (!export_params(c, m, &uses, &ttl_ms))
+		return;
+	anes_evhandle *h = anes_idt_find(&c->event_ids, id);
+	if (!h) {
+		anes_conn_reply_error(c, m->msgid, ANES_WERR_NO_SUCH_EVENT, "no event %u", id);
+		return;
+	}
+	if (!export_room(c, m->msgid))
+		return;
+	anes_share_tok *t = tok_make(c, m->msgid, TOK_EVENT, &h->tokens, uses, ttl_ms);
+	if (t)
+		t->efrom = h;
+}
+
+/* The token param as bytes: false when answered with invalid_params. */
+static bool parse_token(anes_conn *c, const anes_msg *m, uint8_t tok[ANES_TOKEN_BYTES])
+{
+	const char *str;
+	uint32_t len;
+	int r = anes_mp_str(m->params, "token", 2 * ANES_TOKEN_BYTES, &str, &len);
+	if (r < 0 || len != 2 * ANES_TOKEN_BYTES) {
+		reply_bad(c, m, "token", r == -ENOENT ? -ENOENT : -EINVAL, " (64 lowercase hex digits)");
+		return false;
+	}
+	for (uint32_t i = 0; i < ANES_TOKEN_BYTES; i++) {
+		int hi = hex_val(str[2 * i]), lo = hex_val(str[2 * i + 1]);
+		if (hi < 0 || lo < 0) {
+			reply_bad(c, m, "token", -EINVAL, " (64 lowercase hex digits)");
+			return false;
+		}
+		tok[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return true;
+}
+
+void anes_share_event_import(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
+{
+	anes_server *srv = c->srv;
+	uint8_t tok[ANES_TOKEN_BYTES];
+
+	(void)fds;
+	(void)nfds;
+	if (!parse_token(c, m, tok))
+		return;
+	purge_expired(srv, anes_clock_ns());
+	anes_share_tok *t = tok_find(srv, tok, TOK_EVENT);
+	memset(tok, 0, sizeof(tok));
+	if (!t) {
+		import_failed(c, m->msgid, ANES_WERR_NO_SUCH_EVENT,
+		              "no such token (unknown, used up, expired, or its exporter released the "
+		              "event)");
+		return;
+	}
+	anes_event *ev = t->efrom->ev;
+	anes_evhandle *h = anes_event_handle_add(c, m->msgid, ev, false);
+	if (!h)
+		return;   /* refused: the token stays */
+	if (--t->uses == 0)
+		tok_free(srv, t);
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, m->msgid, 2);
+	pack_kv_u64(&f.pk, "id", h->id);
+	pack_kv_u64(&f.pk, "value", anes_event_value(ev));
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -459,10 +593,11 @@ void anes_share_import(anes_conn *c, const anes_msg *m, unsigned nfds)
 		return;
 	}
 	purge_expired(srv, anes_clock_ns());
-	anes_share_tok *t = tok_find(srv, tok);
+	anes_share_tok *t = tok_find(srv, tok, TOK_SURFACE);
 	if (!t) {
-		import_failed(c, m->msgid, "no such token (unknown, used up, expired, or its exporter "
-		                           "released the surface)");
+		import_failed(c, m->msgid, ANES_WERR_NO_SUCH_SURFACE,
+		              "no such token (unknown, used up, expired, or its exporter released the "
+		              "surface)");
 		return;
 	}
 	anes_smem *mem = t->from->mem;

@@ -62,6 +62,12 @@ bool anes_state_fits(const anes_state *st, const anes_centry *e, uint32_t fn)
 
 /* ---- claims ------------------------------------------------------------------ */
 
+void anes_wait_unblock(anes_state_wait *w)
+{
+	if (atomic_fetch_sub(&w->blocked, 1) == 1)
+		anes_pool_ready(w->pool, w->job);
+}
+
 void anes_state_enqueue(anes_state *st, anes_state_claim *c, anes_state_wait *w)
 {
 	c->st = st;
@@ -71,7 +77,7 @@ void anes_state_enqueue(anes_state *st, anes_state_claim *c, anes_state_wait *w)
 	atomic_store_explicit(&st->claims, before + 1, memory_order_release);
 	if (before == 0)
 		return;   /* first: it holds the state */
-	w->blocked++;
+	atomic_fetch_add(&w->blocked, 1);
 	if (st->tail)
 		st->tail->next = c;
 	else
@@ -93,8 +99,7 @@ void anes_state_release_claims(anes_state_claim *c, uint32_t n)
 		st->head = next->next;
 		if (!st->head)
 			st->tail = NULL;
-		if (--next->wait->blocked == 0)
-			anes_pool_submit(next->wait->pool, next->wait->job);
+		anes_wait_unblock(next->wait);
 	}
 }
 
@@ -345,7 +350,7 @@ void anes_m_state_reset(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds
 	rj->wait = (anes_state_wait){ .job = &rj->job, .pool = c->srv->pool };
 	anes_state_enqueue(anes_state_ref(st), &rj->claim, &rj->wait);
 	c->inflight++;
-	if (rj->wait.blocked == 0)
+	if (atomic_load(&rj->wait.blocked) == 0)
 		anes_pool_submit(c->srv->pool, &rj->job);
 }
 

@@ -36,12 +36,21 @@
 typedef struct anes_state anes_state;
 typedef struct anes_state_claim anes_state_claim;
 
-/* What a job holds while it waits for its states (in the job's memory). */
+/* What a job holds while it waits for its states, and for events (a
+ * parked run, state/event.h), in the job's memory. */
 typedef struct anes_state_wait {
 	anes_job *job;          /* submitted to pool once nothing blocks it */
 	anes_pool *pool;
-	uint32_t blocked;       /* its claims not yet first in their queues */
+	/* Its claims not yet first in their queues, and its event waits not
+	 * met; any thread may lower it (anes_wait_unblock), the loop raises
+	 * it.  A submitter that adds blockers from other threads holds one of
+	 * its own while it does (it starts at 1) and lets go last. */
+	_Atomic uint32_t blocked;
 } anes_state_wait;
+
+/* Any thread: one blocker of w is gone; the last submits the job (on a
+ * pool or lane thread: anes_pool_ready, which may run it right there). */
+void anes_wait_unblock(anes_state_wait *w);
 
 /* One job's claim on one state: a place in the state's queue. */
 struct anes_state_claim {
