@@ -22,7 +22,7 @@
 
 /* One step map as the accessors read it, against the reader's step. */
 static const char *run_wire_step_agrees(const msgpack_object *item, const anes_run_wire *w,
-                                        const anes_run_wire_step *ws)
+                                        const anes_run_wire_step *ws, bool in_chain)
 {
 	uint8_t bad = ANES_RUN_OK;
 	uint32_t bad_item = 0;
@@ -85,10 +85,73 @@ static const char *run_wire_step_agrees(const msgpack_object *item, const anes_r
 	} else if (!ws->has_state || ws->state != state) {
 		return "state differs";
 	}
+	if (!bad && in_chain && (anes_mp_get(item, "wait") || anes_mp_get(item, "signal")))
+		bad = ANES_RUN_STEP_EVENTS;
 	if (bad != ws->bad)
 		return "what is wrong with the step differs";
 	if ((bad == ANES_RUN_INPUTS_ITEM || bad == ANES_RUN_OUTPUTS_ITEM) && bad_item != ws->bad_item)
 		return "the item that is not a surface ID differs";
+	return NULL;
+}
+
+/* The run's "wait" and "signal" lists (read in the params' key order, as
+ * the reader does) against the reader's. */
+static const char *run_wire_events_agree(const msgpack_object *params, const anes_run_wire *w)
+{
+	uint8_t bad = ANES_RUN_EV_OK, n[2] = { 0, 0 };
+	bool bad_sig = false;
+	uint32_t bad_item = 0;
+	anes_run_wire_ev v[2][ANES_RUN_MAX_EVENTS];
+	for (uint32_t k = 0; k < params->via.map.size; k++) {
+		const msgpack_object_kv *kv = &params->via.map.ptr[k];
+		if (kv->key.type != MSGPACK_OBJECT_STR)
+			continue;
+		int sig = kv->key.via.str.size == 6 && !memcmp(kv->key.via.str.ptr, "signal", 6);
+		if (!sig && !(kv->key.via.str.size == 4 && !memcmp(kv->key.via.str.ptr, "wait", 4)))
+			continue;
+		const msgpack_object *a = &kv->val;
+		if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size > ANES_RUN_MAX_EVENTS) {
+			if (!bad) {
+				bad = ANES_RUN_EV_TYPE;
+				bad_sig = sig;
+				bad_item = 0;
+			}
+			continue;
+		}
+		for (uint32_t i = 0; i < a->via.array.size; i++) {
+			const msgpack_object *e = &a->via.array.ptr[i];
+			uint32_t ev;
+			uint64_t val;
+			uint8_t b = ANES_RUN_EV_OK;
+			if (e->type != MSGPACK_OBJECT_MAP || anes_mp_u32(e, "event", &ev) < 0 ||
+			    anes_mp_u64(e, "value", UINT64_MAX, &val) < 0) {
+				b = ANES_RUN_EV_ENTRY;
+			} else {
+				for (uint8_t j = 0; j < n[sig]; j++)
+					if (v[sig][j].event == ev)
+						b = ANES_RUN_EV_DUP;
+			}
+			if (b) {
+				if (!bad) {
+					bad = b;
+					bad_sig = sig;
+					bad_item = i;
+				}
+				continue;
+			}
+			v[sig][n[sig]++] = (anes_run_wire_ev){ .event = ev, .value = val };
+		}
+	}
+	if (bad != w->ev_bad || (bad && (bad_sig != w->ev_bad_signal || bad_item != w->ev_bad_item)))
+		return "what is wrong with wait or signal differs";
+	if (n[0] != w->n_wait || n[1] != w->n_signal)
+		return "the number of wait or signal entries differs";
+	for (uint8_t j = 0; j < n[0]; j++)
+		if (v[0][j].event != w->wait[j].event || v[0][j].value != w->wait[j].value)
+			return "a wait entry differs";
+	for (uint8_t j = 0; j < n[1]; j++)
+		if (v[1][j].event != w->signal[j].event || v[1][j].value != w->signal[j].value)
+			return "a signal entry differs";
 	return NULL;
 }
 
@@ -159,8 +222,11 @@ static int run_wire_agrees(const void *buf, size_t len, const char **why)
 	} else if (w->chain || w->bad || w->n_steps != 1) {
 		*why = "a single run read as a chain";
 	}
+	bool in_chain = w->chain;
 	for (uint32_t i = 0; !*why && i < n; i++)
-		*why = run_wire_step_agrees(&items[i], w, &w->steps[i]);
+		*why = run_wire_step_agrees(&items[i], w, &w->steps[i], in_chain);
+	if (!*why)
+		*why = run_wire_events_agree(m.params, w);
 	ret = *why ? -1 : 1;
 out:
 	msgpack_zone_destroy(&zone);

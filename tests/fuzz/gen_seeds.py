@@ -128,6 +128,25 @@ FRAMES = [
     # a chain whose steps are wrong: a negative ID, no outputs, nil, {}
     ('run_chain_bad', req(1, 'run', {'steps': [
         {'program': 1, 'inputs': [-1], 'outputs': []}, None, {}]}), 0),
+    ('event_create', req(20, 'event.create', {}), 0),
+    ('event_signal', req(21, 'event.signal', {'id': 1, 'value': 0xffffffffffffffff}), 0),
+    ('event_wait', req(22, 'event.wait', {'id': 1, 'value': 3}), 0),
+    ('event_export', req(23, 'event.export', {'id': 1, 'uses': 2, 'ttl_ms': None}), 0),
+    ('event_import', req(24, 'event.import', {'token': KEY}), 0),
+    ('event_release', req(25, 'event.release', {'id': 1}), 0),
+    # a run that waits for two events and signals one; a chain that does the
+    # same around its steps, with a key the daemon does not know in an entry
+    ('run_events', req(26, 'run', {'program': 1, 'inputs': [1, 2], 'outputs': [3],
+                                   'wait': [{'event': 1, 'value': 1}, {'event': 2, 'value': 7}],
+                                   'signal': [{'event': 3, 'value': 2}]}), 0),
+    ('run_chain_events', req(27, 'run', {'steps': [
+        {'program': 1, 'inputs': [1], 'outputs': [2]}],
+        'wait': [{'event': 1, 'value': 0, 'note': [1]}], 'signal': []}), 0),
+    # wrong lists: not an array, an entry without value, a step with wait
+    ('run_events_bad', req(28, 'run', {'steps': [
+        {'program': 1, 'inputs': [1], 'outputs': [2], 'wait': []}],
+        'wait': [{'event': 1}], 'signal': {}}), 0),
+    ('res_event_wait', res(22, {'value': 3}), 0),
     ('status', req(10, 'status', {}), 0),
     ('msgid_max', req(0xffffffff, 'status', {}), 0),
     ('res_hello', res(1, {'protocol': 1, 'server': 'aneshared', 'version': '0.1.0',
