@@ -8,7 +8,9 @@
 # the Python package three ways (meson install, a venv, the source tree).
 # Usage: scripts/check-install.sh [BUILD]   (called by scripts/test.sh)
 . "$(dirname "$0")/common.sh"
+case ${1:-} in -h | --help) echo "usage: scripts/check-install.sh [BUILD]   (a configured meson build directory)"; exit 0 ;; esac
 build_dir=${1:-$BUILD}
+[ -f "$build_dir/build.ninja" ] || { say "$build_dir is not a configured meson build directory"; exit 2; }
 
 dest=$(mktemp -d "${TMPDIR:-/tmp}/aneshare-install.XXXXXX")
 daemon_pid=

@@ -18,10 +18,16 @@
 # replays that folder, see tests/meson.build).
 . "$(dirname "$0")/common.sh"
 
+usage() { echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (targets: frame io mil mil_run)"; }
+case ${1:-} in -h | --help) usage; exit 0 ;; esac
 seconds=${1:-60}
+[[ $seconds =~ ^[0-9]+$ ]] || { usage >&2; exit 2; }
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(frame io mil mil_run)
+for t in "${targets[@]}"; do
+	case $t in frame | io | mil | mil_run) ;; *) say "unknown target '$t'"; usage >&2; exit 2 ;; esac
+done
 FUZZ_BUILD=${FUZZ_BUILD:-$ROOT/build-fuzz}
 
 cc=$(command -v clang || true)

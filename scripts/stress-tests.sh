@@ -6,7 +6,10 @@
 # status 1 if any run failed.  docs/reliability.md keeps the last record.
 # Usage: scripts/stress-tests.sh [N (default 20)]   (BUILD=dir to pick the build)
 . "$(dirname "$0")/common.sh"
+usage() { echo "usage: scripts/stress-tests.sh [N]   (N runs, default 20; BUILD=dir picks the build)"; }
+case ${1:-} in -h | --help) usage; exit 0 ;; esac
 runs=${1:-20}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { usage >&2; exit 2; }
 install_deps
 build "$BUILD" -Dtest_hooks=true
 

@@ -11,6 +11,11 @@
 # Exit status 1 if a suite failed or a race was reported.
 # Usage: scripts/tsan.sh [SUITE...]   (default: lanes chain fair load)
 . "$(dirname "$0")/common.sh"
+usage() { echo "usage: scripts/tsan.sh [SUITE...]   (default: lanes chain fair load; a SUITE is load or tests/test_SUITE.c)"; }
+case ${1:-} in -h | --help) usage; exit 0 ;; esac
+for s in "$@"; do
+	[ "$s" = load ] || [ -f "$ROOT/tests/test_$s.c" ] || { say "no suite '$s'"; usage >&2; exit 2; }
+done
 install_deps
 TSAN_BUILD=${TSAN_BUILD:-$ROOT/build-tsan}
 build "$BUILD" -Dtest_hooks=true
