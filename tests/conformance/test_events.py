@@ -172,6 +172,10 @@ def test_signal_errors(daemon):
         assert value(a, e) == 17
         x = a.error("event.signal", {"id": 4242, "value": 100})
         assert (x.code, x.name) == (21, "no_such_event")
+        # IDs are at most 2^32-1: beyond, invalid_params
+        assert a.error("event.signal", {"id": 2**32 - 1, "value": 100}).name == "no_such_event"
+        assert a.error("event.signal", {"id": 2**32 + e, "value": 100}).name == "invalid_params"
+        assert a.error("event.release", {"id": 2**32 + e}).name == "invalid_params"
         # the owner's handle is this connection's: another connection names no such event
         assert b.error("event.signal", {"id": e + 1000, "value": 100}).name == "no_such_event"
         for bad in [{}, {"id": e}, {"value": 20}, {"id": e, "value": -1}, {"id": e, "value": "20"},
@@ -764,6 +768,8 @@ def test_run_event_params_are_checked_before_anything_happens(daemon):
             ("invalid_params", {"wait": [E(own[1], 1), E(own[1], 2)]}),     # listed twice
             ("invalid_params", {"signal": [E(own[1], 1), E(own[1], 2)]}),
             ("no_such_event", {"wait": [E(4242, 1)]}),
+            ("invalid_params", {"wait": [E(2**32 + own[1], 1)]}),              # IDs are 32-bit
+            ("invalid_params", {"signal": [E(2**32 + own[1], 1)]}),
             ("no_such_event", {"signal": [E(4242, 1)]}),
             ("invalid_params", {"signal": [E(imp, 1)]}),                    # imported
             ("invalid_params", {"signal": [E(own[0], 4)]}),                 # not greater
