@@ -1260,3 +1260,56 @@ def test_one_write_of_requests_is_processed_in_order(daemon):
                         ent["event"] = e
             y.write(SENT)
             y2.write(SENT)
+
+
+def test_a_second_sigterm_ends_parked_runs_and_waits(own_daemon):
+    """A run that signals is executing (held at a gate), so the drain keeps the
+    parked run and the wait it could meet; after a second SIGTERM they are
+    answered with shutting_down even though the executing run, which finishes
+    normally, raises the event."""
+    tmp = tempfile.mkdtemp(prefix="anes-conf-gate-")
+    fifo = os.path.join(tmp, "gate")
+    os.mkfifo(fifo)
+    gate = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        try:
+            d = own_daemon("--fault-inject", "run_gate=" + fifo, "--workers", "1", "--no-lanes")
+        except RuntimeError as e:
+            pytest.skip("no --fault-inject run_gate (a build without test hooks?): %s" % e)
+        a, b = d.connect(), d.connect()
+        pa, pb = compile_(a, TWO)["id"], compile_(b, TWO)["id"]
+        xa, ya = surfaces(a, 2)
+        xb, yb = surfaces(b, 2)
+        xa.write(f16(X))
+        yb.write(SENT)
+        e, eb = share(a, b)
+        ma = a.request("run", run_p(pa, xa, ya, signal=[(e, 1)]))
+        w.poll(lambda: my_process(status(b))["queued"] == 0 and my_process(status(b))["jobs"] == 1,
+               "a's run to be executing")
+        mb = b.request("run", run_p(pb, ya_b(a, b, ya), yb, "twice", wait=[(eb, 1)]))
+        mw = b.request("event.wait", {"id": eb, "value": 1})
+        assert not answered(b, mb)
+        d.proc.send_signal(signal.SIGTERM)
+        # signals do not queue: the second goes once the first was taken (the socket file goes)
+        w.poll(lambda: not os.path.exists(d.sock), "the daemon to take the first SIGTERM")
+        assert not answered(b, mb)
+        d.proc.send_signal(signal.SIGTERM)
+        # nothing on the wire tells that the second signal was taken: its log line
+        # (the daemon names each SIGTERM it takes) is the one sync point used
+        w.poll(lambda: d.logtext().count("SIGTERM") >= 2, "the daemon to take the second SIGTERM")
+        os.write(gate, b"11")
+        ok(a, ma)                                   # the executing run finishes normally
+        assert from_f16(ya.read()) == relu_ref(X)
+        for m in (mb, mw):                          # its signal does not meet them: ended
+            x_ = err(b, m)
+            assert (x_.code, x_.name) == (17, "shutting_down"), x_
+        assert yb.read() == SENT
+        a.wait_closed()
+        b.wait_closed()
+        assert d.proc.wait(timeout=10) == 0
+        a.close()
+        b.close()
+    finally:
+        os.close(gate)
+        os.unlink(fifo)
+        os.rmdir(tmp)
