@@ -8,6 +8,10 @@
  *
  *   - a cache hit from a second process (the daemon hashes the file itself)
  *     against `sha256sum FILE`, and against reading the file once;
+ *   - first compiles (cache misses) of the plain file and of a sealed memfd
+ *     of the same bytes (used in place: the daemon only hashes and maps it)
+ *     against `sha256sum FILE`; the difference is what a plain file costs
+ *     of its own (its copy, and what goes with it);
  *   - the peak RSS (VmHWM) of the daemon plus its worker, after the program
  *     was compiled and ran, against the file's size;
  *   - the bytes the client's compile frames take on the socket (an
@@ -33,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -293,9 +298,10 @@ typedef struct compiled {
 	bool cached;
 } compiled;
 
-static aneshare_program *compile_file(aneshare_conn *c, compiled *ret)
+/* Compile the program from fd (the weight file, or -1: g_file opened here). */
+static aneshare_program *compile_fd(aneshare_conn *c, int wfd, compiled *ret)
 {
-	int fd = open(g_file, O_RDONLY | O_CLOEXEC);
+	int fd = wfd >= 0 ? wfd : open(g_file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		die(g_file, -errno);
 	aneshare_weight_fd wf = { "@model_path/weights/weight.bin", fd };
@@ -307,13 +313,40 @@ static aneshare_program *compile_file(aneshare_conn *c, compiled *ret)
 	int r = aneshare_program_compile_fds(c, g_mil, &wf, 1, &p, &cached);
 	double t = now_s() - t0;
 	g_counting = 0;
-	close(fd);
+	if (fd != wfd)
+		close(fd);
 	if (r < 0) {
 		fprintf(stderr, "bench_wfd: compile: %s\n", aneshare_last_error(c));
 		die("compile", r);
 	}
 	*ret = (compiled){ t, g_sent, cached };
 	return p;
+}
+
+static aneshare_program *compile_file(aneshare_conn *c, compiled *ret)
+{
+	return compile_fd(c, -1, ret);
+}
+
+/* A sealed memfd holding the file's bytes (made by the library), or -1
+ * where there are none (macOS). */
+static int make_memfd(void)
+{
+	int fd = open(g_file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die(g_file, -errno);
+	void *m = mmap(NULL, (size_t)g_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		die("mapping the weight file", -errno);
+	int mfd = -1;
+	int r = aneshare_weight_memfd("bench-wfd", m, (size_t)g_bytes, &mfd);
+	munmap(m, (size_t)g_bytes);
+	if (r == -ENOTSUP)
+		return -1;
+	if (r < 0)
+		die("aneshare_weight_memfd", r);
+	return mfd;
 }
 
 /* Run p once and check y against W x on rows spread over the whole file. */
@@ -390,7 +423,7 @@ static void bench_mode(bool worker)
 		die("the first compile was a cache hit", 0);
 	run_check(c, p);
 
-	double hit[31], sum[31], rd[31];
+	double hit[31], sum[62], rd[31];
 	size_t hit_bytes = 0;
 	for (int i = 0; i < g_reps; i++) {
 		sum[i] = time_sha256sum();
@@ -408,15 +441,51 @@ static void bench_mode(bool worker)
 	for (int i = 0; i < nk; i++)
 		whwm += status_bytes(kids[i], "VmHWM");
 	aneshare_program_release(p);
+
+	/* First compiles (cache misses, the program released in between) of
+	 * the plain file and of a sealed memfd of the same bytes, taking turns
+	 * with sha256sum */
+	int mfd = make_memfd();
+	double fplain[31], fmem[31];
+	for (int i = 0; i < g_reps; i++) {
+		sum[g_reps + i] = time_sha256sum();
+		compiled k;
+		aneshare_program *q = compile_file(c, &k);
+		if (k.cached)
+			die("a first compile of the file was a cache hit", 0);
+		fplain[i] = k.seconds;
+		aneshare_program_release(q);
+		if (mfd < 0)
+			continue;
+		q = compile_fd(c, mfd, &k);
+		if (k.cached)
+			die("a first compile of the memfd was a cache hit", 0);
+		fmem[i] = k.seconds;
+		if (i == 0)
+			run_check(c, q);
+		aneshare_program_release(q);
+	}
+	if (mfd >= 0)
+		close(mfd);
 	aneshare_disconnect(c);
 	daemon_stop();
 
-	double h = median(hit, g_reps), s = median(sum, g_reps), rdm = median(rd, g_reps);
+	double h = median(hit, g_reps), s = median(sum, 2 * g_reps), rdm = median(rd, g_reps);
+	double fp = median(fplain, g_reps), fm = mfd >= 0 ? median(fmem, g_reps) : NAN;
 	size_t mil = strlen(g_mil), frames = cold.frame_bytes > hit_bytes ? cold.frame_bytes : hit_bytes;
 	double mib = 1.0 / (1 << 20);
 	printf("\n== weights by fd, %s: %.0f MiB of fp16 weights in one file\n", where, (double)g_bytes * mib);
 	printf("  %-58s %9.3f s\n", "compile, first (hash, map or copy, compile)", cold.seconds);
 	printf("  %-58s %9.3f s\n", "compile from a second process (cache hit), median", h);
+	printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "compile, first, plain file (cache miss), median", fp, fp / s);
+	if (mfd >= 0) {
+		printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "compile, first, sealed memfd (cache miss), median", fm,
+		       fm / s);
+		printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "  hashing the file once (a cache hit)", h, h / s);
+		printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "  the rest: mapping, compiling (memfd - hit)", fm - h, (fm - h) / s);
+		printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "  a plain file's own cost (plain - memfd)", fp - fm,
+		       (fp - fm) / s);
+	}
 	printf("  %-58s %9.3f s\n", "sha256sum of the file, median", s);
 	printf("  %-58s %9.3f s\n", "reading the file once, median", rdm);
 	printf("  %-58s %9.1f MiB%s\n", "peak RSS, daemon", (double)hwm * mib, "");
@@ -426,6 +495,12 @@ static void bench_mode(bool worker)
 	printf("  %-58s %9zu B (MIL text %zu B)\n", "compile frames sent, largest of the compiles", frames, mil);
 	bench_fig("s", cold.seconds, "wfd %s: first compile", where);
 	bench_fig("s", h, "wfd %s: cache hit from a second process", where);
+	bench_fig("s", fp, "wfd %s: first compile, plain file, median", where);
+	bench_fig("ratio", fp / s, "wfd %s: first compile, plain file / sha256sum", where);
+	if (mfd >= 0) {
+		bench_fig("s", fm, "wfd %s: first compile, sealed memfd, median", where);
+		bench_fig("ratio", fm / s, "wfd %s: first compile, sealed memfd / sha256sum", where);
+	}
 	bench_fig("s", s, "wfd %s: sha256sum", where);
 	bench_fig("s", rdm, "wfd %s: read once", where);
 	bench_fig("MiB", (double)hwm * mib, "wfd %s: daemon peak RSS", where);
