@@ -11,7 +11,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,7 @@
 #include <unistd.h>
 #include <msgpack.h>
 
+#include "anes_config.h"
 #include "anes_fp16.h"
 #include "anes_proto.h"
 #include "aneshare.h"
@@ -505,4 +508,416 @@ Test(wfiles, worker_with_a_full_fd_table)
 	aneshare_disconnect(c);
 	free(blob);
 	free(bias);
+}
+
+/* ---- how often a compile reads and hashes a file ------------------------------------
+ * The test hooks of daemon/state/wfile.c: $ANESHARE_TEST_WFILE_LOG gets a
+ * line per pass over a weight file ("read SOURCE BYTES[ copy]"), and
+ * $ANESHARE_TEST_WFILE_HOLD stops a pass that copies where a test changes
+ * the client's file: before its first read (PATH.start) or after its first
+ * chunk (PATH.chunk), announced by PATH.POINT.held. */
+
+typedef struct hooks {
+	char dir[64];
+	char log[96];
+	char hold[96];
+} hooks;
+
+static void start_hooked_daemon(hooks *hk, const char *const *args)
+{
+#if !ANES_TEST_HOOKS
+	(void)hk;
+	(void)args;
+	cr_skip_test("built without -Dtest_hooks=true: no $ANESHARE_TEST_WFILE_LOG or _HOLD");
+#else
+	snprintf(hk->dir, sizeof hk->dir, "/tmp/anes-wfhooks-XXXXXX");
+	cr_assert_not_null(mkdtemp(hk->dir));
+	snprintf(hk->log, sizeof hk->log, "%s/log", hk->dir);
+	snprintf(hk->hold, sizeof hk->hold, "%s/hold", hk->dir);
+	cr_assert_eq(setenv("ANESHARE_TEST_WFILE_LOG", hk->log, 1), 0);
+	cr_assert_eq(setenv("ANESHARE_TEST_WFILE_HOLD", hk->hold, 1), 0);
+	h_daemon_kill(&D);
+	h_daemon_start_args(&D, args);
+	unsetenv("ANESHARE_TEST_WFILE_LOG");
+	unsetenv("ANESHARE_TEST_WFILE_HOLD");
+#endif
+}
+
+static void hooks_free(hooks *hk)
+{
+	static const char *const names[] = { "log", "hold.start", "hold.start.held", "hold.chunk", "hold.chunk.held" };
+	char p[128];
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		snprintf(p, sizeof p, "%s/%s", hk->dir, names[i]);
+		unlink(p);
+	}
+	rmdir(hk->dir);
+}
+
+/* The passes since the last call are exactly want (a printf format). */
+__attribute__((format(printf, 2, 3))) static void expect_passes(hooks *hk, const char *want, ...)
+{
+	char w[256], got[256] = "";
+	va_list ap;
+	va_start(ap, want);
+	vsnprintf(w, sizeof w, want, ap);
+	va_end(ap);
+	int fd = open(hk->log, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, got, sizeof got - 1);
+		got[n > 0 ? n : 0] = '\0';
+		close(fd);
+	}
+	cr_assert_eq(truncate(hk->log, 0) == 0 || errno == ENOENT, true);
+	cr_assert_str_eq(got, w, "the daemon's passes over the weight files:\n%s\nwanted:\n%s", got, w);
+}
+
+static void hold_arm(hooks *hk, const char *point)
+{
+	char p[128];
+	snprintf(p, sizeof p, "%s.%s", hk->hold, point);
+	int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	close(fd);
+}
+
+/* Wait (bounded) until the daemon stopped at point. */
+static void hold_wait(hooks *hk, const char *point)
+{
+	char p[128];
+	snprintf(p, sizeof p, "%s.%s.held", hk->hold, point);
+	int64_t deadline = tu_now_ms() + 10000 * h_slow();
+	while (access(p, F_OK) != 0) {
+		cr_assert(tu_now_ms() < deadline, "the daemon never stopped at %s", point);
+		tu_pause_ms(5);
+	}
+}
+
+static void hold_release(hooks *hk, const char *point)
+{
+	char p[128];
+	snprintf(p, sizeof p, "%s.%s", hk->hold, point);
+	cr_assert_eq(unlink(p), 0);
+}
+
+/* A compile on a thread of its own (on a connection nothing else uses), so
+ * that the test changes the file while the daemon is stopped in it. */
+typedef struct bg_compile {
+	aneshare_conn *c;
+	const char *mil;
+	aneshare_weight_fd wf;
+	aneshare_program *p;
+	bool cached;
+	int rc;
+	char err[256];
+	char key[65];
+	pthread_t t;
+} bg_compile;
+
+static void *bg_main(void *arg)
+{
+	bg_compile *b = arg;
+	b->rc = aneshare_program_compile_fds(b->c, b->mil, &b->wf, 1, &b->p, &b->cached);
+	snprintf(b->err, sizeof b->err, "%s", b->rc < 0 ? aneshare_last_error(b->c) : "");
+	snprintf(b->key, sizeof b->key, "%s", b->rc == 0 ? aneshare_program_key(b->p) : "");
+	return NULL;
+}
+
+static void bg_start(bg_compile *b, aneshare_conn *c, const char *mil, int fd)
+{
+	*b = (bg_compile){ .c = c, .mil = mil, .wf = { LB_WPATH, fd }, .rc = 1 };
+	cr_assert_eq(pthread_create(&b->t, NULL, bg_main, b), 0);
+}
+
+static void bg_join(bg_compile *b)
+{
+	cr_assert_eq(pthread_join(b->t, NULL), 0);
+}
+
+static aneshare_program *compile_fd(aneshare_conn *c, const char *mil, int fd, bool want_cached)
+{
+	aneshare_weight_fd wf = { LB_WPATH, fd };
+	aneshare_program *p = NULL;
+	bool cached = !want_cached;
+	cr_assert_eq(aneshare_program_compile_fds(c, mil, &wf, 1, &p, &cached), 0, "%s", aneshare_last_error(c));
+	cr_assert_eq(cached, want_cached, "cached: %d", cached);
+	return p;
+}
+
+static const struct aneshare_status_total *total_of(const aneshare_status *st, const char *res)
+{
+	for (uint32_t i = 0; i < st->n_totals; i++)
+		if (!strcmp(st->total_list[i].resource, res))
+			return &st->total_list[i];
+	cr_assert_fail("status has no total %s", res);
+	return NULL;
+}
+
+/* Each compile's passes over its file: a plain file nothing cached can
+ * share is read once, hashed and copied in that one pass; a cache hit
+ * reads and hashes it once and copies nothing; a sealed memfd is read once
+ * (hit or not) and never copied; a plain file whose program may be cached
+ * (one of the same MIL and sizes is) is hashed for the lookup and, missed,
+ * copied in a pass that hashes the copy's bytes.  Every program computes
+ * its own weights. */
+static void passes_per_compile(const char *const *args)
+{
+	hooks hk;
+	start_hooked_daemon(&hk, args);
+	aneshare_conn *c = h_connect(&D, "wf-passes");
+	size_t len;
+	uint8_t *a = make_blob(&len, 0.0f), *b = make_blob(&len, 0.25f), *d = make_blob(&len, 0.5f);
+
+	int fa = plain_file("a.bin", a, len);
+	aneshare_program *pa = compile_fd(c, mil_text(), fa, false);
+	expect_passes(&hk, "read file %zu copy\n", len);
+	run_check(c, pa, 0.0f);
+
+	int fa2 = plain_file("a2.bin", a, len);
+	aneshare_program *pa2 = compile_fd(c, mil_text(), fa2, true);
+	expect_passes(&hk, "read file %zu\n", len);
+	cr_assert_str_eq(aneshare_program_key(pa2), aneshare_program_key(pa));
+	run_check(c, pa2, 0.0f);
+
+#ifdef __linux__
+	int mfd = -1;
+	cr_assert_eq(aneshare_weight_memfd("w", b, len, &mfd), 0);
+	aneshare_program *pb = compile_fd(c, mil_text(), mfd, false);
+	expect_passes(&hk, "read sealed %zu\n", len);
+	run_check(c, pb, 0.25f);
+	aneshare_program *pb2 = compile_fd(c, mil_text(), mfd, true);
+	expect_passes(&hk, "read sealed %zu\n", len);
+	cr_assert_str_eq(aneshare_program_key(pb2), aneshare_program_key(pb));
+	close(mfd);
+	aneshare_program_release(pb);
+	aneshare_program_release(pb2);
+#endif
+
+	int fd = plain_file("d.bin", d, len);
+	aneshare_program *pd = compile_fd(c, mil_text(), fd, false);
+	expect_passes(&hk, "read file %zu\nread file %zu copy\n", len, len);
+	run_check(c, pd, 0.5f);
+
+	/* once the programs of that shape are gone, a first compile is one pass again */
+	aneshare_program_release(pa);
+	aneshare_program_release(pa2);
+	aneshare_program_release(pd);
+	h_wait_counts(c, 0, 0);
+	aneshare_program *pa3 = compile_fd(c, mil_text(), fa, false);
+	expect_passes(&hk, "read file %zu copy\n", len);
+	run_check(c, pa3, 0.0f);
+	aneshare_program_release(pa3);
+
+	close(fa);
+	close(fa2);
+	close(fd);
+	aneshare_disconnect(c);
+	hooks_free(&hk);
+	free(a);
+	free(b);
+	free(d);
+}
+
+Test(wfiles, a_first_compile_reads_and_hashes_each_file_once)
+{
+	passes_per_compile(NULL);
+}
+
+Test(wfiles, a_first_compile_reads_and_hashes_each_file_once_with_a_worker)
+{
+	const char *args[] = { "--backend", "cpu", "--worker", NULL };
+	passes_per_compile(args);
+}
+
+/* Cache poisoning, injected: a program of the same shape is cached, so the
+ * daemon hashes the client's file B for the lookup alone; it misses, and
+ * before the copy starts the client writes A's bytes into the file.  Were
+ * the copy used, the entry under B's key would compute A for every client
+ * that compiles B.  The compile fails instead, no entry is left under B's
+ * key, and B compiled afterwards computes B. */
+Test(wfiles, a_file_changed_after_its_key_fails_the_compile)
+{
+	hooks hk;
+	start_hooked_daemon(&hk, NULL);
+	aneshare_conn *c = h_connect(&D, "wf-poison"), *cb = h_connect(&D, "wf-poison-bg");
+	size_t len;
+	uint8_t *a = make_blob(&len, 0.0f), *b = make_blob(&len, 0.75f);
+	int fa = plain_file("a.bin", a, len), fb = plain_file("b.bin", b, len);
+	aneshare_program *pa = compile_fd(c, mil_text(), fa, false);
+	expect_passes(&hk, "read file %zu copy\n", len);
+
+	hold_arm(&hk, "start");
+	bg_compile bg;
+	bg_start(&bg, cb, mil_text(), fb);
+	hold_wait(&hk, "start");
+	cr_assert_eq(pwrite(fb, a, len, 0), (ssize_t)len);
+	hold_release(&hk, "start");
+	bg_join(&bg);
+	cr_assert_eq(bg.rc, -ANESHARE_ECOMPILE, "%d %s", bg.rc, bg.err);
+	cr_assert(strstr(bg.err, "changed while it was being compiled"), "%s", bg.err);
+	expect_passes(&hk, "read file %zu\nread file %zu copy\n", len, len);
+
+	aneshare_status *st = h_status(c);
+	cr_assert_eq(st->programs, 1, "only A's entry");
+	cr_assert_str_eq(st->program_list[0].key, aneshare_program_key(pa));
+	aneshare_status_free(st);
+
+	/* B's bytes, from another file: compiled afresh, they compute B */
+	int fb2 = plain_file("b2.bin", b, len);
+	aneshare_program *pb = compile_fd(c, mil_text(), fb2, false);
+	run_check(c, pb, 0.75f);
+	cr_assert_str_neq(aneshare_program_key(pb), aneshare_program_key(pa));
+	/* the changed file holds A now: A's program */
+	aneshare_program *pa2 = compile_fd(c, mil_text(), fb, true);
+	cr_assert_str_eq(aneshare_program_key(pa2), aneshare_program_key(pa));
+	run_check(c, pa2, 0.0f);
+
+	aneshare_program_release(pa);
+	aneshare_program_release(pa2);
+	aneshare_program_release(pb);
+	close(fa);
+	close(fb);
+	close(fb2);
+	aneshare_disconnect(cb);
+	aneshare_disconnect(c);
+	hooks_free(&hk);
+	free(a);
+	free(b);
+}
+
+enum { BIG_OUT = 16384 };   /* W of 2 MiB: a file of more than one chunk (1 MiB) */
+
+/* y of p (the linear program, OUT = BIG_OUT) for x = (i % 5) / 4 */
+static void run_big(aneshare_conn *c, aneshare_program *p, uint16_t *y)
+{
+	aneshare_surface *in = h_surface(c, IN * 2), *out = h_surface(c, (size_t)BIG_OUT * 2);
+	uint16_t *x = aneshare_surface_data(in);
+	for (int i = 0; i < IN; i++)
+		x[i] = anes_f32_to_f16_soft((float)(i % 5) / 4.0f);
+	cr_assert_eq(aneshare_run(p, 0, &in, 1, &out, 1), 0, "%s", aneshare_last_error(c));
+	memcpy(y, aneshare_surface_data(out), (size_t)BIG_OUT * 2);
+	aneshare_surface_release(in);
+	aneshare_surface_release(out);
+}
+
+/* whether y[o] is row o of W of the given seed times x */
+static bool row_is(const uint16_t *y, int o, float seed)
+{
+	double ref = 0;
+	for (int i = 0; i < IN; i++)
+		ref += anes_f16_to_f32_soft(anes_f32_to_f16_soft(lb_wval(o, i, seed))) * ((double)(i % 5) / 4.0);
+	return fabs(anes_f16_to_f32_soft(y[o]) - ref) <= 2e-3 * fmax(1.0, fabs(ref));
+}
+
+/* In the pass that hashes and copies a file, the client rewrites it after
+ * the first chunk: the copy holds A's first chunk and B's rest, and the
+ * program's key is the key of exactly those bytes (the same bytes sent
+ * inline are a cache hit on it), which is what it computes. */
+Test(wfiles, a_file_changed_while_it_is_copied_gets_the_key_of_the_copy)
+{
+	hooks hk;
+	start_hooked_daemon(&hk, NULL);
+	aneshare_conn *c = h_connect(&D, "wf-mix"), *cb = h_connect(&D, "wf-mix-bg");
+	char mil[1024];
+	lb_mil(mil, sizeof mil, IN, BIG_OUT);
+	size_t len;
+	uint8_t *a = h_linear_blob(IN, BIG_OUT, 0.0f, &len), *b = h_linear_blob(IN, BIG_OUT, 0.5f, &len);
+	int fd = plain_file("mix.bin", a, len);
+
+	hold_arm(&hk, "chunk");
+	bg_compile bg;
+	bg_start(&bg, cb, mil, fd);
+	hold_wait(&hk, "chunk");
+	cr_assert_eq(pwrite(fd, b, len, 0), (ssize_t)len);
+	hold_release(&hk, "chunk");
+	bg_join(&bg);
+	cr_assert_eq(bg.rc, 0, "%s", bg.err);
+	cr_assert_not(bg.cached);
+	expect_passes(&hk, "read file %zu copy\n", len);
+
+	/* rows 0..k-1 are A's, the rest B's, with 0 < k < BIG_OUT */
+	uint16_t *y = malloc((size_t)BIG_OUT * 2);
+	run_big(cb, bg.p, y);
+	int k = 0;
+	while (k < BIG_OUT && row_is(y, k, 0.0f))
+		k++;
+	cr_assert(k > 0 && k < BIG_OUT, "rows of A: %d", k);
+	for (int o = k; o < BIG_OUT; o++)
+		cr_assert(row_is(y, o, 0.5f), "y[%d] is neither A's (rows before %d) nor B's", o, k);
+
+	size_t split = 128 + (size_t)k * IN * 2;
+	uint8_t *mix = malloc(len);
+	memcpy(mix, a, split);
+	memcpy(mix + split, b + split, len - split);
+	aneshare_weight w = { LB_WPATH, mix, len };
+	aneshare_program *pm = NULL;
+	bool cached = false;
+	cr_assert_eq(aneshare_program_compile(c, mil, &w, 1, &pm, &cached), 0, "%s", aneshare_last_error(c));
+	cr_assert(cached, "the copy's bytes, inline: a cache hit");
+	cr_assert_str_eq(aneshare_program_key(pm), bg.key);
+
+	aneshare_program_release(pm);
+	aneshare_program_release(bg.p);
+	close(fd);
+	aneshare_disconnect(cb);
+	aneshare_disconnect(c);
+	hooks_free(&hk);
+	free(y);
+	free(mix);
+	free(a);
+	free(b);
+}
+
+/* A compile copies its file while it hashes it (nothing of its shape is
+ * cached), and meanwhile another client compiles the same program: the
+ * lookup hits, and the copy is dropped with its program memory and its fd. */
+Test(wfiles, a_copy_made_for_a_program_compiled_meanwhile_is_dropped)
+{
+	const char *args[] = { "--backend", "cpu", "--workers", "4", NULL };
+	hooks hk;
+	start_hooked_daemon(&hk, args);
+	aneshare_conn *c = h_connect(&D, "wf-drop"), *cb = h_connect(&D, "wf-drop-bg");
+	h_wait_clients(c, 2);
+	int base_fds = tu_fd_count(D.pid);
+	size_t len;
+	uint8_t *a = make_blob(&len, 0.25f);
+	int fd = plain_file("drop.bin", a, len);
+
+	hold_arm(&hk, "chunk");
+	bg_compile bg;
+	bg_start(&bg, cb, mil_text(), fd);
+	hold_wait(&hk, "chunk");
+	aneshare_weight w = { LB_WPATH, a, len };
+	aneshare_program *p = NULL;
+	bool cached = true;
+	cr_assert_eq(aneshare_program_compile(c, mil_text(), &w, 1, &p, &cached), 0, "%s", aneshare_last_error(c));
+	cr_assert_not(cached);
+	aneshare_status *st = h_status(c);
+	uint64_t held = total_of(st, "program_bytes")->used;
+	aneshare_status_free(st);
+	hold_release(&hk, "chunk");
+	bg_join(&bg);
+	cr_assert_eq(bg.rc, 0, "%s", bg.err);
+	cr_assert(bg.cached);
+	cr_assert_str_eq(bg.key, aneshare_program_key(p));
+	run_check(cb, bg.p, 0.25f);
+
+	st = h_status(c);
+	cr_assert_eq(st->programs, 1);
+	uint64_t after = total_of(st, "program_bytes")->used;
+	aneshare_status_free(st);
+	cr_assert_geq(held - after, (uint64_t)len, "the copy's charge (%zu B) went with it: %llu -> %llu", len,
+	              (unsigned long long)held, (unsigned long long)after);
+	aneshare_program_release(p);
+	aneshare_program_release(bg.p);
+	h_wait_counts(c, 0, 0);
+	st = h_status(c);
+	cr_assert_eq(total_of(st, "program_bytes")->used, 0);
+	aneshare_status_free(st);
+	h_wait_daemon_fds(&D, base_fds);
+	close(fd);
+	aneshare_disconnect(cb);
+	aneshare_disconnect(c);
+	hooks_free(&hk);
+	free(a);
 }

@@ -569,6 +569,7 @@ struct anes_centry {
 	anes_centry *hnext;
 	anes_server *srv;
 	uint8_t key[ANES_KEY_SIZE];
+	uint8_t shape[ANES_KEY_SIZE];   /* the key's fields without the blobs' bytes (program.c) */
 	char hex[2 * ANES_KEY_SIZE + 1];
 	anes_centry_state state;
 	anes_bprogram *prog;        /* READY */
@@ -610,13 +611,21 @@ struct anes_wfile {
  * of at most max_bytes, open for reading.  -EBADF (not a readable regular
  * file), -EFBIG, -ENOMEM, or fstat/fcntl's errno. */
 int anes_wfile_open(int fd, uint64_t max_bytes, anes_wfile **ret);
-/* len bytes at off with pread; -EIO if the file is shorter now. */
-int anes_wfile_read(const anes_wfile *w, uint64_t off, void *buf, size_t len);
-/* Make w->data valid: the sealed memfd mapped read-only, or the file copied
- * into a read-only file of the daemon's (w->fd is then that copy) and mapped
- * the same way.  Nothing reads the mapping here: pages count in the daemon's
- * memory only once a backend in this process uses them.  -EIO (the file
- * shrank), -ENOMEM, or the copy's errno. */
+/* Whether w must be copied before it is used: neither sealed nor copied
+ * yet, and not empty. */
+bool anes_wfile_needs_copy(const anes_wfile *w);
+/* Read the file once with pread, from 0 to its size at open, and hand every
+ * chunk (at most 1 MiB, in order) to fn.  With copy, a file that needs it
+ * (anes_wfile_needs_copy) is also written chunk by chunk, from the buffer fn
+ * just saw, into a read-only file of the daemon's own (anes_rofile_*),
+ * sealed at the end; w->fd is then that copy (w->copied), so fn saw exactly
+ * the copy's bytes.  -EIO (the file is shorter than at open), -ENOMEM, or
+ * the read's or the copy's errno; w is unchanged on failure. */
+int anes_wfile_stream(anes_wfile *w, bool copy, void (*fn)(void *ud, const void *p, size_t len), void *ud);
+/* Make w->data valid: the sealed memfd or the daemon's copy mapped
+ * read-only (-EINVAL for a file that still needs its copy).  Nothing reads
+ * the mapping here: pages count in the daemon's memory only once a backend
+ * in this process uses them.  -ENOMEM if it cannot be mapped. */
 int anes_wfile_load(anes_wfile *w);
 /* Unmap and close; NULL is ignored. */
 void anes_wfile_free(anes_wfile *w);
@@ -637,15 +646,13 @@ anes_cache *anes_cache_free(anes_cache *cache);
 /* Call fn for each entry (fn must not add or remove entries). */
 void anes_cache_foreach(anes_cache *cache, void (*fn)(anes_centry *e, void *ud), void *ud);
 
-/* Sort weights by path (ascending byte order) and compute the program key. */
-int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights, size_t n,
-                     uint8_t ret_key[ANES_KEY_SIZE]);
-
 /* program.compile after the params were checked: answers msgid itself (now
  * for a cached program, from the compile's completion otherwise).  Takes the
  * weights' files (anes_wire_weight.file) in every case.  With files, the key
  * is computed on a job thread (hashing a large file does not stall the loop)
- * and the cache is looked up when it is done. */
+ * and the cache is looked up when it is done; files that need a copy are
+ * copied in the pass that hashes them unless a cached program may have the
+ * key (program.c, copy_while_keying). */
 void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_t mil_len,
                           anes_wire_weight *weights, uint32_t n_weights);
 

@@ -8,6 +8,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,11 +20,20 @@
 
 #include "daemon.h"
 
+/* The shapes of the entries (anes_centry.shape) as a counting Bloom filter:
+ * each shape counts in two of SHAPE_SLOTS counters, so a shape none of whose
+ * counters is 0 may be cached, and any other is not.  Entries come and go on
+ * the loop thread; a compile's key job asks from its own thread (relaxed
+ * atomics: a wrong answer costs time, never correctness, see
+ * copy_while_keying). */
+enum { SHAPE_SLOTS = 4096 };
+
 struct anes_cache {
 	anes_server *srv;
 	anes_centry **buckets;
 	size_t n_buckets;   /* power of two */
 	size_t n;
+	_Atomic uint32_t shapes[SHAPE_SLOTS];
 };
 
 /* ---- hashing ------------------------------------------------------------- */
@@ -71,6 +81,29 @@ static void sha256_update(sha256 *h, const void *p, size_t len)
 #endif
 }
 
+/* out = a second hash going on from where h is (h stays as it is). */
+static int sha256_fork(const sha256 *h, sha256 *out)
+{
+	out->failed = h->failed;
+#ifdef __APPLE__
+	out->ctx = h->ctx;
+#else
+	out->ctx = EVP_MD_CTX_new();
+	if (!out->ctx)
+		return -ENOMEM;
+	if (EVP_MD_CTX_copy_ex(out->ctx, h->ctx) != 1) {
+		EVP_MD_CTX_free(out->ctx);
+		return -EIO;
+	}
+#endif
+	return 0;
+}
+
+static void sha256_chunk(void *h, const void *p, size_t len)
+{
+	sha256_update(h, p, len);
+}
+
 static void sha256_u64be(sha256 *h, uint64_t v)
 {
 	uint8_t b[8];
@@ -102,12 +135,23 @@ static int weight_cmp(const void *a, const void *b)
 	return (x->path_len > y->path_len) - (x->path_len < y->path_len);
 }
 
-int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights, size_t n,
-                     uint8_t ret_key[ANES_KEY_SIZE])
+/* The program key of mil and weights (docs/protocol.md, program.compile),
+ * which it sorts by path first (ascending byte order), and its shape: the
+ * hash of the same fields with each blob's bytes left out (its length
+ * stays), which programs that can have the same key share.  The files are
+ * read with anes_wfile_stream (with pread, also the daemon's copy or a
+ * mapped memfd: a cache hit needs nothing but the key, and the pages of a
+ * mapping stay out of the daemon's memory while nothing here runs it).
+ * copy (may be NULL) is asked once, with the shape, before any file is
+ * read: if it answers true, the files that need a copy are copied in the
+ * pass that hashes them, so the key is that of the copy's bytes. */
+static int program_hash(const char *mil, size_t mil_len, anes_wire_weight *weights, size_t n,
+                        bool (*copy)(void *ud, const uint8_t shape[ANES_KEY_SIZE]), void *ud,
+                        uint8_t ret_key[ANES_KEY_SIZE], uint8_t ret_shape[ANES_KEY_SIZE])
 {
 	static const char tag[] = "aneshare-program-v1";  /* hashed with its NUL */
-	sha256 h;
-	uint8_t key[ANES_KEY_SIZE];
+	sha256 h, sh;
+	uint8_t key[ANES_KEY_SIZE], shape[ANES_KEY_SIZE];
 
 	if (n > 1)
 		qsort(weights, n, sizeof(*weights), weight_cmp);
@@ -117,31 +161,27 @@ int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights,
 	sha256_update(&h, tag, sizeof(tag));
 	sha256_u64be(&h, mil_len);
 	sha256_update(&h, mil, mil_len);
-	uint8_t *buf = NULL;
+	r = sha256_fork(&h, &sh);
+	if (r == 0) {
+		for (size_t i = 0; i < n; i++) {
+			sha256_u64be(&sh, weights[i].path_len);
+			sha256_update(&sh, weights[i].path, weights[i].path_len);
+			sha256_u64be(&sh, weights[i].file ? weights[i].file->size : weights[i].len);
+		}
+		r = sha256_final(&sh, shape);
+	}
+	bool cp = r == 0 && copy && copy(ud, shape);
 	for (size_t i = 0; i < n && r == 0; i++) {
-		const anes_wfile *f = weights[i].file;
+		anes_wfile *f = weights[i].file;
 		uint64_t len = f ? f->size : weights[i].len;
 		sha256_u64be(&h, weights[i].path_len);
 		sha256_update(&h, weights[i].path, weights[i].path_len);
 		sha256_u64be(&h, len);
-		if (!f) {
+		if (f)
+			r = anes_wfile_stream(f, cp, sha256_chunk, &h);
+		else
 			sha256_update(&h, weights[i].data, (size_t)len);
-			continue;
-		}
-		/* a file: streamed with pread, also once it is mapped (the key of a
-		 * cache hit is all that is needed of it; and the mapping's pages
-		 * stay out of the daemon's memory while nothing here runs it) */
-		enum { CHUNK = 1 << 20 };
-		if (!buf && !(buf = malloc(CHUNK)))
-			r = -ENOMEM;
-		for (uint64_t off = 0; off < len && r == 0; off += CHUNK) {
-			size_t k = len - off < CHUNK ? (size_t)(len - off) : CHUNK;
-			r = anes_wfile_read(f, off, buf, k);
-			if (r == 0)
-				sha256_update(&h, buf, k);
-		}
 	}
-	free(buf);
 	if (r < 0) {
 		uint8_t junk[ANES_KEY_SIZE];
 		(void)sha256_final(&h, junk);
@@ -151,7 +191,16 @@ int anes_program_key(const char *mil, size_t mil_len, anes_wire_weight *weights,
 	if (r < 0)
 		return r;
 	memcpy(ret_key, key, sizeof(key));
+	if (ret_shape)
+		memcpy(ret_shape, shape, sizeof(shape));
 	return 0;
+}
+
+static bool copy_always(void *ud, const uint8_t shape[ANES_KEY_SIZE])
+{
+	(void)ud;
+	(void)shape;
+	return true;
 }
 
 /* ---- the table ------------------------------------------------------------ */
@@ -168,6 +217,8 @@ int anes_cache_new(anes_server *srv, anes_cache **ret)
 	anes_cache *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
+	for (size_t i = 0; i < SHAPE_SLOTS; i++)
+		atomic_init(&c->shapes[i], 0);
 	c->n_buckets = 64;
 	c->buckets = calloc(c->n_buckets, sizeof(*c->buckets));
 	if (!c->buckets) {
@@ -226,8 +277,36 @@ static void cache_grow(anes_cache *c)
 	c->n_buckets = nb;
 }
 
+static void shape_slots(const uint8_t shape[ANES_KEY_SIZE], size_t slot[2])
+{
+	slot[0] = ((size_t)shape[0] | (size_t)shape[1] << 8) % SHAPE_SLOTS;
+	slot[1] = ((size_t)shape[2] | (size_t)shape[3] << 8) % SHAPE_SLOTS;
+}
+
+static void shape_count(anes_cache *c, const uint8_t shape[ANES_KEY_SIZE], bool add)
+{
+	size_t slot[2];
+	shape_slots(shape, slot);
+	for (int i = 0; i < 2; i++) {
+		if (add)
+			atomic_fetch_add_explicit(&c->shapes[slot[i]], 1, memory_order_relaxed);
+		else
+			atomic_fetch_sub_explicit(&c->shapes[slot[i]], 1, memory_order_relaxed);
+	}
+}
+
+/* false: no entry has this shape (any thread) */
+static bool shape_maybe_cached(anes_cache *c, const uint8_t shape[ANES_KEY_SIZE])
+{
+	size_t slot[2];
+	shape_slots(shape, slot);
+	return atomic_load_explicit(&c->shapes[slot[0]], memory_order_relaxed) > 0 &&
+	       atomic_load_explicit(&c->shapes[slot[1]], memory_order_relaxed) > 0;
+}
+
 static void cache_insert(anes_cache *c, anes_centry *e)
 {
+	shape_count(c, e->shape, true);
 	if (c->n >= 2 * c->n_buckets)
 		cache_grow(c);
 	size_t k = key_hash(e->key) & (c->n_buckets - 1);
@@ -245,6 +324,7 @@ static void cache_remove(anes_cache *c, anes_centry *e)
 	if (*pp) {
 		*pp = e->hnext;
 		c->n--;
+		shape_count(c, e->shape, false);
 	}
 }
 
@@ -357,12 +437,15 @@ typedef struct compile_job {
 	uint64_t file_bytes;     /* sum of the files' sizes */
 	void *copy;            /* one allocation holding mil, paths and blobs */
 	/* A compile with weight files starts with the key (hashing them on this
-	 * job's thread); its done callback looks the key up and either answers
-	 * or submits the same job again to compile. */
+	 * job's thread, copying those that need it in the same pass when no
+	 * cached program can have the key: copy_while_keying); its done callback
+	 * looks the key up and either answers or submits the same job again to
+	 * compile. */
 	bool keying;
 	anes_conn *conn;       /* keying: the requester (referenced) and its msgid */
 	uint32_t msgid;
 	uint8_t key[ANES_KEY_SIZE];
+	uint8_t shape[ANES_KEY_SIZE];
 	int rc;
 	anes_bprogram *prog;
 	char err[ANES_ERRMSG_MAX];
@@ -370,6 +453,8 @@ typedef struct compile_job {
 
 static void job_free(compile_job *cj)
 {
+	if (cj->est_charged)   /* the files, charged for copies no program uses */
+		anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->est, true);
 	for (size_t i = 0; i < cj->n_weights; i++)
 		anes_wfile_free(cj->wire[i].file);
 	anes_tenant_unref(cj->tenant);
@@ -380,43 +465,56 @@ static void job_free(compile_job *cj)
 }
 
 /* The files of a compile: counted as program memory while the program lives
- * (they are mapped or copied for it), loaded, and checked against the key
- * when they were copied (a file changed after it was hashed). */
+ * (they are mapped or copied for it; the key job may have charged them
+ * already, copy_while_keying), copied if the key job did not copy them, and
+ * mapped. */
 static int load_files(compile_job *cj)
 {
-	bool copied = false;
+	bool copy = false;
 
 	if (!cj->file_bytes)
 		return 0;
-	int r = anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->file_bytes, true);
-	if (r < 0) {
-		cj->limit_res = ANES_RES_PROGRAM_BYTES;
-		anes_tenant_limit_msg(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->file_bytes, r, cj->err,
-		                      sizeof(cj->err));
-		return r;
+	if (!cj->est_charged) {
+		int r = anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->file_bytes, true);
+		if (r < 0) {
+			cj->limit_res = ANES_RES_PROGRAM_BYTES;
+			anes_tenant_limit_msg(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->file_bytes, r, cj->err,
+			                      sizeof(cj->err));
+			return r;
+		}
+		cj->est = cj->file_bytes;
+		cj->est_charged = true;
 	}
-	cj->est = cj->file_bytes;
-	cj->est_charged = true;
+	for (size_t i = 0; i < cj->n_weights; i++)
+		copy |= cj->wire[i].file && anes_wfile_needs_copy(cj->wire[i].file);
+	if (copy) {
+		/* The key was computed from the client's files, which may have
+		 * changed since.  Copy them, hashing in the same pass what is
+		 * copied, and compare: the entry's key is the key of the bytes
+		 * the program is compiled from, or the compile fails. */
+		uint8_t key[ANES_KEY_SIZE];
+		int r = program_hash(cj->mil, cj->mil_len, cj->wire, cj->n_weights, copy_always, NULL, key, NULL);
+		if (r < 0) {
+			if (r == -EIO)
+				snprintf(cj->err, sizeof(cj->err),
+				         "a weight file is shorter than when it was passed (truncated)");
+			else
+				snprintf(cj->err, sizeof(cj->err), "copying the weight files: %s", strerror(-r));
+			return r == -ENOMEM ? r : -EINVAL;
+		}
+		if (memcmp(key, cj->key, sizeof(key)) != 0) {
+			snprintf(cj->err, sizeof(cj->err), "a weight file changed while it was being compiled");
+			return -EINVAL;
+		}
+	}
 	for (size_t i = 0; i < cj->n_weights; i++) {
 		anes_wfile *f = cj->wire[i].file;
 		if (!f)
 			continue;
-		r = anes_wfile_load(f);
+		int r = anes_wfile_load(f);
 		if (r < 0) {
-			snprintf(cj->err, sizeof(cj->err), "weight file \"%s\": %s", cj->wire[i].path,
-			         r == -EIO ? "it is shorter than when it was passed (truncated)" : strerror(-r));
+			snprintf(cj->err, sizeof(cj->err), "weight file \"%s\": %s", cj->wire[i].path, strerror(-r));
 			return r == -ENOMEM ? r : -EINVAL;
-		}
-		copied |= f->copied;
-	}
-	if (copied) {
-		uint8_t key[ANES_KEY_SIZE];
-		r = anes_program_key(cj->mil, cj->mil_len, cj->wire, cj->n_weights, key);
-		if (r < 0)
-			return r;
-		if (memcmp(key, cj->key, sizeof(key)) != 0) {
-			snprintf(cj->err, sizeof(cj->err), "a weight file changed while it was being compiled");
-			return -EINVAL;
 		}
 	}
 	for (size_t i = 0; i < cj->n_weights; i++) {
@@ -431,6 +529,30 @@ static int load_files(compile_job *cj)
 	return 0;
 }
 
+/* The key job's choice, made once the shape is known and before any file is
+ * read: copy the files that need it in the pass that computes the key (one
+ * read and one hash of each file), or only hash them (a cache hit then
+ * costs no copy; a miss copies and hashes again, load_files).  It copies
+ * when no cached program has the shape (so none can have the key, unless a
+ * compile of the same program starts meanwhile: then the copy is dropped
+ * unused) and the files' program memory, which load_files charges
+ * otherwise, can be charged now. */
+static bool copy_while_keying(void *ud, const uint8_t shape[ANES_KEY_SIZE])
+{
+	compile_job *cj = ud;
+	bool need = false;
+
+	for (size_t i = 0; i < cj->n_weights; i++)
+		need |= cj->wire[i].file && anes_wfile_needs_copy(cj->wire[i].file);
+	if (!need || shape_maybe_cached(cj->srv->cache, shape))
+		return false;
+	if (anes_tenant_charge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->file_bytes, true) < 0)
+		return false;   /* load_files tries again and says why it fails */
+	cj->est = cj->file_bytes;
+	cj->est_charged = true;
+	return true;
+}
+
 static void compile_work(anes_job *j)
 {
 	compile_job *cj = ANES_CONTAINER_OF(j, compile_job, job);
@@ -439,7 +561,8 @@ static void compile_work(anes_job *j)
 
 	cj->err[0] = '\0';
 	if (cj->keying) {
-		cj->rc = anes_program_key(cj->mil, cj->mil_len, cj->wire, cj->n_weights, cj->key);
+		cj->rc = program_hash(cj->mil, cj->mil_len, cj->wire, cj->n_weights, copy_while_keying, cj,
+		                      cj->key, cj->shape);
 		if (cj->rc == -EIO)
 			snprintf(cj->err, sizeof(cj->err), "a weight file is shorter than when it was passed (truncated)");
 		return;
@@ -748,8 +871,9 @@ static void reply_limit(anes_conn *c, uint32_t msgid, const char *mil, uint32_t 
 /* The key is known: answer from the cache, wait for its compile, or start
  * one.  cj: the job already made (a compile with files), or NULL (made here
  * from the request, only when a compile is needed); taken in every case. */
-static void compile_keyed(anes_conn *c, uint32_t msgid, const uint8_t key[ANES_KEY_SIZE], compile_job *cj,
-                          const char *mil, uint32_t mil_len, anes_wire_weight *weights, uint32_t n_weights)
+static void compile_keyed(anes_conn *c, uint32_t msgid, const uint8_t key[ANES_KEY_SIZE],
+                          const uint8_t shape[ANES_KEY_SIZE], compile_job *cj, const char *mil,
+                          uint32_t mil_len, anes_wire_weight *weights, uint32_t n_weights)
 {
 	anes_server *srv = c->srv;
 
@@ -786,6 +910,7 @@ static void compile_keyed(anes_conn *c, uint32_t msgid, const uint8_t key[ANES_K
 	}
 	e->srv = srv;
 	memcpy(e->key, key, ANES_KEY_SIZE);
+	memcpy(e->shape, shape, ANES_KEY_SIZE);
 	memcpy(cj->key, key, ANES_KEY_SIZE);
 	static const char hexd[] = "0123456789abcdef";
 	for (int i = 0; i < ANES_KEY_SIZE; i++) {
@@ -838,13 +963,15 @@ static void keyed(compile_job *cj, bool cancelled)
 		anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
 		job_free(cj);
 	} else {
-		/* a cache hit frees the job: its copy's charge goes with it */
-		uint8_t key[ANES_KEY_SIZE];
+		/* a cache hit frees the job: its copy's charge goes with it (and
+		 * the files' copies, if made, with theirs: job_free) */
+		uint8_t key[ANES_KEY_SIZE], shape[ANES_KEY_SIZE];
 		memcpy(key, cj->key, sizeof(key));
+		memcpy(shape, cj->shape, sizeof(shape));
 		anes_centry *e = cache_find(c->srv->cache, key);
 		if (e)
 			anes_tenant_uncharge(cj->tenant, ANES_RES_PROGRAM_BYTES, cj->copy_bytes, true);
-		compile_keyed(c, msgid, key, cj, NULL, 0, NULL, 0);
+		compile_keyed(c, msgid, key, shape, cj, NULL, 0, NULL, 0);
 	}
 	anes_conn_kick(c);
 	anes_conn_unref(c);
@@ -854,7 +981,7 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
                           anes_wire_weight *weights, uint32_t n_weights)
 {
 	anes_server *srv = c->srv;
-	uint8_t key[ANES_KEY_SIZE];
+	uint8_t key[ANES_KEY_SIZE], shape[ANES_KEY_SIZE];
 	bool files = false;
 
 	for (uint32_t i = 0; i < n_weights; i++)
@@ -894,14 +1021,14 @@ void anes_program_compile(anes_conn *c, uint32_t msgid, const char *mil, uint32_
 		anes_pool_submit(srv->pool, &cj->job);
 		return;
 	}
-	int r = anes_program_key(mil, mil_len, weights, n_weights, key);
+	int r = program_hash(mil, mil_len, weights, n_weights, NULL, NULL, key, shape);
 	if (r == -ENOMEM)
 		goto oom;
 	if (r < 0) {
 		anes_conn_reply_error(c, msgid, ANES_WERR_INTERNAL, "hashing failed");
 		return;
 	}
-	compile_keyed(c, msgid, key, NULL, mil, mil_len, weights, n_weights);
+	compile_keyed(c, msgid, key, shape, NULL, mil, mil_len, weights, n_weights);
 	return;
 
 oom:

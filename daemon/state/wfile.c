@@ -14,24 +14,88 @@
  *     which has no seals) is read with pread() into a file the daemon owns
  *     (anes_rofile_*: a memfd it seals the same way; on macOS an unlinked
  *     shared memory object no other process can open), and only that copy is
- *     used, mapped read-only like a sealed memfd.  A file that shrinks meanwhile gives a
- *     short read, which fails the compile (-EIO); the key is checked against
- *     the copy (program.c), so a file changed between hashing and copying
- *     fails it too.
+ *     used, mapped read-only like a sealed memfd.  The copy is made in the
+ *     pass that hashes the file (anes_wfile_stream): each chunk read is
+ *     hashed and written as it is, so the key that pass computes is the key
+ *     of the copy's bytes, whatever the client does to its file meanwhile.  A
+ *     file that shrinks gives a short read, which fails the compile (-EIO).
  *
  * The size is taken once, at open, from fstat; nothing later trusts the
  * file's current size.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "anes_config.h"
 #include "anes_proto.h"   /* anes_rofile_* */
 #include "daemon.h"
+
+/* ---- test hooks ------------------------------------------------------------------
+ * In builds with -Dtest_hooks=true only (tests/test_wfiles.c):
+ *   $ANESHARE_TEST_WFILE_LOG=PATH: every pass over a weight file appends a
+ *     line to PATH: "read SOURCE BYTES", plus " copy" for a pass that copies;
+ *     SOURCE is "file" (a file neither sealed nor copied: the client's),
+ *     "sealed" (a sealed memfd) or "copy" (the daemon's copy).
+ *   $ANESHARE_TEST_WFILE_HOLD=PATH: a pass that copies stops at two points,
+ *     each while a file exists: PATH.start before its first read, PATH.chunk
+ *     once its first chunk is read, hashed and written.  Stopping, it creates
+ *     PATH.start.held (PATH.chunk.held), so that a test changes the client's
+ *     file exactly there; it goes on when the test removes PATH.start
+ *     (PATH.chunk), or after 60 s. */
+
+static const char *hook_env(const char *name)
+{
+#if !ANES_TEST_HOOKS
+	(void)name;
+	return NULL;   /* built without -Dtest_hooks=true: no test hooks */
+#else
+	const char *v = getenv(name);
+	return v && *v ? v : NULL;
+#endif
+}
+
+static void hook_log(const anes_wfile *w, bool copy)
+{
+	const char *path = hook_env("ANESHARE_TEST_WFILE_LOG");
+	if (!path)
+		return;
+	char line[96];
+	int n = snprintf(line, sizeof(line), "read %s %llu%s\n",
+	                 w->sealed ? "sealed" : w->copied ? "copy" : "file",
+	                 (unsigned long long)w->size, copy ? " copy" : "");
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	if (write(fd, line, (size_t)n) != n) {
+		/* a test hook: the test sees the line missing */
+	}
+	close(fd);
+}
+
+static void hook_hold(const char *point)
+{
+	const char *base = hook_env("ANESHARE_TEST_WFILE_HOLD");
+	if (!base)
+		return;
+	char path[1024], held[1040];
+	snprintf(path, sizeof(path), "%s.%s", base, point);
+	if (access(path, F_OK) != 0)
+		return;
+	snprintf(held, sizeof(held), "%s.held", path);
+	int fd = open(held, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		close(fd);
+	struct timespec ms10 = { 0, 10 * 1000 * 1000 };
+	for (int i = 0; i < 6000 && access(path, F_OK) == 0; i++)
+		nanosleep(&ms10, NULL);
+}
 
 int anes_wfile_open(int fd, uint64_t max_bytes, anes_wfile **ret)
 {
@@ -69,7 +133,8 @@ int anes_wfile_open(int fd, uint64_t max_bytes, anes_wfile **ret)
 	return 0;
 }
 
-int anes_wfile_read(const anes_wfile *w, uint64_t off, void *buf, size_t len)
+/* len bytes at off with pread; -EIO if the file is shorter now. */
+static int wfile_read(const anes_wfile *w, uint64_t off, void *buf, size_t len)
 {
 	uint8_t *p = buf;
 	while (len > 0) {
@@ -87,36 +152,59 @@ int anes_wfile_read(const anes_wfile *w, uint64_t off, void *buf, size_t len)
 	return 0;
 }
 
-/* Copy the file into a read-only file of the daemon's own (anes_rofile_*),
- * in chunks through a small buffer: the pages are written with pwrite, not
- * through a mapping, so they count in this process's RSS only if it touches
- * them later (with a device worker it never does). */
-static int copy_to_rofile(anes_wfile *w, int *ret_fd)
+bool anes_wfile_needs_copy(const anes_wfile *w)
+{
+	return !w->sealed && !w->copied && w->size > 0;
+}
+
+/* One pass in chunks through a small buffer.  The copy (a read-only file of
+ * the daemon's own, anes_rofile_*) is written with pwrite, not through a
+ * mapping, so its pages count in this process's RSS only if it touches them
+ * later (with a device worker it never does); each chunk goes to fn and then
+ * to the copy from the same buffer, read once. */
+int anes_wfile_stream(anes_wfile *w, bool copy, void (*fn)(void *ud, const void *p, size_t len), void *ud)
 {
 	enum { CHUNK = 1 << 20 };
-	int fd = -1;
-	int r = anes_rofile_create("aneshare-weights", w->size, &fd);
-	if (r < 0)
-		return r;
-	uint8_t *buf = malloc(CHUNK);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
+	int fd = -1, r = 0;
+
+	copy = copy && anes_wfile_needs_copy(w);
+	hook_log(w, copy);
+	if (copy) {
+		hook_hold("start");
+		r = anes_rofile_create("aneshare-weights", w->size, &fd);
+		if (r < 0)
+			return r == -ENOSPC ? -ENOMEM : r;
 	}
+	size_t cap = w->size < CHUNK ? (size_t)w->size : CHUNK;
+	uint8_t *buf = malloc(cap ? cap : 1);
+	if (!buf)
+		r = -ENOMEM;
 	for (uint64_t off = 0; off < w->size && r == 0; off += CHUNK) {
 		size_t k = w->size - off < CHUNK ? (size_t)(w->size - off) : CHUNK;
-		r = anes_wfile_read(w, off, buf, k);
-		if (r == 0)
+		r = wfile_read(w, off, buf, k);
+		if (r < 0)
+			break;
+		fn(ud, buf, k);
+		if (copy) {
 			r = anes_rofile_write(fd, off, buf, k);
+			if (off == 0)
+				hook_hold("chunk");
+		}
 	}
 	free(buf);
-	if (r == 0)
+	if (copy && r == 0)
 		r = anes_rofile_seal(fd);
 	if (r < 0) {
-		close(fd);
-		return r;
+		if (fd >= 0)
+			close(fd);
+		return r == -ENOSPC ? -ENOMEM : r;
 	}
-	*ret_fd = fd;
+	if (copy) {
+		/* from now on the file is the daemon's copy */
+		close(w->fd);
+		w->fd = fd;
+		w->copied = true;
+	}
 	return 0;
 }
 
@@ -126,25 +214,11 @@ int anes_wfile_load(anes_wfile *w)
 		w->data = w->data ? w->data : "";
 		return 0;
 	}
-	int fd = w->fd;
-	if (!w->sealed) {
-		int r = copy_to_rofile(w, &fd);
-		if (r < 0)
-			return r == -ENOSPC ? -ENOMEM : r;
-	}
-	void *p = mmap(NULL, (size_t)w->size, PROT_READ, MAP_SHARED, fd, 0);
-	if (p == MAP_FAILED) {
-		int r = -errno;
-		if (fd != w->fd)
-			close(fd);
-		return r == -ENOMEM ? r : -ENOMEM;
-	}
-	if (fd != w->fd) {
-		/* from now on the file is the daemon's copy */
-		close(w->fd);
-		w->fd = fd;
-		w->copied = true;
-	}
+	if (anes_wfile_needs_copy(w))
+		return -EINVAL;   /* never maps a file its client can truncate */
+	void *p = mmap(NULL, (size_t)w->size, PROT_READ, MAP_SHARED, w->fd, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
 	w->map = p;
 	w->map_len = (size_t)w->size;
 	w->data = p;
