@@ -921,3 +921,36 @@ Test(wfiles, a_copy_made_for_a_program_compiled_meanwhile_is_dropped)
 	hooks_free(&hk);
 	free(a);
 }
+
+/* Empty weights with a device worker: an empty plain file passed by fd
+ * (neither copied nor mapped: the worker gets it as an empty place in the
+ * proxy's own file, which holds nothing else) and an empty inline weight
+ * next to bytes inline (the same file, with the bytes).  Both programs
+ * compile and compute their weights. */
+Test(wfiles, empty_weights_reach_a_worker)
+{
+	start_worker_daemon(NULL);
+	aneshare_conn *c = h_connect(&D, "wf-empty");
+	size_t len;
+	uint8_t *a = make_blob(&len, 0.0f), *b = make_blob(&len, 0.25f);
+	int fa = plain_file("a.bin", a, len), fe = plain_file("e.bin", a, 0);
+	aneshare_weight_fd wf[2] = { { LB_WPATH, fa }, { "@model_path/weights/empty.bin", fe } };
+	aneshare_program *p = NULL;
+	cr_assert_eq(aneshare_program_compile_fds(c, mil_text(), wf, 2, &p, NULL), 0, "%s", aneshare_last_error(c));
+	run_check(c, p, 0.0f);
+	/* five weights: more than fit as fds, so the library sends the bytes */
+	static const uint8_t pad[3][8] = { { 1 }, { 2 }, { 3 } };
+	aneshare_weight w[5] = { { LB_WPATH, b, len }, { "@model_path/weights/empty.bin", b, 0 },
+	                         { "@model_path/weights/p1.bin", pad[0], 8 }, { "@model_path/weights/p2.bin", pad[1], 8 },
+	                         { "@model_path/weights/p3.bin", pad[2], 8 } };
+	aneshare_program *q = NULL;
+	cr_assert_eq(aneshare_program_compile(c, mil_text(), w, 5, &q, NULL), 0, "%s", aneshare_last_error(c));
+	run_check(c, q, 0.25f);
+	aneshare_program_release(p);
+	aneshare_program_release(q);
+	close(fa);
+	close(fe);
+	aneshare_disconnect(c);
+	free(a);
+	free(b);
+}

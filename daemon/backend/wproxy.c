@@ -778,6 +778,7 @@ static int weight_files(pprog *pp, const anes_weight *weights, size_t n, wplace 
                         size_t errbuf_len)
 {
 	uint64_t own = 0;   /* bytes of the proxy's own file */
+	bool owned = false; /* some weight goes in it (maybe only empty ones) */
 	int src[ANES_WMSG_MAX_FDS];
 	unsigned nsrc = 0;
 	int r = 0;
@@ -796,6 +797,7 @@ static int weight_files(pprog *pp, const anes_weight *weights, size_t n, wplace 
 		}
 		pl[i] = (wplace){ UINT32_MAX, own };
 		own += ((uint64_t)weights[i].len + 63) & ~(uint64_t)63;
+		owned = true;
 	}
 	for (unsigned k = 0; k < nsrc; k++) {
 		pp->fds[k] = fcntl(src[k], F_DUPFD_CLOEXEC, 3);
@@ -807,14 +809,17 @@ static int weight_files(pprog *pp, const anes_weight *weights, size_t n, wplace 
 		}
 		pp->nfds = k + 1;
 	}
-	if (own == 0)
+	if (!owned)
 		return 0;
+	/* empty weights only: a file of 64 bytes, so that they have a file to
+	 * name (the worker maps every file, and an empty one cannot be mapped) */
 	int fd = -1;
-	r = anes_rofile_create("aneshare-weights", own, &fd);
+	r = anes_rofile_create("aneshare-weights", own ? own : 64, &fd);
 	for (size_t i = 0; i < n && r == 0; i++)
 		if (pl[i].fd_index == UINT32_MAX) {
 			pl[i].fd_index = nsrc;
-			r = anes_rofile_write(fd, pl[i].off, weights[i].data, weights[i].len);
+			if (weights[i].len)
+				r = anes_rofile_write(fd, pl[i].off, weights[i].data, weights[i].len);
 		}
 	if (r == 0)
 		r = anes_rofile_seal(fd);

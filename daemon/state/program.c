@@ -523,8 +523,9 @@ static int load_files(compile_job *cj)
 		cj->weights[i].data = w->file ? w->file->data : w->data;
 		cj->weights[i].len = w->file ? (size_t)w->file->size : (size_t)w->len;
 		cj->weights[i].kept = w->file != NULL;
-		cj->weights[i].has_fd = w->file != NULL;
-		cj->weights[i].fd = w->file ? w->file->fd : -1;
+		/* an empty file was neither copied nor mapped: no fd to pass on */
+		cj->weights[i].has_fd = w->file && w->file->size > 0;
+		cj->weights[i].fd = cj->weights[i].has_fd ? w->file->fd : -1;
 	}
 	return 0;
 }
