@@ -1313,3 +1313,62 @@ def test_a_second_sigterm_ends_parked_runs_and_waits(own_daemon):
         os.close(gate)
         os.unlink(fifo)
         os.rmdir(tmp)
+
+
+def _frame(k):
+    return [float((k * 7 + j) % 23 - 11) for j in range(8)]
+
+
+def _ring(d, idx, errors, frames=150, depth=4):
+    """A producer and a consumer connection with a ring of `depth` buffers:
+    the consumer submits a chain per frame ahead (waits for the producer's
+    event, signals its own); the producer reuses a buffer once the consumer's
+    event says the frame that used it is done."""
+    try:
+        with d.connect("P%d" % idx) as P, d.connect("B%d" % idx) as B:
+            e, eb = share(P, B)
+            f, fp = share(B, P)
+            p = compile_(B, TWO)["id"]
+            srcs = [w.create(P, 16) for _ in range(depth)]
+            ins = [ya_b(P, B, s) for s in srcs]
+            mids, outs = surfaces(B, depth), surfaces(B, depth)
+            pend = {}
+
+            def check(k):
+                assert ok(B, pend.pop(k))["steps"] == 2
+                got = from_f16(outs[k % depth].read())
+                assert got == twice_ref(relu_ref(_frame(k))), (idx, k, got)
+            for k in range(1, frames + 1):
+                s = k % depth
+                pend[k] = B.request("run", {"steps": [run_p(p, ins[s], mids[s]),
+                                                      run_p(p, mids[s], outs[s], "twice")],
+                                            "wait": [{"event": eb, "value": k}],
+                                            "signal": [{"event": f, "value": k}]})
+                if k > depth:
+                    assert P.call("event.wait", {"id": fp, "value": k - depth})["value"] >= k - depth
+                    check(k - depth)
+                srcs[s].write(f16(_frame(k)))
+                signal_(P, e, k)
+            for k in sorted(pend):
+                check(k)
+            assert value(P, fp) == frames
+    except BaseException as ex:     # noqa: B036 (reported by the test's thread)
+        errors.append((idx, repr(ex)))
+
+
+@pytest.mark.parametrize("opts", [(), ("--no-lanes",), ("--workers", "1")],
+                         ids=["default", "no-lanes", "one-worker"])
+def test_rings_of_buffers_in_four_threads(own_daemon, opts):
+    import threading
+    d = own_daemon(*opts)
+    errors = []
+    ths = [threading.Thread(target=_ring, args=(d, i, errors)) for i in range(4)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert not errors, errors
+    with d.connect() as c:
+        st = status(c)
+        assert st["runs"] == 4 * 150 * 2
+        w.poll(lambda: status(c)["events"] == 0, "every event to be freed")
