@@ -323,8 +323,8 @@ void anes_m_event_signal(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 		anes_conn_reply_error(c, m->msgid, ANES_WERR_INVALID_PARAMS, "%s", msg);
 		return;
 	}
-	/* Only this connection raises it, and it does one request at a time:
-	 * the value checked above is still below `value`. */
+	/* To max(value now, value): a run of this connection that signals it
+	 * may have raised it further since the check. */
 	anes_event_raise(h->ev, value);
 	reply_empty(c, m->msgid);
 }
