@@ -480,7 +480,7 @@ static rep run_ev(h_rconn *rc, uint32_t prog, uint32_t x, uint32_t y, uint32_t z
 /* ---- status ------------------------------------------------------------------------ */
 
 typedef struct st_info {
-	uint64_t clients, events, surfaces, runs;
+	uint64_t clients, events, surfaces, runs, event_runs;
 	uint64_t my_events, my_jobs, my_queued;   /* this process's */
 } st_info;
 
@@ -491,6 +491,7 @@ static void read_status(const msgpack_object *res, void *ud)
 	st->events = h_map_u64(res, "events");
 	st->surfaces = h_map_u64(res, "surfaces");
 	st->runs = h_map_u64(res, "runs");
+	st->event_runs = h_map_u64(res, "event_runs");
 	const msgpack_object *procs = anes_mp_get(res, "processes");
 	cr_assert(procs && procs->type == MSGPACK_OBJECT_ARRAY);
 	for (uint32_t i = 0; i < procs->via.array.size; i++) {
@@ -1577,5 +1578,44 @@ Test(events, stress_many_signals_and_waits, .fini = fini)
 	h_rconn_close(&prod);
 	wait_status(&obs, 1, P);   /* the observer's imports keep the consumers' events */
 	h_rconn_close(&obs);
+	h_daemon_stop(&D);
+}
+
+/* The thread that raises an event (here a lane thread reading the
+ * producer's event.signal) runs the short run it made ready itself:
+ * status.event_runs counts those.  Whether a request is read by a lane
+ * depends on when the loop armed it, so the frames repeat (bounded) until
+ * one went that way; every frame's output is checked. */
+Test(events, a_short_parked_run_runs_on_the_raising_thread, .fini = fini)
+{
+	start(false, NULL);
+	h_rconn a, b;
+	h_rconn_open(&a, D.sock);
+	h_rconn_open(&b, D.sock);
+	uint32_t prog = compile_fn(&b, "main");
+	surf x = mk_surface(&b), y = mk_surface(&b), z = mk_surface(&b);
+	fill(x.map, 3);
+	fill(y.map, 4);
+	float ref[N * N];
+	mm_ref(x.map, y.map, ref);
+	cr_assert_eq(run_ev(&b, prog, x.id, y.id, z.id, NULL, 0, NULL, 0).code, 0);   /* now short */
+	uint32_t e = ev_create(&a);
+	uint32_t be = share_event(&a, e, &b);
+	uint64_t inline_runs = 0;
+	for (uint64_t f = 1; f <= 500 && inline_runs == 0; f++) {
+		fill_nan(z.map);
+		evref w = { be, f };
+		uint32_t run = send_run(&b, prog, x.id, y.id, z.id, &w, 1, NULL, 0);
+		(void)status(&b);   /* parked before the signal */
+		ev_signal(&a, e, f);
+		rep r;
+		wait_rep(&b, run, 10000, &r, NULL, NULL);
+		cr_assert_eq(r.code, 0, "%s", r.msg);
+		check_eq(z.map, ref, "frame");
+		inline_runs = status(&a).event_runs;
+	}
+	cr_assert_gt(inline_runs, 0, "no parked run ran on the thread that raised its event");
+	h_rconn_close(&b);
+	h_rconn_close(&a);
 	h_daemon_stop(&D);
 }

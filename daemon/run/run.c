@@ -795,6 +795,8 @@ static bool run_can_inline(anes_job *j)
 		    (b->ops->program_ready && !b->ops->program_ready(b, en->prog)))
 			return false;
 	}
+	/* It runs here now (anes_pool_run_ready). */
+	atomic_fetch_add_explicit(&srv->stats.event_runs, 1, memory_order_relaxed);
 	return true;
 }
 

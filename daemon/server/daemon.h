@@ -74,6 +74,9 @@ typedef struct anes_stats {
 	/* Times a lane thread gave a client's lane up at the end of its slice
 	 * (--sched-slice-us) with requests buffered or a spin due (lanes.c). */
 	_Atomic uint64_t lane_slice_ends;
+	/* Runs made ready by an event and run on the thread that raised it
+	 * (anes_pool_run_ready; docs/design.md, "Events"). */
+	_Atomic uint64_t event_runs;
 	uint64_t compiles;
 	uint64_t cache_hits;
 	uint64_t surfaces;        /* alive, all connections */

@@ -314,7 +314,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_worker_info wi = { 0 };
 	if (b->ops->worker_info)
 		b->ops->worker_info(srv->backend, &wi);
-	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 33 : 32);
+	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 34 : 33);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
@@ -333,6 +333,7 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pack_kv_u64(&f.pk, "lane_spin_gaps", srv->stats.lane_spin_gaps);
 	pack_kv_u64(&f.pk, "lane_spin_skips", srv->stats.lane_spin_skips);
 	pack_kv_u64(&f.pk, "lane_slice_ends", srv->stats.lane_slice_ends);
+	pack_kv_u64(&f.pk, "event_runs", srv->stats.event_runs);
 	pack_kv_u64(&f.pk, "compiles", srv->stats.compiles);
 	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
 	pack_kv_u64(&f.pk, "refused", srv->stats.refused);
