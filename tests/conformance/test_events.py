@@ -1371,4 +1371,5 @@ def test_rings_of_buffers_in_four_threads(own_daemon, opts):
     with d.connect() as c:
         st = status(c)
         assert st["runs"] == 4 * 150 * 2
+        assert 0 <= st["event_runs"] <= st["runs"]      # "of runs", informational
         w.poll(lambda: status(c)["events"] == 0, "every event to be freed")
