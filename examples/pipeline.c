@@ -714,7 +714,8 @@ static int producer_ev(int ctl, int fd_a, int fd_b, int res)
 		}
 		event_wait_for(c, e2, end);   /* the batch is through */
 		send_parent(res, times, (size_t)(end - first) * sizeof *times);
-		send_msg(ctl, M_DONE, next, 0, 0, 0, 0);
+		pmsg done = { M_DONE, next, 0, 0, 0, 0, 0, 0 };
+		send_parent(ctl, &done, sizeof done);
 	}
 	free(times);
 	/* E0 closes: the runs model A parked on it fail with event_closed, its end */

@@ -462,6 +462,7 @@ Test(eventlib, events_made_before_a_reconnect_are_closed)
 	aneshare_token t = export_ok(c, e, 1);
 	aneshare_event *imp = import_ok(c, &t);
 
+	h_daemon_crash(&D);
 	h_daemon_restart(&D, true);
 	/* the next call reconnects; the surfaces and the program come back */
 	h_mm_run_check(p, &mm, in, out);

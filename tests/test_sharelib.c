@@ -601,3 +601,37 @@ Test(sharelib, the_three_process_pipeline_matches_one_process)
 	cr_assert(strstr(out, "bench: interval_us=0 pipeline_p50_us=") && strstr(out, " bad=0 sync=socket\n"),
 	          "%s", out);
 }
+
+/* --sync event (the default): runs submitted ahead wait for and signal
+ * events; no byte between the processes per frame. */
+Test(sharelib, the_pipeline_ordered_by_events_matches_one_process)
+{
+	char out[8192];
+	for (int depth = 1; depth <= 4; depth++) {
+		char d[8], want[128];
+		snprintf(d, sizeof d, "%d", depth);
+		int r = h_run_tool(&D, "PIPELINE", out, sizeof out,
+		                   (const char *[]){ "--frames", "40", "--depth", d, NULL });
+		cr_assert_eq(r, 0, "%s", out);
+		snprintf(want, sizeof want, "40 frames, producer -> model A -> model B, %d in flight, ordered by "
+		         "events; 0 of them off", depth);
+		cr_assert(strstr(out, want), "%s", out);
+		snprintf(want, sizeof want, "shared surfaces: %d,", 2 * depth);
+		cr_assert(strstr(out, want), "%s", out);
+		cr_assert(strstr(out, "bytes sent between the three processes: 0.0 per frame"), "%s", out);
+	}
+	int r = h_run_tool(&D, "PIPELINE", out, sizeof out,
+	                   (const char *[]){ "--sync", "event", "--bench", "2", "--batch", "5", "--interval-us",
+	                                     "100", NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	cr_assert(strstr(out, "bench: interval_us=100 pipeline_p50_us=") && strstr(out, " bad=0 sync=event\n"),
+	          "%s", out);
+	cr_assert(strstr(out, "the producer's event.signal round trip"), "%s", out);
+	/* every event closed at the end: none left in the daemon */
+	aneshare_conn *c = h_connect(&D, "after");
+	h_wait_clients(c, 1);   /* the pipeline's connections are closed */
+	aneshare_status *st = h_status(c);
+	cr_assert_eq(st->events, 0, "%llu events left", (unsigned long long)st->events);
+	aneshare_status_free(st);
+	aneshare_disconnect(c);
+}
