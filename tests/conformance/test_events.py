@@ -519,6 +519,20 @@ def test_hello_announces_the_event_limits(own_daemon, daemon):
     with d.raw() as c:
         lim = c.call("hello", {"protocol": 1})["limits"]
         assert (lim["max_events_per_conn"], lim["max_daemon_events"], lim["max_event_waits"]) == (5, 6, 7)
+    # config keys, like every limit (README: `key = value`; --config FILE)
+    tmp = tempfile.mkdtemp(prefix="anes-conf-cfg-")
+    cfg = os.path.join(tmp, "aneshared.conf")
+    with open(cfg, "w") as f:
+        f.write("max_events_per_conn = 9\nmax_daemon_events = 10\nmax_event_waits = 11\n")
+    try:
+        d = own_daemon("--config", cfg)
+        with d.raw() as c:
+            lim = c.call("hello", {"protocol": 1})["limits"]
+        assert (lim["max_events_per_conn"], lim["max_daemon_events"], lim["max_event_waits"]) \
+            == (9, 10, 11)
+    finally:
+        os.unlink(cfg)
+        os.rmdir(tmp)
 
 
 def test_event_handle_limits(own_daemon):
