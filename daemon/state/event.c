@@ -334,9 +334,15 @@ void anes_m_event_signal(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 typedef struct wait_req {
 	anes_evwaiter w;
 	anes_parked parked;
-	anes_job job;           /* its done() answers, on the loop */
+	anes_job job;           /* its done() answers (unless wake() did), on the loop */
 	anes_conn *conn;        /* referenced */
 	uint32_t msgid;
+	/* A met wait's reply, sent by the thread that met it when nothing is
+	 * queued before it (as a worker sends a run's): whole (sent ==
+	 * len), in part (the rest queued by done()), or not at all. */
+	uint8_t reply[48];
+	size_t len, sent;
+	bool direct;
 } wait_req;
 
 static void wait_answer(anes_conn *c, uint32_t msgid, const anes_evwaiter *w)
@@ -369,6 +375,18 @@ static void wait_done(anes_job *j, bool cancelled)
 	(void)cancelled;
 	wait_req *wr = ANES_CONTAINER_OF(j, wait_req, job);
 	anes_conn *c = wr->conn;
+	if (wr->direct) {
+		anes_conn_direct_seen(c);
+		if (wr->sent < wr->len) {
+			void *rest = malloc(wr->len);
+			if (rest) {
+				memcpy(rest, wr->reply, wr->len);
+				anes_conn_queue_rest(c, rest, wr->len, wr->sent);
+			} else {
+				anes_conn_fail(c, "out of memory keeping a response");   /* half sent */
+			}
+		}
+	}
 	if (wr->parked.prev)
 		wr->parked.prev->next = wr->parked.next;
 	else if (c->parked == &wr->parked)
@@ -376,7 +394,7 @@ static void wait_done(anes_job *j, bool cancelled)
 	if (wr->parked.next)
 		wr->parked.next->prev = wr->parked.prev;
 	c->ev_waits--;
-	if (!c->failed)
+	if (!c->failed && !wr->direct)
 		wait_answer(c, wr->msgid, &wr->w);
 	anes_event_unref(wr->w.ev);
 	anes_conn_kick(c);
@@ -384,13 +402,54 @@ static void wait_done(anes_job *j, bool cancelled)
 	free(wr);
 }
 
-/* Any thread: the wait ended; the loop answers. */
+static int small_write(void *data, const char *buf, size_t len)
+{
+	wait_req *wr = data;
+	if (len > sizeof(wr->reply) - wr->len)
+		return -1;
+	memcpy(wr->reply + wr->len, buf, len);
+	wr->len += len;
+	return 0;
+}
+
+/* Any thread: the wait ended.  A met one is answered from here when
+ * nothing is queued before its reply on the connection (no loop hop on a
+ * pipeline's path); the rest, and the bookkeeping, are the loop's. */
 static void wait_wake(anes_evwaiter *w)
 {
 	wait_req *wr = ANES_CONTAINER_OF(w, wait_req, w);
-	anes_server *srv = wr->conn->srv;
+	anes_conn *c = wr->conn;
+	anes_server *srv = c->srv;
 	atomic_fetch_sub(&srv->ev_parked, 1);
+	if (w->outcome != ANES_EVW_MET) {
+		anes_pool_complete(srv->pool, &wr->job);
+		return;
+	}
+	msgpack_packer pk;
+	wr->len = ANES_FRAME_HEADER_SIZE;
+	msgpack_packer_init(&pk, wr, small_write);
+	anes_pack_result(&pk, wr->msgid, 1);
+	pack_kv_u64(&pk, "value", w->final);
+	if (wr->len <= ANES_FRAME_HEADER_SIZE || wr->len > sizeof(wr->reply)) {
+		anes_pool_complete(srv->pool, &wr->job);
+		return;
+	}
+	anes_frame_header_write(wr->reply, (uint32_t)(wr->len - ANES_FRAME_HEADER_SIZE), 0);
+	pthread_mutex_lock(&c->send_mu);
+	atomic_fetch_add(&c->direct_unseen, 1);   /* before the client can see it */
+	size_t n = c->wclosed ? 0 : anes_conn_try_send_locked(c, wr->reply, wr->len);
+	if (n == 0) {
+		atomic_fetch_sub(&c->direct_unseen, 1);
+		pthread_mutex_unlock(&c->send_mu);
+		anes_pool_complete(srv->pool, &wr->job);   /* done() answers */
+		return;
+	}
+	wr->direct = true;
+	wr->sent = n;
+	/* On the done list before send_mu goes: the loop, taking send_mu and
+	 * then collecting, is sure to see it (worker.c, job_end). */
 	anes_pool_complete(srv->pool, &wr->job);
+	pthread_mutex_unlock(&c->send_mu);
 }
 
 /* Loop, the connection closes: a wait still pending ends unanswered. */
