@@ -74,6 +74,7 @@ Test(startup, socket_directory_must_be_usable)
 	snprintf(sock, sizeof sock, "%s/no/such/aneshare.sock", dir);
 	const char *no_parent[] = { "--socket", sock, NULL };
 	expect_exit(dir, no_parent, 1, "cannot create socket directory");
+	expect_exit(dir, no_parent, 1, "(its parent must exist: give --socket a path in one that does)");
 	rm_dir(dir);
 }
 

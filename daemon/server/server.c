@@ -252,7 +252,8 @@ static int prepare_dir(const char *path, char *errbuf, size_t errlen)
 	int r = 0;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		r = -errno;
-		errmsg(errbuf, errlen, "cannot create socket directory %s: %s", dir, strerror(-r));
+		errmsg(errbuf, errlen, "cannot create socket directory %s: %s%s", dir, strerror(-r),
+		       r == -ENOENT ? " (its parent must exist: give --socket a path in one that does)" : "");
 		goto out;
 	}
 	struct stat st;
