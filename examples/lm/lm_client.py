@@ -195,4 +195,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except aneshare.ConnectFailure as e:
+        sys.exit("lm_client.py: %s (is aneshared running there? --socket PATH names another)" % e)

@@ -106,4 +106,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except aneshare.ConnectFailure as e:
+        sys.exit("%s: %s (is aneshared running there? --socket PATH names another)" % (os.path.basename(__file__), e))

@@ -22,3 +22,15 @@ def test_example(daemon, script, args):
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "error" in r.stdout
+
+
+@pytest.mark.parametrize("script", ["dynamic_matmul.py", "transformer_block.py"])
+def test_example_without_a_daemon_says_so(tmp_path, script):
+    """No daemon on the socket: one line naming it and what to check, exit 1, no traceback."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    sock = str(tmp_path / "none.sock")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", script),
+                        "--socket", sock], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr == "%s: No such file or directory: connecting to %s (is aneshared running there? " \
+        "--socket PATH names another)\n" % (script, sock), r.stderr
