@@ -116,6 +116,8 @@ int main(int argc, char **argv)
 		config_error = r < 0;
 		goto out;
 	}
+	if (opts.config_path)   /* the default file is read only if it exists: say so */
+		fprintf(stderr, "aneshared: settings from %s\n", opts.config_path);
 	anes_server_config cfg = opts.cfg;
 	anes_mil_set_limits(&opts.mil);   /* in range: the options checked each */
 	const anes_backend_choice choice = {

@@ -133,6 +133,34 @@ Test(startup, a_daemon_run_as_root_says_who_can_reach_it)
 	h_daemon_stop(&d);
 }
 
+/* A daemon says which configuration file it read (the default one is read
+ * only when it exists), and says nothing of one when it read none. */
+Test(startup, the_configuration_file_read_is_named)
+{
+	char dir[128], conf[300];
+	make_dir(dir, sizeof dir);
+	snprintf(conf, sizeof conf, "%s/a.conf", dir);
+	FILE *f = fopen(conf, "we");
+	cr_assert_not_null(f);
+	fputs("workers = 1\n", f);
+	fclose(f);
+	h_daemon d;
+	h_daemon_start_args(&d, (const char *[]){ "--config", conf, NULL });
+	char *log = tu_read_file(d.log), want[340];
+	cr_assert_not_null(log);
+	snprintf(want, sizeof want, "aneshared: settings from %s\n", conf);
+	cr_expect(strstr(log, want), "no \"%s\" in: %s", want, log);
+	free(log);
+	h_daemon_stop(&d);
+	h_daemon_start(&d);   /* XDG_CONFIG_HOME is its own empty directory */
+	log = tu_read_file(d.log);
+	cr_assert_not_null(log);
+	cr_expect(!strstr(log, "settings from"), "%s", log);
+	free(log);
+	h_daemon_stop(&d);
+	rm_dir(dir);
+}
+
 /* Limits that cannot hold together: exit 78 naming them. */
 Test(startup, limits_that_do_not_fit_together)
 {
