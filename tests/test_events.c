@@ -1619,3 +1619,60 @@ Test(events, a_short_parked_run_runs_on_the_raising_thread, .fini = fini)
 	h_rconn_close(&a);
 	h_daemon_stop(&D);
 }
+
+/* Connections with parked runs and waits close while the producer's
+ * signals are being raised (on lanes, workers and continuations): every
+ * waiter ends once (cancelled or met), nothing is left behind, and the
+ * daemon goes on serving. */
+Test(events, consumers_vanish_while_signals_fly, .fini = fini)
+{
+	const char *args[] = { "--max-inflight", "1024", "--max-client-jobs", "4096",
+		               "--max-event-waits", "1024", NULL };
+	start(false, args);
+	enum { C = 4, FRAMES = 40 };
+	h_rconn obs, prod, cons[C];
+	h_rconn_open(&obs, D.sock);
+	st_info base = wait_status(&obs, 1, 0);
+	h_rconn_open(&prod, D.sock);
+	uint32_t ep = ev_create(&prod);
+	surf x = mk_surface(&prod);
+	fill(x.map, 2);
+	for (int k = 0; k < C; k++) {
+		h_rconn_open(&cons[k], D.sock);
+		uint32_t prog = compile_fn(&cons[k], "main");
+		surf xc = share_surface(&prod, &x, &cons[k]);
+		surf y = mk_surface(&cons[k]), z = mk_surface(&cons[k]);
+		uint32_t e = share_event(&prod, ep, &cons[k]);
+		uint32_t own = ev_create(&cons[k]);
+		for (int f = 0; f < FRAMES; f++) {
+			evref w = { e, (uint64_t)f + 1 }, s = { own, (uint64_t)f + 1 };
+			(void)send_run(&cons[k], prog, xc.id, y.id, z.id, &w, 1, &s, 1);
+			(void)send_uu(&cons[k], "event.wait", e, (uint64_t)f + 1);
+		}
+		(void)status(&cons[k]);   /* all in */
+	}
+	/* The signals pipelined; the consumers close at different points. */
+	uint32_t sig[FRAMES];
+	for (int f = 0; f < FRAMES; f++) {
+		sig[f] = send_uu(&prod, "event.signal", ep, (uint64_t)f + 1);
+		if (f % 10 == 5 && f / 10 < C)
+			h_rconn_close(&cons[f / 10]);
+	}
+	for (int f = 0; f < FRAMES; f++) {
+		rep r;
+		wait_rep(&prod, sig[f], 10000, &r, NULL, NULL);
+		cr_assert_eq(r.code, 0, "signal %d: %s", f + 1, r.msg);
+	}
+	for (int k = 0; k < C; k++)
+		h_rconn_close(&cons[k]);
+	h_rconn_close(&prod);
+	st_info st = wait_status(&obs, base.clients, base.events);
+	cr_assert_eq(st.surfaces, base.surfaces);
+	for (int i = 0; i < 1000 * h_slow() && st.my_jobs != 0; i++) {
+		usleep(10000);
+		st = status(&obs);
+	}
+	cr_assert_eq(st.my_jobs, 0);
+	h_rconn_close(&obs);
+	h_daemon_stop(&D);
+}
