@@ -65,7 +65,7 @@ static const optdef defs[] = {
 	  "clients of this user may ask for the interactive scheduling class (uid or name; repeatable)" },
 	{ "allow-uid", T_UID, 0, 0, UINT32_MAX - 1, "UID",
 	  "also accept clients of this user (uid or name; repeatable); the socket's directory stays "
-	  "private (0700), so only a client that can reach the socket gets there, e.g. root's" },
+	  "0700, so only users who can pass it anyway, such as root, get to the socket" },
 	{ "shutdown-timeout", T_U32, O(shutdown_timeout_s), 0, 3600, "SECONDS",
 	  "on SIGTERM, time in-flight requests get to finish" },
 	{ "max-frame", T_BYTES32, L(max_frame), ANES_FRAME_MAX_LOWEST, ANES_FRAME_MAX_HIGHEST, "BYTES",
