@@ -192,6 +192,55 @@ Test(access, allow_uid_flag)
 	remove_user();
 }
 
+/* The CLI run by another user against this daemon's socket: the path lookup
+ * in the 0700 directory fails, and the CLI says whose socket it is and what
+ * to do.  Skipped where that user cannot run the CLI from the build tree (a
+ * tree under a private home directory). */
+Test(access, cli_of_another_user_is_told_why)
+{
+	need_root();
+	make_user();
+	h_daemon_start(&D);
+	const char *exe = getenv("ANESHARE_CLI");
+	cr_assert(exe && *exe, "ANESHARE_CLI is not set (tests/meson.build sets it)");
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		close(p[0]);
+		dup2(p[1], 1);
+		dup2(p[1], 2);
+		if (setgroups(0, NULL) < 0 || setgid(other_gid) < 0 || setuid(other_uid) < 0)
+			_exit(100);
+		if (access(exe, X_OK) < 0)
+			_exit(77);
+		execl(exe, exe, "--socket", D.sock, "status", (char *)NULL);
+		_exit(77);
+	}
+	close(p[1]);
+	char out[4096];
+	size_t got = 0;
+	ssize_t n;
+	while (got < sizeof out - 1 && (n = read(p[0], out + got, sizeof out - 1 - got)) > 0)
+		got += (size_t)n;
+	out[got] = '\0';
+	close(p[0]);
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "status 0x%x", status);
+	int code = WEXITSTATUS(status);
+	char want[300];
+	snprintf(want, sizeof want, "aneshare: cannot connect to %s: Permission denied\n"
+	         "The socket belongs to another user", D.sock);
+	h_daemon_stop(&D);
+	remove_user();
+	if (code == 77 || code == 127)   /* no way to the CLI (or its library) for that user */
+		cr_skip_test("user %u cannot run %s: %s", (unsigned)other_uid, exe, out);
+	cr_assert_eq(code, 1, "exit %d: %s", code, out);
+	cr_expect(strstr(out, want), "%s", out);
+}
+
 /* ---- the configuration file ------------------------------------------------------- */
 
 typedef struct tmpconf {
