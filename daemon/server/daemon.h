@@ -293,10 +293,12 @@ struct anes_conn {
 
 	/* The lane (docs/design.md, "Lanes").  While `lane` is set a
 	 * worker owns the read side: io's receive buffer and fd queue, and
-	 * the handling of the requests in it.  It runs `run` requests itself
-	 * and hands everything else back (lane_job), so only runs happen
-	 * there, which read the surface and program tables and change
-	 * nothing the loop owns; the loop arms a lane only while no compile
+	 * the handling of the requests in it.  It does `run` and
+	 * `event.signal` requests itself and hands everything else back
+	 * (lane_job), so only those happen there, which read the surface,
+	 * program, state and event tables and change nothing the loop owns
+	 * (an event's value is under its own mutex, state/event.h); the loop
+	 * arms a lane only while no compile
 	 * is pending (compiles add to the program table when they finish).
 	 * A connection with a lane is not torn down until it is back. */
 	bool lane;                   /* loop only: armed or busy, not handed back yet */

@@ -4,7 +4,9 @@
  * loop to do (no request buffered, no output queued, no compile pending),
  * the loop stops reading it and arms it in the lane threads' poll set
  * instead (anes_lane_arm).  The lane thread that sees it readable reads it,
- * does a short `run` request it finds there (run/run.c, anes_lane_request),
+ * does a short `run` request it finds there (run/run.c, anes_lane_request)
+ * or an `event.signal` (state/event.c, anes_lane_event_request; the short
+ * runs it makes ready run here once the reply is out, lane_send_buf),
  * arms it again and sends the reply (what the socket does not take goes to
  * the loop as a lane_rest job); a request of another kind, output waiting
  * for the loop, end-of-file or an error hands the read side back to the
