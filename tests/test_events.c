@@ -1676,3 +1676,52 @@ Test(events, consumers_vanish_while_signals_fly, .fini = fini)
 	h_rconn_close(&obs);
 	h_daemon_stop(&D);
 }
+
+/* A drain keeps parked runs while a run in flight may still raise their
+ * event: the producer's gated run signals after SIGTERM, and the consumer's
+ * parked run then runs (it was sent before the drain). */
+Test(events, drain_lets_a_run_in_flight_meet_parked_runs, .fini = fini)
+{
+	h_gate g;
+	h_gate_make(&g);
+	const char *args[] = { "--fault-inject", g.arg, NULL };
+	start(false, args);
+	h_gate_attach(&g);
+	h_rconn a, b;
+	h_rconn_open(&a, D.sock);
+	h_rconn_open(&b, D.sock);
+	uint32_t pa = compile_fn(&a, "main"), pb = compile_fn(&b, "main");
+	surf x = mk_surface(&a), y = mk_surface(&a), z = mk_surface(&a);
+	fill(x.map, 1);
+	fill(y.map, 2);
+	fill_nan(z.map);
+	surf zb = share_surface(&a, &z, &b), yb = mk_surface(&b), out = mk_surface(&b);
+	fill(yb.map, 3);
+	fill_nan(out.map);
+	uint32_t e = ev_create(&a);
+	uint32_t be = share_event(&a, e, &b);
+	evref s = { e, 1 }, w = { be, 1 };
+	uint32_t run_b = send_run(&b, pb, zb.id, yb.id, out.id, &w, 1, NULL, 0);
+	(void)status(&b);   /* parked */
+	uint32_t run_a = send_run(&a, pa, x.id, y.id, z.id, NULL, 0, &s, 1);
+	(void)status(&a);   /* at the gate */
+	kill(D.pid, SIGTERM);
+	rep r;
+	wait_rep(&b, run_b, 300, &r, NULL, NULL);
+	cr_assert_eq(r.code, -2, "the parked run was answered while a run could still meet it: %d %s",
+	             r.code, r.msg);
+	h_gate_open(&g, 2);
+	wait_rep(&a, run_a, 10000, &r, NULL, NULL);
+	cr_assert_eq(r.code, 0, "%s", r.msg);
+	wait_rep(&b, run_b, 10000, &r, NULL, NULL);
+	cr_assert_eq(r.code, 0, "%d %s", r.code, r.msg);
+	float m[N * N], ref[N * N];
+	mm_ref(x.map, y.map, m);
+	check_eq(z.map, m, "the producer's run");
+	mm_ref(z.map, yb.map, ref);
+	check_eq(out.map, ref, "the parked run");
+	h_rconn_close(&b);
+	h_rconn_close(&a);
+	h_daemon_wait(&D);
+	h_gate_free(&g);
+}
