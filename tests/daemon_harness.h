@@ -307,7 +307,8 @@ bool h_fake_next(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, char *method,
 void h_fake_hello(anes_io *io, uint32_t msgid);
 
 /* For a fake daemon in a test: finish frame f (announcing nfds fds), queue
- * it with fds on io and flush what the socket takes (best effort). */
+ * it with fds on io and flush what the socket takes (best effort).  The fds
+ * are taken (anes_io_queue): closed once sent, or on failure. */
 void h_fake_send(anes_io *io, anes_frame *f, const int *fds, unsigned nfds);
 
 /* ---- a gate in front of the device (--fault-inject run_gate) ----------------- */

@@ -10,13 +10,17 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "anes_fp16.h"
 
 #include "anes_proto.h"
 #include "aneshare.h"
@@ -43,6 +47,7 @@ struct fake {
 	int closed;           /* connections closed (under m; cond signalled) */
 	pthread_cond_t cond;
 	int step;             /* the script's own counter */
+	void *ud;             /* the script's own state */
 	bool hangup;
 	int failures;
 	pthread_mutex_t m;    /* the log, read by the test while the fake runs */
@@ -102,9 +107,10 @@ static void *fake_main(void *arg)
 	return NULL;
 }
 
-static void fake_start(fake *fk, fk_fn hello, fk_fn answer)
+static void fake_start_ud(fake *fk, fk_fn hello, fk_fn answer, void *ud)
 {
 	memset(fk, 0, sizeof *fk);
+	fk->ud = ud;
 	pthread_mutex_init(&fk->m, NULL);
 	pthread_cond_init(&fk->cond, NULL);
 	snprintf(fk->dir, sizeof fk->dir, "/tmp/anes-libwire-XXXXXX");
@@ -114,6 +120,11 @@ static void fake_start(fake *fk, fk_fn hello, fk_fn answer)
 	fk->hello = hello;
 	fk->answer = answer;
 	cr_assert_eq(pthread_create(&fk->th, NULL, fake_main, fk), 0);
+}
+
+static void fake_start(fake *fk, fk_fn hello, fk_fn answer)
+{
+	fake_start_ud(fk, hello, answer, NULL);
 }
 
 /* After every client hung up: the fake's thread ends (accept fails). */
@@ -208,7 +219,8 @@ static void mb_pack(msgpack_packer *pk, mb *b)
 	msgpack_sbuffer_destroy(&b->sb);
 }
 
-/* Send b as the result of msgid, with fds (b is consumed). */
+/* Send b as the result of msgid, with fds (b and the fds are taken: the
+ * fds are closed once sent). */
 static void mb_result(anes_io *io, uint32_t msgid, mb *b, const int *fds, unsigned nfds)
 {
 	anes_frame f;
@@ -352,8 +364,7 @@ static void hello_script(fake *fk, anes_io *io, const anes_msg *m)
 		if (anes_memfd_create("stray", 4096, &fd) < 0)
 			fk->failures++;
 		hello_good(&b, 1);
-		mb_result(io, m->msgid, &b, &fd, 1);
-		close(fd);
+		mb_result(io, m->msgid, &b, &fd, 1);   /* the fd is taken */
 		return;
 	}
 	case 13:
@@ -1014,9 +1025,7 @@ static void answer_surfaces(fake *fk, anes_io *io, const anes_msg *m)
 		mb_u(&b, "iosurface_id", 5);
 	if (bad == SC_IOS0)
 		mb_u(&b, "iosurface_id", 0);
-	mb_result(io, m->msgid, &b, fds, nfds);
-	for (unsigned i = 0; i < nfds; i++)
-		close(fds[i]);
+	mb_result(io, m->msgid, &b, fds, nfds);   /* the fds are taken */
 }
 
 Test(libwire, malformed_surface_answers_release_the_surface_and_keep_no_fd)
@@ -1070,9 +1079,7 @@ static void answer_surface_ok(fake *fk, anes_io *io, const anes_msg *m, uint32_t
 	mb_init(&b);
 	mb_u(&b, "id", id);
 	mb_u(&b, "size", 4096);
-	mb_result(io, m->msgid, &b, &fd, import ? 0 : 1);
-	if (fd >= 0)
-		close(fd);
+	mb_result(io, m->msgid, &b, &fd, import ? 0 : 1);   /* the fd is taken */
 }
 
 static void answer_state_ok(anes_io *io, const anes_msg *m, uint32_t id)
@@ -1132,8 +1139,7 @@ static void answer_runs(fake *fk, anes_io *io, const anes_msg *m)
 		if (anes_memfd_create("stray", 4096, &fd) < 0)
 			fk->failures++;
 		mb_init(&b);
-		mb_result(io, m->msgid, &b, &fd, 1);
-		close(fd);
+		mb_result(io, m->msgid, &b, &fd, 1);   /* the fd is taken */
 		break;
 	case 3:   /* a chain whose second step failed */
 		anes_frame_init(&f);
@@ -1413,4 +1419,416 @@ Test(libwire, bad_arguments_fail_before_anything_is_sent)
 	cr_assert_eq(aneshare_program_release(p), 0);
 	aneshare_disconnect(c);
 	fake_stop(&fk);
+}
+
+/* ---- the CLI against the fake: every dtype ------------------------------------------------ */
+
+/* The fake's program for the CLI: "main" takes and makes one tensor of each
+ * dtype; "second" doubles four fp16 values and has an int8 state. */
+static const struct {
+	const char *name, *dtype;
+	uint64_t n, esize;
+} CT[7] = {
+	{ "a", "fp16", 4, 2 }, { "b", "fp32", 10, 4 }, { "c", "int32", 2, 4 }, { "d", "int16", 2, 2 },
+	{ "e", "int8", 4, 1 }, { "f", "uint8", 3, 1 }, { "g", "bool", 5, 1 },
+};
+
+typedef struct cliw {
+	int fds[64];            /* surface 200 + i: the fake's copy of its memfd */
+	int n;
+	int conn;               /* the connection they belong to */
+	uint8_t in[7][64];      /* the last run's inputs */
+	int runs, state_runs;
+	bool in_range;          /* every input of every run of main within --fill random's range */
+} cliw;
+
+static void pack_cli_info(anes_io *io, uint32_t msgid)
+{
+	mb b, fn;
+	mb_init(&b);
+	msgpack_packer *pk = mb_key(&b, "functions");
+	msgpack_pack_array(pk, 2);
+	mb_init(&fn);
+	mb_s(&fn, "name", "main");
+	for (int k = 0; k < 2; k++) {
+		msgpack_packer *tp = mb_key(&fn, k ? "outputs" : "inputs");
+		msgpack_pack_array(tp, 7);
+		for (int i = 0; i < 7; i++) {
+			char name[8];
+			snprintf(name, sizeof name, "%s%s", k ? "o" : "", CT[i].name);
+			pack_tensor(tp, name, CT[i].dtype, 1, CT[i].n, CT[i].n * CT[i].esize);
+		}
+	}
+	mb_pack(pk, &fn);
+	mb_init(&fn);
+	mb_s(&fn, "name", "second");
+	msgpack_packer *tp = mb_key(&fn, "inputs");
+	msgpack_pack_array(tp, 1);
+	pack_tensor(tp, "x", "fp16", 1, 4, 8);
+	tp = mb_key(&fn, "outputs");
+	msgpack_pack_array(tp, 1);
+	pack_tensor(tp, "y", "fp16", 1, 4, 8);
+	tp = mb_key(&fn, "states");
+	msgpack_pack_array(tp, 1);
+	pack_tensor(tp, "kv", "int8", 2, 2, 4);
+	mb_pack(pk, &fn);
+	mb_result(io, msgid, &b, NULL, 0);
+}
+
+static int cli_fd(fake *fk, cliw *w, const msgpack_object *o)
+{
+	if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 < 200 || o->via.u64 >= 200 + (uint64_t)w->n) {
+		fk->failures++;
+		return -1;
+	}
+	return w->fds[o->via.u64 - 200];
+}
+
+static void cli_run(fake *fk, cliw *w, anes_io *io, const anes_msg *m)
+{
+	const msgpack_object *ins, *outs;
+	uint32_t ni, no, state = 0;
+	const char *fn;
+	uint32_t fl;
+	if (anes_mp_array(m->params, "inputs", 16, &ins, &ni) < 0 ||
+	    anes_mp_array(m->params, "outputs", 16, &outs, &no) < 0 ||
+	    anes_mp_str(m->params, "function", 16, &fn, &fl) < 0) {
+		fk->failures++;
+		return;
+	}
+	(void)anes_mp_u32(m->params, "state", &state);
+	if (fl == 6 && !memcmp(fn, "second", 6)) {
+		uint16_t x[4], y[4];
+		if (ni != 1 || no != 1 || state != 400 || pread(cli_fd(fk, w, &ins[0]), x, 8, 0) != 8)
+			fk->failures++;
+		for (int i = 0; i < 4; i++)
+			y[i] = anes_f32_to_f16_soft(2.0f * anes_f16_to_f32_soft(x[i]));
+		if (pwrite(cli_fd(fk, w, &outs[0]), y, 8, 0) != 8)
+			fk->failures++;
+		w->state_runs++;
+	} else {
+		if (ni != 7 || no != 7 || state) {
+			fk->failures++;
+			return;
+		}
+		for (int i = 0; i < 7; i++)
+			if (pread(cli_fd(fk, w, &ins[i]), w->in[i], CT[i].n * CT[i].esize, 0) !=
+			    (ssize_t)(CT[i].n * CT[i].esize))
+				fk->failures++;
+		/* --fill random's ranges: floats in [-1, 1), integers in [-8, 8], bools 0 or 1 */
+		float a[4], b[10];
+		int32_t c[2];
+		int16_t d[2];
+		for (int i = 0; i < 4; i++)
+			a[i] = anes_f16_to_f32_soft(((uint16_t *)(void *)w->in[0])[i]);
+		memcpy(b, w->in[1], sizeof b);
+		memcpy(c, w->in[2], sizeof c);
+		memcpy(d, w->in[3], sizeof d);
+		for (int i = 0; i < 4; i++)
+			w->in_range &= a[i] >= -1 && a[i] <= 1 && (int8_t)w->in[4][i] >= -8 && (int8_t)w->in[4][i] <= 8;
+		for (int i = 0; i < 10; i++)
+			w->in_range &= b[i] >= -1 && b[i] < 1;
+		for (int i = 0; i < 2; i++)
+			w->in_range &= c[i] >= -8 && c[i] <= 8 && d[i] >= -8 && d[i] <= 8;
+		for (int i = 0; i < 5; i++)
+			w->in_range &= w->in[6][i] <= 1;
+		/* the outputs: a pattern per dtype */
+		uint16_t oa[4] = { anes_f32_to_f16_soft(1), anes_f32_to_f16_soft(-2), 0x7e00,
+			               anes_f32_to_f16_soft(3) };
+		float ob[10];
+		for (int i = 0; i < 10; i++)
+			ob[i] = (float)i;
+		int32_t oc[2] = { -7, 9 };
+		int16_t od[2] = { -300, 100 };
+		int8_t oe[4] = { -3, -1, 2, 4 };
+		uint8_t of[3] = { 200, 0, 10 }, og[5] = { 1, 0, 2, 0, 0 };
+		const void *pat[7] = { oa, ob, oc, od, oe, of, og };
+		for (int i = 0; i < 7; i++)
+			if (pwrite(cli_fd(fk, w, &outs[i]), pat[i], CT[i].n * CT[i].esize, 0) !=
+			    (ssize_t)(CT[i].n * CT[i].esize))
+				fk->failures++;
+	}
+	w->runs++;
+	mb b;
+	mb_init(&b);
+	mb_u(&b, "elapsed_us", 5);
+	mb_result(io, m->msgid, &b, NULL, 0);
+}
+
+static void answer_cli(fake *fk, anes_io *io, const anes_msg *m)
+{
+	cliw *w = fk->ud;
+	uint64_t size = 0;
+	if (w->conn != fk->conn) {   /* a new CLI process: its surfaces are new */
+		for (int i = 0; i < w->n; i++)
+			close(w->fds[i]);
+		w->n = 0;
+		w->conn = fk->conn;
+	}
+	if (anes_msg_method_is(m, "program.compile")) {
+		pack_compiled(io, m->msgid, 100, CI_GOOD);
+	} else if (anes_msg_method_is(m, "program.info")) {
+		pack_cli_info(io, m->msgid);
+	} else if (anes_msg_method_is(m, "surface.create") && w->n < 64 &&
+	           anes_mp_u64(m->params, "size", 4096, &size) == 0) {
+		int fd = -1;
+		if (anes_memfd_create("cli", size, &fd) < 0)
+			fk->failures++;
+		w->fds[w->n] = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+		mb b;
+		mb_init(&b);
+		mb_u(&b, "id", 200 + (uint32_t)w->n++);
+		mb_u(&b, "size", size);
+		mb_result(io, m->msgid, &b, &fd, 1);
+	} else if (anes_msg_method_is(m, "state.create")) {
+		answer_state_ok(io, m, 400);
+	} else if (anes_msg_method_is(m, "run")) {
+		cli_run(fk, w, io, m);
+	} else if (!answer_setup(fk, io, m)) {
+		fk->failures++;
+	}
+}
+
+static int cli(fake *fk, char *out, size_t len, const char *const *args)
+{
+	h_daemon d = { .pid = 0 };
+	snprintf(d.dir, sizeof d.dir, "%s", fk->dir);
+	snprintf(d.sock, sizeof d.sock, "%s", fk->path);
+	return h_run_tool(&d, "ANESHARE_CLI", out, len, args);
+}
+
+static void write_bytes(const char *path, const void *p, size_t n)
+{
+	FILE *f = fopen(path, "we");
+	cr_assert_not_null(f);
+	cr_assert_eq(fwrite(p, 1, n, f), n);
+	cr_assert_eq(fclose(f), 0);
+}
+
+Test(libwire, the_cli_runs_every_dtype)
+{
+	fake fk;
+	cliw w = { .in_range = true };
+	fake_start_ud(&fk, NULL, answer_cli, &w);
+	char mil[200], f32[200], f32bad[200], raw[200], outp[200], wfile[200], warg[300];
+	snprintf(mil, sizeof mil, "%s/p.mil", fk.dir);
+	snprintf(f32, sizeof f32, "%s/x.f32", fk.dir);
+	snprintf(f32bad, sizeof f32bad, "%s/bad.f32", fk.dir);
+	snprintf(raw, sizeof raw, "%s/b.bin", fk.dir);
+	snprintf(outp, sizeof outp, "%s/y.bin", fk.dir);
+	snprintf(wfile, sizeof wfile, "%s/w.bin", fk.dir);
+	snprintf(warg, sizeof warg, "@model_path/w.bin=%s", wfile);
+	write_bytes(mil, "program", 7);
+	float xs[4] = { 0.5f, -1.25f, 2.0f, 100.0f };
+	write_bytes(f32, xs, sizeof xs);
+	write_bytes(f32bad, xs, 12);
+	float b10[10] = { 0 };
+	write_bytes(raw, b10, sizeof b10);
+	write_bytes(wfile, "wxyz", 4);
+	char out[8192];
+
+	/* every dtype filled at random (in its range, the same for the same seed) and summarised */
+	int r = cli(&fk, out, sizeof out, (const char *[]){ "run", mil, "--fill", "random", "--seed", "7",
+	                                                    "--weight", warg, NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	cr_assert(w.in_range, "the random inputs are in their dtypes' ranges");
+	uint8_t first[7][64];
+	memcpy(first, w.in, sizeof first);
+	static const char *const want[] = {
+		"output oa: fp16 [1, 4] (8 bytes)", "min -2  max 3  mean 0.666667  (1 NaN)",
+		"first: 1 -2 nan 3\n",
+		"output ob: fp32 [1, 10] (40 bytes)", "min 0  max 9  mean 4.5", "first: 0 1 2 3 4 5 6 7 ...",
+		"output oc: int32", "min -7  max 9  mean 1", "output od: int16", "min -300  max 100  mean -100",
+		"output oe: int8", "min -3  max 4  mean 0.5", "output of: uint8", "min 0  max 200  mean 70",
+		"output og: bool", "min 0  max 1  mean 0.4", "first: 1 0 1 0 0\n",
+	};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+		cr_assert(strstr(out, want[i]), "no '%s' in:\n%s", want[i], out);
+	r = cli(&fk, out, sizeof out, (const char *[]){ "run", mil, "--fill", "random", "--seed", "7", NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	cr_assert_eq(memcmp(first, w.in, sizeof first), 0, "the same seed, the same inputs");
+	r = cli(&fk, out, sizeof out, (const char *[]){ "run", mil, "--fill", "random", "--seed", "0x8", NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	cr_assert_neq(memcmp(first, w.in, sizeof first), 0, "another seed, other inputs");
+	r = cli(&fk, out, sizeof out, (const char *[]){ "run", mil, "--fill", "zeros", NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	uint8_t zero[64] = { 0 };
+	for (int i = 0; i < 7; i++)
+		cr_assert_eq(memcmp(w.in[i], zero, CT[i].n * CT[i].esize), 0, "input %d is zeros", i);
+	/* inputs from files: float32 converted to fp16, raw bytes as they are */
+	r = cli(&fk, out, sizeof out, (const char *[]){ "run", mil, "--input-f32", f32, "--input", raw,
+	                                                "--fill", "zeros", NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(((uint16_t *)(void *)w.in[0])[i], anes_f32_to_f16_soft(xs[i]));
+	cr_assert_eq(w.runs, 5);
+
+	/* another function by name, on a fresh state, its output to a file */
+	r = cli(&fk, out, sizeof out, (const char *[]){ "run", mil, "--function", "second", "--input-f32", f32,
+	                                                "--output", outp, NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	cr_assert_eq(w.state_runs, 1);
+	cr_assert(strstr(out, "function second"), "%s", out);
+	uint16_t y[4];
+	FILE *f = fopen(outp, "re");
+	cr_assert_not_null(f);
+	cr_assert_eq(fread(y, 1, sizeof y + 1, f), sizeof y, "the output's bytes, no more");
+	fclose(f);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(anes_f16_to_f32_soft(y[i]), 2 * anes_f16_to_f32_soft(anes_f32_to_f16_soft(xs[i])));
+
+	/* what the CLI refuses: usage errors (2) before connecting, failures (1) after */
+	struct { int rc; const char *args[12]; const char *says; } bad[] = {
+		{ 2, { "run", NULL }, "needs a MIL file" },
+		{ 2, { "run", mil, mil, NULL }, "one MIL file" },
+		{ 2, { "run", mil, "--bogus", NULL }, "--bogus" },
+		{ 2, { "run", mil, "--seed", NULL }, "--seed" },
+		{ 2, { "run", mil, "--seed", "7x", NULL }, "7x" },
+		{ 2, { "run", mil, "--seed", "", NULL }, "--seed" },
+		{ 2, { "run", mil, "--fill", "ones", NULL }, "ones" },
+		{ 2, { "run", mil, "--weight", "nofile", NULL }, "nofile" },
+		{ 2, { "run", mil, "--weight", "=x", NULL }, "=x" },
+		{ 1, { "run", mil, "--weight", "p=/nonexistent/w", NULL }, "/nonexistent/w" },
+		{ 1, { "run", mil, "--function", "third", "--fill", "zeros", NULL }, "third" },
+		{ 2, { "run", mil, NULL }, "--fill" },
+		{ 2, { "run", mil, "--function", "second", "--input", raw, "--input", raw, NULL }, "2 inputs" },
+		{ 2, { "run", mil, "--function", "second", "--fill", "zeros", "--output", outp, "--output", outp,
+		       NULL }, "2 output" },
+		{ 1, { "run", mil, "--input", f32, "--fill", "zeros", NULL }, "needs 8 bytes" },
+		{ 1, { "run", mil, "--input-f32", f32bad, "--fill", "zeros", NULL }, "12 bytes" },
+		{ 1, { "run", mil, "--input-f32", f32, "--input", raw, "--input-f32", f32, "--fill", "zeros", NULL },
+		  "int32" },
+		{ 1, { "run", mil, "--input", "/nonexistent/in", "--fill", "zeros", NULL }, "/nonexistent/in" },
+		{ 1, { "run", mil, "--function", "second", "--fill", "zeros", "--output", "/nonexistent/out", NULL },
+		  "/nonexistent/out" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		r = cli(&fk, out, sizeof out, bad[i].args);
+		cr_assert_eq(r, bad[i].rc, "case %zu: exit %d, want %d:\n%s", i, r, bad[i].rc, out);
+		cr_assert(strstr(out, bad[i].says), "case %zu: no '%s' in:\n%s", i, bad[i].says, out);
+	}
+	cr_assert_eq(w.runs, 7, "of the refused cases only the last ran (its output file failed)");
+	for (int i = 0; i < w.n; i++)
+		close(w.fds[i]);
+	fake_stop(&fk);
+}
+
+/* ---- the CLI's status of a daemon with lists longer than it sends ---------------------------- */
+
+static void pack_holder(msgpack_packer *pk, const char *name, uint64_t pid, bool ro)
+{
+	mb h;
+	mb_init(&h);
+	mb_s(&h, "name", name);
+	mb_u(&h, "pid", pid);
+	if (ro)
+		msgpack_pack_true(mb_key(&h, "read_only"));
+	mb_pack(pk, &h);
+}
+
+static void answer_status_display(fake *fk, anes_io *io, const anes_msg *m)
+{
+	if (!anes_msg_method_is(m, "status")) {
+		fk->failures++;
+		return;
+	}
+	mb b, x;
+	mb_init(&b);
+	mb_s(&b, "version", "9.9");
+	mb_s(&b, "backend", "cpu");
+	mb_u(&b, "uptime_ms", 61005);
+	static const char *const counters[] = { "clients", "surfaces", "surface_bytes", "runs", "compiles",
+		                                    "cache_hits" };
+	for (int i = 0; i < 6; i++)
+		mb_u(&b, counters[i], 3);
+	msgpack_pack_array(mb_key(&b, "programs"), 0);
+	/* two processes listed of five: one named with a control byte and a
+	 * quote, one unnamed without a pid */
+	msgpack_packer *pk = mb_key(&b, "processes");
+	msgpack_pack_array(pk, 2);
+	mb_init(&x);
+	mb_s(&x, "name", "a\x01q\"b\\");
+	mb_u(&x, "pid", 4242);
+	mb_u(&x, "surface_bytes", 3u << 20);
+	mb_pack(pk, &x);
+	mb_init(&x);
+	mb_s(&x, "name", "");
+	mb_pack(pk, &x);
+	mb_u(&b, "processes_total", 5);
+	/* one total with every limit, one with none */
+	pk = mb_key(&b, "totals");
+	msgpack_pack_array(pk, 2);
+	mb_init(&x);
+	mb_s(&x, "resource", "surface_bytes");
+	mb_u(&x, "used", 1u << 20);
+	mb_u(&x, "limit", 1u << 30);
+	mb_u(&x, "client_limit", 1u << 28);
+	mb_u(&x, "uid_limit", 1u << 29);
+	mb_pack(pk, &x);
+	mb_init(&x);
+	mb_s(&x, "resource", "programs");
+	mb_u(&x, "used", 2);
+	mb_pack(pk, &x);
+	/* shared: two listed of three; the first has two holders listed of
+	 * four, the second none */
+	pk = mb_key(&b, "shared");
+	msgpack_pack_array(pk, 2);
+	mb_init(&x);
+	mb_u(&x, "key", 17);
+	mb_u(&x, "size", 8192);
+	mb_u(&x, "tokens", 1);
+	mb_u(&x, "holders_total", 4);
+	msgpack_packer *hp = mb_key(&x, "holders");
+	msgpack_pack_array(hp, 2);
+	pack_holder(hp, "writer", 77, false);
+	pack_holder(hp, "", 0, true);
+	mb_pack(pk, &x);
+	mb_init(&x);
+	mb_u(&x, "key", 18);
+	mb_u(&x, "size", 100);
+	msgpack_pack_array(mb_key(&x, "holders"), 0);
+	mb_pack(pk, &x);
+	mb_u(&b, "shared_total", 3);
+	mb_result(io, m->msgid, &b, NULL, 0);
+}
+
+Test(libwire, the_cli_shows_what_the_status_lists_and_what_it_leaves_out)
+{
+	fake fk;
+	fake_start(&fk, NULL, answer_status_display);
+	char out[16384];
+	int r = cli(&fk, out, sizeof out, (const char *[]){ "status", NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	static const char *const want[] = {
+		"up 61.005 s", "a?q\"b\\", "4242", "(unnamed)", "(3 more not listed)",
+		"1.0M         1.0G       256.0M       512.0M", "programs                   2            -",
+		"writer (77), (unnamed) (?, ro) and 2 more", "100B      0  -\n", "(1 more not listed)",
+	};
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+		cr_assert(strstr(out, want[i]), "no '%s' in:\n%s", want[i], out);
+	r = cli(&fk, out, sizeof out, (const char *[]){ "status", "--json", "--wait", "0.5", NULL });
+	cr_assert_eq(r, 0, "%s", out);
+	static const char *const jwant[] = {
+		"\"name\": \"a\\u0001q\\\"b\\\\\"", "\"processes_total\": 5", "\"shared_total\": 3",
+		"\"holders_total\": 4", "{\"name\": \"\", \"pid\": 0, \"read_only\": true}", "\"holders\": []",
+		"\"uid_limit\": 536870912",
+	};
+	for (size_t i = 0; i < sizeof jwant / sizeof jwant[0]; i++)
+		cr_assert(strstr(out, jwant[i]), "no '%s' in:\n%s", jwant[i], out);
+	/* what status and top refuse */
+	struct { int rc; const char *args[6]; const char *says; } bad[] = {
+		{ 2, { "status", "--wait", "soon", NULL }, "--wait" },
+		{ 2, { "status", "--wait", "4000", NULL }, "--wait" },
+		{ 2, { "status", "extra", NULL }, "status" },
+		{ 2, { "top", "--interval", "0.01", NULL }, "--interval" },
+		{ 2, { "top", "extra", NULL }, "--interval" },
+		{ 1, { "top", NULL }, "terminal" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		r = cli(&fk, out, sizeof out, bad[i].args);
+		cr_assert_eq(r, bad[i].rc, "case %zu: exit %d, want %d:\n%s", i, r, bad[i].rc, out);
+		cr_assert(strstr(out, bad[i].says), "case %zu: no '%s' in:\n%s", i, bad[i].says, out);
+	}
+	fake_stop(&fk);
+	cr_assert_eq(seen(&fk, "status", 0), 2, "only the two good commands asked");
 }

@@ -275,8 +275,7 @@ static void *fake_main(void *arg)
 	msgpack_pack_uint32(&f.pk, 7);
 	anes_pack_str(&f.pk, "size");
 	msgpack_pack_uint32(&f.pk, 4096);
-	h_fake_send(&rc.io, &f, &fd, 1);
-	close(fd);
+	h_fake_send(&rc.io, &f, &fd, 1);   /* takes fd */
 
 	/* surface.export of ID 7: answered with a token that is not lowercase hex */
 	if (!h_fake_next(&rc, 10000, &msgid, method, sizeof method, &id) ||
