@@ -5,7 +5,11 @@
  * refused with the stream still in step, nothing leaked), and the worker
  * itself (anes_devworker_serve on a thread, CPU backend, over a socketpair)
  * fed COMPILE messages whose weight files are wrong in every way the
- * payload can say, then a right one whose runs compute the right numbers.
+ * payload can say, then a right one whose runs compute the right numbers;
+ * RUNs it cannot do (unknown programs, functions, surfaces, offsets, cut
+ * payloads) refused in step; an unknown message ending it; and the pure
+ * rules of which send failures leave the stream in step and which compile
+ * results count against the budget.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -365,4 +369,192 @@ Test(worker_wire, the_worker_refuses_weight_files_it_cannot_trust)
 	serve_end(&s, fd);
 	free(blob);
 	cr_assert_eq(fd_count(), base, "no fd left in the worker or here");
+}
+
+/* A RUN of payload body (len bytes) as message id: the RAN reply's rc and
+ * its error text. */
+static int run_rc(int fd, uint64_t id, const void *body, size_t len, char *err, size_t errlen)
+{
+	struct iovec rv = { (void *)body, len };
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_RUN, id, &rv, 1, -1), 0);
+	anes_wmsg_hdr h;
+	void *payload = NULL;
+	int mfd = -1;
+	cr_assert_eq(anes_wmsg_recv(fd, &h, &payload, &mfd), 0);
+	cr_assert_eq(h.type, ANES_WM_RAN);
+	cr_assert_eq(h.id, id);
+	cr_assert_eq(mfd, -1);
+	cr_assert_geq(h.len, 8);
+	int32_t rc;
+	uint32_t el;
+	memcpy(&rc, payload, 4);
+	memcpy(&el, (char *)payload + 4, 4);
+	cr_assert_leq(el, h.len - 8);
+	snprintf(err, errlen, "%.*s", (int)el, (char *)payload + 8);
+	free(payload);
+	return rc;
+}
+
+/* RUN's payload: program, function and count, then (key, offset) per tensor. */
+static size_t run_body(uint64_t *body, uint64_t prog, uint32_t fn, uint32_t n, const uint64_t *kv)
+{
+	body[0] = prog;
+	uint32_t fn_n[2] = { fn, n };
+	memcpy(&body[1], fn_n, 8);
+	for (uint32_t i = 0; i < 2 * n; i++)
+		body[2 + i] = kv[i];
+	return (2 + 2 * (size_t)n) * 8;
+}
+
+static void add_surface(int fd, uint64_t key, uint64_t size, int sfd)
+{
+	struct iovec v = { &size, 8 };
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_SURFACE_ADD, key, &v, 1, sfd), 0);
+}
+
+/* Every run the worker cannot do is refused with the reason, in step, and
+ * changes nothing: programs it has not, functions and tensor counts the
+ * program has not, surfaces never shared (added without their memory, of
+ * no size, dropped) or too small for the tensor at its offset, a payload
+ * cut short; a compile whose payload is cut short.  Then the right run
+ * still computes y = W x, and no fd is left. */
+Test(worker_wire, the_worker_refuses_runs_it_cannot_do)
+{
+	int base = fd_count();
+	served s;
+	int fd;
+	serve(&s, &fd);
+	size_t len;
+	uint8_t *blob = make_blob(&len);
+	int wf = -1;
+	cr_assert_eq(anes_rofile_create("w", len, &wf), 0);
+	cr_assert_eq(anes_rofile_write(wf, 0, blob, len), 0);
+	cr_assert_eq(anes_rofile_seal(wf), 0);
+	char err[256];
+	cr_assert_eq(compile(fd, 7, 0, 0, len, 1, &wf, 1, err, sizeof err), 0, "%s", err);
+	close(wf);
+
+	/* a compile whose payload ends inside its header */
+	uint32_t ml = 100;
+	struct iovec cv = { &ml, 4 };
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_COMPILE, 8, &cv, 1, -1), 0);
+	anes_wmsg_hdr h;
+	void *payload = NULL;
+	int mfd = -1;
+	cr_assert_eq(anes_wmsg_recv(fd, &h, &payload, &mfd), 0);
+	cr_assert_eq(h.type, ANES_WM_COMPILED);
+	int32_t crc;
+	memcpy(&crc, payload, 4);
+	free(payload);
+	cr_assert_eq(crc, -EBADMSG);
+
+	int sin = -1, sout = -1, small = -1;
+	cr_assert_eq(anes_memfd_create("in", IN * 2, &sin), 0);
+	cr_assert_eq(anes_memfd_create("out", OUT * 2, &sout), 0);
+	cr_assert_eq(anes_memfd_create("small", 8, &small), 0);
+	uint16_t x[IN];
+	for (int i = 0; i < IN; i++)
+		x[i] = anes_f32_to_f16_soft((float)(i % 5) / 4.0f - 0.5f);
+	cr_assert_eq(pwrite(sin, x, sizeof x, 0), (ssize_t)sizeof x);
+	add_surface(fd, 100, IN * 2, sin);
+	add_surface(fd, 101, OUT * 2, small);   /* replaced below */
+	add_surface(fd, 101, OUT * 2, sout);
+	add_surface(fd, 102, 8, small);
+	add_surface(fd, 103, 64, -1);            /* no memory: ignored */
+	add_surface(fd, 104, 0, small);          /* no size: not mapped */
+	uint32_t short_len = 4;                  /* a size field cut short: ignored */
+	struct iovec sv = { &short_len, 4 };
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_SURFACE_ADD, 105, &sv, 1, small), 0);
+	add_surface(fd, 106, 8, small);
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_SURFACE_DROP, 106, NULL, 0, -1), 0);
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_SURFACE_DROP, 999, NULL, 0, -1), 0);   /* never added */
+	close(small);
+
+	uint64_t body[16];
+	struct {
+		uint64_t prog;
+		uint32_t fn, n;
+		uint64_t kv[4];
+		size_t cut;         /* bytes left off the end */
+		int rc;
+		const char *says;
+	} cases[] = {
+		{ 99, 0, 2, { 100, 0, 101, 0 }, 0, -EIO, "no program 99" },
+		{ 7, 1, 2, { 100, 0, 101, 0 }, 0, -EBADMSG, "" },
+		{ 7, 0, 1, { 100, 0 }, 0, -EBADMSG, "" },
+		{ 7, 0, 2, { 100, 0, 103, 0 }, 0, -EIO, "surface key 103 was not shared" },
+		{ 7, 0, 2, { 100, 0, 104, 0 }, 0, -EIO, "surface key 104 was not shared" },
+		{ 7, 0, 2, { 100, 0, 105, 0 }, 0, -EIO, "surface key 105 was not shared" },
+		{ 7, 0, 2, { 100, 0, 106, 0 }, 0, -EIO, "surface key 106 was not shared" },
+		{ 7, 0, 2, { 100, 0, 102, 0 }, 0, -EBADMSG, "" },
+		{ 7, 0, 2, { 100, 8, 101, 0 }, 0, -EBADMSG, "" },
+		{ 7, 0, 2, { 100, UINT64_MAX, 101, 0 }, 0, -EBADMSG, "" },
+		{ 7, 0, 2, { 100, 0, 101, 0 }, 12, -EBADMSG, "" },
+		{ 7, 0, 2, { 100, 0, 101, 0 }, 4, -EBADMSG, "" },
+		{ 7, 0, 2, { 100, 0, 101, 0 }, 36, -EBADMSG, "" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		size_t n = run_body(body, cases[i].prog, cases[i].fn, cases[i].n, cases[i].kv) - cases[i].cut;
+		int rc = run_rc(fd, 20 + i, body, n, err, sizeof err);
+		cr_assert_eq(rc, cases[i].rc, "case %zu: %d (%s)", i, rc, err);
+		cr_assert(strstr(err, cases[i].says), "case %zu: '%s'", i, err);
+	}
+	/* still in step, nothing changed: the right run computes */
+	size_t n = run_body(body, 7, 0, 2, (uint64_t[]){ 100, 0, 101, 0 });
+	cr_assert_eq(run_rc(fd, 40, body, n, err, sizeof err), 0, "%s", err);
+	uint16_t y[OUT];
+	cr_assert_eq(pread(sout, y, sizeof y, 0), (ssize_t)sizeof y);
+	for (int o = 0; o < OUT; o++) {
+		double ref = 0;
+		for (int i = 0; i < IN; i++)
+			ref += (double)anes_f16_to_f32_soft(anes_f32_to_f16_soft(wval(o, i, 0.0f))) * anes_f16_to_f32_soft(x[i]);
+		double got = anes_f16_to_f32_soft(y[o]);
+		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
+	}
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, 7, NULL, 0, -1), 0);
+	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, 7, NULL, 0, -1), 0);   /* twice: nothing */
+	n = run_body(body, 7, 0, 2, (uint64_t[]){ 100, 0, 101, 0 });
+	cr_assert_eq(run_rc(fd, 41, body, n, err, sizeof err), -EIO, "a freed program is gone");
+	close(sin);
+	close(sout);
+	serve_end(&s, fd);
+	free(blob);
+	cr_assert_eq(fd_count(), base, "no fd left in the worker or here");
+}
+
+/* A message of a type the worker does not know ends it (status 1): the
+ * stream cannot be trusted any more. */
+Test(worker_wire, an_unknown_message_ends_the_worker)
+{
+	int base = fd_count();
+	served s;
+	int fd;
+	serve(&s, &fd);
+	uint32_t v = 1;
+	struct iovec iov = { &v, 4 };
+	cr_assert_eq(anes_wmsg_send(fd, 250, 1, &iov, 1, -1), 0);
+	pthread_join(s.t, NULL);
+	cr_assert_eq(s.status, 1);
+	close(fd);
+	close(s.fd);
+	s.b->ops->destroy(s.b);
+	cr_assert_eq(fd_count(), base);
+}
+
+/* Which failed sends left the stream in step (nothing was written), and
+ * which compile results count against a worker's budget. */
+Test(worker_wire, send_failures_and_compile_results_are_classified)
+{
+	static const int unsent[] = { -ETOOMANYREFS, -EMFILE, -ENFILE, -ENOBUFS, -ENOMEM };
+	for (size_t i = 0; i < sizeof unsent / sizeof unsent[0]; i++)
+		cr_assert(anes_wmsg_unsent(unsent[i]), "%d", unsent[i]);
+	cr_assert_not(anes_wmsg_unsent(-EPIPE), "part of it may have gone");
+	cr_assert_not(anes_wmsg_unsent(-ECONNRESET));
+	cr_assert_not(anes_wmsg_unsent(0));
+	cr_assert_eq(anes_compile_counts(-EINVAL), ANES_COMPILE_NOT_COUNTED);
+	cr_assert_eq(anes_compile_counts(-ENOTSUP), ANES_COMPILE_NOT_COUNTED);
+	cr_assert_eq(anes_compile_counts(-EBADMSG), ANES_COMPILE_NOT_COUNTED);
+	cr_assert_eq(anes_compile_counts(-EIO), ANES_COMPILE_SPENT);
+	cr_assert_eq(anes_compile_counts(0), ANES_COMPILE_COUNTED);
+	cr_assert_eq(anes_compile_counts(-ENOMEM), ANES_COMPILE_COUNTED);
 }

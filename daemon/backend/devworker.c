@@ -645,7 +645,11 @@ static int prepare_run(worker *w, wjob *j, char *err, size_t errlen)
 	for (uint32_t i = 0; i < j->n; i++) {
 		uint64_t key = rd_u64(&r), off = rd_u64(&r);
 		const anes_tensor_desc *t = fn_tensor(fi, i);
-		wsurf *s = r.bad ? NULL : find_surf(w, key);
+		if (r.bad) {   /* cut short: no key to look up */
+			rc = -EBADMSG;
+			goto out;
+		}
+		wsurf *s = find_surf(w, key);
 		if (!s) {
 			snprintf(err, errlen, "device worker: surface key %llu was not shared",
 			         (unsigned long long)key);
@@ -694,8 +698,8 @@ static void surface_add(worker *w, uint64_t key, const void *payload, uint32_t l
 	                    : MAP_FAILED;
 	if (map == MAP_FAILED) {
 		/* The runs that use it fail with "was not shared". */
-		fprintf(stderr, "aneshared worker: cannot map surface %llu: %s\n",
-		        (unsigned long long)key, strerror(errno));
+		fprintf(stderr, "aneshared worker: cannot map surface %llu: %s\n", (unsigned long long)key,
+		        size && size <= SIZE_MAX ? strerror(errno) : "no size");
 		return;
 	}
 	surface_put(w, (wsurf){ key, map, size, NULL });
