@@ -18,6 +18,7 @@
 #include <criterion/criterion.h>
 
 #include "anes_config.h"
+#include "anes_name.h"
 #include "daemon_harness.h"
 
 TestSuite(startup, .timeout = 120);
@@ -313,5 +314,69 @@ Test(startup, help_names_each_default_once)
 	}
 	cr_expect_gt(options, 40, "only %d options", options);
 	cr_expect_leq(longest, 100, "a help line of %d columns", longest);
+	rm_dir(dir);
+}
+
+/* The configuration file's values as a user may write them: booleans as
+ * yes/no/1/0/true/false (each line before the bad one accepted: the bad
+ * one is named), lines that are not "key = value", a key without a value, a
+ * line longer than the reader's buffer, users that are neither a uid nor a
+ * name and more than 1024 of them; then the test hooks' option values in
+ * every malformed form. */
+Test(startup, config_file_values_and_hook_forms)
+{
+	char dir[128], conf[300], arg[320];
+	make_dir(dir, sizeof dir);
+	snprintf(conf, sizeof conf, "%s/v.conf", dir);
+	snprintf(arg, sizeof arg, "--config=%s", conf);
+	char sock[300];   /* never the default socket, should a form be taken */
+	snprintf(sock, sizeof sock, "%s/aneshare.sock", dir);
+	const char *args[] = { arg, NULL };
+	char *big = malloc(5000);
+	memset(big, 'x', 4999);
+	big[4999] = '\0';
+	static const char *const many = "allow_uid = 1000\n";
+	static const struct {
+		const char *text;
+		const char *says;
+	} files[] = {
+		{ "verbose = yes\nno_lanes = no\nworker = 0\nverbose = 1\nworker = false\nno_lanes = true\n"
+		  "verbose = maybe\n", ":7: verbose: \"maybe\" is not true or false" },
+		{ "# a comment\n\n   \nmax_frame 64K\n", ":4: expected \"key = value\"" },
+		{ "verbose =   \n", ":1: verbose has no value" },
+		{ "allow_uid = no-such-user-of-this-test\n", "is neither a uid nor a user name" },
+		{ NULL, ":1: line too long" },
+		{ "", ":1025: allow_uid: at most 1024 users" },
+	};
+	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+		FILE *f = fopen(conf, "we");
+		cr_assert_not_null(f);
+		if (i == 4)
+			fprintf(f, "max_frame = %s\n", big);
+		else if (i == 5)
+			for (int k = 0; k < 1025; k++)
+				fputs(many, f);
+		else
+			fputs(files[i].text, f);
+		fclose(f);
+		expect_exit(dir, args, 78, files[i].says);
+	}
+	free(big);
+	char name[12 + ANES_NAME_MAX + 2];   /* a function name longer than any */
+	memset(name, 'n', sizeof name);
+	memcpy(name, "compile_eio=", 12);
+	name[sizeof name - 1] = '\0';
+	static const char *const inject[] = { "run_fail=", "run_gate=relative/fifo", "run_frob=x" };
+	for (size_t i = 0; i < sizeof inject / sizeof inject[0]; i++)
+		expect_exit(dir, (const char *[]){ "--socket", sock, "--fault-inject", inject[i], NULL }, 78,
+		            "--fault-inject: only run_fail=FUNCTION and run_gate=/FIFO");
+	const char *const wfault[] = { "compile_eio=", name, "compile_hold=relative", "fd_room=x", "fd_room=" };
+	for (size_t i = 0; i < sizeof wfault / sizeof wfault[0]; i++)
+		expect_exit(dir, (const char *[]){ "--socket", sock, "--worker", "--worker-fault", wfault[i], NULL }, 78,
+		            "--worker-fault: only start_fail");
+	expect_exit(dir, (const char *[]){ "--socket", sock, "--help=1", NULL }, 78,
+	            "'--help=1': that option takes no value");
+	expect_exit(dir, (const char *[]){ "--socket", sock, "--version=yes", NULL }, 78,
+	            "that option takes no value");
 	rm_dir(dir);
 }
