@@ -616,3 +616,48 @@ Test(iosurface, library_imports_a_token_by_iosurface_id, .init = setup, .fini = 
 	cr_assert_eq(aneshare_run(prog, 0, &r, 1, &in, 1), 0, "%s", aneshare_last_error(q));
 	aneshare_disconnect(q);
 }
+
+static void setup_small(void)
+{
+	h_fake_iosurface_env(fake_dir, sizeof fake_dir);
+	const char *args[] = { "--max-surface-bytes", "64K", "--max-surfaces", "1", NULL };
+	h_daemon_start_args(&D, args);
+}
+
+/* An IOSurface imported by ID is under the surface limits as a created one:
+ * one larger than max_surface_bytes is refused naming both sizes, one over
+ * the connection's count too; the daemon keeps no reference to either (the
+ * fake frees them once this process lets go), and the connection goes on. */
+Test(iosurface, import_by_id_is_under_the_surface_limits, .init = setup_small, .fini = teardown)
+{
+	const anes_shm_ops *so = anes_shm_default();
+	anes_shm *big, *small1, *small2;
+	cr_assert_eq(so->create(128 * 1024, &big), 0);
+	cr_assert_eq(so->create(4096, &small1), 0);
+	cr_assert_eq(so->create(4096, &small2), 0);
+	int fd = h_raw_open(D.sock);
+	int code = import_id(fd, 2, big->id);
+	cr_assert_eq(code, ANES_WERR_LIMIT, "an IOSurface over max_surface_bytes: %d", code);
+	aneshare_conn *c = h_connect(&D, "ios-limits");
+	aneshare_surface *s1 = NULL, *s2 = NULL;
+	int r = aneshare_surface_import_iosurface(c, big->id, &s1);
+	cr_assert_eq(r, -ANESHARE_ELIMIT, "%s", aneshare_strerror(r));
+	cr_assert(strstr(aneshare_last_error(c), "size 131072 is over 65536"), "%s", aneshare_last_error(c));
+	cr_assert_eq(aneshare_surface_import_iosurface(c, small1->id, &s1), 0, "%s", aneshare_last_error(c));
+	r = aneshare_surface_import_iosurface(c, small2->id, &s2);
+	cr_assert_eq(r, -ANESHARE_ELIMIT, "over max_surfaces: %s (%s)", aneshare_strerror(r), aneshare_last_error(c));
+	cr_assert_null(s2);
+	cr_assert_eq(aneshare_surface_release(s1), 0);
+	cr_assert_eq(aneshare_surface_import_iosurface(c, small2->id, &s2), 0, "room again: %s",
+	             aneshare_last_error(c));
+	cr_assert_eq(aneshare_surface_release(s2), 0);
+	h_wait_counts(c, 0, 0);
+	uint32_t ids[3] = { big->id, small1->id, small2->id };
+	so->release(big);
+	so->release(small1);
+	so->release(small2);
+	for (int i = 0; i < 3; i++)
+		wait_freed(ids[i]);
+	close(fd);
+	aneshare_disconnect(c);
+}

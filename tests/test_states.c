@@ -439,6 +439,22 @@ Test(states, state_memory_is_under_the_surface_limits, .fini = stop_daemon)
 	cr_assert_eq(rc, -ANESHARE_ELIMIT, "%s (%s)", aneshare_strerror(rc), aneshare_last_error(m.c));
 	aneshare_state_release(a);
 	kv_stop(&m);
+
+	/* and the size of one surface: the state's tensors together (192 bytes)
+	 * are one surface's memory */
+	const char *args3[] = { "--max-surface-bytes", "128", NULL };
+	h_daemon_start_args(&Dm, args3);
+	kv_open(&m, &Dm, "main");
+	c = (aneshare_state *)(uintptr_t)0x5a5a;
+	rc = aneshare_state_create(m.p, 0, &c);
+	cr_assert_eq(rc, -ANESHARE_ELIMIT, "%s (%s)", aneshare_strerror(rc), aneshare_last_error(m.c));
+	cr_assert(strstr(aneshare_last_error(m.c), "need more than max_surface_bytes (128)"), "%s",
+	          aneshare_last_error(m.c));
+	cr_assert_eq((uintptr_t)c, 0x5a5a);
+	aneshare_status *st = h_status(m.c);
+	cr_assert_eq(st->surfaces, 3, "no surface was made for it");
+	aneshare_status_free(st);
+	kv_stop(&m);
 }
 
 /* ---- what a run must name --------------------------------------------------------------- */
