@@ -11,7 +11,9 @@
  *   - first compiles (cache misses) of the plain file and of a sealed memfd
  *     of the same bytes (used in place: the daemon only hashes and maps it)
  *     against `sha256sum FILE`; the difference is what a plain file costs
- *     of its own (its copy, and what goes with it);
+ *     of its own (its copy, and what goes with it); in wall time, and in CPU
+ *     time of the daemon and its worker (/proc/PID/stat) against
+ *     sha256sum's (wait4), which other work on the machine hardly moves;
  *   - the peak RSS (VmHWM) of the daemon plus its worker, after the program
  *     was compiled and ran, against the file's size;
  *   - the bytes the client's compile frames take on the socket (an
@@ -38,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -171,6 +174,8 @@ static void make_file(void)
 
 /* ---- baselines ---------------------------------------------------------------------- */
 
+static double g_sum_cpu;   /* the last sha256sum's CPU time (user + system), s */
+
 static double time_sha256sum(void)
 {
 	int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
@@ -186,10 +191,13 @@ static double time_sha256sum(void)
 	if (e != 0)
 		die("sha256sum", e);
 	int st;
-	waitpid(pid, &st, 0);
+	struct rusage ru;
+	wait4(pid, &st, 0, &ru);
 	double t = now_s() - t0;
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		die("sha256sum failed", 0);
+	g_sum_cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+	            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 	return t;
 }
 
@@ -288,6 +296,36 @@ static int children(pid_t pid, pid_t *out, int max)
 	}
 	closedir(d);
 	return n;
+}
+
+/* CPU time (user + system, all threads) of pid so far, s; 0 if unknown. */
+static double proc_cpu_s(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	const char *p = strrchr(buf, ')');   /* after the name, which may hold spaces */
+	unsigned long long ut = 0, st = 0;
+	if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+		return 0;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The daemon's CPU time plus its device worker's (its children's), s:
+ * unlike wall time, hardly moved by other work on the machine. */
+static double daemon_cpu_s(void)
+{
+	pid_t kids[8];
+	int nk = children(g_daemon, kids, 8);
+	double t = proc_cpu_s(g_daemon);
+	for (int i = 0; i < nk; i++)
+		t += proc_cpu_s(kids[i]);
+	return t;
 }
 
 /* ---- one client --------------------------------------------------------------------- */
@@ -423,11 +461,14 @@ static void bench_mode(bool worker)
 		die("the first compile was a cache hit", 0);
 	run_check(c, p);
 
-	double hit[31], sum[62], rd[31];
+	double hit[31], sum[62], rd[31], hitc[31], sumc[62];
 	size_t hit_bytes = 0;
 	for (int i = 0; i < g_reps; i++) {
 		sum[i] = time_sha256sum();
+		sumc[i] = g_sum_cpu;
+		double c0 = daemon_cpu_s();
 		compiled k = hit_from_another_process();
+		hitc[i] = daemon_cpu_s() - c0;
 		if (!k.cached)
 			die("the second process's compile was no cache hit", 0);
 		hit[i] = k.seconds;
@@ -446,18 +487,23 @@ static void bench_mode(bool worker)
 	 * the plain file and of a sealed memfd of the same bytes, taking turns
 	 * with sha256sum */
 	int mfd = make_memfd();
-	double fplain[31], fmem[31];
+	double fplain[31], fmem[31], fplainc[31], fmemc[31];
 	for (int i = 0; i < g_reps; i++) {
 		sum[g_reps + i] = time_sha256sum();
+		sumc[g_reps + i] = g_sum_cpu;
 		compiled k;
+		double c0 = daemon_cpu_s();
 		aneshare_program *q = compile_file(c, &k);
+		fplainc[i] = daemon_cpu_s() - c0;
 		if (k.cached)
 			die("a first compile of the file was a cache hit", 0);
 		fplain[i] = k.seconds;
 		aneshare_program_release(q);
 		if (mfd < 0)
 			continue;
+		c0 = daemon_cpu_s();
 		q = compile_fd(c, mfd, &k);
+		fmemc[i] = daemon_cpu_s() - c0;
 		if (k.cached)
 			die("a first compile of the memfd was a cache hit", 0);
 		fmem[i] = k.seconds;
@@ -472,6 +518,8 @@ static void bench_mode(bool worker)
 
 	double h = median(hit, g_reps), s = median(sum, 2 * g_reps), rdm = median(rd, g_reps);
 	double fp = median(fplain, g_reps), fm = mfd >= 0 ? median(fmem, g_reps) : NAN;
+	double hc = median(hitc, g_reps), sc = median(sumc, 2 * g_reps), fpc = median(fplainc, g_reps);
+	double fmc = mfd >= 0 ? median(fmemc, g_reps) : NAN;
 	size_t mil = strlen(g_mil), frames = cold.frame_bytes > hit_bytes ? cold.frame_bytes : hit_bytes;
 	double mib = 1.0 / (1 << 20);
 	printf("\n== weights by fd, %s: %.0f MiB of fp16 weights in one file\n", where, (double)g_bytes * mib);
@@ -488,6 +536,12 @@ static void bench_mode(bool worker)
 	}
 	printf("  %-58s %9.3f s\n", "sha256sum of the file, median", s);
 	printf("  %-58s %9.3f s\n", "reading the file once, median", rdm);
+	printf("  CPU time (daemon + worker; sha256sum's own), medians:\n");
+	printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "  compile, first, plain file", fpc, fpc / sc);
+	if (mfd >= 0)
+		printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "  compile, first, sealed memfd", fmc, fmc / sc);
+	printf("  %-58s %9.3f s  %5.2fx sha256sum\n", "  compile from a second process (cache hit)", hc, hc / sc);
+	printf("  %-58s %9.3f s\n", "  sha256sum of the file", sc);
 	printf("  %-58s %9.1f MiB%s\n", "peak RSS, daemon", (double)hwm * mib, "");
 	if (worker)
 		printf("  %-58s %9.1f MiB (%d process%s)\n", "peak RSS, device worker", (double)whwm * mib, nk,
@@ -497,9 +551,12 @@ static void bench_mode(bool worker)
 	bench_fig("s", h, "wfd %s: cache hit from a second process", where);
 	bench_fig("s", fp, "wfd %s: first compile, plain file, median", where);
 	bench_fig("ratio", fp / s, "wfd %s: first compile, plain file / sha256sum", where);
+	bench_fig("ratio", fpc / sc, "wfd %s: first compile, plain file / sha256sum, CPU time", where);
+	bench_fig("ratio", hc / sc, "wfd %s: cache hit / sha256sum, CPU time", where);
 	if (mfd >= 0) {
 		bench_fig("s", fm, "wfd %s: first compile, sealed memfd, median", where);
 		bench_fig("ratio", fm / s, "wfd %s: first compile, sealed memfd / sha256sum", where);
+		bench_fig("ratio", fmc / sc, "wfd %s: first compile, sealed memfd / sha256sum, CPU time", where);
 	}
 	bench_fig("s", s, "wfd %s: sha256sum", where);
 	bench_fig("s", rdm, "wfd %s: read once", where);
