@@ -982,6 +982,9 @@ typedef struct aneshare_status {
 	} *shared_list;                /* n_shared entries, owned by the status */
 	uint64_t events;               /* events alive in the daemon (docs/protocol.md,
 	                                * "Events"); 0 from daemons that do not report it */
+	uint64_t event_runs;           /* of runs, those made ready by an event and run on the
+	                                * thread that raised it (docs/design.md, "Events");
+	                                * 0 from daemons that do not report it */
 } aneshare_status;
 
 /* On success *ret is owned by the caller: aneshare_status_free(). */

@@ -101,10 +101,10 @@ void anes_cli_print_status(FILE *f, const aneshare_status *st, unsigned protocol
 	char b1[32], b2[32], b3[32], b5[32];
 	fprintf(f, "aneshared %s, backend %s, protocol %u, up %" PRIu64 ".%03" PRIu64 " s\n",
 	        st->server_version, st->backend, protocol, st->uptime_ms / 1000, st->uptime_ms % 1000);
-	fprintf(f, "connections %u, processes %u, runs %" PRIu64 " (on lanes %" PRIu64 "), compiles %" PRIu64
-	        " (cache hits %" PRIu64 "), events %" PRIu64 "\n",
-	        st->clients, st->processes_total, st->runs, st->lane_runs, st->compiles, st->cache_hits,
-	        st->events);
+	fprintf(f, "connections %u, processes %u, runs %" PRIu64 " (on lanes %" PRIu64 ", on the thread that "
+	        "raised their event %" PRIu64 "), compiles %" PRIu64 " (cache hits %" PRIu64 "), events %" PRIu64
+	        "\n", st->clients, st->processes_total, st->runs, st->lane_runs, st->event_runs, st->compiles,
+	        st->cache_hits, st->events);
 	if (!brief)
 		fprintf(f, "lane spin: %" PRIu64 " polls after an answer, %" PRIu64 " got the next request, %" PRIu64
 		        " lost the CPU, %" PRIu64 " answers skipped it\n", st->lane_spins, st->lane_spin_hits,
@@ -203,6 +203,7 @@ void anes_cli_print_json(FILE *f, const aneshare_status *st, unsigned protocol)
 	json_u64(f, "compiles", st->compiles, true);
 	json_u64(f, "cache_hits", st->cache_hits, true);
 	json_u64(f, "events", st->events, true);
+	json_u64(f, "event_runs", st->event_runs, true);
 	fprintf(f, "\n \"totals\": [");
 	for (uint32_t i = 0; i < st->n_totals; i++) {
 		const struct aneshare_status_total *t = &st->total_list[i];

@@ -236,6 +236,7 @@ static int status_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	(void)anes_mp_u64(res, "lane_spin_skips", UINT64_MAX, &spin_skips);
 	(void)anes_mp_u64(res, "lane_slice_ends", UINT64_MAX, &st->lane_slice_ends);
 	(void)anes_mp_u64(res, "events", UINT64_MAX, &st->events);
+	(void)anes_mp_u64(res, "event_runs", UINT64_MAX, &st->event_runs);
 	st->lane_runs = lane_runs;
 	st->lane_spins = spins;
 	st->lane_spin_hits = spin_hits;

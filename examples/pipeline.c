@@ -1036,6 +1036,20 @@ static uint32_t shared_pairs(aneshare_conn *c)
 	return n;
 }
 
+/* The daemon's run counters (status): all runs, those on lanes, those run
+ * on the thread that raised their event. */
+static void run_counts(aneshare_conn *c, uint64_t n[3])
+{
+	aneshare_status *st;
+	int r = aneshare_get_status(c, &st);
+	if (r < 0)
+		die(c, "status", r);
+	n[0] = st->runs;
+	n[1] = st->lane_runs;
+	n[2] = st->event_runs;
+	aneshare_status_free(st);
+}
+
 static double p50(double *v, size_t n)
 {
 	qsort(v, n, sizeof *v, ex_cmp_double);
@@ -1120,6 +1134,7 @@ int main(int argc, char **argv)
 	int bad = 0, bad_one = 0;
 	uint32_t frames = 0;
 	double ratio50 = 0, pipe50 = 0, one50 = 0, part50[NPARTS] = { 0 };
+	uint64_t runs0[3] = { 0 }, runs1[3] = { 0 };   /* the daemon's counters around the timed part */
 	if (!g.bench_reps) {
 		double *lat = malloc((size_t)g.frames * sizeof *lat);
 		if (!lat)
@@ -1148,6 +1163,7 @@ int main(int argc, char **argv)
 		(void)run_batch(&k, (uint32_t)n, NULL, NULL);   /* warm up both */
 		for (int i = 0; i < n; i++)
 			(void)single_frame(&one, (uint32_t)i);
+		run_counts(one.c, runs0);
 		for (int r = 0; r < reps; r++) {
 			/* the baseline, then the pipeline, K frames each */
 			for (int i = 0; i < n; i++) {
@@ -1160,6 +1176,7 @@ int main(int argc, char **argv)
 			rp[r] = p50(lp, (size_t)n) / 1e3;
 			rr[r] = rp[r] / rs[r];
 		}
+		run_counts(one.c, runs1);
 		frames = (uint32_t)(reps + 1) * (uint32_t)n;
 		pipe50 = p50(rp, (size_t)reps);
 		one50 = p50(rs, (size_t)reps);
@@ -1211,6 +1228,9 @@ int main(int argc, char **argv)
 		else
 			printf("  3 processes, p50 of each part: producer -> A %.1f us, A's run %.1f us, A -> B %.1f us, "
 			       "B's run %.1f us\n", part50[0], part50[1], part50[2], part50[3]);
+		printf("  the daemon's runs in the timed part (pipeline and chains): %" PRIu64 ", on lanes %" PRIu64
+		       ", on the thread that raised their event %" PRIu64 " (the pipeline ran %d)\n",
+		       runs1[0] - runs0[0], runs1[1] - runs0[1], runs1[2] - runs0[2], 2 * g.bench_reps * g.batch);
 		printf("bench: interval_us=%d pipeline_p50_us=%.2f single_p50_us=%.2f ratio=%.4f bad=%d sync=%s\n",
 		       g.interval_us, pipe50, one50, ratio50, bad + bad_one, sync);
 	} else {

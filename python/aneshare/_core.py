@@ -1448,6 +1448,7 @@ def _status_dict(st):
     d["shared"] = shared
     have_events = "aneshare_event_create" in HAVE   # the library's structs have these members
     d["events"] = int(st.events) if have_events else 0
+    d["event_runs"] = int(st.event_runs) if have_events else 0
     for i, e in enumerate(procs):
         e["events"] = int(st.process_list[i].events) if have_events else 0
     return d

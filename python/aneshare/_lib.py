@@ -107,7 +107,7 @@ class Status(ctypes.Structure):
                 ("n_shared", ctypes.c_uint32), ("shared_total", ctypes.c_uint64),
                 ("shared_list", ctypes.POINTER(StatusShared)),
                 # read only from a library that has events (HAVE)
-                ("events", ctypes.c_uint64)]
+                ("events", ctypes.c_uint64), ("event_runs", ctypes.c_uint64)]
 
 
 DONE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(Result), ctypes.c_void_p)
