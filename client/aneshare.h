@@ -792,7 +792,12 @@ ANESHARE_API int aneshare_event_wait(aneshare_event *ev, uint64_t value, uint64_
  * for aneshare_run_async (res->rc 0 when the value was reached), from a
  * later aneshare_dispatch (or aneshare_disconnect, with -ECANCELED).  The
  * event may be released before the callback.  0 once the request is
- * queued, or a negative code (then cb is never called). */
+ * queued, or a negative code (then cb is never called).  Until its
+ * callback it counts as an async call outstanding, and in the library's
+ * count of requests in flight that aneshare_run_submit keeps under
+ * max_inflight (the daemon does not count pending waits there): keep far
+ * fewer than max_inflight of them outstanding on a connection that also
+ * submits runs whose completion they wait for. */
 ANESHARE_API int aneshare_event_wait_async(aneshare_event *ev, uint64_t value, aneshare_done_fn cb,
                                            void *userdata);
 
