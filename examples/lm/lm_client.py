@@ -198,4 +198,4 @@ if __name__ == "__main__":
     try:
         main()
     except aneshare.ConnectFailure as e:
-        sys.exit("lm_client.py: %s (is aneshared running there? --socket PATH names another)" % e)
+        sys.exit("lm_client.py: %s; --socket PATH names the socket" % e)

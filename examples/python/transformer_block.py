@@ -109,4 +109,4 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except aneshare.ConnectFailure as e:
-        sys.exit("%s: %s (is aneshared running there? --socket PATH names another)" % (os.path.basename(__file__), e))
+        sys.exit("%s: %s; --socket PATH names the socket" % (os.path.basename(__file__), e))

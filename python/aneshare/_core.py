@@ -1058,6 +1058,45 @@ def default_socket_path():
     return buf.value.decode()
 
 
+def _connect_error(rc, socket):
+    """The exception for a failed connect: what is wrong, then what to do (the
+    CLI's advice, in the words of this API)."""
+    from_env = socket is None and bool(os.environ.get("ANESHARE_SOCKET"))
+    try:
+        where = os.fsdecode(socket) if socket is not None else default_socket_path()
+    except _errors.AneshareError:
+        where = "the default socket"
+    if from_env:
+        where += " (from ANESHARE_SOCKET)"
+    e = error_for(rc)
+    why = e.name
+    if rc in (-_errno.ENOENT, -_errno.ECONNREFUSED):
+        what = ("no daemon listens on %s (%s%s): start one with 'aneshared' (or 'aneshare service "
+                "install'), or connect to the socket of the one running (the socket argument or "
+                "ANESHARE_SOCKET)" % (where, why, ": a stale socket file, its daemon gone"
+                                      if rc == -_errno.ECONNREFUSED else ""))
+    elif rc in (-_errno.EACCES, -_errno.EPERM):
+        what = ("cannot connect to %s (%s): the socket belongs to another user (its directory is "
+                "private to the daemon's user): run aneshared as yourself, or this program as its "
+                "user" % (where, why))
+    elif rc in (-_errno.ECONNRESET, -_errno.EPIPE):
+        what = ("the daemon on %s hung up before the handshake (%s): it takes only its own user's "
+                "clients (and --allow-uid ones), up to --max-connections at once: its log names "
+                "the reason" % (where, why))
+    elif isinstance(e, _errors.VersionError):
+        what = ("the daemon on %s speaks another protocol version (%s): use the aneshare package "
+                "of the daemon's build, or restart the daemon from this one's" % (where, why))
+    elif rc == -_errno.ENAMETOOLONG:
+        what = ("the socket path %s is longer than a Unix socket path can hold (%s): connect to "
+                "a shorter one (the socket argument or ANESHARE_SOCKET)" % (where, why))
+    else:
+        what = "cannot connect to %s (%s)" % (where, why)
+    e = error_for(rc, what)
+    e._text = what   # it names the error itself
+    e.args = (what,)
+    return e
+
+
 class Connection:
     """A connection to aneshared (aneshare_conn); a context manager."""
 
@@ -1067,8 +1106,7 @@ class Connection:
         nm = name.encode() if name is not None else None
         rc = lib.aneshare_connect(sp, nm, ctypes.byref(ptr))
         if rc < 0:
-            where = socket if socket is not None else default_socket_path()
-            raise error_for(rc, "connecting to %s" % where)
+            raise _connect_error(rc, socket)
         self._h = _Handle(ptr.value)
 
     # ---- lifetime ----

@@ -64,6 +64,53 @@ def test_connect_fails_clearly(tmp_path):
         aneshare.connect(path)
     e = ei.value
     assert isinstance(e, ConnectionError) and e.errno == 2 and path in str(e)
+    assert str(e) == ("no daemon listens on %s (No such file or directory): start one with "
+                      "'aneshared' (or 'aneshare service install'), or connect to the socket of "
+                      "the one running (the socket argument or ANESHARE_SOCKET)" % path)
+    assert e.message == str(e) and e.name == "No such file or directory"
+
+
+def test_connect_failures_say_what_to_do(tmp_path, monkeypatch):
+    """A stale socket file, a daemon that hangs up before the handshake, a
+    path from ANESHARE_SOCKET: each says what is wrong and what to do."""
+    import socket as so
+    stale = str(tmp_path / "stale.sock")
+    s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    s.bind(stale)
+    s.close()                        # the file stays, nothing listens
+    with pytest.raises(aneshare.ConnectFailure) as ei:
+        aneshare.connect(stale)
+    assert ei.value.errno == 111 and str(ei.value).startswith(
+        "no daemon listens on %s (Connection refused: a stale socket file, its daemon gone): "
+        "start one with 'aneshared'" % stale), str(ei.value)
+
+    monkeypatch.setenv("ANESHARE_SOCKET", stale)
+    with pytest.raises(aneshare.ConnectFailure) as ei:
+        aneshare.connect()
+    assert str(ei.value).startswith("no daemon listens on %s (from ANESHARE_SOCKET) (" % stale)
+
+    rude = str(tmp_path / "rude.sock")
+    ls = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    ls.bind(rude)
+    ls.listen(1)
+    done = threading.Event()
+
+    def hang_up():
+        c, _ = ls.accept()
+        c.close()                    # before any answer to hello
+        done.set()
+    t = threading.Thread(target=hang_up)
+    t.start()
+    try:
+        with pytest.raises(aneshare.AneshareError) as ei:
+            aneshare.connect(rude)
+    finally:
+        t.join(30)
+        ls.close()
+    assert done.is_set()
+    text = str(ei.value)
+    assert text.startswith("the daemon on %s hung up before the handshake (" % rude), text
+    assert text.endswith("its log names the reason"), text
 
 
 def test_spin_reconnect_settings(conn):

@@ -32,5 +32,7 @@ def test_example_without_a_daemon_says_so(tmp_path, script):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", script),
                         "--socket", sock], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert r.stderr == "%s: No such file or directory: connecting to %s (is aneshared running there? " \
-        "--socket PATH names another)\n" % (script, sock), r.stderr
+    assert r.stderr == "%s: no daemon listens on %s (No such file or directory): start one with " \
+        "'aneshared' (or 'aneshare service install'), or connect to the socket of the one running " \
+        "(the socket argument or ANESHARE_SOCKET); --socket PATH names the socket\n" % (script, sock), \
+        r.stderr
