@@ -327,8 +327,27 @@ static char *self_exe(void)
 #endif
 }
 
+/* Where this program's layout puts aneshared (newly allocated, NULL without
+ * memory or this program's path): 0, next to it (an install: bin/aneshare,
+ * bin/aneshared); 1, in a build tree: build/client/aneshare,
+ * build/daemon/aneshared. */
+static char *daemon_near_self(int which)
+{
+	char *self = self_exe(), *dir = self ? dir_of(self) : NULL, *p = NULL;
+	free(self);
+	if (dir && which == 0) {
+		p = xasprintf("%s/aneshared", dir);
+	} else if (dir) {
+		char *up = dir_of(dir);
+		p = up ? xasprintf("%s/daemon/aneshared", strcmp(up, "/") ? up : "") : NULL;
+		free(up);
+	}
+	free(dir);
+	return p;
+}
+
 /* The daemon the service runs: --daemon, else aneshared next to this
- * program, else in the install prefix. */
+ * program, else the one of its build tree, else in the install prefix. */
 static int find_daemon(const char *opt, char **ret)
 {
 	if (opt) {
@@ -343,25 +362,24 @@ static int find_daemon(const char *opt, char **ret)
 		*ret = p;
 		return 0;
 	}
-	char *self = self_exe(), *dir = self ? dir_of(self) : NULL;
-	char *next = dir ? xasprintf("%s/aneshared", dir) : NULL;
-	free(self);
-	free(dir);
-	if (next && is_executable_file(next)) {
-		*ret = next;
-		return 0;
+	char *cand[3] = { daemon_near_self(0), daemon_near_self(1),
+		          xasprintf("%s/aneshared", ANES_BINDIR) };
+	int found = -1;
+	for (int i = 0; i < 3 && found < 0; i++)
+		if (cand[i] && is_executable_file(cand[i]))
+			found = i;
+	if (found >= 0) {
+		*ret = cand[found];
+		cand[found] = NULL;
+	} else {
+		fail("cannot find aneshared (looked for %s, %s and %s): pass --daemon PATH",
+		     cand[0] ? cand[0] : "aneshared next to this program",
+		     cand[1] ? cand[1] : "daemon/aneshared in its build tree",
+		     cand[2] ? cand[2] : ANES_BINDIR);
 	}
-	char *prefixed = xasprintf("%s/aneshared", ANES_BINDIR);
-	if (prefixed && is_executable_file(prefixed)) {
-		free(next);
-		*ret = prefixed;
-		return 0;
-	}
-	fail("cannot find aneshared (looked for %s and %s): pass --daemon PATH",
-	     next ? next : "aneshared next to this program", prefixed ? prefixed : ANES_BINDIR);
-	free(next);
-	free(prefixed);
-	return EXIT_FAILURE;
+	for (int i = 0; i < 3; i++)
+		free(cand[i]);
+	return found >= 0 ? 0 : EXIT_FAILURE;
 }
 
 /* mkdir -p; the last component gets mode, the others 0755. */
@@ -1260,14 +1278,13 @@ int anes_cli_service(const char *socket_path, int argc, char **argv)
 		rc = find_daemon(daemon_opt, &s.daemon);
 	else if (rc == 0 && status) {
 		/* Only to tell stale files; no complaint if not found. */
-		char *self = self_exe(), *dir = self ? dir_of(self) : NULL;
-		char *next = dir ? xasprintf("%s/aneshared", dir) : NULL;
-		if (next && is_executable_file(next))
-			s.daemon = next;
-		else
-			free(next);
-		free(self);
-		free(dir);
+		for (int i = 0; i < 2 && !s.daemon; i++) {
+			char *near = daemon_near_self(i);
+			if (near && is_executable_file(near))
+				s.daemon = near;
+			else
+				free(near);
+		}
 	}
 	if (rc == 0)
 		rc = install ? cmd_install(&s) : uninstall ? cmd_uninstall(&s) : cmd_status(&s);

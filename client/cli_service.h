@@ -8,7 +8,8 @@
 	"  service install             install the service for this user: systemd user units\n"    \
 	"                              (Linux) or a launchd agent (macOS), socket-activated\n"     \
 	"      --daemon PATH           the aneshared to run (default: next to this program,\n"     \
-	"                              else the install prefix)\n"                                 \
+	"                              else its build tree's daemon/aneshared, else the\n"         \
+	"                              install prefix's)\n"                                        \
 	"      --dry-run               show what would be written and run, change nothing\n"       \
 	"      --root DIR              use DIR as the home directory; start nothing (tests)\n"     \
 	"      --systemd|--launchd     the kind of files (default: this system's)\n"              \

@@ -1467,6 +1467,107 @@ static char *fake_systemctl(const char *dir, const char *behaviour)
 	return path;
 }
 
+/* The ExecStart line of a --dry-run's output: the daemon the unit runs. */
+static char *exec_start(const char *out)
+{
+	const char *at = strstr(out, "ExecStart=");
+	cr_assert(at, "no ExecStart in: %s", out);
+	at += strlen("ExecStart=");
+	return strndup(at, strcspn(at, " \n"));
+}
+
+/* Without --daemon, install finds aneshared next to the CLI (an install's
+ * bin/), else in its build tree (build/client/aneshare runs
+ * build/daemon/aneshared), else in the install prefix. */
+Test(cli, install_finds_aneshared_of_its_layout)
+{
+	char dir[256];
+	make_tmpdir(dir, sizeof dir);
+	char *e_home, *e_cfg, *e_rt;
+	cr_assert(asprintf(&e_home, "HOME=%s/home", dir) >= 0);
+	cr_assert(asprintf(&e_cfg, "XDG_CONFIG_HOME=%s/cfg", dir) >= 0);
+	cr_assert(asprintf(&e_rt, "XDG_RUNTIME_DIR=%s/rt", dir) >= 0);
+	const char *env[] = { e_home, e_cfg, e_rt, "ANESHARE_SYSTEMCTL=/bin/false", NULL };
+
+	/* This build tree: the CLI in build/client, the daemon in build/daemon. */
+	char *out = NULL;
+	int rc = cli(&out, env, "service", "install", "--dry-run", NULL);
+	cr_assert_eq(rc, 0, "%s", out);
+	char *want = realpath(exe_env("ANESHARED"), NULL), *got = exec_start(out);
+	cr_assert(want);
+	cr_expect_str_eq(got, want, "from the build tree: %s", out);
+	free(got);
+	free(want);
+	free(out);
+
+	/* A copy of the CLI in T/bin, with T/bin/aneshared and T/daemon/aneshared
+	 * (T without symlinks: the CLI finds its own path resolved). */
+	char *rdir = realpath(dir, NULL);
+	cr_assert(rdir);
+	char *t = path_join(rdir, "t"), *bin = path_join(t, "bin"), *dmn = path_join(t, "daemon");
+	cr_assert_eq(mkdir(t, 0755), 0);
+	cr_assert_eq(mkdir(bin, 0755), 0);
+	cr_assert_eq(mkdir(dmn, 0755), 0);
+	char *cli_copy = path_join(bin, "aneshare");
+	const char *cp[] = { "cp", exe_env("ANESHARE_CLI"), cli_copy, NULL };
+	cr_assert_eq(run_cmd(&out, NULL, cp), 0, "%s", out);
+	free(out);
+	char *cli_dir = realpath(exe_env("ANESHARE_CLI"), NULL);
+	cr_assert(cli_dir);
+	*strrchr(cli_dir, '/') = '\0';
+	char *lib = path_join(cli_dir, "libaneshare.so.0"), *lib_copy = path_join(bin, "libaneshare.so.0");
+	if (file_exists(lib))   /* its RUNPATH is $ORIGIN/ */
+		cr_assert_eq(symlink(lib, lib_copy), 0);
+	char *next = path_join(bin, "aneshared"), *tree = path_join(dmn, "aneshared");
+	write_text(next, "#!/bin/sh\nexit 0\n", 0755);
+	write_text(tree, "#!/bin/sh\nexit 0\n", 0755);
+	const char *argv[] = { cli_copy, "service", "install", "--dry-run", NULL };
+	rc = run_cmd(&out, env, argv);
+	cr_assert_eq(rc, 0, "%s", out);
+	got = exec_start(out);
+	cr_expect_str_eq(got, next, "next to the CLI first: %s", out);
+	free(got);
+	free(out);
+
+	cr_assert_eq(unlink(next), 0);
+	rc = run_cmd(&out, env, argv);
+	cr_assert_eq(rc, 0, "%s", out);
+	got = exec_start(out);
+	cr_expect_str_eq(got, tree, "then ../daemon/aneshared: %s", out);
+	free(got);
+	free(out);
+
+	/* Neither: the install prefix's, or an error naming where it looked. */
+	cr_assert_eq(unlink(tree), 0);
+	rc = run_cmd(&out, env, argv);
+	if (rc == 0) {
+		got = exec_start(out);
+		cr_expect(strncmp(got, t, strlen(t)) != 0, "%s", out);
+		free(got);
+	} else {
+		char *msg;
+		cr_assert(asprintf(&msg, "cannot find aneshared (looked for %s, %s and ", next, tree) >= 0);
+		cr_expect_eq(rc, 1, "%s", out);
+		cr_expect(strstr(out, msg) && strstr(out, "pass --daemon PATH"), "%s", out);
+		free(msg);
+	}
+	free(out);
+	free(next);
+	free(tree);
+	free(lib);
+	free(lib_copy);
+	free(cli_dir);
+	free(cli_copy);
+	free(t);
+	free(rdir);
+	free(bin);
+	free(dmn);
+	free(e_home);
+	free(e_cfg);
+	free(e_rt);
+	rm_rf(dir);
+}
+
 Test(cli, runs_systemctl_for_the_user)
 {
 	needs_test_hooks();
