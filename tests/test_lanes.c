@@ -419,6 +419,52 @@ Test(lanes, sequential_runs_use_lanes_and_match_no_lanes)
 	free(b);
 }
 
+/* A program of 1x1 convs (the transformer block's projections) runs on lanes:
+ * its run arena is a few hundred KiB, and the program-memory bound
+ * (daemon/state/progmem.c) must not take each conv's im2col tile at the
+ * 16 MiB cap, which put the block over the lanes' 4 MiB arena rule. */
+Test(lanes, a_transformer_block_runs_on_lanes)
+{
+	enum { RUNS = 20, BYTES = 64 * 32 * 2 };
+	FILE *fp = fopen("examples/transformer_block.mil", "rb");
+	cr_assert_not_null(fp);
+	char *mil = malloc(1 << 20);
+	cr_assert_not_null(mil);
+	size_t len = fread(mil, 1, (1 << 20) - 1, fp);
+	fclose(fp);
+	mil[len] = 0;
+
+	lanes_start(NULL);
+	aneshare_conn *c = h_connect(&D, "block");
+	aneshare_program *p;
+	aneshare_surface *x, *y;
+	cr_assert_eq(aneshare_program_compile(c, mil, NULL, 0, &p, NULL), 0, "%s", aneshare_last_error(c));
+	free(mil);
+	cr_assert_eq(aneshare_surface_create(c, BYTES, &x), 0);
+	cr_assert_eq(aneshare_surface_create(c, BYTES, &y), 0);
+	fill_f16(aneshare_surface_data(x), BYTES / 2, 7, 1.0f);
+	static uint8_t first[BYTES];
+	for (int i = 0; i < RUNS; i++) {
+		memset(aneshare_surface_data(y), 0xff, BYTES);   /* NaNs: each run must overwrite them */
+		int r = aneshare_run(p, 0, &x, 1, &y, 1);
+		cr_assert_eq(r, 0, "run %d: %s: %s", i, aneshare_strerror(r), aneshare_last_error(c));
+		if (i == 0)
+			memcpy(first, aneshare_surface_data(y), BYTES);   /* on the loop: its time is not known yet */
+		else
+			cr_assert_eq(memcmp(first, aneshare_surface_data(y), BYTES), 0,
+			             "run %d (on a lane or not) differs from the first", i);
+	}
+	counts k = settled_counts(c, RUNS);
+	cr_expect_eq(k.runs, RUNS);
+	cr_expect_geq(k.lane_runs, RUNS - 2, "only %llu of %d runs of the block on lanes",
+	              (unsigned long long)k.lane_runs, RUNS);
+	aneshare_surface_release(x);
+	aneshare_surface_release(y);
+	aneshare_program_release(p);
+	aneshare_disconnect(c);
+	h_daemon_stop(&D);
+}
+
 Test(lanes, lane_run_max_us_limits_what_runs_on_lanes)
 {
 	counts k;

@@ -73,6 +73,26 @@ static bool heavy_op(const char *name)
 	return false;
 }
 
+/* conv's im2col tile (cpu_nn.c, cpu_plan_conv): rows x tile fp32, rows =
+ * cin/groups x kh x kw (the weight's elements per output channel), tile the
+ * output positions of one image (all of them, or as many as fit
+ * CPU_IM2COL_BYTES but at least 16).  A 1x1 conv of 64 channels over 32
+ * positions takes 8 KiB, not the cap. */
+static uint64_t conv_im2col(const anes_mil_function *fn, const anes_mil_op *op)
+{
+	const anes_mil_type *w = NULL, *o = op->n_outputs ? vtype(fn, op->outputs[0]) : NULL;
+	for (uint32_t a = 0; a < op->n_args; a++)
+		if (!strcmp(op->args[a].name, "weight") && op->args[a].n > 0)
+			w = vtype(fn, op->args[a].vals[0]);
+	if (!w || !o || w->rank < 1 || o->rank < 2 || w->shape[0] == 0 || o->shape[0] == 0 || o->shape[1] == 0)
+		return CPU_IM2COL_BYTES;   /* the parser refuses these; the cap is a bound anyway */
+	uint64_t rows = w->count / w->shape[0];
+	uint64_t positions = o->count / o->shape[0] / o->shape[1];
+	uint64_t whole = mul(mul(rows, positions), 4);
+	uint64_t tiled = add(CPU_IM2COL_BYTES, mul(mul(rows, 16), 4));
+	return a64(whole < tiled ? whole : tiled);
+}
+
 /* Scratch of one op, an upper bound of its plan's st->scratch. */
 static uint64_t op_scratch(const anes_mil_function *fn, const anes_mil_op *op)
 {
@@ -89,7 +109,7 @@ static uint64_t op_scratch(const anes_mil_function *fn, const anes_mil_op *op)
 	    !strcmp(name, "scaled_dot_product_attention"))
 		s = add(s, CPU_GEMM_PACK_BYTES);
 	if (!strcmp(name, "conv"))
-		s = add(s, CPU_IM2COL_BYTES);
+		s = add(s, conv_im2col(fn, op));
 	if (!strcmp(name, "scaled_dot_product_attention")) {
 		/* The score block: at most the whole [batches, L, S] fp32 scores. */
 		uint64_t scores = 4;
