@@ -426,8 +426,8 @@ Test(lanes, sequential_runs_use_lanes_and_match_no_lanes)
 Test(lanes, a_transformer_block_runs_on_lanes)
 {
 	enum { RUNS = 20, BYTES = 64 * 32 * 2 };
-	FILE *fp = fopen("examples/transformer_block.mil", "rb");
-	cr_assert_not_null(fp);
+	FILE *fp = fopen(ANES_SOURCE_DIR "/examples/transformer_block.mil", "rb");
+	cr_assert_not_null(fp, "%s/examples/transformer_block.mil: %s", ANES_SOURCE_DIR, strerror(errno));
 	char *mil = malloc(1 << 20);
 	cr_assert_not_null(mil);
 	size_t len = fread(mil, 1, (1 << 20) - 1, fp);
