@@ -243,12 +243,12 @@ static void run_here(anes_pool *p, anes_job *j)
 	if (held)
 		pthread_mutex_unlock(held);
 	pthread_mutex_unlock(&p->mu);
-	uv_async_send(&p->async);
 }
 
 void anes_pool_run_ready(anes_pool *p)
 {
 	uint64_t start = 0;
+	bool ran = false;
 	while (tl_ready) {
 		anes_job *j = tl_ready;
 		tl_ready = j->next;
@@ -257,11 +257,15 @@ void anes_pool_run_ready(anes_pool *p)
 		if (!start)
 			start = now;
 		/* What it makes ready in turn joins the list. */
-		if (j->can_inline && now - start < p->slice_ns && j->can_inline(j))
+		if (j->can_inline && now - start < p->slice_ns && j->can_inline(j)) {
 			run_here(p, j);
-		else
+			ran = true;
+		} else {
 			anes_pool_submit(p, j);
+		}
 	}
+	if (ran)
+		uv_async_send(&p->async);
 }
 
 static void *lane_main(void *arg)
