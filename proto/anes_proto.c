@@ -612,6 +612,12 @@ void anes_pack_str(msgpack_packer *pk, const char *s)
 	anes_pack_strn(pk, s, strlen(s));
 }
 
+void anes_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+	anes_pack_str(pk, key);
+	msgpack_pack_uint64(pk, v);
+}
+
 /* The length of the well-formed UTF-8 sequence at p (n > 0 bytes left), 0 if
  * there is none: no overlong forms, surrogates or code points past U+10FFFF
  * (RFC 3629, table 3-7 of the Unicode standard). */

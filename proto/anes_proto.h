@@ -303,6 +303,8 @@ int anes_frame_finish(anes_frame *f, unsigned nfds, uint32_t max_frame,
 /* Packing helpers (write into f->pk). */
 void anes_pack_str(msgpack_packer *pk, const char *s);
 void anes_pack_strn(msgpack_packer *pk, const char *s, size_t n);
+/* The str key, then v as an unsigned integer (a map entry). */
+void anes_pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v);
 /* s (NUL-terminated) as a str that is valid UTF-8 (RFC 3629): every byte not
  * part of a well-formed sequence (a client's bytes quoted in a message, a
  * message cut inside a character) is written as '?', so the length is
@@ -478,5 +480,9 @@ int anes_open_stat(const char *path, int flags, struct stat *ret_st);
 /* recvmsg(fd, msg, flags) with every fd received (SCM_RIGHTS) CLOEXEC, owned by
  * the caller: the bytes read (0 at end-of-file) or -errno. */
 ssize_t anes_recvmsg_cloexec(int fd, struct msghdr *msg, int flags);
+/* A test hook's environment variable: its value (getenv's), or NULL when it is
+ * unset or empty, and always NULL in a build without the test hooks
+ * (meson -Dtest_hooks=false, the default). */
+const char *anes_test_hook_env(const char *name);
 
 #endif

@@ -98,12 +98,6 @@ static void run_fail(run_err *e, bool chain, uint32_t step, int rc, const char *
 		set_err(e, chain, true, step, ANES_WERR_RUN_FAILED, "%s", err[0] ? err : strerror(-rc));
 }
 
-static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-	anes_pack_str(pk, key);
-	msgpack_pack_uint64(pk, v);
-}
-
 /* The reply: {elapsed_us, steps (chain)}, or e's error; a chain's names
  * the step at fault: [1, msgid, {code, name, message, failed_step}, nil]. */
 static void pack_reply(msgpack_packer *pk, uint32_t msgid, bool chain, uint32_t n_steps,
@@ -119,19 +113,19 @@ static void pack_reply(msgpack_packer *pk, uint32_t msgid, bool chain, uint32_t 
 		msgpack_pack_uint32(pk, ANES_MSG_RESPONSE);
 		msgpack_pack_uint32(pk, msgid);
 		msgpack_pack_map(pk, 4);
-		pack_kv_u64(pk, "code", (uint64_t)e->code);
+		anes_pack_kv_u64(pk, "code", (uint64_t)e->code);
 		anes_pack_str(pk, "name");
 		anes_pack_str(pk, name ? name : "internal");
 		anes_pack_str(pk, "message");
 		anes_pack_text(pk, e->msg);
-		pack_kv_u64(pk, "failed_step", e->step);
+		anes_pack_kv_u64(pk, "failed_step", e->step);
 		msgpack_pack_nil(pk);
 		return;
 	}
 	anes_pack_result(pk, msgid, chain ? 2 : 1);
-	pack_kv_u64(pk, "elapsed_us", elapsed_ns / 1000u);
+	anes_pack_kv_u64(pk, "elapsed_us", elapsed_ns / 1000u);
 	if (chain)
-		pack_kv_u64(pk, "steps", n_steps);
+		anes_pack_kv_u64(pk, "steps", n_steps);
 }
 
 /* Loop: answer msgid (reply or e's error). */

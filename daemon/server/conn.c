@@ -639,6 +639,14 @@ void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsig
 	anes_conn_queue(c, data, len, fds, nfds);
 }
 
+void anes_conn_reply_empty(anes_conn *c, uint32_t msgid)
+{
+	anes_frame f;
+	anes_frame_init(&f);
+	anes_pack_result(&f.pk, msgid, 0);
+	anes_conn_send(c, &f, msgid, NULL, 0);
+}
+
 void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *fmt, ...)
 {
 	char msg[ANES_ERRMSG_MAX];

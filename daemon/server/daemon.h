@@ -386,6 +386,8 @@ void anes_server_drained(anes_server *srv);
 void anes_conn_queue(anes_conn *c, void *data, size_t len, int *fds, unsigned nfds);
 /* Finish f and queue it; on failure answer msgid with no_memory/internal. */
 void anes_conn_send(anes_conn *c, anes_frame *f, uint32_t msgid, int *fds, unsigned nfds);
+/* Answer msgid with an empty result ({}), through anes_conn_send. */
+void anes_conn_reply_empty(anes_conn *c, uint32_t msgid);
 void anes_conn_reply_error(anes_conn *c, uint32_t msgid, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 /* methods.c: answer m with invalid_params for its parameter key, which a

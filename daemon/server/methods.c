@@ -49,12 +49,6 @@ static void pack_bool(msgpack_packer *pk, bool v)
 		msgpack_pack_false(pk);
 }
 
-static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-	anes_pack_str(pk, key);
-	msgpack_pack_uint64(pk, v);
-}
-
 static void pack_kv_str(msgpack_packer *pk, const char *key, const char *v)
 {
 	anes_pack_str(pk, key);
@@ -105,11 +99,11 @@ static void pack_tenant_limits(msgpack_packer *pk, const anes_limits *lim)
 {
 	for (int r = 0; r < ANES_RES_N; r++) {
 		if (tenant_key_new(anes_res_client_key(r)))
-			pack_kv_u64(pk, anes_res_client_key(r), anes_res_client_limit(lim, r));
+			anes_pack_kv_u64(pk, anes_res_client_key(r), anes_res_client_limit(lim, r));
 		if (tenant_key_new(anes_res_uid_key(r)))
-			pack_kv_u64(pk, anes_res_uid_key(r), anes_res_uid_limit(lim, r));
+			anes_pack_kv_u64(pk, anes_res_uid_key(r), anes_res_uid_limit(lim, r));
 		if (tenant_key_new(anes_res_daemon_key(r)))
-			pack_kv_u64(pk, anes_res_daemon_key(r), anes_res_daemon_limit(lim, r));
+			anes_pack_kv_u64(pk, anes_res_daemon_key(r), anes_res_daemon_limit(lim, r));
 	}
 }
 
@@ -186,43 +180,43 @@ static void m_hello(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_frame f;
 	anes_frame_init(&f);
 	anes_pack_result(&f.pk, m->msgid, 5);
-	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
+	anes_pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
 	pack_kv_str(&f.pk, "backend", backend_name(c->srv));
 	anes_pack_str(&f.pk, "limits");
 	msgpack_pack_map(&f.pk, 18 + 1 + 4 + 4 + 3 + count_tenant_limits());
-	pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
-	pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
-	pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
-	pack_kv_u64(&f.pk, "max_surface_bytes", lim->max_surface_bytes);
-	pack_kv_u64(&f.pk, "max_total_surface_bytes", lim->max_total_surface_bytes);
-	pack_kv_u64(&f.pk, "max_daemon_surface_bytes", lim->max_daemon_surface_bytes);
-	pack_kv_u64(&f.pk, "max_programs", lim->max_programs);
-	pack_kv_u64(&f.pk, "max_inflight", lim->max_inflight);
-	pack_kv_u64(&f.pk, "max_mil_bytes", lim->max_mil_bytes);
-	pack_kv_u64(&f.pk, "max_weights", lim->max_weights);
-	pack_kv_u64(&f.pk, "max_weight_bytes", lim->max_weight_bytes);
-	pack_kv_u64(&f.pk, "max_rank", ANES_MAX_RANK);
-	pack_kv_u64(&f.pk, "max_dim", ANES_MIL_MAX_DIM);
-	pack_kv_u64(&f.pk, "max_tensor_bytes", anes_mil_get_limits()->max_tensor_bytes);
-	pack_kv_u64(&f.pk, "max_unsent_bytes", lim->max_unsent_bytes);
-	pack_kv_u64(&f.pk, "drop_unsent_bytes", lim->drop_unsent_bytes);
-	pack_kv_u64(&f.pk, "drop_unsent_seconds", lim->drop_unsent_seconds);
-	pack_kv_u64(&f.pk, "drop_unsent_hard_bytes", lim->drop_unsent_hard_bytes);
-	pack_kv_u64(&f.pk, "max_connections", lim->max_connections);
+	anes_pack_kv_u64(&f.pk, "max_frame", lim->max_frame);
+	anes_pack_kv_u64(&f.pk, "max_fds_per_frame", ANES_MAX_FDS_PER_FRAME);
+	anes_pack_kv_u64(&f.pk, "max_surfaces", lim->max_surfaces);
+	anes_pack_kv_u64(&f.pk, "max_surface_bytes", lim->max_surface_bytes);
+	anes_pack_kv_u64(&f.pk, "max_total_surface_bytes", lim->max_total_surface_bytes);
+	anes_pack_kv_u64(&f.pk, "max_daemon_surface_bytes", lim->max_daemon_surface_bytes);
+	anes_pack_kv_u64(&f.pk, "max_programs", lim->max_programs);
+	anes_pack_kv_u64(&f.pk, "max_inflight", lim->max_inflight);
+	anes_pack_kv_u64(&f.pk, "max_mil_bytes", lim->max_mil_bytes);
+	anes_pack_kv_u64(&f.pk, "max_weights", lim->max_weights);
+	anes_pack_kv_u64(&f.pk, "max_weight_bytes", lim->max_weight_bytes);
+	anes_pack_kv_u64(&f.pk, "max_rank", ANES_MAX_RANK);
+	anes_pack_kv_u64(&f.pk, "max_dim", ANES_MIL_MAX_DIM);
+	anes_pack_kv_u64(&f.pk, "max_tensor_bytes", anes_mil_get_limits()->max_tensor_bytes);
+	anes_pack_kv_u64(&f.pk, "max_unsent_bytes", lim->max_unsent_bytes);
+	anes_pack_kv_u64(&f.pk, "drop_unsent_bytes", lim->drop_unsent_bytes);
+	anes_pack_kv_u64(&f.pk, "drop_unsent_seconds", lim->drop_unsent_seconds);
+	anes_pack_kv_u64(&f.pk, "drop_unsent_hard_bytes", lim->drop_unsent_hard_bytes);
+	anes_pack_kv_u64(&f.pk, "max_connections", lim->max_connections);
 	pack_tenant_limits(&f.pk, lim);
-	pack_kv_u64(&f.pk, "max_hello_frame", lim->max_hello_frame);
-	pack_kv_u64(&f.pk, "max_input_bytes", lim->max_input_bytes);
-	pack_kv_u64(&f.pk, "hello_timeout_ms", lim->hello_timeout_ms);
-	pack_kv_u64(&f.pk, "frame_timeout_ms", lim->frame_timeout_ms);
-	pack_kv_u64(&f.pk, "max_exports_per_conn", lim->max_exports_per_conn);
-	pack_kv_u64(&f.pk, "max_daemon_exports", lim->max_daemon_exports);
-	pack_kv_u64(&f.pk, "max_export_uses", lim->max_export_uses);
-	pack_kv_u64(&f.pk, "max_export_ttl_ms", lim->max_export_ttl_ms);
-	pack_kv_u64(&f.pk, "max_events_per_conn", lim->max_events_per_conn);
-	pack_kv_u64(&f.pk, "max_daemon_events", lim->max_daemon_events);
-	pack_kv_u64(&f.pk, "max_event_waits", lim->max_event_waits);
+	anes_pack_kv_u64(&f.pk, "max_hello_frame", lim->max_hello_frame);
+	anes_pack_kv_u64(&f.pk, "max_input_bytes", lim->max_input_bytes);
+	anes_pack_kv_u64(&f.pk, "hello_timeout_ms", lim->hello_timeout_ms);
+	anes_pack_kv_u64(&f.pk, "frame_timeout_ms", lim->frame_timeout_ms);
+	anes_pack_kv_u64(&f.pk, "max_exports_per_conn", lim->max_exports_per_conn);
+	anes_pack_kv_u64(&f.pk, "max_daemon_exports", lim->max_daemon_exports);
+	anes_pack_kv_u64(&f.pk, "max_export_uses", lim->max_export_uses);
+	anes_pack_kv_u64(&f.pk, "max_export_ttl_ms", lim->max_export_ttl_ms);
+	anes_pack_kv_u64(&f.pk, "max_events_per_conn", lim->max_events_per_conn);
+	anes_pack_kv_u64(&f.pk, "max_daemon_events", lim->max_daemon_events);
+	anes_pack_kv_u64(&f.pk, "max_event_waits", lim->max_event_waits);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -247,7 +241,7 @@ static void pack_program(anes_centry *e, void *ud)
 	msgpack_pack_map(ctx->pk, 2);
 	anes_pack_str(ctx->pk, "key");
 	anes_pack_strn(ctx->pk, e->hex, 2 * ANES_KEY_SIZE);
-	pack_kv_u64(ctx->pk, "refs", e->handles);
+	anes_pack_kv_u64(ctx->pk, "refs", e->handles);
 	ctx->done++;
 }
 
@@ -257,21 +251,22 @@ static void pack_process(msgpack_packer *pk, const anes_tenant *t, uint64_t devi
 	msgpack_pack_map(pk, 18);
 	anes_pack_str(pk, "name");
 	anes_pack_strn(pk, t->name, strnlen(t->name, sizeof(t->name)));
-	pack_kv_u64(pk, "pid", t->pid > 0 ? (uint64_t)t->pid : 0);
-	pack_kv_u64(pk, "uid", t->uid);
-	pack_kv_u64(pk, "connections", t->n_conns);
+	anes_pack_kv_u64(pk, "pid", t->pid > 0 ? (uint64_t)t->pid : 0);
+	anes_pack_kv_u64(pk, "uid", t->uid);
+	anes_pack_kv_u64(pk, "connections", t->n_conns);
 	for (int r = 0; r < ANES_RES_N; r++)
-		pack_kv_u64(pk, anes_res_name(r), anes_tenant_use(t, r));
-	pack_kv_u64(pk, "runs", atomic_load_explicit(&t->runs, memory_order_relaxed));
+		anes_pack_kv_u64(pk, anes_res_name(r), anes_tenant_use(t, r));
+	anes_pack_kv_u64(pk, "runs", atomic_load_explicit(&t->runs, memory_order_relaxed));
 	/* The fair scheduler (jobsched.h): its jobs waiting for a worker, and
 	 * the device time its finished jobs took, also as a percentage of all
 	 * current clients'. */
 	uint64_t dev = atomic_load_explicit(&t->sflow.device_ns, memory_order_relaxed);
 	pack_kv_str(pk, "priority", anes_sclass_name(t->sflow.sclass));
-	pack_kv_u64(pk, "queued", atomic_load_explicit(&t->sflow.queued, memory_order_relaxed));
-	pack_kv_u64(pk, "device_us", dev / 1000u);
-	pack_kv_u64(pk, "device_share", device_ns_all ? (uint64_t)((double)dev * 100.0 / (double)device_ns_all + 0.5) : 0);
-	pack_kv_u64(pk, "events", t->events);
+	anes_pack_kv_u64(pk, "queued", atomic_load_explicit(&t->sflow.queued, memory_order_relaxed));
+	anes_pack_kv_u64(pk, "device_us", dev / 1000u);
+	anes_pack_kv_u64(pk, "device_share",
+	                 device_ns_all ? (uint64_t)((double)dev * 100.0 / (double)device_ns_all + 0.5) : 0);
+	anes_pack_kv_u64(pk, "events", t->events);
 }
 
 /* The daemon's totals against their limits. */
@@ -281,10 +276,10 @@ static void pack_totals(msgpack_packer *pk, const anes_server *srv)
 	for (int r = 0; r < ANES_RES_N; r++) {
 		msgpack_pack_map(pk, 5);
 		pack_kv_str(pk, "resource", anes_res_name(r));
-		pack_kv_u64(pk, "used", anes_tenants_total(&srv->tenants, r));
-		pack_kv_u64(pk, "limit", anes_res_daemon_limit(&srv->lim, r));
-		pack_kv_u64(pk, "client_limit", anes_res_client_limit(&srv->lim, r));
-		pack_kv_u64(pk, "uid_limit", anes_res_uid_limit(&srv->lim, r));
+		anes_pack_kv_u64(pk, "used", anes_tenants_total(&srv->tenants, r));
+		anes_pack_kv_u64(pk, "limit", anes_res_daemon_limit(&srv->lim, r));
+		anes_pack_kv_u64(pk, "client_limit", anes_res_client_limit(&srv->lim, r));
+		anes_pack_kv_u64(pk, "uid_limit", anes_res_uid_limit(&srv->lim, r));
 	}
 }
 
@@ -317,28 +312,28 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	anes_pack_result(&f.pk, m->msgid, b->ops->worker_info ? 34 : 33);
 	pack_kv_str(&f.pk, "server", "aneshared");
 	pack_kv_str(&f.pk, "version", ANES_VERSION);
-	pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
+	anes_pack_kv_u64(&f.pk, "protocol", ANES_PROTOCOL_VERSION);
 	pack_kv_str(&f.pk, "backend", backend_name(srv));
-	pack_kv_u64(&f.pk, "uptime_ms", (uv_hrtime() - srv->start_ns) / 1000000u);
-	pack_kv_u64(&f.pk, "clients", srv->n_conns);
-	pack_kv_u64(&f.pk, "surfaces", srv->stats.surfaces);
-	pack_kv_u64(&f.pk, "surface_bytes", srv->stats.surface_bytes);
-	pack_kv_u64(&f.pk, "states", srv->stats.states);
-	pack_kv_u64(&f.pk, "state_bytes", srv->stats.state_bytes);
-	pack_kv_u64(&f.pk, "events", srv->stats.events);
-	pack_kv_u64(&f.pk, "runs", srv->stats.runs);
-	pack_kv_u64(&f.pk, "lane_runs", srv->stats.lane_runs);
-	pack_kv_u64(&f.pk, "lane_spins", srv->stats.lane_spins);
-	pack_kv_u64(&f.pk, "lane_spin_hits", srv->stats.lane_spin_hits);
-	pack_kv_u64(&f.pk, "lane_spin_gaps", srv->stats.lane_spin_gaps);
-	pack_kv_u64(&f.pk, "lane_spin_skips", srv->stats.lane_spin_skips);
-	pack_kv_u64(&f.pk, "lane_slice_ends", srv->stats.lane_slice_ends);
-	pack_kv_u64(&f.pk, "event_runs", srv->stats.event_runs);
-	pack_kv_u64(&f.pk, "compiles", srv->stats.compiles);
-	pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
-	pack_kv_u64(&f.pk, "refused", srv->stats.refused);
-	pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
-	pack_kv_u64(&f.pk, "turned_away", srv->stats.turned_away);
+	anes_pack_kv_u64(&f.pk, "uptime_ms", (uv_hrtime() - srv->start_ns) / 1000000u);
+	anes_pack_kv_u64(&f.pk, "clients", srv->n_conns);
+	anes_pack_kv_u64(&f.pk, "surfaces", srv->stats.surfaces);
+	anes_pack_kv_u64(&f.pk, "surface_bytes", srv->stats.surface_bytes);
+	anes_pack_kv_u64(&f.pk, "states", srv->stats.states);
+	anes_pack_kv_u64(&f.pk, "state_bytes", srv->stats.state_bytes);
+	anes_pack_kv_u64(&f.pk, "events", srv->stats.events);
+	anes_pack_kv_u64(&f.pk, "runs", srv->stats.runs);
+	anes_pack_kv_u64(&f.pk, "lane_runs", srv->stats.lane_runs);
+	anes_pack_kv_u64(&f.pk, "lane_spins", srv->stats.lane_spins);
+	anes_pack_kv_u64(&f.pk, "lane_spin_hits", srv->stats.lane_spin_hits);
+	anes_pack_kv_u64(&f.pk, "lane_spin_gaps", srv->stats.lane_spin_gaps);
+	anes_pack_kv_u64(&f.pk, "lane_spin_skips", srv->stats.lane_spin_skips);
+	anes_pack_kv_u64(&f.pk, "lane_slice_ends", srv->stats.lane_slice_ends);
+	anes_pack_kv_u64(&f.pk, "event_runs", srv->stats.event_runs);
+	anes_pack_kv_u64(&f.pk, "compiles", srv->stats.compiles);
+	anes_pack_kv_u64(&f.pk, "cache_hits", srv->stats.cache_hits);
+	anes_pack_kv_u64(&f.pk, "refused", srv->stats.refused);
+	anes_pack_kv_u64(&f.pk, "dropped", srv->stats.dropped);
+	anes_pack_kv_u64(&f.pk, "turned_away", srv->stats.turned_away);
 	/* Input memory and deadlines (conn.c, "input limits"). */
 	uint64_t input_bytes, waiting = 0;
 	pthread_mutex_lock(&srv->input_mu);
@@ -349,33 +344,33 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	pthread_mutex_unlock(&srv->input_mu);
 	anes_pack_str(&f.pk, "input");
 	msgpack_pack_map(&f.pk, 3);
-	pack_kv_u64(&f.pk, "bytes", input_bytes);
-	pack_kv_u64(&f.pk, "waiting", waiting);
-	pack_kv_u64(&f.pk, "timed_out", srv->stats.timed_out);
-	pack_kv_u64(&f.pk, "ane_copies", b->ops->copies ? b->ops->copies(srv->backend) : 0);
+	anes_pack_kv_u64(&f.pk, "bytes", input_bytes);
+	anes_pack_kv_u64(&f.pk, "waiting", waiting);
+	anes_pack_kv_u64(&f.pk, "timed_out", srv->stats.timed_out);
+	anes_pack_kv_u64(&f.pk, "ane_copies", b->ops->copies ? b->ops->copies(srv->backend) : 0);
 	if (b->ops->worker_info) {
 		anes_pack_str(&f.pk, "worker");
 		msgpack_pack_map(&f.pk, 13);
-		pack_kv_u64(&f.pk, "pid", wi.pid > 0 ? (uint64_t)wi.pid : 0);
+		anes_pack_kv_u64(&f.pk, "pid", wi.pid > 0 ? (uint64_t)wi.pid : 0);
 		pack_kv_str(&f.pk, "backend", wi.backend ? wi.backend : "unknown");
-		pack_kv_u64(&f.pk, "restarts", wi.restarts);
-		pack_kv_u64(&f.pk, "compiles", wi.compiles);
-		pack_kv_u64(&f.pk, "compile_budget", wi.compile_budget);
-		pack_kv_u64(&f.pk, "recompiles", wi.recompiles);
-		pack_kv_u64(&f.pk, "workers", wi.workers);
-		pack_kv_u64(&f.pk, "max_workers", wi.max_workers);
-		pack_kv_u64(&f.pk, "programs", wi.programs);
-		pack_kv_u64(&f.pk, "watchdog_kills", wi.watchdog_kills);
-		pack_kv_u64(&f.pk, "restoring", wi.restoring);
-		pack_kv_u64(&f.pk, "run_deadline_floor_ms", wi.run_floor_ms);
-		pack_kv_u64(&f.pk, "compile_deadline_floor_ms", wi.compile_floor_ms);
+		anes_pack_kv_u64(&f.pk, "restarts", wi.restarts);
+		anes_pack_kv_u64(&f.pk, "compiles", wi.compiles);
+		anes_pack_kv_u64(&f.pk, "compile_budget", wi.compile_budget);
+		anes_pack_kv_u64(&f.pk, "recompiles", wi.recompiles);
+		anes_pack_kv_u64(&f.pk, "workers", wi.workers);
+		anes_pack_kv_u64(&f.pk, "max_workers", wi.max_workers);
+		anes_pack_kv_u64(&f.pk, "programs", wi.programs);
+		anes_pack_kv_u64(&f.pk, "watchdog_kills", wi.watchdog_kills);
+		anes_pack_kv_u64(&f.pk, "restoring", wi.restoring);
+		anes_pack_kv_u64(&f.pk, "run_deadline_floor_ms", wi.run_floor_ms);
+		anes_pack_kv_u64(&f.pk, "compile_deadline_floor_ms", wi.compile_floor_ms);
 	}
 	anes_pack_str(&f.pk, "programs");
 	msgpack_pack_array(&f.pk, ctx.n);
 	anes_cache_foreach(srv->cache, pack_program, &ctx);
 	anes_pack_str(&f.pk, "totals");
 	pack_totals(&f.pk, srv);
-	pack_kv_u64(&f.pk, "processes_total", srv->tenants.n_procs);
+	anes_pack_kv_u64(&f.pk, "processes_total", srv->tenants.n_procs);
 	anes_pack_str(&f.pk, "processes");
 	msgpack_pack_array(&f.pk, n_procs);
 	uint64_t device_ns_all = 0;
@@ -391,9 +386,9 @@ static void m_status(anes_conn *c, const anes_msg *m, int *fds, unsigned nfds)
 	i = 0;
 	for (const anes_tenant *u = srv->tenants.users; u && i < n_users; u = u->next, i++) {
 		msgpack_pack_map(&f.pk, 1 + ANES_RES_N);
-		pack_kv_u64(&f.pk, "uid", u->uid);
+		anes_pack_kv_u64(&f.pk, "uid", u->uid);
 		for (int r = 0; r < ANES_RES_N; r++)
-			pack_kv_u64(&f.pk, anes_res_name(r), anes_tenant_use(u, r));
+			anes_pack_kv_u64(&f.pk, anes_res_name(r), anes_tenant_use(u, r));
 	}
 	anes_share_pack_status(&f.pk, srv, srv->lim.max_frame / 8);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
@@ -446,10 +441,10 @@ void anes_surface_reply(anes_conn *c, uint32_t msgid, anes_surface *s, int fd, b
 	(void)anes_idt_peek(&c->surfaces, &id);
 	anes_frame_init(&f);
 	anes_pack_result(&f.pk, msgid, 2 + (s->shm != NULL) + with_ro);
-	pack_kv_u64(&f.pk, "id", id);
-	pack_kv_u64(&f.pk, "size", s->size);
+	anes_pack_kv_u64(&f.pk, "id", id);
+	anes_pack_kv_u64(&f.pk, "size", s->size);
 	if (s->shm)   /* named by ID (macOS): no fd (docs/protocol.md) */
-		pack_kv_u64(&f.pk, "iosurface_id", s->shm->id);
+		anes_pack_kv_u64(&f.pk, "iosurface_id", s->shm->id);
 	if (with_ro) {
 		anes_pack_str(&f.pk, "read_only");
 		pack_bool(&f.pk, s->read_only);
@@ -798,7 +793,7 @@ static void pack_tensors(msgpack_packer *pk, const anes_tensor_desc *t, uint32_t
 		msgpack_pack_array(pk, rank);
 		for (uint32_t d = 0; d < rank; d++)
 			msgpack_pack_uint64(pk, t[i].shape[d]);
-		pack_kv_u64(pk, "bytes", t[i].bytes);
+		anes_pack_kv_u64(pk, "bytes", t[i].bytes);
 	}
 }
 
@@ -840,11 +835,7 @@ static void m_program_release(anes_conn *c, const anes_msg *m, int *fds, unsigne
 	(void)anes_mp_u32(m->params, "id", &id);
 	anes_idt_remove(&c->programs, id);
 	anes_centry_drop_handle(e, c->tenant);
-
-	anes_frame f;
-	anes_frame_init(&f);
-	anes_pack_result(&f.pk, m->msgid, 0);
-	anes_conn_send(c, &f, m->msgid, NULL, 0);
+	anes_conn_reply_empty(c, m->msgid);
 }
 
 /* ---- dispatch ---------------------------------------------------------------------- */

@@ -11,20 +11,6 @@
 
 #include "event.h"
 
-static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-	anes_pack_str(pk, key);
-	msgpack_pack_uint64(pk, v);
-}
-
-static void reply_empty(anes_conn *c, uint32_t msgid)
-{
-	anes_frame f;
-	anes_frame_init(&f);
-	anes_pack_result(&f.pk, msgid, 0);
-	anes_conn_send(c, &f, msgid, NULL, 0);
-}
-
 /* ---- the event ----------------------------------------------------------------- */
 
 anes_event *anes_event_ref(anes_event *ev)
@@ -284,7 +270,7 @@ void anes_m_event_create(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 	anes_frame f;
 	anes_frame_init(&f);
 	anes_pack_result(&f.pk, m->msgid, 1);
-	pack_kv_u64(&f.pk, "id", h->id);
+	anes_pack_kv_u64(&f.pk, "id", h->id);
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -326,7 +312,7 @@ void anes_m_event_signal(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 	/* To max(value now, value): a run of this connection that signals it
 	 * may have raised it further since the check. */
 	anes_event_raise(h->ev, value);
-	reply_empty(c, m->msgid);
+	anes_conn_reply_empty(c, m->msgid);
 }
 
 /* ---- event.wait ---------------------------------------------------------------------------- */
@@ -351,7 +337,7 @@ static void wait_answer(anes_conn *c, uint32_t msgid, const anes_evwaiter *w)
 		anes_frame f;
 		anes_frame_init(&f);
 		anes_pack_result(&f.pk, msgid, 1);
-		pack_kv_u64(&f.pk, "value", w->final);
+		anes_pack_kv_u64(&f.pk, "value", w->final);
 		anes_conn_send(c, &f, msgid, NULL, 0);
 	} else if (w->outcome == ANES_EVW_CLOSED) {
 		anes_conn_reply_error(c, msgid, ANES_WERR_EVENT_CLOSED,
@@ -429,7 +415,7 @@ static void wait_wake(anes_evwaiter *w)
 	wr->len = ANES_FRAME_HEADER_SIZE;
 	msgpack_packer_init(&pk, wr, small_write);
 	anes_pack_result(&pk, wr->msgid, 1);
-	pack_kv_u64(&pk, "value", w->final);
+	anes_pack_kv_u64(&pk, "value", w->final);
 	if (wr->len <= ANES_FRAME_HEADER_SIZE || wr->len > sizeof(wr->reply)) {
 		anes_pool_complete(srv->pool, &wr->job);
 		return;
@@ -524,7 +510,7 @@ void anes_m_event_release(anes_conn *c, const anes_msg *m, int *fds, unsigned nf
 		return;
 	anes_idt_remove(&c->event_ids, id);
 	handle_drop(h);
-	reply_empty(c, m->msgid);
+	anes_conn_reply_empty(c, m->msgid);
 }
 
 /* ---- teardown ------------------------------------------------------------------------------------ */

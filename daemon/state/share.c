@@ -198,12 +198,6 @@ static int hex_val(char ch)
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-	anes_pack_str(pk, key);
-	msgpack_pack_uint64(pk, v);
-}
-
 static void pack_bool(msgpack_packer *pk, bool v)
 {
 	if (v)
@@ -391,7 +385,7 @@ static anes_share_tok *tok_make(anes_conn *c, uint32_t msgid, uint8_t kind, anes
 	anes_pack_result(&f.pk, msgid, 2);
 	anes_pack_str(&f.pk, "token");
 	anes_pack_strn(&f.pk, hex, sizeof(hex));
-	pack_kv_u64(&f.pk, "expires_ms", ttl_ms);
+	anes_pack_kv_u64(&f.pk, "expires_ms", ttl_ms);
 	memset(hex, 0, sizeof(hex));
 
 	t->kind = kind;
@@ -542,8 +536,8 @@ void anes_share_event_import(anes_conn *c, const anes_msg *m, int *fds, unsigned
 	anes_frame f;
 	anes_frame_init(&f);
 	anes_pack_result(&f.pk, m->msgid, 2);
-	pack_kv_u64(&f.pk, "id", h->id);
-	pack_kv_u64(&f.pk, "value", anes_event_value(ev));
+	anes_pack_kv_u64(&f.pk, "id", h->id);
+	anes_pack_kv_u64(&f.pk, "value", anes_event_value(ev));
 	anes_conn_send(c, &f, m->msgid, NULL, 0);
 }
 
@@ -673,21 +667,21 @@ void anes_share_pack_status(msgpack_packer *pk, anes_server *srv, size_t budget)
 		uint32_t h = left / HOLDER_BYTES < mem->refs ? (uint32_t)(left / HOLDER_BYTES) : mem->refs;
 		left -= (size_t)h * HOLDER_BYTES;
 		msgpack_pack_map(pk, 5);
-		pack_kv_u64(pk, "key", mem->key);
-		pack_kv_u64(pk, "size", mem->size);
-		pack_kv_u64(pk, "tokens", mem->tokens);
-		pack_kv_u64(pk, "holders_total", mem->refs);
+		anes_pack_kv_u64(pk, "key", mem->key);
+		anes_pack_kv_u64(pk, "size", mem->size);
+		anes_pack_kv_u64(pk, "tokens", mem->tokens);
+		anes_pack_kv_u64(pk, "holders_total", mem->refs);
 		anes_pack_str(pk, "holders");
 		msgpack_pack_array(pk, h);
 		uint32_t k = 0;
 		for (const anes_surface *s = mem->handles; s && k < h; s = s->mnext, k++) {
 			msgpack_pack_map(pk, 3);
-			pack_kv_u64(pk, "pid", s->tenant->pid > 0 ? (uint64_t)s->tenant->pid : 0);
+			anes_pack_kv_u64(pk, "pid", s->tenant->pid > 0 ? (uint64_t)s->tenant->pid : 0);
 			anes_pack_str(pk, "name");
 			anes_pack_strn(pk, s->owner->name, strnlen(s->owner->name, sizeof(s->owner->name)));
 			anes_pack_str(pk, "read_only");
 			pack_bool(pk, s->read_only);
 		}
 	}
-	pack_kv_u64(pk, "shared_total", total);
+	anes_pack_kv_u64(pk, "shared_total", total);
 }

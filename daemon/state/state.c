@@ -14,20 +14,6 @@
 
 #define STATE_ALIGN 64u   /* each tensor's offset in the state's memory */
 
-static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-	anes_pack_str(pk, key);
-	msgpack_pack_uint64(pk, v);
-}
-
-static void reply_empty(anes_conn *c, uint32_t msgid)
-{
-	anes_frame f;
-	anes_frame_init(&f);
-	anes_pack_result(&f.pk, msgid, 0);
-	anes_conn_send(c, &f, msgid, NULL, 0);
-}
-
 /* ---- references ------------------------------------------------------------ */
 
 anes_state *anes_state_ref(anes_state *st)
@@ -256,8 +242,8 @@ void anes_m_state_create(anes_conn *c, const anes_msg *m, int *fds, unsigned nfd
 	size_t len;
 	anes_frame_init(&f);
 	anes_pack_result(&f.pk, m->msgid, 2);
-	pack_kv_u64(&f.pk, "id", id);
-	pack_kv_u64(&f.pk, "size", total);
+	anes_pack_kv_u64(&f.pk, "id", id);
+	anes_pack_kv_u64(&f.pk, "size", total);
 	if (anes_frame_finish(&f, 0, c->io.max_frame, &data, &len) < 0) {
 		anes_frame_release(&f);
 		anes_state_unref(st);
@@ -299,7 +285,7 @@ static void reset_done(anes_job *j, bool cancelled)
 		anes_conn_reply_error(c, rj->msgid, ANES_WERR_SHUTTING_DOWN,
 		                      "the daemon is shutting down; the state was not reset");
 	else
-		reply_empty(c, rj->msgid);
+		anes_conn_reply_empty(c, rj->msgid);
 	anes_state_release_claims(&rj->claim, 1);
 	anes_state_unref(rj->claim.st);
 	anes_conn_kick(c);
@@ -366,5 +352,5 @@ void anes_m_state_release(anes_conn *c, const anes_msg *m, int *fds, unsigned nf
 		return;
 	anes_idt_remove(&c->states, id);
 	anes_state_unref(st);   /* runs still holding it keep it */
-	reply_empty(c, m->msgid);
+	anes_conn_reply_empty(c, m->msgid);
 }
