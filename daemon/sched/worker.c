@@ -193,6 +193,18 @@ static void job_run(anes_task *t)
 	j->work(j);
 }
 
+/* j onto the done list (the caller wakes the loop); held (the lock j's
+ * reply returned, or NULL) is released before p->mu: once the loop can take
+ * j off the list, it may free what held lives in. */
+static void hand_back(anes_pool *p, anes_job *j, pthread_mutex_t *held)
+{
+	pthread_mutex_lock(&p->mu);
+	push_done(p, j);
+	if (held)
+		pthread_mutex_unlock(held);
+	pthread_mutex_unlock(&p->mu);
+}
+
 /* A cancelled job is marked by being on the done list with work == NULL. */
 static void job_end(anes_task *t, bool ran)
 {
@@ -204,13 +216,7 @@ static void job_end(anes_task *t, bool ran)
 	else if (j->reply)
 		held = j->reply(j);
 
-	pthread_mutex_lock(&p->mu);
-	push_done(p, j);
-	/* Before p->mu: once the loop can take j off the list, it may free
-	 * what held lives in. */
-	if (held)
-		pthread_mutex_unlock(held);
-	pthread_mutex_unlock(&p->mu);
+	hand_back(p, j, held);
 	uv_async_send(&p->async);
 	/* Runs its signals made ready: after its reply went. */
 	if (tl_ready)
@@ -237,12 +243,7 @@ static void run_here(anes_pool *p, anes_job *j)
 	j->task.run = job_run;
 	j->task.end = job_end;
 	j->work(j);
-	pthread_mutex_t *held = j->reply ? j->reply(j) : NULL;
-	pthread_mutex_lock(&p->mu);
-	push_done(p, j);
-	if (held)
-		pthread_mutex_unlock(held);
-	pthread_mutex_unlock(&p->mu);
+	hand_back(p, j, j->reply ? j->reply(j) : NULL);
 }
 
 void anes_pool_run_ready(anes_pool *p)
