@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* Fds created with FD_CLOEXEC on every platform (anes_proto.h, "OS helpers"). */
+/* Fds created with FD_CLOEXEC on every platform, and the test hooks' environment
+ * (anes_proto.h, "OS helpers"). */
+#include "anes_config.h"
 #include "anes_proto.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -137,5 +140,16 @@ ssize_t anes_recvmsg_cloexec(int fd, struct msghdr *msg, int flags)
 		}
 	}
 	return n;
+#endif
+}
+
+const char *anes_test_hook_env(const char *name)
+{
+#if !ANES_TEST_HOOKS
+	(void)name;
+	return NULL;   /* built without -Dtest_hooks=true: no test hooks */
+#else
+	const char *v = getenv(name);
+	return v && *v ? v : NULL;
 #endif
 }

@@ -123,17 +123,6 @@ static ios_lib ios;
 static int ios_rc = -ENOTSUP;
 static pthread_once_t ios_once = PTHREAD_ONCE_INIT;
 
-static const char *debug_env(const char *name)
-{
-#if !ANES_TEST_HOOKS
-	(void)name;
-	return NULL;   /* built without -Dtest_hooks=true: no test hooks */
-#else
-	const char *v = getenv(name);
-	return v && *v ? v : NULL;
-#endif
-}
-
 static int sym(void *h, const char *name, void *dst, size_t n)
 {
 	void *p = dlsym(h, name);
@@ -157,7 +146,7 @@ static int data(void *h, const char *name, cf_ref *dst)
 
 static void ios_open(void)
 {
-	const char *over = debug_env("ANESHARE_IOSURFACE_LIB");
+	const char *over = anes_test_hook_env("ANESHARE_IOSURFACE_LIB");
 	void *cf = dlopen(over ? over : FW "CoreFoundation.framework/CoreFoundation", RTLD_NOW | RTLD_LOCAL);
 	void *io = cf ? dlopen(over ? over : FW "IOSurface.framework/IOSurface", RTLD_NOW | RTLD_LOCAL) : NULL;
 	if (!io)
@@ -317,7 +306,7 @@ static void pick_default(void)
 #else
 	default_ops = &ios_ops;
 #endif
-	const char *v = debug_env("ANESHARE_SURFACES");
+	const char *v = anes_test_hook_env("ANESHARE_SURFACES");
 	if (v && strcmp(v, "iosurface") == 0)
 		default_ops = &ios_ops;
 	else if (v && strcmp(v, "memfd") == 0)

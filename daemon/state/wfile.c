@@ -50,20 +50,9 @@
  *     file exactly there; it goes on when the test removes PATH.start
  *     (PATH.chunk), or after 60 s. */
 
-static const char *hook_env(const char *name)
-{
-#if !ANES_TEST_HOOKS
-	(void)name;
-	return NULL;   /* built without -Dtest_hooks=true: no test hooks */
-#else
-	const char *v = getenv(name);
-	return v && *v ? v : NULL;
-#endif
-}
-
 static void hook_log(const anes_wfile *w, bool copy)
 {
-	const char *path = hook_env("ANESHARE_TEST_WFILE_LOG");
+	const char *path = anes_test_hook_env("ANESHARE_TEST_WFILE_LOG");
 	if (!path)
 		return;
 	char line[96];
@@ -81,7 +70,7 @@ static void hook_log(const anes_wfile *w, bool copy)
 
 static void hook_hold(const char *point)
 {
-	const char *base = hook_env("ANESHARE_TEST_WFILE_HOLD");
+	const char *base = anes_test_hook_env("ANESHARE_TEST_WFILE_HOLD");
 	if (!base)
 		return;
 	char path[1024], held[1040];
