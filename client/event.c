@@ -209,14 +209,7 @@ static int pack_export(aneshare_conn *c, msgpack_packer *pk, void *ud)
 		return event_closed(c, "", a->ev);
 	anes_pack_str(pk, "id");
 	msgpack_pack_uint32(pk, a->ev->id);
-	if (a->o->uses) {
-		anes_pack_str(pk, "uses");
-		msgpack_pack_uint32(pk, a->o->uses);
-	}
-	if (a->o->ttl_ms) {
-		anes_pack_str(pk, "ttl_ms");
-		msgpack_pack_uint32(pk, a->o->ttl_ms);
-	}
+	anesc_pack_export_limits(pk, a->o);
 	return 0;
 }
 
@@ -224,19 +217,8 @@ static int export_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 {
 	(void)fds;
 	event_args *a = ud;
-	const char *tok;
-	uint32_t len;
-	uint64_t expires = 0;
-	if (anes_mp_str(res, "token", ANESHARE_TOKEN_LEN, &tok, &len) < 0 || len != ANESHARE_TOKEN_LEN ||
-	    (anes_mp_get(res, "expires_ms") && anes_mp_u64(res, "expires_ms", UINT64_MAX, &expires) < 0))
-		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed export result from the daemon");
-	memcpy(a->token.text, tok, len);
-	a->token.text[len] = '\0';
-	if (aneshare_token_check(a->token.text) < 0)
-		return anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon's token is not %d lowercase hex digits",
-		                  ANESHARE_TOKEN_LEN);
-	a->expires_ms = expires;
-	return no_fds(c, nfds);
+	int r = anesc_export_result(c, res, &a->token, &a->expires_ms);
+	return r < 0 ? r : no_fds(c, nfds);
 }
 
 ANESHARE_API int aneshare_event_export(aneshare_event *ev, const aneshare_export_opts *opts,
@@ -262,15 +244,6 @@ ANESHARE_API int aneshare_event_export(aneshare_event *ev, const aneshare_export
 	return 0;
 }
 
-static int pack_token(aneshare_conn *c, msgpack_packer *pk, void *ud)
-{
-	(void)c;
-	anes_pack_str(pk, "token");
-	msgpack_pack_str(pk, ANESHARE_TOKEN_LEN);
-	msgpack_pack_str_body(pk, ud, ANESHARE_TOKEN_LEN);
-	return 0;
-}
-
 ANESHARE_API int aneshare_event_import_token(aneshare_conn *c, const char *token,
                                              aneshare_event **ret)
 {
@@ -280,7 +253,7 @@ ANESHARE_API int aneshare_event_import_token(aneshare_conn *c, const char *token
 		return anesc_fail(c, -EINVAL, "a token is %d lowercase hex digits", ANESHARE_TOKEN_LEN);
 	event_args a = { 0 };
 	int r = anesc_request(c, &(anesc_req){ .method = "event.import", .n_params = 1,
-	                                       .pack = pack_token, .pack_ud = (void *)token, .fd = -1,
+	                                       .pack = anesc_pack_token, .pack_ud = (void *)token, .fd = -1,
 	                                       .fn = id_cb, .fn_ud = &a, .flags = ANESC_IDEMPOTENT });
 	return event_take(c, r, a.id, true, ret);
 }

@@ -318,6 +318,17 @@ int anesc_pack_events(aneshare_conn *c, msgpack_packer *pk, const aneshare_run_o
 uint32_t anesc_events_params(const aneshare_run_opts *o);
 void anesc_event_free_local(aneshare_event *ev);
 
+/* Export and import by token, shared by surfaces and events (surface.c).
+ * anesc_pack_export_limits packs o's "uses" and "ttl_ms" where they are not
+ * 0.  anesc_export_result reads an export's result: 0 with *ret_token (64
+ * lowercase hex digits) and *ret_expires_ms (0 when absent), or
+ * -ANESHARE_EPROTOCOL (anesc_fail) for a malformed one.  anesc_pack_token
+ * is the anesc_pack_fn of { "token": ud }, ud a checked token's text. */
+void anesc_pack_export_limits(msgpack_packer *pk, const aneshare_export_opts *o);
+int anesc_export_result(aneshare_conn *c, const msgpack_object *res, aneshare_token *ret_token,
+                        uint64_t *ret_expires_ms);
+int anesc_pack_token(aneshare_conn *c, msgpack_packer *pk, void *ud);
+
 /* Copy a msgpack str (bounded) into a new NUL-terminated string: 0,
  * -ENOENT, -EINVAL (wrong type, too long or holds a NUL), -ENOMEM. */
 int anesc_dup_str(const msgpack_object *map, const char *key, uint32_t max_len, char **ret);

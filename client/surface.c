@@ -308,6 +308,47 @@ ANESHARE_API int aneshare_token_check(const char *text)
 	return text[ANESHARE_TOKEN_LEN] == '\0' ? 0 : -EINVAL;
 }
 
+void anesc_pack_export_limits(msgpack_packer *pk, const aneshare_export_opts *o)
+{
+	if (o->uses) {
+		anes_pack_str(pk, "uses");
+		msgpack_pack_uint32(pk, o->uses);
+	}
+	if (o->ttl_ms) {
+		anes_pack_str(pk, "ttl_ms");
+		msgpack_pack_uint32(pk, o->ttl_ms);
+	}
+}
+
+int anesc_export_result(aneshare_conn *c, const msgpack_object *res, aneshare_token *ret_token,
+                        uint64_t *ret_expires_ms)
+{
+	const char *tok;
+	uint32_t len;
+	uint64_t expires = 0;
+	if (anes_mp_str(res, "token", ANESHARE_TOKEN_LEN, &tok, &len) < 0 || len != ANESHARE_TOKEN_LEN ||
+	    (anes_mp_get(res, "expires_ms") && anes_mp_u64(res, "expires_ms", UINT64_MAX, &expires) < 0))
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed export result from the daemon");
+	aneshare_token t;
+	memcpy(t.text, tok, len);
+	t.text[len] = '\0';
+	if (aneshare_token_check(t.text) < 0)
+		return anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon's token is not %d lowercase hex digits",
+		                  ANESHARE_TOKEN_LEN);
+	*ret_token = t;
+	*ret_expires_ms = expires;
+	return 0;
+}
+
+int anesc_pack_token(aneshare_conn *c, msgpack_packer *pk, void *ud)
+{
+	(void)c;
+	anes_pack_str(pk, "token");
+	msgpack_pack_str(pk, ANESHARE_TOKEN_LEN);
+	msgpack_pack_str_body(pk, ud, ANESHARE_TOKEN_LEN);
+	return 0;
+}
+
 typedef struct export_args {
 	aneshare_surface *s;
 	const aneshare_export_opts *o;
@@ -330,14 +371,7 @@ static int pack_export(aneshare_conn *c, msgpack_packer *pk, void *ud)
 		msgpack_pack_true(pk);
 	else
 		msgpack_pack_false(pk);
-	if (a->o->uses) {
-		anes_pack_str(pk, "uses");
-		msgpack_pack_uint32(pk, a->o->uses);
-	}
-	if (a->o->ttl_ms) {
-		anes_pack_str(pk, "ttl_ms");
-		msgpack_pack_uint32(pk, a->o->ttl_ms);
-	}
+	anesc_pack_export_limits(pk, a->o);
 	return 0;
 }
 
@@ -346,19 +380,7 @@ static int export_cb(aneshare_conn *c, const msgpack_object *res, int *fds, unsi
 	(void)fds;
 	(void)nfds;
 	export_args *a = ud;
-	const char *tok;
-	uint32_t len;
-	uint64_t expires = 0;
-	if (anes_mp_str(res, "token", ANESHARE_TOKEN_LEN, &tok, &len) < 0 || len != ANESHARE_TOKEN_LEN ||
-	    (anes_mp_get(res, "expires_ms") && anes_mp_u64(res, "expires_ms", UINT64_MAX, &expires) < 0))
-		return anesc_fail(c, -ANESHARE_EPROTOCOL, "malformed export result from the daemon");
-	memcpy(a->token.text, tok, len);
-	a->token.text[len] = '\0';
-	if (aneshare_token_check(a->token.text) < 0)
-		return anesc_fail(c, -ANESHARE_EPROTOCOL, "the daemon's token is not %d lowercase hex digits",
-		                  ANESHARE_TOKEN_LEN);
-	a->expires_ms = expires;
-	return 0;
+	return anesc_export_result(c, res, &a->token, &a->expires_ms);
 }
 
 ANESHARE_API int aneshare_surface_export(aneshare_surface *s, const aneshare_export_opts *opts,
@@ -382,15 +404,6 @@ ANESHARE_API int aneshare_surface_export(aneshare_surface *s, const aneshare_exp
 	return 0;
 }
 
-static int pack_token(aneshare_conn *c, msgpack_packer *pk, void *ud)
-{
-	(void)c;
-	anes_pack_str(pk, "token");
-	msgpack_pack_str(pk, ANESHARE_TOKEN_LEN);
-	msgpack_pack_str_body(pk, ud, ANESHARE_TOKEN_LEN);
-	return 0;
-}
-
 ANESHARE_API int aneshare_surface_import_token(aneshare_conn *c, const char *token,
                                                aneshare_surface **ret)
 {
@@ -402,7 +415,7 @@ ANESHARE_API int aneshare_surface_import_token(aneshare_conn *c, const char *tok
 	 * export); macOS: an iosurface_id, looked up here. */
 	surface_result sr = { .fd = anes_shm_default()->by_id ? -1 : -2 };
 	int r = anesc_request(c, &(anesc_req){ .method = "surface.import", .n_params = 1,
-	                                       .pack = pack_token, .pack_ud = (void *)token, .fd = -1,
+	                                       .pack = anesc_pack_token, .pack_ud = (void *)token, .fd = -1,
 	                                       .fn = surface_cb, .fn_ud = &sr,
 	                                       .flags = ANESC_IDEMPOTENT });
 	return surface_take(c, &sr, r, 0, ret);
