@@ -546,22 +546,16 @@ int h_raw_request(int fd, uint32_t msgid, const char *method, const void *params
  * payload (valid until the next read) and the count of its fds (closed),
  * 0 when the peer closed, -EBADMSG for a frame that does not parse,
  * -ETIMEDOUT. */
-static int io_frame(anes_io *io, int64_t deadline, const uint8_t **ret_payload, uint32_t *ret_len,
-                    unsigned *ret_nfds)
+static int io_frame_fds(anes_io *io, int64_t deadline, const uint8_t **ret_payload, uint32_t *ret_len,
+                        int *ret_fds, unsigned *ret_nfds)
 {
 	for (;;) {
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		unsigned nfds = 0;
-		int r = anes_io_next_frame(io, ret_payload, ret_len, fds, &nfds);
+		*ret_nfds = 0;
+		int r = anes_io_next_frame(io, ret_payload, ret_len, ret_fds, ret_nfds);
 		if (r < 0)
 			return -EBADMSG;
-		if (r > 0) {
-			for (unsigned i = 0; i < nfds; i++)
-				close(fds[i]);
-			if (ret_nfds)
-				*ret_nfds = nfds;
+		if (r > 0)
 			return 1;
-		}
 		int64_t left = deadline - tu_now_ms();
 		if (left <= 0)
 			return -ETIMEDOUT;
@@ -577,6 +571,23 @@ static int io_frame(anes_io *io, int64_t deadline, const uint8_t **ret_payload, 
 		if (n <= 0)
 			return 0;
 	}
+}
+
+/* io_frame_fds with the fds that came closed and counted in *ret_nfds (if
+ * not NULL). */
+static int io_frame(anes_io *io, int64_t deadline, const uint8_t **ret_payload, uint32_t *ret_len,
+                    unsigned *ret_nfds)
+{
+	int fds[ANES_MAX_FDS_PER_FRAME];
+	unsigned nfds;
+	int r = io_frame_fds(io, deadline, ret_payload, ret_len, fds, &nfds);
+	if (r != 1)
+		return r;
+	for (unsigned i = 0; i < nfds; i++)
+		close(fds[i]);
+	if (ret_nfds)
+		*ret_nfds = nfds;
+	return 1;
 }
 
 /* The next message on io, decoded: 1 after fn(m, ud), else as io_frame
@@ -671,16 +682,21 @@ static void error_code_cb(const anes_msg *m, void *ud)
 		*(int *)ud = anes_msg_error(&(anes_msg){ .error = m->params }, &code, &s, &l) == 0 ? code : 9999;
 }
 
+static int io_closed_with(anes_io *io, int64_t deadline)
+{
+	int code = 0, r;
+	while ((r = io_msg(io, deadline, error_code_cb, &code)) == 1)
+		;
+	return r < 0 ? r : code;
+}
+
 int h_raw_closed_with(int fd, int timeout_ms)
 {
 	anes_io io;
 	anes_io_init(&io, fd, ANES_FRAME_MAX_DEFAULT);
-	int64_t deadline = deadline_of(timeout_ms);
-	int code = 0, r;
-	while ((r = io_msg(&io, deadline, error_code_cb, &code)) == 1)
-		;
+	int r = io_closed_with(&io, deadline_of(timeout_ms));
 	anes_io_cleanup(&io);
-	return r < 0 ? r : code;
+	return r;
 }
 
 /* { key: str } when str is set, else { key: v }; {} when key is NULL. */
@@ -905,6 +921,17 @@ int h_rconn_frame(h_rconn *rc, int timeout_ms, const uint8_t **ret_payload, uint
 int h_rconn_next(h_rconn *rc, int timeout_ms, h_msg_fn fn, void *ud)
 {
 	return io_msg(&rc->io, deadline_of(timeout_ms), fn, ud);
+}
+
+int h_rconn_frame_fds(h_rconn *rc, int timeout_ms, const uint8_t **ret_payload, uint32_t *ret_len,
+                      int *ret_fds, unsigned *ret_nfds)
+{
+	return io_frame_fds(&rc->io, deadline_of(timeout_ms), ret_payload, ret_len, ret_fds, ret_nfds);
+}
+
+int h_rconn_closed_with(h_rconn *rc, int timeout_ms)
+{
+	return io_closed_with(&rc->io, deadline_of(timeout_ms));
 }
 
 void h_reply_cb(const anes_msg *m, void *ud)
@@ -1213,6 +1240,46 @@ int h_run_tool(const h_daemon *d, const char *env_exe, char *out, size_t len,
 	unlink(path);
 	cr_assert(WIFEXITED(status));
 	return WEXITSTATUS(status);
+}
+
+void h_map_str(const msgpack_object *m, const char *key, char *buf, size_t size)
+{
+	const char *s;
+	uint32_t l;
+	buf[0] = '\0';
+	if (anes_mp_str(m, key, (uint32_t)size - 1, &s, &l) == 0) {
+		memcpy(buf, s, l);
+		buf[l] = '\0';
+	}
+}
+
+msgpack_packer *h_pb_begin(h_pbuf *b, uint32_t n)
+{
+	msgpack_sbuffer_init(&b->sb);
+	msgpack_packer_init(&b->pk, &b->sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&b->pk, n);
+	return &b->pk;
+}
+
+void h_pk_str(msgpack_packer *pk, const char *s)
+{
+	size_t n = strlen(s);
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s, n);
+}
+
+void h_pk_kv_u(msgpack_packer *pk, const char *k, uint64_t v)
+{
+	h_pk_str(pk, k);
+	msgpack_pack_uint64(pk, v);
+}
+
+void h_pk_ids(msgpack_packer *pk, const char *k, const uint32_t *ids, uint32_t n)
+{
+	h_pk_str(pk, k);
+	msgpack_pack_array(pk, n);
+	for (uint32_t i = 0; i < n; i++)
+		msgpack_pack_uint32(pk, ids[i]);
 }
 
 uint64_t h_map_u64(const msgpack_object *m, const char *key)

@@ -190,6 +190,22 @@ void h_raw_padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method,
 /* The unsigned integer under key in the msgpack map m, UINT64_MAX if there is
  * none (or it is not a positive integer). */
 uint64_t h_map_u64(const msgpack_object *m, const char *key);
+/* The str under key in the msgpack map m into buf (NUL-terminated, of
+ * size bytes); "" if there is none or it is longer than size - 1. */
+void h_map_str(const msgpack_object *m, const char *key, char *buf, size_t size);
+
+/* Params packed by the caller: h_pb_begin starts b's buffer with a map of n
+ * entries (the caller packs them into the packer returned and frees b->sb
+ * with msgpack_sbuffer_destroy); h_pk_* pack a str, a {key: unsigned} entry,
+ * a {key: [ids]} entry. */
+typedef struct h_pbuf {
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+} h_pbuf;
+msgpack_packer *h_pb_begin(h_pbuf *b, uint32_t n);
+void h_pk_str(msgpack_packer *pk, const char *s);
+void h_pk_kv_u(msgpack_packer *pk, const char *k, uint64_t v);
+void h_pk_ids(msgpack_packer *pk, const char *k, const uint32_t *ids, uint32_t n);
 
 /* ---- the fake IOSurface library (tests/fake_iosurface.c) ------------------- */
 
@@ -251,6 +267,12 @@ int h_rconn_frame(h_rconn *rc, int timeout_ms, const uint8_t **ret_payload, uint
  * (-EBADMSG also for a payload that does not decode). */
 typedef void (*h_msg_fn)(const anes_msg *m, void *ud);
 int h_rconn_next(h_rconn *rc, int timeout_ms, h_msg_fn fn, void *ud);
+/* h_rconn_frame that keeps the fds that came with the frame: *ret_nfds of
+ * them in ret_fds (room for ANES_MAX_FDS_PER_FRAME), the caller's. */
+int h_rconn_frame_fds(h_rconn *rc, int timeout_ms, const uint8_t **ret_payload, uint32_t *ret_len,
+                      int *ret_fds, unsigned *ret_nfds);
+/* h_raw_closed_with on rc (what its buffer holds first). */
+int h_rconn_closed_with(h_rconn *rc, int timeout_ms);
 
 /* What h_reply_cb gathers for the response to msgid.  Set msgid (and key,
  * to read an unsigned result field) before; the rest is its output. */

@@ -49,45 +49,6 @@ typedef void (*result_fn)(const msgpack_object *result, void *ud);
 
 static uint32_t next_msgid = 100;
 
-static int next_frame(h_rconn *rc, int timeout_ms, const uint8_t **p, uint32_t *len, int *fds,
-                      unsigned *nfds)
-{
-	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
-	for (;;) {
-		*nfds = 0;
-		int r = anes_io_next_frame(&rc->io, p, len, fds, nfds);
-		if (r < 0)
-			return -EBADMSG;
-		if (r > 0)
-			return 1;
-		int64_t left = deadline - tu_now_ms();
-		if (left <= 0)
-			return -ETIMEDOUT;
-		struct pollfd pfd = { .fd = rc->fd, .events = POLLIN };
-		int pr = poll(&pfd, 1, (int)left);
-		if (pr < 0 && errno == EINTR)
-			continue;
-		if (pr == 0)
-			return -ETIMEDOUT;
-		ssize_t n = anes_io_read(&rc->io);
-		if (n == -EINTR || n == -EAGAIN)
-			continue;
-		if (n <= 0)
-			return 0;
-	}
-}
-
-static void copy_str(const msgpack_object *map, const char *key, char *buf, size_t size)
-{
-	const char *s;
-	uint32_t l;
-	buf[0] = '\0';
-	if (anes_mp_str(map, key, (uint32_t)size - 1, &s, &l) == 0) {
-		memcpy(buf, s, l);
-		buf[l] = '\0';
-	}
-}
-
 /* Responses read while waiting for another one: kept for their turn. */
 #define STASH_MAX 1024
 static struct stashed {
@@ -124,7 +85,7 @@ static int read_rep(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, rep *out, 
 		uint32_t len;
 		int fds[ANES_MAX_FDS_PER_FRAME];
 		unsigned nfds;
-		int r = next_frame(rc, timeout_ms, &p, &len, fds, &nfds);
+		int r = h_rconn_frame_fds(rc, timeout_ms, &p, &len, fds, &nfds);
 		if (r <= 0) {
 			out->code = r == -ETIMEDOUT ? -2 : -1;
 			return 0;
@@ -146,7 +107,7 @@ static int read_rep(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, rep *out, 
 			(void)anes_mp_u64(m.result, "id", UINT64_MAX, &out->id);
 			(void)anes_mp_u64(m.result, "value", UINT64_MAX, &out->value);
 			(void)anes_mp_u64(m.result, "expires_ms", UINT64_MAX, &out->expires_ms);
-			copy_str(m.result, "token", out->token, sizeof(out->token));
+			h_map_str(m.result, "token", out->token, sizeof(out->token));
 			if (fn)
 				fn(m.result, ud);
 		}
@@ -189,42 +150,8 @@ static void wait_any(h_rconn *rc, uint32_t *ret_msgid, rep *out)
 		close(out->fd);
 }
 
-typedef struct pbuf {
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-} pbuf;
-
-static msgpack_packer *pb_begin(pbuf *b, uint32_t n)
-{
-	msgpack_sbuffer_init(&b->sb);
-	msgpack_packer_init(&b->pk, &b->sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&b->pk, n);
-	return &b->pk;
-}
-
-static void pk_str(msgpack_packer *pk, const char *s)
-{
-	size_t n = strlen(s);
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s, n);
-}
-
-static void pk_kv_u(msgpack_packer *pk, const char *k, uint64_t v)
-{
-	pk_str(pk, k);
-	msgpack_pack_uint64(pk, v);
-}
-
-static void pk_ids(msgpack_packer *pk, const char *k, const uint32_t *ids, uint32_t n)
-{
-	pk_str(pk, k);
-	msgpack_pack_array(pk, n);
-	for (uint32_t i = 0; i < n; i++)
-		msgpack_pack_uint32(pk, ids[i]);
-}
-
 /* Send method with params b (NULL: {}): its msgid. */
-static uint32_t send_req(h_rconn *rc, const char *method, pbuf *b)
+static uint32_t send_req(h_rconn *rc, const char *method, h_pbuf *b)
 {
 	uint32_t id = next_msgid++;
 	cr_assert_eq(h_raw_request(rc->fd, id, method, b ? b->sb.data : NULL, b ? b->sb.size : 0,
@@ -234,7 +161,7 @@ static uint32_t send_req(h_rconn *rc, const char *method, pbuf *b)
 	return id;
 }
 
-static rep call_fn(h_rconn *rc, const char *method, pbuf *b, result_fn fn, void *ud)
+static rep call_fn(h_rconn *rc, const char *method, h_pbuf *b, result_fn fn, void *ud)
 {
 	uint32_t id = send_req(rc, method, b);
 	rep r;
@@ -242,63 +169,34 @@ static rep call_fn(h_rconn *rc, const char *method, pbuf *b, result_fn fn, void 
 	return r;
 }
 
-static rep call(h_rconn *rc, const char *method, pbuf *b)
+static rep call(h_rconn *rc, const char *method, h_pbuf *b)
 {
 	return call_fn(rc, method, b, NULL, NULL);
 }
 
 static rep call_u(h_rconn *rc, const char *method, const char *key, uint64_t v)
 {
-	pbuf b;
-	pk_kv_u(pb_begin(&b, 1), key, v);
+	h_pbuf b;
+	h_pk_kv_u(h_pb_begin(&b, 1), key, v);
 	return call(rc, method, &b);
 }
 
 static rep call_uu(h_rconn *rc, const char *method, uint64_t id, uint64_t value)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 2);
-	pk_kv_u(pk, "id", id);
-	pk_kv_u(pk, "value", value);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 2);
+	h_pk_kv_u(pk, "id", id);
+	h_pk_kv_u(pk, "value", value);
 	return call(rc, method, &b);
 }
 
 static uint32_t send_uu(h_rconn *rc, const char *method, uint64_t id, uint64_t value)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 2);
-	pk_kv_u(pk, "id", id);
-	pk_kv_u(pk, "value", value);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 2);
+	h_pk_kv_u(pk, "id", id);
+	h_pk_kv_u(pk, "value", value);
 	return send_req(rc, method, &b);
-}
-
-/* Wait until the daemon closes rc: the code of the last error notification
- * (0: none), -2 if it stays open. */
-static int closed_with(h_rconn *rc)
-{
-	int code = 0;
-	for (;;) {
-		const uint8_t *p;
-		uint32_t len;
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		unsigned nfds;
-		int r = next_frame(rc, 10000, &p, &len, fds, &nfds);
-		if (r == 0)
-			return code;
-		if (r < 0)
-			return -2;
-		for (unsigned i = 0; i < nfds; i++)
-			close(fds[i]);
-		msgpack_zone zone;
-		msgpack_zone_init(&zone, 1024);
-		anes_msg m;
-		if (anes_msg_decode(p, len, &zone, &m) == 0 && m.type == ANES_MSG_NOTIFY) {
-			uint64_t c;
-			if (anes_mp_u64(m.params, "code", UINT64_MAX, &c) == 0)
-				code = (int)c;
-		}
-		msgpack_zone_destroy(&zone);
-	}
 }
 
 /* ---- events ------------------------------------------------------------------------ */
@@ -320,22 +218,22 @@ static void ev_signal(h_rconn *rc, uint32_t id, uint64_t v)
 /* uses / ttl: 0 absent. */
 static rep ev_export(h_rconn *rc, uint32_t id, uint64_t uses, uint64_t ttl)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1 + (uses != 0) + (ttl != 0));
-	pk_kv_u(pk, "id", id);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1 + (uses != 0) + (ttl != 0));
+	h_pk_kv_u(pk, "id", id);
 	if (uses)
-		pk_kv_u(pk, "uses", uses);
+		h_pk_kv_u(pk, "uses", uses);
 	if (ttl)
-		pk_kv_u(pk, "ttl_ms", ttl);
+		h_pk_kv_u(pk, "ttl_ms", ttl);
 	return call(rc, "event.export", &b);
 }
 
 static rep import_tok(h_rconn *rc, const char *method, const char *token)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "token");
-	pk_str(pk, token);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "token");
+	h_pk_str(pk, token);
 	return call(rc, method, &b);
 }
 
@@ -355,10 +253,10 @@ static uint32_t share_event(h_rconn *from, uint32_t id, h_rconn *to)
 static uint32_t compile_fn(h_rconn *rc, const char *fn)
 {
 	char *mil = h_square_mm_mil(N, fn);
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "mil");
-	pk_str(pk, mil);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "mil");
+	h_pk_str(pk, mil);
 	rep r = call(rc, "program.compile", &b);
 	free(mil);
 	cr_assert_eq(r.code, 0, "program.compile: %d %s", r.code, r.msg);
@@ -384,8 +282,8 @@ static surf mk_surface(h_rconn *rc)
 /* A handle on `to` for from's surface s (read-write), mapped. */
 static surf share_surface(h_rconn *from, const surf *s, h_rconn *to)
 {
-	pbuf b;
-	pk_kv_u(pb_begin(&b, 1), "id", s->id);
+	h_pbuf b;
+	h_pk_kv_u(h_pb_begin(&b, 1), "id", s->id);
 	rep t = call(from, "surface.export", &b);
 	cr_assert_eq(t.code, 0, "surface.export: %s", t.msg);
 	rep r = import_tok(to, "surface.import", t.token);
@@ -442,12 +340,12 @@ typedef struct evref {
 
 static void pk_events(msgpack_packer *pk, const char *key, const evref *e, unsigned n)
 {
-	pk_str(pk, key);
+	h_pk_str(pk, key);
 	msgpack_pack_array(pk, n);
 	for (unsigned i = 0; i < n; i++) {
 		msgpack_pack_map(pk, 2);
-		pk_kv_u(pk, "event", e[i].event);
-		pk_kv_u(pk, "value", e[i].value);
+		h_pk_kv_u(pk, "event", e[i].event);
+		h_pk_kv_u(pk, "value", e[i].value);
 	}
 }
 
@@ -456,11 +354,11 @@ static uint32_t send_run(h_rconn *rc, uint32_t prog, uint32_t x, uint32_t y, uin
                          const evref *wait, unsigned n_wait, const evref *sig, unsigned n_sig)
 {
 	uint32_t in[2] = { x, y }, out[1] = { z };
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 3 + (wait != NULL) + (sig != NULL));
-	pk_kv_u(pk, "program", prog);
-	pk_ids(pk, "inputs", in, 2);
-	pk_ids(pk, "outputs", out, 1);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 3 + (wait != NULL) + (sig != NULL));
+	h_pk_kv_u(pk, "program", prog);
+	h_pk_ids(pk, "inputs", in, 2);
+	h_pk_ids(pk, "outputs", out, 1);
 	if (wait)
 		pk_events(pk, "wait", wait, n_wait);
 	if (sig)
@@ -669,9 +567,9 @@ Test(events, typed_tokens_and_one_failure_count, .fini = fini)
 	uint32_t e = ev_create(&a);
 	surf s = mk_surface(&a);
 	rep et = ev_export(&a, e, 4, 0);
-	pbuf pb;
-	pk_kv_u(pb_begin(&pb, 2), "id", s.id);
-	pk_kv_u(&pb.pk, "uses", 4);
+	h_pbuf pb;
+	h_pk_kv_u(h_pb_begin(&pb, 2), "id", s.id);
+	h_pk_kv_u(&pb.pk, "uses", 4);
 	rep st = call(&a, "surface.export", &pb);
 	cr_assert_eq(st.code, 0);
 	/* Each kind is unknown to the other's import (and the token stays). */
@@ -953,16 +851,16 @@ Test(events, a_chain_waits_first_and_signals_last, .fini = fini)
 	uint32_t go = ev_create(&a), done = ev_create(&a);
 	uint32_t done_b = share_event(&a, done, &b);
 	uint32_t wid = send_uu(&b, "event.wait", done_b, 1);
-	pbuf pb;
-	msgpack_packer *pk = pb_begin(&pb, 3);
-	pk_str(pk, "steps");
+	h_pbuf pb;
+	msgpack_packer *pk = h_pb_begin(&pb, 3);
+	h_pk_str(pk, "steps");
 	msgpack_pack_array(pk, 2);
 	uint32_t ids[2][3] = { { x.id, y.id, m.id }, { m.id, y.id, z.id } };
 	for (int i = 0; i < 2; i++) {
 		msgpack_pack_map(pk, 3);
-		pk_kv_u(pk, "program", prog);
-		pk_ids(pk, "inputs", ids[i], 2);
-		pk_ids(pk, "outputs", ids[i] + 2, 1);
+		h_pk_kv_u(pk, "program", prog);
+		h_pk_ids(pk, "inputs", ids[i], 2);
+		h_pk_ids(pk, "outputs", ids[i] + 2, 1);
 	}
 	evref w = { go, 1 }, s = { done, 1 };
 	pk_events(pk, "wait", &w, 1);
@@ -1086,8 +984,8 @@ Test(events, limits_name_their_key, .fini = fini)
 	cr_assert_geq(fd, 0);
 	h_rconn_adopt(&a, fd);
 	uint64_t lim[3];
-	pbuf hb;
-	pk_kv_u(pb_begin(&hb, 1), "protocol", 1);
+	h_pbuf hb;
+	h_pk_kv_u(h_pb_begin(&hb, 1), "protocol", 1);
 	rep r = call_fn(&a, "hello", &hb, read_limits, lim);
 	cr_assert_eq(r.code, 0);
 	cr_assert_eq(lim[0], 3);
@@ -1260,7 +1158,7 @@ Test(events, drain_answers_parked_runs_shutting_down, .fini = fini)
 	cr_assert_eq(r[0].code, ANES_WERR_SHUTTING_DOWN, "%s", r[0].msg);
 	cr_assert_eq(r[1].code, ANES_WERR_SHUTTING_DOWN, "%s", r[1].msg);
 	cr_assert(all_nan(z.map));
-	cr_assert_eq(closed_with(&a), 0);
+	cr_assert_eq(h_rconn_closed_with(&a, 10000), 0);
 	h_rconn_close(&a);
 	h_daemon_wait(&D);
 }
@@ -1271,16 +1169,16 @@ Test(events, drain_answers_parked_runs_shutting_down, .fini = fini)
 static int bad_one(h_rconn *rc, const char *method, const char *key,
                    void (*fn)(msgpack_packer *pk), const char *other, uint64_t other_v)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1 + (other != NULL));
-	pk_str(pk, key);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1 + (other != NULL));
+	h_pk_str(pk, key);
 	fn(pk);
 	if (other)
-		pk_kv_u(pk, other, other_v);
+		h_pk_kv_u(pk, other, other_v);
 	return call(rc, method, &b).code;
 }
 
-static void v_str(msgpack_packer *pk) { pk_str(pk, "1"); }
+static void v_str(msgpack_packer *pk) { h_pk_str(pk, "1"); }
 static void v_neg(msgpack_packer *pk) { msgpack_pack_int64(pk, -1); }
 static void v_nil(msgpack_packer *pk) { msgpack_pack_nil(pk); }
 static void v_big(msgpack_packer *pk) { msgpack_pack_uint64(pk, (uint64_t)UINT32_MAX + 1); }
@@ -1292,12 +1190,12 @@ static rep run_raw_events(h_rconn *rc, uint32_t prog, const surf *s, const char 
                           void (*fn)(msgpack_packer *pk))
 {
 	uint32_t in[2] = { s[0].id, s[1].id }, out[1] = { s[2].id };
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 4);
-	pk_kv_u(pk, "program", prog);
-	pk_ids(pk, "inputs", in, 2);
-	pk_ids(pk, "outputs", out, 1);
-	pk_str(pk, key);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 4);
+	h_pk_kv_u(pk, "program", prog);
+	h_pk_ids(pk, "inputs", in, 2);
+	h_pk_ids(pk, "outputs", out, 1);
+	h_pk_str(pk, key);
 	fn(pk);
 	return call(rc, "run", &b);
 }
@@ -1308,8 +1206,8 @@ static void ev_toolong(msgpack_packer *pk)
 	msgpack_pack_array(pk, 9);
 	for (int i = 0; i < 9; i++) {
 		msgpack_pack_map(pk, 2);
-		pk_kv_u(pk, "event", (uint64_t)i + 1);
-		pk_kv_u(pk, "value", 1);
+		h_pk_kv_u(pk, "event", (uint64_t)i + 1);
+		h_pk_kv_u(pk, "value", 1);
 	}
 }
 static void ev_notmap(msgpack_packer *pk)
@@ -1321,60 +1219,60 @@ static void ev_noevent(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 1);
-	pk_kv_u(pk, "value", 1);
+	h_pk_kv_u(pk, "value", 1);
 }
 static void ev_novalue(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 1);
-	pk_kv_u(pk, "event", 1);
+	h_pk_kv_u(pk, "event", 1);
 }
 static void ev_negvalue(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 2);
-	pk_kv_u(pk, "event", 1);
-	pk_str(pk, "value");
+	h_pk_kv_u(pk, "event", 1);
+	h_pk_str(pk, "value");
 	msgpack_pack_int64(pk, -3);
 }
 static void ev_bigevent(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 2);
-	pk_kv_u(pk, "event", (uint64_t)UINT32_MAX + 1);
-	pk_kv_u(pk, "value", 1);
+	h_pk_kv_u(pk, "event", (uint64_t)UINT32_MAX + 1);
+	h_pk_kv_u(pk, "value", 1);
 }
 static void ev_strevent(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 2);
-	pk_str(pk, "event");
-	pk_str(pk, "1");
-	pk_kv_u(pk, "value", 1);
+	h_pk_str(pk, "event");
+	h_pk_str(pk, "1");
+	h_pk_kv_u(pk, "value", 1);
 }
 static void ev_dup(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 2);
 	for (int i = 0; i < 2; i++) {
 		msgpack_pack_map(pk, 2);
-		pk_kv_u(pk, "event", 1);
-		pk_kv_u(pk, "value", (uint64_t)i + 1);
+		h_pk_kv_u(pk, "event", 1);
+		h_pk_kv_u(pk, "value", (uint64_t)i + 1);
 	}
 }
 static void ev_extra_key(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 3);
-	pk_kv_u(pk, "event", 1);
-	pk_kv_u(pk, "value", 0);
-	pk_kv_u(pk, "later", 7);
+	h_pk_kv_u(pk, "event", 1);
+	h_pk_kv_u(pk, "value", 0);
+	h_pk_kv_u(pk, "later", 7);
 }
 static void ev_nosuch(msgpack_packer *pk)
 {
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 2);
-	pk_kv_u(pk, "event", 77);
-	pk_kv_u(pk, "value", 1);
+	h_pk_kv_u(pk, "event", 77);
+	h_pk_kv_u(pk, "value", 1);
 }
 static void ev_empty(msgpack_packer *pk) { msgpack_pack_array(pk, 0); }
 
@@ -1415,14 +1313,14 @@ Test(events, bad_params, .fini = fini)
 		for (size_t i = 0; i < sizeof(bad_opt) / sizeof(bad_opt[0]); i++)
 			cr_assert_eq(bad_one(&a, "event.export", opt[k], bad_opt[i], "id", e),
 			             ANES_WERR_INVALID_PARAMS, "%s #%zu", opt[k], i);
-		pbuf b;
-		msgpack_packer *pk = pb_begin(&b, 2);
-		pk_kv_u(pk, "id", e);
-		pk_kv_u(pk, opt[k], 0);
+		h_pbuf b;
+		msgpack_packer *pk = h_pb_begin(&b, 2);
+		h_pk_kv_u(pk, "id", e);
+		h_pk_kv_u(pk, opt[k], 0);
 		cr_assert_eq(call(&a, "event.export", &b).code, ANES_WERR_INVALID_PARAMS);
-		pk = pb_begin(&b, 2);
-		pk_kv_u(pk, "id", e);
-		pk_kv_u(pk, opt[k], k ? 600001 : 1025);
+		pk = h_pb_begin(&b, 2);
+		h_pk_kv_u(pk, "id", e);
+		h_pk_kv_u(pk, opt[k], k ? 600001 : 1025);
 		cr_assert_eq(call(&a, "event.export", &b).code, ANES_WERR_INVALID_PARAMS);
 		cr_assert_eq(bad_one(&a, "event.export", opt[k], v_nil, "id", e), 0, "nil: default");
 	}
@@ -1471,33 +1369,33 @@ Test(events, bad_params, .fini = fini)
 	cr_assert_eq(r.code, ANES_WERR_INVALID_PARAMS);
 	cr_assert(strstr(r.msg, "at 1"), "%s", r.msg);
 	/* In a chain's step they are refused (they belong to the run). */
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "steps");
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "steps");
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 4);
 	uint32_t in[2] = { s[0].id, s[1].id }, out[1] = { s[2].id };
-	pk_kv_u(pk, "program", prog);
-	pk_ids(pk, "inputs", in, 2);
-	pk_ids(pk, "outputs", out, 1);
+	h_pk_kv_u(pk, "program", prog);
+	h_pk_ids(pk, "inputs", in, 2);
+	h_pk_ids(pk, "outputs", out, 1);
 	evref w = { e, 1 };
 	pk_events(pk, "wait", &w, 1);
 	r = call(&a, "run", &b);
 	cr_assert_eq(r.code, ANES_WERR_INVALID_PARAMS);
 	cr_assert_eq(r.failed_step, 0);
 	/* A key twice in an entry is malformed: the connection is closed. */
-	pk = pb_begin(&b, 4);
-	pk_kv_u(pk, "program", prog);
-	pk_ids(pk, "inputs", in, 2);
-	pk_ids(pk, "outputs", out, 1);
-	pk_str(pk, "wait");
+	pk = h_pb_begin(&b, 4);
+	h_pk_kv_u(pk, "program", prog);
+	h_pk_ids(pk, "inputs", in, 2);
+	h_pk_ids(pk, "outputs", out, 1);
+	h_pk_str(pk, "wait");
 	msgpack_pack_array(pk, 1);
 	msgpack_pack_map(pk, 3);
-	pk_kv_u(pk, "event", e);
-	pk_kv_u(pk, "value", 1);
-	pk_kv_u(pk, "event", e);
+	h_pk_kv_u(pk, "event", e);
+	h_pk_kv_u(pk, "value", 1);
+	h_pk_kv_u(pk, "event", e);
 	(void)send_req(&a, "run", &b);
-	cr_assert_eq(closed_with(&a), ANES_WERR_PROTOCOL);
+	cr_assert_eq(h_rconn_closed_with(&a, 10000), ANES_WERR_PROTOCOL);
 	h_rconn_close(&a);
 	/* The daemon is unaffected. */
 	h_rconn_open(&a, D.sock);

@@ -61,46 +61,6 @@ typedef void (*result_fn)(const msgpack_object *result, void *ud);
 
 static uint32_t next_msgid = 100;
 
-/* The next frame on rc with its fds (the caller's). */
-static int next_frame(h_rconn *rc, int timeout_ms, const uint8_t **p, uint32_t *len, int *fds,
-                      unsigned *nfds)
-{
-	int64_t deadline = tu_now_ms() + (int64_t)timeout_ms * h_slow();
-	for (;;) {
-		*nfds = 0;
-		int r = anes_io_next_frame(&rc->io, p, len, fds, nfds);
-		if (r < 0)
-			return -EBADMSG;
-		if (r > 0)
-			return 1;
-		int64_t left = deadline - tu_now_ms();
-		if (left <= 0)
-			return -ETIMEDOUT;
-		struct pollfd pfd = { .fd = rc->fd, .events = POLLIN };
-		int pr = poll(&pfd, 1, (int)left);
-		if (pr < 0 && errno == EINTR)
-			continue;
-		if (pr == 0)
-			return -ETIMEDOUT;
-		ssize_t n = anes_io_read(&rc->io);
-		if (n == -EINTR || n == -EAGAIN)
-			continue;
-		if (n <= 0)
-			return 0;
-	}
-}
-
-static void copy_str(const msgpack_object *map, const char *key, char *buf, size_t size)
-{
-	const char *s;
-	uint32_t l;
-	buf[0] = '\0';
-	if (anes_mp_str(map, key, (uint32_t)size - 1, &s, &l) == 0) {
-		memcpy(buf, s, l);
-		buf[l] = '\0';
-	}
-}
-
 /* Wait for the response to msgid into out (fn sees a success's result). */
 static void wait_rep(h_rconn *rc, uint32_t msgid, int timeout_ms, rep *out, result_fn fn, void *ud)
 {
@@ -112,7 +72,7 @@ static void wait_rep(h_rconn *rc, uint32_t msgid, int timeout_ms, rep *out, resu
 		uint32_t len;
 		int fds[ANES_MAX_FDS_PER_FRAME];
 		unsigned nfds;
-		int r = next_frame(rc, timeout_ms, &p, &len, fds, &nfds);
+		int r = h_rconn_frame_fds(rc, timeout_ms, &p, &len, fds, &nfds);
 		if (r <= 0) {
 			out->code = r == -ETIMEDOUT ? -2 : -1;
 			return;
@@ -136,7 +96,7 @@ static void wait_rep(h_rconn *rc, uint32_t msgid, int timeout_ms, rep *out, resu
 			(void)anes_mp_u64(m.result, "expires_ms", UINT64_MAX, &out->expires_ms);
 			(void)anes_mp_u64(m.result, "iosurface_id", UINT64_MAX, &out->ios_id);
 			out->has_ro = anes_mp_bool(m.result, "read_only", &out->read_only) == 0;
-			copy_str(m.result, "token", out->token, sizeof(out->token));
+			h_map_str(m.result, "token", out->token, sizeof(out->token));
 			if (fn)
 				fn(m.result, ud);
 		}
@@ -169,94 +129,31 @@ static void call(h_rconn *rc, const char *method, const msgpack_sbuffer *params,
 	call_fn(rc, method, params, NULL, 0, out, NULL, NULL);
 }
 
-/* Wait until the daemon closes rc: the code of the last error notification
- * before (0: none), -2 if it stays open. */
-static int closed_with(h_rconn *rc)
-{
-	int code = 0;
-	for (;;) {
-		const uint8_t *p;
-		uint32_t len;
-		int fds[ANES_MAX_FDS_PER_FRAME];
-		unsigned nfds;
-		int r = next_frame(rc, 10000, &p, &len, fds, &nfds);
-		if (r == 0)
-			return code;
-		if (r < 0)
-			return -2;
-		for (unsigned i = 0; i < nfds; i++)
-			close(fds[i]);
-		msgpack_zone zone;
-		msgpack_zone_init(&zone, 1024);
-		anes_msg m;
-		if (anes_msg_decode(p, len, &zone, &m) == 0 && m.type == ANES_MSG_NOTIFY) {
-			uint64_t c;
-			if (anes_mp_u64(m.params, "code", UINT64_MAX, &c) == 0)
-				code = (int)c;
-		}
-		msgpack_zone_destroy(&zone);
-	}
-}
-
 /* ---- params ---------------------------------------------------------------------- */
-
-typedef struct pbuf {
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-} pbuf;
-
-static msgpack_packer *pb_begin(pbuf *b, uint32_t n)
-{
-	msgpack_sbuffer_init(&b->sb);
-	msgpack_packer_init(&b->pk, &b->sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&b->pk, n);
-	return &b->pk;
-}
-
-static void pk_str(msgpack_packer *pk, const char *s)
-{
-	size_t n = strlen(s);
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s, n);
-}
-
-static void pk_kv_u(msgpack_packer *pk, const char *k, uint64_t v)
-{
-	pk_str(pk, k);
-	msgpack_pack_uint64(pk, v);
-}
-
-static void pk_ids(msgpack_packer *pk, const char *k, const uint32_t *ids, uint32_t n)
-{
-	pk_str(pk, k);
-	msgpack_pack_array(pk, n);
-	for (uint32_t i = 0; i < n; i++)
-		msgpack_pack_uint32(pk, ids[i]);
-}
 
 /* Export options: ro -1 absent; uses / ttl 0 absent, UINT64_MAX nil. */
 #define NIL UINT64_MAX
 static rep export_opts(h_rconn *rc, uint64_t id, int ro, uint64_t uses, uint64_t ttl)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1 + (ro >= 0) + (uses != 0) + (ttl != 0));
-	pk_kv_u(pk, "id", id);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1 + (ro >= 0) + (uses != 0) + (ttl != 0));
+	h_pk_kv_u(pk, "id", id);
 	if (ro >= 0) {
-		pk_str(pk, "read_only");
+		h_pk_str(pk, "read_only");
 		if (ro)
 			msgpack_pack_true(pk);
 		else
 			msgpack_pack_false(pk);
 	}
 	if (uses) {
-		pk_str(pk, "uses");
+		h_pk_str(pk, "uses");
 		if (uses == NIL)
 			msgpack_pack_nil(pk);
 		else
 			msgpack_pack_uint64(pk, uses);
 	}
 	if (ttl) {
-		pk_str(pk, "ttl_ms");
+		h_pk_str(pk, "ttl_ms");
 		if (ttl == NIL)
 			msgpack_pack_nil(pk);
 		else
@@ -279,10 +176,10 @@ static void export_ok(h_rconn *rc, uint64_t id, bool ro, uint64_t uses, char tok
 
 static rep import_token_fds(h_rconn *rc, const char *token, const int *fds, unsigned nfds)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "token");
-	pk_str(pk, token);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "token");
+	h_pk_str(pk, token);
 	rep r;
 	call_fn(rc, "surface.import", &b.sb, fds, nfds, &r, NULL, NULL);
 	msgpack_sbuffer_destroy(&b.sb);
@@ -305,8 +202,8 @@ static rep import_ok(h_rconn *rc, const char *token)
 /* method with params {key: v}: its reply. */
 static rep call_u(h_rconn *rc, const char *method, const char *key, uint64_t v)
 {
-	pbuf b;
-	pk_kv_u(pb_begin(&b, 1), key, v);
+	h_pbuf b;
+	h_pk_kv_u(h_pb_begin(&b, 1), key, v);
 	rep r;
 	call(rc, method, &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
@@ -353,10 +250,10 @@ static void *map_ro(int fd, size_t size)
 static uint32_t compile_mm(h_rconn *rc)
 {
 	char *mil = h_square_mm_mil(N, "main");
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "mil");
-	pk_str(pk, mil);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "mil");
+	h_pk_str(pk, mil);
 	rep r;
 	call(rc, "program.compile", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
@@ -388,11 +285,11 @@ static void check_mm(const uint16_t *x, const uint16_t *y, const uint16_t *z)
 static rep run_ids(h_rconn *rc, uint32_t prog, const uint32_t *in, uint32_t n_in, const uint32_t *out,
                    uint32_t n_out)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 3);
-	pk_kv_u(pk, "program", prog);
-	pk_ids(pk, "inputs", in, n_in);
-	pk_ids(pk, "outputs", out, n_out);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 3);
+	h_pk_kv_u(pk, "program", prog);
+	h_pk_ids(pk, "inputs", in, n_in);
+	h_pk_ids(pk, "outputs", out, n_out);
 	rep r;
 	call(rc, "run", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
@@ -408,17 +305,17 @@ static rep run1(h_rconn *rc, uint32_t prog, uint64_t x, uint64_t y, uint64_t z)
 /* A chain of n steps: step i reads ids[3i], ids[3i+1] and writes ids[3i+2]. */
 static rep chain(h_rconn *rc, uint32_t prog, const uint64_t *ids, unsigned n)
 {
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "steps");
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "steps");
 	msgpack_pack_array(pk, n);
 	for (unsigned i = 0; i < n; i++) {
 		uint32_t in[2] = { (uint32_t)ids[3 * i], (uint32_t)ids[3 * i + 1] },
 		         out[1] = { (uint32_t)ids[3 * i + 2] };
 		msgpack_pack_map(pk, 3);
-		pk_kv_u(pk, "program", prog);
-		pk_ids(pk, "inputs", in, 2);
-		pk_ids(pk, "outputs", out, 1);
+		h_pk_kv_u(pk, "program", prog);
+		h_pk_ids(pk, "inputs", in, 2);
+		h_pk_ids(pk, "outputs", out, 1);
 	}
 	rep r;
 	call(rc, "run", &b.sb, &r);
@@ -477,7 +374,7 @@ static void read_status(const msgpack_object *res, void *ud)
 				e->n_holders = nh < 8 ? nh : 8;
 				for (unsigned k = 0; k < e->n_holders; k++) {
 					(void)anes_mp_u64(&h[k], "pid", UINT64_MAX, &e->holders[k].pid);
-					copy_str(&h[k], "name", e->holders[k].name, sizeof(e->holders[k].name));
+					h_map_str(&h[k], "name", e->holders[k].name, sizeof(e->holders[k].name));
 					(void)anes_mp_bool(&h[k], "read_only", &e->holders[k].read_only);
 				}
 			}
@@ -496,7 +393,7 @@ static void read_status(const msgpack_object *res, void *ud)
 		for (unsigned i = 0; i < n; i++) {
 			char name[32];
 			uint64_t used = 0;
-			copy_str(&a[i], "resource", name, sizeof(name));
+			h_map_str(&a[i], "resource", name, sizeof(name));
 			(void)anes_mp_u64(&a[i], "used", UINT64_MAX, &used);
 			if (!strcmp(name, "surfaces"))
 				st->total_surfaces = used;
@@ -557,11 +454,11 @@ static void open_named(h_rconn *rc, const char *name)
 	int fd = h_raw_connect(D.sock);
 	cr_assert_geq(fd, 0);
 	h_rconn_adopt(rc, fd);
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 2);
-	pk_kv_u(pk, "protocol", 1);
-	pk_str(pk, "client");
-	pk_str(pk, name);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 2);
+	h_pk_kv_u(pk, "protocol", 1);
+	h_pk_str(pk, "client");
+	h_pk_str(pk, name);
 	rep r;
 	call(rc, "hello", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
@@ -753,16 +650,16 @@ Test(share, bad_params, .fini = fini)
 
 	rep r = call_u(&a, "surface.export", "uses", 0);   /* no id */
 	cr_expect_eq(r.code, ANES_WERR_INVALID_PARAMS);
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 2);
-	pk_kv_u(pk, "id", s.id);
-	pk_kv_u(pk, "uses", 0);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 2);
+	h_pk_kv_u(pk, "id", s.id);
+	h_pk_kv_u(pk, "uses", 0);
 	call(&a, "surface.export", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
 	cr_expect_eq(r.code, ANES_WERR_INVALID_PARAMS, "uses 0");
-	pk = pb_begin(&b, 2);
-	pk_kv_u(pk, "id", s.id);
-	pk_kv_u(pk, "read_only", 1);
+	pk = h_pb_begin(&b, 2);
+	h_pk_kv_u(pk, "id", s.id);
+	h_pk_kv_u(pk, "read_only", 1);
 	call(&a, "surface.export", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
 	cr_expect_eq(r.code, ANES_WERR_INVALID_PARAMS, "read_only not a bool");
@@ -787,7 +684,7 @@ Test(share, bad_params, .fini = fini)
 	close(im.fd);
 	/* An fd with an export. */
 	cr_assert_eq(anes_memfd_create("x", 4096, &mfd), 0);
-	pk_kv_u(pb_begin(&b, 1), "id", s.id);
+	h_pk_kv_u(h_pb_begin(&b, 1), "id", s.id);
 	call_fn(&a, "surface.export", &b.sb, &mfd, 1, &r, NULL, NULL);
 	msgpack_sbuffer_destroy(&b.sb);
 	close(mfd);
@@ -814,8 +711,8 @@ Test(share, export_limits_per_connection_and_daemon, .fini = fini)
 	start(false, args);
 	h_rconn c;
 	h_rconn_adopt(&c, h_raw_connect(D.sock));
-	pbuf hb;
-	pk_kv_u(pb_begin(&hb, 1), "protocol", 1);
+	h_pbuf hb;
+	h_pk_kv_u(h_pb_begin(&hb, 1), "protocol", 1);
 	uint64_t v[4];
 	rep h;
 	call_fn(&c, "hello", &hb.sb, NULL, 0, &h, read_limits, v);
@@ -934,16 +831,16 @@ Test(share, failed_imports_slow_down_then_disconnect, .fini = fini)
 	}
 	/* The 12th failure closes the connection with `limit`. */
 	uint32_t id = next_msgid++;
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "token");
-	pk_str(pk, bogus);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "token");
+	h_pk_str(pk, bogus);
 	cr_assert_eq(h_raw_request(a.fd, id, "surface.import", b.sb.data, b.sb.size, NULL, 0), 0);
 	msgpack_sbuffer_destroy(&b.sb);
 	rep r;
 	wait_rep(&a, id, 10000, &r, NULL, NULL);
 	cr_assert_eq(r.code, ANES_WERR_NO_SUCH_SURFACE);
-	cr_assert_eq(closed_with(&a), ANES_WERR_LIMIT);
+	cr_assert_eq(h_rconn_closed_with(&a, 10000), ANES_WERR_LIMIT);
 	/* Failures are forgotten after a quiet minute. */
 	h_rconn c;
 	h_rconn_open(&c, D.sock);
@@ -1157,7 +1054,7 @@ static int child_two_responses(h_rconn *rc, const char *key, uint64_t *val, int 
 	int fds[ANES_MAX_FDS_PER_FRAME];
 	unsigned nfds;
 	for (int k = 0; k < 2; k++) {
-		if (next_frame(rc, 10000, &p, &len, fds, &nfds) != 1)
+		if (h_rconn_frame_fds(rc, 10000, &p, &len, fds, &nfds) != 1)
 			return 1;
 		msgpack_zone zone;
 		msgpack_zone_init(&zone, 1024);
@@ -1188,7 +1085,7 @@ static int producer(void *arg, int ready_fd)
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 1);
-	pk_kv_u(&pk, "size", TENSOR_BYTES);
+	h_pk_kv_u(&pk, "size", TENSOR_BYTES);
 	if (h_raw_request(fd, id, "surface.create", sb.data, sb.size, NULL, 0) < 0)
 		return 3;
 	msgpack_sbuffer_clear(&sb);
@@ -1205,8 +1102,8 @@ static int producer(void *arg, int ready_fd)
 		return 7;
 	fill(x, 1);
 	msgpack_pack_map(&pk, 2);
-	pk_kv_u(&pk, "id", sid);
-	pk_str(&pk, "read_only");
+	h_pk_kv_u(&pk, "id", sid);
+	h_pk_str(&pk, "read_only");
 	msgpack_pack_true(&pk);
 	if (h_raw_request(fd, 3, "surface.export", sb.data, sb.size, NULL, 0) < 0)
 		return 8;
@@ -1214,7 +1111,7 @@ static int producer(void *arg, int ready_fd)
 	uint32_t len;
 	int fds[ANES_MAX_FDS_PER_FRAME];
 	unsigned nfds;
-	if (next_frame(&rc, 10000, &p, &len, fds, &nfds) != 1)
+	if (h_rconn_frame_fds(&rc, 10000, &p, &len, fds, &nfds) != 1)
 		return 9;
 	msgpack_zone zone;
 	msgpack_zone_init(&zone, 1024);
@@ -1222,7 +1119,7 @@ static int producer(void *arg, int ready_fd)
 	char tok[TOK_LEN + 1];
 	if (anes_msg_decode(p, len, &zone, &m) < 0 || m.error)
 		return 10;
-	copy_str(m.result, "token", tok, sizeof tok);
+	h_map_str(m.result, "token", tok, sizeof tok);
 	if (strlen(tok) != TOK_LEN || write(pa->pipe_w, tok, TOK_LEN) != TOK_LEN)
 		return 11;
 	if (write(ready_fd, "r", 1) != 1)
@@ -1347,8 +1244,8 @@ static int holder_proc(void *arg, int ready_fd)
 	msgpack_packer pk;
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 1);
-	pk_str(&pk, "token");
-	pk_str(&pk, tok);
+	h_pk_str(&pk, "token");
+	h_pk_str(&pk, tok);
 	if (h_raw_request(fd, 2, "surface.import", sb.data, sb.size, NULL, 0) < 0)
 		return 4;
 	int mfd = -1;
@@ -1402,10 +1299,10 @@ static uint32_t compile_double(h_rconn *rc)
 	         "    func main<ios18>(tensor<fp16, [1, 1, %d, %d]> x) {\n"
 	         "        tensor<fp16, [1, 1, %d, %d]> y = add(x = x, y = x)[name = string(\"y\")];\n"
 	         "    } -> (y);\n}\n", DOUBLE_SIDE, DOUBLE_SIDE, DOUBLE_SIDE, DOUBLE_SIDE);
-	pbuf b;
-	msgpack_packer *pk = pb_begin(&b, 1);
-	pk_str(pk, "mil");
-	pk_str(pk, mil);
+	h_pbuf b;
+	msgpack_packer *pk = h_pb_begin(&b, 1);
+	h_pk_str(pk, "mil");
+	h_pk_str(pk, mil);
 	rep r;
 	call(rc, "program.compile", &b.sb, &r);
 	msgpack_sbuffer_destroy(&b.sb);
