@@ -934,6 +934,16 @@ def _run_opts(h, fn, state, wait, signal):
     return opts, (w, s, wait, signal, state)
 
 
+def _token_bytes(token):
+    """token (str or bytes) as the bytes the library takes; ValueError unless
+    it is 64 lowercase hex digits."""
+    if isinstance(token, str):
+        token = token.encode("ascii", "replace")
+    if not isinstance(token, bytes) or lib.aneshare_token_check(token) < 0:
+        raise ValueError("a token is 64 lowercase hex digits")
+    return token
+
+
 def _live(h):
     """Raise if h's C connection is gone (call with the lock held)."""
     if h.freed:
@@ -1257,10 +1267,11 @@ class Connection:
         nbytes = int(nbytes)
         if nbytes < 1:
             raise ValueError("a surface holds at least 1 byte")
-        return self._new_surface(lambda c, ret: lib.aneshare_surface_create(c, nbytes, ret))
+        return self._new(Surface, lambda c, ret: lib.aneshare_surface_create(c, nbytes, ret))
 
-    def _new_surface(self, make):
-        """The Surface that make(conn, &ptr) makes (a blocking call)."""
+    def _new(self, cls, make):
+        """cls(h, ptr) of the ptr that make(conn, &ptr) makes (a blocking
+        call): a Surface or an Event."""
         h = self._h
         ptr = _vp()
         with h.lock:
@@ -1268,10 +1279,10 @@ class Connection:
             rc = make(h.cptr, ctypes.byref(ptr))
             if rc < 0:
                 raise h.error(rc)
-            s = Surface(h, ptr.value)
+            obj = cls(h, ptr.value)
         if h.async_calls:
             h.after_blocking()
-        return s
+        return obj
 
     def import_token(self, token):
         """The surface another process exported (Surface.export()), as this
@@ -1280,12 +1291,9 @@ class Connection:
         read-only).  A token that is unknown, used up, expired or revoked
         raises NoSuchSurfaceError; a malformed one ValueError."""
         _need("aneshare_surface_import_token")
-        if isinstance(token, str):
-            token = token.encode("ascii", "replace")
-        if not isinstance(token, bytes) or lib.aneshare_token_check(token) < 0:
-            raise ValueError("a token is 64 lowercase hex digits")
+        token = _token_bytes(token)
         self._h.check()
-        return self._new_surface(lambda c, ret: lib.aneshare_surface_import_token(c, token, ret))
+        return self._new(Surface, lambda c, ret: lib.aneshare_surface_import_token(c, token, ret))
 
     def surface(self, nbytes):
         """A new shared surface of nbytes, as a uint8 numpy array viewing it
@@ -1350,32 +1358,17 @@ class Connection:
         """A new Event, value 0, owned by this connection (the only one that
         can signal it)."""
         _need("aneshare_event_create")
-        return self._new_event(lambda c, ret: lib.aneshare_event_create(c, ret))
+        self._h.check()
+        return self._new(Event, lambda c, ret: lib.aneshare_event_create(c, ret))
 
     def import_event(self, token):
         """The event another connection exported (Event.export()), as a
         wait-only Event of this connection.  An unknown, used up, expired or
         revoked token raises NoSuchEventError; a malformed one ValueError."""
         _need("aneshare_event_import_token")
-        if isinstance(token, str):
-            token = token.encode("ascii", "replace")
-        if not isinstance(token, bytes) or lib.aneshare_token_check(token) < 0:
-            raise ValueError("a token is 64 lowercase hex digits")
-        return self._new_event(lambda c, ret: lib.aneshare_event_import_token(c, token, ret))
-
-    def _new_event(self, make):
-        h = self._h
-        h.check()
-        ptr = _vp()
-        with h.lock:
-            _live(h)
-            rc = make(h.cptr, ctypes.byref(ptr))
-            if rc < 0:
-                raise h.error(rc)
-            ev = Event(h, ptr.value)
-        if h.async_calls:
-            h.after_blocking()
-        return ev
+        token = _token_bytes(token)
+        self._h.check()
+        return self._new(Event, lambda c, ret: lib.aneshare_event_import_token(c, token, ret))
 
     # ---- state ----
 
