@@ -45,15 +45,22 @@ static void pair(int sv[2])
 	cr_assert_eq(anes_socketpair_cloexec(AF_UNIX, SOCK_STREAM, sv), 0);
 }
 
+/* a sealed read-only file (name) of the n bytes at b */
+static int sealed(const char *name, const void *b, size_t n)
+{
+	int fd = -1;
+	cr_assert_eq(anes_rofile_create(name, n, &fd), 0);
+	cr_assert_eq(anes_rofile_write(fd, 0, b, n), 0);
+	cr_assert_eq(anes_rofile_seal(fd), 0);
+	return fd;
+}
+
 /* a read-only file of n bytes of value v */
 static int rofile(size_t n, uint8_t v)
 {
-	int fd = -1;
-	cr_assert_eq(anes_rofile_create("t", n, &fd), 0);
 	uint8_t *b = malloc(n ? n : 1);
 	memset(b, v, n);
-	cr_assert_eq(anes_rofile_write(fd, 0, b, n), 0);
-	cr_assert_eq(anes_rofile_seal(fd), 0);
+	int fd = sealed("t", b, n);
 	free(b);
 	return fd;
 }
@@ -214,6 +221,20 @@ static uint8_t *make_blob(size_t *ret_len)
 	return b;
 }
 
+/* The output surface sout holds y = W x (fp16, W of wval). */
+static void check_wx(int sout, const uint16_t *x)
+{
+	uint16_t y[OUT];
+	cr_assert_eq(pread(sout, y, sizeof y, 0), (ssize_t)sizeof y);
+	for (int o = 0; o < OUT; o++) {
+		double ref = 0;
+		for (int i = 0; i < IN; i++)
+			ref += (double)anes_f16_to_f32_soft(anes_f32_to_f16_soft(wval(o, i, 0.0f))) * anes_f16_to_f32_soft(x[i]);
+		double got = anes_f16_to_f32_soft(y[o]);
+		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
+	}
+}
+
 typedef struct served {
 	int fd;
 	anes_backend *b;
@@ -254,6 +275,28 @@ static void serve_end(served *s, int fd)
 	s->b->ops->destroy(s->b);
 }
 
+/* The reply (of type, to message id) to a COMPILE or RUN: its rc, its error
+ * text in err, the fd that came with it in *ret_mfd (-1: none). */
+static int reply_of(int fd, uint32_t type, uint64_t id, int *ret_mfd, char *err, size_t errlen)
+{
+	anes_wmsg_hdr h;
+	void *payload = NULL;
+	int mfd = -1;
+	cr_assert_eq(anes_wmsg_recv(fd, &h, &payload, &mfd), 0);
+	cr_assert_eq(h.type, type);
+	cr_assert_eq(h.id, id);
+	cr_assert_geq(h.len, 8);
+	int32_t rc;
+	uint32_t el;
+	memcpy(&rc, payload, 4);
+	memcpy(&el, (char *)payload + 4, 4);
+	cr_assert_leq(el, h.len - 8);
+	snprintf(err, errlen, "%.*s", (int)el, (char *)payload + 8);
+	free(payload);
+	*ret_mfd = mfd;
+	return rc;
+}
+
 /* One COMPILE with a weight at {fd_index, off, len} and n_fds said in the
  * payload (fds attached: nfds of them); the reply's rc, and its error text. */
 static int compile(int fd, uint64_t id, uint32_t fd_index, uint64_t off, uint64_t len, uint32_t n_fds_said,
@@ -271,21 +314,8 @@ static int compile(int fd, uint64_t id, uint32_t fd_index, uint64_t off, uint64_
 	memcpy(w + 16, &len, 8);
 	struct iovec v[4] = { { head, 12 }, { (void *)mil, ml }, { w, 24 }, { (void *)path, pl } };
 	cr_assert_eq(anes_wmsg_send_fds(fd, ANES_WM_COMPILE, id, v, 4, fds, nfds), 0);
-	anes_wmsg_hdr h;
-	void *payload = NULL;
-	int mfd = -1;
-	cr_assert_eq(anes_wmsg_recv(fd, &h, &payload, &mfd), 0);
-	cr_assert_eq(h.type, ANES_WM_COMPILED);
-	cr_assert_eq(h.id, id);
-	cr_assert_geq(h.len, 8);
-	int32_t rc;
-	uint32_t el;
-	memcpy(&rc, payload, 4);
-	memcpy(&el, (char *)payload + 4, 4);
-	cr_assert_leq(el, h.len - 8);
-	snprintf(err, errlen, "%.*s", (int)el, (char *)payload + 8);
-	free(payload);
-	return rc;
+	int mfd;
+	return reply_of(fd, ANES_WM_COMPILED, id, &mfd, err, errlen);
 }
 
 Test(worker_wire, the_worker_refuses_weight_files_it_cannot_trust)
@@ -296,10 +326,7 @@ Test(worker_wire, the_worker_refuses_weight_files_it_cannot_trust)
 	serve(&s, &fd);
 	size_t len;
 	uint8_t *blob = make_blob(&len);
-	int good = -1;
-	cr_assert_eq(anes_rofile_create("w", len, &good), 0);
-	cr_assert_eq(anes_rofile_write(good, 0, blob, len), 0);
-	cr_assert_eq(anes_rofile_seal(good), 0);
+	int good = sealed("w", blob, len);
 	char err[256];
 
 	/* the payload says one file, none came */
@@ -354,15 +381,7 @@ Test(worker_wire, the_worker_refuses_weight_files_it_cannot_trust)
 	memcpy(&rc, payload, 4);
 	cr_assert_eq(rc, 0);
 	free(payload);
-	uint16_t y[OUT];
-	cr_assert_eq(pread(sout, y, sizeof y, 0), (ssize_t)sizeof y);
-	for (int o = 0; o < OUT; o++) {
-		double ref = 0;
-		for (int i = 0; i < IN; i++)
-			ref += (double)anes_f16_to_f32_soft(anes_f32_to_f16_soft(wval(o, i, 0.0f))) * anes_f16_to_f32_soft(x[i]);
-		double got = anes_f16_to_f32_soft(y[o]);
-		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
-	}
+	check_wx(sout, x);
 	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, 7, NULL, 0, -1), 0);
 	close(sin);
 	close(sout);
@@ -377,21 +396,9 @@ static int run_rc(int fd, uint64_t id, const void *body, size_t len, char *err, 
 {
 	struct iovec rv = { (void *)body, len };
 	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_RUN, id, &rv, 1, -1), 0);
-	anes_wmsg_hdr h;
-	void *payload = NULL;
-	int mfd = -1;
-	cr_assert_eq(anes_wmsg_recv(fd, &h, &payload, &mfd), 0);
-	cr_assert_eq(h.type, ANES_WM_RAN);
-	cr_assert_eq(h.id, id);
+	int mfd;
+	int rc = reply_of(fd, ANES_WM_RAN, id, &mfd, err, errlen);
 	cr_assert_eq(mfd, -1);
-	cr_assert_geq(h.len, 8);
-	int32_t rc;
-	uint32_t el;
-	memcpy(&rc, payload, 4);
-	memcpy(&el, (char *)payload + 4, 4);
-	cr_assert_leq(el, h.len - 8);
-	snprintf(err, errlen, "%.*s", (int)el, (char *)payload + 8);
-	free(payload);
 	return rc;
 }
 
@@ -426,10 +433,7 @@ Test(worker_wire, the_worker_refuses_runs_it_cannot_do)
 	serve(&s, &fd);
 	size_t len;
 	uint8_t *blob = make_blob(&len);
-	int wf = -1;
-	cr_assert_eq(anes_rofile_create("w", len, &wf), 0);
-	cr_assert_eq(anes_rofile_write(wf, 0, blob, len), 0);
-	cr_assert_eq(anes_rofile_seal(wf), 0);
+	int wf = sealed("w", blob, len);
 	char err[256];
 	cr_assert_eq(compile(fd, 7, 0, 0, len, 1, &wf, 1, err, sizeof err), 0, "%s", err);
 	close(wf);
@@ -502,15 +506,7 @@ Test(worker_wire, the_worker_refuses_runs_it_cannot_do)
 	/* still in step, nothing changed: the right run computes */
 	size_t n = run_body(body, 7, 0, 2, (uint64_t[]){ 100, 0, 101, 0 });
 	cr_assert_eq(run_rc(fd, 40, body, n, err, sizeof err), 0, "%s", err);
-	uint16_t y[OUT];
-	cr_assert_eq(pread(sout, y, sizeof y, 0), (ssize_t)sizeof y);
-	for (int o = 0; o < OUT; o++) {
-		double ref = 0;
-		for (int i = 0; i < IN; i++)
-			ref += (double)anes_f16_to_f32_soft(anes_f32_to_f16_soft(wval(o, i, 0.0f))) * anes_f16_to_f32_soft(x[i]);
-		double got = anes_f16_to_f32_soft(y[o]);
-		cr_assert(fabs(got - ref) <= 2e-3 * fmax(1.0, fabs(ref)), "y[%d] = %g, want %g", o, got, ref);
-	}
+	check_wx(sout, x);
 	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, 7, NULL, 0, -1), 0);
 	cr_assert_eq(anes_wmsg_send(fd, ANES_WM_PROGRAM_FREE, 7, NULL, 0, -1), 0);   /* twice: nothing */
 	n = run_body(body, 7, 0, 2, (uint64_t[]){ 100, 0, 101, 0 });
