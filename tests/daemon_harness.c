@@ -179,6 +179,21 @@ void h_daemon_start_args(h_daemon *d, const char *const *args)
 	daemon_launch(d, args, true, true);
 }
 
+void h_daemon_start_worker(h_daemon *d, bool worker, const char *const *more)
+{
+	const char *args[32];
+	unsigned n = 0;
+	if (worker) {
+		args[n++] = "--backend";
+		args[n++] = "cpu";
+		args[n++] = "--worker";
+	}
+	for (unsigned i = 0; more && more[i] && n < 30; i++)
+		args[n++] = more[i];
+	args[n] = NULL;
+	h_daemon_start_args(d, args);
+}
+
 void h_daemon_crash(h_daemon *d)
 {
 	cr_assert(d->pid > 0, "the daemon is not running");

@@ -35,6 +35,9 @@ typedef struct h_daemon {
 void h_daemon_start(h_daemon *d);
 /* The same with extra daemon arguments (NULL-terminated; may be NULL). */
 void h_daemon_start_args(h_daemon *d, const char *const *args);
+/* h_daemon_start_args with more (NULL-terminated, may be NULL; up to 29 of
+ * them), after "--backend cpu --worker" when worker. */
+void h_daemon_start_worker(h_daemon *d, bool worker, const char *const *more);
 /* For a forked child about to exec the daemon (no assertions): die with
  * the test process, stderr to log (created or truncated), stdin and stdout
  * on /dev/null. */

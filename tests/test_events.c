@@ -434,17 +434,7 @@ static void start(bool worker, const char *const *more)
 #if !defined(__linux__)
 	cr_skip_test("the raw client maps memfds (Linux)");
 #endif
-	const char *args[32];
-	unsigned n = 0;
-	if (worker) {
-		args[n++] = "--backend";
-		args[n++] = "cpu";
-		args[n++] = "--worker";
-	}
-	for (unsigned i = 0; more && more[i] && n < 30; i++)
-		args[n++] = more[i];
-	args[n] = NULL;
-	h_daemon_start_args(&D, args);
+	h_daemon_start_worker(&D, worker, more);
 }
 
 #define TEST_BOTH(name, fn)                               \

@@ -473,17 +473,7 @@ static void start(bool worker, const char *const *more)
 	cr_skip_test("surfaces are memfds with fds only on Linux (the IOSurface path: "
 	             "token_import_names_the_same_iosurface)");
 #endif
-	const char *args[32];
-	unsigned n = 0;
-	if (worker) {
-		args[n++] = "--backend";
-		args[n++] = "cpu";
-		args[n++] = "--worker";
-	}
-	for (unsigned i = 0; more && more[i] && n < 30; i++)
-		args[n++] = more[i];
-	args[n] = NULL;
-	h_daemon_start_args(&D, args);
+	h_daemon_start_worker(&D, worker, more);
 }
 
 /* Two raw connections to D (hello done). */
