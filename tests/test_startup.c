@@ -38,6 +38,15 @@ static void rm_dir(const char *dir)
 	cr_assert_eq(system(cmd), 0);
 }
 
+/* A file at path (created or truncated) that holds text. */
+static void put_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "we");
+	cr_assert_not_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
 /* aneshared args... exits with code, and its output holds says. */
 static void expect_exit(const char *dir, const char *const *args, int code, const char *says)
 {
@@ -86,10 +95,7 @@ Test(startup, a_file_at_the_socket_path_is_left_alone)
 	char dir[128], sock[300];
 	make_dir(dir, sizeof dir);
 	snprintf(sock, sizeof sock, "%s/aneshare.sock", dir);
-	FILE *f = fopen(sock, "we");
-	cr_assert_not_null(f);
-	fputs("precious\n", f);
-	fclose(f);
+	put_file(sock, "precious\n");
 	const char *args[] = { "--socket", sock, NULL };
 	expect_exit(dir, args, 1, "exists and is not a socket");
 	char *text = tu_read_file(sock);
@@ -141,10 +147,7 @@ Test(startup, the_configuration_file_read_is_named)
 	char dir[128], conf[300];
 	make_dir(dir, sizeof dir);
 	snprintf(conf, sizeof conf, "%s/a.conf", dir);
-	FILE *f = fopen(conf, "we");
-	cr_assert_not_null(f);
-	fputs("workers = 1\n", f);
-	fclose(f);
+	put_file(conf, "workers = 1\n");
 	h_daemon d;
 	h_daemon_start_args(&d, (const char *[]){ "--config", conf, NULL });
 	char *log = tu_read_file(d.log), want[340];
@@ -196,10 +199,7 @@ Test(startup, option_forms_and_their_errors)
 	const char *no_file[] = { "--config", NULL };
 	expect_exit(dir, no_file, 78, "--config needs a FILE");
 	snprintf(conf, sizeof conf, "%s/a.conf", dir);
-	FILE *f = fopen(conf, "we");
-	cr_assert_not_null(f);
-	fputs("max_frame = 64K\nno_such_key = 1\n", f);
-	fclose(f);
+	put_file(conf, "max_frame = 64K\nno_such_key = 1\n");
 	snprintf(arg, sizeof arg, "--config=%s", conf);
 	const char *eq_form[] = { arg, NULL };
 	char want[340];
@@ -214,10 +214,7 @@ Test(startup, option_forms_and_their_errors)
 		{ "no_worker = true\n", "unknown key \"no_worker\": write worker = false" },
 	};
 	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-		f = fopen(conf, "we");
-		cr_assert_not_null(f);
-		fputs(keys[i].line, f);
-		fclose(f);
+		put_file(conf, keys[i].line);
 		expect_exit(dir, eq_form, 78, keys[i].says);
 	}
 	/* Options and arguments getopt refuses: named, with where to look. */
