@@ -1257,6 +1257,23 @@ int h_run_tool(const h_daemon *d, const char *env_exe, char *out, size_t len,
 	return WEXITSTATUS(status);
 }
 
+void h_msg_error_of(const anes_msg *m, int *ret_code, char *msg, size_t size, int64_t *ret_failed_step)
+{
+	const char *s;
+	uint32_t l;
+	cr_assert_eq(anes_msg_error(m, ret_code, &s, &l), 0);
+	snprintf(msg, size, "%.*s", (int)l, s);
+	int64_t st;
+	*ret_failed_step = anes_mp_i64(m->error, "failed_step", &st) == 0 ? st : -1;
+}
+
+int h_fds_keep_first(const int *fds, unsigned nfds, bool keep)
+{
+	for (unsigned i = keep ? 1 : 0; i < nfds; i++)
+		close(fds[i]);
+	return keep && nfds > 0 ? fds[0] : -1;
+}
+
 void h_map_str(const msgpack_object *m, const char *key, char *buf, size_t size)
 {
 	const char *s;

@@ -193,6 +193,13 @@ void h_raw_padded_frame(msgpack_sbuffer *sb, uint32_t msgid, const char *method,
 /* The unsigned integer under key in the msgpack map m, UINT64_MAX if there is
  * none (or it is not a positive integer). */
 uint64_t h_map_u64(const msgpack_object *m, const char *key);
+/* The error of the response m (m->error set; asserts it has a code and a
+ * message): the code in *ret_code, the message in msg (NUL-terminated, cut
+ * to size), its failed_step in *ret_failed_step (-1 if none). */
+void h_msg_error_of(const anes_msg *m, int *ret_code, char *msg, size_t size, int64_t *ret_failed_step);
+/* Of the nfds fds that came with a frame: the first when keep (-1 if none
+ * came), the caller's; every other one closed. */
+int h_fds_keep_first(const int *fds, unsigned nfds, bool keep);
 /* The str under key in the msgpack map m into buf (NUL-terminated, of
  * size bytes); "" if there is none or it is longer than size - 1. */
 void h_map_str(const msgpack_object *m, const char *key, char *buf, size_t size);

@@ -96,13 +96,7 @@ static int read_rep(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, rep *out, 
 		cr_assert_eq(anes_msg_decode(p, len, &zone, &m), 0, "a response that does not decode");
 		bool resp = m.type == ANES_MSG_RESPONSE;
 		if (resp && m.error) {
-			const char *s;
-			uint32_t l;
-			cr_assert_eq(anes_msg_error(&m, &out->code, &s, &l), 0);
-			snprintf(out->msg, sizeof(out->msg), "%.*s", (int)l, s);
-			int64_t st;
-			if (anes_mp_i64(m.error, "failed_step", &st) == 0)
-				out->failed_step = st;
+			h_msg_error_of(&m, &out->code, out->msg, sizeof(out->msg), &out->failed_step);
 		} else if (resp) {
 			(void)anes_mp_u64(m.result, "id", UINT64_MAX, &out->id);
 			(void)anes_mp_u64(m.result, "value", UINT64_MAX, &out->value);
@@ -113,12 +107,7 @@ static int read_rep(h_rconn *rc, int timeout_ms, uint32_t *ret_msgid, rep *out, 
 		}
 		*ret_msgid = m.msgid;
 		msgpack_zone_destroy(&zone);
-		for (unsigned i = 0; i < nfds; i++) {
-			if (resp && i == 0)
-				out->fd = fds[0];
-			else
-				close(fds[i]);
-		}
+		out->fd = h_fds_keep_first(fds, nfds, resp);
 		if (resp)
 			return 1;
 	}

@@ -83,13 +83,7 @@ static void wait_rep(h_rconn *rc, uint32_t msgid, int timeout_ms, rep *out, resu
 		cr_assert_eq(anes_msg_decode(p, len, &zone, &m), 0, "a response that does not decode");
 		bool mine = m.type == ANES_MSG_RESPONSE && m.msgid == msgid;
 		if (mine && m.error) {
-			const char *s;
-			uint32_t l;
-			cr_assert_eq(anes_msg_error(&m, &out->code, &s, &l), 0);
-			snprintf(out->msg, sizeof(out->msg), "%.*s", (int)l, s);
-			int64_t st;
-			if (anes_mp_i64(m.error, "failed_step", &st) == 0)
-				out->failed_step = st;
+			h_msg_error_of(&m, &out->code, out->msg, sizeof(out->msg), &out->failed_step);
 		} else if (mine) {
 			(void)anes_mp_u64(m.result, "id", UINT64_MAX, &out->id);
 			(void)anes_mp_u64(m.result, "size", UINT64_MAX, &out->size);
@@ -101,12 +95,7 @@ static void wait_rep(h_rconn *rc, uint32_t msgid, int timeout_ms, rep *out, resu
 				fn(m.result, ud);
 		}
 		msgpack_zone_destroy(&zone);
-		for (unsigned i = 0; i < nfds; i++) {
-			if (mine && i == 0)
-				out->fd = fds[0];
-			else
-				close(fds[i]);
-		}
+		out->fd = h_fds_keep_first(fds, nfds, mine);
 		if (mine) {
 			out->nfds = nfds;
 			return;
