@@ -25,8 +25,13 @@
  *    E1 >= f + 1 and signalling E2 = f + 1.  The producer waits for
  *    E2 >= f + 1 - depth (which implies E1: A has read its input buffer, and
  *    at most `depth` frames are in flight), writes the frame and signals
- *    E0 = f + 1: the daemon starts A's run, then B's, and the next process
- *    woken is B, by its reply.  At the end the producer releases E0, which
+ *    E0 = f + 1: the daemon starts A's run, then B's.  Model B, before it
+ *    waits for its run's reply, waits for E1 >= f + 1 (aneshare_event_wait):
+ *    the daemon answers that wait from the thread that raised E1, just
+ *    before it runs B's run there, so B is awake, polling its socket (the
+ *    library's spin), when its reply comes, as a client of a one-process
+ *    chain is: a consumer that wants its result at once does this; one that
+ *    does not saves the request.  At the end the producer releases E0, which
  *    closes it: the runs parked on it fail with event_closed, model A
  *    releases E1 and model B E2 the same way.  The times (the producer's
  *    writes, the models' replies) go to the parent after each batch.
@@ -769,6 +774,17 @@ static bool ahead_wait(ahead *a, uint32_t f)
 	return true;
 }
 
+/* Model B: awake when frame f's run starts (its input's event reached f + 1,
+ * answered by the thread about to run it), so that the reply finds it
+ * polling rather than asleep.  A closed event is the stream's end, which
+ * ahead_wait reads from the run's own reply. */
+static void early_wake(ahead *a, uint32_t f)
+{
+	int r = aneshare_event_wait(a->wait_in, f + 1, NULL);
+	if (r < 0 && r != -ANESHARE_EEVENT_CLOSED)
+		die(a->c, "event_wait", r);
+}
+
 /* Model A: frame f from the producer's buffer into its own output buffer. */
 static int model_a_ev(int fd_p, int fd_b, int res)
 {
@@ -825,7 +841,7 @@ static int model_b_ev(int fd_a, int fd_p, int res)
 	uint64_t setup_bytes = g_sent;
 	for (uint32_t f = 0; f < (uint32_t)g.depth; f++)
 		ahead_submit(&b, f);
-	for (uint32_t f = 0; ahead_wait(&b, f); f++) {
+	for (uint32_t f = 0; early_wake(&b, f), ahead_wait(&b, f); f++) {
 		uint64_t t1 = now_ns();
 		uint64_t us = aneshare_last_run_us(c);
 		void *o = aneshare_surface_data(out[f % (uint32_t)g.depth]);
