@@ -43,6 +43,7 @@
 
 #include "anes_config.h"
 #include "anes_service_templates.h"
+#include "anes_proto.h"   /* anes_test_hook_env */
 #include "anes_sockpath.h"
 #include "aneshare.h"
 #include "cli_service.h"
@@ -634,17 +635,6 @@ static void svc_free(svc *s)
 
 /* A test hook's value (NULL if unset or empty); always NULL without the
  * test hooks. */
-static const char *test_hook_env(const char *name)
-{
-#if ANES_TEST_HOOKS
-	const char *v = getenv(name);
-	return v && *v ? v : NULL;
-#else
-	(void)name;
-	return NULL;
-#endif
-}
-
 static const char *env_abs(const char *name)
 {
 	const char *v = getenv(name);
@@ -659,8 +649,8 @@ static int svc_init(svc *s, svc_kind kind, const char *root, const char *socket_
 #else
 	const svc_kind native = KIND_SYSTEMD;
 #endif
-	const char *systemctl = test_hook_env("ANESHARE_SYSTEMCTL");
-	const char *launchctl = test_hook_env("ANESHARE_LAUNCHCTL");
+	const char *systemctl = anes_test_hook_env("ANESHARE_SYSTEMCTL");
+	const char *launchctl = anes_test_hook_env("ANESHARE_LAUNCHCTL");
 	s->kind = kind;
 	s->native = kind == native || (kind == KIND_SYSTEMD ? systemctl : launchctl) != NULL;
 	s->start = s->native && !root && !s->dry_run;
