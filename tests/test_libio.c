@@ -54,7 +54,7 @@ static ssize_t trickle_send(int fd, const struct msghdr *msg, int flags)
 	struct msghdr m = *msg;
 	struct iovec iov[64];
 	size_t left = 7, n = 0;
-	for (size_t i = 0; i < msg->msg_iovlen && i < 64 && left; i++, n++) {
+	for (size_t i = 0; i < (size_t)msg->msg_iovlen && i < 64 && left; i++, n++) {
 		iov[i] = msg->msg_iov[i];
 		if (iov[i].iov_len > left)
 			iov[i].iov_len = left;
