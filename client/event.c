@@ -18,23 +18,12 @@
 
 static void event_link(aneshare_conn *c, aneshare_event *ev)
 {
-	ev->conn = c;
-	ev->prev = NULL;
-	ev->next = c->events;
-	if (c->events)
-		c->events->prev = ev;
-	c->events = ev;
+	ANESC_LIST_LINK(c, events, ev);
 }
 
 void anesc_event_free_local(aneshare_event *ev)
 {
-	aneshare_conn *c = ev->conn;
-	if (ev->prev)
-		ev->prev->next = ev->next;
-	else
-		c->events = ev->next;
-	if (ev->next)
-		ev->next->prev = ev->prev;
+	ANESC_LIST_UNLINK(events, ev);
 	free(ev);
 }
 

@@ -349,4 +349,27 @@ int anesc_state_restore(aneshare_conn *c, aneshare_state *st);
  * (lost), -ESTATE_LOST (stale). */
 int anesc_state_check(aneshare_conn *c, const char *pre, const aneshare_state *st);
 
+/* The connection's intrusive lists of its objects (surfaces, programs,
+ * states, events): each object has conn, prev and next, the connection the
+ * list's head.  Link obj at the head of conn->field; unlink it from its
+ * connection's list (obj->conn set). */
+#define ANESC_LIST_LINK(c, field, obj)                                                    \
+	do {                                                                              \
+		(obj)->conn = (c);                                                        \
+		(obj)->prev = NULL;                                                       \
+		(obj)->next = (c)->field;                                                 \
+		if ((c)->field)                                                           \
+			(c)->field->prev = (obj);                                         \
+		(c)->field = (obj);                                                       \
+	} while (0)
+#define ANESC_LIST_UNLINK(field, obj)                                                     \
+	do {                                                                              \
+		if ((obj)->prev)                                                          \
+			(obj)->prev->next = (obj)->next;                                  \
+		else                                                                      \
+			(obj)->conn->field = (obj)->next;                                 \
+		if ((obj)->next)                                                          \
+			(obj)->next->prev = (obj)->prev;                                  \
+	} while (0)
+
 #endif

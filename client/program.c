@@ -23,12 +23,7 @@
 
 static void program_link(aneshare_conn *c, aneshare_program *p)
 {
-	p->conn = c;
-	p->prev = NULL;
-	p->next = c->programs;
-	if (c->programs)
-		c->programs->prev = p;
-	c->programs = p;
+	ANESC_LIST_LINK(c, programs, p);
 }
 
 static void tensors_free(aneshare_tensor_info *t, uint32_t n)
@@ -80,12 +75,7 @@ void anesc_program_free_local(aneshare_program *p)
 	for (aneshare_state *st = c->states; st; st = st->next)
 		if (st->program == p)
 			st->program = NULL;   /* the daemon's state stays usable; it is not made again */
-	if (p->prev)
-		p->prev->next = p->next;
-	else
-		c->programs = p->next;
-	if (p->next)
-		p->next->prev = p->prev;
+	ANESC_LIST_UNLINK(programs, p);
 	program_free(p);
 }
 

@@ -9,23 +9,12 @@
 
 static void state_link(aneshare_conn *c, aneshare_state *st)
 {
-	st->conn = c;
-	st->prev = NULL;
-	st->next = c->states;
-	if (c->states)
-		c->states->prev = st;
-	c->states = st;
+	ANESC_LIST_LINK(c, states, st);
 }
 
 void anesc_state_free_local(aneshare_state *st)
 {
-	aneshare_conn *c = st->conn;
-	if (st->prev)
-		st->prev->next = st->next;
-	else
-		c->states = st->next;
-	if (st->next)
-		st->next->prev = st->prev;
+	ANESC_LIST_UNLINK(states, st);
 	free(st);
 }
 

@@ -20,23 +20,12 @@
 
 static void surface_link(aneshare_conn *c, aneshare_surface *s)
 {
-	s->conn = c;
-	s->prev = NULL;
-	s->next = c->surfaces;
-	if (c->surfaces)
-		c->surfaces->prev = s;
-	c->surfaces = s;
+	ANESC_LIST_LINK(c, surfaces, s);
 }
 
 void anesc_surface_free_local(aneshare_surface *s)
 {
-	aneshare_conn *c = s->conn;
-	if (s->prev)
-		s->prev->next = s->next;
-	else
-		c->surfaces = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
+	ANESC_LIST_UNLINK(surfaces, s);
 	if (s->shm)
 		s->shm->ops->release(s->shm);
 	else if (s->data)
